@@ -1,0 +1,27 @@
+"""msifusion: super-resolution fusion of mass spectrometry imaging with microscopy.
+
+The library is usable without the CLI::
+
+    from msifusion import fuse, read_optical, read_ion
+    result = fuse(read_optical("he.png").pixels, read_ion("ion.tiff").pixels, method="lcrn")
+    result.image  # float32, the optical's shape, in the ion image's units
+"""
+
+from msifusion.errors import InputError
+
+__version__ = "0.1.0"
+
+__all__ = ["InputError", "__version__", "fuse", "read_ion", "read_optical"]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import msifusion` (and the CLI's --help) does not pay for torch.
+    if name == "fuse":
+        from msifusion.methods import fuse
+
+        return fuse
+    if name in ("read_ion", "read_optical"):
+        from msifusion.io import images
+
+        return getattr(images, name)
+    raise AttributeError(name)

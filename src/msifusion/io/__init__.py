@@ -1,0 +1,1 @@
+"""Input and output: optical and ion images, imzML, landmarks, output folders."""

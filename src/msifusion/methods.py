@@ -1,0 +1,126 @@
+"""The fusion methods behind ``--method``, and :func:`fuse`, the one entry point to all of them.
+
+Every method sees the problem in normalised units (ion divided by its maximum absolute
+value) and returns a :class:`~msifusion.fit.FitResult`; :func:`fuse` scales the result back,
+so every method writes the ion image's own intensity units.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
+from msifusion.physics import consistency_error, upsample
+
+
+@dataclass(frozen=True)
+class FusionProblem:
+    """A registered pair: guide (H, W, 3) in [0, 1], ion (h, w), H = h·scale, W = w·scale."""
+
+    guide: np.ndarray
+    ion: np.ndarray
+    scale: int
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    fit: FitConfig = FitConfig()
+    runtime: Runtime = Runtime()
+    on_checkpoint: CheckpointFn | None = None
+
+
+@dataclass
+class FusionResult:
+    """The fused image in the ion's units, plus everything run.json reports."""
+
+    image: np.ndarray
+    method: str
+    scale: int
+    fit: FitResult
+    seconds: float
+    intensity_scale: float
+    consistency_error: float
+
+
+MethodFn = Callable[[FusionProblem, MethodOptions], FitResult]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: MethodFn
+    summary: str
+    trains: bool = False  # fits a network (uses FitConfig, seed and device)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, summary: str, trains: bool = False) -> Callable[[MethodFn], MethodFn]:
+    def wrap(fn: MethodFn) -> MethodFn:
+        METHODS[name] = Method(name, fn, summary, trains)
+        return fn
+
+    return wrap
+
+
+DEFAULT_METHOD = "lcrn"
+
+
+def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int:
+    """The integer factor with guide = ion × factor on both axes; ValueError if there is none."""
+    (H, W), (h, w) = guide_shape[:2], ion_shape[:2]
+    if H % h or W % w or H // h != W // w:
+        raise ValueError(f"optical shape {H}×{W} is not an integer multiple of ion shape {h}×{w}")
+    return H // h
+
+
+def fuse(
+    guide: np.ndarray,
+    ion: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    options: MethodOptions = MethodOptions(),
+) -> FusionResult:
+    """Fuse an ion image with a registered optical guide; the result is in the ion's units."""
+    if method not in METHODS:
+        raise InputError("--method", f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    ion = np.asarray(ion, dtype=np.float32)
+    try:
+        scale = infer_scale(guide.shape, ion.shape)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    if scale < 2:
+        raise InputError("--scale", f"scale must be at least 2 (optical {guide.shape[0]}×{guide.shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
+    intensity_scale = float(np.max(np.abs(ion)))
+    if intensity_scale == 0:
+        raise InputError(None, "ion image is all zero; nothing to fuse")
+    seed_everything(options.runtime.seed)
+    problem = FusionProblem(np.asarray(guide, dtype=np.float32), ion / intensity_scale, scale)
+    start = time.perf_counter()
+    result = METHODS[method].run(problem, options)
+    seconds = time.perf_counter() - start
+    image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
+    return FusionResult(image, method, scale, result, seconds, intensity_scale,
+                        consistency_error(image, ion, scale))
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@register("bilinear", "bilinear interpolation of the ion image (OpenCV INTER_LINEAR), the paper's baseline")
+def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    return FitResult(upsample(problem.ion, problem.scale, "bilinear"))
+
+
+@register("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping", trains=True)
+def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.models.lcrn import LCRN
+
+    target = upsample(problem.ion, problem.scale, "bilinear")
+    return fit_network(LCRN(), problem.guide, target, options.fit, options.runtime,
+                       options.on_checkpoint, desc="lcrn")

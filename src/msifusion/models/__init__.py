@@ -1,0 +1,1 @@
+"""Networks fitted per ion image."""
