@@ -124,3 +124,69 @@ def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     target = upsample(problem.ion, problem.scale, "bilinear")
     return fit_network(LCRN(), problem.guide, target, options.fit, options.runtime,
                        options.on_checkpoint, desc="lcrn")
+
+
+# ----------------------------------------------------- comparison methods (classical.py, models/)
+
+
+@register("bicubic", "bicubic interpolation of the ion image (OpenCV INTER_CUBIC)")
+def _bicubic(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    return FitResult(upsample(problem.ion, problem.scale, "bicubic"))
+
+
+@register("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, radius = scale, eps = 1e-3")
+def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.classical import guided_upsample
+
+    return FitResult(guided_upsample(problem.guide, problem.ion, problem.scale))
+
+
+@register("bilinear-bp", "bilinear interpolation + iterative back-projection onto the measurement (exactly consistent)")
+def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.classical import iterative_backprojection
+
+    start = upsample(problem.ion, problem.scale, "bilinear")
+    return FitResult(iterative_backprojection(start, problem.ion, problem.scale))
+
+
+@register("guided-bp", "guided filter + iterative back-projection onto the measurement (exactly consistent)")
+def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.classical import guided_upsample, iterative_backprojection
+
+    start = guided_upsample(problem.guide, problem.ion, problem.scale)
+    return FitResult(iterative_backprojection(start, problem.ion, problem.scale))
+
+
+@register("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA without features)")
+def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.classical import anisotropic_diffusion
+
+    return FitResult(anisotropic_diffusion(problem.guide, problem.ion, problem.scale))
+
+
+@register("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)")
+def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.classical import pls_fusion
+
+    return FitResult(pls_fusion(problem.guide, problem.ion, problem.scale))
+
+
+@register("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise", trains=True)
+def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from dataclasses import replace
+
+    from msifusion.models.cnn3 import CNN3
+
+    target = upsample(problem.ion, problem.scale, "bilinear")
+    config = replace(options.fit, w_mse=1.0, w_edge=0.0)
+    return fit_network(CNN3(), problem.guide, target, config, options.runtime, options.on_checkpoint, desc="cnn3")
+
+
+@register("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses", trains=True)
+def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.models.unet import UNetRecipe, fit_unet
+
+    target = upsample(problem.ion, problem.scale, "bilinear")
+    recipe = UNetRecipe(lr=options.fit.lr, checkpoint_every=options.fit.checkpoint_every)
+    return fit_unet(problem.guide, target, problem.ion, problem.scale, recipe, options.fit.max_epochs,
+                    options.runtime, options.on_checkpoint)

@@ -241,8 +241,9 @@ def _read_table(path: Path) -> np.ndarray:
         raise InputError(path, "table has a header but no data rows")
     if header is not None and "x" in header and "y" in header and len(header) >= 3:
         return _pivot_long_table(path, header, rows)
-    # Plain matrix; a non-numeric first column is a row label.
-    if all(_to_float(r[0]) is None for r in rows if r):
+    # Plain matrix. A first column that is non-numeric, or headed by an empty name (R's
+    # write.csv row names), holds row labels.
+    if (header is not None and header[0] == "") or all(_to_float(r[0]) is None for r in rows if r):
         rows = [r[1:] for r in rows]
     width = len(rows[0])
     values = []

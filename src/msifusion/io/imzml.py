@@ -1,0 +1,601 @@
+"""Ion images from imzML: many m/z windows in one pass over the ``.ibd`` binary file.
+
+pyimzML parses the XML (coordinates, offsets, lengths, number types, metadata); the binary
+data is read here with :func:`numpy.memmap`, never through pyimzML's ``getionimage``, which
+makes one full pass over the file per ion, takes its tolerance in ±Da only and answers an m/z
+below the acquired range with the first peak of every spectrum.
+
+Conventions
+-----------
+- Window: ``[m - d, m + d]`` inclusive, ``d = m·value·1e-6`` for ppm, ``d = value`` for Da.
+  The ion image is the *sum* of the intensities inside the window (METASPACE, Cardinal).
+- Image: float32, row = y, column = x, 0-based from imzML's 1-based coordinates (a file whose
+  coordinates start at 0 is read as 0-based). Pixels without a spectrum are 0. The image size
+  is the larger of the file's "max count of pixels" and the largest coordinate.
+- Continuous files (one m/z axis shared by all spectra): the intensity block is memory-mapped
+  as one (spectra × channels) matrix and every window becomes a column of a 0/1 selection
+  matrix, so all ions come from one matrix product, in chunks of rows. The axis need not be
+  sorted (it is sorted once and the columns permuted).
+- Processed files (an m/z array per spectrum): one pass over the spectra; per spectrum the
+  m/z array is sorted if needed and all windows are found with ``searchsorted`` on the
+  cumulative intensity.
+- Normalisation is opt-in: ``"tic"`` divides each pixel's window sums by its total ion current
+  (sum of all its intensities) and multiplies by the median TIC of the pixels with spectra, so
+  the numbers stay in the instrument's order of magnitude; ``"rms"`` does the same with the root
+  mean square of the spectrum's intensities. Pixels whose TIC (RMS) is 0 stay 0.
+- Hotspot clipping (99th percentile) is for display only: :func:`display_clip`; exported
+  images are never clipped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.io.images import Image
+
+Normalize = Literal["tic", "rms"] | None
+
+_DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4", "64-bit integer": "<i8"}
+_CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
+
+
+# ----------------------------------------------------------------------------- tolerance
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Half-width of an m/z window: ``value`` in ``unit`` ("ppm" or "da")."""
+
+    value: float
+    unit: Literal["ppm", "da"]
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("ppm", "da"):
+            raise InputError("--tol", f"unknown tolerance unit {self.unit!r}; use ppm or Da")
+        if not (math.isfinite(self.value) and self.value > 0):
+            raise InputError("--tol", f"tolerance must be a positive number, got {self.value:g}")
+
+    def half_width(self, mz: float | np.ndarray) -> float | np.ndarray:
+        """Window half-width in m/z units at ``mz``."""
+        mz = np.asarray(mz, dtype=np.float64)
+        return mz * (self.value * 1e-6) if self.unit == "ppm" else np.full_like(mz, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}{'ppm' if self.unit == 'ppm' else 'Da'}"
+
+
+_TOL_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ppm|da|mda)\s*$", re.IGNORECASE)
+
+
+def parse_tolerance(text: str | Tolerance) -> Tolerance:
+    """``"5ppm"``, ``"5 ppm"``, ``"0.01da"``, ``"0.01Da"``, ``"10mDa"`` → :class:`Tolerance`."""
+    if isinstance(text, Tolerance):
+        return text
+    match = _TOL_RE.match(str(text))
+    if not match:
+        raise InputError("--tol", f"cannot read tolerance {text!r}; write e.g. 5ppm or 0.01Da")
+    value, unit = float(match.group(1)), match.group(2).lower()
+    if unit == "mda":
+        return Tolerance(value * 1e-3, "da")
+    return Tolerance(value, unit)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class IonStack:
+    """Ion images (n_ions, H, W) float32 plus what is needed to label and calibrate them."""
+
+    images: np.ndarray
+    mzs: tuple[float, ...]
+    tolerance: Tolerance
+    pixel_size_um: float | None
+    normalize: Normalize = None
+    windows: tuple[tuple[float, float], ...] = ()
+    source: Path | None = None
+    mz_range: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def names(self) -> list[str]:
+        """Channel names: the m/z with 4 decimals (as in the file names)."""
+        return [f"{mz:.4f}" for mz in self.mzs]
+
+    def image(self, i: int) -> Image:
+        """Ion ``i`` as a calibrated :class:`~msifusion.io.images.Image`."""
+        return Image(self.images[i], self.pixel_size_um, self.source)
+
+    def empty_ions(self) -> list[float]:
+        """m/z values whose image is all zero (no signal in the window anywhere)."""
+        return [mz for mz, img in zip(self.mzs, self.images) if not np.any(img)]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the XML says about the binary file, as arrays."""
+
+    imzml: Path
+    ibd: Path
+    coords: np.ndarray  # (n, 2) 0-based (x, y)
+    shape: tuple[int, int]  # (H, W)
+    mz_offsets: np.ndarray
+    mz_lengths: np.ndarray
+    int_offsets: np.ndarray
+    int_lengths: np.ndarray
+    mz_dtype: np.dtype
+    int_dtype: np.dtype
+    continuous: bool
+    centroid: bool | None
+    pixel_size_xy_um: tuple[float, float] | None
+    metadata: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the file
+
+
+class ImzML:
+    """An opened imzML/ibd pair: XML parsed and checked against the .ibd, nothing read yet.
+
+    Parse once (the XML of a real file takes seconds) and ask for ion images, the TIC image
+    and the strongest peaks from the same object.
+    """
+
+    def __init__(self, path: str | Path):
+        self.layout = _parse(Path(path))
+        self._ibd_map: np.memmap | None = None
+        self._mz_range: tuple[float, float] | None = None
+
+    # -- facts
+    @property
+    def path(self) -> Path:
+        return self.layout.imzml
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return self.layout.shape
+
+    @property
+    def n_spectra(self) -> int:
+        return int(self.layout.coords.shape[0])
+
+    @property
+    def continuous(self) -> bool:
+        return self.layout.continuous
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Square pixel size in µm; None when absent or when x and y differ."""
+        xy = self.layout.pixel_size_xy_um
+        if xy is None or not math.isclose(xy[0], xy[1], rel_tol=1e-6):
+            return None
+        return xy[0]
+
+    @property
+    def mz_range(self) -> tuple[float, float]:
+        """Smallest and largest m/z acquired (a pass over all m/z arrays in processed mode)."""
+        if self._mz_range is None:
+            lo, hi = math.inf, -math.inf
+            for mz in self._mz_arrays():
+                if mz.size:
+                    lo, hi = min(lo, float(mz.min())), max(hi, float(mz.max()))
+            if lo > hi:
+                raise InputError(self.path, "no spectrum holds any m/z value")
+            self._mz_range = (lo, hi)
+        return self._mz_range
+
+    def summary(self) -> dict:
+        """Facts for reports: size, pixel size, mode, m/z range, number of spectra and channels."""
+        lay = self.layout
+        return {
+            "file": str(lay.imzml),
+            "shape_hw": lay.shape,
+            "pixel_size_um": self.pixel_size_um,
+            "pixel_size_xy_um": lay.pixel_size_xy_um,
+            "mode": "continuous" if lay.continuous else "processed",
+            "spectrum_type": {True: "centroid", False: "profile", None: "unknown"}[lay.centroid],
+            "n_spectra": self.n_spectra,
+            "n_channels": int(lay.mz_lengths[0]) if lay.continuous else None,
+            "mz_range": self.mz_range,
+            "mz_axis_sorted": bool(np.all(np.diff(self._shared_mz()) >= 0)) if lay.continuous else None,
+        }
+
+    # -- binary access
+    def _ibd(self) -> np.memmap:
+        if self._ibd_map is None:
+            size = self.layout.ibd.stat().st_size
+            self._ibd_map = np.memmap(self.layout.ibd, dtype=np.uint8, mode="r", shape=(size,))
+        return self._ibd_map
+
+    def _array(self, offset: int, length: int, dtype: np.dtype) -> np.ndarray:
+        return np.frombuffer(self._ibd(), dtype=dtype, count=int(length), offset=int(offset))
+
+    def _shared_mz(self) -> np.ndarray:
+        lay = self.layout
+        return self._array(lay.mz_offsets[0], lay.mz_lengths[0], lay.mz_dtype).astype(np.float64)
+
+    def _mz_arrays(self) -> Iterator[np.ndarray]:
+        lay = self.layout
+        if lay.continuous:
+            yield self._shared_mz()
+            return
+        for off, n in zip(lay.mz_offsets, lay.mz_lengths):
+            yield self._array(off, n, lay.mz_dtype)
+
+    def _intensity_block(self) -> np.ndarray | None:
+        """(spectra, channels) view of the intensities when they lie at a constant stride."""
+        lay = self.layout
+        n_ch = int(lay.int_lengths[0])
+        item = lay.int_dtype.itemsize
+        off = lay.int_offsets
+        stride = int(off[1] - off[0]) if off.size > 1 else n_ch * item
+        if stride < n_ch * item or np.any(np.diff(off) != stride):
+            return None
+        row = np.dtype({"names": ["v"], "formats": [(lay.int_dtype, (n_ch,))], "offsets": [0], "itemsize": stride})
+        count = off.size
+        return np.ndarray((count,), dtype=row, buffer=self._ibd(), offset=int(off[0]))["v"]
+
+    def _continuous_rows(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """Yield (spectrum slice, intensities (rows, channels) in the file's type), chunk by chunk."""
+        lay = self.layout
+        n_ch = max(int(lay.int_lengths[0]), 1)
+        rows = max(1, _CHUNK_BYTES // (lay.int_dtype.itemsize * n_ch))
+        block = self._intensity_block()
+        for start in range(0, self.n_spectra, rows):
+            sl = slice(start, min(start + rows, self.n_spectra))
+            if block is not None:
+                chunk = np.asarray(block[sl])
+            else:
+                chunk = np.stack([self._array(o, n_ch, lay.int_dtype) for o in lay.int_offsets[sl]])
+            yield sl, chunk
+
+    def _spectra(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (sorted m/z float64, matching intensities float64) per spectrum (processed mode)."""
+        lay = self.layout
+        for mo, ml, io, il in zip(lay.mz_offsets, lay.mz_lengths, lay.int_offsets, lay.int_lengths):
+            mz = self._array(mo, ml, lay.mz_dtype).astype(np.float64)
+            it = self._array(io, il, lay.int_dtype).astype(np.float64)
+            if mz.size > 1 and np.any(mz[1:] < mz[:-1]):
+                order = np.argsort(mz, kind="stable")
+                mz, it = mz[order], it[order]
+            yield mz, it
+
+    # -- images
+    def _scatter(self, values: np.ndarray) -> np.ndarray:
+        """(spectra, k) values → (k, H, W) float32 images; pixels without a spectrum are 0."""
+        h, w = self.shape
+        out = np.zeros((values.shape[1], h, w), dtype=np.float32)
+        x, y = self.layout.coords[:, 0], self.layout.coords[:, 1]
+        out[:, y, x] = values.T
+        return out
+
+    def _windows(self, mzs: Sequence[float], tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
+        centres = np.asarray(mzs, dtype=np.float64)
+        d = np.asarray(tol.half_width(centres), dtype=np.float64)
+        return centres - d, centres + d
+
+    def _check_mzs(self, mzs: Sequence[float], lo: np.ndarray, hi: np.ndarray) -> None:
+        if len(mzs) == 0:
+            raise InputError("--mz", "give at least one m/z")
+        for m in mzs:
+            if not (math.isfinite(m) and m > 0):
+                raise InputError("--mz", f"m/z must be a positive number, got {m!r}")
+        names = [f"{m:.4f}" for m in mzs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InputError("--mz", f"m/z {', '.join(dup)} given more than once")
+        a, b = self.mz_range
+        for m, l, h in zip(mzs, lo, hi):
+            if h < a or l > b:
+                raise InputError(self.path, f"m/z {m:g} is outside the acquired m/z range {a:.4f}–{b:.4f}")
+
+    def ion_images(self, mzs: Sequence[float], tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
+        """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass."""
+        tol = parse_tolerance(tol)
+        if normalize not in (None, "tic", "rms"):
+            raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
+        mzs = [float(m) for m in mzs]
+        lo, hi = self._windows(mzs, tol)
+        self._check_mzs(mzs, lo, hi)
+        sums, norm = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, normalize)
+        if normalize is not None:
+            sums = _normalise(sums, norm)
+        return IonStack(
+            images=self._scatter(sums),
+            mzs=tuple(mzs),
+            tolerance=tol,
+            pixel_size_um=self.pixel_size_um,
+            normalize=normalize,
+            windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
+            source=self.path,
+            mz_range=self.mz_range,
+        )
+
+    def _window_sums_continuous(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize):
+        mz = self._shared_mz()
+        order = np.argsort(mz, kind="stable")
+        mz_sorted = mz[order]
+        first = np.searchsorted(mz_sorted, lo, side="left")
+        last = np.searchsorted(mz_sorted, hi, side="right")
+        # Columns used by any window, and a 0/1 (used columns × ions) selection matrix.
+        members = [order[a:b] for a, b in zip(first, last)]
+        used = np.unique(np.concatenate(members)) if members else np.empty(0, np.int64)
+        select = np.zeros((used.size, lo.size), dtype=np.float64)
+        for k, cols in enumerate(members):
+            select[np.searchsorted(used, cols), k] = 1.0
+        sums = np.empty((self.n_spectra, lo.size), dtype=np.float64)
+        norm = np.empty(self.n_spectra, dtype=np.float64) if normalize else None
+        for sl, chunk in self._continuous_rows():
+            sums[sl] = chunk[:, used].astype(np.float64) @ select
+            if normalize == "tic":
+                norm[sl] = chunk.sum(axis=1, dtype=np.float64)
+            elif normalize == "rms":
+                c = chunk.astype(np.float64)
+                norm[sl] = np.sqrt(np.mean(c * c, axis=1))
+        return sums, norm
+
+    def _window_sums_processed(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize):
+        sums = np.empty((self.n_spectra, lo.size), dtype=np.float64)
+        norm = np.empty(self.n_spectra, dtype=np.float64) if normalize else None
+        for i, (mz, it) in enumerate(self._spectra()):
+            csum = np.concatenate(([0.0], np.cumsum(it)))
+            sums[i] = csum[np.searchsorted(mz, hi, side="right")] - csum[np.searchsorted(mz, lo, side="left")]
+            if normalize == "tic":
+                norm[i] = csum[-1]
+            elif normalize == "rms":
+                norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
+        return sums, norm
+
+    def tic(self) -> np.ndarray:
+        """Total ion current image (H, W) float32: the sum of each spectrum's intensities."""
+        if self.continuous:
+            per = np.empty(self.n_spectra, dtype=np.float64)
+            for sl, chunk in self._continuous_rows():
+                per[sl] = chunk.sum(axis=1, dtype=np.float64)
+        else:
+            per = np.array([it.sum() for _, it in self._spectra()], dtype=np.float64)
+        return self._scatter(per[:, None])[0]
+
+    def mean_spectrum(self, bin_ppm: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+        """Mean spectrum over the pixels with spectra: (m/z ascending, mean intensity).
+
+        Continuous: the exact mean of every channel. Processed: the m/z range is cut into
+        log-spaced bins ``bin_ppm`` wide; each bin holds the summed intensity of the peaks
+        falling in it divided by the number of spectra, and its m/z is the intensity-weighted
+        mean m/z of those peaks (the bin centre when empty).
+        """
+        n = self.n_spectra
+        if self.continuous:
+            mz = self._shared_mz()
+            total = np.zeros(mz.size, dtype=np.float64)
+            for _, chunk in self._continuous_rows():
+                total += chunk.sum(axis=0, dtype=np.float64)
+            order = np.argsort(mz, kind="stable")
+            return mz[order], total[order] / n
+        if not (bin_ppm > 0):
+            raise InputError("--bin-ppm", "bin width must be positive")
+        a, b = self.mz_range
+        step = math.log1p(bin_ppm * 1e-6)
+        n_bins = int(math.floor(math.log(b / a) / step)) + 1
+        total = np.zeros(n_bins, dtype=np.float64)
+        weighted = np.zeros(n_bins, dtype=np.float64)
+        for mz, it in self._spectra():
+            idx = np.minimum((np.log(mz / a) / step).astype(np.int64), n_bins - 1)
+            total += np.bincount(idx, weights=it, minlength=n_bins)
+            weighted += np.bincount(idx, weights=it * mz, minlength=n_bins)
+        centres = a * np.exp((np.arange(n_bins) + 0.5) * step)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mz_bins = np.where(total > 0, weighted / total, centres)
+        return mz_bins, total / n
+
+    def strongest_peaks(self, n: int, bin_ppm: float = 5.0) -> list[tuple[float, float]]:
+        """The ``n`` strongest peaks of the mean spectrum as (m/z, mean intensity), strongest first.
+
+        Centroided continuous data: every channel is a peak. Otherwise (profile data, or the
+        binned mean spectrum of processed data) peaks are local maxima (≥ left, > right
+        neighbour) with positive intensity.
+        """
+        if n < 1:
+            raise InputError("--n", "number of peaks must be at least 1")
+        mz, mean = self.mean_spectrum(bin_ppm)
+        if self.continuous and self.layout.centroid:
+            cand = np.flatnonzero(mean > 0)
+        else:
+            left = np.concatenate(([-np.inf], mean[:-1]))
+            right = np.concatenate((mean[1:], [-np.inf]))
+            cand = np.flatnonzero((mean >= left) & (mean > right) & (mean > 0))
+        best = cand[np.argsort(-mean[cand], kind="stable")[:n]]
+        return [(float(mz[i]), float(mean[i])) for i in best]
+
+    def close(self) -> None:
+        self._ibd_map = None
+
+    def __enter__(self) -> "ImzML":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _normalise(sums: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    ok = norm > 0
+    scale = float(np.median(norm[ok])) if ok.any() else 1.0
+    out = np.zeros_like(sums)
+    out[ok] = sums[ok] / norm[ok, None] * scale
+    return out
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _find_ibd(imzml: Path) -> Path:
+    for cand in sorted(imzml.parent.glob("*")):
+        if cand.stem == imzml.stem and cand.suffix.lower() == ".ibd" and cand.is_file():
+            return cand
+    raise InputError(imzml, f"binary file {imzml.stem}.ibd not found beside it (imzML comes as a .imzML + .ibd pair)")
+
+
+def _param_names(group) -> set[str]:
+    return {str(p[0]) for p in group.cv_params} | {str(p[3]) for p in group.cv_params}
+
+
+def _pixel_size(parser) -> tuple[float, float] | None:
+    """(x, y) pixel size in µm from the scan settings (imzML's unit for IMS:1000046/47 is µm)."""
+    found: dict[str, float] = {}
+    for settings in (parser.metadata.scan_settings or {}).values():
+        for name, accession, value, _raw, unit, *_ in settings.cv_params:
+            axis = {"IMS:1000046": "x", "IMS:1000047": "y"}.get(accession)
+            if axis is None or value is None:
+                continue
+            factor = {None: 1.0, "micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit)
+            try:
+                size = float(value) * (factor if factor is not None else 1.0)
+            except (TypeError, ValueError):
+                continue
+            if size > 0:
+                found.setdefault(axis, size)
+    if not found:
+        return None
+    x = found.get("x", found.get("y"))
+    return float(x), float(found.get("y", x))
+
+
+def _parse(path: Path) -> _Layout:
+    if not path.exists():
+        raise InputError(path, "imzML file not found")
+    if not path.is_file():
+        raise InputError(path, "imzML path is not a file")
+    if path.suffix.lower() == ".ibd":
+        raise InputError(path, "this is the binary half; give the .imzML file (the .ibd must sit beside it)")
+    ibd = _find_ibd(path)
+    from pyimzml.ImzMLParser import ImzMLParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyimzML's notes on non-standard cvParam names
+            parser = ImzMLParser(str(path), ibd_file=None)
+    except ET.ParseError as exc:
+        raise InputError(path, f"not a readable imzML (XML) file: {exc}") from None
+    except (KeyError, AttributeError, TypeError, ValueError, IndexError, StopIteration, RuntimeError) as exc:
+        raise InputError(path, f"not a valid imzML file ({type(exc).__name__}: {exc})") from None
+    if not parser.coordinates:
+        raise InputError(path, "imzML file lists no spectra")
+
+    groups = parser.metadata.referenceable_param_groups
+    for gid in (parser.mzGroupId, parser.intGroupId):
+        if gid is None:
+            raise InputError(path, "imzML does not declare its m/z and intensity arrays")
+        names = _param_names(groups[gid])
+        if "zlib compression" in names or "MS:1000574" in names:
+            raise InputError(path, "compressed (zlib) binary arrays are not supported; export uncompressed imzML")
+    mz_dtype = _dtype(path, groups[parser.mzGroupId])
+    int_dtype = _dtype(path, groups[parser.intGroupId])
+
+    coords = np.asarray(parser.coordinates, dtype=np.int64)
+    if np.unique(coords[:, 2]).size > 1:
+        raise InputError(path, "3-D imzML (several z planes) is not supported")
+    if coords[:, :2].min() < 0:
+        raise InputError(path, "negative pixel coordinates")
+    base = 0 if coords[:, :2].min() == 0 else 1
+    xy = coords[:, :2] - base
+    keys = xy[:, 1] * (xy[:, 0].max() + 1) + xy[:, 0]
+    uniq, counts = np.unique(keys, return_counts=True)
+    if uniq.size != keys.size:
+        k = uniq[np.argmax(counts > 1)]
+        dup = np.flatnonzero(keys == k)
+        raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={xy[dup[0], 0] + base}, y={xy[dup[0], 1] + base}")
+    meta = parser.imzmldict
+    h = max(int(xy[:, 1].max()) + 1, int(meta.get("max count of pixels y", 0) or 0))
+    w = max(int(xy[:, 0].max()) + 1, int(meta.get("max count of pixels x", 0) or 0))
+
+    mz_off = np.asarray(parser.mzOffsets, dtype=np.int64)
+    mz_len = np.asarray(parser.mzLengths, dtype=np.int64)
+    int_off = np.asarray(parser.intensityOffsets, dtype=np.int64)
+    int_len = np.asarray(parser.intensityLengths, dtype=np.int64)
+    if np.any(mz_len != int_len):
+        i = int(np.argmax(mz_len != int_len))
+        raise InputError(path, f"spectrum {i} has {mz_len[i]} m/z values but {int_len[i]} intensities")
+    if min(mz_off.min(), int_off.min()) < 0:
+        raise InputError(path, "negative offset into the .ibd file")
+    needed = int(max((mz_off + mz_len * mz_dtype.itemsize).max(), (int_off + int_len * int_dtype.itemsize).max()))
+    have = ibd.stat().st_size
+    if have < needed:
+        raise InputError(ibd, f"binary file is truncated: the imzML needs {needed} bytes, the file has {have}")
+
+    continuous = bool(np.all(mz_off == mz_off[0]) and np.all(mz_len == mz_len[0]))
+    fd = _param_names(parser.metadata.file_description)
+    centroid = True if parser.spectrum_mode == "centroid" else False if parser.spectrum_mode == "profile" else None
+    if centroid is None and ("centroid spectrum" in fd or "profile spectrum" in fd):
+        centroid = "centroid spectrum" in fd
+    return _Layout(
+        imzml=path, ibd=ibd, coords=xy, shape=(h, w),
+        mz_offsets=mz_off, mz_lengths=mz_len, int_offsets=int_off, int_lengths=int_len,
+        mz_dtype=mz_dtype, int_dtype=int_dtype, continuous=continuous, centroid=centroid,
+        pixel_size_xy_um=_pixel_size(parser),
+        metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
+    )
+
+
+def _dtype(path: Path, group) -> np.dtype:
+    names = _param_names(group)
+    for name, code in _DTYPES.items():
+        if name in names:
+            return np.dtype(code)
+    raise InputError(path, "imzML does not say the number type (32/64-bit float/integer) of a binary array")
+
+
+# ----------------------------------------------------------------------------- functions
+
+
+def read_ion_images(path: str | Path, mzs: Sequence[float], tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
+    """Ion images for all ``mzs`` from one pass over the file (see module docstring)."""
+    with ImzML(path) as f:
+        return f.ion_images(mzs, tol, normalize)
+
+
+def tic_image(path: str | Path) -> Image:
+    """Total ion current image (H, W) float32 with the file's pixel size."""
+    with ImzML(path) as f:
+        return Image(f.tic(), f.pixel_size_um, f.path)
+
+
+def strongest_peaks(path: str | Path, n: int, bin_ppm: float = 5.0) -> list[tuple[float, float]]:
+    """The ``n`` strongest peaks of the mean spectrum, (m/z, mean intensity), strongest first."""
+    with ImzML(path) as f:
+        return f.strongest_peaks(n, bin_ppm)
+
+
+def display_clip(img: np.ndarray, pct: float = 99.0) -> np.ndarray:
+    """Copy of ``img`` clipped at the ``pct`` percentile of its non-zero pixels (hotspot removal).
+
+    For display only: never apply it to exported data.
+    """
+    img = np.asarray(img)
+    nz = img[np.isfinite(img) & (img != 0)]
+    if nz.size == 0:
+        return img.copy()
+    return np.minimum(img, np.percentile(nz, pct)).astype(img.dtype, copy=False)
+
+
+def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
+    """Write ``DIR/mz_<m/z, 4 decimals>.tiff`` per ion and the stack ``DIR/ions.ome.tiff``.
+
+    All float32, calibrated with the stack's pixel size; the stack's channel names are the
+    m/z strings. Returns the per-ion paths followed by the stack path.
+    """
+    from msifusion.io.images import write_tiff
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_tiff(out / f"mz_{name}.tiff", img, stack.pixel_size_um) for name, img in zip(stack.names, stack.images)]
+    paths.append(write_tiff(out / "ions.ome.tiff", stack.images, stack.pixel_size_um, channel_names=stack.names))
+    return paths

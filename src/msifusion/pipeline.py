@@ -1,0 +1,214 @@
+"""From files to a finished output folder: load, check, fuse, write, record.
+
+Used by the CLI and usable from Python. Every check on the inputs runs before any work, and
+everything is written into a staging folder that becomes ``out`` only on success.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.fit import CheckpointFn, FitConfig, Runtime, resolve_device
+from msifusion.io.images import Image, read_ion, read_optical, write_tiff
+from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, infer_scale
+from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
+
+
+@dataclass(frozen=True)
+class FuseSettings:
+    """What to run: method, its training recipe (for network methods), seed/device/progress."""
+
+    method: str = DEFAULT_METHOD
+    fit: FitConfig = FitConfig()
+    runtime: Runtime = Runtime()
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError("--method", f"unknown method {self.method!r}; choose from {', '.join(sorted(METHODS))}")
+
+
+@dataclass
+class RegisteredPair:
+    """An optical guide on the ion grid × scale, with the calibration of both."""
+
+    guide: np.ndarray
+    ion: np.ndarray
+    scale: int
+    ion_pixel_size_um: float | None
+    ion_name: str = "ion"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fused_pixel_size_um(self) -> float | None:
+        return self.ion_pixel_size_um / self.scale if self.ion_pixel_size_um else None
+
+
+def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_size_um: float | None = None) -> RegisteredPair:
+    """Check that the optical is registered to the ion grid, resizing it to ``scale`` when asked.
+
+    Without ``scale`` the optical shape must be the ion shape times one integer ≥ 2. With it,
+    an optical of the ion's aspect ratio (within one ion pixel) is resized to ion × scale.
+    """
+    (H, W), (h, w) = optical.shape2d, ion.shape2d
+    src = optical.path
+    notes: list[str] = []
+    guide = optical.pixels
+    if scale is None:
+        try:
+            scale = infer_scale((H, W), (h, w))
+        except ValueError as exc:
+            raise InputError(src, f"{exc}; register it to the ion grid, or pass --scale N to resize it") from None
+    elif (H, W) != (h * scale, w * scale):
+        if abs(H * w / W - h) > 1.0:
+            raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w}; "
+                             "it is not registered to the ion grid (use `msifusion register`)")
+        guide = _resize(guide, (h * scale, w * scale))
+        notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
+    if scale < 2:
+        raise InputError("--scale", f"scale must be at least 2, got {scale}")
+    pixel_size = ion_pixel_size_um or ion.pixel_size_um
+    if pixel_size is None and optical.pixel_size_um:
+        pixel_size = optical.pixel_size_um * H / h
+        notes.append("ion pixel size taken from the optical's calibration")
+    name = ion.path.stem if ion.path else "ion"
+    return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes)
+
+
+def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    shrink = shape[0] < rgb.shape[0]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
+
+
+def software_versions() -> dict:
+    import numpy
+    import torch
+
+    import msifusion
+
+    return {"msifusion": msifusion.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
+    options = MethodOptions(settings.fit, settings.runtime, on_checkpoint)
+    return fuse(pair.guide, pair.ion, settings.method, options)
+
+
+def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
+    """A callback that saves the network's output every N epochs as PNG + TIFF (ion units)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(epoch: int, image: np.ndarray) -> None:
+        image = image * intensity_scale
+        write_tiff(folder / f"epoch_{epoch:04d}.tiff", image, pixel_size_um)
+        save_ion_png(folder / f"epoch_{epoch:04d}.png", image, pixel_size_um, title=f"epoch {epoch}")
+
+    return write
+
+
+def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResult, settings: FuseSettings,
+                         extra: dict | None = None) -> dict:
+    """fused.tiff, fused.png, losses.csv/png (network methods) and run.json; returns run.json's dict."""
+    start = time.perf_counter()
+    px = pair.fused_pixel_size_um
+    write_tiff(folder / "fused.tiff", result.image, px)
+    save_ion_png(folder / "fused.png", result.image, px, title=f"{pair.ion_name} · {result.method} ×{result.scale}")
+    if result.fit.history:
+        write_loss_csv(folder / "losses.csv", result.fit.history)
+        save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")
+    record = run_record(pair, result, settings, extra)
+    record["timings_s"]["write"] = time.perf_counter() - start
+    write_run_json(folder, record)
+    return record
+
+
+def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
+    trains = METHODS[result.method].trains
+    record = {
+        "tool": "msifusion",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "method": result.method,
+        "method_summary": METHODS[result.method].summary,
+        "scale": result.scale,
+        "ion_name": pair.ion_name,
+        "ion_shape": list(pair.ion.shape),
+        "fused_shape": list(result.image.shape),
+        "ion_pixel_size_um": pair.ion_pixel_size_um,
+        "fused_pixel_size_um": pair.fused_pixel_size_um,
+        "units": "the ion image's own intensity units",
+        "intensity_scale": result.intensity_scale,
+        "seed": settings.runtime.seed,
+        "device": str(resolve_device(settings.runtime.device)),
+        "fit_settings": asdict(settings.fit) if trains else None,
+        "epochs": result.fit.epochs,
+        "stop_reason": result.fit.stop_reason,
+        "consistency_error": result.consistency_error,
+        "timings_s": {"fuse": result.seconds},
+        "versions": software_versions(),
+        "notes": pair.notes,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def write_run_json(folder: Path, record: dict) -> Path:
+    path = folder / "run.json"
+    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+@dataclass(frozen=True)
+class FuseFilesRequest:
+    """``msifusion fuse --optical --ion``: files in, one output folder out."""
+
+    optical: Path
+    ion: Path
+    out: Path
+    settings: FuseSettings = FuseSettings()
+    scale: int | None = None
+    ion_pixel_size_um: float | None = None
+    overwrite: bool = False
+
+
+def fuse_files(request: FuseFilesRequest) -> dict:
+    """Run one fusion from files to ``request.out``; returns the run record."""
+    t0 = time.perf_counter()
+    check_output_dir(request.out, request.overwrite)
+    optical, ion = read_optical(request.optical), read_ion(request.ion)
+    pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
+    load_s = time.perf_counter() - t0
+    with staged_output_dir(request.out, request.overwrite) as stage:
+        on_checkpoint = None
+        if request.settings.fit.checkpoint_every:
+            on_checkpoint = checkpoint_writer(stage / "checkpoints", float(np.max(np.abs(pair.ion))),
+                                              pair.fused_pixel_size_um)
+        result = fuse_pair(pair, request.settings, on_checkpoint)
+        inputs = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
+                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
+        record = write_fusion_outputs(stage, pair, result, request.settings, inputs)
+        record["timings_s"].update(load=load_s, total=time.perf_counter() - t0)
+        write_run_json(stage, record)
+    return record

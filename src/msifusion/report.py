@@ -1,0 +1,154 @@
+"""Figures: ion images with colour bar and scale bar, loss curves, comparison panels.
+
+Display only: colour scales clip hotspots at the 99th percentile so one hot pixel does not
+wash out the image; the data written to TIFF are never clipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DISPLAY_PERCENTILE = 99.0
+ION_CMAP = "viridis"
+
+
+def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> tuple[float, float]:
+    """Colour limits for display: [min(0, 1st pct), `percentile`-th pct] (hotspots clipped)."""
+    finite = np.asarray(image)[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo = min(0.0, float(np.percentile(finite, 1)))
+    hi = float(np.percentile(finite, percentile))
+    if hi <= lo:
+        hi = float(finite.max()) if finite.max() > lo else lo + 1.0
+    return lo, hi
+
+
+def nice_length(target: float) -> float:
+    """The 1-2-5 × 10^n number closest below ``target`` (for scale bars)."""
+    if target <= 0:
+        return 0.0
+    exp = math.floor(math.log10(target))
+    for mult in (5, 2, 1):
+        if mult * 10**exp <= target:
+            return mult * 10**exp
+    return 10**exp
+
+
+def add_scale_bar(ax, width_px: int, pixel_size_um: float | None) -> None:
+    """Draw a white scale bar about a fifth of the image wide, labelled in µm or mm."""
+    if not pixel_size_um:
+        return
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length_um = nice_length(width_px * pixel_size_um / 5)
+    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+    bar = AnchoredSizeBar(ax.transData, length_um / pixel_size_um, label, "lower right", pad=0.4,
+                          color="white", frameon=False, size_vertical=max(1, width_px / 150), label_top=True)
+    ax.add_artist(bar)
+
+
+def _figsize(shape: tuple[int, int], width: float) -> tuple[float, float]:
+    h, w = shape
+    return width, max(2.0, width * h / w)
+
+
+def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | None = None,
+                 title: str = "", units: str = "ion intensity") -> Path:
+    """One ion image: colour map, colour bar in the ion's units, scale bar when calibrated."""
+    lo, hi = display_range(image)
+    fig, ax = plt.subplots(figsize=_figsize(image.shape, 8.0), dpi=120)
+    shown = ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    add_scale_bar(ax, image.shape[1], pixel_size_um)
+    cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    cbar.set_label(f"{units} (display clipped at {DISPLAY_PERCENTILE:g}th pct)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """An (H, W, 3) float RGB image in [0, 1] as an 8-bit PNG, pixel for pixel."""
+    import cv2
+
+    data = np.clip(np.round(np.asarray(rgb) * 255), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), data[..., ::-1])
+    return Path(path)
+
+
+LOSS_FIELDS = ("epoch", "mse", "edge", "total", "seconds")
+
+
+def write_loss_csv(path: str | Path, history: Sequence[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOSS_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    return Path(path)
+
+
+def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -> Path:
+    """MSE and edge perceptual loss per epoch on log–log axes (the paper's Figure 5)."""
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for key, colour in (("mse", "tab:blue"), ("edge", "tab:orange"), ("total", "0.5")):
+        values = [max(r[key], 1e-30) for r in history]
+        ax.plot(epochs, values, label={"mse": "MSE", "edge": "edge perceptual", "total": "total"}[key],
+                color=colour, lw=1.2 if key != "total" else 0.8, ls="-" if key != "total" else "--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (normalised units)")
+    ax.set_title(title or "training losses")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_um: float | None = None,
+               title: str = "", reference: np.ndarray | None = None) -> Path:
+    """Side-by-side panels (the paper's Figure 2 c–f). RGB panels are shown as they are; ion
+    panels share one colour scale, taken from ``reference`` (e.g. the truth) when given, so
+    brightness is comparable across methods. Low-resolution panels are shown at the fine size.
+    """
+    n = len(panels)
+    fine_shape = max((p[1].shape[:2] for p in panels), key=lambda s: s[0] * s[1])
+    ion_images = [img for _, img in panels if img.ndim == 2]
+    lo, hi = display_range(reference if reference is not None else np.concatenate([i.ravel() for i in ion_images]))
+    cols = min(n, 3) if fine_shape[1] < 1.6 * fine_shape[0] else min(n, 2)
+    rows = math.ceil(n / cols)
+    fw = 4.2 * cols
+    fh = rows * (fw / cols) * fine_shape[0] / fine_shape[1] + 0.6 * rows + (0.4 if title else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(fw, fh), dpi=130, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (name, img) in zip(axes.ravel(), panels):
+        extent = (0, fine_shape[1], fine_shape[0], 0)
+        if img.ndim == 3:
+            ax.imshow(np.clip(img, 0, 1), extent=extent, interpolation="nearest")
+        else:
+            ax.imshow(img, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        add_scale_bar(ax, fine_shape[1], pixel_size_um)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import tifffile
+
+from msifusion.errors import InputError
+from msifusion.io.images import optical_to_rgb, read_ion, read_optical, write_rgb_tiff, write_tiff
+
+
+@pytest.fixture
+def ion() -> np.ndarray:
+    return (np.random.default_rng(3).random((6, 9)) * 1e4).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".npy", ".csv"])
+def test_ion_round_trip(tmp_path, ion, suffix):
+    path = tmp_path / f"ion{suffix}"
+    if suffix == ".tiff":
+        write_tiff(path, ion, pixel_size_um=20.0)
+    elif suffix == ".npy":
+        np.save(path, ion)
+    else:
+        np.savetxt(path, ion, delimiter=",", fmt="%.9g")
+    image = read_ion(path)
+    np.testing.assert_allclose(image.pixels, ion, rtol=1e-6)
+    assert image.pixel_size_um == (pytest.approx(20.0) if suffix == ".tiff" else None)
+
+
+def test_csv_with_header_and_row_labels_semicolons(tmp_path):
+    path = tmp_path / "cardinal.csv"
+    path.write_text('"","V1","V2","V3"\n"1";1;2;3\n"2";4;5;6\n'.replace(",", ";"))
+    np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2, 3], [4, 5, 6]])
+
+
+def test_long_table_is_pivoted_with_missing_pixels_zero(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("x,y,intensity\n1,1,5\n2,1,6\n3,2,7\n")
+    np.testing.assert_array_equal(read_ion(path).pixels, [[5, 6, 0], [0, 0, 7]])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("1,2\n3\n", "row 2 has 1 values"), ("1,2\n3,abc\n", "non-numeric"), ("1,NA\n3,4\n", "NaN"), ("0,0\n0,0\n", "all zero")],
+)
+def test_bad_tables(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message) as info:
+        read_ion(path)
+    assert "bad.csv" in str(info.value)
+
+
+def test_ion_must_be_2d(tmp_path):
+    np.save(tmp_path / "cube.npy", np.ones((3, 4, 5)))
+    with pytest.raises(InputError, match="2-D"):
+        read_ion(tmp_path / "cube.npy")
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_ion(tmp_path / "nothing.tiff")
+    (tmp_path / "ion.xyz").write_text("1")
+    with pytest.raises(InputError, match="unsupported"):
+        read_ion(tmp_path / "ion.xyz")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot decode"):
+        read_optical(tmp_path / "broken.png")
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.uint8, 255), (np.uint16, 65535)])
+def test_optical_png_bit_depths_and_channel_order(tmp_path, dtype, scale):
+    import cv2
+
+    rgb = np.zeros((4, 5, 3), dtype)
+    rgb[..., 0] = scale  # pure red
+    cv2.imwrite(str(tmp_path / "red.png"), rgb[..., ::-1])
+    image = read_optical(tmp_path / "red.png").pixels
+    assert image.dtype == np.float32 and image.shape == (4, 5, 3)
+    np.testing.assert_allclose(image[0, 0], [1.0, 0.0, 0.0])
+
+
+def test_optical_conversions():
+    gray = np.array([[0, 128], [255, 64]], np.uint8)
+    assert optical_to_rgb(gray).shape == (2, 2, 3)
+    rgba = np.zeros((3, 3, 4), np.uint8)
+    assert optical_to_rgb(rgba).shape == (3, 3, 3)
+    planar = np.zeros((3, 7, 9), np.uint16)
+    assert optical_to_rgb(planar).shape == (7, 9, 3)
+    floats = np.array([[-1.0, 3.0], [1.0, 0.0]], np.float32)
+    scaled = optical_to_rgb(floats)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    with pytest.raises(InputError, match="NaN"):
+        optical_to_rgb(np.array([[np.nan, 1.0], [0.0, 0.0]]))
+
+
+def test_calibrated_tiff_carries_pixel_size_and_channel_names(tmp_path):
+    stack = np.random.default_rng(0).random((2, 4, 5)).astype(np.float32)
+    path = write_tiff(tmp_path / "stack.ome.tiff", stack, pixel_size_um=2.5, channel_names=["m/z 100.0000", "m/z 200.0000"])
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(tif.asarray(), stack)
+        assert 'Name="m/z 100.0000"' in tif.ome_metadata
+        assert 'PhysicalSizeX="2.5"' in tif.ome_metadata
+        num, den = tif.pages.first.tags["XResolution"].value
+        assert num / den == pytest.approx(1e4 / 2.5)
+
+
+def test_rgb_tiff_round_trip_as_optical(tmp_path):
+    rgb = np.random.default_rng(0).random((6, 8, 3)).astype(np.float32)
+    write_rgb_tiff(tmp_path / "opt.tiff", rgb, pixel_size_um=1.5)
+    image = read_optical(tmp_path / "opt.tiff")
+    np.testing.assert_allclose(image.pixels, rgb, atol=1 / 255)
+    assert image.pixel_size_um == pytest.approx(1.5)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
+from msifusion.models.lcrn import LCRN
+
+
+def _run(values, patience):
+    stopper = EdgeLossStopper(patience)
+    for epoch, value in enumerate(values, 1):
+        if stopper.update(value):
+            return epoch
+    return None
+
+
+def test_stops_at_the_fifth_total_increase_not_consecutive():
+    # increases at epochs 3, 5, 7, 9, 11 (interleaved with decreases)
+    values = [10, 9, 9.5, 8, 8.5, 7, 7.5, 6, 6.5, 5, 5.5, 4, 3]
+    assert _run(values, 5) == 11
+
+
+def test_monotone_decrease_never_stops_and_patience_zero_disables():
+    assert _run(list(range(100, 0, -1)), 5) is None
+    assert _run([1, 2, 3, 4, 5, 6, 7, 8], 0) is None
+
+
+def test_equal_values_are_not_increases():
+    assert _run([1.0] * 50, 1) is None
+    assert _run([1.0, 1.0, 1.5], 1) == 3
+
+
+def test_config_rejects_nonsense():
+    for bad in (dict(max_epochs=0), dict(lr=0), dict(w_mse=0, w_edge=0), dict(patience=-1), dict(edge_kernel="x")):
+        with pytest.raises(ValueError):
+            FitConfig(**bad)
+
+
+def test_fit_reduces_loss_and_records_history(small_pair):
+    guide, ion, scale = small_pair
+    from msifusion.physics import upsample
+
+    target = upsample(ion / ion.max(), scale)
+    seed_everything(0)
+    result = fit_network(LCRN(), guide, target, FitConfig(max_epochs=40, patience=0, lr=3e-3), Runtime(quiet=True))
+    assert result.epochs == 40 and len(result.history) == 40
+    assert result.history[-1]["mse"] < 0.5 * result.history[0]["mse"]
+    assert result.image.shape == guide.shape[:2]
+    assert [r["epoch"] for r in result.history] == list(range(1, 41))
+
+
+def test_early_stopping_ends_the_fit(small_pair):
+    guide, ion, scale = small_pair
+    from msifusion.physics import upsample
+
+    seed_everything(0)
+    result = fit_network(LCRN(), guide, upsample(ion / ion.max(), scale),
+                         FitConfig(max_epochs=2000, patience=1, lr=3e-2), Runtime(quiet=True))
+    assert result.epochs < 2000 and result.stop_reason.startswith("early stop")
+    edges = [r["edge"] for r in result.history]
+    assert sum(b > a for a, b in zip(edges, edges[1:])) == 1
+
+
+def test_checkpoints_called_every_n_epochs(small_pair):
+    guide, ion, scale = small_pair
+    seen = []
+    fit_network(LCRN(), guide, np.zeros(guide.shape[:2], np.float32), FitConfig(max_epochs=7, patience=0, checkpoint_every=3),
+                Runtime(quiet=True), on_checkpoint=lambda epoch, image: seen.append((epoch, image.shape)))
+    assert seen == [(3, guide.shape[:2]), (6, guide.shape[:2])]
