@@ -1,0 +1,129 @@
+"""Closed-form methods: shapes, units, consistency, and each algorithm's known special cases."""
+
+import cv2
+import numpy as np
+import pytest
+
+from msifusion.classical import (
+    DiffusionConfig,
+    anisotropic_diffusion,
+    guided_filter,
+    iterative_backprojection,
+    optical_features,
+    pls1,
+    pls_fusion,
+)
+from msifusion.methods import MethodOptions, fuse
+from msifusion.physics import block_mean, consistency_error, upsample
+
+CLOSED_FORM = ["bicubic", "guided", "bilinear-bp", "guided-bp", "diffusion", "pls"]
+
+
+@pytest.fixture
+def tiny():
+    rng = np.random.default_rng(0)
+    guide = rng.random((24, 32, 3)).astype(np.float32)
+    ion = rng.random((6, 8)).astype(np.float32) + 0.1
+    return guide, ion
+
+
+@pytest.mark.parametrize("method", CLOSED_FORM)
+def test_method_shape_finite_and_units(tiny, method):
+    guide, ion = tiny
+    out = fuse(guide, ion, method, MethodOptions()).image
+    assert out.shape == (24, 32) and out.dtype == np.float32
+    assert np.all(np.isfinite(out))
+    scaled = fuse(guide, ion * 1000, method, MethodOptions()).image
+    np.testing.assert_allclose(scaled, out * 1000, rtol=1e-4, atol=1e-4 * 1000 * np.abs(out).max())
+
+
+@pytest.mark.parametrize("method", ["bilinear-bp", "guided-bp", "diffusion"])
+def test_consistent_methods_match_the_measurement(tiny, method):
+    guide, ion = tiny
+    result = fuse(guide, ion, method, MethodOptions())
+    assert result.consistency_error < 1e-4
+    assert consistency_error(result.image, ion, 4) < 1e-4
+
+
+def _box(img, r):
+    return cv2.boxFilter(img, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_guided_filter_with_constant_guide_is_box_smoothing(channels):
+    src = np.random.default_rng(1).random((20, 30))
+    guide = np.full((20, 30, channels), 0.4).squeeze()
+    out = guided_filter(guide, src, 2, 1e-3)
+    np.testing.assert_allclose(out, _box(_box(src, 2), 2), atol=1e-5)
+
+
+def test_guided_filter_with_itself_as_guide_preserves_the_image():
+    src = np.kron(np.random.default_rng(2).random((5, 6)), np.ones((4, 4)))  # sharp edges
+    np.testing.assert_allclose(guided_filter(src, src, 2, 1e-8), src, atol=1e-3)
+    colour = np.repeat(src[..., None], 3, axis=2)
+    np.testing.assert_allclose(guided_filter(colour, src, 2, 1e-8), src, atol=1e-3)
+
+
+def test_backprojection_converges_without_the_exact_step():
+    rng = np.random.default_rng(3)
+    measured = rng.random((6, 8)).astype(np.float32)
+    start = upsample(measured, 4) + rng.normal(0, 0.1, (24, 32)).astype(np.float32)
+    out = iterative_backprojection(start, measured, 4, iterations=30, exact=False)
+    assert consistency_error(out, measured, 4) < 1e-4
+    assert consistency_error(start, measured, 4) > 1e-2
+
+
+def test_backprojection_leaves_a_consistent_image_unchanged():
+    measured = np.random.default_rng(4).random((6, 8)).astype(np.float32)
+    fine = np.kron(measured, np.ones((4, 4), np.float32))
+    np.testing.assert_allclose(iterative_backprojection(fine, measured, 4), fine, atol=1e-6)
+
+
+def test_diffusion_keeps_constants_and_zero_background():
+    guide = np.random.default_rng(5).random((24, 32, 3)).astype(np.float32)
+    const = np.full((6, 8), 0.7, np.float32)
+    np.testing.assert_allclose(anisotropic_diffusion(guide, const, 4), 0.7, atol=1e-5)
+    ion = np.random.default_rng(6).random((6, 8)).astype(np.float32)
+    ion[:, :3] = 0
+    out = anisotropic_diffusion(guide, ion, 4, DiffusionConfig(iterations=50))
+    assert out.min() >= 0
+    assert np.all(out[:, :12] == 0)
+    np.testing.assert_allclose(block_mean(out, 4), ion, atol=1e-6)
+
+
+def test_diffusion_follows_a_guide_edge_inside_a_block():
+    # truth: left half 1, right half 0, edge at column 10 (inside a 4-px block); guide shares it
+    truth = np.zeros((16, 16), np.float32)
+    truth[:, :10] = 1
+    guide = np.repeat(truth[..., None], 3, axis=2)
+    out = anisotropic_diffusion(guide, block_mean(truth, 4), 4)
+    bilinear_err = np.abs(upsample(block_mean(truth, 4), 4) - truth).mean()
+    assert np.abs(out - truth).mean() < 0.1 * bilinear_err
+
+
+def test_pls1_recovers_an_exact_linear_relation():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(40, 5))
+    beta = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    y = X @ beta + 4.0
+    coef, intercept = pls1(X, y, 5)
+    np.testing.assert_allclose(coef, beta, atol=1e-8)
+    assert intercept == pytest.approx(4.0)
+
+
+def test_pls1_with_one_component_is_the_covariance_direction():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(30, 3))
+    y = rng.normal(size=30)
+    coef, _ = pls1(X, y, 1)
+    w = (X - X.mean(0)).T @ (y - y.mean())
+    assert abs(np.dot(coef, w) / np.linalg.norm(coef) / np.linalg.norm(w)) == pytest.approx(1.0)
+
+
+def test_pls_fusion_recovers_a_linear_optical_model(tiny):
+    guide, _ = tiny
+    features = optical_features(guide, 4)
+    assert len(features) == 16
+    fine = 0.3 * features[0] - 0.5 * features[1] + 0.2 * features[6] + 0.2
+    out = pls_fusion(guide, block_mean(fine, 4), 4, n_components=16)
+    np.testing.assert_allclose(out, fine, atol=1e-3)
