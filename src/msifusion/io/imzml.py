@@ -46,6 +46,7 @@ Normalize = Literal["tic", "rms"] | None
 
 _DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4", "64-bit integer": "<i8"}
 _CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
+_OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a spectrum
 
 
 # ----------------------------------------------------------------------------- tolerance
@@ -136,6 +137,7 @@ class _Layout:
     continuous: bool
     centroid: bool | None
     pixel_size_xy_um: tuple[float, float] | None
+    declared_mz_range: tuple[float, float] | None = None  # from "lowest/highest observed m/z"
     metadata: dict = field(default_factory=dict)
 
 
@@ -182,7 +184,15 @@ class ImzML:
 
     @property
     def mz_range(self) -> tuple[float, float]:
-        """Smallest and largest m/z acquired (a pass over all m/z arrays in processed mode)."""
+        """Smallest and largest m/z acquired.
+
+        Continuous: from the shared axis. Processed: from the spectra's "lowest/highest
+        observed m/z" in the XML (widened by 1 ppm for their rounding) when every spectrum
+        has them, else from a pass over all m/z arrays.
+        """
+        if self._mz_range is None and self.layout.declared_mz_range is not None and not self.continuous:
+            lo, hi = self.layout.declared_mz_range
+            self._mz_range = (lo * (1 - 1e-6), hi * (1 + 1e-6))
         if self._mz_range is None:
             lo, hi = math.inf, -math.inf
             for mz in self._mz_arrays():
@@ -368,7 +378,7 @@ class ImzML:
     def mean_spectrum(self, bin_ppm: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
         """Mean spectrum over the pixels with spectra: (m/z ascending, mean intensity).
 
-        Continuous: the exact mean of every channel. Processed: the m/z range is cut into
+        Continuous: the exact mean of every channel (channels with the same m/z summed). Processed: the m/z range is cut into
         log-spaced bins ``bin_ppm`` wide; each bin holds the summed intensity of the peaks
         falling in it divided by the number of spectra, and its m/z is the intensity-weighted
         mean m/z of those peaks (the bin centre when empty).
@@ -379,8 +389,8 @@ class ImzML:
             total = np.zeros(mz.size, dtype=np.float64)
             for _, chunk in self._continuous_rows():
                 total += chunk.sum(axis=0, dtype=np.float64)
-            order = np.argsort(mz, kind="stable")
-            return mz[order], total[order] / n
+            uniq, inverse = np.unique(mz, return_inverse=True)  # sorted; channels sharing an m/z merged
+            return uniq, np.bincount(inverse, weights=total, minlength=uniq.size) / n
         if not (bin_ppm > 0):
             raise InputError("--bin-ppm", "bin width must be positive")
         a, b = self.mz_range
@@ -415,6 +425,29 @@ class ImzML:
             cand = np.flatnonzero((mean >= left) & (mean > right) & (mean > 0))
         best = cand[np.argsort(-mean[cand], kind="stable")[:n]]
         return [(float(mz[i]), float(mean[i])) for i in best]
+
+    def tissue_images(self, n_components: int = 2, n_peaks: int = 300, tol: Tolerance | str = "10ppm") -> np.ndarray:
+        """Candidate tissue images for automatic registration: (1 + n_components, H, W) float32.
+
+        The TIC, then the leading principal components of the spectra restricted to the
+        ``n_peaks`` strongest peaks (window ``tol``), each spectrum divided by its TIC and
+        square-rooted (variance stabilising). Tissue types differ by their spectra, so the
+        components show the morphology (e.g. stroma vs epithelium) even where the TIC is flat.
+        Pixels without a spectrum are 0; component signs are arbitrary.
+        """
+        peaks = [mz for mz, _ in self.strongest_peaks(n_peaks)]
+        tol = parse_tolerance(tol)
+        lo, hi = self._windows(peaks, tol)
+        sums, tic = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, "tic")
+        x = np.sqrt(np.maximum(sums, 0) / np.maximum(tic, 1e-30)[:, None])
+        x -= x.mean(axis=0)
+        k = max(0, min(n_components, min(x.shape) - 1))
+        if k:
+            _, vecs = np.linalg.eigh(x.T @ x)  # ascending eigenvalues; the last are the leading axes
+            comps = x @ vecs[:, ::-1][:, :k]
+        else:
+            comps = np.zeros((x.shape[0], 0))
+        return self._scatter(np.column_stack([tic, comps]))
 
     def close(self) -> None:
         self._ibd_map = None
@@ -482,7 +515,7 @@ def _parse(path: Path) -> _Layout:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pyimzML's notes on non-standard cvParam names
-            parser = ImzMLParser(str(path), ibd_file=None)
+            parser = ImzMLParser(str(path), ibd_file=None, include_spectra_metadata=list(_OBSERVED))
     except ET.ParseError as exc:
         raise InputError(path, f"not a readable imzML (XML) file: {exc}") from None
     except (KeyError, AttributeError, TypeError, ValueError, IndexError, StopIteration, RuntimeError) as exc:
@@ -541,8 +574,21 @@ def _parse(path: Path) -> _Layout:
         mz_offsets=mz_off, mz_lengths=mz_len, int_offsets=int_off, int_lengths=int_len,
         mz_dtype=mz_dtype, int_dtype=int_dtype, continuous=continuous, centroid=centroid,
         pixel_size_xy_um=_pixel_size(parser),
+        declared_mz_range=_declared_range(parser),
         metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
     )
+
+
+def _declared_range(parser) -> tuple[float, float] | None:
+    fields = getattr(parser, "spectrum_metadata_fields", {})
+    try:
+        lo = np.asarray(fields.get(_OBSERVED[0]), dtype=np.float64)
+        hi = np.asarray(fields.get(_OBSERVED[1]), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if lo.shape != (len(parser.coordinates),) or hi.shape != lo.shape or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return None
+    return float(lo.min()), float(hi.max())
 
 
 def _dtype(path: Path, group) -> np.dtype:

@@ -1,0 +1,210 @@
+"""BigWarp (Fiji) landmarks: read the CSV and JSON forms, write the CSV form.
+
+CSV, as BigWarp saves it: no header, every field quoted, one landmark per row:
+``"name","active","moving x","moving y","fixed x","fixed y"`` for 2-D; 3-D rows have 8 fields
+(x, y, z each) and are accepted when z is constant on each side (it is dropped). Rows of 7 or
+9 fields (an integer id after ``active``, written by some BigWarp versions) are read too.
+Only rows whose active field is ``true`` count; a landmark placed in one image only holds
+``Infinity`` in the other image's columns and must not be active.
+
+JSON: BigWarp's transform export ``{"type": "Thin Plate Spline", "landmarks": {...}}`` or its
+bare landmarks object ``{"type": "BigWarpLandmarks", "numDimensions", "movingPoints",
+"fixedPoints", "active", "names"}``.
+
+Coordinates stay in each image's calibrated units as Fiji saw them (pixel index × pixel size
++ origin, pixel centres at integer indices; pixels for uncalibrated images).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+
+MIN_LANDMARKS = 3
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """Active landmark pairs: ``moving`` (n, 2) optical points, ``fixed`` (n, 2) ion-grid points."""
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    names: tuple[str, ...]
+    source: Path | None = None
+    transform_type: str | None = None  # from BigWarp's JSON, e.g. "Thin Plate Spline"
+
+    def __post_init__(self) -> None:
+        m = np.asarray(self.moving, dtype=np.float64).reshape(-1, 2)
+        f = np.asarray(self.fixed, dtype=np.float64).reshape(-1, 2)
+        if m.shape != f.shape or len(self.names) != len(m):
+            raise ValueError("moving, fixed and names must have one entry per landmark")
+        object.__setattr__(self, "moving", m)
+        object.__setattr__(self, "fixed", f)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def read_landmarks(path: str | Path) -> Landmarks:
+    """Read BigWarp landmarks (``.csv`` or ``.json``); at least 3 active pairs are required."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "landmarks file not found")
+    if not path.is_file():
+        raise InputError(path, "landmarks path is not a file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"cannot read landmarks ({exc})") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        lm = _parse_json(path, text)
+    else:
+        lm = _parse_csv(path, text)
+    if len(lm) < MIN_LANDMARKS:
+        raise InputError(path, f"{len(lm)} active landmark(s); a transform needs at least {MIN_LANDMARKS}")
+    return lm
+
+
+def _number(path: Path, token: str, line: int) -> float:
+    t = token.strip()
+    try:
+        return float(t)  # accepts "Infinity", "-Infinity", "NaN"
+    except ValueError:
+        raise InputError(path, f"line {line}: {token!r} is not a number") from None
+
+
+def _active(path: Path, token: str, line: int) -> bool:
+    t = token.strip().lower()
+    if t in ("true", "false"):
+        return t == "true"
+    raise InputError(path, f"line {line}: active field is {token!r}; expected true or false")
+
+
+def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[float]]], transform_type: str | None) -> Landmarks:
+    """rows: (line, name, active, moving coords, fixed coords) → Landmarks (2-D, active only)."""
+    dims = {len(r[3]) for r in rows}
+    if len(dims) > 1:
+        raise InputError(path, "rows mix 2-D and 3-D landmarks")
+    names, moving, fixed = [], [], []
+    zs: dict[str, set[float]] = {"moving": set(), "fixed": set()}
+    for line, name, active, mv, fx in rows:
+        if not active:
+            continue
+        if any(math.isinf(v) for v in mv + fx):
+            raise InputError(path, f"line {line}: landmark {name!r} is active but unpaired (Infinity); "
+                             "place it in both images or deactivate it")
+        if any(math.isnan(v) for v in mv + fx):
+            raise InputError(path, f"line {line}: landmark {name!r} has a NaN coordinate")
+        if len(mv) == 3:
+            zs["moving"].add(mv[2])
+            zs["fixed"].add(fx[2])
+        names.append(name)
+        moving.append(mv[:2])
+        fixed.append(fx[:2])
+    for side, values in zs.items():
+        if len(values) > 1:
+            raise InputError(path, f"3-D landmarks with varying {side} z ({min(values):g}–{max(values):g}); "
+                             "only 2-D registration (constant z) is supported")
+    return Landmarks(np.array(moving, dtype=np.float64).reshape(-1, 2), np.array(fixed, dtype=np.float64).reshape(-1, 2),
+                     tuple(names), path, transform_type)
+
+
+def _parse_csv(path: Path, text: str) -> Landmarks:
+    rows = []
+    reader = csv.reader(text.splitlines())
+    for fields in reader:
+        line = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        n = len(fields)
+        if n in (6, 8):
+            coords = fields[2:]
+        elif n in (7, 9):
+            try:
+                int(fields[2])
+            except ValueError:
+                raise InputError(path, f"line {line}: {n} fields but the third ({fields[2]!r}) is not an integer id") from None
+            coords = fields[3:]
+        else:
+            raise InputError(path, f"line {line}: {n} fields; BigWarp rows have 6 (2-D) or 8 (3-D): "
+                             "name, active, moving x, y[, z], fixed x, y[, z]")
+        active = _active(path, fields[1], line)
+        values = [_number(path, t, line) for t in coords]
+        d = len(values) // 2
+        rows.append((line, fields[0], active, values[:d], values[d:]))
+    if not rows:
+        raise InputError(path, "landmarks file is empty")
+    return _collect(path, rows, None)
+
+
+def _parse_json(path: Path, text: str) -> Landmarks:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, "JSON landmarks must be an object")
+    transform_type = obj.get("type") if "landmarks" in obj else None
+    lm = obj.get("landmarks", obj)
+    if not isinstance(lm, dict) or "movingPoints" not in lm or "fixedPoints" not in lm:
+        raise InputError(path, "JSON has no movingPoints / fixedPoints (BigWarp landmarks)")
+    mv, fx = lm["movingPoints"], lm["fixedPoints"]
+    if not isinstance(mv, list) or not isinstance(fx, list) or len(mv) != len(fx):
+        raise InputError(path, "movingPoints and fixedPoints must be lists of equal length")
+    active = lm.get("active", [True] * len(mv))
+    names = lm.get("names", [f"Pt-{i}" for i in range(len(mv))])
+    if len(active) != len(mv) or len(names) != len(mv):
+        raise InputError(path, "active / names lists do not match the number of points")
+    rows = []
+    for i, (m, f, a, name) in enumerate(zip(mv, fx, active, names)):
+        if not (isinstance(m, list) and isinstance(f, list) and len(m) == len(f) and len(m) in (2, 3)):
+            raise InputError(path, f"point {i}: expected [x, y] or [x, y, z] in both images")
+        try:
+            rows.append((i + 1, str(name), bool(a), [float(v) for v in m], [float(v) for v in f]))
+        except (TypeError, ValueError):
+            raise InputError(path, f"point {i}: non-numeric coordinate") from None
+    return _collect(path, rows, transform_type)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def java_double(x: float) -> str:
+    """Java's ``Double.toString`` (what BigWarp writes): shortest digits, ``1.0E-5`` style."""
+    x = float(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "-0.0" if math.copysign(1.0, x) < 0 else "0.0"
+    sign, digits, exp = Decimal(repr(x)).as_tuple()
+    ds = "".join(map(str, digits)).rstrip("0") or "0"
+    point = len(digits) + exp  # decimal point position relative to the digit string
+    s = "-" if sign else ""
+    if 1e-3 <= abs(x) < 1e7:
+        if point <= 0:
+            return f"{s}0.{'0' * (-point)}{ds}"
+        if point >= len(ds):
+            return f"{s}{ds}{'0' * (point - len(ds))}.0"
+        return f"{s}{ds[:point]}.{ds[point:]}"
+    mant = ds[0] + "." + (ds[1:] or "0")
+    return f"{s}{mant}E{point - 1}"
+
+
+def write_bigwarp_csv(landmarks: Landmarks, path: str | Path) -> Path:
+    """Write 2-D landmarks as BigWarp does: every field quoted, all rows active, no header."""
+    path = Path(path)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        for name, m, f in zip(landmarks.names, landmarks.moving, landmarks.fixed):
+            writer.writerow([name, "true", *(java_double(v) for v in m), *(java_double(v) for v in f)])
+    return path

@@ -1,0 +1,365 @@
+"""imzML ion images: exact window sums on files written with pyimzML, both storage modes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from pyimzml.ImzMLParser import ImzMLParser, getionimage
+from pyimzml.ImzMLWriter import ImzMLWriter
+
+from msifusion.errors import InputError
+from msifusion.io import imzml
+from msifusion.io.imzml import (
+    ImzML,
+    Tolerance,
+    display_clip,
+    parse_tolerance,
+    read_ion_images,
+    strongest_peaks,
+    tic_image,
+    write_ion_tiffs,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Accession IMS")  # pyimzML's own parser, used for comparison
+
+EXAMPLES = Path("/work/shared/data/imzml-examples")
+if not EXAMPLES.exists():
+    EXAMPLES = Path(__file__).resolve().parents[2] / "data" / "imzml-examples"
+
+H, W = 4, 5
+# Continuous axis, deliberately unsorted; 200 and 200.0009 are 4.5 ppm apart, 200.0011 is 5.5 ppm away.
+AXIS = np.array([300.0, 100.0, 200.0011, 200.0, 150.0, 200.0009, 100.04], dtype=np.float64)
+MISSING = {(0, 0), (3, 4)}  # (row, col) without a spectrum
+
+
+def _pixels() -> list[tuple[int, int]]:
+    return [(r, c) for r in range(H) for c in range(W) if (r, c) not in MISSING]
+
+
+def _add_pixel_size(path: Path, size_um: float) -> None:
+    text = path.read_text(encoding="iso-8859-1")
+    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{size_um}"/>'
+             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{size_um}"/>')
+    text = text.replace("</scanSettings>", extra + "</scanSettings>", 1)
+    path.write_text(text, encoding="iso-8859-1")
+
+
+@pytest.fixture
+def continuous(tmp_path: Path) -> tuple[Path, dict]:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cont.imzML"
+    spectra = {}
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r, c in _pixels():
+            it = rng.integers(1, 100, AXIS.size).astype(np.float32)
+            spectra[(r, c)] = it
+            w.addSpectrum(AXIS, it, (c + 1, r + 1))
+    _add_pixel_size(path, 20.0)
+    return path, spectra
+
+
+@pytest.fixture
+def processed(tmp_path: Path) -> tuple[Path, dict]:
+    rng = np.random.default_rng(1)
+    path = tmp_path / "proc.imzML"
+    spectra = {}
+    with ImzMLWriter(str(path), mode="processed", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for i, (r, c) in enumerate(_pixels()):
+            n = 3 + i % 4
+            mz = np.sort(rng.uniform(99.0, 301.0, n))
+            mz[0] = 200.0 + (i % 3) * 0.0005  # always a peak near 200
+            if i % 2:
+                mz = mz[::-1].copy()  # some spectra stored unsorted
+            it = rng.integers(1, 100, n).astype(np.float32)
+            spectra[(r, c)] = (mz, it)
+            w.addSpectrum(mz, it, (c + 1, r + 1))
+    return path, spectra
+
+
+def _expected(spectra: dict, mz: float, d: float, axis: np.ndarray | None = None) -> np.ndarray:
+    out = np.zeros((H, W), np.float64)
+    for (r, c), value in spectra.items():
+        m, it = (axis, value) if axis is not None else value
+        sel = (m >= mz - d) & (m <= mz + d)
+        out[r, c] = it[sel].sum()
+    return out
+
+
+# ----------------------------------------------------------------------------- tolerance
+
+
+@pytest.mark.parametrize("text, value, unit", [("5ppm", 5.0, "ppm"), ("3 ppm", 3.0, "ppm"), ("0.01da", 0.01, "da"),
+                                               ("0.01Da", 0.01, "da"), ("10mDa", 0.01, "da"), ("1e-2 Da", 0.01, "da")])
+def test_parse_tolerance(text: str, value: float, unit: str) -> None:
+    tol = parse_tolerance(text)
+    assert tol.unit == unit and tol.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["5", "abc", "-5ppm", "0ppm", "0da", "5 ppb", ""])
+def test_bad_tolerance_names_the_option(text: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_tolerance(text)
+    assert err.value.source == "--tol"
+
+
+def test_half_width() -> None:
+    assert Tolerance(5, "ppm").half_width(200.0) == pytest.approx(0.001)
+    assert Tolerance(0.02, "da").half_width(200.0) == pytest.approx(0.02)
+
+
+# ----------------------------------------------------------------------------- continuous
+
+
+def test_continuous_window_sums_exact(continuous) -> None:
+    path, spectra = continuous
+    stack = read_ion_images(path, [200.0, 100.0, 150.0], "5ppm")
+    assert stack.images.shape == (3, H, W) and stack.images.dtype == np.float32
+    for img, mz in zip(stack.images, [200.0, 100.0, 150.0]):
+        np.testing.assert_array_equal(img, _expected(spectra, mz, mz * 5e-6, AXIS))
+    # 200 ± 5 ppm takes the channels 200.0 and 200.0009 but not 200.0011.
+    r, c = 1, 2
+    it = spectra[(r, c)]
+    assert stack.images[0, r, c] == it[3] + it[5]
+    assert stack.images[0, 0, 0] == 0.0  # no spectrum there
+    assert stack.pixel_size_um == 20.0
+    assert stack.names == ["200.0000", "100.0000", "150.0000"]
+    assert stack.mz_range == (100.0, 300.0)
+
+
+def test_continuous_da_window(continuous) -> None:
+    path, spectra = continuous
+    stack = read_ion_images(path, [100.02], Tolerance(0.03, "da"))
+    np.testing.assert_array_equal(stack.images[0], _expected(spectra, 100.02, 0.03, AXIS))  # 100 and 100.04
+
+
+def test_continuous_in_small_chunks_and_irregular_offsets(continuous, monkeypatch) -> None:
+    path, spectra = continuous
+    monkeypatch.setattr(imzml, "_CHUNK_BYTES", 3 * AXIS.size * 4)  # three spectra per chunk
+    ref = read_ion_images(path, [200.0, 300.0], "5ppm").images
+    # Swap the intensity offsets of the first two spectra: offsets no longer at a constant
+    # stride (the memmap block view is refused, spectra are gathered one by one).
+    text = path.read_text(encoding="iso-8859-1")
+    offs = re.findall(r'name="external offset" value="(\d+)"', text)
+    ints = offs[1::2]
+    text = text.replace(f'name="external offset" value="{ints[0]}"', 'name="external offset" value="A"', 1)
+    text = text.replace(f'name="external offset" value="{ints[1]}"', f'name="external offset" value="{ints[0]}"', 1)
+    text = text.replace('name="external offset" value="A"', f'name="external offset" value="{ints[1]}"', 1)
+    path.write_text(text, encoding="iso-8859-1")
+    f = ImzML(path)
+    assert f._intensity_block() is None
+    swapped = f.ion_images([200.0, 300.0], "5ppm").images
+    (r0, c0), (r1, c1) = _pixels()[:2]
+    expected = ref.copy()
+    expected[:, r0, c0], expected[:, r1, c1] = ref[:, r1, c1], ref[:, r0, c0]
+    np.testing.assert_array_equal(swapped, expected)
+
+
+def test_tic_and_normalisation(continuous) -> None:
+    path, spectra = continuous
+    tic = tic_image(path)
+    assert tic.pixel_size_um == 20.0
+    expected_tic = np.zeros((H, W))
+    for (r, c), it in spectra.items():
+        expected_tic[r, c] = it.sum()
+    np.testing.assert_allclose(tic.pixels, expected_tic, rtol=1e-6)
+
+    raw = read_ion_images(path, [150.0], "5ppm").images[0]
+    norm = read_ion_images(path, [150.0], "5ppm", normalize="tic").images[0]
+    med = np.median([it.sum() for it in spectra.values()])
+    ok = expected_tic > 0
+    np.testing.assert_allclose(norm[ok], raw[ok] / expected_tic[ok] * med, rtol=1e-5)
+    assert norm[0, 0] == 0.0
+
+    rms = read_ion_images(path, [150.0], "5ppm", normalize="rms").images[0]
+    rms_px = {k: np.sqrt(np.mean(it.astype(np.float64) ** 2)) for k, it in spectra.items()}
+    med_rms = np.median(list(rms_px.values()))
+    r, c = 2, 3
+    assert rms[r, c] == pytest.approx(raw[r, c] / rms_px[(r, c)] * med_rms, rel=1e-5)
+
+
+def test_tissue_images(continuous) -> None:
+    path, spectra = continuous
+    f = ImzML(path)
+    stack = f.tissue_images(n_components=2, n_peaks=7, tol="1ppm")
+    assert stack.shape == (3, H, W)
+    np.testing.assert_allclose(stack[0], f.tic(), rtol=1e-6)
+    assert np.all(stack[:, 0, 0] == 0) and np.all(stack[:, 3, 4] == 0)
+    # The components are the leading principal axes of sqrt(window sums / TIC): uncorrelated scores.
+    rows, cols = zip(*_pixels())
+    pc = stack[1:, list(rows), list(cols)]
+    assert abs(np.dot(pc[0], pc[1])) < 1e-3 * np.linalg.norm(pc[0]) * np.linalg.norm(pc[1])
+    assert np.var(pc[0]) >= np.var(pc[1])
+
+
+def test_strongest_peaks_continuous(continuous) -> None:
+    path, spectra = continuous
+    mean = np.mean(np.stack(list(spectra.values())), axis=0)
+    # pyimzML writes "centroid spectrum" by default: every channel is a peak.
+    peaks = strongest_peaks(path, 3)
+    order = np.argsort(-mean)[:3]
+    assert [p[0] for p in peaks] == pytest.approx(list(AXIS[order]))
+    assert [p[1] for p in peaks] == pytest.approx(list(mean[order]), rel=1e-6)
+
+
+def test_write_ion_tiffs(continuous, tmp_path: Path) -> None:
+    path, _ = continuous
+    stack = read_ion_images(path, [200.0, 150.0], "5ppm")
+    out = tmp_path / "ions"
+    paths = write_ion_tiffs(stack, out)
+    assert [p.name for p in paths] == ["mz_200.0000.tiff", "mz_150.0000.tiff", "ions.ome.tiff"]
+    np.testing.assert_array_equal(tifffile.imread(out / "mz_150.0000.tiff"), stack.images[1])
+    with tifffile.TiffFile(out / "ions.ome.tiff") as tif:
+        data = tif.series[0].asarray()
+        ome = tif.ome_metadata
+    np.testing.assert_array_equal(data, stack.images)
+    assert 'PhysicalSizeX="20.0"' in ome and 'Name="200.0000"' in ome and 'Name="150.0000"' in ome
+
+
+# ----------------------------------------------------------------------------- processed
+
+
+def test_processed_window_sums_exact(processed) -> None:
+    path, spectra = processed
+    f = ImzML(path)
+    assert not f.continuous
+    mzs = [200.0, 150.0, 250.5]
+    stack = f.ion_images(mzs, "5ppm")
+    for img, mz in zip(stack.images, mzs):
+        np.testing.assert_allclose(img, _expected(spectra, mz, mz * 5e-6), rtol=1e-6)
+    assert stack.images[0].sum() > 0  # the planted peaks near 200
+    da = f.ion_images([200.0], "0.5da").images[0]
+    np.testing.assert_allclose(da, _expected(spectra, 200.0, 0.5), rtol=1e-6)
+    assert f.pixel_size_um is None
+
+
+def test_processed_range_from_the_xml(processed) -> None:
+    path, spectra = processed
+    f = ImzML(path)
+    lo = min(m.min() for m, _ in spectra.values())
+    hi = max(m.max() for m, _ in spectra.values())
+    assert f.mz_range == pytest.approx((lo, hi), rel=2e-6)
+    with pytest.raises(InputError, match="outside the acquired m/z range"):
+        f.ion_images([hi + 1.0], "5ppm")
+
+
+def test_processed_peaks_and_tic(processed) -> None:
+    path, spectra = processed
+    f = ImzML(path)
+    tic = f.tic()
+    for (r, c), (_, it) in spectra.items():
+        assert tic[r, c] == pytest.approx(it.sum())
+    mz, mean = f.mean_spectrum(bin_ppm=5.0)
+    total = sum(it.sum() for _, it in spectra.values())
+    assert mean.sum() * len(spectra) == pytest.approx(total)
+    peaks = f.strongest_peaks(2)
+    assert len(peaks) == 2 and peaks[0][1] >= peaks[1][1]
+    # The strongest bin's m/z is a real peak position (intensity-weighted mean within 5 ppm).
+    all_mz = np.concatenate([m for m, _ in spectra.values()])
+    assert np.min(np.abs(all_mz - peaks[0][0])) / peaks[0][0] < 5e-6
+
+
+# ----------------------------------------------------------------------------- the imzML.org examples
+
+
+@pytest.mark.parametrize("name", ["Example_Continuous.imzML", "Example_Processed.imzML"])
+def test_examples_agree_with_getionimage(name: str) -> None:
+    path = EXAMPLES / name
+    if not path.exists():
+        pytest.skip("imzML examples not available")
+    f = ImzML(path)
+    assert f.shape == (3, 3)
+    peaks = [mz for mz, _ in f.strongest_peaks(5)]
+    ours = f.ion_images(peaks, "0.1da").images
+    with ImzMLParser(str(path)) as p:
+        for img, mz in zip(ours, peaks):
+            np.testing.assert_allclose(img, getionimage(p, mz, tol=0.1), rtol=1e-6)
+
+
+def test_example_below_range_is_an_error_not_the_first_peak() -> None:
+    path = EXAMPLES / "Example_Continuous.imzML"
+    if not path.exists():
+        pytest.skip("imzML examples not available")
+    with ImzMLParser(str(path)) as p:
+        assert getionimage(p, 50.0, tol=0.1).sum() > 0  # pyimzML's bug: the first peak
+    with pytest.raises(InputError, match="outside the acquired m/z range"):
+        read_ion_images(path, [50.0], "0.1da")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_mz_out_of_range(continuous) -> None:
+    path, _ = continuous
+    with pytest.raises(InputError) as err:
+        read_ion_images(path, [500.0], "5ppm")
+    assert err.value.source == str(path) and "outside the acquired m/z range 100.0000–300.0000" in err.value.problem
+    # A window that reaches into the range is fine.
+    read_ion_images(path, [99.99], "0.02da")
+
+
+def test_bad_mz_lists(continuous) -> None:
+    path, _ = continuous
+    with pytest.raises(InputError, match="more than once"):
+        read_ion_images(path, [200.0, 200.00001], "5ppm")
+    with pytest.raises(InputError) as err:
+        read_ion_images(path, [], "5ppm")
+    assert err.value.source == "--mz"
+
+
+def test_truncated_ibd(continuous) -> None:
+    path, _ = continuous
+    ibd = path.with_suffix(".ibd")
+    data = ibd.read_bytes()
+    ibd.write_bytes(data[:-10])
+    with pytest.raises(InputError) as err:
+        ImzML(path)
+    assert err.value.source == str(ibd) and "truncated" in err.value.problem
+    assert f"needs {len(data)} bytes" in err.value.problem
+
+
+def test_missing_files(continuous, tmp_path: Path) -> None:
+    path, _ = continuous
+    with pytest.raises(InputError, match="imzML file not found"):
+        ImzML(tmp_path / "nope.imzML")
+    path.with_suffix(".ibd").unlink()
+    with pytest.raises(InputError, match=r"cont\.ibd not found"):
+        ImzML(path)
+
+
+def test_not_xml(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.imzML"
+    bad.write_text("this is not XML at all\n")
+    bad.with_suffix(".ibd").write_bytes(b"\0" * 64)
+    with pytest.raises(InputError) as err:
+        ImzML(bad)
+    assert err.value.source == str(bad) and "XML" in err.value.problem
+
+
+def test_ibd_given_instead_of_imzml(continuous) -> None:
+    path, _ = continuous
+    with pytest.raises(InputError, match="binary half"):
+        ImzML(path.with_suffix(".ibd"))
+
+
+def test_uppercase_ibd_suffix(continuous, tmp_path: Path) -> None:
+    path, spectra = continuous
+    other = tmp_path / "upper"
+    other.mkdir()
+    shutil.copy(path, other / "cont.imzML")
+    shutil.copy(path.with_suffix(".ibd"), other / "cont.IBD")
+    img = read_ion_images(other / "cont.imzML", [150.0], "5ppm").images[0]
+    np.testing.assert_array_equal(img, _expected(spectra, 150.0, 150.0 * 5e-6, AXIS))
+
+
+def test_display_clip_only_for_display() -> None:
+    img = np.zeros((10, 10), np.float32)
+    img[0, :] = np.arange(10)
+    img[5, 5] = 1000.0
+    clipped = display_clip(img, 90)
+    assert clipped.max() < 1000.0 and clipped[0, 3] == 3.0 and clipped[9, 9] == 0.0
+    assert img[5, 5] == 1000.0  # the input is untouched

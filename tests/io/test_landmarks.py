@@ -1,0 +1,125 @@
+"""BigWarp landmarks: CSV and JSON forms, inactive / 3-D / unpaired rows, the CSV writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msifusion.errors import InputError
+from msifusion.io.landmarks import Landmarks, java_double, read_landmarks, write_bigwarp_csv
+
+CSV_2D = '''"Pt-0","true","10.5","20.0","1.0","2.0"
+"Pt-1","true","110.25","20.0","11.0","2.0"
+"Pt-2","false","999.0","999.0","99.0","99.0"
+"Pt-3","true","10.5","220.0","1.0","22.0"
+"Pt-4","false","Infinity","Infinity","5.0","5.0"
+"Pt-5","true","60.0","120.0","6.0","12.0"
+'''
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_2d_active_rows_only(tmp_path: Path) -> None:
+    lm = read_landmarks(_write(tmp_path, "l.csv", CSV_2D))
+    assert lm.names == ("Pt-0", "Pt-1", "Pt-3", "Pt-5")
+    np.testing.assert_array_equal(lm.moving, [[10.5, 20.0], [110.25, 20.0], [10.5, 220.0], [60.0, 120.0]])
+    np.testing.assert_array_equal(lm.fixed, [[1.0, 2.0], [11.0, 2.0], [1.0, 22.0], [6.0, 12.0]])
+
+
+def test_csv_3d_constant_z_dropped(tmp_path: Path) -> None:
+    text = "".join(f'"P{i}","true","{i}.0","{2 * i}.0","0.0","{i + 1}.0","{i + 2}.0","5.0"\n' for i in range(4))
+    lm = read_landmarks(_write(tmp_path, "l3.csv", text))
+    np.testing.assert_array_equal(lm.moving, [[i, 2 * i] for i in range(4)])
+    np.testing.assert_array_equal(lm.fixed, [[i + 1, i + 2] for i in range(4)])
+
+
+def test_csv_3d_varying_z_refused(tmp_path: Path) -> None:
+    text = "".join(f'"P{i}","true","{i}.0","1.0","{i}.0","1.0","2.0","0.0"\n' for i in range(4))
+    with pytest.raises(InputError, match="varying moving z"):
+        read_landmarks(_write(tmp_path, "l3.csv", text))
+
+
+def test_csv_with_id_column(tmp_path: Path) -> None:
+    text = "".join(f'"P{i}","true","{i}","{i}.0","{i * i}.0","{i + 1}.0","2.0"\n' for i in range(3))
+    lm = read_landmarks(_write(tmp_path, "id.csv", text))
+    np.testing.assert_array_equal(lm.moving, [[0, 0], [1, 1], [2, 4]])
+
+
+def test_unpaired_active_row_is_an_error(tmp_path: Path) -> None:
+    text = CSV_2D.replace('"Pt-4","false"', '"Pt-4","true"')
+    with pytest.raises(InputError) as err:
+        read_landmarks(_write(tmp_path, "u.csv", text))
+    assert "line 5" in err.value.problem and "unpaired" in err.value.problem and err.value.source.endswith("u.csv")
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('"Pt-9","true","1.0","2.0","3.0"', "line 3: 5 fields"),
+    ('"Pt-9","yes","1.0","2.0","3.0","4.0"', "line 3: active field"),
+    ('"Pt-9","true","1.0","x","3.0","4.0"', "line 3: 'x' is not a number"),
+])
+def test_malformed_rows_name_the_line(tmp_path: Path, bad_line: str, message: str) -> None:
+    lines = CSV_2D.splitlines()
+    lines.insert(2, bad_line)
+    with pytest.raises(InputError, match=message):
+        read_landmarks(_write(tmp_path, "m.csv", "\n".join(lines) + "\n"))
+
+
+def test_too_few_active(tmp_path: Path) -> None:
+    text = "\n".join(CSV_2D.splitlines()[:3]) + "\n"
+    with pytest.raises(InputError, match="2 active landmark"):
+        read_landmarks(_write(tmp_path, "few.csv", text))
+
+
+def test_missing_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        read_landmarks(tmp_path / "none.csv")
+    with pytest.raises(InputError, match="empty"):
+        read_landmarks(_write(tmp_path, "e.csv", "\n"))
+
+
+def test_bigwarp_json(tmp_path: Path) -> None:
+    text = '''{
+  "type": "Thin Plate Spline",
+  "landmarks": {
+    "type": "BigWarpLandmarks",
+    "numDimensions": 2,
+    "movingPoints": [[10.0, 20.0], [30.0, 20.0], [10.0, 60.0], [Infinity, Infinity]],
+    "fixedPoints": [[1.0, 2.0], [3.0, 2.0], [1.0, 6.0], [4.0, 4.0]],
+    "active": [true, true, true, false],
+    "names": ["Pt-0", "Pt-1", "Pt-2", "Pt-3"]
+  }
+}'''
+    lm = read_landmarks(_write(tmp_path, "t.json", text))
+    assert lm.transform_type == "Thin Plate Spline" and lm.names == ("Pt-0", "Pt-1", "Pt-2")
+    np.testing.assert_array_equal(lm.moving, [[10, 20], [30, 20], [10, 60]])
+    bad = text.replace("[true, true, true, false]", "[true, true, true, true]")
+    with pytest.raises(InputError, match="unpaired"):
+        read_landmarks(_write(tmp_path, "bad.json", bad))
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_landmarks(_write(tmp_path, "broken.json", "{ nope"))
+
+
+@pytest.mark.parametrize("value, text", [
+    (1.0, "1.0"), (0.0, "0.0"), (-2.5, "-2.5"), (123.456, "123.456"), (1e-5, "1.0E-5"), (0.001, "0.001"),
+    (1.5e7, "1.5E7"), (9999999.0, "9999999.0"), (12345678.9, "1.23456789E7"), (1e21, "1.0E21"),
+    (float("inf"), "Infinity"), (0.1 + 0.2, "0.30000000000000004"), (-0.000123, "-1.23E-4"),
+])
+def test_java_double(value: float, text: str) -> None:
+    assert java_double(value) == text
+
+
+def test_write_bigwarp_csv_round_trip(tmp_path: Path) -> None:
+    lm = Landmarks(moving=np.array([[10.5, 2e-5], [1.0, 2.0], [3.0, 4.0]]), fixed=np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+                   names=("Pt-0", "Pt-1", "Pt-2"))
+    path = write_bigwarp_csv(lm, tmp_path / "out.csv")
+    assert path.read_text().splitlines()[0] == '"Pt-0","true","10.5","2.0E-5","1.0","2.0"'
+    back = read_landmarks(path)
+    np.testing.assert_array_equal(back.moving, lm.moving)
+    np.testing.assert_array_equal(back.fixed, lm.fixed)
+    assert back.names == lm.names
