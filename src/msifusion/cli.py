@@ -58,6 +58,26 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="save the output every N epochs under DIR/checkpoints (default: never)")
 
 
+def _add_ion_options(g, required: bool) -> None:
+    g.add_argument("--mz", type=float, action="append", required=required, metavar="M",
+                   help="an m/z to extract (repeat for several)")
+    g.add_argument("--tol", default="5ppm", help="window half-width: 5ppm or 0.01da (default 5ppm); sum within")
+    g.add_argument("--normalize", choices=("tic", "rms"), default=None, help="per-pixel normalization (default none)")
+
+
+def _add_register_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registration (with --imzml or `register`; automatic without --landmarks)")
+    g.add_argument("--landmarks", metavar="L", help="BigWarp landmarks (.csv or .json): moving = optical, fixed = ion")
+    g.add_argument("--transform", choices=("tps", "affine"), default="tps", help="landmark transform (default tps, as BigWarp)")
+    g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
+                   help="optical pixel size in the landmarks' units (default: the file's calibration, else 1)")
+    g.add_argument("--fixed-pixel-size", type=_positive_float, metavar="P",
+                   help="pixel size of the fixed image as Fiji saw it (default: ion µm / fixed-scale, else 1)")
+    g.add_argument("--fixed-scale", type=_positive_int, default=1, metavar="K",
+                   help="the fixed image in BigWarp was the ion image enlarged K times (default 1)")
+    g.add_argument("--deformable", action="store_true", help="automatic: add a B-spline step after the affine")
+
+
 def _settings(args: argparse.Namespace):
     from msifusion.fit import FitConfig, Runtime
     from msifusion.methods import DEFAULT_METHOD
@@ -80,17 +100,95 @@ def _settings(args: argparse.Namespace):
 # ----------------------------------------------------------------------------- commands
 
 
+def _register_settings(args: argparse.Namespace):
+    from msifusion.instrument import RegisterSettings
+
+    if args.scale is None:
+        raise InputError("--scale", "give the magnification, e.g. --scale 10")
+    landmarks = Path(args.landmarks) if args.landmarks else None
+    return RegisterSettings(args.scale, landmarks, args.transform, args.optical_pixel_size, args.fixed_pixel_size,
+                            args.fixed_scale, args.deformable)
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from msifusion.pipeline import FuseFilesRequest, fuse_files
 
-    if args.optical is None or args.ion is None:
-        raise InputError("fuse", "give --optical and --ion")
+    if args.optical is None:
+        raise InputError("fuse", "give --optical")
+    if args.imzml:
+        if args.ion:
+            raise InputError("fuse", "give either --ion or --imzml, not both")
+        return _fuse_imzml(args)
+    if args.ion is None:
+        raise InputError("fuse", "give --ion (a registered ion image) or --imzml with --mz")
     request = FuseFilesRequest(Path(args.optical), Path(args.ion), Path(args.out), _settings(args),
                                args.scale, args.pixel_size, args.overwrite)
     record = fuse_files(request)
     _say(args, f"{record['method']} ×{record['scale']}: {record['epochs']} epochs ({record['stop_reason']}), "
                f"{record['timings_s']['total']:.1f} s, consistency error {record['consistency_error']:.2e}")
     print(Path(args.out) / "fused.tiff")
+    return 0
+
+
+def _fuse_imzml(args: argparse.Namespace) -> int:
+    from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
+
+    if not args.mz:
+        raise InputError("--mz", "give at least one m/z with --imzml")
+    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol, Path(args.optical), Path(args.out),
+                               _register_settings(args), _settings(args), args.normalize, args.overwrite)
+    record = fuse_imzml(request)
+    for warning in record.get("warnings", []):
+        print(f"msifusion: warning: {warning}", file=sys.stderr)
+    _say(args, f"{len(args.mz)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
+    print(Path(args.out) / ("fused.tiff" if len(args.mz) == 1 else "fused.ome.tiff"))
+    return 0
+
+
+def cmd_ions(args: argparse.Namespace) -> int:
+    from msifusion.instrument import IonsRequest, extract_ions
+
+    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol, Path(args.out), args.normalize,
+                                      args.overwrite))
+    for name in record["outputs"]:
+        print(Path(args.out) / name)
+    return 0
+
+
+def cmd_peaks(args: argparse.Namespace) -> int:
+    from msifusion.io.imzml import ImzML
+
+    with ImzML(Path(args.imzml)) as f:
+        peaks = f.strongest_peaks(args.n)
+        print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {f.pixel_size_um} µm, "
+              f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
+    print("m/z\tmean_intensity")
+    for mz, intensity in peaks:
+        print(f"{mz:.4f}\t{intensity:.6g}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from msifusion.instrument import RegisterRequest, register_files
+
+    record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
+                                            _register_settings(args), args.overwrite))
+    for warning in record["warnings"]:
+        print(f"msifusion: warning: {warning}", file=sys.stderr)
+    quality = {k: v for k, v in record["registration"].items() if k in ("score", "correlation", "nmi")}
+    _say(args, f"registered ({record['registration']['method']}) {quality or ''}".strip())
+    print(Path(args.out) / "optical_registered.tiff")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from msifusion.examples import ExampleDataError, fetch_prostate
+
+    try:
+        folder = fetch_prostate(Path(args.cache) if args.cache else None)
+    except ExampleDataError as exc:
+        raise InputError("example prostate", str(exc)) from None
+    print(folder)
     return 0
 
 
@@ -138,8 +236,43 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
                     help="ion pixel size in µm (overrides the file's calibration)")
     io.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    inst = p.add_argument_group("from an imzML file (instead of --ion): registers the optical, then fuses each m/z")
+    inst.add_argument("--imzml", metavar="F", help="imzML file (its .ibd beside it)")
+    _add_ion_options(inst, required=False)
+    _add_register_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("ions", help="export ion images from an imzML file",
+                       description="Ion images for many m/z in one pass: DIR/mz_<m/z>.tiff per ion (float32, "
+                                   "row = y, column = x), DIR/ions.ome.tiff (calibrated stack), DIR/ions.png.")
+    p.add_argument("imzml", metavar="F.imzML")
+    _add_ion_options(p, required=True)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_ions)
+
+    p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum")
+    p.add_argument("imzml", metavar="F.imzML")
+    p.add_argument("-n", type=_positive_int, default=20, help="how many peaks (default 20)")
+    p.set_defaults(func=cmd_peaks)
+
+    p = sub.add_parser("register", help="register a microscope image onto the ion grid × scale",
+                       description="Landmark (BigWarp CSV/JSON) or automatic registration. Writes "
+                                   "DIR/optical_registered.tiff, overlay.png (check it), landmarks.csv (BigWarp).")
+    p.add_argument("--optical", required=True, metavar="OPT")
+    p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
+    p.add_argument("--scale", type=int, required=True, help="magnification of the registered output")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _add_register_options(p)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("example", help="fetch real example data (prints its folder)")
+    p.add_argument("name", choices=("prostate",), help="prostate: MALDI-TOF imzML + H&E (MSIght, MIT)")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default ~/.cache/msifusion/examples/<name>)")
+    p.set_defaults(func=cmd_example)
 
     p = sub.add_parser("demo", help="run the embedded synthetic leaf demo (truth known)",
                        description="Fuse a synthetic ginkgo-like leaf cross-section at ×10 and compare with its truth.")

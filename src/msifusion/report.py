@@ -152,3 +152,54 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pixel_size_um: float | None = None,
+                  max_panels: int = 48) -> Path:
+    """An overview of many ion images, each with its own colour scale (99th-percentile clipped)."""
+    n = min(len(images), max_panels)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    h, w = images.shape[1:]
+    pw = 2.6
+    fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35)), dpi=110, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
+        lo, hi = display_range(image)
+        ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        add_scale_bar(ax, w, pixel_size_um)
+    if len(images) > n:
+        fig.suptitle(f"first {n} of {len(images)} ions", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None) -> Path:
+    """Registration check: the registered optical beside it blended with the MSI tissue image
+    (magenta, upsampled to the optical's grid), plus the tissue image's contours."""
+    import cv2
+
+    H, W = rgb.shape[:2]
+    tissue = np.asarray(tissue, dtype=np.float32)
+    lo, hi = display_range(tissue)
+    t = np.clip((tissue - lo) / (hi - lo), 0, 1)
+    t = cv2.resize(t, (W, H), interpolation=cv2.INTER_LINEAR)
+    gray = np.asarray(rgb, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    blend = np.stack([gray * 0.6 + 0.4 * t, gray * 0.6, gray * 0.6 + 0.4 * t], axis=-1)
+    fig, axes = plt.subplots(1, 2, figsize=_figsize((H, 2 * W), 12.0), dpi=110)
+    axes[0].imshow(np.clip(rgb, 0, 1))
+    axes[0].set_title("registered optical")
+    axes[1].imshow(np.clip(blend, 0, 1))
+    axes[1].contour(t, levels=[0.25, 0.5], colors=["yellow", "cyan"], linewidths=0.6)
+    axes[1].set_title("overlay: optical (gray) + MSI tissue image (magenta, contours)")
+    for ax in axes:
+        ax.set_axis_off()
+        add_scale_bar(ax, W, pixel_size_um)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

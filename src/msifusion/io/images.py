@@ -104,8 +104,11 @@ def _unit_to_um(unit: str, strict: bool = True) -> float | None:
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+    import logging
+
     import tifffile
 
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings about odd OME layouts are not the user's concern
     try:
         with tifffile.TiffFile(path) as tif:
             data = tif.series[0].levels[0].asarray()

@@ -1,0 +1,260 @@
+"""From instrument files to fused ions: imzML + microscope image → registered guide → fused ions.
+
+Registration conventions (see :mod:`msifusion.register`): the optical is the moving image,
+the ion grid the fixed one. With BigWarp landmarks, coordinates are in each image's units as
+Fiji saw them: the optical's file calibration (or ``optical_pixel_size``), and for the fixed
+image the ion image, optionally enlarged ``fixed_scale`` times as the paper did, calibrated
+at ``fixed_pixel_size`` per pixel of that image (default: the ion pixel size in µm divided
+by ``fixed_scale`` when the ion image is calibrated, else 1 = pixels).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
+from msifusion.io.imzml import ImzML, IonStack, write_ion_tiffs
+from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
+from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, software_versions, write_fusion_outputs,
+                                write_run_json)
+from msifusion.register import (AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform, register_auto,
+                                resample_optical, transform_from_landmarks)
+from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
+
+LOW_QUALITY_SCORE = 0.4  # automatic registration search score below which we warn (0.65 good, 0.27 wrong on prostate)
+
+
+@dataclass(frozen=True)
+class RegisterSettings:
+    """How to bring the optical onto the ion grid × ``scale``."""
+
+    scale: int
+    landmarks: Path | None = None
+    transform: str = "tps"
+    optical_pixel_size: float | None = None
+    fixed_pixel_size: float | None = None
+    fixed_scale: int = 1
+    deformable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scale < 2:
+            raise InputError("--scale", f"scale must be at least 2, got {self.scale}")
+        if self.fixed_scale < 1:
+            raise InputError("--fixed-scale", "must be at least 1")
+
+
+@dataclass
+class RegisteredOptical:
+    """The optical resampled onto the ion grid × scale, and how it got there."""
+
+    guide: np.ndarray
+    ion_grid: Grid
+    scale: int
+    info: dict = field(default_factory=dict)
+    landmarks: Landmarks | None = None  # landmarks to refine in BigWarp (fixed = ion grid units)
+    warnings: list[str] = field(default_factory=list)
+    tissue: np.ndarray | None = None  # the MSI tissue image the optical was matched to (for the overlay)
+
+
+def register_optical(optical: Image, ion_shape: tuple[int, int], ion_pixel_size_um: float | None,
+                     tissue: np.ndarray, settings: RegisterSettings) -> RegisteredOptical:
+    """Register with landmarks when given, else automatically against ``tissue`` ((k,) h, w)."""
+    moving = Grid(optical.shape2d, settings.optical_pixel_size or optical.pixel_size_um or 1.0)
+    start = time.perf_counter()
+    if settings.landmarks is not None:
+        landmarks = read_landmarks(settings.landmarks)
+        k = settings.fixed_scale
+        p_fixed = settings.fixed_pixel_size or ((ion_pixel_size_um / k) if ion_pixel_size_um else 1.0)
+        fiji_fixed = Grid((ion_shape[0] * k, ion_shape[1] * k), p_fixed)
+        check_landmarks(landmarks, fiji_fixed, moving)
+        ion_grid = fiji_fixed.coarsened(k)
+        transform = transform_from_landmarks(landmarks, settings.transform)
+        info = {"method": f"landmarks ({settings.transform})", "landmarks": str(settings.landmarks),
+                "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
+        warnings: list[str] = []
+        matched = np.asarray(tissue)[0] if np.ndim(tissue) == 3 else np.asarray(tissue)
+    else:
+        ion_grid = Grid(ion_shape, ion_pixel_size_um or 1.0)
+        reg = register_auto(optical.pixels, tissue, ion_grid, moving, AutoRegisterOptions(deformable=settings.deformable))
+        transform = reg.transform
+        landmarks = landmarks_from_transform(transform, ion_grid)
+        info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
+                "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
+        warnings = []
+        matched = reg.sign * (np.asarray(tissue)[reg.channel] if np.ndim(tissue) == 3 else np.asarray(tissue))
+        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign))
+        if reg.score < LOW_QUALITY_SCORE:
+            warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {LOW_QUALITY_SCORE}); "
+                            "check overlay.png, and refine landmarks.csv in BigWarp if needed")
+    info["moving_pixel_size"] = moving.pixel_size
+    guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
+    info["seconds"] = time.perf_counter() - start
+    return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched)
+
+
+def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> None:
+    """optical_registered.tiff (+ .png), overlay.png against the MSI tissue image, landmarks.csv."""
+    px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
+    write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px)
+    save_rgb_png(folder / "optical_registered.png", registered.guide)
+    save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)
+    if registered.landmarks is not None:
+        write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv")
+
+
+def _open_ions(path: Path) -> ImzML:
+    if path.suffix.lower() != ".imzml":
+        raise InputError(path, "expected an .imzML file (with its .ibd beside it)")
+    return ImzML(path)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class IonsRequest:
+    imzml: Path
+    mzs: tuple[float, ...]
+    tol: str
+    out: Path
+    normalize: str | None = None
+    overwrite: bool = False
+
+
+def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None) -> IonStack:
+    stack = f.ion_images(list(mzs), tol, normalize)
+    empty = stack.empty_ions()
+    if empty:
+        raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
+                         f"(±{tol}); check the m/z or widen --tol")
+    return stack
+
+
+def extract_ions(request: IonsRequest) -> dict:
+    """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
+    t0 = time.perf_counter()
+    check_output_dir(request.out, request.overwrite)
+    with _open_ions(request.imzml) as f:
+        stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
+        summary = f.summary()
+    with staged_output_dir(request.out, request.overwrite) as stage:
+        paths = write_ion_tiffs(stack, stage)
+        save_ion_grid(stage / "ions.png", stack.images, [f"m/z {n}" for n in stack.names], stack.pixel_size_um)
+        record = {"tool": "msifusion", "command": "ions", "imzml": str(request.imzml), "mzs": list(stack.mzs),
+                  "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
+                  "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
+                  "outputs": [p.name for p in paths], "versions": software_versions(),
+                  "timings_s": {"total": time.perf_counter() - t0}}
+        write_run_json(stage, record)
+    return record
+
+
+@dataclass(frozen=True)
+class RegisterRequest:
+    optical: Path
+    ion: Path  # an ion image file or an .imzML
+    out: Path
+    settings: RegisterSettings
+    overwrite: bool = False
+
+
+def _tissue_for(ion_path: Path, need_tissue: bool) -> tuple[np.ndarray, tuple[int, int], float | None]:
+    """The MSI tissue image(s) (for automatic registration), the ion grid shape and pixel size."""
+    if ion_path.suffix.lower() == ".imzml":
+        with _open_ions(ion_path) as f:
+            tissue = f.tissue_images() if need_tissue else f.tic()[None]
+            return tissue, f.shape, f.pixel_size_um
+    from msifusion.io.images import read_ion
+
+    ion = read_ion(ion_path)
+    return ion.pixels[None], ion.shape2d, ion.pixel_size_um
+
+
+def register_files(request: RegisterRequest) -> dict:
+    """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
+    t0 = time.perf_counter()
+    check_output_dir(request.out, request.overwrite)
+    optical = read_optical(request.optical)
+    tissue, shape, px = _tissue_for(Path(request.ion), request.settings.landmarks is None)
+    registered = register_optical(optical, shape, px, tissue, request.settings)
+    with staged_output_dir(request.out, request.overwrite) as stage:
+        write_registration(stage, registered, px)
+        record = {"tool": "msifusion", "command": "register", "optical": str(request.optical), "ion": str(request.ion),
+                  "settings": _jsonable(asdict(request.settings)), "registration": registered.info,
+                  "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
+                  "registered_shape": list(registered.guide.shape[:2]),
+                  "registered_pixel_size_um": px / request.settings.scale if px else None,
+                  "versions": software_versions(), "timings_s": {"total": time.perf_counter() - t0}}
+        write_run_json(stage, record)
+    return record
+
+
+@dataclass(frozen=True)
+class ImzmlFuseRequest:
+    """``msifusion fuse --imzml``: the whole workflow for a list of m/z."""
+
+    imzml: Path
+    mzs: tuple[float, ...]
+    tol: str
+    optical: Path
+    out: Path
+    register: RegisterSettings
+    settings: FuseSettings = FuseSettings()
+    normalize: str | None = None
+    overwrite: bool = False
+
+
+def fuse_imzml(request: ImzmlFuseRequest) -> dict:
+    """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
+
+    One ion: the fusion outputs in ``out``; several: ``out/mz_<m/z>/`` per ion plus a fused
+    OME-TIFF stack ``out/fused.ome.tiff``. Always ``out/optical_registered.tiff``.
+    """
+    t0 = time.perf_counter()
+    check_output_dir(request.out, request.overwrite)
+    with _open_ions(request.imzml) as f:
+        stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
+        tissue = f.tissue_images() if request.register.landmarks is None else f.tic()[None]
+    optical = read_optical(request.optical)
+    registered = register_optical(optical, stack.images.shape[1:], stack.pixel_size_um, tissue, request.register)
+    load_s = time.perf_counter() - t0
+    with staged_output_dir(request.out, request.overwrite) as stage:
+        write_registration(stage, registered, stack.pixel_size_um)
+        common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
+                  "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
+        records = []
+        fused = []
+        for i, name in enumerate(stack.names):
+            pair = RegisteredPair(registered.guide, stack.images[i], request.register.scale, stack.pixel_size_um,
+                                  f"m/z {name}")
+            folder = stage if len(stack.mzs) == 1 else stage / f"mz_{name}"
+            folder.mkdir(exist_ok=True)
+            write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um)
+            result = fuse_pair(pair, request.settings)
+            records.append(write_fusion_outputs(folder, pair, result, request.settings,
+                                                dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))))
+            fused.append(result.image)
+        if len(stack.mzs) > 1:
+            px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
+            write_tiff(stage / "fused.ome.tiff", np.stack(fused), px, [f"m/z {n}" for n in stack.names])
+            summary = dict(common, tool="msifusion", command="fuse --imzml", mzs=list(stack.mzs),
+                           method=request.settings.method, scale=request.register.scale,
+                           ions={n: {k: r[k] for k in ("epochs", "stop_reason", "consistency_error", "timings_s")}
+                                 for n, r in zip(stack.names, records)},
+                           versions=software_versions(),
+                           timings_s={"load_and_register": load_s, "total": time.perf_counter() - t0})
+            write_run_json(stage, summary)
+            return summary
+        records[0]["timings_s"].update(load_and_register=load_s, total=time.perf_counter() - t0)
+        write_run_json(stage, records[0])
+        return records[0]
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
