@@ -213,6 +213,122 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _name_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from msifusion.benchmark import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig.preset(
+        args.quick, methods=args.methods, groups=args.groups, phantom_seeds=args.seeds, epoch_cap=args.epochs,
+        prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None, seed=args.seed, device=args.device,
+        panels=not args.no_panels, quiet=args.quiet)
+    rows = run_benchmark(config, Path(args.out), args.overwrite)
+    _say(args, f"{len(rows)} results ({len({r['case'] for r in rows})} cases × {len({r['method'] for r in rows})} methods)")
+    print(Path(args.out) / "results.md")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from msifusion.fit import FitConfig, Runtime
+    from msifusion.phantom import PhantomConfig
+    from msifusion.study import StudyConfig, run_study
+
+    try:
+        fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
+                        patience=args.patience, edge_kernel=args.edge_kernel)
+        phantom = PhantomConfig(seed=args.phantom_seed, kind=args.phantom_kind, ion=args.phantom_ion)
+    except ValueError as exc:
+        raise InputError("study options", str(exc)) from None
+    config = StudyConfig(
+        optical=Path(args.optical) if args.optical else None, ion=Path(args.ion) if args.ion else None,
+        truth=Path(args.truth) if args.truth else None, scale=args.scale, ion_pixel_size_um=args.pixel_size,
+        phantom=phantom, fit=fit, checkpoint_every=args.checkpoint_every, strip=args.strip,
+        runtime=Runtime(args.seed, args.device, args.quiet))
+    record = run_study(config, Path(args.out), args.overwrite)
+    s = record["summary"]
+    stop = s["rule_stop_epoch"] or f"never (within {record['epochs_run']} epochs)"
+    line = f"edge-loss rule (patience {fit.patience}) stops at epoch {stop}"
+    if s.get("best_true_psnr_epoch"):
+        at = s.get("at_rule_stop", {}).get("psnr_truth")
+        line += (f"; best true PSNR {s['at_best']['psnr_truth']:.2f} dB at epoch {s['best_true_psnr_epoch']}"
+                 + (f", {at:.2f} dB at the stop" if at is not None else "")
+                 + f"; bilinear {s['bilinear_vs_truth']['psnr']:.2f} dB")
+    _say(args, line)
+    print(Path(args.out) / "study.png")
+    return 0
+
+
+def add_benchmark_and_study(sub) -> None:
+    """Call from build_parser() with its `sub` (add_subparsers) object."""
+    from msifusion.benchmark import GROUPS
+
+    p = sub.add_parser("benchmark", help="score every method against known truth (phantom, Middlebury, prostate)",
+                       description="Fuse block-averaged truths (synthetic phantoms ×10/×20, Middlebury 2014 "
+                                   "Motorcycle ×8/×16, the MSIght prostate MSI ×4/×8) with every method and score "
+                                   "them. Writes DIR/results.csv, results.md, panels/<case>.png and run.json.")
+    p.add_argument("--out", default="msifusion-benchmark", metavar="DIR", help="output folder (default ./msifusion-benchmark)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few minutes on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
+                        "no prostate, trained methods capped at 30 epochs")
+    p.add_argument("--methods", type=_name_list, default=None, metavar="A,B,…",
+                   help="methods to run (default: all, the default method first)")
+    p.add_argument("--groups", type=_name_list, default=None, metavar="G,…",
+                   help=f"case groups: {', '.join(GROUPS)} (default: all; --quick: phantom,middlebury)")
+    p.add_argument("--seeds", type=_int_list, default=None, metavar="N,…", help="phantom seeds (default 1,2)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epoch cap of the trained methods (default: their own recipe; --quick: 30)")
+    p.add_argument("--prostate-dir", default=None, metavar="DIR",
+                   help="folder with prostate_example.imzML/.ibd and prostate_he_example.tif "
+                        "(default: fetched once from PyPI's msight wheel and cached)")
+    p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of every method (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("study", help="LCRN training study (the paper's Figure 4): where does the edge-loss rule stop?",
+                       description="Fit LCRN without early stopping up to --epochs, score every checkpoint (MSE to "
+                                   "the interpolated ion, PSNR/SSIM vs the truth when known, edge perceptual loss, "
+                                   "consistency) and mark where the edge-loss rule would have stopped. Without "
+                                   "--optical/--ion: the synthetic phantom (truth known). Writes DIR/study.csv, "
+                                   "study.png, checkpoints.png, checkpoints/epoch_NNNN.tiff and run.json.")
+    p.add_argument("--out", default="msifusion-study", metavar="DIR", help="output folder (default ./msifusion-study)")
+    io = p.add_argument_group("inputs (default: the synthetic phantom)")
+    io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
+    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
+    io.add_argument("--truth", metavar="TRUTH", help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
+    io.add_argument("--scale", type=int, default=None, help="magnification (phantom default 10)")
+    io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM", help="ion pixel size in µm")
+    io.add_argument("--phantom-kind", choices=("leaf", "stem"), default="leaf")
+    io.add_argument("--phantom-ion", choices=("apigenin", "pheophytin", "sucrose", "gradient"), default="apigenin")
+    io.add_argument("--phantom-seed", type=int, default=1, help="phantom seed (default 1)")
+    t = p.add_argument_group("training (the paper's recipe; the run never stops early)")
+    t.add_argument("--epochs", type=_positive_int, default=300, help="epochs to run (default 300)")
+    t.add_argument("--lr", type=_positive_float, default=3e-4)
+    t.add_argument("--w-mse", type=float, default=1.0)
+    t.add_argument("--w-edge", type=float, default=1.0)
+    t.add_argument("--patience", type=int, default=5, help="the stopping rule marked: N total edge-loss increases (default 5)")
+    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N", help="score every N epochs (default 1)")
+    t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_study)
+
+
 def _say(args: argparse.Namespace, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr)
@@ -280,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=10, choices=(10, 20), help="magnification (default 10)")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
+
+    add_benchmark_and_study(sub)
 
     p = sub.add_parser("methods", help="list the fusion methods")
     p.set_defaults(func=cmd_methods)
