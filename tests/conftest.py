@@ -19,3 +19,14 @@ def small_pair() -> tuple[np.ndarray, np.ndarray, int]:
     truth = 100.0 + 400.0 * fine
     ion = truth.reshape(8, scale, 12, scale).mean(axis=(1, 3)).astype(np.float32)
     return guide, ion, scale
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny test images run far faster on one thread than with the pool's overhead on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -405,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    # A kill (SIGTERM) becomes SystemExit, so staging folders are removed as on any other error.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,386 @@
+"""``msifusion study``: the paper's Figure 4 as a command: does the edge-loss rule stop well?
+
+LCRN is fitted with the paper's recipe but *without* early stopping, up to an epoch cap
+(300 by default), and its output is taken every ``checkpoint_every`` epochs. Per checkpoint:
+the MSE to the interpolated ion (what the network is fitted to), PSNR and SSIM against the
+interpolated ion and, when a truth is known, against the truth, the edge perceptual loss
+against the optical, and the consistency error. The paper's stopping rule (stop after
+``patience`` total epoch-to-epoch increases of the edge loss) is replayed on the training
+history with :class:`msifusion.fit.EdgeLossStopper`, so the study marks exactly the epoch at
+which :func:`msifusion.fit.fit_network` would have stopped, and, with a truth, the epoch of
+the best true PSNR: the gap between the two is the answer.
+
+Epoch bookkeeping: ``fit_network`` records epoch *e*'s losses on the output *before* that
+epoch's step, and a checkpoint of epoch *e* (and the image ``fit_network`` returns when it
+stops at *e*) is the output *after* it. The study marks the stop at epoch *e*, whose
+checkpoint is the image the rule would have returned.
+
+Inputs: the synthetic phantom (default; truth known), or ``optical`` + ``ion`` files
+(registered, as for ``msifusion fuse``) with an optional ``truth`` image on the optical's
+grid. Outputs: ``study.csv`` (one row per epoch), ``study.png`` (the curves on a log epoch
+axis, Figure 4 a–d, g), ``checkpoints.png`` (a strip of checkpoint images, Figure 4e),
+``checkpoints/epoch_NNNN.tiff`` for the epochs in the strip, and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.fit import EdgeLossStopper, FitConfig, Runtime
+from msifusion.phantom import PhantomConfig
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What to study. ``fit`` is the recipe; its ``patience`` is the stopping rule that is
+    *marked* (the run itself never stops early) and its ``max_epochs`` the cap.
+
+    Inputs: ``optical`` and ``ion`` (and optionally ``truth``) files, or neither for the
+    phantom. ``scale``: the magnification (phantom default 10; files: inferred from the
+    shapes unless given).
+    """
+
+    optical: Path | None = None
+    ion: Path | None = None
+    truth: Path | None = None
+    scale: int | None = None
+    ion_pixel_size_um: float | None = None
+    phantom: PhantomConfig = PhantomConfig(seed=1)
+    fit: FitConfig = FitConfig(max_epochs=300)
+    checkpoint_every: int = 1
+    strip: int = 8
+    runtime: Runtime = Runtime()
+
+    def __post_init__(self) -> None:
+        if (self.optical is None) != (self.ion is None):
+            raise InputError("study", "give both --optical and --ion, or neither (the synthetic phantom)")
+        if self.truth is not None and self.optical is None:
+            raise InputError("--truth", "a truth image needs --optical and --ion")
+        if not 1 <= self.checkpoint_every <= self.fit.max_epochs:
+            raise InputError("--checkpoint-every", f"must be between 1 and the epoch cap ({self.fit.max_epochs})")
+        if self.scale is not None and self.scale < 2:
+            raise InputError("--scale", f"scale must be at least 2, got {self.scale}")
+        if self.strip < 2:
+            raise InputError("--strip", "show at least 2 checkpoints")
+        from msifusion.benchmark import check_device
+
+        check_device(self.runtime.device)
+
+
+@dataclass
+class StudyInputs:
+    """A registered pair in the ion's units, with the truth when known."""
+
+    guide: np.ndarray
+    ion: np.ndarray
+    scale: int
+    truth: np.ndarray | None
+    fine_pixel_um: float | None
+    name: str
+
+
+def load_inputs(config: StudyConfig) -> StudyInputs:
+    """The phantom, or the user's files checked against each other."""
+    if config.optical is None:
+        from msifusion.phantom import make_phantom
+
+        scale = config.scale or 10
+        h, w = config.phantom.fine_shape
+        phantom_config = replace(config.phantom, fine_shape=(h - h % scale, w - w % scale))
+        phantom = make_phantom(phantom_config)
+        return StudyInputs(phantom.guide, phantom.measure(scale), scale, phantom.truth, phantom_config.fine_pixel_um,
+                           f"synthetic {phantom_config.kind} ({phantom_config.ion}, seed {phantom_config.seed})")
+    from msifusion.io.images import read_ion, read_optical
+    from msifusion.pipeline import pair_images
+
+    pair = pair_images(read_optical(config.optical), read_ion(config.ion), config.scale, config.ion_pixel_size_um)
+    truth = None
+    if config.truth is not None:
+        truth = read_ion(config.truth).pixels
+        if truth.shape != pair.guide.shape[:2]:
+            raise InputError(config.truth, f"truth {truth.shape[0]}×{truth.shape[1]} does not match the optical grid "
+                                           f"{pair.guide.shape[0]}×{pair.guide.shape[1]} (ion × {pair.scale})")
+    return StudyInputs(pair.guide, pair.ion, pair.scale, truth, pair.fused_pixel_size_um, pair.ion_name)
+
+
+def rule_stop_epoch(history: list[dict], patience: int, key: str = "edge") -> int | None:
+    """The epoch at which :class:`EdgeLossStopper` would stop on ``history``; None if it never does."""
+    if patience < 1:
+        return None
+    stopper = EdgeLossStopper(patience)
+    for record in history:
+        if stopper.update(record[key]):
+            return int(record["epoch"])
+    return None
+
+
+def pick_strip(epochs: list[int], n: int, marked: list[int | None]) -> list[int]:
+    """About ``n`` checkpoint epochs spread evenly on a log axis, plus the ``marked`` ones."""
+    if not epochs:
+        return []
+    wanted = np.geomspace(epochs[0], epochs[-1], n) if epochs[-1] > epochs[0] else [epochs[0]]
+    arr = np.asarray(epochs)
+    picked = {int(arr[np.argmin(np.abs(np.log(arr) - math.log(w)))]) for w in wanted}
+    picked |= {e for e in marked if e is not None and e in set(epochs)}
+    return sorted(picked)
+
+
+class _EdgeWatcher:
+    """Follows the training on line to know, during the fit, where the rule stops.
+
+    A forward hook sees each training forward (gradients on) and computes the edge perceptual
+    loss exactly as :func:`~msifusion.fit.fit_network` does, feeding an
+    :class:`~msifusion.fit.EdgeLossStopper`. The study uses it only to decide which checkpoint
+    images to keep in memory; the stop epoch it reports comes from the recorded history.
+    """
+
+    def __init__(self, model, guide: np.ndarray, fit: FitConfig, device) -> None:
+        import torch
+
+        from msifusion.fit import to_tensor
+        from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+
+        with torch.no_grad():
+            self._edges = edge_map(luminance(to_tensor(guide, device)), fit.edge_kernel)
+        self._loss, self._kernel = edge_perceptual_loss, fit.edge_kernel
+        self._stopper = EdgeLossStopper(fit.patience)
+        self.epoch = 0
+        self.stop: int | None = None
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        import torch
+
+        if not torch.is_grad_enabled():
+            return  # a checkpoint prediction, not a training step
+        self.epoch += 1
+        with torch.no_grad():
+            value = self._loss(output.detach(), self._edges, self._kernel).item()
+        if self._stopper.update(value) and self.stop is None and self._stopper.patience > 0:
+            self.stop = self.epoch
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+CSV_FIELDS = ("epoch", "train_mse", "train_edge", "train_total", "seconds", "mse_target", "psnr_target",
+              "ssim_target", "edge", "consistency", "mse_truth", "psnr_truth", "ssim_truth", "rule_stops_here")
+
+
+def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> dict:
+    """Fit LCRN past its early stop, score every checkpoint, write the study; returns run.json's dict."""
+    from msifusion import metrics
+    from msifusion.fit import fit_network, resolve_device, seed_everything
+    from msifusion.io.images import write_tiff
+    from msifusion.io.outdir import check_output_dir, staged_output_dir
+    from msifusion.models.lcrn import LCRN
+    from msifusion.physics import upsample
+
+    t0 = time.perf_counter()
+    check_output_dir(out, overwrite)
+    inputs = load_inputs(config)
+    ion = np.asarray(inputs.ion, dtype=np.float32)
+    intensity = float(np.max(np.abs(ion)))
+    if intensity == 0:
+        raise InputError(config.ion, "ion image is all zero; nothing to fuse")
+    target = upsample(ion / intensity, inputs.scale, "bilinear")  # what LCRN is fitted to (normalised)
+    target_ion = target * np.float32(intensity)
+    guide, truth, scale = inputs.guide, inputs.truth, inputs.scale
+    kernel = config.fit.edge_kernel
+    checkpoints: dict[int, dict] = {}
+
+    every, cap = config.checkpoint_every, config.fit.max_epochs
+    planned = set(pick_strip(list(range(every, cap + 1, every)), config.strip, []))
+    seed_everything(config.runtime.seed)
+    model = LCRN()
+    watcher = _EdgeWatcher(model, guide, config.fit, resolve_device(config.runtime.device))
+    kept: dict[int, np.ndarray] = {}  # only the strip's images, the best so far and the rule's stop
+    marks = {"best": None, "stop": None}
+
+    def on_checkpoint(epoch: int, image: np.ndarray) -> None:
+        fused = image * np.float32(intensity)
+        rec = {"mse_target": float(np.mean((image.astype(np.float64) - target) ** 2)),
+               "psnr_target": metrics.psnr(fused, target_ion), "ssim_target": metrics.ssim(fused, target_ion),
+               "edge": metrics.edge_loss(image, guide, 1.0, kernel),
+               "consistency": metrics.consistency_error(fused, ion, scale)}
+        if truth is not None:
+            rec.update(mse_truth=metrics.mse(fused, truth), psnr_truth=metrics.psnr(fused, truth),
+                       ssim_truth=metrics.ssim(fused, truth))
+        checkpoints[epoch] = rec
+        keep = epoch in planned
+        if watcher.stop is not None and marks["stop"] is None:  # first checkpoint at or after the stop
+            marks["stop"], keep = epoch, True
+        old = marks["best"]
+        if truth is not None and (old is None or rec["psnr_truth"] > checkpoints[old]["psnr_truth"]):
+            if old is not None and old not in planned and old != marks["stop"]:
+                del kept[old]
+            marks["best"], keep = epoch, True
+        if keep:
+            kept[epoch] = fused.astype(np.float32)
+
+    fit = replace(config.fit, patience=0, checkpoint_every=every)
+    t_fit = time.perf_counter()
+    try:
+        result = fit_network(model, guide, target, fit, config.runtime, on_checkpoint, desc="study")
+    finally:
+        watcher.remove()
+    fit_s = time.perf_counter() - t_fit
+
+    history = result.history
+    stop = rule_stop_epoch(history, config.fit.patience)
+    epochs = sorted(checkpoints)
+    stop_ckpt = next((e for e in epochs if stop is not None and e >= stop), None)
+    best = marks["best"]
+    strip = [e for e in pick_strip(epochs, config.strip, [stop_ckpt, best]) if e in kept]
+    images = {e: kept[e] for e in strip}
+
+    baseline = {"psnr": metrics.psnr(target_ion, truth), "ssim": metrics.ssim(target_ion, truth)} if truth is not None else None
+    summary = _summary(checkpoints, history, stop, stop_ckpt, best, baseline, config)
+    summary["online_stop_checkpoint"] = marks["stop"]  # the watcher's view; equals rule_stop_checkpoint
+    with staged_output_dir(out, overwrite) as stage:
+        write_study_csv(stage / "study.csv", history, checkpoints, stop)
+        save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
+        (stage / "checkpoints").mkdir()
+        for e, img in images.items():
+            write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, inputs.fine_pixel_um)
+        save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
+        record = {
+            "tool": "msifusion study", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv, "inputs": inputs.name,
+            "input_files": {k: str(getattr(config, k)) for k in ("optical", "ion", "truth") if getattr(config, k)},
+            "phantom": asdict(config.phantom) if config.optical is None else None,
+            "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
+            "fine_pixel_size_um": inputs.fine_pixel_um, "intensity_scale": intensity,
+            "fit_settings": asdict(config.fit), "run_without_early_stop": True,
+            "checkpoint_every": config.checkpoint_every, "seed": config.runtime.seed,
+            "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
+            "summary": summary, "strip_epochs": strip, "machine": _machine(), "versions": _versions(),
+            "timings_s": {"fit_with_checkpoints": fit_s, "total": time.perf_counter() - t0},
+        }
+        _write_run_json(stage, record)
+    return record
+
+
+def _summary(checkpoints: dict[int, dict], history: list[dict], stop: int | None, stop_ckpt: int | None,
+             best: int | None, baseline: dict | None, config: StudyConfig) -> dict:
+    last = max(checkpoints) if checkpoints else None
+    out = {"rule": f"stop after {config.fit.patience} total increases of the edge perceptual loss",
+           "rule_stop_epoch": stop, "rule_stop_checkpoint": stop_ckpt, "best_true_psnr_epoch": best,
+           "last_epoch": last, "epochs_run": len(history)}
+    for label, epoch in (("at_rule_stop", stop_ckpt), ("at_best", best), ("at_last", last)):
+        if epoch is not None:
+            out[label] = {k: v for k, v in checkpoints[epoch].items()}
+    if baseline is not None:
+        out["bilinear_vs_truth"] = baseline
+    return out
+
+
+def write_study_csv(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None) -> Path:
+    """One row per epoch: training losses, and the checkpoint's scores where one was taken."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in history:
+            e = r["epoch"]
+            row = {"epoch": e, "train_mse": r["mse"], "train_edge": r["edge"], "train_total": r["total"],
+                   "seconds": r["seconds"], "rule_stops_here": int(e == stop), **checkpoints.get(e, {})}
+            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+def _mark(ax, stop: int | None, best: int | None) -> None:
+    if stop is not None:
+        ax.axvline(stop, color="tab:red", ls="--", lw=1, label=f"edge rule stops ({stop})")
+    if best is not None:
+        ax.axvline(best, color="tab:green", ls=":", lw=1.4, label=f"best true PSNR ({best})")
+
+
+def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None,
+                    best: int | None, baseline: dict | None, name: str) -> Path:
+    """Figure 4 a–d, g: metric curves per epoch on a log epoch axis, stop and best epochs marked."""
+    from msifusion.report import plt
+
+    ep = np.array([r["epoch"] for r in history])
+    ce = np.array(sorted(checkpoints))
+    col = lambda key: np.array([checkpoints[e].get(key, np.nan) for e in ce], dtype=float)  # noqa: E731
+    truth = "psnr_truth" in (checkpoints[ce[0]] if len(ce) else {})
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=110)
+    a, b, c, d, e, g = axes.ravel()
+    a.plot(ep, [r["mse"] for r in history], color="tab:blue", lw=1, label="training MSE (before step)")
+    a.plot(ce, col("mse_target"), ".", ms=2.5, color="tab:blue", alpha=0.5, label="checkpoint MSE")
+    a.set(yscale="log", title="a) MSE to the interpolated ion", ylabel="normalised units")
+    b.plot(ce, col("psnr_target"), color="0.4", lw=1, label="vs interpolated ion")
+    c.plot(ce, col("ssim_target"), color="0.4", lw=1, label="vs interpolated ion")
+    if truth:
+        b.plot(ce, col("psnr_truth"), color="tab:purple", lw=1.4, label="vs truth")
+        c.plot(ce, col("ssim_truth"), color="tab:purple", lw=1.4, label="vs truth")
+        if baseline is not None:
+            b.axhline(baseline["psnr"], color="tab:purple", lw=0.8, ls="-.", label="bilinear vs truth")
+            c.axhline(baseline["ssim"], color="tab:purple", lw=0.8, ls="-.", label="bilinear vs truth")
+    b.set(title="b) PSNR per checkpoint", ylabel="dB")
+    c.set(title="c) SSIM per checkpoint")
+    d.plot(ce, col("edge"), color="tab:orange", lw=1)
+    d.set(yscale="log", title="d) edge perceptual loss vs optical (checkpoints)")
+    e.plot(ce, col("consistency"), color="tab:brown", lw=1)
+    e.set(yscale="log", title="e) consistency error per checkpoint")
+    edge = np.array([r["edge"] for r in history])
+    g.plot(ep, edge, color="tab:orange", lw=1, label="edge loss (training)")
+    ups = np.flatnonzero(np.diff(edge) > 0) + 1
+    g.plot(ep[ups], edge[ups], "v", color="tab:red", ms=3, label="increase")
+    g.set(yscale="log", title="g) edge perceptual loss per epoch")
+    for ax in axes.ravel():
+        _mark(ax, stop, best)
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch")
+        ax.grid(True, which="both", alpha=0.25)
+    for ax in (a, b, c, g):
+        ax.legend(fontsize=7)
+    fig.suptitle(f"LCRN training study: {name}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_checkpoint_strip(path: Path, inputs: StudyInputs, target_ion: np.ndarray, images: dict[int, np.ndarray],
+                          checkpoints: dict[int, dict], stop: int | None, best: int | None) -> Path:
+    """Figure 4e: the optical, the interpolated ion, selected checkpoints, the truth; one colour scale."""
+    from msifusion.report import save_panel
+
+    panels = [("optical (guide)", inputs.guide), ("interpolated ion (target)", target_ion)]
+    for e, img in images.items():
+        tags = [t for t, hit in (("rule stops", e == stop), ("best true PSNR", e == best)) if hit]
+        rec = checkpoints[e]
+        score = f"PSNR {rec['psnr_truth']:.1f} dB" if "psnr_truth" in rec else f"edge {rec['edge']:.3g}"
+        panels.append((f"epoch {e}{' (' + ', '.join(tags) + ')' if tags else ''}  {score}", img))
+    if inputs.truth is not None:
+        panels.append(("truth", inputs.truth))
+    reference = inputs.truth if inputs.truth is not None else target_ion
+    return save_panel(path, panels, inputs.fine_pixel_um, title=f"checkpoints: {inputs.name}", reference=reference)
+
+
+def _machine() -> dict:
+    from msifusion.benchmark import machine
+
+    return machine()
+
+
+def _versions() -> dict:
+    from msifusion.pipeline import software_versions
+
+    return software_versions()
+
+
+def _write_run_json(folder: Path, record: dict) -> Path:
+    from msifusion.pipeline import write_run_json
+
+    return write_run_json(folder, record)

@@ -1,0 +1,172 @@
+"""The benchmark: case builders (masked Middlebury measurement), outputs and their values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from msifusion.benchmark import (
+    BenchmarkConfig,
+    Case,
+    build_cases,
+    masked_block_mean,
+    middlebury_case,
+    phantom_case,
+    run_benchmark,
+)
+from msifusion.errors import InputError
+from msifusion.fit import FitConfig, Runtime
+from msifusion.methods import DEFAULT_METHOD, METHODS, MethodOptions, fuse
+from msifusion.metrics import score
+
+CHEAP = ("bilinear", "bicubic", "bilinear-bp")
+# A 64×96 window of Motorcycle with 18 % unknown disparity and, at ×8, two blocks without any.
+MB_CROP = (192, 64, 64, 96)
+
+
+@pytest.fixture(scope="module")
+def small_cases() -> list[Case]:
+    return [phantom_case("leaf", "apigenin", 3, 4, (64, 96)), middlebury_case(8, crop=MB_CROP)]
+
+
+def test_masked_block_mean_known_answer():
+    values = np.array([[1, 3, 9, 9],
+                       [5, 7, 9, 9],
+                       [2, 2, 0, 0],
+                       [2, 2, 0, 0]], dtype=np.float64)
+    valid = np.array([[1, 1, 0, 0],
+                      [1, 0, 0, 0],
+                      [1, 1, 1, 1],
+                      [1, 1, 1, 1]], dtype=bool)
+    measured, filled = masked_block_mean(values, valid, 2)
+    # top-left: mean of 1, 3, 5; top-right has no valid pixel → mean of its 3 neighbour blocks
+    expected_tl, bl, br = 3.0, 2.0, 0.0
+    np.testing.assert_allclose(measured, [[expected_tl, (expected_tl + bl + br) / 3], [bl, br]], rtol=1e-6)
+    assert filled == 1
+
+
+def test_masked_block_mean_fills_a_block_with_no_valid_neighbour():
+    valid = np.zeros((6, 6), bool)
+    valid[:2, :2] = True  # only the top-left block is measured
+    measured, filled = masked_block_mean(np.full((6, 6), 4.0), valid, 2)
+    assert filled == 8
+    np.testing.assert_allclose(measured, 4.0)
+
+
+def test_middlebury_case_masked_measurement(small_cases):
+    case = small_cases[1]
+    assert case.truth.shape == (64, 96) and case.guide.shape == (64, 96, 3) and case.measured.shape == (8, 12)
+    assert case.mask.dtype == bool
+    np.testing.assert_array_equal(case.mask, np.isfinite(case.truth))
+    assert 0.1 < 1 - case.mask.mean() < 0.3
+    assert np.all(np.isfinite(case.measured))
+    assert case.info["middlebury"]["filled_blocks"] == 2
+    blocks_t = case.truth.reshape(8, 8, 12, 8).transpose(0, 2, 1, 3).reshape(8, 12, 64)
+    blocks_m = case.mask.reshape(8, 8, 12, 8).transpose(0, 2, 1, 3).reshape(8, 12, 64)
+    for i in range(8):
+        for j in range(12):
+            if blocks_m[i, j].any():  # measured = mean of the valid truth pixels of the block
+                assert case.measured[i, j] == pytest.approx(blocks_t[i, j][blocks_m[i, j]].mean(), rel=1e-5)
+    # the guide is the left image of the stereo pair, as floats in [0, 1]
+    from skimage.data import stereo_motorcycle
+
+    left = stereo_motorcycle()[0]
+    np.testing.assert_allclose(case.guide, left[192:256, 64:160] / 255.0, atol=1e-6)
+
+
+def test_middlebury_downscale_keeps_only_fully_known_pixels():
+    case = middlebury_case(4, downscale=2, crop=(96, 32, 32, 48))
+    from skimage.data import stereo_motorcycle
+
+    d = stereo_motorcycle()[2][: 500 - 500 % 2, : 741 - 741 % 2]
+    known = np.isfinite(d).reshape(250, 2, 370, 2).all(axis=(1, 3))[96:128, 32:80]
+    np.testing.assert_array_equal(case.mask, known)
+    assert case.truth.shape == (32, 48) and np.all(np.isfinite(case.measured))
+
+
+def test_method_order_default_first_all_once():
+    order = BenchmarkConfig().method_order()
+    assert order[0] == DEFAULT_METHOD
+    assert sorted(order) == sorted(METHODS)
+    assert BenchmarkConfig(methods=("bicubic", "bilinear", "bicubic")).method_order() == ["bicubic", "bilinear"]
+
+
+def test_config_rejects_unknown_method_and_quick_preset():
+    with pytest.raises(InputError, match="nope"):
+        BenchmarkConfig(methods=("nope",))
+    quick = BenchmarkConfig.preset(True, methods=CHEAP)
+    assert quick.quick and quick.epoch_cap and "prostate" not in quick.groups and quick.methods == CHEAP
+    assert BenchmarkConfig.preset(False) == BenchmarkConfig()
+
+
+def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
+    config = BenchmarkConfig(groups=("prostate",), prostate_dir=tmp_path, methods=CHEAP, quiet=True)
+    cases, skipped, _ = build_cases(config)
+    assert cases == [] and len(skipped) == 1 and "prostate_example.imzML" in skipped[0]
+    with pytest.raises(InputError, match="no case to run"):
+        run_benchmark(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_benchmark_outputs_match_direct_scores(tmp_path, small_cases):
+    out = tmp_path / "bench"
+    config = BenchmarkConfig(methods=CHEAP, quiet=True)
+    rows = run_benchmark(config, out, cases=small_cases)
+    assert [(r["case"], r["method"]) for r in rows] == [(c.name, m) for c in small_cases for m in CHEAP]
+
+    for case in small_cases:  # values are exactly what direct calls give
+        for method in CHEAP:
+            fused = fuse(case.guide, case.measured, method, MethodOptions(runtime=Runtime(quiet=True))).image
+            direct = score(fused, case.truth, case.measured, case.factor, case.guide, case.mask)
+            row = next(r for r in rows if r["case"] == case.name and r["method"] == method)
+            for key in ("psnr", "ssim", "mse", "edge", "consistency"):
+                assert row[key] == pytest.approx(getattr(direct, key), rel=1e-9, abs=1e-12)
+    assert all(r["consistency"] < 1e-6 for r in rows if r["method"] == "bilinear-bp")  # exactly consistent
+
+    with open(out / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(rows)
+    for written, row in zip(table, rows):
+        assert written["case"] == row["case"] and written["method"] == row["method"]
+        assert float(written["psnr"]) == pytest.approx(row["psnr"], rel=1e-5)
+
+    md = (out / "results.md").read_text()
+    for case in small_cases:
+        assert f"### {case.name}" in md
+        assert (out / "panels" / f"{case.name}.png").stat().st_size > 10_000
+    mb = next(r for r in rows if r["case"] == small_cases[1].name and r["method"] == "bicubic")
+    assert f"| bicubic | {mb['psnr']:.2f}" in md or f"| bicubic | **{mb['psnr']:.2f}**" in md
+
+    record = json.loads((out / "run.json").read_text())
+    assert record["methods"] == list(CHEAP)
+    assert [c["name"] for c in record["cases"]] == [c.name for c in small_cases]
+    assert record["machine"]["cpu_count"] >= 1 and "numpy" in record["versions"]
+    assert record["cases"][1]["valid_fraction"] == pytest.approx(small_cases[1].mask.mean())
+    assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no staging folder left behind
+
+
+def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
+    config = BenchmarkConfig(methods=("lcrn", "bilinear"), epoch_cap=2, panels=False, quiet=True)
+    rows = run_benchmark(config, tmp_path / "b", cases=small_cases[:1])
+    lcrn, bilinear = rows
+    assert lcrn["epochs"] == 2 and lcrn["epoch_cap"] == 2 and math.isfinite(lcrn["psnr"])
+    assert bilinear["epochs"] == 0 and bilinear["epoch_cap"] == ""
+    assert "2 (cap)" in (tmp_path / "b" / "results.md").read_text()
+    assert not any((tmp_path / "b" / "panels").iterdir())
+    fused = fuse(small_cases[0].guide, small_cases[0].measured, "lcrn",
+                 MethodOptions(FitConfig(max_epochs=2), Runtime(quiet=True))).image
+    c = small_cases[0]
+    assert lcrn["psnr"] == pytest.approx(score(fused, c.truth, c.measured, c.factor, c.guide).psnr, rel=1e-6)
+
+
+def test_existing_output_needs_overwrite(tmp_path, small_cases):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="overwrite"):
+        run_benchmark(BenchmarkConfig(methods=("bilinear",), quiet=True), out, cases=small_cases[:1])
+    assert (out / "keep.txt").exists()

@@ -1,0 +1,112 @@
+"""The LCRN training study (Figure 4): where the edge-loss rule stops, and the outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from msifusion.errors import InputError
+from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
+from msifusion.phantom import PhantomConfig, make_phantom
+from msifusion.physics import upsample
+from msifusion.study import StudyConfig, pick_strip, rule_stop_epoch, run_study
+
+TINY = PhantomConfig(fine_shape=(64, 96), seed=1)
+FIT = FitConfig(max_epochs=24, lr=1e-3)  # stops (patience 5) well before the cap on this phantom
+
+
+def test_rule_stop_epoch_known_answer():
+    edges = [5, 4, 5, 4, 5, 4, 5, 3]
+    history = [{"epoch": i + 1, "edge": e} for i, e in enumerate(edges)]
+    assert rule_stop_epoch(history, 3) == 7  # increases at epochs 3, 5, 7
+    assert rule_stop_epoch(history, 4) is None
+    assert rule_stop_epoch(history, 0) is None
+
+
+def test_pick_strip_log_spaced_with_marked_epochs():
+    epochs = list(range(1, 301))
+    strip = pick_strip(epochs, 5, [37, None])
+    assert strip == sorted(set(strip)) and strip[0] == 1 and strip[-1] == 300 and 37 in strip
+    assert set(strip) - {37} == {1, 4, 17, 72, 300}  # geomspace(1, 300, 5) rounded on a log scale
+    assert pick_strip([5, 10, 15], 8, [10]) == [5, 10, 15]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "out"
+    record = run_study(StudyConfig(phantom=TINY, scale=4, fit=FIT, strip=3, runtime=Runtime(quiet=True)), out)
+    with open(out / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return out, record, rows
+
+
+def test_study_runs_past_the_stop_and_marks_where_the_rule_stops(study):
+    out, record, rows = study
+    summary = record["summary"]
+    assert record["epochs_run"] == FIT.max_epochs == len(rows)  # no early stop in the study
+    stopper = EdgeLossStopper(FIT.patience)  # replay the recorded history
+    expected = next(int(r["epoch"]) for r in rows if stopper.update(float(r["train_edge"])))
+    assert summary["rule_stop_epoch"] == expected < FIT.max_epochs
+    assert summary["online_stop_checkpoint"] == expected  # the image kept for the strip is the right one
+    assert [int(r["epoch"]) for r in rows if r["rule_stops_here"] == "1"] == [expected]
+
+    # A real early-stopped fit (same seed) stops at that epoch and returns that checkpoint.
+    phantom = make_phantom(TINY)
+    ion = phantom.measure(4)
+    target = upsample(ion / np.abs(ion).max(), 4, "bilinear")
+    seed_everything(0)
+    from msifusion.models.lcrn import LCRN
+
+    fitted = fit_network(LCRN(), phantom.guide, target, FIT, Runtime(quiet=True))
+    assert fitted.epochs == expected
+    for mine, theirs in zip(rows, fitted.history):
+        assert float(mine["train_edge"]) == pytest.approx(theirs["edge"], rel=1e-6)
+    from msifusion.io.images import read_ion
+
+    saved = read_ion(out / "checkpoints" / f"epoch_{expected:04d}.tiff").pixels
+    np.testing.assert_allclose(saved, fitted.image * np.abs(ion).max(), rtol=1e-5, atol=1e-6)
+
+
+def test_study_scores_and_outputs(study):
+    out, record, rows = study
+    summary = record["summary"]
+    truth_psnr = {int(r["epoch"]): float(r["psnr_truth"]) for r in rows}
+    assert summary["best_true_psnr_epoch"] == max(truth_psnr, key=truth_psnr.get)
+    assert summary["at_rule_stop"]["psnr_truth"] == pytest.approx(truth_psnr[summary["rule_stop_epoch"]], rel=1e-6)
+    assert summary["bilinear_vs_truth"]["psnr"] > 0
+    for name in ("study.csv", "study.png", "checkpoints.png", "run.json"):
+        assert (out / name).stat().st_size > 0
+    tiffs = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert tiffs == [f"epoch_{e:04d}.tiff" for e in record["strip_epochs"]]
+    assert {summary["rule_stop_epoch"], summary["best_true_psnr_epoch"], 1, FIT.max_epochs} <= set(record["strip_epochs"])
+    assert json.loads((out / "run.json").read_text())["fit_settings"]["patience"] == FIT.patience
+
+
+def test_study_from_files_checks_the_truth_grid(tmp_path):
+    from msifusion.io.images import write_rgb_tiff, write_tiff
+
+    phantom = make_phantom(TINY)
+    write_rgb_tiff(tmp_path / "opt.tiff", phantom.guide)
+    write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
+    write_tiff(tmp_path / "truth.tiff", phantom.truth)
+    write_tiff(tmp_path / "small.tiff", phantom.truth[:32])
+    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=3),
+                checkpoint_every=2, strip=2, runtime=Runtime(quiet=True))
+    with pytest.raises(InputError, match="small.tiff"):
+        run_study(StudyConfig(truth=tmp_path / "small.tiff", **base), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", **base), tmp_path / "ok")
+    assert record["scale"] == 4 and record["epochs_run"] == 3
+    with open(tmp_path / "ok" / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["psnr_truth"] != "" for r in rows] == [False, True, False]  # checkpoints every 2 epochs
+
+
+def test_study_config_needs_both_files():
+    with pytest.raises(InputError, match="both"):
+        StudyConfig(optical="a.png")
+    with pytest.raises(InputError, match="truth"):
+        StudyConfig(truth="t.tiff")
