@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -450,6 +448,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
             case_seconds[case.name] = time.perf_counter() - tc
         write_csv(stage / "results.csv", rows)
         (stage / "results.md").write_text(results_markdown(rows, config, cases, skipped))
+        from msifusion.pipeline import write_run_json
+
         write_run_json(stage, _run_record(config, methods, cases, skipped, facts,
                                           {"build_cases": build_s, "cases": case_seconds,
                                            "total": time.perf_counter() - t0}))
@@ -511,13 +511,16 @@ def _mean(values: Iterable[float]) -> float:
 def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Sequence[Case],
                      skipped: Sequence[str] = ()) -> str:
     """The tables of results.md: summary per method and group, PSNR per case, one table per case."""
+    from msifusion.pipeline import machine
+
+    host = machine()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     groups = [g for g in dict.fromkeys(c.group for c in cases)]
     names = [c.name for c in cases]
     by = {(r["case"], r["method"]): r for r in rows}
     lines = [f"# msifusion benchmark{' (quick)' if config.quick else ''}", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, "
-             f"{os.cpu_count()} CPUs, {_torch_threads()} torch threads; seed {config.seed}; "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {host['processor']}, "
+             f"{host['cpu_count']} CPUs, {host['torch_threads']} torch threads; seed {config.seed}; "
              f"{len(cases)} cases × {len(methods)} methods.", ""]
     if config.epoch_cap:
         lines += [f"**Trained methods capped at {config.epoch_cap} epochs** (quick settings, not their defaults; "
@@ -564,43 +567,11 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
     return "\n".join(lines)
 
 
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """The machine the numbers were measured on."""
-    import torch
-
-    return {"processor": cpu_model(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
                 facts: dict, timings: dict) -> dict:
-    from msifusion.pipeline import software_versions
+    from msifusion.pipeline import machine, software_versions
 
     return {"tool": "msifusion benchmark", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": sys.argv, "settings": asdict(config), "methods": methods, "machine": machine(),
             "versions": software_versions(), "cases": [c.summary() for c in cases], "skipped": skipped,
             **facts, "timings_s": timings}
-
-
-def write_run_json(folder: Path, record: dict) -> Path:
-    from msifusion.pipeline import write_run_json as write
-
-    return write(folder, record)

@@ -69,7 +69,7 @@ def register(name: str, summary: str, trains: bool = False) -> Callable[[MethodF
     return wrap
 
 
-DEFAULT_METHOD = "lcrn"
+DEFAULT_METHOD = "diffusion"  # measured best on the benchmark (docs/benchmarks.md); LCRN is --method lcrn
 
 
 def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int:

@@ -102,6 +102,28 @@ def software_versions() -> dict:
             "torch": torch.__version__, "platform": platform.platform()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """The machine a run's timings were measured on."""
+    import os
+
+    import torch
+
+    return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
     options = MethodOptions(settings.fit, settings.runtime, on_checkpoint)
     return fuse(pair.guide, pair.ion, settings.method, options)
@@ -159,6 +181,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "consistency_error": result.consistency_error,
         "timings_s": {"fuse": result.seconds},
         "versions": software_versions(),
+        "machine": machine(),
         "notes": pair.notes,
     }
     if extra:

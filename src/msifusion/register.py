@@ -530,7 +530,6 @@ def _pose_search(fixed_imgs: np.ndarray, fmask: np.ndarray, fgrid: Grid, feat: n
     mf = fmask.astype(np.float32)
     n_mask = mf.sum()
     best_per_pose: list[_Pose] = []
-    tissue_total = None
     for s in scales:
         k = s * fgrid.pixel_size / mgrid.pixel_size  # moving pixels per search pixel
         sw, sh = max(2, int(round(feat.shape[1] / k))), max(2, int(round(feat.shape[0] / k)))
@@ -801,8 +800,6 @@ def _method(options: AutoRegisterOptions, fix_img: np.ndarray, acquired: np.ndar
 
 
 def _run_affine(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, start: AffineMap, options: AutoRegisterOptions):
-    import SimpleITK as sitk
-
     reg, fixed_img = _method(options, fix_img, acquired, fixed)
     moving_img = _sitk_image(mov, mov_grid)
     tx = _sitk_affine(start)

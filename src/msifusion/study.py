@@ -37,6 +37,7 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime
 from msifusion.phantom import PhantomConfig
+from msifusion.pipeline import machine, software_versions, write_run_json
 
 
 @dataclass(frozen=True)
@@ -263,10 +264,10 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "fit_settings": asdict(config.fit), "run_without_early_stop": True,
             "checkpoint_every": config.checkpoint_every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
-            "summary": summary, "strip_epochs": strip, "machine": _machine(), "versions": _versions(),
+            "summary": summary, "strip_epochs": strip, "machine": machine(), "versions": software_versions(),
             "timings_s": {"fit_with_checkpoints": fit_s, "total": time.perf_counter() - t0},
         }
-        _write_run_json(stage, record)
+        write_run_json(stage, record)
     return record
 
 
@@ -366,21 +367,3 @@ def save_checkpoint_strip(path: Path, inputs: StudyInputs, target_ion: np.ndarra
         panels.append(("truth", inputs.truth))
     reference = inputs.truth if inputs.truth is not None else target_ion
     return save_panel(path, panels, inputs.fine_pixel_um, title=f"checkpoints: {inputs.name}", reference=reference)
-
-
-def _machine() -> dict:
-    from msifusion.benchmark import machine
-
-    return machine()
-
-
-def _versions() -> dict:
-    from msifusion.pipeline import software_versions
-
-    return software_versions()
-
-
-def _write_run_json(folder: Path, record: dict) -> Path:
-    from msifusion.pipeline import write_run_json
-
-    return write_run_json(folder, record)

@@ -1,0 +1,617 @@
+"""Guided harmonic fusion: the smoothest image along the optical's edges whose MSI pixels equal the measurement.
+
+The method (``--method guided-harmonic``) solves, for each ion image ``y`` (h, w) and the
+registered optical guide ``g`` (H, W, 3), H = h·f, W = w·f::
+
+    minimise   Σ_{neighbours i~j} w_ij (x_i − x_j)²        (a graph Dirichlet energy)
+    subject to A x = y                                     (every MSI pixel's mean is measured)
+
+``A`` is the measurement model: the box average over each f×f block (default), optionally
+after a Gaussian laser spot (:attr:`ConsistentConfig.spot_sigma_px`). The conductance
+``w_ij`` between 4-neighbours is Perona–Malik's ``1 / (1 + (|g_i − g_j| / κ)²)`` on the RGB
+difference, plus a small floor: the solution is smooth inside regions of even colour and may
+jump where the optical shows an edge, yet every block keeps exactly its measured mean, so
+the result stays quantitative. This is the fixed point that training-free anisotropic
+diffusion with exact consistency (DADA without features) iterates towards, computed
+directly: a projected, Jacobi-preconditioned conjugate-gradient solve on the subspace of
+images with zero block means (the projection is "subtract each block's mean").
+
+Three additions, each measured on the benchmark (see scratch/D/REPORT.md):
+
+- *Refinement*: one re-weighted pass (IRLS) multiplies the conductances by
+  ``1 / (1 + (|x_i − x_j| / τ)²)`` of the first solution (τ = ``refine_scale``·std(y)):
+  optical edges the ion does not follow are smoothed over, edges it does follow sharpen
+  (a step towards guided total variation).
+- *Self-supervised choice of how far to trust the optical*: a ladder of settings from
+  "ignore the optical" to "follow every edge" (κ at a low quantile of the guide's neighbour
+  differences, with refinement). Each is run on the same problem one level coarser (the
+  measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
+  the previous one only if it predicts the held-back measurement significantly better
+  (paired per-block test, ``significance`` standard errors). Optical images that show the
+  chemistry (plant cells, depth edges) climb the ladder; an H&E whose texture is unrelated
+  to the ion stays at the bottom (a smooth consistent interpolation).
+- *Non-negativity*: for non-negative measurements, negatives are clipped and every block
+  is rescaled multiplicatively to its measurement (DADA's adjustment): empty blocks stay
+  exactly zero.
+
+Exactness: block means equal the measurement to float32 rounding (consistency error
+≈1e-7); :func:`project_consistent` is the reusable exact projection (a smooth bilinear
+correction solved exactly through the separable low-resolution system, then a last
+block-constant step for the rounding remainder).
+
+Many ions (:func:`fuse_consistent_many`) share the optical's conductances and run batched;
+large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
+every block is owned by exactly one tile, so the stitched image is exactly consistent.
+Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
+consistency bound, so no reduced precision).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+METHOD_NAME = "guided-harmonic"
+METHOD_SUMMARY = ("guided harmonic fusion (this project's method): the smoothest image along the optical's "
+                  "edges whose MSI-pixel means equal the measurement exactly; self-supervised choice of "
+                  "how far to trust the optical")
+
+
+@dataclass(frozen=True)
+class ConsistentConfig:
+    """Defaults of the guided harmonic method (one set for every case).
+
+    ``ladder``: settings tried in order, each (edge quantile q in %, refinement passes);
+    κ = the q-th percentile of the guide's neighbour colour differences, so a low q makes
+    most optical edges block. ``significance``: how many standard errors a setting must gain
+    in the coarse-level prediction to replace the previous one (0 = plain argmin).
+    ``select_pixels``: the coarse-level test uses at most this many fine pixels (a central
+    window) so that the choice costs little on large images. ``spot_sigma_px``: Gaussian
+    laser spot before the box average, in fine pixels (0 = pure box average).
+    ``edge_weight``: optional weight of the paper's edge perceptual term
+    ``‖K x − K lum(g)‖²`` (K: the Laplacian of :mod:`msifusion.losses`) added to the
+    energy; 0 by default (measured: it does not help against truth).
+    """
+
+    ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (50.0, 1), (20.0, 1))
+    significance: float = 2.0
+    weight_floor: float = 1e-3
+    refine_scale: float = 0.1
+    iterations: int = 300
+    tolerance: float = 1e-3
+    positive: bool = True
+    select_pixels: int = 600_000
+    spot_sigma_px: float = 0.0
+    edge_weight: float = 0.0
+    tile_pixels: int = 4_000_000
+    halo_blocks: int = 6
+    ion_batch: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.ladder:
+            raise ValueError("ladder needs at least one setting")
+        for q, passes in self.ladder:
+            if not 0 < q < 100 or passes < 0:
+                raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
+        if self.weight_floor <= 0 or self.refine_scale <= 0:
+            raise ValueError("weight_floor and refine_scale must be positive")
+        if self.iterations < 1 or self.tolerance <= 0:
+            raise ValueError("iterations ≥ 1 and tolerance > 0 required")
+        if self.spot_sigma_px < 0 or self.edge_weight < 0 or self.significance < 0:
+            raise ValueError("spot_sigma_px, edge_weight and significance must be ≥ 0")
+        if self.tile_pixels < 4096 or self.halo_blocks < 0 or self.ion_batch < 1:
+            raise ValueError("tile_pixels ≥ 4096, halo_blocks ≥ 0, ion_batch ≥ 1 required")
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def _bmean(x: torch.Tensor, f: int) -> torch.Tensor:
+    H, W = x.shape[-2:]
+    return x.reshape(*x.shape[:-2], H // f, f, W // f, f).mean((-3, -1))
+
+
+def _nup(r: torch.Tensor, f: int) -> torch.Tensor:
+    return r.repeat_interleave(f, -2).repeat_interleave(f, -1)
+
+
+def _bilinear_up(r: torch.Tensor, f: int) -> torch.Tensor:
+    """OpenCV-convention (half-pixel) bilinear upsampling of the last two axes by ``f``."""
+    shape = r.shape
+    out = F.interpolate(r.reshape(-1, 1, *shape[-2:]), scale_factor=f, mode="bilinear", align_corners=False)
+    return out.reshape(*shape[:-2], *out.shape[-2:])
+
+
+def _gauss_matrix(n: int, sigma: float) -> torch.Tensor:
+    """(n, n) matrix of a 1-D Gaussian blur with reflect (half-sample symmetric) borders."""
+    radius = max(1, int(math.ceil(4 * sigma)))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    taps /= taps.sum()
+    G = torch.zeros(n, n, dtype=torch.float64)
+    idx = torch.arange(n)
+    for k, t in zip(range(-radius, radius + 1), taps):
+        j = idx + k
+        j = torch.where(j < 0, -j - 1, j)
+        j = torch.where(j >= n, 2 * n - j - 1, j)
+        j = j.clamp(0, n - 1)  # only for radius > n (tiny images)
+        G[idx, j] += t
+    return G
+
+
+class Measurement:
+    """The measurement operator ``A`` on an (H, W) grid: box mean of f×f blocks, optionally after a Gaussian spot.
+
+    Provides ``A``, its adjoint ``At`` and the projection onto {v : A v = 0}. The spot model
+    is applied through separable dense 1-D matrices (exact adjoint), the box model through
+    reshapes.
+    """
+
+    def __init__(self, shape: tuple[int, int], f: int, spot_sigma_px: float = 0.0, device: torch.device | None = None):
+        H, W = shape
+        if H % f or W % f:
+            raise ValueError(f"shape {shape} is not a multiple of {f}")
+        self.f, self.shape, self.spot = f, (H, W), spot_sigma_px
+        self.device = device or torch.device("cpu")
+        if spot_sigma_px > 0:
+            self.A1 = self._a1(H).to(self.device)  # (h, H) float64
+            self.A2 = self._a1(W).to(self.device)
+            self.S1 = torch.linalg.inv(self.A1 @ self.A1.T)
+            self.S2 = torch.linalg.inv(self.A2 @ self.A2.T)
+            self.A1f, self.A2f = self.A1.float(), self.A2.float()
+
+    def _a1(self, n: int) -> torch.Tensor:
+        G = _gauss_matrix(n, self.spot)
+        return G.reshape(n // self.f, self.f, n).mean(1)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spot > 0:
+            return self.A1f @ x @ self.A2f.T
+        return _bmean(x, self.f)
+
+    def At(self, r: torch.Tensor) -> torch.Tensor:
+        if self.spot > 0:
+            return self.A1f.T @ r @ self.A2f
+        return _nup(r, self.f) / self.f**2
+
+    def null_project(self, v: torch.Tensor) -> torch.Tensor:
+        """Orthogonal projection onto {v : A v = 0}."""
+        if self.spot > 0:
+            r = (self.S1.float() @ self.A(v) @ self.S2.float().T)
+            return v - self.At(r)
+        return v - _nup(_bmean(v, self.f), self.f)
+
+    def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact, smooth projection onto {x : A x = y}: x + B (A B)⁻¹ (y − A x), B = bilinear upsampling.
+
+        (A B) is separable, so the low-resolution system is solved exactly with two small
+        dense solves; a last step (block-constant for the box model) removes float rounding.
+        """
+        f = self.f
+        h, w = y.shape[-2:]
+        Mh, Mw = self._ab(h, 0), self._ab(w, 1)
+        res = (y - self.A(x)).double()
+        r = torch.linalg.solve(Mh, res)
+        r = torch.linalg.solve(Mw, r.transpose(-1, -2)).transpose(-1, -2)
+        out = x + _bilinear_up(r.to(x.dtype), f)
+        for _ in range(2):  # float32 rounding remainder
+            rest = y - self.A(out)
+            if self.spot > 0:
+                out = out + self.At(self.S1.float() @ rest @ self.S2.float().T)
+            else:
+                out = out + _nup(rest, f)
+        return out
+
+    def _ab(self, n: int, axis: int) -> torch.Tensor:
+        """(n, n) low-resolution matrix of A∘B along one axis (B = 1-D linear upsampling)."""
+        eye = torch.eye(n, dtype=torch.float64, device=self.device)[:, None, :]
+        up = F.interpolate(eye, scale_factor=self.f, mode="linear", align_corners=False)[:, 0]  # (n, n·f)
+        if self.spot > 0:
+            A1 = self.A1 if axis == 0 else self.A2
+            return (up @ A1.T).T.contiguous()
+        return up.reshape(n, n, self.f).mean(-1).T.contiguous()
+
+
+def positive_rescale(x: torch.Tensor, y: torch.Tensor, f: int) -> torch.Tensor:
+    """Clip negatives, then scale every block to its measurement (blocks without mass get it added evenly).
+
+    Exact for the box model and a non-negative measurement; zero blocks come out exactly zero.
+    """
+    xp = x.clamp_min(0)
+    H, W = x.shape[-2:]
+    b = xp.reshape(*x.shape[:-2], H // f, f, W // f, f)
+    mean = b.mean((-3, -1))
+    has = mean > 1e-12 * y.abs().amax((-2, -1), keepdim=True).clamp_min(1e-30)
+    ratio = torch.where(has, y / torch.where(has, mean, torch.ones_like(mean)), torch.zeros_like(mean))
+    add = torch.where(has, torch.zeros_like(mean), y)
+    out = (b * ratio[..., :, None, :, None] + add[..., :, None, :, None]).reshape(x.shape)
+    return out + _nup(y - _bmean(out, f), f)
+
+
+def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot_sigma_px: float = 0.0,
+                       positive: bool = False) -> np.ndarray:
+    """Make ``image`` (H, W) agree exactly with ``measured`` (H/scale, W/scale) under the measurement model.
+
+    The correction is smooth (a bilinearly interpolated low-resolution field solved exactly),
+    not block-constant; only the float rounding remainder is added per block. ``positive``
+    (box model, non-negative measurement): clip and rescale blocks multiplicatively instead
+    of leaving small negatives. Works on (K, H, W) stacks too.
+    """
+    x = torch.as_tensor(np.asarray(image, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(measured, dtype=np.float64))
+    if x.shape[-2] != y.shape[-2] * scale or x.shape[-1] != y.shape[-1] * scale:
+        raise ValueError(f"image {tuple(x.shape)} is not measured {tuple(y.shape)} × {scale}")
+    op = Measurement(tuple(x.shape[-2:]), scale, spot_sigma_px)
+    if spot_sigma_px > 0:
+        op.A1f, op.A2f = op.A1, op.A2  # float64 here
+        op.S1, op.S2 = op.S1, op.S2
+    out = op.project(x, y)
+    if positive and spot_sigma_px == 0 and bool((y >= 0).all()):
+        out = positive_rescale(out, y, scale)
+    return out.numpy().astype(np.float32) if np.asarray(image).dtype != np.float64 else out.numpy()
+
+
+# ----------------------------------------------------------------------------- conductances
+
+
+def _colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean RGB differences between horizontal (H, W−1) and vertical (H−1, W) neighbours."""
+    dh = (guide[:, 1:] - guide[:, :-1]).pow(2).sum(-1).sqrt()
+    dv = (guide[1:] - guide[:-1]).pow(2).sum(-1).sqrt()
+    return dh, dv
+
+
+def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000) -> dict[float, float]:
+    """κ for each quantile: that percentile of the guide's neighbour colour differences (≥ 1e-3).
+
+    Large guides are sampled (fixed positions, deterministic).
+    """
+    g = np.asarray(guide)
+    H, W = g.shape[:2]
+    rng = np.random.default_rng(0)
+    n = min(max_samples // 2, (H - 1) * W)
+    r = rng.integers(0, H - 1, n)
+    c = rng.integers(0, W - 1, n)
+    p = g[r, c].astype(np.float32)
+    d = np.concatenate([np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))])
+    return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
+
+
+def _pm(d: torch.Tensor, kappa: float | torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + (d / kappa) ** 2)
+
+
+# ----------------------------------------------------------------------------- solver
+
+
+def _laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Graph Laplacian L x = deg·x − Σ w·x_neighbour (4-neighbour, conductances wh, wv) into ``out``."""
+    torch.mul(deg, x, out=out)
+    out[..., :, :-1].addcmul_(wh, x[..., :, 1:], value=-1.0)
+    out[..., :, 1:].addcmul_(wh, x[..., :, :-1], value=-1.0)
+    out[..., :-1, :].addcmul_(wv, x[..., 1:, :], value=-1.0)
+    out[..., 1:, :].addcmul_(wv, x[..., :-1, :], value=-1.0)
+    return out
+
+
+def _degree(wh: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+    shape = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2]) + (wv.shape[-2] + 1, wh.shape[-1] + 1)
+    d = torch.zeros(shape, dtype=wh.dtype, device=wh.device)
+    d[..., :, :-1] += wh
+    d[..., :, 1:] += wh
+    d[..., :-1, :] += wv
+    d[..., 1:, :] += wv
+    return d
+
+
+class _EdgeTerm:
+    """w·‖K x − K lum(g)‖² with K the Laplacian of :mod:`msifusion.losses` (replicate border)."""
+
+    def __init__(self, guide: torch.Tensor, weight: float):
+        from msifusion.losses import edge_map, luminance
+
+        self.weight = weight
+        self._edge_map = edge_map
+        with torch.no_grad():
+            self.target = edge_map(luminance(guide.permute(2, 0, 1)[None]))[0, 0]
+
+    def _k(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return self._edge_map(x.reshape(-1, 1, *shape[-2:])).reshape(shape)
+
+    def _kt(self, u: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            v = torch.zeros_like(u, requires_grad=True)
+            (g,) = torch.autograd.grad(self._k(v), v, grad_outputs=u)
+        return g
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * self._kt(self._k(x))
+
+    def rhs(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weight * self._kt(self.target.expand_as(like).contiguous())
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image inner products over the last two axes, shape (..., 1, 1), without a full-size temporary."""
+    lead = a.shape[:-2]
+    n = a.shape[-2] * a.shape[-1]
+    out = torch.bmm(a.reshape(-1, 1, n), b.reshape(-1, n, 1))
+    return out.reshape(*lead, 1, 1)
+
+
+def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torch.Tensor, iterations: int,
+                   tolerance: float, edge: _EdgeTerm | None = None) -> tuple[torch.Tensor, int]:
+    """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected Jacobi-PCG; batched over leading axes.
+
+    ``x0`` must already satisfy the constraint (e.g. :meth:`Measurement.project` of any
+    start); the iterate stays on it. Stops when every image's preconditioned residual fell
+    by ``tolerance`` or after ``iterations``. ``x0`` is left unchanged.
+    """
+    f = op.f
+    if op.spot > 0:
+        def P(v: torch.Tensor) -> torch.Tensor:
+            v.copy_(op.null_project(v))
+            return v
+    else:
+        def P(v: torch.Tensor) -> torch.Tensor:  # in place: subtract each block's mean
+            H, W = v.shape[-2:]
+            blocks = v.view(*v.shape[:-2], H // f, f, W // f, f)
+            blocks.sub_(blocks.sum(-3, keepdim=True).sum(-1, keepdim=True).div_(f * f))
+            return v
+
+    deg = _degree(wh, wv)
+    dinv = 1.0 / (deg + (20.0 * edge.weight if edge else 0.0))  # diag of L (+ KᵀK: 16 + 4)
+    x0 = x0.contiguous()
+    deg = deg.expand_as(x0) if deg.dim() < x0.dim() else deg
+    dinv = dinv.expand_as(x0) if dinv.dim() < x0.dim() else dinv
+
+    def apply(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        _laplacian(v, wh, wv, deg, out)
+        return out.add_(edge.normal(v)) if edge else out
+
+    x = x0.clone()
+    r = torch.empty_like(x0)
+    apply(x0, r)
+    r.neg_()
+    if edge:
+        r.add_(edge.rhs(x0))
+    P(r)
+    s = P(dinv * r)
+    p = s.clone()
+    Ap = torch.empty_like(x0)
+    rs = _dot(r, s)
+    r0 = rs.abs().sqrt().clamp_min(1e-30)
+    k = 0
+    for k in range(1, iterations + 1):
+        P(apply(p, Ap))
+        alpha = rs / _dot(p, Ap).clamp_min(1e-30)
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, Ap, value=-1.0)
+        P(torch.mul(dinv, r, out=s))
+        rs_new = _dot(r, s)
+        if bool((rs_new.abs().sqrt() <= tolerance * r0).all()):
+            break
+        beta = rs_new / rs.where(rs.abs() > 0, torch.ones_like(rs))
+        p.mul_(beta).add_(s)
+        rs = rs_new
+    return x, k
+
+
+# ----------------------------------------------------------------------------- one setting
+
+
+@dataclass
+class _Problem:
+    """A guide window and its measurement(s) on one device, with the global κ and τ."""
+
+    guide: torch.Tensor  # (H, W, 3)
+    y: torch.Tensor  # (K, h, w)
+    f: int
+    kappas: dict[float, float]
+    taus: torch.Tensor  # (K, 1, 1)
+    config: ConsistentConfig
+    diffs: tuple[torch.Tensor, torch.Tensor] | None = None
+    op: Measurement | None = None
+    edge: _EdgeTerm | None = None
+
+    def __post_init__(self) -> None:
+        self.diffs = _colour_differences(self.guide)
+        H, W = self.guide.shape[:2]
+        self.op = Measurement((H, W), self.f, self.config.spot_sigma_px, self.guide.device)
+        if self.config.edge_weight > 0:
+            self.edge = _EdgeTerm(self.guide, self.config.edge_weight)
+
+
+def _solve_setting(pb: _Problem, q: float, passes: int) -> tuple[torch.Tensor, int]:
+    """The exact guided harmonic solution for one ladder setting, (K, H, W); plus iterations used."""
+    cfg = pb.config
+    kappa = pb.kappas[q]
+    wh = _pm(pb.diffs[0], kappa) + cfg.weight_floor
+    wv = _pm(pb.diffs[1], kappa) + cfg.weight_floor
+    x = pb.op.project(_bilinear_up(pb.y, pb.f), pb.y)
+    x, its = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, cfg.tolerance, pb.edge)
+    for _ in range(passes):
+        sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus)
+        sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus)
+        x, more = solve_harmonic(x, pb.op, wh * sh, wv * sv, cfg.iterations, cfg.tolerance, pb.edge)
+        its += more
+    return pb.op.project(x, pb.y), its
+
+
+def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig) -> torch.Tensor:
+    """Non-negativity (where the measurement is non-negative, box model) and the exact last step."""
+    if config.positive and config.spot_sigma_px == 0:
+        nonneg = (y >= 0).flatten(1).all(1)
+        if bool(nonneg.any()):
+            x = torch.where(nonneg[:, None, None], positive_rescale(x, y, f), x)
+    elif config.positive and config.spot_sigma_px > 0:
+        pass  # a spot's footprint overlaps blocks: no exact block rescale; the projection stays exact
+    return x
+
+
+# ----------------------------------------------------------------------------- choosing the setting
+
+
+def _central_window(H: int, W: int, f: int, pixels: int, even: bool) -> tuple[slice, slice]:
+    """A central window of whole blocks (an even number of them if ``even``), at most ``pixels`` fine pixels."""
+    h, w = H // f, W // f
+    shrink = min(1.0, math.sqrt(pixels / (H * W)))
+    hh, ww = max(2, int(h * shrink)), max(2, int(w * shrink))
+    hh, ww = min(hh, h), min(ww, w)
+    if even:
+        hh -= hh % 2
+        ww -= ww % 2
+    r0, c0 = (h - hh) // 2, (w - ww) // 2
+    return slice(r0 * f, (r0 + hh) * f), slice(c0 * f, (c0 + ww) * f)
+
+
+def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
+                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device) -> tuple[list[int], list[dict]]:
+    """Per ion, the index of the ladder setting to use, by self-supervised coarse-level prediction.
+
+    The measurement (a central window, even number of blocks) is block-averaged 2×2; each
+    setting fuses that coarser image at scale 2f with the same optical, and the result's
+    block means at scale f are compared with the real measurement. Walking up the ladder, a
+    setting is taken if its per-block squared errors beat the current choice's by more than
+    ``significance`` standard errors. Too small an image (< 2×2 blocks after the crop, or
+    fewer than 16 coarse pixels) keeps the first setting.
+    """
+    K = ions.shape[0]
+    H, W = guide.shape[:2]
+    if len(config.ladder) == 1:
+        return [0] * K, [{} for _ in range(K)]
+    rows, cols = _central_window(H, W, f, config.select_pixels, even=True)
+    hh, ww = (rows.stop - rows.start) // f, (cols.stop - cols.start) // f
+    if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
+        return [0] * K, [{"selection": "image too small to test; first setting"} for _ in range(K)]
+    g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
+    y = ions[:, rows.start // f: rows.stop // f, cols.start // f: cols.stop // f]
+    y2 = _bmean(y, 2)
+    pb = _Problem(g, y2, 2 * f, kappas, taus, config)
+    measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
+    errors = []
+    for q, passes in config.ladder:
+        x, _ = _solve_setting(pb, q, passes)
+        x = _finish(x, y2, 2 * f, config)
+        errors.append((measure_f.A(x) - y).pow(2).flatten(1))  # (K, n) per-block squared errors
+    chosen, notes = [], []
+    for k in range(K):
+        best = 0
+        scores = [float(e[k].mean()) for e in errors]
+        for i in range(1, len(errors)):
+            d = errors[best][k] - errors[i][k]
+            se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+            if float(d.mean()) > config.significance * se:
+                best = i
+        chosen.append(best)
+        notes.append({"coarse_mse": scores, "chosen": list(config.ladder[best])})
+    return chosen, notes
+
+
+# ----------------------------------------------------------------------------- tiles
+
+
+def _tiles(h: int, w: int, f: int, config: ConsistentConfig) -> list[tuple[slice, slice, slice, slice]]:
+    """Tiles in block units: (outer rows, outer cols, inner rows, inner cols) as block slices.
+
+    Inner tiles partition the block grid; outer = inner + ``halo_blocks`` (clipped).
+    """
+    per_tile_blocks = max(1, config.tile_pixels // (f * f))
+    if h * w <= per_tile_blocks:
+        return [(slice(0, h), slice(0, w), slice(0, h), slice(0, w))]
+    side = max(1, int(math.sqrt(per_tile_blocks)) - 2 * config.halo_blocks)
+    out = []
+    for r in range(0, h, side):
+        for c in range(0, w, side):
+            ir, ic = slice(r, min(r + side, h)), slice(c, min(c + side, w))
+            orow = slice(max(0, ir.start - config.halo_blocks), min(h, ir.stop + config.halo_blocks))
+            ocol = slice(max(0, ic.start - config.halo_blocks), min(w, ic.stop + config.halo_blocks))
+            out.append((orow, ocol, ir, ic))
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class HarmonicReport:
+    """What the run did, per ion: the chosen setting, the coarse-level scores, iterations, seconds."""
+
+    settings: list[tuple[float, int]] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    iterations: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
+         report: HarmonicReport) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide; returns (K, H, W) float32."""
+    start = time.perf_counter()
+    guide = np.asarray(guide, dtype=np.float32)
+    H, W = guide.shape[:2]
+    K, h, w = ions.shape
+    if (h * f, w * f) != (H, W):
+        raise ValueError(f"guide {H}×{W} is not ions {h}×{w} × {f}")
+    y_all = torch.as_tensor(np.ascontiguousarray(ions, dtype=np.float32), device=device)
+    quantiles = tuple(sorted({q for q, _ in config.ladder}))
+    kappas = edge_scales(guide, quantiles)
+    taus = (config.refine_scale * y_all.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
+    chosen, notes = choose_settings(guide, y_all, f, config, kappas, taus, device)
+    report.settings = [config.ladder[i] for i in chosen]
+    report.notes = notes
+    out = np.empty((K, H, W), dtype=np.float32)
+    for orow, ocol, irow, icol in _tiles(h, w, f, config):
+        g = torch.as_tensor(np.ascontiguousarray(guide[orow.start * f: orow.stop * f, ocol.start * f: ocol.stop * f]),
+                            device=device)
+        r0, c0 = irow.start - orow.start, icol.start - ocol.start
+        inner = (slice(r0 * f, (r0 + irow.stop - irow.start) * f), slice(c0 * f, (c0 + icol.stop - icol.start) * f))
+        for setting in sorted(set(chosen)):
+            idx = [k for k in range(K) if chosen[k] == setting]
+            for b in range(0, len(idx), config.ion_batch):
+                batch = idx[b: b + config.ion_batch]
+                y = y_all[batch][:, orow, ocol]
+                pb = _Problem(g, y, f, kappas, taus[batch], config)
+                x, its = _solve_setting(pb, *config.ladder[setting])
+                x = _finish(x, y, f, config)[:, inner[0], inner[1]]  # exact on every block of the tile
+                report.iterations += its
+                out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
+    report.seconds = time.perf_counter() - start
+    report.device = str(device)
+    return out
+
+
+def fuse_consistent_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: ConsistentConfig = ConsistentConfig(),
+                         runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
+    """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32.
+
+    The guide's conductances and κ are shared; ions run in batches of ``config.ion_batch``;
+    each ion gets its own ladder setting and its own exact consistency, so the result for
+    an ion equals fusing it alone.
+    """
+    from msifusion.fit import Runtime, resolve_device
+
+    runtime = runtime or Runtime()
+    ions = np.asarray(ions, dtype=np.float32)
+    if ions.ndim != 3:
+        raise ValueError(f"ions must be (K, h, w); got shape {ions.shape}")
+    device = resolve_device(runtime.device)
+    return _run(guide, ions, scale, config, device, report if report is not None else HarmonicReport())
+
+
+def fuse_consistent(problem, options):
+    """The registry entry: one ion, normalised units → :class:`msifusion.fit.FitResult`."""
+    from msifusion.fit import FitResult
+
+    config = getattr(options, "consistent", None) or ConsistentConfig()
+    report = HarmonicReport()
+    image = fuse_consistent_many(problem.guide, problem.ion[None], problem.scale, config, options.runtime, report)[0]
+    q, passes = report.settings[0]
+    history = [{"setting_quantile": q, "refine_passes": passes, "iterations": report.iterations,
+                "seconds": report.seconds, **{k: v for k, v in report.notes[0].items() if k != "chosen"}}]
+    return FitResult(image, history, 0, f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es))")
