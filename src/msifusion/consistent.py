@@ -431,14 +431,16 @@ def _solve_setting(pb: _Problem, q: float, passes: int) -> tuple[torch.Tensor, i
     """The exact guided harmonic solution for one ladder setting, (K, H, W); plus iterations used."""
     cfg = pb.config
     kappa = pb.kappas[q]
-    wh = _pm(pb.diffs[0], kappa) + cfg.weight_floor
-    wv = _pm(pb.diffs[1], kappa) + cfg.weight_floor
+    wh = _pm(pb.diffs[0], kappa)
+    wv = _pm(pb.diffs[1], kappa)
     x = pb.op.project(_bilinear_up(pb.y, pb.f), pb.y)
-    x, its = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, cfg.tolerance, pb.edge)
+    x, its = solve_harmonic(x, pb.op, wh + cfg.weight_floor, wv + cfg.weight_floor, cfg.iterations, cfg.tolerance,
+                            pb.edge)
     for _ in range(passes):
-        sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus)
-        sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus)
-        x, more = solve_harmonic(x, pb.op, wh * sh, wv * sv, cfg.iterations, cfg.tolerance, pb.edge)
+        # the floor is added after the product: conductance contrast stays ≤ 1/floor (conditioning)
+        sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus).mul_(wh).add_(cfg.weight_floor)
+        sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus).mul_(wv).add_(cfg.weight_floor)
+        x, more = solve_harmonic(x, pb.op, sh, sv, cfg.iterations, cfg.tolerance, pb.edge)
         its += more
     return pb.op.project(x, pb.y), its
 

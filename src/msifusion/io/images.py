@@ -68,7 +68,8 @@ def _tiff_pixel_size_um(tif) -> float | None:
         m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
         if m:
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
-            return float(m.group(1)) * _unit_to_um(unit.group(1) if unit else "µm")
+            factor = _unit_to_um(unit.group(1)) if unit else 1.0  # OME's default unit is µm
+            return float(m.group(1)) * (factor if factor is not None else 1.0)
     page = tif.pages.first
     tag = page.tags.get("XResolution")
     if tag is None:
@@ -79,8 +80,8 @@ def _tiff_pixel_size_um(tif) -> float | None:
     per_unit = num / den  # pixels per unit
     ij_unit = (tif.imagej_metadata or {}).get("unit")
     if ij_unit:
-        factor = _unit_to_um(ij_unit, strict=False)
-        if factor is None:
+        factor = _unit_to_um(ij_unit)
+        if factor is None:  # 'pixel', 'inch'… : not a physical calibration we can use
             return None
         return factor / per_unit
     res_unit = page.tags.get("ResolutionUnit")
@@ -96,11 +97,9 @@ _UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1
              "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
-def _unit_to_um(unit: str, strict: bool = True) -> float | None:
-    factor = _UNITS_UM.get(unit.strip().replace("μ", "µ"))
-    if factor is None and strict:
-        return 1.0
-    return factor
+def _unit_to_um(unit: str) -> float | None:
+    """µm per ``unit`` (µm, um, micron, nm, mm, cm, m); None for anything else."""
+    return _UNITS_UM.get(unit.strip().replace("μ", "µ"))
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
