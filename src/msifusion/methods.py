@@ -190,3 +190,12 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     recipe = UNetRecipe(lr=options.fit.lr, checkpoint_every=options.fit.checkpoint_every)
     return fit_unet(problem.guide, target, problem.ion, problem.scale, recipe, options.fit.max_epochs,
                     options.runtime, options.on_checkpoint)
+
+
+@register("guided-harmonic", "experimental (issue 5, in progress): the smoothest image along the optical's edges whose "
+          "MSI-pixel means equal the measurement exactly; edge sensitivity chosen per image")
+def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    from msifusion.consistent import fuse_consistent
+
+    result = fuse_consistent(problem, options)
+    return FitResult(result.image, [], 0, result.stop_reason)  # a solver, not a training run: no loss curve

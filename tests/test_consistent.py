@@ -1,0 +1,187 @@
+"""Guided harmonic fusion: exact consistency, projection, selection, many ions, tiles."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from msifusion.consistent import (
+    ConsistentConfig,
+    HarmonicReport,
+    Measurement,
+    fuse_consistent,
+    fuse_consistent_many,
+    project_consistent,
+)
+from msifusion.fit import Runtime
+from msifusion.methods import FusionProblem, MethodOptions
+from msifusion.physics import block_mean, consistency_error, upsample
+
+
+def _psnr(x: np.ndarray, truth: np.ndarray) -> float:
+    return float(10 * np.log10((truth.max() - truth.min()) ** 2 / np.mean((x - truth) ** 2)))
+
+
+def _cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8):
+    """Piecewise-constant 'cells' (Voronoi) with dark walls in the guide; truth constant per cell, walls lower."""
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    pts = rng.uniform(0, 1, (40, 2)) * [H, W]
+    yy, xx = np.mgrid[:H, :W]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    order = np.sort(d, axis=-1)
+    label = d.argmin(-1)
+    wall = np.sqrt(order[..., 1]) - np.sqrt(order[..., 0]) < 1.5
+    amount = rng.uniform(0.1, 1.0, len(pts))
+    truth = amount[label] * np.where(wall, 0.4, 1.0)
+    colour = rng.uniform(0.5, 0.9, (len(pts), 3))
+    guide = np.where(wall[..., None], 0.2, colour[label]) + 0.01 * rng.standard_normal((H, W, 3))
+    return guide.clip(0, 1).astype(np.float32), truth.astype(np.float32), scale
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return _cells()
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def test_projection_is_exact_on_random_data_and_smooth():
+    rng = np.random.default_rng(3)
+    x = rng.random((50, 60)).astype(np.float32)
+    y = rng.random((5, 6)).astype(np.float32) * 3
+    out = project_consistent(x, y, 10)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert consistency_error(out, y, 10) < 1e-6
+    # the correction is a bilinear field, not block-constant: no jump at block borders beyond the data's own
+    corr = out - x
+    jumps = np.abs(np.diff(corr, axis=1))
+    assert jumps.max() < 0.5 * np.abs(np.diff(block_mean(corr, 10), axis=1)).max()
+
+
+def test_projection_keeps_consistent_images_and_handles_stacks():
+    rng = np.random.default_rng(4)
+    y = rng.random((3, 4, 5))
+    x = np.repeat(np.repeat(y, 4, axis=1), 4, axis=2)
+    out = project_consistent(x, y, 4)
+    np.testing.assert_allclose(out, x, atol=1e-12)
+
+
+def test_positive_projection_keeps_empty_blocks_zero():
+    rng = np.random.default_rng(5)
+    y = rng.random((4, 4)).astype(np.float32)
+    y[1, 2] = 0.0
+    x = rng.normal(size=(24, 24)).astype(np.float32)
+    out = project_consistent(x, y, 6, positive=True)
+    assert out.min() >= 0
+    assert np.all(out[6:12, 12:18] == 0)
+    assert consistency_error(out, y, 6) < 1e-6
+
+
+def test_spot_measurement_projection_is_exact():
+    rng = np.random.default_rng(6)
+    y = rng.random((4, 5))
+    x = rng.random((32, 40))
+    out = project_consistent(x, y, 8, spot_sigma_px=2.0)
+    op = Measurement((32, 40), 8, 2.0)
+    np.testing.assert_allclose(op.A(torch.as_tensor(out)).numpy(), y, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+def test_single_ion_is_consistent_and_beats_bilinear(cells):
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    problem = FusionProblem(guide, measured / measured.max(), f)
+    result = fuse_consistent(problem, MethodOptions(runtime=Runtime(quiet=True)))
+    out = result.image * measured.max()
+    assert out.shape == truth.shape and out.dtype == np.float32
+    assert consistency_error(out, measured, f) < 1e-4
+    assert out.min() >= 0
+    bilinear_bp = project_consistent(upsample(measured, f), measured, f)
+    assert _psnr(out, truth) > _psnr(bilinear_bp, truth) + 2.0  # the optical's walls are the cells' edges
+    assert result.history and "setting_quantile" in result.history[0]
+
+
+def test_unrelated_optical_falls_back_to_smooth_interpolation():
+    """A guide full of texture the ion does not follow: the coarse-level test keeps the bottom of the ladder."""
+    rng = np.random.default_rng(7)
+    H, W, f = 96, 128, 8
+    yy, xx = np.mgrid[:H, :W] / 40.0
+    truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
+    guide = rng.random((H, W, 3)).astype(np.float32)
+    measured = block_mean(truth, f)
+    report = HarmonicReport()
+    out = fuse_consistent_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
+    assert report.settings[0] == ConsistentConfig().ladder[0]
+    assert consistency_error(out, measured, f) < 1e-4
+    assert _psnr(out, truth) > _psnr(upsample(measured, f), truth)
+
+
+def test_deterministic_on_cpu(cells):
+    guide, truth, f = cells
+    y = block_mean(truth, f)[None]
+    a = fuse_consistent_many(guide, y, f)
+    b = fuse_consistent_many(guide, y, f)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_many_ions_match_single_ion(cells):
+    guide, truth, f = cells
+    rng = np.random.default_rng(8)
+    ions = np.stack([block_mean(truth, f), block_mean(truth[::-1].copy(), f),
+                     block_mean(truth * rng.uniform(0.5, 1.5, truth.shape).astype(np.float32), f)])
+    ions = ions / ions.max(axis=(1, 2), keepdims=True)
+    config = replace(ConsistentConfig(), ion_batch=2)
+    many = fuse_consistent_many(guide, ions, f, config)
+    for k in range(3):
+        alone = fuse_consistent_many(guide, ions[k:k + 1], f, config)[0]
+        assert consistency_error(many[k], ions[k], f) < 1e-4
+        assert np.max(np.abs(many[k] - alone)) < 1e-3 * np.abs(alone).max()
+
+
+def test_tiles_stay_exact_and_agree_with_one_piece(cells):
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    config = ConsistentConfig(ladder=((50.0, 0),))
+    whole = fuse_consistent_many(guide, y, f, config)[0]
+    tiled = fuse_consistent_many(guide, y, f, replace(config, tile_pixels=64 * 64, halo_blocks=3))[0]
+    assert consistency_error(tiled, y[0], f) < 1e-4
+    assert _psnr(tiled, truth / truth.max()) > _psnr(whole, truth / truth.max()) - 0.3
+
+
+def test_edge_perceptual_term_stays_available(cells):
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    config = ConsistentConfig(ladder=((50.0, 0),), edge_weight=0.1)
+    out = fuse_consistent_many(guide, y, f, config)[0]
+    assert consistency_error(out, y[0], f) < 1e-4
+    plain = fuse_consistent_many(guide, y, f, replace(config, edge_weight=0.0))[0]
+    assert not np.allclose(out, plain)
+
+
+def test_negative_measurements_are_left_signed():
+    rng = np.random.default_rng(9)
+    guide = rng.random((32, 32, 3)).astype(np.float32)
+    y = rng.normal(size=(1, 4, 4)).astype(np.float32)
+    out = fuse_consistent_many(guide, y / np.abs(y).max(), 8)[0]
+    assert consistency_error(out, y[0] / np.abs(y).max(), 8) < 1e-4
+    assert out.min() < 0
+
+
+@pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
+                                 dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0)])
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        ConsistentConfig(**bad)
+
+
+def test_shape_mismatch_is_an_error(cells):
+    guide, truth, f = cells
+    with pytest.raises(ValueError):
+        fuse_consistent_many(guide, block_mean(truth, f)[None, :-1], f)
