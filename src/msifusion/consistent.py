@@ -70,8 +70,9 @@ class ConsistentConfig:
     κ = the q-th percentile of the guide's neighbour colour differences, so a low q makes
     most optical edges block. ``significance``: how many standard errors a setting must gain
     in the coarse-level prediction to replace the previous one (0 = plain argmin).
-    ``select_pixels``: the coarse-level test uses at most this many fine pixels (a central
-    window) so that the choice costs little on large images. ``spot_sigma_px``: Gaussian
+    ``select_pixels``: the coarse-level test uses at most this many fine pixels in all (a
+    central window of at most 600 000, in up to four shifted phases), so that the choice
+    costs little on large images and is steady on small ones. ``spot_sigma_px``: Gaussian
     laser spot before the box average, in fine pixels (0 = pure box average).
     ``edge_weight``: optional weight of the paper's edge perceptual term
     ``‖K x − K lum(g)‖²`` (K: the Laplacian of :mod:`msifusion.losses`) added to the
@@ -85,7 +86,7 @@ class ConsistentConfig:
     iterations: int = 300
     tolerance: float = 1e-3
     positive: bool = True
-    select_pixels: int = 600_000
+    select_pixels: int = 1_200_000
     spot_sigma_px: float = 0.0
     edge_weight: float = 0.0
     tile_pixels: int = 4_000_000
@@ -460,48 +461,59 @@ def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig) 
 # ----------------------------------------------------------------------------- choosing the setting
 
 
-def _central_window(H: int, W: int, f: int, pixels: int, even: bool) -> tuple[slice, slice]:
-    """A central window of whole blocks (an even number of them if ``even``), at most ``pixels`` fine pixels."""
+def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
+    """A central window of whole blocks, an even number each way, at most ``pixels`` fine pixels, leaving
+    one spare block row and column (for the shifted 2×2 phases) where the image has them.
+
+    Returns (first block row, first block col, block rows, block cols).
+    """
     h, w = H // f, W // f
     shrink = min(1.0, math.sqrt(pixels / (H * W)))
-    hh, ww = max(2, int(h * shrink)), max(2, int(w * shrink))
-    hh, ww = min(hh, h), min(ww, w)
-    if even:
-        hh -= hh % 2
-        ww -= ww % 2
-    r0, c0 = (h - hh) // 2, (w - ww) // 2
-    return slice(r0 * f, (r0 + hh) * f), slice(c0 * f, (c0 + ww) * f)
+    hh = min(max(2, int(h * shrink)), h - 1 if h > 2 else h)
+    ww = min(max(2, int(w * shrink)), w - 1 if w > 2 else w)
+    hh -= hh % 2
+    ww -= ww % 2
+    return (h - hh) // 2, (w - ww) // 2, hh, ww
 
 
 def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
                     kappas: dict[float, float], taus: torch.Tensor, device: torch.device) -> tuple[list[int], list[dict]]:
     """Per ion, the index of the ladder setting to use, by self-supervised coarse-level prediction.
 
-    The measurement (a central window, even number of blocks) is block-averaged 2×2; each
-    setting fuses that coarser image at scale 2f with the same optical, and the result's
-    block means at scale f are compared with the real measurement. Walking up the ladder, a
+    The measurement (a central window, an even number of blocks) is block-averaged 2×2;
+    each setting fuses that coarser image at scale 2f with the same optical, and the
+    result's block means at scale f are compared with the real measurement. Up to four
+    phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
+    within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
-    ``significance`` standard errors. Too small an image (< 2×2 blocks after the crop, or
-    fewer than 16 coarse pixels) keeps the first setting.
+    ``significance`` standard errors. Too small an image (fewer than 16 coarse pixels)
+    keeps the first setting.
     """
     K = ions.shape[0]
     H, W = guide.shape[:2]
     if len(config.ladder) == 1:
         return [0] * K, [{} for _ in range(K)]
-    rows, cols = _central_window(H, W, f, config.select_pixels, even=True)
-    hh, ww = (rows.stop - rows.start) // f, (cols.stop - cols.start) // f
+    r0, c0, hh, ww = _window(H, W, f, min(config.select_pixels, 600_000))
     if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
         return [0] * K, [{"selection": "image too small to test; first setting"} for _ in range(K)]
-    g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
-    y = ions[:, rows.start // f: rows.stop // f, cols.start // f: cols.stop // f]
-    y2 = _bmean(y, 2)
-    pb = _Problem(g, y2, 2 * f, kappas, taus, config)
-    measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
-    errors = []
-    for q, passes in config.ladder:
-        x, _ = _solve_setting(pb, q, passes)
-        x = _finish(x, y2, 2 * f, config)
-        errors.append((measure_f.A(x) - y).pow(2).flatten(1))  # (K, n) per-block squared errors
+    h, w = H // f, W // f
+    phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
+    phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
+    phases = phases[:max(1, min(len(phases), config.select_pixels // (hh * ww * f * f)))]
+    errors = [[] for _ in config.ladder]
+    for a, b in phases:
+        rows = slice((r0 + a) * f, (r0 + a + hh) * f)
+        cols = slice((c0 + b) * f, (c0 + b + ww) * f)
+        g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
+        y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
+        y2 = _bmean(y, 2)
+        pb = _Problem(g, y2, 2 * f, kappas, taus, config)
+        measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
+        for i, (q, passes) in enumerate(config.ladder):
+            x, _ = _solve_setting(pb, q, passes)
+            x = _finish(x, y2, 2 * f, config)
+            errors[i].append((measure_f.A(x) - y).pow(2).flatten(1))  # (K, n) per-block squared errors
+    errors = [torch.cat(e, 1) for e in errors]
     chosen, notes = [], []
     for k in range(K):
         best = 0
@@ -512,7 +524,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             if float(d.mean()) > config.significance * se:
                 best = i
         chosen.append(best)
-        notes.append({"coarse_mse": scores, "chosen": list(config.ladder[best])})
+        notes.append({"coarse_mse": scores, "phases": len(phases), "chosen": list(config.ladder[best])})
     return chosen, notes
 
 
