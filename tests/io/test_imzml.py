@@ -27,9 +27,8 @@ from msifusion.io.imzml import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:Accession IMS")  # pyimzML's own parser, used for comparison
 
-EXAMPLES = Path("/work/shared/data/imzml-examples")
-if not EXAMPLES.exists():
-    EXAMPLES = Path(__file__).resolve().parents[2] / "data" / "imzml-examples"
+# The project's shared/ folder lies beside the checkout (CI copies it beside its clone).
+EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "imzml-examples"
 
 H, W = 4, 5
 # Continuous axis, deliberately unsorted; 200 and 200.0009 are 4.5 ppm apart, 200.0011 is 5.5 ppm away.
