@@ -6,6 +6,7 @@ import pytest
 import tifffile
 
 from msifusion.cli import main
+from msifusion.errors import InputError
 from msifusion.io.images import write_tiff
 
 
@@ -85,9 +86,141 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, files, caps
     for (o, i), needles in cases:
         assert _fuse(o, i, out) == 2
         _assert_one_line_error(capsys, *needles)
-    assert _fuse(opt, ion_path, out, "--scale", "1") == 2
-    _assert_one_line_error(capsys, "scale")
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main()'s exit code, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("command, option, value, expected", [
+    ("fuse", "--scale", "0", "expected an integer ≥ 2, got '0'"),
+    ("fuse", "--scale", "-2", "expected an integer ≥ 2, got '-2'"),
+    ("fuse", "--scale", "1", "expected an integer ≥ 2, got '1'"),
+    ("fuse", "--pixel-size", "0", "expected a number > 0, got '0'"),
+    ("fuse", "--pixel-size", "inf", "expected a number > 0, got 'inf'"),
+    ("fuse", "--lr", "nan", "expected a number > 0, got 'nan'"),
+    ("fuse", "--w-edge", "-1", "expected a number ≥ 0, got '-1'"),
+    ("fuse", "--patience", "-1", "expected an integer ≥ 0, got '-1'"),
+    ("fuse", "--checkpoint-every", "-3", "expected an integer ≥ 0, got '-3'"),
+    ("fuse", "--seed", "-1", "expected an integer ≥ 0 and ≤ 4294967295, got '-1'"),
+    ("fuse", "--fixed-scale", "0", "expected an integer ≥ 1, got '0'"),
+    ("fuse", "--mz", "0", "expected a number > 0, got '0'"),
+    ("register", "--scale", "0", "expected an integer ≥ 2, got '0'"),
+    ("register", "--optical-pixel-size", "-1", "expected a number > 0, got '-1'"),
+    ("register", "--fixed-pixel-size", "0", "expected a number > 0, got '0'"),
+    ("ions", "--mz", "-5", "expected a number > 0, got '-5'"),
+    ("peaks", "-n", "0", "expected an integer ≥ 1, got '0'"),
+    ("study", "--scale", "1", "expected an integer ≥ 2, got '1'"),
+    ("study", "--phantom-seed", "-1", "expected an integer ≥ 0 and ≤ 4294967295, got '-1'"),
+    ("study", "--w-mse", "nan", "expected a number ≥ 0, got 'nan'"),
+    ("benchmark", "--seeds", "1,-2", "expected seeds (integers ≥ 0) separated by commas, got '1,-2'"),
+    ("benchmark", "--epochs", "0", "expected an integer ≥ 1, got '0'"),
+    ("demo", "--scale", "-2", "invalid choice: -2"),
+])
+def test_bad_numbers_are_one_line_errors_naming_the_option(tmp_path, files, capsys, command, option, value, expected):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    base = {"fuse": ["fuse", "--optical", str(opt), "--ion", str(ion_path), "--out", str(out), "--method", "bilinear"],
+            "register": ["register", "--optical", str(opt), "--ion", str(ion_path), "--scale", "4", "--out", str(out)],
+            "ions": ["ions", "f.imzML", "--out", str(out)], "peaks": ["peaks", "f.imzML"],
+            "study": ["study", "--out", str(out)], "benchmark": ["benchmark", "--out", str(out)],
+            "demo": ["demo", "--out", str(out)]}[command]
+    assert _exit_code([*base, option, value]) == 2
+    _assert_one_line_error(capsys, f"argument {option}: {expected}")
+    assert not out.exists()
+
+
+def test_bad_numbers_are_refused_by_the_config_objects_too(tmp_path, files):
+    from msifusion.instrument import RegisterSettings
+    from msifusion.io.images import read_ion, read_optical
+    from msifusion.pipeline import FuseFilesRequest, pair_images
+
+    opt, ion_path, _, _ = files
+    for scale in (0, -2, 1):
+        with pytest.raises(InputError, match=f"scale must be at least 2, got {scale}") as info:
+            FuseFilesRequest(opt, ion_path, tmp_path / "out", scale=scale)
+        assert info.value.source == "--scale"
+        with pytest.raises(InputError, match="scale must be at least 2"):  # not a cv2 error from the resize
+            pair_images(read_optical(opt), read_ion(ion_path), scale)
+    with pytest.raises(InputError, match="pixel size must be a positive number, got -20") as info:
+        FuseFilesRequest(opt, ion_path, tmp_path / "out", ion_pixel_size_um=-20.0)
+    assert info.value.source == "--pixel-size"
+    with pytest.raises(InputError, match="pixel size must be a positive number, got nan") as info:
+        RegisterSettings(4, optical_pixel_size=float("nan"))
+    assert info.value.source == "--optical-pixel-size"
+
+
+def test_optical_of_the_ion_shape_is_not_blamed_on_scale(tmp_path, files, capsys):
+    _, ion_path, ion, _ = files
+    same = tmp_path / "same.png"
+    cv2.imwrite(str(same), np.full(ion.shape + (3,), 128, np.uint8))
+    assert _fuse(same, ion_path, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"msifusion: error: {same}: optical 8×12 has the ion image's shape; it must be the ion shape × an "
+                   "integer ≥ 2 (e.g. 16×24): the microscope image registered to the ion grid at the fused resolution")
+    assert "--scale" not in err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--mz", "100"], "--mz"),
+    (["--tol", "5ppm"], "--tol"),
+    (["--normalize", "tic"], "--normalize"),
+    (["--landmarks", "lm.csv"], "--landmarks"),
+    (["--transform", "affine"], "--transform"),
+    (["--optical-pixel-size", "2"], "--optical-pixel-size"),
+    (["--fixed-pixel-size", "2"], "--fixed-pixel-size"),
+    (["--fixed-scale", "2"], "--fixed-scale"),
+    (["--deformable"], "--deformable"),
+    (["--mz", "100", "--tol", "0.01da"], "--mz, --tol"),
+])
+def test_imzml_only_options_with_ion_are_errors(tmp_path, files, capsys, extra, named):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _fuse(opt, ion_path, out, "--method", "bilinear", *extra) == 2
+    _assert_one_line_error(capsys, f"msifusion: error: {named}: only with --imzml (imzML extraction and registration); "
+                                   "with --ion the optical must already be registered to the ion image")
+    assert not out.exists()
+
+
+def _register_method(monkeypatch, name: str, transform) -> None:
+    """A stand-in method whose output is ``transform(bilinear upsampling)``."""
+    from msifusion.fit import FitResult
+    from msifusion.methods import METHODS, Method
+    from msifusion.physics import upsample
+
+    def run(problem, options):
+        return FitResult(transform(upsample(problem.ion, problem.scale, "bilinear")))
+
+    monkeypatch.setitem(METHODS, name, Method(name, run, "test stand-in"))
+
+
+def test_output_not_in_ion_units_warns_on_stderr_and_in_run_json(tmp_path, files, capsys, monkeypatch):
+    opt, ion_path, _, _ = files
+    _register_method(monkeypatch, "negated", lambda up: -up)  # all negative: consistency error 2
+    _register_method(monkeypatch, "tripled", lambda up: 3 * up)  # positive, consistency error 2
+    expected = {
+        "negated": "the negated output for ion is not in the ion's units: negative values (min -500, 100.0% of pixels) "
+                   "from a non-negative ion image; consistency error 2 > 0.5 (averaged back over each MSI pixel it "
+                   "does not give the measured image); look at fused.png, or try another --method",
+        "tripled": "the tripled output for ion is not in the ion's units: consistency error 2 > 0.5 (averaged back "
+                   "over each MSI pixel it does not give the measured image); look at fused.png, or try another --method",
+        "bilinear": None,
+    }
+    for method, warning in expected.items():
+        out = tmp_path / method
+        assert _fuse(opt, ion_path, out, "--method", method) == 0
+        run = json.loads((out / "run.json").read_text())
+        err = capsys.readouterr().err.strip()
+        if warning is None:
+            assert run["warnings"] == [] and err == ""
+        else:
+            assert run["warnings"] == [warning]
+            assert err == f"msifusion: warning: {warning}"  # one line, even with --quiet
 
 
 def test_existing_output_needs_overwrite(tmp_path, files, capsys):

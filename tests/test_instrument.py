@@ -80,15 +80,125 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
     out = tmp_path / "ions"
     assert main(["ions", str(imzml), "--mz", "100", "--mz", "200", "--tol", "5ppm", "--out", str(out)]) == 0
     np.testing.assert_array_equal(tifffile.imread(out / "mz_100.0000.tiff"), truth[0])
-    assert tifffile.imread(out / "ions.ome.tiff").shape == (2, H, W)
+    with tifffile.TiffFile(out / "ions.ome.tiff") as tif:
+        assert tif.asarray().shape == (2, H, W)
+        assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata
     assert (out / "ions.png").exists() and (out / "run.json").exists()
+    outputs = ["mz_100.0000.tiff", "mz_200.0000.tiff", "ions.ome.tiff", "ions.png"]
+    assert json.loads((out / "run.json").read_text())["outputs"] == outputs
+    assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]
 
 
 def test_peaks_command(files, capsys):
     imzml = files[0]
     assert main(["peaks", str(imzml), "-n", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "# sample.imzML: 12×16 px, pixel size unknown, m/z 100.0000–300.0000"
     assert lines[1] == "m/z\tmean_intensity" and lines[2].startswith("100.0000") and len(lines) == 4
+
+
+def test_pixel_size_with_imzml_is_an_error(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    out = tmp_path / "out"
+    code = main(["fuse", "--imzml", str(imzml), "--mz", "100", "--optical", str(opt), "--landmarks", str(lm),
+                 "--scale", "4", "--pixel-size", "20", "--out", str(out), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("msifusion: error: --pixel-size: only with --ion; with --imzml the "
+                                               "pixel size comes from the imzML file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--transform", "affine"], "--transform: describes the landmarks; it needs --landmarks"),
+    (["--fixed-scale", "10"], "--fixed-scale: describes the landmarks; it needs --landmarks"),
+    (["--fixed-pixel-size", "2"], "--fixed-pixel-size: describes the landmarks; it needs --landmarks"),
+])
+def test_landmark_options_without_landmarks_are_errors(tmp_path, files, capsys, extra, message):
+    imzml, opt, _, _ = files
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out),
+                 *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"msifusion: error: {message}"
+    assert not out.exists()
+
+
+def test_deformable_with_landmarks_is_an_error(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4",
+                 "--deformable", "--out", str(tmp_path / "reg")]) == 2
+    assert capsys.readouterr().err.strip() == ("msifusion: error: --deformable: applies to automatic registration "
+                                               "only, not with --landmarks")
+
+
+def test_several_ions_collect_every_fusion_warning(tmp_path, files, capsys, monkeypatch):
+    from msifusion.fit import FitResult
+    from msifusion.methods import METHODS, Method
+    from msifusion.physics import upsample
+
+    monkeypatch.setitem(METHODS, "negated", Method("negated", lambda p, o: FitResult(-upsample(p.ion, p.scale)), "test"))
+    imzml, opt, lm, _ = files
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "negated",
+                 "--quiet"]) == 0
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert [w.split(" is not in")[0] for w in warnings] == ["the negated output for m/z 100.0000",
+                                                            "the negated output for m/z 200.0000"]
+    for name, warning in zip(("100.0000", "200.0000"), warnings):
+        assert json.loads((out / f"mz_{name}" / "run.json").read_text())["warnings"] == [warning]
+    assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {w}" for w in warnings]
+
+
+def _tiny_imzml(path: Path) -> Path:
+    """3×4 spectra: too few for automatic registration (16 needed)."""
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(3):
+            for c in range(4):
+                w.addSpectrum(AXIS, np.array([5.0, 1.0, 1.0], np.float32), (c + 1, r + 1))
+    return path
+
+
+def test_empty_msi_tissue_names_the_imzml(tmp_path, files, capsys):
+    _, opt, _, _ = files
+    tiny = _tiny_imzml(tmp_path / "tiny.imzML")
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", str(tiny), "--mz", "100", "--optical", str(opt), "--scale", "4",
+                 "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"msifusion: error: {tiny}: the MSI tissue image is (almost) empty (12 pixels with signal, 16 needed); "
+        "cannot register automatically")
+    assert not out.exists()
+
+
+def test_landmarks_that_miss_the_optical_name_the_optical_and_the_landmarks(tmp_path, files, capsys):
+    imzml, opt, _, _ = files
+    fixed = np.array([[0, 0], [15, 0], [0, 11], [15, 11]], float)
+    moving = fixed * 0.5 + np.array([W * SCALE + 20.0, 0.0])  # right of the optical, within check_landmarks' margin
+    lm = write_bigwarp_csv(Landmarks(moving, fixed, tuple("abcd")), tmp_path / "right.csv")
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4",
+                 "--out", str(tmp_path / "reg")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"msifusion: error: {opt}: the landmark transform (tps) from right.csv maps the whole ion grid outside this "
+        "image; check the landmarks' units (pixels vs µm) and which image is fixed")
+
+
+def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks(tmp_path, files, capsys, monkeypatch):
+    from msifusion import instrument
+    from msifusion.register import AffineMap, Registration
+
+    far = AffineMap(np.array([[1.0, 0.0, 1e5], [0.0, 1.0, 1e5]]))
+
+    def off_the_image(optical, tissue, fixed, moving, options):
+        return Registration(far, fixed, moving, far, 0.9, 0.5, 1.1, float("nan"), 0, 1)
+
+    monkeypatch.setattr(instrument, "register_auto", off_the_image)
+    imzml, opt, _, _ = files
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4",
+                 "--out", str(tmp_path / "reg")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"msifusion: error: {opt}: automatic registration against the MSI tissue image of sample.imzML "
+                   "placed the whole ion grid outside this image; check that both images show the same section")
+    assert "landmark" not in err
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -167,8 +167,11 @@ def test_check_landmarks_catches_pixel_vs_micrometre() -> None:
 
 def test_resample_refuses_a_map_that_misses_the_image() -> None:
     optical = _test_optical()
-    with pytest.raises(InputError, match="outside the optical image"):
+    with pytest.raises(InputError) as info:
         resample_optical(optical, AffineMap(np.array([[1.0, 0, 1e5], [0, 1.0, 1e5]])), Grid((10, 10)))
+    # No file and no guess about landmarks here: the caller knows both (instrument.register_optical).
+    assert info.value.source is None
+    assert info.value.problem == "the transform maps the whole output grid outside the optical image"
 
 
 def test_landmarks_from_transform_round_trip() -> None:
@@ -244,5 +247,8 @@ def test_auto_registration_full_search_finds_a_mirrored_optical() -> None:
 
 def test_auto_registration_refuses_an_empty_msi_image() -> None:
     optical, msi, fixed, _ = _synthetic_pair()
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(InputError) as info:
         register_auto(optical, np.zeros_like(msi), fixed)
+    assert info.value.source is None  # the caller names the MSI file
+    assert info.value.problem == ("the MSI tissue image is (almost) empty (0 pixels with signal, 16 needed); "
+                                  "cannot register automatically")

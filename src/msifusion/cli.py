@@ -7,8 +7,10 @@ Exit codes: 0 success, 2 bad input (one line on stderr naming the file and the p
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 from msifusion.errors import InputError
 
@@ -22,18 +24,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _bounded(kind: type, low: float, high: float | None = None, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) ≥ ``low`` (> when ``strict``), ≤ ``high``.
+
+    Every numeric option is checked here, so a bad value is a one-line usage error naming the
+    option (exit 2), never a traceback from deep inside a library.
+    """
+    number = "{:g}" if kind is float else "{}"
+    expected = f"{'an integer' if kind is int else 'a number'} {'>' if strict else '≥'} {number.format(low)}"
+    expected += f" and ≤ {number.format(high)}" if high is not None else ""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (math.isfinite(value) and (value > low if strict else value >= low)
+                                 and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+_positive_int = _bounded(int, 1)
+_count = _bounded(int, 0)
+_scale = _bounded(int, 2)
+_seed = _bounded(int, 0, 2**32 - 1)
+_positive_float = _bounded(float, 0, strict=True)
+_weight = _bounded(float, 0)
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -42,40 +61,58 @@ def _positive_float(text: str) -> float:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
-    g.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output on CPU (default 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
     t.add_argument("--epochs", type=_positive_int, default=2000, help="epoch cap (default 2000)")
     t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    t.add_argument("--w-mse", type=float, default=1.0, help="weight of the MSE loss (default 1)")
-    t.add_argument("--w-edge", type=float, default=1.0, help="weight of the edge perceptual loss (default 1)")
-    t.add_argument("--patience", type=int, default=5,
+    t.add_argument("--w-mse", type=_weight, default=1.0, help="weight of the MSE loss (default 1)")
+    t.add_argument("--w-edge", type=_weight, default=1.0, help="weight of the edge perceptual loss (default 1)")
+    t.add_argument("--patience", type=_count, default=5,
                    help="stop after this many total increases of the edge loss; 0 = never (default 5)")
     t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian")
-    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    t.add_argument("--checkpoint-every", type=_count, default=0, metavar="N",
                    help="save the output every N epochs under DIR/checkpoints (default: never)")
 
 
-def _add_ion_options(g, required: bool) -> None:
-    g.add_argument("--mz", type=float, action="append", required=required, metavar="M",
-                   help="an m/z to extract (repeat for several)")
-    g.add_argument("--tol", default="5ppm", help="window half-width: 5ppm or 0.01da (default 5ppm); sum within")
-    g.add_argument("--normalize", choices=("tic", "rms"), default=None, help="per-pixel normalization (default none)")
+# Options whose defaults live in the config objects (``None`` = not given), so that an option
+# given where it does not apply is an error, not silently ignored.
+_TOL_DEFAULT = "5ppm"
 
 
-def _add_register_options(p: argparse.ArgumentParser) -> None:
+def _add_ion_options(g, required: bool) -> list[argparse.Action]:
+    return [
+        g.add_argument("--mz", type=_positive_float, action="append", required=required, metavar="M",
+                       help="an m/z to extract (repeat for several)"),
+        g.add_argument("--tol", default=None,
+                       help=f"window half-width: 5ppm or 0.01da (default {_TOL_DEFAULT}); sum within"),
+        g.add_argument("--normalize", choices=("tic", "rms"), default=None,
+                       help="per-pixel normalization (default none)"),
+    ]
+
+
+def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     g = p.add_argument_group("registration (with --imzml or `register`; automatic without --landmarks)")
-    g.add_argument("--landmarks", metavar="L", help="BigWarp landmarks (.csv or .json): moving = optical, fixed = ion")
-    g.add_argument("--transform", choices=("tps", "affine"), default="tps", help="landmark transform (default tps, as BigWarp)")
-    g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
-                   help="optical pixel size in the landmarks' units (default: the file's calibration, else 1)")
-    g.add_argument("--fixed-pixel-size", type=_positive_float, metavar="P",
-                   help="pixel size of the fixed image as Fiji saw it (default: ion µm / fixed-scale, else 1)")
-    g.add_argument("--fixed-scale", type=_positive_int, default=1, metavar="K",
-                   help="the fixed image in BigWarp was the ion image enlarged K times (default 1)")
-    g.add_argument("--deformable", action="store_true", help="automatic: add a B-spline step after the affine")
+    return [
+        g.add_argument("--landmarks", metavar="L", help="BigWarp landmarks (.csv or .json): moving = optical, fixed = ion"),
+        g.add_argument("--transform", choices=("tps", "affine"), default=None,
+                       help="landmark transform (default tps, as BigWarp)"),
+        g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
+                       help="optical pixel size in the landmarks' units (default: the file's calibration, else 1)"),
+        g.add_argument("--fixed-pixel-size", type=_positive_float, metavar="P",
+                       help="with --landmarks: pixel size of the fixed image as Fiji saw it "
+                            "(default: ion µm / fixed-scale, else 1)"),
+        g.add_argument("--fixed-scale", type=_positive_int, default=None, metavar="K",
+                       help="with --landmarks: the fixed image in BigWarp was the ion image enlarged K times (default 1)"),
+        g.add_argument("--deformable", action="store_true", help="automatic: add a B-spline step after the affine"),
+    ]
+
+
+def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str]:
+    """The options among ``actions`` that were given (a value other than None/False)."""
+    return [a.option_strings[0] for a in actions if getattr(args, a.dest) not in (None, False)]
 
 
 def _settings(args: argparse.Namespace):
@@ -103,11 +140,10 @@ def _settings(args: argparse.Namespace):
 def _register_settings(args: argparse.Namespace):
     from msifusion.instrument import RegisterSettings
 
-    if args.scale is None:
-        raise InputError("--scale", "give the magnification, e.g. --scale 10")
-    landmarks = Path(args.landmarks) if args.landmarks else None
-    return RegisterSettings(args.scale, landmarks, args.transform, args.optical_pixel_size, args.fixed_pixel_size,
-                            args.fixed_scale, args.deformable)
+    given = {"transform": args.transform, "optical_pixel_size": args.optical_pixel_size,
+             "fixed_pixel_size": args.fixed_pixel_size, "fixed_scale": args.fixed_scale}
+    return RegisterSettings(args.scale, Path(args.landmarks) if args.landmarks else None,
+                            deformable=args.deformable, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -118,12 +154,19 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")
+        if args.pixel_size is not None:
+            raise InputError("--pixel-size", "only with --ion; with --imzml the pixel size comes from the imzML file")
         return _fuse_imzml(args)
     if args.ion is None:
         raise InputError("fuse", "give --ion (a registered ion image) or --imzml with --mz")
+    misplaced = _given(args, args.imzml_only)
+    if misplaced:
+        raise InputError(", ".join(misplaced), "only with --imzml (imzML extraction and registration); with --ion "
+                                               "the optical must already be registered to the ion image")
     request = FuseFilesRequest(Path(args.optical), Path(args.ion), Path(args.out), _settings(args),
                                args.scale, args.pixel_size, args.overwrite)
     record = fuse_files(request)
+    _warn(record)
     _say(args, f"{record['method']} ×{record['scale']}: {record['epochs']} epochs ({record['stop_reason']}), "
                f"{record['timings_s']['total']:.1f} s, consistency error {record['consistency_error']:.2e}")
     print(Path(args.out) / "fused.tiff")
@@ -135,11 +178,11 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 
     if not args.mz:
         raise InputError("--mz", "give at least one m/z with --imzml")
-    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol, Path(args.optical), Path(args.out),
-                               _register_settings(args), _settings(args), args.normalize, args.overwrite)
+    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol or _TOL_DEFAULT, Path(args.optical),
+                               Path(args.out), _register_settings(args), _settings(args), args.normalize,
+                               args.overwrite)
     record = fuse_imzml(request)
-    for warning in record.get("warnings", []):
-        print(f"msifusion: warning: {warning}", file=sys.stderr)
+    _warn(record)
     _say(args, f"{len(args.mz)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
     print(Path(args.out) / ("fused.tiff" if len(args.mz) == 1 else "fused.ome.tiff"))
     return 0
@@ -148,8 +191,8 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.instrument import IonsRequest, extract_ions
 
-    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol, Path(args.out), args.normalize,
-                                      args.overwrite))
+    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or _TOL_DEFAULT, Path(args.out),
+                                      args.normalize, args.overwrite))
     for name in record["outputs"]:
         print(Path(args.out) / name)
     return 0
@@ -160,7 +203,8 @@ def cmd_peaks(args: argparse.Namespace) -> int:
 
     with ImzML(Path(args.imzml)) as f:
         peaks = f.strongest_peaks(args.n)
-        print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {f.pixel_size_um} µm, "
+        pixel = f"{f.pixel_size_um:g} µm" if f.pixel_size_um else "unknown"
+        print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {pixel}, "
               f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
     print("m/z\tmean_intensity")
     for mz, intensity in peaks:
@@ -173,8 +217,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
                                             _register_settings(args), args.overwrite))
-    for warning in record["warnings"]:
-        print(f"msifusion: warning: {warning}", file=sys.stderr)
+    _warn(record)
     quality = {k: v for k, v in record["registration"].items() if k in ("score", "correlation", "nmi")}
     _say(args, f"registered ({record['registration']['method']}) {quality or ''}".strip())
     print(Path(args.out) / "optical_registered.tiff")
@@ -196,6 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from msifusion.demo import DemoRequest, run_demo
 
     record = run_demo(DemoRequest(Path(args.out), _settings(args), args.scale, args.overwrite))
+    _warn(record)
     for name, scores in record["scores"].items():
         print(f"{name:>10}: PSNR {scores['psnr']:.2f} dB  SSIM {scores['ssim']:.4f}  "
               f"consistency {scores['consistency']:.2e}")
@@ -218,11 +262,11 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def _seed_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in _name_list(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+        return tuple(_seed(part) for part in _name_list(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected seeds (integers ≥ 0) separated by commas, got {text!r}") from None
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -284,14 +328,14 @@ def add_benchmark_and_study(sub) -> None:
                    help="methods to run (default: all, the default method first)")
     p.add_argument("--groups", type=_name_list, default=None, metavar="G,…",
                    help=f"case groups: {', '.join(GROUPS)} (default: all; --quick: phantom,middlebury)")
-    p.add_argument("--seeds", type=_int_list, default=None, metavar="N,…", help="phantom seeds (default 1,2)")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="N,…", help="phantom seeds (default 1,2)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch cap of the trained methods (default: their own recipe; --quick: 30)")
     p.add_argument("--prostate-dir", default=None, metavar="DIR",
                    help="folder with prostate_example.imzML/.ibd and prostate_he_example.tif "
                         "(default: fetched once from PyPI's msight wheel and cached)")
     p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
-    p.add_argument("--seed", type=int, default=0, help="seed of every method (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every method (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -308,21 +352,21 @@ def add_benchmark_and_study(sub) -> None:
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
     io.add_argument("--truth", metavar="TRUTH", help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
-    io.add_argument("--scale", type=int, default=None, help="magnification (phantom default 10)")
+    io.add_argument("--scale", type=_scale, default=None, help="magnification (phantom default 10)")
     io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM", help="ion pixel size in µm")
     io.add_argument("--phantom-kind", choices=("leaf", "stem"), default="leaf")
     io.add_argument("--phantom-ion", choices=("apigenin", "pheophytin", "sucrose", "gradient"), default="apigenin")
-    io.add_argument("--phantom-seed", type=int, default=1, help="phantom seed (default 1)")
+    io.add_argument("--phantom-seed", type=_seed, default=1, help="phantom seed (default 1)")
     t = p.add_argument_group("training (the paper's recipe; the run never stops early)")
     t.add_argument("--epochs", type=_positive_int, default=300, help="epochs to run (default 300)")
     t.add_argument("--lr", type=_positive_float, default=3e-4)
-    t.add_argument("--w-mse", type=float, default=1.0)
-    t.add_argument("--w-edge", type=float, default=1.0)
-    t.add_argument("--patience", type=int, default=5, help="the stopping rule marked: N total edge-loss increases (default 5)")
+    t.add_argument("--w-mse", type=_weight, default=1.0)
+    t.add_argument("--w-edge", type=_weight, default=1.0)
+    t.add_argument("--patience", type=_count, default=5, help="the stopping rule marked: N total edge-loss increases (default 5)")
     t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N", help="score every N epochs (default 1)")
     t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -332,6 +376,12 @@ def add_benchmark_and_study(sub) -> None:
 def _say(args: argparse.Namespace, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr)
+
+
+def _warn(record: dict) -> None:
+    """A run's warnings (also in its run.json), one line each on stderr, even with --quiet."""
+    for warning in record.get("warnings", []):
+        print(f"msifusion: warning: {warning}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,16 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), shape = ion shape × scale")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
-    io.add_argument("--scale", type=int, default=None, help="magnification; resizes the optical to ion × N if needed")
+    io.add_argument("--scale", type=_scale, default=None, help="magnification; resizes the optical to ion × N if needed")
     io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
-                    help="ion pixel size in µm (overrides the file's calibration)")
+                    help="with --ion: ion pixel size in µm (overrides the file's calibration)")
     io.add_argument("--out", required=True, metavar="DIR", help="output folder")
     inst = p.add_argument_group("from an imzML file (instead of --ion): registers the optical, then fuses each m/z")
     inst.add_argument("--imzml", metavar="F", help="imzML file (its .ibd beside it)")
-    _add_ion_options(inst, required=False)
-    _add_register_options(p)
+    imzml_only = _add_ion_options(inst, required=False) + _add_register_options(p)
     _add_run_options(p)
-    p.set_defaults(func=cmd_fuse)
+    p.set_defaults(func=cmd_fuse, imzml_only=imzml_only)
 
     p = sub.add_parser("ions", help="export ion images from an imzML file",
                        description="Ion images for many m/z in one pass: DIR/mz_<m/z>.tiff per ion (float32, "
@@ -378,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/optical_registered.tiff, overlay.png (check it), landmarks.csv (BigWarp).")
     p.add_argument("--optical", required=True, metavar="OPT")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
-    p.add_argument("--scale", type=int, required=True, help="magnification of the registered output")
+    p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -18,11 +18,11 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
-from msifusion.io.imzml import ImzML, IonStack, write_ion_tiffs
+from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, software_versions, write_fusion_outputs,
-                                write_run_json)
+from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pair,
+                                software_versions, write_fusion_outputs, write_run_json)
 from msifusion.register import (AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform, register_auto,
                                 resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
@@ -32,7 +32,11 @@ LOW_QUALITY_SCORE = 0.4  # automatic registration search score below which we wa
 
 @dataclass(frozen=True)
 class RegisterSettings:
-    """How to bring the optical onto the ion grid × ``scale``."""
+    """How to bring the optical onto the ion grid × ``scale``.
+
+    ``transform``, ``fixed_pixel_size`` and ``fixed_scale`` describe landmarks and need them;
+    ``deformable`` refines automatic registration and is refused with landmarks.
+    """
 
     scale: int
     landmarks: Path | None = None
@@ -43,10 +47,39 @@ class RegisterSettings:
     deformable: bool = False
 
     def __post_init__(self) -> None:
-        if self.scale < 2:
-            raise InputError("--scale", f"scale must be at least 2, got {self.scale}")
+        if self.scale is None:
+            raise InputError("--scale", "give the magnification, e.g. --scale 10")
+        check_scale(self.scale)
         if self.fixed_scale < 1:
             raise InputError("--fixed-scale", "must be at least 1")
+        check_pixel_size("--optical-pixel-size", self.optical_pixel_size)
+        check_pixel_size("--fixed-pixel-size", self.fixed_pixel_size)
+        if self.landmarks is None:
+            landmark_only = {"--transform": self.transform != "tps", "--fixed-pixel-size": self.fixed_pixel_size,
+                             "--fixed-scale": self.fixed_scale != 1}
+            for option, given in landmark_only.items():
+                if given:
+                    raise InputError(option, "describes the landmarks; it needs --landmarks")
+        elif self.deformable:
+            raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
+
+
+@dataclass(frozen=True)
+class MsiTissue:
+    """The fixed side of a registration: MSI tissue image(s) (k, h, w) on the ion grid, and their file."""
+
+    images: np.ndarray
+    pixel_size_um: float | None
+    source: Path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    @classmethod
+    def of(cls, f: ImzML, automatic: bool) -> "MsiTissue":
+        """TIC and principal components for automatic registration, else the TIC (for the overlay)."""
+        return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
 
 
 @dataclass
@@ -62,38 +95,53 @@ class RegisteredOptical:
     tissue: np.ndarray | None = None  # the MSI tissue image the optical was matched to (for the overlay)
 
 
-def register_optical(optical: Image, ion_shape: tuple[int, int], ion_pixel_size_um: float | None,
-                     tissue: np.ndarray, settings: RegisterSettings) -> RegisteredOptical:
-    """Register with landmarks when given, else automatically against ``tissue`` ((k,) h, w)."""
+def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings) -> RegisteredOptical:
+    """Register with landmarks when given, else automatically against the MSI tissue images.
+
+    Errors name the file involved: the MSI file when its tissue image is empty, the optical
+    when the transform misses it (with a hint about the landmarks only when they were used).
+    """
     moving = Grid(optical.shape2d, settings.optical_pixel_size or optical.pixel_size_um or 1.0)
     start = time.perf_counter()
+    px = msi.pixel_size_um
     if settings.landmarks is not None:
         landmarks = read_landmarks(settings.landmarks)
         k = settings.fixed_scale
-        p_fixed = settings.fixed_pixel_size or ((ion_pixel_size_um / k) if ion_pixel_size_um else 1.0)
-        fiji_fixed = Grid((ion_shape[0] * k, ion_shape[1] * k), p_fixed)
+        p_fixed = settings.fixed_pixel_size or ((px / k) if px else 1.0)
+        fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
         check_landmarks(landmarks, fiji_fixed, moving)
         ion_grid = fiji_fixed.coarsened(k)
         transform = transform_from_landmarks(landmarks, settings.transform)
         info = {"method": f"landmarks ({settings.transform})", "landmarks": str(settings.landmarks),
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
         warnings: list[str] = []
-        matched = np.asarray(tissue)[0] if np.ndim(tissue) == 3 else np.asarray(tissue)
+        matched = msi.images[0]
+        missed = (f"the landmark transform ({settings.transform}) from {settings.landmarks.name} maps the whole ion "
+                  "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
-        ion_grid = Grid(ion_shape, ion_pixel_size_um or 1.0)
-        reg = register_auto(optical.pixels, tissue, ion_grid, moving, AutoRegisterOptions(deformable=settings.deformable))
+        ion_grid = Grid(msi.shape, px or 1.0)
+        try:
+            reg = register_auto(optical.pixels, msi.images, ion_grid, moving,
+                                AutoRegisterOptions(deformable=settings.deformable))
+        except InputError as exc:
+            raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
         transform = reg.transform
         landmarks = landmarks_from_transform(transform, ion_grid)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         warnings = []
-        matched = reg.sign * (np.asarray(tissue)[reg.channel] if np.ndim(tissue) == 3 else np.asarray(tissue))
+        matched = reg.sign * msi.images[reg.channel]
         info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign))
         if reg.score < LOW_QUALITY_SCORE:
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {LOW_QUALITY_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
+        missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
+                  "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size
-    guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
+    try:
+        guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
+    except InputError:
+        raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched)
 
@@ -117,6 +165,15 @@ def _open_ions(path: Path) -> ImzML:
 # ----------------------------------------------------------------------------- commands
 
 
+def _check_ion_options(mzs: tuple[float, ...], tol: str, normalize: str | None) -> None:
+    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation."""
+    if not mzs:
+        raise InputError("--mz", "give at least one m/z")
+    parse_tolerance(tol)
+    if normalize not in (None, "tic", "rms"):
+        raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
+
+
 @dataclass(frozen=True)
 class IonsRequest:
     imzml: Path
@@ -125,6 +182,9 @@ class IonsRequest:
     out: Path
     normalize: str | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check_ion_options(self.mzs, self.tol, self.normalize)
 
 
 def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None) -> IonStack:
@@ -145,7 +205,7 @@ def extract_ions(request: IonsRequest) -> dict:
         summary = f.summary()
     with staged_output_dir(request.out, request.overwrite) as stage:
         paths = write_ion_tiffs(stack, stage)
-        save_ion_grid(stage / "ions.png", stack.images, [f"m/z {n}" for n in stack.names], stack.pixel_size_um)
+        paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
         record = {"tool": "msifusion", "command": "ions", "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
@@ -164,16 +224,15 @@ class RegisterRequest:
     overwrite: bool = False
 
 
-def _tissue_for(ion_path: Path, need_tissue: bool) -> tuple[np.ndarray, tuple[int, int], float | None]:
-    """The MSI tissue image(s) (for automatic registration), the ion grid shape and pixel size."""
+def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
+    """The fixed side from an .imzML (see :meth:`MsiTissue.of`) or from an ion image file."""
     if ion_path.suffix.lower() == ".imzml":
         with _open_ions(ion_path) as f:
-            tissue = f.tissue_images() if need_tissue else f.tic()[None]
-            return tissue, f.shape, f.pixel_size_um
+            return MsiTissue.of(f, automatic)
     from msifusion.io.images import read_ion
 
     ion = read_ion(ion_path)
-    return ion.pixels[None], ion.shape2d, ion.pixel_size_um
+    return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path)
 
 
 def register_files(request: RegisterRequest) -> dict:
@@ -181,8 +240,9 @@ def register_files(request: RegisterRequest) -> dict:
     t0 = time.perf_counter()
     check_output_dir(request.out, request.overwrite)
     optical = read_optical(request.optical)
-    tissue, shape, px = _tissue_for(Path(request.ion), request.settings.landmarks is None)
-    registered = register_optical(optical, shape, px, tissue, request.settings)
+    msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
+    shape, px = msi.shape, msi.pixel_size_um
+    registered = register_optical(optical, msi, request.settings)
     with staged_output_dir(request.out, request.overwrite) as stage:
         write_registration(stage, registered, px)
         record = {"tool": "msifusion", "command": "register", "optical": str(request.optical), "ion": str(request.ion),
@@ -209,6 +269,9 @@ class ImzmlFuseRequest:
     normalize: str | None = None
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        _check_ion_options(self.mzs, self.tol, self.normalize)
+
 
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
@@ -220,9 +283,9 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     check_output_dir(request.out, request.overwrite)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
-        tissue = f.tissue_images() if request.register.landmarks is None else f.tic()[None]
+        msi = MsiTissue.of(f, automatic=request.register.landmarks is None)
     optical = read_optical(request.optical)
-    registered = register_optical(optical, stack.images.shape[1:], stack.pixel_size_um, tissue, request.register)
+    registered = register_optical(optical, msi, request.register)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite) as stage:
         write_registration(stage, registered, stack.pixel_size_um)
@@ -230,9 +293,9 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         records = []
         fused = []
-        for i, name in enumerate(stack.names):
+        for i, (name, label) in enumerate(zip(stack.names, stack.labels)):
             pair = RegisteredPair(registered.guide, stack.images[i], request.register.scale, stack.pixel_size_um,
-                                  f"m/z {name}")
+                                  label)
             folder = stage if len(stack.mzs) == 1 else stage / f"mz_{name}"
             folder.mkdir(exist_ok=True)
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um)
@@ -242,8 +305,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             fused.append(result.image)
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
-            write_tiff(stage / "fused.ome.tiff", np.stack(fused), px, [f"m/z {n}" for n in stack.names])
+            write_tiff(stage / "fused.ome.tiff", np.stack(fused), px, stack.labels)
+            fusion_warnings = [w for r in records for w in r["warnings"] if w not in registered.warnings]
             summary = dict(common, tool="msifusion", command="fuse --imzml", mzs=list(stack.mzs),
+                           warnings=registered.warnings + fusion_warnings,
                            method=request.settings.method, scale=request.register.scale,
                            ions={n: {k: r[k] for k in ("epochs", "stop_reason", "consistency_error", "timings_s")}
                                  for n, r in zip(stack.names, records)},

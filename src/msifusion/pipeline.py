@@ -7,6 +7,7 @@ everything is written into a staging folder that becomes ``out`` only on success
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -22,6 +23,18 @@ from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, infer_scale
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
+
+
+def check_scale(scale: int | None) -> None:
+    """``--scale``: None (inferred from the shapes) or an integer ≥ 2."""
+    if scale is not None and not scale >= 2:
+        raise InputError("--scale", f"scale must be at least 2, got {scale}")
+
+
+def check_pixel_size(option: str, size: float | None) -> None:
+    """A pixel size option: None (unknown) or a positive finite number."""
+    if size is not None and not (math.isfinite(size) and size > 0):
+        raise InputError(option, f"pixel size must be a positive number, got {size:g}")
 
 
 @dataclass(frozen=True)
@@ -68,14 +81,18 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             scale = infer_scale((H, W), (h, w))
         except ValueError as exc:
             raise InputError(src, f"{exc}; register it to the ion grid, or pass --scale N to resize it") from None
-    elif (H, W) != (h * scale, w * scale):
-        if abs(H * w / W - h) > 1.0:
-            raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w}; "
-                             "it is not registered to the ion grid (use `msifusion register`)")
-        guide = _resize(guide, (h * scale, w * scale))
-        notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
-    if scale < 2:
-        raise InputError("--scale", f"scale must be at least 2, got {scale}")
+        if scale < 2:
+            raise InputError(src, f"optical {H}×{W} has the ion image's shape; it must be the ion shape × an integer "
+                             f"≥ 2 (e.g. {2 * h}×{2 * w}): the microscope image registered to the ion grid at the "
+                             "fused resolution")
+    else:
+        check_scale(scale)
+        if (H, W) != (h * scale, w * scale):
+            if abs(H * w / W - h) > 1.0:
+                raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w}; "
+                                 "it is not registered to the ion grid (use `msifusion register`)")
+            guide = _resize(guide, (h * scale, w * scale))
+            notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
@@ -127,6 +144,32 @@ def machine() -> dict:
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
     options = MethodOptions(settings.fit, settings.runtime, on_checkpoint)
     return fuse(pair.guide, pair.ion, settings.method, options)
+
+
+MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
+
+
+def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
+    """One line when the fused image cannot be read as ion intensities, whatever the method.
+
+    That is: negative values (beyond float rounding) from a non-negative ion image, or a
+    consistency error above :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back
+    the measured ion image).
+    """
+    problems = []
+    image = result.image
+    if float(np.min(pair.ion)) >= 0:
+        low = float(np.min(image))
+        if low < -1e-6 * float(np.max(pair.ion)):
+            problems.append(f"negative values (min {low:.3g}, {np.mean(image < 0):.1%} of pixels) "
+                            "from a non-negative ion image")
+    if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
+        problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
+                        "(averaged back over each MSI pixel it does not give the measured image)")
+    if not problems:
+        return []
+    return [f"the {result.method} output for {pair.ion_name} is not in the ion's units: {'; '.join(problems)}; "
+            "look at fused.png, or try another --method"]
 
 
 def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
@@ -186,6 +229,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
     }
     if extra:
         record.update(extra)
+    record["warnings"] = [*record.get("warnings", []), *fusion_warnings(pair, result)]
     return record
 
 
@@ -214,6 +258,10 @@ class FuseFilesRequest:
     scale: int | None = None
     ion_pixel_size_um: float | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_scale(self.scale)
+        check_pixel_size("--pixel-size", self.ion_pixel_size_um)
 
 
 def fuse_files(request: FuseFilesRequest) -> dict:

@@ -364,6 +364,8 @@ def resample_optical(
     size 1, origin 0). Output (H, W[, c]) float32 (uint8 input scaled to [0, 1]) with
     ``options.fill`` where the map leaves the optical image. Peak memory: the input, the
     output and one tile's maps (tile_rows × W × 2 float32); see :class:`PixelMap`.
+    An :class:`InputError` without a source when the map misses the optical image entirely
+    (the caller knows the file and how the transform was made, and says so).
     """
     import cv2
 
@@ -375,8 +377,7 @@ def resample_optical(
     src = optical_rgb if optical_rgb.dtype in (np.uint8, np.float32) else optical_rgb.astype(np.float32)
     pmap = PixelMap(transform, fixed, moving, options)
     if not pmap.any_inside():
-        raise InputError(None, "the transform maps the whole output grid outside the optical image; "
-                         "check the landmarks' units (pixels vs µm) and which image is fixed")
+        raise InputError(None, "the transform maps the whole output grid outside the optical image")
     H, W = fixed.shape
     out = np.empty((H, W) + src.shape[2:], dtype=np.float32)
     fill = options.fill * (255.0 if src.dtype == np.uint8 else 1.0)
@@ -665,7 +666,8 @@ def register_auto(
        the correlation with the MSI image. Optional B-spline refinement.
 
     Returns the fixed → moving map in the units of ``fixed`` and ``moving``: pass it, with
-    ``fixed.refined(scale)``, to :func:`resample_optical`.
+    ``fixed.refined(scale)``, to :func:`resample_optical`. An (almost) empty ``tissue`` is an
+    :class:`InputError` without a source (the caller names the MSI file).
     """
     stack = np.asarray(tissue, dtype=np.float32)
     if stack.ndim == 2:
@@ -674,7 +676,8 @@ def register_auto(
         raise ValueError(f"tissue image shape {stack.shape[1:]} does not match the fixed grid {fixed.shape}")
     acquired = np.any(stack != 0, axis=0)
     if acquired.sum() < 16:
-        raise InputError(None, "the MSI tissue image is (almost) empty; cannot register automatically")
+        raise InputError(None, f"the MSI tissue image is (almost) empty ({int(acquired.sum())} pixels with signal, "
+                               "16 needed); cannot register automatically")
     optical_rgb = np.asarray(optical_rgb)
     if moving is None:
         moving = Grid(optical_rgb.shape[:2])

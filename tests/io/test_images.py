@@ -37,6 +37,28 @@ def test_long_table_is_pivoted_with_missing_pixels_zero(tmp_path):
     np.testing.assert_array_equal(read_ion(path).pixels, [[5, 6, 0], [0, 0, 7]])
 
 
+@pytest.mark.parametrize("rows, expected", [
+    # 1-based (imzML, R), off-tissue first row and column dropped: they stay, as zeros
+    ("2,2,5\n3,2,6\n3,3,7\n", [[0, 0, 0], [0, 5, 6], [0, 0, 7]]),
+    # 0-based: a 0 anywhere decides
+    ("0,1,5\n2,1,6\n2,2,7\n", [[0, 0, 0], [5, 0, 6], [0, 0, 7]]),
+    # smallest coordinate larger than 1: still 1-based
+    ("3,4,5\n4,4,6\n", [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 5, 6]]),
+])
+def test_long_table_keeps_its_origin_when_edge_pixels_are_absent(tmp_path, rows, expected):
+    path = tmp_path / "long.csv"
+    path.write_text("x,y,intensity\n" + rows)
+    np.testing.assert_array_equal(read_ion(path).pixels, expected)
+
+
+def test_long_table_refuses_negative_coordinates(tmp_path):
+    path = tmp_path / "neg.csv"
+    path.write_text("x,y,intensity\n-1,0,5\n1,1,6\n")
+    with pytest.raises(InputError, match="negative pixel coordinate -1 in the x/y columns") as info:
+        read_ion(path)
+    assert info.value.source == str(path)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [("1,2\n3\n", "row 2 has 1 values"), ("1,2\n3,abc\n", "non-numeric"), ("1,NA\n3,4\n", "NaN"), ("0,0\n0,0\n", "all zero")],

@@ -216,7 +216,8 @@ def test_write_ion_tiffs(continuous, tmp_path: Path) -> None:
         data = tif.series[0].asarray()
         ome = tif.ome_metadata
     np.testing.assert_array_equal(data, stack.images)
-    assert 'PhysicalSizeX="20.0"' in ome and 'Name="200.0000"' in ome and 'Name="150.0000"' in ome
+    assert 'PhysicalSizeX="20.0"' in ome and 'Name="m/z 200.0000"' in ome and 'Name="m/z 150.0000"' in ome
+    assert stack.labels == ["m/z 200.0000", "m/z 150.0000"] and stack.names == ["200.0000", "150.0000"]
 
 
 # ----------------------------------------------------------------------------- processed
@@ -260,6 +261,27 @@ def test_processed_peaks_and_tic(processed) -> None:
     # The strongest bin's m/z is a real peak position (intensity-weighted mean within 5 ppm).
     all_mz = np.concatenate([m for m, _ in spectra.values()])
     assert np.min(np.abs(all_mz - peaks[0][0])) / peaks[0][0] < 5e-6
+
+
+def _profile_imzml(path: Path, mode: str) -> Path:
+    """Profile spectra sampled every 1 Da: a strong peak at 345 and a weaker one at 349."""
+    axis = np.arange(340.0, 351.0)
+    profile = 100 * np.exp(-0.5 * ((axis - 345) / 1.2) ** 2) + 30 * np.exp(-0.5 * ((axis - 349) / 0.8) ** 2)
+    with ImzMLWriter(str(path), mode=mode, spec_type="profile", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(3):
+            for c in range(3):
+                w.addSpectrum(axis, (profile * (1 + r + c)).astype(np.float32), (c + 1, r + 1))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["processed", "continuous"])
+def test_profile_peaks_are_local_maxima_not_neighbouring_points(tmp_path: Path, mode: str) -> None:
+    f = ImzML(_profile_imzml(tmp_path / f"{mode}.imzML", mode))
+    assert f.layout.centroid is False and f.continuous == (mode == "continuous")
+    peaks = f.strongest_peaks(4)
+    # 344 and 346 are the flanks of the peak at 345; only the two maxima are peaks
+    assert [mz for mz, _ in peaks] == pytest.approx([345.0, 349.0])
+    assert [v for _, v in peaks] == pytest.approx([300.0, 91.16], rel=1e-3)  # mean over 9 pixels, (1+r+c) averages 3
 
 
 # ----------------------------------------------------------------------------- the imzML.org examples

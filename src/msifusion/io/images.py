@@ -14,7 +14,8 @@ Ion: a 2-D TIFF, a 2-D ``.npy``, or a CSV / TSV / whitespace text file holding e
 numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetxt`` write it,
 an optional header row and row-label column are skipped) or a long table with a header
 naming ``x``, ``y`` and one intensity column (pixels absent from the table are 0, as for an
-off-tissue pixel without a spectrum). NaN or inf in an ion image is an error: the fusion
+off-tissue pixel without a spectrum; the grid starts at 0 for 0-based coordinates, else at 1,
+never at the smallest coordinate present). NaN or inf in an ion image is an error: the fusion
 has no way to know what the user meant by them, so we ask the user to fill them.
 """
 
@@ -261,6 +262,14 @@ def _read_table(path: Path) -> np.ndarray:
 
 
 def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> np.ndarray:
+    """A long table (x, y, intensity) as an image: row = y, column = x; absent pixels are 0.
+
+    The grid's origin is fixed, not taken from the pixels present, so that dropped off-tissue
+    rows and columns neither shift nor shrink the image: when the smallest x or y present is 0
+    the coordinates are 0-based (origin 0), otherwise they are read as 1-based (origin 1, as
+    imzML and R number pixels), even when the smallest present coordinate is larger than 1.
+    The image reaches the largest x and y present. Negative coordinates are an error.
+    """
     ix, iy = header.index("x"), header.index("y")
     others = [i for i in range(len(header)) if i not in (ix, iy)]
     iv = others[-1]
@@ -270,10 +279,10 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
         raise InputError(path, "long table has a non-numeric x, y or intensity value") from None
     if not np.allclose(arr[:, :2], np.round(arr[:, :2])):
         raise InputError(path, "x and y columns must hold integer pixel coordinates")
-    x = np.round(arr[:, 0]).astype(int)
-    y = np.round(arr[:, 1]).astype(int)
-    x -= x.min()
-    y -= y.min()
+    xy = np.round(arr[:, :2]).astype(int)
+    if xy.min() < 0:
+        raise InputError(path, f"negative pixel coordinate {xy.min()} in the x/y columns")
+    x, y = (xy - (0 if xy.min() == 0 else 1)).T
     image = np.zeros((y.max() + 1, x.max() + 1))
     image[y, x] = arr[:, 2]
     return image

@@ -93,6 +93,16 @@ def parse_tolerance(text: str | Tolerance) -> Tolerance:
 # ----------------------------------------------------------------------------- results
 
 
+def mz_name(mz: float) -> str:
+    """An m/z with 4 decimals, as in file names: ``"328.9167"``."""
+    return f"{mz:.4f}"
+
+
+def mz_label(mz: float) -> str:
+    """How every picture title and OME channel names an ion: ``"m/z 328.9167"``."""
+    return f"m/z {mz_name(mz)}"
+
+
 @dataclass(frozen=True)
 class IonStack:
     """Ion images (n_ions, H, W) float32 plus what is needed to label and calibrate them."""
@@ -108,8 +118,13 @@ class IonStack:
 
     @property
     def names(self) -> list[str]:
-        """Channel names: the m/z with 4 decimals (as in the file names)."""
-        return [f"{mz:.4f}" for mz in self.mzs]
+        """The m/z with 4 decimals, as in the file names ``mz_<name>.tiff``."""
+        return [mz_name(mz) for mz in self.mzs]
+
+    @property
+    def labels(self) -> list[str]:
+        """Channel names and picture titles: ``"m/z 328.9167"``."""
+        return [mz_label(mz) for mz in self.mzs]
 
     def image(self, i: int) -> Image:
         """Ion ``i`` as a calibrated :class:`~msifusion.io.images.Image`."""
@@ -299,7 +314,7 @@ class ImzML:
         for m in mzs:
             if not (math.isfinite(m) and m > 0):
                 raise InputError("--mz", f"m/z must be a positive number, got {m!r}")
-        names = [f"{m:.4f}" for m in mzs]
+        names = [mz_name(m) for m in mzs]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise InputError("--mz", f"m/z {', '.join(dup)} given more than once")
@@ -383,6 +398,11 @@ class ImzML:
         falling in it divided by the number of spectra, and its m/z is the intensity-weighted
         mean m/z of those peaks (the bin centre when empty).
         """
+        mz, mean, _ = self._mean_points(bin_ppm)
+        return mz, mean
+
+    def _mean_points(self, bin_ppm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`mean_spectrum` plus, per entry, whether any spectrum has a point there."""
         n = self.n_spectra
         if self.continuous:
             mz = self._shared_mz()
@@ -390,7 +410,7 @@ class ImzML:
             for _, chunk in self._continuous_rows():
                 total += chunk.sum(axis=0, dtype=np.float64)
             uniq, inverse = np.unique(mz, return_inverse=True)  # sorted; channels sharing an m/z merged
-            return uniq, np.bincount(inverse, weights=total, minlength=uniq.size) / n
+            return uniq, np.bincount(inverse, weights=total, minlength=uniq.size) / n, np.ones(uniq.size, bool)
         if not (bin_ppm > 0):
             raise InputError("--bin-ppm", "bin width must be positive")
         a, b = self.mz_range
@@ -398,31 +418,37 @@ class ImzML:
         n_bins = int(math.floor(math.log(b / a) / step)) + 1
         total = np.zeros(n_bins, dtype=np.float64)
         weighted = np.zeros(n_bins, dtype=np.float64)
+        count = np.zeros(n_bins, dtype=np.int64)
         for mz, it in self._spectra():
             idx = np.minimum((np.log(mz / a) / step).astype(np.int64), n_bins - 1)
             total += np.bincount(idx, weights=it, minlength=n_bins)
             weighted += np.bincount(idx, weights=it * mz, minlength=n_bins)
+            count += np.bincount(idx, minlength=n_bins)
         centres = a * np.exp((np.arange(n_bins) + 0.5) * step)
         with np.errstate(invalid="ignore", divide="ignore"):
             mz_bins = np.where(total > 0, weighted / total, centres)
-        return mz_bins, total / n
+        return mz_bins, total / n, count > 0
 
     def strongest_peaks(self, n: int, bin_ppm: float = 5.0) -> list[tuple[float, float]]:
         """The ``n`` strongest peaks of the mean spectrum as (m/z, mean intensity), strongest first.
 
-        Centroided continuous data: every channel is a peak. Otherwise (profile data, or the
-        binned mean spectrum of processed data) peaks are local maxima (≥ left, > right
-        neighbour) with positive intensity.
+        A peak is a local maximum of the mean spectrum with positive intensity: a point ≥ its
+        left and > its right neighbour on the sorted m/z axis (a flat top counts once), so the
+        points of one profile peak count once. The points are the channels of a continuous
+        file, and the ``bin_ppm`` bins of a processed file that hold data (bins no spectrum
+        reaches are skipped, so the sampling gaps of profile spectra do not split a peak).
+        Centroided data is already one point per peak: every channel of a continuous file is a
+        peak, and in a processed file peaks are the local maxima over all bins (a centroid
+        jittering across neighbouring bins counts once; empty bins separate peaks).
         """
         if n < 1:
-            raise InputError("--n", "number of peaks must be at least 1")
-        mz, mean = self.mean_spectrum(bin_ppm)
+            raise InputError("-n", "number of peaks must be at least 1")
+        mz, mean, holds_data = self._mean_points(bin_ppm)
         if self.continuous and self.layout.centroid:
             cand = np.flatnonzero(mean > 0)
         else:
-            left = np.concatenate(([-np.inf], mean[:-1]))
-            right = np.concatenate((mean[1:], [-np.inf]))
-            cand = np.flatnonzero((mean >= left) & (mean > right) & (mean > 0))
+            idx = np.arange(mz.size) if self.layout.centroid else np.flatnonzero(holds_data)
+            cand = idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
         best = cand[np.argsort(-mean[cand], kind="stable")[:n]]
         return [(float(mz[i]), float(mean[i])) for i in best]
 
@@ -457,6 +483,13 @@ class ImzML:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _local_maxima(values: np.ndarray) -> np.ndarray:
+    """Mask of the points ≥ their left and > their right neighbour (ends compare with −inf)."""
+    left = np.concatenate(([-np.inf], values[:-1]))
+    right = np.concatenate((values[1:], [-np.inf]))
+    return (values >= left) & (values > right)
 
 
 def _normalise(sums: np.ndarray, norm: np.ndarray) -> np.ndarray:
@@ -635,13 +668,13 @@ def display_clip(img: np.ndarray, pct: float = 99.0) -> np.ndarray:
 def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
     """Write ``DIR/mz_<m/z, 4 decimals>.tiff`` per ion and the stack ``DIR/ions.ome.tiff``.
 
-    All float32, calibrated with the stack's pixel size; the stack's channel names are the
-    m/z strings. Returns the per-ion paths followed by the stack path.
+    All float32, calibrated with the stack's pixel size; the stack's channels are named
+    ``"m/z 328.9167"`` (:func:`mz_label`). Returns the per-ion paths followed by the stack path.
     """
     from msifusion.io.images import write_tiff
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_tiff(out / f"mz_{name}.tiff", img, stack.pixel_size_um) for name, img in zip(stack.names, stack.images)]
-    paths.append(write_tiff(out / "ions.ome.tiff", stack.images, stack.pixel_size_um, channel_names=stack.names))
+    paths.append(write_tiff(out / "ions.ome.tiff", stack.images, stack.pixel_size_um, channel_names=stack.labels))
     return paths
