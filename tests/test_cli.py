@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import torch
 import pytest
 import tifffile
 
@@ -47,6 +48,26 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
         "epoch_0003.png", "epoch_0003.tiff", "epoch_0006.png", "epoch_0006.tiff"]
     lines = (out / "losses.csv").read_text().splitlines()
     assert lines[0] == "epoch,mse,edge,total,seconds" and len(lines) == 7
+
+
+def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path, files):
+    from msifusion.consistent import Measurement
+    from msifusion.physics import block_mean
+
+    opt, ion_path, ion, scale = files
+    assert _fuse(opt, ion_path, tmp_path / "box", "--quiet") == 0
+    run = json.loads((tmp_path / "box" / "run.json").read_text())
+    assert run["method"] == "guided-harmonic" and run["consistency_error"] < 1e-4
+    assert run["harmonic_settings"]["spot_sigma_px"] == 0
+    fused = tifffile.imread(tmp_path / "box" / "fused.tiff")
+    np.testing.assert_allclose(block_mean(fused, scale), ion, rtol=1e-4, atol=1e-4 * float(ion.max()))
+
+    assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
+    run = json.loads((tmp_path / "spot" / "run.json").read_text())
+    assert run["harmonic_settings"]["spot_sigma_px"] == 1.5
+    fused = torch.as_tensor(tifffile.imread(tmp_path / "spot" / "fused.tiff")).double()
+    spot = Measurement(tuple(fused.shape), scale, 1.5).A(fused).numpy()  # the spot model's measurement
+    np.testing.assert_allclose(spot, ion, rtol=1e-3, atol=1e-3 * float(ion.max()))
 
 
 def test_scale_resizes_a_registered_optical(tmp_path, files):

@@ -65,6 +65,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    m = p.add_argument_group("measurement model (guided-harmonic)")
+    m.add_argument("--spot-sigma", type=_weight, default=0.0, metavar="PX",
+                   help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
+                        "(default 0: the pure box average)")
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
     t.add_argument("--epochs", type=_positive_int, default=2000, help="epoch cap (default 2000)")
     t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
@@ -131,7 +135,10 @@ def _settings(args: argparse.Namespace):
         resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
         raise InputError("--device", str(exc)) from None
-    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet))
+    from msifusion.consistent import ConsistentConfig
+
+    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet),
+                        ConsistentConfig(spot_sigma_px=args.spot_sigma))
 
 
 # ----------------------------------------------------------------------------- commands

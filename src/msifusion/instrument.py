@@ -21,7 +21,7 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pair,
+from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
                                 software_versions, write_fusion_outputs, write_run_json)
 from msifusion.register import (AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform, register_auto,
                                 resample_optical, transform_from_landmarks)
@@ -293,13 +293,13 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         records = []
         fused = []
-        for i, (name, label) in enumerate(zip(stack.names, stack.labels)):
+        results = fuse_pairs(registered.guide, stack.images, request.settings)  # work shared across ions
+        for i, (name, label, result) in enumerate(zip(stack.names, stack.labels, results)):
             pair = RegisteredPair(registered.guide, stack.images[i], request.register.scale, stack.pixel_size_um,
                                   label)
             folder = stage if len(stack.mzs) == 1 else stage / f"mz_{name}"
             folder.mkdir(exist_ok=True)
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um)
-            result = fuse_pair(pair, request.settings)
             records.append(write_fusion_outputs(folder, pair, result, request.settings,
                                                 dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))))
             fused.append(result.image)

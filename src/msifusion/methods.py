@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from msifusion.consistent import ConsistentConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
 from msifusion.physics import consistency_error, upsample
@@ -32,6 +33,7 @@ class MethodOptions:
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
     on_checkpoint: CheckpointFn | None = None
+    harmonic: ConsistentConfig = ConsistentConfig()  # the guided-harmonic method's settings
 
 
 @dataclass
@@ -48,6 +50,8 @@ class FusionResult:
 
 
 MethodFn = Callable[[FusionProblem, MethodOptions], FitResult]
+# several ions on one guide: (guide, ions (K, h, w) in normalised units, scale, options) → one FitResult per ion
+ManyFn = Callable[[np.ndarray, np.ndarray, int, MethodOptions], list[FitResult]]
 
 
 @dataclass(frozen=True)
@@ -56,20 +60,22 @@ class Method:
     run: MethodFn
     summary: str
     trains: bool = False  # fits a network (uses FitConfig, seed and device)
+    run_many: ManyFn | None = None  # shares work across the ions of one guide (else: one run per ion)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, trains: bool = False) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, summary: str, trains: bool = False,
+             run_many: ManyFn | None = None) -> Callable[[MethodFn], MethodFn]:
     def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, summary, trains)
+        METHODS[name] = Method(name, fn, summary, trains, run_many)
         return fn
 
     return wrap
 
 
-DEFAULT_METHOD = "diffusion"  # measured best on the benchmark (docs/benchmarks.md); LCRN is --method lcrn
+DEFAULT_METHOD = "guided-harmonic"  # measured best on the benchmark (docs/benchmarks.md); LCRN is --method lcrn
 
 
 def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int:
@@ -80,13 +86,8 @@ def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int
     return H // h
 
 
-def fuse(
-    guide: np.ndarray,
-    ion: np.ndarray,
-    method: str = DEFAULT_METHOD,
-    options: MethodOptions = MethodOptions(),
-) -> FusionResult:
-    """Fuse an ion image with a registered optical guide; the result is in the ion's units."""
+def _checked(guide: np.ndarray, ion: np.ndarray, method: str) -> tuple[np.ndarray, int, float]:
+    """The ion as float32, the scale and the ion's intensity scale (max |ion|), or an InputError."""
     if method not in METHODS:
         raise InputError("--method", f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
     ion = np.asarray(ion, dtype=np.float32)
@@ -99,14 +100,53 @@ def fuse(
     intensity_scale = float(np.max(np.abs(ion)))
     if intensity_scale == 0:
         raise InputError(None, "ion image is all zero; nothing to fuse")
+    return ion, scale, intensity_scale
+
+
+def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
+                  seconds: float) -> FusionResult:
+    image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
+    return FusionResult(image, method, scale, result, seconds, intensity_scale, consistency_error(image, ion, scale))
+
+
+def fuse(
+    guide: np.ndarray,
+    ion: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    options: MethodOptions = MethodOptions(),
+) -> FusionResult:
+    """Fuse an ion image with a registered optical guide; the result is in the ion's units."""
+    ion, scale, intensity_scale = _checked(guide, ion, method)
     seed_everything(options.runtime.seed)
     problem = FusionProblem(np.asarray(guide, dtype=np.float32), ion / intensity_scale, scale)
     start = time.perf_counter()
     result = METHODS[method].run(problem, options)
-    seconds = time.perf_counter() - start
-    image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
-    return FusionResult(image, method, scale, result, seconds, intensity_scale,
-                        consistency_error(image, ion, scale))
+    return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start)
+
+
+def fuse_many(
+    guide: np.ndarray,
+    ions: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    options: MethodOptions = MethodOptions(),
+) -> list[FusionResult]:
+    """Fuse several ion images (K, h, w) with one guide; each result in its own ion's units.
+
+    Methods that share work across ions (:attr:`Method.run_many`: the guide's conductances,
+    batched solves) run them together, and each result equals fusing that ion alone; the
+    others run once per ion. A result's ``seconds`` is its share of the shared run.
+    """
+    checked = [_checked(guide, ion, method) for ion in ions]
+    run_many = METHODS[method].run_many
+    if run_many is None or len(checked) == 1:
+        return [fuse(guide, ion, method, options) for ion, _, _ in checked]
+    seed_everything(options.runtime.seed)
+    scale = checked[0][1]
+    normalised = np.stack([ion / peak for ion, _, peak in checked])
+    start = time.perf_counter()
+    results = run_many(np.asarray(guide, dtype=np.float32), normalised, scale, options)
+    share = (time.perf_counter() - start) / len(checked)
+    return [_in_ion_units(r, ion, method, scale, peak, share) for r, (ion, _, peak) in zip(results, checked)]
 
 
 # ----------------------------------------------------------------------------- methods
@@ -192,10 +232,13 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
                     options.runtime, options.on_checkpoint)
 
 
-@register("guided-harmonic", "experimental (issue 5, in progress): the smoothest image along the optical's edges whose "
-          "MSI-pixel means equal the measurement exactly; edge sensitivity chosen per image")
-def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
-    from msifusion.consistent import fuse_consistent
+def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
+    from msifusion.consistent import fuse_consistent_stack
 
-    result = fuse_consistent(problem, options)
-    return FitResult(result.image, [], 0, result.stop_reason)  # a solver, not a training run: no loss curve
+    return fuse_consistent_stack(guide, ions, scale, options.runtime, options.harmonic)
+
+
+@register("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "
+          "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many)
+def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
+    return _guided_harmonic_many(problem.guide, problem.ion[None], problem.scale, options)[0]

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from msifusion.consistent import ConsistentConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, Runtime, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, infer_scale
+from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
 
@@ -44,6 +45,7 @@ class FuseSettings:
     method: str = DEFAULT_METHOD
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
+    harmonic: ConsistentConfig = ConsistentConfig()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -142,8 +144,13 @@ def machine() -> dict:
 
 
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
-    options = MethodOptions(settings.fit, settings.runtime, on_checkpoint)
+    options = MethodOptions(settings.fit, settings.runtime, on_checkpoint, settings.harmonic)
     return fuse(pair.guide, pair.ion, settings.method, options)
+
+
+def fuse_pairs(guide: np.ndarray, ions: np.ndarray, settings: FuseSettings) -> list[FusionResult]:
+    """Several ion images (K, h, w) on one registered guide, sharing work where the method can."""
+    return fuse_many(guide, ions, settings.method, MethodOptions(settings.fit, settings.runtime, None, settings.harmonic))
 
 
 MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
@@ -219,6 +226,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "seed": settings.runtime.seed,
         "device": str(resolve_device(settings.runtime.device)),
         "fit_settings": asdict(settings.fit) if trains else None,
+        "harmonic_settings": asdict(settings.harmonic) if result.method == "guided-harmonic" else None,
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
         "consistency_error": result.consistency_error,
