@@ -1,0 +1,134 @@
+"""Speed and memory of the default method at the paper's size, on a microscope-sized guide, and for many ions.
+
+Each task runs in its own process so that its peak memory (``ru_maxrss``) is its own:
+
+- ``ginkgo``: a 135×49 ion image at ×20 (2700×980 guide; a leaf phantom of that size), the
+  default method, wall seconds and peak memory; PSNR against the phantom's truth.
+- ``lcrn``: the same case with ``--method lcrn`` and the paper's recipe (Adam 3e-4, ≤ 2000
+  epochs, edge-loss early stopping): the ratio to the default method.
+- ``large``: an 11920×4820 RGB guide (the size of the paper's mint microscope image) at ×20,
+  the default method (solved in tiles with a halo).
+- ``many``: ``--ions`` ion images (mixtures of the phantom's four chemistry profiles, each
+  measured with its own noise) fused together on the ginkgo-sized guide; then the first
+  ``--check`` of them fused alone, and the largest difference from the shared run.
+
+Prints a markdown table row per task (machine, torch threads, date).
+
+    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many] [--ions 100] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+
+import numpy as np
+
+GINKGO = (980, 2700)  # fine (rows, cols): ion 49×135 at ×20
+LARGE = (4820, 11920)  # the paper's 4837×11939 microscope image, cut to a multiple of 20
+SCALE = 20
+PROFILES = ("apigenin", "pheophytin", "sucrose", "gradient")
+
+
+def _phantom_case(shape: tuple[int, int], ion: str = "apigenin"):
+    from msifusion.phantom import PhantomConfig, make_phantom
+
+    return make_phantom(PhantomConfig(fine_shape=shape, seed=7, kind="leaf", ion=ion))
+
+
+def _psnr(x: np.ndarray, truth: np.ndarray) -> float:
+    from msifusion.metrics import psnr
+
+    return psnr(x, truth)
+
+
+def _large_case() -> tuple[np.ndarray, np.ndarray]:
+    """A microscope-sized guide (a ginkgo-sized phantom tiled to 4820×11920) and its block-averaged ion."""
+    from msifusion.physics import block_mean
+
+    p = _phantom_case(GINKGO)
+    reps = (-(-LARGE[0] // GINKGO[0]), -(-LARGE[1] // GINKGO[1]))
+    guide = np.tile(p.guide, (reps[0], reps[1], 1))[:LARGE[0], :LARGE[1]]
+    truth = np.tile(p.truth, reps)[:LARGE[0], :LARGE[1]]
+    return np.ascontiguousarray(guide), block_mean(truth, SCALE)
+
+
+def task(name: str, args: argparse.Namespace) -> dict:
+    from msifusion.fit import Runtime
+    from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse, fuse_many
+
+    options = MethodOptions(runtime=Runtime(device=args.device, quiet=True))
+    row: dict = {"task": name}
+    if name in ("ginkgo", "lcrn"):
+        p = _phantom_case(GINKGO)
+        method = DEFAULT_METHOD if name == "ginkgo" else "lcrn"
+        start = time.perf_counter()
+        result = fuse(p.guide, p.measure(SCALE), method, options)
+        row.update(method=method, seconds=time.perf_counter() - start, psnr=_psnr(result.image, p.truth),
+                   epochs=result.fit.epochs, consistency=result.consistency_error)
+    elif name == "large":
+        guide, ion = _large_case()
+        start = time.perf_counter()
+        result = fuse(guide, ion, DEFAULT_METHOD, options)
+        row.update(method=DEFAULT_METHOD, seconds=time.perf_counter() - start, guide=list(guide.shape),
+                   consistency=result.consistency_error)
+    elif name == "many":
+        phantoms = [_phantom_case(GINKGO, ion) for ion in PROFILES]  # same seed: same section, four chemistries
+        rng = np.random.default_rng(0)
+        weights = rng.dirichlet(np.full(len(PROFILES), 0.3), args.ions).astype(np.float32)
+        truths = np.einsum("kp,phw->khw", weights, np.stack([p.truth for p in phantoms]))
+        from msifusion.physics import block_mean
+
+        measured = block_mean(truths, SCALE)
+        measured = np.clip(measured + 0.02 * rng.standard_normal(measured.shape).astype(np.float32)
+                           * measured.max(axis=(1, 2), keepdims=True), 0, None)
+        guide = phantoms[0].guide
+        start = time.perf_counter()
+        results = fuse_many(guide, measured, DEFAULT_METHOD, options)
+        seconds = time.perf_counter() - start
+        worst = 0.0
+        for k in range(min(args.check, args.ions)):
+            alone = fuse(guide, measured[k], DEFAULT_METHOD, options).image
+            worst = max(worst, float(np.abs(alone - results[k].image).max() / measured[k].max()))
+        row.update(method=DEFAULT_METHOD, ions=args.ions, seconds=seconds, seconds_per_ion=seconds / args.ions,
+                   mean_psnr=float(np.mean([_psnr(r.image, t) for r, t in zip(results, truths)])),
+                   max_rel_diff_alone=worst, checked=min(args.check, args.ions))
+    row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="ginkgo,lcrn,large,many")
+    parser.add_argument("--ions", type=int, default=100)
+    parser.add_argument("--check", type=int, default=3, help="ions of the shared run also fused alone")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one task in this process
+    args = parser.parse_args()
+    if args.one:
+        import torch
+
+        print(json.dumps({**task(args.one, args), "torch_threads": torch.get_num_threads()}))
+        return
+    from msifusion.pipeline import cpu_model
+
+    print(f"# msifusion speed, {cpu_model()}, {date.today()}")
+    rows = []
+    for name in args.tasks.split(","):
+        cmd = [sys.executable, __file__, "--one", name, "--ions", str(args.ions), "--check", str(args.check),
+               "--device", args.device]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rows.append(json.loads(out))
+        print(json.dumps(rows[-1]), flush=True)
+    times = {r["task"]: r["seconds"] for r in rows}
+    if "ginkgo" in times and "lcrn" in times:
+        print(f"lcrn / default wall-time ratio at ginkgo size: {times['lcrn'] / times['ginkgo']:.1f}×")
+
+
+if __name__ == "__main__":
+    main()
