@@ -60,11 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REFINE_ITERATIONS = 300
-METHOD_NAME = "guided-harmonic"
-METHOD_SUMMARY = ("guided harmonic fusion (this project's method): the smoothest image along the optical's "
-                  "edges whose MSI-pixel means equal the measurement exactly; self-supervised choice of "
-                  "how far to trust the optical")
+REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
 
 
 @dataclass(frozen=True)
