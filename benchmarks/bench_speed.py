@@ -5,16 +5,21 @@ Each task runs in its own process so that its peak memory (``ru_maxrss``) is its
 - ``ginkgo``: a 135×49 ion image at ×20 (2700×980 guide; a leaf phantom of that size), the
   default method, wall seconds and peak memory; PSNR against the phantom's truth.
 - ``lcrn``: the same case with ``--method lcrn`` and the paper's recipe (Adam 3e-4, ≤ 2000
-  epochs, edge-loss early stopping): the ratio to the default method.
+  epochs, edge-loss early stopping): the ratio to the default method. ``lcrn-bf16``: the
+  same with bfloat16 autocast (CUDA only; ``Runtime.bf16``).
 - ``large``: an 11920×4820 RGB guide (the size of the paper's mint microscope image) at ×20,
   the default method (solved in tiles with a halo).
 - ``many``: ``--ions`` ion images (mixtures of the phantom's four chemistry profiles, each
-  measured with its own noise) fused together on the ginkgo-sized guide; then the first
-  ``--check`` of them fused alone, and the largest difference from the shared run.
+  measured with its own noise) fused together on the ginkgo-sized guide (through a shared
+  basis where the panel allows); then the first ``--check`` of them fused alone: the PSNR
+  difference (shared − alone) against the truth, and the largest pixel difference.
+- ``prostate``: real data, the ``--panel`` strongest peaks of the prostate example imzML
+  (its 25 µm images as truth) measured at ×4, fused as a panel and each alone: the PSNR
+  difference against the truth (needs the example data, ``msifusion examples``).
 
-Prints a markdown table row per task (machine, torch threads, date).
+Prints one JSON line per task (peak host memory; on CUDA also the GPU and its peak allocation).
 
-    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many] [--ions 100] [--device auto]
+    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many,prostate] [--ions 100] [--device auto]
 """
 
 from __future__ import annotations
@@ -58,13 +63,19 @@ def _large_case() -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(guide), block_mean(truth, SCALE)
 
 
+def _sharing(results) -> dict:
+    """The shared basis's rank and how many ions were fused alone (from each result's details)."""
+    ranks = [r.fit.details["shared_basis"]["rank"] for r in results if isinstance(r.fit.details.get("shared_basis"), dict)]
+    return {"shared_rank": ranks[0] if ranks else 0, "fused_alone": len(results) - len(ranks)}
+
+
 def task(name: str, args: argparse.Namespace) -> dict:
     from msifusion.fit import Runtime
     from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse, fuse_many
 
-    options = MethodOptions(runtime=Runtime(device=args.device, quiet=True))
+    options = MethodOptions(runtime=Runtime(device=args.device, quiet=True, bf16=name == "lcrn-bf16"))
     row: dict = {"task": name}
-    if name in ("ginkgo", "lcrn"):
+    if name in ("ginkgo", "lcrn", "lcrn-bf16"):
         p = _phantom_case(GINKGO)
         method = DEFAULT_METHOD if name == "ginkgo" else "lcrn"
         start = time.perf_counter()
@@ -91,14 +102,39 @@ def task(name: str, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         results = fuse_many(guide, measured, DEFAULT_METHOD, options)
         seconds = time.perf_counter() - start
-        worst = 0.0
+        gaps, worst = [], 0.0
         for k in range(min(args.check, args.ions)):
             alone = fuse(guide, measured[k], DEFAULT_METHOD, options).image
             worst = max(worst, float(np.abs(alone - results[k].image).max() / measured[k].max()))
+            gaps.append(_psnr(results[k].image, truths[k]) - _psnr(alone, truths[k]))
         row.update(method=DEFAULT_METHOD, ions=args.ions, seconds=seconds, seconds_per_ion=seconds / args.ions,
                    mean_psnr=float(np.mean([_psnr(r.image, t) for r, t in zip(results, truths)])),
-                   max_rel_diff_alone=worst, checked=min(args.check, args.ions))
+                   **_sharing(results),
+                   max_consistency=max(r.consistency_error for r in results),
+                   checked=min(args.check, args.ions), max_rel_diff_alone=worst,
+                   psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
+    elif name == "prostate":
+        from msifusion.benchmark import prostate_cases
+        from msifusion.metrics import psnr
+
+        cases, _ = prostate_cases((4,), strongest=args.panel)
+        guide, measured = cases[0].guide, np.stack([c.measured for c in cases])
+        start = time.perf_counter()
+        results = fuse_many(guide, measured, DEFAULT_METHOD, options)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        alone = [fuse(guide, m, DEFAULT_METHOD, options).image for m in measured]
+        seconds_alone = time.perf_counter() - start
+        gaps = [psnr(r.image, c.truth, c.mask) - psnr(a, c.truth, c.mask) for r, a, c in zip(results, alone, cases)]
+        row.update(method=DEFAULT_METHOD, ions=len(cases), seconds=seconds, seconds_alone=seconds_alone,
+                   **_sharing(results),
+                   psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
     row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    import torch
+
+    if torch.cuda.is_available() and args.device != "cpu":
+        row["gpu"] = torch.cuda.get_device_name(0)
+        row["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return row
 
 
@@ -107,6 +143,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="ginkgo,lcrn,large,many")
     parser.add_argument("--ions", type=int, default=100)
     parser.add_argument("--check", type=int, default=3, help="ions of the shared run also fused alone")
+    parser.add_argument("--panel", type=int, default=30, help="prostate task: how many of the strongest peaks")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one task in this process
     args = parser.parse_args()
@@ -121,7 +158,7 @@ def main() -> None:
     rows = []
     for name in args.tasks.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--ions", str(args.ions), "--check", str(args.check),
-               "--device", args.device]
+               "--panel", str(args.panel), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(json.dumps(rows[-1]), flush=True)

@@ -28,7 +28,7 @@ def _fuse(opt, ion, out, *extra):
 def test_fuse_writes_the_contracted_outputs(tmp_path, files):
     opt, ion_path, ion, scale = files
     out = tmp_path / "out"
-    assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "6", "--checkpoint-every", "3") == 0
+    assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "6", "--checkpoint-every", "3", "--bf16") == 0
     assert {p.name for p in out.iterdir()} >= {"fused.tiff", "fused.png", "losses.csv", "losses.png", "run.json", "checkpoints"}
     with tifffile.TiffFile(out / "fused.tiff") as tif:
         fused = tif.asarray()
@@ -40,8 +40,9 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
 
     options = MethodOptions(FitConfig(max_epochs=6, checkpoint_every=3), Runtime(quiet=True))
     expected = fuse(read_optical(opt).pixels, ion, "lcrn", options).image
-    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-4)  # what the library gives, in ion units
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-4)  # what the library gives, in ion units (bf16: CUDA only)
     run = json.loads((out / "run.json").read_text())
+    assert run["bf16_autocast"] is True
     assert run["epochs"] == 6 and run["seed"] == 0 and run["fit_settings"]["lr"] == 3e-4
     assert set(run["timings_s"]) >= {"load", "fuse", "write", "total"} and "torch" in run["versions"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
@@ -59,6 +60,9 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     run = json.loads((tmp_path / "box" / "run.json").read_text())
     assert run["method"] == "guided-harmonic" and run["consistency_error"] < 1e-4
     assert run["harmonic_settings"]["spot_sigma_px"] == 0
+    details = run["method_details"]  # why this setting: the coarse-level scores, or why there were none
+    assert details["chosen"] in details["ladder"]
+    assert "coarse_mse" in details or "selection" in details
     fused = tifffile.imread(tmp_path / "box" / "fused.tiff")
     np.testing.assert_allclose(block_mean(fused, scale), ion, rtol=1e-4, atol=1e-4 * float(ion.max()))
 

@@ -15,6 +15,8 @@ from msifusion.consistent import (
     Multigrid,
     fuse_consistent_many,
     project_consistent,
+    residual_whiteness,
+    shared_basis,
     solve_harmonic,
 )
 from msifusion.fit import Runtime
@@ -26,8 +28,11 @@ def _psnr(x: np.ndarray, truth: np.ndarray) -> float:
     return float(10 * np.log10((truth.max() - truth.min()) ** 2 / np.mean((x - truth) ** 2)))
 
 
-def _cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8):
-    """Piecewise-constant 'cells' (Voronoi) with dark walls in the guide; truth constant per cell, walls lower."""
+def _cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8, chemistries: int = 1):
+    """Piecewise-constant 'cells' (Voronoi) with dark walls in the guide; truth constant per cell, walls lower.
+
+    ``chemistries`` > 1: truth is a stack of that many, each with its own amount per cell.
+    """
     rng = np.random.default_rng(seed)
     H, W = shape
     pts = rng.uniform(0, 1, (40, 2)) * [H, W]
@@ -36,11 +41,11 @@ def _cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8):
     order = np.sort(d, axis=-1)
     label = d.argmin(-1)
     wall = np.sqrt(order[..., 1]) - np.sqrt(order[..., 0]) < 1.5
-    amount = rng.uniform(0.1, 1.0, len(pts))
-    truth = amount[label] * np.where(wall, 0.4, 1.0)
+    amount = rng.uniform(0.1, 1.0, (chemistries, len(pts)))
+    truth = amount[:, label] * np.where(wall, 0.4, 1.0)
     colour = rng.uniform(0.5, 0.9, (len(pts), 3))
     guide = np.where(wall[..., None], 0.2, colour[label]) + 0.01 * rng.standard_normal((H, W, 3))
-    return guide.clip(0, 1).astype(np.float32), truth.astype(np.float32), scale
+    return guide.clip(0, 1).astype(np.float32), truth[0] if chemistries == 1 else truth, scale
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +241,66 @@ def test_multigrid_and_jacobi_reach_the_same_minimiser_multigrid_in_fewer_steps(
     assert its_mg < its_j / 2
     np.testing.assert_allclose(x_mg.numpy(), x_j.numpy(), atol=1e-5 * float(y.max()))
     assert float((op.A(x_mg) - y).abs().max()) < 1e-10  # the iterate never leaves the constraint
+
+
+# ----------------------------------------------------------------------------- many ions: a shared basis
+
+
+def _panel(ions: int = 24, noise: float = 0.02):
+    """A 128×128 cells guide at ×4 (32×32 ions): mixtures of three cell chemistries with noise, and last an
+    ion of its own (a ramp no mixture makes). Normalised ions, and the truths in the same units."""
+    rng = np.random.default_rng(11)
+    guide, chemistries, f = _cells(seed=5, shape=(128, 128), scale=4, chemistries=3)
+    ramp = np.repeat(np.linspace(0.05, 1.0, 128)[:, None], 128, 1)[None]
+    truths = np.concatenate([np.einsum("kc,chw->khw", rng.dirichlet(np.full(3, 0.5), ions - 1), chemistries), ramp])
+    measured = block_mean(truths.astype(np.float32), f)
+    measured = np.clip(measured + noise * rng.standard_normal(measured.shape) * measured.max(axis=(1, 2), keepdims=True), 0, None)
+    peak = measured.max(axis=(1, 2), keepdims=True)
+    return guide, (truths / peak).astype(np.float32), (measured / peak).astype(np.float32), f
+
+
+def test_whiteness_tells_noise_from_structure():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, 64, 64))
+    smooth = np.cumsum(np.cumsum(rng.standard_normal((1, 64, 64)), 1), 2)
+    rho = residual_whiteness(np.concatenate([noise, smooth, np.zeros((1, 64, 64))]))
+    assert abs(rho[0]) < 0.05 and rho[1] > 0.9 and rho[2] == 0
+
+
+def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
+    _, _, measured, _ = _panel()
+    shared = shared_basis(measured, ConsistentConfig())
+    assert shared is not None and len(shared.basis) == 3
+    assert shared.alone.tolist() == [len(measured) - 1]
+    mixtures = measured[:-1].reshape(len(measured) - 1, -1)
+    np.testing.assert_allclose(shared.coefficients[:-1] @ shared.basis.reshape(3, -1), mixtures, atol=0.1)  # up to noise
+    assert np.all(np.abs(shared.basis).reshape(3, -1).max(1) == pytest.approx(1.0))
+    assert shared_basis(measured[:3], ConsistentConfig()) is None  # too few ions to share
+    assert shared_basis(measured[:, :16, :16], ConsistentConfig()) is None  # too few pixels to judge noise
+
+
+def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
+    guide, truths, measured, f = _panel()
+    config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)))
+    report = HarmonicReport()
+    panel = fuse_consistent_many(guide, measured, f, config, report=report)
+    assert report.settings[-1] is not None and all(s is None for s in report.settings[:-1])
+    assert report.notes[0]["shared_basis"]["rank"] == 3
+    gaps = []
+    for k in [0, 1, 2, 3, len(measured) - 1]:
+        assert consistency_error(panel[k], measured[k], f) < 1e-4
+        assert panel[k].min() >= 0
+        alone = fuse_consistent_many(guide, measured[k:k + 1], f, config)[0]
+        gaps.append(_psnr(panel[k], truths[k]) - _psnr(alone, truths[k]))
+    assert np.mean(gaps) > -0.05 and min(gaps) > -0.2
+    assert gaps[-1] == 0  # the odd ion was fused alone
+
+
+def test_fuse_many_reports_which_ions_went_through_the_basis():
+    guide, _, measured, f = _panel()
+    units = measured * np.geomspace(0.01, 100, len(measured))[:, None, None].astype(np.float32)
+    results = fuse_many(guide, units, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
+    assert all(r.consistency_error < 1e-4 for r in results)
+    assert all("basis of 3" in r.fit.stop_reason for r in results[:-1])
+    assert "κ at q" in results[-1].fit.stop_reason and "coarse_mse" in results[-1].fit.details
+    assert results[0].fit.details["shared_basis"]["rank"] == 3

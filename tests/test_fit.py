@@ -66,3 +66,17 @@ def test_checkpoints_called_every_n_epochs(small_pair):
     fit_network(LCRN(), guide, np.zeros(guide.shape[:2], np.float32), FitConfig(max_epochs=7, patience=0, checkpoint_every=3),
                 Runtime(quiet=True), on_checkpoint=lambda epoch, image: seen.append((epoch, image.shape)))
     assert seen == [(3, guide.shape[:2]), (6, guide.shape[:2])]
+
+
+def test_bf16_is_ignored_on_the_cpu(small_pair):
+    """bf16 autocast applies on CUDA only: on the CPU the fit is bit-for-bit the float32 one."""
+    guide, ion, scale = small_pair
+    from msifusion.physics import upsample
+
+    target = upsample(ion / ion.max(), scale)
+    runs = []
+    for bf16 in (False, True):
+        seed_everything(0)
+        runs.append(fit_network(LCRN(), guide, target, FitConfig(max_epochs=5, patience=0),
+                                Runtime(device="cpu", quiet=True, bf16=bf16)).image)
+    np.testing.assert_array_equal(*runs)

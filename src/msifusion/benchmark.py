@@ -235,8 +235,12 @@ def prostate_ions(imzml) -> list[float]:
     return mzs
 
 
-def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None) -> tuple[list[Case], dict]:
-    """Cases from the real prostate example; raises :class:`CasesUnavailable` when the data are missing."""
+def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None,
+                   strongest: int | None = None) -> tuple[list[Case], dict]:
+    """Cases from the real prostate example; raises :class:`CasesUnavailable` when the data are missing.
+
+    The ions: :func:`prostate_ions`, or the ``strongest`` peaks of the mean spectrum.
+    """
     from msifusion.io.images import read_optical
     from msifusion.io.imzml import ImzML
     from msifusion.physics import block_mean
@@ -246,7 +250,7 @@ def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None) -> 
     with ImzML(imzml_path) as f:
         tissue = f.tissue_images()  # TIC and principal components: what register_auto matches
         pixel_um = f.pixel_size_um or 25.0
-        mzs = prostate_ions(f)
+        mzs = [mz for mz, _ in f.strongest_peaks(strongest)] if strongest else prostate_ions(f)
         stack = f.ion_images(mzs, PROSTATE_TOLERANCE)
     he = read_optical(he_path).pixels
     grid = Grid(stack.images.shape[1:], pixel_um)

@@ -63,6 +63,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for fitted networks on CUDA (ignored on the CPU and by guided-harmonic)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
@@ -137,7 +139,7 @@ def _settings(args: argparse.Namespace):
         raise InputError("--device", str(exc)) from None
     from msifusion.consistent import ConsistentConfig
 
-    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet),
+    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet, args.bf16),
                         ConsistentConfig(spot_sigma_px=args.spot_sigma))
 
 

@@ -43,8 +43,13 @@ Exactness: block means equal the measurement to float32 rounding (consistency er
 correction solved exactly through the separable low-resolution system, then a last
 block-constant step for the rounding remainder).
 
-Many ions (:func:`fuse_consistent_many`) share the optical's conductances and run batched;
-large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
+Many ions (:func:`fuse_consistent_many`): a panel that a few basis images explain up to
+white noise (:func:`shared_basis`, singular vectors of the ion images) is fused through
+them: only the basis images are solved, and each ion gets their mixture, made exactly
+consistent with its own measurement (the solution is linear in the measurement but for the
+refinement and non-negativity steps; measured as good as fusing each ion alone). Ions the
+basis does not explain are fused alone, in batches sharing the optical's edge statistics.
+Large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
 every block is owned by exactly one tile, so the stitched image is exactly consistent.
 Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
 consistency bound, so no reduced precision).
@@ -80,6 +85,10 @@ class ConsistentConfig:
     ``edge_weight``: optional weight of the paper's edge perceptual term
     ``‖K x − K lum(g)‖²`` (K: the Laplacian of :mod:`msifusion.losses`) added to the
     energy; 0 by default (measured: it does not help against truth).
+    ``shared_min_ions``, ``shared_max_rank``, ``shared_whiteness``: a panel of at least
+    ``shared_min_ions`` ions shares one fused basis of at most ``shared_max_rank`` images
+    (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is
+    white noise (neighbour autocorrelation at most ``shared_whiteness``), else it is fused alone.
     """
 
     ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (50.0, 1), (20.0, 1))
@@ -96,6 +105,9 @@ class ConsistentConfig:
     tile_pixels: int = 4_000_000
     halo_blocks: int = 6
     ion_batch: int = 8
+    shared_min_ions: int = 4
+    shared_max_rank: int = 32
+    shared_whiteness: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.ladder:
@@ -111,6 +123,8 @@ class ConsistentConfig:
             raise ValueError("spot_sigma_px, edge_weight and significance must be ≥ 0")
         if self.tile_pixels < 4096 or self.halo_blocks < 0 or self.ion_batch < 1:
             raise ValueError("tile_pixels ≥ 4096, halo_blocks ≥ 0, ion_batch ≥ 1 required")
+        if self.shared_min_ions < 2 or self.shared_max_rank < 1 or not 0 < self.shared_whiteness < 1:
+            raise ValueError("shared_min_ions ≥ 2, shared_max_rank ≥ 1 and 0 < shared_whiteness < 1 required")
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -589,11 +603,13 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     """
     K = ions.shape[0]
     H, W = guide.shape[:2]
+    ladder = [list(s) for s in config.ladder]
     if len(config.ladder) == 1:
-        return [0] * K, [{} for _ in range(K)]
+        return [0] * K, [{"ladder": ladder, "chosen": ladder[0], "selection": "one setting"} for _ in range(K)]
     r0, c0, hh, ww = _window(H, W, f, min(config.select_pixels, 600_000))
     if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
-        return [0] * K, [{"selection": "image too small to test; first setting"} for _ in range(K)]
+        return [0] * K, [{"ladder": ladder, "chosen": ladder[0], "selection": "image too small to test; first setting"}
+                         for _ in range(K)]
     h, w = H // f, W // f
     phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
     phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
@@ -623,7 +639,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             if float(d.mean()) > config.significance * se:
                 best = i
         chosen.append(best)
-        notes.append({"coarse_mse": scores, "phases": len(phases), "chosen": list(config.ladder[best])})
+        notes.append({"ladder": ladder, "coarse_mse": scores, "phases": len(phases), "chosen": ladder[best]})
     return chosen, notes
 
 
@@ -649,14 +665,86 @@ def _tiles(h: int, w: int, f: int, config: ConsistentConfig) -> list[tuple[slice
     return out
 
 
+# ----------------------------------------------------------------------------- many ions: a shared basis
+
+SHARED_MIN_PIXELS = 1024  # below this many MSI pixels, white noise and structure are hard to tell apart
+
+
+@dataclass(frozen=True)
+class SharedBasis:
+    """A panel of ions ≈ ``coefficients @ basis``; ``alone``: the ions the basis does not explain."""
+
+    basis: np.ndarray  # (r, h, w) float32, each scaled to max |·| = 1
+    coefficients: np.ndarray  # (K, r)
+    whiteness: np.ndarray  # (K,) neighbour autocorrelation of what the basis leaves of each ion
+    alone: np.ndarray  # indices of the ions fused on their own
+
+
+def residual_whiteness(residuals: np.ndarray) -> np.ndarray:
+    """Per image of (K, h, w): the correlation of horizontally and vertically neighbouring values.
+
+    Not mean-removed, so a leftover offset counts as structure: ≈ 0 for white noise, near 1
+    for smooth structure, 0 for an all-zero image.
+    """
+    e = np.asarray(residuals, dtype=np.float64)
+    pairs = [(e[:, :, 1:], e[:, :, :-1]), (e[:, 1:], e[:, :-1])]
+    num = sum((a * b).sum((1, 2)) for a, b in pairs)
+    den = sum(0.5 * ((a * a).sum((1, 2)) + (b * b).sum((1, 2))) for a, b in pairs)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | None:
+    """Split a panel (K, h, w) into a low-rank basis fused once and the ions fused alone; None when sharing saves nothing.
+
+    The basis: the leading right singular vectors of the ion images (one row per ion, not
+    centred), refitted on the ions it explains so that the others do not bend it. At rank r
+    an ion is explained when what the basis leaves of it is white noise
+    (:func:`residual_whiteness` ≤ ``shared_whiteness``) or vanishes; r minimises the solves,
+    r + the unexplained ions (ties: the smaller r). Fusion is linear in the measurement but
+    for the refinement pass and the non-negativity step, so Σ_j c_kj·fuse(b_j), made exactly
+    consistent with ion k, is fusing ion k alone up to those two (measured in docs/benchmarks.md).
+    """
+    K, h, w = ions.shape
+    if K < config.shared_min_ions or h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
+        return None
+    Y = ions.reshape(K, -1).astype(np.float64)
+    energy = (Y**2).sum(1)
+    best = None
+    for r in range(1, min(config.shared_max_rank, K - 1) + 1):
+        if best is not None and r >= best[0]:
+            break  # the solves are at least r
+        fit = np.ones(K, dtype=bool)
+        for _ in range(4):
+            rows = np.linalg.svd(Y[fit], full_matrices=False)[2][:r]
+            residual = Y - (Y @ rows.T) @ rows
+            rho = residual_whiteness(residual.reshape(K, h, w))
+            explained = (rho <= config.shared_whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
+            if (explained == fit).all() or explained.sum() <= r:
+                break
+            fit = explained
+        cost = r + int((~explained).sum())
+        if best is None or cost < best[0]:
+            best = (cost, rows, rho, explained)
+    cost, rows, rho, explained = best
+    if cost >= K:
+        return None
+    r = len(rows)
+    sign = np.where(rows.sum(1) < 0, -1.0, 1.0)  # mostly positive basis images
+    peak = np.abs(rows).max(1)
+    basis = (rows * (sign / peak)[:, None]).reshape(r, h, w)
+    coefficients = (Y @ rows.T) * sign * peak
+    return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
 @dataclass
 class HarmonicReport:
-    """What the run did, per ion: the chosen setting, the coarse-level scores, iterations, seconds."""
+    """What the run did, per ion: the chosen setting (None: through the shared basis), the coarse-level
+    scores or the basis used, iterations, seconds."""
 
-    settings: list[tuple[float, int]] = field(default_factory=list)
+    settings: list[tuple[float, int] | None] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
@@ -665,7 +753,39 @@ class HarmonicReport:
 
 def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
          report: HarmonicReport, quiet: bool = True) -> np.ndarray:
-    """Fuse (K, h, w) normalised ions with the guide; returns (K, H, W) float32.
+    """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
+    shared = shared_basis(ions, config)
+    if shared is None:
+        return _run_each(guide, ions, f, config, device, report, quiet)
+    start = time.perf_counter()
+    K = ions.shape[0]
+    basis_report, alone_report = HarmonicReport(), HarmonicReport()
+    fused_basis = _run_each(guide, shared.basis, f, config, device, basis_report, quiet)
+    out = np.empty((K, *fused_basis.shape[1:]), dtype=np.float32)
+    report.settings, report.notes = [None] * K, [{} for _ in range(K)]
+    if len(shared.alone):
+        out[shared.alone] = _run_each(guide, ions[shared.alone], f, config, device, alone_report, quiet)
+    for i, k in enumerate(shared.alone):
+        report.settings[k] = alone_report.settings[i]
+        report.notes[k] = {**alone_report.notes[i], "residual_whiteness": float(shared.whiteness[k]),
+                           "shared_basis": "not explained by the panel's basis: fused alone"}
+    op = Measurement(fused_basis.shape[1:], f, config.spot_sigma_px, device)
+    basis_note = {"rank": len(shared.basis), "basis_settings": [list(s) for s in basis_report.settings]}
+    for k in sorted(set(range(K)) - set(shared.alone.tolist())):
+        mix = np.tensordot(shared.coefficients[k].astype(np.float32), fused_basis, 1)
+        x = torch.as_tensor(mix, device=device)[None]
+        y = torch.as_tensor(np.ascontiguousarray(ions[k:k + 1], dtype=np.float32), device=device)
+        out[k] = _finish(op.project(x, y), y, f, config)[0].float().cpu().numpy()
+        report.notes[k] = {"shared_basis": basis_note, "residual_whiteness": float(shared.whiteness[k])}
+    report.iterations = basis_report.iterations + alone_report.iterations
+    report.seconds = time.perf_counter() - start
+    report.device = str(device)
+    return out
+
+
+def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
+              report: HarmonicReport, quiet: bool = True) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide, each on its own; returns (K, H, W) float32.
 
     Memory grows with ``config.ion_batch``, not with K: the choice of setting and the solves
     both run batch by batch. A progress bar (unless ``quiet``) counts the batches.
@@ -725,9 +845,11 @@ def fuse_consistent_many(guide: np.ndarray, ions: np.ndarray, scale: int, config
                          runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
     """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32.
 
-    The guide's conductances and κ are shared; ions run in batches of ``config.ion_batch``;
-    each ion gets its own ladder setting and its own exact consistency, so the result for
-    an ion equals fusing it alone.
+    A panel that a few basis images explain up to white noise is fused through them
+    (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
+    exactly consistent with its own measurement. The other ions (or all, when sharing saves
+    nothing) are fused one by one, in batches of ``config.ion_batch``, sharing the guide's
+    κ; each gets its own ladder setting and exact consistency.
     """
     from msifusion.fit import Runtime, resolve_device
 
@@ -747,8 +869,12 @@ def fuse_consistent_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runti
     report = HarmonicReport()
     images = fuse_consistent_many(guide, ions, scale, config, runtime, report)
     results = []
-    for k, (q, passes) in enumerate(report.settings):
-        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es))"
-        # a solver, not a training run: no loss curve; the choice of setting goes to run.json's stop reason
-        results.append(FitResult(images[k], [], 0, why))
+    for k, setting in enumerate(report.settings):
+        if setting is None:
+            why = (f"closed form (guided harmonic through the panel's basis of {report.notes[k]['shared_basis']['rank']} "
+                   f"fused images, made consistent with this ion)")
+        else:
+            why = f"closed form (guided harmonic, κ at q{setting[0]:g}, {setting[1]} refinement pass(es))"
+        # a solver, not a training run: no loss curve; the choice and its scores go to run.json
+        results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))
     return results

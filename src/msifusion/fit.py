@@ -52,11 +52,17 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how reproducibly to run: seed, device ('auto', 'cpu', 'cuda', 'cuda:1'…), progress."""
+    """Where and how reproducibly to run: seed, device ('auto', 'cpu', 'cuda', 'cuda:1'…), progress.
+
+    ``bf16``: run fitted networks' forward passes under bfloat16 autocast on CUDA (losses and
+    the optimiser stay float32; ignored on the CPU, where it is slower). The guided harmonic
+    solver always runs in float32: its exact consistency needs it.
+    """
 
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
+    bf16: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,12 +102,13 @@ class EdgeLossStopper:
 
 @dataclass
 class FitResult:
-    """A fitted image (normalised units) and how the fit went."""
+    """A fitted image (normalised units) and how the fit went; ``details``: what else a method reports (run.json)."""
 
     image: np.ndarray
     history: list[dict] = field(default_factory=list)
     epochs: int = 0
     stop_reason: str = "closed form"
+    details: dict = field(default_factory=dict)
 
 
 CheckpointFn = Callable[[int, np.ndarray], None]
@@ -145,7 +152,8 @@ def fit_network(
     try:
         for epoch in range(1, config.max_epochs + 1):
             optimizer.zero_grad(set_to_none=True)
-            out = model(x)
+            with _autocast(device, runtime):
+                out = model(x).float()
             mse = F.mse_loss(out, y)
             edge = edge_perceptual_loss(out, optical_edges, config.edge_kernel)
             total = config.w_mse * mse + config.w_edge * edge
@@ -166,6 +174,10 @@ def fit_network(
         if progress is not None:
             progress.close()
     return FitResult(_predict(model, x), history, epoch, stop_reason)
+
+
+def _autocast(device: torch.device, runtime: Runtime) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.bf16 and device.type == "cuda")
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
