@@ -65,7 +65,7 @@ def _large_case() -> tuple[np.ndarray, np.ndarray]:
 
 def _sharing(results) -> dict:
     """The shared basis's rank and how many ions were fused alone (from each result's details)."""
-    ranks = [r.fit.details["shared_basis"]["rank"] for r in results if isinstance(r.fit.details.get("shared_basis"), dict)]
+    ranks = [r.fit.details["shared_basis"]["rank"] for r in results if "shared_basis" in r.fit.details]
     return {"shared_rank": ranks[0] if ranks else 0, "fused_alone": len(results) - len(ranks)}
 
 

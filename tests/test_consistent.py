@@ -276,6 +276,7 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
     np.testing.assert_allclose(shared.coefficients[:-1] @ shared.basis.reshape(3, -1), mixtures, atol=0.1)  # up to noise
     assert np.all(np.abs(shared.basis).reshape(3, -1).max(1) == pytest.approx(1.0))
     assert shared_basis(measured[:3], ConsistentConfig()) is None  # too few ions to share
+    assert shared_basis(measured[:5], ConsistentConfig()) is None  # 3 basis images for 5 ions: not worth it
     assert shared_basis(measured[:, :16, :16], ConsistentConfig()) is None  # too few pixels to judge noise
 
 
@@ -284,8 +285,7 @@ def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
     config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)))
     report = HarmonicReport()
     panel = fuse_consistent_many(guide, measured, f, config, report=report)
-    assert report.settings[-1] is not None and all(s is None for s in report.settings[:-1])
-    assert report.notes[0]["shared_basis"]["rank"] == 3
+    assert report.notes[-1]["fused_alone"] and all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
     gaps = []
     for k in [0, 1, 2, 3, len(measured) - 1]:
         assert consistency_error(panel[k], measured[k], f) < 1e-4
@@ -301,6 +301,7 @@ def test_fuse_many_reports_which_ions_went_through_the_basis():
     units = measured * np.geomspace(0.01, 100, len(measured))[:, None, None].astype(np.float32)
     results = fuse_many(guide, units, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
     assert all(r.consistency_error < 1e-4 for r in results)
-    assert all("basis of 3" in r.fit.stop_reason for r in results[:-1])
-    assert "κ at q" in results[-1].fit.stop_reason and "coarse_mse" in results[-1].fit.details
+    assert all("basis of 3" in r.fit.stop_reason and "κ at q" in r.fit.stop_reason for r in results[:-1])
+    assert "basis" not in results[-1].fit.stop_reason and results[-1].fit.details["fused_alone"]
+    assert "coarse_mse" in results[0].fit.details  # each ion's own choice of setting, tested through the basis
     assert results[0].fit.details["shared_basis"]["rank"] == 3

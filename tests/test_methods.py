@@ -3,7 +3,7 @@ import pytest
 
 from msifusion.errors import InputError
 from msifusion.fit import FitConfig, Runtime
-from msifusion.methods import METHODS, MethodOptions, fuse, infer_scale
+from msifusion.methods import METHODS, MethodOptions, fuse, fuse_many, infer_scale
 
 QUICK = MethodOptions(FitConfig(max_epochs=5, patience=0), Runtime(seed=0, quiet=True))
 
@@ -48,6 +48,8 @@ def test_bad_problems(small_pair):
         fuse(guide, ion, "nope")
     with pytest.raises(InputError, match="all zero"):
         fuse(guide, ion * 0, "bilinear")
+    with pytest.raises(InputError, match="NaN or inf"):
+        fuse_many(guide, np.stack([ion, np.where(ion > ion.mean(), np.nan, ion)]))
     with pytest.raises(InputError, match="integer multiple"):
         fuse(guide[:-1], ion, "bilinear")
     with pytest.raises(InputError, match="at least 2"):

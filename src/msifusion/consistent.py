@@ -46,9 +46,12 @@ block-constant step for the rounding remainder).
 Many ions (:func:`fuse_consistent_many`): a panel that a few basis images explain up to
 white noise (:func:`shared_basis`, singular vectors of the ion images) is fused through
 them: only the basis images are solved, and each ion gets their mixture, made exactly
-consistent with its own measurement (the solution is linear in the measurement but for the
-refinement and non-negativity steps; measured as good as fusing each ion alone). Ions the
-basis does not explain are fused alone, in batches sharing the optical's edge statistics.
+consistent with its own measurement. Each ion still gets its own setting (the coarse-level
+test runs on the basis and is mixed per ion). The result differs from fusing the ion alone
+where the solution is not linear in the measurement (refinement, non-negativity) and in
+what the basis leaves of the ion (white noise, spread smoothly by the exact projection);
+measured as good as alone (docs/benchmarks.md). Ions the basis does not explain are fused
+alone, in batches sharing the optical's edge statistics.
 Large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
 every block is owned by exactly one tile, so the stitched image is exactly consistent.
 Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
@@ -560,13 +563,12 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
 
 
 def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig) -> torch.Tensor:
-    """Non-negativity (where the measurement is non-negative, box model) and the exact last step."""
+    """Non-negativity where the measurement is non-negative (box model; a spot's footprints overlap
+    blocks, so there is no exact block rescale and its output may dip below zero)."""
     if config.positive and config.spot_sigma_px == 0:
         nonneg = (y >= 0).flatten(1).all(1)
         if bool(nonneg.any()):
             x = torch.where(nonneg[:, None, None], positive_rescale(x, y, f), x)
-    elif config.positive and config.spot_sigma_px > 0:
-        pass  # a spot's footprint overlaps blocks: no exact block rescale; the projection stays exact
     return x
 
 
@@ -589,7 +591,8 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 
 def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
-                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device) -> tuple[list[int], list[dict]]:
+                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device,
+                    basis: _Basis | None = None) -> tuple[list[int], list[dict]]:
     """Per ion, the index of the ladder setting to use, by self-supervised coarse-level prediction.
 
     The measurement (a central window, an even number of blocks) is block-averaged 2×2;
@@ -599,7 +602,9 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
     ``significance`` standard errors. Too small an image (fewer than 16 coarse pixels)
-    keeps the first setting.
+    keeps the first setting. With a shared ``basis`` (``ions`` ≈ coefficients @ basis images),
+    only the basis images are solved and each ion's coarse prediction is their mixture, made
+    consistent with its own coarse measurement: the same test per ion at the basis's cost.
     """
     K = ions.shape[0]
     H, W = guide.shape[:2]
@@ -621,13 +626,22 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
         g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
         y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
         y2 = _bmean(y, 2)
-        pb = _Problem(g, y2, 2 * f, kappas, taus, config)
+        if basis is None:
+            pb = _Problem(g, y2, 2 * f, kappas, taus, config)
+        else:
+            pb = _Problem(g, _bmean(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
+                          basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
-            x = _finish(x, y2, 2 * f, config)
-            errors[i].append((measure_f.A(x) - y).pow(2).flatten(1))  # (K, n) per-block squared errors
+            parts = [slice(0, K)] if basis is None else [slice(k, k + 16) for k in range(0, K, 16)]
+            per_block = []
+            for part in parts:
+                xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
+                xp = _finish(xp, y2[part], 2 * f, config)
+                per_block.append((measure_f.A(xp) - y[part]).pow(2).flatten(1))
+            errors[i].append(torch.cat(per_block))  # (K, n) per-block squared errors
     errors = [torch.cat(e, 1) for e in errors]
     chosen, notes = [], []
     for k in range(K):
@@ -700,22 +714,25 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     centred), refitted on the ions it explains so that the others do not bend it. At rank r
     an ion is explained when what the basis leaves of it is white noise
     (:func:`residual_whiteness` ≤ ``shared_whiteness``) or vanishes; r minimises the solves,
-    r + the unexplained ions (ties: the smaller r). Fusion is linear in the measurement but
-    for the refinement pass and the non-negativity step, so Σ_j c_kj·fuse(b_j), made exactly
-    consistent with ion k, is fusing ion k alone up to those two (measured in docs/benchmarks.md).
+    r + the unexplained ions (ties: the smaller r), and sharing is used only where it at
+    least halves the solves: Σ_j c_kj·fuse(b_j), made exactly consistent with ion k, is an
+    approximation of fusing ion k alone (the module docstring says where it differs).
     """
     K, h, w = ions.shape
     if K < config.shared_min_ions or h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
         return None
     Y = ions.reshape(K, -1).astype(np.float64)
-    energy = (Y**2).sum(1)
+    gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
+    energy = np.diag(gram)
     best = None
     for r in range(1, min(config.shared_max_rank, K - 1) + 1):
         if best is not None and r >= best[0]:
             break  # the solves are at least r
         fit = np.ones(K, dtype=bool)
         for _ in range(4):
-            rows = np.linalg.svd(Y[fit], full_matrices=False)[2][:r]
+            lam, u = np.linalg.eigh(gram[np.ix_(fit, fit)])
+            top = np.argsort(lam)[::-1][:r]
+            rows = (u[:, top].T @ Y[fit]) / np.sqrt(np.maximum(lam[top], 1e-300))[:, None]
             residual = Y - (Y @ rows.T) @ rows
             rho = residual_whiteness(residual.reshape(K, h, w))
             explained = (rho <= config.shared_whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
@@ -726,8 +743,8 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
         if best is None or cost < best[0]:
             best = (cost, rows, rho, explained)
     cost, rows, rho, explained = best
-    if cost >= K:
-        return None
+    if 2 * cost > K:
+        return None  # sharing approximates; worth it only where it halves the solves at least
     r = len(rows)
     sign = np.where(rows.sum(1) < 0, -1.0, 1.0)  # mostly positive basis images
     peak = np.abs(rows).max(1)
@@ -736,15 +753,28 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
 
 
+@dataclass
+class _Basis:
+    """A shared basis on the device: images (r, h, w), the explained ions' coefficients (K, r), the images' τ."""
+
+    images: torch.Tensor
+    coefficients: torch.Tensor
+    taus: torch.Tensor
+
+    def mix(self, fused: torch.Tensor, ions: slice | list[int]) -> torch.Tensor:
+        """The ions' mixtures (k, H, W) of the fused basis images (r, H, W)."""
+        return torch.einsum("kr,rhw->khw", self.coefficients[ions], fused)
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
 @dataclass
 class HarmonicReport:
-    """What the run did, per ion: the chosen setting (None: through the shared basis), the coarse-level
-    scores or the basis used, iterations, seconds."""
+    """What the run did, per ion: the chosen setting, the coarse-level scores (and the shared basis, if
+    used), iterations, seconds."""
 
-    settings: list[tuple[float, int] | None] = field(default_factory=list)
+    settings: list[tuple[float, int]] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
     iterations: int = 0
     seconds: float = 0.0
@@ -759,36 +789,38 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
         return _run_each(guide, ions, f, config, device, report, quiet)
     start = time.perf_counter()
     K = ions.shape[0]
-    basis_report, alone_report = HarmonicReport(), HarmonicReport()
-    fused_basis = _run_each(guide, shared.basis, f, config, device, basis_report, quiet)
-    out = np.empty((K, *fused_basis.shape[1:]), dtype=np.float32)
+    explained = np.setdiff1d(np.arange(K), shared.alone)
+    images = torch.as_tensor(shared.basis, device=device)
+    basis = _Basis(images, torch.as_tensor(shared.coefficients[explained], dtype=torch.float32, device=device),
+                   (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None])
+    parts = [(explained, basis), (shared.alone, None)]
+    out = None
     report.settings, report.notes = [None] * K, [{} for _ in range(K)]
-    if len(shared.alone):
-        out[shared.alone] = _run_each(guide, ions[shared.alone], f, config, device, alone_report, quiet)
-    for i, k in enumerate(shared.alone):
-        report.settings[k] = alone_report.settings[i]
-        report.notes[k] = {**alone_report.notes[i], "residual_whiteness": float(shared.whiteness[k]),
-                           "shared_basis": "not explained by the panel's basis: fused alone"}
-    op = Measurement(fused_basis.shape[1:], f, config.spot_sigma_px, device)
-    basis_note = {"rank": len(shared.basis), "basis_settings": [list(s) for s in basis_report.settings]}
-    for k in sorted(set(range(K)) - set(shared.alone.tolist())):
-        mix = np.tensordot(shared.coefficients[k].astype(np.float32), fused_basis, 1)
-        x = torch.as_tensor(mix, device=device)[None]
-        y = torch.as_tensor(np.ascontiguousarray(ions[k:k + 1], dtype=np.float32), device=device)
-        out[k] = _finish(op.project(x, y), y, f, config)[0].float().cpu().numpy()
-        report.notes[k] = {"shared_basis": basis_note, "residual_whiteness": float(shared.whiteness[k])}
-    report.iterations = basis_report.iterations + alone_report.iterations
+    for idx, part_basis in parts:
+        if not len(idx):
+            continue
+        part_report = HarmonicReport()
+        fused = _run_each(guide, ions[idx], f, config, device, part_report, quiet, part_basis)
+        out = np.empty((K, *fused.shape[1:]), dtype=np.float32) if out is None else out
+        out[idx] = fused
+        for i, k in enumerate(idx):
+            report.settings[k] = part_report.settings[i]
+            how = {"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else {"fused_alone": True}
+            report.notes[k] = {**part_report.notes[i], **how, "residual_whiteness": float(shared.whiteness[k])}
+        report.iterations += part_report.iterations
     report.seconds = time.perf_counter() - start
     report.device = str(device)
     return out
 
 
 def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
-              report: HarmonicReport, quiet: bool = True) -> np.ndarray:
-    """Fuse (K, h, w) normalised ions with the guide, each on its own; returns (K, H, W) float32.
+              report: HarmonicReport, quiet: bool = True, basis: _Basis | None = None) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide, each with its own setting; returns (K, H, W) float32.
 
-    Memory grows with ``config.ion_batch``, not with K: the choice of setting and the solves
-    both run batch by batch. A progress bar (unless ``quiet``) counts the batches.
+    Without ``basis`` every ion is solved, batch by batch (memory grows with
+    ``config.ion_batch``, not with K). With one, only the basis images are solved, once per
+    setting some ion chose, and each ion is their mixture made exactly consistent with its
+    own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
     start = time.perf_counter()
     guide = np.asarray(guide, dtype=np.float32)
@@ -801,12 +833,11 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
     kappas = edge_scales(guide, quantiles)
     taus = (config.refine_scale * y_all.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
     tiles = _tiles(h, w, f, config)
-    batches = range(0, K, config.ion_batch)
+    batches = [slice(0, K)] if basis is not None else [slice(b, b + config.ion_batch) for b in range(0, K, config.ion_batch)]
     progress = _progress(len(batches) * (1 + len(tiles)), quiet)
     chosen, notes = [], []
-    for b in batches:
-        part = slice(b, b + config.ion_batch)
-        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device)
+    for part in batches:
+        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, basis)
         chosen += c
         notes += n
         progress.update()
@@ -820,15 +851,22 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
         inner = (slice(r0 * f, (r0 + irow.stop - irow.start) * f), slice(c0 * f, (c0 + icol.stop - icol.start) * f))
         for setting in sorted(set(chosen)):
             idx = [k for k in range(K) if chosen[k] == setting]
+            if basis is not None:
+                pb = _Problem(g, basis.images[:, orow, ocol], f, kappas, basis.taus, config)
+                fused_basis, its, _ = _solve_setting(pb, *config.ladder[setting])
+                report.iterations += its
             for b in range(0, len(idx), config.ion_batch):
                 batch = idx[b: b + config.ion_batch]
                 y = y_all[batch][:, orow, ocol]
-                pb = _Problem(g, y, f, kappas, taus[batch], config)
-                x, its, _ = _solve_setting(pb, *config.ladder[setting])
+                if basis is None:
+                    pb = _Problem(g, y, f, kappas, taus[batch], config)
+                    x, its, _ = _solve_setting(pb, *config.ladder[setting])
+                    report.iterations += its
+                else:
+                    x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, f, config)[:, inner[0], inner[1]]  # exact on every block of the tile
-                report.iterations += its
                 out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
-                progress.update(len(batch) / config.ion_batch)
+                progress.update(len(batch) / K if basis is not None else len(batch) / config.ion_batch)
     progress.close()
     report.seconds = time.perf_counter() - start
     report.device = str(device)
@@ -857,6 +895,8 @@ def fuse_consistent_many(guide: np.ndarray, ions: np.ndarray, scale: int, config
     ions = np.asarray(ions, dtype=np.float32)
     if ions.ndim != 3:
         raise ValueError(f"ions must be (K, h, w); got shape {ions.shape}")
+    if not np.isfinite(ions).all():
+        raise ValueError("ion images contain NaN or infinite values")
     device = resolve_device(runtime.device)
     return _run(guide, ions, scale, config, device, report if report is not None else HarmonicReport(), runtime.quiet)
 
@@ -869,12 +909,11 @@ def fuse_consistent_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runti
     report = HarmonicReport()
     images = fuse_consistent_many(guide, ions, scale, config, runtime, report)
     results = []
-    for k, setting in enumerate(report.settings):
-        if setting is None:
-            why = (f"closed form (guided harmonic through the panel's basis of {report.notes[k]['shared_basis']['rank']} "
-                   f"fused images, made consistent with this ion)")
-        else:
-            why = f"closed form (guided harmonic, κ at q{setting[0]:g}, {setting[1]} refinement pass(es))"
+    for k, (q, passes) in enumerate(report.settings):
+        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"
+        if "shared_basis" in report.notes[k]:
+            why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
+        why += ")"
         # a solver, not a training run: no loss curve; the choice and its scores go to run.json
         results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))
     return results

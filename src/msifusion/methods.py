@@ -97,6 +97,8 @@ def _checked(guide: np.ndarray, ion: np.ndarray, method: str) -> tuple[np.ndarra
         raise InputError(None, str(exc)) from None
     if scale < 2:
         raise InputError("--scale", f"scale must be at least 2 (optical {guide.shape[0]}×{guide.shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
+    if not np.isfinite(ion).all():
+        raise InputError(None, "ion image contains NaN or inf; fill those pixels (e.g. with 0) first")
     intensity_scale = float(np.max(np.abs(ion)))
     if intensity_scale == 0:
         raise InputError(None, "ion image is all zero; nothing to fuse")
@@ -132,9 +134,11 @@ def fuse_many(
 ) -> list[FusionResult]:
     """Fuse several ion images (K, h, w) with one guide; each result in its own ion's units.
 
-    Methods that share work across ions (:attr:`Method.run_many`: the guide's conductances,
-    batched solves) run them together, and each result equals fusing that ion alone; the
-    others run once per ion. A result's ``seconds`` is its share of the shared run.
+    Methods that share work across ions (:attr:`Method.run_many`; for guided-harmonic a
+    fused basis of the panel, see :func:`msifusion.consistent.shared_basis`) run them
+    together: each result is exactly consistent with its own ion and measured as good as
+    fusing it alone, though not identical to it. The others run once per ion. A result's
+    ``seconds`` is its share of the shared run.
     """
     checked = [_checked(guide, ion, method) for ion in ions]
     run_many = METHODS[method].run_many

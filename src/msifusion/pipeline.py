@@ -226,7 +226,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "seed": settings.runtime.seed,
         "device": str(resolve_device(settings.runtime.device)),
         "fit_settings": asdict(settings.fit) if trains else None,
-        "bf16_autocast": settings.runtime.bf16 if trains else None,
+        "bf16_autocast": settings.runtime.bf16 and resolve_device(settings.runtime.device).type == "cuda" if trains else None,
         "harmonic_settings": asdict(settings.harmonic) if result.method == "guided-harmonic" else None,
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
