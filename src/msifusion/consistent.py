@@ -635,7 +635,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
-            parts = [slice(0, K)] if basis is None else [slice(k, k + 16) for k in range(0, K, 16)]
+            parts = [slice(0, K)] if basis is None else [slice(k, k + config.ion_batch) for k in range(0, K, config.ion_batch)]
             per_block = []
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
