@@ -46,12 +46,6 @@ def _phantom_case(shape: tuple[int, int], ion: str = "apigenin"):
     return make_phantom(PhantomConfig(fine_shape=shape, seed=7, kind="leaf", ion=ion))
 
 
-def _psnr(x: np.ndarray, truth: np.ndarray) -> float:
-    from msifusion.metrics import psnr
-
-    return psnr(x, truth)
-
-
 def _large_case() -> tuple[np.ndarray, np.ndarray]:
     """A microscope-sized guide (a ginkgo-sized phantom tiled to 4820×11920) and its block-averaged ion."""
     from msifusion.physics import block_mean
@@ -72,6 +66,7 @@ def _sharing(results) -> dict:
 def task(name: str, args: argparse.Namespace) -> dict:
     from msifusion.fit import Runtime
     from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse, fuse_many
+    from msifusion.metrics import psnr
 
     options = MethodOptions(runtime=Runtime(device=args.device, quiet=True, bf16=name == "lcrn-bf16"))
     row: dict = {"task": name}
@@ -80,7 +75,7 @@ def task(name: str, args: argparse.Namespace) -> dict:
         method = DEFAULT_METHOD if name == "ginkgo" else "lcrn"
         start = time.perf_counter()
         result = fuse(p.guide, p.measure(SCALE), method, options)
-        row.update(method=method, seconds=time.perf_counter() - start, psnr=_psnr(result.image, p.truth),
+        row.update(method=method, seconds=time.perf_counter() - start, psnr=psnr(result.image, p.truth),
                    epochs=result.fit.epochs, consistency=result.consistency_error)
     elif name == "large":
         guide, ion = _large_case()
@@ -106,16 +101,15 @@ def task(name: str, args: argparse.Namespace) -> dict:
         for k in range(min(args.check, args.ions)):
             alone = fuse(guide, measured[k], DEFAULT_METHOD, options).image
             worst = max(worst, float(np.abs(alone - results[k].image).max() / measured[k].max()))
-            gaps.append(_psnr(results[k].image, truths[k]) - _psnr(alone, truths[k]))
+            gaps.append(psnr(results[k].image, truths[k]) - psnr(alone, truths[k]))
         row.update(method=DEFAULT_METHOD, ions=args.ions, seconds=seconds, seconds_per_ion=seconds / args.ions,
-                   mean_psnr=float(np.mean([_psnr(r.image, t) for r, t in zip(results, truths)])),
+                   mean_psnr=float(np.mean([psnr(r.image, t) for r, t in zip(results, truths)])),
                    **_sharing(results),
                    max_consistency=max(r.consistency_error for r in results),
                    checked=min(args.check, args.ions), max_rel_diff_alone=worst,
                    psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
     elif name == "prostate":
         from msifusion.benchmark import prostate_cases
-        from msifusion.metrics import psnr
 
         cases, _ = prostate_cases((4,), strongest=args.panel)
         guide, measured = cases[0].guide, np.stack([c.measured for c in cases])

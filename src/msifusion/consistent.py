@@ -793,16 +793,13 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
     images = torch.as_tensor(shared.basis, device=device)
     basis = _Basis(images, torch.as_tensor(shared.coefficients[explained], dtype=torch.float32, device=device),
                    (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None])
-    parts = [(explained, basis), (shared.alone, None)]
-    out = None
+    out = np.empty((K, *np.shape(guide)[:2]), dtype=np.float32)
     report.settings, report.notes = [None] * K, [{} for _ in range(K)]
-    for idx, part_basis in parts:
+    for idx, part_basis in [(explained, basis), (shared.alone, None)]:
         if not len(idx):
             continue
         part_report = HarmonicReport()
-        fused = _run_each(guide, ions[idx], f, config, device, part_report, quiet, part_basis)
-        out = np.empty((K, *fused.shape[1:]), dtype=np.float32) if out is None else out
-        out[idx] = fused
+        out[idx] = _run_each(guide, ions[idx], f, config, device, part_report, quiet, part_basis)
         for i, k in enumerate(idx):
             report.settings[k] = part_report.settings[i]
             how = {"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else {"fused_alone": True}
