@@ -13,13 +13,17 @@ Each task runs in its own process so that its peak memory (``ru_maxrss``) is its
   measured with its own noise) fused together on the ginkgo-sized guide (through a shared
   basis where the panel allows); then the first ``--check`` of them fused alone: the PSNR
   difference (shared − alone) against the truth, and the largest pixel difference.
+- ``panel``: like ``many``, but each ion also has its own random amount per cell (lognormal,
+  σ 0.3): ion images that differ by more than noise, as real panels do (docs/benchmarks.md
+  §3b), so no shared basis applies and every ion is fused alone; the first ``--check`` are
+  compared with the same ion fused on its own.
 - ``prostate``: real data, the ``--panel`` strongest peaks of the prostate example imzML
   (its 25 µm images as truth) measured at ×4, fused as a panel and each alone: the PSNR
   difference against the truth (needs the example data, ``msifusion examples``).
 
 Prints one JSON line per task (peak host memory; on CUDA also the GPU and its peak allocation).
 
-    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many,prostate] [--ions 100] [--device auto]
+    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many,panel,prostate] [--ions 100] [--device auto]
 """
 
 from __future__ import annotations
@@ -83,11 +87,16 @@ def task(name: str, args: argparse.Namespace) -> dict:
         result = fuse(guide, ion, DEFAULT_METHOD, options)
         row.update(method=DEFAULT_METHOD, seconds=time.perf_counter() - start, guide=list(guide.shape),
                    consistency=result.consistency_error)
-    elif name == "many":
+    elif name in ("many", "panel"):
         phantoms = [_phantom_case(GINKGO, ion) for ion in PROFILES]  # same seed: same section, four chemistries
         rng = np.random.default_rng(0)
         weights = rng.dirichlet(np.full(len(PROFILES), 0.3), args.ions).astype(np.float32)
         truths = np.einsum("kp,phw->khw", weights, np.stack([p.truth for p in phantoms]))
+        if name == "panel":  # each ion its own amount per cell: no low-rank panel
+            cells = phantoms[0].cells
+            per_cell = np.exp(0.3 * rng.standard_normal((args.ions, int(cells.max()) + 1))).astype(np.float32)
+            for k in range(args.ions):
+                truths[k] *= per_cell[k][cells]
         from msifusion.physics import block_mean
 
         measured = block_mean(truths, SCALE)

@@ -192,10 +192,27 @@ def test_negative_measurements_are_left_signed():
 
 
 @pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
-                                 dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0)])
+                                 dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0),
+                                 dict(shared_min_ions=1), dict(shared_whiteness=1.0)])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         ConsistentConfig(**bad)
+
+
+def test_per_image_dot_products():
+    from msifusion.consistent import _dot
+
+    a = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    b = torch.ones(2, 3, 4)
+    assert _dot(a, b).shape == (2, 1, 1)
+    assert _dot(a, b).flatten().tolist() == [66.0, 210.0]
+
+
+def test_ion_batch_defaults_by_device():
+    config = ConsistentConfig()
+    assert config.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
+    assert config.batch_on(torch.device("cuda")) == 8
+    assert ConsistentConfig(ion_batch=3).batch_on(torch.device("cpu")) == 3
 
 
 def test_shape_mismatch_is_an_error(cells):
