@@ -159,7 +159,7 @@ def test_many_ions_match_single_ion(cells):
     for k in range(3):
         alone = fuse_consistent_many(guide, ions[k:k + 1], f, config)[0]
         assert consistency_error(many[k], ions[k], f) < 1e-4
-        assert np.max(np.abs(many[k] - alone)) < 1e-3 * np.abs(alone).max()
+        assert np.max(np.abs(many[k] - alone)) < 1e-6 * np.abs(alone).max()  # batching changes no result
 
 
 def test_tiles_stay_exact_and_agree_with_one_piece(cells):
@@ -206,6 +206,7 @@ def test_per_image_dot_products():
     b = torch.ones(2, 3, 4)
     assert _dot(a, b).shape == (2, 1, 1)
     assert _dot(a, b).flatten().tolist() == [66.0, 210.0]
+    assert _dot(a[:0], b[:0]).shape == (0, 1, 1)
 
 
 def test_ion_batch_defaults_by_device():

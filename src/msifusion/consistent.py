@@ -382,6 +382,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.device.type != "cpu":
         return torch.bmm(a.reshape(-1, 1, n), b.reshape(-1, n, 1)).reshape(*lead, 1, 1)
     a, b = a.reshape(-1, n), b.reshape(-1, n)
+    if not len(a):
+        return a.new_zeros(*lead, 1, 1)
     return torch.stack([torch.dot(u, v) for u, v in zip(a, b)]).reshape(*lead, 1, 1)
 
 
