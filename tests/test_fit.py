@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
 from msifusion.models.lcrn import LCRN
@@ -80,3 +81,9 @@ def test_bf16_is_ignored_on_the_cpu(small_pair):
         runs.append(fit_network(LCRN(), guide, target, FitConfig(max_epochs=5, patience=0),
                                 Runtime(device="cpu", quiet=True, bf16=bf16)).image)
     np.testing.assert_array_equal(*runs)
+
+
+def test_bf16_applies_only_when_asked_and_on_cuda():
+    assert Runtime(bf16=True).bf16_on(torch.device("cuda"))
+    assert not Runtime(bf16=True).bf16_on(torch.device("cpu"))
+    assert not Runtime(bf16=False).bf16_on(torch.device("cuda"))

@@ -585,6 +585,11 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     return pb.op.project(x, pb.y), its, first
 
 
+def _refine_taus(images: torch.Tensor, config: ConsistentConfig) -> torch.Tensor:
+    """τ of the refinement pass per image of (K, h, w): ``refine_scale``·std, shaped (K, 1, 1)."""
+    return (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
+
+
 def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig) -> torch.Tensor:
     """Non-negativity where the measurement is non-negative (box model; a spot's footprints overlap
     blocks, so there is no exact block rescale and its output may dip below zero)."""
@@ -644,6 +649,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     phases = phases[:max(1, min(len(phases), config.select_pixels // (hh * ww * f * f)))]
     errors = [[] for _ in config.ladder]
     batch = config.batch_on(device)
+    parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
     for a, b in phases:
         rows = slice((r0 + a) * f, (r0 + a + hh) * f)
         cols = slice((c0 + b) * f, (c0 + b + ww) * f)
@@ -659,7 +665,6 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
-            parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
             per_block = []
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
@@ -816,7 +821,7 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
     explained = np.setdiff1d(np.arange(K), shared.alone)
     images = torch.as_tensor(shared.basis, device=device)
     basis = _Basis(images, torch.as_tensor(shared.coefficients[explained], dtype=torch.float32, device=device),
-                   (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None])
+                   _refine_taus(images, config))
     out = np.empty((K, *np.shape(guide)[:2]), dtype=np.float32)
     report.settings, report.notes = [None] * K, [{} for _ in range(K)]
     for idx, part_basis in [(explained, basis), (shared.alone, None)]:
@@ -852,7 +857,7 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
     y_all = torch.as_tensor(np.ascontiguousarray(ions, dtype=np.float32), device=device)
     quantiles = tuple(sorted({q for q, _ in config.ladder}))
     kappas = edge_scales(guide, quantiles)
-    taus = (config.refine_scale * y_all.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
+    taus = _refine_taus(y_all, config)
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]

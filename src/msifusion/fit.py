@@ -64,6 +64,10 @@ class Runtime:
     quiet: bool = False
     bf16: bool = False
 
+    def bf16_on(self, device: torch.device) -> bool:
+        """Whether bfloat16 autocast applies on ``device`` (asked for, and a CUDA device)."""
+        return self.bf16 and device.type == "cuda"
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' → CUDA when available, else CPU; anything else is checked for availability."""
@@ -177,7 +181,7 @@ def fit_network(
 
 
 def _autocast(device: torch.device, runtime: Runtime) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.bf16 and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.bf16_on(device))
 
 
 def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

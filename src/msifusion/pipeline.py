@@ -209,6 +209,7 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
 
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
+    device = resolve_device(settings.runtime.device)
     record = {
         "tool": "msifusion",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -224,9 +225,9 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "units": "the ion image's own intensity units",
         "intensity_scale": result.intensity_scale,
         "seed": settings.runtime.seed,
-        "device": str(resolve_device(settings.runtime.device)),
+        "device": str(device),
         "fit_settings": asdict(settings.fit) if trains else None,
-        "bf16_autocast": settings.runtime.bf16 and resolve_device(settings.runtime.device).type == "cuda" if trains else None,
+        "bf16_autocast": settings.runtime.bf16_on(device) if trains else None,
         "harmonic_settings": asdict(settings.harmonic) if result.method == "guided-harmonic" else None,
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
