@@ -1,0 +1,196 @@
+"""Fused CPU kernels (numba) for the guided harmonic solver's memory-bound loops.
+
+The solver's work is graph-Laplacian products and projected Jacobi-preconditioned CG steps
+on full-size images. Written as torch element-wise operations, one step is about ten
+passes over memory (the Laplacian alone is five), and on a CPU the solver is bound by that
+traffic, not by arithmetic. Fused here band by band (f rows of MSI blocks at a time, so the
+block-mean projection stays in cache), a CG step is three passes: measured at 980×2700 on
+2 cores, 1.5 ms against 4.4 ms for a Laplacian and about 2.5× for a whole refinement pass
+(docs/benchmarks.md §2). ``torch.compile`` of the same step was slower than eager torch.
+Why hand-written: no library offers a block-constrained, batched CG step; the kernels
+mirror :func:`msifusion.consistent.solve_harmonic`'s torch path (kept for GPUs and the
+spot model), and the tests hold the two to the same answers.
+
+Used only for contiguous float32 CPU tensors of at least :data:`MIN_PIXELS` pixels; results
+are deterministic for a given number of threads (that of torch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange, set_num_threads
+from numba import config as numba_config
+
+MIN_PIXELS = 65_536  # below this, a parallel numba call costs more than the torch operations it replaces
+_FAST = {"reassoc", "contract", "nsz"}  # vectorised sums and fused multiply-adds; no NaN/inf assumptions
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels apply to images ``x`` (..., H, W)."""
+    H, W = x.shape[-2:]
+    return x.device.type == "cpu" and x.dtype == torch.float32 and H >= 2 and W >= 2 and H * W >= MIN_PIXELS
+
+
+def _threads() -> None:
+    set_num_threads(max(1, min(torch.get_num_threads(), numba_config.NUMBA_NUM_THREADS)))
+
+
+@njit(inline="always", fastmath=_FAST)
+def _lap_row(x, wh, wv, out, i, H, W):  # pragma: no cover - compiled
+    """Row i of L x (4-neighbour graph Laplacian, conductances wh (H, W−1), wv (H−1, W)) into out."""
+    if i == 0 or i == H - 1:
+        up, dn = i > 0, i < H - 1
+        for j in range(W):
+            a = wh[i, j - 1] if j > 0 else np.float32(0)
+            b = wh[i, j] if j < W - 1 else np.float32(0)
+            c = wv[i - 1, j] if up else np.float32(0)
+            d = wv[i, j] if dn else np.float32(0)
+            xl = x[i, j - 1] if j > 0 else np.float32(0)
+            xr = x[i, j + 1] if j < W - 1 else np.float32(0)
+            xu = x[i - 1, j] if up else np.float32(0)
+            xd = x[i + 1, j] if dn else np.float32(0)
+            out[i, j] = (a + b + c + d) * x[i, j] - (a * xl + b * xr + c * xu + d * xd)
+        return
+    # interior row, branch-free so that it vectorises
+    b, c, d = wh[i, 0], wv[i - 1, 0], wv[i, 0]
+    out[i, 0] = (b + c + d) * x[i, 0] - (b * x[i, 1] + c * x[i - 1, 0] + d * x[i + 1, 0])
+    for j in range(1, W - 1):
+        a, b, c, d = wh[i, j - 1], wh[i, j], wv[i - 1, j], wv[i, j]
+        out[i, j] = (a + b + c + d) * x[i, j] - (a * x[i, j - 1] + b * x[i, j + 1] + c * x[i - 1, j] + d * x[i + 1, j])
+    j = W - 1
+    a, c, d = wh[i, j - 1], wv[i - 1, j], wv[i, j]
+    out[i, j] = (a + c + d) * x[i, j] - (a * x[i, j - 1] + c * x[i - 1, j] + d * x[i + 1, j])
+
+
+@njit(inline="always", fastmath=_FAST)
+def _band_means(v, band, f, column, means):  # pragma: no cover - compiled
+    """means[j] = the mean of the f×f block that holds (band·f, j); column: scratch of length W."""
+    W = v.shape[1]
+    column[:] = 0
+    for i in range(band * f, band * f + f):
+        for j in range(W):
+            column[j] += v[i, j]
+    inv = np.float32(1.0 / (f * f))
+    for k in range(W // f):
+        acc = np.float32(0)
+        for j in range(k * f, k * f + f):
+            acc += column[j]
+        for j in range(k * f, k * f + f):
+            means[j] = acc * inv
+
+
+@njit(inline="always", fastmath=_FAST)
+def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
+    """In the band: v −= its block means; returns Σ u·v (float32 per row, float64 across rows)."""
+    column = np.empty(v.shape[1], dtype=np.float32)
+    means = np.empty(v.shape[1], dtype=np.float32)
+    _band_means(v, band, f, column, means)
+    total = 0.0
+    for i in range(band * f, band * f + f):
+        acc = np.float32(0)
+        for j in range(v.shape[1]):
+            value = v[i, j] - means[j]
+            v[i, j] = value
+            acc += u[i, j] * value
+        total += acc
+    return total
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
+    H, W = x.shape
+    for i in prange(H):
+        _lap_row(x, wh, wv, out, i, H, W)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
+    """Ap = P L p (P: subtract block means); returns p·Ap."""
+    H, W = p.shape
+    total = 0.0
+    for band in prange(H // f):
+        for i in range(band * f, band * f + f):
+            _lap_row(p, wh, wv, Ap, i, H, W)
+        total += _project_band_dot(Ap, p, band, f)
+    return total
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
+    """x += α p; r −= α Ap; s = P(dinv · r); returns r·s."""
+    H, W = x.shape
+    total = 0.0
+    for band in prange(H // f):
+        for i in range(band * f, band * f + f):
+            for j in range(W):
+                x[i, j] += alpha * p[i, j]
+                residual = r[i, j] - alpha * Ap[i, j]
+                r[i, j] = residual
+                s[i, j] = dinv[i, j] * residual
+        total += _project_band_dot(s, r, band, f)
+    return total
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def _scale_add(p, beta, s):  # pragma: no cover - compiled
+    """p = β p + s."""
+    H, W = p.shape
+    for i in prange(H):
+        for j in range(W):
+            p[i, j] = beta * p[i, j] + s[i, j]
+
+
+def _per_image(w: torch.Tensor, k: int) -> np.ndarray:
+    """Image k's conductances (shared ones have no batch axis or a batch of one), as a contiguous array."""
+    if w.dim() == 2:
+        return w.contiguous().numpy()
+    return w[k if w.shape[0] > 1 else 0].contiguous().numpy()
+
+
+def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """L x into ``out`` for x (..., H, W); ``wh``/``wv`` per image or shared (no or size-1 batch axis)."""
+    _threads()
+    H, W = x.shape[-2:]
+    xs, outs = x.reshape(-1, H, W), out.view(-1, H, W)
+    whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
+    for k in range(xs.shape[0]):
+        _laplacian(xs[k].contiguous().numpy(), _per_image(whs, k), _per_image(wvs, k), outs[k].numpy())
+    return out
+
+
+def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, f: int, iterations: int,
+               tolerance: float) -> tuple[torch.Tensor, int]:
+    """Projected Jacobi-PCG for L x = 0 on {x : block means of x = those of x0}, image by image.
+
+    The same iteration as :func:`msifusion.consistent.solve_harmonic` without multigrid (box model, no
+    edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
+    ``iterations``. Returns the solutions (K, H, W) and the most iterations any image used.
+    """
+    _threads()
+    H, W = x0.shape[-2:]
+    x = x0.reshape(-1, H, W).clone(memory_format=torch.contiguous_format)
+    whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
+    dinvs = (1.0 / deg.clamp_min(1e-30)).reshape(-1, H, W)
+    most = 0
+    for k in range(x.shape[0]):
+        xk, whk, wvk, dinv = x[k].numpy(), _per_image(whs, k), _per_image(wvs, k), _per_image(dinvs, k)
+        Ap, s = np.empty_like(xk), np.empty_like(xk)
+        _project_laplacian(xk, whk, wvk, f, Ap)
+        r = -Ap
+        rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s)  # α = 0: only s = P(dinv r), r·s
+        p = s.copy()
+        r0 = max(math.sqrt(abs(rs)), 1e-30)
+        used = 0
+        for used in range(1, iterations + 1):
+            if math.sqrt(abs(rs)) <= tolerance * r0:
+                used -= 1
+                break
+            alpha = rs / max(_project_laplacian(p, whk, wvk, f, Ap), 1e-30)
+            rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s)
+            _scale_add(p, np.float32(rs_new / rs if rs != 0 else rs_new), s)
+            rs = rs_new
+        most = max(most, used)
+    return x.reshape(x0.shape), most

@@ -1,0 +1,102 @@
+"""The fused CPU kernels agree with the solver's torch operations, keep the constraint, and are deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msifusion import kernels
+from msifusion.consistent import Measurement, _aggregate, solve_harmonic
+
+H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
+
+
+def _conductances(seed: int, batch: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(*batch, H, W - 1, generator=g).pow(4).add_(1e-3)  # many near-cuts, as after refinement
+    wv = torch.rand(*batch, H - 1, W, generator=g).pow(4).add_(1e-3)
+    return wh, wv
+
+
+def _laplacian_reference(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+    """Σ_j w_ij (x_i − x_j) over the 4 neighbours, written out edge by edge."""
+    out = torch.zeros_like(x)
+    dh = wh * (x[..., :, :-1] - x[..., :, 1:])
+    dv = wv * (x[..., :-1, :] - x[..., 1:, :])
+    out[..., :, :-1] += dh
+    out[..., :, 1:] -= dh
+    out[..., :-1, :] += dv
+    out[..., 1:, :] -= dv
+    return out
+
+
+def _start(seed: int, images: int = 1) -> tuple[torch.Tensor, Measurement, torch.Tensor]:
+    """A consistent start (random measurement, projected bilinear upsampling) and its measurement."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(images, H // F, W // F, generator=g)
+    op = Measurement((H, W), F)
+    up = torch.nn.functional.interpolate(y[:, None], scale_factor=F, mode="bilinear", align_corners=False)[:, 0]
+    return op.project(up, y), op, y
+
+
+def test_usable_only_for_large_float32_cpu_images():
+    assert kernels.usable(torch.zeros(2, H, W))
+    assert not kernels.usable(torch.zeros(2, H, W, dtype=torch.float64))
+    assert not kernels.usable(torch.zeros(64, 64))
+    assert not kernels.usable(torch.zeros(1, 70_000))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_laplacian_matches_the_edge_by_edge_definition(shared):
+    wh, wv = _conductances(0, () if shared else (3,))
+    x = torch.randn(3, H, W, generator=torch.Generator().manual_seed(1))
+    out = kernels.laplacian(x, wh, wv, torch.empty_like(x))
+    expected = _laplacian_reference(x, wh, wv)
+    assert torch.allclose(out, expected, atol=1e-5)
+    ones = kernels.laplacian(torch.ones(1, H, W), wh if shared else wh[:1], wv if shared else wv[:1],
+                             torch.empty(1, H, W))
+    assert ones.abs().max() < 1e-5  # constants are in the kernel
+    y = torch.randn(3, H, W)
+    ly = kernels.laplacian(y, wh, wv, torch.empty_like(y))
+    assert torch.allclose((x * ly).sum((1, 2)), (y * out).sum((1, 2)), rtol=1e-4)  # symmetric
+
+
+def test_jacobi_pcg_follows_the_torch_iteration(monkeypatch):
+    wh, wv = _conductances(2, (2,))
+    x0, op, y = _start(3, images=2)
+    fused, its = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False)
+    monkeypatch.setattr(kernels, "usable", lambda x: False)
+    plain, its_plain = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False)
+    assert its == its_plain == 20
+    # float32 rounding in another order: CG on near-cut conductances amplifies it as it goes (≈1e-2 by 60 steps)
+    assert (fused - plain).abs().max() < 1e-4 * y.abs().max()
+    assert torch.allclose(op.A(fused), y, atol=1e-5)  # the iterate stays on the constraint
+
+    def energy(x):
+        return float((x * _laplacian_reference(x, wh, wv)).sum())
+
+    assert energy(fused) < 0.5 * energy(x0)
+    assert energy(fused) == pytest.approx(energy(plain), rel=1e-3)
+
+
+def test_jacobi_pcg_is_deterministic_and_stops_each_image_on_its_own():
+    wh, wv = _conductances(4)
+    x0, op, _ = _start(5)
+    flat = torch.zeros_like(x0)  # already the minimiser: zero residual, no iteration
+    both = torch.cat([x0, flat])
+    first, its = solve_harmonic(both, op, wh, wv, 40, 1e-3, multigrid=False)
+    again, _ = solve_harmonic(both, op, wh, wv, 40, 1e-3, multigrid=False)
+    alone, its_alone = solve_harmonic(x0, op, wh, wv, 40, 1e-3, multigrid=False)
+    assert torch.equal(first, again)
+    assert torch.equal(first[:1], alone) and its == its_alone
+    assert torch.equal(first[1], flat[0])
+
+
+def test_aggregate_sums_p_by_p_blocks():
+    x = torch.arange(2 * 6 * 8, dtype=torch.float32).reshape(2, 6, 8)
+    expected = x.reshape(2, 3, 2, 4, 2).sum((2, 4))
+    assert torch.equal(_aggregate(x, 2), expected)
+    assert torch.equal(_aggregate(x, 1), x)
+    assert float(_aggregate(x[:, :6, :6], 3).sum()) == float(x[:, :6, :6].sum())
+
