@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from msifusion import kernels
-from msifusion.consistent import Measurement, _aggregate, solve_harmonic
+from msifusion.consistent import Measurement, Multigrid, _aggregate, _block_project, solve_harmonic
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
 
@@ -100,3 +100,28 @@ def test_aggregate_sums_p_by_p_blocks():
     assert torch.equal(_aggregate(x, 1), x)
     assert float(_aggregate(x[:, :6, :6], 3).sum()) == float(x[:, :6, :6].sum())
 
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    calls = []
+
+    def njit(**options):
+        calls.append(options)
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")  # what numba raises then
+        return lambda function: function
+
+    monkeypatch.setattr(kernels, "njit", njit)
+    assert kernels._compiled(len) is len
+    assert [c.get("cache", False) for c in calls] == [True, False] and all(c["parallel"] for c in calls)
+
+
+def test_multigrid_correction_keeps_zero_block_means_without_a_fine_projection():
+    wh, wv = _conductances(10)
+    r = _block_project(torch.randn(1, H, W, generator=torch.Generator().manual_seed(11)), F)
+    multigrid = Multigrid(wh, wv, F)
+    assert [lv.f for lv in multigrid.levels] == [16, 8, 4, 2]
+    e = multigrid(r)
+    means = e.reshape(1, H // F, F, W // F, F).mean((2, 4))
+    assert means.abs().max() < 1e-6 * e.abs().max()
+    assert float((e * r).sum()) > 0  # a positive definite preconditioner on the constrained space

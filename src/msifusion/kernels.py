@@ -28,6 +28,15 @@ MIN_PIXELS = 65_536  # below this, a parallel numba call costs more than the tor
 _FAST = {"reassoc", "contract", "nsz"}  # vectorised sums and fused multiply-adds; no NaN/inf assumptions
 
 
+def _compiled(function):
+    """numba's parallel JIT, cached on disk where a cache directory is writable (beside the package or in
+    the user's cache); where none is, numba refuses ``cache=True`` at import, so compile per process."""
+    try:
+        return njit(parallel=True, cache=True, fastmath=_FAST)(function)
+    except RuntimeError:
+        return njit(parallel=True, fastmath=_FAST)(function)
+
+
 def usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels apply to images ``x`` (..., H, W)."""
     H, W = x.shape[-2:]
@@ -99,14 +108,14 @@ def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
     return total
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@_compiled
 def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
     H, W = x.shape
     for i in prange(H):
         _lap_row(x, wh, wv, out, i, H, W)
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@_compiled
 def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
     """Ap = P L p (P: subtract block means); returns p·Ap."""
     H, W = p.shape
@@ -118,7 +127,7 @@ def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
     return total
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@_compiled
 def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
     """x += α p; r −= α Ap; s = P(dinv · r); returns r·s."""
     H, W = x.shape
@@ -134,7 +143,7 @@ def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
     return total
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@_compiled
 def _scale_add(p, beta, s):  # pragma: no cover - compiled
     """p = β p + s."""
     H, W = p.shape
