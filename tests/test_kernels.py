@@ -125,28 +125,3 @@ def test_multigrid_correction_keeps_zero_block_means_without_a_fine_projection()
     means = e.reshape(1, H // F, F, W // F, F).mean((2, 4))
     assert means.abs().max() < 1e-6 * e.abs().max()
     assert float((e * r).sum()) > 0  # a positive definite preconditioner on the constrained space
-
-
-def test_multigrid_kernels_match_their_definitions():
-    wh, wv = _conductances(12, (2,))
-    g = torch.Generator().manual_seed(13)
-    r = _block_project(torch.randn(2, H, W, generator=g), F)
-    e = _block_project(torch.randn(2, H, W, generator=g), F)
-    step = torch.rand(2, H, W, generator=g)
-    assert torch.allclose(kernels.jacobi_smooth(r, None, wh, wv, step, F), _block_project(step * r, F), atol=1e-6)
-    smoothed = e + _block_project(step * (r - _laplacian_reference(e, wh, wv)), F)
-    assert torch.allclose(kernels.jacobi_smooth(r, e, wh, wv, step, F), smoothed, atol=1e-5)
-    sums = _aggregate(r - _laplacian_reference(e, wh, wv), 2)
-    assert torch.allclose(kernels.restrict_residual(e, r, wh, wv, 2), sums, atol=1e-4)
-    coarse = torch.randn(2, H // 2, W // 2, generator=g)
-    expected = e + coarse.repeat_interleave(2, -2).repeat_interleave(2, -1)
-    assert torch.allclose(kernels.prolong_add(e.clone(), coarse, 2), expected, atol=1e-6)
-
-
-def test_fused_v_cycle_equals_the_torch_v_cycle(monkeypatch):
-    wh, wv = _conductances(14)
-    r = _block_project(torch.randn(1, H, W, generator=torch.Generator().manual_seed(15)), F)
-    fused = Multigrid(wh, wv, F)(r)
-    monkeypatch.setattr(kernels, "usable", lambda x: False)
-    plain = Multigrid(wh, wv, F)(r)
-    assert torch.allclose(fused, plain, atol=1e-5 * float(plain.abs().max()))

@@ -55,9 +55,9 @@ alone, in batches sharing the optical's edge statistics.
 Large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
 every block is owned by exactly one tile, so the stitched image is exactly consistent.
 Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
-consistency bound, so no reduced precision). On CPU the Laplacian, the refinement's
-Jacobi-CG steps and the multigrid's smoothing and grid transfers run as fused kernels
-(:mod:`msifusion.kernels`): the solver is bound by memory traffic there.
+consistency bound, so no reduced precision). On CPU the Laplacian and the refinement's
+Jacobi-CG steps run as fused kernels (:mod:`msifusion.kernels`): the solver is bound by
+memory traffic there.
 """
 
 from __future__ import annotations
@@ -428,9 +428,7 @@ class _Level:
         return _laplacian(x, self.wh, self.wv, self.deg, torch.empty_like(x))
 
     def smooth(self, r: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
-        """One damped, projected Jacobi step for L e = r (from e = 0 when ``e`` is None); fused on CPU."""
-        if kernels.usable(r):
-            return kernels.jacobi_smooth(r, e, self.wh, self.wv, self.step, self.f)
+        """One damped, projected Jacobi step for L e = r (from e = 0 when ``e`` is None)."""
         if e is None:
             return _block_project(self.step * r, self.f)
         step = self.laplacian(e).neg_().add_(r).mul_(self.step)
@@ -478,18 +476,13 @@ class Multigrid:
         if l + 1 < len(self.levels):
             coarse = self.levels[l + 1]
             p = coarse.p
-            fused = kernels.usable(r)
-            residual_sums = (kernels.restrict_residual(e, r, lv.wh, lv.wv, p) if fused
-                             else _aggregate(lv.laplacian(e).neg_().add_(r), p))
-            ec = self._cycle(l + 1, _block_project(residual_sums, coarse.f))
+            rc = _block_project(_aggregate(lv.laplacian(e).neg_().add_(r), p), coarse.f)
+            ec = self._cycle(l + 1, rc)
             # piecewise-constant prolongation; ec has zero block means on the coarse level, whose blocks are
             # this level's, so e keeps zero block means without a projection here
-            if fused:
-                kernels.prolong_add(e, ec, p)
-            else:
-                for i in range(p):
-                    for j in range(p):
-                        e[..., i::p, j::p].add_(ec)
+            for i in range(p):
+                for j in range(p):
+                    e[..., i::p, j::p].add_(ec)
         for _ in range(self.nu):
             e = lv.smooth(r, e)
         return e

@@ -1,14 +1,12 @@
 """Fused CPU kernels (numba) for the guided harmonic solver's memory-bound loops.
 
-The solver's work is graph-Laplacian products, projected Jacobi-preconditioned CG steps and
-multigrid V-cycles on full-size images. Written as torch element-wise operations, one CG
-step is about ten passes over memory (the Laplacian alone is five), and on a CPU the solver
-is bound by that traffic, not by arithmetic. Fused here band by band (f rows of MSI blocks
-at a time, so the block-mean projection stays in cache), a CG step is three passes:
-measured at 980×2700 on 2 cores, 1.5 ms against 4.4 ms for a Laplacian, about 2.5× for a
-whole refinement pass, and the multigrid's smoother, residual restriction and prolongation
-as kernels cut a first solve by a quarter (docs/benchmarks.md §2). ``torch.compile`` of the
-same CG step was slower than eager torch.
+The solver's work is graph-Laplacian products and projected Jacobi-preconditioned CG steps
+on full-size images. Written as torch element-wise operations, one step is about ten
+passes over memory (the Laplacian alone is five), and on a CPU the solver is bound by that
+traffic, not by arithmetic. Fused here band by band (f rows of MSI blocks at a time, so the
+block-mean projection stays in cache), a CG step is three passes: measured at 980×2700 on
+2 cores, 1.5 ms against 4.4 ms for a Laplacian and about 2.5× for a whole refinement pass
+(docs/benchmarks.md §2). ``torch.compile`` of the same step was slower than eager torch.
 Why hand-written: no library offers a block-constrained, batched CG step; the kernels
 mirror :func:`msifusion.consistent.solve_harmonic`'s torch path (kept for GPUs and the
 spot model), and the tests hold the two to the same answers.
@@ -51,7 +49,7 @@ def _threads() -> None:
 
 @njit(inline="always", fastmath=_FAST)
 def _lap_row(x, wh, wv, out, i, H, W):  # pragma: no cover - compiled
-    """Row i of L x (4-neighbour graph Laplacian, conductances wh (H, W−1), wv (H−1, W)) into the row out (W,)."""
+    """Row i of L x (4-neighbour graph Laplacian, conductances wh (H, W−1), wv (H−1, W)) into out."""
     if i == 0 or i == H - 1:
         up, dn = i > 0, i < H - 1
         for j in range(W):
@@ -63,17 +61,17 @@ def _lap_row(x, wh, wv, out, i, H, W):  # pragma: no cover - compiled
             xr = x[i, j + 1] if j < W - 1 else np.float32(0)
             xu = x[i - 1, j] if up else np.float32(0)
             xd = x[i + 1, j] if dn else np.float32(0)
-            out[j] = (a + b + c + d) * x[i, j] - (a * xl + b * xr + c * xu + d * xd)
+            out[i, j] = (a + b + c + d) * x[i, j] - (a * xl + b * xr + c * xu + d * xd)
         return
     # interior row, branch-free so that it vectorises
     b, c, d = wh[i, 0], wv[i - 1, 0], wv[i, 0]
-    out[0] = (b + c + d) * x[i, 0] - (b * x[i, 1] + c * x[i - 1, 0] + d * x[i + 1, 0])
+    out[i, 0] = (b + c + d) * x[i, 0] - (b * x[i, 1] + c * x[i - 1, 0] + d * x[i + 1, 0])
     for j in range(1, W - 1):
         a, b, c, d = wh[i, j - 1], wh[i, j], wv[i - 1, j], wv[i, j]
-        out[j] = (a + b + c + d) * x[i, j] - (a * x[i, j - 1] + b * x[i, j + 1] + c * x[i - 1, j] + d * x[i + 1, j])
+        out[i, j] = (a + b + c + d) * x[i, j] - (a * x[i, j - 1] + b * x[i, j + 1] + c * x[i - 1, j] + d * x[i + 1, j])
     j = W - 1
     a, c, d = wh[i, j - 1], wv[i - 1, j], wv[i, j]
-    out[j] = (a + c + d) * x[i, j] - (a * x[i, j - 1] + c * x[i - 1, j] + d * x[i + 1, j])
+    out[i, j] = (a + c + d) * x[i, j] - (a * x[i, j - 1] + c * x[i - 1, j] + d * x[i + 1, j])
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -114,7 +112,7 @@ def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
 def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
     H, W = x.shape
     for i in prange(H):
-        _lap_row(x, wh, wv, out[i], i, H, W)
+        _lap_row(x, wh, wv, out, i, H, W)
 
 
 @_compiled
@@ -124,7 +122,7 @@ def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
     total = 0.0
     for band in prange(H // f):
         for i in range(band * f, band * f + f):
-            _lap_row(p, wh, wv, Ap[i], i, H, W)
+            _lap_row(p, wh, wv, Ap, i, H, W)
         total += _project_band_dot(Ap, p, band, f)
     return total
 
@@ -154,63 +152,6 @@ def _scale_add(p, beta, s):  # pragma: no cover - compiled
             p[i, j] = beta * p[i, j] + s[i, j]
 
 
-@_compiled
-def _jacobi(e, r, wh, wv, step, f, first, out):  # pragma: no cover - compiled
-    """One damped, projected Jacobi step for L e = r: out = e + P(step·(r − L e)); from e = 0 when ``first``."""
-    H, W = r.shape
-    for band in prange(H // f):
-        for i in range(band * f, band * f + f):
-            if first:
-                for j in range(W):
-                    out[i, j] = step[i, j] * r[i, j]
-            else:
-                _lap_row(e, wh, wv, out[i], i, H, W)
-                for j in range(W):
-                    out[i, j] = step[i, j] * (r[i, j] - out[i, j])
-        column = np.empty(W, dtype=np.float32)
-        means = np.empty(W, dtype=np.float32)
-        _band_means(out, band, f, column, means)
-        for i in range(band * f, band * f + f):
-            if first:
-                for j in range(W):
-                    out[i, j] -= means[j]
-            else:
-                for j in range(W):
-                    out[i, j] = e[i, j] + out[i, j] - means[j]
-
-
-@_compiled
-def _restrict_residual(e, r, wh, wv, p, coarse):  # pragma: no cover - compiled
-    """coarse = the sums of r − L e over p×p aggregates."""
-    H, W = r.shape
-    for I in prange(H // p):
-        row = np.empty(W, dtype=np.float32)
-        sums = np.zeros(W, dtype=np.float32)  # the aggregate row's column sums, vectorised
-        for i in range(I * p, I * p + p):
-            _lap_row(e, wh, wv, row, i, H, W)
-            for j in range(W):
-                sums[j] += r[i, j] - row[j]
-        for J in range(W // p):
-            acc = np.float32(0)
-            for j in range(J * p, J * p + p):
-                acc += sums[j]
-            coarse[I, J] = acc
-
-
-@_compiled
-def _prolong_add(e, coarse, p):  # pragma: no cover - compiled
-    """e += the coarse correction, constant on each p×p aggregate."""
-    H, W = e.shape
-    for I in prange(H // p):
-        row = np.empty(W, dtype=np.float32)  # the coarse row expanded once, then added to p rows, vectorised
-        for J in range(W // p):
-            for j in range(J * p, J * p + p):
-                row[j] = coarse[I, J]
-        for i in range(I * p, I * p + p):
-            for j in range(W):
-                e[i, j] += row[j]
-
-
 def _per_image(w: torch.Tensor, k: int) -> np.ndarray:
     """Image k's conductances (shared ones have no batch axis or a batch of one), as a contiguous array."""
     if w.dim() == 2:
@@ -227,44 +168,6 @@ def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Te
     for k in range(xs.shape[0]):
         _laplacian(xs[k].contiguous().numpy(), _per_image(whs, k), _per_image(wvs, k), outs[k].numpy())
     return out
-
-
-def jacobi_smooth(r: torch.Tensor, e: torch.Tensor | None, wh: torch.Tensor, wv: torch.Tensor, step: torch.Tensor,
-                  f: int) -> torch.Tensor:
-    """The multigrid smoother: e + P(step·(r − L e)) as a new tensor (P(step·r) when ``e`` is None)."""
-    _threads()
-    H, W = r.shape[-2:]
-    rs = r.reshape(-1, H, W)
-    es = rs if e is None else e.reshape(-1, H, W)
-    out = torch.empty(rs.shape, dtype=r.dtype)
-    whs, wvs, steps = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W), step.reshape(-1, H, W)
-    for k in range(rs.shape[0]):
-        _jacobi(es[k].contiguous().numpy(), rs[k].contiguous().numpy(), _per_image(whs, k), _per_image(wvs, k),
-                _per_image(steps, k), f, e is None, out[k].numpy())
-    return out.reshape(r.shape)
-
-
-def restrict_residual(e: torch.Tensor, r: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, p: int) -> torch.Tensor:
-    """Sums of r − L e over p×p aggregates, (..., H/p, W/p)."""
-    _threads()
-    H, W = r.shape[-2:]
-    es, rs = e.reshape(-1, H, W), r.reshape(-1, H, W)
-    coarse = torch.empty(rs.shape[0], H // p, W // p, dtype=r.dtype)
-    whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
-    for k in range(rs.shape[0]):
-        _restrict_residual(es[k].contiguous().numpy(), rs[k].contiguous().numpy(), _per_image(whs, k),
-                           _per_image(wvs, k), p, coarse[k].numpy())
-    return coarse.reshape(*r.shape[:-2], H // p, W // p)
-
-
-def prolong_add(e: torch.Tensor, coarse: torch.Tensor, p: int) -> torch.Tensor:
-    """In place: e += the coarse correction (..., H/p, W/p), constant on each p×p aggregate."""
-    _threads()
-    H, W = e.shape[-2:]
-    es, cs = e.view(-1, H, W), coarse.reshape(-1, H // p, W // p)
-    for k in range(es.shape[0]):
-        _prolong_add(es[k].numpy(), cs[k].contiguous().numpy(), p)
-    return e
 
 
 def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, f: int, iterations: int,
