@@ -153,9 +153,7 @@ def _scale_add(p, beta, s):  # pragma: no cover - compiled
 
 
 def _per_image(w: torch.Tensor, k: int) -> np.ndarray:
-    """Image k's conductances (shared ones have no batch axis or a batch of one), as a contiguous array."""
-    if w.dim() == 2:
-        return w.contiguous().numpy()
+    """Image k of a (K or 1, H, W) stack (a batch of one is shared by all images), as a contiguous array."""
     return w[k if w.shape[0] > 1 else 0].contiguous().numpy()
 
 
