@@ -14,6 +14,7 @@ from msifusion.consistent import (
     Measurement,
     Multigrid,
     fuse_consistent_many,
+    optical_detail,
     project_consistent,
     residual_whiteness,
     shared_basis,
@@ -135,8 +136,45 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     report = HarmonicReport()
     out = fuse_consistent_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
     assert report.settings[0] == ConsistentConfig().ladder[0]
+    assert report.notes[0]["texture"] == 0.0
     assert consistency_error(out, measured, f) < 1e-4
     assert _psnr(out, truth) > _psnr(upsample(measured, f), truth)
+
+
+def test_optical_detail_is_the_density_minus_its_blur():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(2)
+    guide = rng.uniform(0.05, 1.0, (40, 56, 3)).astype(np.float32)
+    od = -np.log(guide.mean(-1) + 1e-3)
+    expected = od - gaussian_filter(od, 1.5, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(optical_detail(torch.as_tensor(guide), 1.5, 1e-3).numpy(), expected, atol=1e-5)
+    flat = optical_detail(torch.full((20, 20, 3), 0.7), 1.5, 1e-3)
+    assert float(flat.abs().max()) < 1e-6
+
+
+def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
+    """The cells' walls are dark in the optical and hold 40 % of the cell's amount: β > 0 is chosen, and it helps."""
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    y = (measured / measured.max())[None]
+    report = HarmonicReport()
+    out = fuse_consistent_many(guide, y, f, report=report)[0] * measured.max()
+    plain = fuse_consistent_many(guide, y, f, ConsistentConfig(texture=(0.0,)))[0] * measured.max()
+    assert report.notes[0]["texture"] > 0
+    assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
+    assert _psnr(out, truth) > _psnr(plain, truth) + 0.1
+
+
+def test_texture_is_left_out_where_the_ion_is_even_across_the_walls(cells):
+    guide, _, f = cells
+    H, W = guide.shape[:2]
+    yy, xx = np.mgrid[:H, :W] / 30.0
+    truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
+    measured = block_mean(truth, f)
+    report = HarmonicReport()
+    fuse_consistent_many(guide, (measured / measured.max())[None], f, report=report)
+    assert report.notes[0]["texture"] == 0.0
 
 
 def test_deterministic_on_cpu(cells):
@@ -193,7 +231,8 @@ def test_negative_measurements_are_left_signed():
 
 @pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
                                  dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0),
-                                 dict(shared_min_ions=1), dict(shared_whiteness=1.0)])
+                                 dict(shared_min_ions=1), dict(shared_whiteness=1.0), dict(texture=()),
+                                 dict(texture_sigma_px=0.0)])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         ConsistentConfig(**bad)
