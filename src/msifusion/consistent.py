@@ -17,7 +17,7 @@ directly: a projected conjugate-gradient solve on the subspace of images with ze
 means (the projection is "subtract each block's mean"), preconditioned by an aggregation
 multigrid V-cycle whose levels nest in the MSI blocks (:class:`Multigrid`).
 
-Three additions, each measured on the benchmark (docs/benchmarks.md):
+Four additions, each measured on the benchmark (docs/benchmarks.md):
 
 - *Refinement*: one re-weighted pass (IRLS) multiplies the conductances by
   ``1 / (1 + (|x_i − x_j| / τ)²)`` of the first solution (τ = ``refine_scale``·std(y)):
@@ -636,9 +636,8 @@ def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig,
     if config.positive and config.spot_sigma_px == 0:
         nonneg = (y >= 0).flatten(1).all(1)
         if bool(nonneg.any()):
-            if beta is not None and bool((beta != 0).any()):
-                x = x.clamp_min(0) * torch.exp(-beta * detail)
-            x = torch.where(nonneg[:, None, None], positive_rescale(x, y, f), x)
+            textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
+            x = torch.where(nonneg[:, None, None], positive_rescale(textured, y, f), x)
     return x
 
 
@@ -708,11 +707,11 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
     phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
     phases = phases[:max(1, min(len(phases), config.select_pixels // (hh * ww * f * f)))]
-    errors = [[[] for _ in config.texture] for _ in config.ladder]
     # the test sees the texture only through its sums over f×f blocks: it resolves it where a block spans 5 σ;
     # the texture step needs the box model's exact block rescale
     textured = f >= 5 * config.texture_sigma_px and config.positive and config.spot_sigma_px == 0
-    n_texture = len(config.texture) if textured else 1
+    betas = config.texture if textured else config.texture[:1]
+    errors = [[[] for _ in betas] for _ in config.ladder]
     eps = _detail_eps(guide)
     batch = config.batch_on(device)
     parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
@@ -728,23 +727,23 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             pb = _Problem(g, _bmean(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
                           basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
-        detail = optical_detail(g, config.texture_sigma_px, eps)
+        detail = optical_detail(g, config.texture_sigma_px, eps) if len(betas) > 1 else None
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
-            per_block = [[] for _ in config.texture]
+            per_block = [[] for _ in betas]
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
-                for j, beta in enumerate(config.texture):
+                for j, beta in enumerate(betas):
                     xt = _finish(xp, y2[part], 2 * f, config, torch.tensor(beta, device=device), detail)
                     per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
-            for j in range(len(config.texture)):
+            for j in range(len(betas)):
                 errors[i][j].append(torch.cat(per_block[j]))  # (K, n) per-block squared errors
     errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
     chosen, notes = [], []
     for k in range(K):
         best = _walk([e[0][k] for e in errors], config.significance)
-        texture = _walk([e[k] for e in errors[best][:n_texture]], config.significance)
+        texture = _walk([e[k] for e in errors[best]], config.significance)
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
                       "chosen": ladder[best], "texture": config.texture[texture],
