@@ -166,6 +166,16 @@ def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
     assert _psnr(out, truth) > _psnr(plain, truth) + 0.1
 
 
+def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    report = HarmonicReport()
+    out = fuse_consistent_many(guide, (measured / measured.max())[None], f, ConsistentConfig(texture=(1.0,)),
+                               report=report)[0]
+    assert report.notes[0]["texture"] == 1.0
+    assert consistency_error(out * measured.max(), measured, f) < 1e-4 and out.min() >= 0
+
+
 def test_texture_is_left_out_where_the_ion_is_even_across_the_walls(cells):
     guide, _, f = cells
     H, W = guide.shape[:2]

@@ -727,7 +727,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             pb = _Problem(g, _bmean(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
                           basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
-        detail = optical_detail(g, config.texture_sigma_px, eps) if len(betas) > 1 else None
+        detail = optical_detail(g, config.texture_sigma_px, eps) if any(betas) else None
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
