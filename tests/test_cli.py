@@ -63,8 +63,13 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     details = run["method_details"]  # why this setting: the coarse-level scores, or why there were none
     assert details["chosen"] in details["ladder"]
     assert "coarse_mse" in details or "selection" in details
+    assert details["texture"] in run["harmonic_settings"]["texture"]
     fused = tifffile.imread(tmp_path / "box" / "fused.tiff")
     np.testing.assert_allclose(block_mean(fused, scale), ion, rtol=1e-4, atol=1e-4 * float(ion.max()))
+
+    assert _fuse(opt, ion_path, tmp_path / "plain", "--quiet", "--no-texture") == 0
+    run = json.loads((tmp_path / "plain" / "run.json").read_text())
+    assert run["harmonic_settings"]["texture"] == [0.0] and run["method_details"]["texture"] == 0.0
 
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())

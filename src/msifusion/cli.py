@@ -71,6 +71,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--spot-sigma", type=_weight, default=0.0, metavar="PX",
                    help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
                         "(default 0: the pure box average)")
+    m.add_argument("--no-texture", action="store_true",
+                   help="never carry the optical's fine texture (cell walls) over into the fused image; by default "
+                        "a self-supervised test decides per ion")
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
     t.add_argument("--epochs", type=_positive_int, default=2000, help="epoch cap (default 2000)")
     t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
@@ -137,10 +140,14 @@ def _settings(args: argparse.Namespace):
         resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
         raise InputError("--device", str(exc)) from None
+    from dataclasses import replace
+
     from msifusion.consistent import ConsistentConfig
 
-    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet, args.bf16),
-                        ConsistentConfig(spot_sigma_px=args.spot_sigma))
+    harmonic = ConsistentConfig(spot_sigma_px=args.spot_sigma)
+    if args.no_texture:
+        harmonic = replace(harmonic, texture=(0.0,))
+    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic)
 
 
 # ----------------------------------------------------------------------------- commands
