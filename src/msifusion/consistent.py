@@ -41,7 +41,7 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   ``exp(−β·d)``, d = the optical density minus its 1.5-px Gaussian blur (positive on thin
   dark structures: cell walls, which hold less of a metabolite than the cells they bound).
   The harmonic solution cannot make such a texture (it is smooth inside regions), and on
-  plant sections walls carry half to three quarters of its squared error. β comes from a
+  our plant phantoms the walls carried half to three quarters of its squared error. β comes from a
   short ladder (0 first) through the same coarse-level test, per ion, so an optical whose
   texture the ion does not share (a depth map, an H&E) keeps β = 0; it is tried only where
   an MSI pixel spans at least 5 σ (coarser textures are not resolved by the test).
@@ -630,7 +630,7 @@ def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig,
     """Non-negativity where the measurement is non-negative (box model; a spot's footprints overlap
     blocks, so there is no exact block rescale and its output may dip below zero).
 
-    ``beta`` (K, 1, 1) with ``detail`` (H, W): the optical's fine texture is first carried over
+    ``beta`` (K, 1, 1) or a scalar tensor, with ``detail`` (H, W): the optical's fine texture is first carried over
     multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the block rescale.
     """
     if config.positive and config.spot_sigma_px == 0:
@@ -679,8 +679,8 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
                     kappas: dict[float, float], taus: torch.Tensor, device: torch.device,
-                    basis: _Basis | None = None) -> tuple[list[int], list[dict]]:
-    """Per ion, the index of the ladder setting to use, by self-supervised coarse-level prediction.
+                    basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
+    """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
 
     The measurement (a central window, an even number of blocks) is block-averaged 2×2;
     each setting fuses that coarser image at scale 2f with the same optical, and the
@@ -692,6 +692,9 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     keeps the first setting. With a shared ``basis`` (``ions`` ≈ coefficients @ basis images),
     only the basis images are solved and each ion's coarse prediction is their mixture, made
     consistent with its own coarse measurement: the same test per ion at the basis's cost.
+    Then, at the chosen setting, the same walk over ``config.texture`` picks the strength β of
+    the optical-texture step (only where a block spans 5 σ of it and the box model's rescale
+    applies). Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
     K = ions.shape[0]
     H, W = guide.shape[:2]
