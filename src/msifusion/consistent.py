@@ -181,11 +181,16 @@ def _bilinear_up(r: torch.Tensor, f: int) -> torch.Tensor:
     return out.reshape(*shape[:-2], *out.shape[-2:])
 
 
+def _gauss_taps(sigma: float, truncate: float) -> tuple[torch.Tensor, int]:
+    """Normalised 1-D Gaussian taps (float64) out to ``truncate`` σ, and their radius."""
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    return taps / taps.sum(), radius
+
+
 def _gauss_matrix(n: int, sigma: float) -> torch.Tensor:
     """(n, n) matrix of a 1-D Gaussian blur with reflect (half-sample symmetric) borders."""
-    radius = max(1, int(math.ceil(4 * sigma)))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
-    taps /= taps.sum()
+    taps, radius = _gauss_taps(sigma, 4.0)
     G = torch.zeros(n, n, dtype=torch.float64)
     idx = torch.arange(n)
     for k, t in zip(range(-radius, radius + 1), taps):
@@ -650,9 +655,8 @@ def optical_detail(guide: torch.Tensor, sigma: float, eps: float) -> torch.Tenso
     """The optical's fine texture as (H, W): its optical density −log(mean colour + eps) minus a Gaussian
     blur of it (``sigma`` px, replicated borders): positive on what is darker than its surroundings."""
     od = -torch.log(guide.float().mean(-1) + eps)
-    radius = max(1, int(math.ceil(3 * sigma)))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32, device=od.device) / sigma) ** 2)
-    taps = taps / taps.sum()
+    taps, radius = _gauss_taps(sigma, 3.0)
+    taps = taps.to(od)
     blurred = od[None, None]
     blurred = F.conv2d(F.pad(blurred, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
     blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
