@@ -682,7 +682,7 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 
 def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
-                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device,
+                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device, detail_eps: float,
                     basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
     """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
 
@@ -698,7 +698,8 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     consistent with its own coarse measurement: the same test per ion at the basis's cost.
     Then, at the chosen setting, the same walk over ``config.texture`` picks the strength β of
     the optical-texture step (only where a block spans 5 σ of it and the box model's rescale
-    applies). Returns (setting index, texture index) per ion, and notes for ``run.json``.
+    applies; ``detail_eps``: the whole guide's :func:`_detail_eps`). Returns (setting index, texture
+    index) per ion, and notes for ``run.json``.
     """
     K = ions.shape[0]
     H, W = guide.shape[:2]
@@ -719,7 +720,6 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     textured = f >= 5 * config.texture_sigma_px and config.positive and config.spot_sigma_px == 0
     betas = config.texture if textured else config.texture[:1]
     errors = [[[] for _ in betas] for _ in config.ladder]
-    eps = _detail_eps(guide)
     batch = config.batch_on(device)
     parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
     for a, b in phases:
@@ -734,7 +734,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             pb = _Problem(g, _bmean(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
                           basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
-        detail = optical_detail(g, config.texture_sigma_px, eps) if any(betas) else None
+        detail = optical_detail(g, config.texture_sigma_px, detail_eps) if any(betas) else None
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
@@ -942,19 +942,19 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
     quantiles = tuple(sorted({q for q, _ in config.ladder}))
     kappas = edge_scales(guide, quantiles)
     taus = _refine_taus(y_all, config)
+    eps = _detail_eps(guide)
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
     progress = _progress(len(batches) * (1 + len(tiles)), quiet)
     chosen, notes = [], []
     for part in batches:
-        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, basis)
+        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, eps, basis)
         chosen += c
         notes += n
         progress.update()
     report.settings = [config.ladder[i] for i, _ in chosen]
     betas = torch.tensor([config.texture[j] for _, j in chosen], dtype=torch.float32, device=device)[:, None, None]
-    eps = _detail_eps(guide)
     report.notes = notes
     out = np.empty((K, H, W), dtype=np.float32)
     for orow, ocol, irow, icol in tiles:
