@@ -141,6 +141,24 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     assert _psnr(out, truth) > _psnr(upsample(measured, f), truth)
 
 
+def test_ladder_step_needs_a_significant_mean_gain_on_most_blocks():
+    """The walk's sign test: a mean gain carried by a few blocks while most get worse does not climb."""
+    from msifusion.consistent import _walk
+
+    rng = np.random.default_rng(0)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    broad = base - 0.05  # every block better
+    few = base + 0.01  # most blocks slightly worse ...
+    few[:40] -= 1.0  # ... ten per cent much better: the mean gains about 0.09, z ≈ 10
+    ties = base.clone()
+    ties[:100] -= 0.05  # unchanged blocks (empty background) count on neither side
+    assert _walk([base, broad], 4.0, majority=True) == 1
+    assert _walk([base, few], 4.0) == 1
+    assert _walk([base, few], 4.0, majority=True) == 0
+    assert _walk([base, ties], 4.0, majority=True) == 1
+    assert _walk([base, few, broad], 4.0, majority=True) == 2  # a rejected rung does not end the walk
+
+
 def test_optical_detail_is_the_density_minus_its_blur():
     from scipy.ndimage import gaussian_filter
 
