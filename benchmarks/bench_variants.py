@@ -10,7 +10,7 @@ and the development never used (11), 360×720 µm at 1 µm:
 - ×12, Gaussian noise 0.01·max plus counting (shot) noise 0.05.
 
 Prints a markdown table (date, machine): PSNR / SSIM of each method, and where the default
-is not first. Run: ``python benchmarks/bench_variants.py [--seed 11]`` (about 5 minutes on 2 cores).
+is not first. Run: ``python benchmarks/bench_variants.py [--seed 11]`` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -694,9 +694,10 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
     ``significance`` standard errors, on more blocks than they lose (:func:`_walk`). Too small
-    an image (fewer than 16 coarse pixels) keeps the first setting. With a shared ``basis`` (``ions`` ≈ coefficients @ basis images),
-    only the basis images are solved and each ion's coarse prediction is their mixture, made
-    consistent with its own coarse measurement: the same test per ion at the basis's cost.
+    an image (fewer than 16 coarse pixels) keeps the first setting. With a shared ``basis``
+    (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
+    coarse prediction is their mixture, made consistent with its own coarse measurement: the
+    same test per ion at the basis's cost.
     Then, at the chosen setting, the same walk (without the sign test) over ``config.texture``
     picks the strength β of the optical-texture step (only where a block spans 5 σ of it and
     the box model's rescale applies; ``detail_eps``: the whole guide's :func:`_detail_eps`).
