@@ -28,7 +28,8 @@ def _fuse(opt, ion, out, *extra):
 def test_fuse_writes_the_contracted_outputs(tmp_path, files):
     opt, ion_path, ion, scale = files
     out = tmp_path / "out"
-    assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "6", "--checkpoint-every", "3", "--bf16") == 0
+    assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "6", "--checkpoint-every", "3", "--bf16",
+                 "--device", "cpu") == 0  # the CPU ignores --bf16
     assert {p.name for p in out.iterdir()} >= {"fused.tiff", "fused.png", "losses.csv", "losses.png", "run.json", "checkpoints"}
     with tifffile.TiffFile(out / "fused.tiff") as tif:
         fused = tif.asarray()
@@ -38,9 +39,9 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
     from msifusion.io.images import read_optical
     from msifusion.methods import MethodOptions, fuse
 
-    options = MethodOptions(FitConfig(max_epochs=6, checkpoint_every=3), Runtime(quiet=True))
+    options = MethodOptions(FitConfig(max_epochs=6, checkpoint_every=3), Runtime(device="cpu", quiet=True))
     expected = fuse(read_optical(opt).pixels, ion, "lcrn", options).image
-    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-4)  # what the library gives, in ion units (bf16: CUDA only)
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-4)  # what the library gives, in ion units
     run = json.loads((out / "run.json").read_text())
     assert run["bf16_autocast"] is False  # asked for, but autocast applies on CUDA only
     assert run["epochs"] == 6 and run["seed"] == 0 and run["fit_settings"]["lr"] == 3e-4
@@ -49,6 +50,21 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
         "epoch_0003.png", "epoch_0003.tiff", "epoch_0006.png", "epoch_0006.tiff"]
     lines = (out / "losses.csv").read_text().splitlines()
     assert lines[0] == "epoch,mse,edge,total,seconds" and len(lines) == 7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_runs_both_methods_and_bf16_applies_there(tmp_path, files):
+    opt, ion_path, ion, scale = files
+    assert _fuse(opt, ion_path, tmp_path / "gh", "--device", "cuda") == 0
+    run = json.loads((tmp_path / "gh" / "run.json").read_text())
+    assert run["device"].startswith("cuda") and run["consistency_error"] < 1e-4
+    on_cpu = tmp_path / "gh_cpu"
+    assert _fuse(opt, ion_path, on_cpu, "--device", "cpu") == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "gh" / "fused.tiff"), tifffile.imread(on_cpu / "fused.tiff"),
+                               rtol=1e-3, atol=1e-3 * float(ion.max()))  # same solver, float32 on both
+    assert _fuse(opt, ion_path, tmp_path / "lcrn", "--device", "cuda", "--method", "lcrn", "--epochs", "4", "--bf16") == 0
+    run = json.loads((tmp_path / "lcrn" / "run.json").read_text())
+    assert run["bf16_autocast"] is True and run["epochs"] == 4
 
 
 def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path, files):

@@ -106,7 +106,8 @@ class ConsistentConfig:
     (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is
     white noise (neighbour autocorrelation at most ``shared_whiteness``), else it is fused alone.
     ``ion_batch``: ions solved together (None: :meth:`batch_on` picks by device); results do not
-    depend on it. ``texture``: strengths β tried, in order, for carrying the optical's fine
+    depend on it (bit for bit on the CPU; on CUDA, whose kernels can round differently by batch
+    size, to the solver's tolerance). ``texture``: strengths β tried, in order, for carrying the optical's fine
     texture over (:func:`optical_detail` at ``texture_sigma_px``; the first entry is the
     default, normally 0 = none), chosen per ion by the same coarse-level test as the ladder.
     """
@@ -758,7 +759,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
                       "chosen": ladder[best], "texture": config.texture[texture],
-                      "texture_coarse_mse": [float(e.mean()) for e in errors[best]]})
+                      "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
 
 
