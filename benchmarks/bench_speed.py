@@ -19,7 +19,7 @@ Each task runs in its own process so that its peak memory (``ru_maxrss``) is its
   compared with the same ion fused on its own.
 - ``prostate``: real data, the ``--panel`` strongest peaks of the prostate example imzML
   (its 25 µm images as truth) measured at ×4, fused as a panel and each alone: the PSNR
-  difference against the truth (needs the example data, ``msifusion examples``).
+  difference against the truth (needs the example data, ``msifusion example prostate``).
 
 Prints one JSON line per task (peak host memory; on CUDA also the GPU and its peak allocation).
 

@@ -90,6 +90,7 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())
     assert run["harmonic_settings"]["spot_sigma_px"] == 1.5
+    assert run["consistency_error"] < 1e-4  # under the stated measurement model, not the plain box
     fused = torch.as_tensor(tifffile.imread(tmp_path / "spot" / "fused.tiff")).double()
     spot = Measurement(tuple(fused.shape), scale, 1.5).A(fused).numpy()  # the spot model's measurement
     np.testing.assert_allclose(spot, ion, rtol=1e-3, atol=1e-3 * float(ion.max()))

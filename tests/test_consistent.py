@@ -13,6 +13,7 @@ from msifusion.consistent import (
     HarmonicReport,
     Measurement,
     Multigrid,
+    edge_scales,
     fuse_consistent_many,
     optical_detail,
     project_consistent,
@@ -244,6 +245,54 @@ def test_tiles_stay_exact_and_agree_with_one_piece(cells):
     tiled = fuse_consistent_many(guide, y, f, replace(config, tile_pixels=64 * 64, halo_blocks=2))[0]
     assert consistency_error(tiled, y[0], f) < 1e-4
     assert _psnr(tiled, truth / truth.max()) > _psnr(whole, truth / truth.max()) - 0.3
+
+
+def test_tiles_stay_exact_under_the_laser_spot_model():
+    guide, truth, f = _cells(scale=8)
+    op = Measurement(truth.shape, f, 1.0)
+    y = op.A(torch.as_tensor(truth, dtype=torch.float64)).numpy()
+    ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
+    config = ConsistentConfig(ion_batch=2, spot_sigma_px=1.0, tile_pixels=64 * 64, halo_blocks=2)
+    out = fuse_consistent_many(guide, ions, f, config)  # a footprint reaches across the seams: still exact
+    for k in range(2):
+        assert consistency_error(out[k], ions[k], f, spot_sigma_px=1.0) < 1e-6
+
+
+def test_nonnegativity_is_decided_on_the_whole_ion(cells):
+    guide, truth, f = cells
+    y = block_mean(truth, f) / truth.max()
+    signed = y.copy()
+    signed[0, 0] = -1e-3  # one slightly negative MSI pixel, outside the coarse test's window
+    report = HarmonicReport()
+    config = ConsistentConfig(texture=(0.0, 0.5, 1.0))
+    fuse_consistent_many(guide, signed[None], f, config, report=report)
+    note = report.notes[0]
+    assert note["texture"] == 0.0 and len(set(note["texture_coarse_mse"])) == 1  # texture cannot apply: not offered
+    sparse = np.zeros_like(y)  # a blob on zero background: the smooth solution dips below zero around it
+    sparse[6:9, 9:12], sparse[2, 3], sparse[0, 0] = 1.0, 0.5, -0.01
+    config = ConsistentConfig(ladder=((99.9, 0),), texture=(0.0,))
+    whole = fuse_consistent_many(guide, sparse[None], f, config)[0]
+    tiled = fuse_consistent_many(guide, sparse[None], f, replace(config, tile_pixels=64 * 64, halo_blocks=1))[0]
+    far = (slice(48, 96), slice(48, 128))  # tiles away from the negative pixel are left signed too
+    assert (whole[far] < 0).sum() > 100 and (tiled[far] < 0).sum() > 100
+    assert consistency_error(tiled, sparse, f) < 1e-4
+
+
+def test_an_all_zero_panel_fuses_to_zero():
+    guide = np.random.default_rng(0).random((128, 128, 3)).astype(np.float32)
+    out = fuse_consistent_many(guide, np.zeros((4, 32, 32), np.float32), 4)
+    assert np.isfinite(out).all() and not out.any()
+
+
+def test_edge_scales_are_exact_percentiles_on_small_guides(cells):
+    guide = cells[0].astype(np.float32)
+    d = np.concatenate([np.sqrt(((guide[:, 1:] - guide[:, :-1]) ** 2).sum(-1)).ravel(),
+                        np.sqrt(((guide[1:] - guide[:-1]) ** 2).sum(-1)).ravel()])
+    kappas = edge_scales(guide, (50.0, 80.0, 99.9))
+    for q, kappa in kappas.items():
+        assert kappa == pytest.approx(max(np.percentile(d, q), 1e-3), rel=1e-5)
+    sampled = edge_scales(guide, (80.0,), max_samples=4000)  # sampled above max_samples pairs: close, not exact
+    assert sampled[80.0] == pytest.approx(kappas[80.0], rel=0.1)
 
 
 def test_edge_perceptual_term_stays_available(cells):

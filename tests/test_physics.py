@@ -38,3 +38,10 @@ def test_measurement_model_spot_blur_conserves_mean():
     assert blurred.shape == (4, 4)
     assert blurred.mean() == pytest.approx(fine.mean(), rel=1e-3)
     np.testing.assert_allclose(MeasurementModel(factor=10).measure(fine), block_mean(fine, 10))
+
+
+def test_consistency_error_is_measured_under_the_stated_model():
+    fine = np.random.default_rng(3).random((40, 60)).astype(np.float32)
+    measured = MeasurementModel(factor=10, spot_sigma_px=3.0).measure(fine)
+    assert consistency_error(fine, measured, 10, spot_sigma_px=3.0) < 1e-6
+    assert consistency_error(fine, measured, 10) > 1e-3  # the plain box average sees the spot's blur

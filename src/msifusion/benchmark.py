@@ -1,4 +1,4 @@
-"""``msifusion benchmark``: every method on every case whose truth is known (DESIGN §6).
+"""``msifusion benchmark``: every method on every case whose truth is known.
 
 A :class:`Case` is a high-resolution truth, the guide registered to it, and the measurement
 the protocol derives from the truth: the block mean by the factor (the MSI pixel integrates

@@ -338,7 +338,7 @@ def add_benchmark_and_study(sub) -> None:
                                    "them. Writes DIR/results.csv, results.md, panels/<case>.png and run.json.")
     p.add_argument("--out", default="msifusion-benchmark", metavar="DIR", help="output folder (default ./msifusion-benchmark)")
     p.add_argument("--quick", action="store_true",
-                   help="a few minutes on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
+                   help="about a minute on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
                         "no prostate, trained methods capped at 30 epochs")
     p.add_argument("--methods", type=_name_list, default=None, metavar="A,B,…",
                    help="methods to run (default: all, the default method first)")

@@ -62,7 +62,9 @@ what the basis leaves of the ion (white noise, spread smoothly by the exact proj
 measured as good as alone (docs/benchmarks.md). Ions the basis does not explain are fused
 alone, in batches sharing the optical's edge statistics.
 Large images are solved in overlapping tiles (a halo of MSI pixels around each tile):
-every block is owned by exactly one tile, so the stitched image is exactly consistent.
+every block is owned by exactly one tile, so the stitched image is exactly consistent under
+the box model; a laser spot's footprints reach across the seams, so with the spot model the
+stitched image is projected once more as a whole.
 Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
 consistency bound, so no reduced precision). On CPU the Laplacian and the refinement's
 Jacobi-CG steps run as fused kernels (:mod:`msifusion.kernels`): the solver is bound by
@@ -106,8 +108,9 @@ class ConsistentConfig:
     (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is
     white noise (neighbour autocorrelation at most ``shared_whiteness``), else it is fused alone.
     ``ion_batch``: ions solved together (None: :meth:`batch_on` picks by device); results do not
-    depend on it (bit for bit on the CPU; on CUDA, whose kernels can round differently by batch
-    size, to the solver's tolerance). ``texture``: strengths β tried, in order, for carrying the optical's fine
+    depend on it (on the CPU bit for bit for ions fused alone, to float32 rounding through a
+    shared basis; on CUDA, whose kernels can round differently by batch size, to the solver's
+    tolerance). ``texture``: strengths β tried, in order, for carrying the optical's fine
     texture over (:func:`optical_detail` at ``texture_sigma_px``; the first entry is the
     default, normally 0 = none), chosen per ion by the same coarse-level test as the ladder.
     """
@@ -184,24 +187,28 @@ def _bilinear_up(r: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def _gauss_taps(sigma: float, truncate: float) -> tuple[torch.Tensor, int]:
-    """Normalised 1-D Gaussian taps (float64) out to ``truncate`` σ, and their radius."""
-    radius = max(1, int(math.ceil(truncate * sigma)))
+    """Normalised 1-D Gaussian taps (float64) out to ``truncate`` σ, and their radius (scipy.ndimage's
+    rule, so that the spot here and :class:`msifusion.physics.MeasurementModel`'s are the same operator)."""
+    radius = max(1, int(truncate * sigma + 0.5))
     taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
     return taps / taps.sum(), radius
 
 
-def _gauss_matrix(n: int, sigma: float) -> torch.Tensor:
-    """(n, n) matrix of a 1-D Gaussian blur with reflect (half-sample symmetric) borders."""
+def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:
+    """(n / f, n) matrix of a 1-D Gaussian blur (reflect, half-sample symmetric borders) then f-pixel box means.
+
+    Built tap by tap without the (n, n) blur matrix, so a microscope-sized axis stays small.
+    """
     taps, radius = _gauss_taps(sigma, 4.0)
-    G = torch.zeros(n, n, dtype=torch.float64)
+    M = torch.zeros(n // f, n, dtype=torch.float64)
     idx = torch.arange(n)
     for k, t in zip(range(-radius, radius + 1), taps):
         j = idx + k
         j = torch.where(j < 0, -j - 1, j)
         j = torch.where(j >= n, 2 * n - j - 1, j)
         j = j.clamp(0, n - 1)  # only for radius > n (tiny images)
-        G[idx, j] += t
-    return G
+        M.index_put_((idx // f, j), t / f * torch.ones(n, dtype=torch.float64), accumulate=True)
+    return M
 
 
 class Measurement:
@@ -225,8 +232,7 @@ class Measurement:
             self.S2 = torch.linalg.inv(self.A2 @ self.A2.T)
 
     def _a1(self, n: int) -> torch.Tensor:
-        G = _gauss_matrix(n, self.spot)
-        return G.reshape(n // self.f, self.f, n).mean(1)
+        return _spot_box_matrix(n, self.f, self.spot)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         if self.spot > 0:
@@ -327,10 +333,14 @@ def _colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000) -> dict[float, float]:
     """κ for each quantile: that percentile of the guide's neighbour colour differences (≥ 1e-3).
 
-    Large guides are sampled (fixed positions, deterministic).
+    Guides with more than ``max_samples`` neighbour pairs are sampled (fixed positions, deterministic).
     """
     g = np.asarray(guide)
     H, W = g.shape[:2]
+    if (H - 1) * W + H * (W - 1) <= max_samples:
+        dh, dv = _colour_differences(torch.as_tensor(g, dtype=torch.float32))
+        d = torch.cat([dh.flatten(), dv.flatten()]).numpy()
+        return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
     rng = np.random.default_rng(0)
     n = min(max_samples // 2, (H - 1) * W)
     r = rng.integers(0, H - 1, n)
@@ -632,16 +642,17 @@ def _refine_taus(images: torch.Tensor, config: ConsistentConfig) -> torch.Tensor
     return (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
 
 
-def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig,
+def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig, nonneg: torch.Tensor,
             beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
-    """Non-negativity where the measurement is non-negative (box model; a spot's footprints overlap
-    blocks, so there is no exact block rescale and its output may dip below zero).
+    """Non-negativity for the ions whose whole measurement is non-negative (``nonneg``, (K,) bool: decided
+    on the whole ion, not on the window or tile in ``y``, so tiles and the coarse test agree with the
+    final image); box model only (a spot's footprints overlap blocks, so there is no exact block
+    rescale and its output may dip below zero).
 
     ``beta`` (K, 1, 1) or a scalar tensor, with ``detail`` (H, W): the optical's fine texture is first carried over
     multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the block rescale.
     """
     if config.positive and config.spot_sigma_px == 0:
-        nonneg = (y >= 0).flatten(1).all(1)
         if bool(nonneg.any()):
             textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
             x = torch.where(nonneg[:, None, None], positive_rescale(textured, y, f), x)
@@ -685,7 +696,7 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
                     kappas: dict[float, float], taus: torch.Tensor, device: torch.device, detail_eps: float,
-                    basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
+                    nonneg: torch.Tensor, basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
     """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
 
     The measurement (a central window, an even number of blocks) is block-averaged 2×2;
@@ -701,7 +712,8 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     same test per ion at the basis's cost.
     Then, at the chosen setting, the same walk (without the sign test) over ``config.texture``
     picks the strength β of the optical-texture step (only where a block spans 5 σ of it and
-    the box model's rescale applies; ``detail_eps``: the whole guide's :func:`_detail_eps`).
+    the box model's rescale applies, to ions whose whole measurement is non-negative, ``nonneg``
+    (K,); ``detail_eps``: the whole guide's :func:`_detail_eps`).
     Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
     K = ions.shape[0]
@@ -745,7 +757,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
                 for j, beta in enumerate(betas):
-                    xt = _finish(xp, y2[part], 2 * f, config, torch.tensor(beta, device=device), detail)
+                    xt = _finish(xp, y2[part], 2 * f, config, nonneg[part], torch.tensor(beta, device=device), detail)
                     per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
             for j in range(len(betas)):
                 errors[i][j].append(torch.cat(per_block[j]))  # (K, n) per-block squared errors
@@ -843,6 +855,8 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     Y = ions.reshape(K, -1).astype(np.float64)
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
     energy = np.diag(gram)
+    if not energy.any():
+        return None  # an all-zero panel: nothing to share
     best = None
     for r in range(1, min(config.shared_max_rank, K - 1) + 1):
         if best is not None and r >= best[0]:
@@ -867,6 +881,7 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     r = len(rows)
     sign = np.where(rows.sum(1) < 0, -1.0, 1.0)  # mostly positive basis images
     peak = np.abs(rows).max(1)
+    peak = np.where(peak > 0, peak, 1.0)  # a basis row left empty by zero ions stays zero
     basis = (rows * (sign / peak)[:, None]).reshape(r, h, w)
     coefficients = (Y @ rows.T) * sign * peak
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
@@ -891,7 +906,7 @@ class _Basis:
 @dataclass
 class HarmonicReport:
     """What the run did, per ion: the chosen setting, the coarse-level scores (and the shared basis, if
-    used), iterations, seconds."""
+    used); solver iterations (summed over batches, each counting its slowest image) and seconds."""
 
     settings: list[tuple[float, int]] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
@@ -948,6 +963,7 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
     quantiles = tuple(sorted({q for q, _ in config.ladder}))
     kappas = edge_scales(guide, quantiles)
     taus = _refine_taus(y_all, config)
+    nonneg = (y_all >= 0).flatten(1).all(1)
     eps = _detail_eps(guide)
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
@@ -955,7 +971,7 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
     progress = _progress(len(batches) * (1 + len(tiles)), quiet)
     chosen, notes = [], []
     for part in batches:
-        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, eps, basis)
+        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, eps, nonneg[part], basis)
         chosen += c
         notes += n
         progress.update()
@@ -984,9 +1000,14 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentCon
                     report.iterations += its
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
-                x = _finish(x, y, f, config, betas[batch], detail)[:, inner[0], inner[1]]  # exact on every block of the tile
+                x = _finish(x, y, f, config, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact per block
                 out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
+    if config.spot_sigma_px > 0 and len(tiles) > 1:
+        # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
+        op = Measurement((H, W), f, config.spot_sigma_px, device)
+        for k in range(K):
+            out[k] = op.project(torch.as_tensor(out[k], device=device), y_all[k]).float().cpu().numpy()
     progress.close()
     report.seconds = time.perf_counter() - start
     report.device = str(device)

@@ -106,9 +106,11 @@ def _checked(guide: np.ndarray, ion: np.ndarray, method: str) -> tuple[np.ndarra
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
-                  seconds: float) -> FusionResult:
+                  seconds: float, options: MethodOptions) -> FusionResult:
+    """The result in the ion's units, with its consistency error under the stated measurement model."""
     image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
-    return FusionResult(image, method, scale, result, seconds, intensity_scale, consistency_error(image, ion, scale))
+    error = consistency_error(image, ion, scale, options.harmonic.spot_sigma_px)
+    return FusionResult(image, method, scale, result, seconds, intensity_scale, error)
 
 
 def fuse(
@@ -123,7 +125,7 @@ def fuse(
     problem = FusionProblem(np.asarray(guide, dtype=np.float32), ion / intensity_scale, scale)
     start = time.perf_counter()
     result = METHODS[method].run(problem, options)
-    return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start)
+    return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start, options)
 
 
 def fuse_many(
@@ -150,7 +152,7 @@ def fuse_many(
     start = time.perf_counter()
     results = run_many(np.asarray(guide, dtype=np.float32), normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
-    return [_in_ion_units(r, ion, method, scale, peak, share) for r, (ion, _, peak) in zip(results, checked)]
+    return [_in_ion_units(r, ion, method, scale, peak, share, options) for r, (ion, _, peak) in zip(results, checked)]
 
 
 # ----------------------------------------------------------------------------- methods

@@ -1,6 +1,6 @@
 """Scores of a fused image against a high-resolution truth, the measurement and the optical.
 
-The evaluation protocol (DESIGN §6): block-average a truth by the factor, fuse, compare.
+The evaluation protocol: block-average a truth by the factor, fuse, compare.
 :func:`score` returns every number the protocol reports in one frozen :class:`Scores`:
 
 - ``mse``: mean squared error against the truth, in the truth's units.

@@ -39,7 +39,7 @@ class MeasurementModel:
     """Box average of each MSI pixel's footprint, optionally after a Gaussian laser spot.
 
     ``spot_sigma_px`` is the spot's standard deviation in *fine* (optical) pixels; 0 means the
-    pure box average, which is what the consistency error is measured against.
+    pure box average (the default, also of the consistency error).
     """
 
     factor: int
@@ -53,8 +53,9 @@ class MeasurementModel:
         return block_mean(fine, self.factor)
 
 
-def consistency_error(fused: np.ndarray, measured: np.ndarray, factor: int) -> float:
-    """``mean|blockmean(fused) − measured| / mean|measured|``: 0 means fully quantitative."""
+def consistency_error(fused: np.ndarray, measured: np.ndarray, factor: int, spot_sigma_px: float = 0.0) -> float:
+    """``mean|A(fused) − measured| / mean|measured|``, A the measurement model (the block mean, after a
+    Gaussian laser spot of ``spot_sigma_px`` fine pixels if given): 0 means fully quantitative."""
     measured = np.asarray(measured, dtype=np.float64)
-    diff = block_mean(fused, factor).astype(np.float64) - measured
+    diff = MeasurementModel(factor, spot_sigma_px).measure(fused).astype(np.float64) - measured
     return float(np.mean(np.abs(diff)) / max(np.mean(np.abs(measured)), 1e-30))
