@@ -21,7 +21,7 @@ from msifusion.consistent import (
     shared_basis,
     solve_harmonic,
 )
-from msifusion.fit import Runtime
+from msifusion.fit import Runtime, resolve_device
 from msifusion.methods import MethodOptions, fuse, fuse_many
 from msifusion.physics import block_mean, consistency_error, upsample
 
@@ -222,6 +222,9 @@ def test_many_ions_match_single_ion(cells):
                      block_mean(truth * rng.uniform(0.5, 1.5, truth.shape).astype(np.float32), f)])
     ions = ions / ions.max(axis=(1, 2), keepdims=True)
     config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)), ion_batch=2, texture=(0.0, 1.0))
+    # batching changes no result: on the CPU to rounding (bit for bit here); CUDA's kernels round differently by
+    # batch size, and the solver stops at its relative tolerance, 1e-3 (H100: 2.4e-5 of the maximum seen)
+    tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.tolerance
     together = HarmonicReport()
     many = fuse_consistent_many(guide, ions, f, config, report=together)
     for k in range(3):
@@ -233,8 +236,7 @@ def test_many_ions_match_single_ion(cells):
         # each ion's own scores, not the batch's: β = 0 scores what the chosen rung scored
         np.testing.assert_allclose(note["texture_coarse_mse"], note_alone["texture_coarse_mse"], rtol=1e-4)
         assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.index(tuple(note["chosen"]))]
-        # batching changes no result: bit for bit on this CPU; CUDA's kernels round differently by batch size (5e-6 seen)
-        assert np.max(np.abs(many[k] - alone)) < 1e-5 * np.abs(alone).max()
+        assert np.max(np.abs(many[k] - alone)) <= tolerance * np.abs(alone).max()
 
 
 def test_tiles_stay_exact_and_agree_with_one_piece(cells):
