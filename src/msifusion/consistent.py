@@ -207,7 +207,7 @@ def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:
         j = torch.where(j < 0, -j - 1, j)
         j = torch.where(j >= n, 2 * n - j - 1, j)
         j = j.clamp(0, n - 1)  # only for radius > n (tiny images)
-        M.index_put_((idx // f, j), t / f * torch.ones(n, dtype=torch.float64), accumulate=True)
+        M.index_put_((idx // f, j), torch.full((n,), float(t) / f, dtype=torch.float64), accumulate=True)
     return M
 
 
@@ -340,13 +340,13 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
     if (H - 1) * W + H * (W - 1) <= max_samples:
         dh, dv = _colour_differences(torch.as_tensor(g, dtype=torch.float32))
         d = torch.cat([dh.flatten(), dv.flatten()]).numpy()
-        return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
-    rng = np.random.default_rng(0)
-    n = min(max_samples // 2, (H - 1) * W)
-    r = rng.integers(0, H - 1, n)
-    c = rng.integers(0, W - 1, n)
-    p = g[r, c].astype(np.float32)
-    d = np.concatenate([np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))])
+    else:
+        rng = np.random.default_rng(0)
+        n = min(max_samples // 2, (H - 1) * W)
+        r = rng.integers(0, H - 1, n)
+        c = rng.integers(0, W - 1, n)
+        p = g[r, c].astype(np.float32)
+        d = np.concatenate([np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))])
     return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
 
 
