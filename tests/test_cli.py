@@ -213,6 +213,23 @@ def test_optical_of_the_ion_shape_is_not_blamed_on_scale(tmp_path, files, capsys
     assert "--scale" not in err
 
 
+@pytest.mark.parametrize("extra, error", [
+    (["--epochs", "5"], "--epochs: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
+    (["--checkpoint-every", "1", "--lr", "1e-3"],
+     "--lr, --checkpoint-every: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
+    (["--method", "bilinear", "--patience", "0"],
+     "--patience: applies only to fitted methods (lcrn, cnn3, unet), not to --method bilinear"),
+    (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to guided-harmonic, not to --method lcrn"),
+    (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
+])
+def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, extra, error):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _fuse(opt, ion_path, out, *extra) == 2
+    _assert_one_line_error(capsys, f"msifusion: error: {error}")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--mz", "100"], "--mz"),
     (["--tol", "5ppm"], "--tol"),
@@ -247,11 +264,12 @@ def _register_method(monkeypatch, name: str, transform) -> None:
 
 
 def test_output_not_in_ion_units_warns_on_stderr_and_in_run_json(tmp_path, files, capsys, monkeypatch):
-    opt, ion_path, _, _ = files
+    opt, ion_path, ion, scale = files
+    n = ion.size * scale * scale
     _register_method(monkeypatch, "negated", lambda up: -up)  # all negative: consistency error 2
     _register_method(monkeypatch, "tripled", lambda up: 3 * up)  # positive, consistency error 2
     expected = {
-        "negated": "the negated output for ion is not in the ion's units: negative values (min -500, 100.0% of pixels) "
+        "negated": f"the negated output for ion is not in the ion's units: negative values (min -500, {n} of {n} pixels) "
                    "from a non-negative ion image; consistency error 2 > 0.5 (averaged back over each MSI pixel it "
                    "does not give the measured image); look at fused.png, or try another --method",
         "tripled": "the tripled output for ion is not in the ion's units: consistency error 2 > 0.5 (averaged back "

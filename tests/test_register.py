@@ -76,6 +76,11 @@ def test_degenerate_landmarks_are_input_errors() -> None:
         AffineMap.from_landmarks(lm)
     with pytest.raises(InputError):
         transform_from_landmarks(lm, "bogus")
+    with pytest.raises(InputError, match="collinear"):  # the spline's affine part has no unique solution either
+        ThinPlateSpline(lm)
+    spread = Landmarks(moving=np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), fixed=line, names=("a", "b", "c"))
+    with pytest.raises(InputError, match="collinear"):  # one side collinear is enough
+        ThinPlateSpline(spread)
 
 
 def test_grid_refined_is_block_consistent() -> None:

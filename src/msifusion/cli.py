@@ -68,22 +68,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
-    m.add_argument("--spot-sigma", type=_weight, default=0.0, metavar="PX",
+    harmonic_only = [m.add_argument("--spot-sigma", type=_weight, default=None, metavar="PX",
                    help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
-                        "(default 0: the pure box average)")
-    m.add_argument("--no-texture", action="store_true",
-                   help="never carry the optical's fine texture (cell walls) over into the fused image; by default "
-                        "a self-supervised test decides per ion")
+                        "(default 0: the pure box average)"),
+                     m.add_argument("--no-texture", action="store_true",
+                                    help="never carry the optical's fine texture (cell walls) over into the fused "
+                                         "image; by default a self-supervised test decides per ion")]
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
-    t.add_argument("--epochs", type=_positive_int, default=2000, help="epoch cap (default 2000)")
-    t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    t.add_argument("--w-mse", type=_weight, default=1.0, help="weight of the MSE loss (default 1)")
-    t.add_argument("--w-edge", type=_weight, default=1.0, help="weight of the edge perceptual loss (default 1)")
-    t.add_argument("--patience", type=_count, default=5,
-                   help="stop after this many total increases of the edge loss; 0 = never (default 5)")
-    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian")
-    t.add_argument("--checkpoint-every", type=_count, default=0, metavar="N",
-                   help="save the output every N epochs under DIR/checkpoints (default: never)")
+    training_only = [
+        t.add_argument("--epochs", type=_positive_int, default=None, help="epoch cap (default 2000)"),
+        t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 3e-4)"),
+        t.add_argument("--w-mse", type=_weight, default=None, help="weight of the MSE loss (default 1)"),
+        t.add_argument("--w-edge", type=_weight, default=None, help="weight of the edge perceptual loss (default 1)"),
+        t.add_argument("--patience", type=_count, default=None,
+                       help="stop after this many total increases of the edge loss; 0 = never (default 5)"),
+        t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default=None, help="(default laplacian)"),
+        t.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
+                       help="save the output every N epochs under DIR/checkpoints (default: never)")]
+    p.set_defaults(harmonic_only=harmonic_only, training_only=training_only)
 
 
 # Options whose defaults live in the config objects (``None`` = not given), so that an option
@@ -105,7 +107,10 @@ def _add_ion_options(g, required: bool) -> list[argparse.Action]:
 def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     g = p.add_argument_group("registration (with --imzml or `register`; automatic without --landmarks)")
     return [
-        g.add_argument("--landmarks", metavar="L", help="BigWarp landmarks (.csv or .json): moving = optical, fixed = ion"),
+        g.add_argument("--landmarks", metavar="L",
+                       help="BigWarp landmarks, as Fiji's BigWarp saves them: CSV rows \"name\",\"true\","
+                            "\"moving x\",\"moving y\",\"fixed x\",\"fixed y\" (moving = optical, fixed = ion, in "
+                            "each image's calibrated units; inactive rows skipped), or its JSON export"),
         g.add_argument("--transform", choices=("tps", "affine"), default=None,
                        help="landmark transform (default tps, as BigWarp)"),
         g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
@@ -121,7 +126,21 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str]:
     """The options among ``actions`` that were given (a value other than None/False)."""
-    return [a.option_strings[0] for a in actions if getattr(args, a.dest) not in (None, False)]
+    return [a.option_strings[0] for a in actions if getattr(args, a.dest) is not None and getattr(args, a.dest) is not False]
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen method would ignore (training options for a solver, and the other way)."""
+    from msifusion.methods import DEFAULT_METHOD, METHODS
+
+    method = METHODS.get(args.method or DEFAULT_METHOD)
+    if method is None:
+        return  # an unknown method is refused, with the list, where the method is looked up
+    for options, applies, to in ((args.training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
+                                 (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
+        misplaced = _given(args, options)
+        if misplaced and not applies:
+            raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
 
 
 def _settings(args: argparse.Namespace):
@@ -130,8 +149,9 @@ def _settings(args: argparse.Namespace):
     from msifusion.pipeline import FuseSettings
 
     try:
-        fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
-                        patience=args.patience, edge_kernel=args.edge_kernel, checkpoint_every=args.checkpoint_every)
+        given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
+                 "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
+        fit = FitConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise InputError("training options", str(exc)) from None
     try:
@@ -144,7 +164,7 @@ def _settings(args: argparse.Namespace):
 
     from msifusion.consistent import ConsistentConfig
 
-    harmonic = ConsistentConfig(spot_sigma_px=args.spot_sigma)
+    harmonic = ConsistentConfig(spot_sigma_px=args.spot_sigma or 0.0)
     if args.no_texture:
         harmonic = replace(harmonic, texture=(0.0,))
     return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic)
@@ -167,6 +187,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     if args.optical is None:
         raise InputError("fuse", "give --optical")
+    _check_method_options(args)
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")

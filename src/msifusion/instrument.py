@@ -199,11 +199,11 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite)
+    check_output_dir(request.out, request.overwrite, [request.imzml])
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         summary = f.summary()
-    with staged_output_dir(request.out, request.overwrite) as stage:
+    with staged_output_dir(request.out, request.overwrite, [request.imzml]) as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
         record = {"tool": "msifusion", "command": "ions", "imzml": str(request.imzml), "mzs": list(stack.mzs),
@@ -238,12 +238,13 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite)
+    inputs = [request.optical, request.ion, request.settings.landmarks]
+    check_output_dir(request.out, request.overwrite, inputs)
     optical = read_optical(request.optical)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
     registered = register_optical(optical, msi, request.settings)
-    with staged_output_dir(request.out, request.overwrite) as stage:
+    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, px)
         record = {"tool": "msifusion", "command": "register", "optical": str(request.optical), "ion": str(request.ion),
                   "settings": _jsonable(asdict(request.settings)), "registration": registered.info,
@@ -280,14 +281,15 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     OME-TIFF stack ``out/fused.ome.tiff``. Always ``out/optical_registered.tiff``.
     """
     t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite)
+    inputs = [request.imzml, request.optical, request.register.landmarks]
+    check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)
     optical = read_optical(request.optical)
     registered = register_optical(optical, msi, request.register)
     load_s = time.perf_counter() - t0
-    with staged_output_dir(request.out, request.overwrite) as stage:
+    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, stack.pixel_size_um)
         common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}

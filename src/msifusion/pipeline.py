@@ -112,13 +112,18 @@ def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def software_versions() -> dict:
-    import numpy
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
     import msifusion
 
-    return {"msifusion": msifusion.__version__, "python": platform.python_version(), "numpy": numpy.__version__,
-            "torch": torch.__version__, "platform": platform.platform()}
+    versions = {"msifusion": msifusion.__version__, "python": platform.python_version()}
+    for package in ("numpy", "torch", "numba", "scipy", "scikit-image", "opencv-python-headless", "tifffile",
+                    "pyimzML", "SimpleITK"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return {**versions, "platform": platform.platform()}
 
 
 def cpu_model() -> str:
@@ -168,7 +173,7 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
     if float(np.min(pair.ion)) >= 0:
         low = float(np.min(image))
         if low < -1e-6 * float(np.max(pair.ion)):
-            problems.append(f"negative values (min {low:.3g}, {np.mean(image < 0):.1%} of pixels) "
+            problems.append(f"negative values (min {low:.3g}, {int(np.sum(image < 0))} of {image.size} pixels) "
                             "from a non-negative ion image")
     if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
@@ -278,11 +283,12 @@ class FuseFilesRequest:
 def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
     t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite)
+    inputs = [request.optical, request.ion]
+    check_output_dir(request.out, request.overwrite, inputs)
     optical, ion = read_optical(request.optical), read_ion(request.ion)
     pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
     load_s = time.perf_counter() - t0
-    with staged_output_dir(request.out, request.overwrite) as stage:
+    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         on_checkpoint = None
         if request.settings.fit.checkpoint_every:
             on_checkpoint = checkpoint_writer(stage / "checkpoints", float(np.max(np.abs(pair.ion))),

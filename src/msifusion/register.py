@@ -108,6 +108,9 @@ class ThinPlateSpline:
 
         if len(landmarks.fixed) < 3:
             raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
+        for side in (landmarks.fixed, landmarks.moving):
+            if np.linalg.matrix_rank(np.asarray(side, dtype=np.float64) - np.mean(side, axis=0)) < 2:
+                raise InputError(landmarks.source, "landmarks are collinear; a thin-plate spline needs three not on one line")
         self.landmarks = landmarks
         try:
             self._rbf = RBFInterpolator(landmarks.fixed, landmarks.moving, kernel="thin_plate_spline",

@@ -31,6 +31,34 @@ def test_csv_with_header_and_row_labels_semicolons(tmp_path):
     np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2, 3], [4, 5, 6]])
 
 
+@pytest.mark.parametrize("text", [
+    ",0,1,2\n0,1,2,3\n1,4,5,6\n",  # pandas DataFrame.to_csv(): empty corner, column numbers, row index
+    "0,1,2\n1,2,3\n4,5,6\n",  # pandas to_csv(index=False): the header is the column numbers
+    "1,2,3\n1,2,3\n4,5,6\n",  # numbered from 1
+])
+def test_pandas_matrix_exports_skip_their_labels(tmp_path, text):
+    path = tmp_path / "pandas.csv"
+    path.write_text(text)
+    np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2, 3], [4, 5, 6]])
+
+
+def test_long_table_with_pandas_index_column(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text(",x,y,intensity\n0,1,1,5\n1,2,1,6\n2,2,2,7\n")
+    np.testing.assert_array_equal(read_ion(path).pixels, [[5, 6], [0, 7]])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x,y,mz_885,tic\n1,1,5,100\n2,1,6,90\n", "exactly one intensity column beside x and y, found: mz_885, tic"),
+    ("x,y,intensity\n1,1,5\n2,1,6\n1,1,999\n", "pixel x=1, y=1 appears 2 times"),
+])
+def test_ambiguous_long_tables_are_refused(tmp_path, text, message):
+    path = tmp_path / "long.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_ion(path)
+
+
 def test_long_table_is_pivoted_with_missing_pixels_zero(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text("x,y,intensity\n1,1,5\n2,1,6\n3,2,7\n")

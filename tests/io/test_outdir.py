@@ -1,7 +1,7 @@
 import pytest
 
 from msifusion.errors import InputError
-from msifusion.io.outdir import staged_output_dir
+from msifusion.io.outdir import check_output_dir, staged_output_dir
 
 
 def test_success_moves_folder_into_place(tmp_path):
@@ -44,3 +44,37 @@ def test_empty_existing_folder_is_fine(tmp_path):
     with staged_output_dir(tmp_path / "run") as stage:
         (stage / "f").write_text("1")
     assert (tmp_path / "run" / "f").exists()
+
+
+def test_refuses_a_folder_that_holds_an_input_even_with_overwrite(tmp_path):
+    inputs = tmp_path / "data" / "sub"
+    inputs.mkdir(parents=True)
+    (inputs / "ion.tif").write_text("measured")
+    with pytest.raises(InputError, match="holds the input"):
+        with staged_output_dir(tmp_path / "data", overwrite=True, inputs=[inputs / "ion.tif"]):
+            pass
+    assert (inputs / "ion.tif").read_text() == "measured"
+
+
+def test_refuses_the_current_folder_and_paths_through_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(InputError, match="current folder"):
+        check_output_dir(".", overwrite=True)
+    with pytest.raises(InputError, match="current folder"):
+        check_output_dir("..", overwrite=True)
+    with pytest.raises(InputError, match="not a writable folder"):
+        check_output_dir(tmp_path / "x.txt" / "sub", overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_output_folder_follows_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with staged_output_dir(tmp_path / "run") as stage:
+            (stage / "f").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755

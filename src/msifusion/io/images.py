@@ -219,6 +219,16 @@ def _to_float(token: str) -> float | None:
         return None
 
 
+def _is_header(row: list[str]) -> bool:
+    """A first row of names: any non-numeric cell, an empty first cell above row names (R's and pandas'
+    ``to_csv``), or column numbers 0…n−1 or 1…n (pandas' ``to_csv(index=False)`` of a matrix)."""
+    values = [_to_float(t) for t in row]
+    if any(v is None for v in values) or (len(row) > 1 and row[0].strip().strip('"') == ""):
+        return True
+    n = len(values)
+    return n >= 3 and (values == list(range(n)) or values == list(range(1, n + 1)))
+
+
 def _read_table(path: Path) -> np.ndarray:
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -238,7 +248,7 @@ def _read_table(path: Path) -> np.ndarray:
     else:
         rows = list(csv.reader(_io.StringIO("\n".join(lines)), delimiter=delimiter))
     header = None
-    if any(_to_float(t) is None for t in rows[0]):
+    if _is_header(rows[0]):
         header, rows = [t.strip().strip('"').lower() for t in rows[0]], rows[1:]
     if not rows:
         raise InputError(path, "table has a header but no data rows")
@@ -271,8 +281,11 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     The image reaches the largest x and y present. Negative coordinates are an error.
     """
     ix, iy = header.index("x"), header.index("y")
-    others = [i for i in range(len(header)) if i not in (ix, iy)]
-    iv = others[-1]
+    others = [i for i in range(len(header)) if i not in (ix, iy) and header[i] not in ("", "unnamed: 0")]
+    if len(others) != 1:
+        names = ", ".join(header[i] for i in others) or "none"
+        raise InputError(path, f"long table needs exactly one intensity column beside x and y, found: {names}")
+    iv = others[0]
     try:
         arr = np.array([[float(r[ix]), float(r[iy]), float(_to_float(r[iv]))] for r in rows])
     except (ValueError, TypeError, IndexError):
@@ -283,6 +296,10 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     if xy.min() < 0:
         raise InputError(path, f"negative pixel coordinate {xy.min()} in the x/y columns")
     x, y = (xy - (0 if xy.min() == 0 else 1)).T
+    _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        cx, cy = xy[first[np.argmax(counts > 1)]]
+        raise InputError(path, f"pixel x={cx}, y={cy} appears {counts.max()} times in the long table; keep one row per pixel")
     image = np.zeros((y.max() + 1, x.max() + 1))
     image[y, x] = arr[:, 2]
     return image

@@ -7,31 +7,50 @@ and an existing non-empty folder is replaced only when the user said ``--overwri
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from msifusion.errors import InputError
 
 
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse early (before any work) when ``out`` holds something and overwrite is off."""
+def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse early (before any work) when ``out`` holds something and overwrite is off, when it is or holds
+    the current folder or one of the run's ``inputs`` (replacing it would delete them), or when no folder
+    can be made there."""
     out = Path(out)
+    where = out.resolve()
+    if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
+        raise InputError(out, "output folder is the current folder or one above it; name a new folder")
+    for path in inputs:
+        if path is not None and (where == Path(path).resolve() or where in Path(path).resolve().parents):
+            raise InputError(out, f"output folder holds the input {path}; replacing it would delete it")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(out, "output folder is not empty; pass --overwrite to replace it")
+    parent = next((p for p in where.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
     return out
 
 
 @contextmanager
-def staged_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_output_dir(out: str | Path, overwrite: bool = False,
+                      inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a staging folder; on success it becomes ``out``, on any error it vanishes."""
-    out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    out = check_output_dir(out, overwrite, inputs)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the results follow the user's umask like any folder
     try:
         yield stage
     except BaseException:
