@@ -68,12 +68,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
-    harmonic_only = [m.add_argument("--spot-sigma", type=_weight, default=None, metavar="PX",
-                   help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
-                        "(default 0: the pure box average)"),
-                     m.add_argument("--no-texture", action="store_true",
-                                    help="never carry the optical's fine texture (cell walls) over into the fused "
-                                         "image; by default a self-supervised test decides per ion")]
+    harmonic_only = [
+        m.add_argument("--spot-sigma", type=_weight, default=None, metavar="PX",
+                       help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
+                            "(default 0: the pure box average)"),
+        m.add_argument("--no-texture", action="store_true",
+                       help="never carry the optical's fine texture (cell walls) over into the fused image; by "
+                            "default a self-supervised test decides per ion")]
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
     training_only = [
         t.add_argument("--epochs", type=_positive_int, default=None, help="epoch cap (default 2000)"),
@@ -126,7 +127,7 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str]:
     """The options among ``actions`` that were given (a value other than None/False)."""
-    return [a.option_strings[0] for a in actions if getattr(args, a.dest) is not None and getattr(args, a.dest) is not False]
+    return [a.option_strings[0] for a in actions if (value := getattr(args, a.dest)) is not None and value is not False]
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
