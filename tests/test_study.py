@@ -103,6 +103,9 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     with open(tmp_path / "ok" / "study.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["psnr_truth"] != "" for r in rows] == [False, True, False]  # checkpoints every 2 epochs
+    with pytest.raises(InputError, match="holds the input"):  # --overwrite never deletes the inputs
+        run_study(StudyConfig(truth=tmp_path / "truth.tiff", **base), tmp_path, overwrite=True)
+    assert (tmp_path / "opt.tiff").exists()
 
 
 def test_study_config_needs_both_files():

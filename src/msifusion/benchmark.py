@@ -422,7 +422,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     from msifusion.io.outdir import check_output_dir, staged_output_dir
 
     t0 = time.perf_counter()
-    out = check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite, [config.prostate_dir])
     log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     methods = config.method_order()
     skipped: list[str] = []
@@ -434,7 +434,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     build_s = time.perf_counter() - t0
     rows: list[dict] = []
     case_seconds: dict[str, float] = {}
-    with staged_output_dir(out, overwrite) as stage:
+    with staged_output_dir(out, overwrite, [config.prostate_dir]) as stage:
         (stage / "panels").mkdir()
         total = len(cases) * len(methods)
         for ci, case in enumerate(cases):

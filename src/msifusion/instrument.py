@@ -199,11 +199,12 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite, [request.imzml])
+    inputs = _imzml_files(request.imzml)
+    check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         summary = f.summary()
-    with staged_output_dir(request.out, request.overwrite, [request.imzml]) as stage:
+    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
         record = {"tool": "msifusion", "command": "ions", "imzml": str(request.imzml), "mzs": list(stack.mzs),
@@ -224,6 +225,12 @@ class RegisterRequest:
     overwrite: bool = False
 
 
+def _imzml_files(path: Path) -> list[Path]:
+    """An imzML run's input files: the .imzML and, for one, the .ibd beside it (as given, not as a link resolves)."""
+    path = Path(path)
+    return [path, path.with_suffix(".ibd")] if path.suffix.lower() == ".imzml" else [path]
+
+
 def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
     """The fixed side from an .imzML (see :meth:`MsiTissue.of`) or from an ion image file."""
     if ion_path.suffix.lower() == ".imzml":
@@ -238,7 +245,7 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     t0 = time.perf_counter()
-    inputs = [request.optical, request.ion, request.settings.landmarks]
+    inputs = [*_imzml_files(Path(request.ion)), request.optical, request.settings.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
     optical = read_optical(request.optical)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
@@ -281,7 +288,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     OME-TIFF stack ``out/fused.ome.tiff``. Always ``out/optical_registered.tiff``.
     """
     t0 = time.perf_counter()
-    inputs = [request.imzml, request.optical, request.register.landmarks]
+    inputs = [*_imzml_files(request.imzml), request.optical, request.register.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)

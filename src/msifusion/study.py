@@ -187,7 +187,8 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     from msifusion.physics import upsample
 
     t0 = time.perf_counter()
-    check_output_dir(out, overwrite)
+    given = [config.optical, config.ion, config.truth]
+    check_output_dir(out, overwrite, given)
     inputs = load_inputs(config)
     ion = np.asarray(inputs.ion, dtype=np.float32)
     intensity = float(np.max(np.abs(ion)))
@@ -247,7 +248,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     baseline = {"psnr": metrics.psnr(target_ion, truth), "ssim": metrics.ssim(target_ion, truth)} if truth is not None else None
     summary = _summary(checkpoints, history, stop, stop_ckpt, best, baseline, config)
     summary["online_stop_checkpoint"] = marks["stop"]  # the watcher's view; equals rule_stop_checkpoint
-    with staged_output_dir(out, overwrite) as stage:
+    with staged_output_dir(out, overwrite, given) as stage:
         write_study_csv(stage / "study.csv", history, checkpoints, stop)
         save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
         (stage / "checkpoints").mkdir()

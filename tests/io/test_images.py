@@ -33,13 +33,27 @@ def test_csv_with_header_and_row_labels_semicolons(tmp_path):
 
 @pytest.mark.parametrize("text", [
     ",0,1,2\n0,1,2,3\n1,4,5,6\n",  # pandas DataFrame.to_csv(): empty corner, column numbers, row index
-    "0,1,2\n1,2,3\n4,5,6\n",  # pandas to_csv(index=False): the header is the column numbers
-    "1,2,3\n1,2,3\n4,5,6\n",  # numbered from 1
+    ",1,2,3\n1,1,2,3\n2,4,5,6\n",  # numbered from 1
+    '"","V1","V2","V3"\n"1",1,2,3\n"2",4,5,6\n',  # R's write.csv
 ])
-def test_pandas_matrix_exports_skip_their_labels(tmp_path, text):
-    path = tmp_path / "pandas.csv"
+def test_matrix_exports_skip_their_labels(tmp_path, text):
+    path = tmp_path / "export.csv"
     path.write_text(text)
     np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2, 3], [4, 5, 6]])
+
+
+@pytest.mark.parametrize("text, shape", [("0,1,2\n1,2,3\n4,5,6\n", (3, 3)), ("1,2,3,4\n0,5,2,1\n3,3,0,2\n", (3, 4))])
+def test_a_first_row_of_small_integers_is_data(tmp_path, text, shape):
+    path = tmp_path / "counts.csv"
+    path.write_text(text)
+    assert read_ion(path).pixels.shape == shape
+
+
+def test_an_empty_corner_before_data_is_a_missing_value(tmp_path):
+    path = tmp_path / "nan_corner.csv"
+    path.write_text(",2,3,4\n5,6,7,8\n9,10,11,12\n")
+    with pytest.raises(InputError, match="1 NaN/inf pixel"):
+        read_ion(path)
 
 
 def test_long_table_with_pandas_index_column(tmp_path):
@@ -51,6 +65,7 @@ def test_long_table_with_pandas_index_column(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("x,y,mz_885,tic\n1,1,5,100\n2,1,6,90\n", "exactly one intensity column beside x and y, found: mz_885, tic"),
     ("x,y,intensity\n1,1,5\n2,1,6\n1,1,999\n", "pixel x=1, y=1 appears 2 times"),
+    ("x,y,v\n1,1,5\n1,1,6\n2,1,1\n2,1,1\n2,1,1\n", "pixel x=1, y=1 appears 2 times"),
 ])
 def test_ambiguous_long_tables_are_refused(tmp_path, text, message):
     path = tmp_path / "long.csv"

@@ -78,3 +78,8 @@ def test_output_folder_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+
+
+def test_an_unusable_name_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="cannot use the output folder"):
+        check_output_dir(tmp_path / ("a" * 300), overwrite=False)

@@ -220,13 +220,14 @@ def _to_float(token: str) -> float | None:
 
 
 def _is_header(row: list[str]) -> bool:
-    """A first row of names: any non-numeric cell, an empty first cell above row names (R's and pandas'
-    ``to_csv``), or column numbers 0…n−1 or 1…n (pandas' ``to_csv(index=False)`` of a matrix)."""
+    """A first row of names: a non-numeric cell, or an empty corner above row names followed by names or by the
+    column numbers 0…n−1 / 1…n (R's ``write.csv``, pandas' ``to_csv``). An empty corner before numbers that do not
+    count columns stays data (a missing value, refused as NaN)."""
     values = [_to_float(t) for t in row]
-    if any(v is None for v in values) or (len(row) > 1 and row[0].strip().strip('"') == ""):
-        return True
-    n = len(values)
-    return n >= 3 and (values == list(range(n)) or values == list(range(1, n + 1)))
+    if row[0].strip().strip('"') == "" and len(row) > 1:
+        rest = values[1:]
+        return any(v is None for v in rest) or rest in (list(range(len(rest))), list(range(1, len(rest) + 1)))
+    return any(v is None for v in values)
 
 
 def _read_table(path: Path) -> np.ndarray:
@@ -298,8 +299,9 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     x, y = (xy - (0 if xy.min() == 0 else 1)).T
     _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
     if (counts > 1).any():
-        cx, cy = xy[first[np.argmax(counts > 1)]]
-        raise InputError(path, f"pixel x={cx}, y={cy} appears {counts.max()} times in the long table; keep one row per pixel")
+        k = int(np.argmax(counts > 1))
+        cx, cy = xy[first[k]]
+        raise InputError(path, f"pixel x={cx}, y={cy} appears {counts[k]} times in the long table; keep one row per pixel")
     image = np.zeros((y.max() + 1, x.max() + 1))
     image[y, x] = arr[:, 2]
     return image

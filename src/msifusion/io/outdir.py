@@ -22,6 +22,14 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
     the current folder or one of the run's ``inputs`` (replacing it would delete them), or when no folder
     can be made there."""
     out = Path(out)
+    try:
+        _check_output_dir(out, overwrite, inputs)
+    except OSError as exc:  # a name too long, a parent that cannot be read, …
+        raise InputError(out, f"cannot use the output folder: {exc.strerror or exc}") from None
+    return out
+
+
+def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | None]) -> None:
     where = out.resolve()
     if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
         raise InputError(out, "output folder is the current folder or one above it; name a new folder")
@@ -35,7 +43,20 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
-    return out
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (os.umask sets it for every
+    thread while it reads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -48,9 +69,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
         raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the results follow the user's umask like any folder
+    stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
     try:
         yield stage
     except BaseException:
