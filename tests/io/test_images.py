@@ -174,3 +174,16 @@ def test_rgb_tiff_round_trip_as_optical(tmp_path):
     image = read_optical(tmp_path / "opt.tiff")
     np.testing.assert_allclose(image.pixels, rgb, atol=1 / 255)
     assert image.pixel_size_um == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("suffix, keep", [(".jpg", 0.6), (".jpg", 0.02), (".png", 0.6)])
+def test_truncated_optical_is_refused_not_half_read(tmp_path, capfd, suffix, keep):
+    import cv2
+
+    path = tmp_path / f"optical{suffix}"
+    cv2.imwrite(str(path), (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])  # OpenCV decodes a 60 % JPEG, its missing rows grey
+    with pytest.raises(InputError, match=r"optical\.(jpg|png).*cannot decode image"):
+        read_optical(path)
+    assert capfd.readouterr().err == ""  # the decoder's own lines are not printed beside the one-line error

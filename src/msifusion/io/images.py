@@ -126,15 +126,42 @@ def read_optical(path: str | Path) -> Image:
     if path.suffix.lower() in (".tif", ".tiff"):
         data, pixel_size = _read_tiff(path)
     else:
-        import cv2
-
-        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if data is None:
-            raise InputError(path, "cannot decode image (corrupt or not really a PNG/JPEG)")
+        data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
         pixel_size = None
     return Image(optical_to_rgb(data, path), pixel_size, path)
+
+
+_DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check", "read error")
+
+
+def _decode_png_or_jpeg(path: Path) -> np.ndarray:
+    """OpenCV's decoding, refusing damaged files: libjpeg decodes a truncated JPEG with its missing part grey
+    and only prints a warning on the C-level stderr, so that stream is captured while decoding and read."""
+    import os
+    import sys
+    import tempfile
+
+    import cv2
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        said = sink.read().decode(errors="replace").strip()
+    damage = next((line for line in said.splitlines() if any(k in line.lower() for k in _DAMAGED)), None)
+    if data is None or damage:
+        raise InputError(path, f"cannot decode image ({damage or 'corrupt or not really a PNG/JPEG'})")
+    if said:
+        print(said, file=sys.stderr)  # the decoder's other remarks (e.g. libpng's about a colour profile)
+    return data
 
 
 def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
