@@ -147,13 +147,18 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
 
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
         try:
-            os.dup2(sink.fileno(), 2)
+            saved = os.dup(2)
+        except OSError:  # no stderr (closed): nothing to capture
+            saved = None
+        try:
+            if saved is not None:
+                os.dup2(sink.fileno(), 2)
             data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
         sink.seek(0)
         said = sink.read().decode(errors="replace").strip()
     damage = next((line for line in said.splitlines() if any(k in line.lower() for k in _DAMAGED)), None)
