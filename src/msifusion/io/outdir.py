@@ -29,12 +29,18 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
     return out
 
 
+def _holds(folder: Path, path: str | Path) -> bool:
+    """Whether replacing ``folder`` (resolved) would remove ``path``."""
+    path = Path(path).resolve()
+    return folder == path or folder in path.parents
+
+
 def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | None]) -> None:
     where = out.resolve()
-    if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
+    if _holds(where, Path.cwd()):
         raise InputError(out, "output folder is the current folder or one above it; name a new folder")
     for path in inputs:
-        if path is not None and (where == Path(path).resolve() or where in Path(path).resolve().parents):
+        if path is not None and _holds(where, path):
             raise InputError(out, f"output folder holds the input {path}; replacing it would delete it")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
