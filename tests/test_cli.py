@@ -45,7 +45,7 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
     run = json.loads((out / "run.json").read_text())
     assert run["bf16_autocast"] is False  # asked for, but autocast applies on CUDA only
     assert run["epochs"] == 6 and run["seed"] == 0 and run["fit_settings"]["lr"] == 3e-4
-    assert set(run["timings_s"]) >= {"load", "fuse", "write", "total"} and "torch" in run["versions"]
+    assert set(run["timings_s"]) >= {"load", "fuse", "write", "total"} and run["versions"]["opencv"] == cv2.__version__
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "epoch_0003.png", "epoch_0003.tiff", "epoch_0006.png", "epoch_0006.tiff"]
     lines = (out / "losses.csv").read_text().splitlines()
@@ -182,6 +182,21 @@ def test_bad_numbers_are_one_line_errors_naming_the_option(tmp_path, files, caps
     assert not out.exists()
 
 
+def test_usage_errors_have_the_prefix_of_every_other_error(capsys):
+    assert _exit_code(["fuse", "--optical", "o.png", "--ion", "i.tif", "--out", "o", "--scale", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("msifusion: error: argument --scale: expected an integer ≥ 2, got 'x' "
+                   "(see `msifusion fuse --help`)\n")
+
+
+def test_demo_refuses_options_its_method_would_ignore(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert _exit_code(["demo", "--out", str(out), "--epochs", "3"]) == 2
+    _assert_one_line_error(capsys, "msifusion: error: --epochs: applies only to fitted methods (lcrn, cnn3, unet), "
+                                   "not to --method guided-harmonic")
+    assert not out.exists()
+
+
 def test_bad_numbers_are_refused_by_the_config_objects_too(tmp_path, files):
     from msifusion.instrument import RegisterSettings
     from msifusion.io.images import read_ion, read_optical
@@ -221,6 +236,7 @@ def test_optical_of_the_ion_shape_is_not_blamed_on_scale(tmp_path, files, capsys
      "--patience: applies only to fitted methods (lcrn, cnn3, unet), not to --method bilinear"),
     (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to guided-harmonic, not to --method lcrn"),
     (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
+    (["--bf16"], "--bf16: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
 ])
 def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, extra, error):
     opt, ion_path, _, _ = files

@@ -18,10 +18,10 @@ EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2 like every other bad input."""
+    """argparse, but usage errors are one line, exit 2 and the prefix of every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"msifusion: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _bounded(kind: type, low: float, high: float | None = None, strict: bool = False) -> Callable[[str], float]:
@@ -63,8 +63,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    g.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast for fitted networks on CUDA (ignored on the CPU and by guided-harmonic)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
@@ -85,7 +83,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                        help="stop after this many total increases of the edge loss; 0 = never (default 5)"),
         t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default=None, help="(default laplacian)"),
         t.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
-                       help="save the output every N epochs under DIR/checkpoints (default: never)")]
+                       help="save the output every N epochs under DIR/checkpoints (default: never)"),
+        t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (ignored on the CPU)")]
     p.set_defaults(harmonic_only=harmonic_only, training_only=training_only)
 
 
@@ -149,6 +148,7 @@ def _settings(args: argparse.Namespace):
     from msifusion.methods import DEFAULT_METHOD
     from msifusion.pipeline import FuseSettings
 
+    _check_method_options(args)
     try:
         given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
                  "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
@@ -188,7 +188,6 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     if args.optical is None:
         raise InputError("fuse", "give --optical")
-    _check_method_options(args)
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")

@@ -111,17 +111,26 @@ def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
 
 
+# Libraries recorded in run.json: the name users know them by, and the module that runs.
+_LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
+              "opencv": "cv2", "tifffile": "tifffile", "pyimzML": "pyimzml", "SimpleITK": "SimpleITK"}
+
+
 def software_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """Versions of Python and the numerical libraries, as their modules report them.
+
+    The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
+    any OpenCV wheel (headless or not, contrib or not) is recorded as well.
+    """
+    import importlib
 
     import msifusion
 
     versions = {"msifusion": msifusion.__version__, "python": platform.python_version()}
-    for package in ("numpy", "torch", "numba", "scipy", "scikit-image", "opencv-python-headless", "tifffile",
-                    "pyimzML", "SimpleITK"):
+    for name, module in _LIBRARIES.items():
         try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
+            versions[name] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
             pass
     return {**versions, "platform": platform.platform()}
 

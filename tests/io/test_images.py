@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -166,6 +168,18 @@ def test_calibrated_tiff_carries_pixel_size_and_channel_names(tmp_path):
         assert 'PhysicalSizeX="2.5"' in tif.ome_metadata
         num, den = tif.pages.first.tags["XResolution"].value
         assert num / den == pytest.approx(1e4 / 2.5)
+
+
+def test_the_same_image_written_twice_is_the_same_file(tmp_path):
+    image = np.random.default_rng(0).random((4, 5)).astype(np.float32)
+    first, again = (write_tiff(tmp_path / name, image, pixel_size_um=2.5).read_bytes() for name in ("a.tiff", "b.tiff"))
+    assert first == again
+    other = write_tiff(tmp_path / "c.tiff", image + 1, pixel_size_um=2.5)
+    with tifffile.TiffFile(tmp_path / "a.tiff") as a, tifffile.TiffFile(other) as c:
+        uuids = [re.search(r'UUID="urn:uuid:([0-9a-f-]+)"', tif.ome_metadata).group(1) for tif in (a, c)]
+    assert uuids[0] != uuids[1]  # a file's UUID still names its content
+    rgb = np.random.default_rng(1).random((4, 5, 3))
+    assert (write_rgb_tiff(tmp_path / "d.tiff", rgb).read_bytes() == write_rgb_tiff(tmp_path / "e.tiff", rgb).read_bytes())
 
 
 def test_rgb_tiff_round_trip_as_optical(tmp_path):

@@ -369,6 +369,7 @@ def write_tiff(
         if data.ndim != 3 or len(channel_names) != data.shape[0]:
             raise ValueError("channel_names needs a (C, H, W) stack with one name per channel")
         metadata["Channel"] = {"Name": list(channel_names)}
+    metadata["UUID"] = _content_uuid(data, metadata)
     tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric="minisblack", **kwargs)
     return path
 
@@ -386,5 +387,17 @@ def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | Non
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    metadata["UUID"] = _content_uuid(data, metadata)
     tifffile.imwrite(path, data, ome=True, photometric="rgb", metadata=metadata, **kwargs)
     return Path(path)
+
+
+def _content_uuid(data: np.ndarray, metadata: dict) -> str:
+    """The OME file UUID, derived from the pixels and metadata (tifffile draws a new one per write),
+    so that the same result written twice is the same file, byte for byte."""
+    import hashlib
+    import uuid
+
+    digest = hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16)
+    digest.update(repr(sorted(metadata.items())).encode())
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"msifusion:{digest.hexdigest()}"))
