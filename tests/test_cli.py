@@ -182,6 +182,23 @@ def test_bad_numbers_are_one_line_errors_naming_the_option(tmp_path, files, caps
     assert not out.exists()
 
 
+def test_an_uncalibrated_pair_is_fused_with_a_warning_and_calibrated_with_pixel_size(tmp_path, files, capsys):
+    opt, _, ion, _ = files
+    table = tmp_path / "ion.csv"
+    np.savetxt(table, ion, delimiter=",")
+    assert _fuse(opt, table, tmp_path / "bare", "--method", "bilinear") == 0
+    warning = ("msifusion: warning: ion: no pixel size (neither the ion image nor the optical is calibrated): "
+               "fused.tiff carries none and fused.png has no scale bar; give --pixel-size UM")
+    assert warning in capsys.readouterr().err.splitlines()
+    assert json.loads((tmp_path / "bare" / "run.json").read_text())["warnings"] == [warning.split("warning: ", 1)[1]]
+    with tifffile.TiffFile(tmp_path / "bare" / "fused.tiff") as tif:
+        assert "PhysicalSizeX" not in tif.ome_metadata
+    assert _fuse(opt, table, tmp_path / "calibrated", "--method", "bilinear", "--pixel-size", "20") == 0
+    assert "warning" not in capsys.readouterr().err
+    with tifffile.TiffFile(tmp_path / "calibrated" / "fused.tiff") as tif:
+        assert 'PhysicalSizeX="5.0"' in tif.ome_metadata
+
+
 def test_usage_errors_have_the_prefix_of_every_other_error(capsys):
     assert _exit_code(["fuse", "--optical", "o.png", "--ion", "i.tif", "--out", "o", "--scale", "x"]) == 2
     err = capsys.readouterr().err

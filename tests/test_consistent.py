@@ -424,12 +424,28 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
     assert shared_basis(measured[:, :16, :16], ConsistentConfig()) is None  # too few pixels to judge noise
 
 
+@pytest.mark.parametrize("ions, why", [
+    (slice(0, 3), "a panel of fewer than 4 ions shares no basis"),
+    (slice(0, 5), "a shared basis would not halve the solves"),
+])
+def test_a_panel_fused_ion_by_ion_says_why(ions, why):
+    guide, _, measured, f = _panel()
+    config = ConsistentConfig(ladder=((99.9, 0),), texture=(0.0,))
+    report = HarmonicReport()
+    fuse_consistent_many(guide, measured[ions], f, config, report=report)
+    assert [n["fused_alone"] for n in report.notes] == [why] * len(measured[ions])
+    single = HarmonicReport()
+    fuse_consistent_many(guide, measured[:1], f, config, report=single)
+    assert "fused_alone" not in single.notes[0]  # one ion is no panel
+
+
 def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
     guide, truths, measured, f = _panel()
     config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)))
     report = HarmonicReport()
     panel = fuse_consistent_many(guide, measured, f, config, report=report)
-    assert report.notes[-1]["fused_alone"] and all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
+    assert report.notes[-1]["fused_alone"] == "the panel's basis leaves structure in this ion"
+    assert all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
     gaps = []
     for k in [0, 1, 2, 3, len(measured) - 1]:
         assert consistency_error(panel[k], measured[k], f) < 1e-4

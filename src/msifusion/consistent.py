@@ -850,7 +850,7 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     approximation of fusing ion k alone (the module docstring says where it differs).
     """
     K, h, w = ions.shape
-    if K < config.shared_min_ions or h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
+    if _too_small_to_share(ions.shape, config):
         return None
     Y = ions.reshape(K, -1).astype(np.float64)
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
@@ -887,6 +887,16 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
 
 
+def _too_small_to_share(shape: tuple[int, int, int], config: ConsistentConfig) -> str | None:
+    """Why a panel of this (K, h, w) shape cannot share a basis at all; None if it might."""
+    K, h, w = shape
+    if K < config.shared_min_ions:
+        return f"a panel of fewer than {config.shared_min_ions} ions shares no basis"
+    if h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
+        return f"fewer than {SHARED_MIN_PIXELS} MSI pixels: too few to tell the basis's leftover noise from structure"
+    return None
+
+
 @dataclass
 class _Basis:
     """A shared basis on the device: images (r, h, w), the explained ions' coefficients (K, r), the images' τ."""
@@ -920,7 +930,11 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
     """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
     shared = shared_basis(ions, config)
     if shared is None:
-        return _run_each(guide, ions, f, config, device, report, quiet)
+        out = _run_each(guide, ions, f, config, device, report, quiet)
+        if len(ions) > 1:
+            why = _too_small_to_share(ions.shape, config) or "a shared basis would not halve the solves"
+            report.notes = [{**note, "fused_alone": why} for note in report.notes]
+        return out
     start = time.perf_counter()
     K = ions.shape[0]
     explained = np.setdiff1d(np.arange(K), shared.alone)
@@ -936,7 +950,8 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
         out[idx] = _run_each(guide, ions[idx], f, config, device, part_report, quiet, part_basis)
         for i, k in enumerate(idx):
             report.settings[k] = part_report.settings[i]
-            how = {"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else {"fused_alone": True}
+            how = ({"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else
+                   {"fused_alone": "the panel's basis leaves structure in this ion"})
             report.notes[k] = {**part_report.notes[i], **how, "residual_whiteness": float(shared.whiteness[k])}
         report.iterations += part_report.iterations
     report.seconds = time.perf_counter() - start

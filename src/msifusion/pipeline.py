@@ -306,6 +306,10 @@ def fuse_files(request: FuseFilesRequest) -> dict:
         inputs = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
                              "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
         record = write_fusion_outputs(stage, pair, result, request.settings, inputs)
+        if pair.ion_pixel_size_um is None:
+            record["warnings"].append(f"{pair.ion_name}: no pixel size (neither the ion image nor the optical is "
+                                      "calibrated): fused.tiff carries none and fused.png has no scale bar; give "
+                                      "--pixel-size UM")
         record["timings_s"].update(load=load_s, total=time.perf_counter() - t0)
         write_run_json(stage, record)
     return record
