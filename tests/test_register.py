@@ -242,6 +242,25 @@ def test_auto_registration_recovers_known_affine() -> None:
     assert reg.details["pose"]["flip"] is False
 
 
+def test_auto_registration_gives_the_same_transform_every_time() -> None:
+    optical, msi, fixed, _ = _synthetic_pair()
+    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    first, *again = (register_auto(optical, msi, fixed, None, options).affine.matrix for _ in range(4))
+    for matrix in again:  # ITK's threads summed the metric in varying order: up to 2e-5 apart
+        np.testing.assert_array_equal(matrix, first)
+
+
+def test_auto_registration_of_a_grey_optical_falls_back_to_luminance() -> None:
+    optical, msi, fixed, truth = _synthetic_pair()
+    grey = np.repeat(optical.mean(-1, keepdims=True), 3, -1)  # no saturation anywhere
+    reg = register_auto(grey, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert reg.details["optical_feature"] == "inverted_luminance"
+    assert list(reg.details["feature_scores"]) == ["saturation", "inverted_luminance"]  # stops at a convincing one
+    assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+    colour = register_auto(optical, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert list(colour.details["feature_scores"]) == ["saturation"]  # a convincing match: no other feature tried
+
+
 @pytest.mark.slow
 def test_auto_registration_full_search_finds_a_mirrored_optical() -> None:
     optical, msi, fixed, truth = _synthetic_pair(flip=True)

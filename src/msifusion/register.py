@@ -29,6 +29,7 @@ against a stain feature of the optical image (saturation), then SimpleITK's affi
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -410,10 +411,13 @@ class AutoRegisterOptions:
     long side for the search. Then a finer local search, then SimpleITK's affine (Mattes MI,
     two levels); ``deformable`` adds a B-spline refinement with ``bspline_mesh`` nodes per axis.
     ``optical_feature``: "saturation" (stain strength; bright-field H&E and other stains),
-    "inverted_luminance" (dark tissue on a bright slide) or "luminance" (fluorescence).
+    "inverted_luminance" (dark tissue on a bright slide), "luminance" (fluorescence), or "auto":
+    saturation, and where its search scores below ``feature_fallback_score`` (a grey image has
+    no saturation at all) also the two luminance features, keeping the best-scoring search.
     """
 
-    optical_feature: str = "saturation"
+    optical_feature: str = "auto"
+    feature_fallback_score: float = 0.4
     max_rotation: float = 180.0
     rotation_step: float = 10.0
     allow_flip: bool = True
@@ -647,6 +651,60 @@ def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 32) -
     return ((ent(p.sum(1)) + ent(p.sum(0))) / hxy if hxy > 0 else 1.0), corr
 
 
+@dataclass(frozen=True)
+class _MsiSearch:
+    """The MSI side of the pose search: normalised tissue images on the search grid, their mask, the
+    search grid, and the acquired area (calibrated units²)."""
+
+    channels: np.ndarray
+    mask: np.ndarray
+    grid: Grid
+    area: float
+
+
+@dataclass(frozen=True)
+class _FeatureSearch:
+    """The global pose search with one optical feature: the feature at full size, the best pose, the coarse
+    search's poses (best first) and the scale it started from."""
+
+    kind: str
+    feature: np.ndarray
+    best: _Pose
+    coarse: _Pose
+    poses: list[_Pose]
+    scale_start: float
+
+
+def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
+                 options: AutoRegisterOptions) -> _FeatureSearch:
+    """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
+    search around the best pose (same channel and mirror)."""
+    # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
+    red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
+    feat_full = optical_feature(optical_rgb, kind)
+    feat, fgrid_m = _block_reduce(feat_full, moving, red_m)
+    opt_tissue = _otsu_mask(feat)
+    # Scale start: footprint areas.
+    scale0 = math.sqrt(max(opt_tissue.sum() * fgrid_m.pixel_size**2, 1e-12) / msi.area)
+    lo, hi = options.scale_range
+    scales = scale0 * np.exp(np.linspace(math.log(lo), math.log(hi), options.n_scales))
+    step = options.rotation_step
+    n_half = int(math.floor(min(options.max_rotation, 180.0) / step))
+    angles = np.arange(-n_half, n_half + 1) * step
+    angles = angles[angles > -180.0 + 1e-9]  # -180° is +180°
+    flips = (False, True) if options.allow_flip else (False,)
+    poses = _pose_search(msi.channels, msi.mask, msi.grid, feat, opt_tissue, fgrid_m, scales, angles, flips,
+                         options.min_overlap)
+    coarse = poses[0]
+    ratio = math.exp(math.log(hi / lo) / max(options.n_scales - 1, 1))
+    fine_scales = coarse.scale * ratio ** np.linspace(-1, 1, 5)
+    fine_angles = coarse.angle + np.linspace(-step, step, 7)
+    fine = _pose_search(msi.channels[[coarse.channel]], msi.mask, msi.grid, feat, opt_tissue, fgrid_m, fine_scales,
+                        fine_angles, (coarse.flip,), options.min_overlap)
+    best = fine[0] if fine[0].score >= coarse.score else coarse
+    return _FeatureSearch(kind, feat_full, best, coarse, poses, scale0)
+
+
 def register_auto(
     optical_rgb: np.ndarray,
     tissue: np.ndarray,
@@ -659,12 +717,13 @@ def register_auto(
     ``tissue``: (h, w) or a stack (k, h, w) of candidate MSI tissue images on ``fixed`` (the
     ion grid in its calibrated units), 0 where no spectrum was acquired; e.g.
     ``ImzML.tissue_images()`` (TIC and principal components). The optical becomes one
-    tissue-bright feature (:func:`optical_feature`).
+    tissue-bright feature (:func:`optical_feature`; by default saturation, and the luminance
+    features where saturation finds no convincing match, see :class:`AutoRegisterOptions`).
 
     1. Start scale from the areas of the two footprints (acquired pixels; Otsu tissue mask of
        the optical feature).
     2. Global search (:func:`_pose_search`) over scale × rotation × mirror × channel × sign,
-       all translations at once; then a finer search around the best pose.
+       all translations at once; then a finer search around the best pose (:func:`_search_pose`).
     3. SimpleITK affine polish (Mattes MI) from the best pose; kept only if it does not lower
        the correlation with the MSI image. Optional B-spline refinement.
 
@@ -687,17 +746,6 @@ def register_auto(
     if optical_rgb.shape[:2] != moving.shape:
         raise ValueError(f"optical shape {optical_rgb.shape[:2]} does not match its grid {moving.shape}")
 
-    # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
-    red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
-    feat_full = optical_feature(optical_rgb, options.optical_feature)
-    feat, fgrid_m = _block_reduce(feat_full, moving, red_m)
-    opt_tissue = _otsu_mask(feat)
-
-    # Scale start: footprint areas.
-    area_f = acquired.sum() * fixed.pixel_size**2
-    area_m = opt_tissue.sum() * fgrid_m.pixel_size**2
-    scale0 = math.sqrt(max(area_m, 1e-12) / area_f)
-
     # Search grid: MSI block-averaged to ≤ search_pixels on the long side.
     red_f = max(1, int(math.ceil(max(fixed.shape) / options.search_pixels)))
     chans = []
@@ -706,27 +754,17 @@ def register_auto(
         chans.append(small)
     smask, _ = _block_reduce(acquired.astype(np.float32), fixed, red_f)
     smask = smask > 0.99
-    chans = np.stack([_normalise01(c, smask) for c in chans])
+    msi_search = _MsiSearch(np.stack([_normalise01(c, smask) for c in chans]), smask, sgrid,
+                            float(acquired.sum() * fixed.pixel_size**2))
 
-    lo, hi = options.scale_range
-    scales = scale0 * np.exp(np.linspace(math.log(lo), math.log(hi), options.n_scales))
-    step = options.rotation_step
-    n_half = int(math.floor(min(options.max_rotation, 180.0) / step))
-    angles = np.arange(-n_half, n_half + 1) * step
-    angles = angles[angles > -180.0 + 1e-9]  # -180° is +180°
-    flips = (False, True) if options.allow_flip else (False,)
-    poses = _pose_search(chans, smask, sgrid, feat, opt_tissue, fgrid_m, scales, angles, flips, options.min_overlap)
-    coarse = poses[0]
-
-    # Finer search around the best pose, same channel and mirror.
-    ratio = math.exp(math.log(hi / lo) / max(options.n_scales - 1, 1))
-    fine_scales = coarse.scale * ratio ** np.linspace(-1, 1, 5)
-    fine_angles = coarse.angle + np.linspace(-step, step, 7)
-    fine = _pose_search(chans[[coarse.channel]], smask, sgrid, feat, opt_tissue, fgrid_m, fine_scales, fine_angles,
-                        (coarse.flip,), options.min_overlap)
-    best = fine[0] if fine[0].score >= coarse.score else coarse
-    channel = coarse.channel
-    sign = best.sign
+    kinds = ("saturation", "inverted_luminance", "luminance")
+    searches: list[_FeatureSearch] = []
+    for kind in kinds if options.optical_feature == "auto" else (options.optical_feature,):
+        searches.append(_search_pose(optical_rgb, kind, moving, msi_search, options))
+        if searches[-1].best.score >= options.feature_fallback_score:
+            break  # a convincing match: the other features are for images where this one fails (a grey one)
+    found = max(searches, key=lambda search: search.best.score)
+    best, channel, sign, feat_full = found.best, found.coarse.channel, found.best.sign, found.feature
 
     fix_img = _normalise01(np.where(acquired, stack[channel], 0), acquired)
     if sign < 0:
@@ -759,9 +797,11 @@ def register_auto(
     return Registration(
         transform=transform, fixed=fixed, moving=moving, affine=affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=channel, sign=sign,
-        details={**info, "scale_start": scale0, "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip,
-                                                          "ncc": best.ncc},
-                 "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in poses[1:4]],
+        details={**info, "optical_feature": found.kind,
+                 "feature_scores": {search.kind: search.best.score for search in searches},
+                 "scale_start": found.scale_start,
+                 "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
+                 "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
                  "moving_block_factor": factor, "search_block_factor": red_f},
     )
 
@@ -805,6 +845,20 @@ def _method(options: AutoRegisterOptions, fix_img: np.ndarray, acquired: np.ndar
     return reg, fixed_img
 
 
+@contextmanager
+def _one_itk_thread():
+    """ITK's threads sum the metric in varying order, so a polish differed from run to run (by up to a tenth
+    of an MSI pixel on the prostate example); with one thread the same inputs give the same transform."""
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
 def _run_affine(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, start: AffineMap, options: AutoRegisterOptions):
     reg, fixed_img = _method(options, fix_img, acquired, fixed)
     moving_img = _sitk_image(mov, mov_grid)
@@ -818,7 +872,8 @@ def _run_affine(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, start: Affi
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(tx, inPlace=True)
     try:
-        reg.Execute(fixed_img, moving_img)
+        with _one_itk_thread():
+            reg.Execute(fixed_img, moving_img)
     except RuntimeError as exc:  # e.g. every sample mapped outside the moving image
         return start, float("nan"), {"polish_error": str(exc).strip().splitlines()[-1:]}
     return AffineMap(_affine_matrix(tx)), float(reg.GetMetricValue()), {
@@ -835,7 +890,8 @@ def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: Af
     reg.SetMovingInitialTransform(affine_tx)
     reg.SetInitialTransform(bspline, inPlace=True)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.iterations)
-    reg.Execute(fixed_img, moving_img)
+    with _one_itk_thread():
+        reg.Execute(fixed_img, moving_img)
     composite = sitk.CompositeTransform([affine_tx, bspline])
     field_img = sitk.TransformToDisplacementField(
         composite, sitk.sitkVectorFloat64, fixed_img.GetSize(), fixed_img.GetOrigin(),
