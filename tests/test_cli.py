@@ -187,8 +187,8 @@ def test_an_uncalibrated_pair_is_fused_with_a_warning_and_calibrated_with_pixel_
     table = tmp_path / "ion.csv"
     np.savetxt(table, ion, delimiter=",")
     assert _fuse(opt, table, tmp_path / "bare", "--method", "bilinear") == 0
-    warning = ("msifusion: warning: ion: no pixel size (neither the ion image nor the optical is calibrated): "
-               "fused.tiff carries none and fused.png has no scale bar; give --pixel-size UM")
+    warning = ("msifusion: warning: no pixel size (ion: neither the ion image nor the optical is calibrated): the "
+               "fused TIFFs carry none and fused.png has no scale bar; give --pixel-size UM")
     assert warning in capsys.readouterr().err.splitlines()
     assert json.loads((tmp_path / "bare" / "run.json").read_text())["warnings"] == [warning.split("warning: ", 1)[1]]
     with tifffile.TiffFile(tmp_path / "bare" / "fused.tiff") as tif:
@@ -206,43 +206,12 @@ def test_usage_errors_have_the_prefix_of_every_other_error(capsys):
                    "(see `msifusion fuse --help`)\n")
 
 
-def test_demo_refuses_options_its_method_would_ignore(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert _exit_code(["demo", "--out", str(out), "--epochs", "3"]) == 2
-    _assert_one_line_error(capsys, "msifusion: error: --epochs: applies only to fitted methods (lcrn, cnn3, unet), "
-                                   "not to --method guided-harmonic")
-    assert not out.exists()
+def test_demo_passes_the_training_options_to_its_lcrn_column():
+    from msifusion.cli import _settings, build_parser
 
-
-def test_bad_numbers_are_refused_by_the_config_objects_too(tmp_path, files):
-    from msifusion.instrument import RegisterSettings
-    from msifusion.io.images import read_ion, read_optical
-    from msifusion.pipeline import FuseFilesRequest, pair_images
-
-    opt, ion_path, _, _ = files
-    for scale in (0, -2, 1):
-        with pytest.raises(InputError, match=f"scale must be at least 2, got {scale}") as info:
-            FuseFilesRequest(opt, ion_path, tmp_path / "out", scale=scale)
-        assert info.value.source == "--scale"
-        with pytest.raises(InputError, match="scale must be at least 2"):  # not a cv2 error from the resize
-            pair_images(read_optical(opt), read_ion(ion_path), scale)
-    with pytest.raises(InputError, match="pixel size must be a positive number, got -20") as info:
-        FuseFilesRequest(opt, ion_path, tmp_path / "out", ion_pixel_size_um=-20.0)
-    assert info.value.source == "--pixel-size"
-    with pytest.raises(InputError, match="pixel size must be a positive number, got nan") as info:
-        RegisterSettings(4, optical_pixel_size=float("nan"))
-    assert info.value.source == "--optical-pixel-size"
-
-
-def test_optical_of_the_ion_shape_is_not_blamed_on_scale(tmp_path, files, capsys):
-    _, ion_path, ion, _ = files
-    same = tmp_path / "same.png"
-    cv2.imwrite(str(same), np.full(ion.shape + (3,), 128, np.uint8))
-    assert _fuse(same, ion_path, tmp_path / "out") == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"msifusion: error: {same}: optical 8×12 has the ion image's shape; it must be the ion shape × an "
-                   "integer ≥ 2 (e.g. 16×24): the microscope image registered to the ion grid at the fused resolution")
-    assert "--scale" not in err
+    args = build_parser().parse_args(["demo", "--epochs", "3", "--bf16", "--spot-sigma", "1.5"])
+    settings = _settings(args)  # every option applies to one of the demo's methods: none refused
+    assert settings.fit.max_epochs == 3 and settings.runtime.bf16 and settings.harmonic.spot_sigma_px == 1.5
 
 
 @pytest.mark.parametrize("extra, error", [

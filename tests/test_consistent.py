@@ -424,16 +424,18 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
     assert shared_basis(measured[:, :16, :16], ConsistentConfig()) is None  # too few pixels to judge noise
 
 
-@pytest.mark.parametrize("ions, why", [
-    (slice(0, 3), "a panel of fewer than 4 ions shares no basis"),
-    (slice(0, 5), "a shared basis would not halve the solves"),
+@pytest.mark.parametrize("ions, blocks, why", [
+    (slice(0, 3), 32, "a panel of fewer than 4 ions shares no basis"),
+    (slice(0, 5), 32, "a shared basis would not halve the solves"),
+    (slice(None), 16, "fewer than 1024 MSI pixels: too few to tell the basis's leftover noise from structure"),
 ])
-def test_a_panel_fused_ion_by_ion_says_why(ions, why):
+def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why):
     guide, _, measured, f = _panel()
     config = ConsistentConfig(ladder=((99.9, 0),), texture=(0.0,))
     report = HarmonicReport()
-    fuse_consistent_many(guide, measured[ions], f, config, report=report)
-    assert [n["fused_alone"] for n in report.notes] == [why] * len(measured[ions])
+    panel = measured[ions, :blocks, :blocks]
+    fuse_consistent_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)
+    assert [n["fused_alone"] for n in report.notes] == [why] * len(panel)
     single = HarmonicReport()
     fuse_consistent_many(guide, measured[:1], f, config, report=single)
     assert "fused_alone" not in single.notes[0]  # one ion is no panel

@@ -141,12 +141,13 @@ def test_several_ions_collect_every_fusion_warning(tmp_path, files, capsys, monk
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
                  "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "negated",
                  "--quiet"]) == 0
-    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    uncalibrated, *warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert uncalibrated.startswith("no pixel size (sample.imzML gives none in its scan settings)")
     assert [w.split(" is not in")[0] for w in warnings] == ["the negated output for m/z 100.0000",
                                                             "the negated output for m/z 200.0000"]
     for name, warning in zip(("100.0000", "200.0000"), warnings):
-        assert json.loads((out / f"mz_{name}" / "run.json").read_text())["warnings"] == [warning]
-    assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {w}" for w in warnings]
+        assert json.loads((out / f"mz_{name}" / "run.json").read_text())["warnings"] == [uncalibrated, warning]
+    assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {w}" for w in [uncalibrated, *warnings]]
 
 
 def _tiny_imzml(path: Path) -> Path:

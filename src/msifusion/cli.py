@@ -148,7 +148,6 @@ def _settings(args: argparse.Namespace):
     from msifusion.methods import DEFAULT_METHOD
     from msifusion.pipeline import FuseSettings
 
-    _check_method_options(args)
     try:
         given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
                  "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
@@ -188,6 +187,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     if args.optical is None:
         raise InputError("fuse", "give --optical")
+    _check_method_options(args)  # not for demo: its panel fits lcrn with the training options whatever the method
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")

@@ -850,13 +850,11 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     approximation of fusing ion k alone (the module docstring says where it differs).
     """
     K, h, w = ions.shape
-    if _too_small_to_share(ions.shape, config):
+    if _cannot_share(ions, config):
         return None
     Y = ions.reshape(K, -1).astype(np.float64)
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
     energy = np.diag(gram)
-    if not energy.any():
-        return None  # an all-zero panel: nothing to share
     best = None
     for r in range(1, min(config.shared_max_rank, K - 1) + 1):
         if best is not None and r >= best[0]:
@@ -887,13 +885,15 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
 
 
-def _too_small_to_share(shape: tuple[int, int, int], config: ConsistentConfig) -> str | None:
-    """Why a panel of this (K, h, w) shape cannot share a basis at all; None if it might."""
-    K, h, w = shape
+def _cannot_share(ions: np.ndarray, config: ConsistentConfig) -> str | None:
+    """Why a panel (K, h, w) cannot share a basis at all, before any decomposition; None if it might."""
+    K, h, w = ions.shape
     if K < config.shared_min_ions:
         return f"a panel of fewer than {config.shared_min_ions} ions shares no basis"
     if h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
         return f"fewer than {SHARED_MIN_PIXELS} MSI pixels: too few to tell the basis's leftover noise from structure"
+    if not np.any(ions):
+        return "an all-zero panel: nothing to share"
     return None
 
 
@@ -932,7 +932,7 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
     if shared is None:
         out = _run_each(guide, ions, f, config, device, report, quiet)
         if len(ions) > 1:
-            why = _too_small_to_share(ions.shape, config) or "a shared basis would not halve the solves"
+            why = _cannot_share(ions, config) or "a shared basis would not halve the solves"
             report.notes = [{**note, "fused_alone": why} for note in report.notes]
         return out
     start = time.perf_counter()

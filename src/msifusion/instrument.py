@@ -22,12 +22,11 @@ from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
-                                software_versions, write_fusion_outputs, write_run_json)
-from msifusion.register import (AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform, register_auto,
-                                resample_optical, transform_from_landmarks)
+                                software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
+from msifusion.register import (CONVINCING_SCORE, AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform,
+                                register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
-LOW_QUALITY_SCORE = 0.4  # automatic registration search score below which we warn (0.65 good, 0.27 wrong on prostate)
 
 
 @dataclass(frozen=True)
@@ -131,9 +130,10 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         warnings = []
         matched = reg.sign * msi.images[reg.channel]
-        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign))
-        if reg.score < LOW_QUALITY_SCORE:
-            warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {LOW_QUALITY_SCORE}); "
+        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign),
+                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
+        if reg.score < CONVINCING_SCORE:
+            warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
@@ -298,6 +298,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, stack.pixel_size_um)
+        if stack.pixel_size_um is None:
+            registered.warnings.append(uncalibrated_warning(f"{request.imzml.name} gives none in its scan settings",
+                                                            "export the ions with `msifusion ions` and fuse them "
+                                                            "with --ion and --pixel-size UM"))
         common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         records = []

@@ -120,7 +120,8 @@ def software_versions() -> dict:
     """Versions of Python and the numerical libraries, as their modules report them.
 
     The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
-    any OpenCV wheel (headless or not, contrib or not) is recorded as well.
+    whichever OpenCV package is installed (headless or not, contrib or not) is recorded as well
+    (OpenCV's version without the wheel's build number).
     """
     import importlib
 
@@ -191,6 +192,11 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
         return []
     return [f"the {result.method} output for {pair.ion_name} is not in the ion's units: {'; '.join(problems)}; "
             "look at fused.png, or try another --method"]
+
+
+def uncalibrated_warning(why: str, remedy: str) -> str:
+    """The warning for outputs without a pixel size: they are fused, but carry no physical scale."""
+    return f"no pixel size ({why}): the fused TIFFs carry none and fused.png has no scale bar; {remedy}"
 
 
 def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
@@ -307,9 +313,8 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                              "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
         record = write_fusion_outputs(stage, pair, result, request.settings, inputs)
         if pair.ion_pixel_size_um is None:
-            record["warnings"].append(f"{pair.ion_name}: no pixel size (neither the ion image nor the optical is "
-                                      "calibrated): fused.tiff carries none and fused.png has no scale bar; give "
-                                      "--pixel-size UM")
+            record["warnings"].append(uncalibrated_warning(f"{pair.ion_name}: neither the ion image nor the optical is "
+                                                           "calibrated", "give --pixel-size UM"))
         record["timings_s"].update(load=load_s, total=time.perf_counter() - t0)
         write_run_json(stage, record)
     return record

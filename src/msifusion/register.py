@@ -39,6 +39,7 @@ from msifusion.errors import InputError
 from msifusion.io.landmarks import Landmarks
 
 LUMA = (0.299, 0.587, 0.114)
+CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 
 
 # ----------------------------------------------------------------------------- grids
@@ -413,11 +414,12 @@ class AutoRegisterOptions:
     ``optical_feature``: "saturation" (stain strength; bright-field H&E and other stains),
     "inverted_luminance" (dark tissue on a bright slide), "luminance" (fluorescence), or "auto":
     saturation, and where its search scores below ``feature_fallback_score`` (a grey image has
-    no saturation at all) also the two luminance features, keeping the best-scoring search.
+    no saturation at all) also the two luminance features, keeping the best-scoring search (the
+    search then takes up to three times as long).
     """
 
     optical_feature: str = "auto"
-    feature_fallback_score: float = 0.4
+    feature_fallback_score: float = CONVINCING_SCORE
     max_rotation: float = 180.0
     rotation_step: float = 10.0
     allow_flip: bool = True
@@ -482,7 +484,7 @@ def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.nda
         return (1.0 - lum).astype(np.float32)
     if kind == "luminance":
         return lum.astype(np.float32)
-    raise InputError("--optical-feature", f"unknown optical feature {kind!r}; use saturation, inverted_luminance or luminance")
+    raise ValueError(f"unknown optical feature {kind!r}; use saturation, inverted_luminance or luminance")
 
 
 def _otsu_mask(img: np.ndarray) -> np.ndarray:
@@ -758,12 +760,15 @@ def register_auto(
                             float(acquired.sum() * fixed.pixel_size**2))
 
     kinds = ("saturation", "inverted_luminance", "luminance")
-    searches: list[_FeatureSearch] = []
+    found: _FeatureSearch | None = None
+    feature_scores: dict[str, float] = {}
     for kind in kinds if options.optical_feature == "auto" else (options.optical_feature,):
-        searches.append(_search_pose(optical_rgb, kind, moving, msi_search, options))
-        if searches[-1].best.score >= options.feature_fallback_score:
+        search = _search_pose(optical_rgb, kind, moving, msi_search, options)
+        feature_scores[kind] = search.best.score
+        if found is None or search.best.score > found.best.score:
+            found = search  # the best so far (and only its full-size feature) is kept
+        if search.best.score >= options.feature_fallback_score:
             break  # a convincing match: the other features are for images where this one fails (a grey one)
-    found = max(searches, key=lambda search: search.best.score)
     best, channel, sign, feat_full = found.best, found.coarse.channel, found.best.sign, found.feature
 
     fix_img = _normalise01(np.where(acquired, stack[channel], 0), acquired)
@@ -798,7 +803,7 @@ def register_auto(
         transform=transform, fixed=fixed, moving=moving, affine=affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=channel, sign=sign,
         details={**info, "optical_feature": found.kind,
-                 "feature_scores": {search.kind: search.best.score for search in searches},
+                 "feature_scores": feature_scores,
                  "scale_start": found.scale_start,
                  "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
                  "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
@@ -848,7 +853,11 @@ def _method(options: AutoRegisterOptions, fix_img: np.ndarray, acquired: np.ndar
 @contextmanager
 def _one_itk_thread():
     """ITK's threads sum the metric in varying order, so a polish differed from run to run (by up to a tenth
-    of an MSI pixel on the prostate example); with one thread the same inputs give the same transform."""
+    of an MSI pixel on the prostate example); with one thread the same inputs give the same transform.
+
+    SimpleITK has no per-filter switch that covers the metric, so this sets its process-wide default for the
+    duration: not for registrations run concurrently in threads of one process.
+    """
     import SimpleITK as sitk
 
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()

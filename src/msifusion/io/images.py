@@ -22,8 +22,10 @@ has no way to know what the user meant by them, so we ask the user to fill them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,12 +394,14 @@ def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | Non
     return Path(path)
 
 
+_OME_UUID_NAMESPACE = uuid.UUID("b23d9f2a-5cbf-466b-b76d-44c26ec263b4")  # msifusion's, drawn once
+
+
 def _content_uuid(data: np.ndarray, metadata: dict) -> str:
     """The OME file UUID, derived from the pixels and metadata (tifffile draws a new one per write),
     so that the same result written twice is the same file, byte for byte."""
-    import hashlib
-    import uuid
+    data = np.ascontiguousarray(data)
+    digest = hashlib.blake2b(data.data, digest_size=16)
+    digest.update(repr((data.shape, data.dtype.str, sorted(metadata.items()))).encode())
+    return str(uuid.uuid5(_OME_UUID_NAMESPACE, digest.hexdigest()))
 
-    digest = hashlib.blake2b(np.ascontiguousarray(data).data, digest_size=16)
-    digest.update(repr(sorted(metadata.items())).encode())
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"msifusion:{digest.hexdigest()}"))
