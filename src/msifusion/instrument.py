@@ -28,7 +28,6 @@ from msifusion.register import (CONVINCING_SCORE, AutoRegisterOptions, Grid, che
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
-
 @dataclass(frozen=True)
 class RegisterSettings:
     """How to bring the optical onto the ion grid × ``scale``.

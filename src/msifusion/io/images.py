@@ -404,4 +404,3 @@ def _content_uuid(data: np.ndarray, metadata: dict) -> str:
     digest = hashlib.blake2b(data.data, digest_size=16)
     digest.update(repr((data.shape, data.dtype.str, sorted(metadata.items()))).encode())
     return str(uuid.uuid5(_OME_UUID_NAMESPACE, digest.hexdigest()))
-
