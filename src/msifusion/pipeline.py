@@ -309,9 +309,9 @@ def fuse_files(request: FuseFilesRequest) -> dict:
             on_checkpoint = checkpoint_writer(stage / "checkpoints", float(np.max(np.abs(pair.ion))),
                                               pair.fused_pixel_size_um)
         result = fuse_pair(pair, request.settings, on_checkpoint)
-        inputs = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
-                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
-        record = write_fusion_outputs(stage, pair, result, request.settings, inputs)
+        given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
+                            "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
+        record = write_fusion_outputs(stage, pair, result, request.settings, given)
         if pair.ion_pixel_size_um is None:
             record["warnings"].append(uncalibrated_warning(f"{pair.ion_name}: neither the ion image nor the optical is "
                                                            "calibrated", "give --pixel-size UM"))

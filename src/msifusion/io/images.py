@@ -355,42 +355,34 @@ def write_tiff(
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm) and as TIFF resolution tags in
     centimetres, so Bio-Formats and ImageJ's own opener both show the calibration.
     """
-    import tifffile
-
-    path = Path(path)
     data = np.asarray(data, dtype=np.float32)
-    axes = "YX" if data.ndim == 2 else "CYX"
-    metadata: dict = {"axes": axes}
-    kwargs: dict = {}
-    if pixel_size_um:
-        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
-        per_cm = 1e4 / pixel_size_um
-        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    metadata: dict = {"axes": "YX" if data.ndim == 2 else "CYX"}
     if channel_names is not None:
         if data.ndim != 3 or len(channel_names) != data.shape[0]:
             raise ValueError("channel_names needs a (C, H, W) stack with one name per channel")
         metadata["Channel"] = {"Name": list(channel_names)}
-    metadata["UUID"] = _content_uuid(data, metadata)
-    tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric="minisblack", **kwargs)
-    return path
+    return _write_ome(path, data, metadata, pixel_size_um, "minisblack")
 
 
 def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None) -> Path:
     """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF."""
+    data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
+    return _write_ome(path, data, {"axes": "YXS"}, pixel_size_um, "rgb")
+
+
+def _write_ome(path: str | Path, data: np.ndarray, metadata: dict, pixel_size_um: float | None,
+               photometric: str) -> Path:
+    """OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a content-derived UUID."""
     import tifffile
 
-    data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
-    kwargs: dict = {}
-    if pixel_size_um:
-        per_cm = 1e4 / pixel_size_um
-        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-    metadata = {"axes": "YXS"}
+    metadata, kwargs = dict(metadata), {}
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+        per_cm = 1e4 / pixel_size_um
+        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
     metadata["UUID"] = _content_uuid(data, metadata)
-    tifffile.imwrite(path, data, ome=True, photometric="rgb", metadata=metadata, **kwargs)
+    tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric=photometric, **kwargs)
     return Path(path)
 
 
