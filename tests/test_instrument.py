@@ -202,6 +202,32 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     assert "landmark" not in err
 
 
+@pytest.mark.parametrize("apart, warned", [(3.2, True), (0.4, False)])
+def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned):
+    from msifusion import instrument
+    from msifusion.register import AffineMap, Registration
+
+    known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
+    rival = {"channel": 2, "sign": -1, "score": 0.55, "disagreement_px": apart}
+
+    def with_a_rival(optical, tissue, fixed, moving, options):
+        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival})
+
+    monkeypatch.setattr(instrument, "register_auto", with_a_rival)
+    imzml, opt, _, _ = files
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["registration"]["rival"] == rival
+    expected = [("automatic registration is ambiguous: principal component 2 of the spectra matches the optical "
+                 "almost as well as principal component 1 of the spectra (score 0.55 against 0.60) and aligns up to "
+                 f"{apart:.1f} MSI pixels away; check overlay.png, and refine landmarks.csv in BigWarp if needed")
+                ] if warned else []
+    assert [w for w in record["warnings"] if "ambiguous" in w] == expected
+    assert [w for w in capsys.readouterr().err.splitlines() if "ambiguous" in w] == [f"msifusion: warning: {w}"
+                                                                                     for w in expected]
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--mz", "300"], "no signal"),           # a window without signal
     (["--mz", "900"], "outside the acquired"),  # outside the m/z range

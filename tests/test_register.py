@@ -269,6 +269,22 @@ def test_auto_registration_of_a_grey_optical_falls_back_to_luminance() -> None:
     assert list(colour.details["feature_scores"]) == ["saturation"]  # a convincing match: no other feature tried
 
 
+def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> None:
+    optical, msi, fixed, truth = _synthetic_pair()
+    acquired = msi != 0
+    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    shifted = np.where(acquired, np.roll(msi, 4, axis=1), 0)  # the same tissue, 4 MSI pixels to the right
+    reg = register_auto(optical, np.stack([msi, shifted]), fixed, None, options)
+    rival = reg.details["rival"]
+    assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.85 * reg.score
+    assert 3.5 < rival["disagreement_px"] < 4.5
+    twin = np.where(acquired, msi + np.random.default_rng(1).normal(0, 0.01, msi.shape), 0).astype(np.float32)
+    agreeing = register_auto(optical, np.stack([msi, twin]), fixed, None, options)
+    assert agreeing.details["rival"]["disagreement_px"] < 0.2
+    assert _max_error(agreeing.transform, truth, fixed, msi) < 0.5
+    assert "rival" not in register_auto(optical, msi, fixed, None, options).details  # one image: nothing to compare
+
+
 @pytest.mark.slow
 def test_auto_registration_full_search_finds_a_mirrored_optical() -> None:
     optical, msi, fixed, truth = _synthetic_pair(flip=True)

@@ -23,7 +23,7 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
-from msifusion.register import (CONVINCING_SCORE, AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform,
+from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform,
                                 register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
@@ -80,6 +80,11 @@ class MsiTissue:
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
 
 
+def _tissue_name(channel: int) -> str:
+    """What MSI tissue image ``channel`` of :meth:`ImzML.tissue_images` is, for a message."""
+    return "the TIC" if channel == 0 else f"principal component {channel} of the spectra"
+
+
 @dataclass
 class RegisteredOptical:
     """The optical resampled onto the ion grid × scale, and how it got there."""
@@ -129,11 +134,18 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         warnings = []
         matched = reg.sign * msi.images[reg.channel]
+        rival = reg.details.get("rival")
         info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign),
-                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
+                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"),
+                    rival=rival)
         if reg.score < CONVINCING_SCORE:
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
+        elif rival and rival["disagreement_px"] > AMBIGUOUS_PX:
+            warnings.append(f"automatic registration is ambiguous: {_tissue_name(rival['channel'])} matches the optical "
+                            f"almost as well as {_tissue_name(reg.channel)} (score {rival['score']:.2f} against "
+                            f"{reg.score:.2f}) and aligns up to {rival['disagreement_px']:.1f} MSI pixels away; check "
+                            "overlay.png, and refine landmarks.csv in BigWarp if needed")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size

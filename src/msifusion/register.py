@@ -23,14 +23,15 @@ Automatic registration (:func:`register_auto`): a global search over scale, rota
 and translation (FFT-based masked normalised cross-correlation, weighted by how well the two
 footprints agree), of candidate MSI tissue images (TIC, principal components of the spectra)
 against a stain feature of the optical image (saturation), then SimpleITK's affine
-(Mattes mutual information) polish, and an optional B-spline step.
+(Mattes mutual information) polish, and an optional B-spline step. Where two tissue images
+match almost equally well, both are polished and their disagreement is reported.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ from msifusion.io.landmarks import Landmarks
 
 LUMA = (0.299, 0.587, 0.114)
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
+AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
 
 # ----------------------------------------------------------------------------- grids
@@ -416,6 +418,9 @@ class AutoRegisterOptions:
     saturation, and where its search scores below ``feature_fallback_score`` (a grey image has
     no saturation at all) also the two luminance features, keeping the best-scoring search (the
     search then takes up to three times as long).
+    ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the
+    chosen one's, it is polished too and the distance between the two alignments is reported
+    (``details["rival"]``): two near-equal matches that disagree mean the alignment is uncertain.
     """
 
     optical_feature: str = "auto"
@@ -435,6 +440,7 @@ class AutoRegisterOptions:
     histogram_bins: int = 32
     max_samples: int = 250_000  # MI samples per evaluation; all acquired pixels when fewer
     seed: int = 1  # SimpleITK: 0 would mean "seed from the clock"
+    rival_ratio: float = 0.85
 
 
 @dataclass(frozen=True)
@@ -667,7 +673,8 @@ class _MsiSearch:
 @dataclass(frozen=True)
 class _FeatureSearch:
     """The global pose search with one optical feature: the feature at full size, the best pose, the coarse
-    search's poses (best first) and the scale it started from."""
+    search's poses (best first), the scale it started from, and the best pose on another MSI tissue
+    image (refined like the best; None with a single image)."""
 
     kind: str
     feature: np.ndarray
@@ -675,12 +682,13 @@ class _FeatureSearch:
     coarse: _Pose
     poses: list[_Pose]
     scale_start: float
+    rival: _Pose | None
 
 
 def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
-    search around the best pose (same channel and mirror)."""
+    search around the best pose (same channel and mirror), and around the best pose on any other channel."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -697,14 +705,17 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     flips = (False, True) if options.allow_flip else (False,)
     poses = _pose_search(msi.channels, msi.mask, msi.grid, feat, opt_tissue, fgrid_m, scales, angles, flips,
                          options.min_overlap)
-    coarse = poses[0]
     ratio = math.exp(math.log(hi / lo) / max(options.n_scales - 1, 1))
-    fine_scales = coarse.scale * ratio ** np.linspace(-1, 1, 5)
-    fine_angles = coarse.angle + np.linspace(-step, step, 7)
-    fine = _pose_search(msi.channels[[coarse.channel]], msi.mask, msi.grid, feat, opt_tissue, fgrid_m, fine_scales,
-                        fine_angles, (coarse.flip,), options.min_overlap)
-    best = fine[0] if fine[0].score >= coarse.score else coarse
-    return _FeatureSearch(kind, feat_full, best, coarse, poses, scale0)
+
+    def refine(coarse: _Pose) -> _Pose:
+        fine = _pose_search(msi.channels[[coarse.channel]], msi.mask, msi.grid, feat, opt_tissue, fgrid_m,
+                            coarse.scale * ratio ** np.linspace(-1, 1, 5), coarse.angle + np.linspace(-step, step, 7),
+                            (coarse.flip,), options.min_overlap)
+        return replace(fine[0], channel=coarse.channel) if fine[0].score >= coarse.score else coarse
+
+    coarse = poses[0]
+    rival = next((p for p in poses if p.channel != coarse.channel), None)
+    return _FeatureSearch(kind, feat_full, refine(coarse), coarse, poses, scale0, rival and refine(rival))
 
 
 def register_auto(
@@ -728,6 +739,9 @@ def register_auto(
        all translations at once; then a finer search around the best pose (:func:`_search_pose`).
     3. SimpleITK affine polish (Mattes MI) from the best pose; kept only if it does not lower
        the correlation with the MSI image. Optional B-spline refinement.
+    4. Where another tissue image matches almost as well (``rival_ratio``), its best pose is
+       refined and polished too, and ``details["rival"]`` says how far apart the two alignments
+       are (:func:`_disagreement`, in fixed pixels): the caller warns above :data:`AMBIGUOUS_PX`.
 
     Returns the fixed → moving map in the units of ``fixed`` and ``moving``: pass it, with
     ``fixed.refined(scale)``, to :func:`resample_optical`. An (almost) empty ``tissue`` is an
@@ -769,15 +783,59 @@ def register_auto(
             found = search  # the best so far (and only its full-size feature) is kept
         if search.best.score >= options.feature_fallback_score:
             break  # a convincing match: the other features are for images where this one fails (a grey one)
-    best, channel, sign, feat_full = found.best, found.coarse.channel, found.best.sign, found.feature
+    best, feat_full = found.best, found.feature
+    chosen = _polish(best, stack, acquired, fixed, feat_full, moving, options)
+    info = dict(chosen.info)
+    transform: PointMap = chosen.affine
+    if options.deformable:
+        transform, metric, binfo = _run_bspline(chosen.fix_img, acquired, fixed, chosen.mov, chosen.mov_grid,
+                                                chosen.affine, options)
+        info = {**info, "bspline": binfo}
+    else:
+        metric = chosen.metric
+    nmi, corr = similarity(chosen.fix_img, _pull_back(chosen.mov, chosen.mov_grid, transform, fixed), acquired)
+    rival = found.rival
+    if rival is not None and options.polish and rival.score >= options.rival_ratio * best.score:
+        other = _polish(rival, stack, acquired, fixed, feat_full, moving, options)
+        info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
+                         "disagreement_px": _disagreement(chosen.affine, other.affine, fixed, acquired)}
+    return Registration(
+        transform=transform, fixed=fixed, moving=moving, affine=chosen.affine, score=best.score,
+        correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,
+        details={**info, "optical_feature": found.kind,
+                 "feature_scores": feature_scores,
+                 "scale_start": found.scale_start,
+                 "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
+                 "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
+                 "moving_block_factor": chosen.factor, "search_block_factor": red_f},
+    )
 
-    fix_img = _normalise01(np.where(acquired, stack[channel], 0), acquired)
-    if sign < 0:
+
+@dataclass(frozen=True)
+class _Polished:
+    """A searched pose after the affine polish, with what the polish matched: the MSI tissue image
+    (``fix_img``) and the optical feature block-reduced by ``factor`` (``mov`` on ``mov_grid``)."""
+
+    affine: AffineMap
+    metric: float
+    info: dict
+    fix_img: np.ndarray
+    mov: np.ndarray
+    mov_grid: Grid
+    factor: int
+
+
+def _polish(pose: _Pose, stack: np.ndarray, acquired: np.ndarray, fixed: Grid, feat_full: np.ndarray,
+            moving: Grid, options: AutoRegisterOptions) -> _Polished:
+    """SimpleITK's affine polish of a searched pose against its MSI tissue image (``pose.channel`` of
+    ``stack``, with the pose's sign); kept only if it does not lower the correlation with that image."""
+    fix_img = _normalise01(np.where(acquired, stack[pose.channel], 0), acquired)
+    if pose.sign < 0:
         fix_img = np.where(acquired, 1.0 - fix_img, 0).astype(np.float32)
-    search_affine = AffineMap(best.matrix)
+    search_affine = AffineMap(pose.matrix)
 
     # Moving image for the optimiser: the feature at about fixed pixel / oversample.
-    target = fixed.pixel_size * best.scale / options.moving_oversample
+    target = fixed.pixel_size * pose.scale / options.moving_oversample
     factor = max(1, int(round(target / moving.pixel_size)))
     mov, mov_grid = _block_reduce(feat_full, moving, factor)
 
@@ -785,8 +843,8 @@ def register_auto(
         return similarity(fix_img, _pull_back(mov, mov_grid, tx, fixed), acquired)[1]
 
     affine, metric, info = search_affine, float("nan"), {}
-    corr_search = corr_of(search_affine)
     if options.polish:
+        corr_search = corr_of(search_affine)
         polished, metric, info = _run_affine(fix_img, acquired, fixed, mov, mov_grid, search_affine, options)
         corr_polish = corr_of(polished)
         info = {**info, "correlation_search": corr_search, "correlation_polished": corr_polish}
@@ -794,21 +852,17 @@ def register_auto(
             affine = polished
         else:
             info["polish_rejected"] = True
-    transform: PointMap = affine
-    if options.deformable:
-        transform, metric, binfo = _run_bspline(fix_img, acquired, fixed, mov, mov_grid, affine, options)
-        info = {**info, "bspline": binfo}
-    nmi, corr = similarity(fix_img, _pull_back(mov, mov_grid, transform, fixed), acquired)
-    return Registration(
-        transform=transform, fixed=fixed, moving=moving, affine=affine, score=best.score,
-        correlation=corr, nmi=nmi, metric=float(metric), channel=channel, sign=sign,
-        details={**info, "optical_feature": found.kind,
-                 "feature_scores": feature_scores,
-                 "scale_start": found.scale_start,
-                 "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
-                 "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
-                 "moving_block_factor": factor, "search_block_factor": red_f},
-    )
+    return _Polished(affine, metric, info, fix_img, mov, mov_grid, factor)
+
+
+def _disagreement(a: AffineMap, b: AffineMap, fixed: Grid, acquired: np.ndarray) -> float:
+    """The largest distance between where two fixed → moving affines put the acquired area's corners, in
+    fixed pixels (moving distances divided by ``a``'s scale)."""
+    rows, cols = np.nonzero(acquired)
+    corners = fixed.to_coords(np.array([[cols.min(), rows.min()], [cols.max(), rows.min()],
+                                        [cols.min(), rows.max()], [cols.max(), rows.max()]], dtype=np.float64))
+    scale = math.sqrt(abs(np.linalg.det(a.matrix[:, :2])))
+    return float(np.hypot(*(a(corners) - b(corners)).T).max() / scale / fixed.pixel_size)
 
 
 def _sitk_affine(affine: AffineMap):
