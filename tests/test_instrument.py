@@ -219,9 +219,9 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["registration"]["rival"] == rival
-    expected = [("automatic registration is ambiguous: principal component 2 of the spectra matches the optical "
-                 "almost as well as principal component 1 of the spectra (score 0.55 against 0.60) and aligns up to "
-                 f"{apart:.1f} MSI pixels away; check overlay.png, and refine landmarks.csv in BigWarp if needed")
+    expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
+                 "component 2 of the spectra match the optical about equally well (scores 0.60 and 0.55) but align up "
+                 f"to {apart:.1f} MSI pixels apart; check overlay.png, and refine landmarks.csv in BigWarp if needed")
                 ] if warned else []
     assert [w for w in record["warnings"] if "ambiguous" in w] == expected
     assert [w for w in capsys.readouterr().err.splitlines() if "ambiguous" in w] == [f"msifusion: warning: {w}"

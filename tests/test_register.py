@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -278,6 +279,10 @@ def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> N
     rival = reg.details["rival"]
     assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.85 * reg.score
     assert 3.5 < rival["disagreement_px"] < 4.5
+    stricter = replace(options, rival_ratio=0.99)  # the shifted copy scores 0.94 of the best: no rival then
+    assert "rival" not in register_auto(optical, np.stack([msi, shifted]), fixed, None, stricter).details
+    unpolished = register_auto(optical, np.stack([msi, shifted]), fixed, None, replace(options, polish=False))
+    assert 3 < unpolished.details["rival"]["disagreement_px"] < 5  # the searched poses disagree as much
     twin = np.where(acquired, msi + np.random.default_rng(1).normal(0, 0.01, msi.shape), 0).astype(np.float32)
     agreeing = register_auto(optical, np.stack([msi, twin]), fixed, None, options)
     assert agreeing.details["rival"]["disagreement_px"] < 0.2

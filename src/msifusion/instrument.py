@@ -142,10 +142,10 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
         elif rival and rival["disagreement_px"] > AMBIGUOUS_PX:
-            warnings.append(f"automatic registration is ambiguous: {_tissue_name(rival['channel'])} matches the optical "
-                            f"almost as well as {_tissue_name(reg.channel)} (score {rival['score']:.2f} against "
-                            f"{reg.score:.2f}) and aligns up to {rival['disagreement_px']:.1f} MSI pixels away; check "
-                            "overlay.png, and refine landmarks.csv in BigWarp if needed")
+            warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
+                            f"{_tissue_name(rival['channel'])} match the optical about equally well (scores "
+                            f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
+                            "MSI pixels apart; check overlay.png, and refine landmarks.csv in BigWarp if needed")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size

@@ -421,6 +421,8 @@ class AutoRegisterOptions:
     ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the
     chosen one's, it is polished too and the distance between the two alignments is reported
     (``details["rival"]``): two near-equal matches that disagree mean the alignment is uncertain.
+    (Both are refined poses; the rival's score can come out a little above the chosen one's, which
+    the coarse search ranked first. Near-ties within one tissue image are not checked.)
     """
 
     optical_feature: str = "auto"
@@ -795,7 +797,7 @@ def register_auto(
         metric = chosen.metric
     nmi, corr = similarity(chosen.fix_img, _pull_back(chosen.mov, chosen.mov_grid, transform, fixed), acquired)
     rival = found.rival
-    if rival is not None and options.polish and rival.score >= options.rival_ratio * best.score:
+    if rival is not None and rival.score >= options.rival_ratio * best.score:
         other = _polish(rival, stack, acquired, fixed, feat_full, moving, options)
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
                          "disagreement_px": _disagreement(chosen.affine, other.affine, fixed, acquired)}
