@@ -208,10 +208,11 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     from msifusion.register import AffineMap, Registration
 
     known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
+    other = AffineMap(known.matrix + np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))  # 2 optical pixels to the right
     rival = {"channel": 2, "sign": -1, "score": 0.55, "disagreement_px": apart}
 
     def with_a_rival(optical, tissue, fixed, moving, options):
-        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival})
+        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
 
     monkeypatch.setattr(instrument, "register_auto", with_a_rival)
     imzml, opt, _, _ = files
@@ -221,11 +222,22 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     assert record["registration"]["rival"] == rival
     expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
                  "component 2 of the spectra match the optical about equally well (scores 0.60 and 0.55) but align up "
-                 f"to {apart:.1f} MSI pixels apart; check overlay.png, and refine landmarks.csv in BigWarp if needed")
-                ] if warned else []
+                 f"to {apart:.1f} MSI pixels apart; compare overlay.png with overlay_rival.png, and to use the other "
+                 "alignment rerun with --landmarks landmarks_rival.csv (both in the output folder), or refine either "
+                 "in BigWarp")] if warned else []
     assert [w for w in record["warnings"] if "ambiguous" in w] == expected
     assert [w for w in capsys.readouterr().err.splitlines() if "ambiguous" in w] == [f"msifusion: warning: {w}"
                                                                                      for w in expected]
+    assert (out / "overlay_rival.png").exists() == (out / "landmarks_rival.csv").exists() == warned
+    if warned:  # the other alignment, taken up as landmarks: the optical 2 pixels further right
+        monkeypatch.undo()
+        again = tmp_path / "again"
+        assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--landmarks",
+                     str(out / "landmarks_rival.csv"), "--out", str(again)]) == 0
+        source = cv2.imread(str(opt))[..., ::-1]
+        np.testing.assert_allclose(tifffile.imread(again / "optical_registered.tiff"),
+                                   source[OFFSET[1]:OFFSET[1] + H * SCALE, OFFSET[0] + 2:OFFSET[0] + 2 + W * SCALE],
+                                   atol=1)
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -23,8 +23,8 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
-from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Grid, check_landmarks, landmarks_from_transform,
-                                register_auto, resample_optical, transform_from_landmarks)
+from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Grid, Registration, check_landmarks,
+                                landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
@@ -85,6 +85,19 @@ def _tissue_name(channel: int) -> str:
     return "the TIC" if channel == 0 else f"principal component {channel} of the spectra"
 
 
+PREVIEW_PIXELS = 2000  # the rival alignment's overlay: optical resampled to at most about this many pixels across
+
+
+@dataclass(frozen=True)
+class RivalAlignment:
+    """The other alignment of an ambiguous automatic registration: the optical resampled under it onto the ion
+    grid × ``scale`` (a preview for its overlay) and its landmarks (to rerun with)."""
+
+    preview: np.ndarray
+    scale: int
+    landmarks: Landmarks
+
+
 @dataclass
 class RegisteredOptical:
     """The optical resampled onto the ion grid × scale, and how it got there."""
@@ -96,6 +109,7 @@ class RegisteredOptical:
     landmarks: Landmarks | None = None  # landmarks to refine in BigWarp (fixed = ion grid units)
     warnings: list[str] = field(default_factory=list)
     tissue: np.ndarray | None = None  # the MSI tissue image the optical was matched to (for the overlay)
+    rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
 
 
 def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings) -> RegisteredOptical:
@@ -119,6 +133,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
         warnings: list[str] = []
         matched = msi.images[0]
+        alternative = None
         missed = (f"the landmark transform ({settings.transform}) from {settings.landmarks.name} maps the whole ion "
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
@@ -138,14 +153,17 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign),
                     optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"),
                     rival=rival)
+        alternative = _rival_alignment(reg, optical, msi, moving, settings.scale)
         if reg.score < CONVINCING_SCORE:
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
-        elif rival and rival["disagreement_px"] > AMBIGUOUS_PX:
+        elif alternative is not None:
             warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
                             f"{_tissue_name(rival['channel'])} match the optical about equally well (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
-                            "MSI pixels apart; check overlay.png, and refine landmarks.csv in BigWarp if needed")
+                            "MSI pixels apart; compare overlay.png with overlay_rival.png, and to use the other "
+                            "alignment rerun with --landmarks landmarks_rival.csv (both in the output folder), or "
+                            "refine either in BigWarp")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size
@@ -154,17 +172,40 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     except InputError:
         raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
-    return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched)
+    return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
+
+
+def _rival_alignment(reg: Registration, optical: Image, msi: MsiTissue, moving: Grid,
+                     scale: int) -> RivalAlignment | None:
+    """The other alignment of an ambiguous automatic registration (a rival further than :data:`AMBIGUOUS_PX`),
+    for the user to compare and choose; None when there is none, or when it misses the optical."""
+    rival = reg.details.get("rival")
+    if reg.rival is None or rival is None or rival["disagreement_px"] <= AMBIGUOUS_PX:
+        return None
+    preview_scale = min(scale, max(1, PREVIEW_PIXELS // max(reg.fixed.shape)))
+    try:
+        preview = resample_optical(optical.pixels, reg.rival, reg.fixed.refined(preview_scale), moving)
+    except InputError:
+        return None
+    return RivalAlignment(preview, preview_scale, landmarks_from_transform(reg.rival, reg.fixed))
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> None:
-    """optical_registered.tiff (+ .png), overlay.png against the MSI tissue image, landmarks.csv."""
+    """optical_registered.tiff (+ .png), overlay.png against the MSI tissue image, landmarks.csv; for an
+    ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of the other alignment."""
     px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
     write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px)
     save_rgb_png(folder / "optical_registered.png", registered.guide)
     save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)
     if registered.landmarks is not None:
         write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv")
+    rival = registered.rival
+    if rival is not None:
+        # against the same tissue image as overlay.png, so that the two pictures differ only in the alignment
+        save_overlay(folder / "overlay_rival.png", rival.preview, registered.tissue,
+                     ion_pixel_size_um / rival.scale if ion_pixel_size_um else None,
+                     "the other alignment (landmarks_rival.csv)")
+        write_bigwarp_csv(rival.landmarks, folder / "landmarks_rival.csv")
 
 
 def _open_ions(path: Path) -> ImzML:

@@ -455,6 +455,7 @@ class Registration:
     and the registered optical feature block-averaged to the MSI grid, over the acquired
     pixels. ``metric``: SimpleITK's final Mattes mutual information (lower is better; NaN when
     not polished). ``channel`` / ``sign``: which tissue image (and sign) matched best.
+    ``rival``: the polished alignment on the rival tissue image (``details["rival"]``), if any.
     """
 
     transform: PointMap
@@ -468,6 +469,7 @@ class Registration:
     channel: int
     sign: int
     details: dict = field(default_factory=dict)
+    rival: AffineMap | None = None
 
 
 def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.ndarray:
@@ -796,11 +798,11 @@ def register_auto(
     else:
         metric = chosen.metric
     nmi, corr = similarity(chosen.fix_img, _pull_back(chosen.mov, chosen.mov_grid, transform, fixed), acquired)
-    rival = found.rival
+    rival, other = found.rival, None
     if rival is not None and rival.score >= options.rival_ratio * best.score:
-        other = _polish(rival, stack, acquired, fixed, feat_full, moving, options)
+        other = _polish(rival, stack, acquired, fixed, feat_full, moving, options).affine
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
-                         "disagreement_px": _disagreement(chosen.affine, other.affine, fixed, acquired)}
+                         "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired)}
     return Registration(
         transform=transform, fixed=fixed, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,
@@ -810,6 +812,7 @@ def register_auto(
                  "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
                  "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
                  "moving_block_factor": chosen.factor, "search_block_factor": red_f},
+        rival=other,
     )
 
 

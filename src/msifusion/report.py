@@ -178,9 +178,10 @@ def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pi
     return Path(path)
 
 
-def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None) -> Path:
-    """Registration check: the registered optical beside it blended with the MSI tissue image
-    (magenta, upsampled to the optical's grid), plus the tissue image's contours."""
+def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None,
+                 title: str = "registered optical") -> Path:
+    """Registration check: the registered optical (titled ``title``) beside it blended with the MSI tissue
+    image (magenta, upsampled to the optical's grid), plus the tissue image's contours."""
     import cv2
 
     H, W = rgb.shape[:2]
@@ -192,7 +193,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     blend = np.stack([gray * 0.6 + 0.4 * t, gray * 0.6, gray * 0.6 + 0.4 * t], axis=-1)
     fig, axes = plt.subplots(1, 2, figsize=_figsize((H, 2 * W), 12.0), dpi=110)
     axes[0].imshow(np.clip(rgb, 0, 1))
-    axes[0].set_title("registered optical")
+    axes[0].set_title(title)
     axes[1].imshow(np.clip(blend, 0, 1))
     axes[1].contour(t, levels=[0.25, 0.5], colors=["yellow", "cyan"], linewidths=0.6)
     axes[1].set_title("overlay: optical (gray) + MSI tissue image (magenta, contours)")
