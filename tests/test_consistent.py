@@ -142,8 +142,9 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     assert _psnr(out, truth) > _psnr(upsample(measured, f), truth)
 
 
-def test_ladder_step_needs_a_significant_mean_gain_on_most_blocks():
-    """The walk's sign test: a mean gain carried by a few blocks while most get worse does not climb."""
+def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks():
+    """The walk's sign test: a mean gain carried by a few blocks while most get worse does not climb, nor
+    does one that wins on barely more blocks than it loses."""
     from msifusion.consistent import _walk
 
     rng = np.random.default_rng(0)
@@ -153,11 +154,16 @@ def test_ladder_step_needs_a_significant_mean_gain_on_most_blocks():
     few[:40] -= 1.0  # ... ten per cent much better: the mean gains 0.09, z ≈ 6
     ties = base.clone()
     ties[:100] -= 0.05  # unchanged blocks (empty background) count on neither side
-    assert _walk([base, broad], 4.0, majority=True) == 1
+    split = base.clone()
+    split[:210] -= 0.2  # 210 blocks better, 190 worse: a majority by 1 binomial standard deviation
+    split[210:] += 0.05
+    assert _walk([base, broad], 4.0, 2.0) == 1
     assert _walk([base, few], 4.0) == 1
-    assert _walk([base, few], 4.0, majority=True) == 0
-    assert _walk([base, ties], 4.0, majority=True) == 1
-    assert _walk([base, few, broad], 4.0, majority=True) == 2  # a rejected rung does not end the walk
+    assert _walk([base, few], 4.0, 0.0) == 0
+    assert _walk([base, ties], 4.0, 2.0) == 1
+    assert _walk([base, few, broad], 4.0, 2.0) == 2  # a rejected rung does not end the walk
+    assert _walk([base, split], 4.0, 0.0) == 1  # any majority
+    assert _walk([base, split], 4.0, 2.0) == 0  # not a significant one: (210 − 190) / √400 = 1
 
 
 def test_optical_detail_is_the_density_minus_its_blur():

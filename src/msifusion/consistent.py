@@ -31,8 +31,8 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   differences, with refinement). Each is run on the same problem one level coarser (the
   measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
   the previous one only if it predicts the held-back measurement significantly better
-  (paired per-block test, ``significance`` standard errors, and better on more blocks than
-  worse). Optical images that show the chemistry (plant cells, depth edges) climb the
+  (paired per-block test, ``significance`` standard errors, and better on significantly more
+  blocks than worse, ``sign_significance`` binomial standard deviations). Optical images that show the chemistry (plant cells, depth edges) climb the
   ladder; an H&E whose texture is unrelated to the ion stays at the bottom (a smooth
   consistent interpolation).
 - *Non-negativity*: for non-negative measurements, negatives are clipped and every block
@@ -93,7 +93,9 @@ class ConsistentConfig:
     ``ladder``: settings tried in order, each (edge quantile q in %, refinement passes);
     κ = the q-th percentile of the guide's neighbour colour differences, so a low q makes
     most optical edges block. ``significance``: how many standard errors a setting must gain
-    in the coarse-level prediction to replace the previous one (0: any gain in the mean).
+    in the coarse-level prediction to replace the previous one (0: any gain in the mean);
+    ``sign_significance``: by how many binomial standard deviations its blocks that gain must
+    outnumber those that lose (0: any majority).
     ``select_pixels``: the coarse-level test uses at most this many fine pixels in all (a
     central window of at most 600 000, in up to four shifted phases), so that the choice
     costs little on large images and is steady on small ones; its solves start from the
@@ -117,6 +119,7 @@ class ConsistentConfig:
 
     ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (50.0, 1), (20.0, 1))
     significance: float = 4.0
+    sign_significance: float = 2.0
     weight_floor: float = 1e-3
     refine_scale: float = 0.1
     iterations: int = 100
@@ -145,8 +148,8 @@ class ConsistentConfig:
             raise ValueError("weight_floor and refine_scale must be positive")
         if self.iterations < 1 or self.tolerance <= 0 or self.select_tolerance <= 0:
             raise ValueError("iterations ≥ 1 and tolerances > 0 required")
-        if self.spot_sigma_px < 0 or self.edge_weight < 0 or self.significance < 0:
-            raise ValueError("spot_sigma_px, edge_weight and significance must be ≥ 0")
+        if self.spot_sigma_px < 0 or self.edge_weight < 0 or self.significance < 0 or self.sign_significance < 0:
+            raise ValueError("spot_sigma_px, edge_weight, significance and sign_significance must be ≥ 0")
         if self.tile_pixels < 4096 or self.halo_blocks < 0 or (self.ion_batch is not None and self.ion_batch < 1):
             raise ValueError("tile_pixels ≥ 4096, halo_blocks ≥ 0, ion_batch ≥ 1 (or None) required")
         if not self.texture or self.texture_sigma_px <= 0:
@@ -705,7 +708,8 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
     within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
-    ``significance`` standard errors, on more blocks than they lose (:func:`_walk`). Too small
+    ``significance`` standard errors, on significantly more blocks than they lose
+    (``sign_significance``; :func:`_walk`). Too small
     an image (fewer than 16 coarse pixels) keeps the first setting. With a shared ``basis``
     (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
     coarse prediction is their mixture, made consistent with its own coarse measurement: the
@@ -764,7 +768,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
     chosen, notes = [], []
     for k in range(K):
-        best = _walk([e[0][k] for e in errors], config.significance, majority=True)
+        best = _walk([e[0][k] for e in errors], config.significance, config.sign_significance)
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
         texture = _walk([e[k] for e in errors[best]], config.significance)
@@ -775,15 +779,18 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
     return chosen, notes
 
 
-def _walk(errors: list[torch.Tensor], significance: float, majority: bool = False) -> int:
+def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = None) -> int:
     """Walking up a ladder of per-block squared errors, the last step that beat the current choice by more
-    than ``significance`` standard errors of the paired differences (and, with ``majority``, on more blocks
-    than it lost: a sign test beside the mean, so that a few large gains cannot carry the step)."""
+    than ``significance`` standard errors of the paired differences (and, with ``sign``, on more blocks than
+    it lost by more than ``sign`` binomial standard deviations, √(wins + losses), unchanged blocks counting
+    on neither side: a sign test beside the mean, so that a few large gains cannot carry the step; 0 = any
+    majority)."""
     best = 0
     for i in range(1, len(errors)):
         d = errors[best] - errors[i]
         se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-        if float(d.mean()) > significance * se and (not majority or int((d > 0).sum()) > int((d < 0).sum())):
+        wins, losses = int((d > 0).sum()), int((d < 0).sum())
+        if float(d.mean()) > significance * se and (sign is None or wins - losses > sign * math.sqrt(wins + losses)):
             best = i
     return best
 
