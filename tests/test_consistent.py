@@ -164,6 +164,13 @@ def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks(
     assert _walk([base, few, broad], 4.0, 2.0) == 2  # a rejected rung does not end the walk
     assert _walk([base, split], 4.0, 0.0) == 1  # any majority
     assert _walk([base, split], 4.0, 2.0) == 0  # not a significant one: (210 − 190) / √400 = 1
+    even = base.clone()
+    even[:200] -= 0.3  # 200 better, 200 worse (the mean still gains): no majority at all
+    even[200:] += 0.05
+    assert _walk([base, even], 4.0, 0.0) == 0
+    mostly_ties = base.clone()
+    mostly_ties[:25] -= 0.05  # 25 better, 375 unchanged: 25 / √25 = 5 deviations, ties counting for neither
+    assert _walk([base, mostly_ties], 4.0, 2.0) == 1
 
 
 def test_optical_detail_is_the_density_minus_its_blur():
@@ -176,6 +183,17 @@ def test_optical_detail_is_the_density_minus_its_blur():
     np.testing.assert_allclose(optical_detail(torch.as_tensor(guide), 1.5, 1e-3).numpy(), expected, atol=1e-5)
     flat = optical_detail(torch.full((20, 20, 3), 0.7), 1.5, 1e-3)
     assert float(flat.abs().max()) < 1e-6
+
+
+def test_the_ladder_walk_uses_the_configured_sign_test(cells):
+    """On the cells the walk climbs; a sign test no step can pass keeps it at the bottom."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
+    climbed, kept = HarmonicReport(), HarmonicReport()
+    fuse_consistent_many(guide, y, f, report=climbed)
+    fuse_consistent_many(guide, y, f, ConsistentConfig(sign_significance=1e6), report=kept)
+    assert climbed.settings[0] != ConsistentConfig().ladder[0]
+    assert kept.settings[0] == ConsistentConfig().ladder[0]
 
 
 def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):

@@ -17,6 +17,7 @@ from msifusion.register import (
     Grid,
     ResampleOptions,
     ThinPlateSpline,
+    _disagreement,
     check_landmarks,
     landmarks_from_transform,
     moving_index_map,
@@ -279,15 +280,18 @@ def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> N
     rival = reg.details["rival"]
     assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.85 * reg.score
     assert 3.5 < rival["disagreement_px"] < 4.5
+    assert _disagreement(reg.affine, reg.rival, fixed, acquired) == rival["disagreement_px"]  # the alignment itself
     stricter = replace(options, rival_ratio=0.99)  # the shifted copy scores 0.94 of the best: no rival then
-    assert "rival" not in register_auto(optical, np.stack([msi, shifted]), fixed, None, stricter).details
+    alone = register_auto(optical, np.stack([msi, shifted]), fixed, None, stricter)
+    assert "rival" not in alone.details and alone.rival is None
     unpolished = register_auto(optical, np.stack([msi, shifted]), fixed, None, replace(options, polish=False))
     assert 3 < unpolished.details["rival"]["disagreement_px"] < 5  # the searched poses disagree as much
     twin = np.where(acquired, msi + np.random.default_rng(1).normal(0, 0.01, msi.shape), 0).astype(np.float32)
     agreeing = register_auto(optical, np.stack([msi, twin]), fixed, None, options)
     assert agreeing.details["rival"]["disagreement_px"] < 0.2
     assert _max_error(agreeing.transform, truth, fixed, msi) < 0.5
-    assert "rival" not in register_auto(optical, msi, fixed, None, options).details  # one image: nothing to compare
+    single = register_auto(optical, msi, fixed, None, options)  # one image: nothing to compare
+    assert "rival" not in single.details and single.rival is None
 
 
 @pytest.mark.slow

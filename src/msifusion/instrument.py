@@ -157,13 +157,16 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         if reg.score < CONVINCING_SCORE:
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
-        elif alternative is not None:
+        if rival and rival["disagreement_px"] > AMBIGUOUS_PX:
+            remedy = ("compare overlay.png with overlay_rival.png, and to use the other alignment rerun into a new "
+                      "--out with --landmarks landmarks_rival.csv (both in this run's output folder), or refine "
+                      "either in BigWarp" if alternative is not None else
+                      "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
+                      "in BigWarp if needed")
             warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
                             f"{_tissue_name(rival['channel'])} match the optical about equally well (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
-                            "MSI pixels apart; compare overlay.png with overlay_rival.png, and to use the other "
-                            "alignment rerun with --landmarks landmarks_rival.csv (both in the output folder), or "
-                            "refine either in BigWarp")
+                            f"MSI pixels apart; {remedy}")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size
