@@ -21,11 +21,11 @@ guide (:func:`msifusion.methods.fuse`, one fixed seed) and is scored against the
 - ``prostate``: real MALDI MSI of a prostate section (25 µm) with its H&E, from the MSIght
   package. The ion images *at 25 µm* are the truth; block means ×4 and ×8 (100 and 200 µm)
   are the measurements; the H&E, registered automatically onto the 25 µm grid
-  (:func:`msifusion.register.register_auto` on the TIC and the spectra's principal components), is the guide, so guide and truth
-  share a shape. Ions: the 3 strongest peaks of the mean spectrum, plus the channel nearest
-  m/z 1217.5 when one lies within 0.05 Da (the example's own ion of interest). No noise is
-  added: the truth is a measurement already (so it holds the instrument's noise, which no
-  method can predict). Scores count only the acquired pixels (``mask``: pixels with a
+  (:func:`msifusion.register.register_auto` on the TIC and the spectra's principal
+  components), is the guide, so guide and truth share a shape. Ions: the 3 strongest peaks
+  of the mean spectrum, plus the channel nearest m/z 1217.5 when one lies within 0.05 Da
+  (the example's own ion of interest). No noise is added: the truth is a measurement
+  already (so it holds the instrument's noise, which no method can predict). Scores count only the acquired pixels (``mask``: pixels with a
   spectrum); the measurement is the plain block mean, the zeros outside the acquisition
   included, like the phantom's background. The data come from
   :func:`msifusion.examples.fetch_prostate` (or ``BenchmarkConfig.prostate_dir``); when

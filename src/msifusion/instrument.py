@@ -23,7 +23,7 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
-from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Grid, Registration, check_landmarks,
+from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
@@ -150,14 +150,14 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         warnings = []
         matched = reg.sign * msi.images[reg.channel]
         rival = reg.details.get("rival")
-        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign),
-                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"),
-                    rival=rival)
-        alternative = _rival_alignment(reg, optical, msi, moving, settings.scale)
+        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
+                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
+        ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
+        alternative = _rival_alignment(reg.rival, optical, reg.fixed, moving, settings.scale) if ambiguous else None
         if reg.score < CONVINCING_SCORE:
             warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
-        if rival and rival["disagreement_px"] > AMBIGUOUS_PX:
+        if ambiguous:
             remedy = ("compare overlay.png with overlay_rival.png, and to use the other alignment rerun into a new "
                       "--out with --landmarks landmarks_rival.csv (both in this run's output folder), or refine "
                       "either in BigWarp" if alternative is not None else
@@ -178,19 +178,16 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
 
 
-def _rival_alignment(reg: Registration, optical: Image, msi: MsiTissue, moving: Grid,
+def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, moving: Grid,
                      scale: int) -> RivalAlignment | None:
-    """The other alignment of an ambiguous automatic registration (a rival further than :data:`AMBIGUOUS_PX`),
-    for the user to compare and choose; None when there is none, or when it misses the optical."""
-    rival = reg.details.get("rival")
-    if reg.rival is None or rival is None or rival["disagreement_px"] <= AMBIGUOUS_PX:
-        return None
-    preview_scale = min(scale, max(1, PREVIEW_PIXELS // max(reg.fixed.shape)))
+    """The other alignment (``affine``, ion grid → optical) of an ambiguous automatic registration, for the
+    user to compare and choose; None when it misses the optical."""
+    preview_scale = min(scale, max(1, PREVIEW_PIXELS // max(ion_grid.shape)))
     try:
-        preview = resample_optical(optical.pixels, reg.rival, reg.fixed.refined(preview_scale), moving)
+        preview = resample_optical(optical.pixels, affine, ion_grid.refined(preview_scale), moving)
     except InputError:
         return None
-    return RivalAlignment(preview, preview_scale, landmarks_from_transform(reg.rival, reg.fixed))
+    return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, ion_grid))
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> None:
