@@ -64,6 +64,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
         assert json.loads((folder / "run.json").read_text())["mz"] == float(name)
     summary = json.loads((out / "run.json").read_text())
     assert summary["registration"]["method"] == "landmarks (tps)" and summary["mzs"] == [100.0, 200.0]
+    assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
 
 
 def test_single_ion_writes_into_out(tmp_path, files):

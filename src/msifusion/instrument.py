@@ -337,7 +337,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
 
     One ion: the fusion outputs in ``out``; several: ``out/mz_<m/z>/`` per ion plus a fused
-    OME-TIFF stack ``out/fused.ome.tiff``. Always ``out/optical_registered.tiff``.
+    OME-TIFF stack ``out/fused.ome.tiff`` and overviews of the measured and fused ions (``ions.png``,
+    ``fused.png``). Always ``out/optical_registered.tiff``.
     """
     t0 = time.perf_counter()
     inputs = [*_imzml_files(request.imzml), request.optical, request.register.landmarks]
@@ -371,6 +372,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
             write_tiff(stage / "fused.ome.tiff", np.stack(fused), px, stack.labels)
+            save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um)
+            save_ion_grid(stage / "fused.png", np.stack(fused), stack.labels, px)
             fusion_warnings = [w for r in records for w in r["warnings"] if w not in registered.warnings]
             summary = dict(common, tool="msifusion", command="fuse --imzml", mzs=list(stack.mzs),
                            warnings=registered.warnings + fusion_warnings,
