@@ -52,7 +52,7 @@ def _phantom_case(shape: tuple[int, int], ion: str = "apigenin"):
 
 def _large_case() -> tuple[np.ndarray, np.ndarray]:
     """A microscope-sized guide (a ginkgo-sized phantom tiled to 4820×11920) and its block-averaged ion."""
-    from msifusion.physics import block_mean
+    from msifusion.measurement import block_mean
 
     p = _phantom_case(GINKGO)
     reps = (-(-LARGE[0] // GINKGO[0]), -(-LARGE[1] // GINKGO[1]))
@@ -97,7 +97,7 @@ def task(name: str, args: argparse.Namespace) -> dict:
             per_cell = np.exp(0.3 * rng.standard_normal((args.ions, int(cells.max()) + 1))).astype(np.float32)
             for k in range(args.ions):
                 truths[k] *= per_cell[k][cells]
-        from msifusion.physics import block_mean
+        from msifusion.measurement import block_mean
 
         measured = block_mean(truths, SCALE)
         measured = np.clip(measured + 0.02 * rng.standard_normal(measured.shape).astype(np.float32)

@@ -8,13 +8,12 @@ from msifusion.classical import (
     DiffusionConfig,
     anisotropic_diffusion,
     guided_filter,
-    iterative_backprojection,
     optical_features,
     pls1,
     pls_fusion,
 )
 from msifusion.methods import MethodOptions, fuse
-from msifusion.physics import block_mean, consistency_error, upsample
+from msifusion.measurement import block_mean, consistency_error, upsample
 
 CLOSED_FORM = ["bicubic", "guided", "bilinear-bp", "guided-bp", "diffusion", "pls"]
 
@@ -62,21 +61,6 @@ def test_guided_filter_with_itself_as_guide_preserves_the_image():
     np.testing.assert_allclose(guided_filter(src, src, 2, 1e-8), src, atol=1e-3)
     colour = np.repeat(src[..., None], 3, axis=2)
     np.testing.assert_allclose(guided_filter(colour, src, 2, 1e-8), src, atol=1e-3)
-
-
-def test_backprojection_converges_without_the_exact_step():
-    rng = np.random.default_rng(3)
-    measured = rng.random((6, 8)).astype(np.float32)
-    start = upsample(measured, 4) + rng.normal(0, 0.1, (24, 32)).astype(np.float32)
-    out = iterative_backprojection(start, measured, 4, iterations=30, exact=False)
-    assert consistency_error(out, measured, 4) < 1e-4
-    assert consistency_error(start, measured, 4) > 1e-2
-
-
-def test_backprojection_leaves_a_consistent_image_unchanged():
-    measured = np.random.default_rng(4).random((6, 8)).astype(np.float32)
-    fine = np.kron(measured, np.ones((4, 4), np.float32))
-    np.testing.assert_allclose(iterative_backprojection(fine, measured, 4), fine, atol=1e-6)
 
 
 def test_diffusion_keeps_constants_and_zero_background():

@@ -68,8 +68,8 @@ def test_cuda_runs_both_methods_and_bf16_applies_there(tmp_path, files):
 
 
 def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path, files):
-    from msifusion.consistent import Measurement
-    from msifusion.physics import block_mean
+    from msifusion.measurement import Measurement
+    from msifusion.measurement import block_mean
 
     opt, ion_path, ion, scale = files
     assert _fuse(opt, ion_path, tmp_path / "box", "--quiet") == 0
@@ -257,7 +257,7 @@ def _register_method(monkeypatch, name: str, transform) -> None:
     """A stand-in method whose output is ``transform(bilinear upsampling)``."""
     from msifusion.fit import FitResult
     from msifusion.methods import METHODS, Method
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     def run(problem, options):
         return FitResult(transform(upsample(problem.ion, problem.scale, "bilinear")))

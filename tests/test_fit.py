@@ -38,7 +38,7 @@ def test_config_rejects_nonsense():
 
 def test_fit_reduces_loss_and_records_history(small_pair):
     guide, ion, scale = small_pair
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     target = upsample(ion / ion.max(), scale)
     seed_everything(0)
@@ -51,7 +51,7 @@ def test_fit_reduces_loss_and_records_history(small_pair):
 
 def test_early_stopping_ends_the_fit(small_pair):
     guide, ion, scale = small_pair
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     seed_everything(0)
     result = fit_network(LCRN(), guide, upsample(ion / ion.max(), scale),
@@ -72,7 +72,7 @@ def test_checkpoints_called_every_n_epochs(small_pair):
 def test_bf16_is_ignored_on_the_cpu(small_pair):
     """bf16 autocast applies on CUDA only: on the CPU the fit is bit-for-bit the float32 one."""
     guide, ion, scale = small_pair
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     target = upsample(ion / ion.max(), scale)
     runs = []

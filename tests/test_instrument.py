@@ -134,7 +134,7 @@ def test_deformable_with_landmarks_is_an_error(tmp_path, files, capsys):
 def test_several_ions_collect_every_fusion_warning(tmp_path, files, capsys, monkeypatch):
     from msifusion.fit import FitResult
     from msifusion.methods import METHODS, Method
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     monkeypatch.setitem(METHODS, "negated", Method("negated", lambda p, o: FitResult(-upsample(p.ion, p.scale)), "test"))
     imzml, opt, lm, _ = files

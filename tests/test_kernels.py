@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from msifusion import kernels
-from msifusion.consistent import Measurement, Multigrid, _aggregate, _bilinear_up, _block_project, solve_harmonic
+from msifusion.consistent import Multigrid, _aggregate, _block_project, solve_harmonic
+from msifusion.measurement import Measurement, bilinear_up_t
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
 
@@ -36,7 +37,7 @@ def _start(seed: int, images: int = 1) -> tuple[torch.Tensor, Measurement, torch
     g = torch.Generator().manual_seed(seed)
     y = torch.rand(images, H // F, W // F, generator=g)
     op = Measurement((H, W), F)
-    return op.project(_bilinear_up(y, F), y), op, y
+    return op.project(bilinear_up_t(y, F), y), op, y
 
 
 def test_usable_only_for_large_float32_cpu_images():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from msifusion.metrics import Scores, edge_loss, mse, psnr, score, ssim
-from msifusion.physics import block_mean
+from msifusion.measurement import block_mean
 
 
 def _ramp(h: int = 24, w: int = 32) -> np.ndarray:

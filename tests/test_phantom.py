@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from msifusion.phantom import IONS, KIND_TISSUES, TISSUES, PhantomConfig, Tissue, make_phantom
-from msifusion.physics import block_mean
+from msifusion.measurement import block_mean
 
 
 @pytest.fixture(scope="module")

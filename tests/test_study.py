@@ -11,7 +11,7 @@ import pytest
 from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.physics import upsample
+from msifusion.measurement import upsample
 from msifusion.study import StudyConfig, pick_strip, rule_stop_epoch, run_study
 
 TINY = PhantomConfig(fine_shape=(64, 96), seed=1)

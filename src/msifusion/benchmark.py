@@ -119,7 +119,7 @@ def masked_block_mean(values: np.ndarray, valid: np.ndarray, factor: int) -> tup
     """
     from scipy.ndimage import convolve
 
-    from msifusion.physics import block_mean
+    from msifusion.measurement import block_mean
 
     valid = np.asarray(valid, dtype=bool)
     if not valid.any():
@@ -167,7 +167,7 @@ def middlebury_case(factor: int, downscale: int = 1, crop: tuple[int, int, int, 
     """
     from skimage.data import stereo_motorcycle
 
-    from msifusion.physics import block_mean
+    from msifusion.measurement import block_mean
 
     left, _, disparity = stereo_motorcycle()
     rgb = left.astype(np.float32) / 255.0
@@ -243,7 +243,7 @@ def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None,
     """
     from msifusion.io.images import read_optical
     from msifusion.io.imzml import ImzML
-    from msifusion.physics import block_mean
+    from msifusion.measurement import block_mean
     from msifusion.register import Grid, ResampleOptions, register_auto, resample_optical
 
     imzml_path, he_path = prostate_files(prostate_dir)
@@ -478,7 +478,7 @@ def write_csv(path: Path, rows: Iterable[dict]) -> Path:
 
 def save_case_panel(path: Path, case: Case, fused: dict[str, np.ndarray], rows: Sequence[dict]) -> Path:
     """optical | measured | bilinear | each method | truth, one colour scale (the truth's)."""
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
     from msifusion.report import save_panel
 
     scores = {r["method"]: r for r in rows}

@@ -7,10 +7,9 @@ H = h·scale, W = w·scale, and return an (H, W) float32 image in the ion's unit
   colour-guide form) applied to the bilinearly upsampled ion image, the RGB optical as guide.
   One setting for every case: radius = scale (one MSI pixel's footprint), eps = 1e-3 on the
   [0, 1] guide (edges whose local standard deviation exceeds ≈ 0.03 are kept).
-- :func:`iterative_backprojection`: Irani & Peleg's back-projection onto the measurement
-  (block mean = MSI pixel): the residual ``measured − blockmean(x)`` is upsampled bilinearly
-  and added, a fixed number of times; an optional last step adds the residual nearest-
-  upsampled, which makes every block mean equal the measurement exactly.
+- Back-projection onto the measurement (Irani & Peleg: add the bilinearly upsampled residual
+  ``measured − blockmean(x)`` until it vanishes) is its closed-form limit,
+  :func:`msifusion.measurement.project_consistent`, used by the ``-bp`` methods.
 - :func:`anisotropic_diffusion`: training-free "DADA without its feature network" (Metzger
   et al., CVPR 2023): Perona–Malik diffusion on the fine grid with conductances from the
   guide's colour differences, alternated with a per-block rescale so that every block mean
@@ -26,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msifusion.physics import block_mean, upsample
+from msifusion.io.images import luminance
+from msifusion.measurement import block_mean, upsample
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
@@ -85,30 +84,6 @@ def guided_upsample(guide: np.ndarray, ion: np.ndarray, scale: int, config: Guid
     """Bilinear upsampling of the ion image, then the guided filter with the RGB optical as guide."""
     radius = max(1, round(config.radius_per_scale * scale))
     return guided_filter(guide, upsample(ion, scale, "bilinear"), radius, config.eps)
-
-
-def _per_block(values: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest (block-constant) upsampling of an (h, w) array by ``factor``."""
-    return np.repeat(np.repeat(values, factor, axis=0), factor, axis=1)
-
-
-def iterative_backprojection(image: np.ndarray, measured: np.ndarray, factor: int, iterations: int = 20,
-                             exact: bool = True) -> np.ndarray:
-    """Correct ``image`` so that its block means match ``measured``.
-
-    Each iteration adds the bilinearly upsampled residual ``measured − blockmean(x)``. The
-    composite "block mean of a bilinear upsampling" is a low-pass with eigenvalues in
-    (0.5, 1], so the residual shrinks at least twofold per iteration. ``exact`` adds the
-    remaining residual block-constant at the end: every block mean then equals the
-    measurement up to float rounding.
-    """
-    x = np.array(image, dtype=np.float32)
-    measured = np.asarray(measured, dtype=np.float32)
-    for _ in range(iterations):
-        x += upsample(measured - block_mean(x, factor), factor, "bilinear")
-    if exact:
-        x += _per_block(measured - block_mean(x, factor), factor)
-    return x
 
 
 @dataclass(frozen=True)
@@ -228,7 +203,7 @@ def optical_features(guide: np.ndarray, scale: int) -> list[np.ndarray]:
     features = [r, gr, b, r * r, gr * gr, b * b, r * gr, r * b, gr * b]
     for sigma in (scale / 2, scale):
         features += [gaussian_filter(c, sigma, mode="reflect") for c in (r, gr, b)]
-    lum = gaussian_filter(g @ LUMA, 1.0, mode="reflect")
+    lum = gaussian_filter(luminance(g), 1.0, mode="reflect")
     features.append(np.hypot(sobel(lum, axis=0, mode="reflect"), sobel(lum, axis=1, mode="reflect")))
     return [np.ascontiguousarray(f, dtype=np.float32) for f in features]
 

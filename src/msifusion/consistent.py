@@ -82,6 +82,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion import kernels
+from msifusion.measurement import Measurement, bilinear_up_t, block_mean_t, block_spread_t, gauss_taps, positive_rescale
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
 
@@ -168,159 +169,6 @@ class ConsistentConfig:
         if self.ion_batch is not None:
             return self.ion_batch
         return 1 if device.type == "cpu" else 8
-
-
-# ----------------------------------------------------------------------------- measurement
-
-
-def _bmean(x: torch.Tensor, f: int) -> torch.Tensor:
-    H, W = x.shape[-2:]
-    return x.reshape(*x.shape[:-2], H // f, f, W // f, f).mean((-3, -1))
-
-
-def _nup(r: torch.Tensor, f: int) -> torch.Tensor:
-    return r.repeat_interleave(f, -2).repeat_interleave(f, -1)
-
-
-def _bilinear_up(r: torch.Tensor, f: int) -> torch.Tensor:
-    """OpenCV-convention (half-pixel) bilinear upsampling of the last two axes by ``f``."""
-    shape = r.shape
-    out = F.interpolate(r.reshape(-1, 1, *shape[-2:]), scale_factor=f, mode="bilinear", align_corners=False)
-    return out.reshape(*shape[:-2], *out.shape[-2:])
-
-
-def _gauss_taps(sigma: float, truncate: float) -> tuple[torch.Tensor, int]:
-    """Normalised 1-D Gaussian taps (float64) out to ``truncate`` σ, and their radius (scipy.ndimage's
-    rule, so that the spot here and :class:`msifusion.physics.MeasurementModel`'s are the same operator)."""
-    radius = max(1, int(truncate * sigma + 0.5))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
-    return taps / taps.sum(), radius
-
-
-def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:
-    """(n / f, n) matrix of a 1-D Gaussian blur (reflect, half-sample symmetric borders) then f-pixel box means.
-
-    Built tap by tap without the (n, n) blur matrix, so a microscope-sized axis stays small.
-    """
-    taps, radius = _gauss_taps(sigma, 4.0)
-    M = torch.zeros(n // f, n, dtype=torch.float64)
-    idx = torch.arange(n)
-    for k, t in zip(range(-radius, radius + 1), taps):
-        j = idx + k
-        j = torch.where(j < 0, -j - 1, j)
-        j = torch.where(j >= n, 2 * n - j - 1, j)
-        j = j.clamp(0, n - 1)  # only for radius > n (tiny images)
-        M.index_put_((idx // f, j), torch.full((n,), float(t) / f, dtype=torch.float64), accumulate=True)
-    return M
-
-
-class Measurement:
-    """The measurement operator ``A`` on an (H, W) grid: box mean of f×f blocks, optionally after a Gaussian spot.
-
-    Provides ``A``, its adjoint ``At`` and the projection onto {v : A v = 0}. The spot model
-    is applied through separable dense 1-D matrices (exact adjoint), the box model through
-    reshapes.
-    """
-
-    def __init__(self, shape: tuple[int, int], f: int, spot_sigma_px: float = 0.0, device: torch.device | None = None):
-        H, W = shape
-        if H % f or W % f:
-            raise ValueError(f"shape {shape} is not a multiple of {f}")
-        self.f, self.shape, self.spot = f, (H, W), spot_sigma_px
-        self.device = device or torch.device("cpu")
-        if spot_sigma_px > 0:
-            self.A1 = self._a1(H).to(self.device)  # (h, H) float64
-            self.A2 = self._a1(W).to(self.device)
-            self.S1 = torch.linalg.inv(self.A1 @ self.A1.T)
-            self.S2 = torch.linalg.inv(self.A2 @ self.A2.T)
-
-    def _a1(self, n: int) -> torch.Tensor:
-        return _spot_box_matrix(n, self.f, self.spot)
-
-    def A(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spot > 0:
-            return self.A1.to(x.dtype) @ x @ self.A2.to(x.dtype).T
-        return _bmean(x, self.f)
-
-    def At(self, r: torch.Tensor) -> torch.Tensor:
-        if self.spot > 0:
-            return self.A1.to(r.dtype).T @ r @ self.A2.to(r.dtype)
-        return _nup(r, self.f) / self.f**2
-
-    def _solve_aat(self, r: torch.Tensor) -> torch.Tensor:
-        return self.S1.to(r.dtype) @ r @ self.S2.to(r.dtype).T
-
-    def null_project(self, v: torch.Tensor) -> torch.Tensor:
-        """Orthogonal projection onto {v : A v = 0}."""
-        if self.spot > 0:
-            return v - self.At(self._solve_aat(self.A(v)))
-        return v - _nup(_bmean(v, self.f), self.f)
-
-    def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Exact, smooth projection onto {x : A x = y}: x + B (A B)⁻¹ (y − A x), B = bilinear upsampling.
-
-        (A B) is separable, so the low-resolution system is solved exactly with two small
-        dense solves; a last step (block-constant for the box model) removes float rounding.
-        """
-        f = self.f
-        h, w = y.shape[-2:]
-        Mh, Mw = self._ab(h, 0), self._ab(w, 1)
-        res = (y - self.A(x)).double()
-        r = torch.linalg.solve(Mh, res)
-        r = torch.linalg.solve(Mw, r.transpose(-1, -2)).transpose(-1, -2)
-        out = x + _bilinear_up(r.to(x.dtype), f)
-        for _ in range(2):  # float32 rounding remainder
-            rest = y - self.A(out)
-            if self.spot > 0:
-                out = out + self.At(self._solve_aat(rest))
-            else:
-                out = out + _nup(rest, f)
-        return out
-
-    def _ab(self, n: int, axis: int) -> torch.Tensor:
-        """(n, n) low-resolution matrix of A∘B along one axis (B = 1-D linear upsampling)."""
-        eye = torch.eye(n, dtype=torch.float64, device=self.device)[:, None, :]
-        up = F.interpolate(eye, scale_factor=self.f, mode="linear", align_corners=False)[:, 0]  # (n, n·f)
-        if self.spot > 0:
-            A1 = self.A1 if axis == 0 else self.A2
-            return (up @ A1.T).T.contiguous()
-        return up.reshape(n, n, self.f).mean(-1).T.contiguous()
-
-
-def positive_rescale(x: torch.Tensor, y: torch.Tensor, f: int) -> torch.Tensor:
-    """Clip negatives, then scale every block to its measurement (blocks without mass get it added evenly).
-
-    Exact for the box model and a non-negative measurement; zero blocks come out exactly zero.
-    """
-    xp = x.clamp_min(0)
-    H, W = x.shape[-2:]
-    b = xp.reshape(*x.shape[:-2], H // f, f, W // f, f)
-    mean = b.mean((-3, -1))
-    has = mean > 1e-12 * y.abs().amax((-2, -1), keepdim=True).clamp_min(1e-30)
-    ratio = torch.where(has, y / torch.where(has, mean, torch.ones_like(mean)), torch.zeros_like(mean))
-    add = torch.where(has, torch.zeros_like(mean), y)
-    out = (b * ratio[..., :, None, :, None] + add[..., :, None, :, None]).reshape(x.shape)
-    return (out + _nup(y - _bmean(out, f), f)).clamp_min_(0)  # rounding fix; the clamp moves means by ~1e-16
-
-
-def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot_sigma_px: float = 0.0,
-                       positive: bool = False) -> np.ndarray:
-    """Make ``image`` (H, W) agree exactly with ``measured`` (H/scale, W/scale) under the measurement model.
-
-    The correction is smooth (a bilinearly interpolated low-resolution field solved exactly),
-    not block-constant; only the float rounding remainder is added per block. ``positive``
-    (box model, non-negative measurement): clip and rescale blocks multiplicatively instead
-    of leaving small negatives. Works on (K, H, W) stacks too.
-    """
-    x = torch.as_tensor(np.asarray(image, dtype=np.float64))
-    y = torch.as_tensor(np.asarray(measured, dtype=np.float64))
-    if x.shape[-2] != y.shape[-2] * scale or x.shape[-1] != y.shape[-1] * scale:
-        raise ValueError(f"image {tuple(x.shape)} is not measured {tuple(y.shape)} × {scale}")
-    op = Measurement(tuple(x.shape[-2:]), scale, spot_sigma_px)
-    out = op.project(x, y)
-    if positive and spot_sigma_px == 0 and bool((y >= 0).all()):
-        out = positive_rescale(out, y, scale)
-    return out.numpy().astype(np.float32) if np.asarray(image).dtype != np.float64 else out.numpy()
 
 
 # ----------------------------------------------------------------------------- conductances
@@ -627,7 +475,7 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     kappa = pb.kappas[q]
     wh = _pm(pb.diffs[0], kappa).add_(cfg.weight_floor)
     wv = _pm(pb.diffs[1], kappa).add_(cfg.weight_floor)
-    x = start if start is not None else pb.op.project(_bilinear_up(pb.y, pb.f), pb.y)
+    x = start if start is not None else pb.op.project(bilinear_up_t(pb.y, pb.f), pb.y)
     x, its = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, tolerance, pb.edge)
     first = x
     for _ in range(passes):
@@ -671,7 +519,7 @@ def optical_detail(guide: torch.Tensor, sigma: float, eps: float) -> torch.Tenso
     """The optical's fine texture as (H, W): its optical density −log(mean colour + eps) minus a Gaussian
     blur of it (``sigma`` px, replicated borders): positive on what is darker than its surroundings."""
     od = -torch.log(guide.float().mean(-1) + eps)
-    taps, radius = _gauss_taps(sigma, 3.0)
+    taps, radius = gauss_taps(sigma, 3.0)
     taps = taps.to(od)
     blurred = od[None, None]
     blurred = F.conv2d(F.pad(blurred, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
@@ -746,11 +594,11 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Consi
         cols = slice((c0 + b) * f, (c0 + b + ww) * f)
         g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
         y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
-        y2 = _bmean(y, 2)
+        y2 = block_mean_t(y, 2)
         if basis is None:
             pb = _Problem(g, y2, 2 * f, kappas, taus, config)
         else:
-            pb = _Problem(g, _bmean(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
+            pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
                           basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
         detail = optical_detail(g, config.texture_sigma_px, detail_eps) if any(betas) else None

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from msifusion.io.images import LUMA
+
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 EDGE_KERNELS = ("laplacian", "sobel")
-LUMA = (0.299, 0.587, 0.114)
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 from msifusion.consistent import ConsistentConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
-from msifusion.physics import consistency_error, upsample
+from msifusion.measurement import consistency_error, project_consistent, upsample
 
 
 @dataclass(frozen=True)
@@ -187,20 +187,18 @@ def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(guided_upsample(problem.guide, problem.ion, problem.scale))
 
 
-@register("bilinear-bp", "bilinear interpolation + iterative back-projection onto the measurement (exactly consistent)")
+@register("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent)")
 def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
-    from msifusion.classical import iterative_backprojection
-
     start = upsample(problem.ion, problem.scale, "bilinear")
-    return FitResult(iterative_backprojection(start, problem.ion, problem.scale))
+    return FitResult(project_consistent(start, problem.ion, problem.scale))
 
 
-@register("guided-bp", "guided filter + iterative back-projection onto the measurement (exactly consistent)")
+@register("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent)")
 def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
-    from msifusion.classical import guided_upsample, iterative_backprojection
+    from msifusion.classical import guided_upsample
 
     start = guided_upsample(problem.guide, problem.ion, problem.scale)
-    return FitResult(iterative_backprojection(start, problem.ion, problem.scale))
+    return FitResult(project_consistent(start, problem.ion, problem.scale))
 
 
 @register("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA without features)")

@@ -13,7 +13,7 @@ The evaluation protocol: block-average a truth by the factor, fuse, compare.
   The image is divided by ``max|measured|`` first, which is exactly the normalisation the
   fitting sees (:func:`msifusion.methods.fuse` divides the ion by its maximum absolute
   value), so this number is comparable to the ``edge`` column of a training history.
-- ``consistency``: :func:`msifusion.physics.consistency_error`,
+- ``consistency``: :func:`msifusion.measurement.consistency_error`,
   ``mean|blockmean(fused) − measured| / mean|measured|``; 0 = quantitative.
 
 Masks: Middlebury disparities hold ``+inf`` where there is no truth. An optional boolean
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from msifusion.physics import consistency_error
+from msifusion.measurement import consistency_error
 
 __all__ = ["Scores", "score", "mse", "psnr", "ssim", "edge_loss", "consistency_error"]
 

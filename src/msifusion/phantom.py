@@ -21,7 +21,7 @@ From one set of cells the module renders three things that agree with each other
 - ``labels``: the tissue of each pixel (names in :data:`TISSUES`).
 
 :meth:`Phantom.measure` is the MSI acquisition: the box average of each MSI pixel's
-footprint (:func:`msifusion.physics.block_mean`) plus noise. Everything follows from
+footprint (:func:`msifusion.measurement.block_mean`) plus noise. Everything follows from
 ``PhantomConfig.seed``: same config, same arrays.
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from msifusion.physics import block_mean
+from msifusion.measurement import block_mean
 
 
 class Tissue(IntEnum):

@@ -8,7 +8,7 @@ ITK's convention: pixel centres at integer indices). Uncalibrated images have pi
 
 The optical image is the MOVING image; the FIXED image is the ion grid, or the ion grid
 refined by an integer ``scale`` (:meth:`Grid.refined`: each ion pixel split into
-``scale × scale`` sub-pixels covering the same area, as ``physics.upsample`` assumes).
+``scale × scale`` sub-pixels covering the same area, as ``measurement.upsample`` assumes).
 A transform maps FIXED calibrated points to MOVING calibrated points: the pull-back a
 resampler needs, and the direction of BigWarp's thin-plate spline.
 
@@ -37,9 +37,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.io.images import luminance
 from msifusion.io.landmarks import Landmarks
 
-LUMA = (0.299, 0.587, 0.114)
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
@@ -489,7 +489,7 @@ def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.nda
         hi = rgb.max(axis=2)
         lo = rgb.min(axis=2)
         return np.where(hi > 1e-6, (hi - lo) / np.maximum(hi, 1e-6), 0.0).astype(np.float32)
-    lum = rgb[..., 0] * LUMA[0] + rgb[..., 1] * LUMA[1] + rgb[..., 2] * LUMA[2]
+    lum = luminance(rgb)
     if kind == "inverted_luminance":
         return (1.0 - lum).astype(np.float32)
     if kind == "luminance":

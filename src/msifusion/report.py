@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from msifusion.io.images import luminance  # noqa: E402
+
 DISPLAY_PERCENTILE = 99.0
 ION_CMAP = "viridis"
 
@@ -189,7 +191,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     lo, hi = display_range(tissue)
     t = np.clip((tissue - lo) / (hi - lo), 0, 1)
     t = cv2.resize(t, (W, H), interpolation=cv2.INTER_LINEAR)
-    gray = np.asarray(rgb, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    gray = luminance(rgb)
     blend = np.stack([gray * 0.6 + 0.4 * t, gray * 0.6, gray * 0.6 + 0.4 * t], axis=-1)
     fig, axes = plt.subplots(1, 2, figsize=_figsize((H, 2 * W), 12.0), dpi=110)
     axes[0].imshow(np.clip(rgb, 0, 1))

@@ -184,7 +184,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     from msifusion.io.images import write_tiff
     from msifusion.io.outdir import check_output_dir, staged_output_dir
     from msifusion.models.lcrn import LCRN
-    from msifusion.physics import upsample
+    from msifusion.measurement import upsample
 
     t0 = time.perf_counter()
     given = [config.optical, config.ion, config.truth]

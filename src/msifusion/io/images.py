@@ -35,6 +35,12 @@ from msifusion.errors import InputError
 
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ION_SUFFIXES = (".tif", ".tiff", ".npy", ".csv", ".tsv", ".txt")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights of R, G, B
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(…, 3) RGB → (…) BT.601 luminance, float32."""
+    return np.asarray(rgb, dtype=np.float32) @ np.array(LUMA, np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from msifusion.measurement import Measurement, block_mean, consistency_error, project_consistent, upsample
+
+
+def test_block_mean_known_answer():
+    image = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_allclose(block_mean(image, 2), [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_block_mean_rejects_non_multiple():
+    with pytest.raises(ValueError):
+        block_mean(np.zeros((5, 4)), 2)
+
+
+def test_block_mean_of_nearest_upsampling_is_identity():
+    ion = np.random.default_rng(0).random((5, 7)).astype(np.float32)
+    np.testing.assert_allclose(block_mean(upsample(ion, 3, "nearest"), 3), ion, rtol=1e-6)
+
+
+def test_bilinear_upsampling_matches_opencv_half_pixel_convention():
+    ion = np.array([[0.0, 1.0]], dtype=np.float32).repeat(2, axis=0)
+    up = upsample(ion, 2)
+    # half-pixel centres: outer fine pixels replicate the edge, inner ones interpolate 1/4, 3/4
+    np.testing.assert_allclose(up[0], [0.0, 0.25, 0.75, 1.0])
+
+
+def test_consistency_error_zero_for_block_constant_and_positive_otherwise():
+    ion = np.random.default_rng(0).random((4, 6)).astype(np.float32) + 0.5
+    assert consistency_error(np.kron(ion, np.ones((5, 5), np.float32)), ion, 5) == pytest.approx(0, abs=1e-7)
+    assert consistency_error(upsample(ion, 5) * 1.1, ion, 5) > 0.05
+
+
+def _spot(fine: np.ndarray, factor: int, sigma: float) -> np.ndarray:
+    return Measurement(fine.shape, factor, sigma).A(torch.as_tensor(fine, dtype=torch.float64)).numpy()
+
+
+def test_spot_operator_is_scipy_gaussian_blur_then_block_mean():
+    # an outside reference: scipy's reflect-mode Gaussian (truncated at 4 σ), then the box average
+    fine = np.random.default_rng(0).random((40, 60))
+    reference = block_mean(gaussian_filter(fine, 3.0, mode="reflect", truncate=4.0), 10)
+    np.testing.assert_allclose(_spot(fine, 10, 3.0), reference, rtol=1e-5)
+
+
+def test_spot_operator_conserves_mass_and_its_adjoint_is_exact():
+    op = Measurement((40, 30), 10, 2.5)
+    rng = np.random.default_rng(1)
+    x, r = torch.as_tensor(rng.random((40, 30))), torch.as_tensor(rng.random((4, 3)))
+    np.testing.assert_allclose(op.A(torch.ones(40, 30, dtype=torch.float64)).numpy(), 1.0, rtol=1e-12)
+    assert float((op.A(x) * r).sum()) == pytest.approx(float((x * op.At(r)).sum()), rel=1e-12)
+
+
+def test_consistency_error_is_measured_under_the_stated_model():
+    fine = np.random.default_rng(3).random((40, 60)).astype(np.float32)
+    measured = _spot(fine, 10, 3.0)
+    assert consistency_error(fine, measured, 10, spot_sigma_px=3.0) < 1e-6
+    assert consistency_error(fine, measured, 10) > 1e-3  # the plain box average sees the spot's blur
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def test_projection_is_exact_on_random_data_and_smooth():
+    rng = np.random.default_rng(3)
+    x = rng.random((50, 60)).astype(np.float32)
+    y = rng.random((5, 6)).astype(np.float32) * 3
+    out = project_consistent(x, y, 10)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert consistency_error(out, y, 10) < 1e-6
+    # the correction is a bilinear field, not block-constant: no jump at block borders beyond the data's own
+    corr = out - x
+    jumps = np.abs(np.diff(corr, axis=1))
+    assert jumps.max() < 0.5 * np.abs(np.diff(block_mean(corr, 10), axis=1)).max()
+
+
+def test_projection_keeps_consistent_images_and_handles_stacks():
+    rng = np.random.default_rng(4)
+    y = rng.random((3, 4, 5))
+    x = np.repeat(np.repeat(y, 4, axis=1), 4, axis=2)
+    out = project_consistent(x, y, 4)
+    np.testing.assert_allclose(out, x, atol=1e-12)
+
+
+def test_positive_projection_keeps_empty_blocks_zero():
+    rng = np.random.default_rng(5)
+    y = rng.random((4, 4)).astype(np.float32)
+    y[1, 2] = 0.0
+    x = rng.normal(size=(24, 24)).astype(np.float32)
+    out = project_consistent(x, y, 6, positive=True)
+    assert out.min() >= 0
+    assert np.all(out[6:12, 12:18] == 0)
+    assert consistency_error(out, y, 6) < 1e-6
+
+
+def test_spot_measurement_projection_is_exact():
+    rng = np.random.default_rng(6)
+    y = rng.random((4, 5))
+    x = rng.random((32, 40))
+    out = project_consistent(x, y, 8, spot_sigma_px=2.0)
+    op = Measurement((32, 40), 8, 2.0)
+    np.testing.assert_allclose(op.A(torch.as_tensor(out)).numpy(), y, atol=1e-9)
+
+
+def test_projection_is_the_limit_of_irani_peleg_back_projection():
+    # back-projection adds the bilinearly upsampled residual until it vanishes; the projection is its limit
+    rng = np.random.default_rng(7)
+    measured = rng.random((6, 8))
+    x = upsample(measured.astype(np.float32), 4).astype(np.float64) + rng.normal(0, 0.1, (24, 32))
+    start = x.copy()
+    for _ in range(200):
+        x += upsample((measured - block_mean(x, 4)).astype(np.float32), 4)
+    np.testing.assert_allclose(project_consistent(start, measured, 4), x, atol=1e-5)
