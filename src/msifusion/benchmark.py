@@ -308,11 +308,10 @@ class BenchmarkConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        from msifusion.methods import METHODS
+        from msifusion.fit import check_device
+        from msifusion.methods import check_methods
 
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise InputError("--methods", f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(METHODS))}")
+        check_methods(self.methods, "--methods")
         bad = [g for g in self.groups if g not in GROUPS]
         if bad:
             raise InputError("--groups", f"unknown group(s) {', '.join(bad)}; choose from {', '.join(GROUPS)}")
@@ -344,16 +343,6 @@ class BenchmarkConfig:
         first = [DEFAULT_METHOD] if DEFAULT_METHOD in METHODS else []
         known = [m for m in PREFERRED_ORDER if m in METHODS and m not in first]
         return first + known + sorted(m for m in METHODS if m not in first and m not in known)
-
-
-def check_device(name: str) -> None:
-    """InputError (naming --device) when ``name`` is not a usable torch device here."""
-    from msifusion.fit import resolve_device
-
-    try:
-        resolve_device(name)
-    except (ValueError, RuntimeError) as exc:
-        raise InputError("--device", str(exc)) from None
 
 
 def build_cases(config: BenchmarkConfig, log=None) -> tuple[list[Case], list[str], dict]:

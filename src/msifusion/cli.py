@@ -154,12 +154,6 @@ def _settings(args: argparse.Namespace):
         fit = FitConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise InputError("training options", str(exc)) from None
-    try:
-        from msifusion.fit import resolve_device
-
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:
-        raise InputError("--device", str(exc)) from None
     from dataclasses import replace
 
     from msifusion.consistent import ConsistentConfig

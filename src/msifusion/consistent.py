@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion import kernels
-from msifusion.measurement import Measurement, bilinear_up_t, block_mean_t, block_spread_t, gauss_taps, positive_rescale
+from msifusion.measurement import Measurement, bilinear_up_t, block_mean_t, gauss_taps, positive_rescale
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
 

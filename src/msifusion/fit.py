@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msifusion.errors import InputError
 from msifusion.losses import EDGE_KERNELS, edge_map, edge_perceptual_loss, luminance
 
 
@@ -77,6 +78,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def check_device(name: str) -> None:
+    """InputError (naming --device) when ``name`` is not a usable torch device here."""
+    try:
+        resolve_device(name)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError("--device", str(exc)) from None
 
 
 def seed_everything(seed: int) -> None:

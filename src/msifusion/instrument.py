@@ -21,7 +21,8 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, check_scale, fuse_pairs,
+from msifusion.methods import check_scale
+from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)

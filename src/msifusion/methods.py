@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -86,10 +86,23 @@ def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int
     return H // h
 
 
+def check_methods(names: Sequence[str], option: str = "--method") -> None:
+    """InputError (naming ``option``) for any name that is not a registered method."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise InputError(option, f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(sorted(METHODS))}")
+
+
+def check_scale(scale: int | None) -> None:
+    """``--scale``: None (inferred from the shapes) or an integer ≥ 2."""
+    if scale is not None and not scale >= 2:
+        raise InputError("--scale", f"scale must be at least 2, got {scale}")
+
+
 def _checked(guide: np.ndarray, ion: np.ndarray, method: str) -> tuple[np.ndarray, int, float]:
     """The ion as float32, the scale and the ion's intensity scale (max |ion|), or an InputError."""
-    if method not in METHODS:
-        raise InputError("--method", f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    check_methods([method])
     ion = np.asarray(ion, dtype=np.float32)
     try:
         scale = infer_scale(guide.shape, ion.shape)

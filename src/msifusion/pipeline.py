@@ -19,17 +19,12 @@ import numpy as np
 
 from msifusion.consistent import ConsistentConfig
 from msifusion.errors import InputError
-from msifusion.fit import CheckpointFn, FitConfig, Runtime, resolve_device
+from msifusion.fit import CheckpointFn, FitConfig, Runtime, check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
+from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_methods, check_scale, fuse,
+                               fuse_many, infer_scale)
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
-
-
-def check_scale(scale: int | None) -> None:
-    """``--scale``: None (inferred from the shapes) or an integer ≥ 2."""
-    if scale is not None and not scale >= 2:
-        raise InputError("--scale", f"scale must be at least 2, got {scale}")
 
 
 def check_pixel_size(option: str, size: float | None) -> None:
@@ -48,8 +43,8 @@ class FuseSettings:
     harmonic: ConsistentConfig = ConsistentConfig()
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError("--method", f"unknown method {self.method!r}; choose from {', '.join(sorted(METHODS))}")
+        check_methods([self.method])
+        check_device(self.runtime.device)
 
 
 @dataclass

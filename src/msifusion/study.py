@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import EdgeLossStopper, FitConfig, Runtime
+from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, check_device
+from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
 from msifusion.pipeline import machine, software_versions, write_run_json
 
@@ -68,12 +69,9 @@ class StudyConfig:
             raise InputError("--truth", "a truth image needs --optical and --ion")
         if not 1 <= self.checkpoint_every <= self.fit.max_epochs:
             raise InputError("--checkpoint-every", f"must be between 1 and the epoch cap ({self.fit.max_epochs})")
-        if self.scale is not None and self.scale < 2:
-            raise InputError("--scale", f"scale must be at least 2, got {self.scale}")
+        check_scale(self.scale)
         if self.strip < 2:
             raise InputError("--strip", "show at least 2 checkpoints")
-        from msifusion.benchmark import check_device
-
         check_device(self.runtime.device)
 
 
