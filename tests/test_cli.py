@@ -7,7 +7,6 @@ import pytest
 import tifffile
 
 from msifusion.cli import main
-from msifusion.errors import InputError
 from msifusion.io.images import write_tiff
 
 
