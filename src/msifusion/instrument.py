@@ -307,7 +307,7 @@ def register_files(request: RegisterRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, px)
         record = {"tool": "msifusion", "command": "register", "optical": str(request.optical), "ion": str(request.ion),
-                  "settings": _jsonable(asdict(request.settings)), "registration": registered.info,
+                  "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
                   "registered_pixel_size_um": px / request.settings.scale if px else None,
@@ -388,7 +388,3 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         records[0]["timings_s"].update(load_and_register=load_s, total=time.perf_counter() - t0)
         write_run_json(stage, records[0])
         return records[0]
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

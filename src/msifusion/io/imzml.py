@@ -23,8 +23,8 @@ Conventions
   (sum of all its intensities) and multiplies by the median TIC of the pixels with spectra, so
   the numbers stay in the instrument's order of magnitude; ``"rms"`` does the same with the root
   mean square of the spectrum's intensities. Pixels whose TIC (RMS) is 0 stay 0.
-- Hotspot clipping (99th percentile) is for display only: :func:`display_clip`; exported
-  images are never clipped.
+- Hotspot clipping (99th percentile) is for display only (:func:`msifusion.report.display_range`);
+  exported images are never clipped.
 """
 
 from __future__ import annotations
@@ -633,36 +633,6 @@ def _dtype(path: Path, group) -> np.dtype:
 
 
 # ----------------------------------------------------------------------------- functions
-
-
-def read_ion_images(path: str | Path, mzs: Sequence[float], tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
-    """Ion images for all ``mzs`` from one pass over the file (see module docstring)."""
-    with ImzML(path) as f:
-        return f.ion_images(mzs, tol, normalize)
-
-
-def tic_image(path: str | Path) -> Image:
-    """Total ion current image (H, W) float32 with the file's pixel size."""
-    with ImzML(path) as f:
-        return Image(f.tic(), f.pixel_size_um, f.path)
-
-
-def strongest_peaks(path: str | Path, n: int, bin_ppm: float = 5.0) -> list[tuple[float, float]]:
-    """The ``n`` strongest peaks of the mean spectrum, (m/z, mean intensity), strongest first."""
-    with ImzML(path) as f:
-        return f.strongest_peaks(n, bin_ppm)
-
-
-def display_clip(img: np.ndarray, pct: float = 99.0) -> np.ndarray:
-    """Copy of ``img`` clipped at the ``pct`` percentile of its non-zero pixels (hotspot removal).
-
-    For display only: never apply it to exported data.
-    """
-    img = np.asarray(img)
-    nz = img[np.isfinite(img) & (img != 0)]
-    if nz.size == 0:
-        return img.copy()
-    return np.minimum(img, np.percentile(nz, pct)).astype(img.dtype, copy=False)
 
 
 def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
