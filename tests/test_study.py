@@ -50,7 +50,7 @@ def test_study_runs_past_the_stop_and_marks_where_the_rule_stops(study):
     stopper = EdgeLossStopper(FIT.patience)  # replay the recorded history
     expected = next(int(r["epoch"]) for r in rows if stopper.update(float(r["train_edge"])))
     assert summary["rule_stop_epoch"] == expected < FIT.max_epochs
-    assert summary["online_stop_checkpoint"] == expected  # the image kept for the strip is the right one
+    assert (out / "checkpoints" / f"epoch_{expected:04d}.tiff").exists()  # the image kept for the strip is the stop's
     assert [int(r["epoch"]) for r in rows if r["rule_stops_here"] == "1"] == [expected]
 
     # A real early-stopped fit (same seed) stops at that epoch and returns that checkpoint.

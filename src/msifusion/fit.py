@@ -143,10 +143,12 @@ def fit_network(
     runtime: Runtime,
     on_checkpoint: CheckpointFn | None = None,
     desc: str = "fitting",
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Fit ``model(guide) ≈ target`` with MSE + edge perceptual loss and edge-loss early stopping.
 
     ``guide`` is the (H, W, 3) optical in [0, 1], ``target`` the (H, W) interpolated ion image.
+    ``on_epoch`` sees each epoch's record (epoch, mse, edge, total, seconds) before that epoch's checkpoint.
     Returns the output after the last epoch run, as the paper does.
     """
     device = resolve_device(runtime.device)
@@ -175,6 +177,8 @@ def fit_network(
             record = {"epoch": epoch, "mse": mse.item(), "edge": edge.item(), "total": total.item(),
                       "seconds": time.perf_counter() - start}
             history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(mse=f"{record['mse']:.3g}", edge=f"{record['edge']:.3g}")

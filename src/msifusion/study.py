@@ -133,44 +133,6 @@ def pick_strip(epochs: list[int], n: int, marked: list[int | None]) -> list[int]
     return sorted(picked)
 
 
-class _EdgeWatcher:
-    """Follows the training on line to know, during the fit, where the rule stops.
-
-    A forward hook sees each training forward (gradients on) and computes the edge perceptual
-    loss exactly as :func:`~msifusion.fit.fit_network` does, feeding an
-    :class:`~msifusion.fit.EdgeLossStopper`. The study uses it only to decide which checkpoint
-    images to keep in memory; the stop epoch it reports comes from the recorded history.
-    """
-
-    def __init__(self, model, guide: np.ndarray, fit: FitConfig, device) -> None:
-        import torch
-
-        from msifusion.fit import to_tensor
-        from msifusion.losses import edge_map, edge_perceptual_loss, luminance
-
-        with torch.no_grad():
-            self._edges = edge_map(luminance(to_tensor(guide, device)), fit.edge_kernel)
-        self._loss, self._kernel = edge_perceptual_loss, fit.edge_kernel
-        self._stopper = EdgeLossStopper(fit.patience)
-        self.epoch = 0
-        self.stop: int | None = None
-        self._handle = model.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output) -> None:
-        import torch
-
-        if not torch.is_grad_enabled():
-            return  # a checkpoint prediction, not a training step
-        self.epoch += 1
-        with torch.no_grad():
-            value = self._loss(output.detach(), self._edges, self._kernel).item()
-        if self._stopper.update(value) and self.stop is None and self._stopper.patience > 0:
-            self.stop = self.epoch
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
 CSV_FIELDS = ("epoch", "train_mse", "train_edge", "train_total", "seconds", "mse_target", "psnr_target",
               "ssim_target", "edge", "consistency", "mse_truth", "psnr_truth", "ssim_truth", "rule_stops_here")
 
@@ -202,9 +164,13 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     planned = set(pick_strip(list(range(every, cap + 1, every)), config.strip, []))
     seed_everything(config.runtime.seed)
     model = LCRN()
-    watcher = _EdgeWatcher(model, guide, config.fit, resolve_device(config.runtime.device))
+    stopper = EdgeLossStopper(config.fit.patience)  # the rule, followed during the fit
     kept: dict[int, np.ndarray] = {}  # only the strip's images, the best so far and the rule's stop
-    marks = {"best": None, "stop": None}
+    marks = {"best": None, "stop": None, "rule": None}
+
+    def on_epoch(record: dict) -> None:
+        if stopper.update(record["edge"]) and marks["rule"] is None:
+            marks["rule"] = record["epoch"]
 
     def on_checkpoint(epoch: int, image: np.ndarray) -> None:
         fused = image * np.float32(intensity)
@@ -217,7 +183,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
                        ssim_truth=metrics.ssim(fused, truth))
         checkpoints[epoch] = rec
         keep = epoch in planned
-        if watcher.stop is not None and marks["stop"] is None:  # first checkpoint at or after the stop
+        if marks["rule"] is not None and marks["stop"] is None:  # first checkpoint at or after the stop
             marks["stop"], keep = epoch, True
         old = marks["best"]
         if truth is not None and (old is None or rec["psnr_truth"] > checkpoints[old]["psnr_truth"]):
@@ -229,10 +195,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     fit = replace(config.fit, patience=0, checkpoint_every=every)
     t_fit = time.perf_counter()
-    try:
-        result = fit_network(model, guide, target, fit, config.runtime, on_checkpoint, desc="study")
-    finally:
-        watcher.remove()
+    result = fit_network(model, guide, target, fit, config.runtime, on_checkpoint, desc="study", on_epoch=on_epoch)
     fit_s = time.perf_counter() - t_fit
 
     history = result.history
@@ -245,7 +208,6 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     baseline = {"psnr": metrics.psnr(target_ion, truth), "ssim": metrics.ssim(target_ion, truth)} if truth is not None else None
     summary = _summary(checkpoints, history, stop, stop_ckpt, best, baseline, config)
-    summary["online_stop_checkpoint"] = marks["stop"]  # the watcher's view; equals rule_stop_checkpoint
     with staged_output_dir(out, overwrite, given) as stage:
         write_study_csv(stage / "study.csv", history, checkpoints, stop)
         save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
