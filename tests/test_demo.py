@@ -12,7 +12,7 @@ from msifusion.pipeline import FuseSettings
 
 def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     phantom = PhantomConfig(fine_shape=(160, 320), seed=2)
-    settings = FuseSettings("diffusion", FitConfig(max_epochs=4), Runtime(quiet=True))
+    settings = FuseSettings(fit=FitConfig(max_epochs=4), runtime=Runtime(quiet=True), method="diffusion")
     out = tmp_path / "demo"
     record = run_demo(DemoRequest(out, settings, scale=10, phantom=phantom))
     names = {p.name for p in out.iterdir()}

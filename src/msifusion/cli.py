@@ -161,7 +161,8 @@ def _settings(args: argparse.Namespace):
     harmonic = ConsistentConfig(spot_sigma_px=args.spot_sigma or 0.0)
     if args.no_texture:
         harmonic = replace(harmonic, texture=(0.0,))
-    return FuseSettings(args.method or DEFAULT_METHOD, fit, Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic)
+    return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
+                        method=args.method or DEFAULT_METHOD)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -11,15 +11,14 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from msifusion.consistent import ConsistentConfig
 from msifusion.errors import InputError
-from msifusion.fit import CheckpointFn, FitConfig, Runtime, check_device, resolve_device
+from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_methods, check_scale, fuse,
@@ -34,13 +33,10 @@ def check_pixel_size(option: str, size: float | None) -> None:
 
 
 @dataclass(frozen=True)
-class FuseSettings:
-    """What to run: method, its training recipe (for network methods), seed/device/progress."""
+class FuseSettings(MethodOptions):
+    """What to run: the method, with its options (training recipe, seed/device/progress, the default's settings)."""
 
     method: str = DEFAULT_METHOD
-    fit: FitConfig = FitConfig()
-    runtime: Runtime = Runtime()
-    harmonic: ConsistentConfig = ConsistentConfig()
 
     def __post_init__(self) -> None:
         check_methods([self.method])
@@ -154,13 +150,12 @@ def machine() -> dict:
 
 
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
-    options = MethodOptions(settings.fit, settings.runtime, on_checkpoint, settings.harmonic)
-    return fuse(pair.guide, pair.ion, settings.method, options)
+    return fuse(pair.guide, pair.ion, settings.method, replace(settings, on_checkpoint=on_checkpoint))
 
 
 def fuse_pairs(guide: np.ndarray, ions: np.ndarray, settings: FuseSettings) -> list[FusionResult]:
     """Several ion images (K, h, w) on one registered guide, sharing work where the method can."""
-    return fuse_many(guide, ions, settings.method, MethodOptions(settings.fit, settings.runtime, None, settings.harmonic))
+    return fuse_many(guide, ions, settings.method, settings)
 
 
 MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
