@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msifusion import kernels
-from msifusion.consistent import Multigrid, _aggregate, _block_project, solve_harmonic
+from msifusion.harmonic import Multigrid, _aggregate, _block_project, solve_harmonic
 from msifusion.measurement import Measurement, bilinear_up_t
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS

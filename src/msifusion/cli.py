@@ -156,9 +156,9 @@ def _settings(args: argparse.Namespace):
         raise InputError("training options", str(exc)) from None
     from dataclasses import replace
 
-    from msifusion.consistent import ConsistentConfig
+    from msifusion.harmonic import HarmonicConfig
 
-    harmonic = ConsistentConfig(spot_sigma_px=args.spot_sigma or 0.0)
+    harmonic = HarmonicConfig(spot_sigma_px=args.spot_sigma or 0.0)
     if args.no_texture:
         harmonic = replace(harmonic, texture=(0.0,))
     return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from msifusion.consistent import ConsistentConfig
+from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
 from msifusion.measurement import consistency_error, project_consistent, upsample
@@ -33,7 +33,7 @@ class MethodOptions:
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
     on_checkpoint: CheckpointFn | None = None
-    harmonic: ConsistentConfig = ConsistentConfig()  # the guided-harmonic method's settings
+    harmonic: HarmonicConfig = HarmonicConfig()  # the guided-harmonic method's settings
 
 
 @dataclass
@@ -150,7 +150,7 @@ def fuse_many(
     """Fuse several ion images (K, h, w) with one guide; each result in its own ion's units.
 
     Methods that share work across ions (:attr:`Method.run_many`; for guided-harmonic a
-    fused basis of the panel, see :func:`msifusion.consistent.shared_basis`) run them
+    fused basis of the panel, see :func:`msifusion.harmonic.shared_basis`) run them
     together: each result is exactly consistent with its own ion and measured as good as
     fusing it alone, though not identical to it. The others run once per ion. A result's
     ``seconds`` is its share of the shared run.
@@ -250,9 +250,9 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
-    from msifusion.consistent import fuse_consistent_stack
+    from msifusion.harmonic import fuse_harmonic_stack
 
-    return fuse_consistent_stack(guide, ions, scale, options.runtime, options.harmonic)
+    return fuse_harmonic_stack(guide, ions, scale, options.runtime, options.harmonic)
 
 
 @register("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "

@@ -7,7 +7,7 @@ registered optical guide ``g`` (H, W, 3), H = h·f, W = w·f::
     subject to A x = y                                     (every MSI pixel's mean is measured)
 
 ``A`` is the measurement model: the box average over each f×f block (default), optionally
-after a Gaussian laser spot (:attr:`ConsistentConfig.spot_sigma_px`). The conductance
+after a Gaussian laser spot (:attr:`HarmonicConfig.spot_sigma_px`). The conductance
 ``w_ij`` between 4-neighbours is Perona–Malik's ``1 / (1 + (|g_i − g_j| / κ)²)`` on the RGB
 difference, plus a small floor: the solution is smooth inside regions of even colour and may
 jump where the optical shows an edge, yet every block keeps exactly its measured mean, so
@@ -52,7 +52,7 @@ Exactness: block means equal the measurement to float32 rounding (consistency er
 correction solved exactly through the separable low-resolution system, then a last
 block-constant step for the rounding remainder).
 
-Many ions (:func:`fuse_consistent_many`): a panel that a few basis images explain up to
+Many ions (:func:`fuse_harmonic_many`): a panel that a few basis images explain up to
 white noise (:func:`shared_basis`, singular vectors of the ion images) is fused through
 them: only the basis images are solved, and each ion gets their mixture, made exactly
 consistent with its own measurement. Each ion still gets its own setting (the coarse-level
@@ -88,7 +88,7 @@ REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stop
 
 
 @dataclass(frozen=True)
-class ConsistentConfig:
+class HarmonicConfig:
     """Defaults of the guided harmonic method (one set for every case).
 
     ``ladder``: settings tried in order, each (edge quantile q in %, refinement passes);
@@ -449,7 +449,7 @@ class _Problem:
     f: int
     kappas: dict[float, float]
     taus: torch.Tensor  # (K, 1, 1)
-    config: ConsistentConfig
+    config: HarmonicConfig
     diffs: tuple[torch.Tensor, torch.Tensor] | None = None
     op: Measurement | None = None
     edge: _EdgeTerm | None = None
@@ -488,12 +488,12 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     return pb.op.project(x, pb.y), its, first
 
 
-def _refine_taus(images: torch.Tensor, config: ConsistentConfig) -> torch.Tensor:
+def _refine_taus(images: torch.Tensor, config: HarmonicConfig) -> torch.Tensor:
     """τ of the refinement pass per image of (K, h, w): ``refine_scale``·std, shaped (K, 1, 1)."""
     return (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
 
 
-def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: ConsistentConfig, nonneg: torch.Tensor,
+def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: HarmonicConfig, nonneg: torch.Tensor,
             beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
     """Non-negativity for the ions whose whole measurement is non-negative (``nonneg``, (K,) bool: decided
     on the whole ion, not on the window or tile in ``y``, so tiles and the coarse test agree with the
@@ -545,7 +545,7 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
     return (h - hh) // 2, (w - ww) // 2, hh, ww
 
 
-def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: ConsistentConfig,
+def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: HarmonicConfig,
                     kappas: dict[float, float], taus: torch.Tensor, device: torch.device, detail_eps: float,
                     nonneg: torch.Tensor, basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
     """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
@@ -646,7 +646,7 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
 # ----------------------------------------------------------------------------- tiles
 
 
-def _tiles(h: int, w: int, f: int, config: ConsistentConfig) -> list[tuple[slice, slice, slice, slice]]:
+def _tiles(h: int, w: int, f: int, config: HarmonicConfig) -> list[tuple[slice, slice, slice, slice]]:
     """Tiles in block units: (outer rows, outer cols, inner rows, inner cols) as block slices.
 
     Inner tiles partition the block grid; outer = inner + ``halo_blocks`` (clipped).
@@ -693,7 +693,7 @@ def residual_whiteness(residuals: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | None:
+def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None:
     """Split a panel (K, h, w) into a low-rank basis fused once and the ions fused alone; None when sharing saves nothing.
 
     The basis: the leading right singular vectors of the ion images (one row per ion, not
@@ -740,7 +740,7 @@ def shared_basis(ions: np.ndarray, config: ConsistentConfig) -> SharedBasis | No
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
 
 
-def _cannot_share(ions: np.ndarray, config: ConsistentConfig) -> str | None:
+def _cannot_share(ions: np.ndarray, config: HarmonicConfig) -> str | None:
     """Why a panel (K, h, w) cannot share a basis at all, before any decomposition; None if it might."""
     K, h, w = ions.shape
     if K < config.shared_min_ions:
@@ -780,7 +780,7 @@ class HarmonicReport:
     device: str = "cpu"
 
 
-def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
+def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
          report: HarmonicReport, quiet: bool = True) -> np.ndarray:
     """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
     shared = shared_basis(ions, config)
@@ -814,12 +814,12 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, 
     return out
 
 
-def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: ConsistentConfig, device: torch.device,
+def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
               report: HarmonicReport, quiet: bool = True, basis: _Basis | None = None) -> np.ndarray:
     """Fuse (K, h, w) normalised ions with the guide, each with its own setting; returns (K, H, W) float32.
 
     Without ``basis`` every ion is solved, batch by batch (memory grows with
-    :meth:`ConsistentConfig.batch_on`, not with K). With one, only the basis images are solved, once per
+    :meth:`HarmonicConfig.batch_on`, not with K). With one, only the basis images are solved, once per
     setting some ion chose, and each ion is their mixture made exactly consistent with its
     own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
@@ -890,14 +890,14 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, desc="guided-harmonic", unit="batch", leave=False, dynamic_ncols=True, disable=quiet)
 
 
-def fuse_consistent_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: ConsistentConfig = ConsistentConfig(),
+def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
                          runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
     """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32.
 
     A panel that a few basis images explain up to white noise is fused through them
     (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
     exactly consistent with its own measurement. The other ions (or all, when sharing saves
-    nothing) are fused one by one, in batches of :meth:`ConsistentConfig.batch_on`, sharing the guide's
+    nothing) are fused one by one, in batches of :meth:`HarmonicConfig.batch_on`, sharing the guide's
     κ; each gets its own ladder setting and exact consistency.
     """
     from msifusion.fit import Runtime, resolve_device
@@ -912,13 +912,13 @@ def fuse_consistent_many(guide: np.ndarray, ions: np.ndarray, scale: int, config
     return _run(guide, ions, scale, config, device, report if report is not None else HarmonicReport(), runtime.quiet)
 
 
-def fuse_consistent_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
-                          config: ConsistentConfig = ConsistentConfig()):
+def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
+                          config: HarmonicConfig = HarmonicConfig()):
     """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
     from msifusion.fit import FitResult
 
     report = HarmonicReport()
-    images = fuse_consistent_many(guide, ions, scale, config, runtime, report)
+    images = fuse_harmonic_many(guide, ions, scale, config, runtime, report)
     results = []
     for k, (q, passes) in enumerate(report.settings):
         why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"

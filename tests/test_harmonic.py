@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from msifusion.consistent import (
-    ConsistentConfig,
+from msifusion.harmonic import (
+    HarmonicConfig,
     HarmonicReport,
     Multigrid,
     edge_scales,
-    fuse_consistent_many,
+    fuse_harmonic_many,
     optical_detail,
     residual_whiteness,
     shared_basis,
@@ -90,8 +90,8 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     guide = rng.random((H, W, 3)).astype(np.float32)
     measured = block_mean(truth, f)
     report = HarmonicReport()
-    out = fuse_consistent_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
-    assert report.settings[0] == ConsistentConfig().ladder[0]
+    out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
+    assert report.settings[0] == HarmonicConfig().ladder[0]
     assert report.notes[0]["texture"] == 0.0
     assert consistency_error(out, measured, f) < 1e-4
     assert _psnr(out, truth) > _psnr(upsample(measured, f), truth)
@@ -100,7 +100,7 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
 def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks():
     """The walk's sign test: a mean gain carried by a few blocks while most get worse does not climb, nor
     does one that wins on barely more blocks than it loses."""
-    from msifusion.consistent import _walk
+    from msifusion.harmonic import _walk
 
     rng = np.random.default_rng(0)
     base = torch.tensor(1.0 + 0.01 * rng.random(400))
@@ -145,10 +145,10 @@ def test_the_ladder_walk_uses_the_configured_sign_test(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
     climbed, kept = HarmonicReport(), HarmonicReport()
-    fuse_consistent_many(guide, y, f, report=climbed)
-    fuse_consistent_many(guide, y, f, ConsistentConfig(sign_significance=1e6), report=kept)
-    assert climbed.settings[0] != ConsistentConfig().ladder[0]
-    assert kept.settings[0] == ConsistentConfig().ladder[0]
+    fuse_harmonic_many(guide, y, f, report=climbed)
+    fuse_harmonic_many(guide, y, f, HarmonicConfig(sign_significance=1e6), report=kept)
+    assert climbed.settings[0] != HarmonicConfig().ladder[0]
+    assert kept.settings[0] == HarmonicConfig().ladder[0]
 
 
 def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
@@ -157,8 +157,8 @@ def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
     measured = block_mean(truth, f)
     y = (measured / measured.max())[None]
     report = HarmonicReport()
-    out = fuse_consistent_many(guide, y, f, report=report)[0] * measured.max()
-    plain = fuse_consistent_many(guide, y, f, ConsistentConfig(texture=(0.0,)))[0] * measured.max()
+    out = fuse_harmonic_many(guide, y, f, report=report)[0] * measured.max()
+    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=(0.0,)))[0] * measured.max()
     assert report.notes[0]["texture"] > 0
     assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
     assert _psnr(out, truth) > _psnr(plain, truth) + 0.1
@@ -168,7 +168,7 @@ def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
     guide, truth, f = cells
     measured = block_mean(truth, f)
     report = HarmonicReport()
-    out = fuse_consistent_many(guide, (measured / measured.max())[None], f, ConsistentConfig(texture=(1.0,)),
+    out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(texture=(1.0,)),
                                report=report)[0]
     assert report.notes[0]["texture"] == 1.0
     assert consistency_error(out * measured.max(), measured, f) < 1e-4 and out.min() >= 0
@@ -181,16 +181,16 @@ def test_texture_is_left_out_where_the_ion_is_even_across_the_walls(cells):
     truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
     measured = block_mean(truth, f)
     report = HarmonicReport()
-    fuse_consistent_many(guide, (measured / measured.max())[None], f, report=report)
+    fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)
     assert report.notes[0]["texture"] == 0.0
 
 
 def test_deterministic_on_cpu(cells):
     guide, truth, f = cells
     y = block_mean(truth, f)[None]
-    config, cpu = ConsistentConfig(ladder=((99.9, 0), (50.0, 1))), Runtime(device="cpu")
-    a = fuse_consistent_many(guide, y, f, config, cpu)
-    b = fuse_consistent_many(guide, y, f, config, cpu)
+    config, cpu = HarmonicConfig(ladder=((99.9, 0), (50.0, 1))), Runtime(device="cpu")
+    a = fuse_harmonic_many(guide, y, f, config, cpu)
+    b = fuse_harmonic_many(guide, y, f, config, cpu)
     np.testing.assert_array_equal(a, b)
 
 
@@ -200,15 +200,15 @@ def test_many_ions_match_single_ion(cells):
     ions = np.stack([block_mean(truth, f), block_mean(truth[::-1].copy(), f),
                      block_mean(truth * rng.uniform(0.5, 1.5, truth.shape).astype(np.float32), f)])
     ions = ions / ions.max(axis=(1, 2), keepdims=True)
-    config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)), ion_batch=2, texture=(0.0, 1.0))
+    config = HarmonicConfig(ladder=((99.9, 0), (50.0, 1)), ion_batch=2, texture=(0.0, 1.0))
     # batching changes no result: on the CPU to rounding (bit for bit here); CUDA's kernels round differently by
     # batch size, and the solver stops at its relative tolerance, 1e-3 (H100: 2.4e-5 of the maximum seen)
     tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.tolerance
     together = HarmonicReport()
-    many = fuse_consistent_many(guide, ions, f, config, report=together)
+    many = fuse_harmonic_many(guide, ions, f, config, report=together)
     for k in range(3):
         by_itself = HarmonicReport()
-        alone = fuse_consistent_many(guide, ions[k:k + 1], f, config, report=by_itself)[0]
+        alone = fuse_harmonic_many(guide, ions[k:k + 1], f, config, report=by_itself)[0]
         assert consistency_error(many[k], ions[k], f) < 1e-4
         note, note_alone = together.notes[k], by_itself.notes[0]
         assert note["chosen"] == note_alone["chosen"] and note["texture"] == note_alone["texture"]
@@ -221,9 +221,9 @@ def test_many_ions_match_single_ion(cells):
 def test_tiles_stay_exact_and_agree_with_one_piece(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]
-    config = ConsistentConfig(ladder=((50.0, 0),))
-    whole = fuse_consistent_many(guide, y, f, config)[0]
-    tiled = fuse_consistent_many(guide, y, f, replace(config, tile_pixels=64 * 64, halo_blocks=2))[0]
+    config = HarmonicConfig(ladder=((50.0, 0),))
+    whole = fuse_harmonic_many(guide, y, f, config)[0]
+    tiled = fuse_harmonic_many(guide, y, f, replace(config, tile_pixels=64 * 64, halo_blocks=2))[0]
     assert consistency_error(tiled, y[0], f) < 1e-4
     assert _psnr(tiled, truth / truth.max()) > _psnr(whole, truth / truth.max()) - 0.3
 
@@ -233,8 +233,8 @@ def test_tiles_stay_exact_under_the_laser_spot_model():
     op = Measurement(truth.shape, f, 1.0)
     y = op.A(torch.as_tensor(truth, dtype=torch.float64)).numpy()
     ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
-    config = ConsistentConfig(ion_batch=2, spot_sigma_px=1.0, tile_pixels=64 * 64, halo_blocks=2)
-    out = fuse_consistent_many(guide, ions, f, config)  # a footprint reaches across the seams: still exact
+    config = HarmonicConfig(ion_batch=2, spot_sigma_px=1.0, tile_pixels=64 * 64, halo_blocks=2)
+    out = fuse_harmonic_many(guide, ions, f, config)  # a footprint reaches across the seams: still exact
     for k in range(2):
         assert consistency_error(out[k], ions[k], f, spot_sigma_px=1.0) < 1e-6
 
@@ -245,15 +245,15 @@ def test_nonnegativity_is_decided_on_the_whole_ion(cells):
     signed = y.copy()
     signed[0, 0] = -1e-3  # one slightly negative MSI pixel, outside the coarse test's window
     report = HarmonicReport()
-    config = ConsistentConfig(texture=(0.0, 0.5, 1.0))
-    fuse_consistent_many(guide, signed[None], f, config, report=report)
+    config = HarmonicConfig(texture=(0.0, 0.5, 1.0))
+    fuse_harmonic_many(guide, signed[None], f, config, report=report)
     note = report.notes[0]
     assert note["texture"] == 0.0 and len(set(note["texture_coarse_mse"])) == 1  # texture cannot apply: not offered
     sparse = np.zeros_like(y)  # a blob on zero background: the smooth solution dips below zero around it
     sparse[6:9, 9:12], sparse[2, 3], sparse[0, 0] = 1.0, 0.5, -0.01
-    config = ConsistentConfig(ladder=((99.9, 0),), texture=(0.0,))
-    whole = fuse_consistent_many(guide, sparse[None], f, config)[0]
-    tiled = fuse_consistent_many(guide, sparse[None], f, replace(config, tile_pixels=64 * 64, halo_blocks=1))[0]
+    config = HarmonicConfig(ladder=((99.9, 0),), texture=(0.0,))
+    whole = fuse_harmonic_many(guide, sparse[None], f, config)[0]
+    tiled = fuse_harmonic_many(guide, sparse[None], f, replace(config, tile_pixels=64 * 64, halo_blocks=1))[0]
     far = (slice(48, 96), slice(48, 128))  # tiles away from the negative pixel are left signed too
     assert (whole[far] < 0).sum() > 100 and (tiled[far] < 0).sum() > 100
     assert consistency_error(tiled, sparse, f) < 1e-4
@@ -261,7 +261,7 @@ def test_nonnegativity_is_decided_on_the_whole_ion(cells):
 
 def test_an_all_zero_panel_fuses_to_zero():
     guide = np.random.default_rng(0).random((128, 128, 3)).astype(np.float32)
-    out = fuse_consistent_many(guide, np.zeros((4, 32, 32), np.float32), 4)
+    out = fuse_harmonic_many(guide, np.zeros((4, 32, 32), np.float32), 4)
     assert np.isfinite(out).all() and not out.any()
 
 
@@ -279,10 +279,10 @@ def test_edge_scales_are_exact_percentiles_on_small_guides(cells):
 def test_edge_perceptual_term_stays_available(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]
-    config = ConsistentConfig(ladder=((50.0, 0),), edge_weight=0.1)
-    out = fuse_consistent_many(guide, y, f, config)[0]
+    config = HarmonicConfig(ladder=((50.0, 0),), edge_weight=0.1)
+    out = fuse_harmonic_many(guide, y, f, config)[0]
     assert consistency_error(out, y[0], f) < 1e-4
-    plain = fuse_consistent_many(guide, y, f, replace(config, edge_weight=0.0))[0]
+    plain = fuse_harmonic_many(guide, y, f, replace(config, edge_weight=0.0))[0]
     # the term pulls the output's edges towards the optical's: the paper's edge perceptual loss drops
     target = edge_map(luminance(torch.as_tensor(guide).permute(2, 0, 1)[None]))
     loss = [float(edge_perceptual_loss(torch.as_tensor(x)[None, None], target)) for x in (out, plain)]
@@ -293,7 +293,7 @@ def test_negative_measurements_are_left_signed():
     rng = np.random.default_rng(9)
     guide = rng.random((32, 32, 3)).astype(np.float32)
     y = rng.normal(size=(1, 4, 4)).astype(np.float32)
-    out = fuse_consistent_many(guide, y / np.abs(y).max(), 8)[0]
+    out = fuse_harmonic_many(guide, y / np.abs(y).max(), 8)[0]
     assert consistency_error(out, y[0] / np.abs(y).max(), 8) < 1e-4
     assert out.min() < 0
 
@@ -304,11 +304,11 @@ def test_negative_measurements_are_left_signed():
                                  dict(texture_sigma_px=0.0)])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
-        ConsistentConfig(**bad)
+        HarmonicConfig(**bad)
 
 
 def test_per_image_dot_products():
-    from msifusion.consistent import _dot
+    from msifusion.harmonic import _dot
 
     a = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     b = torch.ones(2, 3, 4)
@@ -318,16 +318,16 @@ def test_per_image_dot_products():
 
 
 def test_ion_batch_defaults_by_device():
-    config = ConsistentConfig()
+    config = HarmonicConfig()
     assert config.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
     assert config.batch_on(torch.device("cuda")) == 8
-    assert ConsistentConfig(ion_batch=3).batch_on(torch.device("cpu")) == 3
+    assert HarmonicConfig(ion_batch=3).batch_on(torch.device("cpu")) == 3
 
 
 def test_shape_mismatch_is_an_error(cells):
     guide, truth, f = cells
     with pytest.raises(ValueError):
-        fuse_consistent_many(guide, block_mean(truth, f)[None, :-1], f)
+        fuse_harmonic_many(guide, block_mean(truth, f)[None, :-1], f)
 
 
 # ----------------------------------------------------------------------------- multigrid solver
@@ -395,15 +395,15 @@ def test_whiteness_tells_noise_from_structure():
 
 def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
     _, _, measured, _ = _panel()
-    shared = shared_basis(measured, ConsistentConfig())
+    shared = shared_basis(measured, HarmonicConfig())
     assert shared is not None and len(shared.basis) == 3
     assert shared.alone.tolist() == [len(measured) - 1]
     mixtures = measured[:-1].reshape(len(measured) - 1, -1)
     np.testing.assert_allclose(shared.coefficients[:-1] @ shared.basis.reshape(3, -1), mixtures, atol=0.1)  # up to noise
     assert np.all(np.abs(shared.basis).reshape(3, -1).max(1) == pytest.approx(1.0))
-    assert shared_basis(measured[:3], ConsistentConfig()) is None  # too few ions to share
-    assert shared_basis(measured[:5], ConsistentConfig()) is None  # 3 basis images for 5 ions: not worth it
-    assert shared_basis(measured[:, :16, :16], ConsistentConfig()) is None  # too few pixels to judge noise
+    assert shared_basis(measured[:3], HarmonicConfig()) is None  # too few ions to share
+    assert shared_basis(measured[:5], HarmonicConfig()) is None  # 3 basis images for 5 ions: not worth it
+    assert shared_basis(measured[:, :16, :16], HarmonicConfig()) is None  # too few pixels to judge noise
 
 
 @pytest.mark.parametrize("ions, blocks, why", [
@@ -413,28 +413,28 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
 ])
 def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why):
     guide, _, measured, f = _panel()
-    config = ConsistentConfig(ladder=((99.9, 0),), texture=(0.0,))
+    config = HarmonicConfig(ladder=((99.9, 0),), texture=(0.0,))
     report = HarmonicReport()
     panel = measured[ions, :blocks, :blocks]
-    fuse_consistent_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)
+    fuse_harmonic_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)
     assert [n["fused_alone"] for n in report.notes] == [why] * len(panel)
     single = HarmonicReport()
-    fuse_consistent_many(guide, measured[:1], f, config, report=single)
+    fuse_harmonic_many(guide, measured[:1], f, config, report=single)
     assert "fused_alone" not in single.notes[0]  # one ion is no panel
 
 
 def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
     guide, truths, measured, f = _panel()
-    config = ConsistentConfig(ladder=((99.9, 0), (50.0, 1)))
+    config = HarmonicConfig(ladder=((99.9, 0), (50.0, 1)))
     report = HarmonicReport()
-    panel = fuse_consistent_many(guide, measured, f, config, report=report)
+    panel = fuse_harmonic_many(guide, measured, f, config, report=report)
     assert report.notes[-1]["fused_alone"] == "the panel's basis leaves structure in this ion"
     assert all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
     gaps = []
     for k in [0, 1, 2, 3, len(measured) - 1]:
         assert consistency_error(panel[k], measured[k], f) < 1e-4
         assert panel[k].min() >= 0
-        alone = fuse_consistent_many(guide, measured[k:k + 1], f, config)[0]
+        alone = fuse_harmonic_many(guide, measured[k:k + 1], f, config)[0]
         gaps.append(_psnr(panel[k], truths[k]) - _psnr(alone, truths[k]))
     assert np.mean(gaps) > -0.05 and min(gaps) > -0.2
     assert gaps[-1] == 0  # the odd ion was fused alone
