@@ -48,7 +48,7 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   an MSI pixel spans at least 5 σ (coarser textures are not resolved by the test).
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
-≈1e-7); :func:`project_consistent` is the reusable exact projection (a smooth bilinear
+≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear
 correction solved exactly through the separable low-resolution system, then a last
 block-constant step for the rounding remainder).
 
