@@ -39,6 +39,7 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.io.images import luminance
 from msifusion.io.landmarks import Landmarks
+from msifusion.measurement import block_mean
 
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
@@ -511,8 +512,7 @@ def _block_reduce(img: np.ndarray, grid: Grid, factor: int) -> tuple[np.ndarray,
     if factor <= 1:
         return np.asarray(img, dtype=np.float32), grid
     h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
-    small = img[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-    return small.astype(np.float32), Grid((h, w), grid.pixel_size, grid.origin).coarsened(factor)
+    return block_mean(img[:h, :w], factor), Grid((h, w), grid.pixel_size, grid.origin).coarsened(factor)
 
 
 def _normalise01(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
