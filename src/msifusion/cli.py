@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from msifusion.errors import InputError
+from msifusion.io.imzml import DEFAULT_TOLERANCE
 
 EXIT_BAD_INPUT = 2
 
@@ -88,17 +89,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(harmonic_only=harmonic_only, training_only=training_only)
 
 
-# Options whose defaults live in the config objects (``None`` = not given), so that an option
-# given where it does not apply is an error, not silently ignored.
-_TOL_DEFAULT = "5ppm"
-
-
 def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
         g.add_argument("--mz", type=_positive_float, action="append", required=required, metavar="M",
                        help="an m/z to extract (repeat for several)"),
         g.add_argument("--tol", default=None,
-                       help=f"window half-width: 5ppm or 0.01da (default {_TOL_DEFAULT}); sum within"),
+                       help=f"window half-width: 5ppm or 0.01da (default {DEFAULT_TOLERANCE}); sum within"),
         g.add_argument("--normalize", choices=("tic", "rms"), default=None,
                        help="per-pixel normalization (default none)"),
     ]
@@ -210,7 +206,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 
     if not args.mz:
         raise InputError("--mz", "give at least one m/z with --imzml")
-    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol or _TOL_DEFAULT, Path(args.optical),
+    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.optical),
                                Path(args.out), _register_settings(args), _settings(args), args.normalize,
                                args.overwrite)
     record = fuse_imzml(request)
@@ -223,7 +219,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.instrument import IonsRequest, extract_ions
 
-    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or _TOL_DEFAULT, Path(args.out),
+    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.out),
                                       args.normalize, args.overwrite))
     for name in record["outputs"]:
         print(Path(args.out) / name)

@@ -47,6 +47,7 @@ Normalize = Literal["tic", "rms"] | None
 _DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4", "64-bit integer": "<i8"}
 _CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
 _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a spectrum
+DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
 
 
 # ----------------------------------------------------------------------------- tolerance
