@@ -545,9 +545,27 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
     return (h - hh) // 2, (w - ww) // 2, hh, ww
 
 
-def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: HarmonicConfig,
-                    kappas: dict[float, float], taus: torch.Tensor, device: torch.device, detail_eps: float,
-                    nonneg: torch.Tensor, basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
+@dataclass(frozen=True)
+class _Guide:
+    """What every ion fused with one guide shares: the guide (H, W, 3), the scale f, the settings, the edge
+    scales κ per ladder quantile, the optical-density floor of :func:`optical_detail`, and the device."""
+
+    image: np.ndarray
+    f: int
+    config: HarmonicConfig
+    kappas: dict[float, float]
+    detail_eps: float
+    device: torch.device
+
+    @classmethod
+    def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, device: torch.device) -> "_Guide":
+        guide = np.asarray(guide, dtype=np.float32)
+        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder})))
+        return cls(guide, f, config, kappas, _detail_eps(guide), device)
+
+
+def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor,
+                    basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
     """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
 
     The measurement (a central window, an even number of blocks) is block-averaged 2×2;
@@ -568,6 +586,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Harmo
     (K,); ``detail_eps``: the whole guide's :func:`_detail_eps`).
     Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
+    guide, f, config, kappas, device = gd.image, gd.f, gd.config, gd.kappas, gd.device
     K = ions.shape[0]
     H, W = guide.shape[:2]
     ladder = [list(s) for s in config.ladder]
@@ -601,7 +620,7 @@ def choose_settings(guide: np.ndarray, ions: torch.Tensor, f: int, config: Harmo
             pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
                           basis.taus, config)
         measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
-        detail = optical_detail(g, config.texture_sigma_px, detail_eps) if any(betas) else None
+        detail = optical_detail(g, config.texture_sigma_px, gd.detail_eps) if any(betas) else None
         first = None
         for i, (q, passes) in enumerate(config.ladder):
             x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
@@ -824,24 +843,22 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfi
     own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
     start = time.perf_counter()
-    guide = np.asarray(guide, dtype=np.float32)
+    gd = _Guide.of(guide, f, config, device)
+    guide, kappas, eps = gd.image, gd.kappas, gd.detail_eps
     H, W = guide.shape[:2]
     K, h, w = ions.shape
     if (h * f, w * f) != (H, W):
         raise ValueError(f"guide {H}×{W} is not ions {h}×{w} × {f}")
     y_all = torch.as_tensor(np.ascontiguousarray(ions, dtype=np.float32), device=device)
-    quantiles = tuple(sorted({q for q, _ in config.ladder}))
-    kappas = edge_scales(guide, quantiles)
     taus = _refine_taus(y_all, config)
     nonneg = (y_all >= 0).flatten(1).all(1)
-    eps = _detail_eps(guide)
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
     progress = _progress(len(batches) * (1 + len(tiles)), quiet)
     chosen, notes = [], []
     for part in batches:
-        c, n = choose_settings(guide, y_all[part], f, config, kappas, taus[part], device, eps, nonneg[part], basis)
+        c, n = choose_settings(gd, y_all[part], taus[part], nonneg[part], basis)
         chosen += c
         notes += n
         progress.update()
@@ -891,7 +908,7 @@ def _progress(total: int, quiet: bool):
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
-                         runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
+                       runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
     """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32.
 
     A panel that a few basis images explain up to white noise is fused through them
@@ -913,7 +930,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
 
 
 def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
-                          config: HarmonicConfig = HarmonicConfig()):
+                        config: HarmonicConfig = HarmonicConfig()):
     """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
     from msifusion.fit import FitResult
 
