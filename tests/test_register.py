@@ -21,6 +21,7 @@ from msifusion.register import (
     check_landmarks,
     landmarks_from_transform,
     moving_index_map,
+    optical_feature,
     register_auto,
     resample_optical,
     transform_from_landmarks,
@@ -309,3 +310,15 @@ def test_auto_registration_refuses_an_empty_msi_image() -> None:
     assert info.value.source is None  # the caller names the MSI file
     assert info.value.problem == ("the MSI tissue image is (almost) empty (0 pixels with signal, 16 needed); "
                                   "cannot register automatically")
+
+
+def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
+    # a 12-bit camera image in a 16-bit file fills 1/16 of the range: the features are stretched to their own spread
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal(0.5, 0.2, (60, 80, 3)), 0, 1).astype(np.float32)
+    for kind in ("luminance", "inverted_luminance"):
+        full, dim = optical_feature(rgb, kind), optical_feature(rgb / 16, kind)
+        np.testing.assert_allclose(dim, full, atol=1e-5)
+        assert full.min() == 0.0 and full.max() == 1.0
+    lum = optical_feature(rgb, "luminance")
+    np.testing.assert_allclose(optical_feature(rgb, "inverted_luminance"), 1 - lum, atol=1e-6)

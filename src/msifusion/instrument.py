@@ -155,8 +155,10 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                     optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
         ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
         alternative = _rival_alignment(reg.rival, optical, reg.fixed, moving, settings.scale) if ambiguous else None
-        if reg.score < CONVINCING_SCORE:
-            warnings.append(f"automatic registration looks unreliable (score {reg.score:.2f} < {CONVINCING_SCORE}); "
+        if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
+            why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
+                   f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")
+            warnings.append(f"automatic registration looks unreliable ({why}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
         if ambiguous:
             remedy = ("compare overlay.png with overlay_rival.png, and to use the other alignment rerun into a new "
