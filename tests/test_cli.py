@@ -181,6 +181,17 @@ def test_bad_numbers_are_one_line_errors_naming_the_option(tmp_path, files, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command,option", [("fuse", "--pixel-size"), ("register", "--optical-pixel-size")])
+def test_a_pixel_size_not_in_micrometres_is_refused_before_any_work(tmp_path, files, capsys, command, option):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    args = {"fuse": ["fuse", "--optical", str(opt), "--ion", str(ion_path), "--method", "bilinear"],
+            "register": ["register", "--optical", str(opt), "--ion", str(ion_path), "--scale", "4"]}[command]
+    assert _exit_code([*args, "--out", str(out), option, "10e-6"]) == 2  # metres typed where µm are asked
+    _assert_one_line_error(capsys, "pixel size 1e-05 µm is outside 0.001–100000 µm")
+    assert not out.exists()
+
+
 def test_an_uncalibrated_pair_is_fused_with_a_warning_and_calibrated_with_pixel_size(tmp_path, files, capsys):
     opt, _, ion, _ = files
     table = tmp_path / "ion.csv"

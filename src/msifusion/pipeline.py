@@ -26,10 +26,19 @@ from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOpti
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
 
+PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: outside it, the number is not in µm
+
+
 def check_pixel_size(option: str, size: float | None) -> None:
-    """A pixel size option: None (unknown) or a positive finite number."""
-    if size is not None and not (math.isfinite(size) and size > 0):
+    """A pixel size option in µm: None (unknown) or a positive number within :data:`PLAUSIBLE_PIXEL_UM`."""
+    if size is None:
+        return
+    if not (math.isfinite(size) and size > 0):
         raise InputError(option, f"pixel size must be a positive number, got {size:g}")
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    if not lo <= size <= hi:
+        raise InputError(option, f"pixel size {size:g} µm is outside {lo:g}–{hi:g} µm; give it in micrometres "
+                                 "(10 µm is 10, not 10e-6)")
 
 
 @dataclass(frozen=True)
