@@ -208,6 +208,17 @@ def test_strongest_peaks_continuous(continuous) -> None:
     assert [p[1] for p in peaks] == pytest.approx(list(mean[order]), rel=1e-6)
 
 
+def test_peaks_closer_than_the_separation_count_once(continuous) -> None:
+    path, spectra = continuous
+    mean = np.mean(np.stack(list(spectra.values())), axis=0)
+    with ImzML(path) as f:
+        peaks = [mz for mz, _ in f.strongest_peaks(len(AXIS))]
+    near_200 = [i for i, m in enumerate(AXIS) if abs(m - 200.0) < 0.002]  # 200.0, 200.0009, 200.0011: 4.5–5.5 ppm apart
+    strongest = AXIS[max(near_200, key=lambda i: mean[i])]
+    assert [m for m in peaks if abs(m - 200.0) < 0.002] == [pytest.approx(strongest)]
+    assert len(peaks) == len(AXIS) - 2
+
+
 def test_write_ion_tiffs(continuous, tmp_path: Path) -> None:
     path, _ = continuous
     stack = _ions(path, [200.0, 150.0], "5ppm")

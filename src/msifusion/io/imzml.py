@@ -48,6 +48,7 @@ _DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4"
 _CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
 _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a spectrum
 DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
+SEPARATION_PPM = 10.0  # peaks closer than this are one peak for `peaks` (two default windows)
 
 
 # ----------------------------------------------------------------------------- tolerance
@@ -440,7 +441,9 @@ class ImzML:
         reaches are skipped, so the sampling gaps of profile spectra do not split a peak).
         Centroided data is already one point per peak: every channel of a continuous file is a
         peak, and in a processed file peaks are the local maxima over all bins (a centroid
-        jittering across neighbouring bins counts once; empty bins separate peaks).
+        jittering across neighbouring bins counts once; empty bins separate peaks). A peak within
+        :data:`SEPARATION_PPM` of a stronger one is left out: their ion windows at the default
+        tolerance would overlap (the prostate example's centroids list 1251.3853 and 1251.3894).
         """
         if n < 1:
             raise InputError("-n", "number of peaks must be at least 1")
@@ -450,7 +453,12 @@ class ImzML:
         else:
             idx = np.arange(mz.size) if self.layout.centroid else np.flatnonzero(holds_data)
             cand = idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
-        best = cand[np.argsort(-mean[cand], kind="stable")[:n]]
+        best: list[int] = []
+        for i in cand[np.argsort(-mean[cand], kind="stable")]:
+            if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] for j in best):
+                best.append(int(i))
+                if len(best) == n:
+                    break
         return [(float(mz[i]), float(mean[i])) for i in best]
 
     def tissue_images(self, n_components: int = 2, n_peaks: int = 300, tol: Tolerance | str = "10ppm") -> np.ndarray:
