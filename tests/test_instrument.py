@@ -98,6 +98,21 @@ def test_peaks_command(files, capsys):
     assert lines[1] == "m/z\tmean_intensity" and lines[2].startswith("100.0000") and len(lines) == 4
 
 
+def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when_uncalibrated(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    text = imzml.read_text(encoding="iso-8859-1")
+    sizes = ('<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="10"/>'
+             '<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="20"/>')
+    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
+    out = tmp_path / "auto"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 2
+    assert "pixels are 10 × 20 µm, not square" in capsys.readouterr().err and not out.exists()
+    out = tmp_path / "landmarks"
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(opt), "--landmarks",
+                 str(lm), "--scale", "4", "--out", str(out), "--method", "bilinear", "--quiet"]) == 0
+    assert any("are 10 × 20 µm, not square" in w for w in json.loads((out / "run.json").read_text())["warnings"])
+
+
 def test_pixel_size_with_imzml_is_an_error(tmp_path, files, capsys):
     imzml, opt, lm, _ = files
     out = tmp_path / "out"

@@ -77,7 +77,14 @@ class MsiTissue:
 
     @classmethod
     def of(cls, f: ImzML, automatic: bool) -> "MsiTissue":
-        """TIC and principal components for automatic registration, else the TIC (for the overlay)."""
+        """TIC and principal components for automatic registration, else the TIC (for the overlay).
+
+        Automatic registration models square MSI pixels; a file whose pixels are not (DESI lines, say) is
+        refused with the remedy rather than registered wrong."""
+        xy = f.layout.pixel_size_xy_um
+        if automatic and xy is not None and f.pixel_size_um is None:
+            raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
+                                     "needs square pixels: register with --landmarks (BigWarp) instead")
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
 
 
@@ -349,13 +356,16 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)
+        pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical)
     registered = register_optical(optical, msi, request.register)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, stack.pixel_size_um)
         if stack.pixel_size_um is None:
-            registered.warnings.append(uncalibrated_warning(f"{request.imzml.name} gives none in its scan settings",
+            why = (f"{request.imzml.name} gives none in its scan settings" if pixel_xy is None else
+                   f"the pixels of {request.imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square")
+            registered.warnings.append(uncalibrated_warning(why,
                                                             "export the ions with `msifusion ions` and fuse them "
                                                             "with --ion and --pixel-size UM"))
         common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
