@@ -19,14 +19,11 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, check_device, resolve_device
-from msifusion.io.images import Image, read_ion, read_optical, write_tiff
+from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_methods, check_scale, fuse,
                                fuse_many, infer_scale)
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
-
-
-PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: outside it, the number is not in µm
 
 
 def check_pixel_size(option: str, size: float | None) -> None:

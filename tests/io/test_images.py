@@ -201,3 +201,156 @@ def test_truncated_optical_is_refused_not_half_read(tmp_path, capfd, suffix, kee
     with pytest.raises(InputError, match=r"optical\.(jpg|png).*cannot decode image"):
         read_optical(path)
     assert capfd.readouterr().err == ""  # the decoder's own lines are not printed beside the one-line error
+
+
+# ----------------------------------------------------------------------------- TIFF colour encodings
+
+
+@pytest.mark.parametrize("eight_bit_map", [False, True])
+def test_palette_tiff_is_read_through_its_colour_map(tmp_path, eight_bit_map):
+    index = np.array([[0, 1, 2], [2, 1, 0], [1, 1, 2]], np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :3] = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 51]]).T  # red, green, dark blue
+    if not eight_bit_map:  # TIFF's colour map holds 16 bits per channel; some writers put 8-bit values there
+        colormap *= 257
+    tifffile.imwrite(tmp_path / "palette.tif", index, photometric="palette", colormap=colormap)
+    palette = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.2]])
+    np.testing.assert_allclose(read_optical(tmp_path / "palette.tif").pixels, palette[index], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_miniswhite_tiff_is_inverted(tmp_path, dtype, top):
+    grey = np.array([[0, top], [top // 5, top]], dtype)
+    tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")
+    image = read_optical(tmp_path / "white.tif").pixels
+    np.testing.assert_allclose(image[..., 0], [[1.0, 0.0], [0.8, 0.0]], atol=1e-4)
+    bilevel = np.array([[True, False], [False, False]])
+    tifffile.imwrite(tmp_path / "bits.tif", bilevel, photometric="miniswhite")
+    np.testing.assert_array_equal(read_optical(tmp_path / "bits.tif").pixels[..., 1], [[0, 1], [1, 1]])
+
+
+def test_cmyk_tiff_is_converted_to_rgb(tmp_path):
+    cmyk = np.array([[[0, 255, 255, 0], [255, 0, 0, 0]], [[0, 0, 0, 51], [0, 0, 0, 255]]], np.uint8)
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    expected = [[[1, 0, 0], [0, 1, 1]], [[0.8, 0.8, 0.8], [0, 0, 0]]]  # red, cyan, light grey, black
+    np.testing.assert_allclose(read_optical(tmp_path / "cmyk.tif").pixels, expected, atol=1e-6)
+    # three inks, no black: tifffile will not write it, so an RGB file is relabelled
+    tifffile.imwrite(tmp_path / "cmy.tif", cmyk[..., :3], photometric="rgb")
+    with tifffile.TiffFile(tmp_path / "cmy.tif", mode="r+b") as tif:
+        tif.pages.first.tags["PhotometricInterpretation"].overwrite(5)
+    np.testing.assert_allclose(read_optical(tmp_path / "cmy.tif").pixels, [[[1, 0, 0], [0, 1, 1]], [[1, 1, 1]] * 2],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric, extratags, message", [
+    ("ycbcr", [], "TIFF colour encoding YCBCR"),  # raw, without JPEG compression to decode it
+    ("cielab", [], "TIFF colour encoding CIELAB"),
+    ("separated", [(332, 3, 1, 2, True)], "non-CMYK ink"),  # InkSet 2: inks other than CMYK
+])
+def test_unconverted_tiff_colour_encodings_are_refused(tmp_path, photometric, extratags, message):
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, np.zeros((4, 6, 4 if photometric == "separated" else 3), np.uint8),
+                     photometric=photometric, extratags=extratags)
+    with pytest.raises(InputError, match=message) as info:
+        read_optical(path)
+    assert info.value.source == str(path)
+
+
+def test_ion_tiff_keeps_its_stored_values_whatever_the_photometric(tmp_path):
+    ion = np.array([[1, 2], [3, 250]], np.uint8)
+    tifffile.imwrite(tmp_path / "ion.tif", ion, photometric="miniswhite")
+    np.testing.assert_array_equal(read_ion(tmp_path / "ion.tif").pixels, ion)
+
+
+# ----------------------------------------------------------------------------- JPEG orientation, wide integers
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (1, lambda a: a), (2, lambda a: a[:, ::-1]), (3, lambda a: a[::-1, ::-1]), (4, lambda a: a[::-1]),
+    (5, lambda a: a.T), (6, lambda a: np.rot90(a, -1)), (7, lambda a: a[::-1, ::-1].T), (8, lambda a: np.rot90(a)),
+])
+def test_jpeg_exif_orientation_is_applied(tmp_path, orientation, upright):
+    from PIL import Image as PILImage
+
+    blocks = np.array([[0, 50, 100], [150, 200, 250]], np.uint8)
+    stored = np.kron(blocks, np.ones((16, 16), np.uint8))  # 32×48, 16-pixel blocks: JPEG keeps them nearly exact
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    PILImage.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    image = read_optical(tmp_path / "photo.jpg").pixels
+    np.testing.assert_allclose(image[..., 0], upright(stored) / 255.0, atol=4 / 255)
+
+
+def test_wide_integer_optical_is_scaled_by_its_own_maximum(tmp_path):
+    grey = np.array([[0, 1000], [2000, 4000]], np.uint32)
+    tifffile.imwrite(tmp_path / "u32.tif", grey)
+    np.testing.assert_allclose(read_optical(tmp_path / "u32.tif").pixels[..., 0], [[0, 0.25], [0.5, 1]])
+    np.testing.assert_allclose(optical_to_rgb(grey.astype(np.int64))[..., 2], [[0, 0.25], [0.5, 1]])
+    np.testing.assert_allclose(optical_to_rgb(np.array([[-10, 0], [10, 30]], np.int32))[..., 0], [[0, 0.25], [0.5, 1]])
+    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.uint16))[0, 1], 1000 / 65535)
+
+
+# ----------------------------------------------------------------------------- calibration units
+
+
+@pytest.mark.parametrize("size, unit, expected", [
+    (5000, "Å", 0.5), (250, "nm", 0.25), (0.002, "mm", 2.0), (1.5, "µm", 1.5),
+    (3, "pixel", None), (1, "ft", None), (2, "furlong", None),  # not µm: uncalibrated, never 1 unit = 1 µm
+    (2e6, "µm", None), (1e-6, "µm", None), (2, "m", None),  # implausible pixel sizes: wrong metadata
+])
+def test_ome_pixel_size_units(tmp_path, size, unit, expected):
+    path = tmp_path / "unit.ome.tif"
+    metadata = {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
+    tifffile.imwrite(path, np.ones((4, 5), np.uint8), ome=True, metadata=metadata)
+    pixel_size = read_optical(path).pixel_size_um
+    assert pixel_size == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize("per_unit, unit, expected", [
+    (25400 / 2, "INCH", 2.0), (72, "INCH", None),  # screen dpi is no calibration
+    (1e4 / 0.5, "CENTIMETER", 0.5), (1e-3, "CENTIMETER", None),  # 10 m pixels: implausible
+])
+def test_resolution_tag_units(tmp_path, per_unit, unit, expected):
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), resolution=(per_unit, per_unit), resolutionunit=unit)
+    pixel_size = read_ion(path).pixel_size_um
+    assert pixel_size == (None if expected is None else pytest.approx(expected))
+
+
+def test_imagej_units(tmp_path):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5), metadata={"unit": "nm"})
+    assert read_ion(path).pixel_size_um == pytest.approx(2e-3)
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5), metadata={"unit": "A"})
+    assert read_ion(path).pixel_size_um is None  # "A" is not a unit ImageJ saves (it saves "Å")
+
+
+# ----------------------------------------------------------------------------- ion tables
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1,2,3,\n4,5,6,\n", [[1, 2, 3], [4, 5, 6]]),
+    ("a\tb\tc\n1\t2\t3\t\n4\t5\t6\t\n", [[1, 2, 3], [4, 5, 6]]),  # header without the trailing tab
+    ("x,y,intensity,\n1,1,5,\n2,1,6,\n1,2,7,\n2,2,8,\n", [[5, 6], [7, 8]]),
+])
+def test_trailing_delimiter_is_no_column(tmp_path, text, expected):
+    path = tmp_path / "trailing.csv"
+    path.write_text(text)
+    np.testing.assert_array_equal(read_ion(path).pixels, expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0,5;1,25;2\n3;4,75;-5,5\n", [[0.5, 1.25, 2], [3, 4.75, -5.5]]),
+    ('"";"V1";"V2"\n"1";0,5;1,25;\n"2";2;3,5;\n', [[0.5, 1.25], [2, 3.5]]),  # R write.csv2, trailing ';'
+    ("x;y;intensity\n1;1;0,5\n2;1;1,5\n1;2;2\n2;2;2,5\n", [[0.5, 1.5], [2, 2.5]]),
+    ("1;2\n0.5;1,000\n2;3\n", None),  # points and commas: not decimal commas, the comma is refused
+    ("0.5;1.25\n2;3\n", [[0.5, 1.25], [2, 3]]),
+])
+def test_european_csv(tmp_path, text, expected):
+    path = tmp_path / "european.csv"
+    path.write_text(text)
+    if expected is None:
+        with pytest.raises(InputError, match="non-numeric value '1,000'"):
+            read_ion(path)
+    else:
+        np.testing.assert_allclose(read_ion(path).pixels, expected)

@@ -5,10 +5,11 @@ calibration travels from the instrument file to every output.
 
 Accepted inputs
 ---------------
-Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit or float;
-grayscale, RGB or RGBA (alpha is dropped). Pixels become float32 RGB in [0, 1]: integer
-images are divided by their type's maximum, float images are min-max scaled unless already
-in [0, 1].
+Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit, 32-bit or float;
+grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted, JPEG
+EXIF orientation is applied. Pixels become float32 RGB in [0, 1]: 8- and 16-bit images are
+divided by their type's maximum, wider integer images by the image's own maximum, float images
+(and wider integers with negative values) are min-max scaled unless already in [0, 1].
 
 Ion: a 2-D TIFF, a 2-D ``.npy``, or a CSV / TSV / whitespace text file holding either a plain
 numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetxt`` write it,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io as _io
 import re
 import uuid
@@ -70,15 +72,33 @@ def _require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 # ----------------------------------------------------------------------------- TIFF
 
 
+PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
+
+
 def _tiff_pixel_size_um(tif) -> float | None:
-    """Pixel size from OME PhysicalSizeX, else ImageJ/TIFF resolution tags; None if uncalibrated."""
+    """Pixel size from OME PhysicalSizeX, else ImageJ/TIFF resolution tags; None if uncalibrated.
+
+    A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
+    so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong, and :class:`Image` has no
+    place for a note, so the run reports it as it reports any missing calibration.
+    """
+    size = _tiff_stated_pixel_size_um(tif)
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    return size if size is not None and lo <= size <= hi else None
+
+
+def _tiff_stated_pixel_size_um(tif) -> float | None:
+    """The pixel size the TIFF's metadata states, in µm, however implausible; None if it states none we can read."""
     ome = tif.ome_metadata
     if ome:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
+        m = re.search(r'PhysicalSizeX="([^"]*)"', ome)
         if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
-            factor = _unit_to_um(unit.group(1)) if unit else 1.0  # OME's default unit is µm
-            return float(m.group(1)) * (factor if factor is not None else 1.0)
+            unit = re.search(r'PhysicalSizeXUnit="([^"]*)"', ome)
+            factor = _unit_to_um(html.unescape(unit.group(1))) if unit else 1.0  # OME's default unit is µm
+            try:
+                return float(m.group(1)) * factor if factor is not None else None
+            except ValueError:
+                return None
     page = tif.pages.first
     tag = page.tags.get("XResolution")
     if tag is None:
@@ -90,7 +110,9 @@ def _tiff_pixel_size_um(tif) -> float | None:
     ij_unit = (tif.imagej_metadata or {}).get("unit")
     if ij_unit:
         factor = _unit_to_um(ij_unit)
-        if factor is None:  # 'pixel', 'inch'… : not a physical calibration we can use
+        if factor is None:  # 'pixel', … : not a physical calibration we can use
+            return None
+        if factor == _UNITS_UM["inch"] and per_unit <= 1000:  # screen dpi, as below
             return None
         return factor / per_unit
     res_unit = page.tags.get("ResolutionUnit")
@@ -102,16 +124,25 @@ def _tiff_pixel_size_um(tif) -> float | None:
     return None
 
 
-_UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0,
-             "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# OME's length units that occur in microscopy, ImageJ's spellings of them, and the inch. Not "A": ImageJ turns a
+# typed "A" into "Å" before saving, and elsewhere it could be anything.
+_UNITS_UM = {"pm": 1e-6, "Å": 1e-4, "angstrom": 1e-4, "angstroms": 1e-4, "nm": 1e-3,
+             "µm": 1.0, "um": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+             "micrometers": 1.0, "micrometre": 1.0, "micrometres": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
+             "in": 25400.0, "inch": 25400.0, "inches": 25400.0}
 
 
 def _unit_to_um(unit: str) -> float | None:
-    """µm per ``unit`` (µm, um, micron, nm, mm, cm, m); None for anything else."""
-    return _UNITS_UM.get(unit.strip().replace("μ", "µ"))
+    """µm per ``unit`` (pm, Å, nm, µm and its spellings, mm, cm, m, inch); None for anything else."""
+    unit = unit.strip().replace("μ", "µ").replace("\u212b", "Å")  # Greek mu, Angstrom sign
+    if len(unit) > 2 and unit.isalpha():  # a spelled-out name ("Microns", "Ångström"); "Mm" is not "mm"
+        unit = unit.lower().replace("ångström", "angstrom")
+    return _UNITS_UM.get(unit)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path, colours: bool = False) -> tuple[np.ndarray, float | None]:
+    """The first series' full-resolution pixels and the pixel size. With ``colours`` (optical images) the TIFF's
+    colour encoding is applied, see :func:`_tiff_colours`; ion images keep their stored values."""
     import logging
 
     import tifffile
@@ -119,20 +150,82 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings about odd OME layouts are not the user's concern
     try:
         with tifffile.TiffFile(path) as tif:
-            data = tif.series[0].levels[0].asarray()
+            series = tif.series[0].levels[0]
+            encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
+            data = series.asarray()
+            if encoding is not None:
+                data = _tiff_colours(path, data, encoding, series)
             return data, _tiff_pixel_size_um(tif)
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
+
+
+_JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
+
+
+def _tiff_colour_encoding(path: Path, page) -> str | None:
+    """The page's PhotometricInterpretation as a name, None when it needs nothing done (grey, RGB, or no tag, which
+    tifffile would call MinIsWhite); refuses the encodings we do not convert (raw YCbCr, CIELAB, LogLuv, CFA…)."""
+    import tifffile
+
+    if 262 not in page.tags:
+        return None
+    try:
+        name = tifffile.PHOTOMETRIC(page.photometric).name
+    except ValueError:
+        name = str(page.photometric)
+    if name in ("MINISBLACK", "RGB") or (name == "YCBCR" and page.compression in _JPEG_COMPRESSIONS):
+        return None
+    if name not in ("PALETTE", "MINISWHITE", "SEPARATED"):
+        raise InputError(path, f"TIFF colour encoding {name} (PhotometricInterpretation {int(page.photometric)}) is "
+                               "not supported; save the image as RGB or greyscale")
+    return name
+
+
+def _tiff_colours(path: Path, data: np.ndarray, encoding: str, series) -> np.ndarray:
+    """Pixels as a viewer shows them: palette indices through the colour map, MinIsWhite grey inverted, CMYK inks
+    as RGB = (1 − C, 1 − M, 1 − Y)·(1 − K) in [0, 1] (3 inks: K = 0). Extra samples (alpha) are dropped."""
+    page = series.keyframe
+    if "S" in series.axes:  # samples last
+        data = np.moveaxis(data, series.axes.index("S"), -1)
+    if encoding == "SEPARATED":
+        inks = data.shape[-1] - len(page.extrasamples) if "S" in series.axes else 1
+        if page.tags.valueof(332, 1) != 1 or inks not in (3, 4):  # InkSet 1: CMYK
+            raise InputError(path, f"separated (ink) TIFF with {inks} non-CMYK ink(s) is not supported; save it as RGB")
+        ink = data[..., :inks]
+        ink = ink / float(np.iinfo(ink.dtype).max) if np.issubdtype(ink.dtype, np.integer) else np.clip(ink, 0, 1)
+        white = 1.0 - ink[..., 3:4] if inks == 4 else 1.0
+        return ((1.0 - ink[..., :3]) * white).astype(np.float32)
+    if "S" in series.axes:
+        data = data[..., 0]
+    if encoding == "PALETTE":
+        colormap = page.colormap  # (3, 2**bits), 16 bits per channel
+        if colormap is None:
+            raise InputError(path, "palette TIFF has no colour map")
+        if colormap.max() < 256:  # an 8-bit map written as is: libtiff assumes the same
+            colormap = colormap * 257
+        return np.moveaxis(np.take(colormap, data, axis=1), 0, -1)
+    # MINISWHITE
+    if data.dtype == bool:
+        return ~data
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        return (min(2**page.bitspersample - 1, np.iinfo(data.dtype).max) - data).astype(data.dtype)
+    data = data.astype(np.float64)
+    return 1.0 - data if data.min() >= 0.0 and data.max() <= 1.0 else -data
 
 
 # ----------------------------------------------------------------------------- optical
 
 
 def read_optical(path: str | Path) -> Image:
-    """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one."""
+    """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one.
+
+    Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied and a JPEG is
+    turned upright by its EXIF orientation.
+    """
     path = _require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     if path.suffix.lower() in (".tif", ".tiff"):
-        data, pixel_size = _read_tiff(path)
+        data, pixel_size = _read_tiff(path, colours=True)
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
@@ -146,13 +239,19 @@ _DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check"
 
 def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     """OpenCV's decoding, refusing damaged files: libjpeg decodes a truncated JPEG with its missing part grey
-    and only prints a warning on the C-level stderr, so that stream is captured while decoding and read."""
+    and only prints a warning on the C-level stderr, so that stream is captured while decoding and read.
+
+    A JPEG is read with OpenCV's EXIF orientation applied (``IMREAD_UNCHANGED`` would skip it: a phone photo
+    stored sideways with Orientation 6 would stay sideways); a JPEG has no alpha, so nothing else changes.
+    """
     import os
     import sys
     import tempfile
 
     import cv2
 
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         try:
@@ -162,7 +261,7 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
         try:
             if saved is not None:
                 os.dup2(sink.fileno(), 2)
-            data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            data = cv2.imread(str(path), flags)
         finally:
             if saved is not None:
                 os.dup2(saved, 2)
@@ -178,7 +277,11 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
 
 
 def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1]."""
+    """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1].
+
+    8/16-bit integers are divided by the type's maximum; 32/64-bit integers by the image's own maximum (a camera
+    never fills 2³²−1), or min-max scaled when negative; floats are min-max scaled unless already in [0, 1].
+    """
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 3, 4):
         data = np.moveaxis(data, 0, -1)
@@ -192,8 +295,15 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         data = np.repeat(data, 3, axis=2)
     if data.dtype == bool:
         rgb = data.astype(np.float32)
-    elif np.issubdtype(data.dtype, np.integer):
+    elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
         rgb = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
+    elif np.issubdtype(data.dtype, np.integer):  # 32/64-bit: by the type's maximum any real image would be black
+        wide = data.astype(np.float64)
+        lo, hi = float(wide.min()), float(wide.max())
+        if lo < 0.0:  # as for floats
+            rgb = ((wide - lo) / (hi - lo)).astype(np.float32)
+        else:
+            rgb = (wide / hi if hi > 0 else wide).astype(np.float32)
     else:
         rgb = data.astype(np.float32)
         if not np.all(np.isfinite(rgb)):
@@ -278,16 +388,18 @@ def _read_table(path: Path) -> np.ndarray:
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise InputError(path, "table is empty")
-    sample = "\n".join(lines[:20])
-    delimiter = None
-    for cand in (",", "\t", ";"):
-        if cand in sample:
-            delimiter = cand
-            break
+    sample = lines[:20]
+    if all(";" in ln for ln in sample):  # before ",": a European CSV ("0,5;1,25") has decimal commas
+        delimiter = ";"
+    else:
+        delimiter = next((cand for cand in (",", "\t", ";") if any(cand in ln for ln in sample)), None)
     if delimiter is None:
         rows = [ln.split() for ln in lines]
     else:
         rows = list(csv.reader(_io.StringIO("\n".join(lines)), delimiter=delimiter))
+    rows = _drop_trailing_delimiter(rows)
+    if delimiter != "," and _decimal_commas(rows):
+        rows = [[t.replace(",", ".") for t in row] for row in rows]
     header = None
     if _is_header(rows[0]):
         header, rows = [t.strip().strip('"').lower() for t in rows[0]], rows[1:]
@@ -310,6 +422,23 @@ def _read_table(path: Path) -> np.ndarray:
             raise InputError(path, f"non-numeric value {bad!r} in row {i + 1}")
         values.append(parsed)
     return np.asarray(values, dtype=np.float64)
+
+
+def _drop_trailing_delimiter(rows: list[list[str]]) -> list[list[str]]:
+    """Rows without the empty last cell that a delimiter ending every row makes (a header may lack it): an empty
+    column, not a column of missing values."""
+    ends_empty = [len(row) > 1 and not row[-1].strip() for row in rows]
+    if all(ends_empty[1:]) and (ends_empty[0] or _is_header(rows[0])):
+        return [row[:-1] if empty else row for row, empty in zip(rows, ends_empty)]
+    return rows
+
+
+def _decimal_commas(rows: list[list[str]]) -> bool:
+    """Whether numbers are written with decimal commas: some cell is a number once its comma is a point, and no cell
+    is a number with a point."""
+    cells = [t for row in rows for t in row]
+    comma = any("," in t and _to_float(t.replace(",", ".")) is not None for t in cells)
+    return comma and not any("." in t and _to_float(t) is not None for t in cells)
 
 
 def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> np.ndarray:
