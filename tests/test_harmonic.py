@@ -128,6 +128,28 @@ def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks(
     assert _walk([base, mostly_ties], 4.0, 2.0) == 1
 
 
+def test_winsorised_walk_is_not_stopped_by_a_few_outlying_blocks():
+    from msifusion.harmonic import _walk
+
+    rng = np.random.default_rng(1)
+    base = torch.tensor(1.0 + 0.1 * rng.random(1000))
+    better = base - 0.02 - 0.01 * torch.tensor(rng.random(1000))  # every block a little better ...
+    better[:3] += torch.tensor([40.0, -40.0, 40.0])  # ... but three hot blocks swing wildly either way
+    assert _walk([base, better], 4.0, 2.0) == 0  # their spread hides the gain: z ≈ 0.5
+    assert _walk([base, better], 4.0, 2.0, winsor=2.0) == 1
+    assert _walk([base, base - 0.02], 4.0, 2.0, winsor=2.0) == 1
+
+
+def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical():
+    guide, truth, f = _cells(shape=(192, 256))
+    measured = block_mean(truth, f)
+    hot = measured.copy()
+    hot.flat[[5, 300, 611]] = 20 * np.percentile(measured, 99)  # three instrument hot spots among 768 pixels
+    options = MethodOptions(runtime=Runtime(quiet=True))
+    chosen = [fuse(guide, y, "guided-harmonic", options).fit.details["chosen"] for y in (measured, hot)]
+    assert chosen[1] == chosen[0] != list(HarmonicConfig().ladder[0])  # without the winsorising: the bottom rung
+
+
 def test_optical_detail_is_the_density_minus_its_blur():
     from scipy.ndimage import gaussian_filter
 
@@ -152,13 +174,15 @@ def test_the_ladder_walk_uses_the_configured_sign_test(cells):
 
 
 def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
-    """The cells' walls are dark in the optical and hold 40 % of the cell's amount: β > 0 is chosen, and it helps."""
+    """The cells' walls are dark in the optical and hold 40 % of the cell's amount: at a fixed ladder setting,
+    β > 0 is chosen, and it helps."""
     guide, truth, f = cells
     measured = block_mean(truth, f)
     y = (measured / measured.max())[None]
     report = HarmonicReport()
-    out = fuse_harmonic_many(guide, y, f, report=report)[0] * measured.max()
-    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=(0.0,)))[0] * measured.max()
+    config = HarmonicConfig(ladder=((80.0, 0),))
+    out = fuse_harmonic_many(guide, y, f, config, report=report)[0] * measured.max()
+    plain = fuse_harmonic_many(guide, y, f, replace(config, texture=(0.0,)))[0] * measured.max()
     assert report.notes[0]["texture"] > 0
     assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
     assert _psnr(out, truth) > _psnr(plain, truth) + 0.1
