@@ -125,7 +125,7 @@ class HarmonicConfig:
     ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (50.0, 1), (20.0, 1))
     significance: float = 4.0
     sign_significance: float = 2.0
-    winsor_percent: float = 2.0
+    winsor_percent: float = 1.0
     weight_floor: float = 1e-3
     refine_scale: float = 0.1
     iterations: int = 100
