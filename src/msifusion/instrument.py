@@ -62,6 +62,14 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
+    def optical_pixel_needed_um(self, ion_pixel_um: float | None) -> float | None:
+        """The coarsest optical pixel the fused grid needs (the ion's / scale), when both are calibrated: a
+        pyramidal optical is read at that level (:func:`read_optical`). None with ``optical_pixel_size``, which
+        overrides the file's calibration that the level's size is computed from."""
+        if ion_pixel_um is None or self.optical_pixel_size is not None:
+            return None
+        return ion_pixel_um / self.scale
+
 
 @dataclass(frozen=True)
 class MsiTissue:
@@ -180,6 +188,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size
+    info["optical_shape_read"] = list(optical.shape2d)  # a pyramidal TIFF: the level read, not the full scan
     try:
         guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
     except InputError:
@@ -309,9 +318,9 @@ def register_files(request: RegisterRequest) -> dict:
     t0 = time.perf_counter()
     inputs = [*_imzml_files(Path(request.ion)), request.optical, request.settings.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
-    optical = read_optical(request.optical)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
+    optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
     registered = register_optical(optical, msi, request.settings)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         write_registration(stage, registered, px)
@@ -357,7 +366,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)
         pixel_xy = f.layout.pixel_size_xy_um
-    optical = read_optical(request.optical)
+    optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:

@@ -354,3 +354,19 @@ def test_european_csv(tmp_path, text, expected):
             read_ion(path)
     else:
         np.testing.assert_allclose(read_ion(path).pixels, expected)
+
+
+def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    full = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tif:  # a slide scanner's OME pyramid: 0.5 µm, then 1 µm and 2 µm levels
+        tif.write(full, subifds=2, photometric="rgb", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(full[::2, ::2], subfiletype=1, photometric="rgb")
+        tif.write(full[::4, ::4], subfiletype=1, photometric="rgb")
+    for needed, shape, size in [(None, (64, 96), 0.5), (0.3, (64, 96), 0.5), (1.2, (32, 48), 1.0), (5.0, (16, 24), 2.0)]:
+        image = read_optical(path, needed)
+        assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
+    np.testing.assert_allclose(read_optical(path, 5.0).pixels, full[::4, ::4] / 255, atol=1e-6)
