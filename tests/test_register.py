@@ -18,6 +18,7 @@ from msifusion.register import (
     ResampleOptions,
     ThinPlateSpline,
     _disagreement,
+    acquired_window,
     check_landmarks,
     landmarks_from_transform,
     moving_index_map,
@@ -243,6 +244,20 @@ def test_auto_registration_recovers_known_affine() -> None:
     assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
     assert reg.correlation > 0.8 and reg.nmi > 1.1
     assert reg.details["pose"]["flip"] is False
+
+
+def test_auto_registration_of_tissue_in_a_corner_of_a_large_empty_frame() -> None:
+    # an imzML whose coordinates start far from 1: the same acquisition inside a frame 6× larger each way
+    optical, msi, fixed, truth = _synthetic_pair()
+    frame = np.zeros((6 * 54, 6 * 70), np.float32)
+    frame[200:254, 300:370] = msi
+    big = Grid(frame.shape, 10.0, (-3000.0, -2000.0))  # pixel (200, 300) sits where pixel (0, 0) was
+    reg = register_auto(optical, frame, big, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert reg.fixed == big and reg.details["search_block_factor"] == 1  # searched on the tissue, not the frame
+    err = _max_error(reg.transform, truth, big, frame)
+    assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
+    (rows, cols), window = acquired_window(frame != 0, big)
+    assert rows.start <= 203 and rows.stop >= 251 and cols.start <= 304 and cols.stop >= 366 and window.shape[0] < 80
 
 
 def test_auto_registration_gives_the_same_transform_every_time() -> None:

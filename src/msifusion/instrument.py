@@ -24,8 +24,9 @@ from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_scale
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
-from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
-                                landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
+from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, acquired_window,
+                                check_landmarks, landmarks_from_transform, register_auto, resample_optical,
+                                transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
@@ -160,7 +161,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         except InputError as exc:
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
         transform = reg.transform
-        landmarks = landmarks_from_transform(transform, ion_grid)
+        _, tissue_area = acquired_window(np.any(msi.images != 0, axis=0), ion_grid)  # landmarks where the tissue is
+        landmarks = landmarks_from_transform(transform, tissue_area)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         warnings = []
@@ -169,7 +171,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
                     optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
         ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
-        alternative = _rival_alignment(reg.rival, optical, reg.fixed, moving, settings.scale) if ambiguous else None
+        alternative = (_rival_alignment(reg.rival, optical, reg.fixed, tissue_area, moving, settings.scale)
+                       if ambiguous else None)
         if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
             why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
                    f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")
@@ -197,7 +200,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
 
 
-def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, moving: Grid,
+def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_area: Grid, moving: Grid,
                      scale: int) -> RivalAlignment | None:
     """The other alignment (``affine``, ion grid → optical) of an ambiguous automatic registration, for the
     user to compare and choose; None when it misses the optical."""
@@ -206,7 +209,7 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, moving: 
         preview = resample_optical(optical.pixels, affine, ion_grid.refined(preview_scale), moving)
     except InputError:
         return None
-    return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, ion_grid))
+    return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area))
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> None:

@@ -770,6 +770,9 @@ def register_auto(
     if optical_rgb.shape[:2] != moving.shape:
         raise ValueError(f"optical shape {optical_rgb.shape[:2]} does not match its grid {moving.shape}")
 
+    full = fixed
+    (rows, cols), fixed = acquired_window(acquired, fixed)  # the search and polish work on the acquired area
+    stack, acquired = stack[:, rows, cols], acquired[rows, cols]
     # Search grid: MSI block-averaged to ≤ search_pixels on the long side.
     red_f = max(1, int(math.ceil(max(fixed.shape) / options.search_pixels)))
     chans = []
@@ -808,7 +811,7 @@ def register_auto(
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
                          "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired)}
     return Registration(
-        transform=transform, fixed=fixed, moving=moving, affine=chosen.affine, score=best.score,
+        transform=transform, fixed=full, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,
         details={**info, "optical_feature": found.kind,
                  "feature_scores": feature_scores,
@@ -818,6 +821,27 @@ def register_auto(
                  "moving_block_factor": chosen.factor, "search_block_factor": red_f},
         rival=other,
     )
+
+
+def acquired_window(acquired: np.ndarray, fixed: Grid) -> tuple[tuple[slice, slice], Grid]:
+    """The acquired pixels' bounding box plus a margin (a tenth of the box, at least 3 pixels): its (rows, cols)
+    slices of ``fixed`` and its grid in the same calibrated frame, so transforms found on it hold on the whole
+    grid. The whole grid when the box fills most of it. An imzML whose coordinates start far from 1 (a region
+    cropped in another tool, raster indices) otherwise puts the tissue in a corner of a mostly empty frame, which
+    the search coarsens for nothing (measured: 3.4 MSI pixels off instead of 0.14)."""
+    rows, cols = np.flatnonzero(acquired.any(1)), np.flatnonzero(acquired.any(0))
+    h, w = acquired.shape
+    if not rows.size:
+        return (slice(0, h), slice(0, w)), fixed
+    mr = max(3, (rows[-1] - rows[0] + 1) // 10)
+    mc = max(3, (cols[-1] - cols[0] + 1) // 10)
+    r0, r1 = max(rows[0] - mr, 0), min(rows[-1] + 1 + mr, h)
+    c0, c1 = max(cols[0] - mc, 0), min(cols[-1] + 1 + mc, w)
+    if (r1 - r0) * (c1 - c0) > 0.75 * h * w:
+        return (slice(0, h), slice(0, w)), fixed
+    p = fixed.pixel_size
+    window = Grid((r1 - r0, c1 - c0), p, (fixed.origin[0] + c0 * p, fixed.origin[1] + r0 * p))
+    return (slice(r0, r1), slice(c0, c1)), window
 
 
 @dataclass(frozen=True)
