@@ -313,6 +313,15 @@ def test_edge_perceptual_term_stays_available(cells):
     assert loss[0] < 0.5 * loss[1]
 
 
+def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cells):
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    positive = fuse_harmonic_many(guide, y, f)[0]
+    negative = fuse_harmonic_many(guide, -y, f)[0]
+    np.testing.assert_array_equal(negative, -positive)
+    assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-4
+
+
 def test_negative_measurements_are_left_signed():
     rng = np.random.default_rng(9)
     guide = rng.random((32, 32, 3)).astype(np.float32)

@@ -938,7 +938,14 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     if not np.isfinite(ions).all():
         raise ValueError("ion images contain NaN or infinite values")
     device = resolve_device(runtime.device)
-    return _run(guide, ions, scale, config, device, report if report is not None else HarmonicReport(), runtime.quiet)
+    # an ion measured ≤ 0 everywhere (a log or baseline-subtracted image) is fused as its mirror image, so that the
+    # non-negativity step keeps it ≤ 0 as it keeps the others ≥ 0
+    flat = ions.reshape(len(ions), -1)
+    signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
+    out = _run(guide, ions * signs, scale, config, device, report if report is not None else HarmonicReport(),
+               runtime.quiet)
+    out *= signs
+    return out
 
 
 def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,

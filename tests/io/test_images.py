@@ -68,6 +68,7 @@ def test_long_table_with_pandas_index_column(tmp_path):
     ("x,y,mz_885,tic\n1,1,5,100\n2,1,6,90\n", "exactly one intensity column beside x and y, found: mz_885, tic"),
     ("x,y,intensity\n1,1,5\n2,1,6\n1,1,999\n", "pixel x=1, y=1 appears 2 times"),
     ("x,y,v\n1,1,5\n1,1,6\n2,1,1\n2,1,1\n2,1,1\n", "pixel x=1, y=1 appears 2 times"),
+    ("x,y,v\n0,0,5\n25,0,6\n50,25,7\n", "advance in steps of 25, not 1: they look like positions in µm"),
 ])
 def test_ambiguous_long_tables_are_refused(tmp_path, text, message):
     path = tmp_path / "long.csv"

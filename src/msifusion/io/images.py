@@ -459,7 +459,9 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     rows and columns neither shift nor shrink the image: when the smallest x or y present is 0
     the coordinates are 0-based (origin 0), otherwise they are read as 1-based (origin 1, as
     imzML and R number pixels), even when the smallest present coordinate is larger than 1.
-    The image reaches the largest x and y present. Negative coordinates are an error.
+    The image reaches the largest x and y present. Negative coordinates are an error, and so are
+    coordinates that all advance in steps larger than 1 (positions in µm, which would otherwise
+    become a mostly empty image).
     """
     ix, iy = header.index("x"), header.index("y")
     others = [i for i in range(len(header)) if i not in (ix, iy) and header[i] not in ("", "unnamed: 0")]
@@ -476,6 +478,10 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     xy = np.round(arr[:, :2]).astype(int)
     if xy.min() < 0:
         raise InputError(path, f"negative pixel coordinate {xy.min()} in the x/y columns")
+    steps = [int(np.gcd.reduce(np.diff(np.unique(c)))) for c in xy.T if np.unique(c).size > 1]
+    if steps and min(steps) > 1:  # every coordinate a multiple of 25 (say): positions in µm, not pixel indices
+        raise InputError(path, f"x and y advance in steps of {min(steps)}, not 1: they look like positions in µm; "
+                               "give pixel indices (the positions divided by the pixel size)")
     x, y = (xy - (0 if xy.min() == 0 else 1)).T
     _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
     if (counts > 1).any():
