@@ -37,7 +37,7 @@ def test_method_shape_finite_and_units(tiny, method):
 
 
 @pytest.mark.parametrize("method", ["bilinear-bp", "guided-bp", "diffusion"])
-def test_harmonic_methods_match_the_measurement(tiny, method):
+def test_consistent_methods_match_the_measurement(tiny, method):
     guide, ion = tiny
     result = fuse(guide, ion, method, MethodOptions())
     assert result.consistency_error < 1e-4

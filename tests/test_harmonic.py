@@ -317,8 +317,10 @@ def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cell
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]
     positive = fuse_harmonic_many(guide, y, f)[0]
-    negative = fuse_harmonic_many(guide, -y, f)[0]
+    report = HarmonicReport()
+    negative = fuse_harmonic_many(guide, -y, f, report=report)[0]
     np.testing.assert_array_equal(negative, -positive)
+    assert report.notes[0]["mirrored"] is True
     assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-4
 
 
@@ -334,7 +336,7 @@ def test_negative_measurements_are_left_signed():
 @pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
                                  dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0),
                                  dict(shared_min_ions=1), dict(shared_whiteness=1.0), dict(texture=()),
-                                 dict(texture_sigma_px=0.0)])
+                                 dict(texture_sigma_px=0.0), dict(winsor_percent=50.0), dict(winsor_percent=-1.0)])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         HarmonicConfig(**bad)

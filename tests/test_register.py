@@ -258,6 +258,13 @@ def test_auto_registration_of_tissue_in_a_corner_of_a_large_empty_frame() -> Non
     assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
     (rows, cols), window = acquired_window(frame != 0, big)
     assert rows.start <= 203 and rows.stop >= 251 and cols.start <= 304 and cols.stop >= 366 and window.shape[0] < 80
+    assert reg.area == window
+    # the B-spline is fitted on that area, but its field covers the whole frame: outside, the affine alone
+    deformable = register_auto(optical, frame, big, None,
+                               AutoRegisterOptions(max_rotation=20.0, allow_flip=False, deformable=True))
+    corners = big.to_coords(np.array([[0.0, 0.0], [419.0, 0.0], [0.0, 323.0], [419.0, 323.0]]))
+    np.testing.assert_allclose(deformable.transform(corners), deformable.affine(corners), atol=1e-6)
+    assert _max_error(deformable.transform, truth, big, frame) < 2.5  # half an MSI pixel (1.4 without the frame)
 
 
 def test_auto_registration_gives_the_same_transform_every_time() -> None:

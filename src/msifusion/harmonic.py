@@ -581,16 +581,17 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
     within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
-    ``significance`` standard errors, on significantly more blocks than they lose
-    (``sign_significance``; :func:`_walk`). Too small
+    ``significance`` standard errors (of the differences winsorised at ``winsor_percent``), on
+    significantly more blocks than they lose (``sign_significance``; :func:`_walk`). Too small
     an image (fewer than 16 coarse pixels) keeps the first setting. With a shared ``basis``
     (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
     coarse prediction is their mixture, made consistent with its own coarse measurement: the
     same test per ion at the basis's cost.
-    Then, at the chosen setting, the same walk (without the sign test) over ``config.texture``
-    picks the strength β of the optical-texture step (only where a block spans 5 σ of it and
-    the box model's rescale applies, to ions whose whole measurement is non-negative, ``nonneg``
-    (K,); ``detail_eps``: the whole guide's :func:`_detail_eps`).
+    Then, at the chosen setting, the same walk (without the sign test or the winsorising) over
+    ``config.texture`` picks the strength β of the optical-texture step (only where a block spans
+    5 σ of it and the box model's rescale applies, to ions whose whole measurement is
+    non-negative, ``nonneg`` (K,)). ``gd``: the guide and what all its ions share; ``taus``: the
+    ions' refinement scales.
     Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
     guide, f, config, kappas, device = gd.image, gd.f, gd.config, gd.kappas, gd.device
@@ -658,17 +659,17 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     than ``significance`` standard errors of the paired differences (and, with ``sign``, on more blocks than
     it lost by more than ``sign`` binomial standard deviations, √(wins + losses), unchanged blocks counting
     on neither side: a sign test beside the mean, so that a few large gains cannot carry the step; 0 = any
-    majority). ``winsor``: the differences are first clipped to their ``winsor`` and 100 − ``winsor``
+    majority). ``winsor``: for the mean test the differences are clipped to their ``winsor`` and 100 − ``winsor``
     percentiles (a winsorised mean test: outlying blocks count, but only as much as the last kept one)."""
     best = 0
     for i in range(1, len(errors)):
         d = errors[best] - errors[i]
+        wins, losses = int((d > 0).sum()), int((d < 0).sum())  # the sign test counts the raw differences
         if winsor > 0 and d.numel() > 1:
             q = torch.tensor([winsor / 100, 1 - winsor / 100], dtype=torch.float64, device=d.device)
             lo, hi = torch.quantile(d.double(), q).tolist()
             d = d.clamp(lo, hi)
         se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-        wins, losses = int((d > 0).sum()), int((d < 0).sum())
         if float(d.mean()) > significance * se and (sign is None or wins - losses > sign * math.sqrt(wins + losses)):
             best = i
     return best
@@ -942,9 +943,10 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     # non-negativity step keeps it ≤ 0 as it keeps the others ≥ 0
     flat = ions.reshape(len(ions), -1)
     signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
-    out = _run(guide, ions * signs, scale, config, device, report if report is not None else HarmonicReport(),
-               runtime.quiet)
+    report = report if report is not None else HarmonicReport()
+    out = _run(guide, ions * signs, scale, config, device, report, runtime.quiet)
     out *= signs
+    report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
     return out
 
 

@@ -24,9 +24,8 @@ from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_scale
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, fuse_pairs,
                                 software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
-from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, acquired_window,
-                                check_landmarks, landmarks_from_transform, register_auto, resample_optical,
-                                transform_from_landmarks)
+from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
+                                landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
@@ -135,7 +134,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
     when the transform misses it (with a hint about the landmarks only when they were used).
     """
-    moving = Grid(optical.shape2d, settings.optical_pixel_size or optical.pixel_size_um or 1.0)
+    moving = (Grid(optical.shape2d, settings.optical_pixel_size) if settings.optical_pixel_size else
+              Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um))
     start = time.perf_counter()
     px = msi.pixel_size_um
     if settings.landmarks is not None:
@@ -161,8 +161,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         except InputError as exc:
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
         transform = reg.transform
-        _, tissue_area = acquired_window(np.any(msi.images != 0, axis=0), ion_grid)  # landmarks where the tissue is
-        landmarks = landmarks_from_transform(transform, tissue_area)
+        area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
+        landmarks = landmarks_from_transform(transform, area)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         warnings = []
@@ -171,7 +171,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
                     optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
         ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
-        alternative = (_rival_alignment(reg.rival, optical, reg.fixed, tissue_area, moving, settings.scale)
+        alternative = (_rival_alignment(reg.rival, optical, reg.fixed, area, moving, settings.scale)
                        if ambiguous else None)
         if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
             why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
@@ -366,8 +366,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     inputs = [*_imzml_files(request.imzml), request.optical, request.register.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
+        msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
-        msi = MsiTissue.of(f, automatic=request.register.landmarks is None)
         pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register)
@@ -396,9 +396,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             fused.append(result.image)
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
-            write_tiff(stage / "fused.ome.tiff", np.stack(fused), px, stack.labels)
+            fused = np.stack(fused)
+            write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um)
-            save_ion_grid(stage / "fused.png", np.stack(fused), stack.labels, px)
+            save_ion_grid(stage / "fused.png", fused, stack.labels, px)
             fusion_warnings = [w for r in records for w in r["warnings"] if w not in registered.warnings]
             summary = dict(common, tool="msifusion", command="fuse --imzml", mzs=list(stack.mzs),
                            warnings=registered.warnings + fusion_warnings,

@@ -156,7 +156,8 @@ def machine() -> dict:
 
 
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
-    return fuse(pair.guide, pair.ion, settings.method, replace(settings, on_checkpoint=on_checkpoint))
+    return fuse(pair.guide, pair.ion, settings.method,
+                replace(settings, on_checkpoint=on_checkpoint or settings.on_checkpoint))
 
 
 def fuse_pairs(guide: np.ndarray, ions: np.ndarray, settings: FuseSettings) -> list[FusionResult]:

@@ -457,6 +457,7 @@ class Registration:
     pixels. ``metric``: SimpleITK's final Mattes mutual information (lower is better; NaN when
     not polished). ``channel`` / ``sign``: which tissue image (and sign) matched best.
     ``rival``: the polished alignment on the rival tissue image (``details["rival"]``), if any.
+    ``area``: the part of ``fixed`` searched and polished on (:func:`acquired_window`).
     """
 
     transform: PointMap
@@ -471,6 +472,7 @@ class Registration:
     sign: int
     details: dict = field(default_factory=dict)
     rival: AffineMap | None = None
+    area: Grid | None = None
 
 
 def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.ndarray:
@@ -800,7 +802,7 @@ def register_auto(
     transform: PointMap = chosen.affine
     if options.deformable:
         transform, metric, binfo = _run_bspline(chosen.fix_img, acquired, fixed, chosen.mov, chosen.mov_grid,
-                                                chosen.affine, options)
+                                                chosen.affine, options, full)
         info = {**info, "bspline": binfo}
     else:
         metric = chosen.metric
@@ -819,7 +821,7 @@ def register_auto(
                  "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
                  "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
                  "moving_block_factor": chosen.factor, "search_block_factor": red_f},
-        rival=other,
+        rival=other, area=fixed,
     )
 
 
@@ -976,7 +978,10 @@ def _run_affine(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, start: Affi
         "stop": reg.GetOptimizerStopConditionDescription(), "iterations": reg.GetOptimizerIteration()}
 
 
-def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: AffineMap, options: AutoRegisterOptions):
+def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: AffineMap, options: AutoRegisterOptions,
+                 field_grid: Grid):
+    """The affine plus a B-spline fitted on ``fixed`` (the acquired area), as a displacement field on ``field_grid``
+    (the whole ion grid: outside the B-spline's support only the affine moves points)."""
     import SimpleITK as sitk
 
     reg, fixed_img = _method(options, fix_img, acquired, fixed)
@@ -989,11 +994,12 @@ def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: Af
     with _one_itk_thread():
         reg.Execute(fixed_img, moving_img)
     composite = sitk.CompositeTransform([affine_tx, bspline])
+    domain = _sitk_image(np.zeros(field_grid.shape, np.float32), field_grid)
     field_img = sitk.TransformToDisplacementField(
-        composite, sitk.sitkVectorFloat64, fixed_img.GetSize(), fixed_img.GetOrigin(),
-        fixed_img.GetSpacing(), fixed_img.GetDirection())
+        composite, sitk.sitkVectorFloat64, domain.GetSize(), domain.GetOrigin(), domain.GetSpacing(),
+        domain.GetDirection())
     disp = sitk.GetArrayFromImage(field_img)  # (H, W, 2): moving − fixed
-    return DisplacementMap(fixed, disp), float(reg.GetMetricValue()), {
+    return DisplacementMap(field_grid, disp), float(reg.GetMetricValue()), {
         "stop": reg.GetOptimizerStopConditionDescription(), "iterations": reg.GetOptimizerIteration()}
 
 

@@ -346,6 +346,7 @@ def test_trailing_delimiter_is_no_column(tmp_path, text, expected):
     ("x;y;intensity\n1;1;0,5\n2;1;1,5\n1;2;2\n2;2;2,5\n", [[0.5, 1.5], [2, 2.5]]),
     ("1;2\n0.5;1,000\n2;3\n", None),  # points and commas: not decimal commas, the comma is refused
     ("0.5;1.25\n2;3\n", [[0.5, 1.25], [2, 3]]),
+    ("0,5\t1,25\n3\t4,75\n", [[0.5, 1.25], [3, 4.75]]),  # a tab-separated export with decimal commas
 ])
 def test_european_csv(tmp_path, text, expected):
     path = tmp_path / "european.csv"
@@ -370,4 +371,5 @@ def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path
     for needed, shape, size in [(None, (64, 96), 0.5), (0.3, (64, 96), 0.5), (1.2, (32, 48), 1.0), (5.0, (16, 24), 2.0)]:
         image = read_optical(path, needed)
         assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
+        assert image.origin_um == pytest.approx(((size - 0.5) / 2,) * 2)  # its first pixel spans the scan's first ones
     np.testing.assert_allclose(read_optical(path, 5.0).pixels, full[::4, ::4] / 255, atol=1e-6)

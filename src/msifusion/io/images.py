@@ -52,6 +52,7 @@ class Image:
     pixels: np.ndarray
     pixel_size_um: float | None = None
     path: Path | None = None
+    origin_um: tuple[float, float] = (0.0, 0.0)  # pixel (0, 0)'s centre in the file's full-resolution frame (x, y)
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -140,10 +141,13 @@ def _unit_to_um(unit: str) -> float | None:
     return _UNITS_UM.get(unit)
 
 
-def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path, colours: bool = False,
+               coarsest_um: float | None = None) -> tuple[np.ndarray, float | None, float]:
     """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
     is applied, see :func:`_tiff_colours`; ion images keep their stored values. With ``coarsest_um`` and a calibrated
-    pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution."""
+    pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution.
+    Returns the pixels, their size and where the first pixel's centre lies in µm from the full resolution's (a level
+    pixel averages the full-resolution pixels it covers: (level size − full size) / 2)."""
     import logging
 
     import tifffile
@@ -153,8 +157,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
             series, pixel_size = levels[0], _tiff_pixel_size_um(tif)
+            base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
-                x, base = levels[0].axes.index("X"), pixel_size
+                x = levels[0].axes.index("X")
                 for level in levels[1:]:
                     size = base * levels[0].shape[x] / level.shape[x]
                     if size <= coarsest_um * (1 + 1e-6):
@@ -163,7 +168,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
-            return data, pixel_size
+            return data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
 
@@ -231,17 +236,18 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
     Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied and a JPEG is
     turned upright by its EXIF orientation. ``coarsest_um``: the pixel size the caller needs at most; a calibrated
     pyramidal TIFF (a slide scanner's OME-TIFF) is then read at its coarsest level that is still that fine, not at
-    full resolution (float32 RGB costs 12 bytes per pixel: a 20000×16000 scan alone is 3.8 GB).
+    full resolution (float32 RGB costs 12 bytes per pixel: a 20000×16000 scan alone is 3.8 GB), and ``origin_um``
+    says where its first pixel lies in the full scan's frame, so that landmarks made on the full scan still hold.
     """
     path = _require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     if path.suffix.lower() in (".tif", ".tiff"):
-        data, pixel_size = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
+        data, pixel_size, shift = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
-        pixel_size = None
-    return Image(optical_to_rgb(data, path), pixel_size, path)
+        pixel_size, shift = None, 0.0
+    return Image(optical_to_rgb(data, path), pixel_size, path, (shift, shift))
 
 
 _DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check", "read error")
@@ -312,7 +318,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         wide = data.astype(np.float64)
         lo, hi = float(wide.min()), float(wide.max())
         if lo < 0.0:  # as for floats
-            rgb = ((wide - lo) / (hi - lo)).astype(np.float32)
+            rgb = ((wide - lo) / (hi - lo) if hi > lo else np.zeros_like(wide)).astype(np.float32)
         else:
             rgb = (wide / hi if hi > 0 else wide).astype(np.float32)
     else:
@@ -336,7 +342,7 @@ def read_ion(path: str | Path) -> Image:
     suffix = path.suffix.lower()
     pixel_size = None
     if suffix in (".tif", ".tiff"):
-        data, pixel_size = _read_tiff(path)
+        data, pixel_size, _ = _read_tiff(path)
     elif suffix == ".npy":
         try:
             data = np.load(path, allow_pickle=False)
@@ -400,9 +406,9 @@ def _read_table(path: Path) -> np.ndarray:
     if not lines:
         raise InputError(path, "table is empty")
     sample = lines[:20]
-    if all(";" in ln for ln in sample):  # before ",": a European CSV ("0,5;1,25") has decimal commas
-        delimiter = ";"
-    else:
+    # ";" or a tab on every line wins over ",": a European export ("0,5;1,25", "0,5<tab>1,25") has decimal commas
+    delimiter = next((cand for cand in (";", "\t") if all(cand in ln for ln in sample)), None)
+    if delimiter is None:
         delimiter = next((cand for cand in (",", "\t", ";") if any(cand in ln for ln in sample)), None)
     if delimiter is None:
         rows = [ln.split() for ln in lines]
