@@ -31,8 +31,9 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   differences, with refinement). Each is run on the same problem one level coarser (the
   measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
   the previous one only if it predicts the held-back measurement significantly better
-  (paired per-block test, ``significance`` standard errors, and better on significantly more
-  blocks than worse, ``sign_significance`` binomial standard deviations). Optical images that
+  (paired per-block test, ``significance`` standard errors of the differences winsorised so
+  that a few hot pixels cannot hide a gain, and better on significantly more blocks than
+  worse, ``sign_significance`` binomial standard deviations). Optical images that
   show the chemistry (plant cells, depth edges) climb the ladder; an H&E whose texture is
   unrelated to the ion stays at the bottom (a smooth consistent interpolation).
 - *Non-negativity*: for non-negative measurements, negatives are clipped and every block
