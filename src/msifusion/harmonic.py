@@ -816,9 +816,10 @@ class HarmonicReport:
 def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
          report: HarmonicReport, quiet: bool = True) -> np.ndarray:
     """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
+    gd = _Guide.of(guide, f, config, device)
     shared = shared_basis(ions, config)
     if shared is None:
-        out = _run_each(guide, ions, f, config, device, report, quiet)
+        out = _run_each(gd, ions, report, quiet)
         if len(ions) > 1:
             why = _cannot_share(ions, config) or "a shared basis would not halve the solves"
             report.notes = [{**note, "fused_alone": why} for note in report.notes]
@@ -835,7 +836,7 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, de
         if not len(idx):
             continue
         part_report = HarmonicReport()
-        out[idx] = _run_each(guide, ions[idx], f, config, device, part_report, quiet, part_basis)
+        out[idx] = _run_each(gd, ions[idx], part_report, quiet, part_basis)
         for i, k in enumerate(idx):
             report.settings[k] = part_report.settings[i]
             how = ({"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else
@@ -847,9 +848,9 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, de
     return out
 
 
-def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
-              report: HarmonicReport, quiet: bool = True, basis: _Basis | None = None) -> np.ndarray:
-    """Fuse (K, h, w) normalised ions with the guide, each with its own setting; returns (K, H, W) float32.
+def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool = True,
+              basis: _Basis | None = None) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide ``gd``, each with its own setting; returns (K, H, W) float32.
 
     Without ``basis`` every ion is solved, batch by batch (memory grows with
     :meth:`HarmonicConfig.batch_on`, not with K). With one, only the basis images are solved, once per
@@ -857,8 +858,7 @@ def _run_each(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfi
     own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
     start = time.perf_counter()
-    gd = _Guide.of(guide, f, config, device)
-    guide, kappas, eps = gd.image, gd.kappas, gd.detail_eps
+    guide, f, config, device, kappas, eps = gd.image, gd.f, gd.config, gd.device, gd.kappas, gd.detail_eps
     H, W = guide.shape[:2]
     K, h, w = ions.shape
     if (h * f, w * f) != (H, W):
