@@ -125,6 +125,8 @@ class FitResult:
 
 
 CheckpointFn = Callable[[int, np.ndarray], None]
+# (output, target, epoch) → (total loss to minimise, the epoch's record entries; "edge" feeds the early stop)
+LossFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]]
 
 
 def to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -144,11 +146,13 @@ def fit_network(
     on_checkpoint: CheckpointFn | None = None,
     desc: str = "fitting",
     on_epoch: Callable[[dict], None] | None = None,
+    loss: LossFn | None = None,
 ) -> FitResult:
     """Fit ``model(guide) ≈ target`` with MSE + edge perceptual loss and edge-loss early stopping.
 
     ``guide`` is the (H, W, 3) optical in [0, 1], ``target`` the (H, W) interpolated ion image.
     ``on_epoch`` sees each epoch's record (epoch, mse, edge, total, seconds) before that epoch's checkpoint.
+    ``loss``: another objective (the U-Net's staged losses) in place of ``w_mse``·MSE + ``w_edge``·edge.
     Returns the output after the last epoch run, as the paper does.
     """
     device = resolve_device(runtime.device)
@@ -157,6 +161,13 @@ def fit_network(
     y = to_tensor(target, device)
     with torch.no_grad():
         optical_edges = edge_map(luminance(x), config.edge_kernel)
+
+    def paper_loss(out: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+        mse = F.mse_loss(out, y)
+        edge = edge_perceptual_loss(out, optical_edges, config.edge_kernel)
+        return config.w_mse * mse + config.w_edge * edge, {"mse": mse.item(), "edge": edge.item()}
+
+    loss = loss or paper_loss
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     stopper = EdgeLossStopper(config.patience)
     history: list[dict] = []
@@ -169,13 +180,10 @@ def fit_network(
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, runtime):
                 out = model(x).float()
-            mse = F.mse_loss(out, y)
-            edge = edge_perceptual_loss(out, optical_edges, config.edge_kernel)
-            total = config.w_mse * mse + config.w_edge * edge
+            total, terms = loss(out, y, epoch)
             total.backward()
             optimizer.step()
-            record = {"epoch": epoch, "mse": mse.item(), "edge": edge.item(), "total": total.item(),
-                      "seconds": time.perf_counter() - start}
+            record = {"epoch": epoch, **terms, "total": total.item(), "seconds": time.perf_counter() - start}
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)

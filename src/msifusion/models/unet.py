@@ -20,15 +20,14 @@ perceptual loss against the optical (recorded, never propagated).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msifusion.fit import CheckpointFn, FitResult, Runtime, resolve_device, to_tensor
+from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, resolve_device, to_tensor
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
 
 
@@ -92,56 +91,29 @@ def fit_unet(
     runtime: Runtime,
     on_checkpoint: CheckpointFn | None = None,
 ) -> FitResult:
-    """Fit a :class:`UNet` to one ion image with the three-stage recipe; returns the last output."""
+    """Fit a :class:`UNet` to one ion image with the three-stage recipe (:func:`fit_network`'s loop with the
+    staged loss, no early stop); returns the last output."""
     device = resolve_device(runtime.device)
-    model = UNet().to(device)
-    x, y = to_tensor(guide, device), to_tensor(target, device)
     low = to_tensor(measured, device)
     with torch.no_grad():
-        optical_edges = edge_map(luminance(x))
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        optical_edges = edge_map(luminance(to_tensor(guide, device)))
     stages = recipe.stage_epochs(max_epochs)
-    history: list[dict] = []
-    progress = None
-    if not runtime.quiet:
-        from tqdm.auto import tqdm
 
-        progress = tqdm(total=sum(stages), desc="unet", unit="epoch", leave=False, dynamic_ncols=True)
-    start, epoch = time.perf_counter(), 0
-    try:
-        for stage, count in enumerate(stages, start=1):
-            for _ in range(count):
-                epoch += 1
-                optimizer.zero_grad(set_to_none=True)
-                out = model(x)
-                mse = F.mse_loss(out, y)
-                total = mse
-                record = {"epoch": epoch, "stage": stage, "mse": mse.item()}
-                if stage >= 2:
-                    corr = correlation_loss(out, y)
-                    total = total + recipe.w_corr * corr
-                    record["corr"] = corr.item()
-                if stage >= 3:
-                    rec = F.mse_loss(F.avg_pool2d(out, scale), low)
-                    total = total + recipe.w_rec * rec
-                    record["rec"] = rec.item()
-                total.backward()
-                optimizer.step()
-                record["edge"] = edge_perceptual_loss(out.detach(), optical_edges).item()
-                record["total"] = total.item()
-                record["seconds"] = time.perf_counter() - start
-                history.append(record)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(stage=stage, mse=f"{record['mse']:.3g}")
-                if on_checkpoint and recipe.checkpoint_every and epoch % recipe.checkpoint_every == 0:
-                    on_checkpoint(epoch, _predict(model, x))
-    finally:
-        if progress is not None:
-            progress.close()
-    return FitResult(_predict(model, x), history, epoch, f"completed {len(stages)} stages {stages}")
+    def staged(out: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+        stage = 1 + (epoch > stages[0]) + (epoch > stages[0] + stages[1])
+        mse = F.mse_loss(out, y)
+        total, record = mse, {"stage": stage, "mse": mse.item()}
+        if stage >= 2:
+            corr = correlation_loss(out, y)
+            total = total + recipe.w_corr * corr
+            record["corr"] = corr.item()
+        if stage >= 3:
+            rec = F.mse_loss(F.avg_pool2d(out, scale), low)
+            total = total + recipe.w_rec * rec
+            record["rec"] = rec.item()
+        record["edge"] = edge_perceptual_loss(out.detach(), optical_edges).item()  # recorded, never propagated
+        return total, record
 
-
-def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return model(x)[0, 0].float().cpu().numpy()
+    config = FitConfig(max_epochs=sum(stages), lr=recipe.lr, patience=0, checkpoint_every=recipe.checkpoint_every)
+    result = fit_network(UNet(), guide, target, config, runtime, on_checkpoint, desc="unet", loss=staged)
+    return replace(result, stop_reason=f"completed {len(stages)} stages {stages}")
