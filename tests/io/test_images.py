@@ -373,3 +373,15 @@ def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path
         assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
         assert image.origin_um == pytest.approx(((size - 0.5) / 2,) * 2)  # its first pixel spans the scan's first ones
     np.testing.assert_allclose(read_optical(path, 5.0).pixels, full[::4, ::4] / 255, atol=1e-6)
+
+
+def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 20, 30), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="a stack of 4 greyscale images"):
+        read_optical(tmp_path / "stack.tif")
+    rgba = np.zeros((4, 20, 30), np.uint8)
+    rgba[0] = 255  # planar RGBA: red, alpha dropped
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])
+    np.testing.assert_array_equal(read_optical(tmp_path / "rgba.tif").pixels[0, 0], [1.0, 0.0, 0.0])

@@ -165,6 +165,9 @@ def _read_tiff(path: Path, colours: bool = False,
                     if size <= coarsest_um * (1 + 1e-6):
                         series, pixel_size = level, size
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
+            if colours and len(series.shape) == 3 and "S" not in series.axes and series.shape[0] not in (1, 3):
+                raise InputError(path, f"a stack of {series.shape[0]} greyscale images (axes {series.axes}: channels or "
+                                       "planes), not one colour image; save the microscope image as RGB or greyscale")
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
