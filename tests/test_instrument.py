@@ -237,7 +237,7 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     record = json.loads((out / "run.json").read_text())
     assert record["registration"]["rival"] == rival
     expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
-                 "component 2 of the spectra match the optical about equally well (scores 0.60 and 0.55) but align up "
+                 "component 2 of the spectra both match the optical (scores 0.60 and 0.55) but align up "
                  f"to {apart:.1f} MSI pixels apart; compare overlay.png with overlay_rival.png, and to use the other "
                  "alignment rerun into a new --out with --landmarks landmarks_rival.csv (both in this run's output "
                  "folder), or refine either in BigWarp")] if warned else []

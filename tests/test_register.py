@@ -301,7 +301,7 @@ def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> N
     shifted = np.where(acquired, np.roll(msi, 4, axis=1), 0)  # the same tissue, 4 MSI pixels to the right
     reg = register_auto(optical, np.stack([msi, shifted]), fixed, None, options)
     rival = reg.details["rival"]
-    assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.85 * reg.score
+    assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.8 * reg.score
     assert 3.5 < rival["disagreement_px"] < 4.5
     assert _disagreement(reg.affine, reg.rival, fixed, acquired) == rival["disagreement_px"]  # the alignment itself
     stricter = replace(options, rival_ratio=0.99)  # the shifted copy scores 0.94 of the best: no rival then

@@ -185,7 +185,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                       "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
                       "in BigWarp if needed")
             warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
-                            f"{_tissue_name(rival['channel'])} match the optical about equally well (scores "
+                            f"{_tissue_name(rival['channel'])} both match the optical (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                             f"MSI pixels apart; {remedy}")
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "

@@ -443,7 +443,7 @@ class AutoRegisterOptions:
     histogram_bins: int = 32
     max_samples: int = 250_000  # MI samples per evaluation; all acquired pixels when fewer
     seed: int = 1  # SimpleITK: 0 would mean "seed from the clock"
-    rival_ratio: float = 0.85
+    rival_ratio: float = 0.8
 
 
 @dataclass(frozen=True)
