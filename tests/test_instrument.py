@@ -278,3 +278,18 @@ def test_landmarks_in_the_wrong_units_are_refused(tmp_path, files, capsys):
                  "--fixed-pixel-size", "0.01", "--out", str(tmp_path / "reg")])
     assert code == 2
     assert "pixels" in capsys.readouterr().err and not (tmp_path / "reg").exists()
+
+
+def test_a_calibration_that_disagrees_with_the_registration_is_warned():
+    from msifusion.instrument import RegisterSettings, _calibration_disagreement
+    from msifusion.io.images import Image
+    from msifusion.register import AffineMap
+
+    optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, Path("he.tif"))
+    shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))  # 1 MSI µm = 0.07 stated optical µm
+    warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 25.0)
+    assert "the calibration of he.tif (0.17 µm per pixel) disagrees with the registration by 14.3×" in warning
+    assert "--optical-pixel-size 2.43" in warning
+    about_right = AffineMap(np.array([[1.1, 0.0, 0.0], [0.0, 1.1, 0.0]]))  # 10 % shrinkage: tissue does that
+    assert _calibration_disagreement(about_right, optical, RegisterSettings(scale=8), 25.0) is None
+    assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 25.0) is None
