@@ -880,7 +880,13 @@ def _polish(pose: _Pose, stack: np.ndarray, acquired: np.ndarray, fixed: Grid, f
     affine, metric, info = search_affine, float("nan"), {}
     if options.polish:
         corr_search = corr_of(search_affine)
-        polished, metric, info = _run_affine(fix_img, acquired, fixed, mov, mov_grid, search_affine, options)
+        # the optimiser's steps are in calibrated units: it sees the optical in units of the MSI's (its grid shrunk by
+        # the searched scale), so that a wrong or absent optical calibration does not change its step sizes
+        s = pose.scale
+        unit_grid = Grid(mov_grid.shape, mov_grid.pixel_size / s, (mov_grid.origin[0] / s, mov_grid.origin[1] / s))
+        polished, metric, info = _run_affine(fix_img, acquired, fixed, mov, unit_grid,
+                                             AffineMap(search_affine.matrix / s), options)
+        polished = AffineMap(polished.matrix * s)
         corr_polish = corr_of(polished)
         info = {**info, "correlation_search": corr_search, "correlation_polished": corr_polish}
         if corr_polish >= corr_search:
