@@ -287,7 +287,7 @@ def test_a_calibration_that_disagrees_with_the_registration_is_warned():
 
     optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, Path("he.tif"))
     shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))  # 1 MSI µm = 0.07 stated optical µm
-    warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 25.0)
+    warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 25.0).warning
     assert "the calibration of he.tif (0.17 µm per pixel) disagrees with the registration by 14.3×" in warning
     assert "--optical-pixel-size 2.43" in warning
     about_right = AffineMap(np.array([[1.1, 0.0, 0.0], [0.0, 1.1, 0.0]]))  # 10 % shrinkage: tissue does that

@@ -25,8 +25,8 @@ guide (:func:`msifusion.methods.fuse`, one fixed seed) and is scored against the
   components), is the guide, so guide and truth share a shape. Ions: the 3 strongest peaks
   of the mean spectrum, plus the channel nearest m/z 1217.5 when one lies within 0.05 Da
   (the example's own ion of interest). No noise is added: the truth is a measurement
-  already (so it holds the instrument's noise, which no method can predict). Scores count only the acquired pixels (``mask``: pixels with a
-  spectrum); the measurement is the plain block mean, the zeros outside the acquisition
+  already (so it holds the instrument's noise, which no method can predict). Scores count
+  only the acquired pixels (``mask``: pixels with a spectrum); the measurement is the plain block mean, the zeros outside the acquisition
   included, like the phantom's background. The data come from
   :func:`msifusion.examples.fetch_prostate` (or ``BenchmarkConfig.prostate_dir``); when
   they cannot be had (e.g. no network) the group is skipped with a message, and the rest

@@ -190,8 +190,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                             f"MSI pixels apart; {remedy}")
         calibration = _calibration_disagreement(reg.affine, optical, settings, px)
         if calibration is not None:
-            warnings.append(calibration)
-            info["optical_pixel_size_matched_um"] = moving.pixel_size / _affine_scale(reg.affine)
+            warnings.append(calibration.warning)
+            info["optical_pixel_size_matched_um"] = calibration.matched_um
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
     info["moving_pixel_size"] = moving.pixel_size
@@ -204,31 +204,36 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
 
 
-def _affine_scale(affine: AffineMap) -> float:
-    """The affine's linear scale: moving units per fixed unit (√|det|)."""
-    return float(np.sqrt(abs(np.linalg.det(affine.matrix[:, :2]))))
-
-
 CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
 
 
+@dataclass(frozen=True)
+class CalibrationDisagreement:
+    """The optical's stated pixel size against the one the registration matched, and the warning that says so."""
+
+    matched_um: float
+    warning: str
+
+
 def _calibration_disagreement(affine: AffineMap, optical: Image, settings: RegisterSettings,
-                              ion_pixel_um: float | None) -> str | None:
-    """A warning when both images are calibrated in µm yet the registration scales one to the other by more than
+                              ion_pixel_um: float | None) -> CalibrationDisagreement | None:
+    """When both images are calibrated in µm yet the registration scales one to the other by more than
     :data:`CALIBRATION_FACTOR`: the optical's stated pixel size is wrong (a downsampled export that kept the
     scanner's calibration, say). It matters where the size is used: the pyramid level read, the scale bars, and
     landmarks in µm."""
     stated = settings.optical_pixel_size or optical.pixel_size_um
     if stated is None or ion_pixel_um is None:
         return None
-    scale = _affine_scale(affine)  # optical µm per MSI µm; 1 when both calibrations are right
+    scale = affine.scale  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
         return None
+    matched = stated / scale
     name = optical.path.name if optical.path else "the optical image"
     source = "--optical-pixel-size" if settings.optical_pixel_size else f"the calibration of {name}"
-    return (f"{source} ({stated:.3g} µm per pixel) disagrees with the registration by {max(scale, 1 / scale):.1f}×: "
-            f"its pixels match {stated / scale:.3g} µm of the MSI section; if that is right, give "
-            f"--optical-pixel-size {stated / scale:.3g}")
+    return CalibrationDisagreement(matched, (
+        f"{source} ({stated:.3g} µm per pixel) disagrees with the registration by {max(scale, 1 / scale):.1f}×: "
+        f"its pixels match {matched:.3g} µm of the MSI section; if that is right, give "
+        f"--optical-pixel-size {matched:.3g}"))
 
 
 def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_area: Grid, moving: Grid,

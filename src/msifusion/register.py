@@ -154,6 +154,11 @@ class AffineMap:
             raise InputError(landmarks.source, "landmarks are collinear; an affine map needs three not on one line")
         return cls(sol.T.copy())
 
+    @property
+    def scale(self) -> float:
+        """Its linear scale, moving units per fixed unit: √|det A|."""
+        return float(math.sqrt(abs(np.linalg.det(np.asarray(self.matrix, dtype=np.float64)[:, :2]))))
+
     def inverse(self) -> "AffineMap":
         full = np.vstack([self.matrix, [0.0, 0.0, 1.0]])
         return AffineMap(np.linalg.inv(full)[:2])
@@ -902,8 +907,7 @@ def _disagreement(a: AffineMap, b: AffineMap, fixed: Grid, acquired: np.ndarray)
     rows, cols = np.nonzero(acquired)
     corners = fixed.to_coords(np.array([[cols.min(), rows.min()], [cols.max(), rows.min()],
                                         [cols.min(), rows.max()], [cols.max(), rows.max()]], dtype=np.float64))
-    scale = math.sqrt(abs(np.linalg.det(a.matrix[:, :2])))
-    return float(np.hypot(*(a(corners) - b(corners)).T).max() / scale / fixed.pixel_size)
+    return float(np.hypot(*(a(corners) - b(corners)).T).max() / a.scale / fixed.pixel_size)
 
 
 def _sitk_affine(affine: AffineMap):

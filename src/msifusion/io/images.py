@@ -110,19 +110,13 @@ def _tiff_stated_pixel_size_um(tif) -> float | None:
     per_unit = num / den  # pixels per unit
     ij_unit = (tif.imagej_metadata or {}).get("unit")
     if ij_unit:
-        factor = _unit_to_um(ij_unit)
-        if factor is None:  # 'pixel', … : not a physical calibration we can use
-            return None
-        if factor == _UNITS_UM["inch"] and per_unit <= 1000:  # screen dpi, as below
-            return None
-        return factor / per_unit
-    res_unit = page.tags.get("ResolutionUnit")
-    code = int(res_unit.value) if res_unit is not None else 2
-    if code == 3:  # centimetre
-        return 1e4 / per_unit
-    if code == 2 and per_unit > 1000:  # inch; typical screen dpi (72, 96, 300) is no calibration
-        return 25400.0 / per_unit
-    return None
+        factor = _unit_to_um(ij_unit)  # None for 'pixel', …: not a physical calibration we can use
+    else:
+        res_unit = page.tags.get("ResolutionUnit")
+        factor = {2: _UNITS_UM["inch"], 3: _UNITS_UM["cm"]}.get(int(res_unit.value) if res_unit is not None else 2)
+    if factor is None or (factor == _UNITS_UM["inch"] and per_unit <= 1000):  # screen dpi (72, 96, 300): no calibration
+        return None
+    return factor / per_unit
 
 
 # OME's length units that occur in microscopy, ImageJ's spellings of them, and the inch. Not "A": ImageJ turns a
