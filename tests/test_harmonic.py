@@ -188,6 +188,18 @@ def test_texture_is_taken_where_the_ion_is_lower_on_the_optical_walls(cells):
     assert _psnr(out, truth) > _psnr(plain, truth) + 0.1
 
 
+def test_texture_is_not_tried_for_an_ion_that_stays_at_the_first_setting(cells):
+    """The same walls as above, but a ladder whose step up can never win (no block majority is enough):
+    the ion keeps the first setting, so the optical is not trusted and its texture is not used either."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
+    report = HarmonicReport()
+    fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=((80.0, 0), (50.0, 1)), sign_significance=1e6),
+                       report=report)
+    assert report.notes[0]["chosen"] == [80.0, 0] and report.notes[0]["texture"] == 0.0
+    assert report.notes[0]["texture_coarse_mse"][1] < report.notes[0]["texture_coarse_mse"][0]  # it would have won
+
+
 def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
     guide, truth, f = cells
     measured = block_mean(truth, f)
@@ -336,7 +348,8 @@ def test_negative_measurements_are_left_signed():
 @pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
                                  dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0),
                                  dict(shared_min_ions=1), dict(shared_whiteness=1.0), dict(texture=()),
-                                 dict(texture_sigma_px=0.0), dict(winsor_percent=50.0), dict(winsor_percent=-1.0)])
+                                 dict(texture_sigma_px=0.0), dict(winsor_percent=50.0), dict(winsor_percent=-1.0),
+                                 dict(texture_significance=-1.0)])
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         HarmonicConfig(**bad)
