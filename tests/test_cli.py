@@ -323,3 +323,17 @@ def test_methods_lists_default(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "lcrn" in out and "(* = default)" in out
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, monkeypatch):
+    import msifusion.pipeline as pipeline
+
+    def full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline, "write_tiff", full)
+    opt, ion_path, _, _ = files
+    assert _fuse(opt, ion_path, tmp_path / "out", "--method", "bilinear") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("msifusion: error: ") and "No space left on device; nothing written" in err[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

@@ -87,3 +87,22 @@ def test_bf16_applies_only_when_asked_and_on_cuda():
     assert Runtime(bf16=True).bf16_on(torch.device("cuda"))
     assert not Runtime(bf16=True).bf16_on(torch.device("cpu"))
     assert not Runtime(bf16=False).bf16_on(torch.device("cuda"))
+
+
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss(small_pair):
+    from msifusion.errors import InputError
+    from msifusion.measurement import upsample
+
+    guide, ion, scale = small_pair
+    seed_everything(0)
+    with pytest.raises(InputError, match=r"--lr: the fit diverged at epoch \d+"):
+        fit_network(LCRN(), guide, upsample(ion / ion.max(), scale), FitConfig(max_epochs=50, patience=0, lr=1e9),
+                    Runtime(quiet=True))
+
+
+@pytest.mark.parametrize("name, problem", [("gpu", "unknown device 'gpu'"), ("mps", "'mps' is not supported")])
+def test_devices_other_than_cpu_and_cuda_are_named_as_such(name, problem):
+    from msifusion.fit import resolve_device
+
+    with pytest.raises(ValueError, match=problem + ".*expected auto, cpu, cuda or cuda:N"):
+        resolve_device(name)

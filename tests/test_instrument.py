@@ -182,8 +182,8 @@ def test_empty_msi_tissue_names_the_imzml(tmp_path, files, capsys):
     assert main(["fuse", "--imzml", str(tiny), "--mz", "100", "--optical", str(opt), "--scale", "4",
                  "--out", str(out), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"msifusion: error: {tiny}: the MSI tissue image is (almost) empty (12 pixels with signal, 16 needed); "
-        "cannot register automatically")
+        f"msifusion: error: {tiny}: the MSI tissue image is too small (3×4): 12 pixels with signal, 16 needed to "
+        "register automatically; give --landmarks")
     assert not out.exists()
 
 

@@ -54,3 +54,29 @@ def test_bad_problems(small_pair):
         fuse(guide[:-1], ion, "bilinear")
     with pytest.raises(InputError, match="at least 2"):
         fuse(guide[:8, :12], ion, "bilinear")
+    with pytest.raises(InputError, match=r"must be an \(H, W, 3\) RGB array, got shape \(32, 48\)"):
+        fuse(guide[..., 0], ion, "bilinear")
+    with pytest.raises(InputError, match=r"must be a 2-D \(h, w\) array, got shape \(1, 8, 12\)"):
+        fuse(guide, ion[None], "bilinear")
+
+
+def test_a_spot_wider_than_half_an_msi_pixel_is_refused(small_pair):
+    from msifusion.harmonic import HarmonicConfig
+    from msifusion.measurement import consistency_error
+
+    guide, ion, scale = small_pair
+    half = scale / 2
+    with pytest.raises(InputError, match="--spot-sigma: .* wider than half an MSI pixel"):
+        fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(spot_sigma_px=half + 0.5)))
+    at_bound = fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True),
+                                                      harmonic=HarmonicConfig(spot_sigma_px=half)))
+    assert consistency_error(at_bound.image, ion, scale, half) < 1e-4
+    assert np.abs(at_bound.image).max() < 20 * np.abs(ion).max()  # no blown-up deblurring at the bound
+
+
+def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
+    from msifusion.methods import check_fused_size
+
+    check_fused_size((20, 30), 20)
+    with pytest.raises(InputError, match=r"--scale: ×10000 makes a 200000×300000 fused image, about \d+ GB"):
+        check_fused_size((20, 30), 10000)

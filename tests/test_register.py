@@ -330,8 +330,8 @@ def test_auto_registration_refuses_an_empty_msi_image() -> None:
     with pytest.raises(InputError) as info:
         register_auto(optical, np.zeros_like(msi), fixed)
     assert info.value.source is None  # the caller names the MSI file
-    assert info.value.problem == ("the MSI tissue image is (almost) empty (0 pixels with signal, 16 needed); "
-                                  "cannot register automatically")
+    assert info.value.problem == ("the MSI tissue image is empty: 0 pixels with signal, 16 needed to register "
+                                  "automatically; give --landmarks")
 
 
 def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
@@ -344,3 +344,62 @@ def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
         assert full.min() == 0.0 and full.max() == 1.0
     lum = optical_feature(rgb, "luminance")
     np.testing.assert_allclose(optical_feature(rgb, "inverted_luminance"), 1 - lum, atol=1e-6)
+
+
+def _micrometre_pair() -> tuple[Landmarks, Grid, Grid]:
+    """Landmarks over a 25 µm ion grid (6850 × 4075 µm) and a 0.17 µm optical (435 × 326 µm), as the prostate's."""
+    fixed = Grid((163, 274), 25.0)
+    moving = Grid((1920, 2560), 0.17)
+    gx, gy = np.meshgrid(np.linspace(700, 6150, 4), np.linspace(400, 3650, 4))
+    fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
+    moving_pts = fixed_pts * 0.07 + np.array([5.0, 3.0])
+    return Landmarks(moving=moving_pts, fixed=fixed_pts, names=tuple(f"Pt-{i}" for i in range(16))), fixed, moving
+
+
+def test_check_landmarks_refuses_a_single_far_landmark() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    check_landmarks(lm, fixed, moving)
+    typo = lm.moving.copy()
+    typo[3, 0] = 17918.0  # a digit too many: 435 µm wide
+    with pytest.raises(InputError) as err:
+        check_landmarks(Landmarks(typo, lm.fixed, lm.names), fixed, moving)
+    assert err.value.problem == (
+        "moving (optical) landmark 'Pt-3' at (17918, 31) lies far outside that image (more than half its size beyond "
+        "its edge; image spans x -0.085–435.1, y -0.085–326.3 in units of 0.17 per pixel); is a coordinate mistyped, "
+        "or are the landmarks in pixels while the image is calibrated in µm, or the other way round?")
+    far = lm.fixed.copy()
+    far[[0, 5], 1] = -2100.0  # two of 16 fixed points above the ion image by more than half its height
+    with pytest.raises(InputError, match=r"^2 of 16 fixed \(ion\) landmarks \('Pt-0' at \(700, -2100\), 'Pt-5' at "
+                                         r"\(2516.67, -2100\)\) lie far outside that image .* pixels while the image is "
+                                         "calibrated in µm"):
+        check_landmarks(Landmarks(lm.moving, far, lm.names), fixed, moving)
+
+
+def test_check_landmarks_refuses_fixed_points_in_pixels_on_a_micrometre_grid() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    in_pixels = Landmarks(lm.moving, lm.fixed / 25.0, lm.names)  # all inside the ion image, in its top-left corner
+    with pytest.raises(InputError) as err:
+        check_landmarks(in_pixels, fixed, moving)
+    assert err.value.problem == (
+        "the fixed (ion) landmarks span only 3.2% of that image (x 28–246, y 16–146; image spans x -12.5–6838, "
+        "y -12.5–4062 in units of 25 per pixel) but the moving (optical) ones 82% of theirs: the two sets disagree in "
+        "scale 26×; are the landmarks in pixels while the image is calibrated in µm, or the other way round?")
+    # the optical side squeezed: points picked on a 20× smaller preview, in its pixels
+    preview = Landmarks(lm.moving / 20.0, lm.fixed, lm.names)
+    with pytest.raises(InputError, match=r"^the moving \(optical\) landmarks span only 4.1% of that image .* but the "
+                                         r"fixed \(ion\) ones 80% of theirs: the two sets disagree in scale 20×"):
+        check_landmarks(preview, fixed, moving)
+
+
+def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_part_of_an_image() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    near = lm.moving.copy()
+    near[3] = [480.0, -100.0]  # 10 % and 30 % of the optical beyond its edges: a landmark on tissue just out of frame
+    near[12, 0] = -150.0
+    check_landmarks(Landmarks(near, lm.fixed, lm.names), fixed, moving)
+    # tissue in a corner of a 6× larger MSI frame: the landmarks span 1/6 of it
+    big = Grid((163 * 6, 274 * 6), 25.0)
+    check_landmarks(lm, big, moving)
+    # a whole-slide scan: the section is a small patch in its middle (the landmarks span 3 % of the slide)
+    slide = Grid((60_000, 80_000), 0.17)
+    check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide)

@@ -6,6 +6,7 @@ fits a single image, so there is nothing else to pass over).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,12 @@ def resolve_device(name: str) -> torch.device:
     """'auto' → CUDA when available, else CPU; anything else is checked for availability."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
@@ -184,6 +190,9 @@ def fit_network(
             total.backward()
             optimizer.step()
             record = {"epoch": epoch, **terms, "total": total.item(), "seconds": time.perf_counter() - start}
+            if not math.isfinite(record["total"]):
+                raise InputError("--lr", f"the fit diverged at epoch {epoch} (loss {record['total']}); "
+                                         f"lower the learning rate ({config.lr:g})")
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
@@ -211,8 +220,9 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _progress(total: int, desc: str, quiet: bool):
+    """A progress bar on a terminal (none with ``quiet``, nor in a log file, where it would garble the lines)."""
     if quiet:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True, disable=None)

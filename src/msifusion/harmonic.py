@@ -929,9 +929,11 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
 
 
 def _progress(total: int, quiet: bool):
+    """A progress bar on a terminal (none with ``quiet``, nor in a log file, where it would garble the lines)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="guided-harmonic", unit="batch", leave=False, dynamic_ncols=True, disable=quiet)
+    return tqdm(total=total, desc="guided-harmonic", unit="batch", leave=False, dynamic_ncols=True,
+                disable=True if quiet else None)
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),

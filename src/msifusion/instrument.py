@@ -21,9 +21,10 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import check_scale
-from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, fuse_pairs,
-                                software_versions, uncalibrated_warning, write_fusion_outputs, write_run_json)
+from msifusion.methods import check_fused_size, check_scale
+from msifusion.pipeline import (CALIBRATION_FACTOR, FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
+                                fuse_pairs, software_versions, uncalibrated_warning, write_fusion_outputs,
+                                write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
@@ -134,6 +135,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
     when the transform misses it (with a hint about the landmarks only when they were used).
     """
+    check_fused_size(msi.shape, settings.scale)
     moving = (Grid(optical.shape2d, settings.optical_pixel_size) if settings.optical_pixel_size else
               Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um))
     start = time.perf_counter()
@@ -194,6 +196,10 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
             info["optical_pixel_size_matched_um"] = calibration.matched_um
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
+    optical_px = moving.pixel_size / AffineMap.from_landmarks(landmarks).scale  # in the ion grid's units
+    coarse = (coarse_optical_warning(optical_px, ion_grid.pixel_size, settings.scale, "µm") if px else
+              coarse_optical_warning(optical_px / ion_grid.pixel_size, 1.0, settings.scale, "MSI pixels"))
+    warnings += [coarse] if coarse else []
     info["moving_pixel_size"] = moving.pixel_size
     info["optical_shape_read"] = list(optical.shape2d)  # a pyramidal TIFF: the level read, not the full scan
     try:
@@ -202,9 +208,6 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
-
-
-CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_methods, check_scale, fuse,
-                               fuse_many, infer_scale)
+from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
+                               check_scale, fuse, fuse_many, infer_scale)
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
 
@@ -59,6 +59,7 @@ class RegisteredPair:
     ion_pixel_size_um: float | None
     ion_name: str = "ion"
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fused_pixel_size_um(self) -> float | None:
@@ -86,18 +87,28 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                              "fused resolution")
     else:
         check_scale(scale)
+        check_fused_size((h, w), scale)
         if (H, W) != (h * scale, w * scale):
             if abs(H * w / W - h) > 1.0:
                 raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w}; "
                                  "it is not registered to the ion grid (use `msifusion register`)")
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
+    warnings = [w for w in [coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")] if w]
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
         notes.append("ion pixel size taken from the optical's calibration")
+    elif pixel_size and optical.pixel_size_um:
+        implied = optical.pixel_size_um * H / h  # the ion pixel the optical's calibration implies
+        if not 1 / PAIRED_CALIBRATION <= pixel_size / implied <= PAIRED_CALIBRATION:
+            source = "--pixel-size" if ion_pixel_size_um else f"the calibration of {ion.path.name if ion.path else 'the ion'}"
+            warnings.append(f"{source} ({pixel_size:.3g} µm per ion pixel) disagrees with the optical's calibration "
+                            f"({optical.pixel_size_um:.3g} µm per optical pixel, i.e. {implied:.3g} µm per ion pixel) "
+                            f"by {max(pixel_size / implied, implied / pixel_size):.1f}×; the outputs use "
+                            f"{pixel_size:.3g}")
     name = ion.path.stem if ion.path else "ion"
-    return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes)
+    return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes, warnings)
 
 
 def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -191,6 +202,22 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
             "look at fused.png, or try another --method"]
 
 
+CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
+PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
+COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
+
+
+def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: str) -> str | None:
+    """A warning when the optical's pixels (``optical_px``, in the section's ``unit``) are coarser than the fused
+    grid's (``ion_px / scale``): the fused image then has no optical detail at its own resolution."""
+    if optical_px <= COARSE_OPTICAL * ion_px / scale:
+        return None
+    enough = max(2, int(ion_px / optical_px))
+    return (f"the optical's pixels cover {optical_px:.3g} {unit} of the section, coarser than the fused grid's "
+            f"{ion_px / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
+            f"×{enough} would do as well")
+
+
 def uncalibrated_warning(why: str, remedy: str) -> str:
     """The warning for outputs without a pixel size: they are fused, but carry no physical scale."""
     return f"no pixel size ({why}): the fused TIFFs carry none and fused.png has no scale bar; {remedy}"
@@ -257,14 +284,25 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
     }
     if extra:
         record.update(extra)
-    record["warnings"] = [*record.get("warnings", []), *fusion_warnings(pair, result)]
+    record["warnings"] = [*record.get("warnings", []), *pair.warnings, *fusion_warnings(pair, result)]
     return record
 
 
 def write_run_json(folder: Path, record: dict) -> Path:
+    """``run.json``, strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
     path = folder / "run.json"
-    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False) + "\n")
     return path
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _json_default(value):

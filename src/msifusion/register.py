@@ -194,28 +194,80 @@ def transform_from_landmarks(landmarks: Landmarks, kind: str = "tps") -> PointMa
     raise InputError("--transform", f"unknown transform {kind!r}; use tps or affine")
 
 
+UNITS_HINT = "are the landmarks in pixels while the image is calibrated in µm, or the other way round?"
+SQUEEZED_SPAN = 0.05  # landmarks spanning less than this fraction of their image's diagonal ...
+SPREAD_SPAN = 0.2  # ... while spanning more than this of the other image's ...
+SPAN_DISAGREEMENT = 10.0  # ... and this many times more: the two sets disagree in scale
+
+
+def _extent_text(grid: Grid) -> str:
+    """An image's extent and units for messages: "image spans x a–b, y c–d in units of p per pixel"."""
+    x0, x1, y0, y1 = grid.extent
+    return f"image spans x {x0:.4g}–{x1:.4g}, y {y0:.4g}–{y1:.4g} in units of {grid.pixel_size:g} per pixel"
+
+
+def _far_outside(points: np.ndarray, grid: Grid) -> np.ndarray:
+    """Mask of points more than half the image's width (height) beyond its left/right (top/bottom) edge."""
+    x0, x1, y0, y1 = grid.extent
+    mx, my = (x1 - x0) * 0.5, (y1 - y0) * 0.5
+    return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
+
+
+def _relative_span(points: np.ndarray, grid: Grid) -> float:
+    """Diagonal of the points' bounding box over the image's diagonal."""
+    x0, x1, y0, y1 = grid.extent
+    return float(np.hypot(*np.ptp(points, axis=0)) / math.hypot(x1 - x0, y1 - y0))
+
+
+def _in_origin_corner(points: np.ndarray, grid: Grid) -> bool:
+    """Whether all points lie within 2 ``SQUEEZED_SPAN`` of the image's size from its origin corner, where
+    coordinates in the wrong units (pixels on a grid in µm, a preview's pixels on the full image) crowd; a small
+    piece of tissue elsewhere on a whole-slide image is not squeezed but small."""
+    x0, x1, y0, y1 = grid.extent
+    return bool((points[:, 0] <= x0 + 2 * SQUEEZED_SPAN * (x1 - x0)).all()
+                and (points[:, 1] <= y0 + 2 * SQUEEZED_SPAN * (y1 - y0)).all())
+
+
 def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
-    """Refuse landmarks that lie far outside both images: almost always pixel-vs-µm confusion."""
+    """Refuse landmarks that cannot belong to their images: almost always pixel-vs-µm confusion or a typo.
 
-    def outside(points: np.ndarray, grid: Grid) -> float:
-        x0, x1, y0, y1 = grid.extent
-        mx, my = (x1 - x0) * 0.5, (y1 - y0) * 0.5
-        bad = (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
-        return float(np.mean(bad))
-
-    f_out, m_out = outside(landmarks.fixed, fixed), outside(landmarks.moving, moving)
-    if f_out > 0.5 or m_out > 0.5:
-        which = "fixed (ion)" if f_out > 0.5 else "moving (optical)"
-        grid = fixed if f_out > 0.5 else moving
-        pts = landmarks.fixed if f_out > 0.5 else landmarks.moving
-        x0, x1, y0, y1 = grid.extent
-        raise InputError(
-            landmarks.source,
-            f"most {which} landmarks lie far outside that image (x {pts[:, 0].min():.4g}–{pts[:, 0].max():.4g}, "
-            f"y {pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; image spans x {x0:.4g}–{x1:.4g}, y {y0:.4g}–{y1:.4g} "
-            f"in units of {grid.pixel_size:g} per pixel); are the landmarks in pixels while the image is "
-            "calibrated in µm, or the other way round?",
-        )
+    Refused: any landmark more than half an image size outside its image (one such point is
+    enough to distort a thin-plate spline everywhere), and sets squeezed into the origin corner of
+    one image (under ``SQUEEZED_SPAN`` of its diagonal, :func:`_in_origin_corner`) while spread over
+    the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more): no section shrinks 10×
+    between its two images, but coordinates in pixels on a grid in µm (25 µm MSI pixels) do.
+    """
+    if len(landmarks.fixed) == 0:
+        return
+    sides = (("fixed (ion)", landmarks.fixed, fixed), ("moving (optical)", landmarks.moving, moving))
+    outside = [_far_outside(pts, grid) for _, pts, grid in sides]
+    if any(mask.any() for mask in outside):
+        k = 0 if outside[0].mean() >= outside[1].mean() else 1
+        which, pts, grid = sides[k]
+        bad = np.flatnonzero(outside[k])
+        named = ", ".join(f"{landmarks.names[i]!r} at ({pts[i, 0]:.6g}, {pts[i, 1]:.6g})" for i in bad[:3])
+        if len(bad) == 1:
+            what = f"{which} landmark {named} lies"
+            hint = "is a coordinate mistyped, or " + UNITS_HINT
+        else:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            what = f"{len(bad)} of {len(pts)} {which} landmarks ({named}{more}) lie"
+            hint = UNITS_HINT
+        raise InputError(landmarks.source,
+                         f"{what} far outside that image (more than half its size beyond its edge; {_extent_text(grid)}); "
+                         f"{hint}")
+    spans = [_relative_span(pts, grid) for _, pts, grid in sides]
+    for k in (0, 1):
+        small, large = spans[k], spans[1 - k]
+        if (small < SQUEEZED_SPAN and large > SPREAD_SPAN and large >= SPAN_DISAGREEMENT * small
+                and _in_origin_corner(sides[k][1], sides[k][2])):
+            which, pts, grid = sides[k]
+            raise InputError(
+                landmarks.source,
+                f"the {which} landmarks span only {100 * small:.2g}% of that image (x {pts[:, 0].min():.4g}–"
+                f"{pts[:, 0].max():.4g}, y {pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; {_extent_text(grid)}) but the "
+                f"{sides[1 - k][0]} ones {100 * large:.0f}% of theirs: the two sets disagree in scale "
+                f"{large / small:.0f}×; {UNITS_HINT}")
 
 
 # ----------------------------------------------------------------------------- resampling
@@ -759,7 +811,7 @@ def register_auto(
        are (:func:`_disagreement`, in fixed pixels): the caller warns above :data:`AMBIGUOUS_PX`.
 
     Returns the fixed → moving map in the units of ``fixed`` and ``moving``: pass it, with
-    ``fixed.refined(scale)``, to :func:`resample_optical`. An (almost) empty ``tissue`` is an
+    ``fixed.refined(scale)``, to :func:`resample_optical`. A ``tissue`` with under 16 pixels of signal is an
     :class:`InputError` without a source (the caller names the MSI file).
     """
     stack = np.asarray(tissue, dtype=np.float32)
@@ -769,8 +821,9 @@ def register_auto(
         raise ValueError(f"tissue image shape {stack.shape[1:]} does not match the fixed grid {fixed.shape}")
     acquired = np.any(stack != 0, axis=0)
     if acquired.sum() < 16:
-        raise InputError(None, f"the MSI tissue image is (almost) empty ({int(acquired.sum())} pixels with signal, "
-                               "16 needed); cannot register automatically")
+        size = "empty" if stack.shape[1] * stack.shape[2] >= 16 else f"too small ({stack.shape[1]}×{stack.shape[2]})"
+        raise InputError(None, f"the MSI tissue image is {size}: {int(acquired.sum())} pixels with signal, 16 "
+                               "needed to register automatically; give --landmarks")
     optical_rgb = np.asarray(optical_rgb)
     if moving is None:
         moving = Grid(optical_rgb.shape[:2])

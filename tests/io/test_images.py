@@ -385,3 +385,94 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     rgba[0] = 255  # planar RGBA: red, alpha dropped
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])
     np.testing.assert_array_equal(read_optical(tmp_path / "rgba.tif").pixels[0, 0], [1.0, 0.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- input validation
+
+
+def _non_square_tiffs(tmp_path):
+    """An OME-TIFF stating X 25 µm, Y 50 µm (Y in mm) and a plain TIFF whose resolution tags differ the same way."""
+    pixels = np.arange(48, dtype=np.float32).reshape(6, 8) + 1
+    ome = tmp_path / "ion.ome.tif"
+    tifffile.imwrite(ome, pixels, ome=True, metadata={"PhysicalSizeX": 25, "PhysicalSizeXUnit": "µm",
+                                                      "PhysicalSizeY": 0.05, "PhysicalSizeYUnit": "mm"})
+    tags = tmp_path / "ion.tif"
+    tifffile.imwrite(tags, pixels, resolution=(1e4 / 25, 1e4 / 50), resolutionunit="CENTIMETER")
+    return [ome, tags]
+
+
+@pytest.mark.parametrize("reader", [read_ion, read_optical])
+def test_non_square_tiff_pixels_are_refused_not_made_square(tmp_path, reader):
+    for path in _non_square_tiffs(tmp_path):
+        with pytest.raises(InputError) as info:
+            reader(path)
+        assert info.value.source == str(path)
+        assert info.value.problem == ("X and Y pixel sizes differ (X 25 µm, Y 50 µm); msifusion needs square pixels: "
+                                      "resample the image to square pixels first")
+
+
+@pytest.mark.parametrize("metadata, resolution, expected", [
+    ({"PhysicalSizeX": 25, "PhysicalSizeY": 0.025, "PhysicalSizeYUnit": "mm"}, None, 25.0),  # same size, other unit
+    ({"PhysicalSizeX": 25, "PhysicalSizeY": 25.02}, None, 25.0),  # 0.08 % apart: one size (the X one)
+    (None, (400.0, 400.2), 25.0),  # resolution tags 0.05 % apart, as rounding makes them
+])
+def test_square_or_nearly_square_calibration_is_read(tmp_path, metadata, resolution, expected):
+    path = tmp_path / "ion.tif"
+    pixels = np.arange(20, dtype=np.float32).reshape(4, 5) + 1
+    if metadata is not None:
+        tifffile.imwrite(path, pixels, ome=True, metadata=metadata)
+    else:
+        tifffile.imwrite(path, pixels, resolution=resolution, resolutionunit="CENTIMETER")
+    assert read_ion(path).pixel_size_um == pytest.approx(expected)
+
+
+def test_long_table_with_a_stray_coordinate_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "stray.csv"
+    path.write_text("x,y,value\n1,1,3\n2,2,5\n100000,100000,1\n")  # 10¹⁰ pixels, 80 GB as float64
+    with pytest.raises(InputError) as info:
+        read_ion(path)
+    assert info.value.source == str(path)
+    assert info.value.problem.startswith("x and y reach (100000, 100000), a 100000×100000 image (1e+10 pixels), "
+                                         "but the table has 3 rows")
+
+
+def test_sparse_long_tables_of_real_acquisitions_pass(tmp_path):
+    # A 1200×1000 raster (over 10⁶ pixels) holding two small sections, radius 60, at opposite corners; only their
+    # pixels are listed: 1.9 % of the image, 53 pixels per row.
+    yy, xx = np.mgrid[1:1001, 1:1201]
+    on = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 60**2) | ((yy - 940) ** 2 + (xx - 1140) ** 2 <= 60**2)
+    on[999, 1199] = True  # the raster's last pixel, so the image spans all of it
+    values = (xx + 10000 * yy)[on]
+    path = tmp_path / "sparse.csv"
+    path.write_text("x,y,value\n" + "".join(f"{x},{y},{v}\n" for x, y, v in zip(xx[on], yy[on], values)))
+    pixels = read_ion(path).pixels
+    assert pixels.shape == (1000, 1200) and np.count_nonzero(pixels) == on.sum() == 22579
+    assert pixels[939, 1139] == 1140 + 10000 * 940 and pixels[0, 0] == 0
+    # Up to 10⁶ pixels nothing is refused, however few rows: a 1000×1000 image from three.
+    path.write_text("x,y,value\n1,1,3\n2,2,5\n1000,1000,1\n")
+    assert read_ion(path).pixels.shape == (1000, 1000)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_complex_ion_is_refused_not_cut_to_its_real_part(tmp_path, suffix):
+    data = (np.arange(12).reshape(3, 4) + 2j).astype(np.complex64)
+    path = tmp_path / f"ion{suffix}"
+    np.save(path, data) if suffix == ".npy" else tifffile.imwrite(path, data)
+    with pytest.raises(InputError) as info:
+        read_ion(path)
+    assert info.value.problem == ("ion image has complex values (complex64); save its magnitude or real part as a "
+                                  "real-valued image")
+    if suffix == ".tif":
+        with pytest.raises(InputError, match="optical image has complex values"):
+            read_optical(path)
+
+
+def test_time_spans_are_refused_and_booleans_are_ones_and_zeros(tmp_path):
+    np.save(tmp_path / "span.npy", np.arange(6, dtype="timedelta64[s]").reshape(2, 3))
+    with pytest.raises(InputError, match=r"ion image has non-numeric type timedelta64\[s\]"):
+        read_ion(tmp_path / "span.npy")
+    mask = np.array([[True, False, True], [False, False, True]])
+    np.save(tmp_path / "mask.npy", mask)
+    image = read_ion(tmp_path / "mask.npy").pixels
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, [[1, 0, 1], [0, 0, 1]])

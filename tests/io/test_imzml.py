@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_parse_tolerance(text: str, value: float, unit: str) -> None:
     assert tol.unit == unit and tol.value == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["5", "abc", "-5ppm", "0ppm", "0da", "5 ppb", ""])
+@pytest.mark.parametrize("text", ["5", "abc", "-5ppm", "0ppm", "0da", "5 ppb", "", "1e6ppm", "2000000 ppm"])
 def test_bad_tolerance_names_the_option(text: str) -> None:
     with pytest.raises(InputError) as err:
         parse_tolerance(text)
@@ -339,8 +340,14 @@ def test_mz_out_of_range(continuous) -> None:
 
 def test_bad_mz_lists(continuous) -> None:
     path, _ = continuous
-    with pytest.raises(InputError, match="more than once"):
-        _ions(path, [200.0, 200.00001], "5ppm")
+    with pytest.raises(InputError) as err:
+        _ions(path, [150.0, 200.0, 200.00001], "5ppm")
+    assert err.value.source == "--mz"
+    assert err.value.problem == ("m/z 200.0 and 200.00001 share the output name mz_200.0000 (m/z to 4 decimals); "
+                                 "give only one of them")
+    with pytest.raises(InputError) as err:
+        _ions(path, [200.0, 150.0, 200.0], "5ppm")
+    assert err.value.problem == "m/z 200.0 given more than once"
     with pytest.raises(InputError) as err:
         _ions(path, [], "5ppm")
     assert err.value.source == "--mz"
@@ -389,3 +396,75 @@ def test_uppercase_ibd_suffix(continuous, tmp_path: Path) -> None:
     shutil.copy(path.with_suffix(".ibd"), other / "cont.IBD")
     img = _ions(other / "cont.imzML", [150.0], "5ppm").images[0]
     np.testing.assert_array_equal(img, _expected(spectra, 150.0, 150.0 * 5e-6, AXIS))
+
+
+def test_tolerance_reaching_mz_zero_is_refused(continuous) -> None:
+    path, spectra = continuous
+    with pytest.raises(InputError) as err:
+        _ions(path, [150.0], "5000da")  # would be [-4850, 5150]: the whole spectrum, labelled m/z 150
+    assert err.value.source == "--tol"
+    assert err.value.problem.startswith("tolerance 5000Da at m/z 150 gives the window -4850.0000–5150.0000, which "
+                                        "reaches m/z 0")
+    with pytest.raises(InputError, match="window 0.0000–300.0000"):
+        _ions(path, [150.0], "150da")  # the lower edge at exactly 0
+    with pytest.raises(InputError, match=r"1e\+06ppm is ±100 % or more of the m/z"):
+        _ions(path, [150.0], "1e6ppm")
+    img = _ions(path, [150.0], "149.99da").images[0]  # wide, but a window above 0: allowed
+    np.testing.assert_allclose(img, _expected(spectra, 150.0, 149.99, AXIS), rtol=1e-6)
+
+
+def _twin(tmp_path: Path, name: str) -> Path:
+    """A continuous file with the same layout and spectra as every other twin, but its own identifier."""
+    path = tmp_path / name
+    rng = np.random.default_rng(5)
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r, c in _pixels():
+            w.addSpectrum(AXIS, rng.integers(1, 100, AXIS.size).astype(np.float32), (c + 1, r + 1))
+    return path
+
+
+def _file_uuid(path: Path) -> uuid.UUID:
+    return uuid.UUID(re.search(r'accession="IMS:1000080"[^>]*value="([^"]+)"', path.read_text()).group(1))
+
+
+def test_ibd_of_another_imzml_is_refused(tmp_path: Path) -> None:
+    a, b = _twin(tmp_path, "a.imzML"), _twin(tmp_path, "b.imzML")
+    assert a.with_suffix(".ibd").stat().st_size == b.with_suffix(".ibd").stat().st_size  # the size check cannot tell
+    shutil.copy(b.with_suffix(".ibd"), a.with_suffix(".ibd"))
+    with pytest.raises(InputError) as err:
+        ImzML(a)
+    assert err.value.source == str(a.with_suffix(".ibd"))
+    assert err.value.problem == (f"the .ibd's identifier {_file_uuid(b)} does not match the imzML's {_file_uuid(a)} "
+                                 "(a.imzML): they are not one pair; put this imzML's own .ibd beside it")
+
+
+def test_ibd_identifier_check_is_skipped_without_one_and_accepts_guid_order(tmp_path: Path) -> None:
+    a, b = _twin(tmp_path, "a.imzML"), _twin(tmp_path, "b.imzML")
+    ibd = b.with_suffix(".ibd").read_bytes()
+    # The imzML's identifier written little-endian (Microsoft GUID order, pyimzML before 2017): the pair holds.
+    a.with_suffix(".ibd").write_bytes(_file_uuid(a).bytes_le + ibd[16:])
+    assert ImzML(a).n_spectra == H * W - len(MISSING)
+    # An imzML that states no identifier: nothing to compare, the .ibd is read as it is.
+    text = re.sub(r'<cvParam[^>]*accession="IMS:1000080"[^>]*/>', "", a.read_text())
+    a.write_text(text)
+    a.with_suffix(".ibd").write_bytes(ibd)
+    with ImzML(a) as f, ImzML(b) as g:
+        np.testing.assert_array_equal(f.tic(), g.tic())
+
+
+def test_example_with_another_examples_ibd_is_refused(tmp_path: Path) -> None:
+    if not (EXAMPLES / "Example_Continuous.imzML").exists():
+        pytest.skip("imzML examples not available")
+    shutil.copy(EXAMPLES / "Example_Continuous.imzML", tmp_path / "Example_Continuous.imzML")
+    shutil.copy(EXAMPLES / "Example_Processed.ibd", tmp_path / "Example_Continuous.ibd")
+    with pytest.raises(InputError, match="the .ibd's identifier 9d501bdc-5344-4916-b7e9-7e795b02c856 does not match "
+                                         "the imzML's 51bb7c6f-9974-4626-b35f-5b65547bae6b"):
+        ImzML(tmp_path / "Example_Continuous.imzML")
+
+
+def test_a_file_that_is_not_imzml_is_called_so(tmp_path: Path) -> None:
+    tif = tmp_path / "some.tif"
+    tifffile.imwrite(tif, np.ones((4, 4), np.float32))
+    with pytest.raises(InputError) as err:
+        ImzML(tif)
+    assert err.value.source == str(tif) and err.value.problem == "expected an .imzML file (with its .ibd beside it)"

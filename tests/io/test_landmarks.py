@@ -123,3 +123,50 @@ def test_write_bigwarp_csv_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.moving, lm.moving)
     np.testing.assert_array_equal(back.fixed, lm.fixed)
     assert back.names == lm.names
+
+
+# ----------------------------------------------------------------------------- repeated points
+
+_GOOD_ROWS = ['"Pt-0","true","10.0","20.0","1.0","2.0"', '"Pt-1","true","110.0","20.0","11.0","2.0"',
+              '"Pt-2","true","10.0","220.0","1.0","22.0"', '"Pt-3","true","60.0","120.0","6.0","12.0"']
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ('"Pt-1","true","110.0","20.0","11.0","2.0"',  # the same row twice (copied in a spreadsheet)
+     "duplicate landmarks: 'Pt-1' (line 2) and 'Pt-1' (line 5) are the same landmark (fixed (11, 2), moving (110, 20))"),
+    ('"Pt-4","true","80.0","90.0","6.0","12.0"',  # a second moving point for Pt-3's fixed point: a tear
+     "duplicate landmarks: 'Pt-3' (line 4) and 'Pt-4' (line 5) share the fixed point (6, 12) but not the moving point"),
+    ('"Pt-4","true","10.0","20.0","8.0","9.0"',  # two fixed points pulled to one moving point: a fold
+     "duplicate landmarks: 'Pt-0' (line 1) and 'Pt-4' (line 5) share the moving point (10, 20)"),
+    ('"Pt-4","true","70.0","70.0","6.000000000001","12.0"',  # 1e-12 apart: a repeat, whatever the rounding
+     "duplicate landmarks: 'Pt-3' (line 4) and 'Pt-4' (line 5) share the fixed point (6, 12) but not the moving point"),
+], ids=["same-row-twice", "same-fixed-point", "same-moving-point", "near-same-fixed-point"])
+def test_repeated_points_are_refused_naming_the_rows(tmp_path: Path, extra: str, problem: str) -> None:
+    path = _write(tmp_path, "dup.csv", "\n".join(_GOOD_ROWS + [extra]) + "\n")
+    with pytest.raises(InputError) as err:
+        read_landmarks(path)
+    assert err.value.source == str(path)
+    assert err.value.problem == problem + "; each landmark needs its own point in both images (delete the repeat or move it)"
+    assert "\n" not in err.value.problem
+
+
+def test_repeats_in_inactive_rows_and_near_but_distinct_points_are_accepted(tmp_path: Path) -> None:
+    rows = _GOOD_ROWS + ['"Pt-4","false","110.0","20.0","11.0","2.0"',  # inactive copy of Pt-1: ignored
+                         '"Pt-5","true","60.001","120.001","6.0001","12.0001"']  # 1e-5 of the spread from Pt-3
+    lm = read_landmarks(_write(tmp_path, "ok.csv", "\n".join(rows) + "\n"))
+    assert lm.names == ("Pt-0", "Pt-1", "Pt-2", "Pt-3", "Pt-5")
+    np.testing.assert_array_equal(lm.fixed[-1], [6.0001, 12.0001])
+
+
+def test_repeated_points_are_refused_in_json_and_the_python_api(tmp_path: Path) -> None:
+    text = ('{"type": "BigWarpLandmarks", "numDimensions": 2, "movingPoints": [[1, 2], [5, 2], [1, 9], [1, 2]], '
+            '"fixedPoints": [[0, 0], [3, 0], [0, 4], [0, 0]], "active": [true, true, true, true], '
+            '"names": ["a", "b", "c", "d"]}')
+    with pytest.raises(InputError, match=r"^.*: duplicate landmarks: 'a' \(point 0\) and 'd' \(point 3\) are the same "
+                                         r"landmark \(fixed \(0, 0\), moving \(1, 2\)\)"):
+        read_landmarks(_write(tmp_path, "dup.json", text))
+    with pytest.raises(InputError) as err:
+        Landmarks(moving=np.array([[1.0, 2.0], [5.0, 2.0], [1.0, 9.0], [1.0, 2.0]]),
+                  fixed=np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [7.0, 7.0]]), names=("a", "b", "c", "a"))
+    assert err.value.source is None
+    assert err.value.problem.startswith("duplicate landmarks: 'a' (#0) and 'a' (#3) share the moving point (1, 2);")

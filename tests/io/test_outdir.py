@@ -83,3 +83,22 @@ def test_output_folder_follows_the_umask(tmp_path):
 def test_an_unusable_name_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot use the output folder"):
         check_output_dir(tmp_path / ("a" * 300), overwrite=False)
+
+
+def test_failure_also_removes_the_parent_folders_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output_dir(tmp_path / "kept" / "new" / "deeper" / "out"):
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+
+
+def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="another run wrote into the output folder meanwhile"):
+        with staged_output_dir(out) as stage:
+            (stage / "mine.txt").write_text("mine")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -16,8 +16,10 @@ numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetx
 an optional header row and row-label column are skipped) or a long table with a header
 naming ``x``, ``y`` and one intensity column (pixels absent from the table are 0, as for an
 off-tissue pixel without a spectrum; the grid starts at 0 for 0-based coordinates, else at 1,
-never at the smallest coordinate present). NaN or inf in an ion image is an error: the fusion
-has no way to know what the user meant by them, so we ask the user to fill them.
+never at the smallest coordinate present; a table listing under 1 % of an image over 10⁶ pixels
+is refused). NaN or inf in an ion image is an error: the fusion has no way to know what the user
+meant by them, so we ask the user to fill them; complex values are an error too. A TIFF whose X and
+Y pixel sizes differ is refused (optical or ion): every step downstream models square pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import csv
 import hashlib
 import html
 import io as _io
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -74,49 +77,65 @@ def _require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 
 
 PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
+SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
 
-def _tiff_pixel_size_um(tif) -> float | None:
-    """Pixel size from OME PhysicalSizeX, else ImageJ/TIFF resolution tags; None if uncalibrated.
+def _tiff_pixel_size_um(tif, path: Path) -> float | None:
+    """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags; None if uncalibrated.
 
     A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
     so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong, and :class:`Image` has no
-    place for a note, so the run reports it as it reports any missing calibration.
+    place for a note, so the run reports it as it reports any missing calibration. A width and height that differ
+    (by more than 1 %, relative: more than a scanner's rounding of its calibration) are refused: every step downstream
+    models square pixels, and taking the width for both would silently stretch the image.
     """
-    size = _tiff_stated_pixel_size_um(tif)
+    size, height = _tiff_stated_pixel_size_um(tif)
+    if size is not None and height is not None and not math.isclose(size, height, rel_tol=SQUARE_REL_TOL):
+        raise InputError(path, f"X and Y pixel sizes differ (X {size:g} µm, Y {height:g} µm); msifusion needs square "
+                               "pixels: resample the image to square pixels first")
     lo, hi = PLAUSIBLE_PIXEL_UM
     return size if size is not None and lo <= size <= hi else None
 
 
-def _tiff_stated_pixel_size_um(tif) -> float | None:
-    """The pixel size the TIFF's metadata states, in µm, however implausible; None if it states none we can read."""
+def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None]:
+    """The pixel width and height the TIFF's metadata states, in µm, however implausible; None for a width it states
+    none we can read (the image is uncalibrated) or a height it does not state (taken as square)."""
     ome = tif.ome_metadata
-    if ome:
-        m = re.search(r'PhysicalSizeX="([^"]*)"', ome)
-        if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]*)"', ome)
-            factor = _unit_to_um(html.unescape(unit.group(1))) if unit else 1.0  # OME's default unit is µm
-            try:
-                return float(m.group(1)) * factor if factor is not None else None
-            except ValueError:
-                return None
+    if ome and re.search(r'PhysicalSizeX="', ome):
+        return _ome_physical_size_um(ome, "X"), _ome_physical_size_um(ome, "Y")
     page = tif.pages.first
-    tag = page.tags.get("XResolution")
-    if tag is None:
-        return None
-    num, den = tag.value
-    if num == 0 or den == 0:
-        return None
-    per_unit = num / den  # pixels per unit
     ij_unit = (tif.imagej_metadata or {}).get("unit")
     if ij_unit:
         factor = _unit_to_um(ij_unit)  # None for 'pixel', …: not a physical calibration we can use
     else:
         res_unit = page.tags.get("ResolutionUnit")
         factor = {2: _UNITS_UM["inch"], 3: _UNITS_UM["cm"]}.get(int(res_unit.value) if res_unit is not None else 2)
-    if factor is None or (factor == _UNITS_UM["inch"] and per_unit <= 1000):  # screen dpi (72, 96, 300): no calibration
+    x, y = (_resolution_per_unit(page, name) for name in ("XResolution", "YResolution"))
+    if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
+        return None, None
+    return factor / x, (factor / y if y is not None else None)
+
+
+def _ome_physical_size_um(ome: str, axis: str) -> float | None:
+    """OME ``PhysicalSize{axis}`` in µm (OME's default unit); None when absent, unreadable or in an unknown unit."""
+    m = re.search(rf'PhysicalSize{axis}="([^"]*)"', ome)
+    if not m:
         return None
-    return factor / per_unit
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]*)"', ome)
+    factor = _unit_to_um(html.unescape(unit.group(1))) if unit else 1.0
+    try:
+        return float(m.group(1)) * factor if factor is not None else None
+    except ValueError:
+        return None
+
+
+def _resolution_per_unit(page, name: str) -> float | None:
+    """A TIFF resolution tag (pixels per resolution unit); None when absent or zero."""
+    tag = page.tags.get(name)
+    if tag is None:
+        return None
+    num, den = tag.value
+    return num / den if num and den else None
 
 
 # OME's length units that occur in microscopy, ImageJ's spellings of them, and the inch. Not "A": ImageJ turns a
@@ -150,7 +169,7 @@ def _read_tiff(path: Path, colours: bool = False,
     try:
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
-            series, pixel_size = levels[0], _tiff_pixel_size_um(tif)
+            series, pixel_size = levels[0], _tiff_pixel_size_um(tif, path)
             base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
                 x = levels[0].axes.index("X")
@@ -306,6 +325,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         data = data[..., :-1]
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
+    _require_real(data, source, "optical image")
     if data.dtype == bool:
         rgb = data.astype(np.float32)
     elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
@@ -330,6 +350,16 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
     return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
+def _require_real(data: np.ndarray, source: str | Path | None, what: str) -> None:
+    """Refuse pixels that are not real numbers (bool, integer or float): numpy would drop a complex image's imaginary
+    part with only a warning, and read a time span (timedelta64, a "number" to numpy) as a count of its units."""
+    if data.dtype.kind == "c":
+        raise InputError(source, f"{what} has complex values ({data.dtype}); save its magnitude or real part as a "
+                                 "real-valued image")
+    if data.dtype.kind not in "biuf":
+        raise InputError(source, f"{what} has non-numeric type {data.dtype}")
+
+
 # ----------------------------------------------------------------------------- ion
 
 
@@ -351,14 +381,18 @@ def read_ion(path: str | Path) -> Image:
 
 
 def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """Check an ion image is a finite, non-zero 2-D array; return it as float32."""
+    """Check an ion image is a finite, non-zero, real 2-D array; return it as float32.
+
+    Integers, floats and booleans (a thresholded map: 1 where the ion is, 0 elsewhere) are intensities; complex
+    values are refused rather than cut to their real part (the magnitude may be what the user meant), and so are
+    time spans, dates, strings and records, which numpy would otherwise cast or fail on.
+    """
     data = np.asarray(data)
     if data.ndim > 2:
         data = np.squeeze(data)
     if data.ndim != 2:
         raise InputError(source, f"ion image must be 2-D, got shape {data.shape}")
-    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-        raise InputError(source, f"ion image has non-numeric type {data.dtype}")
+    _require_real(data, source, "ion image")
     if min(data.shape) < 2:
         raise InputError(source, f"ion image is too small ({data.shape[0]}×{data.shape[1]})")
     data = data.astype(np.float32)
@@ -455,6 +489,10 @@ def _decimal_commas(rows: list[list[str]]) -> bool:
     return comma and not any("." in t and _to_float(t) is not None for t in cells)
 
 
+LONG_TABLE_PIXELS_PER_ROW = 100  # a long table must list at least 1 % of its image's pixels…
+LONG_TABLE_FREE_PIXELS = 1_000_000  # …unless the image is no larger than this
+
+
 def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> np.ndarray:
     """A long table (x, y, intensity) as an image: row = y, column = x; absent pixels are 0.
 
@@ -465,6 +503,14 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     The image reaches the largest x and y present. Negative coordinates are an error, and so are
     coordinates that all advance in steps larger than 1 (positions in µm, which would otherwise
     become a mostly empty image).
+
+    A table may leave out background pixels, but not nearly all of its image: when the image would
+    have more than :data:`LONG_TABLE_PIXELS_PER_ROW` pixels per row of the table (under 1 % of it
+    listed) and more than :data:`LONG_TABLE_FREE_PIXELS`, it is refused before anything is allocated.
+    A genuine sparse export lists every acquired pixel, and a tissue section fills far more than 1 % of
+    the raster it was acquired in; one stray coordinate (x=100000 in a 100×100 table) or coordinates
+    that are not pixel indices (one row at x=100000 beside a 100×100 image's rows) fail the rule.
+    Images up to 10⁶ pixels (8 MB here) always pass.
     """
     ix, iy = header.index("x"), header.index("y")
     others = [i for i in range(len(header)) if i not in (ix, iy) and header[i] not in ("", "unnamed: 0")]
@@ -478,14 +524,23 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
         raise InputError(path, "long table has a non-numeric x, y or intensity value") from None
     if not np.allclose(arr[:, :2], np.round(arr[:, :2])):
         raise InputError(path, "x and y columns must hold integer pixel coordinates")
-    xy = np.round(arr[:, :2]).astype(int)
+    xy = np.round(arr[:, :2])
     if xy.min() < 0:
-        raise InputError(path, f"negative pixel coordinate {xy.min()} in the x/y columns")
-    steps = [int(np.gcd.reduce(np.diff(np.unique(c)))) for c in xy.T if np.unique(c).size > 1]
-    if steps and min(steps) > 1:  # every coordinate a multiple of 25 (say): positions in µm, not pixel indices
-        raise InputError(path, f"x and y advance in steps of {min(steps)}, not 1: they look like positions in µm; "
-                               "give pixel indices (the positions divided by the pixel size)")
-    x, y = (xy - (0 if xy.min() == 0 else 1)).T
+        raise InputError(path, f"negative pixel coordinate {xy.min():.0f} in the x/y columns")
+    if xy.max() < 2**53:  # exact in float64 and int64; larger ones are refused by the size rule below
+        steps = [int(np.gcd.reduce(np.diff(np.unique(c)).astype(np.int64))) for c in xy.T if np.unique(c).size > 1]
+        if steps and min(steps) > 1:  # every coordinate a multiple of 25 (say): positions in µm, not pixel indices
+            raise InputError(path, f"x and y advance in steps of {min(steps)}, not 1: they look like positions in µm; "
+                                   "give pixel indices (the positions divided by the pixel size)")
+    origin = 0 if xy.min() == 0 else 1
+    width, height = (float(c.max()) + 1 - origin for c in xy.T)
+    if width * height > max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy)):
+        n = ", ".join(f"{v:.0f}" if v < 1e12 else f"{v:.3g}" for v in (xy[:, 0].max(), xy[:, 1].max()))
+        raise InputError(path, f"x and y reach ({n}), a {width:.6g}×{height:.6g} image ({width * height:.3g} pixels), "
+                               f"but the table has {len(xy)} rows, under 1 % of them; a stray coordinate? Remove it, "
+                               "or give pixel indices")
+    xy = xy.astype(np.int64)
+    x, y = (xy - origin).T
     _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
     if (counts > 1).any():
         k = int(np.argmax(counts > 1))

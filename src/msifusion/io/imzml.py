@@ -9,6 +9,8 @@ Conventions
 -----------
 - Window: ``[m - d, m + d]`` inclusive, ``d = m·value·1e-6`` for ppm, ``d = value`` for Da.
   The ion image is the *sum* of the intensities inside the window (METASPACE, Cardinal).
+  A window reaching m/z 0 (``d ≥ m``) is refused: it would be the total ion count under an ion's name.
+- The ``.ibd`` must start with the imzML's identifier (IMS:1000080) when the imzML states one.
 - Image: float32, row = y, column = x, 0-based from imzML's 1-based coordinates (a file whose
   coordinates start at 0 is read as 0-based). Pixels without a spectrum are 0. The image size
   is the larger of the file's "max count of pixels" and the largest coordinate.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -66,6 +69,9 @@ class Tolerance:
             raise InputError("--tol", f"unknown tolerance unit {self.unit!r}; use ppm or Da")
         if not (math.isfinite(self.value) and self.value > 0):
             raise InputError("--tol", f"tolerance must be a positive number, got {self.value:g}")
+        if self.unit == "ppm" and self.value >= 1e6:  # half-width ≥ the m/z itself, whatever the m/z
+            raise InputError("--tol", f"tolerance {self} is ±100 % or more of the m/z, so every window reaches m/z 0; "
+                                      "use a few ppm")
 
     def half_width(self, mz: float | np.ndarray) -> float | np.ndarray:
         """Window half-width in m/z units at ``mz``."""
@@ -310,16 +316,28 @@ class ImzML:
         d = np.asarray(tol.half_width(centres), dtype=np.float64)
         return centres - d, centres + d
 
-    def _check_mzs(self, mzs: Sequence[float], lo: np.ndarray, hi: np.ndarray) -> None:
+    def _check_mzs(self, mzs: Sequence[float], lo: np.ndarray, hi: np.ndarray, tol: Tolerance) -> None:
+        """Refuse what cannot make one distinct, meaningful image per m/z: no m/z, a non-positive one, two that
+        share an output name, a window whose lower edge is at or below m/z 0 (a tolerance of at least the m/z:
+        the image would be nearly the total ion count, labelled as one ion), an m/z outside the acquired range."""
         if len(mzs) == 0:
             raise InputError("--mz", "give at least one m/z")
         for m in mzs:
             if not (math.isfinite(m) and m > 0):
                 raise InputError("--mz", f"m/z must be a positive number, got {m!r}")
-        names = [mz_name(m) for m in mzs]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise InputError("--mz", f"m/z {', '.join(dup)} given more than once")
+        seen: dict[str, float] = {}
+        for m in mzs:
+            name = mz_name(m)
+            if name in seen and seen[name] == m:
+                raise InputError("--mz", f"m/z {float(m)!r} given more than once")
+            if name in seen:
+                raise InputError("--mz", f"m/z {float(seen[name])!r} and {float(m)!r} share the output name "
+                                         f"mz_{name} (m/z to 4 decimals); give only one of them")
+            seen[name] = m
+        for m, l, h in zip(mzs, lo, hi):
+            if l <= 0:
+                raise InputError("--tol", f"tolerance {tol} at m/z {m:g} gives the window {l:.4f}–{h:.4f}, which "
+                                          f"reaches m/z 0; use a half-width under {m:g} Da (e.g. 5ppm or 0.01Da)")
         a, b = self.mz_range
         for m, l, h in zip(mzs, lo, hi):
             if h < a or l > b:
@@ -332,7 +350,7 @@ class ImzML:
             raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
         mzs = [float(m) for m in mzs]
         lo, hi = self._windows(mzs, tol)
-        self._check_mzs(mzs, lo, hi)
+        self._check_mzs(mzs, lo, hi, tol)
         sums, norm = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, normalize)
         if normalize is not None:
             sums = _normalise(sums, norm)
@@ -551,6 +569,8 @@ def _parse(path: Path) -> _Layout:
         raise InputError(path, "imzML path is not a file")
     if path.suffix.lower() == ".ibd":
         raise InputError(path, "this is the binary half; give the .imzML file (the .ibd must sit beside it)")
+    if path.suffix.lower() != ".imzml":  # a TIFF or CSV given where an imzML belongs: say so, not "no .ibd"
+        raise InputError(path, "expected an .imzML file (with its .ibd beside it)")
     ibd = _find_ibd(path)
     from pyimzml.ImzMLParser import ImzMLParser
 
@@ -564,6 +584,7 @@ def _parse(path: Path) -> _Layout:
         raise InputError(path, f"not a valid imzML file ({type(exc).__name__}: {exc})") from None
     if not parser.coordinates:
         raise InputError(path, "imzML file lists no spectra")
+    _check_ibd_uuid(path, ibd, parser)
 
     groups = parser.metadata.referenceable_param_groups
     for gid in (parser.mzGroupId, parser.intGroupId):
@@ -619,6 +640,31 @@ def _parse(path: Path) -> _Layout:
         declared_mz_range=_declared_range(parser),
         metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
     )
+
+
+_UUID = "IMS:1000080"  # "universally unique identifier": the pair's, also the first 16 bytes of the .ibd
+
+
+def _check_ibd_uuid(path: Path, ibd: Path, parser) -> None:
+    """Refuse an .ibd that is not the imzML's own: the imzML names an identifier, and the .ibd starts with it.
+
+    pyimzML does not compare them, and a stray .ibd of another run (renamed, or copied over) would otherwise be
+    read with this file's offsets as garbage, or as a plausible but wrong image. Reads 16 bytes. Skipped when the
+    imzML states no identifier, or one that is no UUID, and when the .ibd is shorter than 16 bytes (then the
+    truncation check speaks). The bytes may also be the identifier in Microsoft's GUID order (pyimzML wrote
+    that until 2017).
+    """
+    stated = next((str(p[2]) for p in parser.metadata.file_description.cv_params
+                   if p[1] == _UUID or p[0] == "universally unique identifier"), None)
+    try:
+        expected = uuid.UUID(stated.strip())  # "{51BB7C6F-…}", "51bb7c6f-…" and bare hex alike
+    except (AttributeError, ValueError):  # none stated, or not a UUID: nothing to compare
+        return
+    with open(ibd, "rb") as handle:
+        head = handle.read(16)
+    if len(head) == 16 and head not in (expected.bytes, expected.bytes_le):
+        raise InputError(ibd, f"the .ibd's identifier {uuid.UUID(bytes=head)} does not match the imzML's "
+                              f"{expected} ({path.name}): they are not one pair; put this imzML's own .ibd beside it")
 
 
 def _declared_range(parser) -> tuple[float, float] | None:

@@ -6,6 +6,8 @@ CSV, as BigWarp saves it: no header, every field quoted, one landmark per row:
 9 fields (an integer id after ``active``, written by some BigWarp versions) are read too.
 Only rows whose active field is ``true`` count; a landmark placed in one image only holds
 ``Infinity`` in the other image's columns and must not be active.
+Two active landmarks at the same fixed or the same moving point (within 1e-9 of the points'
+spread) are refused, naming their rows: a thin-plate spline through them tears the image apart.
 
 JSON: BigWarp's transform export ``{"type": "Thin Plate Spline", "landmarks": {...}}`` or its
 bare landmarks object ``{"type": "BigWarpLandmarks", "numDimensions", "movingPoints",
@@ -20,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +32,7 @@ import numpy as np
 from msifusion.errors import InputError
 
 MIN_LANDMARKS = 3
+DUPLICATE_TOLERANCE = 1e-9  # points closer than this × the diagonal of their bounding box count as one point
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,69 @@ class Landmarks:
             raise ValueError("moving, fixed and names must have one entry per landmark")
         object.__setattr__(self, "moving", m)
         object.__setattr__(self, "fixed", f)
+        repeated = Counter(self.names)
+        labels = [f"{n!r} (#{i})" if repeated[n] > 1 else repr(n) for i, n in enumerate(self.names)]
+        problem = _duplicate_problem(m, f, labels)
+        if problem:
+            raise InputError(self.source, problem)
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _coincident(points: np.ndarray) -> list[list[int]]:
+    """Groups (ascending indices, groups in order of first index) of points that coincide: closer than
+    ``DUPLICATE_TOLERANCE`` × their bounding-box diagonal (exactly equal when they all coincide)."""
+    if len(points) < 2 or not np.isfinite(points).all():
+        return []
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    tol = DUPLICATE_TOLERANCE * float(np.hypot(*np.ptp(points, axis=0)))
+    pairs = cKDTree(points).query_pairs(tol, output_type="ndarray")
+    if len(pairs) == 0:
+        return []
+    n = len(points)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(label):
+        groups.setdefault(int(g), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _duplicate_problem(moving: np.ndarray, fixed: np.ndarray, labels: list[str]) -> str | None:
+    """One line naming landmarks that repeat a fixed or a moving point, or None when all are distinct.
+
+    A thin-plate spline through a repeated point does not fail: it silently tears the image
+    apart (same fixed point, different moving points) or is ill-posed, so repeats are refused.
+    """
+    def at(p: np.ndarray) -> str:
+        return f"({p[0]:g}, {p[1]:g})"
+
+    def who(group: list[int]) -> str:
+        names = [labels[i] for i in group]
+        return ", ".join(names[:-1]) + " and " + names[-1]
+
+    items = []
+    fixed_groups = _coincident(fixed)
+    moving_groups = _coincident(moving)
+    moving_sets = [set(g) for g in moving_groups]
+    for g in fixed_groups:
+        if any(set(g) <= s for s in moving_sets):
+            items.append(f"{who(g)} are the same landmark (fixed {at(fixed[g[0]])}, moving {at(moving[g[0]])})")
+        else:
+            items.append(f"{who(g)} share the fixed point {at(fixed[g[0]])} but not the moving point")
+    fixed_sets = [set(g) for g in fixed_groups]
+    for g in moving_groups:
+        if not any(set(g) <= s for s in fixed_sets):
+            items.append(f"{who(g)} share the moving point {at(moving[g[0]])}")
+    if not items:
+        return None
+    more = f"; and {len(items) - 3} more" if len(items) > 3 else ""
+    return (f"duplicate landmarks: {'; '.join(items[:3])}{more}; each landmark needs its own point in both images "
+            "(delete the repeat or move it)")
 
 
 def read_landmarks(path: str | Path) -> Landmarks:
@@ -88,31 +152,41 @@ def _active(path: Path, token: str, line: int) -> bool:
     raise InputError(path, f"line {line}: active field is {token!r}; expected true or false")
 
 
-def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[float]]], transform_type: str | None) -> Landmarks:
-    """rows: (line, name, active, moving coords, fixed coords) → Landmarks (2-D, active only)."""
+def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[float]]], transform_type: str | None,
+             row_word: str = "line") -> Landmarks:
+    """rows: (line, name, active, moving coords, fixed coords) → Landmarks (2-D, active only).
+
+    ``row_word`` names the first field in messages: ``line`` (CSV) or ``point`` (JSON index).
+    """
     dims = {len(r[3]) for r in rows}
     if len(dims) > 1:
         raise InputError(path, "rows mix 2-D and 3-D landmarks")
-    names, moving, fixed = [], [], []
+    names, moving, fixed, labels = [], [], [], []
     zs: dict[str, set[float]] = {"moving": set(), "fixed": set()}
     for line, name, active, mv, fx in rows:
         if not active:
             continue
         if any(math.isinf(v) for v in mv + fx):
-            raise InputError(path, f"line {line}: landmark {name!r} is active but unpaired (Infinity); "
+            raise InputError(path, f"{row_word} {line}: landmark {name!r} is active but unpaired (Infinity); "
                              "place it in both images or deactivate it")
         if any(math.isnan(v) for v in mv + fx):
-            raise InputError(path, f"line {line}: landmark {name!r} has a NaN coordinate")
+            raise InputError(path, f"{row_word} {line}: landmark {name!r} has a NaN coordinate")
         if len(mv) == 3:
             zs["moving"].add(mv[2])
             zs["fixed"].add(fx[2])
         names.append(name)
         moving.append(mv[:2])
         fixed.append(fx[:2])
+        labels.append(f"{name!r} ({row_word} {line})")
     for side, values in zs.items():
         if len(values) > 1:
             raise InputError(path, f"3-D landmarks with varying {side} z ({min(values):g}–{max(values):g}); "
                              "only 2-D registration (constant z) is supported")
+    moving_xy = np.array(moving, dtype=np.float64).reshape(-1, 2)
+    fixed_xy = np.array(fixed, dtype=np.float64).reshape(-1, 2)
+    problem = _duplicate_problem(moving_xy, fixed_xy, labels)  # here, where the rows are known
+    if problem:
+        raise InputError(path, problem)
     return Landmarks(np.array(moving, dtype=np.float64).reshape(-1, 2), np.array(fixed, dtype=np.float64).reshape(-1, 2),
                      tuple(names), path, transform_type)
 
@@ -168,10 +242,10 @@ def _parse_json(path: Path, text: str) -> Landmarks:
         if not (isinstance(m, list) and isinstance(f, list) and len(m) == len(f) and len(m) in (2, 3)):
             raise InputError(path, f"point {i}: expected [x, y] or [x, y, z] in both images")
         try:
-            rows.append((i + 1, str(name), bool(a), [float(v) for v in m], [float(v) for v in f]))
+            rows.append((i, str(name), bool(a), [float(v) for v in m], [float(v) for v in f]))
         except (TypeError, ValueError):
             raise InputError(path, f"point {i}: non-numeric coordinate") from None
-    return _collect(path, rows, transform_type)
+    return _collect(path, rows, transform_type, "point")
 
 
 # ----------------------------------------------------------------------------- writing

@@ -70,6 +70,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
                       inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a staging folder; on success it becomes ``out``, on any error it vanishes."""
     out = check_output_dir(out, overwrite, inputs)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -78,8 +79,15 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
     try:
         yield stage
+        if not overwrite and out.exists() and any(out.iterdir()):
+            raise InputError(out, "another run wrote into the output folder meanwhile; nothing written")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # the parents this run made, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     if out.exists():
         backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -1,0 +1,41 @@
+import json
+import math
+
+import numpy as np
+
+from msifusion.pipeline import write_run_json
+
+
+def test_run_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
+    record = {"consistency_error": math.nan, "peak": np.float32(np.inf), "scores": [1.5, -math.inf],
+              "nested": {"x": np.float64(2.0), "n": np.int64(3)}}
+    text = write_run_json(tmp_path, record).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"consistency_error": None, "peak": None, "scores": [1.5, None],
+                                "nested": {"x": 2.0, "n": 3}}
+
+
+def _pair(optical_shape, optical_um, ion_um, scale=None, given_um=None):
+    from msifusion.io.images import Image
+    from msifusion.pipeline import pair_images
+
+    optical = Image(np.full((*optical_shape, 3), 0.5, np.float32), optical_um)
+    ion = Image(np.ones((10, 12), np.float32), ion_um)
+    return pair_images(optical, ion, scale, given_um)
+
+
+def test_an_optical_coarser_than_the_fused_grid_is_warned():
+    assert _pair((80, 96), 2.5, 20.0, scale=8).warnings == []  # registered at ×8: no warning
+    enlarged = _pair((20, 24), 10.0, 20.0, scale=8)  # 2 optical pixels per ion pixel, fused at ×8
+    assert enlarged.guide.shape[:2] == (80, 96)
+    assert enlarged.warnings == ["the optical's pixels cover 0.5 MSI pixels of the section, coarser than the fused "
+                                 "grid's 0.125 MSI pixels at ×8: the fused image has no optical detail at its "
+                                 "resolution; ×2 would do as well"]
+
+
+def test_a_pixel_size_that_contradicts_the_optical_calibration_is_warned():
+    assert _pair((80, 96), 2.5, None, given_um=21.0).warnings == []  # within 25 %
+    (warning,) = _pair((80, 96), 2.5, None, given_um=50.0).warnings
+    assert warning.startswith("--pixel-size (50 µm per ion pixel) disagrees with the optical's calibration "
+                              "(2.5 µm per optical pixel, i.e. 20 µm per ion pixel) by 2.5×")
+    assert _pair((80, 96), 2.5, None, given_um=50.0).ion_pixel_size_um == 50.0  # the user's value is kept
