@@ -106,3 +106,21 @@ def test_devices_other_than_cpu_and_cuda_are_named_as_such(name, problem):
 
     with pytest.raises(ValueError, match=problem + ".*expected auto, cpu, cuda or cuda:N"):
         resolve_device(name)
+
+
+def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from msifusion.fit import progress_bar
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal
+    assert progress_bar(10, "x", "step", quiet=False).disable
+    assert progress_bar(10, "x", "step", quiet=True).disable
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not progress_bar(10, "x", "step", quiet=False).disable

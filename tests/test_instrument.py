@@ -293,3 +293,23 @@ def test_a_calibration_that_disagrees_with_the_registration_is_warned():
     about_right = AffineMap(np.array([[1.1, 0.0, 0.0], [0.0, 1.1, 0.0]]))  # 10 % shrinkage: tissue does that
     assert _calibration_disagreement(about_right, optical, RegisterSettings(scale=8), 25.0) is None
     assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 25.0) is None
+
+
+def test_a_too_wide_spot_is_refused_before_registration(tmp_path, files, capsys):
+    _, opt, _, _ = files
+    tiny = _tiny_imzml(tmp_path / "tiny.imzML")  # registering it would fail: the spot is refused first
+    assert main(["fuse", "--imzml", str(tiny), "--mz", "100", "--optical", str(opt), "--scale", "4",
+                 "--spot-sigma", "3", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("msifusion: error: --spot-sigma: a laser spot of σ 3 optical pixels is "
+                                              "wider than half an MSI pixel (2 px at ×4)")
+
+
+def test_register_warns_when_the_optical_is_coarser_than_the_fused_grid(tmp_path, files):
+    imzml, opt, lm, _ = files  # the optical has 4 pixels per ion pixel
+    for scale, expected in ((SCALE, []), (12, ["the optical's pixels cover 0.25 MSI pixels of the section, coarser "
+                                               "than the fused grid's 0.0833 MSI pixels at ×12: the fused image has no "
+                                               "optical detail at its resolution; ×4 would do as well"])):
+        out = tmp_path / f"x{scale}"
+        assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm),
+                     "--scale", str(scale), "--out", str(out)]) == 0
+        assert json.loads((out / "run.json").read_text())["warnings"] == expected

@@ -384,11 +384,11 @@ def test_check_landmarks_refuses_fixed_points_in_pixels_on_a_micrometre_grid() -
         "the fixed (ion) landmarks span only 3.2% of that image (x 28–246, y 16–146; image spans x -12.5–6838, "
         "y -12.5–4062 in units of 25 per pixel) but the moving (optical) ones 82% of theirs: the two sets disagree in "
         "scale 26×; are the landmarks in pixels while the image is calibrated in µm, or the other way round?")
-    # the optical side squeezed: points picked on a 20× smaller preview, in its pixels
-    preview = Landmarks(lm.moving / 20.0, lm.fixed, lm.names)
-    with pytest.raises(InputError, match=r"^the moving \(optical\) landmarks span only 4.1% of that image .* but the "
-                                         r"fixed \(ion\) ones 80% of theirs: the two sets disagree in scale 20×"):
-        check_landmarks(preview, fixed, moving)
+    # the optical side in its pixels, on an optical calibrated at 25 µm per pixel: squeezed by that factor
+    coarse = Grid((1920, 2560), 25.0)
+    with pytest.raises(InputError, match=r"^the moving \(optical\) landmarks span only 3.3% .* the two sets disagree in "
+                                         r"scale 24×"):
+        check_landmarks(Landmarks(lm.moving / 0.17, lm.fixed, lm.names), fixed, coarse)
 
 
 def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_part_of_an_image() -> None:
@@ -403,3 +403,4 @@ def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_par
     # a whole-slide scan: the section is a small patch in its middle (the landmarks span 3 % of the slide)
     slide = Grid((60_000, 80_000), 0.17)
     check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide)
+    check_landmarks(Landmarks(lm.moving + np.array([300.0, 200.0]), lm.fixed, lm.names), fixed, slide)  # core A1

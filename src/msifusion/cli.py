@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("msifusion: interrupted; nothing written", file=sys.stderr)
         return 130
-    except OSError as exc:  # a full disk, a quota, a drive gone: the staging folder is already removed
+    except OSError as exc:  # a full disk, a quota, a drive gone: not the input's fault (exit 1); staging is removed
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"msifusion: error: {where}{exc.strerror or exc}; nothing written", file=sys.stderr)
         return 1

@@ -83,6 +83,8 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -179,7 +181,7 @@ def fit_network(
     history: list[dict] = []
     stop_reason = f"reached max_epochs ({config.max_epochs})"
     start = time.perf_counter()
-    progress = _progress(config.max_epochs, desc, runtime.quiet)
+    progress = progress_bar(config.max_epochs, desc, "epoch", runtime.quiet)
     epoch = 0
     try:
         for epoch in range(1, config.max_epochs + 1):
@@ -196,17 +198,15 @@ def fit_network(
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(mse=f"{record['mse']:.3g}", edge=f"{record['edge']:.3g}")
+            progress.update(1)
+            progress.set_postfix(mse=f"{record['mse']:.3g}", edge=f"{record['edge']:.3g}")
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 on_checkpoint(epoch, _predict(model, x))
             if stopper.update(record["edge"]):
                 stop_reason = f"early stop: edge loss increased {stopper.increases} times"
                 break
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     return FitResult(_predict(model, x), history, epoch, stop_reason)
 
 
@@ -219,10 +219,11 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x)[0, 0].detach().float().cpu().numpy()
 
 
-def _progress(total: int, desc: str, quiet: bool):
-    """A progress bar on a terminal (none with ``quiet``, nor in a log file, where it would garble the lines)."""
-    if quiet:
-        return None
+def progress_bar(total: float, desc: str, unit: str, quiet: bool):
+    """A progress bar on a terminal or in a notebook; none with ``quiet``, nor in a log file, where its
+    carriage returns would garble the lines (tqdm's ``disable=None``; a notebook's stream is no terminal)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="epoch", leave=False, dynamic_ncols=True, disable=None)
+    notebook = tqdm.__module__.startswith("tqdm.notebook") or tqdm.__name__ == "tqdm_notebook"
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                disable=True if quiet else (False if notebook else None))

@@ -85,6 +85,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion import kernels
+from msifusion.fit import progress_bar
 from msifusion.measurement import Measurement, bilinear_up_t, block_mean_t, gauss_taps, positive_rescale
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
@@ -882,7 +883,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
-    progress = _progress(len(batches) * (1 + len(tiles)), quiet)
+    progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet)
     chosen, notes = [], []
     for part in batches:
         c, n = choose_settings(gd, y_all[part], taus[part], nonneg[part], basis)
@@ -926,14 +927,6 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     report.seconds = time.perf_counter() - start
     report.device = str(device)
     return out
-
-
-def _progress(total: int, quiet: bool):
-    """A progress bar on a terminal (none with ``quiet``, nor in a log file, where it would garble the lines)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="guided-harmonic", unit="batch", leave=False, dynamic_ncols=True,
-                disable=True if quiet else None)
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),

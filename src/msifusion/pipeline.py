@@ -212,7 +212,7 @@ def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: s
     grid's (``ion_px / scale``): the fused image then has no optical detail at its own resolution."""
     if optical_px <= COARSE_OPTICAL * ion_px / scale:
         return None
-    enough = max(2, int(ion_px / optical_px))
+    enough = max(2, round(ion_px / optical_px))
     return (f"the optical's pixels cover {optical_px:.3g} {unit} of the section, coarser than the fused grid's "
             f"{ion_px / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
             f"×{enough} would do as well")

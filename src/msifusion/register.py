@@ -234,8 +234,10 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
     Refused: any landmark more than half an image size outside its image (one such point is
     enough to distort a thin-plate spline everywhere), and sets squeezed into the origin corner of
     one image (under ``SQUEEZED_SPAN`` of its diagonal, :func:`_in_origin_corner`) while spread over
-    the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more): no section shrinks 10×
-    between its two images, but coordinates in pixels on a grid in µm (25 µm MSI pixels) do.
+    the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more, within 3× of that image's
+    pixel size): no section shrinks 10× between its two images, but coordinates in pixels on a grid
+    in µm (25 µm MSI pixels) do; a small core in the corner of a whole-slide scan does not match its
+    pixel size, and is accepted.
     """
     if len(landmarks.fixed) == 0:
         return
@@ -259,8 +261,9 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
     spans = [_relative_span(pts, grid) for _, pts, grid in sides]
     for k in (0, 1):
         small, large = spans[k], spans[1 - k]
+        unit = sides[k][2].pixel_size  # the factor by which pixel indices undershoot this image's units
         if (small < SQUEEZED_SPAN and large > SPREAD_SPAN and large >= SPAN_DISAGREEMENT * small
-                and _in_origin_corner(sides[k][1], sides[k][2])):
+                and unit / 3 <= large / small <= 3 * unit and _in_origin_corner(sides[k][1], sides[k][2])):
             which, pts, grid = sides[k]
             raise InputError(
                 landmarks.source,
@@ -821,7 +824,8 @@ def register_auto(
         raise ValueError(f"tissue image shape {stack.shape[1:]} does not match the fixed grid {fixed.shape}")
     acquired = np.any(stack != 0, axis=0)
     if acquired.sum() < 16:
-        size = "empty" if stack.shape[1] * stack.shape[2] >= 16 else f"too small ({stack.shape[1]}×{stack.shape[2]})"
+        size = (f"too small ({stack.shape[1]}×{stack.shape[2]})" if stack.shape[1] * stack.shape[2] < 16 else
+                "nearly empty" if acquired.any() else "empty")
         raise InputError(None, f"the MSI tissue image is {size}: {int(acquired.sum())} pixels with signal, 16 "
                                "needed to register automatically; give --landmarks")
     optical_rgb = np.asarray(optical_rgb)

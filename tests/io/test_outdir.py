@@ -102,3 +102,21 @@ def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path):
             (out / "theirs.txt").write_text("theirs")
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_rename = type(out).rename
+
+    def rename(self, target):
+        if self.name.startswith(".out.partial-"):
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(out), "rename", rename)
+    with pytest.raises(OSError):
+        with staged_output_dir(out, overwrite=True) as stage:
+            (stage / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "old.txt").read_text() == "old"

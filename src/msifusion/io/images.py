@@ -19,7 +19,7 @@ off-tissue pixel without a spectrum; the grid starts at 0 for 0-based coordinate
 never at the smallest coordinate present; a table listing under 1 % of an image over 10⁶ pixels
 is refused). NaN or inf in an ion image is an error: the fusion has no way to know what the user
 meant by them, so we ask the user to fill them; complex values are an error too. A TIFF whose X and
-Y pixel sizes differ is refused (optical or ion): every step downstream models square pixels.
+Y pixel sizes differ is read as uncalibrated (optical or ion): every step downstream models square pixels.
 """
 
 from __future__ import annotations
@@ -80,21 +80,21 @@ PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not i
 SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
 
-def _tiff_pixel_size_um(tif, path: Path) -> float | None:
+def _tiff_pixel_size_um(tif) -> float | None:
     """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags; None if uncalibrated.
 
     A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
     so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong, and :class:`Image` has no
-    place for a note, so the run reports it as it reports any missing calibration. A width and height that differ
-    (by more than 1 %, relative: more than a scanner's rounding of its calibration) are refused: every step downstream
-    models square pixels, and taking the width for both would silently stretch the image.
+    place for a note, so the run reports it as it reports any missing calibration. So does a width and height that
+    differ (by more than 1 %, relative: more than a scanner's rounding of its calibration): every step downstream
+    models square pixels, and taking the width for both would silently stretch the scale bars; the fusion itself
+    works on the pixel grid (DESI and laser-ablation line scans have such pixels), and ``--pixel-size`` still applies.
     """
-    size, height = _tiff_stated_pixel_size_um(tif)
-    if size is not None and height is not None and not math.isclose(size, height, rel_tol=SQUARE_REL_TOL):
-        raise InputError(path, f"X and Y pixel sizes differ (X {size:g} µm, Y {height:g} µm); msifusion needs square "
-                               "pixels: resample the image to square pixels first")
+    width, height = _tiff_stated_pixel_size_um(tif)
+    if width is not None and height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
+        return None
     lo, hi = PLAUSIBLE_PIXEL_UM
-    return size if size is not None and lo <= size <= hi else None
+    return width if width is not None and lo <= width <= hi else None
 
 
 def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None]:
@@ -169,7 +169,7 @@ def _read_tiff(path: Path, colours: bool = False,
     try:
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
-            series, pixel_size = levels[0], _tiff_pixel_size_um(tif, path)
+            series, pixel_size = levels[0], _tiff_pixel_size_um(tif)
             base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
                 x = levels[0].axes.index("X")
@@ -534,8 +534,14 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
                                    "give pixel indices (the positions divided by the pixel size)")
     origin = 0 if xy.min() == 0 else 1
     width, height = (float(c.max()) + 1 - origin for c in xy.T)
-    if width * height > max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy)):
+    limit = max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy))
+    if width * height > limit:
         n = ", ".join(f"{v:.0f}" if v < 1e12 else f"{v:.3g}" for v in (xy[:, 0].max(), xy[:, 1].max()))
+        own = float(np.prod(np.ptp(xy, axis=0) + 1))  # the rows' own bounding box
+        if own <= limit:  # dense where they are: a raster index of a larger acquisition, offset from the origin
+            raise InputError(path, f"x and y start at ({xy[:, 0].min():.0f}, {xy[:, 1].min():.0f}), far from the "
+                                   f"origin: a {width:.6g}×{height:.6g} image for {len(xy)} rows; subtract that offset "
+                                   "so that the table starts at 0 or 1")
         raise InputError(path, f"x and y reach ({n}), a {width:.6g}×{height:.6g} image ({width * height:.3g} pixels), "
                                f"but the table has {len(xy)} rows, under 1 % of them; a stray coordinate? Remove it, "
                                "or give pixel indices")

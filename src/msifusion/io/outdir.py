@@ -89,11 +89,19 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
             except OSError:
                 break
         raise
-    if out.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        backup.rmdir()
-        out.rename(backup)
-        stage.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        stage.rename(out)
+    try:
+        if out.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            backup.rmdir()
+            out.rename(backup)
+            try:
+                stage.rename(out)
+            except OSError:
+                backup.rename(out)  # the old results stay where they were
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            stage.rename(out)
+    except OSError:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
