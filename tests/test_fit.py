@@ -95,9 +95,12 @@ def test_a_diverging_fit_stops_at_the_first_non_finite_loss(small_pair):
 
     guide, ion, scale = small_pair
     seed_everything(0)
-    with pytest.raises(InputError, match=r"--lr: the fit diverged at epoch \d+"):
+    seen: list[dict] = []
+    with pytest.raises(InputError, match=r"--lr: the fit diverged at epoch \d+") as err:
         fit_network(LCRN(), guide, upsample(ion / ion.max(), scale), FitConfig(max_epochs=50, patience=0, lr=1e9),
-                    Runtime(quiet=True))
+                    Runtime(quiet=True), on_epoch=seen.append)
+    diverged = int(err.value.problem.split("epoch ")[1].split()[0])
+    assert diverged < 50 and len(seen) == diverged - 1 and all(np.isfinite(r["total"]) for r in seen)
 
 
 @pytest.mark.parametrize("name, problem", [("gpu", "unknown device 'gpu'"), ("mps", "'mps' is not supported")])

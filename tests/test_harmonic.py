@@ -197,6 +197,7 @@ def test_texture_is_not_tried_for_an_ion_that_stays_at_the_first_setting(cells):
     fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=((80.0, 0), (50.0, 1)), sign_significance=1e6),
                        report=report)
     assert report.notes[0]["chosen"] == [80.0, 0] and report.notes[0]["texture"] == 0.0
+    assert report.notes[0]["texture_tested"] is False
     assert report.notes[0]["texture_coarse_mse"][1] < report.notes[0]["texture_coarse_mse"][0]  # it would have won
 
 

@@ -78,5 +78,5 @@ def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
     from msifusion.methods import check_fused_size
 
     check_fused_size((20, 30), 20)
-    with pytest.raises(InputError, match=r"--scale: ×10000 makes a 200000×300000 fused image, about \d+ GB"):
-        check_fused_size((20, 30), 10000)
+    with pytest.raises(InputError, match=r"--scale: ×1000000 makes a 20000000×30000000 fused image, about \d+ GB"):
+        check_fused_size((20, 30), 1_000_000)  # 29 PB

@@ -664,7 +664,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
             if trusted else 0
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
-                      "chosen": ladder[best], "texture": config.texture[texture],
+                      "chosen": ladder[best], "texture": config.texture[texture], "texture_tested": trusted,
                       "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
 
