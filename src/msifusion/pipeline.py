@@ -94,7 +94,8 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                                  "it is not registered to the ion grid (use `msifusion register`)")
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
-    warnings = [w for w in [coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")] if w]
+    coarse = coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")
+    warnings = [coarse] if coarse else []
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
