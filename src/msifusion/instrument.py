@@ -22,7 +22,7 @@ from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_fused_size, check_scale, check_spot
-from msifusion.pipeline import (CALIBRATION_FACTOR, FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
+from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
                                 fuse_pairs, software_versions, uncalibrated_warning, write_fusion_outputs,
                                 write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
@@ -208,6 +208,9 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
+
+
+CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
 
 
 @dataclass(frozen=True)

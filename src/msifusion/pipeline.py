@@ -203,7 +203,6 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
             "look at fused.png, or try another --method"]
 
 
-CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
 COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
 

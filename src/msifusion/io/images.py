@@ -536,12 +536,12 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     width, height = (float(c.max()) + 1 - origin for c in xy.T)
     limit = max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy))
     if width * height > limit:
-        n = ", ".join(f"{v:.0f}" if v < 1e12 else f"{v:.3g}" for v in (xy[:, 0].max(), xy[:, 1].max()))
         own = float(np.prod(np.ptp(xy, axis=0) + 1))  # the rows' own bounding box
         if own <= limit:  # dense where they are: a raster index of a larger acquisition, offset from the origin
             raise InputError(path, f"x and y start at ({xy[:, 0].min():.0f}, {xy[:, 1].min():.0f}), far from the "
                                    f"origin: a {width:.6g}×{height:.6g} image for {len(xy)} rows; subtract that offset "
                                    "so that the table starts at 0 or 1")
+        n = ", ".join(f"{v:.0f}" if v < 1e12 else f"{v:.3g}" for v in (xy[:, 0].max(), xy[:, 1].max()))
         raise InputError(path, f"x and y reach ({n}), a {width:.6g}×{height:.6g} image ({width * height:.3g} pixels), "
                                f"but the table has {len(xy)} rows, under 1 % of them; a stray coordinate? Remove it, "
                                "or give pixel indices")

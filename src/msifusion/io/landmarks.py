@@ -23,7 +23,7 @@ import csv
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -37,13 +37,17 @@ DUPLICATE_TOLERANCE = 1e-9  # points closer than this × the diagonal of their b
 
 @dataclass(frozen=True)
 class Landmarks:
-    """Active landmark pairs: ``moving`` (n, 2) optical points, ``fixed`` (n, 2) ion-grid points."""
+    """Active landmark pairs: ``moving`` (n, 2) optical points, ``fixed`` (n, 2) ion-grid points.
+
+    ``rows``: where each landmark came from in its file (e.g. "line 4"), for messages; None: by name.
+    """
 
     moving: np.ndarray
     fixed: np.ndarray
     names: tuple[str, ...]
     source: Path | None = None
     transform_type: str | None = None  # from BigWarp's JSON, e.g. "Thin Plate Spline"
+    rows: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.moving, dtype=np.float64).reshape(-1, 2)
@@ -52,8 +56,11 @@ class Landmarks:
             raise ValueError("moving, fixed and names must have one entry per landmark")
         object.__setattr__(self, "moving", m)
         object.__setattr__(self, "fixed", f)
-        repeated = Counter(self.names)
-        labels = [f"{n!r} (#{i})" if repeated[n] > 1 else repr(n) for i, n in enumerate(self.names)]
+        if self.rows is not None:
+            labels = [f"{n!r} ({row})" for n, row in zip(self.names, self.rows)]
+        else:
+            repeated = Counter(self.names)
+            labels = [f"{n!r} (#{i})" if repeated[n] > 1 else repr(n) for i, n in enumerate(self.names)]
         problem = _duplicate_problem(m, f, labels)
         if problem:
             raise InputError(self.source, problem)
@@ -161,7 +168,7 @@ def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[floa
     dims = {len(r[3]) for r in rows}
     if len(dims) > 1:
         raise InputError(path, "rows mix 2-D and 3-D landmarks")
-    names, moving, fixed, labels = [], [], [], []
+    names, moving, fixed, where = [], [], [], []
     zs: dict[str, set[float]] = {"moving": set(), "fixed": set()}
     for line, name, active, mv, fx in rows:
         if not active:
@@ -177,18 +184,13 @@ def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[floa
         names.append(name)
         moving.append(mv[:2])
         fixed.append(fx[:2])
-        labels.append(f"{name!r} ({row_word} {line})")
+        where.append(f"{row_word} {line}")
     for side, values in zs.items():
         if len(values) > 1:
             raise InputError(path, f"3-D landmarks with varying {side} z ({min(values):g}–{max(values):g}); "
                              "only 2-D registration (constant z) is supported")
-    moving_xy = np.array(moving, dtype=np.float64).reshape(-1, 2)
-    fixed_xy = np.array(fixed, dtype=np.float64).reshape(-1, 2)
-    problem = _duplicate_problem(moving_xy, fixed_xy, labels)  # here, where the rows are known
-    if problem:
-        raise InputError(path, problem)
     return Landmarks(np.array(moving, dtype=np.float64).reshape(-1, 2), np.array(fixed, dtype=np.float64).reshape(-1, 2),
-                     tuple(names), path, transform_type)
+                     tuple(names), path, transform_type, tuple(where))
 
 
 def _parse_csv(path: Path, text: str) -> Landmarks:

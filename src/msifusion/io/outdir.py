@@ -81,6 +81,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
         yield stage
         if not overwrite and out.exists() and any(out.iterdir()):
             raise InputError(out, "another run wrote into the output folder meanwhile; nothing written")
+        _move_into_place(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # the parents this run made, if still empty
@@ -89,19 +90,19 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
             except OSError:
                 break
         raise
+
+
+def _move_into_place(stage: Path, out: Path) -> None:
+    """Rename ``stage`` to ``out``; an existing ``out`` is replaced, and kept as it was if the rename fails."""
+    if not out.exists():
+        stage.rename(out)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    backup.rmdir()
+    out.rename(backup)
     try:
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            backup.rmdir()
-            out.rename(backup)
-            try:
-                stage.rename(out)
-            except OSError:
-                backup.rename(out)  # the old results stay where they were
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            stage.rename(out)
+        stage.rename(out)
     except OSError:
-        shutil.rmtree(stage, ignore_errors=True)
+        backup.rename(out)
         raise
+    shutil.rmtree(backup, ignore_errors=True)
