@@ -64,6 +64,12 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
         assert json.loads((folder / "run.json").read_text())["mz"] == float(name)
     summary = json.loads((out / "run.json").read_text())
     assert summary["registration"]["method"] == "landmarks (tps)" and summary["mzs"] == [100.0, 200.0]
+    assert summary["method"] == "bilinear" and summary["scale"] == SCALE and summary["seed"] == 0
+    assert summary["fused_shape"] == [H * SCALE, W * SCALE] and "numpy" in summary["versions"]
+    assert summary["machine"]["cpu_count"] >= 1 and isinstance(summary["command"], list) and "created" in summary
+    assert set(summary["ions"]) == {"100.0000", "200.0000"} and summary["ions"]["200.0000"]["mz"] == 200.0
+    assert summary["ions"]["100.0000"]["consistency_error"] >= 0 and "mz" not in summary
+    assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
 
 

@@ -23,8 +23,8 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_fused_size, check_scale, check_spot
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
-                                fuse_pairs, software_versions, uncalibrated_warning, write_fusion_outputs,
-                                write_run_json)
+                                fuse_pairs, panel_record, software_versions, uncalibrated_warning,
+                                write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
@@ -443,14 +443,11 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um)
             save_ion_grid(stage / "fused.png", fused, stack.labels, px)
-            fusion_warnings = [w for r in records for w in r["warnings"] if w not in registered.warnings]
-            summary = dict(common, tool="msifusion", command="fuse --imzml", mzs=list(stack.mzs),
-                           warnings=registered.warnings + fusion_warnings,
-                           method=request.settings.method, scale=request.register.scale,
-                           ions={n: {k: r[k] for k in ("epochs", "stop_reason", "consistency_error", "timings_s")}
-                                 for n, r in zip(stack.names, records)},
-                           versions=software_versions(),
-                           timings_s={"load_and_register": load_s, "total": time.perf_counter() - t0})
+            summary = panel_record(records, stack.names, registered.warnings)
+            summary.update(mzs=list(stack.mzs), outputs=["fused.ome.tiff", "ions.png", "fused.png",
+                                                         *(f"mz_{n}/" for n in stack.names)],
+                           timings_s={"load_and_register": load_s, "fuse_panel": sum(r.seconds for r in results),
+                                      "total": time.perf_counter() - t0})
             write_run_json(stage, summary)
             return summary
         records[0]["timings_s"].update(load_and_register=load_s, total=time.perf_counter() - t0)

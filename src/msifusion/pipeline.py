@@ -11,6 +11,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -286,6 +287,20 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         record.update(extra)
     record["warnings"] = [*record.get("warnings", []), *pair.warnings, *fusion_warnings(pair, result)]
     return record
+
+
+PER_ION_KEYS = ("ion_name", "mz", "window", "intensity_scale", "epochs", "stop_reason", "method_details",
+                "consistency_error", "timings_s", "warnings")
+
+
+def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings: Sequence[str]) -> dict:
+    """The run.json of a panel of ions: the settings, versions and machine all ions share, once, and
+    per ion (by folder name) what differs. Each ion's ``timings_s.fuse`` is its share of the panel's
+    fusion (work is shared across ions); the panel's own total is the caller's to add."""
+    summary = {k: v for k, v in records[0].items() if k not in PER_ION_KEYS}
+    summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
+    summary["warnings"] = list(dict.fromkeys([*shared_warnings, *(w for r in records for w in r["warnings"])]))
+    return summary
 
 
 def write_run_json(folder: Path, record: dict) -> Path:

@@ -93,15 +93,26 @@ def test_failure_also_removes_the_parent_folders_it_made(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
 
 
-def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path):
+@pytest.mark.parametrize("existed_empty", [False, True])
+def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path, existed_empty):
     out = tmp_path / "out"
+    if existed_empty:
+        out.mkdir()
     with pytest.raises(InputError, match="another run wrote into the output folder meanwhile"):
         with staged_output_dir(out) as stage:
             (stage / "mine.txt").write_text("mine")
-            out.mkdir()
+            out.mkdir(exist_ok=True)
             (out / "theirs.txt").write_text("theirs")
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_empty_folder_is_replaced_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with staged_output_dir(out) as stage:
+        (stage / "mine.txt").write_text("mine")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "mine.txt").read_text() == "mine"
 
 
 def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, monkeypatch):

@@ -79,9 +79,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
     try:
         yield stage
-        if not overwrite and out.exists() and any(out.iterdir()):
-            raise InputError(out, "another run wrote into the output folder meanwhile; nothing written")
-        _move_into_place(stage, out)
+        _move_into_place(stage, out, overwrite)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # the parents this run made, if still empty
@@ -92,10 +90,17 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
         raise
 
 
-def _move_into_place(stage: Path, out: Path) -> None:
-    """Rename ``stage`` to ``out``; an existing ``out`` is replaced, and kept as it was if the rename fails."""
-    if not out.exists():
-        stage.rename(out)
+def _move_into_place(stage: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``stage`` to ``out``. Without ``overwrite`` the rename itself is the check: it replaces
+    nothing but an empty folder, so another run that filled ``out`` meanwhile keeps its results. With
+    it, an existing ``out`` is replaced, and kept as it was if the rename fails."""
+    if not overwrite or not out.exists():
+        try:
+            stage.rename(out)
+        except OSError as exc:
+            if out.is_dir() and any(out.iterdir()):
+                raise InputError(out, "another run wrote into the output folder meanwhile; nothing written") from None
+            raise exc
         return
     backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     backup.rmdir()
