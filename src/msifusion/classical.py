@@ -24,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from msifusion.harmonic import colour_differences
 from msifusion.io.images import luminance
 from msifusion.measurement import block_mean, upsample
 
@@ -105,10 +107,7 @@ class DiffusionConfig:
 
 def _conductances(guide: np.ndarray, kappa: float | None) -> tuple[np.ndarray, np.ndarray]:
     g = np.asarray(guide, dtype=np.float32)
-    if g.ndim == 2:
-        g = g[..., None]
-    dh = np.sqrt(((g[:, 1:] - g[:, :-1]) ** 2).sum(-1))  # between horizontal neighbours
-    dv = np.sqrt(((g[1:] - g[:-1]) ** 2).sum(-1))
+    dh, dv = (d.numpy() for d in colour_differences(torch.as_tensor(g[..., None] if g.ndim == 2 else g)))
     if kappa is None:
         kappa = max(float(np.percentile(np.concatenate([dh.ravel(), dv.ravel()]), 90)), 1e-3)
     return np.exp(-((dh / kappa) ** 2)), np.exp(-((dv / kappa) ** 2))

@@ -193,8 +193,9 @@ class HarmonicConfig:
 # ----------------------------------------------------------------------------- conductances
 
 
-def _colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean RGB differences between horizontal (H, W−1) and vertical (H−1, W) neighbours."""
+def colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean colour differences of an (H, W, C) guide between horizontal (H, W−1) and vertical (H−1, W)
+    neighbours (the diffusion method's conductances use them too)."""
     dh = (guide[:, 1:] - guide[:, :-1]).pow(2).sum(-1).sqrt()
     dv = (guide[1:] - guide[:-1]).pow(2).sum(-1).sqrt()
     return dh, dv
@@ -208,7 +209,7 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
     g = np.asarray(guide)
     H, W = g.shape[:2]
     if (H - 1) * W + H * (W - 1) <= max_samples:
-        dh, dv = _colour_differences(torch.as_tensor(g, dtype=torch.float32))
+        dh, dv = colour_differences(torch.as_tensor(g, dtype=torch.float32))
         d = torch.cat([dh.flatten(), dv.flatten()]).numpy()
     else:
         rng = np.random.default_rng(0)
@@ -474,7 +475,7 @@ class _Problem:
     edge: _EdgeTerm | None = None
 
     def __post_init__(self) -> None:
-        self.diffs = _colour_differences(self.guide)
+        self.diffs = colour_differences(self.guide)
         H, W = self.guide.shape[:2]
         self.op = Measurement((H, W), self.f, self.config.spot_sigma_px, self.guide.device)
         if self.config.edge_weight > 0:
