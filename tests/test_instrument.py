@@ -1,6 +1,8 @@
 """The instrument workflow on a small imzML written here, with landmarks of a known map."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -61,7 +63,12 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
         folder = out / f"mz_{name}"
         np.testing.assert_array_equal(tifffile.imread(folder / "ion.tiff"), truth[i])
         np.testing.assert_array_equal(tifffile.imread(folder / "fused.tiff"), stack[i])
-        assert json.loads((folder / "run.json").read_text())["mz"] == float(name)
+        for written in ("fused.tiff", "ion.tiff"):
+            with tifffile.TiffFile(folder / written) as tif:
+                assert f'Name="m/z {name}"' in tif.ome_metadata
+        record = json.loads((folder / "run.json").read_text())
+        assert record["mz"] == float(name) and set(record["timings_s"]) == {"fuse_share_of_panel", "write"}
+        assert record["cwd"] == os.getcwd() and record["command"] == sys.argv
     summary = json.loads((out / "run.json").read_text())
     assert summary["registration"]["method"] == "landmarks (tps)" and summary["mzs"] == [100.0, 200.0]
     assert summary["method"] == "bilinear" and summary["scale"] == SCALE and summary["seed"] == 0
@@ -70,6 +77,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     assert set(summary["ions"]) == {"100.0000", "200.0000"} and summary["ions"]["200.0000"]["mz"] == 200.0
     assert summary["ions"]["100.0000"]["consistency_error"] >= 0 and "mz" not in summary
     assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
+    assert sorted(summary["outputs"]) == sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
 
 
@@ -92,7 +100,8 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
         assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata
     assert (out / "ions.png").exists() and (out / "run.json").exists()
     outputs = ["mz_100.0000.tiff", "mz_200.0000.tiff", "ions.ome.tiff", "ions.png"]
-    assert json.loads((out / "run.json").read_text())["outputs"] == outputs
+    record = json.loads((out / "run.json").read_text())
+    assert record["outputs"] == outputs and record["warnings"] == [] and record["cwd"] == os.getcwd()
     assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]
 
 
@@ -142,6 +151,16 @@ def test_landmark_options_without_landmarks_are_errors(tmp_path, files, capsys, 
                  *extra]) == 2
     assert capsys.readouterr().err.strip() == f"msifusion: error: {message}"
     assert not out.exists()
+
+
+def test_register_lists_what_it_wrote(tmp_path, files):
+    imzml, opt, lm, _ = files
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert sorted(record["outputs"]) == sorted(p.name for p in out.iterdir())
+    assert "landmarks.csv" in record["outputs"] and record["command"] == sys.argv
 
 
 def test_deformable_with_landmarks_is_an_error(tmp_path, files, capsys):

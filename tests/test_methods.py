@@ -60,6 +60,24 @@ def test_bad_problems(small_pair):
         fuse(guide, ion[None], "bilinear")
 
 
+def test_an_8_bit_guide_is_read_as_fractions_and_a_0_to_255_float_guide_is_refused(small_pair):
+    import msifusion
+    from msifusion.io.images import Image
+
+    guide, ion, _ = small_pair
+    as_bytes = np.round(guide * 255).astype(np.uint8)
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    np.testing.assert_array_equal(fuse(as_bytes, ion, options=quiet).image,
+                                  fuse(as_bytes / np.float32(255), ion, options=quiet).image)
+    assert msifusion.fuse_many(as_bytes, np.stack([ion, 2 * ion]), "bilinear")[1].image.shape == guide.shape[:2]
+    with pytest.raises(InputError, match=r"must be in \[0, 1\], got values from 70 to 212"):
+        fuse(as_bytes.astype(np.float32), ion, "bilinear")
+    with pytest.raises(InputError, match="contains NaN or inf"):
+        fuse(np.where(guide > 0.5, np.nan, guide), ion, "bilinear")
+    with pytest.raises(InputError, match=r"is an Image; pass its pixels"):
+        fuse(Image(guide, None), ion, "bilinear")
+
+
 def test_a_spot_wider_than_half_an_msi_pixel_is_refused(small_pair):
     from msifusion.harmonic import HarmonicConfig
     from msifusion.measurement import consistency_error

@@ -562,9 +562,8 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
 
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
                 facts: dict, timings: dict) -> dict:
-    from msifusion.pipeline import machine, software_versions
+    from msifusion.pipeline import machine, run_header, software_versions
 
-    return {"tool": "msifusion benchmark", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": sys.argv, "settings": asdict(config), "methods": methods, "machine": machine(),
+    return {**run_header("msifusion benchmark"), "settings": asdict(config), "methods": methods, "machine": machine(),
             "versions": software_versions(), "cases": [c.summary() for c in cases], "skipped": skipped,
             **facts, "timings_s": timings}

@@ -23,7 +23,7 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_fused_size, check_scale, check_spot
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
-                                fuse_pairs, panel_record, software_versions, uncalibrated_warning,
+                                fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
                                 write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
@@ -254,22 +254,24 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
     return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area))
 
 
-def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> None:
+def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> list[str]:
     """optical_registered.tiff (+ .png), overlay.png against the MSI tissue image, landmarks.csv; for an
-    ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of the other alignment."""
+    ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of the other alignment.
+    Returns the names written."""
     px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
-    write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px)
-    save_rgb_png(folder / "optical_registered.png", registered.guide)
-    save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)
+    paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px),
+             save_rgb_png(folder / "optical_registered.png", registered.guide),
+             save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)]
     if registered.landmarks is not None:
-        write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv")
+        paths.append(write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv"))
     rival = registered.rival
     if rival is not None:
         # against the same tissue image as overlay.png, so that the two pictures differ only in the alignment
-        save_overlay(folder / "overlay_rival.png", rival.preview, registered.tissue,
-                     ion_pixel_size_um / rival.scale if ion_pixel_size_um else None,
-                     "the other alignment (landmarks_rival.csv)")
-        write_bigwarp_csv(rival.landmarks, folder / "landmarks_rival.csv")
+        paths.append(save_overlay(folder / "overlay_rival.png", rival.preview, registered.tissue,
+                                  ion_pixel_size_um / rival.scale if ion_pixel_size_um else None,
+                                  "the other alignment (landmarks_rival.csv)"))
+        paths.append(write_bigwarp_csv(rival.landmarks, folder / "landmarks_rival.csv"))
+    return [Path(p).name for p in paths]
 
 
 def _open_ions(path: Path) -> ImzML:
@@ -323,10 +325,11 @@ def extract_ions(request: IonsRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
-        record = {"tool": "msifusion", "command": "ions", "imzml": str(request.imzml), "mzs": list(stack.mzs),
+        record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths], "versions": software_versions(),
+                  "warnings": [w for w in (stack.overlap_warning(),) if w],
                   "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
     return record
@@ -368,8 +371,8 @@ def register_files(request: RegisterRequest) -> dict:
     optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
     registered = register_optical(optical, msi, request.settings)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
-        write_registration(stage, registered, px)
-        record = {"tool": "msifusion", "command": "register", "optical": str(request.optical), "ion": str(request.ion),
+        outputs = write_registration(stage, registered, px)
+        record = {**run_header(), "optical": str(request.optical), "outputs": outputs + ["run.json"], "ion": str(request.ion),
                   "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
@@ -414,9 +417,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register)
+    registered.warnings += [w for w in (stack.overlap_warning(),) if w]
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
-        write_registration(stage, registered, stack.pixel_size_um)
+        registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
         if stack.pixel_size_um is None:
             why = (f"{request.imzml.name} gives none in its scan settings" if pixel_xy is None else
                    f"the pixels of {request.imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square")
@@ -433,9 +437,11 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                   label)
             folder = stage if len(stack.mzs) == 1 else stage / f"mz_{name}"
             folder.mkdir(exist_ok=True)
-            write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um)
-            records.append(write_fusion_outputs(folder, pair, result, request.settings,
-                                                dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))))
+            write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
+            per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))
+            if len(stack.mzs) > 1:  # the panel is fused together: an ion's time is its share
+                per_ion["timings_s"] = {"fuse_share_of_panel": result.seconds}
+            records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion))
             fused.append(result.image)
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
@@ -444,8 +450,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um)
             save_ion_grid(stage / "fused.png", fused, stack.labels, px)
             summary = panel_record(records, stack.names, registered.warnings)
-            summary.update(mzs=list(stack.mzs), outputs=["fused.ome.tiff", "ions.png", "fused.png",
-                                                         *(f"mz_{n}/" for n in stack.names)],
+            summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.png",
+                                                         "fused.png", *(f"mz_{n}/" for n in stack.names), "run.json"],
                            timings_s={"load_and_register": load_s, "fuse_panel": sum(r.seconds for r in results),
                                       "total": time.perf_counter() - t0})
             write_run_json(stage, summary)

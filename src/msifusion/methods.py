@@ -137,11 +137,40 @@ def check_spot(spot_sigma_px: float, scale: int) -> None:
                                          "noise more than 14-fold; σ is in optical pixels of the fused grid, not µm")
 
 
+def _array(value, what: str) -> np.ndarray:
+    if hasattr(value, "pixels"):
+        raise InputError(None, f"the {what} is an Image; pass its pixels (read_optical(path).pixels, "
+                               "read_ion(path).pixels)")
+    return np.asarray(value)
+
+
+def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
+    """The guide as float32 in [0, 1]: integer images (uint8, uint16, as tifffile or OpenCV read them) as fractions
+    of their type's maximum, like scikit-image's ``img_as_float``; a float guide must already be in [0, 1]."""
+    if guide.dtype.kind in "ui":
+        return (guide / np.float32(np.iinfo(guide.dtype).max)).astype(np.float32)
+    if guide.dtype.kind not in "fb":
+        raise InputError(None, f"the optical guide must be a real-valued array, got dtype {guide.dtype}")
+    guide = guide.astype(np.float32, copy=False)
+    if not np.isfinite(guide).all():
+        raise InputError(None, "the optical guide contains NaN or inf")
+    low, high = float(guide.min()), float(guide.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise InputError(None, f"the optical guide must be in [0, 1], got values from {low:g} to {high:g}; "
+                               "divide 8-bit values by 255, or read the file with read_optical")
+    return guide
+
+
 def _checked(guide: np.ndarray, ion: np.ndarray, method: str,
-             options: MethodOptions) -> tuple[np.ndarray, int, float]:
-    """The ion as float32, the scale and the ion's intensity scale (max |ion|), or an InputError."""
+             options: MethodOptions) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """The guide as float32 in [0, 1], the ion as float32, the scale and the ion's intensity scale (max |ion|),
+    or an InputError."""
     check_methods([method])
-    ion = np.asarray(ion, dtype=np.float32)
+    guide = _array(guide, "optical guide")
+    ion = _array(ion, "ion image")
+    if ion.dtype.kind not in "uifb":
+        raise InputError(None, f"an ion image must be a real-valued array, got dtype {ion.dtype}")
+    ion = ion.astype(np.float32)
     if np.ndim(guide) != 3 or np.shape(guide)[2] != 3:
         raise InputError(None, f"the optical guide must be an (H, W, 3) RGB array, got shape {np.shape(guide)}; "
                                "repeat a grey image into three channels")
@@ -160,7 +189,7 @@ def _checked(guide: np.ndarray, ion: np.ndarray, method: str,
     intensity_scale = float(np.max(np.abs(ion)))
     if intensity_scale == 0:
         raise InputError(None, "ion image is all zero; nothing to fuse")
-    return ion, scale, intensity_scale
+    return _guide_in_unit_range(guide), ion, scale, intensity_scale
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
@@ -180,10 +209,11 @@ def fuse(
     method: str = DEFAULT_METHOD,
     options: MethodOptions = MethodOptions(),
 ) -> FusionResult:
-    """Fuse an ion image with a registered optical guide; the result is in the ion's units."""
-    ion, scale, intensity_scale = _checked(guide, ion, method, options)
+    """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
+    images: fractions of their type's maximum); the result is in the ion's units."""
+    guide, ion, scale, intensity_scale = _checked(guide, ion, method, options)
     seed_everything(options.runtime.seed)
-    problem = FusionProblem(np.asarray(guide, dtype=np.float32), ion / intensity_scale, scale)
+    problem = FusionProblem(guide, ion / intensity_scale, scale)
     start = time.perf_counter()
     result = METHODS[method].run(problem, options)
     return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start, options)
@@ -203,17 +233,19 @@ def fuse_many(
     fusing it alone, though not identical to it. The others run once per ion. A result's
     ``seconds`` is its share of the shared run.
     """
+    guide = _guide_in_unit_range(_array(guide, "optical guide"))  # once, not per ion
     checked = [_checked(guide, ion, method, options) for ion in ions]
     run_many = METHODS[method].run_many
     if run_many is None or len(checked) == 1:
-        return [fuse(guide, ion, method, options) for ion, _, _ in checked]
+        return [fuse(g, ion, method, options) for g, ion, _, _ in checked]
     seed_everything(options.runtime.seed)
-    scale = checked[0][1]
-    normalised = np.stack([ion / peak for ion, _, peak in checked])
+    guide, scale = checked[0][0], checked[0][2]
+    normalised = np.stack([ion / peak for _, ion, _, peak in checked])
     start = time.perf_counter()
-    results = run_many(np.asarray(guide, dtype=np.float32), normalised, scale, options)
+    results = run_many(guide, normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
-    return [_in_ion_units(r, ion, method, scale, peak, share, options) for r, (ion, _, peak) in zip(results, checked)]
+    return [_in_ion_units(r, ion, method, scale, peak, share, options)
+            for r, (_, ion, _, peak) in zip(results, checked)]
 
 
 # ----------------------------------------------------------------------------- methods

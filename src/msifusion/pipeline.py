@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -241,7 +242,7 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     """fused.tiff, fused.png, losses.csv/png (network methods) and run.json; returns run.json's dict."""
     start = time.perf_counter()
     px = pair.fused_pixel_size_um
-    write_tiff(folder / "fused.tiff", result.image, px)
+    write_tiff(folder / "fused.tiff", result.image, px, [pair.ion_name])
     save_ion_png(folder / "fused.png", result.image, px, title=f"{pair.ion_name} · {result.method} ×{result.scale}")
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
@@ -252,13 +253,18 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     return record
 
 
+def run_header(tool: str = "msifusion") -> dict:
+    """How every run.json opens: the tool, when, the command line as typed, and the folder it was typed in
+    (the record's relative input paths are relative to it)."""
+    return {"tool": tool, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
+            "cwd": os.getcwd()}
+
+
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
     device = resolve_device(settings.runtime.device)
     record = {
-        "tool": "msifusion",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": sys.argv,
+        **run_header(),
         "method": result.method,
         "method_summary": METHODS[result.method].summary,
         "scale": result.scale,

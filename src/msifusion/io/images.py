@@ -566,7 +566,7 @@ def write_tiff(
     pixel_size_um: float | None = None,
     channel_names: list[str] | None = None,
 ) -> Path:
-    """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack with channel names.
+    """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack, with a name per channel (one for an (H, W) image).
 
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm) and as TIFF resolution tags in
     centimetres, so Bio-Formats and ImageJ's own opener both show the calibration.
@@ -574,8 +574,8 @@ def write_tiff(
     data = np.asarray(data, dtype=np.float32)
     metadata: dict = {"axes": "YX" if data.ndim == 2 else "CYX"}
     if channel_names is not None:
-        if data.ndim != 3 or len(channel_names) != data.shape[0]:
-            raise ValueError("channel_names needs a (C, H, W) stack with one name per channel")
+        if len(channel_names) != (1 if data.ndim == 2 else data.shape[0]):
+            raise ValueError("channel_names needs one name per channel (one for an (H, W) image)")
         metadata["Channel"] = {"Name": list(channel_names)}
     return _write_ome(path, data, metadata, pixel_size_um, "minisblack")
 

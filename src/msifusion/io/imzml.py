@@ -142,6 +142,17 @@ class IonStack:
         """m/z values whose image is all zero (no signal in the window anywhere)."""
         return [mz for mz, img in zip(self.mzs, self.images) if not np.any(img)]
 
+    def overlap_warning(self) -> str | None:
+        """A warning naming the ions whose m/z windows overlap (they share counts: two such ions can be one
+        peak's image twice), or None."""
+        order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
+        pairs = [(self.mzs[a], self.mzs[b]) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
+        if not pairs:
+            return None
+        listed = ", ".join(f"{a:.4f} and {b:.4f}" for a, b in pairs)
+        return (f"the m/z windows of {listed} overlap (±{self.tolerance}): their images share counts; "
+                "narrow --tol to keep them apart")
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -700,6 +711,7 @@ def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [write_tiff(out / f"mz_{name}.tiff", img, stack.pixel_size_um) for name, img in zip(stack.names, stack.images)]
+    paths = [write_tiff(out / f"mz_{name}.tiff", img, stack.pixel_size_um, [label])
+             for name, label, img in zip(stack.names, stack.labels, stack.images)]
     paths.append(write_tiff(out / "ions.ome.tiff", stack.images, stack.pixel_size_um, channel_names=stack.labels))
     return paths
