@@ -224,6 +224,24 @@ def test_demo_passes_the_training_options_to_its_lcrn_column():
     assert settings.fit.max_epochs == 3 and settings.runtime.bf16 and settings.harmonic.spot_sigma_px == 1.5
 
 
+def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import msifusion.demo as demo
+    from msifusion.phantom import PhantomConfig
+
+    run_demo, small = demo.run_demo, PhantomConfig(fine_shape=(80, 160))
+    monkeypatch.setattr(demo, "run_demo", lambda request: run_demo(replace(request, phantom=small)))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--method", "bilinear", "--epochs", "2", "--checkpoint-every", "1"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints" / "lcrn").glob("*.tiff")) == ["epoch_0001.tiff",
+                                                                                       "epoch_0002.tiff"]
+    training = json.loads((out / "run.json").read_text())["training"]
+    assert set(training) == {"lcrn"} and training["lcrn"]["fit_settings"]["checkpoint_every"] == 1
+    assert (training["lcrn"]["epochs"], training["lcrn"]["stop_reason"]) == (2, "reached max_epochs (2)")
+    assert "lcrn: 2 epochs (reached max_epochs (2))" in capsys.readouterr().err.splitlines()
+
+
 @pytest.mark.parametrize("extra, error", [
     (["--epochs", "5"], "--epochs: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
     (["--checkpoint-every", "1", "--lr", "1e-3"],
@@ -323,6 +341,52 @@ def test_methods_lists_default(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "lcrn" in out and "(* = default)" in out
+
+
+def test_methods_table_is_aligned(capsys):
+    from msifusion.methods import METHODS
+
+    assert main(["methods"]) == 0
+    rows = capsys.readouterr().out.splitlines()[:-1]
+    assert [row[2:].split()[0] for row in rows] == sorted(METHODS)
+    columns = {row.index(METHODS[row[2:].split()[0]].summary) for row in rows}
+    assert columns == {2 + max(map(len, METHODS)) + 2}  # every summary starts in one column, after the longest name
+
+
+@pytest.mark.parametrize("command, extra", [
+    ("ions", ["f.imzML", "--out", "o"]),
+    ("fuse", ["--imzml", "f.imzML", "--optical", "o.png", "--out", "o"]),
+])
+def test_mz_takes_several_values_as_repeating_it_does(command, extra):
+    from msifusion.cli import build_parser
+
+    def mzs(*argv: str) -> list[float]:
+        return build_parser().parse_args([command, *extra, *argv]).mz
+
+    assert mzs("--mz", "100", "200") == mzs("--mz", "100", "--mz", "200") == [100.0, 200.0]
+    assert mzs("--mz", "328.9167", "345", "--mz", "12.5") == [328.9167, 345.0, 12.5]
+
+
+def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
+    assert _exit_code(["ions", "--out", str(tmp_path / "o"), "--mz", "100", "200", "f.imzML"]) == 2
+    _assert_one_line_error(capsys, "argument --mz: expected a number > 0, got 'f.imzML'; give the .imzML file "
+                                   "before --mz")
+
+
+@pytest.mark.parametrize("command, outputs", [
+    ("fuse", ["fused.tiff", "fused.png", "losses.csv", "checkpoints/epoch_NNNN.tiff", "ion.tiff", "mz_<m/z>/",
+              "fused.ome.tiff", "ions.png", "optical_registered.tiff / .png", "overlay.png", "landmarks.csv",
+              "overlay_rival.png", "landmarks_rival.csv", "run.json"]),
+    ("register", ["optical_registered.tiff / .png", "overlay.png", "landmarks.csv", "run.json", "overlay_rival.png",
+                  "landmarks_rival.csv"]),
+    ("ions", ["mz_<m/z>.tiff", "ions.ome.tiff", "ions.png", "run.json"]),
+    ("demo", ["optical.tiff", "ion.tiff", "truth.tiff", "fused.tiff", "panel.png", "losses.csv", "run.json",
+              "checkpoints/<method>/epoch_NNNN.tiff"]),
+])
+def test_help_names_every_file_the_command_writes(capsys, command, outputs):
+    assert _exit_code([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert [name for name in outputs if name not in text] == []
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, monkeypatch):

@@ -1,6 +1,8 @@
 import json
+from dataclasses import asdict
 
 import numpy as np
+import pytest
 import tifffile
 
 from msifusion.demo import DemoRequest, run_demo
@@ -25,4 +27,32 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     fused = tifffile.imread(out / "fused.tiff")
     expected = score(fused, truth, measured, 10, make_phantom(phantom).guide)
     assert record["scores"]["diffusion"]["psnr"] == expected.psnr
-    assert json.loads((out / "run.json").read_text())["scores"]["lcrn"]["ssim"] < 1.0
+    run = json.loads((out / "run.json").read_text())
+    assert run["scores"]["lcrn"]["ssim"] < 1.0
+    assert run["fit_settings"] is None  # diffusion fits nothing; the lcrn column's fit is under "training"
+    assert run["training"] == {"lcrn": {"fit_settings": asdict(settings.fit), "epochs": 4,
+                                        "stop_reason": "reached max_epochs (4)"}}
+    assert not (out / "checkpoints").exists()  # none asked for
+
+
+def test_demo_checkpoints_and_records_every_fitted_method(tmp_path):
+    phantom = PhantomConfig(fine_shape=(80, 160), seed=2)
+    fit = FitConfig(max_epochs=4, checkpoint_every=2, patience=0)
+    settings = FuseSettings(fit=fit, runtime=Runtime(quiet=True), method="cnn3")
+    out = tmp_path / "demo"
+    record = run_demo(DemoRequest(out, settings, scale=10, phantom=phantom))
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["training"]) == {"lcrn", "cnn3"} and run["training"] == record["training"]
+    expected = {"fit_settings": asdict(fit), "epochs": 4, "stop_reason": "reached max_epochs (4)"}
+    assert run["training"] == {"lcrn": expected, "cnn3": expected} and record["training"] == run["training"]
+    assert (run["epochs"], run["fit_settings"]) == (4, asdict(fit))  # cnn3 is the chosen method
+    phantom_images = make_phantom(phantom)
+    measured = tifffile.imread(out / "ion.tiff")
+    for name in ("lcrn", "cnn3"):
+        assert sorted(p.name for p in (out / "checkpoints" / name).iterdir()) == [
+            "epoch_0002.png", "epoch_0002.tiff", "epoch_0004.png", "epoch_0004.tiff"]
+        last = tifffile.imread(out / "checkpoints" / name / "epoch_0004.tiff")  # the output scored, in ion units
+        psnr = score(last, phantom_images.truth, measured, 10, phantom_images.guide).psnr
+        assert psnr == pytest.approx(run["scores"][name]["psnr"], abs=1e-3)
+    np.testing.assert_allclose(tifffile.imread(out / "checkpoints" / "cnn3" / "epoch_0004.tiff"),
+                               tifffile.imread(out / "fused.tiff"), rtol=1e-5, atol=1e-5)

@@ -81,6 +81,19 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
 
 
+def test_checkpoints_of_a_fitted_method_go_into_each_ion_folder(tmp_path, files):
+    imzml, opt, lm, _ = files
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "lcrn", "--epochs", "4",
+                 "--checkpoint-every", "2", "--quiet"]) == 0
+    for name in ("100.0000", "200.0000"):
+        folder = out / f"mz_{name}"
+        assert sorted(p.name for p in (folder / "checkpoints").glob("*.tiff")) == ["epoch_0002.tiff", "epoch_0004.tiff"]
+        last = tifffile.imread(folder / "checkpoints" / "epoch_0004.tiff")
+        np.testing.assert_allclose(last, tifffile.imread(folder / "fused.tiff"), rtol=1e-5, atol=1e-5)
+
+
 def test_single_ion_writes_into_out(tmp_path, files):
     imzml, opt, lm, _ = files
     out = tmp_path / "one"
@@ -103,6 +116,16 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
     record = json.loads((out / "run.json").read_text())
     assert record["outputs"] == outputs and record["warnings"] == [] and record["cwd"] == os.getcwd()
     assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]
+
+
+def test_ions_whose_windows_overlap_are_named_on_stderr_and_in_run_json(tmp_path, files, capsys):
+    imzml = files[0]
+    out = tmp_path / "ions"
+    assert main(["ions", str(imzml), "--mz", "100", "100.1", "--tol", "0.2da", "--out", str(out)]) == 0
+    warning = ("the m/z windows of 100.0000 and 100.1000 overlap (±0.2Da): their images share counts; narrow --tol to "
+               "keep them apart")
+    assert warning in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["warnings"] == [warning]
 
 
 def test_peaks_command(files, capsys):

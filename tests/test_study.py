@@ -12,7 +12,7 @@ from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.measurement import upsample
-from msifusion.study import StudyConfig, pick_strip, rule_stop_epoch, run_study
+from msifusion.study import StudyConfig, pick_strip, rule_stop_epoch, run_study, save_study_plot, summary_line
 
 TINY = PhantomConfig(fine_shape=(64, 96), seed=1)
 FIT = FitConfig(max_epochs=24, lr=1e-3)  # stops (patience 5) well before the cap on this phantom
@@ -113,3 +113,34 @@ def test_study_config_needs_both_files():
         StudyConfig(optical="a.png")
     with pytest.raises(InputError, match="truth"):
         StudyConfig(truth="t.tiff")
+
+
+def test_summary_line_reads_well_whether_or_not_the_rule_stops(study):
+    _, record, _ = study
+    s = record["summary"]
+    stop = s["rule_stop_epoch"]
+    at_best, at_stop = s["at_best"]["psnr_truth"], s["at_rule_stop"]["psnr_truth"]
+    bilinear = s["bilinear_vs_truth"]["psnr"]
+    assert summary_line(record) == (f"edge-loss rule (patience 5) stops at epoch {stop}; best true PSNR {at_best:.2f} "
+                                    f"dB at epoch {s['best_true_psnr_epoch']}, {at_stop:.2f} dB at the stop; "
+                                    f"bilinear {bilinear:.2f} dB")
+    never = {**record, "summary": {**s, "rule_stop_epoch": None, "rule_stop_checkpoint": None}}
+    del never["summary"]["at_rule_stop"]
+    assert summary_line(never) == (f"edge-loss rule (patience 5) never stops within 24 epochs; best true PSNR "
+                                   f"{at_best:.2f} dB at epoch {s['best_true_psnr_epoch']}; bilinear {bilinear:.2f} dB")
+
+
+def test_study_plot_panels_are_lettered_a_to_f(tmp_path, monkeypatch):
+    from msifusion.report import plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    history = [{"epoch": e, "mse": 1.0 / e, "edge": 1.0 + (e % 2)} for e in (1, 2, 3)]
+    checkpoints = {e: {"mse_target": 1.0 / e, "psnr_target": 20.0 + e, "ssim_target": 0.5, "edge": 1.0,
+                       "consistency": 0.1} for e in (1, 2, 3)}
+    save_study_plot(tmp_path / "study.png", history, checkpoints, 2, None, None, "test")
+    monkeypatch.undo()
+    titles = [ax.get_title() for ax in figures[0].axes]
+    plt.close(figures[0])
+    assert [t.split(")")[0] for t in titles] == ["a", "b", "c", "d", "e", "f"]
+    assert titles[-1] == "f) edge perceptual loss per epoch"

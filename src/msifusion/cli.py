@@ -56,6 +56,16 @@ _positive_float = _bounded(float, 0, strict=True)
 _weight = _bounded(float, 0)
 
 
+def _mz(text: str) -> float:
+    """An m/z (> 0). ``--mz`` takes several values, so it swallows an imzML file given after it: say where it goes."""
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        if text.lower().endswith(".imzml"):
+            raise argparse.ArgumentTypeError(f"{exc}; give the .imzML file before --mz") from None
+        raise
+
+
 # ----------------------------------------------------------------------------- shared options
 
 
@@ -91,8 +101,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
-        g.add_argument("--mz", type=_positive_float, action="append", required=required, metavar="M",
-                       help="an m/z to extract (repeat for several)"),
+        g.add_argument("--mz", type=_mz, action="extend", nargs="+", required=required, metavar="M",
+                       help="the m/z to extract, one or more (--mz 100 200, or --mz repeated)"),
         g.add_argument("--tol", default=None,
                        help=f"window half-width: 5ppm or 0.01da (default {DEFAULT_TOLERANCE}); sum within"),
         g.add_argument("--normalize", choices=("tic", "rms"), default=None,
@@ -221,6 +231,7 @@ def cmd_ions(args: argparse.Namespace) -> int:
 
     record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.out),
                                       args.normalize, args.overwrite))
+    _warn(record)
     for name in record["outputs"]:
         print(Path(args.out) / name)
     return 0
@@ -268,6 +279,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     record = run_demo(DemoRequest(Path(args.out), _settings(args), args.scale, args.overwrite))
     _warn(record)
+    for name, fit in record["training"].items():
+        _say(args, f"{name}: {fit['epochs']} epochs ({fit['stop_reason']})")
     for name, scores in record["scores"].items():
         print(f"{name:>10}: PSNR {scores['psnr']:.2f} dB  SSIM {scores['ssim']:.4f}  "
               f"consistency {scores['consistency']:.2e}")
@@ -278,9 +291,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from msifusion.methods import DEFAULT_METHOD, METHODS
 
+    width = max(map(len, METHODS))
     for name in sorted(METHODS):
         mark = "*" if name == DEFAULT_METHOD else " "
-        print(f"{mark} {name:<12} {METHODS[name].summary}")
+        print(f"{mark} {name:<{width}}  {METHODS[name].summary}")
     print("(* = default)")
     return 0
 
@@ -313,7 +327,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from msifusion.fit import FitConfig, Runtime
     from msifusion.phantom import PhantomConfig
-    from msifusion.study import StudyConfig, run_study
+    from msifusion.study import StudyConfig, run_study, summary_line
 
     try:
         fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
@@ -327,15 +341,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         phantom=phantom, fit=fit, checkpoint_every=args.checkpoint_every, strip=args.strip,
         runtime=Runtime(args.seed, args.device, args.quiet))
     record = run_study(config, Path(args.out), args.overwrite)
-    s = record["summary"]
-    stop = s["rule_stop_epoch"] or f"never (within {record['epochs_run']} epochs)"
-    line = f"edge-loss rule (patience {fit.patience}) stops at epoch {stop}"
-    if s.get("best_true_psnr_epoch"):
-        at = s.get("at_rule_stop", {}).get("psnr_truth")
-        line += (f"; best true PSNR {s['at_best']['psnr_truth']:.2f} dB at epoch {s['best_true_psnr_epoch']}"
-                 + (f", {at:.2f} dB at the stop" if at is not None else "")
-                 + f"; bilinear {s['bilinear_vs_truth']['psnr']:.2f} dB")
-    _say(args, line)
+    _say(args, summary_line(record))
     print(Path(args.out) / "study.png")
     return 0
 
@@ -421,8 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fuse", help="fuse an ion image with a registered microscope image",
                        description="Fuse an ion image with a microscope image registered to the ion grid. "
-                                   "Writes DIR/fused.tiff (float32, ion units), fused.png, run.json, and for "
-                                   "fitted methods losses.csv / losses.png.")
+                                   "With --ion: writes DIR/fused.tiff (float32, ion units), fused.png, run.json, for "
+                                   "fitted methods losses.csv / losses.png, and with --checkpoint-every "
+                                   "checkpoints/epoch_NNNN.tiff / .png. With --imzml: registers first, writing "
+                                   "DIR/optical_registered.tiff / .png, overlay.png, landmarks.csv (an ambiguous "
+                                   "automatic registration also overlay_rival.png, landmarks_rival.csv); one --mz "
+                                   "writes ion.tiff and the fusion outputs (checkpoints included) in DIR, several "
+                                   "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
+                                   "DIR/fused.ome.tiff, ions.png, "
+                                   "fused.png and run.json.")
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), shape = ion shape × scale")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
@@ -438,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ions", help="export ion images from an imzML file",
                        description="Ion images for many m/z in one pass: DIR/mz_<m/z>.tiff per ion (float32, "
-                                   "row = y, column = x), DIR/ions.ome.tiff (calibrated stack), DIR/ions.png.")
+                                   "row = y, column = x), DIR/ions.ome.tiff (calibrated stack), DIR/ions.png and "
+                                   "DIR/run.json.")
     p.add_argument("imzml", metavar="F.imzML")
     _add_ion_options(p, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -452,7 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register a microscope image onto the ion grid × scale",
                        description="Landmark (BigWarp CSV/JSON) or automatic registration. Writes "
-                                   "DIR/optical_registered.tiff, overlay.png (check it), landmarks.csv (BigWarp).")
+                                   "DIR/optical_registered.tiff / .png, overlay.png (check it), landmarks.csv "
+                                   "(BigWarp) and run.json; an ambiguous automatic registration also writes the other "
+                                   "alignment as overlay_rival.png and landmarks_rival.csv.")
     p.add_argument("--optical", required=True, metavar="OPT")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
@@ -468,7 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_example)
 
     p = sub.add_parser("demo", help="run the embedded synthetic leaf demo (truth known)",
-                       description="Fuse a synthetic ginkgo-like leaf cross-section at ×10 and compare with its truth.")
+                       description="Fuse a synthetic ginkgo-like leaf cross-section at ×10 (or ×20) with --method, "
+                                   "bilinear and lcrn, and compare each with its truth. Writes the inputs "
+                                   "(DIR/optical.png, optical.tiff, ion.tiff, truth.tiff), the --method's "
+                                   "fused.tiff, fused.png (losses.csv / losses.png for a fitted one), panel.png, "
+                                   "run.json, and with --checkpoint-every checkpoints/<method>/epoch_NNNN.tiff / .png "
+                                   "per fitted method.")
     p.add_argument("--out", default="msifusion-demo", metavar="DIR", help="output folder (default ./msifusion-demo)")
     p.add_argument("--scale", type=int, default=10, choices=(10, 20), help="magnification (default 10)")
     _add_run_options(p)

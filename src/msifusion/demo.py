@@ -2,20 +2,24 @@
 
 Writes the demo's inputs (so ``msifusion fuse`` can be re-run on them), the fusion outputs
 of the chosen method, a panel optical | measured ion | bilinear | lcrn | chosen | truth, and
-PSNR / SSIM of each against the truth.
+PSNR / SSIM of each against the truth. Each fitted method among them records its recipe, epochs
+and stop reason in run.json's ``training``, and with ``checkpoint_every`` saves its checkpoints
+under ``checkpoints/<method>/``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from msifusion.io.images import Image, write_rgb_tiff, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.methods import METHODS, FusionResult
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.pipeline import FuseSettings, fuse_pair, pair_images, write_fusion_outputs, write_run_json
+from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs,
+                                write_run_json)
 from msifusion.report import save_panel, save_rgb_png
 
 
@@ -45,8 +49,8 @@ def run_demo(request: DemoRequest) -> dict:
         write_rgb_tiff(stage / "optical.tiff", phantom.guide, request.phantom.fine_pixel_um)
         write_tiff(stage / "ion.tiff", measured, ion_px)
         write_tiff(stage / "truth.tiff", phantom.truth, request.phantom.fine_pixel_um)
-        result = fuse_pair(pair, request.settings)
-        compared = {name: fuse_pair(pair, replace(request.settings, method=name))
+        result = _fuse(stage, pair, request.settings)
+        compared = {name: _fuse(stage, pair, replace(request.settings, method=name))
                     for name in COMPARED if name != result.method}
         compared[result.method] = result
         scores = {name: vars(score(r.image, phantom.truth, measured, request.scale, phantom.guide))
@@ -57,8 +61,21 @@ def run_demo(request: DemoRequest) -> dict:
         panels.append(("truth", phantom.truth))
         save_panel(stage / "panel.png", panels, request.phantom.fine_pixel_um, reference=phantom.truth,
                    title=f"synthetic leaf cross-section, ×{request.scale}")
-        extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores}
+        extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores,
+                 "training": _training(compared, request.settings)}
         record = write_fusion_outputs(stage, pair, result, request.settings, extra)
         record["timings_s"]["total"] = time.perf_counter() - t0
         write_run_json(stage, record)
     return record
+
+
+def _fuse(stage: Path, pair: RegisteredPair, settings: FuseSettings) -> FusionResult:
+    """Fuse with ``settings.method``; a fitted one saves its checkpoints (when ``checkpoint_every`` asks) under
+    ``checkpoints/<method>/``, a folder per method because the demo may fit two networks."""
+    return fuse_pair(pair, settings, stage / "checkpoints" / settings.method)
+
+
+def _training(results: dict[str, FusionResult], settings: FuseSettings) -> dict:
+    """How each fitted method among ``results`` ran (recipe, epochs, stop reason): their scores depend on it."""
+    return {name: {"fit_settings": asdict(settings.fit), "epochs": r.fit.epochs, "stop_reason": r.fit.stop_reason}
+            for name, r in results.items() if METHODS[name].trains}

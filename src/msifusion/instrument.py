@@ -21,9 +21,9 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import check_fused_size, check_scale, check_spot
+from msifusion.methods import METHODS, check_fused_size, check_scale, check_spot
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
-                                fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
+                                fuse_pair, fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
                                 write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
@@ -431,12 +431,16 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         records = []
         fused = []
-        results = fuse_pairs(registered.guide, stack.images, request.settings)  # work shared across ions
-        for i, (name, label, result) in enumerate(zip(stack.names, stack.labels, results)):
-            pair = RegisteredPair(registered.guide, stack.images[i], request.register.scale, stack.pixel_size_um,
-                                  label)
-            folder = stage if len(stack.mzs) == 1 else stage / f"mz_{name}"
+        pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)
+                 for image, label in zip(stack.images, stack.labels)]
+        folders = [stage if len(stack.mzs) == 1 else stage / f"mz_{name}" for name in stack.names]
+        for folder in folders:
             folder.mkdir(exist_ok=True)
+        if request.settings.fit.checkpoint_every and METHODS[request.settings.method].trains:  # one fit per ion anyway
+            results = [fuse_pair(pair, request.settings, folder / "checkpoints") for pair, folder in zip(pairs, folders)]
+        else:
+            results = fuse_pairs(registered.guide, stack.images, request.settings)  # work shared across ions
+        for i, (label, result, pair, folder) in enumerate(zip(stack.labels, results, pairs, folders)):
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
             per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))
             if len(stack.mzs) > 1:  # the panel is fused together: an ion's time is its share

@@ -169,9 +169,13 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def fuse_pair(pair: RegisteredPair, settings: FuseSettings, on_checkpoint: CheckpointFn | None = None) -> FusionResult:
-    return fuse(pair.guide, pair.ion, settings.method,
-                replace(settings, on_checkpoint=on_checkpoint or settings.on_checkpoint))
+def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | None = None) -> FusionResult:
+    """One registered pair; a fitted method saves its output every ``checkpoint_every`` epochs into
+    ``checkpoints`` (in ion units, calibrated) when both are given."""
+    if checkpoints is not None and settings.fit.checkpoint_every and METHODS[settings.method].trains:
+        settings = replace(settings, on_checkpoint=checkpoint_writer(checkpoints, float(np.max(np.abs(pair.ion))),
+                                                                     pair.fused_pixel_size_um))
+    return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
 def fuse_pairs(guide: np.ndarray, ions: np.ndarray, settings: FuseSettings) -> list[FusionResult]:
@@ -360,11 +364,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
     pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
-        on_checkpoint = None
-        if request.settings.fit.checkpoint_every:
-            on_checkpoint = checkpoint_writer(stage / "checkpoints", float(np.max(np.abs(pair.ion))),
-                                              pair.fused_pixel_size_um)
-        result = fuse_pair(pair, request.settings, on_checkpoint)
+        result = fuse_pair(pair, request.settings, stage / "checkpoints")
         given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
         record = write_fusion_outputs(stage, pair, result, request.settings, given)

@@ -18,7 +18,7 @@ checkpoint is the image the rule would have returned.
 Inputs: the synthetic phantom (default; truth known), or ``optical`` + ``ion`` files
 (registered, as for ``msifusion fuse``) with an optional ``truth`` image on the optical's
 grid. Outputs: ``study.csv`` (one row per epoch), ``study.png`` (the curves on a log epoch
-axis, Figure 4 a–d, g), ``checkpoints.png`` (a strip of checkpoint images, Figure 4e),
+axis, panels a–f, after Figure 4 a–d, g), ``checkpoints.png`` (a strip of checkpoint images, Figure 4e),
 ``checkpoints/epoch_NNNN.tiff`` for the epochs in the strip, and ``run.json``.
 """
 
@@ -246,6 +246,22 @@ def _summary(checkpoints: dict[int, dict], history: list[dict], stop: int | None
     return out
 
 
+def summary_line(record: dict) -> str:
+    """The one-line result ``msifusion study`` prints: where the rule stops (or that it never does), and with a
+    truth the best true PSNR against the stop's and bilinear's."""
+    s = record["summary"]
+    patience = record["fit_settings"]["patience"]
+    stop = s["rule_stop_epoch"]
+    line = (f"edge-loss rule (patience {patience}) stops at epoch {stop}" if stop is not None else
+            f"edge-loss rule (patience {patience}) never stops within {record['epochs_run']} epochs")
+    if s.get("best_true_psnr_epoch"):
+        at = s.get("at_rule_stop", {}).get("psnr_truth")
+        line += (f"; best true PSNR {s['at_best']['psnr_truth']:.2f} dB at epoch {s['best_true_psnr_epoch']}"
+                 + (f", {at:.2f} dB at the stop" if at is not None else "")
+                 + f"; bilinear {s['bilinear_vs_truth']['psnr']:.2f} dB")
+    return line
+
+
 def write_study_csv(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None) -> Path:
     """One row per epoch: training losses, and the checkpoint's scores where one was taken."""
     with open(path, "w", newline="") as fh:
@@ -268,7 +284,7 @@ def _mark(ax, stop: int | None, best: int | None) -> None:
 
 def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None,
                     best: int | None, baseline: dict | None, name: str) -> Path:
-    """Figure 4 a–d, g: metric curves per epoch on a log epoch axis, stop and best epochs marked."""
+    """Figure 4 a–d, g as panels a–f: metric curves per epoch on a log epoch axis, stop and best epochs marked."""
     from msifusion.report import plt
 
     ep = np.array([r["epoch"] for r in history])
@@ -276,7 +292,7 @@ def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict
     col = lambda key: np.array([checkpoints[e].get(key, np.nan) for e in ce], dtype=float)  # noqa: E731
     truth = "psnr_truth" in (checkpoints[ce[0]] if len(ce) else {})
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=110)
-    a, b, c, d, e, g = axes.ravel()
+    a, b, c, d, e, f = axes.ravel()
     a.plot(ep, [r["mse"] for r in history], color="tab:blue", lw=1, label="training MSE (before step)")
     a.plot(ce, col("mse_target"), ".", ms=2.5, color="tab:blue", alpha=0.5, label="checkpoint MSE")
     a.set(yscale="log", title="a) MSE to the interpolated ion", ylabel="normalised units")
@@ -295,16 +311,16 @@ def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict
     e.plot(ce, col("consistency"), color="tab:brown", lw=1)
     e.set(yscale="log", title="e) consistency error per checkpoint")
     edge = np.array([r["edge"] for r in history])
-    g.plot(ep, edge, color="tab:orange", lw=1, label="edge loss (training)")
+    f.plot(ep, edge, color="tab:orange", lw=1, label="edge loss (training)")
     ups = np.flatnonzero(np.diff(edge) > 0) + 1
-    g.plot(ep[ups], edge[ups], "v", color="tab:red", ms=3, label="increase")
-    g.set(yscale="log", title="g) edge perceptual loss per epoch")
+    f.plot(ep[ups], edge[ups], "v", color="tab:red", ms=3, label="increase")
+    f.set(yscale="log", title="f) edge perceptual loss per epoch")
     for ax in axes.ravel():
         _mark(ax, stop, best)
         ax.set_xscale("log")
         ax.set_xlabel("epoch")
         ax.grid(True, which="both", alpha=0.25)
-    for ax in (a, b, c, g):
+    for ax in (a, b, c, f):
         ax.legend(fontsize=7)
     fig.suptitle(f"LCRN training study: {name}", fontsize=11)
     fig.tight_layout()
