@@ -112,7 +112,7 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
         assert tif.asarray().shape == (2, H, W)
         assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata
     assert (out / "ions.png").exists() and (out / "run.json").exists()
-    outputs = ["mz_100.0000.tiff", "mz_200.0000.tiff", "ions.ome.tiff", "ions.png"]
+    outputs = ["mz_100.0000.tiff", "mz_200.0000.tiff", "ions.ome.tiff", "ions.png", "run.json"]
     record = json.loads((out / "run.json").read_text())
     assert record["outputs"] == outputs and record["warnings"] == [] and record["cwd"] == os.getcwd()
     assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]

@@ -22,8 +22,8 @@ from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import METHODS, check_fused_size, check_scale, check_spot
-from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning,
-                                fuse_pair, fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
+from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
+                                fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
                                 write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
@@ -328,7 +328,7 @@ def extract_ions(request: IonsRequest) -> dict:
         record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
-                  "outputs": [p.name for p in paths], "versions": software_versions(),
+                  "outputs": [p.name for p in paths] + ["run.json"], "versions": software_versions(),
                   "warnings": [w for w in (stack.overlap_warning(),) if w],
                   "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
@@ -372,8 +372,8 @@ def register_files(request: RegisterRequest) -> dict:
     registered = register_optical(optical, msi, request.settings)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         outputs = write_registration(stage, registered, px)
-        record = {**run_header(), "optical": str(request.optical), "outputs": outputs + ["run.json"], "ion": str(request.ion),
-                  "settings": asdict(request.settings), "registration": registered.info,
+        record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
+                  "outputs": outputs + ["run.json"], "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
                   "registered_pixel_size_um": px / request.settings.scale if px else None,

@@ -305,8 +305,8 @@ PER_ION_KEYS = ("ion_name", "mz", "window", "intensity_scale", "epochs", "stop_r
 
 def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings: Sequence[str]) -> dict:
     """The run.json of a panel of ions: the settings, versions and machine all ions share, once, and
-    per ion (by folder name) what differs. Each ion's ``timings_s.fuse`` is its share of the panel's
-    fusion (work is shared across ions); the panel's own total is the caller's to add."""
+    per ion (by folder name) what differs (its ``timings_s`` as the caller labelled it: in a panel fused
+    together, its share of the panel's fusion); the panel's own timings are the caller's to add."""
     summary = {k: v for k, v in records[0].items() if k not in PER_ION_KEYS}
     summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
     summary["warnings"] = list(dict.fromkeys([*shared_warnings, *(w for r in records for w in r["warnings"])]))
