@@ -39,3 +39,23 @@ def test_a_pixel_size_that_contradicts_the_optical_calibration_is_warned():
     assert warning.startswith("--pixel-size (50 µm per ion pixel) disagrees with the optical's calibration "
                               "(2.5 µm per optical pixel, i.e. 20 µm per ion pixel) by 2.5×")
     assert _pair((80, 96), 2.5, None, given_um=50.0).ion_pixel_size_um == 50.0  # the user's value is kept
+
+
+def test_what_the_readers_noticed_reaches_the_run_warnings(tmp_path):
+    """A calibration the reader ignored is named as ignored, not as absent; an Orientation tag is warned about."""
+    import tifffile
+
+    from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
+
+    rng = np.random.default_rng(0)
+    optical = (rng.random((32, 48, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "optical.tif", optical, photometric="rgb", extratags=[(274, 3, 1, 3, False)])
+    tifffile.imwrite(tmp_path / "ion.tif", rng.random((8, 12)).astype(np.float32),
+                     resolution=(1e4 / 25, 1e4 / 50), resolutionunit="CENTIMETER")
+    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / "ion.tif", tmp_path / "out",
+                                         FuseSettings(method="bilinear")))
+    warnings = "\n".join(record["warnings"])
+    assert "optical.tif has Orientation 3 (photo viewers show it rotated 180°" in warnings
+    assert ("no pixel size (ion: neither image has a usable calibration; ion.tif's was ignored: its pixels are not "
+            "square (25 × 50 µm)") in warnings
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["warnings"] == record["warnings"]

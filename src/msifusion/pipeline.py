@@ -97,7 +97,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     coarse = coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")
-    warnings = [coarse] if coarse else []
+    warnings = [*optical.warnings, *ion.warnings, *([coarse] if coarse else [])]
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
@@ -369,8 +369,11 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
         record = write_fusion_outputs(stage, pair, result, request.settings, given)
         if pair.ion_pixel_size_um is None:
-            record["warnings"].append(uncalibrated_warning(f"{pair.ion_name}: neither the ion image nor the optical is "
-                                                           "calibrated", "give --pixel-size UM"))
+            ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
+                       if im.calibration_note]
+            why = ("neither image has a usable calibration; " + "; ".join(ignored) if ignored else
+                   "neither the ion image nor the optical is calibrated")
+            record["warnings"].append(uncalibrated_warning(f"{pair.ion_name}: {why}", "give --pixel-size UM"))
         record["timings_s"].update(load=load_s, total=time.perf_counter() - t0)
         write_run_json(stage, record)
     return record

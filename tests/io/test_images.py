@@ -331,7 +331,7 @@ def test_imagej_units(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     ("1,2,3,\n4,5,6,\n", [[1, 2, 3], [4, 5, 6]]),
-    ("a\tb\tc\n1\t2\t3\t\n4\t5\t6\t\n", [[1, 2, 3], [4, 5, 6]]),  # header without the trailing tab
+    ("a\tb\tc\td\n1\t2\t3\t4\t\n5\t6\t7\t8\t\n", [[1, 2, 3, 4], [5, 6, 7, 8]]),  # header without the trailing tab
     ("x,y,intensity,\n1,1,5,\n2,1,6,\n1,2,7,\n2,2,8,\n", [[5, 6], [7, 8]]),
 ])
 def test_trailing_delimiter_is_no_column(tmp_path, text, expected):
@@ -483,3 +483,213 @@ def test_a_long_table_offset_far_from_the_origin_is_told_to_subtract_it(tmp_path
     with pytest.raises(InputError, match=r"x and y start at \(1001, 2001\), far from the origin: a 1100×2100 image "
                                          r"for 10000 rows; subtract that offset"):
         read_ion(path)
+
+
+
+# ----------------------------------------------------------------------------- table headers, thousands, long tables
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0,1,2\n1.5,2.5,3\n4,5,6.25\n", [[1.5, 2.5, 3], [4, 5, 6.25]]),  # pandas DataFrame(a).to_csv(index=False)
+    ("1,2,3\n1.5,2.5,3\n4,5,6.25\n", [[1.5, 2.5, 3], [4, 5, 6.25]]),  # numbered from 1
+    ("0;1;2\n0,5;1;2\n3;4;5\n", [[0.5, 1, 2], [3, 4, 5]]),  # pandas with sep=";", decimal=","
+    ("0,1,2\n1e3,2,3\n4,5,6\n", [[1000, 2, 3], [4, 5, 6]]),  # an exponent is no integer as written
+    (",".join(map(str, range(10))) + "\n" + ",".join(map(str, range(10, 20))) + "\n" + ",".join(["7"] * 10) + "\n",
+     [list(range(10, 20)), [7] * 10]),  # wide: a header even above integers
+])
+def test_a_first_row_counting_the_columns_is_a_header(tmp_path, text, expected):
+    path = tmp_path / "pandas.csv"
+    path.write_text(text)
+    np.testing.assert_allclose(read_ion(path).pixels, expected)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("12,345\t987\n1,001\t5\n",  # English Excel, tab-separated
+     "number '12,345' may be 12345 or 12.345: every number in the table with a ',' has exactly three digits after "
+     "it, as with thousands separators; export the table without thousands separators"),
+    ("987;1.234;12.345;5\n1.001;2;3;4\n",  # German Excel, integers
+     "number '1.234' may be 1234 or 1.234: every number in the table with a '.' has exactly three digits after it, "
+     "as with thousands separators; export the table without thousands separators"),
+    ('"12,345",987\n5,6\n',  # English Excel, comma-separated: the grouped cells quoted
+     "number '12,345' may be 12345 or 12.345: every number in the table with a ',' has exactly three digits after "
+     "it, as with thousands separators; export the table without thousands separators"),
+    ("876,36;16.259,44\n12,90;5\n", "number '16.259,44' has thousands separators; export the table without them"),
+    ("1.234.567\t2\n3\t4\n", "number '1.234.567' has thousands separators; export the table without them"),
+    ("0.5\t12,345\n1\t2\n", "number '12,345' has a thousands separator (decimals are written with '.', as in '0.5'); "
+                            "export the table without thousands separators"),
+    ("0,5;1.234\n1;2\n", "number '1.234' has a thousands separator (decimals are written with ',', as in '0,5'); "
+                         "export the table without thousands separators"),
+])
+def test_thousands_separators_are_refused_quoting_the_cell(tmp_path, text, problem):
+    path = tmp_path / "excel.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        read_ion(path)
+    assert info.value.problem == problem and info.value.source == str(path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0,5;12,3456\n12,345;1\n", [[0.5, 12.3456], [12.345, 1]]),  # decimals of other lengths: "," is decimal
+    ("0,5\t12,345\n3\t4\n", [[0.5, 12.345], [3, 4]]),
+    ("1.500,2.250\n12.345,3\n", [[1.5, 2.25], [12.345, 3]]),  # a point in a comma-separated table is decimal
+    ("123;124\n123,456;124,975\n", [[123, 124], [123.456, 124.975]]),  # a comma in a ";" table is decimal
+    ("0.125\t1.5\n2\t0.000\n", [[0.125, 1.5], [2, 0]]),  # a leading 0 is no thousands group
+])
+def test_three_decimals_are_read_where_the_table_shows_the_decimal_separator(tmp_path, text, expected):
+    path = tmp_path / "decimals.csv"
+    path.write_text(text)
+    np.testing.assert_allclose(read_ion(path).pixels, expected)
+
+
+def test_a_non_numeric_cell_is_quoted_as_written_in_a_decimal_comma_table(tmp_path):
+    path = tmp_path / "typo.csv"
+    path.write_text("0,5;1,5\n2;x,y\n")
+    with pytest.raises(InputError) as info:
+        read_ion(path)
+    assert info.value.problem == "non-numeric value 'x,y' in row 2"
+
+
+@pytest.mark.parametrize("text", [
+    "row,col,intensity\n1,1,5\n1,2,6\n2,2,7\n",  # row = y, col = x
+    "X,Y,Value\n1,1,5\n2,1,6\n2,2,7\n",
+    "y,x,v\n1,1,5\n1,2,6\n2,2,7\n",
+    "x_um,y_um,v\n1,1,5\n2,1,6\n2,2,7\n",
+    "x (µm),y (µm),v\n1,1,5\n2,1,6\n2,2,7\n",
+    "Column [px];Row [px];I\n1;1;5\n2;1;6\n2;2;7\n",
+    "col_index\trow_index\tmz_885\n1\t1\t5\n2\t1\t6\n2\t2\t7\n",
+])
+def test_long_table_coordinate_names(tmp_path, text):
+    path = tmp_path / "long.csv"
+    path.write_text(text)
+    np.testing.assert_array_equal(read_ion(path).pixels, [[5, 6], [0, 7]])
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("i,j,intensity\n1,1,5\n2,1,6\n2,2,7\n",
+     "3-column table headed 'i', 'j', 'intensity' is not a long table msifusion knows: name its columns x, y (or col, "
+     "row; a unit may follow: x_um, x (µm)) and the intensity; for a 3-pixel-wide image, drop the header"),
+    ("x_ft,y_ft,v\n1,1,5\n2,1,6\n",  # not a unit we know
+     "3-column table headed 'x_ft', 'y_ft', 'v' is not a long table msifusion knows: name its columns x, y (or col, "
+     "row; a unit may follow: x_um, x (µm)) and the intensity; for a 3-pixel-wide image, drop the header"),
+    ("x,x_um,y,v\n1,25,1,5\n2,50,1,6\n", "long table has 2 x columns (x, x_um); keep one x and one y column, of pixel "
+                                        "indices"),
+])
+def test_unrecognised_or_ambiguous_long_tables_are_refused(tmp_path, text, problem):
+    path = tmp_path / "long.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        read_ion(path)
+    assert info.value.problem == problem
+
+
+def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(tmp_path):
+    path = tmp_path / "um.csv"
+    path.write_text("x_um,y_um,v\n0,0,5\n25,0,6\n50,25,7\n")
+    with pytest.raises(InputError, match="advance in steps of 25, not 1: they look like positions in µm"):
+        read_ion(path)
+    path.write_text("row,col,v\n2001,1001,1\n2001,1002,2\n" + "".join(f"2100,{x},1\n" for x in range(1001, 1101)))
+    with pytest.raises(InputError, match=r"x and y start at \(1001, 2001\), far from the origin"):
+        read_ion(path)
+
+
+# ----------------------------------------------------------------------------- TIFF and PNG orientation
+
+
+_SHOWN = {  # Orientation: how a viewer that honours it shows the stored pixels, in the warning's words
+    2: (lambda a: a[:, ::-1], "mirrored left to right"),
+    3: (lambda a: a[::-1, ::-1], "rotated 180°"),
+    4: (lambda a: a[::-1], "mirrored top to bottom"),
+    5: (lambda a: a.T, "mirrored about its top-left to bottom-right diagonal"),
+    6: (lambda a: np.rot90(a, -1), "rotated 90° clockwise"),
+    7: (lambda a: a[::-1, ::-1].T, "mirrored about its top-right to bottom-left diagonal"),
+    8: (lambda a: np.rot90(a), "rotated 90° counter-clockwise"),
+}
+
+
+def _oriented(path, stored: np.ndarray, orientation: int) -> None:
+    from PIL import Image as PILImage
+
+    if path.suffix == ".tif":
+        tifffile.imwrite(path, stored, extratags=[(274, "H", 1, orientation, True)])
+    else:
+        exif = PILImage.Exif()
+        exif[0x0112] = orientation
+        PILImage.fromarray(stored).save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_and_png_orientation_is_warned_about_not_applied(tmp_path, suffix, orientation):
+    stored = np.array([[0, 50, 100], [150, 200, 250]], np.uint8)
+    path = tmp_path / f"photo{suffix}"
+    _oriented(path, stored, orientation)
+    image = read_optical(path)
+    np.testing.assert_allclose(image.pixels[..., 1], stored / 255, atol=1e-6)  # as stored, as Fiji shows it
+    if orientation == 1:
+        assert image.warnings == ()
+        return
+    shown, words = _SHOWN[orientation]
+    assert image.warnings == (f"photo{suffix} has Orientation {orientation} (photo viewers show it {words}; Fiji, and "
+                              "msifusion, use it as stored): if you registered it or placed landmarks on it as a photo "
+                              "viewer shows it, save it that way up without the tag",)
+    if suffix == ".png":  # the words are the standard mapping: Pillow's exif_transpose shows it so
+        from PIL import Image as PILImage, ImageOps
+
+        with PILImage.open(path) as im:
+            np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(im)), shown(stored))
+
+
+def test_png_exif_orientation_big_endian_with_app1_prefix(tmp_path):
+    import struct
+    import zlib
+
+    import cv2
+
+    path = tmp_path / "mm.png"
+    cv2.imwrite(str(path), np.zeros((3, 4), np.uint8))
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 274, 3, 1, 8, 0) + struct.pack(">I", 0)
+    exif = b"Exif\0\0" + b"MM\0*" + struct.pack(">I", 8) + ifd
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    data = path.read_bytes()
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the signature (8) and IHDR (25)
+    assert "has Orientation 8 (photo viewers show it rotated 90° counter-clockwise" in read_optical(path).warnings[0]
+
+
+def test_ion_tiff_orientation_is_warned_about_not_applied(tmp_path):
+    ion = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    tifffile.imwrite(tmp_path / "ion.tif", ion, extratags=[(274, "H", 1, 6, True)])
+    image = read_ion(tmp_path / "ion.tif")
+    np.testing.assert_array_equal(image.pixels, ion)
+    assert image.warnings[0].startswith("ion.tif has Orientation 6 (photo viewers show it rotated 90° clockwise")
+
+
+# ----------------------------------------------------------------------------- why a calibration was ignored
+
+
+def _ome(path, **metadata):
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), ome=True, metadata=metadata)
+
+
+@pytest.mark.parametrize("write, note, size", [
+    (lambda p: _ome(p, PhysicalSizeX=3, PhysicalSizeXUnit="pixel"),
+     "its OME PhysicalSizeXUnit 'pixel' is not a length unit msifusion knows", None),
+    (lambda p: _ome(p, PhysicalSizeX=2e6, PhysicalSizeXUnit="µm"),
+     "its pixel size 2e+06 µm is implausible (not between 0.001 and 100000 µm)", None),
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), resolution=(1e4 / 25, 1e4 / 50),
+                                resolutionunit="CENTIMETER"),
+     "its pixels are not square (25 × 50 µm) and msifusion models square pixels", None),
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5),
+                                metadata={"unit": "A"}),
+     "its ImageJ unit 'A' is not a length unit msifusion knows", None),
+    (lambda p: _ome(p, PhysicalSizeX=2.5, PhysicalSizeXUnit="µm"), None, 2.5),  # used: nothing to say
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32)), None, None),  # no calibration stated
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), resolution=(72, 72), resolutionunit="INCH"), None,
+     None),  # screen dpi: no calibration
+])
+@pytest.mark.parametrize("reader", [read_ion, read_optical])
+def test_an_ignored_calibration_carries_its_reason(tmp_path, write, note, size, reader):
+    path = tmp_path / "image.ome.tif"
+    write(path)
+    image = reader(path)
+    assert image.calibration_note == note
+    assert image.pixel_size_um == (None if size is None else pytest.approx(size))

@@ -1,25 +1,31 @@
 """Reading optical and ion images, writing calibrated TIFF / OME-TIFF.
 
 An :class:`Image` carries its pixels and, when known, its physical pixel size in µm, so the
-calibration travels from the instrument file to every output.
+calibration travels from the instrument file to every output; when the file states a pixel size
+that is not used, ``calibration_note`` says why, and ``warnings`` holds what the run should report.
 
 Accepted inputs
 ---------------
 Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit, 32-bit or float;
 grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted, JPEG
-EXIF orientation is applied. Pixels become float32 RGB in [0, 1]: 8- and 16-bit images are
-divided by their type's maximum, wider integer images by the image's own maximum, float images
-(and wider integers with negative values) are min-max scaled unless already in [0, 1].
+EXIF orientation is applied. A TIFF or PNG Orientation tag is not (Fiji and Bio-Formats ignore it, so
+BigWarp landmarks are placed on the stored pixels): the image carries a warning instead. Pixels become
+float32 RGB in [0, 1]: 8- and 16-bit images are divided by their type's maximum, wider integer images
+by the image's own maximum, float images (and wider integers with negative values) are min-max scaled
+unless already in [0, 1].
 
 Ion: a 2-D TIFF, a 2-D ``.npy``, or a CSV / TSV / whitespace text file holding either a plain
 numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetxt`` write it,
-an optional header row and row-label column are skipped) or a long table with a header
-naming ``x``, ``y`` and one intensity column (pixels absent from the table are 0, as for an
-off-tissue pixel without a spectrum; the grid starts at 0 for 0-based coordinates, else at 1,
-never at the smallest coordinate present; a table listing under 1 % of an image over 10⁶ pixels
-is refused). NaN or inf in an ion image is an error: the fusion has no way to know what the user
-meant by them, so we ask the user to fill them; complex values are an error too. A TIFF whose X and
-Y pixel sizes differ is read as uncalibrated (optical or ion): every step downstream models square pixels.
+an optional header row and row-label column are skipped; a first row that counts the columns,
+as pandas' ``to_csv`` writes it, is a header) or a long table with a header naming the x and y
+columns (``x``/``y``, ``col``/``row``, maybe with a unit: ``x_um``, ``x (µm)``) and one intensity
+column (pixels absent from the table are 0, as for an off-tissue pixel without a spectrum; the
+grid starts at 0 for 0-based coordinates, else at 1, never at the smallest coordinate present; a
+table listing under 1 % of an image over 10⁶ pixels is refused; a 3-column table with another
+header is refused). Numbers with thousands separators, or whose separator could be one, are refused.
+NaN or inf in an ion image is an error: the fusion has no way to know what the user meant by them, so
+we ask the user to fill them; complex values are an error too. A TIFF whose X and Y pixel sizes differ
+is read as uncalibrated (optical or ion): every step downstream models square pixels.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import io as _io
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +63,8 @@ class Image:
     pixel_size_um: float | None = None
     path: Path | None = None
     origin_um: tuple[float, float] = (0.0, 0.0)  # pixel (0, 0)'s centre in the file's full-resolution frame (x, y)
+    calibration_note: str | None = None  # why the file's stated pixel size was not used, when it states one
+    warnings: tuple[str, ...] = ()  # what the reader noticed that the run should report (one line each)
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -80,53 +89,67 @@ PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not i
 SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
 
-def _tiff_pixel_size_um(tif) -> float | None:
-    """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags; None if uncalibrated.
+def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
+    """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags (None if uncalibrated), and why a pixel
+    size the file states was not used (None when it was, or when the file states none).
 
     A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
-    so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong, and :class:`Image` has no
-    place for a note, so the run reports it as it reports any missing calibration. So does a width and height that
+    so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong. So does a width and height that
     differ (by more than 1 %, relative: more than a scanner's rounding of its calibration): every step downstream
     models square pixels, and taking the width for both would silently stretch the scale bars; the fusion itself
     works on the pixel grid (DESI and laser-ablation line scans have such pixels), and ``--pixel-size`` still applies.
+    The note says which of these it was, so that the run can say the calibration was ignored, not absent.
     """
-    width, height = _tiff_stated_pixel_size_um(tif)
-    if width is not None and height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
-        return None
+    width, height, note = _tiff_stated_pixel_size_um(tif)
+    if width is None:
+        return None, note
+    if height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
+        return None, f"its pixels are not square ({width:.4g} × {height:.4g} µm) and msifusion models square pixels"
     lo, hi = PLAUSIBLE_PIXEL_UM
-    return width if width is not None and lo <= width <= hi else None
+    if not lo <= width <= hi:
+        return None, f"its pixel size {width:.3g} µm is implausible (not between {lo:g} and {hi:g} µm)"
+    return width, None
 
 
-def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None]:
+def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | None]:
     """The pixel width and height the TIFF's metadata states, in µm, however implausible; None for a width it states
-    none we can read (the image is uncalibrated) or a height it does not state (taken as square)."""
+    none we can read (the image is uncalibrated: the note says why when it states one in a way we cannot use) or a
+    height it does not state (taken as square)."""
     ome = tif.ome_metadata
     if ome and re.search(r'PhysicalSizeX="', ome):
-        return _ome_physical_size_um(ome, "X"), _ome_physical_size_um(ome, "Y")
+        width, note = _ome_physical_size_um(ome, "X")
+        return width, _ome_physical_size_um(ome, "Y")[0], note
     page = tif.pages.first
     ij_unit = (tif.imagej_metadata or {}).get("unit")
+    x, y = (_resolution_per_unit(page, name) for name in ("XResolution", "YResolution"))
+    note = None
     if ij_unit:
         factor = _unit_to_um(ij_unit)  # None for 'pixel', …: not a physical calibration we can use
+        if factor is None and x is not None and ij_unit.strip().lower() not in ("pixel", "pixels"):
+            note = f"its ImageJ unit {ij_unit!r} is not a length unit msifusion knows"
     else:
         res_unit = page.tags.get("ResolutionUnit")
         factor = {2: _UNITS_UM["inch"], 3: _UNITS_UM["cm"]}.get(int(res_unit.value) if res_unit is not None else 2)
-    x, y = (_resolution_per_unit(page, name) for name in ("XResolution", "YResolution"))
     if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
-        return None, None
-    return factor / x, (factor / y if y is not None else None)
+        return None, None, note
+    return factor / x, (factor / y if y is not None else None), None
 
 
-def _ome_physical_size_um(ome: str, axis: str) -> float | None:
-    """OME ``PhysicalSize{axis}`` in µm (OME's default unit); None when absent, unreadable or in an unknown unit."""
+def _ome_physical_size_um(ome: str, axis: str) -> tuple[float | None, str | None]:
+    """OME ``PhysicalSize{axis}`` in µm (OME's default unit); None when absent, unreadable or in an unknown unit, with
+    a note saying which of the last two."""
     m = re.search(rf'PhysicalSize{axis}="([^"]*)"', ome)
     if not m:
-        return None
+        return None, None
     unit = re.search(rf'PhysicalSize{axis}Unit="([^"]*)"', ome)
-    factor = _unit_to_um(html.unescape(unit.group(1))) if unit else 1.0
+    name = html.unescape(unit.group(1)) if unit else "µm"
+    factor = _unit_to_um(name)
+    if factor is None:
+        return None, f"its OME PhysicalSize{axis}Unit {name!r} is not a length unit msifusion knows"
     try:
-        return float(m.group(1)) * factor if factor is not None else None
+        return float(m.group(1)) * factor, None
     except ValueError:
-        return None
+        return None, f"its OME PhysicalSize{axis} {html.unescape(m.group(1))!r} is not a number"
 
 
 def _resolution_per_unit(page, name: str) -> float | None:
@@ -154,13 +177,24 @@ def _unit_to_um(unit: str) -> float | None:
     return _UNITS_UM.get(unit)
 
 
-def _read_tiff(path: Path, colours: bool = False,
-               coarsest_um: float | None = None) -> tuple[np.ndarray, float | None, float]:
+@dataclass(frozen=True)
+class _Tiff:
+    """What :func:`_read_tiff` found: pixels, calibration (see :func:`_tiff_pixel_size_um`), the first pixel's
+    shift from the full resolution's in µm, and the Orientation tag (1 when absent)."""
+
+    data: np.ndarray
+    pixel_size_um: float | None
+    shift_um: float
+    calibration_note: str | None
+    orientation: int
+
+
+def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None) -> _Tiff:
     """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
     is applied, see :func:`_tiff_colours`; ion images keep their stored values. With ``coarsest_um`` and a calibrated
     pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution.
-    Returns the pixels, their size and where the first pixel's centre lies in µm from the full resolution's (a level
-    pixel averages the full-resolution pixels it covers: (level size − full size) / 2)."""
+    The shift is where the first pixel's centre lies in µm from the full resolution's (a level pixel averages the
+    full-resolution pixels it covers: (level size − full size) / 2)."""
     import logging
 
     import tifffile
@@ -169,7 +203,8 @@ def _read_tiff(path: Path, colours: bool = False,
     try:
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
-            series, pixel_size = levels[0], _tiff_pixel_size_um(tif)
+            pixel_size, note = _tiff_pixel_size_um(tif)
+            series = levels[0]
             base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
                 x = levels[0].axes.index("X")
@@ -184,7 +219,9 @@ def _read_tiff(path: Path, colours: bool = False,
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
-            return data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0
+            orientation = series.keyframe.tags.valueof(274, 1)
+            orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
+            return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
 
@@ -250,20 +287,60 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
     """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one.
 
     Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied and a JPEG is
-    turned upright by its EXIF orientation. ``coarsest_um``: the pixel size the caller needs at most; a calibrated
+    turned upright by its EXIF orientation; a TIFF's or PNG's Orientation tag is not applied but warned about (see
+    :func:`_orientation_warning`). ``coarsest_um``: the pixel size the caller needs at most; a calibrated
     pyramidal TIFF (a slide scanner's OME-TIFF) is then read at its coarsest level that is still that fine, not at
     full resolution (float32 RGB costs 12 bytes per pixel: a 20000×16000 scan alone is 3.8 GB), and ``origin_um``
     says where its first pixel lies in the full scan's frame, so that landmarks made on the full scan still hold.
     """
     path = _require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        data, pixel_size, shift = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
+        data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
+                                                      tiff.calibration_note, tiff.orientation)
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
-        pixel_size, shift = None, 0.0
-    return Image(optical_to_rgb(data, path), pixel_size, path, (shift, shift))
+        pixel_size, shift, note = None, 0.0, None
+        orientation = _png_exif_orientation(path) if suffix == ".png" else 1  # a JPEG's is applied by OpenCV
+    warning = _orientation_warning(path, orientation)
+    return Image(optical_to_rgb(data, path), pixel_size, path, (shift, shift), note, (warning,) if warning else ())
+
+
+# How a viewer that honours the TIFF/EXIF Orientation tag shows the stored pixels, by the tag's value.
+_ORIENTATIONS = {2: "mirrored left to right", 3: "rotated 180°", 4: "mirrored top to bottom",
+                 5: "mirrored about its top-left to bottom-right diagonal", 6: "rotated 90° clockwise",
+                 7: "mirrored about its top-right to bottom-left diagonal", 8: "rotated 90° counter-clockwise"}
+
+
+def _orientation_warning(path: Path, orientation: int) -> str | None:
+    """The warning for a TIFF or PNG whose Orientation tag asks viewers to turn or mirror it; None for upright.
+
+    Its pixels are used as stored, not turned: Fiji (ImageJ's TIFF and PNG readers, so BigWarp's landmarks) and
+    Bio-Formats ignore the tag, photo viewers apply it, and which of the two the image was registered or landmarked
+    in cannot be told from the file. The warning says so, and how to make the file unambiguous.
+    """
+    if orientation == 1:
+        return None
+    shown = _ORIENTATIONS.get(orientation, "in an undefined orientation")
+    return (f"{path.name} has Orientation {orientation} (photo viewers show it {shown}; Fiji, and msifusion, use it "
+            "as stored): if you registered it or placed landmarks on it as a photo viewer shows it, save it that way "
+            "up without the tag")
+
+
+def _png_exif_orientation(path: Path) -> int:
+    """The Orientation (EXIF tag 274) in a PNG's eXIf chunk, read by Pillow; 1 when it has none or it cannot be read
+    (the decoder has read the file already: a damaged chunk here is no reason to refuse it)."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as image:
+            orientation = image.getexif().get(274, 1)
+        return int(orientation) if isinstance(orientation, int) else 1
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return 1
 
 
 _DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check", "read error")
@@ -367,9 +444,11 @@ def read_ion(path: str | Path) -> Image:
     """Read a 2-D ion image in its own intensity units (float32)."""
     path = _require_file(Path(path), ION_SUFFIXES, "ion image")
     suffix = path.suffix.lower()
-    pixel_size = None
+    pixel_size, note, warning = None, None, None
     if suffix in (".tif", ".tiff"):
-        data, pixel_size, _ = _read_tiff(path)
+        tiff = _read_tiff(path)
+        data, pixel_size, note = tiff.data, tiff.pixel_size_um, tiff.calibration_note
+        warning = _orientation_warning(path, tiff.orientation)
     elif suffix == ".npy":
         try:
             data = np.load(path, allow_pickle=False)
@@ -377,7 +456,8 @@ def read_ion(path: str | Path) -> Image:
             raise InputError(path, f"cannot read .npy ({exc})") from None
     else:
         data = _read_table(path)
-    return Image(validate_ion(data, path), pixel_size, path)
+    return Image(validate_ion(data, path), pixel_size, path, calibration_note=note,
+                 warnings=(warning,) if warning else ())
 
 
 def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
@@ -407,8 +487,14 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarr
 _NA = {"", "na", "nan", "null", "none", "-nan"}
 
 
+def _cell(token: str) -> str:
+    """A cell's text without surrounding blanks and quotes."""
+    return token.strip().strip('"').strip()
+
+
 def _to_float(token: str) -> float | None:
-    token = token.strip().strip('"').strip()
+    """A cell's number (NaN for a missing value), None when it is not one."""
+    token = _cell(token)
     if token.lower() in _NA:
         return float("nan")
     try:
@@ -417,15 +503,45 @@ def _to_float(token: str) -> float | None:
         return None
 
 
-def _is_header(row: list[str]) -> bool:
-    """A first row of names: a non-numeric cell, or an empty corner above row names followed by names or by the
-    column numbers 0…n−1 / 1…n (R's ``write.csv``, pandas' ``to_csv``). An empty corner before numbers that do not
-    count columns stays data (a missing value, refused as NaN)."""
-    values = [_to_float(t) for t in row]
-    if row[0].strip().strip('"') == "" and len(row) > 1:
+def _comma_float(token: str) -> float | None:
+    """:func:`_to_float` for a table written with decimal commas."""
+    return _to_float(token.replace(",", "."))
+
+
+_BARE_INTEGER = re.compile(r"[+-]?\d+")
+COUNTED_HEADER_MIN_COLUMNS = 10  # a first row 0…n−1 or 1…n this wide is a header even above integers
+
+
+def _counts_columns(row: list[str]) -> bool:
+    """Whether a row is the column numbers 0…n−1 or 1…n written as plain integers (pandas' default column names)."""
+    cells = [_cell(t) for t in row]
+    if not all(re.fullmatch(r"[0-9]+", c) for c in cells):
+        return False
+    values = [int(c) for c in cells]
+    return values in (list(range(len(values))), list(range(1, len(values) + 1)))
+
+
+def _fractional(token: str, number: Callable[[str], float | None]) -> bool:
+    """Whether a cell is a number written as a non-integer (with a point, comma or exponent), not a missing value."""
+    value = number(token)
+    return value is not None and not math.isnan(value) and not _BARE_INTEGER.fullmatch(_cell(token))
+
+
+def _is_header(rows: list[list[str]], number: Callable[[str], float | None] = _to_float) -> bool:
+    """Whether the first row holds names, not pixels: a non-numeric cell; an empty corner above row names followed by
+    names or by the column numbers 0…n−1 / 1…n (R's ``write.csv``, pandas' ``to_csv``); or those column numbers alone
+    (pandas' ``to_csv(index=False)``) above a number written as a non-integer, or at least
+    :data:`COUNTED_HEADER_MIN_COLUMNS` wide. An empty corner before numbers that do not count columns stays data (a
+    missing value, refused as NaN), and so does 0, 1, 2 atop a narrow table of integers: small counts may start so."""
+    row = rows[0]
+    values = [number(t) for t in row]
+    if _cell(row[0]) == "" and len(row) > 1:
         rest = values[1:]
         return any(v is None for v in rest) or rest in (list(range(len(rest))), list(range(1, len(rest) + 1)))
-    return any(v is None for v in values)
+    if any(v is None for v in values):
+        return True
+    return _counts_columns(row) and (len(row) >= COUNTED_HEADER_MIN_COLUMNS
+                                     or any(_fractional(t, number) for r in rows[1:] for t in r))
 
 
 def _read_table(path: Path) -> np.ndarray:
@@ -446,25 +562,32 @@ def _read_table(path: Path) -> np.ndarray:
     else:
         rows = list(csv.reader(_io.StringIO("\n".join(lines)), delimiter=delimiter))
     rows = _drop_trailing_delimiter(rows)
-    if delimiter != "," and _decimal_commas(rows):
-        rows = [[t.replace(",", ".") for t in row] for row in rows]
+    decimal_comma = _decimal_separator(path, rows, delimiter) == "," and delimiter != ","
+    number = _comma_float if decimal_comma else _to_float
     header = None
-    if _is_header(rows[0]):
-        header, rows = [t.strip().strip('"').lower() for t in rows[0]], rows[1:]
+    if _is_header(rows, number):
+        header, rows = [_cell(t) for t in rows[0]], rows[1:]
     if not rows:
         raise InputError(path, "table has a header but no data rows")
-    if header is not None and "x" in header and "y" in header and len(header) >= 3:
-        return _pivot_long_table(path, header, rows)
+    if header is not None:
+        names = [h.lower() for h in header]
+        coordinates = _coordinate_columns(path, names)
+        if coordinates is not None:
+            return _pivot_long_table(path, names, coordinates, rows, number)
+        if len(names) == 3 and names[0] not in ("", "unnamed: 0") and any(number(h) is None for h in header):
+            raise InputError(path, f"3-column table headed {', '.join(map(repr, header))} is not a long table "
+                                   "msifusion knows: name its columns x, y (or col, row; a unit may follow: x_um, "
+                                   "x (µm)) and the intensity; for a 3-pixel-wide image, drop the header")
     # Plain matrix. A first column that is non-numeric, or headed by an empty name (R's
     # write.csv row names), holds row labels.
-    if (header is not None and header[0] == "") or all(_to_float(r[0]) is None for r in rows if r):
+    if (header is not None and header[0] == "") or all(number(r[0]) is None for r in rows if r):
         rows = [r[1:] for r in rows]
     width = len(rows[0])
     values = []
     for i, row in enumerate(rows):
         if len(row) != width:
             raise InputError(path, f"row {i + 1} has {len(row)} values, expected {width}")
-        parsed = [_to_float(t) for t in row]
+        parsed = [number(t) for t in row]
         if any(v is None for v in parsed):
             bad = next(t for t, v in zip(row, parsed) if v is None)
             raise InputError(path, f"non-numeric value {bad!r} in row {i + 1}")
@@ -476,24 +599,97 @@ def _drop_trailing_delimiter(rows: list[list[str]]) -> list[list[str]]:
     """Rows without the empty last cell that a delimiter ending every row makes (a header may lack it): an empty
     column, not a column of missing values."""
     ends_empty = [len(row) > 1 and not row[-1].strip() for row in rows]
-    if all(ends_empty[1:]) and (ends_empty[0] or _is_header(rows[0])):
+    if all(ends_empty[1:]) and (ends_empty[0] or _is_header(rows)):
         return [row[:-1] if empty else row for row, empty in zip(rows, ends_empty)]
     return rows
 
 
-def _decimal_commas(rows: list[list[str]]) -> bool:
-    """Whether numbers are written with decimal commas: some cell is a number once its comma is a point, and no cell
-    is a number with a point."""
-    cells = [t for row in rows for t in row]
-    comma = any("," in t and _to_float(t.replace(",", ".")) is not None for t in cells)
-    return comma and not any("." in t and _to_float(t) is not None for t in cells)
+# A number with thousands separators for certain: both "." and ",", or several groups of three digits after one.
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(?:(?:\.\d{3})+,\d*|(?:,\d{3})+\.\d*|(?:\.\d{3}){2,}|(?:,\d{3}){2,})")
+# One separator followed by exactly three digits: "12,345", "1.234" are thousands or decimals by their form alone.
+_ONE_GROUP = re.compile(r"[+-]?[1-9]\d{0,2}([.,])\d{3}")
+
+
+def _decimal_separator(path: Path, rows: list[list[str]], delimiter: str | None) -> str:
+    """The table's decimal separator, "." or ","; refuses numbers written with thousands separators.
+
+    Excel writes them for cells so formatted: "12,345" beside "987" (English), "1.234" and "16.259,44" (German). A
+    number with both separators, or with several groups of three digits, has them for certain. One separator before
+    exactly three digits ("12,345") is read as decimal when other numbers show it is the decimal one ("0,5",
+    "12,3456"); when every number with a separator has that form, 12345 and 12.345 cannot be told apart and the table
+    is refused, as it is when the groups follow the separator the other numbers use for decimals. The delimiter
+    settles one separator: a point in a comma-separated table is a decimal point, and a comma in a semicolon-separated
+    one a decimal comma (spreadsheets separate with ";" where "," is the decimal separator). Errors quote the cell as
+    the file writes it.
+    """
+    decimal_by_delimiter = {",": ".", ";": ","}.get(delimiter or "")
+    names = bool(rows) and any(_to_float(t) is None and re.search(r"[^\W\d_]", _cell(t)) for t in rows[0])
+    decimal: dict[str, str] = {}  # separator → the first number in which it can only be a decimal separator
+    grouped: dict[str, str] = {}  # separator → the first number with it before exactly three digits
+    for row in rows[1:] if names else rows:
+        for token in row:
+            cell = _cell(token)
+            if "." not in cell and "," not in cell:
+                continue
+            if _THOUSANDS.fullmatch(cell):
+                raise InputError(path, f"number {cell!r} has thousands separators; export the table without them")
+            group = _ONE_GROUP.fullmatch(cell)
+            if group and group.group(1) != decimal_by_delimiter:
+                grouped.setdefault(group.group(1), cell)
+            elif ("." in cell) != ("," in cell) and _comma_float(cell) is not None:
+                decimal.setdefault("," if "," in cell else ".", cell)
+    if len(decimal) == 1:
+        (sep, example), = decimal.items()
+        other = "," if sep == "." else "."
+        if other in grouped:
+            raise InputError(path, f"number {grouped[other]!r} has a thousands separator (decimals are written with "
+                                   f"{sep!r}, as in {example!r}); export the table without thousands separators")
+        return sep
+    if not decimal and grouped:
+        sep, cell = next(iter(grouped.items()))
+        whole, fraction = cell.replace(sep, ""), cell.replace(sep, ".")
+        raise InputError(path, f"number {cell!r} may be {whole} or {fraction}: every number in the table with a "
+                               f"{sep!r} has exactly three digits after it, as with thousands separators; export the "
+                               "table without thousands separators")
+    return "."
+
+
+_COORDINATE = re.compile(r"(column|col|row|x|y)(?:\s*[(\[]\s*([^()\[\]]*?)\s*[)\]]|[\s_.-]+(\S+))?")
+_PIXEL_UNITS = ("px", "pix", "pixel", "pixels", "index", "idx")
+
+
+def _coordinate_axis(name: str) -> str | None:
+    """"x" or "y" for a lower-case column name that is a coordinate: x, y, col or column (= x), row (= y), maybe with
+    a unit of pixels or length after it (``x_um``, ``x (µm)``, ``row [px]``); None for any other name."""
+    m = _COORDINATE.fullmatch(name.strip())
+    if m is None:
+        return None
+    unit = m.group(2) if m.group(2) is not None else m.group(3)
+    if unit is not None and unit not in _PIXEL_UNITS and _unit_to_um(unit) is None:
+        return None
+    return "y" if m.group(1) in ("y", "row") else "x"
+
+
+def _coordinate_columns(path: Path, header: list[str]) -> tuple[int, int] | None:
+    """The x and y columns of a long table (see :func:`_coordinate_axis`); None when the header does not name both,
+    or has under 3 columns. Two columns for one axis (``x`` and ``x_um``) are refused: which holds the pixel?"""
+    axes = [_coordinate_axis(name) for name in header]
+    xs, ys = ([i for i, a in enumerate(axes) if a == axis] for axis in ("x", "y"))
+    if not xs or not ys or len(header) < 3:
+        return None
+    for axis, found in (("x", xs), ("y", ys)):
+        if len(found) > 1:
+            raise InputError(path, f"long table has {len(found)} {axis} columns ({', '.join(header[i] for i in found)}); "
+                                   "keep one x and one y column, of pixel indices")
+    return xs[0], ys[0]
 
 
 LONG_TABLE_PIXELS_PER_ROW = 100  # a long table must list at least 1 % of its image's pixels…
 LONG_TABLE_FREE_PIXELS = 1_000_000  # …unless the image is no larger than this
 
 
-def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> np.ndarray:
+def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int], rows: list[list[str]],
+                      number: Callable[[str], float | None] = _to_float) -> np.ndarray:
     """A long table (x, y, intensity) as an image: row = y, column = x; absent pixels are 0.
 
     The grid's origin is fixed, not taken from the pixels present, so that dropped off-tissue
@@ -512,16 +708,17 @@ def _pivot_long_table(path: Path, header: list[str], rows: list[list[str]]) -> n
     that are not pixel indices (one row at x=100000 beside a 100×100 image's rows) fail the rule.
     Images up to 10⁶ pixels (8 MB here) always pass.
     """
-    ix, iy = header.index("x"), header.index("y")
+    ix, iy = coordinates
     others = [i for i in range(len(header)) if i not in (ix, iy) and header[i] not in ("", "unnamed: 0")]
     if len(others) != 1:
         names = ", ".join(header[i] for i in others) or "none"
-        raise InputError(path, f"long table needs exactly one intensity column beside x and y, found: {names}")
+        raise InputError(path, f"long table needs exactly one intensity column beside {header[ix]} and {header[iy]}, "
+                               f"found: {names}")
     iv = others[0]
-    try:
-        arr = np.array([[float(r[ix]), float(r[iy]), float(_to_float(r[iv]))] for r in rows])
-    except (ValueError, TypeError, IndexError):
-        raise InputError(path, "long table has a non-numeric x, y or intensity value") from None
+    cells = [[number(r[i]) if i < len(r) else None for i in (ix, iy, iv)] for r in rows]
+    if any(v is None for c in cells for v in c) or any(math.isnan(v) for c in cells for v in c[:2]):
+        raise InputError(path, f"long table has a non-numeric {header[ix]}, {header[iy]} or intensity value")
+    arr = np.array(cells, dtype=np.float64)
     if not np.allclose(arr[:, :2], np.round(arr[:, :2])):
         raise InputError(path, "x and y columns must hold integer pixel coordinates")
     xy = np.round(arr[:, :2])
