@@ -521,11 +521,15 @@ def test_a_first_row_counting_the_columns_is_a_header(tmp_path, text, expected):
                          "export the table without thousands separators"),
 ])
 def test_thousands_separators_are_refused_quoting_the_cell(tmp_path, text, problem):
-    path = tmp_path / "excel.csv"
+    assert _refusal(tmp_path / "excel.csv", text) == (str(tmp_path / "excel.csv"), problem)
+
+
+def _refusal(path, text: str) -> tuple[str, str]:
+    """The (source, problem) of the InputError that reading ``text`` as an ion table raises."""
     path.write_text(text)
     with pytest.raises(InputError) as info:
         read_ion(path)
-    assert info.value.problem == problem and info.value.source == str(path)
+    return info.value.source, info.value.problem
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -575,11 +579,7 @@ def test_long_table_coordinate_names(tmp_path, text):
                                         "indices"),
 ])
 def test_unrecognised_or_ambiguous_long_tables_are_refused(tmp_path, text, problem):
-    path = tmp_path / "long.csv"
-    path.write_text(text)
-    with pytest.raises(InputError) as info:
-        read_ion(path)
-    assert info.value.problem == problem
+    assert _refusal(tmp_path / "long.csv", text)[1] == problem
 
 
 def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(tmp_path):
