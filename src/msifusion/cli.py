@@ -281,8 +281,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _warn(record)
     for name, fit in record["training"].items():
         _say(args, f"{name}: {fit['epochs']} epochs ({fit['stop_reason']})")
+    width = max(map(len, record["scores"]))
     for name, scores in record["scores"].items():
-        print(f"{name:>10}: PSNR {scores['psnr']:.2f} dB  SSIM {scores['ssim']:.4f}  "
+        print(f"{name:>{width}}: PSNR {scores['psnr']:.2f} dB  SSIM {scores['ssim']:.4f}  "
               f"consistency {scores['consistency']:.2e}")
     print(Path(args.out) / "panel.png")
     return 0
