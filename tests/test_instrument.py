@@ -12,7 +12,7 @@ import tifffile
 from pyimzml.ImzMLWriter import ImzMLWriter
 
 from msifusion.cli import main
-from msifusion.io.landmarks import Landmarks, write_bigwarp_csv
+from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 
 H, W, SCALE = 12, 16, 4
 AXIS = np.array([100.0, 200.0, 300.0])
@@ -76,6 +76,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     assert summary["machine"]["cpu_count"] >= 1 and isinstance(summary["command"], list) and "created" in summary
     assert set(summary["ions"]) == {"100.0000", "200.0000"} and summary["ions"]["200.0000"]["mz"] == 200.0
     assert summary["ions"]["100.0000"]["consistency_error"] >= 0 and "mz" not in summary
+    assert summary["units"] == "the ion image's own intensity units"
     assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
     assert sorted(summary["outputs"]) == sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
@@ -101,6 +102,16 @@ def test_single_ion_writes_into_out(tmp_path, files):
                  str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "bilinear", "--quiet"]) == 0
     assert {"fused.tiff", "fused.png", "ion.tiff", "optical_registered.tiff", "overlay.png", "landmarks.csv",
             "run.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_normalised_ions_say_so_in_their_units(tmp_path, files):
+    imzml, opt, lm, _ = files
+    out = tmp_path / "tic"
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "200", "--tol", "5ppm", "--optical", str(opt), "--landmarks",
+                 str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "bilinear", "--normalize", "tic",
+                 "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["units"] == ("the ion image's intensity divided by the "
+                                                                  "spectrum's TIC")
 
 
 def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
@@ -184,6 +195,46 @@ def test_register_lists_what_it_wrote(tmp_path, files):
     record = json.loads((out / "run.json").read_text())
     assert sorted(record["outputs"]) == sorted(p.name for p in out.iterdir())
     assert "landmarks.csv" in record["outputs"] and record["command"] == sys.argv
+
+
+def _bigwarp_json(path, csv_path, kind: str):
+    """The landmarks of ``csv_path`` as BigWarp's transform export of type ``kind``."""
+    lm = read_landmarks(csv_path)
+    path.write_text(json.dumps({"type": kind, "landmarks": {
+        "type": "BigWarpLandmarks", "numDimensions": 2, "movingPoints": lm.moving.tolist(),
+        "fixedPoints": lm.fixed.tolist(), "active": [True] * len(lm.fixed), "names": list(lm.names)}}))
+    return path
+
+
+def test_a_bigwarp_export_is_fitted_with_the_transform_it_names(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    bent = tmp_path / "bent.csv"  # one point moved: an affine and a thin-plate spline fit now differ
+    points = read_landmarks(lm)
+    moving = points.moving.copy()
+    moving[4] += 3.0
+    write_bigwarp_csv(Landmarks(moving, points.fixed, points.names), bent)
+
+    def register(landmarks, *extra):
+        out = tmp_path / f"reg{len(list(tmp_path.iterdir()))}"
+        code = main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(landmarks),
+                     "--scale", "4", "--out", str(out), "--quiet", *extra])
+        return code, out
+
+    _, affine_csv = register(bent, "--transform", "affine")
+    _, tps_csv = register(bent)
+    _, affine_json = register(_bigwarp_json(tmp_path / "affine.json", bent, "Affine"))
+    registered = lambda out: tifffile.imread(out / "optical_registered.tiff")  # noqa: E731
+    np.testing.assert_array_equal(registered(affine_json), registered(affine_csv))
+    assert np.abs(registered(affine_csv).astype(int) - registered(tps_csv)).max() > 0
+    assert json.loads((affine_json / "run.json").read_text())["registration"]["method"] == "landmarks (affine)"
+    capsys.readouterr()
+    code, out = register(_bigwarp_json(tmp_path / "similarity.json", bent, "Similarity"))
+    assert code == 2 and not out.exists()
+    assert "BigWarp transform type 'Similarity' is not one msifusion fits" in capsys.readouterr().err
+    code, out = register(tmp_path / "affine.json", "--transform", "tps")
+    assert code == 0 and "--transform tps overrides the transform type 'Affine' that affine.json was exported with" \
+        in capsys.readouterr().err
+    np.testing.assert_array_equal(registered(out), registered(tps_csv))
 
 
 def test_deformable_with_landmarks_is_an_error(tmp_path, files, capsys):

@@ -118,7 +118,7 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
                             "\"moving x\",\"moving y\",\"fixed x\",\"fixed y\" (moving = optical, fixed = ion, in "
                             "each image's calibrated units; inactive rows skipped), or its JSON export"),
         g.add_argument("--transform", choices=("tps", "affine"), default=None,
-                       help="landmark transform (default tps, as BigWarp)"),
+                       help="landmark transform (default: the type a BigWarp JSON export names, else tps, as BigWarp)"),
         g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
                        help="optical pixel size in the landmarks' units (default: the file's calibration, else 1)"),
         g.add_argument("--fixed-pixel-size", type=_positive_float, metavar="P",

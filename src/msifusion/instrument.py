@@ -34,13 +34,14 @@ from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 class RegisterSettings:
     """How to bring the optical onto the ion grid × ``scale``.
 
-    ``transform``, ``fixed_pixel_size`` and ``fixed_scale`` describe landmarks and need them;
-    ``deformable`` refines automatic registration and is refused with landmarks.
+    ``transform``, ``fixed_pixel_size`` and ``fixed_scale`` describe landmarks and need them (``transform``
+    None: the type a BigWarp JSON export names, else tps, as BigWarp's default); ``deformable`` refines
+    automatic registration and is refused with landmarks.
     """
 
     scale: int
     landmarks: Path | None = None
-    transform: str = "tps"
+    transform: str | None = None
     optical_pixel_size: float | None = None
     fixed_pixel_size: float | None = None
     fixed_scale: int = 1
@@ -55,7 +56,7 @@ class RegisterSettings:
         check_pixel_size("--optical-pixel-size", self.optical_pixel_size)
         check_pixel_size("--fixed-pixel-size", self.fixed_pixel_size)
         if self.landmarks is None:
-            landmark_only = {"--transform": self.transform != "tps", "--fixed-pixel-size": self.fixed_pixel_size,
+            landmark_only = {"--transform": self.transform is not None, "--fixed-pixel-size": self.fixed_pixel_size,
                              "--fixed-scale": self.fixed_scale != 1}
             for option, given in landmark_only.items():
                 if given:
@@ -147,13 +148,13 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
         check_landmarks(landmarks, fiji_fixed, moving)
         ion_grid = fiji_fixed.coarsened(k)
-        transform = transform_from_landmarks(landmarks, settings.transform)
-        info = {"method": f"landmarks ({settings.transform})", "landmarks": str(settings.landmarks),
+        kind, warnings = landmark_transform_kind(landmarks, settings.transform)
+        transform = transform_from_landmarks(landmarks, kind)
+        info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
-        warnings: list[str] = []
         matched = msi.images[0]
         alternative = None
-        missed = (f"the landmark transform ({settings.transform}) from {settings.landmarks.name} maps the whole ion "
+        missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
         ion_grid = Grid(msi.shape, px or 1.0)
@@ -167,6 +168,9 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         landmarks = landmarks_from_transform(transform, area)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
+        if settings.deformable:
+            info["landmarks_note"] = ("landmarks.csv samples the deformable map at 4×4 points: fed back with "
+                                      "--landmarks, its thin-plate spline is close to this registration, not equal")
         warnings = []
         matched = reg.sign * msi.images[reg.channel]
         rival = reg.details.get("rival")
@@ -208,6 +212,29 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
         raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
     return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
+
+
+BIGWARP_TRANSFORMS = {"thin plate spline": "tps", "affine": "affine"}  # BigWarp's export names we apply
+
+
+def landmark_transform_kind(landmarks: Landmarks, asked: str | None) -> tuple[str, list[str]]:
+    """The transform to fit to the landmarks ("tps" or "affine") and any warning: ``asked`` (``--transform``) when
+    given, else the type a BigWarp JSON export names (its Thin Plate Spline or Affine), else tps. A BigWarp type
+    msifusion does not fit (Similarity, Rotation, Translation) is refused unless ``--transform`` says what to fit."""
+    named = landmarks.transform_type
+    if named is None or named == "BigWarpLandmarks":
+        return asked or "tps", []
+    kind = BIGWARP_TRANSFORMS.get(named.strip().lower())
+    if asked is None:
+        if kind is None:
+            raise InputError(landmarks.source, f"BigWarp transform type {named!r} is not one msifusion fits (Thin Plate "
+                                               "Spline, Affine); export it as one of those, or pass --transform tps "
+                                               "or --transform affine to fit that to these points")
+        return kind, []
+    if kind != asked:
+        where = Path(landmarks.source).name if landmarks.source else "the landmark file"
+        return asked, [f"--transform {asked} overrides the transform type {named!r} that {where} was exported with"]
+    return asked, []
 
 
 CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
@@ -429,6 +456,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                                             "with --ion and --pixel-size UM"))
         common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
+        if request.normalize:
+            common["units"] = f"the ion image's intensity divided by the spectrum's {request.normalize.upper()}"
         records = []
         fused = []
         pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)
