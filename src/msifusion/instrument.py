@@ -356,7 +356,7 @@ def extract_ions(request: IonsRequest) -> dict:
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"], "versions": software_versions(),
-                  "warnings": [w for w in (stack.overlap_warning(),) if w],
+                  "warnings": stack.window_warnings(),
                   "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
     return record
@@ -444,7 +444,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register)
-    registered.warnings += [w for w in (stack.overlap_warning(),) if w]
+    registered.warnings += stack.window_warnings()
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um)

@@ -470,12 +470,16 @@ def test_a_file_that_is_not_imzml_is_called_so(tmp_path: Path) -> None:
     assert err.value.source == str(tif) and err.value.problem == "expected an .imzML file (with its .ibd beside it)"
 
 
-def test_overlapping_windows_are_named():
+def test_overlapping_and_isotope_wide_windows_are_named():
     tol = imzml.parse_tolerance("0.2da")
     images = np.zeros((3, 2, 2), np.float32)
     stack = imzml.IonStack(images, (1150.4739, 1150.2901, 1200.0), tol, None,
                            windows=((1150.2739, 1150.6739), (1150.0901, 1150.4901), (1199.8, 1200.2)))
-    assert stack.overlap_warning() == ("the m/z windows of 1150.2901 and 1150.4739 overlap (±0.2Da): their images "
-                                       "share counts; narrow --tol to keep them apart")
+    assert stack.window_warnings() == ["the m/z windows of 1150.2901 and 1150.4739 overlap (±0.2Da): their images "
+                                       "share counts; narrow --tol to keep them apart"]
     apart = imzml.IonStack(images[:2], (1150.2901, 1200.0), tol, None, windows=((1150.0901, 1150.4901), (1199.8, 1200.2)))
-    assert apart.overlap_warning() is None
+    assert apart.window_warnings() == []
+    wide = imzml.IonStack(images[:1], (1217.5,), imzml.parse_tolerance("3000ppm"), None,
+                          windows=((1217.5 - 3.6525, 1217.5 + 3.6525),))
+    assert wide.window_warnings() == ["the m/z window of 1217.5000 (±3000ppm) reaches the ¹³C isotope peak 1.00336 Da "
+                                      "away: its image sums several peaks; narrow --tol unless that is meant"]

@@ -51,6 +51,7 @@ _DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4"
 _CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
 _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a spectrum
 DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
+ISOTOPE_SPACING = 1.00336  # Da between a singly charged ion's ¹²C and ¹³C peaks
 SEPARATION_PPM = 10.0  # peaks closer than this are one peak for `peaks` (two default windows)
 
 
@@ -142,16 +143,23 @@ class IonStack:
         """m/z values whose image is all zero (no signal in the window anywhere)."""
         return [mz for mz, img in zip(self.mzs, self.images) if not np.any(img)]
 
-    def overlap_warning(self) -> str | None:
-        """A warning naming the ions whose m/z windows overlap (they share counts: two such ions can be one
-        peak's image twice), or None."""
+    def window_warnings(self) -> list[str]:
+        """Warnings about the m/z windows: ions whose windows overlap (they share counts: two such ions can be one
+        peak's image twice), and windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
+        away: its image then sums the isotope pattern, or a neighbour's)."""
+        warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         pairs = [(self.mzs[a], self.mzs[b]) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
-        if not pairs:
-            return None
-        listed = ", ".join(f"{a:.4f} and {b:.4f}" for a, b in pairs)
-        return (f"the m/z windows of {listed} overlap (±{self.tolerance}): their images share counts; "
-                "narrow --tol to keep them apart")
+        if pairs:
+            listed = ", ".join(f"{a:.4f} and {b:.4f}" for a, b in pairs)
+            warnings.append(f"the m/z windows of {listed} overlap (±{self.tolerance}): their images share counts; "
+                            "narrow --tol to keep them apart")
+        wide = [mz for mz, (lo, hi) in zip(self.mzs, self.windows) if hi - mz >= ISOTOPE_SPACING or mz - lo >= ISOTOPE_SPACING]
+        if wide:
+            warnings.append(f"the m/z window of {', '.join(f'{mz:.4f}' for mz in wide)} (±{self.tolerance}) reaches the "
+                            f"¹³C isotope peak {ISOTOPE_SPACING} Da away: its image sums several peaks; narrow --tol "
+                            "unless that is meant")
+        return warnings
 
 
 @dataclass(frozen=True)
