@@ -161,35 +161,38 @@ def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
     return guide
 
 
-def _checked(guide: np.ndarray, ion: np.ndarray, method: str,
-             options: MethodOptions) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """The guide as float32 in [0, 1], the ion as float32, the scale and the ion's intensity scale (max |ion|),
-    or an InputError."""
-    check_methods([method])
+def _checked_guide(guide: np.ndarray) -> np.ndarray:
+    """The guide as float32 (H, W, 3) in [0, 1] (see :func:`_guide_in_unit_range`), or an InputError."""
     guide = _array(guide, "optical guide")
+    if guide.ndim != 3 or guide.shape[2] != 3:
+        raise InputError(None, f"the optical guide must be an (H, W, 3) RGB array, got shape {guide.shape}; "
+                               "repeat a grey image into three channels")
+    return _guide_in_unit_range(guide)
+
+
+def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodOptions) -> tuple[np.ndarray, int, float]:
+    """The ion as float32, the scale (from the checked guide's shape) and the ion's intensity scale (max |ion|), or an
+    InputError."""
     ion = _array(ion, "ion image")
     if ion.dtype.kind not in "uifb":
         raise InputError(None, f"an ion image must be a real-valued array, got dtype {ion.dtype}")
     ion = ion.astype(np.float32)
-    if np.ndim(guide) != 3 or np.shape(guide)[2] != 3:
-        raise InputError(None, f"the optical guide must be an (H, W, 3) RGB array, got shape {np.shape(guide)}; "
-                               "repeat a grey image into three channels")
     if ion.ndim != 2:
         raise InputError(None, f"an ion image must be a 2-D (h, w) array, got shape {ion.shape}; "
                                "for a stack of ions use fuse_many")
     try:
-        scale = infer_scale(guide.shape, ion.shape)
+        scale = infer_scale(guide_shape, ion.shape)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
     if scale < 2:
-        raise InputError("--scale", f"scale must be at least 2 (optical {guide.shape[0]}×{guide.shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
+        raise InputError("--scale", f"scale must be at least 2 (optical {guide_shape[0]}×{guide_shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
     check_spot(options.harmonic.spot_sigma_px, scale)
     if not np.isfinite(ion).all():
         raise InputError(None, "ion image contains NaN or inf; fill those pixels (e.g. with 0) first")
     intensity_scale = float(np.max(np.abs(ion)))
     if intensity_scale == 0:
         raise InputError(None, "ion image is all zero; nothing to fuse")
-    return _guide_in_unit_range(guide), ion, scale, intensity_scale
+    return ion, scale, intensity_scale
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
@@ -211,7 +214,13 @@ def fuse(
 ) -> FusionResult:
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
     images: fractions of their type's maximum); the result is in the ion's units."""
-    guide, ion, scale, intensity_scale = _checked(guide, ion, method, options)
+    check_methods([method])
+    guide = _checked_guide(guide)
+    return _fuse_checked(guide, *_checked_ion(guide.shape, ion, options), method, options)
+
+
+def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scale: float, method: str,
+                  options: MethodOptions) -> FusionResult:
     seed_everything(options.runtime.seed)
     problem = FusionProblem(guide, ion / intensity_scale, scale)
     start = time.perf_counter()
@@ -233,19 +242,19 @@ def fuse_many(
     fusing it alone, though not identical to it. The others run once per ion. A result's
     ``seconds`` is its share of the shared run.
     """
-    guide = _guide_in_unit_range(_array(guide, "optical guide"))  # once, not per ion
-    checked = [_checked(guide, ion, method, options) for ion in ions]
+    check_methods([method])
+    guide = _checked_guide(guide)  # once, not per ion
+    checked = [_checked_ion(guide.shape, ion, options) for ion in ions]
     run_many = METHODS[method].run_many
     if run_many is None or len(checked) == 1:
-        return [fuse(g, ion, method, options) for g, ion, _, _ in checked]
+        return [_fuse_checked(guide, *c, method, options) for c in checked]
     seed_everything(options.runtime.seed)
-    guide, scale = checked[0][0], checked[0][2]
-    normalised = np.stack([ion / peak for _, ion, _, peak in checked])
+    scale = checked[0][1]
+    normalised = np.stack([ion / peak for ion, _, peak in checked])
     start = time.perf_counter()
     results = run_many(guide, normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
-    return [_in_ion_units(r, ion, method, scale, peak, share, options)
-            for r, (_, ion, _, peak) in zip(results, checked)]
+    return [_in_ion_units(r, ion, method, scale, peak, share, options) for r, (ion, _, peak) in zip(results, checked)]
 
 
 # ----------------------------------------------------------------------------- methods
