@@ -21,7 +21,7 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import METHODS, check_fused_size, check_scale, check_spot
+from msifusion.methods import check_fused_size, check_scale, check_spot
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
                                 fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
                                 write_fusion_outputs, write_run_json)
@@ -465,7 +465,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         folders = [stage if len(stack.mzs) == 1 else stage / f"mz_{name}" for name in stack.names]
         for folder in folders:
             folder.mkdir(exist_ok=True)
-        if request.settings.fit.checkpoint_every and METHODS[request.settings.method].trains:  # one fit per ion anyway
+        if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
             results = [fuse_pair(pair, request.settings, folder / "checkpoints") for pair, folder in zip(pairs, folders)]
         else:
             results = fuse_pairs(registered.guide, stack.images, request.settings)  # work shared across ions

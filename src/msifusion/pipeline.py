@@ -50,6 +50,11 @@ class FuseSettings(MethodOptions):
         check_methods([self.method])
         check_device(self.runtime.device)
 
+    @property
+    def saves_checkpoints(self) -> bool:
+        """Whether a fit's output is saved every ``fit.checkpoint_every`` epochs: asked for, and a method that fits."""
+        return bool(self.fit.checkpoint_every) and METHODS[self.method].trains
+
 
 @dataclass
 class RegisteredPair:
@@ -172,7 +177,7 @@ def machine() -> dict:
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | None = None) -> FusionResult:
     """One registered pair; a fitted method saves its output every ``checkpoint_every`` epochs into
     ``checkpoints`` (in ion units, calibrated) when both are given."""
-    if checkpoints is not None and settings.fit.checkpoint_every and METHODS[settings.method].trains:
+    if checkpoints is not None and settings.saves_checkpoints:
         settings = replace(settings, on_checkpoint=checkpoint_writer(checkpoints, float(np.max(np.abs(pair.ion))),
                                                                      pair.fused_pixel_size_um))
     return fuse(pair.guide, pair.ion, settings.method, settings)
