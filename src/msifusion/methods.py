@@ -17,6 +17,7 @@ import numpy as np
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
+from msifusion.io.images import optical_to_rgb, require_real
 from msifusion.measurement import consistency_error, project_consistent, upsample
 
 
@@ -145,12 +146,12 @@ def _array(value, what: str) -> np.ndarray:
 
 
 def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
-    """The guide as float32 in [0, 1]: integer images (uint8, uint16, as tifffile or OpenCV read them) as fractions
-    of their type's maximum, like scikit-image's ``img_as_float``; a float guide must already be in [0, 1]."""
-    if guide.dtype.kind in "ui":
-        return (guide / np.float32(np.iinfo(guide.dtype).max)).astype(np.float32)
-    if guide.dtype.kind not in "fb":
-        raise InputError(None, f"the optical guide must be a real-valued array, got dtype {guide.dtype}")
+    """The guide as float32 in [0, 1]: integer and boolean images (uint8, uint16, as tifffile or OpenCV read them) as
+    a file's pixels are read (:func:`msifusion.io.images.optical_to_rgb`: 8/16-bit as fractions of their type's
+    maximum); a float guide must already be in [0, 1]."""
+    require_real(guide, None, "optical guide")
+    if guide.dtype.kind in "uib":
+        return optical_to_rgb(guide)
     guide = guide.astype(np.float32, copy=False)
     if not np.isfinite(guide).all():
         raise InputError(None, "the optical guide contains NaN or inf")
@@ -174,8 +175,7 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
     """The ion as float32, the scale (from the checked guide's shape) and the ion's intensity scale (max |ion|), or an
     InputError."""
     ion = _array(ion, "ion image")
-    if ion.dtype.kind not in "uifb":
-        raise InputError(None, f"an ion image must be a real-valued array, got dtype {ion.dtype}")
+    require_real(ion, None, "ion image")
     ion = ion.astype(np.float32)
     if ion.ndim != 2:
         raise InputError(None, f"an ion image must be a 2-D (h, w) array, got shape {ion.shape}; "

@@ -402,7 +402,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         data = data[..., :-1]
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
-    _require_real(data, source, "optical image")
+    require_real(data, source, "optical image")
     if data.dtype == bool:
         rgb = data.astype(np.float32)
     elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
@@ -427,7 +427,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
     return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
-def _require_real(data: np.ndarray, source: str | Path | None, what: str) -> None:
+def require_real(data: np.ndarray, source: str | Path | None, what: str) -> None:
     """Refuse pixels that are not real numbers (bool, integer or float): numpy would drop a complex image's imaginary
     part with only a warning, and read a time span (timedelta64, a "number" to numpy) as a count of its units."""
     if data.dtype.kind == "c":
@@ -472,7 +472,7 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarr
         data = np.squeeze(data)
     if data.ndim != 2:
         raise InputError(source, f"ion image must be 2-D, got shape {data.shape}")
-    _require_real(data, source, "ion image")
+    require_real(data, source, "ion image")
     if min(data.shape) < 2:
         raise InputError(source, f"ion image is too small ({data.shape[0]}×{data.shape[1]})")
     data = data.astype(np.float32)
