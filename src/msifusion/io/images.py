@@ -7,9 +7,9 @@ that is not used, ``calibration_note`` says why, and ``warnings`` holds what the
 Accepted inputs
 ---------------
 Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit, 32-bit or float;
-grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted, JPEG
-EXIF orientation is applied. A TIFF or PNG Orientation tag is not (Fiji and Bio-Formats ignore it, so
-BigWarp landmarks are placed on the stored pixels): the image carries a warning instead. Pixels become
+grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
+PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
+are placed on the stored pixels): the image carries a warning instead. Pixels become
 float32 RGB in [0, 1]: 8- and 16-bit images are divided by their type's maximum, wider integer images
 by the image's own maximum, float images (and wider integers with negative values) are min-max scaled
 unless already in [0, 1].
@@ -17,7 +17,8 @@ unless already in [0, 1].
 Ion: a 2-D TIFF, a 2-D ``.npy``, or a CSV / TSV / whitespace text file holding either a plain
 numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetxt`` write it,
 an optional header row and row-label column are skipped; a first row that counts the columns,
-as pandas' ``to_csv`` writes it, is a header) or a long table with a header naming the x and y
+as pandas' ``to_csv`` writes it, is a header, except atop a narrow table of integers, where it is
+data and the image carries a warning) or a long table with a header naming the x and y
 columns (``x``/``y``, ``col``/``row``, maybe with a unit: ``x_um``, ``x (µm)``) and one intensity
 column (pixels absent from the table are 0, as for an off-tissue pixel without a spectrum; the
 grid starts at 0 for 0-based coordinates, else at 1, never at the smallest coordinate present; a
@@ -286,12 +287,12 @@ def _tiff_colours(path: Path, data: np.ndarray, encoding: str, series) -> np.nda
 def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
     """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one.
 
-    Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied and a JPEG is
-    turned upright by its EXIF orientation; a TIFF's or PNG's Orientation tag is not applied but warned about (see
-    :func:`_orientation_warning`). ``coarsest_um``: the pixel size the caller needs at most; a calibrated
-    pyramidal TIFF (a slide scanner's OME-TIFF) is then read at its coarsest level that is still that fine, not at
-    full resolution (float32 RGB costs 12 bytes per pixel: a 20000×16000 scan alone is 3.8 GB), and ``origin_um``
-    says where its first pixel lies in the full scan's frame, so that landmarks made on the full scan still hold.
+    Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied; a TIFF's, PNG's
+    or JPEG's Orientation tag is not applied but warned about (see :func:`_orientation_warning`). ``coarsest_um``: the
+    pixel size the caller needs at most; a calibrated pyramidal TIFF (a slide scanner's OME-TIFF) is then read at its
+    coarsest level that is still that fine, not at full resolution (float32 RGB costs 12 bytes per pixel: a
+    20000×16000 scan alone is 3.8 GB), and ``origin_um`` says where its first pixel lies in the full scan's frame, so
+    that landmarks made on the full scan still hold.
     """
     path = _require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     suffix = path.suffix.lower()
@@ -304,7 +305,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
         pixel_size, shift, note = None, 0.0, None
-        orientation = _png_exif_orientation(path) if suffix == ".png" else 1  # a JPEG's is applied by OpenCV
+        orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
     warning = _orientation_warning(path, orientation)
     return Image(optical_to_rgb(data, path), pixel_size, path, (shift, shift), note, (warning,) if warning else ())
 
@@ -316,11 +317,12 @@ _ORIENTATIONS = {2: "mirrored left to right", 3: "rotated 180°", 4: "mirrored t
 
 
 def _orientation_warning(path: Path, orientation: int) -> str | None:
-    """The warning for a TIFF or PNG whose Orientation tag asks viewers to turn or mirror it; None for upright.
+    """The warning for a TIFF, PNG or JPEG whose Orientation tag asks viewers to turn or mirror it; None for upright.
 
-    Its pixels are used as stored, not turned: Fiji (ImageJ's TIFF and PNG readers, so BigWarp's landmarks) and
-    Bio-Formats ignore the tag, photo viewers apply it, and which of the two the image was registered or landmarked
-    in cannot be told from the file. The warning says so, and how to make the file unambiguous.
+    Its pixels are used as stored, not turned: Fiji (ImageJ's TIFF reader, and its PNG and JPEG readers through AWT's
+    ``Toolkit.createImage``, so BigWarp's landmarks) and Bio-Formats ignore the tag, photo viewers apply it, and
+    which of the two the image was registered or landmarked in cannot be told from the file. The warning says so,
+    and how to make the file unambiguous.
     """
     if orientation == 1:
         return None
@@ -330,9 +332,9 @@ def _orientation_warning(path: Path, orientation: int) -> str | None:
             "up without the tag")
 
 
-def _png_exif_orientation(path: Path) -> int:
-    """The Orientation (EXIF tag 274) in a PNG's eXIf chunk, read by Pillow; 1 when it has none or it cannot be read
-    (the decoder has read the file already: a damaged chunk here is no reason to refuse it)."""
+def _exif_orientation(path: Path) -> int:
+    """The Orientation (EXIF tag 274) of a PNG (eXIf chunk) or JPEG (APP1 segment), read by Pillow; 1 when it has none
+    or it cannot be read (the decoder has read the file already: a damaged tag here is no reason to refuse it)."""
     from PIL import Image as PILImage
 
     try:
@@ -350,8 +352,8 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     """OpenCV's decoding, refusing damaged files: libjpeg decodes a truncated JPEG with its missing part grey
     and only prints a warning on the C-level stderr, so that stream is captured while decoding and read.
 
-    A JPEG is read with OpenCV's EXIF orientation applied (``IMREAD_UNCHANGED`` would skip it: a phone photo
-    stored sideways with Orientation 6 would stay sideways); a JPEG has no alpha, so nothing else changes.
+    Pixels come as stored: a PNG's EXIF orientation is not applied (``IMREAD_UNCHANGED``), nor a JPEG's
+    (``IMREAD_IGNORE_ORIENTATION``; OpenCV applies it by default), as in Fiji; a JPEG has no alpha.
     """
     import os
     import sys
@@ -360,7 +362,8 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     import cv2
 
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED
+    flags = (cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION if jpeg
+             else cv2.IMREAD_UNCHANGED)
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         try:
@@ -455,7 +458,7 @@ def read_ion(path: str | Path) -> Image:
         except (ValueError, OSError) as exc:
             raise InputError(path, f"cannot read .npy ({exc})") from None
     else:
-        data = _read_table(path)
+        data, warning = _read_table(path)
     return Image(validate_ion(data, path), pixel_size, path, calibration_note=note,
                  warnings=(warning,) if warning else ())
 
@@ -544,7 +547,8 @@ def _is_header(rows: list[list[str]], number: Callable[[str], float | None] = _t
                                      or any(_fractional(t, number) for r in rows[1:] for t in r))
 
 
-def _read_table(path: Path) -> np.ndarray:
+def _read_table(path: Path) -> tuple[np.ndarray, str | None]:
+    """A text table's pixels, and a warning when a first row counting the columns was kept as data."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (UnicodeDecodeError, OSError) as exc:
@@ -573,11 +577,12 @@ def _read_table(path: Path) -> np.ndarray:
         names = [h.lower() for h in header]
         coordinates = _coordinate_columns(path, names)
         if coordinates is not None:
-            return _pivot_long_table(path, names, coordinates, rows, number)
+            return _pivot_long_table(path, names, coordinates, rows, number), None
         if len(names) == 3 and names[0] not in ("", "unnamed: 0") and any(number(h) is None for h in header):
             raise InputError(path, f"3-column table headed {', '.join(map(repr, header))} is not a long table "
                                    "msifusion knows: name its columns x, y (or col, row; a unit may follow: x_um, "
                                    "x (µm)) and the intensity; for a 3-pixel-wide image, drop the header")
+    warning = _counted_row_warning(path, rows[0]) if header is None and _counts_columns(rows[0]) else None
     # Plain matrix. A first column that is non-numeric, or headed by an empty name (R's
     # write.csv row names), holds row labels.
     if (header is not None and header[0] == "") or all(number(r[0]) is None for r in rows if r):
@@ -592,7 +597,14 @@ def _read_table(path: Path) -> np.ndarray:
             bad = next(t for t, v in zip(row, parsed) if v is None)
             raise InputError(path, f"non-numeric value {bad!r} in row {i + 1}")
         values.append(parsed)
-    return np.asarray(values, dtype=np.float64)
+    return np.asarray(values, dtype=np.float64), warning
+
+
+def _counted_row_warning(path: Path, row: list[str]) -> str:
+    """The warning for a first row 0…n−1 or 1…n read as pixels (above integers, too narrow to be a header)."""
+    counted = ", ".join(_cell(t) for t in row)
+    return (f"{path.name}: its first row ({counted}) counts the columns and was read as pixel values; if it is pandas' "
+            "column-number header, delete that row (or write the table with header=False)")
 
 
 def _drop_trailing_delimiter(rows: list[list[str]]) -> list[list[str]]:
