@@ -412,3 +412,18 @@ def test_register_warns_when_the_optical_is_coarser_than_the_fused_grid(tmp_path
         assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm),
                      "--scale", str(scale), "--out", str(out)]) == 0
         assert json.loads((out / "run.json").read_text())["warnings"] == expected
+
+
+def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, files, capsys):
+    """Both images in µm, yet the landmarks stretch one 4× onto the other: landmarks on a preview, or in pixels."""
+    imzml, opt, lm, _ = files
+    base = ["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0  # uncalibrated: nothing to compare
+    assert "scale the optical" not in capsys.readouterr().err
+    assert main([*base, "--fixed-pixel-size", "1", "--optical-pixel-size", "1", "--out", str(tmp_path / "um")]) == 0
+    err = capsys.readouterr().err
+    assert ("the landmarks in lm.csv scale the optical's µm to the ion image's by 4.0×, where the two calibrations "
+            "(--optical-pixel-size: 1 µm per pixel) say 1: were they placed on a downsampled preview") in err
+    record = json.loads((tmp_path / "um" / "run.json").read_text())
+    assert any("by 4.0×" in w for w in record["warnings"]) and "--optical-pixel-size 0.25" not in err
+    assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)

@@ -154,6 +154,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
         matched = msi.images[0]
         alternative = None
+        affine, fixed_um = AffineMap.from_landmarks(landmarks), px or settings.fixed_pixel_size
         missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
@@ -194,12 +195,13 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                             f"{_tissue_name(rival['channel'])} both match the optical (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                             f"MSI pixels apart; {remedy}")
-        calibration = _calibration_disagreement(reg.affine, optical, settings, px)
-        if calibration is not None:
-            warnings.append(calibration.warning)
-            info["optical_pixel_size_matched_um"] = calibration.matched_um
+        affine, fixed_um = reg.affine, px
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
+    calibration = _calibration_disagreement(affine, optical, settings, fixed_um)
+    if calibration is not None:
+        warnings.append(calibration.warning)
+        info["optical_pixel_size_matched_um"] = calibration.matched_um
     optical_px = moving.pixel_size / AffineMap.from_landmarks(landmarks).scale  # in the ion grid's units
     coarse = (coarse_optical_warning(optical_px, ion_grid.pixel_size, settings.scale, "µm") if px else
               coarse_optical_warning(optical_px / ion_grid.pixel_size, 1.0, settings.scale, "MSI pixels"))
@@ -251,9 +253,11 @@ class CalibrationDisagreement:
 def _calibration_disagreement(affine: AffineMap, optical: Image, settings: RegisterSettings,
                               ion_pixel_um: float | None) -> CalibrationDisagreement | None:
     """When both images are calibrated in µm yet the registration scales one to the other by more than
-    :data:`CALIBRATION_FACTOR`: the optical's stated pixel size is wrong (a downsampled export that kept the
-    scanner's calibration, say). It matters where the size is used: the pyramid level read, the scale bars, and
-    landmarks in µm."""
+    :data:`CALIBRATION_FACTOR`. From an automatic registration: the optical's stated pixel size is wrong (a
+    downsampled export that kept the scanner's calibration, say); it matters where the size is used: the pyramid
+    level read, the scale bars, and landmarks in µm. From landmarks (``settings.landmarks``): the landmarks are
+    more likely in other units than their images' (placed on a downsampled preview, or in pixels on an image
+    calibrated in µm), and a new optical pixel size would also move them, so none is suggested."""
     stated = settings.optical_pixel_size or optical.pixel_size_um
     if stated is None or ion_pixel_um is None:
         return None
@@ -263,8 +267,14 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     matched = stated / scale
     name = optical.path.name if optical.path else "the optical image"
     source = "--optical-pixel-size" if settings.optical_pixel_size else f"the calibration of {name}"
+    by = f"by {max(scale, 1 / scale):.1f}×"
+    if settings.landmarks is not None:
+        return CalibrationDisagreement(matched, (
+            f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, where the "
+            f"two calibrations ({source}: {stated:.3g} µm per pixel) say 1: were they placed on a downsampled "
+            "preview, or in pixels where an image is calibrated in µm? Check overlay.png"))
     return CalibrationDisagreement(matched, (
-        f"{source} ({stated:.3g} µm per pixel) disagrees with the registration by {max(scale, 1 / scale):.1f}×: "
+        f"{source} ({stated:.3g} µm per pixel) disagrees with the registration {by}: "
         f"its pixels match {matched:.3g} µm of the MSI section; if that is right, give "
         f"--optical-pixel-size {matched:.3g}"))
 
