@@ -423,7 +423,8 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     assert main([*base, "--fixed-pixel-size", "1", "--optical-pixel-size", "1", "--out", str(tmp_path / "um")]) == 0
     err = capsys.readouterr().err
     assert ("the landmarks in lm.csv scale the optical's µm to the ion image's by 4.0×, where the two calibrations "
-            "(--optical-pixel-size: 1 µm per pixel) say 1: were they placed on a downsampled preview") in err
+            "say 1: either they were placed on a downsampled preview or in pixels where an image is calibrated in µm "
+            "(check overlay.png), or --optical-pixel-size (1 µm per pixel) is wrong and its pixels are 0.25 µm") in err
     record = json.loads((tmp_path / "um" / "run.json").read_text())
     assert any("by 4.0×" in w for w in record["warnings"]) and "--optical-pixel-size 0.25" not in err
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)

@@ -202,7 +202,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
     if calibration is not None:
         warnings.append(calibration.warning)
         info["optical_pixel_size_matched_um"] = calibration.matched_um
-    optical_px = moving.pixel_size / AffineMap.from_landmarks(landmarks).scale  # in the ion grid's units
+    optical_px = moving.pixel_size / affine.scale  # in the ion grid's units
     coarse = (coarse_optical_warning(optical_px, ion_grid.pixel_size, settings.scale, "µm") if px else
               coarse_optical_warning(optical_px / ion_grid.pixel_size, 1.0, settings.scale, "MSI pixels"))
     warnings += [*optical.warnings, *([coarse] if coarse else [])]
@@ -251,15 +251,16 @@ class CalibrationDisagreement:
 
 
 def _calibration_disagreement(affine: AffineMap, optical: Image, settings: RegisterSettings,
-                              ion_pixel_um: float | None) -> CalibrationDisagreement | None:
+                              fixed_pixel_um: float | None) -> CalibrationDisagreement | None:
     """When both images are calibrated in µm yet the registration scales one to the other by more than
     :data:`CALIBRATION_FACTOR`. From an automatic registration: the optical's stated pixel size is wrong (a
     downsampled export that kept the scanner's calibration, say); it matters where the size is used: the pyramid
-    level read, the scale bars, and landmarks in µm. From landmarks (``settings.landmarks``): the landmarks are
-    more likely in other units than their images' (placed on a downsampled preview, or in pixels on an image
-    calibrated in µm), and a new optical pixel size would also move them, so none is suggested."""
+    level read, the scale bars, and landmarks in µm. From landmarks (``settings.landmarks``): the landmarks may be
+    in other units than their images' (placed on a downsampled preview, or in pixels on an image calibrated in
+    µm), or made on the wrongly calibrated optical (the landmark file ``register`` writes is in its units); a new
+    optical pixel size would also move them, so no option is suggested."""
     stated = settings.optical_pixel_size or optical.pixel_size_um
-    if stated is None or ion_pixel_um is None:
+    if stated is None or fixed_pixel_um is None:
         return None
     scale = affine.scale  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
@@ -271,8 +272,9 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     if settings.landmarks is not None:
         return CalibrationDisagreement(matched, (
             f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, where the "
-            f"two calibrations ({source}: {stated:.3g} µm per pixel) say 1: were they placed on a downsampled "
-            "preview, or in pixels where an image is calibrated in µm? Check overlay.png"))
+            f"two calibrations say 1: either they were placed on a downsampled preview or in pixels where an image is "
+            f"calibrated in µm (check overlay.png), or {source} ({stated:.3g} µm per pixel) is wrong and its pixels "
+            f"are {matched:.3g} µm (the registration then holds; the scale bars do not)"))
     return CalibrationDisagreement(matched, (
         f"{source} ({stated:.3g} µm per pixel) disagrees with the registration {by}: "
         f"its pixels match {matched:.3g} µm of the MSI section; if that is right, give "
