@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from msifusion.io.outdir import missing_folders, remove_empty_folders
+
 PROSTATE_PACKAGE = "msight==1.0.24"
 PROSTATE_MEMBERS = {
     "notebooks/example_data/prostate_example.imzML": "prostate_example.imzML",
@@ -49,16 +51,12 @@ def fetch_prostate(cache_dir: str | Path | None = None) -> Path:
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "prostate"
     if all(_cached(folder / name) for name in PROSTATE_MEMBERS.values()):
         return folder
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    made = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         _download(folder)
     except BaseException:
-        for path in made:  # deepest first; stops at the first one that is not empty
-            try:
-                path.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(made)
         raise
     return folder
 

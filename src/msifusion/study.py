@@ -252,8 +252,8 @@ def summary_line(record: dict) -> str:
     s = record["summary"]
     patience = record["fit_settings"]["patience"]
     stop = s["rule_stop_epoch"]
-    line = (f"edge-loss rule (patience {patience}) stops at epoch {stop}" if stop is not None else
-            f"edge-loss rule (patience {patience}) never stops within {record['epochs_run']} epochs")
+    when = f"stops at epoch {stop}" if stop is not None else f"never stops within {record['epochs_run']} epochs"
+    line = f"edge-loss rule (patience {patience}) {when}"
     if s.get("best_true_psnr_epoch"):
         at = s.get("at_rule_stop", {}).get("psnr_truth")
         line += (f"; best true PSNR {s['at_best']['psnr_truth']:.2f} dB at epoch {s['best_true_psnr_epoch']}"

@@ -65,12 +65,27 @@ def _umask() -> int:
     return mask
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what creating it makes."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Undo :func:`missing_folders`' creation after a failure: remove each folder, deepest first, until one is not
+    empty (another run may have written there meanwhile)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 @contextmanager
 def staged_output_dir(out: str | Path, overwrite: bool = False,
                       inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a staging folder; on success it becomes ``out``, on any error it vanishes."""
     out = check_output_dir(out, overwrite, inputs)
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    made = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -82,11 +97,7 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
         _move_into_place(stage, out, overwrite)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
-        for folder in made:  # the parents this run made, if still empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(made)
         raise
 
 
