@@ -14,10 +14,12 @@ from msifusion.harmonic import (
     Multigrid,
     edge_scales,
     fuse_harmonic_many,
+    guide_noise,
     optical_detail,
     residual_whiteness,
     shared_basis,
     solve_harmonic,
+    texture_snr_db,
 )
 from msifusion.fit import Runtime, resolve_device
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
@@ -128,6 +130,20 @@ def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks(
     assert _walk([base, mostly_ties], 4.0, 2.0) == 1
 
 
+def test_an_ordered_walk_stops_at_a_strength_that_hurts():
+    """For β (one strength, increasing), a step significantly worse than the current choice ends the walk, so
+    a stronger value the test happens to like is not taken past it; a flat step does not end it."""
+    from msifusion.harmonic import _walk
+
+    rng = np.random.default_rng(1)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    worse, flat, better = base + 0.05, base + 0.0005 * torch.tensor(rng.standard_normal(400)), base - 0.05
+    assert _walk([base, worse, better], 2.0) == 2  # the ladder's walk looks past a rejected rung
+    assert _walk([base, worse, better], 2.0, ordered=True) == 0
+    assert _walk([base, flat, better], 2.0, ordered=True) == 2
+    assert _walk([base, better, worse, better - 0.05], 2.0, ordered=True) == 1
+
+
 def test_winsorised_walk_is_not_stopped_by_a_few_outlying_blocks():
     from msifusion.harmonic import _walk
 
@@ -160,6 +176,40 @@ def test_optical_detail_is_the_density_minus_its_blur():
     np.testing.assert_allclose(optical_detail(torch.as_tensor(guide), 1.5, 1e-3).numpy(), expected, atol=1e-5)
     flat = optical_detail(torch.full((20, 20, 3), 0.7), 1.5, 1e-3)
     assert float(flat.abs().max()) < 1e-6
+
+
+def test_guide_noise_is_the_pixel_noise_of_the_mean_colour():
+    """Known answers: a colour ramp (which the mask cancels) with white noise of std 0.01 per channel gives
+    0.01/√3 for the mean colour; without the noise, 0."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:200, :300]
+    ramp = ((0.2 + 0.001 * yy + 0.002 * xx)[..., None] * np.ones(3)).astype(np.float32)
+    noisy = ramp + 0.01 * rng.standard_normal(ramp.shape).astype(np.float32)
+    assert guide_noise(noisy) == pytest.approx(0.01 / np.sqrt(3), rel=0.05)
+    assert guide_noise(ramp) < 1e-6
+    assert guide_noise(noisy[..., :1]) == pytest.approx(0.01, rel=0.05)  # one channel: its own noise
+
+
+def test_texture_is_not_tried_where_the_optical_texture_is_mostly_its_noise(cells):
+    """Two flat halves of the optical with 2 % pixel noise: its fine texture is the camera's noise and one
+    edge (4 dB above the noise), which β would copy into the ion, so β is not tried; the cells' dark walls
+    stand far above their 1 % noise, and β is tried there. White noise alone is its own detail (−0.5 dB)."""
+    rng = np.random.default_rng(0)
+    H, W, f = 96, 128, 8
+    left = np.arange(W) < W // 2
+    halves = (np.where(left, 0.2, 0.6)[None, :, None] + 0.02 * rng.standard_normal((H, W, 3))).astype(np.float32)
+    truth = np.broadcast_to(np.where(left, 1.0, 0.3), (H, W)).astype(np.float32)
+    cell_guide, cell_truth, _ = cells
+    for guide, ion, tried in ((halves, truth, False), (cell_guide, cell_truth, True)):
+        report = HarmonicReport()
+        measured = block_mean(ion, f)
+        fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(ladder=((50.0, 1),)), report=report)
+        note = report.notes[0]
+        assert note["texture_tested"] is tried and len(note["texture_coarse_mse"]) == (4 if tried else 1)
+        assert (note["optical_texture_snr_db"] > 10) is tried
+    flat = (0.4 + 0.02 * rng.standard_normal((200, 200, 3))).astype(np.float32)
+    # white noise alone: the detail keeps 1 − 2·w₀ + Σw² ≈ 0.89 of its variance (Gaussian taps w, σ = 1.5 px): −0.5 dB
+    assert texture_snr_db(flat, 1.5, 1e-3) == pytest.approx(-0.5, abs=0.5)
 
 
 def test_the_ladder_walk_uses_the_configured_sign_test(cells):
