@@ -49,8 +49,9 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   an MSI pixel spans at least 5 σ (coarser textures are not resolved by the test) and only
   for an ion that climbed the ladder (one that does not follow the optical's edges does not
   get its texture either), only where that texture stands 10 dB above what the guide's own pixel
-  noise would give it (else β would copy the camera's noise into the ion), and a strength that makes
-  the prediction significantly worse ends β's walk.
+  noise would give it (else β would copy the camera's noise into the ion), and not where the strongest
+  β predicts the measurement significantly worse than none (a gain at a weak strength that turns into a
+  loss at a strong one is a partial fit of something else).
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear
@@ -132,7 +133,8 @@ class HarmonicConfig:
     (measured: at 2 instead of 4, dev phantoms +0.15 dB and the 24 unseen variants +0.10, no case
     lower; without the gate the texture was taken on two prostate ions whose ladder stayed at the
     bottom, and cost them 1 dB). β's walk is an ordered one (:func:`_walk`): a strength significantly worse
-    than none ends it. ``texture_snr_db``: β is tried only where the optical's fine texture stands this far
+    than the current choice ends it, and none is taken where the strongest is significantly worse than none.
+    ``texture_snr_db``: β is tried only where the optical's fine texture stands this far
     above what the guide's own pixel noise would give it (:func:`texture_snr_db`; measured: on a dim
     synthetic guide with 2 % noise, 3.7 dB, β = 0.5 copied that noise into the ion and cost 2.5 dB; our
     plant phantoms 19–20 dB, synthetic cells with walls 12–29 dB).
@@ -747,6 +749,19 @@ def _finite(value: float | None) -> float | None:
     return round(value, 1) if value is not None and math.isfinite(value) else None
 
 
+def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, float, int, int]:
+    """The paired per-block differences a − b: their mean and standard error after winsorising at ``winsor`` and
+    100 − ``winsor`` percent, and the raw counts of blocks where a is larger (wins for b) and smaller."""
+    d = a - b
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())  # the sign test counts the raw differences
+    if winsor > 0 and d.numel() > 1:
+        q = torch.tensor([winsor / 100, 1 - winsor / 100], dtype=torch.float64, device=d.device)
+        lo, hi = torch.quantile(d.double(), q).tolist()
+        d = d.clamp(lo, hi)
+    se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+    return float(d.mean()), se, wins, losses
+
+
 def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = None, winsor: float = 0.0,
           ordered: bool = False) -> int:
     """Walking up a ladder of per-block squared errors, the last step that beat the current choice by more
@@ -756,22 +771,23 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     majority). ``winsor``: for the mean test the differences are clipped to their ``winsor`` and 100 − ``winsor``
     percentiles (a winsorised mean test: outlying blocks count, but only as much as the last kept one).
     ``ordered``: the ladder is one strength's increasing values (β), so a step that is significantly *worse*
-    than the current choice ends the walk: a strength that hurts says the texture runs the wrong way, and a
-    stronger one that the test happens to like is not trusted (measured: cells whose walls hold 2.5× their
-    cells' amount took β = 2 past a worse 0.5 and 1, and lost 3.7 dB)."""
+    than the current choice ends the walk, and where the strongest value is significantly worse than the
+    first (none), no step is taken: a texture the ion has gets better or levels off as its strength grows
+    towards the ion's, while a gain at a weak strength that turns into a loss at a strong one is a partial
+    fit of something else (measured: cells whose walls hold 2.5× their cells' amount took β = 2 past a worse
+    0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9 to
+    3.1 dB)."""
     best = 0
     for i in range(1, len(errors)):
-        d = errors[best] - errors[i]
-        wins, losses = int((d > 0).sum()), int((d < 0).sum())  # the sign test counts the raw differences
-        if winsor > 0 and d.numel() > 1:
-            q = torch.tensor([winsor / 100, 1 - winsor / 100], dtype=torch.float64, device=d.device)
-            lo, hi = torch.quantile(d.double(), q).tolist()
-            d = d.clamp(lo, hi)
-        se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
-        if float(d.mean()) > significance * se and (sign is None or wins - losses > sign * math.sqrt(wins + losses)):
+        mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
+        if mean > significance * se and (sign is None or wins - losses > sign * math.sqrt(wins + losses)):
             best = i
-        elif ordered and float(d.mean()) < -significance * se:
+        elif ordered and mean < -significance * se:
             break
+    if ordered and best > 0:
+        mean, se, _, _ = _paired(errors[0], errors[-1], winsor)
+        if mean < -significance * se:
+            best = 0
     return best
 
 
