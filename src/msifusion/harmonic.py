@@ -556,12 +556,26 @@ def optical_detail(guide: torch.Tensor, sigma: float, eps: float) -> torch.Tenso
     return od - blurred[0, 0]
 
 
-def _central(guide: np.ndarray, max_pixels: int) -> np.ndarray:
+def _channels(guide: np.ndarray) -> np.ndarray:
+    """The guide as float32 (H, W, C): a grey (H, W) guide gets one channel."""
+    g = np.asarray(guide, dtype=np.float32)
+    return g if g.ndim == 3 else g[..., None]
+
+
+def _central(guide: np.ndarray, max_pixels: int) -> torch.Tensor:
     """A central window of the guide (H, W, C) of at most ``max_pixels``, at least 3×3 where the guide is."""
     H, W = guide.shape[:2]
     shrink = min(1.0, math.sqrt(max_pixels / (H * W)))
     h, w = min(H, max(3, int(H * shrink))), min(W, max(3, int(W * shrink)))
-    return np.ascontiguousarray(guide[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w])
+    return torch.as_tensor(np.ascontiguousarray(guide[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]))
+
+
+def _mask_noise(window: torch.Tensor) -> float:
+    """:func:`guide_noise` of a window (h, w, C) of at least 3×3."""
+    mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
+    response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)
+    per_channel = response.abs().flatten(1).median(1).values / (0.6745 * 6)
+    return float(per_channel.mean()) / math.sqrt(window.shape[-1])
 
 
 def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
@@ -576,15 +590,8 @@ def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
     estimation", CVIU 1996. Written out here: scikit-image's ``estimate_sigma`` needs PyWavelets, one
     more dependency, for a 3×3 convolution.)
     """
-    g = np.asarray(guide, dtype=np.float32)
-    g = g if g.ndim == 3 else g[..., None]
-    if min(g.shape[:2]) < 3:
-        return 0.0
-    window = torch.as_tensor(_central(g, max_pixels))
-    mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
-    response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)
-    per_channel = response.abs().flatten(1).median(1).values / (0.6745 * 6)
-    return float(per_channel.mean()) / math.sqrt(g.shape[-1])
+    g = _channels(guide)
+    return _mask_noise(_central(g, max_pixels)) if min(g.shape[:2]) >= 3 else 0.0
 
 
 def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int = 1_000_000) -> float:
@@ -592,11 +599,12 @@ def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int 
     alone would give it, in dB: 10·log10 of the detail's mean square over the noise's, the noise carried
     into the optical density (std ``guide_noise / (mean colour + eps)``, larger where the optical is dark).
     The noise is taken as at least an 8-bit camera's quantisation noise (max / 255 / √12), so a noise-free
-    synthetic guide gets a finite value. On a central window of at most ``max_pixels``."""
-    g = np.asarray(guide, dtype=np.float32)
-    g = g if g.ndim == 3 else g[..., None]
-    noise = max(guide_noise(g, max_pixels), float(g.max()) / (255 * math.sqrt(12)))
-    window = torch.as_tensor(_central(g, max_pixels))
+    synthetic guide gets a finite value. On a central window of at most ``max_pixels`` (noise and detail
+    from the same one)."""
+    g = _channels(guide)
+    window = _central(g, max_pixels)
+    measured = _mask_noise(window) if min(window.shape[:2]) >= 3 else 0.0
+    noise = max(measured, float(g.max()) / (255 * math.sqrt(12)))
     detail = optical_detail(window, sigma, eps)
     from_noise = float(((noise / (window.mean(-1) + eps)) ** 2).mean())
     if from_noise <= 0:  # an all-black guide: no texture at all
@@ -739,14 +747,9 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
                       "chosen": ladder[best], "texture": config.texture[texture],
-                      "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": _finite(gd.texture_snr_db),
+                      "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": gd.texture_snr_db,
                       "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
-
-
-def _finite(value: float | None) -> float | None:
-    """A value for ``run.json`` (strict JSON has no infinities): rounded to 0.1, None where not finite."""
-    return round(value, 1) if value is not None and math.isfinite(value) else None
 
 
 def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, float, int, int]:
