@@ -30,3 +30,35 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def voronoi_cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8, chemistries: int = 1):
+    """Piecewise-constant 'cells' (Voronoi) with dark walls in the guide; truth constant per cell, walls lower.
+
+    ``chemistries`` > 1: truth is a stack of that many, each with its own amount per cell.
+    """
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    pts = rng.uniform(0, 1, (40, 2)) * [H, W]
+    yy, xx = np.mgrid[:H, :W]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    order = np.sort(d, axis=-1)
+    label = d.argmin(-1)
+    wall = np.sqrt(order[..., 1]) - np.sqrt(order[..., 0]) < 1.5
+    amount = rng.uniform(0.1, 1.0, (chemistries, len(pts)))
+    truth = amount[:, label] * np.where(wall, 0.4, 1.0)
+    colour = rng.uniform(0.5, 0.9, (len(pts), 3))
+    guide = np.where(wall[..., None], 0.2, colour[label]) + 0.01 * rng.standard_normal((H, W, 3))
+    return guide.clip(0, 1).astype(np.float32), truth[0] if chemistries == 1 else truth, scale
+
+
+@pytest.fixture(scope="session")
+def cells() -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`voronoi_cells` at its defaults: a 96×128 guide, its truth, ×8."""
+    return voronoi_cells()
+
+
+@pytest.fixture(scope="session")
+def cells_like():
+    """:func:`voronoi_cells` itself, for tests that need other cells."""
+    return voronoi_cells

@@ -11,14 +11,12 @@ import torch
 from msifusion.harmonic import (
     HarmonicConfig,
     HarmonicReport,
-    Multigrid,
     edge_scales,
     fuse_harmonic_many,
     guide_noise,
     optical_detail,
     residual_whiteness,
     shared_basis,
-    solve_harmonic,
     texture_snr_db,
 )
 from msifusion.fit import Runtime, resolve_device
@@ -29,31 +27,6 @@ from msifusion.measurement import Measurement, block_mean, consistency_error, pr
 
 def _psnr(x: np.ndarray, truth: np.ndarray) -> float:
     return float(10 * np.log10((truth.max() - truth.min()) ** 2 / np.mean((x - truth) ** 2)))
-
-
-def _cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int = 8, chemistries: int = 1):
-    """Piecewise-constant 'cells' (Voronoi) with dark walls in the guide; truth constant per cell, walls lower.
-
-    ``chemistries`` > 1: truth is a stack of that many, each with its own amount per cell.
-    """
-    rng = np.random.default_rng(seed)
-    H, W = shape
-    pts = rng.uniform(0, 1, (40, 2)) * [H, W]
-    yy, xx = np.mgrid[:H, :W]
-    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
-    order = np.sort(d, axis=-1)
-    label = d.argmin(-1)
-    wall = np.sqrt(order[..., 1]) - np.sqrt(order[..., 0]) < 1.5
-    amount = rng.uniform(0.1, 1.0, (chemistries, len(pts)))
-    truth = amount[:, label] * np.where(wall, 0.4, 1.0)
-    colour = rng.uniform(0.5, 0.9, (len(pts), 3))
-    guide = np.where(wall[..., None], 0.2, colour[label]) + 0.01 * rng.standard_normal((H, W, 3))
-    return guide.clip(0, 1).astype(np.float32), truth[0] if chemistries == 1 else truth, scale
-
-
-@pytest.fixture(scope="module")
-def cells():
-    return _cells()
 
 
 # ----------------------------------------------------------------------------- the method
@@ -160,8 +133,8 @@ def test_winsorised_walk_is_not_stopped_by_a_few_outlying_blocks():
     assert _walk([base, base - 0.02], 4.0, 2.0, winsor=2.0) == 1
 
 
-def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical():
-    guide, truth, f = _cells(shape=(192, 256))
+def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical(cells_like):
+    guide, truth, f = cells_like(shape=(192, 256))
     measured = block_mean(truth, f)
     hot = measured.copy()
     hot.flat[[5, 300, 611]] = 20 * np.percentile(measured, 99)  # three instrument hot spots among 768 pixels
@@ -331,8 +304,8 @@ def test_tiles_stay_exact_and_agree_with_one_piece(cells):
     assert _psnr(tiled, truth / truth.max()) > _psnr(whole, truth / truth.max()) - 0.3
 
 
-def test_tiles_stay_exact_under_the_laser_spot_model():
-    guide, truth, f = _cells(scale=8)
+def test_tiles_stay_exact_under_the_laser_spot_model(cells):
+    guide, truth, f = cells
     op = Measurement(truth.shape, f, 1.0)
     y = op.A(torch.as_tensor(truth, dtype=torch.float64)).numpy()
     ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
@@ -422,16 +395,6 @@ def test_config_rejects_nonsense(bad):
         HarmonicConfig(**bad)
 
 
-def test_per_image_dot_products():
-    from msifusion.harmonic import _dot
-
-    a = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
-    b = torch.ones(2, 3, 4)
-    assert _dot(a, b).shape == (2, 1, 1)
-    assert _dot(a, b).flatten().tolist() == [66.0, 210.0]
-    assert _dot(a[:0], b[:0]).shape == (0, 1, 1)
-
-
 def test_ion_batch_defaults_by_device():
     config = HarmonicConfig()
     assert config.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
@@ -445,53 +408,16 @@ def test_shape_mismatch_is_an_error(cells):
         fuse_harmonic_many(guide, block_mean(truth, f)[None, :-1], f)
 
 
-# ----------------------------------------------------------------------------- multigrid solver
-
-
-def _conductances(guide: np.ndarray, kappa: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.as_tensor(guide)
-    dh = (g[:, 1:] - g[:, :-1]).pow(2).sum(-1).sqrt()
-    dv = (g[1:] - g[:-1]).pow(2).sum(-1).sqrt()
-    return 1 / (1 + (dh / kappa) ** 2) + 1e-3, 1 / (1 + (dv / kappa) ** 2) + 1e-3
-
-
-def test_multigrid_coarse_operator_is_galerkin(cells):
-    """Each coarse level's Laplacian is PᵀLP for the piecewise-constant prolongation P."""
-    guide, _, f = cells
-    wh, wv = _conductances(guide)
-    mg = Multigrid(wh.double(), wv.double(), f)
-    assert [lv.f for lv in mg.levels] == [8, 4, 2]
-    rng = np.random.default_rng(0)
-    for fine, coarse in zip(mg.levels, mg.levels[1:]):
-        p = coarse.p
-        xc = torch.as_tensor(rng.standard_normal((1, *coarse.deg.shape[-2:])))
-        Lx = fine.laplacian(xc.repeat_interleave(p, -2).repeat_interleave(p, -1))
-        H, W = Lx.shape[-2:]
-        restricted = Lx.reshape(1, H // p, p, W // p, p).sum((-3, -1))
-        torch.testing.assert_close(restricted, coarse.laplacian(xc), rtol=1e-10, atol=1e-10)
-
-
-def test_multigrid_and_jacobi_reach_the_same_minimiser_multigrid_in_fewer_steps(cells):
-    guide, truth, f = cells
-    wh, wv = _conductances(guide)
-    y = torch.as_tensor(block_mean(truth, f)[None]).double()
-    op = Measurement(truth.shape, f)
-    x0 = op.project(torch.as_tensor(upsample(y[0].numpy(), f)[None]).double(), y)
-    x_mg, its_mg = solve_harmonic(x0, op, wh.double(), wv.double(), 2000, 1e-8)
-    x_j, its_j = solve_harmonic(x0, op, wh.double(), wv.double(), 2000, 1e-8, multigrid=False)
-    assert its_mg < its_j / 2
-    np.testing.assert_allclose(x_mg.numpy(), x_j.numpy(), atol=1e-5 * float(y.max()))
-    assert float((op.A(x_mg) - y).abs().max()) < 1e-10  # the iterate never leaves the constraint
-
-
 # ----------------------------------------------------------------------------- many ions: a shared basis
 
 
-def _panel(ions: int = 24, noise: float = 0.02):
-    """A 128×128 cells guide at ×4 (32×32 ions): mixtures of three cell chemistries with noise, and last an
+@pytest.fixture(scope="module")
+def panel(cells_like):
+    """A 128×128 cells guide at ×4 (32×32 ions): 23 mixtures of three cell chemistries with 2 % noise, and last an
     ion of its own (a ramp no mixture makes). Normalised ions, and the truths in the same units."""
     rng = np.random.default_rng(11)
-    guide, chemistries, f = _cells(seed=5, shape=(128, 128), scale=4, chemistries=3)
+    ions, noise = 24, 0.02
+    guide, chemistries, f = cells_like(seed=5, shape=(128, 128), scale=4, chemistries=3)
     ramp = np.repeat(np.linspace(0.05, 1.0, 128)[:, None], 128, 1)[None]
     truths = np.concatenate([np.einsum("kc,chw->khw", rng.dirichlet(np.full(3, 0.5), ions - 1), chemistries), ramp])
     measured = block_mean(truths.astype(np.float32), f)
@@ -508,8 +434,8 @@ def test_whiteness_tells_noise_from_structure():
     assert abs(rho[0]) < 0.05 and rho[1] > 0.9 and rho[2] == 0
 
 
-def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
-    _, _, measured, _ = _panel()
+def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone(panel):
+    _, _, measured, _ = panel
     shared = shared_basis(measured, HarmonicConfig())
     assert shared is not None and len(shared.basis) == 3
     assert shared.alone.tolist() == [len(measured) - 1]
@@ -526,8 +452,8 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone():
     (slice(0, 5), 32, "a shared basis would not halve the solves"),
     (slice(None), 16, "fewer than 1024 MSI pixels: too few to tell the basis's leftover noise from structure"),
 ])
-def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why):
-    guide, _, measured, f = _panel()
+def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why, panel):
+    guide, _, measured, f = panel
     config = HarmonicConfig(ladder=((99.9, 0),), texture=(0.0,))
     report = HarmonicReport()
     panel = measured[ions, :blocks, :blocks]
@@ -538,8 +464,8 @@ def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why):
     assert "fused_alone" not in single.notes[0]  # one ion is no panel
 
 
-def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
-    guide, truths, measured, f = _panel()
+def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone(panel):
+    guide, truths, measured, f = panel
     config = HarmonicConfig(ladder=((99.9, 0), (50.0, 1)))
     report = HarmonicReport()
     panel = fuse_harmonic_many(guide, measured, f, config, report=report)
@@ -555,8 +481,8 @@ def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone():
     assert gaps[-1] == 0  # the odd ion was fused alone
 
 
-def test_fuse_many_reports_which_ions_went_through_the_basis():
-    guide, _, measured, f = _panel()
+def test_fuse_many_reports_which_ions_went_through_the_basis(panel):
+    guide, _, measured, f = panel
     units = measured * np.geomspace(0.01, 100, len(measured))[:, None, None].astype(np.float32)
     results = fuse_many(guide, units, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
     assert all(r.consistency_error < 1e-4 for r in results)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msifusion import kernels
-from msifusion.harmonic import Multigrid, _aggregate, _block_project, solve_harmonic
+from msifusion.solver import Multigrid, _aggregate, block_project, solve_harmonic
 from msifusion.measurement import Measurement, bilinear_up_t
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
@@ -117,7 +117,7 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
 
 def test_multigrid_correction_keeps_zero_block_means_without_a_fine_projection():
     wh, wv = _conductances(10)
-    r = _block_project(torch.randn(1, H, W, generator=torch.Generator().manual_seed(11)), F)
+    r = block_project(torch.randn(1, H, W, generator=torch.Generator().manual_seed(11)), F)
     multigrid = Multigrid(wh, wv, F)
     assert [lv.f for lv in multigrid.levels] == [16, 8, 4, 2]
     e = multigrid(r)

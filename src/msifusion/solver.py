@@ -1,0 +1,247 @@
+"""The exact solver behind guided harmonic fusion: minimise a graph Dirichlet energy over the images whose MSI
+pixels have the measured means.
+
+:func:`solve_harmonic` minimises ``xᵀ L x`` (L: the 4-neighbour graph Laplacian of conductances ``wh``, ``wv``;
+optionally plus the edge perceptual term, :class:`EdgeTerm`) over ``{x : A x = A x0}`` by projected conjugate
+gradients: the projection onto images with zero block means is "subtract each f×f block's mean"
+(:func:`block_project`), and the preconditioner is an aggregation multigrid V-cycle whose levels nest in the MSI
+blocks (:class:`Multigrid`), or projected Jacobi. Batched over leading axes (one image per ion), each image
+stopping on its own. On CPU the Laplacian and the Jacobi-preconditioned solve run as fused kernels
+(:mod:`msifusion.kernels`). The method around it (conductances, settings, texture, panels) is
+:mod:`msifusion.harmonic`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from msifusion import kernels
+from msifusion.measurement import Measurement
+
+def _laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Graph Laplacian L x = deg·x − Σ w·x_neighbour (4-neighbour, conductances wh, wv) into ``out``.
+
+    Fused on CPU (:mod:`msifusion.kernels`, which forms ``deg`` on the fly), torch operations elsewhere.
+    """
+    if kernels.usable(x) and out.is_contiguous():
+        return kernels.laplacian(x, wh, wv, out)
+    torch.mul(deg, x, out=out)
+    out[..., :, :-1].addcmul_(wh, x[..., :, 1:], value=-1.0)
+    out[..., :, 1:].addcmul_(wh, x[..., :, :-1], value=-1.0)
+    out[..., :-1, :].addcmul_(wv, x[..., 1:, :], value=-1.0)
+    out[..., 1:, :].addcmul_(wv, x[..., :-1, :], value=-1.0)
+    return out
+
+
+def _degree(wh: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+    shape = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2]) + (wv.shape[-2] + 1, wh.shape[-1] + 1)
+    d = torch.zeros(shape, dtype=wh.dtype, device=wh.device)
+    d[..., :, :-1] += wh
+    d[..., :, 1:] += wh
+    d[..., :-1, :] += wv
+    d[..., 1:, :] += wv
+    return d
+
+
+class EdgeTerm:
+    """w·‖K x − K lum(g)‖² with K the Laplacian of :mod:`msifusion.losses` (replicate border)."""
+
+    def __init__(self, guide: torch.Tensor, weight: float):
+        from msifusion.losses import edge_map, luminance
+
+        self.weight = weight
+        self._edge_map = edge_map
+        with torch.no_grad():
+            self.target = edge_map(luminance(guide.permute(2, 0, 1)[None]))[0, 0]
+
+    def _k(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return self._edge_map(x.reshape(-1, 1, *shape[-2:])).reshape(shape)
+
+    def _kt(self, u: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            v = torch.zeros_like(u, requires_grad=True)
+            (g,) = torch.autograd.grad(self._k(v), v, grad_outputs=u)
+        return g
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * self._kt(self._k(x))
+
+    def rhs(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weight * self._kt(self.target.expand_as(like).contiguous())
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image inner products over the last two axes, shape (..., 1, 1), without a full-size temporary.
+
+    On CPU one BLAS dot per image: a batched ``bmm`` of (1, n)·(n, 1) runs about 8× slower per
+    image there once the batch has two images or more (measured at 980×2700, 2 cores); on a GPU
+    one ``bmm`` launch for the batch.
+    """
+    lead = a.shape[:-2]
+    n = a.shape[-2] * a.shape[-1]
+    if a.device.type != "cpu":
+        return torch.bmm(a.reshape(-1, 1, n), b.reshape(-1, n, 1)).reshape(*lead, 1, 1)
+    a, b = a.reshape(-1, n), b.reshape(-1, n)
+    if not len(a):
+        return a.new_zeros(*lead, 1, 1)
+    return torch.stack([torch.dot(u, v) for u, v in zip(a, b)]).reshape(*lead, 1, 1)
+
+
+def block_project(v: torch.Tensor, f: int) -> torch.Tensor:
+    """In place: subtract each f×f block's mean (the orthogonal projection onto zero block means)."""
+    H, W = v.shape[-2:]
+    blocks = v.view(*v.shape[:-2], H // f, f, W // f, f)
+    blocks.sub_(blocks.sum(-3, keepdim=True).sum(-1, keepdim=True).div_(f * f))
+    return v
+
+
+def _aggregate(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Sums over p×p aggregates of the last two axes (strided slices: a reshaped ``sum`` over two small axes
+    measured 20× slower on CPU at p = 2)."""
+    rows = sum(x[..., i::p, :] for i in range(p))
+    return sum(rows[..., j::p] for j in range(p))
+
+
+def _smallest_factor(n: int) -> int:
+    return next(p for p in range(2, n + 1) if n % p == 0)
+
+
+class _Level:
+    """One grid of the multigrid hierarchy: conductances, degree, block size."""
+
+    def __init__(self, wh: torch.Tensor, wv: torch.Tensor, f: int, omega: float, p: int = 1):
+        self.wh, self.wv, self.f, self.p = wh, wv, f, p  # p: aggregation factor from the level above
+        self.deg = _degree(wh, wv)
+        self.step = omega / self.deg.clamp_min(1e-30)  # damped Jacobi
+
+    def laplacian(self, x: torch.Tensor) -> torch.Tensor:
+        """L x for x of shape (K, H, W)."""
+        return _laplacian(x, self.wh, self.wv, self.deg, torch.empty_like(x))
+
+    def smooth(self, r: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+        """One damped, projected Jacobi step for L e = r (from e = 0 when ``e`` is None)."""
+        if e is None:
+            return block_project(self.step * r, self.f)
+        step = self.laplacian(e).neg_().add_(r).mul_(self.step)
+        return e.add_(block_project(step, self.f))
+
+
+class Multigrid:
+    """Aggregation multigrid V-cycle for the block-constrained graph Laplacian: the PCG preconditioner.
+
+    Level l+1 merges p×p pixels of level l, p = the smallest prime factor of the level's block
+    size, so its blocks nest in level l's: piecewise-constant prolongation maps images with
+    zero block means to images with zero block means, and the Galerkin coarse operator PᵀLP is
+    again a 4-neighbour graph Laplacian whose conductances are the sums of the fine ones that
+    cross each aggregate's side. Coarsening stops where the next block size would be 1 (the
+    constraint then fixes everything). Damped Jacobi smoothing, ``nu`` steps before and after,
+    keeps the cycle symmetric, as conjugate gradients need. Measured on a 320×800 phantom at
+    ×20: 26 iterations instead of 132 for the same residual, about 5× less time.
+    (Written here rather than taken from pyamg: the block constraint and the batched,
+    per-ion conductances are not what a general AMG package handles.)
+    """
+
+    def __init__(self, wh: torch.Tensor, wv: torch.Tensor, f: int, nu: int = 1, omega: float = 0.7):
+        self.nu = nu
+        self.levels = [_Level(wh, wv, f, omega)]
+        while True:
+            lv = self.levels[-1]
+            p = _smallest_factor(lv.f)
+            H, W = lv.deg.shape[-2:]
+            if p == lv.f or H * W < 16 * p * p:
+                break
+            whc = lv.wh[..., :, p - 1::p]  # fine edges that cross a vertical aggregate side
+            whc = whc.reshape(*whc.shape[:-2], H // p, p, whc.shape[-1]).sum(-2)
+            wvc = lv.wv[..., p - 1::p, :]
+            wvc = wvc.reshape(*wvc.shape[:-1], W // p, p).sum(-1)
+            self.levels.append(_Level(whc, wvc, lv.f // p, omega, p))
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        return self._cycle(0, r)
+
+    def _cycle(self, l: int, r: torch.Tensor) -> torch.Tensor:
+        lv = self.levels[l]
+        e = lv.smooth(r, None)
+        for _ in range(self.nu - 1):
+            e = lv.smooth(r, e)
+        if l + 1 < len(self.levels):
+            coarse = self.levels[l + 1]
+            p = coarse.p
+            rc = block_project(_aggregate(lv.laplacian(e).neg_().add_(r), p), coarse.f)
+            ec = self._cycle(l + 1, rc)
+            # piecewise-constant prolongation; ec has zero block means on the coarse level, whose blocks are
+            # this level's, so e keeps zero block means without a projection here
+            for i in range(p):
+                for j in range(p):
+                    e[..., i::p, j::p].add_(ec)
+        for _ in range(self.nu):
+            e = lv.smooth(r, e)
+        return e
+
+
+def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torch.Tensor, iterations: int,
+                   tolerance: float, edge: EdgeTerm | None = None, multigrid: bool = True) -> tuple[torch.Tensor, int]:
+    """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
+
+    Preconditioner: the :class:`Multigrid` V-cycle for the box model without the edge term,
+    projected Jacobi otherwise. ``x0`` must already satisfy the constraint (e.g.
+    :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
+    image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
+    left unchanged.
+    """
+    f = op.f
+    if op.spot > 0:
+        def P(v: torch.Tensor) -> torch.Tensor:
+            v.copy_(op.null_project(v))
+            return v
+    else:
+        def P(v: torch.Tensor) -> torch.Tensor:
+            return block_project(v, f)
+
+    deg = _degree(wh, wv)
+    x0 = x0.contiguous()
+    if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
+        return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance)
+    if multigrid and op.spot == 0 and edge is None:
+        precondition = Multigrid(wh, wv, f)
+    else:
+        dinv = 1.0 / (deg + (20.0 * edge.weight if edge else 0.0))  # diag of L (+ KᵀK: 16 + 4)
+
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return P(dinv * v)
+    deg = deg.expand_as(x0) if deg.dim() < x0.dim() else deg
+
+    def apply(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        _laplacian(v, wh, wv, deg, out)
+        return out.add_(edge.normal(v)) if edge else out
+
+    x = x0.clone()
+    r = torch.empty_like(x0)
+    apply(x0, r)
+    r.neg_()
+    if edge:
+        r.add_(edge.rhs(x0))
+    P(r)
+    s = precondition(r)
+    p = s.clone()
+    Ap = torch.empty_like(x0)
+    rs = _dot(r, s)
+    r0 = rs.abs().sqrt().clamp_min(1e-30)
+    active = rs.abs().sqrt() > tolerance * r0  # each image stops on its own: a batch gives what each gives alone
+    k = 0
+    for k in range(1, iterations + 1):
+        if not bool(active.any()):
+            k -= 1
+            break
+        P(apply(p, Ap))
+        alpha = torch.where(active, rs / _dot(p, Ap).clamp_min(1e-30), torch.zeros_like(rs))
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, Ap, value=-1.0)
+        s = precondition(r)
+        rs_new = _dot(r, s)
+        active = active & (rs_new.abs().sqrt() > tolerance * r0)
+        beta = rs_new / rs.where(rs.abs() > 0, torch.ones_like(rs))
+        p.mul_(beta).add_(s)
+        rs = rs_new
+    return x, k
