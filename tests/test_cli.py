@@ -325,7 +325,12 @@ def test_existing_output_needs_overwrite(tmp_path, files, capsys):
     (out / "mine.txt").write_text("precious")
     assert _fuse(opt, ion_path, out, "--method", "bilinear") == 2
     _assert_one_line_error(capsys, "out", "--overwrite")
+    assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 2  # not an earlier output: kept
+    _assert_one_line_error(capsys, "out", "no earlier msifusion output")
     assert (out / "mine.txt").read_text() == "precious"
+    (out / "mine.txt").unlink()
+    assert _fuse(opt, ion_path, out, "--method", "bilinear") == 0
+    (out / "mine.txt").write_text("a note beside an earlier run")
     assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 0
     assert (out / "fused.tiff").exists() and not (out / "mine.txt").exists()
 

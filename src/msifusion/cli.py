@@ -74,7 +74,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    g.add_argument("--overwrite", action="store_true", help="replace an earlier output folder (one that holds a run.json)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
@@ -372,7 +372,7 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every method (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder (one that holds a run.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_benchmark)
 

@@ -22,7 +22,7 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
-from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.io.outdir import RUN_RECORD, check_output_dir, staged_output_dir
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
                                check_scale, fuse, fuse_many, infer_scale)
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
@@ -320,7 +320,7 @@ def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings:
 
 def write_run_json(folder: Path, record: dict) -> Path:
     """``run.json``, strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
-    path = folder / "run.json"
+    path = folder / RUN_RECORD
     path.write_text(json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False) + "\n")
     return path
 

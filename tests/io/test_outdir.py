@@ -25,6 +25,7 @@ def test_failure_leaves_nothing(tmp_path):
 def test_existing_folder_needs_overwrite_and_is_kept_on_failure(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "run.json").write_text("{}")  # an earlier run's output
     (out / "precious.txt").write_text("keep")
     with pytest.raises(InputError, match="--overwrite"):
         with staged_output_dir(out):
@@ -118,6 +119,7 @@ def test_an_empty_folder_is_replaced_without_overwrite(tmp_path):
 def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    (out / "run.json").write_text("{}")
     (out / "old.txt").write_text("old")
     real_rename = type(out).rename
 
@@ -131,3 +133,35 @@ def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, mo
         with staged_output_dir(out, overwrite=True) as stage:
             (stage / "new.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "old.txt").read_text() == "old"
+
+
+def test_overwrite_replaces_only_an_earlier_output(tmp_path):
+    """A folder of other data named by mistake is never deleted, --overwrite or not."""
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / "thesis.docx").write_text("years of work")
+    with pytest.raises(InputError, match="no earlier msifusion output"):
+        with staged_output_dir(project, overwrite=True):
+            pass
+    assert (project / "thesis.docx").read_text() == "years of work" and (project / ".git").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+
+
+@pytest.mark.parametrize("target", ["empty", "earlier", "dangling"])
+def test_an_output_link_is_followed(tmp_path, target):
+    real = tmp_path / "scratch" / "results"
+    if target != "dangling":
+        real.mkdir(parents=True)
+    if target == "earlier":
+        (real / "run.json").write_text("{}")
+        (real / "old.txt").write_text("old")
+    else:
+        real.parent.mkdir(exist_ok=True)
+    link = tmp_path / "results"
+    link.symlink_to(real)
+    assert check_output_dir(link, overwrite=True) == real
+    with staged_output_dir(link, overwrite=target == "earlier") as stage:
+        (stage / "new.txt").write_text("new")
+    assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "scratch"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["results"]  # no staging or backup left beside it

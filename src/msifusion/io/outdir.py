@@ -2,7 +2,10 @@
 
 Everything is written into a hidden staging folder beside the target and moved into place
 only when the run succeeds, so a crash or a bad input never leaves a half-written folder,
-and an existing non-empty folder is replaced only when the user said ``--overwrite``.
+and an existing non-empty folder is replaced only when the user said ``--overwrite`` and it is
+an earlier msifusion output (it holds a ``run.json``): ``--out`` naming a folder of other data by
+mistake never deletes it. An ``--out`` that is a symbolic link (a results folder kept on scratch
+space) is followed: the results go where the link points.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from typing import Iterable, Iterator
 
 from msifusion.errors import InputError
 
+RUN_RECORD = "run.json"  # every output folder has one: the mark of a folder that --overwrite may replace
+
 
 def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
     """Refuse early (before any work) when ``out`` holds something and overwrite is off, when it is or holds
     the current folder or one of the run's ``inputs`` (replacing it would delete them), or when no folder
-    can be made there."""
+    can be made there. Returns the folder to write: ``out``, or where it points if it is a symbolic link."""
     out = Path(out)
     try:
+        if out.is_symlink():
+            out = Path(os.path.realpath(out))
         _check_output_dir(out, overwrite, inputs)
     except OSError as exc:  # a name too long, a parent that cannot be read, …
         raise InputError(out, f"cannot use the output folder: {exc.strerror or exc}") from None
@@ -44,8 +51,12 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
             raise InputError(out, f"output folder holds the input {path}; replacing it would delete it")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(out, "output folder is not empty; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(out, "output folder is not empty; pass --overwrite to replace it")
+        if not (out / RUN_RECORD).is_file():
+            raise InputError(out, f"output folder is not empty and is no earlier msifusion output (it holds no {RUN_RECORD}); "
+                                  "--overwrite replaces only those: name a new folder")
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
