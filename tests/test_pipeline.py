@@ -59,3 +59,23 @@ def test_what_the_readers_noticed_reaches_the_run_warnings(tmp_path):
     assert ("no pixel size (ion: neither image has a usable calibration; ion.tif's was ignored: its pixels are not "
             "square (25 × 50 µm)") in warnings
     assert json.loads((tmp_path / "out" / "run.json").read_text())["warnings"] == record["warnings"]
+
+
+def test_scale_stretches_an_optical_only_within_two_percent_of_the_ion_aspect():
+    import pytest
+
+    from msifusion.errors import InputError
+
+    assert _pair((80, 97), None, 20.0, scale=8).guide.shape[:2] == (80, 96)  # 1 % off: resized
+    with pytest.raises(InputError, match="4.0% off"):  # under one ion pixel (0.4), yet a 4 % stretch
+        _pair((80, 100), None, 20.0, scale=8)
+
+
+def test_an_optical_with_fewer_pixels_than_the_ion_is_taken_for_swapped_inputs():
+    import pytest
+
+    from msifusion.errors import InputError
+
+    for scale in (None, 8):
+        with pytest.raises(InputError, match="wrong way round"):
+            _pair((5, 6), None, 20.0, scale=scale)

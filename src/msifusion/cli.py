@@ -16,6 +16,7 @@ from msifusion.errors import InputError
 from msifusion.io.imzml import DEFAULT_TOLERANCE
 
 EXIT_BAD_INPUT = 2
+UNIT_WORDS = ("ppm", "da", "mda", "um", "µm", "nm", "mm")  # a unit typed apart from its number is an unknown argument
 
 
 class _Parser(argparse.ArgumentParser):
@@ -257,8 +258,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
                                             _register_settings(args), args.overwrite))
     _warn(record)
-    quality = {k: v for k, v in record["registration"].items() if k in ("score", "correlation", "nmi")}
-    _say(args, f"registered ({record['registration']['method']}) {quality or ''}".strip())
+    names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
+    quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in record["registration"].items()
+                        if k in names and isinstance(v, (int, float)))
+    _say(args, f"registered ({record['registration']['method']}){': ' + quality if quality else ''}")
     print(Path(args.out) / "optical_registered.tiff")
     return 0
 
@@ -267,7 +270,8 @@ def cmd_example(args: argparse.Namespace) -> int:
     from msifusion.examples import ExampleDataError, fetch_prostate
 
     try:
-        folder = fetch_prostate(Path(args.cache) if args.cache else None)
+        folder = fetch_prostate(Path(args.cache) if args.cache else None,
+                                announce=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True))
     except ExampleDataError as exc:
         raise InputError("example prostate", str(exc)) from None
     print(folder)
@@ -481,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("example", help="fetch real example data (prints its folder)")
     p.add_argument("name", choices=("prostate",), help="prostate: MALDI-TOF imzML + H&E (MSIght, MIT)")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default ~/.cache/msifusion/examples/<name>)")
+    p.add_argument("--quiet", action="store_true", help="say nothing before a download")
     p.set_defaults(func=cmd_example)
 
     p = sub.add_parser("demo", help="run the embedded synthetic leaf demo (truth known)",
@@ -508,7 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     # A kill (SIGTERM) becomes SystemExit, so staging folders are removed as on any other error.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        units = "; a unit goes right after its number, without a space (e.g. --tol 5ppm)" if any(
+            token.lower() in UNIT_WORDS for token in extra) else ""
+        parser.exit(EXIT_BAD_INPUT, f"msifusion: error: unrecognized arguments: {' '.join(extra)}{units} "
+                                    f"(see `msifusion {args.command} --help`)\n")
     try:
         return args.func(args)
     except InputError as exc:

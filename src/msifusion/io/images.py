@@ -79,7 +79,9 @@ def _require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     if not path.is_file():
         raise InputError(path, f"{what} path is not a file")
     if path.suffix.lower() not in suffixes:
-        raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}")
+        imzml = "; an imzML file is read with --imzml" if path.suffix.lower() in (".imzml", ".ibd") else ""
+        raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
+                               + imzml)
     return path
 
 
@@ -214,7 +216,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                     if size <= coarsest_um * (1 + 1e-6):
                         series, pixel_size = level, size
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
-            if colours and len(series.shape) == 3 and "S" not in series.axes and series.shape[0] not in (1, 3):
+            planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
+            if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images (axes {series.axes}: channels or "
                                        "planes), not one colour image; save the microscope image as RGB or greyscale")
             data = series.asarray()
@@ -391,8 +394,9 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
 def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1].
 
-    8/16-bit integers are divided by the type's maximum; 32/64-bit integers by the image's own maximum (a camera
-    never fills 2³²−1), or min-max scaled when negative; floats are min-max scaled unless already in [0, 1].
+    Unsigned 8/16-bit integers (and signed ones without negatives) are divided by the type's maximum; 32/64-bit
+    integers by the image's own maximum (a camera never fills 2³²−1); integers with negative values are min-max
+    scaled, as are floats unless already in [0, 1].
     """
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 3, 4):
@@ -408,7 +412,8 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
     require_real(data, source, "optical image")
     if data.dtype == bool:
         rgb = data.astype(np.float32)
-    elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
+    elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2 and not (
+            np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0):
         rgb = data.astype(np.float32)
         rgb /= float(np.iinfo(data.dtype).max)  # in place: one float copy of a large image, not two
     elif np.issubdtype(data.dtype, np.integer):  # 32/64-bit: by the type's maximum any real image would be black
