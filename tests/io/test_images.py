@@ -113,10 +113,16 @@ def test_long_table_keeps_its_origin_when_edge_pixels_are_absent(tmp_path, rows,
     np.testing.assert_array_equal(read_ion(path).pixels, expected)
 
 
+def test_a_scils_lab_export_with_its_spot_index_is_a_long_table(tmp_path):
+    path = tmp_path / "scils.csv"
+    path.write_text("# Exported from SCiLS Lab\nSpot index;x;y;885.55\n0;0;0;1.5\n1;1;0;2.5\n2;0;1;3.5\n3;1;1;4.5\n")
+    np.testing.assert_array_equal(read_ion(path).pixels, [[1.5, 2.5], [3.5, 4.5]])
+
+
 def test_long_table_refuses_negative_coordinates(tmp_path):
     path = tmp_path / "neg.csv"
     path.write_text("x,y,intensity\n-1,0,5\n1,1,6\n")
-    with pytest.raises(InputError, match="negative pixel coordinate -1 in the x/y columns") as info:
+    with pytest.raises(InputError, match="negative pixel coordinate -1 in the x/y columns; subtract the smallest") as info:
         read_ion(path)
     assert info.value.source == str(path)
 

@@ -701,6 +701,8 @@ def _coordinate_columns(path: Path, header: list[str]) -> tuple[int, int] | None
     return xs[0], ys[0]
 
 
+# columns of a long table that number its rows, not intensities: pandas' unnamed index, SCiLS Lab's "Spot index"
+_INDEX_COLUMNS = ("", "unnamed: 0", "index", "spot", "spot index", "spot id", "id", "pixel index")
 LONG_TABLE_PIXELS_PER_ROW = 100  # a long table must list at least 1 % of its image's pixels…
 LONG_TABLE_FREE_PIXELS = 1_000_000  # …unless the image is no larger than this
 
@@ -726,7 +728,7 @@ def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int
     Images up to 10⁶ pixels (8 MB here) always pass.
     """
     ix, iy = coordinates
-    others = [i for i in range(len(header)) if i not in (ix, iy) and header[i] not in ("", "unnamed: 0")]
+    others = [i for i in range(len(header)) if i not in (ix, iy) and header[i].strip() not in _INDEX_COLUMNS]
     if len(others) != 1:
         names = ", ".join(header[i] for i in others) or "none"
         raise InputError(path, f"long table needs exactly one intensity column beside {header[ix]} and {header[iy]}, "
@@ -740,7 +742,8 @@ def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int
         raise InputError(path, "x and y columns must hold integer pixel coordinates")
     xy = np.round(arr[:, :2])
     if xy.min() < 0:
-        raise InputError(path, f"negative pixel coordinate {xy.min():.0f} in the x/y columns")
+        raise InputError(path, f"negative pixel coordinate {xy.min():.0f} in the x/y columns; subtract the smallest x "
+                               "and y so that the table starts at 0 (pixel indices)")
     if xy.max() < 2**53:  # exact in float64 and int64; larger ones are refused by the size rule below
         steps = [int(np.gcd.reduce(np.diff(np.unique(c)).astype(np.int64))) for c in xy.T if np.unique(c).size > 1]
         if steps and min(steps) > 1:  # every coordinate a multiple of 25 (say): positions in µm, not pixel indices
