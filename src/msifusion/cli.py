@@ -256,7 +256,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from msifusion.instrument import RegisterRequest, register_files
 
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
-                                            _register_settings(args), args.overwrite))
+                                            _register_settings(args), args.overwrite, args.quiet))
     _warn(record)
     names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
     quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in record["registration"].items()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.fit import progress_bar
 from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
@@ -130,8 +131,9 @@ class RegisteredOptical:
     rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
 
 
-def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings) -> RegisteredOptical:
-    """Register with landmarks when given, else automatically against the MSI tissue images.
+def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = True) -> RegisteredOptical:
+    """Register with landmarks when given, else automatically against the MSI tissue images (a quarter minute or
+    more, shown as a one-step progress bar on a terminal unless ``quiet``).
 
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
     when the transform misses it (with a hint about the landmarks only when they were used).
@@ -159,11 +161,14 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings)
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
         ion_grid = Grid(msi.shape, px or 1.0)
+        progress = progress_bar(1, "registering (automatic)", "step", quiet)
         try:
             reg = register_auto(optical.pixels, msi.images, ion_grid, moving,
                                 AutoRegisterOptions(deformable=settings.deformable))
         except InputError as exc:
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
+        finally:
+            progress.close()
         transform = reg.transform
         area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
         landmarks = landmarks_from_transform(transform, area)
@@ -381,6 +386,7 @@ class RegisterRequest:
     out: Path
     settings: RegisterSettings
     overwrite: bool = False
+    quiet: bool = False  # no progress bar
 
 
 def _imzml_files(path: Path) -> list[Path]:
@@ -408,7 +414,7 @@ def register_files(request: RegisterRequest) -> dict:
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
     optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
-    registered = register_optical(optical, msi, request.settings)
+    registered = register_optical(optical, msi, request.settings, request.quiet)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         outputs = write_registration(stage, registered, px)
         record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
@@ -455,7 +461,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
         pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
-    registered = register_optical(optical, msi, request.register)
+    registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
