@@ -46,16 +46,25 @@ def nice_length(target: float) -> float:
     return 10**exp
 
 
-def add_scale_bar(ax, width_px: int, pixel_size_um: float | None) -> None:
-    """Draw a white scale bar about a fifth of the image wide, labelled in µm or mm."""
+STRIP_ASPECT = 4  # an image this many times wider than tall is a strip: its bars go below it, not over it
+
+
+def add_scale_bar(ax, width_px: int, pixel_size_um: float | None, height_px: int | None = None) -> None:
+    """Draw a scale bar about a fifth of the image wide, labelled in µm or mm: white in the lower right corner, or
+    black under the image for a strip (``height_px`` given and the image :data:`STRIP_ASPECT` times wider than
+    tall), where a label would not fit inside."""
     if not pixel_size_um:
         return
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     length_um = nice_length(width_px * pixel_size_um / 5)
     label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
-    bar = AnchoredSizeBar(ax.transData, length_um / pixel_size_um, label, "lower right", pad=0.4,
-                          color="white", frameon=False, size_vertical=max(1, width_px / 150), label_top=True)
+    strip = height_px is not None and width_px > STRIP_ASPECT * height_px
+    thickness = max(1, min(width_px / 150, (height_px or width_px) / 10))
+    place = dict(loc="upper right", bbox_to_anchor=(1, 0), bbox_transform=ax.transAxes) if strip else dict(loc="lower right")
+    bar = AnchoredSizeBar(ax.transData, length_um / pixel_size_um, label, pad=0.4, borderpad=0.1,
+                          color="black" if strip else "white", frameon=False, size_vertical=thickness,
+                          label_top=not strip, **place)
     ax.add_artist(bar)
 
 
@@ -73,8 +82,10 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    add_scale_bar(ax, image.shape[1], pixel_size_um)
-    cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    add_scale_bar(ax, image.shape[1], pixel_size_um, image.shape[0])
+    strip = image.shape[1] > STRIP_ASPECT * image.shape[0]  # a colour bar beside a strip is too short for its label
+    cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.25 if strip and pixel_size_um else 0.02,
+                        orientation="horizontal" if strip else "vertical", aspect=40 if strip else 20)
     cbar.set_label(f"{units} (display clipped at {DISPLAY_PERCENTILE:g}th pct)")
     fig.tight_layout()
     fig.savefig(path)

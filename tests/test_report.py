@@ -1,0 +1,26 @@
+"""Figures: scale bars that fit the image they label."""
+
+import matplotlib
+import numpy as np
+import pytest
+
+from msifusion.report import add_scale_bar, nice_length, plt, save_ion_png  # report sets the Agg backend
+
+
+def test_nice_length_is_the_1_2_5_step_below():
+    assert [nice_length(v) for v in (7.3, 19.9, 450.0, 1.0)] == [5, 10, 200, 1]
+
+
+@pytest.mark.parametrize("shape, loc, colour", [((120, 160), 4, "white"), ((20, 2000), 1, "black")])
+def test_a_strip_gets_its_scale_bar_below_it_in_black(shape, loc, colour):
+    fig, ax = plt.subplots()
+    add_scale_bar(ax, shape[1], 2.0, shape[0])
+    (bar,) = ax.artists
+    assert bar.loc == loc  # 4: lower right, inside the image; 1: upper right of the box under the image
+    assert matplotlib.colors.to_rgb(bar.size_bar.get_children()[0].get_facecolor()) == matplotlib.colors.to_rgb(colour)
+    plt.close(fig)
+
+
+def test_a_strip_png_is_written(tmp_path):
+    path = save_ion_png(tmp_path / "strip.png", np.random.default_rng(0).random((20, 2000)), 1.0)
+    assert path.stat().st_size > 0
