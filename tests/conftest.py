@@ -54,8 +54,11 @@ def voronoi_cells(seed: int = 0, shape: tuple[int, int] = (96, 128), scale: int 
 
 @pytest.fixture(scope="session")
 def cells() -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`voronoi_cells` at its defaults: a 96×128 guide, its truth, ×8."""
-    return voronoi_cells()
+    """:func:`voronoi_cells` at its defaults: a 96×128 guide, its truth, ×8 (read-only: every module shares them)."""
+    guide, truth, scale = voronoi_cells()
+    guide.setflags(write=False)
+    truth.setflags(write=False)
+    return guide, truth, scale
 
 
 @pytest.fixture(scope="session")

@@ -167,6 +167,6 @@ def test_existing_output_needs_overwrite(tmp_path, small_cases):
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(InputError, match="overwrite"):
+    with pytest.raises(InputError, match="no earlier msifusion output"):
         run_benchmark(BenchmarkConfig(methods=("bilinear",), quiet=True), out, cases=small_cases[:1])
     assert (out / "keep.txt").exists()

@@ -323,14 +323,15 @@ def test_existing_output_needs_overwrite(tmp_path, files, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("precious")
-    assert _fuse(opt, ion_path, out, "--method", "bilinear") == 2
-    _assert_one_line_error(capsys, "out", "--overwrite")
-    assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 2  # not an earlier output: kept
-    _assert_one_line_error(capsys, "out", "no earlier msifusion output")
+    for overwrite in ((), ("--overwrite",)):  # not an earlier output: kept, whatever --overwrite says
+        assert _fuse(opt, ion_path, out, "--method", "bilinear", *overwrite) == 2
+        _assert_one_line_error(capsys, "out", "no earlier msifusion output")
     assert (out / "mine.txt").read_text() == "precious"
     (out / "mine.txt").unlink()
     assert _fuse(opt, ion_path, out, "--method", "bilinear") == 0
     (out / "mine.txt").write_text("a note beside an earlier run")
+    assert _fuse(opt, ion_path, out, "--method", "bilinear") == 2
+    _assert_one_line_error(capsys, "out", "holds an earlier run; pass --overwrite")
     assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 0
     assert (out / "fused.tiff").exists() and not (out / "mine.txt").exists()
 
@@ -414,8 +415,11 @@ def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_p
         main(["ions", str(tmp_path / "x.imzML"), "--mz", "300", "--tol", "5", "ppm", "--out", str(tmp_path / "o")])
     assert exit_.value.code == 2
     _assert_one_line_error(capsys, "unrecognized arguments: ppm", "without a space (e.g. --tol 5ppm)", "msifusion ions --help")
+    with pytest.raises(SystemExit):
+        _fuse(opt, ion_path, tmp_path / "o", "--pixel-size", "10", "um")
+    _assert_one_line_error(capsys, "unrecognized arguments: um", "plain numbers in µm: drop the unit")
     imzml = tmp_path / "run.imzML"
     imzml.write_text("<mzML/>")
     assert _fuse(opt, imzml, tmp_path / "o") == 2
-    _assert_one_line_error(capsys, "run.imzML", "read with --imzml")
+    _assert_one_line_error(capsys, "run.imzML", "`fuse --imzml`")
     assert not (tmp_path / "o").exists()

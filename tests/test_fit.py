@@ -127,3 +127,18 @@ def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(m
 
     monkeypatch.setattr(sys, "stderr", Terminal())
     assert not progress_bar(10, "x", "step", quiet=False).disable
+
+
+def test_elapsed_bar_stops_its_timer_and_lets_errors_through(capsys):
+    import threading
+
+    from msifusion.fit import elapsed_bar
+
+    before = threading.active_count()
+    with elapsed_bar("registering (automatic)", quiet=False):  # stderr here is no terminal: no bar, no output
+        assert threading.active_count() == before + 1
+    with pytest.raises(ValueError):
+        with elapsed_bar("registering (automatic)", quiet=True):
+            raise ValueError("the step failed")
+    assert threading.active_count() == before
+    assert capsys.readouterr().err == ""

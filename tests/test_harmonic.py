@@ -307,7 +307,7 @@ def test_tiles_stay_exact_and_agree_with_one_piece(cells):
 def test_tiles_stay_exact_under_the_laser_spot_model(cells):
     guide, truth, f = cells
     op = Measurement(truth.shape, f, 1.0)
-    y = op.A(torch.as_tensor(truth, dtype=torch.float64)).numpy()
+    y = op.A(torch.tensor(truth, dtype=torch.float64)).numpy()
     ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
     config = HarmonicConfig(ion_batch=2, spot_sigma_px=1.0, tile_pixels=64 * 64, halo_blocks=2)
     out = fuse_harmonic_many(guide, ions, f, config)  # a footprint reaches across the seams: still exact
@@ -360,7 +360,7 @@ def test_edge_perceptual_term_stays_available(cells):
     assert consistency_error(out, y[0], f) < 1e-4
     plain = fuse_harmonic_many(guide, y, f, replace(config, edge_weight=0.0))[0]
     # the term pulls the output's edges towards the optical's: the paper's edge perceptual loss drops
-    target = edge_map(luminance(torch.as_tensor(guide).permute(2, 0, 1)[None]))
+    target = edge_map(luminance(torch.tensor(guide).permute(2, 0, 1)[None]))
     loss = [float(edge_perceptual_loss(torch.as_tensor(x)[None, None], target)) for x in (out, plain)]
     assert loss[0] < 0.5 * loss[1]
 

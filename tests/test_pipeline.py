@@ -69,6 +69,8 @@ def test_scale_stretches_an_optical_only_within_two_percent_of_the_ion_aspect():
     assert _pair((80, 97), None, 20.0, scale=8).guide.shape[:2] == (80, 96)  # 1 % off: resized
     with pytest.raises(InputError, match="4.0% off"):  # under one ion pixel (0.4), yet a 4 % stretch
         _pair((80, 100), None, 20.0, scale=8)
+    with pytest.raises(InputError, match="3.8% off"):  # the same along the other axis
+        _pair((83, 96), None, 20.0, scale=8)
 
 
 def test_an_optical_with_fewer_pixels_than_the_ion_is_taken_for_swapped_inputs():
@@ -79,3 +81,5 @@ def test_an_optical_with_fewer_pixels_than_the_ion_is_taken_for_swapped_inputs()
     for scale in (None, 8):
         with pytest.raises(InputError, match="wrong way round"):
             _pair((5, 6), None, 20.0, scale=scale)
+    with pytest.raises(InputError, match="aspect ratio"):  # shorter on one side only: not registered, not swapped
+        _pair((9, 400), None, 20.0, scale=8)

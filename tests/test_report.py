@@ -14,13 +14,24 @@ def test_nice_length_is_the_1_2_5_step_below():
 @pytest.mark.parametrize("shape, loc, colour", [((120, 160), 4, "white"), ((20, 2000), 1, "black")])
 def test_a_strip_gets_its_scale_bar_below_it_in_black(shape, loc, colour):
     fig, ax = plt.subplots()
-    add_scale_bar(ax, shape[1], 2.0, shape[0])
+    add_scale_bar(ax, shape, 2.0)
     (bar,) = ax.artists
     assert bar.loc == loc  # 4: lower right, inside the image; 1: upper right of the box under the image
     assert matplotlib.colors.to_rgb(bar.size_bar.get_children()[0].get_facecolor()) == matplotlib.colors.to_rgb(colour)
     plt.close(fig)
 
 
-def test_a_strip_png_is_written(tmp_path):
-    path = save_ion_png(tmp_path / "strip.png", np.random.default_rng(0).random((20, 2000)), 1.0)
-    assert path.stat().st_size > 0
+def test_a_strip_png_has_its_colour_bar_below_it(tmp_path, monkeypatch):
+    import msifusion.report as report
+
+    seen = []
+    real = report.plt.Figure.colorbar
+
+    def colorbar(self, *args, **kwargs):
+        seen.append(kwargs["orientation"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(report.plt.Figure, "colorbar", colorbar)
+    for shape in ((20, 2000), (120, 160)):
+        save_ion_png(tmp_path / "ion.png", np.random.default_rng(0).random(shape), 1.0)
+    assert seen == ["horizontal", "vertical"]

@@ -18,7 +18,7 @@ def test_per_image_dot_products():
 
 
 def _conductances(guide: np.ndarray, kappa: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.as_tensor(guide)
+    g = torch.tensor(guide)
     dh = (g[:, 1:] - g[:, :-1]).pow(2).sum(-1).sqrt()
     dv = (g[1:] - g[:-1]).pow(2).sum(-1).sqrt()
     return 1 / (1 + (dh / kappa) ** 2) + 1e-3, 1 / (1 + (dv / kappa) ** 2) + 1e-3

@@ -16,7 +16,8 @@ from msifusion.errors import InputError
 from msifusion.io.imzml import DEFAULT_TOLERANCE
 
 EXIT_BAD_INPUT = 2
-UNIT_WORDS = ("ppm", "da", "mda", "um", "µm", "nm", "mm")  # a unit typed apart from its number is an unknown argument
+MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
+LENGTH_UNITS = ("um", "µm", "nm", "mm")  # pixel sizes are plain numbers in µm
 
 
 class _Parser(argparse.ArgumentParser):
@@ -515,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        units = "; a unit goes right after its number, without a space (e.g. --tol 5ppm)" if any(
-            token.lower() in UNIT_WORDS for token in extra) else ""
+        words = {token.lower() for token in extra}
+        units = ("; a tolerance's unit goes right after its number, without a space (e.g. --tol 5ppm)"
+                 if words & set(MASS_UNITS) else
+                 "; pixel sizes are plain numbers in µm: drop the unit" if words & set(LENGTH_UNITS) else "")
         parser.exit(EXIT_BAD_INPUT, f"msifusion: error: unrecognized arguments: {' '.join(extra)}{units} "
                                     f"(see `msifusion {args.command} --help`)\n")
     try:

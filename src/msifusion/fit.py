@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -219,11 +221,32 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x)[0, 0].detach().float().cpu().numpy()
 
 
-def progress_bar(total: float, desc: str, unit: str, quiet: bool):
+def progress_bar(total: float, desc: str, unit: str, quiet: bool, bar_format: str | None = None):
     """A progress bar on a terminal or in a notebook; none with ``quiet``, nor in a log file, where its
     carriage returns would garble the lines (tqdm's ``disable=None``; a notebook's stream is no terminal)."""
     from tqdm.auto import tqdm
 
     notebook = tqdm.__module__.startswith("tqdm.notebook") or tqdm.__name__ == "tqdm_notebook"
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, bar_format=bar_format,
                 disable=True if quiet else (False if notebook else None))
+
+
+@contextmanager
+def elapsed_bar(desc: str, quiet: bool) -> Iterator[None]:
+    """For one long step that cannot report its progress: ``desc`` and the seconds elapsed, refreshed every second
+    by a timer thread (a bar that never moves looks like a hang), where :func:`progress_bar` would show."""
+    bar = progress_bar(1, desc, "step", quiet, bar_format="{desc} … {elapsed}")
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    timer = threading.Thread(target=tick, daemon=True)
+    timer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        timer.join()
+        bar.close()

@@ -425,6 +425,8 @@ class _Guide:
     @classmethod
     def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, device: torch.device) -> "_Guide":
         guide = np.asarray(guide, dtype=np.float32)
+        if not guide.flags.writeable:  # a read-only array (a memory map, a frozen input) cannot back a torch tensor
+            guide = guide.copy()
         kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder})))
         eps = _detail_eps(guide)
         snr = texture_snr_db(guide, config.texture_sigma_px, eps) if _texture_testable(f, config) else None

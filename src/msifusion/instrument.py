@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import progress_bar
+from msifusion.fit import elapsed_bar
 from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
@@ -131,9 +131,9 @@ class RegisteredOptical:
     rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
 
 
-def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = True) -> RegisteredOptical:
+def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False) -> RegisteredOptical:
     """Register with landmarks when given, else automatically against the MSI tissue images (a quarter minute or
-    more, shown as a one-step progress bar on a terminal unless ``quiet``).
+    more, with its elapsed seconds shown on a terminal unless ``quiet``: :func:`msifusion.fit.elapsed_bar`).
 
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
     when the transform misses it (with a hint about the landmarks only when they were used).
@@ -161,14 +161,12 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
         ion_grid = Grid(msi.shape, px or 1.0)
-        progress = progress_bar(1, "registering (automatic)", "step", quiet)
         try:
-            reg = register_auto(optical.pixels, msi.images, ion_grid, moving,
-                                AutoRegisterOptions(deformable=settings.deformable))
+            with elapsed_bar("registering (automatic)", quiet):
+                reg = register_auto(optical.pixels, msi.images, ion_grid, moving,
+                                    AutoRegisterOptions(deformable=settings.deformable))
         except InputError as exc:
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
-        finally:
-            progress.close()
         transform = reg.transform
         area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
         landmarks = landmarks_from_transform(transform, area)

@@ -148,7 +148,7 @@ def _array(value, what: str) -> np.ndarray:
 def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
     """The guide as float32 in [0, 1]: integer and boolean images (uint8, uint16, as tifffile or OpenCV read them) as
     a file's pixels are read (:func:`msifusion.io.images.optical_to_rgb`: 8/16-bit as fractions of their type's
-    maximum); a float guide must already be in [0, 1]."""
+    maximum, signed ones with negatives min-max scaled); a float guide must already be in [0, 1]."""
     require_real(guide, None, "optical guide")
     if guide.dtype.kind in "uib":
         return optical_to_rgb(guide)

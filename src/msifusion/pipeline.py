@@ -80,15 +80,15 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
     """Check that the optical is registered to the ion grid, resizing it to ``scale`` when asked.
 
     Without ``scale`` the optical shape must be the ion shape times one integer ≥ 2. With it,
-    an optical of the ion's aspect ratio (within :data:`ASPECT_TOLERANCE`, or one ion pixel where that is
-    less) is resized to ion × scale. An optical with fewer pixels than the ion on either side is refused:
-    the two files were most likely given the wrong way round.
+    an optical of the ion's aspect ratio (within :data:`ASPECT_TOLERANCE`) is resized to ion × scale. An
+    optical with fewer pixels than the ion on both sides is refused: the two files were most likely given
+    the wrong way round.
     """
     (H, W), (h, w) = optical.shape2d, ion.shape2d
     src = optical.path
     notes: list[str] = []
     guide = optical.pixels
-    if H < h or W < w:
+    if H < h and W < w:
         raise InputError(src, f"optical {H}×{W} has fewer pixels than ion {h}×{w}; the microscope image must be the "
                          "finer one (are --optical and --ion the wrong way round?)")
     if scale is None:
@@ -104,9 +104,10 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
         check_scale(scale)
         check_fused_size((h, w), scale)
         if (H, W) != (h * scale, w * scale):
-            if abs(H * w / W - h) > min(1.0, ASPECT_TOLERANCE * h):
+            off = abs(H * w / (W * h) - 1)
+            if off > ASPECT_TOLERANCE:
                 raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w} "
-                                 f"({abs(H * w / (W * h) - 1):.1%} off; resizing would stretch it): it is not "
+                                 f"({off:.1%} off; resizing would stretch it): it is not "
                                  "registered to the ion grid (use `msifusion register`)")
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")

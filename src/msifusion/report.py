@@ -49,18 +49,23 @@ def nice_length(target: float) -> float:
 STRIP_ASPECT = 4  # an image this many times wider than tall is a strip: its bars go below it, not over it
 
 
-def add_scale_bar(ax, width_px: int, pixel_size_um: float | None, height_px: int | None = None) -> None:
-    """Draw a scale bar about a fifth of the image wide, labelled in µm or mm: white in the lower right corner, or
-    black under the image for a strip (``height_px`` given and the image :data:`STRIP_ASPECT` times wider than
-    tall), where a label would not fit inside."""
+def is_strip(shape: tuple[int, ...]) -> bool:
+    """Whether an image of ``shape`` (H, W, …) is a strip, :data:`STRIP_ASPECT` times wider than tall or more."""
+    return shape[1] > STRIP_ASPECT * shape[0]
+
+
+def add_scale_bar(ax, shape: tuple[int, ...], pixel_size_um: float | None) -> None:
+    """Draw a scale bar about a fifth of the image (``shape``: H, W, …) wide, labelled in µm or mm: white in the lower
+    right corner, or black under the image for a strip (:func:`is_strip`), where a label would not fit inside."""
     if not pixel_size_um:
         return
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
+    height_px, width_px = shape[:2]
     length_um = nice_length(width_px * pixel_size_um / 5)
     label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
-    strip = height_px is not None and width_px > STRIP_ASPECT * height_px
-    thickness = max(1, min(width_px / 150, (height_px or width_px) / 10))
+    strip = is_strip(shape)
+    thickness = max(1, min(width_px / 150, height_px / 10))
     place = dict(loc="upper right", bbox_to_anchor=(1, 0), bbox_transform=ax.transAxes) if strip else dict(loc="lower right")
     bar = AnchoredSizeBar(ax.transData, length_um / pixel_size_um, label, pad=0.4, borderpad=0.1,
                           color="black" if strip else "white", frameon=False, size_vertical=thickness,
@@ -82,8 +87,8 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    add_scale_bar(ax, image.shape[1], pixel_size_um, image.shape[0])
-    strip = image.shape[1] > STRIP_ASPECT * image.shape[0]  # a colour bar beside a strip is too short for its label
+    add_scale_bar(ax, image.shape, pixel_size_um)
+    strip = is_strip(image.shape)  # a colour bar beside a strip is too short for its label
     cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.25 if strip and pixel_size_um else 0.02,
                         orientation="horizontal" if strip else "vertical", aspect=40 if strip else 20)
     cbar.set_label(f"{units} (display clipped at {DISPLAY_PERCENTILE:g}th pct)")
@@ -158,7 +163,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         else:
             ax.imshow(img, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=9)
-        add_scale_bar(ax, fine_shape[1], pixel_size_um)
+        add_scale_bar(ax, fine_shape, pixel_size_um)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -182,7 +187,7 @@ def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pi
         lo, hi = display_range(image)
         ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(name, fontsize=8)
-        add_scale_bar(ax, w, pixel_size_um)
+        add_scale_bar(ax, (h, w), pixel_size_um)
     if len(images) > n:
         fig.suptitle(f"first {n} of {len(images)} ions", fontsize=9)
     fig.tight_layout()
@@ -212,7 +217,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     axes[1].set_title("overlay: optical (gray) + MSI tissue image (magenta, contours)")
     for ax in axes:
         ax.set_axis_off()
-        add_scale_bar(ax, W, pixel_size_um)
+        add_scale_bar(ax, (H, W), pixel_size_um)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

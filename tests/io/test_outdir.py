@@ -1,7 +1,9 @@
 import pytest
 
 from msifusion.errors import InputError
-from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.io.outdir import check_output_dir, is_earlier_output, staged_output_dir
+
+EARLIER = '{"tool": "msifusion", "versions": {"msifusion": "0.1.0"}}'  # how every msifusion run.json opens
 
 
 def test_success_moves_folder_into_place(tmp_path):
@@ -25,7 +27,7 @@ def test_failure_leaves_nothing(tmp_path):
 def test_existing_folder_needs_overwrite_and_is_kept_on_failure(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text("{}")  # an earlier run's output
+    (out / "run.json").write_text(EARLIER)  # an earlier run's output
     (out / "precious.txt").write_text("keep")
     with pytest.raises(InputError, match="--overwrite"):
         with staged_output_dir(out):
@@ -119,7 +121,7 @@ def test_an_empty_folder_is_replaced_without_overwrite(tmp_path):
 def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "run.json").write_text("{}")
+    (out / "run.json").write_text(EARLIER)
     (out / "old.txt").write_text("old")
     real_rename = type(out).rename
 
@@ -140,6 +142,11 @@ def test_overwrite_replaces_only_an_earlier_output(tmp_path):
     project = tmp_path / "project"
     (project / ".git").mkdir(parents=True)
     (project / "thesis.docx").write_text("years of work")
+    for overwrite in (False, True):  # one message either way: this folder is never replaced
+        with pytest.raises(InputError, match="no earlier msifusion output"):
+            with staged_output_dir(project, overwrite=overwrite):
+                pass
+    (project / "run.json").write_text('{"tool": "another tool"}')  # a run.json of another tool's
     with pytest.raises(InputError, match="no earlier msifusion output"):
         with staged_output_dir(project, overwrite=True):
             pass
@@ -153,7 +160,7 @@ def test_an_output_link_is_followed(tmp_path, target):
     if target != "dangling":
         real.mkdir(parents=True)
     if target == "earlier":
-        (real / "run.json").write_text("{}")
+        (real / "run.json").write_text(EARLIER)
         (real / "old.txt").write_text("old")
     else:
         real.parent.mkdir(exist_ok=True)
@@ -165,3 +172,20 @@ def test_an_output_link_is_followed(tmp_path, target):
     assert link.is_symlink() and sorted(p.name for p in real.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "scratch"]
     assert sorted(p.name for p in real.parent.iterdir()) == ["results"]  # no staging or backup left beside it
+
+
+@pytest.mark.parametrize("text, earlier", [
+    (EARLIER, True), ('{"tool": "msifusion benchmark"}', True), ('{"versions": {"msifusion": "0.0.9"}}', True),
+    ('{"tool": "sacred"}', False), ("[1, 2]", False), ("not json", False), (None, False),
+])
+def test_an_earlier_output_is_known_by_its_run_json(tmp_path, text, earlier):
+    if text is not None:
+        (tmp_path / "run.json").write_text(text)
+    assert is_earlier_output(tmp_path) is earlier
+
+
+def test_a_loop_of_links_is_an_input_error(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(InputError, match="loop of symbolic links"):
+        check_output_dir(loop, overwrite=True)

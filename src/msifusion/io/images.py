@@ -79,7 +79,8 @@ def _require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     if not path.is_file():
         raise InputError(path, f"{what} path is not a file")
     if path.suffix.lower() not in suffixes:
-        imzml = "; an imzML file is read with --imzml" if path.suffix.lower() in (".imzml", ".ibd") else ""
+        imzml = {".imzml": "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`",
+                 ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(path.suffix.lower(), "")
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
                                + imzml)
     return path
@@ -416,7 +417,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
             np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0):
         rgb = data.astype(np.float32)
         rgb /= float(np.iinfo(data.dtype).max)  # in place: one float copy of a large image, not two
-    elif np.issubdtype(data.dtype, np.integer):  # 32/64-bit: by the type's maximum any real image would be black
+    elif np.issubdtype(data.dtype, np.integer):  # 32/64-bit (by the type's maximum any real image would be black), or signed with negatives
         wide = data.astype(np.float64)
         lo, hi = float(wide.min()), float(wide.max())
         if lo < 0.0:  # as for floats
@@ -583,7 +584,7 @@ def _read_table(path: Path) -> tuple[np.ndarray, str | None]:
         coordinates = _coordinate_columns(path, names)
         if coordinates is not None:
             return _pivot_long_table(path, names, coordinates, rows, number), None
-        if len(names) == 3 and names[0] not in ("", "unnamed: 0") and any(number(h) is None for h in header):
+        if len(names) == 3 and names[0] not in _PANDAS_INDEX and any(number(h) is None for h in header):
             raise InputError(path, f"3-column table headed {', '.join(map(repr, header))} is not a long table "
                                    "msifusion knows: name its columns x, y (or col, row; a unit may follow: x_um, "
                                    "x (µm)) and the intensity; for a 3-pixel-wide image, drop the header")
@@ -701,8 +702,9 @@ def _coordinate_columns(path: Path, header: list[str]) -> tuple[int, int] | None
     return xs[0], ys[0]
 
 
-# columns of a long table that number its rows, not intensities: pandas' unnamed index, SCiLS Lab's "Spot index"
-_INDEX_COLUMNS = ("", "unnamed: 0", "index", "spot", "spot index", "spot id", "id", "pixel index")
+_PANDAS_INDEX = ("", "unnamed: 0")  # the header pandas' to_csv gives its index column
+# columns of a long table that number its rows, not intensities: pandas' index, SCiLS Lab's "Spot index"
+_INDEX_COLUMNS = (*_PANDAS_INDEX, "index", "spot", "spot index", "spot id", "id", "pixel index")
 LONG_TABLE_PIXELS_PER_ROW = 100  # a long table must list at least 1 % of its image's pixels…
 LONG_TABLE_FREE_PIXELS = 1_000_000  # …unless the image is no larger than this
 

@@ -3,13 +3,14 @@
 Everything is written into a hidden staging folder beside the target and moved into place
 only when the run succeeds, so a crash or a bad input never leaves a half-written folder,
 and an existing non-empty folder is replaced only when the user said ``--overwrite`` and it is
-an earlier msifusion output (it holds a ``run.json``): ``--out`` naming a folder of other data by
+an earlier msifusion output (it holds msifusion's ``run.json``): ``--out`` naming a folder of other data by
 mistake never deletes it. An ``--out`` that is a symbolic link (a results folder kept on scratch
 space) is followed: the results go where the link points.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
         _check_output_dir(out, overwrite, inputs)
     except OSError as exc:  # a name too long, a parent that cannot be read, …
         raise InputError(out, f"cannot use the output folder: {exc.strerror or exc}") from None
+    except RuntimeError:  # Path.resolve of a symbolic link that points to itself
+        raise InputError(out, "cannot use the output folder: a loop of symbolic links") from None
     return out
 
 
@@ -52,14 +55,28 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     if out.exists() and any(out.iterdir()):
+        if not is_earlier_output(out):
+            raise InputError(out, f"output folder is not empty and is no earlier msifusion output (no msifusion "
+                                  f"{RUN_RECORD} in it), so it is never replaced: name a new folder")
         if not overwrite:
-            raise InputError(out, "output folder is not empty; pass --overwrite to replace it")
-        if not (out / RUN_RECORD).is_file():
-            raise InputError(out, f"output folder is not empty and is no earlier msifusion output (it holds no {RUN_RECORD}); "
-                                  "--overwrite replaces only those: name a new folder")
+            raise InputError(out, "output folder holds an earlier run; pass --overwrite to replace it")
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
+
+
+def is_earlier_output(folder: Path) -> bool:
+    """Whether ``folder`` is an msifusion output: its ``run.json`` is JSON that msifusion wrote (its ``tool`` starts
+    with "msifusion", or, in records older than that field, its ``versions`` name msifusion). Other tools write
+    a run.json too; a folder of theirs is not replaced."""
+    try:
+        record = json.loads((folder / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    versions = record.get("versions")
+    return str(record.get("tool", "")).startswith("msifusion") or (isinstance(versions, dict) and "msifusion" in versions)
 
 
 def _umask() -> int:
