@@ -24,7 +24,8 @@ RUN_RECORD = "run.json"  # every output folder has one: the mark of a folder tha
 
 
 def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Refuse early (before any work) when ``out`` holds something and overwrite is off, when it is or holds
+    """Refuse early (before any work) when ``out`` holds something other than an earlier msifusion output
+    (:func:`is_earlier_output`), or one while overwrite is off, when it is or holds
     the current folder or one of the run's ``inputs`` (replacing it would delete them), or when no folder
     can be made there. Returns the folder to write: ``out``, or where it points if it is a symbolic link."""
     out = Path(out)
