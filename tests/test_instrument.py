@@ -132,7 +132,7 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
 def test_ions_whose_windows_overlap_are_named_on_stderr_and_in_run_json(tmp_path, files, capsys):
     imzml = files[0]
     out = tmp_path / "ions"
-    assert main(["ions", str(imzml), "--mz", "100", "100.1", "--tol", "0.2da", "--out", str(out)]) == 0
+    assert main(["ions", str(imzml), "--mz", "100", "100.1", "--tol", "0.2da", "--out", str(out), "--quiet"]) == 0
     warning = ("the m/z windows of 100.0000 and 100.1000 overlap (±0.2Da): their images share counts; narrow --tol to "
                "keep them apart")
     assert warning in capsys.readouterr().err
@@ -141,7 +141,7 @@ def test_ions_whose_windows_overlap_are_named_on_stderr_and_in_run_json(tmp_path
 
 def test_peaks_command(files, capsys):
     imzml = files[0]
-    assert main(["peaks", str(imzml), "-n", "2"]) == 0
+    assert main(["peaks", str(imzml), "-n", "2", "--quiet"]) == 0  # --quiet as on every command that reads long
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "# sample.imzML: 12×16 px, pixel size unknown, m/z 100.0000–300.0000"
     assert lines[1] == "m/z\tmean_intensity" and lines[2].startswith("100.0000") and len(lines) == 4

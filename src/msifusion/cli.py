@@ -18,6 +18,7 @@ from msifusion.io.imzml import DEFAULT_TOLERANCE
 EXIT_BAD_INPUT = 2
 MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
 LENGTH_UNITS = ("um", "µm", "nm", "mm")  # pixel sizes are plain numbers in µm
+OVERWRITE_HELP = "replace an earlier output folder (one whose run.json msifusion wrote)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +77,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    g.add_argument("--overwrite", action="store_true", help="replace an earlier output folder (one that holds a run.json)")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
@@ -232,7 +233,7 @@ def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.instrument import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.out),
-                                      args.normalize, args.overwrite))
+                                      args.normalize, args.overwrite, args.quiet))
     _warn(record)
     for name in record["outputs"]:
         print(Path(args.out) / name)
@@ -240,10 +241,12 @@ def cmd_ions(args: argparse.Namespace) -> int:
 
 
 def cmd_peaks(args: argparse.Namespace) -> int:
+    from msifusion.fit import elapsed_bar
     from msifusion.io.imzml import ImzML
 
     with ImzML(Path(args.imzml)) as f:
-        peaks = f.strongest_peaks(args.n)
+        with elapsed_bar(f"mean spectrum of {f.path.name}", args.quiet):
+            peaks = f.strongest_peaks(args.n)
         pixel = f"{f.pixel_size_um:g} µm" if f.pixel_size_um else "unknown"
         print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {pixel}, "
               f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
@@ -377,7 +380,7 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every method (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder (one that holds a run.json)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_benchmark)
 
@@ -408,7 +411,7 @@ def add_benchmark_and_study(sub) -> None:
     t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study)
 
@@ -461,12 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("imzml", metavar="F.imzML")
     _add_ion_options(p, required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_ions)
 
     p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum")
     p.add_argument("imzml", metavar="F.imzML")
     p.add_argument("-n", type=_positive_int, default=20, help="how many peaks (default 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_peaks)
 
     p = sub.add_parser("register", help="register a microscope image onto the ion grid × scale",
@@ -478,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true")
     _add_register_options(p)
     p.set_defaults(func=cmd_register)

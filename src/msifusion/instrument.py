@@ -342,13 +342,15 @@ class IonsRequest:
     out: Path
     normalize: str | None = None
     overwrite: bool = False
+    quiet: bool = False  # no progress line
 
     def __post_init__(self) -> None:
         _check_ion_options(self.mzs, self.tol, self.normalize)
 
 
-def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None) -> IonStack:
-    stack = f.ion_images(list(mzs), tol, normalize)
+def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None, quiet: bool) -> IonStack:
+    with elapsed_bar(f"reading {len(mzs)} ion image(s) from {f.path.name}", quiet):  # one pass over the .ibd
+        stack = f.ion_images(list(mzs), tol, normalize)
     empty = stack.empty_ions()
     if empty:
         raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
@@ -362,7 +364,7 @@ def extract_ions(request: IonsRequest) -> dict:
     inputs = _imzml_files(request.imzml)
     check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
-        stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
+        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
@@ -456,7 +458,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     check_output_dir(request.out, request.overwrite, inputs)
     with _open_ions(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
-        stack = _checked_stack(f, request.mzs, request.tol, request.normalize)
+        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
         pixel_xy = f.layout.pixel_size_xy_um
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
