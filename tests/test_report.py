@@ -35,3 +35,13 @@ def test_a_strip_png_has_its_colour_bar_below_it(tmp_path, monkeypatch):
     for shape in ((20, 2000), (120, 160)):
         save_ion_png(tmp_path / "ion.png", np.random.default_rng(0).random(shape), 1.0)
     assert seen == ["horizontal", "vertical"]
+
+
+def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
+    import warnings
+
+    from msifusion.report import save_ion_grid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when tight_layout cannot fit the bars below the strips
+        save_ion_grid(tmp_path / "ions.png", np.random.default_rng(0).random((7, 20, 2000)), list("abcdefg"), 1.0)

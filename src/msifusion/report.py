@@ -180,7 +180,8 @@ def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pi
     rows = math.ceil(n / cols)
     h, w = images.shape[1:]
     pw = 2.6
-    fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35)), dpi=110, squeeze=False)
+    below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
+    fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35 + below)), dpi=110, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
