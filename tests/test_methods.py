@@ -98,3 +98,14 @@ def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
     check_fused_size((20, 30), 20)
     with pytest.raises(InputError, match=r"--scale: ×1000000 makes a 20000000×30000000 fused image, about \d+ GB"):
         check_fused_size((20, 30), 1_000_000)  # 29 PB
+
+
+@pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
+def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
+    """A memory-mapped or frozen guide gives the same image as a writable one (and no torch warning: the suite
+    turns that warning into an error)."""
+    guide, ion, _ = small_pair
+    frozen = guide.copy()
+    frozen.setflags(write=False)
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    np.testing.assert_array_equal(fuse(frozen, ion, method, quiet).image, fuse(guide, ion, method, quiet).image)

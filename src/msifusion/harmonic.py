@@ -425,7 +425,7 @@ class _Guide:
     @classmethod
     def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, device: torch.device) -> "_Guide":
         guide = np.asarray(guide, dtype=np.float32)
-        if not guide.flags.writeable:  # a read-only array (a memory map, a frozen input) cannot back a torch tensor
+        if not guide.flags.writeable:  # as methods' _checked_guide does, for callers of fuse_harmonic_many itself
             guide = guide.copy()
         kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder})))
         eps = _detail_eps(guide)

@@ -163,12 +163,14 @@ def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
 
 
 def _checked_guide(guide: np.ndarray) -> np.ndarray:
-    """The guide as float32 (H, W, 3) in [0, 1] (see :func:`_guide_in_unit_range`), or an InputError."""
+    """The guide as float32 (H, W, 3) in [0, 1] (see :func:`_guide_in_unit_range`), or an InputError; writable, since
+    a read-only array (a memory map, a frozen input) cannot back the torch tensors every method makes of it."""
     guide = _array(guide, "optical guide")
     if guide.ndim != 3 or guide.shape[2] != 3:
         raise InputError(None, f"the optical guide must be an (H, W, 3) RGB array, got shape {guide.shape}; "
                                "repeat a grey image into three channels")
-    return _guide_in_unit_range(guide)
+    guide = _guide_in_unit_range(guide)
+    return guide if guide.flags.writeable else guide.copy()
 
 
 def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodOptions) -> tuple[np.ndarray, int, float]:

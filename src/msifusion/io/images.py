@@ -417,7 +417,8 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
             np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0):
         rgb = data.astype(np.float32)
         rgb /= float(np.iinfo(data.dtype).max)  # in place: one float copy of a large image, not two
-    elif np.issubdtype(data.dtype, np.integer):  # 32/64-bit (by the type's maximum any real image would be black), or signed with negatives
+    elif np.issubdtype(data.dtype, np.integer):
+        # 32/64-bit (by the type's maximum any real image would be black), or signed with negative values
         wide = data.astype(np.float64)
         lo, hi = float(wide.min()), float(wide.max())
         if lo < 0.0:  # as for floats
