@@ -75,6 +75,7 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     run = json.loads((tmp_path / "box" / "run.json").read_text())
     assert run["method"] == "guided-harmonic" and run["consistency_error"] < 1e-4
     assert run["harmonic_settings"]["spot_sigma_px"] == 0
+    assert run["measurement_model"]["summary"] == f"{scale}×{scale} box average"
     details = run["method_details"]  # why this setting: the coarse-level scores, or why there were none
     assert details["chosen"] in details["ladder"]
     assert "coarse_mse" in details or "selection" in details
@@ -89,6 +90,8 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())
     assert run["harmonic_settings"]["spot_sigma_px"] == 1.5
+    assert run["measurement_model"] == {"box_average_px": scale, "spot_sigma_px": 1.5,
+                                        "summary": f"{scale}×{scale} box average after a Gaussian spot of σ 1.5 px"}
     assert run["consistency_error"] < 1e-4  # under the stated measurement model, not the plain box
     fused = torch.as_tensor(tifffile.imread(tmp_path / "spot" / "fused.tiff")).double()
     spot = Measurement(tuple(fused.shape), scale, 1.5).A(fused).numpy()  # the spot model's measurement
@@ -251,6 +254,12 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
     (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to guided-harmonic, not to --method lcrn"),
     (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
     (["--bf16"], "--bf16: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
+    (["--method", "cnn3", "--w-edge", "7"],
+     "--w-edge: --method cnn3 does not use this; its training takes --epochs, --lr, --patience, --edge-kernel, "
+     "--checkpoint-every"),
+    (["--method", "unet", "--patience", "2", "--edge-kernel", "sobel"],
+     "--patience, --edge-kernel: --method unet does not use these; its training takes --epochs, --lr, "
+     "--checkpoint-every"),
 ])
 def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, extra, error):
     opt, ion_path, _, _ = files

@@ -48,16 +48,67 @@ def test_bad_problems(small_pair):
         fuse(guide, ion, "nope")
     with pytest.raises(InputError, match="all zero"):
         fuse(guide, ion * 0, "bilinear")
-    with pytest.raises(InputError, match="NaN or inf"):
+    with pytest.raises(InputError, match=r"ion 1 of 2: ion image has \d+ NaN/inf pixel"):
         fuse_many(guide, np.stack([ion, np.where(ion > ion.mean(), np.nan, ion)]))
     with pytest.raises(InputError, match="integer multiple"):
         fuse(guide[:-1], ion, "bilinear")
-    with pytest.raises(InputError, match="at least 2"):
+    with pytest.raises(InputError, match="at least twice the ion's size"):
         fuse(guide[:8, :12], ion, "bilinear")
-    with pytest.raises(InputError, match=r"must be an \(H, W, 3\) RGB array, got shape \(32, 48\)"):
-        fuse(guide[..., 0], ion, "bilinear")
+    with pytest.raises(InputError, match=r"optical image has shape \(32, 48, 5\); expected gray, RGB or RGBA"):
+        fuse(np.concatenate([guide, guide[..., :2]], -1), ion, "bilinear")
     with pytest.raises(InputError, match=r"must be a 2-D \(h, w\) array, got shape \(1, 8, 12\)"):
         fuse(guide, ion[None], "bilinear")
+    with pytest.raises(InputError, match=r"ion image is too small \(1×12\)"):
+        fuse(guide[:4], ion[:1], "bilinear")
+    with pytest.raises(InputError, match="beyond float32's range"):
+        fuse(guide, ion.astype(np.float64) * 1e300, "bilinear")
+
+
+def test_bad_panels(small_pair):
+    guide, ion, _ = small_pair
+    with pytest.raises(InputError, match=r"takes a stack \(K, h, w\) of ion images, got shape \(0, 8, 12\)"):
+        fuse_many(guide, np.zeros((0, *ion.shape)))
+    with pytest.raises(InputError, match=r"got shape \(8, 12\); for one ion use fuse"):
+        fuse_many(guide, ion)
+    with pytest.raises(InputError, match="ion 1 of 3: ion image is all zero"):
+        fuse_many(guide, [ion, 0 * ion, ion])
+    with pytest.raises(InputError, match="cannot read the ion images as one array"):
+        fuse_many(guide, [ion, ion[:4]])
+
+
+def test_gray_rgba_channels_first_and_flipped_guides_are_read_as_files_are(small_pair):
+    guide, ion, _ = small_pair
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    rgb = fuse(guide, ion, options=quiet).image
+    rgba = np.concatenate([guide, np.ones_like(guide[..., :1])], -1)
+    np.testing.assert_array_equal(fuse(rgba, ion, options=quiet).image, rgb)
+    np.testing.assert_array_equal(fuse(np.moveaxis(guide, -1, 0), ion, options=quiet).image, rgb)
+    gray = guide.mean(-1)
+    np.testing.assert_array_equal(fuse(gray, ion, options=quiet).image,
+                                  fuse(np.repeat(gray[..., None], 3, -1), ion, options=quiet).image)
+    for method in ("diffusion", "guided-harmonic"):  # a flipped view (negative strides) cannot back a tensor as is
+        np.testing.assert_array_equal(fuse(guide[:, ::-1], ion, method, quiet).image,
+                                      fuse(np.ascontiguousarray(guide[:, ::-1]), ion, method, quiet).image)
+
+
+def test_fusing_leaves_the_callers_random_states_as_they_were(small_pair):
+    import random
+
+    import torch
+
+    guide, ion, _ = small_pair
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = np.random.rand(), random.random(), float(torch.rand(1))
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    fuse(guide, ion, "lcrn", QUICK)
+    fuse_many(guide, np.stack([ion, 2 * ion]), options=QUICK)
+    assert (np.random.rand(), random.random(), float(torch.rand(1))) == expected
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
 
 
 def test_an_8_bit_guide_is_read_as_fractions_and_a_0_to_255_float_guide_is_refused(small_pair):
@@ -109,3 +160,13 @@ def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
     frozen.setflags(write=False)
     quiet = MethodOptions(runtime=Runtime(quiet=True))
     np.testing.assert_array_equal(fuse(frozen, ion, method, quiet).image, fuse(guide, ion, method, quiet).image)
+
+
+def test_an_unavailable_device_is_an_input_error(small_pair):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    guide, ion, _ = small_pair
+    with pytest.raises(InputError, match="CUDA is not available"):
+        fuse(guide, ion, options=MethodOptions(runtime=Runtime(device="cuda", quiet=True)))

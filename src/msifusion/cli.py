@@ -138,6 +138,10 @@ def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str
     return [a.option_strings[0] for a in actions if (value := getattr(args, a.dest)) is not None and value is not False]
 
 
+_FIT_FIELD = {"epochs": "max_epochs"}  # training options whose FitConfig field has another name
+_FIT_OPTION = {"max_epochs": "--epochs"}
+
+
 def _check_method_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen method would ignore (training options for a solver, and the other way)."""
     from msifusion.methods import DEFAULT_METHOD, METHODS
@@ -150,6 +154,13 @@ def _check_method_options(args: argparse.Namespace) -> None:
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
+    given = _given(args, args.training_only)
+    fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
+             if a.option_strings[0] in given and _FIT_FIELD.get(a.dest, a.dest) not in (*method.fit_fields, "bf16")]
+    if method.trains and fixed:
+        taken = ", ".join(_FIT_OPTION.get(f, "--" + f.replace("_", "-")) for f in method.fit_fields)
+        raise InputError(", ".join(fixed), f"--method {method.name} does not use {'these' if len(fixed) > 1 else 'this'}; "
+                                           f"its training takes {taken}")
 
 
 def _settings(args: argparse.Namespace):

@@ -10,7 +10,7 @@ under ``checkpoints/<method>/``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from msifusion.io.images import Image, write_rgb_tiff, write_tiff
@@ -77,5 +77,6 @@ def _fuse(stage: Path, pair: RegisteredPair, settings: FuseSettings) -> FusionRe
 
 def _training(results: dict[str, FusionResult], settings: FuseSettings) -> dict:
     """How each fitted method among ``results`` ran (recipe, epochs, stop reason): their scores depend on it."""
-    return {name: {"fit_settings": asdict(settings.fit), "epochs": r.fit.epochs, "stop_reason": r.fit.stop_reason}
+    return {name: {"fit_settings": METHODS[name].fit_settings(settings.fit), "epochs": r.fit.epochs,
+                   "stop_reason": r.fit.stop_reason}
             for name, r in results.items() if METHODS[name].trains}

@@ -99,12 +99,34 @@ def check_device(name: str) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed → same result on the same CPU: seeds every RNG and asks for deterministic kernels."""
+    """Same seed → same result on the same CPU: seeds every RNG and asks for deterministic kernels (for the whole
+    process: commands and tests; library calls use :func:`seeded`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """:func:`seed_everything` for the duration of a library call only: the caller's random states (Python's, NumPy's
+    global one, torch's on every device) and torch's determinism settings are restored afterwards, so that fusing
+    inside a user's own random loop does not reset it."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            seed_everything(seed)
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.backends.cudnn.benchmark = benchmark
 
 
 class EdgeLossStopper:
@@ -135,7 +157,8 @@ class FitResult:
 
 
 CheckpointFn = Callable[[int, np.ndarray], None]
-# (output, target, epoch) → (total loss to minimise, the epoch's record entries; "edge" feeds the early stop)
+# (output, target, epoch) → (total loss to minimise, the epoch's record entries: "mse" and "edge" at least, shown on the
+# progress bar; "edge" feeds the early stop)
 LossFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, dict]]
 
 

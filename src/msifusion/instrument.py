@@ -22,9 +22,9 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import check_fused_size, check_scale, check_spot
+from msifusion.methods import check_fused_size, check_scale, check_spot, fuse_many
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
-                                fuse_pairs, panel_record, run_header, software_versions, uncalibrated_warning,
+                                panel_record, run_header, software_versions, uncalibrated_warning,
                                 write_fusion_outputs, write_run_json)
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
@@ -122,7 +122,6 @@ class RegisteredOptical:
     """The optical resampled onto the ion grid × scale, and how it got there."""
 
     guide: np.ndarray
-    ion_grid: Grid
     scale: int
     info: dict = field(default_factory=dict)
     landmarks: Landmarks | None = None  # landmarks to refine in BigWarp (fixed = ion grid units)
@@ -216,7 +215,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     except InputError:
         raise InputError(optical.path, missed) from None
     info["seconds"] = time.perf_counter() - start
-    return RegisteredOptical(guide, ion_grid, settings.scale, info, landmarks, warnings, matched, alternative)
+    return RegisteredOptical(guide, settings.scale, info, landmarks, warnings, matched, alternative)
 
 
 BIGWARP_TRANSFORMS = {"thin plate spline": "tps", "affine": "affine"}  # BigWarp's export names we apply
@@ -354,7 +353,7 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
     empty = stack.empty_ions()
     if empty:
         raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
-                         f"(±{tol}); check the m/z or widen --tol")
+                         f"(±{stack.tolerance}); check the m/z or widen --tol")
     return stack
 
 
@@ -486,12 +485,13 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
             results = [fuse_pair(pair, request.settings, folder / "checkpoints") for pair, folder in zip(pairs, folders)]
         else:
-            results = fuse_pairs(registered.guide, stack.images, request.settings)  # work shared across ions
+            results = fuse_many(registered.guide, stack.images, request.settings.method, request.settings)  # shared work
         for i, (label, result, pair, folder) in enumerate(zip(stack.labels, results, pairs, folders)):
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
             per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))
-            if len(stack.mzs) > 1:  # the panel is fused together: an ion's time is its share
-                per_ion["timings_s"] = {"fuse_share_of_panel": result.seconds}
+            if len(stack.mzs) > 1:  # a panel fused together (an ion's time is its share) or ion by ion
+                per_ion["timings_s"] = {("fuse" if request.settings.saves_checkpoints else "fuse_share_of_panel"):
+                                        result.seconds}
             records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion))
             fused.append(result.image)
         if len(stack.mzs) > 1:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
 import numpy as np
 
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
-from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, seed_everything
-from msifusion.io.images import optical_to_rgb, require_real
+from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
+from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, validate_ion
 from msifusion.measurement import consistency_error, project_consistent, upsample
 
 
@@ -61,17 +61,29 @@ class Method:
     name: str
     run: MethodFn
     summary: str
-    trains: bool = False  # fits a network (uses FitConfig, seed and device)
+    fit_fields: tuple[str, ...] = ()  # the FitConfig fields it applies (a fitted network; none: a closed form)
     run_many: ManyFn | None = None  # shares work across the ions of one guide (else: one run per ion)
+
+    @property
+    def trains(self) -> bool:
+        """Fits a network (uses FitConfig, seed and device)."""
+        return bool(self.fit_fields)
+
+    def fit_settings(self, fit: FitConfig) -> dict | None:
+        """The training settings this method applied (run.json): only the fields it takes from ``fit``."""
+        return {k: v for k, v in asdict(fit).items() if k in self.fit_fields} if self.trains else None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, trains: bool = False,
+ALL_FIT_FIELDS = tuple(f.name for f in fields(FitConfig))
+
+
+def register(name: str, summary: str, fit_fields: tuple[str, ...] = (),
              run_many: ManyFn | None = None) -> Callable[[MethodFn], MethodFn]:
     def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, summary, trains, run_many)
+        METHODS[name] = Method(name, fn, summary, fit_fields, run_many)
         return fn
 
     return wrap
@@ -142,7 +154,12 @@ def _array(value, what: str) -> np.ndarray:
     if hasattr(value, "pixels"):
         raise InputError(None, f"the {what} is an Image; pass its pixels (read_optical(path).pixels, "
                                "read_ion(path).pixels)")
-    return np.asarray(value)
+    if hasattr(value, "images") and hasattr(value, "mzs"):
+        raise InputError(None, f"the {what} is an IonStack; pass its images (stack.images)")
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # a ragged list
+        raise InputError(None, f"cannot read the {what} as one array: {exc}") from None
 
 
 def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
@@ -163,38 +180,33 @@ def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
 
 
 def _checked_guide(guide: np.ndarray) -> np.ndarray:
-    """The guide as float32 (H, W, 3) in [0, 1] (see :func:`_guide_in_unit_range`), or an InputError; writable, since
-    a read-only array (a memory map, a frozen input) cannot back the torch tensors every method makes of it."""
-    guide = _array(guide, "optical guide")
-    if guide.ndim != 3 or guide.shape[2] != 3:
-        raise InputError(None, f"the optical guide must be an (H, W, 3) RGB array, got shape {guide.shape}; "
-                               "repeat a grey image into three channels")
-    guide = _guide_in_unit_range(guide)
-    return guide if guide.flags.writeable else guide.copy()
+    """The guide as float32 (H, W, 3) in [0, 1] (see :func:`_guide_in_unit_range`), or an InputError. Gray, RGBA and
+    channels-first arrays are laid out as files are (:func:`msifusion.io.images.rgb_layout`). Writable and
+    C-contiguous, since a read-only array (a memory map, a frozen input) or a flipped view cannot back the torch
+    tensors every method makes of it."""
+    guide = _guide_in_unit_range(rgb_layout(_array(guide, "optical guide")))
+    if min(guide.shape[:2]) < 2:
+        raise InputError(None, f"the optical guide is too small ({guide.shape[0]}×{guide.shape[1]})")
+    return guide if guide.flags.writeable and guide.flags.c_contiguous else np.array(guide, order="C")
 
 
 def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodOptions) -> tuple[np.ndarray, int, float]:
     """The ion as float32, the scale (from the checked guide's shape) and the ion's intensity scale (max |ion|), or an
     InputError."""
     ion = _array(ion, "ion image")
-    require_real(ion, None, "ion image")
-    ion = ion.astype(np.float32)
-    if ion.ndim != 2:
+    if ion.ndim != 2:  # not squeezed as a file's singleton axes are: here a (1, h, w) array is a stack
         raise InputError(None, f"an ion image must be a 2-D (h, w) array, got shape {ion.shape}; "
                                "for a stack of ions use fuse_many")
+    ion = validate_ion(ion)  # as a file's pixels: real, at least 2×2, finite, not all zero; float32
     try:
         scale = infer_scale(guide_shape, ion.shape)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
     if scale < 2:
-        raise InputError("--scale", f"scale must be at least 2 (optical {guide_shape[0]}×{guide_shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
+        raise InputError(None, f"the optical must be at least twice the ion's size (optical {guide_shape[0]}×"
+                               f"{guide_shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
     check_spot(options.harmonic.spot_sigma_px, scale)
-    if not np.isfinite(ion).all():
-        raise InputError(None, "ion image contains NaN or inf; fill those pixels (e.g. with 0) first")
-    intensity_scale = float(np.max(np.abs(ion)))
-    if intensity_scale == 0:
-        raise InputError(None, "ion image is all zero; nothing to fuse")
-    return ion, scale, intensity_scale
+    return ion, scale, float(np.max(np.abs(ion)))
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
@@ -215,18 +227,21 @@ def fuse(
     options: MethodOptions = MethodOptions(),
 ) -> FusionResult:
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
-    images: fractions of their type's maximum); the result is in the ion's units."""
+    images: fractions of their type's maximum; gray or RGBA as files are read); the result is in the ion's units.
+    Reproducible: the run is seeded with ``options.runtime.seed``, and the caller's random states are left as
+    they were."""
     check_methods([method])
+    check_device(options.runtime.device)
     guide = _checked_guide(guide)
     return _fuse_checked(guide, *_checked_ion(guide.shape, ion, options), method, options)
 
 
 def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scale: float, method: str,
                   options: MethodOptions) -> FusionResult:
-    seed_everything(options.runtime.seed)
     problem = FusionProblem(guide, ion / intensity_scale, scale)
     start = time.perf_counter()
-    result = METHODS[method].run(problem, options)
+    with seeded(options.runtime.seed):
+        result = METHODS[method].run(problem, options)
     return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start, options)
 
 
@@ -245,16 +260,26 @@ def fuse_many(
     ``seconds`` is its share of the shared run.
     """
     check_methods([method])
+    check_device(options.runtime.device)
+    stack = _array(ions, "ion images")
+    if stack.ndim != 3 or len(stack) == 0:
+        raise InputError(None, f"fuse_many takes a stack (K, h, w) of ion images, got shape {stack.shape}"
+                               + ("; for one ion use fuse" if stack.ndim == 2 else ""))
     guide = _checked_guide(guide)  # once, not per ion
-    checked = [_checked_ion(guide.shape, ion, options) for ion in ions]
+    checked = []
+    for k, ion in enumerate(stack):
+        try:
+            checked.append(_checked_ion(guide.shape, ion, options))
+        except InputError as exc:
+            raise InputError(exc.source, f"ion {k} of {len(stack)}: {exc.problem}") from None
     run_many = METHODS[method].run_many
     if run_many is None or len(checked) == 1:
         return [_fuse_checked(guide, *c, method, options) for c in checked]
-    seed_everything(options.runtime.seed)
     scale = checked[0][1]
     normalised = np.stack([ion / peak for ion, _, peak in checked])
     start = time.perf_counter()
-    results = run_many(guide, normalised, scale, options)
+    with seeded(options.runtime.seed):
+        results = run_many(guide, normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
     return [_in_ion_units(r, ion, method, scale, peak, share, options) for r, (ion, _, peak) in zip(results, checked)]
 
@@ -267,7 +292,8 @@ def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(upsample(problem.ion, problem.scale, "bilinear"))
 
 
-@register("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping", trains=True)
+@register("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
+          fit_fields=ALL_FIT_FIELDS)
 def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.lcrn import LCRN
 
@@ -319,7 +345,8 @@ def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(pls_fusion(problem.guide, problem.ion, problem.scale))
 
 
-@register("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise", trains=True)
+@register("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise",
+          fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")))  # its loss is fixed
 def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from dataclasses import replace
 
@@ -330,7 +357,8 @@ def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return fit_network(CNN3(), problem.guide, target, config, options.runtime, options.on_checkpoint, desc="cnn3")
 
 
-@register("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses", trains=True)
+@register("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses",
+          fit_fields=("max_epochs", "lr", "checkpoint_every"))  # its own stages, losses and stopping
 def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.unet import UNetRecipe, fit_unet
 

@@ -24,7 +24,7 @@ from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import RUN_RECORD, check_output_dir, staged_output_dir
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
-                               check_scale, fuse, fuse_many, infer_scale)
+                               check_scale, fuse, infer_scale)
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
 
@@ -193,11 +193,6 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
     return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
-def fuse_pairs(guide: np.ndarray, ions: np.ndarray, settings: FuseSettings) -> list[FusionResult]:
-    """Several ion images (K, h, w) on one registered guide, sharing work where the method can."""
-    return fuse_many(guide, ions, settings.method, settings)
-
-
 MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
 
 
@@ -279,6 +274,13 @@ def run_header(tool: str = "msifusion") -> dict:
             "cwd": os.getcwd()}
 
 
+def measurement_model(scale: int, spot_sigma_px: float) -> dict:
+    """What an MSI pixel measures (run.json): the consistency error and every exact method are under this model."""
+    return {"box_average_px": scale, "spot_sigma_px": spot_sigma_px,
+            "summary": f"{scale}×{scale} box average" + (f" after a Gaussian spot of σ {spot_sigma_px:g} px"
+                                                         if spot_sigma_px else "")}
+
+
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
     device = resolve_device(settings.runtime.device)
@@ -296,12 +298,13 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "intensity_scale": result.intensity_scale,
         "seed": settings.runtime.seed,
         "device": str(device),
-        "fit_settings": asdict(settings.fit) if trains else None,
+        "fit_settings": METHODS[result.method].fit_settings(settings.fit),
         "bf16_autocast": settings.runtime.bf16_on(device) if trains else None,
         "harmonic_settings": asdict(settings.harmonic) if result.method == "guided-harmonic" else None,
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
         "method_details": result.fit.details or None,
+        "measurement_model": measurement_model(result.scale, settings.harmonic.spot_sigma_px),
         "consistency_error": result.consistency_error,
         "timings_s": {"fuse": result.seconds},
         "versions": software_versions(),

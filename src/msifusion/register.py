@@ -749,7 +749,6 @@ class _FeatureSearch:
     kind: str
     feature: np.ndarray
     best: _Pose
-    coarse: _Pose
     poses: list[_Pose]
     scale_start: float
     rival: _Pose | None
@@ -785,7 +784,7 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
 
     coarse = poses[0]
     rival = next((p for p in poses if p.channel != coarse.channel), None)
-    return _FeatureSearch(kind, feat_full, refine(coarse), coarse, poses, scale0, rival and refine(rival))
+    return _FeatureSearch(kind, feat_full, refine(coarse), poses, scale0, rival and refine(rival))
 
 
 def register_auto(

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
 from msifusion.io.images import luminance  # noqa: E402
 
@@ -174,21 +175,25 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
 
 def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pixel_size_um: float | None = None,
                   max_panels: int = 48) -> Path:
-    """An overview of many ion images, each with its own colour scale (99th-percentile clipped)."""
+    """An overview of many ion images, each with its own colour scale (99th-percentile clipped; a small colour bar
+    gives its range)."""
     n = min(len(images), max_panels)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     h, w = images.shape[1:]
-    pw = 2.6
+    pw = 2.6 if n > 3 else 4.0  # a few ions get larger panels
     below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
     fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35 + below)), dpi=110, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
         lo, hi = display_range(image)
-        ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+        shown = ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(name, fontsize=8)
         add_scale_bar(ax, (h, w), pixel_size_um)
+        bar = fig.colorbar(shown, cax=make_axes_locatable(ax).append_axes("right", size="4%", pad=0.04), ticks=[lo, hi])
+        bar.ax.tick_params(labelsize=6)
+        bar.ax.set_yticklabels([f"{lo:.3g}", f"{hi:.3g}"])
     if len(images) > n:
         fig.suptitle(f"first {n} of {len(images)} ions", fontsize=9)
     fig.tight_layout()
@@ -215,7 +220,8 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     axes[0].set_title(title)
     axes[1].imshow(np.clip(blend, 0, 1))
     axes[1].contour(t, levels=[0.25, 0.5], colors=["yellow", "cyan"], linewidths=0.6)
-    axes[1].set_title("overlay: optical (gray) + MSI tissue image (magenta, contours)")
+    axes[1].set_title("overlay: optical (gray) + MSI tissue image (magenta);\n"
+                      "its contours at 25 % (yellow) and 50 % (cyan) of its display range")
     for ax in axes:
         ax.set_axis_off()
         add_scale_bar(ax, (H, W), pixel_size_um)

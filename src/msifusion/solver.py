@@ -185,7 +185,9 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
 
     Preconditioner: the :class:`Multigrid` V-cycle for the box model without the edge term,
-    projected Jacobi otherwise. ``x0`` must already satisfy the constraint (e.g.
+    projected Jacobi otherwise (``multigrid=False``: the refinement pass, whose conductances nearly
+    cut the grid; on the CPU, for the box model without the edge term, that path runs as the fused
+    kernels of :func:`msifusion.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
     :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
     image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
     left unchanged.

@@ -249,6 +249,7 @@ def test_processed_window_sums_exact(processed) -> None:
     assert stack.images[0].sum() > 0  # the planted peaks near 200
     da = f.ion_images([200.0], "0.5da").images[0]
     np.testing.assert_allclose(da, _expected(spectra, 200.0, 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(f.ion_images(200.0, "0.5da").images, da[None])  # one m/z: a stack of one
     assert f.pixel_size_um is None
 
 

@@ -392,13 +392,9 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     return data
 
 
-def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1].
-
-    Unsigned 8/16-bit integers (and signed ones without negatives) are divided by the type's maximum; 32/64-bit
-    integers by the image's own maximum (a camera never fills 2³²−1); integers with negative values are min-max
-    scaled, as are floats unless already in [0, 1].
-    """
+def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """Any gray/RGB/RGBA array (channels first or last) as (H, W, 3), values untouched: channels moved last, alpha
+    dropped, gray repeated into three channels."""
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 3, 4):
         data = np.moveaxis(data, 0, -1)
@@ -410,6 +406,17 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         data = data[..., :-1]
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
+    return data
+
+
+def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1].
+
+    Unsigned 8/16-bit integers (and signed ones without negatives) are divided by the type's maximum; 32/64-bit
+    integers by the image's own maximum (a camera never fills 2³²−1); integers with negative values are min-max
+    scaled, as are floats unless already in [0, 1].
+    """
+    data = rgb_layout(data, source)
     require_real(data, source, "optical image")
     if data.dtype == bool:
         rgb = data.astype(np.float32)
@@ -485,10 +492,13 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarr
     require_real(data, source, "ion image")
     if min(data.shape) < 2:
         raise InputError(source, f"ion image is too small ({data.shape[0]}×{data.shape[1]})")
-    data = data.astype(np.float32)
     bad = ~np.isfinite(data)
     if bad.any():
         raise InputError(source, f"ion image has {int(bad.sum())} NaN/inf pixel(s); fill them (e.g. with 0) first")
+    peak = float(np.max(np.abs(data)))
+    if peak > float(np.finfo(np.float32).max):
+        raise InputError(source, f"ion image values reach {peak:.3g}, beyond float32's range; divide by a constant first")
+    data = data.astype(np.float32)
     if not np.any(data):
         raise InputError(source, "ion image is all zero; nothing to fuse")
     return data

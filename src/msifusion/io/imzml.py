@@ -362,12 +362,12 @@ class ImzML:
             if h < a or l > b:
                 raise InputError(self.path, f"m/z {m:g} is outside the acquired m/z range {a:.4f}–{b:.4f}")
 
-    def ion_images(self, mzs: Sequence[float], tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
-        """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass."""
+    def ion_images(self, mzs: Sequence[float] | float, tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
+        """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass (one m/z: a stack of one)."""
         tol = parse_tolerance(tol)
         if normalize not in (None, "tic", "rms"):
             raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
-        mzs = [float(m) for m in mzs]
+        mzs = [float(m) for m in np.atleast_1d(np.asarray(mzs, dtype=float))]
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
         sums, norm = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, normalize)
