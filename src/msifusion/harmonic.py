@@ -34,7 +34,10 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   the previous one only if it predicts the held-back measurement significantly better
   (paired per-block test, ``significance`` standard errors of the differences winsorised so
   that a few hot pixels cannot hide a gain, and better on significantly more blocks than
-  worse, ``sign_significance`` binomial standard deviations). Optical images that
+  worse, ``sign_significance`` binomial standard deviations); where a sharper setting than the
+  one chosen predicts significantly worse, the curve has turned up, and one setting smoother is
+  taken (one scale coarser the test favours sharper settings than the measured scale does:
+  ``turn_back``). Optical images that
   show the chemistry (plant cells, depth edges) climb the ladder; an H&E whose texture is
   unrelated to the ion stays at the bottom (a smooth consistent interpolation).
 - *Non-negativity*: for non-negative measurements, negatives are clipped and every block
@@ -81,7 +84,6 @@ memory traffic there.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +111,12 @@ class HarmonicConfig:
     so that a few hot MSI pixels, whose blocks no setting predicts, cannot hide the gain of the
     rest (measured: three hot pixels at 20× the 99th percentile dropped the test to the bottom
     rung and the ion by 2–3 dB).
+    ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse (``significance``
+    standard errors: the coarse curve turns up past its minimum), take the setting one rung smoother. One scale
+    coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
+    the measured scale's; where its curve is still falling at the sharpest rung (shapes, depth edges, the plant
+    phantoms) the choice stands. Measured on cells whose interiors carry a texture the ion does not follow (the
+    ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
     ``select_pixels``: the coarse-level test uses at most this many fine pixels in all (a
     central window of at most 600 000, in up to four shifted phases), so that the choice
     costs little on large images and is steady on small ones; its solves start from the
@@ -141,7 +149,8 @@ class HarmonicConfig:
     plant phantoms 19–20 dB, synthetic cells with walls 12–29 dB).
     """
 
-    ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (50.0, 1), (20.0, 1))
+    ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
+    turn_back: bool = True
     significance: float = 4.0
     sign_significance: float = 2.0
     winsor_percent: float = 1.0
@@ -261,9 +270,9 @@ class _Problem:
 
 
 def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | None = None,
-                   tolerance: float | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """The exact guided harmonic solution for one ladder setting, (K, H, W); the iterations used; and
-    the solution before refinement (a warm start for the next setting).
+                   tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact guided harmonic solution for one ladder setting, (K, H, W), and the solution before
+    refinement (a warm start for the next setting).
 
     ``start``: a consistent first guess (default: the projected bilinear upsampling).
     ``tolerance``: the solver's relative tolerance (default: the config's).
@@ -274,16 +283,15 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     wh = _pm(pb.diffs[0], kappa).add_(cfg.weight_floor)
     wv = _pm(pb.diffs[1], kappa).add_(cfg.weight_floor)
     x = start if start is not None else pb.op.project(bilinear_up_t(pb.y, pb.f), pb.y)
-    x, its = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, tolerance, pb.edge)
+    x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, tolerance, pb.edge)
     first = x
     for _ in range(passes):
         # product of the optical's and the first solution's conductances, no second floor: edges that
         # both show are cut hard (measured: adding the floor after the product loses 0.15 dB on phantoms)
         sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus).mul_(wh)
         sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus).mul_(wv)
-        x, more = solve_harmonic(x, pb.op, sh, sv, REFINE_ITERATIONS, tolerance, pb.edge, multigrid=False)
-        its += more
-    return pb.op.project(x, pb.y), its, first
+        x, _ = solve_harmonic(x, pb.op, sh, sv, REFINE_ITERATIONS, tolerance, pb.edge, multigrid=False)
+    return pb.op.project(x, pb.y), first
 
 
 def _refine_taus(images: torch.Tensor, config: HarmonicConfig) -> torch.Tensor:
@@ -425,8 +433,8 @@ class _Guide:
     @classmethod
     def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, device: torch.device) -> "_Guide":
         guide = np.asarray(guide, dtype=np.float32)
-        if not guide.flags.writeable:  # as methods' _checked_guide does, for callers of fuse_harmonic_many itself
-            guide = guide.copy()
+        if not (guide.flags.writeable and guide.flags.c_contiguous):  # as methods' _checked_guide does, for
+            guide = np.array(guide, order="C")  # callers of fuse_harmonic_many itself (torch needs both)
         kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder})))
         eps = _detail_eps(guide)
         snr = texture_snr_db(guide, config.texture_sigma_px, eps) if _texture_testable(f, config) else None
@@ -497,7 +505,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         detail = gd.detail(g) if any(betas) else None
         first = None
         for i, (q, passes) in enumerate(config.ladder):
-            x, _, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
+            x, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
             per_block = [[] for _ in betas]
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
@@ -509,7 +517,8 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
     chosen, notes = [], []
     for k in range(K):
-        best = _walk([e[0][k] for e in errors], config.significance, config.sign_significance, config.winsor_percent)
+        best = _walk([e[0][k] for e in errors], config.significance, config.sign_significance, config.winsor_percent,
+                     back=config.turn_back)
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
         trusted = best > 0 or len(config.ladder) == 1
@@ -537,7 +546,7 @@ def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, flo
 
 
 def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = None, winsor: float = 0.0,
-          ordered: bool = False) -> int:
+          ordered: bool = False, back: bool = False) -> int:
     """Walking up a ladder of per-block squared errors, the last step that beat the current choice by more
     than ``significance`` standard errors of the paired differences (and, with ``sign``, on more blocks than
     it lost by more than ``sign`` binomial standard deviations, √(wins + losses), unchanged blocks counting
@@ -550,7 +559,8 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     towards the ion's, while a gain at a weak strength that turns into a loss at a strong one is a partial
     fit of something else (measured: cells whose walls hold 2.5× their cells' amount took β = 2 past a worse
     0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9 to
-    3.1 dB)."""
+    3.1 dB). ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one
+    step back (not below the second entry): see :attr:`HarmonicConfig.turn_back`."""
     best = 0
     for i in range(1, len(errors)):
         mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
@@ -562,6 +572,11 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
         mean, se, _, _ = _paired(errors[0], errors[-1], winsor)
         if mean < -significance * se:
             best = 0
+    if back and best > 1:
+        for e in errors[best + 1:]:
+            mean, se, _, _ = _paired(errors[best], e, winsor)
+            if mean < -significance * se:
+                return best - 1
     return best
 
 
@@ -692,14 +707,11 @@ class _Basis:
 
 @dataclass
 class HarmonicReport:
-    """What the run did, per ion: the chosen setting, the coarse-level scores (and the shared basis, if
-    used); solver iterations (summed over batches, each counting its slowest image) and seconds."""
+    """What the run did, per ion: the chosen setting, and the coarse-level scores and the shared basis, if used
+    (``notes``, each ion's ``method_details`` in run.json)."""
 
     settings: list[tuple[float, int]] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
-    iterations: int = 0
-    seconds: float = 0.0
-    device: str = "cpu"
 
 
 def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
@@ -713,7 +725,6 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, de
             why = _cannot_share(ions, config) or "a shared basis would not halve the solves"
             report.notes = [{**note, "fused_alone": why} for note in report.notes]
         return out
-    start = time.perf_counter()
     K = ions.shape[0]
     explained = np.setdiff1d(np.arange(K), shared.alone)
     images = torch.as_tensor(shared.basis, device=device)
@@ -731,9 +742,6 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, de
             how = ({"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else
                    {"fused_alone": "the panel's basis leaves structure in this ion"})
             report.notes[k] = {**part_report.notes[i], **how, "residual_whiteness": float(shared.whiteness[k])}
-        report.iterations += part_report.iterations
-    report.seconds = time.perf_counter() - start
-    report.device = str(device)
     return out
 
 
@@ -746,7 +754,6 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     setting some ion chose, and each ion is their mixture made exactly consistent with its
     own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
-    start = time.perf_counter()
     guide, f, config, device, kappas = gd.image, gd.f, gd.config, gd.device, gd.kappas
     H, W = guide.shape[:2]
     K, h, w = ions.shape
@@ -758,7 +765,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     tiles = _tiles(h, w, f, config)
     batch_size = config.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
-    progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet)
+    progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")  # fractional steps: no counts shown
     chosen, notes = [], []
     for part in batches:
         c, n = choose_settings(gd, y_all[part], taus[part], nonneg[part], basis)
@@ -779,15 +787,13 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
             idx = [k for k in range(K) if chosen[k][0] == setting]
             if basis is not None:
                 pb = _Problem(g, basis.images[:, orow, ocol], f, kappas, basis.taus, config)
-                fused_basis, its, _ = _solve_setting(pb, *config.ladder[setting])
-                report.iterations += its
+                fused_basis, _ = _solve_setting(pb, *config.ladder[setting])
             for b in range(0, len(idx), batch_size):
                 batch = idx[b: b + batch_size]
                 y = y_all[batch][:, orow, ocol]
                 if basis is None:
                     pb = _Problem(g, y, f, kappas, taus[batch], config)
-                    x, its, _ = _solve_setting(pb, *config.ladder[setting])
-                    report.iterations += its
+                    x, _ = _solve_setting(pb, *config.ladder[setting])
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, f, config, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact per block
@@ -799,8 +805,6 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         for k in range(K):
             out[k] = op.project(torch.as_tensor(out[k], device=device), y_all[k]).float().cpu().numpy()
     progress.close()
-    report.seconds = time.perf_counter() - start
-    report.device = str(device)
     return out
 
 
