@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -65,3 +69,28 @@ def cells() -> tuple[np.ndarray, np.ndarray, int]:
 def cells_like():
     """:func:`voronoi_cells` itself, for tests that need other cells."""
     return voronoi_cells
+
+
+@pytest.fixture
+def global_random_state():
+    """Python's, NumPy's and torch's global generators seeded, with ``expected``, the draws they give next, and
+    ``draws()`` to take them: code under test that leaves the generators alone gives ``expected`` afterwards. Torch's
+    determinism settings are restored when the test ends, whatever it set."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+
+    def seed() -> None:
+        random.seed(5)
+        np.random.seed(5)
+        torch.manual_seed(5)
+
+    def draws() -> tuple[float, float, float]:
+        return np.random.rand(), random.random(), float(torch.rand(1))
+
+    seed()
+    expected = draws()
+    seed()
+    yield SimpleNamespace(expected=expected, draws=draws)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark

@@ -256,10 +256,10 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
     (["--bf16"], "--bf16: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
     (["--method", "cnn3", "--w-edge", "7"],
      "--w-edge: --method cnn3 does not use this; its training takes --epochs, --lr, --patience, --edge-kernel, "
-     "--checkpoint-every"),
+     "--checkpoint-every, --bf16"),
     (["--method", "unet", "--patience", "2", "--edge-kernel", "sobel"],
      "--patience, --edge-kernel: --method unet does not use these; its training takes --epochs, --lr, "
-     "--checkpoint-every"),
+     "--checkpoint-every, --bf16"),
 ])
 def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, extra, error):
     opt, ion_path, _, _ = files

@@ -142,3 +142,18 @@ def test_elapsed_bar_stops_its_timer_and_lets_errors_through(capsys):
             raise ValueError("the step failed")
     assert threading.active_count() == before
     assert capsys.readouterr().err == ""
+
+
+def test_seeded_restores_the_callers_states_even_when_the_run_fails(global_random_state):
+    from msifusion.fit import seeded
+
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = True
+    with pytest.raises(RuntimeError, match="inside"):
+        with seeded(0):
+            assert torch.is_deterministic_algorithms_warn_only_enabled()  # the run's own setting
+            np.random.rand(3), torch.rand(3)
+            raise RuntimeError("a failure inside the run")
+    assert global_random_state.draws() == global_random_state.expected
+    assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.benchmark

@@ -67,7 +67,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
             with tifffile.TiffFile(folder / written) as tif:
                 assert f'Name="m/z {name}"' in tif.ome_metadata
         record = json.loads((folder / "run.json").read_text())
-        assert record["mz"] == float(name) and set(record["timings_s"]) == {"fuse_share_of_panel", "write"}
+        assert record["mz"] == float(name) and set(record["timings_s"]) == {"fuse", "write"}  # bilinear: ion by ion
         assert record["cwd"] == os.getcwd() and record["command"] == sys.argv
     summary = json.loads((out / "run.json").read_text())
     assert summary["registration"]["method"] == "landmarks (tps)" and summary["mzs"] == [100.0, 200.0]

@@ -158,7 +158,7 @@ def _check_method_options(args: argparse.Namespace) -> None:
     fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
              if a.option_strings[0] in given and _FIT_FIELD.get(a.dest, a.dest) not in (*method.fit_fields, "bf16")]
     if method.trains and fixed:
-        taken = ", ".join(_FIT_OPTION.get(f, "--" + f.replace("_", "-")) for f in method.fit_fields)
+        taken = ", ".join([*(_FIT_OPTION.get(f, "--" + f.replace("_", "-")) for f in method.fit_fields), "--bf16"])
         raise InputError(", ".join(fixed), f"--method {method.name} does not use {'these' if len(fixed) > 1 else 'this'}; "
                                            f"its training takes {taken}")
 

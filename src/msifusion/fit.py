@@ -117,7 +117,9 @@ def seeded(seed: int) -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # CUDA's generators only where CUDA is already up: reading their state would start CUDA on every call (and
+    # break forked workers); a CUDA run started inside is seeded lazily by manual_seed
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         try:
             seed_everything(seed)

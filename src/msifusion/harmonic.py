@@ -114,8 +114,8 @@ class HarmonicConfig:
     ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse (``significance``
     standard errors: the coarse curve turns up past its minimum), take the setting one rung smoother. One scale
     coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
-    the measured scale's; where its curve is still falling at the sharpest rung (shapes, depth edges, the plant
-    phantoms) the choice stands. Measured on cells whose interiors carry a texture the ion does not follow (the
+    the measured scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant
+    phantoms, depth edges and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not follow (the
     ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
     ``select_pixels``: the coarse-level test uses at most this many fine pixels in all (a
     central window of at most 600 000, in up to four shifted phases), so that the choice
@@ -456,8 +456,10 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
     ``significance`` standard errors (of the differences winsorised at ``winsor_percent``), on
-    significantly more blocks than they lose (``sign_significance``; :func:`_walk`). Too small
-    an image (fewer than 16 coarse pixels) keeps the first setting. With a shared ``basis``
+    significantly more blocks than they lose (``sign_significance``; :func:`_walk`); where a sharper
+    setting then predicts significantly worse than the choice, one setting smoother is taken
+    (``turn_back``; the note ``turned_back`` says so). Too small an image (fewer than 16 coarse
+    pixels) keeps the first setting. With a shared ``basis``
     (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
     coarse prediction is their mixture, made consistent with its own coarse measurement: the
     same test per ion at the basis's cost.
@@ -517,7 +519,9 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
     chosen, notes = [], []
     for k in range(K):
-        best = _walk([e[0][k] for e in errors], config.significance, config.sign_significance, config.winsor_percent,
+        ladder_errors = [e[0][k] for e in errors]
+        walked = _walk(ladder_errors, config.significance, config.sign_significance, config.winsor_percent)
+        best = _walk(ladder_errors, config.significance, config.sign_significance, config.winsor_percent,
                      back=config.turn_back)
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
@@ -526,7 +530,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
                         ordered=True) if trusted else 0
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
-                      "chosen": ladder[best], "texture": config.texture[texture],
+                      "chosen": ladder[best], "turned_back": best != walked, "texture": config.texture[texture],
                       "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": gd.texture_snr_db,
                       "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
@@ -560,7 +564,8 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     fit of something else (measured: cells whose walls hold 2.5× their cells' amount took β = 2 past a worse
     0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9 to
     3.1 dB). ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one
-    step back (not below the second entry): see :attr:`HarmonicConfig.turn_back`."""
+    step back (not below the second entry; the entry before the choice, whether or not the walk stood on it):
+    see :attr:`HarmonicConfig.turn_back`."""
     best = 0
     for i in range(1, len(errors)):
         mean, se, wins, losses = _paired(errors[best], errors[i], winsor)

@@ -195,8 +195,9 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
     InputError."""
     ion = _array(ion, "ion image")
     if ion.ndim != 2:  # not squeezed as a file's singleton axes are: here a (1, h, w) array is a stack
-        raise InputError(None, f"an ion image must be a 2-D (h, w) array, got shape {ion.shape}; "
-                               "for a stack of ions use fuse_many")
+        hint = "drop its last axis (ion[..., 0])" if ion.ndim == 3 and ion.shape[-1] == 1 else \
+            "for a stack of ions use fuse_many"
+        raise InputError(None, f"an ion image must be a 2-D (h, w) array, got shape {ion.shape}; {hint}")
     ion = validate_ion(ion)  # as a file's pixels: real, at least 2×2, finite, not all zero; float32
     try:
         scale = infer_scale(guide_shape, ion.shape)
@@ -261,20 +262,29 @@ def fuse_many(
     """
     check_methods([method])
     check_device(options.runtime.device)
-    stack = _array(ions, "ion images")
-    if stack.ndim != 3 or len(stack) == 0:
-        raise InputError(None, f"fuse_many takes a stack (K, h, w) of ion images, got shape {stack.shape}"
-                               + ("; for one ion use fuse" if stack.ndim == 2 else ""))
+    if hasattr(ions, "shape") or hasattr(ions, "images"):  # one array (K, h, w), or an IonStack (refused with a hint)
+        stack = _array(ions, "ion images")
+        if stack.ndim != 3:
+            raise InputError(None, f"fuse_many takes a stack (K, h, w) of ion images, got shape {stack.shape}"
+                                   + ("; for one ion use fuse" if stack.ndim == 2 else ""))
+        ions = list(stack)
+    else:
+        ions = list(ions)  # a list, tuple or generator of (h, w) ions
+    if not ions:
+        raise InputError(None, "fuse_many got no ion images")
     guide = _checked_guide(guide)  # once, not per ion
     checked = []
-    for k, ion in enumerate(stack):
+    for k, ion in enumerate(ions):
         try:
             checked.append(_checked_ion(guide.shape, ion, options))
         except InputError as exc:
-            raise InputError(exc.source, f"ion {k} of {len(stack)}: {exc.problem}") from None
+            raise InputError(exc.source, f"ion {k} of {len(ions)}: {exc.problem}") from None
     run_many = METHODS[method].run_many
     if run_many is None or len(checked) == 1:
         return [_fuse_checked(guide, *c, method, options) for c in checked]
+    if len({ion.shape for ion, _, _ in checked}) > 1:
+        raise InputError(None, f"--method {method} fuses a panel together, so its ion images need one shape; got "
+                               f"{sorted({ion.shape for ion, _, _ in checked})}")
     scale = checked[0][1]
     normalised = np.stack([ion / peak for ion, _, peak in checked])
     start = time.perf_counter()

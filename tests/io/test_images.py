@@ -710,3 +710,11 @@ def test_an_ignored_calibration_carries_its_reason(tmp_path, write, note, size, 
     image = reader(path)
     assert image.calibration_note == note
     assert image.pixel_size_um == (None if size is None else pytest.approx(size))
+
+
+def test_rgb_layout_reads_gray_alpha_with_few_rows_as_channels_last():
+    from msifusion.io.images import rgb_layout
+
+    assert rgb_layout(np.zeros((4, 48, 2))).shape == (4, 48, 3)  # not (48, 2, …): gray + alpha, four rows
+    assert rgb_layout(np.zeros((3, 40, 50))).shape == (40, 50, 3)  # channels first
+    assert rgb_layout(np.zeros((40, 50))).shape == (40, 50, 3)

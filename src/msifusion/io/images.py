@@ -396,7 +396,7 @@ def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray
     """Any gray/RGB/RGBA array (channels first or last) as (H, W, 3), values untouched: channels moved last, alpha
     dropped, gray repeated into three channels."""
     data = np.asarray(data)
-    if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 3, 4):
+    if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 2, 3, 4):
         data = np.moveaxis(data, 0, -1)
     if data.ndim == 2:
         data = data[..., None]

@@ -367,7 +367,7 @@ class ImzML:
         tol = parse_tolerance(tol)
         if normalize not in (None, "tic", "rms"):
             raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
-        mzs = [float(m) for m in np.atleast_1d(np.asarray(mzs, dtype=float))]
+        mzs = [float(mzs)] if isinstance(mzs, (int, float, np.number)) else [float(m) for m in mzs]
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
         sums, norm = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, normalize)
