@@ -111,6 +111,57 @@ def test_fusing_leaves_the_callers_random_states_as_they_were(small_pair, global
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_an_8_bit_guide_is_read_as_fractions_and_a_0_to_255_float_guide_is_refused(small_pair):
+    import msifusion
+    from msifusion.io.images import Image
+
+    guide, ion, _ = small_pair
+    as_bytes = np.round(guide * 255).astype(np.uint8)
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    np.testing.assert_array_equal(fuse(as_bytes, ion, options=quiet).image,
+                                  fuse(as_bytes / np.float32(255), ion, options=quiet).image)
+    assert msifusion.fuse_many(as_bytes, np.stack([ion, 2 * ion]), "bilinear")[1].image.shape == guide.shape[:2]
+    with pytest.raises(InputError, match=r"must be in \[0, 1\], got values from 70 to 212"):
+        fuse(as_bytes.astype(np.float32), ion, "bilinear")
+    with pytest.raises(InputError, match="contains NaN or inf"):
+        fuse(np.where(guide > 0.5, np.nan, guide), ion, "bilinear")
+    with pytest.raises(InputError, match=r"is an Image; pass its pixels"):
+        fuse(Image(guide, None), ion, "bilinear")
+
+
+def test_a_spot_wider_than_half_an_msi_pixel_is_refused(small_pair):
+    from msifusion.harmonic import HarmonicConfig
+    from msifusion.measurement import consistency_error
+
+    guide, ion, scale = small_pair
+    half = scale / 2
+    with pytest.raises(InputError, match="--spot-sigma: .* wider than half an MSI pixel"):
+        fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(spot_sigma_px=half + 0.5)))
+    at_bound = fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True),
+                                                      harmonic=HarmonicConfig(spot_sigma_px=half)))
+    assert consistency_error(at_bound.image, ion, scale, half) < 1e-4
+    assert np.abs(at_bound.image).max() < 20 * np.abs(ion).max()  # no blown-up deblurring at the bound
+
+
+def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
+    from msifusion.methods import check_fused_size
+
+    check_fused_size((20, 30), 20)
+    with pytest.raises(InputError, match=r"--scale: ×1000000 makes a 20000000×30000000 fused image, about \d+ GB"):
+        check_fused_size((20, 30), 1_000_000)  # 29 PB
+
+
+@pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
+def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
+    """A memory-mapped or frozen guide gives the same image as a writable one (and no torch warning: the suite
+    turns that warning into an error)."""
+    guide, ion, _ = small_pair
+    frozen = guide.copy()
+    frozen.setflags(write=False)
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    np.testing.assert_array_equal(fuse(frozen, ion, method, quiet).image, fuse(guide, ion, method, quiet).image)
+
+
 def test_an_unavailable_device_is_an_input_error(small_pair):
     import torch
 
