@@ -46,6 +46,26 @@ def files(tmp_path: Path):
     return imzml, opt_path, lm_path, truth
 
 
+def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
+    """The library entry (no CLI): the same request gives the command's images; the default method fuses the panel
+    together, so each ion's time is its share of it."""
+    from msifusion.fit import Runtime
+    from msifusion.instrument import ImzmlFuseRequest, RegisterSettings, fuse_imzml
+    from msifusion.pipeline import FuseSettings
+
+    imzml, opt, lm, _ = files
+    request = ImzmlFuseRequest(imzml, (100.0, 200.0), "0.01da", opt, tmp_path / "py", RegisterSettings(SCALE, lm),
+                               FuseSettings(runtime=Runtime(quiet=True)))
+    summary = fuse_imzml(request)
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "py" / "fused.ome.tiff"),
+                                  tifffile.imread(tmp_path / "cli" / "fused.ome.tiff"))
+    assert summary["method"] == "guided-harmonic" and summary["mzs"] == [100.0, 200.0]
+    record = json.loads((tmp_path / "py" / "mz_100.0000" / "run.json").read_text())
+    assert set(record["timings_s"]) == {"fuse_share_of_panel", "write"}
+
+
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     imzml, opt, lm, truth = files
     out = tmp_path / "out"

@@ -283,7 +283,7 @@ def fuse_many(
     if run_many is None or len(checked) == 1:
         return [_fuse_checked(guide, *c, method, options) for c in checked]
     if len({ion.shape for ion, _, _ in checked}) > 1:
-        raise InputError(None, f"--method {method} fuses a panel together, so its ion images need one shape; got "
+        raise InputError(None, f"method {method!r} fuses a panel together, so its ion images need one shape; got "
                                f"{sorted({ion.shape for ion, _, _ in checked})}")
     scale = checked[0][1]
     normalised = np.stack([ion / peak for ion, _, peak in checked])
