@@ -60,6 +60,9 @@ def test_bad_problems(small_pair):
         fuse(guide, ion[None], "bilinear")
     with pytest.raises(InputError, match=r"ion image is too small \(1×12\)"):
         fuse(guide[:4], ion[:1], "bilinear")
+    for one_row in (guide[:1], np.round(guide[:1] * 255).astype(np.uint8)):  # one check, float and integer guides
+        with pytest.raises(InputError, match=r"optical image is too small \(1×48\)"):
+            fuse(one_row, ion, "bilinear")
     with pytest.raises(InputError, match="beyond float32's range"):
         fuse(guide, ion.astype(np.float64) * 1e300, "bilinear")
 

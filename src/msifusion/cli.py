@@ -139,7 +139,7 @@ def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str
 
 
 _FIT_FIELD = {"epochs": "max_epochs"}  # training options whose FitConfig field has another name
-_FIT_OPTION = {"max_epochs": "--epochs"}
+_FIT_OPTION = {field: f"--{dest}" for dest, field in _FIT_FIELD.items()}
 
 
 def _check_method_options(args: argparse.Namespace) -> None:

@@ -185,8 +185,6 @@ def _checked_guide(guide: np.ndarray) -> np.ndarray:
     C-contiguous, since a read-only array (a memory map, a frozen input) or a flipped view cannot back the torch
     tensors every method makes of it."""
     guide = _guide_in_unit_range(rgb_layout(_array(guide, "optical guide")))
-    if min(guide.shape[:2]) < 2:
-        raise InputError(None, f"the optical guide is too small ({guide.shape[0]}×{guide.shape[1]})")
     return guide if guide.flags.writeable and guide.flags.c_contiguous else np.array(guide, order="C")
 
 

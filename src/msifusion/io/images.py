@@ -394,7 +394,7 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
 
 def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     """Any gray/RGB/RGBA array (channels first or last) as (H, W, 3), values untouched: channels moved last, alpha
-    dropped, gray repeated into three channels."""
+    dropped, gray repeated into three channels; an InputError when it is no such image or under 2 pixels a side."""
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 2, 3, 4):
         data = np.moveaxis(data, 0, -1)
@@ -406,6 +406,8 @@ def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray
         data = data[..., :-1]
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
+    if min(data.shape[:2]) < 2:
+        raise InputError(source, f"optical image is too small ({data.shape[0]}×{data.shape[1]})")
     return data
 
 
@@ -439,8 +441,6 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
         lo, hi = float(rgb.min()), float(rgb.max())
         if lo < 0.0 or hi > 1.0:
             rgb = (rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb)
-    if min(rgb.shape[:2]) < 2:
-        raise InputError(source, f"optical image is too small ({rgb.shape[0]}×{rgb.shape[1]})")
     return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
