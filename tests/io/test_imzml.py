@@ -484,3 +484,44 @@ def test_overlapping_and_isotope_wide_windows_are_named():
                           windows=((1217.5 - 3.6525, 1217.5 + 3.6525),))
     assert wide.window_warnings() == ["the m/z window of 1217.5000 (±3000ppm) reaches the ¹³C isotope peak 1.00336 Da "
                                       "away: its image sums several peaks; narrow --tol unless that is meant"]
+
+
+def _two_peak_imzml(path: Path, mode: str) -> Path:
+    """Centroided spectra: peaks at 400.0 and 400.1 (a fifth of it), and one at 450; processed spectra jitter by ±1 ppm."""
+    rng = np.random.default_rng(2)
+    with ImzMLWriter(str(path), mode=mode, mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(3):
+            for c in range(4):
+                jitter = 1 + rng.uniform(-1e-6, 1e-6) * (mode == "processed")
+                w.addSpectrum(np.array([400.0, 400.1, 450.0]) * jitter, np.array([100, 20, 50], np.float32) * (1 + r),
+                              (c + 1, r + 1))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["processed", "continuous"])
+def test_a_window_over_two_peaks_is_named(tmp_path: Path, mode: str) -> None:
+    f = ImzML(_two_peak_imzml(tmp_path / f"{mode}.imzML", mode))
+    wide = f.ion_images([400.05, 450.0], "0.1da")
+    assert [list(p) for p in wide.window_peaks] == [pytest.approx([400.0, 400.1], abs=1e-3), pytest.approx([450.0])]
+    assert len(wide.window_warnings()) == 1
+    assert re.fullmatch(r"the m/z window of 400\.0500 \(±0\.1Da\) holds 2 peaks of the mean spectrum, at (400\.000|"
+                        r"399\.999)\d and 400\.(100|099)\d: its image sums them; narrow --tol to keep one",
+                        wide.window_warnings()[0])
+    narrow = f.ion_images([400.0, 400.1], "20ppm")
+    assert [len(p) for p in narrow.window_peaks] == [1, 1] and narrow.window_warnings() == []
+
+
+def test_resolved_peaks_need_a_valley_a_share_and_a_separation() -> None:
+    mz = np.linspace(499.5, 500.5, 11)  # profile points 0.1 Da apart
+    profile = np.array([0, 10, 80, 100, 40, 5, 30, 60, 20, 0, 0], float)  # a valley (5) under half the lower peak (60)
+    data = np.ones(mz.size, bool)
+    assert imzml._resolved_peaks(mz, profile, data, False, True) == pytest.approx([499.8, 500.2])
+    shoulder = profile.copy()
+    shoulder[5] = 45.0  # the profile never falls below half of 60 between them: one peak with a shoulder
+    assert imzml._resolved_peaks(mz, shoulder, data, False, True) == pytest.approx([499.8])
+    weak = profile * np.where(np.arange(11) >= 6, 0.1, 1)  # the second under a tenth of the first
+    assert imzml._resolved_peaks(mz, weak, data, False, True) == pytest.approx([499.8])
+    flank = np.array([0, 10, 80, 100, 40, 5, 5, 10, 20, 40, 70], float)  # rising into the window's end: a flank
+    assert imzml._resolved_peaks(mz, flank, data, False, True) == pytest.approx([499.8])
+    close = np.array([400.0, 400.002])  # centroids 5 ppm apart are one peak, as `peaks` counts them
+    assert imzml._resolved_peaks(close, np.array([9.0, 8.0]), np.ones(2, bool), True, True) == [400.0]

@@ -53,6 +53,9 @@ _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a s
 DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
 ISOTOPE_SPACING = 1.00336  # Da between a singly charged ion's ¹²C and ¹³C peaks
 SEPARATION_PPM = 10.0  # peaks closer than this are one peak for `peaks` (two default windows)
+PEAK_SHARE = 0.1  # a second peak in an ion's window is named when it reaches this share of the window's strongest
+PROFILE_BIN_PPM = 5.0  # bin width of a processed file's mean spectrum (`peaks --bin-ppm`'s default)
+WindowProfile = tuple[np.ndarray, np.ndarray, np.ndarray]  # a window's mean spectrum: m/z, mean intensity, holds data
 
 
 # ----------------------------------------------------------------------------- tolerance
@@ -122,6 +125,7 @@ class IonStack:
     pixel_size_um: float | None
     normalize: Normalize = None
     windows: tuple[tuple[float, float], ...] = ()
+    window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
 
@@ -145,8 +149,9 @@ class IonStack:
 
     def window_warnings(self) -> list[str]:
         """Warnings about the m/z windows: ions whose windows overlap (they share counts: two such ions can be one
-        peak's image twice), and windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
-        away: its image then sums the isotope pattern, or a neighbour's)."""
+        peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
+        away: its image then sums the isotope pattern, or a neighbour's), and other windows that hold two or more
+        resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         pairs = [(self.mzs[a], self.mzs[b]) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
@@ -159,6 +164,11 @@ class IonStack:
             warnings.append(f"the m/z window of {', '.join(f'{mz:.4f}' for mz in wide)} (±{self.tolerance}) reaches the "
                             f"¹³C isotope peak {ISOTOPE_SPACING} Da away: its image sums several peaks; narrow --tol "
                             "unless that is meant")
+        for mz, peaks in zip(self.mzs, self.window_peaks):
+            if len(peaks) > 1 and mz not in wide:
+                listed = ", ".join(f"{p:.4f}" for p in peaks[:-1]) + f" and {peaks[-1]:.4f}"
+                warnings.append(f"the m/z window of {mz:.4f} (±{self.tolerance}) holds {len(peaks)} peaks of the mean "
+                                f"spectrum, at {listed}: its image sums them; narrow --tol to keep one")
         return warnings
 
 
@@ -370,7 +380,7 @@ class ImzML:
         mzs = [float(mzs)] if isinstance(mzs, (int, float, np.number)) else [float(m) for m in mzs]
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
-        sums, norm = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, normalize)
+        sums, norm, profiles = self._window_sums(lo, hi, normalize, profiles=True)
         if normalize is not None:
             sums = _normalise(sums, norm)
         return IonStack(
@@ -380,44 +390,56 @@ class ImzML:
             pixel_size_um=self.pixel_size_um,
             normalize=normalize,
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
+            window_peaks=tuple(tuple(_resolved_peaks(*profile, self.layout.centroid, self.continuous))
+                               for profile in profiles),
             source=self.path,
             mz_range=self.mz_range,
         )
 
-    def _window_sums_continuous(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize):
-        mz = self._shared_mz()
-        order = np.argsort(mz, kind="stable")
-        mz_sorted = mz[order]
-        first = np.searchsorted(mz_sorted, lo, side="left")
-        last = np.searchsorted(mz_sorted, hi, side="right")
-        # Columns used by any window, and a 0/1 (used columns × ions) selection matrix.
-        members = [order[a:b] for a, b in zip(first, last)]
-        used = np.unique(np.concatenate(members)) if members else np.empty(0, np.int64)
-        select = np.zeros((used.size, lo.size), dtype=np.float64)
-        for k, cols in enumerate(members):
-            select[np.searchsorted(used, cols), k] = 1.0
-        sums = np.empty((self.n_spectra, lo.size), dtype=np.float64)
-        norm = np.empty(self.n_spectra, dtype=np.float64) if normalize else None
-        for sl, chunk in self._continuous_rows():
-            sums[sl] = chunk[:, used].astype(np.float64) @ select
-            if normalize == "tic":
-                norm[sl] = chunk.sum(axis=1, dtype=np.float64)
-            elif normalize == "rms":
-                c = chunk.astype(np.float64)
-                norm[sl] = np.sqrt(np.mean(c * c, axis=1))
-        return sums, norm
-
-    def _window_sums_processed(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize):
-        sums = np.empty((self.n_spectra, lo.size), dtype=np.float64)
-        norm = np.empty(self.n_spectra, dtype=np.float64) if normalize else None
+    def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiles: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[WindowProfile] | None]:
+        """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); with
+        ``profiles``, also each window's mean spectrum, gathered in the same pass (continuous: its channels; processed:
+        bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins)."""
+        n = self.n_spectra
+        sums = np.empty((n, lo.size), dtype=np.float64)
+        norm = np.empty(n, dtype=np.float64) if normalize else None
+        if self.continuous:
+            mz = self._shared_mz()
+            order = np.argsort(mz, kind="stable")
+            first = np.searchsorted(mz[order], lo, side="left")
+            last = np.searchsorted(mz[order], hi, side="right")
+            # Columns used by any window, and a 0/1 (used columns × ions) selection matrix.
+            members = [order[a:b] for a, b in zip(first, last)]
+            used = np.unique(np.concatenate(members)) if members else np.empty(0, np.int64)
+            select = np.zeros((used.size, lo.size), dtype=np.float64)
+            for k, cols in enumerate(members):
+                select[np.searchsorted(used, cols), k] = 1.0
+            column_total = np.zeros(used.size, dtype=np.float64)
+            for sl, chunk in self._continuous_rows():
+                picked = chunk[:, used].astype(np.float64)
+                sums[sl] = picked @ select
+                column_total += picked.sum(axis=0)
+                if normalize == "tic":
+                    norm[sl] = chunk.sum(axis=1, dtype=np.float64)
+                elif normalize == "rms":
+                    c = chunk.astype(np.float64)
+                    norm[sl] = np.sqrt(np.mean(c * c, axis=1))
+            if not profiles:
+                return sums, norm, None
+            return sums, norm, [_channel_profile(mz[cols], column_total[np.searchsorted(used, cols)], n) for cols in members]
+        bins = _WindowBins(lo, hi) if profiles else None
         for i, (mz, it) in enumerate(self._spectra()):
             csum = np.concatenate(([0.0], np.cumsum(it)))
-            sums[i] = csum[np.searchsorted(mz, hi, side="right")] - csum[np.searchsorted(mz, lo, side="left")]
+            start, stop = np.searchsorted(mz, lo, side="left"), np.searchsorted(mz, hi, side="right")
+            sums[i] = csum[stop] - csum[start]
+            if bins is not None:
+                bins.add(mz, it, start, stop)
             if normalize == "tic":
                 norm[i] = csum[-1]
             elif normalize == "rms":
                 norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
-        return sums, norm
+        return sums, norm, bins.profiles(n) if bins is not None else None
 
     def tic(self) -> np.ndarray:
         """Total ion current image (H, W) float32: the sum of each spectrum's intensities."""
@@ -429,7 +451,7 @@ class ImzML:
             per = np.array([it.sum() for _, it in self._spectra()], dtype=np.float64)
         return self._scatter(per[:, None])[0]
 
-    def mean_spectrum(self, bin_ppm: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    def mean_spectrum(self, bin_ppm: float = PROFILE_BIN_PPM) -> tuple[np.ndarray, np.ndarray]:
         """Mean spectrum over the pixels with spectra: (m/z ascending, mean intensity).
 
         Continuous: the exact mean of every channel (channels with the same m/z summed). Processed: the m/z range is cut into
@@ -448,27 +470,15 @@ class ImzML:
             total = np.zeros(mz.size, dtype=np.float64)
             for _, chunk in self._continuous_rows():
                 total += chunk.sum(axis=0, dtype=np.float64)
-            uniq, inverse = np.unique(mz, return_inverse=True)  # sorted; channels sharing an m/z merged
-            return uniq, np.bincount(inverse, weights=total, minlength=uniq.size) / n, np.ones(uniq.size, bool)
+            return _channel_profile(mz, total, n)
         if not (bin_ppm > 0):
             raise InputError("--bin-ppm", "bin width must be positive")
-        a, b = self.mz_range
-        step = math.log1p(bin_ppm * 1e-6)
-        n_bins = int(math.floor(math.log(b / a) / step)) + 1
-        total = np.zeros(n_bins, dtype=np.float64)
-        weighted = np.zeros(n_bins, dtype=np.float64)
-        count = np.zeros(n_bins, dtype=np.int64)
+        bins = _WindowBins(np.array([self.mz_range[0]]), np.array([self.mz_range[1]]), bin_ppm)
         for mz, it in self._spectra():
-            idx = np.minimum((np.log(mz / a) / step).astype(np.int64), n_bins - 1)
-            total += np.bincount(idx, weights=it, minlength=n_bins)
-            weighted += np.bincount(idx, weights=it * mz, minlength=n_bins)
-            count += np.bincount(idx, minlength=n_bins)
-        centres = a * np.exp((np.arange(n_bins) + 0.5) * step)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mz_bins = np.where(total > 0, weighted / total, centres)
-        return mz_bins, total / n, count > 0
+            bins.add(mz, it, np.array([0]), np.array([mz.size]))
+        return bins.profiles(n)[0]
 
-    def strongest_peaks(self, n: int, bin_ppm: float = 5.0) -> list[tuple[float, float]]:
+    def strongest_peaks(self, n: int, bin_ppm: float = PROFILE_BIN_PPM) -> list[tuple[float, float]]:
         """The ``n`` strongest peaks of the mean spectrum as (m/z, mean intensity), strongest first.
 
         A peak is a local maximum of the mean spectrum with positive intensity: a point ≥ its
@@ -485,11 +495,7 @@ class ImzML:
         if n < 1:
             raise InputError("-n", "number of peaks must be at least 1")
         mz, mean, holds_data = self._mean_points(bin_ppm)
-        if self.continuous and self.layout.centroid:
-            cand = np.flatnonzero(mean > 0)
-        else:
-            idx = np.arange(mz.size) if self.layout.centroid else np.flatnonzero(holds_data)
-            cand = idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
+        _, cand = _peak_candidates(mean, holds_data, self.layout.centroid, self.continuous)
         best: list[int] = []
         for i in cand[np.argsort(-mean[cand], kind="stable")]:
             if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] for j in best):
@@ -510,7 +516,7 @@ class ImzML:
         peaks = [mz for mz, _ in self.strongest_peaks(n_peaks)]
         tol = parse_tolerance(tol)
         lo, hi = self._windows(peaks, tol)
-        sums, tic = (self._window_sums_continuous if self.continuous else self._window_sums_processed)(lo, hi, "tic")
+        sums, tic, _ = self._window_sums(lo, hi, "tic")
         x = np.sqrt(np.maximum(sums, 0) / np.maximum(tic, 1e-30)[:, None])
         x -= x.mean(axis=0)
         k = max(0, min(n_components, min(x.shape) - 1))
@@ -529,6 +535,97 @@ class ImzML:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _channel_profile(mz: np.ndarray, total: np.ndarray, n_spectra: int) -> WindowProfile:
+    """A continuous file's mean spectrum from its channels' totals: sorted m/z, channels sharing an m/z merged."""
+    axis, inverse = np.unique(mz, return_inverse=True)
+    return axis, np.bincount(inverse, weights=total, minlength=axis.size) / n_spectra, np.ones(axis.size, bool)
+
+
+def _peak_candidates(mean: np.ndarray, holds_data: np.ndarray, centroid: bool, continuous: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(the points of a mean spectrum that trace its profile, those of them that can be peaks), as indices.
+
+    Centroided continuous data is one point per peak already: every channel with signal is a candidate. Otherwise
+    candidates are local maxima of the profile: over every bin for centroided processed data (a centroid jittering
+    across neighbouring bins counts once; empty bins separate peaks), over the bins that hold data for profile data
+    (the sampling gaps of profile spectra do not split a peak).
+    """
+    if continuous and centroid:
+        return np.arange(mean.size), np.flatnonzero(mean > 0)
+    idx = np.arange(mean.size) if centroid else np.flatnonzero(holds_data)
+    return idx, idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
+
+
+def _resolved_peaks(mz: np.ndarray, mean: np.ndarray, holds_data: np.ndarray, centroid: bool, continuous: bool
+                    ) -> list[float]:
+    """The m/z of the resolved peaks of a window's mean spectrum, strongest first.
+
+    A candidate (:func:`_peak_candidates`) counts as a further peak when it reaches :data:`PEAK_SHARE` of the strongest,
+    lies more than :data:`SEPARATION_PPM` from every peak kept (the ``peaks`` command's rule), and the profile between
+    them falls below half the lower of the two (a valley: a shoulder or a noisy top of one peak is not a second).
+    In profile data a maximum at the window's first or last point is left out: it can be the flank of a peak outside.
+    """
+    points, cand = _peak_candidates(mean, holds_data, centroid, continuous)
+    if not centroid and points.size:
+        cand = cand[(cand != points[0]) & (cand != points[-1])]
+    if cand.size == 0:
+        return []
+    cand = cand[np.argsort(-mean[cand], kind="stable")]
+    kept = [int(cand[0])]
+    for i in cand[1:]:
+        if mean[i] < PEAK_SHARE * mean[kept[0]]:
+            break
+        if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] and
+               _valley(mean, points, i, j) < 0.5 * min(mean[i], mean[j]) for j in kept):
+            kept.append(int(i))
+    return [float(mz[i]) for i in kept]
+
+
+def _valley(mean: np.ndarray, points: np.ndarray, i: int, j: int) -> float:
+    """The lowest profile value strictly between points ``i`` and ``j`` (0 where none lies between)."""
+    a, b = sorted((i, j))
+    between = points[(points > a) & (points < b)]
+    return float(mean[between].min()) if between.size else 0.0
+
+
+class _WindowBins:
+    """Each window's mean spectrum for processed data, gathered spectrum by spectrum: log-spaced bins ``bin_ppm`` wide
+    across each window, holding the summed intensity and the intensity-weighted m/z (the bin centre when empty)."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, bin_ppm: float = PROFILE_BIN_PPM):
+        self.lo = lo
+        self.step = math.log1p(bin_ppm * 1e-6)
+        self.n_bins = np.floor(np.log(hi / lo) / self.step).astype(np.int64) + 1
+        self.offset = np.concatenate(([0], np.cumsum(self.n_bins)))
+        self.total = np.zeros(self.offset[-1], dtype=np.float64)
+        self.weighted = np.zeros_like(self.total)
+        self.count = np.zeros(self.offset[-1], dtype=np.int64)
+
+    def add(self, mz: np.ndarray, it: np.ndarray, start: np.ndarray, stop: np.ndarray) -> None:
+        """Add one spectrum (sorted m/z) whose points ``start[k]:stop[k]`` lie in window k."""
+        counts = stop - start
+        if not counts.sum():
+            return
+        window = np.repeat(np.arange(counts.size), counts)
+        points = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        m = mz[points]
+        within = np.minimum((np.log(m / self.lo[window]) / self.step).astype(np.int64), self.n_bins[window] - 1)
+        idx = self.offset[window] + within
+        self.total += np.bincount(idx, weights=it[points], minlength=self.total.size)
+        self.weighted += np.bincount(idx, weights=it[points] * m, minlength=self.total.size)
+        self.count += np.bincount(idx, minlength=self.total.size)
+
+    def profiles(self, n_spectra: int) -> list[WindowProfile]:
+        out = []
+        for k, (a, b) in enumerate(zip(self.offset[:-1], self.offset[1:])):
+            total = self.total[a:b]
+            centres = self.lo[k] * np.exp((np.arange(b - a) + 0.5) * self.step)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mz = np.where(total > 0, self.weighted[a:b] / total, centres)
+            out.append((mz, total / n_spectra, self.count[a:b] > 0))
+        return out
 
 
 def _local_maxima(values: np.ndarray) -> np.ndarray:
