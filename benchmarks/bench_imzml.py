@@ -25,15 +25,9 @@ import numpy as np
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU, Python {platform.python_version()}"
+    from msifusion.provenance import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPU, Python {platform.python_version()}"
 
 
 def main() -> None:

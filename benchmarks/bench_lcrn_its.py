@@ -11,7 +11,6 @@ present, else on the CPU, and prints a markdown table row per size.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from datetime import date
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from msifusion.fit import resolve_device
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
 from msifusion.models.lcrn import LCRN
+from msifusion.provenance import cpu_model
 
 SIZES = {"ginkgo 2700×980": (2700, 980), "mint 1800×2550": (1800, 2550)}
 PAPER_ITS = {"ginkgo 2700×980": 14.3, "mint 1800×2550": 8.0}
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     steps = args.steps or (20 if device.type == "cuda" else 2)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"# LCRN it/s, {name}, torch {torch.__version__}, {date.today()}")
     print("| size | precision | s/it | it/s | paper (RTX 4090) |")
     print("| --- | --- | --- | --- | --- |")

@@ -155,7 +155,7 @@ def main() -> None:
 
         print(json.dumps({**task(args.one, args), "torch_threads": torch.get_num_threads()}))
         return
-    from msifusion.pipeline import cpu_model
+    from msifusion.provenance import cpu_model
 
     print(f"# msifusion speed, {cpu_model()}, {date.today()}")
     rows = []

@@ -32,7 +32,7 @@ def main() -> None:
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.phantom import PhantomConfig, make_phantom
-    from msifusion.pipeline import cpu_model
+    from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     options = MethodOptions(runtime=Runtime(quiet=True))

@@ -1,18 +1,6 @@
 import json
-import math
 
 import numpy as np
-
-from msifusion.pipeline import write_run_json
-
-
-def test_run_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
-    record = {"consistency_error": math.nan, "peak": np.float32(np.inf), "scores": [1.5, -math.inf],
-              "nested": {"x": np.float64(2.0), "n": np.int64(3)}}
-    text = write_run_json(tmp_path, record).read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"consistency_error": None, "peak": None, "scores": [1.5, None],
-                                "nested": {"x": 2.0, "n": 3}}
 
 
 def _pair(optical_shape, optical_um, ion_um, scale=None, given_um=None):

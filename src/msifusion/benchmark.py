@@ -441,7 +441,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
             case_seconds[case.name] = time.perf_counter() - tc
         write_csv(stage / "results.csv", rows)
         (stage / "results.md").write_text(results_markdown(rows, config, cases, skipped))
-        from msifusion.pipeline import write_run_json
+        from msifusion.provenance import write_run_json
 
         write_run_json(stage, _run_record(config, methods, cases, skipped, facts,
                                           {"build_cases": build_s, "cases": case_seconds,
@@ -504,7 +504,7 @@ def _mean(values: Iterable[float]) -> float:
 def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Sequence[Case],
                      skipped: Sequence[str] = ()) -> str:
     """The tables of results.md: summary per method and group, PSNR per case, one table per case."""
-    from msifusion.pipeline import machine
+    from msifusion.provenance import machine
 
     host = machine()
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -562,8 +562,8 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
 
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
                 facts: dict, timings: dict) -> dict:
-    from msifusion.pipeline import machine, run_header, software_versions
+    from msifusion.provenance import run_header
 
-    return {**run_header("msifusion benchmark"), "settings": asdict(config), "methods": methods, "machine": machine(),
-            "versions": software_versions(), "cases": [c.summary() for c in cases], "skipped": skipped,
+    return {**run_header("msifusion benchmark"), "settings": asdict(config), "methods": methods,
+            "cases": [c.summary() for c in cases], "skipped": skipped,
             **facts, "timings_s": timings}

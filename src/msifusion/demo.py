@@ -18,8 +18,8 @@ from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import METHODS, FusionResult
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs,
-                                write_run_json)
+from msifusion.pipeline import FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs
+from msifusion.provenance import write_run_json
 from msifusion.report import save_panel, save_rgb_png
 
 

@@ -24,8 +24,8 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import METHODS, check_fused_size, check_scale, check_spot, fuse_many
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
-                                panel_record, run_header, software_versions, uncalibrated_warning,
-                                write_fusion_outputs, write_run_json)
+                                panel_record, uncalibrated_warning, write_fusion_outputs)
+from msifusion.provenance import run_header, write_run_json
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
                                 landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
@@ -371,7 +371,7 @@ def extract_ions(request: IonsRequest) -> dict:
         record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
-                  "outputs": [p.name for p in paths] + ["run.json"], "versions": software_versions(),
+                  "outputs": [p.name for p in paths] + ["run.json"],
                   "warnings": stack.window_warnings(),
                   "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
@@ -421,7 +421,7 @@ def register_files(request: RegisterRequest) -> dict:
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
                   "registered_pixel_size_um": px / request.settings.scale if px else None,
-                  "versions": software_versions(), "timings_s": {"total": time.perf_counter() - t0}}
+                  "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
     return record
 

@@ -6,15 +6,10 @@ everything is written into a staging folder that becomes ``out`` only on success
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +17,10 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
-from msifusion.io.outdir import RUN_RECORD, check_output_dir, staged_output_dir
+from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
                                check_scale, fuse, infer_scale)
+from msifusion.provenance import run_header, write_run_json
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
 
@@ -137,53 +133,6 @@ def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp)
 
 
-# Libraries recorded in run.json: the name users know them by, and the module that runs.
-_LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
-              "opencv": "cv2", "tifffile": "tifffile", "pyimzML": "pyimzml", "SimpleITK": "SimpleITK"}
-
-
-def software_versions() -> dict:
-    """Versions of Python and the numerical libraries, as their modules report them.
-
-    The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
-    whichever OpenCV package is installed (headless or not, contrib or not) is recorded as well
-    (OpenCV's version without the wheel's build number).
-    """
-    import importlib
-
-    import msifusion
-
-    versions = {"msifusion": msifusion.__version__, "python": platform.python_version()}
-    for name, module in _LIBRARIES.items():
-        try:
-            versions[name] = str(importlib.import_module(module).__version__)
-        except (ImportError, AttributeError):
-            pass
-    return {**versions, "platform": platform.platform()}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """The machine a run's timings were measured on."""
-    import os
-
-    import torch
-
-    return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | None = None) -> FusionResult:
     """One registered pair; a fitted method saves its output every ``checkpoint_every`` epochs into
     ``checkpoints`` (in ion units, calibrated) when both are given."""
@@ -267,13 +216,6 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     return record
 
 
-def run_header(tool: str = "msifusion") -> dict:
-    """How every run.json opens: the tool, when, the command line as typed, and the folder it was typed in
-    (the record's relative input paths are relative to it)."""
-    return {"tool": tool, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
-            "cwd": os.getcwd()}
-
-
 def measurement_model(scale: int, spot_sigma_px: float) -> dict:
     """What an MSI pixel measures (run.json): the consistency error and every exact method are under this model."""
     return {"box_average_px": scale, "spot_sigma_px": spot_sigma_px,
@@ -307,8 +249,6 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "measurement_model": measurement_model(result.scale, settings.harmonic.spot_sigma_px),
         "consistency_error": result.consistency_error,
         "timings_s": {"fuse": result.seconds},
-        "versions": software_versions(),
-        "machine": machine(),
         "notes": pair.notes,
     }
     if extra:
@@ -329,31 +269,6 @@ def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings:
     summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
     summary["warnings"] = list(dict.fromkeys([*shared_warnings, *(w for r in records for w in r["warnings"])]))
     return summary
-
-
-def write_run_json(folder: Path, record: dict) -> Path:
-    """``run.json``, strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
-    path = folder / RUN_RECORD
-    path.write_text(json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False) + "\n")
-    return path
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 @dataclass(frozen=True)

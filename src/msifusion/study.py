@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, check_device
 from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
-from msifusion.pipeline import machine, software_versions, write_run_json
+from msifusion.provenance import run_header, write_run_json
 
 
 @dataclass(frozen=True)
@@ -216,8 +214,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, inputs.fine_pixel_um)
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
-            "tool": "msifusion study", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": sys.argv, "inputs": inputs.name,
+            **run_header("msifusion study"), "inputs": inputs.name,
             "input_files": {k: str(getattr(config, k)) for k in ("optical", "ion", "truth") if getattr(config, k)},
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
@@ -225,7 +222,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "fit_settings": asdict(config.fit), "run_without_early_stop": True,
             "checkpoint_every": config.checkpoint_every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
-            "summary": summary, "strip_epochs": strip, "machine": machine(), "versions": software_versions(),
+            "summary": summary, "strip_epochs": strip,
             "timings_s": {"fit_with_checkpoints": fit_s, "total": time.perf_counter() - t0},
         }
         write_run_json(stage, record)

@@ -1,0 +1,94 @@
+"""What made an output folder: every ``run.json``'s header (tool, time, command, folder, versions, machine) and its writer.
+
+Every command's record opens with :func:`run_header` and is written by :func:`write_run_json`, so each output folder
+says, in one form, which software on which machine made it; the settings and timings that follow are the command's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.io.outdir import RUN_RECORD
+
+# Libraries recorded in run.json: the name users know them by, and the module that runs.
+_LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
+              "opencv": "cv2", "tifffile": "tifffile", "pyimzML": "pyimzml", "SimpleITK": "SimpleITK"}
+
+
+def run_header(tool: str = "msifusion") -> dict:
+    """How every run.json opens: the tool, when, the command line as typed, the folder it was typed in (the record's
+    relative input paths are relative to it), the software's versions and the machine its timings were measured on."""
+    return {"tool": tool, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv,
+            "cwd": os.getcwd(), "versions": software_versions(), "machine": machine()}
+
+
+def software_versions() -> dict:
+    """Versions of Python and the numerical libraries, as their modules report them.
+
+    The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
+    whichever OpenCV package is installed (headless or not, contrib or not) is recorded as well
+    (OpenCV's version without the wheel's build number).
+    """
+    import msifusion
+
+    versions = {"msifusion": msifusion.__version__, "python": platform.python_version()}
+    for name, module in _LIBRARIES.items():
+        try:
+            versions[name] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            pass
+    return {**versions, "platform": platform.platform()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """The machine a run's timings were measured on."""
+    import torch
+
+    return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_run_json(folder: Path, record: dict) -> Path:
+    """``run.json``, strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
+    path = folder / RUN_RECORD
+    path.write_text(json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False) + "\n")
+    return path
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")

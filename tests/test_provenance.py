@@ -1,0 +1,24 @@
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from msifusion.provenance import run_header, write_run_json
+
+
+def test_run_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
+    record = {"consistency_error": math.nan, "peak": np.float32(np.inf), "scores": [1.5, -math.inf],
+              "nested": {"x": np.float64(2.0), "n": np.int64(3)}}
+    text = write_run_json(tmp_path, record).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"consistency_error": None, "peak": None, "scores": [1.5, None],
+                                "nested": {"x": 2.0, "n": 3}}
+
+
+def test_every_run_json_opens_with_the_same_header():
+    header = run_header("msifusion study")
+    assert list(header) == ["tool", "created", "command", "cwd", "versions", "machine"]
+    assert header["tool"] == "msifusion study" and header["command"] == sys.argv and header["cwd"] == os.getcwd()
+    assert header["versions"]["numpy"] == np.__version__ and header["machine"]["cpu_count"] == os.cpu_count()
