@@ -1,0 +1,264 @@
+"""Grids and point maps: the :class:`Grid`, the fixed → moving maps (BigWarp's thin-plate spline, affine,
+displacement field), landmarks to and from a transform, and the landmark sanity checks (:func:`check_landmarks`).
+
+Coordinate conventions: see :mod:`msifusion.register`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.io.landmarks import Landmarks
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid in calibrated units: centre of pixel (i, j) = (j·p + x0, i·p + y0)."""
+
+    shape: tuple[int, int]
+    pixel_size: float = 1.0
+    origin: tuple[float, float] = (0.0, 0.0)  # (x0, y0)
+
+    def __post_init__(self) -> None:
+        if not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
+            raise ValueError(f"pixel size must be positive, got {self.pixel_size}")
+
+    def refined(self, scale: int) -> "Grid":
+        """The same area split into ``scale × scale`` sub-pixels per pixel (output grid of fusion)."""
+        p = self.pixel_size / scale
+        shift = (p - self.pixel_size) / 2.0
+        return Grid((self.shape[0] * scale, self.shape[1] * scale), p,
+                    (self.origin[0] + shift, self.origin[1] + shift))
+
+    def coarsened(self, factor: int) -> "Grid":
+        """Grid of ``factor × factor`` block means (the inverse of :meth:`refined`, shape floored)."""
+        p = self.pixel_size * factor
+        shift = (p - self.pixel_size) / 2.0
+        return Grid((self.shape[0] // factor, self.shape[1] // factor), p,
+                    (self.origin[0] + shift, self.origin[1] + shift))
+
+    def to_index(self, xy: np.ndarray) -> np.ndarray:
+        """Calibrated (x, y) → fractional (column, row)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return (xy - np.asarray(self.origin)) / self.pixel_size
+
+    def to_coords(self, cols_rows: np.ndarray) -> np.ndarray:
+        """Fractional (column, row) → calibrated (x, y)."""
+        return np.asarray(cols_rows, dtype=np.float64) * self.pixel_size + np.asarray(self.origin)
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """(x_min, x_max, y_min, y_max) of the pixel area (edges, not centres)."""
+        h, w = self.shape
+        x0, y0 = self.origin
+        p = self.pixel_size
+        return (x0 - p / 2, x0 + (w - 0.5) * p, y0 - p / 2, y0 + (h - 0.5) * p)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class PointMap(Protocol):
+    """A map from fixed calibrated (x, y) points (n, 2) to moving calibrated points (n, 2)."""
+
+    def __call__(self, points: np.ndarray) -> np.ndarray: ...
+
+
+class ThinPlateSpline:
+    """BigWarp's thin-plate spline from fixed to moving landmarks.
+
+    ``RBFInterpolator(fixed, moving, kernel="thin_plate_spline", degree=1, smoothing=0)``:
+    r² log r kernel plus an affine part, interpolating the landmarks exactly.
+    """
+
+    def __init__(self, landmarks: Landmarks):
+        from scipy.interpolate import RBFInterpolator
+
+        if len(landmarks.fixed) < 3:
+            raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
+        for side in (landmarks.fixed, landmarks.moving):
+            if np.linalg.matrix_rank(np.asarray(side, dtype=np.float64) - np.mean(side, axis=0)) < 2:
+                raise InputError(landmarks.source, "landmarks are collinear; a thin-plate spline needs three not on one line")
+        self.landmarks = landmarks
+        try:
+            self._rbf = RBFInterpolator(landmarks.fixed, landmarks.moving, kernel="thin_plate_spline",
+                                        degree=1, smoothing=0.0)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            raise InputError(landmarks.source, f"landmarks do not define a transform ({exc}); "
+                             "are three of them on one line, or two at the same place?") from None
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        out = np.empty_like(pts)
+        for start in range(0, len(pts), 200_000):  # bounded memory: n_points × n_landmarks per chunk
+            out[start:start + 200_000] = self._rbf(pts[start:start + 200_000])
+        return out
+
+
+@dataclass(frozen=True)
+class AffineMap:
+    """``moving = A @ fixed + t`` with ``matrix = [A | t]`` (2×3)."""
+
+    matrix: np.ndarray
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        m = np.asarray(self.matrix, dtype=np.float64)
+        return pts @ m[:, :2].T + m[:, 2]
+
+    @classmethod
+    def from_landmarks(cls, landmarks: Landmarks) -> "AffineMap":
+        """Least-squares affine fixed → moving (exact for 3 landmarks)."""
+        if len(landmarks.fixed) < 3:
+            raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
+        design = np.column_stack([landmarks.fixed, np.ones(len(landmarks.fixed))])
+        sol, _, rank, _ = np.linalg.lstsq(design, landmarks.moving, rcond=None)
+        if rank < 3:
+            raise InputError(landmarks.source, "landmarks are collinear; an affine map needs three not on one line")
+        return cls(sol.T.copy())
+
+    @property
+    def scale(self) -> float:
+        """Its linear scale, moving units per fixed unit: √|det A|."""
+        return float(math.sqrt(abs(np.linalg.det(np.asarray(self.matrix, dtype=np.float64)[:, :2]))))
+
+    def inverse(self) -> "AffineMap":
+        full = np.vstack([self.matrix, [0.0, 0.0, 1.0]])
+        return AffineMap(np.linalg.inv(full)[:2])
+
+
+@dataclass(frozen=True)
+class DisplacementMap:
+    """``moving = fixed + field(fixed)``, ``field`` (H, W, 2) sampled on ``grid`` and
+    interpolated bilinearly (constant beyond the grid's edge). Used for deformable results."""
+
+    grid: Grid
+    field: np.ndarray
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import map_coordinates
+
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        cr = self.grid.to_index(pts)
+        h, w = self.grid.shape
+        rows = np.clip(cr[:, 1], 0, h - 1)
+        cols = np.clip(cr[:, 0], 0, w - 1)
+        dx = map_coordinates(self.field[..., 0], [rows, cols], order=1, mode="nearest")
+        dy = map_coordinates(self.field[..., 1], [rows, cols], order=1, mode="nearest")
+        return pts + np.column_stack([dx, dy])
+
+
+def transform_from_landmarks(landmarks: Landmarks, kind: str = "tps") -> PointMap:
+    """``"tps"`` (BigWarp's default) or ``"affine"`` (least squares) from the landmarks."""
+    if kind == "tps":
+        return ThinPlateSpline(landmarks)
+    if kind == "affine":
+        return AffineMap.from_landmarks(landmarks)
+    raise InputError("--transform", f"unknown transform {kind!r}; use tps or affine")
+
+
+UNITS_HINT = "are the landmarks in pixels while the image is calibrated in µm, or the other way round?"
+SQUEEZED_SPAN = 0.05  # landmarks spanning less than this fraction of their image's diagonal ...
+SPREAD_SPAN = 0.2  # ... while spanning more than this of the other image's ...
+SPAN_DISAGREEMENT = 10.0  # ... and this many times more: the two sets disagree in scale
+
+
+def _extent_text(grid: Grid) -> str:
+    """An image's extent and units for messages: "image spans x a–b, y c–d in units of p per pixel"."""
+    x0, x1, y0, y1 = grid.extent
+    return f"image spans x {x0:.4g}–{x1:.4g}, y {y0:.4g}–{y1:.4g} in units of {grid.pixel_size:g} per pixel"
+
+
+def _far_outside(points: np.ndarray, grid: Grid) -> np.ndarray:
+    """Mask of points more than half the image's width (height) beyond its left/right (top/bottom) edge."""
+    x0, x1, y0, y1 = grid.extent
+    mx, my = (x1 - x0) * 0.5, (y1 - y0) * 0.5
+    return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
+
+
+def _relative_span(points: np.ndarray, grid: Grid) -> float:
+    """Diagonal of the points' bounding box over the image's diagonal."""
+    x0, x1, y0, y1 = grid.extent
+    return float(np.hypot(*np.ptp(points, axis=0)) / math.hypot(x1 - x0, y1 - y0))
+
+
+def _in_origin_corner(points: np.ndarray, grid: Grid) -> bool:
+    """Whether all points lie within 2 ``SQUEEZED_SPAN`` of the image's size from its origin corner, where
+    coordinates in the wrong units (pixels on a grid in µm, a preview's pixels on the full image) crowd; a small
+    piece of tissue elsewhere on a whole-slide image is not squeezed but small."""
+    x0, x1, y0, y1 = grid.extent
+    return bool((points[:, 0] <= x0 + 2 * SQUEEZED_SPAN * (x1 - x0)).all()
+                and (points[:, 1] <= y0 + 2 * SQUEEZED_SPAN * (y1 - y0)).all())
+
+
+def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
+    """Refuse landmarks that cannot belong to their images: almost always pixel-vs-µm confusion or a typo.
+
+    Refused: any landmark more than half an image size outside its image (one such point is
+    enough to distort a thin-plate spline everywhere), and sets squeezed into the origin corner of
+    one image (under ``SQUEEZED_SPAN`` of its diagonal, :func:`_in_origin_corner`) while spread over
+    the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more, within 3× of that image's
+    pixel size): no section shrinks 10× between its two images, but coordinates in pixels on a grid
+    in µm (25 µm MSI pixels) do; a small core in the corner of a whole-slide scan does not match its
+    pixel size, and is accepted.
+    """
+    if len(landmarks.fixed) == 0:
+        return
+    sides = (("fixed (ion)", landmarks.fixed, fixed), ("moving (optical)", landmarks.moving, moving))
+    outside = [_far_outside(pts, grid) for _, pts, grid in sides]
+    if any(mask.any() for mask in outside):
+        k = 0 if outside[0].mean() >= outside[1].mean() else 1
+        which, pts, grid = sides[k]
+        bad = np.flatnonzero(outside[k])
+        named = ", ".join(f"{landmarks.names[i]!r} at ({pts[i, 0]:.6g}, {pts[i, 1]:.6g})" for i in bad[:3])
+        if len(bad) == 1:
+            what = f"{which} landmark {named} lies"
+            hint = "is a coordinate mistyped, or " + UNITS_HINT
+        else:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            what = f"{len(bad)} of {len(pts)} {which} landmarks ({named}{more}) lie"
+            hint = UNITS_HINT
+        raise InputError(landmarks.source,
+                         f"{what} far outside that image (more than half its size beyond its edge; {_extent_text(grid)}); "
+                         f"{hint}")
+    spans = [_relative_span(pts, grid) for _, pts, grid in sides]
+    for k in (0, 1):
+        small, large = spans[k], spans[1 - k]
+        unit = sides[k][2].pixel_size  # the factor by which pixel indices undershoot this image's units
+        if (small < SQUEEZED_SPAN and large > SPREAD_SPAN and large >= SPAN_DISAGREEMENT * small
+                and unit / 3 <= large / small <= 3 * unit and _in_origin_corner(sides[k][1], sides[k][2])):
+            which, pts, grid = sides[k]
+            raise InputError(
+                landmarks.source,
+                f"the {which} landmarks span only {100 * small:.2g}% of that image (x {pts[:, 0].min():.4g}–"
+                f"{pts[:, 0].max():.4g}, y {pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; {_extent_text(grid)}) but the "
+                f"{sides[1 - k][0]} ones {100 * large:.0f}% of theirs: the two sets disagree in scale "
+                f"{large / small:.0f}×; {UNITS_HINT}")
+
+
+
+# ----------------------------------------------------------------------------- landmarks out
+
+
+def landmarks_from_transform(transform: PointMap, fixed: Grid, n: tuple[int, int] = (4, 4), margin: float = 0.1) -> Landmarks:
+    """A ``rows × cols`` lattice of fixed points over the fixed grid with their moving images.
+
+    Write it with ``io.landmarks.write_bigwarp_csv`` and refine it in Fiji's BigWarp.
+    """
+    x0, x1, y0, y1 = fixed.extent
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    ys = np.linspace(y0 + my, y1 - my, n[0])
+    xs = np.linspace(x0 + mx, x1 - mx, n[1])
+    gx, gy = np.meshgrid(xs, ys)
+    fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
+    moving_pts = np.asarray(transform(fixed_pts), dtype=np.float64)
+    names = tuple(f"Pt-{i}" for i in range(len(fixed_pts)))
+    return Landmarks(moving=moving_pts, fixed=fixed_pts, names=names)

@@ -1,0 +1,173 @@
+"""Automatic registration: pose search, SimpleITK polish, rival matches, optical features."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from msifusion.errors import InputError
+from msifusion.register import (
+    AffineMap,
+    AutoRegisterOptions,
+    Grid,
+    acquired_window,
+    optical_feature,
+    register_auto,
+)
+from msifusion.register.automatic import _disagreement
+
+
+def _synthetic_pair(flip: bool = False):
+    """A stained section (moving, RGB) and the MSI tissue image it produces (fixed) under a known affine."""
+    rng = np.random.default_rng(5)
+    h, w = 360, 480
+    field = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 14)
+    field2 = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 6)
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - 180) / 150.0) ** 2 + ((xx - 250) / 200.0) ** 2 < 1.0
+    tissue = body & (field > -0.25 * field.std())
+    kind = np.where(tissue & (field2 > 0), 2, np.where(tissue, 1, 0))
+    colours = np.array([[0.92, 0.92, 0.94], [0.90, 0.45, 0.60], [0.55, 0.35, 0.70]], np.float32)
+    optical = colours[kind] + rng.normal(0, 0.02, (h, w, 3)).astype(np.float32)
+    optical = np.clip(optical, 0, 1)
+    if flip:
+        optical = optical[:, ::-1].copy()
+        kind = kind[:, ::-1]
+    # Truth: fixed µm → moving px, rotation 6°, scale 0.5 px/µm, shift.
+    a = math.radians(6.0)
+    mat = 0.5 * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    if flip:
+        mat = np.array([[-1.0, 0.0], [0.0, 1.0]]) @ mat
+    truth = AffineMap(np.column_stack([mat, [60.0, 25.0] if not flip else [w - 1 - 60.0, 25.0]]))
+    fixed = Grid((54, 70), 10.0)  # 10 µm pixels
+    # MSI: each pixel the mean of a chemistry value over its footprint (4×4 samples), nonlinear in the stain.
+    chem = np.array([0.1, 1.0, 0.35], np.float32)[kind]
+    fine = fixed.refined(4)
+    r, c = np.mgrid[:fine.shape[0], :fine.shape[1]]
+    idx = truth(fine.to_coords(np.column_stack([c.ravel(), r.ravel()])))
+    vals = cv2.remap(chem, idx[:, 0].reshape(fine.shape).astype(np.float32), idx[:, 1].reshape(fine.shape).astype(np.float32),
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    msi = vals.reshape(54, 4, 70, 4).mean(axis=(1, 3)) + rng.normal(0, 0.03, (54, 70))
+    acquired = np.zeros((54, 70), bool)
+    acquired[3:-3, 4:-4] = True  # the acquisition area: no spectra at the border
+    msi = np.where(acquired, np.maximum(msi, 0.01), 0).astype(np.float32)
+    return optical, msi, fixed, truth
+
+
+def _max_error(transform, truth, fixed: Grid, msi: np.ndarray) -> float:
+    r, c = np.nonzero(msi)
+    pts = fixed.to_coords(np.column_stack([c, r]).astype(float))
+    return float(np.max(np.hypot(*(transform(pts) - truth(pts)).T)))
+
+
+def test_auto_registration_recovers_known_affine() -> None:
+    optical, msi, fixed, truth = _synthetic_pair()
+    reg = register_auto(optical, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    err = _max_error(reg.transform, truth, fixed, msi)
+    assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
+    assert reg.correlation > 0.8 and reg.nmi > 1.1
+    assert reg.details["pose"]["flip"] is False
+
+
+def test_auto_registration_of_tissue_in_a_corner_of_a_large_empty_frame() -> None:
+    # an imzML whose coordinates start far from 1: the same acquisition inside a frame 6× larger each way
+    optical, msi, fixed, truth = _synthetic_pair()
+    frame = np.zeros((6 * 54, 6 * 70), np.float32)
+    frame[200:254, 300:370] = msi
+    big = Grid(frame.shape, 10.0, (-3000.0, -2000.0))  # pixel (200, 300) sits where pixel (0, 0) was
+    reg = register_auto(optical, frame, big, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert reg.fixed == big and reg.details["search_block_factor"] == 1  # searched on the tissue, not the frame
+    err = _max_error(reg.transform, truth, big, frame)
+    assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
+    (rows, cols), window = acquired_window(frame != 0, big)
+    assert rows.start <= 203 and rows.stop >= 251 and cols.start <= 304 and cols.stop >= 366 and window.shape[0] < 80
+    assert reg.area == window
+    # the B-spline is fitted on that area, but its field covers the whole frame: outside, the affine alone
+    deformable = register_auto(optical, frame, big, None,
+                               AutoRegisterOptions(max_rotation=20.0, allow_flip=False, deformable=True))
+    corners = big.to_coords(np.array([[0.0, 0.0], [419.0, 0.0], [0.0, 323.0], [419.0, 323.0]]))
+    np.testing.assert_allclose(deformable.transform(corners), deformable.affine(corners), atol=1e-6)
+    assert _max_error(deformable.transform, truth, big, frame) < 2.5  # half an MSI pixel (1.4 without the frame)
+
+
+def test_auto_registration_gives_the_same_transform_every_time() -> None:
+    import SimpleITK as sitk
+
+    optical, msi, fixed, _ = _synthetic_pair()
+    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(16)  # as on a workstation: 2 threads rarely show it
+    try:
+        first, *again = (register_auto(optical, msi, fixed, None, options).affine.matrix for _ in range(4))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    for matrix in again:  # ITK's threads summed the metric in varying order: up to 2e-5 apart
+        np.testing.assert_array_equal(matrix, first)
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+
+
+def test_auto_registration_of_a_grey_optical_falls_back_to_luminance() -> None:
+    optical, msi, fixed, truth = _synthetic_pair()
+    grey = np.repeat(optical.mean(-1, keepdims=True), 3, -1)  # no saturation anywhere
+    reg = register_auto(grey, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert reg.details["optical_feature"] == "inverted_luminance"
+    assert list(reg.details["feature_scores"]) == ["saturation", "inverted_luminance"]  # stops at a convincing one
+    assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+    colour = register_auto(optical, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    assert list(colour.details["feature_scores"]) == ["saturation"]  # a convincing match: no other feature tried
+
+
+def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> None:
+    optical, msi, fixed, truth = _synthetic_pair()
+    acquired = msi != 0
+    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    shifted = np.where(acquired, np.roll(msi, 4, axis=1), 0)  # the same tissue, 4 MSI pixels to the right
+    reg = register_auto(optical, np.stack([msi, shifted]), fixed, None, options)
+    rival = reg.details["rival"]
+    assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.8 * reg.score
+    assert 3.5 < rival["disagreement_px"] < 4.5
+    assert _disagreement(reg.affine, reg.rival, fixed, acquired) == rival["disagreement_px"]  # the alignment itself
+    stricter = replace(options, rival_ratio=0.99)  # the shifted copy scores 0.94 of the best: no rival then
+    alone = register_auto(optical, np.stack([msi, shifted]), fixed, None, stricter)
+    assert "rival" not in alone.details and alone.rival is None
+    unpolished = register_auto(optical, np.stack([msi, shifted]), fixed, None, replace(options, polish=False))
+    assert 3 < unpolished.details["rival"]["disagreement_px"] < 5  # the searched poses disagree as much
+    twin = np.where(acquired, msi + np.random.default_rng(1).normal(0, 0.01, msi.shape), 0).astype(np.float32)
+    agreeing = register_auto(optical, np.stack([msi, twin]), fixed, None, options)
+    assert agreeing.details["rival"]["disagreement_px"] < 0.2
+    assert _max_error(agreeing.transform, truth, fixed, msi) < 0.5
+    single = register_auto(optical, msi, fixed, None, options)  # one image: nothing to compare
+    assert "rival" not in single.details and single.rival is None
+
+
+@pytest.mark.slow
+def test_auto_registration_full_search_finds_a_mirrored_optical() -> None:
+    optical, msi, fixed, truth = _synthetic_pair(flip=True)
+    reg = register_auto(optical, msi, fixed)
+    assert reg.details["pose"]["flip"] is True
+    assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+
+
+def test_auto_registration_refuses_an_empty_msi_image() -> None:
+    optical, msi, fixed, _ = _synthetic_pair()
+    with pytest.raises(InputError) as info:
+        register_auto(optical, np.zeros_like(msi), fixed)
+    assert info.value.source is None  # the caller names the MSI file
+    assert info.value.problem == ("the MSI tissue image is empty: 0 pixels with signal, 16 needed to register "
+                                  "automatically; give --landmarks")
+
+
+def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
+    # a 12-bit camera image in a 16-bit file fills 1/16 of the range: the features are stretched to their own spread
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal(0.5, 0.2, (60, 80, 3)), 0, 1).astype(np.float32)
+    for kind in ("luminance", "inverted_luminance"):
+        full, dim = optical_feature(rgb, kind), optical_feature(rgb / 16, kind)
+        np.testing.assert_allclose(dim, full, atol=1e-5)
+        assert full.min() == 0.0 and full.max() == 1.0
+    lum = optical_feature(rgb, "luminance")
+    np.testing.assert_allclose(optical_feature(rgb, "inverted_luminance"), 1 - lum, atol=1e-6)

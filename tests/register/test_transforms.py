@@ -1,0 +1,167 @@
+"""Registration transforms: BigWarp's thin-plate spline, affine fits, grids, landmark checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msifusion.errors import InputError
+from msifusion.io.landmarks import Landmarks
+from msifusion.register import (
+    AffineMap,
+    Grid,
+    ThinPlateSpline,
+    check_landmarks,
+    landmarks_from_transform,
+    transform_from_landmarks,
+)
+
+
+def _landmarks(rng: np.random.Generator, n: int = 8) -> Landmarks:
+    fixed = rng.uniform(0, 100, (n, 2))
+    moving = fixed * 2.0 + np.array([5.0, -3.0]) + rng.normal(0, 2.0, (n, 2))
+    return Landmarks(moving=moving, fixed=fixed, names=tuple(f"Pt-{i}" for i in range(n)))
+
+
+def _tps_by_hand(fixed: np.ndarray, moving: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Thin-plate spline solved directly: [[K, P], [Pᵀ, 0]] [w; a] = [moving; 0], K = r² log r."""
+
+    def kernel(r: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(r > 0, r * r * np.log(r), 0.0)
+
+    n = len(fixed)
+    k = kernel(np.linalg.norm(fixed[:, None] - fixed[None], axis=2))
+    p = np.column_stack([np.ones(n), fixed])
+    system = np.block([[k, p], [p.T, np.zeros((3, 3))]])
+    coef = np.linalg.solve(system, np.vstack([moving, np.zeros((3, 2))]))
+    w, a = coef[:n], coef[n:]
+    kq = kernel(np.linalg.norm(points[:, None] - fixed[None], axis=2))
+    return kq @ w + np.column_stack([np.ones(len(points)), points]) @ a
+
+
+def test_tps_exact_at_landmarks_and_equal_to_direct_solution() -> None:
+    rng = np.random.default_rng(0)
+    lm = _landmarks(rng)
+    tps = ThinPlateSpline(lm)
+    np.testing.assert_allclose(tps(lm.fixed), lm.moving, atol=1e-8)
+    pts = rng.uniform(-20, 120, (200, 2))
+    np.testing.assert_allclose(tps(pts), _tps_by_hand(lm.fixed, lm.moving, pts), rtol=1e-8, atol=1e-7)
+
+
+def test_tps_of_affine_landmarks_is_that_affine() -> None:
+    rng = np.random.default_rng(1)
+    fixed = rng.uniform(0, 50, (6, 2))
+    true = np.array([[1.2, 0.3, 7.0], [-0.2, 0.9, -4.0]])
+    lm = Landmarks(moving=AffineMap(true)(fixed), fixed=fixed, names=tuple("abcdef"))
+    pts = rng.uniform(0, 50, (50, 2))
+    np.testing.assert_allclose(ThinPlateSpline(lm)(pts), AffineMap(true)(pts), atol=1e-8)
+    fit = transform_from_landmarks(lm, "affine")
+    np.testing.assert_allclose(fit.matrix, true, atol=1e-10)
+    np.testing.assert_allclose(fit.inverse()(fit(pts)), pts, atol=1e-9)
+
+
+def test_degenerate_landmarks_are_input_errors() -> None:
+    line = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    lm = Landmarks(moving=line * 3, fixed=line, names=("a", "b", "c"))
+    with pytest.raises(InputError):
+        AffineMap.from_landmarks(lm)
+    with pytest.raises(InputError):
+        transform_from_landmarks(lm, "bogus")
+    with pytest.raises(InputError, match="collinear"):  # the spline's affine part has no unique solution either
+        ThinPlateSpline(lm)
+    spread = Landmarks(moving=np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), fixed=line, names=("a", "b", "c"))
+    with pytest.raises(InputError, match="collinear"):  # one side collinear is enough
+        ThinPlateSpline(spread)
+
+
+def test_grid_refined_is_block_consistent() -> None:
+    ion = Grid((3, 4), 25.0, (100.0, 50.0))
+    fine = ion.refined(5)
+    assert fine.shape == (15, 20) and fine.pixel_size == 5.0
+    # The 5×5 sub-pixel centres of ion pixel (1, 2) average to that pixel's centre.
+    cols, rows = np.meshgrid(np.arange(10, 15), np.arange(5, 10))
+    centre = fine.to_coords(np.column_stack([cols.ravel(), rows.ravel()])).mean(axis=0)
+    np.testing.assert_allclose(centre, ion.to_coords(np.array([2.0, 1.0])))
+    assert fine.extent == pytest.approx(ion.extent)
+    assert fine.coarsened(5).origin == pytest.approx(ion.origin)
+
+
+def test_check_landmarks_catches_pixel_vs_micrometre() -> None:
+    rng = np.random.default_rng(4)
+    fixed = Grid((100, 120), 25.0)  # µm, 3000 × 2500 µm
+    moving = Grid((2000, 2400), 1.0)
+    ok_fixed = rng.uniform(0, 2500, (5, 2))
+    lm_ok = Landmarks(moving=ok_fixed * 0.8, fixed=ok_fixed, names=tuple("abcde"))
+    check_landmarks(lm_ok, fixed, moving)
+    lm_px = Landmarks(moving=ok_fixed * 0.8, fixed=ok_fixed * 25.0, names=tuple("abcde"))  # placed in µm×25
+    with pytest.raises(InputError, match="pixels while the image is calibrated"):
+        check_landmarks(lm_px, fixed, moving)
+
+
+def test_landmarks_from_transform_round_trip() -> None:
+    true = AffineMap(np.array([[2.0, 0.1, 5.0], [0.0, 1.9, -3.0]]))
+    lm = landmarks_from_transform(true, Grid((50, 80), 10.0), n=(3, 4))
+    assert len(lm) == 12 and lm.names[0] == "Pt-0"
+    np.testing.assert_allclose(lm.moving, true(lm.fixed))
+    np.testing.assert_allclose(AffineMap.from_landmarks(lm).matrix, true.matrix, atol=1e-9)
+
+
+def _micrometre_pair() -> tuple[Landmarks, Grid, Grid]:
+    """Landmarks over a 25 µm ion grid (6850 × 4075 µm) and a 0.17 µm optical (435 × 326 µm), as the prostate's."""
+    fixed = Grid((163, 274), 25.0)
+    moving = Grid((1920, 2560), 0.17)
+    gx, gy = np.meshgrid(np.linspace(700, 6150, 4), np.linspace(400, 3650, 4))
+    fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
+    moving_pts = fixed_pts * 0.07 + np.array([5.0, 3.0])
+    return Landmarks(moving=moving_pts, fixed=fixed_pts, names=tuple(f"Pt-{i}" for i in range(16))), fixed, moving
+
+
+def test_check_landmarks_refuses_a_single_far_landmark() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    check_landmarks(lm, fixed, moving)
+    typo = lm.moving.copy()
+    typo[3, 0] = 17918.0  # a digit too many: 435 µm wide
+    with pytest.raises(InputError) as err:
+        check_landmarks(Landmarks(typo, lm.fixed, lm.names), fixed, moving)
+    assert err.value.problem == (
+        "moving (optical) landmark 'Pt-3' at (17918, 31) lies far outside that image (more than half its size beyond "
+        "its edge; image spans x -0.085–435.1, y -0.085–326.3 in units of 0.17 per pixel); is a coordinate mistyped, "
+        "or are the landmarks in pixels while the image is calibrated in µm, or the other way round?")
+    far = lm.fixed.copy()
+    far[[0, 5], 1] = -2100.0  # two of 16 fixed points above the ion image by more than half its height
+    with pytest.raises(InputError, match=r"^2 of 16 fixed \(ion\) landmarks \('Pt-0' at \(700, -2100\), 'Pt-5' at "
+                                         r"\(2516.67, -2100\)\) lie far outside that image .* pixels while the image is "
+                                         "calibrated in µm"):
+        check_landmarks(Landmarks(lm.moving, far, lm.names), fixed, moving)
+
+
+def test_check_landmarks_refuses_fixed_points_in_pixels_on_a_micrometre_grid() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    in_pixels = Landmarks(lm.moving, lm.fixed / 25.0, lm.names)  # all inside the ion image, in its top-left corner
+    with pytest.raises(InputError) as err:
+        check_landmarks(in_pixels, fixed, moving)
+    assert err.value.problem == (
+        "the fixed (ion) landmarks span only 3.2% of that image (x 28–246, y 16–146; image spans x -12.5–6838, "
+        "y -12.5–4062 in units of 25 per pixel) but the moving (optical) ones 82% of theirs: the two sets disagree in "
+        "scale 26×; are the landmarks in pixels while the image is calibrated in µm, or the other way round?")
+    # the optical side in its pixels, on an optical calibrated at 25 µm per pixel: squeezed by that factor
+    coarse = Grid((1920, 2560), 25.0)
+    with pytest.raises(InputError, match=r"^the moving \(optical\) landmarks span only 3.3% .* the two sets disagree in "
+                                         r"scale 24×"):
+        check_landmarks(Landmarks(lm.moving / 0.17, lm.fixed, lm.names), fixed, coarse)
+
+
+def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_part_of_an_image() -> None:
+    lm, fixed, moving = _micrometre_pair()
+    near = lm.moving.copy()
+    near[3] = [480.0, -100.0]  # 10 % and 30 % of the optical beyond its edges: a landmark on tissue just out of frame
+    near[12, 0] = -150.0
+    check_landmarks(Landmarks(near, lm.fixed, lm.names), fixed, moving)
+    # tissue in a corner of a 6× larger MSI frame: the landmarks span 1/6 of it
+    big = Grid((163 * 6, 274 * 6), 25.0)
+    check_landmarks(lm, big, moving)
+    # a whole-slide scan: the section is a small patch in its middle (the landmarks span 3 % of the slide)
+    slide = Grid((60_000, 80_000), 0.17)
+    check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide)
+    check_landmarks(Landmarks(lm.moving + np.array([300.0, 200.0]), lm.fixed, lm.names), fixed, slide)  # core A1
