@@ -373,14 +373,14 @@ def main() -> None:
     import torch
 
     from msifusion.fit import Runtime
-    from msifusion.harmonic import HarmonicConfig
+    from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     options = MethodOptions(runtime=Runtime(quiet=True))
-    no_texture = MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(texture=(0.0,)))
+    no_texture = MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(texture=TextureSettings(strengths=(0.0,))))
     runs = (("guided-harmonic", "guided-harmonic", options), ("no texture", "guided-harmonic", no_texture),
             ("bilinear-bp", "bilinear-bp", options), ("diffusion", "diffusion", options),
             ("guided-bp", "guided-bp", options))

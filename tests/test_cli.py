@@ -74,22 +74,20 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     assert _fuse(opt, ion_path, tmp_path / "box", "--quiet") == 0
     run = json.loads((tmp_path / "box" / "run.json").read_text())
     assert run["method"] == "guided-harmonic" and run["consistency_error"] < 1e-4
-    assert run["harmonic_settings"]["spot_sigma_px"] == 0
     assert run["measurement_model"]["summary"] == f"{scale}×{scale} box average"
     details = run["method_details"]  # why this setting: the coarse-level scores, or why there were none
     assert details["chosen"] in details["ladder"]
     assert "coarse_mse" in details or "selection" in details
-    assert details["texture"] in run["harmonic_settings"]["texture"]
+    assert details["texture"] in run["harmonic_settings"]["texture"]["strengths"]
     fused = tifffile.imread(tmp_path / "box" / "fused.tiff")
     np.testing.assert_allclose(block_mean(fused, scale), ion, rtol=1e-4, atol=1e-4 * float(ion.max()))
 
     assert _fuse(opt, ion_path, tmp_path / "plain", "--quiet", "--no-texture") == 0
     run = json.loads((tmp_path / "plain" / "run.json").read_text())
-    assert run["harmonic_settings"]["texture"] == [0.0] and run["method_details"]["texture"] == 0.0
+    assert run["harmonic_settings"]["texture"]["strengths"] == [0.0] and run["method_details"]["texture"] == 0.0
 
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())
-    assert run["harmonic_settings"]["spot_sigma_px"] == 1.5
     assert run["measurement_model"] == {"box_average_px": scale, "spot_sigma_px": 1.5,
                                         "summary": f"{scale}×{scale} box average after a Gaussian spot of σ 1.5 px"}
     assert run["consistency_error"] < 1e-4  # under the stated measurement model, not the plain box
@@ -224,7 +222,7 @@ def test_demo_passes_the_training_options_to_its_lcrn_column():
 
     args = build_parser().parse_args(["demo", "--epochs", "3", "--bf16", "--spot-sigma", "1.5"])
     settings = _settings(args)  # every option applies to one of the demo's methods: none refused
-    assert settings.fit.max_epochs == 3 and settings.runtime.bf16 and settings.harmonic.spot_sigma_px == 1.5
+    assert settings.fit.max_epochs == 3 and settings.runtime.bf16 and settings.measurement.spot_sigma_px == 1.5
 
 
 def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, monkeypatch):

@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from msifusion.harmonic import (
+    CoarseTest,
     HarmonicConfig,
     HarmonicReport,
+    LadderSettings,
+    PanelSettings,
+    SolverSettings,
+    TextureSettings,
     edge_scales,
     fuse_harmonic_many,
     guide_noise,
@@ -22,7 +27,7 @@ from msifusion.harmonic import (
 from msifusion.fit import Runtime, resolve_device
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
 from msifusion.methods import MethodOptions, fuse, fuse_many
-from msifusion.measurement import Measurement, block_mean, consistency_error, project_consistent, upsample
+from msifusion.measurement import Measurement, MeasurementModel, block_mean, consistency_error, project_consistent, upsample
 from msifusion.metrics import psnr
 
 
@@ -63,7 +68,7 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     measured = block_mean(truth, f)
     report = HarmonicReport()
     out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
-    assert report.settings[0] == HarmonicConfig().ladder[0]
+    assert report.settings[0] == HarmonicConfig().ladder.settings[0]
     assert report.notes[0]["texture"] == 0.0
     assert consistency_error(out, measured, f) < 1e-4
     assert psnr(out, truth) > psnr(upsample(measured, f), truth)
@@ -147,7 +152,7 @@ def test_cells_whose_interiors_carry_a_texture_turn_back_to_a_smoother_setting(c
     y = block_mean(truth, f)
     quiet = Runtime(quiet=True)
     turned = fuse(guide, y, options=MethodOptions(runtime=quiet))
-    kept = fuse(guide, y, options=MethodOptions(runtime=quiet, harmonic=HarmonicConfig(turn_back=False)))
+    kept = fuse(guide, y, options=MethodOptions(runtime=quiet, harmonic=HarmonicConfig(ladder=LadderSettings(turn_back=False))))
     assert (turned.fit.details["chosen"], kept.fit.details["chosen"]) == ([65.0, 1], [50.0, 1])
     assert psnr(turned.image, truth) > psnr(kept.image, truth) + 0.8  # 26.44 against 25.44 dB
 
@@ -170,7 +175,7 @@ def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical(cells_like):
     hot = measured.copy()
     hot.flat[[5, 300, 611]] = 20 * np.percentile(measured, 99)  # three instrument hot spots among 768 pixels
     options = MethodOptions(runtime=Runtime(quiet=True))
-    ladder = [list(s) for s in HarmonicConfig().ladder]
+    ladder = [list(s) for s in HarmonicConfig().ladder.settings]
     rungs = [ladder.index(fuse(guide, y, "guided-harmonic", options).fit.details["chosen"]) for y in (measured, hot)]
     assert rungs[0] >= 2 and abs(rungs[1] - rungs[0]) <= 1  # without the winsorising: the bottom rung
 
@@ -212,7 +217,7 @@ def test_texture_is_not_tried_where_the_optical_texture_is_mostly_its_noise(cell
     for guide, ion, tried in ((halves, truth, False), (cell_guide, cell_truth, True)):
         report = HarmonicReport()
         measured = block_mean(ion, f)
-        fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(ladder=((50.0, 1),)), report=report)
+        fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(ladder=LadderSettings(((50.0, 1),))), report=report)
         note = report.notes[0]
         assert note["texture_tested"] is tried and len(note["texture_coarse_mse"]) == (4 if tried else 1)
         assert (note["optical_texture_snr_db"] > 10) is tried
@@ -227,9 +232,9 @@ def test_the_ladder_walk_uses_the_configured_sign_test(cells):
     y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
     climbed, kept = HarmonicReport(), HarmonicReport()
     fuse_harmonic_many(guide, y, f, report=climbed)
-    fuse_harmonic_many(guide, y, f, HarmonicConfig(sign_significance=1e6), report=kept)
-    assert climbed.settings[0] != HarmonicConfig().ladder[0]
-    assert kept.settings[0] == HarmonicConfig().ladder[0]
+    fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=LadderSettings(sign_significance=1e6)), report=kept)
+    assert climbed.settings[0] != HarmonicConfig().ladder.settings[0]
+    assert kept.settings[0] == HarmonicConfig().ladder.settings[0]
 
 
 def test_texture_is_taken_where_the_ion_follows_the_optical_grain():
@@ -253,7 +258,7 @@ def test_texture_is_taken_where_the_ion_follows_the_optical_grain():
     y = (measured / measured.max())[None]
     report = HarmonicReport()
     out = fuse_harmonic_many(guide, y, f, report=report)[0] * measured.max()
-    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=(0.0,)))[0] * measured.max()
+    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=TextureSettings((0.0,))))[0] * measured.max()
     assert report.notes[0]["texture"] > 0 and report.notes[0]["optical_texture_snr_db"] > 10
     assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
     assert psnr(out, truth) > psnr(plain, truth) + 1.0
@@ -265,7 +270,7 @@ def test_texture_is_not_tried_for_an_ion_that_stays_at_the_first_setting(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
     report = HarmonicReport()
-    fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=((80.0, 0), (50.0, 1)), sign_significance=1e6),
+    fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=LadderSettings(((80.0, 0), (50.0, 1)), sign_significance=1e6)),
                        report=report)
     assert report.notes[0]["chosen"] == [80.0, 0] and report.notes[0]["texture"] == 0.0
     assert report.notes[0]["texture_tested"] is False
@@ -276,7 +281,7 @@ def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
     guide, truth, f = cells
     measured = block_mean(truth, f)
     report = HarmonicReport()
-    out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(texture=(1.0,)),
+    out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(texture=TextureSettings((1.0,))),
                                report=report)[0]
     assert report.notes[0]["texture"] == 1.0
     assert consistency_error(out * measured.max(), measured, f) < 1e-4 and out.min() >= 0
@@ -296,7 +301,7 @@ def test_texture_is_left_out_where_the_ion_is_even_across_the_walls(cells):
 def test_deterministic_on_cpu(cells):
     guide, truth, f = cells
     y = block_mean(truth, f)[None]
-    config, cpu = HarmonicConfig(ladder=((99.9, 0), (50.0, 1))), Runtime(device="cpu")
+    config, cpu = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1)))), Runtime(device="cpu")
     a = fuse_harmonic_many(guide, y, f, config, cpu)
     b = fuse_harmonic_many(guide, y, f, config, cpu)
     np.testing.assert_array_equal(a, b)
@@ -308,7 +313,8 @@ def test_many_ions_match_single_ion(cells):
     ions = np.stack([block_mean(truth, f), block_mean(truth[::-1].copy(), f),
                      block_mean(truth * rng.uniform(0.5, 1.5, truth.shape).astype(np.float32), f)])
     ions = ions / ions.max(axis=(1, 2), keepdims=True)
-    config = HarmonicConfig(ladder=((99.9, 0), (50.0, 1)), ion_batch=2, texture=(0.0, 1.0))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1))), panel=PanelSettings(ion_batch=2),
+                            texture=TextureSettings((0.0, 1.0)))
     # batching changes no result: on the CPU to rounding (bit for bit here); CUDA's kernels round differently by
     # batch size, and the solver stops at its relative tolerance, 1e-3 (H100: 2.4e-5 of the maximum seen)
     tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.tolerance
@@ -322,16 +328,16 @@ def test_many_ions_match_single_ion(cells):
         assert note["chosen"] == note_alone["chosen"] and note["texture"] == note_alone["texture"]
         # each ion's own scores, not the batch's: β = 0 scores what the chosen rung scored
         np.testing.assert_allclose(note["texture_coarse_mse"], note_alone["texture_coarse_mse"], rtol=1e-4)
-        assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.index(tuple(note["chosen"]))]
+        assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.settings.index(tuple(note["chosen"]))]
         assert np.max(np.abs(many[k] - alone)) <= tolerance * np.abs(alone).max()
 
 
 def test_tiles_stay_exact_and_agree_with_one_piece(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]
-    config = HarmonicConfig(ladder=((50.0, 0),))
+    config = HarmonicConfig(ladder=LadderSettings(((50.0, 0),)))
     whole = fuse_harmonic_many(guide, y, f, config)[0]
-    tiled = fuse_harmonic_many(guide, y, f, replace(config, tile_pixels=64 * 64, halo_blocks=2))[0]
+    tiled = fuse_harmonic_many(guide, y, f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=2)))[0]
     assert consistency_error(tiled, y[0], f) < 1e-4
     assert psnr(tiled, truth / truth.max()) > psnr(whole, truth / truth.max()) - 0.3
 
@@ -341,8 +347,8 @@ def test_tiles_stay_exact_under_the_laser_spot_model(cells):
     op = Measurement(truth.shape, f, 1.0)
     y = op.A(torch.tensor(truth, dtype=torch.float64)).numpy()
     ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
-    config = HarmonicConfig(ion_batch=2, spot_sigma_px=1.0, tile_pixels=64 * 64, halo_blocks=2)
-    out = fuse_harmonic_many(guide, ions, f, config)  # a footprint reaches across the seams: still exact
+    config = HarmonicConfig(panel=PanelSettings(ion_batch=2), solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=2))
+    out = fuse_harmonic_many(guide, ions, f, config, measurement=MeasurementModel(1.0))  # footprints cross the seams
     for k in range(2):
         assert consistency_error(out[k], ions[k], f, spot_sigma_px=1.0) < 1e-6
 
@@ -353,15 +359,15 @@ def test_nonnegativity_is_decided_on_the_whole_ion(cells):
     signed = y.copy()
     signed[0, 0] = -1e-3  # one slightly negative MSI pixel, outside the coarse test's window
     report = HarmonicReport()
-    config = HarmonicConfig(texture=(0.0, 0.5, 1.0))
+    config = HarmonicConfig(texture=TextureSettings((0.0, 0.5, 1.0)))
     fuse_harmonic_many(guide, signed[None], f, config, report=report)
     note = report.notes[0]
     assert note["texture"] == 0.0 and len(set(note["texture_coarse_mse"])) == 1  # texture cannot apply: not offered
     sparse = np.zeros_like(y)  # a blob on zero background: the smooth solution dips below zero around it
     sparse[6:9, 9:12], sparse[2, 3], sparse[0, 0] = 1.0, 0.5, -0.01
-    config = HarmonicConfig(ladder=((99.9, 0),), texture=(0.0,))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings((0.0,)))
     whole = fuse_harmonic_many(guide, sparse[None], f, config)[0]
-    tiled = fuse_harmonic_many(guide, sparse[None], f, replace(config, tile_pixels=64 * 64, halo_blocks=1))[0]
+    tiled = fuse_harmonic_many(guide, sparse[None], f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=1)))[0]
     far = (slice(48, 96), slice(48, 128))  # tiles away from the negative pixel are left signed too
     assert (whole[far] < 0).sum() > 100 and (tiled[far] < 0).sum() > 100
     assert consistency_error(tiled, sparse, f) < 1e-4
@@ -387,7 +393,7 @@ def test_edge_scales_are_exact_percentiles_on_small_guides(cells):
 def test_edge_perceptual_term_stays_available(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]
-    config = HarmonicConfig(ladder=((50.0, 0),), edge_weight=0.1)
+    config = HarmonicConfig(ladder=LadderSettings(((50.0, 0),)), edge_weight=0.1)
     out = fuse_harmonic_many(guide, y, f, config)[0]
     assert consistency_error(out, y[0], f) < 1e-4
     plain = fuse_harmonic_many(guide, y, f, replace(config, edge_weight=0.0))[0]
@@ -417,21 +423,25 @@ def test_negative_measurements_are_left_signed():
     assert out.min() < 0
 
 
-@pytest.mark.parametrize("bad", [dict(ladder=()), dict(ladder=((0.0, 0),)), dict(iterations=0),
-                                 dict(weight_floor=0.0), dict(spot_sigma_px=-1.0), dict(ion_batch=0),
-                                 dict(shared_min_ions=1), dict(shared_whiteness=1.0), dict(texture=()),
-                                 dict(texture_sigma_px=0.0), dict(winsor_percent=50.0), dict(winsor_percent=-1.0),
-                                 dict(texture_significance=-1.0)])
-def test_config_rejects_nonsense(bad):
+@pytest.mark.parametrize("group, bad", [
+    (LadderSettings, dict(settings=())), (LadderSettings, dict(settings=((0.0, 0),))),
+    (LadderSettings, dict(significance=-1.0)), (SolverSettings, dict(iterations=0)),
+    (SolverSettings, dict(weight_floor=0.0)), (SolverSettings, dict(tile_pixels=100)),
+    (HarmonicConfig, dict(edge_weight=-1.0)), (MeasurementModel, dict(spot_sigma_px=-1.0)),
+    (MeasurementModel, dict(spot_sigma_px=float("nan"))),
+    (PanelSettings, dict(ion_batch=0)), (PanelSettings, dict(min_ions=1)), (PanelSettings, dict(whiteness=1.0)),
+    (TextureSettings, dict(strengths=())), (TextureSettings, dict(sigma_px=0.0)), (TextureSettings, dict(significance=-1.0)),
+    (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
+def test_config_rejects_nonsense(group, bad):
     with pytest.raises(ValueError):
-        HarmonicConfig(**bad)
+        group(**bad)
 
 
 def test_ion_batch_defaults_by_device():
-    config = HarmonicConfig()
-    assert config.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
-    assert config.batch_on(torch.device("cuda")) == 8
-    assert HarmonicConfig(ion_batch=3).batch_on(torch.device("cpu")) == 3
+    panel = HarmonicConfig().panel
+    assert panel.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
+    assert panel.batch_on(torch.device("cuda")) == 8
+    assert PanelSettings(ion_batch=3).batch_on(torch.device("cpu")) == 3
 
 
 def test_shape_mismatch_is_an_error(cells):
@@ -486,7 +496,7 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone(panel):
 ])
 def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why, panel):
     guide, _, measured, f = panel
-    config = HarmonicConfig(ladder=((99.9, 0),), texture=(0.0,))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings((0.0,)))
     report = HarmonicReport()
     panel = measured[ions, :blocks, :blocks]
     fuse_harmonic_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)
@@ -498,7 +508,7 @@ def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why, panel):
 
 def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone(panel):
     guide, truths, measured, f = panel
-    config = HarmonicConfig(ladder=((99.9, 0), (50.0, 1)))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1))))
     report = HarmonicReport()
     panel = fuse_harmonic_many(guide, measured, f, config, report=report)
     assert report.notes[-1]["fused_alone"] == "the panel's basis leaves structure in this ion"

@@ -133,15 +133,13 @@ def test_an_8_bit_guide_is_read_as_fractions_and_a_0_to_255_float_guide_is_refus
 
 
 def test_a_spot_wider_than_half_an_msi_pixel_is_refused(small_pair):
-    from msifusion.harmonic import HarmonicConfig
-    from msifusion.measurement import consistency_error
+    from msifusion.measurement import MeasurementModel, consistency_error
 
     guide, ion, scale = small_pair
     half = scale / 2
     with pytest.raises(InputError, match="--spot-sigma: .* wider than half an MSI pixel"):
-        fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(spot_sigma_px=half + 0.5)))
-    at_bound = fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True),
-                                                      harmonic=HarmonicConfig(spot_sigma_px=half)))
+        fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True), measurement=MeasurementModel(half + 0.5)))
+    at_bound = fuse(guide, ion, options=MethodOptions(runtime=Runtime(quiet=True), measurement=MeasurementModel(half)))
     assert consistency_error(at_bound.image, ion, scale, half) < 1e-4
     assert np.abs(at_bound.image).max() < 20 * np.abs(ion).max()  # no blown-up deblurring at the bound
 

@@ -174,14 +174,12 @@ def _settings(args: argparse.Namespace):
         fit = FitConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise InputError("training options", str(exc)) from None
-    from dataclasses import replace
+    from msifusion.harmonic import HarmonicConfig, TextureSettings
+    from msifusion.measurement import MeasurementModel
 
-    from msifusion.harmonic import HarmonicConfig
-
-    harmonic = HarmonicConfig(spot_sigma_px=args.spot_sigma or 0.0)
-    if args.no_texture:
-        harmonic = replace(harmonic, texture=(0.0,))
+    harmonic = HarmonicConfig(texture=TextureSettings(strengths=(0.0,)) if args.no_texture else TextureSettings())
     return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
+                        measurement=MeasurementModel(args.spot_sigma or 0.0),
                         method=args.method or DEFAULT_METHOD)
 
 

@@ -7,7 +7,7 @@ registered optical guide ``g`` (H, W, 3), H = h·f, W = w·f::
     subject to A x = y                                     (every MSI pixel's mean is measured)
 
 ``A`` is the measurement model: the box average over each f×f block (default), optionally
-after a Gaussian laser spot (:attr:`HarmonicConfig.spot_sigma_px`). The conductance
+after a Gaussian laser spot (:class:`msifusion.measurement.MeasurementModel`). The conductance
 ``w_ij`` between 4-neighbours is Perona–Malik's ``1 / (1 + (|g_i − g_j| / κ)²)`` on the RGB
 difference, plus a small floor: the solution is smooth inside regions of even colour and may
 jump where the optical shows an edge, yet every block keeps exactly its measured mean, so
@@ -21,7 +21,7 @@ multigrid V-cycle whose levels nest in the MSI blocks (the solver is its own mod
 Four additions, each measured on the benchmark (docs/benchmarks.md):
 
 - *Refinement*: one re-weighted pass (IRLS) multiplies the conductances by
-  ``1 / (1 + (|x_i − x_j| / τ)²)`` of the first solution (τ = ``refine_scale``·std(y)):
+  ``1 / (1 + (|x_i − x_j| / τ)²)`` of the first solution (τ = ``SolverSettings.refine_scale``·std(y)):
   optical edges the ion does not follow are smoothed over, edges it does follow sharpen
   (a step towards guided total variation). These conductances nearly cut the grid, and
   their exact minimiser over-sharpens: the pass is a fixed budget of Jacobi-preconditioned
@@ -32,12 +32,12 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   differences, with refinement). Each is run on the same problem one level coarser (the
   measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
   the previous one only if it predicts the held-back measurement significantly better
-  (paired per-block test, ``significance`` standard errors of the differences winsorised so
+  (paired per-block test, ``LadderSettings.significance`` standard errors of the differences winsorised so
   that a few hot pixels cannot hide a gain, and better on significantly more blocks than
-  worse, ``sign_significance`` binomial standard deviations); where a sharper setting than the
+  worse, ``LadderSettings.sign_significance`` binomial standard deviations); where a sharper setting than the
   one chosen predicts significantly worse, the curve has turned up, and one setting smoother is
   taken (one scale coarser the test favours sharper settings than the measured scale does:
-  ``turn_back``). Optical images that
+  ``LadderSettings.turn_back``). Optical images that
   show the chemistry (plant cells, depth edges) climb the ladder; an H&E whose texture is
   unrelated to the ion stays at the bottom (a smooth consistent interpolation).
 - *Non-negativity*: for non-negative measurements, negatives are clipped and every block
@@ -91,110 +91,135 @@ import torch
 import torch.nn.functional as F
 
 from msifusion.fit import progress_bar
-from msifusion.measurement import Measurement, bilinear_up_t, block_mean_t, gauss_taps, positive_rescale
+from msifusion.measurement import (Measurement, MeasurementModel, bilinear_up_t, block_mean_t, gauss_taps,
+                                   positive_rescale)
 from msifusion.solver import EdgeTerm, solve_harmonic
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
 
 
 @dataclass(frozen=True)
-class HarmonicConfig:
-    """Defaults of the guided harmonic method (one set for every case).
+class LadderSettings:
+    """How far to trust the optical: the settings tried, in order, and the walk that chooses among them.
 
-    ``ladder``: settings tried in order, each (edge quantile q in %, refinement passes);
-    κ = the q-th percentile of the guide's neighbour colour differences, so a low q makes
-    most optical edges block. ``significance``: how many standard errors a setting must gain
-    in the coarse-level prediction to replace the previous one (0: any gain in the mean);
-    ``sign_significance``: by how many binomial standard deviations its blocks that gain must
-    outnumber those that lose (0: any majority). ``winsor_percent``: the walks' paired per-block
-    differences (the ladder's and β's) are clipped to their percentiles at this value and 100 minus it before the mean test,
-    so that a few hot MSI pixels, whose blocks no setting predicts, cannot hide the gain of the
-    rest (measured: three hot pixels at 20× the 99th percentile dropped the test to the bottom
-    rung and the ion by 2–3 dB).
-    ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse (``significance``
-    standard errors: the coarse curve turns up past its minimum), take the setting one rung smoother. One scale
-    coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
-    the measured scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant
-    phantoms, depth edges and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not follow (the
-    ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
-    ``select_pixels``: the coarse-level test uses at most this many fine pixels in all (a
-    central window of at most 600 000, in up to four shifted phases), so that the choice
-    costs little on large images and is steady on small ones; its solves start from the
-    previous setting's solution and stop at the looser ``select_tolerance`` (a ranking needs
-    less precision than an output). ``spot_sigma_px``: Gaussian
-    laser spot before the box average, in fine pixels (0 = pure box average).
-    ``edge_weight``: optional weight of the paper's edge perceptual term
-    ``‖K x − K lum(g)‖²`` (K: the Laplacian of :mod:`msifusion.losses`) added to the
-    energy; 0 by default (measured: it does not help against truth).
-    ``shared_min_ions``, ``shared_max_rank``, ``shared_whiteness``: a panel of at least
-    ``shared_min_ions`` ions shares one fused basis of at most ``shared_max_rank`` images
-    (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is
-    white noise (neighbour autocorrelation at most ``shared_whiteness``), else it is fused alone.
-    ``ion_batch``: ions solved together (None: :meth:`batch_on` picks by device); results do not
-    depend on it (on the CPU bit for bit for ions fused alone, to float32 rounding through a
-    shared basis; on CUDA, whose kernels can round differently by batch size, to the solver's
-    tolerance). ``texture``: strengths β tried, in order, for carrying the optical's fine
-    texture over (:func:`optical_detail` at ``texture_sigma_px``; the first entry is the
-    default, normally 0 = none), chosen per ion by the same coarse-level test as the ladder, at
-    ``texture_significance`` standard errors, and only for an ion that climbed the ladder: a
-    gatekeeping order, in which the strict test on the optical's edges (``significance`` and the
-    sign test) must pass before the one-parameter refinement is tried, so the second can be laxer
-    (measured: at 2 instead of 4, dev phantoms +0.15 dB and the 24 unseen variants +0.10, no case
-    lower; without the gate the texture was taken on two prostate ions whose ladder stayed at the
-    bottom, and cost them 1 dB). β's walk is an ordered one (:func:`_walk`): a strength significantly worse
-    than the current choice ends it, and none is taken where the strongest is significantly worse than none.
-    ``texture_snr_db``: β is tried only where the optical's fine texture stands this far
-    above what the guide's own pixel noise would give it (:func:`texture_snr_db`; measured: on a dim
-    synthetic guide with 2 % noise, 3.7 dB, β = 0.5 copied that noise into the ion and cost 2.5 dB; our
-    plant phantoms 19–20 dB, synthetic cells with walls 12–29 dB).
+    ``settings``: each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's neighbour
+    colour differences, so a low q makes most optical edges block. A setting replaces the previous choice only if it
+    predicts the held-back measurement better by ``significance`` standard errors of the paired per-block differences
+    (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial standard deviations
+    (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse
+    (the coarse curve turns up past its minimum), take the setting one rung smoother. One scale coarser the
+    optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than the measured
+    scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant phantoms, depth edges
+    and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not follow
+    (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
     """
 
-    ladder: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
-    turn_back: bool = True
+    settings: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
     significance: float = 4.0
     sign_significance: float = 2.0
+    turn_back: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.settings:
+            raise ValueError("ladder needs at least one setting")
+        for q, passes in self.settings:
+            if not 0 < q < 100 or passes < 0:
+                raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
+        if min(self.significance, self.sign_significance) < 0:
+            raise ValueError("the ladder's significances must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class TextureSettings:
+    """Carrying the optical's fine texture over: strengths β tried, in order (the first is the default, normally
+    0 = none), for :func:`optical_detail` at ``sigma_px``.
+
+    β is chosen per ion by the coarse-level test at ``significance`` standard errors, and only for an ion that
+    climbed the ladder: a gatekeeping order, in which the strict test on the optical's edges must pass before the
+    one-parameter refinement is tried, so the second can be laxer (measured: at 2 instead of 4, dev phantoms
+    +0.15 dB and the 24 unseen variants +0.10, no case lower; without the gate the texture was taken on two prostate
+    ions whose ladder stayed at the bottom, and cost them 1 dB). β's walk is an ordered one (:func:`_walk`): a
+    strength significantly worse than the current choice ends it, and none is taken where the strongest is
+    significantly worse than none. ``snr_db``: β is tried only where the optical's fine texture stands this far
+    above what the guide's own pixel noise would give it (:func:`texture_snr_db`; measured: on a dim synthetic
+    guide with 2 % noise, 3.7 dB, β = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms
+    19–20 dB, synthetic cells with walls 12–29 dB).
+    """
+
+    strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    sigma_px: float = 1.5
+    significance: float = 2.0
+    snr_db: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.strengths or self.sigma_px <= 0 or self.significance < 0:
+            raise ValueError("texture needs at least one strength, sigma_px > 0 and significance ≥ 0")
+
+
+@dataclass(frozen=True)
+class CoarseTest:
+    """The self-supervised test behind both walks (the ladder's and β's): the measurement block-averaged 2×2 is
+    fused and predicted back at the measured grid.
+
+    ``pixels``: at most this many fine pixels in all (a central window of at most 600 000, in up to four shifted
+    phases), so that the choice costs little on large images and is steady on small ones; its solves start from
+    the previous setting's solution and stop at the looser ``tolerance`` (a ranking needs less precision than an
+    output). ``winsor_percent``: the walks' paired per-block differences are clipped to their percentiles at this
+    value and 100 minus it before the mean test, so that a few hot MSI pixels, whose blocks no setting predicts,
+    cannot hide the gain of the rest (measured: three hot pixels at 20× the 99th percentile dropped the test to the
+    bottom rung and the ion by 2–3 dB).
+    """
+
+    pixels: int = 1_200_000
+    tolerance: float = 1e-2
     winsor_percent: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pixels < 1 or self.tolerance <= 0 or not 0 <= self.winsor_percent < 50:
+            raise ValueError("the coarse test needs pixels ≥ 1, tolerance > 0 and winsor_percent in [0, 50)")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The exact solve: conductance floor, the refinement's τ = ``refine_scale``·std(y), the multigrid-preconditioned
+    solve's ``iterations`` and relative ``tolerance``, and tiles of at most ``tile_pixels`` fine pixels with a halo of
+    ``halo_blocks`` MSI pixels for large images."""
+
     weight_floor: float = 1e-3
     refine_scale: float = 0.1
     iterations: int = 100
     tolerance: float = 1e-3
-    select_tolerance: float = 1e-2
-    positive: bool = True
-    select_pixels: int = 1_200_000
-    spot_sigma_px: float = 0.0
-    edge_weight: float = 0.0
     tile_pixels: int = 4_000_000
     halo_blocks: int = 6
-    ion_batch: int | None = None
-    shared_min_ions: int = 4
-    shared_max_rank: int = 32
-    shared_whiteness: float = 0.1
-    texture: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
-    texture_sigma_px: float = 1.5
-    texture_significance: float = 2.0
-    texture_snr_db: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.ladder:
-            raise ValueError("ladder needs at least one setting")
-        for q, passes in self.ladder:
-            if not 0 < q < 100 or passes < 0:
-                raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
-        if not 0 <= self.winsor_percent < 50:
-            raise ValueError("winsor_percent must be in [0, 50)")
         if self.weight_floor <= 0 or self.refine_scale <= 0:
             raise ValueError("weight_floor and refine_scale must be positive")
-        if self.iterations < 1 or self.tolerance <= 0 or self.select_tolerance <= 0:
-            raise ValueError("iterations ≥ 1 and tolerances > 0 required")
-        if min(self.spot_sigma_px, self.edge_weight, self.significance, self.sign_significance,
-               self.texture_significance) < 0:
-            raise ValueError("spot_sigma_px, edge_weight and the three significances must be ≥ 0")
-        if self.tile_pixels < 4096 or self.halo_blocks < 0 or (self.ion_batch is not None and self.ion_batch < 1):
-            raise ValueError("tile_pixels ≥ 4096, halo_blocks ≥ 0, ion_batch ≥ 1 (or None) required")
-        if not self.texture or self.texture_sigma_px <= 0:
-            raise ValueError("texture needs at least one strength and texture_sigma_px must be positive")
-        if self.shared_min_ions < 2 or self.shared_max_rank < 1 or not 0 < self.shared_whiteness < 1:
-            raise ValueError("shared_min_ions ≥ 2, shared_max_rank ≥ 1 and 0 < shared_whiteness < 1 required")
+        if self.iterations < 1 or self.tolerance <= 0:
+            raise ValueError("iterations ≥ 1 and tolerance > 0 required")
+        if self.tile_pixels < 4096 or self.halo_blocks < 0:
+            raise ValueError("tile_pixels ≥ 4096 and halo_blocks ≥ 0 required")
+
+
+@dataclass(frozen=True)
+class PanelSettings:
+    """A panel of ions on one guide: at least ``min_ions`` share one fused basis of at most ``max_rank`` images
+    (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is white noise (neighbour
+    autocorrelation at most ``whiteness``), else it is fused alone. ``ion_batch``: ions solved together (None:
+    :meth:`batch_on` picks by device); results do not depend on it (on the CPU bit for bit for ions fused alone, to
+    float32 rounding through a shared basis; on CUDA, whose kernels can round differently by batch size, to the
+    solver's tolerance)."""
+
+    min_ions: int = 4
+    max_rank: int = 32
+    whiteness: float = 0.1
+    ion_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_ions < 2 or self.max_rank < 1 or not 0 < self.whiteness < 1:
+            raise ValueError("min_ions ≥ 2, max_rank ≥ 1 and 0 < whiteness < 1 required")
+        if self.ion_batch is not None and self.ion_batch < 1:
+            raise ValueError("ion_batch must be ≥ 1 (or None)")
 
     def batch_on(self, device: torch.device) -> int:
         """How many ions are solved together: ``ion_batch``, or by default 1 on CPU and 8 on a GPU.
@@ -207,6 +232,29 @@ class HarmonicConfig:
         if self.ion_batch is not None:
             return self.ion_batch
         return 1 if device.type == "cpu" else 8
+
+
+@dataclass(frozen=True)
+class HarmonicConfig:
+    """Defaults of the guided harmonic method (one set for every case), grouped by what they decide.
+
+    ``positive``: the non-negativity step for non-negative measurements (box model only). ``edge_weight``:
+    optional weight of the paper's edge perceptual term ``‖K x − K lum(g)‖²`` (K: the Laplacian of
+    :mod:`msifusion.losses`) added to the energy; 0 by default (measured: it does not help against truth). What an MSI
+    pixel measures is not a setting of the method but of the data: :class:`msifusion.measurement.MeasurementModel`.
+    """
+
+    ladder: LadderSettings = LadderSettings()
+    texture: TextureSettings = TextureSettings()
+    test: CoarseTest = CoarseTest()
+    solver: SolverSettings = SolverSettings()
+    panel: PanelSettings = PanelSettings()
+    positive: bool = True
+    edge_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.edge_weight < 0:
+            raise ValueError("edge_weight must be ≥ 0")
 
 
 # ----------------------------------------------------------------------------- conductances
@@ -249,22 +297,29 @@ def _pm(d: torch.Tensor, kappa: float | torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Problem:
-    """A guide window and its measurement(s) on one device, with the global κ and τ."""
+    """A guide window and its measurement(s) on one device, with the refinement scales τ and what the whole guide
+    shares (``shared``: its κ, the settings and the measurement model)."""
 
     guide: torch.Tensor  # (H, W, 3)
     y: torch.Tensor  # (K, h, w)
     f: int
-    kappas: dict[float, float]
     taus: torch.Tensor  # (K, 1, 1)
-    config: HarmonicConfig
+    shared: _Guide
     diffs: tuple[torch.Tensor, torch.Tensor] | None = None
     op: Measurement | None = None
     edge: EdgeTerm | None = None
 
+    @property
+    def config(self) -> HarmonicConfig:
+        return self.shared.config
+
+    @property
+    def kappas(self) -> dict[float, float]:
+        return self.shared.kappas
+
     def __post_init__(self) -> None:
         self.diffs = colour_differences(self.guide)
-        H, W = self.guide.shape[:2]
-        self.op = Measurement((H, W), self.f, self.config.spot_sigma_px, self.guide.device)
+        self.op = self.shared.measurement.operator(tuple(self.guide.shape[:2]), self.f, self.guide.device)
         if self.config.edge_weight > 0:
             self.edge = EdgeTerm(self.guide, self.config.edge_weight)
 
@@ -278,12 +333,12 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     ``tolerance``: the solver's relative tolerance (default: the config's).
     """
     cfg = pb.config
-    tolerance = tolerance or cfg.tolerance
+    tolerance = tolerance or cfg.solver.tolerance
     kappa = pb.kappas[q]
-    wh = _pm(pb.diffs[0], kappa).add_(cfg.weight_floor)
-    wv = _pm(pb.diffs[1], kappa).add_(cfg.weight_floor)
+    wh = _pm(pb.diffs[0], kappa).add_(cfg.solver.weight_floor)
+    wv = _pm(pb.diffs[1], kappa).add_(cfg.solver.weight_floor)
     x = start if start is not None else pb.op.project(bilinear_up_t(pb.y, pb.f), pb.y)
-    x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.iterations, tolerance, pb.edge)
+    x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.solver.iterations, tolerance, pb.edge)
     first = x
     for _ in range(passes):
         # product of the optical's and the first solution's conductances, no second floor: edges that
@@ -296,20 +351,20 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
 
 def _refine_taus(images: torch.Tensor, config: HarmonicConfig) -> torch.Tensor:
     """τ of the refinement pass per image of (K, h, w): ``refine_scale``·std, shaped (K, 1, 1)."""
-    return (config.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
+    return (config.solver.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
 
 
-def _finish(x: torch.Tensor, y: torch.Tensor, f: int, config: HarmonicConfig, nonneg: torch.Tensor,
+def _finish(x: torch.Tensor, y: torch.Tensor, f: int, rescale: bool, nonneg: torch.Tensor,
             beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
     """Non-negativity for the ions whose whole measurement is non-negative (``nonneg``, (K,) bool: decided
     on the whole ion, not on the window or tile in ``y``, so tiles and the coarse test agree with the
-    final image); box model only (a spot's footprints overlap blocks, so there is no exact block
-    rescale and its output may dip below zero).
+    final image), where ``rescale`` (:attr:`_Guide.rescales`: box model only; under a spot the output may dip below
+    zero).
 
     ``beta`` (K, 1, 1) or a scalar tensor, with ``detail`` (H, W): the optical's fine texture is first carried over
     multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the block rescale.
     """
-    if config.positive and config.spot_sigma_px == 0:
+    if rescale:
         if bool(nonneg.any()):
             textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
             x = torch.where(nonneg[:, None, None], positive_rescale(textured, y, f), x)
@@ -407,42 +462,51 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
     return (h - hh) // 2, (w - ww) // 2, hh, ww
 
 
-def _texture_testable(f: int, config: HarmonicConfig) -> bool:
+def _texture_testable(f: int, config: HarmonicConfig, model: MeasurementModel) -> bool:
     """Whether β can be chosen at all: there are strengths to try, the coarse-level test resolves the texture
     (it sees it only through its sums over f×f blocks, so a block must span 5 σ of it), and the box model's
     exact block rescale applies."""
-    return (len(config.texture) > 1 and f >= 5 * config.texture_sigma_px and config.positive
-            and config.spot_sigma_px == 0)
+    return (len(config.texture.strengths) > 1 and f >= 5 * config.texture.sigma_px and config.positive
+            and model.box)
 
 
 @dataclass(frozen=True)
 class _Guide:
-    """What every ion fused with one guide shares: the guide (H, W, 3), the scale f, the settings, the edge
-    scales κ per ladder quantile, the optical-density floor of :func:`optical_detail` and how far that
-    texture stands above the guide's noise (:func:`texture_snr_db`; None where β cannot be tried,
-    :func:`_texture_testable`), and the device."""
+    """What every ion fused with one guide shares: the guide (H, W, 3), the scale f, the settings, the
+    measurement model, the edge scales κ per ladder quantile, the optical-density floor of :func:`optical_detail`
+    and how far that texture stands above the guide's noise (:func:`texture_snr_db`; None where β cannot be
+    tried, :func:`_texture_testable`), and the device."""
 
     image: np.ndarray
     f: int
     config: HarmonicConfig
+    measurement: MeasurementModel
     kappas: dict[float, float]
     detail_eps: float
     texture_snr_db: float | None
     device: torch.device
 
+    @property
+    def rescales(self) -> bool:
+        """Whether non-negative ions get the exact block rescale of :func:`_finish` (box model only: a spot's
+        footprints overlap blocks, so there is no exact block rescale)."""
+        return self.config.positive and self.measurement.box
+
     @classmethod
-    def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, device: torch.device) -> "_Guide":
+    def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
+           device: torch.device) -> "_Guide":
         guide = np.asarray(guide, dtype=np.float32)
         if not (guide.flags.writeable and guide.flags.c_contiguous):  # as methods' _checked_guide does, for
             guide = np.array(guide, order="C")  # callers of fuse_harmonic_many itself (torch needs both)
-        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder})))
+        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.settings})))
         eps = _detail_eps(guide)
-        snr = texture_snr_db(guide, config.texture_sigma_px, eps) if _texture_testable(f, config) else None
-        return cls(guide, f, config, kappas, eps, snr, device)
+        testable = _texture_testable(f, config, measurement)
+        snr = texture_snr_db(guide, config.texture.sigma_px, eps) if testable else None
+        return cls(guide, f, config, measurement, kappas, eps, snr, device)
 
     def detail(self, window: torch.Tensor) -> torch.Tensor:
         """:func:`optical_detail` of a window (h, w, 3) of this guide, on the device."""
-        return optical_detail(window, self.config.texture_sigma_px, self.detail_eps)
+        return optical_detail(window, self.config.texture.sigma_px, self.detail_eps)
 
 
 def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor,
@@ -453,17 +517,17 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     each setting fuses that coarser image at scale 2f with the same optical, and the
     result's block means at scale f are compared with the real measurement. Up to four
     phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
-    within ``select_pixels``, for a steadier test on small images. Walking up the ladder, a
+    within ``config.test.pixels``, for a steadier test on small images. Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
-    ``significance`` standard errors (of the differences winsorised at ``winsor_percent``), on
-    significantly more blocks than they lose (``sign_significance``; :func:`_walk`); where a sharper
+    ``config.ladder.significance`` standard errors (of the differences winsorised at ``config.test.winsor_percent``),
+    on significantly more blocks than they lose (``config.ladder.sign_significance``; :func:`_walk`); where a sharper
     setting then predicts significantly worse than the choice, one setting smoother is taken
-    (``turn_back``; the note ``turned_back`` says so). Too small an image (fewer than 16 coarse
+    (``config.ladder.turn_back``; the note ``turned_back`` says so). Too small an image (fewer than 16 coarse
     pixels) keeps the first setting. With a shared ``basis``
     (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
     coarse prediction is their mixture, made consistent with its own coarse measurement: the
     same test per ion at the basis's cost.
-    Then, at the chosen setting, the same walk (without the sign test) over ``config.texture``
+    Then, at the chosen setting, the same walk (without the sign test) over ``config.texture.strengths``
     picks the strength β of the optical-texture step: only where a block spans 5 σ of it and the
     box model's rescale applies, to ions whose whole measurement is non-negative, ``nonneg`` (K,),
     and whose walk left the ladder's first setting (an ion that does not follow the optical's
@@ -471,26 +535,26 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
     Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
-    guide, f, config, kappas, device = gd.image, gd.f, gd.config, gd.kappas, gd.device
+    guide, f, config, device = gd.image, gd.f, gd.config, gd.device
     K = ions.shape[0]
     H, W = guide.shape[:2]
-    ladder = [list(s) for s in config.ladder]
-    if len(config.ladder) == 1 and len(config.texture) == 1:
-        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture[0],
+    ladder = [list(s) for s in config.ladder.settings]
+    if len(config.ladder.settings) == 1 and len(config.texture.strengths) == 1:
+        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
                                "selection": "one setting"} for _ in range(K)]
-    r0, c0, hh, ww = _window(H, W, f, min(config.select_pixels, 600_000))
+    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, 600_000))
     if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
-        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture[0],
+        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
                                "selection": "image too small to test; first setting"} for _ in range(K)]
     h, w = H // f, W // f
     phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
     phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
-    phases = phases[:max(1, min(len(phases), config.select_pixels // (hh * ww * f * f)))]
+    phases = phases[:max(1, min(len(phases), config.test.pixels // (hh * ww * f * f)))]
     # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
-    textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture_snr_db
-    betas = config.texture if textured else config.texture[:1]
-    errors = [[[] for _ in betas] for _ in config.ladder]
-    batch = config.batch_on(device)
+    textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
+    betas = config.texture.strengths if textured else config.texture.strengths[:1]
+    errors = [[[] for _ in betas] for _ in config.ladder.settings]
+    batch = config.panel.batch_on(device)
     parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
     for a, b in phases:
         rows = slice((r0 + a) * f, (r0 + a + hh) * f)
@@ -499,20 +563,21 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
         y2 = block_mean_t(y, 2)
         if basis is None:
-            pb = _Problem(g, y2, 2 * f, kappas, taus, config)
+            pb = _Problem(g, y2, 2 * f, taus, gd)
         else:
-            pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f, kappas,
-                          basis.taus, config)
-        measure_f = Measurement(tuple(g.shape[:2]), f, config.spot_sigma_px, device)
+            pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f,
+                          basis.taus, gd)
+        measure_f = gd.measurement.operator(tuple(g.shape[:2]), f, device)
         detail = gd.detail(g) if any(betas) else None
         first = None
-        for i, (q, passes) in enumerate(config.ladder):
-            x, first = _solve_setting(pb, q, passes, first, config.select_tolerance)
+        for i, (q, passes) in enumerate(config.ladder.settings):
+            x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
             per_block = [[] for _ in betas]
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
                 for j, beta in enumerate(betas):
-                    xt = _finish(xp, y2[part], 2 * f, config, nonneg[part], torch.tensor(beta, device=device), detail)
+                    xt = _finish(xp, y2[part], 2 * f, gd.rescales, nonneg[part], torch.tensor(beta, device=device),
+                                 detail)
                     per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
             for j in range(len(betas)):
                 errors[i][j].append(torch.cat(per_block[j]))  # (K, n) per-block squared errors
@@ -520,17 +585,18 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     chosen, notes = [], []
     for k in range(K):
         ladder_errors = [e[0][k] for e in errors]
-        walked = _walk(ladder_errors, config.significance, config.sign_significance, config.winsor_percent)
-        best = _walk(ladder_errors, config.significance, config.sign_significance, config.winsor_percent,
-                     back=config.turn_back)
+        rules = config.ladder.significance, config.ladder.sign_significance, config.test.winsor_percent
+        walked = _walk(ladder_errors, *rules)
+        best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
-        trusted = best > 0 or len(config.ladder) == 1
-        texture = _walk([e[k] for e in errors[best]], config.texture_significance, winsor=config.winsor_percent,
+        trusted = best > 0 or len(config.ladder.settings) == 1
+        texture = _walk([e[k] for e in errors[best]], config.texture.significance, winsor=config.test.winsor_percent,
                         ordered=True) if trusted else 0
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
-                      "chosen": ladder[best], "turned_back": best != walked, "texture": config.texture[texture],
+                      "chosen": ladder[best], "turned_back": best != walked,
+                      "texture": config.texture.strengths[texture],
                       "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": gd.texture_snr_db,
                       "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
@@ -565,7 +631,7 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9 to
     3.1 dB). ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one
     step back (not below the second entry; the entry before the choice, whether or not the walk stood on it):
-    see :attr:`HarmonicConfig.turn_back`."""
+    see :attr:`LadderSettings.turn_back`."""
     best = 0
     for i in range(1, len(errors)):
         mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
@@ -591,18 +657,18 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
 def _tiles(h: int, w: int, f: int, config: HarmonicConfig) -> list[tuple[slice, slice, slice, slice]]:
     """Tiles in block units: (outer rows, outer cols, inner rows, inner cols) as block slices.
 
-    Inner tiles partition the block grid; outer = inner + ``halo_blocks`` (clipped).
+    Inner tiles partition the block grid; outer = inner + ``config.solver.halo_blocks`` (clipped).
     """
-    per_tile_blocks = max(1, config.tile_pixels // (f * f))
+    per_tile_blocks = max(1, config.solver.tile_pixels // (f * f))
     if h * w <= per_tile_blocks:
         return [(slice(0, h), slice(0, w), slice(0, h), slice(0, w))]
-    side = max(1, int(math.sqrt(per_tile_blocks)) - 2 * config.halo_blocks)
+    side = max(1, int(math.sqrt(per_tile_blocks)) - 2 * config.solver.halo_blocks)
     out = []
     for r in range(0, h, side):
         for c in range(0, w, side):
             ir, ic = slice(r, min(r + side, h)), slice(c, min(c + side, w))
-            orow = slice(max(0, ir.start - config.halo_blocks), min(h, ir.stop + config.halo_blocks))
-            ocol = slice(max(0, ic.start - config.halo_blocks), min(w, ic.stop + config.halo_blocks))
+            orow = slice(max(0, ir.start - config.solver.halo_blocks), min(h, ir.stop + config.solver.halo_blocks))
+            ocol = slice(max(0, ic.start - config.solver.halo_blocks), min(w, ic.stop + config.solver.halo_blocks))
             out.append((orow, ocol, ir, ic))
     return out
 
@@ -641,7 +707,7 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
     The basis: the leading right singular vectors of the ion images (one row per ion, not
     centred), refitted on the ions it explains so that the others do not bend it. At rank r
     an ion is explained when what the basis leaves of it is white noise
-    (:func:`residual_whiteness` ≤ ``shared_whiteness``) or vanishes; r minimises the solves,
+    (:func:`residual_whiteness` ≤ ``config.panel.whiteness``) or vanishes; r minimises the solves,
     r + the unexplained ions (ties: the smaller r), and sharing is used only where it at
     least halves the solves: Σ_j c_kj·fuse(b_j), made exactly consistent with ion k, is an
     approximation of fusing ion k alone (the module docstring says where it differs).
@@ -653,7 +719,7 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
     energy = np.diag(gram)
     best = None
-    for r in range(1, min(config.shared_max_rank, K - 1) + 1):
+    for r in range(1, min(config.panel.max_rank, K - 1) + 1):
         if best is not None and r >= best[0]:
             break  # the solves are at least r
         fit = np.ones(K, dtype=bool)
@@ -663,7 +729,7 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
             rows = (u[:, top].T @ Y[fit]) / np.sqrt(np.maximum(lam[top], 1e-300))[:, None]
             residual = Y - (Y @ rows.T) @ rows
             rho = residual_whiteness(residual.reshape(K, h, w))
-            explained = (rho <= config.shared_whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
+            explained = (rho <= config.panel.whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
             if (explained == fit).all() or explained.sum() <= r:
                 break
             fit = explained
@@ -685,8 +751,8 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
 def _cannot_share(ions: np.ndarray, config: HarmonicConfig) -> str | None:
     """Why a panel (K, h, w) cannot share a basis at all, before any decomposition; None if it might."""
     K, h, w = ions.shape
-    if K < config.shared_min_ions:
-        return f"a panel of fewer than {config.shared_min_ions} ions shares no basis"
+    if K < config.panel.min_ions:
+        return f"a panel of fewer than {config.panel.min_ions} ions shares no basis"
     if h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
         return f"fewer than {SHARED_MIN_PIXELS} MSI pixels: too few to tell the basis's leftover noise from structure"
     if not np.any(ions):
@@ -719,10 +785,10 @@ class HarmonicReport:
     notes: list[dict] = field(default_factory=list)
 
 
-def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, device: torch.device,
-         report: HarmonicReport, quiet: bool = True) -> np.ndarray:
+def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
+         device: torch.device, report: HarmonicReport, quiet: bool = True) -> np.ndarray:
     """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
-    gd = _Guide.of(guide, f, config, device)
+    gd = _Guide.of(guide, f, config, measurement, device)
     shared = shared_basis(ions, config)
     if shared is None:
         out = _run_each(gd, ions, report, quiet)
@@ -755,11 +821,11 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     """Fuse (K, h, w) normalised ions with the guide ``gd``, each with its own setting; returns (K, H, W) float32.
 
     Without ``basis`` every ion is solved, batch by batch (memory grows with
-    :meth:`HarmonicConfig.batch_on`, not with K). With one, only the basis images are solved, once per
+    :meth:`PanelSettings.batch_on`, not with K). With one, only the basis images are solved, once per
     setting some ion chose, and each ion is their mixture made exactly consistent with its
     own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
     """
-    guide, f, config, device, kappas = gd.image, gd.f, gd.config, gd.device, gd.kappas
+    guide, f, config, device = gd.image, gd.f, gd.config, gd.device
     H, W = guide.shape[:2]
     K, h, w = ions.shape
     if (h * f, w * f) != (H, W):
@@ -768,7 +834,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     taus = _refine_taus(y_all, config)
     nonneg = (y_all >= 0).flatten(1).all(1)
     tiles = _tiles(h, w, f, config)
-    batch_size = config.batch_on(device)
+    batch_size = config.panel.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
     progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet,
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")  # fractional steps: no counts shown
@@ -778,8 +844,9 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         chosen += c
         notes += n
         progress.update()
-    report.settings = [config.ladder[i] for i, _ in chosen]
-    betas = torch.tensor([config.texture[j] for _, j in chosen], dtype=torch.float32, device=device)[:, None, None]
+    report.settings = [config.ladder.settings[i] for i, _ in chosen]
+    betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
+                         device=device)[:, None, None]
     report.notes = notes
     out = np.empty((K, H, W), dtype=np.float32)
     for orow, ocol, irow, icol in tiles:
@@ -791,22 +858,22 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         for setting in sorted({i for i, _ in chosen}):
             idx = [k for k in range(K) if chosen[k][0] == setting]
             if basis is not None:
-                pb = _Problem(g, basis.images[:, orow, ocol], f, kappas, basis.taus, config)
-                fused_basis, _ = _solve_setting(pb, *config.ladder[setting])
+                pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
+                fused_basis, _ = _solve_setting(pb, *config.ladder.settings[setting])
             for b in range(0, len(idx), batch_size):
                 batch = idx[b: b + batch_size]
                 y = y_all[batch][:, orow, ocol]
                 if basis is None:
-                    pb = _Problem(g, y, f, kappas, taus[batch], config)
-                    x, _ = _solve_setting(pb, *config.ladder[setting])
+                    pb = _Problem(g, y, f, taus[batch], gd)
+                    x, _ = _solve_setting(pb, *config.ladder.settings[setting])
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
-                x = _finish(x, y, f, config, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact per block
+                x = _finish(x, y, f, gd.rescales, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact
                 out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
-    if config.spot_sigma_px > 0 and len(tiles) > 1:
+    if not gd.measurement.box and len(tiles) > 1:
         # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
-        op = Measurement((H, W), f, config.spot_sigma_px, device)
+        op = gd.measurement.operator((H, W), f, device)
         for k in range(K):
             out[k] = op.project(torch.as_tensor(out[k], device=device), y_all[k]).float().cpu().numpy()
     progress.close()
@@ -814,13 +881,15 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
-                       runtime=None, report: HarmonicReport | None = None) -> np.ndarray:
-    """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32.
+                       runtime=None, report: HarmonicReport | None = None,
+                       measurement: MeasurementModel = MeasurementModel()) -> np.ndarray:
+    """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32, each
+    exactly consistent with its measurement under ``measurement``.
 
     A panel that a few basis images explain up to white noise is fused through them
     (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
     exactly consistent with its own measurement. The other ions (or all, when sharing saves
-    nothing) are fused one by one, in batches of :meth:`HarmonicConfig.batch_on`, sharing the guide's
+    nothing) are fused one by one, in batches of :meth:`PanelSettings.batch_on`, sharing the guide's
     κ; each gets its own ladder setting and exact consistency.
     """
     from msifusion.fit import Runtime, resolve_device
@@ -837,19 +906,19 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     flat = ions.reshape(len(ions), -1)
     signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
     report = report if report is not None else HarmonicReport()
-    out = _run(guide, ions * signs, scale, config, device, report, runtime.quiet)
+    out = _run(guide, ions * signs, scale, config, measurement, device, report, runtime.quiet)
     out *= signs
     report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
     return out
 
 
 def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
-                        config: HarmonicConfig = HarmonicConfig()):
+                        config: HarmonicConfig = HarmonicConfig(), measurement: MeasurementModel = MeasurementModel()):
     """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
     from msifusion.fit import FitResult
 
     report = HarmonicReport()
-    images = fuse_harmonic_many(guide, ions, scale, config, runtime, report)
+    images = fuse_harmonic_many(guide, ions, scale, config, runtime, report, measurement)
     results = []
     for k, (q, passes) in enumerate(report.settings):
         why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"

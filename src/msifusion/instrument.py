@@ -22,7 +22,7 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import METHODS, check_fused_size, check_scale, check_spot, fuse_many
+from msifusion.methods import METHODS, check_fused_size, check_scale, fuse_many
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
@@ -442,7 +442,7 @@ class ImzmlFuseRequest:
 
     def __post_init__(self) -> None:
         _check_ion_options(self.mzs, self.tol, self.normalize)
-        check_spot(self.settings.harmonic.spot_sigma_px, self.register.scale)  # before minutes of registration
+        self.settings.measurement.check(self.register.scale)  # before minutes of registration
 
 
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:

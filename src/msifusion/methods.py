@@ -18,7 +18,7 @@ from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, validate_ion
-from msifusion.measurement import consistency_error, project_consistent, upsample
+from msifusion.measurement import MeasurementModel, consistency_error, project_consistent, upsample
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class MethodOptions:
     runtime: Runtime = Runtime()
     on_checkpoint: CheckpointFn | None = None
     harmonic: HarmonicConfig = HarmonicConfig()  # the guided-harmonic method's settings
+    measurement: MeasurementModel = MeasurementModel()  # what an MSI pixel measures (consistency is scored under it)
 
 
 @dataclass
@@ -135,21 +136,6 @@ def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
                                     "scale or crop the ion image")
 
 
-def check_spot(spot_sigma_px: float, scale: int) -> None:
-    """``--spot-sigma``: at most half an MSI pixel (``scale / 2`` optical pixels).
-
-    Exact consistency under a Gaussian spot undoes the blur, and the amplification grows fast with
-    its width: the spot-then-box operator's 2-D condition number is 14 at σ = f/2, 300 at 3f/4 and
-    2e4 at σ = f (measured on 40-block axes; the same at f = 4 to 20), which turned a prostate ion
-    of maximum 14.5 into ±1e4 at σ = f. A spot wider than that is an oversampled acquisition, which
-    the exact model cannot invert.
-    """
-    if spot_sigma_px > scale / 2:
-        raise InputError("--spot-sigma", f"a laser spot of σ {spot_sigma_px:g} optical pixels is wider than half an MSI "
-                                         f"pixel ({scale / 2:g} px at ×{scale}): undoing it exactly would amplify the "
-                                         "noise more than 14-fold; σ is in optical pixels of the fused grid, not µm")
-
-
 def _array(value, what: str) -> np.ndarray:
     if hasattr(value, "pixels"):
         raise InputError(None, f"the {what} is an Image; pass its pixels (read_optical(path).pixels, "
@@ -204,7 +190,7 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
     if scale < 2:
         raise InputError(None, f"the optical must be at least twice the ion's size (optical {guide_shape[0]}×"
                                f"{guide_shape[1]}, ion {ion.shape[0]}×{ion.shape[1]})")
-    check_spot(options.harmonic.spot_sigma_px, scale)
+    options.measurement.check(scale)
     return ion, scale, float(np.max(np.abs(ion)))
 
 
@@ -215,7 +201,7 @@ def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, i
     if not np.isfinite(image).all():  # a guard: every known cause is refused before (the spot's width, --lr)
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")
-    error = consistency_error(image, ion, scale, options.harmonic.spot_sigma_px)
+    error = consistency_error(image, ion, scale, options.measurement.spot_sigma_px)
     return FusionResult(image, method, scale, result, seconds, intensity_scale, error)
 
 
@@ -379,7 +365,7 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
     from msifusion.harmonic import fuse_harmonic_stack
 
-    return fuse_harmonic_stack(guide, ions, scale, options.runtime, options.harmonic)
+    return fuse_harmonic_stack(guide, ions, scale, options.runtime, options.harmonic, options.measurement)
 
 
 @register("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "

@@ -216,13 +216,6 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     return record
 
 
-def measurement_model(scale: int, spot_sigma_px: float) -> dict:
-    """What an MSI pixel measures (run.json): the consistency error and every exact method are under this model."""
-    return {"box_average_px": scale, "spot_sigma_px": spot_sigma_px,
-            "summary": f"{scale}×{scale} box average" + (f" after a Gaussian spot of σ {spot_sigma_px:g} px"
-                                                         if spot_sigma_px else "")}
-
-
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
     device = resolve_device(settings.runtime.device)
@@ -246,7 +239,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
         "method_details": result.fit.details or None,
-        "measurement_model": measurement_model(result.scale, settings.harmonic.spot_sigma_px),
+        "measurement_model": settings.measurement.describe(result.scale),
         "consistency_error": result.consistency_error,
         "timings_s": {"fuse": result.seconds},
         "notes": pair.notes,
