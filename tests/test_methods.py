@@ -86,6 +86,16 @@ def test_bad_panels(small_pair):
         fuse_many(guide, [ion, coarser])
     one_by_one = fuse_many(guide, (i for i in (ion, coarser)), "bilinear")  # a generator; each at its own scale
     assert [r.scale for r in one_by_one] == [4, 8]
+    assert [r.panel_share for r in one_by_one] == [False, False]  # each ion's own time
+
+
+def test_a_panel_fused_together_says_its_times_are_shares(small_pair):
+    guide, ion, _ = small_pair
+    quiet = MethodOptions(runtime=Runtime(quiet=True))
+    together = fuse_many(guide, [ion, 2 * ion], options=quiet)  # the default method shares the panel's work
+    assert [r.panel_share for r in together] == [True, True] and together[0].seconds == together[1].seconds
+    assert fuse(guide, ion, options=quiet).panel_share is False
+    assert fuse_many(guide, [ion], options=quiet)[0].panel_share is False  # one ion: fused alone
 
 
 def test_gray_rgba_channels_first_and_flipped_guides_are_read_as_files_are(small_pair):

@@ -22,7 +22,7 @@ from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import METHODS, check_fused_size, check_scale, fuse_many
+from msifusion.methods import check_fused_size, check_scale, fuse_many
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
@@ -489,9 +489,6 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         for i, (label, result, pair, folder) in enumerate(zip(stack.labels, results, pairs, folders)):
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
             per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))
-            if len(stack.mzs) > 1:  # a panel fused together (an ion's time is its share) or ion by ion
-                alone = request.settings.saves_checkpoints or METHODS[request.settings.method].run_many is None
-                per_ion["timings_s"] = {("fuse" if alone else "fuse_share_of_panel"): result.seconds}
             records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion))
             fused.append(result.image)
         if len(stack.mzs) > 1:

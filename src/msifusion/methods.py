@@ -47,9 +47,10 @@ class FusionResult:
     method: str
     scale: int
     fit: FitResult
-    seconds: float
+    seconds: float  # with panel_share, this ion's share of the panel's time
     intensity_scale: float
     consistency_error: float
+    panel_share: bool = False  # fused together with the other ions of a panel (fuse_many, a method with run_many)
 
 
 MethodFn = Callable[[FusionProblem, MethodOptions], FitResult]
@@ -195,14 +196,14 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
-                  seconds: float, options: MethodOptions) -> FusionResult:
+                  seconds: float, options: MethodOptions, panel_share: bool = False) -> FusionResult:
     """The result in the ion's units, with its consistency error under the stated measurement model."""
     image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
     if not np.isfinite(image).all():  # a guard: every known cause is refused before (the spot's width, --lr)
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")
     error = consistency_error(image, ion, scale, options.measurement.spot_sigma_px)
-    return FusionResult(image, method, scale, result, seconds, intensity_scale, error)
+    return FusionResult(image, method, scale, result, seconds, intensity_scale, error, panel_share)
 
 
 def fuse(
@@ -275,7 +276,8 @@ def fuse_many(
     with seeded(options.runtime.seed):
         results = run_many(guide, normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
-    return [_in_ion_units(r, ion, method, scale, peak, share, options) for r, (ion, _, peak) in zip(results, checked)]
+    return [_in_ion_units(r, ion, method, scale, peak, share, options, panel_share=True)
+            for r, (ion, _, peak) in zip(results, checked)]
 
 
 # ----------------------------------------------------------------------------- methods

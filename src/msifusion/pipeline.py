@@ -241,7 +241,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "method_details": result.fit.details or None,
         "measurement_model": settings.measurement.describe(result.scale),
         "consistency_error": result.consistency_error,
-        "timings_s": {"fuse": result.seconds},
+        "timings_s": {("fuse_share_of_panel" if result.panel_share else "fuse"): result.seconds},
         "notes": pair.notes,
     }
     if extra:
