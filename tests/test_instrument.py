@@ -66,6 +66,21 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     assert set(record["timings_s"]) == {"fuse_share_of_panel", "write"}
 
 
+def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, files):
+    """The library entries of `ions` and `register` (no CLI) write what the commands write."""
+    from msifusion.instrument import IonsRequest, RegisterRequest, RegisterSettings, extract_ions, register_files
+
+    imzml, opt, lm, truth = files
+    record = extract_ions(IonsRequest(imzml, (100.0, 200.0), "0.01da", tmp_path / "ions", quiet=True))
+    assert record["outputs"][:2] == ["mz_100.0000.tiff", "mz_200.0000.tiff"] and record["machine"]["cpu_count"] >= 1
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ions" / "mz_100.0000.tiff"), truth[0].astype(np.float32))
+    register_files(RegisterRequest(opt, imzml, tmp_path / "reg", RegisterSettings(SCALE, lm), quiet=True))
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", str(SCALE),
+                 "--out", str(tmp_path / "reg_cli"), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "reg" / "optical_registered.tiff"),
+                                  tifffile.imread(tmp_path / "reg_cli" / "optical_registered.tiff"))
+
+
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     imzml, opt, lm, truth = files
     out = tmp_path / "out"
