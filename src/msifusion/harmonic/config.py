@@ -1,0 +1,168 @@
+"""The guided harmonic method's settings: :class:`HarmonicConfig` and its groups, one per thing they decide
+(the ladder and its walk, the optical's texture, the coarse-level test, the exact solve, panels of ions), each
+checking its own values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    """How far to trust the optical: the settings tried, in order, and the walk that chooses among them.
+
+    ``settings``: each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's neighbour
+    colour differences, so a low q makes most optical edges block. A setting replaces the previous choice only if it
+    predicts the held-back measurement better by ``significance`` standard errors of the paired per-block differences
+    (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial standard deviations
+    (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse
+    (the coarse curve turns up past its minimum), take the setting one rung smoother. One scale coarser the
+    optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than the measured
+    scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant phantoms, depth edges
+    and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not follow
+    (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
+    """
+
+    settings: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
+    significance: float = 4.0
+    sign_significance: float = 2.0
+    turn_back: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.settings:
+            raise ValueError("ladder needs at least one setting")
+        for q, passes in self.settings:
+            if not 0 < q < 100 or passes < 0:
+                raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
+        if min(self.significance, self.sign_significance) < 0:
+            raise ValueError("the ladder's significances must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class TextureSettings:
+    """Carrying the optical's fine texture over: strengths β tried, in order (the first is the default, normally
+    0 = none), for :func:`optical_detail` at ``sigma_px``.
+
+    β is chosen per ion by the coarse-level test at ``significance`` standard errors, and only for an ion that
+    climbed the ladder: a gatekeeping order, in which the strict test on the optical's edges must pass before the
+    one-parameter refinement is tried, so the second can be laxer (measured: at 2 instead of 4, dev phantoms
+    +0.15 dB and the 24 unseen variants +0.10, no case lower; without the gate the texture was taken on two prostate
+    ions whose ladder stayed at the bottom, and cost them 1 dB). β's walk is an ordered one (:func:`_walk`): a
+    strength significantly worse than the current choice ends it, and none is taken where the strongest is
+    significantly worse than none. ``snr_db``: β is tried only where the optical's fine texture stands this far
+    above what the guide's own pixel noise would give it (:func:`texture_snr_db`; measured: on a dim synthetic
+    guide with 2 % noise, 3.7 dB, β = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms
+    19–20 dB, synthetic cells with walls 12–29 dB).
+    """
+
+    strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+    sigma_px: float = 1.5
+    significance: float = 2.0
+    snr_db: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.strengths or self.sigma_px <= 0 or self.significance < 0:
+            raise ValueError("texture needs at least one strength, sigma_px > 0 and significance ≥ 0")
+
+
+@dataclass(frozen=True)
+class CoarseTest:
+    """The self-supervised test behind both walks (the ladder's and β's): the measurement block-averaged 2×2 is
+    fused and predicted back at the measured grid.
+
+    ``pixels``: at most this many fine pixels in all (a central window of at most 600 000, in up to four shifted
+    phases), so that the choice costs little on large images and is steady on small ones; its solves start from
+    the previous setting's solution and stop at the looser ``tolerance`` (a ranking needs less precision than an
+    output). ``winsor_percent``: the walks' paired per-block differences are clipped to their percentiles at this
+    value and 100 minus it before the mean test, so that a few hot MSI pixels, whose blocks no setting predicts,
+    cannot hide the gain of the rest (measured: three hot pixels at 20× the 99th percentile dropped the test to the
+    bottom rung and the ion by 2–3 dB).
+    """
+
+    pixels: int = 1_200_000
+    tolerance: float = 1e-2
+    winsor_percent: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.pixels < 1 or self.tolerance <= 0 or not 0 <= self.winsor_percent < 50:
+            raise ValueError("the coarse test needs pixels ≥ 1, tolerance > 0 and winsor_percent in [0, 50)")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The exact solve: conductance floor, the refinement's τ = ``refine_scale``·std(y), the multigrid-preconditioned
+    solve's ``iterations`` and relative ``tolerance``, and tiles of at most ``tile_pixels`` fine pixels with a halo of
+    ``halo_blocks`` MSI pixels for large images."""
+
+    weight_floor: float = 1e-3
+    refine_scale: float = 0.1
+    iterations: int = 100
+    tolerance: float = 1e-3
+    tile_pixels: int = 4_000_000
+    halo_blocks: int = 6
+
+    def __post_init__(self) -> None:
+        if self.weight_floor <= 0 or self.refine_scale <= 0:
+            raise ValueError("weight_floor and refine_scale must be positive")
+        if self.iterations < 1 or self.tolerance <= 0:
+            raise ValueError("iterations ≥ 1 and tolerance > 0 required")
+        if self.tile_pixels < 4096 or self.halo_blocks < 0:
+            raise ValueError("tile_pixels ≥ 4096 and halo_blocks ≥ 0 required")
+
+
+@dataclass(frozen=True)
+class PanelSettings:
+    """A panel of ions on one guide: at least ``min_ions`` share one fused basis of at most ``max_rank`` images
+    (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is white noise (neighbour
+    autocorrelation at most ``whiteness``), else it is fused alone. ``ion_batch``: ions solved together (None:
+    :meth:`batch_on` picks by device); results do not depend on it (on the CPU bit for bit for ions fused alone, to
+    float32 rounding through a shared basis; on CUDA, whose kernels can round differently by batch size, to the
+    solver's tolerance)."""
+
+    min_ions: int = 4
+    max_rank: int = 32
+    whiteness: float = 0.1
+    ion_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_ions < 2 or self.max_rank < 1 or not 0 < self.whiteness < 1:
+            raise ValueError("min_ions ≥ 2, max_rank ≥ 1 and 0 < whiteness < 1 required")
+        if self.ion_batch is not None and self.ion_batch < 1:
+            raise ValueError("ion_batch must be ≥ 1 (or None)")
+
+    def batch_on(self, device: torch.device) -> int:
+        """How many ions are solved together: ``ion_batch``, or by default 1 on CPU and 8 on a GPU.
+
+        Batching changes no result (every image stops on its own). On a 2-core CPU one ion at a
+        time measured fastest per ion (9.8 s against 17.5 s in batches of 8, ginkgo size): the
+        solver is memory-bound and a batch only widens its working set; a GPU needs the batch
+        to fill its cores.
+        """
+        if self.ion_batch is not None:
+            return self.ion_batch
+        return 1 if device.type == "cpu" else 8
+
+
+@dataclass(frozen=True)
+class HarmonicConfig:
+    """Defaults of the guided harmonic method (one set for every case), grouped by what they decide.
+
+    ``positive``: the non-negativity step for non-negative measurements (box model only). ``edge_weight``:
+    optional weight of the paper's edge perceptual term ``‖K x − K lum(g)‖²`` (K: the Laplacian of
+    :mod:`msifusion.losses`) added to the energy; 0 by default (measured: it does not help against truth). What an MSI
+    pixel measures is not a setting of the method but of the data: :class:`msifusion.measurement.MeasurementModel`.
+    """
+
+    ladder: LadderSettings = LadderSettings()
+    texture: TextureSettings = TextureSettings()
+    test: CoarseTest = CoarseTest()
+    solver: SolverSettings = SolverSettings()
+    panel: PanelSettings = PanelSettings()
+    positive: bool = True
+    edge_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.edge_weight < 0:
+            raise ValueError("edge_weight must be ≥ 0")

@@ -1,0 +1,111 @@
+"""Many ions on one guide: a panel that a few basis images explain up to white noise (:func:`shared_basis`,
+judged by :func:`residual_whiteness`) is fused through them; the basis on the device is :class:`_Basis`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from msifusion.harmonic.config import HarmonicConfig
+
+
+# ----------------------------------------------------------------------------- many ions: a shared basis
+
+SHARED_MIN_PIXELS = 1024  # below this many MSI pixels, white noise and structure are hard to tell apart
+
+
+@dataclass(frozen=True)
+class SharedBasis:
+    """A panel of ions ≈ ``coefficients @ basis``; ``alone``: the ions the basis does not explain."""
+
+    basis: np.ndarray  # (r, h, w) float32, each scaled to max |·| = 1
+    coefficients: np.ndarray  # (K, r)
+    whiteness: np.ndarray  # (K,) neighbour autocorrelation of what the basis leaves of each ion
+    alone: np.ndarray  # indices of the ions fused on their own
+
+
+def residual_whiteness(residuals: np.ndarray) -> np.ndarray:
+    """Per image of (K, h, w): the correlation of horizontally and vertically neighbouring values.
+
+    Not mean-removed, so a leftover offset counts as structure: ≈ 0 for white noise, near 1
+    for smooth structure, 0 for an all-zero image.
+    """
+    e = np.asarray(residuals, dtype=np.float64)
+    pairs = [(e[:, :, 1:], e[:, :, :-1]), (e[:, 1:], e[:, :-1])]
+    num = sum((a * b).sum((1, 2)) for a, b in pairs)
+    den = sum(0.5 * ((a * a).sum((1, 2)) + (b * b).sum((1, 2))) for a, b in pairs)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None:
+    """Split a panel (K, h, w) into a low-rank basis fused once and the ions fused alone; None when sharing saves nothing.
+
+    The basis: the leading right singular vectors of the ion images (one row per ion, not
+    centred), refitted on the ions it explains so that the others do not bend it. At rank r
+    an ion is explained when what the basis leaves of it is white noise
+    (:func:`residual_whiteness` ≤ ``config.panel.whiteness``) or vanishes; r minimises the solves,
+    r + the unexplained ions (ties: the smaller r), and sharing is used only where it at
+    least halves the solves: Σ_j c_kj·fuse(b_j), made exactly consistent with ion k, is an
+    approximation of fusing ion k alone (the module docstring says where it differs).
+    """
+    K, h, w = ions.shape
+    if _cannot_share(ions, config):
+        return None
+    Y = ions.reshape(K, -1).astype(np.float64)
+    gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
+    energy = np.diag(gram)
+    best = None
+    for r in range(1, min(config.panel.max_rank, K - 1) + 1):
+        if best is not None and r >= best[0]:
+            break  # the solves are at least r
+        fit = np.ones(K, dtype=bool)
+        for _ in range(4):
+            lam, u = np.linalg.eigh(gram[np.ix_(fit, fit)])
+            top = np.argsort(lam)[::-1][:r]
+            rows = (u[:, top].T @ Y[fit]) / np.sqrt(np.maximum(lam[top], 1e-300))[:, None]
+            residual = Y - (Y @ rows.T) @ rows
+            rho = residual_whiteness(residual.reshape(K, h, w))
+            explained = (rho <= config.panel.whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
+            if (explained == fit).all() or explained.sum() <= r:
+                break
+            fit = explained
+        cost = r + int((~explained).sum())
+        if best is None or cost < best[0]:
+            best = (cost, rows, rho, explained)
+    cost, rows, rho, explained = best
+    if 2 * cost > K:
+        return None  # sharing approximates; worth it only where it halves the solves at least
+    r = len(rows)
+    sign = np.where(rows.sum(1) < 0, -1.0, 1.0)  # mostly positive basis images
+    peak = np.abs(rows).max(1)
+    peak = np.where(peak > 0, peak, 1.0)  # a basis row left empty by zero ions stays zero
+    basis = (rows * (sign / peak)[:, None]).reshape(r, h, w)
+    coefficients = (Y @ rows.T) * sign * peak
+    return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
+
+
+def _cannot_share(ions: np.ndarray, config: HarmonicConfig) -> str | None:
+    """Why a panel (K, h, w) cannot share a basis at all, before any decomposition; None if it might."""
+    K, h, w = ions.shape
+    if K < config.panel.min_ions:
+        return f"a panel of fewer than {config.panel.min_ions} ions shares no basis"
+    if h < 2 or w < 2 or h * w < SHARED_MIN_PIXELS:
+        return f"fewer than {SHARED_MIN_PIXELS} MSI pixels: too few to tell the basis's leftover noise from structure"
+    if not np.any(ions):
+        return "an all-zero panel: nothing to share"
+    return None
+
+
+@dataclass
+class _Basis:
+    """A shared basis on the device: images (r, h, w), the explained ions' coefficients (K, r), the images' τ."""
+
+    images: torch.Tensor
+    coefficients: torch.Tensor
+    taus: torch.Tensor
+
+    def mix(self, fused: torch.Tensor, ions: slice | list[int]) -> torch.Tensor:
+        """The ions' mixtures (k, H, W) of the fused basis images (r, H, W)."""
+        return torch.einsum("kr,rhw->khw", self.coefficients[ions], fused)

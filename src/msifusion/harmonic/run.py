@@ -1,0 +1,198 @@
+"""The entry points: :func:`fuse_harmonic_many` (K ions on one guide) and :func:`fuse_harmonic_stack` (the
+registry's), and what they drive: a shared basis or ion batches, each ion's chosen setting, tiles."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from msifusion.fit import progress_bar
+from msifusion.harmonic.config import HarmonicConfig
+from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
+from msifusion.harmonic.selection import choose_settings
+from msifusion.harmonic.setting import _finish, _Guide, _Problem, _refine_taus, _solve_setting
+from msifusion.measurement import MeasurementModel
+
+
+# ----------------------------------------------------------------------------- tiles
+
+
+def _tiles(h: int, w: int, f: int, config: HarmonicConfig) -> list[tuple[slice, slice, slice, slice]]:
+    """Tiles in block units: (outer rows, outer cols, inner rows, inner cols) as block slices.
+
+    Inner tiles partition the block grid; outer = inner + ``config.solver.halo_blocks`` (clipped).
+    """
+    per_tile_blocks = max(1, config.solver.tile_pixels // (f * f))
+    if h * w <= per_tile_blocks:
+        return [(slice(0, h), slice(0, w), slice(0, h), slice(0, w))]
+    side = max(1, int(math.sqrt(per_tile_blocks)) - 2 * config.solver.halo_blocks)
+    out = []
+    for r in range(0, h, side):
+        for c in range(0, w, side):
+            ir, ic = slice(r, min(r + side, h)), slice(c, min(c + side, w))
+            orow = slice(max(0, ir.start - config.solver.halo_blocks), min(h, ir.stop + config.solver.halo_blocks))
+            ocol = slice(max(0, ic.start - config.solver.halo_blocks), min(w, ic.stop + config.solver.halo_blocks))
+            out.append((orow, ocol, ir, ic))
+    return out
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class HarmonicReport:
+    """What the run did, per ion: the chosen setting, and the coarse-level scores and the shared basis, if used
+    (``notes``, each ion's ``method_details`` in run.json)."""
+
+    settings: list[tuple[float, int]] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+
+
+def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
+         device: torch.device, report: HarmonicReport, quiet: bool = True) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
+    gd = _Guide.of(guide, f, config, measurement, device)
+    shared = shared_basis(ions, config)
+    if shared is None:
+        out = _run_each(gd, ions, report, quiet)
+        if len(ions) > 1:
+            why = _cannot_share(ions, config) or "a shared basis would not halve the solves"
+            report.notes = [{**note, "fused_alone": why} for note in report.notes]
+        return out
+    K = ions.shape[0]
+    explained = np.setdiff1d(np.arange(K), shared.alone)
+    images = torch.as_tensor(shared.basis, device=device)
+    basis = _Basis(images, torch.as_tensor(shared.coefficients[explained], dtype=torch.float32, device=device),
+                   _refine_taus(images, config))
+    out = np.empty((K, *np.shape(guide)[:2]), dtype=np.float32)
+    report.settings, report.notes = [None] * K, [{} for _ in range(K)]
+    for idx, part_basis in [(explained, basis), (shared.alone, None)]:
+        if not len(idx):
+            continue
+        part_report = HarmonicReport()
+        out[idx] = _run_each(gd, ions[idx], part_report, quiet, part_basis)
+        for i, k in enumerate(idx):
+            report.settings[k] = part_report.settings[i]
+            how = ({"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else
+                   {"fused_alone": "the panel's basis leaves structure in this ion"})
+            report.notes[k] = {**part_report.notes[i], **how, "residual_whiteness": float(shared.whiteness[k])}
+    return out
+
+
+def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool = True,
+              basis: _Basis | None = None) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide ``gd``, each with its own setting; returns (K, H, W) float32.
+
+    Without ``basis`` every ion is solved, batch by batch (memory grows with
+    :meth:`PanelSettings.batch_on`, not with K). With one, only the basis images are solved, once per
+    setting some ion chose, and each ion is their mixture made exactly consistent with its
+    own measurement, tile by tile. A progress bar (unless ``quiet``) counts the steps.
+    """
+    guide, f, config, device = gd.image, gd.f, gd.config, gd.device
+    H, W = guide.shape[:2]
+    K, h, w = ions.shape
+    if (h * f, w * f) != (H, W):
+        raise ValueError(f"guide {H}×{W} is not ions {h}×{w} × {f}")
+    y_all = torch.as_tensor(np.ascontiguousarray(ions, dtype=np.float32), device=device)
+    taus = _refine_taus(y_all, config)
+    nonneg = (y_all >= 0).flatten(1).all(1)
+    tiles = _tiles(h, w, f, config)
+    batch_size = config.panel.batch_on(device)
+    batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
+    progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")  # fractional steps: no counts shown
+    chosen, notes = [], []
+    for part in batches:
+        c, n = choose_settings(gd, y_all[part], taus[part], nonneg[part], basis)
+        chosen += c
+        notes += n
+        progress.update()
+    report.settings = [config.ladder.settings[i] for i, _ in chosen]
+    betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
+                         device=device)[:, None, None]
+    report.notes = notes
+    out = np.empty((K, H, W), dtype=np.float32)
+    for orow, ocol, irow, icol in tiles:
+        g = torch.as_tensor(np.ascontiguousarray(guide[orow.start * f: orow.stop * f, ocol.start * f: ocol.stop * f]),
+                            device=device)
+        r0, c0 = irow.start - orow.start, icol.start - ocol.start
+        inner = (slice(r0 * f, (r0 + irow.stop - irow.start) * f), slice(c0 * f, (c0 + icol.stop - icol.start) * f))
+        detail = gd.detail(g) if bool((betas != 0).any()) else None
+        for setting in sorted({i for i, _ in chosen}):
+            idx = [k for k in range(K) if chosen[k][0] == setting]
+            if basis is not None:
+                pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
+                fused_basis, _ = _solve_setting(pb, *config.ladder.settings[setting])
+            for b in range(0, len(idx), batch_size):
+                batch = idx[b: b + batch_size]
+                y = y_all[batch][:, orow, ocol]
+                if basis is None:
+                    pb = _Problem(g, y, f, taus[batch], gd)
+                    x, _ = _solve_setting(pb, *config.ladder.settings[setting])
+                else:
+                    x = pb.op.project(basis.mix(fused_basis, batch), y)
+                x = _finish(x, y, f, gd.rescales, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact
+                out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
+                progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
+    if not gd.measurement.box and len(tiles) > 1:
+        # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
+        op = gd.measurement.operator((H, W), f, device)
+        for k in range(K):
+            out[k] = op.project(torch.as_tensor(out[k], device=device), y_all[k]).float().cpu().numpy()
+    progress.close()
+    return out
+
+
+def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
+                       runtime=None, report: HarmonicReport | None = None,
+                       measurement: MeasurementModel = MeasurementModel()) -> np.ndarray:
+    """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32, each
+    exactly consistent with its measurement under ``measurement``.
+
+    A panel that a few basis images explain up to white noise is fused through them
+    (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
+    exactly consistent with its own measurement. The other ions (or all, when sharing saves
+    nothing) are fused one by one, in batches of :meth:`PanelSettings.batch_on`, sharing the guide's
+    κ; each gets its own ladder setting and exact consistency.
+    """
+    from msifusion.fit import Runtime, resolve_device
+
+    runtime = runtime or Runtime()
+    ions = np.asarray(ions, dtype=np.float32)
+    if ions.ndim != 3:
+        raise ValueError(f"ions must be (K, h, w); got shape {ions.shape}")
+    if not np.isfinite(ions).all():
+        raise ValueError("ion images contain NaN or infinite values")
+    device = resolve_device(runtime.device)
+    # an ion measured ≤ 0 everywhere (a log or baseline-subtracted image) is fused as its mirror image, so that the
+    # non-negativity step keeps it ≤ 0 as it keeps the others ≥ 0
+    flat = ions.reshape(len(ions), -1)
+    signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
+    report = report if report is not None else HarmonicReport()
+    out = _run(guide, ions * signs, scale, config, measurement, device, report, runtime.quiet)
+    out *= signs
+    report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
+    return out
+
+
+def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
+                        config: HarmonicConfig = HarmonicConfig(), measurement: MeasurementModel = MeasurementModel()):
+    """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
+    from msifusion.fit import FitResult
+
+    report = HarmonicReport()
+    images = fuse_harmonic_many(guide, ions, scale, config, runtime, report, measurement)
+    results = []
+    for k, (q, passes) in enumerate(report.settings):
+        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"
+        if report.notes[k].get("texture"):
+            why += f", optical texture β {report.notes[k]['texture']:g}"
+        if "shared_basis" in report.notes[k]:
+            why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
+        why += ")"
+        # a solver, not a training run: no loss curve; the choice and its scores go to run.json
+        results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))
+    return results

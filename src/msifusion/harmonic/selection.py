@@ -1,0 +1,174 @@
+"""The self-supervised choice of how far to trust the optical: per ion, the ladder setting and the texture
+strength β, by predicting the measurement from its 2×2 block average (:func:`choose_settings`), and the paired
+per-block walk that decides each step (:func:`_walk`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from msifusion.harmonic.panel import _Basis
+from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
+from msifusion.measurement import block_mean_t
+
+
+# ----------------------------------------------------------------------------- choosing the setting
+
+
+def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
+    """A central window of whole blocks, an even number each way, at most ``pixels`` fine pixels, leaving
+    one spare block row and column (for the shifted 2×2 phases) where the image has them.
+
+    Returns (first block row, first block col, block rows, block cols).
+    """
+    h, w = H // f, W // f
+    shrink = min(1.0, math.sqrt(pixels / (H * W)))
+    hh = min(max(2, int(h * shrink)), h - 1 if h > 2 else h)
+    ww = min(max(2, int(w * shrink)), w - 1 if w > 2 else w)
+    hh -= hh % 2
+    ww -= ww % 2
+    return (h - hh) // 2, (w - ww) // 2, hh, ww
+
+
+def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor,
+                    basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
+    """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
+
+    The measurement (a central window, an even number of blocks) is block-averaged 2×2;
+    each setting fuses that coarser image at scale 2f with the same optical, and the
+    result's block means at scale f are compared with the real measurement. Up to four
+    phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
+    within ``config.test.pixels``, for a steadier test on small images. Walking up the ladder, a
+    setting is taken if its per-block squared errors beat the current choice's by more than
+    ``config.ladder.significance`` standard errors (of the differences winsorised at ``config.test.winsor_percent``),
+    on significantly more blocks than they lose (``config.ladder.sign_significance``; :func:`_walk`); where a sharper
+    setting then predicts significantly worse than the choice, one setting smoother is taken
+    (``config.ladder.turn_back``; the note ``turned_back`` says so). Too small an image (fewer than 16 coarse
+    pixels) keeps the first setting. With a shared ``basis``
+    (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
+    coarse prediction is their mixture, made consistent with its own coarse measurement: the
+    same test per ion at the basis's cost.
+    Then, at the chosen setting, the same walk (without the sign test) over ``config.texture.strengths``
+    picks the strength β of the optical-texture step: only where a block spans 5 σ of it and the
+    box model's rescale applies, to ions whose whole measurement is non-negative, ``nonneg`` (K,),
+    and whose walk left the ladder's first setting (an ion that does not follow the optical's
+    edges does not get its finer texture either; a one-setting ladder counts as trusted).
+    ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
+    Returns (setting index, texture index) per ion, and notes for ``run.json``.
+    """
+    guide, f, config, device = gd.image, gd.f, gd.config, gd.device
+    K = ions.shape[0]
+    H, W = guide.shape[:2]
+    ladder = [list(s) for s in config.ladder.settings]
+    if len(config.ladder.settings) == 1 and len(config.texture.strengths) == 1:
+        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
+                               "selection": "one setting"} for _ in range(K)]
+    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, 600_000))
+    if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
+        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
+                               "selection": "image too small to test; first setting"} for _ in range(K)]
+    h, w = H // f, W // f
+    phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
+    phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
+    phases = phases[:max(1, min(len(phases), config.test.pixels // (hh * ww * f * f)))]
+    # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
+    textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
+    betas = config.texture.strengths if textured else config.texture.strengths[:1]
+    errors = [[[] for _ in betas] for _ in config.ladder.settings]
+    batch = config.panel.batch_on(device)
+    parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
+    for a, b in phases:
+        rows = slice((r0 + a) * f, (r0 + a + hh) * f)
+        cols = slice((c0 + b) * f, (c0 + b + ww) * f)
+        g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
+        y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
+        y2 = block_mean_t(y, 2)
+        if basis is None:
+            pb = _Problem(g, y2, 2 * f, taus, gd)
+        else:
+            pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f,
+                          basis.taus, gd)
+        measure_f = gd.measurement.operator(tuple(g.shape[:2]), f, device)
+        detail = gd.detail(g) if any(betas) else None
+        first = None
+        for i, (q, passes) in enumerate(config.ladder.settings):
+            x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
+            per_block = [[] for _ in betas]
+            for part in parts:
+                xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
+                for j, beta in enumerate(betas):
+                    xt = _finish(xp, y2[part], 2 * f, gd.rescales, nonneg[part], torch.tensor(beta, device=device),
+                                 detail)
+                    per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
+            for j in range(len(betas)):
+                errors[i][j].append(torch.cat(per_block[j]))  # (K, n) per-block squared errors
+    errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
+    chosen, notes = [], []
+    for k in range(K):
+        ladder_errors = [e[0][k] for e in errors]
+        rules = config.ladder.significance, config.ladder.sign_significance, config.test.winsor_percent
+        walked = _walk(ladder_errors, *rules)
+        best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
+        # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
+        # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
+        trusted = best > 0 or len(config.ladder.settings) == 1
+        texture = _walk([e[k] for e in errors[best]], config.texture.significance, winsor=config.test.winsor_percent,
+                        ordered=True) if trusted else 0
+        chosen.append((best, texture))
+        notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
+                      "chosen": ladder[best], "turned_back": best != walked,
+                      "texture": config.texture.strengths[texture],
+                      "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": gd.texture_snr_db,
+                      "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
+    return chosen, notes
+
+
+def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, float, int, int]:
+    """The paired per-block differences a − b: their mean and standard error after winsorising at ``winsor`` and
+    100 − ``winsor`` percent, and the raw counts of blocks where a is larger (wins for b) and smaller."""
+    d = a - b
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())  # the sign test counts the raw differences
+    if winsor > 0 and d.numel() > 1:
+        q = torch.tensor([winsor / 100, 1 - winsor / 100], dtype=torch.float64, device=d.device)
+        lo, hi = torch.quantile(d.double(), q).tolist()
+        d = d.clamp(lo, hi)
+    se = float(d.std()) / math.sqrt(d.numel()) if d.numel() > 1 else 0.0
+    return float(d.mean()), se, wins, losses
+
+
+def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = None, winsor: float = 0.0,
+          ordered: bool = False, back: bool = False) -> int:
+    """Walking up a ladder of per-block squared errors, the last step that beat the current choice by more
+    than ``significance`` standard errors of the paired differences (and, with ``sign``, on more blocks than
+    it lost by more than ``sign`` binomial standard deviations, √(wins + losses), unchanged blocks counting
+    on neither side: a sign test beside the mean, so that a few large gains cannot carry the step; 0 = any
+    majority). ``winsor``: for the mean test the differences are clipped to their ``winsor`` and 100 − ``winsor``
+    percentiles (a winsorised mean test: outlying blocks count, but only as much as the last kept one).
+    ``ordered``: the ladder is one strength's increasing values (β), so a step that is significantly *worse*
+    than the current choice ends the walk, and where the strongest value is significantly worse than the
+    first (none), no step is taken: a texture the ion has gets better or levels off as its strength grows
+    towards the ion's, while a gain at a weak strength that turns into a loss at a strong one is a partial
+    fit of something else (measured: cells whose walls hold 2.5× their cells' amount took β = 2 past a worse
+    0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9 to
+    3.1 dB). ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one
+    step back (not below the second entry; the entry before the choice, whether or not the walk stood on it):
+    see :attr:`LadderSettings.turn_back`."""
+    best = 0
+    for i in range(1, len(errors)):
+        mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
+        if mean > significance * se and (sign is None or wins - losses > sign * math.sqrt(wins + losses)):
+            best = i
+        elif ordered and mean < -significance * se:
+            break
+    if ordered and best > 0:
+        mean, se, _, _ = _paired(errors[0], errors[-1], winsor)
+        if mean < -significance * se:
+            best = 0
+    if back and best > 1:
+        for e in errors[best + 1:]:
+            mean, se, _, _ = _paired(errors[best], e, winsor)
+            if mean < -significance * se:
+                return best - 1
+    return best

@@ -1,0 +1,175 @@
+"""One ladder setting's exact solve: the conductances from the guide's colour differences (κ per quantile,
+:func:`edge_scales`), what every ion fused with one guide shares (:class:`_Guide`), and for a window of the guide
+and its measurements (:class:`_Problem`) the harmonic solution with its refinement passes (:func:`_solve_setting`;
+the refinement is an early-stopped solve, see the package docstring) and the non-negativity and texture steps
+(:func:`_finish`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from msifusion.harmonic.config import HarmonicConfig
+from msifusion.harmonic.texture import _detail_eps, _texture_testable, optical_detail, texture_snr_db
+from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t, positive_rescale
+from msifusion.solver import EdgeTerm, solve_harmonic
+
+REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
+
+
+# ----------------------------------------------------------------------------- conductances
+
+
+def colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean colour differences of an (H, W, C) guide between horizontal (H, W−1) and vertical (H−1, W)
+    neighbours (the diffusion method's conductances use them too)."""
+    dh = (guide[:, 1:] - guide[:, :-1]).pow(2).sum(-1).sqrt()
+    dv = (guide[1:] - guide[:-1]).pow(2).sum(-1).sqrt()
+    return dh, dv
+
+
+def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000) -> dict[float, float]:
+    """κ for each quantile: that percentile of the guide's neighbour colour differences (≥ 1e-3).
+
+    Guides with more than ``max_samples`` neighbour pairs are sampled (fixed positions, deterministic).
+    """
+    g = np.asarray(guide)
+    H, W = g.shape[:2]
+    if (H - 1) * W + H * (W - 1) <= max_samples:
+        dh, dv = colour_differences(torch.as_tensor(g, dtype=torch.float32))
+        d = torch.cat([dh.flatten(), dv.flatten()]).numpy()
+    else:
+        rng = np.random.default_rng(0)
+        n = min(max_samples // 2, (H - 1) * W)
+        r = rng.integers(0, H - 1, n)
+        c = rng.integers(0, W - 1, n)
+        p = g[r, c].astype(np.float32)
+        d = np.concatenate([np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))])
+    return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
+
+
+def _pm(d: torch.Tensor, kappa: float | torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + (d / kappa) ** 2)
+
+
+# ----------------------------------------------------------------------------- the guide
+
+
+@dataclass(frozen=True)
+class _Guide:
+    """What every ion fused with one guide shares: the guide (H, W, 3), the scale f, the settings, the
+    measurement model, the edge scales κ per ladder quantile, the optical-density floor of :func:`optical_detail`
+    and how far that texture stands above the guide's noise (:func:`texture_snr_db`; None where β cannot be
+    tried, :func:`_texture_testable`), and the device."""
+
+    image: np.ndarray
+    f: int
+    config: HarmonicConfig
+    measurement: MeasurementModel
+    kappas: dict[float, float]
+    detail_eps: float
+    texture_snr_db: float | None
+    device: torch.device
+
+    @property
+    def rescales(self) -> bool:
+        """Whether non-negative ions get the exact block rescale of :func:`_finish` (box model only: a spot's
+        footprints overlap blocks, so there is no exact block rescale)."""
+        return self.config.positive and self.measurement.box
+
+    @classmethod
+    def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
+           device: torch.device) -> "_Guide":
+        guide = np.asarray(guide, dtype=np.float32)
+        if not (guide.flags.writeable and guide.flags.c_contiguous):  # as methods' _checked_guide does, for
+            guide = np.array(guide, order="C")  # callers of fuse_harmonic_many itself (torch needs both)
+        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.settings})))
+        eps = _detail_eps(guide)
+        testable = _texture_testable(f, config, measurement)
+        snr = texture_snr_db(guide, config.texture.sigma_px, eps) if testable else None
+        return cls(guide, f, config, measurement, kappas, eps, snr, device)
+
+    def detail(self, window: torch.Tensor) -> torch.Tensor:
+        """:func:`optical_detail` of a window (h, w, 3) of this guide, on the device."""
+        return optical_detail(window, self.config.texture.sigma_px, self.detail_eps)
+
+
+# ----------------------------------------------------------------------------- one setting
+
+
+@dataclass
+class _Problem:
+    """A guide window and its measurement(s) on one device, with the refinement scales τ and what the whole guide
+    shares (``shared``: its κ, the settings and the measurement model)."""
+
+    guide: torch.Tensor  # (H, W, 3)
+    y: torch.Tensor  # (K, h, w)
+    f: int
+    taus: torch.Tensor  # (K, 1, 1)
+    shared: _Guide
+    diffs: tuple[torch.Tensor, torch.Tensor] | None = None
+    op: Measurement | None = None
+    edge: EdgeTerm | None = None
+
+    @property
+    def config(self) -> HarmonicConfig:
+        return self.shared.config
+
+    @property
+    def kappas(self) -> dict[float, float]:
+        return self.shared.kappas
+
+    def __post_init__(self) -> None:
+        self.diffs = colour_differences(self.guide)
+        self.op = self.shared.measurement.operator(tuple(self.guide.shape[:2]), self.f, self.guide.device)
+        if self.config.edge_weight > 0:
+            self.edge = EdgeTerm(self.guide, self.config.edge_weight)
+
+
+def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | None = None,
+                   tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact guided harmonic solution for one ladder setting, (K, H, W), and the solution before
+    refinement (a warm start for the next setting).
+
+    ``start``: a consistent first guess (default: the projected bilinear upsampling).
+    ``tolerance``: the solver's relative tolerance (default: the config's).
+    """
+    cfg = pb.config
+    tolerance = tolerance or cfg.solver.tolerance
+    kappa = pb.kappas[q]
+    wh = _pm(pb.diffs[0], kappa).add_(cfg.solver.weight_floor)
+    wv = _pm(pb.diffs[1], kappa).add_(cfg.solver.weight_floor)
+    x = start if start is not None else pb.op.project(bilinear_up_t(pb.y, pb.f), pb.y)
+    x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.solver.iterations, tolerance, pb.edge)
+    first = x
+    for _ in range(passes):
+        # product of the optical's and the first solution's conductances, no second floor: edges that
+        # both show are cut hard (measured: adding the floor after the product loses 0.15 dB on phantoms)
+        sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus).mul_(wh)
+        sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus).mul_(wv)
+        x, _ = solve_harmonic(x, pb.op, sh, sv, REFINE_ITERATIONS, tolerance, pb.edge, multigrid=False)
+    return pb.op.project(x, pb.y), first
+
+
+def _refine_taus(images: torch.Tensor, config: HarmonicConfig) -> torch.Tensor:
+    """τ of the refinement pass per image of (K, h, w): ``refine_scale``·std, shaped (K, 1, 1)."""
+    return (config.solver.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
+
+
+def _finish(x: torch.Tensor, y: torch.Tensor, f: int, rescale: bool, nonneg: torch.Tensor,
+            beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
+    """Non-negativity for the ions whose whole measurement is non-negative (``nonneg``, (K,) bool: decided
+    on the whole ion, not on the window or tile in ``y``, so tiles and the coarse test agree with the
+    final image), where ``rescale`` (:attr:`_Guide.rescales`: box model only; under a spot the output may dip below
+    zero).
+
+    ``beta`` (K, 1, 1) or a scalar tensor, with ``detail`` (H, W): the optical's fine texture is first carried over
+    multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the block rescale.
+    """
+    if rescale:
+        if bool(nonneg.any()):
+            textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
+            x = torch.where(nonneg[:, None, None], positive_rescale(textured, y, f), x)
+    return x

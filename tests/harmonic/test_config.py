@@ -1,0 +1,37 @@
+"""Guided harmonic fusion: the settings check their own values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from msifusion.harmonic import (
+    CoarseTest,
+    HarmonicConfig,
+    LadderSettings,
+    PanelSettings,
+    SolverSettings,
+    TextureSettings,
+)
+from msifusion.measurement import MeasurementModel
+
+
+@pytest.mark.parametrize("group, bad", [
+    (LadderSettings, dict(settings=())), (LadderSettings, dict(settings=((0.0, 0),))),
+    (LadderSettings, dict(significance=-1.0)), (SolverSettings, dict(iterations=0)),
+    (SolverSettings, dict(weight_floor=0.0)), (SolverSettings, dict(tile_pixels=100)),
+    (HarmonicConfig, dict(edge_weight=-1.0)), (MeasurementModel, dict(spot_sigma_px=-1.0)),
+    (MeasurementModel, dict(spot_sigma_px=float("nan"))),
+    (PanelSettings, dict(ion_batch=0)), (PanelSettings, dict(min_ions=1)), (PanelSettings, dict(whiteness=1.0)),
+    (TextureSettings, dict(strengths=())), (TextureSettings, dict(sigma_px=0.0)), (TextureSettings, dict(significance=-1.0)),
+    (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
+def test_config_rejects_nonsense(group, bad):
+    with pytest.raises(ValueError):
+        group(**bad)
+
+
+def test_ion_batch_defaults_by_device():
+    panel = HarmonicConfig().panel
+    assert panel.batch_on(torch.device("cpu")) == 1  # memory-bound on CPU: one ion at a time is fastest
+    assert panel.batch_on(torch.device("cuda")) == 8
+    assert PanelSettings(ion_batch=3).batch_on(torch.device("cpu")) == 3

@@ -1,0 +1,107 @@
+"""Guided harmonic fusion: many ions through a shared basis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msifusion.harmonic import (
+    HarmonicConfig,
+    HarmonicReport,
+    LadderSettings,
+    TextureSettings,
+    fuse_harmonic_many,
+    residual_whiteness,
+    shared_basis,
+)
+from msifusion.fit import Runtime
+from msifusion.methods import MethodOptions, fuse_many
+from msifusion.measurement import block_mean, consistency_error
+from msifusion.metrics import psnr
+
+
+def test_an_all_zero_panel_fuses_to_zero():
+    guide = np.random.default_rng(0).random((128, 128, 3)).astype(np.float32)
+    out = fuse_harmonic_many(guide, np.zeros((4, 32, 32), np.float32), 4)
+    assert np.isfinite(out).all() and not out.any()
+
+
+@pytest.fixture(scope="module")
+def panel(cells_like):
+    """A 128×128 cells guide at ×4 (32×32 ions): 23 mixtures of three cell chemistries with 2 % noise, and last an
+    ion of its own (a ramp no mixture makes). Normalised ions, and the truths in the same units."""
+    rng = np.random.default_rng(11)
+    ions, noise = 24, 0.02
+    guide, chemistries, f = cells_like(seed=5, shape=(128, 128), scale=4, chemistries=3)
+    ramp = np.repeat(np.linspace(0.05, 1.0, 128)[:, None], 128, 1)[None]
+    truths = np.concatenate([np.einsum("kc,chw->khw", rng.dirichlet(np.full(3, 0.5), ions - 1), chemistries), ramp])
+    measured = block_mean(truths.astype(np.float32), f)
+    measured = np.clip(measured + noise * rng.standard_normal(measured.shape) * measured.max(axis=(1, 2), keepdims=True), 0, None)
+    peak = measured.max(axis=(1, 2), keepdims=True)
+    return guide, (truths / peak).astype(np.float32), (measured / peak).astype(np.float32), f
+
+
+def test_whiteness_tells_noise_from_structure():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, 64, 64))
+    smooth = np.cumsum(np.cumsum(rng.standard_normal((1, 64, 64)), 1), 2)
+    rho = residual_whiteness(np.concatenate([noise, smooth, np.zeros((1, 64, 64))]))
+    assert abs(rho[0]) < 0.05 and rho[1] > 0.9 and rho[2] == 0
+
+
+def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone(panel):
+    _, _, measured, _ = panel
+    shared = shared_basis(measured, HarmonicConfig())
+    assert shared is not None and len(shared.basis) == 3
+    assert shared.alone.tolist() == [len(measured) - 1]
+    mixtures = measured[:-1].reshape(len(measured) - 1, -1)
+    np.testing.assert_allclose(shared.coefficients[:-1] @ shared.basis.reshape(3, -1), mixtures, atol=0.1)  # up to noise
+    assert np.all(np.abs(shared.basis).reshape(3, -1).max(1) == pytest.approx(1.0))
+    assert shared_basis(measured[:3], HarmonicConfig()) is None  # too few ions to share
+    assert shared_basis(measured[:5], HarmonicConfig()) is None  # 3 basis images for 5 ions: not worth it
+    assert shared_basis(measured[:, :16, :16], HarmonicConfig()) is None  # too few pixels to judge noise
+
+
+@pytest.mark.parametrize("ions, blocks, why", [
+    (slice(0, 3), 32, "a panel of fewer than 4 ions shares no basis"),
+    (slice(0, 5), 32, "a shared basis would not halve the solves"),
+    (slice(None), 16, "fewer than 1024 MSI pixels: too few to tell the basis's leftover noise from structure"),
+])
+def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why, panel):
+    guide, _, measured, f = panel
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings((0.0,)))
+    report = HarmonicReport()
+    panel = measured[ions, :blocks, :blocks]
+    fuse_harmonic_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)
+    assert [n["fused_alone"] for n in report.notes] == [why] * len(panel)
+    single = HarmonicReport()
+    fuse_harmonic_many(guide, measured[:1], f, config, report=single)
+    assert "fused_alone" not in single.notes[0]  # one ion is no panel
+
+
+def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone(panel):
+    guide, truths, measured, f = panel
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1))))
+    report = HarmonicReport()
+    panel = fuse_harmonic_many(guide, measured, f, config, report=report)
+    assert report.notes[-1]["fused_alone"] == "the panel's basis leaves structure in this ion"
+    assert all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
+    gaps = []
+    for k in [0, 1, 2, 3, len(measured) - 1]:
+        assert consistency_error(panel[k], measured[k], f) < 1e-4
+        assert panel[k].min() >= 0
+        alone = fuse_harmonic_many(guide, measured[k:k + 1], f, config)[0]
+        gaps.append(psnr(panel[k], truths[k]) - psnr(alone, truths[k]))
+    assert np.mean(gaps) > -0.05 and min(gaps) > -0.2
+    assert gaps[-1] == 0  # the odd ion was fused alone
+
+
+def test_fuse_many_reports_which_ions_went_through_the_basis(panel):
+    guide, _, measured, f = panel
+    units = measured * np.geomspace(0.01, 100, len(measured))[:, None, None].astype(np.float32)
+    results = fuse_many(guide, units, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
+    assert all(r.consistency_error < 1e-4 for r in results)
+    assert all("basis of 3" in r.fit.stop_reason and "κ at q" in r.fit.stop_reason for r in results[:-1])
+    assert "basis" not in results[-1].fit.stop_reason and results[-1].fit.details["fused_alone"]
+    assert "coarse_mse" in results[0].fit.details  # each ion's own choice of setting, tested through the basis
+    assert results[0].fit.details["shared_basis"]["rank"] == 3

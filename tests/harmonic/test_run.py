@@ -1,0 +1,119 @@
+"""Guided harmonic fusion: the entry points: exact consistency, many ions, tiles, signs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from msifusion.harmonic import (
+    HarmonicConfig,
+    HarmonicReport,
+    LadderSettings,
+    PanelSettings,
+    SolverSettings,
+    TextureSettings,
+    fuse_harmonic_many,
+)
+from msifusion.fit import Runtime, resolve_device
+from msifusion.methods import MethodOptions, fuse, fuse_many
+from msifusion.measurement import Measurement, MeasurementModel, block_mean, consistency_error, project_consistent, upsample
+from msifusion.metrics import psnr
+
+
+def test_single_ion_is_consistent_and_beats_bilinear(cells):
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    result = fuse(guide, measured, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
+    out = result.image
+    assert out.shape == truth.shape and out.dtype == np.float32
+    assert consistency_error(out, measured, f) < 1e-4
+    assert out.min() >= 0
+    bilinear_bp = project_consistent(upsample(measured, f), measured, f)
+    assert psnr(out, truth) > psnr(bilinear_bp, truth) + 2.0  # the optical's walls are the cells' edges
+    assert "κ at q" in result.fit.stop_reason
+
+
+def test_fuse_many_equals_fusing_each_ion_alone_in_its_units(cells):
+    guide, truth, f = cells
+    ions = np.stack([block_mean(truth, f) * 1000, block_mean(truth[::-1].copy(), f) * 0.01])
+    options = MethodOptions(runtime=Runtime(quiet=True))
+    many = fuse_many(guide, ions, "guided-harmonic", options)
+    for ion, result in zip(ions, many):
+        alone = fuse(guide, ion, "guided-harmonic", options)
+        np.testing.assert_allclose(result.image, alone.image, rtol=1e-5, atol=1e-6 * float(ion.max()))
+        assert result.consistency_error < 1e-4 and result.intensity_scale == pytest.approx(float(ion.max()))
+
+
+def test_deterministic_on_cpu(cells):
+    guide, truth, f = cells
+    y = block_mean(truth, f)[None]
+    config, cpu = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1)))), Runtime(device="cpu")
+    a = fuse_harmonic_many(guide, y, f, config, cpu)
+    b = fuse_harmonic_many(guide, y, f, config, cpu)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_many_ions_match_single_ion(cells):
+    guide, truth, f = cells
+    rng = np.random.default_rng(8)
+    ions = np.stack([block_mean(truth, f), block_mean(truth[::-1].copy(), f),
+                     block_mean(truth * rng.uniform(0.5, 1.5, truth.shape).astype(np.float32), f)])
+    ions = ions / ions.max(axis=(1, 2), keepdims=True)
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0), (50.0, 1))), panel=PanelSettings(ion_batch=2),
+                            texture=TextureSettings((0.0, 1.0)))
+    # batching changes no result: on the CPU to rounding (bit for bit here); CUDA's kernels round differently by
+    # batch size, and the solver stops at its relative tolerance, 1e-3 (H100: 2.4e-5 of the maximum seen)
+    tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.tolerance
+    together = HarmonicReport()
+    many = fuse_harmonic_many(guide, ions, f, config, report=together)
+    for k in range(3):
+        by_itself = HarmonicReport()
+        alone = fuse_harmonic_many(guide, ions[k:k + 1], f, config, report=by_itself)[0]
+        assert consistency_error(many[k], ions[k], f) < 1e-4
+        note, note_alone = together.notes[k], by_itself.notes[0]
+        assert note["chosen"] == note_alone["chosen"] and note["texture"] == note_alone["texture"]
+        # each ion's own scores, not the batch's: β = 0 scores what the chosen rung scored
+        np.testing.assert_allclose(note["texture_coarse_mse"], note_alone["texture_coarse_mse"], rtol=1e-4)
+        assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.settings.index(tuple(note["chosen"]))]
+        assert np.max(np.abs(many[k] - alone)) <= tolerance * np.abs(alone).max()
+
+
+def test_tiles_stay_exact_and_agree_with_one_piece(cells):
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    config = HarmonicConfig(ladder=LadderSettings(((50.0, 0),)))
+    whole = fuse_harmonic_many(guide, y, f, config)[0]
+    tiled = fuse_harmonic_many(guide, y, f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=2)))[0]
+    assert consistency_error(tiled, y[0], f) < 1e-4
+    assert psnr(tiled, truth / truth.max()) > psnr(whole, truth / truth.max()) - 0.3
+
+
+def test_tiles_stay_exact_under_the_laser_spot_model(cells):
+    guide, truth, f = cells
+    op = Measurement(truth.shape, f, 1.0)
+    y = op.A(torch.tensor(truth, dtype=torch.float64)).numpy()
+    ions = np.stack([y, y[::-1].copy()]).astype(np.float32) / y.max()
+    config = HarmonicConfig(panel=PanelSettings(ion_batch=2), solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=2))
+    out = fuse_harmonic_many(guide, ions, f, config, measurement=MeasurementModel(1.0))  # footprints cross the seams
+    for k in range(2):
+        assert consistency_error(out[k], ions[k], f, spot_sigma_px=1.0) < 1e-6
+
+
+def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cells):
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    positive = fuse_harmonic_many(guide, y, f)[0]
+    report = HarmonicReport()
+    negative = fuse_harmonic_many(guide, -y, f, report=report)[0]
+    np.testing.assert_array_equal(negative, -positive)
+    assert report.notes[0]["mirrored"] is True
+    assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-4
+
+
+def test_shape_mismatch_is_an_error(cells):
+    guide, truth, f = cells
+    with pytest.raises(ValueError):
+        fuse_harmonic_many(guide, block_mean(truth, f)[None, :-1], f)

@@ -1,0 +1,150 @@
+"""Guided harmonic fusion: the self-supervised choice of setting, and its walk."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from msifusion.harmonic import (
+    HarmonicConfig,
+    HarmonicReport,
+    LadderSettings,
+    fuse_harmonic_many,
+)
+from msifusion.fit import Runtime
+from msifusion.methods import MethodOptions, fuse
+from msifusion.measurement import block_mean, consistency_error, upsample
+from msifusion.metrics import psnr
+
+
+def test_unrelated_optical_falls_back_to_smooth_interpolation():
+    """A guide full of texture the ion does not follow: the coarse-level test keeps the bottom of the ladder."""
+    rng = np.random.default_rng(7)
+    H, W, f = 96, 128, 8
+    yy, xx = np.mgrid[:H, :W] / 40.0
+    truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
+    guide = rng.random((H, W, 3)).astype(np.float32)
+    measured = block_mean(truth, f)
+    report = HarmonicReport()
+    out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
+    assert report.settings[0] == HarmonicConfig().ladder.settings[0]
+    assert report.notes[0]["texture"] == 0.0
+    assert consistency_error(out, measured, f) < 1e-4
+    assert psnr(out, truth) > psnr(upsample(measured, f), truth)
+
+
+def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks():
+    """The walk's sign test: a mean gain carried by a few blocks while most get worse does not climb, nor
+    does one that wins on barely more blocks than it loses."""
+    from msifusion.harmonic.selection import _walk
+
+    rng = np.random.default_rng(0)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    broad = base - 0.05  # every block better
+    few = base + 0.01  # most blocks slightly worse ...
+    few[:40] -= 1.0  # ... ten per cent much better: the mean gains 0.09, z ≈ 6
+    ties = base.clone()
+    ties[:100] -= 0.05  # unchanged blocks (empty background) count on neither side
+    split = base.clone()
+    split[:210] -= 0.2  # 210 blocks better, 190 worse: a majority by 1 binomial standard deviation
+    split[210:] += 0.05
+    assert _walk([base, broad], 4.0, 2.0) == 1
+    assert _walk([base, few], 4.0) == 1
+    assert _walk([base, few], 4.0, 0.0) == 0
+    assert _walk([base, ties], 4.0, 2.0) == 1
+    assert _walk([base, few, broad], 4.0, 2.0) == 2  # a rejected rung does not end the walk
+    assert _walk([base, split], 4.0, 0.0) == 1  # any majority
+    assert _walk([base, split], 4.0, 2.0) == 0  # not a significant one: (210 − 190) / √400 = 1
+    even = base.clone()
+    even[:200] -= 0.3  # 200 better, 200 worse (the mean still gains): no majority at all
+    even[200:] += 0.05
+    assert _walk([base, even], 4.0, 0.0) == 0
+    mostly_ties = base.clone()
+    mostly_ties[:25] -= 0.05  # 25 better, 375 unchanged: 25 / √25 = 5 deviations, ties counting for neither
+    assert _walk([base, mostly_ties], 4.0, 2.0) == 1
+
+
+def test_an_ordered_walk_stops_at_a_strength_that_hurts():
+    """For β (one strength, increasing), a step significantly worse than the current choice ends the walk, so
+    a stronger value the test happens to like is not taken past it; a flat step does not end it. Where the
+    strongest value is significantly worse than none, a gain at a weaker one is not taken either."""
+    from msifusion.harmonic.selection import _walk
+
+    rng = np.random.default_rng(1)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    worse, flat, better = base + 0.05, base + 0.0005 * torch.tensor(rng.standard_normal(400)), base - 0.05
+    assert _walk([base, worse, better], 2.0) == 2  # the ladder's walk looks past a rejected rung
+    assert _walk([base, worse, better], 2.0, ordered=True) == 0
+    assert _walk([base, flat, better], 2.0, ordered=True) == 2
+    assert _walk([base, better, worse, better - 0.05], 2.0, ordered=True) == 1
+    assert _walk([base, better, worse], 2.0, ordered=True) == 0  # the strongest is worse than none: an overshoot
+    assert _walk([base, better, worse], 2.0) == 1
+    assert _walk([base, better, flat], 2.0, ordered=True) == 1  # the strongest levels off near none: kept
+
+
+def test_the_ladder_turns_back_one_rung_where_its_curve_turns_up():
+    """Past the walk's choice, a sharper rung significantly worse than it: one rung back (never to the first rung,
+    which would undo the trust the walk found); a curve still falling or flat there keeps its choice."""
+    from msifusion.harmonic.selection import _walk
+
+    rng = np.random.default_rng(2)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    flat = 0.0005 * torch.tensor(rng.standard_normal(400))
+    better, best = base - 0.05, base - 0.1
+    assert _walk([base, better, best, base], 4.0, back=True) == 1
+    assert _walk([base, better, best, base], 4.0) == 2
+    assert _walk([base, better, best, best + flat], 4.0, back=True) == 2
+    assert _walk([base, better, best + 0.2], 4.0, back=True) == 1  # a turn right after the first step keeps it
+    assert _walk([base, best, better, best - 0.05], 4.0, back=True) == 3  # still falling at the sharpest rung
+
+
+def test_cells_whose_interiors_carry_a_texture_turn_back_to_a_smoother_setting(cells_like):
+    """Light cells with dark walls, each cell's colour mottled (5 % brightness noise, blurred like an optical's
+    texture) that the ion does not follow: one scale coarser the test prefers the sharper (50, 1), whose cuts
+    through the mottle cost 1 dB at the measured scale; its curve turns up past it, and the ladder turns back."""
+    from scipy import ndimage as ndi
+
+    guide, truth, f = cells_like(0, (128, 192), 4)
+    rng = np.random.default_rng(0)
+    mottled = guide * (1 + 0.05 * rng.standard_normal((*guide.shape[:2], 1)))
+    guide = ndi.gaussian_filter(mottled, (0.7, 0.7, 0)).clip(0, 1).astype(np.float32)
+    y = block_mean(truth, f)
+    quiet = Runtime(quiet=True)
+    turned = fuse(guide, y, options=MethodOptions(runtime=quiet))
+    kept = fuse(guide, y, options=MethodOptions(runtime=quiet, harmonic=HarmonicConfig(ladder=LadderSettings(turn_back=False))))
+    assert (turned.fit.details["chosen"], kept.fit.details["chosen"]) == ([65.0, 1], [50.0, 1])
+    assert psnr(turned.image, truth) > psnr(kept.image, truth) + 0.8  # 26.44 against 25.44 dB
+
+
+def test_winsorised_walk_is_not_stopped_by_a_few_outlying_blocks():
+    from msifusion.harmonic.selection import _walk
+
+    rng = np.random.default_rng(1)
+    base = torch.tensor(1.0 + 0.1 * rng.random(1000))
+    better = base - 0.02 - 0.01 * torch.tensor(rng.random(1000))  # every block a little better ...
+    better[:3] += torch.tensor([40.0, -40.0, 40.0])  # ... but three hot blocks swing wildly either way
+    assert _walk([base, better], 4.0, 2.0) == 0  # their spread hides the gain: z ≈ 0.5
+    assert _walk([base, better], 4.0, 2.0, winsor=2.0) == 1
+    assert _walk([base, base - 0.02], 4.0, 2.0, winsor=2.0) == 1
+
+
+def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical(cells_like):
+    guide, truth, f = cells_like(shape=(192, 256))
+    measured = block_mean(truth, f)
+    hot = measured.copy()
+    hot.flat[[5, 300, 611]] = 20 * np.percentile(measured, 99)  # three instrument hot spots among 768 pixels
+    options = MethodOptions(runtime=Runtime(quiet=True))
+    ladder = [list(s) for s in HarmonicConfig().ladder.settings]
+    rungs = [ladder.index(fuse(guide, y, "guided-harmonic", options).fit.details["chosen"]) for y in (measured, hot)]
+    assert rungs[0] >= 2 and abs(rungs[1] - rungs[0]) <= 1  # without the winsorising: the bottom rung
+
+
+def test_the_ladder_walk_uses_the_configured_sign_test(cells):
+    """On the cells the walk climbs; a sign test no step can pass keeps it at the bottom."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / block_mean(truth, f).max())[None]
+    climbed, kept = HarmonicReport(), HarmonicReport()
+    fuse_harmonic_many(guide, y, f, report=climbed)
+    fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=LadderSettings(sign_significance=1e6)), report=kept)
+    assert climbed.settings[0] != HarmonicConfig().ladder.settings[0]
+    assert kept.settings[0] == HarmonicConfig().ladder.settings[0]
