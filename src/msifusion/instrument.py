@@ -369,7 +369,8 @@ def extract_ions(request: IonsRequest) -> dict:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
         record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
-                  "tolerance": request.tol, "windows": [list(w) for w in stack.windows], "normalize": request.normalize,
+                  "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
+                  "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
                   "warnings": stack.window_warnings(),
@@ -488,7 +489,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             results = fuse_many(registered.guide, stack.images, request.settings.method, request.settings)  # shared work
         for i, (label, result, pair, folder) in enumerate(zip(stack.labels, results, pairs, folders)):
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
-            per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]))
+            per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
+                           window_peaks=list(stack.window_peaks[i]))
             records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion))
             fused.append(result.image)
         if len(stack.mzs) > 1:

@@ -38,7 +38,8 @@ def check_pixel_size(option: str, size: float | None) -> None:
 
 @dataclass(frozen=True)
 class FuseSettings(MethodOptions):
-    """What to run: the method, with its options (training recipe, seed/device/progress, the default's settings)."""
+    """What to run: the method, with its options (training recipe, seed/device/progress, the default's settings, the
+    measurement model)."""
 
     method: str = DEFAULT_METHOD
 
@@ -250,14 +251,14 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
     return record
 
 
-PER_ION_KEYS = ("ion_name", "mz", "window", "intensity_scale", "epochs", "stop_reason", "method_details",
-                "consistency_error", "timings_s", "warnings")
+PER_ION_KEYS = ("ion_name", "mz", "window", "window_peaks", "intensity_scale", "epochs", "stop_reason",
+                "method_details", "consistency_error", "timings_s", "warnings")
 
 
 def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings: Sequence[str]) -> dict:
     """The run.json of a panel of ions: the settings, versions and machine all ions share, once, and
-    per ion (by folder name) what differs (its ``timings_s`` as the caller labelled it: in a panel fused
-    together, its share of the panel's fusion); the panel's own timings are the caller's to add."""
+    per ion (by folder name) what differs (its ``timings_s``: in a panel fused together, its share of the panel's
+    fusion, labelled so by :func:`run_record`); the panel's own timings are the caller's to add."""
     summary = {k: v for k, v in records[0].items() if k not in PER_ION_KEYS}
     summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
     summary["warnings"] = list(dict.fromkeys([*shared_warnings, *(w for r in records for w in r["warnings"])]))

@@ -511,17 +511,68 @@ def test_a_window_over_two_peaks_is_named(tmp_path: Path, mode: str) -> None:
     assert [len(p) for p in narrow.window_peaks] == [1, 1] and narrow.window_warnings() == []
 
 
-def test_resolved_peaks_need_a_valley_a_share_and_a_separation() -> None:
+def test_resolved_peaks_need_a_valley_a_share_a_separation_and_to_stand_above_the_scatter() -> None:
     mz = np.linspace(499.5, 500.5, 11)  # profile points 0.1 Da apart
     profile = np.array([0, 10, 80, 100, 40, 5, 30, 60, 20, 0, 0], float)  # a valley (5) under half the lower peak (60)
     data = np.ones(mz.size, bool)
-    assert imzml._resolved_peaks(mz, profile, data, False, True) == pytest.approx([499.8, 500.2])
+
+    def peaks(mean, se=None, mzs=mz, centroid=False):
+        return imzml._resolved_peaks(imzml._Profile(mzs, mean, se, np.ones(mzs.size, bool)), centroid, True)
+
+    assert peaks(profile) == pytest.approx([499.8, 500.2])
+    assert peaks(profile, np.full(11, 10.0)) == pytest.approx([499.8, 500.2])  # 60 − 5 = 5.5 standard errors
+    assert peaks(profile, np.full(11, 20.0)) == pytest.approx([499.8])  # 2.75: the scatter of a few spectra
     shoulder = profile.copy()
     shoulder[5] = 45.0  # the profile never falls below half of 60 between them: one peak with a shoulder
-    assert imzml._resolved_peaks(mz, shoulder, data, False, True) == pytest.approx([499.8])
+    assert peaks(shoulder) == pytest.approx([499.8])
     weak = profile * np.where(np.arange(11) >= 6, 0.1, 1)  # the second under a tenth of the first
-    assert imzml._resolved_peaks(mz, weak, data, False, True) == pytest.approx([499.8])
+    assert peaks(weak) == pytest.approx([499.8])
     flank = np.array([0, 10, 80, 100, 40, 5, 5, 10, 20, 40, 70], float)  # rising into the window's end: a flank
-    assert imzml._resolved_peaks(mz, flank, data, False, True) == pytest.approx([499.8])
+    assert peaks(flank) == pytest.approx([499.8])
     close = np.array([400.0, 400.002])  # centroids 5 ppm apart are one peak, as `peaks` counts them
-    assert imzml._resolved_peaks(close, np.array([9.0, 8.0]), np.ones(2, bool), True, True) == [400.0]
+    assert peaks(np.array([9.0, 8.0]), mzs=close, centroid=True) == [400.0]
+    assert data.all()
+    comb = np.tile([0.0, 10.0], 20)  # 20 equal peaks: the list stops past what a warning names
+    assert len(peaks(comb, mzs=np.linspace(500, 501, 40), centroid=True)) == imzml.MAX_LISTED_PEAKS + 1
+
+
+def _drifting_imzml(path: Path, ppm: float, pixels: int, seed: int) -> Path:
+    """Processed centroid spectra: one peak at 600 whose m/z drifts from spectrum to spectrum by ``ppm`` (1 σ), as a
+    TOF's calibration does, with intensities that vary by pixel."""
+    rng = np.random.default_rng(seed)
+    with ImzMLWriter(str(path), mode="processed", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for k in range(pixels):
+            mz = np.array([600.0 * (1 + ppm * 1e-6 * rng.standard_normal()), 700.0])
+            w.addSpectrum(mz, rng.uniform(50, 150, 2).astype(np.float32), (k % 10 + 1, k // 10 + 1))
+    return path
+
+
+@pytest.mark.parametrize("ppm, pixels", [(10.0, 16), (20.0, 100), (20.0, 900)])
+def test_a_drifting_peak_is_one_peak(tmp_path: Path, ppm: float, pixels: int) -> None:
+    """Bins of 5 ppm cut a drifting centroid into a ragged hump; its stray tail bins are not a second peak."""
+    for seed in range(5):
+        f = ImzML(_drifting_imzml(tmp_path / f"d{seed}.imzML", ppm, pixels, seed))
+        stack = f.ion_images([600.0], f"{3 * ppm:g}ppm")
+        assert len(stack.window_peaks[0]) == 1 and stack.window_warnings() == [], seed
+
+
+def test_windows_named_by_another_warning_are_not_named_again(tmp_path: Path) -> None:
+    f = ImzML(_two_peak_imzml(tmp_path / "c.imzML", "continuous"))
+    overlapping = f.ion_images([400.0, 400.1], "0.1da")  # each window holds both peaks, and the overlap says so
+    assert len(overlapping.window_warnings()) == 1 and "overlap" in overlapping.window_warnings()[0]
+    wide = f.ion_images([400.05], "1.5da")  # reaches the ¹³C peak: that warning covers it; no spectrum is gathered
+    assert wide.window_peaks == ((),) and len(wide.window_warnings()) == 1 and "¹³C" in wide.window_warnings()[0]
+
+
+def test_peaks_of_a_file_whose_stated_range_is_narrower_than_its_data(processed) -> None:
+    path, _ = processed
+    text = path.read_text(encoding="iso-8859-1")
+    f = ImzML(path)
+    low, high = f.mz_range
+    assert low < 150 < high
+    # one spectrum's stated lowest observed m/z raised above its data: the file's range starts above some points
+    text = re.sub(r'(accession="MS:1000528"[^>]*value=")[^"]*"', r'\g<1>150.0"', text)
+    path.write_text(text, encoding="iso-8859-1")
+    g = ImzML(path)
+    assert g.mz_range[0] == pytest.approx(150.0, abs=1e-3)  # the stated range, now narrower than the data
+    assert all(g.mz_range[0] <= mz <= g.mz_range[1] for mz, _ in g.strongest_peaks(5))

@@ -31,6 +31,7 @@ Conventions
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import uuid
@@ -53,9 +54,10 @@ _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a s
 DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
 ISOTOPE_SPACING = 1.00336  # Da between a singly charged ion's ¹²C and ¹³C peaks
 SEPARATION_PPM = 10.0  # peaks closer than this are one peak for `peaks` (two default windows)
-PEAK_SHARE = 0.1  # a second peak in an ion's window is named when it reaches this share of the window's strongest
-PROFILE_BIN_PPM = 5.0  # bin width of a processed file's mean spectrum (`peaks --bin-ppm`'s default)
-WindowProfile = tuple[np.ndarray, np.ndarray, np.ndarray]  # a window's mean spectrum: m/z, mean intensity, holds data
+PROFILE_BIN_PPM = 5.0  # bin width of a processed file's mean spectrum (ImzML.mean_spectrum's default)
+PEAK_SHARE = 0.1  # a further peak in an ion's window is named when it reaches this share of the window's strongest ...
+PEAK_Z = 3.0  # ... and stands this many standard errors of the mean above the valley that parts them
+MAX_LISTED_PEAKS = 4  # a warning names at most this many peaks of one window
 
 
 # ----------------------------------------------------------------------------- tolerance
@@ -150,24 +152,28 @@ class IonStack:
     def window_warnings(self) -> list[str]:
         """Warnings about the m/z windows: ions whose windows overlap (they share counts: two such ions can be one
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
-        away: its image then sums the isotope pattern, or a neighbour's), and other windows that hold two or more
+        away: its image then sums the isotope pattern, or a neighbour's), and the other windows that hold two or more
         resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
-        pairs = [(self.mzs[a], self.mzs[b]) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
-        if pairs:
-            listed = ", ".join(f"{a:.4f} and {b:.4f}" for a, b in pairs)
+        overlapping = [(a, b) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
+        if overlapping:
+            listed = ", ".join(f"{self.mzs[a]:.4f} and {self.mzs[b]:.4f}" for a, b in overlapping)
             warnings.append(f"the m/z windows of {listed} overlap (±{self.tolerance}): their images share counts; "
                             "narrow --tol to keep them apart")
-        wide = [mz for mz, (lo, hi) in zip(self.mzs, self.windows) if hi - mz >= ISOTOPE_SPACING or mz - lo >= ISOTOPE_SPACING]
+        wide = [i for i, (mz, (lo, hi)) in enumerate(zip(self.mzs, self.windows)) if _reaches_isotope(mz, lo, hi)]
         if wide:
-            warnings.append(f"the m/z window of {', '.join(f'{mz:.4f}' for mz in wide)} (±{self.tolerance}) reaches the "
-                            f"¹³C isotope peak {ISOTOPE_SPACING} Da away: its image sums several peaks; narrow --tol "
-                            "unless that is meant")
-        for mz, peaks in zip(self.mzs, self.window_peaks):
-            if len(peaks) > 1 and mz not in wide:
-                listed = ", ".join(f"{p:.4f}" for p in peaks[:-1]) + f" and {peaks[-1]:.4f}"
-                warnings.append(f"the m/z window of {mz:.4f} (±{self.tolerance}) holds {len(peaks)} peaks of the mean "
+            warnings.append(f"the m/z window of {', '.join(f'{self.mzs[i]:.4f}' for i in wide)} (±{self.tolerance}) "
+                            f"reaches the ¹³C isotope peak {ISOTOPE_SPACING} Da away: its image sums several peaks; "
+                            "narrow --tol unless that is meant")
+        named = {*wide, *(i for pair in overlapping for i in pair)}
+        for i, (mz, peaks) in enumerate(zip(self.mzs, self.window_peaks)):
+            if len(peaks) > 1 and i not in named:
+                shown = [f"{p:.4f}" for p in peaks[:MAX_LISTED_PEAKS]]
+                listed = ", ".join(shown[:-1]) + f" and {shown[-1]}" if len(peaks) <= MAX_LISTED_PEAKS else \
+                    ", ".join(shown) + ", …"
+                count = f"{len(peaks)}" if len(peaks) <= MAX_LISTED_PEAKS else f"more than {MAX_LISTED_PEAKS}"
+                warnings.append(f"the m/z window of {mz:.4f} (±{self.tolerance}) holds {count} peaks of the mean "
                                 f"spectrum, at {listed}: its image sums them; narrow --tol to keep one")
         return warnings
 
@@ -380,7 +386,8 @@ class ImzML:
         mzs = [float(mzs)] if isinstance(mzs, (int, float, np.number)) else [float(m) for m in mzs]
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
-        sums, norm, profiles = self._window_sums(lo, hi, normalize, profiles=True)
+        profiled = np.array([not _reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
+        sums, norm, profiles = self._window_sums(lo, hi, normalize, profiled)
         if normalize is not None:
             sums = _normalise(sums, norm)
         return IonStack(
@@ -390,17 +397,19 @@ class ImzML:
             pixel_size_um=self.pixel_size_um,
             normalize=normalize,
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
-            window_peaks=tuple(tuple(_resolved_peaks(*profile, self.layout.centroid, self.continuous))
-                               for profile in profiles),
+            window_peaks=tuple(() if p is None else tuple(_resolved_peaks(p, self.layout.centroid, self.continuous))
+                               for p in profiles),
             source=self.path,
             mz_range=self.mz_range,
         )
 
-    def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiles: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray | None, list[WindowProfile] | None]:
-        """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); with
-        ``profiles``, also each window's mean spectrum, gathered in the same pass (continuous: its channels; processed:
-        bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins)."""
+    def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[_Profile | None]]:
+        """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); and
+        for the windows marked in ``profiled`` (bool per window; None: none) their mean spectrum, gathered in the same
+        pass (continuous: its channels; processed: bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins);
+        None for the others."""
+        profiled = np.zeros(lo.size, bool) if profiled is None else np.asarray(profiled, bool)
         n = self.n_spectra
         sums = np.empty((n, lo.size), dtype=np.float64)
         norm = np.empty(n, dtype=np.float64) if normalize else None
@@ -416,30 +425,34 @@ class ImzML:
             for k, cols in enumerate(members):
                 select[np.searchsorted(used, cols), k] = 1.0
             column_total = np.zeros(used.size, dtype=np.float64)
+            column_squares = np.zeros(used.size, dtype=np.float64)
             for sl, chunk in self._continuous_rows():
                 picked = chunk[:, used].astype(np.float64)
                 sums[sl] = picked @ select
-                column_total += picked.sum(axis=0)
+                if profiled.any():
+                    column_total += picked.sum(axis=0)
+                    column_squares += (picked * picked).sum(axis=0)
                 if normalize == "tic":
                     norm[sl] = chunk.sum(axis=1, dtype=np.float64)
                 elif normalize == "rms":
                     c = chunk.astype(np.float64)
                     norm[sl] = np.sqrt(np.mean(c * c, axis=1))
-            if not profiles:
-                return sums, norm, None
-            return sums, norm, [_channel_profile(mz[cols], column_total[np.searchsorted(used, cols)], n) for cols in members]
-        bins = _WindowBins(lo, hi) if profiles else None
+            at = [np.searchsorted(used, cols) for cols in members]
+            return sums, norm, [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
+                                for cols, k, want in zip(members, at, profiled)]
+        bins = _WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
         for i, (mz, it) in enumerate(self._spectra()):
             csum = np.concatenate(([0.0], np.cumsum(it)))
             start, stop = np.searchsorted(mz, lo, side="left"), np.searchsorted(mz, hi, side="right")
             sums[i] = csum[stop] - csum[start]
             if bins is not None:
-                bins.add(mz, it, start, stop)
+                bins.add(mz, it, start[profiled], stop[profiled])
             if normalize == "tic":
                 norm[i] = csum[-1]
             elif normalize == "rms":
                 norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
-        return sums, norm, bins.profiles(n) if bins is not None else None
+        gathered = iter(bins.profiles(n) if bins is not None else [])
+        return sums, norm, [next(gathered) if want else None for want in profiled]
 
     def tic(self) -> np.ndarray:
         """Total ion current image (H, W) float32: the sum of each spectrum's intensities."""
@@ -459,23 +472,26 @@ class ImzML:
         falling in it divided by the number of spectra, and its m/z is the intensity-weighted
         mean m/z of those peaks (the bin centre when empty).
         """
-        mz, mean, _ = self._mean_points(bin_ppm)
-        return mz, mean
+        profile = self._mean_points(bin_ppm)
+        return profile.mz, profile.mean
 
-    def _mean_points(self, bin_ppm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`mean_spectrum` plus, per entry, whether any spectrum has a point there."""
+    def _mean_points(self, bin_ppm: float) -> _Profile:
+        """:meth:`mean_spectrum` with, per entry, whether any spectrum has a point there (peaks use the latter). A
+        processed file's points outside its stated m/z range (a file whose "lowest/highest observed m/z" understate
+        its data) are left out, as :meth:`ion_images` refuses m/z there."""
         n = self.n_spectra
         if self.continuous:
             mz = self._shared_mz()
             total = np.zeros(mz.size, dtype=np.float64)
             for _, chunk in self._continuous_rows():
                 total += chunk.sum(axis=0, dtype=np.float64)
-            return _channel_profile(mz, total, n)
+            return _channel_profile(mz, total, None, n)
         if not (bin_ppm > 0):
-            raise InputError("--bin-ppm", "bin width must be positive")
-        bins = _WindowBins(np.array([self.mz_range[0]]), np.array([self.mz_range[1]]), bin_ppm)
+            raise InputError("bin_ppm", "bin width must be positive")
+        a, b = np.array([self.mz_range[0]]), np.array([self.mz_range[1]])
+        bins = _WindowBins(a, b, bin_ppm)
         for mz, it in self._spectra():
-            bins.add(mz, it, np.array([0]), np.array([mz.size]))
+            bins.add(mz, it, np.searchsorted(mz, a, side="left"), np.searchsorted(mz, b, side="right"))
         return bins.profiles(n)[0]
 
     def strongest_peaks(self, n: int, bin_ppm: float = PROFILE_BIN_PPM) -> list[tuple[float, float]]:
@@ -494,8 +510,9 @@ class ImzML:
         """
         if n < 1:
             raise InputError("-n", "number of peaks must be at least 1")
-        mz, mean, holds_data = self._mean_points(bin_ppm)
-        _, cand = _peak_candidates(mean, holds_data, self.layout.centroid, self.continuous)
+        profile = self._mean_points(bin_ppm)
+        mz, mean = profile.mz, profile.mean
+        _, cand = _peak_candidates(mean, profile.holds_data, self.layout.centroid, self.continuous)
         best: list[int] = []
         for i in cand[np.argsort(-mean[cand], kind="stable")]:
             if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] for j in best):
@@ -537,10 +554,38 @@ class ImzML:
         self.close()
 
 
-def _channel_profile(mz: np.ndarray, total: np.ndarray, n_spectra: int) -> WindowProfile:
-    """A continuous file's mean spectrum from its channels' totals: sorted m/z, channels sharing an m/z merged."""
+def _reaches_isotope(mz: float, lo: float, hi: float) -> bool:
+    """Whether the window ``[lo, hi]`` around ``mz`` reaches a singly charged ion's ¹³C peak, or the ¹²C peak below."""
+    return hi - mz >= ISOTOPE_SPACING or mz - lo >= ISOTOPE_SPACING
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """A mean spectrum (of the file, or of one window): m/z ascending, the mean intensity over the spectra, its
+    standard error (from the per-spectrum values; None where not gathered), and whether any spectrum has a point
+    there."""
+
+    mz: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray | None
+    holds_data: np.ndarray
+
+
+def _mean_and_se(total: np.ndarray, squares: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    mean = total / n
+    if squares is None:
+        return mean, None
+    return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0) / n)
+
+
+def _channel_profile(mz: np.ndarray, total: np.ndarray, squares: np.ndarray | None, n_spectra: int) -> _Profile:
+    """A continuous file's mean spectrum from its channels' totals (and sums of squares): sorted m/z, channels sharing
+    an m/z merged."""
     axis, inverse = np.unique(mz, return_inverse=True)
-    return axis, np.bincount(inverse, weights=total, minlength=axis.size) / n_spectra, np.ones(axis.size, bool)
+    total = np.bincount(inverse, weights=total, minlength=axis.size)
+    squares = None if squares is None else np.bincount(inverse, weights=squares, minlength=axis.size)
+    mean, se = _mean_and_se(total, squares, n_spectra)
+    return _Profile(axis, mean, se, np.ones(axis.size, bool))
 
 
 def _peak_candidates(mean: np.ndarray, holds_data: np.ndarray, centroid: bool, continuous: bool
@@ -558,41 +603,49 @@ def _peak_candidates(mean: np.ndarray, holds_data: np.ndarray, centroid: bool, c
     return idx, idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
 
 
-def _resolved_peaks(mz: np.ndarray, mean: np.ndarray, holds_data: np.ndarray, centroid: bool, continuous: bool
-                    ) -> list[float]:
-    """The m/z of the resolved peaks of a window's mean spectrum, strongest first.
+def _resolved_peaks(p: _Profile, centroid: bool, continuous: bool) -> list[float]:
+    """The m/z of the resolved peaks of a window's mean spectrum, ascending (at most :data:`MAX_LISTED_PEAKS` + 1).
 
-    A candidate (:func:`_peak_candidates`) counts as a further peak when it reaches :data:`PEAK_SHARE` of the strongest,
-    lies more than :data:`SEPARATION_PPM` from every peak kept (the ``peaks`` command's rule), and the profile between
-    them falls below half the lower of the two (a valley: a shoulder or a noisy top of one peak is not a second).
-    In profile data a maximum at the window's first or last point is left out: it can be the flank of a peak outside.
+    Candidates (:func:`_peak_candidates`) are taken strongest first; one counts as a further peak when it reaches
+    :data:`PEAK_SHARE` of the strongest, lies more than :data:`SEPARATION_PPM` from every peak kept (the ``peaks``
+    command's rule), and the profile between it and them falls below half its height (a valley: a shoulder or a
+    noisy top of one peak is not a second) by more than :data:`PEAK_Z` standard errors of its mean (so that the
+    scatter of a drifting centroid over neighbouring bins, or noise seen in a few spectra, is not a peak). Kept peaks
+    are stronger, so only the nearest kept peak on each side needs the test. In profile data a maximum at the
+    window's first or last point is left out: it can be the flank of a peak outside.
     """
-    points, cand = _peak_candidates(mean, holds_data, centroid, continuous)
+    points, cand = _peak_candidates(p.mean, p.holds_data, centroid, continuous)
     if not centroid and points.size:
         cand = cand[(cand != points[0]) & (cand != points[-1])]
     if cand.size == 0:
         return []
-    cand = cand[np.argsort(-mean[cand], kind="stable")]
-    kept = [int(cand[0])]
+    cand = cand[np.argsort(-p.mean[cand], kind="stable")]
+    cand = cand[p.mean[cand] >= PEAK_SHARE * p.mean[cand[0]]][:64]  # the strongest few: the rest cannot be listed
+    kept = [int(cand[0])]  # ascending
     for i in cand[1:]:
-        if mean[i] < PEAK_SHARE * mean[kept[0]]:
-            break
-        if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] and
-               _valley(mean, points, i, j) < 0.5 * min(mean[i], mean[j]) for j in kept):
-            kept.append(int(i))
-    return [float(mz[i]) for i in kept]
+        at = bisect.bisect(kept, i)
+        if all(_stands_apart(p, points, int(i), j) for j in kept[max(0, at - 1): at + 1]):
+            kept.insert(at, int(i))
+            if len(kept) > MAX_LISTED_PEAKS:
+                break
+    return [float(p.mz[i]) for i in kept]
 
 
-def _valley(mean: np.ndarray, points: np.ndarray, i: int, j: int) -> float:
-    """The lowest profile value strictly between points ``i`` and ``j`` (0 where none lies between)."""
+def _stands_apart(p: _Profile, points: np.ndarray, i: int, j: int) -> bool:
+    """Whether candidate ``i`` is a peak of its own beside the stronger peak ``j`` (see :func:`_resolved_peaks`)."""
+    if abs(p.mz[i] - p.mz[j]) <= SEPARATION_PPM * 1e-6 * p.mz[j]:
+        return False
     a, b = sorted((i, j))
-    between = points[(points > a) & (points < b)]
-    return float(mean[between].min()) if between.size else 0.0
+    between = points[np.searchsorted(points, a, side="right"): np.searchsorted(points, b, side="left")]
+    valley = float(p.mean[between].min()) if between.size else 0.0
+    rise = p.mean[i] - valley
+    return valley < 0.5 * p.mean[i] and (p.se is None or rise > PEAK_Z * p.se[i])
 
 
 class _WindowBins:
     """Each window's mean spectrum for processed data, gathered spectrum by spectrum: log-spaced bins ``bin_ppm`` wide
-    across each window, holding the summed intensity and the intensity-weighted m/z (the bin centre when empty)."""
+    across each window, holding the summed intensity, its sum of squares (for the standard error; a spectrum's points
+    in one bin count apart) and the intensity-weighted m/z (the bin centre when empty)."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray, bin_ppm: float = PROFILE_BIN_PPM):
         self.lo = lo
@@ -601,6 +654,7 @@ class _WindowBins:
         self.offset = np.concatenate(([0], np.cumsum(self.n_bins)))
         self.total = np.zeros(self.offset[-1], dtype=np.float64)
         self.weighted = np.zeros_like(self.total)
+        self.squares = np.zeros_like(self.total)
         self.count = np.zeros(self.offset[-1], dtype=np.int64)
 
     def add(self, mz: np.ndarray, it: np.ndarray, start: np.ndarray, stop: np.ndarray) -> None:
@@ -615,16 +669,18 @@ class _WindowBins:
         idx = self.offset[window] + within
         self.total += np.bincount(idx, weights=it[points], minlength=self.total.size)
         self.weighted += np.bincount(idx, weights=it[points] * m, minlength=self.total.size)
+        self.squares += np.bincount(idx, weights=it[points] ** 2, minlength=self.total.size)
         self.count += np.bincount(idx, minlength=self.total.size)
 
-    def profiles(self, n_spectra: int) -> list[WindowProfile]:
+    def profiles(self, n_spectra: int) -> list[_Profile]:
         out = []
         for k, (a, b) in enumerate(zip(self.offset[:-1], self.offset[1:])):
             total = self.total[a:b]
             centres = self.lo[k] * np.exp((np.arange(b - a) + 0.5) * self.step)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mz = np.where(total > 0, self.weighted[a:b] / total, centres)
-            out.append((mz, total / n_spectra, self.count[a:b] > 0))
+            mean, se = _mean_and_se(total, self.squares[a:b], n_spectra)
+            out.append(_Profile(mz, mean, se, self.count[a:b] > 0))
         return out
 
 
