@@ -57,6 +57,7 @@ def test_cuda_runs_both_methods_and_bf16_applies_there(tmp_path, files):
     assert _fuse(opt, ion_path, tmp_path / "gh", "--device", "cuda") == 0
     run = json.loads((tmp_path / "gh" / "run.json").read_text())
     assert run["device"].startswith("cuda") and run["consistency_error"] < 1e-4
+    assert run["machine"]["cuda"] and run["machine"]["cuda_devices"] >= 1  # named where the run used it
     on_cpu = tmp_path / "gh_cpu"
     assert _fuse(opt, ion_path, on_cpu, "--device", "cpu") == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "gh" / "fused.tiff"), tifffile.imread(on_cpu / "fused.tiff"),

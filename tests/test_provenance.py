@@ -22,3 +22,8 @@ def test_every_run_json_opens_with_the_same_header():
     assert list(header) == ["tool", "created", "command", "cwd", "versions", "machine"]
     assert header["tool"] == "msifusion study" and header["command"] == sys.argv and header["cwd"] == os.getcwd()
     assert header["versions"]["numpy"] == np.__version__ and header["machine"]["cpu_count"] == os.cpu_count()
+    import torch
+
+    # the GPU is named only where the run started CUDA (asking its name would start it for a run that reads files)
+    assert header["machine"]["cuda_devices"] == torch.cuda.device_count()
+    assert (header["machine"]["cuda"] is None) == (not torch.cuda.is_initialized())

@@ -18,7 +18,7 @@ from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, validate_ion
-from msifusion.measurement import MeasurementModel, consistency_error, project_consistent, upsample
+from msifusion.measurement import MeasurementModel, project_consistent, upsample
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, i
     if not np.isfinite(image).all():  # a guard: every known cause is refused before (the spot's width, --lr)
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")
-    error = consistency_error(image, ion, scale, options.measurement.spot_sigma_px)
+    error = options.measurement.consistency_error(image, ion, scale)
     return FusionResult(image, method, scale, result, seconds, intensity_scale, error, panel_share)
 
 

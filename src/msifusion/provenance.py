@@ -61,12 +61,13 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """The machine a run's timings were measured on."""
+    """The machine a run's timings were measured on: ``cuda`` names the GPU where the run used one (asking for its
+    name would start CUDA, seconds and memory, on a run that only read files), ``cuda_devices`` counts them."""
     import torch
 
     return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "torch_threads": torch.get_num_threads(), "cuda_devices": torch.cuda.device_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_initialized() else None}
 
 
 def write_run_json(folder: Path, record: dict) -> Path:

@@ -77,7 +77,7 @@ def test_many_ions_match_single_ion(cells):
         assert note["chosen"] == note_alone["chosen"] and note["texture"] == note_alone["texture"]
         # each ion's own scores, not the batch's: β = 0 scores what the chosen rung scored
         np.testing.assert_allclose(note["texture_coarse_mse"], note_alone["texture_coarse_mse"], rtol=1e-4)
-        assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.settings.index(tuple(note["chosen"]))]
+        assert note["texture_coarse_mse"][0] == note["coarse_mse"][config.ladder.rungs.index(tuple(note["chosen"]))]
         assert np.max(np.abs(many[k] - alone)) <= tolerance * np.abs(alone).max()
 
 

@@ -27,7 +27,7 @@ def test_unrelated_optical_falls_back_to_smooth_interpolation():
     measured = block_mean(truth, f)
     report = HarmonicReport()
     out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
-    assert report.settings[0] == HarmonicConfig().ladder.settings[0]
+    assert report.settings[0] == HarmonicConfig().ladder.rungs[0]
     assert report.notes[0]["texture"] == 0.0
     assert consistency_error(out, measured, f) < 1e-4
     assert psnr(out, truth) > psnr(upsample(measured, f), truth)
@@ -134,7 +134,7 @@ def test_a_few_hot_pixels_do_not_make_the_method_ignore_the_optical(cells_like):
     hot = measured.copy()
     hot.flat[[5, 300, 611]] = 20 * np.percentile(measured, 99)  # three instrument hot spots among 768 pixels
     options = MethodOptions(runtime=Runtime(quiet=True))
-    ladder = [list(s) for s in HarmonicConfig().ladder.settings]
+    ladder = [list(s) for s in HarmonicConfig().ladder.rungs]
     rungs = [ladder.index(fuse(guide, y, "guided-harmonic", options).fit.details["chosen"]) for y in (measured, hot)]
     assert rungs[0] >= 2 and abs(rungs[1] - rungs[0]) <= 1  # without the winsorising: the bottom rung
 
@@ -146,5 +146,5 @@ def test_the_ladder_walk_uses_the_configured_sign_test(cells):
     climbed, kept = HarmonicReport(), HarmonicReport()
     fuse_harmonic_many(guide, y, f, report=climbed)
     fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=LadderSettings(sign_significance=1e6)), report=kept)
-    assert climbed.settings[0] != HarmonicConfig().ladder.settings[0]
-    assert kept.settings[0] == HarmonicConfig().ladder.settings[0]
+    assert climbed.settings[0] != HarmonicConfig().ladder.rungs[0]
+    assert kept.settings[0] == HarmonicConfig().ladder.rungs[0]

@@ -13,27 +13,28 @@ import torch
 class LadderSettings:
     """How far to trust the optical: the settings tried, in order, and the walk that chooses among them.
 
-    ``settings``: each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's neighbour
-    colour differences, so a low q makes most optical edges block. A setting replaces the previous choice only if it
-    predicts the held-back measurement better by ``significance`` standard errors of the paired per-block differences
-    (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial standard deviations
-    (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts significantly worse
-    (the coarse curve turns up past its minimum), take the setting one rung smoother. One scale coarser the
-    optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than the measured
-    scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant phantoms, depth edges
-    and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not follow
-    (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
+    ``rungs``: the settings, each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's
+    neighbour colour differences, so a low q makes most optical edges block. A setting replaces the previous choice
+    only if it predicts the held-back measurement better by ``significance`` standard errors of the paired per-block
+    differences (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial
+    standard deviations (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts
+    significantly worse (the coarse curve turns up past its minimum), take the setting one rung smoother. One scale
+    coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
+    the measured scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant phantoms,
+    depth edges and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does
+    not follow (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see
+    docs/benchmarks.md.
     """
 
-    settings: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
+    rungs: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))
     significance: float = 4.0
     sign_significance: float = 2.0
     turn_back: bool = True
 
     def __post_init__(self) -> None:
-        if not self.settings:
+        if not self.rungs:
             raise ValueError("ladder needs at least one setting")
-        for q, passes in self.settings:
+        for q, passes in self.rungs:
             if not 0 < q < 100 or passes < 0:
                 raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
         if min(self.significance, self.sign_significance) < 0:
@@ -43,18 +44,19 @@ class LadderSettings:
 @dataclass(frozen=True)
 class TextureSettings:
     """Carrying the optical's fine texture over: strengths β tried, in order (the first is the default, normally
-    0 = none), for :func:`optical_detail` at ``sigma_px``.
+    0 = none), for :func:`msifusion.harmonic.texture.optical_detail` at ``sigma_px``.
 
     β is chosen per ion by the coarse-level test at ``significance`` standard errors, and only for an ion that
     climbed the ladder: a gatekeeping order, in which the strict test on the optical's edges must pass before the
-    one-parameter refinement is tried, so the second can be laxer (measured: at 2 instead of 4, dev phantoms
-    +0.15 dB and the 24 unseen variants +0.10, no case lower; without the gate the texture was taken on two prostate
-    ions whose ladder stayed at the bottom, and cost them 1 dB). β's walk is an ordered one (:func:`_walk`): a
-    strength significantly worse than the current choice ends it, and none is taken where the strongest is
-    significantly worse than none. ``snr_db``: β is tried only where the optical's fine texture stands this far
-    above what the guide's own pixel noise would give it (:func:`texture_snr_db`; measured: on a dim synthetic
-    guide with 2 % noise, 3.7 dB, β = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms
-    19–20 dB, synthetic cells with walls 12–29 dB).
+    one-parameter refinement is tried, so the second can be laxer (measured: at 2 instead of 4, dev phantoms +0.15
+    dB and the 24 unseen variants +0.10, no case lower; without the gate the texture was taken on two prostate ions
+    whose ladder stayed at the bottom, and cost them 1 dB). β's walk is an ordered one
+    (:func:`msifusion.harmonic.selection._walk`): a strength significantly worse than the current choice ends it,
+    and none is taken where the strongest is significantly worse than none. ``snr_db``: β is tried only where the
+    optical's fine texture stands this far above what the guide's own pixel noise would give it
+    (:func:`msifusion.harmonic.texture.texture_snr_db`; measured: on a dim synthetic guide with 2 % noise, 3.7 dB, β
+    = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms 19–20 dB, synthetic cells with walls
+    12–29 dB).
     """
 
     strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -115,11 +117,11 @@ class SolverSettings:
 @dataclass(frozen=True)
 class PanelSettings:
     """A panel of ions on one guide: at least ``min_ions`` share one fused basis of at most ``max_rank`` images
-    (:func:`shared_basis`); an ion joins it when what the basis leaves of its measurement is white noise (neighbour
-    autocorrelation at most ``whiteness``), else it is fused alone. ``ion_batch``: ions solved together (None:
-    :meth:`batch_on` picks by device); results do not depend on it (on the CPU bit for bit for ions fused alone, to
-    float32 rounding through a shared basis; on CUDA, whose kernels can round differently by batch size, to the
-    solver's tolerance)."""
+    (:func:`msifusion.harmonic.panel.shared_basis`); an ion joins it when what the basis leaves of its measurement
+    is white noise (neighbour autocorrelation at most ``whiteness``), else it is fused alone. ``ion_batch``: ions
+    solved together (None: :meth:`batch_on` picks by device); results do not depend on it (on the CPU bit for bit
+    for ions fused alone, to float32 rounding through a shared basis; on CUDA, whose kernels can round differently
+    by batch size, to the solver's tolerance)."""
 
     min_ions: int = 4
     max_rank: int = 32

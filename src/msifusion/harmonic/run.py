@@ -13,7 +13,7 @@ from msifusion.fit import progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import _finish, _Guide, _Problem, _refine_taus, _solve_setting
+from msifusion.harmonic.solve import _finish, _Guide, _Problem, _refine_taus, _solve_setting
 from msifusion.measurement import MeasurementModel
 
 
@@ -110,7 +110,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         chosen += c
         notes += n
         progress.update()
-    report.settings = [config.ladder.settings[i] for i, _ in chosen]
+    report.settings = [config.ladder.rungs[i] for i, _ in chosen]
     betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
     report.notes = notes
@@ -125,13 +125,13 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
             idx = [k for k in range(K) if chosen[k][0] == setting]
             if basis is not None:
                 pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
-                fused_basis, _ = _solve_setting(pb, *config.ladder.settings[setting])
+                fused_basis, _ = _solve_setting(pb, *config.ladder.rungs[setting])
             for b in range(0, len(idx), batch_size):
                 batch = idx[b: b + batch_size]
                 y = y_all[batch][:, orow, ocol]
                 if basis is None:
                     pb = _Problem(g, y, f, taus[batch], gd)
-                    x, _ = _solve_setting(pb, *config.ladder.settings[setting])
+                    x, _ = _solve_setting(pb, *config.ladder.rungs[setting])
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, f, gd.rescales, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact

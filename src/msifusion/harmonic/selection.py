@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from msifusion.harmonic.panel import _Basis
-from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
+from msifusion.harmonic.solve import _finish, _Guide, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t
 
 
@@ -61,8 +61,8 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     guide, f, config, device = gd.image, gd.f, gd.config, gd.device
     K = ions.shape[0]
     H, W = guide.shape[:2]
-    ladder = [list(s) for s in config.ladder.settings]
-    if len(config.ladder.settings) == 1 and len(config.texture.strengths) == 1:
+    ladder = [list(s) for s in config.ladder.rungs]
+    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1:
         return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
                                "selection": "one setting"} for _ in range(K)]
     r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, 600_000))
@@ -76,7 +76,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
     textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
     betas = config.texture.strengths if textured else config.texture.strengths[:1]
-    errors = [[[] for _ in betas] for _ in config.ladder.settings]
+    errors = [[[] for _ in betas] for _ in config.ladder.rungs]
     batch = config.panel.batch_on(device)
     parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
     for a, b in phases:
@@ -93,7 +93,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         measure_f = gd.measurement.operator(tuple(g.shape[:2]), f, device)
         detail = gd.detail(g) if any(betas) else None
         first = None
-        for i, (q, passes) in enumerate(config.ladder.settings):
+        for i, (q, passes) in enumerate(config.ladder.rungs):
             x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
             per_block = [[] for _ in betas]
             for part in parts:
@@ -113,7 +113,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
-        trusted = best > 0 or len(config.ladder.settings) == 1
+        trusted = best > 0 or len(config.ladder.rungs) == 1
         texture = _walk([e[k] for e in errors[best]], config.texture.significance, winsor=config.test.winsor_percent,
                         ordered=True) if trusted else 0
         chosen.append((best, texture))

@@ -85,7 +85,7 @@ class _Guide:
         guide = np.asarray(guide, dtype=np.float32)
         if not (guide.flags.writeable and guide.flags.c_contiguous):  # as methods' _checked_guide does, for
             guide = np.array(guide, order="C")  # callers of fuse_harmonic_many itself (torch needs both)
-        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.settings})))
+        kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.rungs})))
         eps = _detail_eps(guide)
         testable = _texture_testable(f, config, measurement)
         snr = texture_snr_db(guide, config.texture.sigma_px, eps) if testable else None
