@@ -1,0 +1,309 @@
+"""Ion images given as text tables: CSV, TSV or whitespace-separated text, read by :func:`_read_table` for
+:func:`msifusion.io.images.read_ion`.
+
+A table holds either a plain numeric matrix (row = y, column = x; as Cardinal/shinyCardinal or ``numpy.savetxt`` write
+it, an optional header row and row-label column are skipped; a first row that counts the columns, as pandas'
+``to_csv`` writes it, is a header, except atop a narrow table of integers, where it is data and the image carries a
+warning) or a long table with a header naming the x and y columns (``x``/``y``, ``col``/``row``, maybe with a unit:
+``x_um``, ``x (µm)``) and one intensity column (pixels absent from the table are 0, as for an off-tissue pixel without
+a spectrum; the grid starts at 0 for 0-based coordinates, else at 1, never at the smallest coordinate present; a table
+listing under 1 % of an image over 10⁶ pixels is refused; a 3-column table with another header is refused). Numbers
+with thousands separators, or whose separator could be one, are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.io.units import _unit_to_um
+
+
+_NA = {"", "na", "nan", "null", "none", "-nan"}
+
+
+def _cell(token: str) -> str:
+    """A cell's text without surrounding blanks and quotes."""
+    return token.strip().strip('"').strip()
+
+
+def _to_float(token: str) -> float | None:
+    """A cell's number (NaN for a missing value), None when it is not one."""
+    token = _cell(token)
+    if token.lower() in _NA:
+        return float("nan")
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def _comma_float(token: str) -> float | None:
+    """:func:`_to_float` for a table written with decimal commas."""
+    return _to_float(token.replace(",", "."))
+
+
+_BARE_INTEGER = re.compile(r"[+-]?\d+")
+COUNTED_HEADER_MIN_COLUMNS = 10  # a first row 0…n−1 or 1…n this wide is a header even above integers
+
+
+def _counts_columns(row: list[str]) -> bool:
+    """Whether a row is the column numbers 0…n−1 or 1…n written as plain integers (pandas' default column names)."""
+    cells = [_cell(t) for t in row]
+    if not all(re.fullmatch(r"[0-9]+", c) for c in cells):
+        return False
+    values = [int(c) for c in cells]
+    return values in (list(range(len(values))), list(range(1, len(values) + 1)))
+
+
+def _fractional(token: str, number: Callable[[str], float | None]) -> bool:
+    """Whether a cell is a number written as a non-integer (with a point, comma or exponent), not a missing value."""
+    value = number(token)
+    return value is not None and not math.isnan(value) and not _BARE_INTEGER.fullmatch(_cell(token))
+
+
+def _is_header(rows: list[list[str]], number: Callable[[str], float | None] = _to_float) -> bool:
+    """Whether the first row holds names, not pixels: a non-numeric cell; an empty corner above row names followed by
+    names or by the column numbers 0…n−1 / 1…n (R's ``write.csv``, pandas' ``to_csv``); or those column numbers alone
+    (pandas' ``to_csv(index=False)``) above a number written as a non-integer, or at least
+    :data:`COUNTED_HEADER_MIN_COLUMNS` wide. An empty corner before numbers that do not count columns stays data (a
+    missing value, refused as NaN), and so does 0, 1, 2 atop a narrow table of integers: small counts may start so."""
+    row = rows[0]
+    values = [number(t) for t in row]
+    if _cell(row[0]) == "" and len(row) > 1:
+        rest = values[1:]
+        return any(v is None for v in rest) or rest in (list(range(len(rest))), list(range(1, len(rest) + 1)))
+    if any(v is None for v in values):
+        return True
+    return _counts_columns(row) and (len(row) >= COUNTED_HEADER_MIN_COLUMNS
+                                     or any(_fractional(t, number) for r in rows[1:] for t in r))
+
+
+def _read_table(path: Path) -> tuple[np.ndarray, str | None]:
+    """A text table's pixels, and a warning when a first row counting the columns was kept as data."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"cannot read text table ({exc})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(path, "table is empty")
+    sample = lines[:20]
+    # ";" or a tab on every line wins over ",": a European export ("0,5;1,25", "0,5<tab>1,25") has decimal commas
+    delimiter = next((cand for cand in (";", "\t") if all(cand in ln for ln in sample)), None)
+    if delimiter is None:
+        delimiter = next((cand for cand in (",", "\t", ";") if any(cand in ln for ln in sample)), None)
+    if delimiter is None:
+        rows = [ln.split() for ln in lines]
+    else:
+        rows = list(csv.reader(_io.StringIO("\n".join(lines)), delimiter=delimiter))
+    rows = _drop_trailing_delimiter(rows)
+    decimal_comma = _decimal_separator(path, rows, delimiter) == "," and delimiter != ","
+    number = _comma_float if decimal_comma else _to_float
+    header = None
+    if _is_header(rows, number):
+        header, rows = [_cell(t) for t in rows[0]], rows[1:]
+    if not rows:
+        raise InputError(path, "table has a header but no data rows")
+    if header is not None:
+        names = [h.lower() for h in header]
+        coordinates = _coordinate_columns(path, names)
+        if coordinates is not None:
+            return _pivot_long_table(path, names, coordinates, rows, number), None
+        if len(names) == 3 and names[0] not in _PANDAS_INDEX and any(number(h) is None for h in header):
+            raise InputError(path, f"3-column table headed {', '.join(map(repr, header))} is not a long table "
+                                   "msifusion knows: name its columns x, y (or col, row; a unit may follow: x_um, "
+                                   "x (µm)) and the intensity; for a 3-pixel-wide image, drop the header")
+    warning = _counted_row_warning(path, rows[0]) if header is None and _counts_columns(rows[0]) else None
+    # Plain matrix. A first column that is non-numeric, or headed by an empty name (R's
+    # write.csv row names), holds row labels.
+    if (header is not None and header[0] == "") or all(number(r[0]) is None for r in rows if r):
+        rows = [r[1:] for r in rows]
+    width = len(rows[0])
+    values = []
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise InputError(path, f"row {i + 1} has {len(row)} values, expected {width}")
+        parsed = [number(t) for t in row]
+        if any(v is None for v in parsed):
+            bad = next(t for t, v in zip(row, parsed) if v is None)
+            raise InputError(path, f"non-numeric value {bad!r} in row {i + 1}")
+        values.append(parsed)
+    return np.asarray(values, dtype=np.float64), warning
+
+
+def _counted_row_warning(path: Path, row: list[str]) -> str:
+    """The warning for a first row 0…n−1 or 1…n read as pixels (above integers, too narrow to be a header)."""
+    counted = ", ".join(_cell(t) for t in row)
+    return (f"{path.name}: its first row ({counted}) counts the columns and was read as pixel values; if it is pandas' "
+            "column-number header, delete that row (or write the table with header=False)")
+
+
+def _drop_trailing_delimiter(rows: list[list[str]]) -> list[list[str]]:
+    """Rows without the empty last cell that a delimiter ending every row makes (a header may lack it): an empty
+    column, not a column of missing values."""
+    ends_empty = [len(row) > 1 and not row[-1].strip() for row in rows]
+    if all(ends_empty[1:]) and (ends_empty[0] or _is_header(rows)):
+        return [row[:-1] if empty else row for row, empty in zip(rows, ends_empty)]
+    return rows
+
+
+# A number with thousands separators for certain: both "." and ",", or several groups of three digits after one.
+_THOUSANDS = re.compile(r"[+-]?[1-9]\d{0,2}(?:(?:\.\d{3})+,\d*|(?:,\d{3})+\.\d*|(?:\.\d{3}){2,}|(?:,\d{3}){2,})")
+# One separator followed by exactly three digits: "12,345", "1.234" are thousands or decimals by their form alone.
+_ONE_GROUP = re.compile(r"[+-]?[1-9]\d{0,2}([.,])\d{3}")
+
+
+def _decimal_separator(path: Path, rows: list[list[str]], delimiter: str | None) -> str:
+    """The table's decimal separator, "." or ","; refuses numbers written with thousands separators.
+
+    Excel writes them for cells so formatted: "12,345" beside "987" (English), "1.234" and "16.259,44" (German). A
+    number with both separators, or with several groups of three digits, has them for certain. One separator before
+    exactly three digits ("12,345") is read as decimal when other numbers show it is the decimal one ("0,5",
+    "12,3456"); when every number with a separator has that form, 12345 and 12.345 cannot be told apart and the table
+    is refused, as it is when the groups follow the separator the other numbers use for decimals. The delimiter
+    settles one separator: a point in a comma-separated table is a decimal point, and a comma in a semicolon-separated
+    one a decimal comma (spreadsheets separate with ";" where "," is the decimal separator). Errors quote the cell as
+    the file writes it.
+    """
+    decimal_by_delimiter = {",": ".", ";": ","}.get(delimiter or "")
+    names = bool(rows) and any(_to_float(t) is None and re.search(r"[^\W\d_]", _cell(t)) for t in rows[0])
+    decimal: dict[str, str] = {}  # separator → the first number in which it can only be a decimal separator
+    grouped: dict[str, str] = {}  # separator → the first number with it before exactly three digits
+    for row in rows[1:] if names else rows:
+        for token in row:
+            cell = _cell(token)
+            if "." not in cell and "," not in cell:
+                continue
+            if _THOUSANDS.fullmatch(cell):
+                raise InputError(path, f"number {cell!r} has thousands separators; export the table without them")
+            group = _ONE_GROUP.fullmatch(cell)
+            if group and group.group(1) != decimal_by_delimiter:
+                grouped.setdefault(group.group(1), cell)
+            elif ("." in cell) != ("," in cell) and _comma_float(cell) is not None:
+                decimal.setdefault("," if "," in cell else ".", cell)
+    if len(decimal) == 1:
+        (sep, example), = decimal.items()
+        other = "," if sep == "." else "."
+        if other in grouped:
+            raise InputError(path, f"number {grouped[other]!r} has a thousands separator (decimals are written with "
+                                   f"{sep!r}, as in {example!r}); export the table without thousands separators")
+        return sep
+    if not decimal and grouped:
+        sep, cell = next(iter(grouped.items()))
+        whole, fraction = cell.replace(sep, ""), cell.replace(sep, ".")
+        raise InputError(path, f"number {cell!r} may be {whole} or {fraction}: every number in the table with a "
+                               f"{sep!r} has exactly three digits after it, as with thousands separators; export the "
+                               "table without thousands separators")
+    return "."
+
+
+_COORDINATE = re.compile(r"(column|col|row|x|y)(?:\s*[(\[]\s*([^()\[\]]*?)\s*[)\]]|[\s_.-]+(\S+))?")
+_PIXEL_UNITS = ("px", "pix", "pixel", "pixels", "index", "idx")
+
+
+def _coordinate_axis(name: str) -> str | None:
+    """"x" or "y" for a lower-case column name that is a coordinate: x, y, col or column (= x), row (= y), maybe with
+    a unit of pixels or length after it (``x_um``, ``x (µm)``, ``row [px]``); None for any other name."""
+    m = _COORDINATE.fullmatch(name.strip())
+    if m is None:
+        return None
+    unit = m.group(2) if m.group(2) is not None else m.group(3)
+    if unit is not None and unit not in _PIXEL_UNITS and _unit_to_um(unit) is None:
+        return None
+    return "y" if m.group(1) in ("y", "row") else "x"
+
+
+def _coordinate_columns(path: Path, header: list[str]) -> tuple[int, int] | None:
+    """The x and y columns of a long table (see :func:`_coordinate_axis`); None when the header does not name both,
+    or has under 3 columns. Two columns for one axis (``x`` and ``x_um``) are refused: which holds the pixel?"""
+    axes = [_coordinate_axis(name) for name in header]
+    xs, ys = ([i for i, a in enumerate(axes) if a == axis] for axis in ("x", "y"))
+    if not xs or not ys or len(header) < 3:
+        return None
+    for axis, found in (("x", xs), ("y", ys)):
+        if len(found) > 1:
+            raise InputError(path, f"long table has {len(found)} {axis} columns ({', '.join(header[i] for i in found)}); "
+                                   "keep one x and one y column, of pixel indices")
+    return xs[0], ys[0]
+
+
+_PANDAS_INDEX = ("", "unnamed: 0")  # the header pandas' to_csv gives its index column
+# columns of a long table that number its rows, not intensities: pandas' index, SCiLS Lab's "Spot index"
+_INDEX_COLUMNS = (*_PANDAS_INDEX, "index", "spot", "spot index", "spot id", "id", "pixel index")
+LONG_TABLE_PIXELS_PER_ROW = 100  # a long table must list at least 1 % of its image's pixels…
+LONG_TABLE_FREE_PIXELS = 1_000_000  # …unless the image is no larger than this
+
+
+def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int], rows: list[list[str]],
+                      number: Callable[[str], float | None] = _to_float) -> np.ndarray:
+    """A long table (x, y, intensity) as an image: row = y, column = x; absent pixels are 0.
+
+    The grid's origin is fixed, not taken from the pixels present, so that dropped off-tissue
+    rows and columns neither shift nor shrink the image: when the smallest x or y present is 0
+    the coordinates are 0-based (origin 0), otherwise they are read as 1-based (origin 1, as
+    imzML and R number pixels), even when the smallest present coordinate is larger than 1.
+    The image reaches the largest x and y present. Negative coordinates are an error, and so are
+    coordinates that all advance in steps larger than 1 (positions in µm, which would otherwise
+    become a mostly empty image).
+
+    A table may leave out background pixels, but not nearly all of its image: when the image would
+    have more than :data:`LONG_TABLE_PIXELS_PER_ROW` pixels per row of the table (under 1 % of it
+    listed) and more than :data:`LONG_TABLE_FREE_PIXELS`, it is refused before anything is allocated.
+    A genuine sparse export lists every acquired pixel, and a tissue section fills far more than 1 % of
+    the raster it was acquired in; one stray coordinate (x=100000 in a 100×100 table) or coordinates
+    that are not pixel indices (one row at x=100000 beside a 100×100 image's rows) fail the rule.
+    Images up to 10⁶ pixels (8 MB here) always pass.
+    """
+    ix, iy = coordinates
+    others = [i for i in range(len(header)) if i not in (ix, iy) and header[i].strip() not in _INDEX_COLUMNS]
+    if len(others) != 1:
+        names = ", ".join(header[i] for i in others) or "none"
+        raise InputError(path, f"long table needs exactly one intensity column beside {header[ix]} and {header[iy]}, "
+                               f"found: {names}")
+    iv = others[0]
+    cells = [[number(r[i]) if i < len(r) else None for i in (ix, iy, iv)] for r in rows]
+    if any(v is None for c in cells for v in c) or any(math.isnan(v) for c in cells for v in c[:2]):
+        raise InputError(path, f"long table has a non-numeric {header[ix]}, {header[iy]} or intensity value")
+    arr = np.array(cells, dtype=np.float64)
+    if not np.allclose(arr[:, :2], np.round(arr[:, :2])):
+        raise InputError(path, "x and y columns must hold integer pixel coordinates")
+    xy = np.round(arr[:, :2])
+    if xy.min() < 0:
+        raise InputError(path, f"negative pixel coordinate {xy.min():.0f} in the x/y columns; subtract the smallest x "
+                               "and y so that the table starts at 0 (pixel indices)")
+    if xy.max() < 2**53:  # exact in float64 and int64; larger ones are refused by the size rule below
+        steps = [int(np.gcd.reduce(np.diff(np.unique(c)).astype(np.int64))) for c in xy.T if np.unique(c).size > 1]
+        if steps and min(steps) > 1:  # every coordinate a multiple of 25 (say): positions in µm, not pixel indices
+            raise InputError(path, f"x and y advance in steps of {min(steps)}, not 1: they look like positions in µm; "
+                                   "give pixel indices (the positions divided by the pixel size)")
+    origin = 0 if xy.min() == 0 else 1
+    width, height = (float(c.max()) + 1 - origin for c in xy.T)
+    limit = max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy))
+    if width * height > limit:
+        own = float(np.prod(np.ptp(xy, axis=0) + 1))  # the rows' own bounding box
+        if own <= limit:  # dense where they are: a raster index of a larger acquisition, offset from the origin
+            raise InputError(path, f"x and y start at ({xy[:, 0].min():.0f}, {xy[:, 1].min():.0f}), far from the "
+                                   f"origin: a {width:.6g}×{height:.6g} image for {len(xy)} rows; subtract that offset "
+                                   "so that the table starts at 0 or 1")
+        n = ", ".join(f"{v:.0f}" if v < 1e12 else f"{v:.3g}" for v in (xy[:, 0].max(), xy[:, 1].max()))
+        raise InputError(path, f"x and y reach ({n}), a {width:.6g}×{height:.6g} image ({width * height:.3g} pixels), "
+                               f"but the table has {len(xy)} rows, under 1 % of them; a stray coordinate? Remove it, "
+                               "or give pixel indices")
+    xy = xy.astype(np.int64)
+    x, y = (xy - origin).T
+    _, first, counts = np.unique(xy, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        k = int(np.argmax(counts > 1))
+        cx, cy = xy[first[k]]
+        raise InputError(path, f"pixel x={cx}, y={cy} appears {counts[k]} times in the long table; keep one row per pixel")
+    image = np.zeros((y.max() + 1, x.max() + 1))
+    image[y, x] = arr[:, 2]
+    return image

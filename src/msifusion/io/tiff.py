@@ -1,0 +1,256 @@
+"""TIFF and OME-TIFF: reading (calibration from OME, ImageJ and resolution tags; colour encodings; pyramids) and
+writing calibrated float32 OME-TIFF stacks and 8-bit RGB TIFFs.
+
+:func:`msifusion.io.images.read_optical` and :func:`msifusion.io.images.read_ion` read TIFFs through
+:func:`_read_tiff`; :func:`write_tiff` and :func:`write_rgb_tiff` are re-exported by :mod:`msifusion.io.images`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.errors import InputError
+from msifusion.io.units import PLAUSIBLE_PIXEL_UM, _UNITS_UM, _unit_to_um
+
+SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
+
+
+def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
+    """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags (None if uncalibrated), and why a pixel
+    size the file states was not used (None when it was, or when the file states none).
+
+    A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
+    so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong. So does a width and height that
+    differ (by more than 1 %, relative: more than a scanner's rounding of its calibration): every step downstream
+    models square pixels, and taking the width for both would silently stretch the scale bars; the fusion itself
+    works on the pixel grid (DESI and laser-ablation line scans have such pixels), and ``--pixel-size`` still applies.
+    The note says which of these it was, so that the run can say the calibration was ignored, not absent.
+    """
+    width, height, note = _tiff_stated_pixel_size_um(tif)
+    if width is None:
+        return None, note
+    if height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
+        return None, f"its pixels are not square ({width:.4g} × {height:.4g} µm) and msifusion models square pixels"
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    if not lo <= width <= hi:
+        return None, f"its pixel size {width:.3g} µm is implausible (not between {lo:g} and {hi:g} µm)"
+    return width, None
+
+
+def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | None]:
+    """The pixel width and height the TIFF's metadata states, in µm, however implausible; None for a width it states
+    none we can read (the image is uncalibrated: the note says why when it states one in a way we cannot use) or a
+    height it does not state (taken as square)."""
+    ome = tif.ome_metadata
+    if ome and re.search(r'PhysicalSizeX="', ome):
+        width, note = _ome_physical_size_um(ome, "X")
+        return width, _ome_physical_size_um(ome, "Y")[0], note
+    page = tif.pages.first
+    ij_unit = (tif.imagej_metadata or {}).get("unit")
+    x, y = (_resolution_per_unit(page, name) for name in ("XResolution", "YResolution"))
+    note = None
+    if ij_unit:
+        factor = _unit_to_um(ij_unit)  # None for 'pixel', …: not a physical calibration we can use
+        if factor is None and x is not None and ij_unit.strip().lower() not in ("pixel", "pixels"):
+            note = f"its ImageJ unit {ij_unit!r} is not a length unit msifusion knows"
+    else:
+        res_unit = page.tags.get("ResolutionUnit")
+        factor = {2: _UNITS_UM["inch"], 3: _UNITS_UM["cm"]}.get(int(res_unit.value) if res_unit is not None else 2)
+    if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
+        return None, None, note
+    return factor / x, (factor / y if y is not None else None), None
+
+
+def _ome_physical_size_um(ome: str, axis: str) -> tuple[float | None, str | None]:
+    """OME ``PhysicalSize{axis}`` in µm (OME's default unit); None when absent, unreadable or in an unknown unit, with
+    a note saying which of the last two."""
+    m = re.search(rf'PhysicalSize{axis}="([^"]*)"', ome)
+    if not m:
+        return None, None
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]*)"', ome)
+    name = html.unescape(unit.group(1)) if unit else "µm"
+    factor = _unit_to_um(name)
+    if factor is None:
+        return None, f"its OME PhysicalSize{axis}Unit {name!r} is not a length unit msifusion knows"
+    try:
+        return float(m.group(1)) * factor, None
+    except ValueError:
+        return None, f"its OME PhysicalSize{axis} {html.unescape(m.group(1))!r} is not a number"
+
+
+def _resolution_per_unit(page, name: str) -> float | None:
+    """A TIFF resolution tag (pixels per resolution unit); None when absent or zero."""
+    tag = page.tags.get(name)
+    if tag is None:
+        return None
+    num, den = tag.value
+    return num / den if num and den else None
+
+
+@dataclass(frozen=True)
+class _Tiff:
+    """What :func:`_read_tiff` found: pixels, calibration (see :func:`_tiff_pixel_size_um`), the first pixel's
+    shift from the full resolution's in µm, and the Orientation tag (1 when absent)."""
+
+    data: np.ndarray
+    pixel_size_um: float | None
+    shift_um: float
+    calibration_note: str | None
+    orientation: int
+
+
+def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None) -> _Tiff:
+    """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
+    is applied, see :func:`_tiff_colours`; ion images keep their stored values. With ``coarsest_um`` and a calibrated
+    pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution.
+    The shift is where the first pixel's centre lies in µm from the full resolution's (a level pixel averages the
+    full-resolution pixels it covers: (level size − full size) / 2)."""
+    import logging
+
+    import tifffile
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings about odd OME layouts are not the user's concern
+    try:
+        with tifffile.TiffFile(path) as tif:
+            levels = tif.series[0].levels
+            pixel_size, note = _tiff_pixel_size_um(tif)
+            series = levels[0]
+            base = pixel_size
+            if coarsest_um is not None and pixel_size is not None:
+                x = levels[0].axes.index("X")
+                for level in levels[1:]:
+                    size = base * levels[0].shape[x] / level.shape[x]
+                    if size <= coarsest_um * (1 + 1e-6):
+                        series, pixel_size = level, size
+            encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
+            planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
+            if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
+                raise InputError(path, f"a stack of {series.shape[0]} greyscale images (axes {series.axes}: channels or "
+                                       "planes), not one colour image; save the microscope image as RGB or greyscale")
+            data = series.asarray()
+            if encoding is not None:
+                data = _tiff_colours(path, data, encoding, series)
+            orientation = series.keyframe.tags.valueof(274, 1)
+            orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
+            return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
+    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
+        raise InputError(path, f"cannot read TIFF ({exc})") from None
+
+
+_JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
+
+
+def _tiff_colour_encoding(path: Path, page) -> str | None:
+    """The page's PhotometricInterpretation as a name, None when it needs nothing done (grey, RGB, or no tag, which
+    tifffile would call MinIsWhite); refuses the encodings we do not convert (raw YCbCr, CIELAB, LogLuv, CFA…)."""
+    import tifffile
+
+    if 262 not in page.tags:
+        return None
+    try:
+        name = tifffile.PHOTOMETRIC(page.photometric).name
+    except ValueError:
+        name = str(page.photometric)
+    if name in ("MINISBLACK", "RGB") or (name == "YCBCR" and page.compression in _JPEG_COMPRESSIONS):
+        return None
+    if name not in ("PALETTE", "MINISWHITE", "SEPARATED"):
+        raise InputError(path, f"TIFF colour encoding {name} (PhotometricInterpretation {int(page.photometric)}) is "
+                               "not supported; save the image as RGB or greyscale")
+    return name
+
+
+def _tiff_colours(path: Path, data: np.ndarray, encoding: str, series) -> np.ndarray:
+    """Pixels as a viewer shows them: palette indices through the colour map, MinIsWhite grey inverted, CMYK inks
+    as RGB = (1 − C, 1 − M, 1 − Y)·(1 − K) in [0, 1] (3 inks: K = 0). Extra samples (alpha) are dropped."""
+    page = series.keyframe
+    if "S" in series.axes:  # samples last
+        data = np.moveaxis(data, series.axes.index("S"), -1)
+    if encoding == "SEPARATED":
+        inks = data.shape[-1] - len(page.extrasamples) if "S" in series.axes else 1
+        if page.tags.valueof(332, 1) != 1 or inks not in (3, 4):  # InkSet 1: CMYK
+            raise InputError(path, f"separated (ink) TIFF with {inks} non-CMYK ink(s) is not supported; save it as RGB")
+        ink = data[..., :inks]
+        ink = ink / float(np.iinfo(ink.dtype).max) if np.issubdtype(ink.dtype, np.integer) else np.clip(ink, 0, 1)
+        white = 1.0 - ink[..., 3:4] if inks == 4 else 1.0
+        return ((1.0 - ink[..., :3]) * white).astype(np.float32)
+    if "S" in series.axes:
+        data = data[..., 0]
+    if encoding == "PALETTE":
+        colormap = page.colormap  # (3, 2**bits), 16 bits per channel
+        if colormap is None:
+            raise InputError(path, "palette TIFF has no colour map")
+        if colormap.max() < 256:  # an 8-bit map written as is: libtiff assumes the same
+            colormap = colormap * 257
+        return np.moveaxis(np.take(colormap, data, axis=1), 0, -1)
+    # MINISWHITE
+    if data.dtype == bool:
+        return ~data
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        return (min(2**page.bitspersample - 1, np.iinfo(data.dtype).max) - data).astype(data.dtype)
+    data = data.astype(np.float64)
+    return 1.0 - data if data.min() >= 0.0 and data.max() <= 1.0 else -data
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_tiff(
+    path: str | Path,
+    data: np.ndarray,
+    pixel_size_um: float | None = None,
+    channel_names: list[str] | None = None,
+) -> Path:
+    """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack, with a name per channel (one for an (H, W) image).
+
+    Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm) and as TIFF resolution tags in
+    centimetres, so Bio-Formats and ImageJ's own opener both show the calibration.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    metadata: dict = {"axes": "YX" if data.ndim == 2 else "CYX"}
+    if channel_names is not None:
+        if len(channel_names) != (1 if data.ndim == 2 else data.shape[0]):
+            raise ValueError("channel_names needs one name per channel (one for an (H, W) image)")
+        metadata["Channel"] = {"Name": list(channel_names)}
+    return _write_ome(path, data, metadata, pixel_size_um, "minisblack")
+
+
+def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None) -> Path:
+    """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF."""
+    data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
+    return _write_ome(path, data, {"axes": "YXS"}, pixel_size_um, "rgb")
+
+
+def _write_ome(path: str | Path, data: np.ndarray, metadata: dict, pixel_size_um: float | None,
+               photometric: str) -> Path:
+    """OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a content-derived UUID."""
+    import tifffile
+
+    metadata, kwargs = dict(metadata), {}
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+        per_cm = 1e4 / pixel_size_um
+        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    metadata["UUID"] = _content_uuid(data, metadata)
+    tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric=photometric, **kwargs)
+    return Path(path)
+
+
+_OME_UUID_NAMESPACE = uuid.UUID("b23d9f2a-5cbf-466b-b76d-44c26ec263b4")  # msifusion's, drawn once
+
+
+def _content_uuid(data: np.ndarray, metadata: dict) -> str:
+    """The OME file UUID, derived from the pixels and metadata (tifffile draws a new one per write),
+    so that the same result written twice is the same file, byte for byte."""
+    data = np.ascontiguousarray(data)
+    digest = hashlib.blake2b(data.data, digest_size=16)
+    digest.update(repr((data.shape, data.dtype.str, sorted(metadata.items()))).encode())
+    return str(uuid.uuid5(_OME_UUID_NAMESPACE, digest.hexdigest()))

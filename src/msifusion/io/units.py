@@ -1,0 +1,22 @@
+"""Pixel sizes in µm: the length units a file may state a calibration in (OME, ImageJ, TIFF resolution tags, a
+table's coordinate columns) and the range of pixel sizes that are plausibly in µm."""
+
+from __future__ import annotations
+
+PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
+
+
+# OME's length units that occur in microscopy, ImageJ's spellings of them, and the inch. Not "A": ImageJ turns a
+# typed "A" into "Å" before saving, and elsewhere it could be anything.
+_UNITS_UM = {"pm": 1e-6, "Å": 1e-4, "angstrom": 1e-4, "angstroms": 1e-4, "nm": 1e-3,
+             "µm": 1.0, "um": 1.0, "\\u00B5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+             "micrometers": 1.0, "micrometre": 1.0, "micrometres": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6,
+             "in": 25400.0, "inch": 25400.0, "inches": 25400.0}
+
+
+def _unit_to_um(unit: str) -> float | None:
+    """µm per ``unit`` (pm, Å, nm, µm and its spellings, mm, cm, m, inch); None for anything else."""
+    unit = unit.strip().replace("μ", "µ").replace("\u212b", "Å")  # Greek mu, Angstrom sign
+    if len(unit) > 2 and unit.isalpha():  # a spelled-out name ("Microns", "Ångström"); "Mm" is not "mm"
+        unit = unit.lower().replace("ångström", "angstrom")
+    return _UNITS_UM.get(unit)

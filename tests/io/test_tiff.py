@@ -1,0 +1,236 @@
+"""TIFF and OME-TIFF (msifusion.io.tiff), through the readers and writers that use it."""
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+from msifusion.errors import InputError
+from msifusion.io.images import read_ion, read_optical
+from msifusion.io.tiff import write_rgb_tiff, write_tiff
+
+
+def test_calibrated_tiff_carries_pixel_size_and_channel_names(tmp_path):
+    stack = np.random.default_rng(0).random((2, 4, 5)).astype(np.float32)
+    path = write_tiff(tmp_path / "stack.ome.tiff", stack, pixel_size_um=2.5, channel_names=["m/z 100.0000", "m/z 200.0000"])
+    with tifffile.TiffFile(path) as tif:
+        np.testing.assert_array_equal(tif.asarray(), stack)
+        assert 'Name="m/z 100.0000"' in tif.ome_metadata
+        assert 'PhysicalSizeX="2.5"' in tif.ome_metadata
+        num, den = tif.pages.first.tags["XResolution"].value
+        assert num / den == pytest.approx(1e4 / 2.5)
+
+
+def test_the_same_image_written_twice_is_the_same_file(tmp_path):
+    image = np.random.default_rng(0).random((4, 5)).astype(np.float32)
+    first, again = (write_tiff(tmp_path / name, image, pixel_size_um=2.5).read_bytes() for name in ("a.tiff", "b.tiff"))
+    assert first == again
+    other = write_tiff(tmp_path / "c.tiff", image + 1, pixel_size_um=2.5)
+    with tifffile.TiffFile(tmp_path / "a.tiff") as a, tifffile.TiffFile(other) as c:
+        uuids = [re.search(r'UUID="urn:uuid:([0-9a-f-]+)"', tif.ome_metadata).group(1) for tif in (a, c)]
+    assert uuids[0] != uuids[1]  # a file's UUID still names its content
+    rgb = np.random.default_rng(1).random((4, 5, 3))
+    assert (write_rgb_tiff(tmp_path / "d.tiff", rgb).read_bytes() == write_rgb_tiff(tmp_path / "e.tiff", rgb).read_bytes())
+
+
+def test_rgb_tiff_round_trip_as_optical(tmp_path):
+    rgb = np.random.default_rng(0).random((6, 8, 3)).astype(np.float32)
+    write_rgb_tiff(tmp_path / "opt.tiff", rgb, pixel_size_um=1.5)
+    image = read_optical(tmp_path / "opt.tiff")
+    np.testing.assert_allclose(image.pixels, rgb, atol=1 / 255)
+    assert image.pixel_size_um == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------- TIFF colour encodings
+
+
+@pytest.mark.parametrize("eight_bit_map", [False, True])
+def test_palette_tiff_is_read_through_its_colour_map(tmp_path, eight_bit_map):
+    index = np.array([[0, 1, 2], [2, 1, 0], [1, 1, 2]], np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :3] = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 51]]).T  # red, green, dark blue
+    if not eight_bit_map:  # TIFF's colour map holds 16 bits per channel; some writers put 8-bit values there
+        colormap *= 257
+    tifffile.imwrite(tmp_path / "palette.tif", index, photometric="palette", colormap=colormap)
+    palette = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.2]])
+    np.testing.assert_allclose(read_optical(tmp_path / "palette.tif").pixels, palette[index], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 65535)])
+def test_miniswhite_tiff_is_inverted(tmp_path, dtype, top):
+    grey = np.array([[0, top], [top // 5, top]], dtype)
+    tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")
+    image = read_optical(tmp_path / "white.tif").pixels
+    np.testing.assert_allclose(image[..., 0], [[1.0, 0.0], [0.8, 0.0]], atol=1e-4)
+    bilevel = np.array([[True, False], [False, False]])
+    tifffile.imwrite(tmp_path / "bits.tif", bilevel, photometric="miniswhite")
+    np.testing.assert_array_equal(read_optical(tmp_path / "bits.tif").pixels[..., 1], [[0, 1], [1, 1]])
+
+
+def test_cmyk_tiff_is_converted_to_rgb(tmp_path):
+    cmyk = np.array([[[0, 255, 255, 0], [255, 0, 0, 0]], [[0, 0, 0, 51], [0, 0, 0, 255]]], np.uint8)
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    expected = [[[1, 0, 0], [0, 1, 1]], [[0.8, 0.8, 0.8], [0, 0, 0]]]  # red, cyan, light grey, black
+    np.testing.assert_allclose(read_optical(tmp_path / "cmyk.tif").pixels, expected, atol=1e-6)
+    # three inks, no black: tifffile will not write it, so an RGB file is relabelled
+    tifffile.imwrite(tmp_path / "cmy.tif", cmyk[..., :3], photometric="rgb")
+    with tifffile.TiffFile(tmp_path / "cmy.tif", mode="r+b") as tif:
+        tif.pages.first.tags["PhotometricInterpretation"].overwrite(5)
+    np.testing.assert_allclose(read_optical(tmp_path / "cmy.tif").pixels, [[[1, 0, 0], [0, 1, 1]], [[1, 1, 1]] * 2],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("photometric, extratags, message", [
+    ("ycbcr", [], "TIFF colour encoding YCBCR"),  # raw, without JPEG compression to decode it
+    ("cielab", [], "TIFF colour encoding CIELAB"),
+    ("separated", [(332, 3, 1, 2, True)], "non-CMYK ink"),  # InkSet 2: inks other than CMYK
+])
+def test_unconverted_tiff_colour_encodings_are_refused(tmp_path, photometric, extratags, message):
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, np.zeros((4, 6, 4 if photometric == "separated" else 3), np.uint8),
+                     photometric=photometric, extratags=extratags)
+    with pytest.raises(InputError, match=message) as info:
+        read_optical(path)
+    assert info.value.source == str(path)
+
+
+def test_ion_tiff_keeps_its_stored_values_whatever_the_photometric(tmp_path):
+    ion = np.array([[1, 2], [3, 250]], np.uint8)
+    tifffile.imwrite(tmp_path / "ion.tif", ion, photometric="miniswhite")
+    np.testing.assert_array_equal(read_ion(tmp_path / "ion.tif").pixels, ion)
+
+
+def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 20, 30), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="a stack of 4 greyscale images"):
+        read_optical(tmp_path / "stack.tif")
+    planes = np.stack([np.full((20, 30), v, np.uint8) for v in (10, 130, 250)])
+    tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(InputError, match="a stack of 3 greyscale images"):  # three focal planes are no RGB
+        read_optical(tmp_path / "z.tif")
+    tifffile.imwrite(tmp_path / "c.tif", planes, imagej=True, metadata={"axes": "CYX"})
+    np.testing.assert_allclose(read_optical(tmp_path / "c.tif").pixels[0, 0], np.array([10, 130, 250]) / 255)
+    rgba = np.zeros((4, 20, 30), np.uint8)
+    rgba[0] = 255  # planar RGBA: red, alpha dropped
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])
+    np.testing.assert_array_equal(read_optical(tmp_path / "rgba.tif").pixels[0, 0], [1.0, 0.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- calibration units
+
+
+@pytest.mark.parametrize("size, unit, expected", [
+    (5000, "Å", 0.5), (250, "nm", 0.25), (0.002, "mm", 2.0), (1.5, "µm", 1.5),
+    (3, "pixel", None), (1, "ft", None), (2, "furlong", None),  # not µm: uncalibrated, never 1 unit = 1 µm
+    (2e6, "µm", None), (1e-6, "µm", None), (2, "m", None),  # implausible pixel sizes: wrong metadata
+])
+def test_ome_pixel_size_units(tmp_path, size, unit, expected):
+    path = tmp_path / "unit.ome.tif"
+    metadata = {"PhysicalSizeX": size, "PhysicalSizeXUnit": unit}
+    tifffile.imwrite(path, np.ones((4, 5), np.uint8), ome=True, metadata=metadata)
+    pixel_size = read_optical(path).pixel_size_um
+    assert pixel_size == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize("per_unit, unit, expected", [
+    (25400 / 2, "INCH", 2.0), (72, "INCH", None),  # screen dpi is no calibration
+    (1e4 / 0.5, "CENTIMETER", 0.5), (1e-3, "CENTIMETER", None),  # 10 m pixels: implausible
+])
+def test_resolution_tag_units(tmp_path, per_unit, unit, expected):
+    path = tmp_path / "res.tif"
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), resolution=(per_unit, per_unit), resolutionunit=unit)
+    pixel_size = read_ion(path).pixel_size_um
+    assert pixel_size == (None if expected is None else pytest.approx(expected))
+
+
+def test_imagej_units(tmp_path):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5), metadata={"unit": "nm"})
+    assert read_ion(path).pixel_size_um == pytest.approx(2e-3)
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5), metadata={"unit": "A"})
+    assert read_ion(path).pixel_size_um is None  # "A" is not a unit ImageJ saves (it saves "Å")
+
+
+def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    full = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tif:  # a slide scanner's OME pyramid: 0.5 µm, then 1 µm and 2 µm levels
+        tif.write(full, subifds=2, photometric="rgb", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(full[::2, ::2], subfiletype=1, photometric="rgb")
+        tif.write(full[::4, ::4], subfiletype=1, photometric="rgb")
+    for needed, shape, size in [(None, (64, 96), 0.5), (0.3, (64, 96), 0.5), (1.2, (32, 48), 1.0), (5.0, (16, 24), 2.0)]:
+        image = read_optical(path, needed)
+        assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
+        assert image.origin_um == pytest.approx(((size - 0.5) / 2,) * 2)  # its first pixel spans the scan's first ones
+    np.testing.assert_allclose(read_optical(path, 5.0).pixels, full[::4, ::4] / 255, atol=1e-6)
+
+
+def _non_square_tiffs(tmp_path):
+    """An OME-TIFF stating X 25 µm, Y 50 µm (Y in mm) and a plain TIFF whose resolution tags differ the same way."""
+    pixels = np.arange(48, dtype=np.float32).reshape(6, 8) + 1
+    ome = tmp_path / "ion.ome.tif"
+    tifffile.imwrite(ome, pixels, ome=True, metadata={"PhysicalSizeX": 25, "PhysicalSizeXUnit": "µm",
+                                                      "PhysicalSizeY": 0.05, "PhysicalSizeYUnit": "mm"})
+    tags = tmp_path / "ion.tif"
+    tifffile.imwrite(tags, pixels, resolution=(1e4 / 25, 1e4 / 50), resolutionunit="CENTIMETER")
+    return [ome, tags]
+
+
+@pytest.mark.parametrize("reader", [read_ion, read_optical])
+def test_non_square_tiff_pixels_are_read_as_uncalibrated_not_made_square(tmp_path, reader):
+    for path in _non_square_tiffs(tmp_path):
+        image = reader(path)
+        assert image.pixel_size_um is None and image.pixels.shape[:2] == (6, 8)
+
+
+@pytest.mark.parametrize("metadata, resolution, expected", [
+    ({"PhysicalSizeX": 25, "PhysicalSizeY": 0.025, "PhysicalSizeYUnit": "mm"}, None, 25.0),  # same size, other unit
+    ({"PhysicalSizeX": 25, "PhysicalSizeY": 25.02}, None, 25.0),  # 0.08 % apart: one size (the X one)
+    (None, (400.0, 400.2), 25.0),  # resolution tags 0.05 % apart, as rounding makes them
+])
+def test_square_or_nearly_square_calibration_is_read(tmp_path, metadata, resolution, expected):
+    path = tmp_path / "ion.tif"
+    pixels = np.arange(20, dtype=np.float32).reshape(4, 5) + 1
+    if metadata is not None:
+        tifffile.imwrite(path, pixels, ome=True, metadata=metadata)
+    else:
+        tifffile.imwrite(path, pixels, resolution=resolution, resolutionunit="CENTIMETER")
+    assert read_ion(path).pixel_size_um == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- why a calibration was ignored
+
+
+def _ome(path, **metadata):
+    tifffile.imwrite(path, np.ones((4, 5), np.float32), ome=True, metadata=metadata)
+
+
+@pytest.mark.parametrize("write, note, size", [
+    (lambda p: _ome(p, PhysicalSizeX=3, PhysicalSizeXUnit="pixel"),
+     "its OME PhysicalSizeXUnit 'pixel' is not a length unit msifusion knows", None),
+    (lambda p: _ome(p, PhysicalSizeX=2e6, PhysicalSizeXUnit="µm"),
+     "its pixel size 2e+06 µm is implausible (not between 0.001 and 100000 µm)", None),
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), resolution=(1e4 / 25, 1e4 / 50),
+                                resolutionunit="CENTIMETER"),
+     "its pixels are not square (25 × 50 µm) and msifusion models square pixels", None),
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), imagej=True, resolution=(0.5, 0.5),
+                                metadata={"unit": "A"}),
+     "its ImageJ unit 'A' is not a length unit msifusion knows", None),
+    (lambda p: _ome(p, PhysicalSizeX=2.5, PhysicalSizeXUnit="µm"), None, 2.5),  # used: nothing to say
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32)), None, None),  # no calibration stated
+    (lambda p: tifffile.imwrite(p, np.ones((4, 5), np.float32), resolution=(72, 72), resolutionunit="INCH"), None,
+     None),  # screen dpi: no calibration
+])
+@pytest.mark.parametrize("reader", [read_ion, read_optical])
+def test_an_ignored_calibration_carries_its_reason(tmp_path, write, note, size, reader):
+    path = tmp_path / "image.ome.tif"
+    write(path)
+    image = reader(path)
+    assert image.calibration_note == note
+    assert image.pixel_size_um == (None if size is None else pytest.approx(size))
