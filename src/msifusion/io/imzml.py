@@ -610,9 +610,9 @@ def _resolved_peaks(p: _Profile, centroid: bool, continuous: bool) -> list[float
     :data:`PEAK_SHARE` of the strongest, lies more than :data:`SEPARATION_PPM` from every peak kept (the ``peaks``
     command's rule), and the profile between it and them falls below half its height (a valley: a shoulder or a
     noisy top of one peak is not a second) by more than :data:`PEAK_Z` standard errors of its mean (so that the
-    scatter of a drifting centroid over neighbouring bins, or noise seen in a few spectra, is not a peak). Kept peaks
-    are stronger, so only the nearest kept peak on each side needs the test. In profile data a maximum at the
-    window's first or last point is left out: it can be the flank of a peak outside.
+    scatter of a drifting centroid over neighbouring bins, or noise seen in a few spectra, is not a peak). It is
+    tested against the nearest kept peak on each side: a farther one lies beyond those. In profile data a maximum at
+    the window's first or last point is left out: it can be the flank of a peak outside.
     """
     points, cand = _peak_candidates(p.mean, p.holds_data, centroid, continuous)
     if not centroid and points.size:
