@@ -17,7 +17,7 @@ import numpy as np
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
-from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, validate_ion
+from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, torch_ready, validate_ion
 from msifusion.measurement import MeasurementModel, project_consistent, upsample
 
 
@@ -172,7 +172,7 @@ def _checked_guide(guide: np.ndarray) -> np.ndarray:
     C-contiguous, since a read-only array (a memory map, a frozen input) or a flipped view cannot back the torch
     tensors every method makes of it."""
     guide = _guide_in_unit_range(rgb_layout(_array(guide, "optical guide")))
-    return guide if guide.flags.writeable and guide.flags.c_contiguous else np.array(guide, order="C")
+    return torch_ready(guide)
 
 
 def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodOptions) -> tuple[np.ndarray, int, float]:

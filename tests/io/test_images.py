@@ -3,7 +3,7 @@ import pytest
 import tifffile
 
 from msifusion.errors import InputError
-from msifusion.io.images import optical_to_rgb, read_ion, read_optical, write_tiff
+from msifusion.io.images import optical_to_rgb, read_ion, read_optical, torch_ready, write_tiff
 
 
 @pytest.fixture
@@ -203,3 +203,14 @@ def test_rgb_layout_reads_gray_alpha_with_few_rows_as_channels_last():
     assert rgb_layout(np.zeros((4, 48, 2))).shape == (4, 48, 3)  # not (48, 2, …): gray + alpha, four rows
     assert rgb_layout(np.zeros((3, 40, 50))).shape == (40, 50, 3)  # channels first
     assert rgb_layout(np.zeros((40, 50))).shape == (40, 50, 3)
+
+
+def test_torch_ready_copies_only_what_torch_cannot_wrap() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert torch_ready(a) is a
+    frozen = a.copy()
+    frozen.setflags(write=False)
+    for odd in (frozen, a[:, ::-1]):  # read-only; a flipped view (negative strides)
+        ready = torch_ready(odd)
+        assert ready is not odd and ready.flags.writeable and ready.flags.c_contiguous
+        np.testing.assert_array_equal(ready, odd)

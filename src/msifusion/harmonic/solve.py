@@ -13,6 +13,7 @@ import torch
 
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.texture import _detail_eps, _texture_testable, optical_detail, texture_snr_db
+from msifusion.io.images import torch_ready
 from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t, positive_rescale
 from msifusion.solver import EdgeTerm, solve_harmonic
 
@@ -82,9 +83,7 @@ class _Guide:
     @classmethod
     def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
            device: torch.device) -> "_Guide":
-        guide = np.asarray(guide, dtype=np.float32)
-        if not (guide.flags.writeable and guide.flags.c_contiguous):  # as methods' _checked_guide does, for
-            guide = np.array(guide, order="C")  # callers of fuse_harmonic_many itself (torch needs both)
+        guide = torch_ready(np.asarray(guide, dtype=np.float32))  # as methods' _checked_guide, for direct callers
         kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.rungs})))
         eps = _detail_eps(guide)
         testable = _texture_testable(f, config, measurement)

@@ -39,7 +39,8 @@ from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff and PLAUSIBLE_PIXEL_UM are re-exported
     "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "luminance", "optical_to_rgb",
-    "read_ion", "read_optical", "require_real", "rgb_layout", "validate_ion", "write_rgb_tiff", "write_tiff",
+    "read_ion", "read_optical", "require_real", "rgb_layout", "torch_ready", "validate_ion", "write_rgb_tiff",
+    "write_tiff",
 ]
 
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -206,6 +207,12 @@ def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray
     if min(data.shape[:2]) < 2:
         raise InputError(source, f"optical image is too small ({data.shape[0]}×{data.shape[1]})")
     return data
+
+
+def torch_ready(data: np.ndarray) -> np.ndarray:
+    """The array itself where it is writable and C-contiguous, else a C-ordered copy: torch cannot wrap a read-only
+    array (a memory map, a frozen input) or a flipped view."""
+    return data if data.flags.writeable and data.flags.c_contiguous else np.array(data, order="C")
 
 
 def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
