@@ -67,7 +67,8 @@ def test_ladder_step_needs_a_significant_mean_gain_on_significantly_most_blocks(
 def test_an_ordered_walk_stops_at_a_strength_that_hurts():
     """For β (one strength, increasing), a step significantly worse than the current choice ends the walk, so
     a stronger value the test happens to like is not taken past it; a flat step does not end it. Where the
-    strongest value is significantly worse than none, a gain at a weaker one is not taken either."""
+    strongest value is significantly worse than none or than the choice, a gain at a weaker one is not taken
+    either."""
     from msifusion.harmonic.selection import _walk
 
     rng = np.random.default_rng(1)
@@ -79,7 +80,29 @@ def test_an_ordered_walk_stops_at_a_strength_that_hurts():
     assert _walk([base, better, worse, better - 0.05], 2.0, ordered=True) == 1
     assert _walk([base, better, worse], 2.0, ordered=True) == 0  # the strongest is worse than none: an overshoot
     assert _walk([base, better, worse], 2.0) == 1
-    assert _walk([base, better, flat], 2.0, ordered=True) == 1  # the strongest levels off near none: kept
+    # the strongest back near none, or still better than none but significantly worse than the choice: the curve
+    # turned up past the choice, an overshoot too
+    assert _walk([base, better, flat], 2.0, ordered=True) == 0
+    assert _walk([base, better, base - 0.02], 2.0, ordered=True) == 0
+    assert _walk([base, better, base - 0.02], 2.0) == 1
+
+
+def test_an_ordered_walk_reads_a_turn_up_past_its_choice_from_the_raw_differences():
+    """The strongest value is judged against the choice on the raw paired differences: a strongest value a hair
+    worse on most blocks but much better on a few has a falling mean, so the choice stands; clipped, those few
+    blocks would read as a significant turn up."""
+    from msifusion.harmonic.selection import _paired, _walk
+
+    rng = np.random.default_rng(3)
+    base = torch.tensor(1.0 + 0.01 * rng.random(400))
+    better = base - 0.05
+    strongest = better + 0.001
+    strongest[:3] -= 0.5
+    mean_clipped, se_clipped, _, _ = _paired(better, strongest, 1.0)
+    assert mean_clipped < -2.0 * se_clipped  # winsorised, a significant turn up
+    assert _walk([base, better, strongest], 2.0, winsor=1.0, ordered=True) == 1
+    strongest[:3] += 0.5  # without the few: a turn up, raw or clipped
+    assert _walk([base, better, strongest], 2.0, winsor=1.0, ordered=True) == 0
 
 
 def test_the_ladder_turns_back_one_rung_where_its_curve_turns_up():

@@ -67,8 +67,8 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   for an ion that climbed the ladder (one that does not follow the optical's edges does not
   get its texture either), only where that texture stands 10 dB above what the guide's own pixel
   noise would give it (else β would copy the camera's noise into the ion), and not where the strongest
-  β predicts the measurement significantly worse than none (a gain at a weak strength that turns into a
-  loss at a strong one is a partial fit of something else).
+  β predicts the measurement significantly worse than none or than the chosen β (a gain at a weak strength
+  that turns into a loss at a strong one is a partial fit of something else).
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear
