@@ -52,8 +52,8 @@ class TextureSettings:
     dB and the 24 unseen variants +0.10, no case lower; without the gate the texture was taken on two prostate ions
     whose ladder stayed at the bottom, and cost them 1 dB). β's walk is an ordered one
     (:func:`msifusion.harmonic.selection._walk`): a strength significantly worse than the current choice ends it,
-    and none is taken where the strongest is significantly worse than none or than the choice. ``snr_db``: β is tried only where the
-    optical's fine texture stands this far above what the guide's own pixel noise would give it
+    and none is taken where the strongest is significantly worse than none or than the choice. ``snr_db``: β is
+    tried only where the optical's fine texture stands this far above what the guide's own pixel noise would give it
     (:func:`msifusion.harmonic.texture.texture_snr_db`; measured: on a dim synthetic guide with 2 % noise, 3.7 dB, β
     = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms 19–20 dB, synthetic cells with walls
     12–29 dB).

@@ -154,9 +154,10 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     a worse 0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9
     to 3.1 dB, or β = 1 and lost 2.5 dB). Against the choice the differences are not winsorised: a curve whose
     mean still falls has not turned up, however its clipped blocks read (measured: winsorised, that test fired
-    on a phantom whose coarse errors at β = 1 and 2 were 0.992 and 0.991 of none's, and cost it 0.9 dB). ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one
-    step back (not below the second entry; the entry before the choice, whether or not the walk stood on it):
-    see :attr:`LadderSettings.turn_back`."""
+    on a phantom whose coarse errors at β = 1 and 2 were 0.992 and 0.991 of none's, and cost it 0.9 dB).
+    ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one step
+    back (not below the second entry; the entry before the choice, whether or not the walk stood on it): see
+    :attr:`LadderSettings.turn_back`."""
     best = 0
     for i in range(1, len(errors)):
         mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
