@@ -326,6 +326,24 @@ def test_output_not_in_ion_units_warns_on_stderr_and_in_run_json(tmp_path, files
             assert err == f"msifusion: warning: {warning}"  # one line, even with --quiet
 
 
+def test_output_above_zero_from_an_ion_at_or_below_zero_is_warned(tmp_path, files, capsys, monkeypatch):
+    """The mirror of the warning above: an ion image ≤ 0 everywhere (a log or baseline-subtracted export) is fused as
+    its mirror image by the default method, so an output that rises above zero is as suspect as a negative one."""
+    opt, _, ion, scale = files
+    negative = tmp_path / "negative.npy"
+    np.save(negative, -ion)
+    n = ion.size * scale * scale
+    _register_method(monkeypatch, "negated", lambda up: -up)
+    assert _fuse(opt, negative, tmp_path / "out", "--method", "negated", "--pixel-size", "10") == 0
+    warning = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
+    assert warning == [f"the negated output for negative is not in the ion's units: positive values (max 500, {n} of {n} "
+                       "pixels) from an ion image that is ≤ 0 everywhere; consistency error 2 > 0.5 (averaged back over "
+                       "each MSI pixel it does not give the measured image); look at fused.png, or try another --method"]
+    assert _fuse(opt, negative, tmp_path / "default", "--pixel-size", "10") == 0  # the default keeps it ≤ 0
+    assert json.loads((tmp_path / "default" / "run.json").read_text())["warnings"] == []
+    capsys.readouterr()
+
+
 def test_existing_output_needs_overwrite(tmp_path, files, capsys):
     opt, ion_path, _, _ = files
     out = tmp_path / "out"
@@ -415,6 +433,28 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("msifusion: error: ") and "No space left on device; nothing written" in err[0]
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(28, "No space left on device"), "writing into {out}: No space left on device"),
+    (OSError("9996 requested and 968 written"),
+     "writing into {out}: 9996 requested and 968 written (a short write: is the disk full?)"),
+])
+def test_a_write_error_without_a_file_name_names_the_output_folder(tmp_path, files, capsys, monkeypatch, error, message):
+    """A full disk seen by a writer that names no file (a short write, or errno without a path): the one line names
+    the folder being written, and a short write says what it likely means."""
+    import msifusion.pipeline as pipeline
+
+    def full(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(pipeline, "write_tiff", full)
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _fuse(opt, ion_path, out, "--method", "bilinear") == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"msifusion: error: {message.format(out=out)}; nothing written"]
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
 def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_path, files, capsys):

@@ -26,6 +26,10 @@ def _truth() -> np.ndarray:
     return np.stack([a, b, np.zeros_like(a)])  # m/z 300 carries no signal
 
 
+NO_PIXEL_SIZE = ("no pixel size (sample.imzML gives none in its scan settings): the ion TIFFs carry none and ions.png "
+                 "has no scale bar; give --pixel-size UM when you fuse them with --ion")
+
+
 @pytest.fixture
 def files(tmp_path: Path):
     truth = _truth()
@@ -160,7 +164,8 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
     assert (out / "ions.png").exists() and (out / "run.json").exists()
     outputs = ["mz_100.0000.tiff", "mz_200.0000.tiff", "ions.ome.tiff", "ions.png", "run.json"]
     record = json.loads((out / "run.json").read_text())
-    assert record["outputs"] == outputs and record["warnings"] == [] and record["cwd"] == os.getcwd()
+    assert record["outputs"] == outputs and record["cwd"] == os.getcwd()
+    assert record["warnings"] == [NO_PIXEL_SIZE]
     assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]
 
 
@@ -172,7 +177,7 @@ def test_ions_whose_windows_overlap_are_named_on_stderr_and_in_run_json(tmp_path
                "keep them apart")
     assert warning in capsys.readouterr().err
     record = json.loads((out / "run.json").read_text())
-    assert record["warnings"] == [warning] and record["machine"]["cpu_count"] >= 1  # the header every run.json has
+    assert record["warnings"] == [warning, NO_PIXEL_SIZE] and record["machine"]["cpu_count"] >= 1  # the run.json header
 
 
 def test_peaks_command(files, capsys):
@@ -196,6 +201,14 @@ def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(opt), "--landmarks",
                  str(lm), "--scale", "4", "--out", str(out), "--method", "bilinear", "--quiet"]) == 0
     assert any("are 10 × 20 µm, not square" in w for w in json.loads((out / "run.json").read_text())["warnings"])
+    out = tmp_path / "ions"
+    assert main(["ions", str(imzml), "--mz", "100", "--tol", "0.01da", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["warnings"] == [
+        NO_PIXEL_SIZE.replace("sample.imzML gives none in its scan settings",
+                              "the pixels of sample.imzML are 10 × 20 µm, not square")]
+    capsys.readouterr()
+    assert main(["peaks", str(imzml), "-n", "1", "--quiet"]) == 0
+    assert "pixel size 10 × 20 µm (not square)" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_pixel_size_with_imzml_is_an_error(tmp_path, files, capsys):

@@ -71,3 +71,13 @@ def test_an_optical_with_fewer_pixels_than_the_ion_is_taken_for_swapped_inputs()
             _pair((5, 6), None, 20.0, scale=scale)
     with pytest.raises(InputError, match="aspect ratio"):  # shorter on one side only: not registered, not swapped
         _pair((9, 400), None, 20.0, scale=8)
+
+
+def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
+    """A run that stops before its first checkpoint leaves no empty checkpoints/ folder."""
+    from msifusion.pipeline import checkpoint_writer
+
+    write = checkpoint_writer(tmp_path / "checkpoints", 2.0, 1.5)
+    assert not (tmp_path / "checkpoints").exists()
+    write(3, np.ones((4, 5), np.float32))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003.png", "epoch_0003.tiff"]

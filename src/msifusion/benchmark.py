@@ -424,7 +424,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     rows: list[dict] = []
     case_seconds: dict[str, float] = {}
     with staged_output_dir(out, overwrite, [config.prostate_dir]) as stage:
-        (stage / "panels").mkdir()
+        if config.panels:
+            (stage / "panels").mkdir()
         total = len(cases) * len(methods)
         for ci, case in enumerate(cases):
             tc = time.perf_counter()
@@ -515,7 +516,7 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {host['processor']}, "
              f"{host['cpu_count']} CPUs, {host['torch_threads']} torch threads; seed {config.seed}; "
              f"{len(cases)} cases × {len(methods)} methods.", ""]
-    if config.epoch_cap:
+    if any(r["epoch_cap"] != "" for r in rows):  # a cap that applied to some method run
         lines += [f"**Trained methods capped at {config.epoch_cap} epochs** (quick settings, not their defaults; "
                   "epochs that hit the cap are marked (cap)).", ""]
     lines += [f"- {s}" for s in skipped] + ([""] if skipped else [])

@@ -256,7 +256,9 @@ def cmd_peaks(args: argparse.Namespace) -> int:
     with ImzML(Path(args.imzml)) as f:
         with elapsed_bar(f"mean spectrum of {f.path.name}", args.quiet):
             peaks = f.strongest_peaks(args.n)
-        pixel = f"{f.pixel_size_um:g} µm" if f.pixel_size_um else "unknown"
+        xy = f.layout.pixel_size_xy_um
+        pixel = (f"{f.pixel_size_um:g} µm" if f.pixel_size_um else "unknown" if xy is None else
+                 f"{xy[0]:g} × {xy[1]:g} µm (not square)")
         print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {pixel}, "
               f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
     print("m/z\tmean_intensity")
@@ -545,9 +547,17 @@ def main(argv: list[str] | None = None) -> int:
         print("msifusion: interrupted; nothing written", file=sys.stderr)
         return 130
     except OSError as exc:  # a full disk, a quota, a drive gone: not the input's fault (exit 1); staging is removed
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"msifusion: error: {where}{exc.strerror or exc}; nothing written", file=sys.stderr)
+        print(f"msifusion: error: {_os_error(exc, getattr(args, 'out', None))}; nothing written", file=sys.stderr)
         return 1
+
+
+def _os_error(exc: OSError, out: str | None) -> str:
+    """An operating-system error in one line, naming the file, else the output folder being written."""
+    where = f"{exc.filename}: " if exc.filename else f"writing into {out}: " if out else ""
+    what = exc.strerror or str(exc)
+    if "requested" in what and "written" in what:  # numpy's and tifffile's short write, which names no cause
+        what += " (a short write: is the disk full?)"
+    return where + what
 
 
 if __name__ == "__main__":

@@ -357,6 +357,13 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
     return stack
 
 
+def _no_pixel_size(imzml: Path, pixel_xy: tuple[float, float] | None) -> str:
+    """Why an imzML file's ion images carry no pixel size: none stated, or x and y differ."""
+    if pixel_xy is None:
+        return f"{imzml.name} gives none in its scan settings"
+    return f"the pixels of {imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square"
+
+
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     t0 = time.perf_counter()
@@ -365,6 +372,11 @@ def extract_ions(request: IonsRequest) -> dict:
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
+        pixel_xy = f.layout.pixel_size_xy_um
+    warnings = stack.window_warnings()
+    if stack.pixel_size_um is None:
+        warnings.append(f"no pixel size ({_no_pixel_size(request.imzml, pixel_xy)}): the ion TIFFs carry none and "
+                        "ions.png has no scale bar; give --pixel-size UM when you fuse them with --ion")
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
@@ -373,7 +385,7 @@ def extract_ions(request: IonsRequest) -> dict:
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
-                  "warnings": stack.window_warnings(),
+                  "warnings": warnings,
                   "timings_s": {"total": time.perf_counter() - t0}}
         write_run_json(stage, record)
     return record
@@ -467,9 +479,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
         if stack.pixel_size_um is None:
-            why = (f"{request.imzml.name} gives none in its scan settings" if pixel_xy is None else
-                   f"the pixels of {request.imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square")
-            registered.warnings.append(uncalibrated_warning(why,
+            registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
                                                             "export the ions with `msifusion ions` and fuse them "
                                                             "with --ion and --pixel-size UM"))
         common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,

@@ -149,17 +149,19 @@ MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the i
 def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
     """One line when the fused image cannot be read as ion intensities, whatever the method.
 
-    That is: negative values (beyond float rounding) from a non-negative ion image, or a
-    consistency error above :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back
-    the measured ion image).
+    That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
+    image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
+    :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image).
     """
     problems = []
     image = result.image
-    if float(np.min(pair.ion)) >= 0:
-        low = float(np.min(image))
-        if low < -1e-6 * float(np.max(pair.ion)):
-            problems.append(f"negative values (min {low:.3g}, {int(np.sum(image < 0))} of {image.size} pixels) "
-                            "from a non-negative ion image")
+    rounding = 1e-6 * float(np.max(np.abs(pair.ion)))
+    if float(np.min(pair.ion)) >= 0 and float(np.min(image)) < -rounding:
+        problems.append(f"negative values (min {float(np.min(image)):.3g}, {int(np.sum(image < 0))} of {image.size} "
+                        "pixels) from a non-negative ion image")
+    elif float(np.max(pair.ion)) <= 0 and float(np.max(image)) > rounding:
+        problems.append(f"positive values (max {float(np.max(image)):.3g}, {int(np.sum(image > 0))} of {image.size} "
+                        "pixels) from an ion image that is ≤ 0 everywhere")
     if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
                         "(averaged back over each MSI pixel it does not give the measured image)")
@@ -190,10 +192,11 @@ def uncalibrated_warning(why: str, remedy: str) -> str:
 
 
 def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
-    """A callback that saves the network's output every N epochs as PNG + TIFF (ion units)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A callback that saves the network's output every N epochs as PNG + TIFF (ion units); the folder is made at
+    the first save, so a run that stops before it leaves none."""
 
     def write(epoch: int, image: np.ndarray) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         image = image * intensity_scale
         write_tiff(folder / f"epoch_{epoch:04d}.tiff", image, pixel_size_um)
         save_ion_png(folder / f"epoch_{epoch:04d}.png", image, pixel_size_um, title=f"epoch {epoch}")

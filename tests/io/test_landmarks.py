@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,25 @@ def test_bigwarp_json(tmp_path: Path) -> None:
         read_landmarks(_write(tmp_path, "bad.json", bad))
     with pytest.raises(InputError, match="not valid JSON"):
         read_landmarks(_write(tmp_path, "broken.json", "{ nope"))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('"active": [true, true, true, false]', '"active": null', '"active" must be a list with one entry per point'),
+    ('"names": ["Pt-0", "Pt-1", "Pt-2", "Pt-3"]', '"names": 5', '"names" must be a list with one entry per point'),
+    ('"active": [true, true, true, false]', '"active": ["true", "true", "true", "false"]', "point 0: active is 'true'"),
+    ('"type": "Thin Plate Spline"', '"type": 5', '"type" is 5; expected'),
+    ("[1.0, 2.0]", "[true, false]", "point 0: non-numeric coordinate"),
+    ("[1.0, 2.0]", '["1", "2"]', "point 0: non-numeric coordinate"),
+])
+def test_bigwarp_json_of_the_wrong_types_is_refused_in_one_line(tmp_path: Path, old: str, new: str, message: str) -> None:
+    """Every field of the JSON with a type BigWarp never writes is an InputError naming the field: no traceback, no
+    string "false" read as true, no boolean read as a coordinate."""
+    text = ('{"type": "Thin Plate Spline", "landmarks": {"movingPoints": [[10.0, 20.0], [30.0, 20.0], [10.0, 60.0], '
+            '[5.0, 5.0]], "fixedPoints": [[1.0, 2.0], [3.0, 2.0], [1.0, 6.0], [4.0, 4.0]], '
+            '"active": [true, true, true, false], "names": ["Pt-0", "Pt-1", "Pt-2", "Pt-3"]}}')
+    assert old in text
+    with pytest.raises(InputError, match=re.escape(message)):
+        read_landmarks(_write(tmp_path, "t.json", text.replace(old, new, 1)))
 
 
 @pytest.mark.parametrize("value, text", [

@@ -229,6 +229,8 @@ def _parse_json(path: Path, text: str) -> Landmarks:
     if not isinstance(obj, dict):
         raise InputError(path, "JSON landmarks must be an object")
     transform_type = obj.get("type") if "landmarks" in obj else None
+    if transform_type is not None and not isinstance(transform_type, str):
+        raise InputError(path, f"\"type\" is {transform_type!r}; expected the transform's name as a string")
     lm = obj.get("landmarks", obj)
     if not isinstance(lm, dict) or "movingPoints" not in lm or "fixedPoints" not in lm:
         raise InputError(path, "JSON has no movingPoints / fixedPoints (BigWarp landmarks)")
@@ -237,16 +239,18 @@ def _parse_json(path: Path, text: str) -> Landmarks:
         raise InputError(path, "movingPoints and fixedPoints must be lists of equal length")
     active = lm.get("active", [True] * len(mv))
     names = lm.get("names", [f"Pt-{i}" for i in range(len(mv))])
-    if len(active) != len(mv) or len(names) != len(mv):
-        raise InputError(path, "active / names lists do not match the number of points")
+    for key, values in (("active", active), ("names", names)):
+        if not isinstance(values, list) or len(values) != len(mv):
+            raise InputError(path, f"\"{key}\" must be a list with one entry per point ({len(mv)})")
     rows = []
     for i, (m, f, a, name) in enumerate(zip(mv, fx, active, names)):
         if not (isinstance(m, list) and isinstance(f, list) and len(m) == len(f) and len(m) in (2, 3)):
             raise InputError(path, f"point {i}: expected [x, y] or [x, y, z] in both images")
-        try:
-            rows.append((i, str(name), bool(a), [float(v) for v in m], [float(v) for v in f]))
-        except (TypeError, ValueError):
-            raise InputError(path, f"point {i}: non-numeric coordinate") from None
+        if not isinstance(a, bool):
+            raise InputError(path, f"point {i}: active is {a!r}; expected true or false")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in m + f):
+            raise InputError(path, f"point {i}: non-numeric coordinate")
+        rows.append((i, str(name), a, [float(v) for v in m], [float(v) for v in f]))
     return _collect(path, rows, transform_type, "point")
 
 
