@@ -375,8 +375,9 @@ def extract_ions(request: IonsRequest) -> dict:
         pixel_xy = f.layout.pixel_size_xy_um
     warnings = stack.window_warnings()
     if stack.pixel_size_um is None:
-        warnings.append(f"no pixel size ({_no_pixel_size(request.imzml, pixel_xy)}): the ion TIFFs carry none and "
-                        "ions.png has no scale bar; give --pixel-size UM when you fuse them with --ion")
+        warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
+                                             "give --pixel-size UM when you fuse them with --ion",
+                                             ("ion TIFFs", "ions.png")))
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))

@@ -186,9 +186,10 @@ def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: s
             f"×{enough} would do as well")
 
 
-def uncalibrated_warning(why: str, remedy: str) -> str:
-    """The warning for outputs without a pixel size: they are fused, but carry no physical scale."""
-    return f"no pixel size ({why}): the fused TIFFs carry none and fused.png has no scale bar; {remedy}"
+def uncalibrated_warning(why: str, remedy: str, outputs: tuple[str, str] = ("fused TIFFs", "fused.png")) -> str:
+    """The warning for outputs without a pixel size: they are written, but carry no physical scale. ``outputs``: the
+    TIFFs and the picture that lack it."""
+    return f"no pixel size ({why}): the {outputs[0]} carry none and {outputs[1]} has no scale bar; {remedy}"
 
 
 def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
