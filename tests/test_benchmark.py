@@ -158,8 +158,8 @@ def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
     assert "2 (cap)" in (tmp_path / "b" / "results.md").read_text()
     assert "Trained methods capped at 2 epochs" in (tmp_path / "b" / "results.md").read_text()
     assert not (tmp_path / "b" / "panels").exists()  # --no-panels: no empty folder either
-    rows = run_benchmark(BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, quiet=True), tmp_path / "c",
-                         cases=small_cases[:1])
+    run_benchmark(BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, quiet=True), tmp_path / "c",
+                  cases=small_cases[:1])
     assert "capped" not in (tmp_path / "c" / "results.md").read_text()  # no trained method ran: no cap to mention
     fused = fuse(small_cases[0].guide, small_cases[0].measured, "lcrn",
                  MethodOptions(FitConfig(max_epochs=2), Runtime(quiet=True))).image

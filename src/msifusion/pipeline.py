@@ -155,13 +155,14 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
     """
     problems = []
     image = result.image
+    low, high = float(np.min(image)), float(np.max(image))
     rounding = 1e-6 * float(np.max(np.abs(pair.ion)))
-    if float(np.min(pair.ion)) >= 0 and float(np.min(image)) < -rounding:
-        problems.append(f"negative values (min {float(np.min(image)):.3g}, {int(np.sum(image < 0))} of {image.size} "
-                        "pixels) from a non-negative ion image")
-    elif float(np.max(pair.ion)) <= 0 and float(np.max(image)) > rounding:
-        problems.append(f"positive values (max {float(np.max(image)):.3g}, {int(np.sum(image > 0))} of {image.size} "
-                        "pixels) from an ion image that is ≤ 0 everywhere")
+    if float(np.min(pair.ion)) >= 0 and low < -rounding:
+        problems.append(f"negative values (min {low:.3g}, {int(np.sum(image < 0))} of {image.size} pixels) "
+                        "from a non-negative ion image")
+    elif float(np.max(pair.ion)) <= 0 and high > rounding:
+        problems.append(f"positive values (max {high:.3g}, {int(np.sum(image > 0))} of {image.size} pixels) "
+                        "from an ion image that is ≤ 0 everywhere")
     if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
                         "(averaged back over each MSI pixel it does not give the measured image)")
