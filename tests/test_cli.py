@@ -471,3 +471,23 @@ def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_p
     assert _fuse(opt, imzml, tmp_path / "o") == 2
     _assert_one_line_error(capsys, "run.imzML", "`fuse --imzml`")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tol", ["-5ppm", "-0.01da"])
+def test_a_negative_tolerance_is_told_so_not_a_missing_argument(tmp_path, capsys, tol):
+    imzml = tmp_path / "x.imzML"
+    imzml.write_text("<mzML/>")
+    assert main(["ions", str(imzml), "--mz", "300", "--tol", tol, "--out", str(tmp_path / "o")]) == 2
+    _assert_one_line_error(capsys, "--tol: tolerance must be a positive number, got -")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    import subprocess
+    import sys
+
+    run = subprocess.Popen([sys.executable, "-m", "msifusion.cli", "methods"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()  # as `msifusion methods | head -0` does
+    err = run.stderr.read()
+    assert run.wait() == 0 and err == b""

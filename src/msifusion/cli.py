@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -530,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     # A kill (SIGTERM) becomes SystemExit, so staging folders are removed as on any other error.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_attach_signed_values(sys.argv[1:] if argv is None else argv))
     if extra:
         words = {token.lower() for token in extra}
         units = ("; a tolerance's unit goes right after its number, without a space (e.g. --tol 5ppm)"
@@ -546,9 +548,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("msifusion: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `msifusion peaks F | head`: the reader has what it wanted; end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a full disk, a quota, a drive gone: not the input's fault (exit 1); staging is removed
         print(f"msifusion: error: {_os_error(exc, getattr(args, 'out', None))}; nothing written", file=sys.stderr)
         return 1
+
+
+def _attach_signed_values(argv: list[str]) -> list[str]:
+    """``--tol -5ppm`` → ``--tol=-5ppm``: argparse takes a dash-led value that is not a bare number for an option, so
+    the user would read "expected one argument" instead of what is wrong with the value."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] == "--tol" and re.match(r"-[0-9.]", token):
+            out[-1] = f"--tol={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _os_error(exc: OSError, out: str | None) -> str:

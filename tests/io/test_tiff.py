@@ -105,7 +105,7 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     import tifffile
 
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 20, 30), np.uint8), photometric="minisblack")
-    with pytest.raises(InputError, match="a stack of 4 greyscale images"):
+    with pytest.raises(InputError, match="a stack of 4 greyscale images of 20×30 px"):
         read_optical(tmp_path / "stack.tif")
     planes = np.stack([np.full((20, 30), v, np.uint8) for v in (10, 130, 250)])
     tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})

@@ -88,7 +88,7 @@ class Tolerance:
         return f"{self.value:g}{'ppm' if self.unit == 'ppm' else 'Da'}"
 
 
-_TOL_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ppm|da|mda)\s*$", re.IGNORECASE)
+_TOL_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ppm|da|mda)\s*$", re.IGNORECASE)
 
 
 def parse_tolerance(text: str | Tolerance) -> Tolerance:

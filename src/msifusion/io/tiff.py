@@ -133,8 +133,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
             if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
-                raise InputError(path, f"a stack of {series.shape[0]} greyscale images (axes {series.axes}: channels or "
-                                       "planes), not one colour image; save the microscope image as RGB or greyscale")
+                raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
+                                       f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
+                                       "image; save the microscope image as RGB or greyscale")
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
