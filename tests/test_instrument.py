@@ -347,6 +347,41 @@ def test_landmarks_that_miss_the_optical_name_the_optical_and_the_landmarks(tmp_
         "image; check the landmarks' units (pixels vs µm) and which image is fixed")
 
 
+def test_landmarks_that_put_part_of_the_measured_grid_off_the_optical_are_warned(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "outside" not in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["registration"]["measured_outside_optical"] == 0.0
+    fixed = np.array([[0, 0], [15, 0], [0, 11], [15, 11], [7, 5]], float)
+    moving = 4 * fixed + 1.5 + np.array([OFFSET[0] + 36.0, OFFSET[1]])  # MSI column c's centre at x = 4c + 45.5: c ≥ 9 (7 of 16) lie past the optical's 80 px
+    shifted = write_bigwarp_csv(Landmarks(moving, fixed, tuple("abcde")), tmp_path / "shifted.csv")
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(shifted), "--scale", "4",
+                 "--out", str(tmp_path / "off"), "--quiet"]) == 0
+    assert "msifusion: warning: 44% of the MSI's measured pixels lie outside optical.png: the registered optical is " \
+           "black there, so they are fused without a guide; check the landmarks and overlay.png" in capsys.readouterr().err
+    share = json.loads((tmp_path / "off" / "run.json").read_text())["registration"]["measured_outside_optical"]
+    assert share == round(7 / 16, 4)
+
+
+@pytest.mark.parametrize("command", ["fuse", "register"])
+def test_a_missing_optical_or_landmark_file_is_found_before_the_imzml_is_read(tmp_path, files, capsys, monkeypatch,
+                                                                              command):
+    from msifusion.io.imzml import ImzML
+
+    imzml, opt, lm, _ = files
+    monkeypatch.setattr(ImzML, "tic", lambda *_: pytest.fail("the imzML was read first"))
+    monkeypatch.setattr(ImzML, "ion_images", lambda *_: pytest.fail("the imzML was read first"))
+    source = ["--imzml", str(imzml), "--mz", "100", "--tol", "0.01da"] if command == "fuse" else ["--ion", str(imzml)]
+    for optical, landmarks, needle in [(tmp_path / "nope.png", lm, "nope.png: optical image file not found"),
+                                       (opt, tmp_path / "nope.csv", "nope.csv: landmarks file not found")]:
+        assert main([command, *source, "--optical", str(optical), "--landmarks", str(landmarks), "--scale", "4",
+                     "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks(tmp_path, files, capsys, monkeypatch):
     from msifusion import instrument
     from msifusion.register import AffineMap, Registration

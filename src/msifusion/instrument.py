@@ -18,7 +18,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
-from msifusion.io.images import Image, read_optical, write_rgb_tiff, write_tiff
+from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_file, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
@@ -27,7 +27,8 @@ from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, 
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
-                                landmarks_from_transform, register_auto, resample_optical, transform_from_landmarks)
+                                landmarks_from_transform, outside_share, register_auto, resample_optical,
+                                transform_from_landmarks)
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
@@ -104,6 +105,7 @@ def _tissue_name(channel: int) -> str:
     return "the TIC" if channel == 0 else f"principal component {channel} of the spectra"
 
 
+OUTSIDE_WARNING = 0.1  # share of measured MSI pixels outside the optical that is warned (the prostate example: 4 %)
 PREVIEW_PIXELS = 2000  # the rival alignment's overlay: optical resampled to at most about this many pixels across
 
 
@@ -214,6 +216,12 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
     except InputError:
         raise InputError(optical.path, missed) from None
+    outside = outside_share(transform, ion_grid, moving, np.any(msi.images != 0, axis=0))
+    info["measured_outside_optical"] = round(outside, 4)
+    if outside > OUTSIDE_WARNING:
+        check = "check the landmarks and overlay.png" if settings.landmarks is not None else "check overlay.png"
+        warnings.append(f"{outside:.0%} of the MSI's measured pixels lie outside {optical.path.name}: the registered "
+                        f"optical is black there, so they are fused without a guide; {check}")
     info["seconds"] = time.perf_counter() - start
     return RegisteredOptical(guide, settings.scale, info, landmarks, warnings, matched, alternative)
 
@@ -369,6 +377,7 @@ def extract_ions(request: IonsRequest) -> dict:
     t0 = time.perf_counter()
     inputs = _imzml_files(request.imzml)
     check_output_dir(request.out, request.overwrite, inputs)
+    _check_before_reading(request.optical, request.register)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
@@ -419,11 +428,20 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
     return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path)
 
 
+def _check_before_reading(optical: Path, settings: RegisterSettings) -> None:
+    """The optical file and the landmarks are checked before the MSI file's pass (minutes on a large imzML), so that
+    a typo in either costs nothing."""
+    require_file(Path(optical), OPTICAL_SUFFIXES, "optical image")
+    if settings.landmarks is not None:
+        read_landmarks(settings.landmarks)
+
+
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     t0 = time.perf_counter()
     inputs = [*_imzml_files(Path(request.ion)), request.optical, request.settings.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
+    _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
     optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
@@ -469,6 +487,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     t0 = time.perf_counter()
     inputs = [*_imzml_files(request.imzml), request.optical, request.register.landmarks]
     check_output_dir(request.out, request.overwrite, inputs)
+    _check_before_reading(request.optical, request.register)
     with _open_ions(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)

@@ -81,6 +81,14 @@ def test_truncated_optical_is_refused_not_half_read(tmp_path, capfd, suffix, kee
     assert capfd.readouterr().err == ""  # the decoder's own lines are not printed beside the one-line error
 
 
+@pytest.mark.parametrize("peak, white", [(200, 255), (4095, 4095), (4096, 16383), (20000, 65535), (65535, 65535)])
+def test_a_16_bit_file_is_read_at_its_camera_depth(tmp_path, peak, white):
+    """A 12-bit camera's image in a 16-bit TIFF is white at 4095, not 16× too dark; a full 16-bit one is as before."""
+    grey = np.array([[0, peak // 2], [peak, 1]], np.uint16)
+    tifffile.imwrite(tmp_path / "cam.tif", grey)
+    np.testing.assert_allclose(read_optical(tmp_path / "cam.tif").pixels[..., 1], grey / white, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- wide integers
 
 
@@ -90,9 +98,9 @@ def test_wide_integer_optical_is_scaled_by_its_own_maximum(tmp_path):
     np.testing.assert_allclose(read_optical(tmp_path / "u32.tif").pixels[..., 0], [[0, 0.25], [0.5, 1]])
     np.testing.assert_allclose(optical_to_rgb(grey.astype(np.int64))[..., 2], [[0, 0.25], [0.5, 1]])
     np.testing.assert_allclose(optical_to_rgb(np.array([[-10, 0], [10, 30]], np.int32))[..., 0], [[0, 0.25], [0.5, 1]])
-    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.uint16))[0, 1], 1000 / 65535)
-    # signed 8/16-bit: by the type's maximum without negatives, min-max with them (as wide integers)
-    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.int16))[0, 1], 1000 / 32767)
+    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.uint16))[0, 1], 1000 / 1023)
+    # signed 8/16-bit: by the type's (or camera depth's) maximum without negatives, min-max with them (as wide integers)
+    np.testing.assert_allclose(optical_to_rgb(np.array([[0, 1000], [0, 0]], np.int16))[0, 1], 1000 / 1023)
     np.testing.assert_allclose(optical_to_rgb(np.array([[-10, 0], [10, 30]], np.int16))[..., 1], [[0, 0.25], [0.5, 1]])
 
 

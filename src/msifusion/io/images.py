@@ -39,7 +39,7 @@ from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff and PLAUSIBLE_PIXEL_UM are re-exported
     "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "luminance", "optical_to_rgb",
-    "read_ion", "read_optical", "require_real", "rgb_layout", "torch_ready", "validate_ion", "write_rgb_tiff",
+    "read_ion", "read_optical", "require_file", "require_real", "rgb_layout", "torch_ready", "validate_ion", "write_rgb_tiff",
     "write_tiff",
 ]
 
@@ -69,7 +69,8 @@ class Image:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-def _require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """``path`` itself when it is an existing file of one of ``suffixes``; else the one-line error, naming ``what``."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, f"{what} file not found")
@@ -96,7 +97,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
     20000×16000 scan alone is 3.8 GB), and ``origin_um`` says where its first pixel lies in the full scan's frame, so
     that landmarks made on the full scan still hold.
     """
-    path = _require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
+    path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
@@ -215,10 +216,24 @@ def torch_ready(data: np.ndarray) -> np.ndarray:
     return data if data.flags.writeable and data.flags.c_contiguous else np.array(data, order="C")
 
 
+CAMERA_BITS = (8, 10, 12, 14)  # depths a 16-bit file may hold fewer of
+
+
+def _full_scale(data: np.ndarray) -> float:
+    """What an 8/16-bit image's white is: the type's maximum, or for 16 bits the least camera depth's holding its values."""
+    top = float(np.iinfo(data.dtype).max)
+    if data.dtype.itemsize == 2:
+        peak = int(data.max()) if data.size else 0
+        top = next((2.0 ** bits - 1 for bits in CAMERA_BITS if peak <= 2 ** bits - 1), top)
+    return top
+
+
 def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     """Any gray/RGB/RGBA array (channels first or last) → float32 (H, W, 3) in [0, 1].
 
-    Unsigned 8/16-bit integers (and signed ones without negatives) are divided by the type's maximum; 32/64-bit
+    Unsigned 8/16-bit integers (and signed ones without negatives) are divided by the type's maximum, a 16-bit one by
+    the least camera depth's (8, 10, 12 or 14 bits) that holds its values (a 12-bit camera's image in a 16-bit file
+    would otherwise be read 16× too dark: the registered optical.png nearly black); 32/64-bit
     integers by the image's own maximum (a camera never fills 2³²−1); integers with negative values are min-max
     scaled, as are floats unless already in [0, 1].
     """
@@ -229,7 +244,7 @@ def optical_to_rgb(data: np.ndarray, source: str | Path | None = None) -> np.nda
     elif np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2 and not (
             np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0):
         rgb = data.astype(np.float32)
-        rgb /= float(np.iinfo(data.dtype).max)  # in place: one float copy of a large image, not two
+        rgb /= _full_scale(data)  # in place: one float copy of a large image, not two
     elif np.issubdtype(data.dtype, np.integer):
         # 32/64-bit (by the type's maximum any real image would be black), or signed with negative values
         wide = data.astype(np.float64)
@@ -263,7 +278,7 @@ def require_real(data: np.ndarray, source: str | Path | None, what: str) -> None
 
 def read_ion(path: str | Path) -> Image:
     """Read a 2-D ion image in its own intensity units (float32)."""
-    path = _require_file(Path(path), ION_SUFFIXES, "ion image")
+    path = require_file(Path(path), ION_SUFFIXES, "ion image")
     suffix = path.suffix.lower()
     pixel_size, note, warning = None, None, None
     if suffix in (".tif", ".tiff"):

@@ -10,6 +10,7 @@ seconds and about three copies of the image in memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,22 @@ def _evaluate(transform: PointMap, fixed: Grid, moving: Grid, rows: np.ndarray, 
     cc, rr = np.meshgrid(np.asarray(cols, dtype=np.float64), np.asarray(rows, dtype=np.float64))
     pts = fixed.to_coords(np.column_stack([cc.ravel(), rr.ravel()]))
     return moving.to_index(transform(pts)).reshape(len(rows), len(cols), 2)
+
+
+def outside_share(transform: PointMap, fixed: Grid, moving: Grid, where: np.ndarray | None = None,
+                  max_points: int = 250_000) -> float:
+    """Share of the fixed grid's pixel centres (those marked in ``where``, (H, W) bool; default all) that
+    ``transform`` maps outside the moving image; on at most about ``max_points`` of them (every k-th row and column)."""
+    H, W = fixed.shape
+    step = max(1, math.ceil(math.sqrt(H * W / max_points)))
+    rows, cols = np.arange(0, H, step), np.arange(0, W, step)
+    at = _evaluate(transform, fixed, moving, rows, cols)
+    h, w = moving.shape
+    out = ~((at[..., 0] >= -0.5) & (at[..., 0] <= w - 0.5) & (at[..., 1] >= -0.5) & (at[..., 1] <= h - 0.5))
+    if where is not None:
+        mask = np.asarray(where, dtype=bool)[np.ix_(rows, cols)]
+        return float(out[mask].mean()) if mask.any() else float(out.mean())
+    return float(out.mean())
 
 
 def moving_index_map(transform: PointMap, fixed: Grid, moving: Grid, step: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
