@@ -491,3 +491,79 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     run.stdout.close()  # as `msifusion methods | head -0` does
     err = run.stderr.read()
     assert run.wait() == 0 and err == b""
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--methods", "", "expected method names separated by commas, got ''"),
+    ("--methods", ",", "expected method names separated by commas, got ','"),
+    ("--methods", "bilinear,,bicubic", "expected method names separated by commas, got 'bilinear,,bicubic'"),
+    ("--groups", ",", "expected group names separated by commas, got ','"),
+    ("--groups", "phantom,", "expected group names separated by commas, got 'phantom,'"),
+    ("--seeds", ",", "expected seeds (integers ≥ 0) separated by commas, got ','"),
+    ("--seeds", "", "expected seeds (integers ≥ 0) separated by commas, got ''"),
+    ("--seeds", "1,x", "expected seeds (integers ≥ 0) separated by commas, got '1,x'"),
+])
+def test_benchmark_refuses_an_empty_or_malformed_list_instead_of_running_the_defaults(tmp_path, capsys, monkeypatch,
+                                                                                        option, value, expected):
+    import msifusion.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *a, **k: pytest.fail("ran with a malformed list"))
+    out = tmp_path / "out"
+    assert _exit_code(["benchmark", "--groups", "phantom", "--seeds", "1", "--epochs", "1", "--out", str(out),
+                       option, value]) == 2
+    _assert_one_line_error(capsys, f"argument {option}: {expected}")
+    assert not out.exists()
+
+
+def test_benchmark_lists_add_up_when_the_option_is_repeated(tmp_path, monkeypatch):
+    import msifusion.benchmark as benchmark
+
+    seen = []
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda config, *a: seen.append(config) or [])
+    assert main(["benchmark", "--out", str(tmp_path / "o"), "--quiet", "--methods", "bilinear", "--methods",
+                 "bicubic,bilinear", "--groups", "phantom", "--groups", "middlebury", "--seeds", "3",
+                 "--seeds", "4,3"]) == 0
+    config, = seen
+    assert config.methods == ("bilinear", "bicubic") and config.groups == ("phantom", "middlebury")
+    assert config.phantom_seeds == (3, 4)  # each once, in order: a repeated seed would be the same case twice
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--phantom-kind", "stem"], "--phantom-kind"),
+    (["--phantom-ion", "sucrose"], "--phantom-ion"),
+    (["--phantom-seed", "1"], "--phantom-seed"),  # the default's value, given: refused all the same
+    (["--phantom-kind", "leaf", "--phantom-seed", "3"], "--phantom-kind, --phantom-seed"),
+])
+def test_study_refuses_phantom_options_with_files(tmp_path, files, capsys, extra, named):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _exit_code(["study", "--optical", str(opt), "--ion", str(ion_path), "--out", str(out), *extra]) == 2
+    _assert_one_line_error(capsys, f"msifusion: error: {named}: only for the synthetic phantom (study without "
+                                   "--optical and --ion)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--pixel-size", "10"], "--pixel-size"),
+    (["--truth", "t.tiff", "--pixel-size", "10"], "--truth, --pixel-size"),
+])
+def test_study_refuses_file_options_on_the_phantom(tmp_path, capsys, extra, named):
+    out = tmp_path / "out"
+    assert _exit_code(["study", "--out", str(out), *extra]) == 2
+    _assert_one_line_error(capsys, f"msifusion: error: {named}: only with --optical and --ion; the synthetic phantom "
+                                   "brings its own truth and pixel size")
+    assert not out.exists()
+
+
+def test_study_phantom_options_reach_the_phantom_and_default_as_documented(tmp_path, monkeypatch):
+    import msifusion.study as study
+    from msifusion.phantom import PhantomConfig
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda config, *a: seen.append(config) or {})
+    monkeypatch.setattr(study, "summary_line", lambda record: "")
+    assert main(["study", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["study", "--out", str(tmp_path / "b"), "--quiet", "--phantom-kind", "stem", "--phantom-ion",
+                 "sucrose", "--phantom-seed", "0"]) == 0
+    assert seen[0].phantom == PhantomConfig(seed=1) == study.StudyConfig().phantom
+    assert seen[1].phantom == PhantomConfig(seed=0, kind="stem", ion="sucrose")

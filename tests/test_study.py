@@ -100,6 +100,7 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     assert not (tmp_path / "bad").exists()
     record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", **base), tmp_path / "ok")
     assert record["scale"] == 4 and record["epochs_run"] == 3
+    assert record["fit_settings"]["checkpoint_every"] == record["checkpoint_every"] == 2  # what the fit ran with
     with open(tmp_path / "ok" / "study.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["psnr_truth"] != "" for r in rows] == [False, True, False]  # checkpoints every 2 epochs
@@ -144,3 +145,25 @@ def test_study_plot_panels_are_lettered_a_to_f(tmp_path, monkeypatch):
     plt.close(figures[0])
     assert [t.split(")")[0] for t in titles] == ["a", "b", "c", "d", "e", "f"]
     assert titles[-1] == "f) edge perceptual loss per epoch"
+
+
+def test_a_bad_truth_file_is_called_the_truth_image(tmp_path):
+    from msifusion.io.images import write_rgb_tiff, write_tiff
+
+    phantom = make_phantom(TINY)
+    write_rgb_tiff(tmp_path / "opt.tiff", phantom.guide)
+    write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
+    truth = phantom.truth.copy()
+    truth[0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", truth)
+    np.save(tmp_path / "zero.npy", np.zeros_like(truth))
+    (tmp_path / "truth.png").write_bytes(b"")
+    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=2),
+                runtime=Runtime(quiet=True))
+    for name, problem in (("nan.npy", "truth image has 1 NaN/inf pixel(s)"), ("zero.npy", "truth image is all zero; "
+                          "nothing to score against"), ("truth.png", "unsupported truth image format .png"),
+                          ("missing.tiff", "truth image file not found")):
+        with pytest.raises(InputError) as caught:
+            run_study(StudyConfig(truth=tmp_path / name, **base), tmp_path / "out")
+        assert caught.value.source == str(tmp_path / name) and caught.value.problem.startswith(problem)
+    assert not (tmp_path / "out").exists()

@@ -322,24 +322,41 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def _comma_list(what: str, item: Callable[[str], object] = str) -> Callable[[str], tuple]:
+    """An argparse type: ``a,b`` → ``(item("a"), item("b"))``; malformed, a usage error that names ``what``.
+
+    An empty list or item (``""``, ``,``, ``a,,b``) is refused: read as "nothing given" it would run the defaults
+    (every method, say) instead of what the user meant to type.
+    """
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",")]
+        try:
+            if all(parts):
+                return tuple(item(part) for part in parts)
+        except (argparse.ArgumentTypeError, ValueError):
+            pass
+        raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {text!r}")
+
+    return parse
 
 
-def _seed_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(_seed(part) for part in _name_list(text))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected seeds (integers ≥ 0) separated by commas, got {text!r}") from None
+_method_list = _comma_list("method names")
+_group_list = _comma_list("group names")
+_seed_list = _comma_list("seeds (integers ≥ 0)", _seed)
+
+
+def _unique(values: list | None) -> tuple | None:
+    """A repeated comma-list option's values in order, each once (None when the option was not given)."""
+    return None if values is None else tuple(dict.fromkeys(values))
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from msifusion.benchmark import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig.preset(
-        args.quick, methods=args.methods, groups=args.groups, phantom_seeds=args.seeds, epoch_cap=args.epochs,
-        prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None, seed=args.seed, device=args.device,
-        panels=not args.no_panels, quiet=args.quiet)
+        args.quick, methods=_unique(args.methods), groups=_unique(args.groups), phantom_seeds=_unique(args.seeds),
+        epoch_cap=args.epochs, prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None, seed=args.seed,
+        device=args.device, panels=not args.no_panels, quiet=args.quiet)
     rows = run_benchmark(config, Path(args.out), args.overwrite)
     _say(args, f"{len(rows)} results ({len({r['case'] for r in rows})} cases × {len({r['method'] for r in rows})} methods)")
     print(Path(args.out) / "results.md")
@@ -351,10 +368,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     from msifusion.phantom import PhantomConfig
     from msifusion.study import StudyConfig, run_study, summary_line
 
+    if args.optical is not None or args.ion is not None:
+        misplaced = _given(args, args.phantom_only)
+        if misplaced:
+            raise InputError(", ".join(misplaced), "only for the synthetic phantom (study without --optical and --ion)")
+    else:
+        misplaced = _given(args, args.files_only)
+        if misplaced:
+            raise InputError(", ".join(misplaced), "only with --optical and --ion; the synthetic phantom brings its "
+                                                   "own truth and pixel size")
     try:
         fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
                         patience=args.patience, edge_kernel=args.edge_kernel)
-        phantom = PhantomConfig(seed=args.phantom_seed, kind=args.phantom_kind, ion=args.phantom_ion)
+        given = {"seed": args.phantom_seed, "kind": args.phantom_kind, "ion": args.phantom_ion}
+        phantom = PhantomConfig(**{"seed": 1, **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:
         raise InputError("study options", str(exc)) from None
     config = StudyConfig(
@@ -380,11 +407,14 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="about a minute on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
                         "no prostate, trained methods capped at 30 epochs")
-    p.add_argument("--methods", type=_name_list, default=None, metavar="A,B,…",
-                   help="methods to run (default: all, the default method first)")
-    p.add_argument("--groups", type=_name_list, default=None, metavar="G,…",
+    # Comma lists; a repeated option adds to the list (as --mz does), so `--methods a --methods b` runs both.
+    p.add_argument("--methods", type=_method_list, action="extend", default=None, metavar="A,B,…",
+                   help="methods to run, comma-separated or the option repeated "
+                        "(default: all, the default method first)")
+    p.add_argument("--groups", type=_group_list, action="extend", default=None, metavar="G,…",
                    help=f"case groups: {', '.join(GROUPS)} (default: all; --quick: phantom,middlebury)")
-    p.add_argument("--seeds", type=_seed_list, default=None, metavar="N,…", help="phantom seeds (default 1,2)")
+    p.add_argument("--seeds", type=_seed_list, action="extend", default=None, metavar="N,…",
+                   help="phantom seeds (default 1,2)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch cap of the trained methods (default: their own recipe; --quick: 30)")
     p.add_argument("--prostate-dir", default=None, metavar="DIR",
@@ -407,12 +437,17 @@ def add_benchmark_and_study(sub) -> None:
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
-    io.add_argument("--truth", metavar="TRUTH", help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
+    # Defaults None below, so that an option given where it does not apply is refused, not dropped.
+    truth = io.add_argument("--truth", metavar="TRUTH",
+                            help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
     io.add_argument("--scale", type=_scale, default=None, help="magnification (phantom default 10)")
-    io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM", help="ion pixel size in µm")
-    io.add_argument("--phantom-kind", choices=("leaf", "stem"), default="leaf")
-    io.add_argument("--phantom-ion", choices=("apigenin", "pheophytin", "sucrose", "gradient"), default="apigenin")
-    io.add_argument("--phantom-seed", type=_seed, default=1, help="phantom seed (default 1)")
+    files_only = [truth, io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+                                         help="with --ion: ion pixel size in µm")]
+    phantom_only = [
+        io.add_argument("--phantom-kind", choices=("leaf", "stem"), default=None, help="phantom kind (default leaf)"),
+        io.add_argument("--phantom-ion", choices=("apigenin", "pheophytin", "sucrose", "gradient"), default=None,
+                        help="phantom ion (default apigenin)"),
+        io.add_argument("--phantom-seed", type=_seed, default=None, help="phantom seed (default 1)")]
     t = p.add_argument_group("training (the paper's recipe; the run never stops early)")
     t.add_argument("--epochs", type=_positive_int, default=300, help="epochs to run (default 300)")
     t.add_argument("--lr", type=_positive_float, default=3e-4)
@@ -426,7 +461,7 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_study)
+    p.set_defaults(func=cmd_study, files_only=files_only, phantom_only=phantom_only)
 
 
 def _say(args: argparse.Namespace, message: str) -> None:

@@ -377,7 +377,6 @@ def extract_ions(request: IonsRequest) -> dict:
     t0 = time.perf_counter()
     inputs = _imzml_files(request.imzml)
     check_output_dir(request.out, request.overwrite, inputs)
-    _check_before_reading(request.optical, request.register)
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()

@@ -102,7 +102,7 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
     pair = pair_images(read_optical(config.optical), read_ion(config.ion), config.scale, config.ion_pixel_size_um)
     truth = None
     if config.truth is not None:
-        truth = read_ion(config.truth).pixels
+        truth = read_ion(config.truth, "truth image").pixels
         if truth.shape != pair.guide.shape[:2]:
             raise InputError(config.truth, f"truth {truth.shape[0]}×{truth.shape[1]} does not match the optical grid "
                                            f"{pair.guide.shape[0]}×{pair.guide.shape[1]} (ion × {pair.scale})")
@@ -219,7 +219,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
             "fine_pixel_size_um": inputs.fine_pixel_um, "intensity_scale": intensity,
-            "fit_settings": asdict(config.fit), "run_without_early_stop": True,
+            "fit_settings": asdict(replace(config.fit, checkpoint_every=every)), "run_without_early_stop": True,
             "checkpoint_every": config.checkpoint_every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
             "summary": summary, "strip_epochs": strip,

@@ -276,9 +276,10 @@ def require_real(data: np.ndarray, source: str | Path | None, what: str) -> None
 # ----------------------------------------------------------------------------- ion
 
 
-def read_ion(path: str | Path) -> Image:
-    """Read a 2-D ion image in its own intensity units (float32)."""
-    path = require_file(Path(path), ION_SUFFIXES, "ion image")
+def read_ion(path: str | Path, what: str = "ion image") -> Image:
+    """Read a 2-D ion image in its own intensity units (float32); ``what`` names it in errors (a study's truth is
+    read the same way)."""
+    path = require_file(Path(path), ION_SUFFIXES, what)
     suffix = path.suffix.lower()
     pixel_size, note, warning = None, None, None
     if suffix in (".tif", ".tiff"):
@@ -292,12 +293,12 @@ def read_ion(path: str | Path) -> Image:
             raise InputError(path, f"cannot read .npy ({exc})") from None
     else:
         data, warning = _read_table(path)
-    return Image(validate_ion(data, path), pixel_size, path, calibration_note=note,
+    return Image(validate_ion(data, path, what), pixel_size, path, calibration_note=note,
                  warnings=(warning,) if warning else ())
 
 
-def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
-    """Check an ion image is a finite, non-zero, real 2-D array; return it as float32.
+def validate_ion(data: np.ndarray, source: str | Path | None = None, what: str = "ion image") -> np.ndarray:
+    """Check an ion image (``what``, in errors) is a finite, non-zero, real 2-D array; return it as float32.
 
     Integers, floats and booleans (a thresholded map: 1 where the ion is, 0 elsewhere) are intensities; complex
     values are refused rather than cut to their real part (the magnitude may be what the user meant), and so are
@@ -307,17 +308,17 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None) -> np.ndarr
     if data.ndim > 2:
         data = np.squeeze(data)
     if data.ndim != 2:
-        raise InputError(source, f"ion image must be 2-D, got shape {data.shape}")
-    require_real(data, source, "ion image")
+        raise InputError(source, f"{what} must be 2-D, got shape {data.shape}")
+    require_real(data, source, what)
     if min(data.shape) < 2:
-        raise InputError(source, f"ion image is too small ({data.shape[0]}×{data.shape[1]})")
+        raise InputError(source, f"{what} is too small ({data.shape[0]}×{data.shape[1]})")
     bad = ~np.isfinite(data)
     if bad.any():
-        raise InputError(source, f"ion image has {int(bad.sum())} NaN/inf pixel(s); fill them (e.g. with 0) first")
+        raise InputError(source, f"{what} has {int(bad.sum())} NaN/inf pixel(s); fill them (e.g. with 0) first")
     peak = float(np.max(np.abs(data)))
     if peak > float(np.finfo(np.float32).max):
-        raise InputError(source, f"ion image values reach {peak:.3g}, beyond float32's range; divide by a constant first")
+        raise InputError(source, f"{what} values reach {peak:.3g}, beyond float32's range; divide by a constant first")
     data = data.astype(np.float32)
     if not np.any(data):
-        raise InputError(source, "ion image is all zero; nothing to fuse")
+        raise InputError(source, f"{what} is all zero; nothing to " + ("score against" if what == "truth image" else "fuse"))
     return data
