@@ -355,12 +355,14 @@ def test_landmarks_that_put_part_of_the_measured_grid_off_the_optical_are_warned
     assert "outside" not in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["registration"]["measured_outside_optical"] == 0.0
     fixed = np.array([[0, 0], [15, 0], [0, 11], [15, 11], [7, 5]], float)
-    moving = 4 * fixed + 1.5 + np.array([OFFSET[0] + 36.0, OFFSET[1]])  # MSI column c's centre at x = 4c + 45.5: c ≥ 9 (7 of 16) lie past the optical's 80 px
+    # MSI column c's centre lands at x = 4c + 45.5: c ≥ 9 (7 of 16) lie past the optical's 80 px
+    moving = 4 * fixed + 1.5 + np.array([OFFSET[0] + 36.0, OFFSET[1]])
     shifted = write_bigwarp_csv(Landmarks(moving, fixed, tuple("abcde")), tmp_path / "shifted.csv")
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(shifted), "--scale", "4",
                  "--out", str(tmp_path / "off"), "--quiet"]) == 0
+    warned = capsys.readouterr().err
     assert "msifusion: warning: 44% of the MSI's measured pixels lie outside optical.png: the registered optical is " \
-           "black there, so they are fused without a guide; check the landmarks and overlay.png" in capsys.readouterr().err
+           "black there, so they are fused without a guide; check the landmarks and overlay.png" in warned
     share = json.loads((tmp_path / "off" / "run.json").read_text())["registration"]["measured_outside_optical"]
     assert share == round(7 / 16, 4)
 

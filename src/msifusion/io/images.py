@@ -39,8 +39,8 @@ from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff and PLAUSIBLE_PIXEL_UM are re-exported
     "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "luminance", "optical_to_rgb",
-    "read_ion", "read_optical", "require_file", "require_real", "rgb_layout", "torch_ready", "validate_ion", "write_rgb_tiff",
-    "write_tiff",
+    "read_ion", "read_optical", "require_file", "require_real", "rgb_layout", "torch_ready", "validate_ion",
+    "write_rgb_tiff", "write_tiff",
 ]
 
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -220,7 +220,7 @@ CAMERA_BITS = (8, 10, 12, 14)  # depths a 16-bit file may hold fewer of
 
 
 def _full_scale(data: np.ndarray) -> float:
-    """What an 8/16-bit image's white is: the type's maximum, or for 16 bits the least camera depth's holding its values."""
+    """An 8/16-bit image's white: the type's maximum, or for 16 bits the least camera depth's that holds its values."""
     top = float(np.iinfo(data.dtype).max)
     if data.dtype.itemsize == 2:
         peak = int(data.max()) if data.size else 0
@@ -320,5 +320,5 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None, what: str =
         raise InputError(source, f"{what} values reach {peak:.3g}, beyond float32's range; divide by a constant first")
     data = data.astype(np.float32)
     if not np.any(data):
-        raise InputError(source, f"{what} is all zero; nothing to " + ("score against" if what == "truth image" else "fuse"))
+        raise InputError(source, f"{what} is all zero")
     return data
