@@ -71,6 +71,19 @@ def test_malformed_rows_name_the_line(tmp_path: Path, bad_line: str, message: st
         read_landmarks(_write(tmp_path, "m.csv", "\n".join(lines) + "\n"))
 
 
+@pytest.mark.parametrize("text, start, end", [
+    ("name,active,moving x,moving y,fixed x,fixed y\n" + CSV_2D,
+     "line 1 holds no coordinates (name, active, moving x, moving y, fixed x, fixed y)",
+     ": a header row? BigWarp's landmark CSV has none; delete it"),
+    (CSV_2D.replace(",", ";"), "line 1: 1 fields", "; its fields are separated by semicolons: BigWarp's CSV uses commas"),
+    (CSV_2D.replace(",", "\t"), "line 1: 1 fields", "; its fields are separated by tabs: BigWarp's CSV uses commas"),
+])
+def test_a_header_row_or_another_separator_is_named(tmp_path: Path, text: str, start: str, end: str) -> None:
+    with pytest.raises(InputError) as err:
+        read_landmarks(_write(tmp_path, "h.csv", text))
+    assert err.value.problem.startswith(start) and err.value.problem.endswith(end), err.value.problem
+
+
 def test_too_few_active(tmp_path: Path) -> None:
     text = "\n".join(CSV_2D.splitlines()[:3]) + "\n"
     with pytest.raises(InputError, match="2 active landmark"):

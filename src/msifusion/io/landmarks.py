@@ -152,6 +152,14 @@ def _number(path: Path, token: str, line: int) -> float:
         raise InputError(path, f"line {line}: {token!r} is not a number") from None
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token.strip())
+    except ValueError:
+        return False
+    return True
+
+
 def _active(path: Path, token: str, line: int) -> bool:
     t = token.strip().lower()
     if t in ("true", "false"):
@@ -210,8 +218,15 @@ def _parse_csv(path: Path, text: str) -> Landmarks:
                 raise InputError(path, f"line {line}: {n} fields but the third ({fields[2]!r}) is not an integer id") from None
             coords = fields[3:]
         else:
+            raw = ",".join(fields)
+            other = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"))
+                          if len(raw.split(sep)) in (6, 7, 8, 9)), None)
+            hint = f"; its fields are separated by {other}: BigWarp's CSV uses commas" if other else ""
             raise InputError(path, f"line {line}: {n} fields; BigWarp rows have 6 (2-D) or 8 (3-D): "
-                             "name, active, moving x, y[, z], fixed x, y[, z]")
+                             f"name, active, moving x, y[, z], fixed x, y[, z]{hint}")
+        if not any(_is_number(t) for t in coords):
+            raise InputError(path, f"line {line} holds no coordinates ({', '.join(f.strip() for f in fields)}): a "
+                                   "header row? BigWarp's landmark CSV has none; delete it")
         active = _active(path, fields[1], line)
         values = [_number(path, t, line) for t in coords]
         d = len(values) // 2
