@@ -160,7 +160,8 @@ def test_a_bad_truth_file_is_called_the_truth_image(tmp_path):
     (tmp_path / "truth.png").write_bytes(b"")
     base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=2),
                 runtime=Runtime(quiet=True))
-    for name, problem in (("nan.npy", "truth image has 1 NaN/inf pixel(s)"), ("zero.npy", "truth image is all zero"), ("truth.png", "unsupported truth image format .png"),
+    for name, problem in (("nan.npy", "truth image has 1 NaN/inf pixel(s)"), ("zero.npy", "truth image is all zero"),
+                          ("truth.png", "unsupported truth image format .png"),
                           ("missing.tiff", "truth image file not found")):
         with pytest.raises(InputError) as caught:
             run_study(StudyConfig(truth=tmp_path / name, **base), tmp_path / "out")
