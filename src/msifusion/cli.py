@@ -364,24 +364,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from msifusion.fit import FitConfig, Runtime
-    from msifusion.phantom import PhantomConfig
     from msifusion.study import StudyConfig, run_study, summary_line
 
-    if args.optical is not None or args.ion is not None:
-        misplaced = _given(args, args.phantom_only)
-        if misplaced:
-            raise InputError(", ".join(misplaced), "only for the synthetic phantom (study without --optical and --ion)")
-    else:
-        misplaced = _given(args, args.files_only)
-        if misplaced:
-            raise InputError(", ".join(misplaced), "only with --optical and --ion; the synthetic phantom brings its "
-                                                   "own truth and pixel size")
+    files = args.optical is not None or args.ion is not None
+    misplaced = _given(args, args.phantom_only if files else args.files_only)
+    if misplaced:
+        raise InputError(", ".join(misplaced), "only for the synthetic phantom (study without --optical and --ion)"
+                         if files else "only with --optical and --ion; the synthetic phantom brings its own truth "
+                                       "and pixel size")
     try:
         fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
                         patience=args.patience, edge_kernel=args.edge_kernel)
         given = {"seed": args.phantom_seed, "kind": args.phantom_kind, "ion": args.phantom_ion}
-        phantom = PhantomConfig(**{"seed": 1, **{k: v for k, v in given.items() if v is not None}})
+        phantom = replace(StudyConfig.phantom, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise InputError("study options", str(exc)) from None
     config = StudyConfig(
