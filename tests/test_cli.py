@@ -89,8 +89,10 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
 
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())
-    assert run["measurement_model"] == {"box_average_px": scale, "spot_sigma_px": 1.5,
-                                        "summary": f"{scale}×{scale} box average after a Gaussian spot of σ 1.5 px"}
+    um = 1.5 * 20.0 / scale  # the ion's 20 µm pixels, fused ×scale
+    assert run["measurement_model"] == {"box_average_px": scale, "spot_sigma_px": 1.5, "spot_sigma_um": um,
+                                        "summary": f"{scale}×{scale} box average after a Gaussian spot of σ 1.5 px "
+                                                   f"({um:.3g} µm)"}
     assert run["consistency_error"] < 1e-4  # under the stated measurement model, not the plain box
     fused = torch.as_tensor(tifffile.imread(tmp_path / "spot" / "fused.tiff")).double()
     spot = Measurement(tuple(fused.shape), scale, 1.5).A(fused).numpy()  # the spot model's measurement
@@ -307,7 +309,7 @@ def test_output_not_in_ion_units_warns_on_stderr_and_in_run_json(tmp_path, files
     _register_method(monkeypatch, "negated", lambda up: -up)  # all negative: consistency error 2
     _register_method(monkeypatch, "tripled", lambda up: 3 * up)  # positive, consistency error 2
     expected = {
-        "negated": f"the negated output for ion is not in the ion's units: negative values (min -500, {n} of {n} pixels) "
+        "negated": f"the negated output for ion is not in the ion's units: negative values (min -500, 100.00% of the ion's peak; {n} of {n} pixels) "
                    "from a non-negative ion image; consistency error 2 > 0.5 (averaged back over each MSI pixel it "
                    "does not give the measured image); look at fused.png, or try another --method",
         "tripled": "the tripled output for ion is not in the ion's units: consistency error 2 > 0.5 (averaged back "
@@ -336,8 +338,8 @@ def test_output_above_zero_from_an_ion_at_or_below_zero_is_warned(tmp_path, file
     _register_method(monkeypatch, "negated", lambda up: -up)
     assert _fuse(opt, negative, tmp_path / "out", "--method", "negated", "--pixel-size", "10") == 0
     warning = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
-    assert warning == [f"the negated output for negative is not in the ion's units: positive values (max 500, {n} of {n} "
-                       "pixels) from an ion image that is ≤ 0 everywhere; consistency error 2 > 0.5 (averaged back over "
+    assert warning == [f"the negated output for negative is not in the ion's units: positive values (max 500, 100.00% of the ion's peak; "
+                       f"{n} of {n} pixels) from an ion image that is ≤ 0 everywhere; consistency error 2 > 0.5 (averaged back over "
                        "each MSI pixel it does not give the measured image); look at fused.png, or try another --method"]
     assert _fuse(opt, negative, tmp_path / "default", "--pixel-size", "10") == 0  # the default keeps it ≤ 0
     assert json.loads((tmp_path / "default" / "run.json").read_text())["warnings"] == []

@@ -100,6 +100,13 @@ def test_measure_is_block_mean_of_truth_within_the_noise(leaf):
     np.testing.assert_array_equal(leaf.measure(20), leaf.measure(20))
 
 
+def test_measure_through_a_laser_spot_is_scipys_gaussian_blur_then_the_block_mean(leaf):
+    clean = with_noise(leaf, noise=0.0)
+    blurred = ndimage.gaussian_filter(leaf.truth.astype(np.float64), 3.0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(clean.measure(10, spot_sigma_px=3.0), block_mean(blurred, 10), atol=1e-6)
+    assert np.abs(clean.measure(10, spot_sigma_px=3.0) - clean.measure(10)).max() > 0.01
+
+
 def test_shot_noise_grows_with_signal(leaf):
     clean = block_mean(leaf.truth, 10)
     diff = with_noise(leaf, noise=0.0, shot=0.05).measure(10) - clean

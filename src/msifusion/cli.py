@@ -84,7 +84,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
         m.add_argument("--spot-sigma", type=_weight, default=None, metavar="PX",
-                       help="Gaussian laser spot σ in optical pixels, blurred before each MSI pixel's box average "
+                       help="Gaussian laser spot σ in pixels of the fused grid (an MSI pixel / the scale; a spot "
+                            "of s µm is s × scale / MSI pixel µm), blurred before each MSI pixel's box average "
                             "(default 0: the pure box average)"),
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "

@@ -59,12 +59,16 @@ class MeasurementModel:
                                              "would amplify the noise more than 14-fold; σ is in optical pixels of "
                                              "the fused grid, not µm")
 
-    def describe(self, scale: int) -> dict:
-        """The model at one scale, for run.json."""
+    def describe(self, scale: int, fused_pixel_um: float | None = None) -> dict:
+        """The model at one scale, for run.json; with the fused grid's pixel size, the spot's σ in µm too."""
         summary = f"{scale}×{scale} box average"
+        described = {"box_average_px": scale, "spot_sigma_px": self.spot_sigma_px}
         if self.spot_sigma_px:
             summary += f" after a Gaussian spot of σ {self.spot_sigma_px:g} px"
-        return {"box_average_px": scale, "spot_sigma_px": self.spot_sigma_px, "summary": summary}
+            if fused_pixel_um:
+                described["spot_sigma_um"] = self.spot_sigma_px * fused_pixel_um
+                summary += f" ({self.spot_sigma_px * fused_pixel_um:.3g} µm)"
+        return {**described, "summary": summary}
 
     def consistency_error(self, fused: np.ndarray, measured: np.ndarray, scale: int) -> float:
         """:func:`consistency_error` under this model."""
@@ -158,22 +162,33 @@ class Measurement:
             self.A2 = self._a1(W).to(self.device)
             self.S1 = torch.linalg.inv(self.A1 @ self.A1.T)
             self.S2 = torch.linalg.inv(self.A2 @ self.A2.T)
+            self._cast: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
 
     def _a1(self, n: int) -> torch.Tensor:
         return _spot_box_matrix(n, self.f, self.spot)
 
+    def _matrices(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """(A1, A2, S1, S2, A1ᵀ) in ``dtype``, converted once (the solver applies them thousands of times); A1ᵀ
+        contiguous (a transposed view multiplies at half the speed)."""
+        if dtype not in self._cast:
+            self._cast[dtype] = tuple(m.to(dtype).contiguous() for m in (self.A1, self.A2, self.S1, self.S2, self.A1.T))
+        return self._cast[dtype]
+
     def A(self, x: torch.Tensor) -> torch.Tensor:
         if self.spot > 0:
-            return self.A1.to(x.dtype) @ x @ self.A2.to(x.dtype).T
+            A1, A2, *_ = self._matrices(x.dtype)
+            return (A1 @ x) @ A2.T  # the short axis first: (h, H)·(H, W) then (h, W)·(W, w)
         return block_mean_t(x, self.f)
 
     def At(self, r: torch.Tensor) -> torch.Tensor:
         if self.spot > 0:
-            return self.A1.to(r.dtype).T @ r @ self.A2.to(r.dtype)
+            _, A2, _, _, A1T = self._matrices(r.dtype)
+            return A1T @ (r @ A2)  # (h, w)·(w, W) first: half the work of the other order
         return block_spread_t(r, self.f) / self.f**2
 
     def _solve_aat(self, r: torch.Tensor) -> torch.Tensor:
-        return self.S1.to(r.dtype) @ r @ self.S2.to(r.dtype).T
+        _, _, S1, S2, _ = self._matrices(r.dtype)
+        return S1 @ r @ S2.T
 
     def null_project(self, v: torch.Tensor) -> torch.Tensor:
         """Orthogonal projection onto {v : A v = 0}."""
@@ -201,6 +216,19 @@ class Measurement:
             else:
                 out = out + block_spread_t(rest, f)
         return out
+
+    def project_positive(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Non-negative and exact for a non-negative measurement: :func:`positive_rescale` (clip, then scale every
+        f×f block to its measurement), then under a spot the smooth exact :meth:`project`, a small correction
+        where the spot is narrow (it vanishes with σ, so the spot model's output tends to the box model's) that
+        may leave small negatives where a spot reaches a neighbouring block measured at zero.
+
+        Measured on noisy phantoms at ×10 (truth maximum 1), from a fused solution whose plain projection dips to
+        −0.2: least values −2e-5 at σ = 0.25 px and −0.05 at σ = 2 px, and 0.1–0.2 dB nearer the truth;
+        multiplicative iterations towards exactness instead (Richardson–Lucy) lost up to 3 dB as they fit the noise.
+        """
+        out = positive_rescale(x, y, self.f)
+        return self.project(out, y) if self.spot > 0 else out
 
     def _ab(self, n: int, axis: int) -> torch.Tensor:
         """(n, n) low-resolution matrix of A∘B along one axis (B = 1-D linear upsampling)."""
@@ -234,8 +262,8 @@ def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot
 
     The correction is smooth (a bilinearly interpolated low-resolution field solved exactly),
     not block-constant; only the float rounding remainder is added per block. ``positive``
-    (box model, non-negative measurement): clip and rescale blocks multiplicatively instead
-    of leaving small negatives. Works on (K, H, W) stacks too.
+    (non-negative measurement): clip and rescale blocks multiplicatively instead of leaving
+    negatives (:meth:`Measurement.project_positive`). Works on (K, H, W) stacks too.
     """
     x = torch.as_tensor(np.asarray(image, dtype=np.float64))
     y = torch.as_tensor(np.asarray(measured, dtype=np.float64))
@@ -243,8 +271,8 @@ def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot
         raise ValueError(f"image {tuple(x.shape)} is not measured {tuple(y.shape)} × {scale}")
     op = Measurement(tuple(x.shape[-2:]), scale, spot_sigma_px)
     out = op.project(x, y)
-    if positive and spot_sigma_px == 0 and bool((y >= 0).all()):
-        out = positive_rescale(out, y, scale)
+    if positive and bool((y >= 0).all()):
+        out = op.project_positive(out, y)
     return out.numpy().astype(np.float32) if np.asarray(image).dtype != np.float64 else out.numpy()
 
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from msifusion.measurement import block_mean
+from msifusion.measurement import MeasurementModel, block_mean
 
 
 class Tissue(IntEnum):
@@ -135,13 +136,18 @@ class Phantom:
         """The labels this kind of phantom uses, with their names."""
         return {int(t): TISSUES[t] for t in KIND_TISSUES[self.config.kind]}
 
-    def measure(self, scale: int) -> np.ndarray:
-        """The MSI image at ``scale`` × the fine pixel: block mean plus the configured noise.
+    def measure(self, scale: int, spot_sigma_px: float = 0.0) -> np.ndarray:
+        """The MSI image at ``scale`` × the fine pixel: block mean (after a Gaussian laser spot of ``spot_sigma_px``
+        fine pixels, :class:`msifusion.measurement.MeasurementModel`) plus the configured noise.
 
         Deterministic for (seed, scale); clipped at 0 like counts.
         """
         cfg = self.config
-        measured = block_mean(self.truth, scale).astype(np.float64)
+        if spot_sigma_px > 0:
+            op = MeasurementModel(spot_sigma_px).operator(self.truth.shape, scale)
+            measured = op.A(torch.as_tensor(self.truth, dtype=torch.float64)).numpy()
+        else:
+            measured = block_mean(self.truth, scale).astype(np.float64)
         peak = float(self.truth.max())
         if cfg.noise == 0 and cfg.shot == 0:
             return measured.astype(np.float32)

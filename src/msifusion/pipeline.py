@@ -146,30 +146,42 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
 MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
 
 
-def fusion_warnings(pair: RegisteredPair, result: FusionResult) -> list[str]:
-    """One line when the fused image cannot be read as ion intensities, whatever the method.
+SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this share of the ion's peak are warned
+
+
+def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: float = 0.0) -> list[str]:
+    """Warnings when the fused image cannot be read as ion intensities, whatever the method.
 
     That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
     image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
-    :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image).
+    :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
+    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives beside MSI pixels measured
+    near zero: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak.
     """
-    problems = []
-    image = result.image
-    low, high = float(np.min(image)), float(np.max(image))
-    rounding = 1e-6 * float(np.max(np.abs(pair.ion)))
-    if float(np.min(pair.ion)) >= 0 and low < -rounding:
-        problems.append(f"negative values (min {low:.3g}, {int(np.sum(image < 0))} of {image.size} pixels) "
-                        "from a non-negative ion image")
-    elif float(np.max(pair.ion)) <= 0 and high > rounding:
-        problems.append(f"positive values (max {high:.3g}, {int(np.sum(image > 0))} of {image.size} pixels) "
-                        "from an ion image that is ≤ 0 everywhere")
+    image, ion = result.image, pair.ion
+    peak = float(np.max(np.abs(ion)))
+    sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0  # the sign every value should have
+    worst = float(np.min(sign * image)) if sign else 0.0  # the most wrong-signed value, as a negative number
+    floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
+    problems, warnings = [], []
+    if worst < -floor:
+        kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
+        values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
+                  f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
+        if spot_sigma_px > 0:
+            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: undoing the laser spot "
+                            f"(--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured near zero, "
+                            "the more the wider the spot; the image is exact under that model, so clip them for "
+                            "display only")
+        else:
+            problems.append(f"{values} from {'a non-negative ion image' if sign > 0 else 'an ion image that is ≤ 0 everywhere'}")
     if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
                         "(averaged back over each MSI pixel it does not give the measured image)")
-    if not problems:
-        return []
-    return [f"the {result.method} output for {pair.ion_name} is not in the ion's units: {'; '.join(problems)}; "
-            "look at fused.png, or try another --method"]
+    if problems:
+        warnings.append(f"the {result.method} output for {pair.ion_name} is not in the ion's units: "
+                        f"{'; '.join(problems)}; look at fused.png, or try another --method")
+    return warnings
 
 
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
@@ -245,14 +257,15 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
         "method_details": result.fit.details or None,
-        "measurement_model": settings.measurement.describe(result.scale),
+        "measurement_model": settings.measurement.describe(result.scale, pair.fused_pixel_size_um),
         "consistency_error": result.consistency_error,
         "timings_s": {("fuse_share_of_panel" if result.panel_share else "fuse"): result.seconds},
         "notes": pair.notes,
     }
     if extra:
         record.update(extra)
-    record["warnings"] = [*record.get("warnings", []), *pair.warnings, *fusion_warnings(pair, result)]
+    record["warnings"] = [*record.get("warnings", []), *pair.warnings,
+                          *fusion_warnings(pair, result, settings.measurement.spot_sigma_px)]
     return record
 
 

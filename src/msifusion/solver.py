@@ -184,8 +184,8 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
                    tolerance: float, edge: EdgeTerm | None = None, multigrid: bool = True) -> tuple[torch.Tensor, int]:
     """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
 
-    Preconditioner: the :class:`Multigrid` V-cycle for the box model without the edge term,
-    projected Jacobi otherwise (``multigrid=False``: the refinement pass, whose conductances nearly
+    Preconditioner: the :class:`Multigrid` V-cycle without the edge term (under a laser spot, between
+    projections onto the spot's null space), projected Jacobi otherwise (``multigrid=False``: the refinement pass, whose conductances nearly
     cut the grid; on the CPU, for the box model without the edge term, that path runs as the fused
     kernels of :func:`msifusion.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
     :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
@@ -205,8 +205,15 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     x0 = x0.contiguous()
     if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
         return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance)
-    if multigrid and op.spot == 0 and edge is None:
+    if multigrid and edge is None and op.spot == 0:
         precondition = Multigrid(wh, wv, f)
+    elif multigrid and edge is None:
+        # the box model's V-cycle, between projections onto the spot's null space (P M P: symmetric, and positive
+        # definite there, since no block-constant image but 0 has zero spot measurements for σ ≤ f/2)
+        cycle = Multigrid(wh, wv, f)
+
+        def precondition(v: torch.Tensor) -> torch.Tensor:
+            return P(cycle(block_project(v.clone(), f)))
     else:
         dinv = 1.0 / (deg + (20.0 * edge.weight if edge else 0.0))  # diag of L (+ KᵀK: 16 + 4)
 

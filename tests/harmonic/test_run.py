@@ -102,6 +102,19 @@ def test_tiles_stay_exact_under_the_laser_spot_model(cells):
         assert consistency_error(out[k], ions[k], f, spot_sigma_px=1.0) < 1e-6
 
 
+def test_a_narrow_laser_spot_fuses_as_the_box_average_does(cells):
+    # the spot model's output tends to the box model's as σ → 0: the same setting, texture step and non-negativity
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    config = HarmonicConfig(texture=TextureSettings((1.0,)))
+    box_report, spot_report = HarmonicReport(), HarmonicReport()
+    box = fuse_harmonic_many(guide, y, f, config, report=box_report)[0]
+    spot = fuse_harmonic_many(guide, y, f, config, report=spot_report, measurement=MeasurementModel(0.2))[0]
+    assert spot_report.settings == box_report.settings and spot_report.notes[0]["texture"] == 1.0
+    assert np.abs(spot - box).mean() < 1e-4 * box.max() and spot.min() > -1e-5 * box.max()  # within the solver's tolerance
+    assert consistency_error(spot, y[0], f, spot_sigma_px=0.2) < 1e-6
+
+
 def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cells):
     guide, truth, f = cells
     y = (block_mean(truth, f) / truth.max())[None]

@@ -55,7 +55,9 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   unrelated to the ion stays at the bottom (a smooth consistent interpolation).
 - *Non-negativity*: for non-negative measurements, negatives are clipped and every block
   is rescaled multiplicatively to its measurement (DADA's adjustment): empty blocks stay
-  exactly zero.
+  exactly zero. Under a laser spot the rescaled image is then made exact by the smooth
+  projection, a correction that vanishes as the spot narrows (so the spot model's output
+  tends to the box model's) and that may leave shallow negatives next to empty blocks.
 - *The optical's fine texture*: before that rescale the solution may be multiplied by
   ``exp(−β·d)``, d = the optical density minus its 1.5-px Gaussian blur (positive on thin
   dark structures: cell walls, which hold less of a metabolite than the cells they bound).

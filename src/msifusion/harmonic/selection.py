@@ -52,7 +52,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     same test per ion at the basis's cost.
     Then, at the chosen setting, the same walk (without the sign test) over ``config.texture.strengths``
     picks the strength β of the optical-texture step: only where a block spans 5 σ of it and the
-    box model's rescale applies, to ions whose whole measurement is non-negative, ``nonneg`` (K,),
+    non-negativity step applies, to ions whose whole measurement is non-negative, ``nonneg`` (K,),
     and whose walk left the ladder's first setting (an ion that does not follow the optical's
     edges does not get its finer texture either; a one-setting ladder counts as trusted).
     ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
@@ -99,7 +99,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
                 for j, beta in enumerate(betas):
-                    xt = _finish(xp, y2[part], 2 * f, gd.rescales, nonneg[part], torch.tensor(beta, device=device),
+                    xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part], torch.tensor(beta, device=device),
                                  detail)
                     per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
             for j in range(len(betas)):

@@ -14,7 +14,7 @@ import torch
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.texture import _detail_eps, _texture_testable, optical_detail, texture_snr_db
 from msifusion.io.images import torch_ready
-from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t, positive_rescale
+from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t
 from msifusion.solver import EdgeTerm, solve_harmonic
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
@@ -74,19 +74,13 @@ class _Guide:
     texture_snr_db: float | None
     device: torch.device
 
-    @property
-    def rescales(self) -> bool:
-        """Whether non-negative ions get the exact block rescale of :func:`_finish` (box model only: a spot's
-        footprints overlap blocks, so there is no exact block rescale)."""
-        return self.config.positive and self.measurement.box
-
     @classmethod
     def of(cls, guide: np.ndarray, f: int, config: HarmonicConfig, measurement: MeasurementModel,
            device: torch.device) -> "_Guide":
         guide = torch_ready(np.asarray(guide, dtype=np.float32))  # as methods' _checked_guide, for direct callers
         kappas = edge_scales(guide, tuple(sorted({q for q, _ in config.ladder.rungs})))
         eps = _detail_eps(guide)
-        testable = _texture_testable(f, config, measurement)
+        testable = _texture_testable(f, config)
         snr = texture_snr_db(guide, config.texture.sigma_px, eps) if testable else None
         return cls(guide, f, config, measurement, kappas, eps, snr, device)
 
@@ -157,18 +151,16 @@ def _refine_taus(images: torch.Tensor, config: HarmonicConfig) -> torch.Tensor:
     return (config.solver.refine_scale * images.flatten(1).std(1).clamp_min(1e-12))[:, None, None]
 
 
-def _finish(x: torch.Tensor, y: torch.Tensor, f: int, rescale: bool, nonneg: torch.Tensor,
+def _finish(x: torch.Tensor, y: torch.Tensor, op: Measurement, positive: bool, nonneg: torch.Tensor,
             beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
-    """Non-negativity for the ions whose whole measurement is non-negative (``nonneg``, (K,) bool: decided
-    on the whole ion, not on the window or tile in ``y``, so tiles and the coarse test agree with the
-    final image), where ``rescale`` (:attr:`_Guide.rescales`: box model only; under a spot the output may dip below
-    zero).
+    """With ``positive`` (:attr:`HarmonicConfig.positive`), non-negativity for the ions whose whole measurement is
+    non-negative (``nonneg``, (K,) bool: decided on the whole ion, not on the window or tile in ``y``, so tiles and
+    the coarse test agree with the final image): :meth:`Measurement.project_positive` under ``op``.
 
     ``beta`` (K, 1, 1) or a scalar tensor, with ``detail`` (H, W): the optical's fine texture is first carried over
-    multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the block rescale.
+    multiplicatively, ``x · exp(−β · detail)`` (see :func:`optical_detail`), before the rescale.
     """
-    if rescale:
-        if bool(nonneg.any()):
-            textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
-            x = torch.where(nonneg[:, None, None], positive_rescale(textured, y, f), x)
+    if positive and bool(nonneg.any()):
+        textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
+        x = torch.where(nonneg[:, None, None], op.project_positive(textured, y), x)
     return x

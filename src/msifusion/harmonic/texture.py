@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion.harmonic.config import HarmonicConfig
-from msifusion.measurement import MeasurementModel, gauss_taps
+from msifusion.measurement import gauss_taps
 
 
 def _detail_eps(guide: np.ndarray) -> float:
@@ -87,9 +87,8 @@ def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int 
     return 10 * math.log10(max(float(detail.pow(2).mean()), 1e-30) / from_noise)
 
 
-def _texture_testable(f: int, config: HarmonicConfig, model: MeasurementModel) -> bool:
+def _texture_testable(f: int, config: HarmonicConfig) -> bool:
     """Whether β can be chosen at all: there are strengths to try, the coarse-level test resolves the texture
-    (it sees it only through its sums over f×f blocks, so a block must span 5 σ of it), and the box model's
-    exact block rescale applies."""
-    return (len(config.texture.strengths) > 1 and f >= 5 * config.texture.sigma_px and config.positive
-            and model.box)
+    (it sees it only through its sums over f×f blocks, so a block must span 5 σ of it), and the output is made
+    non-negative (the texture is a factor on a non-negative image)."""
+    return len(config.texture.strengths) > 1 and f >= 5 * config.texture.sigma_px and config.positive
