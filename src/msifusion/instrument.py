@@ -149,15 +149,19 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         k = settings.fixed_scale
         p_fixed = settings.fixed_pixel_size or ((px / k) if px else 1.0)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-        check_landmarks(landmarks, fiji_fixed, moving)
+        outside = check_landmarks(landmarks, fiji_fixed, moving)
         ion_grid = fiji_fixed.coarsened(k)
         kind, warnings = landmark_transform_kind(landmarks, settings.transform)
+        warnings += outside
         transform = transform_from_landmarks(landmarks, kind)
         info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
         matched = msi.images[0]
         alternative = None
-        affine, fixed_um = AffineMap.from_landmarks(landmarks), px or settings.fixed_pixel_size
+        # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
+        # MSI has no pixel size, --fixed-pixel-size is taken as µm
+        affine = AffineMap.from_landmarks(landmarks)
+        fixed_unit_um = px / (p_fixed * k) if px else (1.0 if settings.fixed_pixel_size else None)
         missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
@@ -170,7 +174,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
         transform = reg.transform
         area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
-        landmarks = landmarks_from_transform(transform, area)
+        landmarks = landmarks_from_transform(transform, area, moving=moving)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
                 "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
         if settings.deformable:
@@ -199,10 +203,10 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                             f"{_tissue_name(rival['channel'])} both match the optical (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                             f"MSI pixels apart; {remedy}")
-        affine, fixed_um = reg.affine, px
+        affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
-    calibration = _calibration_disagreement(affine, optical, settings, fixed_um)
+    calibration = _calibration_disagreement(affine, optical, settings, fixed_unit_um, px)
     if calibration is not None:
         warnings.append(calibration.warning)
         info["optical_pixel_size_matched_um"] = calibration.matched_um
@@ -261,30 +265,52 @@ class CalibrationDisagreement:
 
 
 def _calibration_disagreement(affine: AffineMap, optical: Image, settings: RegisterSettings,
-                              fixed_pixel_um: float | None) -> CalibrationDisagreement | None:
+                              fixed_unit_um: float | None, msi_pixel_um: float | None) -> CalibrationDisagreement | None:
     """When both images are calibrated in µm yet the registration scales one to the other by more than
     :data:`CALIBRATION_FACTOR`. From an automatic registration: the optical's stated pixel size is wrong (a
     downsampled export that kept the scanner's calibration, say); it matters where the size is used: the pyramid
     level read, the scale bars, and landmarks in µm. From landmarks (``settings.landmarks``): the landmarks may be
     in other units than their images' (placed on a downsampled preview, or in pixels on an image calibrated in
     µm), or made on the wrongly calibrated optical (the landmark file ``register`` writes is in its units); a new
-    optical pixel size would also move them, so no option is suggested."""
+    optical pixel size would also move them, so no option is suggested. Where ``--optical-pixel-size`` overrides the
+    file's calibration and the landmarks fit the file's, they are in the file's units (a ``landmarks.csv`` of a run
+    without the option, fed back with the pixel size its warning suggested): the warning says so. Where the
+    landmarks, read as µm, match pixels of the ion image enlarged ×K (``msi_pixel_um``/K µm each), it names
+    ``--fixed-scale K --fixed-pixel-size 1``. ``fixed_unit_um``: µm per unit of the affine's fixed coordinates (None:
+    uncalibrated)."""
     stated = settings.optical_pixel_size or optical.pixel_size_um
-    if stated is None or fixed_pixel_um is None:
+    if stated is None or fixed_unit_um is None:
         return None
-    scale = affine.scale  # optical µm per MSI µm; 1 when both calibrations are right
+    scale = affine.scale / fixed_unit_um  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
         return None
     matched = stated / scale
     name = optical.path.name if optical.path else "the optical image"
     source = "--optical-pixel-size" if settings.optical_pixel_size else f"the calibration of {name}"
     by = f"by {max(scale, 1 / scale):.1f}×"
+    in_file_units = (settings.optical_pixel_size is not None and optical.pixel_size_um is not None
+                     and 1 / CALIBRATION_FACTOR <= scale * settings.optical_pixel_size / optical.pixel_size_um
+                     <= CALIBRATION_FACTOR)
+    if settings.landmarks is not None and in_file_units:
+        return CalibrationDisagreement(matched, (
+            f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({optical.pixel_size_um:.3g} µm "
+            f"per pixel), not --optical-pixel-size {stated:.3g}: they are in the file's units, as the landmarks.csv "
+            f"and landmarks_rival.csv of a run without --optical-pixel-size are, so the registration is off {by}; "
+            f"rerun without --optical-pixel-size, or with landmarks placed at {stated:.3g} µm per pixel"))
     if settings.landmarks is not None:
+        fixed_scale = ""
+        if msi_pixel_um and settings.fixed_pixel_size is None and settings.fixed_scale == 1:
+            enlarged = msi_pixel_um / scale  # K, were they in pixels of the ion image enlarged ×K (read as µm)
+            if 1 <= round(enlarged) <= 64 and abs(enlarged / round(enlarged) - 1) < 0.1:
+                k = round(enlarged)
+                fixed_scale = (f"; placed in pixels on the ion image enlarged ×{k} in Fiji, they need --fixed-scale {k} "
+                               "--fixed-pixel-size 1" if k > 1 else
+                               "; placed in pixels on the ion image, they need --fixed-pixel-size 1")
         return CalibrationDisagreement(matched, (
             f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, where the "
             f"two calibrations say 1: either they were placed on a downsampled preview or in pixels where an image is "
             f"calibrated in µm (check overlay.png), or {source} ({stated:.3g} µm per pixel) is wrong and its pixels "
-            f"are {matched:.3g} µm (the registration then holds; the scale bars do not)"))
+            f"are {matched:.3g} µm (the registration then holds; the scale bars do not){fixed_scale}"))
     return CalibrationDisagreement(matched, (
         f"{source} ({stated:.3g} µm per pixel) disagrees with the registration {by}: "
         f"its pixels match {matched:.3g} µm of the MSI section; if that is right, give "
@@ -300,7 +326,7 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
         preview = resample_optical(optical.pixels, affine, ion_grid.refined(preview_scale), moving)
     except InputError:
         return None
-    return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area))
+    return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area, moving=moving))
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> list[str]:

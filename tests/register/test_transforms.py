@@ -93,10 +93,39 @@ def test_check_landmarks_catches_pixel_vs_micrometre() -> None:
     moving = Grid((2000, 2400), 1.0)
     ok_fixed = rng.uniform(0, 2500, (5, 2))
     lm_ok = Landmarks(moving=ok_fixed * 0.8, fixed=ok_fixed, names=tuple("abcde"))
-    check_landmarks(lm_ok, fixed, moving)
+    assert check_landmarks(lm_ok, fixed, moving) == []
     lm_px = Landmarks(moving=ok_fixed * 0.8, fixed=ok_fixed * 25.0, names=tuple("abcde"))  # placed in µm×25
     with pytest.raises(InputError, match="pixels while the image is calibrated"):
         check_landmarks(lm_px, fixed, moving)
+
+
+def test_landmarks_just_outside_their_image_are_warned_and_swapped_axes_are_named() -> None:
+    fixed = Grid((40, 100), 25.0)  # x −12.5…2487.5 µm, y −12.5…987.5 µm
+    moving = Grid((800, 2000), 1.25)  # the same section at 1.25 µm, x −0.625…2499.4
+    inside = np.array([[100.0, 100.0], [2300.0, 150.0], [1200.0, 900.0], [300.0, 800.0]])
+    names = ("Pt-0", "Pt-1", "Pt-2", "Pt-3")
+    assert check_landmarks(Landmarks(moving=inside, fixed=inside, names=names), fixed, moving) == []
+    on_border = inside.copy()
+    on_border[1, 0] = 2487.5 + 20.0  # one MSI pixel (25 µm) is tolerated beyond the edge: a click on the border
+    assert check_landmarks(Landmarks(moving=inside, fixed=on_border, names=names), fixed, moving) == []
+    beyond = inside.copy()
+    beyond[2, 1] = 987.5 + 250.0  # 10 MSI pixels below the ion grid
+    (warning,) = check_landmarks(Landmarks(moving=inside, fixed=beyond, names=names, source="lm.csv"), fixed, moving)
+    assert warning.startswith("lm.csv: 1 of 4 fixed (ion) landmarks ('Pt-2' at (1200, 1237.5)) lies outside that image, "
+                              "up to 10 pixels beyond its edge")
+    assert "swapped" not in warning
+    square = Grid((100, 100), 25.0)  # a square optical: swapped points still fit it, so only the ion grid tells
+    swapped = inside[:, ::-1].copy()  # x and y swapped in both sets: the ion grid's y is at most 987.5
+    with pytest.raises(InputError, match="far outside that image .*; are x and y swapped.* swap the x and y columns of "
+                                         "both sets$"):  # the swap alone: no units hint after it
+        check_landmarks(Landmarks(moving=swapped, fixed=swapped, names=names), fixed, square)
+    enlarged = inside * 4  # placed in µm on the ion image enlarged ×4 (as if its pixels were 25 µm still)
+    with pytest.raises(InputError, match="Or were they placed on the ion image enlarged in Fiji.* --fixed-scale$"):
+        check_landmarks(Landmarks(moving=inside, fixed=enlarged, names=names), fixed, moving)
+    slightly = inside * [0.4, 1.0] + [0.0, 150.0]  # one point at y 1050 µm, 2.5 MSI pixels below the ion grid
+    (warning,) = check_landmarks(Landmarks(moving=slightly, fixed=slightly, names=names), fixed, square)
+    assert "1 of 4 fixed (ion) landmarks ('Pt-2' at (480, 1050)) lies outside that image, up to 2.5 pixels" in warning
+    assert "are x and y swapped? With them swapped every landmark lies inside its image" in warning
 
 
 def test_landmarks_from_transform_round_trip() -> None:
@@ -105,6 +134,17 @@ def test_landmarks_from_transform_round_trip() -> None:
     assert len(lm) == 12 and lm.names[0] == "Pt-0"
     np.testing.assert_allclose(lm.moving, true(lm.fixed))
     np.testing.assert_allclose(AffineMap.from_landmarks(lm).matrix, true.matrix, atol=1e-9)
+
+
+def test_landmarks_from_transform_keep_to_the_moving_image() -> None:
+    fixed = Grid((50, 80), 10.0)  # x −5…795
+    shifted = AffineMap(np.array([[1.0, 0.0, 100.0], [0.0, 1.0, 0.0]]))  # the right tenth maps off the moving image
+    loose = landmarks_from_transform(shifted, fixed)
+    assert loose.moving[:, 0].max() == pytest.approx(815.0)  # 10 % in from the edge, moved 100 to the right
+    lm = landmarks_from_transform(shifted, fixed, moving=fixed)
+    assert lm.moving[:, 0].max() == pytest.approx(775.0)  # drawn in to 15 %: every point is on the moving image
+    np.testing.assert_allclose(lm.moving, shifted(lm.fixed))
+    assert check_landmarks(lm, fixed, fixed) == [] and len(check_landmarks(loose, fixed, fixed)) == 1
 
 
 def _micrometre_pair() -> tuple[Landmarks, Grid, Grid]:

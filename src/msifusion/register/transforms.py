@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -177,11 +178,34 @@ def _extent_text(grid: Grid) -> str:
     return f"image spans x {x0:.4g}–{x1:.4g}, y {y0:.4g}–{y1:.4g} in units of {grid.pixel_size:g} per pixel"
 
 
+def _outside(points: np.ndarray, grid: Grid, margin: float = 0.0, pixels: float = 0.0) -> np.ndarray:
+    """Mask of points beyond the image's edges by more than ``margin`` of its width (height) plus ``pixels``."""
+    x0, x1, y0, y1 = grid.extent
+    mx, my = (x1 - x0) * margin + pixels * grid.pixel_size, (y1 - y0) * margin + pixels * grid.pixel_size
+    return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
+
+
 def _far_outside(points: np.ndarray, grid: Grid) -> np.ndarray:
     """Mask of points more than half the image's width (height) beyond its left/right (top/bottom) edge."""
-    x0, x1, y0, y1 = grid.extent
-    mx, my = (x1 - x0) * 0.5, (y1 - y0) * 0.5
-    return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
+    return _outside(points, grid, margin=0.5)
+
+
+EDGE_PIXELS = 1.0  # a landmark clicked on an image's border may sit this many pixels beyond its edge
+
+
+SWAP_HINT = "are x and y swapped? With them swapped every landmark lies inside its image: swap the x and y columns of both sets"
+
+
+def _swapped_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
+    """Whether swapping x and y in both sets puts every landmark inside its image."""
+    return all(not _outside(pts[:, ::-1], grid, pixels=EDGE_PIXELS).any()
+               for pts, grid in ((landmarks.fixed, fixed), (landmarks.moving, moving)))
+
+
+def _named_points(landmarks: Landmarks, points: np.ndarray, bad: np.ndarray) -> str:
+    """Up to three landmarks by name and position, and how many more."""
+    named = ", ".join(f"{landmarks.names[i]!r} at ({points[i, 0]:.6g}, {points[i, 1]:.6g})" for i in bad[:3])
+    return named + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 def _relative_span(points: np.ndarray, grid: Grid) -> float:
@@ -199,8 +223,9 @@ def _in_origin_corner(points: np.ndarray, grid: Grid) -> bool:
                 and (points[:, 1] <= y0 + 2 * SQUEEZED_SPAN * (y1 - y0)).all())
 
 
-def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
-    """Refuse landmarks that cannot belong to their images: almost always pixel-vs-µm confusion or a typo.
+def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str]:
+    """Refuse landmarks that cannot belong to their images (almost always pixel-vs-µm confusion, swapped x and y,
+    or a typo), and warn of those that lie outside their image.
 
     Refused: any landmark more than half an image size outside its image (one such point is
     enough to distort a thin-plate spline everywhere), and sets squeezed into the origin corner of
@@ -208,27 +233,30 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
     the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more, within 3× of that image's
     pixel size): no section shrinks 10× between its two images, but coordinates in pixels on a grid
     in µm (25 µm MSI pixels) do; a small core in the corner of a whole-slide scan does not match its
-    pixel size, and is accepted.
+    pixel size, and is accepted. Returned as warnings: landmarks outside their image by more than
+    ``EDGE_PIXELS`` (no feature is there to match). Both say where swapping x and y would put every
+    landmark inside its image.
     """
     if len(landmarks.fixed) == 0:
-        return
+        return []
     sides = (("fixed (ion)", landmarks.fixed, fixed), ("moving (optical)", landmarks.moving, moving))
     outside = [_far_outside(pts, grid) for _, pts, grid in sides]
     if any(mask.any() for mask in outside):
         k = 0 if outside[0].mean() >= outside[1].mean() else 1
         which, pts, grid = sides[k]
         bad = np.flatnonzero(outside[k])
-        named = ", ".join(f"{landmarks.names[i]!r} at ({pts[i, 0]:.6g}, {pts[i, 1]:.6g})" for i in bad[:3])
         if len(bad) == 1:
-            what = f"{which} landmark {named} lies"
+            what = f"{which} landmark {_named_points(landmarks, pts, bad)} lies"
             hint = "is a coordinate mistyped, or " + UNITS_HINT
         else:
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            what = f"{len(bad)} of {len(pts)} {which} landmarks ({named}{more}) lie"
+            what = f"{len(bad)} of {len(pts)} {which} landmarks ({_named_points(landmarks, pts, bad)}) lie"
             hint = UNITS_HINT
+        x0, x1, y0, y1 = grid.extent
+        if k == 0 and (pts[:, 0] >= x0).all() and (pts[:, 1] >= y0).all():  # beyond the far edges only
+            hint += " Or were they placed on the ion image enlarged in Fiji? Give the enlargement with --fixed-scale"
         raise InputError(landmarks.source,
                          f"{what} far outside that image (more than half its size beyond its edge; {_extent_text(grid)}); "
-                         f"{hint}")
+                         f"{SWAP_HINT if _swapped_fit(landmarks, fixed, moving) else hint}")
     spans = [_relative_span(pts, grid) for _, pts, grid in sides]
     for k in (0, 1):
         small, large = spans[k], spans[1 - k]
@@ -242,23 +270,41 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> None:
                 f"{pts[:, 0].max():.4g}, y {pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; {_extent_text(grid)}) but the "
                 f"{sides[1 - k][0]} ones {100 * large:.0f}% of theirs: the two sets disagree in scale "
                 f"{large / small:.0f}×; {UNITS_HINT}")
+    warnings = []
+    for which, pts, grid in sides:
+        bad = np.flatnonzero(_outside(pts, grid, pixels=EDGE_PIXELS))
+        if len(bad):
+            x0, x1, y0, y1 = grid.extent
+            beyond = np.maximum.reduce([x0 - pts[bad, 0], pts[bad, 0] - x1, y0 - pts[bad, 1], pts[bad, 1] - y1])
+            warnings.append(f"{Path(landmarks.source).name if landmarks.source else 'the landmarks'}: {len(bad)} of "
+                            f"{len(pts)} {which} landmarks ({_named_points(landmarks, pts, bad)}) "
+                            f"{'lies' if len(bad) == 1 else 'lie'} outside that image, up to "
+                            f"{beyond.max() / grid.pixel_size:.3g} pixels beyond its edge ({_extent_text(grid)}), where "
+                            "it shows nothing to match; "
+                            f"{SWAP_HINT if _swapped_fit(landmarks, fixed, moving) else 'check them in BigWarp'}")
+    return warnings
 
 
 
 # ----------------------------------------------------------------------------- landmarks out
 
 
-def landmarks_from_transform(transform: PointMap, fixed: Grid, n: tuple[int, int] = (4, 4), margin: float = 0.1) -> Landmarks:
-    """A ``rows × cols`` lattice of fixed points over the fixed grid with their moving images.
+def landmarks_from_transform(transform: PointMap, fixed: Grid, n: tuple[int, int] = (4, 4), margin: float = 0.1,
+                             moving: Grid | None = None) -> Landmarks:
+    """A ``rows × cols`` lattice of fixed points over the fixed grid, ``margin`` of its size in from each edge, with
+    their moving images.
 
-    Write it with ``io.landmarks.write_bigwarp_csv`` and refine it in Fiji's BigWarp.
+    With ``moving``, the lattice is drawn further in (margins up to 0.3) until every moving point lies within its
+    image (:func:`check_landmarks` warns of those that do not): points a user can find in both images. Write it with
+    ``io.landmarks.write_bigwarp_csv`` and refine it in Fiji's BigWarp.
     """
     x0, x1, y0, y1 = fixed.extent
-    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
-    ys = np.linspace(y0 + my, y1 - my, n[0])
-    xs = np.linspace(x0 + mx, x1 - mx, n[1])
-    gx, gy = np.meshgrid(xs, ys)
-    fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
-    moving_pts = np.asarray(transform(fixed_pts), dtype=np.float64)
+    for inset in (margin, *(m for m in (0.15, 0.2, 0.25, 0.3) if moving is not None and m > margin)):
+        mx, my = (x1 - x0) * inset, (y1 - y0) * inset
+        gx, gy = np.meshgrid(np.linspace(x0 + mx, x1 - mx, n[1]), np.linspace(y0 + my, y1 - my, n[0]))
+        fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
+        moving_pts = np.asarray(transform(fixed_pts), dtype=np.float64)
+        if moving is None or not _outside(moving_pts, moving, pixels=EDGE_PIXELS).any():
+            break
     names = tuple(f"Pt-{i}" for i in range(len(fixed_pts)))
     return Landmarks(moving=moving_pts, fixed=fixed_pts, names=names)
