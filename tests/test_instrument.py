@@ -506,7 +506,7 @@ def test_a_too_wide_spot_is_refused_before_registration(tmp_path, files, capsys)
     tiny = _tiny_imzml(tmp_path / "tiny.imzML")  # registering it would fail: the spot is refused first
     assert main(["fuse", "--imzml", str(tiny), "--mz", "100", "--optical", str(opt), "--scale", "4",
                  "--spot-sigma", "3", "--out", str(tmp_path / "out"), "--quiet"]) == 2
-    assert capsys.readouterr().err.startswith("msifusion: error: --spot-sigma: a laser spot of σ 3 optical pixels is "
+    assert capsys.readouterr().err.startswith("msifusion: error: --spot-sigma: a laser spot of σ 3 fused-grid pixels is "
                                               "wider than half an MSI pixel (2 px at ×4)")
 
 

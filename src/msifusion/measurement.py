@@ -54,10 +54,10 @@ class MeasurementModel:
         from msifusion.errors import InputError
 
         if self.spot_sigma_px > scale / 2:
-            raise InputError("--spot-sigma", f"a laser spot of σ {self.spot_sigma_px:g} optical pixels is wider than "
-                                             f"half an MSI pixel ({scale / 2:g} px at ×{scale}): undoing it exactly "
-                                             "would amplify the noise more than 14-fold; σ is in optical pixels of "
-                                             "the fused grid, not µm")
+            raise InputError("--spot-sigma", f"a laser spot of σ {self.spot_sigma_px:g} fused-grid pixels is wider "
+                                             f"than half an MSI pixel ({scale / 2:g} px at ×{scale}): undoing it "
+                                             "exactly would amplify the noise more than 14-fold; σ is in pixels of "
+                                             "the fused grid (an MSI pixel / the scale), not µm")
 
     def describe(self, scale: int, fused_pixel_um: float | None = None) -> dict:
         """The model at one scale, for run.json; with the fused grid's pixel size, the spot's σ in µm too."""
