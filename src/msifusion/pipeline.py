@@ -160,7 +160,8 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: f
     """
     image, ion = result.image, pair.ion
     peak = float(np.max(np.abs(ion)))
-    sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0  # the sign every value should have
+    # the sign every value should have (0: a signed ion, with none)
+    sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0
     worst = float(np.min(sign * image)) if sign else 0.0  # the most wrong-signed value, as a negative number
     floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
     problems, warnings = [], []
@@ -174,7 +175,8 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: f
                             "the more the wider the spot; the image is exact under that model, so clip them for "
                             "display only")
         else:
-            problems.append(f"{values} from {'a non-negative ion image' if sign > 0 else 'an ion image that is ≤ 0 everywhere'}")
+            source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
+            problems.append(f"{values} from {source}")
     if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
                         "(averaged back over each MSI pixel it does not give the measured image)")

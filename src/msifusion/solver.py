@@ -185,8 +185,8 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
 
     Preconditioner: the :class:`Multigrid` V-cycle without the edge term (under a laser spot, between
-    projections onto the spot's null space), projected Jacobi otherwise (``multigrid=False``: the refinement pass, whose conductances nearly
-    cut the grid; on the CPU, for the box model without the edge term, that path runs as the fused
+    projections onto the spot's null space), projected Jacobi otherwise (``multigrid=False``: the
+    refinement pass, whose conductances nearly cut the grid; on the CPU, for the box model without the edge term, that path runs as the fused
     kernels of :func:`msifusion.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
     :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
     image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
@@ -205,7 +205,7 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     x0 = x0.contiguous()
     if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
         return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance)
-    if multigrid and edge is None and op.spot == 0:
+    if multigrid and op.spot == 0 and edge is None:
         precondition = Multigrid(wh, wv, f)
     elif multigrid and edge is None:
         # the box model's V-cycle, between projections onto the spot's null space (P M P: symmetric, and positive

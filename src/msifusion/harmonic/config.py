@@ -151,8 +151,8 @@ class PanelSettings:
 class HarmonicConfig:
     """Defaults of the guided harmonic method (one set for every case), grouped by what they decide.
 
-    ``positive``: the non-negativity step for non-negative measurements (exactly non-negative under the box model; under a
-    spot, nearly: :meth:`msifusion.measurement.Measurement.project_positive`). ``edge_weight``:
+    ``positive``: the non-negativity step for non-negative measurements (exactly non-negative under the box model;
+    under a spot, nearly: :meth:`msifusion.measurement.Measurement.project_positive`). ``edge_weight``:
     optional weight of the paper's edge perceptual term ``‖K x − K lum(g)‖²`` (K: the Laplacian of
     :mod:`msifusion.losses`) added to the energy; 0 by default (measured: it does not help against truth). What an MSI
     pixel measures is not a setting of the method but of the data: :class:`msifusion.measurement.MeasurementModel`.

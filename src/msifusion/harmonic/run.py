@@ -134,7 +134,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                     x, _ = _solve_setting(pb, *config.ladder.rungs[setting])
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
-                x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)[:, inner[0], inner[1]]  # exact
+                x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)  # exact
+                x = x[:, inner[0], inner[1]]
                 out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
     if not gd.measurement.box and len(tiles) > 1:

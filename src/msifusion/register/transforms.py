@@ -193,7 +193,8 @@ def _far_outside(points: np.ndarray, grid: Grid) -> np.ndarray:
 EDGE_PIXELS = 1.0  # a landmark clicked on an image's border may sit this many pixels beyond its edge
 
 
-SWAP_HINT = "are x and y swapped? With them swapped every landmark lies inside its image: swap the x and y columns of both sets"
+SWAP_HINT = ("are x and y swapped? With them swapped every landmark lies inside its image: swap the x and y columns of "
+             "both sets")
 
 
 def _swapped_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
