@@ -60,8 +60,7 @@ def outside_share(transform: PointMap, fixed: Grid, moving: Grid, where: np.ndar
     step = max(1, math.ceil(math.sqrt(H * W / max_points)))
     rows, cols = np.arange(0, H, step), np.arange(0, W, step)
     at = _evaluate(transform, fixed, moving, rows, cols)
-    h, w = moving.shape
-    out = ~((at[..., 0] >= -0.5) & (at[..., 0] <= w - 0.5) & (at[..., 1] >= -0.5) & (at[..., 1] <= h - 0.5))
+    out = moving.outside(moving.to_coords(at.reshape(-1, 2))).reshape(at.shape[:2])
     if where is not None:
         mask = np.asarray(where, dtype=bool)[np.ix_(rows, cols)]
         return float(out[mask].mean()) if mask.any() else float(out.mean())

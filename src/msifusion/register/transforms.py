@@ -63,6 +63,14 @@ class Grid:
         p = self.pixel_size
         return (x0 - p / 2, x0 + (w - 0.5) * p, y0 - p / 2, y0 + (h - 0.5) * p)
 
+    def outside(self, points: np.ndarray, margin: float = 0.0, pixels: float = 0.0) -> np.ndarray:
+        """Mask of calibrated (x, y) points beyond the pixel area (:attr:`extent`) by more than ``margin`` of its
+        width (height) plus ``pixels`` pixels."""
+        x0, x1, y0, y1 = self.extent
+        mx = (x1 - x0) * margin + pixels * self.pixel_size
+        my = (y1 - y0) * margin + pixels * self.pixel_size
+        return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
+
 
 # ----------------------------------------------------------------------------- transforms
 
@@ -178,18 +186,6 @@ def _extent_text(grid: Grid) -> str:
     return f"image spans x {x0:.4g}–{x1:.4g}, y {y0:.4g}–{y1:.4g} in units of {grid.pixel_size:g} per pixel"
 
 
-def _outside(points: np.ndarray, grid: Grid, margin: float = 0.0, pixels: float = 0.0) -> np.ndarray:
-    """Mask of points beyond the image's edges by more than ``margin`` of its width (height) plus ``pixels``."""
-    x0, x1, y0, y1 = grid.extent
-    mx, my = (x1 - x0) * margin + pixels * grid.pixel_size, (y1 - y0) * margin + pixels * grid.pixel_size
-    return (points[:, 0] < x0 - mx) | (points[:, 0] > x1 + mx) | (points[:, 1] < y0 - my) | (points[:, 1] > y1 + my)
-
-
-def _far_outside(points: np.ndarray, grid: Grid) -> np.ndarray:
-    """Mask of points more than half the image's width (height) beyond its left/right (top/bottom) edge."""
-    return _outside(points, grid, margin=0.5)
-
-
 EDGE_PIXELS = 1.0  # a landmark clicked on an image's border may sit this many pixels beyond its edge
 
 
@@ -199,7 +195,7 @@ SWAP_HINT = ("are x and y swapped? With them swapped every landmark lies inside 
 
 def _swapped_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
     """Whether swapping x and y in both sets puts every landmark inside its image."""
-    return all(not _outside(pts[:, ::-1], grid, pixels=EDGE_PIXELS).any()
+    return all(not grid.outside(pts[:, ::-1], pixels=EDGE_PIXELS).any()
                for pts, grid in ((landmarks.fixed, fixed), (landmarks.moving, moving)))
 
 
@@ -241,7 +237,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
     if len(landmarks.fixed) == 0:
         return []
     sides = (("fixed (ion)", landmarks.fixed, fixed), ("moving (optical)", landmarks.moving, moving))
-    outside = [_far_outside(pts, grid) for _, pts, grid in sides]
+    outside = [grid.outside(pts, margin=0.5) for _, pts, grid in sides]  # half an image beyond its edge
     if any(mask.any() for mask in outside):
         k = 0 if outside[0].mean() >= outside[1].mean() else 1
         which, pts, grid = sides[k]
@@ -273,7 +269,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
                 f"{large / small:.0f}×; {UNITS_HINT}")
     warnings = []
     for which, pts, grid in sides:
-        bad = np.flatnonzero(_outside(pts, grid, pixels=EDGE_PIXELS))
+        bad = np.flatnonzero(grid.outside(pts, pixels=EDGE_PIXELS))
         if len(bad):
             x0, x1, y0, y1 = grid.extent
             beyond = np.maximum.reduce([x0 - pts[bad, 0], pts[bad, 0] - x1, y0 - pts[bad, 1], pts[bad, 1] - y1])
@@ -305,7 +301,7 @@ def landmarks_from_transform(transform: PointMap, fixed: Grid, n: tuple[int, int
         gx, gy = np.meshgrid(np.linspace(x0 + mx, x1 - mx, n[1]), np.linspace(y0 + my, y1 - my, n[0]))
         fixed_pts = np.column_stack([gx.ravel(), gy.ravel()])
         moving_pts = np.asarray(transform(fixed_pts), dtype=np.float64)
-        if moving is None or not _outside(moving_pts, moving, pixels=EDGE_PIXELS).any():
+        if moving is None or not moving.outside(moving_pts, pixels=EDGE_PIXELS).any():
             break
     names = tuple(f"Pt-{i}" for i in range(len(fixed_pts)))
     return Landmarks(moving=moving_pts, fixed=fixed_pts, names=names)
