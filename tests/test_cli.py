@@ -270,6 +270,13 @@ def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, ext
     assert not out.exists()
 
 
+def test_stating_the_default_box_model_is_not_an_ignored_option(tmp_path, files):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _fuse(opt, ion_path, out, "--method", "bilinear-bp", "--spot-sigma", "0") == 0
+    assert json.loads((out / "run.json").read_text())["measurement_model"]["spot_sigma_px"] == 0
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--mz", "100"], "--mz"),
     (["--tol", "5ppm"], "--tol"),

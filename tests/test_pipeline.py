@@ -73,6 +73,20 @@ def test_an_optical_with_fewer_pixels_than_the_ion_is_taken_for_swapped_inputs()
         _pair((9, 400), None, 20.0, scale=8)
 
 
+def test_an_optical_turned_by_90_degrees_is_named_as_such():
+    import pytest
+
+    from msifusion.errors import InputError
+
+    turned = "it has the ion's aspect ratio with rows and columns swapped: turn it by 90° or transpose it first"
+    for scale in (None, 8):  # ion 10×12: the registered optical at ×8 is 80×96, turned it is 96×80
+        with pytest.raises(InputError, match=turned):
+            _pair((96, 80), None, 20.0, scale=scale)
+    with pytest.raises(InputError) as caught:  # merely another shape: no such hint
+        _pair((96, 100), None, 20.0)
+    assert "swapped" not in str(caught.value)
+
+
 def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
     """A run that stops before its first checkpoint leaves no empty checkpoints/ folder."""
     from msifusion.pipeline import checkpoint_writer
@@ -108,3 +122,22 @@ def test_negatives_under_a_laser_spot_are_explained_by_it():
     (mirrored,) = warnings(0.1, 1.5, sign=-1.0)  # an ion ≤ 0 everywhere: its wrong sign is positive
     assert mirrored.startswith("the guided-harmonic output for ion has positive values (max 0.1, 2.50% of the ion's peak")
     assert warnings(0.01, 1.5) == [] and len(warnings(0.01, 0.0)) == 1  # under a spot, dips under 1 % of the peak pass
+
+
+def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
+    from msifusion.pipeline import panel_record, spot_dip_note
+
+    def record(name: str, dipped: bool, other: str | None = None) -> dict:
+        warnings = [f"the guided-harmonic output for {name} has negative values (min -{name}): {spot_dip_note(2)}"] \
+            if dipped else []
+        return {"method": "guided-harmonic", "measurement_model": {"spot_sigma_px": 2.0}, "ion_name": name,
+                "warnings": warnings + ([other] if other else [])}
+
+    records = [record("a", True), record("b", False, "b is odd"), record("c", True)]
+    summary = panel_record(records, ["a", "b", "c"], ["shared"])
+    assert summary["warnings"] == ["shared", "b is odd", "the guided-harmonic outputs for 2 of 3 ions (a, c) have "
+                                   "wrong-signed values beyond 1% of their peak (each ion's under \"ions\" in run.json): "
+                                   + spot_dip_note(2)]
+    assert summary["ions"]["c"]["warnings"] == records[2]["warnings"]  # each ion keeps its own numbers
+    lone = panel_record(records[:2], ["a", "b"], [])  # a single ion's warning stays as it is
+    assert lone["warnings"] == [*records[0]["warnings"], "b is odd"]

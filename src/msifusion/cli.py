@@ -83,7 +83,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
-        m.add_argument("--spot-sigma", type=_weight, default=None, metavar="PX",
+        m.add_argument("--spot-sigma", type=_weight, default=0.0, metavar="PX",
                        help="Gaussian laser spot σ in pixels of the fused grid (an MSI pixel / the scale; a spot "
                             "of s µm is s × scale / MSI pixel µm), blurred before each MSI pixel's box average "
                             "(default 0: the pure box average)"),
@@ -137,8 +137,9 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def _given(args: argparse.Namespace, actions: list[argparse.Action]) -> list[str]:
-    """The options among ``actions`` that were given (a value other than None/False)."""
-    return [a.option_strings[0] for a in actions if (value := getattr(args, a.dest)) is not None and value is not False]
+    """The options among ``actions`` given with a value other than their default (so ``--spot-sigma 0``, the default
+    box model, is not an option another method would ignore)."""
+    return [a.option_strings[0] for a in actions if getattr(args, a.dest) != a.default]
 
 
 _FIT_FIELD = {"epochs": "max_epochs"}  # training options whose FitConfig field has another name
@@ -182,7 +183,7 @@ def _settings(args: argparse.Namespace):
 
     harmonic = HarmonicConfig(texture=TextureSettings(strengths=(0.0,)) if args.no_texture else TextureSettings())
     return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
-                        measurement=MeasurementModel(args.spot_sigma or 0.0),
+                        measurement=MeasurementModel(args.spot_sigma),
                         method=args.method or DEFAULT_METHOD)
 
 

@@ -73,6 +73,16 @@ class RegisteredPair:
 ASPECT_TOLERANCE = 0.02  # how far --scale may stretch an optical's aspect ratio onto the ion's
 
 
+def _turned_hint(optical_shape: tuple[int, int], ion_shape: tuple[int, int]) -> str:
+    """A hint, or '', for an optical whose aspect ratio is the ion's with rows and columns swapped (a microscope image
+    saved turned by 90°, or transposed), where it is not the ion's as it stands."""
+    (H, W), (h, w) = optical_shape, ion_shape
+    as_is, swapped = abs(H * w / (W * h) - 1), abs(W * w / (H * h) - 1)
+    if swapped <= ASPECT_TOLERANCE < as_is:
+        return "it has the ion's aspect ratio with rows and columns swapped: turn it by 90° or transpose it first"
+    return ""
+
+
 def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_size_um: float | None = None) -> RegisteredPair:
     """Check that the optical is registered to the ion grid, resizing it to ``scale`` when asked.
 
@@ -92,7 +102,9 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
         try:
             scale = infer_scale((H, W), (h, w))
         except ValueError as exc:
-            raise InputError(src, f"{exc}; register it to the ion grid, or pass --scale N to resize it") from None
+            turned = _turned_hint((H, W), (h, w))
+            raise InputError(src, f"{exc}; {turned + '; else ' if turned else ''}register it to the ion grid, or pass "
+                                  "--scale N to resize it") from None
         if scale < 2:
             raise InputError(src, f"optical {H}×{W} has the ion image's shape; it must be the ion shape × an integer "
                              f"≥ 2 (e.g. {2 * h}×{2 * w}): the microscope image registered to the ion grid at the "
@@ -104,8 +116,8 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             off = abs(H * w / (W * h) - 1)
             if off > ASPECT_TOLERANCE:
                 raise InputError(src, f"optical {H}×{W} does not have the aspect ratio of ion {h}×{w} "
-                                 f"({off:.1%} off; resizing would stretch it): it is not "
-                                 "registered to the ion grid (use `msifusion register`)")
+                                 f"({off:.1%} off; resizing would stretch it): " + (_turned_hint((H, W), (h, w)) or
+                                 "it is not registered to the ion grid (use `msifusion register`)"))
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     coarse = coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")
@@ -149,6 +161,12 @@ MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the i
 SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this share of the ion's peak are warned
 
 
+def spot_dip_note(spot_sigma_px: float) -> str:
+    """Why an exact output under a laser spot has wrong-signed values, and what to do about them."""
+    return (f"undoing the laser spot (--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured near "
+            "zero, the more the wider the spot; the image is exact under that model, so clip them for display only")
+
+
 def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: float = 0.0) -> list[str]:
     """Warnings when the fused image cannot be read as ion intensities, whatever the method.
 
@@ -170,10 +188,7 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: f
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
                   f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
         if spot_sigma_px > 0:
-            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: undoing the laser spot "
-                            f"(--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured near zero, "
-                            "the more the wider the spot; the image is exact under that model, so clip them for "
-                            "display only")
+            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: {spot_dip_note(spot_sigma_px)}")
         else:
             source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
             problems.append(f"{values} from {source}")
@@ -281,7 +296,16 @@ def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings:
     fusion, labelled so by :func:`run_record`); the panel's own timings are the caller's to add."""
     summary = {k: v for k, v in records[0].items() if k not in PER_ION_KEYS}
     summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
-    summary["warnings"] = list(dict.fromkeys([*shared_warnings, *(w for r in records for w in r["warnings"])]))
+    per_ion = [w for r in records for w in r["warnings"]]
+    spot = summary.get("measurement_model", {}).get("spot_sigma_px", 0)
+    dipped = [n for n, r in zip(names, records) if spot and any(w.endswith(spot_dip_note(spot)) for w in r["warnings"])]
+    if len(dipped) > 1:  # one line for the panel, not one per ion; each ion's own stays under "ions"
+        listed = ", ".join(dipped[:5]) + (", …" if len(dipped) > 5 else "")
+        per_ion = [w for w in per_ion if not w.endswith(spot_dip_note(spot))]
+        per_ion.append(f"the {summary['method']} outputs for {len(dipped)} of {len(records)} ions ({listed}) have "
+                       f"wrong-signed values beyond {SPOT_DIP_WARNING:.0%} of their peak (each ion's under \"ions\" "
+                       f"in run.json): {spot_dip_note(spot)}")
+    summary["warnings"] = list(dict.fromkeys([*shared_warnings, *per_ion]))
     return summary
 
 
