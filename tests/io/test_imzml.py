@@ -37,10 +37,12 @@ def _pixels() -> list[tuple[int, int]]:
     return [(r, c) for r in range(H) for c in range(W) if (r, c) not in MISSING]
 
 
-def _add_pixel_size(path: Path, size_um: float) -> None:
+def _add_pixel_size(path: Path, size: float, unit: tuple[str, str] | None = None) -> None:
+    """Pixel size cvParams in the scan settings; ``unit``: (unitName, unitAccession), none stated by default."""
     text = path.read_text(encoding="iso-8859-1")
-    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{size_um}"/>'
-             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{size_um}"/>')
+    stated = f' unitCvRef="UO" unitAccession="{unit[1]}" unitName="{unit[0]}"' if unit else ""
+    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{size}"{stated}/>'
+             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{size}"{stated}/>')
     text = text.replace("</scanSettings>", extra + "</scanSettings>", 1)
     path.write_text(text, encoding="iso-8859-1")
 
@@ -576,3 +578,48 @@ def test_peaks_of_a_file_whose_stated_range_is_narrower_than_its_data(processed)
     g = ImzML(path)
     assert g.mz_range[0] == pytest.approx(150.0, abs=1e-3)  # the stated range, now narrower than the data
     assert all(g.mz_range[0] <= mz <= g.mz_range[1] for mz, _ in g.strongest_peaks(5))
+
+
+@pytest.mark.parametrize("size, unit, expected_um", [
+    (20.0, ("micrometer", "UO:0000017"), 20.0),
+    (20000.0, ("nanometer", "UO:0000018"), 20.0),
+    (0.02, ("millimeter", "UO:0000016"), 20.0),
+    (7.0, ("pixel", "UO:0000999"), None),  # a unit that is no length: the size is not used
+])
+def test_the_pixel_size_is_read_in_its_stated_unit(continuous, size, unit, expected_um):
+    path, _ = continuous
+    text = path.read_text(encoding="iso-8859-1")
+    path.write_text(re.sub(r'<cvParam cvRef="IMS" accession="IMS:100004[67]"[^>]*/>', "", text), encoding="iso-8859-1")
+    _add_pixel_size(path, size, unit)
+    with ImzML(path) as f:
+        assert f.pixel_size_um == pytest.approx(expected_um) if expected_um else f.pixel_size_um is None
+
+
+def _grid_imzml(path: Path, mode: str, first_xy: tuple[int, int] = (1, 1), nan_at: int | None = None) -> Path:
+    """3 rows × 4 columns of centroided spectra (peaks 400 and 450) from the file coordinates ``first_xy``; with
+    ``nan_at``, that spectrum's 400 peak is NaN."""
+    with ImzMLWriter(str(path), mode=mode, mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for i in range(12):
+            r, c = divmod(i, 4)
+            it = np.array([np.nan if i == nan_at else 10.0 + i, 5.0], np.float32)
+            w.addSpectrum(np.array([400.0, 450.0]), it, (first_xy[0] + c, first_xy[1] + r))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["processed", "continuous"])
+def test_a_nan_intensity_in_the_file_is_refused_naming_its_pixel(tmp_path: Path, mode: str) -> None:
+    f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, nan_at=6))
+    message = r"spectrum 6 \(pixel x=3, y=2\) holds NaN or infinite intensities: the file is damaged"
+    for read in (lambda: f.ion_images([450.0], "5ppm"), f.tic, lambda: f.strongest_peaks(2)):
+        with pytest.raises(InputError, match=message) as caught:
+            read()  # 450's own window is clean, but a processed file's running sum would carry the NaN into it
+        assert caught.value.source == str(f.layout.ibd)
+
+
+@pytest.mark.parametrize("mode", ["processed", "continuous"])
+def test_an_acquisition_region_away_from_the_origin_is_not_padded(tmp_path: Path, mode: str) -> None:
+    f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, first_xy=(101, 51)))
+    image = f.ion_images([400.0], "5ppm").images[0]
+    assert f.shape == (3, 4) and f.summary()["first_pixel_xy"] == (101, 51)
+    np.testing.assert_array_equal(image, 10.0 + np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert f.layout.file_xy(5) == (102, 52)

@@ -184,7 +184,7 @@ class _Layout:
 
     imzml: Path
     ibd: Path
-    coords: np.ndarray  # (n, 2) 0-based (x, y)
+    coords: np.ndarray  # (n, 2) 0-based (x, y) in the image
     shape: tuple[int, int]  # (H, W)
     mz_offsets: np.ndarray
     mz_lengths: np.ndarray
@@ -197,6 +197,11 @@ class _Layout:
     pixel_size_xy_um: tuple[float, float] | None
     declared_mz_range: tuple[float, float] | None = None  # from "lowest/highest observed m/z"
     metadata: dict = field(default_factory=dict)
+    origin_xy: tuple[int, int] = (1, 1)  # the file's (x, y) of the image's first pixel: where its spectra begin
+
+    def file_xy(self, spectrum: int) -> tuple[int, int]:
+        """The file's own (x, y) coordinates of a spectrum."""
+        return int(self.coords[spectrum, 0]) + self.origin_xy[0], int(self.coords[spectrum, 1]) + self.origin_xy[1]
 
 
 # ----------------------------------------------------------------------------- the file
@@ -269,6 +274,7 @@ class ImzML:
             "shape_hw": lay.shape,
             "pixel_size_um": self.pixel_size_um,
             "pixel_size_xy_um": lay.pixel_size_xy_um,
+            "first_pixel_xy": lay.origin_xy,
             "mode": "continuous" if lay.continuous else "processed",
             "spectrum_type": {True: "centroid", False: "profile", None: "unknown"}[lay.centroid],
             "n_spectra": self.n_spectra,
@@ -324,14 +330,26 @@ class ImzML:
                 chunk = np.asarray(block[sl])
             else:
                 chunk = np.stack([self._array(o, n_ch, lay.int_dtype) for o in lay.int_offsets[sl]])
+            if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
+                self._refuse_non_finite(sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1))))
             yield sl, chunk
+
+    def _refuse_non_finite(self, spectrum: int) -> None:
+        """Refuse the file at the first spectrum holding a NaN or infinite intensity: summed into a window, it would
+        spoil every ion image whose window holds it (and, in a processed file, every window above it)."""
+        x, y = self.layout.file_xy(spectrum)
+        raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite "
+                                          "intensities: the file is damaged or was exported with missing values; "
+                                          "export it again")
 
     def _spectra(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (sorted m/z float64, matching intensities float64) per spectrum (processed mode)."""
         lay = self.layout
-        for mo, ml, io, il in zip(lay.mz_offsets, lay.mz_lengths, lay.int_offsets, lay.int_lengths):
+        for i, (mo, ml, io, il) in enumerate(zip(lay.mz_offsets, lay.mz_lengths, lay.int_offsets, lay.int_lengths)):
             mz = self._array(mo, ml, lay.mz_dtype).astype(np.float64)
             it = self._array(io, il, lay.int_dtype).astype(np.float64)
+            if not np.isfinite(it).all():
+                self._refuse_non_finite(i)
             if mz.size > 1 and np.any(mz[1:] < mz[:-1]):
                 order = np.argsort(mz, kind="stable")
                 mz, it = mz[order], it[order]
@@ -713,17 +731,24 @@ def _param_names(group) -> set[str]:
     return {str(p[0]) for p in group.cv_params} | {str(p[3]) for p in group.cv_params}
 
 
+_LENGTH_UNITS_UM = {None: 1.0, "": 1.0, "micrometer": 1.0, "UO:0000017": 1.0, "nanometer": 1e-3, "UO:0000018": 1e-3,
+                    "millimeter": 1e3, "UO:0000016": 1e3}  # by unit name or accession; none stated: imzML's µm
+
+
 def _pixel_size(parser) -> tuple[float, float] | None:
-    """(x, y) pixel size in µm from the scan settings (imzML's unit for IMS:1000046/47 is µm)."""
+    """(x, y) pixel size in µm from the scan settings (imzML's unit for IMS:1000046/47 is µm; a value stated in nm
+    or mm is converted, one in any other unit is not used)."""
     found: dict[str, float] = {}
     for settings in (parser.metadata.scan_settings or {}).values():
-        for name, accession, value, _raw, unit, *_ in settings.cv_params:
-            axis = {"IMS:1000046": "x", "IMS:1000047": "y"}.get(accession)
-            if axis is None or value is None:
+        # pyimzML's tuples: (name, accession, value, name as written, value as written, unit name, unit accession)
+        for param in settings.cv_params:
+            axis = {"IMS:1000046": "x", "IMS:1000047": "y"}.get(param[1])
+            unit_name, unit_accession = (tuple(param[5:7]) + (None, None))[:2]
+            factor = _LENGTH_UNITS_UM.get(unit_name if unit_name else unit_accession)
+            if axis is None or param[2] is None or factor is None:
                 continue
-            factor = {None: 1.0, "micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3}.get(unit)
             try:
-                size = float(value) * (factor if factor is not None else 1.0)
+                size = float(param[2]) * factor
             except (TypeError, ValueError):
                 continue
             if size > 0:
@@ -774,16 +799,20 @@ def _parse(path: Path) -> _Layout:
     if coords[:, :2].min() < 0:
         raise InputError(path, "negative pixel coordinates")
     base = 0 if coords[:, :2].min() == 0 else 1
-    xy = coords[:, :2] - base
+    # the image starts where the spectra do: an acquisition region at x = 101… is not 100 empty columns
+    origin = coords[:, :2].min(axis=0)
+    xy = coords[:, :2] - origin
     keys = xy[:, 1] * (xy[:, 0].max() + 1) + xy[:, 0]
     uniq, counts = np.unique(keys, return_counts=True)
     if uniq.size != keys.size:
         k = uniq[np.argmax(counts > 1)]
         dup = np.flatnonzero(keys == k)
-        raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={xy[dup[0], 0] + base}, y={xy[dup[0], 1] + base}")
+        x0, y0 = coords[dup[0], :2]
+        raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={x0}, y={y0}")
     meta = parser.imzmldict
-    h = max(int(xy[:, 1].max()) + 1, int(meta.get("max count of pixels y", 0) or 0))
-    w = max(int(xy[:, 0].max()) + 1, int(meta.get("max count of pixels x", 0) or 0))
+    # "max count of pixels" counts from the file's first coordinate: trailing rows or columns without spectra
+    h = max(int(xy[:, 1].max()) + 1, int(meta.get("max count of pixels y", 0) or 0) - int(origin[1] - base))
+    w = max(int(xy[:, 0].max()) + 1, int(meta.get("max count of pixels x", 0) or 0) - int(origin[0] - base))
 
     mz_off = np.asarray(parser.mzOffsets, dtype=np.int64)
     mz_len = np.asarray(parser.mzLengths, dtype=np.int64)
@@ -811,6 +840,7 @@ def _parse(path: Path) -> _Layout:
         pixel_size_xy_um=_pixel_size(parser),
         declared_mz_range=_declared_range(parser),
         metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
+        origin_xy=(int(origin[0]), int(origin[1])),
     )
 
 
