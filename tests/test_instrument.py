@@ -169,6 +169,22 @@ def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):
     assert capsys.readouterr().out.splitlines() == [str(out / name) for name in outputs]
 
 
+def test_ions_take_their_mz_from_a_file_beside_numbers(tmp_path, files, capsys):
+    imzml, _, _, truth = files
+    listed = tmp_path / "peaks.tsv"
+    listed.write_text("# sample.imzML\nm/z\tmean_intensity\n200.0000\t3.0\n")
+    assert main(["ions", str(imzml), "--mz", "100", str(listed), "--out", str(tmp_path / "ions"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "ions" / "run.json").read_text())["mzs"] == [100.0, 200.0]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ions" / "mz_200.0000.tiff"), truth[1])
+    capsys.readouterr()
+    listed.write_text("100\n20O\n")
+    with pytest.raises(SystemExit) as refused:  # a usage error: argparse exits
+        main(["ions", str(imzml), "--mz", str(listed), "--out", str(tmp_path / "bad")])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.startswith(f"msifusion: error: argument --mz: {listed}: line 2: '20O' is not an m/z")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ions_whose_windows_overlap_are_named_on_stderr_and_in_run_json(tmp_path, files, capsys):
     imzml = files[0]
     out = tmp_path / "ions"

@@ -61,14 +61,27 @@ _positive_float = _bounded(float, 0, strict=True)
 _weight = _bounded(float, 0)
 
 
-def _mz(text: str) -> float:
-    """An m/z (> 0). ``--mz`` takes several values, so it swallows an imzML file given after it: say where it goes."""
+def _mz(text: str) -> float | tuple[float, ...]:
+    """An m/z (> 0), or the m/z listed in a text file (:func:`msifusion.io.tables.read_mz_list`; flattened by
+    :func:`_mzs`). ``--mz`` takes several values, so it swallows an imzML file given after it: say where it goes."""
     try:
         return _positive_float(text)
     except argparse.ArgumentTypeError as exc:
         if text.lower().endswith(".imzml"):
             raise argparse.ArgumentTypeError(f"{exc}; give the .imzML file before --mz") from None
-        raise
+        if Path(text).is_file():
+            from msifusion.io.tables import read_mz_list
+
+            try:
+                return tuple(read_mz_list(Path(text)))
+            except InputError as bad:
+                raise argparse.ArgumentTypeError(str(bad)) from None
+        raise argparse.ArgumentTypeError(f"{exc} (or a file listing m/z)") from None
+
+
+def _mzs(args: argparse.Namespace) -> tuple[float, ...]:
+    """``--mz`` as one tuple, files' lists in place."""
+    return tuple(m for given in args.mz or () for m in (given if isinstance(given, tuple) else (given,)))
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -108,7 +121,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
         g.add_argument("--mz", type=_mz, action="extend", nargs="+", required=required, metavar="M",
-                       help="the m/z to extract, one or more (--mz 100 200, or --mz repeated)"),
+                       help="the m/z to extract, one or more (--mz 100 200, or --mz repeated), or a text file listing "
+                            "them (one per line, or a CSV/TSV's first column; a header and # lines are skipped, so "
+                            "`msifusion peaks` output saved to a file works as it is)"),
         g.add_argument("--tol", default=None,
                        help=f"window half-width: 5ppm or 0.01da (default {DEFAULT_TOLERANCE}); sum within"),
         g.add_argument("--normalize", choices=("tic", "rms"), default=None,
@@ -230,22 +245,23 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def _fuse_imzml(args: argparse.Namespace) -> int:
     from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
 
-    if not args.mz:
+    mzs = _mzs(args)
+    if not mzs:
         raise InputError("--mz", "give at least one m/z with --imzml")
-    request = ImzmlFuseRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.optical),
+    request = ImzmlFuseRequest(Path(args.imzml), mzs, args.tol or DEFAULT_TOLERANCE, Path(args.optical),
                                Path(args.out), _register_settings(args), _settings(args), args.normalize,
                                args.overwrite)
     record = fuse_imzml(request)
     _warn(record)
-    _say(args, f"{len(args.mz)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
-    print(Path(args.out) / ("fused.tiff" if len(args.mz) == 1 else "fused.ome.tiff"))
+    _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
+    print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
 
 
 def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.instrument import IonsRequest, extract_ions
 
-    record = extract_ions(IonsRequest(Path(args.imzml), tuple(args.mz), args.tol or DEFAULT_TOLERANCE, Path(args.out),
+    record = extract_ions(IonsRequest(Path(args.imzml), _mzs(args), args.tol or DEFAULT_TOLERANCE, Path(args.out),
                                       args.normalize, args.overwrite, args.quiet))
     _warn(record)
     for name in record["outputs"]:

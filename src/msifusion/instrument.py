@@ -516,7 +516,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with _open_ions(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
-        pixel_xy = f.layout.pixel_size_xy_um
+        pixel_xy, file_summary = f.layout.pixel_size_xy_um, f.summary()
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
@@ -527,7 +527,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
                                                             "export the ions with `msifusion ions` and fuse them "
                                                             "with --ion and --pixel-size UM"))
-        common = {"imzml": str(request.imzml), "optical": str(request.optical), "tolerance": request.tol,
+        common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical), "tolerance": request.tol,
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         if request.normalize:
             common["units"] = f"the ion image's intensity divided by the spectrum's {request.normalize.upper()}"

@@ -292,3 +292,34 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     path.write_text("row,col,v\n2001,1001,1\n2001,1002,2\n" + "".join(f"2100,{x},1\n" for x in range(1001, 1101)))
     with pytest.raises(InputError, match=r"x and y start at \(1001, 2001\), far from the origin"):
         read_ion(path)
+
+
+@pytest.mark.parametrize("text", [
+    "# m/z list\n100\n\n200.5\n",
+    "# sample.imzML: 4×5 px\nm/z\tmean_intensity\n100.0000\t3.1\n200.5000\t1.2\n",  # what `msifusion peaks` prints
+    "mz,name\n100,\"a, b\"\n200.5,c\n",
+    "mz;intensity\n100;1,5\n200.5;2,25\n",  # decimal commas in the other columns do not matter
+])
+def test_an_mz_list_takes_the_first_column_past_a_header(tmp_path, text):
+    from msifusion.io.tables import read_mz_list
+
+    path = tmp_path / "mz.txt"
+    path.write_text(text)
+    assert read_mz_list(path) == [100.0, 200.5]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "lists no m/z"),
+    ("mz\n", "lists no m/z"),
+    ("100\nabc\n", "line 2: 'abc' is not an m/z"),
+    ("100\n-5\n", "line 2: '-5' is not an m/z"),
+    ("100\nnan\n", "line 2: 'nan' is not an m/z"),
+    ("328,9167\n", "line 1: '328,9167' is ambiguous; write m/z with a decimal point"),
+])
+def test_a_malformed_mz_list_is_refused_naming_the_line(tmp_path, text, problem):
+    from msifusion.io.tables import read_mz_list
+
+    path = tmp_path / "mz.txt"
+    path.write_text(text)
+    with pytest.raises(InputError, match=f"^{path}: {problem}"):
+        read_mz_list(path)

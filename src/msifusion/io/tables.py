@@ -307,3 +307,34 @@ def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int
     image = np.zeros((y.max() + 1, x.max() + 1))
     image[y, x] = arr[:, 2]
     return image
+
+
+_DECIMAL_COMMA = re.compile(r"\s*\d+,\d+\s*")
+
+
+def read_mz_list(path: Path) -> list[float]:
+    """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row and ``#`` lines
+    are skipped, so that what ``msifusion peaks`` prints, saved to a file, can be given as it is."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"cannot read the m/z list ({exc})") from None
+    values: list[float] = []
+    header = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if _DECIMAL_COMMA.fullmatch(line):
+            raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal point")
+        delimiter = next((d for d in ("\t", ";", ",") if d in line), None)
+        first = _cell(line.split(delimiter)[0] if delimiter else line.split()[0])
+        value = _to_float(first)
+        if value is None and not values and not header:
+            header = True  # a first row naming the columns
+            continue
+        if value is None or not (math.isfinite(value) and value > 0):
+            raise InputError(path, f"line {number}: {first!r} is not an m/z (a positive number)")
+        values.append(value)
+    if not values:
+        raise InputError(path, "lists no m/z")
+    return values

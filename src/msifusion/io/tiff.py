@@ -142,7 +142,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
+    except (KeyError, IndexError) as exc:  # tifffile's own lookups failing: structures cut short
+        raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
         raise InputError(path, f"cannot read TIFF ({exc})") from None
 
 
