@@ -27,8 +27,8 @@ def test_failure_leaves_nothing(tmp_path):
 def test_existing_folder_needs_overwrite_and_is_kept_on_failure(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text(EARLIER)  # an earlier run's output
     (out / "precious.txt").write_text("keep")
+    (out / "run.json").write_text(EARLIER)  # an earlier run's output, its record written last
     with pytest.raises(InputError, match="--overwrite"):
         with staged_output_dir(out):
             pass
@@ -40,6 +40,25 @@ def test_existing_folder_needs_overwrite_and_is_kept_on_failure(tmp_path):
         (stage / "new.txt").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_overwrite_refuses_files_added_to_an_earlier_output_after_its_run(tmp_path):
+    import os
+
+    out = tmp_path / "run"
+    (out / "mz_1").mkdir(parents=True)
+    (out / "fused.tiff").write_text("output")
+    (out / "run.json").write_text(EARLIER)
+    written = (out / "run.json").stat().st_mtime
+    for name in ("notes.txt", "mz_1/stats.csv"):
+        (out / name).write_text("mine")
+        os.utime(out / name, (written + 5, written + 5))
+    with pytest.raises(InputError, match=r"holds files added or changed since its run \(mz_1/stats.csv, notes.txt\); "
+                                         "--overwrite would delete them: move them out first"):
+        check_output_dir(out, overwrite=True)
+    (out / "notes.txt").unlink()
+    (out / "mz_1" / "stats.csv").unlink()
+    assert check_output_dir(out, overwrite=True) == out
 
 
 def test_empty_existing_folder_is_fine(tmp_path):
@@ -121,8 +140,8 @@ def test_an_empty_folder_is_replaced_without_overwrite(tmp_path):
 def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "run.json").write_text(EARLIER)
     (out / "old.txt").write_text("old")
+    (out / "run.json").write_text(EARLIER)  # a run writes its record last
     real_rename = type(out).rename
 
     def rename(self, target):
@@ -160,8 +179,8 @@ def test_an_output_link_is_followed(tmp_path, target):
     if target != "dangling":
         real.mkdir(parents=True)
     if target == "earlier":
-        (real / "run.json").write_text(EARLIER)
         (real / "old.txt").write_text("old")
+        (real / "run.json").write_text(EARLIER)
     else:
         real.parent.mkdir(exist_ok=True)
     link = tmp_path / "results"

@@ -61,9 +61,22 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
                                   f"{RUN_RECORD} in it), so it is never replaced: name a new folder")
         if not overwrite:
             raise InputError(out, "output folder holds an earlier run; pass --overwrite to replace it")
+        added = added_since_run(out)
+        if added:
+            listed = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+            raise InputError(out, f"output folder holds files added or changed since its run ({listed}); "
+                                  "--overwrite would delete them: move them out first")
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
+
+
+def added_since_run(folder: Path) -> list[str]:
+    """Files in an earlier output ``folder`` (relative paths, sorted) modified after its run record was written: a
+    run writes its record last, so these are the user's (notes, analyses), which replacing the folder would lose."""
+    written = (folder / RUN_RECORD).stat().st_mtime
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and not p.is_symlink() and p.stat().st_mtime > written)
 
 
 def is_earlier_output(folder: Path) -> bool:
