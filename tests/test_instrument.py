@@ -149,8 +149,12 @@ def test_normalised_ions_say_so_in_their_units(tmp_path, files):
     assert main(["fuse", "--imzml", str(imzml), "--mz", "200", "--tol", "5ppm", "--optical", str(opt), "--landmarks",
                  str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "bilinear", "--normalize", "tic",
                  "--quiet"]) == 0
-    assert json.loads((out / "run.json").read_text())["units"] == ("the ion image's intensity divided by the "
-                                                                  "spectrum's TIC")
+    record = json.loads((out / "run.json").read_text())
+    tic = _truth().sum(0)  # every spectrum's total: the three m/z
+    assert record["normalize_scale"] == pytest.approx(float(np.median(tic)))
+    assert record["units"] == ("the summed intensity divided by its spectrum's TIC, times the median TIC over the "
+                               f"pixels ({record['normalize_scale']:.6g})")
+    np.testing.assert_allclose(tifffile.imread(out / "ion.tiff"), _truth()[1] / tic * np.median(tic), rtol=1e-5)
 
 
 def test_ions_command_writes_tiffs_stack_and_overview(tmp_path, files, capsys):

@@ -418,6 +418,7 @@ def extract_ions(request: IonsRequest) -> dict:
         record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
+                  "normalize_scale": stack.normalize_scale, "units": stack.units,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
                   "warnings": warnings,
@@ -530,7 +531,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical), "tolerance": request.tol,
                   "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
         if request.normalize:
-            common["units"] = f"the ion image's intensity divided by the spectrum's {request.normalize.upper()}"
+            common.update(units=stack.units, normalize_scale=stack.normalize_scale)
         records = []
         fused = []
         pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)

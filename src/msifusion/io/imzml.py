@@ -130,6 +130,15 @@ class IonStack:
     window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
+    normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
+
+    @property
+    def units(self) -> str:
+        """The images' intensity units, in words."""
+        if self.normalize is None:
+            return "the spectra's summed intensities in each m/z window"
+        return (f"the summed intensity divided by its spectrum's {self.normalize.upper()}, times the median "
+                f"{self.normalize.upper()} over the pixels ({self.normalize_scale:.6g})")
 
     @property
     def names(self) -> list[str]:
@@ -406,8 +415,9 @@ class ImzML:
         self._check_mzs(mzs, lo, hi, tol)
         profiled = np.array([not _reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
         sums, norm, profiles = self._window_sums(lo, hi, normalize, profiled)
+        scale = None
         if normalize is not None:
-            sums = _normalise(sums, norm)
+            sums, scale = _normalise(sums, norm)
         return IonStack(
             images=self._scatter(sums),
             mzs=tuple(mzs),
@@ -419,6 +429,7 @@ class ImzML:
                                for p in profiles),
             source=self.path,
             mz_range=self.mz_range,
+            normalize_scale=scale,
         )
 
     def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
@@ -709,12 +720,14 @@ def _local_maxima(values: np.ndarray) -> np.ndarray:
     return (values >= left) & (values > right)
 
 
-def _normalise(sums: np.ndarray, norm: np.ndarray) -> np.ndarray:
+def _normalise(sums: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per spectrum, ``sums / norm`` times the median norm (so the values stay near the raw intensities); spectra
+    with norm 0 give 0. Returns the normalised sums and that median."""
     ok = norm > 0
     scale = float(np.median(norm[ok])) if ok.any() else 1.0
     out = np.zeros_like(sums)
     out[ok] = sums[ok] / norm[ok, None] * scale
-    return out
+    return out, scale
 
 
 # ----------------------------------------------------------------------------- parsing
