@@ -334,6 +334,28 @@ def test_several_ions_collect_every_fusion_warning(tmp_path, files, capsys, monk
     assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {w}" for w in [uncalibrated, *warnings]]
 
 
+def test_a_panels_registration_warnings_are_told_before_the_fusion_and_once(tmp_path, files, capsys, monkeypatch):
+    from msifusion.fit import FitResult
+    from msifusion.methods import METHODS, Method
+    from msifusion.measurement import upsample
+
+    said_before_fusion = []
+
+    def spy(problem, options):
+        said_before_fusion.append(capsys.readouterr().err)
+        return FitResult(upsample(problem.ion, problem.scale))
+
+    monkeypatch.setitem(METHODS, "spy", Method("spy", spy, "test"))
+    imzml, opt, lm, _ = files
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "100.005", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "out"), "--method", "spy",
+                 "--quiet"]) == 0
+    overlap = "msifusion: warning: the m/z windows of 100.0000 and 100.0050 overlap"
+    assert said_before_fusion[0].startswith(overlap)
+    rest = capsys.readouterr().err
+    assert overlap not in rest and rest.startswith("msifusion: warning: no pixel size")  # said at the end, once
+
+
 def _tiny_imzml(path: Path) -> Path:
     """3×4 spectra: too few for automatic registration (16 needed)."""
     with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:

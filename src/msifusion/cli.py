@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from msifusion.errors import InputError
 from msifusion.io.imzml import DEFAULT_TOLERANCE
@@ -249,11 +249,17 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
     mzs = _mzs(args)
     if not mzs:
         raise InputError("--mz", "give at least one m/z with --imzml")
+    told: list[str] = []
+
+    def tell(warning: str) -> None:  # the registration's warnings, before minutes of fusion
+        told.append(warning)
+        _say_warning(warning)
+
     request = ImzmlFuseRequest(Path(args.imzml), mzs, args.tol or DEFAULT_TOLERANCE, Path(args.optical),
                                Path(args.out), _register_settings(args), _settings(args), args.normalize,
-                               args.overwrite)
+                               args.overwrite, on_warning=tell)
     record = fuse_imzml(request)
-    _warn(record)
+    _warn(record, told)
     _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
     print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
@@ -486,10 +492,16 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _warn(record: dict) -> None:
-    """A run's warnings (also in its run.json), one line each on stderr, even with --quiet."""
+def _warn(record: dict, told: Sequence[str] = ()) -> None:
+    """A run's warnings (also in its run.json), one line each on stderr, even with --quiet; those in ``told`` (said
+    while the run went on) are not repeated."""
     for warning in record.get("warnings", []):
-        print(f"msifusion: warning: {warning}", file=sys.stderr)
+        if warning not in told:
+            _say_warning(warning)
+
+
+def _say_warning(warning: str) -> None:
+    print(f"msifusion: warning: {warning}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

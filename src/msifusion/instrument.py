@@ -11,6 +11,7 @@ by ``fixed_scale`` when the ion image is calibrated, else 1 = pixels).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -497,6 +498,7 @@ class ImzmlFuseRequest:
     settings: FuseSettings = FuseSettings()
     normalize: str | None = None
     overwrite: bool = False
+    on_warning: Callable[[str], None] | None = None  # told each registration warning before the fusion starts
 
     def __post_init__(self) -> None:
         _check_ion_options(self.mzs, self.tol, self.normalize)
@@ -521,6 +523,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
+    for warning in registered.warnings if request.on_warning else ():
+        request.on_warning(warning)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
