@@ -16,9 +16,12 @@ def test_an_optical_coarser_than_the_fused_grid_is_warned():
     assert _pair((80, 96), 2.5, 20.0, scale=8).warnings == []  # registered at ×8: no warning
     enlarged = _pair((20, 24), 10.0, 20.0, scale=8)  # 2 optical pixels per ion pixel, fused at ×8
     assert enlarged.guide.shape[:2] == (80, 96)
-    assert enlarged.warnings == ["the optical's pixels cover 0.5 MSI pixels of the section, coarser than the fused "
-                                 "grid's 0.125 MSI pixels at ×8: the fused image has no optical detail at its "
-                                 "resolution; ×2 would do as well"]
+    assert enlarged.warnings == ["the optical's pixels cover 10 µm of the section, coarser than the fused grid's 2.5 "
+                                 "µm at ×8: the fused image has no optical detail at its resolution; ×2 would do as "
+                                 "well"]  # in µm where the pair is calibrated, in MSI pixels where it is not:
+    assert _pair((20, 24), None, None, scale=8).warnings == [
+        "the optical's pixels cover 0.5 MSI pixels of the section, coarser than the fused grid's 0.125 MSI pixels at ×8: "
+        "the fused image has no optical detail at its resolution; ×2 would do as well"]
 
 
 def test_a_pixel_size_that_contradicts_the_optical_calibration_is_warned():

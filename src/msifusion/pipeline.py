@@ -120,8 +120,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                                  "it is not registered to the ion grid (use `msifusion register`)"))
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
-    coarse = coarse_optical_warning(h / H, 1.0, scale, "MSI pixels")
-    warnings = [*optical.warnings, *ion.warnings, *([coarse] if coarse else [])]
+    warnings = [*optical.warnings, *ion.warnings]
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
@@ -134,6 +133,9 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                             f"({optical.pixel_size_um:.3g} µm per optical pixel, i.e. {implied:.3g} µm per ion pixel) "
                             f"by {max(pixel_size / implied, implied / pixel_size):.1f}×; the outputs use "
                             f"{pixel_size:.3g}")
+    coarse = (coarse_optical_warning(pixel_size * h / H, pixel_size, scale, "µm") if pixel_size else
+              coarse_optical_warning(h / H, 1.0, scale, "MSI pixels"))
+    warnings += [coarse] if coarse else []
     name = ion.path.stem if ion.path else "ion"
     return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes, warnings)
 
