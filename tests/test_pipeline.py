@@ -20,8 +20,8 @@ def test_an_optical_coarser_than_the_fused_grid_is_warned():
                                  "µm at ×8: the fused image has no optical detail at its resolution; ×2 would do as "
                                  "well"]  # in µm where the pair is calibrated, in MSI pixels where it is not:
     assert _pair((20, 24), None, None, scale=8).warnings == [
-        "the optical's pixels cover 0.5 MSI pixels of the section, coarser than the fused grid's 0.125 MSI pixels at ×8: "
-        "the fused image has no optical detail at its resolution; ×2 would do as well"]
+        "the optical's pixels cover 0.5 MSI pixels of the section, coarser than the fused grid's 0.125 MSI pixels at "
+        "×8: the fused image has no optical detail at its resolution; ×2 would do as well"]
 
 
 def test_a_pixel_size_that_contradicts_the_optical_calibration_is_warned():
@@ -139,8 +139,8 @@ def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
     records = [record("a", True), record("b", False, "b is odd"), record("c", True)]
     summary = panel_record(records, ["a", "b", "c"], ["shared"])
     assert summary["warnings"] == ["shared", "b is odd", "the guided-harmonic outputs for 2 of 3 ions (a, c) have "
-                                   "wrong-signed values beyond 1% of their peak (each ion's under \"ions\" in run.json): "
-                                   + spot_dip_note(2)]
+                                   "wrong-signed values beyond 1% of their peak (each ion's under \"ions\" in "
+                                   "run.json): " + spot_dip_note(2)]
     assert summary["ions"]["c"]["warnings"] == records[2]["warnings"]  # each ion keeps its own numbers
     lone = panel_record(records[:2], ["a", "b"], [])  # a single ion's warning stays as it is
     assert lone["warnings"] == [*records[0]["warnings"], "b is odd"]

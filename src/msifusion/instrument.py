@@ -532,8 +532,9 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
                                                             "export the ions with `msifusion ions` and fuse them "
                                                             "with --ion and --pixel-size UM"))
-        common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical), "tolerance": request.tol,
-                  "normalize": request.normalize, "registration": registered.info, "warnings": registered.warnings}
+        common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
+                  "tolerance": request.tol, "normalize": request.normalize, "registration": registered.info,
+                  "warnings": registered.warnings}
         if request.normalize:
             common.update(units=stack.units, normalize_scale=stack.normalize_scale)
         records = []

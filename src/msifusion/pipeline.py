@@ -165,8 +165,9 @@ SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this s
 
 def spot_dip_note(spot_sigma_px: float) -> str:
     """Why an exact output under a laser spot has wrong-signed values, and what to do about them."""
-    return (f"undoing the laser spot (--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured near "
-            "zero, the more the wider the spot; the image is exact under that model, so clip them for display only")
+    return (f"undoing the laser spot (--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured "
+            "near zero, the more the wider the spot; the image is exact under that model, so clip them for display "
+            "only")
 
 
 def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: float = 0.0) -> list[str]:
@@ -190,7 +191,8 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: f
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
                   f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
         if spot_sigma_px > 0:
-            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: {spot_dip_note(spot_sigma_px)}")
+            note = spot_dip_note(spot_sigma_px)
+            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: {note}")
         else:
             source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
             problems.append(f"{values} from {source}")
