@@ -595,14 +595,16 @@ def test_the_pixel_size_is_read_in_its_stated_unit(continuous, size, unit, expec
         assert f.pixel_size_um == pytest.approx(expected_um) if expected_um else f.pixel_size_um is None
 
 
-def _grid_imzml(path: Path, mode: str, first_xy: tuple[int, int] = (1, 1), nan_at: int | None = None) -> Path:
+def _grid_imzml(path: Path, mode: str, first_xy: tuple[int, int] = (1, 1), nan_at: int | None = None,
+                nan_mz: bool = False) -> Path:
     """3 rows × 4 columns of centroided spectra (peaks 400 and 450) from the file coordinates ``first_xy``; with
-    ``nan_at``, that spectrum's 400 peak is NaN."""
+    ``nan_at``, that spectrum's 400 peak is NaN (its m/z with ``nan_mz``, else its intensity)."""
     with ImzMLWriter(str(path), mode=mode, mz_dtype=np.float64, intensity_dtype=np.float32) as w:
         for i in range(12):
             r, c = divmod(i, 4)
-            it = np.array([np.nan if i == nan_at else 10.0 + i, 5.0], np.float32)
-            w.addSpectrum(np.array([400.0, 450.0]), it, (first_xy[0] + c, first_xy[1] + r))
+            it = np.array([np.nan if i == nan_at and not nan_mz else 10.0 + i, 5.0], np.float32)
+            mz = np.array([np.nan if i == nan_at and nan_mz else 400.0, 450.0])
+            w.addSpectrum(mz, it, (first_xy[0] + c, first_xy[1] + r))
     return path
 
 
@@ -623,3 +625,10 @@ def test_an_acquisition_region_away_from_the_origin_is_not_padded(tmp_path: Path
     assert f.shape == (3, 4) and f.summary()["first_pixel_xy"] == (101, 51)
     np.testing.assert_array_equal(image, 10.0 + np.arange(12, dtype=np.float32).reshape(3, 4))
     assert f.layout.file_xy(5) == (102, 52)
+
+
+@pytest.mark.parametrize("mode, spectrum, pixel", [("processed", 6, "x=3, y=2"), ("continuous", 0, "x=1, y=1")])
+def test_a_nan_mz_in_the_file_is_refused(tmp_path: Path, mode: str, spectrum: int, pixel: str) -> None:
+    f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, nan_at=0 if mode == "continuous" else 6, nan_mz=True))
+    with pytest.raises(InputError, match=rf"spectrum {spectrum} \(pixel {pixel}\) holds NaN or infinite m/z values"):
+        f.ion_images([450.0], "5ppm")  # a continuous file's one m/z axis is the first spectrum's

@@ -304,15 +304,21 @@ class ImzML:
 
     def _shared_mz(self) -> np.ndarray:
         lay = self.layout
-        return self._array(lay.mz_offsets[0], lay.mz_lengths[0], lay.mz_dtype).astype(np.float64)
+        mz = self._array(lay.mz_offsets[0], lay.mz_lengths[0], lay.mz_dtype).astype(np.float64)
+        if not np.isfinite(mz).all():
+            self._refuse_non_finite(0, "m/z values")
+        return mz
 
     def _mz_arrays(self) -> Iterator[np.ndarray]:
         lay = self.layout
         if lay.continuous:
             yield self._shared_mz()
             return
-        for off, n in zip(lay.mz_offsets, lay.mz_lengths):
-            yield self._array(off, n, lay.mz_dtype)
+        for i, (off, n) in enumerate(zip(lay.mz_offsets, lay.mz_lengths)):
+            mz = self._array(off, n, lay.mz_dtype)
+            if not np.isfinite(mz).all():
+                self._refuse_non_finite(i, "m/z values")
+            yield mz
 
     def _intensity_block(self) -> np.ndarray | None:
         """(spectra, channels) view of the intensities when they lie at a constant stride."""
@@ -340,16 +346,16 @@ class ImzML:
             else:
                 chunk = np.stack([self._array(o, n_ch, lay.int_dtype) for o in lay.int_offsets[sl]])
             if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
-                self._refuse_non_finite(sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1))))
+                self._refuse_non_finite(sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1))), "intensities")
             yield sl, chunk
 
-    def _refuse_non_finite(self, spectrum: int) -> None:
-        """Refuse the file at the first spectrum holding a NaN or infinite intensity: summed into a window, it would
-        spoil every ion image whose window holds it (and, in a processed file, every window above it)."""
+    def _refuse_non_finite(self, spectrum: int, what: str) -> None:
+        """Refuse the file at the first spectrum holding a NaN or infinite value (``what``: "intensities" or "m/z
+        values"): summed into a window, an intensity would spoil every ion image whose window holds it (and, in a
+        processed file, every window above it); an m/z would place its window's bounds at random."""
         x, y = self.layout.file_xy(spectrum)
-        raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite "
-                                          "intensities: the file is damaged or was exported with missing values; "
-                                          "export it again")
+        raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite {what}: "
+                                          "the file is damaged or was exported with missing values; export it again")
 
     def _spectra(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (sorted m/z float64, matching intensities float64) per spectrum (processed mode)."""
@@ -357,8 +363,9 @@ class ImzML:
         for i, (mo, ml, io, il) in enumerate(zip(lay.mz_offsets, lay.mz_lengths, lay.int_offsets, lay.int_lengths)):
             mz = self._array(mo, ml, lay.mz_dtype).astype(np.float64)
             it = self._array(io, il, lay.int_dtype).astype(np.float64)
-            if not np.isfinite(it).all():
-                self._refuse_non_finite(i)
+            for values, what in ((it, "intensities"), (mz, "m/z values")):
+                if not np.isfinite(values).all():
+                    self._refuse_non_finite(i, what)
             if mz.size > 1 and np.any(mz[1:] < mz[:-1]):
                 order = np.argsort(mz, kind="stable")
                 mz, it = mz[order], it[order]
