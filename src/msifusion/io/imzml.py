@@ -304,10 +304,8 @@ class ImzML:
 
     def _shared_mz(self) -> np.ndarray:
         lay = self.layout
-        mz = self._array(lay.mz_offsets[0], lay.mz_lengths[0], lay.mz_dtype).astype(np.float64)
-        if not np.isfinite(mz).all():
-            self._refuse_non_finite(0, "m/z values")
-        return mz
+        return self._finite(self._array(lay.mz_offsets[0], lay.mz_lengths[0], lay.mz_dtype).astype(np.float64), 0,
+                            "m/z values")
 
     def _mz_arrays(self) -> Iterator[np.ndarray]:
         lay = self.layout
@@ -315,10 +313,7 @@ class ImzML:
             yield self._shared_mz()
             return
         for i, (off, n) in enumerate(zip(lay.mz_offsets, lay.mz_lengths)):
-            mz = self._array(off, n, lay.mz_dtype)
-            if not np.isfinite(mz).all():
-                self._refuse_non_finite(i, "m/z values")
-            yield mz
+            yield self._finite(self._array(off, n, lay.mz_dtype), i, "m/z values")
 
     def _intensity_block(self) -> np.ndarray | None:
         """(spectra, channels) view of the intensities when they lie at a constant stride."""
@@ -346,13 +341,16 @@ class ImzML:
             else:
                 chunk = np.stack([self._array(o, n_ch, lay.int_dtype) for o in lay.int_offsets[sl]])
             if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
-                self._refuse_non_finite(sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1))), "intensities")
+                first = sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1)))
+                self._finite(chunk[first - sl.start], first, "intensities")
             yield sl, chunk
 
-    def _refuse_non_finite(self, spectrum: int, what: str) -> None:
-        """Refuse the file at the first spectrum holding a NaN or infinite value (``what``: "intensities" or "m/z
-        values"): summed into a window, an intensity would spoil every ion image whose window holds it (and, in a
-        processed file, every window above it); an m/z would place its window's bounds at random."""
+    def _finite(self, values: np.ndarray, spectrum: int, what: str) -> np.ndarray:
+        """``values`` (one spectrum's ``what``: "intensities" or "m/z values"), or the file refused if they hold a NaN
+        or infinite value: summed into a window, an intensity would spoil every ion image whose window holds it (and, in
+        a processed file, every window above it); an m/z would place its window's bounds at random."""
+        if np.isfinite(values).all():
+            return values
         x, y = self.layout.file_xy(spectrum)
         raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite {what}: "
                                           "the file is damaged or was exported with missing values; export it again")
@@ -361,11 +359,8 @@ class ImzML:
         """Yield (sorted m/z float64, matching intensities float64) per spectrum (processed mode)."""
         lay = self.layout
         for i, (mo, ml, io, il) in enumerate(zip(lay.mz_offsets, lay.mz_lengths, lay.int_offsets, lay.int_lengths)):
-            mz = self._array(mo, ml, lay.mz_dtype).astype(np.float64)
-            it = self._array(io, il, lay.int_dtype).astype(np.float64)
-            for values, what in ((it, "intensities"), (mz, "m/z values")):
-                if not np.isfinite(values).all():
-                    self._refuse_non_finite(i, what)
+            mz = self._finite(self._array(mo, ml, lay.mz_dtype).astype(np.float64), i, "m/z values")
+            it = self._finite(self._array(io, il, lay.int_dtype).astype(np.float64), i, "intensities")
             if mz.size > 1 and np.any(mz[1:] < mz[:-1]):
                 order = np.argsort(mz, kind="stable")
                 mz, it = mz[order], it[order]
