@@ -483,6 +483,30 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
                                    atol=1)
 
 
+def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):
+    from msifusion import instrument
+    from msifusion.register import AffineMap, Registration
+
+    imzml, opt, lm, _ = files
+    first = tmp_path / "first"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--landmarks", str(lm),
+                 "--out", str(first), "--quiet"]) == 0
+    known = AffineMap(np.array([[4.0, 0.0, 1.5], [0.0, 4.0, 1.5]]))  # the registered optical onto the ion grid
+
+    def found(optical, tissue, fixed, moving, options):
+        return Registration(known, fixed, moving, known, 0.9, 0.8, 1.1, float("nan"), 0, 1)
+
+    monkeypatch.setattr(instrument, "register_auto", found)
+    named = "optical_registered.tiff is 48×64, exactly the ion grid × 4: it looks registered already"
+    for optical, expected in ((first / "optical_registered.tiff", True), (opt, False)):
+        out = tmp_path / f"again_{optical.stem}"
+        assert main(["register", "--optical", str(optical), "--ion", str(imzml), "--scale", "4", "--out", str(out),
+                     "--quiet"]) == 0
+        warnings = json.loads((out / "run.json").read_text())["warnings"]
+        assert any(w.startswith(named) and w.endswith("--optical optical_registered.tiff`") for w in warnings) == expected
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--mz", "300"], "no signal"),           # a window without signal
     (["--mz", "900"], "outside the acquired"),  # outside the m/z range

@@ -23,7 +23,7 @@ from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_f
 from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
-from msifusion.methods import check_fused_size, check_scale, fuse_many
+from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale
 from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
@@ -99,6 +99,15 @@ class MsiTissue:
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
+
+
+def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int | None:
+    """k where the optical is exactly the ion grid × k (k ≥ 2), as a registered optical is; else None."""
+    try:
+        k = infer_scale(optical_shape, ion_shape)
+    except ValueError:
+        return None
+    return k if k >= 2 else None
 
 
 def _tissue_name(channel: int) -> str:
@@ -204,6 +213,13 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                             f"{_tissue_name(rival['channel'])} both match the optical (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                             f"MSI pixels apart; {remedy}")
+        registered_k = _registered_scale(optical.shape2d, msi.shape)
+        if registered_k:
+            warnings.append(f"{optical.path.name} is {optical.shape2d[0]}×{optical.shape2d[1]}, exactly the ion grid "
+                            f"× {registered_k}: it looks registered already (as `register` writes "
+                            "optical_registered.tiff), and registering it again can move it; to fuse it as it is, "
+                            "export the ions with `msifusion ions` and run `msifusion fuse --ion ION --optical "
+                            f"{optical.path.name}`")
         affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
         missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
                   "grid outside this image; check that both images show the same section")
