@@ -491,15 +491,19 @@ def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, 
     first = tmp_path / "first"
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--landmarks", str(lm),
                  "--out", str(first), "--quiet"]) == 0
-    known = AffineMap(np.array([[4.0, 0.0, 1.5], [0.0, 4.0, 1.5]]))  # the registered optical onto the ion grid
+    known = np.array([[4.0, 0.0, 1.5], [0.0, 4.0, 1.5]])  # the registered optical onto the ion grid
+    turned = np.array([[0.0, -4.0, 63.5], [4.0, 0.0, 1.5]])  # the same shape, found turned by 90°: not registered
+    maps = iter([known, turned, known])
 
     def found(optical, tissue, fixed, moving, options):
-        return Registration(known, fixed, moving, known, 0.9, 0.8, 1.1, float("nan"), 0, 1)
+        m = AffineMap(next(maps))
+        return Registration(m, fixed, moving, m, 0.9, 0.8, 1.1, float("nan"), 0, 1)
 
     monkeypatch.setattr(instrument, "register_auto", found)
     named = "optical_registered.tiff is 48×64, exactly the ion grid × 4: it looks registered already"
-    for optical, expected in ((first / "optical_registered.tiff", True), (opt, False)):
-        out = tmp_path / f"again_{optical.stem}"
+    registered = first / "optical_registered.tiff"
+    for i, (optical, expected) in enumerate(((registered, True), (registered, False), (opt, False))):
+        out = tmp_path / f"again_{i}"
         assert main(["register", "--optical", str(optical), "--ion", str(imzml), "--scale", "4", "--out", str(out),
                      "--quiet"]) == 0
         warnings = json.loads((out / "run.json").read_text())["warnings"]

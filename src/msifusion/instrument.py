@@ -101,13 +101,18 @@ class MsiTissue:
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
 
 
-def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int | None:
-    """k where the optical is exactly the ion grid × k (k ≥ 2), as a registered optical is; else None."""
+def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int], found: AffineMap,
+                      to_pixels: float) -> int | None:
+    """k where the optical looks registered to the ion grid already: exactly the ion grid × k (k ≥ 2) in shape, and
+    found there by automatic registration at that scale (within 10 %), unturned and unmirrored (``found`` maps the
+    ion grid to the optical in their units; ``to_pixels`` turns its matrix into optical pixels per ion pixel); else
+    None. Both, so that a camera frame that is a multiple of the ion grid by chance is not taken for one."""
     try:
         k = infer_scale(optical_shape, ion_shape)
     except ValueError:
         return None
-    return k if k >= 2 else None
+    a = np.asarray(found.matrix, dtype=np.float64)[:, :2] * to_pixels / k  # ≈ the identity for a registered optical
+    return k if k >= 2 and np.abs(a - np.eye(2)).max() <= 0.1 else None
 
 
 def _tissue_name(channel: int) -> str:
@@ -213,7 +218,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                             f"{_tissue_name(rival['channel'])} both match the optical (scores "
                             f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                             f"MSI pixels apart; {remedy}")
-        registered_k = _registered_scale(optical.shape2d, msi.shape)
+        registered_k = _registered_scale(optical.shape2d, msi.shape, reg.affine,
+                                         ion_grid.pixel_size / moving.pixel_size)
         if registered_k:
             warnings.append(f"{optical.path.name} is {optical.shape2d[0]}×{optical.shape2d[1]}, exactly the ion grid "
                             f"× {registered_k}: it looks registered already (as `register` writes "
