@@ -234,3 +234,16 @@ def test_an_ignored_calibration_carries_its_reason(tmp_path, write, note, size, 
     image = reader(path)
     assert image.calibration_note == note
     assert image.pixel_size_um == (None if size is None else pytest.approx(size))
+
+
+@pytest.mark.parametrize("compression, said", [(None, "it is truncated"), ("zlib", "it is truncated or damaged"),
+                                               ("jpeg", "it is truncated or damaged")])
+def test_a_truncated_tiff_is_one_line_that_says_so(tmp_path, compression, said):
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+    whole, cut = tmp_path / "whole.tif", tmp_path / "cut.tif"
+    tifffile.imwrite(whole, rgb, photometric="rgb", compression=compression, rowsperstrip=16)
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(InputError, match=f"^{cut}: cannot read TIFF: {said} "):
+        read_optical(cut)

@@ -142,10 +142,12 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
-    except (KeyError, IndexError) as exc:  # tifffile's own lookups failing: structures cut short
+    except (KeyError, IndexError, RuntimeError) as exc:  # lookups into structures cut short; a codec's (imagecodecs)
+        # errors on a compressed strip cut short
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
-        raise InputError(path, f"cannot read TIFF ({exc})") from None
+        cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
+        raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
 
 
 _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
