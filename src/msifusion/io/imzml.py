@@ -340,10 +340,16 @@ class ImzML:
                 chunk = np.asarray(block[sl])
             else:
                 chunk = np.stack([self._array(o, n_ch, lay.int_dtype) for o in lay.int_offsets[sl]])
-            if chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
-                first = sl.start + int(np.argmin(np.isfinite(chunk).all(axis=1)))
-                self._finite(chunk[first - sl.start], first, "intensities")
             yield sl, chunk
+
+    def _finite_rows(self, values: np.ndarray, start: int) -> None:
+        """Refuse the file if ``values`` (per spectrum from ``start``: its intensities, or what was summed from them)
+        hold a NaN or infinite value, naming the first such spectrum. Callers check what they summed, so a continuous
+        file is not scanned beyond the channels they read."""
+        ok = np.isfinite(values)
+        if not ok.all():
+            bad = int(np.argmin(ok.reshape(len(values), -1).all(axis=1)))
+            self._finite(values[bad], start + bad, "intensities")
 
     def _finite(self, values: np.ndarray, spectrum: int, what: str) -> np.ndarray:
         """``values`` (one spectrum's ``what``: "intensities" or "m/z values"), or the file refused if they hold a NaN
@@ -468,6 +474,7 @@ class ImzML:
                 elif normalize == "rms":
                     c = chunk.astype(np.float64)
                     norm[sl] = np.sqrt(np.mean(c * c, axis=1))
+                self._finite_rows(sums[sl] if norm is None else np.column_stack([sums[sl], norm[sl]]), sl.start)
             at = [np.searchsorted(used, cols) for cols in members]
             return sums, norm, [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
                                 for cols, k, want in zip(members, at, profiled)]
@@ -491,6 +498,7 @@ class ImzML:
             per = np.empty(self.n_spectra, dtype=np.float64)
             for sl, chunk in self._continuous_rows():
                 per[sl] = chunk.sum(axis=1, dtype=np.float64)
+                self._finite_rows(per[sl], sl.start)
         else:
             per = np.array([it.sum() for _, it in self._spectra()], dtype=np.float64)
         return self._scatter(per[:, None])[0]
@@ -514,8 +522,11 @@ class ImzML:
         if self.continuous:
             mz = self._shared_mz()
             total = np.zeros(mz.size, dtype=np.float64)
-            for _, chunk in self._continuous_rows():
-                total += chunk.sum(axis=0, dtype=np.float64)
+            for sl, chunk in self._continuous_rows():
+                part = chunk.sum(axis=0, dtype=np.float64)
+                if not np.isfinite(part).all():
+                    self._finite_rows(chunk, sl.start)
+                total += part
             return _channel_profile(mz, total, None, n)
         if not (bin_ppm > 0):
             raise InputError("bin_ppm", "bin width must be positive")
