@@ -299,6 +299,8 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     "# sample.imzML: 4×5 px\nm/z\tmean_intensity\n100.0000\t3.1\n200.5000\t1.2\n",  # what `msifusion peaks` prints
     "mz,name\n100,\"a, b\"\n200.5,c\n",
     "mz;intensity\n100;1,5\n200.5;2,25\n",  # decimal commas in the other columns do not matter
+    "mz,count\n100,5\n200.5,7\n",  # the header says the comma separates columns
+    "\ufeffm/z\r\n100\r\n200.5\r\n",  # a byte-order mark, Windows line ends
 ])
 def test_an_mz_list_takes_the_first_column_past_a_header(tmp_path, text):
     from msifusion.io.tables import read_mz_list
@@ -315,6 +317,9 @@ def test_an_mz_list_takes_the_first_column_past_a_header(tmp_path, text):
     ("100\n-5\n", "line 2: '-5' is not an m/z"),
     ("100\nnan\n", "line 2: 'nan' is not an m/z"),
     ("328,9167\n", "line 1: '328,9167' is ambiguous; write m/z with a decimal point"),
+    ("1,217.5\n", "line 1: '1,217.5' is ambiguous"),
+    ("1217.5161a\n656.7762\n", "line 1: '1217.5161a' is not an m/z"),  # a number gone wrong is no header
+    ("1217,5161;3,1\n656,7762;2,0\n", "line 1: '1217,5161' has a decimal comma"),
 ])
 def test_a_malformed_mz_list_is_refused_naming_the_line(tmp_path, text, problem):
     from msifusion.io.tables import read_mz_list
@@ -323,3 +328,13 @@ def test_a_malformed_mz_list_is_refused_naming_the_line(tmp_path, text, problem)
     path.write_text(text)
     with pytest.raises(InputError, match=f"^{path}: {problem}"):
         read_mz_list(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "cp1252", "utf-8"])
+def test_an_mz_list_saved_by_a_windows_console_is_read(tmp_path, encoding):
+    from msifusion.io.tables import read_mz_list
+
+    path = tmp_path / "peaks.tsv"  # what `peaks` prints, saved by PowerShell (UTF-16), cmd (a code page) or a shell
+    path.write_bytes("# section.imzML: 163×274 px, pixel size 25 µm, m/z 400–1600\nm/z\tmean_intensity\n"
+                     "1217.5161\t3.1\n656.7762\t2.0\n".encode(encoding))
+    assert read_mz_list(path) == [1217.5161, 656.7762]

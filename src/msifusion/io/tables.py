@@ -13,6 +13,7 @@ with thousands separators, or whose separator could be one, are refused.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io as _io
 import math
@@ -309,29 +310,48 @@ def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int
     return image
 
 
-_DECIMAL_COMMA = re.compile(r"\s*\d+,\d+\s*")
+_COMMA_NUMBER = re.compile(r"\s*(\d+,\d+|\d{1,3}(,\d{3})+(\.\d*)?)\s*")  # 328,9167 or 1,217.5: which comma?
+_NUMBER_START = re.compile(r"\s*\"?\s*[-+.\d]")
+
+
+def _decoded(raw: bytes) -> str:
+    """A text file's bytes as text: UTF-16 with its byte-order mark (PowerShell's ``>``), else UTF-8, else Latin-1
+    (a Windows console's code page): only the numbers are read, and they are ASCII in all three."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def read_mz_list(path: Path) -> list[float]:
-    """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row and ``#`` lines
-    are skipped, so that what ``msifusion peaks`` prints, saved to a file, can be given as it is."""
+    """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row (a first row
+    that does not start with a number) and ``#`` lines are skipped, so that what ``msifusion peaks`` prints, saved to
+    a file, can be given as it is. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous
+    unless a comma-separated header says the comma separates columns."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(path, f"cannot read the m/z list ({exc})") from None
+        text = _decoded(path.read_bytes())
+    except OSError as exc:
+        raise InputError(path, f"cannot read the m/z list ({exc.strerror or exc})") from None
     values: list[float] = []
-    header = False
+    header: str | None = None  # the header row's delimiter, once one was seen ("" for none)
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        if _DECIMAL_COMMA.fullmatch(line):
-            raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal point")
-        delimiter = next((d for d in ("\t", ";", ",") if d in line), None)
+        delimiter = next((d for d in ("\t", ";") if d in line), None)
+        if header is None and not values and not _NUMBER_START.match(line):
+            header = delimiter or ("," if "," in line else "")
+            continue
+        if delimiter is None and "," in line:
+            if header != "," and _COMMA_NUMBER.fullmatch(line):
+                raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal "
+                                       "point, one per line")
+            delimiter = ","
         first = _cell(line.split(delimiter)[0] if delimiter else line.split()[0])
         value = _to_float(first)
-        if value is None and not values and not header:
-            header = True  # a first row naming the columns
-            continue
+        if value is None and re.fullmatch(r"\d+,\d+", first):
+            raise InputError(path, f"line {number}: {first!r} has a decimal comma; write m/z with a decimal point")
         if value is None or not (math.isfinite(value) and value > 0):
             raise InputError(path, f"line {number}: {first!r} is not an m/z (a positive number)")
         values.append(value)
