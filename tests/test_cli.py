@@ -367,9 +367,9 @@ def test_existing_output_needs_overwrite(tmp_path, files, capsys):
     (out / "mine.txt").write_text("a note beside an earlier run")
     assert _fuse(opt, ion_path, out, "--method", "bilinear") == 2
     _assert_one_line_error(capsys, "out", "holds an earlier run; pass --overwrite")
-    assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 2  # the note is newer than run.json
-    _assert_one_line_error(capsys, "out", "holds files added or changed since its run (mine.txt); --overwrite would "
-                                          "delete them: move them out first")
+    assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 2  # run.json lists what the run wrote
+    _assert_one_line_error(capsys, "out", "holds files its run did not write (mine.txt); --overwrite would delete "
+                                          "them: move them out first")
     assert (out / "mine.txt").read_text() == "a note beside an earlier run"
     (out / "mine.txt").unlink()
     assert _fuse(opt, ion_path, out, "--method", "bilinear", "--overwrite") == 0

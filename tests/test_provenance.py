@@ -14,7 +14,16 @@ def test_run_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
     text = write_run_json(tmp_path, record).read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"consistency_error": None, "peak": None, "scores": [1.5, None],
-                                "nested": {"x": 2.0, "n": 3}}
+                                "nested": {"x": 2.0, "n": 3}, "files_written": []}
+
+
+def test_run_json_lists_the_files_written_before_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "fused.tiff").write_bytes(b"x")
+    (tmp_path / "sub" / "run.json").write_text("{}")
+    write_run_json(tmp_path, {"tool": "msifusion"})
+    write_run_json(tmp_path, {"tool": "msifusion"})  # written again: it does not list itself
+    assert json.loads((tmp_path / "run.json").read_text())["files_written"] == ["fused.tiff", "sub/run.json"]
 
 
 def test_every_run_json_opens_with_the_same_header():

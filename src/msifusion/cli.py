@@ -20,8 +20,8 @@ from msifusion.io.imzml import DEFAULT_TOLERANCE
 EXIT_BAD_INPUT = 2
 MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
 LENGTH_UNITS = ("um", "µm", "nm", "mm")  # pixel sizes are plain numbers in µm
-OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file added or "
-                  "changed after that run)")
+OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file that run "
+                  "did not write)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,23 +42,40 @@ def test_existing_folder_needs_overwrite_and_is_kept_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
-def test_overwrite_refuses_files_added_to_an_earlier_output_after_its_run(tmp_path):
+def test_overwrite_refuses_files_its_run_did_not_write(tmp_path):
     import os
+
+    from msifusion.provenance import write_run_json
 
     out = tmp_path / "run"
     (out / "mz_1").mkdir(parents=True)
     (out / "fused.tiff").write_text("output")
-    (out / "run.json").write_text(EARLIER)
-    written = (out / "run.json").stat().st_mtime
-    for name in ("notes.txt", "mz_1/stats.csv"):
+    (out / "mz_1" / "run.json").write_text(EARLIER)
+    write_run_json(out, {"tool": "msifusion"})  # lists fused.tiff and mz_1/run.json as the run's
+    for name in ("notes.txt", "mz_1/stats.csv", ".DS_Store"):  # the user's, and a file browser's clutter
         (out / name).write_text("mine")
-        os.utime(out / name, (written + 5, written + 5))
-    with pytest.raises(InputError, match=r"holds files added or changed since its run \(mz_1/stats.csv, notes.txt\); "
-                                         "--overwrite would delete them: move them out first"):
+        os.utime(out / name, (1, 1))  # moved in with its old time: still not the run's
+    refused = r"holds files its run did not write \(mz_1/stats.csv, notes.txt\); --overwrite would delete them"
+    with pytest.raises(InputError, match=refused):
         check_output_dir(out, overwrite=True)
     (out / "notes.txt").unlink()
     (out / "mz_1" / "stats.csv").unlink()
+    os.utime(out / "fused.tiff")  # the run's own file, touched (copied with `cp -r`): still the run's
     assert check_output_dir(out, overwrite=True) == out
+
+
+def test_overwrite_of_a_record_without_its_file_list_goes_by_time(tmp_path):
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "fused.tiff").write_text("output")
+    (out / "run.json").write_text(EARLIER)  # a run.json older than files_written
+    written = (out / "run.json").stat().st_mtime
+    (out / "notes.txt").write_text("mine")
+    os.utime(out / "notes.txt", (written + 5, written + 5))
+    with pytest.raises(InputError, match=r"did not write \(notes.txt\)"):
+        check_output_dir(out, overwrite=True)
 
 
 def test_empty_existing_folder_is_fine(tmp_path):

@@ -61,22 +61,39 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
                                   f"{RUN_RECORD} in it), so it is never replaced: name a new folder")
         if not overwrite:
             raise InputError(out, "output folder holds an earlier run; pass --overwrite to replace it")
-        added = added_since_run(out)
+        added = not_written_by_its_run(out)
         if added:
             listed = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
-            raise InputError(out, f"output folder holds files added or changed since its run ({listed}); "
-                                  "--overwrite would delete them: move them out first")
+            raise InputError(out, f"output folder holds files its run did not write ({listed}); --overwrite would "
+                                  "delete them: move them out first")
     parent = next((p for p in where.parents if p.exists()), None)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
 
 
-def added_since_run(folder: Path) -> list[str]:
-    """Files in an earlier output ``folder`` (relative paths, sorted) modified after its run record was written: a
-    run writes its record last, so these are the user's (notes, analyses), which replacing the folder would lose."""
-    written = (folder / RUN_RECORD).stat().st_mtime
+_CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers leave in a folder they showed
+
+
+def files_in(folder: Path) -> list[str]:
+    """The files under ``folder`` as sorted relative paths, but its run record and file browsers' clutter."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and not p.is_symlink() and p.stat().st_mtime > written)
+                  if p.is_file() and p != folder / RUN_RECORD and p.name not in _CLUTTER and not p.name.startswith("._"))
+
+
+def not_written_by_its_run(folder: Path) -> list[str]:
+    """Files in an earlier output ``folder`` (relative paths, sorted) that its run did not write: the user's notes
+    and analyses, which replacing the folder would lose. The run record lists what the run wrote
+    (``files_written``); a record older than that list counts the files modified after it was written (a run writes
+    its record last)."""
+    record = folder / RUN_RECORD
+    try:
+        listed = json.loads(record.read_text()).get("files_written")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if isinstance(listed, list):
+        return sorted(set(files_in(folder)) - set(listed))
+    written = record.stat().st_mtime
+    return [f for f in files_in(folder) if (folder / f).stat().st_mtime > written]
 
 
 def is_earlier_output(folder: Path) -> bool:
