@@ -545,20 +545,20 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
-    for warning in registered.warnings if request.on_warning else ():
-        request.on_warning(warning)
+    if stack.pixel_size_um is None:
+        registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
+                                                        "export the ions with `msifusion ions` and fuse them with "
+                                                        "--ion and --pixel-size UM"))
+    if request.on_warning:
+        for warning in registered.warnings:
+            request.on_warning(warning)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
-        if stack.pixel_size_um is None:
-            registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
-                                                            "export the ions with `msifusion ions` and fuse them "
-                                                            "with --ion and --pixel-size UM"))
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
                   "tolerance": request.tol, "normalize": request.normalize, "registration": registered.info,
                   "warnings": registered.warnings}
-        if request.normalize:
-            common.update(units=stack.units, normalize_scale=stack.normalize_scale)
+        common.update(units=stack.units, normalize_scale=stack.normalize_scale)
         records = []
         fused = []
         pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)

@@ -302,13 +302,14 @@ def panel_record(records: Sequence[dict], names: Sequence[str], shared_warnings:
     summary["ions"] = {n: {k: r[k] for k in PER_ION_KEYS if k in r} for n, r in zip(names, records)}
     per_ion = [w for r in records for w in r["warnings"]]
     spot = summary.get("measurement_model", {}).get("spot_sigma_px", 0)
-    dipped = [n for n, r in zip(names, records) if spot and any(w.endswith(spot_dip_note(spot)) for w in r["warnings"])]
+    note = spot_dip_note(spot) if spot else None
+    dipped = [n for n, r in zip(names, records) if note and any(w.endswith(note) for w in r["warnings"])]
     if len(dipped) > 1:  # one line for the panel, not one per ion; each ion's own stays under "ions"
         listed = ", ".join(dipped[:5]) + (", …" if len(dipped) > 5 else "")
-        per_ion = [w for w in per_ion if not w.endswith(spot_dip_note(spot))]
+        per_ion = [w for w in per_ion if not w.endswith(note)]
         per_ion.append(f"the {summary['method']} outputs for {len(dipped)} of {len(records)} ions ({listed}) have "
                        f"wrong-signed values beyond {SPOT_DIP_WARNING:.0%} of their peak (each ion's under \"ions\" "
-                       f"in run.json): {spot_dip_note(spot)}")
+                       f"in run.json): {note}")
     summary["warnings"] = list(dict.fromkeys([*shared_warnings, *per_ion]))
     return summary
 

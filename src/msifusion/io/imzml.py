@@ -137,8 +137,9 @@ class IonStack:
         """The images' intensity units, in words."""
         if self.normalize is None:
             return "the spectra's summed intensities in each m/z window"
-        return (f"the summed intensity divided by its spectrum's {self.normalize.upper()}, times the median "
-                f"{self.normalize.upper()} over the pixels ({self.normalize_scale:.6g})")
+        norm = self.normalize.upper()
+        median = f" ({self.normalize_scale:.6g})" if self.normalize_scale is not None else ""
+        return f"the summed intensity divided by its spectrum's {norm}, times the median {norm} over the pixels{median}"
 
     @property
     def names(self) -> list[str]:
@@ -769,8 +770,7 @@ def _pixel_size(parser) -> tuple[float, float] | None:
         # pyimzML's tuples: (name, accession, value, name as written, value as written, unit name, unit accession)
         for param in settings.cv_params:
             axis = {"IMS:1000046": "x", "IMS:1000047": "y"}.get(param[1])
-            unit_name, unit_accession = (tuple(param[5:7]) + (None, None))[:2]
-            factor = _LENGTH_UNITS_UM.get(unit_name if unit_name else unit_accession)
+            factor = _LENGTH_UNITS_UM.get(param[5] or param[6])
             if axis is None or param[2] is None or factor is None:
                 continue
             try:
