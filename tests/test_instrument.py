@@ -483,6 +483,30 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
                                    atol=1)
 
 
+def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told_where_the_grid_begins(tmp_path,
+                                                                                                         files):
+    import re
+    import shutil
+
+    imzml, opt, lm, _ = files
+    moved = tmp_path / "moved.imzML"
+    shutil.copy(imzml.with_suffix(".ibd"), moved.with_suffix(".ibd"))
+    text = imzml.read_text(encoding="iso-8859-1")  # every spectrum 100 columns and 50 rows further out
+    for accession, shift in (("IMS:1000050", 100), ("IMS:1000051", 50)):
+        text = re.sub(rf'(accession="{accession}"[^>]*value=")(\d+)"', lambda m: f'{m[1]}{int(m[2]) + shift}"', text)
+    moved.write_text(text, encoding="iso-8859-1")
+    for source, told in ((imzml, False), (moved, True)):
+        out = tmp_path / source.stem
+        assert main(["register", "--optical", str(opt), "--ion", str(source), "--scale", str(SCALE), "--landmarks",
+                     str(lm), "--out", str(out), "--quiet"]) == 0
+        record = json.loads((out / "run.json").read_text())
+        assert record["registered_shape"] == [H * SCALE, W * SCALE]  # the same grid: the empty frame is not imaged
+        said = [w for w in record["warnings"] if w.startswith("moved.imzML's spectra begin 100 columns and 50 rows in")]
+        assert len(said) == told
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "moved" / "optical_registered.tiff"),
+                                  tifffile.imread(tmp_path / "sample" / "optical_registered.tiff"))
+
+
 def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):
     from msifusion import instrument
     from msifusion.register import AffineMap, Registration

@@ -83,6 +83,7 @@ class MsiTissue:
     images: np.ndarray
     pixel_size_um: float | None
     source: Path
+    skipped_xy: tuple[int, int] = (0, 0)  # an imzML's empty columns and rows before its first spectra, not imaged
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -98,7 +99,7 @@ class MsiTissue:
         if automatic and xy is not None and f.pixel_size_um is None:
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
-        return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path)
+        return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy)
 
 
 def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int], found: AffineMap,
@@ -168,6 +169,11 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         ion_grid = fiji_fixed.coarsened(k)
         kind, warnings = landmark_transform_kind(landmarks, settings.transform)
         warnings += outside
+        if any(msi.skipped_xy):
+            warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
+                            "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
+                            "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
+                            "are off by that much")
         transform = transform_from_landmarks(landmarks, kind)
         info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
                 "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}

@@ -208,6 +208,7 @@ class _Layout:
     declared_mz_range: tuple[float, float] | None = None  # from "lowest/highest observed m/z"
     metadata: dict = field(default_factory=dict)
     origin_xy: tuple[int, int] = (1, 1)  # the file's (x, y) of the image's first pixel: where its spectra begin
+    skipped_xy: tuple[int, int] = (0, 0)  # empty columns and rows before it, from the file's first coordinate (0 or 1)
 
     def file_xy(self, spectrum: int) -> tuple[int, int]:
         """The file's own (x, y) coordinates of a spectrum."""
@@ -867,6 +868,7 @@ def _parse(path: Path) -> _Layout:
         declared_mz_range=_declared_range(parser),
         metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
         origin_xy=(int(origin[0]), int(origin[1])),
+        skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
     )
 
 
