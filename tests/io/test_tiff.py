@@ -247,3 +247,12 @@ def test_a_truncated_tiff_is_one_line_that_says_so(tmp_path, compression, said):
     cut.write_bytes(data[:len(data) * 2 // 3])
     with pytest.raises(InputError, match=f"^{cut}: cannot read TIFF: {said} "):
         read_optical(cut)
+
+
+def test_an_ion_stack_given_as_the_optical_is_refused(tmp_path):
+    stack = np.random.default_rng(0).random((3, 8, 10)).astype(np.float32) * 22
+    path = write_tiff(tmp_path / "fused.ome.tiff", stack, 2.0, ["m/z 100.0000", "m/z 200.0000", "m/z 300.0000"])
+    with pytest.raises(InputError, match=r"its channels are ion images \(m/z 100.0000, m/z 200.0000, m/z 300.0000\), "
+                                         "not a microscope image"):
+        read_optical(path)
+    assert read_ion(write_tiff(tmp_path / "one.tiff", stack[0], 2.0, ["m/z 100.0000"])).pixels.shape == (8, 10)

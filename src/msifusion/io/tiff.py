@@ -130,6 +130,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                     size = base * levels[0].shape[x] / level.shape[x]
                     if size <= coarsest_um * (1 + 1e-6):
                         series, pixel_size = level, size
+            if colours:
+                _refuse_ion_stack(path, tif.ome_metadata)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
             if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
@@ -148,6 +150,16 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
+
+
+def _refuse_ion_stack(path: Path, ome: str | None) -> None:
+    """Refuse, as a microscope image, an OME-TIFF whose channels are all named as msifusion names ions ("m/z …"): an
+    ``ions.ome.tiff`` or ``fused.ome.tiff`` given where the optical belongs."""
+    names = re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', ome or "")
+    if names and all(n.startswith("m/z ") for n in names):
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        raise InputError(path, f"its channels are ion images ({shown}), not a microscope image; give the optical image "
+                               "here")
 
 
 _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
