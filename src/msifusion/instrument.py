@@ -562,9 +562,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
-                  "tolerance": request.tol, "normalize": request.normalize, "registration": registered.info,
-                  "warnings": registered.warnings}
-        common.update(units=stack.units, normalize_scale=stack.normalize_scale)
+                  "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
+                  "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []
         fused = []
         pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)

@@ -350,15 +350,17 @@ class ImzML:
         file is not scanned beyond the channels they read."""
         ok = np.isfinite(values)
         if not ok.all():
-            bad = int(np.argmin(ok.reshape(len(values), -1).all(axis=1)))
-            self._finite(values[bad], start + bad, "intensities")
+            self._refuse_non_finite(start + int(np.argmin(ok.reshape(len(values), -1).all(axis=1))), "intensities")
 
     def _finite(self, values: np.ndarray, spectrum: int, what: str) -> np.ndarray:
         """``values`` (one spectrum's ``what``: "intensities" or "m/z values"), or the file refused if they hold a NaN
         or infinite value: summed into a window, an intensity would spoil every ion image whose window holds it (and, in
         a processed file, every window above it); an m/z would place its window's bounds at random."""
-        if np.isfinite(values).all():
-            return values
+        if not np.isfinite(values).all():
+            self._refuse_non_finite(spectrum, what)
+        return values
+
+    def _refuse_non_finite(self, spectrum: int, what: str) -> None:
         x, y = self.layout.file_xy(spectrum)
         raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite {what}: "
                                           "the file is damaged or was exported with missing values; export it again")
