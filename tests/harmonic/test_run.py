@@ -66,7 +66,7 @@ def test_many_ions_match_single_ion(cells):
                             texture=TextureSettings((0.0, 1.0)))
     # batching changes no result: on the CPU to rounding (bit for bit here); CUDA's kernels round differently by
     # batch size, and the solver stops at its relative tolerance, 1e-3 (H100: 2.4e-5 of the maximum seen)
-    tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.tolerance
+    tolerance = 1e-6 if resolve_device("auto").type == "cpu" else config.solver.tolerance
     together = HarmonicReport()
     many = fuse_harmonic_many(guide, ions, f, config, report=together)
     for k in range(3):

@@ -12,6 +12,7 @@ import html
 import math
 import re
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,8 +145,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
-    except (KeyError, IndexError, RuntimeError) as exc:  # lookups into structures cut short; a codec's (imagecodecs)
-        # errors on a compressed strip cut short
+    except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
+        # errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to it)
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
