@@ -203,3 +203,9 @@ def test_repeated_points_are_refused_in_json_and_the_python_api(tmp_path: Path) 
                   fixed=np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0], [7.0, 7.0]]), names=("a", "b", "c", "a"))
     assert err.value.source is None
     assert err.value.problem.startswith("duplicate landmarks: 'a' (#0) and 'a' (#3) share the moving point (1, 2);")
+
+
+def test_csv_saved_as_utf16_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    path.write_bytes(CSV_2D.encode("utf-16"))
+    assert read_landmarks(path).names == ("Pt-0", "Pt-1", "Pt-3", "Pt-5")

@@ -338,3 +338,22 @@ def test_an_mz_list_saved_by_a_windows_console_is_read(tmp_path, encoding):
     path.write_bytes("# section.imzML: 163×274 px, pixel size 25 µm, m/z 400–1600\nm/z\tmean_intensity\n"
                      "1217.5161\t3.1\n656.7762\t2.0\n".encode(encoding))
     assert read_mz_list(path) == [1217.5161, 656.7762]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "cp1252"])
+def test_an_ion_table_saved_by_windows_software_is_read(tmp_path, encoding):
+    path = tmp_path / "ion.csv"  # Excel's "Unicode text" is UTF-16; its plain CSV a code page (µ is byte 0xB5)
+    path.write_bytes("# m/z 1217.5, pixel 25 µm\nx (µm),y (µm),intensity\n0,0,1\n1,0,2\n0,1,3\n1,1,4\n".encode(encoding))
+    np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2], [3, 4]])
+
+
+@pytest.mark.parametrize("reader, what", [("ion", "text table"), ("mz", "the m/z list"), ("landmarks", "landmarks")])
+def test_a_binary_file_given_as_text_is_refused_as_such(tmp_path, reader, what):
+    from msifusion.io.landmarks import read_landmarks
+    from msifusion.io.tables import read_mz_list
+
+    path = tmp_path / "table.csv"  # e.g. an Excel workbook renamed, or a TIFF given by mistake
+    path.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(256)))
+    read = {"ion": read_ion, "mz": read_mz_list, "landmarks": read_landmarks}[reader]
+    with pytest.raises(InputError, match=f"^{path}: cannot read {what}: it is a binary file, not text$"):
+        read(path)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.io.tables import read_text
 
 MIN_LANDMARKS = 3
 DUPLICATE_TOLERANCE = 1e-9  # points closer than this × the diagonal of their bounding box count as one point
@@ -131,10 +132,7 @@ def read_landmarks(path: str | Path) -> Landmarks:
         raise InputError(path, "landmarks file not found")
     if not path.is_file():
         raise InputError(path, "landmarks path is not a file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(path, f"cannot read landmarks ({exc})") from None
+    text = read_text(path, "landmarks")
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         lm = _parse_json(path, text)
     else:

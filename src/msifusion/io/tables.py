@@ -89,10 +89,7 @@ def _is_header(rows: list[list[str]], number: Callable[[str], float | None] = _t
 
 def _read_table(path: Path) -> tuple[np.ndarray, str | None]:
     """A text table's pixels, and a warning when a first row counting the columns was kept as data."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(path, f"cannot read text table ({exc})") from None
+    text = read_text(path, "text table")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise InputError(path, "table is empty")
@@ -314,11 +311,18 @@ _COMMA_NUMBER = re.compile(r"\s*(\d+,\d+|\d{1,3}(,\d{3})+(\.\d*)?)\s*")  # 328,9
 _NUMBER_START = re.compile(r"\s*\"?\s*[-+.\d]")
 
 
-def _decoded(raw: bytes) -> str:
-    """A text file's bytes as text: UTF-16 with its byte-order mark (PowerShell's ``>``), else UTF-8, else Latin-1
-    (a Windows console's code page): only the numbers are read, and they are ASCII in all three."""
+def read_text(path: Path, what: str) -> str:
+    """A small text file's contents, whichever way a lab's software saved it: UTF-16 with its byte-order mark
+    (PowerShell's ``>``, Excel's "Unicode text"), else UTF-8, else Latin-1 (a Windows code page). Only numbers and
+    ASCII names are read from it, which are the same in all three. A file with NUL bytes in it is refused as binary."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read {what} ({exc.strerror or exc})") from None
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
+        return raw.decode("utf-16", errors="replace")
+    if b"\0" in raw[:65536]:
+        raise InputError(path, f"cannot read {what}: it is a binary file, not text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -330,10 +334,7 @@ def read_mz_list(path: Path) -> list[float]:
     that does not start with a number) and ``#`` lines are skipped, so that what ``msifusion peaks`` prints, saved to
     a file, can be given as it is. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous
     unless a comma-separated header says the comma separates columns."""
-    try:
-        text = _decoded(path.read_bytes())
-    except OSError as exc:
-        raise InputError(path, f"cannot read the m/z list ({exc.strerror or exc})") from None
+    text = read_text(path, "the m/z list")
     values: list[float] = []
     header: str | None = None  # the header row's delimiter, once one was seen ("" for none)
     for number, line in enumerate(text.splitlines(), 1):
