@@ -98,6 +98,9 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
         stack = tif.asarray()
         assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata
     assert stack.shape == (2, H * SCALE, W * SCALE)
+    with tifffile.TiffFile(out / "ions.ome.tiff") as tif:  # the measured stack beside the fused one
+        np.testing.assert_array_equal(tif.asarray(), truth[:2])
+        assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata
     for i, name in enumerate(("100.0000", "200.0000")):
         folder = out / f"mz_{name}"
         np.testing.assert_array_equal(tifffile.imread(folder / "ion.tiff"), truth[i])

@@ -45,3 +45,28 @@ def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns when tight_layout cannot fit the bars below the strips
         save_ion_grid(tmp_path / "ions.png", np.random.default_rng(0).random((7, 20, 2000)), list("abcdefg"), 1.0)
+
+
+@pytest.mark.parametrize("low, high, note", [
+    (0.0, 100.0, "display clipped at 99th pct"),  # a hot pixel above the 99th percentile
+    (-50.0, 100.0, "display clipped at 1st and 99th pct"),  # negative values: the 1st percentile bounds the scale too
+])
+def test_the_colour_bar_says_which_ends_the_display_clips(low, high, note):
+    from msifusion.report import clip_note, display_range
+
+    image = np.linspace(0, 1, 10_000).reshape(100, 100)
+    image[0, 0], image[-1, -1] = low, high
+    assert clip_note(image, *display_range(image)) == note
+    assert clip_note(image, image.min(), image.max()) == ""
+
+
+def test_a_large_image_is_area_averaged_for_display_in_its_own_pixel_coordinates():
+    from msifusion.report import _for_display
+
+    image = np.zeros((1000, 4000), np.float32)
+    image[:, ::2] = 1.0  # a one-pixel pattern that drawing every fourth pixel would show as all ones (aliasing)
+    drawn, extent = _for_display(image, 1000)
+    assert drawn.shape == (250, 1000) and extent == (0.0, 4000.0, 1000.0, 0.0)
+    np.testing.assert_allclose(drawn, 0.5)
+    small = np.ones((10, 20))
+    assert _for_display(small, 1000)[0] is small

@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "automatic registration also overlay_rival.png, landmarks_rival.csv); one --mz "
                                    "writes ion.tiff and the fusion outputs (checkpoints included) in DIR, several "
                                    "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
-                                   "DIR/fused.ome.tiff, ions.png, fused.png and run.json.")
+                                   "DIR/fused.ome.tiff, the measured ions.ome.tiff, ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), shape = ion shape × scale")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")

@@ -427,6 +427,12 @@ def _no_pixel_size(imzml: Path, pixel_xy: tuple[float, float] | None) -> str:
     return f"the pixels of {imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square"
 
 
+def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
+    """An overview's heading: which images (measured or fused), their pixel size and their intensity units."""
+    pixels = f", {pixel_size_um:.4g} µm pixels" if pixel_size_um else ", pixel size not known"
+    return f"{what} ion images{pixels}\nintensity: {units}"
+
+
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     t0 = time.perf_counter()
@@ -443,7 +449,8 @@ def extract_ions(request: IonsRequest) -> dict:
                                              ("ion TIFFs", "ions.png")))
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         paths = write_ion_tiffs(stack, stage)
-        paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um))
+        paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
+                                   _grid_title("measured", stack.pixel_size_um, stack.units)))
         record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
@@ -585,10 +592,13 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
             fused = np.stack(fused)
             write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
-            save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um)
-            save_ion_grid(stage / "fused.png", fused, stack.labels, px)
+            write_tiff(stage / "ions.ome.tiff", stack.images, stack.pixel_size_um, stack.labels)
+            save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
+                          _grid_title("measured", stack.pixel_size_um, stack.units))
+            save_ion_grid(stage / "fused.png", fused, stack.labels, px,
+                          _grid_title(f"fused ×{request.register.scale} ({request.settings.method})", px, stack.units))
             summary = panel_record(records, stack.names, registered.warnings)
-            summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.png",
+            summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff", "ions.png",
                                                          "fused.png", *(f"mz_{n}/" for n in stack.names), "run.json"],
                            timings_s={"load_and_register": load_s, "fuse_panel": sum(r.seconds for r in results),
                                       "total": time.perf_counter() - t0})

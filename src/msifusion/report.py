@@ -36,6 +36,29 @@ def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> 
     return lo, hi
 
 
+def clip_note(image: np.ndarray, lo: float, hi: float) -> str:
+    """What a colour scale [lo, hi] from :func:`display_range` leaves out of ``image``, in words for its colour bar."""
+    finite = np.asarray(image)[np.isfinite(image)]
+    below = finite.size > 0 and float(finite.min()) < lo
+    above = finite.size > 0 and float(finite.max()) > hi
+    ends = [name for name, clipped in (("1st", below), (f"{DISPLAY_PERCENTILE:g}th", above)) if clipped]
+    return f"display clipped at {' and '.join(ends)} pct" if ends else ""
+
+
+def _for_display(image: np.ndarray, max_px: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """``image`` area-averaged to at most ``max_px`` pixels on a side, and the extent that keeps the original pixel
+    coordinates (for the scale bar): a large fused image drawn pixel for pixel on a small figure would alias."""
+    import cv2
+
+    h, w = image.shape[:2]
+    factor = max(h, w) / max_px
+    extent = (0.0, float(w), float(h), 0.0)
+    if factor <= 1:
+        return image, extent
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_AREA), extent
+
+
 def nice_length(target: float) -> float:
     """The 1-2-5 × 10^n number closest below ``target`` (for scale bars)."""
     if target <= 0:
@@ -84,7 +107,8 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     """One ion image: colour map, colour bar in the ion's units, scale bar when calibrated."""
     lo, hi = display_range(image)
     fig, ax = plt.subplots(figsize=_figsize(image.shape, 8.0), dpi=120)
-    shown = ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+    drawn, extent = _for_display(image, 1000)
+    shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -92,7 +116,8 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     strip = is_strip(image.shape)  # a colour bar beside a strip is too short for its label
     cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.25 if strip and pixel_size_um else 0.02,
                         orientation="horizontal" if strip else "vertical", aspect=40 if strip else 20)
-    cbar.set_label(f"{units} (display clipped at {DISPLAY_PERCENTILE:g}th pct)")
+    note = clip_note(image, lo, hi)
+    cbar.set_label(f"{units} ({note})" if note else units)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -159,10 +184,11 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         ax.set_axis_off()
     for ax, (name, img) in zip(axes.ravel(), panels):
         extent = (0, fine_shape[1], fine_shape[0], 0)
+        drawn = _for_display(img, 800)[0]
         if img.ndim == 3:
-            ax.imshow(np.clip(img, 0, 1), extent=extent, interpolation="nearest")
+            ax.imshow(np.clip(drawn, 0, 1), extent=extent, interpolation="nearest")
         else:
-            ax.imshow(img, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+            ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         add_scale_bar(ax, fine_shape, pixel_size_um)
     if title:
@@ -174,9 +200,9 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
 
 
 def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pixel_size_um: float | None = None,
-                  max_panels: int = 48) -> Path:
-    """An overview of many ion images, each with its own colour scale (99th-percentile clipped; a small colour bar
-    gives its range)."""
+                  title: str = "", max_panels: int = 48) -> Path:
+    """An overview of many ion images under ``title`` (what they are, in what units), each with its own colour scale
+    (99th-percentile clipped; a small colour bar gives its range)."""
     n = min(len(images), max_panels)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
@@ -188,14 +214,18 @@ def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pi
         ax.set_axis_off()
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
         lo, hi = display_range(image)
-        shown = ax.imshow(image, cmap=ION_CMAP, vmin=lo, vmax=hi, interpolation="nearest")
+        drawn, extent = _for_display(image, 400)
+        shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=8)
         add_scale_bar(ax, (h, w), pixel_size_um)
         bar = fig.colorbar(shown, cax=make_axes_locatable(ax).append_axes("right", size="4%", pad=0.04), ticks=[lo, hi])
         bar.ax.tick_params(labelsize=6)
         bar.ax.set_yticklabels([f"{lo:.3g}", f"{hi:.3g}"])
+    heading = [title] if title else []
     if len(images) > n:
-        fig.suptitle(f"first {n} of {len(images)} ions", fontsize=9)
+        heading.append(f"first {n} of {len(images)} ions")
+    if heading:
+        fig.suptitle("\n".join(heading), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

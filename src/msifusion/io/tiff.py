@@ -228,8 +228,8 @@ def write_tiff(
 ) -> Path:
     """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack, with a name per channel (one for an (H, W) image).
 
-    Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm) and as TIFF resolution tags in
-    centimetres, so Bio-Formats and ImageJ's own opener both show the calibration.
+    Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm), which Bio-Formats reads, and as TIFF resolution tags in
+    centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm.
     """
     data = np.asarray(data, dtype=np.float32)
     metadata: dict = {"axes": "YX" if data.ndim == 2 else "CYX"}
