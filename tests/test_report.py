@@ -70,3 +70,24 @@ def test_a_large_image_is_area_averaged_for_display_in_its_own_pixel_coordinates
     np.testing.assert_allclose(drawn, 0.5)
     small = np.ones((10, 20))
     assert _for_display(small, 1000)[0] is small
+
+
+def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch):
+    import msifusion.report as report
+
+    labels = []
+    real = report.plt.Figure.colorbar
+
+    def colorbar(self, *args, **kwargs):
+        bar = real(self, *args, **kwargs)
+        original = bar.set_label
+        bar.set_label = lambda label, **kw: (labels.append(label), original(label, **kw))
+        return bar
+
+    monkeypatch.setattr(report.plt.Figure, "colorbar", colorbar)
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 80))
+    report.save_panel(tmp_path / "p.png", [("optical", rng.random((40, 80, 3))), ("a", truth), ("b", truth / 2)],
+                      1.0, reference=truth)
+    report.save_panel(tmp_path / "q.png", [("optical", rng.random((40, 80, 3)))], 1.0)  # colours only: no bar
+    assert labels == ["ion intensity, one scale for every ion panel (display clipped at 99th pct)"]

@@ -169,16 +169,19 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
                title: str = "", reference: np.ndarray | None = None) -> Path:
     """Side-by-side panels (the paper's Figure 2 c–f). RGB panels are shown as they are; ion
     panels share one colour scale, taken from ``reference`` (e.g. the truth) when given, so
-    brightness is comparable across methods. Low-resolution panels are shown at the fine size.
+    brightness is comparable across methods, and drawn once as a colour bar under them.
+    Low-resolution panels are shown at the fine size.
     """
     n = len(panels)
     fine_shape = max((p[1].shape[:2] for p in panels), key=lambda s: s[0] * s[1])
     ion_images = [img for _, img in panels if img.ndim == 2]
-    lo, hi = display_range(reference if reference is not None else np.concatenate([i.ravel() for i in ion_images]))
+    scaled = reference if reference is not None else np.concatenate([i.ravel() for i in ion_images] or [[0.0]])
+    lo, hi = display_range(scaled)
     cols = min(n, 3) if fine_shape[1] < 1.6 * fine_shape[0] else min(n, 2)
     rows = math.ceil(n / cols)
     fw = 4.2 * cols
-    fh = rows * (fw / cols) * fine_shape[0] / fine_shape[1] + 0.6 * rows + (0.4 if title else 0)
+    bar_in = 0.8 if ion_images else 0.0  # room for the shared colour bar
+    fh = rows * (fw / cols) * fine_shape[0] / fine_shape[1] + 0.6 * rows + (0.4 if title else 0) + bar_in
     fig, axes = plt.subplots(rows, cols, figsize=(fw, fh), dpi=130, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -188,12 +191,18 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         if img.ndim == 3:
             ax.imshow(np.clip(drawn, 0, 1), extent=extent, interpolation="nearest")
         else:
-            ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+            shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         add_scale_bar(ax, fine_shape, pixel_size_um)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bar_in / fh, 1, 1))
+    if ion_images:
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.6 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
+                           orientation="horizontal")
+        note = clip_note(scaled, lo, hi)
+        bar.set_label("ion intensity, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
