@@ -590,7 +590,6 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             fused.append(result.image)
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
-            fused = np.stack(fused)
             write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
             write_tiff(stage / "ions.ome.tiff", stack.images, stack.pixel_size_um, stack.labels)
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,

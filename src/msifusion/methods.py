@@ -46,7 +46,7 @@ class FusionResult:
     image: np.ndarray
     method: str
     scale: int
-    fit: FitResult
+    fit: FitResult  # how the fit went; its image, scaled in place, is ``image`` itself where it was float32
     seconds: float  # with panel_share, this ion's share of the panel's time
     intensity_scale: float
     consistency_error: float
@@ -198,7 +198,10 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
                   seconds: float, options: MethodOptions, panel_share: bool = False) -> FusionResult:
     """The result in the ion's units, with its consistency error under the stated measurement model."""
-    image = (result.image.astype(np.float32) * np.float32(intensity_scale)).astype(np.float32)
+    image = result.image
+    if image.dtype != np.float32 or not image.flags.writeable:
+        image = image.astype(np.float32)
+    image *= np.float32(intensity_scale)  # in place: a panel holds K fused images, and the normalised one is not kept
     if not np.isfinite(image).all():  # a guard: every known cause is refused before (the spot's width, --lr)
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")

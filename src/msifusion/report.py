@@ -208,14 +208,14 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     return Path(path)
 
 
-def save_ion_grid(path: str | Path, images: np.ndarray, names: Sequence[str], pixel_size_um: float | None = None,
-                  title: str = "", max_panels: int = 48) -> Path:
-    """An overview of many ion images under ``title`` (what they are, in what units), each with its own colour scale
-    (99th-percentile clipped; a small colour bar gives its range)."""
+def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str],
+                  pixel_size_um: float | None = None, title: str = "", max_panels: int = 48) -> Path:
+    """An overview of many ion images (a (K, H, W) stack or K (H, W) images) under ``title`` (what they are, in what
+    units), each with its own colour scale (99th-percentile clipped; a small colour bar gives its range)."""
     n = min(len(images), max_panels)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
-    h, w = images.shape[1:]
+    h, w = np.shape(images[0])
     pw = 2.6 if n > 3 else 4.0  # a few ions get larger panels
     below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
     fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35 + below)), dpi=110, squeeze=False)

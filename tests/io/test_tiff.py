@@ -258,3 +258,13 @@ def test_an_ion_stack_given_as_the_optical_is_refused(tmp_path):
                                          "not a microscope image"):
         read_optical(path)
     assert read_ion(write_tiff(tmp_path / "one.tiff", stack[0], 2.0, ["m/z 100.0000"])).pixels.shape == (8, 10)
+
+
+def test_a_stack_given_page_by_page_is_the_same_file_as_the_stacked_array(tmp_path):
+    pages = [np.random.default_rng(k).random((6, 9)).astype(np.float32) for k in range(3)]
+    names = ["m/z 100.0000", "m/z 200.0000", "m/z 300.0000"]
+    whole = write_tiff(tmp_path / "whole.ome.tiff", np.stack(pages), 2.5, names)
+    paged = write_tiff(tmp_path / "paged.ome.tiff", pages, 2.5, names)
+    assert paged.read_bytes() == whole.read_bytes()  # pixels, calibration, channel names and content UUID alike
+    with pytest.raises(ValueError, match="one shape"):
+        write_tiff(tmp_path / "bad.ome.tiff", [pages[0], pages[1][:5]], 2.5)

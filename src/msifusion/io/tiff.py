@@ -13,6 +13,7 @@ import math
 import re
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,33 +223,42 @@ def _tiff_colours(path: Path, data: np.ndarray, encoding: str, series) -> np.nda
 
 def write_tiff(
     path: str | Path,
-    data: np.ndarray,
+    data: np.ndarray | Sequence[np.ndarray],
     pixel_size_um: float | None = None,
     channel_names: list[str] | None = None,
 ) -> Path:
-    """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack, with a name per channel (one for an (H, W) image).
+    """Write float32 OME-TIFF: (H, W) or a (C, H, W) stack, with a name per channel (one for an (H, W) image). A stack
+    may be given as a sequence of (H, W) images: it is written page by page, never gathered into one array.
 
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm), which Bio-Formats reads, and as TIFF resolution tags in
     centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm.
     """
-    data = np.asarray(data, dtype=np.float32)
-    metadata: dict = {"axes": "YX" if data.ndim == 2 else "CYX"}
+    if isinstance(data, np.ndarray):
+        data = np.asarray(data, dtype=np.float32)
+        shape = data.shape
+    else:
+        shapes = {np.shape(page) for page in data}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"a stack needs (H, W) images of one shape; got {sorted(shapes)}")
+        shape = (len(data), *shapes.pop())
+    metadata: dict = {"axes": "YX" if len(shape) == 2 else "CYX"}
     if channel_names is not None:
-        if len(channel_names) != (1 if data.ndim == 2 else data.shape[0]):
+        if len(channel_names) != (1 if len(shape) == 2 else shape[0]):
             raise ValueError("channel_names needs one name per channel (one for an (H, W) image)")
         metadata["Channel"] = {"Name": list(channel_names)}
-    return _write_ome(path, data, metadata, pixel_size_um, "minisblack")
+    return _write_ome(path, data, metadata, pixel_size_um, "minisblack", shape)
 
 
 def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None) -> Path:
     """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF."""
     data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
-    return _write_ome(path, data, {"axes": "YXS"}, pixel_size_um, "rgb")
+    return _write_ome(path, data, {"axes": "YXS"}, pixel_size_um, "rgb", data.shape)
 
 
-def _write_ome(path: str | Path, data: np.ndarray, metadata: dict, pixel_size_um: float | None,
-               photometric: str) -> Path:
-    """OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a content-derived UUID."""
+def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metadata: dict,
+               pixel_size_um: float | None, photometric: str, shape: tuple[int, ...]) -> Path:
+    """OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a content-derived UUID; ``data``
+    is one array, or a stack's (H, W) pages (written one by one, as float32)."""
     import tifffile
 
     metadata, kwargs = dict(metadata), {}
@@ -257,7 +267,12 @@ def _write_ome(path: str | Path, data: np.ndarray, metadata: dict, pixel_size_um
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
         per_cm = 1e4 / pixel_size_um
         kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-    metadata["UUID"] = _content_uuid(data, metadata)
+    pages = [data] if isinstance(data, np.ndarray) else data
+    dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(np.float32)
+    metadata["UUID"] = _content_uuid(pages, shape, dtype, metadata)
+    if not isinstance(data, np.ndarray):
+        kwargs.update(shape=shape, dtype=dtype)
+        data = (np.ascontiguousarray(page, dtype=dtype) for page in pages)
     tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric=photometric, **kwargs)
     return Path(path)
 
@@ -265,10 +280,11 @@ def _write_ome(path: str | Path, data: np.ndarray, metadata: dict, pixel_size_um
 _OME_UUID_NAMESPACE = uuid.UUID("b23d9f2a-5cbf-466b-b76d-44c26ec263b4")  # msifusion's, drawn once
 
 
-def _content_uuid(data: np.ndarray, metadata: dict) -> str:
-    """The OME file UUID, derived from the pixels and metadata (tifffile draws a new one per write),
-    so that the same result written twice is the same file, byte for byte."""
-    data = np.ascontiguousarray(data)
-    digest = hashlib.blake2b(data.data, digest_size=16)
-    digest.update(repr((data.shape, data.dtype.str, sorted(metadata.items()))).encode())
+def _content_uuid(pages: Sequence[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, metadata: dict) -> str:
+    """The OME file UUID, derived from the pixels (one array, or a stack's pages in order) and metadata (tifffile
+    draws a new one per write), so that the same result written twice is the same file, byte for byte."""
+    digest = hashlib.blake2b(digest_size=16)
+    for page in pages:
+        digest.update(np.ascontiguousarray(page, dtype=dtype).data)
+    digest.update(repr((tuple(shape), np.dtype(dtype).str, sorted(metadata.items()))).encode())
     return str(uuid.uuid5(_OME_UUID_NAMESPACE, digest.hexdigest()))
