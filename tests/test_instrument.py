@@ -633,3 +633,19 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     record = json.loads((tmp_path / "um" / "run.json").read_text())
     assert any("by 4.0×" in w for w in record["warnings"]) and "--optical-pixel-size 0.25" not in err
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
+
+
+def test_a_panel_beyond_the_machines_memory_is_refused_before_registration(tmp_path, files, monkeypatch, capsys):
+    import msifusion.methods as methods
+
+    imzml, opt, lm, _ = files
+    page = 4096
+    pixels = H * SCALE * W * SCALE
+    pages = pixels * (methods.BYTES_PER_FUSED_PIXEL + 2) // page  # one ion fits, two do not
+    monkeypatch.setattr(methods.os, "sysconf", lambda name: {"SC_PAGE_SIZE": page, "SC_PHYS_PAGES": pages}[name])
+    monkeypatch.setattr("msifusion.instrument.register_optical", lambda *a, **k: pytest.fail("registered first"))
+    out = tmp_path / "out"
+    code = main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"])
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().endswith("fuse the panel in parts of at most 1 ion")

@@ -162,6 +162,22 @@ def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
         check_fused_size((20, 30), 1_000_000)  # 29 PB
 
 
+
+def test_a_panel_beyond_the_machines_memory_is_refused_with_the_parts_that_fit(monkeypatch):
+    import os
+
+    from msifusion.methods import check_fused_size
+
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2_000_000}[name])  # 8.2 GB
+    # the ginkgo ion at ×20: 2.646 M fused pixels, 48 bytes each for the first ion and 4 for each further one
+    check_fused_size((49, 135), 20, ions=762)  # 2.646 M × (48 + 4 × 761) = 8.18 GB: fits
+    with pytest.raises(InputError, match=r"^--mz: 1000 ions fused ×20 \(980×2700 each\) hold about 11 GB, more than "
+                                         r"this machine's 8 GB of memory; fuse the panel in parts of at most 762 ions$"):
+        check_fused_size((49, 135), 20, ions=1000)
+    with pytest.raises(InputError, match=r"^--scale: ×200 makes"):  # one ion does not fit: no part would
+        check_fused_size((49, 135), 200, ions=100)
+
+
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
 def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
     """A memory-mapped or frozen guide gives the same image as a writable one (and no torch warning: the suite

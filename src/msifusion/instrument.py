@@ -555,6 +555,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
         pixel_xy, file_summary = f.layout.pixel_size_xy_um, f.summary()
+    check_fused_size(stack.images.shape[1:], request.register.scale, len(stack.mzs))  # before minutes of registration
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()

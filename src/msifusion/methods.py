@@ -119,22 +119,31 @@ def check_scale(scale: int | None) -> None:
 BYTES_PER_FUSED_PIXEL = 48  # the guide (RGB float32), its resampling and the output, outside the solver's tiles
 
 
-def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
-    """Refuse, before any work, a fused image that would not fit in this machine's memory.
+def check_fused_size(ion_shape: tuple[int, int], scale: int, ions: int = 1) -> None:
+    """Refuse, before any work, a fused image (or a panel of ``ions`` of them) that would not fit in this machine's
+    memory.
 
-    Estimated at :data:`BYTES_PER_FUSED_PIXEL` (the solver itself works in tiles); without the
+    Estimated at :data:`BYTES_PER_FUSED_PIXEL` for the first ion (the solver itself works in tiles) and 4 bytes per
+    fused pixel for each further ion of a panel (its float32 image, held until the panel is written); without the
     check a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
     """
     h, w = ion_shape
-    need = h * scale * w * scale * BYTES_PER_FUSED_PIXEL
+    pixels = h * scale * w * scale
+    need = pixels * (BYTES_PER_FUSED_PIXEL + 4 * (ions - 1))
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not POSIX: nothing to compare with
         return
-    if need > have:
-        raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {need / 1e9:.0f} GB "
-                                    f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
-                                    "scale or crop the ion image")
+    if need <= have:
+        return
+    fits = (have // pixels - BYTES_PER_FUSED_PIXEL) // 4 + 1
+    if ions > 1 and fits >= 1:
+        raise InputError("--mz", f"{ions} ions fused ×{scale} ({h * scale}×{w * scale} each) hold about "
+                                 f"{need / 1e9:.0f} GB, more than this machine's {have / 1e9:.0f} GB of memory; fuse "
+                                 f"the panel in parts of at most {fits} ion{'s' if fits > 1 else ''}")
+    raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {need / 1e9:.0f} GB "
+                                f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
+                                "scale or crop the ion image")
 
 
 def _array(value, what: str) -> np.ndarray:
