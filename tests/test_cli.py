@@ -421,7 +421,8 @@ def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
 
 @pytest.mark.parametrize("command, outputs", [
     ("fuse", ["fused.tiff", "fused.png", "losses.csv", "checkpoints/epoch_NNNN.tiff", "ion.tiff", "mz_<m/z>/",
-              "fused.ome.tiff", "ions.ome.tiff", "ions.png", "optical_registered.tiff / .png", "overlay.png", "landmarks.csv",
+              "fused.ome.tiff", "ions.ome.tiff", "ions.png", "optical_registered.tiff / .png", "overlay.png",
+              "landmarks.csv",
               "overlay_rival.png", "landmarks_rival.csv", "run.json"]),
     ("register", ["optical_registered.tiff / .png", "overlay.png", "landmarks.csv", "run.json", "overlay_rival.png",
                   "landmarks_rival.csv"]),

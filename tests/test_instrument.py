@@ -639,13 +639,11 @@ def test_a_panel_beyond_the_machines_memory_is_refused_before_registration(tmp_p
     import msifusion.methods as methods
 
     imzml, opt, lm, _ = files
-    page = 4096
     pixels = H * SCALE * W * SCALE
-    pages = pixels * (methods.BYTES_PER_FUSED_PIXEL + 2) // page  # one ion fits, two do not
-    monkeypatch.setattr(methods.os, "sysconf", lambda name: {"SC_PAGE_SIZE": page, "SC_PHYS_PAGES": pages}[name])
+    monkeypatch.setattr(methods, "machine_memory_bytes", lambda: pixels * (methods.BYTES_PER_FUSED_PIXEL + 2))
     monkeypatch.setattr("msifusion.instrument.register_optical", lambda *a, **k: pytest.fail("registered first"))
     out = tmp_path / "out"
     code = main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
                  "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"])
     assert code == 2 and not out.exists()
-    assert capsys.readouterr().err.strip().endswith("fuse the panel in parts of at most 1 ion")
+    assert capsys.readouterr().err.strip().endswith("fuse the panel in parts of fewer ions (at most 1 could fit)")

@@ -162,20 +162,18 @@ def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
         check_fused_size((20, 30), 1_000_000)  # 29 PB
 
 
-
 def test_a_panel_beyond_the_machines_memory_is_refused_with_the_parts_that_fit(monkeypatch):
-    import os
+    import msifusion.methods as methods
 
-    from msifusion.methods import check_fused_size
-
-    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2_000_000}[name])  # 8.2 GB
+    monkeypatch.setattr(methods, "machine_memory_bytes", lambda: 8_192_000_000)
     # the ginkgo ion at ×20: 2.646 M fused pixels, 48 bytes each for the first ion and 4 for each further one
-    check_fused_size((49, 135), 20, ions=762)  # 2.646 M × (48 + 4 × 761) = 8.18 GB: fits
-    with pytest.raises(InputError, match=r"^--mz: 1000 ions fused ×20 \(980×2700 each\) hold about 11 GB, more than "
-                                         r"this machine's 8 GB of memory; fuse the panel in parts of at most 762 ions$"):
-        check_fused_size((49, 135), 20, ions=1000)
-    with pytest.raises(InputError, match=r"^--scale: ×200 makes"):  # one ion does not fit: no part would
-        check_fused_size((49, 135), 200, ions=100)
+    methods.check_fused_size((49, 135), 20, ions=762)  # 2.646 M × (48 + 4 × 761) = 8.18 GB: fits
+    with pytest.raises(InputError, match=r"^--mz: 1000 ions fused ×20 \(980×2700 each\) need at least 11 GB, more "
+                                         r"than this machine's 8 GB of memory; fuse the panel in parts of fewer ions "
+                                         r"\(at most 762 could fit\)$"):
+        methods.check_fused_size((49, 135), 20, ions=1000)
+    with pytest.raises(InputError, match=r"^--scale: ×200 makes a 9800×27000 fused image, about 13 GB"):
+        methods.check_fused_size((49, 135), 200, ions=100)  # one ion does not fit: its own size is named
 
 
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
@@ -197,3 +195,23 @@ def test_an_unavailable_device_is_an_input_error(small_pair):
     guide, ion, _ = small_pair
     with pytest.raises(InputError, match="CUDA is not available"):
         fuse(guide, ion, options=MethodOptions(runtime=Runtime(device="cuda", quiet=True)))
+
+
+def test_scaling_to_ion_units_never_writes_into_arrays_the_method_does_not_own(monkeypatch):
+    from msifusion.fit import FitResult
+    from msifusion.methods import METHODS, Method, fuse, fuse_many
+
+    def echo_guide(problem, options):  # returns a view of the caller's guide
+        return FitResult(problem.guide[..., 0])
+
+    def one_for_all(guide, ions, scale, options):  # hands every ion the same array
+        image = np.ones(guide.shape[:2], np.float32)
+        return [FitResult(image) for _ in ions]
+
+    monkeypatch.setitem(METHODS, "echo", Method("echo", echo_guide, "test", run_many=one_for_all))
+    guide = np.full((8, 12, 3), 0.5, np.float32)
+    ion = np.full((2, 3), 40.0, np.float32)
+    assert fuse(guide, ion, "echo").image.max() == pytest.approx(20.0)
+    assert guide.max() == 0.5  # the caller's guide is left as it was
+    results = fuse_many(guide, np.stack([ion, ion / 4]), "echo")
+    assert [r.image.max() for r in results] == [40.0, 10.0]  # each ion scaled once, by its own peak

@@ -47,17 +47,20 @@ def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
         save_ion_grid(tmp_path / "ions.png", np.random.default_rng(0).random((7, 20, 2000)), list("abcdefg"), 1.0)
 
 
-@pytest.mark.parametrize("low, high, note", [
-    (0.0, 100.0, "display clipped at 99th pct"),  # a hot pixel above the 99th percentile
-    (-50.0, 100.0, "display clipped at 1st and 99th pct"),  # negative values: the 1st percentile bounds the scale too
+@pytest.mark.parametrize("low, negatives, note", [
+    (0.0, 0, "display clipped above the 99th pct"),  # a hot pixel above the 99th percentile
+    (-50.0, 200, "display clipped below the 1st pct and above the 99th pct"),  # 2 % negative: the 1st pct bounds it
+    (-50.0, 50, "display clipped below 0 and above the 99th pct"),  # 0.5 % negative: the scale starts at 0
 ])
-def test_the_colour_bar_says_which_ends_the_display_clips(low, high, note):
+def test_the_colour_bar_says_which_ends_the_display_clips(low, negatives, note):
     from msifusion.report import clip_note, display_range
 
     image = np.linspace(0, 1, 10_000).reshape(100, 100)
-    image[0, 0], image[-1, -1] = low, high
+    image.ravel()[:negatives] = np.linspace(low, -1, negatives) if negatives else image.ravel()[:0]
+    image[-1, -1] = 100.0
     assert clip_note(image, *display_range(image)) == note
     assert clip_note(image, image.min(), image.max()) == ""
+    assert clip_note([image[:50], image[50:]], *display_range(image)) == note  # panels shown on one scale
 
 
 def test_a_large_image_is_area_averaged_for_display_in_its_own_pixel_coordinates():
@@ -65,11 +68,11 @@ def test_a_large_image_is_area_averaged_for_display_in_its_own_pixel_coordinates
 
     image = np.zeros((1000, 4000), np.float32)
     image[:, ::2] = 1.0  # a one-pixel pattern that drawing every fourth pixel would show as all ones (aliasing)
-    drawn, extent = _for_display(image, 1000)
+    drawn, extent = _for_display(image, (600, 1000))
     assert drawn.shape == (250, 1000) and extent == (0.0, 4000.0, 1000.0, 0.0)
     np.testing.assert_allclose(drawn, 0.5)
     small = np.ones((10, 20))
-    assert _for_display(small, 1000)[0] is small
+    assert _for_display(small, (600, 1000))[0] is small
 
 
 def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch):
@@ -90,4 +93,4 @@ def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch
     report.save_panel(tmp_path / "p.png", [("optical", rng.random((40, 80, 3))), ("a", truth), ("b", truth / 2)],
                       1.0, reference=truth)
     report.save_panel(tmp_path / "q.png", [("optical", rng.random((40, 80, 3)))], 1.0)  # colours only: no bar
-    assert labels == ["ion intensity, one scale for every ion panel (display clipped at 99th pct)"]
+    assert labels == ["ion intensity, one scale for every ion panel (display clipped above the 99th pct)"]

@@ -20,7 +20,7 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_file, write_rgb_tiff, write_tiff
-from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_tiffs
+from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_stack, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale
@@ -592,14 +592,15 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
             write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
-            write_tiff(stage / "ions.ome.tiff", stack.images, stack.pixel_size_um, stack.labels)
+            write_ion_stack(stack, stage / "ions.ome.tiff")
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                           _grid_title("measured", stack.pixel_size_um, stack.units))
             save_ion_grid(stage / "fused.png", fused, stack.labels, px,
                           _grid_title(f"fused ×{request.register.scale} ({request.settings.method})", px, stack.units))
             summary = panel_record(records, stack.names, registered.warnings)
-            summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff", "ions.png",
-                                                         "fused.png", *(f"mz_{n}/" for n in stack.names), "run.json"],
+            summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
+                                                         "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),
+                                                         "run.json"],
                            timings_s={"load_and_register": load_s, "fuse_panel": sum(r.seconds for r in results),
                                       "total": time.perf_counter() - t0})
             write_run_json(stage, summary)

@@ -46,7 +46,7 @@ class FusionResult:
     image: np.ndarray
     method: str
     scale: int
-    fit: FitResult  # how the fit went; its image, scaled in place, is ``image`` itself where it was float32
+    fit: FitResult  # how the fit went; its image is ``image`` itself where it could be scaled in place (_in_ion_units)
     seconds: float  # with panel_share, this ion's share of the panel's time
     intensity_scale: float
     consistency_error: float
@@ -119,29 +119,37 @@ def check_scale(scale: int | None) -> None:
 BYTES_PER_FUSED_PIXEL = 48  # the guide (RGB float32), its resampling and the output, outside the solver's tiles
 
 
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say (not POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_fused_size(ion_shape: tuple[int, int], scale: int, ions: int = 1) -> None:
-    """Refuse, before any work, a fused image (or a panel of ``ions`` of them) that would not fit in this machine's
+    """Refuse, before any work, a fused image (or a panel of ``ions`` of them) that cannot fit in this machine's
     memory.
 
-    Estimated at :data:`BYTES_PER_FUSED_PIXEL` for the first ion (the solver itself works in tiles) and 4 bytes per
+    A lower bound: :data:`BYTES_PER_FUSED_PIXEL` for the first ion (the solver itself works in tiles) and 4 bytes per
     fused pixel for each further ion of a panel (its float32 image, held until the panel is written); without the
     check a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
     """
+    have = machine_memory_bytes()
+    if have is None:
+        return
     h, w = ion_shape
     pixels = h * scale * w * scale
-    need = pixels * (BYTES_PER_FUSED_PIXEL + 4 * (ions - 1))
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not POSIX: nothing to compare with
-        return
+    one = pixels * BYTES_PER_FUSED_PIXEL
+    need = one + pixels * 4 * (ions - 1)
     if need <= have:
         return
-    fits = (have // pixels - BYTES_PER_FUSED_PIXEL) // 4 + 1
-    if ions > 1 and fits >= 1:
-        raise InputError("--mz", f"{ions} ions fused ×{scale} ({h * scale}×{w * scale} each) hold about "
+    if one <= have:
+        fits = (have - one) // (pixels * 4) + 1
+        raise InputError("--mz", f"{ions} ions fused ×{scale} ({h * scale}×{w * scale} each) need at least "
                                  f"{need / 1e9:.0f} GB, more than this machine's {have / 1e9:.0f} GB of memory; fuse "
-                                 f"the panel in parts of at most {fits} ion{'s' if fits > 1 else ''}")
-    raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {need / 1e9:.0f} GB "
+                                 f"the panel in parts of fewer ions (at most {fits} could fit)")
+    raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {one / 1e9:.0f} GB "
                                 f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
                                 "scale or crop the ion image")
 
@@ -205,12 +213,17 @@ def _checked_ion(guide_shape: tuple[int, ...], ion: np.ndarray, options: MethodO
 
 
 def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, intensity_scale: float,
-                  seconds: float, options: MethodOptions, panel_share: bool = False) -> FusionResult:
-    """The result in the ion's units, with its consistency error under the stated measurement model."""
+                  seconds: float, options: MethodOptions, panel_share: bool = False,
+                  not_owned: Sequence[np.ndarray] = ()) -> FusionResult:
+    """The result in the ion's units, with its consistency error under the stated measurement model.
+
+    The fit's image is scaled in place (a panel holds K fused images; the normalised one is not kept) unless it is
+    not float32, read-only, or may share memory with one of ``not_owned`` (the caller's guide and ion, the other
+    ions' fused images): then a copy is scaled, and the fit keeps its normalised image."""
     image = result.image
-    if image.dtype != np.float32 or not image.flags.writeable:
+    if image.dtype != np.float32 or not image.flags.writeable or any(np.may_share_memory(image, a) for a in not_owned):
         image = image.astype(np.float32)
-    image *= np.float32(intensity_scale)  # in place: a panel holds K fused images, and the normalised one is not kept
+    image *= np.float32(intensity_scale)
     if not np.isfinite(image).all():  # a guard: every known cause is refused before (the spot's width, --lr)
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")
@@ -240,7 +253,8 @@ def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scal
     start = time.perf_counter()
     with seeded(options.runtime.seed):
         result = METHODS[method].run(problem, options)
-    return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start, options)
+    return _in_ion_units(result, ion, method, scale, intensity_scale, time.perf_counter() - start, options,
+                         not_owned=(guide, ion))
 
 
 def fuse_many(
@@ -288,8 +302,9 @@ def fuse_many(
     with seeded(options.runtime.seed):
         results = run_many(guide, normalised, scale, options)
     share = (time.perf_counter() - start) / len(checked)
-    return [_in_ion_units(r, ion, method, scale, peak, share, options, panel_share=True)
-            for r, (ion, _, peak) in zip(results, checked)]
+    images = [r.image for r in results]  # a method may hand two ions one array: then each scales its own copy
+    return [_in_ion_units(r, ion, method, scale, peak, share, options, True, (guide, ion, *images[:k], *images[k + 1:]))
+            for k, (r, (ion, _, peak)) in enumerate(zip(results, checked))]
 
 
 # ----------------------------------------------------------------------------- methods

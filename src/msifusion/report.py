@@ -36,27 +36,53 @@ def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> 
     return lo, hi
 
 
-def clip_note(image: np.ndarray, lo: float, hi: float) -> str:
-    """What a colour scale [lo, hi] from :func:`display_range` leaves out of ``image``, in words for its colour bar."""
-    finite = np.asarray(image)[np.isfinite(image)]
-    below = finite.size > 0 and float(finite.min()) < lo
-    above = finite.size > 0 and float(finite.max()) > hi
-    ends = [name for name, clipped in (("1st", below), (f"{DISPLAY_PERCENTILE:g}th", above)) if clipped]
-    return f"display clipped at {' and '.join(ends)} pct" if ends else ""
+def clip_note(images: np.ndarray | Sequence[np.ndarray], lo: float, hi: float,
+              percentile: float = DISPLAY_PERCENTILE) -> str:
+    """What a colour scale [lo, hi] from :func:`display_range` leaves out of ``images`` (one or several shown with it),
+    in words for its colour bar."""
+    extremes = [_finite_extremes(np.asarray(a)) for a in ([images] if isinstance(images, np.ndarray) else images)]
+    extremes = [e for e in extremes if e is not None]
+    ends = []
+    if extremes and min(e[0] for e in extremes) < lo:
+        ends.append("below 0" if lo == 0 else "below the 1st pct")
+    if extremes and max(e[1] for e in extremes) > hi:
+        ends.append(f"above the {percentile:g}th pct")
+    return f"display clipped {' and '.join(ends)}" if ends else ""
 
 
-def _for_display(image: np.ndarray, max_px: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """``image`` area-averaged to at most ``max_px`` pixels on a side, and the extent that keeps the original pixel
-    coordinates (for the scale bar): a large fused image drawn pixel for pixel on a small figure would alias."""
+def _finite_extremes(image: np.ndarray) -> tuple[float, float] | None:
+    finite = np.isfinite(image)
+    values = image if finite.all() else image[finite]
+    return (float(values.min()), float(values.max())) if values.size else None
+
+
+def _for_display(image: np.ndarray, box: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """``image`` area-averaged to fit ``box`` (rows, columns of screen pixels it is drawn on), and the extent that keeps
+    the original pixel coordinates (for the scale bar): a large fused image drawn with nearest-pixel sampling on a
+    small figure would alias."""
     import cv2
 
     h, w = image.shape[:2]
-    factor = max(h, w) / max_px
+    factor = max(h / box[0], w / box[1])
     extent = (0.0, float(w), float(h), 0.0)
     if factor <= 1:
         return image, extent
     size = (max(1, round(w / factor)), max(1, round(h / factor)))
     return cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_AREA), extent
+
+
+def _box(fig, rows: int = 1, cols: int = 1) -> tuple[float, float]:
+    """Screen pixels of one of ``rows`` × ``cols`` panels of ``fig``, less the margins (about a fifth)."""
+    width, height = fig.get_size_inches() * fig.dpi
+    return 0.8 * height / rows, 0.8 * width / cols
+
+
+def _wrapped(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (about 0.55 em a character)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
 
 
 def nice_length(target: float) -> float:
@@ -107,7 +133,7 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     """One ion image: colour map, colour bar in the ion's units, scale bar when calibrated."""
     lo, hi = display_range(image)
     fig, ax = plt.subplots(figsize=_figsize(image.shape, 8.0), dpi=120)
-    drawn, extent = _for_display(image, 1000)
+    drawn, extent = _for_display(image, _box(fig))
     shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -187,7 +213,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         ax.set_axis_off()
     for ax, (name, img) in zip(axes.ravel(), panels):
         extent = (0, fine_shape[1], fine_shape[0], 0)
-        drawn = _for_display(img, 800)[0]
+        drawn = _for_display(img, _box(fig, rows, cols))[0]
         if img.ndim == 3:
             ax.imshow(np.clip(drawn, 0, 1), extent=extent, interpolation="nearest")
         else:
@@ -200,7 +226,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     if ion_images:
         bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.6 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
                            orientation="horizontal")
-        note = clip_note(scaled, lo, hi)
+        note = clip_note(ion_images, lo, hi)
         bar.set_label("ion intensity, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
@@ -223,7 +249,7 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
         ax.set_axis_off()
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
         lo, hi = display_range(image)
-        drawn, extent = _for_display(image, 400)
+        drawn, extent = _for_display(image, _box(fig, rows, cols))
         shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=8)
         add_scale_bar(ax, (h, w), pixel_size_um)
@@ -234,7 +260,7 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     if len(images) > n:
         heading.append(f"first {n} of {len(images)} ions")
     if heading:
-        fig.suptitle("\n".join(heading), fontsize=9)
+        fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -340,10 +340,11 @@ def test_an_mz_list_saved_by_a_windows_console_is_read(tmp_path, encoding):
     assert read_mz_list(path) == [1217.5161, 656.7762]
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "cp1252"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "cp1252"])
 def test_an_ion_table_saved_by_windows_software_is_read(tmp_path, encoding):
-    path = tmp_path / "ion.csv"  # Excel's "Unicode text" is UTF-16; its plain CSV a code page (µ is byte 0xB5)
-    path.write_bytes("# m/z 1217.5, pixel 25 µm\nx (µm),y (µm),intensity\n0,0,1\n1,0,2\n0,1,3\n1,1,4\n".encode(encoding))
+    path = tmp_path / "ion.csv"  # Excel's "Unicode text" is UTF-16 (with or without its mark); CSV a code page
+    text = "# m/z 1217.5, pixel 25 µm\nx (µm),y (µm),intensity\n0,0,1\n1,0,2\n0,1,3\n1,1,4\n"
+    path.write_bytes(text.encode(encoding))
     np.testing.assert_array_equal(read_ion(path).pixels, [[1, 2], [3, 4]])
 
 

@@ -268,3 +268,18 @@ def test_a_stack_given_page_by_page_is_the_same_file_as_the_stacked_array(tmp_pa
     assert paged.read_bytes() == whole.read_bytes()  # pixels, calibration, channel names and content UUID alike
     with pytest.raises(ValueError, match="one shape"):
         write_tiff(tmp_path / "bad.ome.tiff", [pages[0], pages[1][:5]], 2.5)
+
+
+def test_python_zlib_errors_are_the_same_one_line(tmp_path, monkeypatch):
+    import zlib
+
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "deflate.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", compression="zlib")
+
+    def broken(*args, **kwargs):  # what tifffile's fallback decoder raises on a cut stream, without imagecodecs
+        raise zlib.error("Error -5 while decompressing data: incomplete or truncated stream")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", broken)
+    with pytest.raises(InputError, match=f"^{path}: cannot read TIFF: it is truncated or damaged \\(error: Error -5"):
+        read_optical(path)

@@ -934,5 +934,12 @@ def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_tiff(out / f"mz_{name}.tiff", img, stack.pixel_size_um, [label])
              for name, label, img in zip(stack.names, stack.labels, stack.images)]
-    paths.append(write_tiff(out / "ions.ome.tiff", stack.images, stack.pixel_size_um, channel_names=stack.labels))
+    paths.append(write_ion_stack(stack, out / "ions.ome.tiff"))
     return paths
+
+
+def write_ion_stack(stack: IonStack, path: str | Path) -> Path:
+    """The ion images as one calibrated OME-TIFF stack whose channels are named ``"m/z 328.9167"``."""
+    from msifusion.io.images import write_tiff
+
+    return write_tiff(path, stack.images, stack.pixel_size_um, channel_names=stack.labels)

@@ -312,16 +312,22 @@ _NUMBER_START = re.compile(r"\s*\"?\s*[-+.\d]")
 
 
 def read_text(path: Path, what: str) -> str:
-    """A small text file's contents, whichever way a lab's software saved it: UTF-16 with its byte-order mark
-    (PowerShell's ``>``, Excel's "Unicode text"), else UTF-8, else Latin-1 (a Windows code page). Only numbers and
-    ASCII names are read from it, which are the same in all three. A file with NUL bytes in it is refused as binary."""
+    """A small text file's contents, whichever way a lab's software saved it: UTF-32 or UTF-16 with a byte-order mark
+    (PowerShell's ``>``, Excel's "Unicode text"), UTF-16 without one (mostly ASCII text, so nearly every other byte
+    is NUL), else UTF-8, else Latin-1, which reads the digits, separators and ASCII names of any Windows code page
+    alike (only those are read from it). Any other file with NUL bytes in it is refused as binary."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(path, f"cannot read {what} ({exc.strerror or exc})") from None
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: UTF-32-LE's mark starts alike
+        return raw.decode("utf-32", errors="replace")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
-    if b"\0" in raw[:65536]:
+    if b"\0" in raw:
+        for high, encoding in ((raw[1::2], "utf-16-le"), (raw[0::2], "utf-16-be")):  # a character's high bytes
+            if len(raw) % 2 == 0 and high.count(0) >= 0.9 * len(high):
+                return raw.decode(encoding, errors="replace")
         raise InputError(path, f"cannot read {what}: it is a binary file, not text")
     try:
         return raw.decode("utf-8-sig")
