@@ -4,7 +4,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from msifusion.report import add_scale_bar, nice_length, plt, save_ion_png  # report sets the Agg backend
+from msifusion.report import Figure, add_scale_bar, new_figure, nice_length, save_ion_png
 
 
 def test_nice_length_is_the_1_2_5_step_below():
@@ -13,25 +13,24 @@ def test_nice_length_is_the_1_2_5_step_below():
 
 @pytest.mark.parametrize("shape, loc, colour", [((120, 160), 4, "white"), ((20, 2000), 1, "black")])
 def test_a_strip_gets_its_scale_bar_below_it_in_black(shape, loc, colour):
-    fig, ax = plt.subplots()
+    ax = new_figure((4, 3), 100).subplots()
     add_scale_bar(ax, shape, 2.0)
     (bar,) = ax.artists
     assert bar.loc == loc  # 4: lower right, inside the image; 1: upper right of the box under the image
     assert matplotlib.colors.to_rgb(bar.size_bar.get_children()[0].get_facecolor()) == matplotlib.colors.to_rgb(colour)
-    plt.close(fig)
 
 
 def test_a_strip_png_has_its_colour_bar_below_it(tmp_path, monkeypatch):
     import msifusion.report as report
 
     seen = []
-    real = report.plt.Figure.colorbar
+    real = Figure.colorbar
 
     def colorbar(self, *args, **kwargs):
         seen.append(kwargs["orientation"])
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(report.plt.Figure, "colorbar", colorbar)
+    monkeypatch.setattr(Figure, "colorbar", colorbar)
     for shape in ((20, 2000), (120, 160)):
         save_ion_png(tmp_path / "ion.png", np.random.default_rng(0).random(shape), 1.0)
     assert seen == ["horizontal", "vertical"]
@@ -79,7 +78,7 @@ def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch
     import msifusion.report as report
 
     labels = []
-    real = report.plt.Figure.colorbar
+    real = Figure.colorbar
 
     def colorbar(self, *args, **kwargs):
         bar = real(self, *args, **kwargs)
@@ -87,10 +86,22 @@ def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch
         bar.set_label = lambda label, **kw: (labels.append(label), original(label, **kw))
         return bar
 
-    monkeypatch.setattr(report.plt.Figure, "colorbar", colorbar)
+    monkeypatch.setattr(Figure, "colorbar", colorbar)
     rng = np.random.default_rng(0)
     truth = rng.random((40, 80))
     report.save_panel(tmp_path / "p.png", [("optical", rng.random((40, 80, 3))), ("a", truth), ("b", truth / 2)],
                       1.0, reference=truth)
     report.save_panel(tmp_path / "q.png", [("optical", rng.random((40, 80, 3)))], 1.0)  # colours only: no bar
     assert labels == ["ion intensity, one scale for every ion panel (display clipped above the 99th pct)"]
+
+
+def test_drawing_leaves_the_callers_matplotlib_backend_and_figures_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; import numpy as np; "
+            "from msifusion.report import save_ion_png; "
+            "save_ion_png('ion.png', np.ones((4, 5)), 1.0); "
+            "print(matplotlib.get_backend(), len(plt.get_fignums()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svg", "0"] and (tmp_path / "ion.png").read_bytes().startswith(b"\x89PNG")

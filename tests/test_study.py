@@ -132,17 +132,16 @@ def test_summary_line_reads_well_whether_or_not_the_rule_stops(study):
 
 
 def test_study_plot_panels_are_lettered_a_to_f(tmp_path, monkeypatch):
-    from msifusion.report import plt
+    from msifusion.report import Figure
 
     figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
     history = [{"epoch": e, "mse": 1.0 / e, "edge": 1.0 + (e % 2)} for e in (1, 2, 3)]
     checkpoints = {e: {"mse_target": 1.0 / e, "psnr_target": 20.0 + e, "ssim_target": 0.5, "edge": 1.0,
                        "consistency": 0.1} for e in (1, 2, 3)}
     save_study_plot(tmp_path / "study.png", history, checkpoints, 2, None, None, "test")
     monkeypatch.undo()
     titles = [ax.get_title() for ax in figures[0].axes]
-    plt.close(figures[0])
     assert [t.split(")")[0] for t in titles] == ["a", "b", "c", "d", "e", "f"]
     assert titles[-1] == "f) edge perceptual loss per epoch"
 

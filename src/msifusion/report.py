@@ -1,7 +1,8 @@
 """Figures: ion images with colour bar and scale bar, loss curves, comparison panels.
 
 Display only: colour scales clip hotspots at the 99th percentile so one hot pixel does not
-wash out the image; the data written to TIFF are never clipped.
+wash out the image; the data written to TIFF are never clipped. Figures are drawn without pyplot
+(:func:`new_figure`), so importing msifusion leaves a notebook's matplotlib backend and figures alone.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
-
-from msifusion.io.images import luminance  # noqa: E402
+from msifusion.io.images import luminance
 
 DISPLAY_PERCENTILE = 99.0
 ION_CMAP = "viridis"
+
+
+def new_figure(figsize: tuple[float, float], dpi: float) -> Figure:
+    """A figure to draw and save, outside pyplot: no backend is chosen, no figure is left open."""
+    return Figure(figsize=figsize, dpi=dpi)
 
 
 def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> tuple[float, float]:
@@ -132,7 +135,8 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
                  title: str = "", units: str = "ion intensity") -> Path:
     """One ion image: colour map, colour bar in the ion's units, scale bar when calibrated."""
     lo, hi = display_range(image)
-    fig, ax = plt.subplots(figsize=_figsize(image.shape, 8.0), dpi=120)
+    fig = new_figure(_figsize(image.shape, 8.0), 120)
+    ax = fig.subplots()
     drawn, extent = _for_display(image, _box(fig))
     shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
     ax.set_axis_off()
@@ -146,7 +150,6 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     cbar.set_label(f"{units} ({note})" if note else units)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -173,7 +176,8 @@ def write_loss_csv(path: str | Path, history: Sequence[dict]) -> Path:
 def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -> Path:
     """MSE and edge perceptual loss per epoch on log–log axes (the paper's Figure 5)."""
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig = new_figure((6.4, 4.0), 120)
+    ax = fig.subplots()
     for key, colour in (("mse", "tab:blue"), ("edge", "tab:orange"), ("total", "0.5")):
         values = [max(r[key], 1e-30) for r in history]
         ax.plot(epochs, values, label={"mse": "MSE", "edge": "edge perceptual", "total": "total"}[key],
@@ -187,7 +191,6 @@ def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -208,7 +211,8 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     fw = 4.2 * cols
     bar_in = 0.8 if ion_images else 0.0  # room for the shared colour bar
     fh = rows * (fw / cols) * fine_shape[0] / fine_shape[1] + 0.6 * rows + (0.4 if title else 0) + bar_in
-    fig, axes = plt.subplots(rows, cols, figsize=(fw, fh), dpi=130, squeeze=False)
+    fig = new_figure((fw, fh), 130)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, (name, img) in zip(axes.ravel(), panels):
@@ -230,7 +234,6 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         bar.set_label("ion intensity, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -244,7 +247,8 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     h, w = np.shape(images[0])
     pw = 2.6 if n > 3 else 4.0  # a few ions get larger panels
     below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
-    fig, axes = plt.subplots(rows, cols, figsize=(pw * cols, rows * (pw * h / w + 0.35 + below)), dpi=110, squeeze=False)
+    fig = new_figure((pw * cols, rows * (pw * h / w + 0.35 + below)), 110)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
@@ -263,7 +267,6 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
         fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -280,7 +283,8 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     t = cv2.resize(t, (W, H), interpolation=cv2.INTER_LINEAR)
     gray = luminance(rgb)
     blend = np.stack([gray * 0.6 + 0.4 * t, gray * 0.6, gray * 0.6 + 0.4 * t], axis=-1)
-    fig, axes = plt.subplots(1, 2, figsize=_figsize((H, 2 * W), 12.0), dpi=110)
+    fig = new_figure(_figsize((H, 2 * W), 12.0), 110)
+    axes = fig.subplots(1, 2)
     axes[0].imshow(np.clip(rgb, 0, 1))
     axes[0].set_title(title)
     axes[1].imshow(np.clip(blend, 0, 1))
@@ -292,5 +296,4 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
         add_scale_bar(ax, (H, W), pixel_size_um)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)

@@ -282,13 +282,14 @@ def _mark(ax, stop: int | None, best: int | None) -> None:
 def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None,
                     best: int | None, baseline: dict | None, name: str) -> Path:
     """Figure 4 a–d, g as panels a–f: metric curves per epoch on a log epoch axis, stop and best epochs marked."""
-    from msifusion.report import plt
+    from msifusion.report import new_figure
 
     ep = np.array([r["epoch"] for r in history])
     ce = np.array(sorted(checkpoints))
     col = lambda key: np.array([checkpoints[e].get(key, np.nan) for e in ce], dtype=float)  # noqa: E731
     truth = "psnr_truth" in (checkpoints[ce[0]] if len(ce) else {})
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), dpi=110)
+    fig = new_figure((13, 7), 110)
+    axes = fig.subplots(2, 3)
     a, b, c, d, e, f = axes.ravel()
     a.plot(ep, [r["mse"] for r in history], color="tab:blue", lw=1, label="training MSE (before step)")
     a.plot(ce, col("mse_target"), ".", ms=2.5, color="tab:blue", alpha=0.5, label="checkpoint MSE")
@@ -322,7 +323,6 @@ def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict
     fig.suptitle(f"LCRN training study: {name}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -7,8 +7,10 @@ writing calibrated float32 OME-TIFF stacks and 8-bit RGB TIFFs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
+import logging
 import math
 import re
 import uuid
@@ -109,19 +111,30 @@ class _Tiff:
     orientation: int
 
 
+@contextlib.contextmanager
+def _tifffile_errors_only():
+    """tifffile's warnings about odd OME layouts are not the user's concern: while reading, its log passes errors only
+    (a filter on its logger, removed afterwards, so a notebook's own logging settings stay as they were)."""
+    logger = logging.getLogger("tifffile")
+    errors_only = logging.Filter()
+    errors_only.filter = lambda record: record.levelno >= logging.ERROR
+    logger.addFilter(errors_only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(errors_only)
+
+
 def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None) -> _Tiff:
     """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
     is applied, see :func:`_tiff_colours`; ion images keep their stored values. With ``coarsest_um`` and a calibrated
     pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution.
     The shift is where the first pixel's centre lies in µm from the full resolution's (a level pixel averages the
     full-resolution pixels it covers: (level size − full size) / 2)."""
-    import logging
-
     import tifffile
 
-    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings about odd OME layouts are not the user's concern
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
             pixel_size, note = _tiff_pixel_size_um(tif)
             series = levels[0]
