@@ -3,6 +3,7 @@ import pytest
 
 from msifusion.errors import InputError
 from msifusion.fit import FitConfig, Runtime
+from msifusion.harmonic import HarmonicConfig
 from msifusion.methods import METHODS, MethodOptions, fuse, fuse_many, infer_scale
 
 QUICK = MethodOptions(FitConfig(max_epochs=5, patience=0), Runtime(seed=0, quiet=True))
@@ -215,3 +216,36 @@ def test_scaling_to_ion_units_never_writes_into_arrays_the_method_does_not_own(m
     assert guide.max() == 0.5  # the caller's guide is left as it was
     results = fuse_many(guide, np.stack([ion, ion / 4]), "echo")
     assert [r.image.max() for r in results] == [40.0, 10.0]  # each ion scaled once, by its own peak
+
+
+def test_the_method_comes_from_the_argument_or_the_settings_and_they_may_not_disagree(small_pair):
+    from msifusion.pipeline import FuseSettings
+
+    guide, ion, _ = small_pair
+    assert fuse(guide, ion, options=FuseSettings(method="bilinear")).method == "bilinear"
+    assert fuse(guide, ion, "bicubic", FuseSettings()).method == "bicubic"  # the settings' method is the default
+    with pytest.raises(InputError, match="^method 'bicubic' and options.method 'bilinear' disagree; give one of them$"):
+        fuse(guide, ion, "bicubic", FuseSettings(method="bilinear"))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda g, i: fuse(g, i, options={"seed": 1}), InputError,
+     "options must be a MethodOptions (or a FuseSettings), not dict"),
+    (lambda g, i: fuse(g, "ion.tiff"), InputError,
+     "the ion image must be an array, not str; read a file with msifusion.read_ion(path).pixels"),
+    (lambda g, i: fuse(None, i), InputError,
+     "the optical guide must be an array, not NoneType; read a file with msifusion.read_optical(path).pixels"),
+    (lambda g, i: MethodOptions(harmonic=HarmonicConfig(texture=(0.0,))), TypeError,
+     "HarmonicConfig.texture must be a TextureSettings, not tuple"),
+])
+def test_python_callers_get_one_line_errors_for_wrong_types(small_pair, call, error, message):
+    guide, ion, _ = small_pair
+    with pytest.raises(error) as caught:
+        call(guide, ion)
+    assert str(caught.value) == message
+
+
+def test_tab_completion_lists_the_lazy_names():
+    import msifusion
+
+    assert {"fuse", "fuse_many", "read_ion", "read_optical", "InputError"} <= set(dir(msifusion))

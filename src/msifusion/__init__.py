@@ -27,3 +27,7 @@ def __getattr__(name: str):
 
         return getattr(images, name)
     raise AttributeError(name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # the lazy names too, for tab completion

@@ -5,6 +5,7 @@ The CLI maps :class:`InputError` to one line on stderr and exit code 2; everythi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 
@@ -19,3 +20,14 @@ class InputError(Exception):
         self.source = str(source) if source is not None else None
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+def check_setting_types(settings: object) -> None:
+    """Refuse a settings object whose nested settings (fields whose default is itself a settings dataclass) were given
+    as something else, e.g. a tuple for ``TextureSettings``: TypeError naming the field, not an AttributeError deep
+    inside the method."""
+    for f in dataclasses.fields(settings):
+        default = f.default
+        if dataclasses.is_dataclass(default) and not isinstance(getattr(settings, f.name), type(default)):
+            raise TypeError(f"{type(settings).__name__}.{f.name} must be a {type(default).__name__}, not "
+                            f"{type(getattr(settings, f.name)).__name__}")

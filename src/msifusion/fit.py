@@ -149,7 +149,9 @@ class EdgeLossStopper:
 
 @dataclass
 class FitResult:
-    """A fitted image (normalised units) and how the fit went; ``details``: what else a method reports (run.json)."""
+    """A fitted image (normalised units, as a method returns it; :func:`msifusion.methods.fuse` scales it to the ion's
+    units in place where the method owns it) and how the fit went; ``details``: what else a method reports
+    (run.json)."""
 
     image: np.ndarray
     history: list[dict] = field(default_factory=list)

@@ -20,11 +20,12 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_file, write_rgb_tiff, write_tiff
-from msifusion.io.imzml import ImzML, IonStack, parse_tolerance, write_ion_stack, write_ion_tiffs
+from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, write_ion_stack, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.io.units import check_pixel_size
 from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale
-from msifusion.pipeline import (FuseSettings, RegisteredPair, check_pixel_size, coarse_optical_warning, fuse_pair,
+from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
@@ -387,8 +388,13 @@ def _open_ions(path: Path) -> ImzML:
 # ----------------------------------------------------------------------------- commands
 
 
-def _check_ion_options(mzs: tuple[float, ...], tol: str, normalize: str | None) -> None:
-    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation."""
+def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> None:
+    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation. The request's
+    ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them (str, one number)."""
+    for name in paths:
+        object.__setattr__(request, name, Path(getattr(request, name)))
+    object.__setattr__(request, "mzs", tuple(as_mz_list(request.mzs)))
+    mzs, tol, normalize = request.mzs, request.tol, request.normalize
     if not mzs:
         raise InputError("--mz", "give at least one m/z")
     parse_tolerance(tol)
@@ -407,7 +413,7 @@ class IonsRequest:
     quiet: bool = False  # no progress line
 
     def __post_init__(self) -> None:
-        _check_ion_options(self.mzs, self.tol, self.normalize)
+        _check_ion_options(self, "imzml", "out")
 
 
 def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None, quiet: bool) -> IonStack:
@@ -536,7 +542,7 @@ class ImzmlFuseRequest:
     on_warning: Callable[[str], None] | None = None  # told each registration warning before the fusion starts
 
     def __post_init__(self) -> None:
-        _check_ion_options(self.mzs, self.tol, self.normalize)
+        _check_ion_options(self, "imzml", "optical", "out")
         self.settings.measurement.check(self.register.scale)  # before minutes of registration
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from msifusion.harmonic import HarmonicConfig
-from msifusion.errors import InputError
+from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, torch_ready, validate_ion
 from msifusion.measurement import MeasurementModel, project_consistent, upsample
@@ -32,11 +32,17 @@ class FusionProblem:
 
 @dataclass(frozen=True)
 class MethodOptions:
+    """How to fuse, for every method: the training recipe (fitted methods), seed, device and progress, the default
+    method's settings, and what an MSI pixel measures. :class:`msifusion.pipeline.FuseSettings` adds the method."""
+
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
     on_checkpoint: CheckpointFn | None = None
     harmonic: HarmonicConfig = HarmonicConfig()  # the guided-harmonic method's settings
     measurement: MeasurementModel = MeasurementModel()  # what an MSI pixel measures (consistency is scored under it)
+
+    def __post_init__(self) -> None:
+        check_setting_types(self)
 
 
 @dataclass
@@ -160,6 +166,10 @@ def _array(value, what: str) -> np.ndarray:
                                "read_ion(path).pixels)")
     if hasattr(value, "images") and hasattr(value, "mzs"):
         raise InputError(None, f"the {what} is an IonStack; pass its images (stack.images)")
+    if value is None or isinstance(value, (str, bytes, os.PathLike)):
+        reader = "read_optical" if "optical" in what else "read_ion"
+        raise InputError(None, f"the {what} must be an array, not {type(value).__name__}; read a file with "
+                               f"msifusion.{reader}(path).pixels")
     try:
         return np.asarray(value)
     except ValueError as exc:  # a ragged list
@@ -231,18 +241,33 @@ def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, i
     return FusionResult(image, method, scale, result, seconds, intensity_scale, error, panel_share)
 
 
+def _method_and_options(method: str | None, options: MethodOptions | None) -> tuple[str, MethodOptions]:
+    """The method to run and its options, checked: ``method``, else the options' own (a FuseSettings carries one),
+    else the default; the two may not name different methods."""
+    options = MethodOptions() if options is None else options
+    if not isinstance(options, MethodOptions):
+        raise InputError(None, f"options must be a MethodOptions (or a FuseSettings), not {type(options).__name__}")
+    carried = getattr(options, "method", None)
+    if method is not None and carried not in (None, DEFAULT_METHOD, method):
+        raise InputError(None, f"method {method!r} and options.method {carried!r} disagree; give one of them")
+    method = method or carried or DEFAULT_METHOD
+    check_methods([method])
+    check_device(options.runtime.device)
+    return method, options
+
+
 def fuse(
     guide: np.ndarray,
     ion: np.ndarray,
-    method: str = DEFAULT_METHOD,
-    options: MethodOptions = MethodOptions(),
+    method: str | None = None,
+    options: MethodOptions | None = None,
 ) -> FusionResult:
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
     images: fractions of their type's maximum; gray or RGBA as files are read); the result is in the ion's units.
-    Reproducible: the run is seeded with ``options.runtime.seed``, and the caller's random states are left as
-    they were."""
-    check_methods([method])
-    check_device(options.runtime.device)
+    ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default ``options.method`` where the options
+    are a :class:`msifusion.pipeline.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
+    ``options.runtime.seed``, and the caller's random states are left as they were."""
+    method, options = _method_and_options(method, options)
     guide = _checked_guide(guide)
     return _fuse_checked(guide, *_checked_ion(guide.shape, ion, options), method, options)
 
@@ -260,8 +285,8 @@ def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scal
 def fuse_many(
     guide: np.ndarray,
     ions: np.ndarray,
-    method: str = DEFAULT_METHOD,
-    options: MethodOptions = MethodOptions(),
+    method: str | None = None,
+    options: MethodOptions | None = None,
 ) -> list[FusionResult]:
     """Fuse several ion images (K, h, w) with one guide; each result in its own ion's units.
 
@@ -269,10 +294,9 @@ def fuse_many(
     fused basis of the panel, see :func:`msifusion.harmonic.shared_basis`) run them
     together: each result is exactly consistent with its own ion and measured as good as
     fusing it alone, though not identical to it. The others run once per ion. A result's
-    ``seconds`` is its share of the shared run.
+    ``seconds`` is its share of the shared run. ``method`` and ``options`` as for :func:`fuse`.
     """
-    check_methods([method])
-    check_device(options.runtime.device)
+    method, options = _method_and_options(method, options)
     if hasattr(ions, "shape") or hasattr(ions, "images"):  # one array (K, h, w), or an IonStack (refused with a hint)
         stack = _array(ions, "ion images")
         if stack.ndim != 3:

@@ -6,7 +6,6 @@ everything is written into a staging folder that becomes ``out`` only on success
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -16,24 +15,13 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn, check_device, resolve_device
-from msifusion.io.images import PLAUSIBLE_PIXEL_UM, Image, read_ion, read_optical, write_tiff
+from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.io.units import check_pixel_size
 from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
                                check_scale, fuse, infer_scale)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
-
-
-def check_pixel_size(option: str, size: float | None) -> None:
-    """A pixel size option in µm: None (unknown) or a positive number within :data:`PLAUSIBLE_PIXEL_UM`."""
-    if size is None:
-        return
-    if not (math.isfinite(size) and size > 0):
-        raise InputError(option, f"pixel size must be a positive number, got {size:g}")
-    lo, hi = PLAUSIBLE_PIXEL_UM
-    if not lo <= size <= hi:
-        raise InputError(option, f"pixel size {size:g} µm is outside {lo:g}–{hi:g} µm; give it in micrometres "
-                                 "(10 µm is 10, not 10e-6)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +32,7 @@ class FuseSettings(MethodOptions):
     method: str = DEFAULT_METHOD
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_methods([self.method])
         check_device(self.runtime.device)
 

@@ -638,3 +638,17 @@ def test_a_nan_mz_in_the_file_is_refused(tmp_path: Path, mode: str, spectrum: in
     f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, nan_at=0 if mode == "continuous" else 6, nan_mz=True))
     with pytest.raises(InputError, match=rf"spectrum {spectrum} \(pixel {pixel}\) holds NaN or infinite m/z values"):
         f.ion_images([450.0], "5ppm")  # a continuous file's one m/z axis is the first spectrum's
+
+
+@pytest.mark.parametrize("mzs, expected", [("656.7762", [656.7762]), (656, [656.0]), (["1", 2.5], [1.0, 2.5])])
+def test_mz_values_are_taken_as_numbers_or_their_text(mzs, expected):
+    from msifusion.io.imzml import as_mz_list
+
+    assert as_mz_list(mzs) == expected
+
+
+def test_an_mz_that_is_no_number_is_named():
+    from msifusion.io.imzml import as_mz_list
+
+    with pytest.raises(InputError, match=r"^--mz: 'abc' is not an m/z$"):
+        as_mz_list(["656.7", "abc"])

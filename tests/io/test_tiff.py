@@ -283,3 +283,15 @@ def test_python_zlib_errors_are_the_same_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tifffile.TiffPage, "asarray", broken)
     with pytest.raises(InputError, match=f"^{path}: cannot read TIFF: it is truncated or damaged \\(error: Error -5"):
         read_optical(path)
+
+
+@pytest.mark.parametrize("data, size, error, message", [
+    (np.zeros((4, 5)), 25e-6, InputError, r"^pixel_size_um: pixel size 2.5e-05 µm is outside 0.001–100000 µm"),
+    (np.zeros((4, 5)), -1.0, InputError, r"^pixel_size_um: pixel size must be a positive number, got -1"),
+    (np.zeros((40, 50, 3)), 1.0, ValueError, r"got shape \(40, 50, 3\); a colour image \(H, W, 3\) is written by "
+                                             r"write_rgb_tiff$"),
+])
+def test_write_tiff_refuses_what_would_come_back_wrong(tmp_path, data, size, error, message):
+    with pytest.raises(error, match=message):
+        write_tiff(tmp_path / "x.tiff", data, size)
+    assert not (tmp_path / "x.tiff").exists()

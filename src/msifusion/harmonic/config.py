@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from msifusion.errors import check_setting_types
+
 
 @dataclass(frozen=True)
 class LadderSettings:
@@ -167,5 +169,6 @@ class HarmonicConfig:
     edge_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        check_setting_types(self)
         if self.edge_weight < 0:
             raise ValueError("edge_weight must be ≥ 0")

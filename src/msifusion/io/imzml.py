@@ -417,12 +417,12 @@ class ImzML:
             if h < a or l > b:
                 raise InputError(self.path, f"m/z {m:g} is outside the acquired m/z range {a:.4f}–{b:.4f}")
 
-    def ion_images(self, mzs: Sequence[float] | float, tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
+    def ion_images(self, mzs: Sequence[float] | float | str, tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
         """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass (one m/z: a stack of one)."""
         tol = parse_tolerance(tol)
         if normalize not in (None, "tic", "rms"):
             raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
-        mzs = [float(mzs)] if isinstance(mzs, (int, float, np.number)) else [float(m) for m in mzs]
+        mzs = as_mz_list(mzs)
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
         profiled = np.array([not _reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
@@ -920,6 +920,18 @@ def _dtype(path: Path, group) -> np.dtype:
 
 
 # ----------------------------------------------------------------------------- functions
+
+
+def as_mz_list(mzs: Sequence[float | str] | float | str) -> list[float]:
+    """m/z values as floats: one number (or its text, ``"656.7762"``) or a sequence of them."""
+    one = isinstance(mzs, (str, bytes, int, float, np.number))
+    values = []
+    for m in [mzs] if one else mzs:
+        try:
+            values.append(float(m))
+        except (TypeError, ValueError):
+            raise InputError("--mz", f"{m!r} is not an m/z") from None
+    return values
 
 
 def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:

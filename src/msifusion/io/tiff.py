@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.units import PLAUSIBLE_PIXEL_UM, _UNITS_UM, _unit_to_um
+from msifusion.io.units import PLAUSIBLE_PIXEL_UM, _UNITS_UM, _unit_to_um, check_pixel_size
 
 SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
@@ -249,6 +249,10 @@ def write_tiff(
     if isinstance(data, np.ndarray):
         data = np.asarray(data, dtype=np.float32)
         shape = data.shape
+        if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4
+                                       and channel_names is None):
+            raise ValueError(f"write_tiff takes an (H, W) image or a (C, H, W) stack, got shape {data.shape}"
+                             + ("; a colour image (H, W, 3) is written by write_rgb_tiff" if data.ndim == 3 else ""))
     else:
         shapes = {np.shape(page) for page in data}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
@@ -274,6 +278,7 @@ def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metada
     is one array, or a stack's (H, W) pages (written one by one, as float32)."""
     import tifffile
 
+    check_pixel_size("pixel_size_um", pixel_size_um)
     metadata, kwargs = dict(metadata), {}
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",

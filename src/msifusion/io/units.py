@@ -3,6 +3,10 @@ table's coordinate columns) and the range of pixel sizes that are plausibly in �
 
 from __future__ import annotations
 
+import math
+
+from msifusion.errors import InputError
+
 PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
 
 
@@ -20,3 +24,15 @@ def _unit_to_um(unit: str) -> float | None:
     if len(unit) > 2 and unit.isalpha():  # a spelled-out name ("Microns", "Ångström"); "Mm" is not "mm"
         unit = unit.lower().replace("ångström", "angstrom")
     return _UNITS_UM.get(unit)
+
+
+def check_pixel_size(option: str, size: float | None) -> None:
+    """A pixel size option in µm: None (unknown) or a positive number within :data:`PLAUSIBLE_PIXEL_UM`."""
+    if size is None:
+        return
+    if not (math.isfinite(size) and size > 0):
+        raise InputError(option, f"pixel size must be a positive number, got {size:g}")
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    if not lo <= size <= hi:
+        raise InputError(option, f"pixel size {size:g} µm is outside {lo:g}–{hi:g} µm; give it in micrometres "
+                                 "(10 µm is 10, not 10e-6)")
