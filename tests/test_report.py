@@ -21,8 +21,6 @@ def test_a_strip_gets_its_scale_bar_below_it_in_black(shape, loc, colour):
 
 
 def test_a_strip_png_has_its_colour_bar_below_it(tmp_path, monkeypatch):
-    import msifusion.report as report
-
     seen = []
     real = Figure.colorbar
 
