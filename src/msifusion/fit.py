@@ -154,7 +154,7 @@ class FitResult:
     (run.json)."""
 
     image: np.ndarray
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list, repr=False)  # one record per epoch: long
     epochs: int = 0
     stop_reason: str = "closed form"
     details: dict = field(default_factory=dict)
