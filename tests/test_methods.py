@@ -235,6 +235,9 @@ def test_the_method_comes_from_the_argument_or_the_settings_and_they_may_not_dis
      "the ion image must be an array, not str; read a file with msifusion.read_ion(path).pixels"),
     (lambda g, i: fuse(None, i), InputError,
      "the optical guide must be an array, not NoneType; read a file with msifusion.read_optical(path).pixels"),
+    (lambda g, i: fuse(g, np.ma.masked_array(i, mask=np.eye(*i.shape, dtype=bool))), InputError,
+     "the ion image has 8 masked pixel(s); fill them "
+     "first (value.filled(…)): the tool cannot guess whether they mean no spectrum or a bad value"),
     (lambda g, i: MethodOptions(harmonic=HarmonicConfig(texture=(0.0,))), TypeError,
      "HarmonicConfig.texture must be a TextureSettings, not tuple"),
 ])
