@@ -246,6 +246,8 @@ def write_tiff(
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm), which Bio-Formats reads, and as TIFF resolution tags in
     centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm.
     """
+    if not all(isinstance(page, np.ndarray) and page.ndim == 2 for page in data):  # not pages: one array-like
+        data = np.asarray(data)
     if isinstance(data, np.ndarray):
         data = np.asarray(data, dtype=np.float32)
         shape = data.shape
