@@ -23,6 +23,9 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     assert set(record["scores"]) == {"bilinear", "lcrn", "diffusion"}
     truth = make_phantom(phantom).truth
     np.testing.assert_allclose(tifffile.imread(out / "truth.tiff"), truth)
+    for name, channel in (("ion.tiff", "synthetic leaf ion, measured"), ("truth.tiff", "synthetic leaf ion, truth")):
+        with tifffile.TiffFile(out / name) as tif:
+            assert f'Name="{channel}"' in tif.ome_metadata
     measured = tifffile.imread(out / "ion.tiff")
     fused = tifffile.imread(out / "fused.tiff")
     expected = score(fused, truth, measured, 10, make_phantom(phantom).guide)

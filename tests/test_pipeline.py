@@ -94,10 +94,14 @@ def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
     """A run that stops before its first checkpoint leaves no empty checkpoints/ folder."""
     from msifusion.pipeline import checkpoint_writer
 
-    write = checkpoint_writer(tmp_path / "checkpoints", 2.0, 1.5)
+    import tifffile
+
+    write = checkpoint_writer(tmp_path / "checkpoints", 2.0, 1.5, "m/z 656.7762")
     assert not (tmp_path / "checkpoints").exists()
     write(3, np.ones((4, 5), np.float32))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0003.png", "epoch_0003.tiff"]
+    with tifffile.TiffFile(tmp_path / "checkpoints" / "epoch_0003.tiff") as tif:
+        assert 'Name="m/z 656.7762, epoch 3"' in tif.ome_metadata and tif.asarray().max() == 2.0
 
 
 def test_negatives_under_a_laser_spot_are_explained_by_it():

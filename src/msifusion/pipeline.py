@@ -142,7 +142,7 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
     ``checkpoints`` (in ion units, calibrated) when both are given."""
     if checkpoints is not None and settings.saves_checkpoints:
         settings = replace(settings, on_checkpoint=checkpoint_writer(checkpoints, float(np.max(np.abs(pair.ion))),
-                                                                     pair.fused_pixel_size_um))
+                                                                     pair.fused_pixel_size_um, pair.ion_name))
     return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
@@ -215,14 +215,15 @@ def uncalibrated_warning(why: str, remedy: str, outputs: tuple[str, str] = ("fus
     return f"no pixel size ({why}): the {outputs[0]} carry none and {outputs[1]} has no scale bar; {remedy}"
 
 
-def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None) -> CheckpointFn:
-    """A callback that saves the network's output every N epochs as PNG + TIFF (ion units); the folder is made at
-    the first save, so a run that stops before it leaves none."""
+def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None,
+                      ion_name: str = "ion") -> CheckpointFn:
+    """A callback that saves the network's output every N epochs as PNG + TIFF (ion units; the TIFF's channel named
+    after the ion and the epoch); the folder is made at the first save, so a run that stops before it leaves none."""
 
     def write(epoch: int, image: np.ndarray) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         image = image * intensity_scale
-        write_tiff(folder / f"epoch_{epoch:04d}.tiff", image, pixel_size_um)
+        write_tiff(folder / f"epoch_{epoch:04d}.tiff", image, pixel_size_um, [f"{ion_name}, epoch {epoch}"])
         save_ion_png(folder / f"epoch_{epoch:04d}.png", image, pixel_size_um, title=f"epoch {epoch}")
 
     return write

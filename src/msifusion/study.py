@@ -211,7 +211,8 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
         save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
         (stage / "checkpoints").mkdir()
         for e, img in images.items():
-            write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, inputs.fine_pixel_um)
+            write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, inputs.fine_pixel_um,
+                       [f"{inputs.name}, epoch {e}"])
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
             **run_header("msifusion study"), "inputs": inputs.name,
