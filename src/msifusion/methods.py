@@ -168,8 +168,8 @@ def _array(value, what: str) -> np.ndarray:
         raise InputError(None, f"the {what} is an IonStack; pass its images (stack.images)")
     if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
         raise InputError(None, f"the {what} has {int(np.ma.getmaskarray(value).sum())} masked pixel(s); fill them "
-                               "first (value.filled(…)): the tool cannot guess whether they mean no spectrum or a bad "
-                               "value")
+                               "first (value.filled(…)): the tool cannot guess whether they mean no spectrum or a "
+                               "bad value")
     if value is None or isinstance(value, (str, bytes, os.PathLike)):
         reader = "read_optical" if "optical" in what else "read_ion"
         raise InputError(None, f"the {what} must be an array, not {type(value).__name__}; read a file with "

@@ -417,7 +417,8 @@ class ImzML:
             if h < a or l > b:
                 raise InputError(self.path, f"m/z {m:g} is outside the acquired m/z range {a:.4f}–{b:.4f}")
 
-    def ion_images(self, mzs: Sequence[float] | float | str, tol: Tolerance | str, normalize: Normalize = None) -> IonStack:
+    def ion_images(self, mzs: Sequence[float] | float | str, tol: Tolerance | str,
+                   normalize: Normalize = None) -> IonStack:
         """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass (one m/z: a stack of one)."""
         tol = parse_tolerance(tol)
         if normalize not in (None, "tic", "rms"):
