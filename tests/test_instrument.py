@@ -79,7 +79,7 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
     record = extract_ions(IonsRequest(str(imzml), ("100", 200.0), "0.01da", str(tmp_path / "ions"), quiet=True))
     assert record["outputs"][:2] == ["mz_100.0000.tiff", "mz_200.0000.tiff"] and record["machine"]["cpu_count"] >= 1
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "ions" / "mz_100.0000.tiff"), truth[0].astype(np.float32))
-    register_files(RegisterRequest(str(opt), str(imzml), str(tmp_path / "reg"), RegisterSettings(SCALE, lm),
+    register_files(RegisterRequest(str(opt), str(imzml), str(tmp_path / "reg"), RegisterSettings(SCALE, str(lm)),
                                    quiet=True))
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", str(SCALE),
                  "--out", str(tmp_path / "reg_cli"), "--quiet"]) == 0

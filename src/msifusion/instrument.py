@@ -52,6 +52,8 @@ class RegisterSettings:
     deformable: bool = False
 
     def __post_init__(self) -> None:
+        if self.landmarks is not None:
+            object.__setattr__(self, "landmarks", Path(self.landmarks))  # a str from Python callers
         if self.scale is None:
             raise InputError("--scale", "give the magnification, e.g. --scale 10")
         check_scale(self.scale)
@@ -477,6 +479,10 @@ class RegisterRequest:
     settings: RegisterSettings
     overwrite: bool = False
     quiet: bool = False  # no progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("optical", "ion", "out"):  # a str from Python callers
+            object.__setattr__(self, name, Path(getattr(self, name)))
 
 
 def _imzml_files(path: Path) -> list[Path]:

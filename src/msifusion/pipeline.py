@@ -235,7 +235,8 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     start = time.perf_counter()
     px = pair.fused_pixel_size_um
     write_tiff(folder / "fused.tiff", result.image, px, [pair.ion_name])
-    save_ion_png(folder / "fused.png", result.image, px, title=f"{pair.ion_name} · {result.method} ×{result.scale}")
+    save_ion_png(folder / "fused.png", result.image, px, title=f"{pair.ion_name} · {result.method} ×{result.scale}",
+                 units=(extra or {}).get("units", "ion intensity"))
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")

@@ -147,7 +147,8 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.25 if strip and pixel_size_um else 0.02,
                         orientation="horizontal" if strip else "vertical", aspect=40 if strip else 20)
     note = clip_note(image, lo, hi)
-    cbar.set_label(f"{units} ({note})" if note else units)
+    length_in = fig.get_size_inches()[0 if strip else 1] * 0.8  # the bar's length: the figure's width or height
+    cbar.set_label(_wrapped(f"{units} ({note})" if note else units, length_in, 10), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)
