@@ -242,8 +242,8 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
                                                                                        "epoch_0002.tiff"]
     training = json.loads((out / "run.json").read_text())["training"]
     assert set(training) == {"lcrn"} and training["lcrn"]["fit_settings"]["checkpoint_every"] == 1
-    assert (training["lcrn"]["epochs"], training["lcrn"]["stop_reason"]) == (2, "reached max_epochs (2)")
-    assert "lcrn: 2 epochs (reached max_epochs (2))" in capsys.readouterr().err.splitlines()
+    assert (training["lcrn"]["epochs"], training["lcrn"]["stop_reason"]) == (2, "reached the cap of 2 epochs")
+    assert "lcrn: 2 epochs (reached the cap of 2 epochs)" in capsys.readouterr().err.splitlines()
 
 
 @pytest.mark.parametrize("extra, error", [

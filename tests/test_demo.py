@@ -34,7 +34,7 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     assert run["scores"]["lcrn"]["ssim"] < 1.0
     assert run["fit_settings"] is None  # diffusion fits nothing; the lcrn column's fit is under "training"
     assert run["training"] == {"lcrn": {"fit_settings": asdict(settings.fit), "epochs": 4,
-                                        "stop_reason": "reached max_epochs (4)"}}
+                                        "stop_reason": "reached the cap of 4 epochs"}}
     assert not (out / "checkpoints").exists()  # none asked for
 
 
@@ -46,7 +46,7 @@ def test_demo_checkpoints_and_records_every_fitted_method(tmp_path):
     record = run_demo(DemoRequest(out, settings, scale=10, phantom=phantom))
     run = json.loads((out / "run.json").read_text())
     assert set(run["training"]) == {"lcrn", "cnn3"} and run["training"] == record["training"]
-    expected = {"fit_settings": asdict(fit), "epochs": 4, "stop_reason": "reached max_epochs (4)"}
+    expected = {"fit_settings": asdict(fit), "epochs": 4, "stop_reason": "reached the cap of 4 epochs"}
     cnn3 = dict(expected, fit_settings={k: v for k, v in asdict(fit).items() if k not in ("w_mse", "w_edge")})
     assert run["training"] == {"lcrn": expected, "cnn3": cnn3} and record["training"] == run["training"]
     assert (run["epochs"], run["fit_settings"]) == (4, cnn3["fit_settings"])  # cnn3 (its loss is fixed) is the chosen method

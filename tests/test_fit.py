@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
 from msifusion.models.lcrn import LCRN
 
@@ -30,10 +31,32 @@ def test_equal_values_are_not_increases():
     assert _run([1.0, 1.0, 1.5], 1) == 3
 
 
-def test_config_rejects_nonsense():
-    for bad in (dict(max_epochs=0), dict(lr=0), dict(w_mse=0, w_edge=0), dict(patience=-1), dict(edge_kernel="x")):
-        with pytest.raises(ValueError):
-            FitConfig(**bad)
+@pytest.mark.parametrize("bad, message", [
+    (dict(max_epochs=0), "--epochs: must be a whole number ≥ 1, got 0"),
+    (dict(max_epochs=2.5), "--epochs: must be a whole number ≥ 1, got 2.5"),
+    (dict(max_epochs="10"), "--epochs: must be a whole number ≥ 1, got '10'"),
+    (dict(lr=0), "--lr: must be a finite number > 0, got 0"),
+    (dict(lr=float("nan")), "--lr: must be a finite number > 0, got nan"),
+    (dict(w_edge=float("nan")), "--w-edge: must be a finite number ≥ 0, got nan"),
+    (dict(w_mse=0, w_edge=0), "--w-mse/--w-edge: the loss weights cannot both be 0"),
+    (dict(patience=1.5), "--patience: must be a whole number ≥ 0, got 1.5"),
+    (dict(checkpoint_every=True), "--checkpoint-every: must be a whole number ≥ 0, got True"),
+    (dict(edge_kernel="x"), "--edge-kernel: must be one of laplacian, sobel, got 'x'"),
+])
+def test_config_rejects_nonsense_naming_the_option(bad, message):
+    with pytest.raises(InputError) as caught:
+        FitConfig(**bad)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("bad, message", [(dict(seed=-1), "--seed: must be a whole number ≥ 0, got -1"),
+                                          (dict(seed=1.5), "--seed: must be a whole number ≥ 0, got 1.5"),
+                                          (dict(seed=2**32), "--seed: must be below 2**32, got 4294967296"),
+                                          (dict(bf16="yes"), "Runtime.bf16: must be True or False, got 'yes'")])
+def test_runtime_rejects_nonsense_naming_the_option(bad, message):
+    with pytest.raises(InputError) as caught:
+        Runtime(**bad)
+    assert str(caught.value) == message
 
 
 def test_fit_reduces_loss_and_records_history(small_pair):
@@ -157,3 +180,19 @@ def test_seeded_restores_the_callers_states_even_when_the_run_fails(global_rando
     assert global_random_state.draws() == global_random_state.expected
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     assert torch.backends.cudnn.benchmark
+
+
+def test_a_loss_that_overflows_before_training_names_the_weights_not_the_learning_rate(small_pair):
+    from msifusion.measurement import upsample
+
+    guide, ion, scale = small_pair
+    with pytest.raises(InputError, match=r"^--w-mse/--w-edge: the loss is not finite before training \(loss inf, "
+                                         r"weights 1e\+300 and 1\); use smaller loss weights$"):
+        fit_network(LCRN(), guide, upsample(ion / ion.max(), scale), FitConfig(max_epochs=5, w_mse=1e300),
+                    Runtime(quiet=True))
+
+
+def test_the_stop_reason_names_the_epochs_the_edge_loss_rose():
+    stopper = EdgeLossStopper(2)
+    assert [stopper.update(v) for v in (3.0, 2.0, 2.5, 2.4, 2.6)] == [False, False, False, False, True]
+    assert stopper.rises == [3, 5] and stopper.increases == 2

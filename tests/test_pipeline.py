@@ -131,6 +131,22 @@ def test_negatives_under_a_laser_spot_are_explained_by_it():
     assert warnings(0.01, 1.5) == [] and len(warnings(0.01, 0.0)) == 1  # under a spot, dips under 1 % of the peak pass
 
 
+def test_an_inconsistent_network_output_is_told_to_fit_longer():
+    from msifusion.fit import FitResult
+    from msifusion.methods import FusionResult
+    from msifusion.pipeline import RegisteredPair, fusion_warnings
+
+    ion = np.array([[1.0, 4.0], [2.0, 1.0]], np.float32)
+    pair = RegisteredPair(np.zeros((8, 8, 3), np.float32), ion, 4, 25.0)
+    fused = np.full((8, 8), 2.0, np.float32)
+    fit = FitResult(fused, epochs=23, stop_reason="early stop: the edge loss rose 5 times in all, at epochs 4, 11")
+    (warning,) = fusion_warnings(pair, FusionResult(fused, "lcrn", 4, fit, 1.0, 1.0, 0.785))
+    assert warning.endswith("consistency error 0.785 > 0.5 (averaged back over each MSI pixel it does not give the "
+                            "measured image); the fit stopped at epoch 23 (early stop: the edge loss rose 5 times in "
+                            "all, at epochs 4, 11) before it matched the measurement; try --patience 0 with more "
+                            "--epochs, or another --method")
+
+
 def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
     from msifusion.pipeline import panel_record, spot_dip_note
 

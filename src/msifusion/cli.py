@@ -188,12 +188,9 @@ def _settings(args: argparse.Namespace):
     from msifusion.methods import DEFAULT_METHOD
     from msifusion.pipeline import FuseSettings
 
-    try:
-        given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
-                 "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
-        fit = FitConfig(**{k: v for k, v in given.items() if v is not None})
-    except ValueError as exc:
-        raise InputError("training options", str(exc)) from None
+    given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
+             "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
+    fit = FitConfig(**{k: v for k, v in given.items() if v is not None})  # an InputError naming the option
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.measurement import MeasurementModel
 

@@ -40,18 +40,28 @@ class FitConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1:
-            raise ValueError("max_epochs must be at least 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be positive")
-        if self.w_mse < 0 or self.w_edge < 0 or self.w_mse + self.w_edge == 0:
-            raise ValueError("loss weights must be non-negative and not both zero")
-        if self.patience < 0:
-            raise ValueError("patience must be >= 0")
+        """Each value checked as the CLI checks its option (named in the error), for Python callers too."""
+        _whole(self.max_epochs, "--epochs", 1)
+        _finite(self.lr, "--lr", positive=True)
+        _finite(self.w_mse, "--w-mse")
+        _finite(self.w_edge, "--w-edge")
+        if self.w_mse + self.w_edge == 0:
+            raise InputError("--w-mse/--w-edge", "the loss weights cannot both be 0")
+        _whole(self.patience, "--patience", 0)
         if self.edge_kernel not in EDGE_KERNELS:
-            raise ValueError(f"edge kernel must be one of {EDGE_KERNELS}")
-        if self.checkpoint_every < 0:
-            raise ValueError("checkpoint_every must be >= 0")
+            raise InputError("--edge-kernel", f"must be one of {', '.join(EDGE_KERNELS)}, got {self.edge_kernel!r}")
+        _whole(self.checkpoint_every, "--checkpoint-every", 0)
+
+
+def _whole(value, option: str, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise InputError(option, f"must be a whole number ≥ {least}, got {value!r}")
+
+
+def _finite(value, option: str, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise InputError(option, f"must be a finite number {'> 0' if positive else '≥ 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,14 @@ class Runtime:
     device: str = "auto"
     quiet: bool = False
     bf16: bool = False
+
+    def __post_init__(self) -> None:
+        _whole(self.seed, "--seed", 0)
+        if self.seed >= 2**32:
+            raise InputError("--seed", f"must be below 2**32, got {self.seed}")
+        for name in ("quiet", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"Runtime.{name}", f"must be True or False, got {getattr(self, name)!r}")
 
     def bf16_on(self, device: torch.device) -> bool:
         """Whether bfloat16 autocast applies on ``device`` (asked for, and a CUDA device)."""
@@ -136,13 +154,19 @@ class EdgeLossStopper:
 
     def __init__(self, patience: int):
         self.patience = patience
-        self.increases = 0
+        self.rises: list[int] = []  # the epochs (counted from 1) whose loss rose above the epoch before's
         self._last: float | None = None
+        self._epoch = 0
+
+    @property
+    def increases(self) -> int:
+        return len(self.rises)
 
     def update(self, value: float) -> bool:
         """Record one epoch's loss; True when training should stop."""
+        self._epoch += 1
         if self._last is not None and value > self._last:
-            self.increases += 1
+            self.rises.append(self._epoch)
         self._last = value
         return self.patience > 0 and self.increases >= self.patience
 
@@ -208,7 +232,7 @@ def fit_network(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     stopper = EdgeLossStopper(config.patience)
     history: list[dict] = []
-    stop_reason = f"reached max_epochs ({config.max_epochs})"
+    stop_reason = f"reached the cap of {config.max_epochs} epochs"
     start = time.perf_counter()
     progress = progress_bar(config.max_epochs, desc, "epoch", runtime.quiet)
     epoch = 0
@@ -221,6 +245,10 @@ def fit_network(
             total.backward()
             optimizer.step()
             record = {"epoch": epoch, **terms, "total": total.item(), "seconds": time.perf_counter() - start}
+            if not math.isfinite(record["total"]) and epoch == 1:  # before any step: the learning rate is not it
+                raise InputError("--w-mse/--w-edge", f"the loss is not finite before training (loss {record['total']}, "
+                                                     f"weights {config.w_mse:g} and {config.w_edge:g}); use smaller "
+                                                     "loss weights")
             if not math.isfinite(record["total"]):
                 raise InputError("--lr", f"the fit diverged at epoch {epoch} (loss {record['total']}); "
                                          f"lower the learning rate ({config.lr:g})")
@@ -232,7 +260,8 @@ def fit_network(
             if on_checkpoint and config.checkpoint_every and epoch % config.checkpoint_every == 0:
                 on_checkpoint(epoch, _predict(model, x))
             if stopper.update(record["edge"]):
-                stop_reason = f"early stop: edge loss increased {stopper.increases} times"
+                stop_reason = (f"early stop: the edge loss rose {stopper.increases} times in all, at epochs "
+                               f"{', '.join(map(str, stopper.rises))}")
                 break
     finally:
         progress.close()

@@ -189,8 +189,12 @@ def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: f
         problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
                         "(averaged back over each MSI pixel it does not give the measured image)")
     if problems:
+        advice = "look at fused.png, or try another --method"
+        if METHODS[result.method].trains:  # a fitted network: the stopping rule may have left it short of the data
+            advice = (f"the fit stopped at epoch {result.fit.epochs} ({result.fit.stop_reason}) before it matched the "
+                      f"measurement; try --patience 0 with more --epochs, or another --method")
         warnings.append(f"the {result.method} output for {pair.ion_name} is not in the ion's units: "
-                        f"{'; '.join(problems)}; look at fused.png, or try another --method")
+                        f"{'; '.join(problems)}; {advice}")
     return warnings
 
 
