@@ -582,3 +582,12 @@ def test_study_phantom_options_reach_the_phantom_and_default_as_documented(tmp_p
                  "sucrose", "--phantom-seed", "0"]) == 0
     assert seen[0].phantom == PhantomConfig(seed=1) == study.StudyConfig().phantom
     assert seen[1].phantom == PhantomConfig(seed=0, kind="stem", ion="sucrose")
+
+
+def test_checkpoints_that_the_fit_never_reached_are_warned_about(tmp_path, files, capsys):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "4", "--checkpoint-every", "10") == 0
+    warning = "no checkpoint written: the fit stopped at epoch 4, before the first checkpoint (--checkpoint-every 10)"
+    assert warning in json.loads((out / "run.json").read_text())["warnings"] and not (out / "checkpoints").exists()
+    assert warning in capsys.readouterr().err

@@ -282,6 +282,10 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         record.update(extra)
     record["warnings"] = [*record.get("warnings", []), *pair.warnings,
                           *fusion_warnings(pair, result, settings.measurement.spot_sigma_px)]
+    every = settings.fit.checkpoint_every
+    if settings.saves_checkpoints and result.fit.epochs < every:
+        record["warnings"].append(f"no checkpoint written: the fit stopped at epoch {result.fit.epochs}, before the "
+                                  f"first checkpoint (--checkpoint-every {every})")
     return record
 
 
