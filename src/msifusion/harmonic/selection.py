@@ -114,15 +114,33 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
         # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
         trusted = best > 0 or len(config.ladder.rungs) == 1
-        texture = _walk([e[k] for e in errors[best]], config.texture.significance, winsor=config.test.winsor_percent,
+        texture_errors = [e[k] for e in errors[best]]
+        texture = _walk(texture_errors, config.texture.significance, winsor=config.test.winsor_percent,
                         ordered=True) if trusted else 0
+        prior = trusted and texture == 0 and config.texture.flat_prior and _flat(
+            texture_errors, config.texture.significance, config.test.winsor_percent)
+        texture = 1 if prior else texture
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
                       "chosen": ladder[best], "turned_back": best != walked,
                       "texture": config.texture.strengths[texture],
-                      "texture_tested": trusted and len(betas) > 1, "optical_texture_snr_db": gd.texture_snr_db,
+                      "texture_tested": trusted and len(betas) > 1, "texture_flat_prior": bool(prior),
+                      "optical_texture_snr_db": gd.texture_snr_db,
                       "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
     return chosen, notes
+
+
+def _flat(errors: list[torch.Tensor], significance: float, winsor: float) -> bool:
+    """Whether a walk over three or more strengths that stayed at none could not tell them apart: neither the second
+    nor the strongest is significantly worse than none (:attr:`TextureSettings.flat_prior`). Not where the strengths
+    give the same errors: there the texture does not act (a signed ion)."""
+    if len(errors) < 3 or all(torch.equal(errors[0], e) for e in errors[1:]):
+        return False
+    for i in (1, len(errors) - 1):
+        mean, se, _, _ = _paired(errors[0], errors[i], winsor)
+        if mean < -significance * se:
+            return False
+    return True
 
 
 def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, float, int, int]:
