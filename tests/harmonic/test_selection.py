@@ -171,3 +171,16 @@ def test_the_ladder_walk_uses_the_configured_sign_test(cells):
     fuse_harmonic_many(guide, y, f, HarmonicConfig(ladder=LadderSettings(sign_significance=1e6)), report=kept)
     assert climbed.settings[0] != HarmonicConfig().ladder.rungs[0]
     assert kept.settings[0] == HarmonicConfig().ladder.rungs[0]
+
+
+def test_a_flat_texture_test_is_told_from_a_worse_strength_and_from_no_texture_at_all():
+    from msifusion.harmonic.selection import _flat
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 400, generator=g)
+    noise = lambda: 0.01 * torch.randn(1, 400, generator=g)  # noqa: E731 - paired differences around zero
+    assert _flat([base, base + noise(), base + noise(), base + noise()], 2.0, 0.0)  # cannot tell them apart
+    assert not _flat([base, base + 0.05 + noise(), base + noise(), base + noise()], 2.0, 0.0)  # 0.5 clearly worse
+    assert not _flat([base, base + noise(), base + noise(), base + 0.05 + noise()], 2.0, 0.0)  # strongest worse
+    assert not _flat([base, base.clone(), base.clone(), base.clone()], 2.0, 0.0)  # identical: the texture does not act
+    assert not _flat([base, base + noise()], 2.0, 0.0)  # two strengths: the walk itself decides
