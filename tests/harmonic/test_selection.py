@@ -182,5 +182,6 @@ def test_a_flat_texture_test_is_told_from_a_worse_strength_and_from_no_texture_a
     assert _flat([base, base + noise(), base + noise(), base + noise()], 2.0, 0.0)  # cannot tell them apart
     assert not _flat([base, base + 0.05 + noise(), base + noise(), base + noise()], 2.0, 0.0)  # 0.5 clearly worse
     assert not _flat([base, base + noise(), base + noise(), base + 0.05 + noise()], 2.0, 0.0)  # strongest worse
+    assert not _flat([base, base - 0.05 + noise(), base + noise(), base + noise()], 2.0, 0.0)  # 0.5 clearly better
     assert not _flat([base, base.clone(), base.clone(), base.clone()], 2.0, 0.0)  # identical: the texture does not act
     assert not _flat([base, base + noise()], 2.0, 0.0)  # two strengths: the walk itself decides

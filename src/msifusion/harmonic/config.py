@@ -60,10 +60,10 @@ class TextureSettings:
     = 0.5 copied that noise into the ion and cost 2.5 dB; our plant phantoms 19–20 dB, synthetic cells with walls
     12–29 dB).
 
-    ``flat_prior``: where the walk stays at none but the test cannot tell the strengths apart (neither the second nor
-    the strongest is significantly worse than none), the second strength is taken: a small measurement at ×20 gives
+    ``flat_prior``: where the test cannot tell the strengths apart (none is significantly better or worse than none),
+    an ion that climbed the ladder takes the second strength: a small measurement at ×20 gives
     the test too few blocks to see a texture the ion has (measured on phantom seeds no choice was made on, 9–12: two
-    of 24 cases moved, +0.22 and +0.39 dB; the 24 unseen variants: three moved, +0.16, +0.26 and −0.12; seeds 1–4,
+    of 24 cases moved, +0.22 and +0.39 dB; the 24 unseen variants: two moved, +0.26 and −0.12; seeds 1–4,
     Middlebury, the prostate and the 25 synthetic shapes, cells included: none moved).
     """
 

@@ -131,14 +131,15 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
 
 
 def _flat(errors: list[torch.Tensor], significance: float, winsor: float) -> bool:
-    """Whether a walk over three or more strengths that stayed at none could not tell them apart: neither the second
-    nor the strongest is significantly worse than none (:attr:`TextureSettings.flat_prior`). Not where the strengths
-    give the same errors: there the texture does not act (a signed ion)."""
+    """Whether the coarse test could not tell three or more strengths apart: none of them is significantly better or
+    worse than none (:attr:`TextureSettings.flat_prior`). A walk that stepped up and was turned back by a worse
+    strongest is not flat: that guard stands. Not where the strengths give the same errors: there the texture does
+    not act (a signed ion)."""
     if len(errors) < 3 or all(torch.equal(errors[0], e) for e in errors[1:]):
         return False
-    for i in (1, len(errors) - 1):
-        mean, se, _, _ = _paired(errors[0], errors[i], winsor)
-        if mean < -significance * se:
+    for e in errors[1:]:
+        mean, se, _, _ = _paired(errors[0], e, winsor)
+        if abs(mean) > significance * se:
             return False
     return True
 
