@@ -34,6 +34,13 @@ from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoR
 from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
 
 
+def _as_paths(request: object, *names: str) -> None:
+    """Take a frozen request's path fields as :class:`Path` (Python callers may give ``str``); None stays None."""
+    for name in names:
+        if getattr(request, name) is not None:
+            object.__setattr__(request, name, Path(getattr(request, name)))
+
+
 @dataclass(frozen=True)
 class RegisterSettings:
     """How to bring the optical onto the ion grid × ``scale``.
@@ -52,8 +59,7 @@ class RegisterSettings:
     deformable: bool = False
 
     def __post_init__(self) -> None:
-        if self.landmarks is not None:
-            object.__setattr__(self, "landmarks", Path(self.landmarks))  # a str from Python callers
+        _as_paths(self, "landmarks")
         if self.scale is None:
             raise InputError("--scale", "give the magnification, e.g. --scale 10")
         check_scale(self.scale)
@@ -393,8 +399,7 @@ def _open_ions(path: Path) -> ImzML:
 def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> None:
     """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation. The request's
     ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them (str, one number)."""
-    for name in paths:
-        object.__setattr__(request, name, Path(getattr(request, name)))
+    _as_paths(request, *paths)
     object.__setattr__(request, "mzs", tuple(as_mz_list(request.mzs)))
     mzs, tol, normalize = request.mzs, request.tol, request.normalize
     if not mzs:
@@ -481,8 +486,7 @@ class RegisterRequest:
     quiet: bool = False  # no progress bar
 
     def __post_init__(self) -> None:
-        for name in ("optical", "ion", "out"):  # a str from Python callers
-            object.__setattr__(self, name, Path(getattr(self, name)))
+        _as_paths(self, "optical", "ion", "out")
 
 
 def _imzml_files(path: Path) -> list[Path]:

@@ -246,7 +246,8 @@ def write_tiff(
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm), which Bio-Formats reads, and as TIFF resolution tags in
     centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm.
     """
-    if not all(isinstance(page, np.ndarray) and page.ndim == 2 for page in data):  # not pages: one array-like
+    if not isinstance(data, np.ndarray) and not all(isinstance(page, np.ndarray) and page.ndim == 2 for page in data):
+        # not a list of pages: one array-like (a nested list)
         data = np.asarray(data)
     if isinstance(data, np.ndarray):
         data = np.asarray(data, dtype=np.float32)
@@ -256,8 +257,8 @@ def write_tiff(
             raise ValueError(f"write_tiff takes an (H, W) image or a (C, H, W) stack, got shape {data.shape}"
                              + ("; a colour image (H, W, 3) is written by write_rgb_tiff" if data.ndim == 3 else ""))
     else:
-        shapes = {np.shape(page) for page in data}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        shapes = {page.shape for page in data}  # 2-D pages, as checked above
+        if len(shapes) != 1:
             raise ValueError(f"a stack needs (H, W) images of one shape; got {sorted(shapes)}")
         shape = (len(data), *shapes.pop())
     metadata: dict = {"axes": "YX" if len(shape) == 2 else "CYX"}
