@@ -96,6 +96,8 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     registered = tifffile.imread(out / "optical_registered.tiff")
     source = cv2.imread(str(opt))[..., ::-1]
     np.testing.assert_allclose(registered, source[6:6 + H * SCALE, 8:8 + W * SCALE], atol=1)
+    with tifffile.TiffFile(out / "optical_registered.tiff") as tif:
+        assert f'Name="{opt.name} on the MSI grid of {imzml.name} ×{SCALE}"' in tif.ome_metadata
     with tifffile.TiffFile(out / "fused.ome.tiff") as tif:
         stack = tif.asarray()
         assert 'Name="m/z 100.0000"' in tif.ome_metadata and 'Name="m/z 200.0000"' in tif.ome_metadata

@@ -367,12 +367,14 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
     return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area, moving=moving))
 
 
-def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None) -> list[str]:
-    """optical_registered.tiff (+ .png), overlay.png against the MSI tissue image, landmarks.csv; for an
-    ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of the other alignment.
-    Returns the names written."""
+def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None,
+                       optical: Path, ion: Path) -> list[str]:
+    """optical_registered.tiff (+ .png; its channel named after the two files), overlay.png against the MSI tissue
+    image, landmarks.csv; for an ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of
+    the other alignment. Returns the names written."""
     px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
-    paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px),
+    name = f"{optical.name} on the MSI grid of {ion.name} ×{registered.scale}"
+    paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px, name),
              save_rgb_png(folder / "optical_registered.png", registered.guide),
              save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)]
     if registered.landmarks is not None:
@@ -525,7 +527,7 @@ def register_files(request: RegisterRequest) -> dict:
     optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
     registered = register_optical(optical, msi, request.settings, request.quiet)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
-        outputs = write_registration(stage, registered, px)
+        outputs = write_registration(stage, registered, px, request.optical, request.ion)
         record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
                   "outputs": outputs + ["run.json"], "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
@@ -584,7 +586,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             request.on_warning(warning)
     load_s = time.perf_counter() - t0
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
-        registration_outputs = write_registration(stage, registered, stack.pixel_size_um)
+        registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
+                                                  request.imzml)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}

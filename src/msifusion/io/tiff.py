@@ -1,5 +1,5 @@
 """TIFF and OME-TIFF: reading (calibration from OME, ImageJ and resolution tags; colour encodings; pyramids) and
-writing calibrated float32 OME-TIFF stacks and 8-bit RGB TIFFs.
+writing calibrated, compressed float32 OME-TIFF stacks and 8-bit RGB TIFFs (tiled pyramids when large).
 
 :func:`msifusion.io.images.read_optical` and :func:`msifusion.io.images.read_ion` read TIFFs through
 :func:`_read_tiff`; :func:`write_tiff` and :func:`write_rgb_tiff` are re-exported by :mod:`msifusion.io.images`.
@@ -244,7 +244,8 @@ def write_tiff(
     may be given as a sequence of (H, W) images: it is written page by page, never gathered into one array.
 
     Carries the pixel size as OME ``PhysicalSizeX/Y`` (µm), which Bio-Formats reads, and as TIFF resolution tags in
-    centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm.
+    centimetres (TIFF has no µm unit), which ImageJ's own opener shows as the same length in cm. Compressed, and tiled
+    with a pyramid when large: see :func:`_write_ome`.
     """
     if not isinstance(data, np.ndarray) and not all(isinstance(page, np.ndarray) and page.ndim == 2 for page in data):
         # not a list of pages: one array-like (a nested list)
@@ -269,32 +270,97 @@ def write_tiff(
     return _write_ome(path, data, metadata, pixel_size_um, "minisblack", shape)
 
 
-def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None) -> Path:
-    """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF."""
+def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None,
+                   name: str | None = None) -> Path:
+    """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF, its OME channel named ``name``."""
     data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
-    return _write_ome(path, data, {"axes": "YXS"}, pixel_size_um, "rgb", data.shape)
+    metadata = {"axes": "YXS", **({"Channel": {"Name": [name]}} if name else {})}
+    return _write_ome(path, data, metadata, pixel_size_um, "rgb", data.shape)
+
+
+COMPRESSION = "zlib"  # Deflate, lossless; ImageJ's own opener, Bio-Formats (Fiji, QuPath), napari and GDAL read it
+PYRAMID_ABOVE_PX = 4096  # a longer side above this is written tiled, with a pyramid, as whole-slide viewers want it
+TILE_PX = 512
+PYRAMID_TOP_PX = 1024  # the pyramid halves the image until its longer side is at most this
+
+
+def pyramid_levels(height: int, width: int) -> int:
+    """How many halved levels are written below an image of this size: none up to :data:`PYRAMID_ABOVE_PX` (ImageJ's
+    own opener reads stripped TIFFs only, and small images need no pyramid), else down to :data:`PYRAMID_TOP_PX`."""
+    side, levels = max(height, width), 0
+    if side <= PYRAMID_ABOVE_PX:
+        return 0
+    while side > PYRAMID_TOP_PX:
+        side, levels = -(-side // 2), levels + 1
+    return levels
+
+
+def halved(page: np.ndarray) -> np.ndarray:
+    """The page at half the size, each pixel the mean of the 2×2 it covers (the last row or column of an odd size
+    counted twice, so that the level keeps the image's mean intensities at its edge), in the page's dtype."""
+    odd = ((0, page.shape[0] % 2), (0, page.shape[1] % 2)) + ((0, 0),) * (page.ndim - 2)
+    padded = np.pad(page, odd, mode="edge") if page.shape[0] % 2 or page.shape[1] % 2 else page
+    mean = padded[0::2, 0::2].astype(np.float64)  # a quarter-sized sum, not a float64 copy of the page
+    mean += padded[1::2, 0::2]
+    mean += padded[0::2, 1::2]
+    mean += padded[1::2, 1::2]
+    mean /= 4
+    return np.round(mean).astype(page.dtype) if np.issubdtype(page.dtype, np.integer) else mean.astype(page.dtype)
+
+
+def _tiles(pages: Sequence[np.ndarray], dtype: np.dtype, level: int):
+    """Each page at a pyramid level (halved ``level`` times), cut into :data:`TILE_PX` tiles in the order tifffile
+    writes them (page by page, row by row)."""
+    for page in pages:
+        page = np.asarray(page, dtype=dtype)
+        for _ in range(level):
+            page = halved(page)
+        for top in range(0, page.shape[0], TILE_PX):
+            for left in range(0, page.shape[1], TILE_PX):
+                yield page[top:top + TILE_PX, left:left + TILE_PX]
 
 
 def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metadata: dict,
                pixel_size_um: float | None, photometric: str, shape: tuple[int, ...]) -> Path:
-    """OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a content-derived UUID; ``data``
-    is one array, or a stack's (H, W) pages (written one by one, as float32)."""
+    """Deflate-compressed OME-TIFF with the calibration (OME physical size and TIFF resolution tags) and a
+    content-derived UUID; ``data`` is one array, or a stack's (H, W) pages (written one by one, as float32). An image
+    larger than :data:`PYRAMID_ABOVE_PX` is written in tiles with a pyramid of halved levels (SubIFDs)."""
     import tifffile
 
     check_pixel_size("pixel_size_um", pixel_size_um)
-    metadata, kwargs = dict(metadata), {}
+    metadata, options = dict(metadata), {"photometric": photometric, "compression": COMPRESSION}
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
-        per_cm = 1e4 / pixel_size_um
-        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-    pages = [data] if isinstance(data, np.ndarray) else data
+        options.update(resolutionunit="CENTIMETER")
+    stacked = photometric != "rgb" and len(shape) == 3
+    pages = list(data) if stacked or not isinstance(data, np.ndarray) else [data]  # views of an array's pages
     dtype = data.dtype if isinstance(data, np.ndarray) else np.dtype(np.float32)
     metadata["UUID"] = _content_uuid(pages, shape, dtype, metadata)
-    if not isinstance(data, np.ndarray):
-        kwargs.update(shape=shape, dtype=dtype)
-        data = (np.ascontiguousarray(page, dtype=dtype) for page in pages)
-    tifffile.imwrite(path, data, ome=True, metadata=metadata, photometric=photometric, **kwargs)
+    height, width = (shape[:2] if photometric == "rgb" else shape[-2:])
+    levels = pyramid_levels(height, width)
+    bigtiff = math.prod(shape) * dtype.itemsize > 2**32 - 2**25  # as tifffile decides for uncompressed data
+    stack_shape = shape[:1] if stacked else ()
+    with tifffile.TiffWriter(path, bigtiff=bigtiff, ome=True) as tif:
+        for level in range(levels + 1):
+            size = (height, width)
+            for _ in range(level):
+                size = (-(-size[0] // 2), -(-size[1] // 2))
+            per_cm = 1e4 / pixel_size_um / 2**level if pixel_size_um else None
+            level_shape = (*stack_shape, *size, *((shape[-1],) if photometric == "rgb" else ()))
+            extra = {"resolution": (per_cm, per_cm)} if per_cm else {}
+            if level == 0:
+                extra.update(metadata=metadata, subifds=levels)
+            else:
+                extra.update(subfiletype=1)  # a reduced-resolution image
+            if levels:
+                tif.write(_tiles(pages, dtype, level), shape=level_shape, dtype=dtype, tile=(TILE_PX, TILE_PX),
+                          **options, **extra)
+            elif not stacked:
+                tif.write(pages[0], **options, **extra)
+            else:
+                tif.write((np.ascontiguousarray(page, dtype=dtype) for page in pages), shape=level_shape, dtype=dtype,
+                          **options, **extra)
     return Path(path)
 
 
