@@ -316,11 +316,11 @@ def test_output_not_in_ion_units_warns_on_stderr_and_in_run_json(tmp_path, files
     _register_method(monkeypatch, "negated", lambda up: -up)  # all negative: consistency error 2
     _register_method(monkeypatch, "tripled", lambda up: 3 * up)  # positive, consistency error 2
     expected = {
-        "negated": f"the negated output for ion is not in the ion's units: negative values (min -500, 100.00% of the ion's peak; {n} of {n} pixels) "
+        "negated": f"ion: the negated output is not in the ion's units: negative values (min -500, 100.00% of the ion's peak; {n} of {n} pixels) "
                    "from a non-negative ion image; consistency error 2 > 0.5 (averaged back over each MSI pixel it "
-                   "does not give the measured image); look at fused.png, or try another --method",
-        "tripled": "the tripled output for ion is not in the ion's units: consistency error 2 > 0.5 (averaged back "
-                   "over each MSI pixel it does not give the measured image); look at fused.png, or try another --method",
+                   "does not give the measured image); look at the fused image, or try another method",
+        "tripled": "ion: the tripled output is not in the ion's units: consistency error 2 > 0.5 (averaged back "
+                   "over each MSI pixel it does not give the measured image); look at the fused image, or try another method",
         "bilinear": None,
     }
     for method, warning in expected.items():
@@ -345,9 +345,9 @@ def test_output_above_zero_from_an_ion_at_or_below_zero_is_warned(tmp_path, file
     _register_method(monkeypatch, "negated", lambda up: -up)
     assert _fuse(opt, negative, tmp_path / "out", "--method", "negated", "--pixel-size", "10") == 0
     warning = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
-    assert warning == [f"the negated output for negative is not in the ion's units: positive values (max 500, 100.00% of the ion's peak; "
+    assert warning == [f"negative: the negated output is not in the ion's units: positive values (max 500, 100.00% of the ion's peak; "
                        f"{n} of {n} pixels) from an ion image that is ≤ 0 everywhere; consistency error 2 > 0.5 (averaged back over "
-                       "each MSI pixel it does not give the measured image); look at fused.png, or try another --method"]
+                       "each MSI pixel it does not give the measured image); look at the fused image, or try another method"]
     assert _fuse(opt, negative, tmp_path / "default", "--pixel-size", "10") == 0  # the default keeps it ≤ 0
     assert json.loads((tmp_path / "default" / "run.json").read_text())["warnings"] == []
     capsys.readouterr()

@@ -334,8 +334,8 @@ def test_several_ions_collect_every_fusion_warning(tmp_path, files, capsys, monk
                  "--quiet"]) == 0
     uncalibrated, *warnings = json.loads((out / "run.json").read_text())["warnings"]
     assert uncalibrated.startswith("no pixel size (sample.imzML gives none in its scan settings)")
-    assert [w.split(" is not in")[0] for w in warnings] == ["the negated output for m/z 100.0000",
-                                                            "the negated output for m/z 200.0000"]
+    assert [w.split(" is not in")[0] for w in warnings] == ["m/z 100.0000: the negated output",
+                                                            "m/z 200.0000: the negated output"]
     for name, warning in zip(("100.0000", "200.0000"), warnings):
         assert json.loads((out / f"mz_{name}" / "run.json").read_text())["warnings"] == [uncalibrated, warning]
     assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {w}" for w in [uncalibrated, *warnings]]

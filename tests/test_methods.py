@@ -4,7 +4,7 @@ import pytest
 from msifusion.errors import InputError
 from msifusion.fit import FitConfig, Runtime
 from msifusion.harmonic import HarmonicConfig
-from msifusion.methods import METHODS, MethodOptions, fuse, fuse_many, infer_scale
+from msifusion.methods import METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
 
 QUICK = MethodOptions(FitConfig(max_epochs=5, patience=0), Runtime(seed=0, quiet=True))
 
@@ -252,3 +252,52 @@ def test_tab_completion_lists_the_lazy_names():
     import msifusion
 
     assert {"fuse", "fuse_many", "read_ion", "read_optical", "InputError"} <= set(dir(msifusion))
+
+
+def _result(fused: np.ndarray, method: str = "guided-harmonic", consistency: float = 1e-8, **fit) -> FusionResult:
+    from msifusion.fit import FitResult
+
+    return FusionResult(fused, method, 4, FitResult(fused, **fit), 1.0, 1.0, consistency)
+
+
+def test_negatives_under_a_laser_spot_are_explained_by_it():
+    from msifusion.methods import output_warnings
+
+    ion = np.array([[0.0, 4.0], [2.0, 1.0]], np.float32)
+
+    def warnings(dip: float, spot: float, sign: float = 1.0) -> list[str]:
+        fused = np.kron(ion, np.ones((4, 4), np.float32))
+        fused[0, 3] = -dip  # a dip beside an MSI pixel measured at zero
+        return output_warnings(_result(sign * fused), sign * ion, spot)
+
+    (box,) = warnings(0.1, 0.0)
+    assert box.startswith("the guided-harmonic output is not in the ion's units: negative values (min -0.1, "
+                          "2.50% of the ion's peak; 1 of 64 pixels) from a non-negative ion image")
+    (spot,) = warnings(0.1, 1.5)
+    assert spot == ("the guided-harmonic output has negative values (min -0.1, 2.50% of the ion's peak; 1 of 64 "
+                    "pixels): undoing the laser spot (spot σ 1.5 px) exactly gives them beside MSI pixels measured "
+                    "near zero, the more the wider the spot; the image is exact under that model, so clip them for "
+                    "display only")
+    (mirrored,) = warnings(0.1, 1.5, sign=-1.0)  # an ion ≤ 0 everywhere: its wrong sign is positive
+    assert mirrored.startswith("the guided-harmonic output has positive values (max 0.1, 2.50% of the ion's peak")
+    assert warnings(0.01, 1.5) == [] and len(warnings(0.01, 0.0)) == 1  # under a spot, dips under 1 % of the peak pass
+
+
+def test_an_inconsistent_network_output_is_told_to_fit_longer():
+    from msifusion.methods import output_warnings
+
+    ion = np.array([[1.0, 4.0], [2.0, 1.0]], np.float32)
+    fused = np.full((8, 8), 2.0, np.float32)
+    stop = "early stop: the edge loss rose 5 times in all, at epochs 4, 11"
+    (warning,) = output_warnings(_result(fused, "lcrn", 0.785, epochs=23, stop_reason=stop), ion)
+    assert warning.endswith("consistency error 0.785 > 0.5 (averaged back over each MSI pixel it does not give the "
+                            "measured image); the fit stopped at epoch 23 (early stop: the edge loss rose 5 times in "
+                            "all, at epochs 4, 11) before it matched the measurement; fit without early stopping "
+                            "(patience 0) for more epochs, or try another method")
+
+
+def test_a_result_from_python_carries_its_warnings(small_pair):
+    guide, ion, _ = small_pair
+    assert fuse(guide, ion, "bilinear-bp").warnings == []
+    (warning,) = fuse(guide, ion, "lcrn", QUICK).warnings
+    assert warning.startswith("the lcrn output is not in the ion's units: ") and "consistency error" in warning

@@ -104,51 +104,9 @@ def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
         assert 'Name="m/z 656.7762, epoch 3"' in tif.ome_metadata and tif.asarray().max() == 2.0
 
 
-def test_negatives_under_a_laser_spot_are_explained_by_it():
-    from msifusion.fit import FitResult
-    from msifusion.methods import FusionResult
-    from msifusion.pipeline import RegisteredPair, fusion_warnings
-
-    ion = np.array([[0.0, 4.0], [2.0, 1.0]], np.float32)
-
-    def warnings(dip: float, spot: float, sign: float = 1.0) -> list[str]:
-        fused = np.kron(ion, np.ones((4, 4), np.float32))
-        fused[0, 3] = -dip  # a dip beside an MSI pixel measured at zero
-        pair = RegisteredPair(np.zeros((8, 8, 3), np.float32), sign * ion, 4, 25.0)
-        return fusion_warnings(pair, FusionResult(sign * fused, "guided-harmonic", 4, FitResult(fused), 1.0, 1.0, 1e-8),
-                               spot)
-
-    (box,) = warnings(0.1, 0.0)
-    assert box.startswith("the guided-harmonic output for ion is not in the ion's units: negative values (min -0.1, "
-                          "2.50% of the ion's peak; 1 of 64 pixels) from a non-negative ion image")
-    (spot,) = warnings(0.1, 1.5)
-    assert spot == ("the guided-harmonic output for ion has negative values (min -0.1, 2.50% of the ion's peak; 1 of 64 "
-                    "pixels): undoing the laser spot (--spot-sigma 1.5) exactly gives them beside MSI pixels measured "
-                    "near zero, the more the wider the spot; the image is exact under that model, so clip them for "
-                    "display only")
-    (mirrored,) = warnings(0.1, 1.5, sign=-1.0)  # an ion ≤ 0 everywhere: its wrong sign is positive
-    assert mirrored.startswith("the guided-harmonic output for ion has positive values (max 0.1, 2.50% of the ion's peak")
-    assert warnings(0.01, 1.5) == [] and len(warnings(0.01, 0.0)) == 1  # under a spot, dips under 1 % of the peak pass
-
-
-def test_an_inconsistent_network_output_is_told_to_fit_longer():
-    from msifusion.fit import FitResult
-    from msifusion.methods import FusionResult
-    from msifusion.pipeline import RegisteredPair, fusion_warnings
-
-    ion = np.array([[1.0, 4.0], [2.0, 1.0]], np.float32)
-    pair = RegisteredPair(np.zeros((8, 8, 3), np.float32), ion, 4, 25.0)
-    fused = np.full((8, 8), 2.0, np.float32)
-    fit = FitResult(fused, epochs=23, stop_reason="early stop: the edge loss rose 5 times in all, at epochs 4, 11")
-    (warning,) = fusion_warnings(pair, FusionResult(fused, "lcrn", 4, fit, 1.0, 1.0, 0.785))
-    assert warning.endswith("consistency error 0.785 > 0.5 (averaged back over each MSI pixel it does not give the "
-                            "measured image); the fit stopped at epoch 23 (early stop: the edge loss rose 5 times in "
-                            "all, at epochs 4, 11) before it matched the measurement; try --patience 0 with more "
-                            "--epochs, or another --method")
-
-
 def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
-    from msifusion.pipeline import panel_record, spot_dip_note
+    from msifusion.methods import spot_dip_note
+    from msifusion.pipeline import panel_record
 
     def record(name: str, dipped: bool, other: str | None = None) -> dict:
         warnings = [f"the guided-harmonic output for {name} has negative values (min -{name}): {spot_dip_note(2)}"] \

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -57,6 +57,7 @@ class FusionResult:
     intensity_scale: float
     consistency_error: float
     panel_share: bool = False  # fused together with the other ions of a panel (fuse_many, a method with run_many)
+    warnings: list[str] = field(default_factory=list)  # when it cannot be read as ion intensities: output_warnings
 
 
 MethodFn = Callable[[FusionProblem, MethodOptions], FitResult]
@@ -242,7 +243,59 @@ def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, i
         raise InputError(f"--method {method}", f"the fusion diverged: {int((~np.isfinite(image)).sum())} pixels are "
                                                "NaN or inf")
     error = options.measurement.consistency_error(image, ion, scale)
-    return FusionResult(image, method, scale, result, seconds, intensity_scale, error, panel_share)
+    fused = FusionResult(image, method, scale, result, seconds, intensity_scale, error, panel_share)
+    fused.warnings = output_warnings(fused, ion, options.measurement.spot_sigma_px)
+    return fused
+
+
+MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
+SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this share of the ion's peak are warned
+
+
+def spot_dip_note(spot_sigma_px: float) -> str:
+    """Why an exact output under a laser spot has wrong-signed values, and what to do about them."""
+    return (f"undoing the laser spot (spot σ {spot_sigma_px:g} px) exactly gives them beside MSI pixels measured "
+            "near zero, the more the wider the spot; the image is exact under that model, so clip them for display "
+            "only")
+
+
+def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float = 0.0) -> list[str]:
+    """Warnings when the fused image cannot be read as ion intensities, whatever the method (FusionResult.warnings).
+
+    That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
+    image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
+    :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
+    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives beside MSI pixels measured
+    near zero: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak.
+    """
+    image = result.image
+    peak = float(np.max(np.abs(ion)))
+    # the sign every value should have (0: a signed ion, with none)
+    sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0
+    worst = float(np.min(sign * image)) if sign else 0.0  # the most wrong-signed value, as a negative number
+    floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
+    problems, warnings = [], []
+    if worst < -floor:
+        kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
+        values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
+                  f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
+        if spot_sigma_px > 0:
+            warnings.append(f"the {result.method} output has {values}: {spot_dip_note(spot_sigma_px)}")
+        else:
+            source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
+            problems.append(f"{values} from {source}")
+    if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
+        problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
+                        "(averaged back over each MSI pixel it does not give the measured image)")
+    if problems:
+        advice = "look at the fused image, or try another method"
+        if METHODS[result.method].trains:  # a fitted network: the stopping rule may have left it short of the data
+            advice = (f"the fit stopped at epoch {result.fit.epochs} ({result.fit.stop_reason}) before it matched the "
+                      "measurement; fit without early stopping (patience 0) for more epochs, or try another method")
+        warnings.append(f"the {result.method} output is not in the ion's units: {'; '.join(problems)}; {advice}")
+    return warnings
+
+
 
 
 def _method_and_options(method: str | None, options: MethodOptions | None) -> tuple[str, MethodOptions]:

@@ -18,8 +18,8 @@ from msifusion.fit import CheckpointFn, check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size
-from msifusion.methods import (DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, check_fused_size, check_methods,
-                               check_scale, fuse, infer_scale)
+from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
+                               check_methods, check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
 
@@ -146,58 +146,6 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
     return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
-MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
-
-
-SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this share of the ion's peak are warned
-
-
-def spot_dip_note(spot_sigma_px: float) -> str:
-    """Why an exact output under a laser spot has wrong-signed values, and what to do about them."""
-    return (f"undoing the laser spot (--spot-sigma {spot_sigma_px:g}) exactly gives them beside MSI pixels measured "
-            "near zero, the more the wider the spot; the image is exact under that model, so clip them for display "
-            "only")
-
-
-def fusion_warnings(pair: RegisteredPair, result: FusionResult, spot_sigma_px: float = 0.0) -> list[str]:
-    """Warnings when the fused image cannot be read as ion intensities, whatever the method.
-
-    That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
-    image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
-    :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
-    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives beside MSI pixels measured
-    near zero: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak.
-    """
-    image, ion = result.image, pair.ion
-    peak = float(np.max(np.abs(ion)))
-    # the sign every value should have (0: a signed ion, with none)
-    sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0
-    worst = float(np.min(sign * image)) if sign else 0.0  # the most wrong-signed value, as a negative number
-    floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
-    problems, warnings = [], []
-    if worst < -floor:
-        kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
-        values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
-                  f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
-        if spot_sigma_px > 0:
-            note = spot_dip_note(spot_sigma_px)
-            warnings.append(f"the {result.method} output for {pair.ion_name} has {values}: {note}")
-        else:
-            source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
-            problems.append(f"{values} from {source}")
-    if not result.consistency_error <= MAX_CONSISTENCY_ERROR:
-        problems.append(f"consistency error {result.consistency_error:.3g} > {MAX_CONSISTENCY_ERROR} "
-                        "(averaged back over each MSI pixel it does not give the measured image)")
-    if problems:
-        advice = "look at fused.png, or try another --method"
-        if METHODS[result.method].trains:  # a fitted network: the stopping rule may have left it short of the data
-            advice = (f"the fit stopped at epoch {result.fit.epochs} ({result.fit.stop_reason}) before it matched the "
-                      f"measurement; try --patience 0 with more --epochs, or another --method")
-        warnings.append(f"the {result.method} output for {pair.ion_name} is not in the ion's units: "
-                        f"{'; '.join(problems)}; {advice}")
-    return warnings
-
-
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
 COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
 
@@ -281,7 +229,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
     if extra:
         record.update(extra)
     record["warnings"] = [*record.get("warnings", []), *pair.warnings,
-                          *fusion_warnings(pair, result, settings.measurement.spot_sigma_px)]
+                          *(f"{pair.ion_name}: {warning}" for warning in result.warnings)]
     every = settings.fit.checkpoint_every
     if settings.saves_checkpoints and result.fit.epochs < every:
         record["warnings"].append(f"no checkpoint written: the fit stopped at epoch {result.fit.epochs}, before the "
