@@ -11,9 +11,12 @@ QUICK = MethodOptions(FitConfig(max_epochs=5, patience=0), Runtime(seed=0, quiet
 
 def test_infer_scale():
     assert infer_scale((40, 60), (4, 6)) == 10
-    for guide, ion in (((40, 61), (4, 6)), ((40, 60), (4, 5)), ((30, 60), (3, 3))):
+    for guide, ion in (((40, 61), (4, 6)), ((40, 60), (4, 7))):
         with pytest.raises(ValueError, match="not an integer multiple"):
             infer_scale(guide, ion)
+    with pytest.raises(ValueError, match=r"^optical shape 30×60 is ×10 the ion's height and ×20 its width \(3×3\); the "
+                                         "two factors must be equal$"):
+        infer_scale((30, 60), (3, 3))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -59,13 +62,15 @@ def test_bad_problems(small_pair):
         fuse(np.concatenate([guide, guide[..., :2]], -1), ion, "bilinear")
     with pytest.raises(InputError, match=r"must be a 2-D \(h, w\) array, got shape \(1, 8, 12\)"):
         fuse(guide, ion[None], "bilinear")
-    with pytest.raises(InputError, match=r"ion image is too small \(1×12\)"):
+    with pytest.raises(InputError, match=r"ion image is too small \(1×12; at least 2×2 pixels\)"):
         fuse(guide[:4], ion[:1], "bilinear")
     for one_row in (guide[:1], np.round(guide[:1] * 255).astype(np.uint8)):  # one check, float and integer guides
-        with pytest.raises(InputError, match=r"optical image is too small \(1×48\)"):
+        with pytest.raises(InputError, match=r"optical image is too small \(1×48; at least 2×2 pixels\)"):
             fuse(one_row, ion, "bilinear")
-    with pytest.raises(InputError, match="beyond float32's range"):
-        fuse(guide, ion.astype(np.float64) * 1e300, "bilinear")
+    for peak in (1e300, 3.3e38):  # beyond float32, or so near its largest value that the fused image would overflow
+        with pytest.raises(InputError, match=r"values reach \S+, too near float32's largest \(3.4e\+38\): the fused"):
+            fuse(guide, ion.astype(np.float64) / ion.max() * peak, "bilinear")
+    assert np.isfinite(fuse(guide, ion / ion.max() * 1e32).image).all()
 
 
 def test_bad_panels(small_pair):
@@ -268,6 +273,7 @@ def test_negatives_under_a_laser_spot_are_explained_by_it():
     def warnings(dip: float, spot: float, sign: float = 1.0) -> list[str]:
         fused = np.kron(ion, np.ones((4, 4), np.float32))
         fused[0, 3] = -dip  # a dip beside an MSI pixel measured at zero
+        fused[7, 7] = -1e-9  # float rounding: not counted
         return output_warnings(_result(sign * fused), sign * ion, spot)
 
     (box,) = warnings(0.1, 0.0)

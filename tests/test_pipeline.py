@@ -7,7 +7,7 @@ def _pair(optical_shape, optical_um, ion_um, scale=None, given_um=None):
     from msifusion.io.images import Image
     from msifusion.pipeline import pair_images
 
-    optical = Image(np.full((*optical_shape, 3), 0.5, np.float32), optical_um)
+    optical = Image(np.random.default_rng(0).random((*optical_shape, 3), np.float32), optical_um)
     ion = Image(np.ones((10, 12), np.float32), ion_um)
     return pair_images(optical, ion, scale, given_um)
 
@@ -29,7 +29,38 @@ def test_a_pixel_size_that_contradicts_the_optical_calibration_is_warned():
     (warning,) = _pair((80, 96), 2.5, None, given_um=50.0).warnings
     assert warning.startswith("--pixel-size (50 µm per ion pixel) disagrees with the optical's calibration "
                               "(2.5 µm per optical pixel, i.e. 20 µm per ion pixel) by 2.5×")
+    assert warning.endswith("the outputs use 50 µm per ion pixel")
     assert _pair((80, 96), 2.5, None, given_um=50.0).ion_pixel_size_um == 50.0  # the user's value is kept
+
+
+def test_an_optical_without_a_scale_is_offered_a_resize_only_where_its_aspect_allows():
+    import pytest
+
+    from msifusion.errors import InputError
+
+    with pytest.raises(InputError, match=r"not an integer multiple of ion shape 10×12; register it to the ion grid, or "
+                                         r"pass --scale N to resize it$"):
+        _pair((81, 96), None, 20.0)
+    with pytest.raises(InputError, match=r"×10 the ion's height and ×15 its width \(10×12\); the two factors must be "
+                                         r"equal; register it to the ion grid \(resizing would stretch it: its aspect "
+                                         r"ratio is 33% off the ion's\)$"):
+        _pair((100, 180), None, 20.0)
+
+
+def test_a_uniform_optical_is_warned_as_one_with_nothing_to_follow():
+    from pathlib import Path
+
+    from msifusion.io.images import Image
+    from msifusion.pipeline import pair_images
+
+    ion = Image(np.ones((10, 12), np.float32), 20.0)
+    for level in (0.0, 0.5):  # black, or a flat grey with less than one 8-bit level of variation
+        flat = np.full((80, 96, 3), level, np.float32)
+        flat[0, 0] += 0.001
+        (warning,) = pair_images(Image(flat, None, Path("blank.tif")), ion, None, None).warnings
+        assert warning == ("blank.tif is uniform (every pixel within one 8-bit level): a blank image, or the wrong "
+                           "file or channel? The fusion has no optical detail to follow and only interpolates the ion "
+                           "image")
 
 
 def test_what_the_readers_noticed_reaches_the_run_warnings(tmp_path):

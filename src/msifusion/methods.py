@@ -104,8 +104,11 @@ DEFAULT_METHOD = "guided-harmonic"  # measured best on the benchmark (docs/bench
 def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int:
     """The integer factor with guide = ion × factor on both axes; ValueError if there is none."""
     (H, W), (h, w) = guide_shape[:2], ion_shape[:2]
-    if H % h or W % w or H // h != W // w:
+    if H % h or W % w:
         raise ValueError(f"optical shape {H}×{W} is not an integer multiple of ion shape {h}×{w}")
+    if H // h != W // w:
+        raise ValueError(f"optical shape {H}×{W} is ×{H // h} the ion's height and ×{W // w} its width ({h}×{w}); "
+                         "the two factors must be equal")
     return H // h
 
 
@@ -278,7 +281,7 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     if worst < -floor:
         kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
-                  f"{int(np.sum(sign * image < 0))} of {image.size} pixels)")
+                  f"{int(np.sum(sign * image < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
         if spot_sigma_px > 0:
             warnings.append(f"the {result.method} output has {values}: {spot_dip_note(spot_sigma_px)}")
         else:

@@ -92,8 +92,11 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             scale = infer_scale((H, W), (h, w))
         except ValueError as exc:
             turned = _turned_hint((H, W), (h, w))
-            raise InputError(src, f"{exc}; {turned + '; else ' if turned else ''}register it to the ion grid, or pass "
-                                  "--scale N to resize it") from None
+            off = abs(H * w / (W * h) - 1)
+            resize = (", or pass --scale N to resize it" if off <= ASPECT_TOLERANCE else
+                      f" (resizing would stretch it: its aspect ratio is {off:.0%} off the ion's)")
+            raise InputError(src, f"{exc}; {turned + '; else ' if turned else ''}register it to the ion grid"
+                                  f"{resize}") from None
         if scale < 2:
             raise InputError(src, f"optical {H}×{W} has the ion image's shape; it must be the ion shape × an integer "
                              f"≥ 2 (e.g. {2 * h}×{2 * w}): the microscope image registered to the ion grid at the "
@@ -110,6 +113,10 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     warnings = [*optical.warnings, *ion.warnings]
+    if float(np.ptp(guide)) < UNIFORM_OPTICAL:
+        warnings.append(f"{optical.path.name if optical.path else 'the optical'} is uniform (every pixel within "
+                        "one 8-bit level): a blank image, or the wrong file or channel? The fusion has no optical "
+                        "detail to follow and only interpolates the ion image")
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
@@ -121,7 +128,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             warnings.append(f"{source} ({pixel_size:.3g} µm per ion pixel) disagrees with the optical's calibration "
                             f"({optical.pixel_size_um:.3g} µm per optical pixel, i.e. {implied:.3g} µm per ion pixel) "
                             f"by {max(pixel_size / implied, implied / pixel_size):.1f}×; the outputs use "
-                            f"{pixel_size:.3g}")
+                            f"{pixel_size:.3g} µm per ion pixel")
     coarse = (coarse_optical_warning(pixel_size * h / H, pixel_size, scale, "µm") if pixel_size else
               coarse_optical_warning(h / H, 1.0, scale, "MSI pixels"))
     warnings += [coarse] if coarse else []
@@ -146,6 +153,7 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
     return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
+UNIFORM_OPTICAL = 1 / 255  # an optical spanning less than one 8-bit level has no detail to follow
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
 COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
 

@@ -206,7 +206,7 @@ def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
     if min(data.shape[:2]) < 2:
-        raise InputError(source, f"optical image is too small ({data.shape[0]}×{data.shape[1]})")
+        raise InputError(source, f"optical image is too small ({data.shape[0]}×{data.shape[1]}; at least 2×2 pixels)")
     return data
 
 
@@ -297,6 +297,9 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
                  warnings=(warning,) if warning else ())
 
 
+MAX_ION_VALUE = float(np.finfo(np.float32).max) / 1e6  # room for a fused image's values beyond the ion's peak
+
+
 def validate_ion(data: np.ndarray, source: str | Path | None = None, what: str = "ion image") -> np.ndarray:
     """Check an ion image (``what``, in errors) is a finite, non-zero, real 2-D array; return it as float32.
 
@@ -311,13 +314,18 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None, what: str =
         raise InputError(source, f"{what} must be 2-D, got shape {data.shape}")
     require_real(data, source, what)
     if min(data.shape) < 2:
-        raise InputError(source, f"{what} is too small ({data.shape[0]}×{data.shape[1]})")
+        raise InputError(source, f"{what} is too small ({data.shape[0]}×{data.shape[1]}; at least 2×2 pixels)")
     bad = ~np.isfinite(data)
     if bad.any():
-        raise InputError(source, f"{what} has {int(bad.sum())} NaN/inf pixel(s); fill them (e.g. with 0) first")
+        row, col = np.argwhere(bad)[0]
+        raise InputError(source, f"{what} has {int(bad.sum())} NaN/inf pixel(s), the first at row {row}, column {col} "
+                                 "(0-based); fill them (e.g. with 0) first")
     peak = float(np.max(np.abs(data)))
-    if peak > float(np.finfo(np.float32).max):
-        raise InputError(source, f"{what} values reach {peak:.3g}, beyond float32's range; divide by a constant first")
+    if peak > MAX_ION_VALUE:
+        largest = float(np.finfo(np.float32).max)
+        raise InputError(source, f"{what} values reach {peak:.3g}, too near float32's largest ({largest:.3g}): the "
+                                 "fused image, whose values can exceed the ion's, would overflow; divide by a "
+                                 "constant first")
     data = data.astype(np.float32)
     if not np.any(data):
         raise InputError(source, f"{what} is all zero")
