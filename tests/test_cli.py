@@ -29,7 +29,9 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
     out = tmp_path / "out"
     assert _fuse(opt, ion_path, out, "--method", "lcrn", "--epochs", "6", "--checkpoint-every", "3", "--bf16",
                  "--device", "cpu") == 0  # the CPU ignores --bf16
-    assert {p.name for p in out.iterdir()} >= {"fused.tiff", "fused.png", "losses.csv", "losses.png", "run.json", "checkpoints"}
+    assert {p.name for p in out.iterdir()} >= {"fused.tiff", "fused.png", "compare.png", "losses.csv", "losses.png",
+                                               "run.json", "checkpoints"}
+    assert cv2.imread(str(out / "compare.png")) is not None  # optical | measured | fused, one colour scale
     with tifffile.TiffFile(out / "fused.tiff") as tif:
         fused = tif.asarray()
         assert 'PhysicalSizeX="5.0"' in tif.ome_metadata  # 20 µm / ×4
@@ -420,7 +422,7 @@ def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, outputs", [
-    ("fuse", ["fused.tiff", "fused.png", "losses.csv", "checkpoints/epoch_NNNN.tiff", "ion.tiff", "mz_<m/z>/",
+    ("fuse", ["fused.tiff", "fused.png", "compare.png", "losses.csv", "checkpoints/epoch_NNNN.tiff", "ion.tiff", "mz_<m/z>/",
               "fused.ome.tiff", "ions.ome.tiff", "ions.png", "optical_registered.tiff / .png", "overlay.png",
               "landmarks.csv",
               "overlay_rival.png", "landmarks_rival.csv", "run.json"]),

@@ -126,6 +126,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
     assert sorted(summary["outputs"]) == sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None
+    assert not (out / "mz_100.0000" / "compare.png").exists()  # a panel's ions are compared in its overviews
 
 
 def test_checkpoints_of_a_fitted_method_go_into_each_ion_folder(tmp_path, files):
@@ -146,8 +147,8 @@ def test_single_ion_writes_into_out(tmp_path, files):
     out = tmp_path / "one"
     assert main(["fuse", "--imzml", str(imzml), "--mz", "200", "--tol", "5ppm", "--optical", str(opt), "--landmarks",
                  str(lm), "--scale", str(SCALE), "--out", str(out), "--method", "bilinear", "--quiet"]) == 0
-    assert {"fused.tiff", "fused.png", "ion.tiff", "optical_registered.tiff", "overlay.png", "landmarks.csv",
-            "run.json"} <= {p.name for p in out.iterdir()}
+    assert {"fused.tiff", "fused.png", "compare.png", "ion.tiff", "optical_registered.tiff", "overlay.png",
+            "landmarks.csv", "run.json"} <= {p.name for p in out.iterdir()}
 
 
 def test_normalised_ions_say_so_in_their_units(tmp_path, files):

@@ -510,12 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fuse", help="fuse an ion image with a registered microscope image",
                        description="Fuse an ion image with a microscope image registered to the ion grid. "
-                                   "With --ion: writes DIR/fused.tiff (float32, ion units), fused.png, run.json, for "
+                                   "With --ion: writes DIR/fused.tiff (float32, ion units), fused.png, compare.png "
+                                   "(optical | measured | fused), run.json, for "
                                    "fitted methods losses.csv / losses.png, and with --checkpoint-every "
                                    "checkpoints/epoch_NNNN.tiff / .png. With --imzml: registers first, writing "
                                    "DIR/optical_registered.tiff / .png, overlay.png, landmarks.csv (an ambiguous "
                                    "automatic registration also overlay_rival.png, landmarks_rival.csv); one --mz "
-                                   "writes ion.tiff and the fusion outputs (checkpoints included) in DIR, several "
+                                   "writes ion.tiff and the fusion outputs (compare.png and checkpoints included) in "
+                                   "DIR, several "
                                    "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
                                    "DIR/fused.ome.tiff, the measured ions.ome.tiff, ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")

@@ -606,7 +606,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
             per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
                            window_peaks=list(stack.window_peaks[i]))
-            records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion))
+            records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion,
+                                                compare=len(stack.mzs) == 1))
             fused.append(result.image)
         if len(stack.mzs) > 1:
             px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None

@@ -21,7 +21,7 @@ from msifusion.io.units import check_pixel_size
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
                                check_methods, check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import run_header, write_run_json
-from msifusion.report import save_ion_png, save_loss_plot, write_loss_csv
+from msifusion.report import save_ion_png, save_loss_plot, save_panel, write_loss_csv
 
 
 @dataclass(frozen=True)
@@ -190,13 +190,21 @@ def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float
 
 
 def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResult, settings: FuseSettings,
-                         extra: dict | None = None) -> dict:
-    """fused.tiff, fused.png, losses.csv/png (network methods) and run.json; returns run.json's dict."""
+                         extra: dict | None = None, compare: bool = False) -> dict:
+    """fused.tiff, fused.png, with ``compare`` compare.png (optical | measured | fused: a lone ion's; a panel has its
+    overviews), losses.csv/png (network methods) and run.json; returns run.json's dict."""
     start = time.perf_counter()
     px = pair.fused_pixel_size_um
     write_tiff(folder / "fused.tiff", result.image, px, [pair.ion_name])
+    units = (extra or {}).get("units", "ion intensity")
     save_ion_png(folder / "fused.png", result.image, px, title=f"{pair.ion_name} · {result.method} ×{result.scale}",
-                 units=(extra or {}).get("units", "ion intensity"))
+                 units=units)
+    if compare:
+        ion_px = f", {pair.ion_pixel_size_um:.3g} µm" if pair.ion_pixel_size_um else ""
+        fused_px = f", {px:.3g} µm" if px else ""
+        save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
+                                            (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
+                   px, title=pair.ion_name, units=units)
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")
@@ -298,7 +306,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
         result = fuse_pair(pair, request.settings, stage / "checkpoints")
         given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
-        record = write_fusion_outputs(stage, pair, result, request.settings, given)
+        record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]

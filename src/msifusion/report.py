@@ -196,10 +196,10 @@ def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -
 
 
 def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_um: float | None = None,
-               title: str = "", reference: np.ndarray | None = None) -> Path:
-    """Side-by-side panels (the paper's Figure 2 c–f). RGB panels are shown as they are; ion
-    panels share one colour scale, taken from ``reference`` (e.g. the truth) when given, so
-    brightness is comparable across methods, and drawn once as a colour bar under them.
+               title: str = "", reference: np.ndarray | None = None, units: str = "ion intensity") -> Path:
+    """Side-by-side panels (the paper's Figure 2 c–f): up to three in a row, more in rows of two or three. RGB panels
+    are shown as they are; ion panels share one colour scale, taken from ``reference`` (e.g. the truth) when given,
+    so brightness is comparable across methods, and drawn once as a colour bar (labelled with ``units``) under them.
     Low-resolution panels are shown at the fine size.
     """
     n = len(panels)
@@ -207,7 +207,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     ion_images = [img for _, img in panels if img.ndim == 2]
     scaled = reference if reference is not None else np.concatenate([i.ravel() for i in ion_images] or [[0.0]])
     lo, hi = display_range(scaled)
-    cols = min(n, 3) if fine_shape[1] < 1.6 * fine_shape[0] else min(n, 2)
+    cols = n if n <= 3 else 3 if fine_shape[1] < 1.6 * fine_shape[0] else 2
     rows = math.ceil(n / cols)
     fw = 4.2 * cols
     bar_in = 0.8 if ion_images else 0.0  # room for the shared colour bar
@@ -232,7 +232,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.6 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
                            orientation="horizontal")
         note = clip_note(ion_images, lo, hi)
-        bar.set_label("ion intensity, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
+        bar.set_label(f"{units}, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
     return Path(path)
