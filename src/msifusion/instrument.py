@@ -368,12 +368,12 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None,
-                       optical: Path, ion: Path) -> list[str]:
-    """optical_registered.tiff (+ .png; its channel named after the two files), overlay.png against the MSI tissue
-    image, landmarks.csv; for an ambiguous automatic registration also overlay_rival.png and landmarks_rival.csv of
-    the other alignment. Returns the names written."""
+                       optical: Path | None = None, ion: Path | None = None) -> list[str]:
+    """optical_registered.tiff (+ .png; its channel named after the ``optical`` and ``ion`` files when given),
+    overlay.png against the MSI tissue image, landmarks.csv; for an ambiguous automatic registration also
+    overlay_rival.png and landmarks_rival.csv of the other alignment. Returns the names written."""
     px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
-    name = f"{optical.name} on the MSI grid of {ion.name} ×{registered.scale}"
+    name = f"{optical.name} on the MSI grid of {ion.name} ×{registered.scale}" if optical and ion else None
     paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px, name),
              save_rgb_png(folder / "optical_registered.png", registered.guide),
              save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)]

@@ -57,7 +57,7 @@ class FusionResult:
     intensity_scale: float
     consistency_error: float
     panel_share: bool = False  # fused together with the other ions of a panel (fuse_many, a method with run_many)
-    warnings: list[str] = field(default_factory=list)  # when it cannot be read as ion intensities: output_warnings
+    warnings: list[str] = field(default_factory=list)  # wrong-signed values, inconsistency: output_warnings
 
 
 MethodFn = Callable[[FusionProblem, MethodOptions], FitResult]
@@ -297,8 +297,6 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
                       "measurement; fit without early stopping (patience 0) for more epochs, or try another method")
         warnings.append(f"the {result.method} output is not in the ion's units: {'; '.join(problems)}; {advice}")
     return warnings
-
-
 
 
 def _method_and_options(method: str | None, options: MethodOptions | None) -> tuple[str, MethodOptions]:

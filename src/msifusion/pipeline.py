@@ -94,7 +94,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             turned = _turned_hint((H, W), (h, w))
             off = abs(H * w / (W * h) - 1)
             resize = (", or pass --scale N to resize it" if off <= ASPECT_TOLERANCE else
-                      f" (resizing would stretch it: its aspect ratio is {off:.0%} off the ion's)")
+                      f" (resizing would stretch it: its aspect ratio is {off:.1%} off the ion's)")
             raise InputError(src, f"{exc}; {turned + '; else ' if turned else ''}register it to the ion grid"
                                   f"{resize}") from None
         if scale < 2:
@@ -113,10 +113,6 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     warnings = [*optical.warnings, *ion.warnings]
-    if float(np.ptp(guide)) < UNIFORM_OPTICAL:
-        warnings.append(f"{optical.path.name if optical.path else 'the optical'} is uniform (every pixel within "
-                        "one 8-bit level): a blank image, or the wrong file or channel? The fusion has no optical "
-                        "detail to follow and only interpolates the ion image")
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
@@ -153,7 +149,6 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
     return fuse(pair.guide, pair.ion, settings.method, settings)
 
 
-UNIFORM_OPTICAL = 1 / 255  # an optical spanning less than one 8-bit level has no detail to follow
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
 COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
 
@@ -204,7 +199,7 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
         fused_px = f", {px:.3g} µm" if px else ""
         save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
                                             (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
-                   px, title=pair.ion_name, units=units)
+                   px, title=pair.ion_name, reference=pair.ion, units=units)  # the scale the measurement's
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")

@@ -222,3 +222,24 @@ def test_torch_ready_copies_only_what_torch_cannot_wrap() -> None:
         ready = torch_ready(odd)
         assert ready is not odd and ready.flags.writeable and ready.flags.c_contiguous
         np.testing.assert_array_equal(ready, odd)
+
+
+def test_a_uniform_optical_is_warned_as_one_with_nothing_to_follow(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "black": np.zeros((60, 80, 3)),
+        "grey": np.full((60, 80, 3), 128.0),
+        "blank_slide": [230, 200, 215] + rng.normal(0, 1.5, (60, 80, 3)),  # a tinted, noisy empty slide
+        "tissue": rng.random((60, 80, 3)) * 255,
+        "dim_cells": np.where(rng.random((60, 80, 3)) < 0.1, 40.0, 3.0),  # a dim image with something in it
+    }
+    warned = {}
+    for name, pixels in cases.items():
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+        warned[name] = [w for w in read_optical(tmp_path / f"{name}.png").warnings if "uniform" in w]
+    assert {name for name, w in warned.items() if w} == {"black", "grey", "blank_slide"}
+    assert warned["black"] == ["black.png is nearly uniform (each colour within 0 % of full scale): a blank image, or "
+                               "the wrong file or channel? The fusion has no optical detail to follow and only "
+                               "interpolates the ion image"]

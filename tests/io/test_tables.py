@@ -50,7 +50,7 @@ def test_a_first_row_counting_the_columns_kept_as_data_is_warned_about(tmp_path,
 def test_an_empty_corner_before_data_is_a_missing_value(tmp_path):
     path = tmp_path / "nan_corner.csv"
     path.write_text(",2,3,4\n5,6,7,8\n9,10,11,12\n")
-    with pytest.raises(InputError, match=r"1 NaN/inf pixel\(s\), the first at row 0, column 0 \(0-based\)"):
+    with pytest.raises(InputError, match=r"1 NaN/inf pixel\(s\), the first at row 0, column 0 of the image \(0-based\)"):
         read_ion(path)
 
 

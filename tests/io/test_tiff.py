@@ -8,7 +8,7 @@ import tifffile
 
 from msifusion.errors import InputError
 from msifusion.io.images import read_ion, read_optical
-from msifusion.io.tiff import PYRAMID_ABOVE_PX, halved, pyramid_levels, write_rgb_tiff, write_tiff
+from msifusion.io.tiff import PYRAMID_ABOVE_PX, halved, pyramid_sizes, write_rgb_tiff, write_tiff
 
 
 def test_calibrated_tiff_carries_pixel_size_and_channel_names(tmp_path):
@@ -298,10 +298,14 @@ def test_write_tiff_refuses_what_would_come_back_wrong(tmp_path, data, size, err
 
 
 @pytest.mark.parametrize("height, width, levels", [
-    (4096, 10, 0), (4097, 10, 3), (10, 4097, 3), (4820, 11920, 4), (8192, 8192, 3), (8193, 100, 4),
+    (4096, 600, 0), (4097, 600, 3), (600, 4097, 3), (4820, 11920, 4), (8192, 8192, 3), (8193, 600, 4),
+    (5000, 7, 0), (5000, 512, 0),  # a thin strip: nothing to gain, and ImageJ's own opener reads it untiled
 ])
-def test_pyramid_levels_halve_large_images_down_to_a_viewer_sized_top(height, width, levels):
-    assert pyramid_levels(height, width) == levels
+def test_pyramids_halve_large_images_down_to_a_viewer_sized_top(height, width, levels):
+    sizes = pyramid_sizes(height, width)
+    assert len(sizes) == levels + 1 and sizes[0] == (height, width)
+    assert all(size == (-(-h // 2), -(-w // 2)) for size, (h, w) in zip(sizes[1:], sizes))
+    assert max(sizes[-1]) <= 1024 or levels == 0
 
 
 def test_halving_averages_each_2x2_and_keeps_an_odd_edge():
@@ -317,15 +321,20 @@ def test_outputs_are_compressed_and_large_ones_tiled_with_a_pyramid(tmp_path):
     with tifffile.TiffFile(write_tiff(tmp_path / "small.tiff", small, 2.0)) as tif:
         assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and not tif.pages.first.is_tiled
         assert len(tif.series[0].levels) == 1  # ImageJ's own opener reads stripped TIFFs only
-    stack = np.random.default_rng(0).random((2, PYRAMID_ABOVE_PX + 1, 20)).astype(np.float32)
+    stack = np.random.default_rng(0).random((2, PYRAMID_ABOVE_PX + 1, 520)).astype(np.float32)
     path = write_tiff(tmp_path / "large.ome.tiff", list(stack), 0.5, ["m/z 1", "m/z 2"])
     with tifffile.TiffFile(path) as tif:
         levels = tif.series[0].levels
-        assert [level.shape for level in levels] == [(2, 4097, 20), (2, 2049, 10), (2, 1025, 5), (2, 513, 3)]
+        assert [level.shape for level in levels] == [(2, 4097, 520), (2, 2049, 260), (2, 1025, 130), (2, 513, 65)]
         assert tif.pages.first.is_tiled and tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert [level.keyframe.subfiletype for level in levels] == [0, 1, 1, 1]  # reduced-resolution images
         np.testing.assert_array_equal(levels[0].asarray(), stack)
         np.testing.assert_allclose(levels[1].asarray()[1, 0, 0], stack[1, :2, :2].mean(), rtol=1e-6)
         num, den = levels[2].keyframe.tags["XResolution"].value
         assert num / den == pytest.approx(1e4 / 0.5 / 4)  # each level calibrated at its own pixel size
-    image = read_optical(write_rgb_tiff(tmp_path / "opt.tiff", np.ones((PYRAMID_ABOVE_PX + 1, 8, 3)) * 0.5, 0.5), 2.0)
-    assert image.pixels.shape[:2] == (1025, 2) and image.pixel_size_um == pytest.approx(2.0)
+    rgb = np.random.default_rng(1).random((PYRAMID_ABOVE_PX + 1, 600, 3))
+    written = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+    path = write_rgb_tiff(tmp_path / "opt.tiff", rgb, 0.5)
+    image = read_optical(path, 2.0)
+    assert image.pixels.shape[:2] == (1025, 150) and image.pixel_size_um == pytest.approx(2.0)
+    np.testing.assert_allclose(image.pixels, halved(halved(written)) / 255, atol=1e-6)

@@ -109,8 +109,27 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
         pixel_size, shift, note = None, 0.0, None
         orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
-    warning = _orientation_warning(path, orientation)
-    return Image(optical_to_rgb(data, path), pixel_size, path, (shift, shift), note, (warning,) if warning else ())
+    rgb = optical_to_rgb(data, path)
+    warnings = (_orientation_warning(path, orientation), _uniform_warning(path, rgb))
+    return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w))
+
+
+UNIFORM_LEVELS = 2 / 255  # a colour channel spanning less than two 8-bit levels (or 5 % of its median) is flat
+UNIFORM_SHARE = 0.05
+
+
+def _uniform_warning(path: Path, rgb: np.ndarray) -> str | None:
+    """The warning for an optical with nothing to follow: each colour channel's 0.5–99.5 percentile range (on at most a
+    million pixels) within :data:`UNIFORM_LEVELS`, or within :data:`UNIFORM_SHARE` of its median (an empty bright
+    slide, tinted, noisy or vignetted); None otherwise. A dim fluorescence image is not flat by its median alone."""
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
+    sample = rgb[::step, ::step].reshape(-1, rgb.shape[-1]).astype(np.float32)
+    low, median, high = np.percentile(sample, [0.5, 50, 99.5], axis=0)
+    if not np.all((high - low <= UNIFORM_LEVELS) | (high - low <= UNIFORM_SHARE * median)):
+        return None
+    return (f"{path.name} is nearly uniform (each colour within {100 * float(np.max(high - low)):.2g} % of full "
+            "scale): a blank image, or the wrong file or channel? The fusion has no optical detail to follow and only "
+            "interpolates the ion image")
 
 
 # How a viewer that honours the TIFF/EXIF Orientation tag shows the stored pixels, by the tag's value.
@@ -319,13 +338,13 @@ def validate_ion(data: np.ndarray, source: str | Path | None = None, what: str =
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise InputError(source, f"{what} has {int(bad.sum())} NaN/inf pixel(s), the first at row {row}, column {col} "
-                                 "(0-based); fill them (e.g. with 0) first")
+                                 "of the image (0-based); fill them (e.g. with 0) first")
     peak = float(np.max(np.abs(data)))
     if peak > MAX_ION_VALUE:
         largest = float(np.finfo(np.float32).max)
-        raise InputError(source, f"{what} values reach {peak:.3g}, too near float32's largest ({largest:.3g}): the "
-                                 "fused image, whose values can exceed the ion's, would overflow; divide by a "
-                                 "constant first")
+        where = "beyond float32's range" if peak > largest else f"too near float32's largest ({largest:.3g})"
+        raise InputError(source, f"{what} values reach {peak:.3g}, {where}: the fused image, whose values can exceed "
+                                 "the ion's, would overflow; divide by a constant first")
     data = data.astype(np.float32)
     if not np.any(data):
         raise InputError(source, f"{what} is all zero")
