@@ -128,6 +128,7 @@ class IonStack:
     normalize: Normalize = None
     windows: tuple[tuple[float, float], ...] = ()
     window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
+    one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single point of profile spectra
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
     normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
@@ -162,8 +163,9 @@ class IonStack:
     def window_warnings(self) -> list[str]:
         """Warnings about the m/z windows: ions whose windows overlap (they share counts: two such ions can be one
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
-        away: its image then sums the isotope pattern, or a neighbour's), and the other windows that hold two or more
-        resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species)."""
+        away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
+        resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species), and windows that
+        hold a single point of profile spectra (the image samples the peak rather than summing it)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         overlapping = [(a, b) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
@@ -185,6 +187,13 @@ class IonStack:
                 count = f"{len(peaks)}" if len(peaks) <= MAX_LISTED_PEAKS else f"more than {MAX_LISTED_PEAKS}"
                 warnings.append(f"the m/z window of {mz:.4f} (±{self.tolerance}) holds {count} peaks of the mean "
                                 f"spectrum, at {listed}: its image sums them; narrow --tol to keep one")
+        if self.one_point_windows:
+            listed = ", ".join(f"{mz:.4f}" for mz in self.one_point_windows)
+            many = len(self.one_point_windows) > 1
+            warnings.append(f"the m/z window{'s' if many else ''} of {listed} (±{self.tolerance}) hold"
+                            f"{'' if many else 's'} a single point of the profile spectra, which are sampled more "
+                            f"coarsely: {'each' if many else 'its'} image is one sample of the peak's profile, not its "
+                            "area; widen --tol to the peak's width")
         return warnings
 
 
@@ -440,6 +449,8 @@ class ImzML:
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
             window_peaks=tuple(() if p is None else tuple(_resolved_peaks(p, self.layout.centroid, self.continuous))
                                for p in profiles),
+            one_point_windows=tuple(m for m, p in zip(mzs, profiles)
+                                    if p is not None and self.layout.centroid is False and int(p.holds_data.sum()) == 1),
             source=self.path,
             mz_range=self.mz_range,
             normalize_scale=scale,
