@@ -87,6 +87,18 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
                                   tifffile.imread(tmp_path / "reg_cli" / "optical_registered.tiff"))
 
 
+def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    worst = max(ion["consistency_error"] for ion in summary["ions"].values())
+    smooth = sum("the smoothest setting" in ion["stop_reason"] for ion in summary["ions"].values())
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "ion(s) fused" in line]
+    assert f"2 ion(s) fused ×{SCALE} in " in line and f"consistency error ≤ {worst:.2e}" in line
+    assert (f"; {smooth} of 2 at the smoothest setting" in line) == (smooth > 0)
+
+
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     imzml, opt, lm, truth = files
     out = tmp_path / "out"

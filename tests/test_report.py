@@ -103,3 +103,19 @@ def test_drawing_leaves_the_callers_matplotlib_backend_and_figures_alone(tmp_pat
             "print(matplotlib.get_backend(), len(plt.get_fignums()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["svg", "0"] and (tmp_path / "ion.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_overview_heading_says_each_ion_has_its_own_clipped_scale(tmp_path, monkeypatch):
+    from msifusion.report import save_ion_grid
+
+    headings = []
+    real = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: headings.append(text) or real(self, text, **kw))
+    ramp = np.linspace(0, 1, 400).reshape(20, 20)
+    save_ion_grid(tmp_path / "a.png", [ramp, ramp], ["a", "b"], 1.0, "measured ion images")
+    signed = ramp - 0.5
+    save_ion_grid(tmp_path / "b.png", [ramp, signed, np.zeros((20, 20))], ["a", "b", "c"], max_panels=2)
+    assert [h.replace("\n", " ") for h in headings] == [
+        "measured ion images each on its own colour scale, display clipped above the 99th pct",
+        "first 2 of 3 ions, each on its own colour scale, display clipped above the 99th pct and below the 1st pct "
+        "where it cuts"]

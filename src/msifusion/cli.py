@@ -234,8 +234,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                                args.scale, args.pixel_size, args.overwrite)
     record = fuse_files(request)
     _warn(record)
-    _say(args, f"{record['method']} ×{record['scale']}: {record['epochs']} epochs ({record['stop_reason']}), "
-               f"{record['timings_s']['total']:.1f} s, consistency error {record['consistency_error']:.2e}")
+    fitted = f"{record['epochs']} epochs ({record['stop_reason']})" if record["fit_settings"] else record["stop_reason"]
+    _say(args, f"{record['method']} ×{record['scale']}: {fitted}, {record['timings_s']['total']:.1f} s, consistency "
+               f"error {record['consistency_error']:.2e}")
     print(Path(args.out) / "fused.tiff")
     return 0
 
@@ -257,7 +258,14 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
                                args.overwrite, on_warning=tell)
     record = fuse_imzml(request)
     _warn(record, told)
-    _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s")
+    from msifusion.harmonic.run import SMOOTHEST
+
+    ions = list(record.get("ions", {"": record}).values())
+    smooth = sum(SMOOTHEST in (ion.get("stop_reason") or "") for ion in ions)
+    _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s, consistency error "
+               f"≤ {max(ion['consistency_error'] for ion in ions):.2e}"
+               + (f"; {smooth} of {len(ions)} at {SMOOTHEST.split(':')[0]} (one scale coarser the optical's finer "
+                  "edges did not predict them: see run.json)" if smooth else ""))
     print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
 

@@ -348,7 +348,8 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
             f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, where the "
             f"two calibrations say 1: either they were placed on a downsampled preview or in pixels where an image is "
             f"calibrated in µm (check overlay.png), or {source} ({stated:.3g} µm per pixel) is wrong and its pixels "
-            f"are {matched:.3g} µm (the registration then holds; the scale bars do not){fixed_scale}"))
+            f"are {matched:.3g} µm (then the registration holds, and so do the outputs, whose scale comes from the "
+            f"ion image; a landmarks.csv that msifusion wrote for this optical is in its stated µm){fixed_scale}"))
     return CalibrationDisagreement(matched, (
         f"{source} ({stated:.3g} µm per pixel) disagrees with the registration {by}: "
         f"its pixels match {matched:.3g} µm of the MSI section; if that is right, give "

@@ -241,7 +241,8 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
 def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str],
                   pixel_size_um: float | None = None, title: str = "", max_panels: int = 48) -> Path:
     """An overview of many ion images (a (K, H, W) stack or K (H, W) images) under ``title`` (what they are, in what
-    units), each with its own colour scale (99th-percentile clipped; a small colour bar gives its range)."""
+    units), each with its own colour scale (99th-percentile clipped, as the heading says; a small colour bar gives its
+    range)."""
     n = min(len(images), max_panels)
     cols = min(n, 6)
     rows = math.ceil(n / cols)
@@ -252,8 +253,10 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
+    notes = []
     for ax, image, name in zip(axes.ravel(), images[:n], names[:n]):
         lo, hi = display_range(image)
+        notes.append(clip_note(image, lo, hi))
         drawn, extent = _for_display(image, _box(fig, rows, cols))
         shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
         ax.set_title(name, fontsize=8)
@@ -262,10 +265,12 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
         bar.ax.tick_params(labelsize=6)
         bar.ax.set_yticklabels([f"{lo:.3g}", f"{hi:.3g}"])
     heading = [title] if title else []
-    if len(images) > n:
-        heading.append(f"first {n} of {len(images)} ions")
-    if heading:
-        fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
+    ends = list(dict.fromkeys(end for note in notes for end in note.removeprefix("display clipped ").split(" and ")
+                              if end))  # "below 0", "below the 1st pct", "above the 99th pct", in order met
+    scales = "each on its own colour scale" + (f", display clipped {' and '.join(ends)}" if ends else "") + \
+        (" where it cuts" if len(set(notes)) > 1 and ends else "")
+    heading.append(scales if len(images) <= n else f"first {n} of {len(images)} ions, {scales}")
+    fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return Path(path)

@@ -130,3 +130,15 @@ def test_shape_mismatch_is_an_error(cells):
     guide, truth, f = cells
     with pytest.raises(ValueError):
         fuse_harmonic_many(guide, block_mean(truth, f)[None, :-1], f)
+
+
+def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
+    from msifusion.harmonic.run import SMOOTHEST
+
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    options = MethodOptions(runtime=Runtime(quiet=True))
+    climbed = fuse(guide, measured, "guided-harmonic", options).fit
+    assert tuple(climbed.details["chosen"]) != LadderSettings().rungs[0] and SMOOTHEST not in climbed.stop_reason
+    blank = fuse(np.full_like(guide, 0.5), measured, "guided-harmonic", options).fit  # no edges to follow
+    assert tuple(blank.details["chosen"]) == LadderSettings().rungs[0] and blank.stop_reason.endswith(f"{SMOOTHEST})")
