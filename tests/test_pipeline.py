@@ -137,3 +137,21 @@ def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
     assert summary["ions"]["c"]["warnings"] == records[2]["warnings"]  # each ion keeps its own numbers
     lone = panel_record(records[:2], ["a", "b"], [])  # a single ion's warning stays as it is
     assert lone["warnings"] == [*records[0]["warnings"], "b is odd"]
+
+
+def test_an_ion_tiff_keeps_its_channel_name_through_a_fusion(tmp_path):
+    import tifffile
+
+    from msifusion.io.images import write_tiff
+    from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "optical.tif", (rng.random((32, 48, 3)) * 255).astype(np.uint8), photometric="rgb")
+    write_tiff(tmp_path / "mz_1217.5161.tiff", rng.random((8, 12)), 25.0, ["m/z 1217.5161"])  # as `ions` writes it
+    write_tiff(tmp_path / "plain.tiff", rng.random((8, 12)), 25.0)
+    for ion, name in (("mz_1217.5161.tiff", "m/z 1217.5161"), ("plain.tiff", "plain")):
+        record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / ion, tmp_path / name.replace("/", ""),
+                                             FuseSettings(method="bilinear")))
+        assert record["ion_name"] == name
+        with tifffile.TiffFile(tmp_path / name.replace("/", "") / "fused.tiff") as tif:
+            assert f'Name="{name}"' in tif.ome_metadata

@@ -128,7 +128,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
     coarse = (coarse_optical_warning(pixel_size * h / H, pixel_size, scale, "µm") if pixel_size else
               coarse_optical_warning(h / H, 1.0, scale, "MSI pixels"))
     warnings += [coarse] if coarse else []
-    name = ion.path.stem if ion.path else "ion"
+    name = ion.name or (ion.path.stem if ion.path else "ion")  # an OME channel name (m/z …) before the file's
     return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes, warnings)
 
 

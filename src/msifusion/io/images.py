@@ -63,6 +63,7 @@ class Image:
     origin_um: tuple[float, float] = (0.0, 0.0)  # pixel (0, 0)'s centre in the file's full-resolution frame (x, y)
     calibration_note: str | None = None  # why the file's stated pixel size was not used, when it states one
     warnings: tuple[str, ...] = ()  # what the reader noticed that the run should report (one line each)
+    name: str | None = None  # the name the file gives its one channel (an OME-TIFF's, such as "m/z 1217.5161")
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -300,10 +301,10 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
     read the same way)."""
     path = require_file(Path(path), ION_SUFFIXES, what)
     suffix = path.suffix.lower()
-    pixel_size, note, warning = None, None, None
+    pixel_size, note, warning, name = None, None, None, None
     if suffix in (".tif", ".tiff"):
         tiff = _read_tiff(path)
-        data, pixel_size, note = tiff.data, tiff.pixel_size_um, tiff.calibration_note
+        data, pixel_size, note, name = tiff.data, tiff.pixel_size_um, tiff.calibration_note, tiff.channel_name
         warning = _orientation_warning(path, tiff.orientation)
     elif suffix == ".npy":
         try:
@@ -313,7 +314,7 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
     else:
         data, warning = _read_table(path)
     return Image(validate_ion(data, path, what), pixel_size, path, calibration_note=note,
-                 warnings=(warning,) if warning else ())
+                 warnings=(warning,) if warning else (), name=name)
 
 
 MAX_ION_VALUE = float(np.finfo(np.float32).max) / 1e6  # room for a fused image's values beyond the ion's peak

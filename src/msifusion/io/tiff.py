@@ -110,6 +110,7 @@ class _Tiff:
     shift_um: float
     calibration_note: str | None
     orientation: int
+    channel_name: str | None = None  # the OME name of a one-channel image (msifusion writes "m/z …")
 
 
 @contextlib.contextmanager
@@ -159,7 +160,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 data = _tiff_colours(path, data, encoding, series)
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
-            return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation)
+            names = _channel_names(tif.ome_metadata)
+            return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
+                         names[0] if len(names) == 1 and names[0].strip() else None)
     except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
         # errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to it)
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
@@ -171,11 +174,17 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
 def _refuse_ion_stack(path: Path, ome: str | None) -> None:
     """Refuse, as a microscope image, an OME-TIFF whose channels are all named as msifusion names ions ("m/z …"): an
     ``ions.ome.tiff`` or ``fused.ome.tiff`` given where the optical belongs."""
-    names = re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', ome or "")
+    names = _channel_names(ome)
     if names and all(n.startswith("m/z ") for n in names):
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         raise InputError(path, f"its channels are ion images ({shown}), not a microscope image; give the optical image "
                                "here")
+
+
+def _channel_names(ome: str | None) -> list[str]:
+    """The OME channel names of the first image, unescaped (none without OME metadata)."""
+    image = re.search(r"<Image\b.*?</Image>", ome or "", re.S)
+    return [html.unescape(n) for n in re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', image.group(0) if image else "")]
 
 
 _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
