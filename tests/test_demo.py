@@ -23,7 +23,7 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     assert set(record["scores"]) == {"bilinear", "lcrn", "diffusion"}
     truth = make_phantom(phantom).truth
     np.testing.assert_allclose(tifffile.imread(out / "truth.tiff"), truth)
-    for name, channel in (("ion.tiff", "synthetic leaf ion"), ("truth.tiff", "synthetic leaf ion, truth")):
+    for name, channel in (("ion.tiff", "synthetic leaf ion, measured"), ("truth.tiff", "synthetic leaf ion, truth")):
         with tifffile.TiffFile(out / name) as tif:
             assert f'Name="{channel}"' in tif.ome_metadata
     measured = tifffile.imread(out / "ion.tiff")

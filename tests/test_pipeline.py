@@ -149,7 +149,10 @@ def test_an_ion_tiff_keeps_its_channel_name_through_a_fusion(tmp_path):
     tifffile.imwrite(tmp_path / "optical.tif", (rng.random((32, 48, 3)) * 255).astype(np.uint8), photometric="rgb")
     write_tiff(tmp_path / "mz_1217.5161.tiff", rng.random((8, 12)), 25.0, ["m/z 1217.5161"])  # as `ions` writes it
     write_tiff(tmp_path / "plain.tiff", rng.random((8, 12)), 25.0)
-    for ion, name in (("mz_1217.5161.tiff", "m/z 1217.5161"), ("plain.tiff", "plain")):
+    write_tiff(tmp_path / "other.tiff", rng.random((8, 12)), 25.0, ["Channel 1"])  # another tool's name: not an ion's
+    write_tiff(tmp_path / "epoch_0003.tiff", rng.random((8, 12)), 25.0, ["m/z 656.7762, epoch 3"])  # a checkpoint
+    for ion, name in (("mz_1217.5161.tiff", "m/z 1217.5161"), ("plain.tiff", "plain"), ("other.tiff", "other"),
+                      ("epoch_0003.tiff", "m/z 656.7762")):
         record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / ion, tmp_path / name.replace("/", ""),
                                              FuseSettings(method="bilinear")))
         assert record["ion_name"] == name

@@ -117,5 +117,5 @@ def test_an_overview_heading_says_each_ion_has_its_own_clipped_scale(tmp_path, m
     save_ion_grid(tmp_path / "b.png", [ramp, signed, np.zeros((20, 20))], ["a", "b", "c"], max_panels=2)
     assert [h.replace("\n", " ") for h in headings] == [
         "measured ion images each on its own colour scale, display clipped above the 99th pct",
-        "first 2 of 3 ions, each on its own colour scale, display clipped above the 99th pct and below the 1st pct "
-        "where it cuts"]
+        "first 2 of 3 ions, each on its own colour scale, display clipped where each ion's colour bar ends (its 99th "
+        "pct, and 1st pct or 0)"]

@@ -258,14 +258,14 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
                                args.overwrite, on_warning=tell)
     record = fuse_imzml(request)
     _warn(record, told)
-    from msifusion.harmonic.run import SMOOTHEST
+    from msifusion.harmonic.run import SMOOTHEST_LABEL, SMOOTHEST_WHY
 
     ions = list(record.get("ions", {"": record}).values())
-    smooth = sum(SMOOTHEST in (ion.get("stop_reason") or "") for ion in ions)
+    smooth = sum(bool((ion.get("method_details") or {}).get("kept_smoothest")) for ion in ions)
     _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s, consistency error "
                f"≤ {max(ion['consistency_error'] for ion in ions):.2e}"
-               + (f"; {smooth} of {len(ions)} at {SMOOTHEST.split(':')[0]} (one scale coarser the optical's finer "
-                  "edges did not predict them: see run.json)" if smooth else ""))
+               + (f"; {smooth} of {len(ions)} at {SMOOTHEST_LABEL} ({SMOOTHEST_WHY} them: see run.json)"
+                  if smooth else ""))
     print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
 

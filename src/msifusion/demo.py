@@ -47,7 +47,7 @@ def run_demo(request: DemoRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite) as stage:
         save_rgb_png(stage / "optical.png", phantom.guide)
         write_rgb_tiff(stage / "optical.tiff", phantom.guide, request.phantom.fine_pixel_um)
-        write_tiff(stage / "ion.tiff", measured, ion_px, [pair.ion_name])  # the name a fusion of it carries on
+        write_tiff(stage / "ion.tiff", measured, ion_px, [f"{pair.ion_name}, measured"])
         write_tiff(stage / "truth.tiff", phantom.truth, request.phantom.fine_pixel_um, [f"{pair.ion_name}, truth"])
         result = _fuse(stage, pair, request.settings)
         compared = {name: _fuse(stage, pair, replace(request.settings, method=name))

@@ -265,10 +265,10 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
         bar.ax.tick_params(labelsize=6)
         bar.ax.set_yticklabels([f"{lo:.3g}", f"{hi:.3g}"])
     heading = [title] if title else []
-    ends = list(dict.fromkeys(end for note in notes for end in note.removeprefix("display clipped ").split(" and ")
-                              if end))  # "below 0", "below the 1st pct", "above the 99th pct", in order met
-    scales = "each on its own colour scale" + (f", display clipped {' and '.join(ends)}" if ends else "") + \
-        (" where it cuts" if len(set(notes)) > 1 and ends else "")
+    kinds = set(notes) - {""}
+    clipped = (f", {kinds.pop()}" if len(set(notes)) == 1 and kinds else  # the same ends on every panel
+               ", display clipped where each ion's colour bar ends (its 99th pct, and 1st pct or 0)" if kinds else "")
+    scales = f"each on its own colour scale{clipped}"
     heading.append(scales if len(images) <= n else f"first {n} of {len(images)} ions, {scales}")
     fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
     fig.tight_layout()

@@ -133,12 +133,16 @@ def test_shape_mismatch_is_an_error(cells):
 
 
 def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
-    from msifusion.harmonic.run import SMOOTHEST
+    from msifusion.harmonic.run import SMOOTHEST_LABEL
 
     guide, truth, f = cells
     measured = block_mean(truth, f)
     options = MethodOptions(runtime=Runtime(quiet=True))
     climbed = fuse(guide, measured, "guided-harmonic", options).fit
-    assert tuple(climbed.details["chosen"]) != LadderSettings().rungs[0] and SMOOTHEST not in climbed.stop_reason
+    assert not climbed.details["kept_smoothest"] and SMOOTHEST_LABEL not in climbed.stop_reason
     blank = fuse(np.full_like(guide, 0.5), measured, "guided-harmonic", options).fit  # no edges to follow
-    assert tuple(blank.details["chosen"]) == LadderSettings().rungs[0] and blank.stop_reason.endswith(f"{SMOOTHEST})")
+    assert tuple(blank.details["chosen"]) == LadderSettings().rungs[0] and blank.details["kept_smoothest"]
+    assert blank.stop_reason.endswith(f"; {SMOOTHEST_LABEL}: one scale coarser, the optical's finer edges did not "
+                                      "predict this ion, so it follows only the optical's strongest edges)")
+    tiny = fuse(guide[:48, :48], measured[:6, :6], "guided-harmonic", options).fit  # too small to test: not told so
+    assert "too small to test" in tiny.details["selection"] and SMOOTHEST_LABEL not in tiny.stop_reason

@@ -179,8 +179,8 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     return out
 
 
-SMOOTHEST = ("the smoothest setting: one scale coarser the optical's finer edges did not predict this ion, so it "
-             "follows only the optical's strongest edges")
+SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
+SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
 
 
 def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
@@ -197,8 +197,8 @@ def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime
             why += f", optical texture β {report.notes[k]['texture']:g}"
         if "shared_basis" in report.notes[k]:
             why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
-        if (q, passes) == tuple(config.ladder.rungs[0]) and len(config.ladder.rungs) > 1:
-            why += f"; {SMOOTHEST}"
+        if report.notes[k].get("kept_smoothest"):
+            why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
         why += ")"
         # a solver, not a training run: no loss curve; the choice and its scores go to run.json
         results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))

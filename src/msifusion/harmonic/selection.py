@@ -123,6 +123,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         chosen.append((best, texture))
         notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
                       "chosen": ladder[best], "turned_back": best != walked,
+                      "kept_smoothest": best == 0 and len(ladder) > 1,  # the walk ran and took no step
                       "texture": config.texture.strengths[texture],
                       "texture_tested": trusted and len(betas) > 1, "texture_flat_prior": bool(prior),
                       "optical_texture_snr_db": gd.texture_snr_db,

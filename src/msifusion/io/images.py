@@ -27,6 +27,7 @@ is read as uncalibrated (optical or ion): every step downstream models square pi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class Image:
     origin_um: tuple[float, float] = (0.0, 0.0)  # pixel (0, 0)'s centre in the file's full-resolution frame (x, y)
     calibration_note: str | None = None  # why the file's stated pixel size was not used, when it states one
     warnings: tuple[str, ...] = ()  # what the reader noticed that the run should report (one line each)
-    name: str | None = None  # the name the file gives its one channel (an OME-TIFF's, such as "m/z 1217.5161")
+    name: str | None = None  # an ion TIFF's OME channel name where it names an m/z ("m/z 1217.5161"): _ion_name
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -115,22 +116,18 @@ def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w))
 
 
-UNIFORM_LEVELS = 2 / 255  # a colour channel spanning less than two 8-bit levels (or 5 % of its median) is flat
-UNIFORM_SHARE = 0.05
+UNIFORM_LEVELS = 1 / 255  # every pixel of each colour within one 8-bit level: nothing for any method to follow
 
 
 def _uniform_warning(path: Path, rgb: np.ndarray) -> str | None:
-    """The warning for an optical with nothing to follow: each colour channel's 0.5–99.5 percentile range (on at most a
-    million pixels) within :data:`UNIFORM_LEVELS`, or within :data:`UNIFORM_SHARE` of its median (an empty bright
-    slide, tinted, noisy or vignetted); None otherwise. A dim fluorescence image is not flat by its median alone."""
-    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
-    sample = rgb[::step, ::step].reshape(-1, rgb.shape[-1]).astype(np.float32)
-    low, median, high = np.percentile(sample, [0.5, 50, 99.5], axis=0)
-    if not np.all((high - low <= UNIFORM_LEVELS) | (high - low <= UNIFORM_SHARE * median)):
+    """The warning for an optical with nothing to follow (a black or blank export, the wrong file or channel): each
+    colour channel's full range within :data:`UNIFORM_LEVELS`; None otherwise. Only a truly flat image: a dim or
+    low-contrast one still has edges, and the default method scales its edges by the guide's own percentiles."""
+    spans = np.ptp(rgb.reshape(-1, rgb.shape[-1]), axis=0)
+    if not np.all(spans <= UNIFORM_LEVELS * (1 + 1e-6)):  # float rounding of one level
         return None
-    return (f"{path.name} is nearly uniform (each colour within {100 * float(np.max(high - low)):.2g} % of full "
-            "scale): a blank image, or the wrong file or channel? The fusion has no optical detail to follow and only "
-            "interpolates the ion image")
+    return (f"{path.name} is uniform (each colour within one 8-bit level): a blank image, or the wrong file or "
+            "channel? The fusion has no optical detail to follow and only interpolates the ion image")
 
 
 # How a viewer that honours the TIFF/EXIF Orientation tag shows the stored pixels, by the tag's value.
@@ -304,7 +301,8 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
     pixel_size, note, warning, name = None, None, None, None
     if suffix in (".tif", ".tiff"):
         tiff = _read_tiff(path)
-        data, pixel_size, note, name = tiff.data, tiff.pixel_size_um, tiff.calibration_note, tiff.channel_name
+        data, pixel_size, note = tiff.data, tiff.pixel_size_um, tiff.calibration_note
+        name = _ion_name(tiff.channel_name)
         warning = _orientation_warning(path, tiff.orientation)
     elif suffix == ".npy":
         try:
@@ -315,6 +313,14 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
         data, warning = _read_table(path)
     return Image(validate_ion(data, path, what), pixel_size, path, calibration_note=note,
                  warnings=(warning,) if warning else (), name=name)
+
+
+def _ion_name(channel_name: str | None) -> str | None:
+    """An ion TIFF's OME channel name where it names an m/z as msifusion writes them (``m/z 1217.5161``; a checkpoint's
+    ``, epoch N`` dropped); None for other names ("Channel 1"…), so that the file's name stands."""
+    if not channel_name or not channel_name.startswith("m/z "):
+        return None
+    return re.sub(r", epoch \d+$", "", channel_name).strip()
 
 
 MAX_ION_VALUE = float(np.finfo(np.float32).max) / 1e6  # room for a fused image's values beyond the ion's peak

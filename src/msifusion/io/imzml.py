@@ -128,7 +128,7 @@ class IonStack:
     normalize: Normalize = None
     windows: tuple[tuple[float, float], ...] = ()
     window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
-    one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single point of profile spectra
+    one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single channel of continuous profile spectra
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
     normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
@@ -165,7 +165,8 @@ class IonStack:
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
         away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
         resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species), and windows that
-        hold a single point of profile spectra (the image samples the peak rather than summing it)."""
+        hold a single channel of continuous profile spectra (the image samples the peak rather than summing it;
+        processed files' points, which differ per spectrum, are not counted)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         overlapping = [(a, b) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
@@ -449,8 +450,9 @@ class ImzML:
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
             window_peaks=tuple(() if p is None else tuple(_resolved_peaks(p, self.layout.centroid, self.continuous))
                                for p in profiles),
-            one_point_windows=tuple(m for m, p in zip(mzs, profiles)
-                                    if p is not None and self.layout.centroid is False and int(p.holds_data.sum()) == 1),
+            one_point_windows=tuple(m for m, p in zip(mzs, profiles)  # a continuous file's channels are its points
+                                    if p is not None and self.continuous and self.layout.centroid is False
+                                    and int(p.holds_data.sum()) == 1),
             source=self.path,
             mz_range=self.mz_range,
             normalize_scale=scale,
