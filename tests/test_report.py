@@ -119,3 +119,36 @@ def test_an_overview_heading_says_each_ion_has_its_own_clipped_scale(tmp_path, m
         "measured ion images each on its own colour scale, display clipped above the 99th pct",
         "first 2 of 3 ions, each on its own colour scale, display clipped where each ion's colour bar ends (its 99th "
         "pct, and 1st pct or 0)"]
+
+
+def test_the_detail_window_covers_whole_msi_pixels_where_the_ion_is_brightest():
+    from msifusion.report import detail_window
+
+    ion = np.zeros((100, 150))
+    ion[80:83, 140:143] = 5.0  # the brightest 3×3 near the lower right corner
+    rows, cols = detail_window(ion, 8)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (512, 512)  # 64 MSI pixels of 8 fused pixels
+    assert rows.start % 8 == 0 and cols.start % 8 == 0 and rows.stop <= 800 and cols.stop == 1200  # kept inside
+    assert rows.start <= 81 * 8 < rows.stop and cols.start <= 141 * 8 < cols.stop
+    assert detail_window(ion[:60, :60], 8) is None  # 480 fused pixels: the whole picture shows it already
+    assert detail_window(-ion, 8) == (rows, cols)  # an ion ≤ 0 everywhere: by magnitude
+
+
+def test_a_comparison_with_a_detail_row_crops_every_panel_alike(tmp_path, monkeypatch):
+    import msifusion.report as report
+
+    drawn = []
+    real = report._draw_panel
+    monkeypatch.setattr(report, "_draw_panel", lambda ax, image, *a: drawn.append(image) or real(ax, image, *a))
+    rng = np.random.default_rng(0)
+    guide, ion = rng.random((64, 96, 3)), rng.random((8, 12))
+    fused = np.kron(ion, np.ones((8, 8)))
+    report.save_panel(tmp_path / "c.png", [("optical", guide), ("measured", ion), ("fused", fused)], 2.0,
+                      detail=(slice(16, 48), slice(40, 72)))
+    whole, crops = drawn[0::2], drawn[1::2]  # each panel, then its detail
+    assert [a.shape for a in whole] == [(64, 96, 3), (8, 12), (64, 96)]
+    np.testing.assert_array_equal(crops[0], guide[16:48, 40:72])
+    np.testing.assert_array_equal(crops[1], ion[2:6, 5:9])  # the same window in MSI pixels
+    np.testing.assert_array_equal(crops[2], fused[16:48, 40:72])
+    with pytest.raises(ValueError, match="one row of panels"):
+        report.save_panel(tmp_path / "d.png", [("a", ion)] * 4, detail=(slice(0, 8), slice(0, 8)))

@@ -21,7 +21,7 @@ from msifusion.io.units import check_pixel_size
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
                                check_methods, check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import run_header, write_run_json
-from msifusion.report import save_ion_png, save_loss_plot, save_panel, write_loss_csv
+from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_panel, write_loss_csv
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,11 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
     if compare:
         ion_px = f", {pair.ion_pixel_size_um:.3g} µm" if pair.ion_pixel_size_um else ""
         fused_px = f", {px:.3g} µm" if px else ""
+        detail = detail_window(pair.ion, result.scale)
+        title = pair.ion_name + (", and below at full resolution where it is brightest" if detail else "")
         save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
                                             (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
-                   px, title=pair.ion_name, reference=pair.ion, units=units)  # the scale the measurement's
+                   px, title=title, reference=pair.ion, units=units, detail=detail)  # the scale the measurement's
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")

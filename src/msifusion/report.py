@@ -196,11 +196,14 @@ def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -
 
 
 def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_um: float | None = None,
-               title: str = "", reference: np.ndarray | None = None, units: str = "ion intensity") -> Path:
+               title: str = "", reference: np.ndarray | None = None, units: str = "ion intensity",
+               detail: tuple[slice, slice] | None = None) -> Path:
     """Side-by-side panels (the paper's Figure 2 c–f): up to three in a row, more in rows of two or three. RGB panels
     are shown as they are; ion panels share one colour scale, taken from ``reference`` (e.g. the truth) when given,
     so brightness is comparable across methods, and drawn once as a colour bar (labelled with ``units``) under them.
-    Low-resolution panels are shown at the fine size.
+    Low-resolution panels are shown at the fine size. ``detail`` (rows, columns of the fine grid, whole MSI pixels;
+    one row of panels only): a second row shows that window of every panel at full resolution, and the first row
+    outlines it.
     """
     n = len(panels)
     fine_shape = max((p[1].shape[:2] for p in panels), key=lambda s: s[0] * s[1])
@@ -209,26 +212,40 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     lo, hi = display_range(scaled)
     cols = n if n <= 3 else 3 if fine_shape[1] < 1.6 * fine_shape[0] else 2
     rows = math.ceil(n / cols)
+    if detail is not None and rows > 1:
+        raise ValueError("a detail row needs one row of panels")
     fw = 4.2 * cols
     bar_in = 0.8 if ion_images else 0.0  # room for the shared colour bar
-    fh = rows * (fw / cols) * fine_shape[0] / fine_shape[1] + 0.6 * rows + (0.4 if title else 0) + bar_in
+    shapes = [fine_shape] * rows + ([(detail[0].stop - detail[0].start, detail[1].stop - detail[1].start)]
+                                    if detail is not None else [])
+    heights = [(fw / cols) * h / w + 0.6 for h, w in shapes]
+    fh = sum(heights) + (0.4 if title else 0) + bar_in
     fig = new_figure((fw, fh), 130)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    axes = fig.subplots(len(shapes), cols, squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax in axes.ravel():
         ax.set_axis_off()
-    for ax, (name, img) in zip(axes.ravel(), panels):
-        extent = (0, fine_shape[1], fine_shape[0], 0)
-        drawn = _for_display(img, _box(fig, rows, cols))[0]
-        if img.ndim == 3:
-            ax.imshow(np.clip(drawn, 0, 1), extent=extent, interpolation="nearest")
-        else:
-            shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+    shown = None
+    for k, (name, img) in enumerate(panels):
+        ax = axes.ravel()[k]
+        shown = _draw_panel(ax, img, fine_shape, lo, hi, _box(fig, len(shapes), cols)) or shown
         ax.set_title(name, fontsize=9)
         add_scale_bar(ax, fine_shape, pixel_size_um)
+        if detail is not None:
+            from matplotlib.patches import Rectangle
+
+            rows_, cols_ = detail
+            ax.add_patch(Rectangle((cols_.start, rows_.start), cols_.stop - cols_.start, rows_.stop - rows_.start,
+                                   fill=False, edgecolor="white", linewidth=1))
+            factor = fine_shape[0] // img.shape[0]  # 1 for fine panels, the scale for a measured one
+            crop = img[rows_.start // factor: rows_.stop // factor, cols_.start // factor: cols_.stop // factor]
+            below = axes[1, k]
+            _draw_panel(below, crop, shapes[-1], lo, hi, _box(fig, len(shapes), cols))
+            below.set_title(f"{name.split(',')[0].split(' (')[0]}, detail", fontsize=9)
+            add_scale_bar(below, shapes[-1], pixel_size_um)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, bar_in / fh, 1, 1))
-    if ion_images:
+    if shown is not None:
         bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.6 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
                            orientation="horizontal")
         note = clip_note(ion_images, lo, hi)
@@ -236,6 +253,35 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         bar.ax.tick_params(labelsize=7)
     fig.savefig(path)
     return Path(path)
+
+
+def _draw_panel(ax, image: np.ndarray, shape: tuple[int, int], lo: float, hi: float, box: tuple[float, float]):
+    """One panel of :func:`save_panel` over the extent of ``shape`` (a measured image at the fine size); the image
+    artist of an ion panel (for the colour bar), None for an RGB one."""
+    extent = (0, shape[1], shape[0], 0)
+    drawn = _for_display(image, box)[0]
+    if image.ndim == 3:
+        ax.imshow(np.clip(drawn, 0, 1), extent=extent, interpolation="nearest")
+        return None
+    return ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+
+
+DETAIL_PX = 512  # compare.png's detail window, in fused pixels: about one to one in the picture
+
+
+def detail_window(ion: np.ndarray, scale: int, side: int = DETAIL_PX) -> tuple[slice, slice] | None:
+    """Where compare.png looks closer: a window of about ``side`` fused pixels (whole MSI pixels) centred on the MSI
+    pixel whose 3×3 neighbourhood is brightest (by magnitude: where the ion is); None where the fused image is not
+    more than twice as long as the window, since its whole picture shows it nearly at full resolution already."""
+    from scipy.ndimage import uniform_filter
+
+    h, w = ion.shape
+    if max(h, w) * scale <= 2 * side:
+        return None
+    r, c = np.unravel_index(np.argmax(uniform_filter(np.abs(ion.astype(np.float64)), 3)), ion.shape)
+    span_h, span_w = min(h, max(1, side // scale)), min(w, max(1, side // scale))
+    top, left = int(np.clip(r - span_h // 2, 0, h - span_h)), int(np.clip(c - span_w // 2, 0, w - span_w))
+    return slice(top * scale, (top + span_h) * scale), slice(left * scale, (left + span_w) * scale)
 
 
 def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], names: Sequence[str],
