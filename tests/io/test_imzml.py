@@ -302,8 +302,9 @@ def test_profile_peaks_are_local_maxima_not_neighbouring_points(tmp_path: Path, 
     assert [v for _, v in peaks] == pytest.approx([300.0, 91.16], rel=1e-3)  # mean over 9 pixels, (1+r+c) averages 3
 
 
-def test_a_window_holding_one_profile_point_is_warned(tmp_path: Path) -> None:
-    with ImzML(_profile_imzml(tmp_path / "continuous.imzML", "continuous")) as f:
+@pytest.mark.parametrize("mode", ["processed", "continuous"])
+def test_a_window_holding_one_profile_point_is_warned(tmp_path: Path, mode: str) -> None:
+    with ImzML(_profile_imzml(tmp_path / f"{mode}.imzML", mode)) as f:
         narrow = f.ion_images([345.0, 349.0], "5ppm")  # one sample of each peak: the spectra are sampled every 1 Da
         wide = f.ion_images([345.0], "1da")  # 344–346: three samples, short of the ¹³C isotope 1.003 Da away
     assert narrow.one_point_windows == (345.0, 349.0) and wide.one_point_windows == ()
@@ -312,6 +313,21 @@ def test_a_window_holding_one_profile_point_is_warned(tmp_path: Path) -> None:
         "more coarsely: each image is one sample of the peak's profile, not its area; widen --tol to the peak's width"]
     assert wide.window_warnings() == []
     assert wide.images.sum() > narrow.images[0].sum()  # the area holds more of the peak than its top sample
+
+
+def test_processed_profile_spectra_sampled_finer_than_the_window_are_not_warned(tmp_path: Path) -> None:
+    """Processed spectra each sampled every 1 ppm around 500 (offset from one another): a 2 ppm window holds 3–5
+    points of every spectrum, though the pooled mean profile's 5 ppm bins hold one; 0.2 ppm holds one or none."""
+    path = tmp_path / "fine.imzML"
+    with ImzMLWriter(str(path), mode="processed", spec_type="profile", mz_dtype=np.float64,
+                     intensity_dtype=np.float32) as w:
+        for k in range(9):
+            mz = 500 * (1 + (np.arange(-40, 41) + k / 9) * 1e-6)
+            peak = 100 * np.exp(-0.5 * ((mz - 500) / 0.004) ** 2)
+            w.addSpectrum(mz, peak.astype(np.float32), (k % 3 + 1, k // 3 + 1))
+    with ImzML(path) as f:
+        assert f.ion_images([500.0], "2ppm").one_point_windows == ()
+        assert f.ion_images([500.0], "0.2ppm").one_point_windows == (500.0,)
 
 
 # ----------------------------------------------------------------------------- the imzML.org examples

@@ -128,7 +128,7 @@ class IonStack:
     normalize: Normalize = None
     windows: tuple[tuple[float, float], ...] = ()
     window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
-    one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single channel of continuous profile spectra
+    one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single point of the profile spectra
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
     normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
@@ -165,8 +165,8 @@ class IonStack:
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
         away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
         resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species), and windows that
-        hold a single channel of continuous profile spectra (the image samples the peak rather than summing it;
-        processed files' points, which differ per spectrum, are not counted)."""
+        hold a single point of profile spectra (a continuous file's one channel, or one point in at least half the
+        spectra of a processed file: the image samples the peak rather than summing it)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         overlapping = [(a, b) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
@@ -437,7 +437,7 @@ class ImzML:
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
         profiled = np.array([not _reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
-        sums, norm, profiles = self._window_sums(lo, hi, normalize, profiled)
+        sums, norm, profiles, single = self._window_sums(lo, hi, normalize, profiled)
         scale = None
         if normalize is not None:
             sums, scale = _normalise(sums, norm)
@@ -450,20 +450,19 @@ class ImzML:
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
             window_peaks=tuple(() if p is None else tuple(_resolved_peaks(p, self.layout.centroid, self.continuous))
                                for p in profiles),
-            one_point_windows=tuple(m for m, p in zip(mzs, profiles)  # a continuous file's channels are its points
-                                    if p is not None and self.continuous and self.layout.centroid is False
-                                    and int(p.holds_data.sum()) == 1),
+            one_point_windows=tuple(m for m, one in zip(mzs, single) if one and self.layout.centroid is False),
             source=self.path,
             mz_range=self.mz_range,
             normalize_scale=scale,
         )
 
     def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None, list[_Profile | None]]:
-        """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); and
-        for the windows marked in ``profiled`` (bool per window; None: none) their mean spectrum, gathered in the same
-        pass (continuous: its channels; processed: bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins);
-        None for the others."""
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[_Profile | None], np.ndarray]:
+        """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); for
+        the windows marked in ``profiled`` (bool per window; None: none) their mean spectrum, gathered in the same
+        pass (continuous: its channels; processed: bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins),
+        None for the others; and per window whether it holds a single point (continuous: one channel; processed: one
+        point in at least half the spectra that have any there)."""
         profiled = np.zeros(lo.size, bool) if profiled is None else np.asarray(profiled, bool)
         n = self.n_spectra
         sums = np.empty((n, lo.size), dtype=np.float64)
@@ -494,13 +493,17 @@ class ImzML:
                     norm[sl] = np.sqrt(np.mean(c * c, axis=1))
                 self._finite_rows(sums[sl] if norm is None else np.column_stack([sums[sl], norm[sl]]), sl.start)
             at = [np.searchsorted(used, cols) for cols in members]
-            return sums, norm, [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
-                                for cols, k, want in zip(members, at, profiled)]
+            profiles = [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
+                        for cols, k, want in zip(members, at, profiled)]
+            return sums, norm, profiles, np.array([cols.size == 1 for cols in members])
         bins = _WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
+        one_point, some = np.zeros(lo.size, np.int64), np.zeros(lo.size, np.int64)
         for i, (mz, it) in enumerate(self._spectra()):
             csum = np.concatenate(([0.0], np.cumsum(it)))
             start, stop = np.searchsorted(mz, lo, side="left"), np.searchsorted(mz, hi, side="right")
             sums[i] = csum[stop] - csum[start]
+            one_point += stop - start == 1
+            some += stop > start
             if bins is not None:
                 bins.add(mz, it, start[profiled], stop[profiled])
             if normalize == "tic":
@@ -508,7 +511,7 @@ class ImzML:
             elif normalize == "rms":
                 norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
         gathered = iter(bins.profiles(n) if bins is not None else [])
-        return sums, norm, [next(gathered) if want else None for want in profiled]
+        return sums, norm, [next(gathered) if want else None for want in profiled], (some > 0) & (2 * one_point >= some)
 
     def tic(self) -> np.ndarray:
         """Total ion current image (H, W) float32: the sum of each spectrum's intensities."""
@@ -593,7 +596,7 @@ class ImzML:
         peaks = [mz for mz, _ in self.strongest_peaks(n_peaks)]
         tol = parse_tolerance(tol)
         lo, hi = self._windows(peaks, tol)
-        sums, tic, _ = self._window_sums(lo, hi, "tic")
+        sums, tic, _, _ = self._window_sums(lo, hi, "tic")
         x = np.sqrt(np.maximum(sums, 0) / np.maximum(tic, 1e-30)[:, None])
         x -= x.mean(axis=0)
         k = max(0, min(n_components, min(x.shape) - 1))
