@@ -132,6 +132,12 @@ def test_the_detail_window_covers_whole_msi_pixels_where_the_ion_is_brightest():
     assert rows.start <= 81 * 8 < rows.stop and cols.start <= 141 * 8 < cols.stop
     assert detail_window(ion[:60, :60], 8) is None  # 480 fused pixels: the whole picture shows it already
     assert detail_window(-ion, 8) == (rows, cols)  # an ion ≤ 0 everywhere: by magnitude
+    hot = ion.copy()
+    hot[20:40, 20:40], hot[2, 2] = 5.0, 500.0  # a patch, and one hot pixel in a corner: the window goes to the patch
+    rows, cols = detail_window(hot, 8)
+    assert rows.start <= 30 * 8 < rows.stop and cols.start <= 30 * 8 < cols.stop
+    flat = detail_window(np.ones((100, 150)), 8)  # nothing brighter anywhere: the centre
+    assert flat == (slice(18 * 8, 82 * 8), slice(43 * 8, 107 * 8))
 
 
 def test_a_comparison_with_a_detail_row_crops_every_panel_alike(tmp_path, monkeypatch):
@@ -152,3 +158,5 @@ def test_a_comparison_with_a_detail_row_crops_every_panel_alike(tmp_path, monkey
     np.testing.assert_array_equal(crops[2], fused[16:48, 40:72])
     with pytest.raises(ValueError, match="one row of panels"):
         report.save_panel(tmp_path / "d.png", [("a", ion)] * 4, detail=(slice(0, 8), slice(0, 8)))
+    with pytest.raises(ValueError, match="whole pixels"):  # a window cutting MSI pixels of the measured panel
+        report.save_panel(tmp_path / "e.png", [("measured", ion), ("fused", fused)], detail=(slice(4, 36), slice(0, 32)))

@@ -198,7 +198,7 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
         ion_px = f", {pair.ion_pixel_size_um:.3g} µm" if pair.ion_pixel_size_um else ""
         fused_px = f", {px:.3g} µm" if px else ""
         detail = detail_window(pair.ion, result.scale)
-        title = pair.ion_name + (", and below at full resolution where it is brightest" if detail else "")
+        title = pair.ion_name + (", and below a window of it at full resolution (outlined above)" if detail else "")
         save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
                                             (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
                    px, title=title, reference=pair.ion, units=units, detail=detail)  # the scale the measurement's

@@ -234,12 +234,17 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
             from matplotlib.patches import Rectangle
 
             rows_, cols_ = detail
-            ax.add_patch(Rectangle((cols_.start, rows_.start), cols_.stop - cols_.start, rows_.stop - rows_.start,
-                                   fill=False, edgecolor="white", linewidth=1))
+            for colour, width in (("black", 2.0), ("white", 1.0)):  # seen on dark ion images and pale slides alike
+                ax.add_patch(Rectangle((cols_.start, rows_.start), cols_.stop - cols_.start, rows_.stop - rows_.start,
+                                       fill=False, edgecolor=colour, linewidth=width))
             factor = fine_shape[0] // img.shape[0]  # 1 for fine panels, the scale for a measured one
+            if img.shape[:2] != (fine_shape[0] // factor, fine_shape[1] // factor) or fine_shape[0] % img.shape[0] or \
+                    any(v % factor for v in (rows_.start, rows_.stop, cols_.start, cols_.stop)):
+                raise ValueError(f"a detail row needs each panel the fine grid ÷ an integer and the window in whole "
+                                 f"pixels of it; got {img.shape[:2]} under {fine_shape}")
             crop = img[rows_.start // factor: rows_.stop // factor, cols_.start // factor: cols_.stop // factor]
             below = axes[1, k]
-            _draw_panel(below, crop, shapes[-1], lo, hi, _box(fig, len(shapes), cols))
+            _draw_panel(below, crop, shapes[-1], lo, hi, (math.inf, math.inf))  # not resampled: its own pixels
             below.set_title(f"{name.split(',')[0].split(' (')[0]}, detail", fontsize=9)
             add_scale_bar(below, shapes[-1], pixel_size_um)
     if title:
@@ -266,19 +271,21 @@ def _draw_panel(ax, image: np.ndarray, shape: tuple[int, int], lo: float, hi: fl
     return ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
 
 
-DETAIL_PX = 512  # compare.png's detail window, in fused pixels: about one to one in the picture
+DETAIL_PX = 512  # compare.png's detail window, in fused pixels: drawn about one to one, not resampled
 
 
 def detail_window(ion: np.ndarray, scale: int, side: int = DETAIL_PX) -> tuple[slice, slice] | None:
     """Where compare.png looks closer: a window of about ``side`` fused pixels (whole MSI pixels) centred on the MSI
-    pixel whose 3×3 neighbourhood is brightest (by magnitude: where the ion is); None where the fused image is not
-    more than twice as long as the window, since its whole picture shows it nearly at full resolution already."""
-    from scipy.ndimage import uniform_filter
+    pixel whose 3×3 neighbourhood is brightest (by magnitude, after a 3×3 median so that a lone hot pixel does not
+    lead: where the ion is; the centre for a flat ion); None where the fused image is not more than twice as long as
+    the window, since its whole picture shows it nearly at full resolution already."""
+    from scipy.ndimage import median_filter, uniform_filter
 
     h, w = ion.shape
     if max(h, w) * scale <= 2 * side:
         return None
-    r, c = np.unravel_index(np.argmax(uniform_filter(np.abs(ion.astype(np.float64)), 3)), ion.shape)
+    smooth = uniform_filter(median_filter(np.abs(ion.astype(np.float64)), 3), 3)  # a lone hot pixel does not lead
+    r, c = np.unravel_index(np.argmax(smooth), ion.shape) if np.ptp(smooth) > 0 else (h // 2, w // 2)
     span_h, span_w = min(h, max(1, side // scale)), min(w, max(1, side // scale))
     top, left = int(np.clip(r - span_h // 2, 0, h - span_h)), int(np.clip(c - span_w // 2, 0, w - span_w))
     return slice(top * scale, (top + span_h) * scale), slice(left * scale, (left + span_w) * scale)

@@ -123,9 +123,10 @@ def _uniform_warning(path: Path, rgb: np.ndarray) -> str | None:
     """The warning for an optical with nothing to follow (a black or blank export, the wrong file or channel): each
     colour channel's full range within :data:`UNIFORM_LEVELS`; None otherwise. Only a truly flat image: a dim or
     low-contrast one still has edges, and the default method scales its edges by the guide's own percentiles."""
-    spans = np.ptp(rgb.reshape(-1, rgb.shape[-1]), axis=0)
-    if not np.all(spans <= UNIFORM_LEVELS * (1 + 1e-6)):  # float rounding of one level
-        return None
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
+    for sample in (rgb[::step, ::step], rgb):  # a sample first: a whole slide is read in full only if it is flat
+        if not np.all(np.ptp(sample.reshape(-1, rgb.shape[-1]), axis=0) <= UNIFORM_LEVELS * (1 + 1e-6)):
+            return None  # (1 + 1e-6): float rounding of one level
     return (f"{path.name} is uniform (each colour within one 8-bit level): a blank image, or the wrong file or "
             "channel? The fusion has no optical detail to follow and only interpolates the ion image")
 

@@ -165,7 +165,7 @@ class IonStack:
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
         away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
         resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species), and windows that
-        hold a single point of profile spectra (a continuous file's one channel, or one point in at least half the
+        hold a single point of profile spectra (a continuous file's one channel, or one point in at least 90 % of the
         spectra of a processed file: the image samples the peak rather than summing it)."""
         warnings = []
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
@@ -461,8 +461,8 @@ class ImzML:
         """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); for
         the windows marked in ``profiled`` (bool per window; None: none) their mean spectrum, gathered in the same
         pass (continuous: its channels; processed: bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins),
-        None for the others; and per window whether it holds a single point (continuous: one channel; processed: one
-        point in at least half the spectra that have any there)."""
+        None for the others; and per window whether it holds a single point (continuous: one channel m/z; processed:
+        one point in at least 90 % of the spectra that have any there)."""
         profiled = np.zeros(lo.size, bool) if profiled is None else np.asarray(profiled, bool)
         n = self.n_spectra
         sums = np.empty((n, lo.size), dtype=np.float64)
@@ -495,7 +495,7 @@ class ImzML:
             at = [np.searchsorted(used, cols) for cols in members]
             profiles = [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
                         for cols, k, want in zip(members, at, profiled)]
-            return sums, norm, profiles, np.array([cols.size == 1 for cols in members])
+            return sums, norm, profiles, np.array([np.unique(mz[cols]).size == 1 for cols in members])
         bins = _WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
         one_point, some = np.zeros(lo.size, np.int64), np.zeros(lo.size, np.int64)
         for i, (mz, it) in enumerate(self._spectra()):
@@ -511,7 +511,8 @@ class ImzML:
             elif normalize == "rms":
                 norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
         gathered = iter(bins.profiles(n) if bins is not None else [])
-        return sums, norm, [next(gathered) if want else None for want in profiled], (some > 0) & (2 * one_point >= some)
+        # nearly every spectrum with a point there holds only one (weak spectra that dropped their zeros may too)
+        return sums, norm, [next(gathered) if want else None for want in profiled], (some > 0) & (one_point >= 0.9 * some)
 
     def tic(self) -> np.ndarray:
         """Total ion current image (H, W) float32: the sum of each spectrum's intensities."""
