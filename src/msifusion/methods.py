@@ -275,13 +275,14 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     peak = float(np.max(np.abs(ion)))
     # the sign every value should have (0: a signed ion, with none)
     sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0
-    worst = float(np.min(sign * image)) if sign else 0.0  # the most wrong-signed value, as a negative number
+    signed = image if sign > 0 else -image if sign < 0 else None  # one full-size copy at most, for an ion ≤ 0
+    worst = float(np.min(signed)) if signed is not None else 0.0  # the most wrong-signed value, as a negative number
     floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
     problems, warnings = [], []
     if worst < -floor:
         kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
-                  f"{int(np.sum(sign * image < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
+                  f"{int(np.sum(signed < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
         if spot_sigma_px > 0:
             warnings.append(f"the {result.method} output has {values}: {spot_dip_note(spot_sigma_px)}")
         else:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from msifusion.io.images import luminance
@@ -231,14 +232,12 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         ax.set_title(name, fontsize=9)
         add_scale_bar(ax, fine_shape, pixel_size_um)
         if detail is not None:
-            from matplotlib.patches import Rectangle
-
             rows_, cols_ = detail
             for colour, width in (("black", 2.0), ("white", 1.0)):  # seen on dark ion images and pale slides alike
                 ax.add_patch(Rectangle((cols_.start, rows_.start), cols_.stop - cols_.start, rows_.stop - rows_.start,
                                        fill=False, edgecolor=colour, linewidth=width))
             factor = fine_shape[0] // img.shape[0]  # 1 for fine panels, the scale for a measured one
-            if img.shape[:2] != (fine_shape[0] // factor, fine_shape[1] // factor) or fine_shape[0] % img.shape[0] or \
+            if (img.shape[0] * factor, img.shape[1] * factor) != tuple(fine_shape) or \
                     any(v % factor for v in (rows_.start, rows_.stop, cols_.start, cols_.stop)):
                 raise ValueError(f"a detail row needs each panel the fine grid ÷ an integer and the window in whole "
                                  f"pixels of it; got {img.shape[:2]} under {fine_shape}")
