@@ -44,6 +44,30 @@ def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
         save_ion_grid(tmp_path / "ions.png", np.random.default_rng(0).random((7, 20, 2000)), list("abcdefg"), 1.0)
 
 
+def test_a_tall_image_is_drawn_narrower_not_taller(tmp_path):
+    """A 1200×20 px image at the usual width would make figures tens of thousands of pixels tall; each figure stays
+    within MAX_IMAGE_HEIGHT_IN (plus titles and bars) and narrows instead, while a landscape image keeps its width."""
+    from PIL import Image
+
+    from msifusion.report import MAX_IMAGE_HEIGHT_IN, save_ion_grid, save_overlay, save_panel
+
+    rng = np.random.default_rng(0)
+    for shape in ((1200, 20), (120, 300)):
+        ion, rgb = rng.random(shape), rng.random((*shape, 3))
+        save_ion_png(tmp_path / "ion.png", ion, 1.0)
+        save_panel(tmp_path / "panel.png", [("optical", rgb), ("measured", ion[::4, ::4]), ("fused", ion)], 1.0)
+        save_ion_grid(tmp_path / "grid.png", [ion, ion], ["a", "b"], 1.0)
+        save_overlay(tmp_path / "overlay.png", rgb, ion[::4, ::4], 1.0)
+        sizes = {name: Image.open(tmp_path / f"{name}.png").size for name in ("ion", "panel", "grid", "overlay")}
+        dpi = {"ion": 120, "panel": 130, "grid": 110, "overlay": 110}
+        for name, (width, height) in sizes.items():
+            assert height <= (MAX_IMAGE_HEIGHT_IN + 2.5) * dpi[name], (shape, name, sizes)
+        if shape == (1200, 20):
+            assert sizes["ion"][0] < 4 * 120 and sizes["panel"][0] < 6 * 130, sizes
+        else:
+            assert sizes["ion"][0] == 8 * 120 and sizes["panel"][0] == round(3 * 4.2 * 130), sizes
+
+
 @pytest.mark.parametrize("low, negatives, note", [
     (0.0, 0, "display clipped above the 99th pct"),  # a hot pixel above the 99th percentile
     (-50.0, 200, "display clipped below the 1st pct and above the 99th pct"),  # 2 % negative: the 1st pct bounds it
@@ -146,16 +170,19 @@ def test_a_comparison_with_a_detail_row_crops_every_panel_alike(tmp_path, monkey
     drawn = []
     real = report._draw_panel
     monkeypatch.setattr(report, "_draw_panel", lambda ax, image, *a: drawn.append(image) or real(ax, image, *a))
+    titles = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, text, **kw: titles.append(text))
     rng = np.random.default_rng(0)
     guide, ion = rng.random((64, 96, 3)), rng.random((8, 12))
     fused = np.kron(ion, np.ones((8, 8)))
     report.save_panel(tmp_path / "c.png", [("optical", guide), ("measured", ion), ("fused", fused)], 2.0,
-                      detail=(slice(16, 48), slice(40, 72)))
+                      detail=(slice(16, 48), slice(40, 72)), detail_titles=("o", "m", "f"))
     whole, crops = drawn[0::2], drawn[1::2]  # each panel, then its detail
     assert [a.shape for a in whole] == [(64, 96, 3), (8, 12), (64, 96)]
     np.testing.assert_array_equal(crops[0], guide[16:48, 40:72])
     np.testing.assert_array_equal(crops[1], ion[2:6, 5:9])  # the same window in MSI pixels
     np.testing.assert_array_equal(crops[2], fused[16:48, 40:72])
+    assert titles == ["optical", "o", "measured", "m", "fused", "f"]
     with pytest.raises(ValueError, match="one row of panels"):
         report.save_panel(tmp_path / "d.png", [("a", ion)] * 4, detail=(slice(0, 8), slice(0, 8)))
     with pytest.raises(ValueError, match="whole pixels"):  # a window cutting MSI pixels of the measured panel

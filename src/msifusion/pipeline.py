@@ -201,7 +201,8 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
         title = pair.ion_name + (", and below a window of it at full resolution (outlined above)" if detail else "")
         save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
                                             (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
-                   px, title=title, reference=pair.ion, units=units, detail=detail)  # the scale the measurement's
+                   px, title=title, reference=pair.ion, units=units, detail=detail,  # the measurement's scale
+                   detail_titles=("optical, detail", "measured, detail", f"fused ×{result.scale}, detail"))
     if result.fit.history:
         write_loss_csv(folder / "losses.csv", result.fit.history)
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")

@@ -127,16 +127,31 @@ def add_scale_bar(ax, shape: tuple[int, ...], pixel_size_um: float | None) -> No
     ax.add_artist(bar)
 
 
-def _figsize(shape: tuple[int, int], width: float) -> tuple[float, float]:
-    h, w = shape
-    return width, max(2.0, width * h / w)
+MAX_IMAGE_HEIGHT_IN = 9.0  # a taller image is drawn narrower instead (2400×20 px at 8 in wide: a 115 000 px PNG)
+
+
+def _drawn_height(shape: tuple[int, ...], width_in: float) -> float:
+    """Inches an image of ``shape`` (H, W, …) takes up drawn ``width_in`` wide, at most :data:`MAX_IMAGE_HEIGHT_IN`
+    (a tall image keeps its aspect and leaves the rest of the width blank)."""
+    return min(width_in * shape[0] / shape[1], MAX_IMAGE_HEIGHT_IN)
+
+
+def _column_width(shape: tuple[int, ...], width_in: float, margin_in: float) -> float:
+    """The width of a figure column for an image of ``shape`` up to ``width_in`` wide: narrower for a tall image
+    (:func:`_drawn_height`), keeping ``margin_in`` beside it (titles, a colour bar)."""
+    return min(width_in, MAX_IMAGE_HEIGHT_IN * shape[1] / shape[0] + margin_in)
+
+
+def _figsize(shape: tuple[int, int], width: float, margin: float = 0.0) -> tuple[float, float]:
+    """A figure for one image of ``shape`` ``width`` inches wide (less for a tall one, with ``margin`` beside it)."""
+    return max(3.0, _column_width(shape, width, margin)), max(2.0, _drawn_height(shape, width))
 
 
 def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | None = None,
                  title: str = "", units: str = "ion intensity") -> Path:
     """One ion image: colour map, colour bar in the ion's units, scale bar when calibrated."""
     lo, hi = display_range(image)
-    fig = new_figure(_figsize(image.shape, 8.0), 120)
+    fig = new_figure(_figsize(image.shape, 8.0, margin=2.0), 120)
     ax = fig.subplots()
     drawn, extent = _for_display(image, _box(fig))
     shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
@@ -198,13 +213,13 @@ def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -
 
 def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel_size_um: float | None = None,
                title: str = "", reference: np.ndarray | None = None, units: str = "ion intensity",
-               detail: tuple[slice, slice] | None = None) -> Path:
+               detail: tuple[slice, slice] | None = None, detail_titles: Sequence[str] = ()) -> Path:
     """Side-by-side panels (the paper's Figure 2 c–f): up to three in a row, more in rows of two or three. RGB panels
     are shown as they are; ion panels share one colour scale, taken from ``reference`` (e.g. the truth) when given,
     so brightness is comparable across methods, and drawn once as a colour bar (labelled with ``units``) under them.
     Low-resolution panels are shown at the fine size. ``detail`` (rows, columns of the fine grid, whole MSI pixels;
-    one row of panels only): a second row shows that window of every panel at full resolution, and the first row
-    outlines it.
+    one row of panels only): a second row shows that window of every panel at full resolution, titled
+    ``detail_titles`` (default: each panel's title, ", detail"), and the first row outlines it.
     """
     n = len(panels)
     fine_shape = max((p[1].shape[:2] for p in panels), key=lambda s: s[0] * s[1])
@@ -215,11 +230,13 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     rows = math.ceil(n / cols)
     if detail is not None and rows > 1:
         raise ValueError("a detail row needs one row of panels")
-    fw = 4.2 * cols
+    if detail_titles and len(detail_titles) != n:
+        raise ValueError(f"{len(detail_titles)} detail titles for {n} panels")
+    fw = max(5.0, cols * max(1.6, _column_width(fine_shape, 4.2, 0.4)))  # 5 in: the colour bar's label
     bar_in = 0.8 if ion_images else 0.0  # room for the shared colour bar
     shapes = [fine_shape] * rows + ([(detail[0].stop - detail[0].start, detail[1].stop - detail[1].start)]
                                     if detail is not None else [])
-    heights = [(fw / cols) * h / w + 0.6 for h, w in shapes]
+    heights = [_drawn_height(shape, fw / cols) + 0.6 for shape in shapes]
     fh = sum(heights) + (0.4 if title else 0) + bar_in
     fig = new_figure((fw, fh), 130)
     axes = fig.subplots(len(shapes), cols, squeeze=False, gridspec_kw={"height_ratios": heights})
@@ -244,7 +261,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
             crop = img[rows_.start // factor: rows_.stop // factor, cols_.start // factor: cols_.stop // factor]
             below = axes[1, k]
             _draw_panel(below, crop, shapes[-1], lo, hi, (math.inf, math.inf))  # not resampled: its own pixels
-            below.set_title(f"{name.split(',')[0].split(' (')[0]}, detail", fontsize=9)
+            below.set_title(detail_titles[k] if detail_titles else f"{name}, detail", fontsize=9)
             add_scale_bar(below, shapes[-1], pixel_size_um)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -299,9 +316,9 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     cols = min(n, 6)
     rows = math.ceil(n / cols)
     h, w = np.shape(images[0])
-    pw = 2.6 if n > 3 else 4.0  # a few ions get larger panels
+    pw = max(1.2, _column_width((h, w), 2.6 if n > 3 else 4.0, 0.5))  # a few ions get larger panels
     below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
-    fig = new_figure((pw * cols, rows * (pw * h / w + 0.35 + below)), 110)
+    fig = new_figure((pw * cols, rows * (_drawn_height((h, w), pw) + 0.35 + below)), 110)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -341,7 +358,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     t = cv2.resize(t, (W, H), interpolation=cv2.INTER_LINEAR)
     gray = luminance(rgb)
     blend = np.stack([gray * 0.6 + 0.4 * t, gray * 0.6, gray * 0.6 + 0.4 * t], axis=-1)
-    fig = new_figure(_figsize((H, 2 * W), 12.0), 110)
+    fig = new_figure(_figsize((H, 2 * W), 12.0, margin=1.0), 110)
     axes = fig.subplots(1, 2)
     axes[0].imshow(np.clip(rgb, 0, 1))
     axes[0].set_title(title)
