@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= msifusion-demo
+# a wheel index to take torch from first (PyTorch's CPU or CUDA index, e.g. https://download.pytorch.org/whl/cpu);
+# empty: pip's own index, which must serve the CPU build for the install to stay small
+TORCH_INDEX ?=
+TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 .PHONY: demo test install clean
 
@@ -13,6 +17,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
