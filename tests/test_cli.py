@@ -272,11 +272,21 @@ def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, ext
     assert not out.exists()
 
 
+def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_training_ones(tmp_path, capsys):
+    """The demo fits lcrn beside the chosen method, so --epochs applies whatever the method; the spot does not."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--method", "bilinear", "--spot-sigma", "3", "--epochs", "2"]) == 2
+    _assert_one_line_error(capsys, "msifusion: error: --spot-sigma: applies only to guided-harmonic, not to --method "
+                                   "bilinear")
+    assert not out.exists()
+
+
 def test_stating_the_default_box_model_is_not_an_ignored_option(tmp_path, files):
     opt, ion_path, _, _ = files
     out = tmp_path / "out"
-    assert _fuse(opt, ion_path, out, "--method", "bilinear-bp", "--spot-sigma", "0") == 0
-    assert json.loads((out / "run.json").read_text())["measurement_model"]["spot_sigma_px"] == 0
+    assert _fuse(opt, ion_path, out, "--method", "bilinear-bp", "--spot-sigma", "-0") == 0
+    spot = json.loads((out / "run.json").read_text())["measurement_model"]["spot_sigma_px"]
+    assert spot == 0 and str(spot) == "0.0"  # not -0.0
 
 
 @pytest.mark.parametrize("extra, named", [
@@ -483,6 +493,11 @@ def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_p
     with pytest.raises(SystemExit):
         _fuse(opt, ion_path, tmp_path / "o", "--pixel-size", "10", "um")
     _assert_one_line_error(capsys, "unrecognized arguments: um", "plain numbers in µm: drop the unit")
+    for spot in (["2", "um"], ["2µm"]):  # σ is in fused pixels: "drop the unit" would be wrong advice there
+        with pytest.raises(SystemExit):
+            _fuse(opt, ion_path, tmp_path / "o", "--spot-sigma", *spot)
+        _assert_one_line_error(capsys, "--spot-sigma" if len(spot) == 1 else "unrecognized arguments: um",
+                               "σ is in pixels of the fused grid, not µm: a spot of s µm is s × scale / MSI pixel µm")
     imzml = tmp_path / "run.imzML"
     imzml.write_text("<mzML/>")
     assert _fuse(opt, imzml, tmp_path / "o") == 2

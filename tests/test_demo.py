@@ -38,6 +38,20 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     assert not (out / "checkpoints").exists()  # none asked for
 
 
+def test_a_demo_of_the_laser_spot_measures_through_it_and_scores_under_it(tmp_path):
+    from msifusion.measurement import MeasurementModel
+
+    phantom = PhantomConfig(fine_shape=(80, 160), seed=2)
+    spot = MeasurementModel(2.0)
+    settings = FuseSettings(fit=FitConfig(max_epochs=2), runtime=Runtime(quiet=True), measurement=spot)
+    record = run_demo(DemoRequest(tmp_path / "demo", settings, scale=10, phantom=phantom))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "demo" / "ion.tiff"),
+                                  make_phantom(phantom).measure(10, 2.0).astype(np.float32))
+    # the default is exact under the spot it was told of, and its score says so (under the box model: about 0.2)
+    assert record["scores"]["guided-harmonic"]["consistency"] == pytest.approx(record["consistency_error"], abs=1e-9)
+    assert record["consistency_error"] < 1e-6
+
+
 def test_demo_checkpoints_and_records_every_fitted_method(tmp_path):
     phantom = PhantomConfig(fine_shape=(80, 160), seed=2)
     fit = FitConfig(max_epochs=4, checkpoint_every=2, patience=0)

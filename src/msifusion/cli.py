@@ -20,6 +20,7 @@ from msifusion.io.imzml import DEFAULT_TOLERANCE
 EXIT_BAD_INPUT = 2
 MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
 LENGTH_UNITS = ("um", "µm", "nm", "mm")  # pixel sizes are plain numbers in µm
+SPOT_UNITS = "σ is in pixels of the fused grid, not µm: a spot of s µm is s × scale / MSI pixel µm"
 OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file that run "
                   "did not write)")
 
@@ -49,7 +50,7 @@ def _bounded(kind: type, low: float, high: float | None = None, strict: bool = F
         if value is None or not (math.isfinite(value) and (value > low if strict else value >= low)
                                  and (high is None or value <= high)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
+        return value + 0  # -0.0 → 0.0, as run.json records it
 
     return parse
 
@@ -60,6 +61,16 @@ _scale = _bounded(int, 2)
 _seed = _bounded(int, 0, 2**32 - 1)
 _positive_float = _bounded(float, 0, strict=True)
 _weight = _bounded(float, 0)
+
+
+def _spot_sigma(text: str) -> float:
+    """--spot-sigma: a number ≥ 0, in fused-grid pixels; a length unit typed onto it is answered with the conversion."""
+    try:
+        return _weight(text)
+    except argparse.ArgumentTypeError as exc:
+        if text.strip().lower().endswith(LENGTH_UNITS):
+            raise argparse.ArgumentTypeError(f"{exc}; {SPOT_UNITS}") from None
+        raise
 
 
 def _mz(text: str) -> float | tuple[float, ...]:
@@ -97,7 +108,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
-        m.add_argument("--spot-sigma", type=_weight, default=0.0, metavar="PX",
+        m.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
                        help="Gaussian laser spot σ in pixels of the fused grid (an MSI pixel / the scale; a spot "
                             "of s µm is s × scale / MSI pixel µm), blurred before each MSI pixel's box average "
                             "(default 0: the pure box average)"),
@@ -162,19 +173,20 @@ _FIT_FIELD = {"epochs": "max_epochs"}  # training options whose FitConfig field 
 _FIT_OPTION = {field: f"--{dest}" for dest, field in _FIT_FIELD.items()}
 
 
-def _check_method_options(args: argparse.Namespace) -> None:
-    """Refuse options that the chosen method would ignore (training options for a solver, and the other way)."""
+def _check_method_options(args: argparse.Namespace, training: bool = True) -> None:
+    """Refuse options that the chosen method would ignore (training options for a solver, and the other way); without
+    ``training``, only the guided-harmonic ones (the demo fits lcrn with the training options whatever the method)."""
     from msifusion.methods import DEFAULT_METHOD, METHODS
 
     method = METHODS.get(args.method or DEFAULT_METHOD)
     if method is None:
         return  # an unknown method is refused, with the list, where the method is looked up
-    for options, applies, to in ((args.training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
-                                 (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
+    for options, applies, to in ((args.training_only if training else [], method.trains, "fitted methods (lcrn, cnn3, "
+                                  "unet)"), (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
-    given = _given(args, args.training_only)
+    given = _given(args, args.training_only) if training else []
     fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
              if a.option_strings[0] in given and _FIT_FIELD.get(a.dest, a.dest) not in (*method.fit_fields, "bf16")]
     if method.trains and fixed:
@@ -217,7 +229,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     if args.optical is None:
         raise InputError("fuse", "give --optical")
-    _check_method_options(args)  # not for demo: its panel fits lcrn with the training options whatever the method
+    _check_method_options(args)
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")
@@ -328,6 +340,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from msifusion.demo import DemoRequest, run_demo
 
+    _check_method_options(args, training=False)
     record = run_demo(DemoRequest(Path(args.out), _settings(args), args.scale, args.overwrite))
     _warn(record)
     for name, fit in record["training"].items():
@@ -603,11 +616,14 @@ def main(argv: list[str] | None = None) -> int:
     # A kill (SIGTERM) becomes SystemExit, so staging folders are removed as on any other error.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = build_parser()
-    args, extra = parser.parse_known_args(_attach_signed_values(sys.argv[1:] if argv is None else argv))
+    argv = _attach_signed_values(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
     if extra:
         words = {token.lower() for token in extra}
+        after_spot = any(argv[i - 2:i - 1] == ["--spot-sigma"] for i, token in enumerate(argv)
+                         if token.lower() in LENGTH_UNITS)
         units = ("; a tolerance's unit goes right after its number, without a space (e.g. --tol 5ppm)"
-                 if words & set(MASS_UNITS) else
+                 if words & set(MASS_UNITS) else f"; {SPOT_UNITS}" if after_spot else
                  "; pixel sizes are plain numbers in µm: drop the unit" if words & set(LENGTH_UNITS) else "")
         parser.exit(EXIT_BAD_INPUT, f"msifusion: error: unrecognized arguments: {' '.join(extra)}{units} "
                                     f"(see `msifusion {args.command} --help`)\n")

@@ -40,7 +40,8 @@ def run_demo(request: DemoRequest) -> dict:
     t0 = time.perf_counter()
     check_output_dir(request.out, request.overwrite)
     phantom = make_phantom(request.phantom)
-    measured = phantom.measure(request.scale)
+    spot = request.settings.measurement.spot_sigma_px  # a demo of the spot model measures through that spot
+    measured = phantom.measure(request.scale, spot)
     ion_px = request.phantom.fine_pixel_um * request.scale
     pair = pair_images(Image(phantom.guide, request.phantom.fine_pixel_um), Image(measured, ion_px))
     pair.ion_name = "synthetic leaf ion"
@@ -53,14 +54,14 @@ def run_demo(request: DemoRequest) -> dict:
         compared = {name: _fuse(stage, pair, replace(request.settings, method=name))
                     for name in COMPARED if name != result.method}
         compared[result.method] = result
-        scores = {name: vars(score(r.image, phantom.truth, measured, request.scale, phantom.guide))
-                  for name, r in compared.items()}
+        scores = {name: vars(score(r.image, phantom.truth, measured, request.scale, phantom.guide,
+                                   spot_sigma_px=spot)) for name, r in compared.items()}
         panels = [("optical (guide)", phantom.guide), (f"measured ion ({ion_px:g} µm)", measured)]
         panels += [(f"{name}  PSNR {scores[name]['psnr']:.1f} dB  SSIM {scores[name]['ssim']:.3f}", r.image)
                    for name, r in compared.items()]
         panels.append(("truth", phantom.truth))
         save_panel(stage / "panel.png", panels, request.phantom.fine_pixel_um, reference=phantom.truth,
-                   title=f"synthetic leaf cross-section, ×{request.scale}")
+                   title=f"synthetic leaf cross-section, ×{request.scale}" + (f", laser spot σ {spot:g} px" if spot else ""))
         extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores,
                  "training": _training(compared, request.settings)}
         record = write_fusion_outputs(stage, pair, result, request.settings, extra)

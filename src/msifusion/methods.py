@@ -257,9 +257,9 @@ SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this s
 
 def spot_dip_note(spot_sigma_px: float) -> str:
     """Why an exact output under a laser spot has wrong-signed values, and what to do about them."""
-    return (f"undoing the laser spot (spot σ {spot_sigma_px:g} px) exactly gives them beside MSI pixels measured "
-            "near zero, the more the wider the spot; the image is exact under that model, so clip them for display "
-            "only")
+    return (f"undoing the laser spot (spot σ {spot_sigma_px:g} px) exactly sharpens the measurement's own contrast "
+            "(bright MSI pixels beside dim ones, noise), the more the wider the spot, and dips below zero where it is "
+            "steep; the image is exact under that model, so clip them for display only")
 
 
 def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float = 0.0) -> list[str]:
@@ -268,8 +268,9 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
     image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
     :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
-    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives beside MSI pixels measured
-    near zero: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak.
+    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives where the measurement's
+    contrast is steep: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper
+    than the peak itself mean contrast that a spot of that σ would have blurred away (a σ stated too wide).
     """
     image = result.image
     peak = float(np.max(np.abs(ion)))
@@ -284,7 +285,9 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
                   f"{int(np.sum(signed < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
         if spot_sigma_px > 0:
-            warnings.append(f"the {result.method} output has {values}: {spot_dip_note(spot_sigma_px)}")
+            deep = (" deeper than the ion's peak, so the measurement has contrast a spot that wide would have blurred "
+                    "away: check that σ is not wider than the instrument's" if abs(worst) > peak else "")
+            warnings.append(f"the {result.method} output has {values}{deep}: {spot_dip_note(spot_sigma_px)}")
         else:
             source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
             problems.append(f"{values} from {source}")

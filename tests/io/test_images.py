@@ -31,6 +31,21 @@ def test_ion_must_be_2d(tmp_path):
         read_ion(tmp_path / "cube.npy")
 
 
+def test_a_file_named_npy_that_is_no_npy_is_named_as_such(tmp_path):
+    """numpy's own errors: EOFError for an empty file (a traceback), advice to allow pickles for text."""
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "text.npy").write_text("hello world")
+    np.savez(tmp_path / "arch.npz", a=np.ones((3, 4)))
+    (tmp_path / "arch.npz").rename(tmp_path / "arch.npy")
+    np.save(tmp_path / "cut.npy", np.ones((30, 40)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:20])  # the header cut short
+    for name, problem in (("empty", "the .npy file is empty"), ("text", "lacks the .npy signature"),
+                          ("arch", "an .npz archive"), ("cut", "cannot read .npy")):
+        with pytest.raises(InputError, match=problem) as info:
+            read_ion(tmp_path / f"{name}.npy")
+        assert "pickle" not in str(info.value) and info.value.source == str(tmp_path / f"{name}.npy")
+
+
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_ion(tmp_path / "nothing.tiff")

@@ -306,14 +306,28 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
         name = _ion_name(tiff.channel_name)
         warning = _orientation_warning(path, tiff.orientation)
     elif suffix == ".npy":
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(path, f"cannot read .npy ({exc})") from None
+        data = _read_npy(path)
     else:
         data, warning = _read_table(path)
     return Image(validate_ion(data, path, what), pixel_size, path, calibration_note=note,
                  warnings=(warning,) if warning else (), name=name)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """One array from a .npy file, never unpickled; a file that is no .npy (empty, an ``np.savez`` archive, text) is
+    named as such rather than with numpy's advice to allow pickles."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(np.lib.format.MAGIC_PREFIX))
+    if not head:
+        raise InputError(path, "the .npy file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        raise InputError(path, "this is an .npz archive (np.savez), not a .npy file: save the one image with np.save")
+    if head != np.lib.format.MAGIC_PREFIX:
+        raise InputError(path, "not a NumPy .npy file (it lacks the .npy signature): save the image with np.save")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(path, f"cannot read .npy ({exc})") from None
 
 
 def _ion_name(channel_name: str | None) -> str | None:
