@@ -187,3 +187,23 @@ def test_a_comparison_with_a_detail_row_crops_every_panel_alike(tmp_path, monkey
         report.save_panel(tmp_path / "d.png", [("a", ion)] * 4, detail=(slice(0, 8), slice(0, 8)))
     with pytest.raises(ValueError, match="whole pixels"):  # a window cutting MSI pixels of the measured panel
         report.save_panel(tmp_path / "e.png", [("measured", ion), ("fused", fused)], detail=(slice(4, 36), slice(0, 32)))
+
+
+def test_two_alignments_are_drawn_on_one_image_and_enlarged_where_they_differ(tmp_path, monkeypatch):
+    """Two outlines that agree but for one bump: the enlarged window is the bump's."""
+    import matplotlib.axes
+
+    from msifusion.report import save_alignments
+
+    boxes = []
+    real = matplotlib.axes.Axes.add_patch
+    monkeypatch.setattr(matplotlib.axes.Axes, "add_patch", lambda self, p: boxes.append(p) or real(self, p))
+    y, x = np.mgrid[:120, :200]
+    disc = np.hypot(y - 60, x - 80) - 40.0
+    bumped = np.minimum(disc, np.hypot(y - 90, x - 160) - 12.0)  # the other alignment's outline reaches further there
+    save_alignments(tmp_path / "a.png", np.random.default_rng(0).random((30, 50)),
+                    [("used", -disc, 0.0), ("other", -bumped, 0.0)], 2.0)
+    (box,) = [b for b in boxes if isinstance(b, matplotlib.patches.Rectangle) and b.get_edgecolor()[:3] == (1, 1, 1)]
+    left, top = box.get_xy()
+    assert left <= 160 <= left + box.get_width() and top <= 90 <= top + box.get_height()
+    assert box.get_width() == box.get_height() == 40  # a fifth of the longer side

@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fitted methods losses.csv / losses.png, and with --checkpoint-every "
                                    "checkpoints/epoch_NNNN.tiff / .png. With --imzml: registers first, writing "
                                    "DIR/optical_registered.tiff / .png, overlay.png, landmarks.csv (an ambiguous "
-                                   "automatic registration also overlay_rival.png, landmarks_rival.csv); one --mz "
+                                   "automatic registration also overlay_rival.png, alignments.png, landmarks_rival.csv); one --mz "
                                    "writes ion.tiff and the fusion outputs (compare.png and checkpoints included) in "
                                    "DIR, several "
                                    "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
@@ -575,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Landmark (BigWarp CSV/JSON) or automatic registration. Writes "
                                    "DIR/optical_registered.tiff / .png, overlay.png (check it), landmarks.csv "
                                    "(BigWarp) and run.json; an ambiguous automatic registration also writes the other "
-                                   "alignment as overlay_rival.png and landmarks_rival.csv.")
+                                   "alignment as overlay_rival.png and landmarks_rival.csv, and alignments.png: "
+                                   "the optical's outline under each, on the MSI tissue image.")
     p.add_argument("--optical", required=True, metavar="OPT")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")

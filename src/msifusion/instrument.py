@@ -29,9 +29,9 @@ from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_war
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
-                                landmarks_from_transform, outside_share, register_auto, resample_optical,
-                                transform_from_landmarks)
-from msifusion.report import save_ion_grid, save_overlay, save_rgb_png
+                                landmarks_from_transform, optical_feature, outside_share, register_auto,
+                                resample_optical, transform_from_landmarks)
+from msifusion.report import save_alignments, save_ion_grid, save_overlay, save_rgb_png
 
 
 def _as_paths(request: object, *names: str) -> None:
@@ -224,7 +224,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
             warnings.append(f"automatic registration looks unreliable ({why}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
         if ambiguous:
-            remedy = ("compare overlay.png with overlay_rival.png, and to use the other alignment rerun into a new "
+            remedy = ("compare them in alignments.png (the optical's outline under each, on the MSI tissue image) "
+                      "and overlay_rival.png, and to use the other alignment rerun into a new "
                       "--out with --landmarks landmarks_rival.csv (both in this run's output folder), or refine "
                       "either in BigWarp" if alternative is not None else
                       "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
@@ -368,11 +369,25 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
     return RivalAlignment(preview, preview_scale, landmarks_from_transform(affine, tissue_area, moving=moving))
 
 
+def tissue_outline(rgb: np.ndarray, kind: str, blur_px: float) -> tuple[np.ndarray, float]:
+    """The optical's tissue image (:func:`msifusion.register.optical_feature` ``kind``, as the registration matched)
+    blurred by ``blur_px`` (a stain's texture would draw hundreds of small contours) and its Otsu level: its contour
+    at that level outlines the tissue."""
+    import cv2
+    from skimage.filters import threshold_otsu
+
+    field = cv2.GaussianBlur(optical_feature(rgb, kind), (0, 0), blur_px)
+    return field, float(threshold_otsu(field)) if np.ptp(field) > 0 else float(field.flat[0])
+
+
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None,
                        optical: Path | None = None, ion: Path | None = None) -> list[str]:
     """optical_registered.tiff (+ .png; its channel named after the ``optical`` and ``ion`` files when given),
     overlay.png against the MSI tissue image, landmarks.csv; for an ambiguous automatic registration also
-    overlay_rival.png and landmarks_rival.csv of the other alignment. Returns the names written."""
+    overlay_rival.png and landmarks_rival.csv of the other alignment, and alignments.png, both outlines on one image
+    (:func:`msifusion.report.save_alignments`). Returns the names written."""
+    import cv2
+
     px = ion_pixel_size_um / registered.scale if ion_pixel_size_um else None
     name = f"{optical.name} on the MSI grid of {ion.name} ×{registered.scale}" if optical and ion else None
     paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px, name),
@@ -382,10 +397,17 @@ def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_si
         paths.append(write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv"))
     rival = registered.rival
     if rival is not None:
+        preview_px = ion_pixel_size_um / rival.scale if ion_pixel_size_um else None
         # against the same tissue image as overlay.png, so that the two pictures differ only in the alignment
-        paths.append(save_overlay(folder / "overlay_rival.png", rival.preview, registered.tissue,
-                                  ion_pixel_size_um / rival.scale if ion_pixel_size_um else None,
+        paths.append(save_overlay(folder / "overlay_rival.png", rival.preview, registered.tissue, preview_px,
                                   "the other alignment (landmarks_rival.csv)"))
+        height, width = rival.preview.shape[:2]
+        used = cv2.resize(np.asarray(registered.guide, np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        kind = registered.info.get("optical_feature") or "saturation"
+        paths.append(save_alignments(folder / "alignments.png", registered.tissue,
+                                     [("the alignment used", *tissue_outline(used, kind, 1.5 * rival.scale)),
+                                      ("the other", *tissue_outline(rival.preview, kind, 1.5 * rival.scale))],
+                                     preview_px))
         paths.append(write_bigwarp_csv(rival.landmarks, folder / "landmarks_rival.csv"))
     return [Path(p).name for p in paths]
 

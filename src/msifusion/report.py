@@ -345,6 +345,46 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     return Path(path)
 
 
+def save_alignments(path: str | Path, tissue: np.ndarray, outlines: Sequence[tuple[str, np.ndarray, float]],
+                    pixel_size_um: float | None = None) -> Path:
+    """Two alignments compared: the MSI tissue image (gray, upsampled to the outlines' grid) under the contour of each
+    (label, field, level) of ``outlines`` (the optical's tissue outline under each alignment; cyan, then orange),
+    whole and, enlarged, in the window where the outlines enclose the most different area. Alignments a few MSI
+    pixels apart look alike in two separate overlays at display size; drawn on one image they do not."""
+    import cv2
+    from scipy.ndimage import uniform_filter
+
+    H, W = outlines[0][1].shape
+    t = cv2.resize(np.asarray(tissue, np.float32), (W, H), interpolation=cv2.INTER_NEAREST)
+    lo, hi = display_range(tissue)
+    shade = np.clip((t - lo) / max(hi - lo, 1e-30), 0, 1)
+    inside = [field > level for _, field, level in outlines]
+    side = max(8, min(H, W, max(H, W) // 5))
+    differ = uniform_filter(np.not_equal(*inside[:2]).astype(np.float32), side)
+    r, c = np.unravel_index(np.argmax(differ), differ.shape)
+    top, left = int(np.clip(r - side // 2, 0, H - side)), int(np.clip(c - side // 2, 0, W - side))
+    window = (slice(top, top + side), slice(left, left + side))
+    fig = new_figure((12.0, max(2.0, _drawn_height((H, W), 6.0)) + 1.0), 110)
+    axes = fig.subplots(1, 2)
+    colours = ("cyan", "orange")
+    for ax, (rows, cols) in zip(axes, ((slice(0, H), slice(0, W)), window)):
+        ax.imshow(shade[rows, cols], cmap="gray", extent=(cols.start, cols.stop, rows.stop, rows.start),
+                  interpolation="nearest")
+        y, x = np.mgrid[rows, cols]
+        for (_, field, level), colour in zip(outlines, colours):
+            ax.contour(x, y, field[rows, cols], levels=[level], colors=[colour], linewidths=1.0)
+        ax.set_axis_off()
+        add_scale_bar(ax, (rows.stop - rows.start, cols.stop - cols.start), pixel_size_um)
+    axes[0].add_patch(Rectangle((left, top), side, side, fill=False, edgecolor="white", linewidth=1.0))
+    names = " and ".join(f"{label} ({colour})" for (label, _, _), colour in zip(outlines, colours))
+    axes[0].set_title(_wrapped(f"the optical's tissue outline under {names}, on the MSI tissue image it was "
+                               "matched to (gray)", 5.5, 9), fontsize=9)
+    axes[1].set_title("where the two differ most (boxed left), enlarged", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
 def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None,
                  title: str = "registered optical") -> Path:
     """Registration check: the registered optical (titled ``title``) beside it blended with the MSI tissue
