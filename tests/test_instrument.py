@@ -487,7 +487,8 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
                  "component 2 of the spectra both match the optical (scores 0.60 and 0.55) but align up "
                  f"to {apart:.1f} MSI pixels apart; compare them in alignments.png (the optical's outline under each, "
-                 "on the MSI tissue image) and overlay_rival.png, and to use the other alignment rerun into a new --out with --landmarks landmarks_rival.csv (both in this run's output "
+                 "on the MSI tissue image) and overlay_rival.png, and to use the other alignment rerun into a new "
+                 "--out with --landmarks landmarks_rival.csv (both in this run's output "
                  "folder), or refine either in BigWarp")] if warned else []
     assert [w for w in record["warnings"] if "ambiguous" in w] == expected
     assert [w for w in capsys.readouterr().err.splitlines() if "ambiguous" in w] == [f"msifusion: warning: {w}"

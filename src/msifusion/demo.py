@@ -60,8 +60,8 @@ def run_demo(request: DemoRequest) -> dict:
         panels += [(f"{name}  PSNR {scores[name]['psnr']:.1f} dB  SSIM {scores[name]['ssim']:.3f}", r.image)
                    for name, r in compared.items()]
         panels.append(("truth", phantom.truth))
-        save_panel(stage / "panel.png", panels, request.phantom.fine_pixel_um, reference=phantom.truth,
-                   title=f"synthetic leaf cross-section, ×{request.scale}" + (f", laser spot σ {spot:g} px" if spot else ""))
+        title = f"synthetic leaf cross-section, ×{request.scale}" + (f", laser spot σ {spot:g} px" if spot else "")
+        save_panel(stage / "panel.png", panels, request.phantom.fine_pixel_um, reference=phantom.truth, title=title)
         extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores,
                  "training": _training(compared, request.settings)}
         record = write_fusion_outputs(stage, pair, result, request.settings, extra)
