@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= msifusion-demo
-# a wheel index to take torch from first (PyTorch's CPU or CUDA index, e.g. https://download.pytorch.org/whl/cpu);
-# empty: pip's own index, which must serve the CPU build for the install to stay small
+# a wheel index to take torch from first (PyTorch's CPU or CUDA index, e.g. https://download.pytorch.org/whl/cpu),
+# reinstalled from there (pip counts 2.13.0+cpu as 2.13.0); empty: pip's own index, which must serve the CPU build for
+# the install to stay small. It applies when the .venv is (re)installed: a fresh clone, after `make clean`
 TORCH_INDEX ?=
 TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
@@ -17,7 +18,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" --index-url $(TORCH_INDEX))
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --force-reinstall "$(TORCH_PIN)" --index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -493,11 +493,12 @@ def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_p
     with pytest.raises(SystemExit):
         _fuse(opt, ion_path, tmp_path / "o", "--pixel-size", "10", "um")
     _assert_one_line_error(capsys, "unrecognized arguments: um", "plain numbers in µm: drop the unit")
-    for spot in (["2", "um"], ["2µm"]):  # σ is in fused pixels: "drop the unit" would be wrong advice there
+    # σ is in fused pixels: "drop the unit" would be wrong advice there, however the option is spelt
+    for spot in (["--spot-sigma", "2", "um"], ["--spot-sigma=2", "um"], ["--spot", "2", "μm"], ["--spot-sigma", "2µm"]):
         with pytest.raises(SystemExit):
-            _fuse(opt, ion_path, tmp_path / "o", "--spot-sigma", *spot)
-        _assert_one_line_error(capsys, "--spot-sigma" if len(spot) == 1 else "unrecognized arguments: um",
-                               "σ is in pixels of the fused grid, not µm: a spot of s µm is s × scale / MSI pixel µm")
+            _fuse(opt, ion_path, tmp_path / "o", *spot)
+        _assert_one_line_error(capsys, "--spot-sigma" if spot[-1] == "2µm" else f"unrecognized arguments: {spot[-1]}",
+                               "σ is in pixels of the fused grid, not µm: a spot σ of s µm is s × scale / MSI pixel µm")
     imzml = tmp_path / "run.imzML"
     imzml.write_text("<mzML/>")
     assert _fuse(opt, imzml, tmp_path / "o") == 2

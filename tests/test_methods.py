@@ -281,12 +281,12 @@ def test_negatives_under_a_laser_spot_are_explained_by_it():
                           "2.50% of the ion's peak; 1 of 64 pixels) from a non-negative ion image")
     (spot,) = warnings(0.1, 1.5)
     assert spot == ("the guided-harmonic output has negative values (min -0.1, 2.50% of the ion's peak; 1 of 64 "
-                    "pixels): undoing the laser spot (spot σ 1.5 px) exactly sharpens the measurement's own contrast "
+                    "pixels); undoing the laser spot (spot σ 1.5 px) exactly sharpens the measurement's own contrast "
                     "(bright MSI pixels beside dim ones, noise), the more the wider the spot, and dips below zero where "
                     "it is steep; the image is exact under that model, so clip them for display only")
     (deep,) = warnings(6.0, 1.5)  # deeper than the peak (4): a spot that wide would have blurred that contrast away
     assert "pixels) deeper than the ion's peak, so the measurement has contrast a spot that wide would have blurred " \
-           "away: check that σ is not wider than the instrument's: undoing the laser spot" in deep
+           "away (a hot or outlying MSI pixel, or σ stated wider than the instrument's); undoing the laser spot" in deep
     (mirrored,) = warnings(0.1, 1.5, sign=-1.0)  # an ion ≤ 0 everywhere: its wrong sign is positive
     assert mirrored.startswith("the guided-harmonic output has positive values (max 0.1, 2.50% of the ion's peak")
     assert warnings(0.01, 1.5) == [] and len(warnings(0.01, 0.0)) == 1  # under a spot, dips under 1 % of the peak pass

@@ -207,3 +207,23 @@ def test_two_alignments_are_drawn_on_one_image_and_enlarged_where_they_differ(tm
     left, top = box.get_xy()
     assert left <= 160 <= left + box.get_width() and top <= 90 <= top + box.get_height()
     assert box.get_width() == box.get_height() == 40  # a fifth of the longer side
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (2, 80), (80, 2), (7, 100)])
+def test_alignments_of_a_tiny_grid_are_drawn_without_error(tmp_path, shape):
+    from msifusion.report import save_alignments
+
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    field = -np.hypot(y - shape[0] / 2, x - shape[1] / 2)
+    save_alignments(tmp_path / "a.png", np.ones((1, 1)), [("used", field, field.mean()), ("other", field + 0.5,
+                                                                                          field.mean())])
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_detail_titles_must_name_every_panel(tmp_path):
+    from msifusion.report import save_panel
+
+    ion = np.random.default_rng(0).random((8, 8))
+    with pytest.raises(ValueError, match="2 detail titles for 3 panels"):
+        save_panel(tmp_path / "p.png", [("a", ion), ("b", ion), ("c", ion)], detail=(slice(0, 4), slice(0, 4)),
+                   detail_titles=("a", "b"))

@@ -19,8 +19,8 @@ from msifusion.io.imzml import DEFAULT_TOLERANCE
 
 EXIT_BAD_INPUT = 2
 MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
-LENGTH_UNITS = ("um", "µm", "nm", "mm")  # pixel sizes are plain numbers in µm
-SPOT_UNITS = "σ is in pixels of the fused grid, not µm: a spot of s µm is s × scale / MSI pixel µm"
+LENGTH_UNITS = ("um", "µm", "μm", "nm", "mm")  # pixel sizes are plain numbers in µm (micro sign or Greek mu)
+SPOT_UNITS = "σ is in pixels of the fused grid, not µm: a spot σ of s µm is s × scale / MSI pixel µm"
 OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file that run "
                   "did not write)")
 
@@ -109,9 +109,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("measurement model (guided-harmonic)")
     harmonic_only = [
         m.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
-                       help="Gaussian laser spot σ in pixels of the fused grid (an MSI pixel / the scale; a spot "
-                            "of s µm is s × scale / MSI pixel µm), blurred before each MSI pixel's box average "
-                            "(default 0: the pure box average)"),
+                       help=f"Gaussian laser spot σ in pixels of the fused grid, an MSI pixel / the scale ({SPOT_UNITS}"
+                            "), blurred before each MSI pixel's box average (default 0: the pure box average)"),
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "
                             "default a self-supervised test decides per ion")]
@@ -622,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         words = {token.lower() for token in extra}
-        after_spot = any(argv[i - 2:i - 1] == ["--spot-sigma"] for i, token in enumerate(argv)
-                         if token.lower() in LENGTH_UNITS)
+        after_spot = hasattr(args, "spot_sigma") and any(  # --spot-sigma 2 um, --spot-sigma=2 um, --spot 2 um
+            any(prev.startswith("--spot") for prev in argv[max(0, i - 2):i])
+            for i, token in enumerate(argv) if token.lower() in LENGTH_UNITS)
         units = ("; a tolerance's unit goes right after its number, without a space (e.g. --tol 5ppm)"
                  if words & set(MASS_UNITS) else f"; {SPOT_UNITS}" if after_spot else
                  "; pixel sizes are plain numbers in µm: drop the unit" if words & set(LENGTH_UNITS) else "")

@@ -29,8 +29,8 @@ from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_war
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
 from msifusion.register import (AMBIGUOUS_PX, CONVINCING_SCORE, AffineMap, AutoRegisterOptions, Grid, check_landmarks,
-                                landmarks_from_transform, optical_feature, outside_share, register_auto,
-                                resample_optical, transform_from_landmarks)
+                                landmarks_from_transform, optical_feature, otsu_level, outside_share,
+                                register_auto, resample_optical, transform_from_landmarks)
 from msifusion.report import save_alignments, save_ion_grid, save_overlay, save_rgb_png
 
 
@@ -224,9 +224,9 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
             warnings.append(f"automatic registration looks unreliable ({why}); "
                             "check overlay.png, and refine landmarks.csv in BigWarp if needed")
         if ambiguous:
-            remedy = ("compare them in alignments.png (the optical's outline under each, on the MSI tissue image) "
-                      "and overlay_rival.png, and to use the other alignment rerun into a new "
-                      "--out with --landmarks landmarks_rival.csv (both in this run's output folder), or refine "
+            remedy = ("compare them in alignments.png (the optical's outline under each, on the MSI tissue image), "
+                      "overlay.png and overlay_rival.png, and to use the other alignment rerun into a new "
+                      "--out with --landmarks landmarks_rival.csv (all in this run's output folder), or refine "
                       "either in BigWarp" if alternative is not None else
                       "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
                       "in BigWarp if needed")
@@ -372,12 +372,17 @@ def _rival_alignment(affine: AffineMap, optical: Image, ion_grid: Grid, tissue_a
 def tissue_outline(rgb: np.ndarray, kind: str, blur_px: float) -> tuple[np.ndarray, float]:
     """The optical's tissue image (:func:`msifusion.register.optical_feature` ``kind``, as the registration matched)
     blurred by ``blur_px`` (a stain's texture would draw hundreds of small contours) and its Otsu level: its contour
-    at that level outlines the tissue."""
+    at that level outlines the tissue (none where the image is flat). The black fill where the optical does not
+    reach counts as background (``1 − luminance`` would make it tissue)."""
     import cv2
-    from skimage.filters import threshold_otsu
 
-    field = cv2.GaussianBlur(optical_feature(rgb, kind), (0, 0), blur_px)
-    return field, float(threshold_otsu(field)) if np.ptp(field) > 0 else float(field.flat[0])
+    field = optical_feature(rgb, kind)
+    fill = ~np.asarray(rgb).reshape(*field.shape, -1).any(-1)
+    if fill.any() and not fill.all():
+        field[fill] = np.percentile(field[~fill], 1)
+    field = cv2.GaussianBlur(field, (0, 0), blur_px)
+    level = otsu_level(field)
+    return field, float(field.max()) if level is None else level
 
 
 def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_size_um: float | None,

@@ -270,7 +270,7 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
     (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives where the measurement's
     contrast is steep: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper
-    than the peak itself mean contrast that a spot of that σ would have blurred away (a σ stated too wide).
+    than the peak itself mean contrast that a spot of that σ would have blurred away (a hot pixel, or σ too wide).
     """
     image = result.image
     peak = float(np.max(np.abs(ion)))
@@ -286,8 +286,9 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
                   f"{int(np.sum(signed < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
         if spot_sigma_px > 0:
             deep = (" deeper than the ion's peak, so the measurement has contrast a spot that wide would have blurred "
-                    "away: check that σ is not wider than the instrument's" if abs(worst) > peak else "")
-            warnings.append(f"the {result.method} output has {values}{deep}: {spot_dip_note(spot_sigma_px)}")
+                    "away (a hot or outlying MSI pixel, or σ stated wider than the instrument's)"
+                    if abs(worst) > peak else "")
+            warnings.append(f"the {result.method} output has {values}{deep}; {spot_dip_note(spot_sigma_px)}")
         else:
             source = "a non-negative ion image" if sign > 0 else "an ion image that is ≤ 0 everywhere"
             problems.append(f"{values} from {source}")

@@ -246,7 +246,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
     for k, (name, img) in enumerate(panels):
         ax = axes.ravel()[k]
         shown = _draw_panel(ax, img, fine_shape, lo, hi, _box(fig, len(shapes), cols)) or shown
-        ax.set_title(name, fontsize=9)
+        ax.set_title(_wrapped(name, fw / cols, 9), fontsize=9)
         add_scale_bar(ax, fine_shape, pixel_size_um)
         if detail is not None:
             rows_, cols_ = detail
@@ -261,7 +261,8 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
             crop = img[rows_.start // factor: rows_.stop // factor, cols_.start // factor: cols_.stop // factor]
             below = axes[1, k]
             _draw_panel(below, crop, shapes[-1], lo, hi, (math.inf, math.inf))  # not resampled: its own pixels
-            below.set_title(detail_titles[k] if detail_titles else f"{name}, detail", fontsize=9)
+            below.set_title(_wrapped(detail_titles[k] if detail_titles else f"{name}, detail", fw / cols, 9),
+                            fontsize=9)
             add_scale_bar(below, shapes[-1], pixel_size_um)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -328,7 +329,7 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
         notes.append(clip_note(image, lo, hi))
         drawn, extent = _for_display(image, _box(fig, rows, cols))
         shown = ax.imshow(drawn, cmap=ION_CMAP, vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
-        ax.set_title(name, fontsize=8)
+        ax.set_title(_wrapped(name, pw, 8), fontsize=8)
         add_scale_bar(ax, (h, w), pixel_size_um)
         bar = fig.colorbar(shown, cax=make_axes_locatable(ax).append_axes("right", size="4%", pad=0.04), ticks=[lo, hi])
         bar.ax.tick_params(labelsize=6)
@@ -359,7 +360,7 @@ def save_alignments(path: str | Path, tissue: np.ndarray, outlines: Sequence[tup
     lo, hi = display_range(tissue)
     shade = np.clip((t - lo) / max(hi - lo, 1e-30), 0, 1)
     inside = [field > level for _, field, level in outlines]
-    side = max(8, min(H, W, max(H, W) // 5))
+    side = min(H, W, max(8, max(H, W) // 5))
     differ = uniform_filter(np.not_equal(*inside[:2]).astype(np.float32), side)
     r, c = np.unravel_index(np.argmax(differ), differ.shape)
     top, left = int(np.clip(r - side // 2, 0, H - side)), int(np.clip(c - side // 2, 0, W - side))
@@ -370,9 +371,11 @@ def save_alignments(path: str | Path, tissue: np.ndarray, outlines: Sequence[tup
     for ax, (rows, cols) in zip(axes, ((slice(0, H), slice(0, W)), window)):
         ax.imshow(shade[rows, cols], cmap="gray", extent=(cols.start, cols.stop, rows.stop, rows.start),
                   interpolation="nearest")
-        y, x = np.mgrid[rows, cols]
+        y, x = np.mgrid[rows, cols] + 0.5  # pixel centres, as imshow's extent places them
         for (_, field, level), colour in zip(outlines, colours):
-            ax.contour(x, y, field[rows, cols], levels=[level], colors=[colour], linewidths=1.0)
+            part = field[rows, cols]
+            if min(part.shape) >= 2 and part.min() < level < part.max():  # else there is no outline to draw
+                ax.contour(x, y, part, levels=[level], colors=[colour], linewidths=1.0)
         ax.set_axis_off()
         add_scale_bar(ax, (rows.stop - rows.start, cols.stop - cols.start), pixel_size_um)
     axes[0].add_patch(Rectangle((left, top), side, side, fill=False, edgecolor="white", linewidth=1.0))

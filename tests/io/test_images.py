@@ -38,9 +38,12 @@ def test_a_file_named_npy_that_is_no_npy_is_named_as_such(tmp_path):
     np.savez(tmp_path / "arch.npz", a=np.ones((3, 4)))
     (tmp_path / "arch.npz").rename(tmp_path / "arch.npy")
     np.save(tmp_path / "cut.npy", np.ones((30, 40)))
+    (tmp_path / "stub.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:4])  # cut inside the signature
     (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:20])  # the header cut short
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
     for name, problem in (("empty", "the .npy file is empty"), ("text", "lacks the .npy signature"),
-                          ("arch", "an .npz archive"), ("cut", "cannot read .npy")):
+                          ("arch", "an .npz archive"), ("cut", "cannot read .npy"), ("stub", "cut short"),
+                          ("objects", "holds Python objects")):
         with pytest.raises(InputError, match=problem) as info:
             read_ion(tmp_path / f"{name}.npy")
         assert "pickle" not in str(info.value) and info.value.source == str(tmp_path / f"{name}.npy")

@@ -316,18 +316,23 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
 def _read_npy(path: Path) -> np.ndarray:
     """One array from a .npy file, never unpickled; a file that is no .npy (empty, an ``np.savez`` archive, text) is
     named as such rather than with numpy's advice to allow pickles."""
-    with open(path, "rb") as fh:
-        head = fh.read(len(np.lib.format.MAGIC_PREFIX))
-    if not head:
-        raise InputError(path, "the .npy file is empty")
-    if head.startswith(b"PK\x03\x04"):
-        raise InputError(path, "this is an .npz archive (np.savez), not a .npy file: save the one image with np.save")
-    if head != np.lib.format.MAGIC_PREFIX:
-        raise InputError(path, "not a NumPy .npy file (it lacks the .npy signature): save the image with np.save")
+    magic = np.lib.format.MAGIC_PREFIX
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(magic))
+        if not head:
+            raise InputError(path, "the .npy file is empty")
+        if head.startswith(b"PK\x03\x04"):
+            raise InputError(path, "this is an .npz archive (np.savez), not a .npy file: save the one image with "
+                                   "np.save")
+        if head != magic:
+            raise InputError(path, "the .npy file is cut short" if magic.startswith(head) else
+                                   "not a NumPy .npy file (it lacks the .npy signature): save the image with np.save")
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(path, f"cannot read .npy ({exc})") from None
+        problem = ("it holds Python objects, not numbers (never loaded, for safety): save a numeric array" if
+                   "allow_pickle" in str(exc) else f"cannot read .npy ({exc})")
+        raise InputError(path, problem) from None
 
 
 def _ion_name(channel_name: str | None) -> str | None:

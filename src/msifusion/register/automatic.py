@@ -131,13 +131,19 @@ def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.nda
     return (1.0 - lum if kind == "inverted_luminance" else lum).astype(np.float32)
 
 
-def _otsu_mask(img: np.ndarray) -> np.ndarray:
+def otsu_level(img: np.ndarray) -> float | None:
+    """Otsu's threshold over the finite values of ``img``; None where there are none or they are all equal."""
     from skimage.filters import threshold_otsu
 
     vals = img[np.isfinite(img)]
     if vals.size == 0 or vals.max() == vals.min():
-        return np.ones(img.shape, bool)
-    return img > threshold_otsu(vals)
+        return None
+    return float(threshold_otsu(vals))
+
+
+def _otsu_mask(img: np.ndarray) -> np.ndarray:
+    level = otsu_level(img)
+    return np.ones(img.shape, bool) if level is None else img > level
 
 
 def _block_reduce(img: np.ndarray, grid: Grid, factor: int) -> tuple[np.ndarray, Grid]:
