@@ -484,6 +484,18 @@ def test_a_write_error_without_a_file_name_names_the_output_folder(tmp_path, fil
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_comma_separated_m_z_and_an_empty_out_get_their_own_messages(tmp_path, files, capsys):
+    opt, ion_path, _, _ = files
+    for listed in ("500,1234", "500.5, 1234.25"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["ions", str(tmp_path / "x.imzML"), "--mz", listed, "--out", str(tmp_path / "o")])
+        assert exit_.value.code == 2
+        _assert_one_line_error(capsys, f"got {listed!r}: separate several m/z by spaces, not commas (--mz 500 1234)")
+    with pytest.raises(SystemExit):  # an unset shell variable: not the current folder
+        _fuse(opt, ion_path, "")
+    _assert_one_line_error(capsys, "argument --out: empty: name the output folder")
+
+
 def test_a_unit_apart_from_its_number_and_an_imzml_given_as_ion_get_a_hint(tmp_path, files, capsys):
     opt, ion_path, _, _ = files
     with pytest.raises(SystemExit) as exit_:  # a usage error, as argparse gives

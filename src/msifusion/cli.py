@@ -88,7 +88,18 @@ def _mz(text: str) -> float | tuple[float, ...]:
                 return tuple(read_mz_list(Path(text)))
             except InputError as bad:
                 raise argparse.ArgumentTypeError(str(bad)) from None
+        if re.fullmatch(r"\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?)+\s*", text):
+            raise argparse.ArgumentTypeError(f"{exc}: separate several m/z by spaces, not commas (--mz 500 1234), "
+                                             "and write decimals with a point") from None
         raise argparse.ArgumentTypeError(f"{exc} (or a file listing m/z)") from None
+
+
+def _folder(text: str) -> str:
+    """--out: a folder name; an empty one (``--out ""``, a shell variable that was not set) is refused as such rather
+    than read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name the output folder")
+    return text
 
 
 def _mzs(args: argparse.Namespace) -> tuple[float, ...]:
@@ -443,7 +454,7 @@ def add_benchmark_and_study(sub) -> None:
                        description="Fuse block-averaged truths (synthetic phantoms ×10/×20, Middlebury 2014 "
                                    "Motorcycle ×8/×16, the MSIght prostate MSI ×4/×8) with every method and score "
                                    "them. Writes DIR/results.csv, results.md, panels/<case>.png and run.json.")
-    p.add_argument("--out", default="msifusion-benchmark", metavar="DIR", help="output folder (default ./msifusion-benchmark)")
+    p.add_argument("--out", type=_folder, default="msifusion-benchmark", metavar="DIR", help="output folder (default ./msifusion-benchmark)")
     p.add_argument("--quick", action="store_true",
                    help="about a minute on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
                         "no prostate, trained methods capped at 30 epochs")
@@ -473,7 +484,7 @@ def add_benchmark_and_study(sub) -> None:
                                    "consistency) and mark where the edge-loss rule would have stopped. Without "
                                    "--optical/--ion: the synthetic phantom (truth known). Writes DIR/study.csv, "
                                    "study.png, checkpoints.png, checkpoints/epoch_NNNN.tiff and run.json.")
-    p.add_argument("--out", default="msifusion-study", metavar="DIR", help="output folder (default ./msifusion-study)")
+    p.add_argument("--out", type=_folder, default="msifusion-study", metavar="DIR", help="output folder (default ./msifusion-study)")
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
@@ -547,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--scale", type=_scale, default=None, help="magnification; resizes the optical to ion × N if needed")
     io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
                     help="with --ion: ion pixel size in µm (overrides the file's calibration)")
-    io.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    io.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     inst = p.add_argument_group("from an imzML file (instead of --ion): registers the optical, then fuses each m/z")
     inst.add_argument("--imzml", metavar="F", help="imzML file (its .ibd beside it)")
     imzml_only = _add_ion_options(inst, required=False) + _add_register_options(p)
@@ -560,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/run.json.")
     p.add_argument("imzml", metavar="F.imzML")
     _add_ion_options(p, required=True)
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", type=_folder, required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_ions)
@@ -580,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optical", required=True, metavar="OPT")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", type=_folder, required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_register_options(p)
@@ -599,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fused.tiff, fused.png (losses.csv / losses.png for a fitted one), panel.png, "
                                    "run.json, and with --checkpoint-every checkpoints/<method>/epoch_NNNN.tiff / .png "
                                    "per fitted method.")
-    p.add_argument("--out", default="msifusion-demo", metavar="DIR", help="output folder (default ./msifusion-demo)")
+    p.add_argument("--out", type=_folder, default="msifusion-demo", metavar="DIR", help="output folder (default ./msifusion-demo)")
     p.add_argument("--scale", type=int, default=10, choices=(10, 20), help="magnification (default 10)")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
