@@ -655,18 +655,27 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
 
 
-def test_a_panel_beyond_the_machines_memory_is_refused_before_registration(tmp_path, files, monkeypatch, capsys):
+def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,
+                                                                                   capsys):
     import msifusion.methods as methods
 
     imzml, opt, lm, _ = files
+    args = ["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
+            "--landmarks", str(lm), "--scale", str(SCALE), "--quiet", "--out"]
+    assert main([*args, str(tmp_path / "whole")]) == 0
     pixels = H * SCALE * W * SCALE
     monkeypatch.setattr(methods, "machine_memory_bytes", lambda: pixels * (methods.BYTES_PER_FUSED_PIXEL + 2))
-    monkeypatch.setattr("msifusion.instrument.register_optical", lambda *a, **k: pytest.fail("registered first"))
-    out = tmp_path / "out"
-    code = main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
-                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"])
-    assert code == 2 and not out.exists()
-    assert capsys.readouterr().err.strip().endswith("fuse the panel in parts of fewer ions (at most 1 could fit)")
+    assert main([*args, str(tmp_path / "parts")]) == 0  # one ion's memory and a little: two parts of one ion
+    warning = ("2 ions fused ×4 (48×64 each) do not fit in this machine's memory together: fused in 2 parts of at "
+               "most 1 ion, each written to disk as it finishes (a shared basis is sought within each part)")
+    assert f"msifusion: warning: {warning}" in capsys.readouterr().err.splitlines()
+    whole, parts = (json.loads((tmp_path / name / "run.json").read_text()) for name in ("whole", "parts"))
+    assert (whole["panel_parts"], parts["panel_parts"]) == (1, 2) and warning in parts["warnings"]
+    # these ions are too small to share a basis, so each is fused alone either way: the same images
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "whole" / "fused.ome.tiff"),
+                                  tifffile.imread(tmp_path / "parts" / "fused.ome.tiff"))
+    assert sorted(parts["files_written"]) == sorted(whole["files_written"])  # the spilled stack is not left behind
+    assert not list((tmp_path / "parts").glob(".*"))
 
 
 def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():

@@ -168,18 +168,18 @@ def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
         check_fused_size((20, 30), 1_000_000)  # 29 PB
 
 
-def test_a_panel_beyond_the_machines_memory_is_refused_with_the_parts_that_fit(monkeypatch):
+def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypatch):
     import msifusion.methods as methods
 
     monkeypatch.setattr(methods, "machine_memory_bytes", lambda: 8_192_000_000)
     # the ginkgo ion at ×20: 2.646 M fused pixels, 48 bytes each for the first ion and 4 for each further one
-    methods.check_fused_size((49, 135), 20, ions=762)  # 2.646 M × (48 + 4 × 761) = 8.18 GB: fits
-    with pytest.raises(InputError, match=r"^--mz: 1000 ions fused ×20 \(980×2700 each\) need at least 11 GB, more "
-                                         r"than this machine's 8 GB of memory; fuse the panel in parts of fewer ions "
-                                         r"\(at most 762 could fit\)$"):
-        methods.check_fused_size((49, 135), 20, ions=1000)
+    assert methods.panel_part_size((49, 135), 20, 762) == 762  # 2.646 M × (48 + 4 × 761) = 8.18 GB: fits at once
+    # 1000 do not: half of what one ion leaves, (8.192 − 0.127) GB / 2 / 10.6 MB per ion, + 1
+    assert methods.panel_part_size((49, 135), 20, 1000) == 381
     with pytest.raises(InputError, match=r"^--scale: ×200 makes a 9800×27000 fused image, about 13 GB"):
-        methods.check_fused_size((49, 135), 200, ions=100)  # one ion does not fit: its own size is named
+        methods.panel_part_size((49, 135), 200, 100)  # one ion does not fit: its own size is named
+    monkeypatch.setattr(methods, "machine_memory_bytes", lambda: None)  # a system that does not say: all at once
+    assert methods.panel_part_size((49, 135), 20, 1000) == 1000
 
 
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])

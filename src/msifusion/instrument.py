@@ -24,7 +24,7 @@ from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, wri
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size
-from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale
+from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
@@ -601,10 +601,18 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
         pixel_xy, file_summary = f.layout.pixel_size_xy_um, f.summary()
-    check_fused_size(stack.images.shape[1:], request.register.scale, len(stack.mzs))  # before minutes of registration
+    K, scale = len(stack.mzs), request.register.scale
+    per_part = panel_part_size(stack.images.shape[1:], scale, K)  # before minutes of registration
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
+    if per_part < K:
+        h, w = stack.images.shape[1:]
+        registered.warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this "
+                                   f"machine's memory together: fused in {-(-K // per_part)} parts of at most "
+                                   f"{per_part} ion{'s' if per_part > 1 else ''}, each written to disk as it finishes "
+                                   "(a shared basis is sought "
+                                   "within each part)")
     if stack.pixel_size_um is None:
         registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
                                                         "export the ions with `msifusion ions` and fuse them with "
@@ -620,36 +628,48 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []
-        fused = []
-        pairs = [RegisteredPair(registered.guide, image, request.register.scale, stack.pixel_size_um, label)
+        pairs = [RegisteredPair(registered.guide, image, scale, stack.pixel_size_um, label)
                  for image, label in zip(stack.images, stack.labels)]
-        folders = [stage if len(stack.mzs) == 1 else stage / f"mz_{name}" for name in stack.names]
+        folders = [stage if K == 1 else stage / f"mz_{name}" for name in stack.names]
         for folder in folders:
             folder.mkdir(exist_ok=True)
-        if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
-            results = [fuse_pair(pair, request.settings, folder / "checkpoints") for pair, folder in zip(pairs, folders)]
-        else:
-            results = fuse_many(registered.guide, stack.images, request.settings.method, request.settings)  # shared work
-        for i, (label, result, pair, folder) in enumerate(zip(stack.labels, results, pairs, folders)):
-            write_tiff(folder / "ion.tiff", stack.images[i], stack.pixel_size_um, [label])
-            per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
-                           window_peaks=list(stack.window_peaks[i]))
-            records.append(write_fusion_outputs(folder, pair, result, request.settings, per_ion,
-                                                compare=len(stack.mzs) == 1))
-            fused.append(result.image)
-        if len(stack.mzs) > 1:
-            px = stack.pixel_size_um / request.register.scale if stack.pixel_size_um else None
+        # a panel's fused images go to disk as each part finishes (memory: one part), read back for the stack
+        spill = stage / ".fused-panel.npy"
+        fused = None if K == 1 else np.lib.format.open_memmap(spill, "w+", np.float32, (K, *registered.guide.shape[:2]))
+        fuse_s = 0.0
+        for start in range(0, K, per_part):
+            part = range(start, min(K, start + per_part))
+            if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
+                results = [fuse_pair(pairs[i], request.settings, folders[i] / "checkpoints") for i in part]
+            else:  # shared work
+                results = fuse_many(registered.guide, stack.images[part.start:part.stop], request.settings.method,
+                                    request.settings)
+            for i, result in zip(part, results):
+                write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
+                per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
+                               window_peaks=list(stack.window_peaks[i]))
+                records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
+                                                    compare=K == 1))
+                fuse_s += result.seconds
+                if fused is not None:
+                    fused[i] = result.image
+            del results
+        if K > 1:
+            px = stack.pixel_size_um / scale if stack.pixel_size_um else None
             write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
             write_ion_stack(stack, stage / "ions.ome.tiff")
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                           _grid_title("measured", stack.pixel_size_um, stack.units))
             save_ion_grid(stage / "fused.png", fused, stack.labels, px,
-                          _grid_title(f"fused ×{request.register.scale} ({request.settings.method})", px, stack.units))
+                          _grid_title(f"fused ×{scale} ({request.settings.method})", px, stack.units))
+            del fused
+            spill.unlink()
             summary = panel_record(records, stack.names, registered.warnings)
             summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
                                                          "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),
                                                          "run.json"],
-                           timings_s={"load_and_register": load_s, "fuse_panel": sum(r.seconds for r in results),
+                           panel_parts=-(-K // per_part),
+                           timings_s={"load_and_register": load_s, "fuse_panel": fuse_s,
                                       "total": time.perf_counter() - t0})
             write_run_json(stage, summary)
             return summary

@@ -137,31 +137,34 @@ def machine_memory_bytes() -> int | None:
         return None
 
 
-def check_fused_size(ion_shape: tuple[int, int], scale: int, ions: int = 1) -> None:
-    """Refuse, before any work, a fused image (or a panel of ``ions`` of them) that cannot fit in this machine's
-    memory.
+def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
+    """Refuse, before any work, a fused image that cannot fit in this machine's memory.
 
-    A lower bound: :data:`BYTES_PER_FUSED_PIXEL` for the first ion (the solver itself works in tiles) and 4 bytes per
-    fused pixel for each further ion of a panel (its float32 image, held until the panel is written); without the
-    check a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
+    A lower bound: :data:`BYTES_PER_FUSED_PIXEL` per fused pixel (the solver itself works in tiles); without the check
+    a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
     """
     have = machine_memory_bytes()
-    if have is None:
-        return
+    h, w = ion_shape
+    one = h * scale * w * scale * BYTES_PER_FUSED_PIXEL
+    if have is not None and one > have:
+        raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {one / 1e9:.0f} GB "
+                                    f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
+                                    "scale or crop the ion image")
+
+
+def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
+    """How many of a panel's ``ions`` to fuse at once: all where they fit in this machine's memory together (one ion's
+    :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further one: a lower
+    bound), else as many as fit in half of what one ion leaves, the other half for what the bound does not count (at
+    least one). Refuses what :func:`check_fused_size` refuses."""
+    check_fused_size(ion_shape, scale)
+    have = machine_memory_bytes()
     h, w = ion_shape
     pixels = h * scale * w * scale
     one = pixels * BYTES_PER_FUSED_PIXEL
-    need = one + pixels * 4 * (ions - 1)
-    if need <= have:
-        return
-    if one <= have:
-        fits = (have - one) // (pixels * 4) + 1
-        raise InputError("--mz", f"{ions} ions fused ×{scale} ({h * scale}×{w * scale} each) need at least "
-                                 f"{need / 1e9:.0f} GB, more than this machine's {have / 1e9:.0f} GB of memory; fuse "
-                                 f"the panel in parts of fewer ions (at most {fits} could fit)")
-    raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {one / 1e9:.0f} GB "
-                                f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
-                                "scale or crop the ion image")
+    if have is None or one + pixels * 4 * (ions - 1) <= have:
+        return ions
+    return int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
 
 
 def _array(value, what: str) -> np.ndarray:
