@@ -667,7 +667,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     monkeypatch.setattr(methods, "machine_memory_bytes", lambda: pixels * (methods.BYTES_PER_FUSED_PIXEL + 2))
     assert main([*args, str(tmp_path / "parts")]) == 0  # one ion's memory and a little: two parts of one ion
     warning = ("2 ions fused ×4 (48×64 each) do not fit in this machine's memory together: fused in 2 parts of at "
-               "most 1 ion, each written to disk as it finishes (a shared basis is sought within each part)")
+               "most 1 ion, each image kept in a scratch file in the output folder (about 0.0 GB of disk) until the "
+               "stack is written; a shared basis is sought within each part only")
     assert f"msifusion: warning: {warning}" in capsys.readouterr().err.splitlines()
     whole, parts = (json.loads((tmp_path / name / "run.json").read_text()) for name in ("whole", "parts"))
     assert (whole["panel_parts"], parts["panel_parts"]) == (1, 2) and warning in parts["warnings"]
@@ -675,6 +676,7 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "whole" / "fused.ome.tiff"),
                                   tifffile.imread(tmp_path / "parts" / "fused.ome.tiff"))
     assert sorted(parts["files_written"]) == sorted(whole["files_written"])  # the spilled stack is not left behind
+    assert parts["ions"]["100.0000"]["panel_part"] == "1 of 2" and "panel_part" not in whole["ions"]["100.0000"]
     assert not list((tmp_path / "parts").glob(".*"))
 
 

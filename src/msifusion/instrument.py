@@ -10,8 +10,9 @@ by ``fixed_scale`` when the ion image is calibrated, else 1 = pixels).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, wri
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size
-from msifusion.methods import check_fused_size, check_scale, fuse_many, infer_scale, panel_part_size
+from msifusion.methods import METHODS, check_fused_size, check_scale, fuse_many, infer_scale, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
 from msifusion.provenance import run_header, write_run_json
@@ -586,6 +587,37 @@ class ImzmlFuseRequest:
         self.settings.measurement.check(self.register.scale)  # before minutes of registration
 
 
+class _FusedPanel:
+    """A panel's fused images until its stack is written: held in memory where the panel is fused in one part, else
+    (``spill``) written to a scratch file in the output folder as each part finishes, with plain writes (a full disk
+    is then an OSError, not the crash a memory-mapped write gives), and read back memory-mapped, page by page."""
+
+    def __init__(self, folder: Path, count: int, shape: tuple[int, int], spill: bool):
+        self.path = folder / ".fused-panel.raw" if spill else None
+        self.count, self.shape = count, tuple(shape)
+        self.images: list[np.ndarray | None] = [None] * count
+        self._file = open(self.path, "wb") if spill else None
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        if self._file is None:
+            self.images[i] = image
+            return
+        self._file.seek(i * math.prod(self.shape) * 4)
+        np.ascontiguousarray(image, dtype=np.float32).tofile(self._file)
+
+    def pages(self) -> Sequence[np.ndarray]:
+        """The K images, in order (a read-only memory map of the scratch file when spilled)."""
+        if self._file is None:
+            return self.images
+        self._file.close()
+        return np.memmap(self.path, np.float32, "r", shape=(self.count, *self.shape))
+
+    def remove(self) -> None:
+        """Remove the scratch file (once nothing reads its pages any more)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
 
@@ -606,13 +638,16 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
-    if per_part < K:
+    parts = -(-K // per_part)
+    if parts > 1:
         h, w = stack.images.shape[1:]
+        shared = ("; a shared basis is sought within each part only" if METHODS[request.settings.method].run_many
+                  and not request.settings.saves_checkpoints else "")
         registered.warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this "
-                                   f"machine's memory together: fused in {-(-K // per_part)} parts of at most "
-                                   f"{per_part} ion{'s' if per_part > 1 else ''}, each written to disk as it finishes "
-                                   "(a shared basis is sought "
-                                   "within each part)")
+                                   f"machine's memory together: fused in {parts} parts of at most {per_part} "
+                                   f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
+                                   f"output folder (about {K * h * scale * w * scale * 4 / 1e9:.1f} GB of disk) until "
+                                   f"the stack is written{shared}")
     if stack.pixel_size_um is None:
         registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
                                                         "export the ions with `msifusion ions` and fuse them with "
@@ -633,9 +668,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         folders = [stage if K == 1 else stage / f"mz_{name}" for name in stack.names]
         for folder in folders:
             folder.mkdir(exist_ok=True)
-        # a panel's fused images go to disk as each part finishes (memory: one part), read back for the stack
-        spill = stage / ".fused-panel.npy"
-        fused = None if K == 1 else np.lib.format.open_memmap(spill, "w+", np.float32, (K, *registered.guide.shape[:2]))
+        fused = _FusedPanel(stage, K, registered.guide.shape[:2], spill=parts > 1) if K > 1 else None
         fuse_s = 0.0
         for start in range(0, K, per_part):
             part = range(start, min(K, start + per_part))
@@ -648,27 +681,30 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                 write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
                 per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
                                window_peaks=list(stack.window_peaks[i]))
+                if parts > 1:
+                    per_ion["panel_part"] = f"{start // per_part + 1} of {parts}"
                 records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
                                                     compare=K == 1))
                 fuse_s += result.seconds
                 if fused is not None:
-                    fused[i] = result.image
-            del results
+                    fused.put(i, result.image)
+            results = result = None  # a part's images are views of one array: all must go for it to be freed
         if K > 1:
             px = stack.pixel_size_um / scale if stack.pixel_size_um else None
-            write_tiff(stage / "fused.ome.tiff", fused, px, stack.labels)
+            pages = fused.pages()
+            write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
             write_ion_stack(stack, stage / "ions.ome.tiff")
             save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                           _grid_title("measured", stack.pixel_size_um, stack.units))
-            save_ion_grid(stage / "fused.png", fused, stack.labels, px,
+            save_ion_grid(stage / "fused.png", pages, stack.labels, px,
                           _grid_title(f"fused ×{scale} ({request.settings.method})", px, stack.units))
-            del fused
-            spill.unlink()
+            pages = None
+            fused.remove()
             summary = panel_record(records, stack.names, registered.warnings)
             summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
                                                          "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),
                                                          "run.json"],
-                           panel_parts=-(-K // per_part),
+                           panel_parts=parts,
                            timings_s={"load_and_register": load_s, "fuse_panel": fuse_s,
                                       "total": time.perf_counter() - t0})
             write_run_json(stage, summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,12 +130,22 @@ def check_scale(scale: int | None) -> None:
 BYTES_PER_FUSED_PIXEL = 48  # the guide (RGB float32), its resampling and the output, outside the solver's tiles
 
 
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
+
+
 def machine_memory_bytes() -> int | None:
-    """This machine's physical memory in bytes, or None where the system does not say (not POSIX)."""
+    """The memory this process may use, in bytes: the machine's physical memory, or a container's (cgroup) limit where
+    that is lower; None where the system does not say (not POSIX)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+    for path in CGROUP_LIMITS:
+        try:
+            have = min(have, int(Path(path).read_text().strip()))  # "max" (no limit) is not a number
+        except (OSError, ValueError):
+            pass
+    return have
 
 
 def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
@@ -155,8 +166,8 @@ def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
 def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
     """How many of a panel's ``ions`` to fuse at once: all where they fit in this machine's memory together (one ion's
     :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further one: a lower
-    bound), else as many as fit in half of what one ion leaves, the other half for what the bound does not count (at
-    least one). Refuses what :func:`check_fused_size` refuses."""
+    bound), else parts of even size, each at most what half of one ion's leftover memory holds, the other half for what
+    the bound does not count (at least one ion). Refuses what :func:`check_fused_size` refuses."""
     check_fused_size(ion_shape, scale)
     have = machine_memory_bytes()
     h, w = ion_shape
@@ -164,7 +175,9 @@ def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
     one = pixels * BYTES_PER_FUSED_PIXEL
     if have is None or one + pixels * 4 * (ions - 1) <= have:
         return ions
-    return int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
+    fit = int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
+    parts = -(-ions // fit)
+    return -(-ions // parts)  # parts of even size: 763 ions fitting 381 at a time are 255, 254 and 254, not 381, 381, 1
 
 
 def _array(value, what: str) -> np.ndarray:

@@ -251,7 +251,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
     return record
 
 
-PER_ION_KEYS = ("ion_name", "mz", "window", "window_peaks", "intensity_scale", "epochs", "stop_reason",
+PER_ION_KEYS = ("ion_name", "mz", "window", "window_peaks", "panel_part", "intensity_scale", "epochs", "stop_reason",
                 "method_details", "consistency_error", "timings_s", "warnings")
 
 
