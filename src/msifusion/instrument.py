@@ -670,8 +670,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             folder.mkdir(exist_ok=True)
         fused = _FusedPanel(stage, K, registered.guide.shape[:2], spill=parts > 1) if K > 1 else None
         fuse_s = 0.0
-        for start in range(0, K, per_part):
-            part = range(start, min(K, start + per_part))
+        for p in range(parts):
+            part = range(K * p // parts, K * (p + 1) // parts)  # sizes differ by one at most
             if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
                 results = [fuse_pair(pairs[i], request.settings, folders[i] / "checkpoints") for i in part]
             else:  # shared work
@@ -682,7 +682,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                 per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
                                window_peaks=list(stack.window_peaks[i]))
                 if parts > 1:
-                    per_ion["panel_part"] = f"{start // per_part + 1} of {parts}"
+                    per_ion["panel_part"] = f"{p + 1} of {parts}"
                 records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
                                                     compare=K == 1))
                 fuse_s += result.seconds

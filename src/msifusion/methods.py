@@ -176,8 +176,7 @@ def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
     if have is None or one + pixels * 4 * (ions - 1) <= have:
         return ions
     fit = int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
-    parts = -(-ions // fit)
-    return -(-ions // parts)  # parts of even size: 763 ions fitting 381 at a time are 255, 254 and 254, not 381, 381, 1
+    return -(-ions // -(-ions // fit))  # as many parts, of even size: 763 ions fitting 381 at a time, 3 of ≤ 255
 
 
 def _array(value, what: str) -> np.ndarray:
