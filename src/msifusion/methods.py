@@ -176,7 +176,8 @@ def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
     if have is None or one + pixels * 4 * (ions - 1) <= have:
         return ions
     fit = int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
-    return -(-ions // -(-ions // fit))  # as many parts, of even size: 763 ions fitting 381 at a time, 3 of ≤ 255
+    parts = -(-ions // fit)  # ceil
+    return -(-ions // parts)  # the same number of parts, of even size: 763 ions fitting 381 at a time, 3 of ≤ 255
 
 
 def _array(value, what: str) -> np.ndarray:
