@@ -677,6 +677,12 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
                                   tifffile.imread(tmp_path / "parts" / "fused.ome.tiff"))
     assert sorted(parts["files_written"]) == sorted(whole["files_written"])  # the spilled stack is not left behind
     assert parts["ions"]["100.0000"]["panel_part"] == "1 of 2" and "panel_part" not in whole["ions"]["100.0000"]
+    # a drive too full for the scratch file is told before registration, not found full after the fusion
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr("msifusion.instrument.register_optical", lambda *a, **k: pytest.fail("registered first"))
+    assert main([*args, str(tmp_path / "full")]) == 2
+    assert "a scratch file of about 0.0 GB beside the outputs, but the drive has 0.0 GB free" in capsys.readouterr().err
+    assert not (tmp_path / "full").exists()
     assert not list((tmp_path / "parts").glob(".*"))
 
 

@@ -618,6 +618,19 @@ class _FusedPanel:
             self.path.unlink(missing_ok=True)
 
 
+def _check_scratch_space(out: Path, need: int) -> None:
+    """Refuse, before registration, a panel in parts whose scratch file (``need`` bytes) the output folder's drive
+    cannot hold: found full after the fusion, minutes would be lost."""
+    import shutil
+
+    where = next((p for p in (Path(out).resolve(), *Path(out).resolve().parents) if p.exists()), None)
+    free = shutil.disk_usage(where).free if where is not None else None
+    if free is not None and free < need:
+        raise InputError(out, f"this panel is fused in parts, its fused images kept in a scratch file of about "
+                              f"{need / 1e9:.1f} GB beside the outputs, but the drive has {free / 1e9:.1f} GB free; "
+                              "free some space, or fuse fewer m/z at a time")
+
+
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
 
@@ -635,18 +648,21 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         pixel_xy, file_summary = f.layout.pixel_size_xy_um, f.summary()
     K, scale = len(stack.mzs), request.register.scale
     per_part = panel_part_size(stack.images.shape[1:], scale, K)  # before minutes of registration
+    parts = -(-K // per_part)
+    h, w = stack.images.shape[1:]
+    scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
+    if scratch:
+        _check_scratch_space(request.out, scratch)
     optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
-    parts = -(-K // per_part)
-    if parts > 1:
-        h, w = stack.images.shape[1:]
+    if scratch:
         shared = ("; a shared basis is sought within each part only" if METHODS[request.settings.method].run_many
                   and not request.settings.saves_checkpoints else "")
         registered.warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this "
                                    f"machine's memory together: fused in {parts} parts of at most {per_part} "
                                    f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
-                                   f"output folder (about {K * h * scale * w * scale * 4 / 1e9:.1f} GB of disk) until "
+                                   f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
                                    f"the stack is written{shared}")
     if stack.pixel_size_um is None:
         registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
