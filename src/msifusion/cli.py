@@ -191,12 +191,13 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
     method = METHODS.get(args.method or DEFAULT_METHOD)
     if method is None:
         return  # an unknown method is refused, with the list, where the method is looked up
-    for options, applies, to in ((args.training_only if training else [], method.trains, "fitted methods (lcrn, cnn3, "
-                                  "unet)"), (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
+    training_only = args.training_only if training else []
+    for options, applies, to in ((training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
+                                 (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
-    given = _given(args, args.training_only) if training else []
+    given = _given(args, training_only)
     fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
              if a.option_strings[0] in given and _FIT_FIELD.get(a.dest, a.dest) not in (*method.fit_fields, "bf16")]
     if method.trains and fixed:
@@ -454,7 +455,8 @@ def add_benchmark_and_study(sub) -> None:
                        description="Fuse block-averaged truths (synthetic phantoms ×10/×20, Middlebury 2014 "
                                    "Motorcycle ×8/×16, the MSIght prostate MSI ×4/×8) with every method and score "
                                    "them. Writes DIR/results.csv, results.md, panels/<case>.png and run.json.")
-    p.add_argument("--out", type=_folder, default="msifusion-benchmark", metavar="DIR", help="output folder (default ./msifusion-benchmark)")
+    p.add_argument("--out", type=_folder, default="msifusion-benchmark", metavar="DIR",
+                   help="output folder (default ./msifusion-benchmark)")
     p.add_argument("--quick", action="store_true",
                    help="about a minute on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
                         "no prostate, trained methods capped at 30 epochs")
@@ -484,7 +486,8 @@ def add_benchmark_and_study(sub) -> None:
                                    "consistency) and mark where the edge-loss rule would have stopped. Without "
                                    "--optical/--ion: the synthetic phantom (truth known). Writes DIR/study.csv, "
                                    "study.png, checkpoints.png, checkpoints/epoch_NNNN.tiff and run.json.")
-    p.add_argument("--out", type=_folder, default="msifusion-study", metavar="DIR", help="output folder (default ./msifusion-study)")
+    p.add_argument("--out", type=_folder, default="msifusion-study", metavar="DIR",
+                   help="output folder (default ./msifusion-study)")
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
     io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
@@ -610,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fused.tiff, fused.png (losses.csv / losses.png for a fitted one), panel.png, "
                                    "run.json, and with --checkpoint-every checkpoints/<method>/epoch_NNNN.tiff / .png "
                                    "per fitted method.")
-    p.add_argument("--out", type=_folder, default="msifusion-demo", metavar="DIR", help="output folder (default ./msifusion-demo)")
+    p.add_argument("--out", type=_folder, default="msifusion-demo", metavar="DIR",
+                   help="output folder (default ./msifusion-demo)")
     p.add_argument("--scale", type=int, default=10, choices=(10, 20), help="magnification (default 10)")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)

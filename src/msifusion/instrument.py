@@ -23,7 +23,7 @@ from msifusion.fit import elapsed_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_file, write_rgb_tiff, write_tiff
 from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, write_ion_stack, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
-from msifusion.io.outdir import check_output_dir, staged_output_dir
+from msifusion.io.outdir import check_output_dir, free_bytes, staged_output_dir
 from msifusion.io.units import check_pixel_size
 from msifusion.methods import METHODS, check_fused_size, check_scale, fuse_many, infer_scale, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_warning, fuse_pair,
@@ -621,10 +621,7 @@ class _FusedPanel:
 def _check_scratch_space(out: Path, need: int) -> None:
     """Refuse, before registration, a panel in parts whose scratch file (``need`` bytes) the output folder's drive
     cannot hold: found full after the fusion, minutes would be lost."""
-    import shutil
-
-    where = next((p for p in (Path(out).resolve(), *Path(out).resolve().parents) if p.exists()), None)
-    free = shutil.disk_usage(where).free if where is not None else None
+    free = free_bytes(out)
     if free is not None and free < need:
         raise InputError(out, f"this panel is fused in parts, its fused images kept in a scratch file of about "
                               f"{need / 1e9:.1f} GB beside the outputs, but the drive has {free / 1e9:.1f} GB free; "

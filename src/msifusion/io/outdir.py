@@ -66,9 +66,20 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
             listed = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
             raise InputError(out, f"output folder holds files its run did not write ({listed}); --overwrite would "
                                   "delete them: move them out first")
-    parent = next((p for p in where.parents if p.exists()), None)
+    parent = nearest_existing(where.parent)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` or its nearest parent that exists: where a folder not made yet will go."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
+def free_bytes(out: str | Path) -> int | None:
+    """Free space on the drive that holds (or will hold) the output folder ``out``; None where no parent exists."""
+    where = nearest_existing(Path(out).resolve())
+    return shutil.disk_usage(where).free if where is not None else None
 
 
 _CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # what file browsers leave in a folder they showed
