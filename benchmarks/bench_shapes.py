@@ -380,7 +380,7 @@ def main() -> None:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     options = MethodOptions(runtime=Runtime(quiet=True))
-    no_texture = MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(texture=TextureSettings(strengths=(0.0,))))
+    no_texture = MethodOptions(runtime=Runtime(quiet=True), harmonic=HarmonicConfig(texture=TextureSettings.off()))
     runs = (("guided-harmonic", "guided-harmonic", options), ("no texture", "guided-harmonic", no_texture),
             ("bilinear-bp", "bilinear-bp", options), ("diffusion", "diffusion", options),
             ("guided-bp", "guided-bp", options))

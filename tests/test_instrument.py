@@ -12,6 +12,7 @@ import tifffile
 from pyimzml.ImzMLWriter import ImzMLWriter
 
 from msifusion.cli import main
+from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 
 H, W, SCALE = 12, 16, 4
@@ -241,15 +242,31 @@ def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when
     out = tmp_path / "landmarks"
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(opt), "--landmarks",
                  str(lm), "--scale", "4", "--out", str(out), "--method", "bilinear", "--quiet"]) == 0
-    assert any("are 10 × 20 µm, not square" in w for w in json.loads((out / "run.json").read_text())["warnings"])
+    assert any("not square (10 × 20 µm)" in w for w in json.loads((out / "run.json").read_text())["warnings"])
     out = tmp_path / "ions"
     assert main(["ions", str(imzml), "--mz", "100", "--tol", "0.01da", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["warnings"] == [
-        NO_PIXEL_SIZE.replace("sample.imzML gives none in its scan settings",
-                              "the pixels of sample.imzML are 10 × 20 µm, not square")]
+        NO_PIXEL_SIZE.replace("sample.imzML gives none in its scan settings", "sample.imzML: " + NOT_SQUARE)]
     capsys.readouterr()
     assert main(["peaks", str(imzml), "-n", "1", "--quiet"]) == 0
-    assert "pixel size 10 × 20 µm (not square)" in capsys.readouterr().out.splitlines()[0]
+    assert f"pixel size not used ({NOT_SQUARE})" in capsys.readouterr().out.splitlines()[0]
+
+
+NOT_SQUARE = "its pixels are not square (10 × 20 µm) and msifusion models square pixels"
+
+
+@pytest.mark.parametrize("x, y, used, note", [
+    ("25", "25.1", 25.0, None),  # within a scanner's rounding (1 %), as for TIFFs
+    ("2.5e-5", "2.5e-5", None, "its pixel size 2.5e-05 µm is implausible (not between 0.001 and 100000 µm)"),  # metres
+])
+def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, note):
+    imzml, *_ = files
+    text = imzml.read_text(encoding="iso-8859-1")
+    sizes = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"/>'
+             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{y}"/>')
+    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
+    with ImzML(imzml) as f:
+        assert (f.pixel_size_um, f.pixel_size_note) == (used, note)
 
 
 def test_pixel_size_with_imzml_is_an_error(tmp_path, files, capsys):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from msifusion.measurement import Measurement, block_mean, consistency_error, project_consistent, upsample
+from msifusion.measurement import Measurement, MeasurementModel, block_mean, consistency_error, project_consistent, upsample
 
 
 def test_block_mean_known_answer():
@@ -43,6 +43,8 @@ def test_spot_operator_is_scipy_gaussian_blur_then_block_mean():
     fine = np.random.default_rng(0).random((40, 60))
     reference = block_mean(gaussian_filter(fine, 3.0, mode="reflect", truncate=4.0), 10)
     np.testing.assert_allclose(_spot(fine, 10, 3.0), reference, rtol=1e-5)
+    np.testing.assert_allclose(MeasurementModel(3.0).apply(fine, 10), reference, rtol=1e-5)  # the model's own form
+    np.testing.assert_array_equal(MeasurementModel().apply(fine, 10), block_mean(fine, 10))
 
 
 def test_spot_operator_conserves_mass_and_its_adjoint_is_exact():

@@ -4,7 +4,7 @@ import pytest
 from msifusion.errors import InputError
 from msifusion.fit import FitConfig, Runtime
 from msifusion.harmonic import HarmonicConfig
-from msifusion.methods import METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
+from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
 
 QUICK = MethodOptions(FitConfig(max_epochs=5, patience=0), Runtime(seed=0, quiet=True))
 
@@ -230,9 +230,13 @@ def test_the_method_comes_from_the_argument_or_the_settings_and_they_may_not_dis
 
     guide, ion, _ = small_pair
     assert fuse(guide, ion, options=FuseSettings(method="bilinear")).method == "bilinear"
-    assert fuse(guide, ion, "bicubic", FuseSettings()).method == "bicubic"  # the settings' method is the default
-    with pytest.raises(InputError, match="^method 'bicubic' and options.method 'bilinear' disagree; give one of them$"):
-        fuse(guide, ion, "bicubic", FuseSettings(method="bilinear"))
+    assert fuse(guide, ion, "bicubic", MethodOptions()).method == "bicubic"
+    assert fuse(guide, ion, "bilinear", FuseSettings(method="bilinear")).method == "bilinear"
+    # a FuseSettings always names its method, the default's included: never silently overridden
+    for settings in (FuseSettings(method="bilinear"), FuseSettings(), FuseSettings(method=DEFAULT_METHOD)):
+        with pytest.raises(InputError, match=f"^method 'bicubic' and the FuseSettings' method '{settings.method}' "
+                                             "disagree; give the method once"):
+            fuse(guide, ion, "bicubic", settings)
 
 
 @pytest.mark.parametrize("call, error, message", [

@@ -1,7 +1,7 @@
 """Closed-form and training-free fusion methods: the paper's comparisons and the peers to beat.
 
 All functions take the guide as (H, W, 3) float in [0, 1] and the ion image as (h, w) with
-H = h·scale, W = w·scale, and return an (H, W) float32 image in the ion's units.
+H = h·scale, W = w·scale; the fusion methods return an (H, W) float32 image in the ion's units.
 
 - :func:`guided_filter` / :func:`guided_upsample`: He, Sun & Tang's guided filter (ECCV 2010,
   colour-guide form) applied to the bilinearly upsampled ion image, the RGB optical as guide.
@@ -33,7 +33,7 @@ from msifusion.measurement import block_mean, upsample
 
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1)² window, reflecting at the border (OpenCV's default)."""
+    """Mean over a (2r+1)² window, reflecting at the border with the edge pixel repeated (OpenCV's BORDER_REFLECT)."""
     import cv2
 
     size = 2 * radius + 1

@@ -217,7 +217,7 @@ def _settings(args: argparse.Namespace):
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.measurement import MeasurementModel
 
-    harmonic = HarmonicConfig(texture=TextureSettings(strengths=(0.0,)) if args.no_texture else TextureSettings())
+    harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings())
     return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
                         measurement=MeasurementModel(args.spot_sigma),
                         method=args.method or DEFAULT_METHOD)
@@ -311,9 +311,8 @@ def cmd_peaks(args: argparse.Namespace) -> int:
     with ImzML(Path(args.imzml)) as f:
         with elapsed_bar(f"mean spectrum of {f.path.name}", args.quiet):
             peaks = f.strongest_peaks(args.n)
-        xy = f.layout.pixel_size_xy_um
-        pixel = (f"{f.pixel_size_um:g} µm" if f.pixel_size_um else "unknown" if xy is None else
-                 f"{xy[0]:g} × {xy[1]:g} µm (not square)")
+        pixel = (f"{f.pixel_size_um:g} µm" if f.pixel_size_um else
+                 f"not used ({f.pixel_size_note})" if f.pixel_size_note else "unknown")
         print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {pixel}, "
               f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
     print("m/z\tmean_intensity")

@@ -24,7 +24,7 @@ from msifusion.io.images import OPTICAL_SUFFIXES, Image, read_optical, require_f
 from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, write_ion_stack, write_ion_tiffs
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import check_output_dir, free_bytes, staged_output_dir
-from msifusion.io.units import check_pixel_size
+from msifusion.io.units import SQUARE_REL_TOL, check_pixel_size
 from msifusion.methods import METHODS, check_fused_size, check_scale, fuse_many, infer_scale, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, coarse_optical_warning, fuse_pair,
                                 panel_record, uncalibrated_warning, write_fusion_outputs)
@@ -106,7 +106,7 @@ class MsiTissue:
         Automatic registration models square MSI pixels; a file whose pixels are not (DESI lines, say) is
         refused with the remedy rather than registered wrong."""
         xy = f.layout.pixel_size_xy_um
-        if automatic and xy is not None and f.pixel_size_um is None:
+        if automatic and xy is not None and not math.isclose(*xy, rel_tol=SQUARE_REL_TOL):
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy)
@@ -464,11 +464,9 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
     return stack
 
 
-def _no_pixel_size(imzml: Path, pixel_xy: tuple[float, float] | None) -> str:
-    """Why an imzML file's ion images carry no pixel size: none stated, or x and y differ."""
-    if pixel_xy is None:
-        return f"{imzml.name} gives none in its scan settings"
-    return f"the pixels of {imzml.name} are {pixel_xy[0]:g} × {pixel_xy[1]:g} µm, not square"
+def _no_pixel_size(imzml: Path, note: str | None) -> str:
+    """Why an imzML file's ion images carry no pixel size: none stated, or the stated one is not used (``note``)."""
+    return f"{imzml.name}: {note}" if note else f"{imzml.name} gives none in its scan settings"
 
 
 def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
@@ -485,10 +483,10 @@ def extract_ions(request: IonsRequest) -> dict:
     with _open_ions(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
-        pixel_xy = f.layout.pixel_size_xy_um
+        pixel_note = f.pixel_size_note
     warnings = stack.window_warnings()
     if stack.pixel_size_um is None:
-        warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
+        warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                              "give --pixel-size UM when you fuse them with --ion",
                                              ("ion TIFFs", "ions.png")))
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
@@ -642,7 +640,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with _open_ions(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
-        pixel_xy, file_summary = f.layout.pixel_size_xy_um, f.summary()
+        pixel_note, file_summary = f.pixel_size_note, f.summary()
     K, scale = len(stack.mzs), request.register.scale
     per_part = panel_part_size(stack.images.shape[1:], scale, K)  # before minutes of registration
     parts = -(-K // per_part)
@@ -662,7 +660,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                    f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
                                    f"the stack is written{shared}")
     if stack.pixel_size_um is None:
-        registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_xy),
+        registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                                         "export the ions with `msifusion ions` and fuse them with "
                                                         "--ion and --pixel-size UM"))
     if request.on_warning:

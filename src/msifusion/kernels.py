@@ -178,7 +178,7 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
 
     The same iteration as :func:`msifusion.solver.solve_harmonic` without multigrid (box model, no
     edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
-    ``iterations``. Returns the solutions (K, H, W) and the most iterations any image used.
+    ``iterations``. Returns the solutions (shaped as ``x0``) and the most iterations any image used.
     """
     _threads()
     H, W = x0.shape[-2:]

@@ -70,6 +70,13 @@ class MeasurementModel:
                 summary += f" ({self.spot_sigma_px * fused_pixel_um:.3g} µm)"
         return {**described, "summary": summary}
 
+    def apply(self, image: np.ndarray, scale: int) -> np.ndarray:
+        """What the MSI measures of a fine ``image`` (H, W) at ``scale``: A(image), float64 (h, w)."""
+        if self.box:
+            return block_mean(image, scale).astype(np.float64)
+        fine = torch.as_tensor(np.asarray(image, dtype=np.float64))
+        return Measurement(tuple(fine.shape[-2:]), scale, self.spot_sigma_px).A(fine).numpy()
+
     def consistency_error(self, fused: np.ndarray, measured: np.ndarray, scale: int) -> float:
         """:func:`consistency_error` under this model."""
         return consistency_error(fused, measured, scale, self.spot_sigma_px)
@@ -280,9 +287,5 @@ def consistency_error(fused: np.ndarray, measured: np.ndarray, factor: int, spot
     """``mean|A(fused) − measured| / mean|measured|``, A the measurement model (the block mean, after a
     Gaussian laser spot of ``spot_sigma_px`` fine pixels if given): 0 means fully quantitative."""
     measured = np.asarray(measured, dtype=np.float64)
-    if spot_sigma_px > 0:
-        fused = torch.as_tensor(np.asarray(fused, dtype=np.float64))
-        diff = Measurement(tuple(fused.shape[-2:]), factor, spot_sigma_px).A(fused).numpy() - measured
-    else:
-        diff = block_mean(fused, factor).astype(np.float64) - measured
+    diff = MeasurementModel(spot_sigma_px).apply(fused, factor) - measured
     return float(np.mean(np.abs(diff)) / max(np.mean(np.abs(measured)), 1e-30))

@@ -202,8 +202,8 @@ def _array(value, what: str) -> np.ndarray:
 
 def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
     """The guide as float32 in [0, 1]: integer and boolean images (uint8, uint16, as tifffile or OpenCV read them) as
-    a file's pixels are read (:func:`msifusion.io.images.optical_to_rgb`: 8/16-bit as fractions of their type's
-    maximum, signed ones with negatives min-max scaled); a float guide must already be in [0, 1]."""
+    a file's pixels are read (:func:`msifusion.io.images.optical_to_rgb`: 8-bit as fractions of 255, 16-bit of
+    the least camera depth's maximum that holds their values, signed ones with negatives min-max scaled); a float guide must already be in [0, 1]."""
     require_real(guide, None, "optical guide")
     if guide.dtype.kind in "uib":
         return optical_to_rgb(guide)
@@ -322,13 +322,15 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
 
 def _method_and_options(method: str | None, options: MethodOptions | None) -> tuple[str, MethodOptions]:
     """The method to run and its options, checked: ``method``, else the options' own (a FuseSettings carries one),
-    else the default; the two may not name different methods."""
+    else the default; the two may not name different methods (a FuseSettings always names one, its default's
+    included, so an explicit ``FuseSettings(method=...)`` is never silently overridden)."""
     options = MethodOptions() if options is None else options
     if not isinstance(options, MethodOptions):
         raise InputError(None, f"options must be a MethodOptions (or a FuseSettings), not {type(options).__name__}")
     carried = getattr(options, "method", None)
-    if method is not None and carried not in (None, DEFAULT_METHOD, method):
-        raise InputError(None, f"method {method!r} and options.method {carried!r} disagree; give one of them")
+    if method is not None and carried not in (None, method):
+        raise InputError(None, f"method {method!r} and the FuseSettings' method {carried!r} disagree; give the method "
+                               "once (pass a MethodOptions with the method, or the FuseSettings alone)")
     method = method or carried or DEFAULT_METHOD
     check_methods([method])
     check_device(options.runtime.device)
@@ -342,7 +344,7 @@ def fuse(
     options: MethodOptions | None = None,
 ) -> FusionResult:
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
-    images: fractions of their type's maximum; gray or RGBA as files are read); the result is in the ion's units.
+    images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the ion's units.
     ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default ``options.method`` where the options
     are a :class:`msifusion.pipeline.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
     ``options.runtime.seed``, and the caller's random states are left as they were."""

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from msifusion.measurement import MeasurementModel, block_mean
+from msifusion.measurement import MeasurementModel
 
 
 class Tissue(IntEnum):
@@ -143,11 +142,7 @@ class Phantom:
         Deterministic for (seed, scale); clipped at 0 like counts.
         """
         cfg = self.config
-        if spot_sigma_px > 0:
-            op = MeasurementModel(spot_sigma_px).operator(self.truth.shape, scale)
-            measured = op.A(torch.as_tensor(self.truth, dtype=torch.float64)).numpy()
-        else:
-            measured = block_mean(self.truth, scale).astype(np.float64)
+        measured = MeasurementModel(spot_sigma_px).apply(self.truth, scale)
         peak = float(self.truth.max())
         if cfg.noise == 0 and cfg.shot == 0:
             return measured.astype(np.float32)

@@ -109,17 +109,6 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
     return StudyInputs(pair.guide, pair.ion, pair.scale, truth, pair.fused_pixel_size_um, pair.ion_name)
 
 
-def rule_stop_epoch(history: list[dict], patience: int, key: str = "edge") -> int | None:
-    """The epoch at which :class:`EdgeLossStopper` would stop on ``history``; None if it never does."""
-    if patience < 1:
-        return None
-    stopper = EdgeLossStopper(patience)
-    for record in history:
-        if stopper.update(record[key]):
-            return int(record["epoch"])
-    return None
-
-
 def pick_strip(epochs: list[int], n: int, marked: list[int | None]) -> list[int]:
     """About ``n`` checkpoint epochs spread evenly on a log axis, plus the ``marked`` ones."""
     if not epochs:
@@ -138,7 +127,7 @@ CSV_FIELDS = ("epoch", "train_mse", "train_edge", "train_total", "seconds", "mse
 def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Fit LCRN past its early stop, score every checkpoint, write the study; returns run.json's dict."""
     from msifusion import metrics
-    from msifusion.fit import fit_network, resolve_device, seed_everything
+    from msifusion.fit import fit_network, resolve_device, seeded
     from msifusion.io.images import write_tiff
     from msifusion.io.outdir import check_output_dir, staged_output_dir
     from msifusion.models.lcrn import LCRN
@@ -160,8 +149,6 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     every, cap = config.checkpoint_every, config.fit.max_epochs
     planned = set(pick_strip(list(range(every, cap + 1, every)), config.strip, []))
-    seed_everything(config.runtime.seed)
-    model = LCRN()
     stopper = EdgeLossStopper(config.fit.patience)  # the rule, followed during the fit
     kept: dict[int, np.ndarray] = {}  # only the strip's images, the best so far and the rule's stop
     marks = {"best": None, "stop": None, "rule": None}
@@ -193,11 +180,13 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     fit = replace(config.fit, patience=0, checkpoint_every=every)
     t_fit = time.perf_counter()
-    result = fit_network(model, guide, target, fit, config.runtime, on_checkpoint, desc="study", on_epoch=on_epoch)
+    with seeded(config.runtime.seed):  # the caller's random states are left as they were
+        result = fit_network(LCRN(), guide, target, fit, config.runtime, on_checkpoint, desc="study",
+                             on_epoch=on_epoch)
     fit_s = time.perf_counter() - t_fit
 
     history = result.history
-    stop = rule_stop_epoch(history, config.fit.patience)
+    stop = marks["rule"]
     epochs = sorted(checkpoints)
     stop_ckpt = next((e for e in epochs if stop is not None and e >= stop), None)
     best = marks["best"]

@@ -77,6 +77,11 @@ class TextureSettings:
         if not self.strengths or self.sigma_px <= 0 or self.significance < 0:
             raise ValueError("texture needs at least one strength, sigma_px > 0 and significance ≥ 0")
 
+    @classmethod
+    def off(cls) -> TextureSettings:
+        """No texture step: β = 0 for every ion (``--no-texture``)."""
+        return cls(strengths=(0.0,))
+
 
 @dataclass(frozen=True)
 class CoarseTest:

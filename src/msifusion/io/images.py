@@ -14,7 +14,8 @@ Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit, 3
 grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
 PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
 are placed on the stored pixels): the image carries a warning instead. Pixels become
-float32 RGB in [0, 1]: 8- and 16-bit images are divided by their type's maximum, wider integer images
+float32 RGB in [0, 1]: 8-bit images are divided by 255, 16-bit ones by the least camera depth's maximum (8, 10, 12,
+14 or 16 bits) that holds their values, wider integer images
 by the image's own maximum, float images (and wider integers with negative values) are min-max scaled
 unless already in [0, 1].
 

@@ -37,7 +37,7 @@ import re
 import uuid
 import warnings
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -45,6 +45,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.images import Image
+from msifusion.io.units import unusable_pixel_size
 
 Normalize = Literal["tic", "rms"] | None
 
@@ -153,8 +154,8 @@ class IonStack:
         return [mz_label(mz) for mz in self.mzs]
 
     def image(self, i: int) -> Image:
-        """Ion ``i`` as a calibrated :class:`~msifusion.io.images.Image`."""
-        return Image(self.images[i], self.pixel_size_um, self.source)
+        """Ion ``i`` as a calibrated :class:`~msifusion.io.images.Image`, named by its m/z."""
+        return Image(self.images[i], self.pixel_size_um, self.source, name=self.labels[i])
 
     def empty_ions(self) -> list[float]:
         """m/z values whose image is all zero (no signal in the window anywhere)."""
@@ -216,7 +217,6 @@ class _Layout:
     centroid: bool | None
     pixel_size_xy_um: tuple[float, float] | None
     declared_mz_range: tuple[float, float] | None = None  # from "lowest/highest observed m/z"
-    metadata: dict = field(default_factory=dict)
     origin_xy: tuple[int, int] = (1, 1)  # the file's (x, y) of the image's first pixel: where its spectra begin
     skipped_xy: tuple[int, int] = (0, 0)  # empty columns and rows before it, from the file's first coordinate (0 or 1)
 
@@ -260,11 +260,17 @@ class ImzML:
 
     @property
     def pixel_size_um(self) -> float | None:
-        """Square pixel size in µm; None when absent or when x and y differ."""
+        """Square pixel size in µm; None when the scan settings state none, or one that is not used
+        (:attr:`pixel_size_note` says why)."""
         xy = self.layout.pixel_size_xy_um
-        if xy is None or not math.isclose(xy[0], xy[1], rel_tol=1e-6):
-            return None
-        return xy[0]
+        return None if xy is None or self.pixel_size_note else xy[0]
+
+    @property
+    def pixel_size_note(self) -> str | None:
+        """Why the pixel size the scan settings state is not used (x and y differ, or it is implausible, by the rule
+        TIFFs follow: :func:`msifusion.io.units.unusable_pixel_size`); None when it is used or none is stated."""
+        xy = self.layout.pixel_size_xy_um
+        return None if xy is None else unusable_pixel_size(*xy)
 
     @property
     def mz_range(self) -> tuple[float, float]:
@@ -886,7 +892,6 @@ def _parse(path: Path) -> _Layout:
         mz_dtype=mz_dtype, int_dtype=int_dtype, continuous=continuous, centroid=centroid,
         pixel_size_xy_um=_pixel_size(parser),
         declared_mz_range=_declared_range(parser),
-        metadata={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
         origin_xy=(int(origin[0]), int(origin[1])),
         skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
     )

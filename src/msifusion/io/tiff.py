@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.units import PLAUSIBLE_PIXEL_UM, _UNITS_UM, _unit_to_um, check_pixel_size
-
-SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
+from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
 
 
 def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
@@ -42,12 +40,8 @@ def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
     width, height, note = _tiff_stated_pixel_size_um(tif)
     if width is None:
         return None, note
-    if height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
-        return None, f"its pixels are not square ({width:.4g} × {height:.4g} µm) and msifusion models square pixels"
-    lo, hi = PLAUSIBLE_PIXEL_UM
-    if not lo <= width <= hi:
-        return None, f"its pixel size {width:.3g} µm is implausible (not between {lo:g} and {hi:g} µm)"
-    return width, None
+    note = unusable_pixel_size(width, height)
+    return (None, note) if note else (width, None)
 
 
 def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | None]:

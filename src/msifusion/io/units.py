@@ -8,6 +8,7 @@ import math
 from msifusion.errors import InputError
 
 PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
+SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
 
 # OME's length units that occur in microscopy, ImageJ's spellings of them, and the inch. Not "A": ImageJ turns a
@@ -24,6 +25,18 @@ def _unit_to_um(unit: str) -> float | None:
     if len(unit) > 2 and unit.isalpha():  # a spelled-out name ("Microns", "Ångström"); "Mm" is not "mm"
         unit = unit.lower().replace("ångström", "angstrom")
     return _UNITS_UM.get(unit)
+
+
+def unusable_pixel_size(width: float, height: float | None) -> str | None:
+    """Why a pixel size (µm) that a file states is not used, None when it is: a width and height that differ by more
+    than :data:`SQUARE_REL_TOL` (every step downstream models square pixels), or a size outside
+    :data:`PLAUSIBLE_PIXEL_UM` (such metadata is wrong). The same rule for TIFFs and imzML files."""
+    if height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
+        return f"its pixels are not square ({width:.4g} × {height:.4g} µm) and msifusion models square pixels"
+    lo, hi = PLAUSIBLE_PIXEL_UM
+    if not lo <= width <= hi:
+        return f"its pixel size {width:.3g} µm is implausible (not between {lo:g} and {hi:g} µm)"
+    return None
 
 
 def check_pixel_size(option: str, size: float | None) -> None:
