@@ -55,7 +55,8 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     """The library entry (no CLI): the same request gives the command's images; the default method fuses the panel
     together, so each ion's time is its share of it."""
     from msifusion.fit import Runtime
-    from msifusion.instrument import ImzmlFuseRequest, RegisterSettings, fuse_imzml
+    from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
+    from msifusion.register.workflow import RegisterSettings
     from msifusion.pipeline import FuseSettings
 
     imzml, opt, lm, _ = files
@@ -73,7 +74,8 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
 
 def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, files):
     """The library entries of `ions` and `register` (no CLI) write what the commands write."""
-    from msifusion.instrument import IonsRequest, RegisterRequest, RegisterSettings, extract_ions, register_files
+    from msifusion.instrument import IonsRequest, RegisterRequest, extract_ions, register_files
+    from msifusion.register.workflow import RegisterSettings
 
     imzml, opt, lm, truth = files
     # paths as str and m/z as text, as a notebook may give them
@@ -465,7 +467,7 @@ def test_a_missing_optical_or_landmark_file_is_found_before_the_imzml_is_read(tm
 
 
 def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks(tmp_path, files, capsys, monkeypatch):
-    from msifusion import instrument
+    from msifusion.register import workflow
     from msifusion.register import AffineMap, Registration
 
     far = AffineMap(np.array([[1.0, 0.0, 1e5], [0.0, 1.0, 1e5]]))
@@ -473,7 +475,7 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     def off_the_image(optical, tissue, fixed, moving, options):
         return Registration(far, fixed, moving, far, 0.9, 0.5, 1.1, float("nan"), 0, 1)
 
-    monkeypatch.setattr(instrument, "register_auto", off_the_image)
+    monkeypatch.setattr(workflow, "register_auto", off_the_image)
     imzml, opt, _, _ = files
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4",
                  "--out", str(tmp_path / "reg")]) == 2
@@ -485,7 +487,7 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
 
 @pytest.mark.parametrize("apart, warned", [(3.2, True), (0.4, False)])
 def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned):
-    from msifusion import instrument
+    from msifusion.register import workflow
     from msifusion.register import AffineMap, Registration
 
     known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
@@ -495,7 +497,7 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     def with_a_rival(optical, tissue, fixed, moving, options):
         return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
 
-    monkeypatch.setattr(instrument, "register_auto", with_a_rival)
+    monkeypatch.setattr(workflow, "register_auto", with_a_rival)
     imzml, opt, _, _ = files
     out = tmp_path / "reg"
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 0
@@ -548,7 +550,7 @@ def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told
 
 
 def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):
-    from msifusion import instrument
+    from msifusion.register import workflow
     from msifusion.register import AffineMap, Registration
 
     imzml, opt, lm, _ = files
@@ -563,7 +565,7 @@ def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, 
         m = AffineMap(next(maps))
         return Registration(m, fixed, moving, m, 0.9, 0.8, 1.1, float("nan"), 0, 1)
 
-    monkeypatch.setattr(instrument, "register_auto", found)
+    monkeypatch.setattr(workflow, "register_auto", found)
     named = "optical_registered.tiff is 48×64, exactly the ion grid × 4: it looks registered already"
     registered = first / "optical_registered.tiff"
     for i, (optical, expected) in enumerate(((registered, True), (registered, False), (opt, False))):
@@ -598,42 +600,6 @@ def test_landmarks_in_the_wrong_units_are_refused(tmp_path, files, capsys):
                  "--fixed-pixel-size", "0.01", "--out", str(tmp_path / "reg")])
     assert code == 2
     assert "pixels" in capsys.readouterr().err and not (tmp_path / "reg").exists()
-
-
-def test_a_calibration_that_disagrees_with_the_registration_is_warned():
-    from msifusion.instrument import RegisterSettings, _calibration_disagreement
-    from msifusion.io.images import Image
-    from msifusion.register import AffineMap
-
-    optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, Path("he.tif"))
-    shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))  # 1 MSI µm = 0.07 stated optical µm
-    warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 1.0, 25.0).warning
-    assert "the calibration of he.tif (0.17 µm per pixel) disagrees with the registration by 14.3×" in warning
-    assert "--optical-pixel-size 2.43" in warning
-    about_right = AffineMap(np.array([[1.1, 0.0, 0.0], [0.0, 1.1, 0.0]]))  # 10 % shrinkage: tissue does that
-    assert _calibration_disagreement(about_right, optical, RegisterSettings(scale=8), 1.0, 25.0) is None
-    assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 1.0, 25.0) is None
-    # landmarks written by a run on the file's calibration, fed back with the pixel size that run's warning suggested
-    fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks_rival.csv"), optical_pixel_size=2.43)
-    warning = _calibration_disagreement(shrunk, optical, fed_back, 1.0, 25.0).warning
-    assert warning.startswith("the landmarks in landmarks_rival.csv fit the calibration of he.tif (0.17 µm per pixel), "
-                              "not --optical-pixel-size 2.43: they are in the file's units")
-    assert "so the registration is off by 14.3×; rerun without --optical-pixel-size" in warning
-    placed_at_the_option = RegisterSettings(scale=8, landmarks=Path("lm.csv"), optical_pixel_size=0.17 / 0.07 / 4)
-    assert "fit the calibration" not in _calibration_disagreement(shrunk, optical, placed_at_the_option, 1.0, 25.0).warning
-    # ion-side landmarks in pixels of the ion image enlarged ×10 in Fiji (25 µm pixels) read as µm: 1 unit = 2.5 µm, so
-    # 2.5 µm of the optical per unit; the warning names the options, and with them there is nothing to warn
-    on_enlarged = AffineMap(np.array([[2.5, 0.0, 5.0], [0.0, 2.5, 3.0]]))
-    optical_um = Image(optical.pixels, 1.0, Path("he.tif"))
-    plain = RegisterSettings(scale=8, landmarks=Path("lm.csv"))
-    assert _calibration_disagreement(on_enlarged, optical_um, plain, 1.0, 25.0).warning.endswith(
-        "placed in pixels on the ion image enlarged ×10 in Fiji, they need --fixed-scale 10 --fixed-pixel-size 1")
-    given = RegisterSettings(scale=8, landmarks=Path("lm.csv"), fixed_scale=10, fixed_pixel_size=1.0)
-    assert _calibration_disagreement(on_enlarged, optical_um, given, 25.0 / (1.0 * 10), 25.0) is None
-    on_ion = AffineMap(np.array([[25.0, 0.0, 5.0], [0.0, 25.0, 3.0]]))  # in pixels of the ion image itself
-    assert _calibration_disagreement(on_ion, optical_um, plain, 1.0, 25.0).warning.endswith(
-        "placed in pixels on the ion image, they need --fixed-pixel-size 1")
-    assert "--fixed-" not in _calibration_disagreement(shrunk, optical, plain, 1.0, 25.0).warning  # 1/0.07: no such K
 
 
 def test_a_too_wide_spot_is_refused_before_registration(tmp_path, files, capsys):
@@ -701,18 +667,3 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     assert "a scratch file of about 0.0 GB beside the outputs, but the drive has 0.0 GB free" in capsys.readouterr().err
     assert not (tmp_path / "full").exists()
     assert not list((tmp_path / "parts").glob(".*"))
-
-
-def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():
-    from msifusion.instrument import tissue_outline
-
-    y, x = np.mgrid[:100, :160]
-    disc = np.hypot(y - 50, x - 70) < 30
-    rgb = np.where(disc[..., None], np.array([0.85, 0.4, 0.6]), np.array([0.92, 0.93, 0.92]))  # pink on glass
-    rgb = rgb + np.random.default_rng(0).normal(0, 0.02, rgb.shape)  # a stain's texture and the camera's noise
-    rgb = np.clip(rgb, 0, 1).astype(np.float32)
-    rgb[:, 130:] = 0  # where the registered optical does not reach: black fill, not tissue, for any feature
-    for kind in ("saturation", "inverted_luminance"):
-        field, level = tissue_outline(rgb, kind, 3.0)
-        inside = field > level
-        assert (inside & disc).sum() / (inside | disc).sum() > 0.95, kind

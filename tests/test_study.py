@@ -89,8 +89,8 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
     write_tiff(tmp_path / "truth.tiff", phantom.truth)
     write_tiff(tmp_path / "small.tiff", phantom.truth[:32])
-    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=3),
-                checkpoint_every=2, strip=2, runtime=Runtime(quiet=True))
+    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=3, checkpoint_every=2),
+                strip=2, runtime=Runtime(quiet=True))
     with pytest.raises(InputError, match="small.tiff"):
         run_study(StudyConfig(truth=tmp_path / "small.tiff", **base), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
@@ -110,6 +110,13 @@ def test_study_config_needs_both_files():
         StudyConfig(optical="a.png")
     with pytest.raises(InputError, match="truth"):
         StudyConfig(truth="t.tiff")
+
+
+def test_the_study_scores_every_fit_checkpoint_every_epochs_and_every_epoch_by_default():
+    assert StudyConfig().checkpoint_every == 1 and StudyConfig(fit=FitConfig(max_epochs=9)).checkpoint_every == 1
+    assert StudyConfig(fit=FitConfig(max_epochs=9, checkpoint_every=3)).checkpoint_every == 3
+    with pytest.raises(InputError, match=r"^--checkpoint-every: must be between 1 and the epoch cap \(9\)$"):
+        StudyConfig(fit=FitConfig(max_epochs=9, checkpoint_every=10))
 
 
 def test_summary_line_reads_well_whether_or_not_the_rule_stops(study):

@@ -125,10 +125,10 @@ def masked_block_mean(values: np.ndarray, valid: np.ndarray, factor: int) -> tup
     if not valid.any():
         raise ValueError("no valid pixel to measure")
     data = np.where(valid, values, 0.0).astype(np.float64)
-    counts = block_mean(valid.astype(np.float64), factor).astype(np.float64)
-    sums = block_mean(data, factor).astype(np.float64)
-    has = counts > 0
-    out = np.where(has, sums / np.where(has, counts, 1), 0.0)
+    valid_share = block_mean(valid.astype(np.float64), factor).astype(np.float64)
+    data_mean = block_mean(data, factor).astype(np.float64)
+    has = valid_share > 0
+    out = np.where(has, data_mean / np.where(has, valid_share, 1), 0.0)
     n_filled = int((~has).sum())
     kernel = np.ones((3, 3))
     while not has.all():

@@ -227,7 +227,7 @@ def _settings(args: argparse.Namespace):
 
 
 def _register_settings(args: argparse.Namespace):
-    from msifusion.instrument import RegisterSettings
+    from msifusion.register.workflow import RegisterSettings
 
     given = {"transform": args.transform, "optical_pixel_size": args.optical_pixel_size,
              "fixed_pixel_size": args.fixed_pixel_size, "fixed_scale": args.fixed_scale}
@@ -430,7 +430,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                                        "and pixel size")
     try:
         fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
-                        patience=args.patience, edge_kernel=args.edge_kernel)
+                        patience=args.patience, edge_kernel=args.edge_kernel, checkpoint_every=args.checkpoint_every)
         given = {"seed": args.phantom_seed, "kind": args.phantom_kind, "ion": args.phantom_ion}
         phantom = replace(StudyConfig.phantom, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
@@ -438,7 +438,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     config = StudyConfig(
         optical=Path(args.optical) if args.optical else None, ion=Path(args.ion) if args.ion else None,
         truth=Path(args.truth) if args.truth else None, scale=args.scale, ion_pixel_size_um=args.pixel_size,
-        phantom=phantom, fit=fit, checkpoint_every=args.checkpoint_every, strip=args.strip,
+        phantom=phantom, fit=fit, strip=args.strip,
         runtime=Runtime(args.seed, args.device, args.quiet))
     record = run_study(config, Path(args.out), args.overwrite)
     _say(args, summary_line(record))

@@ -42,7 +42,8 @@ from msifusion.provenance import run_header, write_run_json
 @dataclass(frozen=True)
 class StudyConfig:
     """What to study. ``fit`` is the recipe; its ``patience`` is the stopping rule that is
-    *marked* (the run itself never stops early) and its ``max_epochs`` the cap.
+    *marked* (the run itself never stops early), its ``max_epochs`` the cap, and its ``checkpoint_every`` how often
+    the output is scored (every epoch where it is 0, FitConfig's default: a study always scores).
 
     Inputs: ``optical`` and ``ion`` (and optionally ``truth``) files, or neither for the
     phantom. ``scale``: the magnification (phantom default 10; files: inferred from the
@@ -56,7 +57,6 @@ class StudyConfig:
     ion_pixel_size_um: float | None = None
     phantom: PhantomConfig = PhantomConfig(seed=1)
     fit: FitConfig = FitConfig(max_epochs=300)
-    checkpoint_every: int = 1
     strip: int = 8
     runtime: Runtime = Runtime()
 
@@ -65,12 +65,17 @@ class StudyConfig:
             raise InputError("study", "give both --optical and --ion, or neither (the synthetic phantom)")
         if self.truth is not None and self.optical is None:
             raise InputError("--truth", "a truth image needs --optical and --ion")
-        if not 1 <= self.checkpoint_every <= self.fit.max_epochs:
+        if self.checkpoint_every > self.fit.max_epochs:
             raise InputError("--checkpoint-every", f"must be between 1 and the epoch cap ({self.fit.max_epochs})")
         check_scale(self.scale)
         if self.strip < 2:
             raise InputError("--strip", "show at least 2 checkpoints")
         check_device(self.runtime.device)
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Score the output every this many epochs."""
+        return self.fit.checkpoint_every or 1
 
 
 @dataclass
@@ -178,7 +183,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
         if keep:
             kept[epoch] = fused.astype(np.float32)
 
-    fit = replace(config.fit, patience=0, checkpoint_every=every)
+    fit = replace(config.fit, patience=0, checkpoint_every=every)  # the study's run: never stops, always scores
     t_fit = time.perf_counter()
     with seeded(config.runtime.seed):  # the caller's random states are left as they were
         result = fit_network(LCRN(), guide, target, fit, config.runtime, on_checkpoint, desc="study",
@@ -210,7 +215,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
             "fine_pixel_size_um": inputs.fine_pixel_um, "intensity_scale": intensity,
             "fit_settings": asdict(replace(config.fit, checkpoint_every=every)), "run_without_early_stop": True,
-            "checkpoint_every": config.checkpoint_every, "seed": config.runtime.seed,
+            "checkpoint_every": every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
             "summary": summary, "strip_epochs": strip,
             "timings_s": {"fit_with_checkpoints": fit_s, "total": time.perf_counter() - t0},

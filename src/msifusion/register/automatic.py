@@ -286,20 +286,15 @@ def _pull_back(moving_img: np.ndarray, moving: Grid, transform: PointMap, fixed:
 
 def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 32) -> tuple[float, float]:
     """(normalised mutual information (H(a)+H(b))/H(a,b), Pearson correlation) over ``mask``."""
+    from skimage.metrics import normalized_mutual_information
     ok = mask & np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 10:
         return 1.0, 0.0
     x, y = a[ok].astype(np.float64), b[ok].astype(np.float64)
     corr = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
-    hist, _, _ = np.histogram2d(x, y, bins=bins)
-    p = hist / hist.sum()
-
-    def ent(q: np.ndarray) -> float:
-        q = q[q > 0]
-        return float(-(q * np.log(q)).sum())
-
-    hxy = ent(p.ravel())
-    return ((ent(p.sum(1)) + ent(p.sum(0))) / hxy if hxy > 0 else 1.0), corr
+    if np.ptp(x) == 0 and np.ptp(y) == 0:  # one joint bin: no entropy (scikit-image would divide 0 by 0)
+        return 1.0, corr
+    return float(normalized_mutual_information(x, y, bins=bins)), corr
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""Registration from files (:mod:`msifusion.register.workflow`); the commands around it, on a small imzML, are in
+tests/test_instrument.py."""
+
+from pathlib import Path
+
+import numpy as np
+
+from msifusion.io.images import Image
+from msifusion.register import AffineMap
+from msifusion.register.workflow import RegisterSettings, _calibration_disagreement, tissue_outline
+
+
+def test_a_calibration_that_disagrees_with_the_registration_is_warned():
+    optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, Path("he.tif"))
+    shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))  # 1 MSI µm = 0.07 stated optical µm
+    warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 1.0, 25.0).warning
+    assert "the calibration of he.tif (0.17 µm per pixel) disagrees with the registration by 14.3×" in warning
+    assert "--optical-pixel-size 2.43" in warning
+    about_right = AffineMap(np.array([[1.1, 0.0, 0.0], [0.0, 1.1, 0.0]]))  # 10 % shrinkage: tissue does that
+    assert _calibration_disagreement(about_right, optical, RegisterSettings(scale=8), 1.0, 25.0) is None
+    assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 1.0, 25.0) is None
+    # landmarks written by a run on the file's calibration, fed back with the pixel size that run's warning suggested
+    fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks_rival.csv"), optical_pixel_size=2.43)
+    warning = _calibration_disagreement(shrunk, optical, fed_back, 1.0, 25.0).warning
+    assert warning.startswith("the landmarks in landmarks_rival.csv fit the calibration of he.tif (0.17 µm per pixel), "
+                              "not --optical-pixel-size 2.43: they are in the file's units")
+    assert "so the registration is off by 14.3×; rerun without --optical-pixel-size" in warning
+    placed_at_the_option = RegisterSettings(scale=8, landmarks=Path("lm.csv"), optical_pixel_size=0.17 / 0.07 / 4)
+    assert "fit the calibration" not in _calibration_disagreement(shrunk, optical, placed_at_the_option, 1.0, 25.0).warning
+    # ion-side landmarks in pixels of the ion image enlarged ×10 in Fiji (25 µm pixels) read as µm: 1 unit = 2.5 µm, so
+    # 2.5 µm of the optical per unit; the warning names the options, and with them there is nothing to warn
+    on_enlarged = AffineMap(np.array([[2.5, 0.0, 5.0], [0.0, 2.5, 3.0]]))
+    optical_um = Image(optical.pixels, 1.0, Path("he.tif"))
+    plain = RegisterSettings(scale=8, landmarks=Path("lm.csv"))
+    assert _calibration_disagreement(on_enlarged, optical_um, plain, 1.0, 25.0).warning.endswith(
+        "placed in pixels on the ion image enlarged ×10 in Fiji, they need --fixed-scale 10 --fixed-pixel-size 1")
+    given = RegisterSettings(scale=8, landmarks=Path("lm.csv"), fixed_scale=10, fixed_pixel_size=1.0)
+    assert _calibration_disagreement(on_enlarged, optical_um, given, 25.0 / (1.0 * 10), 25.0) is None
+    on_ion = AffineMap(np.array([[25.0, 0.0, 5.0], [0.0, 25.0, 3.0]]))  # in pixels of the ion image itself
+    assert _calibration_disagreement(on_ion, optical_um, plain, 1.0, 25.0).warning.endswith(
+        "placed in pixels on the ion image, they need --fixed-pixel-size 1")
+    assert "--fixed-" not in _calibration_disagreement(shrunk, optical, plain, 1.0, 25.0).warning  # 1/0.07: no such K
+
+
+def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():
+    y, x = np.mgrid[:100, :160]
+    disc = np.hypot(y - 50, x - 70) < 30
+    rgb = np.where(disc[..., None], np.array([0.85, 0.4, 0.6]), np.array([0.92, 0.93, 0.92]))  # pink on glass
+    rgb = rgb + np.random.default_rng(0).normal(0, 0.02, rgb.shape)  # a stain's texture and the camera's noise
+    rgb = np.clip(rgb, 0, 1).astype(np.float32)
+    rgb[:, 130:] = 0  # where the registered optical does not reach: black fill, not tissue, for any feature
+    for kind in ("saturation", "inverted_luminance"):
+        field, level = tissue_outline(rgb, kind, 3.0)
+        inside = field > level
+        assert (inside & disc).sum() / (inside | disc).sum() > 0.95, kind
