@@ -151,3 +151,18 @@ def test_cache_loaded_kernels_give_the_freshly_compiled_numbers(tmp_path):
             for _ in range(2)]
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the second run did not load from numba's cache"
     assert runs[0].stdout.strip() == runs[1].stdout.strip()
+
+
+def test_the_dot_is_the_float64_sum_and_the_same_for_any_number_of_threads():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(H, W, generator=g), torch.randn(H, W, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        values = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            values.append(kernels.dot(a, b))
+    finally:
+        torch.set_num_threads(threads)
+    assert values[0] == values[1]
+    assert values[0] == pytest.approx(float((a.double() * b.double()).sum()), rel=1e-12)

@@ -12,7 +12,7 @@ mirror :func:`msifusion.solver.solve_harmonic`'s torch path (kept for GPUs and t
 spot model), and the tests hold the two to the same answers.
 
 Used only for contiguous float32 CPU tensors of at least :data:`MIN_PIXELS` pixels; results
-are deterministic for a given number of threads (that of torch).
+are the same for any number of threads (that of torch): every sum across bands is added in band order.
 """
 
 from __future__ import annotations
@@ -112,6 +112,17 @@ def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
     return total
 
 
+@njit(inline="always")
+def _ordered_sum(totals):  # pragma: no cover - compiled
+    """The bands' partial sums added in band order: a reduction inside ``prange`` adds per-thread sums, whose
+    grouping depends on the thread count (one thread gave outputs 0.6 % of the peak away from two: the refinement's
+    fixed budget of CG steps carries such rounding differences into the image)."""
+    total = 0.0
+    for value in totals:
+        total += value
+    return total
+
+
 @_compiled
 def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
     H, W = x.shape
@@ -123,19 +134,19 @@ def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
 def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
     """Ap = P L p (P: subtract block means); returns p·Ap."""
     H, W = p.shape
-    total = 0.0
+    totals = np.empty(H // f, dtype=np.float64)
     for band in prange(H // f):
         for i in range(band * f, band * f + f):
             _lap_row(p, wh, wv, Ap, i, H, W)
-        total += _project_band_dot(Ap, p, band, f)
-    return total
+        totals[band] = _project_band_dot(Ap, p, band, f)
+    return _ordered_sum(totals)
 
 
 @_compiled
 def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
     """x += α p; r −= α Ap; s = P(dinv · r); returns r·s."""
     H, W = x.shape
-    total = 0.0
+    totals = np.empty(H // f, dtype=np.float64)
     for band in prange(H // f):
         for i in range(band * f, band * f + f):
             for j in range(W):
@@ -143,8 +154,22 @@ def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
                 residual = r[i, j] - alpha * Ap[i, j]
                 r[i, j] = residual
                 s[i, j] = dinv[i, j] * residual
-        total += _project_band_dot(s, r, band, f)
-    return total
+        totals[band] = _project_band_dot(s, r, band, f)
+    return _ordered_sum(totals)
+
+
+@_compiled
+def _dot_rows(a, b):  # pragma: no cover - compiled
+    """Σ a·b for (H, W) float32 arrays: each row's sum in float64, the rows added in order (the same for any
+    number of threads, which a BLAS dot is not: it split the sum by threads)."""
+    H, W = a.shape
+    totals = np.empty(H, dtype=np.float64)
+    for i in prange(H):
+        acc = 0.0
+        for j in range(W):
+            acc += np.float64(a[i, j]) * np.float64(b[i, j])
+        totals[i] = acc
+    return _ordered_sum(totals)
 
 
 @_compiled
@@ -159,6 +184,12 @@ def _scale_add(p, beta, s):  # pragma: no cover - compiled
 def _per_image(w: torch.Tensor, k: int) -> np.ndarray:
     """Image k of a (K or 1, H, W) stack (a batch of one is shared by all images), as a contiguous array."""
     return w[k if w.shape[0] > 1 else 0].contiguous().numpy()
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ a·b over two (H, W) float32 CPU images, the same for any number of threads."""
+    _threads()
+    return float(_dot_rows(a.contiguous().numpy(), b.contiguous().numpy()))
 
 
 def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

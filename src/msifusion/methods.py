@@ -499,7 +499,7 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
     from msifusion.harmonic import fuse_harmonic_stack
 
-    return fuse_harmonic_stack(guide, ions, scale, options.runtime, options.harmonic, options.measurement)
+    return fuse_harmonic_stack(guide, ions, scale, options.harmonic, options.runtime, options.measurement)
 
 
 @register("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "

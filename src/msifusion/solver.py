@@ -74,18 +74,26 @@ class EdgeTerm:
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image inner products over the last two axes, shape (..., 1, 1), without a full-size temporary.
 
-    On CPU one BLAS dot per image: a batched ``bmm`` of (1, n)·(n, 1) runs about 8× slower per
-    image there once the batch has two images or more (measured at 980×2700, 2 cores); on a GPU
-    one ``bmm`` launch for the batch.
+    On CPU one dot per image, the same for any number of threads (a CG step's rounding decides the
+    iterate the solve stops at, and a BLAS dot, which splits the sum by threads, made one thread's output
+    differ from two threads' by 0.6 % of the peak): the fused kernel where it applies, else a float64 sum
+    small enough to run on one thread. (A batched ``bmm`` of (1, n)·(n, 1) ran about 8× slower per image
+    on CPU once the batch had two images or more, measured at 980×2700 on 2 cores.) On a GPU one ``bmm``
+    launch for the batch.
     """
     lead = a.shape[:-2]
-    n = a.shape[-2] * a.shape[-1]
+    H, W = a.shape[-2:]
+    n = H * W
     if a.device.type != "cpu":
         return torch.bmm(a.reshape(-1, 1, n), b.reshape(-1, n, 1)).reshape(*lead, 1, 1)
-    a, b = a.reshape(-1, n), b.reshape(-1, n)
+    a, b = a.reshape(-1, H, W), b.reshape(-1, H, W)
     if not len(a):
         return a.new_zeros(*lead, 1, 1)
-    return torch.stack([torch.dot(u, v) for u, v in zip(a, b)]).reshape(*lead, 1, 1)
+    if kernels.usable(a):
+        values = [kernels.dot(u, v) for u, v in zip(a, b)]
+    else:  # small images: row sums, then their sum (torch splits a whole-tensor sum by threads, not a row's)
+        values = [float((u.double() * v.double()).sum(-1).sum()) for u, v in zip(a, b)]
+    return torch.tensor(values, dtype=a.dtype).reshape(*lead, 1, 1)
 
 
 def block_project(v: torch.Tensor, f: int) -> torch.Tensor:

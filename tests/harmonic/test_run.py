@@ -56,6 +56,20 @@ def test_deterministic_on_cpu(cells):
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_same_output_for_any_number_of_threads(cells_like):
+    guide, truth, f = cells_like(shape=(256, 384), seed=2)  # above kernels.MIN_PIXELS: the fused kernels run
+    y = block_mean(truth, f) + np.random.default_rng(0).normal(0, 0.02, (256 // f, 384 // f)).astype(np.float32)
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outputs.append(fuse(guide, y, options=MethodOptions(runtime=Runtime(quiet=True))).image)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # a BLAS dot split by threads changed it by 0.6 % of the peak
+
+
 def test_many_ions_match_single_ion(cells):
     guide, truth, f = cells
     rng = np.random.default_rng(8)

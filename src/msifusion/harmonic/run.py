@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from msifusion.fit import progress_bar
+from msifusion.fit import FitResult, Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
 from msifusion.harmonic.selection import choose_settings
@@ -148,7 +148,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
-                       runtime=None, report: HarmonicReport | None = None,
+                       runtime: Runtime | None = None, report: HarmonicReport | None = None,
                        measurement: MeasurementModel = MeasurementModel()) -> np.ndarray:
     """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32, each
     exactly consistent with its measurement under ``measurement``.
@@ -183,11 +183,10 @@ SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where
 SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
 
 
-def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, runtime=None,
-                        config: HarmonicConfig = HarmonicConfig(), measurement: MeasurementModel = MeasurementModel()):
+def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
+                        runtime: Runtime | None = None, measurement: MeasurementModel = MeasurementModel()
+                        ) -> list[FitResult]:
     """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
-    from msifusion.fit import FitResult
-
     report = HarmonicReport()
     images = fuse_harmonic_many(guide, ions, scale, config, runtime, report, measurement)
     results = []
