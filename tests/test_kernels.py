@@ -166,3 +166,18 @@ def test_the_dot_is_the_float64_sum_and_the_same_for_any_number_of_threads():
         torch.set_num_threads(threads)
     assert values[0] == values[1]
     assert values[0] == pytest.approx(float((a.double() * b.double()).sum()), rel=1e-12)
+
+
+def test_a_users_thread_count_survives_the_first_kernel_call():
+    # numba's OpenMP layer, started by the first call, set OpenMP's count (which torch reads) to its own default
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom msifusion import kernels\nx = torch.rand(300, 300)\n"
+            "kernels.laplacian(x, torch.rand(300, 299), torch.rand(299, 300), torch.empty(300, 300))\n"
+            "print(torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

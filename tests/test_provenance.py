@@ -36,3 +36,31 @@ def test_every_run_json_opens_with_the_same_header():
     # the GPU is named only where the run started CUDA (asking its name would start it for a run that reads files)
     assert header["machine"]["cuda_devices"] == torch.cuda.device_count()
     assert (header["machine"]["cuda"] is None) == (not torch.cuda.is_initialized())
+
+
+def test_the_machine_records_the_cores_it_may_use_and_the_thread_variables(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    machine = run_header()["machine"]
+    assert machine["cpus_usable"] == len(os.sched_getaffinity(0))
+    assert machine["thread_settings"].get("OMP_NUM_THREADS") == "1" and "NUMBA_NUM_THREADS" not in machine["thread_settings"]
+
+
+def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path):
+    import subprocess
+
+    from msifusion.provenance import source_revision
+
+    assert source_revision(tmp_path) == {}  # not a checkout (an installed package)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "package").mkdir()
+    assert source_revision(tmp_path / "package") == {"msifusion_commit": head, "msifusion_modified": False}
+    (tmp_path / "notes.txt").write_text("untracked files are not a change to the code\n")
+    assert source_revision(tmp_path)["msifusion_modified"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert source_revision(tmp_path) == {"msifusion_commit": head, "msifusion_modified": True}

@@ -18,6 +18,8 @@ are the same for any number of threads (that of torch): every sum across bands i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -47,8 +49,18 @@ def usable(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and H >= 2 and W >= 2 and H * W >= MIN_PIXELS
 
 
-def _threads() -> None:
-    set_num_threads(max(1, min(torch.get_num_threads(), numba_config.NUMBA_NUM_THREADS)))
+@contextmanager
+def _threads() -> Iterator[None]:
+    """numba's threads for one call: torch's count (the user's own, e.g. from ``OMP_NUM_THREADS``). numba's OpenMP
+    layer sets OpenMP's count to its own default at its first parallel call, which torch then reads as its own: without
+    the restore, ``OMP_NUM_THREADS=1`` gave one thread up to the first kernel call and two after it."""
+    n = torch.get_num_threads()
+    set_num_threads(max(1, min(n, numba_config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 @njit(inline="always", fastmath=_FAST)
@@ -188,18 +200,18 @@ def _per_image(w: torch.Tensor, k: int) -> np.ndarray:
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     """Σ a·b over two (H, W) float32 CPU images, the same for any number of threads."""
-    _threads()
-    return float(_dot_rows(a.contiguous().numpy(), b.contiguous().numpy()))
+    with _threads():
+        return float(_dot_rows(a.contiguous().numpy(), b.contiguous().numpy()))
 
 
 def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """L x into ``out`` for x (..., H, W); ``wh``/``wv`` per image or shared (no or size-1 batch axis)."""
-    _threads()
     H, W = x.shape[-2:]
     xs, outs = x.reshape(-1, H, W), out.view(-1, H, W)
     whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
-    for k in range(xs.shape[0]):
-        _laplacian(xs[k].contiguous().numpy(), _per_image(whs, k), _per_image(wvs, k), outs[k].numpy())
+    with _threads():
+        for k in range(xs.shape[0]):
+            _laplacian(xs[k].contiguous().numpy(), _per_image(whs, k), _per_image(wvs, k), outs[k].numpy())
     return out
 
 
@@ -211,28 +223,28 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
     edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
     ``iterations``. Returns the solutions (shaped as ``x0``) and the most iterations any image used.
     """
-    _threads()
     H, W = x0.shape[-2:]
     x = x0.reshape(-1, H, W).clone(memory_format=torch.contiguous_format)
     whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
     dinvs = (1.0 / deg.clamp_min(1e-30)).reshape(-1, H, W)
     most = 0
-    for k in range(x.shape[0]):
-        xk, whk, wvk, dinv = x[k].numpy(), _per_image(whs, k), _per_image(wvs, k), _per_image(dinvs, k)
-        Ap, s = np.empty_like(xk), np.empty_like(xk)
-        _project_laplacian(xk, whk, wvk, f, Ap)
-        r = -Ap
-        rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s)  # α = 0: only s = P(dinv r), r·s
-        p = s.copy()
-        r0 = max(math.sqrt(abs(rs)), 1e-30)
-        used = 0
-        for used in range(1, iterations + 1):
-            if math.sqrt(abs(rs)) <= tolerance * r0:
-                used -= 1
-                break
-            alpha = rs / max(_project_laplacian(p, whk, wvk, f, Ap), 1e-30)
-            rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s)
-            _scale_add(p, np.float32(rs_new / rs if rs != 0 else rs_new), s)
-            rs = rs_new
-        most = max(most, used)
+    with _threads():
+        for k in range(x.shape[0]):
+            xk, whk, wvk, dinv = x[k].numpy(), _per_image(whs, k), _per_image(wvs, k), _per_image(dinvs, k)
+            Ap, s = np.empty_like(xk), np.empty_like(xk)
+            _project_laplacian(xk, whk, wvk, f, Ap)
+            r = -Ap
+            rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s)  # α = 0: only s = P(dinv r), r·s
+            p = s.copy()
+            r0 = max(math.sqrt(abs(rs)), 1e-30)
+            used = 0
+            for used in range(1, iterations + 1):
+                if math.sqrt(abs(rs)) <= tolerance * r0:
+                    used -= 1
+                    break
+                alpha = rs / max(_project_laplacian(p, whk, wvk, f, Ap), 1e-30)
+                rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s)
+                _scale_add(p, np.float32(rs_new / rs if rs != 0 else rs_new), s)
+                rs = rs_new
+            most = max(most, used)
     return x.reshape(x0.shape), most

@@ -40,13 +40,34 @@ def software_versions() -> dict:
     """
     import msifusion
 
-    versions = {"msifusion": msifusion.__version__, "python": platform.python_version()}
+    versions = {"msifusion": msifusion.__version__, **source_revision(), "python": platform.python_version()}
     for name, module in _LIBRARIES.items():
         try:
             versions[name] = str(importlib.import_module(module).__version__)
         except (ImportError, AttributeError):
             pass
     return {**versions, "platform": platform.platform()}
+
+
+def source_revision(package: Path | None = None) -> dict:
+    """Where msifusion (or the folder ``package``) runs from a git checkout (an editable install, as ``make install``
+    makes): the commit and whether the checkout's tracked files differ from it, since the version string stays the
+    same across commits. Empty for an installed package, or where git is not at hand."""
+    import subprocess
+
+    package = Path(package or Path(__file__).parent).resolve()
+    if not any((folder / ".git").exists() for folder in (package, *package.parents)):
+        return {}
+    try:
+        commit = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if commit.returncode or status.returncode:
+        return {}
+    return {"msifusion_commit": commit.stdout.strip(), "msifusion_modified": bool(status.stdout.strip())}
 
 
 def cpu_model() -> str:
@@ -61,13 +82,22 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """The machine a run's timings were measured on: ``cuda`` names the GPU where the run used one (asking for its
-    name would start CUDA, seconds and memory, on a run that only read files), ``cuda_devices`` counts them."""
+    """The machine a run's timings were measured on: ``cpus_usable`` the cores this process may run on (fewer than
+    ``cpu_count`` under ``taskset`` or a batch scheduler's pinning), ``thread_settings`` the thread variables set in
+    its environment; ``cuda`` names the GPU where the run used one (asking for its name would start CUDA, seconds and
+    memory, on a run that only read files), ``cuda_devices`` counts them."""
     import torch
 
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settings = {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ}
     return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda_devices": torch.cuda.device_count(),
+            "cpus_usable": usable, "torch_threads": torch.get_num_threads(), "thread_settings": settings,
+            "cuda_devices": torch.cuda.device_count(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_initialized() else None}
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                     "NUMBA_THREADING_LAYER")
 
 
 def write_run_json(folder: Path, record: dict) -> Path:
