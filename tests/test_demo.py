@@ -9,7 +9,7 @@ from msifusion.demo import DemoRequest, run_demo
 from msifusion.fit import FitConfig, Runtime
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.pipeline import FuseSettings
+from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
 
 
 def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
@@ -30,6 +30,9 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     fused = tifffile.imread(out / "fused.tiff")
     expected = score(fused, truth, measured, 10, make_phantom(phantom).guide)
     assert record["scores"]["diffusion"]["psnr"] == expected.psnr
+    for optical in ("optical.tiff", "optical.png"):  # the demo's own inputs, fused again, give its output
+        fuse_files(FuseFilesRequest(out / optical, out / "ion.tiff", tmp_path / optical, settings))
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / optical / "fused.tiff"), fused)
     run = json.loads((out / "run.json").read_text())
     assert run["scores"]["lcrn"]["ssim"] < 1.0
     assert run["fit_settings"] is None  # diffusion fits nothing; the lcrn column's fit is under "training"

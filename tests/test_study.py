@@ -85,7 +85,7 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     from msifusion.io.images import write_rgb_tiff, write_tiff
 
     phantom = make_phantom(TINY)
-    write_rgb_tiff(tmp_path / "opt.tiff", phantom.guide)
+    write_rgb_tiff(tmp_path / "opt.tiff", phantom.guide, 1.0)  # 1 µm optical pixels: 4 µm ion pixels at ×4
     write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
     write_tiff(tmp_path / "truth.tiff", phantom.truth)
     write_tiff(tmp_path / "small.tiff", phantom.truth[:32])
@@ -94,8 +94,11 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     with pytest.raises(InputError, match="small.tiff"):
         run_study(StudyConfig(truth=tmp_path / "small.tiff", **base), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", **base), tmp_path / "ok")
+    record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", ion_pixel_size_um=7.0, **base), tmp_path / "ok")
     assert record["scale"] == 4 and record["epochs_run"] == 3
+    assert record["fine_pixel_size_um"] == 7.0 / 4  # as given, with what the pairing found, as fuse records it
+    assert record["warnings"] == ["--pixel-size (7 µm per ion pixel) disagrees with the optical's calibration (1 µm per "
+                                  "optical pixel, i.e. 4 µm per ion pixel) by 1.8×; the outputs use 7 µm per ion pixel"]
     assert record["fit_settings"]["checkpoint_every"] == record["checkpoint_every"] == 2  # what the fit ran with
     with open(tmp_path / "ok" / "study.csv") as fh:
         rows = list(csv.DictReader(fh))

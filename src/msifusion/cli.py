@@ -441,6 +441,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         phantom=phantom, fit=fit, strip=args.strip,
         runtime=Runtime(args.seed, args.device, args.quiet))
     record = run_study(config, Path(args.out), args.overwrite)
+    _warn(record)
     _say(args, summary_line(record))
     print(Path(args.out) / "study.png")
     return 0

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from msifusion.io.images import Image, write_rgb_tiff, write_tiff
+from msifusion.io.images import Image, optical_to_rgb, rgb_to_uint8, write_rgb_tiff, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import METHODS, FusionResult
 from msifusion.metrics import score
@@ -43,20 +43,21 @@ def run_demo(request: DemoRequest) -> dict:
     spot = request.settings.measurement.spot_sigma_px  # a demo of the spot model measures through that spot
     measured = phantom.measure(request.scale, spot)
     ion_px = request.phantom.fine_pixel_um * request.scale
-    pair = pair_images(Image(phantom.guide, request.phantom.fine_pixel_um), Image(measured, ion_px))
+    guide = optical_to_rgb(rgb_to_uint8(phantom.guide))  # as optical.png and .tiff hold it: fusing them gives the same
+    pair = pair_images(Image(guide, request.phantom.fine_pixel_um), Image(measured, ion_px))
     pair.ion_name = "synthetic leaf ion"
     with staged_output_dir(request.out, request.overwrite) as stage:
-        save_rgb_png(stage / "optical.png", phantom.guide)
-        write_rgb_tiff(stage / "optical.tiff", phantom.guide, request.phantom.fine_pixel_um)
+        save_rgb_png(stage / "optical.png", guide)
+        write_rgb_tiff(stage / "optical.tiff", guide, request.phantom.fine_pixel_um)
         write_tiff(stage / "ion.tiff", measured, ion_px, [f"{pair.ion_name}, measured"])
         write_tiff(stage / "truth.tiff", phantom.truth, request.phantom.fine_pixel_um, [f"{pair.ion_name}, truth"])
         result = _fuse(stage, pair, request.settings)
         compared = {name: _fuse(stage, pair, replace(request.settings, method=name))
                     for name in COMPARED if name != result.method}
         compared[result.method] = result
-        scores = {name: vars(score(r.image, phantom.truth, measured, request.scale, phantom.guide,
+        scores = {name: vars(score(r.image, phantom.truth, measured, request.scale, guide,
                                    spot_sigma_px=spot)) for name, r in compared.items()}
-        panels = [("optical (guide)", phantom.guide), (f"measured ion ({ion_px:g} µm)", measured)]
+        panels = [("optical (guide)", guide), (f"measured ion ({ion_px:g} µm)", measured)]
         panels += [(f"{name}  PSNR {scores[name]['psnr']:.1f} dB  SSIM {scores[name]['ssim']:.3f}", r.image)
                    for name, r in compared.items()]
         panels.append(("truth", phantom.truth))

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from msifusion.io.images import luminance
+from msifusion.io.images import luminance, rgb_to_uint8
 
 DISPLAY_PERCENTILE = 99.0
 ION_CMAP = "viridis"
@@ -174,8 +174,7 @@ def save_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:
     """An (H, W, 3) float RGB image in [0, 1] as an 8-bit PNG, pixel for pixel."""
     import cv2
 
-    data = np.clip(np.round(np.asarray(rgb) * 255), 0, 255).astype(np.uint8)
-    cv2.imwrite(str(path), data[..., ::-1])
+    cv2.imwrite(str(path), rgb_to_uint8(rgb)[..., ::-1])
     return Path(path)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,8 @@ class StudyInputs:
     truth: np.ndarray | None
     fine_pixel_um: float | None
     name: str
+    notes: list[str] = field(default_factory=list)  # what the pairing did (a resize, where the pixel size came from)
+    warnings: list[str] = field(default_factory=list)  # what the pairing found (calibrations that disagree …)
 
 
 def load_inputs(config: StudyConfig) -> StudyInputs:
@@ -111,7 +113,8 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
         if truth.shape != pair.guide.shape[:2]:
             raise InputError(config.truth, f"truth {truth.shape[0]}×{truth.shape[1]} does not match the optical grid "
                                            f"{pair.guide.shape[0]}×{pair.guide.shape[1]} (ion × {pair.scale})")
-    return StudyInputs(pair.guide, pair.ion, pair.scale, truth, pair.fused_pixel_size_um, pair.ion_name)
+    return StudyInputs(pair.guide, pair.ion, pair.scale, truth, pair.fused_pixel_size_um, pair.ion_name, pair.notes,
+                       pair.warnings)
 
 
 def pick_strip(epochs: list[int], n: int, marked: list[int | None]) -> list[int]:
@@ -213,7 +216,8 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "input_files": {k: str(getattr(config, k)) for k in ("optical", "ion", "truth") if getattr(config, k)},
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
-            "fine_pixel_size_um": inputs.fine_pixel_um, "intensity_scale": intensity,
+            "fine_pixel_size_um": inputs.fine_pixel_um, "notes": inputs.notes, "warnings": inputs.warnings,
+            "intensity_scale": intensity,
             "fit_settings": asdict(replace(config.fit, checkpoint_every=every)), "run_without_early_stop": True,
             "checkpoint_every": every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,

@@ -274,10 +274,15 @@ def write_tiff(
     return _write_ome(path, data, metadata, pixel_size_um, "minisblack", shape)
 
 
+def rgb_to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """A float RGB image in [0, 1] as 8-bit, as every RGB file msifusion writes holds it (rounded, clipped)."""
+    return np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
+
+
 def write_rgb_tiff(path: str | Path, rgb: np.ndarray, pixel_size_um: float | None = None,
                    name: str | None = None) -> Path:
     """Write an (H, W, 3) float RGB image in [0, 1] as a calibrated 8-bit RGB TIFF, its OME channel named ``name``."""
-    data = np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
+    data = rgb_to_uint8(rgb)
     metadata = {"axes": "YXS", **({"Channel": {"Name": [name]}} if name else {})}
     return _write_ome(path, data, metadata, pixel_size_um, "rgb", data.shape)
 
