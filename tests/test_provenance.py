@@ -64,3 +64,13 @@ def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path)
     assert source_revision(tmp_path)["msifusion_modified"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert source_revision(tmp_path) == {"msifusion_commit": head, "msifusion_modified": True}
+
+
+def test_input_files_are_recorded_with_their_size_and_modification_time(tmp_path):
+    from msifusion.provenance import input_files
+
+    ion = tmp_path / "ion.tiff"
+    ion.write_bytes(b"12345")
+    os.utime(ion, (0, 86400))  # 1970-01-02 00:00 UTC
+    assert input_files([ion, None, tmp_path / "absent.ibd", tmp_path]) == [
+        {"path": str(ion), "bytes": 5, "modified": "1970-01-02T00:00:00+00:00"}]

@@ -24,7 +24,7 @@ from msifusion.io.outdir import check_output_dir, free_bytes, staged_output_dir
 from msifusion.methods import METHODS, fuse_many, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
                                 write_fusion_outputs)
-from msifusion.provenance import run_header, write_run_json
+from msifusion.provenance import input_files, run_header, write_run_json
 from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, register_optical,
                                          write_registration)
 from msifusion.report import save_ion_grid
@@ -99,7 +99,8 @@ def extract_ions(request: IonsRequest) -> dict:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
-        record = {**run_header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
+        record = {**run_header(), "imzml": str(request.imzml), "input_files": input_files(inputs),
+                  "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
                   "normalize_scale": stack.normalize_scale, "units": stack.units,
@@ -162,6 +163,7 @@ def register_files(request: RegisterRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
         record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
+                  "input_files": input_files(inputs),
                   "outputs": outputs + ["run.json"], "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
@@ -277,6 +279,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
                                                   request.imzml)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
+                  "input_files": input_files(inputs),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []

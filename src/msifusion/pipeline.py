@@ -20,7 +20,7 @@ from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
                                check_methods, check_scale, fuse, infer_scale, spot_dip_note)
-from msifusion.provenance import run_header, write_run_json
+from msifusion.provenance import input_files, run_header, write_run_json
 from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_panel, write_loss_csv
 
 
@@ -303,7 +303,8 @@ def fuse_files(request: FuseFilesRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         result = fuse_pair(pair, request.settings, stage / "checkpoints")
         given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
-                            "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)}}
+                            "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
+                 "input_files": input_files(inputs)}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)

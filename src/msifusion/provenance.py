@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,20 @@ def machine() -> dict:
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                      "NUMBA_THREADING_LAYER")
+
+
+def input_files(paths: Sequence[str | Path | None]) -> list[dict]:
+    """What each input file was when the run read it: its path as given, size in bytes and last modification (UTC),
+    so that a record tells an edited or replaced input from the one that made it (a checksum would read a
+    whole-slide image a second time). Paths that are None or not files (an .ibd named in another case) are left out."""
+    described = []
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            continue
+        stat = Path(path).stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
+        described.append({"path": str(path), "bytes": stat.st_size, "modified": modified})
+    return described
 
 
 def write_run_json(folder: Path, record: dict) -> Path:

@@ -36,7 +36,7 @@ from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, check_device
 from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
-from msifusion.provenance import run_header, write_run_json
+from msifusion.provenance import input_files, run_header, write_run_json
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
             **run_header("msifusion study"), "inputs": inputs.name,
-            "input_files": {k: str(getattr(config, k)) for k in ("optical", "ion", "truth") if getattr(config, k)},
+            "input_files": input_files(given),
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
             "fine_pixel_size_um": inputs.fine_pixel_um, "notes": inputs.notes, "warnings": inputs.warnings,
