@@ -142,7 +142,7 @@ def test_run_benchmark_outputs_match_direct_scores(tmp_path, small_cases):
     assert f"| bicubic | {mb['psnr']:.2f}" in md or f"| bicubic | **{mb['psnr']:.2f}**" in md
 
     record = json.loads((out / "run.json").read_text())
-    assert record["methods"] == list(CHEAP)
+    assert record["methods"] == list(CHEAP) and record["device"] in ("cpu", "cuda")  # the device used, not "auto"
     assert [c["name"] for c in record["cases"]] == [c.name for c in small_cases]
     assert record["machine"]["cpu_count"] >= 1 and "numpy" in record["versions"]
     assert record["cases"][1]["valid_fraction"] == pytest.approx(small_cases[1].mask.mean())

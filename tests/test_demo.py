@@ -35,6 +35,7 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / optical / "fused.tiff"), fused)
     run = json.loads((out / "run.json").read_text())
     assert run["scores"]["lcrn"]["ssim"] < 1.0
+    assert set(run["timings_s"]["compared"]) == {"bilinear", "lcrn"}  # the panel's other columns, timed too
     assert run["fit_settings"] is None  # diffusion fits nothing; the lcrn column's fit is under "training"
     assert run["training"] == {"lcrn": {"fit_settings": asdict(settings.fit), "epochs": 4,
                                         "stop_reason": "reached the cap of 4 epochs"}}

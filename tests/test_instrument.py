@@ -138,6 +138,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
         assert record["cwd"] == os.getcwd() and record["command"] == sys.argv
     summary = json.loads((out / "run.json").read_text())
     assert summary["registration"]["method"] == "landmarks (tps)" and summary["mzs"] == [100.0, 200.0]
+    assert summary["register_settings"]["scale"] == SCALE and summary["register_settings"]["landmarks"].endswith(".csv")
     assert summary["method"] == "bilinear" and summary["scale"] == SCALE and summary["seed"] == 0
     assert summary["fused_shape"] == [H * SCALE, W * SCALE] and "numpy" in summary["versions"]
     assert summary["machine"]["cpu_count"] >= 1 and isinstance(summary["command"], list) and "created" in summary

@@ -563,8 +563,10 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
 
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
                 facts: dict, timings: dict) -> dict:
+    from msifusion.fit import resolve_device
     from msifusion.provenance import run_header
 
-    return {**run_header("msifusion benchmark"), "settings": asdict(config), "methods": methods,
+    return {**run_header("msifusion benchmark"), "settings": asdict(config),
+            "device": str(resolve_device(config.device)), "methods": methods,
             "cases": [c.summary() for c in cases], "skipped": skipped,
             **facts, "timings_s": timings}

@@ -66,6 +66,7 @@ def run_demo(request: DemoRequest) -> dict:
         extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores,
                  "training": _training(compared, request.settings)}
         record = write_fusion_outputs(stage, pair, result, request.settings, extra)
+        record["timings_s"]["compared"] = {name: r.seconds for name, r in compared.items() if r is not result}
         record["timings_s"]["total"] = time.perf_counter() - t0
         write_run_json(stage, record)
     return record

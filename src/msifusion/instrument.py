@@ -279,7 +279,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
                                                   request.imzml)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
-                  "input_files": input_files(inputs),
+                  "input_files": input_files(inputs), "register_settings": asdict(request.register),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []
