@@ -46,7 +46,8 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     Per window the output is locally linear in the guide, ``q = aᵀI + b``, with ``a`` the
     ridge-regularised (``eps``) regression of ``src`` on the guide; ``a`` and ``b`` are then
     averaged over the windows covering each pixel. A constant guide gives ``a = 0`` and the
-    output is the box filter applied twice.
+    output is the box filter applied twice. (Written out: OpenCV's ``ximgproc.guidedFilter`` is in
+    opencv-contrib only, and the project depends on the plain headless build.)
     """
     I = np.asarray(guide, dtype=np.float64)
     p = np.asarray(src, dtype=np.float64)
@@ -159,7 +160,8 @@ def pls1(X: np.ndarray, y: np.ndarray, n_components: int) -> tuple[np.ndarray, f
     """PLS1 regression by NIPALS: coefficients ``beta`` and intercept with ``y ≈ X·beta + c``.
 
     Columns are centred (not scaled; scale them first if wanted). With as many components
-    as the rank of X the fit equals ordinary least squares.
+    as the rank of X the fit equals ordinary least squares. (Written out, twenty lines, rather than
+    scikit-learn's ``PLSRegression``: one dependency less for a comparison method.)
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)

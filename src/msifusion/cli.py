@@ -117,14 +117,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    m = p.add_argument_group("measurement model (guided-harmonic)")
+    m = p.add_argument_group("the default method, guided-harmonic")
     harmonic_only = [
         m.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
                        help=f"Gaussian laser spot σ in pixels of the fused grid, an MSI pixel / the scale ({SPOT_UNITS}"
                             "), blurred before each MSI pixel's box average (default 0: the pure box average)"),
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "
-                            "default a self-supervised test decides per ion")]
+                            "default a self-supervised test decides per ion"),
+        m.add_argument("--edge-weight", type=_weight, default=0.0, metavar="W",
+                       help="add the paper's edge perceptual loss to the energy with this weight (default 0; "
+                            "measured: slower and no closer to the truth, docs/benchmarks.md)")]
     t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
     training_only = [
         t.add_argument("--epochs", type=_positive_int, default=None, help="epoch cap (default 2000)"),
@@ -217,7 +220,8 @@ def _settings(args: argparse.Namespace):
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.measurement import MeasurementModel
 
-    harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings())
+    harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings(),
+                              edge_weight=args.edge_weight)
     return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
                         measurement=MeasurementModel(args.spot_sigma),
                         method=args.method or DEFAULT_METHOD)
