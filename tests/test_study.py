@@ -97,6 +97,7 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", ion_pixel_size_um=7.0, **base), tmp_path / "ok")
     assert record["scale"] == 4 and record["epochs_run"] == 3
     assert record["fine_pixel_size_um"] == 7.0 / 4  # as given, with what the pairing found, as fuse records it
+    assert record["notes"] == ["ion pixel size as given (--pixel-size)"]
     assert record["warnings"] == ["--pixel-size (7 µm per ion pixel) disagrees with the optical's calibration (1 µm per "
                                   "optical pixel, i.e. 4 µm per ion pixel) by 1.8×; the outputs use 7 µm per ion pixel"]
     assert record["fit_settings"]["checkpoint_every"] == record["checkpoint_every"] == 2  # what the fit ran with

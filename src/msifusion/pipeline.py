@@ -114,6 +114,8 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     warnings = [*optical.warnings, *ion.warnings]
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
+    if ion_pixel_size_um:
+        notes.append("ion pixel size as given (--pixel-size)")
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
         notes.append("ion pixel size taken from the optical's calibration")
