@@ -56,7 +56,7 @@ def main() -> None:
                     model = MeasurementModel(sigma)
                     measured = phantom.measure(f, sigma)
                     scores = []
-                    for texture, stated in ((TextureSettings(), model), (TextureSettings((0.0,)), model),
+                    for texture, stated in ((TextureSettings(), model), (TextureSettings.off(), model),
                                             (TextureSettings(), MeasurementModel())):
                         options = MethodOptions(runtime=Runtime(quiet=True), measurement=stated,
                                                 harmonic=HarmonicConfig(texture=texture))

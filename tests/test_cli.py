@@ -88,7 +88,8 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     assert _fuse(opt, ion_path, tmp_path / "plain", "--quiet", "--no-texture", "--edge-weight", "0.01") == 0
     run = json.loads((tmp_path / "plain" / "run.json").read_text())
     assert run["harmonic_settings"]["texture"]["strengths"] == [0.0] and run["method_details"]["texture"] == 0.0
-    assert run["harmonic_settings"]["edge_weight"] == 0.01 and run["consistency_error"] < 1e-4  # the paper's term, exact
+    assert run["harmonic_settings"]["edge_weight"] == 0.01  # the paper's edge loss as a term, still exact:
+    assert run["consistency_error"] < 1e-4
 
     assert _fuse(opt, ion_path, tmp_path / "spot", "--quiet", "--spot-sigma", "1.5") == 0
     run = json.loads((tmp_path / "spot" / "run.json").read_text())
@@ -257,7 +258,8 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
      "--patience: applies only to fitted methods (lcrn, cnn3, unet), not to --method bilinear"),
     (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to guided-harmonic, not to --method lcrn"),
     (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
-    (["--method", "lcrn", "--edge-weight", "1"], "--edge-weight: applies only to guided-harmonic, not to --method lcrn"),
+    (["--method", "lcrn", "--edge-weight", "1"],
+     "--edge-weight: applies only to guided-harmonic, not to --method lcrn"),
     (["--bf16"], "--bf16: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
     (["--method", "cnn3", "--w-edge", "7"],
      "--w-edge: --method cnn3 does not use this; its training takes --epochs, --lr, --patience, --edge-kernel, "

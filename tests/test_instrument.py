@@ -88,11 +88,15 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
                  "--out", str(tmp_path / "reg_cli"), "--quiet"]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "reg" / "optical_registered.tiff"),
                                   tifffile.imread(tmp_path / "reg_cli" / "optical_registered.tiff"))
-    # what each input was when read: the imzML with its .ibd (the data), the optical and the landmarks
-    described = {Path(f["path"]).name: f["bytes"] for f in json.loads((tmp_path / "reg" / "run.json").read_text())
-                 ["input_files"]}
-    assert described == {p.name: p.stat().st_size for p in (imzml, imzml.with_suffix(".ibd"), opt, lm)}
-    assert [Path(f["path"]).suffix for f in record["input_files"]] == [".imzML", ".ibd"]
+    # what each input was as the run began: the imzML with its .ibd (the data), the optical and the landmarks
+    described = json.loads((tmp_path / "reg" / "run.json").read_text())["input_files"]
+    assert {role: (Path(f["path"]).name, f["bytes"]) for role, f in described.items()} == {
+        role: (p.name, p.stat().st_size)
+        for role, p in {"imzml": imzml, "ibd": imzml.with_suffix(".ibd"), "optical": opt, "landmarks": lm}.items()}
+    imzml.with_suffix(".ibd").rename(imzml.with_suffix(".IBD"))  # the reader takes either case: so does the record
+    record = extract_ions(IonsRequest(imzml, (100.0,), "0.01da", tmp_path / "ions_upper", quiet=True))
+    assert {role: Path(f["path"]).name for role, f in record["input_files"].items()} == {
+        "imzml": imzml.name, "ibd": imzml.with_suffix(".IBD").name}
 
 
 def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tmp_path, files, capsys):

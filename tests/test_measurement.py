@@ -3,7 +3,8 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from msifusion.measurement import Measurement, MeasurementModel, block_mean, consistency_error, project_consistent, upsample
+from msifusion.measurement import (Measurement, MeasurementModel, block_mean, consistency_error, project_consistent,
+                                   upsample)
 
 
 def test_block_mean_known_answer():

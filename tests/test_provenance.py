@@ -43,7 +43,8 @@ def test_the_machine_records_the_cores_it_may_use_and_the_thread_variables(monke
     monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
     machine = run_header()["machine"]
     assert machine["cpus_usable"] == len(os.sched_getaffinity(0))
-    assert machine["thread_settings"].get("OMP_NUM_THREADS") == "1" and "NUMBA_NUM_THREADS" not in machine["thread_settings"]
+    assert machine["thread_settings"].get("OMP_NUM_THREADS") == "1"
+    assert "NUMBA_NUM_THREADS" not in machine["thread_settings"]
 
 
 def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path):
@@ -51,19 +52,24 @@ def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path)
 
     from msifusion.provenance import source_revision
 
-    assert source_revision(tmp_path) == {}  # not a checkout (an installed package)
+    package = tmp_path / "src" / "package"
+    package.mkdir(parents=True)
+    (package / "code.py").write_text("x = 1\n")
+    assert source_revision(package) == {}  # not in a checkout (an installed package)
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
-    (tmp_path / "code.py").write_text("x = 1\n")
-    subprocess.run([*git, "add", "code.py"], check=True)
+    installed = tmp_path / ".venv" / "site-packages" / "msifusion"  # a pip install inside the user's own repository
+    installed.mkdir(parents=True)
+    (installed / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "src"], check=True)
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    (tmp_path / "package").mkdir()
-    assert source_revision(tmp_path / "package") == {"msifusion_commit": head, "msifusion_modified": False}
+    assert source_revision(package) == {"msifusion_commit": head, "msifusion_modified": False}
+    assert source_revision(installed) == {}  # the repository does not track it: not its commit
     (tmp_path / "notes.txt").write_text("untracked files are not a change to the code\n")
-    assert source_revision(tmp_path)["msifusion_modified"] is False
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert source_revision(tmp_path) == {"msifusion_commit": head, "msifusion_modified": True}
+    assert source_revision(package)["msifusion_modified"] is False
+    (package / "code.py").write_text("x = 2\n")
+    assert source_revision(package) == {"msifusion_commit": head, "msifusion_modified": True}
 
 
 def test_input_files_are_recorded_with_their_size_and_modification_time(tmp_path):
@@ -72,5 +78,5 @@ def test_input_files_are_recorded_with_their_size_and_modification_time(tmp_path
     ion = tmp_path / "ion.tiff"
     ion.write_bytes(b"12345")
     os.utime(ion, (0, 86400))  # 1970-01-02 00:00 UTC
-    assert input_files([ion, None, tmp_path / "absent.ibd", tmp_path]) == [
-        {"path": str(ion), "bytes": 5, "modified": "1970-01-02T00:00:00+00:00"}]
+    assert input_files({"ion": ion, "landmarks": None, "ibd": tmp_path / "absent.ibd", "optical": tmp_path}) == {
+        "ion": {"path": str(ion), "bytes": 5, "modified": "1970-01-02T00:00:00+00:00"}}

@@ -89,8 +89,8 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
     write_tiff(tmp_path / "truth.tiff", phantom.truth)
     write_tiff(tmp_path / "small.tiff", phantom.truth[:32])
-    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", fit=FitConfig(max_epochs=3, checkpoint_every=2),
-                strip=2, runtime=Runtime(quiet=True))
+    base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", strip=2, runtime=Runtime(quiet=True),
+                fit=FitConfig(max_epochs=3, checkpoint_every=2))
     with pytest.raises(InputError, match="small.tiff"):
         run_study(StudyConfig(truth=tmp_path / "small.tiff", **base), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
@@ -98,8 +98,9 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     assert record["scale"] == 4 and record["epochs_run"] == 3
     assert record["fine_pixel_size_um"] == 7.0 / 4  # as given, with what the pairing found, as fuse records it
     assert record["notes"] == ["ion pixel size as given (--pixel-size)"]
-    assert record["warnings"] == ["--pixel-size (7 µm per ion pixel) disagrees with the optical's calibration (1 µm per "
-                                  "optical pixel, i.e. 4 µm per ion pixel) by 1.8×; the outputs use 7 µm per ion pixel"]
+    assert record["warnings"] == ["--pixel-size (7 µm per ion pixel) disagrees with the optical's calibration (1 µm "
+                                  "per optical pixel, i.e. 4 µm per ion pixel) by 1.8×; the outputs use 7 µm per ion "
+                                  "pixel"]
     assert record["fit_settings"]["checkpoint_every"] == record["checkpoint_every"] == 2  # what the fit ran with
     with open(tmp_path / "ok" / "study.csv") as fh:
         rows = list(csv.DictReader(fh))

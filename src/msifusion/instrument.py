@@ -18,7 +18,8 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, read_optical, require_file, write_tiff
-from msifusion.io.imzml import ImzML, IonStack, as_mz_list, parse_tolerance, write_ion_stack, write_ion_tiffs
+from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
+                                write_ion_tiffs)
 from msifusion.io.landmarks import read_landmarks
 from msifusion.io.outdir import check_output_dir, free_bytes, staged_output_dir
 from msifusion.methods import METHODS, fuse_many, panel_part_size
@@ -84,8 +85,10 @@ def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     t0 = time.perf_counter()
-    inputs = _imzml_files(request.imzml)
+    roles = _imzml_files(request.imzml)
+    inputs = list(roles.values())
     check_output_dir(request.out, request.overwrite, inputs)
+    given = input_files(roles)
     with ImzML(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
@@ -99,7 +102,7 @@ def extract_ions(request: IonsRequest) -> dict:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
-        record = {**run_header(), "imzml": str(request.imzml), "input_files": input_files(inputs),
+        record = {**run_header(), "imzml": str(request.imzml), "input_files": given,
                   "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
@@ -125,10 +128,17 @@ class RegisterRequest:
         fields_as_paths(self, "optical", "ion", "out")
 
 
-def _imzml_files(path: Path) -> list[Path]:
-    """An imzML run's input files: the .imzML and, for one, the .ibd beside it (as given, not as a link resolves)."""
+def _imzml_files(path: Path, role: str = "ion") -> dict[str, Path]:
+    """An MSI input's files by role: an .imzML with the .ibd beside it (as the reader finds it, its suffix in any case;
+    as given, not as a link resolves), else the ion image file as ``role``."""
     path = Path(path)
-    return [path, path.with_suffix(".ibd")] if path.suffix.lower() == ".imzml" else [path]
+    if path.suffix.lower() != ".imzml":
+        return {role: path}
+    try:
+        ibd = find_ibd(path)
+    except InputError:  # the reader says so, naming the file, once the output folder is checked
+        ibd = path.with_suffix(".ibd")
+    return {"imzml": path, "ibd": ibd}
 
 
 def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
@@ -153,8 +163,10 @@ def _check_before_reading(optical: Path, settings: RegisterSettings) -> None:
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     t0 = time.perf_counter()
-    inputs = [*_imzml_files(Path(request.ion)), request.optical, request.settings.landmarks]
+    roles = {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks}
+    inputs = list(roles.values())
     check_output_dir(request.out, request.overwrite, inputs)
+    given = input_files(roles)
     _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
@@ -163,7 +175,7 @@ def register_files(request: RegisterRequest) -> dict:
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
         record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
-                  "input_files": input_files(inputs),
+                  "input_files": given,
                   "outputs": outputs + ["run.json"], "settings": asdict(request.settings), "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
@@ -242,8 +254,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     ``fused.png``). Always ``out/optical_registered.tiff``.
     """
     t0 = time.perf_counter()
-    inputs = [*_imzml_files(request.imzml), request.optical, request.register.landmarks]
+    roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
+    inputs = list(roles.values())
     check_output_dir(request.out, request.overwrite, inputs)
+    given = input_files(roles)
     _check_before_reading(request.optical, request.register)
     with ImzML(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
@@ -279,7 +293,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
                                                   request.imzml)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
-                  "input_files": input_files(inputs), "register_settings": asdict(request.register),
+                  "input_files": given, "register_settings": asdict(request.register),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []

@@ -203,7 +203,8 @@ def _array(value, what: str) -> np.ndarray:
 def _guide_in_unit_range(guide: np.ndarray) -> np.ndarray:
     """The guide as float32 in [0, 1]: integer and boolean images (uint8, uint16, as tifffile or OpenCV read them) as
     a file's pixels are read (:func:`msifusion.io.images.optical_to_rgb`: 8-bit as fractions of 255, 16-bit of
-    the least camera depth's maximum that holds their values, signed ones with negatives min-max scaled); a float guide must already be in [0, 1]."""
+    the least camera depth's maximum that holds their values, signed ones with negatives min-max scaled); a float
+    guide must already be in [0, 1]."""
     require_real(guide, None, "optical guide")
     if guide.dtype.kind in "uib":
         return optical_to_rgb(guide)
@@ -344,7 +345,8 @@ def fuse(
     options: MethodOptions | None = None,
 ) -> FusionResult:
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
-    images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the ion's units.
+    images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the
+    ion's units.
     ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default ``options.method`` where the options
     are a :class:`msifusion.pipeline.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
     ``options.runtime.seed``, and the caller's random states are left as they were."""

@@ -299,6 +299,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
     t0 = time.perf_counter()
     inputs = [request.optical, request.ion]
     check_output_dir(request.out, request.overwrite, inputs)
+    given_files = input_files({"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
     pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
     load_s = time.perf_counter() - t0
@@ -306,7 +307,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
         result = fuse_pair(pair, request.settings, stage / "checkpoints")
         given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
-                 "input_files": input_files(inputs)}
+                 "input_files": given_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)

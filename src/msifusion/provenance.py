@@ -12,8 +12,8 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,8 @@ def run_header(tool: str = "msifusion") -> dict:
 
 
 def software_versions() -> dict:
-    """Versions of Python and the numerical libraries, as their modules report them.
+    """Versions of msifusion (from a git checkout also its commit: :func:`source_revision`), Python and the numerical
+    libraries, as their modules report them.
 
     The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
     whichever OpenCV package is installed (headless or not, contrib or not) is recorded as well
@@ -51,22 +52,25 @@ def software_versions() -> dict:
 
 
 def source_revision(package: Path | None = None) -> dict:
-    """Where msifusion (or the folder ``package``) runs from a git checkout (an editable install, as ``make install``
-    makes): the commit and whether the checkout's tracked files differ from it, since the version string stays the
-    same across commits. Empty for an installed package, or where git is not at hand."""
+    """Where msifusion (or the folder ``package``) runs from a git checkout that tracks it (an editable install, as
+    ``make install`` makes): the commit and whether the checkout's tracked files differ from it, since the version
+    string stays the same across commits. Empty for an installed package (also one installed into a virtualenv
+    inside the user's own repository, which does not track it), or where git is not at hand."""
     import subprocess
 
     package = Path(package or Path(__file__).parent).resolve()
     if not any((folder / ".git").exists() for folder in (package, *package.parents)):
         return {}
     try:
+        tracked = subprocess.run(["git", "-C", str(package), "ls-files", "--error-unmatch", "."], capture_output=True,
+                                 text=True, timeout=10)
         commit = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
         status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {}
-    if commit.returncode or status.returncode:
+    if tracked.returncode or commit.returncode or status.returncode:
         return {}
     return {"msifusion_commit": commit.stdout.strip(), "msifusion_modified": bool(status.stdout.strip())}
 
@@ -101,17 +105,17 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
                      "NUMBA_THREADING_LAYER")
 
 
-def input_files(paths: Sequence[str | Path | None]) -> list[dict]:
-    """What each input file was when the run read it: its path as given, size in bytes and last modification (UTC),
-    so that a record tells an edited or replaced input from the one that made it (a checksum would read a
-    whole-slide image a second time). Paths that are None or not files (an .ibd named in another case) are left out."""
-    described = []
-    for path in paths:
+def input_files(roles: Mapping[str, str | Path | None]) -> dict:
+    """What each input file was as the run began, by its role (``optical``, ``ion``, ``imzml``, ``ibd``…): its path as
+    given, size in bytes and last modification (UTC), so that a record tells an edited or replaced input from the one
+    that made it (a checksum would read a whole-slide image a second time). Roles without a file are left out."""
+    described = {}
+    for role, path in roles.items():
         if path is None or not Path(path).is_file():
             continue
         stat = Path(path).stat()
         modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
-        described.append({"path": str(path), "bytes": stat.st_size, "modified": modified})
+        described[role] = {"path": str(path), "bytes": stat.st_size, "modified": modified}
     return described
 
 

@@ -72,14 +72,14 @@ class EdgeTerm:
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image inner products over the last two axes, shape (..., 1, 1), without a full-size temporary.
+    """Per-image inner products over the last two axes, shape (..., 1, 1).
 
     On CPU one dot per image, the same for any number of threads (a CG step's rounding decides the
     iterate the solve stops at, and a BLAS dot, which splits the sum by threads, made one thread's output
-    differ from two threads' by 0.6 % of the peak): the fused kernel where it applies, else a float64 sum
-    small enough to run on one thread. (A batched ``bmm`` of (1, n)·(n, 1) ran about 8× slower per image
-    on CPU once the batch had two images or more, measured at 980×2700 on 2 cores.) On a GPU one ``bmm``
-    launch for the batch.
+    differ from two threads' by 0.6 % of the peak): the fused kernel (no full-size temporary) where it
+    applies, else float64 row sums and then their sum (small images; a row is summed by one thread). (A
+    batched ``bmm`` of (1, n)·(n, 1) ran about 8× slower per image on CPU once the batch had two images or
+    more, measured at 980×2700 on 2 cores.) On a GPU one ``bmm`` launch for the batch.
     """
     lead = a.shape[:-2]
     H, W = a.shape[-2:]

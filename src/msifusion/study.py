@@ -144,6 +144,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     t0 = time.perf_counter()
     given = [config.optical, config.ion, config.truth]
     check_output_dir(out, overwrite, given)
+    described = input_files({"optical": config.optical, "ion": config.ion, "truth": config.truth})
     inputs = load_inputs(config)
     ion = np.asarray(inputs.ion, dtype=np.float32)
     intensity = float(np.max(np.abs(ion)))
@@ -213,7 +214,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
             **run_header("msifusion study"), "inputs": inputs.name,
-            "input_files": input_files(given),
+            "input_files": described,
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
             "fine_pixel_size_um": inputs.fine_pixel_um, "notes": inputs.notes, "warnings": inputs.warnings,

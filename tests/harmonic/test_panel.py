@@ -69,7 +69,7 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone(panel):
 ])
 def test_a_panel_fused_ion_by_ion_says_why(ions, blocks, why, panel):
     guide, _, measured, f = panel
-    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings((0.0,)))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings.off())
     report = HarmonicReport()
     panel = measured[ions, :blocks, :blocks]
     fuse_harmonic_many(guide[:blocks * f, :blocks * f], panel, f, config, report=report)

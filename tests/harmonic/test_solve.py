@@ -33,7 +33,7 @@ def test_nonnegativity_is_decided_on_the_whole_ion(cells):
     assert note["texture"] == 0.0 and len(set(note["texture_coarse_mse"])) == 1  # texture cannot apply: not offered
     sparse = np.zeros_like(y)  # a blob on zero background: the smooth solution dips below zero around it
     sparse[6:9, 9:12], sparse[2, 3], sparse[0, 0] = 1.0, 0.5, -0.01
-    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings((0.0,)))
+    config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings.off())
     whole = fuse_harmonic_many(guide, sparse[None], f, config)[0]
     tiled = fuse_harmonic_many(guide, sparse[None], f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=1)))[0]
     far = (slice(48, 96), slice(48, 128))  # tiles away from the negative pixel are left signed too

@@ -87,7 +87,7 @@ def test_texture_is_taken_where_the_ion_follows_the_optical_grain():
     y = (measured / measured.max())[None]
     report = HarmonicReport()
     out = fuse_harmonic_many(guide, y, f, report=report)[0] * measured.max()
-    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=TextureSettings((0.0,))))[0] * measured.max()
+    plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=TextureSettings.off()))[0] * measured.max()
     assert report.notes[0]["texture"] > 0 and report.notes[0]["optical_texture_snr_db"] > 10
     assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
     assert psnr(out, truth) > psnr(plain, truth) + 1.0

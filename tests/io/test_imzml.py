@@ -253,7 +253,7 @@ def test_processed_window_sums_exact(processed) -> None:
     np.testing.assert_allclose(da, _expected(spectra, 200.0, 0.5), rtol=1e-6)
     np.testing.assert_array_equal(f.ion_images(200.0, "0.5da").images, da[None])  # one m/z: a stack of one
     assert f.pixel_size_um is None
-    one = stack.image(2)  # one ion as a calibrated Image, named after its file
+    one = stack.image(2)  # one ion as a calibrated Image, named by its m/z
     np.testing.assert_array_equal(one.pixels, stack.images[2])
     assert one.pixel_size_um is None and one.path == path and one.name == "m/z 250.5000"
 

@@ -774,7 +774,8 @@ def _normalise(sums: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, float]:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _find_ibd(imzml: Path) -> Path:
+def find_ibd(imzml: Path) -> Path:
+    """The .ibd beside an .imzML, its suffix in any case (InputError when there is none)."""
     for cand in sorted(imzml.parent.glob("*")):
         if cand.stem == imzml.stem and cand.suffix.lower() == ".ibd" and cand.is_file():
             return cand
@@ -821,7 +822,7 @@ def _parse(path: Path) -> _Layout:
         raise InputError(path, "this is the binary half; give the .imzML file (the .ibd must sit beside it)")
     if path.suffix.lower() != ".imzml":  # a TIFF or CSV given where an imzML belongs: say so, not "no .ibd"
         raise InputError(path, "expected an .imzML file (with its .ibd beside it)")
-    ibd = _find_ibd(path)
+    ibd = find_ibd(path)
     from pyimzml.ImzMLParser import ImzMLParser
 
     try:

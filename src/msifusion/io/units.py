@@ -27,11 +27,16 @@ def _unit_to_um(unit: str) -> float | None:
     return _UNITS_UM.get(unit)
 
 
+def is_square(width: float, height: float) -> bool:
+    """Whether a pixel's stated width and height are one size (within :data:`SQUARE_REL_TOL`)."""
+    return math.isclose(width, height, rel_tol=SQUARE_REL_TOL)
+
+
 def unusable_pixel_size(width: float, height: float | None) -> str | None:
     """Why a pixel size (µm) that a file states is not used, None when it is: a width and height that differ by more
     than :data:`SQUARE_REL_TOL` (every step downstream models square pixels), or a size outside
     :data:`PLAUSIBLE_PIXEL_UM` (such metadata is wrong). The same rule for TIFFs and imzML files."""
-    if height is not None and not math.isclose(width, height, rel_tol=SQUARE_REL_TOL):
+    if height is not None and not is_square(width, height):
         return f"its pixels are not square ({width:.4g} × {height:.4g} µm) and msifusion models square pixels"
     lo, hi = PLAUSIBLE_PIXEL_UM
     if not lo <= width <= hi:

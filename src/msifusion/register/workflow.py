@@ -14,7 +14,6 @@ ion image is calibrated, else 1 = pixels).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from msifusion.fit import elapsed_bar
 from msifusion.io.images import Image, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
-from msifusion.io.units import SQUARE_REL_TOL, check_pixel_size
+from msifusion.io.units import check_pixel_size, is_square
 from msifusion.methods import check_fused_size, check_scale, infer_scale
 from msifusion.pipeline import coarse_optical_warning
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, optical_feature,
@@ -108,7 +107,7 @@ class MsiTissue:
         Automatic registration models square MSI pixels; a file whose pixels are not (DESI lines, say) is
         refused with the remedy rather than registered wrong."""
         xy = f.layout.pixel_size_xy_um
-        if automatic and xy is not None and not math.isclose(*xy, rel_tol=SQUARE_REL_TOL):
+        if automatic and xy is not None and not is_square(*xy):
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy)
