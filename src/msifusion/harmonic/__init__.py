@@ -1,6 +1,7 @@
 """Guided harmonic fusion: the smoothest image along the optical's edges whose MSI pixels equal the measurement.
 
-Six modules, each readable on its own, each importing only those listed before it:
+Six modules, each readable on its own, each importing only those listed before it (names with a leading
+underscore are shared between them, not offered to users):
 
 - :mod:`msifusion.harmonic.config`: :class:`HarmonicConfig` and its groups of settings, each checking its own values;
 - :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`) and how far it stands above
