@@ -225,3 +225,20 @@ def test_a_loop_of_links_is_an_input_error(tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(InputError, match="loop of symbolic links"):
         check_output_dir(loop, overwrite=True)
+
+
+def test_one_ion_folder_of_a_panel_is_not_replaced_alone(tmp_path):
+    """A panel's run.json lists its ions' files: replacing one ion's folder would leave it describing others."""
+    import json
+
+    panel, ion = tmp_path / "panel", tmp_path / "panel" / "mz_656.7762"
+    ion.mkdir(parents=True)
+    (ion / "fused.tiff").write_bytes(b"x")
+    (ion / "run.json").write_text(json.dumps({"tool": "msifusion", "files_written": ["fused.tiff"]}))
+    (panel / "run.json").write_text(json.dumps({"tool": "msifusion", "files_written": ["mz_656.7762/fused.tiff",
+                                                                                        "mz_656.7762/run.json"]}))
+    with pytest.raises(InputError, match=f"part of the earlier run in {panel} "):
+        check_output_dir(ion, overwrite=True)
+    check_output_dir(panel, overwrite=True)  # the panel as a whole may be replaced
+    (panel / "run.json").write_text(json.dumps({"tool": "msifusion", "files_written": ["fused.tiff"]}))
+    check_output_dir(ion, overwrite=True)  # a folder the run above did not write is the user's own earlier run

@@ -61,6 +61,11 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
                                   f"{RUN_RECORD} in it), so it is never replaced: name a new folder")
         if not overwrite:
             raise InputError(out, "output folder holds an earlier run; pass --overwrite to replace it")
+        owner = enclosing_run(where)
+        if owner is not None:
+            raise InputError(out, f"output folder is part of the earlier run in {owner} (its {RUN_RECORD} lists its "
+                                  "files): replacing it alone would leave that run's records describing other files; "
+                                  f"overwrite {owner} as a whole, or name a new folder")
         added = not_written_by_its_run(out)
         if added:
             listed = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
@@ -105,6 +110,22 @@ def not_written_by_its_run(folder: Path) -> list[str]:
         return sorted(set(files_in(folder)) - set(listed))
     written = record.stat().st_mtime
     return [f for f in files_in(folder) if (folder / f).stat().st_mtime > written]
+
+
+def enclosing_run(folder: Path) -> Path | None:
+    """The earlier msifusion output above ``folder`` (resolved) whose run wrote files inside it (a panel's
+    ``mz_<m/z>/`` folders), else None."""
+    for parent in folder.parents:
+        if not is_earlier_output(parent):
+            continue
+        try:
+            listed = json.loads((parent / RUN_RECORD).read_text()).get("files_written")
+        except (OSError, ValueError, AttributeError):
+            continue
+        inside = folder.relative_to(parent).as_posix() + "/"
+        if isinstance(listed, list) and any(str(name).startswith(inside) for name in listed):
+            return parent
+    return None
 
 
 def is_earlier_output(folder: Path) -> bool:
