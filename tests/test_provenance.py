@@ -50,7 +50,9 @@ def test_the_machine_records_the_cores_it_may_use_and_the_thread_variables(monke
 def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path):
     import subprocess
 
-    from msifusion.provenance import source_revision
+    from msifusion.provenance import source_revision as cached
+
+    source_revision = cached.__wrapped__  # asked once per process in a run; here after each change
 
     package = tmp_path / "src" / "package"
     package.mkdir(parents=True)

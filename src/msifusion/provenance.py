@@ -6,6 +6,7 @@ says, in one form, which software on which machine made it; the settings and tim
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -42,7 +43,7 @@ def software_versions() -> dict:
     """
     import msifusion
 
-    versions = {"msifusion": msifusion.__version__, **source_revision(), "python": platform.python_version()}
+    versions = {"msifusion": msifusion.__version__, **dict(source_revision()), "python": platform.python_version()}
     for name, module in _LIBRARIES.items():
         try:
             versions[name] = str(importlib.import_module(module).__version__)
@@ -51,11 +52,13 @@ def software_versions() -> dict:
     return {**versions, "platform": platform.platform()}
 
 
+@functools.lru_cache(maxsize=None)
 def source_revision(package: Path | None = None) -> dict:
     """Where msifusion (or the folder ``package``) runs from a git checkout that tracks it (an editable install, as
     ``make install`` makes): the commit and whether the checkout's tracked files differ from it, since the version
     string stays the same across commits. Empty for an installed package (also one installed into a virtualenv
-    inside the user's own repository, which does not track it), or where git is not at hand."""
+    inside the user's own repository, which does not track it), or where git is not at hand. Asked once per process
+    (a panel writes a record per ion), as the code running does not change when its files do."""
     import subprocess
 
     package = Path(package or Path(__file__).parent).resolve()
