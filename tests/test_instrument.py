@@ -677,3 +677,20 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     assert "a scratch file of about 0.0 GB beside the outputs, but the drive has 0.0 GB free" in capsys.readouterr().err
     assert not (tmp_path / "full").exists()
     assert not list((tmp_path / "parts").glob(".*"))
+
+
+def test_a_drive_that_may_be_too_small_for_the_outputs_is_warned_before_the_fusion(tmp_path, files, capsys,
+                                                                                  monkeypatch):
+    imzml, opt, lm, _ = files
+    args = ["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
+            "--landmarks", str(lm), "--scale", str(SCALE), "--method", "bilinear", "--quiet", "--out"]
+    assert main([*args, str(tmp_path / "roomy")]) == 0
+    assert "may need up to" not in capsys.readouterr().err
+    fused = H * SCALE * W * SCALE
+    need = fused * 4 * 2 * 2 + fused * 3  # two ions' TIFFs and their stack, float32 uncompressed, and the optical
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": need - 1})())
+    assert main([*args, str(tmp_path / "tight")]) == 0  # a warning, not a refusal: compression may make them fit
+    warning = ("the outputs may need up to 0.0 GB (uncompressed; zlib usually saves a third) and the output folder's "
+               "drive has 0.0 GB free")
+    assert warning in capsys.readouterr().err
+    assert any(w.startswith(warning) for w in json.loads((tmp_path / "tight" / "run.json").read_text())["warnings"])

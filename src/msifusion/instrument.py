@@ -236,6 +236,19 @@ class _FusedPanel:
             self.path.unlink(missing_ok=True)
 
 
+def _output_space_warning(out: Path, K: int, fused_pixels: int, scratch: int) -> str | None:
+    """A warning when the output folder's drive may be too small for the outputs: each ion's fused TIFF and, for a
+    panel, the stack of them, uncompressed (zlib saved a third on the prostate example), plus the registered optical
+    and a panel's scratch file. Not a refusal: compression may make them fit."""
+    need = fused_pixels * 4 * K * (2 if K > 1 else 1) + fused_pixels * 3 + scratch
+    free = free_bytes(out)
+    if free is None or free >= need:
+        return None
+    return (f"the outputs may need up to {need / 1e9:.1f} GB (uncompressed; zlib usually saves a third) and the output "
+            f"folder's drive has {free / 1e9:.1f} GB free: a full disk would stop the run as it writes its outputs, "
+            "after the fusion, with nothing written")
+
+
 def _check_scratch_space(out: Path, need: int) -> None:
     """Refuse, before registration, a panel in parts whose scratch file (``need`` bytes) the output folder's drive
     cannot hold: found full after the fusion, minutes would be lost."""
@@ -281,6 +294,9 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                    f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
                                    f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
                                    f"the stack is written{shared}")
+    space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
+    if space:
+        registered.warnings.append(space)
     if stack.pixel_size_um is None:
         registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                                         "export the ions with `msifusion ions` and fuse them with "
