@@ -15,7 +15,7 @@ ion image is calibrated, else 1 = pixels).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -198,17 +198,18 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
         ion_grid = Grid(msi.shape, px or 1.0)
+        options = AutoRegisterOptions(deformable=settings.deformable)
         try:
             with elapsed_bar("registering (automatic)", quiet):
-                reg = register_auto(optical.pixels, msi.images, ion_grid, moving,
-                                    AutoRegisterOptions(deformable=settings.deformable))
+                reg = register_auto(optical.pixels, msi.images, ion_grid, moving, options)
         except InputError as exc:
             raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
         transform = reg.transform
         area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
         landmarks = landmarks_from_transform(transform, area, moving=moving)
         info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
-                "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric}
+                "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric,
+                "options": asdict(options)}  # the search's and polish's settings, SimpleITK's seed among them
         if settings.deformable:
             info["landmarks_note"] = ("landmarks.csv samples the deformable map at 4×4 points: fed back with "
                                       "--landmarks, its thin-plate spline is close to this registration, not equal")
