@@ -89,7 +89,9 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "reg" / "optical_registered.tiff"),
                                   tifffile.imread(tmp_path / "reg_cli" / "optical_registered.tiff"))
     # what each input was as the run began: the imzML with its .ibd (the data), the optical and the landmarks
-    described = json.loads((tmp_path / "reg" / "run.json").read_text())["input_files"]
+    registered = json.loads((tmp_path / "reg" / "run.json").read_text())
+    assert registered["register_settings"]["scale"] == SCALE  # named as fuse --imzml names them
+    described = registered["input_files"]
     assert {role: (Path(f["path"]).name, f["bytes"]) for role, f in described.items()} == {
         role: (p.name, p.stat().st_size)
         for role, p in {"imzml": imzml, "ibd": imzml.with_suffix(".ibd"), "optical": opt, "landmarks": lm}.items()}

@@ -176,7 +176,8 @@ def register_files(request: RegisterRequest) -> dict:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
         record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
                   "input_files": given,
-                  "outputs": outputs + ["run.json"], "settings": asdict(request.settings), "registration": registered.info,
+                  "outputs": outputs + ["run.json"], "register_settings": asdict(request.settings),
+                  "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
                   "registered_pixel_size_um": px / request.settings.scale if px else None,
