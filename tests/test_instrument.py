@@ -515,7 +515,8 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["registration"]["rival"] == rival
-    assert record["registration"]["options"]["seed"] == 1 and record["registration"]["options"]["deformable"] is False
+    polish = record["registration"]["options"]["polish"]
+    assert polish["seed"] == 1 and polish["deformable"] is False
     expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
                  "component 2 of the spectra both match the optical (scores 0.60 and 0.55) but align up "
                  f"to {apart:.1f} MSI pixels apart; compare them in alignments.png (the optical's outline under each, "

@@ -14,11 +14,15 @@ from msifusion.register import (
     AffineMap,
     AutoRegisterOptions,
     Grid,
+    Polish,
+    PoseSearch,
     acquired_window,
     optical_feature,
     register_auto,
 )
 from msifusion.register.automatic import _disagreement
+
+UPRIGHT = PoseSearch(max_rotation=20.0, allow_flip=False)  # the synthetic pairs are neither turned far nor mirrored
 
 
 def _synthetic_pair(flip: bool = False):
@@ -66,7 +70,7 @@ def _max_error(transform, truth, fixed: Grid, msi: np.ndarray) -> float:
 
 def test_auto_registration_recovers_known_affine() -> None:
     optical, msi, fixed, truth = _synthetic_pair()
-    reg = register_auto(optical, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    reg = register_auto(optical, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
     err = _max_error(reg.transform, truth, fixed, msi)
     assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
     assert reg.correlation > 0.8 and reg.nmi > 1.1
@@ -79,7 +83,7 @@ def test_auto_registration_of_tissue_in_a_corner_of_a_large_empty_frame() -> Non
     frame = np.zeros((6 * 54, 6 * 70), np.float32)
     frame[200:254, 300:370] = msi
     big = Grid(frame.shape, 10.0, (-3000.0, -2000.0))  # pixel (200, 300) sits where pixel (0, 0) was
-    reg = register_auto(optical, frame, big, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    reg = register_auto(optical, frame, big, None, AutoRegisterOptions(UPRIGHT))
     assert reg.fixed == big and reg.details["search_block_factor"] == 1  # searched on the tissue, not the frame
     err = _max_error(reg.transform, truth, big, frame)
     assert err < 0.5, f"max error {err:.2f} optical pixels (1 MSI pixel = 5)"
@@ -88,7 +92,7 @@ def test_auto_registration_of_tissue_in_a_corner_of_a_large_empty_frame() -> Non
     assert reg.area == window
     # the B-spline is fitted on that area, but its field covers the whole frame: outside, the affine alone
     deformable = register_auto(optical, frame, big, None,
-                               AutoRegisterOptions(max_rotation=20.0, allow_flip=False, deformable=True))
+                               AutoRegisterOptions(UPRIGHT, Polish(deformable=True)))
     corners = big.to_coords(np.array([[0.0, 0.0], [419.0, 0.0], [0.0, 323.0], [419.0, 323.0]]))
     np.testing.assert_allclose(deformable.transform(corners), deformable.affine(corners), atol=1e-6)
     assert _max_error(deformable.transform, truth, big, frame) < 2.5  # half an MSI pixel (1.4 without the frame)
@@ -98,7 +102,7 @@ def test_auto_registration_gives_the_same_transform_every_time() -> None:
     import SimpleITK as sitk
 
     optical, msi, fixed, _ = _synthetic_pair()
-    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    options = AutoRegisterOptions(UPRIGHT)
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(16)  # as on a workstation: 2 threads rarely show it
     try:
@@ -113,28 +117,29 @@ def test_auto_registration_gives_the_same_transform_every_time() -> None:
 def test_auto_registration_of_a_grey_optical_falls_back_to_luminance() -> None:
     optical, msi, fixed, truth = _synthetic_pair()
     grey = np.repeat(optical.mean(-1, keepdims=True), 3, -1)  # no saturation anywhere
-    reg = register_auto(grey, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    reg = register_auto(grey, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
     assert reg.details["optical_feature"] == "inverted_luminance"
     assert list(reg.details["feature_scores"]) == ["saturation", "inverted_luminance"]  # stops at a convincing one
     assert _max_error(reg.transform, truth, fixed, msi) < 0.5
-    colour = register_auto(optical, msi, fixed, None, AutoRegisterOptions(max_rotation=20.0, allow_flip=False))
+    colour = register_auto(optical, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
     assert list(colour.details["feature_scores"]) == ["saturation"]  # a convincing match: no other feature tried
 
 
 def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> None:
     optical, msi, fixed, truth = _synthetic_pair()
     acquired = msi != 0
-    options = AutoRegisterOptions(max_rotation=20.0, allow_flip=False)
+    options = AutoRegisterOptions(UPRIGHT)
     shifted = np.where(acquired, np.roll(msi, 4, axis=1), 0)  # the same tissue, 4 MSI pixels to the right
     reg = register_auto(optical, np.stack([msi, shifted]), fixed, None, options)
     rival = reg.details["rival"]
     assert {reg.channel, rival["channel"]} == {0, 1} and rival["score"] >= 0.8 * reg.score
     assert 3.5 < rival["disagreement_px"] < 4.5
     assert _disagreement(reg.affine, reg.rival, fixed, acquired) == rival["disagreement_px"]  # the alignment itself
-    stricter = replace(options, rival_ratio=0.99)  # the shifted copy scores 0.94 of the best: no rival then
+    # the shifted copy scores 0.94 of the best: no rival at 0.99
+    stricter = replace(options, search=replace(UPRIGHT, rival_ratio=0.99))
     alone = register_auto(optical, np.stack([msi, shifted]), fixed, None, stricter)
     assert "rival" not in alone.details and alone.rival is None
-    unpolished = register_auto(optical, np.stack([msi, shifted]), fixed, None, replace(options, polish=False))
+    unpolished = register_auto(optical, np.stack([msi, shifted]), fixed, None, AutoRegisterOptions(UPRIGHT, Polish(False)))
     assert 3 < unpolished.details["rival"]["disagreement_px"] < 5  # the searched poses disagree as much
     twin = np.where(acquired, msi + np.random.default_rng(1).normal(0, 0.01, msi.shape), 0).astype(np.float32)
     agreeing = register_auto(optical, np.stack([msi, twin]), fixed, None, options)
@@ -171,3 +176,9 @@ def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
         assert full.min() == 0.0 and full.max() == 1.0
     lum = optical_feature(rgb, "luminance")
     np.testing.assert_allclose(optical_feature(rgb, "inverted_luminance"), 1 - lum, atol=1e-6)
+
+
+def test_the_options_groups_are_checked() -> None:
+    with pytest.raises(TypeError, match="^AutoRegisterOptions.search must be a PoseSearch, not tuple$"):
+        AutoRegisterOptions(search=(20.0, False))
+    assert AutoRegisterOptions(polish=Polish(deformable=True)).search == PoseSearch()

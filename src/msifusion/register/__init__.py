@@ -23,8 +23,9 @@ A transform maps FIXED calibrated points to MOVING calibrated points: the pull-b
 resampler needs, and the direction of BigWarp's thin-plate spline.
 """
 
-from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Registration,
-                                          acquired_window, optical_feature, otsu_level, register_auto, similarity)
+from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish, PoseSearch,
+                                          Registration, acquired_window, optical_feature, otsu_level, register_auto,
+                                          similarity)
 from msifusion.register.resample import (PixelMap, ResampleOptions, coarse_lattice, moving_index_map, outside_share,
                                         resample_optical)
 from msifusion.register.transforms import (AffineMap, DisplacementMap, Grid, PointMap, ThinPlateSpline, check_landmarks,
@@ -32,7 +33,7 @@ from msifusion.register.transforms import (AffineMap, DisplacementMap, Grid, Poi
 
 __all__ = [
     "AMBIGUOUS_PX", "CONVINCING_SCORE", "AffineMap", "AutoRegisterOptions", "DisplacementMap", "Grid", "PixelMap",
-    "PointMap", "Registration", "ResampleOptions", "ThinPlateSpline", "acquired_window", "check_landmarks",
+    "PointMap", "Polish", "PoseSearch", "Registration", "ResampleOptions", "ThinPlateSpline", "acquired_window", "check_landmarks",
     "coarse_lattice", "landmarks_from_transform", "moving_index_map", "optical_feature", "otsu_level", "outside_share",
     "register_auto", "resample_optical", "similarity", "transform_from_landmarks",
 ]

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, check_setting_types
 from msifusion.io.images import luminance
 from msifusion.measurement import block_mean
 from msifusion.register.resample import ResampleOptions, resample_optical
@@ -31,26 +31,22 @@ AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels
 
 
 @dataclass(frozen=True)
-class AutoRegisterOptions:
-    """Automatic registration settings.
-
-    Global search (before any optimiser): the optical feature is scaled by ``n_scales``
-    factors spanning ``scale_range`` × the moment estimate, rotated in ``rotation_step``
-    degree steps within ±``max_rotation``, optionally mirrored (``allow_flip``), and for each
-    pose every translation is scored at once by FFT (see :func:`register_auto`).
-    ``search_pixels``: the MSI image is block-averaged to at most this many pixels along its
-    long side for the search. Then a finer local search, then SimpleITK's affine (Mattes MI,
-    two levels); ``deformable`` adds a B-spline refinement with ``bspline_mesh`` nodes per axis.
-    ``optical_feature``: "saturation" (stain strength; bright-field H&E and other stains),
-    "inverted_luminance" (dark tissue on a bright slide), "luminance" (fluorescence), or "auto":
-    saturation, and where its search scores below ``feature_fallback_score`` (a grey image has
-    no saturation at all) also the two luminance features, keeping the best-scoring search (the
-    search then takes up to three times as long).
-    ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the
-    chosen one's, it is polished too and the distance between the two alignments is reported
-    (``details["rival"]``): two near-equal matches that disagree mean the alignment is uncertain.
-    (Both are refined poses; the rival's score can come out a little above the chosen one's, which
-    the coarse search ranked first. Near-ties within one tissue image are not checked.)
+class PoseSearch:
+    """The global search, before any optimiser: the optical feature is scaled by ``n_scales`` factors spanning
+    ``scale_range`` × the moment estimate, rotated in ``rotation_step`` degree steps within ±``max_rotation``,
+    optionally mirrored (``allow_flip``), and for each pose every translation is scored at once by FFT (see
+    :func:`register_auto`); then a finer local search around the best. ``search_pixels``: the MSI image is
+    block-averaged to at most this many pixels along its long side for the search; ``min_overlap``: the least share
+    of the MSI's tissue a pose must cover.
+    ``optical_feature``: "saturation" (stain strength; bright-field H&E and other stains), "inverted_luminance" (dark
+    tissue on a bright slide), "luminance" (fluorescence), or "auto": saturation, and where its search scores below
+    ``feature_fallback_score`` (a grey image has no saturation at all) also the two luminance features, keeping the
+    best-scoring search (the search then takes up to three times as long).
+    ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the chosen one's, it is
+    polished too and the distance between the two alignments is reported (``details["rival"]``): two near-equal
+    matches that disagree mean the alignment is uncertain. (Both are refined poses; the rival's score can come out a
+    little above the chosen one's, which the coarse search ranked first. Near-ties within one tissue image are not
+    checked.)
     """
 
     optical_feature: str = "auto"
@@ -62,7 +58,17 @@ class AutoRegisterOptions:
     n_scales: int = 11
     search_pixels: int = 100
     min_overlap: float = 0.4
-    polish: bool = True
+    rival_ratio: float = 0.8
+
+
+@dataclass(frozen=True)
+class Polish:
+    """SimpleITK's refinement of the searched pose (``enabled``): an affine (Mattes mutual information with
+    ``histogram_bins`` bins on at most ``max_samples`` random samples, SimpleITK's ``seed``; ``iterations`` steps) on
+    the optical feature at about the fixed pixel / ``moving_oversample``; ``deformable`` adds a B-spline with
+    ``bspline_mesh`` nodes per axis."""
+
+    enabled: bool = True
     deformable: bool = False
     bspline_mesh: int = 6
     moving_oversample: float = 2.0
@@ -70,7 +76,17 @@ class AutoRegisterOptions:
     histogram_bins: int = 32
     max_samples: int = 250_000  # MI samples per evaluation; all acquired pixels when fewer
     seed: int = 1  # SimpleITK: 0 would mean "seed from the clock"
-    rival_ratio: float = 0.8
+
+
+@dataclass(frozen=True)
+class AutoRegisterOptions:
+    """Automatic registration settings: the global pose search, then its polish."""
+
+    search: PoseSearch = PoseSearch()
+    polish: Polish = Polish()
+
+    def __post_init__(self) -> None:
+        check_setting_types(self)
 
 
 @dataclass(frozen=True)
@@ -333,21 +349,21 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     opt_tissue = _otsu_mask(feat)
     # Scale start: footprint areas.
     scale0 = math.sqrt(max(opt_tissue.sum() * fgrid_m.pixel_size**2, 1e-12) / msi.area)
-    lo, hi = options.scale_range
-    scales = scale0 * np.exp(np.linspace(math.log(lo), math.log(hi), options.n_scales))
-    step = options.rotation_step
-    n_half = int(math.floor(min(options.max_rotation, 180.0) / step))
+    lo, hi = options.search.scale_range
+    scales = scale0 * np.exp(np.linspace(math.log(lo), math.log(hi), options.search.n_scales))
+    step = options.search.rotation_step
+    n_half = int(math.floor(min(options.search.max_rotation, 180.0) / step))
     angles = np.arange(-n_half, n_half + 1) * step
     angles = angles[angles > -180.0 + 1e-9]  # -180° is +180°
-    flips = (False, True) if options.allow_flip else (False,)
+    flips = (False, True) if options.search.allow_flip else (False,)
     poses = _pose_search(msi.channels, msi.mask, msi.grid, feat, opt_tissue, fgrid_m, scales, angles, flips,
-                         options.min_overlap)
-    ratio = math.exp(math.log(hi / lo) / max(options.n_scales - 1, 1))
+                         options.search.min_overlap)
+    ratio = math.exp(math.log(hi / lo) / max(options.search.n_scales - 1, 1))
 
     def refine(coarse: _Pose) -> _Pose:
         fine = _pose_search(msi.channels[[coarse.channel]], msi.mask, msi.grid, feat, opt_tissue, fgrid_m,
                             coarse.scale * ratio ** np.linspace(-1, 1, 5), coarse.angle + np.linspace(-step, step, 7),
-                            (coarse.flip,), options.min_overlap)
+                            (coarse.flip,), options.search.min_overlap)
         return replace(fine[0], channel=coarse.channel) if fine[0].score >= coarse.score else coarse
 
     coarse = poses[0]
@@ -405,7 +421,7 @@ def register_auto(
     (rows, cols), fixed = acquired_window(acquired, fixed)  # the search and polish work on the acquired area
     stack, acquired = stack[:, rows, cols], acquired[rows, cols]
     # Search grid: MSI block-averaged to ≤ search_pixels on the long side.
-    red_f = max(1, int(math.ceil(max(fixed.shape) / options.search_pixels)))
+    red_f = max(1, int(math.ceil(max(fixed.shape) / options.search.search_pixels)))
     chans = []
     for img in stack:
         small, sgrid = _block_reduce(np.where(acquired, img, 0), fixed, red_f)
@@ -418,18 +434,18 @@ def register_auto(
     kinds = ("saturation", "inverted_luminance", "luminance")
     found: _FeatureSearch | None = None
     feature_scores: dict[str, float] = {}
-    for kind in kinds if options.optical_feature == "auto" else (options.optical_feature,):
+    for kind in kinds if options.search.optical_feature == "auto" else (options.search.optical_feature,):
         search = _search_pose(optical_rgb, kind, moving, msi_search, options)
         feature_scores[kind] = search.best.score
         if found is None or search.best.score > found.best.score:
             found = search  # the best so far (and only its full-size feature) is kept
-        if search.best.score >= options.feature_fallback_score:
+        if search.best.score >= options.search.feature_fallback_score:
             break  # a convincing match: the other features are for images where this one fails (a grey one)
     best, feat_full = found.best, found.feature
     chosen = _polish(best, stack, acquired, fixed, feat_full, moving, options)
     info = dict(chosen.info)
     transform: PointMap = chosen.affine
-    if options.deformable:
+    if options.polish.deformable:
         transform, metric, binfo = _run_bspline(chosen.fix_img, acquired, fixed, chosen.mov, chosen.mov_grid,
                                                 chosen.affine, options, full)
         info = {**info, "bspline": binfo}
@@ -437,7 +453,7 @@ def register_auto(
         metric = chosen.metric
     nmi, corr = similarity(chosen.fix_img, _pull_back(chosen.mov, chosen.mov_grid, transform, fixed), acquired)
     rival, other = found.rival, None
-    if rival is not None and rival.score >= options.rival_ratio * best.score:
+    if rival is not None and rival.score >= options.search.rival_ratio * best.score:
         other = _polish(rival, stack, acquired, fixed, feat_full, moving, options).affine
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
                          "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired)}
@@ -499,7 +515,7 @@ def _polish(pose: _Pose, stack: np.ndarray, acquired: np.ndarray, fixed: Grid, f
     search_affine = AffineMap(pose.matrix)
 
     # Moving image for the optimiser: the feature at about fixed pixel / oversample.
-    target = fixed.pixel_size * pose.scale / options.moving_oversample
+    target = fixed.pixel_size * pose.scale / options.polish.moving_oversample
     factor = max(1, int(round(target / moving.pixel_size)))
     mov, mov_grid = _block_reduce(feat_full, moving, factor)
 
@@ -507,7 +523,7 @@ def _polish(pose: _Pose, stack: np.ndarray, acquired: np.ndarray, fixed: Grid, f
         return similarity(fix_img, _pull_back(mov, mov_grid, tx, fixed), acquired)[1]
 
     affine, metric, info = search_affine, float("nan"), {}
-    if options.polish:
+    if options.polish.enabled:
         corr_search = corr_of(search_affine)
         # the optimiser's steps are in calibrated units: it sees the optical in units of the MSI's (its grid shrunk by
         # the searched scale), so that a wrong or absent optical calibration does not change its step sizes
@@ -555,11 +571,11 @@ def _method(options: AutoRegisterOptions, fix_img: np.ndarray, acquired: np.ndar
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.histogram_bins)
-    fraction = options.max_samples / max(int(acquired.sum()), 1)
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=options.polish.histogram_bins)
+    fraction = options.polish.max_samples / max(int(acquired.sum()), 1)
     if fraction < 1.0:
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(fraction, options.seed)
+        reg.SetMetricSamplingPercentage(fraction, options.polish.seed)
     else:
         reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -599,8 +615,9 @@ def _run_affine(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, start: Affi
     moved = start(centre[None])[0]
     tx.SetCenter(tuple(float(v) for v in centre))
     tx.SetTranslation(tuple(float(v) for v in moved - centre))
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=options.iterations,
-                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
+                                                 numberOfIterations=options.polish.iterations, relaxationFactor=0.6,
+                                                 gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(tx, inPlace=True)
     try:
@@ -621,10 +638,10 @@ def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: Af
     reg, fixed_img = _method(options, fix_img, acquired, fixed)
     moving_img = _sitk_image(mov, mov_grid)
     affine_tx = _sitk_affine(affine)
-    bspline = sitk.BSplineTransformInitializer(fixed_img, [options.bspline_mesh] * 2, order=3)
+    bspline = sitk.BSplineTransformInitializer(fixed_img, [options.polish.bspline_mesh] * 2, order=3)
     reg.SetMovingInitialTransform(affine_tx)
     reg.SetInitialTransform(bspline, inPlace=True)
-    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.iterations)
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.polish.iterations)
     with _one_itk_thread():
         reg.Execute(fixed_img, moving_img)
     composite = sitk.CompositeTransform([affine_tx, bspline])

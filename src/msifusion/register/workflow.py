@@ -28,8 +28,8 @@ from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.units import check_pixel_size, is_square
 from msifusion.methods import check_fused_size, check_scale, infer_scale
 from msifusion.pipeline import coarse_optical_warning
-from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, optical_feature,
-                                          otsu_level, register_auto)
+from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
+                                          optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
 from msifusion.register.transforms import (AffineMap, Grid, check_landmarks, landmarks_from_transform,
                                            transform_from_landmarks)
@@ -198,7 +198,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
                   "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     else:
         ion_grid = Grid(msi.shape, px or 1.0)
-        options = AutoRegisterOptions(deformable=settings.deformable)
+        options = AutoRegisterOptions(polish=Polish(deformable=settings.deformable))
         try:
             with elapsed_bar("registering (automatic)", quiet):
                 reg = register_auto(optical.pixels, msi.images, ion_grid, moving, options)
