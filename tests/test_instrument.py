@@ -698,3 +698,11 @@ def test_a_drive_that_may_be_too_small_for_the_outputs_is_warned_before_the_fusi
                "drive has 0.0 GB free")
     assert warning in capsys.readouterr().err
     assert any(w.startswith(warning) for w in json.loads((tmp_path / "tight" / "run.json").read_text())["warnings"])
+
+
+def test_normalize_none_is_the_raw_sums_as_without_the_option(tmp_path, files):
+    imzml, _, _, truth = files
+    assert main(["ions", str(imzml), "--mz", "100", "--tol", "0.01da", "--normalize", "none", "--quiet",
+                 "--out", str(tmp_path / "none")]) == 0
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["normalize"] is None
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "none" / "mz_100.0000.tiff"), truth[0].astype(np.float32))

@@ -309,6 +309,9 @@ def test_an_inconsistent_network_output_is_told_to_fit_longer():
                             "measured image); the fit stopped at epoch 23 (early stop: the edge loss rose 5 times in "
                             "all, at epochs 4, 11) before it matched the measurement; fit without early stopping "
                             "(patience 0) for more epochs, or try another method")
+    (warning,) = output_warnings(_result(fused, "unet", 0.785, epochs=3, stop_reason="completed 3 stages (1, 1, 1)"),
+                                 ion)  # the U-Net has no early stopping to turn off: more epochs is the advice
+    assert warning.endswith("before it matched the measurement; give it more epochs (--epochs), or try another method")
 
 
 def test_a_result_from_python_carries_its_warnings(small_pair):

@@ -73,6 +73,24 @@ def _spot_sigma(text: str) -> float:
         raise
 
 
+def _pixel_um(text: str) -> float:
+    """A pixel size in µm (> 0); a length unit typed onto it (``10um``) is answered as one typed apart is."""
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as exc:
+        if text.strip().lower().endswith(LENGTH_UNITS):
+            raise argparse.ArgumentTypeError(f"{exc}; pixel sizes are plain numbers in µm: drop the unit") from None
+        raise
+
+
+def _normalize(text: str) -> str | None:
+    """--normalize: tic, rms, or none (the raw sums, as when the option is not given)."""
+    value = text.strip().lower()
+    if value not in ("tic", "rms", "none"):
+        raise argparse.ArgumentTypeError(f"expected tic, rms or none, got {text!r}")
+    return None if value == "none" else value
+
+
 def _mz(text: str) -> float | tuple[float, ...]:
     """An m/z (> 0), or the m/z listed in a text file (:func:`msifusion.io.tables.read_mz_list`; flattened by
     :func:`_mzs`). ``--mz`` takes several values, so it swallows an imzML file given after it: say where it goes."""
@@ -112,33 +130,37 @@ def _mzs(args: argparse.Namespace) -> tuple[float, ...]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--method", default=None, help="fusion method (see `msifusion methods`); default: the project's best")
+    g.add_argument("--method", default=None,
+                   help="fusion method (see `msifusion methods`; default guided-harmonic, the project's best)")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bars and no summary line (warnings still show)")
     m = p.add_argument_group("the default method, guided-harmonic")
     harmonic_only = [
         m.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
-                       help=f"Gaussian laser spot σ in pixels of the fused grid, an MSI pixel / the scale ({SPOT_UNITS}"
-                            "), blurred before each MSI pixel's box average (default 0: the pure box average)"),
+                       help="σ of a Gaussian laser spot blurred before each MSI pixel's box average, in fused-grid "
+                            "pixels (1 px = an MSI pixel / the scale; s µm is s × scale / MSI pixel µm), at most "
+                            "scale / 2 (default 0: the box average alone)"),
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "
                             "default a self-supervised test decides per ion"),
         m.add_argument("--edge-weight", type=_weight, default=0.0, metavar="W",
                        help="add the paper's edge perceptual loss to the energy with this weight (default 0; "
                             "measured: slower and no closer to the truth, docs/benchmarks.md)")]
-    t = p.add_argument_group("network training (lcrn and other fitted methods; defaults are the paper's)")
+    t = p.add_argument_group("network training (fitted methods: lcrn; cnn3 and unet take some; defaults: the paper's)")
     training_only = [
-        t.add_argument("--epochs", type=_positive_int, default=None, help="epoch cap (default 2000)"),
+        t.add_argument("--epochs", type=_positive_int, default=None,
+                       help="epoch cap (default 2000; unet: 400, its most)"),
         t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 3e-4)"),
         t.add_argument("--w-mse", type=_weight, default=None, help="weight of the MSE loss (default 1)"),
         t.add_argument("--w-edge", type=_weight, default=None, help="weight of the edge perceptual loss (default 1)"),
         t.add_argument("--patience", type=_count, default=None,
                        help="stop after this many total increases of the edge loss; 0 = never (default 5)"),
-        t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default=None, help="(default laplacian)"),
+        t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default=None,
+                       help="the edge loss's kernel (default laplacian)"),
         t.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
-                       help="save the output every N epochs under DIR/checkpoints (default: never)"),
+                       help="save the output every N epochs under DIR/checkpoints (default 0: never)"),
         t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (ignored on the CPU)")]
     p.set_defaults(harmonic_only=harmonic_only, training_only=training_only)
 
@@ -150,14 +172,16 @@ def _add_ion_options(g, required: bool) -> list[argparse.Action]:
                             "them (one per line, or a CSV/TSV's first column; a header and # lines are skipped, so "
                             "`msifusion peaks` output saved to a file works as it is)"),
         g.add_argument("--tol", default=None,
-                       help=f"window half-width: 5ppm or 0.01da (default {DEFAULT_TOLERANCE}); sum within"),
-        g.add_argument("--normalize", choices=("tic", "rms"), default=None,
-                       help="per-pixel normalization (default none)"),
+                       help=f"m/z window half-width, its unit attached: 5ppm, 0.01Da or 10mDa (default "
+                            f"{DEFAULT_TOLERANCE}); each pixel's intensities within m/z ± tol are summed"),
+        g.add_argument("--normalize", type=_normalize, default=None, metavar="{tic,rms,none}",
+                       help="per pixel: the window sum ÷ the pixel's TIC or RMS × that norm's median over the "
+                            "pixels; none (the default): the raw sums"),
     ]
 
 
 def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
-    g = p.add_argument_group("registration (with --imzml or `register`; automatic without --landmarks)")
+    g = p.add_argument_group("registration", "with --imzml, or in `register`; automatic without --landmarks")
     return [
         g.add_argument("--landmarks", metavar="L",
                        help="BigWarp landmarks, as Fiji's BigWarp saves them: CSV rows \"name\",\"true\","
@@ -165,9 +189,10 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
                             "each image's calibrated units; inactive rows skipped), or its JSON export"),
         g.add_argument("--transform", choices=("tps", "affine"), default=None,
                        help="landmark transform (default: the type a BigWarp JSON export names, else tps, as BigWarp)"),
-        g.add_argument("--optical-pixel-size", type=_positive_float, metavar="P",
-                       help="optical pixel size in the landmarks' units (default: the file's calibration, else 1)"),
-        g.add_argument("--fixed-pixel-size", type=_positive_float, metavar="P",
+        g.add_argument("--optical-pixel-size", type=_pixel_um, metavar="P",
+                       help="optical pixel size in µm (with --landmarks: in the landmarks' units); default: the "
+                            "file's calibration, else 1"),
+        g.add_argument("--fixed-pixel-size", type=_pixel_um, metavar="P",
                        help="with --landmarks: pixel size of the fixed image as Fiji saw it "
                             "(default: ion µm / fixed-scale, else 1)"),
         g.add_argument("--fixed-scale", type=_positive_int, default=None, metavar="K",
@@ -462,8 +487,9 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--out", type=_folder, default="msifusion-benchmark", metavar="DIR",
                    help="output folder (default ./msifusion-benchmark)")
     p.add_argument("--quick", action="store_true",
-                   help="about a minute on 2 CPU cores: one small phantom (×10), Middlebury downscaled (×8), "
-                        "no prostate, trained methods capped at 30 epochs")
+                   help="a few minutes on 2 CPU cores: one small phantom (seed 1, ×10), Middlebury halved and fused "
+                        "×8, no prostate, trained methods capped at 30 epochs (the full run: hours with the trained "
+                        "methods; minutes with --methods of the untrained ones)")
     # Comma lists; a repeated option adds to the list (as --mz does), so `--methods a --methods b` runs both.
     p.add_argument("--methods", type=_method_list, action="extend", default=None, metavar="A,B,…",
                    help="methods to run, comma-separated or the option repeated "
@@ -471,7 +497,7 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--groups", type=_group_list, action="extend", default=None, metavar="G,…",
                    help=f"case groups: {', '.join(GROUPS)} (default: all; --quick: phantom,middlebury)")
     p.add_argument("--seeds", type=_seed_list, action="extend", default=None, metavar="N,…",
-                   help="phantom seeds (default 1,2)")
+                   help="phantom seeds (default 1,2; --quick: 1)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch cap of the trained methods (default: their own recipe; --quick: 30)")
     p.add_argument("--prostate-dir", default=None, metavar="DIR",
@@ -494,12 +520,12 @@ def add_benchmark_and_study(sub) -> None:
                    help="output folder (default ./msifusion-study)")
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
-    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
+    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table")
     # Defaults None below, so that an option given where it does not apply is refused, not dropped.
     truth = io.add_argument("--truth", metavar="TRUTH",
                             help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
     io.add_argument("--scale", type=_scale, default=None, help="magnification (phantom default 10)")
-    files_only = [truth, io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+    files_only = [truth, io.add_argument("--pixel-size", type=_pixel_um, default=None, metavar="UM",
                                          help="with --ion: ion pixel size in µm")]
     phantom_only = [
         io.add_argument("--phantom-kind", choices=("leaf", "stem"), default=None, help="phantom kind (default leaf)"),
@@ -508,15 +534,16 @@ def add_benchmark_and_study(sub) -> None:
         io.add_argument("--phantom-seed", type=_seed, default=None, help="phantom seed (default 1)")]
     t = p.add_argument_group("training (the paper's recipe; the run never stops early)")
     t.add_argument("--epochs", type=_positive_int, default=300, help="epochs to run (default 300)")
-    t.add_argument("--lr", type=_positive_float, default=3e-4)
-    t.add_argument("--w-mse", type=_weight, default=1.0)
-    t.add_argument("--w-edge", type=_weight, default=1.0)
+    t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    t.add_argument("--w-mse", type=_weight, default=1.0, help="weight of the MSE loss (default 1)")
+    t.add_argument("--w-edge", type=_weight, default=1.0, help="weight of the edge perceptual loss (default 1)")
     t.add_argument("--patience", type=_count, default=5, help="the stopping rule marked: N total edge-loss increases (default 5)")
-    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian")
+    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian",
+                   help="the edge loss's kernel (default laplacian)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N", help="score every N epochs (default 1)")
     t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study, files_only=files_only, phantom_only=phantom_only)
@@ -560,13 +587,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
                                    "DIR/fused.ome.tiff, the measured ions.ome.tiff, ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")
-    io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), shape = ion shape × scale")
-    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF, NPY or CSV")
-    io.add_argument("--scale", type=_scale, default=None, help="magnification; resizes the optical to ion × N if needed")
-    io.add_argument("--pixel-size", type=_positive_float, default=None, metavar="UM",
+    io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), required: with --ion registered "
+                                                     "to it (ion shape × scale); with --imzml any size (registered here)")
+    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table")
+    io.add_argument("--scale", type=_scale, default=None,
+                    help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
+                         "to ion × N; required with --imzml")
+    io.add_argument("--pixel-size", type=_pixel_um, default=None, metavar="UM",
                     help="with --ion: ion pixel size in µm (overrides the file's calibration)")
     io.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
-    inst = p.add_argument_group("from an imzML file (instead of --ion): registers the optical, then fuses each m/z")
+    inst = p.add_argument_group("from an imzML file (instead of --ion)",
+                                "registers the optical, then fuses each m/z")
     inst.add_argument("--imzml", metavar="F", help="imzML file (its .ibd beside it)")
     imzml_only = _add_ion_options(inst, required=False) + _add_register_options(p)
     _add_run_options(p)
@@ -576,15 +607,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Ion images for many m/z in one pass: DIR/mz_<m/z>.tiff per ion (float32, "
                                    "row = y, column = x), DIR/ions.ome.tiff (calibrated stack), DIR/ions.png and "
                                    "DIR/run.json.")
-    p.add_argument("imzml", metavar="F.imzML")
+    p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
     _add_ion_options(p, required=True)
-    p.add_argument("--out", type=_folder, required=True, metavar="DIR")
+    p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_ions)
 
-    p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum")
-    p.add_argument("imzml", metavar="F.imzML")
+    p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum",
+                       description="Print the strongest peaks of the mean spectrum as a table (a # line naming the "
+                                   "file, then m/z and mean intensity, tab-separated) on stdout; peaks within 10 ppm "
+                                   "of a stronger one count as one. Saved to a file, it is a list for --mz.")
+    p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
     p.add_argument("-n", type=_positive_int, default=20, help="how many peaks (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_peaks)
@@ -595,18 +629,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(BigWarp) and run.json; an ambiguous automatic registration also writes the other "
                                    "alignment as overlay_rival.png and landmarks_rival.csv, and alignments.png: "
                                    "the optical's outline under each, on the MSI tissue image.")
-    p.add_argument("--optical", required=True, metavar="OPT")
+    p.add_argument("--optical", required=True, metavar="OPT", help="microscope image (PNG/JPEG/TIFF), any size")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
-    p.add_argument("--out", type=_folder, required=True, metavar="DIR")
+    p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_register_options(p)
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("example", help="fetch real example data (prints its folder)")
+    p = sub.add_parser("example", help="fetch real example data (prints its folder)",
+                       description="Fetch a real example dataset once (from PyPI) into a cache and print its folder.")
     p.add_argument("name", choices=("prostate",), help="prostate: MALDI-TOF imzML + H&E (MSIght, MIT)")
-    p.add_argument("--cache", metavar="DIR", help="cache folder (default ~/.cache/msifusion/examples/<name>)")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default $MSIFUSION_CACHE/examples/<name> where that "
+                                                  "variable is set, else ~/.cache/msifusion/examples/<name>)")
     p.add_argument("--quiet", action="store_true", help="say nothing before a download")
     p.set_defaults(func=cmd_example)
 
@@ -625,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_benchmark_and_study(sub)
 
-    p = sub.add_parser("methods", help="list the fusion methods")
+    p = sub.add_parser("methods", help="list the fusion methods",
+                       description="List the fusion methods --method takes, each with a one-line summary.")
     p.set_defaults(func=cmd_methods)
     return parser
 

@@ -314,9 +314,12 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
                         "(averaged back over each MSI pixel it does not give the measured image)")
     if problems:
         advice = "look at the fused image, or try another method"
-        if METHODS[result.method].trains:  # a fitted network: the stopping rule may have left it short of the data
+        method = METHODS[result.method]
+        if method.trains:  # a fitted network: the stopping rule or the cap may have left it short of the data
+            more = ("fit without early stopping (patience 0) for more epochs" if "patience" in method.fit_fields else
+                    "give it more epochs (--epochs)")
             advice = (f"the fit stopped at epoch {result.fit.epochs} ({result.fit.stop_reason}) before it matched the "
-                      "measurement; fit without early stopping (patience 0) for more epochs, or try another method")
+                      f"measurement; {more}, or try another method")
         warnings.append(f"the {result.method} output is not in the ion's units: {'; '.join(problems)}; {advice}")
     return warnings
 
