@@ -395,10 +395,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from msifusion.methods import DEFAULT_METHOD, METHODS
 
+    import shutil
+    import textwrap
+
     width = max(map(len, METHODS))
+    indent = " " * (width + 4)
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else None  # a pipe gets whole lines
     for name in sorted(METHODS):
         mark = "*" if name == DEFAULT_METHOD else " "
-        print(f"{mark} {name:<{width}}  {METHODS[name].summary}")
+        row = f"{mark} {name:<{width}}  {METHODS[name].summary}"
+        print(textwrap.fill(row, columns, subsequent_indent=indent) if columns else row)
     print("(* = default)")
     return 0
 
