@@ -21,6 +21,9 @@ EXIT_BAD_INPUT = 2
 MASS_UNITS = ("ppm", "da", "mda")  # --tol's units: typed apart from the number, one is an unknown argument
 LENGTH_UNITS = ("um", "µm", "μm", "nm", "mm")  # pixel sizes are plain numbers in µm (micro sign or Greek mu)
 SPOT_UNITS = "σ is in pixels of the fused grid, not µm: a spot σ of s µm is s × scale / MSI pixel µm"
+PIXEL_UNITS = "pixel sizes are plain numbers in µm: drop the unit"
+DEVICE_HELP = "auto (CUDA when available; the default), cpu, cuda or cuda:N"
+ION_HELP = "ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table"
 OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file that run "
                   "did not write)")
 
@@ -63,24 +66,23 @@ _positive_float = _bounded(float, 0, strict=True)
 _weight = _bounded(float, 0)
 
 
-def _spot_sigma(text: str) -> float:
-    """--spot-sigma: a number ≥ 0, in fused-grid pixels; a length unit typed onto it is answered with the conversion."""
-    try:
-        return _weight(text)
-    except argparse.ArgumentTypeError as exc:
-        if text.strip().lower().endswith(LENGTH_UNITS):
-            raise argparse.ArgumentTypeError(f"{exc}; {SPOT_UNITS}") from None
-        raise
+def _unit_hint(parse: Callable[[str], float], hint: str) -> Callable[[str], float]:
+    """``parse``, whose error for a value with a length unit typed onto it (``10um``) adds ``hint``, as the unit
+    typed apart (``10 um``) is answered."""
+
+    def parse_with_hint(text: str) -> float:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            if text.strip().lower().endswith(LENGTH_UNITS):
+                raise argparse.ArgumentTypeError(f"{exc}; {hint}") from None
+            raise
+
+    return parse_with_hint
 
 
-def _pixel_um(text: str) -> float:
-    """A pixel size in µm (> 0); a length unit typed onto it (``10um``) is answered as one typed apart is."""
-    try:
-        return _positive_float(text)
-    except argparse.ArgumentTypeError as exc:
-        if text.strip().lower().endswith(LENGTH_UNITS):
-            raise argparse.ArgumentTypeError(f"{exc}; pixel sizes are plain numbers in µm: drop the unit") from None
-        raise
+_spot_sigma = _unit_hint(_weight, SPOT_UNITS)  # --spot-sigma: ≥ 0, in fused-grid pixels
+_pixel_um = _unit_hint(_positive_float, PIXEL_UNITS)  # a pixel size in µm, > 0
 
 
 def _normalize(text: str) -> str | None:
@@ -133,7 +135,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None,
                    help="fusion method (see `msifusion methods`; default guided-harmonic, the project's best)")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
+    g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bars and no summary line (warnings still show)")
     m = p.add_argument_group("the default method, guided-harmonic")
@@ -511,7 +513,7 @@ def add_benchmark_and_study(sub) -> None:
                         "(default: fetched once from PyPI's msight wheel and cached)")
     p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
     p.add_argument("--seed", type=_seed, default=0, help="seed of every method (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_benchmark)
@@ -526,7 +528,7 @@ def add_benchmark_and_study(sub) -> None:
                    help="output folder (default ./msifusion-study)")
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
     io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
-    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table")
+    io.add_argument("--ion", metavar="ION", help=ION_HELP)
     # Defaults None below, so that an option given where it does not apply is refused, not dropped.
     truth = io.add_argument("--truth", metavar="TRUTH",
                             help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
@@ -549,7 +551,7 @@ def add_benchmark_and_study(sub) -> None:
     t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N", help="score every N epochs (default 1)")
     t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_study, files_only=files_only, phantom_only=phantom_only)
@@ -595,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), required: with --ion registered "
                                                      "to it (ion shape × scale); with --imzml any size (registered here)")
-    io.add_argument("--ion", metavar="ION", help="ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table")
+    io.add_argument("--ion", metavar="ION", help=ION_HELP)
     io.add_argument("--scale", type=_scale, default=None,
                     help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
                          "to ion × N; required with --imzml")
@@ -688,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, token in enumerate(argv) if token.lower() in LENGTH_UNITS)
         units = ("; a tolerance's unit goes right after its number, without a space (e.g. --tol 5ppm)"
                  if words & set(MASS_UNITS) else f"; {SPOT_UNITS}" if after_spot else
-                 "; pixel sizes are plain numbers in µm: drop the unit" if words & set(LENGTH_UNITS) else "")
+                 f"; {PIXEL_UNITS}" if words & set(LENGTH_UNITS) else "")
         parser.exit(EXIT_BAD_INPUT, f"msifusion: error: unrecognized arguments: {' '.join(extra)}{units} "
                                     f"(see `msifusion {args.command} --help`)\n")
     try:
