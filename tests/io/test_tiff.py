@@ -338,3 +338,17 @@ def test_outputs_are_compressed_and_large_ones_tiled_with_a_pyramid(tmp_path):
     image = read_optical(path, 2.0)
     assert image.pixels.shape[:2] == (1025, 150) and image.pixel_size_um == pytest.approx(2.0)
     np.testing.assert_allclose(image.pixels, halved(halved(written)) / 255, atol=1e-6)
+
+
+def test_keeping_each_pyramid_level_to_halve_the_next_writes_the_same_bytes(tmp_path, monkeypatch):
+    import msifusion.io.tiff as tiff
+
+    calls = []
+    monkeypatch.setattr(tiff, "halved", lambda page: calls.append(page.shape) or halved(page))
+    stack = np.random.default_rng(2).random((2, PYRAMID_ABOVE_PX + 1, 520)).astype(np.float32)
+    kept = write_tiff(tmp_path / "kept.ome.tiff", list(stack), 0.5).read_bytes()
+    assert len(calls) == 2 * 3  # each page halved once per level below the first
+    calls.clear()
+    monkeypatch.setattr(tiff, "KEEP_LEVELS_BYTES", 0)  # a stack too large to keep: halved from full size each time
+    again = write_tiff(tmp_path / "again.ome.tiff", list(stack), 0.5).read_bytes()
+    assert len(calls) == 2 * (1 + 2 + 3) and again == kept

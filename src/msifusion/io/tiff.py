@@ -291,6 +291,7 @@ COMPRESSION = "zlib"  # Deflate, lossless; ImageJ's own opener, Bio-Formats (Fij
 PYRAMID_ABOVE_PX = 4096  # a longer side above this is written tiled, with a pyramid, as whole-slide viewers want it
 TILE_PX = 512
 PYRAMID_TOP_PX = 1024  # the pyramid halves the image until its longer side is at most this
+KEEP_LEVELS_BYTES = 256 * 2**20  # a pyramid's levels are kept to halve the next from when its first fits in this
 
 
 def pyramid_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -319,13 +320,19 @@ def halved(page: np.ndarray) -> np.ndarray:
     return np.round(mean).astype(page.dtype) if np.issubdtype(page.dtype, np.integer) else mean.astype(page.dtype)
 
 
-def _tiles(pages: Sequence[np.ndarray], dtype: np.dtype, level: int):
+def _tiles(pages: Sequence[np.ndarray], dtype: np.dtype, level: int, kept: dict[int, np.ndarray] | None):
     """Each page at a pyramid level (halved ``level`` times), cut into :data:`TILE_PX` tiles in the order tifffile
-    writes them (page by page, row by row)."""
-    for page in pages:
-        page = np.asarray(page, dtype=dtype)
-        for _ in range(level):
-            page = halved(page)
+    writes them (page by page, row by row). With ``kept``, each page's level is kept there, and the next level halves
+    it rather than the full page again (the same arithmetic, so the same bytes)."""
+    for i, page in enumerate(pages):
+        if kept is not None and level > 1:
+            page = halved(kept[i])
+        else:
+            page = np.asarray(page, dtype=dtype)
+            for _ in range(level):
+                page = halved(page)
+        if kept is not None and level:
+            kept[i] = page
         for top in range(0, page.shape[0], TILE_PX):
             for left in range(0, page.shape[1], TILE_PX):
                 yield page[top:top + TILE_PX, left:left + TILE_PX]
@@ -355,6 +362,8 @@ def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metada
     raw = math.prod(shape) * dtype.itemsize * (4 / 3 if levels else 1)  # a pyramid adds up to a third
     bigtiff = raw > 2**31  # Deflate barely shrinks noisy float32, and can grow it: room to spare under 4 GB
     stack_shape = shape[:1] if stacked else ()
+    # a large stack's halved pages would not fit in memory: each level is then halved from the full pages again
+    kept = {} if levels and math.prod(shape) * dtype.itemsize / 4 <= KEEP_LEVELS_BYTES else None
     with tifffile.TiffWriter(path, bigtiff=bigtiff, ome=True) as tif:
         for level, size in enumerate(sizes):
             per_cm = 1e4 / pixel_size_um / 2**level if pixel_size_um else None
@@ -365,7 +374,7 @@ def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metada
             else:
                 extra.update(subfiletype=1)  # a reduced-resolution image
             if levels:
-                tif.write(_tiles(pages, dtype, level), shape=level_shape, dtype=dtype, tile=(TILE_PX, TILE_PX),
+                tif.write(_tiles(pages, dtype, level, kept), shape=level_shape, dtype=dtype, tile=(TILE_PX, TILE_PX),
                           **options, **extra)
             elif not stacked:
                 tif.write(pages[0], **options, **extra)
