@@ -5,22 +5,28 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from pyimzml.ImzMLWriter import ImzMLWriter
 
 from msifusion.benchmark import (
+    PROSTATE_FILES,
     BenchmarkConfig,
     Case,
     build_cases,
     masked_block_mean,
     middlebury_case,
     phantom_case,
+    prostate_cases,
     run_benchmark,
 )
 from msifusion.errors import InputError
 from msifusion.fit import FitConfig, Runtime
 from msifusion.methods import DEFAULT_METHOD, METHODS, MethodOptions, fuse
+from msifusion.measurement import block_mean
 from msifusion.metrics import score
 
 CHEAP = ("bilinear", "bicubic", "bilinear-bp")
@@ -101,6 +107,46 @@ def test_config_rejects_unknown_method_and_quick_preset():
     quick = BenchmarkConfig.preset(True, methods=CHEAP)
     assert quick.quick and quick.epoch_cap and "prostate" not in quick.groups and quick.methods == CHEAP
     assert BenchmarkConfig.preset(False) == BenchmarkConfig()
+
+
+NOT_ACQUIRED = {(12, 27), (13, 27), (19, 5)}  # pixels without a spectrum (the grid keeps its 20×28)
+
+
+def _prostate_like(folder: Path) -> np.ndarray:
+    """An imzML (20×28 pixels, 3 strong peaks and a weak one at m/z 1217.51) and an 'H&E' of the same section at ×6
+    under a 10 px offset, with the example's file names; returns the ion images (m/z 500, 600, 700, 1217.51)."""
+    H, W, k = 20, 28, 6
+    yy, xx = np.mgrid[:H, :W]
+    tissue = ((yy - 9.5) / 8) ** 2 + ((xx - 12) / 11) ** 2 < 1
+    lobe = ((yy - 6) ** 2 + (xx - 17) ** 2) < 10
+    images = np.stack([tissue * (50 + 40 * lobe), tissue * (30 + xx), tissue * 20.0 * ~lobe, tissue * 2.0 * lobe])
+    axis = np.array([500.0, 600.0, 700.0, 1217.51])
+    with ImzMLWriter(str(folder / PROSTATE_FILES[0]), mode="continuous", mz_dtype=np.float64,
+                     intensity_dtype=np.float32) as w:
+        for r in range(H):
+            for c in range(W):
+                if (r, c) in NOT_ACQUIRED:
+                    continue
+                w.addSpectrum(axis, images[:, r, c].astype(np.float32), (c + 1, r + 1))
+    big = cv2.resize(np.stack([tissue, lobe], -1).astype(np.float32), (W * k, H * k), interpolation=cv2.INTER_NEAREST)
+    he = np.ones((H * k + 20, W * k + 20, 3), np.float32)
+    he[10:-10, 10:-10] -= big[..., :1] * [0.2, 0.5, 0.3] + big[..., 1:] * [0.3, 0.3, 0.1]
+    cv2.imwrite(str(folder / PROSTATE_FILES[1]), (he[..., ::-1] * 255).round().astype(np.uint8))
+    return images
+
+
+def test_prostate_cases_are_the_strongest_ions_and_the_ion_of_interest(tmp_path):
+    images = _prostate_like(tmp_path)
+    cases, info = prostate_cases((2, 4), tmp_path)  # registered automatically, as the benchmark does (2 s)
+    assert info["mzs"] == [500.0, 600.0, 700.0, 1217.51]
+    assert [c.name for c in cases] == [f"prostate-mz{mz:.4f}-x{f}" for mz in info["mzs"] for f in (2, 4)]
+    for case, image in zip(cases, np.repeat(images, 2, axis=0)):
+        np.testing.assert_array_equal(case.truth, image[:20, :28])  # 20×28: already a multiple of lcm(2, 4)
+        np.testing.assert_allclose(case.measured, block_mean(case.truth, case.factor), rtol=1e-6)
+        assert not case.mask[12:14, 27].any() and not case.mask[19, 5] and case.mask.sum() == 20 * 28 - 3
+        assert case.guide.shape == (20, 28, 3) and case.pixel_size_um == 25.0
+    guide_dark = 1 - cases[0].guide.mean(-1)
+    assert np.corrcoef(guide_dark.ravel(), images.any(0).ravel())[0, 1] > 0.8  # the H&E registered onto the ions
 
 
 def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):

@@ -111,3 +111,48 @@ def test_pls_fusion_recovers_a_linear_optical_model(tiny):
     fine = 0.3 * features[0] - 0.5 * features[1] + 0.2 * features[6] + 0.2
     out = pls_fusion(guide, block_mean(fine, 4), 4, n_components=16)
     np.testing.assert_allclose(out, fine, atol=1e-3)
+
+
+def test_bilinear_reproduces_a_ramp_at_the_fine_pixel_centres():
+    scale, (h, w) = 4, (8, 10)
+    ion = (2.0 * np.arange(h)[:, None] + 3.0 * np.arange(w)[None, :] + 1.0).astype(np.float32)
+    out = fuse(np.zeros((h * scale, w * scale, 3), np.float32), ion, "bilinear", MethodOptions()).image
+    rows, cols = ((np.arange(n * scale) + 0.5) / scale - 0.5 for n in (h, w))  # fine centres in coarse pixels
+    inner = slice(scale, -scale)  # the outer half pixel repeats the edge
+    np.testing.assert_allclose(out[inner, inner], (2.0 * rows[:, None] + 3.0 * cols[None, :] + 1.0)[inner, inner],
+                               atol=1e-4)
+
+
+def _keys(x: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel, with OpenCV's a = -0.75."""
+    x = np.abs(x)
+    return np.where(x <= 1, (a + 2) * x**3 - (a + 3) * x**2 + 1,
+                    np.where(x < 2, a * (x**3 - 5 * x**2 + 8 * x - 4), 0.0))
+
+
+def test_bicubic_is_cubic_convolution_at_the_fine_pixel_centres():
+    scale, n = 4, 10
+    profile = np.random.default_rng(3).random(n)
+    ion = np.repeat(profile[:, None], 6, axis=1).astype(np.float32)
+    out = fuse(np.zeros((n * scale, 6 * scale, 3), np.float32), ion, "bicubic", MethodOptions()).image
+    centres = (np.arange(n * scale) + 0.5) / scale - 0.5
+    expected = (_keys(centres[:, None] - np.arange(n)[None, :]) * profile).sum(axis=1)
+    inner = slice(2 * scale, -2 * scale)  # the kernel reaches two coarse pixels; OpenCV replicates the border
+    np.testing.assert_allclose(out[inner, 7], expected[inner], atol=1e-5)
+    assert not np.allclose(out, fuse(np.zeros_like(out)[..., None].repeat(3, -1), ion, "bilinear").image, atol=1e-3)
+
+
+def test_guided_is_the_guided_filter_of_the_bilinear_upsampling(tiny):
+    guide, ion = tiny
+    out = fuse(guide, ion, "guided", MethodOptions()).image
+    expected = guided_filter(guide, upsample(ion, 4, "bilinear"), 4, 1e-3)  # radius = scale, eps 1e-3, as listed
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out, upsample(ion, 4, "bilinear"), atol=1e-3)  # the guide changes it
+
+
+def test_pls_fusion_by_default_takes_eight_components_and_nears_a_linear_model(tiny):
+    guide, _ = tiny
+    fine = 0.3 * optical_features(guide, 4)[0] + 0.2
+    out = fuse(guide, block_mean(fine, 4), "pls", MethodOptions()).image
+    np.testing.assert_allclose(out, pls_fusion(guide, block_mean(fine, 4), 4, n_components=8), rtol=1e-5)
+    assert np.std(out - fine) < 0.2 * np.std(fine)  # 48 MSI pixels and 16 features: close, not exact

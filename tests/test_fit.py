@@ -106,6 +106,22 @@ def test_bf16_is_ignored_on_the_cpu(small_pair):
     np.testing.assert_array_equal(*runs)
 
 
+def test_the_fit_runs_under_bf16_autocast_where_it_applies(small_pair, monkeypatch):
+    """Where bf16 applies (CUDA; here the CPU, told it applies) the forward pass runs in bfloat16: another result."""
+    guide, ion, scale = small_pair
+    from msifusion.measurement import upsample
+
+    target = upsample(ion / ion.max(), scale)
+    seed_everything(0)
+    plain = fit_network(LCRN(), guide, target, FitConfig(max_epochs=5, patience=0), Runtime(device="cpu", quiet=True))
+    monkeypatch.setattr(Runtime, "bf16_on", lambda self, device: self.bf16)
+    seed_everything(0)
+    bf16 = fit_network(LCRN(), guide, target, FitConfig(max_epochs=5, patience=0),
+                       Runtime(device="cpu", quiet=True, bf16=True))
+    assert bf16.image.dtype == np.float32 and np.all(np.isfinite(bf16.image))
+    assert 1e-5 < np.abs(bf16.image - plain.image).max() < 0.1  # bfloat16's 8-bit mantissa, not another fit
+
+
 def test_bf16_applies_only_when_asked_and_on_cuda():
     assert Runtime(bf16=True).bf16_on(torch.device("cuda"))
     assert not Runtime(bf16=True).bf16_on(torch.device("cpu"))

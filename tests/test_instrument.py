@@ -14,6 +14,7 @@ from pyimzml.ImzMLWriter import ImzMLWriter
 from msifusion.cli import main
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
+from msifusion.measurement import consistency_error
 
 H, W, SCALE = 12, 16, 4
 AXIS = np.array([100.0, 200.0, 300.0])
@@ -149,7 +150,9 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     assert summary["fused_shape"] == [H * SCALE, W * SCALE] and "numpy" in summary["versions"]
     assert summary["machine"]["cpu_count"] >= 1 and isinstance(summary["command"], list) and "created" in summary
     assert set(summary["ions"]) == {"100.0000", "200.0000"} and summary["ions"]["200.0000"]["mz"] == 200.0
-    assert summary["ions"]["100.0000"]["consistency_error"] >= 0 and "mz" not in summary
+    bilinear_error = consistency_error(stack[0], truth[0], SCALE)  # of the fused file as written
+    assert summary["ions"]["100.0000"]["consistency_error"] == pytest.approx(bilinear_error, rel=1e-4)
+    assert bilinear_error > 1e-3 and "mz" not in summary  # bilinear does not reproduce the measurement
     assert summary["units"] == "the spectra's summed intensities in each m/z window"
     assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
     assert sorted(summary["outputs"]) == sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())

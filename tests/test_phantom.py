@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -95,8 +94,11 @@ def test_measure_is_block_mean_of_truth_within_the_noise(leaf):
     assert diff[bright].std() == pytest.approx(0.02, rel=0.25)
     assert abs(diff[bright].mean()) < 0.01
     assert leaf.measure(10).min() >= 0
-    # a different scale draws different noise, deterministically
-    assert not np.allclose(leaf.measure(20), block_mean(leaf.truth, 20))
+    # each scale draws its own noise at the stated level (not the ×10 noise averaged), deterministically
+    clean20 = block_mean(leaf.truth, 20)
+    bright20 = clean20 > 0.1
+    assert bright20.sum() > 50
+    assert (leaf.measure(20) - clean20)[bright20].std() == pytest.approx(0.02, rel=0.3)
     np.testing.assert_array_equal(leaf.measure(20), leaf.measure(20))
 
 
@@ -169,15 +171,14 @@ def test_finer_pixels_give_more_cells(leaf):
 @pytest.mark.parametrize("bad", [dict(kind="root"), dict(ion="caffeine"), dict(fine_shape=(32, 400)),
                                  dict(noise=-0.1), dict(fine_pixel_um=0.0)])
 def test_bad_config_is_refused(bad):
-    with pytest.raises(ValueError):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name.replace("_", "[_ ]")):  # the message names the setting
         PhantomConfig(**bad)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["leaf", "stem"])
-def test_ginkgo_sized_phantom_is_fast_and_complete(kind):
-    start = time.perf_counter()
-    p = make_phantom(PhantomConfig(fine_shape=(980, 2700), kind=kind))
-    assert time.perf_counter() - start < 30  # 4–7 s measured on the 2-core machine
+def test_ginkgo_sized_phantom_is_complete(kind):
+    p = make_phantom(PhantomConfig(fine_shape=(980, 2700), kind=kind))  # 4–7 s on the 2-core machine
     assert set(np.unique(p.labels).tolist()) == {int(t) for t in KIND_TISSUES[kind]}
     assert p.measure(20).shape == (49, 135)

@@ -12,6 +12,7 @@ from msifusion.errors import InputError
 from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.measurement import upsample
+from msifusion.metrics import psnr
 from msifusion.study import StudyConfig, pick_strip, run_study, save_study_plot, summary_line
 
 TINY = PhantomConfig(fine_shape=(64, 96), seed=1)
@@ -72,7 +73,9 @@ def test_study_scores_and_outputs(study):
     truth_psnr = {int(r["epoch"]): float(r["psnr_truth"]) for r in rows}
     assert summary["best_true_psnr_epoch"] == max(truth_psnr, key=truth_psnr.get)
     assert summary["at_rule_stop"]["psnr_truth"] == pytest.approx(truth_psnr[summary["rule_stop_epoch"]], rel=1e-6)
-    assert summary["bilinear_vs_truth"]["psnr"] > 0
+    phantom = make_phantom(TINY)
+    bilinear = psnr(upsample(phantom.measure(4), 4, "bilinear"), phantom.truth)  # the study's own phantom and scale
+    assert summary["bilinear_vs_truth"]["psnr"] == pytest.approx(bilinear, abs=1e-4)
     for name in ("study.csv", "study.png", "checkpoints.png", "run.json"):
         assert (out / name).stat().st_size > 0
     tiffs = sorted(p.name for p in (out / "checkpoints").iterdir())

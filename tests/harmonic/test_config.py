@@ -26,7 +26,8 @@ from msifusion.measurement import MeasurementModel
     (TextureSettings, dict(strengths=())), (TextureSettings, dict(sigma_px=0.0)), (TextureSettings, dict(significance=-1.0)),
     (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
 def test_config_rejects_nonsense(group, bad):
-    with pytest.raises(ValueError):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name.replace("_", "[_ ]")):  # the message names the setting
         group(**bad)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from msifusion.harmonic import (
@@ -121,6 +122,7 @@ def test_the_ladder_turns_back_one_rung_where_its_curve_turns_up():
     assert _walk([base, best, better, best - 0.05], 4.0, back=True) == 3  # still falling at the sharpest rung
 
 
+@pytest.mark.slow
 def test_cells_whose_interiors_carry_a_texture_turn_back_to_a_smoother_setting(cells_like):
     """Light cells with dark walls, each cell's colour mottled (5 % brightness noise, blurred like an optical's
     texture) that the ion does not follow: one scale coarser the test prefers the sharper (50, 1), whose cuts

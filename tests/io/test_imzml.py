@@ -336,6 +336,25 @@ def test_processed_profile_spectra_sampled_finer_than_the_window_are_not_warned(
 # ----------------------------------------------------------------------------- the imzML.org examples
 
 
+@pytest.mark.parametrize("mode", ["continuous", "processed"])
+def test_our_own_files_agree_with_getionimage(tmp_path: Path, mode: str) -> None:
+    """pyimzML's reader as the outside reference, on files made here (sorted spectra, as getionimage needs)."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / f"{mode}.imzML"
+    axis = np.array([99.97, 100.0, 100.04, 150.0, 150.3, 199.95, 200.02, 250.0])
+    with ImzMLWriter(str(path), mode=mode, mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r, c in _pixels():
+            keep = np.sort(rng.choice(axis.size, axis.size - (0 if mode == "continuous" else 2), replace=False))
+            w.addSpectrum(axis[keep], rng.uniform(1, 100, keep.size).astype(np.float32), (c + 1, r + 1))
+    peaks = [100.0, 150.0, 200.0]  # each window (±0.1 Da) holds one to three of the points, none on its edge
+    ours = ImzML(path).ion_images(peaks, "0.1da").images
+    with ImzMLParser(str(path)) as p:
+        for img, mz in zip(ours, peaks):
+            theirs = getionimage(p, mz, tol=0.1)
+            assert theirs.shape == img.shape and theirs.sum() > 0
+            np.testing.assert_allclose(img, theirs, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["Example_Continuous.imzML", "Example_Processed.imzML"])
 def test_examples_agree_with_getionimage(name: str) -> None:
     path = EXAMPLES / name

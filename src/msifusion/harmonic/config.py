@@ -35,10 +35,10 @@ class LadderSettings:
 
     def __post_init__(self) -> None:
         if not self.rungs:
-            raise ValueError("ladder needs at least one setting")
+            raise ValueError("the ladder needs at least one of its rungs (quantile, passes)")
         for q, passes in self.rungs:
             if not 0 < q < 100 or passes < 0:
-                raise ValueError(f"bad ladder setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
+                raise ValueError(f"the ladder rungs hold a bad setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
         if min(self.significance, self.sign_significance) < 0:
             raise ValueError("the ladder's significances must be ≥ 0")
 
@@ -75,7 +75,7 @@ class TextureSettings:
 
     def __post_init__(self) -> None:
         if not self.strengths or self.sigma_px <= 0 or self.significance < 0:
-            raise ValueError("texture needs at least one strength, sigma_px > 0 and significance ≥ 0")
+            raise ValueError("texture needs strengths (at least one), sigma_px > 0 and significance ≥ 0")
 
     @classmethod
     def off(cls) -> TextureSettings:
