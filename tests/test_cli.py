@@ -538,11 +538,23 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     import subprocess
     import sys
 
-    run = subprocess.Popen([sys.executable, "-m", "msifusion.cli", "methods"],
+    run = subprocess.Popen([sys.executable, "-m", "msifusion", "methods"],  # python -m msifusion: the command
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run.stdout.close()  # as `msifusion methods | head -0` does
     err = run.stderr.read()
     assert run.wait() == 0 and err == b""
+
+
+def test_python_dash_m_msifusion_is_the_command_and_the_version_is_the_packages():
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    import msifusion
+
+    out = subprocess.run([sys.executable, "-m", "msifusion", "--version"], capture_output=True, text=True, check=True)
+    installed = importlib.metadata.version("msifusion")  # pyproject's version is read from msifusion.__version__
+    assert out.stdout.strip() == f"msifusion {msifusion.__version__}" == f"msifusion {installed}"
 
 
 @pytest.mark.parametrize("option, value, expected", [
