@@ -15,7 +15,8 @@ TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "msifusion needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1): run make with PYTHON=python3.11 (or newer)"; exit 1; }
+		{ echo "msifusion needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1): make PYTHON=python3.11"; \
+		  exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
