@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,8 +15,10 @@ from pyimzml.ImzMLWriter import ImzMLWriter
 
 from msifusion.benchmark import (
     PROSTATE_FILES,
+    QUICK_CASES,
     BenchmarkConfig,
     Case,
+    CaseSelection,
     build_cases,
     masked_block_mean,
     middlebury_case,
@@ -105,8 +108,12 @@ def test_config_rejects_unknown_method_and_quick_preset():
     with pytest.raises(InputError, match="nope"):
         BenchmarkConfig(methods=("nope",))
     quick = BenchmarkConfig.preset(True, methods=CHEAP)
-    assert quick.quick and quick.epoch_cap and "prostate" not in quick.groups and quick.methods == CHEAP
-    assert BenchmarkConfig.preset(False) == BenchmarkConfig()
+    assert quick.quick and quick.epoch_cap == 30 and quick.methods == CHEAP and quick.cases == QUICK_CASES
+    assert "prostate" not in QUICK_CASES.groups and BenchmarkConfig.preset(False) == BenchmarkConfig()
+    seeds = BenchmarkConfig.preset(True, phantom_seeds=(4,), seed=3, epoch_cap=None)  # a case field, a run field, None
+    assert seeds.cases == replace(QUICK_CASES, phantom_seeds=(4,)) and seeds.seed == 3 and seeds.epoch_cap == 30
+    with pytest.raises(InputError, match="--groups: unknown group"):
+        BenchmarkConfig.preset(groups=("nope",))
 
 
 NOT_ACQUIRED = {(12, 27), (13, 27), (19, 5)}  # pixels without a spectrum (the grid keeps its 20×28)
@@ -150,7 +157,8 @@ def test_prostate_cases_are_the_strongest_ions_and_the_ion_of_interest(tmp_path)
 
 
 def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
-    config = BenchmarkConfig(groups=("prostate",), prostate_dir=tmp_path, methods=CHEAP, quiet=True)
+    only_prostate = CaseSelection(groups=("prostate",), prostate_dir=tmp_path)
+    config = BenchmarkConfig(cases=only_prostate, methods=CHEAP, quiet=True)
     cases, skipped, _ = build_cases(config)
     assert cases == [] and len(skipped) == 1 and "prostate_example.imzML" in skipped[0]
     with pytest.raises(InputError, match="no case to run"):

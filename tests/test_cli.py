@@ -588,8 +588,8 @@ def test_benchmark_lists_add_up_when_the_option_is_repeated(tmp_path, monkeypatc
                  "bicubic,bilinear", "--groups", "phantom", "--groups", "middlebury", "--seeds", "3",
                  "--seeds", "4,3"]) == 0
     config, = seen
-    assert config.methods == ("bilinear", "bicubic") and config.groups == ("phantom", "middlebury")
-    assert config.phantom_seeds == (3, 4)  # each once, in order: a repeated seed would be the same case twice
+    assert config.methods == ("bilinear", "bicubic") and config.cases.groups == ("phantom", "middlebury")
+    assert config.cases.phantom_seeds == (3, 4)  # each once, in order: a repeated seed would be the same case twice
 
 
 @pytest.mark.parametrize("extra, named", [

@@ -28,7 +28,7 @@ guide (:func:`msifusion.methods.fuse`, one fixed seed) and is scored against the
   already (so it holds the instrument's noise, which no method can predict). Scores count
   only the acquired pixels (``mask``: pixels with a spectrum); the measurement is the plain block mean, the zeros outside the acquisition
   included, like the phantom's background. The data come from
-  :func:`msifusion.examples.fetch_prostate` (or ``BenchmarkConfig.prostate_dir``); when
+  :func:`msifusion.examples.fetch_prostate` (or ``CaseSelection.prostate_dir``); when
   they cannot be had (e.g. no network) the group is skipped with a message, and the rest
   of the benchmark runs.
 
@@ -45,7 +45,7 @@ import csv
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -281,17 +281,10 @@ def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None,
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
-    """What the benchmark runs. Use :meth:`preset` for the full and ``--quick`` settings.
+class CaseSelection:
+    """Which cases the benchmark builds: the groups, and each group's profiles, seeds, sizes and factors. Phantom
+    cases: every profile (kind, ion) × seed × factor. ``prostate_dir``: the example's folder (None: fetched)."""
 
-    ``methods``: empty = all registered, the default method first. ``epoch_cap``: the
-    maximum epochs of the trained methods (None = each method's own default, e.g. LCRN's
-    2000 with early stopping). ``seed`` is the one seed every method runs with. ``panels``:
-    write ``panels/<case>.png``. Phantom cases: every profile (kind, ion) × seed × factor.
-    """
-
-    quick: bool = False
-    methods: tuple[str, ...] = ()
     groups: tuple[str, ...] = GROUPS
     phantom_profiles: tuple[tuple[str, str], ...] = (("leaf", "apigenin"), ("stem", "sucrose"), ("leaf", "gradient"))
     phantom_seeds: tuple[int, ...] = (1, 2)
@@ -301,6 +294,32 @@ class BenchmarkConfig:
     middlebury_downscale: int = 1
     prostate_factors: tuple[int, ...] = (4, 8)
     prostate_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        bad = [g for g in self.groups if g not in GROUPS]
+        if bad:
+            raise InputError("--groups", f"unknown group(s) {', '.join(bad)}; choose from {', '.join(GROUPS)}")
+        if any(f < 2 for f in (*self.phantom_factors, *self.middlebury_factors, *self.prostate_factors)):
+            raise InputError("factors", "every factor must be at least 2")
+
+
+QUICK_CASES = CaseSelection(groups=("phantom", "middlebury"), phantom_profiles=(("leaf", "apigenin"),),
+                            phantom_seeds=(1,), phantom_factors=(10,), phantom_shape=(160, 400),
+                            middlebury_factors=(8,), middlebury_downscale=2)  # `benchmark --quick`
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What the benchmark runs. Use :meth:`preset` for the full and ``--quick`` settings.
+
+    ``methods``: empty = all registered, the default method first. ``cases``: which cases. ``epoch_cap``: the
+    maximum epochs of the trained methods (None = each method's own default, e.g. LCRN's 2000 with early stopping).
+    ``seed`` is the one seed every method runs with. ``panels``: write ``panels/<case>.png``.
+    """
+
+    quick: bool = False
+    methods: tuple[str, ...] = ()
+    cases: CaseSelection = CaseSelection()
     epoch_cap: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -312,27 +331,20 @@ class BenchmarkConfig:
         from msifusion.methods import check_methods
 
         check_methods(self.methods, "--methods")
-        bad = [g for g in self.groups if g not in GROUPS]
-        if bad:
-            raise InputError("--groups", f"unknown group(s) {', '.join(bad)}; choose from {', '.join(GROUPS)}")
         if self.epoch_cap is not None and self.epoch_cap < 1:
             raise InputError("--epochs", "epoch cap must be at least 1")
-        if any(f < 2 for f in (*self.phantom_factors, *self.middlebury_factors, *self.prostate_factors)):
-            raise InputError("factors", "every factor must be at least 2")
         check_device(self.device)
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides) -> "BenchmarkConfig":
         """The full benchmark, or with ``quick`` a few-minute version on 2 CPU cores:
         one phantom (160×400, ×10), Middlebury downscaled ×2 at ×8, no prostate, trained
-        methods capped at 30 epochs. ``overrides`` replace any field."""
-        settings: dict = {}
-        if quick:
-            settings = dict(quick=True, groups=("phantom", "middlebury"), phantom_profiles=(("leaf", "apigenin"),),
-                            phantom_seeds=(1,), phantom_factors=(10,), phantom_shape=(160, 400),
-                            middlebury_factors=(8,), middlebury_downscale=2, epoch_cap=30)
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**settings)
+        methods capped at 30 epochs. ``overrides`` replace any field, of this config or of its
+        :class:`CaseSelection` (None: not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        selection = {k: given.pop(k) for k in list(given) if k in CaseSelection.__dataclass_fields__}
+        cases = replace(QUICK_CASES if quick else CaseSelection(), **selection)
+        return cls(**{**(dict(quick=True, epoch_cap=30) if quick else {}), "cases": cases, **given})
 
     def method_order(self) -> list[str]:
         """The methods to run: as given, or all registered with the default first."""
@@ -350,17 +362,17 @@ def build_cases(config: BenchmarkConfig, log=None) -> tuple[list[Case], list[str
     cases: list[Case] = []
     skipped: list[str] = []
     facts: dict = {}
-    if "phantom" in config.groups:
-        for kind, ion in config.phantom_profiles:
-            for seed in config.phantom_seeds:
-                for factor in config.phantom_factors:
-                    cases.append(phantom_case(kind, ion, seed, factor, config.phantom_shape))
-    if "middlebury" in config.groups:
-        for factor in config.middlebury_factors:
-            cases.append(middlebury_case(factor, config.middlebury_downscale))
-    if "prostate" in config.groups:
+    if "phantom" in config.cases.groups:
+        for kind, ion in config.cases.phantom_profiles:
+            for seed in config.cases.phantom_seeds:
+                for factor in config.cases.phantom_factors:
+                    cases.append(phantom_case(kind, ion, seed, factor, config.cases.phantom_shape))
+    if "middlebury" in config.cases.groups:
+        for factor in config.cases.middlebury_factors:
+            cases.append(middlebury_case(factor, config.cases.middlebury_downscale))
+    if "prostate" in config.cases.groups:
         try:
-            prostate, facts["prostate"] = prostate_cases(config.prostate_factors, config.prostate_dir)
+            prostate, facts["prostate"] = prostate_cases(config.cases.prostate_factors, config.cases.prostate_dir)
             cases += prostate
         except CasesUnavailable as exc:
             skipped.append(f"prostate cases skipped: {exc}")
@@ -411,7 +423,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     from msifusion.io.outdir import check_output_dir, staged_output_dir
 
     t0 = time.perf_counter()
-    out = check_output_dir(out, overwrite, [config.prostate_dir])
+    out = check_output_dir(out, overwrite, [config.cases.prostate_dir])
     log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     methods = config.method_order()
     skipped: list[str] = []
@@ -423,7 +435,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     build_s = time.perf_counter() - t0
     rows: list[dict] = []
     case_seconds: dict[str, float] = {}
-    with staged_output_dir(out, overwrite, [config.prostate_dir]) as stage:
+    with staged_output_dir(out, overwrite, [config.cases.prostate_dir]) as stage:
         if config.panels:
             (stage / "panels").mkdir()
         total = len(cases) * len(methods)
