@@ -495,7 +495,7 @@ def add_benchmark_and_study(sub) -> None:
     p.add_argument("--out", type=_folder, default="msifusion-benchmark", metavar="DIR",
                    help="output folder (default ./msifusion-benchmark)")
     p.add_argument("--quick", action="store_true",
-                   help="a few minutes on 2 CPU cores: one small phantom (seed 1, ×10), Middlebury halved and fused "
+                   help="about a minute on 2 CPU cores: one small phantom (seed 1, ×10), Middlebury halved and fused "
                         "×8, no prostate, trained methods capped at 30 epochs (the full run: hours with the trained "
                         "methods; minutes with --methods of the untrained ones)")
     # Comma lists; a repeated option adds to the list (as --mz does), so `--methods a --methods b` runs both.
