@@ -545,6 +545,40 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert run.wait() == 0 and err == b""
 
 
+def test_a_name_that_is_not_utf8_is_one_line_not_a_crash(tmp_path, files, capsys):
+    import os
+
+    opt, ion_path, _, _ = files
+    odd = os.fsdecode(bytes(tmp_path / "ion") + b"\xfe.tiff")  # a Latin-1 name on a UTF-8 system
+    os.link(ion_path, odd)
+    for extra in (["--ion", odd, "--out", str(tmp_path / "o")], ["--ion", str(ion_path), "--out", odd + "_out"]):
+        with pytest.raises(SystemExit) as exited:
+            main(["fuse", "--optical", str(opt), *extra, "--quiet"])
+        assert exited.value.code == 2
+        _assert_one_line_error(capsys, "ion\ufffd.tiff", "bytes that are not UTF-8 text", "rename it")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_kill_says_so_and_leaves_nothing(tmp_path, files):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    opt, ion_path, _, _ = files
+    out = tmp_path / "o"
+    run = subprocess.Popen([sys.executable, "-m", "msifusion", "fuse", "--optical", str(opt), "--ion", str(ion_path),
+                            "--out", str(out), "--method", "lcrn", "--epochs", "100000", "--patience", "0", "--quiet"],
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".o.partial-*")) and time.monotonic() < deadline:  # at work in its staging folder
+        time.sleep(0.1)
+    run.send_signal(signal.SIGTERM)
+    code, err = run.wait(60), run.stderr.read()
+    assert code == 143 and err.strip() == "msifusion: terminated; nothing written", err
+    assert not out.exists() and not list(tmp_path.glob(".o.*"))
+
+
 def test_python_dash_m_msifusion_is_the_command_and_the_version_is_the_packages():
     import importlib.metadata
     import subprocess

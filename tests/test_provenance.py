@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ def test_run_json_is_strict_json_with_non_finite_numbers_as_null(tmp_path):
     text = write_run_json(tmp_path, record).read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"consistency_error": None, "peak": None, "scores": [1.5, None],
-                                "nested": {"x": 2.0, "n": 3}, "files_written": []}
+                                "nested": {"x": 2.0, "n": 3}, "files_written": [], "file_fingerprints": {}}
 
 
 def test_run_json_lists_the_files_written_before_it(tmp_path):
@@ -23,7 +24,10 @@ def test_run_json_lists_the_files_written_before_it(tmp_path):
     (tmp_path / "sub" / "run.json").write_text("{}")
     write_run_json(tmp_path, {"tool": "msifusion"})
     write_run_json(tmp_path, {"tool": "msifusion"})  # written again: it does not list itself
-    assert json.loads((tmp_path / "run.json").read_text())["files_written"] == ["fused.tiff", "sub/run.json"]
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["files_written"] == ["fused.tiff", "sub/run.json"]
+    assert record["file_fingerprints"] == {"fused.tiff": [1, hashlib.blake2b(b"x", digest_size=16).hexdigest()],
+                                           "sub/run.json": [2, hashlib.blake2b(b"{}", digest_size=16).hexdigest()]}
 
 
 def test_every_run_json_opens_with_the_same_header():

@@ -678,10 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    # A kill (SIGTERM) becomes SystemExit, so staging folders are removed as on any other error.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = build_parser()
     argv = _attach_signed_values(sys.argv[1:] if argv is None else argv)
+    for token in argv:
+        if any("\udc80" <= ch <= "\udcff" for ch in token):  # bytes that are not UTF-8, as Python keeps them
+            shown = token.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            parser.exit(EXIT_BAD_INPUT, f"msifusion: error: {shown}: its name holds bytes that are not UTF-8 text "
+                                        "(shown as �), which the image and TIFF libraries cannot take; rename it\n")
     args, extra = parser.parse_known_args(argv)
     if extra:
         words = {token.lower() for token in extra}
@@ -693,20 +696,44 @@ def main(argv: list[str] | None = None) -> int:
                  f"; {PIXEL_UNITS}" if words & set(LENGTH_UNITS) else "")
         parser.exit(EXIT_BAD_INPUT, f"msifusion: error: unrecognized arguments: {' '.join(extra)}{units} "
                                     f"(see `msifusion {args.command} --help`)\n")
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame) -> None:
+        stopped.append(signum)  # told by its signal, whatever the exception becomes on its way out (see _failed)
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(143)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.func(args)
-    except InputError as exc:
+    except BaseException as exc:  # noqa: BLE001 - each kind is told or re-raised in _failed
+        return _failed(exc, stopped, getattr(args, "out", None))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _failed(exc: BaseException, stopped: list[int], out: str | None) -> int:
+    """The exit code of a command that raised ``exc``, after its one line on stderr; a bug is raised again.
+
+    Ctrl-C and a kill (SIGTERM) raise KeyboardInterrupt and SystemExit, so staging folders are removed as on any
+    error; one that cuts a library's import short can surface as another error from the half-imported module, so
+    the signal, not the exception, says what happened."""
+    import signal
+
+    if stopped or isinstance(exc, KeyboardInterrupt):
+        killed = bool(stopped) and stopped[0] == signal.SIGTERM
+        print(f"msifusion: {'terminated' if killed else 'interrupted'}; nothing written", file=sys.stderr)
+        return 143 if killed else 130
+    if isinstance(exc, InputError):
         print(f"msifusion: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("msifusion: interrupted; nothing written", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `msifusion peaks F | head`: the reader has what it wanted; end quietly, as Unix tools do
+    if isinstance(exc, BrokenPipeError):  # `msifusion peaks F | head`: the reader has what it wanted; end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a full disk, a quota, a drive gone: not the input's fault (exit 1); staging is removed
-        print(f"msifusion: error: {_os_error(exc, getattr(args, 'out', None))}; nothing written", file=sys.stderr)
+    if isinstance(exc, OSError):  # a full disk, a quota, a drive gone: not the input's fault (exit 1)
+        print(f"msifusion: error: {_os_error(exc, out)}; nothing written", file=sys.stderr)
         return 1
+    raise exc
 
 
 def _attach_signed_values(argv: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msifusion.io.outdir import RUN_RECORD, files_in
+from msifusion.io.outdir import RUN_RECORD, fingerprints
 
 # Libraries recorded in run.json: the name users know them by, and the module that runs.
 _LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
@@ -124,10 +124,12 @@ def input_files(roles: Mapping[str, str | Path | None]) -> dict:
 
 def write_run_json(folder: Path, record: dict) -> Path:
     """``run.json``, strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON). It lists the
-    files the run wrote into ``folder`` before it (``files_written``), so that ``--overwrite`` can tell them from files
-    added later (:func:`msifusion.io.outdir.not_written_by_its_run`)."""
+    files the run wrote into ``folder`` before it (``files_written``, with their ``file_fingerprints``), so that
+    ``--overwrite`` can tell them from files added or edited later (:func:`msifusion.io.outdir.not_written_by_its_run`,
+    :func:`msifusion.io.outdir.changed_since_its_run`)."""
     path = folder / RUN_RECORD
-    record = {**record, "files_written": files_in(folder)}
+    written = fingerprints(folder)
+    record = {**record, "files_written": list(written), "file_fingerprints": written}
     path.write_text(json.dumps(_finite(record), indent=2, default=_json_default, allow_nan=False) + "\n")
     return path
 

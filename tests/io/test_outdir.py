@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from msifusion.errors import InputError
@@ -242,3 +244,103 @@ def test_one_ion_folder_of_a_panel_is_not_replaced_alone(tmp_path):
     check_output_dir(panel, overwrite=True)  # the panel as a whole may be replaced
     (panel / "run.json").write_text(json.dumps({"tool": "msifusion", "files_written": ["fused.tiff"]}))
     check_output_dir(ion, overwrite=True)  # a folder the run above did not write is the user's own earlier run
+
+
+def _earlier_run(out, files=("fused.tiff",)):
+    """An earlier output as a run leaves it: its files, then its record with their fingerprints."""
+    from msifusion.provenance import write_run_json
+
+    out.mkdir(parents=True)
+    for name in files:
+        (out / name).write_text(f"{name} as the run wrote it")
+    write_run_json(out, {"tool": "msifusion"})
+    return out
+
+
+def test_overwrite_refuses_a_run_file_edited_since_but_not_one_copied(tmp_path):
+    import shutil
+
+    out = _earlier_run(tmp_path / "reg", ("landmarks.csv", "fused.tiff"))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, copy_function=shutil.copy)  # `cp -r`: new times, same contents
+    assert check_output_dir(copy, overwrite=True) == copy
+    (out / "landmarks.csv").write_text("landmarks.csv as BigWarp refined it")  # same length: the content tells
+    with pytest.raises(InputError, match=r"holds files edited since its run wrote them \(landmarks.csv\)"):
+        check_output_dir(out, overwrite=True)
+
+
+def test_files_added_or_edited_during_an_overwrite_keep_the_earlier_run(tmp_path):
+    out = _earlier_run(tmp_path / "run")
+    for change in (lambda: (out / "notes.txt").write_text("saved while the run worked"),
+                   lambda: (out / "fused.tiff").write_text("edited while the run worked!")):
+        with pytest.raises(InputError, match="output folder now holds files .*; nothing written"):
+            with staged_output_dir(out, overwrite=True) as stage:
+                (stage / "new.txt").write_text("new")
+                change()
+        assert (out / "new.txt").exists() is False and [p.name for p in tmp_path.iterdir()] == ["run"]
+        (out / "notes.txt").unlink(missing_ok=True)
+        (out / "fused.tiff").write_text("fused.tiff as the run wrote it")
+
+
+def test_an_earlier_run_replaced_by_another_meanwhile_is_kept(tmp_path):
+    import shutil
+
+    out = _earlier_run(tmp_path / "run")
+    with pytest.raises(InputError, match="another run replaced the output folder meanwhile; nothing written"):
+        with staged_output_dir(out, overwrite=True) as stage:
+            (stage / "mine.txt").write_text("mine")
+            shutil.rmtree(out)
+            _earlier_run(out, ("theirs.txt",))  # a second --overwrite run finished first
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "theirs.txt"]
+
+
+def test_ctrl_c_while_the_folders_trade_places_waits_and_the_results_are_in(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import msifusion.io.outdir as outdir
+
+    out = _earlier_run(tmp_path / "run")
+    move = outdir._move_into_place
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # between the two renames, as a user's Ctrl-C could land
+        move(*args)
+
+    monkeypatch.setattr(outdir, "_move_into_place", interrupted)
+    with staged_output_dir(out, overwrite=True) as stage:
+        (stage / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path):
+    import subprocess
+    import sys
+
+    from msifusion.io.outdir import _staging_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that has ended
+    out = tmp_path / "run"
+    old = _earlier_run(tmp_path / (_staging_prefix(out, "old").replace(str(os.getpid()), dead) + "abc"))
+    partial = tmp_path / (_staging_prefix(out, "partial").replace(str(os.getpid()), dead) + "xyz")
+    running = tmp_path / (_staging_prefix(out, "partial") + "live")  # this process's: at work
+    elsewhere = tmp_path / f".run.partial-another_machine-{dead}-abc"
+    for folder in (partial, running, elsewhere):
+        folder.mkdir()
+    with pytest.raises(InputError, match="holds an earlier run"):  # the killed swap's earlier run, back in place
+        with staged_output_dir(out):
+            pass
+    assert (out / "fused.tiff").exists() and not old.exists() and not partial.exists()
+    assert running.exists() and elsewhere.exists()
+
+
+def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = _earlier_run(tmp_path / "run")
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # a read-only folder's files stay
+    with staged_output_dir(out, overwrite=True) as stage:
+        (stage / "new.txt").write_text("new")
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".run.old-")]
+    assert f"the replaced run's files could not all be removed; they are in {left}" in capsys.readouterr().err

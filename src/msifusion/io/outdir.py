@@ -10,9 +10,13 @@ space) is followed: the results go where the link points.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,11 +54,11 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
     where = out.resolve()
     if _holds(where, Path.cwd()):
         raise InputError(out, "output folder is the current folder or one above it; name a new folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
     for path in inputs:
         if path is not None and _holds(where, path):
             raise InputError(out, f"output folder holds the input {path}; replacing it would delete it")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output path exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if not is_earlier_output(out):
             raise InputError(out, f"output folder is not empty and is no earlier msifusion output (no msifusion "
@@ -66,11 +70,9 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
             raise InputError(out, f"output folder is part of the earlier run in {owner} (its {RUN_RECORD} lists its "
                                   "files): replacing it alone would leave that run's records describing other files; "
                                   f"overwrite {owner} as a whole, or name a new folder")
-        added = not_written_by_its_run(out)
-        if added:
-            listed = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
-            raise InputError(out, f"output folder holds files its run did not write ({listed}); --overwrite would "
-                                  "delete them: move them out first")
+        problem = _not_replaceable(out)
+        if problem:
+            raise InputError(out, problem)
     parent = nearest_existing(where.parent)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
@@ -110,6 +112,49 @@ def not_written_by_its_run(folder: Path) -> list[str]:
         return sorted(set(files_in(folder)) - set(listed))
     written = record.stat().st_mtime
     return [f for f in files_in(folder) if (folder / f).stat().st_mtime > written]
+
+
+FINGERPRINT_BYTES = 1 << 20  # a run's files up to this size are known by their content, larger ones by their size
+
+
+def fingerprints(folder: Path) -> dict[str, list]:
+    """Each file :func:`files_in` ``folder`` lists, as [bytes, content digest] (the digest None above
+    :data:`FINGERPRINT_BYTES`): what a run wrote, so that a later edit (a ``landmarks.csv`` refined in BigWarp) can
+    be told from the run's own file, whatever its modification time (a copy with ``cp -r`` changes that)."""
+    import hashlib
+
+    found = {}
+    for name in files_in(folder):
+        path = folder / name
+        size = path.stat().st_size
+        found[name] = [size, hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+                       if size <= FINGERPRINT_BYTES else None]
+    return found
+
+
+def changed_since_its_run(folder: Path) -> list[str]:
+    """Files of an earlier output ``folder`` (relative paths, sorted) that differ from what its run wrote, by the
+    fingerprints its record keeps (records older than those: none)."""
+    try:
+        kept = json.loads((folder / RUN_RECORD).read_text()).get("file_fingerprints")
+    except (OSError, ValueError, AttributeError):
+        kept = None
+    if not isinstance(kept, dict):
+        return []
+    now = fingerprints(folder)
+    return sorted(name for name, print_ in kept.items()
+                  if name in now and (now[name][0] != print_[0] or (print_[1] is not None and now[name] != print_)))
+
+
+def _not_replaceable(folder: Path) -> str | None:
+    """Why ``--overwrite`` must not replace the earlier output ``folder``: files its run did not write, or that were
+    edited since (replacing the folder would lose them); None when it may."""
+    for files, what in ((not_written_by_its_run(folder), "files its run did not write"),
+                        (changed_since_its_run(folder), "files edited since its run wrote them")):
+        if files:
+            listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            return f"output folder holds {what} ({listed}); --overwrite would delete them: move them out first"
+    return None
 
 
 def enclosing_run(folder: Path) -> Path | None:
@@ -174,29 +219,69 @@ def remove_empty_folders(folders: Iterable[Path]) -> None:
 @contextmanager
 def staged_output_dir(out: str | Path, overwrite: bool = False,
                       inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """Yield a staging folder; on success it becomes ``out``, on any error it vanishes."""
+    """Yield a staging folder; on success it becomes ``out``, on any error it vanishes.
+
+    With ``overwrite``, the earlier run in ``out`` is replaced only if it is still the one checked before the work
+    began, with nothing added or edited in it meanwhile; Ctrl-C or a kill (SIGTERM) while the two folders trade
+    places is ignored (the results are complete by then). Staging folders of runs that were killed outright (their
+    process is gone) are removed, and a replaced run that such a kill left hidden beside ``out`` is put back."""
     out = check_output_dir(out, overwrite, inputs)
+    if _clear_killed_runs(out):  # an earlier run put back is checked as any other
+        out = check_output_dir(out, overwrite, inputs)
+    checked = _record_identity(out) if overwrite else None
     made = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, "partial"), dir=out.parent))
     except OSError as exc:
         raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
     try:
         yield stage
-        _move_into_place(stage, out, overwrite)
+        with _signals_held():
+            _move_into_place(stage, out, checked)
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)  # gone already where the results are in place
         remove_empty_folders(made)
         raise
 
 
-def _move_into_place(stage: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``stage`` to ``out``. Without ``overwrite`` the rename itself is the check: it replaces
-    nothing but an empty folder, so another run that filled ``out`` meanwhile keeps its results. With
-    it, an existing ``out`` is replaced, and kept as it was if the rename fails."""
-    if not overwrite or not out.exists():
+def _record_identity(out: Path) -> tuple[int, int, int] | None:
+    """The earlier run's record as checked (inode, size, modification time), to tell it from another run's that
+    replaced it meanwhile; None where ``out`` holds no run."""
+    try:
+        stat = (out / RUN_RECORD).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are ignored while the folders trade places: the run has finished (or its error is on its
+    way), and an interrupt now would only report "nothing written" over results in place. Their Python handlers are
+    swapped, not the signals blocked: any thread may receive a signal, the main thread runs its handler. In the main
+    thread only (elsewhere Python neither delivers signals nor lets handlers be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+
+
+def _move_into_place(stage: Path, out: Path, checked: tuple[int, int, int] | None) -> None:
+    """Rename ``stage`` to ``out``. Where no earlier run was checked, the rename itself is the check: it replaces
+    nothing but an empty folder, so another run that filled ``out`` meanwhile keeps its results. Otherwise the
+    earlier run is moved aside, checked again, and replaced; it is put back as it was if the check or the rename
+    fails."""
+    if checked is None or not out.exists():
         try:
             stage.rename(out)
         except OSError as exc:
@@ -204,12 +289,58 @@ def _move_into_place(stage: Path, out: Path, overwrite: bool) -> None:
                 raise InputError(out, "another run wrote into the output folder meanwhile; nothing written") from None
             raise exc
         return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    backup = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, "old"), dir=out.parent))
     backup.rmdir()
     out.rename(backup)
     try:
+        problem = ("another run replaced the output folder meanwhile" if _record_identity(backup) != checked else
+                   _not_replaceable(backup))
+        if problem:
+            raise InputError(out, f"{problem.replace('output folder holds', 'output folder now holds')}; "
+                                  "nothing written")
         stage.rename(out)
-    except OSError:
+    except BaseException:
         backup.rename(out)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+    if backup.exists():  # a read-only folder, a file held open on another system
+        print(f"msifusion: warning: the replaced run's files could not all be removed; they are in {backup}",
+              file=sys.stderr)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())  # in staging folders' names: whose process to look for
+
+
+def _staging_prefix(out: Path, kind: str) -> str:
+    """The name of a run's folder beside ``out`` before its random part: ``kind`` ("partial": the results being
+    written; "old": the run they replace), this machine and the process, so a later run can tell a killed run's."""
+    return f".{out.name}.{kind}-{_HOST}-{os.getpid()}-"
+
+
+def _clear_killed_runs(out: Path) -> bool:
+    """Remove the staging folders beside ``out`` of this machine's runs whose process is gone (killed outright:
+    SIGKILL, a power cut), and put back a replaced run that such a kill left hidden while ``out`` itself is
+    missing (the new results were not in place yet); returns whether it put one back."""
+    restored = False
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(old|partial)-{_HOST}-(\d+)-.+")
+    for folder in sorted(out.parent.glob(f".{glob.escape(out.name)}.*")):  # "old" before "partial"
+        found = pattern.fullmatch(folder.name)
+        if found is None or _alive(int(found.group(2))) or not folder.is_dir():
+            continue
+        if found.group(1) == "old" and not out.exists():
+            folder.rename(out)
+            restored = True
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return restored
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine; a folder on a shared drive may be another machine's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
