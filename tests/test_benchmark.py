@@ -114,6 +114,9 @@ def test_config_rejects_unknown_method_and_quick_preset():
     assert seeds.cases == replace(QUICK_CASES, phantom_seeds=(4,)) and seeds.seed == 3 and seeds.epoch_cap == 30
     with pytest.raises(InputError, match="--groups: unknown group"):
         BenchmarkConfig.preset(groups=("nope",))
+    assert BenchmarkConfig.preset(True, cases=CaseSelection()).cases == CaseSelection()  # a selection of one's own
+    with pytest.raises(ValueError, match="either cases or its fields"):
+        BenchmarkConfig.preset(cases=CaseSelection(), phantom_seeds=(3,))
 
 
 NOT_ACQUIRED = {(12, 27), (13, 27), (19, 5)}  # pixels without a spectrum (the grid keeps its 20×28)

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -545,6 +546,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert run.wait() == 0 and err == b""
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="other systems' file systems refuse such names")
 def test_a_name_that_is_not_utf8_is_one_line_not_a_crash(tmp_path, files, capsys):
     import os
 
@@ -573,6 +575,7 @@ def test_a_kill_says_so_and_leaves_nothing(tmp_path, files):
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".o.partial-*")) and time.monotonic() < deadline:  # at work in its staging folder
         time.sleep(0.1)
+    assert list(tmp_path.glob(".o.partial-*")), "the run never began writing"
     run.send_signal(signal.SIGTERM)
     code, err = run.wait(60), run.stderr.read()
     assert code == 143 and err.strip() == "msifusion: terminated; nothing written", err
@@ -580,15 +583,13 @@ def test_a_kill_says_so_and_leaves_nothing(tmp_path, files):
 
 
 def test_python_dash_m_msifusion_is_the_command_and_the_version_is_the_packages():
-    import importlib.metadata
     import subprocess
     import sys
 
     import msifusion
 
     out = subprocess.run([sys.executable, "-m", "msifusion", "--version"], capture_output=True, text=True, check=True)
-    installed = importlib.metadata.version("msifusion")  # pyproject's version is read from msifusion.__version__
-    assert out.stdout.strip() == f"msifusion {msifusion.__version__}" == f"msifusion {installed}"
+    assert out.stdout.strip() == f"msifusion {msifusion.__version__}"
 
 
 @pytest.mark.parametrize("option, value, expected", [

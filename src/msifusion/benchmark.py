@@ -343,8 +343,10 @@ class BenchmarkConfig:
         :class:`CaseSelection` (None: not given)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         selection = {k: given.pop(k) for k in list(given) if k in CaseSelection.__dataclass_fields__}
-        cases = replace(QUICK_CASES if quick else CaseSelection(), **selection)
-        return cls(**{**(dict(quick=True, epoch_cap=30) if quick else {}), "cases": cases, **given})
+        if "cases" in given and selection:
+            raise ValueError(f"give either cases or its fields ({', '.join(selection)}), not both")
+        cases = replace(given.pop("cases", QUICK_CASES if quick else CaseSelection()), **selection)
+        return cls(**{**(dict(quick=True, epoch_cap=30) if quick else {}), **given, "cases": cases})
 
     def method_order(self) -> list[str]:
         """The methods to run: as given, or all registered with the default first."""

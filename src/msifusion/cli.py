@@ -702,7 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         stopped.append(signum)  # told by its signal, whatever the exception becomes on its way out (see _failed)
         raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(143)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         return args.func(args)
     except BaseException as exc:  # noqa: BLE001 - each kind is told or re-raised in _failed

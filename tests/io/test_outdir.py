@@ -269,15 +269,22 @@ def test_overwrite_refuses_a_run_file_edited_since_but_not_one_copied(tmp_path):
         check_output_dir(out, overwrite=True)
 
 
-def test_files_added_or_edited_during_an_overwrite_keep_the_earlier_run(tmp_path):
+def test_files_added_or_edited_during_an_overwrite_keep_the_earlier_run_and_the_results_beside_it(tmp_path):
+    import shutil
+
     out = _earlier_run(tmp_path / "run")
     for change in (lambda: (out / "notes.txt").write_text("saved while the run worked"),
                    lambda: (out / "fused.tiff").write_text("edited while the run worked!")):
-        with pytest.raises(InputError, match="output folder now holds files .*; nothing written"):
+        with pytest.raises(InputError, match=r"output folder now holds files .*, saved while this run worked; it is "
+                                             r"kept as it was, and this run's results are in .*run\.new-") as error:
             with staged_output_dir(out, overwrite=True) as stage:
                 (stage / "new.txt").write_text("new")
                 change()
-        assert (out / "new.txt").exists() is False and [p.name for p in tmp_path.iterdir()] == ["run"]
+        (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.new-")]
+        assert str(kept) in str(error.value) and (kept / "new.txt").read_text() == "new"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run", kept.name]  # nothing hidden left
+        assert not (out / "new.txt").exists()
+        shutil.rmtree(kept)
         (out / "notes.txt").unlink(missing_ok=True)
         (out / "fused.tiff").write_text("fused.tiff as the run wrote it")
 
@@ -286,7 +293,7 @@ def test_an_earlier_run_replaced_by_another_meanwhile_is_kept(tmp_path):
     import shutil
 
     out = _earlier_run(tmp_path / "run")
-    with pytest.raises(InputError, match="another run replaced the output folder meanwhile; nothing written"):
+    with pytest.raises(InputError, match="another run replaced the output folder meanwhile; its results are kept"):
         with staged_output_dir(out, overwrite=True) as stage:
             (stage / "mine.txt").write_text("mine")
             shutil.rmtree(out)
@@ -295,7 +302,6 @@ def test_an_earlier_run_replaced_by_another_meanwhile_is_kept(tmp_path):
 
 
 def test_ctrl_c_while_the_folders_trade_places_waits_and_the_results_are_in(tmp_path, monkeypatch):
-    import os
     import signal
 
     import msifusion.io.outdir as outdir
@@ -308,31 +314,50 @@ def test_ctrl_c_while_the_folders_trade_places_waits_and_the_results_are_in(tmp_
         move(*args)
 
     monkeypatch.setattr(outdir, "_move_into_place", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
     with staged_output_dir(out, overwrite=True) as stage:
         (stage / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
 
 
+def _killed_run(tmp_path, token, holder=None):
+    """A run's lock file beside ``run``, free (its process was killed) or held by ``holder`` (a live process)."""
+    lock = tmp_path / f".run.lock-{token}"
+    lock.touch()
+    if holder is not None:
+        import subprocess
+        import sys
+
+        code = (f"import fcntl, time; f = open({str(lock)!r}); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); "
+                "time.sleep(60)")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # it holds the lock now
+        holder.append(proc)
+    return lock
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the locks that tell a killed run are POSIX flock")
 def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path):
-    import subprocess
-    import sys
-
-    from msifusion.io.outdir import _staging_prefix
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()  # a process id that has ended
-    out = tmp_path / "run"
-    old = _earlier_run(tmp_path / (_staging_prefix(out, "old").replace(str(os.getpid()), dead) + "abc"))
-    partial = tmp_path / (_staging_prefix(out, "partial").replace(str(os.getpid()), dead) + "xyz")
-    running = tmp_path / (_staging_prefix(out, "partial") + "live")  # this process's: at work
-    elsewhere = tmp_path / f".run.partial-another_machine-{dead}-abc"
-    for folder in (partial, running, elsewhere):
-        folder.mkdir()
-    with pytest.raises(InputError, match="holds an earlier run"):  # the killed swap's earlier run, back in place
-        with staged_output_dir(out):
-            pass
-    assert (out / "fused.tiff").exists() and not old.exists() and not partial.exists()
-    assert running.exists() and elsewhere.exists()
+    out, live = tmp_path / "run", []
+    _killed_run(tmp_path, "aa")  # killed between its two renames: the earlier run hidden, no results in place
+    _earlier_run(tmp_path / ".run.old-aa")
+    (tmp_path / ".run.partial-aa").mkdir()
+    _killed_run(tmp_path, "bb")  # killed while removing the run it had replaced
+    (tmp_path / ".run.trash-bb").mkdir()
+    _killed_run(tmp_path, "cc", live)  # at work in another process
+    (tmp_path / ".run.partial-cc").mkdir()
+    (tmp_path / ".run.partial-dd").mkdir()  # no lock: an older version's, or a drive without locking
+    try:
+        with pytest.raises(InputError, match="holds an earlier run"):  # the hidden earlier run, back in place
+            with staged_output_dir(out):
+                pass
+        assert (out / "fused.tiff").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock-cc", ".run.partial-cc", ".run.partial-dd",
+                                                              "run"]
+    finally:
+        for proc in live:
+            proc.kill()
 
 
 def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, capsys):
@@ -342,5 +367,6 @@ def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, c
     monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # a read-only folder's files stay
     with staged_output_dir(out, overwrite=True) as stage:
         (stage / "new.txt").write_text("new")
-    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".run.old-")]
-    assert f"the replaced run's files could not all be removed; they are in {left}" in capsys.readouterr().err
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".run.trash-")]
+    assert f"a replaced run's files could not all be removed; they are in {left}" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.lock-")]  # kept, for a later run to clear

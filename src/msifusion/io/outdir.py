@@ -13,12 +13,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
-import socket
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,11 +30,13 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
     """Refuse early (before any work) when ``out`` holds something other than an earlier msifusion output
     (:func:`is_earlier_output`), or one while overwrite is off, when it is or holds
     the current folder or one of the run's ``inputs`` (replacing it would delete them), or when no folder
-    can be made there. Returns the folder to write: ``out``, or where it points if it is a symbolic link."""
+    can be made there. First clears what runs into ``out`` that were killed outright left (:func:`_clear_killed_runs`).
+    Returns the folder to write: ``out``, or where it points if it is a symbolic link."""
     out = Path(out)
     try:
         if out.is_symlink():
             out = Path(os.path.realpath(out))
+        _clear_killed_runs(out)
         _check_output_dir(out, overwrite, inputs)
     except OSError as exc:  # a name too long, a parent that cannot be read, …
         raise InputError(out, f"cannot use the output folder: {exc.strerror or exc}") from None
@@ -72,7 +73,7 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
                                   f"overwrite {owner} as a whole, or name a new folder")
         problem = _not_replaceable(out)
         if problem:
-            raise InputError(out, problem)
+            raise InputError(out, f"output folder {problem}; --overwrite would delete them: move them out first")
     parent = nearest_existing(where.parent)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
@@ -127,8 +128,13 @@ def fingerprints(folder: Path) -> dict[str, list]:
     for name in files_in(folder):
         path = folder / name
         size = path.stat().st_size
-        found[name] = [size, hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-                       if size <= FINGERPRINT_BYTES else None]
+        digest = None
+        if size <= FINGERPRINT_BYTES:
+            try:
+                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            except OSError:  # unreadable: known by its size alone
+                pass
+        found[name] = [size, digest]
     return found
 
 
@@ -142,18 +148,24 @@ def changed_since_its_run(folder: Path) -> list[str]:
     if not isinstance(kept, dict):
         return []
     now = fingerprints(folder)
-    return sorted(name for name, print_ in kept.items()
-                  if name in now and (now[name][0] != print_[0] or (print_[1] is not None and now[name] != print_)))
+    changed = []
+    for name, print_ in kept.items():
+        if name not in now or not isinstance(print_, list) or len(print_) != 2:  # removed since, or not ours to read
+            continue
+        size, digest = now[name]
+        if size != print_[0] or (print_[1] is not None and digest is not None and digest != print_[1]):
+            changed.append(name)
+    return sorted(changed)
 
 
 def _not_replaceable(folder: Path) -> str | None:
-    """Why ``--overwrite`` must not replace the earlier output ``folder``: files its run did not write, or that were
-    edited since (replacing the folder would lose them); None when it may."""
+    """Why ``--overwrite`` must not replace the earlier output ``folder`` ("holds files …"): files its run did not
+    write, or that were edited since (replacing the folder would lose them); None when it may."""
     for files, what in ((not_written_by_its_run(folder), "files its run did not write"),
                         (changed_since_its_run(folder), "files edited since its run wrote them")):
         if files:
             listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-            return f"output folder holds {what} ({listed}); --overwrite would delete them: move them out first"
+            return f"holds {what} ({listed})"
     return None
 
 
@@ -222,38 +234,108 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     """Yield a staging folder; on success it becomes ``out``, on any error it vanishes.
 
     With ``overwrite``, the earlier run in ``out`` is replaced only if it is still the one checked before the work
-    began, with nothing added or edited in it meanwhile; Ctrl-C or a kill (SIGTERM) while the two folders trade
-    places is ignored (the results are complete by then). Staging folders of runs that were killed outright (their
-    process is gone) are removed, and a replaced run that such a kill left hidden beside ``out`` is put back."""
+    began, with nothing added or edited in it meanwhile; otherwise it is kept and this run's complete results are
+    left beside it, named in the error. Ctrl-C or a kill (SIGTERM) while the two folders trade places is ignored
+    (the results are complete by then). What a run killed outright (SIGKILL, a power cut) left beside ``out`` is
+    cleared by the next run into it: see :class:`_RunFolders`."""
     out = check_output_dir(out, overwrite, inputs)
-    if _clear_killed_runs(out):  # an earlier run put back is checked as any other
-        out = check_output_dir(out, overwrite, inputs)
-    checked = _record_identity(out) if overwrite else None
+    checked = _record_digest(out) if overwrite else None
     made = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, "partial"), dir=out.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
         raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
     stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
+    run = _RunFolders(out, stage.name[len(f".{out.name}.partial-"):])
+    lock = run.hold()
     try:
         yield stage
         with _signals_held():
-            _move_into_place(stage, out, checked)
+            _move_into_place(stage, out, checked, run)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # gone already where the results are in place
+        run.release(lock)
         remove_empty_folders(made)
         raise
-
-
-def _record_identity(out: Path) -> tuple[int, int, int] | None:
-    """The earlier run's record as checked (inode, size, modification time), to tell it from another run's that
-    replaced it meanwhile; None where ``out`` holds no run."""
     try:
-        stat = (out / RUN_RECORD).stat()
+        _remove(run.path("trash"))
+    except (KeyboardInterrupt, SystemExit):  # the results are in place: a long removal may be cut short
+        print(f"msifusion: warning: the replaced run's files are left in {run.path('trash')}; the next run into "
+              f"{out} removes them", file=sys.stderr)
+    run.release(lock)
+
+
+@dataclass(frozen=True)
+class _RunFolders:
+    """One run's hidden folders beside ``out``, named by one random token: ``partial`` (the results being written),
+    ``old`` (the earlier run they replace, moved aside), ``trash`` (that run on its way out), and a ``lock`` file the
+    run holds while it lives (POSIX ``flock``: the system releases it when the process ends, however it ends), so a
+    later run can tell a killed run's folders from a working one's, on this machine or another sharing the drive.
+    Where no lock can be taken (Windows, a drive without locking) nothing is ever cleared."""
+
+    out: Path
+    token: str
+
+    def path(self, kind: str) -> Path:
+        return self.out.parent / f".{self.out.name}.{kind}-{self.token}"
+
+    def hold(self):
+        """The open, locked lock file (kept open for the run), or None where it cannot be locked."""
+        try:
+            import fcntl
+
+            handle = open(self.path("lock"), "a")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except (ImportError, OSError):
+            return None
+
+    def release(self, handle) -> None:
+        """Let go of the lock; its file is removed only once none of the run's folders is left to clear."""
+        if handle is not None:
+            handle.close()
+        if not any(self.path(kind).exists() for kind in ("partial", "old", "trash")):
+            self.path("lock").unlink(missing_ok=True)
+
+
+def _clear_killed_runs(out: Path) -> None:
+    """Clear what runs into ``out`` that were killed outright left: a run whose lock is free is over. Its results
+    being written and a replaced run on its way out are removed; a replaced run it had moved aside is put back
+    where ``out`` is missing (the kill came between the two renames), else removed (the new results were in place)."""
+    for lock in sorted(out.parent.glob(f".{glob.escape(out.name)}.lock-*")):
+        run = _RunFolders(out, lock.name[len(f".{out.name}.lock-"):])
+        handle = run.hold()
+        if handle is None:  # its run is at work (or locks do not work here)
+            continue
+        old = run.path("old")
+        if old.is_dir() and not out.exists():
+            old.rename(out)
+        for kind in ("old", "trash", "partial"):
+            _remove(run.path(kind))
+        run.release(handle)
+
+
+def _remove(folder: Path) -> None:
+    """Remove ``folder`` and what it holds, if it is there; where something cannot be removed (a read-only folder, a
+    file held open on another system), say what is left."""
+    if not folder.exists():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        print(f"msifusion: warning: a replaced run's files could not all be removed; they are in {folder}",
+              file=sys.stderr)
+
+
+def _record_digest(out: Path) -> str | None:
+    """The earlier run's record as checked (its bytes' digest), to tell it from another run's that replaced it
+    meanwhile; None where ``out`` holds no run."""
+    import hashlib
+
+    try:
+        return hashlib.blake2b((out / RUN_RECORD).read_bytes(), digest_size=16).hexdigest()
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @contextmanager
@@ -268,19 +350,22 @@ def _signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, lambda *_: None)
         yield
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
-def _move_into_place(stage: Path, out: Path, checked: tuple[int, int, int] | None) -> None:
+def _move_into_place(stage: Path, out: Path, checked: str | None, run: _RunFolders) -> None:
     """Rename ``stage`` to ``out``. Where no earlier run was checked, the rename itself is the check: it replaces
     nothing but an empty folder, so another run that filled ``out`` meanwhile keeps its results. Otherwise the
-    earlier run is moved aside, checked again, and replaced; it is put back as it was if the check or the rename
-    fails."""
+    earlier run is moved aside, checked again, and replaced (then moved to ``trash``, for the caller to remove); it
+    is put back as it was if the check or the rename fails, and a check that fails keeps this run's results beside
+    it, under a visible name."""
     if checked is None or not out.exists():
         try:
             stage.rename(out)
@@ -289,58 +374,21 @@ def _move_into_place(stage: Path, out: Path, checked: tuple[int, int, int] | Non
                 raise InputError(out, "another run wrote into the output folder meanwhile; nothing written") from None
             raise exc
         return
-    backup = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, "old"), dir=out.parent))
-    backup.rmdir()
+    backup = run.path("old")
     out.rename(backup)
     try:
-        problem = ("another run replaced the output folder meanwhile" if _record_identity(backup) != checked else
-                   _not_replaceable(backup))
-        if problem:
-            raise InputError(out, f"{problem.replace('output folder holds', 'output folder now holds')}; "
-                                  "nothing written")
-        stage.rename(out)
+        replaced = _record_digest(backup) != checked
+        problem = None if replaced else _not_replaceable(backup)
+        if not (replaced or problem):
+            stage.rename(out)
     except BaseException:
         backup.rename(out)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
-    if backup.exists():  # a read-only folder, a file held open on another system
-        print(f"msifusion: warning: the replaced run's files could not all be removed; they are in {backup}",
-              file=sys.stderr)
-
-
-_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())  # in staging folders' names: whose process to look for
-
-
-def _staging_prefix(out: Path, kind: str) -> str:
-    """The name of a run's folder beside ``out`` before its random part: ``kind`` ("partial": the results being
-    written; "old": the run they replace), this machine and the process, so a later run can tell a killed run's."""
-    return f".{out.name}.{kind}-{_HOST}-{os.getpid()}-"
-
-
-def _clear_killed_runs(out: Path) -> bool:
-    """Remove the staging folders beside ``out`` of this machine's runs whose process is gone (killed outright:
-    SIGKILL, a power cut), and put back a replaced run that such a kill left hidden while ``out`` itself is
-    missing (the new results were not in place yet); returns whether it put one back."""
-    restored = False
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(old|partial)-{_HOST}-(\d+)-.+")
-    for folder in sorted(out.parent.glob(f".{glob.escape(out.name)}.*")):  # "old" before "partial"
-        found = pattern.fullmatch(folder.name)
-        if found is None or _alive(int(found.group(2))) or not folder.is_dir():
-            continue
-        if found.group(1) == "old" and not out.exists():
-            folder.rename(out)
-            restored = True
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    return restored
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (on this machine; a folder on a shared drive may be another machine's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
+    if replaced or problem:
+        backup.rename(out)
+        kept = out.parent / f"{out.name}.new-{run.token}"
+        stage.rename(kept)
+        raise InputError(out, ("another run replaced the output folder meanwhile; its results are kept" if replaced else
+                               f"output folder now {problem}, saved while this run worked; it is kept as it was")
+                         + f", and this run's results are in {kept}")
+    backup.rename(run.path("trash"))
