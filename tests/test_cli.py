@@ -441,7 +441,7 @@ def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
 
 @pytest.mark.parametrize("command, outputs", [
     ("fuse", ["fused.tiff", "fused.png", "compare.png", "losses.csv", "checkpoints/epoch_NNNN.tiff", "ion.tiff", "mz_<m/z>/",
-              "fused.ome.tiff", "ions.ome.tiff", "ions.png", "optical_registered.tiff / .png", "overlay.png",
+              "fused.ome.tiff", "ions.ome.tiff", "ions.png", "optical_registered.tiff and .png", "overlay.png",
               "landmarks.csv",
               "overlay_rival.png", "alignments.png", "landmarks_rival.csv", "run.json"]),
     ("register", ["optical_registered.tiff / .png", "overlay.png", "landmarks.csv", "run.json", "overlay_rival.png",
@@ -452,8 +452,11 @@ def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
 ])
 def test_help_names_every_file_the_command_writes(capsys, command, outputs):
     assert _exit_code([command, "--help"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
+    shown = capsys.readouterr().out
+    text = " ".join(shown.split())
     assert [name for name in outputs if name not in text] == []
+    if command == "fuse":  # its description in paragraphs: what --ion writes, what --imzml writes
+        assert "\n\nWith --ion, DIR gets" in shown and "\n\nWith --imzml, DIR first gets" in shown
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, monkeypatch):

@@ -28,8 +28,20 @@ OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusio
                   "did not write)")
 
 
+class _Paragraphs(argparse.HelpFormatter):
+    """argparse's help, but a description's blank lines part it into paragraphs (each still wrapped to the terminal)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(super(_Paragraphs, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line, exit 2 and the prefix of every other bad input."""
+    """argparse, but usage errors are one line, exit 2 and the prefix of every other bad input; descriptions keep
+    their paragraphs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Paragraphs)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"msifusion: error: {message} (see `{self.prog} --help`)\n")
@@ -582,18 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("fuse", help="fuse an ion image with a registered microscope image",
-                       description="Fuse an ion image with a microscope image registered to the ion grid. "
-                                   "With --ion: writes DIR/fused.tiff (float32, ion units), fused.png, compare.png "
-                                   "(optical | measured | fused), run.json, for "
-                                   "fitted methods losses.csv / losses.png, and with --checkpoint-every "
-                                   "checkpoints/epoch_NNNN.tiff / .png. With --imzml: registers first, writing "
-                                   "DIR/optical_registered.tiff / .png, overlay.png, landmarks.csv (an ambiguous "
-                                   "automatic registration also overlay_rival.png, alignments.png, "
-                                   "landmarks_rival.csv); one --mz "
-                                   "writes ion.tiff and the fusion outputs (compare.png and checkpoints included) in "
-                                   "DIR, several "
-                                   "write DIR/mz_<m/z>/ per ion (ion.tiff and its fusion outputs) plus "
-                                   "DIR/fused.ome.tiff, the measured ions.ome.tiff, ions.png, fused.png and run.json.")
+                       description="Fuse an ion image (--ion) with a microscope image registered to the ion grid, "
+                                   "or ions of an imzML file (--imzml) with a microscope image registered here.\n\n"
+                                   "With --ion, DIR gets fused.tiff (float32, in the ion image's units), fused.png, "
+                                   "compare.png (optical | measured | fused) and run.json; for fitted methods also "
+                                   "losses.csv and losses.png, and with --checkpoint-every "
+                                   "checkpoints/epoch_NNNN.tiff and .png.\n\n"
+                                   "With --imzml, DIR first gets the registration: optical_registered.tiff and .png, "
+                                   "overlay.png and landmarks.csv (an ambiguous automatic registration also "
+                                   "overlay_rival.png, alignments.png and landmarks_rival.csv). One --mz then writes "
+                                   "ion.tiff and the fusion outputs above into DIR; several write DIR/mz_<m/z>/ per ion "
+                                   "(its ion.tiff and fusion outputs) and, for the panel, fused.ome.tiff, "
+                                   "ions.ome.tiff (the measured ions), ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), required: with --ion registered "
                                                      "to it (ion shape × scale); with --imzml any size (registered here)")
