@@ -29,10 +29,11 @@ OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusio
 
 
 class _Paragraphs(argparse.HelpFormatter):
-    """argparse's help, but a description's blank lines part it into paragraphs (each still wrapped to the terminal)."""
+    """argparse's help, but a description's blank lines part it into paragraphs, each wrapped to the terminal."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n\n".join(super(_Paragraphs, self)._fill_text(part, width, indent) for part in text.split("\n\n"))
+        fill = super()._fill_text  # bound here: a generator expression has no super() of its own
+        return "\n\n".join(fill(part, width, indent) for part in text.split("\n\n"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -603,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "With --imzml, DIR first gets the registration: optical_registered.tiff and .png, "
                                    "overlay.png and landmarks.csv (an ambiguous automatic registration also "
                                    "overlay_rival.png, alignments.png and landmarks_rival.csv). One --mz then writes "
-                                   "ion.tiff and the fusion outputs above into DIR; several write DIR/mz_<m/z>/ per ion "
-                                   "(its ion.tiff and fusion outputs) and, for the panel, fused.ome.tiff, "
+                                   "ion.tiff and the fusion outputs above into DIR; several write DIR/mz_<m/z>/ per "
+                                   "ion (its ion.tiff and fusion outputs) and, for the panel, fused.ome.tiff, "
                                    "ions.ome.tiff (the measured ions), ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")
     io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF), required: with --ion registered "
@@ -689,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     import signal
+    import threading
 
     parser = build_parser()
     argv = _attach_signed_values(sys.argv[1:] if argv is None else argv)
@@ -713,8 +715,6 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum: int, _frame) -> None:
         stopped.append(signum)  # told by its signal, whatever the exception becomes on its way out (see _failed)
         raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(143)
-
-    import threading
 
     in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}

@@ -368,5 +368,5 @@ def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, c
     with staged_output_dir(out, overwrite=True) as stage:
         (stage / "new.txt").write_text("new")
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".run.trash-")]
-    assert f"a replaced run's files could not all be removed; they are in {left}" in capsys.readouterr().err
+    assert f"an earlier run's files could not all be removed; they are in {left}" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.lock-")]  # kept, for a later run to clear

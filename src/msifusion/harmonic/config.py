@@ -38,7 +38,8 @@ class LadderSettings:
             raise ValueError("the ladder needs at least one of its rungs (quantile, passes)")
         for q, passes in self.rungs:
             if not 0 < q < 100 or passes < 0:
-                raise ValueError(f"the ladder rungs hold a bad setting {(q, passes)}: quantile in (0, 100), passes ≥ 0")
+                raise ValueError(f"the ladder rungs hold a bad setting {(q, passes)}: quantile in (0, 100), "
+                                 "passes ≥ 0")
         if min(self.significance, self.sign_significance) < 0:
             raise ValueError("the ladder's significances must be ≥ 0")
 

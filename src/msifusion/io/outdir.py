@@ -284,12 +284,18 @@ class _RunFolders:
         """The open, locked lock file (kept open for the run), or None where it cannot be locked."""
         try:
             import fcntl
-
-            handle = open(self.path("lock"), "a")
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except (ImportError, OSError):
+        except ImportError:
             return None
+        try:
+            handle = open(self.path("lock"), "a")
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its run is at work; or this drive cannot lock
+            handle.close()
+            return None
+        return handle
 
     def release(self, handle) -> None:
         """Let go of the lock; its file is removed only once none of the run's folders is left to clear."""
@@ -323,7 +329,7 @@ def _remove(folder: Path) -> None:
         return
     shutil.rmtree(folder, ignore_errors=True)
     if folder.exists():
-        print(f"msifusion: warning: a replaced run's files could not all be removed; they are in {folder}",
+        print(f"msifusion: warning: an earlier run's files could not all be removed; they are in {folder}",
               file=sys.stderr)
 
 
