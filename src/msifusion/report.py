@@ -267,12 +267,16 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, bar_in / fh, 1, 1))
     if shown is not None:
-        bar = fig.colorbar(shown, cax=fig.add_axes((0.3, 0.6 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
+        for ax in axes.ravel():
+            ax.apply_aspect()  # where the images are drawn, not the cells they sit in
+        lowest = min(ax.get_position().y0 for ax in axes.ravel() if ax.images)
+        top = lowest - 0.3 * bar_in / fh  # the bar just under the lowest image, not at the figure's foot
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.3, top - 0.14 * bar_in / fh, 0.4, 0.14 * bar_in / fh)),
                            orientation="horizontal")
         note = clip_note(ion_images, lo, hi)
         bar.set_label(f"{units}, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)  # without the blank the images' aspect leaves
     return Path(path)
 
 
