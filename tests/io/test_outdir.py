@@ -139,13 +139,15 @@ def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path, exis
     out = tmp_path / "out"
     if existed_empty:
         out.mkdir()
-    with pytest.raises(InputError, match="another run wrote into the output folder meanwhile"):
+    with pytest.raises(InputError, match=r"another run wrote into the output folder meanwhile; this run's results "
+                                         r"are in .*out\.new-"):
         with staged_output_dir(out) as stage:
             (stage / "mine.txt").write_text("mine")
             out.mkdir(exist_ok=True)
             (out / "theirs.txt").write_text("theirs")
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (kept,) = [p for p in tmp_path.iterdir() if p.name != "out"]  # nothing hidden left
+    assert kept.name.startswith("out.new-") and (kept / "mine.txt").read_text() == "mine"
 
 
 def test_an_empty_folder_is_replaced_without_overwrite(tmp_path):
@@ -276,7 +278,7 @@ def test_files_added_or_edited_during_an_overwrite_keep_the_earlier_run_and_the_
     for change in (lambda: (out / "notes.txt").write_text("saved while the run worked"),
                    lambda: (out / "fused.tiff").write_text("edited while the run worked!")):
         with pytest.raises(InputError, match=r"output folder now holds files .*, saved while this run worked; it is "
-                                             r"kept as it was, and this run's results are in .*run\.new-") as error:
+                                             r"kept as it was; this run's results are in .*run\.new-") as error:
             with staged_output_dir(out, overwrite=True) as stage:
                 (stage / "new.txt").write_text("new")
                 change()
@@ -289,16 +291,25 @@ def test_files_added_or_edited_during_an_overwrite_keep_the_earlier_run_and_the_
         (out / "fused.tiff").write_text("fused.tiff as the run wrote it")
 
 
-def test_an_earlier_run_replaced_by_another_meanwhile_is_kept(tmp_path):
+@pytest.mark.parametrize("meanwhile", ["replaced", "moved aside"])
+def test_an_earlier_run_replaced_by_another_meanwhile_is_kept(tmp_path, meanwhile):
     import shutil
 
     out = _earlier_run(tmp_path / "run")
-    with pytest.raises(InputError, match="another run replaced the output folder meanwhile; its results are kept"):
+    with pytest.raises(InputError, match="another run replaced or removed the output folder meanwhile; what is "
+                                         "there is kept"):
         with staged_output_dir(out, overwrite=True) as stage:
             (stage / "mine.txt").write_text("mine")
-            shutil.rmtree(out)
-            _earlier_run(out, ("theirs.txt",))  # a second --overwrite run finished first
-    assert sorted(p.name for p in out.iterdir()) == ["run.json", "theirs.txt"]
+            if meanwhile == "replaced":  # a second --overwrite run finished first
+                shutil.rmtree(out)
+                _earlier_run(out, ("theirs.txt",))
+            else:  # a second --overwrite run is checking it, moved aside
+                out.rename(tmp_path / ".run.old-0123456789ab")
+    if meanwhile == "replaced":
+        assert sorted(p.name for p in out.iterdir()) == ["run.json", "theirs.txt"]
+    else:
+        assert not out.exists()  # this run did not step in: the other puts the earlier run back or replaces it
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("run.new-")]) == 1
 
 
 def test_ctrl_c_while_the_folders_trade_places_waits_and_the_results_are_in(tmp_path, monkeypatch):
@@ -307,13 +318,14 @@ def test_ctrl_c_while_the_folders_trade_places_waits_and_the_results_are_in(tmp_
     import msifusion.io.outdir as outdir
 
     out = _earlier_run(tmp_path / "run")
-    move = outdir._move_into_place
+    snapshot = outdir._snapshot
 
-    def interrupted(*args):
-        os.kill(os.getpid(), signal.SIGINT)  # between the two renames, as a user's Ctrl-C could land
-        move(*args)
+    def interrupted(folder):
+        if folder.name.startswith(".run.old-"):  # the earlier run moved aside, the results not yet in
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C could land
+        return snapshot(folder)
 
-    monkeypatch.setattr(outdir, "_move_into_place", interrupted)
+    monkeypatch.setattr(outdir, "_snapshot", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     with staged_output_dir(out, overwrite=True) as stage:
         (stage / "new.txt").write_text("new")
@@ -338,26 +350,43 @@ def _killed_run(tmp_path, token, holder=None):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the locks that tell a killed run are POSIX flock")
-def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path):
+@pytest.mark.parametrize("out_before", ["missing", "empty"])
+def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path, out_before):
     out, live = tmp_path / "run", []
-    _killed_run(tmp_path, "aa")  # killed between its two renames: the earlier run hidden, no results in place
-    _earlier_run(tmp_path / ".run.old-aa")
-    (tmp_path / ".run.partial-aa").mkdir()
-    _killed_run(tmp_path, "bb")  # killed while removing the run it had replaced
-    (tmp_path / ".run.trash-bb").mkdir()
-    _killed_run(tmp_path, "cc", live)  # at work in another process
-    (tmp_path / ".run.partial-cc").mkdir()
-    (tmp_path / ".run.partial-dd").mkdir()  # no lock: an older version's, or a drive without locking
+    if out_before == "empty":
+        out.mkdir()  # a job script's `mkdir -p` before the rerun
+    _killed_run(tmp_path, "a" * 12)  # killed between its two renames: the earlier run hidden, no results in place
+    _earlier_run(tmp_path / f".run.old-{'a' * 12}")
+    (tmp_path / f".run.partial-{'a' * 12}").mkdir()
+    _killed_run(tmp_path, "b" * 12)  # killed while removing the run it had replaced
+    (tmp_path / f".run.trash-{'b' * 12}").mkdir()
+    _killed_run(tmp_path, "c" * 12, live)  # at work in another process
+    (tmp_path / f".run.partial-{'c' * 12}").mkdir()
+    (tmp_path / f".run.partial-{'d' * 12}").mkdir()  # no lock: a drive without locking
     try:
         with pytest.raises(InputError, match="holds an earlier run"):  # the hidden earlier run, back in place
             with staged_output_dir(out):
                 pass
         assert (out / "fused.tiff").exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock-cc", ".run.partial-cc", ".run.partial-dd",
-                                                              "run"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".run.lock-{'c' * 12}", f".run.partial-{'c' * 12}",
+                                                              f".run.partial-{'d' * 12}", "run"]
     finally:
         for proc in live:
             proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the locks that tell a killed run are POSIX flock")
+def test_a_killed_swaps_earlier_run_is_never_removed_under_other_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "mine").mkdir(parents=True)  # not an msifusion output: the user's own files, made after the kill
+    _killed_run(tmp_path, "e" * 12)
+    _earlier_run(tmp_path / f".run.old-{'e' * 12}")
+    with pytest.raises(InputError, match="no msifusion run.json in it"):
+        check_output_dir(out, overwrite=True)
+    kept = tmp_path / f"run.old-{'e' * 12}"
+    assert (kept / "fused.tiff").exists() and f"the run it replaced is kept in {kept}" in capsys.readouterr().err
 
 
 def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, capsys):

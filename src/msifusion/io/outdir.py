@@ -13,9 +13,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,20 +199,6 @@ def is_earlier_output(folder: Path) -> bool:
     return str(record.get("tool", "")).startswith("msifusion") or (isinstance(versions, dict) and "msifusion" in versions)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where the system shows it (os.umask sets it for every
-    thread while it reads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def missing_folders(path: Path) -> list[Path]:
     """``path`` and those of its parents that do not exist yet, deepest first: what creating it makes."""
     return [p for p in (path, *path.parents) if not p.exists()]
@@ -234,27 +220,26 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     """Yield a staging folder; on success it becomes ``out``, on any error it vanishes.
 
     With ``overwrite``, the earlier run in ``out`` is replaced only if it is still the one checked before the work
-    began, with nothing added or edited in it meanwhile; otherwise it is kept and this run's complete results are
-    left beside it, named in the error. Ctrl-C or a kill (SIGTERM) while the two folders trade places is ignored
-    (the results are complete by then). What a run killed outright (SIGKILL, a power cut) left beside ``out`` is
-    cleared by the next run into it: see :class:`_RunFolders`."""
+    began, with nothing added or edited in it meanwhile. Where the results cannot take their place (another run got
+    there first, a file was saved into ``out`` meanwhile) ``out`` is kept as it is and the complete results are left
+    beside it as ``DIR.new-…``, named in the error. Ctrl-C or a kill (SIGTERM) while the two folders trade places is
+    ignored (the results are complete by then). What a run killed outright (SIGKILL, a power cut) left beside ``out``
+    is cleared by the next run into it: see :class:`_RunFolders`."""
     out = check_output_dir(out, overwrite, inputs)
     checked = _record_digest(out) if overwrite else None
     made = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        run, lock = _RunFolders.start(out)
+        stage = run.path("partial")
+        stage.mkdir()  # as any folder the user makes (their umask)
     except OSError as exc:
         raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
-    stage.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the results follow the user's umask like any folder
-    run = _RunFolders(out, stage.name[len(f".{out.name}.partial-"):])
-    lock = run.hold()
     try:
         yield stage
-        with _signals_held():
-            _move_into_place(stage, out, checked, run)
+        _move_into_place(stage, out, checked, run)
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)  # gone already where the results are in place
+        shutil.rmtree(stage, ignore_errors=True)  # gone already where the results are in place or kept beside
         run.release(lock)
         remove_empty_folders(made)
         raise
@@ -266,13 +251,17 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     run.release(lock)
 
 
+_TOKEN = re.compile(r"[0-9a-f]{12}")  # a run's folders' random part
+
+
 @dataclass(frozen=True)
 class _RunFolders:
     """One run's hidden folders beside ``out``, named by one random token: ``partial`` (the results being written),
     ``old`` (the earlier run they replace, moved aside), ``trash`` (that run on its way out), and a ``lock`` file the
     run holds while it lives (POSIX ``flock``: the system releases it when the process ends, however it ends), so a
     later run can tell a killed run's folders from a working one's, on this machine or another sharing the drive.
-    Where no lock can be taken (Windows, a drive without locking) nothing is ever cleared."""
+    The lock is taken before any folder is made and let go after the last is gone. Where no lock can be taken
+    (Windows, a drive without locking) the run works unlocked, and no run clears anything."""
 
     out: Path
     token: str
@@ -280,43 +269,96 @@ class _RunFolders:
     def path(self, kind: str) -> Path:
         return self.out.parent / f".{self.out.name}.{kind}-{self.token}"
 
+    @classmethod
+    def start(cls, out: Path) -> tuple["_RunFolders", object]:
+        """A new run's folders and its held lock (None where locks do not work here: Windows, a drive without them);
+        a token another run took, or whose lock file a clearing run caught before it was held, is passed over."""
+        import secrets
+
+        while True:
+            run = cls(out, secrets.token_hex(6))
+            try:
+                handle = open(run.path("lock"), "x")
+            except FileExistsError:
+                continue
+            try:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a clearing run caught it: it removes the file; draw again
+                handle.close()
+                continue
+            except (ImportError, OSError):
+                handle.close()
+                run.path("lock").unlink(missing_ok=True)
+                return run, None
+            if _same_file(handle, run.path("lock")):
+                return run, handle
+            handle.close()
+
     def hold(self):
-        """The open, locked lock file (kept open for the run), or None where it cannot be locked."""
+        """The run's lock file, opened and locked, when its run is over (the lock is free); else None."""
         try:
-            import fcntl
-        except ImportError:
-            return None
-        try:
-            handle = open(self.path("lock"), "a")
+            handle = open(self.path("lock"), "r")
         except OSError:
             return None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its run is at work; or this drive cannot lock
-            handle.close()
-            return None
-        return handle
+        if _lock(handle) and _same_file(handle, self.path("lock")):
+            return handle
+        handle.close()
+        return None
 
     def release(self, handle) -> None:
-        """Let go of the lock; its file is removed only once none of the run's folders is left to clear."""
-        if handle is not None:
-            handle.close()
+        """Let go of the lock; its file is removed first, and only once none of the run's folders is left to clear."""
         if not any(self.path(kind).exists() for kind in ("partial", "old", "trash")):
             self.path("lock").unlink(missing_ok=True)
+        if handle is not None:
+            handle.close()
+
+
+def _lock(handle) -> bool:
+    """Whether an exclusive flock on the open file ``handle`` was taken (False: held elsewhere, or no locks here)."""
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (ImportError, OSError):
+        return False
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``handle`` (a clearing run may have removed it meanwhile)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except OSError:
+        return False
 
 
 def _clear_killed_runs(out: Path) -> None:
     """Clear what runs into ``out`` that were killed outright left: a run whose lock is free is over. Its results
-    being written and a replaced run on its way out are removed; a replaced run it had moved aside is put back
-    where ``out`` is missing (the kill came between the two renames), else removed (the new results were in place)."""
-    for lock in sorted(out.parent.glob(f".{glob.escape(out.name)}.lock-*")):
-        run = _RunFolders(out, lock.name[len(f".{out.name}.lock-"):])
+    being written and a replaced run on its way out are removed. A replaced run it had moved aside (the kill came
+    between the two renames) is put back where ``out`` is missing or an empty folder, removed where ``out`` holds the
+    new results (an msifusion run), and otherwise moved beside ``out`` under a visible name, and named."""
+    prefix = f".{out.name}.lock-"
+    for lock in sorted(out.parent.glob(f"{glob.escape(prefix)}*")):
+        token = lock.name[len(prefix):]
+        if not _TOKEN.fullmatch(token):
+            continue
+        run = _RunFolders(out, token)
         handle = run.hold()
         if handle is None:  # its run is at work (or locks do not work here)
             continue
         old = run.path("old")
-        if old.is_dir() and not out.exists():
-            old.rename(out)
+        if old.is_dir():
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            if not out.exists():
+                old.rename(out)
+            elif not is_earlier_output(out):
+                kept = out.parent / f"{out.name}.old-{token}"
+                old.rename(kept)
+                print(f"msifusion: warning: {out} was being replaced when its run was killed, and now holds other "
+                      f"files; the run it replaced is kept in {kept}", file=sys.stderr)
         for kind in ("old", "trash", "partial"):
             _remove(run.path(kind))
         run.release(handle)
@@ -344,6 +386,16 @@ def _record_digest(out: Path) -> str | None:
         return None
 
 
+def _snapshot(folder: Path) -> list[tuple[str, int, int]]:
+    """Every file under ``folder`` with its size and modification time (a rename keeps both): a quick look that tells
+    whether anything changed since a full check."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        found.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return found
+
+
 @contextmanager
 def _signals_held() -> Iterator[None]:
     """Ctrl-C and SIGTERM are ignored while the folders trade places: the run has finished (or its error is on its
@@ -368,33 +420,41 @@ def _signals_held() -> Iterator[None]:
 
 def _move_into_place(stage: Path, out: Path, checked: str | None, run: _RunFolders) -> None:
     """Rename ``stage`` to ``out``. Where no earlier run was checked, the rename itself is the check: it replaces
-    nothing but an empty folder, so another run that filled ``out`` meanwhile keeps its results. Otherwise the
-    earlier run is moved aside, checked again, and replaced (then moved to ``trash``, for the caller to remove); it
-    is put back as it was if the check or the rename fails, and a check that fails keeps this run's results beside
-    it, under a visible name."""
-    if checked is None or not out.exists():
+    nothing but an empty folder. Otherwise the earlier run is checked in full where it is, then moved aside, seen to
+    be unchanged since (its record's digest, each file's size and time) and replaced, then moved to ``trash`` for the
+    caller to remove. Where the results cannot take its place, ``out`` is left as it is (put back as it was) and the
+    results are kept beside it as ``DIR.new-…``, named in the error."""
+    kept = out.parent / f"{out.name}.new-{run.token}"
+
+    def refuse(problem: str) -> InputError:
+        stage.rename(kept)
+        return InputError(out, f"{problem}; this run's results are in {kept}")
+
+    if checked is None:
         try:
             stage.rename(out)
         except OSError as exc:
             if out.is_dir() and any(out.iterdir()):
-                raise InputError(out, "another run wrote into the output folder meanwhile; nothing written") from None
+                raise refuse("another run wrote into the output folder meanwhile") from None
             raise exc
         return
+    if not out.exists() or _record_digest(out) != checked:
+        raise refuse("another run replaced or removed the output folder meanwhile; what is there is kept")
+    problem = _not_replaceable(out)
+    if problem:
+        raise refuse(f"output folder now {problem}, saved while this run worked; it is kept as it was")
+    seen = _snapshot(out)
     backup = run.path("old")
-    out.rename(backup)
-    try:
-        replaced = _record_digest(backup) != checked
-        problem = None if replaced else _not_replaceable(backup)
-        if not (replaced or problem):
-            stage.rename(out)
-    except BaseException:
-        backup.rename(out)
-        raise
-    if replaced or problem:
-        backup.rename(out)
-        kept = out.parent / f"{out.name}.new-{run.token}"
-        stage.rename(kept)
-        raise InputError(out, ("another run replaced the output folder meanwhile; its results are kept" if replaced else
-                               f"output folder now {problem}, saved while this run worked; it is kept as it was")
-                         + f", and this run's results are in {kept}")
-    backup.rename(run.path("trash"))
+    with _signals_held():
+        out.rename(backup)
+        try:
+            unchanged = _record_digest(backup) == checked and _snapshot(backup) == seen
+            if unchanged:
+                stage.rename(out)
+        except BaseException:
+            backup.rename(out)
+            raise
+        if not unchanged:
+            backup.rename(out)
+            raise refuse("the output folder changed as this run finished; it is kept as it was")
+        backup.rename(run.path("trash"))
