@@ -259,6 +259,17 @@ def _earlier_run(out, files=("fused.tiff",)):
     return out
 
 
+def test_a_hand_edited_record_is_read_as_far_as_it_makes_sense(tmp_path):
+    import json
+
+    out = _earlier_run(tmp_path / "run", ("a.txt", "b.txt"))
+    record = json.loads((out / "run.json").read_text())
+    record.update(files_written=["a.txt", {"b.txt": 1}], file_fingerprints={"a.txt": None, "b.txt": [5]})
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"holds files its run did not write \(b.txt\)"):  # not listed as a name
+        check_output_dir(out, overwrite=True)
+
+
 def test_overwrite_refuses_a_run_file_edited_since_but_not_one_copied(tmp_path):
     import shutil
 

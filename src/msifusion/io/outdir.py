@@ -110,7 +110,7 @@ def not_written_by_its_run(folder: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         listed = None
     if isinstance(listed, list):
-        return sorted(set(files_in(folder)) - set(listed))
+        return sorted(set(files_in(folder)) - {name for name in listed if isinstance(name, str)})
     written = record.stat().st_mtime
     return [f for f in files_in(folder) if (folder / f).stat().st_mtime > written]
 
