@@ -117,6 +117,31 @@ def test_a_panel_draws_one_colour_bar_for_its_shared_scale(tmp_path, monkeypatch
     assert labels == ["ion intensity, one scale for every ion panel (display clipped above the 99th pct)"]
 
 
+def test_a_panels_colour_bar_sits_under_its_lowest_image_not_at_the_figures_foot(tmp_path):
+    import cv2
+
+    import msifusion.report as report
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((40, 100))
+    report.save_panel(tmp_path / "p.png", [("optical", rng.random((40, 100, 3)))] +
+                      [(f"m/z {i}", truth) for i in range(5)], 1.0, reference=truth)
+    blank = (cv2.imread(str(tmp_path / "p.png")) >= 250).all(axis=(1, 2))  # rows of white only
+    drawn = np.flatnonzero(~blank)
+    longest = max(len(run) for run in "".join("1" if b else "0" for b in blank[drawn[0]:drawn[-1]]).split("0"))
+    assert longest < 60  # 130 dpi: under half an inch between rows, bar and images (93 px with the bar at the foot)
+    assert blank[:drawn[0]].size < 40 and blank[drawn[-1] + 1:].size < 40  # the margins cropped
+
+
+def test_a_png_that_cannot_be_written_is_an_os_error_naming_it(tmp_path):
+    from msifusion.report import save_rgb_png
+
+    target = tmp_path / "gone" / "optical.png"  # OpenCV answers False, as on a full disk
+    with pytest.raises(OSError, match="cannot write the PNG") as error:
+        save_rgb_png(target, np.zeros((4, 4, 3)))
+    assert error.value.filename == str(target)
+
+
 def test_drawing_leaves_the_callers_matplotlib_backend_and_figures_alone(tmp_path):
     import subprocess
     import sys

@@ -171,10 +171,18 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
 
 
 def save_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """An (H, W, 3) float RGB image in [0, 1] as an 8-bit PNG, pixel for pixel."""
+    """An (H, W, 3) float RGB image in [0, 1] as an 8-bit PNG, pixel for pixel. OpenCV answers a failed write (a full
+    disk) with False and a line from libpng on the C-level stderr: that line becomes the OSError raised."""
+    import errno
+
     import cv2
 
-    cv2.imwrite(str(path), rgb_to_uint8(rgb)[..., ::-1])
+    from msifusion.io.images import c_stderr_captured
+
+    with c_stderr_captured() as said:
+        written = cv2.imwrite(str(path), rgb_to_uint8(rgb)[..., ::-1])
+    if not written:
+        raise OSError(errno.EIO, f"cannot write the PNG ({'; '.join(said) or 'OpenCV could not write it'})", str(path))
     return Path(path)
 
 

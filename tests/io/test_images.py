@@ -263,3 +263,16 @@ def test_a_uniform_optical_is_warned_as_one_with_nothing_to_follow(tmp_path):
     assert warned["black"] == ["black.png is uniform (each colour within one 8-bit level): a blank image, or the wrong "
                                "file or channel? The fusion has no optical detail to follow and only interpolates the "
                                "ion image"]
+
+
+def test_what_c_libraries_print_on_stderr_is_captured_not_shown(capfd):
+    import os
+
+    from msifusion.io.images import c_stderr_captured
+
+    with c_stderr_captured() as said:
+        os.write(2, b"libpng error: Write Error\n")  # as a C library writes it, past Python's sys.stderr
+    assert said == ["libpng error: Write Error"] and capfd.readouterr().err == ""
+    with c_stderr_captured() as said:
+        pass
+    assert said == []

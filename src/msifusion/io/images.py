@@ -29,8 +29,10 @@ is read as uncalibrated (optical or ion): every step downstream models square pi
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -171,22 +173,16 @@ def _exif_orientation(path: Path) -> int:
 _DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check", "read error")
 
 
-def _decode_png_or_jpeg(path: Path) -> np.ndarray:
-    """OpenCV's decoding, refusing damaged files: libjpeg decodes a truncated JPEG with its missing part grey
-    and only prints a warning on the C-level stderr, so that stream is captured while decoding and read.
-
-    Pixels come as stored: a PNG's EXIF orientation is not applied (``IMREAD_UNCHANGED``), nor a JPEG's
-    (``IMREAD_IGNORE_ORIENTATION``; OpenCV applies it by default), as in Fiji; a JPEG has no alpha.
-    """
+@contextmanager
+def c_stderr_captured() -> Iterator[list[str]]:
+    """Capture what C libraries print on the process's stderr (file descriptor 2) inside the block: libjpeg's warning
+    about a truncated file, libpng's "Write Error". The list yielded holds it, stripped, once the block ends (empty
+    where nothing was said, or where there is no stderr to capture)."""
     import os
     import sys
     import tempfile
 
-    import cv2
-
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    flags = (cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION if jpeg
-             else cv2.IMREAD_UNCHANGED)
+    said: list[str] = []
     sys.stderr.flush()
     with tempfile.TemporaryFile() as sink:
         try:
@@ -196,13 +192,34 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
         try:
             if saved is not None:
                 os.dup2(sink.fileno(), 2)
-            data = cv2.imread(str(path), flags)
+            yield said
         finally:
             if saved is not None:
                 os.dup2(saved, 2)
                 os.close(saved)
-        sink.seek(0)
-        said = sink.read().decode(errors="replace").strip()
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                said.append(text)
+
+
+def _decode_png_or_jpeg(path: Path) -> np.ndarray:
+    """OpenCV's decoding, refusing damaged files: libjpeg decodes a truncated JPEG with its missing part grey
+    and only prints a warning on the C-level stderr, so that stream is captured while decoding and read.
+
+    Pixels come as stored: a PNG's EXIF orientation is not applied (``IMREAD_UNCHANGED``), nor a JPEG's
+    (``IMREAD_IGNORE_ORIENTATION``; OpenCV applies it by default), as in Fiji; a JPEG has no alpha.
+    """
+    import sys
+
+    import cv2
+
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    flags = (cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION if jpeg
+             else cv2.IMREAD_UNCHANGED)
+    with c_stderr_captured() as said:
+        data = cv2.imread(str(path), flags)
+    said = "\n".join(said)
     damage = next((line for line in said.splitlines() if any(k in line.lower() for k in _DAMAGED)), None)
     if data is None or damage:
         raise InputError(path, f"cannot decode image ({damage or 'corrupt or not really a PNG/JPEG'})")
