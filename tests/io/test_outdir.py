@@ -362,7 +362,7 @@ def _killed_run(tmp_path, token, holder=None):
 
 @pytest.mark.skipif(os.name != "posix", reason="the locks that tell a killed run are POSIX flock")
 @pytest.mark.parametrize("out_before", ["missing", "empty"])
-def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path, out_before):
+def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back(tmp_path, out_before, capsys):
     out, live = tmp_path / "run", []
     if out_before == "empty":
         out.mkdir()  # a job script's `mkdir -p` before the rerun
@@ -381,6 +381,8 @@ def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back
         assert (out / "fused.tiff").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == [f".run.lock-{'c' * 12}", f".run.partial-{'c' * 12}",
                                                               f".run.partial-{'d' * 12}", "run"]
+        told = capsys.readouterr().err  # the folder without a lock is named, the live run's is not
+        assert f"hidden folders of runs that did not finish (.run.partial-{'d' * 12})" in told and "c" * 12 not in told
     finally:
         for proc in live:
             proc.kill()

@@ -362,6 +362,17 @@ def _clear_killed_runs(out: Path) -> None:
         for kind in ("old", "trash", "partial"):
             _remove(run.path(kind))
         run.release(handle)
+    unclaimed = []
+    for folder in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, token = folder.name[len(out.name) + 2:].partition("-")
+        unlocked = not _RunFolders(out, token).path("lock").exists()
+        if kind in ("partial", "old", "trash") and folder.is_dir() and unlocked:
+            unclaimed.append(folder.name)
+    if unclaimed:  # an older version's, or a drive without locks: whose run is over cannot be told
+        shown = ", ".join(unclaimed[:3]) + (f" and {len(unclaimed) - 3} more" if len(unclaimed) > 3 else "")
+        print(f"msifusion: warning: beside {out} lie hidden folders of runs that did not finish ({shown}); if no "
+              "msifusion run is writing there now, delete them (an .old- one holds a run an --overwrite was "
+              "replacing)", file=sys.stderr)
 
 
 def _remove(folder: Path) -> None:
