@@ -171,7 +171,8 @@ def test_a_failed_final_rename_keeps_the_old_results_and_no_staging(tmp_path, mo
         return real_rename(self, target)
 
     monkeypatch.setattr(type(out), "rename", rename)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"could not take the output folder's place \(No space left on device\); "
+                                         r"this run's results could not be kept beside it either"):
         with staged_output_dir(out, overwrite=True) as stage:
             (stage / "new.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "old.txt").read_text() == "old"
@@ -381,8 +382,11 @@ def test_a_killed_runs_leftovers_are_cleared_and_its_hidden_earlier_run_put_back
         assert (out / "fused.tiff").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == [f".run.lock-{'c' * 12}", f".run.partial-{'c' * 12}",
                                                               f".run.partial-{'d' * 12}", "run"]
-        told = capsys.readouterr().err  # the folder without a lock is named, the live run's is not
-        assert f"hidden folders of runs that did not finish (.run.partial-{'d' * 12})" in told and "c" * 12 not in told
+        with staged_output_dir(out, overwrite=True):
+            pass
+        told = capsys.readouterr().err  # the folder without a lock is named, once; the live run's is not
+        assert told.count(f"hidden folders of runs that did not finish (.run.partial-{'d' * 12})") == 1
+        assert "c" * 12 not in told
     finally:
         for proc in live:
             proc.kill()
@@ -412,3 +416,30 @@ def test_a_replaced_run_that_cannot_be_removed_is_named(tmp_path, monkeypatch, c
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".run.trash-")]
     assert f"an earlier run's files could not all be removed; they are in {left}" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.lock-")]  # kept, for a later run to clear
+
+
+def test_an_earlier_run_holding_a_link_that_points_nowhere_is_replaced(tmp_path):
+    out = _earlier_run(tmp_path / "run")
+    (out / "raw").symlink_to(tmp_path / "nowhere")  # the user's link, gone stale: not a file, nothing to lose
+    with staged_output_dir(out, overwrite=True) as stage:
+        (stage / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_run_that_cannot_make_its_staging_folder_leaves_no_lock(tmp_path):
+    out = tmp_path / "made" / ("x" * 235)  # its lock's name fits in 255 bytes, its staging folder's does not
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        with staged_output_dir(out):
+            pass
+    assert list(tmp_path.iterdir()) == []  # neither the lock file nor the parent folder it made
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the locks that tell a killed run are POSIX flock")
+def test_a_killed_swaps_earlier_run_is_kept_under_another_runs_output(tmp_path, capsys):
+    out = _earlier_run(tmp_path / "run", ("theirs.txt",))  # an msifusion output, but not the killed run's results
+    _killed_run(tmp_path, "f" * 12)
+    _earlier_run(tmp_path / f".run.old-{'f' * 12}")
+    (tmp_path / f".run.partial-{'f' * 12}").mkdir()  # its results never reached DIR
+    check_output_dir(out, overwrite=True)
+    kept = tmp_path / f"run.old-{'f' * 12}"
+    assert (kept / "fused.tiff").exists() and f"the run it replaced is kept in {kept}" in capsys.readouterr().err

@@ -227,13 +227,18 @@ def staged_output_dir(out: str | Path, overwrite: bool = False,
     is cleared by the next run into it: see :class:`_RunFolders`."""
     out = check_output_dir(out, overwrite, inputs)
     checked = _record_digest(out) if overwrite else None
+    _name_unclaimed(out)
     made = missing_folders(out.parent)
+    run = lock = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         run, lock = _RunFolders.start(out)
         stage = run.path("partial")
         stage.mkdir()  # as any folder the user makes (their umask)
     except OSError as exc:
+        if run is not None:
+            run.release(lock)
+        remove_empty_folders(made)
         raise InputError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
     try:
         yield stage
@@ -309,7 +314,7 @@ class _RunFolders:
 
     def release(self, handle) -> None:
         """Let go of the lock; its file is removed first, and only once none of the run's folders is left to clear."""
-        if not any(self.path(kind).exists() for kind in ("partial", "old", "trash")):
+        if not any(_there(self.path(kind)) for kind in ("partial", "old", "trash")):
             self.path("lock").unlink(missing_ok=True)
         if handle is not None:
             handle.close()
@@ -323,6 +328,14 @@ def _lock(handle) -> bool:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except (ImportError, OSError):
+        return False
+
+
+def _there(path: Path) -> bool:
+    """Whether ``path`` exists (a name too long for the drive cannot)."""
+    try:
+        return path.exists()
+    except OSError:
         return False
 
 
@@ -354,7 +367,7 @@ def _clear_killed_runs(out: Path) -> None:
                 out.rmdir()
             if not out.exists():
                 old.rename(out)
-            elif not is_earlier_output(out):
+            elif run.path("partial").exists() or not is_earlier_output(out):  # what is in out is not its results
                 kept = out.parent / f"{out.name}.old-{token}"
                 old.rename(kept)
                 print(f"msifusion: warning: {out} was being replaced when its run was killed, and now holds other "
@@ -362,11 +375,16 @@ def _clear_killed_runs(out: Path) -> None:
         for kind in ("old", "trash", "partial"):
             _remove(run.path(kind))
         run.release(handle)
+
+
+def _name_unclaimed(out: Path) -> None:
+    """Name the hidden folders beside ``out`` that no lock claims (an older version's, a drive without locks): whose
+    run is over cannot be told, so they are left to the user."""
     unclaimed = []
     for folder in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
         kind, _, token = folder.name[len(out.name) + 2:].partition("-")
-        unlocked = not _RunFolders(out, token).path("lock").exists()
-        if kind in ("partial", "old", "trash") and folder.is_dir() and unlocked:
+        locked = _TOKEN.fullmatch(token) and _RunFolders(out, token).path("lock").exists()
+        if kind in ("partial", "old", "trash") and folder.is_dir() and not locked:
             unclaimed.append(folder.name)
     if unclaimed:  # an older version's, or a drive without locks: whose run is over cannot be told
         shown = ", ".join(unclaimed[:3]) + (f" and {len(unclaimed) - 3} more" if len(unclaimed) > 3 else "")
@@ -402,7 +420,7 @@ def _snapshot(folder: Path) -> list[tuple[str, int, int]]:
     whether anything changed since a full check."""
     found = []
     for path in sorted(folder.rglob("*")):
-        stat = path.stat()
+        stat = path.lstat()  # a link as itself: one that points nowhere is still a file of the folder
         found.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return found
 
@@ -438,7 +456,11 @@ def _move_into_place(stage: Path, out: Path, checked: str | None, run: _RunFolde
     kept = out.parent / f"{out.name}.new-{run.token}"
 
     def refuse(problem: str) -> InputError:
-        stage.rename(kept)
+        try:
+            stage.rename(kept)
+        except OSError as exc:
+            return InputError(out, f"{problem}; this run's results could not be kept beside it either "
+                                   f"({exc.strerror or exc}): nothing written")
         return InputError(out, f"{problem}; this run's results are in {kept}")
 
     if checked is None:
@@ -447,25 +469,35 @@ def _move_into_place(stage: Path, out: Path, checked: str | None, run: _RunFolde
         except OSError as exc:
             if out.is_dir() and any(out.iterdir()):
                 raise refuse("another run wrote into the output folder meanwhile") from None
+            if out.exists() and not out.is_dir():
+                raise refuse("the output path became a file meanwhile") from None
             raise exc
         return
-    if not out.exists() or _record_digest(out) != checked:
-        raise refuse("another run replaced or removed the output folder meanwhile; what is there is kept")
-    problem = _not_replaceable(out)
+    try:
+        if not out.is_dir() or _record_digest(out) != checked:
+            raise refuse("another run replaced or removed the output folder meanwhile; what is there is kept")
+        problem = _not_replaceable(out)
+        seen = _snapshot(out)
+    except OSError as exc:  # a file gone between listing and reading it: the folder is changing
+        raise refuse(f"the output folder changed as this run finished ({exc.strerror or exc}); it is kept as it "
+                     "was") from None
     if problem:
         raise refuse(f"output folder now {problem}, saved while this run worked; it is kept as it was")
-    seen = _snapshot(out)
     backup = run.path("old")
     with _signals_held():
         out.rename(backup)
         try:
             unchanged = _record_digest(backup) == checked and _snapshot(backup) == seen
-            if unchanged:
+        except OSError:
+            unchanged = False
+        failed = None
+        if unchanged:
+            try:
                 stage.rename(out)
-        except BaseException:
+            except OSError as exc:
+                failed = exc
+        if not unchanged or failed:
             backup.rename(out)
-            raise
-        if not unchanged:
-            backup.rename(out)
-            raise refuse("the output folder changed as this run finished; it is kept as it was")
+            raise refuse(f"the results could not take the output folder's place ({failed.strerror or failed})" if failed
+                         else "the output folder changed as this run finished; it is kept as it was")
         backup.rename(run.path("trash"))
