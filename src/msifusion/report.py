@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from msifusion.io.images import luminance, rgb_to_uint8
+from msifusion.io.images import c_stderr_captured, luminance, rgb_to_uint8
 
 DISPLAY_PERCENTILE = 99.0
 ION_CMAP = "viridis"
@@ -176,8 +176,6 @@ def save_rgb_png(path: str | Path, rgb: np.ndarray) -> Path:
     import errno
 
     import cv2
-
-    from msifusion.io.images import c_stderr_captured
 
     with c_stderr_captured() as said:
         written = cv2.imwrite(str(path), rgb_to_uint8(rgb)[..., ::-1])

@@ -104,14 +104,10 @@ def not_written_by_its_run(folder: Path) -> list[str]:
     and analyses, which replacing the folder would lose. The run record lists what the run wrote
     (``files_written``); a record older than that list counts the files modified after it was written (a run writes
     its record last)."""
-    record = folder / RUN_RECORD
-    try:
-        listed = json.loads(record.read_text()).get("files_written")
-    except (OSError, ValueError, AttributeError):
-        listed = None
+    listed = (_record(folder) or {}).get("files_written")
     if isinstance(listed, list):
         return sorted(set(files_in(folder)) - {name for name in listed if isinstance(name, str)})
-    written = record.stat().st_mtime
+    written = (folder / RUN_RECORD).stat().st_mtime
     return [f for f in files_in(folder) if (folder / f).stat().st_mtime > written]
 
 
@@ -141,10 +137,7 @@ def fingerprints(folder: Path) -> dict[str, list]:
 def changed_since_its_run(folder: Path) -> list[str]:
     """Files of an earlier output ``folder`` (relative paths, sorted) that differ from what its run wrote, by the
     fingerprints its record keeps (records older than those: none)."""
-    try:
-        kept = json.loads((folder / RUN_RECORD).read_text()).get("file_fingerprints")
-    except (OSError, ValueError, AttributeError):
-        kept = None
+    kept = (_record(folder) or {}).get("file_fingerprints")
     if not isinstance(kept, dict):
         return []
     now = fingerprints(folder)
@@ -164,21 +157,23 @@ def _not_replaceable(folder: Path) -> str | None:
     for files, what in ((not_written_by_its_run(folder), "files its run did not write"),
                         (changed_since_its_run(folder), "files edited since its run wrote them")):
         if files:
-            listed = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-            return f"holds {what} ({listed})"
+            return f"holds {what} ({_first_few(files)})"
     return None
+
+
+def _first_few(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def enclosing_run(folder: Path) -> Path | None:
     """The earlier msifusion output above ``folder`` (resolved) whose run wrote files inside it (a panel's
     ``mz_<m/z>/`` folders), else None."""
     for parent in folder.parents:
-        if not is_earlier_output(parent):
+        record = _record(parent)
+        if not _by_msifusion(record):
             continue
-        try:
-            listed = json.loads((parent / RUN_RECORD).read_text()).get("files_written")
-        except (OSError, ValueError, AttributeError):
-            continue
+        listed = record.get("files_written")
         inside = folder.relative_to(parent).as_posix() + "/"
         if isinstance(listed, list) and any(str(name).startswith(inside) for name in listed):
             return parent
@@ -189,11 +184,21 @@ def is_earlier_output(folder: Path) -> bool:
     """Whether ``folder`` is an msifusion output: its ``run.json`` is JSON that msifusion wrote (its ``tool`` starts
     with "msifusion", or, in records older than that field, its ``versions`` name msifusion). Other tools write
     a run.json too; a folder of theirs is not replaced."""
+    return _by_msifusion(_record(folder))
+
+
+def _record(folder: Path) -> dict | None:
+    """The run record in ``folder``; None where there is none or it is no JSON object."""
     try:
         record = json.loads((folder / RUN_RECORD).read_text())
     except (OSError, ValueError):
-        return False
-    if not isinstance(record, dict):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _by_msifusion(record: dict | None) -> bool:
+    """Whether a run record is msifusion's (see :func:`is_earlier_output`)."""
+    if record is None:
         return False
     versions = record.get("versions")
     return str(record.get("tool", "")).startswith("msifusion") or (isinstance(versions, dict) and "msifusion" in versions)
@@ -286,20 +291,14 @@ class _RunFolders:
                 handle = open(run.path("lock"), "x")
             except FileExistsError:
                 continue
-            try:
-                import fcntl
-
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a clearing run caught it: it removes the file; draw again
-                handle.close()
-                continue
-            except (ImportError, OSError):
-                handle.close()
-                run.path("lock").unlink(missing_ok=True)
-                return run, None
-            if _same_file(handle, run.path("lock")):
+            taken = _lock(handle)
+            if taken and _same_file(handle, run.path("lock")):
                 return run, handle
             handle.close()
+            if taken is None:
+                run.path("lock").unlink(missing_ok=True)
+                return run, None
+            # held by a clearing run (it removes the file) or removed by one meanwhile: draw again
 
     def hold(self):
         """The run's lock file, opened and locked, when its run is over (the lock is free); else None."""
@@ -320,15 +319,18 @@ class _RunFolders:
             handle.close()
 
 
-def _lock(handle) -> bool:
-    """Whether an exclusive flock on the open file ``handle`` was taken (False: held elsewhere, or no locks here)."""
+def _lock(handle) -> bool | None:
+    """Take an exclusive flock on the open file ``handle`` without waiting: True when taken, False when another
+    holds it, None where there are no locks (no fcntl, a drive without them)."""
     try:
         import fcntl
 
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except (ImportError, OSError):
+    except BlockingIOError:
         return False
+    except (ImportError, OSError):
+        return None
 
 
 def _there(path: Path) -> bool:
@@ -387,10 +389,9 @@ def _name_unclaimed(out: Path) -> None:
         if kind in ("partial", "old", "trash") and folder.is_dir() and not locked:
             unclaimed.append(folder.name)
     if unclaimed:  # an older version's, or a drive without locks: whose run is over cannot be told
-        shown = ", ".join(unclaimed[:3]) + (f" and {len(unclaimed) - 3} more" if len(unclaimed) > 3 else "")
-        print(f"msifusion: warning: beside {out} lie hidden folders of runs that did not finish ({shown}); if no "
-              "msifusion run is writing there now, delete them (an .old- one holds a run an --overwrite was "
-              "replacing)", file=sys.stderr)
+        print(f"msifusion: warning: beside {out} lie hidden folders of runs that did not finish "
+              f"({_first_few(unclaimed)}); if no msifusion run is writing there now, delete them (an .old- one holds "
+              "a run an --overwrite was replacing)", file=sys.stderr)
 
 
 def _remove(folder: Path) -> None:
