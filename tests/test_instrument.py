@@ -655,6 +655,43 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
 
 
+def _calibrate(imzml: Path, pixel_um: float) -> None:
+    """Give the imzML square pixels of ``pixel_um`` in its scan settings."""
+    text = imzml.read_text(encoding="iso-8859-1")
+    sizes = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{pixel_um}"/>'
+             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{pixel_um}"/>')
+    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
+
+
+def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files):
+    """A whole-slide pyramid without a calibration, given ``--optical-pixel-size``: the level as fine as the fused grid
+    is read (not the full scan, which can be tens of GB as float), and registers as that level saved alone would."""
+    imzml, opt, lm, _ = files
+    _calibrate(imzml, 20.0)  # fused grid at ×4: 5 µm, the PNG's pixel
+    landmarks = read_landmarks(lm)  # in pixels: to µm, the PNG's 5 and the ion's 20 per pixel
+    lm_png = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 20, landmarks.names),
+                               tmp_path / "a.csv")
+    # in the full scan's frame (centres at i·1.25 µm, as in BigWarp) a PNG pixel's centre is 1.875 µm on
+    lm_slide = write_bigwarp_csv(Landmarks(landmarks.moving * 5 + 1.875, landmarks.fixed * 20, landmarks.names),
+                                 tmp_path / "b.csv")
+    png = cv2.imread(str(opt))[..., ::-1]
+    slide = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(slide) as tif:  # 1.25 µm, then 2.5 µm and 5 µm levels, none calibrated
+        tif.write(png.repeat(4, 0).repeat(4, 1), subifds=2, photometric="rgb", metadata={})
+        tif.write(png.repeat(2, 0).repeat(2, 1), subfiletype=1, photometric="rgb")
+        tif.write(png, subfiletype=1, photometric="rgb")
+    base = ["register", "--ion", str(imzml), "--scale", "4", "--quiet"]
+    assert main([*base, "--optical", str(opt), "--landmarks", str(lm_png), "--optical-pixel-size", "5",
+                 "--out", str(tmp_path / "png")]) == 0
+    assert main([*base, "--optical", str(slide), "--landmarks", str(lm_slide), "--optical-pixel-size", "1.25",
+                 "--out", str(tmp_path / "slide")]) == 0
+    record = json.loads((tmp_path / "slide" / "run.json").read_text())
+    assert record["registration"]["optical_shape_read"] == list(png.shape[:2])
+    assert record["registration"]["moving_pixel_size"] == 5.0 and record["warnings"] == []
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "slide" / "optical_registered.tiff"),
+                               tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
+
+
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,
                                                                                    capsys):
     import msifusion.methods as methods

@@ -205,8 +205,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
         g.add_argument("--transform", choices=("tps", "affine"), default=None,
                        help="landmark transform (default: the type a BigWarp JSON export names, else tps, as BigWarp)"),
         g.add_argument("--optical-pixel-size", type=_pixel_um, metavar="P",
-                       help="optical pixel size in µm (with --landmarks: in the landmarks' units); default: the "
-                            "file's calibration, else 1"),
+                       help="optical pixel size in µm at full resolution (a pyramid's level is picked from it; "
+                            "with --landmarks: in the landmarks' units); default: the file's calibration, else 1"),
         g.add_argument("--fixed-pixel-size", type=_pixel_um, metavar="P",
                        help="with --landmarks: pixel size of the fixed image as Fiji saw it "
                             "(default: ion µm / fixed-scale, else 1)"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
-from msifusion.io.images import OPTICAL_SUFFIXES, read_optical, require_file, write_tiff
+from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
 from msifusion.io.landmarks import read_landmarks
@@ -26,8 +26,8 @@ from msifusion.methods import METHODS, fuse_many, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
                                 write_fusion_outputs)
 from msifusion.provenance import input_files, run_header, write_run_json
-from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, register_optical,
-                                         write_registration)
+from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
+                                         register_optical, write_registration)
 from msifusion.report import save_ion_grid
 
 
@@ -170,7 +170,7 @@ def register_files(request: RegisterRequest) -> dict:
     _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
-    optical = read_optical(request.optical, request.settings.optical_pixel_needed_um(px))
+    optical = read_moving_optical(request.optical, request.settings, px)
     registered = register_optical(optical, msi, request.settings, request.quiet)
     with staged_output_dir(request.out, request.overwrite, inputs) as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
@@ -284,7 +284,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
     if scratch:
         _check_scratch_space(request.out, scratch)
-    optical = read_optical(request.optical, request.register.optical_pixel_needed_um(stack.pixel_size_um))
+    optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
     if scratch:

@@ -2,12 +2,13 @@
 
 import re
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
 
 from msifusion.errors import InputError
-from msifusion.io.images import read_ion, read_optical
+from msifusion.io.images import file_pixel_size_um, read_ion, read_optical
 from msifusion.io.tiff import PYRAMID_ABOVE_PX, halved, pyramid_sizes, write_rgb_tiff, write_tiff
 
 
@@ -169,6 +170,29 @@ def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path
         assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
         assert image.origin_um == pytest.approx(((size - 0.5) / 2,) * 2)  # its first pixel spans the scan's first ones
     np.testing.assert_allclose(read_optical(path, 5.0).pixels, full[::4, ::4] / 255, atol=1e-6)
+    assert read_optical(path, 5.0).downsample == 4 and read_optical(path).downsample == 1
+
+
+@pytest.mark.parametrize("metadata", [{}, {"PhysicalSizeX": 1000.0, "PhysicalSizeY": 1000.0}])  # none, or wrong
+def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, metadata):
+    """``--optical-pixel-size`` in place of a pyramid's missing or wrong calibration still picks the level."""
+    import tifffile
+
+    full = (np.random.default_rng(4).random((64, 96, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(full, subifds=2, photometric="rgb", metadata=metadata)
+        tif.write(full[::2, ::2], subfiletype=1, photometric="rgb")
+        tif.write(full[::4, ::4], subfiletype=1, photometric="rgb")
+    image = read_optical(path, 1.2, pixel_size_um=0.5)
+    assert image.pixels.shape[:2] == (32, 48) and image.pixel_size_um == pytest.approx(1.0)
+    assert image.downsample == 2 and image.origin_um == pytest.approx((0.25, 0.25))
+    assert image.calibration_note is None
+    assert read_optical(path, None, pixel_size_um=0.5).pixels.shape[:2] == (64, 96)
+    assert file_pixel_size_um(path) == (metadata.get("PhysicalSizeX"))
+    png = tmp_path / "slide.png"
+    cv2.imwrite(str(png), full)
+    assert read_optical(png, 1.2, pixel_size_um=0.5).pixel_size_um == 0.5 and file_pixel_size_um(png) is None
 
 
 def _non_square_tiffs(tmp_path):

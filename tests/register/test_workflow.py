@@ -4,14 +4,16 @@ tests/test_instrument.py."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from msifusion.io.images import Image
+from msifusion.io.images import Image, write_rgb_tiff
 from msifusion.register import AffineMap
 from msifusion.register.workflow import RegisterSettings, _calibration_disagreement, tissue_outline
 
 
-def test_a_calibration_that_disagrees_with_the_registration_is_warned():
-    optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, Path("he.tif"))
+def test_a_calibration_that_disagrees_with_the_registration_is_warned(tmp_path):
+    he = write_rgb_tiff(tmp_path / "he.tif", np.zeros((40, 60, 3), np.float32), pixel_size_um=0.17)
+    optical = Image(np.zeros((40, 60, 3), np.float32), 0.17, he)
     shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))  # 1 MSI µm = 0.07 stated optical µm
     warning = _calibration_disagreement(shrunk, optical, RegisterSettings(scale=8), 1.0, 25.0).warning
     assert "the calibration of he.tif (0.17 µm per pixel) disagrees with the registration by 14.3×" in warning
@@ -21,12 +23,15 @@ def test_a_calibration_that_disagrees_with_the_registration_is_warned():
     assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 1.0, 25.0) is None
     # landmarks written by a run on the file's calibration, fed back with the pixel size that run's warning suggested
     fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks_rival.csv"), optical_pixel_size=2.43)
-    warning = _calibration_disagreement(shrunk, optical, fed_back, 1.0, 25.0).warning
+    at_option = Image(optical.pixels, 2.43, he)  # as read under the option
+    warning = _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0).warning
     assert warning.startswith("the landmarks in landmarks_rival.csv fit the calibration of he.tif (0.17 µm per pixel), "
                               "not --optical-pixel-size 2.43: they are in the file's units")
     assert "so the registration is off by 14.3×; rerun without --optical-pixel-size" in warning
     placed_at_the_option = RegisterSettings(scale=8, landmarks=Path("lm.csv"), optical_pixel_size=0.17 / 0.07 / 4)
-    assert "fit the calibration" not in _calibration_disagreement(shrunk, optical, placed_at_the_option, 1.0, 25.0).warning
+    at_option = Image(optical.pixels, placed_at_the_option.optical_pixel_size, he)
+    assert "fit the calibration" not in _calibration_disagreement(shrunk, at_option, placed_at_the_option, 1.0,
+                                                                  25.0).warning
     # ion-side landmarks in pixels of the ion image enlarged ×10 in Fiji (25 µm pixels) read as µm: 1 unit = 2.5 µm, so
     # 2.5 µm of the optical per unit; the warning names the options, and with them there is nothing to warn
     on_enlarged = AffineMap(np.array([[2.5, 0.0, 5.0], [0.0, 2.5, 3.0]]))
@@ -40,6 +45,21 @@ def test_a_calibration_that_disagrees_with_the_registration_is_warned():
     assert _calibration_disagreement(on_ion, optical_um, plain, 1.0, 25.0).warning.endswith(
         "placed in pixels on the ion image, they need --fixed-pixel-size 1")
     assert "--fixed-" not in _calibration_disagreement(shrunk, optical, plain, 1.0, 25.0).warning  # 1/0.07: no such K
+
+
+def test_a_pyramid_levels_calibration_is_told_at_full_resolution(tmp_path):
+    """An optical read at a pyramid level (4 full-resolution pixels per pixel): the pixel size the warning states and
+    suggests is the full resolution's, which ``--optical-pixel-size`` and Fiji's landmarks mean."""
+    he = write_rgb_tiff(tmp_path / "he.tif", np.zeros((40, 60, 3), np.float32), pixel_size_um=0.17)
+    level = Image(np.zeros((10, 15, 3), np.float32), 0.68, he, downsample=4)
+    shrunk = AffineMap(np.array([[0.07, 0.0, 5.0], [0.0, 0.07, 3.0]]))
+    found = _calibration_disagreement(shrunk, level, RegisterSettings(scale=8), 1.0, 25.0)
+    assert "the calibration of he.tif (0.17 µm per pixel) disagrees" in found.warning
+    assert "--optical-pixel-size 2.43" in found.warning and found.matched_um == pytest.approx(0.17 / 0.07)
+    fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks.csv"), optical_pixel_size=2.43)
+    at_option = Image(level.pixels, 2.43 * 4, he, downsample=4)  # as read under the option
+    assert "fit the calibration of he.tif (0.17 µm per pixel), not --optical-pixel-size 2.43" in (
+        _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0).warning)
 
 
 def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():

@@ -38,7 +38,8 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.tables import _read_table
-from msifusion.io.tiff import _read_tiff, rgb_to_uint8, write_rgb_tiff, write_tiff
+from msifusion.io.tiff import (_read_tiff, _tiff_pixel_size_um, _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff,
+                               write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
@@ -69,6 +70,7 @@ class Image:
     calibration_note: str | None = None  # why the file's stated pixel size was not used, when it states one
     warnings: tuple[str, ...] = ()  # what the reader noticed that the run should report (one line each)
     name: str | None = None  # an ion TIFF's OME channel name where it names an m/z ("m/z 1217.5161"): _ion_name
+    downsample: float = 1.0  # full-resolution pixels per pixel: a pyramid level's factor (:func:`read_optical`)
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -93,31 +95,48 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 # ----------------------------------------------------------------------------- optical
 
 
-def read_optical(path: str | Path, coarsest_um: float | None = None) -> Image:
+def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_um: float | None = None) -> Image:
     """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one.
 
     Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied; a TIFF's, PNG's
-    or JPEG's Orientation tag is not applied but warned about (see :func:`_orientation_warning`). ``coarsest_um``: the
-    pixel size the caller needs at most; a calibrated pyramidal TIFF (a slide scanner's OME-TIFF) is then read at its
-    coarsest level that is still that fine, not at full resolution (float32 RGB costs 12 bytes per pixel: a
-    20000×16000 scan alone is 3.8 GB), and ``origin_um`` says where its first pixel lies in the full scan's frame, so
-    that landmarks made on the full scan still hold.
+    or JPEG's Orientation tag is not applied but warned about (see :func:`_orientation_warning`). ``pixel_size_um``:
+    the full resolution's pixel size in place of the file's calibration (``--optical-pixel-size``). ``coarsest_um``:
+    the pixel size the caller needs at most; a pyramidal TIFF (a slide scanner's OME-TIFF) with a pixel size is then
+    read at its coarsest level that is still that fine, not at full resolution (float32 RGB costs 12 bytes per pixel:
+    a 20000×16000 scan alone is 3.8 GB); ``origin_um`` says where its first pixel lies in the full scan's frame, so
+    that landmarks made on the full scan still hold, and ``downsample`` how many full-resolution pixels it spans.
     """
     path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     suffix = path.suffix.lower()
+    downsample = 1.0
     if suffix in (".tif", ".tiff"):
-        tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um)
-        data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
-                                                      tiff.calibration_note, tiff.orientation)
+        tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um)
+        data, pixel_size, shift, note, orientation, downsample = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
+                                                                  tiff.calibration_note, tiff.orientation,
+                                                                  tiff.downsample)
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
-        pixel_size, shift, note = None, 0.0, None
+        pixel_size, shift, note = pixel_size_um, 0.0, None
         orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
     rgb = optical_to_rgb(data, path)
     warnings = (_orientation_warning(path, orientation), _uniform_warning(path, rgb))
-    return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w))
+    return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample)
+
+
+def file_pixel_size_um(path: Path) -> float | None:
+    """The full resolution's pixel size that an optical file's own calibration states, whatever overrides it (None:
+    a PNG or JPEG, a TIFF without a usable calibration, or one no longer there to read)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
+            return _tiff_pixel_size_um(tif)[0]
+    except (tifffile.TiffFileError, OSError, ValueError):
+        return None
 
 
 UNIFORM_LEVELS = 1 / 255  # every pixel of each colour within one 8-bit level: nothing for any method to follow

@@ -105,6 +105,7 @@ class _Tiff:
     calibration_note: str | None
     orientation: int
     channel_name: str | None = None  # the OME name of a one-channel image (msifusion writes "m/z …")
+    downsample: float = 1.0  # full-resolution pixels per pixel read (a pyramid level's factor; 1 at full resolution)
 
 
 @contextlib.contextmanager
@@ -121,9 +122,11 @@ def _tifffile_errors_only():
         logger.removeFilter(errors_only)
 
 
-def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None) -> _Tiff:
+def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None,
+               stated_um: float | None = None) -> _Tiff:
     """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
-    is applied, see :func:`_tiff_colours`; ion images keep their stored values. With ``coarsest_um`` and a calibrated
+    is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the full resolution's
+    pixel size in place of the file's calibration (``--optical-pixel-size``). With ``coarsest_um`` and a calibrated
     pyramid (OME or SubIFD levels), the coarsest level whose pixel is at most that size, else the full resolution.
     The shift is where the first pixel's centre lies in µm from the full resolution's (a level pixel averages the
     full-resolution pixels it covers: (level size − full size) / 2)."""
@@ -132,15 +135,15 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     try:
         with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
-            pixel_size, note = _tiff_pixel_size_um(tif)
-            series = levels[0]
+            pixel_size, note = (stated_um, None) if stated_um is not None else _tiff_pixel_size_um(tif)
+            series, downsample = levels[0], 1.0
             base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
                 x = levels[0].axes.index("X")
                 for level in levels[1:]:
-                    size = base * levels[0].shape[x] / level.shape[x]
-                    if size <= coarsest_um * (1 + 1e-6):
-                        series, pixel_size = level, size
+                    factor = levels[0].shape[x] / level.shape[x]
+                    if base * factor <= coarsest_um * (1 + 1e-6):
+                        series, pixel_size, downsample = level, base * factor, factor
             if colours:
                 _refuse_ion_stack(path, tif.ome_metadata)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
@@ -156,7 +159,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             names = _channel_names(tif.ome_metadata)
             return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
-                         names[0] if len(names) == 1 and names[0].strip() else None)
+                         names[0] if len(names) == 1 and names[0].strip() else None, downsample)
     except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
         # errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to it)
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None

@@ -22,7 +22,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import elapsed_bar
-from msifusion.io.images import Image, write_rgb_tiff
+from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.units import check_pixel_size, is_square
@@ -78,13 +78,14 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
-    def optical_pixel_needed_um(self, ion_pixel_um: float | None) -> float | None:
-        """The coarsest optical pixel the fused grid needs (the ion's / scale), when both are calibrated: a
-        pyramidal optical is read at that level (:func:`read_optical`). None with ``optical_pixel_size``, which
-        overrides the file's calibration that the level's size is computed from."""
-        if ion_pixel_um is None or self.optical_pixel_size is not None:
-            return None
-        return ion_pixel_um / self.scale
+
+
+def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: float | None) -> Image:
+    """The optical as registration moves it: calibrated by ``--optical-pixel-size`` where given, else by its file; a
+    pyramidal TIFF read at its coarsest level that is as fine as the fused grid (the ion's pixel / scale) when both
+    pixel sizes are known (:func:`read_optical`)."""
+    coarsest_um = ion_pixel_um / settings.scale if ion_pixel_um else None
+    return read_optical(path, coarsest_um, settings.optical_pixel_size)
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     when the transform misses it (with a hint about the landmarks only when they were used).
     """
     check_fused_size(msi.shape, settings.scale)
-    moving = (Grid(optical.shape2d, settings.optical_pixel_size) if settings.optical_pixel_size else
-              Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um))
+    moving = Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um)
     start = time.perf_counter()
     px = msi.pixel_size_um
     if settings.landmarks is not None:
@@ -320,22 +320,21 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     landmarks, read as µm, match pixels of the ion image enlarged ×K (``msi_pixel_um``/K µm each), it names
     ``--fixed-scale K --fixed-pixel-size 1``. ``fixed_unit_um``: µm per unit of the affine's fixed coordinates (None:
     uncalibrated)."""
-    stated = settings.optical_pixel_size or optical.pixel_size_um
-    if stated is None or fixed_unit_um is None:
+    if optical.pixel_size_um is None or fixed_unit_um is None:
         return None
     scale = affine.scale / fixed_unit_um  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
         return None
+    stated = optical.pixel_size_um / optical.downsample  # the full resolution's, as options and Fiji give it
     matched = stated / scale
     name = optical.path.name if optical.path else "the optical image"
     source = "--optical-pixel-size" if settings.optical_pixel_size else f"the calibration of {name}"
     by = f"by {max(scale, 1 / scale):.1f}×"
-    in_file_units = (settings.optical_pixel_size is not None and optical.pixel_size_um is not None
-                     and 1 / CALIBRATION_FACTOR <= scale * settings.optical_pixel_size / optical.pixel_size_um
-                     <= CALIBRATION_FACTOR)
+    in_file = file_pixel_size_um(optical.path) if settings.optical_pixel_size and optical.path else None
+    in_file_units = in_file is not None and 1 / CALIBRATION_FACTOR <= scale * stated / in_file <= CALIBRATION_FACTOR
     if settings.landmarks is not None and in_file_units:
         return CalibrationDisagreement(matched, (
-            f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({optical.pixel_size_um:.3g} µm "
+            f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({in_file:.3g} µm "
             f"per pixel), not --optical-pixel-size {stated:.3g}: they are in the file's units, as the landmarks.csv "
             f"and landmarks_rival.csv of a run without --optical-pixel-size are, so the registration is off {by}; "
             f"rerun without --optical-pixel-size, or with landmarks placed at {stated:.3g} µm per pixel"))
