@@ -690,6 +690,42 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
     assert record["registration"]["moving_pixel_size"] == 5.0 and record["warnings"] == []
     np.testing.assert_allclose(tifffile.imread(tmp_path / "slide" / "optical_registered.tiff"),
                                tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
+    # landmarks in the full scan's pixels, as Fiji shows an uncalibrated image (--optical-pixel-size 1), on a scan of
+    # 2.5 µm with levels ×2 (the PNG) and ×4 (10 µm, coarser than the fused grid): the level is picked by the size
+    # of a fused pixel on the optical as the landmarks place it (2 of their units), not as if they were µm (5)
+    coarse = png.reshape(png.shape[0] // 2, 2, png.shape[1] // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
+    with tifffile.TiffWriter(slide := tmp_path / "slide2.ome.tif") as tif:
+        tif.write(png.repeat(2, 0).repeat(2, 1), subifds=2, photometric="rgb", metadata={})
+        tif.write(png, subfiletype=1, photometric="rgb")
+        tif.write(coarse, subfiletype=1, photometric="rgb")
+    in_pixels = write_bigwarp_csv(Landmarks(landmarks.moving * 2 + 0.5, landmarks.fixed * 20, landmarks.names),
+                                  tmp_path / "c.csv")
+    assert main([*base, "--optical", str(slide), "--landmarks", str(in_pixels), "--optical-pixel-size", "1",
+                 "--out", str(tmp_path / "pixels")]) == 0
+    record = json.loads((tmp_path / "pixels" / "run.json").read_text())
+    assert record["registration"]["optical_shape_read"] == list(png.shape[:2])
+    assert not any("coarser than the fused grid" in w for w in record["warnings"])  # read at 10 µm, it was
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "pixels" / "optical_registered.tiff"),
+                               tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
+
+
+def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files):
+    """``RegisterSettings.optical_pixel_size`` holds for an optical read without it, as for the command's own read."""
+    from msifusion.io.images import read_optical
+    from msifusion.register.workflow import MsiTissue, RegisterSettings, read_moving_optical, register_optical
+
+    imzml, opt, lm, _ = files
+    _calibrate(imzml, 20.0)
+    landmarks = read_landmarks(lm)
+    lm_um = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 20, landmarks.names),
+                              tmp_path / "um.csv")
+    settings = RegisterSettings(4, lm_um, optical_pixel_size=5.0)
+    with ImzML(imzml) as f:
+        msi = MsiTissue(f.tic()[None], f.pixel_size_um, imzml)
+    plain = register_optical(read_optical(opt), msi, settings, quiet=True)
+    np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, 20.0), msi,
+                                                                settings, quiet=True).guide)
+    assert plain.info["moving_pixel_size"] == 5.0
 
 
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,

@@ -190,6 +190,13 @@ def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, meta
     assert image.calibration_note is None
     assert read_optical(path, None, pixel_size_um=0.5).pixels.shape[:2] == (64, 96)
     assert file_pixel_size_um(path) == (metadata.get("PhysicalSizeX"))
+    odd = tmp_path / "odd.ome.tif"  # levels halved and rounded up, as libvips makes them: still ×2, ×4 and ×8
+    with tifffile.TiffWriter(odd) as tif:
+        tif.write(np.zeros((1001, 999, 3), np.uint8), subifds=3, photometric="rgb", metadata={})
+        for shape in ((501, 500), (251, 250), (126, 125)):
+            tif.write(np.zeros((*shape, 3), np.uint8), subfiletype=1, photometric="rgb")
+    level = read_optical(odd, 4.0, pixel_size_um=0.5)
+    assert level.downsample == 8 and level.pixel_size_um == 4.0 and level.origin_um == (1.75, 1.75)
     png = tmp_path / "slide.png"
     cv2.imwrite(str(png), full)
     assert read_optical(png, 1.2, pixel_size_um=0.5).pixel_size_um == 0.5 and file_pixel_size_um(png) is None

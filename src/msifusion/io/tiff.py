@@ -139,9 +139,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             series, downsample = levels[0], 1.0
             base = pixel_size
             if coarsest_um is not None and pixel_size is not None:
-                x = levels[0].axes.index("X")
                 for level in levels[1:]:
-                    factor = levels[0].shape[x] / level.shape[x]
+                    factor = _downsampling(levels[0], level)
                     if base * factor <= coarsest_um * (1 + 1e-6):
                         series, pixel_size, downsample = level, base * factor, factor
             if colours:
@@ -166,6 +165,17 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
+
+
+def _downsampling(full, level) -> float:
+    """Full-resolution pixels per pixel of a pyramid ``level``: the whole factor f when the level is the full
+    resolution's size divided by f, rounded down or up on both axes (as scanners and libvips make levels), else the
+    ratio of the widths."""
+    size = [(full.shape[full.axes.index(a)], level.shape[level.axes.index(a)]) for a in "YX"]
+    f = max(1, round(size[1][0] / size[1][1]))
+    if all(n in (whole // f, -(-whole // f)) for whole, n in size):
+        return float(f)
+    return size[1][0] / size[1][1]
 
 
 def _refuse_ion_stack(path: Path, ome: str | None) -> None:

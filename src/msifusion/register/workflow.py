@@ -78,14 +78,24 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
+    def fixed_pixel_units(self, ion_pixel_um: float | None) -> float:
+        """The landmarks' fixed units per pixel of the fixed image (the ion image enlarged ``fixed_scale`` times):
+        ``fixed_pixel_size``, else the ion's µm per such pixel, else 1 (pixels)."""
+        return self.fixed_pixel_size or ((ion_pixel_um / self.fixed_scale) if ion_pixel_um else 1.0)
 
 
 def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: float | None) -> Image:
     """The optical as registration moves it: calibrated by ``--optical-pixel-size`` where given, else by its file; a
-    pyramidal TIFF read at its coarsest level that is as fine as the fused grid (the ion's pixel / scale) when both
-    pixel sizes are known (:func:`read_optical`)."""
-    coarsest_um = ion_pixel_um / settings.scale if ion_pixel_um else None
-    return read_optical(path, coarsest_um, settings.optical_pixel_size)
+    pyramidal TIFF read at its coarsest level that is still as fine as the fused grid (:func:`read_optical`),
+    measured in the optical's own units: with landmarks, a fused pixel's size on the optical as the landmarks
+    place it (they are in those units, whatever they are: µm, or pixels with ``--optical-pixel-size 1``); without,
+    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm)."""
+    if settings.landmarks is not None:
+        fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
+        coarsest = fixed_units * AffineMap.from_landmarks(read_landmarks(settings.landmarks)).scale
+    else:
+        coarsest = ion_pixel_um / settings.scale if ion_pixel_um else None
+    return read_optical(path, coarsest, settings.optical_pixel_size)
 
 
 @dataclass(frozen=True)
@@ -168,13 +178,13 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     when the transform misses it (with a hint about the landmarks only when they were used).
     """
     check_fused_size(msi.shape, settings.scale)
-    moving = Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um)
+    moving = _moving_grid(optical, settings)
     start = time.perf_counter()
     px = msi.pixel_size_um
     if settings.landmarks is not None:
         landmarks = read_landmarks(settings.landmarks)
         k = settings.fixed_scale
-        p_fixed = settings.fixed_pixel_size or ((px / k) if px else 1.0)
+        p_fixed = settings.fixed_pixel_units(px)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
         outside = check_landmarks(landmarks, fiji_fixed, moving)
         ion_grid = fiji_fixed.coarsened(k)
@@ -298,6 +308,18 @@ def landmark_transform_kind(landmarks: Landmarks, asked: str | None) -> tuple[st
 CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
 
 
+def _moving_grid(optical: Image, settings: RegisterSettings) -> Grid:
+    """The optical's pixels in its units as Fiji saw them (those the landmarks are in): its pixel size and origin,
+    or under ``--optical-pixel-size`` that size at full resolution (times a pyramid level's downsampling, its first
+    pixel centred on the full-resolution pixels it averages, as :func:`read_optical` places it); pixels where
+    uncalibrated."""
+    full = settings.optical_pixel_size
+    if full is None:
+        return Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um)
+    size = full * optical.downsample
+    return Grid(optical.shape2d, size, ((size - full) / 2,) * 2)
+
+
 @dataclass(frozen=True)
 class CalibrationDisagreement:
     """The optical's stated pixel size against the one the registration matched, and the warning that says so."""
@@ -320,12 +342,14 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     landmarks, read as µm, match pixels of the ion image enlarged ×K (``msi_pixel_um``/K µm each), it names
     ``--fixed-scale K --fixed-pixel-size 1``. ``fixed_unit_um``: µm per unit of the affine's fixed coordinates (None:
     uncalibrated)."""
-    if optical.pixel_size_um is None or fixed_unit_um is None:
+    # the full resolution's pixel size, as the option and Fiji give it
+    stated = settings.optical_pixel_size or (optical.pixel_size_um / optical.downsample if optical.pixel_size_um
+                                             else None)
+    if stated is None or fixed_unit_um is None:
         return None
     scale = affine.scale / fixed_unit_um  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
         return None
-    stated = optical.pixel_size_um / optical.downsample  # the full resolution's, as options and Fiji give it
     matched = stated / scale
     name = optical.path.name if optical.path else "the optical image"
     source = "--optical-pixel-size" if settings.optical_pixel_size else f"the calibration of {name}"
