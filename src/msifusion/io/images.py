@@ -44,9 +44,9 @@ from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
     # are re-exported
-    "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "c_stderr_captured", "luminance",
-    "optical_to_rgb", "read_ion", "read_optical", "require_file", "require_real", "rgb_layout", "rgb_to_uint8",
-    "torch_ready", "validate_ion", "write_rgb_tiff", "write_tiff",
+    "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "c_stderr_captured",
+    "file_pixel_size_um", "luminance", "optical_to_rgb", "read_ion", "read_optical", "require_file", "require_real",
+    "rgb_layout", "rgb_to_uint8", "torch_ready", "validate_ion", "write_rgb_tiff", "write_tiff",
 ]
 
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
