@@ -563,31 +563,6 @@ def test_a_window_over_two_peaks_is_named(tmp_path: Path, mode: str) -> None:
     assert [len(p) for p in narrow.window_peaks] == [1, 1] and narrow.window_warnings() == []
 
 
-def test_resolved_peaks_need_a_valley_a_share_a_separation_and_to_stand_above_the_scatter() -> None:
-    mz = np.linspace(499.5, 500.5, 11)  # profile points 0.1 Da apart
-    profile = np.array([0, 10, 80, 100, 40, 5, 30, 60, 20, 0, 0], float)  # a valley (5) under half the lower peak (60)
-    data = np.ones(mz.size, bool)
-
-    def peaks(mean, se=None, mzs=mz, centroid=False):
-        return imzml._resolved_peaks(imzml._Profile(mzs, mean, se, np.ones(mzs.size, bool)), centroid, True)
-
-    assert peaks(profile) == pytest.approx([499.8, 500.2])
-    assert peaks(profile, np.full(11, 10.0)) == pytest.approx([499.8, 500.2])  # 60 − 5 = 5.5 standard errors
-    assert peaks(profile, np.full(11, 20.0)) == pytest.approx([499.8])  # 2.75: the scatter of a few spectra
-    shoulder = profile.copy()
-    shoulder[5] = 45.0  # the profile never falls below half of 60 between them: one peak with a shoulder
-    assert peaks(shoulder) == pytest.approx([499.8])
-    weak = profile * np.where(np.arange(11) >= 6, 0.1, 1)  # the second under a tenth of the first
-    assert peaks(weak) == pytest.approx([499.8])
-    flank = np.array([0, 10, 80, 100, 40, 5, 5, 10, 20, 40, 70], float)  # rising into the window's end: a flank
-    assert peaks(flank) == pytest.approx([499.8])
-    close = np.array([400.0, 400.002])  # centroids 5 ppm apart are one peak, as `peaks` counts them
-    assert peaks(np.array([9.0, 8.0]), mzs=close, centroid=True) == [400.0]
-    assert data.all()
-    comb = np.tile([0.0, 10.0], 20)  # 20 equal peaks: the list stops past what a warning names
-    assert len(peaks(comb, mzs=np.linspace(500, 501, 40), centroid=True)) == imzml.MAX_LISTED_PEAKS + 1
-
-
 def _drifting_imzml(path: Path, ppm: float, pixels: int, seed: int) -> Path:
     """Processed centroid spectra: one peak at 600 whose m/z drifts from spectrum to spectrum by ``ppm`` (1 σ), as a
     TOF's calibration does, with intensities that vary by pixel."""

@@ -31,7 +31,6 @@ Conventions
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
 import uuid
@@ -45,6 +44,8 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.images import Image
+from msifusion.io.spectra import (ISOTOPE_SPACING, MAX_LISTED_PEAKS, PROFILE_BIN_PPM, SEPARATION_PPM, Profile,
+                                 WindowBins, channel_profile, peak_candidates, reaches_isotope, resolved_peaks)
 from msifusion.io.units import unusable_pixel_size
 
 Normalize = Literal["tic", "rms"] | None
@@ -53,12 +54,6 @@ _DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4"
 _CHUNK_BYTES = 64 * 2**20  # rows of the intensity block read per step (continuous mode)
 _OBSERVED = ("MS:1000528", "MS:1000527")  # lowest / highest observed m/z of a spectrum
 DEFAULT_TOLERANCE = "5ppm"  # the m/z window's half-width when none is given
-ISOTOPE_SPACING = 1.00336  # Da between a singly charged ion's ¹²C and ¹³C peaks
-SEPARATION_PPM = 10.0  # peaks closer than this are one peak for `peaks` (two default windows)
-PROFILE_BIN_PPM = 5.0  # bin width of a processed file's mean spectrum (ImzML.mean_spectrum's default)
-PEAK_SHARE = 0.1  # a further peak in an ion's window is named when it reaches this share of the window's strongest ...
-PEAK_Z = 3.0  # ... and stands this many standard errors of the mean above the valley that parts them
-MAX_LISTED_PEAKS = 4  # a warning names at most this many peaks of one window
 
 
 # ----------------------------------------------------------------------------- tolerance
@@ -165,7 +160,7 @@ class IonStack:
         """Warnings about the m/z windows: ions whose windows overlap (they share counts: two such ions can be one
         peak's image twice), windows that reach a singly charged ion's ¹³C isotope peak (:data:`ISOTOPE_SPACING`
         away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
-        resolved peaks of the mean spectrum (:func:`_resolved_peaks`: its image sums two species), and windows that
+        resolved peaks of the mean spectrum (:func:`resolved_peaks`: its image sums two species), and windows that
         hold a single point of profile spectra (a continuous file's one channel, or one point in at least 90 % of the
         spectra of a processed file: the image samples the peak rather than summing it)."""
         warnings = []
@@ -175,7 +170,7 @@ class IonStack:
             listed = ", ".join(f"{self.mzs[a]:.4f} and {self.mzs[b]:.4f}" for a, b in overlapping)
             warnings.append(f"the m/z windows of {listed} overlap (±{self.tolerance}): their images share counts; "
                             "narrow --tol to keep them apart")
-        wide = [i for i, (mz, (lo, hi)) in enumerate(zip(self.mzs, self.windows)) if _reaches_isotope(mz, lo, hi)]
+        wide = [i for i, (mz, (lo, hi)) in enumerate(zip(self.mzs, self.windows)) if reaches_isotope(mz, lo, hi)]
         if wide:
             warnings.append(f"the m/z window of {', '.join(f'{self.mzs[i]:.4f}' for i in wide)} (±{self.tolerance}) "
                             f"reaches the ¹³C isotope peak {ISOTOPE_SPACING} Da away: its image sums several peaks; "
@@ -442,7 +437,7 @@ class ImzML:
         mzs = as_mz_list(mzs)
         lo, hi = self._windows(mzs, tol)
         self._check_mzs(mzs, lo, hi, tol)
-        profiled = np.array([not _reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
+        profiled = np.array([not reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
         sums, norm, profiles, single = self._window_sums(lo, hi, normalize, profiled)
         scale = None
         if normalize is not None:
@@ -454,7 +449,7 @@ class ImzML:
             pixel_size_um=self.pixel_size_um,
             normalize=normalize,
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
-            window_peaks=tuple(() if p is None else tuple(_resolved_peaks(p, self.layout.centroid, self.continuous))
+            window_peaks=tuple(() if p is None else tuple(resolved_peaks(p, self.layout.centroid, self.continuous))
                                for p in profiles),
             one_point_windows=tuple(m for m, one in zip(mzs, single) if one and self.layout.centroid is False),
             source=self.path,
@@ -463,7 +458,7 @@ class ImzML:
         )
 
     def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None, list[_Profile | None], np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray | None, list[Profile | None], np.ndarray]:
         """Per spectrum, the summed intensity in each window ``[lo, hi]`` and the normaliser (None without one); for
         the windows marked in ``profiled`` (bool per window; None: none) their mean spectrum, gathered in the same
         pass (continuous: its channels; processed: bins of :data:`PROFILE_BIN_PPM`, as :meth:`mean_spectrum` bins),
@@ -499,10 +494,10 @@ class ImzML:
                     norm[sl] = np.sqrt(np.mean(c * c, axis=1))
                 self._finite_rows(sums[sl] if norm is None else np.column_stack([sums[sl], norm[sl]]), sl.start)
             at = [np.searchsorted(used, cols) for cols in members]
-            profiles = [_channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
+            profiles = [channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
                         for cols, k, want in zip(members, at, profiled)]
             return sums, norm, profiles, np.array([np.unique(mz[cols]).size == 1 for cols in members])
-        bins = _WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
+        bins = WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
         one_point, some = np.zeros(lo.size, np.int64), np.zeros(lo.size, np.int64)
         for i, (mz, it) in enumerate(self._spectra()):
             csum = np.concatenate(([0.0], np.cumsum(it)))
@@ -542,7 +537,7 @@ class ImzML:
         profile = self._mean_points(bin_ppm)
         return profile.mz, profile.mean
 
-    def _mean_points(self, bin_ppm: float) -> _Profile:
+    def _mean_points(self, bin_ppm: float) -> Profile:
         """:meth:`mean_spectrum` with, per entry, whether any spectrum has a point there (peaks use the latter). A
         processed file's points outside its stated m/z range (a file whose "lowest/highest observed m/z" understate
         its data) are left out, as :meth:`ion_images` refuses m/z there."""
@@ -555,11 +550,11 @@ class ImzML:
                 if not np.isfinite(part).all():
                     self._finite_rows(chunk, sl.start)
                 total += part
-            return _channel_profile(mz, total, None, n)
+            return channel_profile(mz, total, None, n)
         if not (bin_ppm > 0):
             raise InputError("bin_ppm", "bin width must be positive")
         a, b = np.array([self.mz_range[0]]), np.array([self.mz_range[1]])
-        bins = _WindowBins(a, b, bin_ppm)
+        bins = WindowBins(a, b, bin_ppm)
         for mz, it in self._spectra():
             bins.add(mz, it, np.searchsorted(mz, a, side="left"), np.searchsorted(mz, b, side="right"))
         return bins.profiles(n)[0]
@@ -582,7 +577,7 @@ class ImzML:
             raise InputError("-n", "number of peaks must be at least 1")
         profile = self._mean_points(bin_ppm)
         mz, mean = profile.mz, profile.mean
-        _, cand = _peak_candidates(mean, profile.holds_data, self.layout.centroid, self.continuous)
+        _, cand = peak_candidates(mean, profile.holds_data, self.layout.centroid, self.continuous)
         best: list[int] = []
         for i in cand[np.argsort(-mean[cand], kind="stable")]:
             if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] for j in best):
@@ -622,143 +617,6 @@ class ImzML:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _reaches_isotope(mz: float, lo: float, hi: float) -> bool:
-    """Whether the window ``[lo, hi]`` around ``mz`` reaches a singly charged ion's ¹³C peak, or the ¹²C peak below."""
-    return hi - mz >= ISOTOPE_SPACING or mz - lo >= ISOTOPE_SPACING
-
-
-@dataclass(frozen=True)
-class _Profile:
-    """A mean spectrum (of the file, or of one window): m/z ascending, the mean intensity over the spectra, its
-    standard error (from the per-spectrum values; None where not gathered), and whether any spectrum has a point
-    there."""
-
-    mz: np.ndarray
-    mean: np.ndarray
-    se: np.ndarray | None
-    holds_data: np.ndarray
-
-
-def _mean_and_se(total: np.ndarray, squares: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    mean = total / n
-    if squares is None:
-        return mean, None
-    return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0) / n)
-
-
-def _channel_profile(mz: np.ndarray, total: np.ndarray, squares: np.ndarray | None, n_spectra: int) -> _Profile:
-    """A continuous file's mean spectrum from its channels' totals (and sums of squares): sorted m/z, channels sharing
-    an m/z merged."""
-    axis, inverse = np.unique(mz, return_inverse=True)
-    total = np.bincount(inverse, weights=total, minlength=axis.size)
-    squares = None if squares is None else np.bincount(inverse, weights=squares, minlength=axis.size)
-    mean, se = _mean_and_se(total, squares, n_spectra)
-    return _Profile(axis, mean, se, np.ones(axis.size, bool))
-
-
-def _peak_candidates(mean: np.ndarray, holds_data: np.ndarray, centroid: bool, continuous: bool
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(the points of a mean spectrum that trace its profile, those of them that can be peaks), as indices.
-
-    Centroided continuous data is one point per peak already: every channel with signal is a candidate. Otherwise
-    candidates are local maxima of the profile: over every bin for centroided processed data (a centroid jittering
-    across neighbouring bins counts once; empty bins separate peaks), over the bins that hold data for profile data
-    (the sampling gaps of profile spectra do not split a peak).
-    """
-    if continuous and centroid:
-        return np.arange(mean.size), np.flatnonzero(mean > 0)
-    idx = np.arange(mean.size) if centroid else np.flatnonzero(holds_data)
-    return idx, idx[_local_maxima(mean[idx]) & (mean[idx] > 0)]
-
-
-def _resolved_peaks(p: _Profile, centroid: bool, continuous: bool) -> list[float]:
-    """The m/z of the resolved peaks of a window's mean spectrum, ascending (at most :data:`MAX_LISTED_PEAKS` + 1).
-
-    Candidates (:func:`_peak_candidates`) are taken strongest first; one counts as a further peak when it reaches
-    :data:`PEAK_SHARE` of the strongest, lies more than :data:`SEPARATION_PPM` from every peak kept (the ``peaks``
-    command's rule), and the profile between it and them falls below half its height (a valley: a shoulder or a
-    noisy top of one peak is not a second) by more than :data:`PEAK_Z` standard errors of its mean (so that the
-    scatter of a drifting centroid over neighbouring bins, or noise seen in a few spectra, is not a peak). It is
-    tested against the nearest kept peak on each side: a farther one lies beyond those. In profile data a maximum at
-    the window's first or last point is left out: it can be the flank of a peak outside.
-    """
-    points, cand = _peak_candidates(p.mean, p.holds_data, centroid, continuous)
-    if not centroid and points.size:
-        cand = cand[(cand != points[0]) & (cand != points[-1])]
-    if cand.size == 0:
-        return []
-    cand = cand[np.argsort(-p.mean[cand], kind="stable")]
-    cand = cand[p.mean[cand] >= PEAK_SHARE * p.mean[cand[0]]][:64]  # the strongest few: the rest cannot be listed
-    kept = [int(cand[0])]  # ascending
-    for i in cand[1:]:
-        at = bisect.bisect(kept, i)
-        if all(_stands_apart(p, points, int(i), j) for j in kept[max(0, at - 1): at + 1]):
-            kept.insert(at, int(i))
-            if len(kept) > MAX_LISTED_PEAKS:
-                break
-    return [float(p.mz[i]) for i in kept]
-
-
-def _stands_apart(p: _Profile, points: np.ndarray, i: int, j: int) -> bool:
-    """Whether candidate ``i`` is a peak of its own beside the stronger peak ``j`` (see :func:`_resolved_peaks`)."""
-    if abs(p.mz[i] - p.mz[j]) <= SEPARATION_PPM * 1e-6 * p.mz[j]:
-        return False
-    a, b = sorted((i, j))
-    between = points[np.searchsorted(points, a, side="right"): np.searchsorted(points, b, side="left")]
-    valley = float(p.mean[between].min()) if between.size else 0.0
-    rise = p.mean[i] - valley
-    return valley < 0.5 * p.mean[i] and (p.se is None or rise > PEAK_Z * p.se[i])
-
-
-class _WindowBins:
-    """Each window's mean spectrum for processed data, gathered spectrum by spectrum: log-spaced bins ``bin_ppm`` wide
-    across each window, holding the summed intensity, its sum of squares (for the standard error; a spectrum's points
-    in one bin count apart) and the intensity-weighted m/z (the bin centre when empty)."""
-
-    def __init__(self, lo: np.ndarray, hi: np.ndarray, bin_ppm: float = PROFILE_BIN_PPM):
-        self.lo = lo
-        self.step = math.log1p(bin_ppm * 1e-6)
-        self.n_bins = np.floor(np.log(hi / lo) / self.step).astype(np.int64) + 1
-        self.offset = np.concatenate(([0], np.cumsum(self.n_bins)))
-        self.total = np.zeros(self.offset[-1], dtype=np.float64)
-        self.weighted = np.zeros_like(self.total)
-        self.squares = np.zeros_like(self.total)
-        self.count = np.zeros(self.offset[-1], dtype=np.int64)
-
-    def add(self, mz: np.ndarray, it: np.ndarray, start: np.ndarray, stop: np.ndarray) -> None:
-        """Add one spectrum (sorted m/z) whose points ``start[k]:stop[k]`` lie in window k."""
-        counts = stop - start
-        if not counts.sum():
-            return
-        window = np.repeat(np.arange(counts.size), counts)
-        points = np.repeat(start - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-        m = mz[points]
-        within = np.minimum((np.log(m / self.lo[window]) / self.step).astype(np.int64), self.n_bins[window] - 1)
-        idx = self.offset[window] + within
-        self.total += np.bincount(idx, weights=it[points], minlength=self.total.size)
-        self.weighted += np.bincount(idx, weights=it[points] * m, minlength=self.total.size)
-        self.squares += np.bincount(idx, weights=it[points] ** 2, minlength=self.total.size)
-        self.count += np.bincount(idx, minlength=self.total.size)
-
-    def profiles(self, n_spectra: int) -> list[_Profile]:
-        out = []
-        for k, (a, b) in enumerate(zip(self.offset[:-1], self.offset[1:])):
-            total = self.total[a:b]
-            centres = self.lo[k] * np.exp((np.arange(b - a) + 0.5) * self.step)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mz = np.where(total > 0, self.weighted[a:b] / total, centres)
-            mean, se = _mean_and_se(total, self.squares[a:b], n_spectra)
-            out.append(_Profile(mz, mean, se, self.count[a:b] > 0))
-        return out
-
-
-def _local_maxima(values: np.ndarray) -> np.ndarray:
-    """Mask of the points ≥ their left and > their right neighbour (ends compare with −inf)."""
-    left = np.concatenate(([-np.inf], values[:-1]))
-    right = np.concatenate((values[1:], [-np.inf]))
-    return (values >= left) & (values > right)
 
 
 def _normalise(sums: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, float]:
