@@ -17,7 +17,7 @@ from datetime import date
 import torch
 import torch.nn.functional as F
 
-from msifusion.fit import resolve_device
+from msifusion.runtime import resolve_device
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
 from msifusion.models.lcrn import LCRN
 from msifusion.provenance import cpu_model

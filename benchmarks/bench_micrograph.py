@@ -56,7 +56,7 @@ def main() -> None:
     import torch
     from skimage import data
 
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.provenance import cpu_model

@@ -372,7 +372,7 @@ def main() -> None:
             parser.error(f"unknown case(s): {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SPECS)}")
     import torch
 
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim

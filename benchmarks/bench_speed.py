@@ -68,7 +68,7 @@ def _sharing(results) -> dict:
 
 
 def task(name: str, args: argparse.Namespace) -> dict:
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse, fuse_many
     from msifusion.metrics import psnr
 

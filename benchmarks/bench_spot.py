@@ -31,7 +31,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.measurement import MeasurementModel, project_consistent, upsample
     from msifusion.methods import MethodOptions, fuse

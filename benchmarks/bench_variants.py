@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.phantom import PhantomConfig, make_phantom

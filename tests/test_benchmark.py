@@ -27,7 +27,8 @@ from msifusion.benchmark import (
     run_benchmark,
 )
 from msifusion.errors import InputError
-from msifusion.fit import FitConfig, Runtime
+from msifusion.fit import FitConfig
+from msifusion.runtime import Runtime
 from msifusion.methods import DEFAULT_METHOD, METHODS, MethodOptions, fuse
 from msifusion.measurement import block_mean
 from msifusion.metrics import score

@@ -37,7 +37,8 @@ def test_fuse_writes_the_contracted_outputs(tmp_path, files):
         fused = tif.asarray()
         assert 'PhysicalSizeX="5.0"' in tif.ome_metadata  # 20 µm / ×4
     assert fused.dtype == np.float32 and fused.shape == (ion.shape[0] * scale, ion.shape[1] * scale)
-    from msifusion.fit import FitConfig, Runtime
+    from msifusion.fit import FitConfig
+    from msifusion.runtime import Runtime
     from msifusion.io.images import read_optical
     from msifusion.methods import MethodOptions, fuse
 

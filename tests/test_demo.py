@@ -6,7 +6,8 @@ import pytest
 import tifffile
 
 from msifusion.demo import DemoRequest, run_demo
-from msifusion.fit import FitConfig, Runtime
+from msifusion.fit import FitConfig
+from msifusion.runtime import Runtime
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from msifusion.errors import InputError
-from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
+from msifusion.fit import EdgeLossStopper, FitConfig, fit_network
+from msifusion.runtime import Runtime, seed_everything
 from msifusion.models.lcrn import LCRN
 
 
@@ -144,7 +145,7 @@ def test_a_diverging_fit_stops_at_the_first_non_finite_loss(small_pair):
 
 @pytest.mark.parametrize("name, problem", [("gpu", "unknown device 'gpu'"), ("mps", "'mps' is not supported")])
 def test_devices_other_than_cpu_and_cuda_are_named_as_such(name, problem):
-    from msifusion.fit import resolve_device
+    from msifusion.runtime import resolve_device
 
     with pytest.raises(ValueError, match=problem + ".*expected auto, cpu, cuda or cuda:N"):
         resolve_device(name)
@@ -154,7 +155,7 @@ def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(m
     import io
     import sys
 
-    from msifusion.fit import progress_bar
+    from msifusion.runtime import progress_bar
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal
     assert progress_bar(10, "x", "step", quiet=False).disable
@@ -171,7 +172,7 @@ def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(m
 def test_elapsed_bar_stops_its_timer_and_lets_errors_through(capsys):
     import threading
 
-    from msifusion.fit import elapsed_bar
+    from msifusion.runtime import elapsed_bar
 
     before = threading.active_count()
     with elapsed_bar("registering (automatic)", quiet=False):  # stderr here is no terminal: no bar, no output
@@ -184,7 +185,7 @@ def test_elapsed_bar_stops_its_timer_and_lets_errors_through(capsys):
 
 
 def test_seeded_restores_the_callers_states_even_when_the_run_fails(global_random_state):
-    from msifusion.fit import seeded
+    from msifusion.runtime import seeded
 
     torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.benchmark = True

@@ -55,7 +55,7 @@ def files(tmp_path: Path):
 def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     """The library entry (no CLI): the same request gives the command's images; the default method fuses the panel
     together, so each ion's time is its share of it."""
-    from msifusion.fit import Runtime
+    from msifusion.runtime import Runtime
     from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
     from msifusion.register.workflow import RegisterSettings
     from msifusion.pipeline import FuseSettings

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from msifusion.errors import InputError
-from msifusion.fit import FitConfig, Runtime
+from msifusion.fit import FitConfig
+from msifusion.runtime import Runtime
 from msifusion.harmonic import HarmonicConfig
 from msifusion.methods import DEFAULT_METHOD, METHODS, FusionResult, MethodOptions, fuse, fuse_many, infer_scale
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from msifusion.errors import InputError
-from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, fit_network, seed_everything
+from msifusion.fit import EdgeLossStopper, FitConfig, fit_network
+from msifusion.runtime import Runtime, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.measurement import upsample
 from msifusion.metrics import psnr

@@ -327,7 +327,7 @@ class BenchmarkConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        from msifusion.fit import check_device
+        from msifusion.runtime import check_device
         from msifusion.methods import check_methods
 
         check_methods(self.methods, "--methods")
@@ -395,7 +395,8 @@ FIELDS = ("case", "group", "factor", "truth_shape", "method", "psnr", "ssim", "m
 
 def run_case(case: Case, method: str, config: BenchmarkConfig) -> tuple[dict, np.ndarray | None]:
     """Fuse one case with one method and score it; returns (row, fused image or None on error)."""
-    from msifusion.fit import FitConfig, Runtime
+    from msifusion.fit import FitConfig
+    from msifusion.runtime import Runtime
     from msifusion.methods import METHODS, MethodOptions, fuse
     from msifusion.metrics import score
 
@@ -577,7 +578,7 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
 
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
                 facts: dict, timings: dict) -> dict:
-    from msifusion.fit import resolve_device
+    from msifusion.runtime import resolve_device
     from msifusion.provenance import run_header
 
     return {**run_header("msifusion benchmark"), "settings": asdict(config),

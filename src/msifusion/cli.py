@@ -250,7 +250,8 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
 
 
 def _settings(args: argparse.Namespace):
-    from msifusion.fit import FitConfig, Runtime
+    from msifusion.fit import FitConfig
+    from msifusion.runtime import Runtime
     from msifusion.methods import DEFAULT_METHOD
     from msifusion.pipeline import FuseSettings
 
@@ -349,7 +350,7 @@ def cmd_ions(args: argparse.Namespace) -> int:
 
 
 def cmd_peaks(args: argparse.Namespace) -> int:
-    from msifusion.fit import elapsed_bar
+    from msifusion.runtime import elapsed_bar
     from msifusion.io.imzml import ImzML
 
     with ImzML(Path(args.imzml)) as f:
@@ -469,7 +470,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from msifusion.fit import FitConfig, Runtime
+    from msifusion.fit import FitConfig
+    from msifusion.runtime import Runtime
     from msifusion.study import StudyConfig, run_study, summary_line
 
     files = args.optical is not None or args.ion is not None

@@ -7,12 +7,9 @@ fits a single image, so there is nothing else to pass over).
 from __future__ import annotations
 
 import math
-import random
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +17,7 @@ import torch.nn.functional as F
 
 from msifusion.errors import InputError
 from msifusion.losses import EDGE_KERNELS, edge_map, edge_perceptual_loss, luminance
+from msifusion.runtime import Runtime, check_finite, check_whole, progress_bar, resolve_device
 
 
 @dataclass(frozen=True)
@@ -41,112 +39,16 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         """Each value checked as the CLI checks its option (named in the error), for Python callers too."""
-        _whole(self.max_epochs, "--epochs", 1)
-        _finite(self.lr, "--lr", positive=True)
-        _finite(self.w_mse, "--w-mse")
-        _finite(self.w_edge, "--w-edge")
+        check_whole(self.max_epochs, "--epochs", 1)
+        check_finite(self.lr, "--lr", positive=True)
+        check_finite(self.w_mse, "--w-mse")
+        check_finite(self.w_edge, "--w-edge")
         if self.w_mse + self.w_edge == 0:
             raise InputError("--w-mse/--w-edge", "the loss weights cannot both be 0")
-        _whole(self.patience, "--patience", 0)
+        check_whole(self.patience, "--patience", 0)
         if self.edge_kernel not in EDGE_KERNELS:
             raise InputError("--edge-kernel", f"must be one of {', '.join(EDGE_KERNELS)}, got {self.edge_kernel!r}")
-        _whole(self.checkpoint_every, "--checkpoint-every", 0)
-
-
-def _whole(value, option: str, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise InputError(option, f"must be a whole number ≥ {least}, got {value!r}")
-
-
-def _finite(value, option: str, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value) \
-            or value < 0 or (positive and value == 0):
-        raise InputError(option, f"must be a finite number {'> 0' if positive else '≥ 0'}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how reproducibly to run: seed, device ('auto', 'cpu', 'cuda', 'cuda:1'…), progress.
-
-    ``bf16``: run fitted networks' forward passes under bfloat16 autocast on CUDA (losses and
-    the optimiser stay float32; ignored on the CPU, where it is slower). The guided harmonic
-    solver always runs in float32: its exact consistency needs it.
-    """
-
-    seed: int = 0
-    device: str = "auto"
-    quiet: bool = False
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        _whole(self.seed, "--seed", 0)
-        if self.seed >= 2**32:
-            raise InputError("--seed", f"must be below 2**32, got {self.seed}")
-        for name in ("quiet", "bf16"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"Runtime.{name}", f"must be True or False, got {getattr(self, name)!r}")
-
-    def bf16_on(self, device: torch.device) -> bool:
-        """Whether bfloat16 autocast applies on ``device`` (asked for, and a CUDA device)."""
-        return self.bf16 and device.type == "cuda"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; anything else is checked for availability."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported: expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def check_device(name: str) -> None:
-    """InputError (naming --device) when ``name`` is not a usable torch device here."""
-    try:
-        resolve_device(name)
-    except (ValueError, RuntimeError) as exc:
-        raise InputError("--device", str(exc)) from None
-
-
-def seed_everything(seed: int) -> None:
-    """Same seed → same result on the same CPU: seeds every RNG and asks for deterministic kernels (for the whole
-    process: commands and tests; library calls use :func:`seeded`)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """:func:`seed_everything` for the duration of a library call only: the caller's random states (Python's, NumPy's
-    global one, torch's on every device) and torch's determinism settings are restored afterwards, so that fusing
-    inside a user's own random loop does not reset it."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    # CUDA's generators only where CUDA is already up: reading their state would start CUDA on every call (and
-    # break forked workers); a CUDA run started inside is seeded lazily by manual_seed
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            seed_everything(seed)
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            torch.backends.cudnn.benchmark = benchmark
+        check_whole(self.checkpoint_every, "--checkpoint-every", 0)
 
 
 class EdgeLossStopper:
@@ -275,34 +177,3 @@ def _autocast(device: torch.device, runtime: Runtime) -> torch.autocast:
 def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return model(x)[0, 0].detach().float().cpu().numpy()
-
-
-def progress_bar(total: float, desc: str, unit: str, quiet: bool, bar_format: str | None = None):
-    """A progress bar on a terminal or in a notebook; none with ``quiet``, nor in a log file, where its
-    carriage returns would garble the lines (tqdm's ``disable=None``; a notebook's stream is no terminal)."""
-    from tqdm.auto import tqdm
-
-    notebook = tqdm.__module__.startswith("tqdm.notebook") or tqdm.__name__ == "tqdm_notebook"
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, bar_format=bar_format,
-                disable=True if quiet else (False if notebook else None))
-
-
-@contextmanager
-def elapsed_bar(desc: str, quiet: bool) -> Iterator[None]:
-    """For one long step that cannot report its progress: ``desc`` and the seconds elapsed, refreshed every second
-    by a timer thread (a bar that never moves looks like a hang), where :func:`progress_bar` would show."""
-    bar = progress_bar(1, desc, "step", quiet, bar_format="{desc} … {elapsed}")
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(1.0):
-            bar.refresh()
-
-    timer = threading.Thread(target=tick, daemon=True)
-    timer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        timer.join()
-        bar.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import elapsed_bar
+from msifusion.runtime import elapsed_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)

@@ -17,7 +17,8 @@ import numpy as np
 
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError, check_setting_types
-from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, check_device, fit_network, seeded
+from msifusion.fit import CheckpointFn, FitConfig, FitResult, fit_network
+from msifusion.runtime import Runtime, check_device, seeded
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, torch_ready, validate_ion
 from msifusion.measurement import MeasurementModel, project_consistent, upsample
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import CheckpointFn, check_device, resolve_device
+from msifusion.fit import CheckpointFn
+from msifusion.runtime import check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size

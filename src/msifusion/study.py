@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import EdgeLossStopper, FitConfig, Runtime, check_device
+from msifusion.fit import EdgeLossStopper, FitConfig
+from msifusion.runtime import Runtime, check_device
 from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
 from msifusion.provenance import input_files, run_header, write_run_json
@@ -135,7 +136,8 @@ CSV_FIELDS = ("epoch", "train_mse", "train_edge", "train_total", "seconds", "mse
 def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> dict:
     """Fit LCRN past its early stop, score every checkpoint, write the study; returns run.json's dict."""
     from msifusion import metrics
-    from msifusion.fit import fit_network, resolve_device, seeded
+    from msifusion.fit import fit_network
+    from msifusion.runtime import resolve_device, seeded
     from msifusion.io.images import write_tiff
     from msifusion.io.outdir import check_output_dir, staged_output_dir
     from msifusion.models.lcrn import LCRN

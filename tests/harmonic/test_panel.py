@@ -14,7 +14,7 @@ from msifusion.harmonic import (
     residual_whiteness,
     shared_basis,
 )
-from msifusion.fit import Runtime
+from msifusion.runtime import Runtime
 from msifusion.methods import MethodOptions, fuse_many
 from msifusion.measurement import block_mean, consistency_error
 from msifusion.metrics import psnr

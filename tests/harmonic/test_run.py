@@ -17,7 +17,7 @@ from msifusion.harmonic import (
     TextureSettings,
     fuse_harmonic_many,
 )
-from msifusion.fit import Runtime, resolve_device
+from msifusion.runtime import Runtime, resolve_device
 from msifusion.methods import MethodOptions, fuse, fuse_many
 from msifusion.measurement import Measurement, MeasurementModel, block_mean, consistency_error, project_consistent, upsample
 from msifusion.metrics import psnr

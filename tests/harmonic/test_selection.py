@@ -12,7 +12,7 @@ from msifusion.harmonic import (
     LadderSettings,
     fuse_harmonic_many,
 )
-from msifusion.fit import Runtime
+from msifusion.runtime import Runtime
 from msifusion.methods import MethodOptions, fuse
 from msifusion.measurement import block_mean, consistency_error, upsample
 from msifusion.metrics import psnr

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from msifusion.fit import FitConfig, Runtime
+from msifusion.fit import FitConfig
+from msifusion.runtime import Runtime
 from msifusion.methods import METHODS, MethodOptions, fuse
 from msifusion.models.cnn3 import CNN3
 from msifusion.models.unet import UNet, UNetRecipe, correlation_loss

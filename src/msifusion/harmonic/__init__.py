@@ -1,8 +1,11 @@
 """Guided harmonic fusion: the smoothest image along the optical's edges whose MSI pixels equal the measurement.
 
-Six modules, each readable on its own, each importing only those listed before it (names with a leading
+Eight modules, each readable on its own, each importing only those listed before it (names with a leading
 underscore are shared between them, not offered to users):
 
+- :mod:`msifusion.harmonic.kernels`: the solver's fused CPU kernels (numba), bit for bit with its torch path;
+- :mod:`msifusion.harmonic.solver`: the exact solver, projected conjugate gradients under ``A x = y`` with an
+  aggregation multigrid whose levels nest in the MSI blocks;
 - :mod:`msifusion.harmonic.config`: :class:`HarmonicConfig` and its groups of settings, each checking its own values;
 - :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`) and how far it stands above
   the guide's pixel noise (:func:`guide_noise`, :func:`texture_snr_db`);
@@ -30,7 +33,7 @@ diffusion with exact consistency (DADA without features) iterates towards, compu
 directly: a projected conjugate-gradient solve on the subspace of images with zero block
 means (the projection is "subtract each block's mean"), preconditioned by an aggregation
 multigrid V-cycle whose levels nest in the MSI blocks (the solver is its own module,
-:mod:`msifusion.solver`; this one is the method around it).
+:mod:`msifusion.harmonic.solver`; the others are the method around it).
 
 Four additions, each measured on the benchmark (docs/benchmarks.md):
 
@@ -93,7 +96,7 @@ the box model; a laser spot's footprints reach across the seams, so with the spo
 stitched image is projected once more as a whole.
 Runs on CUDA when available (float32 throughout: the solver needs it for the 1e-4
 consistency bound, so no reduced precision). On CPU the Laplacian and the refinement's
-Jacobi-CG steps run as fused kernels (:mod:`msifusion.kernels`): the solver is bound by
+Jacobi-CG steps run as fused kernels (:mod:`msifusion.harmonic.kernels`): the solver is bound by
 memory traffic there.
 """
 

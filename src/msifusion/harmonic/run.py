@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from msifusion.fit import FitResult, Runtime, progress_bar
+from msifusion.fit import FitResult
+from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
 from msifusion.harmonic.selection import choose_settings
@@ -159,7 +160,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     nothing) are fused one by one, in batches of :meth:`PanelSettings.batch_on`, sharing the guide's
     κ; each gets its own ladder setting and exact consistency.
     """
-    from msifusion.fit import Runtime, resolve_device
+    from msifusion.runtime import Runtime, resolve_device
 
     runtime = runtime or Runtime()
     ions = np.asarray(ions, dtype=np.float32)

@@ -15,7 +15,7 @@ from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.texture import _detail_eps, _texture_testable, optical_detail, texture_snr_db
 from msifusion.io.images import torch_ready
 from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t
-from msifusion.solver import EdgeTerm, solve_harmonic
+from msifusion.harmonic.solver import EdgeTerm, solve_harmonic
 
 REFINE_ITERATIONS = 300  # Jacobi-CG steps of the refinement pass (an early-stopped solve; see above)
 

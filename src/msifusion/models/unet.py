@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msifusion.fit import CheckpointFn, FitConfig, FitResult, Runtime, fit_network, resolve_device, to_tensor
+from msifusion.fit import CheckpointFn, FitConfig, FitResult, fit_network, to_tensor
+from msifusion.runtime import Runtime, resolve_device
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance
 
 

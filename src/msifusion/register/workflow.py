@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.fit import elapsed_bar
+from msifusion.runtime import elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
@@ -172,7 +172,7 @@ class RegisteredOptical:
 
 def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False) -> RegisteredOptical:
     """Register with landmarks when given, else automatically against the MSI tissue images (a quarter minute or
-    more, with its elapsed seconds shown on a terminal unless ``quiet``: :func:`msifusion.fit.elapsed_bar`).
+    more, with its elapsed seconds shown on a terminal unless ``quiet``: :func:`msifusion.runtime.elapsed_bar`).
 
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
     when the transform misses it (with a hint about the landmarks only when they were used).

@@ -8,7 +8,7 @@ block-mean projection stays in cache), a CG step is three passes: measured at 98
 2 cores, 1.5 ms against 4.4 ms for a Laplacian and about 2.5× for a whole refinement pass
 (docs/benchmarks.md §2). ``torch.compile`` of the same step was slower than eager torch.
 Why hand-written: no library offers a block-constrained, batched CG step; the kernels
-mirror :func:`msifusion.solver.solve_harmonic`'s torch path (kept for GPUs and the
+mirror :func:`msifusion.harmonic.solver.solve_harmonic`'s torch path (kept for GPUs and the
 spot model), and the tests hold the two to the same answers.
 
 Used only for contiguous float32 CPU tensors of at least :data:`MIN_PIXELS` pixels; results
@@ -219,7 +219,7 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
                tolerance: float) -> tuple[torch.Tensor, int]:
     """Projected Jacobi-PCG for L x = 0 on {x : block means of x = those of x0}, image by image.
 
-    The same iteration as :func:`msifusion.solver.solve_harmonic` without multigrid (box model, no
+    The same iteration as :func:`msifusion.harmonic.solver.solve_harmonic` without multigrid (box model, no
     edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
     ``iterations``. Returns the solutions (shaped as ``x0``) and the most iterations any image used.
     """

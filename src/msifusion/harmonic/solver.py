@@ -7,7 +7,7 @@ gradients: the projection onto images with zero block means is "subtract each f�
 (:func:`block_project`), and the preconditioner is an aggregation multigrid V-cycle whose levels nest in the MSI
 blocks (:class:`Multigrid`), or projected Jacobi. Batched over leading axes (one image per ion), each image
 stopping on its own. On CPU the Laplacian and the Jacobi-preconditioned solve run as fused kernels
-(:mod:`msifusion.kernels`). The method around it (conductances, settings, texture, panels) is
+(:mod:`msifusion.harmonic.kernels`). The method around it (conductances, settings, texture, panels) is
 :mod:`msifusion.harmonic`.
 """
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from msifusion import kernels
+from msifusion.harmonic import kernels
 from msifusion.measurement import Measurement
 
 def _laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Graph Laplacian L x = deg·x − Σ w·x_neighbour (4-neighbour, conductances wh, wv) into ``out``.
 
-    Fused on CPU (:mod:`msifusion.kernels`, which forms ``deg`` on the fly), torch operations elsewhere.
+    Fused on CPU (:mod:`msifusion.harmonic.kernels`, which forms ``deg`` on the fly), torch operations elsewhere.
     """
     if kernels.usable(x) and out.is_contiguous():
         return kernels.laplacian(x, wh, wv, out)
@@ -195,7 +195,7 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     Preconditioner: the :class:`Multigrid` V-cycle without the edge term (under a laser spot, between
     projections onto the spot's null space), projected Jacobi otherwise (``multigrid=False``: the
     refinement pass, whose conductances nearly cut the grid; on the CPU, for the box model without the edge term, that path runs as the fused
-    kernels of :func:`msifusion.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
+    kernels of :func:`msifusion.harmonic.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
     :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
     image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
     left unchanged.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from msifusion import kernels
-from msifusion.solver import Multigrid, _aggregate, block_project, solve_harmonic
+from msifusion.harmonic import kernels
+from msifusion.harmonic.solver import Multigrid, _aggregate, block_project, solve_harmonic
 from msifusion.measurement import Measurement, bilinear_up_t
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
@@ -128,7 +128,7 @@ def test_multigrid_correction_keeps_zero_block_means_without_a_fine_projection()
 
 _LAPLACIAN_BYTES = """
 import hashlib, sys, torch
-from msifusion import kernels
+from msifusion.harmonic import kernels
 g = torch.Generator().manual_seed(0)
 x = torch.rand(2, 300, 400, generator=g)
 wh, wv = torch.rand(300, 399, generator=g) + 0.01, torch.rand(299, 400, generator=g) + 0.01
@@ -174,7 +174,7 @@ def test_a_users_thread_count_survives_the_first_kernel_call():
     import subprocess
     import sys
 
-    code = ("import torch\nfrom msifusion import kernels\nx = torch.rand(300, 300)\n"
+    code = ("import torch\nfrom msifusion.harmonic import kernels\nx = torch.rand(300, 300)\n"
             "kernels.laplacian(x, torch.rand(300, 299), torch.rand(299, 300), torch.empty(300, 300))\n"
             "print(torch.get_num_threads())")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}

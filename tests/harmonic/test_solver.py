@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from msifusion.measurement import Measurement, block_mean, upsample
-from msifusion.solver import Multigrid, _dot, solve_harmonic
+from msifusion.harmonic.solver import Multigrid, _dot, solve_harmonic
 
 
 def test_per_image_dot_products():
