@@ -1,8 +1,9 @@
-"""Shared fixtures: small synthetic registered pairs made on the fly."""
+"""Shared fixtures: small synthetic registered pairs made on the fly; helpers the test modules import."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,3 +95,15 @@ def global_random_state():
     yield SimpleNamespace(expected=expected, draws=draws)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.backends.cudnn.benchmark = benchmark
+
+
+def state_imzml_pixel_size(path: Path, x: float | str, y: float | str | None = None,
+                           unit: tuple[str, str] | None = None) -> None:
+    """Write "pixel size x/y" cvParams into an imzML's scan settings (``y`` defaults to ``x``); ``unit``: (unitName,
+    unitAccession), none stated by default."""
+    stated = f' unitCvRef="UO" unitAccession="{unit[1]}" unitName="{unit[0]}"' if unit else ""
+    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"{stated}/>'
+             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{x if y is None else y}"'
+             f'{stated}/>')
+    text = path.read_text(encoding="iso-8859-1")
+    path.write_text(text.replace("</scanSettings>", extra + "</scanSettings>", 1), encoding="iso-8859-1")

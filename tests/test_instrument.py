@@ -11,6 +11,7 @@ import pytest
 import tifffile
 from pyimzml.ImzMLWriter import ImzMLWriter
 
+from conftest import state_imzml_pixel_size
 from msifusion.cli import main
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
@@ -249,10 +250,7 @@ def test_peaks_command(files, capsys):
 
 def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when_uncalibrated(tmp_path, files, capsys):
     imzml, opt, lm, _ = files
-    text = imzml.read_text(encoding="iso-8859-1")
-    sizes = ('<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="10"/>'
-             '<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="20"/>')
-    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
+    state_imzml_pixel_size(imzml, 10, 20)
     out = tmp_path / "auto"
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 2
     assert "pixels are 10 × 20 µm, not square" in capsys.readouterr().err and not out.exists()
@@ -278,10 +276,7 @@ NOT_SQUARE = "its pixels are not square (10 × 20 µm) and msifusion models squa
 ])
 def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, note):
     imzml, *_ = files
-    text = imzml.read_text(encoding="iso-8859-1")
-    sizes = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"/>'
-             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{y}"/>')
-    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
+    state_imzml_pixel_size(imzml, x, y)
     with ImzML(imzml) as f:
         assert (f.pixel_size_um, f.pixel_size_note) == (used, note)
 
@@ -655,19 +650,11 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
 
 
-def _calibrate(imzml: Path, pixel_um: float) -> None:
-    """Give the imzML square pixels of ``pixel_um`` in its scan settings."""
-    text = imzml.read_text(encoding="iso-8859-1")
-    sizes = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{pixel_um}"/>'
-             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{pixel_um}"/>')
-    imzml.write_text(text.replace("</scanSettings>", sizes + "</scanSettings>", 1), encoding="iso-8859-1")
-
-
 def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files):
     """A whole-slide pyramid without a calibration, given ``--optical-pixel-size``: the level as fine as the fused grid
     is read (not the full scan, which can be tens of GB as float), and registers as that level saved alone would."""
     imzml, opt, lm, _ = files
-    _calibrate(imzml, 20.0)  # fused grid at ×4: 5 µm, the PNG's pixel
+    state_imzml_pixel_size(imzml, 20.0)  # fused grid at ×4: 5 µm, the PNG's pixel
     landmarks = read_landmarks(lm)  # in pixels: to µm, the PNG's 5 and the ion's 20 per pixel
     lm_png = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 20, landmarks.names),
                                tmp_path / "a.csv")
@@ -715,7 +702,7 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     from msifusion.register.workflow import MsiTissue, RegisterSettings, read_moving_optical, register_optical
 
     imzml, opt, lm, _ = files
-    _calibrate(imzml, 20.0)
+    state_imzml_pixel_size(imzml, 20.0)
     landmarks = read_landmarks(lm)
     lm_um = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 20, landmarks.names),
                               tmp_path / "um.csv")

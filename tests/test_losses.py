@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 
 
 def _image(seed: int = 0) -> torch.Tensor:
@@ -46,4 +46,4 @@ def test_sobel_known_answer_across_both_axes():
 
 def test_luminance_weights():
     rgb = torch.eye(3).view(3, 3, 1, 1)  # pure red, green and blue
-    np.testing.assert_allclose(luminance(rgb).flatten().numpy(), [0.299, 0.587, 0.114], rtol=1e-6)
+    np.testing.assert_allclose(luminance_t(rgb).flatten().numpy(), [0.299, 0.587, 0.114], rtol=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from msifusion.io.images import luminance
 from msifusion.phantom import IONS, KIND_TISSUES, TISSUES, PhantomConfig, Tissue, make_phantom
 from msifusion.measurement import block_mean
 
@@ -31,10 +32,6 @@ def with_noise(phantom, **noise):
 @pytest.fixture(scope="module")
 def stem():
     return make_phantom(PhantomConfig(kind="stem", ion="sucrose"))
-
-
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def test_same_seed_gives_identical_arrays(leaf):

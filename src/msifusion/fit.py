@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion.errors import InputError
-from msifusion.losses import EDGE_KERNELS, edge_map, edge_perceptual_loss, luminance
+from msifusion.losses import EDGE_KERNELS, edge_map, edge_perceptual_loss, luminance_t
 from msifusion.runtime import Runtime, check_finite, check_whole, progress_bar, resolve_device
 
 
@@ -123,7 +123,7 @@ def fit_network(
     x = to_tensor(guide, device)
     y = to_tensor(target, device)
     with torch.no_grad():
-        optical_edges = edge_map(luminance(x), config.edge_kernel)
+        optical_edges = edge_map(luminance_t(x), config.edge_kernel)
 
     def paper_loss(out: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
         mse = F.mse_loss(out, y)

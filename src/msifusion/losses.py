@@ -19,7 +19,7 @@ SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 EDGE_KERNELS = ("laplacian", "sobel")
 
 
-def luminance(rgb: torch.Tensor) -> torch.Tensor:
+def luminance_t(rgb: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) → (N, 1, H, W) BT.601 luma."""
     weights = torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
     return (rgb * weights).sum(dim=1, keepdim=True)

@@ -91,8 +91,10 @@ METHODS: dict[str, Method] = {}
 ALL_FIT_FIELDS = tuple(f.name for f in fields(FitConfig))
 
 
-def register(name: str, summary: str, fit_fields: tuple[str, ...] = (),
-             run_many: ManyFn | None = None) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, summary: str, fit_fields: tuple[str, ...] = (),
+                    run_many: ManyFn | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: add a fusion method to :data:`METHODS` under ``name`` (what ``--method`` and ``msifusion methods``
+    show), with the training options it uses (``fit_fields``) and its many-ion entry, if any."""
     def wrap(fn: MethodFn) -> MethodFn:
         METHODS[name] = Method(name, fn, summary, fit_fields, run_many)
         return fn
@@ -421,12 +423,12 @@ def fuse_many(
 # ----------------------------------------------------------------------------- methods
 
 
-@register("bilinear", "bilinear interpolation of the ion image (OpenCV INTER_LINEAR), the paper's baseline")
+@register_method("bilinear", "bilinear interpolation of the ion image (OpenCV INTER_LINEAR), the paper's baseline")
 def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(upsample(problem.ion, problem.scale, "bilinear"))
 
 
-@register("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
+@register_method("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
           fit_fields=ALL_FIT_FIELDS)
 def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.lcrn import LCRN
@@ -439,25 +441,25 @@ def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
 # ----------------------------------------------------- comparison methods (classical.py, models/)
 
 
-@register("bicubic", "bicubic interpolation of the ion image (OpenCV INTER_CUBIC)")
+@register_method("bicubic", "bicubic interpolation of the ion image (OpenCV INTER_CUBIC)")
 def _bicubic(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(upsample(problem.ion, problem.scale, "bicubic"))
 
 
-@register("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, radius = scale, eps = 1e-3")
+@register_method("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, radius = scale, eps = 1e-3")
 def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
     return FitResult(guided_upsample(problem.guide, problem.ion, problem.scale))
 
 
-@register("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent)")
+@register_method("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent)")
 def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     start = upsample(problem.ion, problem.scale, "bilinear")
     return FitResult(project_consistent(start, problem.ion, problem.scale))
 
 
-@register("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent)")
+@register_method("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent)")
 def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -465,21 +467,21 @@ def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(project_consistent(start, problem.ion, problem.scale))
 
 
-@register("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA without features)")
+@register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA without features)")
 def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import anisotropic_diffusion
 
     return FitResult(anisotropic_diffusion(problem.guide, problem.ion, problem.scale))
 
 
-@register("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)")
+@register_method("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)")
 def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import pls_fusion
 
     return FitResult(pls_fusion(problem.guide, problem.ion, problem.scale))
 
 
-@register("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise",
+@register_method("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise",
           fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")))  # its loss is fixed
 def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from dataclasses import replace
@@ -491,7 +493,7 @@ def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return fit_network(CNN3(), problem.guide, target, config, options.runtime, options.on_checkpoint, desc="cnn3")
 
 
-@register("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses",
+@register_method("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses",
           fit_fields=("max_epochs", "lr", "checkpoint_every"))  # its own stages, losses and stopping
 def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.unet import UNetRecipe, fit_unet
@@ -508,7 +510,7 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
     return fuse_harmonic_stack(guide, ions, scale, options.harmonic, options.runtime, options.measurement)
 
 
-@register("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "
+@register_method("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "
           "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many)
 def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return _guided_harmonic_many(problem.guide, problem.ion[None], problem.scale, options)[0]

@@ -116,7 +116,7 @@ def edge_loss(image: np.ndarray, guide: np.ndarray, norm: float = 1.0, kernel: s
     """The paper's edge perceptual loss of ``image / norm`` against the (H, W, 3) guide in [0, 1]."""
     import torch
 
-    from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+    from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 
     image = np.asarray(image, dtype=np.float32) / np.float32(norm)
     guide = np.asarray(guide, dtype=np.float32)
@@ -125,7 +125,7 @@ def edge_loss(image: np.ndarray, guide: np.ndarray, norm: float = 1.0, kernel: s
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(image))[None, None]
         g = torch.from_numpy(np.ascontiguousarray(guide.transpose(2, 0, 1)))[None]
-        return float(edge_perceptual_loss(x, edge_map(luminance(g), kernel), kernel))
+        return float(edge_perceptual_loss(x, edge_map(luminance_t(g), kernel), kernel))
 
 
 def score(

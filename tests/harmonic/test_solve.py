@@ -17,7 +17,7 @@ from msifusion.harmonic import (
     edge_scales,
     fuse_harmonic_many,
 )
-from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 from msifusion.measurement import block_mean, consistency_error
 
 
@@ -60,7 +60,7 @@ def test_edge_perceptual_term_stays_available(cells):
     assert consistency_error(out, y[0], f) < 1e-4
     plain = fuse_harmonic_many(guide, y, f, replace(config, edge_weight=0.0))[0]
     # the term pulls the output's edges towards the optical's: the paper's edge perceptual loss drops
-    target = edge_map(luminance(torch.tensor(guide).permute(2, 0, 1)[None]))
+    target = edge_map(luminance_t(torch.tensor(guide).permute(2, 0, 1)[None]))
     loss = [float(edge_perceptual_loss(torch.as_tensor(x)[None, None], target)) for x in (out, plain)]
     assert loss[0] < 0.5 * loss[1]
 

@@ -13,6 +13,7 @@ import tifffile
 from pyimzml.ImzMLParser import ImzMLParser, getionimage
 from pyimzml.ImzMLWriter import ImzMLWriter
 
+from conftest import state_imzml_pixel_size
 from msifusion.errors import InputError
 from msifusion.io import imzml
 from msifusion.io.imzml import (
@@ -37,16 +38,6 @@ def _pixels() -> list[tuple[int, int]]:
     return [(r, c) for r in range(H) for c in range(W) if (r, c) not in MISSING]
 
 
-def _add_pixel_size(path: Path, size: float, unit: tuple[str, str] | None = None) -> None:
-    """Pixel size cvParams in the scan settings; ``unit``: (unitName, unitAccession), none stated by default."""
-    text = path.read_text(encoding="iso-8859-1")
-    stated = f' unitCvRef="UO" unitAccession="{unit[1]}" unitName="{unit[0]}"' if unit else ""
-    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{size}"{stated}/>'
-             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{size}"{stated}/>')
-    text = text.replace("</scanSettings>", extra + "</scanSettings>", 1)
-    path.write_text(text, encoding="iso-8859-1")
-
-
 @pytest.fixture
 def continuous(tmp_path: Path) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
@@ -57,7 +48,7 @@ def continuous(tmp_path: Path) -> tuple[Path, dict]:
             it = rng.integers(1, 100, AXIS.size).astype(np.float32)
             spectra[(r, c)] = it
             w.addSpectrum(AXIS, it, (c + 1, r + 1))
-    _add_pixel_size(path, 20.0)
+    state_imzml_pixel_size(path, 20.0)
     return path, spectra
 
 
@@ -615,7 +606,7 @@ def test_the_pixel_size_is_read_in_its_stated_unit(continuous, size, unit, expec
     path, _ = continuous
     text = path.read_text(encoding="iso-8859-1")
     path.write_text(re.sub(r'<cvParam cvRef="IMS" accession="IMS:100004[67]"[^>]*/>', "", text), encoding="iso-8859-1")
-    _add_pixel_size(path, size, unit)
+    state_imzml_pixel_size(path, size, unit=unit)
     with ImzML(path) as f:
         assert f.pixel_size_um == pytest.approx(expected_um) if expected_um else f.pixel_size_um is None
 

@@ -47,12 +47,12 @@ class EdgeTerm:
     """w·‖K x − K lum(g)‖² with K the Laplacian of :mod:`msifusion.losses` (replicate border)."""
 
     def __init__(self, guide: torch.Tensor, weight: float):
-        from msifusion.losses import edge_map, luminance
+        from msifusion.losses import edge_map, luminance_t
 
         self.weight = weight
         self._edge_map = edge_map
         with torch.no_grad():
-            self.target = edge_map(luminance(guide.permute(2, 0, 1)[None]))[0, 0]
+            self.target = edge_map(luminance_t(guide.permute(2, 0, 1)[None]))[0, 0]
 
     def _k(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

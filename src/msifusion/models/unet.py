@@ -29,7 +29,7 @@ from torch import nn
 
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, fit_network, to_tensor
 from msifusion.runtime import Runtime, resolve_device
-from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -97,7 +97,7 @@ def fit_unet(
     device = resolve_device(runtime.device)
     low = to_tensor(measured, device)
     with torch.no_grad():
-        optical_edges = edge_map(luminance(to_tensor(guide, device)))
+        optical_edges = edge_map(luminance_t(to_tensor(guide, device)))
     stages = recipe.stage_epochs(max_epochs)
 
     def staged(out: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
