@@ -692,6 +692,16 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
     record = json.loads((tmp_path / "pixels" / "run.json").read_text())
     assert record["registration"]["optical_shape_read"] == list(png.shape[:2])
     assert not any("coarser than the fused grid" in w for w in record["warnings"])  # read at 10 µm, it was
+    # a landmark beyond the optical's edge is told in the full scan's pixels, as Fiji showed them, not the level's
+    moved = landmarks.moving * 5 + 1.875
+    moved[0] = (-40.0, -40.0)
+    off = write_bigwarp_csv(Landmarks(moved, landmarks.fixed * 20, landmarks.names), tmp_path / "off.csv")
+    assert main([*base, "--optical", str(tmp_path / "slide.ome.tif"), "--landmarks", str(off),
+                 "--optical-pixel-size", "1.25", "--out", str(tmp_path / "off")]) == 0
+    warning = json.loads((tmp_path / "off" / "run.json").read_text())["warnings"][0]
+    h, w = png.shape[:2]
+    assert f"up to 31.5 pixels beyond its edge (image spans x -0.625–{w * 5 - 0.625:.4g}, y -0.625–{h * 5 - 0.625:.4g} " \
+           "in units of 1.25 per pixel)" in warning
     np.testing.assert_allclose(tifffile.imread(tmp_path / "pixels" / "optical_registered.tiff"),
                                tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
 

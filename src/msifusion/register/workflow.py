@@ -186,7 +186,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         k = settings.fixed_scale
         p_fixed = settings.fixed_pixel_units(px)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-        outside = check_landmarks(landmarks, fiji_fixed, moving)
+        outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical.downsample))
         ion_grid = fiji_fixed.coarsened(k)
         kind, warnings = landmark_transform_kind(landmarks, settings.transform)
         warnings += outside
@@ -318,6 +318,17 @@ def _moving_grid(optical: Image, settings: RegisterSettings) -> Grid:
         return Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um)
     size = full * optical.downsample
     return Grid(optical.shape2d, size, ((size - full) / 2,) * 2)
+
+
+def _full_resolution(level: Grid, downsample: float) -> Grid:
+    """The full-resolution scan a pyramid ``level`` was read from, in the same units: the image Fiji showed when the
+    landmarks were placed, so that their checks speak of its pixels and size (``level`` itself at full resolution)."""
+    if downsample == 1:
+        return level
+    size = level.pixel_size / downsample
+    shape = (round(level.shape[0] * downsample), round(level.shape[1] * downsample))
+    shift = (level.pixel_size - size) / 2
+    return Grid(shape, size, (level.origin[0] - shift, level.origin[1] - shift))
 
 
 @dataclass(frozen=True)
