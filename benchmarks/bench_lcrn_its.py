@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion.runtime import resolve_device
-from msifusion.losses import edge_map, edge_perceptual_loss, luminance
+from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 from msifusion.models.lcrn import LCRN
 from msifusion.provenance import cpu_model
 
@@ -32,7 +32,7 @@ def time_steps(shape: tuple[int, int], device: torch.device, steps: int, autocas
     model = LCRN().to(device)
     x = torch.rand(1, 3, *shape, device=device)
     y = torch.rand(1, 1, *shape, device=device)
-    target_edges = edge_map(luminance(x))
+    target_edges = edge_map(luminance_t(x))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def step() -> None:
