@@ -23,7 +23,7 @@ from datetime import date
 
 import numpy as np
 
-METHODS = ("guided-harmonic", "diffusion", "bilinear-bp", "guided-bp", "bicubic", "bilinear")
+COMPARED = ("diffusion", "bilinear-bp", "guided-bp", "bicubic", "bilinear")  # after the default method
 
 
 def truths(rgb: np.ndarray) -> dict[str, np.ndarray]:
@@ -57,30 +57,31 @@ def main() -> None:
     from skimage import data
 
     from msifusion.runtime import Runtime
-    from msifusion.methods import MethodOptions, fuse
+    from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    methods = (DEFAULT_METHOD, *COMPARED)
     options = MethodOptions(runtime=Runtime(quiet=True))
     rgb = data.immunohistochemistry()
     guide = (rgb / 255.0).astype(np.float32)
     print(f"# msifusion guided by a real micrograph (scikit-image IHC, 512×512), noise {args.noise:g} × max, "
           f"{cpu_model()}, {date.today()}\n")
-    print("| truth | factor | " + " | ".join(METHODS) + " | default first in |")
-    print("|---" * (3 + len(METHODS)) + "|")
+    print("| truth | factor | " + " | ".join(methods) + " | default first in |")
+    print("|---" * (3 + len(methods)) + "|")
     firsts, rows, margins = {"PSNR": 0, "SSIM": 0}, 0, []
     for seed, (name, truth) in enumerate(truths(rgb).items()):
         for factor in (8, 16):
             measured = measure(truth, factor, seed, args.noise)
             scores = {m: (lambda im: (psnr(im, truth), ssim(im, truth)))(fuse(guide, measured, m, options).image)
-                      for m in METHODS}
+                      for m in methods}
             first = [k for i, k in enumerate(("PSNR", "SSIM"))
-                     if round(scores[METHODS[0]][i], 3) >= max(round(s[i], 3) for s in scores.values())]
+                     if round(scores[DEFAULT_METHOD][i], 3) >= max(round(s[i], 3) for s in scores.values())]
             for k in first:
                 firsts[k] += 1
             rows += 1
-            margins.append(scores[METHODS[0]][0] - max(s[0] for m, s in scores.items() if m != METHODS[0]))
+            margins.append(scores[DEFAULT_METHOD][0] - max(s[0] for m, s in scores.items() if m != DEFAULT_METHOD))
             cells = " | ".join(f"{p:.2f} / {s:.3f}" for p, s in scores.values())
             print(f"| {name} | ×{factor} | {cells} | {', '.join(first) or '—'} |", flush=True)
     print(f"\nDefault first in PSNR on {firsts['PSNR']} of {rows}, in SSIM on {firsts['SSIM']} of {rows}; "

@@ -5,7 +5,8 @@ imzML of 64×64 pixels whose three peaks are the hematoxylin and DAB densities b
 Gaussian noise of 10) and a flat one. The optical is the micrograph itself on a white canvas (128 px of margin),
 turned, scaled and mirrored by a known map; ``msifusion register`` (automatic, ×8, no pixel sizes: the search must
 find the scale too) is run on each, and the landmarks it writes are compared with the known map at the ion grid.
-Prints a markdown table: the largest and mean landmark error in MSI pixels, the search score, the warnings.
+Prints a markdown table: the largest and mean landmark error in MSI pixels, the search score, the MSI tissue image
+matched (0: the TIC, 1 and 2: principal components of the spectra), the warnings.
 Run: ``python benchmarks/bench_registration.py`` (about a minute on 2 cores).
 """
 
@@ -76,8 +77,8 @@ def main() -> None:
 
     rgb = data.immunohistochemistry()
     print(f"# msifusion automatic registration, IHC micrograph ×{FACTOR}, {cpu_model()}, {date.today()}\n")
-    print("| turned | zoom | mirrored | largest error (MSI px) | mean | score | warnings |")
-    print("|---|---|---|---|---|---|---|")
+    print("| turned | zoom | mirrored | largest error (MSI px) | mean | score | tissue image | warnings |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_imzml(folder / "ihc.imzML", rgb)
@@ -89,13 +90,16 @@ def main() -> None:
                        "--scale", str(FACTOR), "--out", str(out), "--quiet"]
             run = subprocess.run([sys.executable, "-m", "msifusion", *command], capture_output=True, text=True)
             if run.returncode:
-                print(f"| {degrees:g}° | {zoom:g} | {mirrored} | failed: {run.stderr.strip()} | | | |")
+                why = (run.stderr.strip().splitlines() or ["no message"])[-1]
+                print(f"| {degrees:g}° | {zoom:g} | {'yes' if mirrored else 'no'} | failed: {why} | | | | |")
                 continue
             errors = landmark_errors(out / "landmarks.csv", m)
             record = json.loads((out / "run.json").read_text())
             warned = "; ".join(w.split(":")[0][:60] for w in record["warnings"]) or "—"
+            registration = record["registration"]
             print(f"| {degrees:g}° | {zoom:g} | {'yes' if mirrored else 'no'} | {errors.max():.2f} | "
-                  f"{errors.mean():.2f} | {record['registration']['score']:.2f} | {warned} |", flush=True)
+                  f"{errors.mean():.2f} | {registration['score']:.2f} | {registration['tissue_channel']} | {warned} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

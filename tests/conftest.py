@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic registered pairs made on the fly; helpers the test modules import."""
+"""Shared fixtures: small synthetic registered pairs made on the fly, and a helper for imzML files."""
 
 from __future__ import annotations
 
@@ -97,10 +97,15 @@ def global_random_state():
     torch.backends.cudnn.benchmark = benchmark
 
 
-def state_imzml_pixel_size(path: Path, x: float | str, y: float | str | None = None,
-                           unit: tuple[str, str] | None = None) -> None:
-    """Write "pixel size x/y" cvParams into an imzML's scan settings (``y`` defaults to ``x``); ``unit``: (unitName,
-    unitAccession), none stated by default."""
+@pytest.fixture
+def state_imzml_pixel_size():
+    """A function that writes "pixel size x/y" cvParams into an imzML's scan settings: ``(path, x, y=None, unit=None)``
+    (``y`` defaults to ``x``; ``unit``: (unitName, unitAccession), none stated by default)."""
+    return _state_imzml_pixel_size
+
+
+def _state_imzml_pixel_size(path: Path, x: float | str, y: float | str | None = None,
+                            unit: tuple[str, str] | None = None) -> None:
     stated = f' unitCvRef="UO" unitAccession="{unit[1]}" unitName="{unit[0]}"' if unit else ""
     extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"{stated}/>'
              f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{x if y is None else y}"'

@@ -543,11 +543,11 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     import subprocess
     import sys
 
-    run = subprocess.Popen([sys.executable, "-m", "msifusion", "methods"],  # python -m msifusion: the command
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    run.stdout.close()  # as `msifusion methods | head -0` does
-    err = run.stderr.read()
-    assert run.wait() == 0 and err == b""
+    with subprocess.Popen([sys.executable, "-m", "msifusion", "methods"],  # python -m msifusion: the command
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        run.stdout.close()  # as `msifusion methods | head -0` does
+        err = run.stderr.read()
+        assert run.wait() == 0 and err == b""
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="other systems' file systems refuse such names")
@@ -573,15 +573,16 @@ def test_a_kill_says_so_and_leaves_nothing(tmp_path, files):
 
     opt, ion_path, _, _ = files
     out = tmp_path / "o"
-    run = subprocess.Popen([sys.executable, "-m", "msifusion", "fuse", "--optical", str(opt), "--ion", str(ion_path),
-                            "--out", str(out), "--method", "lcrn", "--epochs", "100000", "--patience", "0", "--quiet"],
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".o.partial-*")) and time.monotonic() < deadline:  # at work in its staging folder
-        time.sleep(0.1)
-    assert list(tmp_path.glob(".o.partial-*")), "the run never began writing"
-    run.send_signal(signal.SIGTERM)
-    code, err = run.wait(60), run.stderr.read()
+    command = [sys.executable, "-m", "msifusion", "fuse", "--optical", str(opt), "--ion", str(ion_path), "--out",
+               str(out), "--method", "lcrn", "--epochs", "100000", "--patience", "0", "--quiet"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as run:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".o.partial-*")) and time.monotonic() < deadline:  # at work in its staging folder
+            time.sleep(0.1)
+        began = bool(list(tmp_path.glob(".o.partial-*")))
+        run.send_signal(signal.SIGTERM)
+        code, err = run.wait(60), run.stderr.read()
+    assert began, "the run never began writing"
     assert code == 143 and err.strip() == "msifusion: terminated; nothing written", err
     assert not out.exists() and not list(tmp_path.glob(".o.*"))
 

@@ -1,6 +1,6 @@
-"""Every ``from msifusion… import name`` in the package, its tests and the benchmark scripts names something that
-exists, including imports inside functions that only a rare path runs (a benchmark script, a CUDA branch): a
-renamed function must not leave one behind."""
+"""Every ``from msifusion… import name`` (and ``import msifusion.…``) in the package, its tests and the benchmark
+scripts names something that exists, including imports inside functions that only a rare path runs (a benchmark
+script, a CUDA branch): a renamed function must not leave one behind."""
 
 import ast
 import importlib
@@ -13,11 +13,15 @@ FILES = sorted(p for folder in ("src/msifusion", "tests", "benchmarks") for p in
 
 
 def _msifusion_imports(path: Path) -> list[tuple[int, str, str]]:
-    """(line, module, name) of each name imported from an msifusion module in ``path``."""
+    """(line, module, name) of each name imported from an msifusion module in ``path``; ``import msifusion.a.b`` counts
+    as (line, "msifusion.a", "b")."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [(node.lineno, node.module, alias.name) for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
-            and node.module.split(".")[0] == "msifusion" for alias in node.names]
+    found = [(node.lineno, node.module, alias.name) for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+             and node.module.split(".")[0] == "msifusion" for alias in node.names]
+    found += [(node.lineno, *alias.name.rsplit(".", 1)) for node in ast.walk(tree) if isinstance(node, ast.Import)
+              for alias in node.names if alias.name.startswith("msifusion.")]
+    return found
 
 
 def test_the_files_are_found():

@@ -11,7 +11,6 @@ import pytest
 import tifffile
 from pyimzml.ImzMLWriter import ImzMLWriter
 
-from conftest import state_imzml_pixel_size
 from msifusion.cli import main
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
@@ -248,7 +247,8 @@ def test_peaks_command(files, capsys):
     assert lines[1] == "m/z\tmean_intensity" and lines[2].startswith("100.0000") and len(lines) == 4
 
 
-def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when_uncalibrated(tmp_path, files, capsys):
+def test_non_square_pixels_are_refused_for_automatic_registration_and_named_when_uncalibrated(
+        tmp_path, files, capsys, state_imzml_pixel_size):
     imzml, opt, lm, _ = files
     state_imzml_pixel_size(imzml, 10, 20)
     out = tmp_path / "auto"
@@ -274,7 +274,7 @@ NOT_SQUARE = "its pixels are not square (10 × 20 µm) and msifusion models squa
     ("25", "25.1", 25.0, None),  # within a scanner's rounding (1 %), as for TIFFs
     ("2.5e-5", "2.5e-5", None, "its pixel size 2.5e-05 µm is implausible (not between 0.001 and 100000 µm)"),  # metres
 ])
-def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, note):
+def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, note, state_imzml_pixel_size):
     imzml, *_ = files
     state_imzml_pixel_size(imzml, x, y)
     with ImzML(imzml) as f:
@@ -606,6 +606,20 @@ def test_bad_ion_requests_exit_2_and_write_nothing(tmp_path, files, capsys, extr
     assert not out.exists()
 
 
+@pytest.mark.parametrize("transform, fit", [("tps", "a thin-plate spline"), ("affine", "an affine map")])
+def test_collinear_landmarks_are_refused_in_the_words_of_the_transform_asked_for(tmp_path, files, capsys, transform,
+                                                                               fit):
+    imzml, opt, _, _ = files
+    line = write_bigwarp_csv(Landmarks(np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0]]),
+                                       np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]), ("a", "b", "c")),
+                             tmp_path / "line.csv")
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(line), "--transform",
+                 transform, "--scale", "4", "--out", str(tmp_path / "reg")]) == 2
+    assert capsys.readouterr().err == (f"msifusion: error: {line}: landmarks are collinear; {fit} needs three not on "
+                                       "one line\n")
+    assert not (tmp_path / "reg").exists()
+
+
 def test_landmarks_in_the_wrong_units_are_refused(tmp_path, files, capsys):
     imzml, opt, lm, _ = files
     code = main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4",
@@ -650,7 +664,8 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
 
 
-def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files):
+def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files,
+                                                                                      state_imzml_pixel_size):
     """A whole-slide pyramid without a calibration, given ``--optical-pixel-size``: the level as fine as the fused grid
     is read (not the full scan, which can be tens of GB as float), and registers as that level saved alone would."""
     imzml, opt, lm, _ = files
@@ -706,7 +721,7 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
                                tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
 
 
-def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files):
+def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files, state_imzml_pixel_size):
     """``RegisterSettings.optical_pixel_size`` holds for an optical read without it, as for the command's own read."""
     from msifusion.io.images import read_optical
     from msifusion.register.workflow import MsiTissue, RegisterSettings, read_moving_optical, register_optical

@@ -429,7 +429,7 @@ def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
-          fit_fields=ALL_FIT_FIELDS)
+                 fit_fields=ALL_FIT_FIELDS)
 def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.lcrn import LCRN
 
@@ -446,7 +446,8 @@ def _bicubic(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(upsample(problem.ion, problem.scale, "bicubic"))
 
 
-@register_method("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, radius = scale, eps = 1e-3")
+@register_method("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, "
+                           "radius = scale, eps = 1e-3")
 def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -467,7 +468,8 @@ def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(project_consistent(start, problem.ion, problem.scale))
 
 
-@register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA without features)")
+@register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA "
+                              "without features)")
 def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import anisotropic_diffusion
 
@@ -481,8 +483,9 @@ def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(pls_fusion(problem.guide, problem.ion, problem.scale))
 
 
-@register_method("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe otherwise",
-          fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")))  # its loss is fixed
+# its loss is fixed (MSE only): it takes neither w_mse nor w_edge
+@register_method("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe "
+                         "otherwise", fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")))
 def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from dataclasses import replace
 
@@ -493,8 +496,8 @@ def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return fit_network(CNN3(), problem.guide, target, config, options.runtime, options.on_checkpoint, desc="cnn3")
 
 
-@register_method("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction losses",
-          fit_fields=("max_epochs", "lr", "checkpoint_every"))  # its own stages, losses and stopping
+@register_method("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction "
+                         "losses", fit_fields=("max_epochs", "lr", "checkpoint_every"))  # its own stages and stopping
 def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.unet import UNetRecipe, fit_unet
 
@@ -511,6 +514,6 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
 
 
 @register_method("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "
-          "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many)
+                 "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many)
 def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return _guided_harmonic_many(problem.guide, problem.ion[None], problem.scale, options)[0]

@@ -2,8 +2,8 @@
 
 :class:`Runtime` (seed, device, quiet, bf16), :func:`resolve_device`, :func:`seeded` (a library call seeded without
 touching the caller's random states) and the progress displays (:func:`progress_bar`, :func:`elapsed_bar`). torch is
-imported only where a device or a seed needs it, so that reading an imzML file or registering does not load it for a
-progress bar.
+imported only where a device or a seed needs it, so that reading an imzML file (``msifusion peaks``) does not load it
+for a progress bar.
 """
 
 from __future__ import annotations

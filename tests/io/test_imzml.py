@@ -13,7 +13,6 @@ import tifffile
 from pyimzml.ImzMLParser import ImzMLParser, getionimage
 from pyimzml.ImzMLWriter import ImzMLWriter
 
-from conftest import state_imzml_pixel_size
 from msifusion.errors import InputError
 from msifusion.io import imzml
 from msifusion.io.imzml import (
@@ -39,7 +38,7 @@ def _pixels() -> list[tuple[int, int]]:
 
 
 @pytest.fixture
-def continuous(tmp_path: Path) -> tuple[Path, dict]:
+def continuous(tmp_path: Path, state_imzml_pixel_size) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
     path = tmp_path / "cont.imzML"
     spectra = {}
@@ -602,7 +601,7 @@ def test_peaks_of_a_file_whose_stated_range_is_narrower_than_its_data(processed)
     (0.02, ("millimeter", "UO:0000016"), 20.0),
     (7.0, ("pixel", "UO:0000999"), None),  # a unit that is no length: the size is not used
 ])
-def test_the_pixel_size_is_read_in_its_stated_unit(continuous, size, unit, expected_um):
+def test_the_pixel_size_is_read_in_its_stated_unit(continuous, size, unit, expected_um, state_imzml_pixel_size):
     path, _ = continuous
     text = path.read_text(encoding="iso-8859-1")
     path.write_text(re.sub(r'<cvParam cvRef="IMS" accession="IMS:100004[67]"[^>]*/>', "", text), encoding="iso-8859-1")

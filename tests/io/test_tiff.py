@@ -197,6 +197,7 @@ def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, meta
             tif.write(np.zeros((*shape, 3), np.uint8), subfiletype=1, photometric="rgb")
     level = read_optical(odd, 4.0, pixel_size_um=0.5)
     assert level.downsample == 8 and level.pixel_size_um == 4.0 and level.origin_um == (1.75, 1.75)
+    assert level.full_shape == (1001, 999) and read_optical(odd).full_shape is None
     png = tmp_path / "slide.png"
     cv2.imwrite(str(png), full)
     assert read_optical(png, 1.2, pixel_size_um=0.5).pixel_size_um == 0.5 and file_pixel_size_um(png) is None

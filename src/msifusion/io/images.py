@@ -71,6 +71,7 @@ class Image:
     warnings: tuple[str, ...] = ()  # what the reader noticed that the run should report (one line each)
     name: str | None = None  # an ion TIFF's OME channel name where it names an m/z ("m/z 1217.5161"): _ion_name
     downsample: float = 1.0  # full-resolution pixels per pixel: a pyramid level's factor (:func:`read_optical`)
+    full_shape: tuple[int, int] | None = None  # the full resolution's (rows, cols) where a pyramid level was read
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -104,16 +105,17 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     the pixel size the caller needs at most; a pyramidal TIFF (a slide scanner's OME-TIFF) with a pixel size is then
     read at its coarsest level that is still that fine, not at full resolution (float32 RGB costs 12 bytes per pixel:
     a 20000×16000 scan alone is 3.8 GB); ``origin_um`` says where its first pixel lies in the full scan's frame, so
-    that landmarks made on the full scan still hold, and ``downsample`` how many full-resolution pixels it spans.
+    that landmarks made on the full scan still hold, ``downsample`` how many full-resolution pixels it spans and
+    ``full_shape`` the full scan's size.
     """
     path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     suffix = path.suffix.lower()
-    downsample = 1.0
+    downsample, full_shape = 1.0, None
     if suffix in (".tif", ".tiff"):
         tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um)
-        data, pixel_size, shift, note, orientation, downsample = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
-                                                                  tiff.calibration_note, tiff.orientation,
-                                                                  tiff.downsample)
+        data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
+                                                      tiff.calibration_note, tiff.orientation)
+        downsample, full_shape = tiff.downsample, tiff.full_shape
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
@@ -122,7 +124,8 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
         orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
     rgb = optical_to_rgb(data, path)
     warnings = (_orientation_warning(path, orientation), _uniform_warning(path, rgb))
-    return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample)
+    return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
+                 full_shape=full_shape)
 
 
 def file_pixel_size_um(path: Path) -> float | None:

@@ -106,6 +106,7 @@ class _Tiff:
     orientation: int
     channel_name: str | None = None  # the OME name of a one-channel image (msifusion writes "m/z …")
     downsample: float = 1.0  # full-resolution pixels per pixel read (a pyramid level's factor; 1 at full resolution)
+    full_shape: tuple[int, int] | None = None  # the full resolution's (rows, cols) where a pyramid level was read
 
 
 @contextlib.contextmanager
@@ -159,7 +160,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             names = _channel_names(tif.ome_metadata)
             return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
-                         names[0] if len(names) == 1 and names[0].strip() else None, downsample)
+                         names[0] if len(names) == 1 and names[0].strip() else None, downsample,
+                         None if series is levels[0] else _rows_cols(levels[0]))
     except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
         # errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to it)
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
@@ -168,11 +170,16 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
 
 
+def _rows_cols(series) -> tuple[int, int]:
+    """A TIFF series' (rows, columns), whatever its axes."""
+    return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+
+
 def _downsampling(full, level) -> float:
     """Full-resolution pixels per pixel of a pyramid ``level``: the whole factor f when the level is the full
     resolution's size divided by f, rounded down or up on both axes (as scanners and libvips make levels), else the
     ratio of the widths."""
-    size = [(full.shape[full.axes.index(a)], level.shape[level.axes.index(a)]) for a in "YX"]
+    size = list(zip(_rows_cols(full), _rows_cols(level)))
     f = max(1, round(size[1][0] / size[1][1]))
     if all(n in (whole // f, -(-whole // f)) for whole, n in size):
         return float(f)

@@ -92,7 +92,10 @@ def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: fl
     the ion's µm / scale, where the ion is calibrated (automatic registration works in µm)."""
     if settings.landmarks is not None:
         fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
-        coarsest = fixed_units * AffineMap.from_landmarks(read_landmarks(settings.landmarks)).scale
+        try:
+            coarsest = fixed_units * AffineMap.from_landmarks(read_landmarks(settings.landmarks)).scale
+        except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
+            coarsest = None
     else:
         coarsest = ion_pixel_um / settings.scale if ion_pixel_um else None
     return read_optical(path, coarsest, settings.optical_pixel_size)
@@ -186,7 +189,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         k = settings.fixed_scale
         p_fixed = settings.fixed_pixel_units(px)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-        outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical.downsample))
+        outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
         ion_grid = fiji_fixed.coarsened(k)
         kind, warnings = landmark_transform_kind(landmarks, settings.transform)
         warnings += outside
@@ -320,13 +323,14 @@ def _moving_grid(optical: Image, settings: RegisterSettings) -> Grid:
     return Grid(optical.shape2d, size, ((size - full) / 2,) * 2)
 
 
-def _full_resolution(level: Grid, downsample: float) -> Grid:
-    """The full-resolution scan a pyramid ``level`` was read from, in the same units: the image Fiji showed when the
-    landmarks were placed, so that their checks speak of its pixels and size (``level`` itself at full resolution)."""
-    if downsample == 1:
+def _full_resolution(level: Grid, optical: Image) -> Grid:
+    """The full-resolution scan a pyramid ``level`` of ``optical`` was read from, in the same units: the image Fiji
+    showed when the landmarks were placed, so that their checks speak of its pixels and size (``level`` itself where
+    the optical was read at full resolution)."""
+    if optical.downsample == 1:
         return level
-    size = level.pixel_size / downsample
-    shape = (round(level.shape[0] * downsample), round(level.shape[1] * downsample))
+    size = level.pixel_size / optical.downsample
+    shape = optical.full_shape or tuple(round(n * optical.downsample) for n in level.shape)
     shift = (level.pixel_size - size) / 2
     return Grid(shape, size, (level.origin[0] - shift, level.origin[1] - shift))
 
