@@ -58,7 +58,10 @@ def test_a_tall_image_is_drawn_narrower_not_taller(tmp_path):
         save_panel(tmp_path / "panel.png", [("optical", rgb), ("measured", ion[::4, ::4]), ("fused", ion)], 1.0)
         save_ion_grid(tmp_path / "grid.png", [ion, ion], ["a", "b"], 1.0)
         save_overlay(tmp_path / "overlay.png", rgb, ion[::4, ::4], 1.0)
-        sizes = {name: Image.open(tmp_path / f"{name}.png").size for name in ("ion", "panel", "grid", "overlay")}
+        sizes = {}
+        for name in ("ion", "panel", "grid", "overlay"):
+            with Image.open(tmp_path / f"{name}.png") as picture:
+                sizes[name] = picture.size
         dpi = {"ion": 120, "panel": 130, "grid": 110, "overlay": 110}
         for name, (width, height) in sizes.items():
             assert height <= (MAX_IMAGE_HEIGHT_IN + 2.5) * dpi[name], (shape, name, sizes)
