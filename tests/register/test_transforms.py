@@ -87,6 +87,15 @@ def test_grid_refined_is_block_consistent() -> None:
     assert fine.coarsened(5).origin == pytest.approx(ion.origin)
 
 
+def test_a_pyramid_level_is_its_full_resolution_resized():
+    """A ×4 level of a 1.25 µm scan (1001 columns, rounded up to 251): its first pixel averages the scan's first four,
+    so its centre is 1.875 µm on, and resizing back gives the scan's own frame."""
+    scan = Grid((803, 1001), 1.25)
+    level = scan.resized(5.0, (201, 251))
+    assert level.origin == (1.875, 1.875)
+    assert level.resized(1.25, (803, 1001)) == scan
+
+
 def test_check_landmarks_catches_pixel_vs_micrometre() -> None:
     rng = np.random.default_rng(4)
     fixed = Grid((100, 120), 25.0)  # µm, 3000 × 2500 µm

@@ -32,19 +32,20 @@ class Grid:
         if not (self.pixel_size > 0 and math.isfinite(self.pixel_size)):
             raise ValueError(f"pixel size must be positive, got {self.pixel_size}")
 
+    def resized(self, pixel_size: float, shape: tuple[int, int]) -> "Grid":
+        """The same frame in pixels of ``pixel_size``, ``shape`` of them, the first covering this grid's first corner
+        (its centre moves by half the sizes' difference): a finer or coarser grid over the same area, a pyramid's
+        level and its full resolution."""
+        shift = (pixel_size - self.pixel_size) / 2.0
+        return Grid(shape, pixel_size, (self.origin[0] + shift, self.origin[1] + shift))
+
     def refined(self, scale: int) -> "Grid":
         """The same area split into ``scale × scale`` sub-pixels per pixel (output grid of fusion)."""
-        p = self.pixel_size / scale
-        shift = (p - self.pixel_size) / 2.0
-        return Grid((self.shape[0] * scale, self.shape[1] * scale), p,
-                    (self.origin[0] + shift, self.origin[1] + shift))
+        return self.resized(self.pixel_size / scale, (self.shape[0] * scale, self.shape[1] * scale))
 
     def coarsened(self, factor: int) -> "Grid":
         """Grid of ``factor × factor`` block means (the inverse of :meth:`refined`, shape floored)."""
-        p = self.pixel_size * factor
-        shift = (p - self.pixel_size) / 2.0
-        return Grid((self.shape[0] // factor, self.shape[1] // factor), p,
-                    (self.origin[0] + shift, self.origin[1] + shift))
+        return self.resized(self.pixel_size * factor, (self.shape[0] // factor, self.shape[1] // factor))
 
     def to_index(self, xy: np.ndarray) -> np.ndarray:
         """Calibrated (x, y) → fractional (column, row)."""

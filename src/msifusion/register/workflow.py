@@ -319,8 +319,7 @@ def _moving_grid(optical: Image, settings: RegisterSettings) -> Grid:
     full = settings.optical_pixel_size
     if full is None:
         return Grid(optical.shape2d, optical.pixel_size_um or 1.0, optical.origin_um)
-    size = full * optical.downsample
-    return Grid(optical.shape2d, size, ((size - full) / 2,) * 2)
+    return Grid(optical.shape2d, full).resized(full * optical.downsample, optical.shape2d)
 
 
 def _full_resolution(level: Grid, optical: Image) -> Grid:
@@ -329,10 +328,8 @@ def _full_resolution(level: Grid, optical: Image) -> Grid:
     the optical was read at full resolution)."""
     if optical.downsample == 1:
         return level
-    size = level.pixel_size / optical.downsample
-    shape = optical.full_shape or tuple(round(n * optical.downsample) for n in level.shape)
-    shift = (level.pixel_size - size) / 2
-    return Grid(shape, size, (level.origin[0] - shift, level.origin[1] - shift))
+    return level.resized(level.pixel_size / optical.downsample,
+                         optical.full_shape or tuple(round(n * optical.downsample) for n in level.shape))
 
 
 @dataclass(frozen=True)
