@@ -41,12 +41,12 @@ def truths(rgb: np.ndarray) -> dict[str, np.ndarray]:
 
 def measure(truth: np.ndarray, factor: int, seed: int, noise_level: float) -> np.ndarray:
     """Block means at ``factor`` plus Gaussian noise of ``noise_level`` × the truth's maximum, clipped at 0 like
-    counts."""
+    counts (the phantoms' noise model)."""
     from msifusion.measurement import block_mean
+    from msifusion.phantom import with_noise
 
-    mean = block_mean(truth, factor)
-    noise = np.random.default_rng([seed, factor]).standard_normal(mean.shape) * noise_level * float(truth.max())
-    return np.clip(mean + noise, 0, None).astype(np.float32)
+    return with_noise(block_mean(truth, factor), float(truth.max()), noise_level, 0.0,
+                      np.random.default_rng([seed, factor]))
 
 
 def main() -> None:

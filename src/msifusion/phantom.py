@@ -143,13 +143,18 @@ class Phantom:
         """
         cfg = self.config
         measured = MeasurementModel(spot_sigma_px).apply(self.truth, scale)
-        peak = float(self.truth.max())
         if cfg.noise == 0 and cfg.shot == 0:
             return measured.astype(np.float32)
         rng = np.random.default_rng([cfg.seed, 0x4D5349, scale])
-        var = (cfg.noise * peak) ** 2 + cfg.shot**2 * peak * np.clip(measured, 0, None)
-        measured = measured + rng.standard_normal(measured.shape) * np.sqrt(var)
-        return np.clip(measured, 0, None).astype(np.float32)
+        return with_noise(measured, float(self.truth.max()), cfg.noise, cfg.shot, rng)
+
+
+def with_noise(measured: np.ndarray, peak: float, noise: float, shot: float, rng: np.random.Generator) -> np.ndarray:
+    """A measurement with the phantoms' noise: Gaussian of std ``noise``·``peak`` plus counting (shot) noise of std
+    ``shot``·sqrt(value·``peak``), clipped at 0 like counts; float32."""
+    var = (noise * peak) ** 2 + shot**2 * peak * np.clip(measured, 0, None)
+    measured = measured + rng.standard_normal(measured.shape) * np.sqrt(var)
+    return np.clip(measured, 0, None).astype(np.float32)
 
 
 def make_phantom(config: PhantomConfig = PhantomConfig()) -> Phantom:
