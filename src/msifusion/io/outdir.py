@@ -11,6 +11,7 @@ space) is followed: the results go where the link points.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -118,8 +119,6 @@ def fingerprints(folder: Path) -> dict[str, list]:
     """Each file :func:`files_in` ``folder`` lists, as [bytes, content digest] (the digest None above
     :data:`FINGERPRINT_BYTES`): what a run wrote, so that a later edit (a ``landmarks.csv`` refined in BigWarp) can
     be told from the run's own file, whatever its modification time (a copy with ``cp -r`` changes that)."""
-    import hashlib
-
     found = {}
     for name in files_in(folder):
         path = folder / name
@@ -127,11 +126,16 @@ def fingerprints(folder: Path) -> dict[str, list]:
         digest = None
         if size <= FINGERPRINT_BYTES:
             try:
-                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+                digest = _digest(path.read_bytes())
             except OSError:  # unreadable: known by its size alone
                 pass
         found[name] = [size, digest]
     return found
+
+
+def _digest(content: bytes) -> str:
+    """A file's content as run.json's fingerprints and the swap's check know it."""
+    return hashlib.blake2b(content, digest_size=16).hexdigest()
 
 
 def changed_since_its_run(folder: Path) -> list[str]:
@@ -408,10 +412,8 @@ def _remove(folder: Path) -> None:
 def _record_digest(out: Path) -> str | None:
     """The earlier run's record as checked (its bytes' digest), to tell it from another run's that replaced it
     meanwhile; None where ``out`` holds no run."""
-    import hashlib
-
     try:
-        return hashlib.blake2b((out / RUN_RECORD).read_bytes(), digest_size=16).hexdigest()
+        return _digest((out / RUN_RECORD).read_bytes())
     except OSError:
         return None
 
