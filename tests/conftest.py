@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic registered pairs made on the fly, and a helper for imzML files."""
+"""Shared fixtures: small synthetic registered pairs made on the fly, and writers of imzML and pyramid files."""
 
 from __future__ import annotations
 
@@ -112,3 +112,21 @@ def _state_imzml_pixel_size(path: Path, x: float | str, y: float | str | None = 
              f'{stated}/>')
     text = path.read_text(encoding="iso-8859-1")
     path.write_text(text.replace("</scanSettings>", extra + "</scanSettings>", 1), encoding="iso-8859-1")
+
+
+@pytest.fixture
+def write_pyramid():
+    """A function that saves RGB ``levels`` (full resolution first) as a pyramidal OME-TIFF of SubIFDs, as slide
+    scanners write them: ``(path, levels, metadata=None) -> path`` (``metadata``: the OME pixel sizes, none by
+    default)."""
+    return _write_pyramid
+
+
+def _write_pyramid(path: Path, levels: list[np.ndarray], metadata: dict | None = None) -> Path:
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(levels[0], subifds=len(levels) - 1, photometric="rgb", metadata=metadata or {})
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, photometric="rgb")
+    return path

@@ -665,7 +665,8 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
 
 
 def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files,
-                                                                                      state_imzml_pixel_size):
+                                                                                      state_imzml_pixel_size,
+                                                                                      write_pyramid):
     """A whole-slide pyramid without a calibration, given ``--optical-pixel-size``: the level as fine as the fused grid
     is read (not the full scan, which can be tens of GB as float), and registers as that level saved alone would."""
     imzml, opt, lm, _ = files
@@ -677,11 +678,9 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
     lm_slide = write_bigwarp_csv(Landmarks(landmarks.moving * 5 + 1.875, landmarks.fixed * 20, landmarks.names),
                                  tmp_path / "b.csv")
     png = cv2.imread(str(opt))[..., ::-1]
-    slide = tmp_path / "slide.ome.tif"
-    with tifffile.TiffWriter(slide) as tif:  # 1.25 µm, then 2.5 µm and 5 µm levels, none calibrated
-        tif.write(png.repeat(4, 0).repeat(4, 1), subifds=2, photometric="rgb", metadata={})
-        tif.write(png.repeat(2, 0).repeat(2, 1), subfiletype=1, photometric="rgb")
-        tif.write(png, subfiletype=1, photometric="rgb")
+    # 1.25 µm, then 2.5 µm and 5 µm levels, none calibrated
+    slide = write_pyramid(tmp_path / "slide.ome.tif",
+                          [png.repeat(4, 0).repeat(4, 1), png.repeat(2, 0).repeat(2, 1), png])
     base = ["register", "--ion", str(imzml), "--scale", "4", "--quiet"]
     assert main([*base, "--optical", str(opt), "--landmarks", str(lm_png), "--optical-pixel-size", "5",
                  "--out", str(tmp_path / "png")]) == 0
@@ -696,10 +695,7 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
     # 2.5 µm with levels ×2 (the PNG) and ×4 (10 µm, coarser than the fused grid): the level is picked by the size
     # of a fused pixel on the optical as the landmarks place it (2 of their units), not as if they were µm (5)
     coarse = png.reshape(png.shape[0] // 2, 2, png.shape[1] // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
-    with tifffile.TiffWriter(slide := tmp_path / "slide2.ome.tif") as tif:
-        tif.write(png.repeat(2, 0).repeat(2, 1), subifds=2, photometric="rgb", metadata={})
-        tif.write(png, subfiletype=1, photometric="rgb")
-        tif.write(coarse, subfiletype=1, photometric="rgb")
+    slide = write_pyramid(tmp_path / "slide2.ome.tif", [png.repeat(2, 0).repeat(2, 1), png, coarse])
     in_pixels = write_bigwarp_csv(Landmarks(landmarks.moving * 2 + 0.5, landmarks.fixed * 20, landmarks.names),
                                   tmp_path / "c.csv")
     assert main([*base, "--optical", str(slide), "--landmarks", str(in_pixels), "--optical-pixel-size", "1",

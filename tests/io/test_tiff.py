@@ -155,16 +155,12 @@ def test_imagej_units(tmp_path):
     assert read_ion(path).pixel_size_um is None  # "A" is not a unit ImageJ saves (it saves "Å")
 
 
-def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path):
-    import tifffile
-
+def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path, write_pyramid):
     rng = np.random.default_rng(3)
     full = (rng.random((64, 96, 3)) * 255).astype(np.uint8)
-    path = tmp_path / "slide.ome.tif"
-    with tifffile.TiffWriter(path) as tif:  # a slide scanner's OME pyramid: 0.5 µm, then 1 µm and 2 µm levels
-        tif.write(full, subifds=2, photometric="rgb", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
-        tif.write(full[::2, ::2], subfiletype=1, photometric="rgb")
-        tif.write(full[::4, ::4], subfiletype=1, photometric="rgb")
+    # a slide scanner's OME pyramid: 0.5 µm, then 1 µm and 2 µm levels
+    path = write_pyramid(tmp_path / "slide.ome.tif", [full, full[::2, ::2], full[::4, ::4]],
+                         {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
     for needed, shape, size in [(None, (64, 96), 0.5), (0.3, (64, 96), 0.5), (1.2, (32, 48), 1.0), (5.0, (16, 24), 2.0)]:
         image = read_optical(path, needed)
         assert image.pixels.shape[:2] == shape and image.pixel_size_um == pytest.approx(size)
@@ -174,27 +170,19 @@ def test_a_calibrated_pyramid_is_read_at_the_coarsest_level_fine_enough(tmp_path
 
 
 @pytest.mark.parametrize("metadata", [{}, {"PhysicalSizeX": 1000.0, "PhysicalSizeY": 1000.0}])  # none, or wrong
-def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, metadata):
+def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, metadata, write_pyramid):
     """``--optical-pixel-size`` in place of a pyramid's missing or wrong calibration still picks the level."""
-    import tifffile
-
     full = (np.random.default_rng(4).random((64, 96, 3)) * 255).astype(np.uint8)
-    path = tmp_path / "slide.ome.tif"
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(full, subifds=2, photometric="rgb", metadata=metadata)
-        tif.write(full[::2, ::2], subfiletype=1, photometric="rgb")
-        tif.write(full[::4, ::4], subfiletype=1, photometric="rgb")
+    path = write_pyramid(tmp_path / "slide.ome.tif", [full, full[::2, ::2], full[::4, ::4]], metadata)
     image = read_optical(path, 1.2, pixel_size_um=0.5)
     assert image.pixels.shape[:2] == (32, 48) and image.pixel_size_um == pytest.approx(1.0)
     assert image.downsample == 2 and image.origin_um == pytest.approx((0.25, 0.25))
     assert image.calibration_note is None
     assert read_optical(path, None, pixel_size_um=0.5).pixels.shape[:2] == (64, 96)
     assert file_pixel_size_um(path) == (metadata.get("PhysicalSizeX"))
-    odd = tmp_path / "odd.ome.tif"  # levels halved and rounded up, as libvips makes them: still ×2, ×4 and ×8
-    with tifffile.TiffWriter(odd) as tif:
-        tif.write(np.zeros((1001, 999, 3), np.uint8), subifds=3, photometric="rgb", metadata={})
-        for shape in ((501, 500), (251, 250), (126, 125)):
-            tif.write(np.zeros((*shape, 3), np.uint8), subfiletype=1, photometric="rgb")
+    # levels halved and rounded up, as libvips makes them: still ×2, ×4 and ×8
+    odd = write_pyramid(tmp_path / "odd.ome.tif", [np.zeros((*shape, 3), np.uint8) for shape in
+                                                   ((1001, 999), (501, 500), (251, 250), (126, 125))])
     level = read_optical(odd, 4.0, pixel_size_um=0.5)
     assert level.downsample == 8 and level.pixel_size_um == 4.0 and level.origin_um == (1.75, 1.75)
     assert level.full_shape == (1001, 999) and read_optical(odd).full_shape is None
