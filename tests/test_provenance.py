@@ -86,3 +86,36 @@ def test_input_files_are_recorded_with_their_size_and_modification_time(tmp_path
     os.utime(ion, (0, 86400))  # 1970-01-02 00:00 UTC
     assert input_files({"ion": ion, "landmarks": None, "ibd": tmp_path / "absent.ibd", "optical": tmp_path}) == {
         "ion": {"path": str(ion), "bytes": 5, "modified": "1970-01-02T00:00:00+00:00"}}
+
+
+def test_output_run_checks_first_and_writes_its_record_only_on_success(tmp_path):
+    import pytest
+
+    from msifusion.errors import InputError
+    from msifusion.provenance import OutputRun
+
+    ion = tmp_path / "ion.tiff"
+    ion.write_bytes(b"12345")
+    os.utime(ion, (0, 86400))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("not an msifusion output")
+    with pytest.raises(InputError, match="mine"):  # refused before any work, the user's file untouched
+        OutputRun(mine, overwrite=True, inputs={"ion": ion})
+    assert (mine / "thesis.docx").read_text() == "not an msifusion output"
+
+    out = tmp_path / "run"
+    run = OutputRun(out, inputs={"ion": ion, "landmarks": None})
+    with pytest.raises(RuntimeError), run.staged() as stage:  # a failing run leaves nothing
+        (stage / "fused.tiff").write_bytes(b"half")
+        raise RuntimeError("the fusion failed")
+    assert not out.exists()
+    ion.write_bytes(b"123456")  # edited after the run began: the record keeps what the run read
+    with run.staged() as stage:
+        (stage / "fused.tiff").write_bytes(b"x")
+        record = run.finish(stage, {**run.header("msifusion test"), "timings_s": {"fuse": 1.5}}, load=0.25)
+    written = json.loads((out / "run.json").read_text())
+    assert written["tool"] == "msifusion test" and written["files_written"] == ["fused.tiff"]
+    assert written["input_files"] == {"ion": {"path": str(ion), "bytes": 5, "modified": "1970-01-02T00:00:00+00:00"}}
+    assert written["timings_s"]["fuse"] == 1.5 and written["timings_s"]["load"] == 0.25
+    assert 0 < written["timings_s"]["total"] == record["timings_s"]["total"] <= run.seconds()

@@ -423,10 +423,9 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
 
     ``cases`` replaces the cases ``config`` describes (e.g. your own); otherwise they are built.
     """
-    from msifusion.io.outdir import check_output_dir, staged_output_dir
+    from msifusion.provenance import OutputRun
 
-    t0 = time.perf_counter()
-    out = check_output_dir(out, overwrite, [config.cases.prostate_dir])
+    run = OutputRun(out, overwrite, {"prostate": config.cases.prostate_dir})
     log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     methods = config.method_order()
     skipped: list[str] = []
@@ -435,10 +434,10 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
         cases, skipped, facts = build_cases(config, log)
     if not cases:
         raise InputError("benchmark", "no case to run (" + "; ".join(skipped or ["no group selected"]) + ")")
-    build_s = time.perf_counter() - t0
+    build_s = run.seconds()
     rows: list[dict] = []
     case_seconds: dict[str, float] = {}
-    with staged_output_dir(out, overwrite, [config.cases.prostate_dir]) as stage:
+    with run.staged() as stage:
         if config.panels:
             (stage / "panels").mkdir()
         total = len(cases) * len(methods)
@@ -457,11 +456,8 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
             case_seconds[case.name] = time.perf_counter() - tc
         write_csv(stage / "results.csv", rows)
         (stage / "results.md").write_text(results_markdown(rows, config, cases, skipped))
-        from msifusion.provenance import write_run_json
-
-        write_run_json(stage, _run_record(config, methods, cases, skipped, facts,
-                                          {"build_cases": build_s, "cases": case_seconds,
-                                           "total": time.perf_counter() - t0}))
+        run.finish(stage, _run_record(config, methods, cases, skipped, facts, run.header("msifusion benchmark")),
+                   build_cases=build_s, cases=case_seconds)
     return rows
 
 
@@ -577,11 +573,9 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
 
 
 def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Case], skipped: list[str],
-                facts: dict, timings: dict) -> dict:
+                facts: dict, header: dict) -> dict:
     from msifusion.runtime import resolve_device
-    from msifusion.provenance import run_header
 
-    return {**run_header("msifusion benchmark"), "settings": asdict(config),
+    return {**header, "settings": asdict(config),
             "device": str(resolve_device(config.device)), "methods": methods,
-            "cases": [c.summary() for c in cases], "skipped": skipped,
-            **facts, "timings_s": timings}
+            "cases": [c.summary() for c in cases], "skipped": skipped, **facts}

@@ -9,17 +9,15 @@ under ``checkpoints/<method>/``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from msifusion.io.images import Image, optical_to_rgb, rgb_to_uint8, write_rgb_tiff, write_tiff
-from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.methods import METHODS, FusionResult
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.pipeline import FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs
-from msifusion.provenance import write_run_json
+from msifusion.provenance import OutputRun
 from msifusion.report import save_panel, save_rgb_png
 
 
@@ -37,8 +35,7 @@ class DemoRequest:
 
 def run_demo(request: DemoRequest) -> dict:
     """Make the phantom, fuse it at ``request.scale``, score against the truth; returns run.json's dict."""
-    t0 = time.perf_counter()
-    check_output_dir(request.out, request.overwrite)
+    run = OutputRun(request.out, request.overwrite)
     phantom = make_phantom(request.phantom)
     spot = request.settings.measurement.spot_sigma_px  # a demo of the spot model measures through that spot
     measured = phantom.measure(request.scale, spot)
@@ -46,7 +43,7 @@ def run_demo(request: DemoRequest) -> dict:
     guide = optical_to_rgb(rgb_to_uint8(phantom.guide))  # as optical.png and .tiff hold it: fusing them gives the same
     pair = pair_images(Image(guide, request.phantom.fine_pixel_um), Image(measured, ion_px))
     pair.ion_name = "synthetic leaf ion"
-    with staged_output_dir(request.out, request.overwrite) as stage:
+    with run.staged() as stage:
         save_rgb_png(stage / "optical.png", guide)
         write_rgb_tiff(stage / "optical.tiff", guide, request.phantom.fine_pixel_um)
         write_tiff(stage / "ion.tiff", measured, ion_px, [f"{pair.ion_name}, measured"])
@@ -66,10 +63,7 @@ def run_demo(request: DemoRequest) -> dict:
         extra = {"demo": {"phantom": vars(request.phantom)}, "scores": scores,
                  "training": _training(compared, request.settings)}
         record = write_fusion_outputs(stage, pair, result, request.settings, extra)
-        record["timings_s"]["compared"] = {name: r.seconds for name, r in compared.items() if r is not result}
-        record["timings_s"]["total"] = time.perf_counter() - t0
-        write_run_json(stage, record)
-    return record
+        return run.finish(stage, record, compared={name: r.seconds for name, r in compared.items() if r is not result})
 
 
 def _fuse(stage: Path, pair: RegisteredPair, settings: FuseSettings) -> FusionResult:

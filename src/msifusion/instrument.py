@@ -8,7 +8,6 @@ not fit in memory). Registration itself is :mod:`msifusion.register.workflow`.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +20,11 @@ from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
 from msifusion.io.landmarks import read_landmarks
-from msifusion.io.outdir import check_output_dir, free_bytes, staged_output_dir
+from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many, panel_part_size
 from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
                                 write_fusion_outputs)
-from msifusion.provenance import input_files, run_header, write_run_json
+from msifusion.provenance import OutputRun
 from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
                                          register_optical, write_registration)
 from msifusion.report import save_ion_grid
@@ -84,11 +83,7 @@ def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
 
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
-    t0 = time.perf_counter()
-    roles = _imzml_files(request.imzml)
-    inputs = list(roles.values())
-    check_output_dir(request.out, request.overwrite, inputs)
-    given = input_files(roles)
+    run = OutputRun(request.out, request.overwrite, _imzml_files(request.imzml))
     with ImzML(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
@@ -98,21 +93,18 @@ def extract_ions(request: IonsRequest) -> dict:
         warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                              "give --pixel-size UM when you fuse them with --ion",
                                              ("ion TIFFs", "ions.png")))
-    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
+    with run.staged() as stage:
         paths = write_ion_tiffs(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
-        record = {**run_header(), "imzml": str(request.imzml), "input_files": given,
-                  "mzs": list(stack.mzs),
+        record = {**run.header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
                   "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
                   "normalize_scale": stack.normalize_scale, "units": stack.units,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
-                  "warnings": warnings,
-                  "timings_s": {"total": time.perf_counter() - t0}}
-        write_run_json(stage, record)
-    return record
+                  "warnings": warnings}
+        return run.finish(stage, record)
 
 
 @dataclass(frozen=True)
@@ -162,28 +154,22 @@ def _check_before_reading(optical: Path, settings: RegisterSettings) -> None:
 
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
-    t0 = time.perf_counter()
-    roles = {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks}
-    inputs = list(roles.values())
-    check_output_dir(request.out, request.overwrite, inputs)
-    given = input_files(roles)
+    run = OutputRun(request.out, request.overwrite,
+                    {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks})
     _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
     optical = read_moving_optical(request.optical, request.settings, px)
     registered = register_optical(optical, msi, request.settings, request.quiet)
-    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
+    with run.staged() as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
-        record = {**run_header(), "optical": str(request.optical), "ion": str(request.ion),
-                  "input_files": given,
+        record = {**run.header(), "optical": str(request.optical), "ion": str(request.ion),
                   "outputs": outputs + ["run.json"], "register_settings": asdict(request.settings),
                   "registration": registered.info,
                   "warnings": registered.warnings, "ion_shape": list(shape), "ion_pixel_size_um": px,
                   "registered_shape": list(registered.guide.shape[:2]),
-                  "registered_pixel_size_um": px / request.settings.scale if px else None,
-                  "timings_s": {"total": time.perf_counter() - t0}}
-        write_run_json(stage, record)
-    return record
+                  "registered_pixel_size_um": px / request.settings.scale if px else None}
+        return run.finish(stage, record)
 
 
 @dataclass(frozen=True)
@@ -267,11 +253,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     OME-TIFF stack ``out/fused.ome.tiff`` and overviews of the measured and fused ions (``ions.png``,
     ``fused.png``). Always ``out/optical_registered.tiff``.
     """
-    t0 = time.perf_counter()
     roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
-    inputs = list(roles.values())
-    check_output_dir(request.out, request.overwrite, inputs)
-    given = input_files(roles)
+    run = OutputRun(request.out, request.overwrite, roles)
     _check_before_reading(request.optical, request.register)
     with ImzML(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
@@ -283,7 +266,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     h, w = stack.images.shape[1:]
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
     if scratch:
-        _check_scratch_space(request.out, scratch)
+        _check_scratch_space(run.out, scratch)
     optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
     registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
     registered.warnings += stack.window_warnings()
@@ -295,7 +278,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                    f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
                                    f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
                                    f"the stack is written{shared}")
-    space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
+    space = _output_space_warning(run.out, K, h * scale * w * scale, scratch)
     if space:
         registered.warnings.append(space)
     if stack.pixel_size_um is None:
@@ -305,12 +288,12 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     if request.on_warning:
         for warning in registered.warnings:
             request.on_warning(warning)
-    load_s = time.perf_counter() - t0
-    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
+    load_s = run.seconds()
+    with run.staged() as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
                                                   request.imzml)
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
-                  "input_files": given, "register_settings": asdict(request.register),
+                  "input_files": run.input_files, "register_settings": asdict(request.register),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
                   "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []
@@ -355,11 +338,6 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
                                                          "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),
                                                          "run.json"],
-                           panel_parts=parts,
-                           timings_s={"load_and_register": load_s, "fuse_panel": fuse_s,
-                                      "total": time.perf_counter() - t0})
-            write_run_json(stage, summary)
-            return summary
-        records[0]["timings_s"].update(load_and_register=load_s, total=time.perf_counter() - t0)
-        write_run_json(stage, records[0])
-        return records[0]
+                           panel_parts=parts)
+            return run.finish(stage, summary, load_and_register=load_s, fuse_panel=fuse_s)
+        return run.finish(stage, records[0], load_and_register=load_s)

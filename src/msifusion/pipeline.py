@@ -17,11 +17,10 @@ from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
-from msifusion.io.outdir import check_output_dir, staged_output_dir
 from msifusion.io.units import check_pixel_size
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
                                check_methods, check_scale, fuse, infer_scale, spot_dip_note)
-from msifusion.provenance import input_files, run_header, write_run_json
+from msifusion.provenance import OutputRun, run_header, write_run_json
 from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_panel, write_loss_csv
 
 
@@ -297,18 +296,15 @@ class FuseFilesRequest:
 
 def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
-    t0 = time.perf_counter()
-    inputs = [request.optical, request.ion]
-    check_output_dir(request.out, request.overwrite, inputs)
-    given_files = input_files({"optical": request.optical, "ion": request.ion})
+    run = OutputRun(request.out, request.overwrite, {"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
     pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
-    load_s = time.perf_counter() - t0
-    with staged_output_dir(request.out, request.overwrite, inputs) as stage:
+    load_s = run.seconds()
+    with run.staged() as stage:
         result = fuse_pair(pair, request.settings, stage / "checkpoints")
         given = {"inputs": {"optical": str(request.optical), "optical_shape": list(optical.pixels.shape),
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
-                 "input_files": given_files}
+                 "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
@@ -316,6 +312,4 @@ def fuse_files(request: FuseFilesRequest) -> dict:
             why = ("neither image has a usable calibration; " + "; ".join(ignored) if ignored else
                    "neither the ion image nor the optical is calibrated")
             record["warnings"].append(uncalibrated_warning(f"{pair.ion_name}: {why}", "give --pixel-size UM"))
-        record["timings_s"].update(load=load_s, total=time.perf_counter() - t0)
-        write_run_json(stage, record)
-    return record
+        return run.finish(stage, record, load=load_s)

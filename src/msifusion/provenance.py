@@ -2,6 +2,7 @@
 
 Every command's record opens with :func:`run_header` and is written by :func:`write_run_json`, so each output folder
 says, in one form, which software on which machine made it; the settings and timings that follow are the command's.
+:class:`OutputRun` is how a command goes from its first check of the output folder to that record.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from msifusion.io.outdir import RUN_RECORD, fingerprints
+from msifusion.io.outdir import RUN_RECORD, check_output_dir, fingerprints, staged_output_dir
 
 # Libraries recorded in run.json: the name users know them by, and the module that runs.
 _LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
@@ -120,6 +123,43 @@ def input_files(roles: Mapping[str, str | Path | None]) -> dict:
         modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
         described[role] = {"path": str(path), "bytes": stat.st_size, "modified": modified}
     return described
+
+
+class OutputRun:
+    """One command's output folder, from its first check to its ``run.json``.
+
+    Made before any work, so that an output folder the run may not write (see
+    :func:`msifusion.io.outdir.check_output_dir`) or a missing input costs nothing, and the inputs, by role, are
+    described as the run began (:func:`input_files`). :meth:`staged` gives the folder the outputs are written into,
+    which becomes ``out`` only on success; :meth:`finish` writes the record there, with the total time since the start.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False,
+                 inputs: Mapping[str, str | Path | None] | None = None):
+        self.started = time.perf_counter()
+        self.inputs = [path for path in (inputs or {}).values() if path is not None]
+        self.out = check_output_dir(out, overwrite, self.inputs)
+        self.overwrite = overwrite
+        self.input_files = input_files(inputs or {})
+
+    def seconds(self) -> float:
+        """Seconds since the run began."""
+        return time.perf_counter() - self.started
+
+    def header(self, tool: str = "msifusion") -> dict:
+        """How the run's record opens: :func:`run_header` and the inputs as they were when the run began."""
+        return {**run_header(tool), "input_files": self.input_files}
+
+    def staged(self) -> AbstractContextManager[Path]:
+        """The staging folder (:func:`msifusion.io.outdir.staged_output_dir`), checked again as it is made."""
+        return staged_output_dir(self.out, self.overwrite, self.inputs)
+
+    def finish(self, stage: Path, record: dict, **timings: float) -> dict:
+        """Write ``record`` as ``stage``'s run.json, ``timings`` and the ``total`` added to its ``timings_s``;
+        returns it."""
+        record.setdefault("timings_s", {}).update(timings, total=self.seconds())
+        write_run_json(stage, record)
+        return record
 
 
 def write_run_json(folder: Path, record: dict) -> Path:

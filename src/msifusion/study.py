@@ -37,7 +37,7 @@ from msifusion.fit import EdgeLossStopper, FitConfig
 from msifusion.runtime import Runtime, check_device
 from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
-from msifusion.provenance import input_files, run_header, write_run_json
+from msifusion.provenance import OutputRun
 
 
 @dataclass(frozen=True)
@@ -139,14 +139,10 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     from msifusion.fit import fit_network
     from msifusion.runtime import resolve_device, seeded
     from msifusion.io.images import write_tiff
-    from msifusion.io.outdir import check_output_dir, staged_output_dir
     from msifusion.models.lcrn import LCRN
     from msifusion.measurement import upsample
 
-    t0 = time.perf_counter()
-    given = [config.optical, config.ion, config.truth]
-    check_output_dir(out, overwrite, given)
-    described = input_files({"optical": config.optical, "ion": config.ion, "truth": config.truth})
+    run = OutputRun(out, overwrite, {"optical": config.optical, "ion": config.ion, "truth": config.truth})
     inputs = load_inputs(config)
     ion = np.asarray(inputs.ion, dtype=np.float32)
     intensity = float(np.max(np.abs(ion)))
@@ -206,7 +202,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     baseline = {"psnr": metrics.psnr(target_ion, truth), "ssim": metrics.ssim(target_ion, truth)} if truth is not None else None
     summary = _summary(checkpoints, history, stop, stop_ckpt, best, baseline, config)
-    with staged_output_dir(out, overwrite, given) as stage:
+    with run.staged() as stage:
         write_study_csv(stage / "study.csv", history, checkpoints, stop)
         save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
         (stage / "checkpoints").mkdir()
@@ -215,8 +211,7 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
                        [f"{inputs.name}, epoch {e}"])
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
-            **run_header("msifusion study"), "inputs": inputs.name,
-            "input_files": described,
+            **run.header("msifusion study"), "inputs": inputs.name,
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
             "fine_pixel_size_um": inputs.fine_pixel_um, "notes": inputs.notes, "warnings": inputs.warnings,
@@ -225,10 +220,8 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
             "checkpoint_every": every, "seed": config.runtime.seed,
             "device": str(resolve_device(config.runtime.device)), "epochs_run": result.epochs,
             "summary": summary, "strip_epochs": strip,
-            "timings_s": {"fit_with_checkpoints": fit_s, "total": time.perf_counter() - t0},
         }
-        write_run_json(stage, record)
-    return record
+        return run.finish(stage, record, fit_with_checkpoints=fit_s)
 
 
 def _summary(checkpoints: dict[int, dict], history: list[dict], stop: int | None, stop_ckpt: int | None,
