@@ -35,14 +35,16 @@ def test_devices_other_than_cpu_and_cuda_are_named_as_such(name, problem):
         resolve_device(name)
 
 
-def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(monkeypatch):
+def test_progress_bars_hide_when_quiet_show_on_a_terminal_and_turn_to_lines_in_a_log_file(monkeypatch):
     import io
     import sys
 
-    from msifusion.runtime import progress_bar
+    from msifusion.runtime import LogProgress, progress_bar
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal
-    assert progress_bar(10, "x", "step", quiet=False).disable
+    assert isinstance(progress_bar(10, "x", "step", quiet=False), LogProgress)
+    assert progress_bar(10, "x", "step", quiet=False).counts  # "step 3 of 10"
+    assert not progress_bar(10, "x", "step", quiet=False, bar_format="{l_bar}{bar}| {elapsed}").counts  # "30%"
     assert progress_bar(10, "x", "step", quiet=True).disable
 
     class Terminal(io.StringIO):
@@ -50,7 +52,51 @@ def test_progress_bars_hide_when_quiet_or_in_a_log_file_and_show_on_a_terminal(m
             return True
 
     monkeypatch.setattr(sys, "stderr", Terminal())
-    assert not progress_bar(10, "x", "step", quiet=False).disable
+    bar = progress_bar(10, "x", "step", quiet=False)
+    assert not isinstance(bar, LogProgress) and not bar.disable
+
+
+def test_log_progress_says_how_far_each_minute_and_nothing_for_a_short_step(monkeypatch):
+    import io
+    import sys
+
+    from msifusion.runtime import LogProgress, duration
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    now = [0.0]
+    epochs = LogProgress(2000, "lcrn", "epoch", clock=lambda: now[0])
+    for _ in range(50):  # 50 epochs of 1.5 s: a line at 60 s (1960 epochs left at 1.5 s), one at the end
+        now[0] += 1.5
+        epochs.update(1)
+        epochs.set_postfix(mse="0.01")
+    epochs.close()
+    assert log.getvalue().splitlines() == [
+        "msifusion: lcrn: epoch 40 of 2000 after 1 min 00 s, about 49 min 00 s left (mse 0.01)",
+        "msifusion: lcrn: done after 1 min 15 s"]
+
+    log.truncate(0), log.seek(0)
+    steps = LogProgress(3, "guided-harmonic", "batch", clock=lambda: now[0])
+    now[0] += 59.0
+    steps.update(2.5)  # a short step tells nothing, not even that it ended
+    steps.close()
+    assert log.getvalue() == ""
+    batches = LogProgress(2, "guided-harmonic", "batch", clock=lambda: now[0], counts=False)
+    now[0] += 70.0
+    batches.update(1)
+    assert log.getvalue() == "msifusion: guided-harmonic: 50% after 1 min 10 s, about 1 min 10 s left\n"
+    log.truncate(0), log.seek(0)
+    waiting = LogProgress(1, "registering (automatic)", "step", clock=lambda: now[0])
+    now[0] += 61.0
+    waiting.refresh()  # what elapsed_bar's timer calls
+    now[0] += 30.0
+    waiting.update(0.5)
+    assert log.getvalue().splitlines() == ["msifusion: registering (automatic): running for 1 min 01 s"]
+    now[0] += 30.0
+    waiting.update(0.1)
+    assert log.getvalue().splitlines()[-1] == ("msifusion: registering (automatic): 60% after 2 min 01 s, about "
+                                               "1 min 21 s left")
+    assert [duration(s) for s in (0.4, 59.6, 200, 3600 * 2 + 300)] == ["0 s", "1 min 00 s", "3 min 20 s", "2 h 05 min"]
 
 
 def test_elapsed_bar_stops_its_timer_and_lets_errors_through(capsys):

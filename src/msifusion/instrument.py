@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.runtime import elapsed_bar
+from msifusion.runtime import elapsed_bar, progress_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
@@ -256,9 +256,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
     run = OutputRun(request.out, request.overwrite, roles)
     _check_before_reading(request.optical, request.register)
+    quiet = request.settings.runtime.quiet
     with ImzML(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
-        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.settings.runtime.quiet)
+        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
         pixel_note, file_summary = f.pixel_size_note, f.summary()
     K, scale = len(stack.mzs), request.register.scale
     per_part = panel_part_size(stack.images.shape[1:], scale, K)  # before minutes of registration
@@ -268,7 +269,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     if scratch:
         _check_scratch_space(run.out, scratch)
     optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
-    registered = register_optical(optical, msi, request.register, request.settings.runtime.quiet)
+    registered = register_optical(optical, msi, request.register, quiet)
     registered.warnings += stack.window_warnings()
     if scratch:
         shared = ("; a shared basis is sought within each part only" if METHODS[request.settings.method].run_many
@@ -311,6 +312,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             else:  # shared work
                 results = fuse_many(registered.guide, stack.images[part.start:part.stop], request.settings.method,
                                     request.settings)
+            writing = progress_bar(len(part), "writing each ion's outputs", "ion", quiet)
             for i, result in zip(part, results):
                 write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
                 per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
@@ -322,16 +324,19 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                 fuse_s += result.seconds
                 if fused is not None:
                     fused.put(i, result.image)
+                writing.update()
+            writing.close()
             results = result = None  # a part's images are views of one array: all must go for it to be freed
         if K > 1:
             px = stack.pixel_size_um / scale if stack.pixel_size_um else None
             pages = fused.pages()
-            write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
-            write_ion_stack(stack, stage / "ions.ome.tiff")
-            save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
-                          _grid_title("measured", stack.pixel_size_um, stack.units))
-            save_ion_grid(stage / "fused.png", pages, stack.labels, px,
-                          _grid_title(f"fused ×{scale} ({request.settings.method})", px, stack.units))
+            with elapsed_bar(f"writing the panel's stacks and overviews ({K} ions)", quiet):
+                write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
+                write_ion_stack(stack, stage / "ions.ome.tiff")
+                save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
+                              _grid_title("measured", stack.pixel_size_um, stack.units))
+                save_ion_grid(stage / "fused.png", pages, stack.labels, px,
+                              _grid_title(f"fused ×{scale} ({request.settings.method})", px, stack.units))
             pages = None
             fused.remove()
             summary = panel_record(records, stack.names, registered.warnings)

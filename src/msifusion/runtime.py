@@ -1,4 +1,4 @@
-"""What every command and method shares about running: the seed, the device, progress on a terminal.
+"""What every command and method shares about running: the seed, the device, progress on a terminal or in a log.
 
 :class:`Runtime` (seed, device, quiet, bf16), :func:`resolve_device`, :func:`seeded` (a library call seeded without
 touching the caller's random states) and the progress displays (:func:`progress_bar`, :func:`elapsed_bar`). torch is
@@ -127,20 +127,96 @@ def seeded(seed: int) -> Iterator[None]:
             torch.backends.cudnn.benchmark = benchmark
 
 
+LOG_LINE_EVERY_S = 60.0  # how often progress is told where no bar can show
+
+
 def progress_bar(total: float, desc: str, unit: str, quiet: bool, bar_format: str | None = None):
-    """A progress bar on a terminal or in a notebook; none with ``quiet``, nor in a log file, where its
-    carriage returns would garble the lines (tqdm's ``disable=None``; a notebook's stream is no terminal)."""
+    """A progress bar on a terminal or in a notebook; none with ``quiet``. Where stderr is a log file (a batch job,
+    ``2> log``), where a bar's carriage returns would garble the lines, a plain line now and then instead
+    (:class:`LogProgress`)."""
+    import sys
+
     from tqdm.auto import tqdm
 
     notebook = tqdm.__module__.startswith("tqdm.notebook") or tqdm.__name__ == "tqdm_notebook"
+    if not (quiet or notebook or _is_terminal(sys.stderr)):
+        return LogProgress(total, desc, unit, counts=bar_format is None or "{n" in bar_format)
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, bar_format=bar_format,
-                disable=True if quiet else (False if notebook else None))
+                disable=quiet)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class LogProgress:
+    """Progress for a log file: a line on stderr every ``every`` seconds of a long step — how far, how long, and
+    about how long is left — and one when it ends, if it was told; nothing for a step shorter than ``every``.
+    How far: "epoch 40 of 2000" (``unit`` singular, as tqdm's), or a percentage without ``counts`` (steps that mean
+    nothing to a user). ``update``, ``set_postfix``, ``refresh`` and ``close`` as tqdm's."""
+
+    disable = False
+
+    def __init__(self, total: float, desc: str, unit: str, every: float = LOG_LINE_EVERY_S, clock=None,
+                 counts: bool = True):
+        import sys
+        import time
+
+        self.total, self.desc, self.unit, self.every, self.counts = total, desc, unit, every, counts
+        self.clock = clock or time.monotonic
+        self.stream = sys.stderr
+        self.n, self.postfix, self.told = 0.0, "", False
+        self.start = self.last = self.clock()
+
+    def update(self, n: float = 1) -> None:
+        self.n += n
+        self.refresh()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = " (" + ", ".join(f"{name} {value}" for name, value in values.items()) + ")"
+
+    def refresh(self) -> None:
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self._say(self._how_far(now - self.start))
+
+    def close(self) -> None:
+        if self.told:
+            self._say(f"done after {duration(self.clock() - self.start)}")
+
+    def _how_far(self, elapsed: float) -> str:
+        if self.n == 0:
+            return f"running for {duration(elapsed)}"
+        share = min(self.n / self.total, 1.0) if self.total else 0.0
+        whole = self.counts and float(self.n).is_integer() and float(self.total).is_integer()
+        done = f"{self.unit} {self.n:.0f} of {self.total:.0f}" if whole else f"{share:.0%}"
+        left = f", about {duration(elapsed * (1 - share) / share)} left" if 0 < share < 1 else ""
+        return f"{done} after {duration(elapsed)}{left}{self.postfix}"
+
+    def _say(self, what: str) -> None:
+        self.told = True
+        print(f"msifusion: {self.desc}: {what}", file=self.stream, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as people read a wait: 45 s, 3 min 20 s, 2 h 05 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @contextmanager
 def elapsed_bar(desc: str, quiet: bool) -> Iterator[None]:
     """For one long step that cannot report its progress: ``desc`` and the seconds elapsed, refreshed every second
-    by a timer thread (a bar that never moves looks like a hang), where :func:`progress_bar` would show."""
+    by a timer thread (a bar that never moves looks like a hang), where :func:`progress_bar` would show; in a log
+    file, a line each minute the step goes on."""
     bar = progress_bar(1, desc, "step", quiet, bar_format="{desc} … {elapsed}")
     stop = threading.Event()
 

@@ -74,7 +74,7 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, me
         if not len(idx):
             continue
         part_report = HarmonicReport()
-        out[idx] = _run_each(gd, ions[idx], part_report, quiet, part_basis)
+        _run_each(gd, ions[idx], part_report, quiet, part_basis, into=(out, idx))  # no second (K, H, W) array
         for i, k in enumerate(idx):
             report.settings[k] = part_report.settings[i]
             how = ({"shared_basis": {"rank": len(shared.basis)}} if part_basis is not None else
@@ -84,8 +84,9 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, me
 
 
 def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool = True,
-              basis: _Basis | None = None) -> np.ndarray:
-    """Fuse (K, h, w) normalised ions with the guide ``gd``, each with its own setting; returns (K, H, W) float32.
+              basis: _Basis | None = None, into: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Fuse (K, h, w) normalised ions with the guide ``gd``, each with its own setting; returns (K, H, W) float32, or
+    with ``into`` = (an array, K of its indices) writes them there, in place, and returns that array.
 
     Without ``basis`` every ion is solved, batch by batch (memory grows with
     :meth:`PanelSettings.batch_on`, not with K). With one, only the basis images are solved, once per
@@ -103,7 +104,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     tiles = _tiles(h, w, f, config)
     batch_size = config.panel.batch_on(device)
     batches = [slice(0, K)] if basis is not None else [slice(b, b + batch_size) for b in range(0, K, batch_size)]
-    progress = progress_bar(len(batches) * (1 + len(tiles)), "guided-harmonic", "batch", quiet,
+    what = f"guided-harmonic, {K} ion{'s' if K > 1 else ''}" + (" through a shared basis" if basis is not None else "")
+    progress = progress_bar(len(batches) * (1 + len(tiles)), what, "batch", quiet,
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")  # fractional steps: no counts shown
     chosen, notes = [], []
     for part in batches:
@@ -115,18 +117,23 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
     report.notes = notes
-    out = np.empty((K, H, W), dtype=np.float32)
+    settings = sorted({i for i, _ in chosen})
+    if basis is not None:  # per tile, each setting's solve of the basis counts one step, as all ions' mixtures do
+        progress.total = 1 + len(tiles) * (len(settings) + 1)
+        progress.refresh()
+    out, rows = into if into is not None else (np.empty((K, H, W), dtype=np.float32), np.arange(K))
     for orow, ocol, irow, icol in tiles:
         g = torch.as_tensor(np.ascontiguousarray(guide[orow.start * f: orow.stop * f, ocol.start * f: ocol.stop * f]),
                             device=device)
         r0, c0 = irow.start - orow.start, icol.start - ocol.start
         inner = (slice(r0 * f, (r0 + irow.stop - irow.start) * f), slice(c0 * f, (c0 + icol.stop - icol.start) * f))
         detail = gd.detail(g) if bool((betas != 0).any()) else None
-        for setting in sorted({i for i, _ in chosen}):
+        for setting in settings:
             idx = [k for k in range(K) if chosen[k][0] == setting]
             if basis is not None:
                 pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
                 fused_basis, _ = _solve_setting(pb, *config.ladder.rungs[setting])
+                progress.update()
             for b in range(0, len(idx), batch_size):
                 batch = idx[b: b + batch_size]
                 y = y_all[batch][:, orow, ocol]
@@ -137,13 +144,13 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)  # exact
                 x = x[:, inner[0], inner[1]]
-                out[batch, irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
+                out[rows[batch], irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
     if not gd.measurement.box and len(tiles) > 1:
         # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
         op = gd.measurement.operator((H, W), f, device)
-        for k in range(K):
-            out[k] = op.project(torch.as_tensor(out[k], device=device), y_all[k]).float().cpu().numpy()
+        for k, row in enumerate(rows):
+            out[row] = op.project(torch.as_tensor(out[row], device=device), y_all[k]).float().cpu().numpy()
     progress.close()
     return out
 
