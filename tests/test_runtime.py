@@ -96,6 +96,12 @@ def test_log_progress_says_how_far_each_minute_and_nothing_for_a_short_step(monk
     waiting.update(0.1)
     assert log.getvalue().splitlines()[-1] == ("msifusion: registering (automatic): 60% after 2 min 01 s, about "
                                                "1 min 21 s left")
+    log.truncate(0), log.seek(0)
+    with pytest.raises(OSError), LogProgress(2, "writing", "ion", clock=lambda: now[0]) as writing:
+        now[0] += 60.0
+        writing.update()
+        raise OSError("disk full")  # a step that fails is not said to be done
+    assert log.getvalue() == "msifusion: writing: ion 1 of 2 after 1 min 00 s, about 1 min 00 s left\n"
     assert [duration(s) for s in (0.4, 59.6, 200, 3600 * 2 + 300)] == ["0 s", "1 min 00 s", "3 min 20 s", "2 h 05 min"]
 
 

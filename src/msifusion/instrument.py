@@ -267,7 +267,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     h, w = stack.images.shape[1:]
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
     if scratch:
-        _check_scratch_space(run.out, scratch)
+        _check_scratch_space(request.out, scratch)
     optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
     registered = register_optical(optical, msi, request.register, quiet)
     registered.warnings += stack.window_warnings()
@@ -279,7 +279,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                                    f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
                                    f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
                                    f"the stack is written{shared}")
-    space = _output_space_warning(run.out, K, h * scale * w * scale, scratch)
+    space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
     if space:
         registered.warnings.append(space)
     if stack.pixel_size_um is None:
@@ -312,20 +312,19 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             else:  # shared work
                 results = fuse_many(registered.guide, stack.images[part.start:part.stop], request.settings.method,
                                     request.settings)
-            writing = progress_bar(len(part), "writing each ion's outputs", "ion", quiet)
-            for i, result in zip(part, results):
-                write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
-                per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
-                               window_peaks=list(stack.window_peaks[i]))
-                if parts > 1:
-                    per_ion["panel_part"] = f"{p + 1} of {parts}"
-                records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
-                                                    compare=K == 1))
-                fuse_s += result.seconds
-                if fused is not None:
-                    fused.put(i, result.image)
-                writing.update()
-            writing.close()
+            with progress_bar(len(part), "writing each ion's outputs", "ion", quiet) as writing:
+                for i, result in zip(part, results):
+                    write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
+                    per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
+                                   window_peaks=list(stack.window_peaks[i]))
+                    if parts > 1:
+                        per_ion["panel_part"] = f"{p + 1} of {parts}"
+                    records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
+                                                        compare=K == 1))
+                    fuse_s += result.seconds
+                    if fused is not None:
+                        fused.put(i, result.image)
+                    writing.update()
             results = result = None  # a part's images are views of one array: all must go for it to be freed
         if K > 1:
             px = stack.pixel_size_um / scale if stack.pixel_size_um else None

@@ -167,18 +167,19 @@ def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
 
 
 def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
-    """How many of a panel's ``ions`` to fuse at once: all where they fit in this machine's memory together (one ion's
-    :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further one: a lower
-    bound), else parts of even size, each at most what half of one ion's leftover memory holds, the other half for what
-    the bound does not count (at least one ion). Refuses what :func:`check_fused_size` refuses."""
+    """How many of a panel's ``ions`` to fuse at once: as many as half of what one ion leaves of this machine's memory
+    holds (one ion's :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further
+    one: a lower bound; the other half for what the bound does not count, measured at 1.5 times the bound on 416
+    prostate ions), all where they fit, else parts of even size (at least one ion). Refuses what
+    :func:`check_fused_size` refuses."""
     check_fused_size(ion_shape, scale)
     have = machine_memory_bytes()
     h, w = ion_shape
     pixels = h * scale * w * scale
     one = pixels * BYTES_PER_FUSED_PIXEL
-    if have is None or one + pixels * 4 * (ions - 1) <= have:
+    fit = ions if have is None else int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
+    if fit >= ions:
         return ions
-    fit = int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
     parts = -(-ions // fit)  # ceil
     return -(-ions // parts)  # the same number of parts, of even size: 763 ions fitting 381 at a time, 3 of ≤ 255
 

@@ -129,8 +129,8 @@ class OutputRun:
     """One command's output folder, from its first check to its ``run.json``.
 
     Made before any work, so that an output folder the run may not write (see
-    :func:`msifusion.io.outdir.check_output_dir`) or a missing input costs nothing, and the inputs, by role, are
-    described as the run began (:func:`input_files`). :meth:`staged` gives the folder the outputs are written into,
+    :func:`msifusion.io.outdir.check_output_dir`) costs nothing, and the inputs, by role, are described as the run
+    began (:func:`input_files`; the readers check them). :meth:`staged` gives the folder the outputs are written into,
     which becomes ``out`` only on success; :meth:`finish` writes the record there, with the total time since the start.
     """
 
@@ -154,7 +154,7 @@ class OutputRun:
         """The staging folder (:func:`msifusion.io.outdir.staged_output_dir`), checked again as it is made."""
         return staged_output_dir(self.out, self.overwrite, self.inputs)
 
-    def finish(self, stage: Path, record: dict, **timings: float) -> dict:
+    def finish(self, stage: Path, record: dict, **timings: float | dict) -> dict:
         """Write ``record`` as ``stage``'s run.json, ``timings`` and the ``total`` added to its ``timings_s``;
         returns it."""
         record.setdefault("timings_s", {}).update(timings, total=self.seconds())

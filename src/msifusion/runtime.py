@@ -153,8 +153,10 @@ def _is_terminal(stream) -> bool:
 
 
 class LogProgress:
-    """Progress for a log file: a line on stderr every ``every`` seconds of a long step — how far, how long, and
-    about how long is left — and one when it ends, if it was told; nothing for a step shorter than ``every``.
+    """Progress for a log file: a line on stderr as a long step advances, at most one each ``every`` seconds — how far,
+    how long, and about how long is left — and one when it ends, if it was told; nothing for a step shorter than
+    ``every``. A step that cannot count (:func:`elapsed_bar`) is told each ``every`` seconds that it goes on. Used as a
+    context manager, as tqdm's, it closes at the end, and says nothing more where the step ends with an error.
     How far: "epoch 40 of 2000" (``unit`` singular, as tqdm's), or a percentage without ``counts`` (steps that mean
     nothing to a user). ``update``, ``set_postfix``, ``refresh`` and ``close`` as tqdm's."""
 
@@ -170,6 +172,13 @@ class LogProgress:
         self.stream = sys.stderr
         self.n, self.postfix, self.told = 0.0, "", False
         self.start = self.last = self.clock()
+
+    def __enter__(self) -> "LogProgress":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
 
     def update(self, n: float = 1) -> None:
         self.n += n

@@ -118,9 +118,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                          device=device)[:, None, None]
     report.notes = notes
     settings = sorted({i for i, _ in chosen})
-    if basis is not None:  # per tile, each setting's solve of the basis counts one step, as all ions' mixtures do
-        progress.total = 1 + len(tiles) * (len(settings) + 1)
-        progress.refresh()
+    # with a basis, a tile's step is shared out: each setting's solve of the basis, and all ions' mixtures, a part each
+    share = 1 / (len(settings) + 1)
     out, rows = into if into is not None else (np.empty((K, H, W), dtype=np.float32), np.arange(K))
     for orow, ocol, irow, icol in tiles:
         g = torch.as_tensor(np.ascontiguousarray(guide[orow.start * f: orow.stop * f, ocol.start * f: ocol.stop * f]),
@@ -133,7 +132,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
             if basis is not None:
                 pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
                 fused_basis, _ = _solve_setting(pb, *config.ladder.rungs[setting])
-                progress.update()
+                progress.update(share)
             for b in range(0, len(idx), batch_size):
                 batch = idx[b: b + batch_size]
                 y = y_all[batch][:, orow, ocol]
@@ -145,7 +144,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                 x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)  # exact
                 x = x[:, inner[0], inner[1]]
                 out[rows[batch], irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
-                progress.update(len(batch) / K if basis is not None else len(batch) / batch_size)
+                progress.update(len(batch) / K * share if basis is not None else len(batch) / batch_size)
     if not gd.measurement.box and len(tiles) > 1:
         # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
         op = gd.measurement.operator((H, W), f, device)

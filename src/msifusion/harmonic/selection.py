@@ -76,10 +76,13 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
     textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
     betas = config.texture.strengths if textured else config.texture.strengths[:1]
-    errors = [[[] for _ in betas] for _ in config.ladder.rungs]
+    # per-block squared errors (setting, β, ion, block of every phase), written in place: one allocation, not one per
+    # ion, setting, β and phase to concatenate (367 ions left 3 GB of freed heap the process kept)
+    errors = torch.empty((len(config.ladder.rungs), len(betas), K, len(phases) * hh * ww), device=device)
     batch = config.panel.batch_on(device)
     parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
-    for a, b in phases:
+    for p, (a, b) in enumerate(phases):
+        blocks = slice(p * hh * ww, (p + 1) * hh * ww)
         rows = slice((r0 + a) * f, (r0 + a + hh) * f)
         cols = slice((c0 + b) * f, (c0 + b + ww) * f)
         g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
@@ -95,16 +98,12 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         first = None
         for i, (q, passes) in enumerate(config.ladder.rungs):
             x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
-            per_block = [[] for _ in betas]
             for part in parts:
                 xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
                 for j, beta in enumerate(betas):
                     xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part], torch.tensor(beta, device=device),
                                  detail)
-                    per_block[j].append((measure_f.A(xt) - y[part]).pow(2).flatten(1))
-            for j in range(len(betas)):
-                errors[i][j].append(torch.cat(per_block[j]))  # (K, n) per-block squared errors
-    errors = [[torch.cat(e, 1) for e in by_beta] for by_beta in errors]
+                    errors[i, j, part, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
     chosen, notes = [], []
     for k in range(K):
         ladder_errors = [e[0][k] for e in errors]
