@@ -176,7 +176,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypat
     # the ginkgo ion at ×20: 2.646 M fused pixels, 48 bytes each for the first ion and 4 for each further one
     # half of what one ion leaves holds (8.192 − 0.127) GB / 2 / 10.6 MB per ion + 1 = 381 at a time
     assert methods.panel_part_size((49, 135), 20, 381) == 381  # 2.646 M × (48 + 4 × 380) = 4.15 GB: at once
-    assert methods.panel_part_size((49, 135), 20, 382) == 191  # two parts, though the 8.19 GB machine holds their 4.16 GB bound
+    # two parts, though the 8.19 GB machine holds their 4.16 GB bound
+    assert methods.panel_part_size((49, 135), 20, 382) == 191
     assert methods.panel_part_size((49, 135), 20, 1000) == 334  # three parts of even size: 334, 333 and 333
     assert methods.panel_part_size((49, 135), 20, 763) == 255  # not 381, 381 and a lone ion
     with pytest.raises(InputError, match=r"^--scale: ×200 makes a 9800×27000 fused image, about 13 GB"):

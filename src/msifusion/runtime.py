@@ -153,8 +153,8 @@ def _is_terminal(stream) -> bool:
 
 
 class LogProgress:
-    """Progress for a log file: a line on stderr as a long step advances, at most one each ``every`` seconds — how far,
-    how long, and about how long is left — and one when it ends, if it was told; nothing for a step shorter than
+    """Progress for a log file: a line on stderr as a long step advances, at most one each ``every`` seconds (how
+    far, how long, and about how long is left), and one when it ends, if it was told; nothing for a step shorter than
     ``every``. A step that cannot count (:func:`elapsed_bar`) is told each ``every`` seconds that it goes on. Used as a
     context manager, as tqdm's, it closes at the end, and says nothing more where the step ends with an error.
     How far: "epoch 40 of 2000" (``unit`` singular, as tqdm's), or a percentage without ``counts`` (steps that mean
