@@ -124,3 +124,25 @@ def test_a_panel_through_the_basis_holds_its_fused_images_once(panel):
     finally:
         tracemalloc.stop()
     assert peak < 1.5 * out.nbytes
+
+
+@pytest.mark.parametrize("K, h, w, r", [(7, 5, 9, 3), (20, 32, 17, 5), (5, 2, 2, 1)])
+def test_what_a_basis_leaves_is_judged_without_forming_it(K, h, w, r):
+    """The whiteness and the 'nothing left' test from products with the basis rows equal those of the leftover formed
+    (rows need not be orthonormal); an ion the basis holds exactly leaves nothing, and is white."""
+    from msifusion.harmonic.panel import _Leftover
+
+    rng = np.random.default_rng(K)
+    Y = rng.standard_normal((K, h * w))
+    Y[1] = np.cumsum(Y[1])  # structure, far from white
+    rows = rng.standard_normal((r, h * w))
+    Y[2] = 0.5 * rows[0]  # held exactly when the rows are orthonormal: below
+    leftover = Y - (Y @ rows.T) @ rows
+    white, nothing_left = _Leftover(Y, (h, w)).of(rows)
+    np.testing.assert_allclose(white, residual_whiteness(leftover.reshape(K, h, w)), atol=1e-12)
+    assert not nothing_left.any()
+    q = np.linalg.qr(rows.T)[0].T
+    white, nothing_left = _Leftover(Y, (h, w)).of(q)
+    assert nothing_left.tolist() == [k == 2 for k in range(K)] and white[2] == 0
+    np.testing.assert_allclose(white, residual_whiteness((Y - (Y @ q.T) @ q).reshape(K, h, w)) * ~nothing_left,
+                               atol=1e-12)

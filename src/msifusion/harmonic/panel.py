@@ -55,7 +55,7 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
         return None
     Y = ions.reshape(K, -1).astype(np.float64)
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
-    energy = np.diag(gram)
+    leftover = _Leftover(Y, (h, w))
     best = None
     for r in range(1, min(config.panel.max_rank, K - 1) + 1):
         if best is not None and r >= best[0]:
@@ -65,9 +65,8 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
             lam, u = np.linalg.eigh(gram[np.ix_(fit, fit)])
             top = np.argsort(lam)[::-1][:r]
             rows = (u[:, top].T @ Y[fit]) / np.sqrt(np.maximum(lam[top], 1e-300))[:, None]
-            residual = Y - (Y @ rows.T) @ rows
-            rho = residual_whiteness(residual.reshape(K, h, w))
-            explained = (rho <= config.panel.whiteness) | ((residual**2).sum(1) <= 1e-12 * energy)
+            rho, nothing_left = leftover.of(rows)
+            explained = (rho <= config.panel.whiteness) | nothing_left
             if (explained == fit).all() or explained.sum() <= r:
                 break
             fit = explained
@@ -84,6 +83,51 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
     basis = (rows * (sign / peak)[:, None]).reshape(r, h, w)
     coefficients = (Y @ rows.T) * sign * peak
     return SharedBasis(basis.astype(np.float32), coefficients, rho, np.flatnonzero(~explained))
+
+
+def _neighbour_sum(images: np.ndarray) -> np.ndarray:
+    """Each pixel of (n, h, w) images replaced by the sum of its four neighbours (none beyond the edge)."""
+    out = np.zeros_like(images)
+    out[:, :, 1:] += images[:, :, :-1]
+    out[:, :, :-1] += images[:, :, 1:]
+    out[:, 1:] += images[:, :-1]
+    out[:, :-1] += images[:, 1:]
+    return out
+
+
+class _Leftover:
+    """What a basis leaves of each ion, E = Y − (Y Rᵀ) R: its :func:`residual_whiteness` and whether anything is left,
+    from products with the basis rows R (r, N) alone, without forming E (K, N): a panel tries dozens of bases, and
+    forming E each time took 41 s on 416 prostate ions.
+
+    With C = Y Rᵀ and T the neighbour sum (symmetric): ‖E_k‖² = ‖y_k‖² − 2‖C_k‖² + C_k (R Rᵀ) C_kᵀ; the whiteness's
+    numerator, the neighbouring products, is ½ E_k·T E_k, expanded alike; its denominator is 2‖E_k‖² less half the
+    squares on the image's edge rows and columns (a corner twice), which are formed."""
+
+    def __init__(self, Y: np.ndarray, shape: tuple[int, int]):
+        h, w = shape
+        K = len(Y)
+        self.Y, self.shape, self.energy = Y, shape, np.einsum("kn,kn->k", Y, Y)
+        self.yty = np.einsum("kn,kn->k", Y, _neighbour_sum(Y.reshape(K, h, w)).reshape(K, -1))
+        lines = np.zeros((h, w))
+        lines[[0, -1], :] += 1
+        lines[:, [0, -1]] += 1
+        self.edge = np.flatnonzero(lines)
+        self.edge_weight = lines.ravel()[self.edge]
+
+    def of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the basis ``rows`` (r, N) leaves of each ion: its whiteness (K,), 0 where nothing is left (under 1e-12
+        of the ion's energy, which rounding alone leaves), and whether nothing is (K,) bool."""
+        h, w = self.shape
+        C = self.Y @ rows.T
+        t_rows = _neighbour_sum(rows.reshape(len(rows), h, w)).reshape(len(rows), -1)
+        left = self.energy - 2 * (C * C).sum(1) + np.einsum("kr,rs,ks->k", C, rows @ rows.T, C)
+        num = 0.5 * (self.yty - 2 * (C * (self.Y @ t_rows.T)).sum(1) + np.einsum("kr,rs,ks->k", C, rows @ t_rows.T, C))
+        on_edge = self.Y[:, self.edge] - C @ rows[:, self.edge]
+        den = 2 * left - 0.5 * (on_edge**2 * self.edge_weight).sum(1)
+        nothing_left = left <= 1e-12 * self.energy
+        white = np.where((den > 0) & ~nothing_left, num / np.where(den > 0, den, 1.0), 0.0)
+        return white, nothing_left
 
 
 def _cannot_share(ions: np.ndarray, config: HarmonicConfig) -> str | None:
