@@ -132,8 +132,7 @@ LOG_LINE_EVERY_S = 60.0  # how often progress is told where no bar can show
 
 def progress_bar(total: float, desc: str, unit: str, quiet: bool, bar_format: str | None = None):
     """A progress bar on a terminal or in a notebook; none with ``quiet``. Where stderr is a log file (a batch job,
-    ``2> log``), where a bar's carriage returns would garble the lines, a plain line now and then instead
-    (:class:`LogProgress`)."""
+    ``2> log``), a plain line now and then instead (:class:`LogProgress`): a bar's carriage returns would garble it."""
     import sys
 
     from tqdm.auto import tqdm
