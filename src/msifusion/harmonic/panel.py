@@ -102,10 +102,13 @@ class _Leftover:
 
     With C = Y Rᵀ and T the neighbour sum (symmetric): ‖E_k‖² = ‖y_k‖² − 2‖C_k‖² + C_k (R Rᵀ) C_kᵀ; the whiteness's
     numerator, the neighbouring products, is ½ E_k·T E_k, expanded alike; its denominator is 2‖E_k‖² less half the
-    squares on the image's edge rows and columns (a corner twice), which are formed."""
+    squares on the image's edge rows and columns (a corner twice), which are formed. Where the basis nearly holds an
+    ion (‖E_k‖² under 1e-8 of ‖y_k‖²) the expansion cancels to rounding, whose share grows with N: those few
+    leftovers are formed, as before."""
 
     def __init__(self, Y: np.ndarray, shape: tuple[int, int]):
         h, w = shape
+        assert h >= 2 and w >= 2, "an image of one row or column has no edge pair to leave out twice"
         K = len(Y)
         self.Y, self.shape, self.energy = Y, shape, np.einsum("kn,kn->k", Y, Y)
         self.yty = np.einsum("kn,kn->k", Y, _neighbour_sum(Y.reshape(K, h, w)).reshape(K, -1))
@@ -116,8 +119,8 @@ class _Leftover:
         self.edge_weight = lines.ravel()[self.edge]
 
     def of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What the basis ``rows`` (r, N) leaves of each ion: its whiteness (K,), 0 where nothing is left (under 1e-12
-        of the ion's energy, which rounding alone leaves), and whether nothing is (K,) bool."""
+        """What the basis ``rows`` (r, N) leaves of each ion: its whiteness (K,), and whether nothing is left (K,):
+        under 1e-12 of the ion's energy, which rounding alone leaves."""
         h, w = self.shape
         C = self.Y @ rows.T
         t_rows = _neighbour_sum(rows.reshape(len(rows), h, w)).reshape(len(rows), -1)
@@ -125,9 +128,13 @@ class _Leftover:
         num = 0.5 * (self.yty - 2 * (C * (self.Y @ t_rows.T)).sum(1) + np.einsum("kr,rs,ks->k", C, rows @ t_rows.T, C))
         on_edge = self.Y[:, self.edge] - C @ rows[:, self.edge]
         den = 2 * left - 0.5 * (on_edge**2 * self.edge_weight).sum(1)
-        nothing_left = left <= 1e-12 * self.energy
-        white = np.where((den > 0) & ~nothing_left, num / np.where(den > 0, den, 1.0), 0.0)
-        return white, nothing_left
+        white = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        close = np.flatnonzero(left <= 1e-8 * self.energy)
+        if len(close):
+            formed = self.Y[close] - C[close] @ rows
+            left[close] = (formed * formed).sum(1)
+            white[close] = residual_whiteness(formed.reshape(len(close), h, w))
+        return white, left <= 1e-12 * self.energy
 
 
 def _cannot_share(ions: np.ndarray, config: HarmonicConfig) -> str | None:
