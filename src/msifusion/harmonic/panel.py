@@ -108,7 +108,8 @@ class _Leftover:
 
     def __init__(self, Y: np.ndarray, shape: tuple[int, int]):
         h, w = shape
-        assert h >= 2 and w >= 2, "an image of one row or column has no edge pair to leave out twice"
+        if h < 2 or w < 2:  # _cannot_share refuses such panels first
+            raise ValueError(f"a leftover of {h}×{w} pixels: its edge rows or columns would coincide")
         K = len(Y)
         self.Y, self.shape, self.energy = Y, shape, np.einsum("kn,kn->k", Y, Y)
         self.yty = np.einsum("kn,kn->k", Y, _neighbour_sum(Y.reshape(K, h, w)).reshape(K, -1))
