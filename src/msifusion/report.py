@@ -24,8 +24,17 @@ ION_CMAP = "viridis"
 
 
 def new_figure(figsize: tuple[float, float], dpi: float) -> Figure:
-    """A figure to draw and save, outside pyplot: no backend is chosen, no figure is left open."""
+    """A figure to draw and save (:func:`save_figure`), outside pyplot: no backend is chosen, no figure is left open."""
     return Figure(figsize=figsize, dpi=dpi)
+
+
+PNG_COMPRESS_LEVEL = 3  # zlib level: a fused ion's picture in 0.20 s instead of 0.27 s at the default 6, 10 % larger
+
+
+def save_figure(fig: Figure, path: str | Path, **options) -> Path:
+    """Save ``fig`` as a PNG at :data:`PNG_COMPRESS_LEVEL`: a panel writes one per ion, so encoding speed counts."""
+    fig.savefig(path, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}, **options)
+    return Path(path)
 
 
 def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> tuple[float, float]:
@@ -166,7 +175,7 @@ def save_ion_png(path: str | Path, image: np.ndarray, pixel_size_um: float | Non
     length_in = fig.get_size_inches()[0 if strip else 1] * 0.8  # the bar's length: the figure's width or height
     cbar.set_label(_wrapped(f"{units} ({note})" if note else units, length_in, 10), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -212,7 +221,7 @@ def save_loss_plot(path: str | Path, history: Sequence[dict], title: str = "") -
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -282,7 +291,7 @@ def save_panel(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], pixel
         note = clip_note(ion_images, lo, hi)
         bar.set_label(f"{units}, one scale for every ion panel" + (f" ({note})" if note else ""), fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)  # without the blank the images' aspect leaves
+    save_figure(fig, path, bbox_inches="tight", pad_inches=0.15)  # without the blank the images' aspect leaves
     return Path(path)
 
 
@@ -351,7 +360,7 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     heading.append(scales if len(images) <= n else f"first {n} of {len(images)} ions, {scales}")
     fig.suptitle(_wrapped("\n".join(heading), fig.get_size_inches()[0], 9), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -393,7 +402,7 @@ def save_alignments(path: str | Path, tissue: np.ndarray, outlines: Sequence[tup
                                "matched to (gray)", 5.5, 9), fontsize=9)
     axes[1].set_title("where the two differ most (boxed left), enlarged", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -422,5 +431,5 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
         ax.set_axis_off()
         add_scale_bar(ax, (H, W), pixel_size_um)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)

@@ -277,7 +277,7 @@ def _mark(ax, stop: int | None, best: int | None) -> None:
 def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict], stop: int | None,
                     best: int | None, baseline: dict | None, name: str) -> Path:
     """Figure 4 a–d, g as panels a–f: metric curves per epoch on a log epoch axis, stop and best epochs marked."""
-    from msifusion.report import new_figure
+    from msifusion.report import new_figure, save_figure
 
     ep = np.array([r["epoch"] for r in history])
     ce = np.array(sorted(checkpoints))
@@ -317,7 +317,7 @@ def save_study_plot(path: Path, history: list[dict], checkpoints: dict[int, dict
         ax.legend(fontsize=7)
     fig.suptitle(f"LCRN training study: {name}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
