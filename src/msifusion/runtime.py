@@ -202,7 +202,8 @@ class LogProgress:
         share = min(self.n / self.total, 1.0) if self.total else 0.0
         whole = self.counts and float(self.n).is_integer() and float(self.total).is_integer()
         done = f"{self.unit} {self.n:.0f} of {self.total:.0f}" if whole else f"{share:.0%}"
-        left = f", about {duration(elapsed * (1 - share) / share)} left" if 0 < share < 1 else ""
+        remaining = elapsed * (1 - share) / share if share > 0 else 0.0
+        left = f", about {duration(remaining)} left" if remaining >= 1 else ""  # none for a share summed to 0.99999
         return f"{done} after {duration(elapsed)}{left}{self.postfix}"
 
     def _say(self, what: str) -> None:
