@@ -149,3 +149,18 @@ def test_what_a_basis_leaves_is_judged_without_forming_it(K, h, w, r):
     np.testing.assert_allclose(white, residual_whiteness(formed.reshape(K, h, w)), atol=1e-12)
     assert nothing_left.tolist() == ((formed**2).sum(1) <= 1e-12 * (Y**2).sum(1)).tolist()
     assert nothing_left[2] and nothing_left[3] and not nothing_left[0]
+
+
+def test_the_coarse_test_through_a_basis_chooses_alike_in_groups_of_ions(panel, monkeypatch):
+    """Through a basis the coarse test keeps the basis's solutions and tests the ions in groups that bound their
+    per-block errors: one ion at a time gives the same choices, notes and images as all at once."""
+    import msifusion.harmonic.selection as selection
+
+    guide, _, measured, f = panel
+    whole, grouped = HarmonicReport(), HarmonicReport()
+    at_once = fuse_harmonic_many(guide, measured, f, report=whole)
+    assert sum("shared_basis" in n for n in whole.notes) == len(measured) - 1
+    assert len({tuple(n["chosen"]) for n in whole.notes}) > 1  # the walk took different steps for different ions
+    monkeypatch.setattr(selection, "COARSE_ERRORS_BYTES", 1)  # groups of one batch
+    np.testing.assert_array_equal(fuse_harmonic_many(guide, measured, f, report=grouped), at_once)
+    assert grouped.notes == whole.notes and grouped.settings == whole.settings

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis
 from msifusion.harmonic.solve import _finish, _Guide, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t
@@ -76,58 +77,93 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
     textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
     betas = config.texture.strengths if textured else config.texture.strengths[:1]
-    # per-block squared errors (setting, β, ion, block of every phase), written in place: one allocation, not one per
-    # ion, setting, β and phase to concatenate (367 ions left 3 GB of freed heap the process kept)
-    errors = torch.empty((len(config.ladder.rungs), len(betas), K, len(phases) * hh * ww), device=device)
+    n = len(phases) * hh * ww  # blocks tested per ion, over every phase
     batch = config.panel.batch_on(device)
-    parts = [slice(0, K)] if basis is None else [slice(k, k + batch) for k in range(0, K, batch)]
-    for p, (a, b) in enumerate(phases):
-        blocks = slice(p * hh * ww, (p + 1) * hh * ww)
-        rows = slice((r0 + a) * f, (r0 + a + hh) * f)
-        cols = slice((c0 + b) * f, (c0 + b + ww) * f)
-        g = torch.as_tensor(np.ascontiguousarray(guide[rows, cols]), dtype=torch.float32, device=device)
-        y = ions[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww]
-        y2 = block_mean_t(y, 2)
-        if basis is None:
-            pb = _Problem(g, y2, 2 * f, taus, gd)
-        else:
-            pb = _Problem(g, block_mean_t(basis.images[:, r0 + a: r0 + a + hh, c0 + b: c0 + b + ww], 2), 2 * f,
-                          basis.taus, gd)
-        measure_f = gd.measurement.operator(tuple(g.shape[:2]), f, device)
-        detail = gd.detail(g) if any(betas) else None
-        first = None
-        for i, (q, passes) in enumerate(config.ladder.rungs):
-            x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
-            for part in parts:
-                xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
-                for j, beta in enumerate(betas):
-                    xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part], torch.tensor(beta, device=device),
-                                 detail)
-                    errors[i, j, part, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
+    # through a basis the ladder's solutions are the basis images' and serve every ion: they are kept, and the ions
+    # tested in groups, so that their per-block errors stay under COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its
+    # fused image); without one, every ion is solved, in one group (the caller's batch)
+    per_ion = len(config.ladder.rungs) * len(betas) * n * 4
+    group = K if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
+    setups = [_phase_setup(gd, ions, taus, basis, r0 + a, c0 + b, hh, ww, any(betas)) for a, b in phases]
+    solved: dict[tuple[int, int], torch.Tensor] = {}
     chosen, notes = [], []
-    for k in range(K):
-        ladder_errors = [e[0][k] for e in errors]
-        rules = config.ladder.significance, config.ladder.sign_significance, config.test.winsor_percent
-        walked = _walk(ladder_errors, *rules)
-        best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
-        # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
-        # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
-        trusted = best > 0 or len(config.ladder.rungs) == 1
-        texture_errors = [e[k] for e in errors[best]]
-        texture = _walk(texture_errors, config.texture.significance, winsor=config.test.winsor_percent,
-                        ordered=True) if trusted else 0
-        prior = trusted and texture == 0 and config.texture.flat_prior and _flat(
-            texture_errors, config.texture.significance, config.test.winsor_percent)
-        texture = 1 if prior else texture
-        chosen.append((best, texture))
-        notes.append({"ladder": ladder, "coarse_mse": [float(e[0][k].mean()) for e in errors], "phases": len(phases),
-                      "chosen": ladder[best], "turned_back": best != walked,
-                      "kept_smoothest": best == 0 and len(ladder) > 1,  # the walk ran and took no step
-                      "texture": config.texture.strengths[texture],
-                      "texture_tested": trusted and len(betas) > 1, "texture_flat_prior": bool(prior),
-                      "optical_texture_snr_db": gd.texture_snr_db,
-                      "texture_coarse_mse": [float(e[k].mean()) for e in errors[best]]})
+    for start in range(0, K, group):
+        stop = min(K, start + group)
+        # per-block squared errors (setting, β, ion, block of every phase), written in place: one allocation, not one
+        # per ion, setting, β and phase to concatenate (367 ions left 3 GB of freed heap the process kept)
+        errors = torch.empty((len(config.ladder.rungs), len(betas), stop - start, n), device=device)
+        parts = ([slice(start, stop)] if basis is None else
+                 [slice(k, min(k + batch, stop)) for k in range(start, stop, batch)])
+        for p, (y, y2, pb, measure_f, detail) in enumerate(setups):
+            blocks = slice(p * hh * ww, (p + 1) * hh * ww)
+            first = None
+            for i, (q, passes) in enumerate(config.ladder.rungs):
+                if (p, i) in solved:
+                    x = solved[p, i]
+                else:
+                    x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
+                    if basis is not None:
+                        solved[p, i] = x
+                for part in parts:
+                    here = slice(part.start - start, part.stop - start)
+                    xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
+                    for j, beta in enumerate(betas):
+                        xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part],
+                                     torch.tensor(beta, device=device), detail)
+                        errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
+        for k in range(stop - start):
+            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, len(betas) > 1, len(phases))
+            chosen.append(choice)
+            notes.append(note)
     return chosen, notes
+
+
+COARSE_ERRORS_BYTES = 256 * 2**20  # the coarse test's per-block errors held at once, through a shared basis
+
+
+def _phase_setup(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, basis: _Basis | None, row: int, col: int,
+                 hh: int, ww: int, textured: bool) -> tuple:
+    """One phase of the coarse test, its window's top-left block at (``row``, ``col``): the ions' measurement there
+    (y) and its 2×2 block average (y2), the problem each setting solves (of the ions, or of the basis images), the
+    measurement at scale f, and the optical's detail where a texture is tested."""
+    f, device = gd.f, gd.device
+    g = torch.as_tensor(np.ascontiguousarray(gd.image[row * f: (row + hh) * f, col * f: (col + ww) * f]),
+                        dtype=torch.float32, device=device)
+    y = ions[:, row: row + hh, col: col + ww]
+    y2 = block_mean_t(y, 2)
+    if basis is None:
+        pb = _Problem(g, y2, 2 * f, taus, gd)
+    else:
+        pb = _Problem(g, block_mean_t(basis.images[:, row: row + hh, col: col + ww], 2), 2 * f, basis.taus, gd)
+    return y, y2, pb, gd.measurement.operator(tuple(g.shape[:2]), f, device), gd.detail(g) if textured else None
+
+
+def _choose_one(errors: list[torch.Tensor], config: HarmonicConfig, texture_snr_db: float | None,
+                texture_tested: bool, phases: int) -> tuple[tuple[int, int], dict]:
+    """One ion's setting and texture strength from its per-block errors (per setting, a (β, blocks) tensor), and its
+    note for ``run.json``."""
+    ladder = [list(s) for s in config.ladder.rungs]
+    ladder_errors = [e[0] for e in errors]
+    rules = config.ladder.significance, config.ladder.sign_significance, config.test.winsor_percent
+    walked = _walk(ladder_errors, *rules)
+    best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
+    # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
+    # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
+    trusted = best > 0 or len(config.ladder.rungs) == 1
+    texture_errors = list(errors[best])
+    texture = _walk(texture_errors, config.texture.significance, winsor=config.test.winsor_percent,
+                    ordered=True) if trusted else 0
+    prior = trusted and texture == 0 and config.texture.flat_prior and _flat(
+        texture_errors, config.texture.significance, config.test.winsor_percent)
+    texture = 1 if prior else texture
+    return (best, texture), {
+        "ladder": ladder, "coarse_mse": [float(e[0].mean()) for e in errors], "phases": phases,
+        "chosen": ladder[best], "turned_back": best != walked,
+        "kept_smoothest": best == 0 and len(ladder) > 1,  # the walk ran and took no step
+        "texture": config.texture.strengths[texture],
+        "texture_tested": trusted and texture_tested, "texture_flat_prior": bool(prior),
+        "optical_texture_snr_db": texture_snr_db,
+        "texture_coarse_mse": [float(e.mean()) for e in errors[best]]}
 
 
 def _flat(errors: list[torch.Tensor], significance: float, winsor: float) -> bool:
