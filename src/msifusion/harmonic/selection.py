@@ -79,12 +79,15 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     betas = config.texture.strengths if textured else config.texture.strengths[:1]
     n = len(phases) * hh * ww  # blocks tested per ion, over every phase
     batch = config.panel.batch_on(device)
-    # through a basis the ladder's solutions are the basis images' and serve every ion: they are kept, and the ions
-    # tested in groups, so that their per-block errors stay under COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its
-    # fused image); without one, every ion is solved, in one group (the caller's batch)
+    # through a basis the ions are tested in groups (of whole batches, at least one) whose per-block errors stay under
+    # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
+    # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
+    # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
+    # solved, in one group (the caller's batch), one phase at a time as it needs.
     per_ion = len(config.ladder.rungs) * len(betas) * n * 4
-    group = K if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    setups = [_phase_setup(gd, ions, taus, basis, r0 + a, c0 + b, hh, ww, any(betas)) for a, b in phases]
+    group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
+    keep = group < K
+    setups: dict[int, tuple] = {}
     solved: dict[tuple[int, int], torch.Tensor] = {}
     chosen, notes = [], []
     for start in range(0, K, group):
@@ -94,7 +97,11 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
         errors = torch.empty((len(config.ladder.rungs), len(betas), stop - start, n), device=device)
         parts = ([slice(start, stop)] if basis is None else
                  [slice(k, min(k + batch, stop)) for k in range(start, stop, batch)])
-        for p, (y, y2, pb, measure_f, detail) in enumerate(setups):
+        for p, (a, b) in enumerate(phases):
+            setup = setups.get(p) or _phase_setup(gd, ions, taus, basis, r0 + a, c0 + b, hh, ww, any(betas))
+            if keep:
+                setups[p] = setup
+            y, y2, pb, measure_f, detail = setup
             blocks = slice(p * hh * ww, (p + 1) * hh * ww)
             first = None
             for i, (q, passes) in enumerate(config.ladder.rungs):
@@ -102,7 +109,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
                     x = solved[p, i]
                 else:
                     x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
-                    if basis is not None:
+                    if keep:
                         solved[p, i] = x
                 for part in parts:
                     here = slice(part.start - start, part.stop - start)
@@ -112,9 +119,11 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
                                      torch.tensor(beta, device=device), detail)
                         errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
         for k in range(stop - start):
-            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, len(betas) > 1, len(phases))
+            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, len(betas) > 1,
+                                       len(phases))
             chosen.append(choice)
             notes.append(note)
+        del errors  # before the next group's
     return chosen, notes
 
 
