@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -133,8 +135,6 @@ LOG_LINE_EVERY_S = 60.0  # how often progress is told where no bar can show
 def progress_bar(total: float, desc: str, unit: str, quiet: bool, bar_format: str | None = None):
     """A progress bar on a terminal or in a notebook; none with ``quiet``. Where stderr is a log file (a batch job,
     ``2> log``), a plain line now and then instead (:class:`LogProgress`): a bar's carriage returns would garble it."""
-    import sys
-
     from tqdm.auto import tqdm
 
     notebook = tqdm.__module__.startswith("tqdm.notebook") or tqdm.__name__ == "tqdm_notebook"
@@ -163,9 +163,6 @@ class LogProgress:
 
     def __init__(self, total: float, desc: str, unit: str, every: float = LOG_LINE_EVERY_S, clock=None,
                  counts: bool = True):
-        import sys
-        import time
-
         self.total, self.desc, self.unit, self.every, self.counts = total, desc, unit, every, counts
         self.clock = clock or time.monotonic
         self.stream = sys.stderr
