@@ -118,7 +118,7 @@ def task(name: str, args: argparse.Namespace) -> dict:
                    checked=min(args.check, args.ions), max_rel_diff_alone=worst,
                    psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
     elif name == "prostate":
-        from msifusion.benchmark import prostate_cases
+        from msifusion.workflows.benchmark import prostate_cases
 
         cases, _ = prostate_cases((4,), strongest=args.panel)
         guide, measured = cases[0].guide, np.stack([c.measured for c in cases])

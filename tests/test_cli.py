@@ -240,7 +240,7 @@ def test_demo_passes_the_training_options_to_its_lcrn_column():
 def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, monkeypatch):
     from dataclasses import replace
 
-    import msifusion.demo as demo
+    import msifusion.workflows.demo as demo
     from msifusion.phantom import PhantomConfig
 
     run_demo, small = demo.run_demo, PhantomConfig(fine_shape=(80, 160))
@@ -461,12 +461,12 @@ def test_help_names_every_file_the_command_writes(capsys, command, outputs):
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, monkeypatch):
-    import msifusion.pipeline as pipeline
+    import msifusion.workflows.fusion as fusion
 
     def full(path, *args, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(pipeline, "write_tiff", full)
+    monkeypatch.setattr(fusion, "write_tiff", full)
     opt, ion_path, _, _ = files
     assert _fuse(opt, ion_path, tmp_path / "out", "--method", "bilinear") == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -482,12 +482,12 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, mon
 def test_a_write_error_without_a_file_name_names_the_output_folder(tmp_path, files, capsys, monkeypatch, error, message):
     """A full disk seen by a writer that names no file (a short write, or errno without a path): the one line names
     the folder being written, and a short write says what it likely means."""
-    import msifusion.pipeline as pipeline
+    import msifusion.workflows.fusion as fusion
 
     def full(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(pipeline, "write_tiff", full)
+    monkeypatch.setattr(fusion, "write_tiff", full)
     opt, ion_path, _, _ = files
     out = tmp_path / "out"
     assert _fuse(opt, ion_path, out, "--method", "bilinear") == 1
@@ -609,7 +609,7 @@ def test_python_dash_m_msifusion_is_the_command_and_the_version_is_the_packages(
 ])
 def test_benchmark_refuses_an_empty_or_malformed_list_instead_of_running_the_defaults(tmp_path, capsys, monkeypatch,
                                                                                         option, value, expected):
-    import msifusion.benchmark as benchmark
+    import msifusion.workflows.benchmark as benchmark
 
     monkeypatch.setattr(benchmark, "run_benchmark", lambda *a, **k: pytest.fail("ran with a malformed list"))
     out = tmp_path / "out"
@@ -620,7 +620,7 @@ def test_benchmark_refuses_an_empty_or_malformed_list_instead_of_running_the_def
 
 
 def test_benchmark_lists_add_up_when_the_option_is_repeated(tmp_path, monkeypatch):
-    import msifusion.benchmark as benchmark
+    import msifusion.workflows.benchmark as benchmark
 
     seen = []
     monkeypatch.setattr(benchmark, "run_benchmark", lambda config, *a: seen.append(config) or [])
@@ -660,7 +660,7 @@ def test_study_refuses_file_options_on_the_phantom(tmp_path, capsys, extra, name
 
 
 def test_study_phantom_options_reach_the_phantom_and_default_as_documented(tmp_path, monkeypatch):
-    import msifusion.study as study
+    import msifusion.workflows.study as study
     from msifusion.phantom import PhantomConfig
 
     seen = []

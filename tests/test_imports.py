@@ -40,3 +40,17 @@ def test_every_name_imported_from_msifusion_exists(path):
             except ModuleNotFoundError:
                 missing.append(f"line {line}: {module}.{name}")
     assert not missing
+
+
+def test_the_algorithms_never_import_the_workflows_or_the_cli():
+    """The layering the package's layout promises (msifusion/workflows/__init__.py): the commands' workflows build on
+    the algorithms, never the other way, so each algorithm module is usable and testable without them."""
+    package = ROOT / "src" / "msifusion"
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        inside = path.relative_to(package).parts
+        if inside[0] in ("workflows", "cli.py", "__main__.py"):
+            continue
+        upward += [f"{'/'.join(inside)} line {line}: {module}" for line, module, _ in _msifusion_imports(path)
+                   if module.split(".")[:2] in (["msifusion", "workflows"], ["msifusion", "cli"])]
+    assert not upward

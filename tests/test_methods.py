@@ -228,7 +228,7 @@ def test_scaling_to_ion_units_never_writes_into_arrays_the_method_does_not_own(m
 
 
 def test_the_method_comes_from_the_argument_or_the_settings_and_they_may_not_disagree(small_pair):
-    from msifusion.pipeline import FuseSettings
+    from msifusion.workflows.fusion import FuseSettings
 
     guide, ion, _ = small_pair
     assert fuse(guide, ion, options=FuseSettings(method="bilinear")).method == "bilinear"

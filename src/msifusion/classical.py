@@ -114,14 +114,14 @@ def _conductances(guide: np.ndarray, kappa: float | None) -> tuple[np.ndarray, n
     return np.exp(-((dh / kappa) ** 2)), np.exp(-((dv / kappa) ** 2))
 
 
-def _rescale_blocks(x: np.ndarray, measured: np.ndarray, factor: int) -> None:
+def _rescale_blocks(x: np.ndarray, measured: np.ndarray, scale: int) -> None:
     """Make every block mean equal ``measured``, in place.
 
     Multiplicative (DADA's adjustment) where the block is non-negative with a positive mean
     and the measurement is non-negative: zero background stays zero; additive elsewhere.
     """
     h, w = measured.shape
-    blocks = x.reshape(h, factor, w, factor)
+    blocks = x.reshape(h, scale, w, scale)
     mean = blocks.mean(axis=(1, 3), dtype=np.float64)
     tiny = 1e-6 * max(float(np.abs(measured).max()), 1e-30)
     mult = (mean > tiny) & (measured >= 0) & (blocks.min(axis=(1, 3)) >= 0)

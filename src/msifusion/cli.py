@@ -253,7 +253,7 @@ def _settings(args: argparse.Namespace):
     from msifusion.fit import FitConfig
     from msifusion.runtime import Runtime
     from msifusion.methods import DEFAULT_METHOD
-    from msifusion.pipeline import FuseSettings
+    from msifusion.workflows.fusion import FuseSettings
 
     given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
              "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
@@ -281,7 +281,7 @@ def _register_settings(args: argparse.Namespace):
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from msifusion.pipeline import FuseFilesRequest, fuse_files
+    from msifusion.workflows.fusion import FuseFilesRequest, fuse_files
 
     if args.optical is None:
         raise InputError("fuse", "give --optical")
@@ -310,7 +310,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def _fuse_imzml(args: argparse.Namespace) -> int:
-    from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
+    from msifusion.workflows.from_imzml import ImzmlFuseRequest, fuse_imzml
 
     mzs = _mzs(args)
     if not mzs:
@@ -339,7 +339,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 
 
 def cmd_ions(args: argparse.Namespace) -> int:
-    from msifusion.instrument import IonsRequest, extract_ions
+    from msifusion.workflows.from_imzml import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(Path(args.imzml), _mzs(args), args.tol or DEFAULT_TOLERANCE, Path(args.out),
                                       args.normalize, args.overwrite, args.quiet))
@@ -367,7 +367,7 @@ def cmd_peaks(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from msifusion.instrument import RegisterRequest, register_files
+    from msifusion.workflows.from_imzml import RegisterRequest, register_files
 
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
                                             _register_settings(args), args.overwrite, args.quiet))
@@ -393,7 +393,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from msifusion.demo import DemoRequest, run_demo
+    from msifusion.workflows.demo import DemoRequest, run_demo
 
     _check_method_options(args, training=False)
     record = run_demo(DemoRequest(Path(args.out), _settings(args), args.scale, args.overwrite))
@@ -455,7 +455,7 @@ def _unique(values: list | None) -> tuple | None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from msifusion.benchmark import BenchmarkConfig, run_benchmark
+    from msifusion.workflows.benchmark import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig.preset(
         args.quick, methods=_unique(args.methods), groups=_unique(args.groups), phantom_seeds=_unique(args.seeds),
@@ -472,7 +472,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     from msifusion.fit import FitConfig
     from msifusion.runtime import Runtime
-    from msifusion.study import StudyConfig, run_study, summary_line
+    from msifusion.workflows.study import StudyConfig, run_study, summary_line
 
     files = args.optical is not None or args.ion is not None
     misplaced = _given(args, args.phantom_only if files else args.files_only)
@@ -501,7 +501,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def add_benchmark_and_study(sub) -> None:
     """Call from build_parser() with its `sub` (add_subparsers) object."""
-    from msifusion.benchmark import GROUPS
+    from msifusion.workflows.benchmark import GROUPS
 
     p = sub.add_parser("benchmark", help="score every method against known truth (phantom, Middlebury, prostate)",
                        description="Fuse block-averaged truths (synthetic phantoms ×10/×20, Middlebury 2014 "

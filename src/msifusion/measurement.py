@@ -1,12 +1,15 @@
 """The measurement model: how a high-resolution ion distribution becomes an MSI pixel.
 
 An MSI pixel integrates the ion signal over its footprint. The default model is the box
-average over each ``factor × factor`` block of the fine grid (:func:`block_mean`); an
+average over each ``scale × scale`` block of the fine grid (:func:`block_mean`); an
 optional Gaussian laser spot blurs before averaging (:class:`MeasurementModel` states which, for a whole run).
 :class:`Measurement` is that operator
 on torch tensors, with its adjoint and the exact projection onto {x : A x = y} that the
 solvers use; :func:`consistency_error` scores any output with it. Upsampling (:func:`upsample`)
 is the paper's OpenCV interpolation, half-pixel centred.
+
+``scale`` is the magnification throughout (fine pixels per MSI pixel along each axis; ``--scale``); the torch
+helpers and the solvers write it ``f``, as the equations do, and the benchmark's protocol calls it the factor.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ _CV2_INTERP = {"nearest": 0, "bilinear": 1, "bicubic": 2}  # cv2.INTER_NEAREST/L
 
 @dataclass(frozen=True)
 class MeasurementModel:
-    """What one MSI pixel measures of the fine image: the mean over its f×f block (the box average), after a
+    """What one MSI pixel measures of the fine image: the mean over its scale × scale block (the box average), after a
     Gaussian laser spot of ``spot_sigma_px`` fine pixels when that is given (0: the box average alone).
 
     Every method's consistency error is scored under it. The default method is exact under it; the other exact
@@ -86,23 +89,23 @@ class MeasurementModel:
         return Measurement(shape, f, self.spot_sigma_px, device)
 
 
-def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average over non-overlapping ``factor × factor`` blocks of the last two axes."""
+def block_mean(image: np.ndarray, scale: int) -> np.ndarray:
+    """Average over non-overlapping ``scale × scale`` blocks of the last two axes."""
     image = np.asarray(image)
-    h, w = image.shape[-2] // factor, image.shape[-1] // factor
-    if h * factor != image.shape[-2] or w * factor != image.shape[-1]:
-        raise ValueError(f"shape {image.shape[-2:]} is not a multiple of {factor}")
-    blocks = image.reshape(*image.shape[:-2], h, factor, w, factor)
+    h, w = image.shape[-2] // scale, image.shape[-1] // scale
+    if h * scale != image.shape[-2] or w * scale != image.shape[-1]:
+        raise ValueError(f"shape {image.shape[-2:]} is not a multiple of {scale}")
+    blocks = image.reshape(*image.shape[:-2], h, scale, w, scale)
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(np.float32)
 
 
-def upsample(image: np.ndarray, factor: int, kind: str = "bilinear") -> np.ndarray:
-    """Resize a 2-D image by an integer factor with OpenCV (bilinear = the paper's INTER_LINEAR)."""
+def upsample(image: np.ndarray, scale: int, kind: str = "bilinear") -> np.ndarray:
+    """Resize a 2-D image by an integer scale with OpenCV (bilinear = the paper's INTER_LINEAR)."""
     import cv2
 
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape
-    return cv2.resize(image, (w * factor, h * factor), interpolation=_CV2_INTERP[kind])
+    return cv2.resize(image, (w * scale, h * scale), interpolation=_CV2_INTERP[kind])
 
 
 # ----------------------------------------------------------------------------- the operator on torch tensors
@@ -283,9 +286,9 @@ def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot
     return out.numpy().astype(np.float32) if np.asarray(image).dtype != np.float64 else out.numpy()
 
 
-def consistency_error(fused: np.ndarray, measured: np.ndarray, factor: int, spot_sigma_px: float = 0.0) -> float:
+def consistency_error(fused: np.ndarray, measured: np.ndarray, scale: int, spot_sigma_px: float = 0.0) -> float:
     """``mean|A(fused) − measured| / mean|measured|``, A the measurement model (the block mean, after a
     Gaussian laser spot of ``spot_sigma_px`` fine pixels if given): 0 means fully quantitative."""
     measured = np.asarray(measured, dtype=np.float64)
-    diff = MeasurementModel(spot_sigma_px).apply(fused, factor) - measured
+    diff = MeasurementModel(spot_sigma_px).apply(fused, scale) - measured
     return float(np.mean(np.abs(diff)) / max(np.mean(np.abs(measured)), 1e-30))

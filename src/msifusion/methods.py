@@ -35,7 +35,8 @@ class FusionProblem:
 @dataclass(frozen=True)
 class MethodOptions:
     """How to fuse, for every method: the training recipe (fitted methods), seed, device and progress, the default
-    method's settings, and what an MSI pixel measures. :class:`msifusion.pipeline.FuseSettings` adds the method."""
+    method's settings, and what an MSI pixel measures. :class:`msifusion.workflows.fusion.FuseSettings` adds the
+    method."""
 
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
@@ -355,7 +356,7 @@ def fuse(
     images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the
     ion's units.
     ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default ``options.method`` where the options
-    are a :class:`msifusion.pipeline.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
+    are a :class:`msifusion.workflows.fusion.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
     ``options.runtime.seed``, and the caller's random states are left as they were."""
     method, options = _method_and_options(method, options)
     guide = _checked_guide(guide)

@@ -132,18 +132,19 @@ def score(
     fused: np.ndarray,
     truth: np.ndarray,
     measured: np.ndarray,
-    factor: int,
+    scale: int,
     guide: np.ndarray,
     mask: np.ndarray | None = None,
     spot_sigma_px: float = 0.0,
 ) -> Scores:
-    """All protocol scores of ``fused`` (H, W) against ``truth`` (H, W), ``measured`` (H/f, W/f), ``guide`` (H, W, 3);
-    the consistency under the measurement model that made ``measured`` (a laser spot of ``spot_sigma_px``)."""
+    """All protocol scores of ``fused`` (H, W) against ``truth`` (H, W), ``measured`` (H/scale, W/scale) and ``guide``
+    (H, W, 3); the consistency under the measurement model that made ``measured`` (a laser spot of
+    ``spot_sigma_px``)."""
     norm = float(np.max(np.abs(measured)))
     return Scores(
         mse=mse(fused, truth, mask),
         psnr=psnr(fused, truth, mask),
         ssim=ssim(fused, truth, mask),
         edge=edge_loss(fused, guide, norm if norm > 0 else 1.0),
-        consistency=consistency_error(fused, measured, factor, spot_sigma_px),
+        consistency=consistency_error(fused, measured, scale, spot_sigma_px),
     )

@@ -1,5 +1,5 @@
 """Registration from files (:mod:`msifusion.register.workflow`); the commands around it, on a small imzML, are in
-tests/test_instrument.py."""
+tests/workflows/test_from_imzml.py."""
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Pixel sizes in µm: the length units a file may state a calibration in (OME, ImageJ, TIFF resolution tags, a
-table's coordinate columns) and the range of pixel sizes that are plausibly in µm."""
+table's coordinate columns), the range of pixel sizes that are plausibly in µm, and when an optical is too coarse
+for the fused grid."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from msifusion.errors import InputError
 
 PLAUSIBLE_PIXEL_UM = (1e-3, 1e5)  # 1 nm to 10 cm: a pixel size outside is not in µm (e.g. metres typed as µm)
+COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
 SQUARE_REL_TOL = 1e-2  # X and Y pixel sizes closer than this (relative) are one size (scanners round their MPP)
 
 
@@ -54,3 +56,14 @@ def check_pixel_size(option: str, size: float | None) -> None:
     if not lo <= size <= hi:
         raise InputError(option, f"pixel size {size:g} µm is outside {lo:g}–{hi:g} µm; give it in micrometres "
                                  "(10 µm is 10, not 10e-6)")
+
+
+def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: str) -> str | None:
+    """A warning when the optical's pixels (``optical_px``, in the section's ``unit``) are coarser than the fused
+    grid's (``ion_px / scale``): the fused image then has no optical detail at its own resolution."""
+    if optical_px <= COARSE_OPTICAL * ion_px / scale:
+        return None
+    enough = max(2, round(ion_px / optical_px))
+    return (f"the optical's pixels cover {optical_px:.3g} {unit} of the section, coarser than the fused grid's "
+            f"{ion_px / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
+            f"×{enough} would do as well")

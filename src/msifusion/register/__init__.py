@@ -6,8 +6,8 @@ Three modules of algorithms, each readable on its own, and the workflow that use
   affine, displacement field), landmarks to and from a transform, and the landmark sanity checks;
 - :mod:`msifusion.register.resample`: tiled resampling of the optical onto a fixed grid (:func:`resample_optical`);
 - :mod:`msifusion.register.automatic`: automatic registration (:func:`register_auto`): pose search, SimpleITK polish;
-- :mod:`msifusion.register.workflow` (imported on its own, not here: it builds on the fusion pipeline's warnings and
-  the figures): registration from files, :class:`~msifusion.register.workflow.RegisterSettings` and
+- :mod:`msifusion.register.workflow` (imported on its own, not here: it draws the figures a
+  registration writes): registration from files, :class:`~msifusion.register.workflow.RegisterSettings` and
   :func:`~msifusion.register.workflow.register_optical`, and what a registration writes.
 
 Coordinates

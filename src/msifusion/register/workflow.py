@@ -1,6 +1,6 @@
 """Registration from files: the microscope image onto the MSI grid × scale, and what a registration writes.
 
-What the commands (:mod:`msifusion.instrument`) and Python callers use to register: :class:`RegisterSettings`
+What the commands (:mod:`msifusion.workflows.from_imzml`) and Python callers use to register: :class:`RegisterSettings`
 (landmarks or automatic), the MSI side (:class:`MsiTissue`: an imzML file's tissue images), :func:`register_optical`
 (the transform, the resampled optical and every warning about it) and :func:`write_registration` (the registered
 optical, overlays and landmark files). The algorithms are the other modules of :mod:`msifusion.register`.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,8 @@ from msifusion.runtime import elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
-from msifusion.io.units import check_pixel_size, is_square
+from msifusion.io.units import check_pixel_size, coarse_optical_warning, is_square
 from msifusion.methods import check_fused_size, check_scale, infer_scale
-from msifusion.pipeline import coarse_optical_warning
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
@@ -78,6 +78,11 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
+    @cached_property
+    def landmark_points(self) -> Landmarks | None:
+        """The landmarks file read, once per settings: every step that needs it sees the same contents."""
+        return None if self.landmarks is None else read_landmarks(self.landmarks)
+
     def fixed_pixel_units(self, ion_pixel_um: float | None) -> float:
         """The landmarks' fixed units per pixel of the fixed image (the ion image enlarged ``fixed_scale`` times):
         ``fixed_pixel_size``, else the ion's µm per such pixel, else 1 (pixels)."""
@@ -93,7 +98,7 @@ def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: fl
     if settings.landmarks is not None:
         fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
         try:
-            coarsest = fixed_units * AffineMap.from_landmarks(read_landmarks(settings.landmarks)).scale
+            coarsest = fixed_units * AffineMap.from_landmarks(settings.landmark_points).scale
         except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
             coarsest = None
     else:
@@ -185,7 +190,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     start = time.perf_counter()
     px = msi.pixel_size_um
     if settings.landmarks is not None:
-        landmarks = read_landmarks(settings.landmarks)
+        landmarks = settings.landmark_points
         k = settings.fixed_scale
         p_fixed = settings.fixed_pixel_units(px)
         fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)

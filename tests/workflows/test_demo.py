@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from msifusion.demo import DemoRequest, run_demo
+from msifusion.workflows.demo import DemoRequest, run_demo
 from msifusion.fit import FitConfig
 from msifusion.runtime import Runtime
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
+from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_files
 
 
 def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):

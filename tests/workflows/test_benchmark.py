@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pyimzml.ImzMLWriter import ImzMLWriter
 
-from msifusion.benchmark import (
+from msifusion.workflows.benchmark import (
     PROSTATE_FILES,
     QUICK_CASES,
     BenchmarkConfig,

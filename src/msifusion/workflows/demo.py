@@ -16,9 +16,9 @@ from msifusion.io.images import Image, optical_to_rgb, rgb_to_uint8, write_rgb_t
 from msifusion.methods import METHODS, FusionResult
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
-from msifusion.pipeline import FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs
 from msifusion.provenance import OutputRun
 from msifusion.report import save_panel, save_rgb_png
+from msifusion.workflows.fusion import FuseSettings, RegisteredPair, fuse_pair, pair_images, write_fusion_outputs
 
 
 COMPARED = ("bilinear", "lcrn")  # shown beside the chosen method: the paper's baseline and the paper's method

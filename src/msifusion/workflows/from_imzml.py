@@ -19,15 +19,14 @@ from msifusion.runtime import elapsed_bar, progress_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
-from msifusion.io.landmarks import read_landmarks
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many, panel_part_size
-from msifusion.pipeline import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
-                                write_fusion_outputs)
 from msifusion.provenance import OutputRun
 from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
                                          register_optical, write_registration)
 from msifusion.report import save_ion_grid
+from msifusion.workflows.fusion import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
+                                        write_fusion_outputs)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -148,8 +147,7 @@ def _check_before_reading(optical: Path, settings: RegisterSettings) -> None:
     """The optical file and the landmarks are checked before the MSI file's pass (minutes on a large imzML), so that
     a typo in either costs nothing."""
     require_file(Path(optical), OPTICAL_SUFFIXES, "optical image")
-    if settings.landmarks is not None:
-        read_landmarks(settings.landmarks)
+    settings.landmark_points  # read and checked now, and kept: the registration takes them from the settings
 
 
 def register_files(request: RegisterRequest) -> dict:

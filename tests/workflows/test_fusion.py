@@ -5,7 +5,7 @@ import numpy as np
 
 def _pair(optical_shape, optical_um, ion_um, scale=None, given_um=None):
     from msifusion.io.images import Image
-    from msifusion.pipeline import pair_images
+    from msifusion.workflows.fusion import pair_images
 
     optical = Image(np.random.default_rng(0).random((*optical_shape, 3), np.float32), optical_um)
     ion = Image(np.ones((10, 12), np.float32), ion_um)
@@ -51,7 +51,7 @@ def test_what_the_readers_noticed_reaches_the_run_warnings(tmp_path):
     """A calibration the reader ignored is named as ignored, not as absent; an Orientation tag is warned about."""
     import tifffile
 
-    from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
+    from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_files
 
     rng = np.random.default_rng(0)
     optical = (rng.random((32, 48, 3)) * 255).astype(np.uint8)
@@ -107,7 +107,7 @@ def test_an_optical_turned_by_90_degrees_is_named_as_such():
 
 def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
     """A run that stops before its first checkpoint leaves no empty checkpoints/ folder."""
-    from msifusion.pipeline import checkpoint_writer
+    from msifusion.workflows.fusion import checkpoint_writer
 
     import tifffile
 
@@ -121,7 +121,7 @@ def test_checkpoint_folder_is_made_at_the_first_save(tmp_path):
 
 def test_a_panel_folds_its_ions_spot_dips_into_one_warning():
     from msifusion.methods import spot_dip_note
-    from msifusion.pipeline import panel_record
+    from msifusion.workflows.fusion import panel_record
 
     def record(name: str, dipped: bool, other: str | None = None) -> dict:
         warnings = [f"{name}: the guided-harmonic output has negative values (min -{name}): {spot_dip_note(2)}"] \
@@ -143,7 +143,7 @@ def test_an_ion_tiff_keeps_its_channel_name_through_a_fusion(tmp_path):
     import tifffile
 
     from msifusion.io.images import write_tiff
-    from msifusion.pipeline import FuseFilesRequest, FuseSettings, fuse_files
+    from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_files
 
     rng = np.random.default_rng(0)
     tifffile.imwrite(tmp_path / "optical.tif", (rng.random((32, 48, 3)) * 255).astype(np.uint8), photometric="rgb")

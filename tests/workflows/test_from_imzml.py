@@ -56,9 +56,9 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     """The library entry (no CLI): the same request gives the command's images; the default method fuses the panel
     together, so each ion's time is its share of it."""
     from msifusion.runtime import Runtime
-    from msifusion.instrument import ImzmlFuseRequest, fuse_imzml
+    from msifusion.workflows.from_imzml import ImzmlFuseRequest, fuse_imzml
     from msifusion.register.workflow import RegisterSettings
-    from msifusion.pipeline import FuseSettings
+    from msifusion.workflows.fusion import FuseSettings
 
     imzml, opt, lm, _ = files
     request = ImzmlFuseRequest(imzml, (100.0, 200.0), "0.01da", opt, tmp_path / "py", RegisterSettings(SCALE, lm),
@@ -75,7 +75,7 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
 
 def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, files):
     """The library entries of `ions` and `register` (no CLI) write what the commands write."""
-    from msifusion.instrument import IonsRequest, RegisterRequest, extract_ions, register_files
+    from msifusion.workflows.from_imzml import IonsRequest, RegisterRequest, extract_ions, register_files
     from msifusion.register.workflow import RegisterSettings
 
     imzml, opt, lm, truth = files
@@ -100,6 +100,20 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
     record = extract_ions(IonsRequest(imzml, (100.0,), "0.01da", tmp_path / "ions_upper", quiet=True))
     assert {role: Path(f["path"]).name for role, f in record["input_files"].items()} == {
         "imzml": imzml.name, "ibd": imzml.with_suffix(".IBD").name}
+
+
+def test_the_landmarks_file_is_read_once_per_run(tmp_path, files, monkeypatch):
+    """Checked before the imzML's pass, sizing the optical's pyramid level, registering: one read, so every step sees
+    the same landmarks even if the file changes during the run."""
+    import msifusion.register.workflow as workflow
+
+    imzml, opt, lm, _ = files
+    reads = []
+    read = workflow.read_landmarks
+    monkeypatch.setattr(workflow, "read_landmarks", lambda path: reads.append(path) or read(path))
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", str(SCALE),
+                 "--out", str(tmp_path / "reg"), "--quiet"]) == 0
+    assert reads == [lm]
 
 
 def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tmp_path, files, capsys):
@@ -760,7 +774,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     assert parts["ions"]["100.0000"]["panel_part"] == "1 of 2" and "panel_part" not in whole["ions"]["100.0000"]
     # a drive too full for the scratch file is told before registration, not found full after the fusion
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
-    monkeypatch.setattr("msifusion.instrument.register_optical", lambda *a, **k: pytest.fail("registered first"))
+    monkeypatch.setattr("msifusion.workflows.from_imzml.register_optical",
+                        lambda *a, **k: pytest.fail("registered first"))
     assert main([*args, str(tmp_path / "full")]) == 2
     assert "a scratch file of about 0.0 GB beside the outputs, but the drive has 0.0 GB free" in capsys.readouterr().err
     assert not (tmp_path / "full").exists()

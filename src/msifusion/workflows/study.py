@@ -105,7 +105,7 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
         return StudyInputs(phantom.guide, phantom.measure(scale), scale, phantom.truth, phantom_config.fine_pixel_um,
                            f"synthetic {phantom_config.kind} ({phantom_config.ion}, seed {phantom_config.seed})")
     from msifusion.io.images import read_ion, read_optical
-    from msifusion.pipeline import pair_images
+    from msifusion.workflows.fusion import pair_images
 
     pair = pair_images(read_optical(config.optical), read_ion(config.ion), config.scale, config.ion_pixel_size_um)
     truth = None

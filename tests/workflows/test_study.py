@@ -14,7 +14,7 @@ from msifusion.runtime import Runtime, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.measurement import upsample
 from msifusion.metrics import psnr
-from msifusion.study import StudyConfig, pick_strip, run_study, save_study_plot, summary_line
+from msifusion.workflows.study import StudyConfig, pick_strip, run_study, save_study_plot, summary_line
 
 TINY = PhantomConfig(fine_shape=(64, 96), seed=1)
 FIT = FitConfig(max_epochs=24, lr=1e-3)  # stops (patience 5) well before the cap on this phantom

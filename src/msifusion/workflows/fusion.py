@@ -17,7 +17,7 @@ from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
-from msifusion.io.units import check_pixel_size
+from msifusion.io.units import check_pixel_size, coarse_optical_warning
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
                                check_methods, check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import OutputRun, run_header, write_run_json
@@ -152,18 +152,6 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
 
 
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
-COARSE_OPTICAL = 1.5  # an optical pixel this many fused pixels wide: the fused grid is finer than the optical
-
-
-def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: str) -> str | None:
-    """A warning when the optical's pixels (``optical_px``, in the section's ``unit``) are coarser than the fused
-    grid's (``ion_px / scale``): the fused image then has no optical detail at its own resolution."""
-    if optical_px <= COARSE_OPTICAL * ion_px / scale:
-        return None
-    enough = max(2, round(ion_px / optical_px))
-    return (f"the optical's pixels cover {optical_px:.3g} {unit} of the section, coarser than the fused grid's "
-            f"{ion_px / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
-            f"×{enough} would do as well")
 
 
 def uncalibrated_warning(why: str, remedy: str, outputs: tuple[str, str] = ("fused TIFFs", "fused.png")) -> str:
