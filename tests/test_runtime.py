@@ -142,3 +142,28 @@ def test_reading_an_imzml_loads_no_torch_for_its_progress_bar():
     """torch takes seconds to import: the runtime helpers import it only where a device or a seed needs it."""
     code = "import sys, msifusion.runtime, msifusion.io.imzml; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_a_fused_image_beyond_the_machines_memory_is_refused_up_front():
+    from msifusion.runtime import check_fused_size
+
+    check_fused_size((20, 30), 20)
+    with pytest.raises(InputError, match=r"--scale: ×1000000 makes a 20000000×30000000 fused image, about \d+ GB"):
+        check_fused_size((20, 30), 1_000_000)  # 29 PB
+
+
+def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypatch):
+    import msifusion.runtime as runtime
+
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 8_192_000_000)
+    # the ginkgo ion at ×20: 2.646 M fused pixels, 48 bytes each for the first ion and 4 for each further one
+    # half of what one ion leaves holds (8.192 − 0.127) GB / 2 / 10.6 MB per ion + 1 = 381 at a time
+    assert runtime.panel_part_size((49, 135), 20, 381) == 381  # 2.646 M × (48 + 4 × 380) = 4.15 GB: at once
+    # two parts, though the 8.19 GB machine holds their 4.16 GB bound
+    assert runtime.panel_part_size((49, 135), 20, 382) == 191
+    assert runtime.panel_part_size((49, 135), 20, 1000) == 334  # three parts of even size: 334, 333 and 333
+    assert runtime.panel_part_size((49, 135), 20, 763) == 255  # not 381, 381 and a lone ion
+    with pytest.raises(InputError, match=r"^--scale: ×200 makes a 9800×27000 fused image, about 13 GB"):
+        runtime.panel_part_size((49, 135), 200, 100)  # one ion does not fit: its own size is named
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: None)  # a system that does not say: all at once
+    assert runtime.panel_part_size((49, 135), 20, 1000) == 1000

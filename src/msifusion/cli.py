@@ -272,7 +272,7 @@ def _settings(args: argparse.Namespace):
 
 
 def _register_settings(args: argparse.Namespace):
-    from msifusion.register.workflow import RegisterSettings
+    from msifusion.register.optical import RegisterSettings
 
     given = {"transform": args.transform, "optical_pixel_size": args.optical_pixel_size,
              "fixed_pixel_size": args.fixed_pixel_size, "fixed_scale": args.fixed_scale}
@@ -480,13 +480,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise InputError(", ".join(misplaced), "only for the synthetic phantom (study without --optical and --ion)"
                          if files else "only with --optical and --ion; the synthetic phantom brings its own truth "
                                        "and pixel size")
-    try:
-        fit = FitConfig(max_epochs=args.epochs, lr=args.lr, w_mse=args.w_mse, w_edge=args.w_edge,
-                        patience=args.patience, edge_kernel=args.edge_kernel, checkpoint_every=args.checkpoint_every)
-        given = {"seed": args.phantom_seed, "kind": args.phantom_kind, "ion": args.phantom_ion}
-        phantom = replace(StudyConfig.phantom, **{k: v for k, v in given.items() if v is not None})
-    except ValueError as exc:
-        raise InputError("study options", str(exc)) from None
+    recipe = {"lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge, "patience": args.patience,
+              "edge_kernel": args.edge_kernel}  # the paper's, FitConfig's defaults, where not given
+    fit = FitConfig(max_epochs=args.epochs, checkpoint_every=args.checkpoint_every,
+                    **{k: v for k, v in recipe.items() if v is not None})
+    given = {"seed": args.phantom_seed, "kind": args.phantom_kind, "ion": args.phantom_ion}  # each checked by argparse
+    phantom = replace(StudyConfig.phantom, **{k: v for k, v in given.items() if v is not None})
     config = StudyConfig(
         optical=Path(args.optical) if args.optical else None, ion=Path(args.ion) if args.ion else None,
         truth=Path(args.truth) if args.truth else None, scale=args.scale, ion_pixel_size_um=args.pixel_size,
@@ -499,8 +498,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_benchmark_and_study(sub) -> None:
-    """Call from build_parser() with its `sub` (add_subparsers) object."""
+def _add_benchmark_and_study(sub) -> None:
+    """The two commands that score methods against a known truth, added to :func:`build_parser`'s subcommands."""
     from msifusion.workflows.benchmark import GROUPS
 
     p = sub.add_parser("benchmark", help="score every method against known truth (phantom, Middlebury, prostate)",
@@ -557,11 +556,12 @@ def add_benchmark_and_study(sub) -> None:
         io.add_argument("--phantom-seed", type=_seed, default=None, help="phantom seed (default 1)")]
     t = p.add_argument_group("training (the paper's recipe; the run never stops early)")
     t.add_argument("--epochs", type=_positive_int, default=300, help="epochs to run (default 300)")
-    t.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    t.add_argument("--w-mse", type=_weight, default=1.0, help="weight of the MSE loss (default 1)")
-    t.add_argument("--w-edge", type=_weight, default=1.0, help="weight of the edge perceptual loss (default 1)")
-    t.add_argument("--patience", type=_count, default=5, help="the stopping rule marked: N total edge-loss increases (default 5)")
-    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default="laplacian",
+    t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 3e-4)")
+    t.add_argument("--w-mse", type=_weight, default=None, help="weight of the MSE loss (default 1)")
+    t.add_argument("--w-edge", type=_weight, default=None, help="weight of the edge perceptual loss (default 1)")
+    t.add_argument("--patience", type=_count, default=None,
+                   help="the stopping rule marked: N total edge-loss increases (default 5)")
+    t.add_argument("--edge-kernel", choices=("laplacian", "sobel"), default=None,
                    help="the edge loss's kernel (default laplacian)")
     t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N", help="score every N epochs (default 1)")
     t.add_argument("--strip", type=_positive_int, default=8, help="checkpoints shown in checkpoints.png (default 8)")
@@ -682,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
-    add_benchmark_and_study(sub)
+    _add_benchmark_and_study(sub)
 
     p = sub.add_parser("methods", help="list the fusion methods",
                        description="List the fusion methods --method takes, each with a one-line summary.")

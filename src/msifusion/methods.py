@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -129,60 +128,6 @@ def check_scale(scale: int | None) -> None:
     """``--scale``: None (inferred from the shapes) or an integer ≥ 2."""
     if scale is not None and not scale >= 2:
         raise InputError("--scale", f"scale must be at least 2, got {scale}")
-
-
-BYTES_PER_FUSED_PIXEL = 48  # the guide (RGB float32), its resampling and the output, outside the solver's tiles
-
-
-CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
-
-
-def machine_memory_bytes() -> int | None:
-    """The memory this process may use, in bytes: the machine's physical memory, or a container's (cgroup) limit where
-    that is lower; None where the system does not say (not POSIX)."""
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-    for path in CGROUP_LIMITS:
-        try:
-            have = min(have, int(Path(path).read_text().strip()))  # "max" (no limit) is not a number
-        except (OSError, ValueError):
-            pass
-    return have
-
-
-def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
-    """Refuse, before any work, a fused image that cannot fit in this machine's memory.
-
-    A lower bound: :data:`BYTES_PER_FUSED_PIXEL` per fused pixel (the solver itself works in tiles); without the check
-    a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
-    """
-    have = machine_memory_bytes()
-    h, w = ion_shape
-    one = h * scale * w * scale * BYTES_PER_FUSED_PIXEL
-    if have is not None and one > have:
-        raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {one / 1e9:.0f} GB "
-                                    f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
-                                    "scale or crop the ion image")
-
-
-def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
-    """How many of a panel's ``ions`` to fuse at once: as many as half of what one ion leaves of this machine's memory
-    holds (one ion's :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further
-    one: a lower bound; the other half for what the bound does not count, measured at 1.5 times the bound on 416
-    prostate ions), all where they fit, else parts of even size (at least one ion). Refuses what
-    :func:`check_fused_size` refuses."""
-    check_fused_size(ion_shape, scale)
-    have = machine_memory_bytes()
-    h, w = ion_shape
-    pixels = h * scale * w * scale
-    one = pixels * BYTES_PER_FUSED_PIXEL
-    fit = ions if have is None else int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
-    if fit >= ions:
-        return ions
-    parts = -(-ions // fit)  # ceil
-    return -(-ions // parts)  # the same number of parts, of even size: 763 ions fitting 381 at a time, 3 of ≤ 255
 
 
 def _array(value, what: str) -> np.ndarray:

@@ -42,8 +42,8 @@ def display_range(image: np.ndarray, percentile: float = DISPLAY_PERCENTILE) -> 
     finite = np.asarray(image)[np.isfinite(image)]
     if finite.size == 0:
         return 0.0, 1.0
-    lo = min(0.0, float(np.percentile(finite, 1)))
-    hi = float(np.percentile(finite, percentile))
+    low, hi = (float(v) for v in np.percentile(finite, [1, percentile]))  # one partition for both
+    lo = min(0.0, low)
     if hi <= lo:
         hi = float(finite.max()) if finite.max() > lo else lo + 1.0
     return lo, hi

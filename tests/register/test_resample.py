@@ -85,6 +85,6 @@ def test_resample_refuses_a_map_that_misses_the_image() -> None:
     optical = _test_optical()
     with pytest.raises(InputError) as info:
         resample_optical(optical, AffineMap(np.array([[1.0, 0, 1e5], [0, 1.0, 1e5]])), Grid((10, 10)))
-    # No file and no guess about landmarks here: the caller knows both (register.workflow.register_optical).
+    # No file and no guess about landmarks here: the caller knows both (register.optical.register_optical).
     assert info.value.source is None
     assert info.value.problem == "the transform maps the whole output grid outside the optical image"

@@ -57,7 +57,7 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     together, so each ion's time is its share of it."""
     from msifusion.runtime import Runtime
     from msifusion.workflows.from_imzml import ImzmlFuseRequest, fuse_imzml
-    from msifusion.register.workflow import RegisterSettings
+    from msifusion.register.optical import RegisterSettings
     from msifusion.workflows.fusion import FuseSettings
 
     imzml, opt, lm, _ = files
@@ -76,7 +76,7 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
 def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, files):
     """The library entries of `ions` and `register` (no CLI) write what the commands write."""
     from msifusion.workflows.from_imzml import IonsRequest, RegisterRequest, extract_ions, register_files
-    from msifusion.register.workflow import RegisterSettings
+    from msifusion.register.optical import RegisterSettings
 
     imzml, opt, lm, truth = files
     # paths as str and m/z as text, as a notebook may give them
@@ -105,12 +105,12 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
 def test_the_landmarks_file_is_read_once_per_run(tmp_path, files, monkeypatch):
     """Checked before the imzML's pass, sizing the optical's pyramid level, registering: one read, so every step sees
     the same landmarks even if the file changes during the run."""
-    import msifusion.register.workflow as workflow
+    import msifusion.register.optical as optical
 
     imzml, opt, lm, _ = files
     reads = []
-    read = workflow.read_landmarks
-    monkeypatch.setattr(workflow, "read_landmarks", lambda path: reads.append(path) or read(path))
+    read = optical.read_landmarks
+    monkeypatch.setattr(optical, "read_landmarks", lambda path: reads.append(path) or read(path))
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", str(SCALE),
                  "--out", str(tmp_path / "reg"), "--quiet"]) == 0
     assert reads == [lm]
@@ -491,7 +491,7 @@ def test_a_missing_optical_or_landmark_file_is_found_before_the_imzml_is_read(tm
 
 
 def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks(tmp_path, files, capsys, monkeypatch):
-    from msifusion.register import workflow
+    from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
     far = AffineMap(np.array([[1.0, 0.0, 1e5], [0.0, 1.0, 1e5]]))
@@ -499,7 +499,7 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     def off_the_image(optical, tissue, fixed, moving, options):
         return Registration(far, fixed, moving, far, 0.9, 0.5, 1.1, float("nan"), 0, 1)
 
-    monkeypatch.setattr(workflow, "register_auto", off_the_image)
+    monkeypatch.setattr(registration, "register_auto", off_the_image)
     imzml, opt, _, _ = files
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4",
                  "--out", str(tmp_path / "reg")]) == 2
@@ -511,7 +511,7 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
 
 @pytest.mark.parametrize("apart, warned", [(3.2, True), (0.4, False)])
 def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned):
-    from msifusion.register import workflow
+    from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
     known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
@@ -521,7 +521,7 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     def with_a_rival(optical, tissue, fixed, moving, options):
         return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
 
-    monkeypatch.setattr(workflow, "register_auto", with_a_rival)
+    monkeypatch.setattr(registration, "register_auto", with_a_rival)
     imzml, opt, _, _ = files
     out = tmp_path / "reg"
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out)]) == 0
@@ -576,7 +576,7 @@ def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told
 
 
 def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):
-    from msifusion.register import workflow
+    from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
     imzml, opt, lm, _ = files
@@ -591,7 +591,7 @@ def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, 
         m = AffineMap(next(maps))
         return Registration(m, fixed, moving, m, 0.9, 0.8, 1.1, float("nan"), 0, 1)
 
-    monkeypatch.setattr(workflow, "register_auto", found)
+    monkeypatch.setattr(registration, "register_auto", found)
     named = "optical_registered.tiff is 48×64, exactly the ion grid × 4: it looks registered already"
     registered = first / "optical_registered.tiff"
     for i, (optical, expected) in enumerate(((registered, True), (registered, False), (opt, False))):
@@ -734,7 +734,7 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
 def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files, state_imzml_pixel_size):
     """``RegisterSettings.optical_pixel_size`` holds for an optical read without it, as for the command's own read."""
     from msifusion.io.images import read_optical
-    from msifusion.register.workflow import MsiTissue, RegisterSettings, read_moving_optical, register_optical
+    from msifusion.register.optical import MsiTissue, RegisterSettings, read_moving_optical, register_optical
 
     imzml, opt, lm, _ = files
     state_imzml_pixel_size(imzml, 20.0)
@@ -752,14 +752,14 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
 
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,
                                                                                    capsys):
-    import msifusion.methods as methods
+    import msifusion.runtime as runtime
 
     imzml, opt, lm, _ = files
     args = ["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
             "--landmarks", str(lm), "--scale", str(SCALE), "--quiet", "--out"]
     assert main([*args, str(tmp_path / "whole")]) == 0
     pixels = H * SCALE * W * SCALE
-    monkeypatch.setattr(methods, "machine_memory_bytes", lambda: pixels * (methods.BYTES_PER_FUSED_PIXEL + 2))
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: pixels * (runtime.BYTES_PER_FUSED_PIXEL + 2))
     assert main([*args, str(tmp_path / "parts")]) == 0  # one ion's memory and a little: two parts of one ion
     warning = ("2 ions fused ×4 (48×64 each) do not fit in this machine's memory together: fused in 2 parts of at "
                "most 1 ion, each image kept in a scratch file in the output folder (about 0.0 GB of disk) until the "

@@ -9,7 +9,7 @@ underscore are shared between them, not offered to users):
 - :mod:`msifusion.harmonic.config`: :class:`HarmonicConfig` and its groups of settings, each checking its own values;
 - :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`) and how far it stands above
   the guide's pixel noise (:func:`guide_noise`, :func:`texture_snr_db`);
-- :mod:`msifusion.harmonic.solve`: conductances (κ: :func:`edge_scales`), what every ion on one guide shares, and
+- :mod:`msifusion.harmonic.setting`: conductances (κ: :func:`edge_scales`), what every ion on one guide shares, and
   one ladder setting's exact solve with its refinement, non-negativity and texture steps;
 - :mod:`msifusion.harmonic.panel`: many ions through a shared basis (:func:`shared_basis`);
 - :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting and texture strength
@@ -105,7 +105,7 @@ from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSetting
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many, fuse_harmonic_stack
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.solve import REFINE_ITERATIONS, colour_differences, edge_scales
+from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales
 from msifusion.harmonic.texture import guide_noise, optical_detail, texture_snr_db
 
 __all__ = [

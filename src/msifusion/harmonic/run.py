@@ -14,7 +14,7 @@ from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.solve import _finish, _Guide, _Problem, _refine_taus, _solve_setting
+from msifusion.harmonic.setting import _finish, _Guide, _Problem, _refine_taus, _solve_setting
 from msifusion.measurement import MeasurementModel
 
 

@@ -11,7 +11,7 @@ import torch
 
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis
-from msifusion.harmonic.solve import _finish, _Guide, _Problem, _solve_setting
+from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t
 
 

@@ -1,14 +1,14 @@
 """Registration of the microscope image onto the MSI grid: landmarks (BigWarp) or automatic.
 
-Three modules of algorithms, each readable on its own, and the workflow that uses them:
+Three modules of algorithms, each readable on its own, and the module that uses them on a user's files:
 
 - :mod:`msifusion.register.transforms`: the :class:`Grid`, the fixed → moving point maps (thin-plate spline,
   affine, displacement field), landmarks to and from a transform, and the landmark sanity checks;
 - :mod:`msifusion.register.resample`: tiled resampling of the optical onto a fixed grid (:func:`resample_optical`);
 - :mod:`msifusion.register.automatic`: automatic registration (:func:`register_auto`): pose search, SimpleITK polish;
-- :mod:`msifusion.register.workflow` (imported on its own, not here: it draws the figures a
-  registration writes): registration from files, :class:`~msifusion.register.workflow.RegisterSettings` and
-  :func:`~msifusion.register.workflow.register_optical`, and what a registration writes.
+- :mod:`msifusion.register.optical` (imported on its own, not here: it draws the figures a
+  registration writes): registration from files, :class:`~msifusion.register.optical.RegisterSettings` and
+  :func:`~msifusion.register.optical.register_optical`, and what a registration writes.
 
 Coordinates
 -----------

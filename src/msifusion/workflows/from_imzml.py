@@ -1,8 +1,9 @@
-"""From instrument files to fused ions: the commands that start from an imzML file.
+"""From instrument files to fused ions: the commands that start from MSI data, an imzML file (or, for ``register``,
+an ion image).
 
 :func:`extract_ions` (``msifusion ions``), :func:`register_files` (``msifusion register``) and :func:`fuse_imzml`
 (``msifusion fuse --imzml``: imzML + microscope image → registered guide → fused ions, in parts where a panel does
-not fit in memory). Registration itself is :mod:`msifusion.register.workflow`.
+not fit in memory). Registration itself is :mod:`msifusion.register.optical`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.runtime import elapsed_bar, progress_bar
+from msifusion.runtime import elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
 from msifusion.io.outdir import free_bytes
-from msifusion.methods import METHODS, fuse_many, panel_part_size
+from msifusion.methods import METHODS, fuse_many
 from msifusion.provenance import OutputRun
-from msifusion.register.workflow import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
+from msifusion.register.optical import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
                                          register_optical, write_registration)
 from msifusion.report import save_ion_grid
 from msifusion.workflows.fusion import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
@@ -244,6 +245,39 @@ def _check_scratch_space(out: Path, need: int) -> None:
                               "free some space, or fuse fewer m/z at a time")
 
 
+def _panel_warnings(request: ImzmlFuseRequest, stack: IonStack, parts: int, per_part: int, scratch: int) -> list[str]:
+    """What the user should know about a panel before its fusion: that it is fused in ``parts`` (its images kept in
+    a ``scratch`` file of that many bytes), and that the output drive may be too small."""
+    K, scale = len(stack.mzs), request.register.scale
+    h, w = stack.images.shape[1:]
+    warnings = []
+    if scratch:
+        shared = ("; a shared basis is sought within each part only" if METHODS[request.settings.method].run_many
+                  and not request.settings.saves_checkpoints else "")
+        warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this machine's memory "
+                        f"together: fused in {parts} parts of at most {per_part} ion{'s' if per_part > 1 else ''}, "
+                        f"each image kept in a scratch file in the output folder (about {scratch / 1e9:.1f} GB of "
+                        f"disk) until the stack is written{shared}")
+    space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
+    return warnings + ([space] if space else [])
+
+
+def _write_panel(stage: Path, stack: IonStack, fused: _FusedPanel, scale: int, method: str, quiet: bool) -> None:
+    """A panel's own outputs beside its ions' folders: the fused and measured stacks (OME-TIFF) and their overviews;
+    then the scratch file, if any, is removed."""
+    px = stack.pixel_size_um / scale if stack.pixel_size_um else None
+    pages = fused.pages()
+    with elapsed_bar(f"writing the panel's stacks and overviews ({len(stack.mzs)} ions)", quiet):
+        write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
+        write_ion_stack(stack, stage / "ions.ome.tiff")
+        save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
+                      _grid_title("measured", stack.pixel_size_um, stack.units))
+        save_ion_grid(stage / "fused.png", pages, stack.labels, px,
+                      _grid_title(f"fused ×{scale} ({method})", px, stack.units))
+    del pages  # the memory map, before its file goes
+    fused.remove()
+
+
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
 
@@ -268,22 +302,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         _check_scratch_space(request.out, scratch)
     optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
     registered = register_optical(optical, msi, request.register, quiet)
-    registered.warnings += stack.window_warnings()
-    if scratch:
-        shared = ("; a shared basis is sought within each part only" if METHODS[request.settings.method].run_many
-                  and not request.settings.saves_checkpoints else "")
-        registered.warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this "
-                                   f"machine's memory together: fused in {parts} parts of at most {per_part} "
-                                   f"ion{'s' if per_part > 1 else ''}, each image kept in a scratch file in the "
-                                   f"output folder (about {scratch / 1e9:.1f} GB of disk) until "
-                                   f"the stack is written{shared}")
-    space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
-    if space:
-        registered.warnings.append(space)
-    if stack.pixel_size_um is None:
-        registered.warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
-                                                        "export the ions with `msifusion ions` and fuse them with "
-                                                        "--ion and --pixel-size UM"))
+    registered.warnings += [*stack.window_warnings(), *_panel_warnings(request, stack, parts, per_part, scratch),
+                            *([uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
+                                                    "export the ions with `msifusion ions` and fuse them with --ion "
+                                                    "and --pixel-size UM")] if stack.pixel_size_um is None else [])]
     if request.on_warning:
         for warning in registered.warnings:
             request.on_warning(warning)
@@ -325,17 +347,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                     writing.update()
             results = result = None  # a part's images are views of one array: all must go for it to be freed
         if K > 1:
-            px = stack.pixel_size_um / scale if stack.pixel_size_um else None
-            pages = fused.pages()
-            with elapsed_bar(f"writing the panel's stacks and overviews ({K} ions)", quiet):
-                write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
-                write_ion_stack(stack, stage / "ions.ome.tiff")
-                save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
-                              _grid_title("measured", stack.pixel_size_um, stack.units))
-                save_ion_grid(stage / "fused.png", pages, stack.labels, px,
-                              _grid_title(f"fused ×{scale} ({request.settings.method})", px, stack.units))
-            pages = None
-            fused.remove()
+            _write_panel(stage, stack, fused, scale, request.settings.method, quiet)
             summary = panel_record(records, stack.names, registered.warnings)
             summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
                                                          "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),

@@ -15,11 +15,11 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.fit import CheckpointFn
-from msifusion.runtime import check_device, resolve_device
+from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.units import check_pixel_size, coarse_optical_warning
-from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_fused_size,
-                               check_methods, check_scale, fuse, infer_scale, spot_dip_note)
+from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_methods,
+                               check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import OutputRun, run_header, write_run_json
 from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_panel, write_loss_csv
 

@@ -1,4 +1,4 @@
-"""Registration from files (:mod:`msifusion.register.workflow`); the commands around it, on a small imzML, are in
+"""Registration from files (:mod:`msifusion.register.optical`); the commands around it, on a small imzML, are in
 tests/workflows/test_from_imzml.py."""
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 from msifusion.io.images import Image, write_rgb_tiff
 from msifusion.register import AffineMap
-from msifusion.register.workflow import RegisterSettings, _calibration_disagreement, tissue_outline
+from msifusion.register.optical import RegisterSettings, _calibration_disagreement, tissue_outline
 
 
 def test_a_calibration_that_disagrees_with_the_registration_is_warned(tmp_path):

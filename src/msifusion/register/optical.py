@@ -1,4 +1,4 @@
-"""Registration from files: the microscope image onto the MSI grid × scale, and what a registration writes.
+"""Registering the optical: the microscope image onto the MSI grid × scale, and what a registration writes.
 
 What the commands (:mod:`msifusion.workflows.from_imzml`) and Python callers use to register: :class:`RegisterSettings`
 (landmarks or automatic), the MSI side (:class:`MsiTissue`: an imzML file's tissue images), :func:`register_optical`
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.runtime import elapsed_bar
+from msifusion.runtime import check_fused_size, elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.units import check_pixel_size, coarse_optical_warning, is_square
-from msifusion.methods import check_fused_size, check_scale, infer_scale
+from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
