@@ -40,8 +40,8 @@ def test_method_shape_finite_and_units(tiny, method):
 def test_consistent_methods_match_the_measurement(tiny, method):
     guide, ion = tiny
     result = fuse(guide, ion, method, MethodOptions())
-    assert result.consistency_error < 1e-4
-    assert consistency_error(result.image, ion, 4) < 1e-4
+    assert result.consistency_error < 1e-6
+    assert consistency_error(result.image, ion, 4) < 1e-6
 
 
 def _box(img, r):

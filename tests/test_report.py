@@ -1,5 +1,6 @@
 """Figures: scale bars that fit the image they label."""
 
+import cv2
 import matplotlib
 import numpy as np
 import pytest
@@ -42,6 +43,8 @@ def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns when tight_layout cannot fit the bars below the strips
         save_ion_grid(tmp_path / "ions.png", np.random.default_rng(0).random((7, 20, 2000)), list("abcdefg"), 1.0)
+    drawn = cv2.imread(str(tmp_path / "ions.png"))
+    assert drawn.shape[1] > drawn.shape[0] and drawn.std() > 10  # the seven strips, drawn wide
 
 
 def test_a_tall_image_is_drawn_narrower_not_taller(tmp_path):
@@ -245,7 +248,8 @@ def test_alignments_of_a_tiny_grid_are_drawn_without_error(tmp_path, shape):
     field = -np.hypot(y - shape[0] / 2, x - shape[1] / 2)
     save_alignments(tmp_path / "a.png", np.ones((1, 1)), [("used", field, field.mean()), ("other", field + 0.5,
                                                                                           field.mean())])
-    assert (tmp_path / "a.png").stat().st_size > 0
+    drawn = cv2.imread(str(tmp_path / "a.png"))
+    assert drawn.ndim == 3 and min(drawn.shape[:2]) > 100 and drawn.std() > 10  # a picture, not a blank page
 
 
 def test_detail_titles_must_name_every_panel(tmp_path):
@@ -273,3 +277,22 @@ def test_figures_are_saved_at_the_faster_png_compression(tmp_path):
         at += 12 + struct.unpack(">I", data[at: at + 4])[0]
     cmf, flg = data[at + 8], data[at + 9]
     assert cmf & 0x0F == 8 and flg >> 6 == 1
+
+
+def test_the_loss_table_holds_each_epochs_losses_as_recorded(tmp_path):
+    """losses.csv: one row per epoch, the fit's own numbers (to the last digit), in LOSS_FIELDS' order; extra keys of
+    a history record are left out."""
+    import csv
+
+    from msifusion.report import LOSS_FIELDS, save_loss_plot, write_loss_csv
+
+    history = [{"epoch": e, "mse": 0.1 / e, "edge": 1e-7 * e, "total": 0.1 / e + 1e-7 * e, "seconds": 0.25 * e,
+                "lr": 3e-4} for e in range(1, 6)]
+    write_loss_csv(tmp_path / "losses.csv", history)
+    with open(tmp_path / "losses.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == LOSS_FIELDS == ("epoch", "mse", "edge", "total", "seconds")
+    assert [[float(v) for v in row] for row in rows[1:]] == [[r[k] for k in LOSS_FIELDS] for r in history]
+    save_loss_plot(tmp_path / "losses.png", history, title="lcrn: stopped")
+    drawn = cv2.imread(str(tmp_path / "losses.png"))
+    assert drawn.shape[:2] == (480, 768) and drawn.std() > 10  # 6.4 × 4 inches at 120 dpi

@@ -55,7 +55,8 @@ def test_shared_basis_explains_mixtures_and_leaves_the_odd_ion_alone(panel):
     assert shared is not None and len(shared.basis) == 3
     assert shared.alone.tolist() == [len(measured) - 1]
     mixtures = measured[:-1].reshape(len(measured) - 1, -1)
-    np.testing.assert_allclose(shared.coefficients[:-1] @ shared.basis.reshape(3, -1), mixtures, atol=0.1)  # up to noise
+    left = shared.coefficients[:-1] @ shared.basis.reshape(3, -1) - mixtures  # what the basis leaves: the noise
+    assert np.sqrt(np.mean(left**2)) < 1.2 * 0.02  # measured 0.018, under the 0.02 (of each ion's peak) noise added
     assert np.all(np.abs(shared.basis).reshape(3, -1).max(1) == pytest.approx(1.0))
     assert shared_basis(measured[:3], HarmonicConfig()) is None  # too few ions to share
     assert shared_basis(measured[:5], HarmonicConfig()) is None  # 3 basis images for 5 ions: not worth it
@@ -88,7 +89,7 @@ def test_panel_through_the_shared_basis_is_exact_and_as_good_as_alone(panel):
     assert all(n["shared_basis"]["rank"] == 3 for n in report.notes[:-1])
     gaps = []
     for k in [0, 1, 2, 3, len(measured) - 1]:
-        assert consistency_error(panel[k], measured[k], f) < 1e-4
+        assert consistency_error(panel[k], measured[k], f) < 1e-6
         assert panel[k].min() >= 0
         alone = fuse_harmonic_many(guide, measured[k:k + 1], f, config)[0]
         gaps.append(psnr(panel[k], truths[k]) - psnr(alone, truths[k]))
@@ -100,7 +101,7 @@ def test_fuse_many_reports_which_ions_went_through_the_basis(panel):
     guide, _, measured, f = panel
     units = measured * np.geomspace(0.01, 100, len(measured))[:, None, None].astype(np.float32)
     results = fuse_many(guide, units, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
-    assert all(r.consistency_error < 1e-4 for r in results)
+    assert all(r.consistency_error < 1e-6 for r in results)
     assert all("basis of 3" in r.fit.stop_reason and "κ at q" in r.fit.stop_reason for r in results[:-1])
     assert "basis" not in results[-1].fit.stop_reason and results[-1].fit.details["fused_alone"]
     assert "coarse_mse" in results[0].fit.details  # each ion's own choice of setting, tested through the basis

@@ -29,7 +29,7 @@ def test_single_ion_is_consistent_and_beats_bilinear(cells):
     result = fuse(guide, measured, "guided-harmonic", MethodOptions(runtime=Runtime(quiet=True)))
     out = result.image
     assert out.shape == truth.shape and out.dtype == np.float32
-    assert consistency_error(out, measured, f) < 1e-4
+    assert consistency_error(out, measured, f) < 1e-6
     assert out.min() >= 0
     bilinear_bp = project_consistent(upsample(measured, f), measured, f)
     assert psnr(out, truth) > psnr(bilinear_bp, truth) + 2.0  # the optical's walls are the cells' edges
@@ -44,7 +44,7 @@ def test_fuse_many_without_a_shared_basis_equals_fusing_each_ion_alone_in_its_un
     for ion, result in zip(ions, many):
         alone = fuse(guide, ion, "guided-harmonic", options)
         np.testing.assert_allclose(result.image, alone.image, rtol=1e-5, atol=1e-6 * float(ion.max()))
-        assert result.consistency_error < 1e-4 and result.intensity_scale == pytest.approx(float(ion.max()))
+        assert result.consistency_error < 1e-6 and result.intensity_scale == pytest.approx(float(ion.max()))
 
 
 def test_deterministic_on_cpu(cells):
@@ -87,7 +87,7 @@ def test_many_ions_match_single_ion(cells):
     for k in range(3):
         by_itself = HarmonicReport()
         alone = fuse_harmonic_many(guide, ions[k:k + 1], f, config, report=by_itself)[0]
-        assert consistency_error(many[k], ions[k], f) < 1e-4
+        assert consistency_error(many[k], ions[k], f) < 1e-6
         note, note_alone = together.notes[k], by_itself.notes[0]
         assert note["chosen"] == note_alone["chosen"] and note["texture"] == note_alone["texture"]
         # each ion's own scores, not the batch's: β = 0 scores what the chosen rung scored
@@ -102,8 +102,10 @@ def test_tiles_stay_exact_and_agree_with_one_piece(cells):
     config = HarmonicConfig(ladder=LadderSettings(((50.0, 0),)))
     whole = fuse_harmonic_many(guide, y, f, config)[0]
     tiled = fuse_harmonic_many(guide, y, f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=2)))[0]
-    assert consistency_error(tiled, y[0], f) < 1e-4
+    assert consistency_error(tiled, y[0], f) < 1e-6
     assert psnr(tiled, truth / truth.max()) > psnr(whole, truth / truth.max()) - 0.3
+    seams = np.abs(tiled - whole) / np.abs(whole).max()  # measured: mean 0.001, largest 0.032 (a tile's edge)
+    assert seams.mean() < 3e-3 and seams.max() < 0.05
 
 
 def test_tiles_stay_exact_under_the_laser_spot_model(cells):
@@ -138,7 +140,7 @@ def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cell
     negative = fuse_harmonic_many(guide, -y, f, report=report)[0]
     np.testing.assert_array_equal(negative, -positive)
     assert report.notes[0]["mirrored"] is True
-    assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-4
+    assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-6
 
 
 def test_shape_mismatch_is_an_error(cells):

@@ -63,7 +63,7 @@ def test_texture_is_not_tried_where_the_optical_texture_is_mostly_its_noise(cell
         assert (note["optical_texture_snr_db"] > 10) is tried
     flat = (0.4 + 0.02 * rng.standard_normal((200, 200, 3))).astype(np.float32)
     # white noise alone: the detail keeps 1 − 2·w₀ + Σw² ≈ 0.89 of its variance (Gaussian taps w, σ = 1.5 px): −0.5 dB
-    assert texture_snr_db(flat, 1.5, 1e-3) == pytest.approx(-0.5, abs=0.5)
+    assert texture_snr_db(flat, 1.5, 1e-3) == pytest.approx(-0.5, abs=0.1)  # measured −0.48 to −0.52 over seeds
 
 
 def test_texture_is_taken_where_the_ion_follows_the_optical_grain():
@@ -89,7 +89,7 @@ def test_texture_is_taken_where_the_ion_follows_the_optical_grain():
     out = fuse_harmonic_many(guide, y, f, report=report)[0] * measured.max()
     plain = fuse_harmonic_many(guide, y, f, HarmonicConfig(texture=TextureSettings.off()))[0] * measured.max()
     assert report.notes[0]["texture"] > 0 and report.notes[0]["optical_texture_snr_db"] > 10
-    assert consistency_error(out, measured, f) < 1e-4 and out.min() >= 0
+    assert consistency_error(out, measured, f) < 1e-6 and out.min() >= 0
     assert psnr(out, truth) > psnr(plain, truth) + 1.0
 
 
@@ -113,7 +113,7 @@ def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
     out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, HarmonicConfig(texture=TextureSettings((1.0,))),
                                report=report)[0]
     assert report.notes[0]["texture"] == 1.0
-    assert consistency_error(out * measured.max(), measured, f) < 1e-4 and out.min() >= 0
+    assert consistency_error(out * measured.max(), measured, f) < 1e-6 and out.min() >= 0
     plain = fuse_harmonic_many(guide, (measured / measured.max())[None], f,
                                HarmonicConfig(texture=TextureSettings.off()))[0]
     detail = optical_detail(torch.tensor(guide), 1.5, 1e-3).numpy()  # positive on the thin dark walls

@@ -206,11 +206,16 @@ def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_par
     near = lm.moving.copy()
     near[3] = [480.0, -100.0]  # 10 % and 30 % of the optical beyond its edges: a landmark on tissue just out of frame
     near[12, 0] = -150.0
-    check_landmarks(Landmarks(near, lm.fixed, lm.names), fixed, moving)
-    # tissue in a corner of a 6× larger MSI frame: the landmarks span 1/6 of it
+    [warning] = check_landmarks(Landmarks(near, lm.fixed, lm.names), fixed, moving)  # accepted, and told
+    assert warning.startswith("the landmarks: 5 of 16 moving (optical) landmarks ('Pt-3' at (480, -100), ")
+    assert "up to 882 pixels beyond its edge" in warning
+    # tissue in a corner of a 6× larger MSI frame: the landmarks span 1/6 of it, and that alone warns of nothing (the
+    # pair's own four points a hair beyond the optical's edge are told as on the pair's frame)
     big = Grid((163 * 6, 274 * 6), 25.0)
-    check_landmarks(lm, big, moving)
+    assert check_landmarks(lm, big, moving) == check_landmarks(lm, fixed, moving)
+    assert "4 of 16 moving (optical) landmarks" in check_landmarks(lm, fixed, moving)[0]
     # a whole-slide scan: the section is a small patch in its middle (the landmarks span 3 % of the slide)
     slide = Grid((60_000, 80_000), 0.17)
-    check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide)
-    check_landmarks(Landmarks(lm.moving + np.array([300.0, 200.0]), lm.fixed, lm.names), fixed, slide)  # core A1
+    assert check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide) == []
+    assert check_landmarks(Landmarks(lm.moving + np.array([300.0, 200.0]), lm.fixed, lm.names), fixed,
+                           slide) == []  # core A1

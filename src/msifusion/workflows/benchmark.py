@@ -541,8 +541,9 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
         mine = [r for r in rows if r["method"] == m]
         cells = [m] + [_fmt(_mean(r["psnr"] for r in mine if r["group"] == g)) for g in groups]
         cells += [_fmt(_mean(r["ssim"] for r in mine if r["group"] == g), 3) for g in groups]
-        cells += [f"{_mean(r['consistency'] for r in mine):.1e}", _fmt(sum(r["seconds"] for r in mine
-                                                                            if math.isfinite(r["seconds"])), 1)]
+        consistency = _mean(r["consistency"] for r in mine)
+        cells += [f"{consistency:.1e}" if math.isfinite(consistency) else _fmt(consistency),
+                  _fmt(sum(r["seconds"] for r in mine if math.isfinite(r["seconds"])), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
 
