@@ -31,7 +31,7 @@ from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
-from msifusion.register.transforms import (AffineMap, Grid, check_landmarks, landmarks_from_transform,
+from msifusion.register.transforms import (AffineMap, Grid, PointMap, check_landmarks, landmarks_from_transform,
                                            transform_from_landmarks)
 from msifusion.report import save_alignments, save_overlay, save_rgb_png
 
@@ -189,88 +189,14 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     moving = _moving_grid(optical, settings)
     start = time.perf_counter()
     px = msi.pixel_size_um
-    if settings.landmarks is not None:
-        landmarks = settings.landmark_points
-        k = settings.fixed_scale
-        p_fixed = settings.fixed_pixel_units(px)
-        fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-        outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
-        ion_grid = fiji_fixed.coarsened(k)
-        kind, warnings = landmark_transform_kind(landmarks, settings.transform)
-        warnings += outside
-        if any(msi.skipped_xy):
-            warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
-                            "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
-                            "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
-                            "are off by that much")
-        transform = transform_from_landmarks(landmarks, kind)
-        info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
-                "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
-        matched = msi.images[0]
-        alternative = None
-        # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
-        # MSI has no pixel size, --fixed-pixel-size is taken as µm
-        affine = AffineMap.from_landmarks(landmarks)
-        fixed_unit_um = px / (p_fixed * k) if px else (1.0 if settings.fixed_pixel_size else None)
-        missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
-                  "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
-    else:
-        ion_grid = Grid(msi.shape, px or 1.0)
-        options = AutoRegisterOptions(polish=Polish(deformable=settings.deformable))
-        try:
-            with elapsed_bar("registering (automatic)", quiet):
-                reg = register_auto(optical.pixels, msi.images, ion_grid, moving, options)
-        except InputError as exc:
-            raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
-        transform = reg.transform
-        area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
-        landmarks = landmarks_from_transform(transform, area, moving=moving)
-        info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
-                "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric,
-                "options": asdict(options)}  # the search's and polish's settings, SimpleITK's seed among them
-        if settings.deformable:
-            info["landmarks_note"] = ("landmarks.csv samples the deformable map at 4×4 points: fed back with "
-                                      "--landmarks, its thin-plate spline is close to this registration, not equal")
-        warnings = []
-        matched = reg.sign * msi.images[reg.channel]
-        rival = reg.details.get("rival")
-        info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
-                    optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
-        ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
-        alternative = (_rival_alignment(reg.rival, optical, reg.fixed, area, moving, settings.scale)
-                       if ambiguous else None)
-        if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
-            why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
-                   f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")
-            warnings.append(f"automatic registration looks unreliable ({why}); "
-                            "check overlay.png, and refine landmarks.csv in BigWarp if needed")
-        if ambiguous:
-            remedy = ("compare them in alignments.png (the optical's outline under each, on the MSI tissue image), "
-                      "overlay.png and overlay_rival.png, and to use the other alignment rerun into a new "
-                      "--out with --landmarks landmarks_rival.csv (all in this run's output folder), or refine "
-                      "either in BigWarp" if alternative is not None else
-                      "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
-                      "in BigWarp if needed")
-            warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
-                            f"{_tissue_name(rival['channel'])} both match the optical (scores "
-                            f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
-                            f"MSI pixels apart; {remedy}")
-        registered_k = _registered_scale(optical.shape2d, msi.shape, reg.affine,
-                                         ion_grid.pixel_size / moving.pixel_size)
-        if registered_k:
-            warnings.append(f"{optical.path.name} is {optical.shape2d[0]}×{optical.shape2d[1]}, exactly the ion grid "
-                            f"× {registered_k}: it looks registered already (as `register` writes "
-                            "optical_registered.tiff), and registering it again can move it; to fuse it as it is, "
-                            "export the ions with `msifusion ions` and run `msifusion fuse --ion ION --optical "
-                            f"{optical.path.name}`")
-        affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
-        missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
-                  "grid outside this image; check that both images show the same section")
-    calibration = _calibration_disagreement(affine, optical, settings, fixed_unit_um, px)
+    found = (_by_landmarks(optical, msi, settings, moving) if settings.landmarks is not None else
+             _automatically(optical, msi, settings, moving, quiet))
+    transform, ion_grid, info, warnings = found.transform, found.ion_grid, found.info, found.warnings
+    calibration = _calibration_disagreement(found.affine, optical, settings, found.fixed_unit_um, px)
     if calibration is not None:
         warnings.append(calibration.warning)
         info["optical_pixel_size_matched_um"] = calibration.matched_um
-    optical_px = moving.pixel_size / affine.scale  # in the ion grid's units
+    optical_px = moving.pixel_size / found.affine.scale  # in the ion grid's units
     coarse = (coarse_optical_warning(optical_px, ion_grid.pixel_size, settings.scale, "µm") if px else
               coarse_optical_warning(optical_px / ion_grid.pixel_size, 1.0, settings.scale, "MSI pixels"))
     warnings += [*optical.warnings, *([coarse] if coarse else [])]
@@ -279,7 +205,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     try:
         guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
     except InputError:
-        raise InputError(optical.path, missed) from None
+        raise InputError(optical.path, found.missed) from None
     outside = outside_share(transform, ion_grid, moving, np.any(msi.images != 0, axis=0))
     info["measured_outside_optical"] = round(outside, 4)
     if outside > OUTSIDE_WARNING:
@@ -287,7 +213,115 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         warnings.append(f"{outside:.0%} of the MSI's measured pixels lie outside {optical.path.name}: the registered "
                         f"optical is black there, so they are fused without a guide; {check}")
     info["seconds"] = time.perf_counter() - start
-    return RegisteredOptical(guide, settings.scale, info, landmarks, warnings, matched, alternative)
+    return RegisteredOptical(guide, settings.scale, info, found.landmarks, warnings, found.matched,
+                             found.alternative)
+
+
+@dataclass(frozen=True)
+class _Alignment:
+    """What either way of registering found, before the steps they share: the fixed → moving ``transform`` on the
+    ``ion_grid``, the landmarks that stand for it, the record's ``info`` and ``warnings`` so far, the MSI image it
+    ``matched``, a rival alignment (automatic only), its affine part with the fixed grid's µm per unit, and the error
+    for a transform that misses the optical."""
+
+    transform: PointMap
+    ion_grid: Grid
+    landmarks: Landmarks
+    info: dict
+    warnings: list[str]
+    matched: np.ndarray
+    alternative: RivalAlignment | None
+    affine: AffineMap
+    fixed_unit_um: float | None
+    missed: str
+
+
+def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid) -> _Alignment:
+    """The landmark transform (thin-plate spline or affine) from the settings' landmarks, with their checks."""
+    px = msi.pixel_size_um
+    landmarks = settings.landmark_points
+    k = settings.fixed_scale
+    p_fixed = settings.fixed_pixel_units(px)
+    fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
+    outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
+    ion_grid = fiji_fixed.coarsened(k)
+    kind, warnings = landmark_transform_kind(landmarks, settings.transform)
+    warnings += outside
+    if any(msi.skipped_xy):
+        warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
+                        "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
+                        "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
+                        "are off by that much")
+    transform = transform_from_landmarks(landmarks, kind)
+    info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
+            "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
+    # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
+    # MSI has no pixel size, --fixed-pixel-size is taken as µm
+    affine = AffineMap.from_landmarks(landmarks)
+    fixed_unit_um = px / (p_fixed * k) if px else (1.0 if settings.fixed_pixel_size else None)
+    missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
+              "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
+    return _Alignment(transform, ion_grid, landmarks, info, warnings, msi.images[0], None, affine, fixed_unit_um,
+                      missed)
+
+
+def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
+    """Automatic registration against the MSI tissue images, with its warnings: unreliable, ambiguous (and the rival
+    alignment), or an optical that looks registered already."""
+    px = msi.pixel_size_um
+    ion_grid = Grid(msi.shape, px or 1.0)
+    options = AutoRegisterOptions(polish=Polish(deformable=settings.deformable))
+    try:
+        with elapsed_bar("registering (automatic)", quiet):
+            reg = register_auto(optical.pixels, msi.images, ion_grid, moving, options)
+    except InputError as exc:
+        raise (InputError(msi.source, exc.problem) if exc.source is None else exc) from None
+    transform = reg.transform
+    area = reg.area or reg.fixed  # the acquired area: landmarks there, not over an empty frame
+    landmarks = landmarks_from_transform(transform, area, moving=moving)
+    info = {"method": "automatic" + (" + deformable" if settings.deformable else ""), "score": reg.score,
+            "correlation": reg.correlation, "nmi": reg.nmi, "mattes_mi": reg.metric,
+            "options": asdict(options)}  # the search's and polish's settings, SimpleITK's seed among them
+    if settings.deformable:
+        info["landmarks_note"] = ("landmarks.csv samples the deformable map at 4×4 points: fed back with "
+                                  "--landmarks, its thin-plate spline is close to this registration, not equal")
+    warnings = []
+    matched = reg.sign * msi.images[reg.channel]
+    rival = reg.details.get("rival")
+    info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
+                optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
+    ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
+    alternative = (_rival_alignment(reg.rival, optical, reg.fixed, area, moving, settings.scale)
+                   if ambiguous else None)
+    if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
+        why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
+               f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")
+        warnings.append(f"automatic registration looks unreliable ({why}); "
+                        "check overlay.png, and refine landmarks.csv in BigWarp if needed")
+    if ambiguous:
+        remedy = ("compare them in alignments.png (the optical's outline under each, on the MSI tissue image), "
+                  "overlay.png and overlay_rival.png, and to use the other alignment rerun into a new "
+                  "--out with --landmarks landmarks_rival.csv (all in this run's output folder), or refine "
+                  "either in BigWarp" if alternative is not None else
+                  "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
+                  "in BigWarp if needed")
+        warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
+                        f"{_tissue_name(rival['channel'])} both match the optical (scores "
+                        f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
+                        f"MSI pixels apart; {remedy}")
+    registered_k = _registered_scale(optical.shape2d, msi.shape, reg.affine,
+                                     ion_grid.pixel_size / moving.pixel_size)
+    if registered_k:
+        warnings.append(f"{optical.path.name} is {optical.shape2d[0]}×{optical.shape2d[1]}, exactly the ion grid "
+                        f"× {registered_k}: it looks registered already (as `register` writes "
+                        "optical_registered.tiff), and registering it again can move it; to fuse it as it is, "
+                        "export the ions with `msifusion ions` and run `msifusion fuse --ion ION --optical "
+                        f"{optical.path.name}`")
+    affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
+    missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
+              "grid outside this image; check that both images show the same section")
+    return _Alignment(transform, ion_grid, landmarks, info, warnings, matched, alternative, affine, fixed_unit_um,
+                      missed)
 
 
 BIGWARP_TRANSFORMS = {"thin plate spline": "tps", "affine": "affine"}  # BigWarp's export names we apply
