@@ -22,7 +22,7 @@ from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tol
                                 write_ion_tiffs)
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many
-from msifusion.provenance import OutputRun
+from msifusion.provenance import OutputRun, write_run_json
 from msifusion.register.optical import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
                                          register_optical, write_registration)
 from msifusion.report import save_ion_grid
@@ -341,6 +341,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                         per_ion["panel_part"] = f"{p + 1} of {parts}"
                     records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
                                                         compare=K == 1))
+                    if K > 1:  # one ion's record is the run's, written with the run's timings at the end
+                        write_run_json(folders[i], records[-1])
                     fuse_s += result.seconds
                     if fused is not None:
                         fused.put(i, result.image)

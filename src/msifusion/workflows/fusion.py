@@ -20,7 +20,7 @@ from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.units import check_pixel_size, coarse_optical_warning
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_methods,
                                check_scale, fuse, infer_scale, spot_dip_note)
-from msifusion.provenance import OutputRun, run_header, write_run_json
+from msifusion.provenance import OutputRun, run_header
 from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_panel, write_loss_csv
 
 
@@ -177,7 +177,8 @@ def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float
 def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResult, settings: FuseSettings,
                          extra: dict | None = None, compare: bool = False) -> dict:
     """fused.tiff, fused.png, with ``compare`` compare.png (optical | measured | fused: a lone ion's; a panel has its
-    overviews), losses.csv/png (network methods) and run.json; returns run.json's dict."""
+    overviews) and losses.csv/png (network methods); returns the folder's run.json record, for the caller to complete
+    and write (:meth:`msifusion.provenance.OutputRun.finish`, or :func:`msifusion.provenance.write_run_json`)."""
     start = time.perf_counter()
     px = pair.fused_pixel_size_um
     write_tiff(folder / "fused.tiff", result.image, px, [pair.ion_name])
@@ -198,7 +199,6 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
         save_loss_plot(folder / "losses.png", result.fit.history, title=f"{result.method}: {result.fit.stop_reason}")
     record = run_record(pair, result, settings, extra)
     record["timings_s"]["write"] = time.perf_counter() - start
-    write_run_json(folder, record)
     return record
 
 
