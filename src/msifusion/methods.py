@@ -455,9 +455,26 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
-    from msifusion.harmonic import fuse_harmonic_stack
+    """K normalised ions on one guide → one :class:`FitResult` per ion, its setting told in words and in detail."""
+    from msifusion.harmonic import HarmonicReport, fuse_harmonic_many
+    from msifusion.harmonic.run import SMOOTHEST_LABEL, SMOOTHEST_WHY
 
-    return fuse_harmonic_stack(guide, ions, scale, options.harmonic, options.runtime, options.measurement)
+    report = HarmonicReport()
+    images = fuse_harmonic_many(guide, ions, scale, options.harmonic, options.runtime, report,
+                                options.measurement)
+    results = []
+    for k, (q, passes) in enumerate(report.settings):
+        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"
+        if report.notes[k].get("texture"):
+            why += f", optical texture β {report.notes[k]['texture']:g}"
+        if "shared_basis" in report.notes[k]:
+            why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
+        if report.notes[k].get("kept_smoothest"):
+            why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
+        why += ")"
+        # a solver, not a training run: no loss curve; the choice and its scores go to run.json
+        results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))
+    return results
 
 
 @register_method("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "

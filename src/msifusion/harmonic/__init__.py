@@ -14,8 +14,8 @@ underscore are shared between them, not offered to users):
 - :mod:`msifusion.harmonic.panel`: many ions through a shared basis (:func:`shared_basis`);
 - :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting and texture strength
   (:func:`choose_settings`) and its paired per-block walk;
-- :mod:`msifusion.harmonic.run`: the entry points (:func:`fuse_harmonic_many`, :func:`fuse_harmonic_stack`):
-  shared basis or ion batches, tiles.
+- :mod:`msifusion.harmonic.run`: the entry point (:func:`fuse_harmonic_many`, each ion's choices in a
+  :class:`HarmonicReport`): shared basis or ion batches, tiles.
 
 The method (``--method guided-harmonic``) solves, for each ion image ``y`` (h, w) and the
 registered optical guide ``g`` (H, W, 3), H = h·f, W = w·f::
@@ -103,7 +103,7 @@ memory traffic there.
 from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSettings, PanelSettings, SolverSettings,
                                        TextureSettings)
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
-from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many, fuse_harmonic_stack
+from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
 from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales
 from msifusion.harmonic.texture import guide_noise, optical_detail, texture_snr_db
@@ -111,6 +111,6 @@ from msifusion.harmonic.texture import guide_noise, optical_detail, texture_snr_
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",
     "PanelSettings", "SharedBasis", "SolverSettings", "TextureSettings", "choose_settings", "colour_differences",
-    "edge_scales", "fuse_harmonic_many", "fuse_harmonic_stack", "guide_noise", "optical_detail", "residual_whiteness",
+    "edge_scales", "fuse_harmonic_many", "guide_noise", "optical_detail", "residual_whiteness",
     "shared_basis", "texture_snr_db",
 ]

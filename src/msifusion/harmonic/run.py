@@ -1,5 +1,5 @@
-"""The entry points: :func:`fuse_harmonic_many` (K ions on one guide) and :func:`fuse_harmonic_stack` (the
-registry's), and what they drive: a shared basis or ion batches, each ion's chosen setting, tiles."""
+"""The entry point, :func:`fuse_harmonic_many` (K ions on one guide, their choices in a :class:`HarmonicReport`),
+and what it drives: a shared basis or ion batches, each ion's chosen setting, tiles."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from msifusion.fit import FitResult
 from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
@@ -188,24 +187,3 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
 
 SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
 SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
-
-
-def fuse_harmonic_stack(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
-                        runtime: Runtime | None = None, measurement: MeasurementModel = MeasurementModel()
-                        ) -> list[FitResult]:
-    """The registry's entry: K normalised ions on one guide → one :class:`msifusion.fit.FitResult` per ion."""
-    report = HarmonicReport()
-    images = fuse_harmonic_many(guide, ions, scale, config, runtime, report, measurement)
-    results = []
-    for k, (q, passes) in enumerate(report.settings):
-        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"
-        if report.notes[k].get("texture"):
-            why += f", optical texture β {report.notes[k]['texture']:g}"
-        if "shared_basis" in report.notes[k]:
-            why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
-        if report.notes[k].get("kept_smoothest"):
-            why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
-        why += ")"
-        # a solver, not a training run: no loss curve; the choice and its scores go to run.json
-        results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))
-    return results
