@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from msifusion.runtime import Runtime, check_device
 from msifusion.methods import check_scale
 from msifusion.phantom import PhantomConfig
 from msifusion.provenance import OutputRun
+from msifusion.workflows.fusion import RegisteredPair, pair_images
 
 
 @dataclass(frozen=True)
@@ -79,18 +80,13 @@ class StudyConfig:
         return self.fit.checkpoint_every or 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyInputs:
-    """A registered pair in the ion's units, with the truth when known."""
+    """A registered pair in the ion's units (its notes: what the pairing did; its warnings: what it found), with the
+    truth on the guide's grid when known."""
 
-    guide: np.ndarray
-    ion: np.ndarray
-    scale: int
+    pair: RegisteredPair
     truth: np.ndarray | None
-    fine_pixel_um: float | None
-    name: str
-    notes: list[str] = field(default_factory=list)  # what the pairing did (a resize, where the pixel size came from)
-    warnings: list[str] = field(default_factory=list)  # what the pairing found (calibrations that disagree …)
 
 
 def load_inputs(config: StudyConfig) -> StudyInputs:
@@ -102,10 +98,10 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
         h, w = config.phantom.fine_shape
         phantom_config = replace(config.phantom, fine_shape=(h - h % scale, w - w % scale))
         phantom = make_phantom(phantom_config)
-        return StudyInputs(phantom.guide, phantom.measure(scale), scale, phantom.truth, phantom_config.fine_pixel_um,
-                           f"synthetic {phantom_config.kind} ({phantom_config.ion}, seed {phantom_config.seed})")
+        name = f"synthetic {phantom_config.kind} ({phantom_config.ion}, seed {phantom_config.seed})"
+        pair = RegisteredPair(phantom.guide, phantom.measure(scale), scale, phantom_config.fine_pixel_um * scale, name)
+        return StudyInputs(pair, phantom.truth)
     from msifusion.io.images import read_ion, read_optical
-    from msifusion.workflows.fusion import pair_images
 
     pair = pair_images(read_optical(config.optical), read_ion(config.ion), config.scale, config.ion_pixel_size_um)
     truth = None
@@ -114,8 +110,7 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
         if truth.shape != pair.guide.shape[:2]:
             raise InputError(config.truth, f"truth {truth.shape[0]}×{truth.shape[1]} does not match the optical grid "
                                            f"{pair.guide.shape[0]}×{pair.guide.shape[1]} (ion × {pair.scale})")
-    return StudyInputs(pair.guide, pair.ion, pair.scale, truth, pair.fused_pixel_size_um, pair.ion_name, pair.notes,
-                       pair.warnings)
+    return StudyInputs(pair, truth)
 
 
 def pick_strip(epochs: list[int], n: int, marked: list[int | None]) -> list[int]:
@@ -144,13 +139,14 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
 
     run = OutputRun(out, overwrite, {"optical": config.optical, "ion": config.ion, "truth": config.truth})
     inputs = load_inputs(config)
-    ion = np.asarray(inputs.ion, dtype=np.float32)
+    pair = inputs.pair
+    ion = np.asarray(pair.ion, dtype=np.float32)
     intensity = float(np.max(np.abs(ion)))
     if intensity == 0:
         raise InputError(config.ion, "ion image is all zero; nothing to fuse")
-    target = upsample(ion / intensity, inputs.scale, "bilinear")  # what LCRN is fitted to (normalised)
+    target = upsample(ion / intensity, pair.scale, "bilinear")  # what LCRN is fitted to (normalised)
     target_ion = target * np.float32(intensity)
-    guide, truth, scale = inputs.guide, inputs.truth, inputs.scale
+    guide, truth, scale = pair.guide, inputs.truth, pair.scale
     kernel = config.fit.edge_kernel
     checkpoints: dict[int, dict] = {}
 
@@ -204,17 +200,17 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     summary = _summary(checkpoints, history, stop, stop_ckpt, best, baseline, config)
     with run.staged() as stage:
         write_study_csv(stage / "study.csv", history, checkpoints, stop)
-        save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, inputs.name)
+        save_study_plot(stage / "study.png", history, checkpoints, stop, best, baseline, pair.ion_name)
         (stage / "checkpoints").mkdir()
         for e, img in images.items():
-            write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, inputs.fine_pixel_um,
-                       [f"{inputs.name}, epoch {e}"])
+            write_tiff(stage / "checkpoints" / f"epoch_{e:04d}.tiff", img, pair.fused_pixel_size_um,
+                       [f"{pair.ion_name}, epoch {e}"])
         save_checkpoint_strip(stage / "checkpoints.png", inputs, target_ion, images, checkpoints, stop_ckpt, best)
         record = {
-            **run.header("msifusion study"), "inputs": inputs.name,
+            **run.header("msifusion study"), "inputs": pair.ion_name,
             "phantom": asdict(config.phantom) if config.optical is None else None,
             "scale": scale, "ion_shape": list(ion.shape), "fused_shape": list(target.shape),
-            "fine_pixel_size_um": inputs.fine_pixel_um, "notes": inputs.notes, "warnings": inputs.warnings,
+            "fine_pixel_size_um": pair.fused_pixel_size_um, "notes": pair.notes, "warnings": pair.warnings,
             "intensity_scale": intensity,
             "fit_settings": asdict(replace(config.fit, checkpoint_every=every)), "run_without_early_stop": True,
             "checkpoint_every": every, "seed": config.runtime.seed,
@@ -326,7 +322,7 @@ def save_checkpoint_strip(path: Path, inputs: StudyInputs, target_ion: np.ndarra
     """Figure 4e: the optical, the interpolated ion, selected checkpoints, the truth; one colour scale."""
     from msifusion.report import save_panel
 
-    panels = [("optical (guide)", inputs.guide), ("interpolated ion (target)", target_ion)]
+    panels = [("optical (guide)", inputs.pair.guide), ("interpolated ion (target)", target_ion)]
     for e, img in images.items():
         tags = [t for t, hit in (("rule stops", e == stop), ("best true PSNR", e == best)) if hit]
         rec = checkpoints[e]
@@ -335,4 +331,5 @@ def save_checkpoint_strip(path: Path, inputs: StudyInputs, target_ion: np.ndarra
     if inputs.truth is not None:
         panels.append(("truth", inputs.truth))
     reference = inputs.truth if inputs.truth is not None else target_ion
-    return save_panel(path, panels, inputs.fine_pixel_um, title=f"checkpoints: {inputs.name}", reference=reference)
+    return save_panel(path, panels, inputs.pair.fused_pixel_size_um, title=f"checkpoints: {inputs.pair.ion_name}",
+                      reference=reference)
