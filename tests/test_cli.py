@@ -630,6 +630,7 @@ def test_benchmark_lists_add_up_when_the_option_is_repeated(tmp_path, monkeypatc
     config, = seen
     assert config.methods == ("bilinear", "bicubic") and config.cases.groups == ("phantom", "middlebury")
     assert config.cases.phantom_seeds == (3, 4)  # each once, in order: a repeated seed would be the same case twice
+    assert (config.runtime.seed, config.runtime.device, config.runtime.quiet) == (0, "auto", True)
 
 
 @pytest.mark.parametrize("extra, named", [

@@ -455,12 +455,13 @@ def _unique(values: list | None) -> tuple | None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from msifusion.runtime import Runtime
     from msifusion.workflows.benchmark import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig.preset(
         args.quick, methods=_unique(args.methods), groups=_unique(args.groups), phantom_seeds=_unique(args.seeds),
-        epoch_cap=args.epochs, prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None, seed=args.seed,
-        device=args.device, panels=not args.no_panels, quiet=args.quiet)
+        epoch_cap=args.epochs, prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None,
+        runtime=Runtime(args.seed, args.device, args.quiet), panels=not args.no_panels)
     rows = run_benchmark(config, Path(args.out), args.overwrite)
     _say(args, f"{len(rows)} results ({len({r['case'] for r in rows})} cases × {len({r['method'] for r in rows})} methods)")
     print(Path(args.out) / "results.md")

@@ -34,6 +34,7 @@ from msifusion.measurement import block_mean
 from msifusion.metrics import score
 
 CHEAP = ("bilinear", "bicubic", "bilinear-bp")
+QUIET = Runtime(quiet=True)
 # A 64×96 window of Motorcycle with 18 % unknown disparity and, at ×8, two blocks without any.
 MB_CROP = (192, 64, 64, 96)
 
@@ -111,8 +112,8 @@ def test_config_rejects_unknown_method_and_quick_preset():
     quick = BenchmarkConfig.preset(True, methods=CHEAP)
     assert quick.quick and quick.epoch_cap == 30 and quick.methods == CHEAP and quick.cases == QUICK_CASES
     assert "prostate" not in QUICK_CASES.groups and BenchmarkConfig.preset(False) == BenchmarkConfig()
-    seeds = BenchmarkConfig.preset(True, phantom_seeds=(4,), seed=3, epoch_cap=None)  # a case field, a run field, None
-    assert seeds.cases == replace(QUICK_CASES, phantom_seeds=(4,)) and seeds.seed == 3 and seeds.epoch_cap == 30
+    seeds = BenchmarkConfig.preset(True, phantom_seeds=(4,), runtime=Runtime(3), epoch_cap=None)  # case, run, None
+    assert seeds.cases == replace(QUICK_CASES, phantom_seeds=(4,)) and seeds.runtime.seed == 3 and seeds.epoch_cap == 30
     with pytest.raises(InputError, match="--groups: unknown group"):
         BenchmarkConfig.preset(groups=("nope",))
     assert BenchmarkConfig.preset(True, cases=CaseSelection()).cases == CaseSelection()  # a selection of one's own
@@ -162,7 +163,7 @@ def test_prostate_cases_are_the_strongest_ions_and_the_ion_of_interest(tmp_path)
 
 def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
     only_prostate = CaseSelection(groups=("prostate",), prostate_dir=tmp_path)
-    config = BenchmarkConfig(cases=only_prostate, methods=CHEAP, quiet=True)
+    config = BenchmarkConfig(cases=only_prostate, methods=CHEAP, runtime=QUIET)
     cases, skipped, _ = build_cases(config)
     assert cases == [] and len(skipped) == 1 and "prostate_example.imzML" in skipped[0]
     with pytest.raises(InputError, match="no case to run"):
@@ -172,7 +173,7 @@ def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
 
 def test_run_benchmark_outputs_match_direct_scores(tmp_path, small_cases):
     out = tmp_path / "bench"
-    config = BenchmarkConfig(methods=CHEAP, quiet=True)
+    config = BenchmarkConfig(methods=CHEAP, runtime=QUIET)
     rows = run_benchmark(config, out, cases=small_cases)
     assert [(r["case"], r["method"]) for r in rows] == [(c.name, m) for c in small_cases for m in CHEAP]
 
@@ -222,7 +223,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, small_c
         raise RuntimeError("out of cheese")
 
     monkeypatch.setitem(METHODS, "broken", replace(METHODS["bilinear"], name="broken", run=broken))
-    config = BenchmarkConfig(methods=("broken", "bilinear"), panels=False, quiet=False)
+    config = BenchmarkConfig(methods=("broken", "bilinear"), panels=False, runtime=Runtime())
     rows = run_benchmark(config, tmp_path / "b", cases=small_cases[:1])
     failed, bilinear = rows
     assert failed["error"] == "RuntimeError: out of cheese" and math.isnan(failed["psnr"])
@@ -236,7 +237,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, small_c
 
 
 def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
-    config = BenchmarkConfig(methods=("lcrn", "bilinear"), epoch_cap=2, panels=False, quiet=True)
+    config = BenchmarkConfig(methods=("lcrn", "bilinear"), epoch_cap=2, panels=False, runtime=QUIET)
     rows = run_benchmark(config, tmp_path / "b", cases=small_cases[:1])
     lcrn, bilinear = rows
     assert lcrn["epochs"] == 2 and lcrn["epoch_cap"] == 2 and math.isfinite(lcrn["psnr"])
@@ -244,7 +245,7 @@ def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
     assert "2 (cap)" in (tmp_path / "b" / "results.md").read_text()
     assert "Trained methods capped at 2 epochs" in (tmp_path / "b" / "results.md").read_text()
     assert not (tmp_path / "b" / "panels").exists()  # --no-panels: no empty folder either
-    run_benchmark(BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, quiet=True), tmp_path / "c",
+    run_benchmark(BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, runtime=QUIET), tmp_path / "c",
                   cases=small_cases[:1])
     assert "capped" not in (tmp_path / "c" / "results.md").read_text()  # no trained method ran: no cap to mention
     fused = fuse(small_cases[0].guide, small_cases[0].measured, "lcrn",
@@ -258,5 +259,5 @@ def test_existing_output_needs_overwrite(tmp_path, small_cases):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(InputError, match="no earlier msifusion output"):
-        run_benchmark(BenchmarkConfig(methods=("bilinear",), quiet=True), out, cases=small_cases[:1])
+        run_benchmark(BenchmarkConfig(methods=("bilinear",), runtime=QUIET), out, cases=small_cases[:1])
     assert (out / "keep.txt").exists()

@@ -53,6 +53,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.runtime import Runtime
 
 GROUPS = ("phantom", "middlebury", "prostate")
 
@@ -314,17 +315,16 @@ class BenchmarkConfig:
 
     ``methods``: empty = all registered, the default method first. ``cases``: which cases. ``epoch_cap``: the
     maximum epochs of the trained methods (None = each method's own default, e.g. LCRN's 2000 with early stopping).
-    ``seed`` is the one seed every method runs with. ``panels``: write ``panels/<case>.png``.
+    ``runtime``: the one seed every method runs with, the device, and whether to print a line per result (its
+    ``quiet``; the methods themselves run quietly). ``panels``: write ``panels/<case>.png``.
     """
 
     quick: bool = False
     methods: tuple[str, ...] = ()
     cases: CaseSelection = CaseSelection()
     epoch_cap: int | None = None
-    seed: int = 0
-    device: str = "auto"
+    runtime: Runtime = Runtime()
     panels: bool = True
-    quiet: bool = False
 
     def __post_init__(self) -> None:
         from msifusion.runtime import check_device
@@ -333,7 +333,7 @@ class BenchmarkConfig:
         check_methods(self.methods, "--methods")
         if self.epoch_cap is not None and self.epoch_cap < 1:
             raise InputError("--epochs", "epoch cap must be at least 1")
-        check_device(self.device)
+        check_device(self.runtime.device)
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides) -> "BenchmarkConfig":
@@ -396,13 +396,12 @@ FIELDS = ("case", "group", "factor", "truth_shape", "method", "psnr", "ssim", "m
 def run_case(case: Case, method: str, config: BenchmarkConfig) -> tuple[dict, np.ndarray | None]:
     """Fuse one case with one method and score it; returns (row, fused image or None on error)."""
     from msifusion.fit import FitConfig
-    from msifusion.runtime import Runtime
     from msifusion.methods import METHODS, MethodOptions, fuse
     from msifusion.metrics import score
 
     trains = METHODS[method].trains
     fit = FitConfig(max_epochs=config.epoch_cap) if (trains and config.epoch_cap) else FitConfig()
-    options = MethodOptions(fit, Runtime(seed=config.seed, device=config.device, quiet=True))
+    options = MethodOptions(fit, replace(config.runtime, quiet=True))
     row = {"case": case.name, "group": case.group, "factor": case.factor,
            "truth_shape": "×".join(map(str, case.truth.shape)), "method": method,
            "epoch_cap": fit.max_epochs if (trains and config.epoch_cap) else "", "error": ""}
@@ -426,7 +425,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = Fa
     from msifusion.provenance import OutputRun
 
     run = OutputRun(out, overwrite, {"prostate": config.cases.prostate_dir})
-    log = (lambda msg: None) if config.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = (lambda msg: None) if config.runtime.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     methods = config.method_order()
     skipped: list[str] = []
     facts: dict = {}
@@ -525,7 +524,7 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
     by = {(r["case"], r["method"]): r for r in rows}
     lines = [f"# msifusion benchmark{' (quick)' if config.quick else ''}", "",
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {host['processor']}, "
-             f"{host['cpu_count']} CPUs, {host['torch_threads']} torch threads; seed {config.seed}; "
+             f"{host['cpu_count']} CPUs, {host['torch_threads']} torch threads; seed {config.runtime.seed}; "
              f"{len(cases)} cases × {len(methods)} methods.", ""]
     if any(r["epoch_cap"] != "" for r in rows):  # a cap that applied to some method run
         lines += [f"**Trained methods capped at {config.epoch_cap} epochs** (quick settings, not their defaults; "
@@ -578,5 +577,5 @@ def _run_record(config: BenchmarkConfig, methods: list[str], cases: Sequence[Cas
     from msifusion.runtime import resolve_device
 
     return {**header, "settings": asdict(config),
-            "device": str(resolve_device(config.device)), "methods": methods,
+            "device": str(resolve_device(config.runtime.device)), "methods": methods,
             "cases": [c.summary() for c in cases], "skipped": skipped, **facts}
