@@ -102,18 +102,44 @@ def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, 
         "imzml": imzml.name, "ibd": imzml.with_suffix(".IBD").name}
 
 
-def test_the_landmarks_file_is_read_once_per_run(tmp_path, files, monkeypatch):
+@pytest.mark.parametrize("command", [["register"], ["fuse", "--mz", "100", "--tol", "0.01da", "--imzml"]])
+def test_the_landmarks_file_is_read_once_per_run(tmp_path, files, monkeypatch, command):
     """Checked before the imzML's pass, sizing the optical's pyramid level, registering: one read, so every step sees
-    the same landmarks even if the file changes during the run."""
+    the same points even if the file changes during the run."""
+    import msifusion.io.landmarks as landmarks_io
     import msifusion.register.optical as optical
 
     imzml, opt, lm, _ = files
     reads = []
-    read = optical.read_landmarks
-    monkeypatch.setattr(optical, "read_landmarks", lambda path: reads.append(path) or read(path))
-    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", str(SCALE),
-                 "--out", str(tmp_path / "reg"), "--quiet"]) == 0
+    read = landmarks_io.read_landmarks
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path))
+        return read(path, *args, **kwargs)
+
+    for module in (landmarks_io, optical):  # every name the reader is reached by
+        monkeypatch.setattr(module, "read_landmarks", counted)
+    ion = ["--ion"] if command == ["register"] else []
+    assert main([*command, *ion, str(imzml), "--optical", str(opt), "--landmarks", str(lm), "--scale", str(SCALE),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert reads == [lm]
+
+
+def test_settings_used_again_read_an_edited_landmarks_file_again(tmp_path, files):
+    """A notebook's loop: register, refine the landmarks in BigWarp, register again with the same settings."""
+    from msifusion.io.images import read_optical
+    from msifusion.io.imzml import ImzML
+    from msifusion.register.optical import MsiTissue, RegisterSettings, register_optical
+
+    imzml, opt, lm, _ = files
+    settings = RegisterSettings(SCALE, lm)
+    with ImzML(imzml) as f:
+        msi = MsiTissue.of(f, automatic=False)
+    first = register_optical(read_optical(opt), msi, settings, quiet=True)
+    rows = lm.read_text().splitlines()
+    lm.write_text("\n".join(rows[:-1]) + "\n")  # one landmark fewer
+    second = register_optical(read_optical(opt), msi, settings, quiet=True)
+    assert len(second.landmarks.fixed) == len(first.landmarks.fixed) - 1
 
 
 def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tmp_path, files, capsys):

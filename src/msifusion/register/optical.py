@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +77,9 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
-    @cached_property
-    def landmark_points(self) -> Landmarks | None:
-        """The landmarks file read, once per settings: every step that needs it sees the same contents."""
+    def read_landmarks(self) -> Landmarks | None:
+        """The landmarks file, read now (None without one). A command reads it once and hands the points to each
+        step (``landmarks=``), so that every step of a run sees the same points."""
         return None if self.landmarks is None else read_landmarks(self.landmarks)
 
     def fixed_pixel_units(self, ion_pixel_um: float | None) -> float:
@@ -89,16 +88,19 @@ class RegisterSettings:
         return self.fixed_pixel_size or ((ion_pixel_um / self.fixed_scale) if ion_pixel_um else 1.0)
 
 
-def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: float | None) -> Image:
+def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: float | None,
+                        landmarks: Landmarks | None = None) -> Image:
     """The optical as registration moves it: calibrated by ``--optical-pixel-size`` where given, else by its file; a
     pyramidal TIFF read at its coarsest level that is still as fine as the fused grid (:func:`read_optical`),
     measured in the optical's own units: with landmarks, a fused pixel's size on the optical as the landmarks
     place it (they are in those units, whatever they are: µm, or pixels with ``--optical-pixel-size 1``); without,
-    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm)."""
+    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm). ``landmarks``: the
+    settings' landmarks as already read (else read here)."""
     if settings.landmarks is not None:
         fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
         try:
-            coarsest = fixed_units * AffineMap.from_landmarks(settings.landmark_points).scale
+            points = settings.read_landmarks() if landmarks is None else landmarks
+            coarsest = fixed_units * AffineMap.from_landmarks(points).scale
         except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
             coarsest = None
     else:
@@ -178,18 +180,22 @@ class RegisteredOptical:
     rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
 
 
-def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False) -> RegisteredOptical:
+def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False,
+                     landmarks: Landmarks | None = None) -> RegisteredOptical:
     """Register with landmarks when given, else automatically against the MSI tissue images (a quarter minute or
     more, with its elapsed seconds shown on a terminal unless ``quiet``: :func:`msifusion.runtime.elapsed_bar`).
 
     Errors name the file involved: the MSI file when its tissue image is empty, the optical
-    when the transform misses it (with a hint about the landmarks only when they were used).
+    when the transform misses it (with a hint about the landmarks only when they were used). ``landmarks``: the
+    settings' landmarks as already read (else read here).
     """
     check_fused_size(msi.shape, settings.scale)
     moving = _moving_grid(optical, settings)
     start = time.perf_counter()
     px = msi.pixel_size_um
-    found = (_by_landmarks(optical, msi, settings, moving) if settings.landmarks is not None else
+    if settings.landmarks is not None and landmarks is None:
+        landmarks = settings.read_landmarks()
+    found = (_by_landmarks(optical, msi, settings, moving, landmarks) if settings.landmarks is not None else
              _automatically(optical, msi, settings, moving, quiet))
     transform, ion_grid, info, warnings = found.transform, found.ion_grid, found.info, found.warnings
     calibration = _calibration_disagreement(found.affine, optical, settings, found.fixed_unit_um, px)
@@ -222,7 +228,8 @@ class _Alignment:
     """What either way of registering found, before the steps they share: the fixed → moving ``transform`` on the
     ``ion_grid``, the landmarks that stand for it, the record's ``info`` and ``warnings`` so far, the MSI image it
     ``matched``, a rival alignment (automatic only), its affine part with the fixed grid's µm per unit, and the error
-    for a transform that misses the optical."""
+    for a transform that misses the optical. Frozen as a record; register_optical adds to its ``info`` and
+    ``warnings`` in place."""
 
     transform: PointMap
     ion_grid: Grid
@@ -236,10 +243,10 @@ class _Alignment:
     missed: str
 
 
-def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid) -> _Alignment:
-    """The landmark transform (thin-plate spline or affine) from the settings' landmarks, with their checks."""
+def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid,
+                  landmarks: Landmarks) -> _Alignment:
+    """The landmark transform (thin-plate spline or affine) from the settings' ``landmarks``, with their checks."""
     px = msi.pixel_size_um
-    landmarks = settings.landmark_points
     k = settings.fixed_scale
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)

@@ -20,6 +20,7 @@ from msifusion.runtime import elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
+from msifusion.io.landmarks import Landmarks
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many
 from msifusion.provenance import OutputRun, write_run_json
@@ -144,22 +145,22 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
     return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path)
 
 
-def _check_before_reading(optical: Path, settings: RegisterSettings) -> None:
+def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
     """The optical file and the landmarks are checked before the MSI file's pass (minutes on a large imzML), so that
-    a typo in either costs nothing."""
+    a typo in either costs nothing; returns the landmarks read, which every later step of the run takes."""
     require_file(Path(optical), OPTICAL_SUFFIXES, "optical image")
-    settings.landmark_points  # read and checked now, and kept: the registration takes them from the settings
+    return settings.read_landmarks()
 
 
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     run = OutputRun(request.out, request.overwrite,
                     {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks})
-    _check_before_reading(request.optical, request.settings)
+    landmarks = _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
     shape, px = msi.shape, msi.pixel_size_um
-    optical = read_moving_optical(request.optical, request.settings, px)
-    registered = register_optical(optical, msi, request.settings, request.quiet)
+    optical = read_moving_optical(request.optical, request.settings, px, landmarks)
+    registered = register_optical(optical, msi, request.settings, request.quiet, landmarks)
     with run.staged() as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
         record = {**run.header(), "optical": str(request.optical), "ion": str(request.ion),
@@ -287,7 +288,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """
     roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
     run = OutputRun(request.out, request.overwrite, roles)
-    _check_before_reading(request.optical, request.register)
+    landmarks = _check_before_reading(request.optical, request.register)
     quiet = request.settings.runtime.quiet
     with ImzML(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
@@ -300,8 +301,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
     if scratch:
         _check_scratch_space(request.out, scratch)
-    optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um)
-    registered = register_optical(optical, msi, request.register, quiet)
+    optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um, landmarks)
+    registered = register_optical(optical, msi, request.register, quiet, landmarks)
     registered.warnings += [*stack.window_warnings(), *_panel_warnings(request, stack, parts, per_part, scratch),
                             *([uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                                     "export the ions with `msifusion ions` and fuse them with --ion "
