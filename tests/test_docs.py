@@ -48,7 +48,8 @@ def test_every_file_of_the_readmes_layout_exists():
     """Each ``folder/module.py`` (or a bare ``module.py`` in a folder's line, as ``models/`` lists its networks) names
     a module, and every module is named."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    layout = text[text.index("src/msifusion/"):text.index("## License")]
+    start = text.index("src/msifusion/")
+    layout = text[start:text.index("\ntests/", start)]  # the package's lines, not the tests' and benchmarks' after
     named = set(re.findall(r"(?<![\w/.])((?:[a-z_]+/)?[a-z_0-9]+\.py)\b", layout))
     assert {"cli.py", "harmonic/setting.py", "workflows/fusion.py", "cnn3.py"} <= named
     package = ROOT / "src" / "msifusion"
