@@ -77,10 +77,13 @@ class RegisterSettings:
         elif self.deformable:
             raise InputError("--deformable", "applies to automatic registration only, not with --landmarks")
 
-    def read_landmarks(self) -> Landmarks | None:
-        """The landmarks file, read now (None without one). A command reads it once and hands the points to each
-        step (``landmarks=``), so that every step of a run sees the same points."""
-        return None if self.landmarks is None else read_landmarks(self.landmarks)
+    def read_landmarks(self, already: Landmarks | None = None) -> Landmarks | None:
+        """The landmarks: ``already``, where the caller has read them, else the file read now (None without one). A
+        command reads it once and hands the points to each step (``landmarks=``), so that every step of a run sees
+        the same points."""
+        if already is not None or self.landmarks is None:
+            return already
+        return read_landmarks(self.landmarks)
 
     def fixed_pixel_units(self, ion_pixel_um: float | None) -> float:
         """The landmarks' fixed units per pixel of the fixed image (the ion image enlarged ``fixed_scale`` times):
@@ -99,8 +102,7 @@ def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: fl
     if settings.landmarks is not None:
         fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
         try:
-            points = settings.read_landmarks() if landmarks is None else landmarks
-            coarsest = fixed_units * AffineMap.from_landmarks(points).scale
+            coarsest = fixed_units * AffineMap.from_landmarks(settings.read_landmarks(landmarks)).scale
         except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
             coarsest = None
     else:
@@ -193,10 +195,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     moving = _moving_grid(optical, settings)
     start = time.perf_counter()
     px = msi.pixel_size_um
-    if settings.landmarks is not None and landmarks is None:
-        landmarks = settings.read_landmarks()
-    found = (_by_landmarks(optical, msi, settings, moving, landmarks) if settings.landmarks is not None else
-             _automatically(optical, msi, settings, moving, quiet))
+    found = (_by_landmarks(optical, msi, settings, moving, settings.read_landmarks(landmarks))
+             if settings.landmarks is not None else _automatically(optical, msi, settings, moving, quiet))
     transform, ion_grid, info, warnings = found.transform, found.ion_grid, found.info, found.warnings
     calibration = _calibration_disagreement(found.affine, optical, settings, found.fixed_unit_um, px)
     if calibration is not None:
