@@ -623,7 +623,7 @@ def test_benchmark_lists_add_up_when_the_option_is_repeated(tmp_path, monkeypatc
     import msifusion.workflows.benchmark as benchmark
 
     seen = []
-    monkeypatch.setattr(benchmark, "run_benchmark", lambda config, *a: seen.append(config) or [])
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda request: seen.append(request.config) or [])
     assert main(["benchmark", "--out", str(tmp_path / "o"), "--quiet", "--methods", "bilinear", "--methods",
                  "bicubic,bilinear", "--groups", "phantom", "--groups", "middlebury", "--seeds", "3",
                  "--seeds", "4,3"]) == 0
@@ -665,7 +665,7 @@ def test_study_phantom_options_reach_the_phantom_and_default_as_documented(tmp_p
     from msifusion.phantom import PhantomConfig
 
     seen = []
-    monkeypatch.setattr(study, "run_study", lambda config, *a: seen.append(config) or {})
+    monkeypatch.setattr(study, "run_study", lambda request: seen.append(request.config) or {})
     monkeypatch.setattr(study, "summary_line", lambda record: "")
     assert main(["study", "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert main(["study", "--out", str(tmp_path / "b"), "--quiet", "--phantom-kind", "stem", "--phantom-ion",

@@ -456,13 +456,13 @@ def _unique(values: list | None) -> tuple | None:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from msifusion.runtime import Runtime
-    from msifusion.workflows.benchmark import BenchmarkConfig, run_benchmark
+    from msifusion.workflows.benchmark import BenchmarkConfig, BenchmarkRequest, run_benchmark
 
     config = BenchmarkConfig.preset(
         args.quick, methods=_unique(args.methods), groups=_unique(args.groups), phantom_seeds=_unique(args.seeds),
         epoch_cap=args.epochs, prostate_dir=Path(args.prostate_dir) if args.prostate_dir else None,
         runtime=Runtime(args.seed, args.device, args.quiet), panels=not args.no_panels)
-    rows = run_benchmark(config, Path(args.out), args.overwrite)
+    rows = run_benchmark(BenchmarkRequest(Path(args.out), config, args.overwrite))
     _say(args, f"{len(rows)} results ({len({r['case'] for r in rows})} cases × {len({r['method'] for r in rows})} methods)")
     print(Path(args.out) / "results.md")
     return 0
@@ -473,7 +473,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     from msifusion.fit import FitConfig
     from msifusion.runtime import Runtime
-    from msifusion.workflows.study import StudyConfig, run_study, summary_line
+    from msifusion.workflows.study import StudyConfig, StudyRequest, run_study, summary_line
 
     files = args.optical is not None or args.ion is not None
     misplaced = _given(args, args.phantom_only if files else args.files_only)
@@ -492,7 +492,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         truth=Path(args.truth) if args.truth else None, scale=args.scale, ion_pixel_size_um=args.pixel_size,
         phantom=phantom, fit=fit, strip=args.strip,
         runtime=Runtime(args.seed, args.device, args.quiet))
-    record = run_study(config, Path(args.out), args.overwrite)
+    record = run_study(StudyRequest(Path(args.out), config, args.overwrite))
     _warn(record)
     _say(args, summary_line(record))
     print(Path(args.out) / "study.png")

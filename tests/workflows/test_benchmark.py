@@ -17,6 +17,7 @@ from msifusion.workflows.benchmark import (
     PROSTATE_FILES,
     QUICK_CASES,
     BenchmarkConfig,
+    BenchmarkRequest,
     Case,
     CaseSelection,
     build_cases,
@@ -167,14 +168,14 @@ def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
     cases, skipped, _ = build_cases(config)
     assert cases == [] and len(skipped) == 1 and "prostate_example.imzML" in skipped[0]
     with pytest.raises(InputError, match="no case to run"):
-        run_benchmark(config, tmp_path / "out")
+        run_benchmark(BenchmarkRequest(tmp_path / "out", config))
     assert not (tmp_path / "out").exists()
 
 
 def test_run_benchmark_outputs_match_direct_scores(tmp_path, small_cases):
     out = tmp_path / "bench"
     config = BenchmarkConfig(methods=CHEAP, runtime=QUIET)
-    rows = run_benchmark(config, out, cases=small_cases)
+    rows = run_benchmark(BenchmarkRequest(out, config, cases=small_cases))
     assert [(r["case"], r["method"]) for r in rows] == [(c.name, m) for c in small_cases for m in CHEAP]
 
     for case in small_cases:  # values are exactly what direct calls give
@@ -224,7 +225,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, small_c
 
     monkeypatch.setitem(METHODS, "broken", replace(METHODS["bilinear"], name="broken", run=broken))
     config = BenchmarkConfig(methods=("broken", "bilinear"), panels=False, runtime=Runtime())
-    rows = run_benchmark(config, tmp_path / "b", cases=small_cases[:1])
+    rows = run_benchmark(BenchmarkRequest(tmp_path / "b", config, cases=small_cases[:1]))
     failed, bilinear = rows
     assert failed["error"] == "RuntimeError: out of cheese" and math.isnan(failed["psnr"])
     assert math.isfinite(bilinear["psnr"]) and bilinear["error"] == ""
@@ -238,15 +239,15 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, small_c
 
 def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
     config = BenchmarkConfig(methods=("lcrn", "bilinear"), epoch_cap=2, panels=False, runtime=QUIET)
-    rows = run_benchmark(config, tmp_path / "b", cases=small_cases[:1])
+    rows = run_benchmark(BenchmarkRequest(tmp_path / "b", config, cases=small_cases[:1]))
     lcrn, bilinear = rows
     assert lcrn["epochs"] == 2 and lcrn["epoch_cap"] == 2 and math.isfinite(lcrn["psnr"])
     assert bilinear["epochs"] == 0 and bilinear["epoch_cap"] == ""
     assert "2 (cap)" in (tmp_path / "b" / "results.md").read_text()
     assert "Trained methods capped at 2 epochs" in (tmp_path / "b" / "results.md").read_text()
     assert not (tmp_path / "b" / "panels").exists()  # --no-panels: no empty folder either
-    run_benchmark(BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, runtime=QUIET), tmp_path / "c",
-                  cases=small_cases[:1])
+    only_bilinear = BenchmarkConfig(methods=("bilinear",), epoch_cap=2, panels=False, runtime=QUIET)
+    run_benchmark(BenchmarkRequest(tmp_path / "c", only_bilinear, cases=small_cases[:1]))
     assert "capped" not in (tmp_path / "c" / "results.md").read_text()  # no trained method ran: no cap to mention
     fused = fuse(small_cases[0].guide, small_cases[0].measured, "lcrn",
                  MethodOptions(FitConfig(max_epochs=2), Runtime(quiet=True))).image
@@ -259,5 +260,6 @@ def test_existing_output_needs_overwrite(tmp_path, small_cases):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(InputError, match="no earlier msifusion output"):
-        run_benchmark(BenchmarkConfig(methods=("bilinear",), runtime=QUIET), out, cases=small_cases[:1])
+        config = BenchmarkConfig(methods=("bilinear",), runtime=QUIET)
+        run_benchmark(BenchmarkRequest(out, config, cases=small_cases[:1]))
     assert (out / "keep.txt").exists()

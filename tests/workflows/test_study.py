@@ -14,7 +14,8 @@ from msifusion.runtime import Runtime, seed_everything
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.measurement import upsample
 from msifusion.metrics import psnr
-from msifusion.workflows.study import StudyConfig, pick_strip, run_study, save_study_plot, summary_line
+from msifusion.workflows.study import (StudyConfig, StudyRequest, pick_strip, run_study, save_study_plot,
+                                       summary_line)
 
 TINY = PhantomConfig(fine_shape=(64, 96), seed=1)
 FIT = FitConfig(max_epochs=24, lr=1e-3)  # stops (patience 5) well before the cap on this phantom
@@ -32,7 +33,8 @@ def test_pick_strip_log_spaced_with_marked_epochs():
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "out"
     np.random.seed(123)
-    record = run_study(StudyConfig(phantom=TINY, scale=4, fit=FIT, strip=3, runtime=Runtime(quiet=True)), out)
+    record = run_study(StudyRequest(out, StudyConfig(phantom=TINY, scale=4, fit=FIT, strip=3,
+                                                  runtime=Runtime(quiet=True))))
     record["caller_draw"] = np.random.rand()  # the caller's random state, left as it was
     with open(out / "study.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -96,9 +98,10 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     base = dict(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff", strip=2, runtime=Runtime(quiet=True),
                 fit=FitConfig(max_epochs=3, checkpoint_every=2))
     with pytest.raises(InputError, match="small.tiff"):
-        run_study(StudyConfig(truth=tmp_path / "small.tiff", **base), tmp_path / "bad")
+        run_study(StudyRequest(tmp_path / "bad", StudyConfig(truth=tmp_path / "small.tiff", **base)))
     assert not (tmp_path / "bad").exists()
-    record = run_study(StudyConfig(truth=tmp_path / "truth.tiff", ion_pixel_size_um=7.0, **base), tmp_path / "ok")
+    record = run_study(StudyRequest(tmp_path / "ok", StudyConfig(truth=tmp_path / "truth.tiff", ion_pixel_size_um=7.0,
+                                                                 **base)))
     assert record["scale"] == 4 and record["epochs_run"] == 3
     assert record["fine_pixel_size_um"] == 7.0 / 4  # as given, with what the pairing found, as fuse records it
     assert record["notes"] == ["ion pixel size as given (--pixel-size)"]
@@ -110,7 +113,7 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
         rows = list(csv.DictReader(fh))
     assert [r["psnr_truth"] != "" for r in rows] == [False, True, False]  # checkpoints every 2 epochs
     with pytest.raises(InputError, match="holds the input"):  # --overwrite never deletes the inputs
-        run_study(StudyConfig(truth=tmp_path / "truth.tiff", **base), tmp_path, overwrite=True)
+        run_study(StudyRequest(tmp_path, StudyConfig(truth=tmp_path / "truth.tiff", **base), overwrite=True))
     assert (tmp_path / "opt.tiff").exists()
 
 
@@ -175,6 +178,6 @@ def test_a_bad_truth_file_is_called_the_truth_image(tmp_path):
                           ("truth.png", "unsupported truth image format .png"),
                           ("missing.tiff", "truth image file not found")):
         with pytest.raises(InputError) as caught:
-            run_study(StudyConfig(truth=tmp_path / name, **base), tmp_path / "out")
+            run_study(StudyRequest(tmp_path / "out", StudyConfig(truth=tmp_path / name, **base)))
         assert caught.value.source == str(tmp_path / name) and caught.value.problem.startswith(problem)
     assert not (tmp_path / "out").exists()

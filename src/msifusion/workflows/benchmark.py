@@ -416,19 +416,32 @@ def run_case(case: Case, method: str, config: BenchmarkConfig) -> tuple[dict, np
     return row, result.image
 
 
-def run_benchmark(config: BenchmarkConfig, out: str | Path, overwrite: bool = False,
-                  cases: Sequence[Case] | None = None) -> list[dict]:
-    """Run every method on every case, write the outputs to ``out``; returns the result rows.
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """``msifusion benchmark``: what to run, into which folder. ``cases`` replaces the cases ``config`` describes
+    (your own :class:`Case` objects); None builds them."""
 
-    ``cases`` replaces the cases ``config`` describes (e.g. your own); otherwise they are built.
-    """
+    out: Path
+    config: BenchmarkConfig = BenchmarkConfig()
+    overwrite: bool = False
+    cases: tuple[Case, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cases is not None:
+            object.__setattr__(self, "cases", tuple(self.cases))
+
+
+def run_benchmark(request: BenchmarkRequest) -> list[dict]:
+    """Run every method on every case, write the outputs to ``request.out``; returns the result rows."""
     from msifusion.provenance import OutputRun
 
-    run = OutputRun(out, overwrite, {"prostate": config.cases.prostate_dir})
+    config = request.config
+    run = OutputRun(request.out, request.overwrite, {"prostate": config.cases.prostate_dir})
     log = (lambda msg: None) if config.runtime.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     methods = config.method_order()
     skipped: list[str] = []
     facts: dict = {}
+    cases: Sequence[Case] | None = request.cases
     if cases is None:
         cases, skipped, facts = build_cases(config, log)
     if not cases:

@@ -128,8 +128,18 @@ CSV_FIELDS = ("epoch", "train_mse", "train_edge", "train_total", "seconds", "mse
               "ssim_target", "edge", "consistency", "mse_truth", "psnr_truth", "ssim_truth", "rule_stops_here")
 
 
-def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> dict:
-    """Fit LCRN past its early stop, score every checkpoint, write the study; returns run.json's dict."""
+@dataclass(frozen=True)
+class StudyRequest:
+    """``msifusion study``: what to study, into which folder."""
+
+    out: Path
+    config: StudyConfig = StudyConfig()
+    overwrite: bool = False
+
+
+def run_study(request: StudyRequest) -> dict:
+    """Fit LCRN past its early stop, score every checkpoint, write the study into ``request.out``; returns run.json's
+    dict."""
     from msifusion import metrics
     from msifusion.fit import fit_network
     from msifusion.runtime import resolve_device, seeded
@@ -137,7 +147,9 @@ def run_study(config: StudyConfig, out: str | Path, overwrite: bool = False) -> 
     from msifusion.models.lcrn import LCRN
     from msifusion.measurement import upsample
 
-    run = OutputRun(out, overwrite, {"optical": config.optical, "ion": config.ion, "truth": config.truth})
+    config = request.config
+    run = OutputRun(request.out, request.overwrite,
+                    {"optical": config.optical, "ion": config.ion, "truth": config.truth})
     inputs = load_inputs(config)
     pair = inputs.pair
     ion = np.asarray(pair.ion, dtype=np.float32)
