@@ -233,8 +233,8 @@ def test_demo_passes_the_training_options_to_its_lcrn_column():
     from msifusion.cli import _settings, build_parser
 
     args = build_parser().parse_args(["demo", "--epochs", "3", "--bf16", "--spot-sigma", "1.5"])
-    settings = _settings(args)  # every option applies to one of the demo's methods: none refused
-    assert settings.fit.max_epochs == 3 and settings.runtime.bf16 and settings.measurement.spot_sigma_px == 1.5
+    options = _settings(args).options  # every option applies to one of the demo's methods: none refused
+    assert options.fit.max_epochs == 3 and options.runtime.bf16 and options.measurement.spot_sigma_px == 1.5
 
 
 def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, monkeypatch):

@@ -205,23 +205,25 @@ def test_scaling_to_ion_units_never_writes_into_arrays_the_method_does_not_own(m
     assert [r.image.max() for r in results] == [40.0, 10.0]  # each ion scaled once, by its own peak
 
 
-def test_the_method_comes_from_the_argument_or_the_settings_and_they_may_not_disagree(small_pair):
+def test_the_method_is_named_in_one_place(small_pair):
+    """``method`` names the method and the options hold the rest; a command's FuseSettings, which holds both, is
+    refused as the options (it would name a second method) with the way to pass it."""
     from msifusion.workflows.fusion import FuseSettings
 
     guide, ion, _ = small_pair
-    assert fuse(guide, ion, options=FuseSettings(method="bilinear")).method == "bilinear"
+    assert fuse(guide, ion).method == DEFAULT_METHOD
     assert fuse(guide, ion, "bicubic", MethodOptions()).method == "bicubic"
-    assert fuse(guide, ion, "bilinear", FuseSettings(method="bilinear")).method == "bilinear"
-    # a FuseSettings always names its method, the default's included: never silently overridden
-    for settings in (FuseSettings(method="bilinear"), FuseSettings(), FuseSettings(method=DEFAULT_METHOD)):
-        with pytest.raises(InputError, match=f"^method 'bicubic' and the FuseSettings' method '{settings.method}' "
-                                             "disagree; give the method once"):
-            fuse(guide, ion, "bicubic", settings)
+    settings = FuseSettings("bilinear")
+    assert fuse(guide, ion, settings.method, settings.options).method == "bilinear"
+    for call in (lambda: fuse(guide, ion, options=settings), lambda: fuse_many(guide, ion[None], "bicubic", settings)):
+        with pytest.raises(InputError, match=r"^options must be a MethodOptions, not FuseSettings \(a FuseSettings "
+                                             r"holds both: pass settings.method, settings.options\)$"):
+            call()
 
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda g, i: fuse(g, i, options={"seed": 1}), InputError,
-     "options must be a MethodOptions (or a FuseSettings), not dict"),
+     "options must be a MethodOptions, not dict"),
     (lambda g, i: fuse(g, "ion.tiff"), InputError,
      "the ion image must be an array, not str; read a file with msifusion.read_ion(path).pixels"),
     (lambda g, i: fuse(None, i), InputError,

@@ -252,7 +252,7 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
 def _settings(args: argparse.Namespace):
     from msifusion.fit import FitConfig
     from msifusion.runtime import Runtime
-    from msifusion.methods import DEFAULT_METHOD
+    from msifusion.methods import DEFAULT_METHOD, MethodOptions
     from msifusion.workflows.fusion import FuseSettings
 
     given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
@@ -263,9 +263,9 @@ def _settings(args: argparse.Namespace):
 
     harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings(),
                               edge_weight=args.edge_weight)
-    return FuseSettings(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
-                        measurement=MeasurementModel(args.spot_sigma),
-                        method=args.method or DEFAULT_METHOD)
+    options = MethodOptions(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
+                            measurement=MeasurementModel(args.spot_sigma))
+    return FuseSettings(args.method or DEFAULT_METHOD, options)
 
 
 # ----------------------------------------------------------------------------- commands

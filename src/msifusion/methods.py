@@ -34,8 +34,8 @@ class FusionProblem:
 @dataclass(frozen=True)
 class MethodOptions:
     """How to fuse, for every method: the training recipe (fitted methods), seed, device and progress, the default
-    method's settings, and what an MSI pixel measures. :class:`msifusion.workflows.fusion.FuseSettings` adds the
-    method."""
+    method's settings, and what an MSI pixel measures. The method is named beside them (:func:`fuse`'s ``method``;
+    a command's :class:`msifusion.workflows.fusion.FuseSettings` holds both)."""
 
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
@@ -275,17 +275,13 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
 
 
 def _method_and_options(method: str | None, options: MethodOptions | None) -> tuple[str, MethodOptions]:
-    """The method to run and its options, checked: ``method``, else the options' own (a FuseSettings carries one),
-    else the default; the two may not name different methods (a FuseSettings always names one, its default's
-    included, so an explicit ``FuseSettings(method=...)`` is never silently overridden)."""
+    """The method to run (None: the default) and its options, checked."""
     options = MethodOptions() if options is None else options
     if not isinstance(options, MethodOptions):
-        raise InputError(None, f"options must be a MethodOptions (or a FuseSettings), not {type(options).__name__}")
-    carried = getattr(options, "method", None)
-    if method is not None and carried not in (None, method):
-        raise InputError(None, f"method {method!r} and the FuseSettings' method {carried!r} disagree; give the method "
-                               "once (pass a MethodOptions with the method, or the FuseSettings alone)")
-    method = method or carried or DEFAULT_METHOD
+        hint = (" (a FuseSettings holds both: pass settings.method, settings.options)"
+                if hasattr(options, "method") and hasattr(options, "options") else "")
+        raise InputError(None, f"options must be a MethodOptions, not {type(options).__name__}{hint}")
+    method = method or DEFAULT_METHOD
     check_methods([method])
     check_device(options.runtime.device)
     return method, options
@@ -300,8 +296,8 @@ def fuse(
     """Fuse an ion image (h, w) with a registered optical guide (h·scale, w·scale, 3) in [0, 1] (integer
     images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the
     ion's units.
-    ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default ``options.method`` where the options
-    are a :class:`msifusion.workflows.fusion.FuseSettings`, else guided-harmonic. Reproducible: the run is seeded with
+    ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default guided-harmonic. Reproducible: the
+    run is seeded with
     ``options.runtime.seed``, and the caller's random states are left as they were."""
     method, options = _method_and_options(method, options)
     guide = _checked_guide(guide)

@@ -9,6 +9,7 @@ from msifusion.workflows.demo import DemoRequest, run_demo
 from msifusion.fit import FitConfig
 from msifusion.runtime import Runtime
 from msifusion.measurement import upsample
+from msifusion.methods import MethodOptions
 from msifusion.metrics import score
 from msifusion.phantom import PhantomConfig, make_phantom
 from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_files
@@ -16,7 +17,7 @@ from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_file
 
 def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     phantom = PhantomConfig(fine_shape=(160, 320), seed=2)
-    settings = FuseSettings(fit=FitConfig(max_epochs=4), runtime=Runtime(quiet=True), method="diffusion")
+    settings = FuseSettings("diffusion", MethodOptions(fit=FitConfig(max_epochs=4), runtime=Runtime(quiet=True)))
     out = tmp_path / "demo"
     record = run_demo(DemoRequest(out, settings, scale=10, phantom=phantom))
     names = {p.name for p in out.iterdir()}
@@ -41,7 +42,7 @@ def test_demo_writes_inputs_outputs_panel_and_true_scores(tmp_path):
     assert run["scores"]["lcrn"]["ssim"] < run["scores"]["diffusion"]["ssim"]  # 4 epochs of the paper's recipe
     assert set(run["timings_s"]["compared"]) == {"bilinear", "lcrn"}  # the panel's other columns, timed too
     assert run["fit_settings"] is None  # diffusion fits nothing; the lcrn column's fit is under "training"
-    assert run["training"] == {"lcrn": {"fit_settings": asdict(settings.fit), "epochs": 4,
+    assert run["training"] == {"lcrn": {"fit_settings": asdict(settings.options.fit), "epochs": 4,
                                         "stop_reason": "reached the cap of 4 epochs"}}
     assert not (out / "checkpoints").exists()  # none asked for
 
@@ -51,7 +52,8 @@ def test_a_demo_of_the_laser_spot_measures_through_it_and_scores_under_it(tmp_pa
 
     phantom = PhantomConfig(fine_shape=(80, 160), seed=2)
     spot = MeasurementModel(2.0)
-    settings = FuseSettings(fit=FitConfig(max_epochs=2), runtime=Runtime(quiet=True), measurement=spot)
+    settings = FuseSettings(options=MethodOptions(fit=FitConfig(max_epochs=2), runtime=Runtime(quiet=True),
+                                                  measurement=spot))
     record = run_demo(DemoRequest(tmp_path / "demo", settings, scale=10, phantom=phantom))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "demo" / "ion.tiff"),
                                   make_phantom(phantom).measure(10, 2.0).astype(np.float32))
@@ -63,7 +65,7 @@ def test_a_demo_of_the_laser_spot_measures_through_it_and_scores_under_it(tmp_pa
 def test_demo_checkpoints_and_records_every_fitted_method(tmp_path):
     phantom = PhantomConfig(fine_shape=(80, 160), seed=2)
     fit = FitConfig(max_epochs=4, checkpoint_every=2, patience=0)
-    settings = FuseSettings(fit=fit, runtime=Runtime(quiet=True), method="cnn3")
+    settings = FuseSettings("cnn3", MethodOptions(fit=fit, runtime=Runtime(quiet=True)))
     out = tmp_path / "demo"
     record = run_demo(DemoRequest(out, settings, scale=10, phantom=phantom))
     run = json.loads((out / "run.json").read_text())

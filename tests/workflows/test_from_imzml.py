@@ -55,6 +55,7 @@ def files(tmp_path: Path):
 def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
     """The library entry (no CLI): the same request gives the command's images; the default method fuses the panel
     together, so each ion's time is its share of it."""
+    from msifusion.methods import MethodOptions
     from msifusion.runtime import Runtime
     from msifusion.workflows.from_imzml import ImzmlFuseRequest, fuse_imzml
     from msifusion.register.optical import RegisterSettings
@@ -62,7 +63,7 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
 
     imzml, opt, lm, _ = files
     request = ImzmlFuseRequest(imzml, (100.0, 200.0), "0.01da", opt, tmp_path / "py", RegisterSettings(SCALE, lm),
-                               FuseSettings(runtime=Runtime(quiet=True)))
+                               FuseSettings(options=MethodOptions(runtime=Runtime(quiet=True))))
     summary = fuse_imzml(request)
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical", str(opt),
                  "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "cli"), "--quiet"]) == 0

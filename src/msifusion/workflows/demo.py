@@ -37,7 +37,7 @@ def run_demo(request: DemoRequest) -> dict:
     """Make the phantom, fuse it at ``request.scale``, score against the truth; returns run.json's dict."""
     run = OutputRun(request.out, request.overwrite)
     phantom = make_phantom(request.phantom)
-    spot = request.settings.measurement.spot_sigma_px  # a demo of the spot model measures through that spot
+    spot = request.settings.options.measurement.spot_sigma_px  # a demo of the spot model measures through that spot
     measured = phantom.measure(request.scale, spot)
     ion_px = request.phantom.fine_pixel_um * request.scale
     guide = optical_to_rgb(rgb_to_uint8(phantom.guide))  # as optical.png and .tiff hold it: fusing them gives the same
@@ -74,6 +74,6 @@ def _fuse(stage: Path, pair: RegisteredPair, settings: FuseSettings) -> FusionRe
 
 def _training(results: dict[str, FusionResult], settings: FuseSettings) -> dict:
     """How each fitted method among ``results`` ran (recipe, epochs, stop reason): their scores depend on it."""
-    return {name: {"fit_settings": METHODS[name].fit_settings(settings.fit), "epochs": r.fit.epochs,
+    return {name: {"fit_settings": METHODS[name].fit_settings(settings.options.fit), "epochs": r.fit.epochs,
                    "stop_reason": r.fit.stop_reason}
             for name, r in results.items() if METHODS[name].trains}

@@ -189,7 +189,7 @@ class ImzmlFuseRequest:
 
     def __post_init__(self) -> None:
         _check_ion_options(self, "imzml", "optical", "out")
-        self.settings.measurement.check(self.register.scale)  # before minutes of registration
+        self.settings.options.measurement.check(self.register.scale)  # before minutes of registration
 
 
 class _FusedPanel:
@@ -289,7 +289,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
     run = OutputRun(request.out, request.overwrite, roles)
     landmarks = _check_before_reading(request.optical, request.register)
-    quiet = request.settings.runtime.quiet
+    quiet = request.settings.options.runtime.quiet
     with ImzML(request.imzml) as f:
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
@@ -332,7 +332,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                 results = [fuse_pair(pairs[i], request.settings, folders[i] / "checkpoints") for i in part]
             else:  # shared work
                 results = fuse_many(registered.guide, stack.images[part.start:part.stop], request.settings.method,
-                                    request.settings)
+                                    request.settings.options)
             with progress_bar(len(part), "writing each ion's outputs", "ion", quiet) as writing:
                 for i, result in zip(part, results):
                     write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])

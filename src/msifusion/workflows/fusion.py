@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
@@ -25,21 +25,23 @@ from msifusion.report import detail_window, save_ion_png, save_loss_plot, save_p
 
 
 @dataclass(frozen=True)
-class FuseSettings(MethodOptions):
-    """What to run: the method, with its options (training recipe, seed/device/progress, the default's settings, the
-    measurement model)."""
+class FuseSettings:
+    """What a fusing command runs: the method, and the options it takes (training recipe, seed/device/progress, the
+    default's settings, the measurement model). The library's ``fuse(guide, ion, settings.method, settings.options)``
+    takes them apart."""
 
     method: str = DEFAULT_METHOD
+    options: MethodOptions = MethodOptions()
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_setting_types(self)
         check_methods([self.method])
-        check_device(self.runtime.device)
+        check_device(self.options.runtime.device)
 
     @property
     def saves_checkpoints(self) -> bool:
         """Whether a fit's output is saved every ``fit.checkpoint_every`` epochs: asked for, and a method that fits."""
-        return bool(self.fit.checkpoint_every) and METHODS[self.method].trains
+        return bool(self.options.fit.checkpoint_every) and METHODS[self.method].trains
 
 
 @dataclass
@@ -145,10 +147,11 @@ def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | None = None) -> FusionResult:
     """One registered pair; a fitted method saves its output every ``checkpoint_every`` epochs into
     ``checkpoints`` (in ion units, calibrated) when both are given."""
+    options = settings.options
     if checkpoints is not None and settings.saves_checkpoints:
-        settings = replace(settings, on_checkpoint=checkpoint_writer(checkpoints, float(np.max(np.abs(pair.ion))),
-                                                                     pair.fused_pixel_size_um, pair.ion_name))
-    return fuse(pair.guide, pair.ion, settings.method, settings)
+        options = replace(options, on_checkpoint=checkpoint_writer(checkpoints, float(np.max(np.abs(pair.ion))),
+                                                                   pair.fused_pixel_size_um, pair.ion_name))
+    return fuse(pair.guide, pair.ion, settings.method, options)
 
 
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
@@ -204,7 +207,8 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
 
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
-    device = resolve_device(settings.runtime.device)
+    options = settings.options
+    device = resolve_device(options.runtime.device)
     record = {
         **run_header(),
         "method": result.method,
@@ -217,15 +221,15 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "fused_pixel_size_um": pair.fused_pixel_size_um,
         "units": "the ion image's own intensity units",
         "intensity_scale": result.intensity_scale,
-        "seed": settings.runtime.seed,
+        "seed": options.runtime.seed,
         "device": str(device),
-        "fit_settings": METHODS[result.method].fit_settings(settings.fit),
-        "bf16_autocast": settings.runtime.bf16_on(device) if trains else None,
-        "harmonic_settings": asdict(settings.harmonic) if result.method == "guided-harmonic" else None,
+        "fit_settings": METHODS[result.method].fit_settings(options.fit),
+        "bf16_autocast": options.runtime.bf16_on(device) if trains else None,
+        "harmonic_settings": asdict(options.harmonic) if result.method == "guided-harmonic" else None,
         "epochs": result.fit.epochs,
         "stop_reason": result.fit.stop_reason,
         "method_details": result.fit.details or None,
-        "measurement_model": settings.measurement.describe(result.scale, pair.fused_pixel_size_um),
+        "measurement_model": options.measurement.describe(result.scale, pair.fused_pixel_size_um),
         "consistency_error": result.consistency_error,
         "timings_s": {("fuse_share_of_panel" if result.panel_share else "fuse"): result.seconds},
         "notes": pair.notes,
@@ -234,7 +238,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         record.update(extra)
     record["warnings"] = [*record.get("warnings", []), *pair.warnings,
                           *(f"{pair.ion_name}: {warning}" for warning in result.warnings)]
-    every = settings.fit.checkpoint_every
+    every = options.fit.checkpoint_every
     if settings.saves_checkpoints and result.fit.epochs < every:
         record["warnings"].append(f"no checkpoint written: the fit stopped at epoch {result.fit.epochs}, before the "
                                   f"first checkpoint (--checkpoint-every {every})")
