@@ -11,17 +11,20 @@ and the development never used (11), 360×720 µm at 1 µm:
 
 Prints a markdown table (date, machine): PSNR / SSIM of each method, and where the default
 is not first. Run: ``python benchmarks/bench_variants.py [--seed 11]`` (about 2 minutes on 2 cores).
-``--models 3:0.02:0,7:0.02:0`` measures other ways (factor:Gaussian noise:shot noise each), e.g. odd
-factors, for which the section is cropped to a multiple of the factor.
+``--models 3:0.02:0,7:0.02:0`` runs other measurement models (factor:Gaussian noise:shot noise each), e.g.
+odd factors; a factor that does not divide 360×720 gets the section drawn at the largest multiple of it that fits
+(×7: 357×714), so another section of the same seed.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import date
 
 METHODS = ("guided-harmonic", "diffusion", "bilinear-bp", "guided-bp", "bicubic")
 MODELS = ((8, 0.0, 0.0), (15, 0.05, 0.0), (12, 0.01, 0.05))  # (factor, Gaussian noise, shot noise)
+SIDE = 360  # the section: SIDE × 2·SIDE µm at 1 µm
 
 
 def measurement_models(text: str) -> tuple[tuple[int, float, float], ...]:
@@ -30,8 +33,10 @@ def measurement_models(text: str) -> tuple[tuple[int, float, float], ...]:
         models = tuple((int(f), float(n), float(s)) for f, n, s in (item.split(":") for item in text.split(",")))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected factor:noise:shot triples separated by commas, got {text!r}")
-    if any(f < 2 or n < 0 or s < 0 for f, n, s in models):
-        raise argparse.ArgumentTypeError("factors must be at least 2 and noise levels at least 0")
+    if any(not 2 <= f <= SIDE // 8 for f, _, _ in models):
+        raise argparse.ArgumentTypeError(f"factors must be between 2 and {SIDE // 8} (8 MSI pixels across {SIDE} µm)")
+    if any(not (math.isfinite(n) and math.isfinite(s) and n >= 0 and s >= 0) for _, n, s in models):
+        raise argparse.ArgumentTypeError("noise levels must be finite and at least 0")
     return models
 
 
@@ -39,7 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--models", type=measurement_models, default=MODELS,
-                        help="factor:noise:shot triples, comma-separated (default: the three above)")
+                        help="factor:noise:shot triples, comma-separated (default: "
+                             + ",".join(f"{f}:{n:g}:{s:g}" for f, n, s in MODELS) + ")")
     args = parser.parse_args()
     import torch
 
@@ -59,7 +65,7 @@ def main() -> None:
     for kind in ("leaf", "stem"):
         for ion in ("pheophytin", "apigenin", "sucrose", "gradient"):
             for factor, noise, shot in args.models:
-                shape = (360 - 360 % factor, 720 - 720 % factor)
+                shape = (SIDE - SIDE % factor, 2 * SIDE - 2 * SIDE % factor)
                 phantom = make_phantom(PhantomConfig(fine_shape=shape, seed=args.seed, kind=kind, ion=ion,
                                                      noise=noise, shot=shot))
                 measured = phantom.measure(factor)

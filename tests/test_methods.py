@@ -215,10 +215,18 @@ def test_the_method_is_named_in_one_place(small_pair):
     assert fuse(guide, ion, "bicubic", MethodOptions()).method == "bicubic"
     settings = FuseSettings("bilinear")
     assert fuse(guide, ion, settings.method, settings.options).method == "bilinear"
+    hint = (r" \(a FuseSettings holds a method and its options: pass settings.options as the options, and "
+            r"settings.method as the method unless you name another\)$")
     for call in (lambda: fuse(guide, ion, options=settings), lambda: fuse_many(guide, ion[None], "bicubic", settings)):
-        with pytest.raises(InputError, match=r"^options must be a MethodOptions, not FuseSettings \(a FuseSettings "
-                                             r"holds both: pass settings.method, settings.options\)$"):
+        with pytest.raises(InputError, match=r"^options must be a MethodOptions, not FuseSettings" + hint):
             call()
+    with pytest.raises(InputError, match=r"^method: a method is given by its name, a str \(`msifusion methods` lists "
+                                         r"them\), not FuseSettings" + hint):
+        fuse(guide, ion, settings)  # the settings where the method goes: its type named, not a page of its repr
+    with pytest.raises(InputError, match="^method: unknown method ''"):
+        fuse(guide, ion, "")  # an empty name is not the default
+    with pytest.raises(TypeError, match="^FuseSettings.options must be a MethodOptions, not NoneType$"):
+        FuseSettings(options=None)
 
 
 @pytest.mark.parametrize("call, error, message", [

@@ -23,11 +23,16 @@ class InputError(Exception):
 
 
 def check_setting_types(settings: object) -> None:
-    """Refuse a settings object whose nested settings (fields whose default is itself a settings dataclass) were given
-    as something else, e.g. a tuple for ``TextureSettings``: TypeError naming the field, not an AttributeError deep
-    inside the method."""
+    """Refuse a settings object whose nested settings (fields whose default is itself a settings dataclass, or made by
+    one's class as ``default_factory``) were given as something else, e.g. a tuple for ``TextureSettings``: TypeError
+    naming the field, not an AttributeError deep inside the method."""
     for f in dataclasses.fields(settings):
-        default = f.default
-        if dataclasses.is_dataclass(default) and not isinstance(getattr(settings, f.name), type(default)):
-            raise TypeError(f"{type(settings).__name__}.{f.name} must be a {type(default).__name__}, not "
+        if dataclasses.is_dataclass(f.default):
+            expected = type(f.default)
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            expected = f.default_factory
+        else:
+            continue
+        if not isinstance(getattr(settings, f.name), expected):
+            raise TypeError(f"{type(settings).__name__}.{f.name} must be a {expected.__name__}, not "
                             f"{type(getattr(settings, f.name)).__name__}")

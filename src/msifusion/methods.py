@@ -116,8 +116,22 @@ def infer_scale(guide_shape: tuple[int, int], ion_shape: tuple[int, int]) -> int
     return H // h
 
 
+FUSE_SETTINGS_HINT = (" (a FuseSettings holds a method and its options: pass settings.options as the options, and "
+                      "settings.method as the method unless you name another)")
+
+
+def _is_fuse_settings(value: object) -> bool:
+    """A command's :class:`msifusion.workflows.fusion.FuseSettings`, known by its shape (the algorithms do not import
+    the workflows)."""
+    return isinstance(getattr(value, "options", None), MethodOptions) and hasattr(value, "method")
+
+
 def check_methods(names: Sequence[str], option: str = "--method") -> None:
-    """InputError (naming ``option``) for any name that is not a registered method."""
+    """InputError (naming ``option``) for any name that is not a registered method (or not a name at all)."""
+    for name in names:
+        if not isinstance(name, str):  # e.g. a settings object passed where the method goes: its repr would be long
+            raise InputError(option, f"a method is given by its name, a str (`msifusion methods` lists them), not "
+                                     f"{type(name).__name__}{FUSE_SETTINGS_HINT if _is_fuse_settings(name) else ''}")
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise InputError(option, f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -278,11 +292,10 @@ def _method_and_options(method: str | None, options: MethodOptions | None) -> tu
     """The method to run (None: the default) and its options, checked."""
     options = MethodOptions() if options is None else options
     if not isinstance(options, MethodOptions):
-        hint = (" (a FuseSettings holds both: pass settings.method, settings.options)"
-                if hasattr(options, "method") and hasattr(options, "options") else "")
+        hint = FUSE_SETTINGS_HINT if _is_fuse_settings(options) else ""
         raise InputError(None, f"options must be a MethodOptions, not {type(options).__name__}{hint}")
-    method = method or DEFAULT_METHOD
-    check_methods([method])
+    method = DEFAULT_METHOD if method is None else method
+    check_methods([method], "method")
     check_device(options.runtime.device)
     return method, options
 
@@ -297,8 +310,7 @@ def fuse(
     images as files are read, :func:`msifusion.io.images.optical_to_rgb`; gray or RGBA too); the result is in the
     ion's units.
     ``method``: a name from ``msifusion methods`` (:data:`METHODS`); by default guided-harmonic. Reproducible: the
-    run is seeded with
-    ``options.runtime.seed``, and the caller's random states are left as they were."""
+    run is seeded with ``options.runtime.seed``, and the caller's random states are left as they were."""
     method, options = _method_and_options(method, options)
     guide = _checked_guide(guide)
     return _fuse_checked(guide, *_checked_ion(guide.shape, ion, options), method, options)

@@ -255,6 +255,13 @@ def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
     assert lcrn["psnr"] == pytest.approx(score(fused, c.truth, c.measured, c.factor, c.guide).psnr, rel=1e-6)
 
 
+def test_a_request_names_a_misplaced_config(tmp_path, small_cases):
+    with pytest.raises(TypeError, match="^BenchmarkRequest.config must be a BenchmarkConfig, not PosixPath$"):
+        BenchmarkRequest(BenchmarkConfig(), tmp_path / "b")  # the order run_benchmark once took
+    request = BenchmarkRequest(tmp_path / "b", cases=small_cases)  # a list of your own cases, kept as a tuple
+    assert request.config == BenchmarkConfig() and request.cases == tuple(small_cases)
+
+
 def test_existing_output_needs_overwrite(tmp_path, small_cases):
     out = tmp_path / "b"
     out.mkdir()

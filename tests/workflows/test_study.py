@@ -122,6 +122,8 @@ def test_study_config_needs_both_files():
         StudyConfig(optical="a.png")
     with pytest.raises(InputError, match="truth"):
         StudyConfig(truth="t.tiff")
+    with pytest.raises(TypeError, match="^StudyRequest.config must be a StudyConfig, not str$"):
+        StudyRequest(StudyConfig(), "out")  # the order run_study once took
 
 
 def test_the_study_scores_every_fit_checkpoint_every_epochs_and_every_epoch_by_default():

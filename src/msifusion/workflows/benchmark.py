@@ -52,7 +52,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, check_setting_types
 from msifusion.runtime import Runtime
 
 GROUPS = ("phantom", "middlebury", "prostate")
@@ -422,11 +422,12 @@ class BenchmarkRequest:
     (your own :class:`Case` objects); None builds them."""
 
     out: Path
-    config: BenchmarkConfig = BenchmarkConfig()
+    config: BenchmarkConfig = field(default_factory=BenchmarkConfig)  # built on use: it checks the methods (torch)
     overwrite: bool = False
     cases: tuple[Case, ...] | None = None
 
     def __post_init__(self) -> None:
+        check_setting_types(self)  # e.g. (config, out) in the order run_benchmark once took them
         if self.cases is not None:
             object.__setattr__(self, "cases", tuple(self.cases))
 

@@ -40,7 +40,8 @@ class FuseSettings:
 
     @property
     def saves_checkpoints(self) -> bool:
-        """Whether a fit's output is saved every ``fit.checkpoint_every`` epochs: asked for, and a method that fits."""
+        """Whether a fit's output is saved every ``options.fit.checkpoint_every`` epochs: asked for, and a method that
+        fits."""
         return bool(self.options.fit.checkpoint_every) and METHODS[self.method].trains
 
 

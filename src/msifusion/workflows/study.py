@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import EdgeLossStopper, FitConfig
 from msifusion.runtime import Runtime, check_device
 from msifusion.methods import check_scale
@@ -135,6 +135,9 @@ class StudyRequest:
     out: Path
     config: StudyConfig = StudyConfig()
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_setting_types(self)  # e.g. (config, out) in the order run_study once took them
 
 
 def run_study(request: StudyRequest) -> dict:
