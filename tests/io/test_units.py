@@ -40,10 +40,10 @@ def test_a_pixel_size_option_outside_the_plausible_range_is_refused_naming_the_o
 
 def test_an_optical_coarser_than_the_fused_grid_is_warned_with_the_scale_that_would_do():
     # ion pixels of 20 µm at ×10: a fused pixel of 2 µm; the optical may be up to 1.5 of them (3 µm) and still guide
-    assert coarse_optical_warning(1.0, 20.0, 10, "µm") is None
-    assert coarse_optical_warning(2.9, 20.0, 10, "µm") is None
-    assert coarse_optical_warning(3.1, 20.0, 10, "µm") == (
+    assert coarse_optical_warning(1.0 / 20, 10, 20.0) is None
+    assert coarse_optical_warning(2.9 / 20, 10, 20.0) is None
+    assert coarse_optical_warning(3.1 / 20, 10, 20.0) == (
         "the optical's pixels cover 3.1 µm of the section, coarser than the fused grid's 2 µm at ×10: the fused image "
         "has no optical detail at its resolution; ×6 would do as well")
     # uncalibrated: the same rule in MSI pixels, and never below ×2
-    assert coarse_optical_warning(0.9, 1.0, 4, "MSI pixels").endswith("×2 would do as well")
+    assert coarse_optical_warning(0.9, 4, None).endswith("×2 would do as well")

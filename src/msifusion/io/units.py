@@ -58,12 +58,14 @@ def check_pixel_size(option: str, size: float | None) -> None:
                                  "(10 µm is 10, not 10e-6)")
 
 
-def coarse_optical_warning(optical_px: float, ion_px: float, scale: int, unit: str) -> str | None:
-    """A warning when the optical's pixels (``optical_px``, in the section's ``unit``) are coarser than the fused
-    grid's (``ion_px / scale``): the fused image then has no optical detail at its own resolution."""
-    if optical_px <= COARSE_OPTICAL * ion_px / scale:
+def coarse_optical_warning(optical_per_ion: float, scale: int, ion_pixel_um: float | None) -> str | None:
+    """A warning when the optical's pixels (``optical_per_ion`` of an MSI pixel across) are coarser than the fused
+    grid's (1 / ``scale``): the fused image then has no optical detail at its own resolution. Told in µm where the
+    MSI pixel's size is known, else in MSI pixels."""
+    if optical_per_ion <= COARSE_OPTICAL / scale:
         return None
-    enough = max(2, round(ion_px / optical_px))
-    return (f"the optical's pixels cover {optical_px:.3g} {unit} of the section, coarser than the fused grid's "
-            f"{ion_px / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
+    enough = max(2, round(1 / optical_per_ion))
+    unit, size = ("µm", ion_pixel_um) if ion_pixel_um else ("MSI pixels", 1.0)
+    return (f"the optical's pixels cover {optical_per_ion * size:.3g} {unit} of the section, coarser than the fused "
+            f"grid's {size / scale:.3g} {unit} at ×{scale}: the fused image has no optical detail at its resolution; "
             f"×{enough} would do as well")

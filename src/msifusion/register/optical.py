@@ -203,8 +203,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         warnings.append(calibration.warning)
         info["optical_pixel_size_matched_um"] = calibration.matched_um
     optical_px = moving.pixel_size / found.affine.scale  # in the ion grid's units
-    coarse = (coarse_optical_warning(optical_px, ion_grid.pixel_size, settings.scale, "µm") if px else
-              coarse_optical_warning(optical_px / ion_grid.pixel_size, 1.0, settings.scale, "MSI pixels"))
+    coarse = coarse_optical_warning(optical_px / ion_grid.pixel_size, settings.scale, px)
     warnings += [*optical.warnings, *([coarse] if coarse else [])]
     info["moving_pixel_size"] = moving.pixel_size
     info["optical_shape_read"] = list(optical.shape2d)  # a pyramidal TIFF: the level read, not the full scan

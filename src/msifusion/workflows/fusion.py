@@ -130,8 +130,7 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                             f"({optical.pixel_size_um:.3g} µm per optical pixel, i.e. {implied:.3g} µm per ion pixel) "
                             f"by {max(pixel_size / implied, implied / pixel_size):.1f}×; the outputs use "
                             f"{pixel_size:.3g} µm per ion pixel")
-    coarse = (coarse_optical_warning(pixel_size * h / H, pixel_size, scale, "µm") if pixel_size else
-              coarse_optical_warning(h / H, 1.0, scale, "MSI pixels"))
+    coarse = coarse_optical_warning(h / H, scale, pixel_size)
     warnings += [coarse] if coarse else []
     name = ion.name or (ion.path.stem if ion.path else "ion")  # an OME channel name (m/z …) before the file's
     return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes, warnings)
