@@ -33,8 +33,8 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="folder holding prostate_example.imzML/.ibd")
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--da", type=float, default=0.01)
+    parser.add_argument("--n", type=int, default=50, help="how many of the strongest peaks to extract (default 50)")
+    parser.add_argument("--da", type=float, default=0.01, help="half-width of each m/z window in Da (default 0.01)")
     args = parser.parse_args()
 
     from pyimzml.ImzMLParser import ImzMLParser, getionimage

@@ -57,7 +57,7 @@ def time_steps(shape: tuple[int, int], device: torch.device, steps: int, autocas
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CUDA, 2 on CPU)")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -41,6 +41,7 @@ import numpy as np
 GINKGO = (980, 2700)  # fine (rows, cols): ion 49×135 at ×20
 LARGE = (4820, 11920)  # the paper's 4837×11939 microscope image, cut to a multiple of 20
 SCALE = 20
+TASKS = ("ginkgo", "lcrn", "lcrn-bf16", "large", "many", "panel", "prostate")
 PROFILES = ("apigenin", "pheophytin", "sucrose", "gradient")
 
 
@@ -141,13 +142,23 @@ def task(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def _task_list(text: str) -> list[str]:
+    """An argparse type: comma-separated task names, each one of :data:`TASKS`."""
+    names = text.split(",")
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(map(repr, unknown))}: expected {', '.join(TASKS)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="ginkgo,lcrn,large,many")
-    parser.add_argument("--ions", type=int, default=100)
+    parser.add_argument("--tasks", type=_task_list, default="ginkgo,lcrn,large,many",
+                        help=f"comma-separated, each run in its own process: {', '.join(TASKS)} (default: %(default)s)")
+    parser.add_argument("--ions", type=int, default=100, help="ions of the many and panel tasks")
     parser.add_argument("--check", type=int, default=3, help="ions of the shared run also fused alone")
     parser.add_argument("--panel", type=int, default=30, help="prostate task: how many of the strongest peaks")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one task in this process
     args = parser.parse_args()
     if args.one:
@@ -159,7 +170,7 @@ def main() -> None:
 
     print(f"# msifusion speed, {cpu_model()}, {date.today()}")
     rows = []
-    for name in args.tasks.split(","):
+    for name in args.tasks:
         cmd = [sys.executable, __file__, "--one", name, "--ions", str(args.ions), "--check", str(args.check),
                "--panel", str(args.panel), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]

@@ -22,11 +22,25 @@ from datetime import date
 CASES = (("leaf", "apigenin"), ("stem", "sucrose"))
 
 
+def _numbers(kind: type):
+    """An argparse type: comma-separated numbers of ``kind`` (a wrong one is refused before any work starts)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} values separated by commas, got {text!r}")
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sigmas", default="0,0.5,1,2.5,5", help="spot σ in fine pixels, comma-separated")
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--factors", default="10,20")
+    parser.add_argument("--sigmas", type=_numbers(float), default="0,0.5,1,2.5,5",
+                        help="spot σ in fine pixels, comma-separated")
+    parser.add_argument("--seeds", type=_numbers(int), default="1,2", help="phantom seeds, comma-separated")
+    parser.add_argument("--factors", type=_numbers(int), default="10,20", help="scale factors, comma-separated")
     args = parser.parse_args()
     import numpy as np
     import torch
@@ -40,16 +54,16 @@ def main() -> None:
     from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    sigmas = [float(s) for s in args.sigmas.split(",")]
+    sigmas = args.sigmas
     print(f"# msifusion under a laser spot, {cpu_model()}, {date.today()}\n")
     print("| case | factor | σ px | default | default, no texture | default, spot ignored | bilinear, exact "
           "| setting, β | consistency | share < 0 | min / max |")
     print("|---" * 11 + "|")
     means = defaultdict(list)
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         for kind, ion in CASES:
             phantom = make_phantom(PhantomConfig(seed=seed, kind=kind, ion=ion))
-            for f in (int(s) for s in args.factors.split(",")):
+            for f in args.factors:
                 for sigma in sigmas:
                     if sigma > f / 2:
                         continue  # refused: an oversampled acquisition
