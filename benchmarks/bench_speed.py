@@ -147,7 +147,8 @@ def _task_list(text: str) -> list[str]:
     names = text.split(",")
     unknown = [n for n in names if n not in TASKS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(map(repr, unknown))}: expected {', '.join(TASKS)}")
+        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(map(repr, unknown))}: "
+                                         f"expected {', '.join(TASKS)}")
     return names
 
 

@@ -130,3 +130,34 @@ def _write_pyramid(path: Path, levels: list[np.ndarray], metadata: dict | None =
         for level in levels[1:]:
             tif.write(level, subfiletype=1, photometric="rgb")
     return path
+
+
+@pytest.fixture
+def write_svs():
+    """A function that saves RGB ``levels`` (full resolution first) in an Aperio slide's layout, as its scanners write
+    an ``.svs``: the tiled baseline, a thumbnail, the lower levels, then the label and the macro photographs, each page
+    with an Aperio description; ``(path, levels, mpp="0.4990") -> path`` (``mpp`` None: a description without one)."""
+    return _write_svs
+
+
+def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990") -> Path:
+    import tifffile
+
+    stated = f"|MPP = {mpp}" if mpp is not None else ""
+    rows, cols = levels[0].shape[:2]
+
+    def description(what: str) -> str:
+        return f"Aperio Image Library v12.0.15 \r\n{cols}x{rows} {what}|AppMag = 20{stated}|Filename = slide"
+
+    options = {"photometric": "rgb", "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(levels[0], tile=(16, 16), description=description("[0,0 full] (16x16) RGB"), **options)
+        tif.write(levels[0][::8, ::8], description=description("-> thumbnail"), **options)
+        for level in levels[1:]:
+            tif.write(level, tile=(16, 16), description=description("-> level (16x16) RGB"), **options)
+        tif.write(np.full((8, 12, 3), 200, np.uint8), subfiletype=1, description="Aperio Image Library\r\nlabel 12x8",
+                  **options)
+        tif.write(np.full((10, 30, 3), 90, np.uint8), subfiletype=9, description="Aperio Image Library\r\nmacro 30x10",
+                  **options)
+    return path
+

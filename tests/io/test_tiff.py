@@ -191,6 +191,32 @@ def test_a_pyramid_under_a_stated_pixel_size_is_read_at_its_level(tmp_path, meta
     assert read_optical(png, 1.2, pixel_size_um=0.5).pixel_size_um == 0.5 and file_pixel_size_um(png) is None
 
 
+def test_an_aperio_slide_is_read_at_its_level_with_its_mpp(tmp_path, write_svs):
+    """An .svs: calibrated by the MPP in its description, read at the coarsest level fine enough, never its
+    thumbnail, label or macro; renamed to .tif it reads the same (by content, not by name)."""
+    full = (np.random.default_rng(5).random((64, 96, 3)) * 255).astype(np.uint8)
+    path = write_svs(tmp_path / "slide.svs", [full, full[::4, ::4]])
+    image = read_optical(path)
+    assert image.pixels.shape == (64, 96, 3) and image.pixel_size_um == pytest.approx(0.499)
+    np.testing.assert_allclose(image.pixels, full / 255, atol=1e-6)
+    level = read_optical(path, 2.5)
+    assert level.pixels.shape[:2] == (16, 24) and level.pixel_size_um == pytest.approx(4 * 0.499)
+    assert level.downsample == 4 and level.origin_um == pytest.approx((1.5 * 0.499,) * 2)
+    np.testing.assert_allclose(level.pixels, full[::4, ::4] / 255, atol=1e-6)
+    assert file_pixel_size_um(path) == pytest.approx(0.499)
+    renamed = tmp_path / "slide.tif"
+    renamed.write_bytes(path.read_bytes())
+    assert read_optical(renamed).pixel_size_um == pytest.approx(0.499)
+
+
+@pytest.mark.parametrize("mpp, size, note", [(None, None, None), ("n/a", None, "its Aperio MPP 'n/a' is not a number"),
+                                             ("0.0001", None, "implausible")])
+def test_an_aperio_slide_without_a_usable_mpp_is_uncalibrated(tmp_path, write_svs, mpp, size, note):
+    image = read_optical(write_svs(tmp_path / "slide.svs", [np.zeros((32, 32, 3), np.uint8)], mpp))
+    assert image.pixel_size_um == size
+    assert (image.calibration_note is None) if note is None else note in image.calibration_note
+
+
 def _non_square_tiffs(tmp_path):
     """An OME-TIFF stating X 25 µm, Y 50 µm (Y in mm) and a plain TIFF whose resolution tags differ the same way."""
     pixels = np.arange(48, dtype=np.float32).reshape(6, 8) + 1

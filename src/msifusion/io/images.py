@@ -49,7 +49,8 @@ __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, 
     "rgb_layout", "rgb_to_uint8", "torch_ready", "validate_ion", "write_rgb_tiff", "write_tiff",
 ]
 
-OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+OPTICAL_TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # .svs: an Aperio slide scan, a TIFF whose description calibrates it
+OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", *OPTICAL_TIFF_SUFFIXES)
 ION_SUFFIXES = (".tif", ".tiff", ".npy", ".csv", ".tsv", ".txt")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights of R, G, B
 
@@ -111,7 +112,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
     suffix = path.suffix.lower()
     downsample, full_shape = 1.0, None
-    if suffix in (".tif", ".tiff"):
+    if suffix in OPTICAL_TIFF_SUFFIXES:
         tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um)
         data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
                                                       tiff.calibration_note, tiff.orientation)
@@ -131,7 +132,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
 def file_pixel_size_um(path: Path) -> float | None:
     """The full resolution's pixel size that an optical file's own calibration states, whatever overrides it (None:
     a PNG or JPEG, a TIFF without a usable calibration, or one no longer there to read)."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+    if Path(path).suffix.lower() not in OPTICAL_TIFF_SUFFIXES:
         return None
     import tifffile
 

@@ -27,8 +27,8 @@ from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusabl
 
 
 def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
-    """Pixel size from OME PhysicalSizeX/Y, else ImageJ/TIFF resolution tags (None if uncalibrated), and why a pixel
-    size the file states was not used (None when it was, or when the file states none).
+    """Pixel size from OME PhysicalSizeX/Y, an Aperio slide's MPP, else ImageJ/TIFF resolution tags (None if
+    uncalibrated), and why a pixel size the file states was not used (None when it was, or when the file states none).
 
     A unit we do not know (OME ``pixel``, ``ft``…) makes the image uncalibrated rather than being taken as µm, and
     so does a pixel size outside :data:`PLAUSIBLE_PIXEL_UM`: such metadata is wrong. So does a width and height that
@@ -53,6 +53,9 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
         width, note = _ome_physical_size_um(ome, "X")
         return width, _ome_physical_size_um(ome, "Y")[0], note
     page = tif.pages.first
+    aperio = _aperio_mpp_um(page.description) if tif.is_svs else None
+    if aperio is not None:
+        return aperio
     ij_unit = (tif.imagej_metadata or {}).get("unit")
     x, y = (_resolution_per_unit(page, name) for name in ("XResolution", "YResolution"))
     note = None
@@ -66,6 +69,20 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
     if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
         return None, None, note
     return factor / x, (factor / y if y is not None else None), None
+
+
+def _aperio_mpp_um(description: str) -> tuple[float | None, float | None, str | None] | None:
+    """An Aperio slide's (SVS) pixel size as :func:`_tiff_stated_pixel_size_um` gives it: the ``MPP`` (µm per pixel,
+    square) of its first page's description (``…|AppMag = 20|MPP = 0.4990|…``), where the scanner states its
+    calibration (not in resolution tags); a note for an MPP that is not a number; None where the description states
+    no MPP (the resolution tags are read instead)."""
+    mpp = re.search(r"\|\s*MPP\s*=\s*([^|\r\n]*)", description or "")
+    if mpp is None:
+        return None
+    try:
+        return float(mpp.group(1)), None, None
+    except ValueError:
+        return None, None, f"its Aperio MPP {mpp.group(1).strip()!r} is not a number"
 
 
 def _ome_physical_size_um(ome: str, axis: str) -> tuple[float | None, str | None]:
