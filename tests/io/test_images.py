@@ -58,6 +58,10 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="cannot decode"):
         read_optical(tmp_path / "broken.png")
+    (tmp_path / "section.czi").write_bytes(b"ZISRAWFILE")
+    with pytest.raises(InputError, match=r"unsupported optical image format \.czi; .*a Zeiss CZI file: export it as an "
+                                         r"OME-TIFF, which keeps its pixel size \(Fiji: .*Bio-Formats Exporter"):
+        read_optical(tmp_path / "section.czi")
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.uint8, 255), (np.uint16, 65535)])

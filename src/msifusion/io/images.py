@@ -52,6 +52,11 @@ __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, 
 OPTICAL_TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # .svs: an Aperio slide scan, a TIFF whose description calibrates it
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", *OPTICAL_TIFF_SUFFIXES)
 ION_SUFFIXES = (".tif", ".tiff", ".npy", ".csv", ".tsv", ".txt")
+MICROSCOPE_FORMATS = {  # vendors' formats that Bio-Formats opens and msifusion does not: refused with the way round
+    ".czi": "Zeiss CZI", ".lif": "Leica LIF", ".vsi": "Olympus VSI", ".nd2": "Nikon ND2",
+    ".ndpi": "Hamamatsu NDPI", ".mrxs": "3DHISTECH MRXS", ".scn": "Leica SCN", ".oib": "Olympus OIB",
+    ".oir": "Olympus OIR", ".ims": "Imaris", ".lsm": "Zeiss LSM",
+}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights of R, G, B
 
 
@@ -86,11 +91,16 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
         raise InputError(path, f"{what} file not found")
     if not path.is_file():
         raise InputError(path, f"{what} path is not a file")
-    if path.suffix.lower() not in suffixes:
-        imzml = {".imzml": "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`",
-                 ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(path.suffix.lower(), "")
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        hint = {".imzml": "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`",
+                ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
+        if suffix in MICROSCOPE_FORMATS:
+            hint = (f"; a {MICROSCOPE_FORMATS[suffix]} file: export it as an OME-TIFF, which keeps its pixel size "
+                    "(Fiji: open it with Bio-Formats, then Plugins > Bio-Formats > Bio-Formats Exporter; QuPath, for "
+                    "whole slides: File > Export images > OME TIFF)")
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
-                               + imzml)
+                               + hint)
     return path
 
 
