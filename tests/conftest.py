@@ -160,4 +160,3 @@ def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990")
         tif.write(np.full((10, 30, 3), 90, np.uint8), subfiletype=9, description="Aperio Image Library\r\nmacro 30x10",
                   **options)
     return path
-

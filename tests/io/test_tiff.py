@@ -112,6 +112,10 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     tifffile.imwrite(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(InputError, match="a stack of 3 greyscale images"):  # three focal planes are no RGB
         read_optical(tmp_path / "z.tif")
+    tifffile.imwrite(tmp_path / "rgb_z.ome.tif", np.zeros((2, 20, 30, 3), np.uint8), photometric="rgb", ome=True,
+                     metadata={"axes": "ZYXS"})  # a slide scanned at two focal planes
+    with pytest.raises(InputError, match="a stack of 2 colour images of 20×30 px .axes ZYXS: focal planes"):
+        read_optical(tmp_path / "rgb_z.ome.tif")
     tifffile.imwrite(tmp_path / "c.tif", planes, imagej=True, metadata={"axes": "CYX"})
     np.testing.assert_allclose(read_optical(tmp_path / "c.tif").pixels[0, 0], np.array([10, 130, 250]) / 255)
     rgba = np.zeros((4, 20, 30), np.uint8)
@@ -203,6 +207,8 @@ def test_an_aperio_slide_is_read_at_its_level_with_its_mpp(tmp_path, write_svs):
     assert level.pixels.shape[:2] == (16, 24) and level.pixel_size_um == pytest.approx(4 * 0.499)
     assert level.downsample == 4 and level.origin_um == pytest.approx((1.5 * 0.499,) * 2)
     np.testing.assert_allclose(level.pixels, full[::4, ::4] / 255, atol=1e-6)
+    coarsest = read_optical(path, 10.0)  # the ×8 thumbnail, label and macro would be coarser still: not levels
+    assert coarsest.pixels.shape[:2] == (16, 24) and coarsest.downsample == 4
     assert file_pixel_size_um(path) == pytest.approx(0.499)
     renamed = tmp_path / "slide.tif"
     renamed.write_bytes(path.read_bytes())

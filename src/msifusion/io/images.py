@@ -10,7 +10,8 @@ ion images given as text tables, and :mod:`msifusion.io.units` turns a stated pi
 
 Accepted inputs
 ---------------
-Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs); 8-bit, 16-bit, 32-bit or float;
+Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs) and Aperio slide scans (.svs, TIFFs calibrated by
+their description's MPP); 8-bit, 16-bit, 32-bit or float;
 grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
 PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
 are placed on the stored pixels): the image carries a warning instead. Pixels become
@@ -97,8 +98,10 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
                 ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
         if suffix in MICROSCOPE_FORMATS:
             hint = (f"; a {MICROSCOPE_FORMATS[suffix]} file: export it as an OME-TIFF, which keeps its pixel size "
-                    "(Fiji: open it with Bio-Formats, then Plugins > Bio-Formats > Bio-Formats Exporter; QuPath, for "
-                    "whole slides: File > Export images > OME TIFF)")
+                    "(Fiji: open it with Bio-Formats, then Plugins > Bio-Formats > Bio-Formats Exporter to a name "
+                    "ending .ome.tif; QuPath, for whole slides: File > Export images > OME-TIFF)")
+        elif suffix in OPTICAL_TIFF_SUFFIXES and suffixes != OPTICAL_SUFFIXES:
+            hint = "; a slide scan is a microscope image: give it as the optical"
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
                                + hint)
     return path

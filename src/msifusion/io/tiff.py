@@ -166,6 +166,10 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 _refuse_ion_stack(path, tif.ome_metadata)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
+            if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
+                raise InputError(path, f"a stack of {series.shape[0]} colour images of {series.shape[1]}×"
+                                       f"{series.shape[2]} px (axes {series.axes}: focal planes or time points), not "
+                                       "one image; save the plane to use as RGB")
             if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
