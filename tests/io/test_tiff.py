@@ -404,3 +404,18 @@ def test_keeping_each_pyramid_level_to_halve_the_next_writes_the_same_bytes(tmp_
     monkeypatch.setattr(tiff, "KEEP_LEVELS_BYTES", 0)  # a stack too large to keep: halved from full size each time
     again = write_tiff(tmp_path / "again.ome.tiff", list(stack), 0.5).read_bytes()
     assert len(calls) == 2 * (1 + 2 + 3) and again == kept
+
+
+def test_an_optical_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, monkeypatch, write_svs):
+    """The pixels and their float32 RGB copy (12 bytes a pixel) must fit; else one line, not the system's kill."""
+    import msifusion.io.tiff as tiff
+
+    full = np.zeros((64, 96, 3), np.uint8)
+    path = write_svs(tmp_path / "slide.svs", [full, full[::4, ::4]])
+    monkeypatch.setattr(tiff, "machine_memory_bytes", lambda: 64 * 96 * 15 - 1)  # one byte short of the full scan
+    with pytest.raises(InputError, match=r"slide.svs: 64×96 px needs about [\d.]+ GB to read, more than this machine's "
+                                         r"[\d.]+ GB of memory; .* \(it is a pyramid: `register` and `fuse --imzml` read the"):
+        read_optical(path)
+    assert read_optical(path, 2.5).pixels.shape == (16, 24, 3)  # the level it needs fits
+    monkeypatch.setattr(tiff, "machine_memory_bytes", lambda: 64 * 96 * 15)
+    assert read_optical(path).pixels.shape == (64, 96, 3)

@@ -24,6 +24,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
+from msifusion.runtime import machine_memory_bytes
 
 
 def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
@@ -164,6 +165,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                         series, pixel_size, downsample = level, base * factor, factor
             if colours:
                 _refuse_ion_stack(path, tif.ome_metadata)
+                _refuse_beyond_memory(path, series, pyramid=len(levels) > 1)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
             if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
@@ -189,6 +191,25 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
+
+
+OPTICAL_BYTES_PER_SAMPLE = 4  # a microscope image becomes float32 RGB (optical_to_rgb), beside its decoded pixels
+
+
+def _refuse_beyond_memory(path: Path, series, pyramid: bool) -> None:
+    """Refuse, before decoding, a microscope image whose pixels and their float32 RGB copy alone would not fit in this
+    machine's memory (a whole-slide scan at full resolution: 46000×33000 px is 18 GB as float32 RGB), rather than
+    be killed by the system minutes later."""
+    have = machine_memory_bytes()
+    rows, cols = _rows_cols(series)
+    need = rows * cols * 3 * OPTICAL_BYTES_PER_SAMPLE + series.size * series.dtype.itemsize
+    if have is None or need <= have:
+        return
+    level = (" (it is a pyramid: `register` and `fuse --imzml` read the level the fused grid needs where its pixel "
+             "size is known, or given with --optical-pixel-size)" if pyramid else "")
+    raise InputError(path, f"{rows}×{cols} px needs about {need / 1e9:.1f} GB to read, more than this machine's "
+                           f"{have / 1e9:.1f} GB of memory; save a copy downsampled to the fused grid's pixel size"
+                           + level)
 
 
 def _rows_cols(series) -> tuple[int, int]:
