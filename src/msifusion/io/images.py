@@ -100,7 +100,7 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
             hint = (f"; a {MICROSCOPE_FORMATS[suffix]} file: export it as an OME-TIFF, which keeps its pixel size "
                     "(Fiji: open it with Bio-Formats, then Plugins > Bio-Formats > Bio-Formats Exporter to a name "
                     "ending .ome.tif; QuPath, for whole slides: File > Export images > OME-TIFF)")
-        elif suffix in OPTICAL_TIFF_SUFFIXES and suffixes != OPTICAL_SUFFIXES:
+        elif suffix == ".svs":  # where an optical is not what is asked for
             hint = "; a slide scan is a microscope image: give it as the optical"
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
                                + hint)
