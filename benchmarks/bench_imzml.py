@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_options import at_least
+
 
 def machine() -> str:
     from msifusion.provenance import cpu_model
@@ -33,8 +35,10 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="folder holding prostate_example.imzML/.ibd")
-    parser.add_argument("--n", type=int, default=50, help="how many of the strongest peaks to extract (default 50)")
-    parser.add_argument("--da", type=float, default=0.01, help="half-width of each m/z window in Da (default 0.01)")
+    parser.add_argument("--n", type=at_least(1), default=50,
+                        help="how many of the strongest peaks to extract (default 50)")
+    parser.add_argument("--da", type=at_least(1e-6, float), default=0.01,
+                        help="half-width of each m/z window in Da (default 0.01)")
     args = parser.parse_args()
 
     from pyimzml.ImzMLParser import ImzMLParser, getionimage
@@ -67,7 +71,9 @@ def main() -> None:
     print("| date | machine | data | ions | parse XML (s) | msifusion one pass (s) | pyimzML getionimage ×n (s) "
           "| speed-up | images equal |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {date} | {machine()} | prostate 274×163, {f.n_spectra} spectra, continuous | {len(mzs)} "
+    rows, cols = f.shape
+    print(f"| {date} | {machine()} | {path.stem} {cols}×{rows}, {f.n_spectra} spectra, {f.summary()['mode']} "
+          f"| {len(mzs)} "
           f"| {t_parse:.2f} / {t_parse_pyimzml:.2f} | {t_ours:.3f} | {t_theirs:.1f} | {t_theirs / t_ours:.0f}× "
           f"| {agree}/{len(mzs)} |")
 

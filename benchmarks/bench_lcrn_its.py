@@ -22,6 +22,8 @@ from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 from msifusion.models.lcrn import LCRN
 from msifusion.provenance import cpu_model
 
+from bench_options import at_least, device_name
+
 SIZES = {"ginkgo 2700×980": (2700, 980), "mint 1800×2550": (1800, 2550)}
 PAPER_ITS = {"ginkgo 2700×980": 14.3, "mint 1800×2550": 8.0}
 
@@ -57,11 +59,12 @@ def time_steps(shape: tuple[int, int], device: torch.device, steps: int, autocas
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CUDA, 2 on CPU)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
+    parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps (default: 20 on CUDA, 2 on CPU)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    steps = args.steps or (20 if device.type == "cuda" else 2)
+    steps = args.steps if args.steps is not None else (20 if device.type == "cuda" else 2)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"# LCRN it/s, {name}, torch {torch.__version__}, {date.today()}")
     print("| size | precision | s/it | it/s | paper (RTX 4090) |")

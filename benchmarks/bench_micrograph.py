@@ -19,9 +19,10 @@ settings everywhere). Prints a markdown table (date, machine). Run: ``python ben
 from __future__ import annotations
 
 import argparse
-from datetime import date
 
 import numpy as np
+
+from bench_options import at_least, header
 
 COMPARED = ("diffusion", "bilinear-bp", "guided-bp", "bicubic", "bilinear")  # after the default method
 
@@ -51,7 +52,8 @@ def measure(truth: np.ndarray, factor: int, seed: int, noise_level: float) -> np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--noise", type=float, default=0.02, help="Gaussian noise × the truth's maximum")
+    parser.add_argument("--noise", type=at_least(0, float), default=0.02,
+                        help="Gaussian noise × the truth's maximum (default: %(default)s)")
     args = parser.parse_args()
     import torch
     from skimage import data
@@ -59,15 +61,14 @@ def main() -> None:
     from msifusion.runtime import Runtime
     from msifusion.methods import DEFAULT_METHOD, MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
-    from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     methods = (DEFAULT_METHOD, *COMPARED)
     options = MethodOptions(runtime=Runtime(quiet=True))
     rgb = data.immunohistochemistry()
     guide = (rgb / 255.0).astype(np.float32)
-    print(f"# msifusion guided by a real micrograph (scikit-image IHC, 512×512), noise {args.noise:g} × max, "
-          f"{cpu_model()}, {date.today()}\n")
+    print(header(f"msifusion guided by a real micrograph (scikit-image IHC, 512×512), noise {args.noise:g} × max")
+          + "\n")
     print("| truth | factor | " + " | ".join(methods) + " | default first in |")
     print("|---" * (3 + len(methods)) + "|")
     firsts, rows, margins = {"PSNR": 0, "SSIM": 0}, 0, []

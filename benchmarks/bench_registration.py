@@ -12,14 +12,16 @@ Run: ``python benchmarks/bench_registration.py`` (about a minute on 2 cores).
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from bench_options import header
 
 FACTOR = 8
 PAD = 128
@@ -70,13 +72,13 @@ def landmark_errors(landmarks_csv: Path, m: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --help, not a run
     import cv2
     from skimage import data
 
-    from msifusion.provenance import cpu_model
 
     rgb = data.immunohistochemistry()
-    print(f"# msifusion automatic registration, IHC micrograph ×{FACTOR}, {cpu_model()}, {date.today()}\n")
+    print(header(f"msifusion automatic registration, IHC micrograph ×{FACTOR}") + "\n")
     print("| turned | zoom | mirrored | largest error (MSI px) | mean | score | tissue image | warnings |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator
-from datetime import date
 from functools import partial
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import disk, ellipse, line_aa
+
+from bench_options import comma_list, header
 
 Pair = tuple[np.ndarray, np.ndarray]  # guide (H, W, 3) float32 in [0, 1], truth (H, W) ≥ 0
 Noise = tuple[str, float] | None  # ("gauss", fraction of the peak block) or ("poisson", counts in the peak block)
@@ -362,11 +363,12 @@ def noise_label(noise: Noise) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all 25)")
+    parser.add_argument("--cases", type=comma_list(str), default=None,
+                        help="comma-separated case names (default: all 25)")
     args = parser.parse_args()
     names = None
     if args.cases:
-        names = {name.strip() for name in args.cases.split(",") if name.strip()}
+        names = set(args.cases)
         unknown = names - {spec.name for spec in SPECS}
         if unknown:
             parser.error(f"unknown case(s): {', '.join(sorted(unknown))}; known: {', '.join(s.name for s in SPECS)}")
@@ -376,7 +378,6 @@ def main() -> None:
     from msifusion.harmonic import HarmonicConfig, TextureSettings
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
-    from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     options = MethodOptions(runtime=Runtime(quiet=True))
@@ -386,7 +387,7 @@ def main() -> None:
             ("guided-bp", "guided-bp", options))
     peers = ("bilinear-bp", "diffusion", "guided-bp")
 
-    print(f"# msifusion on synthetic cases of other kinds, {cpu_model()}, {date.today()}\n")
+    print(header("msifusion on synthetic cases of other kinds") + "\n")
     print("| case | factor | noise | " + " | ".join(label for label, _, _ in runs)
           + " | default's setting, β | default first in |")
     print("|---" * (5 + len(runs)) + "|")

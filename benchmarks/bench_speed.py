@@ -23,7 +23,9 @@ Each task runs in its own process so that its peak memory (``ru_maxrss``) is its
 
 Prints one JSON line per task (peak host memory; on CUDA also the GPU and its peak allocation).
 
-    python benchmarks/bench_speed.py [--tasks ginkgo,lcrn,large,many,panel,prostate] [--ions 100] [--device auto]
+    python benchmarks/bench_speed.py [--tasks T1,T2,…] [--ions 100] [--check 3] [--panel 30] [--device auto]
+
+(tasks: ginkgo, lcrn, lcrn-bf16, large, many, panel, prostate; by default ginkgo,lcrn,large,many)
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import resource
 import subprocess
 import sys
 import time
-from datetime import date
 
 import numpy as np
+
+from bench_options import at_least, device_name, header
 
 GINKGO = (980, 2700)  # fine (rows, cols): ion 49×135 at ×20
 LARGE = (4820, 11920)  # the paper's 4837×11939 microscope image, cut to a multiple of 20
@@ -117,7 +120,8 @@ def task(name: str, args: argparse.Namespace) -> dict:
                    **_sharing(results),
                    max_consistency=max(r.consistency_error for r in results),
                    checked=min(args.check, args.ions), max_rel_diff_alone=worst,
-                   psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
+                   **({"psnr_minus_alone_mean": float(np.mean(gaps)), "psnr_minus_alone_min": float(np.min(gaps))}
+                      if gaps else {}))
     elif name == "prostate":
         from msifusion.workflows.benchmark import prostate_cases
 
@@ -156,26 +160,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=_task_list, default="ginkgo,lcrn,large,many",
                         help=f"comma-separated, each run in its own process: {', '.join(TASKS)} (default: %(default)s)")
-    parser.add_argument("--ions", type=int, default=100, help="ions of the many and panel tasks")
-    parser.add_argument("--check", type=int, default=3, help="ions of the shared run also fused alone")
-    parser.add_argument("--panel", type=int, default=30, help="prostate task: how many of the strongest peaks")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
+    parser.add_argument("--ions", type=at_least(1), default=100, help="ions of the many and panel tasks")
+    parser.add_argument("--check", type=at_least(0), default=3, help="ions of the shared run also fused alone")
+    parser.add_argument("--panel", type=at_least(1), default=30, help="prostate task: how many of the strongest peaks")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto, cpu or cuda[:N] (default auto: CUDA where present)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one task in this process
     args = parser.parse_args()
+    if "lcrn-bf16" in args.tasks and not args.one:
+        from msifusion.runtime import resolve_device
+
+        if resolve_device(args.device).type != "cuda":
+            parser.error("--tasks: lcrn-bf16 needs a CUDA device (bfloat16 autocast is CUDA-only)")
     if args.one:
         import torch
 
         print(json.dumps({**task(args.one, args), "torch_threads": torch.get_num_threads()}))
         return
-    from msifusion.provenance import cpu_model
-
-    print(f"# msifusion speed, {cpu_model()}, {date.today()}")
+    print(header("msifusion speed"))
     rows = []
     for name in args.tasks:
         cmd = [sys.executable, __file__, "--one", name, "--ions", str(args.ions), "--check", str(args.check),
                "--panel", str(args.panel), "--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        rows.append(json.loads(out))
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:  # the child's own message, not a CalledProcessError that hides it
+            sys.exit(f"task {name} failed (exit {run.returncode}):\n{run.stderr.strip()[-3000:]}")
+        rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     times = {r["task"]: r["seconds"] for r in rows}
     if "ginkgo" in times and "lcrn" in times:

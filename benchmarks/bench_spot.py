@@ -10,38 +10,37 @@ upsampling made exact under the same spot (the baseline every exact method start
 Prints a markdown table (date, machine): PSNR / SSIM against the truth, the default's chosen setting and β,
 its consistency error under the spot, the share of its pixels below zero and its least value over its
 greatest; then the means per σ. σ = 0 is the box model (the benchmark's own measurement).
-Run: ``python benchmarks/bench_spot.py [--sigmas 0,0.5,1,2.5,5]`` (16 minutes on 2 cores).
+Run: ``python benchmarks/bench_spot.py [--sigmas 0,0.5,1,2.5,5] [--seeds 1,2] [--factors 10,20]`` (16 minutes on 2
+cores).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from datetime import date
+
+from bench_options import at_least, comma_list, header
 
 CASES = (("leaf", "apigenin"), ("stem", "sucrose"))
-
-
-def _numbers(kind: type):
-    """An argparse type: comma-separated numbers of ``kind`` (a wrong one is refused before any work starts)."""
-
-    def parse(text: str) -> list:
-        try:
-            return [kind(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__} values separated by commas, got {text!r}")
-
-    parse.__name__ = f"{kind.__name__} list"
-    return parse
+SECTION = (320, 800)  # the phantoms' rows × columns at 1 µm (PhantomConfig's default)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sigmas", type=_numbers(float), default="0,0.5,1,2.5,5",
-                        help="spot σ in fine pixels, comma-separated")
-    parser.add_argument("--seeds", type=_numbers(int), default="1,2", help="phantom seeds, comma-separated")
-    parser.add_argument("--factors", type=_numbers(int), default="10,20", help="scale factors, comma-separated")
+    parser.add_argument("--sigmas", type=comma_list(at_least(0, float)), default="0,0.5,1,2.5,5",
+                        help="spot σ in fine pixels, comma-separated (default: %(default)s); wider than half a factor "
+                             "is not run")
+    parser.add_argument("--seeds", type=comma_list(at_least(0)), default="1,2",
+                        help="phantom seeds, comma-separated (default: %(default)s)")
+    parser.add_argument("--factors", type=comma_list(at_least(2)), default="10,20",
+                        help=f"scale factors dividing the phantom's {SECTION[0]}×{SECTION[1]} µm, comma-separated "
+                             "(default: %(default)s)")
     args = parser.parse_args()
+    if any(SECTION[0] % f or SECTION[1] % f for f in args.factors):
+        parser.error(f"--factors: each must divide the phantom's {SECTION[0]}×{SECTION[1]} µm")
+    if all(sigma > f / 2 for sigma in args.sigmas for f in args.factors):
+        parser.error("--sigmas: every σ is wider than half of every factor (an oversampled acquisition): "
+                     "nothing to run")
     import numpy as np
     import torch
 
@@ -51,11 +50,14 @@ def main() -> None:
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.phantom import PhantomConfig, make_phantom
-    from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     sigmas = args.sigmas
-    print(f"# msifusion under a laser spot, {cpu_model()}, {date.today()}\n")
+    print(header("msifusion under a laser spot") + "\n")
+    skipped = [(s, f) for s in sigmas for f in args.factors if s > f / 2]
+    if skipped:
+        print("Not run (σ wider than half the factor: an oversampled acquisition, refused): "
+              + ", ".join(f"σ {s:g} at ×{f}" for s, f in skipped) + "\n")
     print("| case | factor | σ px | default | default, no texture | default, spot ignored | bilinear, exact "
           "| setting, β | consistency | share < 0 | min / max |")
     print("|---" * 11 + "|")

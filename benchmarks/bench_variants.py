@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from datetime import date
+
+from bench_options import at_least, header
 
 METHODS = ("guided-harmonic", "diffusion", "bilinear-bp", "guided-bp", "bicubic")
 MODELS = ((8, 0.0, 0.0), (15, 0.05, 0.0), (12, 0.01, 0.05))  # (factor, Gaussian noise, shot noise)
@@ -42,7 +43,8 @@ def measurement_models(text: str) -> tuple[tuple[int, float, float], ...]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=11, help="phantom seed (default 11; the benchmark uses 1 and 2)")
+    parser.add_argument("--seed", type=at_least(0), default=11,
+                        help="phantom seed (default 11; the benchmark uses 1 and 2)")
     parser.add_argument("--models", type=measurement_models, default=MODELS,
                         help="factor:noise:shot triples, comma-separated (default: "
                              + ",".join(f"{f}:{n:g}:{s:g}" for f, n, s in MODELS) + ")")
@@ -53,11 +55,10 @@ def main() -> None:
     from msifusion.methods import MethodOptions, fuse
     from msifusion.metrics import psnr, ssim
     from msifusion.phantom import PhantomConfig, make_phantom
-    from msifusion.provenance import cpu_model
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     options = MethodOptions(runtime=Runtime(quiet=True))
-    print(f"# msifusion on unseen synthetic variants, seed {args.seed}, {cpu_model()}, {date.today()}\n")
+    print(header(f"msifusion on unseen synthetic variants, seed {args.seed}") + "\n")
     print("| kind | ion | factor | noise | shot | " + " | ".join(METHODS) + " | default first in |")
     print("|---" * (6 + len(METHODS)) + "|")
     firsts = {"PSNR": 0, "SSIM": 0}
