@@ -54,7 +54,7 @@ def device_name(text: str) -> str:
 
     try:
         resolve_device(text)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: a CUDA driver that cannot count its devices
         raise argparse.ArgumentTypeError(str(exc))
     return text
 

@@ -76,7 +76,6 @@ def main() -> None:
     import cv2
     from skimage import data
 
-
     rgb = data.immunohistochemistry()
     print(header(f"msifusion automatic registration, IHC micrograph ×{FACTOR}") + "\n")
     print("| turned | zoom | mirrored | largest error (MSI px) | mean | score | tissue image | warnings |")

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from bench_options import at_least, device_name, header
+from bench_options import at_least, comma_list, device_name, header
 
 GINKGO = (980, 2700)  # fine (rows, cols): ion 49×135 at ×20
 LARGE = (4820, 11920)  # the paper's 4837×11939 microscope image, cut to a multiple of 20
@@ -148,7 +148,7 @@ def task(name: str, args: argparse.Namespace) -> dict:
 
 def _task_list(text: str) -> list[str]:
     """An argparse type: comma-separated task names, each one of :data:`TASKS`."""
-    names = text.split(",")
+    names = comma_list(str)(text)
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(map(repr, unknown))}: "
@@ -184,7 +184,9 @@ def main() -> None:
                "--panel", str(args.panel), "--device", args.device]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:  # the child's own message, not a CalledProcessError that hides it
-            sys.exit(f"task {name} failed (exit {run.returncode}):\n{run.stderr.strip()[-3000:]}")
+            how = (f"was killed by signal {-run.returncode} (out of memory?)" if run.returncode < 0 else
+                   f"failed (exit {run.returncode})")
+            sys.exit(f"task {name} {how}:\n{run.stderr.strip()[-3000:]}")
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     times = {r["task"]: r["seconds"] for r in rows}

@@ -165,7 +165,6 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                         series, pixel_size, downsample = level, base * factor, factor
             if colours:
                 _refuse_ion_stack(path, tif.ome_metadata)
-                _refuse_beyond_memory(path, series, pyramid=len(levels) > 1)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
             if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
@@ -176,6 +175,8 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
                                        "image; save the microscope image as RGB or greyscale")
+            if colours:  # what it is refused for first, then whether it fits
+                _refuse_beyond_memory(path, series, pyramid=len(levels) > 1 and coarsest_um is None)
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
@@ -198,15 +199,16 @@ OPTICAL_BYTES_PER_SAMPLE = 4  # a microscope image becomes float32 RGB (optical_
 
 def _refuse_beyond_memory(path: Path, series, pyramid: bool) -> None:
     """Refuse, before decoding, a microscope image whose pixels and their float32 RGB copy alone would not fit in this
-    machine's memory (a whole-slide scan at full resolution: 46000×33000 px is 18 GB as float32 RGB), rather than
-    be killed by the system minutes later."""
+    machine's memory (or its container's limit; a whole-slide scan at full resolution: 46000×33000 px is 18 GB as
+    float32 RGB), rather than be killed by the system minutes later. A lower bound: reading makes further copies.
+    ``pyramid``: it has levels, and this read did not ask for one (the message then names the commands that do)."""
     have = machine_memory_bytes()
     rows, cols = _rows_cols(series)
     need = rows * cols * 3 * OPTICAL_BYTES_PER_SAMPLE + series.size * series.dtype.itemsize
     if have is None or need <= have:
         return
-    level = (" (it is a pyramid: `register` and `fuse --imzml` read the level the fused grid needs where its pixel "
-             "size is known, or given with --optical-pixel-size)" if pyramid else "")
+    level = (" (it is a pyramid: `register` and `fuse --imzml` read the level the fused grid needs, where its pixel "
+             "size is known or given with --optical-pixel-size, and so is the ion's)" if pyramid else "")
     raise InputError(path, f"{rows}×{cols} px needs about {need / 1e9:.1f} GB to read, more than this machine's "
                            f"{have / 1e9:.1f} GB of memory; save a copy downsampled to the fused grid's pixel size"
                            + level)
