@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import time
 import warnings
@@ -23,13 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_options import at_least
-
-
-def machine() -> str:
-    from msifusion.provenance import cpu_model
-
-    return f"{cpu_model()}, {os.cpu_count()} CPU, Python {platform.python_version()}"
+from bench_options import at_least, machine
 
 
 def main() -> None:
@@ -72,7 +65,7 @@ def main() -> None:
           "| speed-up | images equal |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows, cols = f.shape
-    print(f"| {date} | {machine()} | {path.stem} {cols}×{rows}, {f.n_spectra} spectra, {f.summary()['mode']} "
+    print(f"| {date} | {machine()}, Python {platform.python_version()} | {path.stem} {cols}×{rows}, {f.n_spectra} spectra, {f.summary()['mode']} "
           f"| {len(mzs)} "
           f"| {t_parse:.2f} / {t_parse_pyimzml:.2f} | {t_ours:.3f} | {t_theirs:.1f} | {t_theirs / t_ours:.0f}× "
           f"| {agree}/{len(mzs)} |")

@@ -59,8 +59,13 @@ def device_name(text: str) -> str:
     return text
 
 
-def header(title: str) -> str:
-    """``# title, CPU model, N CPU cores, date``: the first line each benchmark prints."""
+def machine() -> str:
+    """``CPU model, N CPU cores``: the machine a benchmark ran on."""
     from msifusion.provenance import cpu_model
 
-    return f"# {title}, {cpu_model()}, {os.cpu_count()} CPU cores, {date.today()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPU cores"
+
+
+def header(title: str) -> str:
+    """``# title, CPU model, N CPU cores, date``: the first line each benchmark prints."""
+    return f"# {title}, {machine()}, {date.today()}"

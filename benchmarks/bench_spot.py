@@ -52,9 +52,8 @@ def main() -> None:
     from msifusion.phantom import PhantomConfig, make_phantom
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    sigmas = args.sigmas
     print(header("msifusion under a laser spot") + "\n")
-    skipped = [(s, f) for s in sigmas for f in args.factors if s > f / 2]
+    skipped = [(s, f) for s in args.sigmas for f in args.factors if s > f / 2]
     if skipped:
         print("Not run (σ wider than half the factor: an oversampled acquisition, refused): "
               + ", ".join(f"σ {s:g} at ×{f}" for s, f in skipped) + "\n")
@@ -66,7 +65,7 @@ def main() -> None:
         for kind, ion in CASES:
             phantom = make_phantom(PhantomConfig(seed=seed, kind=kind, ion=ion))
             for f in args.factors:
-                for sigma in sigmas:
+                for sigma in args.sigmas:
                     if sigma > f / 2:
                         continue  # refused: an oversampled acquisition
                     model = MeasurementModel(sigma)
