@@ -160,3 +160,27 @@ def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990")
         tif.write(np.full((10, 30, 3), 90, np.uint8), subfiletype=9, description="Aperio Image Library\r\nmacro 30x10",
                   **options)
     return path
+
+
+@pytest.fixture
+def write_czi():
+    """A function that saves an image as Zeiss ZEN saves a CZI, through Zeiss's libCZI: ``(path, image,
+    pixel_size_um=None, location=(0, 0), more=()) -> path``. ``image`` (rows, cols, 3) RGB is stored as ZEN stores
+    colour (Bgr24/Bgr48, memory order B, G, R), (rows, cols) as one grey channel; ``more``: further (plane, image,
+    location) triples, a plane being a dict ({"C": 1}: another channel; {"Z": 1}: a focal plane) or a scene's index;
+    the pixel size goes into the metadata's scaling in metres, as the format states it (0: uncalibrated, as ZEN)."""
+    return _write_czi
+
+
+def _write_czi(path: Path, image: np.ndarray, pixel_size_um: float | None = None,
+               location: tuple[int, int] = (0, 0), more=()) -> Path:
+    from pylibCZIrw import czi as pyczi
+
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for where, pixels, at in [({"C": 0}, image, location), *more]:
+            stored = pixels[..., ::-1] if pixels.ndim == 3 else pixels[..., None]
+            plane, scene = (where, 0) if isinstance(where, dict) else (None, where)
+            czi.write(np.ascontiguousarray(stored), location=at, plane=plane, scene=scene)
+        size_m = (pixel_size_um or 0.0) * 1e-6
+        czi.write_metadata("section", scale_x=size_m, scale_y=size_m)
+    return path

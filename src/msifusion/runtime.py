@@ -264,6 +264,23 @@ def machine_memory_bytes() -> int | None:
     return have
 
 
+OPTICAL_BYTES_PER_PIXEL = 12  # a microscope image becomes float32 RGB (optical_to_rgb), beside its decoded pixels
+
+
+def refuse_beyond_memory(path: Path, rows: int, cols: int, decoded_bytes: int, way_round: str | None) -> None:
+    """Refuse, before decoding, a microscope image whose ``decoded_bytes`` and their float32 RGB copy alone would not
+    fit in this machine's memory (or its container's limit; a whole-slide scan at full resolution: 46000×33000 px is
+    18 GB as float32 RGB), rather than be killed by the system minutes later. A lower bound: reading makes further
+    copies. ``way_round``: what the file is, where a command can read it smaller (the message then names it)."""
+    have = machine_memory_bytes()
+    need = rows * cols * OPTICAL_BYTES_PER_PIXEL + decoded_bytes
+    if have is None or need <= have:
+        return
+    raise InputError(path, f"{rows}×{cols} px needs about {need / 1e9:.1f} GB to read, more than this machine's "
+                           f"{have / 1e9:.1f} GB of memory; save a copy downsampled to the fused grid's pixel size"
+                           + (f" (it is {way_round})" if way_round else ""))
+
+
 def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
     """Refuse, before any work, a fused image that cannot fit in this machine's memory.
 

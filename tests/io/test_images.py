@@ -58,12 +58,13 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="cannot decode"):
         read_optical(tmp_path / "broken.png")
-    (tmp_path / "section.czi").write_bytes(b"ZISRAWFILE")
-    with pytest.raises(InputError, match=r"unsupported optical image format \.czi; .*a Zeiss CZI file: export it as an "
+    (tmp_path / "section.lif").write_bytes(b"\x70\x00\x00\x00")
+    with pytest.raises(InputError, match=r"unsupported optical image format \.lif; .*a Leica LIF file: export it as an "
                                          r"OME-TIFF, which keeps its pixel size \(Fiji: .*Bio-Formats Exporter"):
-        read_optical(tmp_path / "section.czi")
+        read_optical(tmp_path / "section.lif")
     (tmp_path / "slide.svs").write_bytes(b"II*\x00")
-    with pytest.raises(InputError, match=r"unsupported ion image format \.svs; .*a slide scan is a microscope image"):
+    with pytest.raises(InputError, match=r"unsupported ion image format \.svs; .*a slide scan or micrograph is a "
+                                         "microscope image"):
         read_ion(tmp_path / "slide.svs")
 
 

@@ -408,22 +408,22 @@ def test_keeping_each_pyramid_level_to_halve_the_next_writes_the_same_bytes(tmp_
 
 def test_an_optical_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, monkeypatch, write_svs):
     """The pixels and their float32 RGB copy (12 bytes a pixel) must fit; else one line, not the system's kill."""
-    import msifusion.io.tiff as tiff
+    import msifusion.runtime as runtime
 
     full = np.zeros((64, 96, 3), np.uint8)
     path = write_svs(tmp_path / "slide.svs", [full, full[::4, ::4]])
-    monkeypatch.setattr(tiff, "machine_memory_bytes", lambda: 64 * 96 * 15 - 1)  # one byte short of the full scan
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 64 * 96 * 15 - 1)  # one byte short of the full scan
     with monkeypatch.context() as undecoded:
         undecoded.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before refusing"))
         with pytest.raises(InputError, match=r"slide.svs: 64×96 px needs about [\d.]+ GB to read, more than this "
                                              r"machine's [\d.]+ GB of memory; .* \(it is a pyramid: `register` and"):
             read_optical(path)
     assert read_optical(path, 2.5).pixels.shape == (16, 24, 3)  # the level it needs fits
-    monkeypatch.setattr(tiff, "machine_memory_bytes", lambda: 16 * 24 * 15 - 1)
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 16 * 24 * 15 - 1)
     with pytest.raises(InputError, match=r"16×24 px needs .* GB of memory; save a copy downsampled to the fused "
                                          r"grid's pixel size$"):  # a level asked for: no advice to ask for one
         read_optical(path, 2.5)
-    monkeypatch.setattr(tiff, "machine_memory_bytes", lambda: 64 * 96 * 15)
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 64 * 96 * 15)
     assert read_optical(path).pixels.shape == (64, 96, 3)
     stack = tmp_path / "planes.ome.tif"  # a stack is refused for what it is before its size counts
     tifffile.imwrite(stack, np.zeros((5, 64, 96, 3), np.uint8), photometric="rgb", ome=True, metadata={"axes": "ZYXS"})

@@ -357,6 +357,42 @@ def test_register_lists_what_it_wrote(tmp_path, files):
     assert "landmarks.csv" in record["outputs"] and record["command"] == sys.argv
 
 
+def test_a_zeiss_czi_optical_fuses_as_its_png_does(tmp_path, files, write_czi):
+    """The optical saved as ZEN saves it (a CZI, colour stored B, G, R, its scene away from the stage origin): the
+    panel is registered and fused exactly as from the PNG."""
+    imzml, opt, lm, _ = files
+    czi = write_czi(tmp_path / "optical.czi", cv2.imread(str(opt))[..., ::-1], location=(1200, -300))
+    for optical, out in ((opt, "from_png"), (czi, "from_czi")):
+        assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(optical),
+                     "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / out), "--quiet"]) == 0
+    for name in ("optical_registered.tiff", "fused.ome.tiff"):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_czi" / name),
+                                      tifffile.imread(tmp_path / "from_png" / name))
+
+
+def test_a_calibrated_czi_is_registered_averaged_down_to_the_fused_grid(tmp_path, files, state_imzml_pixel_size,
+                                                                        write_czi):
+    """A 1.25 µm CZI scan, the fused grid at 5 µm: read averaged down by 4 (not at full resolution), it registers as the
+    PNG of those averages does, with landmarks placed in µm on the full scan (its pixel centres at i·1.25 µm)."""
+    imzml, opt, lm, _ = files
+    state_imzml_pixel_size(imzml, 20.0)
+    landmarks = read_landmarks(lm)
+    lm_png = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 20, landmarks.names),
+                               tmp_path / "a.csv")
+    lm_scan = write_bigwarp_csv(Landmarks(landmarks.moving * 5 + 1.875, landmarks.fixed * 20, landmarks.names),
+                                tmp_path / "b.csv")
+    png = cv2.imread(str(opt))[..., ::-1]
+    scan = write_czi(tmp_path / "scan.czi", png.repeat(4, 0).repeat(4, 1), pixel_size_um=1.25)
+    base = ["register", "--ion", str(imzml), "--scale", "4", "--quiet"]
+    assert main([*base, "--optical", str(opt), "--landmarks", str(lm_png), "--optical-pixel-size", "5",
+                 "--out", str(tmp_path / "png")]) == 0
+    assert main([*base, "--optical", str(scan), "--landmarks", str(lm_scan), "--out", str(tmp_path / "czi")]) == 0
+    record = json.loads((tmp_path / "czi" / "run.json").read_text())
+    assert record["registration"]["optical_shape_read"] == list(png.shape[:2]) and record["warnings"] == []
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "czi" / "optical_registered.tiff"),
+                               tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
+
+
 def _bigwarp_json(path, csv_path, kind: str):
     """The landmarks of ``csv_path`` as BigWarp's transform export of type ``kind``."""
     lm = read_landmarks(csv_path)

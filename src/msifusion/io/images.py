@@ -38,8 +38,9 @@ from typing import Iterator
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.io.czi import czi_file_pixel_size_um, read_czi
 from msifusion.io.tables import _read_table
-from msifusion.io.tiff import (_read_tiff, _tiff_pixel_size_um, _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff,
+from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, _read_tiff, _tiff_pixel_size_um, _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff,
                                write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
@@ -51,10 +52,10 @@ __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, 
 ]
 
 OPTICAL_TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # .svs: an Aperio slide scan, a TIFF whose description calibrates it
-OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", *OPTICAL_TIFF_SUFFIXES)
+OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", *OPTICAL_TIFF_SUFFIXES, ".czi")  # .czi: Zeiss ZEN's, with the czi extra
 ION_SUFFIXES = (".tif", ".tiff", ".npy", ".csv", ".tsv", ".txt")
 MICROSCOPE_FORMATS = {  # vendors' formats that Bio-Formats opens and msifusion does not: refused with the way round
-    ".czi": "Zeiss CZI", ".lif": "Leica LIF", ".vsi": "Olympus VSI", ".nd2": "Nikon ND2",
+    ".lif": "Leica LIF", ".vsi": "Olympus VSI", ".nd2": "Nikon ND2",
     ".ndpi": "Hamamatsu NDPI", ".mrxs": "3DHISTECH MRXS", ".scn": "Leica SCN", ".oib": "Olympus OIB",
     ".oir": "Olympus OIR", ".ims": "Imaris", ".lsm": "Zeiss LSM",
 }
@@ -97,11 +98,9 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
         hint = {".imzml": "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`",
                 ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
         if suffix in MICROSCOPE_FORMATS:
-            hint = (f"; a {MICROSCOPE_FORMATS[suffix]} file: export it as an OME-TIFF, which keeps its pixel size "
-                    "(Fiji: open it with Bio-Formats, then Plugins > Bio-Formats > Bio-Formats Exporter to a name "
-                    "ending .ome.tif; QuPath, for whole slides: File > Export images > OME-TIFF)")
-        elif suffix == ".svs":  # where an optical is not what is asked for
-            hint = "; a slide scan is a microscope image: give it as the optical"
+            hint = f"; a {MICROSCOPE_FORMATS[suffix]} file: {EXPORT_AS_OME_TIFF}"
+        elif suffix in (".svs", ".czi"):  # where an optical is not what is asked for
+            hint = "; a slide scan or micrograph is a microscope image: give it as the optical"
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
                                + hint)
     return path
@@ -117,7 +116,8 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     or JPEG's Orientation tag is not applied but warned about (see :func:`_orientation_warning`). ``pixel_size_um``:
     the full resolution's pixel size in place of the file's calibration (``--optical-pixel-size``). ``coarsest_um``:
     the pixel size the caller needs at most; a pyramidal TIFF (a slide scanner's OME-TIFF) with a pixel size is then
-    read at its coarsest level that is still that fine, not at full resolution (float32 RGB costs 12 bytes per pixel:
+    read at its coarsest level that is still that fine, a Zeiss CZI averaged down by the largest whole factor that is
+    (:func:`msifusion.io.czi.read_czi`), not at full resolution (float32 RGB costs 12 bytes per pixel:
     a 20000×16000 scan alone is 3.8 GB); ``origin_um`` says where its first pixel lies in the full scan's frame, so
     that landmarks made on the full scan still hold, ``downsample`` how many full-resolution pixels it spans and
     ``full_shape`` the full scan's size.
@@ -130,6 +130,10 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
         data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
                                                       tiff.calibration_note, tiff.orientation)
         downsample, full_shape = tiff.downsample, tiff.full_shape
+    elif suffix == ".czi":
+        czi = read_czi(path, coarsest_um, pixel_size_um)
+        data, pixel_size, shift, note, orientation = czi.data, czi.pixel_size_um, czi.shift_um, czi.calibration_note, 1
+        downsample, full_shape = float(czi.downsample), czi.full_shape if czi.downsample > 1 else None
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
@@ -145,6 +149,8 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
 def file_pixel_size_um(path: Path) -> float | None:
     """The full resolution's pixel size that an optical file's own calibration states, whatever overrides it (None:
     a PNG or JPEG, a TIFF without a usable calibration, or one no longer there to read)."""
+    if Path(path).suffix.lower() == ".czi":
+        return czi_file_pixel_size_um(Path(path))
     if Path(path).suffix.lower() not in OPTICAL_TIFF_SUFFIXES:
         return None
     import tifffile

@@ -24,7 +24,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
-from msifusion.runtime import machine_memory_bytes
+from msifusion.runtime import refuse_beyond_memory
 
 
 def _tiff_pixel_size_um(tif) -> tuple[float | None, str | None]:
@@ -176,7 +176,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
                                        "image; save the microscope image as RGB or greyscale")
             if colours:  # what it is refused for first, then whether it fits
-                _refuse_beyond_memory(path, series, pyramid=len(levels) > 1 and coarsest_um is None)
+                rows, cols = _rows_cols(series)
+                refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize, PYRAMID_WAY_ROUND
+                                     if len(levels) > 1 and coarsest_um is None else None)
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
@@ -194,24 +196,11 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
 
 
-OPTICAL_BYTES_PER_SAMPLE = 4  # a microscope image becomes float32 RGB (optical_to_rgb), beside its decoded pixels
-
-
-def _refuse_beyond_memory(path: Path, series, pyramid: bool) -> None:
-    """Refuse, before decoding, a microscope image whose pixels and their float32 RGB copy alone would not fit in this
-    machine's memory (or its container's limit; a whole-slide scan at full resolution: 46000×33000 px is 18 GB as
-    float32 RGB), rather than be killed by the system minutes later. A lower bound: reading makes further copies.
-    ``pyramid``: it has levels, and this read did not ask for one (the message then names the commands that do)."""
-    have = machine_memory_bytes()
-    rows, cols = _rows_cols(series)
-    need = rows * cols * 3 * OPTICAL_BYTES_PER_SAMPLE + series.size * series.dtype.itemsize
-    if have is None or need <= have:
-        return
-    level = (" (it is a pyramid: `register` and `fuse --imzml` read the level the fused grid needs, where its pixel "
-             "size is known or given with --optical-pixel-size, and so is the ion's)" if pyramid else "")
-    raise InputError(path, f"{rows}×{cols} px needs about {need / 1e9:.1f} GB to read, more than this machine's "
-                           f"{have / 1e9:.1f} GB of memory; save a copy downsampled to the fused grid's pixel size"
-                           + level)
+EXPORT_AS_OME_TIFF = ("export it as an OME-TIFF, which keeps its pixel size (Fiji: open it with Bio-Formats, then "
+                      "Plugins > Bio-Formats > Bio-Formats Exporter to a name ending .ome.tif; QuPath, for whole "
+                      "slides: File > Export images > OME-TIFF)")
+PYRAMID_WAY_ROUND = ("a pyramid: `register` and `fuse --imzml` read the level the fused grid needs, where its pixel "
+                     "size is known or given with --optical-pixel-size, and so is the ion's")
 
 
 def _rows_cols(series) -> tuple[int, int]:
