@@ -165,22 +165,33 @@ def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990")
 @pytest.fixture
 def write_czi():
     """A function that saves an image as Zeiss ZEN saves a CZI, through Zeiss's libCZI: ``(path, image,
-    pixel_size_um=None, location=(0, 0), more=()) -> path``. ``image`` (rows, cols, 3) RGB is stored as ZEN stores
-    colour (Bgr24/Bgr48, memory order B, G, R), (rows, cols) as one grey channel; ``more``: further (plane, image,
-    location) triples, a plane being a dict ({"C": 1}: another channel; {"Z": 1}: a focal plane) or a scene's index;
-    the pixel size goes into the metadata's scaling in metres, as the format states it (0: uncalibrated, as ZEN)."""
+    pixel_size_um=None, location=(0, 0), more=(), plane=None, tile_rows=None, bits=None) -> path``.
+
+    ``image`` (rows, cols, 3) RGB is stored as ZEN stores colour (Bgr24/Bgr48, memory order B, G, R), (rows, cols) as
+    one grey channel, in subblocks of ``tile_rows`` rows (None: one), in ``plane`` (a dict: {"C": 1}, default
+    channel 0); ``more``: further (plane, image, location) triples, a plane being a dict ({"C": 1}: another channel;
+    {"Z": 1}: a focal plane) or a scene's index. The pixel size (µm; a pair: X, Y) goes into the metadata's scaling in
+    metres, as the format states it (0: uncalibrated, as ZEN writes it); ``bits``: the camera's depth, stated as ZEN
+    states it (``ComponentBitCount``)."""
     return _write_czi
 
 
-def _write_czi(path: Path, image: np.ndarray, pixel_size_um: float | None = None,
-               location: tuple[int, int] = (0, 0), more=()) -> Path:
+def _write_czi(path: Path, image: np.ndarray, pixel_size_um=None, location: tuple[int, int] = (0, 0), more=(),
+               plane: dict | None = None, tile_rows: int | None = None, bits: int | None = None) -> Path:
     from pylibCZIrw import czi as pyczi
 
     with pyczi.create_czi(str(path), exist_ok=True) as czi:
-        for where, pixels, at in [({"C": 0}, image, location), *more]:
+        for where, pixels, (x, y) in [(plane or {"C": 0}, image, location), *more]:
             stored = pixels[..., ::-1] if pixels.ndim == 3 else pixels[..., None]
-            plane, scene = (where, 0) if isinstance(where, dict) else (None, where)
-            czi.write(np.ascontiguousarray(stored), location=at, plane=plane, scene=scene)
-        size_m = (pixel_size_um or 0.0) * 1e-6
-        czi.write_metadata("section", scale_x=size_m, scale_y=size_m)
+            plane_of, scene = (where, 0) if isinstance(where, dict) else (None, where)
+            step = tile_rows or len(stored)
+            for top in range(0, len(stored), step):
+                czi.write(np.ascontiguousarray(stored[top:top + step]), location=(x, y + top), plane=plane_of,
+                          scene=scene)
+        size_x, size_y = pixel_size_um if isinstance(pixel_size_um, tuple) else (pixel_size_um,) * 2
+        czi.write_metadata("section", scale_x=(size_x or 0.0) * 1e-6, scale_y=(size_y or 0.0) * 1e-6)
+    if bits is not None:
+        with pyczi.edit_czi(str(path)) as editor, editor.edit_session() as metadata:
+            metadata.set_xml(metadata.get_xml().replace("<SizeX>", f"<ComponentBitCount>{bits}</ComponentBitCount>"
+                                                                   "<SizeX>", 1))
     return path

@@ -1,7 +1,9 @@
 """Zeiss CZI opticals, written here through Zeiss's own libCZI as ZEN lays them out."""
 
+import struct
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from pylibCZIrw import czi as pyczi
@@ -30,16 +32,28 @@ def test_a_colour_czi_reads_as_rgb_with_its_pixel_size_from_its_top_left(tmp_pat
 
 def test_a_czi_is_averaged_down_to_the_pixel_the_fused_grid_needs(tmp_path, write_czi, section, monkeypatch):
     """As a pyramid level: each 4×4 block's mean (rounded to the file's type), the partial edge left out, the first
-    pixel's centre 1.5 full pixels in; the same in bands of any size."""
-    path = write_czi(tmp_path / "section.czi", section, pixel_size_um=0.5)
+    pixel's centre 1.5 full pixels in, from the scene's corner away from the stage origin; the same in bands of any
+    size, each at least a tile tall, the last one part full."""
+    path = write_czi(tmp_path / "section.czi", section, pixel_size_um=0.5, location=(-40, 70), tile_rows=8)
     image = read_optical(path, 2.1)  # 4 full pixels of 0.5 µm are the coarsest within 2.1 µm
     means = section[:36, :48].reshape(9, 4, 12, 4, 3).mean(axis=(1, 3))
     np.testing.assert_array_equal(np.rint(image.pixels * 255), np.rint(means))
     assert image.pixel_size_um == pytest.approx(2.0) and image.downsample == 4.0 and image.full_shape == (37, 50)
     assert image.origin_um == pytest.approx((0.75, 0.75))
-    monkeypatch.setattr(czi_io, "BAND_BYTES", 1)  # one output row per band
+    bands, resize = [], cv2.resize
+    monkeypatch.setattr(cv2, "resize", lambda pixels, *a, **k: bands.append(len(pixels)) or resize(pixels, *a, **k))
+    monkeypatch.setattr(czi_io, "BAND_BYTES", 1)  # as few rows as a tile of 8 rows allows: 2 rows of 4
     np.testing.assert_array_equal(read_optical(path, 2.1).pixels, image.pixels)
+    assert bands == [8, 8, 8, 8, 4]
     assert read_optical(path, 0.9).pixels.shape == (37, 50, 3)  # finer than two pixels: full resolution
+    assert read_optical(path, 1000.0).pixels.shape == (2, 2, 3)  # coarser than the image: 2×2 pixels at least
+
+
+def test_a_grey_czi_is_averaged_down_alike(tmp_path, write_czi):
+    grey = np.random.default_rng(1).integers(0, 4096, (30, 41), dtype=np.uint16)
+    image = read_optical(write_czi(tmp_path / "grey.czi", grey, pixel_size_um=1.0, location=(5, -7)), 3.0)
+    means = grey[:30, :39].reshape(10, 3, 13, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(image.pixels[..., 0] * 4095, np.rint(means), atol=1e-3)
 
 
 def test_a_grey_16_bit_czi_is_scaled_by_its_camera_depth(tmp_path, write_czi):
@@ -49,9 +63,11 @@ def test_a_grey_16_bit_czi_is_scaled_by_its_camera_depth(tmp_path, write_czi):
     assert np.array_equal(image.pixels[..., 0], image.pixels[..., 2]) and image.pixel_size_um is None
 
 
-@pytest.mark.parametrize("size_um, note", [(None, None), (0.5e6, "its pixel size 5e+05 µm is implausible")])
+@pytest.mark.parametrize("size_um, note", [(None, None), (0.5e6, "its pixel size 5e+05 µm is implausible"),
+                                           ((1.0, 2.0), "its pixels are not square (1 × 2 µm)")])
 def test_an_uncalibrated_czi_takes_the_pixel_size_given(tmp_path, write_czi, section, size_um, note):
-    """ZEN writes 0 for no calibration; a scaling written in µm where the format wants metres is no calibration."""
+    """ZEN writes 0 for no calibration; a scaling written in µm where the format wants metres, or pixels that are not
+    square, are no calibration."""
     path = write_czi(tmp_path / "section.czi", section, pixel_size_um=size_um)
     image = read_optical(path, 2.0)
     assert image.pixel_size_um is None and image.pixels.shape == (37, 50, 3)
@@ -60,8 +76,51 @@ def test_an_uncalibrated_czi_takes_the_pixel_size_given(tmp_path, write_czi, sec
     assert given.pixels.shape == (18, 25, 3) and given.pixel_size_um == 2.0 and given.calibration_note is None
 
 
+def test_a_control_character_in_the_metadata_keeps_the_pixel_size(tmp_path, write_czi, section):
+    """ZEN's XML can hold characters XML forbids (libCZI writes them as &#1;), which an XML parser refuses."""
+    path = write_czi(tmp_path / "section.czi", section, pixel_size_um=0.22)
+    path.write_bytes(path.read_bytes().replace(b"section", b"sec\x01ion", 1))
+    assert read_optical(path).pixel_size_um == 0.22 and file_pixel_size_um(path) == 0.22  # rounded, not 0.22…03
+
+
+def test_a_12_bit_colour_scan_keeps_its_brightness_beside_the_gaps_between_its_tiles(tmp_path, write_czi):
+    """libCZI fills what no tile covers: at the camera's white, not 65535, which would make 4095 read as 1/16."""
+    tile = np.full((20, 30, 3), 4095, np.uint16)
+    path = write_czi(tmp_path / "scan.czi", tile, more=[({"C": 0}, tile, (40, 30))], bits=12)
+    image = read_optical(path)
+    assert image.pixels.shape == (50, 70, 3) and image.pixels.min() == 1.0  # tiles and glass alike white
+    unstated = read_optical(write_czi(tmp_path / "unstated.czi", tile, more=[({"C": 0}, tile, (40, 30))]))
+    assert unstated.pixels[:20, :30].min() == 1.0 and unstated.pixels[:20, 40:].max() == 0.0  # gaps black
+
+
+def test_the_files_own_pyramid_subblocks_are_not_read_as_the_image(tmp_path, write_czi):
+    """ZEN stores a pyramid beside the scan: subblocks stored smaller than the area they cover, which can reach past the
+    image (an Axio Scan file's pyramid spans 84096×28032 px, its image 84007×28030). Made here as libCZI would find
+    one: a 30×20 subblock whose dimension entries say it covers 240×160 (stored size kept, so its zoom is 1/8)."""
+    tile = np.full((75, 100, 3), 100, np.uint8)
+    path = write_czi(tmp_path / "scan.czi", tile, more=[({"C": 0}, tile, (x, y)) for x, y in ((100, 0), (0, 75),
+                                                                                                (100, 75))]
+                     + [({"C": 0}, np.full((20, 30, 3), 7, np.uint8), (0, 0))])
+    data = bytearray(path.read_bytes())
+    for axis, stored, covered in ((b"X", 30, 240), (b"Y", 20, 160)):  # DimensionEntryDV1: axis, start, size, …
+        entry = axis + b"\x00\x00\x00" + struct.pack("<ii", 0, stored)
+        at = data.find(entry)
+        assert at >= 0
+        while at >= 0:  # in the subblock's own header and in the directory
+            data[at + 8:at + 12] = struct.pack("<i", covered)
+            at = data.find(entry, at + 1)
+    path.write_bytes(bytes(data))
+    image = read_optical(path)
+    assert image.pixels.shape == (150, 200, 3) and np.all(image.pixels == np.float32(100 / 255))
+
+
+def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section):
+    image = read_optical(write_czi(tmp_path / "c1.czi", section, plane={"C": 1}))
+    np.testing.assert_array_equal(np.rint(image.pixels * 255).astype(np.uint8), section)
+
+
 @pytest.mark.parametrize("more, held", [
-    ([(1, np.zeros((10, 12, 3), np.uint8), (100, 0))], r"holds 2 scenes \(50×37, 12×10 px\), not one image; export the "
+    ([(2, np.zeros((10, 12, 3), np.uint8), (100, 0))], r"holds 2 scenes \(37×50, 10×12 px\), not one image; export the "
                                                        "scene that holds the section as an OME-TIFF"),
     ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50), np.uint16), (0, 0))],
      "holds 3 channels, not one image; save the plane"),
@@ -81,6 +140,10 @@ def test_a_damaged_czi_or_a_missing_reader_is_one_line(tmp_path, write_czi, sect
     with pytest.raises(InputError, match=r"cut.czi: cannot read CZI: it is truncated or damaged \(Not enough data"):
         read_optical(cut)
     assert file_pixel_size_um(cut) is None
+    tiff = tmp_path / "scan.czi"
+    tiff.write_bytes(b"II*\x00" + bytes(100))  # a TIFF given the wrong name
+    with pytest.raises(InputError, match=r"scan.czi: is not a CZI file \(it does not begin as one\)$"):
+        read_optical(tiff)
     with pyczi.create_czi(str(tmp_path / "empty.czi")) as empty:  # metadata only, as a scan that was cancelled
         empty.write_metadata("section")
     with pytest.raises(InputError, match=r"empty.czi: holds no image \(no pixel data\)$"):
@@ -101,6 +164,13 @@ def test_a_czi_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, 
                                              r"downsampled to the fused grid's pixel size \(it is a CZI: `register`"):
             read_optical(path)
     assert read_optical(path, 1.0).pixels.shape == (18, 25, 3)  # averaged down, it fits
+    uncalibrated = write_czi(tmp_path / "uncalibrated.czi", section)
+    with pytest.raises(InputError, match=r"of memory; .* \(it is a CZI: .* or given with --optical-pixel-size"):
+        read_optical(uncalibrated, 1.0)  # a coarser pixel asked for, but its size unknown: the way round is named
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 18 * 25 * 15 - 1)
+    with pytest.raises(InputError, match=r"18×25 px needs .* GB of memory; save a copy downsampled to the fused "
+                                         r"grid's pixel size$"):  # averaged down already: no way round to name
+        read_optical(path, 1.0)
 
 
 def test_a_czi_given_as_the_ion_is_named_a_microscope_image(tmp_path, write_czi, section):

@@ -5,13 +5,15 @@ calibration travels from the instrument file to every output; when the file stat
 that is not used, ``calibration_note`` says why, and ``warnings`` holds what the run should report.
 
 The formats with rules of their own live beside this module: :mod:`msifusion.io.tiff` reads TIFF / OME-TIFF
-and writes it (:func:`write_tiff`, :func:`write_rgb_tiff`, re-exported here), :mod:`msifusion.io.tables` reads
-ion images given as text tables, and :mod:`msifusion.io.units` turns a stated pixel size into µm.
+and writes it (:func:`write_tiff`, :func:`write_rgb_tiff`, re-exported here), :mod:`msifusion.io.czi` reads Zeiss
+CZI, :mod:`msifusion.io.tables` reads ion images given as text tables, and :mod:`msifusion.io.units` turns a stated
+pixel size into µm.
 
 Accepted inputs
 ---------------
-Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs) and Aperio slide scans (.svs, TIFFs calibrated by
-their description's MPP); 8-bit, 16-bit, 32-bit or float;
+Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs), Aperio slide scans (.svs, TIFFs calibrated by
+their description's MPP) and Zeiss CZI (.czi, one scene and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or
+float;
 grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
 PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
 are placed on the stored pixels): the image carries a warning instead. Pixels become
@@ -40,8 +42,8 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.io.czi import czi_file_pixel_size_um, read_czi
 from msifusion.io.tables import _read_table
-from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, _read_tiff, _tiff_pixel_size_um, _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff,
-                               write_tiff)
+from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, _read_tiff, _tiff_pixel_size_um, _tifffile_errors_only,
+                               rgb_to_uint8, write_rgb_tiff, write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
@@ -133,7 +135,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     elif suffix == ".czi":
         czi = read_czi(path, coarsest_um, pixel_size_um)
         data, pixel_size, shift, note, orientation = czi.data, czi.pixel_size_um, czi.shift_um, czi.calibration_note, 1
-        downsample, full_shape = float(czi.downsample), czi.full_shape if czi.downsample > 1 else None
+        downsample, full_shape = float(czi.downsample), czi.full_shape
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
