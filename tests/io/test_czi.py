@@ -177,3 +177,17 @@ def test_a_czi_given_as_the_ion_is_named_a_microscope_image(tmp_path, write_czi,
     with pytest.raises(InputError, match=r"unsupported ion image format .czi; .*; a slide scan or micrograph is a "
                                          "microscope image: give it as the optical"):
         read_ion(write_czi(tmp_path / "section.czi", section))
+
+
+@pytest.mark.parametrize("items, expected", [
+    ('<Distance Id="X"><DefaultUnitFormat>µm</DefaultUnitFormat><Value>2.2E-07</Value></Distance>'
+     '<Distance Id="Y"><Value>2.2E-07</Value></Distance>', (0.22, None)),  # as ZEN writes it
+    ('<Distance Id="X"><Value>5e-07</Value></Distance>', (0.5, None)),  # no Y: square
+    ('<Distance Id="X"></Distance><Distance Id="Y"><Value>5e-07</Value></Distance>', (None, None)),  # not Y's for X
+    ('<Distance Id="X"><Value>NaN</Value></Distance>', (None, "its CZI scaling X 'NaN' is not a number")),
+    ('<Distance Id="X"><Value>0.2 µm</Value></Distance>', (None, "its CZI scaling X '0.2 µm' is not a number")),
+])
+def test_the_scaling_is_read_from_the_metadata_text(items, expected):
+    metadata = f"<ImageDocument><Metadata><Scaling><Items>{items}</Items></Scaling></Metadata></ImageDocument>"
+    assert czi_io.czi_pixel_size_um(metadata) == expected
+    assert czi_io.czi_pixel_size_um("<ImageDocument/>") == (None, None)

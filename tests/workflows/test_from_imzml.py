@@ -370,6 +370,21 @@ def test_a_zeiss_czi_optical_fuses_as_its_png_does(tmp_path, files, write_czi):
                                       tifffile.imread(tmp_path / "from_png" / name))
 
 
+def test_a_czi_of_several_scenes_is_refused_before_the_imzml_is_read(tmp_path, files, write_czi, monkeypatch,
+                                                                      capsys):
+    """Its headers are checked with the landmarks, before the MSI file's pass (minutes on a large imzML)."""
+    import msifusion.workflows.from_imzml as from_imzml
+
+    imzml, _, lm, _ = files
+    section = np.zeros((60, 80, 3), np.uint8)
+    slide = write_czi(tmp_path / "slide.czi", section, more=[(1, section, (500, 0))])
+    monkeypatch.setattr(from_imzml, "ImzML", lambda *a, **k: pytest.fail("the imzML was read first"))
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(slide),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "out")]) == 2
+    assert "slide.czi: holds 2 scenes (60×80, 60×80 px), not one image" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_calibrated_czi_is_registered_averaged_down_to_the_fused_grid(tmp_path, files, state_imzml_pixel_size,
                                                                         write_czi):
     """A 1.25 µm CZI scan, the fused grid at 5 µm: read averaged down by 4 (not at full resolution), it registers as the

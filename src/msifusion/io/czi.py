@@ -15,8 +15,10 @@ hand-damaged file), before any check here can run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,21 +71,17 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
     of the file's (``--optical-pixel-size``). With ``coarsest_um`` and a known pixel size, averaged down by the largest
     whole factor whose pixel is at most that size (as a pyramid level of a TIFF is read). Several scenes, channels,
     focal planes or time points are refused, with what the file holds."""
-    pyczi = _pylibczirw(path)
-    try:
-        with pyczi.open_czi(str(path)) as czi:
-            layout = _layout(path, czi)
-            metadata = czi.raw_metadata
-            pixel_size, note = (stated_um, None) if stated_um is not None else czi_pixel_size_um(metadata)
-            _, _, width, height = layout.rect
-            factor = 1
-            if coarsest_um is not None and pixel_size is not None:
-                factor = math.floor(coarsest_um / pixel_size * (1 + 1e-6))
-                factor = max(1, min(factor, height // 2, width // 2))  # at least 2×2 pixels, as any optical
-            whole = factor == 1 and (coarsest_um is None or pixel_size is None)
-            data = _averaged(path, czi, layout, factor, _empty_colour(layout.pixel_type, metadata), whole)
-    except (RuntimeError, ValueError) as exc:  # libCZI's words for a file it cannot parse or read to the end
-        raise InputError(path, f"cannot read CZI: it is truncated or damaged ({exc})") from None
+    with _opened(path) as czi:
+        layout = _layout(path, czi)
+        metadata = czi.raw_metadata
+        pixel_size, note = (stated_um, None) if stated_um is not None else czi_pixel_size_um(metadata)
+        _, _, width, height = layout.rect
+        factor = 1
+        if coarsest_um is not None and pixel_size is not None:
+            factor = math.floor(coarsest_um / pixel_size * (1 + 1e-6))
+            factor = max(1, min(factor, height // 2, width // 2))  # at least 2×2 pixels, as any optical
+        whole = factor == 1 and (coarsest_um is None or pixel_size is None)
+        data = _averaged(path, czi, layout, factor, _empty_colour(layout.pixel_type, metadata), whole)
     if data.shape[-1] == 3:
         cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data)  # libCZI gives colour in memory order B, G, R; in place
     else:
@@ -94,13 +92,20 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
     return CziRead(data, pixel_size * factor, note, pixel_size * (factor - 1) / 2, factor, full_shape)
 
 
+def check_czi(path: Path) -> None:
+    """Refuse, from its headers alone (no pixels decoded), a CZI that :func:`read_czi` would refuse for what it holds
+    (several scenes, channels or planes; no image; a pixel type it cannot read), for no pylibCZIrw, or as damaged: a
+    command checks this before minutes of other work."""
+    with _opened(path) as czi:
+        _layout(path, czi)
+
+
 def czi_file_pixel_size_um(path: Path) -> float | None:
     """The full resolution's pixel size a CZI's metadata states (None: none usable, no pylibCZIrw, or unreadable)."""
     try:
-        pyczi = _pylibczirw(path)
-        with pyczi.open_czi(str(path)) as czi:
+        with _opened(path) as czi:
             return czi_pixel_size_um(czi.raw_metadata)[0]
-    except (InputError, RuntimeError, ValueError):
+    except InputError:
         return None
 
 
@@ -111,9 +116,10 @@ def czi_pixel_size_um(metadata: str) -> tuple[float | None, str | None]:
     forbids, which a parser refuses."""
     scaling = re.search(r"<Scaling\b.*?</Scaling>", metadata, re.S)
     sizes = {}
+    items = scaling.group(0) if scaling else ""
     for axis in ("X", "Y"):
-        value = re.search(rf'<Distance\s+Id="{axis}"\s*>.*?<Value>([^<]*)</Value>.*?</Distance>',
-                          scaling.group(0), re.S) if scaling else None
+        distance = re.search(rf'<Distance\s+Id="{axis}"\s*>(.*?)</Distance>', items, re.S)
+        value = re.search(r"<Value>([^<]*)</Value>", distance.group(1)) if distance else None
         if value is None:
             sizes[axis] = 0.0
             continue
@@ -128,6 +134,18 @@ def czi_pixel_size_um(metadata: str) -> tuple[float | None, str | None]:
     width, height = (float(f"{sizes[axis]:.12g}") for axis in ("X", "Y"))  # metres' rounding: 0.22, not 0.2200…03
     note = unusable_pixel_size(width, height or None)
     return (None, note) if note else (width, None)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator:
+    """pylibCZIrw's reader of a CZI, open; libCZI's errors on a file it cannot parse or read to the end, and the
+    file being no CZI or pylibCZIrw missing, as one-line errors."""
+    pyczi = _pylibczirw(path)
+    try:
+        with pyczi.open_czi(str(path)) as czi:
+            yield czi
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(path, f"cannot read CZI: it is truncated or damaged ({exc})") from None
 
 
 def _pylibczirw(path: Path):

@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.czi import czi_file_pixel_size_um, read_czi
+from msifusion.io.czi import check_czi, czi_file_pixel_size_um, read_czi
 from msifusion.io.tables import _read_table
 from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, _read_tiff, _tiff_pixel_size_um, _tifffile_errors_only,
                                rgb_to_uint8, write_rgb_tiff, write_tiff)
@@ -48,7 +48,7 @@ from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
     # are re-exported
-    "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "c_stderr_captured",
+    "ION_SUFFIXES", "LUMA", "OPTICAL_SUFFIXES", "PLAUSIBLE_PIXEL_UM", "Image", "c_stderr_captured", "check_optical",
     "file_pixel_size_um", "luminance", "optical_to_rgb", "read_ion", "read_optical", "require_file", "require_real",
     "rgb_layout", "rgb_to_uint8", "torch_ready", "validate_ion", "write_rgb_tiff", "write_tiff",
 ]
@@ -146,6 +146,15 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     warnings = (_orientation_warning(path, orientation), _uniform_warning(path, rgb))
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
                  full_shape=full_shape)
+
+
+def check_optical(path: str | Path) -> Path:
+    """``path`` itself when it is an optical file this module reads, so far as can be told without decoding it: of a
+    known format, and for a CZI, one image (:func:`msifusion.io.czi.check_czi`); else the one-line error."""
+    path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
+    if path.suffix.lower() == ".czi":
+        check_czi(path)
+    return path
 
 
 def file_pixel_size_um(path: Path) -> float | None:

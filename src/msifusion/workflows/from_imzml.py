@@ -17,7 +17,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.runtime import elapsed_bar, panel_part_size, progress_bar
-from msifusion.io.images import OPTICAL_SUFFIXES, require_file, write_tiff
+from msifusion.io.images import check_optical, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
@@ -148,7 +148,7 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
     """The optical file and the landmarks are checked before the MSI file's pass (minutes on a large imzML), so that
     a typo in either costs nothing; returns the landmarks read, which every later step of the run takes."""
-    require_file(Path(optical), OPTICAL_SUFFIXES, "optical image")
+    check_optical(optical)
     return settings.read_landmarks()
 
 
