@@ -207,6 +207,9 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
         g.add_argument("--optical-pixel-size", type=_pixel_um, metavar="P",
                        help="optical pixel size in µm at full resolution (a pyramid's level is picked from it; "
                             "with --landmarks: in the landmarks' units); default: the file's calibration, else 1"),
+        g.add_argument("--optical-scene", type=_positive_int, metavar="N",
+                       help="a Zeiss CZI's scene, numbered from 1 as ZEN and Fiji's Bio-Formats series list show "
+                            "them; needed where the slide holds several"),
         g.add_argument("--fixed-pixel-size", type=_pixel_um, metavar="P",
                        help="with --landmarks: pixel size of the fixed image as Fiji saw it "
                             "(default: ion µm / fixed-scale, else 1)"),
@@ -275,6 +278,7 @@ def _register_settings(args: argparse.Namespace):
     from msifusion.register.optical import RegisterSettings
 
     given = {"transform": args.transform, "optical_pixel_size": args.optical_pixel_size,
+             "optical_scene": args.optical_scene,
              "fixed_pixel_size": args.fixed_pixel_size, "fixed_scale": args.fixed_scale}
     return RegisterSettings(args.scale, Path(args.landmarks) if args.landmarks else None,
                             deformable=args.deformable, **{k: v for k, v in given.items() if v is not None})

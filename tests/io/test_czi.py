@@ -120,8 +120,9 @@ def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section)
 
 
 @pytest.mark.parametrize("more, held", [
-    ([(2, np.zeros((10, 12, 3), np.uint8), (100, 0))], r"holds 2 scenes \(37×50, 10×12 px\), not one image; export the "
-                                                       "scene that holds the section as an OME-TIFF"),
+    ([(2, np.zeros((10, 12, 3), np.uint8), (100, 0))], r"holds 2 scenes \(1: 37×50 px, 3: 10×12 px\), not one "
+                                                       "image; choose the one that holds the section with "
+                                                       "--optical-scene N, numbered from 1"),
     ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50), np.uint16), (0, 0))],
      "holds 3 channels, not one image; save the plane"),
     ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image"),
@@ -131,6 +132,26 @@ def test_a_czi_of_several_images_is_refused_with_what_it_holds(tmp_path, write_c
     path = write_czi(tmp_path / "many.czi", first, more=more)
     with pytest.raises(InputError, match=rf"many.czi: {held}"):
         read_optical(path)
+
+
+def test_a_scene_of_a_slide_is_read_as_chosen(tmp_path, write_czi, section):
+    """Scenes numbered from 1, as ZEN shows them (libCZI's S index 0 is scene 1), each read from its own corner."""
+    other = section[::-1, ::-1]
+    path = write_czi(tmp_path / "slide.czi", section, pixel_size_um=0.5, location=(-40, 70),
+                     more=[(1, np.ascontiguousarray(other[:30]), (900, 70))])
+    first, second = read_optical(path, scene=1), read_optical(path, 2.0, scene=2)
+    np.testing.assert_array_equal(np.rint(first.pixels * 255).astype(np.uint8), section)
+    means = other[:28, :48].reshape(7, 4, 12, 4, 3).mean(axis=(1, 3))
+    np.testing.assert_array_equal(np.rint(second.pixels * 255), np.rint(means))
+    assert second.full_shape == (30, 50) and second.pixel_size_um == 2.0
+    with pytest.raises(InputError, match=r"^--optical-scene: slide.czi has no scene 3; its scenes are 1: 37×50 px, "
+                                         r"2: 30×50 px$"):
+        read_optical(path, scene=3)
+    png = tmp_path / "section.png"
+    cv2.imwrite(str(png), section)
+    with pytest.raises(InputError, match=r"^--optical-scene: section.png is not a CZI: only a Zeiss CZI holds scenes"):
+        read_optical(png, scene=1)
+    assert read_optical(write_czi(tmp_path / "one.czi", section), scene=1).pixels.shape == (37, 50, 3)
 
 
 def test_a_damaged_czi_or_a_missing_reader_is_one_line(tmp_path, write_czi, section, monkeypatch):

@@ -73,3 +73,12 @@ def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():
         field, level = tissue_outline(rgb, kind, 3.0)
         inside = field > level
         assert (inside & disc).sum() / (inside | disc).sum() > 0.95, kind
+
+
+def test_a_czi_scene_is_numbered_from_1():
+    """As ZEN and Fiji's Bio-Formats series list number them; the library's settings refuse 0 as the CLI does."""
+    from msifusion.errors import InputError
+
+    assert RegisterSettings(scale=8, optical_scene=2).optical_scene == 2
+    with pytest.raises(InputError, match=r"^--optical-scene: scenes are numbered from 1, as ZEN shows them, not 0$"):
+        RegisterSettings(scale=8, optical_scene=0)

@@ -358,13 +358,16 @@ def test_register_lists_what_it_wrote(tmp_path, files):
 
 
 def test_a_zeiss_czi_optical_fuses_as_its_png_does(tmp_path, files, write_czi):
-    """The optical saved as ZEN saves it (a CZI, colour stored B, G, R, its scene away from the stage origin): the
-    panel is registered and fused exactly as from the PNG."""
+    """The optical saved as ZEN saves it (a CZI, colour stored B, G, R, its scene away from the stage origin; the
+    section in the slide's second scene): the panel is registered and fused exactly as from the PNG."""
     imzml, opt, lm, _ = files
-    czi = write_czi(tmp_path / "optical.czi", cv2.imread(str(opt))[..., ::-1], location=(1200, -300))
+    rgb = cv2.imread(str(opt))[..., ::-1]
+    czi = write_czi(tmp_path / "optical.czi", rgb[::-1], location=(1200, -300), more=[(1, rgb, (1200, 400))])
     for optical, out in ((opt, "from_png"), (czi, "from_czi")):
+        scene = ["--optical-scene", "2"] if optical == czi else []  # a second section on the slide
         assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(optical),
-                     "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / out), "--quiet"]) == 0
+                     *scene, "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / out),
+                     "--quiet"]) == 0
     for name in ("optical_registered.tiff", "fused.ome.tiff"):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_czi" / name),
                                       tifffile.imread(tmp_path / "from_png" / name))
@@ -381,7 +384,11 @@ def test_a_czi_of_several_scenes_is_refused_before_the_imzml_is_read(tmp_path, f
     monkeypatch.setattr(from_imzml, "ImzML", lambda *a, **k: pytest.fail("the imzML was read first"))
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(slide),
                  "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(tmp_path / "out")]) == 2
-    assert "slide.czi: holds 2 scenes (60×80, 60×80 px), not one image" in capsys.readouterr().err
+    assert "slide.czi: holds 2 scenes (1: 60×80 px, 2: 60×80 px), not one image" in capsys.readouterr().err
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(slide),
+                 "--optical-scene", "3", "--landmarks", str(lm), "--scale", str(SCALE), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "--optical-scene: slide.czi has no scene 3; its scenes are 1: 60×80 px, 2: 60×80 px" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -2,8 +2,8 @@
 optional ``czi`` extra: ``pip install 'msifusion[czi]'``).
 
 A CZI holds subblocks (tiles) placed in a stage frame, with a pyramid of smaller copies beside them. The layout is
-taken from the full-resolution subblocks' headers alone: one scene, one channel, one focal plane and time point, read
-from its top-left corner as Bio-Formats shows it. Its pixel size is the metadata's ``Scaling/Items/Distance`` for X
+taken from the full-resolution subblocks' headers alone: one scene (of a slide's several, the one asked for), one
+channel, one focal plane and time point, read from its top-left corner as Bio-Formats shows it. Its pixel size is the metadata's ``Scaling/Items/Distance`` for X
 and Y, in metres as the format states it. A slide read for a coarser fused grid is averaged down by a whole factor,
 band by band, so that the full resolution is never held at once: libCZI's own zoom picks its pixels by nearest
 neighbour, which aliases the stain's texture the fusion follows. :func:`msifusion.io.images.read_optical` reads CZIs
@@ -66,13 +66,15 @@ class _Layout:
     tile_rows: int
 
 
-def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | None = None) -> CziRead:
+def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | None = None,
+             scene: int | None = None) -> CziRead:
     """A CZI's one image: RGB (``Bgr24``/``Bgr48``) or grey. ``stated_um``: the full resolution's pixel size in place
     of the file's (``--optical-pixel-size``). With ``coarsest_um`` and a known pixel size, averaged down by the largest
-    whole factor whose pixel is at most that size (as a pyramid level of a TIFF is read). Several scenes, channels,
-    focal planes or time points are refused, with what the file holds."""
+    whole factor whose pixel is at most that size (as a pyramid level of a TIFF is read). ``scene``: which scene to
+    read, numbered from 1 as ZEN shows them (``--optical-scene``; needed where the file holds several). Several
+    channels, focal planes or time points are refused, with what the file holds."""
     with _opened(path) as czi:
-        layout = _layout(path, czi)
+        layout = _layout(path, czi, scene)
         metadata = czi.raw_metadata
         pixel_size, note = (stated_um, None) if stated_um is not None else czi_pixel_size_um(metadata)
         _, _, width, height = layout.rect
@@ -92,12 +94,12 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
     return CziRead(data, pixel_size * factor, note, pixel_size * (factor - 1) / 2, factor, full_shape)
 
 
-def check_czi(path: Path) -> None:
+def check_czi(path: Path, scene: int | None = None) -> None:
     """Refuse, from its headers alone (no pixels decoded), a CZI that :func:`read_czi` would refuse for what it holds
-    (several scenes, channels or planes; no image; a pixel type it cannot read), for no pylibCZIrw, or as damaged: a
-    command checks this before minutes of other work."""
+    (several scenes and none chosen, a scene it lacks, several channels or planes; no image; a pixel type it cannot
+    read), for no pylibCZIrw, or as damaged: a command checks this before minutes of other work."""
     with _opened(path) as czi:
-        _layout(path, czi)
+        _layout(path, czi, scene)
 
 
 def czi_file_pixel_size_um(path: Path) -> float | None:
@@ -164,9 +166,10 @@ def _pylibczirw(path: Path):
     return pyczi
 
 
-def _layout(path: Path, czi) -> _Layout:
-    """The one image a CZI holds, from its full-resolution subblocks' headers (pyramid subblocks are stored smaller
-    than the area they cover, and may reach past the image); an InputError naming what else it holds."""
+def _layout(path: Path, czi, scene: int | None) -> _Layout:
+    """The one image a CZI holds, or its ``scene`` (numbered from 1), from its full-resolution subblocks' headers
+    (pyramid subblocks are stored smaller than the area they cover, and may reach past the image); an InputError
+    naming what else it holds."""
     blocks = []
     czi.enumerate_subblocks(lambda _, info: blocks.append(info) or True)
     full = [b for b in blocks if math.isclose(b.get_zoom(), 1.0, rel_tol=1e-6)]
@@ -174,11 +177,15 @@ def _layout(path: Path, czi) -> _Layout:
         raise InputError(path, "holds no image (no pixel data)")
     coordinates = [b.coordinate.to_dict() for b in full]
     scenes = sorted({c.get("S", 0) for c in coordinates})
-    if len(scenes) > 1:
-        sizes = ", ".join("{1}×{0}".format(*_union([b for b, c in zip(full, coordinates) if c.get("S", 0) == s])[2:])
-                          for s in scenes[:4]) + (", …" if len(scenes) > 4 else "")
-        raise InputError(path, f"holds {len(scenes)} scenes ({sizes} px), not one image; export the scene that holds "
-                               "the section as an OME-TIFF (Fiji: Bio-Formats opens each scene as a series)")
+    if scene is not None:
+        if scene - 1 not in scenes:
+            raise InputError("--optical-scene", f"{path.name} has no scene {scene}; its scenes are "
+                                                f"{_scene_sizes(full, coordinates, scenes)}")
+        full, coordinates = zip(*[(b, c) for b, c in zip(full, coordinates) if c.get("S", 0) == scene - 1])
+    elif len(scenes) > 1:
+        raise InputError(path, f"holds {len(scenes)} scenes ({_scene_sizes(full, coordinates, scenes)}), not one "
+                               "image; choose the one that holds the section with --optical-scene N, numbered from 1 "
+                               "as ZEN and Fiji's Bio-Formats series list show them")
     axes = sorted({axis for c in coordinates for axis in c} - {"S"})
     held = {axis: len({c.get(axis) for c in coordinates}) for axis in axes}
     stacked = [f"{n} {_STACKS.get(axis, axis + ' indices')}" for axis, n in held.items() if n > 1]
@@ -190,6 +197,15 @@ def _layout(path: Path, czi) -> _Layout:
                                f"({', '.join(PIXEL_TYPES)})")
     return _Layout(_union(full), {axis: coordinates[0][axis] for axis in axes}, pixel_type,
                    max(b.logicalRect.h for b in full))
+
+
+def _scene_sizes(blocks, coordinates, scenes: list[int]) -> str:
+    """Each scene's number (from 1) and size, rows×columns: "1: 600×800 px, 2: 580×790 px"."""
+    sizes = []
+    for scene in scenes[:6]:
+        _, _, width, height = _union([b for b, c in zip(blocks, coordinates) if c.get("S", 0) == scene])
+        sizes.append(f"{scene + 1}: {height}×{width} px")
+    return ", ".join(sizes) + (", …" if len(scenes) > 6 else "")
 
 
 def _union(blocks) -> tuple[int, int, int, int]:

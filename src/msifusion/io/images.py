@@ -111,7 +111,8 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 # ----------------------------------------------------------------------------- optical
 
 
-def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_um: float | None = None) -> Image:
+def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_um: float | None = None,
+                 scene: int | None = None) -> Image:
     """Read a microscope image as float32 RGB in [0, 1], with its pixel size when the file has one.
 
     Colours come out as a viewer shows them: a TIFF's palette, MinIsWhite or CMYK encoding is applied; a TIFF's, PNG's
@@ -122,9 +123,9 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     (:func:`msifusion.io.czi.read_czi`), not at full resolution (float32 RGB costs 12 bytes per pixel:
     a 20000×16000 scan alone is 3.8 GB); ``origin_um`` says where its first pixel lies in the full scan's frame, so
     that landmarks made on the full scan still hold, ``downsample`` how many full-resolution pixels it spans and
-    ``full_shape`` the full scan's size.
+    ``full_shape`` the full scan's size. ``scene``: a CZI's scene, numbered from 1 (``--optical-scene``).
     """
-    path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
+    path = check_optical(path, scene, headers=False)
     suffix = path.suffix.lower()
     downsample, full_shape = 1.0, None
     if suffix in OPTICAL_TIFF_SUFFIXES:
@@ -133,7 +134,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
                                                       tiff.calibration_note, tiff.orientation)
         downsample, full_shape = tiff.downsample, tiff.full_shape
     elif suffix == ".czi":
-        czi = read_czi(path, coarsest_um, pixel_size_um)
+        czi = read_czi(path, coarsest_um, pixel_size_um, scene)
         data, pixel_size, shift, note, orientation = czi.data, czi.pixel_size_um, czi.shift_um, czi.calibration_note, 1
         downsample, full_shape = float(czi.downsample), czi.full_shape
     else:
@@ -148,12 +149,15 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
                  full_shape=full_shape)
 
 
-def check_optical(path: str | Path) -> Path:
+def check_optical(path: str | Path, scene: int | None = None, headers: bool = True) -> Path:
     """``path`` itself when it is an optical file this module reads, so far as can be told without decoding it: of a
-    known format, and for a CZI, one image (:func:`msifusion.io.czi.check_czi`); else the one-line error."""
+    known format; ``scene`` (numbered from 1) only for a CZI; with ``headers``, for a CZI, one image or the scene
+    asked for (:func:`msifusion.io.czi.check_czi`); else the one-line error."""
     path = require_file(Path(path), OPTICAL_SUFFIXES, "optical image")
-    if path.suffix.lower() == ".czi":
-        check_czi(path)
+    if scene is not None and path.suffix.lower() != ".czi":
+        raise InputError("--optical-scene", f"{path.name} is not a CZI: only a Zeiss CZI holds scenes")
+    if headers and path.suffix.lower() == ".czi":
+        check_czi(path, scene)
     return path
 
 

@@ -55,6 +55,7 @@ class RegisterSettings:
     landmarks: Path | None = None
     transform: str | None = None
     optical_pixel_size: float | None = None
+    optical_scene: int | None = None  # a Zeiss CZI's scene, numbered from 1 as ZEN shows them
     fixed_pixel_size: float | None = None
     fixed_scale: int = 1
     deformable: bool = False
@@ -67,6 +68,9 @@ class RegisterSettings:
         if self.fixed_scale < 1:
             raise InputError("--fixed-scale", "must be at least 1")
         check_pixel_size("--optical-pixel-size", self.optical_pixel_size)
+        if self.optical_scene is not None and self.optical_scene < 1:
+            raise InputError("--optical-scene", f"scenes are numbered from 1, as ZEN shows them, not "
+                                                f"{self.optical_scene}")
         check_pixel_size("--fixed-pixel-size", self.fixed_pixel_size)
         if self.landmarks is None:
             landmark_only = {"--transform": self.transform is not None, "--fixed-pixel-size": self.fixed_pixel_size,
@@ -107,7 +111,7 @@ def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: fl
             coarsest = None
     else:
         coarsest = ion_pixel_um / settings.scale if ion_pixel_um else None
-    return read_optical(path, coarsest, settings.optical_pixel_size)
+    return read_optical(path, coarsest, settings.optical_pixel_size, settings.optical_scene)
 
 
 @dataclass(frozen=True)

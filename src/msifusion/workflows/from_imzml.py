@@ -148,7 +148,7 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
     """The optical file and the landmarks are checked before the MSI file's pass (minutes on a large imzML), so that
     a typo in either costs nothing; returns the landmarks read, which every later step of the run takes."""
-    check_optical(optical)
+    check_optical(optical, settings.optical_scene)
     return settings.read_landmarks()
 
 
