@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.tiff import EXPORT_AS_OME_TIFF
+from msifusion.io.tiff import EXPORT_AS_OME_TIFF, FileRead
 from msifusion.io.units import unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -42,20 +42,6 @@ _STACKS = {"C": "channels", "Z": "focal planes", "T": "time points"}
 
 
 @dataclass(frozen=True)
-class CziRead:
-    """What :func:`read_czi` found: pixels (rows, cols, 3) RGB or (rows, cols) grey, in the file's type; their pixel
-    size (µm; None when unknown) and why a stated one was not used; the first pixel's shift from the full resolution's
-    in µm; full-resolution pixels per pixel read; the full resolution's (rows, cols) where it was averaged down."""
-
-    data: np.ndarray
-    pixel_size_um: float | None
-    calibration_note: str | None
-    shift_um: float
-    downsample: int
-    full_shape: tuple[int, int] | None
-
-
-@dataclass(frozen=True)
 class _Layout:
     """A CZI's one image, from its full-resolution subblocks' headers: the rectangle (x, y, width, height) in the
     stage frame, the plane's coordinates, the pixel type, and the tallest subblock's rows."""
@@ -67,7 +53,7 @@ class _Layout:
 
 
 def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | None = None,
-             scene: int | None = None) -> CziRead:
+             scene: int | None = None) -> FileRead:
     """A CZI's one image: RGB (``Bgr24``/``Bgr48``) or grey. ``stated_um``: the full resolution's pixel size in place
     of the file's (``--optical-pixel-size``). With ``coarsest_um`` and a known pixel size, averaged down by the largest
     whole factor whose pixel is at most that size (as a pyramid level of a TIFF is read). ``scene``: which scene to
@@ -90,8 +76,9 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
         data = data[..., 0]
     full_shape = (height, width) if factor > 1 else None
     if pixel_size is None:
-        return CziRead(data, None, note, 0.0, factor, full_shape)
-    return CziRead(data, pixel_size * factor, note, pixel_size * (factor - 1) / 2, factor, full_shape)
+        return FileRead(data, None, 0.0, note, 1, downsample=float(factor), full_shape=full_shape)
+    return FileRead(data, pixel_size * factor, pixel_size * (factor - 1) / 2, note, 1, downsample=float(factor),
+                    full_shape=full_shape)
 
 
 def check_czi(path: Path, scene: int | None = None) -> None:

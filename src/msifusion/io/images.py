@@ -128,15 +128,12 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     path = check_optical(path, scene, headers=False)
     suffix = path.suffix.lower()
     downsample, full_shape = 1.0, None
-    if suffix in OPTICAL_TIFF_SUFFIXES:
-        tiff = _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um)
-        data, pixel_size, shift, note, orientation = (tiff.data, tiff.pixel_size_um, tiff.shift_um,
-                                                      tiff.calibration_note, tiff.orientation)
-        downsample, full_shape = tiff.downsample, tiff.full_shape
-    elif suffix == ".czi":
-        czi = read_czi(path, coarsest_um, pixel_size_um, scene)
-        data, pixel_size, shift, note, orientation = czi.data, czi.pixel_size_um, czi.shift_um, czi.calibration_note, 1
-        downsample, full_shape = float(czi.downsample), czi.full_shape
+    if suffix in (*OPTICAL_TIFF_SUFFIXES, ".czi"):
+        read = (read_czi(path, coarsest_um, pixel_size_um, scene) if suffix == ".czi" else
+                _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um))
+        data, pixel_size, shift, note, orientation = (read.data, read.pixel_size_um, read.shift_um,
+                                                      read.calibration_note, read.orientation)
+        downsample, full_shape = read.downsample, read.full_shape
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:

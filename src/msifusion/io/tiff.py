@@ -113,9 +113,10 @@ def _resolution_per_unit(page, name: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class _Tiff:
-    """What :func:`_read_tiff` found: pixels, calibration (see :func:`_tiff_pixel_size_um`), the first pixel's
-    shift from the full resolution's in µm, and the Orientation tag (1 when absent)."""
+class FileRead:
+    """What a file's reader found (:func:`_read_tiff`, :func:`msifusion.io.czi.read_czi`): pixels in the file's type,
+    their pixel size (µm; None when unknown) and why a stated one was not used, the first pixel's shift from the full
+    resolution's in µm, and the Orientation tag (1 when absent or not in the format)."""
 
     data: np.ndarray
     pixel_size_um: float | None
@@ -142,7 +143,7 @@ def _tifffile_errors_only():
 
 
 def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None,
-               stated_um: float | None = None) -> _Tiff:
+               stated_um: float | None = None) -> FileRead:
     """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
     is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the full resolution's
     pixel size in place of the file's calibration (``--optical-pixel-size``). With ``coarsest_um`` and a pyramid (OME
@@ -185,7 +186,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             names = _channel_names(tif.ome_metadata)
-            return _Tiff(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
+            return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                          names[0] if len(names) == 1 and names[0].strip() else None, downsample,
                          None if series is levels[0] else _rows_cols(levels[0]))
     except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
