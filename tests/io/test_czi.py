@@ -93,6 +93,60 @@ def test_a_12_bit_colour_scan_keeps_its_brightness_beside_the_gaps_between_its_t
     assert unstated.pixels[:20, :30].min() == 1.0 and unstated.pixels[:20, 40:].max() == 0.0  # gaps black
 
 
+JPEG_XR = 4  # a subblock's Compression, as the CZI format numbers it
+BGR24_GUID = bytes.fromhex("24C3DD6F034EFE4BB1853D77768DC90C")  # jxrlib's GUID_PKPixelFormat24bppBGR
+RGB24_GUID = BGR24_GUID[:-1] + b"\x0d"
+
+
+def _as_jpegxr(path, shape: tuple[int, ...]) -> int:
+    """Recompress each subblock of an uncompressed CZI (pylibCZIrw writes no JPEG-XR) into lossless JPEG-XR, as ZEN
+    stores slide scans: colour as jxrlib's 24bppBGR, grey as 8bppGray. ``shape``: one subblock's stored (rows, cols[,
+    3]). The compressed data replaces the raw data in its place (it is smaller), so no offset moves. Returns how many
+    subblocks it recompressed."""
+    import imagecodecs
+
+    data = bytearray(path.read_bytes())
+    compressed = set()
+    at = data.find(b"ZISRAWSUBBLOCK")
+    while at >= 0:  # a subblock segment: id, sizes; metadata and data sizes, then its directory entry (DV)
+        metadata_size, _, data_size = struct.unpack_from("<iiq", data, at + 32)
+        dimensions = struct.unpack_from("<i", data, at + 48 + 28)[0]
+        start = at + 32 + max(256, 16 + 32 + 20 * dimensions) + metadata_size
+        stored = np.frombuffer(bytes(data[start:start + data_size]), np.uint8).reshape(shape)
+        if stored.ndim == 3:  # samples B, G, R in memory: encoded as RGB from R, G, B, then labelled BGR
+            encoded = imagecodecs.jpegxr_encode(stored[..., ::-1], level=1.0).replace(RGB24_GUID, BGR24_GUID, 1)
+        else:
+            encoded = imagecodecs.jpegxr_encode(stored, level=1.0)
+        assert len(encoded) < data_size
+        data[start:start + data_size] = encoded + bytes(data_size - len(encoded))
+        struct.pack_into("<q", data, at + 40, len(encoded))
+        struct.pack_into("<i", data, at + 48 + 18, JPEG_XR)
+        compressed.add(at)
+        at = data.find(b"ZISRAWSUBBLOCK", at + 1)
+    directory = data.find(b"ZISRAWDIRECTORY")
+    entry = directory + 32 + 128
+    for _ in range(struct.unpack_from("<i", data, directory + 32)[0]):
+        assert struct.unpack_from("<q", data, entry + 6)[0] in compressed
+        struct.pack_into("<i", data, entry + 18, JPEG_XR)
+        entry += 32 + 20 * struct.unpack_from("<i", data, entry + 28)[0]
+    path.write_bytes(bytes(data))
+    return len(compressed)
+
+
+@pytest.mark.parametrize("colour", [True, False])
+def test_a_jpeg_xr_czi_reads_as_the_image_it_holds(tmp_path, write_czi, colour):
+    """JPEG-XR is ZEN's compression for slide scans; libCZI decodes it. Smooth tiles, so that they compress."""
+    rows, cols = np.mgrid[0:40, 0:60]
+    image = np.stack([cols * 4, rows * 6, (rows + cols) * 2], -1).astype(np.uint8)
+    image = image if colour else image[..., 1]
+    path = write_czi(tmp_path / "scan.czi", image, pixel_size_um=0.5, tile_rows=20)
+    assert _as_jpegxr(path, (20, 60, 3) if colour else (20, 60)) == 2
+    optical = read_optical(path)
+    read = np.rint(optical.pixels * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read if colour else read[..., 0], image)
+    assert optical.pixel_size_um == pytest.approx(0.5)
+
+
 def test_the_files_own_pyramid_subblocks_are_not_read_as_the_image(tmp_path, write_czi):
     """ZEN stores a pyramid beside the scan: subblocks stored smaller than the area they cover, which can reach past the
     image (an Axio Scan file's pyramid spans 84096×28032 px, its image 84007×28030). Made here as libCZI would find
