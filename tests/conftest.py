@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -159,6 +160,56 @@ def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990")
                   **options)
         tif.write(np.full((10, 30, 3), 90, np.uint8), subfiletype=9, description="Aperio Image Library\r\nmacro 30x10",
                   **options)
+    return path
+
+
+@pytest.fixture
+def write_ndpi():
+    """A function that saves RGB ``levels`` (full resolution first) as Hamamatsu's NDP.scan lays out an ``.ndpi``: a
+    TIFF-like file of one JPEG per page, with NDPI's 64-bit next-page offsets and high-bits block after each page's
+    tags, the tags OpenSlide requires (Make, 65420–65424), the source lens per level, the resolution in pixels per cm,
+    ``planes`` focal planes of each level, and the macro photograph (lens −1) last; ``(path, levels,
+    px_per_cm=40000, planes=1) -> path``. OpenSlide and tifffile both read what it writes as an NDPI."""
+    return _write_ndpi
+
+
+def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, planes: int = 1) -> Path:
+    import cv2
+
+    body = bytearray(b"II*\x00" + bytes(8))  # the first page's offset, 8 bytes as NDPI readers take it
+    pages = [(level, 20.0 / 2 ** i, px_per_cm // 2 ** i, z) for i, level in enumerate(levels) for z in range(planes)]
+    pages.append((np.full((20, 50, 3), 90, np.uint8), -1.0, 1000, 0))
+
+    def placed(data: bytes) -> int:
+        at = len(body)
+        body.extend(data + bytes(len(data) % 2))
+        return at
+
+    next_fields = []
+    for rgb, lens, resolution, z in pages:
+        jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+        rows, cols = rgb.shape[:2]
+        entries = [(256, 4, 1, struct.pack("<I", cols)), (257, 4, 1, struct.pack("<I", rows)),
+                   (258, 3, 3, struct.pack("<I", placed(struct.pack("<3H", 8, 8, 8)))),
+                   (259, 3, 1, struct.pack("<HH", 7, 0)), (262, 3, 1, struct.pack("<HH", 6, 0)),  # JPEG, YCbCr
+                   (271, 2, 10, struct.pack("<I", placed(b"Hamamatsu\0"))),
+                   (273, 4, 1, struct.pack("<I", placed(jpeg))), (277, 3, 1, struct.pack("<HH", 3, 0)),
+                   (278, 4, 1, struct.pack("<I", rows)), (279, 4, 1, struct.pack("<I", len(jpeg))),
+                   (282, 5, 1, struct.pack("<I", placed(struct.pack("<II", resolution, 1)))),
+                   (283, 5, 1, struct.pack("<I", placed(struct.pack("<II", resolution, 1)))),
+                   (296, 3, 1, struct.pack("<HH", 3, 0)),  # resolution unit: centimetre
+                   (65420, 4, 1, struct.pack("<I", 1)), (65421, 11, 1, struct.pack("<f", lens)),
+                   (65422, 9, 1, struct.pack("<i", 0)), (65423, 9, 1, struct.pack("<i", 0)),
+                   (65424, 9, 1, struct.pack("<i", 1000 * z))]  # the focal plane's offset, nm
+        page = len(body)
+        body.extend(struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *entry[:3]) + entry[3]
+                                                              for entry in entries))
+        next_fields.append((page, len(body)))
+        body.extend(bytes(8 + 4 * len(entries)))  # the next page (64-bit), then each value's high 32 bits
+    struct.pack_into("<I", body, 4, next_fields[0][0])
+    for (_, field), (following, _) in zip(next_fields, next_fields[1:]):
+        struct.pack_into("<Q", body, field, following)
+    path.write_bytes(bytes(body))
     return path
 
 

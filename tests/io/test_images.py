@@ -62,10 +62,11 @@ def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(InputError, match=r"unsupported optical image format \.lif; .*a Leica LIF file: export it as an "
                                          r"OME-TIFF, which keeps its pixel size \(Fiji: .*Bio-Formats Exporter"):
         read_optical(tmp_path / "section.lif")
-    (tmp_path / "slide.svs").write_bytes(b"II*\x00")
-    with pytest.raises(InputError, match=r"unsupported ion image format \.svs; .*a slide scan or micrograph is a "
-                                         "microscope image"):
-        read_ion(tmp_path / "slide.svs")
+    for slide in ("slide.svs", "slide.ndpi"):
+        (tmp_path / slide).write_bytes(b"II*\x00")
+        with pytest.raises(InputError, match=r"unsupported ion image format \.(svs|ndpi); .*a slide scan or micrograph "
+                                             "is a microscope image"):
+            read_ion(tmp_path / slide)
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.uint8, 255), (np.uint16, 65535)])

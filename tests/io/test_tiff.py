@@ -223,6 +223,35 @@ def test_an_aperio_slide_without_a_usable_mpp_is_uncalibrated(tmp_path, write_sv
     assert (image.calibration_note is None) if note is None else note in image.calibration_note
 
 
+def test_a_hamamatsu_ndpi_is_read_at_its_level_with_its_resolution(tmp_path, write_ndpi):
+    """An .ndpi (NDP.scan's TIFF-like layout, one JPEG per level): calibrated by its resolution in pixels per cm,
+    read at the coarsest level fine enough, never its macro photograph."""
+    rows, cols = np.mgrid[0:64, 0:96]
+    full = np.stack([cols * 2, rows * 3, 255 - cols - rows], -1).astype(np.uint8)
+    levels = [full, cv2.resize(full, (48, 32), interpolation=cv2.INTER_AREA),
+              cv2.resize(full, (24, 16), interpolation=cv2.INTER_AREA)]
+    path = write_ndpi(tmp_path / "slide.ndpi", levels)
+    image = read_optical(path)
+    assert image.pixels.shape == (64, 96, 3) and image.pixel_size_um == pytest.approx(0.25)  # 10⁴ µm / 40000
+    assert np.abs(image.pixels * 255 - full).mean() < 3  # JPEG at quality 100, chroma halved
+    level = read_optical(path, 1.2)
+    assert level.pixels.shape[:2] == (16, 24) and level.pixel_size_um == pytest.approx(1.0)
+    assert level.downsample == 4 and level.full_shape == (64, 96) and level.origin_um == pytest.approx((0.375,) * 2)
+    assert np.abs(level.pixels * 255 - levels[2]).mean() < 3
+    assert read_optical(path, 100.0).pixels.shape[:2] == (16, 24)  # the 20×50 macro is no level
+    assert file_pixel_size_um(path) == pytest.approx(0.25)
+    cut = tmp_path / "cut.ndpi"
+    cut.write_bytes(path.read_bytes()[:-40])  # the last page's tags cut short
+    with pytest.raises(InputError, match=r"cut.ndpi: cannot read TIFF: it is truncated or damaged \(error: unpack"):
+        read_optical(cut)
+
+
+def test_an_ndpi_of_several_focal_planes_is_refused_as_a_stack(tmp_path, write_ndpi):
+    path = write_ndpi(tmp_path / "z.ndpi", [np.zeros((32, 48, 3), np.uint8)], planes=3)
+    with pytest.raises(InputError, match=r"z.ndpi: a stack of 3 colour images of 32×48 px \(axes ZYXS: focal planes"):
+        read_optical(path)
+
+
 def _non_square_tiffs(tmp_path):
     """An OME-TIFF stating X 25 µm, Y 50 µm (Y in mm) and a plain TIFF whose resolution tags differ the same way."""
     pixels = np.arange(48, dtype=np.float32).reshape(6, 8) + 1

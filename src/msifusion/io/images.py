@@ -12,7 +12,8 @@ pixel size into µm.
 Accepted inputs
 ---------------
 Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs), Aperio slide scans (.svs, TIFFs calibrated by
-their description's MPP) and Zeiss CZI (.czi, one scene and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or
+their description's MPP), Hamamatsu slide scans (.ndpi, TIFF-like, calibrated by their resolution in pixels per cm; both
+read by tifffile, which also sets their thumbnails and macro photographs apart) and Zeiss CZI (.czi, one scene and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or
 float;
 grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
 PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
@@ -32,6 +33,7 @@ is read as uncalibrated (optical or ion): every step downstream models square pi
 from __future__ import annotations
 
 import re
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +55,12 @@ __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, 
     "rgb_layout", "rgb_to_uint8", "torch_ready", "validate_ion", "write_rgb_tiff", "write_tiff",
 ]
 
-OPTICAL_TIFF_SUFFIXES = (".tif", ".tiff", ".svs")  # .svs: an Aperio slide scan, a TIFF whose description calibrates it
+OPTICAL_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi")  # slide scans tifffile reads: Aperio, Hamamatsu NDPI
 OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", *OPTICAL_TIFF_SUFFIXES, ".czi")  # .czi: Zeiss ZEN's, with the czi extra
 ION_SUFFIXES = (".tif", ".tiff", ".npy", ".csv", ".tsv", ".txt")
 MICROSCOPE_FORMATS = {  # vendors' formats that Bio-Formats opens and msifusion does not: refused with the way round
     ".lif": "Leica LIF", ".vsi": "Olympus VSI", ".nd2": "Nikon ND2",
-    ".ndpi": "Hamamatsu NDPI", ".mrxs": "3DHISTECH MRXS", ".scn": "Leica SCN", ".oib": "Olympus OIB",
+    ".mrxs": "3DHISTECH MRXS", ".scn": "Leica SCN", ".oib": "Olympus OIB",
     ".oir": "Olympus OIR", ".ims": "Imaris", ".lsm": "Zeiss LSM",
 }
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights of R, G, B
@@ -101,7 +103,7 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
                 ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
         if suffix in MICROSCOPE_FORMATS:
             hint = f"; a {MICROSCOPE_FORMATS[suffix]} file: {EXPORT_AS_OME_TIFF}"
-        elif suffix in (".svs", ".czi"):  # where an optical is not what is asked for
+        elif suffix in (".svs", ".ndpi", ".czi"):  # where an optical is not what is asked for
             hint = "; a slide scan or micrograph is a microscope image: give it as the optical"
         raise InputError(path, f"unsupported {what} format {path.suffix or '(none)'}; use one of {', '.join(suffixes)}"
                                + hint)
@@ -170,7 +172,7 @@ def file_pixel_size_um(path: Path) -> float | None:
     try:
         with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
             return _tiff_pixel_size_um(tif)[0]
-    except (tifffile.TiffFileError, OSError, ValueError):
+    except (tifffile.TiffFileError, OSError, ValueError, struct.error):
         return None
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import struct
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -189,8 +190,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                          names[0] if len(names) == 1 and names[0].strip() else None, downsample,
                          None if series is levels[0] else _rows_cols(levels[0]))
-    except (KeyError, IndexError, RuntimeError, zlib.error) as exc:  # lookups into structures cut short; a codec's
-        # errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to it)
+    except (KeyError, IndexError, RuntimeError, zlib.error, struct.error) as exc:  # lookups into structures cut short;
+        # a codec's errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to
+        # it); an NDPI's page cut short
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
