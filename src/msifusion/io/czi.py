@@ -230,8 +230,10 @@ def _averaged(path: Path, czi, layout: _Layout, factor: int, empty: tuple[float,
     x, y, width, height = layout.rect
     channels, dtype = (3 if layout.pixel_type.startswith("Bgr") else 1), np.dtype(PIXEL_TYPES[layout.pixel_type])
     rows, cols = height // factor, width // factor
-    refuse_beyond_memory(path, rows, cols, rows * cols * channels * dtype.itemsize,
-                         AVERAGED_WAY_ROUND if whole else None)
+    band = max(BAND_BYTES // (factor * factor * cols * channels * dtype.itemsize), -(-layout.tile_rows // factor), 1)
+    band_bytes = min(band, rows) * factor * cols * factor * channels * dtype.itemsize if factor > 1 else 0
+    refuse_beyond_memory(path, rows, cols, rows * cols * channels * dtype.itemsize + band_bytes,  # a tall band of a
+                         AVERAGED_WAY_ROUND if whole else None)  # wide slide's tiles (0.5 GB at 80000 px) counts
 
     def read(top: int, n_rows: int, n_cols: int) -> np.ndarray:
         pixels = czi.read(roi=(x, y + top, n_cols, n_rows), plane=layout.plane, pixel_type=layout.pixel_type,
@@ -241,7 +243,6 @@ def _averaged(path: Path, czi, layout: _Layout, factor: int, empty: tuple[float,
     if factor == 1:
         return read(0, height, width)
     out = np.empty((rows, cols, channels), dtype)
-    band = max(BAND_BYTES // (factor * factor * cols * channels * dtype.itemsize), -(-layout.tile_rows // factor), 1)
     for top in range(0, rows, band):
         n = min(band, rows - top)
         pixels = read(top * factor, n * factor, cols * factor)
