@@ -8,7 +8,8 @@ import pytest
 
 from msifusion.io.images import Image, write_rgb_tiff
 from msifusion.register import AffineMap
-from msifusion.register.optical import RegisterSettings, _calibration_disagreement, tissue_outline
+from msifusion.register.optical import (RegisterSettings, _calibration_disagreement, _registered_already,
+                                        tissue_outline)
 
 
 def test_a_calibration_that_disagrees_with_the_registration_is_warned(tmp_path):
@@ -82,3 +83,17 @@ def test_a_czi_scene_is_numbered_from_1():
     assert RegisterSettings(scale=8, optical_scene=2).optical_scene == 2
     with pytest.raises(InputError, match=r"^--optical-scene: scenes are numbered from 1, as ZEN shows them, not 0$"):
         RegisterSettings(scale=8, optical_scene=0)
+
+
+def test_an_optical_registered_already_is_judged_and_named_by_its_full_size_where_a_level_was_read():
+    """An optical_registered.tiff of 96×128 (ion grid 12×16 × 8) whose ×2 pyramid level was read (48×64): the ion grid
+    × 8 in the file, found at 4 read pixels per ion pixel; not "× 4" of a 48×64 file that does not exist."""
+    level = Image(np.zeros((48, 64, 3), np.float32), 2.0, Path("optical_registered.tiff"), downsample=2.0,
+                  full_shape=(96, 128))
+    found = AffineMap(np.array([[4.0, 0.0, 1.5], [0.0, 4.0, 1.5]]))  # ion pixels onto read pixels, unturned
+    warning = _registered_already(level, (12, 16), found, 1.0)
+    assert warning.startswith("optical_registered.tiff is 96×128 (read at its 48×64 level), exactly the ion grid × 8: "
+                              "it looks registered already")
+    assert _registered_already(level, (12, 16), AffineMap(np.array([[0.0, -4.0, 63.5], [4.0, 0.0, 1.5]])), 1.0) is None
+    assert _registered_already(Image(level.pixels, 2.0, level.path), (12, 16), found, 1.0).startswith(
+        "optical_registered.tiff is 48×64, exactly the ion grid × 4")  # read whole: the file is that size

@@ -154,6 +154,20 @@ def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int]
     return k if k >= 2 and np.abs(a - np.eye(2)).max() <= 0.1 else None
 
 
+def _registered_already(optical: Image, ion_shape: tuple[int, int], found: AffineMap, to_pixels: float) -> str | None:
+    """The warning for an optical that looks registered to the ion grid already (:func:`_registered_scale`), judged
+    and named by the file's own size where a pyramid level of it was read (``to_pixels``: as there, per pixel read)."""
+    full_shape = optical.full_shape or optical.shape2d
+    k = _registered_scale(full_shape, ion_shape, found, to_pixels * optical.downsample)
+    if k is None:
+        return None
+    level = f" (read at its {optical.shape2d[0]}×{optical.shape2d[1]} level)" if optical.full_shape else ""
+    return (f"{optical.path.name} is {full_shape[0]}×{full_shape[1]}{level}, exactly the ion grid × {k}: it looks "
+            "registered already (as `register` writes optical_registered.tiff), and registering it again can move "
+            "it; to fuse it as it is, export the ions with `msifusion ions` and run `msifusion fuse --ion ION "
+            f"--optical {optical.path.name}`")
+
+
 def _tissue_name(channel: int) -> str:
     """What MSI tissue image ``channel`` of :meth:`ImzML.tissue_images` is, for a message."""
     return "the TIC" if channel == 0 else f"principal component {channel} of the spectra"
@@ -319,14 +333,9 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
                         f"{_tissue_name(rival['channel'])} both match the optical (scores "
                         f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                         f"MSI pixels apart; {remedy}")
-    registered_k = _registered_scale(optical.shape2d, msi.shape, reg.affine,
-                                     ion_grid.pixel_size / moving.pixel_size)
-    if registered_k:
-        warnings.append(f"{optical.path.name} is {optical.shape2d[0]}×{optical.shape2d[1]}, exactly the ion grid "
-                        f"× {registered_k}: it looks registered already (as `register` writes "
-                        "optical_registered.tiff), and registering it again can move it; to fuse it as it is, "
-                        "export the ions with `msifusion ions` and run `msifusion fuse --ion ION --optical "
-                        f"{optical.path.name}`")
+    registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size)
+    if registered:
+        warnings.append(registered)
     affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
     missed = (f"automatic registration against the MSI tissue image of {msi.source.name} placed the whole ion "
               "grid outside this image; check that both images show the same section")
