@@ -165,20 +165,24 @@ def _write_svs(path: Path, levels: list[np.ndarray], mpp: str | None = "0.4990")
 
 @pytest.fixture
 def write_ndpi():
-    """A function that saves RGB ``levels`` (full resolution first) as Hamamatsu's NDP.scan lays out an ``.ndpi``: a
-    TIFF-like file of one JPEG per page, with NDPI's 64-bit next-page offsets and high-bits block after each page's
-    tags, the tags OpenSlide requires (Make, 65420–65424), the source lens per level, the resolution in pixels per cm,
-    ``planes`` focal planes of each level, and the macro photograph (lens −1) last; ``(path, levels,
-    px_per_cm=40000, planes=1) -> path``. OpenSlide and tifffile both read what it writes as an NDPI."""
+    """A function that saves RGB ``levels`` (full resolution first, each half the one before) as Hamamatsu's NDP.scan
+    lays out an ``.ndpi``: a TIFF-like file of one JPEG per page, with NDPI's 64-bit next-page offsets and high-bits
+    block after each page's tags, the tags OpenSlide requires (Make, 65420–65424), the source lens per level, the
+    resolution in pixels per cm, ``planes`` focal planes of each level, the full resolution's JPEG with restart markers
+    every half row of MCUs and their offsets (McuStarts, 65426: how readers tile a level too wide for one JPEG
+    decode), and the macro photograph (lens −1) last, or first with ``macro_first``; ``(path, levels,
+    px_per_cm=40000, planes=1, macro_first=False) -> path``. OpenSlide 4.0.1 and tifffile both read it as an NDPI."""
     return _write_ndpi
 
 
-def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, planes: int = 1) -> Path:
+def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, planes: int = 1,
+                macro_first: bool = False) -> Path:
     import cv2
 
     body = bytearray(b"II*\x00" + bytes(8))  # the first page's offset, 8 bytes as NDPI readers take it
     pages = [(level, 20.0 / 2 ** i, px_per_cm // 2 ** i, z) for i, level in enumerate(levels) for z in range(planes)]
-    pages.append((np.full((20, 50, 3), 90, np.uint8), -1.0, 1000, 0))
+    macro = (np.full((20, 50, 3), 90, np.uint8), -1.0, 1000, 0)
+    pages = [macro, *pages] if macro_first else [*pages, macro]
 
     def placed(data: bytes) -> int:
         at = len(body)
@@ -187,8 +191,12 @@ def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, pl
 
     next_fields = []
     for rgb, lens, resolution, z in pages:
-        jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
         rows, cols = rgb.shape[:2]
+        full = rgb is levels[0]
+        mcus = -(-cols // 16)  # 16×16 MCUs (chroma halved both ways)
+        restart = [cv2.IMWRITE_JPEG_RST_INTERVAL, mcus // 2 if mcus % 2 == 0 else mcus] if full else []
+        jpeg = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]),
+                            [cv2.IMWRITE_JPEG_QUALITY, 100, *restart])[1].tobytes()
         entries = [(256, 4, 1, struct.pack("<I", cols)), (257, 4, 1, struct.pack("<I", rows)),
                    (258, 3, 3, struct.pack("<I", placed(struct.pack("<3H", 8, 8, 8)))),
                    (259, 3, 1, struct.pack("<HH", 7, 0)), (262, 3, 1, struct.pack("<HH", 6, 0)),  # JPEG, YCbCr
@@ -201,6 +209,9 @@ def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, pl
                    (65420, 4, 1, struct.pack("<I", 1)), (65421, 11, 1, struct.pack("<f", lens)),
                    (65422, 9, 1, struct.pack("<i", 0)), (65423, 9, 1, struct.pack("<i", 0)),
                    (65424, 9, 1, struct.pack("<i", 1000 * z))]  # the focal plane's offset, nm
+        if full:
+            starts = _restart_intervals(jpeg)
+            entries.append((65426, 4, len(starts), struct.pack("<I", placed(struct.pack(f"<{len(starts)}I", *starts)))))
         page = len(body)
         body.extend(struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *entry[:3]) + entry[3]
                                                               for entry in entries))
@@ -211,6 +222,19 @@ def _write_ndpi(path: Path, levels: list[np.ndarray], px_per_cm: int = 40000, pl
         struct.pack_into("<Q", body, field, following)
     path.write_bytes(bytes(body))
     return path
+
+
+def _restart_intervals(jpeg: bytes) -> list[int]:
+    """Where each restart interval of a JPEG's scan begins (bytes from the JPEG's start): after the start-of-scan
+    header, then after each restart marker (0xFFD0–0xFFD7; entropy-coded 0xFF bytes are followed by 0x00)."""
+    scan = jpeg.index(b"\xff\xda")
+    starts = [scan + 2 + struct.unpack(">H", jpeg[scan + 2:scan + 4])[0]]
+    at = jpeg.find(b"\xff", starts[0])
+    while 0 <= at < len(jpeg) - 2:
+        if 0xD0 <= jpeg[at + 1] <= 0xD7:
+            starts.append(at + 2)
+        at = jpeg.find(b"\xff", at + 2)
+    return starts
 
 
 @pytest.fixture

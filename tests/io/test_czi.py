@@ -114,7 +114,9 @@ def _as_jpegxr(path, shape: tuple[int, ...]) -> int:
         start = at + 32 + max(256, 16 + 32 + 20 * dimensions) + metadata_size
         stored = np.frombuffer(bytes(data[start:start + data_size]), np.uint8).reshape(shape)
         if stored.ndim == 3:  # samples B, G, R in memory: encoded as RGB from R, G, B, then labelled BGR
-            encoded = imagecodecs.jpegxr_encode(stored[..., ::-1], level=1.0).replace(RGB24_GUID, BGR24_GUID, 1)
+            encoded = imagecodecs.jpegxr_encode(stored[..., ::-1], level=1.0)
+            assert RGB24_GUID in encoded
+            encoded = encoded.replace(RGB24_GUID, BGR24_GUID, 1)
         else:
             encoded = imagecodecs.jpegxr_encode(stored, level=1.0)
         assert len(encoded) < data_size

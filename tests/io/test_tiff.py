@@ -224,8 +224,9 @@ def test_an_aperio_slide_without_a_usable_mpp_is_uncalibrated(tmp_path, write_sv
 
 
 def test_a_hamamatsu_ndpi_is_read_at_its_level_with_its_resolution(tmp_path, write_ndpi):
-    """An .ndpi (NDP.scan's TIFF-like layout, one JPEG per level): calibrated by its resolution in pixels per cm,
-    read at the coarsest level fine enough, never its macro photograph."""
+    """An .ndpi (NDP.scan's TIFF-like layout, one JPEG per level, the full resolution's decoded tile by tile from its
+    restart markers): calibrated by its resolution in pixels per cm, read at the coarsest level fine enough, never its
+    macro photograph, wherever that lies in the file."""
     rows, cols = np.mgrid[0:64, 0:96]
     full = np.stack([cols * 2, rows * 3, 255 - cols - rows], -1).astype(np.uint8)
     levels = [full, cv2.resize(full, (48, 32), interpolation=cv2.INTER_AREA),
@@ -234,6 +235,10 @@ def test_a_hamamatsu_ndpi_is_read_at_its_level_with_its_resolution(tmp_path, wri
     image = read_optical(path)
     assert image.pixels.shape == (64, 96, 3) and image.pixel_size_um == pytest.approx(0.25)  # 10⁴ µm / 40000
     assert np.abs(image.pixels * 255 - full).mean() < 3  # JPEG at quality 100, chroma halved
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].keyframe.is_tiled  # by McuStarts, as a level wider than a JPEG's 65535 px must be read
+    macro_first = read_optical(write_ndpi(tmp_path / "macro_first.ndpi", levels, macro_first=True), 1.2)
+    assert macro_first.pixel_size_um == pytest.approx(1.0) and macro_first.pixels.shape[:2] == (16, 24)
     level = read_optical(path, 1.2)
     assert level.pixels.shape[:2] == (16, 24) and level.pixel_size_um == pytest.approx(1.0)
     assert level.downsample == 4 and level.full_shape == (64, 96) and level.origin_um == pytest.approx((0.375,) * 2)

@@ -54,7 +54,7 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
     if ome and re.search(r'PhysicalSizeX="', ome):
         width, note = _ome_physical_size_um(ome, "X")
         return width, _ome_physical_size_um(ome, "Y")[0], note
-    page = tif.pages.first
+    page = _scan_series(tif).keyframe
     aperio = _aperio_mpp_um(page.description) if tif.is_svs else None
     if aperio is not None:
         return aperio
@@ -71,6 +71,15 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
     if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
         return None, None, note
     return factor / x, (factor / y if y is not None else None), None
+
+
+def _scan_series(tif):
+    """The file's image: its first series, but for a Hamamatsu NDPI the first that is not the slide's macro
+    photograph or map of the scanned area (tifffile names them so from the source lens, −1 and −2), which come last in
+    NDP.scan's files but need not."""
+    if tif.is_ndpi:
+        return next((series for series in tif.series if series.name not in ("Macro", "Map")), tif.series[0])
+    return tif.series[0]
 
 
 def _aperio_mpp_um(description: str) -> tuple[float | None, float | None, str | None] | None:
@@ -145,8 +154,8 @@ def _tifffile_errors_only():
 
 def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None,
                stated_um: float | None = None) -> FileRead:
-    """The first series' pixels and their pixel size. With ``colours`` (optical images) the TIFF's colour encoding
-    is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the full resolution's
+    """The image's pixels (:func:`_scan_series`) and their pixel size. With ``colours`` (optical images) the TIFF's
+    colour encoding is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the full resolution's
     pixel size in place of the file's calibration (``--optical-pixel-size``). With ``coarsest_um`` and a pyramid (OME
     or SubIFD levels) with a pixel size (either), the coarsest level whose pixel is at most that size, else the full
     resolution.
@@ -156,7 +165,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
 
     try:
         with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
-            levels = tif.series[0].levels
+            levels = _scan_series(tif).levels
             pixel_size, note = (stated_um, None) if stated_um is not None else _tiff_pixel_size_um(tif)
             series, downsample = levels[0], 1.0
             base = pixel_size
