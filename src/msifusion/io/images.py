@@ -14,9 +14,9 @@ Accepted inputs
 Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs), Aperio slide scans (.svs, TIFFs calibrated by
 their description's MPP), Hamamatsu slide scans (.ndpi, TIFF-like, calibrated by their resolution in pixels per cm;
 both read by tifffile, which sets their thumbnails, macro photographs and maps apart) and Zeiss CZI (.czi, one scene
-and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or float; grayscale, RGB or RGBA (alpha is dropped); TIFF palette, MinIsWhite and CMYK are converted. A TIFF,
-PNG or JPEG (EXIF) Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks
-are placed on the stored pixels): the image carries a warning instead. Pixels become
+and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or float; grayscale, RGB or RGBA (alpha is dropped);
+TIFF palette, MinIsWhite and CMYK are converted. A TIFF, PNG or JPEG (EXIF) Orientation tag is not applied (Fiji
+and Bio-Formats ignore it, so BigWarp landmarks are placed on the stored pixels): the image carries a warning instead. Pixels become
 float32 RGB in [0, 1]: 8-bit images are divided by 255, 16-bit ones by the least camera depth's maximum (8, 10, 12,
 14 or 16 bits) that holds their values, wider integer images
 by the image's own maximum, float images (and wider integers with negative values) are min-max scaled

@@ -155,10 +155,10 @@ def _tifffile_errors_only():
 def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None,
                stated_um: float | None = None) -> FileRead:
     """The image's pixels (:func:`_scan_series`) and their pixel size. With ``colours`` (optical images) the TIFF's
-    colour encoding is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the full resolution's
-    pixel size in place of the file's calibration (``--optical-pixel-size``). With ``coarsest_um`` and a pyramid (OME
-    or SubIFD levels) with a pixel size (either), the coarsest level whose pixel is at most that size, else the full
-    resolution.
+    colour encoding is applied, see :func:`_tiff_colours`; ion images keep their stored values. ``stated_um``: the
+    full resolution's pixel size in place of the file's calibration (``--optical-pixel-size``). With ``coarsest_um``
+    and a pyramid (OME or SubIFD levels, an NDPI's pages) with a pixel size (either), the coarsest level whose pixel is
+    at most that size, else the full resolution.
     The shift is where the first pixel's centre lies in µm from the full resolution's (a level pixel averages the
     full-resolution pixels it covers: (level size − full size) / 2)."""
     import tifffile
