@@ -615,9 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ion (its ion.tiff and fusion outputs) and, for the panel, fused.ome.tiff, "
                                    "ions.ome.tiff (the measured ions), ions.png, fused.png and run.json.")
     io = p.add_argument_group("inputs")
-    io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF/SVS/CZI), required: with --ion "
-                                                     "registered to it (ion shape × scale); with --imzml any size "
-                                                     "(registered here)")
+    io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF/SVS/NDPI/CZI), required: with "
+                                                     "--ion registered to it (ion shape × scale); with --imzml any "
+                                                     "size (registered here)")
     io.add_argument("--ion", metavar="ION", help=ION_HELP)
     io.add_argument("--scale", type=_scale, default=None,
                     help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
@@ -658,7 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(BigWarp) and run.json; an ambiguous automatic registration also writes the other "
                                    "alignment as overlay_rival.png and landmarks_rival.csv, and alignments.png: "
                                    "the optical's outline under each, on the MSI tissue image.")
-    p.add_argument("--optical", required=True, metavar="OPT", help="microscope image (PNG/JPEG/TIFF/SVS/CZI), any size")
+    p.add_argument("--optical", required=True, metavar="OPT",
+                   help="microscope image (PNG/JPEG/TIFF/SVS/NDPI/CZI), any size")
     p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
     p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")

@@ -16,11 +16,10 @@ their description's MPP), Hamamatsu slide scans (.ndpi, TIFF-like, calibrated by
 both read by tifffile, which sets their thumbnails, macro photographs and maps apart) and Zeiss CZI (.czi, one scene
 and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or float; grayscale, RGB or RGBA (alpha is dropped);
 TIFF palette, MinIsWhite and CMYK are converted. A TIFF, PNG or JPEG (EXIF) Orientation tag is not applied (Fiji
-and Bio-Formats ignore it, so BigWarp landmarks are placed on the stored pixels): the image carries a warning instead. Pixels become
-float32 RGB in [0, 1]: 8-bit images are divided by 255, 16-bit ones by the least camera depth's maximum (8, 10, 12,
-14 or 16 bits) that holds their values, wider integer images
-by the image's own maximum, float images (and wider integers with negative values) are min-max scaled
-unless already in [0, 1].
+and Bio-Formats ignore it, so BigWarp landmarks are placed on the stored pixels): the image carries a warning instead.
+Pixels become float32 RGB in [0, 1]: 8-bit images are divided by 255, 16-bit ones by the least camera depth's
+maximum (8, 10, 12, 14 or 16 bits) that holds their values, wider integer images by the image's own maximum, float
+images (and wider integers with negative values) are min-max scaled unless already in [0, 1].
 
 Ion: a 2-D TIFF, a 2-D ``.npy``, or a CSV / TSV / whitespace text file holding a plain numeric matrix or a long
 table with x and y columns (see :mod:`msifusion.io.tables` for which tables are read and how).
@@ -32,7 +31,6 @@ is read as uncalibrated (optical or ion): every step downstream models square pi
 from __future__ import annotations
 
 import re
-import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +41,8 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.io.czi import check_czi, czi_file_pixel_size_um, read_czi
 from msifusion.io.tables import _read_table
-from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, _read_tiff, _tiff_pixel_size_um, _tifffile_errors_only,
-                               rgb_to_uint8, write_rgb_tiff, write_tiff)
+from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, TIFF_CUT_SHORT, _read_tiff, _tiff_pixel_size_um,
+                               _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff, write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
@@ -171,7 +169,7 @@ def file_pixel_size_um(path: Path) -> float | None:
     try:
         with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
             return _tiff_pixel_size_um(tif)[0]
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, struct.error):
+    except (tifffile.TiffFileError, OSError, ValueError, *TIFF_CUT_SHORT):
         return None
 
 

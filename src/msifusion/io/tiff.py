@@ -152,6 +152,11 @@ def _tifffile_errors_only():
         logger.removeFilter(errors_only)
 
 
+TIFF_CUT_SHORT = (KeyError, IndexError, RuntimeError, zlib.error, struct.error)  # what tifffile lets out on a file
+# cut short: lookups into its structures, a codec's errors on a compressed strip (imagecodecs', or Python's zlib where
+# tifffile falls back to it), an NDPI page's tags
+
+
 def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = None,
                stated_um: float | None = None) -> FileRead:
     """The image's pixels (:func:`_scan_series`) and their pixel size. With ``colours`` (optical images) the TIFF's
@@ -197,11 +202,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             names = _channel_names(tif.ome_metadata)
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
-                         names[0] if len(names) == 1 and names[0].strip() else None, downsample,
-                         None if series is levels[0] else _rows_cols(levels[0]))
-    except (KeyError, IndexError, RuntimeError, zlib.error, struct.error) as exc:  # lookups into structures cut short;
-        # a codec's errors on a compressed strip cut short (imagecodecs', or Python's zlib where tifffile falls back to
-        # it); an NDPI's page cut short
+                            names[0] if len(names) == 1 and names[0].strip() else None, downsample,
+                            None if series is levels[0] else _rows_cols(levels[0]))
+    except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         cut = "failed to read" in str(exc)  # tifffile's words for an uncompressed strip cut short
