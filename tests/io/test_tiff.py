@@ -1,6 +1,7 @@
 """TIFF and OME-TIFF (msifusion.io.tiff), through the readers and writers that use it."""
 
 import re
+import struct
 
 import cv2
 import numpy as np
@@ -249,6 +250,13 @@ def test_a_hamamatsu_ndpi_is_read_at_its_level_with_its_resolution(tmp_path, wri
     cut.write_bytes(path.read_bytes()[:-40])  # the last page's tags cut short
     with pytest.raises(InputError, match=r"cut.ndpi: cannot read TIFF: it is truncated or damaged \(error: unpack"):
         read_optical(cut)
+    data = (tmp_path / "macro_first.ndpi").read_bytes()
+    first = struct.unpack_from("<I", data, 4)[0]  # the macro's page: its tags, next-page offset and high bits
+    cut.write_bytes(data[:first + 2 + 16 * struct.unpack_from("<H", data, first)[0] + 8])  # the scan's pages gone
+    with pytest.raises(InputError, match=r"cut.ndpi: cannot read TIFF: it is truncated or damaged \(IndexError: an "
+                                         r"NDPI with no scan, only its macro photograph or map\)"):
+        read_optical(cut)  # not the macro read as the image
+    assert file_pixel_size_um(cut) is None
 
 
 def test_an_ndpi_of_several_focal_planes_is_refused_as_a_stack(tmp_path, write_ndpi):

@@ -76,9 +76,13 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
 def _scan_series(tif):
     """The file's image: its first series, but for a Hamamatsu NDPI the first that is not the slide's macro
     photograph or map of the scanned area (tifffile names them so from the source lens, −1 and −2), which come last in
-    NDP.scan's files but need not."""
+    NDP.scan's files but need not. An NDPI holding only those is one cut short (tifffile reads the pages it reaches):
+    an IndexError, as other lookups into a file cut short raise (:data:`TIFF_CUT_SHORT`)."""
     if tif.is_ndpi:
-        return next((series for series in tif.series if series.name not in ("Macro", "Map")), tif.series[0])
+        scans = [series for series in tif.series if series.name not in ("Macro", "Map")]
+        if not scans:
+            raise IndexError("an NDPI with no scan, only its macro photograph or map")
+        return scans[0]
     return tif.series[0]
 
 
