@@ -180,7 +180,7 @@ def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section)
                                                        "image; choose the one that holds the section with "
                                                        "--optical-scene N, numbered from 1"),
     ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50), np.uint16), (0, 0))],
-     "holds 3 channels, not one image; save the plane"),
+     "holds 3 channels, not one image; keep the one that shows the tissue and export it as an OME-TIFF"),
     ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image"),
 ])
 def test_a_czi_of_several_images_is_refused_with_what_it_holds(tmp_path, write_czi, more, held):

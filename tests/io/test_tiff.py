@@ -1,5 +1,6 @@
 """TIFF and OME-TIFF (msifusion.io.tiff), through the readers and writers that use it."""
 
+import logging
 import re
 import struct
 
@@ -261,7 +262,9 @@ def test_a_hamamatsu_ndpi_is_read_at_its_level_with_its_resolution(tmp_path, wri
 
 def test_an_ndpi_of_several_focal_planes_is_refused_as_a_stack(tmp_path, write_ndpi):
     path = write_ndpi(tmp_path / "z.ndpi", [np.zeros((32, 48, 3), np.uint8)], planes=3)
-    with pytest.raises(InputError, match=r"z.ndpi: a stack of 3 colour images of 32×48 px \(axes ZYXS: focal planes"):
+    with pytest.raises(InputError, match=r"z.ndpi: a stack of 3 colour images of 32×48 px \(axes ZYXS: focal planes "
+                                         r"or time points\), not one image; keep the one that shows the tissue and "
+                                         r"export it as an OME-TIFF"):
         read_optical(path)
 
 
@@ -343,6 +346,40 @@ def test_a_truncated_tiff_is_one_line_that_says_so(tmp_path, compression, said):
     cut.write_bytes(data[:len(data) * 2 // 3])
     with pytest.raises(InputError, match=f"^{cut}: cannot read TIFF: {said} "):
         read_optical(cut)
+
+
+def test_a_tiff_read_in_spite_of_a_fault_is_warned_about_not_logged(tmp_path, caplog):
+    """tifffile logs a fault it reads past (here the OME description, written after the pixels, cut off: the pixels
+    are whole, the pixel size is lost); msifusion reports it as the file's warning, and tifffile prints nothing."""
+    grey = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)  # an optical, or an ion image
+    whole, cut = tmp_path / "whole.ome.tif", tmp_path / "cut.ome.tif"
+    tifffile.imwrite(whole, grey, metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    data = whole.read_bytes()
+    cut.write_bytes(data[:data.index(b"<?xml") + 10])
+    assert read_optical(whole).warnings == () and read_optical(whole).pixel_size_um == pytest.approx(0.5)
+    with caplog.at_level(logging.DEBUG):
+        optical, ion = read_optical(cut), read_ion(cut)
+    assert caplog.records == []
+    assert np.array_equal(optical.pixels, read_optical(whole).pixels) and optical.pixel_size_um is None
+    assert np.array_equal(ion.pixels, grey)
+    for image in (optical, ion):
+        assert len(image.warnings) == 1
+        assert re.match(r"cut.ome.tif looks damaged or cut short: tifffile read it in spite of a fault \(.*invalid "
+                        r"value offset \d+'\)\); check its pixels and pixel size, or export it again$",
+                        image.warnings[0])
+    assert file_pixel_size_um(cut) is None and caplog.records == []
+    assert logging.getLogger("tifffile").filters == []  # the logger as it was
+    tifffile.TiffFile(cut).close()
+    assert caplog.records  # tifffile does log this fault, outside msifusion's reads
+
+
+def test_a_tiff_cut_short_logs_nothing_above_its_one_line(tmp_path, caplog):
+    whole, cut = tmp_path / "whole.ome.tif", tmp_path / "cut.ome.tif"
+    tifffile.imwrite(whole, np.zeros((64, 64, 3), np.uint8), metadata={"axes": "YXS", "PhysicalSizeX": 0.5})
+    cut.write_bytes(whole.read_bytes()[:2000])
+    with caplog.at_level(logging.DEBUG), pytest.raises(InputError, match=f"^{cut}: cannot read TIFF: it is truncated"):
+        read_optical(cut)
+    assert caplog.records == []
 
 
 def test_an_ion_stack_given_as_the_optical_is_refused(tmp_path):

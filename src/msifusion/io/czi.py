@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.tiff import EXPORT_AS_OME_TIFF, FileRead
+from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, FileRead
 from msifusion.io.units import unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -177,7 +177,7 @@ def _layout(path: Path, czi, scene: int | None) -> _Layout:
     held = {axis: len({c.get(axis) for c in coordinates}) for axis in axes}
     stacked = [f"{n} {_STACKS.get(axis, axis + ' indices')}" for axis, n in held.items() if n > 1]
     if stacked:
-        raise InputError(path, f"holds {', '.join(stacked)}, not one image; save the plane to use as RGB or greyscale")
+        raise InputError(path, f"holds {', '.join(stacked)}, not one image; {ONE_IMAGE_AS_OME_TIFF}")
     pixel_type = full[0].pixelType.name
     if pixel_type not in PIXEL_TYPES:
         raise InputError(path, f"its pixel type {pixel_type} is not a grey or colour image msifusion reads "

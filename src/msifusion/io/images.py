@@ -42,7 +42,7 @@ from msifusion.errors import InputError
 from msifusion.io.czi import check_czi, czi_file_pixel_size_um, read_czi
 from msifusion.io.tables import _read_table
 from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, TIFF_CUT_SHORT, _read_tiff, _tiff_pixel_size_um,
-                               _tifffile_errors_only, rgb_to_uint8, write_rgb_tiff, write_tiff)
+                               _tifffile_log, rgb_to_uint8, write_rgb_tiff, write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
@@ -126,13 +126,13 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     """
     path = check_optical(path, scene, headers=False)
     suffix = path.suffix.lower()
-    downsample, full_shape = 1.0, None
+    downsample, full_shape, faults = 1.0, None, ()
     if suffix in (*OPTICAL_TIFF_SUFFIXES, ".czi"):
         read = (read_czi(path, coarsest_um, pixel_size_um, scene) if suffix == ".czi" else
                 _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um))
         data, pixel_size, shift, note, orientation = (read.data, read.pixel_size_um, read.shift_um,
                                                       read.calibration_note, read.orientation)
-        downsample, full_shape = read.downsample, read.full_shape
+        downsample, full_shape, faults = read.downsample, read.full_shape, read.warnings
     else:
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
@@ -140,7 +140,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
         pixel_size, shift, note = pixel_size_um, 0.0, None
         orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
     rgb = optical_to_rgb(data, path)
-    warnings = (_orientation_warning(path, orientation), _uniform_warning(path, rgb))
+    warnings = (*faults, _orientation_warning(path, orientation), _uniform_warning(path, rgb))
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
                  full_shape=full_shape)
 
@@ -167,7 +167,7 @@ def file_pixel_size_um(path: Path) -> float | None:
     import tifffile
 
     try:
-        with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
+        with _tifffile_log([]), tifffile.TiffFile(path) as tif:
             return _tiff_pixel_size_um(tif)[0]
     except (tifffile.TiffFileError, OSError, ValueError, *TIFF_CUT_SHORT):
         return None
@@ -371,18 +371,19 @@ def read_ion(path: str | Path, what: str = "ion image") -> Image:
     read the same way)."""
     path = require_file(Path(path), ION_SUFFIXES, what)
     suffix = path.suffix.lower()
-    pixel_size, note, warning, name = None, None, None, None
+    pixel_size, note, warnings, name = None, None, (), None
     if suffix in (".tif", ".tiff"):
         tiff = _read_tiff(path)
         data, pixel_size, note = tiff.data, tiff.pixel_size_um, tiff.calibration_note
         name = _ion_name(tiff.channel_name)
-        warning = _orientation_warning(path, tiff.orientation)
+        warnings = (*tiff.warnings, _orientation_warning(path, tiff.orientation))
     elif suffix == ".npy":
         data = _read_npy(path)
     else:
         data, warning = _read_table(path)
+        warnings = (warning,)
     return Image(validate_ion(data, path, what), pixel_size, path, calibration_note=note,
-                 warnings=(warning,) if warning else (), name=name)
+                 warnings=tuple(w for w in warnings if w), name=name)
 
 
 def _read_npy(path: Path) -> np.ndarray:

@@ -140,20 +140,38 @@ class FileRead:
     channel_name: str | None = None  # the OME name of a one-channel image (msifusion writes "m/z …")
     downsample: float = 1.0  # full-resolution pixels per pixel read (a pyramid level's factor; 1 at full resolution)
     full_shape: tuple[int, int] | None = None  # the full resolution's (rows, cols) where a pyramid level was read
+    warnings: tuple[str, ...] = ()  # what the run should report about the file (one line each)
 
 
 @contextlib.contextmanager
-def _tifffile_errors_only():
-    """tifffile's warnings about odd OME layouts are not the user's concern: while reading, its log passes errors only
-    (a filter on its logger, removed afterwards, so a notebook's own logging settings stay as they were)."""
+def _tifffile_log(faults: list[str]):
+    """While reading, tifffile's log prints nothing: its warnings about odd OME layouts are not the user's concern, and
+    its errors (a tag or page offset beyond the end of a damaged file) are collected in ``faults`` for the caller to
+    report in its own words, not printed above them. A filter on its logger, removed afterwards, so that a notebook's
+    own logging settings stay as they were."""
     logger = logging.getLogger("tifffile")
-    errors_only = logging.Filter()
-    errors_only.filter = lambda record: record.levelno >= logging.ERROR
-    logger.addFilter(errors_only)
+    quiet = logging.Filter()
+
+    def heard(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            faults.append(record.getMessage())
+        return False
+
+    quiet.filter = heard
+    logger.addFilter(quiet)
     try:
-        yield
+        yield faults
     finally:
-        logger.removeFilter(errors_only)
+        logger.removeFilter(quiet)
+
+
+def _faults_warning(path: Path, faults: list[str]) -> tuple[str, ...]:
+    """The warning for a file tifffile read in spite of faults (its pixels may be incomplete, its calibration lost)."""
+    if not faults:
+        return ()
+    more = f" and {len(faults) - 1} more" if len(faults) > 1 else ""
+    return (f"{path.name} looks damaged or cut short: tifffile read it in spite of a fault ({faults[0]}{more}); "
+            "check its pixels and pixel size, or export it again",)
 
 
 TIFF_CUT_SHORT = (KeyError, IndexError, RuntimeError, zlib.error, struct.error)  # what tifffile lets out on a file
@@ -173,7 +191,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     import tifffile
 
     try:
-        with _tifffile_errors_only(), tifffile.TiffFile(path) as tif:
+        with _tifffile_log([]) as faults, tifffile.TiffFile(path) as tif:
             levels = _scan_series(tif).levels
             pixel_size, note = (stated_um, None) if stated_um is not None else _tiff_pixel_size_um(tif)
             series, downsample = levels[0], 1.0
@@ -190,11 +208,11 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
                 raise InputError(path, f"a stack of {series.shape[0]} colour images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: focal planes or time points), not "
-                                       "one image; save the plane to use as RGB")
+                                       f"one image; {ONE_IMAGE_AS_OME_TIFF}")
             if colours and len(series.shape) == 3 and "S" not in series.axes and (series.shape[0] not in (1, 3) or planes):
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
-                                       "image; save the microscope image as RGB or greyscale")
+                                       f"image; {ONE_IMAGE_AS_OME_TIFF}")
             if colours:  # what it is refused for first, then whether it fits
                 rows, cols = _rows_cols(series)
                 refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize, PYRAMID_WAY_ROUND
@@ -207,7 +225,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             names = _channel_names(tif.ome_metadata)
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                             names[0] if len(names) == 1 and names[0].strip() else None, downsample,
-                            None if series is levels[0] else _rows_cols(levels[0]))
+                            None if series is levels[0] else _rows_cols(levels[0]), _faults_warning(path, faults))
     except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
@@ -218,6 +236,10 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
 EXPORT_AS_OME_TIFF = ("export it as an OME-TIFF, which keeps its pixel size (Fiji: open it with Bio-Formats, then "
                       "Plugins > Bio-Formats > Bio-Formats Exporter to a name ending .ome.tif; QuPath, for whole "
                       "slides: File > Export images > OME-TIFF)")
+ONE_IMAGE_AS_OME_TIFF = ("keep the one that shows the tissue and export it as an OME-TIFF, which keeps its "
+                         "pixel size (Fiji: open it with Bio-Formats, Image > Duplicate… that plane, or Image > "
+                         "Color > Stack to RGB to make channels one colour image, then Plugins > Bio-Formats > "
+                         "Bio-Formats Exporter to a name ending .ome.tif)")
 PYRAMID_WAY_ROUND = ("a pyramid: `register` and `fuse --imzml` read the level the fused grid needs, where its pixel "
                      "size is known or given with --optical-pixel-size, and so is the ion's")
 
