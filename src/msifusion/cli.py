@@ -65,7 +65,8 @@ def _bounded(kind: type, low: float, high: float | None = None, strict: bool = F
             value = None
         if value is None or not (math.isfinite(value) and (value > low if strict else value >= low)
                                  and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            finite = "a finite number" if value is not None and not math.isfinite(value) else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected.replace('a number', finite, 1)}, got {text!r}")
         return value + 0  # -0.0 → 0.0, as run.json records it
 
     return parse
@@ -121,6 +122,10 @@ def _mz(text: str) -> float | tuple[float, ...]:
                 return tuple(read_mz_list(Path(text)))
             except InputError as bad:
                 raise argparse.ArgumentTypeError(str(bad)) from None
+        if re.search(r"[/\\]|\.[A-Za-z]\w*$", text):  # a path (panel.tsv, lists/a.txt), not a number gone wrong
+            missing = "a folder, not a file" if Path(text).is_dir() else "no such file"
+            raise argparse.ArgumentTypeError(f"{text}: {missing} (--mz takes m/z values, or a file listing them)"
+                                             ) from None
         if re.fullmatch(r"\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?)+\s*", text):
             raise argparse.ArgumentTypeError(f"{exc}: separate several m/z by spaces, not commas (--mz 500 1234), "
                                              "and write decimals with a point") from None
@@ -367,6 +372,8 @@ def cmd_peaks(args: argparse.Namespace) -> int:
     print("m/z\tmean_intensity")
     for mz, intensity in peaks:
         print(f"{mz:.4f}\t{intensity:.6g}")
+    if len(peaks) < args.n:
+        print(f"msifusion: {f.path.name} has {len(peaks)} peaks, fewer than the {args.n} asked for", file=sys.stderr)
     return 0
 
 
@@ -645,8 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum",
                        description="Print the strongest peaks of the mean spectrum as a table (a # line naming the "
-                                   "file, then m/z and mean intensity, tab-separated) on stdout; peaks within 10 ppm "
-                                   "of a stronger one count as one. Saved to a file, it is a list for --mz.")
+                                   "file, then m/z and mean intensity, tab-separated) on stdout; a peak's mean "
+                                   "intensity is its ion image's mean at the default ±5 ppm window, as `ions` gives it; "
+                                   "peaks within 10 ppm of a stronger one count as one. Saved to a file, it is a list "
+                                   "for --mz.")
     p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
     p.add_argument("-n", type=_positive_int, default=20, help="how many peaks (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress line")

@@ -196,9 +196,16 @@ def test_strongest_peaks_continuous(continuous) -> None:
     # pyimzML writes "centroid spectrum" by default: every channel is a peak.
     with ImzML(path) as f:
         peaks = f.strongest_peaks(3)
-    order = np.argsort(-mean)[:3]
-    assert [p[0] for p in peaks] == pytest.approx(list(AXIS[order]))
-    assert [p[1] for p in peaks] == pytest.approx(list(mean[order]), rel=1e-6)
+        images = f.ion_images([mz for mz, _ in peaks], "5ppm").images  # what `ions --mz` gives at the default window
+    window = [np.abs(AXIS - mz) <= 5e-6 * mz for mz in AXIS]  # each channel's ion window
+    by_window = np.array([mean[w].sum() for w in window])
+    cluster = np.abs(AXIS - 200.0) < 0.002  # 200.0, 200.0009 and 200.0011: one peak, the strongest window kept
+    kept = [int(np.flatnonzero(cluster)[np.argmax(by_window[cluster])])] + list(np.flatnonzero(~cluster))
+    kept = sorted(kept, key=lambda i: -by_window[i])[:3]
+    assert [p[0] for p in peaks] == pytest.approx(list(AXIS[kept]))
+    assert [p[1] for p in peaks] == pytest.approx(list(by_window[kept]), rel=1e-6)
+    assert [p[1] for p in peaks] == pytest.approx(list(images.sum((1, 2)) / len(spectra)), rel=1e-6)
+    assert peaks[0][1] > mean.max()  # 200.0009's window holds 200.0 and 200.0011 too: one centroid, jittered
 
 
 def test_peaks_closer_than_the_separation_count_once(continuous) -> None:
@@ -207,7 +214,7 @@ def test_peaks_closer_than_the_separation_count_once(continuous) -> None:
     with ImzML(path) as f:
         peaks = [mz for mz, _ in f.strongest_peaks(len(AXIS))]
     near_200 = [i for i, m in enumerate(AXIS) if abs(m - 200.0) < 0.002]  # 200.0, 200.0009, 200.0011: 4.5–5.5 ppm apart
-    strongest = AXIS[max(near_200, key=lambda i: mean[i])]
+    strongest = AXIS[max(near_200, key=lambda i: mean[np.abs(AXIS - AXIS[i]) <= 5e-6 * AXIS[i]].sum())]
     assert [m for m in peaks if abs(m - 200.0) < 0.002] == [pytest.approx(strongest)]
     assert len(peaks) == len(AXIS) - 2
 
@@ -571,6 +578,35 @@ def test_a_drifting_peak_is_one_peak(tmp_path: Path, ppm: float, pixels: int) ->
         f = ImzML(_drifting_imzml(tmp_path / f"d{seed}.imzML", ppm, pixels, seed))
         stack = f.ion_images([600.0], f"{3 * ppm:g}ppm")
         assert len(stack.window_peaks[0]) == 1 and stack.window_warnings() == [], seed
+
+
+def test_peaks_rank_a_jittering_centroid_by_its_ion_image(tmp_path: Path) -> None:
+    """A centroid at 700 jittering by 3 ppm (1 σ) over 5-ppm bins, at intensity 3 in every spectrum, beside a steady
+    one at 600 of intensity 2: the bin that holds most of 700 holds only part of it, and ranked it below 600. Its
+    intensity is its ion image's mean at the default window, as `ions` gives it."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "jitter.imzML"
+    with ImzMLWriter(str(path), mode="processed", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for k in range(600):
+            mz = np.array([600.0, 700.0 * (1 + 3e-6 * rng.standard_normal())])
+            w.addSpectrum(mz, np.array([2.0, 3.0], np.float32), (k % 30 + 1, k // 30 + 1))
+    with ImzML(path) as f:
+        (top, top_value), (second, second_value) = f.strongest_peaks(2)
+        image = f.ion_images([top], "5ppm").images[0]
+    assert top == pytest.approx(700.0, abs=7e-3) and second == pytest.approx(600.0)
+    assert second_value == pytest.approx(2.0)
+    assert top_value == pytest.approx(image.sum() / 600, rel=1e-6) and top_value > 2.6  # ±5 ppm: ±1.7 σ, 91 %
+
+
+def test_a_weak_peak_beside_strong_ones_keeps_its_intensity(tmp_path: Path) -> None:
+    """Window sums from a running sum would cancel a peak 1e-18 of the strong ones' to zero (as on
+    Example_Continuous's profile spectra); each peak is summed on its own."""
+    path = tmp_path / "weak.imzML"
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float64) as w:
+        for k in range(4):
+            w.addSpectrum(np.array([300.0, 400.0, 500.0]), np.array([1e12, 2e-6, 0.0]), (k + 1, 1))
+    with ImzML(path) as f:
+        assert f.strongest_peaks(5) == [(300.0, pytest.approx(1e12)), (400.0, pytest.approx(2e-6, rel=1e-9))]
 
 
 def test_windows_named_by_another_warning_are_not_named_again(tmp_path: Path) -> None:

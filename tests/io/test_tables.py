@@ -310,6 +310,23 @@ def test_an_mz_list_takes_the_first_column_past_a_header(tmp_path, text):
     assert read_mz_list(path) == [100.0, 200.5]
 
 
+@pytest.mark.parametrize("text, mzs", [
+    ("328.9167 345 344\n", [328.9167, 345.0, 344.0]),
+    ("328.9167,345.0,344.0\n", [328.9167, 345.0, 344.0]),
+    ("328.9167\t345\t344\n", [328.9167, 345.0, 344.0]),
+    ("328.9167; 345; 344;\n", [328.9167, 345.0, 344.0]),  # a trailing delimiter is no cell
+    ("328.9167,lipid A\n", [328.9167]),  # a name beside it
+    ("m/z\tmean_intensity\n328.9167\t2.5\n", [328.9167]),  # `peaks -n 1` saved: its header names the columns
+    ("328.9167 2.5\n345 1.5\n", [328.9167, 345.0]),  # several rows: the first column
+])
+def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
+    from msifusion.io.tables import read_mz_list
+
+    path = tmp_path / "mz.txt"
+    path.write_text(text)
+    assert read_mz_list(path) == mzs
+
+
 @pytest.mark.parametrize("text, problem", [
     ("", "lists no m/z"),
     ("mz\n", "lists no m/z"),

@@ -562,29 +562,50 @@ class ImzML:
     def strongest_peaks(self, n: int, bin_ppm: float = PROFILE_BIN_PPM) -> list[tuple[float, float]]:
         """The ``n`` strongest peaks of the mean spectrum as (m/z, mean intensity), strongest first.
 
-        A peak is a local maximum of the mean spectrum with positive intensity: a point ≥ its
-        left and > its right neighbour on the sorted m/z axis (a flat top counts once), so the
-        points of one profile peak count once. The points are the channels of a continuous
-        file, and the ``bin_ppm`` bins of a processed file that hold data (bins no spectrum
-        reaches are skipped, so the sampling gaps of profile spectra do not split a peak).
-        Centroided data is already one point per peak: every channel of a continuous file is a
-        peak, and in a processed file peaks are the local maxima over all bins (a centroid
-        jittering across neighbouring bins counts once; empty bins separate peaks). A peak within
-        :data:`SEPARATION_PPM` of a stronger one is left out: their ion windows at the default
-        tolerance would overlap (the prostate example's centroids list 1251.3853 and 1251.3894).
+        A peak is a local maximum of the mean spectrum with positive intensity (:func:`peak_candidates`): a point ≥
+        its left and > its right neighbour on the sorted m/z axis (a flat top counts once), so the points of one
+        profile peak count once. The points are the channels of a continuous file, and the ``bin_ppm`` bins of a
+        processed file that hold data (bins no spectrum reaches are skipped, so the sampling gaps of profile spectra
+        do not split a peak). Centroided data is already one point per peak: every channel of a continuous file is a
+        peak, and in a processed file peaks are the local maxima over all bins (a centroid jittering across
+        neighbouring bins counts once; empty bins separate peaks). A peak within :data:`SEPARATION_PPM` of a
+        stronger one is left out: their windows would overlap (the prostate example's centroids list 1251.3853 and
+        1251.3894).
+
+        A peak's intensity, which ranks it, is the mean over the spectra of its ion image at the default window
+        (:data:`DEFAULT_TOLERANCE` around its m/z), what ``ions --mz`` gives: not its one point's share, which a
+        centroid's jitter over neighbouring channels or bins splits. A continuous file's is exact from its channels;
+        a processed file's peaks are ranked by the bins whose m/z lies in the window, then the ``n`` kept are summed
+        exactly in a second pass over the spectra.
         """
+        mz, image_mean = self._ranked_peaks(n, bin_ppm)
+        if not self.continuous and mz.size:
+            lo, hi = self._windows(mz, parse_tolerance(DEFAULT_TOLERANCE))
+            image_mean = self._window_sums(lo, hi, None)[0].sum(axis=0) / self.n_spectra
+        order = np.argsort(-image_mean, kind="stable")
+        return [(float(mz[i]), float(image_mean[i])) for i in order]
+
+    def _ranked_peaks(self, n: int, bin_ppm: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`strongest_peaks`' m/z, and their ion images' means from the mean spectrum's points (a processed
+        file's to a bin's share at the window's ends)."""
         if n < 1:
             raise InputError("-n", "number of peaks must be at least 1")
         profile = self._mean_points(bin_ppm)
         mz, mean = profile.mz, profile.mean
         _, cand = peak_candidates(mean, profile.holds_data, self.layout.centroid, self.continuous)
+        lo, hi = self._windows(mz[cand], parse_tolerance(DEFAULT_TOLERANCE))
+        first, stop = np.searchsorted(mz, lo, side="left"), np.searchsorted(mz, hi, side="right")
+        image_mean = np.zeros(mz.size)
+        for k in range(int((stop - first).max(initial=0))):  # a few points per window; no running sum, whose
+            inside = first + k < stop  # differences lose a weak peak beside strong ones to rounding
+            image_mean[cand[inside]] += mean[first[inside] + k]
         best: list[int] = []
-        for i in cand[np.argsort(-mean[cand], kind="stable")]:
+        for i in cand[np.argsort(-image_mean[cand], kind="stable")]:
             if all(abs(mz[i] - mz[j]) > SEPARATION_PPM * 1e-6 * mz[j] for j in best):
                 best.append(int(i))
                 if len(best) == n:
                     break
-        return [(float(mz[i]), float(mean[i])) for i in best]
+        return mz[best], image_mean[best]
 
     def tissue_images(self, n_components: int = 2, n_peaks: int = 300, tol: Tolerance | str = "10ppm") -> np.ndarray:
         """Candidate tissue images for automatic registration: (1 + n_components, H, W) float32.
@@ -595,7 +616,7 @@ class ImzML:
         components show the morphology (e.g. stroma vs epithelium) even where the TIC is flat.
         Pixels without a spectrum are 0; component signs are arbitrary.
         """
-        peaks = [mz for mz, _ in self.strongest_peaks(n_peaks)]
+        peaks = list(self._ranked_peaks(n_peaks, PROFILE_BIN_PPM)[0])
         tol = parse_tolerance(tol)
         lo, hi = self._windows(peaks, tol)
         sums, tic, _, _ = self._window_sums(lo, hi, "tic")

@@ -338,10 +338,13 @@ def read_text(path: Path, what: str) -> str:
 def read_mz_list(path: Path) -> list[float]:
     """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row (a first row
     that does not start with a number) and ``#`` lines are skipped, so that what ``msifusion peaks`` prints, saved to
-    a file, can be given as it is. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous
-    unless a comma-separated header says the comma separates columns."""
+    a file, can be given as it is. A file of one row of numbers and no header (``328.9167 345 344``, or with commas,
+    tabs or semicolons) lists them all: the other columns of a table are names or intensities, but a lone row of
+    numbers is a list typed on one line. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as
+    ambiguous unless a comma-separated header says the comma separates columns."""
     text = read_text(path, "the m/z list")
     values: list[float] = []
+    cells: list[str] = []  # the last row's cells
     header: str | None = None  # the header row's delimiter, once one was seen ("" for none)
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -355,7 +358,8 @@ def read_mz_list(path: Path) -> list[float]:
                 raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal "
                                        "point, one per line")
             delimiter = ","
-        first = _cell(line.split(delimiter)[0] if delimiter else line.split()[0])
+        cells = [_cell(c) for c in (line.split(delimiter) if delimiter else line.split())]
+        first = cells[0]
         value = _to_float(first)
         if value is None and re.fullmatch(r"\d+,\d+", first):
             raise InputError(path, f"line {number}: {first!r} has a decimal comma; write m/z with a decimal point")
@@ -364,4 +368,8 @@ def read_mz_list(path: Path) -> list[float]:
         values.append(value)
     if not values:
         raise InputError(path, "lists no m/z")
+    row = [_to_float(c) for c in cells if c]
+    if header is None and len(values) == 1 and len(row) > 1 and all(v is not None and math.isfinite(v) and v > 0
+                                                                     for v in row):
+        return row
     return values
