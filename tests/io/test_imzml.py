@@ -609,6 +609,48 @@ def test_a_weak_peak_beside_strong_ones_keeps_its_intensity(tmp_path: Path) -> N
         assert f.strongest_peaks(5) == [(300.0, pytest.approx(1e12)), (400.0, pytest.approx(2e-6, rel=1e-9))]
 
 
+@pytest.mark.parametrize("declared, shape, warned", [((5, 4), (4, 5), False), ((10, 8), (8, 10), False),
+                                                     ((11, 8), (4, 5), True), ((60000, 60000), (4, 5), True)])
+def test_a_declared_image_size_is_kept_up_to_twice_the_spectra_span(continuous, declared, shape, warned) -> None:
+    """"max count of pixels" adds trailing rows and columns without spectra, unless it declares more than twice the
+    spectra's span: a header gone wrong (60000×60000 px would be 13 GB of nothing), read as the span, with a warning."""
+    path, spectra = continuous
+    text = path.read_text(encoding="iso-8859-1")
+    for accession, value in zip(("IMS:1000042", "IMS:1000043"), declared):
+        text, n = re.subn(rf'(accession="{accession}"[^>]*value=")[^"]*"', rf'\g<1>{value}"', text)
+        assert n == 1
+    path.write_text(text, encoding="iso-8859-1")
+    with ImzML(path) as f:
+        assert f.shape == shape
+        image = f.ion_images([150.0], "5ppm").images[0]
+        assert image[: H, : W].sum() == pytest.approx(sum(it[AXIS == 150.0].sum() for it in spectra.values()))
+        assert f.warnings == ([f"cont.imzML declares {declared[1]}×{declared[0]} pixels (its \"max count of pixels\"), "
+                               f"but its spectra span {H}×{W}: the ion images are their span"] if warned else [])
+    if warned:
+        from msifusion.workflows.from_imzml import IonsRequest, extract_ions
+
+        record = extract_ions(IonsRequest(path, (150.0,), "5ppm", path.parent / "ions", quiet=True))
+        assert record["shape"] == [H, W] and record["warnings"][0] == f.warnings[0]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ((r'<cvParam[^>]*accession="IMS:1000050"[^>]*/>', ""),
+     r"spectrum 1 \(spectrum=1\) has no position x \(IMS:1000050\)"),
+    ((r'<cvParam[^>]*accession="IMS:1000102"[^>]*/>', ""),
+     r"spectrum 1 \(spectrum=1\)'s binary data array 1 \(mzArray\) has no external offset \(IMS:1000102\)"),
+    ((r'(accession="IMS:1000103"[^>]*value=")[^"]*"', r'\g<1>abc"'),
+     r"spectrum 1 \(spectrum=1\)'s binary data array 1 \(mzArray\) has external array length 'abc', not an integer"),
+    ((r"(?s).*", '<?xml version="1.0"?><svg><g/></svg>'), r"its root element is <svg>, not an imzML's <mzML>"),
+])
+def test_a_malformed_imzml_says_what_is_missing_and_where(continuous, edit, problem) -> None:
+    path, _ = continuous
+    text, n = re.subn(*edit, path.read_text(encoding="iso-8859-1"), count=1)  # the first spectrum's, or all
+    assert n == 1
+    path.write_text(text, encoding="iso-8859-1")
+    with pytest.raises(InputError, match=f"^{path}: not a valid imzML file: {problem}$"):
+        ImzML(path)
+
+
 def test_windows_named_by_another_warning_are_not_named_again(tmp_path: Path) -> None:
     f = ImzML(_two_peak_imzml(tmp_path / "c.imzML", "continuous"))
     overlapping = f.ion_images([400.0, 400.1], "0.1da")  # each window holds both peaks, and the overlap says so

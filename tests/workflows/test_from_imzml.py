@@ -1,6 +1,7 @@
 """The instrument workflow on a small imzML written here, with landmarks of a known map."""
 
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -833,6 +834,21 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, 20.0), msi,
                                                                 settings, quiet=True).guide)
     assert plain.info["moving_pixel_size"] == 5.0
+
+
+def test_register_reports_an_imzml_header_declaring_far_more_pixels_than_its_spectra(tmp_path, files):
+    imzml, opt, lm, _ = files
+    text = imzml.read_text(encoding="iso-8859-1")
+    for accession in ("IMS:1000042", "IMS:1000043"):
+        text, n = re.subn(rf'(accession="{accession}"[^>]*value=")[^"]*"', r'\g<1>60000"', text)
+        assert n == 1
+    imzml.write_text(text, encoding="iso-8859-1")
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale",
+                 str(SCALE), "--quiet", "--out", str(tmp_path / "reg")]) == 0
+    record = json.loads((tmp_path / "reg" / "run.json").read_text())
+    assert record["ion_shape"] == [H, W]
+    assert f"declares 60000×60000 pixels (its \"max count of pixels\"), but its spectra span {H}×{W}" in \
+        " ".join(record["warnings"])
 
 
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,

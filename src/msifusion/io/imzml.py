@@ -214,6 +214,7 @@ class _Layout:
     declared_mz_range: tuple[float, float] | None = None  # from "lowest/highest observed m/z"
     origin_xy: tuple[int, int] = (1, 1)  # the file's (x, y) of the image's first pixel: where its spectra begin
     skipped_xy: tuple[int, int] = (0, 0)  # empty columns and rows before it, from the file's first coordinate (0 or 1)
+    shape_note: str | None = None  # why the declared image size was not used
 
     def file_xy(self, spectrum: int) -> tuple[int, int]:
         """The file's own (x, y) coordinates of a spectrum."""
@@ -266,6 +267,11 @@ class ImzML:
         TIFFs follow: :func:`msifusion.io.units.unusable_pixel_size`); None when it is used or none is stated."""
         xy = self.layout.pixel_size_xy_um
         return None if xy is None else unusable_pixel_size(*xy)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the file's own header got wrong that a run should report (one line each)."""
+        return [self.layout.shape_note] if self.layout.shape_note else []
 
     @property
     def mz_range(self) -> tuple[float, float]:
@@ -711,7 +717,8 @@ def _parse(path: Path) -> _Layout:
     except ET.ParseError as exc:
         raise InputError(path, f"not a readable imzML (XML) file: {exc}") from None
     except (KeyError, AttributeError, TypeError, ValueError, IndexError, StopIteration, RuntimeError) as exc:
-        raise InputError(path, f"not a valid imzML file ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"not a valid imzML file: {_what_is_malformed(path) or f'{type(exc).__name__}: {exc}'}"
+                         ) from None
     if not parser.coordinates:
         raise InputError(path, "imzML file lists no spectra")
     _check_ibd_uuid(path, ibd, parser)
@@ -742,10 +749,7 @@ def _parse(path: Path) -> _Layout:
         dup = np.flatnonzero(keys == k)
         x0, y0 = coords[dup[0], :2]
         raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={x0}, y={y0}")
-    meta = parser.imzmldict
-    # "max count of pixels" counts from the file's first coordinate: trailing rows or columns without spectra
-    h = max(int(xy[:, 1].max()) + 1, int(meta.get("max count of pixels y", 0) or 0) - int(origin[1] - base))
-    w = max(int(xy[:, 0].max()) + 1, int(meta.get("max count of pixels x", 0) or 0) - int(origin[0] - base))
+    h, w, shape_note = _image_shape(path, parser.imzmldict, xy, origin - base)
 
     mz_off = np.asarray(parser.mzOffsets, dtype=np.int64)
     mz_len = np.asarray(parser.mzLengths, dtype=np.int64)
@@ -774,7 +778,73 @@ def _parse(path: Path) -> _Layout:
         declared_mz_range=_declared_range(parser),
         origin_xy=(int(origin[0]), int(origin[1])),
         skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
+        shape_note=shape_note,
     )
+
+
+DECLARED_SPAN_AT_MOST = 2  # "max count of pixels" beyond this many times the spectra's span is taken as wrong
+
+
+def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> tuple[int, int, str | None]:
+    """The ion images' (rows, columns): the spectra's span, extended to the scan settings' "max count of pixels" (which
+    count from the file's first coordinate: trailing rows or columns without spectra), unless that declares more than
+    :data:`DECLARED_SPAN_AT_MOST` times the span, a header gone wrong that would make images of mostly nothing (one of
+    60000×60000 px is 13 GB); then the span, and the note that says so."""
+    span_h, span_w = int(xy[:, 1].max()) + 1, int(xy[:, 0].max()) + 1
+    declared_h = int(meta.get("max count of pixels y", 0) or 0) - int(skipped[1])
+    declared_w = int(meta.get("max count of pixels x", 0) or 0) - int(skipped[0])
+    if declared_h > DECLARED_SPAN_AT_MOST * span_h or declared_w > DECLARED_SPAN_AT_MOST * span_w:
+        return span_h, span_w, (f"{path.name} declares {declared_h}×{declared_w} pixels (its \"max count of pixels\"), "
+                                f"but its spectra span {span_h}×{span_w}: the ion images are their span")
+    return max(span_h, declared_h), max(span_w, declared_w), None
+
+
+_POSITIONS = {"IMS:1000050": "position x", "IMS:1000051": "position y"}
+_EXTERNAL = {"IMS:1000102": "external offset", "IMS:1000103": "external array length"}
+
+
+def _what_is_malformed(path: Path) -> str | None:
+    """What pyimzML stumbled on, in the file's terms, where it is one of the common faults of a hand-edited or cut
+    imzML: not mzML at all, no spectrum list, a spectrum without its position or without an array's external offset
+    or length, or one of those not an integer. None when none of these is found (the caller then quotes pyimzML)."""
+    def tag(element) -> str:
+        return element.tag.rsplit("}", 1)[-1]
+
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return None
+    if tag(root) != "mzML":
+        return f"its root element is <{tag(root)}>, not an imzML's <mzML>"
+    spectra = [e for e in root.iter() if tag(e) == "spectrum"]
+    if not spectra:
+        return "it holds no <spectrum> (no spectrum list)"
+    for number, spectrum in enumerate(spectra, 1):
+        name = f"spectrum {number} ({spectrum.get('id', 'no id')})"
+        params = {e.get("accession"): e.get("value") for e in spectrum.iter() if tag(e) == "cvParam"}
+        for accession, what in _POSITIONS.items():
+            fault = _integer_fault(params, accession, what)
+            if fault:
+                return f"{name} {fault}"
+        arrays = [e for e in spectrum.iter() if tag(e) == "binaryDataArray"]
+        for k, array in enumerate(arrays, 1):
+            inner = {e.get("accession"): e.get("value") for e in array if tag(e) == "cvParam"}
+            for accession, what in _EXTERNAL.items():
+                fault = _integer_fault(inner, accession, what)
+                if fault:
+                    refs = [e.get("ref") for e in array if tag(e) == "referenceableParamGroupRef"]
+                    return f"{name}'s binary data array {k}{f' ({refs[0]})' if refs else ''} {fault}"
+    return None
+
+
+def _integer_fault(params: dict, accession: str, what: str) -> str | None:
+    if accession not in params:
+        return f"has no {what} ({accession})"
+    try:
+        int(params[accession])
+    except (TypeError, ValueError):
+        return f"has {what} {params[accession]!r}, not an integer"
+    return None
 
 
 _UUID = "IMS:1000080"  # "universally unique identifier": the pair's, also the first 16 bytes of the .ibd

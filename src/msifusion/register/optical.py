@@ -122,6 +122,7 @@ class MsiTissue:
     pixel_size_um: float | None
     source: Path
     skipped_xy: tuple[int, int] = (0, 0)  # an imzML's empty columns and rows before its first spectra, not imaged
+    warnings: tuple[str, ...] = ()  # what the file's header got wrong (:attr:`msifusion.io.imzml.ImzML.warnings`)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -137,7 +138,8 @@ class MsiTissue:
         if automatic and xy is not None and not is_square(*xy):
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
-        return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy)
+        return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy,
+                   tuple(f.warnings))
 
 
 def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int], found: AffineMap,
@@ -222,7 +224,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         info["optical_pixel_size_matched_um"] = calibration.matched_um
     optical_px = moving.pixel_size / found.affine.scale  # in the ion grid's units
     coarse = coarse_optical_warning(optical_px / ion_grid.pixel_size, settings.scale, px)
-    warnings += [*optical.warnings, *([coarse] if coarse else [])]
+    warnings += [*msi.warnings, *optical.warnings, *([coarse] if coarse else [])]
     info["moving_pixel_size"] = moving.pixel_size
     info["optical_shape_read"] = list(optical.shape2d)  # a pyramidal TIFF: the level read, not the full scan
     try:

@@ -88,8 +88,8 @@ def extract_ions(request: IonsRequest) -> dict:
     with ImzML(request.imzml) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
-        pixel_note = f.pixel_size_note
-    warnings = stack.window_warnings()
+        pixel_note, warnings = f.pixel_size_note, f.warnings
+    warnings += stack.window_warnings()
     if stack.pixel_size_um is None:
         warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                              "give --pixel-size UM when you fuse them with --ion",
