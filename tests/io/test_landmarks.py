@@ -77,6 +77,13 @@ def test_malformed_rows_name_the_line(tmp_path: Path, bad_line: str, message: st
      ": a header row? BigWarp's landmark CSV has none; delete it"),
     (CSV_2D.replace(",", ";"), "line 1: 1 fields", "; its fields are separated by semicolons: BigWarp's CSV uses commas"),
     (CSV_2D.replace(",", "\t"), "line 1: 1 fields", "; its fields are separated by tabs: BigWarp's CSV uses commas"),
+    (CSV_2D.replace(".", ","), "line 1: coordinates with decimal commas (10,5, 20,0, …): BigWarp's CSV has commas "
+                               "between its fields and decimal points in its numbers",
+     "save it from BigWarp again, or replace the decimal commas with points"),  # quoted: each a field still
+    (CSV_2D.replace(",", ";").replace(".", ",").replace('"', ""), "line 1: 5 fields",
+     "; its fields are separated by semicolons and its numbers have decimal commas: BigWarp's CSV has commas between "
+     "its fields and decimal points in its numbers (a spreadsheet in a comma-decimal locale saves decimal commas); "
+     "save it from BigWarp again, or replace the decimal commas with points"),
 ])
 def test_a_header_row_or_another_separator_is_named(tmp_path: Path, text: str, start: str, end: str) -> None:
     with pytest.raises(InputError) as err:
@@ -156,6 +163,15 @@ def test_write_bigwarp_csv_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.moving, lm.moving)
     np.testing.assert_array_equal(back.fixed, lm.fixed)
     assert back.names == lm.names
+
+
+def test_landmarks_switched_off_in_bigwarp_are_written_back(tmp_path: Path) -> None:
+    lm = read_landmarks(_write(tmp_path, "in.csv", CSV_2D))
+    assert lm.names == ("Pt-0", "Pt-1", "Pt-3", "Pt-5")  # used: the active ones
+    lines = write_bigwarp_csv(lm, tmp_path / "out.csv").read_text().splitlines()
+    assert lines[-2:] == ['"Pt-2","false","999.0","999.0","99.0","99.0"',
+                          '"Pt-4","false","Infinity","Infinity","5.0","5.0"']  # parked, and one unplaced
+    assert sorted(lines) == sorted(CSV_2D.splitlines())
 
 
 # ----------------------------------------------------------------------------- repeated points

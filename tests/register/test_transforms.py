@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from msifusion.register import (
     landmarks_from_transform,
     transform_from_landmarks,
 )
+from msifusion.register.transforms import spline_fold
 
 
 def _landmarks(rng: np.random.Generator, n: int = 8) -> Landmarks:
@@ -61,6 +64,43 @@ def test_tps_of_affine_landmarks_is_that_affine() -> None:
     np.testing.assert_allclose(fit.inverse()(fit(pts)), pts, atol=1e-9)
 
 
+def _grid_landmarks(matrix: np.ndarray) -> Landmarks:
+    """Nine landmarks on a 40×60 ion grid (1 unit per ion pixel), mapped by the affine ``matrix``."""
+    fixed = np.array([[x, y] for y in (5.0, 20.0, 35.0) for x in (5.0, 30.0, 55.0)])
+    fixed += np.random.default_rng(0).uniform(-2, 2, fixed.shape)
+    return Landmarks(moving=AffineMap(matrix)(fixed), fixed=fixed, names=tuple(f"Pt-{i}" for i in range(9)))
+
+
+ION_GRID = Grid((40, 60), 1.0)
+TURNED = np.array([[1.2, 0.3, 7.0], [-0.2, 0.9, -4.0]])
+
+
+@pytest.mark.parametrize("matrix", [TURNED, TURNED * [[-1], [1]]])  # a slide turned, or turned and mirrored
+def test_a_spline_of_consistent_landmarks_does_not_fold(matrix) -> None:
+    lm = _grid_landmarks(matrix)
+    lm.moving[4] += [1.5, -1.0]  # a tissue's own deformation, a pixel or two
+    assert spline_fold(ThinPlateSpline(lm), ION_GRID) is None
+
+
+def test_a_spline_through_swapped_partners_folds_and_names_them() -> None:
+    lm = _grid_landmarks(TURNED)
+    lm.moving[[3, 4]] = lm.moving[[4, 3]]  # two partners clicked in the wrong order
+    fold = spline_fold(ThinPlateSpline(lm), ION_GRID)
+    assert fold is not None and fold.blamed and fold.among_landmarks
+    assert set(re.findall(r"'(Pt-\d)'", fold.suspects)) <= {"Pt-3", "Pt-4"}  # one of them, or both
+    assert 0 <= fold.at_column_row[0] < 60 and 0 <= fold.at_column_row[1] < 40
+
+
+def test_a_landmark_clicked_twice_with_another_partner_folds_the_spline() -> None:
+    lm = _grid_landmarks(TURNED)
+    twice = Landmarks(moving=np.vstack([lm.moving, lm.moving[4] + [4.0, 0.0]]),  # 4 optical units off ...
+                      fixed=np.vstack([lm.fixed, lm.fixed[4] + [0.02, 0.0]]),  # ... 0.02 ion pixels away
+                      names=(*lm.names, "Pt-9"))
+    fold = spline_fold(ThinPlateSpline(twice), ION_GRID)
+    assert fold is not None and fold.blamed
+    assert fold.suspects.startswith("'Pt-4' at (") and "'Pt-9' at (" in fold.suspects and "Pt-3" not in fold.suspects
+
+
 def test_degenerate_landmarks_are_input_errors() -> None:
     line = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
     lm = Landmarks(moving=line * 3, fixed=line, names=("a", "b", "c"))
@@ -73,6 +113,13 @@ def test_degenerate_landmarks_are_input_errors() -> None:
     spread = Landmarks(moving=np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), fixed=line, names=("a", "b", "c"))
     with pytest.raises(InputError, match="collinear"):  # one side collinear is enough
         ThinPlateSpline(spread)
+    nearly = Landmarks(moving=line * 3, fixed=line + [[0.0, 0.0], [0.0, 0.0], [1e-4, 0.0]], names=("a", "b", "c"))
+    for fit in (ThinPlateSpline, AffineMap.from_landmarks):  # a third point 1e-4 off the line: rounding decides
+        with pytest.raises(InputError, match="collinear or nearly so"):
+            fit(nearly)
+    thin = Landmarks(moving=spread.moving, fixed=np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 1.0]]),
+                     names=("a", "b", "c"))
+    ThinPlateSpline(thin)  # a thin strip of tissue, 1 % as wide as long, is no line
 
 
 def test_grid_refined_is_block_consistent() -> None:

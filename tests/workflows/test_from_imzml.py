@@ -715,8 +715,9 @@ def test_collinear_landmarks_are_refused_in_the_words_of_the_transform_asked_for
                              tmp_path / "line.csv")
     assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(line), "--transform",
                  transform, "--scale", "4", "--out", str(tmp_path / "reg")]) == 2
-    assert capsys.readouterr().err == (f"msifusion: error: {line}: landmarks are collinear; {fit} needs three not on "
-                                       "one line\n")
+    assert capsys.readouterr().err == (f"msifusion: error: {line}: landmarks are collinear or nearly so (their spread "
+                                       f"across the line under 0.1% of their spread along it); {fit} needs three not "
+                                       "on one line\n")
     assert not (tmp_path / "reg").exists()
 
 
@@ -754,14 +755,35 @@ def test_landmarks_that_scale_two_calibrated_images_apart_are_warned(tmp_path, f
     base = ["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(lm), "--scale", "4"]
     assert main([*base, "--out", str(tmp_path / "plain")]) == 0  # uncalibrated: nothing to compare
     assert "scale the optical" not in capsys.readouterr().err
-    assert main([*base, "--fixed-pixel-size", "1", "--optical-pixel-size", "1", "--out", str(tmp_path / "um")]) == 0
+    assert main([*base, "--fixed-pixel-size", "1", "--optical-pixel-size", "1", "--out", str(tmp_path / "px")]) == 0
+    assert "scale the optical" not in capsys.readouterr().err  # 1 and 1: both in pixels, as the docs say them
+    assert main([*base, "--fixed-pixel-size", "20", "--optical-pixel-size", "20", "--out", str(tmp_path / "um")]) == 0
     err = capsys.readouterr().err
     assert ("the landmarks in lm.csv scale the optical's µm to the ion image's by 4.0×, where the two calibrations "
             "say 1: either they were placed on a downsampled preview or in pixels where an image is calibrated in µm "
-            "(check overlay.png), or --optical-pixel-size (1 µm per pixel) is wrong and its pixels are 0.25 µm") in err
+            "(check overlay.png), or --optical-pixel-size (20 µm per pixel) is wrong and its pixels are 5 µm") in err
     record = json.loads((tmp_path / "um" / "run.json").read_text())
-    assert any("by 4.0×" in w for w in record["warnings"]) and "--optical-pixel-size 0.25" not in err
-    assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(0.25, rel=1e-3)
+    assert any("by 4.0×" in w for w in record["warnings"]) and "--optical-pixel-size 5" not in err
+    assert record["registration"]["optical_pixel_size_matched_um"] == pytest.approx(5.0, rel=1e-3)
+
+
+def test_landmarks_placed_in_the_optical_pixels_are_named_so(tmp_path, files, state_imzml_pixel_size, capsys):
+    """The optical calibrated at 5 µm, the ion image at 20 µm; landmarks in µm on the ion image but in pixels on the
+    optical: their scale is the optical's pixel size; told so, with --optical-pixel-size 1, which is then silent."""
+    imzml, opt, lm, _ = files
+    state_imzml_pixel_size(imzml, 20.0)
+    tifffile.imwrite(tmp_path / "optical.tif", cv2.imread(str(opt))[..., ::-1], resolution=(2000, 2000),
+                     resolutionunit="CENTIMETER")  # 5 µm per pixel
+    landmarks = read_landmarks(lm)
+    mixed = write_bigwarp_csv(Landmarks(landmarks.moving, landmarks.fixed * 20, landmarks.names), tmp_path / "m.csv")
+    base = ["register", "--optical", str(tmp_path / "optical.tif"), "--ion", str(imzml), "--landmarks", str(mixed),
+            "--scale", "4", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "as_um")]) == 0
+    assert ("scale the optical's µm to the ion image's by 5.0×, which is its pixel size (5 µm): they look placed in "
+            "pixels of optical.tif, not in its µm; then give --optical-pixel-size 1") in capsys.readouterr().err
+    assert main([*base, "--optical-pixel-size", "1", "--out", str(tmp_path / "as_px")]) == 0
+    assert "scale the optical" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "as_px" / "run.json").read_text())["warnings"] == []
 
 
 def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pixel_size(tmp_path, files,
@@ -834,6 +856,20 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, 20.0), msi,
                                                                 settings, quiet=True).guide)
     assert plain.info["moving_pixel_size"] == 5.0
+
+
+def test_landmarks_whose_spline_folds_are_refused_naming_them(tmp_path, files, capsys):
+    imzml, opt, lm, _ = files
+    landmarks = read_landmarks(lm)
+    landmarks.moving[[0, 4]] = landmarks.moving[[4, 0]]  # two partners clicked in the wrong order
+    swapped = write_bigwarp_csv(landmarks, tmp_path / "swapped.csv")
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(swapped), "--scale",
+                 str(SCALE), "--quiet", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and not out.exists()
+    assert re.match(rf"msifusion: error: {swapped}: the thin-plate spline through these landmarks folds the optical "
+                    r"over itself near ion pixel \(column \d+, row \d+\); leaving out .*'Pt-[04]' at \(", error)
 
 
 def test_register_reports_an_imzml_header_declaring_far_more_pixels_than_its_spectra(tmp_path, files):

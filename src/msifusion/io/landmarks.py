@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,7 +41,9 @@ DUPLICATE_TOLERANCE = 1e-9  # points closer than this × the diagonal of their b
 class Landmarks:
     """Active landmark pairs: ``moving`` (n, 2) optical points, ``fixed`` (n, 2) ion-grid points.
 
-    ``rows``: where each landmark came from in its file (e.g. "line 4"), for messages; None: by name.
+    ``rows``: where each landmark came from in its file (e.g. "line 4"), for messages; None: by name. ``inactive``:
+    the file's landmarks switched off in BigWarp, (name, moving x, y, fixed x, y) each (Infinity where unplaced),
+    unused but written back by :func:`write_bigwarp_csv`, so that points parked in BigWarp survive a round trip.
     """
 
     moving: np.ndarray
@@ -49,6 +52,7 @@ class Landmarks:
     source: Path | None = None
     transform_type: str | None = None  # from BigWarp's JSON, e.g. "Thin Plate Spline"
     rows: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    inactive: tuple[tuple[str, float, float, float, float], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.moving, dtype=np.float64).reshape(-1, 2)
@@ -174,10 +178,11 @@ def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[floa
     dims = {len(r[3]) for r in rows}
     if len(dims) > 1:
         raise InputError(path, "rows mix 2-D and 3-D landmarks")
-    names, moving, fixed, where = [], [], [], []
+    names, moving, fixed, where, inactive = [], [], [], [], []
     zs: dict[str, set[float]] = {"moving": set(), "fixed": set()}
     for line, name, active, mv, fx in rows:
         if not active:
+            inactive.append((name, *mv[:2], *fx[:2]))
             continue
         if any(math.isinf(v) for v in mv + fx):
             raise InputError(path, f"{row_word} {line}: landmark {name!r} is active but unpaired (Infinity); "
@@ -196,7 +201,12 @@ def _collect(path: Path, rows: list[tuple[int, str, bool, list[float], list[floa
             raise InputError(path, f"3-D landmarks with varying {side} z ({min(values):g}–{max(values):g}); "
                              "only 2-D registration (constant z) is supported")
     return Landmarks(np.array(moving, dtype=np.float64).reshape(-1, 2), np.array(fixed, dtype=np.float64).reshape(-1, 2),
-                     tuple(names), path, transform_type, tuple(where))
+                     tuple(names), path, transform_type, tuple(where), tuple(inactive))
+
+
+DECIMAL_COMMAS = ("BigWarp's CSV has commas between its fields and decimal points in its numbers (a spreadsheet in a "
+                  "comma-decimal locale saves decimal commas); save it from BigWarp again, or replace the decimal "
+                  "commas with points")
 
 
 def _parse_csv(path: Path, text: str) -> Landmarks:
@@ -220,8 +230,14 @@ def _parse_csv(path: Path, text: str) -> Landmarks:
             other = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"))
                           if len(raw.split(sep)) in (6, 7, 8, 9)), None)
             hint = f"; its fields are separated by {other}: BigWarp's CSV uses commas" if other else ""
+            if other == "semicolons" and re.search(r"\d,\d", raw):
+                hint = f"; its fields are separated by semicolons and its numbers have decimal commas: {DECIMAL_COMMAS}"
             raise InputError(path, f"line {line}: {n} fields; BigWarp rows have 6 (2-D) or 8 (3-D): "
                              f"name, active, moving x, y[, z], fixed x, y[, z]{hint}")
+        commas = [t.strip() for t in coords if re.fullmatch(r"\s*[-+]?\d+,\d+\s*", t)]
+        if commas:
+            raise InputError(path, f"line {line}: coordinates with decimal commas ({', '.join(commas[:2])}"
+                                   f"{', …' if len(commas) > 2 else ''}): {DECIMAL_COMMAS}")
         if not any(_is_number(t) for t in coords):
             raise InputError(path, f"line {line} holds no coordinates ({', '.join(f.strip() for f in fields)}): a "
                                    "header row? BigWarp's landmark CSV has none; delete it")
@@ -294,10 +310,13 @@ def java_double(x: float) -> str:
 
 
 def write_bigwarp_csv(landmarks: Landmarks, path: str | Path) -> Path:
-    """Write 2-D landmarks as BigWarp does: every field quoted, all rows active, no header."""
+    """Write 2-D landmarks as BigWarp does: every field quoted, no header; the active ones, then those switched off
+    in the file they were read from (:attr:`Landmarks.inactive`)."""
     path = Path(path)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator="\n")
         for name, m, f in zip(landmarks.names, landmarks.moving, landmarks.fixed):
             writer.writerow([name, "true", *(java_double(v) for v in m), *(java_double(v) for v in f)])
+        for name, *coords in landmarks.inactive:
+            writer.writerow([name, "false", *(java_double(v) for v in coords)])
     return path

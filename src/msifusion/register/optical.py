@@ -30,8 +30,8 @@ from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
-from msifusion.register.transforms import (AffineMap, Grid, PointMap, check_landmarks, landmarks_from_transform,
-                                           transform_from_landmarks)
+from msifusion.register.transforms import (AffineMap, Grid, PointMap, ThinPlateSpline, check_landmarks,
+                                           landmarks_from_transform, spline_fold, transform_from_landmarks)
 from msifusion.report import save_alignments, save_overlay, save_rgb_png
 
 
@@ -279,6 +279,22 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
                         "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
                         "are off by that much")
     transform = transform_from_landmarks(landmarks, kind)
+    fold = spline_fold(transform, ion_grid) if isinstance(transform, ThinPlateSpline) else None
+    if fold is not None:
+        where = f"the optical over itself near ion pixel (column {fold.at_column_row[0]:.0f}, row " \
+                f"{fold.at_column_row[1]:.0f})"
+        several = "," in fold.suspects
+        which = ((f"leaving out any one of the landmarks {fold.suspects} unfolds it" if several else
+                  f"leaving out the landmark {fold.suspects} unfolds it") if fold.blamed else
+                 f"the landmark nearest it is {fold.suspects}")
+        if fold.among_landmarks or fold.blamed:
+            raise InputError(settings.landmarks, f"the thin-plate spline through these landmarks folds {where}; "
+                                                 f"{which}: check {'them' if several else 'it'} in BigWarp (one "
+                                                 "misplaced, clicked twice with different partners, or two with "
+                                                 "swapped partners)")
+        warnings.append(f"the thin-plate spline through {settings.landmarks.name} folds {where}, beyond the "
+                        f"landmarks ({which}): the registered optical is mirrored there; add landmarks near that part "
+                        "of the tissue, or use --transform affine")
     info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
             "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
     # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
@@ -369,6 +385,7 @@ def landmark_transform_kind(landmarks: Landmarks, asked: str | None) -> tuple[st
 
 
 CALIBRATION_FACTOR = 2.0  # tissue does not shrink or swell by this much between sections
+PIXELS_MATCH = 0.05  # landmarks whose scale is the optical's pixel size within this share are in its pixels
 
 
 def _moving_grid(optical: Image, settings: RegisterSettings) -> Grid:
@@ -417,7 +434,8 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     # the full resolution's pixel size, as the option and Fiji give it
     stated = settings.optical_pixel_size or (optical.pixel_size_um / optical.downsample if optical.pixel_size_um
                                              else None)
-    if stated is None or fixed_unit_um is None:
+    pixels_both = msi_pixel_um is None and settings.fixed_pixel_size == 1 and settings.optical_pixel_size == 1
+    if stated is None or fixed_unit_um is None or pixels_both:  # pixels_both: both sides' landmarks said in pixels
         return None
     scale = affine.scale / fixed_unit_um  # optical µm per MSI µm; 1 when both calibrations are right
     if 1 / CALIBRATION_FACTOR <= scale <= CALIBRATION_FACTOR:
@@ -428,6 +446,13 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     by = f"by {max(scale, 1 / scale):.1f}×"
     in_file = file_pixel_size_um(optical.path) if settings.optical_pixel_size and optical.path else None
     in_file_units = in_file is not None and 1 / CALIBRATION_FACTOR <= scale * stated / in_file <= CALIBRATION_FACTOR
+    if settings.landmarks is not None and in_file is not None and abs(scale * in_file / stated - 1) < PIXELS_MATCH:
+        return None  # landmarks in the optical's pixels, given as such (--optical-pixel-size 1): the file agrees
+    if settings.landmarks is not None and settings.optical_pixel_size is None and abs(scale * stated - 1) < PIXELS_MATCH:
+        return CalibrationDisagreement(matched, (
+            f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, which is "
+            f"its pixel size ({stated:.3g} µm): they look placed in pixels of {name}, not in its µm; "
+            "then give --optical-pixel-size 1 (their optical units are then its pixels), and check overlay.png"))
     if settings.landmarks is not None and in_file_units:
         return CalibrationDisagreement(matched, (
             f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({in_file:.3g} µm "

@@ -82,6 +82,18 @@ class PointMap(Protocol):
     def __call__(self, points: np.ndarray) -> np.ndarray: ...
 
 
+ACROSS_THE_LINE = 1e-3  # landmarks spread across their line by less than this share of their spread along it ...
+ON_ONE_LINE = f"landmarks are collinear or nearly so (their spread across the line under {ACROSS_THE_LINE:.1%} of " \
+              "their spread along it)"  # ... leave the transform across it to their last digits
+
+
+def _on_one_line(points: np.ndarray) -> bool:
+    """Whether ``points`` (n, 2) lie on one line, or so nearly that a transform fitted to them is decided across it by
+    rounding (a third landmark 1e-4 px off the line of two others mapped the whole ion grid off the optical)."""
+    spread = np.linalg.svd(np.asarray(points, dtype=np.float64) - np.mean(points, axis=0), compute_uv=False)
+    return bool(spread[0] == 0 or spread[-1] <= ACROSS_THE_LINE * spread[0])
+
+
 class ThinPlateSpline:
     """BigWarp's thin-plate spline from fixed to moving landmarks.
 
@@ -94,9 +106,8 @@ class ThinPlateSpline:
 
         if len(landmarks.fixed) < 3:
             raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
-        for side in (landmarks.fixed, landmarks.moving):
-            if np.linalg.matrix_rank(np.asarray(side, dtype=np.float64) - np.mean(side, axis=0)) < 2:
-                raise InputError(landmarks.source, "landmarks are collinear; a thin-plate spline needs three not on one line")
+        if any(_on_one_line(side) for side in (landmarks.fixed, landmarks.moving)):
+            raise InputError(landmarks.source, f"{ON_ONE_LINE}; a thin-plate spline needs three not on one line")
         self.landmarks = landmarks
         try:
             self._rbf = RBFInterpolator(landmarks.fixed, landmarks.moving, kernel="thin_plate_spline",
@@ -129,10 +140,10 @@ class AffineMap:
         """Least-squares affine fixed → moving (exact for 3 landmarks)."""
         if len(landmarks.fixed) < 3:
             raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
+        if _on_one_line(landmarks.fixed):
+            raise InputError(landmarks.source, f"{ON_ONE_LINE}; an affine map needs three not on one line")
         design = np.column_stack([landmarks.fixed, np.ones(len(landmarks.fixed))])
-        sol, _, rank, _ = np.linalg.lstsq(design, landmarks.moving, rcond=None)
-        if rank < 3:
-            raise InputError(landmarks.source, "landmarks are collinear; an affine map needs three not on one line")
+        sol = np.linalg.lstsq(design, landmarks.moving, rcond=None)[0]
         return cls(sol.T.copy())
 
     @property
@@ -282,6 +293,83 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
                             f"{SWAP_HINT if _swapped_fit(landmarks, fixed, moving) else 'check them in BigWarp'}")
     return warnings
 
+
+
+FOLD_SAMPLES = 250_000  # ion pixel centres sampled at most by :func:`spline_fold` ...
+SUSPECT_SAMPLES = 10_000  # ... and for each landmark left out, to find the ones the fold comes from
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Where a landmark spline folds the moving image over itself: the ion-grid point (column, row) where its local
+    area change is most reversed; the landmarks without any one of which it does not fold (``blamed``), else the one
+    nearest the fold; and whether the fold lies among the landmarks (inside their convex hull, where they should
+    hold) rather than where the spline extrapolates."""
+
+    at_column_row: tuple[float, float]
+    suspects: str
+    blamed: bool
+    among_landmarks: bool
+
+
+def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
+    """Where the spline folds over ``ion_grid`` (in the landmarks' fixed units), or None.
+
+    The local area change (the determinant of the spline's Jacobian, central differences of a tenth of an ion pixel)
+    is compared with the landmarks' affine fit's: where the two differ in sign, the spline maps that part of the ion
+    grid mirrored, and the optical's tissue there is torn and folded: two landmarks with swapped partners, or one
+    clicked twice at nearly the same place with different partners, whose spline bends through both (the fold can
+    lie away from them). A slide mirrored as a whole is no fold: the affine fit is mirrored too. Sampled at the ion
+    pixel centres (strided beyond :data:`FOLD_SAMPLES`) and on a ring of radius 0.3 ion pixels around each landmark,
+    where a near-repeat tears; each landmark is then left out in turn (on :data:`SUSPECT_SAMPLES` samples) to name
+    the ones the fold comes from."""
+    from scipy.spatial import Delaunay, QhullError
+
+    landmarks = spline.landmarks
+    change, points = _area_change(spline, ion_grid, FOLD_SAMPLES)
+    if change.min() > 0:
+        return None
+    worst = points[int(np.argmin(change))]
+    n = len(landmarks.fixed)
+    suspects = [i for i in range(n) if n > 3 and _unfolds(landmarks, np.arange(n) != i, ion_grid)]
+    blamed = bool(suspects)
+    if not blamed:
+        suspects = [int(np.argmin(np.hypot(*(landmarks.fixed - worst).T)))]
+    try:
+        among = bool(Delaunay(landmarks.fixed).find_simplex(worst[None])[0] >= 0)
+    except QhullError:  # landmarks nearly on one line span no area to be among
+        among = False
+    column, row = ion_grid.to_index(worst)
+    return Fold((float(column), float(row)), _named_points(landmarks, landmarks.fixed, np.array(suspects)), blamed,
+                among)
+
+
+def _unfolds(landmarks: Landmarks, kept: np.ndarray, ion_grid: Grid) -> bool:
+    """Whether the spline through the ``kept`` landmarks (a mask) does not fold."""
+    rest = Landmarks(landmarks.moving[kept], landmarks.fixed[kept], tuple(np.array(landmarks.names)[kept]),
+                     landmarks.source)
+    try:
+        return bool(_area_change(ThinPlateSpline(rest), ion_grid, SUSPECT_SAMPLES)[0].min() > 0)
+    except InputError:  # the rest are collinear
+        return False
+
+
+def _area_change(spline: ThinPlateSpline, ion_grid: Grid, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The spline's local area change over its landmarks' affine fit's at ≈ ``samples`` ion pixel centres and on a
+    ring around each landmark, and those points (see :func:`spline_fold`)."""
+    landmarks = spline.landmarks
+    area = np.linalg.det(AffineMap.from_landmarks(landmarks).matrix[:, :2])
+    h, w = ion_grid.shape
+    stride = max(1, math.ceil(math.sqrt(h * w / samples)))
+    rows, cols = np.mgrid[0:h:stride, 0:w:stride]
+    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    ring = np.column_stack([np.cos(angles), np.sin(angles)]) * 0.3 * ion_grid.pixel_size
+    points = np.concatenate([ion_grid.to_coords(np.column_stack([cols.ravel(), rows.ravel()])),
+                             (landmarks.fixed[:, None, :] + ring[None]).reshape(-1, 2)])
+    step = 0.1 * ion_grid.pixel_size
+    along_x = (spline(points + [step, 0]) - spline(points - [step, 0])) / (2 * step)
+    along_y = (spline(points + [0, step]) - spline(points - [0, step])) / (2 * step)
+    return (along_x[:, 0] * along_y[:, 1] - along_x[:, 1] * along_y[:, 0]) / area, points
 
 
 # ----------------------------------------------------------------------------- landmarks out
