@@ -165,6 +165,13 @@ def test_write_bigwarp_csv_round_trip(tmp_path: Path) -> None:
     assert back.names == lm.names
 
 
+def test_a_trailing_comma_on_each_row_is_no_field(tmp_path: Path) -> None:
+    trailing = read_landmarks(_write(tmp_path, "t.csv", CSV_2D.replace("\n", ",\n")))
+    plain = read_landmarks(_write(tmp_path, "p.csv", CSV_2D))
+    np.testing.assert_array_equal(trailing.moving, plain.moving)
+    np.testing.assert_array_equal(trailing.fixed, plain.fixed)
+
+
 def test_landmarks_switched_off_in_bigwarp_are_written_back(tmp_path: Path) -> None:
     lm = read_landmarks(_write(tmp_path, "in.csv", CSV_2D))
     assert lm.names == ("Pt-0", "Pt-1", "Pt-3", "Pt-5")  # used: the active ones

@@ -91,9 +91,15 @@ def test_an_optical_registered_already_is_judged_and_named_by_its_full_size_wher
     level = Image(np.zeros((48, 64, 3), np.float32), 2.0, Path("optical_registered.tiff"), downsample=2.0,
                   full_shape=(96, 128))
     found = AffineMap(np.array([[4.0, 0.0, 1.5], [0.0, 4.0, 1.5]]))  # ion pixels onto read pixels, unturned
-    warning = _registered_already(level, (12, 16), found, 1.0)
+    imzml = Path("run.imzML")
+    warning = _registered_already(level, (12, 16), found, 1.0, imzml)
     assert warning.startswith("optical_registered.tiff is 96×128 (read at its 48×64 level), exactly the ion grid × 8: "
                               "it looks registered already")
-    assert _registered_already(level, (12, 16), AffineMap(np.array([[0.0, -4.0, 63.5], [4.0, 0.0, 1.5]])), 1.0) is None
-    assert _registered_already(Image(level.pixels, 2.0, level.path), (12, 16), found, 1.0).startswith(
+    assert warning.endswith("export the ions with `msifusion ions` and run `msifusion fuse --ion ION --optical "
+                            "optical_registered.tiff`")
+    assert _registered_already(level, (12, 16), found, 1.0, Path("mz_1217.tiff")).endswith(
+        "to fuse it as it is, run `msifusion fuse --ion mz_1217.tiff --optical optical_registered.tiff`")  # an ion
+    turned = AffineMap(np.array([[0.0, -4.0, 63.5], [4.0, 0.0, 1.5]]))
+    assert _registered_already(level, (12, 16), turned, 1.0, imzml) is None
+    assert _registered_already(Image(level.pixels, 2.0, level.path), (12, 16), found, 1.0, imzml).startswith(
         "optical_registered.tiff is 48×64, exactly the ion grid × 4")  # read whole: the file is that size

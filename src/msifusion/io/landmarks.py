@@ -216,6 +216,8 @@ def _parse_csv(path: Path, text: str) -> Landmarks:
         line = reader.line_num
         if not fields or all(not f.strip() for f in fields):
             continue
+        if len(fields) in (7, 9) and not fields[-1].strip():  # a trailing comma, as spreadsheets may save a row
+            fields = fields[:-1]
         n = len(fields)
         if n in (6, 8):
             coords = fields[2:]

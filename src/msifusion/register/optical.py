@@ -156,9 +156,11 @@ def _registered_scale(optical_shape: tuple[int, int], ion_shape: tuple[int, int]
     return k if k >= 2 and np.abs(a - np.eye(2)).max() <= 0.1 else None
 
 
-def _registered_already(optical: Image, ion_shape: tuple[int, int], found: AffineMap, to_pixels: float) -> str | None:
+def _registered_already(optical: Image, ion_shape: tuple[int, int], found: AffineMap, to_pixels: float,
+                        ion_source: Path) -> str | None:
     """The warning for an optical that looks registered to the ion grid already (:func:`_registered_scale`), judged
-    and named by the file's own size where a pyramid level of it was read (``to_pixels``: as there, per pixel read)."""
+    and named by the file's own size where a pyramid level of it was read (``to_pixels``: as there, per pixel read);
+    how to fuse it as it is depends on whether the ion side (``ion_source``) is an imzML or an ion image."""
     full_shape = optical.full_shape or optical.shape2d
     k = _registered_scale(full_shape, ion_shape, found, to_pixels * optical.downsample)
     if k is None:
@@ -166,8 +168,10 @@ def _registered_already(optical: Image, ion_shape: tuple[int, int], found: Affin
     level = f" (read at its {optical.shape2d[0]}×{optical.shape2d[1]} level)" if optical.full_shape else ""
     return (f"{optical.path.name} is {full_shape[0]}×{full_shape[1]}{level}, exactly the ion grid × {k}: it looks "
             "registered already (as `register` writes optical_registered.tiff), and registering it again can move "
-            "it; to fuse it as it is, export the ions with `msifusion ions` and run `msifusion fuse --ion ION "
-            f"--optical {optical.path.name}`")
+            "it; to fuse it as it is, "
+            + ("export the ions with `msifusion ions` and run `msifusion fuse --ion ION "
+               if ion_source.suffix.lower() == ".imzml" else f"run `msifusion fuse --ion {ion_source.name} ")
+            + f"--optical {optical.path.name}`")
 
 
 def _tissue_name(channel: int) -> str:
@@ -351,7 +355,8 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
                         f"{_tissue_name(rival['channel'])} both match the optical (scores "
                         f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
                         f"MSI pixels apart; {remedy}")
-    registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size)
+    registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size,
+                                     msi.source)
     if registered:
         warnings.append(registered)
     affine, fixed_unit_um = reg.affine, (1.0 if px else None)  # the ion grid in µm
@@ -448,7 +453,8 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     in_file_units = in_file is not None and 1 / CALIBRATION_FACTOR <= scale * stated / in_file <= CALIBRATION_FACTOR
     if settings.landmarks is not None and in_file is not None and abs(scale * in_file / stated - 1) < PIXELS_MATCH:
         return None  # landmarks in the optical's pixels, given as such (--optical-pixel-size 1): the file agrees
-    if settings.landmarks is not None and settings.optical_pixel_size is None and abs(scale * stated - 1) < PIXELS_MATCH:
+    in_pixels = abs(scale * stated - 1) < PIXELS_MATCH
+    if settings.landmarks is not None and settings.optical_pixel_size is None and in_pixels:
         return CalibrationDisagreement(matched, (
             f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, which is "
             f"its pixel size ({stated:.3g} µm): they look placed in pixels of {name}, not in its µm; "
