@@ -337,6 +337,8 @@ def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
     ("1,217.5\n", "line 1: '1,217.5' is ambiguous"),
     ("1217.5161a\n656.7762\n", "line 1: '1217.5161a' is not an m/z"),  # a number gone wrong is no header
     ("1217,5161;3,1\n656,7762;2,0\n", "line 1: '1217,5161' has a decimal comma"),
+    ("1217.5161\t734.2\n", "holds one row of two numbers \\(1217.5161 and 734.2\\) and no header: an m/z and its "
+                           "intensity, or two m/z\\? List one m/z per line"),
 ])
 def test_a_malformed_mz_list_is_refused_naming_the_line(tmp_path, text, problem):
     from msifusion.io.tables import read_mz_list

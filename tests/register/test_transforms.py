@@ -87,7 +87,17 @@ def test_a_spline_through_swapped_partners_folds_and_names_them() -> None:
     lm.moving[[3, 4]] = lm.moving[[4, 3]]  # two partners clicked in the wrong order
     fold = spline_fold(ThinPlateSpline(lm), ION_GRID)
     assert fold is not None and fold.blamed and fold.among_landmarks
-    assert set(re.findall(r"'(Pt-\d)'", fold.suspects)) <= {"Pt-3", "Pt-4"}  # one of them, or both
+    named = re.findall(r"'(Pt-\d)'", fold.suspects)
+    assert set(named) <= {"Pt-3", "Pt-4"} and fold.count == len(named) >= 1  # one of them, or both
+    assert fold.covers_a_pixel
+
+
+def test_a_fold_of_four_landmarks_blames_none_of_them() -> None:
+    """Leaving out any one of four leaves three, which an affine map fits exactly: no landmark stands out."""
+    lm = _grid_landmarks(TURNED)
+    four = Landmarks(moving=lm.moving[[0, 2, 6, 8]][[0, 1, 3, 2]], fixed=lm.fixed[[0, 2, 6, 8]], names=tuple("abcd"))
+    fold = spline_fold(ThinPlateSpline(four), ION_GRID)  # two corners' partners swapped: folded
+    assert fold is not None and not fold.blamed and fold.count == 1
     assert 0 <= fold.at_column_row[0] < 60 and 0 <= fold.at_column_row[1] < 40
 
 

@@ -779,8 +779,9 @@ def test_landmarks_placed_in_the_optical_pixels_are_named_so(tmp_path, files, st
     base = ["register", "--optical", str(tmp_path / "optical.tif"), "--ion", str(imzml), "--landmarks", str(mixed),
             "--scale", "4", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "as_um")]) == 0
-    assert ("scale the optical's µm to the ion image's by 5.0×, which is its pixel size (5 µm): they look placed in "
-            "pixels of optical.tif, not in its µm; then give --optical-pixel-size 1") in capsys.readouterr().err
+    assert ("the landmarks in m.csv put 0.2 of the optical's units in a µm of the ion image, 1 / its pixel size (5 "
+            "µm): they look placed in pixels of optical.tif, not in its µm; if so, give --optical-pixel-size 1"
+            ) in capsys.readouterr().err
     assert main([*base, "--optical-pixel-size", "1", "--out", str(tmp_path / "as_px")]) == 0
     assert "scale the optical" not in capsys.readouterr().err
     assert json.loads((tmp_path / "as_px" / "run.json").read_text())["warnings"] == []
@@ -872,6 +873,18 @@ def test_landmarks_whose_spline_folds_are_refused_naming_them(tmp_path, files, c
                     r"over itself near ion pixel \(column \d+, row \d+\); leaving out .*'Pt-[04]' at \(", error)
 
 
+def test_register_reports_an_ion_tiff_read_in_spite_of_a_fault(tmp_path, files):
+    _, opt, lm, truth = files
+    whole, cut = tmp_path / "ion.ome.tif", tmp_path / "cut.ome.tif"
+    tifffile.imwrite(whole, truth[0].astype(np.float32), metadata={"axes": "YX"})  # its description after the pixels
+    data = whole.read_bytes()
+    cut.write_bytes(data[:data.index(b"<?xml") + 10])
+    assert main(["register", "--optical", str(opt), "--ion", str(cut), "--landmarks", str(lm), "--scale", str(SCALE),
+                 "--quiet", "--out", str(tmp_path / "reg")]) == 0
+    warnings = json.loads((tmp_path / "reg" / "run.json").read_text())["warnings"]
+    assert any(w.startswith("cut.ome.tif looks damaged or cut short") for w in warnings)
+
+
 def test_register_reports_an_imzml_header_declaring_far_more_pixels_than_its_spectra(tmp_path, files):
     imzml, opt, lm, _ = files
     text = imzml.read_text(encoding="iso-8859-1")
@@ -883,8 +896,8 @@ def test_register_reports_an_imzml_header_declaring_far_more_pixels_than_its_spe
                  str(SCALE), "--quiet", "--out", str(tmp_path / "reg")]) == 0
     record = json.loads((tmp_path / "reg" / "run.json").read_text())
     assert record["ion_shape"] == [H, W]
-    assert f"declares 60000×60000 pixels (its \"max count of pixels\"), but its spectra span {H}×{W}" in \
-        " ".join(record["warnings"])
+    assert (f"declares 60000 pixels in y, where its spectra span {H} and 60000 pixels in x, where its spectra span "
+            f"{W} (its \"max count of pixels\")") in " ".join(record["warnings"])
 
 
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,

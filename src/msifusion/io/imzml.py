@@ -580,9 +580,9 @@ class ImzML:
 
         A peak's intensity, which ranks it, is the mean over the spectra of its ion image at the default window
         (:data:`DEFAULT_TOLERANCE` around its m/z), what ``ions --mz`` gives: not its one point's share, which a
-        centroid's jitter over neighbouring channels or bins splits. A continuous file's is exact from its channels;
+        centroid's jitter over neighbouring channels or bins splits. A continuous file's is summed from its channels;
         a processed file's peaks are ranked by the bins whose m/z lies in the window, then the ``n`` kept are summed
-        exactly in a second pass over the spectra.
+        in a second pass over the spectra, as ``ions`` sums them.
         """
         mz, image_mean = self._ranked_peaks(n, bin_ppm)
         if not self.continuous and mz.size:
@@ -786,17 +786,21 @@ DECLARED_SPAN_AT_MOST = 2  # "max count of pixels" beyond this many times the sp
 
 
 def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> tuple[int, int, str | None]:
-    """The ion images' (rows, columns): the spectra's span, extended to the scan settings' "max count of pixels" (which
-    count from the file's first coordinate: trailing rows or columns without spectra), unless that declares more than
-    :data:`DECLARED_SPAN_AT_MOST` times the span, a header gone wrong that would make images of mostly nothing (one of
-    60000×60000 px is 13 GB); then the span, and the note that says so."""
-    span_h, span_w = int(xy[:, 1].max()) + 1, int(xy[:, 0].max()) + 1
-    declared_h = int(meta.get("max count of pixels y", 0) or 0) - int(skipped[1])
-    declared_w = int(meta.get("max count of pixels x", 0) or 0) - int(skipped[0])
-    if declared_h > DECLARED_SPAN_AT_MOST * span_h or declared_w > DECLARED_SPAN_AT_MOST * span_w:
-        return span_h, span_w, (f"{path.name} declares {declared_h}×{declared_w} pixels (its \"max count of pixels\"), "
-                                f"but its spectra span {span_h}×{span_w}: the ion images are their span")
-    return max(span_h, declared_h), max(span_w, declared_w), None
+    """The ion images' (rows, columns): the spectra's span, extended on each axis to the scan settings' "max count of
+    pixels" (which counts from the file's first coordinate: trailing rows or columns without spectra), unless that
+    declares more than :data:`DECLARED_SPAN_AT_MOST` times the span, a header gone wrong that would make images of
+    mostly nothing (one of 60000×60000 px is 13 GB); that axis is then the span, and the note says so."""
+    size, notes = [], []
+    for axis, letter, span in ((1, "y", int(xy[:, 1].max()) + 1), (0, "x", int(xy[:, 0].max()) + 1)):
+        stated = int(meta.get(f"max count of pixels {letter}", 0) or 0)
+        declared = stated - int(skipped[axis])
+        if declared > DECLARED_SPAN_AT_MOST * span:
+            notes.append(f"{stated} pixels in {letter}, where its spectra span {span}")
+            declared = span
+        size.append(max(span, declared))
+    note = (f"{path.name} declares {' and '.join(notes)} (its \"max count of pixels\"): the ion images keep to the "
+            "spectra's span" if notes else None)
+    return size[0], size[1], note
 
 
 _POSITIONS = {"IMS:1000050": "position x", "IMS:1000051": "position y"}

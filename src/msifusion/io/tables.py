@@ -338,10 +338,11 @@ def read_text(path: Path, what: str) -> str:
 def read_mz_list(path: Path) -> list[float]:
     """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row (a first row
     that does not start with a number) and ``#`` lines are skipped, so that what ``msifusion peaks`` prints, saved to
-    a file, can be given as it is. A file of one row of numbers and no header (``328.9167 345 344``, or with commas,
-    tabs or semicolons) lists them all: the other columns of a table are names or intensities, but a lone row of
-    numbers is a list typed on one line. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as
-    ambiguous unless a comma-separated header says the comma separates columns."""
+    a file, can be given as it is. A file of one row of three or more numbers and no header (``328.9167 345 344``,
+    or with commas, tabs or semicolons) lists them all: a list typed on one line; one of two numbers and no header is
+    refused, as it may be an m/z and its intensity (``peaks`` output without its header) or two m/z. A lone number
+    with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous unless a comma-separated header says the comma
+    separates columns."""
     text = read_text(path, "the m/z list")
     values: list[float] = []
     cells: list[str] = []  # the last row's cells
@@ -371,5 +372,8 @@ def read_mz_list(path: Path) -> list[float]:
     row = [_to_float(c) for c in cells if c]
     if header is None and len(values) == 1 and len(row) > 1 and all(v is not None and math.isfinite(v) and v > 0
                                                                      for v in row):
+        if len(row) == 2:
+            raise InputError(path, f"holds one row of two numbers ({' and '.join(cells[:2])}) and no header: an m/z "
+                                   "and its intensity, or two m/z? List one m/z per line")
         return row
     return values

@@ -287,18 +287,18 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     if fold is not None:
         where = f"the optical over itself near ion pixel (column {fold.at_column_row[0]:.0f}, row " \
                 f"{fold.at_column_row[1]:.0f})"
-        several = "," in fold.suspects
-        which = ((f"leaving out any one of the landmarks {fold.suspects} unfolds it" if several else
+        which = ((f"leaving out any one of the landmarks {fold.suspects} unfolds it" if fold.count > 1 else
                   f"leaving out the landmark {fold.suspects} unfolds it") if fold.blamed else
                  f"the landmark nearest it is {fold.suspects}")
-        if fold.among_landmarks or fold.blamed:
+        if (fold.among_landmarks or fold.blamed) and fold.covers_a_pixel:
             raise InputError(settings.landmarks, f"the thin-plate spline through these landmarks folds {where}; "
-                                                 f"{which}: check {'them' if several else 'it'} in BigWarp (one "
-                                                 "misplaced, clicked twice with different partners, or two with "
-                                                 "swapped partners)")
-        warnings.append(f"the thin-plate spline through {settings.landmarks.name} folds {where}, beyond the "
-                        f"landmarks ({which}): the registered optical is mirrored there; add landmarks near that part "
-                        "of the tissue, or use --transform affine")
+                                                 f"{which}: check {'them' if fold.count > 1 else 'it'} in BigWarp "
+                                                 "(one misplaced, clicked twice with different partners, or two with "
+                                                 "swapped partners), or use --transform affine")
+        warnings.append(f"the thin-plate spline through {settings.landmarks.name} folds {where}, "
+                        f"{'beyond the landmarks' if not fold.among_landmarks else 'over less than an ion pixel'} "
+                        f"({which}): the registered optical is mirrored there; check the landmarks near it, add "
+                        "some, or use --transform affine")
     info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
             "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
     # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
@@ -456,9 +456,9 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     in_pixels = abs(scale * stated - 1) < PIXELS_MATCH
     if settings.landmarks is not None and settings.optical_pixel_size is None and in_pixels:
         return CalibrationDisagreement(matched, (
-            f"the landmarks in {settings.landmarks.name} scale the optical's µm to the ion image's {by}, which is "
-            f"its pixel size ({stated:.3g} µm): they look placed in pixels of {name}, not in its µm; "
-            "then give --optical-pixel-size 1 (their optical units are then its pixels), and check overlay.png"))
+            f"the landmarks in {settings.landmarks.name} put {scale:.3g} of the optical's units in a µm of the ion "
+            f"image, 1 / its pixel size ({stated:.3g} µm): they look placed in pixels of {name}, not in its µm; if "
+            "so, give --optical-pixel-size 1 (their optical units are then its pixels), and check overlay.png"))
     if settings.landmarks is not None and in_file_units:
         return CalibrationDisagreement(matched, (
             f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({in_file:.3g} µm "

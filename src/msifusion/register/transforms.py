@@ -302,14 +302,20 @@ SUSPECT_SAMPLES = 10_000  # ... and for each landmark left out, to find the ones
 @dataclass(frozen=True)
 class Fold:
     """Where a landmark spline folds the moving image over itself: the ion-grid point (column, row) where its local
-    area change is most reversed; the landmarks without any one of which it does not fold (``blamed``), else the one
-    nearest the fold; and whether the fold lies among the landmarks (inside their convex hull, where they should
-    hold) rather than where the spline extrapolates."""
+    area change is most reversed; the landmarks without any one of which it does not fold (``blamed``; ``count`` of
+    them), else the one nearest the fold; whether the fold lies among the landmarks (inside their convex hull, where
+    they should hold) rather than where the spline extrapolates; and whether it covers an ion pixel's centre, not
+    only a sliver beside a landmark."""
 
     at_column_row: tuple[float, float]
     suspects: str
+    count: int
     blamed: bool
     among_landmarks: bool
+    covers_a_pixel: bool
+
+
+SUSPECTS_TRIED = 12  # the landmarks nearest a fold, each left out in turn
 
 
 def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
@@ -321,8 +327,9 @@ def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
     clicked twice at nearly the same place with different partners, whose spline bends through both (the fold can
     lie away from them). A slide mirrored as a whole is no fold: the affine fit is mirrored too. Sampled at the ion
     pixel centres (strided beyond :data:`FOLD_SAMPLES`) and on a ring of radius 0.3 ion pixels around each landmark,
-    where a near-repeat tears; each landmark is then left out in turn (on :data:`SUSPECT_SAMPLES` samples) to name
-    the ones the fold comes from."""
+    where a near-repeat tears; the :data:`SUSPECTS_TRIED` landmarks nearest the fold are then left out in turn (on
+    :data:`SUSPECT_SAMPLES` samples) to name the ones it comes from (none where leaving out any one unfolds it, as
+    with four landmarks, whose three left always fit exactly)."""
     from scipy.spatial import Delaunay, QhullError
 
     landmarks = spline.landmarks
@@ -331,17 +338,20 @@ def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
         return None
     worst = points[int(np.argmin(change))]
     n = len(landmarks.fixed)
-    suspects = [i for i in range(n) if n > 3 and _unfolds(landmarks, np.arange(n) != i, ion_grid)]
-    blamed = bool(suspects)
+    nearest = np.argsort(np.hypot(*(landmarks.fixed - worst).T), kind="stable")
+    tried = nearest[:SUSPECTS_TRIED] if n > 3 else nearest[:0]
+    suspects = [int(i) for i in tried if _unfolds(landmarks, np.arange(n) != i, ion_grid)]
+    blamed = 0 < len(suspects) < n
     if not blamed:
-        suspects = [int(np.argmin(np.hypot(*(landmarks.fixed - worst).T)))]
+        suspects = [int(nearest[0])]
     try:
         among = bool(Delaunay(landmarks.fixed).find_simplex(worst[None])[0] >= 0)
     except QhullError:  # landmarks nearly on one line span no area to be among
         among = False
     column, row = ion_grid.to_index(worst)
-    return Fold((float(column), float(row)), _named_points(landmarks, landmarks.fixed, np.array(suspects)), blamed,
-                among)
+    on_pixels = change[: len(points) - 8 * n]  # the ion pixel centres sampled, before the rings
+    return Fold((float(column), float(row)), _named_points(landmarks, landmarks.fixed, np.array(sorted(suspects))),
+                len(suspects), blamed, among, bool(on_pixels.size and on_pixels.min() <= 0))
 
 
 def _unfolds(landmarks: Landmarks, kept: np.ndarray, ion_grid: Grid) -> bool:

@@ -142,7 +142,7 @@ def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
     from msifusion.io.images import read_ion
 
     ion = read_ion(ion_path)
-    return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path)
+    return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path, warnings=tuple(ion.warnings))
 
 
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
