@@ -206,8 +206,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
         g.add_argument("--landmarks", metavar="L",
                        help="BigWarp landmarks, as Fiji's BigWarp saves them: CSV rows \"name\",\"true\","
                             "\"moving x\",\"moving y\",\"fixed x\",\"fixed y\" (moving = optical, fixed = ion, in "
-                            "each image's calibrated units; inactive rows are not used, and written back to landmarks.csv), or its "
-                            "JSON export"),
+                            "each image's calibrated units; inactive rows are not used, and written back to "
+                            "landmarks.csv), or its JSON export"),
         g.add_argument("--transform", choices=("tps", "affine"), default=None,
                        help="landmark transform (default: the type a BigWarp JSON export names, else tps, as BigWarp)"),
         g.add_argument("--optical-pixel-size", type=_pixel_um, metavar="P",
@@ -655,8 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peaks", help="list the strongest m/z of the mean spectrum",
                        description="Print the strongest peaks of the mean spectrum as a table (a # line naming the "
                                    "file, then m/z and mean intensity, tab-separated) on stdout; a peak's mean "
-                                   "intensity is its ion image's mean over the spectra at the default ±5 ppm window, as "
-                                   "`ions` gives it; "
+                                   "intensity is its ion image's mean over the spectra at the default ±5 ppm "
+                                   "window, as `ions` gives it; "
                                    "peaks within 10 ppm of a stronger one count as one. Saved to a file, it is a list "
                                    "for --mz.")
     p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
