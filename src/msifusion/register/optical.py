@@ -122,7 +122,7 @@ class MsiTissue:
     pixel_size_um: float | None
     source: Path
     skipped_xy: tuple[int, int] = (0, 0)  # an imzML's empty columns and rows before its first spectra, not imaged
-    warnings: tuple[str, ...] = ()  # what the file's header got wrong (:attr:`msifusion.io.imzml.ImzML.warnings`)
+    warnings: tuple[str, ...] = ()  # what reading the file found: an imzML header's faults, a damaged ion TIFF
 
     @property
     def shape(self) -> tuple[int, int]:
