@@ -370,7 +370,8 @@ def cmd_peaks(args: argparse.Namespace) -> int:
                  f"not used ({f.pixel_size_note})" if f.pixel_size_note else "unknown")
         print(f"# {f.path.name}: {f.shape[0]}×{f.shape[1]} px, pixel size {pixel}, "
               f"m/z {f.mz_range[0]:.4f}–{f.mz_range[1]:.4f}")
-        _warn({"warnings": f.warnings})
+        for warning in f.warnings:
+            _say_warning(warning)
     print("m/z\tmean_intensity")
     for mz, intensity in peaks:
         print(f"{mz:.4f}\t{intensity:.6g}")

@@ -167,7 +167,7 @@ def file_pixel_size_um(path: Path) -> float | None:
     import tifffile
 
     try:
-        with _tifffile_log([]), tifffile.TiffFile(path) as tif:
+        with _tifffile_log(), tifffile.TiffFile(path) as tif:
             return _tiff_pixel_size_um(tif)[0]
     except (tifffile.TiffFileError, OSError, ValueError, *TIFF_CUT_SHORT):
         return None

@@ -144,13 +144,14 @@ class FileRead:
 
 
 @contextlib.contextmanager
-def _tifffile_log(faults: list[str]):
+def _tifffile_log():
     """While reading, tifffile's log prints nothing: its warnings about odd OME layouts are not the user's concern, and
-    its errors (a tag or page offset beyond the end of a damaged file) are collected in ``faults`` for the caller to
-    report in its own words, not printed above them. A filter on its logger, removed afterwards, so that a notebook's
-    own logging settings stay as they were."""
+    its errors (a tag or page offset beyond the end of a damaged file) are collected in the list it yields, for the
+    caller to report in its own words, not printed above them. A filter on its logger, removed afterwards, so that a
+    notebook's own logging settings stay as they were."""
     logger = logging.getLogger("tifffile")
     quiet = logging.Filter()
+    faults: list[str] = []
 
     def heard(record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
@@ -191,7 +192,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
     import tifffile
 
     try:
-        with _tifffile_log([]) as faults, tifffile.TiffFile(path) as tif:
+        with _tifffile_log() as faults, tifffile.TiffFile(path) as tif:
             levels = _scan_series(tif).levels
             pixel_size, note = (stated_um, None) if stated_um is not None else _tiff_pixel_size_um(tif)
             series, downsample = levels[0], 1.0

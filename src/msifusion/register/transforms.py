@@ -316,6 +316,7 @@ class Fold:
 
 
 SUSPECTS_TRIED = 12  # the landmarks nearest a fold, each left out in turn
+RING_POINTS = 8  # points on the ring sampled around each landmark, after the ion pixel centres
 
 
 def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
@@ -349,7 +350,7 @@ def spline_fold(spline: ThinPlateSpline, ion_grid: Grid) -> Fold | None:
     except QhullError:  # landmarks nearly on one line span no area to be among
         among = False
     column, row = ion_grid.to_index(worst)
-    on_pixels = change[: len(points) - 8 * n]  # the ion pixel centres sampled, before the rings
+    on_pixels = change[: len(points) - RING_POINTS * n]  # the ion pixel centres sampled, before the rings
     return Fold((float(column), float(row)), _named_points(landmarks, landmarks.fixed, np.array(sorted(suspects))),
                 len(suspects), blamed, among, bool(on_pixels.size and on_pixels.min() <= 0))
 
@@ -372,7 +373,7 @@ def _area_change(spline: ThinPlateSpline, ion_grid: Grid, samples: int) -> tuple
     h, w = ion_grid.shape
     stride = max(1, math.ceil(math.sqrt(h * w / samples)))
     rows, cols = np.mgrid[0:h:stride, 0:w:stride]
-    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    angles = np.linspace(0, 2 * np.pi, RING_POINTS, endpoint=False)
     ring = np.column_stack([np.cos(angles), np.sin(angles)]) * 0.3 * ion_grid.pixel_size
     points = np.concatenate([ion_grid.to_coords(np.column_stack([cols.ravel(), rows.ravel()])),
                              (landmarks.fixed[:, None, :] + ring[None]).reshape(-1, 2)])
