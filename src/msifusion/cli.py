@@ -389,6 +389,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
     quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in record["registration"].items()
                         if k in names and isinstance(v, (int, float)))
+    errors = record["registration"].get("landmark_errors")
+    if errors:
+        largest = errors["largest"]
+        quality = (f"{errors['kind']} error median {errors['median']['ion_px']:.2g}, largest "
+                   f"{largest['ion_px']:.2g} ion pixels ({largest['landmark']})")
     _say(args, f"registered ({record['registration']['method']}){': ' + quality if quality else ''}")
     print(Path(args.out) / "optical_registered.tiff")
     return 0

@@ -17,7 +17,7 @@ from msifusion.register import (
     landmarks_from_transform,
     transform_from_landmarks,
 )
-from msifusion.register.transforms import spline_fold
+from msifusion.register.transforms import _spline_leave_one_out, landmark_errors, spline_fold
 
 
 def _landmarks(rng: np.random.Generator, n: int = 8) -> Landmarks:
@@ -276,3 +276,46 @@ def test_check_landmarks_accepts_points_slightly_outside_and_sets_on_a_small_par
     assert check_landmarks(Landmarks(lm.moving + np.array([6000.0, 4000.0]), lm.fixed, lm.names), fixed, slide) == []
     assert check_landmarks(Landmarks(lm.moving + np.array([300.0, 200.0]), lm.fixed, lm.names), fixed,
                            slide) == []  # core A1
+
+
+def test_leave_one_out_errors_are_the_splines_through_the_others() -> None:
+    """Rippa's rule against fitting the spline without each landmark in turn, on landmarks in µm far from the origin
+    (the fixed points are rescaled before the inversion)."""
+    lm = _landmarks(np.random.default_rng(3), n=9)
+    far = Landmarks(moving=lm.moving * 50, fixed=lm.fixed * 50 + 3e4, names=lm.names)
+    by_refitting = np.array([far.moving[i] - ThinPlateSpline(Landmarks(
+        moving=np.delete(far.moving, i, 0), fixed=np.delete(far.fixed, i, 0), names=far.names[:-1]))(far.fixed[i])[0]
+        for i in range(9)])
+    np.testing.assert_allclose(_spline_leave_one_out(far), by_refitting, rtol=1e-8, atol=1e-9 * 50)
+
+
+@pytest.mark.parametrize("kind", ["tps", "affine"])
+def test_a_misplaced_landmark_has_the_largest_error_in_ion_pixels(kind) -> None:
+    lm = _grid_landmarks(TURNED)  # fixed in units of 0.5 per ion pixel below
+    exact = landmark_errors(lm, kind, ion_pixel=0.5)
+    assert exact.kind == ("leave-one-out" if kind == "tps" else "affine fit residual")
+    np.testing.assert_allclose(exact.ion_px, 0, atol=1e-9)  # an affine set: the spline through any 8 is that affine
+    moved = Landmarks(moving=lm.moving + np.where(np.arange(9)[:, None] == 4, TURNED[:, :2] @ [0.3, 0.4], 0),
+                      fixed=lm.fixed, names=lm.names)  # Pt-4 placed 0.5 fixed units = 1 ion pixel off
+    errors = landmark_errors(moved, kind, ion_pixel=0.5)
+    assert errors.names[errors.worst] == "Pt-4"
+    if kind == "tps":  # the other eight still lie on the affine map (carried back by the fit through all nine)
+        assert errors.ion_px[4] == pytest.approx(1.0, abs=1e-3)
+    else:  # least squares shares the miss with the others
+        assert 0.7 < errors.ion_px[4] < 1.0 and np.all(np.delete(errors.ion_px, 4) < 0.2)
+    record = errors.record(um_per_ion_px=20.0)
+    assert record["largest"] == {"landmark": "Pt-4", "ion_px": round(errors.ion_px[4], 3),
+                                 "um": round(errors.ion_px[4] * 20, 3)}
+    assert [row["landmark"] for row in record["per_landmark"]] == list(lm.names)
+    assert "um" not in errors.record(None)["median"]
+
+
+def test_landmark_errors_need_four_and_skip_a_landmark_whose_others_lie_on_a_line() -> None:
+    fixed = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [10.0, 8.0]])
+    three = Landmarks(moving=fixed[:3] * [1, 1] + [[0, 0], [0, 0], [0, 3.0]], fixed=fixed[[0, 1, 3]],
+                      names=("a", "b", "c"))
+    assert landmark_errors(three, "tps", 1.0) is None  # any transform fits three exactly
+    four = Landmarks(moving=fixed * 2 + [[0, 0], [0, 0.5], [0, 0], [0, 0]], fixed=fixed, names=("a", "b", "c", "d"))
+    errors = landmark_errors(four, "tps", 1.0)
+    assert np.isnan(errors.ion_px[3]) and np.isfinite(errors.ion_px[:3]).all()  # without 'd', a b c are on a line
+    assert "d" not in [row["landmark"] for row in errors.record(None)["per_landmark"]]

@@ -358,6 +358,32 @@ def test_register_lists_what_it_wrote(tmp_path, files):
     assert "landmarks.csv" in record["outputs"] and record["command"] == sys.argv
 
 
+@pytest.mark.parametrize("transform", ["tps", "affine"])
+def test_register_reports_how_far_each_landmark_lies_from_the_transform(tmp_path, files, capsys, transform):
+    """The centre landmark placed 2 ion pixels (8 optical pixels) off four exact corners: the spline through the
+    corners puts it 2 ion pixels away (and, five being few, each corner about as far: the spline through the other
+    three and the misplaced one extrapolates to it); the affine fit misses it by less (it leans towards it), and
+    warns."""
+    imzml, opt, lm, _ = files
+    landmarks = read_landmarks(lm)
+    off = Landmarks(landmarks.moving + np.array([[0, 0]] * 4 + [[8.0, 0.0]]), landmarks.fixed, landmarks.names)
+    moved = write_bigwarp_csv(off, tmp_path / "moved.csv")
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--landmarks", str(moved), "--scale", "4",
+                 "--transform", transform, "--out", str(out)]) == 0
+    errors = json.loads((out / "run.json").read_text())["registration"]["landmark_errors"]
+    err = capsys.readouterr().err
+    assert [row["landmark"] for row in errors["per_landmark"]] == [f"Pt-{i}" for i in range(5)]
+    centre = errors["per_landmark"][4]["ion_px"]
+    if transform == "tps":
+        assert errors["kind"] == "leave-one-out" and centre == pytest.approx(2.0, abs=0.01)
+        assert "registered (landmarks (tps)): leave-one-out error median 1.9, largest 2 ion pixels (Pt-0)" in err
+        assert "affine fit" not in err
+    else:
+        assert errors["kind"] == "affine fit residual" and errors["largest"] == {"landmark": "Pt-4", "ion_px": 1.602}
+        assert "warning: the affine fit through moved.csv misses 'Pt-4' by 1.6 ion pixels (median 0.4" in err
+
+
 def test_a_zeiss_czi_optical_fuses_as_its_png_does(tmp_path, files, write_czi):
     """The optical saved as ZEN saves it (a CZI, colour stored B, G, R, its scene away from the stage origin; the
     section in the slide's second scene): the panel is registered and fused exactly as from the PNG."""

@@ -30,8 +30,9 @@ from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
-from msifusion.register.transforms import (AffineMap, Grid, PointMap, ThinPlateSpline, check_landmarks,
-                                           landmarks_from_transform, spline_fold, transform_from_landmarks)
+from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, PointMap, ThinPlateSpline, check_landmarks,
+                                           landmark_errors, landmarks_from_transform, spline_fold,
+                                           transform_from_landmarks)
 from msifusion.report import save_alignments, save_overlay, save_rgb_png
 
 
@@ -301,6 +302,15 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
                         "some, or use --transform affine")
     info = {"method": f"landmarks ({kind})", "landmarks": str(settings.landmarks),
             "n_landmarks": len(landmarks.fixed), "fixed_pixel_size": p_fixed, "fixed_scale": k}
+    errors = landmark_errors(landmarks, kind, ion_grid.pixel_size)
+    if errors is not None:
+        info["landmark_errors"] = errors.record(px)
+        worst = errors.ion_px[errors.worst]
+        if kind == "affine" and worst > AFFINE_MISS:
+            warnings.append(f"the affine fit through {settings.landmarks.name} misses {errors.names[errors.worst]!r} "
+                            f"by {worst:.2g} ion pixels (median {np.nanmedian(errors.ion_px):.2g}): a misplaced "
+                            "landmark, or tissue that an affine map cannot follow (the thin-plate spline, "
+                            "--transform tps, can); see run.json's landmark_errors")
     # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
     # MSI has no pixel size, --fixed-pixel-size is taken as µm
     affine = AffineMap.from_landmarks(landmarks)

@@ -383,6 +383,77 @@ def _area_change(spline: ThinPlateSpline, ion_grid: Grid, samples: int) -> tuple
     return (along_x[:, 0] * along_y[:, 1] - along_x[:, 1] * along_y[:, 0]) / area, points
 
 
+AFFINE_MISS = 1.0  # an affine fit that misses a landmark by more than this many ion pixels is warned of
+
+
+@dataclass(frozen=True)
+class LandmarkErrors:
+    """How far each landmark lies from the transform, in ion pixels (NaN where it cannot be measured): for an affine
+    fit its residual; for the thin-plate spline, which passes through every landmark, the leave-one-out error, where
+    the spline through the others puts it: the registration's accuracy between landmarks, largest at a misplaced one,
+    where the tissue deforms and where the others must extrapolate."""
+
+    kind: str
+    names: tuple[str, ...]
+    ion_px: np.ndarray
+
+    @property
+    def worst(self) -> int:
+        return int(np.nanargmax(self.ion_px))
+
+    def record(self, um_per_ion_px: float | None) -> dict:
+        """For run.json: the median and the largest (and where), and each landmark's, in ion pixels and µm."""
+        def both(value: float) -> dict:
+            um = {"um": round(float(value) * um_per_ion_px, 3)} if um_per_ion_px else {}
+            return {"ion_px": round(float(value), 3), **um}
+
+        return {"kind": self.kind, "median": both(np.nanmedian(self.ion_px)),
+                "largest": {"landmark": self.names[self.worst], **both(self.ion_px[self.worst])},
+                "per_landmark": [{"landmark": name, **both(value)}
+                                 for name, value in zip(self.names, self.ion_px) if np.isfinite(value)]}
+
+
+def landmark_errors(landmarks: Landmarks, kind: str, ion_pixel: float) -> LandmarkErrors | None:
+    """Each landmark's error under the ``kind`` of transform fitted through them (see :class:`LandmarkErrors`),
+    measured in the fixed image as the affine fit carries the moving error back, over ``ion_pixel`` (an ion pixel in
+    the fixed landmarks' units); None for three landmarks, which any transform fits exactly."""
+    if len(landmarks.fixed) < 4:
+        return None
+    affine = AffineMap.from_landmarks(landmarks)
+    if kind == "affine":
+        moving_error, label = landmarks.moving - affine(landmarks.fixed), "affine fit residual"
+    else:
+        moving_error, label = _spline_leave_one_out(landmarks), "leave-one-out"
+    fixed_error = moving_error @ np.linalg.inv(affine.matrix[:, :2]).T
+    return LandmarkErrors(label, landmarks.names, np.hypot(*fixed_error.T) / ion_pixel)
+
+
+def _spline_leave_one_out(landmarks: Landmarks) -> np.ndarray:
+    """Where the thin-plate spline through all landmarks but each one misses that one's moving point (n, 2), in one
+    inversion (Rippa's rule, which holds with the spline's affine part: error_i = coefficient_i / (M⁻¹)_ii of the
+    interpolation system M); NaN where the others lie on one line. The fixed points are centred and scaled first,
+    which leaves the spline unchanged and its system well conditioned."""
+    from scipy.spatial.distance import cdist
+
+    n = len(landmarks.fixed)
+    fixed = landmarks.fixed - landmarks.fixed.mean(axis=0)
+    fixed = fixed / np.abs(fixed).max()
+    distance = cdist(fixed, fixed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernel = np.where(distance > 0, distance ** 2 * np.log(distance), 0.0)
+    affine_part = np.column_stack([np.ones(n), fixed])
+    system = np.block([[kernel, affine_part], [affine_part.T, np.zeros((3, 3))]])
+    try:
+        inverse = np.linalg.inv(system)
+    except np.linalg.LinAlgError:
+        return np.full((n, 2), np.nan)
+    coefficients = inverse[:, :n] @ landmarks.moving
+    errors = coefficients[:n] / np.diag(inverse)[:n, None]
+    others_on_a_line = [_on_one_line(np.delete(landmarks.fixed, i, axis=0)) for i in range(n)]
+    errors[np.array(others_on_a_line)] = np.nan
+    return errors
+
+
 # ----------------------------------------------------------------------------- landmarks out
 
 
