@@ -194,6 +194,19 @@ def test_landmarks_just_outside_their_image_are_warned_and_swapped_axes_are_name
     assert "are x and y swapped? With them swapped every landmark lies inside its image" in warning
 
 
+def test_landmarks_whose_moving_and_fixed_sets_are_exchanged_are_named_so() -> None:
+    """Placed in BigWarp with the ion image as the moving one: its points, in the moving columns, fit the ion grid."""
+    ion, optical = Grid((40, 60), 1.0), Grid((800, 1200), 1.0)
+    on_ion = np.array([[5.0, 5.0], [50.0, 8.0], [30.0, 35.0], [10.0, 30.0]])
+    exchanged = Landmarks(moving=on_ion, fixed=on_ion * 20 + 3, names=("Pt-0", "Pt-1", "Pt-2", "Pt-3"))
+    with pytest.raises(InputError, match="far outside that image .*; are the moving and fixed columns exchanged\\? "
+                                         "With them exchanged every landmark lies inside its image: in BigWarp the "
+                                         "optical is the moving image and the ion image the fixed one$"):
+        check_landmarks(exchanged, ion, optical)
+    right = Landmarks(moving=exchanged.fixed, fixed=exchanged.moving, names=exchanged.names)
+    assert check_landmarks(right, ion, optical) == []
+
+
 def test_landmarks_from_transform_round_trip() -> None:
     true = AffineMap(np.array([[2.0, 0.1, 5.0], [0.0, 1.9, -3.0]]))
     lm = landmarks_from_transform(true, Grid((50, 80), 10.0), n=(3, 4))

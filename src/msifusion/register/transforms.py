@@ -211,6 +211,24 @@ def _swapped_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
                for pts, grid in ((landmarks.fixed, fixed), (landmarks.moving, moving)))
 
 
+EXCHANGE_HINT = ("are the moving and fixed columns exchanged? With them exchanged every landmark lies inside its image: "
+                 "in BigWarp the optical is the moving image and the ion image the fixed one")
+
+
+def _exchanged_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
+    """Whether reading the moving points as fixed and the fixed as moving puts every landmark inside its image."""
+    return not (fixed.outside(landmarks.moving, pixels=EDGE_PIXELS).any()
+                or moving.outside(landmarks.fixed, pixels=EDGE_PIXELS).any())
+
+
+def _misfit_hint(landmarks: Landmarks, fixed: Grid, moving: Grid, otherwise: str) -> str:
+    """What would put every landmark inside its image, x and y swapped or the two sets exchanged, else
+    ``otherwise``."""
+    if _swapped_fit(landmarks, fixed, moving):
+        return SWAP_HINT
+    return EXCHANGE_HINT if _exchanged_fit(landmarks, fixed, moving) else otherwise
+
+
 def _named_points(landmarks: Landmarks, points: np.ndarray, bad: np.ndarray) -> str:
     """Up to three landmarks by name and position, and how many more."""
     named = ", ".join(f"{landmarks.names[i]!r} at ({points[i, 0]:.6g}, {points[i, 1]:.6g})" for i in bad[:3])
@@ -243,8 +261,8 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
     pixel size): no section shrinks 10× between its two images, but coordinates in pixels on a grid
     in µm (25 µm MSI pixels) do; a small core in the corner of a whole-slide scan does not match its
     pixel size, and is accepted. Returned as warnings: landmarks outside their image by more than
-    ``EDGE_PIXELS`` (no feature is there to match). Both say where swapping x and y would put every
-    landmark inside its image.
+    ``EDGE_PIXELS`` (no feature is there to match). Both say where swapping x and y, or exchanging the moving and fixed
+    sets, would put every landmark inside its image.
     """
     if len(landmarks.fixed) == 0:
         return []
@@ -265,7 +283,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
             hint += " Or were they placed on the ion image enlarged in Fiji? Give the enlargement with --fixed-scale"
         raise InputError(landmarks.source,
                          f"{what} far outside that image (more than half its size beyond its edge; {_extent_text(grid)}); "
-                         f"{SWAP_HINT if _swapped_fit(landmarks, fixed, moving) else hint}")
+                         f"{_misfit_hint(landmarks, fixed, moving, hint)}")
     spans = [_relative_span(pts, grid) for _, pts, grid in sides]
     for k in (0, 1):
         small, large = spans[k], spans[1 - k]
@@ -290,7 +308,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
                             f"{'lies' if len(bad) == 1 else 'lie'} outside that image, up to "
                             f"{beyond.max() / grid.pixel_size:.3g} pixels beyond its edge ({_extent_text(grid)}), where "
                             "it shows nothing to match; "
-                            f"{SWAP_HINT if _swapped_fit(landmarks, fixed, moving) else 'check them in BigWarp'}")
+                            f"{_misfit_hint(landmarks, fixed, moving, 'check them in BigWarp')}")
     return warnings
 
 
