@@ -117,6 +117,24 @@ def test_study_from_files_checks_the_truth_grid(tmp_path):
     assert (tmp_path / "opt.tiff").exists()
 
 
+def test_a_truth_read_in_spite_of_a_fault_is_reported(tmp_path):
+    import tifffile
+
+    from msifusion.io.images import write_rgb_tiff, write_tiff
+    from msifusion.workflows.study import load_inputs
+
+    phantom = make_phantom(TINY)
+    write_rgb_tiff(tmp_path / "opt.tiff", phantom.guide, 1.0)
+    write_tiff(tmp_path / "ion.tiff", phantom.measure(4))
+    tifffile.imwrite(tmp_path / "whole.ome.tif", phantom.truth, metadata={"axes": "YX"})  # description after pixels
+    data = (tmp_path / "whole.ome.tif").read_bytes()
+    (tmp_path / "cut.ome.tif").write_bytes(data[:data.index(b"<?xml") + 10])
+    inputs = load_inputs(StudyConfig(optical=tmp_path / "opt.tiff", ion=tmp_path / "ion.tiff",
+                                     truth=tmp_path / "cut.ome.tif"))
+    np.testing.assert_array_equal(inputs.truth, phantom.truth)
+    assert [w.split(":")[0] for w in inputs.pair.warnings] == ["cut.ome.tif looks damaged or cut short"]
+
+
 def test_study_config_needs_both_files():
     with pytest.raises(InputError, match="both"):
         StudyConfig(optical="a.png")

@@ -106,7 +106,9 @@ def load_inputs(config: StudyConfig) -> StudyInputs:
     pair = pair_images(read_optical(config.optical), read_ion(config.ion), config.scale, config.ion_pixel_size_um)
     truth = None
     if config.truth is not None:
-        truth = read_ion(config.truth, "truth image").pixels
+        truth_image = read_ion(config.truth, "truth image")
+        truth = truth_image.pixels
+        pair.warnings.extend(truth_image.warnings)
         if truth.shape != pair.guide.shape[:2]:
             raise InputError(config.truth, f"truth {truth.shape[0]}×{truth.shape[1]} does not match the optical grid "
                                            f"{pair.guide.shape[0]}×{pair.guide.shape[1]} (ion × {pair.scale})")
