@@ -80,6 +80,8 @@ def test_malformed_rows_name_the_line(tmp_path: Path, bad_line: str, message: st
     (CSV_2D.replace(".", ","), "line 1: coordinates with decimal commas (10,5, 20,0, …): BigWarp's CSV has commas "
                                "between its fields and decimal points in its numbers",
      "save it from BigWarp again, or replace the decimal commas with points"),  # quoted: each a field still
+    ('"Pt-0","true","-1,5E-4","20,0","3,25e2","4,0"\n', "line 1: coordinates with decimal commas (-1,5E-4, 20,0, …)",
+     "replace the decimal commas with points"),  # in exponent form, as a spreadsheet may save a tiny number
     (CSV_2D.replace(",", ";").replace(".", ",").replace('"', ""), "line 1: 5 fields",
      "; its fields are separated by semicolons and its numbers have decimal commas: BigWarp's CSV has commas between "
      "its fields and decimal points in its numbers (a spreadsheet in a comma-decimal locale saves decimal commas); "

@@ -236,7 +236,7 @@ def _parse_csv(path: Path, text: str) -> Landmarks:
                 hint = f"; its fields are separated by semicolons and its numbers have decimal commas: {DECIMAL_COMMAS}"
             raise InputError(path, f"line {line}: {n} fields; BigWarp rows have 6 (2-D) or 8 (3-D): "
                              f"name, active, moving x, y[, z], fixed x, y[, z]{hint}")
-        commas = [t.strip() for t in coords if re.fullmatch(r"\s*[-+]?\d+,\d+\s*", t)]
+        commas = [t.strip() for t in coords if re.fullmatch(r"\s*[-+]?\d+,\d+(?:[eE][-+]?\d+)?\s*", t)]
         if commas:
             raise InputError(path, f"line {line}: coordinates with decimal commas ({', '.join(commas[:2])}"
                                    f"{', …' if len(commas) > 2 else ''}): {DECIMAL_COMMAS}")
