@@ -384,8 +384,13 @@ def test_mz_out_of_range(continuous) -> None:
     with pytest.raises(InputError) as err:
         _ions(path, [500.0], "5ppm")
     assert err.value.source == str(path) and "outside the acquired m/z range 100.0000–300.0000" in err.value.problem
-    # A window that reaches into the range is fine.
-    _ions(path, [99.99], "0.02da")
+    # A window that reaches into the range is imaged, and said to sum the range's edge.
+    edge = _ions(path, [99.99, 300.005, 200.0], "0.02da")
+    assert edge.window_warnings() == [
+        "m/z 99.9900 is outside the acquired m/z range 100.0000–300.0000, and its window (±0.02Da) reaches in only "
+        "from its start to 100.0100: its image sums the spectra's edge, not a peak at that m/z",
+        "m/z 300.0050 is outside the acquired m/z range 100.0000–300.0000, and its window (±0.02Da) reaches in only "
+        "from 299.9850 to its end: its image sums the spectra's edge, not a peak at that m/z"]
 
 
 def test_bad_mz_lists(continuous) -> None:

@@ -162,8 +162,17 @@ class IonStack:
         away: its image then sums the isotope pattern, or a neighbour's), the other windows that hold two or more
         resolved peaks of the mean spectrum (:func:`resolved_peaks`: its image sums two species), and windows that
         hold a single point of profile spectra (a continuous file's one channel, or one point in at least 90 % of the
-        spectra of a processed file: the image samples the peak rather than summing it)."""
+        spectra of a processed file: the image samples the peak rather than summing it); and m/z outside the acquired
+        range whose window reaches into it (a window wholly outside is an error): the image sums the range's edge."""
         warnings = []
+        low, high = self.mz_range
+        edge = [(mz, lo, hi) for mz, (lo, hi) in zip(self.mzs, self.windows)
+                if mz < low or mz > high]  # never with the range unknown (NaN)
+        for mz, lo, hi in edge:
+            part = f"from its start to {hi:.4f}" if mz < low else f"from {lo:.4f} to its end"
+            warnings.append(f"m/z {mz:.4f} is outside the acquired m/z range {low:.4f}–{high:.4f}, and its window "
+                            f"(±{self.tolerance}) reaches in only {part}: its image sums the spectra's edge, not a "
+                            "peak at that m/z")
         order = sorted(range(len(self.windows)), key=lambda i: self.windows[i])
         overlapping = [(a, b) for a, b in zip(order, order[1:]) if self.windows[b][0] <= self.windows[a][1]]
         if overlapping:
