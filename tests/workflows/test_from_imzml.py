@@ -348,6 +348,15 @@ def test_landmark_options_without_landmarks_are_errors(tmp_path, files, capsys, 
     assert not out.exists()
 
 
+def test_an_mz_without_signal_is_one_line_naming_the_peaks_command(tmp_path, files, capsys):
+    imzml, *_ = files
+    assert main(["ions", str(imzml), "--mz", "100", "250", "--tol", "0.01da", "--out", str(tmp_path / "ions")]) == 2
+    assert capsys.readouterr().err == (f"msifusion: error: {imzml}: no signal anywhere within the window of m/z "
+                                       "250.0000 (±0.01Da); check the m/z or widen --tol (`msifusion peaks "
+                                       "sample.imzML` lists its strongest peaks)\n")
+    assert not (tmp_path / "ions").exists()
+
+
 def test_register_lists_what_it_wrote(tmp_path, files):
     imzml, opt, lm, _ = files
     out = tmp_path / "reg"

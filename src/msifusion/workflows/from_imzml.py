@@ -67,7 +67,8 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
     empty = stack.empty_ions()
     if empty:
         raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
-                         f"(±{stack.tolerance}); check the m/z or widen --tol")
+                         f"(±{stack.tolerance}); check the m/z or widen --tol (`msifusion peaks "
+                         f"{f.path.name}` lists its strongest peaks)")
     return stack
 
 
