@@ -224,6 +224,7 @@ class _Layout:
     origin_xy: tuple[int, int] = (1, 1)  # the file's (x, y) of the image's first pixel: where its spectra begin
     skipped_xy: tuple[int, int] = (0, 0)  # empty columns and rows before it, from the file's first coordinate (0 or 1)
     shape_note: str | None = None  # why the declared image size was not used
+    pixel_size_derived: str | None = None  # how the pixel size was found where the file states none
 
     def file_xy(self, spectrum: int) -> tuple[int, int]:
         """The file's own (x, y) coordinates of a spectrum."""
@@ -280,7 +281,7 @@ class ImzML:
     @property
     def warnings(self) -> list[str]:
         """What the file's own header got wrong that a run should report (one line each)."""
-        return [self.layout.shape_note] if self.layout.shape_note else []
+        return [note for note in (self.layout.shape_note, self.layout.pixel_size_derived) if note]
 
     @property
     def mz_range(self) -> tuple[float, float]:
@@ -684,27 +685,55 @@ _LENGTH_UNITS_UM = {None: 1.0, "": 1.0, "micrometer": 1.0, "UO:0000017": 1.0, "n
                     "millimeter": 1e3, "UO:0000016": 1e3}  # by unit name or accession; none stated: imzML's µm
 
 
-def _pixel_size(parser) -> tuple[float, float] | None:
-    """(x, y) pixel size in µm from the scan settings (imzML's unit for IMS:1000046/47 is µm; a value stated in nm
-    or mm is converted, one in any other unit is not used)."""
+_SCAN_LENGTHS = {"IMS:1000046": "pixel size x", "IMS:1000047": "pixel size y",
+                 "IMS:1000044": "max dimension x", "IMS:1000045": "max dimension y"}
+
+
+def _scan_lengths(parser) -> dict[str, float]:
+    """The scan settings' lengths in µm by accession: pixel size (IMS:1000046/47) and max dimension (IMS:1000044/45),
+    imzML's unit being µm; a value stated in nm or mm is converted, one in any other unit is left out."""
     found: dict[str, float] = {}
     for settings in (parser.metadata.scan_settings or {}).values():
         # pyimzML's tuples: (name, accession, value, name as written, value as written, unit name, unit accession)
         for param in settings.cv_params:
-            axis = {"IMS:1000046": "x", "IMS:1000047": "y"}.get(param[1])
             factor = _LENGTH_UNITS_UM.get(param[5] or param[6])
-            if axis is None or param[2] is None or factor is None:
+            value = param[4] if param[4] is not None else param[2]  # as written: pyimzML reads max dimension as int
+            if param[1] not in _SCAN_LENGTHS or value is None or factor is None:
                 continue
             try:
-                size = float(param[2]) * factor
+                size = float(value) * factor
             except (TypeError, ValueError):
                 continue
-            if size > 0:
-                found.setdefault(axis, size)
-    if not found:
-        return None
-    x = found.get("x", found.get("y"))
-    return float(x), float(found.get("y", x))
+            if size > 0 and math.isfinite(size):
+                found.setdefault(param[1], size)
+    return found
+
+
+def _pixel_size(path: Path, parser, counts_used: bool) -> tuple[tuple[float, float] | None, str | None]:
+    """(x, y) pixel size in µm from the scan settings, and how it was found where the file states none: its "max
+    dimension" over its "max count of pixels" on each axis that states both (only where those counts are the ion
+    images' size: ``counts_used``), when that gives a pixel size a TIFF's would be used at
+    (:func:`msifusion.io.units.unusable_pixel_size`). None, None: neither."""
+    lengths = _scan_lengths(parser)
+    stated = [lengths.get(a) for a in ("IMS:1000046", "IMS:1000047")]
+    if any(stated):
+        x = stated[0] or stated[1]
+        return (float(x), float(stated[1] or x)), None
+    if not counts_used:
+        return None, None
+    derived, shown = {}, []
+    for axis, accession in (("x", "IMS:1000044"), ("y", "IMS:1000045")):
+        count = parser.imzmldict.get(f"max count of pixels {axis}")
+        if accession in lengths and isinstance(count, (int, float)) and count > 0:
+            derived[axis] = lengths[accession] / count
+            shown.append(f"{lengths[accession]:g} µm / {count:g} in {axis}")
+    if not derived:
+        return None, None
+    xy = (derived.get("x", derived.get("y")), derived.get("y", derived.get("x")))
+    if unusable_pixel_size(*xy):
+        return None, None
+    return xy, (f"{path.name} states no pixel size; {xy[0]:.4g} µm is its \"max dimension\" over its \"max count of "
+                f"pixels\" ({', '.join(shown)})")
 
 
 def _parse(path: Path) -> _Layout:
@@ -775,6 +804,7 @@ def _parse(path: Path) -> _Layout:
         raise InputError(ibd, f"binary file is truncated: the imzML needs {needed} bytes, the file has {have}")
 
     continuous = bool(np.all(mz_off == mz_off[0]) and np.all(mz_len == mz_len[0]))
+    pixel_size, derived = _pixel_size(path, parser, shape_note is None)
     fd = _param_names(parser.metadata.file_description)
     centroid = True if parser.spectrum_mode == "centroid" else False if parser.spectrum_mode == "profile" else None
     if centroid is None and ("centroid spectrum" in fd or "profile spectrum" in fd):
@@ -783,7 +813,7 @@ def _parse(path: Path) -> _Layout:
         imzml=path, ibd=ibd, coords=xy, shape=(h, w),
         mz_offsets=mz_off, mz_lengths=mz_len, int_offsets=int_off, int_lengths=int_len,
         mz_dtype=mz_dtype, int_dtype=int_dtype, continuous=continuous, centroid=centroid,
-        pixel_size_xy_um=_pixel_size(parser),
+        pixel_size_xy_um=pixel_size, pixel_size_derived=derived,
         declared_mz_range=_declared_range(parser),
         origin_xy=(int(origin[0]), int(origin[1])),
         skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
