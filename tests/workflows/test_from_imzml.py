@@ -386,7 +386,7 @@ def test_register_reports_how_far_each_landmark_lies_from_the_transform(tmp_path
     centre = errors["per_landmark"][4]["ion_px"]
     if transform == "tps":
         assert errors["kind"] == "leave-one-out" and centre == pytest.approx(2.0, abs=0.01)
-        assert "registered (landmarks (tps)): leave-one-out error median 1.9, largest 2 ion pixels (Pt-0)" in err
+        assert "registered (landmarks (tps)): leave-one-out error median 1.90, largest 2.03 ion pixels (Pt-0)" in err
         assert "affine fit" not in err
     else:
         assert errors["kind"] == "affine fit residual" and errors["largest"] == {"landmark": "Pt-4", "ion_px": 1.602}
