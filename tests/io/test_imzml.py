@@ -650,6 +650,24 @@ def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_pat
         assert f.pixel_size_um is None and len(f.warnings) == 1 and "3000 pixels in x" in f.warnings[0]
 
 
+@pytest.mark.parametrize("unit, words", [(None, "detector counts"),  # as ImzMLWriter and instruments state it
+                                         ('unitAccession="MS:1000132" unitName="percent of base peak"',
+                                          "percent of base peak"),
+                                         ("", None)])
+def test_the_intensity_unit_the_file_states_is_carried(tmp_path: Path, unit, words) -> None:
+    path = _with_max_dimensions(tmp_path / "unit.imzML", 75, 50)
+    text = path.read_text(encoding="iso-8859-1")
+    if unit is not None:
+        text, n = re.subn(r'unitAccession="MS:1000131" unitName="number of detector counts"', unit, text)
+        assert n == 1
+    path.write_text(text, encoding="iso-8859-1")
+    with ImzML(path) as f:
+        stack = f.ion_images([100.0], "5ppm")
+        assert stack.intensity_unit == words
+        assert stack.units == f"the spectra's summed intensities{f' ({words})' if words else ''} in each m/z window"
+        assert f.ion_images([100.0], "5ppm", "tic").units.startswith("the summed intensity divided by its spectrum's")
+
+
 @pytest.mark.parametrize("declared, shape, warned", [((5, 4), (4, 5), False), ((10, 8), (8, 10), False),
                                                      ((11, 8), (8, 5), True), ((60000, 60000), (4, 5), True)])
 def test_a_declared_image_size_is_kept_up_to_twice_the_spectra_span(continuous, declared, shape, warned) -> None:

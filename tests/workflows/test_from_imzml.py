@@ -195,7 +195,7 @@ def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     bilinear_error = consistency_error(stack[0], truth[0], SCALE)  # of the fused file as written
     assert summary["ions"]["100.0000"]["consistency_error"] == pytest.approx(bilinear_error, rel=1e-4)
     assert bilinear_error > 1e-3 and "mz" not in summary  # bilinear does not reproduce the measurement
-    assert summary["units"] == "the spectra's summed intensities in each m/z window"
+    assert summary["units"] == "the spectra's summed intensities (detector counts) in each m/z window"
     assert set(summary["timings_s"]) == {"load_and_register", "fuse_panel", "total"}
     assert sorted(summary["outputs"]) == sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     assert cv2.imread(str(out / "ions.png")) is not None and cv2.imread(str(out / "fused.png")) is not None

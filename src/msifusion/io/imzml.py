@@ -128,12 +128,14 @@ class IonStack:
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
     normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
+    intensity_unit: str | None = None  # the unit the file states for its intensities ("detector counts")
 
     @property
     def units(self) -> str:
         """The images' intensity units, in words."""
         if self.normalize is None:
-            return "the spectra's summed intensities in each m/z window"
+            unit = f" ({self.intensity_unit})" if self.intensity_unit else ""
+            return f"the spectra's summed intensities{unit} in each m/z window"
         norm = self.normalize.upper()
         median = f" ({self.normalize_scale:.6g})" if self.normalize_scale is not None else ""
         return f"the summed intensity divided by its spectrum's {norm}, times the median {norm} over the pixels{median}"
@@ -225,6 +227,7 @@ class _Layout:
     skipped_xy: tuple[int, int] = (0, 0)  # empty columns and rows before it, from the file's first coordinate (0 or 1)
     shape_note: str | None = None  # why the declared image size was not used
     pixel_size_derived: str | None = None  # how the pixel size was found where the file states none
+    intensity_unit: str | None = None  # as the intensity array's cvParam names it (:func:`_intensity_unit`)
 
     def file_xy(self, spectrum: int) -> tuple[int, int]:
         """The file's own (x, y) coordinates of a spectrum."""
@@ -471,6 +474,7 @@ class ImzML:
             source=self.path,
             mz_range=self.mz_range,
             normalize_scale=scale,
+            intensity_unit=self.layout.intensity_unit,
         )
 
     def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
@@ -685,6 +689,20 @@ _LENGTH_UNITS_UM = {None: 1.0, "": 1.0, "micrometer": 1.0, "UO:0000017": 1.0, "n
                     "millimeter": 1e3, "UO:0000016": 1e3}  # by unit name or accession; none stated: imzML's µm
 
 
+_COUNTS = {"number of detector counts", "number of counts", "MS:1000131"}
+
+
+def _intensity_unit(parser) -> str | None:
+    """The unit the file states for its intensity arrays (MS:1000515's unit in a referenceable parameter group, as
+    instruments write it), in words: "detector counts" for MS:1000131, else the unit's name; None when none is
+    stated."""
+    for group in (parser.metadata.referenceable_param_groups or {}).values():
+        for param in group.cv_params:
+            if param[1] == "MS:1000515" and (param[5] or param[6]):
+                return "detector counts" if {param[5], param[6]} & _COUNTS else str(param[5] or param[6])
+    return None
+
+
 _SCAN_LENGTHS = {"IMS:1000046": "pixel size x", "IMS:1000047": "pixel size y",
                  "IMS:1000044": "max dimension x", "IMS:1000045": "max dimension y"}
 
@@ -813,7 +831,7 @@ def _parse(path: Path) -> _Layout:
         imzml=path, ibd=ibd, coords=xy, shape=(h, w),
         mz_offsets=mz_off, mz_lengths=mz_len, int_offsets=int_off, int_lengths=int_len,
         mz_dtype=mz_dtype, int_dtype=int_dtype, continuous=continuous, centroid=centroid,
-        pixel_size_xy_um=pixel_size, pixel_size_derived=derived,
+        pixel_size_xy_um=pixel_size, pixel_size_derived=derived, intensity_unit=_intensity_unit(parser),
         declared_mz_range=_declared_range(parser),
         origin_xy=(int(origin[0]), int(origin[1])),
         skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
