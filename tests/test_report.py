@@ -296,3 +296,32 @@ def test_the_loss_table_holds_each_epochs_losses_as_recorded(tmp_path):
     save_loss_plot(tmp_path / "losses.png", history, title="lcrn: stopped")
     drawn = cv2.imread(str(tmp_path / "losses.png"))
     assert drawn.shape[:2] == (480, 768) and drawn.std() > 10  # 6.4 × 4 inches at 120 dpi
+
+
+def test_an_overlay_marks_and_names_the_landmarks(tmp_path):
+    from PIL import Image
+
+    from msifusion.report import LandmarkMark, save_overlay
+
+    rgb = np.full((80, 120, 3), 0.5)
+    tissue = np.zeros((20, 30))
+    tissue[5:15, 8:22] = 1.0
+    marks = [LandmarkMark("Pt-0", 30.0, 20.0, 0.25), LandmarkMark("Pt-1", 90.0, 60.0, float("nan")),
+             LandmarkMark("far", 500.0, -40.0, 1.0)]  # beyond the image: the view stays the image's
+    save_overlay(tmp_path / "plain.png", rgb, tissue, 1.0)
+    save_overlay(tmp_path / "marked.png", rgb, tissue, 1.0, marks=marks, error_kind="leave-one-out")
+    pictures = {}
+    for name in ("plain", "marked"):
+        with Image.open(tmp_path / f"{name}.png") as picture:
+            pictures[name] = np.asarray(picture.convert("RGB")).astype(int)
+    assert pictures["plain"].shape == pictures["marked"].shape
+
+    def gray(image: np.ndarray) -> int:  # the optical's own pixels, as large as without marks: the view is the image's
+        return int((np.abs(image - 128).max(axis=2) <= 1).sum())
+
+    assert 0.97 * gray(pictures["plain"]) < gray(pictures["marked"]) < gray(pictures["plain"])
+
+    def mark_coloured(image: np.ndarray) -> int:  # the crosses' and names' #ffdd00
+        return int((np.abs(image - [255, 221, 0]).max(axis=2) < 12).sum())
+
+    assert mark_coloured(pictures["plain"]) == 0 and mark_coloured(pictures["marked"]) > 100

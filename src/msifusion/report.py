@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -406,10 +406,25 @@ def save_alignments(path: str | Path, tissue: np.ndarray, outlines: Sequence[tup
     return Path(path)
 
 
+class LandmarkMark(NamedTuple):
+    """A landmark as :func:`save_overlay` draws it: its name, where it lies on the registered optical (fractional
+    column and row) and its error in ion pixels (NaN: not measured; see ``register.transforms.LandmarkErrors``)."""
+
+    name: str
+    column: float
+    row: float
+    error: float
+
+
+LABELLED_MARKS = 60  # more landmarks than this are drawn without their names
+
+
 def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None,
-                 title: str = "registered optical") -> Path:
+                 title: str = "registered optical", marks: Sequence[LandmarkMark] = (),
+                 error_kind: str = "") -> Path:
     """Registration check: the registered optical (titled ``title``) beside it blended with the MSI tissue
-    image (magenta, upsampled to the optical's grid), plus the tissue image's contours."""
+    image (magenta, upsampled to the optical's grid), plus the tissue image's contours; with ``marks``, the
+    landmarks on both, each named with its error (``error_kind``: what the error is, for the title)."""
     import cv2
 
     H, W = rgb.shape[:2]
@@ -430,6 +445,27 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
     for ax in axes:
         ax.set_axis_off()
         add_scale_bar(ax, (H, W), pixel_size_um)
+        _draw_marks(ax, marks)
+    if marks:
+        axes[0].set_title(f"{title}\nlandmarks (+){f', {error_kind} error in ion pixels' if error_kind else ''}")
     fig.tight_layout()
     save_figure(fig, path)
     return Path(path)
+
+
+def _draw_marks(ax, marks: Sequence[LandmarkMark]) -> None:
+    """Landmark crosses, named (with their errors) up to :data:`LABELLED_MARKS` of them; the view stays the image's."""
+    if not marks:
+        return
+    limits = ax.get_xlim(), ax.get_ylim()
+    columns, rows = [m.column for m in marks], [m.row for m in marks]
+    ax.scatter(columns, rows, marker="+", s=70, linewidths=2.2, color="black")
+    ax.scatter(columns, rows, marker="+", s=60, linewidths=1.1, color="#ffdd00")
+    if len(marks) <= LABELLED_MARKS:
+        for mark in marks:
+            text = mark.name + (f" {mark.error:.2f}" if np.isfinite(mark.error) else "")
+            ax.annotate(text, (mark.column, mark.row), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                        color="#ffdd00", bbox={"boxstyle": "round,pad=0.15", "fc": "black", "alpha": 0.55,
+                                               "lw": 0}, annotation_clip=True)
+    ax.set_xlim(limits[0])
+    ax.set_ylim(limits[1])

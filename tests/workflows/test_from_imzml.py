@@ -892,6 +892,10 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, 20.0), msi,
                                                                 settings, quiet=True).guide)
     assert plain.info["moving_pixel_size"] == 5.0
+    # overlay.png's landmarks: on the guide's grid (fine pixel j's centre at ion pixel (j + 0.5)/4 − 0.5), errors 0
+    np.testing.assert_allclose([(m.column, m.row) for m in plain.marks], 4 * landmarks.fixed + 1.5)
+    assert [m.name for m in plain.marks] == list(landmarks.names) and plain.marks_error == "leave-one-out"
+    np.testing.assert_allclose([m.error for m in plain.marks], 0, atol=1e-9)
 
 
 def test_landmarks_whose_spline_folds_are_refused_naming_them(tmp_path, files, capsys):

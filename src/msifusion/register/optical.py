@@ -30,10 +30,10 @@ from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
-from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, PointMap, ThinPlateSpline, check_landmarks,
-                                           landmark_errors, landmarks_from_transform, spline_fold,
+from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, LandmarkErrors, PointMap, ThinPlateSpline,
+                                           check_landmarks, landmark_errors, landmarks_from_transform, spline_fold,
                                            transform_from_landmarks)
-from msifusion.report import save_alignments, save_overlay, save_rgb_png
+from msifusion.report import LandmarkMark, save_alignments, save_overlay, save_rgb_png
 
 
 def fields_as_paths(request: object, *names: str) -> None:
@@ -205,6 +205,8 @@ class RegisteredOptical:
     warnings: list[str] = field(default_factory=list)
     tissue: np.ndarray | None = None  # the MSI tissue image the optical was matched to (for the overlay)
     rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
+    marks: tuple[LandmarkMark, ...] = ()  # a landmark run's landmarks on the guide, with their errors, for overlay.png
+    marks_error: str = ""  # what the marks' errors are ("leave-one-out", "affine fit residual")
 
 
 def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False,
@@ -243,8 +245,14 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         warnings.append(f"{outside:.0%} of the MSI's measured pixels lie outside {optical.path.name}: the registered "
                         f"optical is black there, so they are fused without a guide; {check}")
     info["seconds"] = time.perf_counter() - start
+    marks: tuple[LandmarkMark, ...] = ()
+    if settings.landmarks is not None:
+        errors = found.errors.ion_px if found.errors is not None else np.full(len(found.landmarks), np.nan)
+        at = ion_grid.refined(settings.scale).to_index(found.landmarks.fixed)
+        marks = tuple(LandmarkMark(name, float(c), float(r), float(e))
+                      for name, (c, r), e in zip(found.landmarks.names, at, errors))
     return RegisteredOptical(guide, settings.scale, info, found.landmarks, warnings, found.matched,
-                             found.alternative)
+                             found.alternative, marks, found.errors.kind if found.errors is not None else "")
 
 
 @dataclass(frozen=True)
@@ -265,6 +273,7 @@ class _Alignment:
     affine: AffineMap
     fixed_unit_um: float | None
     missed: str
+    errors: LandmarkErrors | None = None  # how far each landmark lies from the transform (landmarks only)
 
 
 def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid,
@@ -318,7 +327,7 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
               "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     return _Alignment(transform, ion_grid, landmarks, info, warnings, msi.images[0], None, affine, fixed_unit_um,
-                      missed)
+                      missed, errors)
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
@@ -536,7 +545,8 @@ def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_si
     name = f"{optical.name} on the MSI grid of {ion.name} ×{registered.scale}" if optical and ion else None
     paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px, name),
              save_rgb_png(folder / "optical_registered.png", registered.guide),
-             save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px)]
+             save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px, marks=registered.marks,
+                          error_kind=registered.marks_error)]
     if registered.landmarks is not None:
         paths.append(write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv"))
     rival = registered.rival
