@@ -443,3 +443,27 @@ def test_a_killed_swaps_earlier_run_is_kept_under_another_runs_output(tmp_path, 
     check_output_dir(out, overwrite=True)
     kept = tmp_path / f"run.old-{'f' * 12}"
     assert (kept / "fused.tiff").exists() and f"the run it replaced is kept in {kept}" in capsys.readouterr().err
+
+
+def test_the_record_of_the_run_that_wrote_a_file_is_found_while_the_file_is_unchanged(tmp_path):
+    import json
+
+    from msifusion.io.outdir import record_of_the_run_that_wrote
+    from msifusion.provenance import run_header, write_run_json
+
+    run = tmp_path / "reg"
+    run.mkdir()
+    (run / "landmarks.csv").write_text('"Pt-0","true","1.0","2.0","3.0","4.0"\n')
+    write_run_json(run, {**run_header(), "register_settings": {"optical_pixel_size": None}})
+    record = record_of_the_run_that_wrote(run / "landmarks.csv")
+    assert record["register_settings"] == {"optical_pixel_size": None}
+    (tmp_path / "copy.csv").write_bytes((run / "landmarks.csv").read_bytes())
+    assert record_of_the_run_that_wrote(tmp_path / "copy.csv") is None  # no record beside it
+    (run / "notes.txt").write_text("mine")
+    assert record_of_the_run_that_wrote(run / "notes.txt") is None  # not listed: the run did not write it
+    (run / "landmarks.csv").write_text('"Pt-0","true","1.5","2.0","3.0","4.0"\n')  # refined in BigWarp since
+    assert record_of_the_run_that_wrote(run / "landmarks.csv") is None
+    (run / "landmarks.csv").write_text('"Pt-0","true","1.0","2.0","3.0","4.0"\n')
+    foreign = {**json.loads((run / "run.json").read_text()), "tool": "another tool", "versions": {}}
+    (run / "run.json").write_text(json.dumps(foreign))
+    assert record_of_the_run_that_wrote(run / "landmarks.csv") is None  # not an msifusion record

@@ -875,6 +875,28 @@ def test_an_uncalibrated_pyramid_is_registered_at_its_level_under_the_stated_pix
                                tifffile.imread(tmp_path / "png" / "optical_registered.tiff"), atol=1e-6)
 
 
+def test_a_landmarks_csv_fed_back_with_another_optical_pixel_size_is_converted_to_it(tmp_path, files, capsys):
+    """The first run read the PNG in pixels and wrote landmarks.csv in them; the second states 2 µm per optical pixel:
+    read as µm, the points would land at half their places; converted, the registration is the first run's. A copy
+    of that file elsewhere (no record says what units it is in) is read as it stands."""
+    imzml, opt, lm, _ = files
+    base = ["register", "--optical", str(opt), "--ion", str(imzml), "--scale", str(SCALE)]
+    assert main([*base, "--landmarks", str(lm), "--out", str(tmp_path / "first"), "--quiet"]) == 0
+    first = tmp_path / "first" / "landmarks.csv"
+    assert main([*base, "--landmarks", str(first), "--optical-pixel-size", "2", "--out", str(tmp_path / "again")]) == 0
+    assert ("warning: landmarks.csv was written by the msifusion run in its folder, which read optical.png in pixels; "
+            "its optical points are converted to this run's reading, at 2 µm per pixel (--optical-pixel-size)"
+            in capsys.readouterr().err)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "optical_registered.tiff"),
+                                  tifffile.imread(tmp_path / "first" / "optical_registered.tiff"))
+    np.testing.assert_allclose(read_landmarks(tmp_path / "again" / "landmarks.csv").moving,
+                               read_landmarks(first).moving * 2)  # written back in the units it was read in
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(first.read_bytes())
+    main([*base, "--landmarks", str(copy), "--optical-pixel-size", "2", "--out", str(tmp_path / "copied")])
+    assert "converted" not in capsys.readouterr().err
+
+
 def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files, state_imzml_pixel_size):
     """``RegisterSettings.optical_pixel_size`` holds for an optical read without it, as for the command's own read."""
     from msifusion.io.images import read_optical

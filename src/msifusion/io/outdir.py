@@ -200,6 +200,22 @@ def _record(folder: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def record_of_the_run_that_wrote(path: Path) -> dict | None:
+    """The run record of the msifusion run whose output ``path`` is, as that run wrote it (a ``landmarks.csv`` fed
+    back: which units its points are in); None where its folder holds no msifusion record listing it, or the file
+    changed since (refined in BigWarp, whose units are then its own)."""
+    path = Path(path)
+    record = _record(path.parent)
+    kept = ((record or {}).get("file_fingerprints") or {}).get(path.name) if _by_msifusion(record) else None
+    if not isinstance(kept, list) or len(kept) != 2 or kept[1] is None:
+        return None
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return None
+    return record if [len(content), _digest(content)] == kept else None
+
+
 def _by_msifusion(record: dict | None) -> bool:
     """Whether a run record is msifusion's (see :func:`is_earlier_output`)."""
     if record is None:

@@ -15,7 +15,7 @@ ion image is calibrated, else 1 = pixels).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from msifusion.runtime import check_fused_size, elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
+from msifusion.io.outdir import record_of_the_run_that_wrote
 from msifusion.io.units import check_pixel_size, coarse_optical_warning, is_square
 from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
@@ -283,10 +284,11 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     k = settings.fixed_scale
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
+    landmarks, converted = _in_this_runs_units(landmarks, optical, settings, moving)
     outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
     ion_grid = fiji_fixed.coarsened(k)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
-    warnings += outside
+    warnings += [*([converted] if converted else []), *outside]
     if any(msi.skipped_xy):
         warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
                         "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
@@ -328,6 +330,51 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
               "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
     return _Alignment(transform, ion_grid, landmarks, info, warnings, msi.images[0], None, affine, fixed_unit_um,
                       missed, errors)
+
+
+def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: RegisterSettings,
+                        moving: Grid) -> tuple[Landmarks, str | None]:
+    """Landmarks that an msifusion run wrote (its ``landmarks.csv``, unchanged since: its folder's run record says
+    so) for this optical, with their optical points converted from the units that run read it in to this run's,
+    where ``--optical-pixel-size`` changed them; and the warning that says so (None: as they are). Fed back with
+    the option a first run's warning advised, they would otherwise be read in the wrong units and register the
+    optical silently wrong."""
+    record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
+    then = (record or {}).get("register_settings") or {}
+    read = ((record or {}).get("input_files") or {}).get("optical") or {}
+    same_optical = (optical.path is not None and Path(str(read.get("path", ""))).name == optical.path.name
+                    and read.get("bytes") == _size(optical.path))
+    if not same_optical or then.get("optical_scene") != settings.optical_scene:
+        return landmarks, None
+    stated_then = then.get("optical_pixel_size")
+    if stated_then is not None and not isinstance(stated_then, (int, float)):
+        return landmarks, None
+    # both in the full resolution's frame, whose first pixel is centred at 0 whatever the level read
+    units_then = stated_then or file_pixel_size_um(optical.path) or 1.0
+    units_now = _full_resolution(moving, optical).pixel_size
+    if np.isclose(units_then, units_now, rtol=1e-9):
+        return landmarks, None
+
+    def convert(points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) * (units_now / units_then)
+
+    parked = tuple((name, *(convert([mx, my]) if np.isfinite([mx, my]).all() else (mx, my)), fx, fy)
+                   for name, mx, my, fx, fy in landmarks.inactive)  # switched off in BigWarp: written back too
+    converted = replace(landmarks, moving=convert(landmarks.moving), inactive=parked)
+
+    def units(size: float) -> str:
+        return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
+
+    return converted, (f"{settings.landmarks.name} was written by the msifusion run in its folder, which read "
+                       f"{optical.path.name} {units(units_then)}; its optical points are converted to this run's "
+                       f"reading, {units(units_now)} (--optical-pixel-size)")
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
