@@ -717,7 +717,11 @@ def test_windows_named_by_another_warning_are_not_named_again(tmp_path: Path) ->
     overlapping = f.ion_images([400.0, 400.1], "0.1da")  # each window holds both peaks, and the overlap says so
     assert len(overlapping.window_warnings()) == 1 and "overlap" in overlapping.window_warnings()[0]
     wide = f.ion_images([400.05], "1.5da")  # reaches the ¹³C peak: that warning covers it; no spectrum is gathered
-    assert wide.window_peaks == ((),) and len(wide.window_warnings()) == 1 and "¹³C" in wide.window_warnings()[0]
+    assert wide.window_peaks == (None,) and len(wide.window_warnings()) == 1 and "¹³C" in wide.window_warnings()[0]
+    from msifusion.workflows.from_imzml import IonsRequest, extract_ions
+
+    record = extract_ions(IonsRequest(f.path, (400.05,), "1.5da", tmp_path / "ions", quiet=True))
+    assert record["window_peaks"] == [None]  # null: not looked at, where [] would read as "no peaks"
 
 
 def test_peaks_of_a_file_whose_stated_range_is_narrower_than_its_data(processed) -> None:

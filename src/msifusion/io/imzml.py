@@ -123,7 +123,9 @@ class IonStack:
     pixel_size_um: float | None
     normalize: Normalize = None
     windows: tuple[tuple[float, float], ...] = ()
-    window_peaks: tuple[tuple[float, ...], ...] = ()  # the resolved mean-spectrum peaks in each window
+    # the resolved mean-spectrum peaks in each window; None for a window reaching the ¹³C isotope peak (wider than
+    # ±1 Da: its warning says it sums several peaks), whose mean spectrum is not gathered
+    window_peaks: tuple[tuple[float, ...] | None, ...] = ()
     one_point_windows: tuple[float, ...] = ()  # m/z whose window holds a single point of the profile spectra
     source: Path | None = None
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
@@ -188,7 +190,7 @@ class IonStack:
                             "narrow --tol unless that is meant")
         named = {*wide, *(i for pair in overlapping for i in pair)}
         for i, (mz, peaks) in enumerate(zip(self.mzs, self.window_peaks)):
-            if len(peaks) > 1 and i not in named:
+            if peaks is not None and len(peaks) > 1 and i not in named:
                 shown = [f"{p:.4f}" for p in peaks[:MAX_LISTED_PEAKS]]
                 listed = ", ".join(shown[:-1]) + f" and {shown[-1]}" if len(peaks) <= MAX_LISTED_PEAKS else \
                     ", ".join(shown) + ", …"
@@ -468,7 +470,7 @@ class ImzML:
             pixel_size_um=self.pixel_size_um,
             normalize=normalize,
             windows=tuple((float(a), float(b)) for a, b in zip(lo, hi)),
-            window_peaks=tuple(() if p is None else tuple(resolved_peaks(p, self.layout.centroid, self.continuous))
+            window_peaks=tuple(None if p is None else tuple(resolved_peaks(p, self.layout.centroid, self.continuous))
                                for p in profiles),
             one_point_windows=tuple(m for m, one in zip(mzs, single) if one and self.layout.centroid is False),
             source=self.path,

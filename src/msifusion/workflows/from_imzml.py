@@ -101,7 +101,7 @@ def extract_ions(request: IonsRequest) -> dict:
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
         record = {**run.header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
-                  "window_peaks": [list(p) for p in stack.window_peaks], "normalize": request.normalize,
+                  "window_peaks": [None if p is None else list(p) for p in stack.window_peaks], "normalize": request.normalize,
                   "normalize_scale": stack.normalize_scale, "units": stack.units,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
@@ -338,7 +338,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
                 for i, result in zip(part, results):
                     write_tiff(folders[i] / "ion.tiff", stack.images[i], stack.pixel_size_um, [stack.labels[i]])
                     per_ion = dict(common, mz=stack.mzs[i], window=list(stack.windows[i]),
-                                   window_peaks=list(stack.window_peaks[i]))
+                                   window_peaks=None if stack.window_peaks[i] is None else list(stack.window_peaks[i]))
                     if parts > 1:
                         per_ion["panel_part"] = f"{p + 1} of {parts}"
                     records.append(write_fusion_outputs(folders[i], pairs[i], result, request.settings, per_ion,
