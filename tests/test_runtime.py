@@ -167,3 +167,10 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypat
         runtime.panel_part_size((49, 135), 200, 100)  # one ion does not fit: its own size is named
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: None)  # a system that does not say: all at once
     assert runtime.panel_part_size((49, 135), 20, 1000) == 1000
+
+
+def test_amounts_read_in_the_unit_that_shows_them():
+    from msifusion.runtime import amount
+
+    assert [amount(n) for n in (0, 999, 58_368, 3.2e6, 45e6, 2.44e9, 13.4e9)] == [
+        "0 kB", "1 kB", "58 kB", "3.2 MB", "45 MB", "2.4 GB", "13 GB"]

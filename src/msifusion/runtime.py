@@ -221,6 +221,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def amount(n_bytes: float) -> str:
+    """A size on disk or in memory as people read it: 2.4 GB, 380 MB, 12 kB (decimal units, as drives are sold)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}" if n_bytes < 10 * size else f"{n_bytes / size:.0f} {unit}"
+    return f"{max(n_bytes, 0) / 1e3:.0f} kB"
+
+
 @contextmanager
 def elapsed_bar(desc: str, quiet: bool) -> Iterator[None]:
     """For one long step that cannot report its progress: ``desc`` and the seconds elapsed, refreshed every second
@@ -276,8 +284,8 @@ def refuse_beyond_memory(path: Path, rows: int, cols: int, decoded_bytes: int, w
     need = rows * cols * OPTICAL_BYTES_PER_PIXEL + decoded_bytes
     if have is None or need <= have:
         return
-    raise InputError(path, f"{rows}×{cols} px needs about {need / 1e9:.1f} GB to read, more than this machine's "
-                           f"{have / 1e9:.1f} GB of memory; save a copy downsampled to the fused grid's pixel size"
+    raise InputError(path, f"{rows}×{cols} px needs about {amount(need)} to read, more than this machine's "
+                           f"{amount(have)} of memory; save a copy downsampled to the fused grid's pixel size"
                            + (f" (it is {way_round})" if way_round else ""))
 
 

@@ -237,7 +237,7 @@ def test_a_czi_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, 
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 37 * 50 * 15 - 1)  # 12 B/px float + 3 B/px decoded
     with monkeypatch.context() as undecoded:
         undecoded.setattr(CziReader, "read", lambda *a, **k: pytest.fail("decoded before refusing"))
-        with pytest.raises(InputError, match=r"section.czi: 37×50 px needs about [\d.]+ GB to read, .*; save a copy "
+        with pytest.raises(InputError, match=r"section.czi: 37×50 px needs about [\d.]+ [kMG]B to read, .*; save a copy "
                                              r"downsampled to the fused grid's pixel size \(it is a CZI: `register`"):
             read_optical(path)
     assert read_optical(path, 1.0).pixels.shape == (18, 25, 3)  # averaged down, it fits
@@ -246,7 +246,7 @@ def test_a_czi_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, 
         read_optical(uncalibrated, 1.0)  # a coarser pixel asked for, but its size unknown: the way round is named
     band = 36 * 50 * 3  # the full-resolution rows decoded at once (here all 36 that average into 18)
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 18 * 25 * 15 + band - 1)
-    with pytest.raises(InputError, match=r"18×25 px needs .* GB of memory; save a copy downsampled to the fused "
+    with pytest.raises(InputError, match=r"18×25 px needs .* [kMG]B of memory; save a copy downsampled to the fused "
                                          r"grid's pixel size$"):  # averaged down already: no way round to name
         read_optical(path, 1.0)
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 18 * 25 * 15 + band)

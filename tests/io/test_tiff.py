@@ -494,12 +494,12 @@ def test_an_optical_beyond_this_machines_memory_is_refused_before_decoding(tmp_p
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 64 * 96 * 15 - 1)  # one byte short of the full scan
     with monkeypatch.context() as undecoded:
         undecoded.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before refusing"))
-        with pytest.raises(InputError, match=r"slide.svs: 64×96 px needs about [\d.]+ GB to read, more than this "
-                                             r"machine's [\d.]+ GB of memory; .* \(it is a pyramid: `register` and"):
+        with pytest.raises(InputError, match=r"slide.svs: 64×96 px needs about [\d.]+ [kMG]B to read, more than this "
+                                             r"machine's [\d.]+ [kMG]B of memory; .* \(it is a pyramid: `register` and"):
             read_optical(path)
     assert read_optical(path, 2.5).pixels.shape == (16, 24, 3)  # the level it needs fits
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 16 * 24 * 15 - 1)
-    with pytest.raises(InputError, match=r"16×24 px needs .* GB of memory; save a copy downsampled to the fused "
+    with pytest.raises(InputError, match=r"16×24 px needs .* [kMG]B of memory; save a copy downsampled to the fused "
                                          r"grid's pixel size$"):  # a level asked for: no advice to ask for one
         read_optical(path, 2.5)
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 64 * 96 * 15)

@@ -973,8 +973,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: pixels * (runtime.BYTES_PER_FUSED_PIXEL + 2))
     assert main([*args, str(tmp_path / "parts")]) == 0  # one ion's memory and a little: two parts of one ion
     warning = ("2 ions fused ×4 (48×64 each) do not fit in this machine's memory together: fused in 2 parts of at "
-               "most 1 ion, each image kept in a scratch file in the output folder (about 0.0 GB of disk) until the "
-               "stack is written; a shared basis is sought within each part only")
+               f"most 1 ion, each image kept in a scratch file in the output folder (about {2 * pixels * 4 / 1e3:.0f} "
+               "kB of disk) until the stack is written; a shared basis is sought within each part only")
     assert f"msifusion: warning: {warning}" in capsys.readouterr().err.splitlines()
     whole, parts = (json.loads((tmp_path / name / "run.json").read_text()) for name in ("whole", "parts"))
     assert (whole["panel_parts"], parts["panel_parts"]) == (1, 2) and warning in parts["warnings"]
@@ -988,7 +988,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     monkeypatch.setattr("msifusion.workflows.from_imzml.register_optical",
                         lambda *a, **k: pytest.fail("registered first"))
     assert main([*args, str(tmp_path / "full")]) == 2
-    assert "a scratch file of about 0.0 GB beside the outputs, but the drive has 0.0 GB free" in capsys.readouterr().err
+    assert re.search(r"a scratch file of about \d+ kB beside the outputs, but the drive has 1 kB free",
+                     capsys.readouterr().err)
     assert not (tmp_path / "full").exists()
     assert not list((tmp_path / "parts").glob(".*"))
 
@@ -1004,8 +1005,8 @@ def test_a_drive_that_may_be_too_small_for_the_outputs_is_warned_before_the_fusi
     need = fused * 4 * 2 * 2 + fused * 3  # two ions' TIFFs and their stack, float32 uncompressed, and the optical
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": need - 1})())
     assert main([*args, str(tmp_path / "tight")]) == 0  # a warning, not a refusal: compression may make them fit
-    warning = ("the outputs may need up to 0.0 GB (uncompressed; zlib usually saves a third) and the output folder's "
-               "drive has 0.0 GB free")
+    warning = (f"the outputs may need up to {need / 1e3:.0f} kB (uncompressed; zlib usually saves a third) and the "
+               f"output folder's drive has {need / 1e3:.0f} kB free")  # sizes read in the units that show them
     assert warning in capsys.readouterr().err
     assert any(w.startswith(warning) for w in json.loads((tmp_path / "tight" / "run.json").read_text())["warnings"])
 

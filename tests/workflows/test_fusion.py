@@ -151,8 +151,9 @@ def test_an_ion_tiff_keeps_its_channel_name_through_a_fusion(tmp_path):
     write_tiff(tmp_path / "plain.tiff", rng.random((8, 12)), 25.0)
     write_tiff(tmp_path / "other.tiff", rng.random((8, 12)), 25.0, ["Channel 1"])  # another tool's name: not an ion's
     write_tiff(tmp_path / "epoch_0003.tiff", rng.random((8, 12)), 25.0, ["m/z 656.7762, epoch 3"])  # a checkpoint
+    write_tiff(tmp_path / "section.OME.tif", rng.random((8, 12)), 25.0)  # named without its .ome
     for ion, name in (("mz_1217.5161.tiff", "m/z 1217.5161"), ("plain.tiff", "plain"), ("other.tiff", "other"),
-                      ("epoch_0003.tiff", "m/z 656.7762")):
+                      ("epoch_0003.tiff", "m/z 656.7762"), ("section.OME.tif", "section")):
         record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / ion, tmp_path / name.replace("/", ""),
                                              FuseSettings(method="bilinear")))
         assert record["ion_name"] == name

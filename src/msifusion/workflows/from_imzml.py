@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.runtime import elapsed_bar, panel_part_size, progress_bar
+from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import check_optical, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
                                 write_ion_tiffs)
@@ -232,8 +232,8 @@ def _output_space_warning(out: Path, K: int, fused_pixels: int, scratch: int) ->
     free = free_bytes(out)
     if free is None or free >= need:
         return None
-    return (f"the outputs may need up to {need / 1e9:.1f} GB (uncompressed; zlib usually saves a third) and the output "
-            f"folder's drive has {free / 1e9:.1f} GB free: a full disk would stop the run as it writes its outputs, "
+    return (f"the outputs may need up to {amount(need)} (uncompressed; zlib usually saves a third) and the output "
+            f"folder's drive has {amount(free)} free: a full disk would stop the run as it writes its outputs, "
             "after the fusion, with nothing written")
 
 
@@ -243,7 +243,7 @@ def _check_scratch_space(out: Path, need: int) -> None:
     free = free_bytes(out)
     if free is not None and free < need:
         raise InputError(out, f"this panel is fused in parts, its fused images kept in a scratch file of about "
-                              f"{need / 1e9:.1f} GB beside the outputs, but the drive has {free / 1e9:.1f} GB free; "
+                              f"{amount(need)} beside the outputs, but the drive has {amount(free)} free; "
                               "free some space, or fuse fewer m/z at a time")
 
 
@@ -258,7 +258,7 @@ def _panel_warnings(request: ImzmlFuseRequest, stack: IonStack, parts: int, per_
                   and not request.settings.saves_checkpoints else "")
         warnings.append(f"{K} ions fused ×{scale} ({h * scale}×{w * scale} each) do not fit in this machine's memory "
                         f"together: fused in {parts} parts of at most {per_part} ion{'s' if per_part > 1 else ''}, "
-                        f"each image kept in a scratch file in the output folder (about {scratch / 1e9:.1f} GB of "
+                        f"each image kept in a scratch file in the output folder (about {amount(scratch)} of "
                         f"disk) until the stack is written{shared}")
     space = _output_space_warning(request.out, K, h * scale * w * scale, scratch)
     return warnings + ([space] if space else [])
