@@ -285,7 +285,8 @@ class ImzML:
 
     @property
     def warnings(self) -> list[str]:
-        """What the file's own header got wrong that a run should report (one line each)."""
+        """What a run should report about the file's header (one line each): a declared image size taken as wrong,
+        a pixel size derived where it states none."""
         return [note for note in (self.layout.shape_note, self.layout.pixel_size_derived) if note]
 
     @property

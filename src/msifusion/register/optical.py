@@ -26,6 +26,7 @@ from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_r
 from msifusion.io.imzml import ImzML
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import record_of_the_run_that_wrote
+from msifusion.provenance import input_files
 from msifusion.io.units import check_pixel_size, coarse_optical_warning, is_square
 from msifusion.methods import check_scale, infer_scale
 from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
@@ -342,8 +343,9 @@ def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: Register
     record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
     then = (record or {}).get("register_settings") or {}
     read = ((record or {}).get("input_files") or {}).get("optical") or {}
-    same_optical = (optical.path is not None and Path(str(read.get("path", ""))).name == optical.path.name
-                    and read.get("bytes") == _size(optical.path))
+    now_read = input_files({"optical": optical.path}).get("optical")  # as a record describes it
+    same_optical = (now_read is not None and read.get("bytes") == now_read["bytes"]
+                    and Path(str(read.get("path", ""))).name == Path(now_read["path"]).name)
     if not same_optical or then.get("optical_scene") != settings.optical_scene:
         return landmarks, None
     stated_then = then.get("optical_pixel_size")
@@ -368,13 +370,6 @@ def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: Register
     return converted, (f"{settings.landmarks.name} was written by the msifusion run in its folder, which read "
                        f"{optical.path.name} {units(units_then)}; its optical points are converted to this run's "
                        f"reading, {units(units_now)} (--optical-pixel-size)")
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
