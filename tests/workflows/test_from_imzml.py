@@ -893,8 +893,40 @@ def test_a_landmarks_csv_fed_back_with_another_optical_pixel_size_is_converted_t
                                read_landmarks(first).moving * 2)  # written back in the units it was read in
     copy = tmp_path / "copy.csv"
     copy.write_bytes(first.read_bytes())
-    main([*base, "--landmarks", str(copy), "--optical-pixel-size", "2", "--out", str(tmp_path / "copied")])
+    assert main([*base, "--landmarks", str(copy), "--optical-pixel-size", "2", "--out", str(tmp_path / "copied")]) == 0
     assert "converted" not in capsys.readouterr().err
+    assert not np.array_equal(tifffile.imread(tmp_path / "copied" / "optical_registered.tiff"),
+                              tifffile.imread(tmp_path / "first" / "optical_registered.tiff"))  # read as 2 µm units
+
+
+def test_a_fed_back_landmarks_csv_picks_the_pyramid_level_in_this_runs_units(tmp_path, files, write_pyramid,
+                                                                            state_imzml_pixel_size):
+    """A scan stating 5 µm per pixel where it is 1.25: the first run's landmarks in its 5-µm units, fed back with
+    --optical-pixel-size 1.25, choose the level the fused grid needs in 1.25-µm units (the scan's 4× coarser level,
+    the PNG's own pixels, not the 8× one that their 5-µm reading would allow), as landmarks placed at 1.25 µm do, and
+    register the same."""
+    imzml, opt, lm, _ = files
+    state_imzml_pixel_size(imzml, 20.0)
+    landmarks = read_landmarks(lm)
+    png = cv2.imread(str(opt))[..., ::-1]
+    meta = {"PhysicalSizeX": 5.0, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 5.0, "PhysicalSizeYUnit": "µm"}
+    coarse = png.reshape(png.shape[0] // 2, 2, png.shape[1] // 2, 2, 3).mean((1, 3)).round().astype(np.uint8)
+    slide = write_pyramid(tmp_path / "slide.ome.tif", [png.repeat(4, 0).repeat(4, 1), png.repeat(2, 0).repeat(2, 1),
+                                                       png, coarse], meta)
+    full = landmarks.moving * 4 + 1.5  # the full scan's pixels
+    at_5 = write_bigwarp_csv(Landmarks(full * 5.0, landmarks.fixed * 20, landmarks.names), tmp_path / "at_5.csv")
+    at_1_25 = write_bigwarp_csv(Landmarks(full * 1.25, landmarks.fixed * 20, landmarks.names), tmp_path / "at_1.csv")
+    base = ["register", "--ion", str(imzml), "--scale", str(SCALE), "--quiet", "--optical", str(slide)]
+    assert main([*base, "--landmarks", str(at_5), "--out", str(tmp_path / "first")]) == 0
+    for landmarks_csv, out in ((tmp_path / "first" / "landmarks.csv", "again"), (at_1_25, "placed")):
+        assert main([*base, "--landmarks", str(landmarks_csv), "--optical-pixel-size", "1.25", "--out",
+                     str(tmp_path / out)]) == 0
+    records = {out: json.loads((tmp_path / out / "run.json").read_text()) for out in ("again", "placed")}
+    assert records["again"]["registration"]["optical_shape_read"] == list(png.shape[:2])
+    assert records["placed"]["registration"]["optical_shape_read"] == list(png.shape[:2])
+    assert not any("coarser than the fused grid" in w for w in records["again"]["warnings"])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "optical_registered.tiff"),
+                                  tifffile.imread(tmp_path / "placed" / "optical_registered.tiff"))
 
 
 def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files, state_imzml_pixel_size):

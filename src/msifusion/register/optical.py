@@ -14,6 +14,7 @@ ion image is calibrated, else 1 = pixels).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -104,12 +105,15 @@ def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: fl
     pyramidal TIFF read at its coarsest level that is still as fine as the fused grid (:func:`read_optical`),
     measured in the optical's own units: with landmarks, a fused pixel's size on the optical as the landmarks
     place it (they are in those units, whatever they are: µm, or pixels with ``--optical-pixel-size 1``); without,
-    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm). ``landmarks``: the
-    settings' landmarks as already read (else read here)."""
+    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm; a ``landmarks.csv`` fed
+    back in another run's units: :func:`_fed_back_units`). ``landmarks``: the settings' landmarks as already read
+    (else read here)."""
     if settings.landmarks is not None:
         fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
+        units = _fed_back_units(settings, path)
         try:
-            coarsest = fixed_units * AffineMap.from_landmarks(settings.read_landmarks(landmarks)).scale
+            coarsest = (fixed_units * AffineMap.from_landmarks(settings.read_landmarks(landmarks)).scale
+                        * (units[1] / units[0] if units else 1.0))
         except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
             coarsest = None
     else:
@@ -285,7 +289,7 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     k = settings.fixed_scale
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-    landmarks, converted = _in_this_runs_units(landmarks, optical, settings, moving)
+    landmarks, converted = _in_this_runs_units(landmarks, optical, settings)
     outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
     ion_grid = fiji_fixed.coarsened(k)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
@@ -333,43 +337,53 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
                       missed, errors)
 
 
-def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: RegisterSettings,
-                        moving: Grid) -> tuple[Landmarks, str | None]:
-    """Landmarks that an msifusion run wrote (its ``landmarks.csv``, unchanged since: its folder's run record says
-    so) for this optical, with their optical points converted from the units that run read it in to this run's,
-    where ``--optical-pixel-size`` changed them; and the warning that says so (None: as they are). Fed back with
-    the option a first run's warning advised, they would otherwise be read in the wrong units and register the
-    optical silently wrong."""
+def _fed_back_units(settings: RegisterSettings, optical_path: Path) -> tuple[float, float] | None:
+    """(then, now): the optical's units per full-resolution pixel in which the msifusion run that wrote the settings'
+    landmarks read it (its ``landmarks.csv``, unchanged since: its folder's run record says so, for this optical
+    file) and in which this run reads it, where ``--optical-pixel-size`` makes them differ; None where the landmarks
+    are read as they stand. Both are those of the full resolution's frame, whose first pixel is centred at 0
+    whatever pyramid level is read: the option, else the file's calibration, else 1 (pixels)."""
     record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
-    then = (record or {}).get("register_settings") or {}
-    read = ((record or {}).get("input_files") or {}).get("optical") or {}
-    now_read = input_files({"optical": optical.path}).get("optical")  # as a record describes it
+    if record is None:
+        return None
+    then = record.get("register_settings") or {}
+    read = (record.get("input_files") or {}).get("optical") or {}
+    now_read = input_files({"optical": optical_path}).get("optical")  # as a record describes it
     same_optical = (now_read is not None and read.get("bytes") == now_read["bytes"]
                     and Path(str(read.get("path", ""))).name == Path(now_read["path"]).name)
-    if not same_optical or then.get("optical_scene") != settings.optical_scene:
-        return landmarks, None
     stated_then = then.get("optical_pixel_size")
-    if stated_then is not None and not isinstance(stated_then, (int, float)):
-        return landmarks, None
-    # both in the full resolution's frame, whose first pixel is centred at 0 whatever the level read
-    units_then = stated_then or file_pixel_size_um(optical.path) or 1.0
-    units_now = _full_resolution(moving, optical).pixel_size
-    if np.isclose(units_then, units_now, rtol=1e-9):
-        return landmarks, None
+    if (not same_optical or then.get("optical_scene") != settings.optical_scene
+            or not (stated_then is None or isinstance(stated_then, (int, float)))):
+        return None
+    in_file = file_pixel_size_um(optical_path) if not (stated_then and settings.optical_pixel_size) else None
+    units = (stated_then or in_file or 1.0, settings.optical_pixel_size or in_file or 1.0)
+    return None if math.isclose(*units, rel_tol=1e-9) else units
 
-    def convert(points: np.ndarray) -> np.ndarray:
-        return np.asarray(points, dtype=np.float64) * (units_now / units_then)
+
+def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: RegisterSettings) -> tuple[Landmarks,
+                                                                                                  str | None]:
+    """The landmarks with their optical points converted from the units in which the msifusion run that wrote them
+    read the optical to this run's (:func:`_fed_back_units`), and the warning that says so; as they are, and None,
+    elsewhere. Fed back with the ``--optical-pixel-size`` a first run's warning advised, they would otherwise be read
+    in the wrong units and register the optical silently wrong."""
+    units = _fed_back_units(settings, optical.path) if optical.path is not None else None
+    if units is None:
+        return landmarks, None
+    then, now = units
+
+    def convert(points) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) * (now / then)
 
     parked = tuple((name, *(convert([mx, my]) if np.isfinite([mx, my]).all() else (mx, my)), fx, fy)
                    for name, mx, my, fx, fy in landmarks.inactive)  # switched off in BigWarp: written back too
-    converted = replace(landmarks, moving=convert(landmarks.moving), inactive=parked)
 
-    def units(size: float) -> str:
+    def reading(size: float) -> str:
         return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
 
-    return converted, (f"{settings.landmarks.name} was written by the msifusion run in its folder, which read "
-                       f"{optical.path.name} {units(units_then)}; its optical points are converted to this run's "
-                       f"reading, {units(units_now)} (--optical-pixel-size)")
+    return (replace(landmarks, moving=convert(landmarks.moving), inactive=parked),
+            f"{settings.landmarks.name} was written by the msifusion run in its folder, which read "
+            f"{optical.path.name} {reading(then)}; its optical points are converted to this run's reading, "
+            f"{reading(now)} (--optical-pixel-size)")
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
