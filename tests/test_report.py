@@ -309,7 +309,7 @@ def test_an_overlay_marks_and_names_the_landmarks(tmp_path):
     marks = [LandmarkMark("Pt-0", 30.0, 20.0, 0.25), LandmarkMark("Pt-1", 90.0, 60.0, float("nan")),
              LandmarkMark("far", 500.0, -40.0, 1.0)]  # beyond the image: the view stays the image's
     save_overlay(tmp_path / "plain.png", rgb, tissue, 1.0)
-    save_overlay(tmp_path / "marked.png", rgb, tissue, 1.0, marks=marks, error_kind="leave-one-out")
+    save_overlay(tmp_path / "marked.png", rgb, tissue, 1.0, marks=marks, error_measure="leave-one-out")
     pictures = {}
     for name in ("plain", "marked"):
         with Image.open(tmp_path / f"{name}.png") as picture:
@@ -321,7 +321,7 @@ def test_an_overlay_marks_and_names_the_landmarks(tmp_path):
 
     assert 0.97 * gray(pictures["plain"]) < gray(pictures["marked"]) < gray(pictures["plain"])
 
-    def mark_coloured(image: np.ndarray) -> int:  # the crosses' and names' #ffdd00
-        return int((np.abs(image - [255, 221, 0]).max(axis=2) < 12).sum())
+    def mark_coloured(image: np.ndarray) -> int:  # the crosses' and names' green
+        return int((np.abs(image - [0x39, 0xff, 0x14]).max(axis=2) < 12).sum())
 
     assert mark_coloured(pictures["plain"]) == 0 and mark_coloured(pictures["marked"]) > 100

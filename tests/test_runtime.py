@@ -172,5 +172,6 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypat
 def test_amounts_read_in_the_unit_that_shows_them():
     from msifusion.runtime import amount
 
-    assert [amount(n) for n in (0, 999, 58_368, 3.2e6, 45e6, 2.44e9, 13.4e9)] == [
-        "0 kB", "1 kB", "58 kB", "3.2 MB", "45 MB", "2.4 GB", "13 GB"]
+    assert [amount(n) for n in (0, 512, 999, 1000, 58_368, 999_600, 3.2e6, 45e6, 999.6e6, 2.44e9, 9.97e9, 13.4e9)] == [
+        "0 bytes", "512 bytes", "999 bytes", "1.0 kB", "58 kB", "1.0 MB", "3.2 MB", "45 MB", "1.0 GB", "2.4 GB",
+        "10 GB", "13 GB"]

@@ -392,7 +392,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     errors = record["registration"].get("landmark_errors")
     if errors:
         largest = errors["largest"]
-        quality = (f"{errors['kind']} error median {errors['median']['ion_px']:.2f}, largest "
+        quality = (f"{errors['measure']} error median {errors['median']['ion_px']:.2f}, largest "
                    f"{largest['ion_px']:.2f} ion pixels ({largest['landmark']})")
     _say(args, f"registered ({record['registration']['method']}){': ' + quality if quality else ''}")
     print(Path(args.out) / "optical_registered.tiff")

@@ -417,14 +417,15 @@ class LandmarkMark(NamedTuple):
 
 
 LABELLED_MARKS = 60  # more landmarks than this are drawn without their names
+MARK_COLOUR = "#39ff14"  # a green apart from the overlay's magenta and its yellow and cyan contours
 
 
 def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_size_um: float | None = None,
                  title: str = "registered optical", marks: Sequence[LandmarkMark] = (),
-                 error_kind: str = "") -> Path:
+                 error_measure: str = "") -> Path:
     """Registration check: the registered optical (titled ``title``) beside it blended with the MSI tissue
     image (magenta, upsampled to the optical's grid), plus the tissue image's contours; with ``marks``, the
-    landmarks on both, each named with its error (``error_kind``: what the error is, for the title)."""
+    landmarks on both, each named with its error (``error_measure``: what the error is, for the title)."""
     import cv2
 
     H, W = rgb.shape[:2]
@@ -447,7 +448,7 @@ def save_overlay(path: str | Path, rgb: np.ndarray, tissue: np.ndarray, pixel_si
         add_scale_bar(ax, (H, W), pixel_size_um)
         _draw_marks(ax, marks)
     if marks:
-        axes[0].set_title(f"{title}\nlandmarks (+){f', {error_kind} error in ion pixels' if error_kind else ''}")
+        axes[0].set_title(f"{title}\nlandmarks (+){f', {error_measure} error in ion pixels' if error_measure else ''}")
     fig.tight_layout()
     save_figure(fig, path)
     return Path(path)
@@ -460,12 +461,12 @@ def _draw_marks(ax, marks: Sequence[LandmarkMark]) -> None:
     limits = ax.get_xlim(), ax.get_ylim()
     columns, rows = [m.column for m in marks], [m.row for m in marks]
     ax.scatter(columns, rows, marker="+", s=70, linewidths=2.2, color="black")
-    ax.scatter(columns, rows, marker="+", s=60, linewidths=1.1, color="#ffdd00")
+    ax.scatter(columns, rows, marker="+", s=60, linewidths=1.1, color=MARK_COLOUR)
     if len(marks) <= LABELLED_MARKS:
         for mark in marks:
             text = mark.name + (f" {mark.error:.2f}" if np.isfinite(mark.error) else "")
             ax.annotate(text, (mark.column, mark.row), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                        color="#ffdd00", bbox={"boxstyle": "round,pad=0.15", "fc": "black", "alpha": 0.55,
+                        color=MARK_COLOUR, bbox={"boxstyle": "round,pad=0.15", "fc": "black", "alpha": 0.55,
                                                "lw": 0}, annotation_clip=True)
     ax.set_xlim(limits[0])
     ax.set_ylim(limits[1])

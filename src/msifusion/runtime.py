@@ -222,11 +222,13 @@ def duration(seconds: float) -> str:
 
 
 def amount(n_bytes: float) -> str:
-    """A size on disk or in memory as people read it: 2.4 GB, 380 MB, 12 kB (decimal units, as drives are sold)."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6)):
-        if n_bytes >= size:
-            return f"{n_bytes / size:.1f} {unit}" if n_bytes < 10 * size else f"{n_bytes / size:.0f} {unit}"
-    return f"{max(n_bytes, 0) / 1e3:.0f} kB"
+    """A size on disk or in memory as people read it: 2.4 GB, 380 MB, 12 kB, 512 bytes (decimal units, as drives are
+    sold), in the largest unit of which it is at least one once rounded."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        value = n_bytes / size
+        if value >= 0.9995:
+            return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
+    return f"{max(n_bytes, 0):.0f} bytes"
 
 
 @contextmanager
@@ -299,8 +301,8 @@ def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
     h, w = ion_shape
     one = h * scale * w * scale * BYTES_PER_FUSED_PIXEL
     if have is not None and one > have:
-        raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {one / 1e9:.0f} GB "
-                                    f"to fuse, more than this machine's {have / 1e9:.0f} GB of memory; use a smaller "
+        raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {amount(one)} "
+                                    f"to fuse, more than this machine's {amount(have)} of memory; use a smaller "
                                     "scale or crop the ion image")
 
 

@@ -237,7 +237,8 @@ def test_a_czi_beyond_this_machines_memory_is_refused_before_decoding(tmp_path, 
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 37 * 50 * 15 - 1)  # 12 B/px float + 3 B/px decoded
     with monkeypatch.context() as undecoded:
         undecoded.setattr(CziReader, "read", lambda *a, **k: pytest.fail("decoded before refusing"))
-        with pytest.raises(InputError, match=r"section.czi: 37×50 px needs about [\d.]+ [kMG]B to read, .*; save a copy "
+        with pytest.raises(InputError, match=r"section.czi: 37×50 px needs about [\d.]+ [kMG]B to read, .*; save a "
+                                             r"copy "
                                              r"downsampled to the fused grid's pixel size \(it is a CZI: `register`"):
             read_optical(path)
     assert read_optical(path, 1.0).pixels.shape == (18, 25, 3)  # averaged down, it fits

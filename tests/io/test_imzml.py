@@ -648,6 +648,17 @@ def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_pat
     wrong.write_text(text, encoding="iso-8859-1")
     with ImzML(wrong) as f:  # a count gone wrong derives nothing
         assert f.pixel_size_um is None and len(f.warnings) == 1 and "3000 pixels in x" in f.warnings[0]
+    short = _with_max_dimensions(tmp_path / "short.imzML", 75, 50)
+    text = short.read_text(encoding="iso-8859-1").replace('name="max count of pixels x" value="3"',
+                                                          'name="max count of pixels x" value="2"')
+    short.write_text(text, encoding="iso-8859-1")
+    with ImzML(short) as f:  # counts short of the spectra's span are not the image's size: 75 µm / 2 would be wrong
+        assert f.shape == (2, 3) and f.pixel_size_um is None and f.warnings == []
+    one_axis = _with_max_dimensions(tmp_path / "x_only.imzML", 75, 50)
+    text = re.sub(r'<cvParam[^>]*name="max dimension y"[^>]*/>', "", one_axis.read_text(encoding="iso-8859-1"))
+    one_axis.write_text(text, encoding="iso-8859-1")
+    with ImzML(one_axis) as f:  # one axis says nothing of the other
+        assert f.pixel_size_um is None and f.warnings == []
 
 
 @pytest.mark.parametrize("unit, words", [(None, "detector counts"),  # as ImzMLWriter and instruments state it

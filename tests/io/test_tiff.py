@@ -495,7 +495,8 @@ def test_an_optical_beyond_this_machines_memory_is_refused_before_decoding(tmp_p
     with monkeypatch.context() as undecoded:
         undecoded.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("decoded before refusing"))
         with pytest.raises(InputError, match=r"slide.svs: 64×96 px needs about [\d.]+ [kMG]B to read, more than this "
-                                             r"machine's [\d.]+ [kMG]B of memory; .* \(it is a pyramid: `register` and"):
+                                             r"machine's [\d.]+ [kMG]B of memory; .* \(it is a pyramid: "
+                                             r"`register` and"):
             read_optical(path)
     assert read_optical(path, 2.5).pixels.shape == (16, 24, 3)  # the level it needs fits
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 16 * 24 * 15 - 1)

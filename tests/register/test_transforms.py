@@ -205,6 +205,13 @@ def test_landmarks_whose_moving_and_fixed_sets_are_exchanged_are_named_so() -> N
         check_landmarks(exchanged, ion, optical)
     right = Landmarks(moving=exchanged.fixed, fixed=exchanged.moving, names=exchanged.names)
     assert check_landmarks(right, ion, optical) == []
+    # both in µm over the same section: each image holds the other's points, so a landmark just off the ion grid is
+    # no sign of an exchange
+    ion_um, optical_um = Grid((150, 150), 20.0), Grid((4000, 4000), 1.0)
+    fixed = np.array([[500.0, 500.0], [2500.0, 600.0], [1500.0, 2500.0], [3020.0, 1500.0]])  # 'Pt-3' 1.5 px beyond
+    (warning,) = check_landmarks(Landmarks(moving=fixed * 0.97, fixed=fixed, names=exchanged.names), ion_um,
+                                 optical_um)
+    assert "'Pt-3'" in warning and warning.endswith("check them in BigWarp")
 
 
 def test_landmarks_from_transform_round_trip() -> None:
@@ -306,7 +313,7 @@ def test_leave_one_out_errors_are_the_splines_through_the_others() -> None:
 def test_a_misplaced_landmark_has_the_largest_error_in_ion_pixels(kind) -> None:
     lm = _grid_landmarks(TURNED)  # fixed in units of 0.5 per ion pixel below
     exact = landmark_errors(lm, kind, ion_pixel=0.5)
-    assert exact.kind == ("leave-one-out" if kind == "tps" else "affine fit residual")
+    assert exact.measure == ("leave-one-out" if kind == "tps" else "affine fit residual")
     np.testing.assert_allclose(exact.ion_px, 0, atol=1e-9)  # an affine set: the spline through any 8 is that affine
     moved = Landmarks(moving=lm.moving + np.where(np.arange(9)[:, None] == 4, TURNED[:, :2] @ [0.3, 0.4], 0),
                       fixed=lm.fixed, names=lm.names)  # Pt-4 placed 0.5 fixed units = 1 ion pixel off
@@ -332,3 +339,9 @@ def test_landmark_errors_need_four_and_skip_a_landmark_whose_others_lie_on_a_lin
     errors = landmark_errors(four, "tps", 1.0)
     assert np.isnan(errors.ion_px[3]) and np.isfinite(errors.ion_px[:3]).all()  # without 'd', a b c are on a line
     assert "d" not in [row["landmark"] for row in errors.record(None)["per_landmark"]]
+    # four a spline accepts (spread across their line just over 0.1 % of its length), any three of them nearly on it
+    thin = np.array([[18.4502402, -0.0278924192], [48.0666235, -0.0560238616], [57.5520499, -0.0395235299],
+                     [68.1566457, -0.00278597702]]) + [0, 20]
+    thin_set = Landmarks(moving=thin * 4 + [3, 5], fixed=thin, names=("a", "b", "c", "d"))
+    ThinPlateSpline(thin_set)
+    assert landmark_errors(thin_set, "tps", 1.0) is None  # nothing measurable: no record, no traceback

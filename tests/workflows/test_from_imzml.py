@@ -385,11 +385,11 @@ def test_register_reports_how_far_each_landmark_lies_from_the_transform(tmp_path
     assert [row["landmark"] for row in errors["per_landmark"]] == [f"Pt-{i}" for i in range(5)]
     centre = errors["per_landmark"][4]["ion_px"]
     if transform == "tps":
-        assert errors["kind"] == "leave-one-out" and centre == pytest.approx(2.0, abs=0.01)
+        assert errors["measure"] == "leave-one-out" and centre == pytest.approx(2.0, abs=0.01)
         assert "registered (landmarks (tps)): leave-one-out error median 1.90, largest 2.03 ion pixels (Pt-0)" in err
         assert "affine fit" not in err
     else:
-        assert errors["kind"] == "affine fit residual" and errors["largest"] == {"landmark": "Pt-4", "ion_px": 1.602}
+        assert errors["measure"] == "affine fit residual" and errors["largest"] == {"landmark": "Pt-4", "ion_px": 1.602}
         assert "warning: the affine fit through moved.csv misses 'Pt-4' by 1.6 ion pixels (median 0.4" in err
 
 
@@ -948,7 +948,7 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     assert plain.info["moving_pixel_size"] == 5.0
     # overlay.png's landmarks: on the guide's grid (fine pixel j's centre at ion pixel (j + 0.5)/4 − 0.5), errors 0
     np.testing.assert_allclose([(m.column, m.row) for m in plain.marks], 4 * landmarks.fixed + 1.5)
-    assert [m.name for m in plain.marks] == list(landmarks.names) and plain.marks_error == "leave-one-out"
+    assert [m.name for m in plain.marks] == list(landmarks.names) and plain.marks_measure == "leave-one-out"
     np.testing.assert_allclose([m.error for m in plain.marks], 0, atol=1e-9)
 
 
@@ -1020,7 +1020,7 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outp
     monkeypatch.setattr("msifusion.workflows.from_imzml.register_optical",
                         lambda *a, **k: pytest.fail("registered first"))
     assert main([*args, str(tmp_path / "full")]) == 2
-    assert re.search(r"a scratch file of about \d+ kB beside the outputs, but the drive has 1 kB free",
+    assert re.search(r"a scratch file of about \d+ kB beside the outputs, but the drive has 1.0 kB free",
                      capsys.readouterr().err)
     assert not (tmp_path / "full").exists()
     assert not list((tmp_path / "parts").glob(".*"))

@@ -732,8 +732,8 @@ def _scan_lengths(parser) -> dict[str, float]:
 
 def _pixel_size(path: Path, parser, counts_used: bool) -> tuple[tuple[float, float] | None, str | None]:
     """(x, y) pixel size in µm from the scan settings, and how it was found where the file states none: its "max
-    dimension" over its "max count of pixels" on each axis that states both (only where those counts are the ion
-    images' size: ``counts_used``), when that gives a pixel size a TIFF's would be used at
+    dimension" over its "max count of pixels" on both axes (only where those counts are the ion images' size, from
+    the file's first coordinate: ``counts_used``), when the two give a pixel size a TIFF's would be used at
     (:func:`msifusion.io.units.unusable_pixel_size`). None, None: neither."""
     lengths = _scan_lengths(parser)
     stated = [lengths.get(a) for a in ("IMS:1000046", "IMS:1000047")]
@@ -748,9 +748,9 @@ def _pixel_size(path: Path, parser, counts_used: bool) -> tuple[tuple[float, flo
         if accession in lengths and isinstance(count, (int, float)) and count > 0:
             derived[axis] = lengths[accession] / count
             shown.append(f"{lengths[accession]:g} µm / {count:g} in {axis}")
-    if not derived:
+    if len(derived) < 2:
         return None, None
-    xy = (derived.get("x", derived.get("y")), derived.get("y", derived.get("x")))
+    xy = (derived["x"], derived["y"])
     if unusable_pixel_size(*xy):
         return None, None
     return xy, (f"{path.name} states no pixel size; {xy[0]:.4g} µm is its \"max dimension\" over its \"max count of "
@@ -825,7 +825,8 @@ def _parse(path: Path) -> _Layout:
         raise InputError(ibd, f"binary file is truncated: the imzML needs {needed} bytes, the file has {have}")
 
     continuous = bool(np.all(mz_off == mz_off[0]) and np.all(mz_len == mz_len[0]))
-    pixel_size, derived = _pixel_size(path, parser, shape_note is None)
+    stated = [int(parser.imzmldict.get(f"max count of pixels {axis}", 0) or 0) for axis in "xy"]
+    pixel_size, derived = _pixel_size(path, parser, stated == [w + origin[0] - base, h + origin[1] - base])
     fd = _param_names(parser.metadata.file_description)
     centroid = True if parser.spectrum_mode == "centroid" else False if parser.spectrum_mode == "profile" else None
     if centroid is None and ("centroid spectrum" in fd or "profile spectrum" in fd):

@@ -212,7 +212,7 @@ class RegisteredOptical:
     tissue: np.ndarray | None = None  # the MSI tissue image the optical was matched to (for the overlay)
     rival: RivalAlignment | None = None  # an ambiguous automatic registration's other alignment
     marks: tuple[LandmarkMark, ...] = ()  # a landmark run's landmarks on the guide, with their errors, for overlay.png
-    marks_error: str = ""  # what the marks' errors are ("leave-one-out", "affine fit residual")
+    marks_measure: str = ""  # what the marks' errors are ("leave-one-out", "affine fit residual")
 
 
 def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings, quiet: bool = False,
@@ -258,7 +258,7 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
         marks = tuple(LandmarkMark(name, float(c), float(r), float(e))
                       for name, (c, r), e in zip(found.landmarks.names, at, errors))
     return RegisteredOptical(guide, settings.scale, info, found.landmarks, warnings, found.matched,
-                             found.alternative, marks, found.errors.kind if found.errors is not None else "")
+                             found.alternative, marks, found.errors.measure if found.errors is not None else "")
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
         worst = errors.ion_px[errors.worst]
         if kind == "affine" and worst > AFFINE_MISS:
             warnings.append(f"the affine fit through {settings.landmarks.name} misses {errors.names[errors.worst]!r} "
-                            f"by {worst:.2g} ion pixels (median {np.nanmedian(errors.ion_px):.2g}): a misplaced "
+                            f"by {worst:.3g} ion pixels (median {np.nanmedian(errors.ion_px):.2g}): a misplaced "
                             "landmark, or tissue that an affine map cannot follow (the thin-plate spline, "
                             "--transform tps, can); see run.json's landmark_errors")
     # µm per unit of the fixed landmarks: the MSI's µm over the landmark units per MSI pixel (p_fixed·k); where the
@@ -602,7 +602,7 @@ def write_registration(folder: Path, registered: RegisteredOptical, ion_pixel_si
     paths = [write_rgb_tiff(folder / "optical_registered.tiff", registered.guide, px, name),
              save_rgb_png(folder / "optical_registered.png", registered.guide),
              save_overlay(folder / "overlay.png", registered.guide, registered.tissue, px, marks=registered.marks,
-                          error_kind=registered.marks_error)]
+                          error_measure=registered.marks_measure)]
     if registered.landmarks is not None:
         paths.append(write_bigwarp_csv(registered.landmarks, folder / "landmarks.csv"))
     rival = registered.rival

@@ -211,14 +211,21 @@ def _swapped_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
                for pts, grid in ((landmarks.fixed, fixed), (landmarks.moving, moving)))
 
 
-EXCHANGE_HINT = ("are the moving and fixed columns exchanged? With them exchanged every landmark lies inside its image: "
-                 "in BigWarp the optical is the moving image and the ion image the fixed one")
+EXCHANGE_HINT = ("are the moving and fixed columns exchanged? With them exchanged every landmark lies inside its "
+                 "image: in BigWarp the optical is the moving image and the ion image the fixed one")
+
+
+EXCHANGE_SPAN = 2.0  # the two images' extents must differ this many times for an exchange to tell: alike, both fit
 
 
 def _exchanged_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
-    """Whether reading the moving points as fixed and the fixed as moving puts every landmark inside its image."""
-    return not (fixed.outside(landmarks.moving, pixels=EDGE_PIXELS).any()
-                or moving.outside(landmarks.fixed, pixels=EDGE_PIXELS).any())
+    """Whether reading the moving points as fixed and the fixed as moving puts every landmark inside its image, where
+    the images' extents (in their units) differ by :data:`EXCHANGE_SPAN` or more: two images in µm over the same
+    section hold each other's points either way."""
+    extents = [math.hypot(x1 - x0, y1 - y0) for x0, x1, y0, y1 in (fixed.extent, moving.extent)]
+    return max(extents) >= EXCHANGE_SPAN * min(extents) and not (
+        fixed.outside(landmarks.moving, pixels=EDGE_PIXELS).any()
+        or moving.outside(landmarks.fixed, pixels=EDGE_PIXELS).any())
 
 
 def _misfit_hint(landmarks: Landmarks, fixed: Grid, moving: Grid, otherwise: str) -> str:
@@ -411,7 +418,7 @@ class LandmarkErrors:
     the spline through the others puts it: the registration's accuracy between landmarks, largest at a misplaced one,
     where the tissue deforms and where the others must extrapolate."""
 
-    kind: str
+    measure: str  # "leave-one-out" or "affine fit residual"
     names: tuple[str, ...]
     ion_px: np.ndarray
 
@@ -425,7 +432,7 @@ class LandmarkErrors:
             um = {"um": round(float(value) * um_per_ion_px, 3)} if um_per_ion_px else {}
             return {"ion_px": round(float(value), 3), **um}
 
-        return {"kind": self.kind, "median": both(np.nanmedian(self.ion_px)),
+        return {"measure": self.measure, "median": both(np.nanmedian(self.ion_px)),
                 "largest": {"landmark": self.names[self.worst], **both(self.ion_px[self.worst])},
                 "per_landmark": [{"landmark": name, **both(value)}
                                  for name, value in zip(self.names, self.ion_px) if np.isfinite(value)]}
@@ -434,7 +441,8 @@ class LandmarkErrors:
 def landmark_errors(landmarks: Landmarks, kind: str, ion_pixel: float) -> LandmarkErrors | None:
     """Each landmark's error under the ``kind`` of transform fitted through them (see :class:`LandmarkErrors`),
     measured in the fixed image as the affine fit carries the moving error back, over ``ion_pixel`` (an ion pixel in
-    the fixed landmarks' units); None for three landmarks, which any transform fits exactly."""
+    the fixed landmarks' units); None for three landmarks, which any transform fits exactly, and where none can be
+    measured (where, without each landmark, the others are nearly on a line)."""
     if len(landmarks.fixed) < 4:
         return None
     affine = AffineMap.from_landmarks(landmarks)
@@ -443,7 +451,8 @@ def landmark_errors(landmarks: Landmarks, kind: str, ion_pixel: float) -> Landma
     else:
         moving_error, label = _spline_leave_one_out(landmarks), "leave-one-out"
     fixed_error = moving_error @ np.linalg.inv(affine.matrix[:, :2]).T
-    return LandmarkErrors(label, landmarks.names, np.hypot(*fixed_error.T) / ion_pixel)
+    ion_px = np.hypot(*fixed_error.T) / ion_pixel
+    return LandmarkErrors(label, landmarks.names, ion_px) if np.isfinite(ion_px).any() else None
 
 
 def _spline_leave_one_out(landmarks: Landmarks) -> np.ndarray:

@@ -101,8 +101,8 @@ def extract_ions(request: IonsRequest) -> dict:
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
         record = {**run.header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
                   "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
-                  "window_peaks": [None if p is None else list(p) for p in stack.window_peaks], "normalize": request.normalize,
-                  "normalize_scale": stack.normalize_scale, "units": stack.units,
+                  "window_peaks": [p if p is None else list(p) for p in stack.window_peaks],
+                  "normalize": request.normalize, "normalize_scale": stack.normalize_scale, "units": stack.units,
                   "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
                   "outputs": [p.name for p in paths] + ["run.json"],
                   "warnings": warnings}
