@@ -730,27 +730,21 @@ def _scan_lengths(parser) -> dict[str, float]:
     return found
 
 
-def _pixel_size(path: Path, parser, counts_used: bool) -> tuple[tuple[float, float] | None, str | None]:
+def _pixel_size(path: Path, parser, counts: tuple[int, int] | None) -> tuple[tuple[float, float] | None, str | None]:
     """(x, y) pixel size in µm from the scan settings, and how it was found where the file states none: its "max
-    dimension" over its "max count of pixels" on both axes (only where those counts are the ion images' size, from
-    the file's first coordinate: ``counts_used``), when the two give a pixel size a TIFF's would be used at
+    dimension" over its "max count of pixels" on both axes (``counts``: those counts where they are the ion images'
+    size, from the file's first coordinate; else None), when the two give a pixel size a TIFF's would be used at
     (:func:`msifusion.io.units.unusable_pixel_size`). None, None: neither."""
     lengths = _scan_lengths(parser)
     stated = [lengths.get(a) for a in ("IMS:1000046", "IMS:1000047")]
     if any(stated):
         x = stated[0] or stated[1]
         return (float(x), float(stated[1] or x)), None
-    if not counts_used:
+    dimensions = [lengths.get(a) for a in ("IMS:1000044", "IMS:1000045")]
+    if counts is None or None in dimensions:
         return None, None
-    derived, shown = {}, []
-    for axis, accession in (("x", "IMS:1000044"), ("y", "IMS:1000045")):
-        count = parser.imzmldict.get(f"max count of pixels {axis}")
-        if accession in lengths and isinstance(count, (int, float)) and count > 0:
-            derived[axis] = lengths[accession] / count
-            shown.append(f"{lengths[accession]:g} µm / {count:g} in {axis}")
-    if len(derived) < 2:
-        return None, None
-    xy = (derived["x"], derived["y"])
+    xy = (dimensions[0] / counts[0], dimensions[1] / counts[1])
+    shown = [f"{d:g} µm / {n} in {axis}" for d, n, axis in zip(dimensions, counts, "xy")]
     if unusable_pixel_size(*xy):
         return None, None
     return xy, (f"{path.name} states no pixel size; {xy[0]:.4g} µm is its \"max dimension\" over its \"max count of "
@@ -808,7 +802,8 @@ def _parse(path: Path) -> _Layout:
         dup = np.flatnonzero(keys == k)
         x0, y0 = coords[dup[0], :2]
         raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={x0}, y={y0}")
-    h, w, shape_note = _image_shape(path, parser.imzmldict, xy, origin - base)
+    shape = _image_shape(path, parser.imzmldict, xy, origin - base)
+    h, w = shape.rows, shape.columns
 
     mz_off = np.asarray(parser.mzOffsets, dtype=np.int64)
     mz_len = np.asarray(parser.mzLengths, dtype=np.int64)
@@ -825,8 +820,7 @@ def _parse(path: Path) -> _Layout:
         raise InputError(ibd, f"binary file is truncated: the imzML needs {needed} bytes, the file has {have}")
 
     continuous = bool(np.all(mz_off == mz_off[0]) and np.all(mz_len == mz_len[0]))
-    stated = [int(parser.imzmldict.get(f"max count of pixels {axis}", 0) or 0) for axis in "xy"]
-    pixel_size, derived = _pixel_size(path, parser, stated == [w + origin[0] - base, h + origin[1] - base])
+    pixel_size, derived = _pixel_size(path, parser, shape.counts)
     fd = _param_names(parser.metadata.file_description)
     centroid = True if parser.spectrum_mode == "centroid" else False if parser.spectrum_mode == "profile" else None
     if centroid is None and ("centroid spectrum" in fd or "profile spectrum" in fd):
@@ -839,19 +833,31 @@ def _parse(path: Path) -> _Layout:
         declared_mz_range=_declared_range(parser),
         origin_xy=(int(origin[0]), int(origin[1])),
         skipped_xy=(int(origin[0] - base), int(origin[1] - base)),
-        shape_note=shape_note,
+        shape_note=shape.note,
     )
 
 
 DECLARED_SPAN_AT_MOST = 2  # "max count of pixels" beyond this many times the spectra's span is taken as wrong
 
 
-def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> tuple[int, int, str | None]:
-    """The ion images' (rows, columns): the spectra's span, extended on each axis to the scan settings' "max count of
-    pixels" (which counts from the file's first coordinate: trailing rows or columns without spectra), unless that
-    declares more than :data:`DECLARED_SPAN_AT_MOST` times the span, a header gone wrong that would make images of
-    mostly nothing (one of 60000×60000 px is 13 GB); that axis is then the span, and the note says so."""
-    size, notes = [], []
+@dataclass(frozen=True)
+class _ImageShape:
+    """The ion images' ``rows`` and ``columns``, why a declared size was not used (``note``), and the declared "max
+    count of pixels" (x, y) where on both axes it is the images' size from the file's first coordinate (``counts``;
+    else None): what a pixel size may be derived with (:func:`_pixel_size`)."""
+
+    rows: int
+    columns: int
+    note: str | None
+    counts: tuple[int, int] | None
+
+
+def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> _ImageShape:
+    """The ion images' shape: the spectra's span, extended on each axis to the scan settings' "max count of pixels"
+    (which counts from the file's first coordinate: trailing rows or columns without spectra), unless that declares
+    more than :data:`DECLARED_SPAN_AT_MOST` times the span, a header gone wrong that would make images of mostly
+    nothing (one of 60000×60000 px is 13 GB); that axis is then the span, and the note says so."""
+    size, notes, counts = [], [], []
     for axis, letter, span in ((1, "y", int(xy[:, 1].max()) + 1), (0, "x", int(xy[:, 0].max()) + 1)):
         stated = int(meta.get(f"max count of pixels {letter}", 0) or 0)
         declared = stated - int(skipped[axis])
@@ -859,9 +865,10 @@ def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) ->
             notes.append(f"{stated} pixels in {letter}, where its spectra span {span}")
             declared = span
         size.append(max(span, declared))
+        counts.insert(0, stated if declared == size[-1] else None)  # (x, y)
     note = (f"{path.name} declares {' and '.join(notes)} (its \"max count of pixels\"): the ion images keep to the "
             "spectra's span" if notes else None)
-    return size[0], size[1], note
+    return _ImageShape(size[0], size[1], note, (counts[0], counts[1]) if None not in counts else None)
 
 
 _POSITIONS = {"IMS:1000050": "position x", "IMS:1000051": "position y"}
