@@ -65,8 +65,8 @@ def main() -> None:
           "| speed-up | images equal |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows, cols = f.shape
-    print(f"| {date} | {machine()}, Python {platform.python_version()} | {path.stem} {cols}×{rows}, {f.n_spectra} spectra, {f.summary()['mode']} "
-          f"| {len(mzs)} "
+    print(f"| {date} | {machine()}, Python {platform.python_version()} | {path.stem} {cols}×{rows}, "
+          f"{f.n_spectra} spectra, {f.summary()['mode']} | {len(mzs)} "
           f"| {t_parse:.2f} / {t_parse_pyimzml:.2f} | {t_ours:.3f} | {t_theirs:.1f} | {t_theirs / t_ours:.0f}× "
           f"| {agree}/{len(mzs)} |")
 

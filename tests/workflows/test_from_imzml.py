@@ -424,7 +424,8 @@ def test_a_czi_of_several_scenes_is_refused_before_the_imzml_is_read(tmp_path, f
     assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(slide),
                  "--optical-scene", "3", "--landmarks", str(lm), "--scale", str(SCALE), "--out",
                  str(tmp_path / "out")]) == 2
-    assert "--optical-scene: slide.czi has no scene 3; its scenes are 1: 60×80 px, 2: 60×80 px" in capsys.readouterr().err
+    assert ("--optical-scene: slide.czi has no scene 3; its scenes are 1: 60×80 px, 2: 60×80 px"
+            in capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 

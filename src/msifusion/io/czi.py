@@ -3,11 +3,11 @@ optional ``czi`` extra: ``pip install 'msifusion[czi]'``).
 
 A CZI holds subblocks (tiles) placed in a stage frame, with a pyramid of smaller copies beside them. The layout is
 taken from the full-resolution subblocks' headers alone: one scene (of a slide's several, the one asked for), one
-channel, one focal plane and time point, read from its top-left corner as Bio-Formats shows it. Its pixel size is the metadata's ``Scaling/Items/Distance`` for X
-and Y, in metres as the format states it. A slide read for a coarser fused grid is averaged down by a whole factor,
-band by band, so that the full resolution is never held at once: libCZI's own zoom picks its pixels by nearest
-neighbour, which aliases the stain's texture the fusion follows. :func:`msifusion.io.images.read_optical` reads CZIs
-through :func:`read_czi`.
+channel, one focal plane and time point, read from its top-left corner as Bio-Formats shows it. Its pixel size is
+the metadata's ``Scaling/Items/Distance`` for X and Y, in metres as the format states it. A slide read for a coarser
+fused grid is averaged down by a whole factor, band by band, so that the full resolution is never held at once:
+libCZI's own zoom picks its pixels by nearest neighbour, which aliases the stain's texture the fusion follows.
+:func:`msifusion.io.images.read_optical` reads CZIs through :func:`read_czi`.
 
 A file whose subblock directory is damaged can crash libCZI itself (a segmentation fault, found by a review with a
 hand-damaged file), before any check here can run.
