@@ -108,11 +108,21 @@ def state_imzml_pixel_size():
 def _state_imzml_pixel_size(path: Path, x: float | str, y: float | str | None = None,
                             unit: tuple[str, str] | None = None) -> None:
     stated = f' unitCvRef="UO" unitAccession="{unit[1]}" unitName="{unit[0]}"' if unit else ""
-    extra = (f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"{stated}/>'
-             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" value="{x if y is None else y}"'
-             f'{stated}/>')
+    _add_scan_settings(path, f'<cvParam cvRef="IMS" accession="IMS:1000046" name="pixel size x" value="{x}"{stated}/>'
+                             f'<cvParam cvRef="IMS" accession="IMS:1000047" name="pixel size y" '
+                             f'value="{x if y is None else y}"{stated}/>')
+
+
+@pytest.fixture
+def add_scan_settings():
+    """A function that inserts cvParams (XML text) at the end of an imzML's scan settings: ``(path, params)``."""
+    return _add_scan_settings
+
+
+def _add_scan_settings(path: Path, params: str) -> None:
+    """Insert cvParams (XML text) at the end of an imzML's scan settings, as an instrument's header states them."""
     text = path.read_text(encoding="iso-8859-1")
-    path.write_text(text.replace("</scanSettings>", extra + "</scanSettings>", 1), encoding="iso-8859-1")
+    path.write_text(text.replace("</scanSettings>", params + "</scanSettings>", 1), encoding="iso-8859-1")
 
 
 @pytest.fixture

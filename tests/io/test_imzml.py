@@ -614,47 +614,47 @@ def test_a_weak_peak_beside_strong_ones_keeps_its_intensity(tmp_path: Path) -> N
         assert f.strongest_peaks(5) == [(300.0, pytest.approx(1e12)), (400.0, pytest.approx(2e-6, rel=1e-9))]
 
 
-def _with_max_dimensions(path: Path, x: float, y: float, unit: str = "") -> Path:
-    """A 3×2 imzML (ImzMLWriter states no pixel size, and no "max dimension") given a "max dimension x/y"."""
+def _with_max_dimensions(path: Path, x: float, y: float, add_scan_settings, unit: str = "") -> Path:
+    """A 3×2 imzML (ImzMLWriter states no pixel size, and no "max dimension") given a "max dimension x/y" (with the
+    fixture ``add_scan_settings``)."""
     with ImzMLWriter(str(path), mode="continuous") as w:
         for r in range(2):
             for c in range(3):
                 w.addSpectrum(np.array([100.0, 200.0]), np.array([1.0, 2.0]), (c + 1, r + 1))
-    extra = "".join(f'<cvParam cvRef="IMS" accession="IMS:10000{a}" name="max dimension {axis}" value="{v}"{unit}/>'
-                    for a, axis, v in ((44, "x", x), (45, "y", y)))
-    text = path.read_text(encoding="iso-8859-1")
-    path.write_text(text.replace("</scanSettings>", extra + "</scanSettings>", 1), encoding="iso-8859-1")
+    add_scan_settings(path, "".join(f'<cvParam cvRef="IMS" accession="IMS:10000{a}" name="max dimension {axis}" '
+                                    f'value="{v}"{unit}/>' for a, axis, v in ((44, "x", x), (45, "y", y))))
     return path
 
 
-def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_path: Path,
-                                                                         state_imzml_pixel_size) -> None:
-    with ImzML(_with_max_dimensions(tmp_path / "dims.imzML", 75, 50)) as f:
+def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_path: Path, state_imzml_pixel_size,
+                                                                         add_scan_settings) -> None:
+    with ImzML(_with_max_dimensions(tmp_path / "dims.imzML", 75, 50, add_scan_settings)) as f:
         assert f.pixel_size_um == 25.0
         assert f.warnings == ['dims.imzML states no pixel size; 25 µm is its "max dimension" over its "max count of '
                               'pixels" (75 µm / 3 in x, 50 µm / 2 in y)']
     millimetres = ' unitCvRef="UO" unitAccession="UO:0000016" unitName="millimeter"'
-    with ImzML(_with_max_dimensions(tmp_path / "mm.imzML", 0.3, 0.2, millimetres)) as f:
+    with ImzML(_with_max_dimensions(tmp_path / "mm.imzML", 0.3, 0.2, add_scan_settings, millimetres)) as f:
         assert f.pixel_size_um == pytest.approx(100.0)
-    with ImzML(_with_max_dimensions(tmp_path / "oblong.imzML", 75, 60)) as f:  # 25 × 30 µm: not square, not used
+    oblong = _with_max_dimensions(tmp_path / "oblong.imzML", 75, 60, add_scan_settings)
+    with ImzML(oblong) as f:  # 25 × 30 µm: not square, not used
         assert f.pixel_size_um is None and f.warnings == []
-    stated = _with_max_dimensions(tmp_path / "stated.imzML", 75, 50)
+    stated = _with_max_dimensions(tmp_path / "stated.imzML", 75, 50, add_scan_settings)
     state_imzml_pixel_size(stated, 20.0)  # a stated pixel size wins, silently
     with ImzML(stated) as f:
         assert f.pixel_size_um == 20.0 and f.warnings == []
-    wrong = _with_max_dimensions(tmp_path / "wrong.imzML", 75, 50)
+    wrong = _with_max_dimensions(tmp_path / "wrong.imzML", 75, 50, add_scan_settings)
     text = wrong.read_text(encoding="iso-8859-1").replace('name="max count of pixels x" value="3"',
                                                           'name="max count of pixels x" value="3000"')
     wrong.write_text(text, encoding="iso-8859-1")
     with ImzML(wrong) as f:  # a count gone wrong derives nothing
         assert f.pixel_size_um is None and len(f.warnings) == 1 and "3000 pixels in x" in f.warnings[0]
-    short = _with_max_dimensions(tmp_path / "short.imzML", 75, 50)
+    short = _with_max_dimensions(tmp_path / "short.imzML", 75, 50, add_scan_settings)
     text = short.read_text(encoding="iso-8859-1").replace('name="max count of pixels x" value="3"',
                                                           'name="max count of pixels x" value="2"')
     short.write_text(text, encoding="iso-8859-1")
     with ImzML(short) as f:  # counts short of the spectra's span are not the image's size: 75 µm / 2 would be wrong
         assert f.shape == (2, 3) and f.pixel_size_um is None and f.warnings == []
-    one_axis = _with_max_dimensions(tmp_path / "x_only.imzML", 75, 50)
+    one_axis = _with_max_dimensions(tmp_path / "x_only.imzML", 75, 50, add_scan_settings)
     text = re.sub(r'<cvParam[^>]*name="max dimension y"[^>]*/>', "", one_axis.read_text(encoding="iso-8859-1"))
     one_axis.write_text(text, encoding="iso-8859-1")
     with ImzML(one_axis) as f:  # one axis says nothing of the other
@@ -665,8 +665,8 @@ def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_pat
                                          ('unitAccession="MS:1000132" unitName="percent of base peak"',
                                           "percent of base peak"),
                                          ("", None)])
-def test_the_intensity_unit_the_file_states_is_carried(tmp_path: Path, unit, words) -> None:
-    path = _with_max_dimensions(tmp_path / "unit.imzML", 75, 50)
+def test_the_intensity_unit_the_file_states_is_carried(tmp_path: Path, unit, words, add_scan_settings) -> None:
+    path = _with_max_dimensions(tmp_path / "unit.imzML", 75, 50, add_scan_settings)
     text = path.read_text(encoding="iso-8859-1")
     if unit is not None:
         text, n = re.subn(r'unitAccession="MS:1000131" unitName="number of detector counts"', unit, text)
