@@ -99,12 +99,18 @@ _spot_sigma = _unit_hint(_weight, SPOT_UNITS)  # --spot-sigma: ≥ 0, in fused-g
 _pixel_um = _unit_hint(_positive_float, PIXEL_UNITS)  # a pixel size in µm, > 0
 
 
-def _normalize(text: str) -> str | None:
-    """--normalize: tic, rms, or none (the raw sums, as when the option is not given)."""
+def _normalize(text: str) -> str:
+    """--normalize: tic, rms, or none (the raw sums, as when the option is not given). "none" stays a value here, so
+    that ``--normalize none`` beside ``--ion`` is an option given, like ``--tol``; see `_normalization`."""
     value = text.strip().lower()
     if value not in ("tic", "rms", "none"):
         raise argparse.ArgumentTypeError(f"expected tic, rms or none, got {text!r}")
-    return None if value == "none" else value
+    return value
+
+
+def _normalization(args: argparse.Namespace) -> str | None:
+    """The library's normalisation for --normalize: None for raw sums."""
+    return None if args.normalize in (None, "none") else args.normalize
 
 
 def _mz(text: str) -> float | tuple[float, ...]:
@@ -332,7 +338,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
         _say_warning(warning)
 
     request = ImzmlFuseRequest(Path(args.imzml), mzs, args.tol or DEFAULT_TOLERANCE, Path(args.optical),
-                               Path(args.out), _register_settings(args), _settings(args), args.normalize,
+                               Path(args.out), _register_settings(args), _settings(args), _normalization(args),
                                args.overwrite, on_warning=tell)
     record = fuse_imzml(request)
     _warn(record, told)
@@ -352,7 +358,7 @@ def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.workflows.from_imzml import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(Path(args.imzml), _mzs(args), args.tol or DEFAULT_TOLERANCE, Path(args.out),
-                                      args.normalize, args.overwrite, args.quiet))
+                                      _normalization(args), args.overwrite, args.quiet))
     _warn(record)
     for name in record["outputs"]:
         print(Path(args.out) / name)
