@@ -342,6 +342,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
                                args.overwrite, on_warning=tell)
     record = fuse_imzml(request)
     _warn(record, told)
+    _say(args, _registered(record["registration"]))
     from msifusion.harmonic.run import SMOOTHEST_LABEL, SMOOTHEST_WHY
 
     ions = list(record.get("ions", {"": record}).values())
@@ -386,21 +387,26 @@ def cmd_peaks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registered(info: dict) -> str:
+    """The summary line of a registration: its method and how good it is (the automatic search's scores, or the
+    landmarks' errors)."""
+    names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
+    quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in info.items() if k in names and isinstance(v, (int, float)))
+    errors = info.get("landmark_errors")
+    if errors:
+        largest = errors["largest"]
+        quality = (f"{errors['measure']} error median {errors['median']['ion_px']:.2f}, largest "
+                   f"{largest['ion_px']:.2f} ion pixels ({largest['landmark']})")
+    return f"registered ({info['method']}){': ' + quality if quality else ''}"
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from msifusion.workflows.from_imzml import RegisterRequest, register_files
 
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
                                             _register_settings(args), args.overwrite, args.quiet))
     _warn(record)
-    names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
-    quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in record["registration"].items()
-                        if k in names and isinstance(v, (int, float)))
-    errors = record["registration"].get("landmark_errors")
-    if errors:
-        largest = errors["largest"]
-        quality = (f"{errors['measure']} error median {errors['median']['ion_px']:.2f}, largest "
-                   f"{largest['ion_px']:.2f} ion pixels ({largest['landmark']})")
-    _say(args, f"registered ({record['registration']['method']}){': ' + quality if quality else ''}")
+    _say(args, _registered(record["registration"]))
     print(Path(args.out) / "optical_registered.tiff")
     return 0
 
