@@ -439,6 +439,16 @@ def test_mz_takes_several_values_as_repeating_it_does(command, extra):
     assert mzs("--mz", "328.9167", "345", "--mz", "12.5") == [328.9167, 345.0, 12.5]
 
 
+def test_mz_takes_several_values_in_one_quoted_argument():
+    """``--mz "$PANEL"``: a shell variable holding the panel, as one argument."""
+    from msifusion.cli import _mzs, build_parser
+
+    def mzs(*argv: str) -> tuple[float, ...]:
+        return _mzs(build_parser().parse_args(["ions", "f.imzML", "--out", "o", *argv]))
+
+    assert mzs("--mz", "328.9167  345\t12.5\n") == mzs("--mz", "328.9167", "345 12.5") == (328.9167, 345.0, 12.5)
+
+
 def test_an_imzml_file_after_mz_is_told_where_it_goes(tmp_path, capsys):
     assert _exit_code(["ions", "--out", str(tmp_path / "o"), "--mz", "100", "200", "f.imzML"]) == 2
     _assert_one_line_error(capsys, "argument --mz: expected a number > 0, got 'f.imzML'; give the .imzML file "
@@ -503,11 +513,11 @@ def test_a_write_error_without_a_file_name_names_the_output_folder(tmp_path, fil
 
 def test_comma_separated_m_z_and_an_empty_out_get_their_own_messages(tmp_path, files, capsys):
     opt, ion_path, _, _ = files
-    for listed in ("500,1234", "500.5, 1234.25"):
+    for listed, named in (("500,1234",) * 2, ("500.5, 1234.25",) * 2, ("500,5 1234,25", "500,5")):
         with pytest.raises(SystemExit) as exit_:
             main(["ions", str(tmp_path / "x.imzML"), "--mz", listed, "--out", str(tmp_path / "o")])
         assert exit_.value.code == 2
-        _assert_one_line_error(capsys, f"got {listed!r}: separate several m/z by spaces, not commas (--mz 500 1234)")
+        _assert_one_line_error(capsys, f"got {named!r}: separate several m/z by spaces, not commas (--mz 500 1234)")
     with pytest.raises(SystemExit):  # an unset shell variable: not the current folder
         _fuse(opt, ion_path, "")
     _assert_one_line_error(capsys, "argument --out: empty: name the output folder")

@@ -114,8 +114,9 @@ def _normalization(args: argparse.Namespace) -> str | None:
 
 
 def _mz(text: str) -> float | tuple[float, ...]:
-    """An m/z (> 0), or the m/z listed in a text file (:func:`msifusion.io.tables.read_mz_list`; flattened by
-    :func:`_mzs`). ``--mz`` takes several values, so it swallows an imzML file given after it: say where it goes."""
+    """An m/z (> 0), several in one quoted value (``--mz "$PANEL"``), or the m/z listed in a text file
+    (:func:`msifusion.io.tables.read_mz_list`); flattened by :func:`_mzs`. ``--mz`` takes several values, so it
+    swallows an imzML file given after it: say where it goes."""
     try:
         return _positive_float(text)
     except argparse.ArgumentTypeError as exc:
@@ -135,6 +136,8 @@ def _mz(text: str) -> float | tuple[float, ...]:
         if re.fullmatch(r"\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?)+\s*", text):
             raise argparse.ArgumentTypeError(f"{exc}: separate several m/z by spaces, not commas (--mz 500 1234), "
                                              "and write decimals with a point") from None
+        if len(text.split()) > 1:
+            return _flat([_mz(value) for value in text.split()])
         raise argparse.ArgumentTypeError(f"{exc} (or a file listing m/z)") from None
 
 
@@ -148,7 +151,12 @@ def _folder(text: str) -> str:
 
 def _mzs(args: argparse.Namespace) -> tuple[float, ...]:
     """``--mz`` as one tuple, files' lists in place."""
-    return tuple(m for given in args.mz or () for m in (given if isinstance(given, tuple) else (given,)))
+    return _flat(args.mz or ())
+
+
+def _flat(values: Sequence[float | tuple[float, ...]]) -> tuple[float, ...]:
+    """m/z values and lists of them (:func:`_mz`'s results) as one tuple, in order."""
+    return tuple(m for given in values for m in (given if isinstance(given, tuple) else (given,)))
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -194,8 +202,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
         g.add_argument("--mz", type=_mz, action="extend", nargs="+", required=required, metavar="M",
-                       help="the m/z to extract, one or more (--mz 100 200, or --mz repeated), or a text file listing "
-                            "them (one per line, or a CSV/TSV's first column; a header and # lines are skipped, so "
+                       help="the m/z to extract, one or more (--mz 100 200, --mz repeated, or --mz \"100 200\"), "
+                            "or a text file listing them (one per line, or a CSV/TSV's first column; a header and # lines are skipped, so "
                             "`msifusion peaks` output saved to a file works as it is)"),
         g.add_argument("--tol", default=None,
                        help=f"m/z window half-width, its unit attached: 5ppm, 0.01Da or 10mDa (default "
