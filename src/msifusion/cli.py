@@ -203,8 +203,8 @@ def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
         g.add_argument("--mz", type=_mz, action="extend", nargs="+", required=required, metavar="M",
                        help="the m/z to extract, one or more (--mz 100 200, --mz repeated, or --mz \"100 200\"), "
-                            "or a text file listing them (one per line, or a CSV/TSV's first column; a header and # lines are skipped, so "
-                            "`msifusion peaks` output saved to a file works as it is)"),
+                            "or a text file listing them (one per line, or a CSV/TSV's first column; a header and "
+                            "# lines are skipped, so `msifusion peaks` output saved to a file works as it is)"),
         g.add_argument("--tol", default=None,
                        help=f"m/z window half-width, its unit attached: 5ppm, 0.01Da or 10mDa (default "
                             f"{DEFAULT_TOLERANCE}); each pixel's intensities within m/z ± tol are summed"),
