@@ -143,10 +143,30 @@ def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cell
     assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-6
 
 
+@pytest.mark.parametrize("intensity", [1e-20, 1e20])
+def test_the_same_fusion_at_any_intensity_scale(cells, intensity):
+    """Tiny or huge intensities (an export in mol/µm², in raw integrated counts) choose the setting and converge as
+    the peak-normalised ion does: the solver's floors and the tests' float32 sums see the same numbers."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    report, scaled_report = HarmonicReport(), HarmonicReport()
+    plain = fuse_harmonic_many(guide, y, f, report=report)[0]
+    scaled = fuse_harmonic_many(guide, y * intensity, f, report=scaled_report)[0]
+    assert scaled_report.settings == report.settings
+    np.testing.assert_allclose(scaled / intensity, plain, rtol=0, atol=1e-5)
+
+
 def test_shape_mismatch_is_an_error(cells):
     guide, truth, f = cells
-    with pytest.raises(ValueError):
-        fuse_harmonic_many(guide, block_mean(truth, f)[None, :-1], f)
+    y = block_mean(truth, f)[None]
+    with pytest.raises(ValueError, match="guide must be"):
+        fuse_harmonic_many(guide, y[:, :-1], f)
+    with pytest.raises(ValueError, match="scale ≥ 2"):
+        fuse_harmonic_many(guide[::f, ::f], y, 1)
+    with pytest.raises(ValueError, match="guide must be"):  # a grey guide
+        fuse_harmonic_many(guide[..., 0], y, f)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        fuse_harmonic_many(guide * 255, y, f)
 
 
 def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):

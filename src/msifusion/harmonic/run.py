@@ -156,8 +156,10 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),
                        runtime: Runtime | None = None, report: HarmonicReport | None = None,
                        measurement: MeasurementModel = MeasurementModel()) -> np.ndarray:
-    """Fuse K ion images (K, h, w) (normalised units) with one guide (H, W, 3) in [0, 1]: (K, H, W) float32, each
-    exactly consistent with its measurement under ``measurement``.
+    """Fuse K ion images (K, h, w) with one guide (h·scale, w·scale, 3) in [0, 1]: (K, H, W) float32, each
+    exactly consistent with its measurement under ``measurement``. Each ion is fused in units of its own peak
+    (max |ion|) and scaled back, so that the solver's tolerances and the tests' float32 sums see the same numbers
+    at any intensity scale.
 
     A panel that a few basis images explain up to white noise is fused through them
     (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
@@ -173,14 +175,22 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
         raise ValueError(f"ions must be (K, h, w); got shape {ions.shape}")
     if not np.isfinite(ions).all():
         raise ValueError("ion images contain NaN or infinite values")
+    guide = np.asarray(guide)
+    if scale < 2 or guide.shape != (ions.shape[1] * scale, ions.shape[2] * scale, 3):
+        raise ValueError(f"the guide must be (h·scale, w·scale, 3) with scale ≥ 2; got guide {guide.shape}, ions "
+                         f"{ions.shape}, scale {scale}")
+    if not (np.isfinite(guide).all() and guide.min() >= 0 and guide.max() <= 1):
+        raise ValueError("the guide must be finite and in [0, 1]")
     device = resolve_device(runtime.device)
     # an ion measured ≤ 0 everywhere (a log or baseline-subtracted image) is fused as its mirror image, so that the
     # non-negativity step keeps it ≤ 0 as it keeps the others ≥ 0
     flat = ions.reshape(len(ions), -1)
     signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
+    peaks = np.abs(flat).max(1)
+    units = (signs * np.where(peaks > 0, peaks, 1.0).astype(np.float32)[:, None, None]).astype(np.float32)
     report = report if report is not None else HarmonicReport()
-    out = _run(guide, ions * signs, scale, config, measurement, device, report, runtime.quiet)
-    out *= signs
+    out = _run(guide, ions / units, scale, config, measurement, device, report, runtime.quiet)
+    out *= units
     report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
     return out
 
