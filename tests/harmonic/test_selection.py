@@ -187,3 +187,17 @@ def test_a_flat_texture_test_is_told_from_a_worse_strength_and_from_no_texture_a
     assert not _flat([base, base - 0.05 + noise(), base + noise(), base + noise()], 2.0, 0.0)  # 0.5 clearly better
     assert not _flat([base, base.clone(), base.clone(), base.clone()], 2.0, 0.0)  # identical: the texture does not act
     assert not _flat([base, base + noise()], 2.0, 0.0)  # two strengths: the walk itself decides
+
+
+def test_a_mixed_sign_ion_gets_no_texture_and_its_note_says_so(cells):
+    """The texture step applies to non-negative ions only (a multiplicative darkening has no meaning across zero), so
+    a mixed-sign ion's β is not walked, and its note does not say it was tested (its errors are the same for every
+    β; the flat prior would read that as "undecided" and note β = 0.5 where none is applied)."""
+    guide, truth, f = cells
+    measured = block_mean(truth, f)
+    y = (measured - measured.mean()) / np.abs(measured - measured.mean()).max()
+    report = HarmonicReport()
+    fuse_harmonic_many(guide, y[None], f, report=report)
+    note = report.notes[0]
+    assert note["chosen"] != HarmonicConfig().ladder.rungs[0]  # the ladder climbed: the texture would be tested
+    assert note["texture"] == 0.0 and note["texture_tested"] is False and note["texture_flat_prior"] is False

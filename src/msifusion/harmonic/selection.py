@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from msifusion.harmonic.config import HarmonicConfig
+from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig
 from msifusion.harmonic.panel import _Basis
 from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t
@@ -66,7 +66,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1:
         return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
                                "selection": "one setting"} for _ in range(K)]
-    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, 600_000))
+    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, WINDOW_PIXELS))
     if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
         return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
                                "selection": "image too small to test; first setting"} for _ in range(K)]
@@ -119,8 +119,8 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
                                      torch.tensor(beta, device=device), detail)
                         errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
         for k in range(stop - start):
-            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, len(betas) > 1,
-                                       len(phases))
+            testable = len(betas) > 1 and bool(nonneg[start + k])  # _finish applies β to non-negative ions only
+            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, testable, len(phases))
             chosen.append(choice)
             notes.append(note)
         del errors  # before the next group's
@@ -158,11 +158,11 @@ def _choose_one(errors: list[torch.Tensor], config: HarmonicConfig, texture_snr_
     best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
     # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
     # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
-    trusted = best > 0 or len(config.ladder.rungs) == 1
+    tested = (best > 0 or len(config.ladder.rungs) == 1) and texture_tested
     texture_errors = list(errors[best])
     texture = _walk(texture_errors, config.texture.significance, winsor=config.test.winsor_percent,
-                    ordered=True) if trusted else 0
-    prior = trusted and texture == 0 and config.texture.flat_prior and _flat(
+                    ordered=True) if tested else 0
+    prior = tested and texture == 0 and config.texture.flat_prior and _flat(
         texture_errors, config.texture.significance, config.test.winsor_percent)
     texture = 1 if prior else texture
     return (best, texture), {
@@ -170,7 +170,7 @@ def _choose_one(errors: list[torch.Tensor], config: HarmonicConfig, texture_snr_
         "chosen": ladder[best], "turned_back": best != walked,
         "kept_smoothest": best == 0 and len(ladder) > 1,  # the walk ran and took no step
         "texture": config.texture.strengths[texture],
-        "texture_tested": trusted and texture_tested, "texture_flat_prior": bool(prior),
+        "texture_tested": tested, "texture_flat_prior": bool(prior),
         "optical_texture_snr_db": texture_snr_db,
         "texture_coarse_mse": [float(e.mean()) for e in errors[best]]}
 
