@@ -132,3 +132,16 @@ def test_projection_is_the_limit_of_irani_peleg_back_projection():
     for _ in range(200):
         x += upsample((measured - block_mean(x, 4)).astype(np.float32), 4)
     np.testing.assert_allclose(project_consistent(start, measured, 4), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("spot", [0.0, 2.0])
+def test_null_projection_is_orthogonal_onto_what_the_measurement_cannot_see(spot):
+    """A(P v) = 0, P P v = P v, and v − P v is orthogonal to P v; v itself is left unchanged."""
+    v = torch.as_tensor(np.random.default_rng(3).standard_normal((32, 40)))
+    before = v.clone()
+    op = Measurement((32, 40), 8, spot)
+    pv = op.null_project(v)
+    assert torch.equal(v, before)
+    np.testing.assert_allclose(op.A(pv).numpy(), 0, atol=1e-12)
+    np.testing.assert_allclose(op.null_project(pv).numpy(), pv.numpy(), atol=1e-12)
+    assert abs(float(((v - pv) * pv).sum())) < 1e-9

@@ -122,6 +122,15 @@ def block_spread_t(r: torch.Tensor, f: int) -> torch.Tensor:
     return r.repeat_interleave(f, -2).repeat_interleave(f, -1)
 
 
+def block_project(v: torch.Tensor, f: int) -> torch.Tensor:
+    """In place: subtract each f×f block's mean (the orthogonal projection onto zero block means: the box model's
+    null space)."""
+    H, W = v.shape[-2:]
+    blocks = v.view(*v.shape[:-2], H // f, f, W // f, f)
+    blocks.sub_(blocks.sum(-3, keepdim=True).sum(-1, keepdim=True).div_(f * f))
+    return v
+
+
 def bilinear_up_t(r: torch.Tensor, f: int) -> torch.Tensor:
     """OpenCV-convention (half-pixel) bilinear upsampling of the last two axes by ``f``."""
     shape = r.shape
@@ -204,7 +213,7 @@ class Measurement:
         """Orthogonal projection onto {v : A v = 0}."""
         if self.spot > 0:
             return v - self.At(self._solve_aat(self.A(v)))
-        return v - block_spread_t(block_mean_t(v, self.f), self.f)
+        return block_project(v.clone(), self.f)
 
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Exact, smooth projection onto {x : A x = y}: x + B (A B)⁻¹ (y − A x), B = bilinear upsampling.

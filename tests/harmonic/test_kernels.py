@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from msifusion.harmonic import kernels
-from msifusion.harmonic.solver import Multigrid, _aggregate, block_project, solve_harmonic
-from msifusion.measurement import Measurement, bilinear_up_t
+from msifusion.harmonic.solver import Multigrid, _aggregate, solve_harmonic
+from msifusion.measurement import Measurement, bilinear_up_t, block_project
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
 
