@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from msifusion.harmonic import colour_differences
+from msifusion.harmonic import colour_differences, edge_scales
 from msifusion.io.images import luminance
 from msifusion.measurement import block_mean, upsample
 
@@ -108,9 +108,10 @@ class DiffusionConfig:
 
 def _conductances(guide: np.ndarray, kappa: float | None) -> tuple[np.ndarray, np.ndarray]:
     g = np.asarray(guide, dtype=np.float32)
-    dh, dv = (d.numpy() for d in colour_differences(torch.as_tensor(g[..., None] if g.ndim == 2 else g)))
-    if kappa is None:
-        kappa = max(float(np.percentile(np.concatenate([dh.ravel(), dv.ravel()]), 90)), 1e-3)
+    g = g[..., None] if g.ndim == 2 else g
+    dh, dv = (d.numpy() for d in colour_differences(torch.as_tensor(g)))
+    if kappa is None:  # over every pair, however large the guide, as the published method does
+        kappa = edge_scales(g, (90.0,), max_samples=g.shape[0] * g.shape[1] * 2)[90.0]
     return np.exp(-((dh / kappa) ** 2)), np.exp(-((dv / kappa) ** 2))
 
 
@@ -118,7 +119,9 @@ def _rescale_blocks(x: np.ndarray, measured: np.ndarray, scale: int) -> None:
     """Make every block mean equal ``measured``, in place.
 
     Multiplicative (DADA's adjustment) where the block is non-negative with a positive mean
-    and the measurement is non-negative: zero background stays zero; additive elsewhere.
+    and the measurement is non-negative: zero background stays zero; additive elsewhere. The
+    published method's own step, run inside its loop: unlike the default method's
+    :func:`msifusion.measurement.positive_rescale` it clips nothing, so mixed-sign images stay as DADA leaves them.
     """
     h, w = measured.shape
     blocks = x.reshape(h, scale, w, scale)

@@ -75,8 +75,10 @@ class TextureSettings:
     flat_prior: bool = True
 
     def __post_init__(self) -> None:
-        if not self.strengths or self.sigma_px <= 0 or self.significance < 0:
-            raise ValueError("texture needs strengths (at least one), sigma_px > 0 and significance ≥ 0")
+        steps_up = all(a < b for a, b in zip(self.strengths, self.strengths[1:]))
+        if not self.strengths or min(self.strengths) < 0 or not steps_up or self.sigma_px <= 0 or self.significance < 0:
+            raise ValueError("texture needs strengths (at least one, ≥ 0, increasing: β's walk steps up them in order), "
+                             "sigma_px > 0 and significance ≥ 0")
 
     @classmethod
     def off(cls) -> TextureSettings:
@@ -84,18 +86,22 @@ class TextureSettings:
         return cls(strengths=(0.0,))
 
 
+WINDOW_PIXELS = 600_000  # one phase's central window at most, in fine pixels (0.15-0.3 s of test per ginkgo-sized
+# ion, docs/benchmarks.md §1): CoarseTest.pixels beyond it buys shifted phases, not a larger window
+
+
 @dataclass(frozen=True)
 class CoarseTest:
     """The self-supervised test behind both walks (the ladder's and β's): the measurement block-averaged 2×2 is
     fused and predicted back at the measured grid.
 
-    ``pixels``: at most this many fine pixels in all (a central window of at most 600 000, in up to four shifted
-    phases), so that the choice costs little on large images and is steady on small ones; its solves start from
-    the previous setting's solution and stop at the looser ``tolerance`` (a ranking needs less precision than an
-    output). ``winsor_percent``: the walks' paired per-block differences are clipped to their percentiles at this
-    value and 100 minus it before the mean test, so that a few hot MSI pixels, whose blocks no setting predicts,
-    cannot hide the gain of the rest (measured: three hot pixels at 20× the 99th percentile dropped the test to the
-    bottom rung and the ion by 2–3 dB).
+    ``pixels``: at most this many fine pixels in all (a central window of at most :data:`WINDOW_PIXELS`, in up to
+    four shifted phases), so that the choice costs little on large images and is steady on small ones; its solves
+    start from the previous setting's solution before refinement and stop at the looser ``tolerance`` (a ranking
+    needs less precision than an output). ``winsor_percent``: the walks' paired per-block differences are clipped to
+    their percentiles at this value and 100 minus it before the mean test, so that a few hot MSI pixels, whose
+    blocks no setting predicts, cannot hide the gain of the rest (measured: three hot pixels at 20× the 99th
+    percentile dropped the test to the bottom rung and the ion by 2–3 dB).
     """
 
     pixels: int = 1_200_000

@@ -3,7 +3,7 @@
 The solver's work is graph-Laplacian products and projected Jacobi-preconditioned CG steps
 on full-size images. Written as torch element-wise operations, one step is about ten
 passes over memory (the Laplacian alone is five), and on a CPU the solver is bound by that
-traffic, not by arithmetic. Fused here band by band (f rows of MSI blocks at a time, so the
+traffic, not by arithmetic. Fused here band by band (one row of MSI blocks, f pixel rows, at a time, so the
 block-mean projection stays in cache), a CG step is three passes: measured at 980×2700 on
 2 cores, 1.5 ms against 4.4 ms for a Laplacian and about 2.5× for a whole refinement pass
 (docs/benchmarks.md §2). ``torch.compile`` of the same step was slower than eager torch.

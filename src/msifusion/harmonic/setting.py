@@ -6,7 +6,7 @@ the refinement is an early-stopped solve, see the package docstring) and the non
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -102,9 +102,9 @@ class _Problem:
     f: int
     taus: torch.Tensor  # (K, 1, 1)
     shared: _Guide
-    diffs: tuple[torch.Tensor, torch.Tensor] | None = None
-    op: Measurement | None = None
-    edge: EdgeTerm | None = None
+    diffs: tuple[torch.Tensor, torch.Tensor] = field(init=False)
+    op: Measurement = field(init=False)
+    edge: EdgeTerm | None = field(init=False, default=None)
 
     @property
     def config(self) -> HarmonicConfig:
