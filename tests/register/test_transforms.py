@@ -345,3 +345,23 @@ def test_landmark_errors_need_four_and_skip_a_landmark_whose_others_lie_on_a_lin
     thin_set = Landmarks(moving=thin * 4 + [3, 5], fixed=thin, names=("a", "b", "c", "d"))
     ThinPlateSpline(thin_set)
     assert landmark_errors(thin_set, "tps", 1.0) is None  # nothing measurable: no record, no traceback
+
+
+def test_landmarks_placed_in_cm_or_inches_are_named_so() -> None:
+    """Fiji's own TIFF opener shows a TIFF's resolution unit: msifusion's ion TIFFs in cm, a scanner's in inches.
+    Landmarks placed there crowd each image's corner (a 2.5 mm grid in cm spans 0–0.25): refused, naming the unit
+    that puts each set across its image; the same set in µm passes."""
+    fixed = Grid((40, 100), 25.0)  # the ion grid, 25 µm
+    moving = Grid((800, 2000), 1.25)  # the same section at 1.25 µm
+    inside = np.array([[100.0, 100.0], [2300.0, 150.0], [1200.0, 900.0], [300.0, 800.0]])
+    names = ("Pt-0", "Pt-1", "Pt-2", "Pt-3")
+    assert check_landmarks(Landmarks(moving=inside, fixed=inside, names=names), fixed, moving) == []
+    in_fiji = Landmarks(moving=inside / 25_400, fixed=inside / 1e4, names=names, source="lm.csv")
+    with pytest.raises(InputError, match=r"fixed \(ion\) landmarks \(x 0\.01–0\.23, [^;]*; [^;]*read in cm lie "
+                                         r"across it; the moving \(optical\) landmarks [^;]*; [^;]*read in cm or "
+                                         r"inches lie across it: .*\(File ▸ Import ▸ Bio-Formats\)"):
+        check_landmarks(in_fiji, fixed, moving)
+    only_ion = Landmarks(moving=inside, fixed=inside / 1e4, names=names)  # the optical opened with Bio-Formats
+    with pytest.raises(InputError, match=r"^the fixed \(ion\) landmarks .*read in cm lie across it: were they") as exc:
+        check_landmarks(only_ion, fixed, moving)
+    assert "moving" not in str(exc.value)

@@ -34,8 +34,8 @@ from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRe
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
 from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, LandmarkErrors, PointMap, ThinPlateSpline,
-                                           check_landmarks, landmark_errors, landmarks_from_transform, spline_fold,
-                                           transform_from_landmarks)
+                                           check_landmarks, landmark_errors, landmarks_from_transform, misfit_hint,
+                                           spline_fold, transform_from_landmarks)
 from msifusion.report import LandmarkMark, save_alignments, save_overlay, save_rgb_png
 
 
@@ -290,7 +290,8 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
     landmarks, converted = _in_this_runs_units(landmarks, optical, settings)
-    outside = check_landmarks(landmarks, fiji_fixed, _full_resolution(moving, optical))
+    full_moving = _full_resolution(moving, optical)
+    outside = check_landmarks(landmarks, fiji_fixed, full_moving)
     ion_grid = fiji_fixed.coarsened(k)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
     warnings += [*([converted] if converted else []), *outside]
@@ -331,8 +332,9 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     # MSI has no pixel size, --fixed-pixel-size is taken as µm
     affine = AffineMap.from_landmarks(landmarks)
     fixed_unit_um = px / (p_fixed * k) if px else (1.0 if settings.fixed_pixel_size else None)
-    missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion "
-              "grid outside this image; check the landmarks' units (pixels vs µm) and which image is fixed")
+    missed = (f"the landmark transform ({kind}) from {settings.landmarks.name} maps the whole ion grid outside this "
+              "image; " + misfit_hint(landmarks, fiji_fixed, full_moving,
+                                      "check the landmarks' units (pixels vs µm) and which image is fixed"))
     return _Alignment(transform, ion_grid, landmarks, info, warnings, msi.images[0], None, affine, fixed_unit_um,
                       missed, errors)
 

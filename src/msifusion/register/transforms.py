@@ -228,12 +228,38 @@ def _exchanged_fit(landmarks: Landmarks, fixed: Grid, moving: Grid) -> bool:
         or moving.outside(landmarks.fixed, pixels=EDGE_PIXELS).any())
 
 
-def _misfit_hint(landmarks: Landmarks, fixed: Grid, moving: Grid, otherwise: str) -> str:
-    """What would put every landmark inside its image, x and y swapped or the two sets exchanged, else
-    ``otherwise``."""
+LENGTH_UNITS = ((1e4, "cm"), (25_400.0, "inches"), (1e3, "mm"))  # µm per unit: what Fiji's own TIFF opener shows
+
+
+def _length_unit_hint(landmarks: Landmarks, fixed: Grid, moving: Grid) -> str | None:
+    """Which set crowds its image's origin corner yet, read in cm, inches or mm instead of µm, would lie across it:
+    landmarks placed in Fiji on images opened with its own TIFF opener, which shows a TIFF's resolution tags in their
+    unit (cm for msifusion's, often inches for a scanner's) where Bio-Formats shows µm. None where no set is so."""
+    found = []
+    for which, pts, grid in (("fixed (ion)", landmarks.fixed, fixed), ("moving (optical)", landmarks.moving, moving)):
+        if _relative_span(pts, grid) < SQUEEZED_SPAN and _in_origin_corner(pts, grid):
+            units = [unit for factor, unit in LENGTH_UNITS if not grid.outside(pts * factor, pixels=EDGE_PIXELS).any()
+                     and _relative_span(pts * factor, grid) > SPREAD_SPAN]
+            if units:
+                found.append(f"the {which} landmarks (x {pts[:, 0].min():.4g}–{pts[:, 0].max():.4g}, y "
+                             f"{pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; {_extent_text(grid)}) crowd its corner, "
+                             f"yet read in {' or '.join(units)} lie across it")
+    if not found:
+        return None
+    return (f"{'; '.join(found)}: were they placed in Fiji on images opened with File ▸ Open, which shows a TIFF's "
+            "calibration in its resolution unit? Open both with Bio-Formats (File ▸ Import ▸ Bio-Formats), whose "
+            "units are µm, and place them again, or give --fixed-pixel-size and --optical-pixel-size in the "
+            "landmarks' units")
+
+
+def misfit_hint(landmarks: Landmarks, fixed: Grid, moving: Grid, otherwise: str) -> str:
+    """What would put every landmark inside its image (x and y swapped, the two sets exchanged, or a set read in
+    another length unit), else ``otherwise``."""
     if _swapped_fit(landmarks, fixed, moving):
         return SWAP_HINT
-    return EXCHANGE_HINT if _exchanged_fit(landmarks, fixed, moving) else otherwise
+    if _exchanged_fit(landmarks, fixed, moving):
+        return EXCHANGE_HINT
+    return _length_unit_hint(landmarks, fixed, moving) or otherwise
 
 
 def _named_points(landmarks: Landmarks, points: np.ndarray, bad: np.ndarray) -> str:
@@ -262,7 +288,8 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
     or a typo), and warn of those that lie outside their image.
 
     Refused: any landmark more than half an image size outside its image (one such point is
-    enough to distort a thin-plate spline everywhere), and sets squeezed into the origin corner of
+    enough to distort a thin-plate spline everywhere), a set in cm, inches or mm where its image is in µm
+    (:func:`_length_unit_hint`), and sets squeezed into the origin corner of
     one image (under ``SQUEEZED_SPAN`` of its diagonal, :func:`_in_origin_corner`) while spread over
     the other (over ``SPREAD_SPAN``, and ``SPAN_DISAGREEMENT`` times more, within 3× of that image's
     pixel size): no section shrinks 10× between its two images, but coordinates in pixels on a grid
@@ -290,7 +317,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
             hint += " Or were they placed on the ion image enlarged in Fiji? Give the enlargement with --fixed-scale"
         raise InputError(landmarks.source,
                          f"{what} far outside that image (more than half its size beyond its edge; {_extent_text(grid)}); "
-                         f"{_misfit_hint(landmarks, fixed, moving, hint)}")
+                         f"{misfit_hint(landmarks, fixed, moving, hint)}")
     spans = [_relative_span(pts, grid) for _, pts, grid in sides]
     for k in (0, 1):
         small, large = spans[k], spans[1 - k]
@@ -304,6 +331,9 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
                 f"{pts[:, 0].max():.4g}, y {pts[:, 1].min():.4g}–{pts[:, 1].max():.4g}; {_extent_text(grid)}) but the "
                 f"{sides[1 - k][0]} ones {100 * large:.0f}% of theirs: the two sets disagree in scale "
                 f"{large / small:.0f}×; {UNITS_HINT}")
+    units = _length_unit_hint(landmarks, fixed, moving)  # a set within a thousandth of its image's corner
+    if units:
+        raise InputError(landmarks.source, units)
     warnings = []
     for which, pts, grid in sides:
         bad = np.flatnonzero(grid.outside(pts, pixels=EDGE_PIXELS))
@@ -315,7 +345,7 @@ def check_landmarks(landmarks: Landmarks, fixed: Grid, moving: Grid) -> list[str
                             f"{'lies' if len(bad) == 1 else 'lie'} outside that image, up to "
                             f"{beyond.max() / grid.pixel_size:.3g} pixels beyond its edge ({_extent_text(grid)}), where "
                             "it shows nothing to match; "
-                            f"{_misfit_hint(landmarks, fixed, moving, 'check them in BigWarp')}")
+                            f"{misfit_hint(landmarks, fixed, moving, 'check them in BigWarp')}")
     return warnings
 
 
