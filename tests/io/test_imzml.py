@@ -108,6 +108,25 @@ def _ions(path: Path, mzs: list[float], tol, normalize=None):
 # ----------------------------------------------------------------------------- continuous
 
 
+def test_pixels_without_a_spectrum_are_marked_apart_from_measured_zeros(continuous, tmp_path) -> None:
+    """They hold 0 in every ion image, as a measured 0 would: acquired.tiff (and the summary's count) says which."""
+    path, _ = continuous
+    stack = _ions(path, [200.0], "5ppm")
+    expected = np.ones((H, W), bool)
+    for r, c in MISSING:
+        expected[r, c] = False
+    np.testing.assert_array_equal(stack.acquired, expected)
+    with imzml.ImzML(path) as f:
+        assert f.summary()["pixels_without_spectrum"] == len(MISSING)
+    (written,) = imzml.write_acquired(stack, tmp_path)
+    assert written == tmp_path / "acquired.tiff"
+    with tifffile.TiffFile(written) as tif:
+        np.testing.assert_array_equal(tif.asarray(), expected.astype(np.float32))
+        assert 'PhysicalSizeX="20.0"' in tif.ome_metadata and 'Name="acquired"' in tif.ome_metadata
+    full = imzml.IonStack(stack.images, stack.mzs, stack.tolerance, 20.0, acquired=np.ones((H, W), bool))
+    assert imzml.write_acquired(full, tmp_path / "full") == []
+
+
 def test_continuous_window_sums_exact(continuous) -> None:
     path, spectra = continuous
     stack = _ions(path, [200.0, 100.0, 150.0], "5ppm")

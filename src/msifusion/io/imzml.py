@@ -131,6 +131,7 @@ class IonStack:
     mz_range: tuple[float, float] = (float("nan"), float("nan"))
     normalize_scale: float | None = None  # normalised images are intensity / the pixel's TIC (RMS) × this median
     intensity_unit: str | None = None  # the unit the file states for its intensities ("detector counts")
+    acquired: np.ndarray | None = None  # (H, W) bool: where the file has a spectrum; elsewhere the images hold 0
 
     @property
     def units(self) -> str:
@@ -322,6 +323,7 @@ class ImzML:
             "mode": "continuous" if lay.continuous else "processed",
             "spectrum_type": {True: "centroid", False: "profile", None: "unknown"}[lay.centroid],
             "n_spectra": self.n_spectra,
+            "pixels_without_spectrum": int(lay.shape[0] * lay.shape[1] - self.n_spectra),  # each has its own pixel
             "n_channels": int(lay.mz_lengths[0]) if lay.continuous else None,
             "mz_range": self.mz_range,
             "mz_axis_sorted": bool(np.all(np.diff(self._shared_mz()) >= 0)) if lay.continuous else None,
@@ -410,6 +412,13 @@ class ImzML:
             yield mz, it
 
     # -- images
+    @property
+    def acquired(self) -> np.ndarray:
+        """(H, W) bool: True where the file has a spectrum; the images' other pixels are 0 without being measured."""
+        out = np.zeros(self.shape, dtype=bool)
+        out[self.layout.coords[:, 1], self.layout.coords[:, 0]] = True
+        return out
+
     def _scatter(self, values: np.ndarray) -> np.ndarray:
         """(spectra, k) values → (k, H, W) float32 images; pixels without a spectrum are 0."""
         h, w = self.shape
@@ -478,6 +487,7 @@ class ImzML:
             mz_range=self.mz_range,
             normalize_scale=scale,
             intensity_unit=self.layout.intensity_unit,
+            acquired=self.acquired,
         )
 
     def _window_sums(self, lo: np.ndarray, hi: np.ndarray, normalize: Normalize, profiled: np.ndarray | None = None
@@ -993,6 +1003,20 @@ def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
              for name, label, img in zip(stack.names, stack.labels, stack.images)]
     paths.append(write_ion_stack(stack, out / "ions.ome.tiff"))
     return paths
+
+
+ACQUIRED_FILE = "acquired.tiff"
+
+
+def write_acquired(stack: IonStack, out_dir: str | Path) -> list[Path]:
+    """``DIR/acquired.tiff`` (1 where the imzML has a spectrum, 0 where it has none), calibrated as the ion images,
+    where some pixel of the grid has no spectrum: there the ion images hold 0, which a measured 0 cannot be told from.
+    Returns its path, or nothing for a fully acquired grid."""
+    from msifusion.io.images import write_tiff
+
+    if stack.acquired is None or stack.acquired.all():
+        return []
+    return [write_tiff(Path(out_dir) / ACQUIRED_FILE, stack.acquired, stack.pixel_size_um, ["acquired"])]
 
 
 def write_ion_stack(stack: IonStack, path: str | Path) -> Path:

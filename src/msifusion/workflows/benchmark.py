@@ -260,7 +260,7 @@ def prostate_cases(factors: Sequence[int], prostate_dir: Path | None = None,
     guide = np.clip(guide, 0, 1).astype(np.float32)
     crop = math.lcm(*factors)
     guide = crop_to_multiple(guide, crop)
-    acquired = crop_to_multiple(np.any(tissue != 0, axis=0), crop)  # pixels with a spectrum
+    acquired = crop_to_multiple(stack.acquired, crop)  # pixels with a spectrum
     info = {"imzml": str(imzml_path), "he": str(he_path), "mzs": mzs, "tolerance": PROSTATE_TOLERANCE,
             "registration": {k: getattr(registration, k) for k in ("score", "correlation", "nmi", "metric")
                              if isinstance(getattr(registration, k, None), (int, float))}}

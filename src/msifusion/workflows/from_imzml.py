@@ -18,8 +18,8 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import check_optical, write_tiff
-from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_ion_stack,
-                                write_ion_tiffs)
+from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_acquired,
+                                write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many
@@ -96,7 +96,7 @@ def extract_ions(request: IonsRequest) -> dict:
                                              "give --pixel-size UM when you fuse them with --ion",
                                              ("ion TIFFs", "ions.png")))
     with run.staged() as stage:
-        paths = write_ion_tiffs(stack, stage)
+        paths = write_ion_tiffs(stack, stage) + write_acquired(stack, stage)
         paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
                                    _grid_title("measured", stack.pixel_size_um, stack.units)))
         record = {**run.header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
@@ -315,6 +315,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     with run.staged() as stage:
         registration_outputs = write_registration(stage, registered, stack.pixel_size_um, request.optical,
                                                   request.imzml)
+        acquired = [path.name for path in write_acquired(stack, stage)]
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
                   "input_files": run.input_files, "register_settings": asdict(request.register),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
@@ -354,8 +355,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             _write_panel(stage, stack, fused, scale, request.settings.method, quiet)
             summary = panel_record(records, stack.names, registered.warnings)
             summary.update(mzs=list(stack.mzs), outputs=[*registration_outputs, "fused.ome.tiff", "ions.ome.tiff",
-                                                         "ions.png", "fused.png", *(f"mz_{n}/" for n in stack.names),
-                                                         "run.json"],
+                                                         "ions.png", "fused.png", *acquired,
+                                                         *(f"mz_{n}/" for n in stack.names), "run.json"],
                            panel_parts=parts)
             return run.finish(stage, summary, load_and_register=load_s, fuse_panel=fuse_s)
         return run.finish(stage, records[0], load_and_register=load_s)
