@@ -26,15 +26,20 @@ def test_calibrated_tiff_carries_pixel_size_and_channel_names(tmp_path):
 
 
 def test_the_same_image_written_twice_is_the_same_file(tmp_path):
+    """In two folders under one name (the OME image is named after its file: "image")."""
+    def at(folder: str):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        return tmp_path / folder / "image.ome.tiff"
+
     image = np.random.default_rng(0).random((4, 5)).astype(np.float32)
-    first, again = (write_tiff(tmp_path / name, image, pixel_size_um=2.5).read_bytes() for name in ("a.tiff", "b.tiff"))
-    assert first == again
-    other = write_tiff(tmp_path / "c.tiff", image + 1, pixel_size_um=2.5)
-    with tifffile.TiffFile(tmp_path / "a.tiff") as a, tifffile.TiffFile(other) as c:
+    first, again = (write_tiff(at(folder), image, pixel_size_um=2.5).read_bytes() for folder in ("a", "b"))
+    assert first == again and b'Name="image"' in first
+    other = write_tiff(at("c"), image + 1, pixel_size_um=2.5)
+    with tifffile.TiffFile(at("a")) as a, tifffile.TiffFile(other) as c:
         uuids = [re.search(r'UUID="urn:uuid:([0-9a-f-]+)"', tif.ome_metadata).group(1) for tif in (a, c)]
     assert uuids[0] != uuids[1]  # a file's UUID still names its content
     rgb = np.random.default_rng(1).random((4, 5, 3))
-    assert (write_rgb_tiff(tmp_path / "d.tiff", rgb).read_bytes() == write_rgb_tiff(tmp_path / "e.tiff", rgb).read_bytes())
+    assert write_rgb_tiff(at("d"), rgb).read_bytes() == write_rgb_tiff(at("e"), rgb).read_bytes()
 
 
 def test_rgb_tiff_round_trip_as_optical(tmp_path):
@@ -394,8 +399,9 @@ def test_an_ion_stack_given_as_the_optical_is_refused(tmp_path):
 def test_a_stack_given_page_by_page_is_the_same_file_as_the_stacked_array(tmp_path):
     pages = [np.random.default_rng(k).random((6, 9)).astype(np.float32) for k in range(3)]
     names = ["m/z 100.0000", "m/z 200.0000", "m/z 300.0000"]
-    whole = write_tiff(tmp_path / "whole.ome.tiff", np.stack(pages), 2.5, names)
-    paged = write_tiff(tmp_path / "paged.ome.tiff", pages, 2.5, names)
+    (tmp_path / "paged").mkdir()
+    whole = write_tiff(tmp_path / "stack.ome.tiff", np.stack(pages), 2.5, names)
+    paged = write_tiff(tmp_path / "paged" / "stack.ome.tiff", pages, 2.5, names)
     assert paged.read_bytes() == whole.read_bytes()  # pixels, calibration, channel names and content UUID alike
     with pytest.raises(ValueError, match="one shape"):
         write_tiff(tmp_path / "bad.ome.tiff", [pages[0], pages[1][:5]], 2.5)
@@ -481,7 +487,8 @@ def test_keeping_each_pyramid_level_to_halve_the_next_writes_the_same_bytes(tmp_
     assert len(calls) == 2 * 3  # each page halved once per level below the first
     calls.clear()
     monkeypatch.setattr(tiff, "KEEP_LEVELS_BYTES", 0)  # a stack too large to keep: halved from full size each time
-    again = write_tiff(tmp_path / "again.ome.tiff", list(stack), 0.5).read_bytes()
+    (tmp_path / "again").mkdir()
+    again = write_tiff(tmp_path / "again" / "kept.ome.tiff", list(stack), 0.5).read_bytes()
     assert len(calls) == 2 * (1 + 2 + 3) and again == kept
 
 

@@ -370,6 +370,12 @@ def write_tiff(
     return _write_ome(path, data, metadata, pixel_size_um, "minisblack", shape)
 
 
+def file_title(path: Path) -> str:
+    """A file's name without its extension, and an OME-TIFF's without its ``.ome`` too (ion.ome.tif: "ion")."""
+    stem = path.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > len(".ome") else stem
+
+
 def rgb_to_uint8(rgb: np.ndarray) -> np.ndarray:
     """A float RGB image in [0, 1] as 8-bit, as every RGB file msifusion writes holds it (rounded, clipped)."""
     return np.clip(np.round(np.asarray(rgb) * 255.0), 0, 255).astype(np.uint8)
@@ -442,7 +448,7 @@ def _write_ome(path: str | Path, data: np.ndarray | Sequence[np.ndarray], metada
     import tifffile
 
     check_pixel_size("pixel_size_um", pixel_size_um)
-    metadata = dict(metadata)
+    metadata = {"Name": file_title(Path(path)), **metadata}  # as QuPath and napari list the image ("Image0" otherwise)
     options = {"photometric": photometric, "compression": COMPRESSION, "maxworkers": min(4, os.cpu_count() or 1),
                "compressionargs": {"level": 1}}  # level 1: as small as the default's on float images, in 3/4 the time
     if pixel_size_um:

@@ -17,6 +17,7 @@ from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
+from msifusion.io.tiff import file_title
 from msifusion.io.units import check_pixel_size, coarse_optical_warning
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_methods,
                                check_scale, fuse, infer_scale, spot_dip_note)
@@ -132,14 +133,8 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
                             f"{pixel_size:.3g} µm per ion pixel")
     coarse = coarse_optical_warning(h / H, scale, pixel_size)
     warnings += [coarse] if coarse else []
-    name = ion.name or (_title(ion.path) if ion.path else "ion")  # an OME channel name (m/z …) before the file's
+    name = ion.name or (file_title(ion.path) if ion.path else "ion")  # an OME channel name (m/z …) before the file's
     return RegisteredPair(guide, ion.pixels, scale, pixel_size, name, notes, warnings)
-
-
-def _title(path: Path) -> str:
-    """A file's name without its extension, and an OME-TIFF's without its ``.ome`` too (ion.ome.tif: "ion")."""
-    stem = path.stem
-    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > len(".ome") else stem
 
 
 def _resize(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
