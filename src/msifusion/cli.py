@@ -401,7 +401,10 @@ def _registered(info: dict) -> str:
     names = {"score": "score", "correlation": "correlation", "nmi": "NMI"}
     quality = ", ".join(f"{names[k]} {v:.3g}" for k, v in info.items() if k in names and isinstance(v, (int, float)))
     errors = info.get("landmark_errors")
-    if errors:
+    if errors and errors["largest"]["ion_px"] < 0.005:  # fed back from a run, whose landmarks sample its transform
+        quality = (f"{errors['measure']} error 0.00 ion pixels at every landmark: they lie on one transform, as a "
+                   "run's own landmarks.csv does, so this says nothing of its accuracy")
+    elif errors:
         largest = errors["largest"]
         quality = (f"{errors['measure']} error median {errors['median']['ion_px']:.2f}, largest "
                    f"{largest['ion_px']:.2f} ion pixels ({largest['landmark']})")
