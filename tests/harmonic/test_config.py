@@ -24,7 +24,8 @@ from msifusion.measurement import MeasurementModel
     (MeasurementModel, dict(spot_sigma_px=float("nan"))),
     (PanelSettings, dict(ion_batch=0)), (PanelSettings, dict(min_ions=1)), (PanelSettings, dict(whiteness=1.0)),
     (TextureSettings, dict(strengths=())), (TextureSettings, dict(strengths=(0.5, 0.0))),
-    (TextureSettings, dict(strengths=(-1.0,))), (TextureSettings, dict(sigma_px=0.0)), (TextureSettings, dict(significance=-1.0)),
+    (TextureSettings, dict(strengths=(-1.0,))), (TextureSettings, dict(sigma_px=0.0)),
+    (TextureSettings, dict(significance=-1.0)),
     (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
 def test_config_rejects_nonsense(group, bad):
     (name,) = bad

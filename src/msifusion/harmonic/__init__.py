@@ -3,7 +3,8 @@
 Eight modules, each readable on its own, each importing only those listed before it (names with a leading
 underscore are shared between them, not offered to users):
 
-- :mod:`msifusion.harmonic.kernels`: the solver's fused CPU kernels (numba), its torch path's answers to float32 rounding;
+- :mod:`msifusion.harmonic.kernels`: the solver's fused CPU kernels (numba), its torch path's answers to float32
+  rounding;
 - :mod:`msifusion.harmonic.solver`: the exact solver, projected conjugate gradients under ``A x = y`` with an
   aggregation multigrid whose levels nest in the MSI blocks;
 - :mod:`msifusion.harmonic.config`: :class:`HarmonicConfig` and its groups of settings, each checking its own values;

@@ -77,8 +77,8 @@ class TextureSettings:
     def __post_init__(self) -> None:
         steps_up = all(a < b for a, b in zip(self.strengths, self.strengths[1:]))
         if not self.strengths or min(self.strengths) < 0 or not steps_up or self.sigma_px <= 0 or self.significance < 0:
-            raise ValueError("texture needs strengths (at least one, ≥ 0, increasing: β's walk steps up them in order), "
-                             "sigma_px > 0 and significance ≥ 0")
+            raise ValueError("texture needs strengths (at least one, ≥ 0, increasing: β's walk steps up them in "
+                             "order), sigma_px > 0 and significance ≥ 0")
 
     @classmethod
     def off(cls) -> TextureSettings:

@@ -4,9 +4,9 @@ pixels have the measured means.
 :func:`solve_harmonic` minimises ``xᵀ L x`` (L: the 4-neighbour graph Laplacian of conductances ``wh``, ``wv``;
 optionally plus the edge perceptual term, :class:`EdgeTerm`) over ``{x : A x = A x0}`` by projected conjugate
 gradients: the projection onto images with zero block means is "subtract each f×f block's mean"
-(:func:`msifusion.measurement.block_project`), and the preconditioner is an aggregation multigrid V-cycle whose levels nest in the MSI
-blocks (:class:`Multigrid`), or projected Jacobi. Batched over leading axes (one image per ion), each image
-stopping on its own. On CPU the Laplacian and the Jacobi-preconditioned solve run as fused kernels
+(:func:`msifusion.measurement.block_project`), and the preconditioner is an aggregation multigrid V-cycle whose
+levels nest in the MSI blocks (:class:`Multigrid`), or projected Jacobi. Batched over leading axes (one image per
+ion), each image stopping on its own. On CPU the Laplacian and the Jacobi-preconditioned solve run as fused kernels
 (:mod:`msifusion.harmonic.kernels`). The method around it (conductances, settings, texture, panels) is
 :mod:`msifusion.harmonic`.
 """
