@@ -158,7 +158,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
                        measurement: MeasurementModel = MeasurementModel()) -> np.ndarray:
     """Fuse K ion images (K, h, w) with one guide (h·scale, w·scale, 3) in [0, 1]: (K, H, W) float32, each
     exactly consistent with its measurement under ``measurement``. Each ion is fused in units of its own peak
-    (max |ion|) and scaled back, so that the solver's tolerances and the tests' float32 sums see the same numbers
+    (max |ion|) and scaled back, so that the solver's floors and the coarse test's float32 sums see the same numbers
     at any intensity scale.
 
     A panel that a few basis images explain up to white noise is fused through them
