@@ -323,7 +323,7 @@ class ImzML:
             "mode": "continuous" if lay.continuous else "processed",
             "spectrum_type": {True: "centroid", False: "profile", None: "unknown"}[lay.centroid],
             "n_spectra": self.n_spectra,
-            "pixels_without_spectrum": int(lay.shape[0] * lay.shape[1] - self.n_spectra),  # each has its own pixel
+            "pixels_without_spectrum": int((~self.acquired).sum()),  # as acquired.tiff marks them
             "n_channels": int(lay.mz_lengths[0]) if lay.continuous else None,
             "mz_range": self.mz_range,
             "mz_axis_sorted": bool(np.all(np.diff(self._shared_mz()) >= 0)) if lay.continuous else None,
