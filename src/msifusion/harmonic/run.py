@@ -187,7 +187,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     flat = ions.reshape(len(ions), -1)
     signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
     peaks = np.abs(flat).max(1)
-    units = (signs * np.where(peaks > 0, peaks, 1.0).astype(np.float32)[:, None, None]).astype(np.float32)
+    units = signs * np.where(peaks > 0, peaks, 1.0).astype(np.float32)[:, None, None]  # float32 × float32
     report = report if report is not None else HarmonicReport()
     out = _run(guide, ions / units, scale, config, measurement, device, report, runtime.quiet)
     out *= units
