@@ -351,7 +351,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
     record = fuse_imzml(request)
     _warn(record, told)
     _say(args, _registered(record["registration"]))
-    from msifusion.harmonic.run import SMOOTHEST_LABEL, SMOOTHEST_WHY
+    from msifusion.methods import SMOOTHEST_LABEL, SMOOTHEST_WHY
 
     ions = list(record.get("ions", {"": record}).values())
     smooth = sum(bool((ion.get("method_details") or {}).get("kept_smoothest")) for ion in ions)

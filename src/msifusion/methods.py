@@ -462,10 +462,13 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
                     options.runtime, options.on_checkpoint)
 
 
+SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
+SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
+
+
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
     """K normalised ions on one guide → one :class:`FitResult` per ion, its setting told in words and in detail."""
     from msifusion.harmonic import HarmonicReport, fuse_harmonic_many
-    from msifusion.harmonic.run import SMOOTHEST_LABEL, SMOOTHEST_WHY
 
     report = HarmonicReport()
     images = fuse_harmonic_many(guide, ions, scale, options.harmonic, options.runtime, report,

@@ -170,7 +170,7 @@ def test_shape_mismatch_is_an_error(cells):
 
 
 def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
-    from msifusion.harmonic.run import SMOOTHEST_LABEL
+    from msifusion.methods import SMOOTHEST_LABEL
 
     guide, truth, f = cells
     measured = block_mean(truth, f)

@@ -109,17 +109,21 @@ def test_an_ordered_walk_reads_a_turn_up_past_its_choice_from_the_raw_difference
 def test_the_ladder_turns_back_one_rung_where_its_curve_turns_up():
     """Past the walk's choice, a sharper rung significantly worse than it: one rung back (never to the first rung,
     which would undo the trust the walk found); a curve still falling or flat there keeps its choice."""
-    from msifusion.harmonic.selection import _walk
+    from msifusion.harmonic.selection import _turn_back, _walk
+
+    def walked_back(errors):
+        return _turn_back(errors, _walk(errors, 4.0), 4.0)
 
     rng = np.random.default_rng(2)
     base = torch.tensor(1.0 + 0.01 * rng.random(400))
     flat = 0.0005 * torch.tensor(rng.standard_normal(400))
     better, best = base - 0.05, base - 0.1
-    assert _walk([base, better, best, base], 4.0, back=True) == 1
+    assert walked_back([base, better, best, base]) == 1
     assert _walk([base, better, best, base], 4.0) == 2
-    assert _walk([base, better, best, best + flat], 4.0, back=True) == 2
-    assert _walk([base, better, best + 0.2], 4.0, back=True) == 1  # a turn right after the first step keeps it
-    assert _walk([base, best, better, best - 0.05], 4.0, back=True) == 3  # still falling at the sharpest rung
+    assert walked_back([base, better, best, best + flat]) == 2
+    assert walked_back([base, better, best + 0.2]) == 1  # a turn right after the first step keeps it
+    assert walked_back([base, best, better, best - 0.05]) == 3  # still falling at the sharpest rung
+    assert _turn_back([base, better, best, base], 1, 4.0) == 1  # never back to the first rung
 
 
 @pytest.mark.slow

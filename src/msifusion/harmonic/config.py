@@ -4,6 +4,7 @@ checking its own values."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,12 @@ class TextureSettings:
 
 WINDOW_PIXELS = 600_000  # one phase's central window at most, in fine pixels (0.15-0.3 s of test per ginkgo-sized
 # ion, docs/benchmarks.md §1): CoarseTest.pixels beyond it buys shifted phases, not a larger window
+
+
+def window_shrink(height: int, width: int, pixels: int) -> float:
+    """The factor on each side that brings a ``height``×``width`` image within ``pixels`` (1 where it is already):
+    the side of a central test window (the coarse test's, the texture's noise estimate)."""
+    return min(1.0, math.sqrt(pixels / (height * width)))
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,12 @@ def shared_basis(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None
     least halves the solves: Σ_j c_kj·fuse(b_j), made exactly consistent with ion k, is an
     approximation of fusing ion k alone (the module docstring says where it differs).
     """
+    return None if _cannot_share(ions, config) else _decompose(ions, config)
+
+
+def _decompose(ions: np.ndarray, config: HarmonicConfig) -> SharedBasis | None:
+    """:func:`shared_basis` of a panel that :func:`_cannot_share` allows."""
     K, h, w = ions.shape
-    if _cannot_share(ions, config):
-        return None
     Y = ions.reshape(K, -1).astype(np.float64)
     gram = Y @ Y.T  # the singular vectors of any subset of rows, from a K×K eigenproblem
     leftover = _Leftover(Y, (h, w))

@@ -11,7 +11,7 @@ import torch
 
 from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
-from msifusion.harmonic.panel import _Basis, _cannot_share, shared_basis
+from msifusion.harmonic.panel import _Basis, _cannot_share, _decompose
 from msifusion.harmonic.selection import choose_settings
 from msifusion.harmonic.setting import _finish, _Guide, _Problem, _refine_taus, _solve_setting
 from msifusion.measurement import MeasurementModel
@@ -55,11 +55,12 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, me
          device: torch.device, report: HarmonicReport, quiet: bool = True) -> np.ndarray:
     """Fuse (K, h, w) normalised ions with the guide, through a shared basis where it saves solves; (K, H, W) float32."""
     gd = _Guide.of(guide, f, config, measurement, device)
-    shared = shared_basis(ions, config)
+    why = _cannot_share(ions, config)
+    shared = None if why else _decompose(ions, config)
     if shared is None:
         out = _run_each(gd, ions, report, quiet)
         if len(ions) > 1:
-            why = _cannot_share(ions, config) or "a shared basis would not halve the solves"
+            why = why or "a shared basis would not halve the solves"
             report.notes = [{**note, "fused_alone": why} for note in report.notes]
         return out
     K = ions.shape[0]
@@ -194,6 +195,3 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
     return out
 
-
-SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
-SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"

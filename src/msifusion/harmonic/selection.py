@@ -5,17 +5,37 @@ per-block walk that decides each step (:func:`_walk`)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig
+from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig, window_shrink
 from msifusion.harmonic.panel import _Basis
 from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t
 
 
 # ----------------------------------------------------------------------------- choosing the setting
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where and what the coarse test tries: its window's first block (``row``, ``col``) and size in blocks (an even
+    number each way), the 2×2 grouping's ``phases`` (shifts of the window by one block) and the texture strengths
+    ``betas``."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+    phases: tuple[tuple[int, int], ...]
+    betas: tuple[float, ...]
+
+    @property
+    def blocks(self) -> int:
+        """The blocks tested per ion, over every phase."""
+        return len(self.phases) * self.rows * self.cols
 
 
 def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
@@ -25,12 +45,31 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
     Returns (first block row, first block col, block rows, block cols).
     """
     h, w = H // f, W // f
-    shrink = min(1.0, math.sqrt(pixels / (H * W)))
+    shrink = window_shrink(H, W, pixels)
     hh = min(max(2, int(h * shrink)), h - 1 if h > 2 else h)
     ww = min(max(2, int(w * shrink)), w - 1 if w > 2 else w)
     hh -= hh % 2
     ww -= ww % 2
     return (h - hh) // 2, (w - ww) // 2, hh, ww
+
+
+def _plan(gd: _Guide) -> _Plan | str:
+    """The coarse test on the guide ``gd``, or why none is run (every ion keeps the first setting): one setting to
+    choose from, or fewer than 16 coarse pixels. Up to four phases, while the pixels tested stay within
+    ``config.test.pixels``; texture strengths beyond none only where the optical's texture stands above the camera's
+    noise."""
+    f, config = gd.f, gd.config
+    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1:
+        return "one setting"
+    H, W = gd.image.shape[:2]
+    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, WINDOW_PIXELS))
+    if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
+        return "image too small to test; first setting"
+    h, w = H // f, W // f
+    phases = [(a, b) for a, b in [(0, 0), (1, 1), (0, 1), (1, 0)] if r0 + a + hh <= h and c0 + b + ww <= w]
+    phases = phases[:max(1, min(len(phases), config.test.pixels // (hh * ww * f * f)))]
+    textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
+    return _Plan(r0, c0, hh, ww, tuple(phases), config.texture.strengths if textured else config.texture.strengths[:1])
 
 
 def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor,
@@ -41,13 +80,13 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     each setting fuses that coarser image at scale 2f with the same optical, and the
     result's block means at scale f are compared with the real measurement. Up to four
     phases of the 2×2 grouping (shifted by one block) are used while the pixels tested stay
-    within ``config.test.pixels``, for a steadier test on small images. Walking up the ladder, a
+    within ``config.test.pixels``, for a steadier test on small images (:func:`_plan`). Walking up the ladder, a
     setting is taken if its per-block squared errors beat the current choice's by more than
     ``config.ladder.significance`` standard errors (of the differences winsorised at ``config.test.winsor_percent``),
     on significantly more blocks than they lose (``config.ladder.sign_significance``; :func:`_walk`); where a sharper
     setting then predicts significantly worse than the choice, one setting smoother is taken
-    (``config.ladder.turn_back``; the note ``turned_back`` says so). Too small an image (fewer than 16 coarse
-    pixels) keeps the first setting. With a shared ``basis``
+    (``config.ladder.turn_back``, :func:`_turn_back`; the note ``turned_back`` says so). Too small an image (fewer
+    than 16 coarse pixels) keeps the first setting. With a shared ``basis``
     (``ions`` ≈ coefficients @ basis images), only the basis images are solved and each ion's
     coarse prediction is their mixture, made consistent with its own coarse measurement: the
     same test per ion at the basis's cost.
@@ -59,68 +98,30 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
     Returns (setting index, texture index) per ion, and notes for ``run.json``.
     """
-    guide, f, config, device = gd.image, gd.f, gd.config, gd.device
+    config = gd.config
     K = ions.shape[0]
-    H, W = guide.shape[:2]
-    ladder = [list(s) for s in config.ladder.rungs]
-    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1:
-        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
-                               "selection": "one setting"} for _ in range(K)]
-    r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, WINDOW_PIXELS))
-    if hh < 2 or ww < 2 or (hh // 2) * (ww // 2) < 16:
-        return [(0, 0)] * K, [{"ladder": ladder, "chosen": ladder[0], "texture": config.texture.strengths[0],
-                               "selection": "image too small to test; first setting"} for _ in range(K)]
-    h, w = H // f, W // f
-    phases = [(0, 0), (1, 1), (0, 1), (1, 0)]
-    phases = [(a, b) for a, b in phases if r0 + a + hh <= h and c0 + b + ww <= w]
-    phases = phases[:max(1, min(len(phases), config.test.pixels // (hh * ww * f * f)))]
-    # β only where it can be tested (_texture_testable) and the optical's texture is more than the camera's noise
-    textured = gd.texture_snr_db is not None and gd.texture_snr_db >= config.texture.snr_db
-    betas = config.texture.strengths if textured else config.texture.strengths[:1]
-    n = len(phases) * hh * ww  # blocks tested per ion, over every phase
-    batch = config.panel.batch_on(device)
+    plan = _plan(gd)
+    if isinstance(plan, str):
+        first = list(config.ladder.rungs[0])
+        return [(0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
+                               "texture": config.texture.strengths[0], "selection": plan} for _ in range(K)]
+    batch = config.panel.batch_on(gd.device)
     # through a basis the ions are tested in groups (of whole batches, at least one) whose per-block errors stay under
     # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
     # solved, in one group (the caller's batch), one phase at a time as it needs.
-    per_ion = len(config.ladder.rungs) * len(betas) * n * 4
+    per_ion = len(config.ladder.rungs) * len(plan.betas) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    keep = group < K
-    setups: dict[int, tuple] = {}
-    solved: dict[tuple[int, int], torch.Tensor] = {}
+    kept = _Kept() if group < K else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
-        # per-block squared errors (setting, β, ion, block of every phase), written in place: one allocation, not one
-        # per ion, setting, β and phase to concatenate (367 ions left 3 GB of freed heap the process kept)
-        errors = torch.empty((len(config.ladder.rungs), len(betas), stop - start, n), device=device)
-        parts = ([slice(start, stop)] if basis is None else
-                 [slice(k, min(k + batch, stop)) for k in range(start, stop, batch)])
-        for p, (a, b) in enumerate(phases):
-            setup = setups.get(p) or _phase_setup(gd, ions, taus, basis, r0 + a, c0 + b, hh, ww, any(betas))
-            if keep:
-                setups[p] = setup
-            y, y2, pb, measure_f, detail = setup
-            blocks = slice(p * hh * ww, (p + 1) * hh * ww)
-            first = None
-            for i, (q, passes) in enumerate(config.ladder.rungs):
-                if (p, i) in solved:
-                    x = solved[p, i]
-                else:
-                    x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
-                    if keep:
-                        solved[p, i] = x
-                for part in parts:
-                    here = slice(part.start - start, part.stop - start)
-                    xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
-                    for j, beta in enumerate(betas):
-                        xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part],
-                                     torch.tensor(beta, device=device), detail)
-                        errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
+        errors = _coarse_errors(gd, ions, taus, nonneg, basis, plan, slice(start, stop), kept)
         for k in range(stop - start):
-            testable = len(betas) > 1 and bool(nonneg[start + k])  # _finish applies β to non-negative ions only
-            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, testable, len(phases))
+            testable = len(plan.betas) > 1 and bool(nonneg[start + k])  # _finish applies β to non-negative ions only
+            choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, testable,
+                                       len(plan.phases))
             chosen.append(choice)
             notes.append(note)
         del errors  # before the next group's
@@ -128,6 +129,55 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
 
 
 COARSE_ERRORS_BYTES = 256 * 2**20  # the coarse test's per-block errors held at once, through a shared basis
+
+
+@dataclass
+class _Kept:
+    """What the coarse test keeps between groups of ions through a basis: each phase's setup
+    (:func:`_phase_setup`), and each (phase, setting)'s solution of the basis images."""
+
+    setups: dict[int, tuple] = field(default_factory=dict)
+    solved: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor, basis: _Basis | None,
+                   plan: _Plan, group: slice, kept: _Kept | None) -> torch.Tensor:
+    """The coarse test's per-block squared errors of the ions in ``group``: (setting, β, ion, block of every phase).
+
+    Written in place: one allocation, not one per ion, setting, β and phase to concatenate (367 ions left 3 GB of
+    freed heap the process kept). Without a basis the group is one batch; through one, the basis images' solutions
+    serve each batch of ions, and ``kept`` (if any) holds them for the next group."""
+    config, device = gd.config, gd.device
+    batch = config.panel.batch_on(device)
+    cells = plan.rows * plan.cols
+    errors = torch.empty((len(config.ladder.rungs), len(plan.betas), group.stop - group.start, plan.blocks),
+                         device=device)
+    parts = ([group] if basis is None else
+             [slice(k, min(k + batch, group.stop)) for k in range(group.start, group.stop, batch)])
+    for p, (a, b) in enumerate(plan.phases):
+        setup = kept.setups.get(p) if kept is not None else None
+        if setup is None:
+            setup = _phase_setup(gd, ions, taus, basis, plan.row + a, plan.col + b, plan.rows, plan.cols,
+                                 any(plan.betas))
+            if kept is not None:
+                kept.setups[p] = setup
+        y, y2, pb, measure_f, detail = setup
+        blocks = slice(p * cells, (p + 1) * cells)
+        first = None
+        for i, (q, passes) in enumerate(config.ladder.rungs):
+            x = kept.solved.get((p, i)) if kept is not None else None
+            if x is None:
+                x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
+                if kept is not None:
+                    kept.solved[p, i] = x
+            for part in parts:
+                here = slice(part.start - group.start, part.stop - group.start)
+                xp = x if basis is None else pb.op.project(basis.mix(x, part), y2[part])
+                for j, beta in enumerate(plan.betas):
+                    xt = _finish(xp, y2[part], pb.op, config.positive, nonneg[part],
+                                 torch.tensor(beta, device=device), detail)
+                    errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
+    return errors
 
 
 def _phase_setup(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, basis: _Basis | None, row: int, col: int,
@@ -155,7 +205,7 @@ def _choose_one(errors: list[torch.Tensor], config: HarmonicConfig, texture_snr_
     ladder_errors = [e[0] for e in errors]
     rules = config.ladder.significance, config.ladder.sign_significance, config.test.winsor_percent
     walked = _walk(ladder_errors, *rules)
-    best = _walk(ladder_errors, *rules, back=config.ladder.turn_back)
+    best = _turn_back(ladder_errors, walked, rules[0], rules[2]) if config.ladder.turn_back else walked
     # no sign test for β: the texture moves only blocks whose wall share differs from their neighbours', so
     # its gain sits in a minority of blocks (measured: with the sign test, dev phantoms lose 0.13 dB)
     tested = (best > 0 or len(config.ladder.rungs) == 1) and texture_tested
@@ -203,7 +253,7 @@ def _paired(a: torch.Tensor, b: torch.Tensor, winsor: float) -> tuple[float, flo
 
 
 def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = None, winsor: float = 0.0,
-          ordered: bool = False, back: bool = False) -> int:
+          ordered: bool = False) -> int:
     """Walking up a ladder of per-block squared errors, the last step that beat the current choice by more
     than ``significance`` standard errors of the paired differences (and, with ``sign``, on more blocks than
     it lost by more than ``sign`` binomial standard deviations, √(wins + losses), unchanged blocks counting
@@ -218,10 +268,7 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
     a worse 0.5 and 1, and lost 3.7 dB; cells whose walls hold as much as their cells took β = 0.5 and lost 0.9
     to 3.1 dB, or β = 1 and lost 2.5 dB). Against the choice the differences are not winsorised: a curve whose
     mean still falls has not turned up, however its clipped blocks read (measured: winsorised, that test fired
-    on a phantom whose coarse errors at β = 1 and 2 were 0.992 and 0.991 of none's, and cost it 0.9 dB).
-    ``back``: where a step past the choice is significantly worse than it (the curve turns up), take one step
-    back (not below the second entry; the entry before the choice, whether or not the walk stood on it): see
-    :attr:`LadderSettings.turn_back`."""
+    on a phantom whose coarse errors at β = 1 and 2 were 0.992 and 0.991 of none's, and cost it 0.9 dB)."""
     best = 0
     for i in range(1, len(errors)):
         mean, se, wins, losses = _paired(errors[best], errors[i], winsor)
@@ -237,7 +284,15 @@ def _walk(errors: list[torch.Tensor], significance: float, sign: float | None = 
             turned_up = mean < -significance * se
         if turned_up:
             best = 0
-    if back and best > 1:
+    return best
+
+
+def _turn_back(errors: list[torch.Tensor], best: int, significance: float, winsor: float = 0.0) -> int:
+    """The walk's choice ``best`` on the ladder of per-block squared errors, one step back where a step past it is
+    significantly worse than it (the curve turns up), by ``significance`` standard errors of the paired differences
+    winsorised at ``winsor``; not below the second entry, and the entry before the choice whether or not the walk
+    stood on it: see :attr:`LadderSettings.turn_back`."""
+    if best > 1:
         for e in errors[best + 1:]:
             mean, se, _, _ = _paired(errors[best], e, winsor)
             if mean < -significance * se:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msifusion.harmonic.config import HarmonicConfig
+from msifusion.harmonic.config import HarmonicConfig, window_shrink
 from msifusion.measurement import gauss_taps
 
 
@@ -40,7 +40,7 @@ def _channels(guide: np.ndarray) -> np.ndarray:
 def _central(guide: np.ndarray, max_pixels: int) -> torch.Tensor:
     """A central window of the guide (H, W, C) of at most ``max_pixels``, at least 3×3 where the guide is."""
     H, W = guide.shape[:2]
-    shrink = min(1.0, math.sqrt(max_pixels / (H * W)))
+    shrink = window_shrink(H, W, max_pixels)
     h, w = min(H, max(3, int(H * shrink))), min(W, max(3, int(W * shrink)))
     return torch.as_tensor(np.ascontiguousarray(guide[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]))
 
