@@ -667,6 +667,10 @@ def test_a_pixel_size_is_derived_from_max_dimension_where_none_is_stated(tmp_pat
     wrong.write_text(text, encoding="iso-8859-1")
     with ImzML(wrong) as f:  # a count gone wrong derives nothing
         assert f.pixel_size_um is None and len(f.warnings) == 1 and "3000 pixels in x" in f.warnings[0]
+    text = text.replace('name="max count of pixels y" value="2"', 'name="max count of pixels y" value="2000"')
+    wrong.write_text(text, encoding="iso-8859-1")
+    with ImzML(wrong) as f:  # both wrong alike (75 / 3000 = 50 / 2000 µm, square): still nothing derived
+        assert f.pixel_size_um is None and len(f.warnings) == 1 and "3000 pixels in x" in f.warnings[0]
     short = _with_max_dimensions(tmp_path / "short.imzML", 75, 50, add_scan_settings)
     text = short.read_text(encoding="iso-8859-1").replace('name="max count of pixels x" value="3"',
                                                           'name="max count of pixels x" value="2"')
@@ -713,8 +717,8 @@ def test_a_declared_image_size_is_kept_up_to_twice_the_spectra_span(continuous, 
         assert f.shape == shape
         image = f.ion_images([150.0], "5ppm").images[0]
         assert image[: H, : W].sum() == pytest.approx(sum(it[AXIS == 150.0].sum() for it in spectra.values()))
-        told = [f"{declared[1]} pixels in y, where its spectra span {H}"] if declared[1] > 2 * H else []
-        told += [f"{declared[0]} pixels in x, where its spectra span {W}"] if declared[0] > 2 * W else []
+        told = [f"{declared[0]} pixels in x, where its spectra span {W}"] if declared[0] > 2 * W else []
+        told += [f"{declared[1]} pixels in y, where its spectra span {H}"] if declared[1] > 2 * H else []
         assert f.warnings == ([f"cont.imzML declares {' and '.join(told)} (its \"max count of pixels\"): the ion "
                                "images keep to the spectra's span"] if warned else [])
     if warned:
@@ -799,7 +803,7 @@ def _grid_imzml(path: Path, mode: str, first_xy: tuple[int, int] = (1, 1), nan_a
 @pytest.mark.parametrize("mode", ["processed", "continuous"])
 def test_a_nan_intensity_in_the_file_is_refused_naming_its_pixel(tmp_path: Path, mode: str) -> None:
     f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, nan_at=6))
-    message = r"spectrum 6 \(pixel x=3, y=2\) holds NaN or infinite intensities: the file is damaged"
+    message = r"spectrum 7 \(pixel x=3, y=2\) holds NaN or infinite intensities: the file is damaged"
     spoiled = [lambda: f.ion_images([400.0], "5ppm"), lambda: f.ion_images([450.0], "5ppm", "tic"), f.tic,
                lambda: f.strongest_peaks(2)]
     if mode == "processed":  # 450's own window is clean, but a processed file's running sum carries the NaN into it
@@ -821,7 +825,7 @@ def test_an_acquisition_region_away_from_the_origin_is_not_padded(tmp_path: Path
     assert f.layout.file_xy(5) == (102, 52)
 
 
-@pytest.mark.parametrize("mode, spectrum, pixel", [("processed", 6, "x=3, y=2"), ("continuous", 0, "x=1, y=1")])
+@pytest.mark.parametrize("mode, spectrum, pixel", [("processed", 7, "x=3, y=2"), ("continuous", 1, "x=1, y=1")])
 def test_a_nan_mz_in_the_file_is_refused(tmp_path: Path, mode: str, spectrum: int, pixel: str) -> None:
     f = ImzML(_grid_imzml(tmp_path / f"{mode}.imzML", mode, nan_at=0 if mode == "continuous" else 6, nan_mz=True))
     with pytest.raises(InputError, match=rf"spectrum {spectrum} \(pixel {pixel}\) holds NaN or infinite m/z values"):
@@ -840,3 +844,84 @@ def test_an_mz_that_is_no_number_is_named():
 
     with pytest.raises(InputError, match=r"^--mz: 'abc' is not an m/z$"):
         as_mz_list(["656.7", "abc"])
+
+
+def test_zero_padding_at_mz_0_is_not_the_start_of_the_range(tmp_path: Path) -> None:
+    """A processed spectrum padded with a point at m/z 0 (its stated lowest observed m/z is then 0): the range starts
+    at the data's lowest positive m/z, and the mean spectrum's log-spaced bins, which peaks and registration use,
+    are built from there (they failed on m/z 0)."""
+    path = tmp_path / "padded.imzML"
+    with ImzMLWriter(str(path), mode="processed") as w:
+        w.addSpectrum(np.array([0.0, 100.0, 200.0]), np.array([0.0, 1.0, 2.0]), (1, 1))
+        w.addSpectrum(np.array([150.0, 200.0]), np.array([3.0, 4.0]), (2, 1))
+    with ImzML(path) as f:
+        assert f.mz_range == (100.0, 200.0)
+        assert [round(m) for m, _ in f.strongest_peaks(3)] == [200, 150, 100]
+
+
+def test_continuous_rows_padded_apart_up_to_the_last_rows_end(continuous) -> None:
+    """Intensity rows at a constant stride longer than a row, the padding after the last row cut off at the end of
+    the .ibd: read as one strided view (it asked for the last row's padding too, past the file's end)."""
+    path, spectra = continuous
+    reference = _ions(path, [150.0, 300.0], "5ppm").images
+    text = path.read_text(encoding="iso-8859-1")
+    offsets = [int(v) for v in re.findall(r'name="external offset" value="(\d+)"', text)]
+    ints = offsets[1::2]
+    row = AXIS.size * 4
+    ibd = path.with_suffix(".ibd")
+    data = ibd.read_bytes()
+    padded = data[: ints[0]] + b"".join(data[o: o + row] + b"\xff" * 8 for o in ints)[:-8]
+    ibd.write_bytes(padded)
+    moved = iter([offsets[0] if i % 2 == 0 else ints[0] + (i // 2) * (row + 8) for i in range(len(offsets))])
+    path.write_text(re.sub(r'(name="external offset" value=")\d+"', lambda m: f'{m.group(1)}{next(moved)}"', text),
+                    encoding="iso-8859-1")
+    with ImzML(path) as f:
+        assert f._intensity_block() is not None
+        np.testing.assert_array_equal(f.ion_images([150.0, 300.0], "5ppm").images, reference)
+
+
+def test_rms_does_not_depend_on_the_zeros_a_file_stores(tmp_path: Path) -> None:
+    """The same spectra written continuous (zeros kept) and processed (zeros dropped) give the same RMS-normalised
+    images, as they give the same TIC-normalised ones; the processed RMS counts the longest spectrum's points."""
+    axis = np.array([100.0, 150.0, 200.0, 250.0])
+    spectra = [np.array([4.0, 0.0, 5.0, 0.0]), np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 6.0, 1.0])]
+    paths = {}
+    for mode in ("continuous", "processed"):
+        paths[mode] = tmp_path / f"{mode}.imzML"
+        with ImzMLWriter(str(paths[mode]), mode=mode) as w:
+            for c, it in enumerate(spectra):
+                keep = it > 0 if mode == "processed" else slice(None)
+                w.addSpectrum(axis[keep], it[keep], (c + 1, 1))
+    rms = {mode: _ions(path, [200.0], "5ppm", normalize="rms") for mode, path in paths.items()}
+    np.testing.assert_allclose(rms["continuous"].images, rms["processed"].images, rtol=1e-6)
+    norms = np.sqrt([np.mean(it**2) for it in spectra])
+    np.testing.assert_allclose(rms["continuous"].images[0, 0], [5, 3, 6] / norms * np.median(norms), rtol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["group", "array"])
+def test_compressed_arrays_are_refused_where_their_compression_is_written(continuous, where) -> None:
+    """zlib named in the arrays' referenceable group, or in a spectrum's own array (mzML allows both): refused, not
+    read as raw numbers."""
+    path, _ = continuous
+    zlib = '<cvParam cvRef="MS" accession="MS:1000574" name="zlib compression" value=""/>'
+    text = path.read_text(encoding="iso-8859-1")
+    if where == "group":
+        text, n = re.subn(r'(?s)(<referenceableParamGroup id="intensityArray">(?:(?!</referenceableParam).)*?)'
+                          r'<cvParam[^>]*no compression[^>]*/>', rf"\g<1>{zlib}", text)
+    else:
+        text, n = re.subn(r'(<referenceableParamGroupRef ref="intensityArray"/>)', rf"\g<1>{zlib}", text, count=1)
+    assert n == 1
+    path.write_text(text, encoding="iso-8859-1")
+    with pytest.raises(InputError, match=r": its binary arrays are compressed \(zlib compression\), which is not "
+                                         r"supported; export uncompressed imzML$"):
+        ImzML(path)
+
+
+def test_an_array_without_its_parameter_group_is_named(continuous) -> None:
+    path, _ = continuous
+    text, n = re.subn(r'<referenceableParamGroupRef ref="mzArray"/>', "", path.read_text(encoding="iso-8859-1"))
+    assert n > 1
+    path.write_text(text, encoding="iso-8859-1")
+    with pytest.raises(InputError, match=r"spectrum 1 \(spectrum=1\)'s binary data array 1 refers to no "
+                                         r"referenceableParamGroup"):
+        ImzML(path)

@@ -756,6 +756,18 @@ def test_bad_ion_requests_exit_2_and_write_nothing(tmp_path, files, capsys, extr
     assert not out.exists()
 
 
+def test_an_mz_outside_the_range_is_refused_before_the_passes_over_the_spectra(tmp_path, files, capsys, monkeypatch):
+    """Automatic registration reads the whole file twice (its mean spectrum, then its tissue images): an m/z the file
+    cannot give is refused before those minutes on a large file."""
+    from msifusion.io.imzml import ImzML
+
+    imzml, opt, _, _ = files
+    monkeypatch.setattr(ImzML, "tissue_images", lambda self: pytest.fail("the spectra were read first"))
+    assert main(["fuse", "--imzml", str(imzml), "--optical", str(opt), "--scale", "4", "--mz", "900",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "outside the acquired m/z range" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("transform, fit", [("tps", "a thin-plate spline"), ("affine", "an affine map")])
 def test_collinear_landmarks_are_refused_in_the_words_of_the_transform_asked_for(tmp_path, files, capsys, transform,
                                                                                fit):
@@ -1004,8 +1016,8 @@ def test_register_reports_an_imzml_header_declaring_far_more_pixels_than_its_spe
                  str(SCALE), "--quiet", "--out", str(tmp_path / "reg")]) == 0
     record = json.loads((tmp_path / "reg" / "run.json").read_text())
     assert record["ion_shape"] == [H, W]
-    assert (f"declares 60000 pixels in y, where its spectra span {H} and 60000 pixels in x, where its spectra span "
-            f"{W} (its \"max count of pixels\")") in " ".join(record["warnings"])
+    assert (f"declares 60000 pixels in x, where its spectra span {W} and 60000 pixels in y, where its spectra span "
+            f"{H} (its \"max count of pixels\")") in " ".join(record["warnings"])
 
 
 def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_with_the_same_outputs(tmp_path, files, monkeypatch,

@@ -22,9 +22,11 @@ Conventions
   m/z array is sorted if needed and all windows are found with ``searchsorted`` on the
   cumulative intensity.
 - Normalisation is opt-in: ``"tic"`` divides each pixel's window sums by its total ion current
-  (sum of all its intensities) and multiplies by the median TIC of the pixels with spectra, so
-  the numbers stay in the instrument's order of magnitude; ``"rms"`` does the same with the root
-  mean square of the spectrum's intensities. Pixels whose TIC (RMS) is 0 stay 0.
+  (sum of all its intensities) and multiplies by the median TIC of the pixels whose TIC is positive,
+  so the numbers stay in the instrument's order of magnitude; ``"rms"`` does the same with the root
+  mean square of the spectrum's intensities, over the file's channels (processed: over as many points as
+  its longest spectrum holds, so that a spectrum's dropped zeros do not change it, as they do not change
+  its TIC). Pixels whose TIC (RMS) is 0 stay 0.
 - Hotspot clipping (99th percentile) is for display only (:func:`msifusion.report.display_range`);
   exported images are never clipped.
 """
@@ -304,6 +306,7 @@ class ImzML:
         if self._mz_range is None:
             lo, hi = math.inf, -math.inf
             for mz in self._mz_arrays():
+                mz = mz[mz > 0]  # zero padding is no m/z
                 if mz.size:
                     lo, hi = min(lo, float(mz.min())), max(hi, float(mz.max()))
             if lo > hi:
@@ -361,9 +364,9 @@ class ImzML:
         stride = int(off[1] - off[0]) if off.size > 1 else n_ch * item
         if stride < n_ch * item or np.any(np.diff(off) != stride):
             return None
-        row = np.dtype({"names": ["v"], "formats": [(lay.int_dtype, (n_ch,))], "offsets": [0], "itemsize": stride})
-        count = off.size
-        return np.ndarray((count,), dtype=row, buffer=self._ibd(), offset=int(off[0]))["v"]
+        # the extent the rows span, not count × stride: padding after each row may stop at the last row's end
+        return np.ndarray((off.size, n_ch), dtype=lay.int_dtype, buffer=self._ibd(), offset=int(off[0]),
+                          strides=(stride, item))
 
     def _continuous_rows(self) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield (spectrum slice, intensities (rows, channels) in the file's type), chunk by chunk."""
@@ -397,7 +400,7 @@ class ImzML:
 
     def _refuse_non_finite(self, spectrum: int, what: str) -> None:
         x, y = self.layout.file_xy(spectrum)
-        raise InputError(self.layout.ibd, f"spectrum {spectrum} (pixel x={x}, y={y}) holds NaN or infinite {what}: "
+        raise InputError(self.layout.ibd, f"spectrum {spectrum + 1} (pixel x={x}, y={y}) holds NaN or infinite {what}: "
                                           "the file is damaged or was exported with missing values; export it again")
 
     def _spectra(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -432,6 +435,16 @@ class ImzML:
         d = np.asarray(tol.half_width(centres), dtype=np.float64)
         return centres - d, centres + d
 
+    def check_mzs(self, mzs: Sequence[float] | float | str, tol: Tolerance | str
+                  ) -> tuple[list[float], Tolerance, np.ndarray, np.ndarray]:
+        """The m/z, the tolerance and the windows [lo, hi] :meth:`ion_images` would read, checked by
+        :meth:`_check_mzs` without a pass over the intensities (so that a workflow refuses them first)."""
+        tol = parse_tolerance(tol)
+        mzs = as_mz_list(mzs)
+        lo, hi = self._windows(mzs, tol)
+        self._check_mzs(mzs, lo, hi, tol)
+        return mzs, tol, lo, hi
+
     def _check_mzs(self, mzs: Sequence[float], lo: np.ndarray, hi: np.ndarray, tol: Tolerance) -> None:
         """Refuse what cannot make one distinct, meaningful image per m/z: no m/z, a non-positive one, two that
         share an output name, a window whose lower edge is at or below m/z 0 (a tolerance of at least the m/z:
@@ -462,12 +475,8 @@ class ImzML:
     def ion_images(self, mzs: Sequence[float] | float | str, tol: Tolerance | str,
                    normalize: Normalize = None) -> IonStack:
         """Sum of intensities in each window ``[m - d, m + d]``, all ions in one pass (one m/z: a stack of one)."""
-        tol = parse_tolerance(tol)
-        if normalize not in (None, "tic", "rms"):
-            raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
-        mzs = as_mz_list(mzs)
-        lo, hi = self._windows(mzs, tol)
-        self._check_mzs(mzs, lo, hi, tol)
+        check_normalize(normalize)
+        mzs, tol, lo, hi = self.check_mzs(mzs, tol)
         profiled = np.array([not reaches_isotope(m, a, b) for m, a, b in zip(mzs, lo, hi)])
         sums, norm, profiles, single = self._window_sums(lo, hi, normalize, profiled)
         scale = None
@@ -531,6 +540,7 @@ class ImzML:
                         for cols, k, want in zip(members, at, profiled)]
             return sums, norm, profiles, np.array([np.unique(mz[cols]).size == 1 for cols in members])
         bins = WindowBins(lo[profiled], hi[profiled]) if profiled.any() else None
+        points = max(int(self.layout.int_lengths.max()), 1)  # the RMS's count: each spectrum padded to the longest
         one_point, some = np.zeros(lo.size, np.int64), np.zeros(lo.size, np.int64)
         for i, (mz, it) in enumerate(self._spectra()):
             csum = np.concatenate(([0.0], np.cumsum(it)))
@@ -543,7 +553,7 @@ class ImzML:
             if normalize == "tic":
                 norm[i] = csum[-1]
             elif normalize == "rms":
-                norm[i] = math.sqrt(float(np.mean(it * it))) if it.size else 0.0
+                norm[i] = math.sqrt(float(np.dot(it, it)) / points)
         gathered = iter(bins.profiles(n) if bins is not None else [])
         # nearly every spectrum with a point there holds only one (weak spectra that dropped their zeros may too)
         return sums, norm, [next(gathered) if want else None for want in profiled], (some > 0) & (one_point >= 0.9 * some)
@@ -674,13 +684,13 @@ class ImzML:
 
 
 def _normalise(sums: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per spectrum, ``sums / norm`` times the median norm (so the values stay near the raw intensities); spectra
-    with norm 0 give 0. Returns the normalised sums and that median."""
+    """Per spectrum, ``sums / norm`` times the median positive norm (so the values stay near the raw intensities),
+    in place; spectra with norm 0 give 0. Returns the normalised sums and that median."""
     ok = norm > 0
     scale = float(np.median(norm[ok])) if ok.any() else 1.0
-    out = np.zeros_like(sums)
-    out[ok] = sums[ok] / norm[ok, None] * scale
-    return out, scale
+    factor = np.divide(scale, norm, out=np.zeros_like(norm), where=ok)
+    np.multiply(sums, factor[:, None], out=sums)
+    return sums, scale
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -695,7 +705,29 @@ def find_ibd(imzml: Path) -> Path:
 
 
 def _param_names(group) -> set[str]:
-    return {str(p[0]) for p in group.cv_params} | {str(p[3]) for p in group.cv_params}
+    """A parameter group's cvParams, each by its name, its name as written and its accession."""
+    return {str(p[i]) for p in group.cv_params for i in (0, 1, 3)}
+
+
+def _compression(names: set[str]) -> str | None:
+    """The compression a binary array's parameters name (zlib, MS-Numpress…), or None."""
+    named = sorted(n for n in names if "compression" in n.lower() and n.lower() != "no compression")
+    return named[0] if named else "zlib compression" if "MS:1000574" in names else None
+
+
+def _first_arrays(path: Path) -> list[set[str]]:
+    """The cvParams written inside the first spectrum's binary data arrays (names and accessions, one set per array),
+    read up to that spectrum's end only: they add to (or stand in for) the arrays' referenceable groups."""
+    def tag(element) -> str:
+        return element.tag.rsplit("}", 1)[-1]
+
+    arrays: list[set[str]] = []
+    for _, element in ET.iterparse(path, events=("end",)):
+        if tag(element) == "binaryDataArray":
+            arrays.append({str(e.get(key)) for e in element if tag(e) == "cvParam" for key in ("name", "accession")})
+        elif tag(element) == "spectrum":
+            break
+    return arrays
 
 
 _LENGTH_UNITS_UM = {None: 1.0, "": 1.0, "micrometer": 1.0, "UO:0000017": 1.0, "nanometer": 1e-3, "UO:0000018": 1e-3,
@@ -790,9 +822,11 @@ def _parse(path: Path) -> _Layout:
     for gid in (parser.mzGroupId, parser.intGroupId):
         if gid is None:
             raise InputError(path, "imzML does not declare its m/z and intensity arrays")
-        names = _param_names(groups[gid])
-        if "zlib compression" in names or "MS:1000574" in names:
-            raise InputError(path, "compressed (zlib) binary arrays are not supported; export uncompressed imzML")
+    for names in [_param_names(groups[gid]) for gid in (parser.mzGroupId, parser.intGroupId)] + _first_arrays(path):
+        compression = _compression(names)
+        if compression:
+            raise InputError(path, f"its binary arrays are compressed ({compression}), which is not supported; "
+                                   "export uncompressed imzML")
     mz_dtype = _dtype(path, groups[parser.mzGroupId])
     int_dtype = _dtype(path, groups[parser.intGroupId])
 
@@ -811,7 +845,7 @@ def _parse(path: Path) -> _Layout:
         k = uniq[np.argmax(counts > 1)]
         dup = np.flatnonzero(keys == k)
         x0, y0 = coords[dup[0], :2]
-        raise InputError(path, f"spectra {dup[0]} and {dup[1]} share the pixel x={x0}, y={y0}")
+        raise InputError(path, f"spectra {dup[0] + 1} and {dup[1] + 1} share the pixel x={x0}, y={y0}")
     shape = _image_shape(path, parser.imzmldict, xy, origin - base)
     h, w = shape.rows, shape.columns
 
@@ -821,7 +855,7 @@ def _parse(path: Path) -> _Layout:
     int_len = np.asarray(parser.intensityLengths, dtype=np.int64)
     if np.any(mz_len != int_len):
         i = int(np.argmax(mz_len != int_len))
-        raise InputError(path, f"spectrum {i} has {mz_len[i]} m/z values but {int_len[i]} intensities")
+        raise InputError(path, f"spectrum {i + 1} has {mz_len[i]} m/z values but {int_len[i]} intensities")
     if min(mz_off.min(), int_off.min()) < 0:
         raise InputError(path, "negative offset into the .ibd file")
     needed = int(max((mz_off + mz_len * mz_dtype.itemsize).max(), (int_off + int_len * int_dtype.itemsize).max()))
@@ -871,11 +905,12 @@ def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) ->
     for axis, letter, span in ((1, "y", int(xy[:, 1].max()) + 1), (0, "x", int(xy[:, 0].max()) + 1)):
         stated = int(meta.get(f"max count of pixels {letter}", 0) or 0)
         declared = stated - int(skipped[axis])
-        if declared > DECLARED_SPAN_AT_MOST * span:
-            notes.append(f"{stated} pixels in {letter}, where its spectra span {span}")
+        rejected = declared > DECLARED_SPAN_AT_MOST * span
+        if rejected:
+            notes.insert(0, f"{stated} pixels in {letter}, where its spectra span {span}")  # x first
             declared = span
         size.append(max(span, declared))
-        counts.insert(0, stated if declared == size[-1] else None)  # (x, y)
+        counts.insert(0, stated if declared == size[-1] and not rejected else None)  # (x, y)
     note = (f"{path.name} declares {' and '.join(notes)} (its \"max count of pixels\"): the ion images keep to the "
             "spectra's span" if notes else None)
     return _ImageShape(size[0], size[1], note, (counts[0], counts[1]) if None not in counts else None)
@@ -910,6 +945,9 @@ def _what_is_malformed(path: Path) -> str | None:
                 return f"{name} {fault}"
         arrays = [e for e in spectrum.iter() if tag(e) == "binaryDataArray"]
         for k, array in enumerate(arrays, 1):
+            if not any(tag(e) == "referenceableParamGroupRef" for e in array):
+                return (f"{name}'s binary data array {k} refers to no referenceableParamGroup, where imzML readers "
+                        "(pyimzML, and so msifusion) look for its kind and number type")
             inner = {e.get("accession"): e.get("value") for e in array if tag(e) == "cvParam"}
             for accession, what in _EXTERNAL.items():
                 fault = _integer_fault(inner, accession, what)
@@ -963,6 +1001,8 @@ def _declared_range(parser) -> tuple[float, float] | None:
         return None
     if lo.shape != (len(parser.coordinates),) or hi.shape != lo.shape or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         return None
+    if lo.min() <= 0:  # an empty spectrum's 0, or zero padding: the arrays themselves say where the data start
+        return None
     return float(lo.min()), float(hi.max())
 
 
@@ -975,6 +1015,12 @@ def _dtype(path: Path, group) -> np.dtype:
 
 
 # ----------------------------------------------------------------------------- functions
+
+
+def check_normalize(normalize: str | None) -> None:
+    """Refuse a normalisation other than ``"tic"``, ``"rms"`` or None."""
+    if normalize not in (None, "tic", "rms"):
+        raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
 
 
 def as_mz_list(mzs: Sequence[float | str] | float | str) -> list[float]:

@@ -18,8 +18,8 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import check_optical, write_tiff
-from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, find_ibd, parse_tolerance, write_acquired,
-                                write_ion_stack, write_ion_tiffs)
+from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, find_ibd, parse_tolerance,
+                                write_acquired, write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, fuse_many
@@ -43,8 +43,7 @@ def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> 
     if not mzs:
         raise InputError("--mz", "give at least one m/z")
     parse_tolerance(tol)
-    if normalize not in (None, "tic", "rms"):
-        raise InputError("--normalize", f"unknown normalisation {normalize!r}; use tic, rms or none")
+    check_normalize(normalize)
 
 
 @dataclass(frozen=True)
@@ -292,7 +291,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     landmarks = _check_before_reading(request.optical, request.register)
     quiet = request.settings.options.runtime.quiet
     with ImzML(request.imzml) as f:
-        msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # first: it refuses non-square pixels
+        f.check_mzs(request.mzs, request.tol)  # before the passes over the spectra that follow
+        msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
         pixel_note, file_summary = f.pixel_size_note, f.summary()
     K, scale = len(stack.mzs), request.register.scale
