@@ -63,6 +63,7 @@ def test_unpaired_active_row_is_an_error(tmp_path: Path) -> None:
     ('"Pt-9","true","1.0","2.0","3.0"', "line 3: 5 fields"),
     ('"Pt-9","yes","1.0","2.0","3.0","4.0"', "line 3: active field"),
     ('"Pt-9","true","1.0","x","3.0","4.0"', "line 3: 'x' is not a number"),
+    ('"Pt-9","true","1.0","1e400","3.0","4.0"', "line 3: '1e400' is too large for a coordinate"),
 ])
 def test_malformed_rows_name_the_line(tmp_path: Path, bad_line: str, message: str) -> None:
     lines = CSV_2D.splitlines()

@@ -176,6 +176,9 @@ def test_luminance_features_do_not_depend_on_the_cameras_bit_depth():
         assert full.min() == 0.0 and full.max() == 1.0
     lum = optical_feature(rgb, "luminance")
     np.testing.assert_allclose(optical_feature(rgb, "inverted_luminance"), 1 - lum, atol=1e-6)
+    opaque = np.concatenate([rgb, np.ones((60, 80, 1), np.float32)], axis=-1)  # an alpha channel is no colour
+    for kind in ("saturation", "luminance"):
+        np.testing.assert_array_equal(optical_feature(opaque, kind), optical_feature(rgb, kind))
 
 
 def test_the_options_groups_are_checked() -> None:

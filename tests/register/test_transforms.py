@@ -11,6 +11,7 @@ from msifusion.errors import InputError
 from msifusion.io.landmarks import Landmarks
 from msifusion.register import (
     AffineMap,
+    DisplacementMap,
     Grid,
     ThinPlateSpline,
     check_landmarks,
@@ -121,8 +122,10 @@ def test_degenerate_landmarks_are_input_errors() -> None:
     with pytest.raises(InputError, match="collinear"):  # the spline's affine part has no unique solution either
         ThinPlateSpline(lm)
     spread = Landmarks(moving=np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), fixed=line, names=("a", "b", "c"))
-    with pytest.raises(InputError, match="collinear"):  # one side collinear is enough
-        ThinPlateSpline(spread)
+    for fit in (ThinPlateSpline, AffineMap.from_landmarks):  # one side collinear is enough, either side
+        for one_side in (spread, Landmarks(moving=spread.fixed, fixed=spread.moving, names=spread.names)):
+            with pytest.raises(InputError, match="collinear"):
+                fit(one_side)
     nearly = Landmarks(moving=line * 3, fixed=line + [[0.0, 0.0], [0.0, 0.0], [1e-4, 0.0]], names=("a", "b", "c"))
     for fit in (ThinPlateSpline, AffineMap.from_landmarks):  # a third point 1e-4 off the line: rounding decides
         with pytest.raises(InputError, match="collinear or nearly so"):
@@ -130,6 +133,22 @@ def test_degenerate_landmarks_are_input_errors() -> None:
     thin = Landmarks(moving=spread.moving, fixed=np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 1.0]]),
                      names=("a", "b", "c"))
     ThinPlateSpline(thin)  # a thin strip of tissue, 1 % as wide as long, is no line
+
+
+def test_a_displacement_map_turns_its_affine_part_past_the_outer_pixel_centres() -> None:
+    """A deformable result sampled at the ion pixels' centres, refined ×10: the sub-pixels of the outer half pixel
+    follow its affine part (here a half turn); a held total displacement put the refined corner 1.27 ion px off."""
+    ion = Grid((20, 30), 25.0)
+    half_turn = AffineMap(np.array([[-1.0, 0.0, 2000.0], [0.0, -1.0, 1500.0]]))
+    cols, rows = np.meshgrid(np.arange(30.0), np.arange(20.0))
+    centres = ion.to_coords(np.column_stack([cols.ravel(), rows.ravel()]))
+    bend = np.stack([np.sin(rows / 3.0), np.cos(cols / 4.0)], axis=-1)  # a remainder the affine does not hold
+    total = (half_turn(centres) - centres).reshape(20, 30, 2) + bend
+    mapped = DisplacementMap.of_displacements(ion, total, half_turn)
+    np.testing.assert_allclose(mapped(centres), half_turn(centres) + bend.reshape(-1, 2), atol=1e-9)
+    corner = ion.refined(10).to_coords(np.array([[0.0, 0.0], [299.0, 199.0]]))
+    held = bend[[0, -1], [0, -1]]  # beyond the outer centres the remainder is held
+    np.testing.assert_allclose(mapped(corner), half_turn(corner) + held, atol=1e-9)
 
 
 def test_grid_refined_is_block_consistent() -> None:

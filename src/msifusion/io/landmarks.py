@@ -149,9 +149,12 @@ def read_landmarks(path: str | Path) -> Landmarks:
 def _number(path: Path, token: str, line: int) -> float:
     t = token.strip()
     try:
-        return float(t)  # accepts "Infinity", "-Infinity", "NaN"
+        value = float(t)  # accepts "Infinity", "-Infinity", "NaN"
     except ValueError:
         raise InputError(path, f"line {line}: {token!r} is not a number") from None
+    if math.isinf(value) and t.lstrip("+-").lower() not in ("inf", "infinity"):
+        raise InputError(path, f"line {line}: {token!r} is too large for a coordinate")
+    return value
 
 
 def _is_number(token: str) -> bool:

@@ -125,8 +125,8 @@ def optical_feature(optical_rgb: np.ndarray, kind: str = "saturation") -> np.nda
     ``inverted_luminance`` (1 − BT.601 luma) or ``luminance``, the luma stretched to its 0.5–99.5 percentiles.
     """
     rgb = np.asarray(optical_rgb, dtype=np.float32)
-    if rgb.ndim == 3 and rgb.dtype != np.float32:
-        rgb = rgb.astype(np.float32)
+    if rgb.ndim == 3 and rgb.shape[2] > 3:
+        rgb = np.ascontiguousarray(rgb[..., :3])  # an alpha channel is no colour
     if np.asarray(optical_rgb).dtype == np.uint8:
         rgb = rgb / 255.0
     if rgb.ndim == 2:
@@ -289,7 +289,9 @@ def _pull_back(moving_img: np.ndarray, moving: Grid, transform: PointMap, fixed:
     (NaN where the optical image does not reach)."""
     fine = fixed.refined(sub)
     try:
-        vals = resample_optical(moving_img, transform, fine, moving, ResampleOptions(step=sub, fill=np.nan))
+        # averaged here, sub × sub samples per fixed pixel, as registration has always scored it
+        vals = resample_optical(moving_img, transform, fine, moving,
+                                ResampleOptions(step=sub, fill=np.nan, antialias=False))
     except InputError:
         return np.full(fixed.shape, np.nan, np.float32)
     h, w = fixed.shape
@@ -642,13 +644,16 @@ def _run_bspline(fix_img, acquired, fixed: Grid, mov, mov_grid: Grid, affine: Af
     reg.SetMovingInitialTransform(affine_tx)
     reg.SetInitialTransform(bspline, inPlace=True)
     reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=options.polish.iterations)
-    with _one_itk_thread():
-        reg.Execute(fixed_img, moving_img)
+    try:
+        with _one_itk_thread():
+            reg.Execute(fixed_img, moving_img)
+    except RuntimeError as exc:  # as the affine polish: the affine stands, and the note says why
+        return affine, float("nan"), {"bspline_error": str(exc).strip().splitlines()[-1:]}
     composite = sitk.CompositeTransform([affine_tx, bspline])
     domain = _sitk_image(np.zeros(field_grid.shape, np.float32), field_grid)
     field_img = sitk.TransformToDisplacementField(
         composite, sitk.sitkVectorFloat64, domain.GetSize(), domain.GetOrigin(), domain.GetSpacing(),
         domain.GetDirection())
     disp = sitk.GetArrayFromImage(field_img)  # (H, W, 2): moving − fixed
-    return DisplacementMap(field_grid, disp), float(reg.GetMetricValue()), {
+    return DisplacementMap.of_displacements(field_grid, disp, affine), float(reg.GetMetricValue()), {
         "stop": reg.GetOptimizerStopConditionDescription(), "iterations": reg.GetOptimizerIteration()}

@@ -30,12 +30,20 @@ class ResampleOptions:
     transform evaluations. ``tolerance``: largest accepted interpolation error of the map in
     optical pixels; cells whose centre misses it (or that hold a landmark) are evaluated
     exactly, pixel by pixel. ``fill``: value where the map leaves the optical image.
+    ``antialias``: where the optical is k ≥ 2 times finer than the output grid (:func:`shrink_factor`), it is first
+    averaged over k×k blocks, so that texture finer than an output pixel is averaged rather than sampled at two
+    points in k (measured: a 5.3 µm stain texture resampled from 1 µm onto 10 µm pixels swung 0.09–0.91 where its
+    10 µm means lie within 0.48–0.52; averaged first, within 0.03 of them).
     """
 
     tile_rows: int = 512
     step: int = 8
     tolerance: float = 0.1
     fill: float = 0.0
+    antialias: bool = True
+
+
+REMAP_COLUMNS = 8192  # output columns per cv2.remap call: OpenCV's remap takes images under 32767 px a side
 
 
 def coarse_lattice(shape: tuple[int, int], step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +84,39 @@ def moving_index_map(transform: PointMap, fixed: Grid, moving: Grid, step: int =
     return rows, cols, _evaluate(transform, fixed, moving, rows, cols)
 
 
-def _interp_lattice(rows: np.ndarray, cols: np.ndarray, lattice: np.ndarray, r0: int, r1: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear interpolation of the node values to every pixel of rows r0..r1-1."""
-    return _interp_at(rows, cols, lattice, np.arange(r0, r1, dtype=np.float64), np.arange(width, dtype=np.float64))
+def shrink_factor(transform: PointMap, fixed: Grid, moving: Grid) -> float:
+    """Optical pixels per output pixel at the output grid's centre: √|det J| of the map from fixed to moving pixel
+    indices (a landmark spline's varies across the grid; its centre's stands for it)."""
+    H, W = fixed.shape
+    r, c = (H - 1) / 2.0, (W - 1) / 2.0
+    at = _evaluate(transform, fixed, moving, np.array([r, r + 1.0]), np.array([c, c + 1.0]))
+    along, down = at[0, 1] - at[0, 0], at[1, 0] - at[0, 0]
+    return math.sqrt(abs(float(along[0] * down[1] - along[1] * down[0])))
+
+
+def _averaged(src: np.ndarray, moving: Grid, k: int) -> tuple[np.ndarray, Grid]:
+    """The optical averaged over ``k × k`` blocks (OpenCV's area resize, in the image's own type; trailing rows and
+    columns dropped) and its grid."""
+    import cv2
+
+    h, w = src.shape[0] // k, src.shape[1] // k
+    small = cv2.resize(src[: h * k, : w * k], (w, h), interpolation=cv2.INTER_AREA)
+    return small.reshape((h, w) + src.shape[2:]), Grid((h * k, w * k), moving.pixel_size, moving.origin).coarsened(k)
+
+
+def _remap(src: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, fill: float) -> np.ndarray:
+    """``cv2.remap`` (bilinear, ``fill`` beyond the image) of the part of ``src`` the maps reach, with a pixel's margin
+    for the bilinear neighbours: OpenCV refuses images of 32767 px or more a side, and the part is smaller."""
+    import cv2
+
+    h, w = src.shape[:2]
+    x0, x1 = max(0, int(np.floor(map_x.min())) - 1), min(w, int(np.ceil(map_x.max())) + 2)
+    y0, y1 = max(0, int(np.floor(map_y.min())) - 1), min(h, int(np.ceil(map_y.max())) + 2)
+    if x1 <= x0 or y1 <= y0:
+        return np.full(map_x.shape + src.shape[2:], fill, dtype=src.dtype)
+    tile = cv2.remap(src[y0:y1, x0:x1], map_x - np.float32(x0), map_y - np.float32(y0), interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
+    return tile.reshape(map_x.shape + src.shape[2:])
 
 
 def _interp_at(rows: np.ndarray, cols: np.ndarray, lattice: np.ndarray, out_rows: np.ndarray, out_cols: np.ndarray):
@@ -160,7 +198,8 @@ class PixelMap:
     def rows_map(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         """(map_x, map_y) float32 for output rows r0..r1-1, ready for ``cv2.remap``."""
         width = self.fixed.shape[1]
-        map_x, map_y = _interp_lattice(self.rows, self.cols, self.lattice, r0, r1, width)
+        map_x, map_y = _interp_at(self.rows, self.cols, self.lattice, np.arange(r0, r1, dtype=np.float64),
+                                  np.arange(width, dtype=np.float64))
         if not self.exact_cells.any():
             return map_x, map_y
         # Cells touching these rows that need exact values.
@@ -187,7 +226,8 @@ def resample_optical(
     moving: Grid | None = None,
     options: ResampleOptions = ResampleOptions(),
 ) -> np.ndarray:
-    """The optical (moving) image resampled onto the ``fixed`` grid, bilinear, tile by tile.
+    """The optical (moving) image resampled onto the ``fixed`` grid, bilinear, tile by tile, first averaged over
+    blocks where it is at least twice as fine (:attr:`ResampleOptions.antialias`).
 
     ``optical_rgb`` (h, w[, c]), uint8 or float; ``moving`` defaults to its pixel grid (pixel
     size 1, origin 0). Output (H, W[, c]) float32 (uint8 input scaled to [0, 1]) with
@@ -196,14 +236,18 @@ def resample_optical(
     An :class:`InputError` without a source when the map misses the optical image entirely
     (the caller knows the file and how the transform was made, and says so).
     """
-    import cv2
-
     optical_rgb = np.asarray(optical_rgb)
     if moving is None:
         moving = Grid(optical_rgb.shape[:2])
     if optical_rgb.shape[:2] != moving.shape:
         raise ValueError(f"optical shape {optical_rgb.shape[:2]} does not match its grid {moving.shape}")
+    if np.issubdtype(optical_rgb.dtype, np.integer) and optical_rgb.dtype != np.uint8:
+        raise ValueError(f"optical of type {optical_rgb.dtype}: give uint8 or floats in [0, 1] "
+                         "(msifusion.io.images.read_optical scales other bit depths by the camera's)")
     src = optical_rgb if optical_rgb.dtype in (np.uint8, np.float32) else optical_rgb.astype(np.float32)
+    k = int(shrink_factor(transform, fixed, moving)) if options.antialias else 1
+    if k >= 2 and min(moving.shape) >= k:
+        src, moving = _averaged(src, moving, k)
     pmap = PixelMap(transform, fixed, moving, options)
     if not pmap.any_inside():
         raise InputError(None, "the transform maps the whole output grid outside the optical image")
@@ -213,9 +257,9 @@ def resample_optical(
     for r0 in range(0, H, options.tile_rows):
         r1 = min(H, r0 + options.tile_rows)
         map_x, map_y = pmap.rows_map(r0, r1)
-        tile = cv2.remap(src, map_x, map_y, interpolation=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
-        out[r0:r1] = tile.reshape(out[r0:r1].shape)
+        for c0 in range(0, W, REMAP_COLUMNS):
+            c1 = min(W, c0 + REMAP_COLUMNS)
+            out[r0:r1, c0:c1] = _remap(src, map_x[:, c0:c1], map_y[:, c0:c1], fill)
     if src.dtype == np.uint8:
         out /= 255.0
     return out

@@ -140,7 +140,7 @@ class AffineMap:
         """Least-squares affine fixed → moving (exact for 3 landmarks)."""
         if len(landmarks.fixed) < 3:
             raise InputError(landmarks.source, f"need at least 3 active landmarks, got {len(landmarks.fixed)}")
-        if _on_one_line(landmarks.fixed):
+        if any(_on_one_line(side) for side in (landmarks.fixed, landmarks.moving)):
             raise InputError(landmarks.source, f"{ON_ONE_LINE}; an affine map needs three not on one line")
         design = np.column_stack([landmarks.fixed, np.ones(len(landmarks.fixed))])
         sol = np.linalg.lstsq(design, landmarks.moving, rcond=None)[0]
@@ -156,13 +156,28 @@ class AffineMap:
         return AffineMap(np.linalg.inv(full)[:2])
 
 
+IDENTITY = AffineMap(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+
+
 @dataclass(frozen=True)
 class DisplacementMap:
-    """``moving = fixed + field(fixed)``, ``field`` (H, W, 2) sampled on ``grid`` and
-    interpolated bilinearly (constant beyond the grid's edge). Used for deformable results."""
+    """``moving = affine(fixed) + field(fixed)``: an affine map plus a remainder ``field`` (H, W, 2) sampled at the
+    pixel centres of ``grid``, interpolated bilinearly and held constant beyond them. Used for deformable results:
+    past the outer centres (the outer half pixel, refined into a fused grid's sub-pixels) the affine still turns and
+    scales, where a held total displacement would not."""
 
     grid: Grid
     field: np.ndarray
+    affine: AffineMap = IDENTITY
+
+    @classmethod
+    def of_displacements(cls, grid: Grid, displacements: np.ndarray, affine: AffineMap) -> "DisplacementMap":
+        """From the total displacements (moving − fixed, (H, W, 2)) at ``grid``'s pixel centres, of a map whose affine
+        part is ``affine``."""
+        h, w = grid.shape
+        cols, rows = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        centres = grid.to_coords(np.column_stack([cols.ravel(), rows.ravel()]))
+        return cls(grid, displacements - (affine(centres) - centres).reshape(h, w, 2), affine)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         from scipy.ndimage import map_coordinates
@@ -174,7 +189,7 @@ class DisplacementMap:
         cols = np.clip(cr[:, 0], 0, w - 1)
         dx = map_coordinates(self.field[..., 0], [rows, cols], order=1, mode="nearest")
         dy = map_coordinates(self.field[..., 1], [rows, cols], order=1, mode="nearest")
-        return pts + np.column_stack([dx, dy])
+        return self.affine(pts) + np.column_stack([dx, dy])
 
 
 def transform_from_landmarks(landmarks: Landmarks, kind: str = "tps") -> PointMap:
