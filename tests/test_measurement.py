@@ -96,6 +96,10 @@ def test_positive_projection_keeps_empty_blocks_zero():
     assert out.min() >= 0
     assert np.all(out[6:12, 12:18] == 0)
     assert consistency_error(out, y, 6) < 1e-6
+    signed = y - 0.5  # a stack: each image is made non-negative where its own measurement is
+    stack = project_consistent(np.stack([x, x]), np.stack([y, signed]), 6, positive=True)
+    np.testing.assert_array_equal(stack[0], out)
+    np.testing.assert_array_equal(stack[1], project_consistent(x, signed, 6))
 
 
 def test_spot_measurement_projection_is_exact():

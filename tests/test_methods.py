@@ -164,6 +164,22 @@ def test_a_spot_wider_than_half_an_msi_pixel_is_refused(small_pair):
     assert np.abs(at_bound.image).max() < 20 * np.abs(ion).max()  # no blown-up deblurring at the bound
 
 
+def test_under_a_spot_the_bp_methods_are_exact_and_others_are_not_called_exact(small_pair):
+    """The back-projection methods project under the stated spot; diffusion projects under the box model, so its
+    wrong-signed values (if any) are not excused as the spot's exact inversion, and its error under the spot is
+    reported as it is."""
+    from msifusion.measurement import MeasurementModel
+
+    guide, ion, scale = small_pair
+    options = MethodOptions(runtime=Runtime(quiet=True), measurement=MeasurementModel(1.5))
+    for method in ("bilinear-bp", "guided-bp"):
+        assert fuse(guide, ion, method, options).consistency_error < 1e-6
+    diffused = fuse(guide, ion, "diffusion", options)
+    assert diffused.consistency_error > 1e-3
+    assert not any("exact under that model" in w for w in diffused.warnings)
+    assert fuse(guide, ion, "bilinear-bp").consistency_error < 1e-6  # the box model, as before
+
+
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
 def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
     """A memory-mapped or frozen guide gives the same image as a writable one (and no torch warning: the suite

@@ -33,6 +33,18 @@ def test_ssim_drops_for_a_different_image():
     assert ssim(truth + rng.normal(0, 0.2, truth.shape), truth) < 0.5
 
 
+def test_ssim_is_scikit_images_map_averaged_with_its_border():
+    """The mean of scikit-image's full map (border included); scikit-image's own mean crops (7 − 1) // 2 pixels."""
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    truth = _ramp(40, 60)
+    fused = truth + rng.normal(0, 0.05, truth.shape)
+    mean, full = structural_similarity(truth, fused, data_range=1.0, full=True)
+    assert ssim(fused, truth) == pytest.approx(float(full.mean()), abs=1e-12)
+    assert mean == pytest.approx(float(full[3:-3, 3:-3].mean()), abs=1e-12)
+
+
 def test_mask_restricts_error_and_survives_inf_truth():
     truth = _ramp()
     fused = truth.copy()

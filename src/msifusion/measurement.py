@@ -74,7 +74,9 @@ class MeasurementModel:
         return {**described, "summary": summary}
 
     def apply(self, image: np.ndarray, scale: int) -> np.ndarray:
-        """What the MSI measures of a fine ``image`` (H, W) at ``scale``: A(image), float64 (h, w)."""
+        """What the MSI measures of a fine ``image`` (H, W) at ``scale``: A(image), float64 (h, w). The box model's
+        means are rounded to float32 first, the precision of every image msifusion writes (so a float64 image's
+        consistency error does not go below float32 rounding, about 1e-8)."""
         if self.box:
             return block_mean(image, scale).astype(np.float64)
         fine = torch.as_tensor(np.asarray(image, dtype=np.float64))
@@ -282,7 +284,8 @@ def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot
     The correction is smooth (a bilinearly interpolated low-resolution field solved exactly),
     not block-constant; only the float rounding remainder is added per block. ``positive``
     (non-negative measurement): clip and rescale blocks multiplicatively instead of leaving
-    negatives (:meth:`Measurement.project_positive`). Works on (K, H, W) stacks too.
+    negatives (:meth:`Measurement.project_positive`), for each image whose measurement is non-negative. Works on
+    (K, H, W) stacks too.
     """
     x = torch.as_tensor(np.asarray(image, dtype=np.float64))
     y = torch.as_tensor(np.asarray(measured, dtype=np.float64))
@@ -290,8 +293,10 @@ def project_consistent(image: np.ndarray, measured: np.ndarray, scale: int, spot
         raise ValueError(f"image {tuple(x.shape)} is not measured {tuple(y.shape)} × {scale}")
     op = Measurement(tuple(x.shape[-2:]), scale, spot_sigma_px)
     out = op.project(x, y)
-    if positive and bool((y >= 0).all()):
-        out = op.project_positive(out, y)
+    if positive:  # per image of a stack: only where its own measurement is non-negative
+        nonneg = (y >= 0).flatten(-2).all(-1)[..., None, None]
+        if bool(nonneg.any()):
+            out = torch.where(nonneg, op.project_positive(out, y), out)
     return out.numpy().astype(np.float32) if np.asarray(image).dtype != np.float64 else out.numpy()
 
 

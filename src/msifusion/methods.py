@@ -233,6 +233,7 @@ def _in_ion_units(result: FitResult, ion: np.ndarray, method: str, scale: int, i
 
 
 MAX_CONSISTENCY_ERROR = 0.5  # above it, the fused image cannot be read in the ion's units
+EXACT = 1e-4  # a consistency error at most this: the output reproduces the measurement (the issue's bar)
 SPOT_DIP_WARNING = 0.01  # under a laser spot, wrong-signed values beyond this share of the ion's peak are warned
 
 
@@ -249,8 +250,8 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     That is: negative values (beyond float rounding) from a non-negative ion image, or positive ones from an ion
     image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
     :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
-    (``spot_sigma_px``) wrong-signed values are what an exact inversion of the spot gives where the measurement's
-    contrast is steep: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper
+    (``spot_sigma_px``), from an output exact under it (consistency error at most :data:`EXACT`), wrong-signed values
+    are what an exact inversion of the spot gives where the measurement's contrast is steep: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper
     than the peak itself mean contrast that a spot of that σ would have blurred away (a hot pixel, or σ too wide).
     """
     image = result.image
@@ -259,13 +260,14 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     sign = 1.0 if float(np.min(ion)) >= 0 else -1.0 if float(np.max(ion)) <= 0 else 0.0
     signed = image if sign > 0 else -image if sign < 0 else None  # one full-size copy at most, for an ion ≤ 0
     worst = float(np.min(signed)) if signed is not None else 0.0  # the most wrong-signed value, as a negative number
-    floor = (SPOT_DIP_WARNING if spot_sigma_px > 0 else 1e-6) * peak  # 1e-6: float rounding
+    exact_spot = spot_sigma_px > 0 and result.consistency_error <= EXACT  # an exact inversion of the spot
+    floor = (SPOT_DIP_WARNING if exact_spot else 1e-6) * peak  # 1e-6: float rounding
     problems, warnings = [], []
     if worst < -floor:
         kind, bound = ("negative", "min") if sign > 0 else ("positive", "max")
         values = (f"{kind} values ({bound} {sign * worst:.3g}, {abs(worst) / peak:.2%} of the ion's peak; "
                   f"{int(np.sum(signed < -1e-6 * peak))} of {image.size} pixels)")  # beyond float rounding
-        if spot_sigma_px > 0:
+        if exact_spot:
             deep = (" deeper than the ion's peak, so the measurement has contrast a spot that wide would have blurred "
                     "away (a hot or outlying MSI pixel, or σ stated wider than the instrument's)"
                     if abs(worst) > peak else "")
@@ -409,18 +411,20 @@ def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(guided_upsample(problem.guide, problem.ion, problem.scale))
 
 
-@register_method("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent)")
+@register_method("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent, "
+                                "under a laser spot too)")
 def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     start = upsample(problem.ion, problem.scale, "bilinear")
-    return FitResult(project_consistent(start, problem.ion, problem.scale))
+    return FitResult(project_consistent(start, problem.ion, problem.scale, options.measurement.spot_sigma_px))
 
 
-@register_method("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent)")
+@register_method("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent, under a "
+                              "laser spot too)")
 def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
     start = guided_upsample(problem.guide, problem.ion, problem.scale)
-    return FitResult(project_consistent(start, problem.ion, problem.scale))
+    return FitResult(project_consistent(start, problem.ion, problem.scale, options.measurement.spot_sigma_px))
 
 
 @register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA "

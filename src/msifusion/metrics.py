@@ -6,8 +6,11 @@ The evaluation protocol: block-average a truth by the factor, fuse, compare.
 - ``mse``: mean squared error against the truth, in the truth's units.
 - ``psnr``: ``10·log10(R² / MSE)`` with ``R = truth.max() − truth.min()`` (the data range
   of the *truth*, so every method is judged on the same scale); identical images → ``inf``.
-- ``ssim``: scikit-image's ``structural_similarity`` (its defaults: 7×7 uniform window,
-  K1 = 0.01, K2 = 0.03) with ``data_range = R``.
+- ``ssim``: scikit-image's ``structural_similarity`` map (its defaults: 7×7 uniform window,
+  K1 = 0.01, K2 = 0.03) with ``data_range = R``, averaged over every valid pixel, the 3-pixel border included
+  (scikit-image's own mean leaves it out: its filters are padded by reflection there). So a mask is scored like the
+  image's edges; where the border is flat background (the phantoms) the mean reads 0.005–0.01 above scikit-image's,
+  for every method alike.
 - ``edge``: the paper's edge perceptual loss of the fused image against the optical guide
   (:mod:`msifusion.losses`: Laplacian of the image vs Laplacian of the guide's luminance).
   The image is divided by ``max|measured|`` first, which is exactly the normalisation the
@@ -20,7 +23,8 @@ Masks: Middlebury disparities hold ``+inf`` where there is no truth. An optional
 ``mask`` (True = valid) restricts MSE/PSNR (and the data range) to the valid pixels; SSIM is
 computed as a full map (``full=True``) and averaged over the valid pixels, after the
 invalid truth pixels are filled with the fused values there (so they add no error and no
-inf reaches the window sums; windows touching them are still slightly affected). The edge
+inf reaches the window sums; windows touching them are affected: on Middlebury ×8 at half size, 47 % of the valid
+pixels, scoring 0.73 on average against 0.95 where the window holds only valid pixels). The edge
 loss and the consistency error do not use the truth and ignore the mask; ``measured`` must
 be finite.
 
@@ -100,7 +104,8 @@ def psnr(fused: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -
 
 
 def ssim(fused: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean SSIM (scikit-image defaults, data range of the truth), averaged over the valid pixels."""
+    """Mean SSIM: scikit-image's map (its defaults, the truth's data range) averaged over the valid pixels, its border
+    included (see the module's docstring)."""
     from skimage.metrics import structural_similarity
 
     fused, truth = _pair(fused, truth)
