@@ -224,6 +224,35 @@ def test_png_exif_orientation_big_endian_with_app1_prefix(tmp_path):
     assert "has Orientation 8 (photo viewers show it rotated 90° counter-clockwise" in read_optical(path).warnings[0]
 
 
+def test_a_png_larger_than_its_decoder_takes_is_refused_from_its_header(tmp_path):
+    """A 40000×40000 header (1.6 gigapixels; OpenCV decodes at most 2³⁰) is refused before any decoding, in one line;
+    Pillow's own guard against decompression bombs (it raised above 179 megapixels) does not stand in the way."""
+    import struct
+    import zlib
+
+    from PIL import Image as PILImage
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path = tmp_path / "huge.png"
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match=r"huge\.png: 40000×40000 px is more than the 1,073,741,824 pixels a PNG or "
+                                         r"JPEG can be decoded with; save it as a \(tiled, pyramidal\) TIFF$"):
+        read_optical(path)
+    limit = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = 10  # as if this 4×5 image were a "bomb"
+    try:
+        import cv2
+
+        cv2.imwrite(str(tmp_path / "small.png"), np.full((4, 5, 3), 255, np.uint8))
+        assert read_optical(tmp_path / "small.png").pixels.shape == (4, 5, 3)
+        assert PILImage.MAX_IMAGE_PIXELS == 10  # restored
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+
+
 def test_ion_tiff_orientation_is_warned_about_not_applied(tmp_path):
     ion = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
     tifffile.imwrite(tmp_path / "ion.tif", ion, extratags=[(274, "H", 1, 6, True)])
@@ -285,3 +314,32 @@ def test_what_c_libraries_print_on_stderr_is_captured_not_shown(capfd):
     with c_stderr_captured() as said:
         pass
     assert said == []
+
+
+def test_tiff_metadata_and_layouts_a_review_found_misread(tmp_path):
+    """Each read as a viewer shows it: an OME file's pixel size from its first image (not a label image's after it);
+    72 dpi written per cm (GIMP, Photoshop) is no calibration; a dark palette's colours as they are (not taken for a
+    12-bit camera's); 4-bit samples in bytes scaled by 15; four greyscale channels refused (the fourth was dropped as
+    if it were alpha)."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "label_after.ome.tif", ome=True) as tw:
+        tw.write(rgb, photometric="rgb", metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(rgb[:32, :32], photometric="rgb", metadata={"PhysicalSizeX": 0.01, "PhysicalSizeXUnit": "mm",
+                                                             "PhysicalSizeY": 0.01, "PhysicalSizeYUnit": "mm"})
+    assert read_optical(tmp_path / "label_after.ome.tif").pixel_size_um == 0.5
+    tifffile.imwrite(tmp_path / "gimp.tif", rgb, resolution=(28.3465, 28.3465), resolutionunit="CENTIMETER")
+    assert read_optical(tmp_path / "gimp.tif").pixel_size_um is None
+    tifffile.imwrite(tmp_path / "calibrated.tif", rgb, resolution=(200.0, 200.0), resolutionunit="CENTIMETER")
+    assert read_optical(tmp_path / "calibrated.tif").pixel_size_um == pytest.approx(50.0)  # an MSI-sized pixel stays
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:] = np.arange(256) * 64  # brightest entry 16320 of 65535
+    tifffile.imwrite(tmp_path / "dark_palette.tif", np.full((8, 8), 255, np.uint8), photometric="palette",
+                     colormap=colormap)
+    assert read_optical(tmp_path / "dark_palette.tif").pixels.max() == pytest.approx(16320 / 65535, abs=1e-6)
+    tifffile.imwrite(tmp_path / "four_bits.tif", np.tile(np.arange(16, dtype=np.uint8), (8, 1)), bitspersample=4)
+    np.testing.assert_allclose(read_optical(tmp_path / "four_bits.tif").pixels[0, :, 0], np.arange(16) / 15, atol=1e-6)
+    tifffile.imwrite(tmp_path / "fluorescence.tif", rng.integers(0, 4096, (64, 80, 4), dtype=np.uint16),
+                     photometric="minisblack", planarconfig="contig", extrasamples=[0, 0, 0], metadata=None)
+    with pytest.raises(InputError, match="a greyscale image of 4 channels .*not one colour image"):
+        read_optical(tmp_path / "fluorescence.tif")

@@ -44,6 +44,7 @@ from msifusion.io.tables import _read_table
 from msifusion.io.tiff import (EXPORT_AS_OME_TIFF, TIFF_CUT_SHORT, _read_tiff, _tiff_pixel_size_um,
                                _tifffile_log, rgb_to_uint8, write_rgb_tiff, write_tiff)
 from msifusion.io.units import PLAUSIBLE_PIXEL_UM
+from msifusion.runtime import refuse_beyond_memory
 
 __all__ = [  # what other modules import from here; write_tiff, write_rgb_tiff, rgb_to_uint8 and PLAUSIBLE_PIXEL_UM
     # are re-exported
@@ -134,11 +135,11 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
                                                       read.calibration_note, read.orientation)
         downsample, full_shape, faults = read.downsample, read.full_shape, read.warnings
     else:
+        orientation = _png_or_jpeg_header(path)  # not applied by the decoder: pixels as stored, as in Fiji
         data = _decode_png_or_jpeg(path)
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
         pixel_size, shift, note = pixel_size_um, 0.0, None
-        orientation = _exif_orientation(path)  # not applied by the decoder: pixels as stored, as in Fiji
     rgb = optical_to_rgb(data, path)
     warnings = (*faults, _orientation_warning(path, orientation), _uniform_warning(path, rgb))
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
@@ -210,17 +211,36 @@ def _orientation_warning(path: Path, orientation: int) -> str | None:
             "up without the tag")
 
 
-def _exif_orientation(path: Path) -> int:
-    """The Orientation (EXIF tag 274) of a PNG (eXIf chunk) or JPEG (APP1 segment), read by Pillow; 1 when it has none
-    or it cannot be read (the decoder has read the file already: a damaged tag here is no reason to refuse it)."""
+PNG_JPEG_MAX_PIXELS = 2**30  # OpenCV's decoder refuses more (CV_IO_MAX_IMAGE_PIXELS)
+
+
+def _png_or_jpeg_header(path: Path) -> int:
+    """From a PNG's or JPEG's header, read by Pillow without decoding the image: refuse a size OpenCV will not decode
+    or this machine cannot hold (:func:`refuse_beyond_memory`), and return its Orientation (EXIF tag 274: a PNG's
+    eXIf chunk, where it precedes the image data, or a JPEG's APP1 segment), 1 where it has none or it cannot be read
+    (a damaged tag is no reason to refuse the image; the decoder judges the rest)."""
     from PIL import Image as PILImage
 
+    limit, PILImage.MAX_IMAGE_PIXELS = PILImage.MAX_IMAGE_PIXELS, None  # Pillow's guard against decompression bombs
     try:
         with PILImage.open(path) as image:
-            orientation = image.getexif().get(274, 1)
-        return int(orientation) if isinstance(orientation, int) else 1
+            cols, rows = image.size
+            bands = len(image.getbands())
+            if image.format == "PNG":  # its getexif() decodes the whole image where no eXIf chunk precedes the data
+                exif = PILImage.Exif()
+                exif.load(image.info.get("exif") or b"")
+            else:
+                exif = image.getexif()
+            orientation = exif.get(274, 1)
     except (OSError, ValueError, TypeError, SyntaxError):
         return 1
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+    if rows * cols > PNG_JPEG_MAX_PIXELS:
+        raise InputError(path, f"{rows}×{cols} px is more than the {PNG_JPEG_MAX_PIXELS:,} pixels a PNG or JPEG can be "
+                               "decoded with; save it as a (tiled, pyramidal) TIFF")
+    refuse_beyond_memory(path, rows, cols, rows * cols * bands * 2, None)  # up to 16 bits a sample
+    return int(orientation) if isinstance(orientation, int) else 1
 
 
 _DAMAGED = ("premature end", "corrupt jpeg", "crc error", "incorrect data check", "read error")
@@ -271,7 +291,10 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     flags = (cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION if jpeg
              else cv2.IMREAD_UNCHANGED)
     with c_stderr_captured() as said:
-        data = cv2.imread(str(path), flags)
+        try:
+            data = cv2.imread(str(path), flags)
+        except cv2.error as exc:  # a limit of its own, beyond the header's checks
+            raise InputError(path, f"cannot decode image ({str(exc).strip().splitlines()[-1]})") from None
     said = "\n".join(said)
     damage = next((line for line in said.splitlines() if any(k in line.lower() for k in _DAMAGED)), None)
     if data is None or damage:

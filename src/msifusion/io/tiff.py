@@ -51,9 +51,10 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
     none we can read (the image is uncalibrated: the note says why when it states one in a way we cannot use) or a
     height it does not state (taken as square)."""
     ome = tif.ome_metadata
-    if ome and re.search(r'PhysicalSizeX="', ome):
-        width, note = _ome_physical_size_um(ome, "X")
-        return width, _ome_physical_size_um(ome, "Y")[0], note
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", ome or "")  # the first image's: a label's may follow
+    if pixels and re.search(r'PhysicalSizeX="', pixels.group(0)):
+        width, note = _ome_physical_size_um(pixels.group(0), "X")
+        return width, _ome_physical_size_um(pixels.group(0), "Y")[0], note
     page = _scan_series(tif).keyframe
     aperio = _aperio_mpp_um(page.description) if tif.is_svs else None
     if aperio is not None:
@@ -68,9 +69,21 @@ def _tiff_stated_pixel_size_um(tif) -> tuple[float | None, float | None, str | N
     else:
         res_unit = page.tags.get("ResolutionUnit")
         factor = {2: _UNITS_UM["inch"], 3: _UNITS_UM["cm"]}.get(int(res_unit.value) if res_unit is not None else 2)
-    if x is None or factor is None or (factor == _UNITS_UM["inch"] and x <= 1000):  # screen dpi (72, 96…): none
+    if x is None or factor is None or _screen_dpi(x, factor):
         return None, None, note
     return factor / x, (factor / y if y is not None else None), None
+
+
+SCREEN_DPI = (72.0, 96.0)  # what image editors (GIMP, Photoshop, Windows) write where nothing was calibrated
+
+
+def _screen_dpi(per_unit: float, um_per_unit: float) -> bool:
+    """Whether a resolution is a display's or an editor's, not a calibration: up to 1000 pixels per inch, or 72 or 96
+    dpi written per cm (28.35 or 37.80 pixels per cm; not every value: msifusion writes its own TIFFs per cm)."""
+    if um_per_unit == _UNITS_UM["inch"]:
+        return per_unit <= 1000
+    dpi = per_unit * _UNITS_UM["inch"] / um_per_unit
+    return um_per_unit == _UNITS_UM["cm"] and any(math.isclose(dpi, d, rel_tol=1e-3) for d in SCREEN_DPI)
 
 
 def _scan_series(tif):
@@ -101,8 +114,8 @@ def _aperio_mpp_um(description: str) -> tuple[float | None, float | None, str | 
 
 
 def _ome_physical_size_um(ome: str, axis: str) -> tuple[float | None, str | None]:
-    """OME ``PhysicalSize{axis}`` in µm (OME's default unit); None when absent, unreadable or in an unknown unit, with
-    a note saying which of the last two."""
+    """OME ``PhysicalSize{axis}`` in µm (OME's default unit) of one ``<Pixels>`` element's text; None when absent,
+    unreadable or in an unknown unit, with a note saying which of the last two."""
     m = re.search(rf'PhysicalSize{axis}="([^"]*)"', ome)
     if not m:
         return None, None
@@ -218,9 +231,14 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 rows, cols = _rows_cols(series)
                 refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize, PYRAMID_WAY_ROUND
                                      if len(levels) > 1 and coarsest_um is None else None)
+            if colours:
+                _refuse_channels(path, series.keyframe)
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
+            bits = series.keyframe.bitspersample
+            if colours and data.dtype == np.uint8 and 1 < bits < 8:  # 2–7 bits a sample, stored in bytes
+                data = data.astype(np.float32) / (2**bits - 1)
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
             names = _channel_names(tif.ome_metadata)
@@ -280,6 +298,19 @@ def _channel_names(ome: str | None) -> list[str]:
 _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
 
 
+def _refuse_channels(path: Path, page) -> None:
+    """Refuse a greyscale page whose samples are several channels (a fluorescence image's, each an extra sample not
+    marked as alpha), not one grey or three that read as RGB: its fourth was dropped as if it were alpha."""
+    import tifffile
+
+    if page.photometric != tifffile.PHOTOMETRIC.MINISBLACK or not page.extrasamples:
+        return
+    colours = page.samplesperpixel - sum(1 for kind in page.extrasamples if kind in (1, 2))  # 1, 2: alpha
+    if colours not in (1, 3):
+        raise InputError(path, f"a greyscale image of {colours} channels (samples not marked as alpha), not one "
+                               f"colour image; {ONE_IMAGE_AS_OME_TIFF}")
+
+
 def _tiff_colour_encoding(path: Path, page) -> str | None:
     """The page's PhotometricInterpretation as a name, None when it needs nothing done (grey, RGB, or no tag, which
     tifffile would call MinIsWhite); refuses the encodings we do not convert (raw YCbCr, CIELAB, LogLuv, CFA…)."""
@@ -321,7 +352,8 @@ def _tiff_colours(path: Path, data: np.ndarray, encoding: str, series) -> np.nda
             raise InputError(path, "palette TIFF has no colour map")
         if colormap.max() < 256:  # an 8-bit map written as is: libtiff assumes the same
             colormap = colormap * 257
-        return np.moveaxis(np.take(colormap, data, axis=1), 0, -1)
+        # as floats in [0, 1]: 16-bit colours are no camera's, whose depth the reader would guess from the brightest
+        return np.moveaxis(np.take((colormap / 65535.0).astype(np.float32), data, axis=1), 0, -1)
     # MINISWHITE
     if data.dtype == bool:
         return ~data
