@@ -715,18 +715,22 @@ def _compression(names: set[str]) -> str | None:
     return named[0] if named else "zlib compression" if "MS:1000574" in names else None
 
 
+def _local_name(element) -> str:
+    """An XML element's tag without its namespace (imzML's is mzML's)."""
+    return element.tag.rsplit("}", 1)[-1]
+
+
 def _first_arrays(path: Path) -> list[set[str]]:
     """The cvParams written inside the first spectrum's binary data arrays (names and accessions, one set per array),
     read up to that spectrum's end only: they add to (or stand in for) the arrays' referenceable groups."""
-    def tag(element) -> str:
-        return element.tag.rsplit("}", 1)[-1]
-
     arrays: list[set[str]] = []
-    for _, element in ET.iterparse(path, events=("end",)):
-        if tag(element) == "binaryDataArray":
-            arrays.append({str(e.get(key)) for e in element if tag(e) == "cvParam" for key in ("name", "accession")})
-        elif tag(element) == "spectrum":
-            break
+    with open(path, "rb") as handle:  # closed here, though the parse stops early
+        for _, element in ET.iterparse(handle, events=("end",)):
+            if _local_name(element) == "binaryDataArray":
+                arrays.append({str(e.get(key)) for e in element if _local_name(e) == "cvParam"
+                               for key in ("name", "accession")})
+            elif _local_name(element) == "spectrum":
+                break
     return arrays
 
 
@@ -924,35 +928,32 @@ def _what_is_malformed(path: Path) -> str | None:
     """What pyimzML stumbled on, in the file's terms, where it is one of the common faults of a hand-edited or cut
     imzML: not mzML at all, no spectrum list, a spectrum without its position or without an array's external offset
     or length, or one of those not an integer. None when none of these is found (the caller then quotes pyimzML)."""
-    def tag(element) -> str:
-        return element.tag.rsplit("}", 1)[-1]
-
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError):
         return None
-    if tag(root) != "mzML":
-        return f"its root element is <{tag(root)}>, not an imzML's <mzML>"
-    spectra = [e for e in root.iter() if tag(e) == "spectrum"]
+    if _local_name(root) != "mzML":
+        return f"its root element is <{_local_name(root)}>, not an imzML's <mzML>"
+    spectra = [e for e in root.iter() if _local_name(e) == "spectrum"]
     if not spectra:
         return "it holds no <spectrum> (no spectrum list)"
     for number, spectrum in enumerate(spectra, 1):
         name = f"spectrum {number} ({spectrum.get('id', 'no id')})"
-        params = {e.get("accession"): e.get("value") for e in spectrum.iter() if tag(e) == "cvParam"}
+        params = {e.get("accession"): e.get("value") for e in spectrum.iter() if _local_name(e) == "cvParam"}
         for accession, what in _POSITIONS.items():
             fault = _integer_fault(params, accession, what)
             if fault:
                 return f"{name} {fault}"
-        arrays = [e for e in spectrum.iter() if tag(e) == "binaryDataArray"]
+        arrays = [e for e in spectrum.iter() if _local_name(e) == "binaryDataArray"]
         for k, array in enumerate(arrays, 1):
-            if not any(tag(e) == "referenceableParamGroupRef" for e in array):
+            if not any(_local_name(e) == "referenceableParamGroupRef" for e in array):
                 return (f"{name}'s binary data array {k} refers to no referenceableParamGroup, where imzML readers "
                         "(pyimzML, and so msifusion) look for its kind and number type")
-            inner = {e.get("accession"): e.get("value") for e in array if tag(e) == "cvParam"}
+            inner = {e.get("accession"): e.get("value") for e in array if _local_name(e) == "cvParam"}
             for accession, what in _EXTERNAL.items():
                 fault = _integer_fault(inner, accession, what)
                 if fault:
-                    refs = [e.get("ref") for e in array if tag(e) == "referenceableParamGroupRef"]
+                    refs = [e.get("ref") for e in array if _local_name(e) == "referenceableParamGroupRef"]
                     return f"{name}'s binary data array {k}{f' ({refs[0]})' if refs else ''} {fault}"
     return None
 
