@@ -111,6 +111,17 @@ def test_spot_measurement_projection_is_exact():
     np.testing.assert_allclose(op.A(torch.as_tensor(out)).numpy(), y, atol=1e-9)
 
 
+@pytest.mark.parametrize("spot", [0.0, 2.0])
+def test_projection_keeps_the_images_dtype_for_a_float64_measurement(spot):
+    rng = np.random.default_rng(7)
+    y = torch.as_tensor(rng.random((4, 5)))  # float64
+    x = torch.as_tensor(rng.random((32, 40)), dtype=torch.float32)
+    op = Measurement((32, 40), 8, spot)
+    out = op.project(x, y)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(op.A(out).numpy(), y.numpy(), atol=1e-6)
+
+
 def test_positive_projection_under_a_spot_is_exact_and_tends_to_the_box_models_as_the_spot_narrows():
     rng = np.random.default_rng(8)
     fine = rng.random((40, 48)) ** 4  # sparse bright pixels: a plain projection goes far below zero

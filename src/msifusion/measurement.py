@@ -221,9 +221,11 @@ class Measurement:
         """Exact, smooth projection onto {x : A x = y}: x + B (A B)⁻¹ (y − A x), B = bilinear upsampling.
 
         (A B) is separable, so the low-resolution system is solved exactly with two small
-        dense solves; a last step (block-constant for the box model) removes float rounding.
+        dense solves; a last step (block-constant for the box model) removes float rounding. The result has x's
+        dtype whatever y's.
         """
         f = self.f
+        y = y.to(x.dtype)
         h, w = y.shape[-2:]
         Mh, Mw = self._ab(h, 0), self._ab(w, 1)
         res = (y - self.A(x)).double()

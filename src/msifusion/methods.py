@@ -251,8 +251,9 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
     image that is ≤ 0 everywhere (a log or baseline-subtracted export), or a consistency error above
     :data:`MAX_CONSISTENCY_ERROR` (its block means do not give back the measured ion image). Under a laser spot
     (``spot_sigma_px``), from an output exact under it (consistency error at most :data:`EXACT`), wrong-signed values
-    are what an exact inversion of the spot gives where the measurement's contrast is steep: they are warned apart, as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper
-    than the peak itself mean contrast that a spot of that σ would have blurred away (a hot pixel, or σ too wide).
+    are what an exact inversion of the spot gives where the measurement's contrast is steep: they are warned apart,
+    as such, beyond :data:`SPOT_DIP_WARNING` of the ion's peak; dips deeper than the peak itself mean contrast that
+    a spot of that σ would have blurred away (a hot pixel, or σ too wide).
     """
     image = result.image
     peak = float(np.max(np.abs(ion)))
@@ -428,11 +429,15 @@ def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA "
-                              "without features)")
+                              "without features; back-projected under a laser spot)")
 def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import anisotropic_diffusion
 
-    return FitResult(anisotropic_diffusion(problem.guide, problem.ion, problem.scale))
+    fused = anisotropic_diffusion(problem.guide, problem.ion, problem.scale)
+    spot = options.measurement.spot_sigma_px
+    if spot > 0:  # its block rescaling is exact under the box model only
+        fused = project_consistent(fused, problem.ion, problem.scale, spot)
+    return FitResult(fused)
 
 
 @register_method("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)")

@@ -237,6 +237,38 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, small_c
     assert "broken: FAILED RuntimeError: out of cheese" in capsys.readouterr().err
 
 
+def test_a_group_mean_over_fewer_cases_says_so(tmp_path, monkeypatch):
+    """A method that failed on one case of a group is averaged over the rest, and its summary cell says over how
+    many: a mean over fewer cases must not pass for one over all of them."""
+    from msifusion.methods import METHODS
+
+    cases = [phantom_case("leaf", "apigenin", seed, 4, (64, 64)) for seed in (3, 4)]
+
+    calls = []
+
+    def fails_on_the_second(problem, options):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of cheese")
+        return METHODS["bilinear"].run(problem, options)
+
+    monkeypatch.setitem(METHODS, "flaky", replace(METHODS["bilinear"], name="flaky", run=fails_on_the_second))
+    config = BenchmarkConfig(methods=("flaky",), panels=False, runtime=QUIET)
+    first, second = run_benchmark(BenchmarkRequest(tmp_path / "b", config, cases=cases))
+    assert math.isfinite(first["psnr"]) and math.isnan(second["psnr"])
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert (f"| flaky | {first['psnr']:.2f} (1 of 2 cases) | {first['ssim']:.3f} (1 of 2 cases) "
+            f"| {first['consistency']:.1e} (1 of 2 cases) |") in md
+
+
+def test_a_perfect_case_keeps_the_group_mean_infinite():
+    from msifusion.workflows.benchmark import _mean_cell
+
+    assert _mean_cell([20.0, math.inf], str) == "inf"
+    assert _mean_cell([20.0, 30.0, math.nan], str) == "25.0 (2 of 3 cases)"
+    assert _mean_cell([math.nan], str) == "–"
+
+
 def test_epoch_cap_applies_to_trained_methods(tmp_path, small_cases):
     config = BenchmarkConfig(methods=("lcrn", "bilinear"), epoch_cap=2, panels=False, runtime=QUIET)
     rows = run_benchmark(BenchmarkRequest(tmp_path / "b", config, cases=small_cases[:1]))

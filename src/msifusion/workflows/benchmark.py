@@ -48,7 +48,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -521,9 +521,15 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+def _mean_cell(values: Iterable[float], text: Callable[[float], str]) -> str:
+    """A group's mean. Cases a method failed on (NaN) are left out and the cell says over how many it is; a perfect
+    case (PSNR +inf) is kept, so the mean says so rather than hiding it."""
+    values = list(values)
+    ran = [v for v in values if not math.isnan(v)]
+    if not ran:
+        return "–"
+    cell = text(sum(ran) / len(ran))
+    return cell if len(ran) == len(values) else f"{cell} ({len(ran)} of {len(values)} cases)"
 
 
 def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Sequence[Case],
@@ -552,10 +558,9 @@ def results_markdown(rows: Sequence[dict], config: BenchmarkConfig, cases: Seque
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
-        cells = [m] + [_fmt(_mean(r["psnr"] for r in mine if r["group"] == g)) for g in groups]
-        cells += [_fmt(_mean(r["ssim"] for r in mine if r["group"] == g), 3) for g in groups]
-        consistency = _mean(r["consistency"] for r in mine)
-        cells += [f"{consistency:.1e}" if math.isfinite(consistency) else _fmt(consistency),
+        cells = [m] + [_mean_cell((r["psnr"] for r in mine if r["group"] == g), _fmt) for g in groups]
+        cells += [_mean_cell((r["ssim"] for r in mine if r["group"] == g), lambda v: _fmt(v, 3)) for g in groups]
+        cells += [_mean_cell((r["consistency"] for r in mine), lambda v: f"{v:.1e}"),
                   _fmt(sum(r["seconds"] for r in mine if math.isfinite(r["seconds"])), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
