@@ -508,8 +508,8 @@ class ImzML:
         one point in at least 90 % of the spectra that have any there)."""
         profiled = np.zeros(lo.size, bool) if profiled is None else np.asarray(profiled, bool)
         n = self.n_spectra
-        sums = np.empty((n, lo.size), dtype=np.float64)
-        norm = np.empty(n, dtype=np.float64) if normalize else None
+        sums = np.empty((n, lo.size), dtype=np.float32)  # summed in float64, kept in the images' float32: the
+        norm = np.empty(n, dtype=np.float64) if normalize else None  # largest array of a panel (spectra × ions)
         if self.continuous:
             mz = self._shared_mz()
             order = np.argsort(mz, kind="stable")
@@ -624,7 +624,7 @@ class ImzML:
         mz, image_mean = self._ranked_peaks(n, bin_ppm)
         if not self.continuous and mz.size:
             lo, hi = self._windows(mz, parse_tolerance(DEFAULT_TOLERANCE))
-            image_mean = self._window_sums(lo, hi, None)[0].sum(axis=0) / self.n_spectra
+            image_mean = self._window_sums(lo, hi, None)[0].sum(axis=0, dtype=np.float64) / self.n_spectra
         order = np.argsort(-image_mean, kind="stable")
         return [(float(mz[i]), float(image_mean[i])) for i in order]
 
