@@ -6,13 +6,14 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from pylibCZIrw import czi as pyczi
-from pylibCZIrw.czi import CziReader
 
 import msifusion.io.czi as czi_io
 import msifusion.runtime as runtime
 from msifusion.errors import InputError
 from msifusion.io.images import file_pixel_size_um, read_ion, read_optical
+
+pyczi = pytest.importorskip("pylibCZIrw.czi", reason="the czi extra (pylibCZIrw) is not installed")
+CziReader = pyczi.CziReader
 
 
 @pytest.fixture

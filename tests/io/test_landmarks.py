@@ -136,6 +136,9 @@ def test_bigwarp_json(tmp_path: Path) -> None:
     ('"type": "Thin Plate Spline"', '"type": 5', '"type" is 5; expected'),
     ("[1.0, 2.0]", "[true, false]", "point 0: non-numeric coordinate"),
     ("[1.0, 2.0]", '["1", "2"]', "point 0: non-numeric coordinate"),
+    ("[1.0, 2.0]", "[1e999, 2.0]", "1e999 is too large for a coordinate"),  # not BigWarp's Infinity (unpaired)
+    ("[1.0, 2.0]", f"[{'9' * 400}, 2.0]", f"{'9' * 20}… is too large for a coordinate"),
+    ("[1.0, 2.0]", f"[{'9' * 5000}, 2.0]", f"{'9' * 20}… is too large for a coordinate"),  # past int()'s limit
 ])
 def test_bigwarp_json_of_the_wrong_types_is_refused_in_one_line(tmp_path: Path, old: str, new: str, message: str) -> None:
     """Every field of the JSON with a type BigWarp never writes is an InputError naming the field: no traceback, no
@@ -166,6 +169,22 @@ def test_write_bigwarp_csv_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.moving, lm.moving)
     np.testing.assert_array_equal(back.fixed, lm.fixed)
     assert back.names == lm.names
+
+
+def test_names_in_any_script_are_written_in_utf8_and_read_back(tmp_path: Path) -> None:
+    """UTF-8 whatever the platform's code page (Windows' cp1252 cannot write 導管)."""
+    points = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 1.0]])
+    lm = Landmarks(moving=points, fixed=points, names=("α-Zelle", "導管", "Pt-2"))
+    path = write_bigwarp_csv(lm, tmp_path / "out.csv")
+    assert path.read_bytes().decode("utf-8").startswith('"α-Zelle","true"')
+    assert read_landmarks(path).names == lm.names
+
+
+def test_fields_separated_by_comma_and_space_are_read(tmp_path: Path) -> None:
+    spaced = read_landmarks(_write(tmp_path, "s.csv", CSV_2D.replace('","', '", "')))  # a row edited by hand
+    plain = read_landmarks(_write(tmp_path, "p.csv", CSV_2D))
+    np.testing.assert_array_equal(spaced.moving, plain.moving)
+    assert spaced.names == plain.names
 
 
 def test_a_trailing_comma_on_each_row_is_no_field(tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ def test_long_table_with_pandas_index_column(tmp_path):
     ("x,y,intensity\n1,1,5\n2,1,6\n1,1,999\n", "pixel x=1, y=1 appears 2 times"),
     ("x,y,v\n1,1,5\n1,1,6\n2,1,1\n2,1,1\n2,1,1\n", "pixel x=1, y=1 appears 2 times"),
     ("x,y,v\n0,0,5\n25,0,6\n50,25,7\n", "advance in steps of 25, not 1: they look like positions in µm"),
+    ("x,y,intensity\n0,0,1,5\n1,0,2,5\n0,1,3\n1,1,4\n", "row 1 has 4 values, expected 3"),  # decimal commas
+    ("x,y,intensity\n0,0,1\n1,0\n", "row 2 has 2 values, expected 3"),
 ])
 def test_ambiguous_long_tables_are_refused(tmp_path, text, message):
     path = tmp_path / "long.csv"
@@ -208,13 +210,16 @@ def test_a_first_row_counting_the_columns_is_a_header(tmp_path, text, expected):
 @pytest.mark.parametrize("text, problem", [
     ("12,345\t987\n1,001\t5\n",  # English Excel, tab-separated
      "number '12,345' may be 12345 or 12.345: every number in the table with a ',' has exactly three digits after "
-     "it, as with thousands separators; export the table without thousands separators"),
+     "it, as with thousands separators; export the table without thousands separators, or with more "
+     "decimals (numpy.savetxt: fmt='%.6g')"),
     ("987;1.234;12.345;5\n1.001;2;3;4\n",  # German Excel, integers
      "number '1.234' may be 1234 or 1.234: every number in the table with a '.' has exactly three digits after it, "
-     "as with thousands separators; export the table without thousands separators"),
+     "as with thousands separators; export the table without thousands separators, or with more "
+     "decimals (numpy.savetxt: fmt='%.6g')"),
     ('"12,345",987\n5,6\n',  # English Excel, comma-separated: the grouped cells quoted
      "number '12,345' may be 12345 or 12.345: every number in the table with a ',' has exactly three digits after "
-     "it, as with thousands separators; export the table without thousands separators"),
+     "it, as with thousands separators; export the table without thousands separators, or with more "
+     "decimals (numpy.savetxt: fmt='%.6g')"),
     ("876,36;16.259,44\n12,90;5\n", "number '16.259,44' has thousands separators; export the table without them"),
     ("1.234.567\t2\n3\t4\n", "number '1.234.567' has thousands separators; export the table without them"),
     ("0.5\t12,345\n1\t2\n", "number '12,345' has a thousands separator (decimals are written with '.', as in '0.5'); "
@@ -301,8 +306,12 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     "mz;intensity\n100;1,5\n200.5;2,25\n",  # decimal commas in the other columns do not matter
     "mz,count\n100,5\n200.5,7\n",  # the header says the comma separates columns
     "\ufeffm/z\r\n100\r\n200.5\r\n",  # a byte-order mark, Windows line ends
+    "intensity\tm/z\n345\t100\n12\t200.5\n",  # the header names the m/z column: not the first
+    "name,M/Z (Da)\n\"glucose, a\",100\nb,\"200.5\"\n",  # quoted cells, as Excel writes them
+    "peaks\n100\n200.5\n",  # a header of one column names it
+    "100\tglucose\n200.5\n",  # no header: a name missing from a row is no number missing
 ])
-def test_an_mz_list_takes_the_first_column_past_a_header(tmp_path, text):
+def test_an_mz_list_takes_the_column_its_header_names(tmp_path, text):
     from msifusion.io.tables import read_mz_list
 
     path = tmp_path / "mz.txt"
@@ -339,6 +348,15 @@ def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
     ("1217,5161;3,1\n656,7762;2,0\n", "line 1: '1217,5161' has a decimal comma"),
     ("1217.5161\t734.2\n", "holds one row of two numbers \\(1217.5161 and 734.2\\) and no header: an m/z and its "
                            "intensity, or two m/z\\? List one m/z per line"),
+    # what a header says the list cannot carry: window bounds, a tolerance per ion
+    ("mz_low\tmz_high\n500.0\t500.2\n", "its header names m/z window bounds \\(mz_low, mz_high\\): list each "
+                                         "window's centre as m/z and give its half-width with --tol"),
+    ("m/z,tol\n500.1,5ppm\n", "its header names a tolerance column \\(tol\\), which is not read"),
+    ("intensity,area\n345,3\n", "its header \\(intensity, area\\) names no m/z column: call that column m/z"),
+    ("500.1 600.2\n700.3\n", "line 1 holds 2 numbers and line 2 1, and no header names the m/z column"),
+    ("m/z,intensity\n\"328.9167\",300\n\"1,217.5\",100\n", "line 3: '1,217.5' has a decimal comma or a thousands "
+                                                          "separator"),  # Excel quotes a number it shows as 1,217.5
+    ("m/z\tname\n100\tglucose\n\tsucrose\n", "line 3 has no value in the m/z column"),
 ])
 def test_a_malformed_mz_list_is_refused_naming_the_line(tmp_path, text, problem):
     from msifusion.io.tables import read_mz_list

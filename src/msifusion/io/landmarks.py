@@ -214,7 +214,7 @@ DECIMAL_COMMAS = ("BigWarp's CSV has commas between its fields and decimal point
 
 def _parse_csv(path: Path, text: str) -> Landmarks:
     rows = []
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(text.splitlines(), skipinitialspace=True)  # '"Pt-0", "true", …' edited by hand
     for fields in reader:
         line = reader.line_num
         if not fields or all(not f.strip() for f in fields):
@@ -256,8 +256,13 @@ def _parse_csv(path: Path, text: str) -> Landmarks:
 
 
 def _parse_json(path: Path, text: str) -> Landmarks:
-    try:
-        obj = json.loads(text)
+    def finite(token: str) -> float:  # 1e999 or a 400-digit integer: not BigWarp's Infinity (an unplaced point)
+        if not math.isfinite(value := float(token)):
+            raise InputError(path, f"{token[:20]}{'…' if len(token) > 20 else ''} is too large for a coordinate")
+        return value
+
+    try:  # integers of over 300 digits as floats: int() refuses over 4300 digits, float() overflows past 308
+        obj = json.loads(text, parse_float=finite, parse_int=lambda t: int(t) if len(t) <= 300 else finite(t))
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(obj, dict):
@@ -318,7 +323,7 @@ def write_bigwarp_csv(landmarks: Landmarks, path: str | Path) -> Path:
     """Write 2-D landmarks as BigWarp does: every field quoted, no header; the active ones, then those switched off
     in the file they were read from (:attr:`Landmarks.inactive`)."""
     path = Path(path)
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:  # not the platform's code page: names in any script
         writer = csv.writer(fh, quoting=csv.QUOTE_ALL, lineterminator="\n")
         for name, m, f in zip(landmarks.names, landmarks.moving, landmarks.fixed):
             writer.writerow([name, "true", *(java_double(v) for v in m), *(java_double(v) for v in f)])

@@ -199,7 +199,7 @@ def _decimal_separator(path: Path, rows: list[list[str]], delimiter: str | None)
         whole, fraction = cell.replace(sep, ""), cell.replace(sep, ".")
         raise InputError(path, f"number {cell!r} may be {whole} or {fraction}: every number in the table with a "
                                f"{sep!r} has exactly three digits after it, as with thousands separators; export the "
-                               "table without thousands separators")
+                               "table without thousands separators, or with more decimals (numpy.savetxt: fmt='%.6g')")
     return "."
 
 
@@ -267,7 +267,10 @@ def _pivot_long_table(path: Path, header: list[str], coordinates: tuple[int, int
         raise InputError(path, f"long table needs exactly one intensity column beside {header[ix]} and {header[iy]}, "
                                f"found: {names}")
     iv = others[0]
-    cells = [[number(r[i]) if i < len(r) else None for i in (ix, iy, iv)] for r in rows]
+    for i, row in enumerate(rows):  # a decimal comma in a comma-separated table splits a value in two
+        if len(row) != len(header):
+            raise InputError(path, f"row {i + 1} has {len(row)} values, expected {len(header)} (the header's columns)")
+    cells = [[number(r[i]) for i in (ix, iy, iv)] for r in rows]
     if any(v is None for c in cells for v in c) or any(math.isnan(v) for c in cells for v in c[:2]):
         raise InputError(path, f"long table has a non-numeric {header[ix]}, {header[iy]} or intensity value")
     arr = np.array(cells, dtype=np.float64)
@@ -311,13 +314,26 @@ _COMMA_NUMBER = re.compile(r"\s*(\d+,\d+|\d{1,3}(,\d{3})+(\.\d*)?)\s*")  # 328,9
 _NUMBER_START = re.compile(r"\s*\"?\s*[-+.\d]")
 
 
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """"utf-16-le" or "utf-16-be" for mostly-ASCII UTF-16 text (nearly every character's high byte NUL), else None."""
+    for high, encoding in ((raw[1::2], "utf-16-le"), (raw[0::2], "utf-16-be")):
+        if high and high.count(0) >= 0.9 * len(high):
+            return encoding
+    return None
+
+
 def read_text(path: Path, what: str) -> str:
     """A small text file's contents, whichever way a lab's software saved it: UTF-32 or UTF-16 with a byte-order mark
     (PowerShell's ``>``, Excel's "Unicode text"), UTF-16 without one (mostly ASCII text, so nearly every other byte
     is NUL), else UTF-8, else Latin-1, which reads the digits, separators and ASCII names of any Windows code page
     alike (only those are read from it). Any other file with NUL bytes in it is refused as binary."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16)  # judged first, so that an .ibd given by mistake is not read whole
+            boms = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+            if b"\0" in head and not head.startswith(boms) and _utf16_without_bom(head) is None:
+                raise InputError(path, f"cannot read {what}: it is a binary file, not text")
+            raw = head + fh.read()
     except OSError as exc:
         raise InputError(path, f"cannot read {what} ({exc.strerror or exc})") from None
     if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: UTF-32-LE's mark starts alike
@@ -325,50 +341,98 @@ def read_text(path: Path, what: str) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
     if b"\0" in raw:
-        for high, encoding in ((raw[1::2], "utf-16-le"), (raw[0::2], "utf-16-be")):  # a character's high bytes
-            if len(raw) % 2 == 0 and high.count(0) >= 0.9 * len(high):
-                return raw.decode(encoding, errors="replace")
-        raise InputError(path, f"cannot read {what}: it is a binary file, not text")
+        encoding = _utf16_without_bom(raw) if len(raw) % 2 == 0 else None
+        if encoding is None:
+            raise InputError(path, f"cannot read {what}: it is a binary file, not text")
+        return raw.decode(encoding, errors="replace")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
 
 
+_MZ_NAME = re.compile(r"m\s*/?\s*z|mass", re.I)  # m/z, mz, M/Z (Da), mass
+_BOUND_NAME = re.compile(r"(?<![a-z])(low|high|min|max|start|end|lower|upper)(?![a-z])", re.I)  # mz_low, m/z max
+_TOLERANCE_NAME = re.compile(r"\s*(tol|tolerance|ppm|da|mda|window|width|half[\s_-]?width)\s*([(\[].*)?", re.I)
+
+
+def _mz_column(path: Path, names: list[str]) -> int:
+    """The column an m/z list's header row names as m/z (the first if several); a header naming window bounds or
+    a tolerance, which the list cannot carry, is refused rather than its m/z read around the wrong centre or width."""
+    bounds = [n for n in names if _MZ_NAME.search(n) and _BOUND_NAME.search(n)]
+    if bounds:
+        raise InputError(path, f"its header names m/z window bounds ({', '.join(bounds)}): list each window's centre "
+                               "as m/z and give its half-width with --tol")
+    tolerances = [n for n in names if _TOLERANCE_NAME.fullmatch(n)]
+    if tolerances:
+        raise InputError(path, f"its header names a tolerance column ({tolerances[0]}), which is not read: list m/z "
+                               "only and give their window with --tol (one run per tolerance)")
+    named = [i for i, n in enumerate(names) if _MZ_NAME.search(n)]
+    if named:
+        return named[0]
+    if len(names) == 1:
+        return 0
+    raise InputError(path, f"its header ({', '.join(names)}) names no m/z column: call that column m/z")
+
+
+def _split_row(line: str, delimiter: str | None) -> list[str]:
+    """A row's cells: CSV quoting honoured (a quoted ``"1,217.5"`` is one cell), blanks as one delimiter if none."""
+    if delimiter is None:
+        return [_cell(c) for c in line.split()]
+    return [_cell(c) for c in next(csv.reader([line], delimiter=delimiter))]
+
+
 def read_mz_list(path: Path) -> list[float]:
-    """m/z values from a text file: one per line, or the first column of a CSV or TSV; a header row (a first row
-    that does not start with a number) and ``#`` lines are skipped, so that what ``msifusion peaks`` prints, saved to
-    a file, can be given as it is. A file of one row of three or more numbers and no header (``328.9167 345 344``,
-    or with commas, tabs or semicolons) lists them all: a list typed on one line; one of two numbers and no header is
-    refused, as it may be an m/z and its intensity (``peaks`` output without its header) or two m/z. A lone number
-    with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous unless a comma-separated header says the comma
-    separates columns."""
+    """m/z values from a text file: one per line, or a column of a CSV or TSV; ``#`` lines are skipped, so that what
+    ``msifusion peaks`` prints, saved to a file, can be given as it is.
+
+    A header row (a first row that does not start with a number) chooses the column: the one it names m/z (``m/z``,
+    ``mz``, ``mass``), or its only one; a header naming window bounds (``mz_low``) or a tolerance is refused. Without
+    a header the first column is read, and rows must hold as many numbers each (``500.1 600.2`` then ``700.3`` is
+    refused, not read as 500.1 and 700.3). A file of one row of three or more numbers and no header (``328.9167 345
+    344``, or with commas, tabs or semicolons) lists them all: a list typed on one line; one of two numbers and no
+    header is refused, as it may be an m/z and its intensity (``peaks`` output without its header) or two m/z. A lone
+    number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous unless a comma-separated header says the
+    comma separates columns."""
     text = read_text(path, "the m/z list")
     values: list[float] = []
     cells: list[str] = []  # the last row's cells
     header: str | None = None  # the header row's delimiter, once one was seen ("" for none)
+    column, names = 0, ["the first"]
+    widths: dict[int, int] = {}  # without a header: numbers per row → the first line with that many
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         delimiter = next((d for d in ("\t", ";") if d in line), None)
         if header is None and not values and not _NUMBER_START.match(line):
             header = delimiter or ("," if "," in line else "")
+            names = [n for n in _split_row(line, header or None) if n]
+            column = _mz_column(path, names)
             continue
         if delimiter is None and "," in line:
             if header != "," and _COMMA_NUMBER.fullmatch(line):
                 raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal "
                                        "point, one per line")
             delimiter = ","
-        cells = [_cell(c) for c in (line.split(delimiter) if delimiter else line.split())]
-        first = cells[0]
+        cells = _split_row(line, delimiter)
+        if column >= len(cells) or not cells[column]:
+            raise InputError(path, f"line {number} has no value in the {names[column]} column")
+        if header is None:
+            widths.setdefault(sum(_to_float(c) is not None for c in cells if c), number)
+        first = cells[column]
         value = _to_float(first)
-        if value is None and re.fullmatch(r"\d+,\d+", first):
-            raise InputError(path, f"line {number}: {first!r} has a decimal comma; write m/z with a decimal point")
+        if value is None and _COMMA_NUMBER.fullmatch(first):
+            raise InputError(path, f"line {number}: {first!r} has a decimal comma or a thousands separator; write m/z "
+                                   "with a decimal point and no separator")
         if value is None or not (math.isfinite(value) and value > 0):
             raise InputError(path, f"line {number}: {first!r} is not an m/z (a positive number)")
         values.append(value)
     if not values:
         raise InputError(path, "lists no m/z")
+    if len(widths) > 1:
+        (a, first_line), (b, other_line) = sorted(widths.items(), key=lambda kv: kv[1])[:2]
+        raise InputError(path, f"line {first_line} holds {a} numbers and line {other_line} {b}, and no header names "
+                               "the m/z column: list one m/z per line, or add a header row naming it m/z")
     row = [_to_float(c) for c in cells if c]
     if header is None and len(values) == 1 and len(row) > 1 and all(v is not None and math.isfinite(v) and v > 0
                                                                      for v in row):
