@@ -265,7 +265,8 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
      "--lr, --checkpoint-every: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),
     (["--method", "bilinear", "--patience", "0"],
      "--patience: applies only to fitted methods (lcrn, cnn3, unet), not to --method bilinear"),
-    (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to guided-harmonic, not to --method lcrn"),
+    (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to the methods made exact under the "
+     "measurement model (guided-harmonic, bilinear-bp, guided-bp, diffusion), not to --method lcrn"),
     (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
     (["--method", "lcrn", "--edge-weight", "1"],
      "--edge-weight: applies only to guided-harmonic, not to --method lcrn"),
@@ -289,9 +290,25 @@ def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_t
     """The demo fits lcrn beside the chosen method, so --epochs applies whatever the method; the spot does not."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--method", "bilinear", "--spot-sigma", "3", "--epochs", "2"]) == 2
-    _assert_one_line_error(capsys, "msifusion: error: --spot-sigma: applies only to guided-harmonic, not to --method "
-                                   "bilinear")
+    _assert_one_line_error(capsys, "msifusion: error: --spot-sigma: applies only to the methods made exact under "
+                                   "the measurement model (guided-harmonic, bilinear-bp, guided-bp, diffusion), not "
+                                   "to --method bilinear")
     assert not out.exists()
+
+
+def test_the_spot_is_taken_by_every_method_made_exact_under_it(tmp_path, files):
+    import json
+
+    from msifusion.cli import MEASURING_METHODS
+    from msifusion.methods import METHODS
+
+    assert set(MEASURING_METHODS) == {name for name, m in METHODS.items() if m.uses_measurement}
+    opt, ion_path, _, _ = files
+    for method in ("bilinear-bp", "diffusion"):
+        out = tmp_path / method
+        assert _fuse(opt, ion_path, out, "--method", method, "--spot-sigma", "1") == 0
+        record = json.loads((out / "run.json").read_text())
+        assert record["consistency_error"] < 1e-6
 
 
 def test_stating_the_default_box_model_is_not_an_ignored_option(tmp_path, files):
@@ -486,6 +503,30 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, files, capsys, mon
     assert _fuse(opt, ion_path, tmp_path / "out", "--method", "bilinear") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("msifusion: error: ") and "No space left on device; nothing written" in err[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 3.52 GiB for an array with shape (30720, 30720) and data type float32"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 3779067904 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_running_out_of_memory_is_one_line_and_leaves_nothing(tmp_path, files, capsys, monkeypatch, error):
+    """Past the up-front memory checks (a lower bound; another program may take memory meanwhile) NumPy or torch
+    may still fail to allocate: one line saying so and what to do, exit 1, nothing written."""
+    from dataclasses import replace
+
+    from msifusion.methods import METHODS
+
+    def greedy(problem, options):
+        raise error
+
+    monkeypatch.setitem(METHODS, "bilinear", replace(METHODS["bilinear"], run=greedy))
+    opt, ion_path, _, _ = files
+    assert _fuse(opt, ion_path, tmp_path / "out", "--method", "bilinear") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("msifusion: error: out of memory (") and err[0].endswith(
+        "); nothing written: use a smaller --scale, crop the images, or the default method, which works in tiles")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 

@@ -178,6 +178,23 @@ def test_under_a_spot_the_consistent_methods_are_exact_and_others_are_not_called
         assert fuse(guide, ion, method).consistency_error < 1e-6
 
 
+def test_a_method_is_refused_up_front_where_its_own_memory_would_not_fit(monkeypatch):
+    """The trained methods fit the whole image at once, about 1.4 kB per fused pixel (measured), thirty times the
+    default's: a machine that holds the default's fusion must refuse theirs before training, naming the method."""
+    import msifusion.runtime as runtime
+    from msifusion.methods import check_memory
+
+    monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 1_000_000_000)
+    guide, ion = np.full((1536, 1536, 3), 0.5, np.float32), np.ones((96, 96), np.float32)  # 2.36 M fused pixels
+    check_memory(ion.shape, 16, DEFAULT_METHOD)  # 113 MB
+    with pytest.raises(InputError, match=r"^--scale: ×16 makes a 1536×1536 fused image, about 3.5 GB to fuse with "
+                                         r"--method lcrn, more than this machine's 1.0 GB of memory; use a smaller "
+                                         r"scale or crop the ion image; the default method works in tiles$"):
+        fuse(guide, ion, "lcrn", MethodOptions(runtime=Runtime(quiet=True)))
+    with pytest.raises(InputError, match="with --method unet"):
+        fuse_many(guide, np.stack([ion, ion]), "unet", MethodOptions(runtime=Runtime(quiet=True)))
+
+
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])
 def test_a_read_only_guide_is_used_as_it_is(small_pair, method):
     """A memory-mapped or frozen guide gives the same image as a writable one (and no torch warning: the suite

@@ -163,6 +163,8 @@ def test_a_panel_beyond_the_machines_memory_is_fused_in_parts_that_fit(monkeypat
     assert runtime.panel_part_size((49, 135), 20, 382) == 191
     assert runtime.panel_part_size((49, 135), 20, 1000) == 334  # three parts of even size: 334, 333 and 333
     assert runtime.panel_part_size((49, 135), 20, 763) == 255  # not 381, 381 and a lone ion
+    # a method needing 1500 bytes a pixel (lcrn, one ion at a time): (8.192 − 3.969) GB / 2 / 10.6 MB + 1 = 200
+    assert runtime.panel_part_size((49, 135), 20, 1000, 1500, "lcrn") == 200
     with pytest.raises(InputError, match=r"^--scale: ×200 makes a 9800×27000 fused image, about 13 GB"):
         runtime.panel_part_size((49, 135), 200, 100)  # one ion does not fit: its own size is named
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: None)  # a system that does not say: all at once

@@ -23,6 +23,9 @@ LENGTH_UNITS = ("um", "µm", "μm", "nm", "mm")  # pixel sizes are plain numbers
 SPOT_UNITS = "σ is in pixels of the fused grid, not µm: a spot σ of s µm is s × scale / MSI pixel µm"
 PIXEL_UNITS = "pixel sizes are plain numbers in µm: drop the unit"
 DEVICE_HELP = "auto (CUDA when available; the default), cpu, cuda or cuda:N"
+# the methods made exact under --spot-sigma (Method.uses_measurement, named here so that --help imports no torch;
+# a test holds the two equal)
+MEASURING_METHODS = ("guided-harmonic", "bilinear-bp", "guided-bp", "diffusion")
 ION_HELP = "ion image: 2-D TIFF or NPY, or a CSV/TSV/text matrix or x, y table"
 OVERWRITE_HELP = ("replace an earlier output folder (one whose run.json msifusion wrote, holding no file that run "
                   "did not write)")
@@ -170,12 +173,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help=DEVICE_HELP)
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--quiet", action="store_true", help="no progress bars and no summary line (warnings still show)")
-    m = p.add_argument_group("the default method, guided-harmonic")
-    harmonic_only = [
-        m.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
+    s = p.add_argument_group(f"the measurement model ({', '.join(MEASURING_METHODS)})")
+    measurement_only = [
+        s.add_argument("--spot-sigma", type=_spot_sigma, default=0.0, metavar="PX",
                        help="σ of a Gaussian laser spot blurred before each MSI pixel's box average, in fused-grid "
                             "pixels (1 px = an MSI pixel / the scale; s µm is s × scale / MSI pixel µm), at most "
-                            "scale / 2 (default 0: the box average alone)"),
+                            "scale / 2 (default 0: the box average alone); these methods are made exact under it")]
+    m = p.add_argument_group("the default method, guided-harmonic")
+    harmonic_only = [
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "
                             "default a self-supervised test decides per ion"),
@@ -196,15 +201,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         t.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
                        help="save the output every N epochs under DIR/checkpoints (default 0: never)"),
         t.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CUDA (ignored on the CPU)")]
-    p.set_defaults(harmonic_only=harmonic_only, training_only=training_only)
+    p.set_defaults(harmonic_only=harmonic_only, training_only=training_only, measurement_only=measurement_only)
 
 
 def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     return [
         g.add_argument("--mz", type=_mz, action="extend", nargs="+", required=required, metavar="M",
                        help="the m/z to extract, one or more (--mz 100 200, --mz repeated, or --mz \"100 200\"), "
-                            "or a text file listing them (one per line, or a CSV/TSV's first column; a header and "
-                            "# lines are skipped, so `msifusion peaks` output saved to a file works as it is)"),
+                            "or a text file listing them (one per line, or the CSV/TSV column its header names m/z, "
+                            "else the first; # lines are skipped, so `msifusion peaks` output saved to a file works "
+                            "as it is)"),
         g.add_argument("--tol", default=None,
                        help=f"m/z window half-width, its unit attached: 5ppm, 0.01Da or 10mDa (default "
                             f"{DEFAULT_TOLERANCE}); each pixel's intensities within m/z ± tol are summed"),
@@ -259,7 +265,9 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
         return  # an unknown method is refused, with the list, where the method is looked up
     training_only = args.training_only if training else []
     for options, applies, to in ((training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
-                                 (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic")):
+                                 (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic"),
+                                 (args.measurement_only, method.uses_measurement,
+                                  f"the methods made exact under the measurement model ({', '.join(MEASURING_METHODS)})")):
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
@@ -798,7 +806,19 @@ def _failed(exc: BaseException, stopped: list[int], out: str | None) -> int:
     if isinstance(exc, OSError):  # a full disk, a quota, a drive gone: not the input's fault (exit 1)
         print(f"msifusion: error: {_os_error(exc, out)}; nothing written", file=sys.stderr)
         return 1
+    if _out_of_memory(exc):  # past the up-front checks' lower bounds (another program took memory meanwhile)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"msifusion: error: out of memory ({detail[:200]}); nothing written: use a smaller --scale, crop the "
+              "images, or the default method, which works in tiles", file=sys.stderr)
+        return 1
     raise exc
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """NumPy's MemoryError, torch's CUDA OutOfMemoryError, or torch's CPU allocator failing (a RuntimeError); known by
+    name, so that torch is not imported for it."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
 def _attach_signed_values(argv: list[str]) -> list[str]:

@@ -29,9 +29,9 @@ class MeasurementModel:
     """What one MSI pixel measures of the fine image: the mean over its scale × scale block (the box average), after a
     Gaussian laser spot of ``spot_sigma_px`` fine pixels when that is given (0: the box average alone).
 
-    Every method's consistency error is scored under it. The default method is exact under it; the other exact
-    methods (bilinear-bp, guided-bp, diffusion) are exact under the box average alone, so the command line offers
-    ``--spot-sigma`` with the default method only.
+    Every method's consistency error is scored under it. The methods that project onto the measurement (the default,
+    bilinear-bp, guided-bp, diffusion: :attr:`msifusion.methods.Method.uses_measurement`) are exact under it; the
+    command line offers ``--spot-sigma`` with those only, as the others would ignore it.
     """
 
     spot_sigma_px: float = 0.0

@@ -17,7 +17,7 @@ import numpy as np
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, fit_network
-from msifusion.runtime import Runtime, check_device, seeded
+from msifusion.runtime import BYTES_PER_FUSED_PIXEL, Runtime, check_device, check_fused_size, seeded
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, torch_ready, validate_ion
 from msifusion.measurement import MeasurementModel, project_consistent, upsample
 
@@ -74,6 +74,8 @@ class Method:
     summary: str
     fit_fields: tuple[str, ...] = ()  # the FitConfig fields it applies (a fitted network; none: a closed form)
     run_many: ManyFn | None = None  # shares work across the ions of one guide (else: one run per ion)
+    bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL  # memory per fused pixel (:func:`check_memory`)
+    uses_measurement: bool = False  # its output is made exact under MethodOptions.measurement (the spot: --spot-sigma)
 
     @property
     def trains(self) -> bool:
@@ -91,15 +93,24 @@ METHODS: dict[str, Method] = {}
 ALL_FIT_FIELDS = tuple(f.name for f in fields(FitConfig))
 
 
-def register_method(name: str, summary: str, fit_fields: tuple[str, ...] = (),
-                    run_many: ManyFn | None = None) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, summary: str, fit_fields: tuple[str, ...] = (), run_many: ManyFn | None = None,
+                    bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL, uses_measurement: bool = False
+                    ) -> Callable[[MethodFn], MethodFn]:
     """Decorator: add a fusion method to :data:`METHODS` under ``name`` (what ``--method`` and ``msifusion methods``
-    show), with the training options it uses (``fit_fields``) and its many-ion entry, if any."""
+    show), with the training options it uses (``fit_fields``), its many-ion entry, if any, the memory it needs per
+    fused pixel where that is more than :data:`BYTES_PER_FUSED_PIXEL`, and whether it makes its output exact under
+    the stated measurement model (``uses_measurement``; the others ignore a laser spot)."""
     def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, summary, fit_fields, run_many)
+        METHODS[name] = Method(name, fn, summary, fit_fields, run_many, bytes_per_pixel, uses_measurement)
         return fn
 
     return wrap
+
+
+def check_memory(ion_shape: tuple[int, int], scale: int, method: str) -> None:
+    """Refuse, before any work, a fusion whose output grid ``method`` cannot fuse in this machine's memory: its
+    :attr:`Method.bytes_per_pixel` times the fused pixels (:func:`msifusion.runtime.check_fused_size`)."""
+    check_fused_size(ion_shape, scale, METHODS[method].bytes_per_pixel, method)
 
 
 DEFAULT_METHOD = "guided-harmonic"  # measured best on the benchmark (docs/benchmarks.md); LCRN is --method lcrn
@@ -321,6 +332,7 @@ def fuse(
 
 def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scale: float, method: str,
                   options: MethodOptions) -> FusionResult:
+    check_memory(ion.shape, scale, method)
     problem = FusionProblem(guide, ion / intensity_scale, scale)
     start = time.perf_counter()
     with seeded(options.runtime.seed):
@@ -368,6 +380,7 @@ def fuse_many(
         raise InputError(None, f"method {method!r} fuses a panel together, so its ion images need one shape; got "
                                f"{sorted({ion.shape for ion, _, _ in checked})}")
     scale = checked[0][1]
+    check_memory(checked[0][0].shape, scale, method)
     normalised = np.stack([ion / peak for ion, _, peak in checked])
     start = time.perf_counter()
     with seeded(options.runtime.seed):
@@ -387,7 +400,7 @@ def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
-                 fit_fields=ALL_FIT_FIELDS)
+                 fit_fields=ALL_FIT_FIELDS, bytes_per_pixel=1500)
 def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.lcrn import LCRN
 
@@ -405,7 +418,7 @@ def _bicubic(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, "
-                           "radius = scale, eps = 1e-3")
+                           "radius = scale, eps = 1e-3", bytes_per_pixel=300)
 def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -413,14 +426,14 @@ def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent, "
-                                "under a laser spot too)")
+                                "under a laser spot too)", bytes_per_pixel=100, uses_measurement=True)
 def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     start = upsample(problem.ion, problem.scale, "bilinear")
     return FitResult(project_consistent(start, problem.ion, problem.scale, options.measurement.spot_sigma_px))
 
 
 @register_method("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent, under a "
-                              "laser spot too)")
+                              "laser spot too)", bytes_per_pixel=300, uses_measurement=True)
 def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -429,7 +442,8 @@ def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA "
-                              "without features; back-projected under a laser spot)")
+                              "without features; back-projected under a laser spot)", bytes_per_pixel=100,
+                 uses_measurement=True)
 def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import anisotropic_diffusion
 
@@ -440,7 +454,8 @@ def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return FitResult(fused)
 
 
-@register_method("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)")
+@register_method("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)",
+                 bytes_per_pixel=150)
 def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import pls_fusion
 
@@ -449,7 +464,8 @@ def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 # its loss is fixed (MSE only): it takes neither w_mse nor w_edge
 @register_method("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe "
-                         "otherwise", fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")))
+                         "otherwise", fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")),
+                 bytes_per_pixel=1100)
 def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from dataclasses import replace
 
@@ -461,7 +477,8 @@ def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction "
-                         "losses", fit_fields=("max_epochs", "lr", "checkpoint_every"))  # its own stages and stopping
+                         "losses", fit_fields=("max_epochs", "lr", "checkpoint_every"),  # its own stages, stopping
+                 bytes_per_pixel=1400)
 def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.unet import UNetRecipe, fit_unet
 
@@ -498,6 +515,7 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
 
 
 @register_method("guided-harmonic", "the smoothest image along the optical's edges whose MSI-pixel means equal the "
-                 "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many)
+                 "measurement exactly; how far to trust the optical chosen per ion", run_many=_guided_harmonic_many,
+                 uses_measurement=True)
 def _guided_harmonic(problem: FusionProblem, options: MethodOptions) -> FitResult:
     return _guided_harmonic_many(problem.guide, problem.ion[None], problem.scale, options)[0]

@@ -291,32 +291,37 @@ def refuse_beyond_memory(path: Path, rows: int, cols: int, decoded_bytes: int, w
                            + (f" (it is {way_round})" if way_round else ""))
 
 
-def check_fused_size(ion_shape: tuple[int, int], scale: int) -> None:
+def check_fused_size(ion_shape: tuple[int, int], scale: int, bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL,
+                     method: str | None = None) -> None:
     """Refuse, before any work, a fused image that cannot fit in this machine's memory.
 
-    A lower bound: :data:`BYTES_PER_FUSED_PIXEL` per fused pixel (the solver itself works in tiles); without the check
-    a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
+    A lower bound: ``bytes_per_pixel`` per fused pixel, by default :data:`BYTES_PER_FUSED_PIXEL` (the default method's
+    solver works in tiles; ``method`` names one that needs more, :attr:`msifusion.methods.Method.bytes_per_pixel`);
+    without the check a mistyped ``--scale 1000`` ran out of memory after minutes, or was killed by the system.
     """
     have = machine_memory_bytes()
     h, w = ion_shape
-    one = h * scale * w * scale * BYTES_PER_FUSED_PIXEL
+    one = h * scale * w * scale * bytes_per_pixel
     if have is not None and one > have:
+        by = f" with --method {method}" if method else ""
+        tiled = "; the default method works in tiles" if bytes_per_pixel > BYTES_PER_FUSED_PIXEL else ""
         raise InputError("--scale", f"×{scale} makes a {h * scale}×{w * scale} fused image, about {amount(one)} "
-                                    f"to fuse, more than this machine's {amount(have)} of memory; use a smaller "
-                                    "scale or crop the ion image")
+                                    f"to fuse{by}, more than this machine's {amount(have)} of memory; use a smaller "
+                                    f"scale or crop the ion image{tiled}")
 
 
-def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int) -> int:
+def panel_part_size(ion_shape: tuple[int, int], scale: int, ions: int, bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL,
+                    method: str | None = None) -> int:
     """How many of a panel's ``ions`` to fuse at once: as many as half of what one ion leaves of this machine's memory
     holds (one ion's :data:`BYTES_PER_FUSED_PIXEL` per fused pixel and 4 bytes, its float32 image, for each further
     one: a lower bound; the other half for what the bound does not count, measured at 1.5 times the bound on 416
     prostate ions), all where they fit, else parts of even size (at least one ion). Refuses what
-    :func:`check_fused_size` refuses."""
-    check_fused_size(ion_shape, scale)
+    :func:`check_fused_size` refuses (``bytes_per_pixel`` and ``method`` as there)."""
+    check_fused_size(ion_shape, scale, bytes_per_pixel, method)
     have = machine_memory_bytes()
     h, w = ion_shape
     pixels = h * scale * w * scale
-    one = pixels * BYTES_PER_FUSED_PIXEL
+    one = pixels * bytes_per_pixel
     fit = ions if have is None else int(max(1, min(ions, (have - one) // 2 // (pixels * 4) + 1)))
     if fit >= ions:
         return ions

@@ -296,7 +296,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
         pixel_note, file_summary = f.pixel_size_note, f.summary()
     K, scale = len(stack.mzs), request.register.scale
-    per_part = panel_part_size(stack.images.shape[1:], scale, K)  # before minutes of registration
+    method = request.settings.method  # its memory checked before minutes of registration
+    per_part = panel_part_size(stack.images.shape[1:], scale, K, METHODS[method].bytes_per_pixel, method)
     parts = -(-K // per_part)
     h, w = stack.images.shape[1:]
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
