@@ -105,11 +105,18 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     np.testing.assert_allclose(spot, ion, rtol=1e-3, atol=1e-3 * float(ion.max()))
 
 
-def test_scale_resizes_a_registered_optical(tmp_path, files):
-    opt, ion_path, ion, _ = files
+def test_scale_resizes_a_registered_optical_and_says_so(tmp_path, files, capsys):
+    """An optical already at ion × k resized to another --scale loses (or invents) resolution: said on stderr."""
+    import json
+
+    opt, ion_path, ion, k = files
     out = tmp_path / "out"
     assert _fuse(opt, ion_path, out, "--method", "bilinear", "--scale", "2") == 0
     assert tifffile.imread(out / "fused.tiff").shape == (ion.shape[0] * 2, ion.shape[1] * 2)
+    said = (f"{opt.name} is already the ion grid ×{k} ({ion.shape[0] * k}×{ion.shape[1] * k}); resized to ×2 "
+            f"({ion.shape[0] * 2}×{ion.shape[1] * 2}) as --scale asks: drop --scale to fuse at ×{k}")
+    assert said in capsys.readouterr().err
+    assert said in json.loads((out / "run.json").read_text())["warnings"]
 
 
 def _assert_one_line_error(capsys, *needles):
@@ -294,6 +301,21 @@ def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_t
                                    "the measurement model (guided-harmonic, bilinear-bp, guided-bp, diffusion), not "
                                    "to --method bilinear")
     assert not out.exists()
+
+
+def test_run_json_names_the_cpu_for_a_method_that_never_uses_the_gpu(tmp_path, files, monkeypatch):
+    """With --device auto on a CUDA machine the record said cuda for bilinear, which runs on the CPU."""
+    import json
+
+    import torch
+
+    import msifusion.workflows.fusion as fusion
+
+    monkeypatch.setattr(fusion, "resolve_device", lambda device: torch.device("cuda", 0))  # as on a CUDA machine
+    opt, ion_path, _, _ = files
+    for method, device in (("bilinear", "cpu"), ("guided-bp", "cpu"), ("guided-harmonic", "cuda:0")):
+        assert _fuse(opt, ion_path, tmp_path / method, "--method", method) == 0
+        assert json.loads((tmp_path / method / "run.json").read_text())["device"] == device
 
 
 def test_the_spot_is_taken_by_every_method_made_exact_under_it(tmp_path, files):

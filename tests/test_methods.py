@@ -56,7 +56,7 @@ def test_bad_problems(small_pair):
         fuse(guide, ion, "nope")
     with pytest.raises(InputError, match="all zero"):
         fuse(guide, ion * 0, "bilinear")
-    with pytest.raises(InputError, match=r"ion 1 of 2: ion image has \d+ NaN/inf pixel"):
+    with pytest.raises(InputError, match=r"ion 2 of 2: ion image has \d+ NaN/inf pixel"):
         fuse_many(guide, np.stack([ion, np.where(ion > ion.mean(), np.nan, ion)]))
     with pytest.raises(InputError, match="integer multiple"):
         fuse(guide[:-1], ion, "bilinear")
@@ -85,9 +85,9 @@ def test_bad_panels(small_pair):
         fuse_many(guide, np.zeros((0, *ion.shape)))
     with pytest.raises(InputError, match=r"got shape \(8, 12\); for one ion use fuse"):
         fuse_many(guide, ion)
-    with pytest.raises(InputError, match="ion 1 of 3: ion image is all zero"):
+    with pytest.raises(InputError, match="ion 2 of 3: ion image is all zero"):
         fuse_many(guide, [ion, 0 * ion, ion])
-    with pytest.raises(InputError, match="ion 0 of 1: the ion image is an Image; pass its pixels"):
+    with pytest.raises(InputError, match="ion 1 of 1: the ion image is an Image; pass its pixels"):
         fuse_many(guide, [Image(ion)])
     with pytest.raises(InputError, match=r"drop its last axis \(ion\[..., 0\]\)"):
         fuse(guide, ion[..., None])
@@ -336,6 +336,9 @@ def test_an_inconsistent_network_output_is_told_to_fit_longer():
     (warning,) = output_warnings(_result(fused, "unet", 0.785, epochs=3, stop_reason="completed 3 stages (1, 1, 1)"),
                                  ion)  # the U-Net has no early stopping to turn off: more epochs is the advice
     assert warning.endswith("before it matched the measurement; give it more epochs (--epochs), or try another method")
+    (warning,) = output_warnings(_result(fused, "unet", 0.785, epochs=400, stop_reason="completed 3 stages "
+                                         "(200, 100, 100)"), ion)  # its recipe's end: more epochs would not be run
+    assert warning.endswith("before it matched the measurement; its recipe ends at 400 epochs, or try another method")
 
 
 def test_a_result_from_python_carries_its_warnings(small_pair):

@@ -73,7 +73,12 @@ def test_a_git_checkout_records_its_commit_and_whether_it_was_modified(tmp_path)
     assert source_revision(package) == {"msifusion_commit": head, "msifusion_modified": False}
     assert source_revision(installed) == {}  # the repository does not track it: not its commit
     (tmp_path / "notes.txt").write_text("untracked files are not a change to the code\n")
-    assert source_revision(package)["msifusion_modified"] is False
+    (tmp_path / "src" / "README").write_text("tracked\n")
+    subprocess.run([*git, "add", "src/README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "two"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "src" / "README").write_text("edited: a tracked file beside the package, not its code\n")
+    assert source_revision(package) == {"msifusion_commit": head, "msifusion_modified": False}
     (package / "code.py").write_text("x = 2\n")
     assert source_revision(package) == {"msifusion_commit": head, "msifusion_modified": True}
 

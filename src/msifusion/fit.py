@@ -116,7 +116,10 @@ def fit_network(
     ``guide`` is the (H, W, 3) optical in [0, 1], ``target`` the (H, W) interpolated ion image.
     ``on_epoch`` sees each epoch's record (epoch, mse, edge, total, seconds) before that epoch's checkpoint.
     ``loss``: another objective (the U-Net's staged losses) in place of ``w_mse``·MSE + ``w_edge``·edge.
-    Returns the output after the last epoch run, as the paper does.
+    Returns the output after the last epoch run (the paper does not say which it keeps; the last is what its
+    early-stopping rule reads as "stop here"): the model after that epoch's step, one step past the epoch's recorded
+    losses, which are those before its step. ``on_checkpoint`` gets (epoch, output) in the target's units (the
+    methods pass their ion divided by its peak; the command line's checkpoints multiply it back).
     """
     device = resolve_device(runtime.device)
     model = model.to(device)

@@ -39,7 +39,7 @@ class MethodOptions:
 
     fit: FitConfig = FitConfig()
     runtime: Runtime = Runtime()
-    on_checkpoint: CheckpointFn | None = None
+    on_checkpoint: CheckpointFn | None = None  # (epoch, output) of a fitted method, in units of the ion's peak
     harmonic: HarmonicConfig = HarmonicConfig()  # the guided-harmonic method's settings
     measurement: MeasurementModel = MeasurementModel()  # what an MSI pixel measures (consistency is scored under it)
 
@@ -294,8 +294,14 @@ def output_warnings(result: FusionResult, ion: np.ndarray, spot_sigma_px: float 
         advice = "look at the fused image, or try another method"
         method = METHODS[result.method]
         if method.trains:  # a fitted network: the stopping rule or the cap may have left it short of the data
-            more = ("fit without early stopping (patience 0) for more epochs" if "patience" in method.fit_fields else
-                    "give it more epochs (--epochs)")
+            if "patience" in method.fit_fields:
+                more = "fit without early stopping (patience 0) for more epochs"
+            else:  # the U-Net: its three stages end at the recipe's total, whatever --epochs says
+                from msifusion.models.unet import UNetRecipe
+
+                most = UNetRecipe().total_epochs
+                more = ("give it more epochs (--epochs)" if result.fit.epochs < most else
+                        f"its recipe ends at {most} epochs")
             advice = (f"the fit stopped at epoch {result.fit.epochs} ({result.fit.stop_reason}) before it matched the "
                       f"measurement; {more}, or try another method")
         warnings.append(f"the {result.method} output is not in the ion's units: {'; '.join(problems)}; {advice}")
@@ -372,7 +378,7 @@ def fuse_many(
         try:
             checked.append(_checked_ion(guide.shape, ion, options))
         except InputError as exc:
-            raise InputError(exc.source, f"ion {k} of {len(ions)}: {exc.problem}") from None
+            raise InputError(exc.source, f"ion {k + 1} of {len(ions)}: {exc.problem}") from None
     run_many = METHODS[method].run_many
     if run_many is None or len(checked) == 1:
         return [_fuse_checked(guide, *c, method, options) for c in checked]

@@ -58,7 +58,7 @@ def software_versions() -> dict:
 @functools.lru_cache(maxsize=None)
 def source_revision(package: Path | None = None) -> dict:
     """Where msifusion (or the folder ``package``) runs from a git checkout that tracks it (an editable install, as
-    ``make install`` makes): the commit and whether the checkout's tracked files differ from it, since the version
+    ``make install`` makes): the commit and whether the package's tracked files differ from it, since the version
     string stays the same across commits. Empty for an installed package (also one installed into a virtualenv
     inside the user's own repository, which does not track it), or where git is not at hand. Asked once per process
     (a panel writes a record per ion), as the code running does not change when its files do."""
@@ -72,8 +72,8 @@ def source_revision(package: Path | None = None) -> dict:
                                  text=True, timeout=10)
         commit = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
-        status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                capture_output=True, text=True, timeout=10)  # the package's files: not docs or tests
     except (OSError, subprocess.SubprocessError):
         return {}
     if tracked.returncode or commit.returncode or status.returncode:

@@ -357,6 +357,26 @@ def test_an_mz_without_signal_is_one_line_naming_the_peaks_command(tmp_path, fil
     assert not (tmp_path / "ions").exists()
 
 
+def test_an_ion_that_cannot_be_fused_is_refused_before_registration_naming_the_file_and_mz(tmp_path, files, capsys,
+                                                                                            monkeypatch):
+    import msifusion.workflows.from_imzml as from_imzml
+
+    _, opt, lm, truth = files
+    truth[1, 3, 4] = 3e38  # one value of m/z 200 near float32's largest: its fused image could overflow
+    imzml = tmp_path / "hot.imzML"
+    with ImzMLWriter(str(imzml), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(H):
+            for c in range(W):
+                w.addSpectrum(AXIS, truth[:, r, c].astype(np.float32), (c + 1, r + 1))
+    monkeypatch.setattr(from_imzml, "register_optical", lambda *a, **k: pytest.fail("registered before refusing"))
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"msifusion: error: {imzml}: the ion image of m/z 200.0000 values reach "
+                                              "3e+38, too near float32's largest")
+    assert not out.exists()
+
+
 def test_register_lists_what_it_wrote(tmp_path, files):
     imzml, opt, lm, _ = files
     out = tmp_path / "reg"

@@ -17,7 +17,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
-from msifusion.io.images import check_optical, write_tiff
+from msifusion.io.images import check_optical, validate_ion, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, find_ibd, parse_tolerance,
                                 write_acquired, write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
@@ -68,6 +68,8 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
         raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
                          f"(±{stack.tolerance}); check the m/z or widen --tol (`msifusion peaks "
                          f"{f.path.name}` lists its strongest peaks)")
+    for image, label in zip(stack.images, stack.labels):  # what fusing would refuse, refused before registration
+        validate_ion(image, f.path, f"the ion image of {label}")
     return stack
 
 

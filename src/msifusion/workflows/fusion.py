@@ -117,6 +117,10 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
             guide = _resize(guide, (h * scale, w * scale))
             notes.append(f"optical resized from {H}×{W} to {h * scale}×{w * scale}")
     warnings = [*optical.warnings, *ion.warnings]
+    if scale is not None and H % h == 0 and H // h > scale and (H // h) * w == W:
+        k = H // h  # registered finer: a mistyped --scale throws its detail away (a coarser one: warned below)
+        warnings.append(f"{src.name if src else 'the optical'} is already the ion grid ×{k} ({H}×{W}); resized to "
+                        f"×{scale} ({h * scale}×{w * scale}) as --scale asks: drop --scale to fuse at ×{k}")
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if ion_pixel_size_um:
         notes.append("ion pixel size as given (--pixel-size)")
@@ -209,7 +213,8 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
     options = settings.options
-    device = resolve_device(options.runtime.device)
+    # the fitted methods and the default run on --device; the others on the CPU whatever it says
+    device = resolve_device(options.runtime.device) if trains or result.method == DEFAULT_METHOD else "cpu"
     record = {
         **run_header(),
         "method": result.method,
