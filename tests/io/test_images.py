@@ -269,6 +269,25 @@ def test_rgb_layout_reads_gray_alpha_with_few_rows_as_channels_last():
     assert rgb_layout(np.zeros((40, 50))).shape == (40, 50, 3)
 
 
+def test_a_transparent_background_is_warned_about(tmp_path):
+    """A region exported with its surroundings cut out: alpha is dropped, so the background reads as the black stored
+    under it (dense tissue, to a brightfield guide); said, with the remedy. An opaque RGBA image is not."""
+    import cv2
+
+    bgra = np.full((40, 50, 4), 230, np.uint8)
+    bgra[:, :15] = 0  # 30 % transparent, black under
+    cv2.imwrite(str(tmp_path / "cut.png"), bgra)
+    assert read_optical(tmp_path / "cut.png").warnings == (
+        "30% of cut.png is transparent (alpha 0) and reads as black: alpha is not applied; fill the background with "
+        "the slide's own colour (white for brightfield) first if it is not tissue",)
+    tifffile.imwrite(tmp_path / "cut.tif", bgra[..., [2, 1, 0, 3]].transpose(2, 0, 1), photometric="rgb",
+                     planarconfig="separate", extrasamples=[2])  # planar RGBA, unassociated alpha
+    assert read_optical(tmp_path / "cut.tif").warnings[0].startswith("30% of cut.tif is transparent")
+    bgra[..., 3] = 255
+    cv2.imwrite(str(tmp_path / "opaque.png"), bgra)
+    assert read_optical(tmp_path / "opaque.png").warnings == ()
+
+
 def test_torch_ready_copies_only_what_torch_cannot_wrap() -> None:
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert torch_ready(a) is a

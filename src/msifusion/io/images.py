@@ -14,9 +14,10 @@ Accepted inputs
 Optical: PNG, JPEG, TIFF (incl. OME-TIFF, LZW via imagecodecs), Aperio slide scans (.svs, TIFFs calibrated by
 their description's MPP), Hamamatsu slide scans (.ndpi, TIFF-like, calibrated by their resolution in pixels per cm;
 both read by tifffile, which sets their thumbnails, macro photographs and maps apart) and Zeiss CZI (.czi, one scene
-and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or float; grayscale, RGB or RGBA (alpha is dropped);
-TIFF palette, MinIsWhite and CMYK are converted. A TIFF, PNG or JPEG (EXIF) Orientation tag is not applied (Fiji
-and Bio-Formats ignore it, so BigWarp landmarks are placed on the stored pixels): the image carries a warning instead.
+and plane, with the ``czi`` extra); 8-bit, 16-bit, 32-bit or float; grayscale, RGB or RGBA (alpha is dropped, and a
+transparent background warned about); TIFF palette, MinIsWhite and CMYK are converted. A TIFF, PNG or JPEG (EXIF)
+Orientation tag is not applied (Fiji and Bio-Formats ignore it, so BigWarp landmarks are placed on the stored
+pixels): the image carries a warning instead.
 Pixels become float32 RGB in [0, 1]: 8-bit images are divided by 255, 16-bit ones by the least camera depth's
 maximum (8, 10, 12, 14 or 16 bits) that holds their values, wider integer images by the image's own maximum, float
 images (and wider integers with negative values) are min-max scaled unless already in [0, 1].
@@ -140,8 +141,9 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
         if data.ndim == 3:
             data = data[..., [2, 1, 0, 3][: data.shape[2]]] if data.shape[2] in (3, 4) else data
         pixel_size, shift, note = pixel_size_um, 0.0, None
+    transparent = _transparent_warning(path, data)
     rgb = optical_to_rgb(data, path)
-    warnings = (*faults, _orientation_warning(path, orientation), _uniform_warning(path, rgb))
+    warnings = (*faults, _orientation_warning(path, orientation), _uniform_warning(path, rgb), transparent)
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
                  full_shape=full_shape)
 
@@ -187,6 +189,27 @@ def _uniform_warning(path: Path, rgb: np.ndarray) -> str | None:
             return None  # (1 + 1e-6): float rounding of one level
     return (f"{path.name} is uniform (each colour within one 8-bit level): a blank image, or the wrong file or "
             "channel? The fusion has no optical detail to follow and only interpolates the ion image")
+
+
+TRANSPARENT_SHARE = 0.01  # an optical this much transparent is warned about: its alpha is not applied
+
+
+def _transparent_warning(path: Path, data: np.ndarray) -> str | None:
+    """The warning for an optical with a transparent background (a region exported with its surroundings cut out):
+    alpha is dropped, so those pixels read as the colour stored under them, black in most exports, which a
+    brightfield guide shows as dense tissue and registration may follow; None under :data:`TRANSPARENT_SHARE`."""
+    data = _channels_last(data)
+    if data.ndim != 3 or data.shape[2] not in (2, 4):
+        return None
+    step = max(1, int(np.sqrt(data.shape[0] * data.shape[1] / 1e6)))  # a sample of a million pixels
+    sample = data[::step, ::step]
+    clear = sample[..., -1] == 0
+    share = float(clear.mean())
+    if share < TRANSPARENT_SHARE:
+        return None
+    under = "black" if not np.any(sample[..., :-1][clear]) else "the colours stored under it"
+    return (f"{share:.0%} of {path.name} is transparent (alpha 0) and reads as {under}: alpha is not applied; fill "
+            "the background with the slide's own colour (white for brightfield) first if it is not tissue")
 
 
 # How a viewer that honours the TIFF/EXIF Orientation tag shows the stored pixels, by the tag's value.
@@ -304,12 +327,18 @@ def _decode_png_or_jpeg(path: Path) -> np.ndarray:
     return data
 
 
+def _channels_last(data: np.ndarray) -> np.ndarray:
+    """A (C, H, W) gray/RGB/RGBA array as (H, W, C); any other array as it is."""
+    data = np.asarray(data)
+    if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 2, 3, 4):
+        return np.moveaxis(data, 0, -1)
+    return data
+
+
 def rgb_layout(data: np.ndarray, source: str | Path | None = None) -> np.ndarray:
     """Any gray/RGB/RGBA array (channels first or last) as (H, W, 3), values untouched: channels moved last, alpha
     dropped, gray repeated into three channels; an InputError when it is no such image or under 2 pixels a side."""
-    data = np.asarray(data)
-    if data.ndim == 3 and data.shape[0] in (1, 3, 4) and data.shape[-1] not in (1, 2, 3, 4):
-        data = np.moveaxis(data, 0, -1)
+    data = _channels_last(data)
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim != 3 or data.shape[2] not in (1, 2, 3, 4):
