@@ -121,9 +121,16 @@ def test_output_folder_follows_the_umask(tmp_path):
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
 
 
-def test_an_unusable_name_is_an_input_error(tmp_path):
-    with pytest.raises(InputError, match="cannot use the output folder"):
-        check_output_dir(tmp_path / ("a" * 300), overwrite=False)
+@pytest.mark.parametrize("length", [300, 240])  # 240: a name the drive takes, but not its staging folder's
+def test_a_name_too_long_for_its_staging_folder_is_an_input_error(tmp_path, length):
+    if os.pathconf(tmp_path, "PC_NAME_MAX") != 255:
+        pytest.skip("a drive whose names are not limited to 255 bytes")
+    with pytest.raises(InputError, match=f"the folder's name is {length} bytes long; its output is staged beside it "
+                                         "under a name 22 bytes longer, past this drive's 255: use a shorter name"):
+        check_output_dir(tmp_path / ("a" * length), overwrite=False)
+    with staged_output_dir(tmp_path / ("a" * 233), overwrite=False) as stage:  # 233 + 22 = 255: fits
+        (stage / "x.txt").write_text("x")
+    assert (tmp_path / ("a" * 233) / "x.txt").exists()
 
 
 def test_failure_also_removes_the_parent_folders_it_made(tmp_path):
@@ -426,9 +433,19 @@ def test_an_earlier_run_holding_a_link_that_points_nowhere_is_replaced(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
-def test_a_run_that_cannot_make_its_staging_folder_leaves_no_lock(tmp_path):
-    out = tmp_path / "made" / ("x" * 235)  # its lock's name fits in 255 bytes, its staging folder's does not
-    with pytest.raises(InputError, match="cannot create the output folder"):
+def test_a_run_that_cannot_make_its_staging_folder_leaves_no_lock(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    make = Path.mkdir
+
+    def refused(self, *args, **kwargs):  # e.g. a quota reached between the lock file and the staging folder
+        if ".partial-" in self.name:
+            raise OSError(13, "Permission denied", str(self))
+        return make(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    out = tmp_path / "made" / "run"
+    with pytest.raises(InputError, match="cannot create the output folder: Permission denied"):
         with staged_output_dir(out):
             pass
     assert list(tmp_path.iterdir()) == []  # neither the lock file nor the parent folder it made

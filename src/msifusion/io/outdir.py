@@ -34,6 +34,7 @@ def check_output_dir(out: str | Path, overwrite: bool, inputs: Iterable[str | Pa
     can be made there. First clears what runs into ``out`` that were killed outright left (:func:`_clear_killed_runs`).
     Returns the folder to write: ``out``, or where it points if it is a symbolic link."""
     out = Path(out)
+    _check_name_length(out)
     try:
         if out.is_symlink():
             out = Path(os.path.realpath(out))
@@ -50,6 +51,18 @@ def _holds(folder: Path, path: str | Path) -> bool:
     """Whether replacing ``folder`` (resolved) would remove ``path``."""
     path = Path(path).resolve()
     return folder == path or folder in path.parents
+
+
+STAGING_EXTRA = len(".") + len(".partial-") + 12  # what the hidden staging folders' names add to the output's
+
+
+def _check_name_length(out: Path) -> None:
+    """Refuse a name the drive takes but not with the staging folders' longer names beside it."""
+    longest = _longest_name(out.parent)
+    if longest is not None and len(os.fsencode(out.name)) + STAGING_EXTRA > longest:
+        raise InputError(out, f"the folder's name is {len(os.fsencode(out.name))} bytes long; its output is staged "
+                              f"beside it under a name {STAGING_EXTRA} bytes longer, past this drive's {longest}: "
+                              "use a shorter name")
 
 
 def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | None]) -> None:
@@ -78,6 +91,15 @@ def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | 
     parent = nearest_existing(where.parent)
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(out, f"cannot create the output folder: {parent} is not a writable folder")
+
+
+def _longest_name(folder: Path) -> int | None:
+    """The longest file name (bytes) the drive holding ``folder`` takes (255 on most), None where it does not say."""
+    where = nearest_existing(folder.resolve())
+    try:
+        return os.pathconf(where, "PC_NAME_MAX") if where is not None else None
+    except (AttributeError, ValueError, OSError):  # Windows has no pathconf
+        return None
 
 
 def nearest_existing(path: Path) -> Path | None:
