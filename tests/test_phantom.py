@@ -99,6 +99,17 @@ def test_measure_is_block_mean_of_truth_within_the_noise(leaf):
     np.testing.assert_array_equal(leaf.measure(20), leaf.measure(20))
 
 
+def test_unclipped_noise_is_signed_and_unbiased_where_the_clipped_reads_high(leaf):
+    clean = block_mean(leaf.truth, 10)
+    background = clean == 0
+    assert background.sum() > 100
+    clipped, signed = leaf.measure(10), with_noise(leaf, noise=0.02, clip=False).measure(10)
+    np.testing.assert_array_equal(np.clip(signed, 0, None), clipped)  # one draw: the clip is the only difference
+    assert abs(signed[background].mean()) < 0.003 and signed.min() < -0.03
+    assert clipped[background].mean() == pytest.approx(0.02 / np.sqrt(2 * np.pi), rel=0.25)  # half a Gaussian's mean
+    assert np.mean(clipped[background] == 0) == pytest.approx(0.5, abs=0.1)
+
+
 def test_measure_through_a_laser_spot_is_scipys_gaussian_blur_then_the_block_mean(leaf):
     clean = with_noise(leaf, noise=0.0)
     blurred = ndimage.gaussian_filter(leaf.truth.astype(np.float64), 3.0, mode="reflect", truncate=4.0)

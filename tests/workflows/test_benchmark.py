@@ -162,12 +162,30 @@ def test_prostate_cases_are_the_strongest_ions_and_the_ion_of_interest(tmp_path)
     assert np.corrcoef(guide_dark.ravel(), images.any(0).ravel())[0, 1] > 0.8  # the H&E registered onto the ions
 
 
-def test_prostate_group_is_skipped_when_data_are_missing(tmp_path):
+def test_prostate_group_is_skipped_when_its_data_cannot_be_fetched(tmp_path, monkeypatch, capsys):
+    import msifusion.examples as examples
+
+    def offline():
+        raise InputError("msight==1.0.24", "cannot download it: no package index reachable")
+
+    monkeypatch.setattr(examples, "fetch_prostate", offline)
+    config = BenchmarkConfig(cases=CaseSelection(groups=("prostate",)), methods=CHEAP, runtime=QUIET)
+    cases, skipped, _ = build_cases(config)
+    assert cases == [] and skipped == ["prostate cases skipped: could not fetch the MSIght prostate example: "
+                                       "msight==1.0.24: cannot download it: no package index reachable"]
+    with pytest.raises(InputError, match="no case to run"):
+        run_benchmark(BenchmarkRequest(tmp_path / "out", config))
+    assert f"msifusion: warning: {skipped[0]}" in capsys.readouterr().err  # said under --quiet too
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prostate_folder_given_without_its_files_is_an_error(tmp_path):
+    """A mistyped --prostate-dir, or a half-copied one, must not give a 'successful' benchmark without the group."""
+    (tmp_path / "prostate_example.imzML").write_text("<mzML/>")
     only_prostate = CaseSelection(groups=("prostate",), prostate_dir=tmp_path)
     config = BenchmarkConfig(cases=only_prostate, methods=CHEAP, runtime=QUIET)
-    cases, skipped, _ = build_cases(config)
-    assert cases == [] and len(skipped) == 1 and "prostate_example.imzML" in skipped[0]
-    with pytest.raises(InputError, match="no case to run"):
+    with pytest.raises(InputError, match=f"^{tmp_path}: lacks prostate_he_example.tif, prostate_example.ibd "
+                                         r"\(the MSIght prostate example's files\)$"):
         run_benchmark(BenchmarkRequest(tmp_path / "out", config))
     assert not (tmp_path / "out").exists()
 
