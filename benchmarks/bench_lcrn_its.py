@@ -37,7 +37,7 @@ def time_steps(shape: tuple[int, int], device: torch.device, steps: int, autocas
     target_edges = edge_map(luminance_t(x))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
-    def step() -> None:
+    def step() -> float:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x)
@@ -45,6 +45,7 @@ def time_steps(shape: tuple[int, int], device: torch.device, steps: int, autocas
         loss = F.mse_loss(out, y) + edge_perceptual_loss(out, target_edges)
         loss.backward()
         opt.step()
+        return loss.item()  # read every step, as fit_network reads its losses (on CUDA: a sync per step)
 
     step()
     if device.type == "cuda":

@@ -67,5 +67,8 @@ def machine() -> str:
 
 
 def header(title: str) -> str:
-    """``# title, CPU model, N CPU cores, date``: the first line each benchmark prints."""
-    return f"# {title}, {machine()}, {date.today()}"
+    """``# title, CPU model, N CPU cores, the threads torch uses, date``: the first line each benchmark prints (the
+    threads set the timings; the default method's numba kernels run on as many, its output does not depend on them)."""
+    import torch
+
+    return f"# {title}, {machine()}, {torch.get_num_threads()} threads, {date.today()}"

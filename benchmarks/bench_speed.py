@@ -137,7 +137,8 @@ def task(name: str, args: argparse.Namespace) -> dict:
         row.update(method=DEFAULT_METHOD, ions=len(cases), seconds=seconds, seconds_alone=seconds_alone,
                    **_sharing(results),
                    psnr_minus_alone_mean=float(np.mean(gaps)), psnr_minus_alone_min=float(np.min(gaps)))
-    row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1e9
     import torch
 
     if torch.cuda.is_available() and args.device != "cpu":

@@ -37,9 +37,12 @@ def test_bad_values_are_refused_with_the_reason(parse, text, said):
         parse(text)
 
 
-def test_the_header_names_the_machine_its_cores_and_the_date():
+def test_the_header_names_the_machine_its_cores_threads_and_the_date():
+    import torch
+
     line = header("msifusion speed")
-    assert line.startswith("# msifusion speed, ") and line.endswith(f"CPU cores, {date.today()}")
+    assert line.startswith("# msifusion speed, ") and line.endswith(
+        f"CPU cores, {torch.get_num_threads()} threads, {date.today()}")
 
 
 def test_a_script_refuses_an_unknown_task_before_any_work():

@@ -281,6 +281,8 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
     (["--method", "cnn3", "--w-edge", "7"],
      "--w-edge: --method cnn3 does not use this; its training takes --epochs, --lr, --patience, --edge-kernel, "
      "--checkpoint-every, --bf16"),
+    (["--method", "unet", "--epochs", "2"], "--epochs: unet trains in three stages of at least one epoch each: give "
+                                            "at least 3, not 2"),
     (["--method", "unet", "--patience", "2", "--edge-kernel", "sobel"],
      "--patience, --edge-kernel: --method unet does not use these; its training takes --epochs, --lr, "
      "--checkpoint-every, --bf16"),
@@ -293,44 +295,23 @@ def test_options_the_method_would_ignore_are_errors(tmp_path, files, capsys, ext
     assert not out.exists()
 
 
-def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_training_ones(tmp_path, capsys):
-    """The demo fits lcrn beside the chosen method, so --epochs applies whatever the method; the spot does not."""
+def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_training_ones_and_the_spot(
+        tmp_path, capsys, monkeypatch):
+    """The demo fits lcrn beside the chosen method, so --epochs applies whatever the method, and it measures the leaf
+    through the spot for every method it scores; --no-texture is the default method's alone."""
+    import msifusion.workflows.demo as demo
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--method", "bilinear", "--spot-sigma", "3", "--epochs", "2"]) == 2
-    _assert_one_line_error(capsys, "msifusion: error: --spot-sigma: applies only to the methods made exact under "
-                                   "the measurement model (guided-harmonic, bilinear-bp, guided-bp, diffusion), not "
-                                   "to --method bilinear")
+    assert main(["demo", "--out", str(out), "--method", "bilinear", "--no-texture", "--epochs", "2"]) == 2
+    _assert_one_line_error(capsys, "msifusion: error: --no-texture: applies only to guided-harmonic, not to --method "
+                                   "bilinear")
     assert not out.exists()
-
-
-def test_run_json_names_the_cpu_for_a_method_that_never_uses_the_gpu(tmp_path, files, monkeypatch):
-    """With --device auto on a CUDA machine the record said cuda for bilinear, which runs on the CPU."""
-    import json
-
-    import torch
-
-    import msifusion.workflows.fusion as fusion
-
-    monkeypatch.setattr(fusion, "resolve_device", lambda device: torch.device("cuda", 0))  # as on a CUDA machine
-    opt, ion_path, _, _ = files
-    for method, device in (("bilinear", "cpu"), ("guided-bp", "cpu"), ("guided-harmonic", "cuda:0")):
-        assert _fuse(opt, ion_path, tmp_path / method, "--method", method) == 0
-        assert json.loads((tmp_path / method / "run.json").read_text())["device"] == device
-
-
-def test_the_spot_is_taken_by_every_method_made_exact_under_it(tmp_path, files):
-    import json
-
-    from msifusion.cli import MEASURING_METHODS
-    from msifusion.methods import METHODS
-
-    assert set(MEASURING_METHODS) == {name for name, m in METHODS.items() if m.uses_measurement}
-    opt, ion_path, _, _ = files
-    for method in ("bilinear-bp", "diffusion"):
-        out = tmp_path / method
-        assert _fuse(opt, ion_path, out, "--method", method, "--spot-sigma", "1") == 0
-        record = json.loads((out / "run.json").read_text())
-        assert record["consistency_error"] < 1e-6
+    asked = []
+    scores = {"bilinear": {"psnr": 1.0, "ssim": 0.5, "consistency": 0.0}}
+    monkeypatch.setattr(demo, "run_demo", lambda request: asked.append(request) or {"training": {}, "scores": scores})
+    assert main(["demo", "--out", str(out), "--method", "bilinear", "--spot-sigma", "3", "--epochs", "2"]) == 0
+    (request,) = asked
+    assert request.settings.options.measurement.spot_sigma_px == 3 and request.settings.options.fit.max_epochs == 2
 
 
 def test_stating_the_default_box_model_is_not_an_ignored_option(tmp_path, files):
@@ -572,6 +553,23 @@ def test_a_write_error_without_a_file_name_names_the_output_folder(tmp_path, fil
     assert capsys.readouterr().err.strip().splitlines() == [
         f"msifusion: error: {message.format(out=out)}; nothing written"]
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("option", ["--landmarks", "--method", "--imzml", "--ion", "--optical"])
+def test_an_empty_value_is_refused_not_read_as_the_option_left_out(tmp_path, files, capsys, option):
+    """`--landmarks "$LM"` with LM unset ran automatic registration in place of the user's landmarks, exit 0."""
+    opt, ion_path, _, _ = files
+    given = {"--optical": str(opt), "--ion": str(ion_path), "--method": "bilinear"}
+    argv = ["fuse", "--out", str(tmp_path / "out"), "--scale", "4"]
+    for name, value in given.items():
+        if name != option:
+            argv += [name, value]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, option, ""])
+    assert exit_.value.code == 2
+    _assert_one_line_error(capsys, f"argument {option}: empty: an unset shell variable? Give a value, or leave the "
+                                   "option out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_comma_separated_m_z_and_an_empty_out_get_their_own_messages(tmp_path, files, capsys):

@@ -152,6 +152,14 @@ def _folder(text: str) -> str:
     return text
 
 
+def _not_empty(text: str) -> str:
+    """A file, folder or method name: an empty one (``--landmarks "$LM"`` with LM unset) is refused rather than read
+    as the option left out (automatic registration in place of the user's landmarks, the default method)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: an unset shell variable? Give a value, or leave the option out")
+    return text
+
+
 def _mzs(args: argparse.Namespace) -> tuple[float, ...]:
     """``--mz`` as one tuple, files' lists in place."""
     return _flat(args.mz or ())
@@ -167,7 +175,7 @@ def _flat(values: Sequence[float | tuple[float, ...]]) -> tuple[float, ...]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--method", default=None,
+    g.add_argument("--method", type=_not_empty, default=None,
                    help="fusion method (see `msifusion methods`; default guided-harmonic, the project's best)")
     g.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same output on CPU (default 0)")
     g.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -190,7 +198,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("network training (fitted methods: lcrn; cnn3 and unet take some; defaults: the paper's)")
     training_only = [
         t.add_argument("--epochs", type=_positive_int, default=None,
-                       help="epoch cap (default 2000; unet: 400, its most)"),
+                       help="epoch cap (default 2000; unet: 400, its most, and at least 3)"),
         t.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 3e-4)"),
         t.add_argument("--w-mse", type=_weight, default=None, help="weight of the MSE loss (default 1)"),
         t.add_argument("--w-edge", type=_weight, default=None, help="weight of the edge perceptual loss (default 1)"),
@@ -223,7 +231,7 @@ def _add_ion_options(g, required: bool) -> list[argparse.Action]:
 def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     g = p.add_argument_group("registration", "with --imzml, or in `register`; automatic without --landmarks")
     return [
-        g.add_argument("--landmarks", metavar="L",
+        g.add_argument("--landmarks", type=_not_empty, metavar="L",
                        help="BigWarp landmarks, as Fiji's BigWarp saves them: CSV rows \"name\",\"true\","
                             "\"moving x\",\"moving y\",\"fixed x\",\"fixed y\" (moving = optical, fixed = ion, in "
                             "each image's calibrated units; inactive rows are not used, and written back to "
@@ -257,7 +265,8 @@ _FIT_OPTION = {field: f"--{dest}" for dest, field in _FIT_FIELD.items()}
 
 def _check_method_options(args: argparse.Namespace, training: bool = True) -> None:
     """Refuse options that the chosen method would ignore (training options for a solver, and the other way); without
-    ``training``, only the guided-harmonic ones (the demo fits lcrn with the training options whatever the method)."""
+    ``training``, only the guided-harmonic ones (the demo fits lcrn with the training options and measures through
+    the spot whatever the method)."""
     from msifusion.methods import DEFAULT_METHOD, METHODS
 
     method = METHODS.get(args.method or DEFAULT_METHOD)
@@ -266,12 +275,15 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
     training_only = args.training_only if training else []
     for options, applies, to in ((training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
                                  (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic"),
-                                 (args.measurement_only, method.uses_measurement,
+                                 (args.measurement_only if training else [], method.uses_measurement,
                                   f"the methods made exact under the measurement model ({', '.join(MEASURING_METHODS)})")):
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
     given = _given(args, training_only)
+    if method.name == "unet" and "--epochs" in given and args.epochs < 3:
+        raise InputError("--epochs", f"unet trains in three stages of at least one epoch each: give at least 3, not "
+                                     f"{args.epochs}")
     fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
              if a.option_strings[0] in given and _FIT_FIELD.get(a.dest, a.dest) not in (*method.fit_fields, "bf16")]
     if method.trains and fixed:
@@ -573,7 +585,7 @@ def _add_benchmark_and_study(sub) -> None:
                    help="phantom seeds (default 1,2; --quick: 1)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="epoch cap of the trained methods (default: their own recipe; --quick: 30)")
-    p.add_argument("--prostate-dir", default=None, metavar="DIR",
+    p.add_argument("--prostate-dir", type=_not_empty, default=None, metavar="DIR",
                    help="folder with prostate_example.imzML/.ibd and prostate_he_example.tif "
                         "(default: fetched once from PyPI's msight wheel and cached)")
     p.add_argument("--no-panels", action="store_true", help="skip panels/<case>.png")
@@ -592,10 +604,10 @@ def _add_benchmark_and_study(sub) -> None:
     p.add_argument("--out", type=_folder, default="msifusion-study", metavar="DIR",
                    help="output folder (default ./msifusion-study)")
     io = p.add_argument_group("inputs (default: the synthetic phantom)")
-    io.add_argument("--optical", metavar="OPT", help="microscope image registered to the ion grid")
-    io.add_argument("--ion", metavar="ION", help=ION_HELP)
+    io.add_argument("--optical", type=_not_empty, metavar="OPT", help="microscope image registered to the ion grid")
+    io.add_argument("--ion", type=_not_empty, metavar="ION", help=ION_HELP)
     # Defaults None below, so that an option given where it does not apply is refused, not dropped.
-    truth = io.add_argument("--truth", metavar="TRUTH",
+    truth = io.add_argument("--truth", type=_not_empty, metavar="TRUTH",
                             help="high-resolution truth on the optical's grid (2-D TIFF/NPY/CSV)")
     io.add_argument("--scale", type=_scale, default=None, help="magnification (phantom default 10)")
     files_only = [truth, io.add_argument("--pixel-size", type=_pixel_um, default=None, metavar="UM",
@@ -658,13 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "overlay.png and landmarks.csv (an ambiguous automatic registration also "
                                    "overlay_rival.png, alignments.png and landmarks_rival.csv). One --mz then writes "
                                    "ion.tiff and the fusion outputs above into DIR; several write DIR/mz_<m/z>/ per "
-                                   "ion (its ion.tiff and fusion outputs) and, for the panel, fused.ome.tiff, "
-                                   "ions.ome.tiff (the measured ions), ions.png, fused.png and run.json.")
+                                   "ion (its ion.tiff, fused.tiff, fused.png and run.json) and, for the panel, "
+                                   "fused.ome.tiff, ions.ome.tiff (the measured ions), ions.png, fused.png and "
+                                   "run.json; where some pixels have no spectrum, acquired.tiff marks those that do.")
     io = p.add_argument_group("inputs")
-    io.add_argument("--optical", metavar="OPT", help="microscope image (PNG/JPEG/TIFF/SVS/NDPI/CZI), required: with "
-                                                     "--ion registered to it (ion shape × scale); with --imzml any "
-                                                     "size (registered here)")
-    io.add_argument("--ion", metavar="ION", help=ION_HELP)
+    io.add_argument("--optical", type=_not_empty, metavar="OPT",
+                    help="microscope image (PNG/JPEG/TIFF/SVS/NDPI/CZI), required: with --ion registered to it (ion "
+                         "shape × scale); with --imzml any size (registered here)")
+    io.add_argument("--ion", type=_not_empty, metavar="ION", help=ION_HELP)
     io.add_argument("--scale", type=_scale, default=None,
                     help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
                          "to ion × N; required with --imzml")
@@ -673,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     inst = p.add_argument_group("from an imzML file (instead of --ion)",
                                 "registers the optical, then fuses each m/z")
-    inst.add_argument("--imzml", metavar="F", help="imzML file (its .ibd beside it)")
+    inst.add_argument("--imzml", type=_not_empty, metavar="F", help="imzML file (its .ibd beside it)")
     imzml_only = _add_ion_options(inst, required=False) + _add_register_options(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_fuse, imzml_only=imzml_only)
@@ -681,8 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ions", help="export ion images from an imzML file",
                        description="Ion images for many m/z in one pass: DIR/mz_<m/z>.tiff per ion (float32, "
                                    "row = y, column = x), DIR/ions.ome.tiff (calibrated stack), DIR/ions.png and "
-                                   "DIR/run.json.")
-    p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
+                                   "DIR/run.json; where some pixels have no spectrum, DIR/acquired.tiff (1 where one "
+                                   "was acquired).")
+    p.add_argument("imzml", type=_not_empty, metavar="F.imzML", help="imzML file (its .ibd beside it)")
     _add_ion_options(p, required=True)
     p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -696,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "window, as `ions` gives it; "
                                    "peaks within 10 ppm of a stronger one count as one. Saved to a file, it is a list "
                                    "for --mz.")
-    p.add_argument("imzml", metavar="F.imzML", help="imzML file (its .ibd beside it)")
+    p.add_argument("imzml", type=_not_empty, metavar="F.imzML", help="imzML file (its .ibd beside it)")
     p.add_argument("-n", type=_positive_int, default=20, help="how many peaks (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_peaks)
@@ -707,9 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(BigWarp) and run.json; an ambiguous automatic registration also writes the other "
                                    "alignment as overlay_rival.png and landmarks_rival.csv, and alignments.png: "
                                    "the optical's outline under each, on the MSI tissue image.")
-    p.add_argument("--optical", required=True, metavar="OPT",
+    p.add_argument("--optical", type=_not_empty, required=True, metavar="OPT",
                    help="microscope image (PNG/JPEG/TIFF/SVS/NDPI/CZI), any size")
-    p.add_argument("--ion", required=True, metavar="ION_OR_IMZML", help="an ion image or an .imzML file")
+    p.add_argument("--ion", type=_not_empty, required=True, metavar="ION_OR_IMZML",
+                   help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
     p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -720,8 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("example", help="fetch real example data (prints its folder)",
                        description="Fetch a real example dataset once (from PyPI) into a cache and print its folder.")
     p.add_argument("name", choices=("prostate",), help="prostate: MALDI-TOF imzML + H&E (MSIght, MIT)")
-    p.add_argument("--cache", metavar="DIR", help="cache folder (default $MSIFUSION_CACHE/examples/<name> where that "
-                                                  "variable is set, else ~/.cache/msifusion/examples/<name>)")
+    p.add_argument("--cache", type=_not_empty, metavar="DIR",
+                   help="cache folder (default $MSIFUSION_CACHE/examples/<name> where that variable is set, else "
+                        "~/.cache/msifusion/examples/<name>)")
     p.add_argument("--quiet", action="store_true", help="say nothing before a download")
     p.set_defaults(func=cmd_example)
 
