@@ -157,8 +157,9 @@ def phantom_case(kind: str, ion: str, seed: int, factor: int, fine_shape: tuple[
                 pixel_size_um=config.fine_pixel_um,
                 description=f"synthetic {kind} section, ion {ion}, seed {seed}, {truth.shape[0]}×{truth.shape[1]} µm "
                             f"at {config.fine_pixel_um:g} µm, measured at {factor * config.fine_pixel_um:g} µm "
-                            f"with {config.noise:g}·max Gaussian noise",
-                info={"phantom": {"kind": kind, "ion": ion, "seed": seed, "noise": config.noise}})
+                            f"with {config.noise:g}·max Gaussian noise clipped at 0",
+                info={"phantom": {"kind": kind, "ion": ion, "seed": seed, "noise": config.noise,
+                                  "noise_clipped_at_0": config.clip}})
 
 
 def middlebury_case(factor: int, downscale: int = 1, crop: tuple[int, int, int, int] | None = None) -> Case:
