@@ -305,6 +305,8 @@ def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_t
     assert main(["demo", "--out", str(out), "--method", "bilinear", "--no-texture", "--epochs", "2"]) == 2
     _assert_one_line_error(capsys, "msifusion: error: --no-texture: applies only to guided-harmonic, not to --method "
                                    "bilinear")
+    assert main(["demo", "--out", str(out), "--method", "unet", "--epochs", "2"]) == 2  # its three stages ran 3
+    _assert_one_line_error(capsys, "msifusion: error: --epochs: unet trains in three stages of at least one epoch each")
     assert not out.exists()
     asked = []
     scores = {"bilinear": {"psnr": 1.0, "ssim": 0.5, "consistency": 0.0}}
@@ -312,6 +314,36 @@ def test_the_demo_refuses_guided_harmonic_options_for_another_method_but_takes_t
     assert main(["demo", "--out", str(out), "--method", "bilinear", "--spot-sigma", "3", "--epochs", "2"]) == 0
     (request,) = asked
     assert request.settings.options.measurement.spot_sigma_px == 3 and request.settings.options.fit.max_epochs == 2
+
+
+def test_run_json_names_the_cpu_for_a_method_that_never_uses_the_gpu(tmp_path, files, monkeypatch):
+    """With --device auto on a CUDA machine the record said cuda for bilinear, which runs on the CPU."""
+    import json
+
+    import torch
+
+    import msifusion.workflows.fusion as fusion
+
+    monkeypatch.setattr(fusion, "resolve_device", lambda device: torch.device("cuda", 0))  # as on a CUDA machine
+    opt, ion_path, _, _ = files
+    for method, device in (("bilinear", "cpu"), ("guided-bp", "cpu"), ("guided-harmonic", "cuda:0")):
+        assert _fuse(opt, ion_path, tmp_path / method, "--method", method) == 0
+        assert json.loads((tmp_path / method / "run.json").read_text())["device"] == device
+
+
+def test_the_spot_is_taken_by_every_method_made_exact_under_it(tmp_path, files):
+    import json
+
+    from msifusion.cli import MEASURING_METHODS
+    from msifusion.methods import METHODS
+
+    assert set(MEASURING_METHODS) == {name for name, m in METHODS.items() if m.uses_measurement}
+    opt, ion_path, _, _ = files
+    for method in ("bilinear-bp", "diffusion"):
+        out = tmp_path / method
+        assert _fuse(opt, ion_path, out, "--method", method, "--spot-sigma", "1") == 0
+        record = json.loads((out / "run.json").read_text())
+        assert record["consistency_error"] < 1e-6
 
 
 def test_stating_the_default_box_model_is_not_an_ignored_option(tmp_path, files):
@@ -529,7 +561,8 @@ def test_running_out_of_memory_is_one_line_and_leaves_nothing(tmp_path, files, c
     assert _fuse(opt, ion_path, tmp_path / "out", "--method", "bilinear") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("msifusion: error: out of memory (") and err[0].endswith(
-        "); nothing written: use a smaller --scale, crop the images, or the default method, which works in tiles")
+        "); nothing written: use a smaller --scale or crop the images (the fitted methods need about 30 times the "
+        "default's memory)")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 

@@ -187,12 +187,23 @@ def test_a_method_is_refused_up_front_where_its_own_memory_would_not_fit(monkeyp
     monkeypatch.setattr(runtime, "machine_memory_bytes", lambda: 1_000_000_000)
     guide, ion = np.full((1536, 1536, 3), 0.5, np.float32), np.ones((96, 96), np.float32)  # 2.36 M fused pixels
     check_memory(ion.shape, 16, DEFAULT_METHOD)  # 113 MB
-    with pytest.raises(InputError, match=r"^--scale: ×16 makes a 1536×1536 fused image, about 3.5 GB to fuse with "
+    with pytest.raises(InputError, match=r"^--scale: ×16 makes a 1536×1536 fused image, about 3.3 GB to fuse with "
                                          r"--method lcrn, more than this machine's 1.0 GB of memory; use a smaller "
                                          r"scale or crop the ion image; the default method works in tiles$"):
         fuse(guide, ion, "lcrn", MethodOptions(runtime=Runtime(quiet=True)))
     with pytest.raises(InputError, match="with --method unet"):
         fuse_many(guide, np.stack([ion, ion]), "unet", MethodOptions(runtime=Runtime(quiet=True)))
+
+
+def test_a_fitted_method_on_cuda_is_not_charged_its_activations_in_machine_memory(monkeypatch):
+    import torch
+
+    import msifusion.methods as methods
+
+    assert methods.bytes_per_fused_pixel("lcrn") == 1400 and methods.bytes_per_fused_pixel("guided") == 240
+    monkeypatch.setattr(methods, "resolve_device", lambda device: torch.device("cuda", 0))  # as on a CUDA machine
+    assert methods.bytes_per_fused_pixel("lcrn", "cuda") == methods.BYTES_PER_FUSED_PIXEL  # in the GPU's memory
+    assert methods.bytes_per_fused_pixel("guided", "cuda") == 240  # a closed form runs on the CPU whatever the device
 
 
 @pytest.mark.parametrize("method", ["diffusion", "guided-harmonic"])

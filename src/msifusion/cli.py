@@ -281,7 +281,7 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
     given = _given(args, training_only)
-    if method.name == "unet" and "--epochs" in given and args.epochs < 3:
+    if method.name == "unet" and args.epochs is not None and args.epochs < 3:  # the demo fits it too
         raise InputError("--epochs", f"unet trains in three stages of at least one epoch each: give at least 3, not "
                                      f"{args.epochs}")
     fixed = [a.option_strings[0] for a in args.training_only  # a fitted method that sets this part of its recipe itself
@@ -824,8 +824,8 @@ def _failed(exc: BaseException, stopped: list[int], out: str | None) -> int:
         return 1
     if _out_of_memory(exc):  # past the up-front checks' lower bounds (another program took memory meanwhile)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"msifusion: error: out of memory ({detail[:200]}); nothing written: use a smaller --scale, crop the "
-              "images, or the default method, which works in tiles", file=sys.stderr)
+        print(f"msifusion: error: out of memory ({detail[:200]}); nothing written: use a smaller --scale or crop the "
+              "images (the fitted methods need about 30 times the default's memory)", file=sys.stderr)
         return 1
     raise exc
 

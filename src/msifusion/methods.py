@@ -17,7 +17,8 @@ import numpy as np
 from msifusion.harmonic import HarmonicConfig
 from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn, FitConfig, FitResult, fit_network
-from msifusion.runtime import BYTES_PER_FUSED_PIXEL, Runtime, check_device, check_fused_size, seeded
+from msifusion.runtime import (BYTES_PER_FUSED_PIXEL, Runtime, check_device, check_fused_size, resolve_device,
+                               seeded)
 from msifusion.io.images import optical_to_rgb, require_real, rgb_layout, torch_ready, validate_ion
 from msifusion.measurement import MeasurementModel, project_consistent, upsample
 
@@ -74,7 +75,8 @@ class Method:
     summary: str
     fit_fields: tuple[str, ...] = ()  # the FitConfig fields it applies (a fitted network; none: a closed form)
     run_many: ManyFn | None = None  # shares work across the ions of one guide (else: one run per ion)
-    bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL  # memory per fused pixel (:func:`check_memory`)
+    # memory per fused pixel, a lower bound: the peak resident growth measured at 1536×1536 on the CPU, rounded down
+    bytes_per_pixel: int = BYTES_PER_FUSED_PIXEL
     uses_measurement: bool = False  # its output is made exact under MethodOptions.measurement (the spot: --spot-sigma)
 
     @property
@@ -107,10 +109,18 @@ def register_method(name: str, summary: str, fit_fields: tuple[str, ...] = (), r
     return wrap
 
 
-def check_memory(ion_shape: tuple[int, int], scale: int, method: str) -> None:
-    """Refuse, before any work, a fusion whose output grid ``method`` cannot fuse in this machine's memory: its
-    :attr:`Method.bytes_per_pixel` times the fused pixels (:func:`msifusion.runtime.check_fused_size`)."""
-    check_fused_size(ion_shape, scale, METHODS[method].bytes_per_pixel, method)
+def bytes_per_fused_pixel(method: str, device: str = "cpu") -> int:
+    """The machine memory ``method`` needs per fused pixel, a lower bound (:attr:`Method.bytes_per_pixel`, measured
+    on the CPU); a fitted network on CUDA keeps its activations in the GPU's memory, so there it is the default's."""
+    m = METHODS[method]
+    on_gpu = m.trains and resolve_device(device).type == "cuda"
+    return BYTES_PER_FUSED_PIXEL if on_gpu else m.bytes_per_pixel
+
+
+def check_memory(ion_shape: tuple[int, int], scale: int, method: str, device: str = "cpu") -> None:
+    """Refuse, before any work, a fusion whose output grid ``method`` cannot fuse in this machine's memory
+    (:func:`bytes_per_fused_pixel` times the fused pixels: :func:`msifusion.runtime.check_fused_size`)."""
+    check_fused_size(ion_shape, scale, bytes_per_fused_pixel(method, device), method)
 
 
 DEFAULT_METHOD = "guided-harmonic"  # measured best on the benchmark (docs/benchmarks.md); LCRN is --method lcrn
@@ -338,7 +348,7 @@ def fuse(
 
 def _fuse_checked(guide: np.ndarray, ion: np.ndarray, scale: int, intensity_scale: float, method: str,
                   options: MethodOptions) -> FusionResult:
-    check_memory(ion.shape, scale, method)
+    check_memory(ion.shape, scale, method, options.runtime.device)
     problem = FusionProblem(guide, ion / intensity_scale, scale)
     start = time.perf_counter()
     with seeded(options.runtime.seed):
@@ -386,7 +396,7 @@ def fuse_many(
         raise InputError(None, f"method {method!r} fuses a panel together, so its ion images need one shape; got "
                                f"{sorted({ion.shape for ion, _, _ in checked})}")
     scale = checked[0][1]
-    check_memory(checked[0][0].shape, scale, method)
+    check_memory(checked[0][0].shape, scale, method, options.runtime.device)
     normalised = np.stack([ion / peak for ion, _, peak in checked])
     start = time.perf_counter()
     with seeded(options.runtime.seed):
@@ -406,7 +416,7 @@ def _bilinear(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("lcrn", "LCRN as published: residual CNN, MSE + edge perceptual loss, edge-loss early stopping",
-                 fit_fields=ALL_FIT_FIELDS, bytes_per_pixel=1500)
+                 fit_fields=ALL_FIT_FIELDS, bytes_per_pixel=1400)
 def _lcrn(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.lcrn import LCRN
 
@@ -424,7 +434,7 @@ def _bicubic(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("guided", "guided filter (He et al.) of the bilinear upsampling, RGB optical as guide, "
-                           "radius = scale, eps = 1e-3", bytes_per_pixel=300)
+                           "radius = scale, eps = 1e-3", bytes_per_pixel=240)
 def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -432,14 +442,14 @@ def _guided(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("bilinear-bp", "bilinear interpolation + back-projection onto the measurement (exactly consistent, "
-                                "under a laser spot too)", bytes_per_pixel=100, uses_measurement=True)
+                                "under a laser spot too)", uses_measurement=True)
 def _bilinear_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     start = upsample(problem.ion, problem.scale, "bilinear")
     return FitResult(project_consistent(start, problem.ion, problem.scale, options.measurement.spot_sigma_px))
 
 
 @register_method("guided-bp", "guided filter + back-projection onto the measurement (exactly consistent, under a "
-                              "laser spot too)", bytes_per_pixel=300, uses_measurement=True)
+                              "laser spot too)", bytes_per_pixel=240, uses_measurement=True)
 def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import guided_upsample
 
@@ -448,7 +458,7 @@ def _guided_bp(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("diffusion", "training-free guided anisotropic diffusion with exact per-block consistency (DADA "
-                              "without features; back-projected under a laser spot)", bytes_per_pixel=100,
+                              "without features; back-projected under a laser spot)", bytes_per_pixel=85,
                  uses_measurement=True)
 def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import anisotropic_diffusion
@@ -461,7 +471,7 @@ def _diffusion(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 
 @register_method("pls", "PLS regression from optical features to the ion image (Van de Plas et al. 2015 style)",
-                 bytes_per_pixel=150)
+                 bytes_per_pixel=95)
 def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.classical import pls_fusion
 
@@ -471,7 +481,7 @@ def _pls(problem: FusionProblem, options: MethodOptions) -> FitResult:
 # its loss is fixed (MSE only): it takes neither w_mse nor w_edge
 @register_method("cnn3", "the paper's three-layer CNN comparison (SRCNN 9-1-5), MSE only, LCRN's recipe "
                          "otherwise", fit_fields=tuple(f for f in ALL_FIT_FIELDS if f not in ("w_mse", "w_edge")),
-                 bytes_per_pixel=1100)
+                 bytes_per_pixel=1000)
 def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from dataclasses import replace
 
@@ -484,7 +494,7 @@ def _cnn3(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 @register_method("unet", "the paper's U-Net comparison: 3-stage training with MSE, correlation and reconstruction "
                          "losses", fit_fields=("max_epochs", "lr", "checkpoint_every"),  # its own stages, stopping
-                 bytes_per_pixel=1400)
+                 bytes_per_pixel=1250)
 def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
     from msifusion.models.unet import UNetRecipe, fit_unet
 

@@ -286,6 +286,10 @@ def test_a_transparent_background_is_warned_about(tmp_path):
     bgra[..., 3] = 255
     cv2.imwrite(str(tmp_path / "opaque.png"), bgra)
     assert read_optical(tmp_path / "opaque.png").warnings == ()
+    rgbx = bgra[..., [2, 1, 0, 3]].copy()
+    rgbx[..., 3] = 0  # a padding channel, all 0: not a transparent image
+    tifffile.imwrite(tmp_path / "rgbx.tif", rgbx, photometric="rgb", extrasamples=[0])
+    assert read_optical(tmp_path / "rgbx.tif").warnings == ()
 
 
 def test_torch_ready_copies_only_what_torch_cannot_wrap() -> None:

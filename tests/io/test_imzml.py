@@ -622,6 +622,21 @@ def test_peaks_rank_a_jittering_centroid_by_its_ion_image(tmp_path: Path) -> Non
     assert top_value == pytest.approx(image.sum() / 600, rel=1e-6) and top_value > 2.6  # ±5 ppm: ±1.7 σ, 91 %
 
 
+@pytest.mark.parametrize("mode", ["continuous", "processed"])
+def test_window_sums_beyond_float32_are_normalised_in_float64(tmp_path: Path, mode: str) -> None:
+    """The window sums are kept in float32 (a panel's largest array) only where nothing divides them later: a float64
+    file's sum of 4e38 divided by its TIC is an ordinary number, not 'NaN or infinite intensities'."""
+    path = tmp_path / "huge.imzML"
+    with ImzMLWriter(str(path), mode=mode, mz_dtype=np.float64, intensity_dtype=np.float64) as w:
+        w.addSpectrum(np.array([300.0, 300.001, 500.0]), np.array([2e38, 2e38, 1.0]), (1, 1))  # window sum 4e38
+        for k in range(1, 4):
+            w.addSpectrum(np.array([300.0, 300.001, 500.0]), np.array([1.0, 1.0, float(k)]), (k + 1, 1))
+    with ImzML(path) as f:
+        image = f.ion_images([300.0], "0.01da", normalize="tic").images[0]
+    tic = np.array([4e38 + 1, 3, 4, 5])
+    np.testing.assert_allclose(image[0], np.array([4e38, 2, 2, 2]) / tic * np.median(tic), rtol=1e-6)
+
+
 def test_a_weak_peak_beside_strong_ones_keeps_its_intensity(tmp_path: Path) -> None:
     """Window sums from a running sum would cancel a peak 1e-18 of the strong ones' to zero (as on
     Example_Continuous's profile spectra); each peak is summed on its own."""

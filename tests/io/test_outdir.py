@@ -133,6 +133,12 @@ def test_a_name_too_long_for_its_staging_folder_is_an_input_error(tmp_path, leng
     assert (tmp_path / ("a" * 233) / "x.txt").exists()
 
 
+@pytest.mark.parametrize("said", [-1, 0])  # POSIX: -1 for no limit; 0 from an odd file system
+def test_a_drive_that_states_no_name_limit_takes_any_name(tmp_path, monkeypatch, said):
+    monkeypatch.setattr(os, "pathconf", lambda path, name: said)
+    assert check_output_dir(tmp_path / "run", overwrite=False) == tmp_path / "run"
+
+
 def test_failure_also_removes_the_parent_folders_it_made(tmp_path):
     (tmp_path / "kept").mkdir()
     with pytest.raises(KeyboardInterrupt):

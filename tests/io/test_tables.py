@@ -310,6 +310,14 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     "name,M/Z (Da)\n\"glucose, a\",100\nb,\"200.5\"\n",  # quoted cells, as Excel writes them
     "peaks\n100\n200.5\n",  # a header of one column names it
     "100\tglucose\n200.5\n",  # no header: a name missing from a row is no number missing
+    ",intensity,mz\n0,10,100\n1,20,200.5\n",  # pandas' to_csv: an unnamed index column first
+    "Mass error (ppm),m/z\n1.5,100\n-0.3,200.5\n",  # a mass error is no m/z
+    "Name,Neutral mass,m/z\nglucose,180.063,100\nb,1,200.5\n",  # the ion's m/z, not the neutral mass
+    "m/z,m/z min,m/z max,intensity\n100,99.9,100.1,5\n200.5,200.4,200.6,3\n",  # a centre beside its bounds
+    "m / z   mean intensity\n100   3.1\n200.5   1.2\n",  # names with single spaces, columns with runs of them
+    "Center,Height\n100,3\n200.5,1\n",  # a header naming no m/z: its first column, as before
+    "100 # glucose 180\n200.5\n",  # a comment after a number is no second number
+    "100.0,10\n200.5,\n",  # an intensity missing from a comma-separated row
 ])
 def test_an_mz_list_takes_the_column_its_header_names(tmp_path, text):
     from msifusion.io.tables import read_mz_list
@@ -349,10 +357,10 @@ def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
     ("1217.5161\t734.2\n", "holds one row of two numbers \\(1217.5161 and 734.2\\) and no header: an m/z and its "
                            "intensity, or two m/z\\? List one m/z per line"),
     # what a header says the list cannot carry: window bounds, a tolerance per ion
-    ("mz_low\tmz_high\n500.0\t500.2\n", "its header names m/z window bounds \\(mz_low, mz_high\\): list each "
-                                         "window's centre as m/z and give its half-width with --tol"),
+    ("mz_low\tmz_high\n500.0\t500.2\n", "its header names m/z window bounds \\(mz_low, mz_high\\) and no centre: "
+                                         "list each window's centre as m/z and give its half-width with --tol"),
     ("m/z,tol\n500.1,5ppm\n", "its header names a tolerance column \\(tol\\), which is not read"),
-    ("intensity,area\n345,3\n", "its header \\(intensity, area\\) names no m/z column: call that column m/z"),
+    ("m/z,Interval Width (+/- Da)\n500.1,0.1\n", "its header names a tolerance column \\(Interval Width"),  # SCiLS
     ("500.1 600.2\n700.3\n", "line 1 holds 2 numbers and line 2 1, and no header names the m/z column"),
     ("m/z,intensity\n\"328.9167\",300\n\"1,217.5\",100\n", "line 3: '1,217.5' has a decimal comma or a thousands "
                                                           "separator"),  # Excel quotes a number it shows as 1,217.5

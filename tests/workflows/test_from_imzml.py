@@ -357,6 +357,7 @@ def test_an_mz_without_signal_is_one_line_naming_the_peaks_command(tmp_path, fil
     assert not (tmp_path / "ions").exists()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # ions.png's colour map at 3e38
 def test_an_ion_that_cannot_be_fused_is_refused_before_registration_naming_the_file_and_mz(tmp_path, files, capsys,
                                                                                             monkeypatch):
     import msifusion.workflows.from_imzml as from_imzml
@@ -375,6 +376,8 @@ def test_an_ion_that_cannot_be_fused_is_refused_before_registration_naming_the_f
     assert capsys.readouterr().err.startswith(f"msifusion: error: {imzml}: the ion image of m/z 200.0000 values reach "
                                               "3e+38, too near float32's largest")
     assert not out.exists()
+    assert main(["ions", str(imzml), "--mz", "100", "200", "--tol", "0.01da", "--out", str(out), "--quiet"]) == 0
+    assert tifffile.imread(out / "mz_200.0000.tiff")[3, 4] == np.float32(3e38)  # exported as it is: no fusing
 
 
 def test_register_lists_what_it_wrote(tmp_path, files):

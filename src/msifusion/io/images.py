@@ -205,7 +205,7 @@ def _transparent_warning(path: Path, data: np.ndarray) -> str | None:
     sample = data[::step, ::step]
     clear = sample[..., -1] == 0
     share = float(clear.mean())
-    if share < TRANSPARENT_SHARE:
+    if not TRANSPARENT_SHARE <= share < 1:  # alpha 0 everywhere: a padding channel (RGBX), not transparency
         return None
     under = "black" if not np.any(sample[..., :-1][clear]) else "the colours stored under it"
     return (f"{share:.0%} of {path.name} is transparent (alpha 0) and reads as {under}: alpha is not applied; fill "

@@ -508,8 +508,9 @@ class ImzML:
         one point in at least 90 % of the spectra that have any there)."""
         profiled = np.zeros(lo.size, bool) if profiled is None else np.asarray(profiled, bool)
         n = self.n_spectra
-        sums = np.empty((n, lo.size), dtype=np.float32)  # summed in float64, kept in the images' float32: the
-        norm = np.empty(n, dtype=np.float64) if normalize else None  # largest array of a panel (spectra × ions)
+        # the largest array of a panel (spectra × ions): kept in the images' float32 where nothing divides it later
+        sums = np.empty((n, lo.size), dtype=np.float64 if normalize else np.float32)
+        norm = np.empty(n, dtype=np.float64) if normalize else None
         if self.continuous:
             mz = self._shared_mz()
             order = np.argsort(mz, kind="stable")
@@ -525,7 +526,7 @@ class ImzML:
             column_squares = np.zeros(used.size, dtype=np.float64)
             for sl, chunk in self._continuous_rows():
                 picked = chunk[:, used].astype(np.float64)
-                sums[sl] = picked @ select
+                part = picked @ select
                 if profiled.any():
                     column_total += picked.sum(axis=0)
                     column_squares += (picked * picked).sum(axis=0)
@@ -534,7 +535,8 @@ class ImzML:
                 elif normalize == "rms":
                     c = chunk.astype(np.float64)
                     norm[sl] = np.sqrt(np.mean(c * c, axis=1))
-                self._finite_rows(sums[sl] if norm is None else np.column_stack([sums[sl], norm[sl]]), sl.start)
+                self._finite_rows(part if norm is None else np.column_stack([part, norm[sl]]), sl.start)
+                sums[sl] = part  # checked in float64: a finite sum beyond float32's range is no damage
             at = [np.searchsorted(used, cols) for cols in members]
             profiles = [channel_profile(mz[cols], column_total[k], column_squares[k], n) if want else None
                         for cols, k, want in zip(members, at, profiled)]

@@ -97,9 +97,10 @@ def _longest_name(folder: Path) -> int | None:
     """The longest file name (bytes) the drive holding ``folder`` takes (255 on most), None where it does not say."""
     where = nearest_existing(folder.resolve())
     try:
-        return os.pathconf(where, "PC_NAME_MAX") if where is not None else None
+        longest = os.pathconf(where, "PC_NAME_MAX") if where is not None else None
     except (AttributeError, ValueError, OSError):  # Windows has no pathconf
         return None
+    return longest if longest is not None and longest > 0 else None  # -1: no limit
 
 
 def nearest_existing(path: Path) -> Path | None:

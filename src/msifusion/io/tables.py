@@ -351,28 +351,33 @@ def read_text(path: Path, what: str) -> str:
         return raw.decode("latin-1")
 
 
-_MZ_NAME = re.compile(r"m\s*/?\s*z|mass", re.I)  # m/z, mz, M/Z (Da), mass
+_MZ_NAME = re.compile(r"m\s*/?\s*z", re.I)  # m/z, mz, M/Z (Da)
+_MASS_NAME = re.compile(r"mass", re.I)  # taken where no column says m/z
+_OTHER_QUANTITY = re.compile(r"error|neutral|delta|shift", re.I)  # mass error (ppm), neutral mass, Δm/z: not the ion's
 _BOUND_NAME = re.compile(r"(?<![a-z])(low|high|min|max|start|end|lower|upper)(?![a-z])", re.I)  # mz_low, m/z max
-_TOLERANCE_NAME = re.compile(r"\s*(tol|tolerance|ppm|da|mda|window|width|half[\s_-]?width)\s*([(\[].*)?", re.I)
+_TOLERANCE_NAME = re.compile(r"(?<![a-z])(tol|tolerance|ppm|window|width|interval)(?![a-z])|^\s*m?da\s*([(\[].*)?$",
+                             re.I)
 
 
 def _mz_column(path: Path, names: list[str]) -> int:
-    """The column an m/z list's header row names as m/z (the first if several); a header naming window bounds or
-    a tolerance, which the list cannot carry, is refused rather than its m/z read around the wrong centre or width."""
-    bounds = [n for n in names if _MZ_NAME.search(n) and _BOUND_NAME.search(n)]
-    if bounds:
-        raise InputError(path, f"its header names m/z window bounds ({', '.join(bounds)}): list each window's centre "
-                               "as m/z and give its half-width with --tol")
-    tolerances = [n for n in names if _TOLERANCE_NAME.fullmatch(n)]
+    """The column an m/z list's header row names (``names``, one per column, empty for an unnamed one): the first
+    named m/z, else the first named mass, else the first column. A header naming a tolerance, or window bounds
+    without a centre, is refused: the list cannot carry them, and its m/z would be read with the wrong width or
+    around the wrong centre."""
+    own = [(i, n) for i, n in enumerate(names) if n and not _OTHER_QUANTITY.search(n)]
+    tolerances = [n for _, n in own if _TOLERANCE_NAME.search(n)]
     if tolerances:
         raise InputError(path, f"its header names a tolerance column ({tolerances[0]}), which is not read: list m/z "
                                "only and give their window with --tol (one run per tolerance)")
-    named = [i for i, n in enumerate(names) if _MZ_NAME.search(n)]
-    if named:
-        return named[0]
-    if len(names) == 1:
-        return 0
-    raise InputError(path, f"its header ({', '.join(names)}) names no m/z column: call that column m/z")
+    for pattern in (_MZ_NAME, _MASS_NAME):
+        centres = [i for i, n in own if pattern.search(n) and not _BOUND_NAME.search(n)]
+        if centres:
+            return centres[0]
+        bounds = [n for _, n in own if pattern.search(n) and _BOUND_NAME.search(n)]
+        if bounds:
+            raise InputError(path, f"its header names m/z window bounds ({', '.join(bounds)}) and no centre: list "
+                                   "each window's centre as m/z and give its half-width with --tol")
+    return 0
 
 
 def _split_row(line: str, delimiter: str | None) -> list[str]:
@@ -382,43 +387,58 @@ def _split_row(line: str, delimiter: str | None) -> list[str]:
     return [_cell(c) for c in next(csv.reader([line], delimiter=delimiter))]
 
 
+def _header_names(line: str, delimiter: str | None, columns: int) -> list[str]:
+    """A header row's names, one per column of its first data row (``columns``): split as the data are, but a
+    blank-separated header whose names hold single spaces (``m / z   mean intensity``) by runs of blanks."""
+    if delimiter is not None:
+        return _split_row(line, delimiter)
+    words, spaced = line.split(), [_cell(c) for c in re.split(r"\s{2,}", line.strip())]
+    return spaced if len(spaced) == columns and len(words) != columns else [_cell(c) for c in words]
+
+
 def read_mz_list(path: Path) -> list[float]:
     """m/z values from a text file: one per line, or a column of a CSV or TSV; ``#`` lines are skipped, so that what
     ``msifusion peaks`` prints, saved to a file, can be given as it is.
 
-    A header row (a first row that does not start with a number) chooses the column: the one it names m/z (``m/z``,
-    ``mz``, ``mass``), or its only one; a header naming window bounds (``mz_low``) or a tolerance is refused. Without
-    a header the first column is read, and rows must hold as many numbers each (``500.1 600.2`` then ``700.3`` is
-    refused, not read as 500.1 and 700.3). A file of one row of three or more numbers and no header (``328.9167 345
-    344``, or with commas, tabs or semicolons) lists them all: a list typed on one line; one of two numbers and no
-    header is refused, as it may be an m/z and its intensity (``peaks`` output without its header) or two m/z. A lone
-    number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous unless a comma-separated header says the
-    comma separates columns."""
+    A header row (a first row that does not start with a number) chooses the column: the first it names m/z (``m/z``,
+    ``mz``), else the first it names a mass (not a mass error or a neutral mass), else the first column; a header
+    naming a tolerance, or window bounds (``mz_low``) without a centre, is refused. Without a header the first column
+    is read, and blank-separated rows must hold as many numbers each (``500.1 600.2`` then ``700.3`` is refused, not
+    read as 500.1 and 700.3; a ``#`` comment after them is no number). A file of one row of three or more numbers and
+    no header (``328.9167 345 344``, or with commas, tabs or semicolons) lists them all: a list typed on one line; one
+    of two numbers and no header is refused, as it may be an m/z and its intensity (``peaks`` output without its
+    header) or two m/z. A lone number with a comma (``328,9167``, ``1,217.5``) is refused as ambiguous unless a
+    comma-separated header says the comma separates columns."""
     text = read_text(path, "the m/z list")
     values: list[float] = []
     cells: list[str] = []  # the last row's cells
     header: str | None = None  # the header row's delimiter, once one was seen ("" for none)
-    column, names = 0, ["the first"]
-    widths: dict[int, int] = {}  # without a header: numbers per row → the first line with that many
+    header_line: str | None = None  # the header row, until the first data row says how many columns it names
+    column, label = 0, "first"
+    widths: dict[int, int] = {}  # without a header, blank-separated: numbers per row → the first line with that many
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         delimiter = next((d for d in ("\t", ";") if d in line), None)
         if header is None and not values and not _NUMBER_START.match(line):
-            header = delimiter or ("," if "," in line else "")
-            names = [n for n in _split_row(line, header or None) if n]
-            column = _mz_column(path, names)
+            header, header_line = delimiter or ("," if "," in line else ""), line
             continue
         if delimiter is None and "," in line:
             if header != "," and _COMMA_NUMBER.fullmatch(line):
                 raise InputError(path, f"line {number}: {line.strip()!r} is ambiguous; write m/z with a decimal "
                                        "point, one per line")
             delimiter = ","
+        if delimiter is None:
+            line = re.sub(r"\s#.*$", "", line)  # a comment after the numbers
         cells = _split_row(line, delimiter)
+        if header_line is not None:
+            names = _header_names(header_line, header or None, len(cells))
+            column = _mz_column(path, names)
+            label, header_line = names[column] if column < len(names) and names[column] else "first", None
         if column >= len(cells) or not cells[column]:
-            raise InputError(path, f"line {number} has no value in the {names[column]} column")
-        if header is None:
-            widths.setdefault(sum(_to_float(c) is not None for c in cells if c), number)
+            raise InputError(path, f"line {number} has no value in the {label} column")
+        if header is None and delimiter is None:
+            widths.setdefault(sum(_to_float(c) is not None for c in cells), number)
         first = cells[column]
         value = _to_float(first)
         if value is None and _COMMA_NUMBER.fullmatch(first):

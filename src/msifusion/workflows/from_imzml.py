@@ -22,7 +22,7 @@ from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, fi
                                 write_acquired, write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
 from msifusion.io.outdir import free_bytes
-from msifusion.methods import METHODS, fuse_many
+from msifusion.methods import METHODS, bytes_per_fused_pixel, fuse_many
 from msifusion.provenance import OutputRun, write_run_json
 from msifusion.register.optical import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
                                          register_optical, write_registration)
@@ -68,8 +68,6 @@ def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | 
         raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
                          f"(±{stack.tolerance}); check the m/z or widen --tol (`msifusion peaks "
                          f"{f.path.name}` lists its strongest peaks)")
-    for image, label in zip(stack.images, stack.labels):  # what fusing would refuse, refused before registration
-        validate_ion(image, f.path, f"the ion image of {label}")
     return stack
 
 
@@ -296,10 +294,13 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         f.check_mzs(request.mzs, request.tol)  # before the passes over the spectra that follow
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
+        for image, label in zip(stack.images, stack.labels):  # what fusing would refuse, refused before registration
+            validate_ion(image, f.path, f"the ion image of {label}")
         pixel_note, file_summary = f.pixel_size_note, f.summary()
     K, scale = len(stack.mzs), request.register.scale
     method = request.settings.method  # its memory checked before minutes of registration
-    per_part = panel_part_size(stack.images.shape[1:], scale, K, METHODS[method].bytes_per_pixel, method)
+    per_part = panel_part_size(stack.images.shape[1:], scale, K,
+                               bytes_per_fused_pixel(method, request.settings.options.runtime.device), method)
     parts = -(-K // per_part)
     h, w = stack.images.shape[1:]
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
