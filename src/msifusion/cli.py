@@ -273,10 +273,10 @@ def _check_method_options(args: argparse.Namespace, training: bool = True) -> No
     if method is None:
         return  # an unknown method is refused, with the list, where the method is looked up
     training_only = args.training_only if training else []
+    exact = f"the methods made exact under the measurement model ({', '.join(MEASURING_METHODS)})"
     for options, applies, to in ((training_only, method.trains, "fitted methods (lcrn, cnn3, unet)"),
                                  (args.harmonic_only, method.name == "guided-harmonic", "guided-harmonic"),
-                                 (args.measurement_only if training else [], method.uses_measurement,
-                                  f"the methods made exact under the measurement model ({', '.join(MEASURING_METHODS)})")):
+                                 (args.measurement_only if training else [], method.uses_measurement, exact)):
         misplaced = _given(args, options)
         if misplaced and not applies:
             raise InputError(", ".join(misplaced), f"applies only to {to}, not to --method {method.name}")
