@@ -67,6 +67,13 @@ def test_missing_and_unsupported_files(tmp_path):
         with pytest.raises(InputError, match=r"unsupported ion image format \.(svs|ndpi); .*a slide scan or micrograph "
                                              "is a microscope image"):
             read_ion(tmp_path / slide)
+    (tmp_path / "run.imzML").write_text("<mzML/>")  # --optical and --imzml given the wrong way round
+    with pytest.raises(InputError, match=r"unsupported optical image format \.imzML; .*an imzML file goes to --imzml "
+                                         r"\(fuse\) or --ion \(register\), the microscope image to --optical: are "
+                                         r"the two swapped\?$"):
+        read_optical(tmp_path / "run.imzML")
+    with pytest.raises(InputError, match="an imzML file: export its ions with `msifusion ions`"):
+        read_ion(tmp_path / "run.imzML")
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.uint8, 255), (np.uint16, 65535)])

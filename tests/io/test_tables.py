@@ -318,6 +318,7 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     "Center,Height\n100,3\n200.5,1\n",  # a header naming no m/z: its first column, as before
     "100 # glucose 180\n200.5\n",  # a comment after a number is no second number
     "100.0,10\n200.5,\n",  # an intensity missing from a comma-separated row
+    "Name,m/z,Note\r\nA,100,\r\nB,200.5,\r\n,,\r\n,,\r\n",  # Excel's empty rows at the end
 ])
 def test_an_mz_list_takes_the_column_its_header_names(tmp_path, text):
     from msifusion.io.tables import read_mz_list
@@ -361,6 +362,8 @@ def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
                                          "list each window's centre as m/z and give its half-width with --tol"),
     ("m/z,tol\n500.1,5ppm\n", "its header names a tolerance column \\(tol\\), which is not read"),
     ("m/z,Interval Width (+/- Da)\n500.1,0.1\n", "its header names a tolerance column \\(Interval Width"),  # SCiLS
+    ("Observed m/z,Theoretical m/z\n1217.5161,1217.512\n", "its header names 2 m/z columns \\(Observed m/z, "
+                                                             "Theoretical m/z\\): keep the one to extract"),
     ("500.1 600.2\n700.3\n", "line 1 holds 2 numbers and line 2 1, and no header names the m/z column"),
     ("m/z,intensity\n\"328.9167\",300\n\"1,217.5\",100\n", "line 3: '1,217.5' has a decimal comma or a thousands "
                                                           "separator"),  # Excel quotes a number it shows as 1,217.5

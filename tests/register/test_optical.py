@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from msifusion.errors import InputError
 from msifusion.io.images import Image, write_rgb_tiff
 from msifusion.register import AffineMap
 from msifusion.register.optical import (RegisterSettings, _calibration_disagreement, _registered_already,
@@ -23,12 +24,14 @@ def test_a_calibration_that_disagrees_with_the_registration_is_warned(tmp_path):
     assert _calibration_disagreement(about_right, optical, RegisterSettings(scale=8), 1.0, 25.0) is None
     assert _calibration_disagreement(shrunk, Image(optical.pixels), RegisterSettings(scale=8), 1.0, 25.0) is None
     # landmarks written by a run on the file's calibration, fed back with the pixel size that run's warning suggested
+    # (or edited since, so not converted): a registration known to be wrong is refused, not written with a warning
     fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks_rival.csv"), optical_pixel_size=2.43)
     at_option = Image(optical.pixels, 2.43, he)  # as read under the option
-    warning = _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0).warning
-    assert warning.startswith("the landmarks in landmarks_rival.csv fit the calibration of he.tif (0.17 µm per pixel), "
-                              "not --optical-pixel-size 2.43: they are in the file's units")
-    assert "so the registration is off by 14.3×; rerun without --optical-pixel-size" in warning
+    with pytest.raises(InputError, match=r"^--optical-pixel-size: the landmarks in landmarks_rival.csv fit the "
+                                         r"calibration of he.tif \(0.17 µm per pixel\), not --optical-pixel-size "
+                                         r"2.43: they are in the file's units.* so the registration would be off by "
+                                         r"14.3×; rerun without --optical-pixel-size"):
+        _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0)
     placed_at_the_option = RegisterSettings(scale=8, landmarks=Path("lm.csv"), optical_pixel_size=0.17 / 0.07 / 4)
     at_option = Image(optical.pixels, placed_at_the_option.optical_pixel_size, he)
     assert "fit the calibration" not in _calibration_disagreement(shrunk, at_option, placed_at_the_option, 1.0,
@@ -59,8 +62,9 @@ def test_a_pyramid_levels_calibration_is_told_at_full_resolution(tmp_path):
     assert "--optical-pixel-size 2.43" in found.warning and found.matched_um == pytest.approx(0.17 / 0.07)
     fed_back = RegisterSettings(scale=8, landmarks=Path("landmarks.csv"), optical_pixel_size=2.43)
     at_option = Image(level.pixels, 2.43 * 4, he, downsample=4)  # as read under the option
-    assert "fit the calibration of he.tif (0.17 µm per pixel), not --optical-pixel-size 2.43" in (
-        _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0).warning)
+    with pytest.raises(InputError, match=r"fit the calibration of he.tif \(0.17 µm per pixel\), not "
+                                         r"--optical-pixel-size 2.43"):
+        _calibration_disagreement(shrunk, at_option, fed_back, 1.0, 25.0)
 
 
 def test_the_tissue_outline_of_a_stained_disc_on_glass_is_the_disc():

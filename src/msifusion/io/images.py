@@ -98,8 +98,10 @@ def require_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
         raise InputError(path, f"{what} path is not a file")
     suffix = path.suffix.lower()
     if suffix not in suffixes:
-        hint = {".imzml": "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`",
-                ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
+        imzml = ("; an imzML file goes to --imzml (fuse) or --ion (register), the microscope image to --optical: "
+                 "are the two swapped?" if what == "optical image" else
+                 "; an imzML file: export its ions with `msifusion ions`, or fuse it with `fuse --imzml`")
+        hint = {".imzml": imzml, ".ibd": "; that is an imzML run's binary half: give the .imzML"}.get(suffix, "")
         if suffix in MICROSCOPE_FORMATS:
             hint = f"; a {MICROSCOPE_FORMATS[suffix]} file: {EXPORT_AS_OME_TIFF}"
         elif suffix in (".svs", ".ndpi", ".czi"):  # where an optical is not what is asked for

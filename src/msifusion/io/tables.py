@@ -360,10 +360,10 @@ _TOLERANCE_NAME = re.compile(r"(?<![a-z])(tol|tolerance|ppm|window|width|interva
 
 
 def _mz_column(path: Path, names: list[str]) -> int:
-    """The column an m/z list's header row names (``names``, one per column, empty for an unnamed one): the first
-    named m/z, else the first named mass, else the first column. A header naming a tolerance, or window bounds
-    without a centre, is refused: the list cannot carry them, and its m/z would be read with the wrong width or
-    around the wrong centre."""
+    """The column an m/z list's header row names (``names``, one per column, empty for an unnamed one): the one named
+    m/z, else the one named a mass, else the first column. A header naming two (observed and theoretical m/z), a
+    tolerance, or window bounds without a centre, is refused: which to read cannot be told, or the list cannot carry
+    them and its m/z would be read with the wrong width or around the wrong centre."""
     own = [(i, n) for i, n in enumerate(names) if n and not _OTHER_QUANTITY.search(n)]
     tolerances = [n for _, n in own if _TOLERANCE_NAME.search(n)]
     if tolerances:
@@ -371,6 +371,9 @@ def _mz_column(path: Path, names: list[str]) -> int:
                                "only and give their window with --tol (one run per tolerance)")
     for pattern in (_MZ_NAME, _MASS_NAME):
         centres = [i for i, n in own if pattern.search(n) and not _BOUND_NAME.search(n)]
+        if len(centres) > 1:
+            raise InputError(path, f"its header names {len(centres)} m/z columns ({', '.join(names[i] for i in centres)}"
+                                   "): keep the one to extract, or give the m/z on the command line")
         if centres:
             return centres[0]
         bounds = [n for _, n in own if pattern.search(n) and _BOUND_NAME.search(n)]
@@ -400,9 +403,10 @@ def read_mz_list(path: Path) -> list[float]:
     """m/z values from a text file: one per line, or a column of a CSV or TSV; ``#`` lines are skipped, so that what
     ``msifusion peaks`` prints, saved to a file, can be given as it is.
 
-    A header row (a first row that does not start with a number) chooses the column: the first it names m/z (``m/z``,
-    ``mz``), else the first it names a mass (not a mass error or a neutral mass), else the first column; a header
-    naming a tolerance, or window bounds (``mz_low``) without a centre, is refused. Without a header the first column
+    A header row (a first row that does not start with a number) chooses the column: the one it names m/z (``m/z``,
+    ``mz``), else the one it names a mass (not a mass error or a neutral mass), else the first column; a header
+    naming two, a tolerance, or window bounds (``mz_low``) without a centre, is refused; rows of empty cells are
+    skipped. Without a header the first column
     is read, and blank-separated rows must hold as many numbers each (``500.1 600.2`` then ``700.3`` is refused, not
     read as 500.1 and 700.3; a ``#`` comment after them is no number). A file of one row of three or more numbers and
     no header (``328.9167 345 344``, or with commas, tabs or semicolons) lists them all: a list typed on one line; one
@@ -431,6 +435,8 @@ def read_mz_list(path: Path) -> list[float]:
         if delimiter is None:
             line = re.sub(r"\s#.*$", "", line)  # a comment after the numbers
         cells = _split_row(line, delimiter)
+        if not any(cells):  # a spreadsheet's empty rows (",,"), which it does not show
+            continue
         if header_line is not None:
             names = _header_names(header_line, header or None, len(cells))
             column = _mz_column(path, names)

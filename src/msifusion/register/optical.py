@@ -509,7 +509,8 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
     µm), or made on the wrongly calibrated optical (the landmark file ``register`` writes is in its units); a new
     optical pixel size would also move them, so no option is suggested. Where ``--optical-pixel-size`` overrides the
     file's calibration and the landmarks fit the file's, they are in the file's units (a ``landmarks.csv`` of a run
-    without the option, fed back with the pixel size its warning suggested): the warning says so. Where the
+    without the option, fed back with the pixel size its warning suggested): the registration would be wrong, and
+    is refused (an InputError saying so). Where the
     landmarks, read as µm, match pixels of the ion image enlarged ×K (``msi_pixel_um``/K µm each), it names
     ``--fixed-scale K --fixed-pixel-size 1``. ``fixed_unit_um``: µm per unit of the affine's fixed coordinates (None:
     uncalibrated)."""
@@ -536,12 +537,12 @@ def _calibration_disagreement(affine: AffineMap, optical: Image, settings: Regis
             f"the landmarks in {settings.landmarks.name} put {scale:.3g} of the optical's units in a µm of the ion "
             f"image, 1 / its pixel size ({stated:.3g} µm): they look placed in pixels of {name}, not in its µm; if "
             "so, give --optical-pixel-size 1 (their optical units are then its pixels), and check overlay.png"))
-    if settings.landmarks is not None and in_file_units:
-        return CalibrationDisagreement(matched, (
+    if settings.landmarks is not None and in_file_units:  # a registration known to be wrong: refused, not warned
+        raise InputError("--optical-pixel-size", (
             f"the landmarks in {settings.landmarks.name} fit the calibration of {name} ({in_file:.3g} µm "
             f"per pixel), not --optical-pixel-size {stated:.3g}: they are in the file's units, as the landmarks.csv "
-            f"and landmarks_rival.csv of a run without --optical-pixel-size are, so the registration is off {by}; "
-            f"rerun without --optical-pixel-size, or with landmarks placed at {stated:.3g} µm per pixel"))
+            f"and landmarks_rival.csv of a run without --optical-pixel-size are, so the registration would be off "
+            f"{by}; rerun without --optical-pixel-size, or with landmarks placed at {stated:.3g} µm per pixel"))
     if settings.landmarks is not None:
         fixed_scale = ""
         if msi_pixel_um and settings.fixed_pixel_size is None and settings.fixed_scale == 1:
