@@ -372,8 +372,9 @@ def _mz_column(path: Path, names: list[str]) -> int:
     for pattern in (_MZ_NAME, _MASS_NAME):
         centres = [i for i, n in own if pattern.search(n) and not _BOUND_NAME.search(n)]
         if len(centres) > 1:
-            raise InputError(path, f"its header names {len(centres)} m/z columns ({', '.join(names[i] for i in centres)}"
-                                   "): keep the one to extract, or give the m/z on the command line")
+            named = ", ".join(names[i] for i in centres)
+            raise InputError(path, f"its header names {len(centres)} m/z columns ({named}): keep the one to extract, "
+                                   "or give the m/z on the command line")
         if centres:
             return centres[0]
         bounds = [n for _, n in own if pattern.search(n) and _BOUND_NAME.search(n)]
