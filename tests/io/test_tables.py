@@ -319,6 +319,8 @@ def test_long_table_positions_in_um_are_still_refused_under_any_coordinate_name(
     "100 # glucose 180\n200.5\n",  # a comment after a number is no second number
     "100.0,10\n200.5,\n",  # an intensity missing from a comma-separated row
     "Name,m/z,Note\r\nA,100,\r\nB,200.5,\r\n,,\r\n,,\r\n",  # Excel's empty rows at the end
+    "Compound;m/z;Intensity\r\nA;100;1,37\r\nB;200,5;0,52\r\n",  # a French or German Excel: decimal commas
+    "100;3,1\n200,5;2,0\n",  # the same without its header
 ])
 def test_an_mz_list_takes_the_column_its_header_names(tmp_path, text):
     from msifusion.io.tables import read_mz_list
@@ -354,7 +356,7 @@ def test_a_lone_row_of_numbers_lists_them_all(tmp_path, text, mzs):
     ("328,9167\n", "line 1: '328,9167' is ambiguous; write m/z with a decimal point"),
     ("1,217.5\n", "line 1: '1,217.5' is ambiguous"),
     ("1217.5161a\n656.7762\n", "line 1: '1217.5161a' is not an m/z"),  # a number gone wrong is no header
-    ("1217,5161;3,1\n656,7762;2,0\n", "line 1: '1217,5161' has a decimal comma"),
+    ("1217,5161\t3,1\n656,7762\t2,0\n", "line 1: '1217,5161' has a decimal comma"),  # tabs say nothing of commas
     ("1217.5161\t734.2\n", "holds one row of two numbers \\(1217.5161 and 734.2\\) and no header: an m/z and its "
                            "intensity, or two m/z\\? List one m/z per line"),
     # what a header says the list cannot carry: window bounds, a tolerance per ion

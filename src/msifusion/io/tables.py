@@ -407,7 +407,7 @@ def read_mz_list(path: Path) -> list[float]:
     A header row (a first row that does not start with a number) chooses the column: the one it names m/z (``m/z``,
     ``mz``), else the one it names a mass (not a mass error or a neutral mass), else the first column; a header
     naming two, a tolerance, or window bounds (``mz_low``) without a centre, is refused; rows of empty cells are
-    skipped. Without a header the first column
+    skipped; in ``;``-separated rows a comma is the decimal comma (``1217,5161``). Without a header the first column
     is read, and blank-separated rows must hold as many numbers each (``500.1 600.2`` then ``700.3`` is refused, not
     read as 500.1 and 700.3; a ``#`` comment after them is no number). A file of one row of three or more numbers and
     no header (``328.9167 345 344``, or with commas, tabs or semicolons) lists them all: a list typed on one line; one
@@ -448,6 +448,8 @@ def read_mz_list(path: Path) -> list[float]:
             widths.setdefault(sum(_to_float(c) is not None for c in cells), number)
         first = cells[column]
         value = _to_float(first)
+        if value is None and delimiter == ";" and re.fullmatch(r"\d+,\d+", first):
+            value = float(first.replace(",", "."))  # spreadsheets separate with ";" where the comma is the decimal one
         if value is None and _COMMA_NUMBER.fullmatch(first):
             raise InputError(path, f"line {number}: {first!r} has a decimal comma or a thousands separator; write m/z "
                                    "with a decimal point and no separator")
