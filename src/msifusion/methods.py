@@ -84,6 +84,11 @@ class Method:
         """Fits a network (uses FitConfig, seed and device)."""
         return bool(self.fit_fields)
 
+    @property
+    def runs_on_device(self) -> bool:
+        """Runs on ``Runtime.device`` (a fitted network, or the default's solver); the others on the CPU always."""
+        return self.trains or self.name == DEFAULT_METHOD
+
     def fit_settings(self, fit: FitConfig) -> dict | None:
         """The training settings this method applied (run.json): only the fields it takes from ``fit``."""
         return {k: v for k, v in asdict(fit).items() if k in self.fit_fields} if self.trains else None
@@ -111,9 +116,10 @@ def register_method(name: str, summary: str, fit_fields: tuple[str, ...] = (), r
 
 def bytes_per_fused_pixel(method: str, device: str = "cpu") -> int:
     """The machine memory ``method`` needs per fused pixel, a lower bound (:attr:`Method.bytes_per_pixel`, measured
-    on the CPU); a fitted network on CUDA keeps its activations in the GPU's memory, so there it is the default's."""
+    on the CPU); a method run on CUDA (:attr:`Method.runs_on_device`: a fitted network's activations) keeps its working
+    arrays in the GPU's memory, so there it is the default's."""
     m = METHODS[method]
-    on_gpu = m.trains and resolve_device(device).type == "cuda"
+    on_gpu = m.runs_on_device and resolve_device(device).type == "cuda"
     return BYTES_PER_FUSED_PIXEL if on_gpu else m.bytes_per_pixel
 
 

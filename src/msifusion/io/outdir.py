@@ -53,16 +53,15 @@ def _holds(folder: Path, path: str | Path) -> bool:
     return folder == path or folder in path.parents
 
 
-STAGING_EXTRA = len(".") + len(".partial-") + 12  # what the hidden staging folders' names add to the output's
-
-
 def _check_name_length(out: Path) -> None:
-    """Refuse a name the drive takes but not with the staging folders' longer names beside it."""
+    """Refuse a name the drive takes but not with the staging folders' longer names beside it (the longest of
+    :class:`_RunFolders`' names, its ``partial`` folder)."""
     longest = _longest_name(out.parent)
-    if longest is not None and len(os.fsencode(out.name)) + STAGING_EXTRA > longest:
-        raise InputError(out, f"the folder's name is {len(os.fsencode(out.name))} bytes long; its output is staged "
-                              f"beside it under a name {STAGING_EXTRA} bytes longer, past this drive's {longest}: "
-                              "use a shorter name")
+    own = len(os.fsencode(out.name))
+    extra = len(os.fsencode(_RunFolders(out, "0" * 12).path("partial").name)) - own
+    if longest is not None and own + extra > longest:
+        raise InputError(out, f"the folder's name is {own} bytes long; its output is staged beside it under a name "
+                              f"{extra} bytes longer, past this drive's {longest}: use a shorter name")
 
 
 def _check_output_dir(out: Path, overwrite: bool, inputs: Iterable[str | Path | None]) -> None:

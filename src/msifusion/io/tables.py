@@ -449,7 +449,7 @@ def read_mz_list(path: Path) -> list[float]:
         first = cells[column]
         value = _to_float(first)
         if value is None and delimiter == ";" and re.fullmatch(r"\d+,\d+", first):
-            value = float(first.replace(",", "."))  # spreadsheets separate with ";" where the comma is the decimal one
+            value = _comma_float(first)  # spreadsheets separate with ";" where the comma is the decimal one
         if value is None and _COMMA_NUMBER.fullmatch(first):
             raise InputError(path, f"line {number}: {first!r} has a decimal comma or a thousands separator; write m/z "
                                    "with a decimal point and no separator")

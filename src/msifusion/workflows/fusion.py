@@ -213,8 +213,7 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
 def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSettings, extra: dict | None = None) -> dict:
     trains = METHODS[result.method].trains
     options = settings.options
-    # the fitted methods and the default run on --device; the others on the CPU whatever it says
-    device = resolve_device(options.runtime.device) if trains or result.method == DEFAULT_METHOD else "cpu"
+    device = resolve_device(options.runtime.device) if METHODS[result.method].runs_on_device else "cpu"
     record = {
         **run_header(),
         "method": result.method,
