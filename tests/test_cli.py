@@ -605,6 +605,31 @@ def test_an_empty_value_is_refused_not_read_as_the_option_left_out(tmp_path, fil
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["fuse", "ions", "benchmark"])
+def test_a_single_valued_option_given_twice_is_refused_not_read_as_the_last(tmp_path, files, capsys, command):
+    """`fuse --ion a.tif --ion b.tif` fused b.tif alone, exit 0: argparse keeps the last value."""
+    opt, ion_path, _, _ = files
+    other = tmp_path / "other.tiff"
+    argv = {"fuse": ["fuse", "--optical", str(opt), "--ion", str(ion_path), "--ion", str(other)],
+            "ions": ["ions", str(tmp_path / "x.imzML"), "--mz", "500", "--tol", "5ppm", "--tol", "0.01"],
+            "benchmark": ["benchmark", "--quick", "--seed", "1", "--seed", "2"]}[command]
+    named = {"fuse": f"--ion: given twice ({ion_path}, then {other})", "ions": "--tol: given twice (5ppm, then 0.01)",
+             "benchmark": "--seed: given twice (1, then 2)"}[command]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    _assert_one_line_error(capsys, f"msifusion: error: argument {named}; it takes one value")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_single_valued_option_given_twice_alike_is_read_once(tmp_path, files):
+    opt, ion_path, _, _ = files
+    out = tmp_path / "out"
+    assert main(["fuse", "--optical", str(opt), "--ion", str(ion_path), "--method", "bilinear", "--method", "bilinear",
+                 "--out", str(out), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["method"] == "bilinear"
+
+
 def test_comma_separated_m_z_and_an_empty_out_get_their_own_messages(tmp_path, files, capsys):
     opt, ion_path, _, _ = files
     for listed, named in (("500,1234",) * 2, ("500.5, 1234.25",) * 2, ("500,5 1234,25", "500,5")):

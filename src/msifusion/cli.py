@@ -39,13 +39,28 @@ class _Paragraphs(argparse.HelpFormatter):
         return "\n\n".join(fill(part, width, indent) for part in text.split("\n\n"))
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's store, but a single-valued option given twice with different values is a usage error: argparse
+    keeps the last, so ``fuse --ion a.tif --ion b.tif`` would fuse b.tif alone and say nothing."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = namespace.__dict__.setdefault("_values_given", {})
+        if self.dest in given and given[self.dest] != values:
+            parser.error(f"argument {'/'.join(self.option_strings)}: given twice ({given[self.dest]}, then "
+                         f"{values}); it takes one value")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line, exit 2 and the prefix of every other bad input; descriptions keep
-    their paragraphs."""
+    """argparse, but usage errors are one line, exit 2 and the prefix of every other bad input; a single-valued
+    option is given once (:class:`_StoreOnce`); descriptions keep their paragraphs."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _Paragraphs)
         super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"msifusion: error: {message} (see `{self.prog} --help`)\n")
