@@ -502,7 +502,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _comma_list(what: str, item: Callable[[str], object] = str) -> Callable[[str], tuple]:
     """An argparse type: ``a,b`` → ``(item("a"), item("b"))``; malformed, a usage error that names ``what``.
 

@@ -25,8 +25,9 @@ from msifusion.register.automatic import _disagreement
 UPRIGHT = PoseSearch(max_rotation=20.0, allow_flip=False)  # the synthetic pairs are neither turned far nor mirrored
 
 
-def _synthetic_pair(flip: bool = False):
-    """A stained section (moving, RGB) and the MSI tissue image it produces (fixed) under a known affine."""
+def _synthetic_pair(flip: bool = False, angle: float = 6.0, noise: float = 0.03):
+    """A stained section (moving, RGB) and the MSI tissue image it produces (fixed) under a known affine (turned by
+    ``angle`` degrees; the MSI with Gaussian noise of deviation ``noise``)."""
     rng = np.random.default_rng(5)
     h, w = 360, 480
     field = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 14)
@@ -41,8 +42,8 @@ def _synthetic_pair(flip: bool = False):
     if flip:
         optical = optical[:, ::-1].copy()
         kind = kind[:, ::-1]
-    # Truth: fixed µm → moving px, rotation 6°, scale 0.5 px/µm, shift.
-    a = math.radians(6.0)
+    # Truth: fixed µm → moving px, rotation `angle`, scale 0.5 px/µm, shift.
+    a = math.radians(angle)
     mat = 0.5 * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     if flip:
         mat = np.array([[-1.0, 0.0], [0.0, 1.0]]) @ mat
@@ -55,7 +56,7 @@ def _synthetic_pair(flip: bool = False):
     idx = truth(fine.to_coords(np.column_stack([c.ravel(), r.ravel()])))
     vals = cv2.remap(chem, idx[:, 0].reshape(fine.shape).astype(np.float32), idx[:, 1].reshape(fine.shape).astype(np.float32),
                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    msi = vals.reshape(54, 4, 70, 4).mean(axis=(1, 3)) + rng.normal(0, 0.03, (54, 70))
+    msi = vals.reshape(54, 4, 70, 4).mean(axis=(1, 3)) + rng.normal(0, noise, (54, 70))
     acquired = np.zeros((54, 70), bool)
     acquired[3:-3, 4:-4] = True  # the acquisition area: no spectra at the border
     msi = np.where(acquired, np.maximum(msi, 0.01), 0).astype(np.float32)
@@ -123,6 +124,18 @@ def test_auto_registration_of_a_grey_optical_falls_back_to_luminance() -> None:
     assert _max_error(reg.transform, truth, fixed, msi) < 0.5
     colour = register_auto(optical, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
     assert list(colour.details["feature_scores"]) == ["saturation"]  # a convincing match: no other feature tried
+
+
+def test_the_better_refined_match_is_used_not_the_coarse_search_s_first() -> None:
+    """A tissue image turned 6° (between the coarse search's 10° steps) and a noisier one turned 20° (on a step): the
+    coarse search ranks the second first, its refined pose scores 0.46 against the first's 0.57. The first was
+    kept as the rival, and the used alignment was 14° off."""
+    optical, msi, fixed, truth = _synthetic_pair()
+    _, turned, _, _ = _synthetic_pair(angle=20.0, noise=0.05)
+    for order in ((msi, turned), (turned, msi)):
+        reg = register_auto(optical, np.stack(order), fixed, None, AutoRegisterOptions(UPRIGHT))
+        assert order[reg.channel] is msi and reg.details["rival"]["score"] < reg.score
+        assert _max_error(reg.transform, truth, fixed, msi) < 0.5
 
 
 def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> None:

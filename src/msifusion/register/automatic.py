@@ -44,9 +44,9 @@ class PoseSearch:
     best-scoring search (the search then takes up to three times as long).
     ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the chosen one's, it is
     polished too and the distance between the two alignments is reported (``details["rival"]``): two near-equal
-    matches that disagree mean the alignment is uncertain. (Both are refined poses; the rival's score can come out a
-    little above the chosen one's, which the coarse search ranked first. Near-ties within one tissue image are not
-    checked.)
+    matches that disagree mean the alignment is uncertain. (Both are refined poses, and the one used is the one that
+    scores higher refined: a tissue image turned between the coarse search's angles scores low there. Near-ties
+    within one tissue image are not checked.)
     """
 
     optical_feature: str = "auto"
@@ -343,7 +343,8 @@ class _FeatureSearch:
 def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
-    search around the best pose (same channel and mirror), and around the best pose on any other channel."""
+    search around the best pose (same channel and mirror) and around the best pose on any other channel; the better
+    of the two refined poses is the one used, the other its rival."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -368,9 +369,12 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
                             (coarse.flip,), options.search.min_overlap)
         return replace(fine[0], channel=coarse.channel) if fine[0].score >= coarse.score else coarse
 
-    coarse = poses[0]
-    rival = next((p for p in poses if p.channel != coarse.channel), None)
-    return _FeatureSearch(kind, feat_full, refine(coarse), poses, scale0, rival and refine(rival))
+    best = refine(poses[0])
+    rival = next((p for p in poses if p.channel != best.channel), None)
+    rival = rival and refine(rival)
+    if rival is not None and rival.score > best.score:  # the finer search outranks the coarse one
+        best, rival = rival, best
+    return _FeatureSearch(kind, feat_full, best, poses, scale0, rival)
 
 
 def register_auto(
