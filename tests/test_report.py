@@ -47,6 +47,23 @@ def test_an_overview_of_strips_has_room_for_their_scale_bars(tmp_path):
     assert drawn.shape[1] > drawn.shape[0] and drawn.std() > 10  # the seven strips, drawn wide
 
 
+@pytest.mark.parametrize("shape", [(1, 20), (1, 5000), (2, 500)])
+@pytest.mark.parametrize("count", [1, 4])
+@pytest.mark.parametrize("pixel_size_um", [None, 10.0])
+def test_an_overview_of_one_row_images_lays_out_without_a_warning(tmp_path, shape, count, pixel_size_um):
+    """`ions` on a one-row imzML printed matplotlib's "Tight layout not applied" as two raw lines of stderr: a
+    strip's row had no room for its title and colour bar, nor the figure for its heading."""
+    import warnings
+
+    from msifusion.report import save_ion_grid
+
+    images = np.random.default_rng(0).random((count, *shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_ion_grid(tmp_path / "ions.png", images, [f"m/z {i}" for i in range(count)], pixel_size_um, "ions")
+    assert cv2.imread(str(tmp_path / "ions.png")).std() > 10
+
+
 def test_a_tall_image_is_drawn_narrower_not_taller(tmp_path):
     """A 1200×20 px image at the usual width would make figures tens of thousands of pixels tall; each figure stays
     within MAX_IMAGE_HEIGHT_IN (plus titles and bars) and narrows instead, while a landscape image keeps its width."""

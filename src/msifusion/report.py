@@ -337,7 +337,8 @@ def save_ion_grid(path: str | Path, images: np.ndarray | Sequence[np.ndarray], n
     h, w = np.shape(images[0])
     pw = max(1.2, _column_width((h, w), 2.6 if n > 3 else 4.0, 0.5))  # a few ions get larger panels
     below = 0.4 if pixel_size_um and is_strip((h, w)) else 0.0  # room for a strip's scale bar under it
-    fig = new_figure((pw * cols, rows * (_drawn_height((h, w), pw) + 0.35 + below)), 110)
+    row_in = max(_drawn_height((h, w), pw) + 0.35 + below, 1.0)  # a strip's row still holds its title and colour bar
+    fig = new_figure((pw * cols, rows * row_in + 0.4), 110)  # + the heading's two lines
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()

@@ -109,6 +109,18 @@ def test_ion_tiff_keeps_its_stored_values_whatever_the_photometric(tmp_path):
     np.testing.assert_array_equal(read_ion(tmp_path / "ion.tif").pixels, ion)
 
 
+def test_a_grey_image_written_as_h_w_1_is_one_image_not_a_stack(tmp_path):
+    """tifffile stores a numpy (H, W, 1) array as one page of axes YXQ: it was refused as "a stack of 20 greyscale
+    images of 30×1 px"."""
+    import tifffile
+
+    grey = np.arange(600, dtype=np.uint8).reshape(20, 30, 1)
+    tifffile.imwrite(tmp_path / "grey.tif", grey, photometric="minisblack")
+    pixels = read_optical(tmp_path / "grey.tif").pixels
+    assert pixels.shape == (20, 30, 3)
+    np.testing.assert_allclose(pixels[..., 1], grey[..., 0] / 255, atol=1e-6)
+
+
 def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     import tifffile
 
