@@ -153,6 +153,15 @@ def test_european_csv(tmp_path, text, expected):
         np.testing.assert_allclose(read_ion(path).pixels, expected)
 
 
+def test_python_digit_grouping_is_not_a_number(tmp_path):
+    """Python's float() reads 1_000 as 1000; the first row of numbers was then taken for a header and dropped: a 3×3
+    table read as 2×3."""
+    path = tmp_path / "ion.csv"
+    path.write_text("1,2,3\n4,1_000,5\n6,7,8\n")
+    with pytest.raises(InputError, match="non-numeric value '1_000' in row 2"):
+        read_ion(path)
+
+
 def test_long_table_with_a_stray_coordinate_is_refused_before_allocating(tmp_path):
     path = tmp_path / "stray.csv"
     path.write_text("x,y,value\n1,1,3\n2,2,5\n100000,100000,1\n")  # 10¹⁰ pixels, 80 GB as float64

@@ -40,6 +40,8 @@ def _to_float(token: str) -> float | None:
     token = _cell(token)
     if token.lower() in _NA:
         return float("nan")
+    if "_" in token:  # Python's digit grouping (1_000), which no table writes: read, it tipped a data row to a header
+        return None
     try:
         return float(token)
     except ValueError:
