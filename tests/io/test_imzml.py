@@ -487,6 +487,25 @@ def test_tolerance_reaching_mz_zero_is_refused(continuous) -> None:
     np.testing.assert_allclose(img, _expected(spectra, 150.0, 149.99, AXIS), rtol=1e-6)
 
 
+@pytest.mark.parametrize("positions, why", [
+    ([(1 + 1000 * i, 1 + 1000 * j) for i in range(10) for j in range(5)],
+     "x and y advance in steps of 1000, not 1: positions in µm rather than pixel indices?"),
+    ([(1 + i, 1 + j) for i in range(10) for j in range(5)] + [(1, 200_000)], "a stray coordinate?"),
+])
+def test_spectra_that_fill_under_one_percent_of_their_span_are_refused(tmp_path: Path, positions, why) -> None:
+    """50 spectra at x = 1, 1001, 2001 … (positions in µm) made 2001×19001-pixel ion images, 50 pixels set, exit 0."""
+    path = tmp_path / "sparse.imzML"
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for x, y in positions:
+            w.addSpectrum(AXIS, np.ones(AXIS.size, np.float32), (x, y))
+    with pytest.raises(InputError) as err:
+        ImzML(path)
+    width, height = (int(v) for v in np.max(positions, axis=0))  # positions from 1
+    assert err.value.problem == (f"its {len(positions)} spectra span {width}×{height} pixels, under 1 % of them; {why} "
+                                 "An imzML's positions are pixel indices (export the regions of a slide one by one if "
+                                 "they lie far apart)")
+
+
 def _twin(tmp_path: Path, name: str) -> Path:
     """A continuous file with the same layout and spectra as every other twin, but its own identifier."""
     path = tmp_path / name

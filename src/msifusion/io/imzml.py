@@ -48,6 +48,7 @@ from msifusion.errors import InputError
 from msifusion.io.images import Image
 from msifusion.io.spectra import (ISOTOPE_SPACING, MAX_LISTED_PEAKS, PROFILE_BIN_PPM, SEPARATION_PPM, Profile,
                                  WindowBins, channel_profile, peak_candidates, reaches_isotope, resolved_peaks)
+from msifusion.io.tables import LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW
 from msifusion.io.units import unusable_pixel_size
 
 Normalize = Literal["tic", "rms"] | None
@@ -852,6 +853,7 @@ def _parse(path: Path) -> _Layout:
         dup = np.flatnonzero(keys == k)
         x0, y0 = coords[dup[0], :2]
         raise InputError(path, f"spectra {dup[0] + 1} and {dup[1] + 1} share the pixel x={x0}, y={y0}")
+    _refuse_sparse(path, xy)
     shape = _image_shape(path, parser.imzmldict, xy, origin - base)
     h, w = shape.rows, shape.columns
 
@@ -900,6 +902,22 @@ class _ImageShape:
     columns: int
     note: str | None
     counts: tuple[int, int] | None
+
+
+def _refuse_sparse(path: Path, xy: np.ndarray) -> None:
+    """Spectra that fill under 1 % of the image their positions span (``xy`` from 0), an image over 10⁶ pixels, are
+    refused before any image is allocated, as a long table's rows are (:data:`LONG_TABLE_PIXELS_PER_ROW`): positions
+    written in µm by a converter (50 spectra at x = 0, 1000, 2000 … made 2001×19001-pixel images, 50 of them set), or
+    a stray coordinate."""
+    width, height = (int(v) + 1 for v in xy.max(axis=0))
+    if width * height <= max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy)):
+        return
+    steps = [int(np.gcd.reduce(np.diff(np.unique(c)))) for c in xy.T if np.unique(c).size > 1]
+    why = (f"x and y advance in steps of {min(steps)}, not 1: positions in µm rather than pixel indices?"
+           if steps and min(steps) > 1 else "a stray coordinate?")
+    raise InputError(path, f"its {len(xy)} spectra span {width}×{height} pixels, under 1 % of them; {why} An "
+                           "imzML's positions are pixel indices (export the regions of a slide one by one if they lie "
+                           "far apart)")
 
 
 def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> _ImageShape:
