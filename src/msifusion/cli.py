@@ -243,6 +243,11 @@ def _add_ion_options(g, required: bool) -> list[argparse.Action]:
     ]
 
 
+def _add_pixel_size(group) -> None:
+    group.add_argument("--pixel-size", type=_pixel_um, default=None, metavar="UM",
+                       help="the MSI pixel size in µm, in place of what the ion file or imzML states (or leaves out)")
+
+
 def _add_register_options(p: argparse.ArgumentParser) -> list[argparse.Action]:
     g = p.add_argument_group("registration", "with --imzml, or in `register`; automatic without --landmarks")
     return [
@@ -348,8 +353,6 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")
-        if args.pixel_size is not None:
-            raise InputError("--pixel-size", "only with --ion; with --imzml the pixel size comes from the imzML file")
         return _fuse_imzml(args)
     if args.ion is None:
         raise InputError("fuse", "give --ion (a registered ion image) or --imzml with --mz")
@@ -382,7 +385,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 
     request = ImzmlFuseRequest(Path(args.imzml), mzs, args.tol or DEFAULT_TOLERANCE, Path(args.optical),
                                Path(args.out), _register_settings(args), _settings(args), _normalization(args),
-                               args.overwrite, on_warning=tell)
+                               args.overwrite, on_warning=tell, pixel_size_um=args.pixel_size)
     record = fuse_imzml(request)
     _warn(record, told)
     _say(args, _registered(record["registration"]))
@@ -402,7 +405,7 @@ def cmd_ions(args: argparse.Namespace) -> int:
     from msifusion.workflows.from_imzml import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(Path(args.imzml), _mzs(args), args.tol or DEFAULT_TOLERANCE, Path(args.out),
-                                      _normalization(args), args.overwrite, args.quiet))
+                                      _normalization(args), args.overwrite, args.quiet, args.pixel_size))
     _warn(record)
     for name in record["outputs"]:
         print(Path(args.out) / name)
@@ -450,7 +453,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     from msifusion.workflows.from_imzml import RegisterRequest, register_files
 
     record = register_files(RegisterRequest(Path(args.optical), Path(args.ion), Path(args.out),
-                                            _register_settings(args), args.overwrite, args.quiet))
+                                            _register_settings(args), args.overwrite, args.quiet,
+                                            args.pixel_size))
     _warn(record)
     _say(args, _registered(record["registration"]))
     print(Path(args.out) / "optical_registered.tiff")
@@ -695,8 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--scale", type=_scale, default=None,
                     help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
                          "to ion × N; required with --imzml")
-    io.add_argument("--pixel-size", type=_pixel_um, default=None, metavar="UM",
-                    help="with --ion: ion pixel size in µm (overrides the file's calibration)")
+    _add_pixel_size(io)
     io.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     inst = p.add_argument_group("from an imzML file (instead of --ion)",
                                 "registers the optical, then fuses each m/z")
@@ -712,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "was acquired).")
     p.add_argument("imzml", type=_not_empty, metavar="F.imzML", help="imzML file (its .ibd beside it)")
     _add_ion_options(p, required=True)
+    _add_pixel_size(p)
     p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -740,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ion", type=_not_empty, required=True, metavar="ION_OR_IMZML",
                    help="an ion image or an .imzML file")
     p.add_argument("--scale", type=_scale, required=True, help="magnification of the registered output")
+    _add_pixel_size(p)
     p.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

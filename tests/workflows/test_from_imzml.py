@@ -30,7 +30,7 @@ def _truth() -> np.ndarray:
 
 
 NO_PIXEL_SIZE = ("no pixel size (sample.imzML gives none in its scan settings): the ion TIFFs carry none and ions.png "
-                 "has no scale bar; give --pixel-size UM when you fuse them with --ion")
+                 "has no scale bar; give --pixel-size UM")
 
 
 @pytest.fixture
@@ -323,15 +323,31 @@ def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, 
         assert (f.pixel_size_um, f.pixel_size_note) == (used, note)
 
 
-def test_pixel_size_with_imzml_is_an_error(tmp_path, files, capsys):
+def test_pixel_size_given_for_an_imzml_calibrates_every_output(tmp_path, files, capsys, state_imzml_pixel_size):
+    """An imzML that states no pixel size (pyimzML's writer states none) could be calibrated only by exporting its ions
+    and fusing them one by one with --ion; `fuse --imzml`, `ions` and `register` take --pixel-size."""
+    from msifusion.io.images import read_ion, read_optical
+
     imzml, opt, lm, _ = files
-    out = tmp_path / "out"
-    code = main(["fuse", "--imzml", str(imzml), "--mz", "100", "--optical", str(opt), "--landmarks", str(lm),
-                 "--scale", "4", "--pixel-size", "20", "--out", str(out), "--quiet"])
-    assert code == 2
-    assert capsys.readouterr().err.strip() == ("msifusion: error: --pixel-size: only with --ion; with --imzml the "
-                                               "pixel size comes from the imzML file")
-    assert not out.exists()
+    in_pixels = ["--landmarks", str(lm), "--fixed-pixel-size", "1"]  # the landmarks' ion side is in pixels
+    runs = {"fuse": ["fuse", "--imzml", str(imzml), "--mz", "100", "--optical", str(opt), *in_pixels, "--scale", "4"],
+            "ions": ["ions", str(imzml), "--mz", "100"],
+            "register": ["register", "--ion", str(imzml), "--optical", str(opt), *in_pixels, "--scale", "4"]}
+    written = {"fuse": ("fused.tiff", 5.0), "ions": ("mz_100.0000.tiff", 20.0), "register": ("optical_registered.tiff",
+                                                                                            5.0)}
+    for command, argv in runs.items():
+        out = tmp_path / command
+        assert main([*argv, "--pixel-size", "20", "--out", str(out), "--quiet"]) == 0
+        name, pixel_um = written[command]
+        reader = read_optical if command == "register" else read_ion
+        assert reader(out / name).pixel_size_um == pytest.approx(pixel_um)
+        assert "no pixel size" not in capsys.readouterr().err
+    state_imzml_pixel_size(imzml, 25)
+    out = tmp_path / "stated"
+    assert main([*runs["ions"], "--pixel-size", "20", "--out", str(out), "--quiet"]) == 0
+    assert read_ion(out / "mz_100.0000.tiff").pixel_size_um == pytest.approx(20.0)
+    assert capsys.readouterr().err.strip() == ("msifusion: warning: --pixel-size 20 µm is used in place of the 25 µm "
+                                               "sample.imzML states")
 
 
 @pytest.mark.parametrize("extra, message", [

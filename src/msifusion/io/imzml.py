@@ -247,11 +247,13 @@ class ImzML:
     """An opened imzML/ibd pair: XML parsed and checked against the .ibd, nothing read yet.
 
     Parse once (the XML of a real file takes seconds) and ask for ion images, the TIC image
-    and the strongest peaks from the same object.
+    and the strongest peaks from the same object. ``pixel_size_um``: the pixel size in µm in place of what the file
+    states or leaves out (``--pixel-size``).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, pixel_size_um: float | None = None):
         self.layout = _parse(Path(path))
+        self.given_pixel_size_um = pixel_size_um
         self._ibd_map: np.memmap | None = None
         self._mz_range: tuple[float, float] | None = None
 
@@ -275,23 +277,30 @@ class ImzML:
 
     @property
     def pixel_size_um(self) -> float | None:
-        """Square pixel size in µm; None when the scan settings state none, or one that is not used
-        (:attr:`pixel_size_note` says why)."""
+        """Square pixel size in µm: the one given, else the scan settings'; None when they state none, or one that is
+        not used (:attr:`pixel_size_note` says why)."""
+        if self.given_pixel_size_um is not None:
+            return self.given_pixel_size_um
         xy = self.layout.pixel_size_xy_um
         return None if xy is None or self.pixel_size_note else xy[0]
 
     @property
     def pixel_size_note(self) -> str | None:
         """Why the pixel size the scan settings state is not used (x and y differ, or it is implausible, by the rule
-        TIFFs follow: :func:`msifusion.io.units.unusable_pixel_size`); None when it is used or none is stated."""
+        TIFFs follow: :func:`msifusion.io.units.unusable_pixel_size`); None when it is used, none is stated or one is
+        given."""
         xy = self.layout.pixel_size_xy_um
-        return None if xy is None else unusable_pixel_size(*xy)
+        return None if xy is None or self.given_pixel_size_um is not None else unusable_pixel_size(*xy)
 
     @property
     def warnings(self) -> list[str]:
         """What a run should report about the file's header (one line each): a declared image size taken as wrong,
-        a pixel size derived where it states none."""
-        return [note for note in (self.layout.shape_note, self.layout.pixel_size_derived) if note]
+        a pixel size derived where it states none (and none is given), one given in place of another it states."""
+        given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
+        derived = self.layout.pixel_size_derived if given is None else None
+        replaced = (f"--pixel-size {given:g} µm is used in place of the {xy[0]:g} µm {self.path.name} states"
+                    if given is not None and xy is not None and not math.isclose(given, xy[0], rel_tol=0.01) else None)
+        return [note for note in (self.layout.shape_note, derived, replaced) if note]
 
     @property
     def mz_range(self) -> tuple[float, float]:
@@ -322,6 +331,7 @@ class ImzML:
             "file": str(lay.imzml),
             "shape_hw": lay.shape,
             "pixel_size_um": self.pixel_size_um,
+            "pixel_size_given": self.given_pixel_size_um is not None,  # --pixel-size, in place of the file's
             "pixel_size_xy_um": lay.pixel_size_xy_um,
             "first_pixel_xy": lay.origin_xy,
             "mode": "continuous" if lay.continuous else "processed",

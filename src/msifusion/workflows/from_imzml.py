@@ -55,6 +55,7 @@ class IonsRequest:
     normalize: str | None = None
     overwrite: bool = False
     quiet: bool = False  # no progress line
+    pixel_size_um: float | None = None  # in place of the file's (--pixel-size)
 
     def __post_init__(self) -> None:
         _check_ion_options(self, "imzml", "out")
@@ -85,14 +86,14 @@ def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
 def extract_ions(request: IonsRequest) -> dict:
     """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
     run = OutputRun(request.out, request.overwrite, _imzml_files(request.imzml))
-    with ImzML(request.imzml) as f:
+    with ImzML(request.imzml, request.pixel_size_um) as f:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
         pixel_note, warnings = f.pixel_size_note, f.warnings
     warnings += stack.window_warnings()
     if stack.pixel_size_um is None:
         warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
-                                             "give --pixel-size UM when you fuse them with --ion",
+                                             "give --pixel-size UM",
                                              ("ion TIFFs", "ions.png")))
     with run.staged() as stage:
         paths = write_ion_tiffs(stack, stage) + write_acquired(stack, stage)
@@ -116,6 +117,7 @@ class RegisterRequest:
     settings: RegisterSettings
     overwrite: bool = False
     quiet: bool = False  # no progress bar
+    pixel_size_um: float | None = None  # the ion's, in place of its file's (--pixel-size)
 
     def __post_init__(self) -> None:
         fields_as_paths(self, "optical", "ion", "out")
@@ -134,15 +136,16 @@ def _imzml_files(path: Path, role: str = "ion") -> dict[str, Path]:
     return {"imzml": path, "ibd": ibd}
 
 
-def _tissue_for(ion_path: Path, automatic: bool) -> MsiTissue:
-    """The fixed side from an .imzML (see :meth:`MsiTissue.of`) or from an ion image file."""
+def _tissue_for(ion_path: Path, automatic: bool, pixel_size_um: float | None) -> MsiTissue:
+    """The fixed side from an .imzML (see :meth:`MsiTissue.of`) or from an ion image file; ``pixel_size_um`` in place
+    of the file's."""
     if ion_path.suffix.lower() == ".imzml":
-        with ImzML(ion_path) as f:
+        with ImzML(ion_path, pixel_size_um) as f:
             return MsiTissue.of(f, automatic)
     from msifusion.io.images import read_ion
 
     ion = read_ion(ion_path)
-    return MsiTissue(ion.pixels[None], ion.pixel_size_um, ion_path, warnings=tuple(ion.warnings))
+    return MsiTissue(ion.pixels[None], pixel_size_um or ion.pixel_size_um, ion_path, warnings=tuple(ion.warnings))
 
 
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
@@ -157,7 +160,7 @@ def register_files(request: RegisterRequest) -> dict:
     run = OutputRun(request.out, request.overwrite,
                     {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks})
     landmarks = _check_before_reading(request.optical, request.settings)
-    msi = _tissue_for(Path(request.ion), request.settings.landmarks is None)
+    msi = _tissue_for(Path(request.ion), request.settings.landmarks is None, request.pixel_size_um)
     shape, px = msi.shape, msi.pixel_size_um
     optical = read_moving_optical(request.optical, request.settings, px, landmarks)
     registered = register_optical(optical, msi, request.settings, request.quiet, landmarks)
@@ -186,6 +189,7 @@ class ImzmlFuseRequest:
     normalize: str | None = None
     overwrite: bool = False
     on_warning: Callable[[str], None] | None = None  # told each registration warning before the fusion starts
+    pixel_size_um: float | None = None  # the imzML's, in place of what the file states (--pixel-size)
 
     def __post_init__(self) -> None:
         _check_ion_options(self, "imzml", "optical", "out")
@@ -290,7 +294,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     run = OutputRun(request.out, request.overwrite, roles)
     landmarks = _check_before_reading(request.optical, request.register)
     quiet = request.settings.options.runtime.quiet
-    with ImzML(request.imzml) as f:
+    with ImzML(request.imzml, request.pixel_size_um) as f:
         f.check_mzs(request.mzs, request.tol)  # before the passes over the spectra that follow
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # it refuses non-square pixels
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
@@ -310,8 +314,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     registered = register_optical(optical, msi, request.register, quiet, landmarks)
     registered.warnings += [*stack.window_warnings(), *_panel_warnings(request, stack, parts, per_part, scratch),
                             *([uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
-                                                    "export the ions with `msifusion ions` and fuse them with --ion "
-                                                    "and --pixel-size UM")] if stack.pixel_size_um is None else [])]
+                                                    "give --pixel-size UM")] if stack.pixel_size_um is None else [])]
     if request.on_warning:
         for warning in registered.warnings:
             request.on_warning(warning)
