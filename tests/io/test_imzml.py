@@ -506,6 +506,19 @@ def test_spectra_that_fill_under_one_percent_of_their_span_are_refused(tmp_path:
                                  "they lie far apart)")
 
 
+def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:
+    """Negative intensities (baseline-subtracted spectra) were exported and fused without a word."""
+    path = tmp_path / "signed.imzML"
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for x, y in [(1 + i, 1 + j) for i in range(4) for j in range(3)]:
+            w.addSpectrum(np.array([100.0, 200.0, 300.0]), np.array([1.0, -2.0 * x, 3.0], np.float32), (x, y))
+    stack = _ions(path, [100.0, 200.0], "0.1da")
+    assert stack.negative_warnings() == [
+        "the ion image of m/z 200.0000 (down to -8) holds values below zero, which counts never are "
+        "(baseline-subtracted spectra?): fused signed, without the default method's non-negativity step"]
+    assert _ions(path, [100.0], "0.1da").negative_warnings() == []
+
+
 def _twin(tmp_path: Path, name: str) -> Path:
     """A continuous file with the same layout and spectra as every other twin, but its own identifier."""
     path = tmp_path / name

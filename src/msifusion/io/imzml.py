@@ -210,6 +210,19 @@ class IonStack:
                             "area; widen --tol to the peak's width")
         return warnings
 
+    def negative_warnings(self) -> list[str]:
+        """One warning naming the ions whose images hold values below zero (baseline-subtracted spectra; counts never
+        are): the default method then fuses them signed, without its non-negativity step."""
+        signed = [(mz, float(image.min())) for mz, image in zip(self.mzs, self.images) if image.min() < 0]
+        if not signed:
+            return []
+        listed = ", ".join(f"{mz:.4f} (down to {low:.3g})" for mz, low in signed[:MAX_LISTED_PEAKS])
+        more = f" and {len(signed) - MAX_LISTED_PEAKS} more" if len(signed) > MAX_LISTED_PEAKS else ""
+        many = len(signed) > 1
+        return [f"the ion image{'s' if many else ''} of m/z {listed}{more} hold{'' if many else 's'} "
+                "values below zero, which counts never are (baseline-subtracted spectra?): fused signed, without the "
+                "default method's non-negativity step"]
+
 
 @dataclass(frozen=True)
 class _Layout:

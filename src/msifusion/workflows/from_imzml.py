@@ -90,7 +90,7 @@ def extract_ions(request: IonsRequest) -> dict:
         stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
         summary = f.summary()
         pixel_note, warnings = f.pixel_size_note, f.warnings
-    warnings += stack.window_warnings()
+    warnings += stack.window_warnings() + stack.negative_warnings()
     if stack.pixel_size_um is None:
         warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                              "give --pixel-size UM",
@@ -312,7 +312,8 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         _check_scratch_space(request.out, scratch)
     optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um, landmarks)
     registered = register_optical(optical, msi, request.register, quiet, landmarks)
-    registered.warnings += [*stack.window_warnings(), *_panel_warnings(request, stack, parts, per_part, scratch),
+    registered.warnings += [*stack.window_warnings(), *stack.negative_warnings(),
+                            *_panel_warnings(request, stack, parts, per_part, scratch),
                             *([uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
                                                     "give --pixel-size UM")] if stack.pixel_size_um is None else [])]
     if request.on_warning:
