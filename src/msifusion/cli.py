@@ -793,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(EXIT_BAD_INPUT, f"msifusion: error: {shown}: its name holds bytes that are not UTF-8 text "
                                         "(shown as �), which the image and TIFF libraries cannot take; rename it\n")
     args, extra = parser.parse_known_args(argv)
+    vars(args).pop("_values_given", None)  # _StoreOnce's record, not an option
     if extra:
         words = {token.lower() for token in extra}
         after_spot = hasattr(args, "spot_sigma") and any(  # --spot-sigma 2 um, --spot-sigma=2 um, --spot 2 um

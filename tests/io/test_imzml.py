@@ -487,12 +487,18 @@ def test_tolerance_reaching_mz_zero_is_refused(continuous) -> None:
     np.testing.assert_allclose(img, _expected(spectra, 150.0, 149.99, AXIS), rtol=1e-6)
 
 
-@pytest.mark.parametrize("positions, why", [
+@pytest.mark.parametrize("positions, problem", [
     ([(1 + 1000 * i, 1 + 1000 * j) for i in range(10) for j in range(5)],
-     "x and y advance in steps of 1000, not 1: positions in µm rather than pixel indices?"),
-    ([(1 + i, 1 + j) for i in range(10) for j in range(5)] + [(1, 200_000)], "a stray coordinate?"),
+     "its spectra's positions advance x in steps of 1000 and y in steps of 1000, not 1: positions in µm rather than "
+     "pixel indices? An imzML's positions are pixel indices (the positions divided by the pixel size)"),
+    ([(1 + 25 * i, 1) for i in range(8)],  # one line, in µm: a small image, but 96 % of it empty
+     "its spectra's positions advance x in steps of 25, not 1: positions in µm rather than pixel indices? An imzML's "
+     "positions are pixel indices (the positions divided by the pixel size)"),
+    ([(1 + i, 1 + j) for i in range(10) for j in range(5)] + [(1, 200_000)],
+     "its 51 spectra span 10×200000 pixels, one in 39215 of them: a stray coordinate? An imzML's positions are pixel "
+     "indices"),
 ])
-def test_spectra_that_fill_under_one_percent_of_their_span_are_refused(tmp_path: Path, positions, why) -> None:
+def test_positions_that_are_not_pixel_indices_are_refused(tmp_path: Path, positions, problem) -> None:
     """50 spectra at x = 1, 1001, 2001 … (positions in µm) made 2001×19001-pixel ion images, 50 pixels set, exit 0."""
     path = tmp_path / "sparse.imzML"
     with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
@@ -500,10 +506,19 @@ def test_spectra_that_fill_under_one_percent_of_their_span_are_refused(tmp_path:
             w.addSpectrum(AXIS, np.ones(AXIS.size, np.float32), (x, y))
     with pytest.raises(InputError) as err:
         ImzML(path)
-    width, height = (int(v) for v in np.max(positions, axis=0))  # positions from 1
-    assert err.value.problem == (f"its {len(positions)} spectra span {width}×{height} pixels, under 1 % of them; {why} "
-                                 "An imzML's positions are pixel indices (export the regions of a slide one by one if "
-                                 "they lie far apart)")
+    assert err.value.problem == problem
+
+
+def test_two_regions_far_apart_on_one_raster_are_read(tmp_path: Path) -> None:
+    """A slide's two sections at the two ends of its raster fill 0.1 % of it: a real file, read (as before)."""
+    path = tmp_path / "two.imzML"
+    with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for x0, y0 in ((1, 1), (2001, 1001)):
+            for i in range(20):
+                for j in range(10):
+                    w.addSpectrum(AXIS, np.ones(AXIS.size, np.float32), (x0 + i, y0 + j))
+    with ImzML(path) as f:
+        assert f.shape == (1010, 2020) and f.n_spectra == 400
 
 
 def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:
@@ -515,7 +530,8 @@ def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:
     stack = _ions(path, [100.0, 200.0], "0.1da")
     assert stack.negative_warnings() == [
         "the ion image of m/z 200.0000 (down to -8) holds values below zero, which counts never are "
-        "(baseline-subtracted spectra?): fused signed, without the default method's non-negativity step"]
+        "(baseline-subtracted spectra?); the default method fuses such an ion signed, without its non-negativity "
+        "step"]
     assert _ions(path, [100.0], "0.1da").negative_warnings() == []
 
 

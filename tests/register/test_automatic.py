@@ -136,6 +136,8 @@ def test_the_better_refined_match_is_used_not_the_coarse_search_s_first() -> Non
         reg = register_auto(optical, np.stack(order), fixed, None, AutoRegisterOptions(UPRIGHT))
         assert order[reg.channel] is msi and reg.details["rival"]["score"] < reg.score
         assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+        runner_up = reg.details["runner_up"][0]  # the coarse search's leader, not the used pose's own first
+        assert runner_up[4] == 1 - reg.channel and runner_up[2] == 20.0
 
 
 def test_auto_registration_reports_a_rival_match_and_how_far_it_disagrees() -> None:

@@ -326,7 +326,12 @@ def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, 
 def test_pixel_size_given_for_an_imzml_calibrates_every_output(tmp_path, files, capsys, state_imzml_pixel_size):
     """An imzML that states no pixel size (pyimzML's writer states none) could be calibrated only by exporting its ions
     and fusing them one by one with --ion; `fuse --imzml`, `ions` and `register` take --pixel-size."""
-    from msifusion.io.images import read_ion, read_optical
+    import shutil
+
+    from msifusion.errors import InputError
+    from msifusion.io.images import read_ion, read_optical, write_tiff
+    from msifusion.register.optical import MsiTissue
+    from msifusion.workflows.from_imzml import IonsRequest, _tissue_for
 
     imzml, opt, lm, _ = files
     in_pixels = ["--landmarks", str(lm), "--fixed-pixel-size", "1"]  # the landmarks' ion side is in pixels
@@ -342,12 +347,28 @@ def test_pixel_size_given_for_an_imzml_calibrates_every_output(tmp_path, files, 
         reader = read_optical if command == "register" else read_ion
         assert reader(out / name).pixel_size_um == pytest.approx(pixel_um)
         assert "no pixel size" not in capsys.readouterr().err
+    oblong = tmp_path / "oblong" / imzml.name  # the same pair, to state other pixels in
+    oblong.parent.mkdir()
+    for suffix in (".imzML", ".ibd"):
+        shutil.copy(imzml.with_suffix(suffix), oblong.with_suffix(suffix))
     state_imzml_pixel_size(imzml, 25)
     out = tmp_path / "stated"
     assert main([*runs["ions"], "--pixel-size", "20", "--out", str(out), "--quiet"]) == 0
     assert read_ion(out / "mz_100.0000.tiff").pixel_size_um == pytest.approx(20.0)
     assert capsys.readouterr().err.strip() == ("msifusion: warning: --pixel-size 20 µm is used in place of the 25 µm "
                                                "sample.imzML states")
+    state_imzml_pixel_size(oblong, 20, 40)  # not square: automatic registration refuses it, unless a size is given
+    with ImzML(oblong, 20.0) as f:
+        assert f.warnings == ["--pixel-size 20 µm is used in place of the 20 × 40 µm sample.imzML states"]
+        assert MsiTissue.of(f, automatic=True).pixel_size_um == 20.0
+    with ImzML(oblong) as f, pytest.raises(InputError, match="not square"):
+        MsiTissue.of(f, automatic=True)
+    with pytest.raises(InputError, match=r"^--pixel-size: pixel size 1e-05 µm is outside"):
+        IonsRequest(imzml, (100.0,), "5ppm", tmp_path / "x", pixel_size_um=1e-5)
+    calibrated = write_tiff(tmp_path / "ion.tiff", np.ones((12, 16), np.float32), 25.0)  # register --ion TIFF
+    tissue = _tissue_for(calibrated, False, 20.0)
+    assert tissue.pixel_size_um == 20.0
+    assert tissue.warnings == ("--pixel-size 20 µm is used in place of the 25 µm ion.tiff states",)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -48,7 +48,6 @@ from msifusion.errors import InputError
 from msifusion.io.images import Image
 from msifusion.io.spectra import (ISOTOPE_SPACING, MAX_LISTED_PEAKS, PROFILE_BIN_PPM, SEPARATION_PPM, Profile,
                                  WindowBins, channel_profile, peak_candidates, reaches_isotope, resolved_peaks)
-from msifusion.io.tables import LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW
 from msifusion.io.units import unusable_pixel_size
 
 Normalize = Literal["tic", "rms"] | None
@@ -220,8 +219,8 @@ class IonStack:
         more = f" and {len(signed) - MAX_LISTED_PEAKS} more" if len(signed) > MAX_LISTED_PEAKS else ""
         many = len(signed) > 1
         return [f"the ion image{'s' if many else ''} of m/z {listed}{more} hold{'' if many else 's'} "
-                "values below zero, which counts never are (baseline-subtracted spectra?): fused signed, without the "
-                "default method's non-negativity step"]
+                "values below zero, which counts never are (baseline-subtracted spectra?); the default method fuses "
+                "such an ion signed, without its non-negativity step"]
 
 
 @dataclass(frozen=True)
@@ -311,8 +310,10 @@ class ImzML:
         a pixel size derived where it states none (and none is given), one given in place of another it states."""
         given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
         derived = self.layout.pixel_size_derived if given is None else None
-        replaced = (f"--pixel-size {given:g} µm is used in place of the {xy[0]:g} µm {self.path.name} states"
-                    if given is not None and xy is not None and not math.isclose(given, xy[0], rel_tol=0.01) else None)
+        stated = None if xy is None else f"{xy[0]:g}" if xy[0] == xy[1] else f"{xy[0]:g} × {xy[1]:g}"
+        replaced = (f"--pixel-size {given:g} µm is used in place of the {stated} µm {self.path.name} states"
+                    if given is not None and xy is not None
+                    and not all(math.isclose(given, v, rel_tol=0.01) for v in xy) else None)
         return [note for note in (self.layout.shape_note, derived, replaced) if note]
 
     @property
@@ -927,20 +928,25 @@ class _ImageShape:
     counts: tuple[int, int] | None
 
 
+IMZML_PIXELS_PER_SPECTRUM = 10_000  # beyond 10⁶ pixels, ion images need a spectrum per this many of their pixels
+
+
 def _refuse_sparse(path: Path, xy: np.ndarray) -> None:
-    """Spectra that fill under 1 % of the image their positions span (``xy`` from 0), an image over 10⁶ pixels, are
-    refused before any image is allocated, as a long table's rows are (:data:`LONG_TABLE_PIXELS_PER_ROW`): positions
-    written in µm by a converter (50 spectra at x = 0, 1000, 2000 … made 2001×19001-pixel images, 50 of them set), or
-    a stray coordinate."""
+    """Positions that are not pixel indices, refused before any image is allocated: every axis advancing in steps of
+    k > 1 (positions in µm: 50 spectra at x = 0, 1000, 2000 … made 2001×19001-pixel images, 50 of them set), or spectra
+    that fill under one pixel in :data:`IMZML_PIXELS_PER_SPECTRUM` of an image over 10⁶ pixels (a stray coordinate).
+    ``xy`` from 0. Two regions at the two ends of a slide's raster (0.1 % filled) pass."""
+    steps = {axis: int(np.gcd.reduce(np.diff(np.unique(c)))) for axis, c in zip("xy", xy.T) if np.unique(c).size > 1}
+    if steps and min(steps.values()) > 1:
+        advance = " and ".join(f"{axis} in steps of {k}" for axis, k in steps.items())
+        raise InputError(path, f"its spectra's positions advance {advance}, not 1: positions in µm rather than pixel "
+                               "indices? An imzML's positions are pixel indices (the positions divided by the pixel "
+                               "size)")
     width, height = (int(v) + 1 for v in xy.max(axis=0))
-    if width * height <= max(LONG_TABLE_FREE_PIXELS, LONG_TABLE_PIXELS_PER_ROW * len(xy)):
-        return
-    steps = [int(np.gcd.reduce(np.diff(np.unique(c)))) for c in xy.T if np.unique(c).size > 1]
-    why = (f"x and y advance in steps of {min(steps)}, not 1: positions in µm rather than pixel indices?"
-           if steps and min(steps) > 1 else "a stray coordinate?")
-    raise InputError(path, f"its {len(xy)} spectra span {width}×{height} pixels, under 1 % of them; {why} An "
-                           "imzML's positions are pixel indices (export the regions of a slide one by one if they lie "
-                           "far apart)")
+    if width * height > max(10**6, IMZML_PIXELS_PER_SPECTRUM * len(xy)):
+        raise InputError(path, f"its {len(xy)} spectra span {width}×{height} pixels, one in "
+                               f"{width * height // len(xy)} of them: a stray coordinate? An imzML's positions are "
+                               "pixel indices")
 
 
 def _image_shape(path: Path, meta: dict, xy: np.ndarray, skipped: np.ndarray) -> _ImageShape:

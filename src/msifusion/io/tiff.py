@@ -223,8 +223,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 raise InputError(path, f"a stack of {series.shape[0]} colour images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: focal planes or time points), not "
                                        f"one image; {ONE_IMAGE_AS_OME_TIFF}")
-            # (H, W, 1), as numpy pipelines write grey, is one image
-            if (colours and len(series.shape) == 3 and "S" not in series.axes and series.shape[-1] != 1
+            # one page (H, W, 1), as numpy pipelines write grey (axes YXQ), is one image
+            grey_page = series.shape[-1] == 1 and series.axes[-1] != "X" and len(series.pages) == 1
+            if (colours and len(series.shape) == 3 and "S" not in series.axes and not grey_page
                     and (series.shape[0] not in (1, 3) or planes)):
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "

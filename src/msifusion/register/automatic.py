@@ -44,8 +44,8 @@ class PoseSearch:
     best-scoring search (the search then takes up to three times as long).
     ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the chosen one's, it is
     polished too and the distance between the two alignments is reported (``details["rival"]``): two near-equal
-    matches that disagree mean the alignment is uncertain. (Both are refined poses, and the one used is the one that
-    scores higher refined: a tissue image turned between the coarse search's angles scores low there. Near-ties
+    matches that disagree mean the alignment is uncertain. (Both are refined poses, each tissue image's best refined
+    and the highest used: a tissue image turned between the coarse search's angles scores low there. Near-ties
     within one tissue image are not checked.)
     """
 
@@ -343,8 +343,8 @@ class _FeatureSearch:
 def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
-    search around the best pose (same channel and mirror) and around the best pose on any other channel; the better
-    of the two refined poses is the one used, the other its rival."""
+    search around each tissue image's best pose (same channel and mirror): the best refined pose is the one used,
+    the best on another tissue image its rival."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -369,11 +369,13 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
                             (coarse.flip,), options.search.min_overlap)
         return replace(fine[0], channel=coarse.channel) if fine[0].score >= coarse.score else coarse
 
-    best = refine(poses[0])
-    rival = next((p for p in poses if p.channel != best.channel), None)
-    rival = rival and refine(rival)
-    if rival is not None and rival.score > best.score:  # the finer search outranks the coarse one
-        best, rival = rival, best
+    firsts: dict[int, _Pose] = {}  # each tissue image's best coarse pose, best first
+    for pose in poses:
+        firsts.setdefault(pose.channel, pose)
+    # the finer search ranks them: a tissue image turned between the coarse angles scored low there
+    refined = sorted(((refine(p), p) for p in firsts.values()), key=lambda pair: -pair[0].score)
+    (best, used), rival = refined[0], (refined[1][0] if len(refined) > 1 else None)
+    poses = [used] + [p for p in poses if p is not used]  # the runner-ups: the coarse poses after the one used
     return _FeatureSearch(kind, feat_full, best, poses, scale0, rival)
 
 

@@ -140,9 +140,9 @@ class MsiTissue:
         """TIC and principal components for automatic registration, else the TIC (for the overlay).
 
         Automatic registration models square MSI pixels; a file whose pixels are not (DESI lines, say) is
-        refused with the remedy rather than registered wrong."""
+        refused with the remedy rather than registered wrong, unless a square pixel size is given in its place."""
         xy = f.layout.pixel_size_xy_um
-        if automatic and xy is not None and not is_square(*xy):
+        if automatic and xy is not None and f.given_pixel_size_um is None and not is_square(*xy):
             raise InputError(f.path, f"its pixels are {xy[0]:g} × {xy[1]:g} µm, not square; automatic registration "
                                      "needs square pixels: register with --landmarks (BigWarp) instead")
         return cls(f.tissue_images() if automatic else f.tic()[None], f.pixel_size_um, f.path, f.layout.skipped_xy,

@@ -21,6 +21,7 @@ from msifusion.io.images import check_optical, validate_ion, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, find_ibd, parse_tolerance,
                                 write_acquired, write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
+from msifusion.io.units import check_pixel_size
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, bytes_per_fused_pixel, fuse_many
 from msifusion.provenance import OutputRun, write_run_json
@@ -35,7 +36,8 @@ from msifusion.workflows.fusion import (FuseSettings, RegisteredPair, fuse_pair,
 
 
 def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> None:
-    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation. The request's
+    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation, a pixel size
+    given. The request's
     ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them (str, one number)."""
     fields_as_paths(request, *paths)
     object.__setattr__(request, "mzs", tuple(as_mz_list(request.mzs)))
@@ -44,6 +46,7 @@ def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> 
         raise InputError("--mz", "give at least one m/z")
     parse_tolerance(tol)
     check_normalize(normalize)
+    check_pixel_size("--pixel-size", request.pixel_size_um)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class RegisterRequest:
 
     def __post_init__(self) -> None:
         fields_as_paths(self, "optical", "ion", "out")
+        check_pixel_size("--pixel-size", self.pixel_size_um)
 
 
 def _imzml_files(path: Path, role: str = "ion") -> dict[str, Path]:
@@ -145,7 +149,12 @@ def _tissue_for(ion_path: Path, automatic: bool, pixel_size_um: float | None) ->
     from msifusion.io.images import read_ion
 
     ion = read_ion(ion_path)
-    return MsiTissue(ion.pixels[None], pixel_size_um or ion.pixel_size_um, ion_path, warnings=tuple(ion.warnings))
+    stated, warnings = ion.pixel_size_um, list(ion.warnings)
+    if pixel_size_um is not None and stated is not None and not math.isclose(pixel_size_um, stated, rel_tol=0.01):
+        warnings.append(f"--pixel-size {pixel_size_um:g} µm is used in place of the {stated:g} µm {ion_path.name} "
+                        "states")
+    return MsiTissue(ion.pixels[None], pixel_size_um if pixel_size_um is not None else stated, ion_path,
+                     warnings=tuple(warnings))
 
 
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
