@@ -8,9 +8,8 @@ Sections: both tissue kinds × four ions, on a seed the benchmark and the develo
 1 µm, measured at ×10 and ×20 with the benchmark's noise (Gaussian 0.02·max, clipped at zero).
 
 Prints markdown tables (date, machine): per shift (in MSI pixels along each axis), each method's mean PSNR / SSIM
-over the 16 cases and on how many the default is first. Run:
-``python benchmarks/bench_misregistration.py [--seed 11] [--shifts 0,0.1,0.25,0.5,1]`` (37 minutes on 2 cores beside other
-work).
+over the 16 cases and on how many the default is first. Run (37 minutes on 2 cores beside other work):
+``python benchmarks/bench_misregistration.py [--seed 11] [--shifts 0,0.1,0.25,0.5,1]``.
 """
 
 from __future__ import annotations
