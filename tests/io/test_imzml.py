@@ -510,7 +510,8 @@ def test_positions_that_are_not_pixel_indices_are_refused(tmp_path: Path, positi
 
 
 def test_two_regions_far_apart_on_one_raster_are_read(tmp_path: Path) -> None:
-    """A slide's two sections at the two ends of its raster fill 0.1 % of it: a real file, read (as before)."""
+    """A slide's two sections at the two ends of its raster fill 0.1 % of it: a real file, read (as before), with a
+    warning: a stray spectrum at (5000, 5000) beside 2700 others made 5000×5000 images of zeros without a word."""
     path = tmp_path / "two.imzML"
     with ImzMLWriter(str(path), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
         for x0, y0 in ((1, 1), (2001, 1001)):
@@ -519,6 +520,9 @@ def test_two_regions_far_apart_on_one_raster_are_read(tmp_path: Path) -> None:
                     w.addSpectrum(AXIS, np.ones(AXIS.size, np.float32), (x0 + i, y0 + j))
     with ImzML(path) as f:
         assert f.shape == (1010, 2020) and f.n_spectra == 400
+        assert f.warnings == ["its 400 spectra fill 0.02 % of the 2020×1010-pixel images (a stray spectrum, or regions "
+                              "far apart?): each ion image is mostly zeros, and fusing it takes as much memory as its "
+                              "whole grid"]
 
 
 def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:

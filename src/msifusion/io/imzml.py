@@ -307,14 +307,20 @@ class ImzML:
     @property
     def warnings(self) -> list[str]:
         """What a run should report about the file's header (one line each): a declared image size taken as wrong,
-        a pixel size derived where it states none (and none is given), one given in place of another it states."""
+        a pixel size derived where it states none (and none is given), one given in place of another it states, and
+        images that are nearly all without spectra (under 1 % acquired, beyond 10⁶ pixels: a stray coordinate or
+        regions far apart, short of the refusal of :func:`_refuse_sparse`)."""
+        h, w = self.shape
+        sparse = (f"its {self.n_spectra} spectra fill {100 * self.n_spectra / (h * w):.2g} % of the {w}×{h}-pixel "
+                  "images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, and fusing it "
+                  "takes as much memory as its whole grid" if h * w > 10**6 and self.n_spectra < 0.01 * h * w else None)
         given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
         derived = self.layout.pixel_size_derived if given is None else None
         stated = None if xy is None else f"{xy[0]:g}" if xy[0] == xy[1] else f"{xy[0]:g} × {xy[1]:g}"
         replaced = (f"--pixel-size {given:g} µm is used in place of the {stated} µm {self.path.name} states"
                     if given is not None and xy is not None
                     and not all(math.isclose(given, v, rel_tol=0.01) for v in xy) else None)
-        return [note for note in (self.layout.shape_note, derived, replaced) if note]
+        return [note for note in (self.layout.shape_note, sparse, derived, replaced) if note]
 
     @property
     def mz_range(self) -> tuple[float, float]:
