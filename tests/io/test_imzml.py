@@ -520,9 +520,9 @@ def test_two_regions_far_apart_on_one_raster_are_read(tmp_path: Path) -> None:
                     w.addSpectrum(AXIS, np.ones(AXIS.size, np.float32), (x0 + i, y0 + j))
     with ImzML(path) as f:
         assert f.shape == (1010, 2020) and f.n_spectra == 400
-        assert f.warnings == ["its 400 spectra fill 0.02 % of the 2020×1010-pixel images (a stray spectrum, or regions "
-                              "far apart?): each ion image is mostly zeros, and fusing it takes as much memory as its "
-                              "whole grid"]
+        assert f.warnings == ["two.imzML: its 400 spectra fill 0.02 % of the 2020×1010-pixel images (a stray spectrum, "
+                              "or regions far apart?): each ion image is mostly zeros, and fusing it takes as much "
+                              "memory as its whole grid"]
 
 
 def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:

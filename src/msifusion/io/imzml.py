@@ -311,9 +311,10 @@ class ImzML:
         images that are nearly all without spectra (under 1 % acquired, beyond 10⁶ pixels: a stray coordinate or
         regions far apart, short of the refusal of :func:`_refuse_sparse`)."""
         h, w = self.shape
-        sparse = (f"its {self.n_spectra} spectra fill {100 * self.n_spectra / (h * w):.2g} % of the {w}×{h}-pixel "
-                  "images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, and fusing it "
-                  "takes as much memory as its whole grid" if h * w > 10**6 and self.n_spectra < 0.01 * h * w else None)
+        sparse = (f"{self.path.name}: its {self.n_spectra} spectra fill {100 * self.n_spectra / (h * w):.2g} % of the "
+                  f"{w}×{h}-pixel images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, and "
+                  "fusing it takes as much memory as its whole grid"
+                  if h * w > 10**6 and self.n_spectra < 0.01 * h * w else None)
         given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
         derived = self.layout.pixel_size_derived if given is None else None
         stated = None if xy is None else f"{xy[0]:g}" if xy[0] == xy[1] else f"{xy[0]:g} × {xy[1]:g}"
