@@ -312,8 +312,8 @@ class ImzML:
         regions far apart, short of the refusal of :func:`_refuse_sparse`)."""
         h, w = self.shape
         sparse = (f"{self.path.name}: its {self.n_spectra} spectra fill {100 * self.n_spectra / (h * w):.2g} % of the "
-                  f"{w}×{h}-pixel images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, and "
-                  "fusing it takes as much memory as its whole grid"
+                  f"{w}×{h}-pixel images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, "
+                  "and fusing it takes as much memory as its whole grid"
                   if h * w > 10**6 and self.n_spectra < 0.01 * h * w else None)
         given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
         derived = self.layout.pixel_size_derived if given is None else None
