@@ -143,6 +143,27 @@ def test_an_ion_measured_below_zero_everywhere_is_fused_as_its_mirror_image(cell
     assert negative.max() <= 0 and consistency_error(negative, -y[0], f) < 1e-6
 
 
+def test_an_ion_of_both_signs_is_bounded_by_its_lowest_measured_value(cells):
+    """A baseline lowered by a constant (an ion of −3 to 18 in a user's imzML) was fused signed, without the
+    non-negativity step, to −77 to 61; fused less its lowest value, it is the non-negative ion's fusion, lowered."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max())[None]
+    y = y - y.min()  # non-negative, down to 0 (a background)
+    lowered = y - 0.2 * y.max()
+    report = HarmonicReport()
+    signed = fuse_harmonic_many(guide, lowered, f, report=report)[0]
+    assert report.notes[0]["lower_bound"] == pytest.approx(float(lowered.min()))
+    assert signed.min() >= lowered.min() - 1e-6 and consistency_error(signed, lowered[0], f) < 1e-6
+    np.testing.assert_allclose(signed, fuse_harmonic_many(guide, y, f)[0] - 0.2 * y.max(), atol=2e-3 * y.max())
+    assert "lower_bound" not in HarmonicReport().notes and "lower_bound" not in _notes(guide, y, f)[0]
+
+
+def _notes(guide, y, f) -> list[dict]:
+    report = HarmonicReport()
+    fuse_harmonic_many(guide, y, f, report=report)
+    return report.notes
+
+
 @pytest.mark.parametrize("intensity", [1e-20, 1e20])
 def test_the_same_fusion_at_any_intensity_scale(cells, intensity):
     """Tiny or huge intensities (an export in mol/µm², in raw integrated counts) choose the setting and converge as

@@ -194,14 +194,18 @@ def test_a_flat_texture_test_is_told_from_a_worse_strength_and_from_no_texture_a
 
 
 def test_a_mixed_sign_ion_gets_no_texture_and_its_note_says_so(cells):
-    """The texture step applies to non-negative ions only (a multiplicative darkening has no meaning across zero), so
-    a mixed-sign ion's β is not walked, and its note does not say it was tested (its errors are the same for every
-    β; the flat prior would read that as "undecided" and note β = 0.5 where none is applied)."""
+    """Inside the solver, the texture step applies to non-negative ions only (a multiplicative darkening has no meaning
+    across zero), so a mixed-sign ion's β is not walked, and its note does not say it was tested (its errors are the
+    same for every β; the flat prior would read that as "undecided" and note β = 0.5 where none is applied).
+    :func:`fuse_harmonic_many` hands it none: it lifts an ion of both signs by its lowest value (test_run)."""
+    from msifusion.harmonic.run import _run
+    from msifusion.measurement import MeasurementModel
+
     guide, truth, f = cells
     measured = block_mean(truth, f)
     y = (measured - measured.mean()) / np.abs(measured - measured.mean()).max()
     report = HarmonicReport()
-    fuse_harmonic_many(guide, y[None], f, report=report)
+    _run(guide, y[None].astype(np.float32), f, HarmonicConfig(), MeasurementModel(), torch.device("cpu"), report)
     note = report.notes[0]
     assert note["chosen"] != HarmonicConfig().ladder.rungs[0]  # the ladder climbed: the texture would be tested
     assert note["texture"] == 0.0 and note["texture_tested"] is False and note["texture_flat_prior"] is False

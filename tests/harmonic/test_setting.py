@@ -22,20 +22,27 @@ from msifusion.measurement import block_mean, consistency_error
 
 
 def test_nonnegativity_is_decided_on_the_whole_ion(cells):
+    """Inside the solver (:func:`fuse_harmonic_many` lifts an ion of both signs by its lowest value first)."""
+    from msifusion.harmonic.run import _run
+    from msifusion.measurement import MeasurementModel
+
+    def run(ions, config, report=None):
+        return _run(guide, ions[None].astype(np.float32), f, config, MeasurementModel(), torch.device("cpu"),
+                    report if report is not None else HarmonicReport())[0]
+
     guide, truth, f = cells
     y = block_mean(truth, f) / truth.max()
     signed = y.copy()
     signed[0, 0] = -1e-3  # one slightly negative MSI pixel, outside the coarse test's window
     report = HarmonicReport()
-    config = HarmonicConfig(texture=TextureSettings((0.0, 0.5, 1.0)))
-    fuse_harmonic_many(guide, signed[None], f, config, report=report)
+    run(signed, HarmonicConfig(texture=TextureSettings((0.0, 0.5, 1.0))), report)
     note = report.notes[0]
     assert note["texture"] == 0.0 and len(set(note["texture_coarse_mse"])) == 1  # texture cannot apply: not offered
     sparse = np.zeros_like(y)  # a blob on zero background: the smooth solution dips below zero around it
     sparse[6:9, 9:12], sparse[2, 3], sparse[0, 0] = 1.0, 0.5, -0.01
     config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings.off())
-    whole = fuse_harmonic_many(guide, sparse[None], f, config)[0]
-    tiled = fuse_harmonic_many(guide, sparse[None], f, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=1)))[0]
+    whole = run(sparse, config)
+    tiled = run(sparse, replace(config, solver=SolverSettings(tile_pixels=64 * 64, halo_blocks=1)))
     far = (slice(48, 96), slice(48, 128))  # tiles away from the negative pixel are left signed too
     assert (whole[far] < 0).sum() > 100 and (tiled[far] < 0).sum() > 100
     assert consistency_error(tiled, sparse, f) < 1e-6

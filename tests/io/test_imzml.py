@@ -534,8 +534,8 @@ def test_ion_images_below_zero_are_warned_about(tmp_path: Path) -> None:
     stack = _ions(path, [100.0, 200.0], "0.1da")
     assert stack.negative_warnings() == [
         "the ion image of m/z 200.0000 (down to -8) holds values below zero, which counts never are "
-        "(baseline-subtracted spectra?); the default method fuses such an ion signed, without its non-negativity "
-        "step"]
+        "(baseline-subtracted spectra?); the default method keeps such an ion's fused values above its lowest "
+        "measured one"]
     assert _ions(path, [100.0], "0.1da").negative_warnings() == []
 
 

