@@ -161,7 +161,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     exactly consistent with its measurement under ``measurement``. Each ion is fused in units of its own peak
     (max |ion|) and scaled back, so that the solver's floors and the coarse test's float32 sums see the same numbers
     at any intensity scale; an ion ≤ 0 everywhere as its mirror image, and one of both signs less its lowest value
-    (its note's ``lower_bound``), so that the non-negativity step bounds each from below.
+    (its note's ``above_lowest_measured``), so that the non-negativity step bounds each from below.
 
     A panel that a few basis images explain up to white noise is fused through them
     (:func:`shared_basis`): the basis images are fused, and each ion is their mixture made
@@ -201,7 +201,7 @@ def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: 
     out += lows
     out *= units
     report.notes = [{**note, "mirrored": True} if s < 0 else note for note, s in zip(report.notes, signs.ravel())]
-    report.notes = [{**note, "lower_bound": float(low * unit)} if low < 0 else note
-                    for note, low, unit in zip(report.notes, lows.ravel(), units.ravel())]
+    report.notes = [{**note, "above_lowest_measured": True} if low < 0 else note
+                    for note, low in zip(report.notes, lows.ravel())]
     return out
 
