@@ -48,7 +48,7 @@ from msifusion.errors import InputError
 from msifusion.io.images import Image
 from msifusion.io.spectra import (ISOTOPE_SPACING, MAX_LISTED_PEAKS, PROFILE_BIN_PPM, SEPARATION_PPM, Profile,
                                  WindowBins, channel_profile, peak_candidates, reaches_isotope, resolved_peaks)
-from msifusion.io.units import unusable_pixel_size
+from msifusion.io.units import replaced_pixel_size_warning, unusable_pixel_size
 
 Normalize = Literal["tic", "rms"] | None
 
@@ -314,13 +314,10 @@ class ImzML:
         sparse = (f"{self.path.name}: its {self.n_spectra} spectra fill {100 * self.n_spectra / (h * w):.2g} % of the "
                   f"{w}×{h}-pixel images (a stray spectrum, or regions far apart?): each ion image is mostly zeros, "
                   "and fusing it takes as much memory as its whole grid"
-                  if h * w > 10**6 and self.n_spectra < 0.01 * h * w else None)
-        given, xy = self.given_pixel_size_um, self.layout.pixel_size_xy_um
+                  if h * w > SPARSE_CHECKED_PIXELS and self.n_spectra < 0.01 * h * w else None)
+        given = self.given_pixel_size_um
         derived = self.layout.pixel_size_derived if given is None else None
-        stated = None if xy is None else f"{xy[0]:g}" if xy[0] == xy[1] else f"{xy[0]:g} × {xy[1]:g}"
-        replaced = (f"--pixel-size {given:g} µm is used in place of the {stated} µm {self.path.name} states"
-                    if given is not None and xy is not None
-                    and not all(math.isclose(given, v, rel_tol=0.01) for v in xy) else None)
+        replaced = replaced_pixel_size_warning(given, self.layout.pixel_size_xy_um, self.path.name)
         return [note for note in (self.layout.shape_note, sparse, derived, replaced) if note]
 
     @property
@@ -935,7 +932,8 @@ class _ImageShape:
     counts: tuple[int, int] | None
 
 
-IMZML_PIXELS_PER_SPECTRUM = 10_000  # beyond 10⁶ pixels, ion images need a spectrum per this many of their pixels
+SPARSE_CHECKED_PIXELS = 10**6  # ion images larger than this are checked for how much of them has spectra…
+IMZML_PIXELS_PER_SPECTRUM = 10_000  # …and refused under one spectrum per this many of their pixels
 
 
 def _refuse_sparse(path: Path, xy: np.ndarray) -> None:
@@ -950,7 +948,7 @@ def _refuse_sparse(path: Path, xy: np.ndarray) -> None:
                                "indices? An imzML's positions are pixel indices (the positions divided by the pixel "
                                "size)")
     width, height = (int(v) + 1 for v in xy.max(axis=0))
-    if width * height > max(10**6, IMZML_PIXELS_PER_SPECTRUM * len(xy)):
+    if width * height > max(SPARSE_CHECKED_PIXELS, IMZML_PIXELS_PER_SPECTRUM * len(xy)):
         raise InputError(path, f"its {len(xy)} spectra span {width}×{height} pixels, one in "
                                f"{width * height // len(xy)} of them: a stray coordinate? An imzML's positions are "
                                "pixel indices")

@@ -58,6 +58,16 @@ def check_pixel_size(option: str, size: float | None) -> None:
                                  "(10 µm is 10, not 10e-6)")
 
 
+def replaced_pixel_size_warning(given: float | None, stated: tuple[float, float] | None, name: str) -> str | None:
+    """The warning for ``--pixel-size`` (``given``) used in place of the (x, y) pixel size file ``name`` states;
+    None where none is given or stated, or where it agrees within 1 % on both axes."""
+    if given is None or stated is None or all(math.isclose(given, v, rel_tol=0.01) for v in stated):
+        return None
+    x, y = stated
+    return (f"--pixel-size {given:g} µm is used in place of the {x:g}{'' if x == y else f' × {y:g}'} µm {name} "
+            "states")
+
+
 def coarse_optical_warning(optical_per_ion: float, scale: int, ion_pixel_um: float | None) -> str | None:
     """A warning when the optical's pixels (``optical_per_ion`` of an MSI pixel across) are coarser than the fused
     grid's (1 / ``scale``): the fused image then has no optical detail at its own resolution. Told in µm where the

@@ -21,7 +21,7 @@ from msifusion.io.images import check_optical, validate_ion, write_tiff
 from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, find_ibd, parse_tolerance,
                                 write_acquired, write_ion_stack, write_ion_tiffs)
 from msifusion.io.landmarks import Landmarks
-from msifusion.io.units import check_pixel_size
+from msifusion.io.units import check_pixel_size, replaced_pixel_size_warning
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, bytes_per_fused_pixel, fuse_many
 from msifusion.provenance import OutputRun, write_run_json
@@ -37,8 +37,8 @@ from msifusion.workflows.fusion import (FuseSettings, RegisteredPair, fuse_pair,
 
 def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> None:
     """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation, a pixel size
-    given. The request's
-    ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them (str, one number)."""
+    given. The request's ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them
+    (str, one number)."""
     fields_as_paths(request, *paths)
     object.__setattr__(request, "mzs", tuple(as_mz_list(request.mzs)))
     mzs, tol, normalize = request.mzs, request.tol, request.normalize
@@ -149,12 +149,10 @@ def _tissue_for(ion_path: Path, automatic: bool, pixel_size_um: float | None) ->
     from msifusion.io.images import read_ion
 
     ion = read_ion(ion_path)
-    stated, warnings = ion.pixel_size_um, list(ion.warnings)
-    if pixel_size_um is not None and stated is not None and not math.isclose(pixel_size_um, stated, rel_tol=0.01):
-        warnings.append(f"--pixel-size {pixel_size_um:g} µm is used in place of the {stated:g} µm {ion_path.name} "
-                        "states")
+    stated = ion.pixel_size_um
+    replaced = replaced_pixel_size_warning(pixel_size_um, None if stated is None else (stated, stated), ion_path.name)
     return MsiTissue(ion.pixels[None], pixel_size_um if pixel_size_um is not None else stated, ion_path,
-                     warnings=tuple(warnings))
+                     warnings=(*ion.warnings, *([replaced] if replaced else [])))
 
 
 def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmarks | None:
