@@ -986,6 +986,44 @@ def test_a_landmarks_csv_fed_back_with_another_optical_pixel_size_is_converted_t
                               tifffile.imread(tmp_path / "first" / "optical_registered.tiff"))  # read as 2 µm units
 
 
+def test_a_landmarks_csv_fed_back_with_another_msi_pixel_size_is_converted_to_it(tmp_path, files, capsys):
+    """The first run read the uncalibrated imzML in pixels and wrote landmarks.csv in them; fed back with
+    --pixel-size 20 they would be read as µm (a twentieth of their places: refused); converted, the registration is
+    the first run's. A run at 20 fed back at 30, by `fuse --imzml` too, is the same registration again; a copy of the
+    file elsewhere is read as it stands, and --fixed-pixel-size 1 reads the file as the first run wrote it."""
+    imzml, opt, lm, _ = files
+    base = ["register", "--optical", str(opt), "--ion", str(imzml), "--scale", str(SCALE), "--quiet"]
+    assert main([*base, "--landmarks", str(lm), "--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first"
+    record = json.loads((first / "run.json").read_text())
+    assert record["registration"]["landmarks_fixed_frame"] == {"pixel_size": 1.0, "origin": [0.0, 0.0]}
+    capsys.readouterr()
+    assert main([*base, "--landmarks", str(first / "landmarks.csv"), "--pixel-size", "20",
+                 "--out", str(tmp_path / "at20")]) == 0
+    assert ("warning: landmarks.csv was written by the msifusion run in its folder, which placed its ion-image points "
+            "on sample.imzML at 1 units per MSI pixel; they are converted to this run's 20 (--pixel-size, or "
+            "--fixed-pixel-size and --fixed-scale)" in capsys.readouterr().err)
+    at20 = tmp_path / "at20"
+    guide = tifffile.imread(first / "optical_registered.tiff")
+    np.testing.assert_array_equal(tifffile.imread(at20 / "optical_registered.tiff"), guide)
+    np.testing.assert_allclose(read_landmarks(at20 / "landmarks.csv").fixed,
+                               read_landmarks(first / "landmarks.csv").fixed * 20)  # written in the units it used
+    fused = ["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(opt),
+             "--scale", str(SCALE), "--landmarks", str(at20 / "landmarks.csv"), "--pixel-size", "30", "--quiet"]
+    assert main([*fused, "--out", str(tmp_path / "at30")]) == 0
+    assert "converted to this run's 30" in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "at30" / "optical_registered.tiff"), guide)
+    assert main([*base, "--landmarks", str(first / "landmarks.csv"), "--fixed-pixel-size", "1", "--pixel-size", "20",
+                 "--out", str(tmp_path / "described")]) == 0
+    assert "converted" not in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "described" / "optical_registered.tiff"), guide)
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((at20 / "landmarks.csv").read_bytes())
+    assert main([*base, "--landmarks", str(copy), "--pixel-size", "30", "--out", str(tmp_path / "copied")]) == 0
+    assert "converted" not in capsys.readouterr().err
+    assert not np.array_equal(tifffile.imread(tmp_path / "copied" / "optical_registered.tiff"), guide)
+
+
 def test_a_fed_back_landmarks_csv_picks_the_pyramid_level_in_this_runs_units(tmp_path, files, write_pyramid,
                                                                             state_imzml_pixel_size):
     """A scan stating 5 µm per pixel where it is 1.25: the first run's landmarks in its 5-µm units, fed back with
@@ -1030,7 +1068,7 @@ def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_pa
     with ImzML(imzml) as f:
         msi = MsiTissue(f.tic()[None], f.pixel_size_um, imzml)
     plain = register_optical(read_optical(opt), msi, settings, quiet=True)
-    np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, 20.0), msi,
+    np.testing.assert_array_equal(plain.guide, register_optical(read_moving_optical(opt, settings, msi), msi,
                                                                 settings, quiet=True).guide)
     assert plain.info["moving_pixel_size"] == 5.0
     # overlay.png's landmarks: on the guide's grid (fine pixel j's centre at ion pixel (j + 0.5)/4 − 0.5), errors 0

@@ -99,25 +99,27 @@ class RegisterSettings:
         return self.fixed_pixel_size or ((ion_pixel_um / self.fixed_scale) if ion_pixel_um else 1.0)
 
 
-def read_moving_optical(path: Path, settings: RegisterSettings, ion_pixel_um: float | None,
+def read_moving_optical(path: Path, settings: RegisterSettings, msi: MsiTissue,
                         landmarks: Landmarks | None = None) -> Image:
     """The optical as registration moves it: calibrated by ``--optical-pixel-size`` where given, else by its file; a
     pyramidal TIFF read at its coarsest level that is still as fine as the fused grid (:func:`read_optical`),
     measured in the optical's own units: with landmarks, a fused pixel's size on the optical as the landmarks
-    place it (they are in those units, whatever they are: µm, or pixels with ``--optical-pixel-size 1``); without,
-    the ion's µm / scale, where the ion is calibrated (automatic registration works in µm; a ``landmarks.csv`` fed
-    back in another run's units: :func:`_fed_back_units`). ``landmarks``: the settings' landmarks as already read
-    (else read here)."""
+    place it (they are in those units, whatever they are: µm, or pixels with ``--optical-pixel-size 1``; a
+    ``landmarks.csv`` fed back in another run's units is converted first: :func:`_fed_back`); without, the ion's
+    µm / scale, where ``msi`` is calibrated (automatic registration works in µm). ``landmarks``: the settings'
+    landmarks as already read (else read here)."""
+    px = msi.pixel_size_um
     if settings.landmarks is not None:
-        fixed_units = settings.fixed_pixel_units(ion_pixel_um) * settings.fixed_scale / settings.scale
-        units = _fed_back_units(settings, path)
+        ion_grid = landmark_ion_grid(msi.shape, px, settings)
+        fed_back = _fed_back(settings, path, msi.source, ion_grid)
         try:
-            coarsest = (fixed_units * AffineMap.from_landmarks(settings.read_landmarks(landmarks)).scale
-                        * (units[1] / units[0] if units else 1.0))
+            points = settings.read_landmarks(landmarks)
+            points = fed_back.convert(points) if fed_back else points
+            coarsest = ion_grid.pixel_size / settings.scale * AffineMap.from_landmarks(points).scale
         except InputError:  # too few or collinear: the full resolution, and registration says what is wrong
             coarsest = None
     else:
-        coarsest = ion_pixel_um / settings.scale if ion_pixel_um else None
+        coarsest = px / settings.scale if px else None
     return read_optical(path, coarsest, settings.optical_pixel_size, settings.optical_scene)
 
 
@@ -239,6 +241,8 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     coarse = coarse_optical_warning(optical_px / ion_grid.pixel_size, settings.scale, px)
     warnings += [*msi.warnings, *optical.warnings, *([coarse] if coarse else [])]
     info["moving_pixel_size"] = moving.pixel_size
+    # landmarks.csv's fixed points are in ion_grid's units: fed back with another MSI pixel size, they are converted
+    info["landmarks_fixed_frame"] = {"pixel_size": ion_grid.pixel_size, "origin": list(ion_grid.origin)}
     info["optical_shape_read"] = list(optical.shape2d)  # a pyramidal TIFF: the level read, not the full scan
     try:
         guide = resample_optical(optical.pixels, transform, ion_grid.refined(settings.scale), moving)
@@ -289,12 +293,13 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     k = settings.fixed_scale
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
-    landmarks, converted = _in_this_runs_units(landmarks, optical, settings)
+    ion_grid = landmark_ion_grid(msi.shape, px, settings)
+    fed_back = _fed_back(settings, optical.path, msi.source, ion_grid) if optical.path is not None else None
+    landmarks = fed_back.convert(landmarks) if fed_back else landmarks
     full_moving = _full_resolution(moving, optical)
     outside = check_landmarks(landmarks, fiji_fixed, full_moving)
-    ion_grid = fiji_fixed.coarsened(k)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
-    warnings += [*([converted] if converted else []), *outside]
+    warnings += [*([fed_back.warning(optical.path, msi.source)] if fed_back else []), *outside]
     if any(msi.skipped_xy):
         warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
                         "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
@@ -339,53 +344,99 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
                       missed, errors)
 
 
-def _fed_back_units(settings: RegisterSettings, optical_path: Path) -> tuple[float, float] | None:
-    """(then, now): the optical's units per full-resolution pixel in which the msifusion run that wrote the settings'
-    landmarks read it (its ``landmarks.csv``, unchanged since: its folder's run record says so, for this optical
-    file) and in which this run reads it, where ``--optical-pixel-size`` makes them differ; None where the landmarks
-    are read as they stand. Both are those of the full resolution's frame, whose first pixel is centred at 0
-    whatever pyramid level is read: the option, else the file's calibration, else 1 (pixels)."""
+def landmark_ion_grid(shape: tuple[int, int], ion_pixel_um: float | None, settings: RegisterSettings) -> Grid:
+    """The ion grid in the units of the landmarks' fixed points: the ion image enlarged ``fixed_scale`` times (as
+    Fiji showed it, at :meth:`RegisterSettings.fixed_pixel_units` per pixel), coarsened back to MSI pixels."""
+    k = settings.fixed_scale
+    return Grid((shape[0] * k, shape[1] * k), settings.fixed_pixel_units(ion_pixel_um)).coarsened(k)
+
+
+@dataclass(frozen=True)
+class _FedBack:
+    """A ``landmarks.csv`` that an msifusion run wrote, fed back unchanged (its folder's run record says so): the
+    units in which that run read the optical and in which this run reads it (per full-resolution pixel, whose first
+    pixel is centred at 0 whatever pyramid level is read: ``--optical-pixel-size``, else the file's calibration, else
+    1 = pixels), and the ion grid in that run's fixed units and in this run's (``--pixel-size``, the imzML's
+    calibration, ``--fixed-pixel-size``, ``--fixed-scale``; None where this run reads another MSI file or that run's
+    record does not say)."""
+
+    landmarks: Path
+    optical_units: tuple[float, float]  # (then, now)
+    ion_grids: tuple[Grid, Grid] | None  # (then, now)
+
+    def convert(self, landmarks: Landmarks) -> Landmarks:
+        """The landmarks in this run's units: optical points scaled, fixed points moved to the same MSI pixels."""
+        then, now = self.optical_units
+        grids = self.ion_grids
+
+        def moving(points) -> np.ndarray:
+            return np.asarray(points, dtype=np.float64) * (now / then)
+
+        def fixed(points) -> np.ndarray:
+            points = np.asarray(points, dtype=np.float64)
+            return grids[1].to_coords(grids[0].to_index(points)) if grids else points
+
+        parked = tuple((name, *(moving([mx, my]) if np.isfinite([mx, my]).all() else (mx, my)), *fixed([fx, fy]))
+                       for name, mx, my, fx, fy in landmarks.inactive)  # switched off in BigWarp: written back too
+        return replace(landmarks, moving=moving(landmarks.moving), fixed=fixed(landmarks.fixed), inactive=parked)
+
+    def warning(self, optical: Path, msi: Path) -> str:
+        """What was converted, and from what."""
+        def reading(size: float) -> str:
+            return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
+
+        (then, now), grids = self.optical_units, self.ion_grids
+        parts = []
+        if not math.isclose(then, now, rel_tol=1e-9):
+            parts.append(f"read {optical.name} {reading(then)}; its optical points are converted to this "
+                         f"run's reading, {reading(now)} (--optical-pixel-size)")
+        if grids:
+            parts.append(f"placed its ion-image points on {msi.name} at {grids[0].pixel_size:.4g} units per MSI "
+                         f"pixel; they are converted to this run's {grids[1].pixel_size:.4g} (--pixel-size, or "
+                         "--fixed-pixel-size and --fixed-scale)")
+        return f"{self.landmarks.name} was written by the msifusion run in its folder, which " + ", and ".join(parts)
+
+
+def _same_file(described: dict | None, path: Path) -> bool:
+    """Whether a run record's description of an input file (:func:`msifusion.provenance.input_files`) is ``path``
+    as it is now, by name and size."""
+    now = input_files({"file": path}).get("file")
+    return (isinstance(described, dict) and now is not None and described.get("bytes") == now["bytes"]
+            and Path(str(described.get("path", ""))).name == Path(now["path"]).name)
+
+
+def _fed_back(settings: RegisterSettings, optical_path: Path, msi_path: Path | None,
+              ion_grid: Grid | None) -> _FedBack | None:
+    """How to read the settings' landmarks in this run's units where an msifusion run wrote them for this optical
+    file and read either image in other units than this run (``ion_grid``: the ion grid in this run's fixed units,
+    :func:`landmark_ion_grid`; ``msi_path`` the MSI file it is of); None where they are read as they stand. Fed back
+    with the ``--optical-pixel-size`` or ``--pixel-size`` a first run's warning advised, they would otherwise be
+    read in the wrong units and register the optical silently wrong."""
     record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
     if record is None:
         return None
     then = record.get("register_settings") or {}
-    read = (record.get("input_files") or {}).get("optical") or {}
-    now_read = input_files({"optical": optical_path}).get("optical")  # as a record describes it
-    same_optical = (now_read is not None and read.get("bytes") == now_read["bytes"]
-                    and Path(str(read.get("path", ""))).name == Path(now_read["path"]).name)
+    read = record.get("input_files") or {}
     stated_then = then.get("optical_pixel_size")
-    if (not same_optical or then.get("optical_scene") != settings.optical_scene
+    if (not _same_file(read.get("optical"), optical_path) or then.get("optical_scene") != settings.optical_scene
             or not (stated_then is None or isinstance(stated_then, (int, float)))):
         return None
     in_file = file_pixel_size_um(optical_path) if not (stated_then and settings.optical_pixel_size) else None
     units = (stated_then or in_file or 1.0, settings.optical_pixel_size or in_file or 1.0)
-    return None if math.isclose(*units, rel_tol=1e-9) else units
-
-
-def _in_this_runs_units(landmarks: Landmarks, optical: Image, settings: RegisterSettings) -> tuple[Landmarks,
-                                                                                                  str | None]:
-    """The landmarks with their optical points converted from the units in which the msifusion run that wrote them
-    read the optical to this run's (:func:`_fed_back_units`), and the warning that says so; as they are, and None,
-    elsewhere. Fed back with the ``--optical-pixel-size`` a first run's warning advised, they would otherwise be read
-    in the wrong units and register the optical silently wrong."""
-    units = _fed_back_units(settings, optical.path) if optical.path is not None else None
-    if units is None:
-        return landmarks, None
-    then, now = units
-
-    def convert(points) -> np.ndarray:
-        return np.asarray(points, dtype=np.float64) * (now / then)
-
-    parked = tuple((name, *(convert([mx, my]) if np.isfinite([mx, my]).all() else (mx, my)), fx, fy)
-                   for name, mx, my, fx, fy in landmarks.inactive)  # switched off in BigWarp: written back too
-
-    def reading(size: float) -> str:
-        return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
-
-    return (replace(landmarks, moving=convert(landmarks.moving), inactive=parked),
-            f"{settings.landmarks.name} was written by the msifusion run in its folder, which read "
-            f"{optical.path.name} {reading(then)}; its optical points are converted to this run's reading, "
-            f"{reading(now)} (--optical-pixel-size)")
+    frame = (record.get("registration") or {}).get("landmarks_fixed_frame")
+    grids = None
+    if (isinstance(frame, dict) and ion_grid is not None and msi_path is not None
+            and _same_file(read.get("imzml", read.get("ion")), msi_path)):
+        try:
+            earlier = Grid(ion_grid.shape, float(frame["pixel_size"]), tuple(map(float, frame["origin"])))
+        except (KeyError, TypeError, ValueError):
+            earlier = ion_grid
+        same = (math.isclose(earlier.pixel_size, ion_grid.pixel_size, rel_tol=1e-9)
+                and np.allclose(earlier.origin, ion_grid.origin, rtol=1e-9, atol=1e-9 * ion_grid.pixel_size))
+        grids = None if same else (earlier, ion_grid)
+    if grids is None and math.isclose(*units, rel_tol=1e-9):
+        return None
+    return _FedBack(settings.landmarks, units, grids)
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:

@@ -169,7 +169,7 @@ def register_files(request: RegisterRequest) -> dict:
     landmarks = _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None, request.pixel_size_um)
     shape, px = msi.shape, msi.pixel_size_um
-    optical = read_moving_optical(request.optical, request.settings, px, landmarks)
+    optical = read_moving_optical(request.optical, request.settings, msi, landmarks)
     registered = register_optical(optical, msi, request.settings, request.quiet, landmarks)
     with run.staged() as stage:
         outputs = write_registration(stage, registered, px, request.optical, request.ion)
@@ -317,7 +317,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     scratch = K * h * scale * w * scale * 4 if parts > 1 else 0  # bytes of the parts' scratch file
     if scratch:
         _check_scratch_space(request.out, scratch)
-    optical = read_moving_optical(request.optical, request.register, stack.pixel_size_um, landmarks)
+    optical = read_moving_optical(request.optical, request.register, msi, landmarks)
     registered = register_optical(optical, msi, request.register, quiet, landmarks)
     registered.warnings += [*stack.window_warnings(), *stack.negative_warnings(),
                             *_panel_warnings(request, stack, parts, per_part, scratch),
