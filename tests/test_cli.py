@@ -231,6 +231,13 @@ def test_an_uncalibrated_pair_is_fused_with_a_warning_and_calibrated_with_pixel_
     assert "warning" not in capsys.readouterr().err
     with tifffile.TiffFile(tmp_path / "calibrated" / "fused.tiff") as tif:
         assert 'PhysicalSizeX="5.0"' in tif.ome_metadata
+    stated = write_tiff(tmp_path / "stated.tiff", ion.astype(np.float32), 25.0)  # a calibration it replaces
+    assert _fuse(opt, stated, tmp_path / "replaced", "--method", "bilinear", "--pixel-size", "20") == 0
+    replaced = "--pixel-size 20 µm is used in place of the 25 µm stated.tiff states"
+    assert capsys.readouterr().err.splitlines() == [f"msifusion: warning: {replaced}"]
+    assert json.loads((tmp_path / "replaced" / "run.json").read_text())["warnings"] == [replaced]
+    assert _fuse(opt, stated, tmp_path / "agreed", "--method", "bilinear", "--pixel-size", "25.1") == 0
+    assert "warning" not in capsys.readouterr().err  # within 1 %
 
 
 def test_usage_errors_have_the_prefix_of_every_other_error(capsys):

@@ -1054,6 +1054,26 @@ def test_a_fed_back_landmarks_csv_picks_the_pyramid_level_in_this_runs_units(tmp
                                   tifffile.imread(tmp_path / "placed" / "optical_registered.tiff"))
 
 
+def test_a_registrations_warnings_follow_what_reading_the_files_found(tmp_path, files, state_imzml_pixel_size):
+    """What reading found (here a stand-in for `--pixel-size 20 µm is used in place of …`) is told before the
+    warnings that build on it: landmarks that scale the optical's µm to the ion image's by 2.5× are judged with the
+    pixel size the first warning names."""
+    from msifusion.io.images import read_optical
+    from msifusion.register.optical import MsiTissue, RegisterSettings, register_optical
+
+    imzml, opt, lm, _ = files
+    state_imzml_pixel_size(imzml, 20.0)
+    landmarks = read_landmarks(lm)
+    shrunk = write_bigwarp_csv(Landmarks(landmarks.moving * 5, landmarks.fixed * 8, landmarks.names),
+                               tmp_path / "shrunk.csv")
+    with ImzML(imzml) as f:
+        msi = MsiTissue(f.tic()[None], f.pixel_size_um, imzml, warnings=("read first",))
+    warnings = register_optical(read_optical(opt, None, 5.0), msi, RegisterSettings(4, shrunk, optical_pixel_size=5.0),
+                                quiet=True).warnings
+    assert warnings[0] == "read first"
+    assert warnings[1].startswith("the landmarks in shrunk.csv scale the optical's µm to the ion image's by 2.5×")
+
+
 def test_register_optical_from_python_takes_the_stated_optical_pixel_size(tmp_path, files, state_imzml_pixel_size):
     """``RegisterSettings.optical_pixel_size`` holds for an optical read without it, as for the command's own read."""
     from msifusion.io.images import read_optical

@@ -232,14 +232,15 @@ def register_optical(optical: Image, msi: MsiTissue, settings: RegisterSettings,
     px = msi.pixel_size_um
     found = (_by_landmarks(optical, msi, settings, moving, settings.read_landmarks(landmarks))
              if settings.landmarks is not None else _automatically(optical, msi, settings, moving, quiet))
-    transform, ion_grid, info, warnings = found.transform, found.ion_grid, found.info, found.warnings
+    transform, ion_grid, info = found.transform, found.ion_grid, found.info
+    warnings = [*msi.warnings, *optical.warnings, *found.warnings]  # what reading found first: warnings build on it
     calibration = _calibration_disagreement(found.affine, optical, settings, found.fixed_unit_um, px)
     if calibration is not None:
         warnings.append(calibration.warning)
         info["optical_pixel_size_matched_um"] = calibration.matched_um
     optical_px = moving.pixel_size / found.affine.scale  # in the ion grid's units
     coarse = coarse_optical_warning(optical_px / ion_grid.pixel_size, settings.scale, px)
-    warnings += [*msi.warnings, *optical.warnings, *([coarse] if coarse else [])]
+    warnings += [coarse] if coarse else []
     info["moving_pixel_size"] = moving.pixel_size
     # landmarks.csv's fixed points are in ion_grid's units: fed back with another MSI pixel size, they are converted
     info["landmarks_fixed_frame"] = {"pixel_size": ion_grid.pixel_size, "origin": list(ion_grid.origin)}

@@ -150,7 +150,7 @@ def _tissue_for(ion_path: Path, automatic: bool, pixel_size_um: float | None) ->
 
     ion = read_ion(ion_path)
     stated = ion.pixel_size_um
-    replaced = replaced_pixel_size_warning(pixel_size_um, None if stated is None else (stated, stated), ion_path.name)
+    replaced = replaced_pixel_size_warning(pixel_size_um, stated, ion_path.name)
     return MsiTissue(ion.pixels[None], pixel_size_um if pixel_size_um is not None else stated, ion_path,
                      warnings=(*ion.warnings, *([replaced] if replaced else [])))
 

@@ -18,7 +18,7 @@ from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.tiff import file_title
-from msifusion.io.units import check_pixel_size, coarse_optical_warning
+from msifusion.io.units import check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_methods,
                                check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import OutputRun, run_header
@@ -124,6 +124,9 @@ def pair_images(optical: Image, ion: Image, scale: int | None = None, ion_pixel_
     pixel_size = ion_pixel_size_um or ion.pixel_size_um
     if ion_pixel_size_um:
         notes.append("ion pixel size as given (--pixel-size)")
+        replaced = replaced_pixel_size_warning(ion_pixel_size_um, ion.pixel_size_um,
+                                               ion.path.name if ion.path else "the ion image")
+        warnings += [replaced] if replaced else []
     if pixel_size is None and optical.pixel_size_um:
         pixel_size = optical.pixel_size_um * H / h
         notes.append("ion pixel size taken from the optical's calibration")
