@@ -21,6 +21,15 @@ def test_a_strip_gets_its_scale_bar_below_it_in_black(shape, loc, colour):
     assert matplotlib.colors.to_rgb(bar.size_bar.get_children()[0].get_facecolor()) == matplotlib.colors.to_rgb(colour)
 
 
+@pytest.mark.parametrize("shape, thickness", [((3, 3), 0.02), ((120, 1500), 10.0), ((40, 60), 0.4)])
+def test_a_scale_bar_is_thin_beside_the_image_however_few_its_pixels(shape, thickness):
+    """A 3×3-pixel ion's bar was a whole pixel, a third of the image, tall."""
+    ax = new_figure((4, 3), 100).subplots()
+    add_scale_bar(ax, shape, 2.0)
+    (bar,) = ax.artists
+    assert bar.size_bar.get_children()[0].get_height() == pytest.approx(thickness)
+
+
 def test_a_strip_png_has_its_colour_bar_below_it(tmp_path, monkeypatch):
     seen = []
     real = Figure.colorbar

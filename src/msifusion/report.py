@@ -128,7 +128,7 @@ def add_scale_bar(ax, shape: tuple[int, ...], pixel_size_um: float | None) -> No
     length_um = nice_length(width_px * pixel_size_um / 5)
     label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
     strip = is_strip(shape)
-    thickness = max(1, min(width_px / 150, height_px / 10))
+    thickness = min(width_px / 150, height_px / 10)  # in the image's pixels: under one on a small image
     place = dict(loc="upper right", bbox_to_anchor=(1, 0), bbox_transform=ax.transAxes) if strip else dict(loc="lower right")
     bar = AnchoredSizeBar(ax.transData, length_um / pixel_size_um, label, pad=0.4, borderpad=0.1,
                           color="black" if strip else "white", frameon=False, size_vertical=thickness,
