@@ -1,9 +1,11 @@
 """Pixel sizes in µm: the units a file may state, the sizes that are plausible, and an optical too coarse to guide."""
 
+import numpy as np
 import pytest
 
 from msifusion.errors import InputError
-from msifusion.io.units import _unit_to_um, check_pixel_size, coarse_optical_warning, unusable_pixel_size
+from msifusion.io.units import (_unit_to_um, check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
+                                unusable_pixel_size)
 
 
 @pytest.mark.parametrize("unit, um", [
@@ -47,3 +49,13 @@ def test_an_optical_coarser_than_the_fused_grid_is_warned_with_the_scale_that_wo
         "has no optical detail at its resolution; ×6 would do as well")
     # uncalibrated: the same rule in MSI pixels, and never below ×2
     assert coarse_optical_warning(0.9, 4, None).endswith("×2 would do as well")
+
+
+@pytest.mark.parametrize("stated", [25, 25.0, np.float32(25), np.float64(25), (25.0, 25.0), None])
+def test_the_replaced_pixel_size_warning_takes_one_number_or_both_axes(stated):
+    """A TIFF's calibration is one number (numpy's, from Python callers), an imzML's one per axis."""
+    warning = replaced_pixel_size_warning(20.0, stated, "ion.tiff")
+    assert warning == (None if stated is None else "--pixel-size 20 µm is used in place of the 25 µm ion.tiff states")
+    assert replaced_pixel_size_warning(20.0, (25.0, 30.0), "a.imzML") == ("--pixel-size 20 µm is used in place of the "
+                                                                          "25 × 30 µm a.imzML states")
+    assert replaced_pixel_size_warning(25.2, stated, "ion.tiff") is None  # within 1 %

@@ -3,6 +3,7 @@
 import json
 import re
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -326,7 +327,6 @@ def test_an_imzml_pixel_size_follows_the_tiff_rule(tmp_path, files, x, y, used, 
 def test_pixel_size_given_for_an_imzml_calibrates_every_output(tmp_path, files, capsys, state_imzml_pixel_size):
     """An imzML that states no pixel size (pyimzML's writer states none) could be calibrated only by exporting its ions
     and fusing them one by one with --ion; `fuse --imzml`, `ions` and `register` take --pixel-size."""
-    import shutil
 
     from msifusion.errors import InputError
     from msifusion.io.images import read_ion, read_optical, write_tiff
@@ -750,7 +750,6 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
 def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told_where_the_grid_begins(tmp_path,
                                                                                                          files):
     import re
-    import shutil
 
     imzml, opt, lm, _ = files
     moved = tmp_path / "moved.imzML"
@@ -989,11 +988,16 @@ def test_a_landmarks_csv_fed_back_with_another_optical_pixel_size_is_converted_t
 def test_a_landmarks_csv_fed_back_with_another_msi_pixel_size_is_converted_to_it(tmp_path, files, capsys):
     """The first run read the uncalibrated imzML in pixels and wrote landmarks.csv in them; fed back with
     --pixel-size 20 they would be read as µm (a twentieth of their places: refused); converted, the registration is
-    the first run's. A run at 20 fed back at 30, by `fuse --imzml` too, is the same registration again; a copy of the
-    file elsewhere is read as it stands, and --fixed-pixel-size 1 reads the file as the first run wrote it."""
+    the first run's, a switched-off landmark's point too. A run at 20 fed back at 30, by `fuse --imzml` too, and one
+    at --fixed-scale 4 fed back without it (the grid's origin moves), give the same registration again;
+    --fixed-pixel-size 1 reads the file as the first run wrote it. A copy of the file elsewhere, and another imzML
+    of the same name and size (its .ibd's differs), are read as they stand."""
     imzml, opt, lm, _ = files
     base = ["register", "--optical", str(opt), "--ion", str(imzml), "--scale", str(SCALE), "--quiet"]
-    assert main([*base, "--landmarks", str(lm), "--out", str(tmp_path / "first")]) == 0
+    parked = read_landmarks(lm)
+    parked = Landmarks(parked.moving, parked.fixed, parked.names, inactive=(("off", 9.0, 9.0, 2.0, 3.0),))
+    assert main([*base, "--landmarks", str(write_bigwarp_csv(parked, tmp_path / "parked.csv")),
+                 "--out", str(tmp_path / "first")]) == 0
     first = tmp_path / "first"
     record = json.loads((first / "run.json").read_text())
     assert record["registration"]["landmarks_fixed_frame"] == {"pixel_size": 1.0, "origin": [0.0, 0.0]}
@@ -1001,27 +1005,45 @@ def test_a_landmarks_csv_fed_back_with_another_msi_pixel_size_is_converted_to_it
     assert main([*base, "--landmarks", str(first / "landmarks.csv"), "--pixel-size", "20",
                  "--out", str(tmp_path / "at20")]) == 0
     assert ("warning: landmarks.csv was written by the msifusion run in its folder, which placed its ion-image points "
-            "on sample.imzML at 1 units per MSI pixel; they are converted to this run's 20 (--pixel-size, or "
-            "--fixed-pixel-size and --fixed-scale)" in capsys.readouterr().err)
+            "on sample.imzML at 1 unit per MSI pixel; they are moved to the same MSI pixels at this run's 20 units per "
+            "MSI pixel (--pixel-size, --fixed-pixel-size, --fixed-scale)" in capsys.readouterr().err)
     at20 = tmp_path / "at20"
     guide = tifffile.imread(first / "optical_registered.tiff")
     np.testing.assert_array_equal(tifffile.imread(at20 / "optical_registered.tiff"), guide)
-    np.testing.assert_allclose(read_landmarks(at20 / "landmarks.csv").fixed,
-                               read_landmarks(first / "landmarks.csv").fixed * 20)  # written in the units it used
+    written = read_landmarks(at20 / "landmarks.csv")
+    np.testing.assert_allclose(written.fixed, read_landmarks(first / "landmarks.csv").fixed * 20)  # in its units
+    assert written.inactive == (("off", 9.0, 9.0, 40.0, 60.0),)
     fused = ["fuse", "--imzml", str(imzml), "--mz", "100", "--tol", "0.01da", "--optical", str(opt),
              "--scale", str(SCALE), "--landmarks", str(at20 / "landmarks.csv"), "--pixel-size", "30", "--quiet"]
     assert main([*fused, "--out", str(tmp_path / "at30")]) == 0
-    assert "converted to this run's 30" in capsys.readouterr().err
+    assert "at this run's 30 units per MSI pixel" in capsys.readouterr().err
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "at30" / "optical_registered.tiff"), guide)
+    on_enlarged = Landmarks(parked.moving, parked.fixed * 4 + 1.5, parked.names)  # placed on the ion image ×4
+    assert main([*base, "--landmarks", str(write_bigwarp_csv(on_enlarged, tmp_path / "x4.csv")), "--fixed-scale", "4",
+                 "--fixed-pixel-size", "1", "--out", str(tmp_path / "enlarged")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "enlarged" / "optical_registered.tiff"), guide)
+    capsys.readouterr()
+    assert main([*base, "--landmarks", str(tmp_path / "enlarged" / "landmarks.csv"),
+                 "--out", str(tmp_path / "unenlarged")]) == 0
+    assert ("at 4 units per MSI pixel, the first pixel's centre at (1.5, 1.5); they are moved to the same MSI pixels "
+            "at this run's 1 unit per MSI pixel (" in capsys.readouterr().err)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "unenlarged" / "optical_registered.tiff"), guide)
     assert main([*base, "--landmarks", str(first / "landmarks.csv"), "--fixed-pixel-size", "1", "--pixel-size", "20",
                  "--out", str(tmp_path / "described")]) == 0
-    assert "converted" not in capsys.readouterr().err
+    assert "was written by the msifusion run" not in capsys.readouterr().err
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "described" / "optical_registered.tiff"), guide)
     copy = tmp_path / "copy.csv"
     copy.write_bytes((at20 / "landmarks.csv").read_bytes())
-    assert main([*base, "--landmarks", str(copy), "--pixel-size", "30", "--out", str(tmp_path / "copied")]) == 0
-    assert "converted" not in capsys.readouterr().err
-    assert not np.array_equal(tifffile.imread(tmp_path / "copied" / "optical_registered.tiff"), guide)
+    other = tmp_path / "other" / imzml.name  # another acquisition: an .imzML of the same size, not its .ibd
+    other.parent.mkdir()
+    shutil.copy(imzml, other)
+    other.with_suffix(".ibd").write_bytes(imzml.with_suffix(".ibd").read_bytes() + bytes(16))
+    for landmarks, ion in ((copy, imzml), (at20 / "landmarks.csv", other)):
+        out = tmp_path / f"as_it_stands_{ion.parent.name}"
+        assert main(["register", "--optical", str(opt), "--ion", str(ion), "--scale", str(SCALE), "--landmarks",
+                     str(landmarks), "--pixel-size", "30", "--out", str(out)]) == 0
+        assert "was written by the msifusion run" not in capsys.readouterr().err
+        assert not np.array_equal(tifffile.imread(out / "optical_registered.tiff"), guide)  # read as 30 µm units
 
 
 def test_a_fed_back_landmarks_csv_picks_the_pyramid_level_in_this_runs_units(tmp_path, files, write_pyramid,

@@ -62,7 +62,7 @@ def replaced_pixel_size_warning(given: float | None, stated: float | tuple[float
                                 name: str) -> str | None:
     """The warning for ``--pixel-size`` (``given``) used in place of the (x, y) pixel size file ``name`` states (one
     number: square pixels); None where none is given or stated, or where it agrees within 1 % on both axes."""
-    stated = (stated, stated) if isinstance(stated, (int, float)) else stated
+    stated = (float(stated),) * 2 if stated is not None and not isinstance(stated, (tuple, list)) else stated
     if given is None or stated is None or all(math.isclose(given, v, rel_tol=0.01) for v in stated):
         return None
     x, y = stated

@@ -24,7 +24,7 @@ import numpy as np
 from msifusion.errors import InputError
 from msifusion.runtime import check_fused_size, elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
-from msifusion.io.imzml import ImzML
+from msifusion.io.imzml import ImzML, find_ibd
 from msifusion.io.landmarks import Landmarks, read_landmarks, write_bigwarp_csv
 from msifusion.io.outdir import record_of_the_run_that_wrote
 from msifusion.provenance import input_files
@@ -271,8 +271,8 @@ class _Alignment:
     """What either way of registering found, before the steps they share: the fixed → moving ``transform`` on the
     ``ion_grid``, the landmarks that stand for it, the record's ``info`` and ``warnings`` so far, the MSI image it
     ``matched``, a rival alignment (automatic only), its affine part with the fixed grid's µm per unit, and the error
-    for a transform that misses the optical. Frozen as a record; register_optical adds to its ``info`` and
-    ``warnings`` in place."""
+    for a transform that misses the optical. Frozen as a record; register_optical adds to its ``info`` in
+    place."""
 
     transform: PointMap
     ion_grid: Grid
@@ -357,23 +357,23 @@ class _FedBack:
     """A ``landmarks.csv`` that an msifusion run wrote, fed back unchanged (its folder's run record says so): the
     units in which that run read the optical and in which this run reads it (per full-resolution pixel, whose first
     pixel is centred at 0 whatever pyramid level is read: ``--optical-pixel-size``, else the file's calibration, else
-    1 = pixels), and the ion grid in that run's fixed units and in this run's (``--pixel-size``, the imzML's
-    calibration, ``--fixed-pixel-size``, ``--fixed-scale``; None where this run reads another MSI file or that run's
-    record does not say)."""
+    1 = pixels; None where this run reads another optical file), and the ion grid in that run's fixed units and in
+    this run's (``--pixel-size``, the imzML's calibration, ``--fixed-pixel-size``, ``--fixed-scale``; None where this
+    run reads another MSI file or that run's record does not say)."""
 
     landmarks: Path
-    optical_units: tuple[float, float]  # (then, now)
+    optical_units: tuple[float, float] | None  # (then, now)
     ion_grids: tuple[Grid, Grid] | None  # (then, now)
 
     def convert(self, landmarks: Landmarks) -> Landmarks:
         """The landmarks in this run's units: optical points scaled, fixed points moved to the same MSI pixels."""
-        then, now = self.optical_units
-        grids = self.ion_grids
+        units, grids = self.optical_units, self.ion_grids
 
-        def moving(points) -> np.ndarray:
-            return np.asarray(points, dtype=np.float64) * (now / then)
+        def moving(points: np.ndarray | list[float]) -> np.ndarray:
+            points = np.asarray(points, dtype=np.float64)
+            return points * (units[1] / units[0]) if units else points
 
-        def fixed(points) -> np.ndarray:
+        def fixed(points: np.ndarray | list[float]) -> np.ndarray:
             points = np.asarray(points, dtype=np.float64)
             return grids[1].to_coords(grids[0].to_index(points)) if grids else points
 
@@ -386,19 +386,25 @@ class _FedBack:
         def reading(size: float) -> str:
             return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
 
-        (then, now), grids = self.optical_units, self.ion_grids
+        def frame(grid: Grid) -> str:
+            unit = "unit" if grid.pixel_size == 1 else "units"
+            first = (f", the first pixel's centre at ({grid.origin[0]:.4g}, {grid.origin[1]:.4g})"
+                     if any(grid.origin) else "")
+            return f"{grid.pixel_size:.4g} {unit} per MSI pixel{first}"
+
         parts = []
-        if not math.isclose(then, now, rel_tol=1e-9):
-            parts.append(f"read {optical.name} {reading(then)}; its optical points are converted to this "
-                         f"run's reading, {reading(now)} (--optical-pixel-size)")
-        if grids:
-            parts.append(f"placed its ion-image points on {msi.name} at {grids[0].pixel_size:.4g} units per MSI "
-                         f"pixel; they are converted to this run's {grids[1].pixel_size:.4g} (--pixel-size, or "
-                         "--fixed-pixel-size and --fixed-scale)")
+        if self.optical_units:
+            then, now = self.optical_units
+            parts.append(f"read {optical.name} {reading(then)}; its optical points are converted to this run's "
+                         f"reading, {reading(now)} (--optical-pixel-size)")
+        if self.ion_grids:
+            then, now = self.ion_grids
+            parts.append(f"placed its ion-image points on {msi.name} at {frame(then)}; they are moved to the same MSI "
+                         f"pixels at this run's {frame(now)} (--pixel-size, --fixed-pixel-size, --fixed-scale)")
         return f"{self.landmarks.name} was written by the msifusion run in its folder, which " + ", and ".join(parts)
 
 
-def _same_file(described: dict | None, path: Path) -> bool:
+def _same_file(described: object, path: Path) -> bool:
     """Whether a run record's description of an input file (:func:`msifusion.provenance.input_files`) is ``path``
     as it is now, by name and size."""
     now = input_files({"file": path}).get("file")
@@ -406,28 +412,41 @@ def _same_file(described: dict | None, path: Path) -> bool:
             and Path(str(described.get("path", ""))).name == Path(now["path"]).name)
 
 
+def _same_msi(read: dict, msi_path: Path) -> bool:
+    """Whether a run record's inputs (``read``) hold ``msi_path``: an ion image file, or an .imzML with the same .ibd
+    beside it (two acquisitions on one grid can write .imzML files of one size)."""
+    if "imzml" not in read:
+        return _same_file(read.get("ion"), msi_path)
+    try:
+        ibd = find_ibd(msi_path)
+    except InputError:
+        return False
+    return _same_file(read["imzml"], msi_path) and _same_file(read.get("ibd"), ibd)
+
+
 def _fed_back(settings: RegisterSettings, optical_path: Path, msi_path: Path | None,
               ion_grid: Grid | None) -> _FedBack | None:
-    """How to read the settings' landmarks in this run's units where an msifusion run wrote them for this optical
-    file and read either image in other units than this run (``ion_grid``: the ion grid in this run's fixed units,
-    :func:`landmark_ion_grid`; ``msi_path`` the MSI file it is of); None where they are read as they stand. Fed back
-    with the ``--optical-pixel-size`` or ``--pixel-size`` a first run's warning advised, they would otherwise be
-    read in the wrong units and register the optical silently wrong."""
+    """How to read the settings' landmarks in this run's units where an msifusion run wrote them and read the same
+    optical file or MSI file (``msi_path``; ``ion_grid``: its grid in this run's fixed units,
+    :func:`landmark_ion_grid`) in other units than this run; None where they are read as they stand. The run record
+    is taken over the options that describe landmark units (``--fixed-pixel-size``, ``--fixed-scale``): it knows
+    what the file holds. Fed back with the ``--optical-pixel-size`` or ``--pixel-size`` a first run's warning
+    advised, the landmarks would otherwise be read in the wrong units and register the optical silently wrong."""
     record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
     if record is None:
         return None
     then = record.get("register_settings") or {}
     read = record.get("input_files") or {}
     stated_then = then.get("optical_pixel_size")
-    if (not _same_file(read.get("optical"), optical_path) or then.get("optical_scene") != settings.optical_scene
-            or not (stated_then is None or isinstance(stated_then, (int, float)))):
-        return None
-    in_file = file_pixel_size_um(optical_path) if not (stated_then and settings.optical_pixel_size) else None
-    units = (stated_then or in_file or 1.0, settings.optical_pixel_size or in_file or 1.0)
+    units = None
+    if (_same_file(read.get("optical"), optical_path) and then.get("optical_scene") == settings.optical_scene
+            and (stated_then is None or isinstance(stated_then, (int, float)))):
+        in_file = file_pixel_size_um(optical_path) if not (stated_then and settings.optical_pixel_size) else None
+        units = (stated_then or in_file or 1.0, settings.optical_pixel_size or in_file or 1.0)
+        units = None if math.isclose(*units, rel_tol=1e-9) else units
     frame = (record.get("registration") or {}).get("landmarks_fixed_frame")
     grids = None
-    if (isinstance(frame, dict) and ion_grid is not None and msi_path is not None
-            and _same_file(read.get("imzml", read.get("ion")), msi_path)):
+    if isinstance(frame, dict) and ion_grid is not None and msi_path is not None and _same_msi(read, msi_path):
         try:
             earlier = Grid(ion_grid.shape, float(frame["pixel_size"]), tuple(map(float, frame["origin"])))
         except (KeyError, TypeError, ValueError):
@@ -435,9 +454,7 @@ def _fed_back(settings: RegisterSettings, optical_path: Path, msi_path: Path | N
         same = (math.isclose(earlier.pixel_size, ion_grid.pixel_size, rel_tol=1e-9)
                 and np.allclose(earlier.origin, ion_grid.origin, rtol=1e-9, atol=1e-9 * ion_grid.pixel_size))
         grids = None if same else (earlier, ion_grid)
-    if grids is None and math.isclose(*units, rel_tol=1e-9):
-        return None
-    return _FedBack(settings.landmarks, units, grids)
+    return _FedBack(settings.landmarks, units, grids) if units or grids else None
 
 
 def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, moving: Grid, quiet: bool) -> _Alignment:
