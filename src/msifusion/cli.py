@@ -402,7 +402,7 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
 
 
 def cmd_ions(args: argparse.Namespace) -> int:
-    from msifusion.workflows.from_imzml import IonsRequest, extract_ions
+    from msifusion.workflows.ions import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(Path(args.imzml), _mzs(args), args.tol or DEFAULT_TOLERANCE, Path(args.out),
                                       _normalization(args), args.overwrite, args.quiet, args.pixel_size))

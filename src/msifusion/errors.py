@@ -36,3 +36,10 @@ def check_setting_types(settings: object) -> None:
         if not isinstance(getattr(settings, f.name), expected):
             raise TypeError(f"{type(settings).__name__}.{f.name} must be a {expected.__name__}, not "
                             f"{type(getattr(settings, f.name)).__name__}")
+
+
+def fields_as_paths(request: object, *names: str) -> None:
+    """Take a frozen request's path fields as :class:`Path` (Python callers may give ``str``); None stays None."""
+    for name in names:
+        if getattr(request, name) is not None:
+            object.__setattr__(request, name, Path(getattr(request, name)))

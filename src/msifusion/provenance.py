@@ -8,7 +8,6 @@ says, in one form, which software on which machine made it; the settings and tim
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import math
 import os
@@ -24,9 +23,10 @@ import numpy as np
 
 from msifusion.io.outdir import RUN_RECORD, check_output_dir, fingerprints, staged_output_dir
 
-# Libraries recorded in run.json: the name users know them by, and the module that runs.
+# Libraries recorded in run.json where the run loaded them: the name users know them by, and the module that runs.
 _LIBRARIES = {"numpy": "numpy", "torch": "torch", "numba": "numba", "scipy": "scipy", "scikit-image": "skimage",
-              "opencv": "cv2", "tifffile": "tifffile", "pyimzML": "pyimzml", "SimpleITK": "SimpleITK"}
+              "opencv": "cv2", "tifffile": "tifffile", "pyimzML": "pyimzml", "SimpleITK": "SimpleITK",
+              "matplotlib": "matplotlib"}
 
 
 def run_header(tool: str = "msifusion") -> dict:
@@ -38,7 +38,8 @@ def run_header(tool: str = "msifusion") -> dict:
 
 def software_versions() -> dict:
     """Versions of msifusion (from a git checkout also its commit: :func:`source_revision`), Python and the numerical
-    libraries, as their modules report them.
+    libraries the run loaded (a library it did not load did not make its outputs, and loading torch only to name its
+    version would cost ``msifusion ions`` a second and a half), as their modules report them.
 
     The module's own ``__version__`` (not a pip distribution's metadata), so that a conda build or
     whichever OpenCV package is installed (headless or not, contrib or not) is recorded as well
@@ -48,10 +49,9 @@ def software_versions() -> dict:
 
     versions = {"msifusion": msifusion.__version__, **dict(source_revision()), "python": platform.python_version()}
     for name, module in _LIBRARIES.items():
-        try:
-            versions[name] = str(importlib.import_module(module).__version__)
-        except (ImportError, AttributeError):
-            pass
+        version = getattr(sys.modules.get(module), "__version__", None)
+        if version is not None:
+            versions[name] = str(version)
     return {**versions, "platform": platform.platform()}
 
 
@@ -96,15 +96,15 @@ def machine() -> dict:
     """The machine a run's timings were measured on: ``cpus_usable`` the cores this process may run on (fewer than
     ``cpu_count`` under ``taskset`` or a batch scheduler's pinning), ``thread_settings`` the thread variables set in
     its environment; ``cuda`` names the GPU where the run used one (asking for its name would start CUDA, seconds and
-    memory, on a run that only read files), ``cuda_devices`` counts them."""
-    import torch
-
+    memory, on a run that only read files), ``cuda_devices`` counts them. ``torch_threads`` and ``cuda_devices`` are
+    None for a run that did not load torch (``msifusion ions``)."""
+    torch = sys.modules.get("torch")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     settings = {name: os.environ[name] for name in _THREAD_VARIABLES if name in os.environ}
     return {"processor": cpu_model(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "cpus_usable": usable, "torch_threads": torch.get_num_threads(), "thread_settings": settings,
-            "cuda_devices": torch.cuda.device_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_initialized() else None}
+            "cpus_usable": usable, "torch_threads": torch.get_num_threads() if torch else None,
+            "thread_settings": settings, "cuda_devices": torch.cuda.device_count() if torch else None,
+            "cuda": torch.cuda.get_device_name(0) if torch and torch.cuda.is_initialized() else None}
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",

@@ -789,7 +789,7 @@ def test_a_declared_image_size_is_kept_up_to_twice_the_spectra_span(continuous, 
         assert f.warnings == ([f"cont.imzML declares {' and '.join(told)} (its \"max count of pixels\"): the ion "
                                "images keep to the spectra's span"] if warned else [])
     if warned:
-        from msifusion.workflows.from_imzml import IonsRequest, extract_ions
+        from msifusion.workflows.ions import IonsRequest, extract_ions
 
         record = extract_ions(IonsRequest(path, (150.0,), "5ppm", path.parent / "ions", quiet=True))
         assert record["shape"] == list(shape) and record["warnings"][0] == f.warnings[0]
@@ -819,7 +819,7 @@ def test_windows_named_by_another_warning_are_not_named_again(tmp_path: Path) ->
     assert len(overlapping.window_warnings()) == 1 and "overlap" in overlapping.window_warnings()[0]
     wide = f.ion_images([400.05], "1.5da")  # reaches the ¹³C peak: that warning covers it; no spectrum is gathered
     assert wide.window_peaks == (None,) and len(wide.window_warnings()) == 1 and "¹³C" in wide.window_warnings()[0]
-    from msifusion.workflows.from_imzml import IonsRequest, extract_ions
+    from msifusion.workflows.ions import IonsRequest, extract_ions
 
     record = extract_ions(IonsRequest(f.path, (400.05,), "1.5da", tmp_path / "ions", quiet=True))
     assert record["window_peaks"] == [None]  # null: not looked at, where [] would read as "no peaks"

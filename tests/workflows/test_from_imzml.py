@@ -78,7 +78,8 @@ def test_fuse_imzml_from_python_is_the_command(tmp_path, files):
 
 def test_extract_ions_and_register_files_from_python_are_the_commands(tmp_path, files):
     """The library entries of `ions` and `register` (no CLI) write what the commands write."""
-    from msifusion.workflows.from_imzml import IonsRequest, RegisterRequest, extract_ions, register_files
+    from msifusion.workflows.from_imzml import RegisterRequest, register_files
+    from msifusion.workflows.ions import IonsRequest, extract_ions
     from msifusion.register.optical import RegisterSettings
 
     imzml, opt, lm, truth = files
@@ -331,7 +332,8 @@ def test_pixel_size_given_for_an_imzml_calibrates_every_output(tmp_path, files, 
     from msifusion.errors import InputError
     from msifusion.io.images import read_ion, read_optical, write_tiff
     from msifusion.register.optical import MsiTissue
-    from msifusion.workflows.from_imzml import IonsRequest, _tissue_for
+    from msifusion.workflows.from_imzml import _tissue_for
+    from msifusion.workflows.ions import IonsRequest
 
     imzml, opt, lm, _ = files
     in_pixels = ["--landmarks", str(lm), "--fixed-pixel-size", "1"]  # the landmarks' ion side is in pixels

@@ -70,6 +70,12 @@ def replaced_pixel_size_warning(given: float | None, stated: float | tuple[float
             "states")
 
 
+def uncalibrated_warning(why: str, remedy: str, outputs: tuple[str, str] = ("fused TIFFs", "fused.png")) -> str:
+    """The warning for outputs without a pixel size: they are written, but carry no physical scale. ``outputs``: the
+    TIFFs and the picture that lack it."""
+    return f"no pixel size ({why}): the {outputs[0]} carry none and {outputs[1]} has no scale bar; {remedy}"
+
+
 def coarse_optical_warning(optical_per_ion: float, scale: int, ion_pixel_um: float | None) -> str | None:
     """A warning when the optical's pixels (``optical_per_ion`` of an MSI pixel across) are coarser than the fused
     grid's (1 / ``scale``): the fused image then has no optical detail at its own resolution. Told in µm where the

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, fields_as_paths
 from msifusion.runtime import check_fused_size, elapsed_bar
 from msifusion.io.images import Image, file_pixel_size_um, read_optical, write_rgb_tiff
 from msifusion.io.imzml import ImzML, find_ibd
@@ -37,13 +37,6 @@ from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, Landmar
                                            check_landmarks, landmark_errors, landmarks_from_transform, misfit_hint,
                                            spline_fold, transform_from_landmarks)
 from msifusion.report import LandmarkMark, save_alignments, save_overlay, save_rgb_png
-
-
-def fields_as_paths(request: object, *names: str) -> None:
-    """Take a frozen request's path fields as :class:`Path` (Python callers may give ``str``); None stays None."""
-    for name in names:
-        if getattr(request, name) is not None:
-            object.__setattr__(request, name, Path(getattr(request, name)))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""From instrument files to fused ions: the commands that start from MSI data, an imzML file (or, for ``register``,
-an ion image).
+"""From instrument files to fused ions: the commands that register and fuse MSI data, an imzML file (or, for
+``register``, an ion image).
 
-:func:`extract_ions` (``msifusion ions``), :func:`register_files` (``msifusion register``) and :func:`fuse_imzml`
-(``msifusion fuse --imzml``: imzML + microscope image → registered guide → fused ions, in parts where a panel does
-not fit in memory). Registration itself is :mod:`msifusion.register.optical`.
+:func:`register_files` (``msifusion register``) and :func:`fuse_imzml` (``msifusion fuse --imzml``: imzML +
+microscope image → registered guide → fused ions, in parts where a panel does not fit in memory). Registration itself
+is :mod:`msifusion.register.optical`; ``msifusion ions`` is :mod:`msifusion.workflows.ions`.
 """
 
 from __future__ import annotations
@@ -15,101 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from msifusion.errors import InputError
+from msifusion.errors import InputError, fields_as_paths
 from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import check_optical, validate_ion, write_tiff
-from msifusion.io.imzml import (ImzML, IonStack, as_mz_list, check_normalize, find_ibd, parse_tolerance,
-                                write_acquired, write_ion_stack, write_ion_tiffs)
+from msifusion.io.imzml import ImzML, IonStack, write_acquired, write_ion_stack
 from msifusion.io.landmarks import Landmarks
-from msifusion.io.units import check_pixel_size, replaced_pixel_size_warning
+from msifusion.io.units import check_pixel_size, replaced_pixel_size_warning, uncalibrated_warning
 from msifusion.io.outdir import free_bytes
 from msifusion.methods import METHODS, bytes_per_fused_pixel, fuse_many
 from msifusion.provenance import OutputRun, write_run_json
-from msifusion.register.optical import (MsiTissue, RegisterSettings, fields_as_paths, read_moving_optical,
-                                         register_optical, write_registration)
+from msifusion.register.optical import (MsiTissue, RegisterSettings, read_moving_optical, register_optical,
+                                         write_registration)
 from msifusion.report import save_ion_grid
-from msifusion.workflows.fusion import (FuseSettings, RegisteredPair, fuse_pair, panel_record, uncalibrated_warning,
-                                        write_fusion_outputs)
+from msifusion.workflows.fusion import FuseSettings, RegisteredPair, fuse_pair, panel_record, write_fusion_outputs
+from msifusion.workflows.ions import check_ion_options, checked_stack, grid_title, imzml_files, no_pixel_size_reason
 
 
 # ----------------------------------------------------------------------------- commands
-
-
-def _check_ion_options(request: IonsRequest | ImzmlFuseRequest, *paths: str) -> None:
-    """What can be checked before the imzML is opened: an m/z given, the tolerance, the normalisation, a pixel size
-    given. The request's ``paths`` and its m/z are taken as :class:`Path` and floats, as Python callers may give them
-    (str, one number)."""
-    fields_as_paths(request, *paths)
-    object.__setattr__(request, "mzs", tuple(as_mz_list(request.mzs)))
-    mzs, tol, normalize = request.mzs, request.tol, request.normalize
-    if not mzs:
-        raise InputError("--mz", "give at least one m/z")
-    parse_tolerance(tol)
-    check_normalize(normalize)
-    check_pixel_size("--pixel-size", request.pixel_size_um)
-
-
-@dataclass(frozen=True)
-class IonsRequest:
-    imzml: Path
-    mzs: tuple[float, ...]
-    tol: str
-    out: Path
-    normalize: str | None = None
-    overwrite: bool = False
-    quiet: bool = False  # no progress line
-    pixel_size_um: float | None = None  # in place of the file's (--pixel-size)
-
-    def __post_init__(self) -> None:
-        _check_ion_options(self, "imzml", "out")
-
-
-def _checked_stack(f: ImzML, mzs: tuple[float, ...], tol: str, normalize: str | None, quiet: bool) -> IonStack:
-    with elapsed_bar(f"reading {len(mzs)} ion image(s) from {f.path.name}", quiet):  # one pass over the .ibd
-        stack = f.ion_images(list(mzs), tol, normalize)
-    empty = stack.empty_ions()
-    if empty:
-        raise InputError(f.path, f"no signal anywhere within the window of m/z {', '.join(f'{m:.4f}' for m in empty)} "
-                         f"(±{stack.tolerance}); check the m/z or widen --tol (`msifusion peaks "
-                         f"{f.path.name}` lists its strongest peaks)")
-    return stack
-
-
-def _no_pixel_size(imzml: Path, note: str | None) -> str:
-    """Why an imzML file's ion images carry no pixel size: none stated, or the stated one is not used (``note``)."""
-    return f"{imzml.name}: {note}" if note else f"{imzml.name} gives none in its scan settings"
-
-
-def _grid_title(what: str, pixel_size_um: float | None, units: str) -> str:
-    """An overview's heading: which images (measured or fused), their pixel size and their intensity units."""
-    pixels = f", {pixel_size_um:.4g} µm pixels" if pixel_size_um else ", pixel size not known"
-    return f"{what} ion images{pixels}\nintensity: {units}"
-
-
-def extract_ions(request: IonsRequest) -> dict:
-    """``msifusion ions``: one TIFF per ion, an OME-TIFF stack and an overview picture."""
-    run = OutputRun(request.out, request.overwrite, _imzml_files(request.imzml))
-    with ImzML(request.imzml, request.pixel_size_um) as f:
-        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, request.quiet)
-        summary = f.summary()
-        pixel_note, warnings = f.pixel_size_note, f.warnings
-    warnings += stack.window_warnings() + stack.negative_warnings()
-    if stack.pixel_size_um is None:
-        warnings.append(uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
-                                             "give --pixel-size UM",
-                                             ("ion TIFFs", "ions.png")))
-    with run.staged() as stage:
-        paths = write_ion_tiffs(stack, stage) + write_acquired(stack, stage)
-        paths.append(save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
-                                   _grid_title("measured", stack.pixel_size_um, stack.units)))
-        record = {**run.header(), "imzml": str(request.imzml), "mzs": list(stack.mzs),
-                  "tolerance": request.tol, "windows": [list(w) for w in stack.windows],
-                  "window_peaks": [p if p is None else list(p) for p in stack.window_peaks],
-                  "normalize": request.normalize, "normalize_scale": stack.normalize_scale, "units": stack.units,
-                  "pixel_size_um": stack.pixel_size_um, "shape": list(stack.images.shape[1:]), "file": summary,
-                  "outputs": [p.name for p in paths] + ["run.json"],
-                  "warnings": warnings}
-        return run.finish(stage, record)
 
 
 @dataclass(frozen=True)
@@ -125,19 +47,6 @@ class RegisterRequest:
     def __post_init__(self) -> None:
         fields_as_paths(self, "optical", "ion", "out")
         check_pixel_size("--pixel-size", self.pixel_size_um)
-
-
-def _imzml_files(path: Path, role: str = "ion") -> dict[str, Path]:
-    """An MSI input's files by role: an .imzML with the .ibd beside it (as the reader finds it, its suffix in any case;
-    as given, not as a link resolves), else the ion image file as ``role``."""
-    path = Path(path)
-    if path.suffix.lower() != ".imzml":
-        return {role: path}
-    try:
-        ibd = find_ibd(path)
-    except InputError:  # the reader says so, naming the file, once the output folder is checked
-        ibd = path.with_suffix(".ibd")
-    return {"imzml": path, "ibd": ibd}
 
 
 def _tissue_for(ion_path: Path, automatic: bool, pixel_size_um: float | None) -> MsiTissue:
@@ -165,7 +74,7 @@ def _check_before_reading(optical: Path, settings: RegisterSettings) -> Landmark
 def register_files(request: RegisterRequest) -> dict:
     """``msifusion register``: the optical resampled onto the ion grid × scale, with a check picture."""
     run = OutputRun(request.out, request.overwrite,
-                    {**_imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks})
+                    {**imzml_files(request.ion), "optical": request.optical, "landmarks": request.settings.landmarks})
     landmarks = _check_before_reading(request.optical, request.settings)
     msi = _tissue_for(Path(request.ion), request.settings.landmarks is None, request.pixel_size_um)
     shape, px = msi.shape, msi.pixel_size_um
@@ -199,7 +108,7 @@ class ImzmlFuseRequest:
     pixel_size_um: float | None = None  # the imzML's, in place of what the file states (--pixel-size)
 
     def __post_init__(self) -> None:
-        _check_ion_options(self, "imzml", "optical", "out")
+        check_ion_options(self, "imzml", "optical", "out")
         self.settings.options.measurement.check(self.register.scale)  # before minutes of registration
 
 
@@ -283,9 +192,9 @@ def _write_panel(stage: Path, stack: IonStack, fused: _FusedPanel, scale: int, m
         write_tiff(stage / "fused.ome.tiff", pages, px, stack.labels)
         write_ion_stack(stack, stage / "ions.ome.tiff")
         save_ion_grid(stage / "ions.png", stack.images, stack.labels, stack.pixel_size_um,
-                      _grid_title("measured", stack.pixel_size_um, stack.units))
+                      grid_title("measured", stack.pixel_size_um, stack.units))
         save_ion_grid(stage / "fused.png", pages, stack.labels, px,
-                      _grid_title(f"fused ×{scale} ({method})", px, stack.units))
+                      grid_title(f"fused ×{scale} ({method})", px, stack.units))
     del pages  # the memory map, before its file goes
     fused.remove()
 
@@ -297,14 +206,14 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     OME-TIFF stack ``out/fused.ome.tiff`` and overviews of the measured and fused ions (``ions.png``,
     ``fused.png``). Always ``out/optical_registered.tiff``.
     """
-    roles = {**_imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
+    roles = {**imzml_files(request.imzml), "optical": request.optical, "landmarks": request.register.landmarks}
     run = OutputRun(request.out, request.overwrite, roles)
     landmarks = _check_before_reading(request.optical, request.register)
     quiet = request.settings.options.runtime.quiet
     with ImzML(request.imzml, request.pixel_size_um) as f:
         f.check_mzs(request.mzs, request.tol)  # before the passes over the spectra that follow
         msi = MsiTissue.of(f, automatic=request.register.landmarks is None)  # it refuses non-square pixels
-        stack = _checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
+        stack = checked_stack(f, request.mzs, request.tol, request.normalize, quiet)
         for image, label in zip(stack.images, stack.labels):  # what fusing would refuse, refused before registration
             validate_ion(image, f.path, f"the ion image of {label}")
         pixel_note, file_summary = f.pixel_size_note, f.summary()
@@ -321,7 +230,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     registered = register_optical(optical, msi, request.register, quiet, landmarks)
     registered.warnings += [*stack.window_warnings(), *stack.negative_warnings(),
                             *_panel_warnings(request, stack, parts, per_part, scratch),
-                            *([uncalibrated_warning(_no_pixel_size(request.imzml, pixel_note),
+                            *([uncalibrated_warning(no_pixel_size_reason(request.imzml, pixel_note),
                                                     "give --pixel-size UM")] if stack.pixel_size_um is None else [])]
     if request.on_warning:
         for warning in registered.warnings:

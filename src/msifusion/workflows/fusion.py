@@ -18,7 +18,8 @@ from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.tiff import file_title
-from msifusion.io.units import check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning
+from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
+                                uncalibrated_warning)
 from msifusion.methods import (DEFAULT_METHOD, METHODS, SPOT_DIP_WARNING, FusionResult, MethodOptions, check_methods,
                                check_scale, fuse, infer_scale, spot_dip_note)
 from msifusion.provenance import OutputRun, run_header
@@ -163,12 +164,6 @@ def fuse_pair(pair: RegisteredPair, settings: FuseSettings, checkpoints: Path | 
 
 
 PAIRED_CALIBRATION = 1.25  # an optical registered to the ion grid: its calibration × scale is the ion's pixel size
-
-
-def uncalibrated_warning(why: str, remedy: str, outputs: tuple[str, str] = ("fused TIFFs", "fused.png")) -> str:
-    """The warning for outputs without a pixel size: they are written, but carry no physical scale. ``outputs``: the
-    TIFFs and the picture that lack it."""
-    return f"no pixel size ({why}): the {outputs[0]} carry none and {outputs[1]} has no scale bar; {remedy}"
 
 
 def checkpoint_writer(folder: Path, intensity_scale: float, pixel_size_um: float | None,
