@@ -707,14 +707,18 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     assert "landmark" not in err
 
 
-@pytest.mark.parametrize("apart, warned", [(3.2, True), (0.4, False)])
-def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned):
+@pytest.mark.parametrize("apart, warned, channel", [(3.2, True, 2), (0.4, False, 2), (3.2, True, 1)])
+def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned,
+                                                          channel):
+    """Two tissue images that match the optical in alignments apart, or one that matches it in two (a section
+    nearly mirror-symmetric, say), are warned about, with both alignments drawn and the other written as landmarks."""
     from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
     known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
     other = AffineMap(known.matrix + np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))  # 2 optical pixels to the right
-    rival = {"channel": 2, "sign": -1, "score": 0.55, "disagreement_px": apart}
+    rival = {"channel": channel, "sign": -1, "score": 0.55, "disagreement_px": apart, "mirrored": False,
+             "turned_deg": 0.0}
 
     def with_a_rival(optical, tissue, fixed, moving, options):
         return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
@@ -727,9 +731,11 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     assert record["registration"]["rival"] == rival
     polish = record["registration"]["options"]["polish"]
     assert polish["seed"] == 1 and polish["deformable"] is False
-    expected = [("automatic registration is ambiguous: principal component 1 of the spectra (used) and principal "
-                 "component 2 of the spectra both match the optical (scores 0.60 and 0.55) but align up "
-                 f"to {apart:.1f} MSI pixels apart; compare them in alignments.png (the optical's outline under each, "
+    what = ("principal component 1 of the spectra (used) and principal component 2 of the spectra both match the "
+            "optical (scores 0.60 and 0.55) but align" if channel == 2 else
+            "principal component 1 of the spectra matches the optical in two alignments, the other moved (scores "
+            "0.60, used, and 0.55), that lie")
+    expected = [(f"automatic registration is ambiguous: {what} up to {apart:.1f} MSI pixels apart; compare them in alignments.png (the optical's outline under each, "
                  "on the MSI tissue image), overlay.png and overlay_rival.png, and to use the other alignment rerun "
                  "into a new --out with --landmarks landmarks_rival.csv (all in this run's output "
                  "folder), or refine either in BigWarp")] if warned else []

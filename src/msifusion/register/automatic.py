@@ -42,11 +42,13 @@ class PoseSearch:
     tissue on a bright slide), "luminance" (fluorescence), or "auto": saturation, and where its search scores below
     ``feature_fallback_score`` (a grey image has no saturation at all) also the two luminance features, keeping the
     best-scoring search (the search then takes up to three times as long).
-    ``rival_ratio``: where another MSI tissue image's best pose scores at least this share of the chosen one's, it is
-    polished too and the distance between the two alignments is reported (``details["rival"]``): two near-equal
-    matches that disagree mean the alignment is uncertain. (Both are refined poses, each tissue image's best refined
-    and the highest used: a tissue image turned between the coarse search's angles scores low there. Near-ties
-    within one tissue image are not checked.)
+    ``rival_ratio``: where another alignment scores at least this share of the chosen one's, it is polished too and
+    the distance between the two alignments is reported (``details["rival"]``): two near-equal matches that disagree
+    mean the alignment is uncertain. The other alignment is another MSI tissue image's best pose, or one of any
+    tissue image mirrored, turned or moved by over a quarter of the acquired area's diagonal from the best (a
+    section nearly mirror-symmetric matches its mirror image almost as well); one that disagrees by more than
+    :data:`AMBIGUOUS_PX` is preferred. (All are refined poses, and the highest refined is used: a tissue image turned
+    between the coarse search's angles scores low there, and so may the right one of two mirror images.)
     """
 
     optical_feature: str = "auto"
@@ -324,13 +326,15 @@ class _MsiSearch:
     mask: np.ndarray
     grid: Grid
     area: float
+    msi_pixels: float = 1.0  # MSI pixels per search pixel
 
 
 @dataclass(frozen=True)
 class _FeatureSearch:
     """The global pose search with one optical feature: the feature at full size, the best pose, the coarse
-    search's poses (best first), the scale it started from, and the best pose on another MSI tissue
-    image (refined like the best; None with a single image)."""
+    search's poses (best first), the scale it started from, and the best other alignment (refined like the best;
+    None where there is none): one that disagrees with the best by more than :data:`AMBIGUOUS_PX` where there is one,
+    on another MSI tissue image or on the same (a section nearly mirror-symmetric matches mirrored too)."""
 
     kind: str
     feature: np.ndarray
@@ -374,7 +378,21 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
         firsts.setdefault(pose.channel, pose)
     # the finer search ranks them: a tissue image turned between the coarse angles scored low there
     refined = sorted(((refine(p), p) for p in firsts.values()), key=lambda pair: -pair[0].score)
-    (best, used), rival = refined[0], (refined[1][0] if len(refined) > 1 else None)
+
+    def apart(a: _Pose, b: _Pose) -> float:  # in search pixels
+        return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), msi.grid, msi.mask)
+
+    # another basin of the best tissue image's score surface, or any other's: mirrored, turned or moved by over a
+    # quarter of the acquired area's diagonal, where neighbouring angles and scales of one basin stay under a fifth
+    rows, cols = np.nonzero(msi.mask)
+    far = 0.25 * math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    elsewhere = next((p for p in poses if apart(p, refined[0][0]) > far), None)
+    if elsewhere is not None and elsewhere.score >= options.search.rival_ratio * poses[0].score:
+        refined = sorted([*refined, (refine(elsewhere), elsewhere)], key=lambda pair: -pair[0].score)
+    best, used = refined[0]
+    others = [r for r, _ in refined[1:]]
+    distinct = [r for r in others if apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
+    rival = (distinct or others or [None])[0]
     poses = [used] + [p for p in poses if p is not used]  # the runner-ups: the coarse poses after the one used
     return _FeatureSearch(kind, feat_full, best, poses, scale0, rival)
 
@@ -437,7 +455,7 @@ def register_auto(
     smask, _ = _block_reduce(acquired.astype(np.float32), fixed, red_f)
     smask = smask > 0.99
     msi_search = _MsiSearch(np.stack([_normalise01(c, smask) for c in chans]), smask, sgrid,
-                            float(acquired.sum() * fixed.pixel_size**2))
+                            float(acquired.sum() * fixed.pixel_size**2), sgrid.pixel_size / fixed.pixel_size)
 
     kinds = ("saturation", "inverted_luminance", "luminance")
     found: _FeatureSearch | None = None
@@ -464,7 +482,8 @@ def register_auto(
     if rival is not None and rival.score >= options.search.rival_ratio * best.score:
         other = _polish(rival, stack, acquired, fixed, feat_full, moving, options).affine
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
-                         "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired)}
+                         "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired),
+                         "mirrored": rival.flip != best.flip, "turned_deg": (rival.angle - best.angle + 180) % 360 - 180}
     return Registration(
         transform=transform, fixed=full, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,

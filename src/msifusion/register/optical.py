@@ -490,10 +490,16 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
                   "either in BigWarp" if alternative is not None else
                   "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
                   "in BigWarp if needed")
-        warnings.append(f"automatic registration is ambiguous: {_tissue_name(reg.channel)} (used) and "
-                        f"{_tissue_name(rival['channel'])} both match the optical (scores "
-                        f"{reg.score:.2f} and {rival['score']:.2f}) but align up to {rival['disagreement_px']:.1f} "
-                        f"MSI pixels apart; {remedy}")
+        if rival["channel"] == reg.channel:  # two poses of one image: a section nearly symmetric, say
+            other = ("mirrored" if rival.get("mirrored") else
+                     f"turned by {rival['turned_deg']:.0f}°" if abs(rival.get("turned_deg", 0)) >= 30 else "moved")
+            what = (f"{_tissue_name(reg.channel)} matches the optical in two alignments, the other {other} (scores "
+                    f"{reg.score:.2f}, used, and {rival['score']:.2f}), that lie")
+        else:
+            what = (f"{_tissue_name(reg.channel)} (used) and {_tissue_name(rival['channel'])} both match the optical "
+                    f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align")
+        warnings.append(f"automatic registration is ambiguous: {what} up to {rival['disagreement_px']:.1f} MSI pixels "
+                        f"apart; {remedy}")
     registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size,
                                      msi.source)
     if registered:
