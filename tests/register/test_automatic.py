@@ -186,6 +186,16 @@ def test_a_nearly_mirror_symmetric_section_reports_its_mirrored_match(seed: int,
     assert min(_max_error(t, truth, fixed, msi) for t in (reg.transform, reg.rival)) < 1.0  # one of the two is right
 
 
+def test_an_interleaved_raster_is_searched_without_a_fully_acquired_block() -> None:
+    """Every other column acquired, on a grid the search reduces ×2: no search block is fully acquired, and the look
+    for another basin measured distances over an empty mask (a ValueError from numpy)."""
+    optical, msi, fixed, _ = _synthetic_pair()
+    fine = np.repeat(np.repeat(msi, 2, axis=0), 2, axis=1)
+    fine[:, 1::2] = 0
+    reg = register_auto(optical, fine, Grid(fine.shape, 5.0), None, AutoRegisterOptions(UPRIGHT))
+    assert math.isfinite(reg.score) and reg.transform is not None
+
+
 @pytest.mark.slow
 def test_auto_registration_full_search_finds_a_mirrored_optical() -> None:
     optical, msi, fixed, truth = _synthetic_pair(flip=True)

@@ -707,9 +707,19 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     assert "landmark" not in err
 
 
-@pytest.mark.parametrize("apart, warned, channel", [(3.2, True, 2), (0.4, False, 2), (3.2, True, 1)])
-def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, warned,
-                                                          channel):
+PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 2 of the spectra both match the "
+           "optical (scores 0.60 and 0.55) but align up to {apart:.1f} MSI pixels apart")
+PC1_TWICE = ("principal component 1 of the spectra matches the optical in two alignments up to {apart:.1f} MSI pixels "
+             "apart (scores 0.60, used, and 0.55); the other is ")
+
+
+@pytest.mark.parametrize("apart, rival, what", [
+    (3.2, {"channel": 2, "sign": -1}, PC1_PC2),
+    (0.4, {"channel": 2, "sign": -1}, None),
+    (3.2, {"channel": 1, "sign": -1, "mirrored": False, "turned_deg": 2.0},
+     PC1_TWICE + "moved, matching the image's intensities inverted"),
+    (74.3, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": -150.0}, PC1_TWICE + "mirrored, turned by 150°")])
+def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, rival, what):
     """Two tissue images that match the optical in alignments apart, or one that matches it in two (a section
     nearly mirror-symmetric, say), are warned about, with both alignments drawn and the other written as landmarks."""
     from msifusion.register import optical as registration
@@ -717,8 +727,8 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
 
     known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))  # the landmarks' map
     other = AffineMap(known.matrix + np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))  # 2 optical pixels to the right
-    rival = {"channel": channel, "sign": -1, "score": 0.55, "disagreement_px": apart, "mirrored": False,
-             "turned_deg": 0.0}
+    rival = {**rival, "score": 0.55, "disagreement_px": apart}
+    warned = what is not None
 
     def with_a_rival(optical, tissue, fixed, moving, options):
         return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
@@ -731,14 +741,10 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     assert record["registration"]["rival"] == rival
     polish = record["registration"]["options"]["polish"]
     assert polish["seed"] == 1 and polish["deformable"] is False
-    what = ("principal component 1 of the spectra (used) and principal component 2 of the spectra both match the "
-            "optical (scores 0.60 and 0.55) but align" if channel == 2 else
-            "principal component 1 of the spectra matches the optical in two alignments, the other moved (scores "
-            "0.60, used, and 0.55), that lie")
-    expected = [(f"automatic registration is ambiguous: {what} up to {apart:.1f} MSI pixels apart; compare them in alignments.png (the optical's outline under each, "
-                 "on the MSI tissue image), overlay.png and overlay_rival.png, and to use the other alignment rerun "
-                 "into a new --out with --landmarks landmarks_rival.csv (all in this run's output "
-                 "folder), or refine either in BigWarp")] if warned else []
+    expected = [(f"automatic registration is ambiguous: {what.format(apart=apart)}; compare them in alignments.png "
+                 "(the optical's outline under each, on the MSI tissue image), overlay.png and overlay_rival.png, and "
+                 "to use the other alignment rerun into a new --out with --landmarks landmarks_rival.csv (all in this "
+                 "run's output folder), or refine either in BigWarp")] if warned else []
     assert [w for w in record["warnings"] if "ambiguous" in w] == expected
     assert [w for w in capsys.readouterr().err.splitlines() if "ambiguous" in w] == [f"msifusion: warning: {w}"
                                                                                      for w in expected]

@@ -19,7 +19,8 @@ def test_ions_loads_no_torch_and_records_the_libraries_it_used(tmp_path):
     script = ("import sys; from msifusion.cli import main; "
               f"code = main(['ions', {str(imzml)!r}, '--mz', '100', '--tol', '0.01da', '--out', "
               f"{str(tmp_path / 'ions')!r}, '--quiet']); "
-              "print(code, sorted(m for m in ('torch', 'msifusion.methods', 'msifusion.harmonic') if m in sys.modules))")
+              "print(code, sorted(m for m in ('torch', 'msifusion.methods', 'msifusion.harmonic')\n"
+              "                   if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines()[-1] == "0 []", done.stderr
     record = json.loads((tmp_path / "ions" / "run.json").read_text())

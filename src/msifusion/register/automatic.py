@@ -101,7 +101,7 @@ class Registration:
     and the registered optical feature block-averaged to the MSI grid, over the acquired
     pixels. ``metric``: SimpleITK's final Mattes mutual information (lower is better; NaN when
     not polished). ``channel`` / ``sign``: which tissue image (and sign) matched best.
-    ``rival``: the polished alignment on the rival tissue image (``details["rival"]``), if any.
+    ``rival``: the rival alignment, polished (``details["rival"]``), if any.
     ``area``: the part of ``fixed`` searched and polished on (:func:`acquired_window`).
     """
 
@@ -243,7 +243,7 @@ def _pose_search(fixed_imgs: np.ndarray, fmask: np.ndarray, fgrid: Grid, feat: n
                 v_m = inv(f_mask * f_m2) - s_m**2 / n
                 t_sum = float(tm.sum())
                 coverage = np.clip(inv(f_mask * fwd(np.ascontiguousarray(tm[::-1, ::-1], dtype=np.float32))) / max(t_sum, 1e-9), 0, 1)
-                weight = coverage * np.clip(n / n_mask, 0, 1)
+                weight = coverage * np.clip(n / max(n_mask, 1.0), 0, 1)  # no fully acquired block: all score 0
                 valid = (n >= min_overlap * n_mask) & (v_m > 1e-4 * n)
                 for c, (f_i, f_i2) in enumerate(zip(f_imgs, f_imgs2)):
                     s_f = inv(f_i * f_mm)
@@ -347,8 +347,9 @@ class _FeatureSearch:
 def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
-    search around each tissue image's best pose (same channel and mirror): the best refined pose is the one used,
-    the best on another tissue image its rival."""
+    search around each tissue image's best pose (same channel and mirror) and around the best pose in another basin
+    (mirrored, turned or moved far): the best refined pose is the one used, the best other its rival (see
+    :class:`PoseSearch`'s ``rival_ratio``)."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -379,19 +380,27 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     # the finer search ranks them: a tissue image turned between the coarse angles scored low there
     refined = sorted(((refine(p), p) for p in firsts.values()), key=lambda pair: -pair[0].score)
 
-    def apart(a: _Pose, b: _Pose) -> float:  # in search pixels
-        return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), msi.grid, msi.mask)
+    # the search grid is the acquired area's bounding box: where no block of it is fully acquired (an interleaved
+    # raster), the whole box stands for it
+    area = msi.mask if msi.mask.any() else np.ones_like(msi.mask)
 
-    # another basin of the best tissue image's score surface, or any other's: mirrored, turned or moved by over a
-    # quarter of the acquired area's diagonal, where neighbouring angles and scales of one basin stay under a fifth
-    rows, cols = np.nonzero(msi.mask)
+    def apart(a: _Pose, b: _Pose) -> float:  # in search pixels
+        return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), msi.grid, area)
+
+    # another basin of any tissue image's score surface: mirrored, turned or moved by over a quarter of the acquired
+    # area's diagonal from every pose refined so far, where neighbouring angles and scales of one basin stay under a
+    # fifth (a section nearly mirror-symmetric matches its mirror image almost as well)
+    rows, cols = np.nonzero(area)
     far = 0.25 * math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    elsewhere = next((p for p in poses if apart(p, refined[0][0]) > far), None)
+    elsewhere = next((p for p in poses if all(p is not c and apart(p, r) > far for r, c in refined)), None)
     if elsewhere is not None and elsewhere.score >= options.search.rival_ratio * poses[0].score:
         refined = sorted([*refined, (refine(elsewhere), elsewhere)], key=lambda pair: -pair[0].score)
     best, used = refined[0]
+    # the rival: the best of the others close enough to be one (register_auto's rival_ratio), preferring one that
+    # disagrees with the used pose, so that a tissue image agreeing with it does not hide another that does not
     others = [r for r, _ in refined[1:]]
-    distinct = [r for r in others if apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
+    close = [r for r in others if r.score >= options.search.rival_ratio * best.score]
+    distinct = [r for r in close if apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
     rival = (distinct or others or [None])[0]
     poses = [used] + [p for p in poses if p is not used]  # the runner-ups: the coarse poses after the one used
     return _FeatureSearch(kind, feat_full, best, poses, scale0, rival)
@@ -418,9 +427,10 @@ def register_auto(
        all translations at once; then a finer search around the best pose (:func:`_search_pose`).
     3. SimpleITK affine polish (Mattes MI) from the best pose; kept only if it does not lower
        the correlation with the MSI image. Optional B-spline refinement.
-    4. Where another tissue image matches almost as well (``rival_ratio``), its best pose is
-       refined and polished too, and ``details["rival"]`` says how far apart the two alignments
-       are (:func:`_disagreement`, in fixed pixels): the caller warns above :data:`AMBIGUOUS_PX`.
+    4. Where another tissue image, or the same one in another pose (mirrored, turned or moved far: a nearly
+       symmetric section), matches almost as well (``rival_ratio``), that pose is refined and polished too, and
+       ``details["rival"]`` says how far apart the two alignments are (:func:`_disagreement`, in fixed pixels) and
+       whether the other is mirrored or turned: the caller warns above :data:`AMBIGUOUS_PX`.
 
     Returns the fixed → moving map in the units of ``fixed`` and ``moving``: pass it, with
     ``fixed.refined(scale)``, to :func:`resample_optical`. A ``tissue`` with under 16 pixels of signal is an
@@ -483,7 +493,8 @@ def register_auto(
         other = _polish(rival, stack, acquired, fixed, feat_full, moving, options).affine
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
                          "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired),
-                         "mirrored": rival.flip != best.flip, "turned_deg": (rival.angle - best.angle + 180) % 360 - 180}
+                         "mirrored": rival.flip != best.flip,
+                         "turned_deg": (rival.angle - best.angle + 180) % 360 - 180}
     return Registration(
         transform=transform, fixed=full, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,

@@ -490,16 +490,18 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
                   "either in BigWarp" if alternative is not None else
                   "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
                   "in BigWarp if needed")
+        apart = f"up to {rival['disagreement_px']:.1f} MSI pixels apart"
         if rival["channel"] == reg.channel:  # two poses of one image: a section nearly symmetric, say
-            other = ("mirrored" if rival.get("mirrored") else
-                     f"turned by {rival['turned_deg']:.0f}°" if abs(rival.get("turned_deg", 0)) >= 30 else "moved")
-            what = (f"{_tissue_name(reg.channel)} matches the optical in two alignments, the other {other} (scores "
-                    f"{reg.score:.2f}, used, and {rival['score']:.2f}), that lie")
+            turned = abs(rival.get("turned_deg", 0.0))
+            other = ", ".join([*(["mirrored"] if rival.get("mirrored") else []),
+                               *([f"turned by {turned:.0f}°"] if turned >= 5 else [])]) or "moved"
+            inverted = ", matching the image's intensities inverted" if rival.get("sign", reg.sign) != reg.sign else ""
+            what = (f"{_tissue_name(reg.channel)} matches the optical in two alignments {apart} (scores "
+                    f"{reg.score:.2f}, used, and {rival['score']:.2f}); the other is {other}{inverted}")
         else:
             what = (f"{_tissue_name(reg.channel)} (used) and {_tissue_name(rival['channel'])} both match the optical "
-                    f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align")
-        warnings.append(f"automatic registration is ambiguous: {what} up to {rival['disagreement_px']:.1f} MSI pixels "
-                        f"apart; {remedy}")
+                    f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align {apart}")
+        warnings.append(f"automatic registration is ambiguous: {what}; {remedy}")
     registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size,
                                      msi.source)
     if registered:
