@@ -1024,6 +1024,14 @@ def test_a_landmarks_csv_fed_back_with_another_msi_pixel_size_is_converted_to_it
     at20 = tmp_path / "at20"
     guide = tifffile.imread(first / "optical_registered.tiff")
     np.testing.assert_array_equal(tifffile.imread(at20 / "optical_registered.tiff"), guide)
+    from msifusion.io.images import Image, read_optical
+    from msifusion.register.optical import MsiTissue, RegisterSettings, register_optical
+
+    with ImzML(imzml, 20.0) as f:  # from Python, the optical given as pixels: its side has no file to compare
+        msi = MsiTissue(f.tic()[None], f.pixel_size_um, imzml)
+    in_memory = register_optical(Image(read_optical(opt).pixels), msi, RegisterSettings(SCALE, first / "landmarks.csv"),
+                                 quiet=True)
+    np.testing.assert_allclose(in_memory.guide * 255, guide, atol=0.51)
     written = read_landmarks(at20 / "landmarks.csv")
     np.testing.assert_allclose(written.fixed, read_landmarks(first / "landmarks.csv").fixed * 20)  # in its units
     assert written.inactive == (("off", 9.0, 9.0, 40.0, 60.0),)

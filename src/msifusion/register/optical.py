@@ -288,7 +288,7 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
     ion_grid = landmark_ion_grid(msi.shape, px, settings)
-    fed_back = _fed_back(settings, optical.path, msi.source, ion_grid) if optical.path is not None else None
+    fed_back = _fed_back(settings, optical.path, msi.source, ion_grid)
     landmarks = fed_back.convert(landmarks) if fed_back else landmarks
     full_moving = _full_resolution(moving, optical)
     outside = check_landmarks(landmarks, fiji_fixed, full_moving)
@@ -397,9 +397,9 @@ class _FedBack:
         return f"{self.landmarks.name} was written by the msifusion run in its folder, which " + ", and ".join(parts)
 
 
-def _same_file(described: object, path: Path) -> bool:
+def _same_file(described: object, path: Path | None) -> bool:
     """Whether a run record's description of an input file (:func:`msifusion.provenance.input_files`) is ``path``
-    as it is now, by name and size."""
+    as it is now, by name and size (no path, as for an optical given as an array: not)."""
     now = input_files({"file": path}).get("file")
     return (isinstance(described, dict) and now is not None and described.get("bytes") == now["bytes"]
             and Path(str(described.get("path", ""))).name == Path(now["path"]).name)
@@ -417,7 +417,7 @@ def _same_msi(read: dict, msi_path: Path) -> bool:
     return _same_file(read["imzml"], msi_path) and _same_file(read.get("ibd"), ibd)
 
 
-def _fed_back(settings: RegisterSettings, optical_path: Path, msi_path: Path | None,
+def _fed_back(settings: RegisterSettings, optical_path: Path | None, msi_path: Path | None,
               ion_grid: Grid | None) -> _FedBack | None:
     """How to read the settings' landmarks in this run's units where an msifusion run wrote them and read the same
     optical file or MSI file (``msi_path``; ``ion_grid``: its grid in this run's fixed units,
