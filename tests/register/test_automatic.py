@@ -186,6 +186,21 @@ def test_a_nearly_mirror_symmetric_section_reports_its_mirrored_match(seed: int,
     assert min(_max_error(t, truth, fixed, msi) for t in (reg.transform, reg.rival)) < 1.0  # one of the two is right
 
 
+def test_a_slide_of_two_serial_sections_is_not_given_a_copy_of_the_used_pose_as_its_rival() -> None:
+    """The optical holds the acquired section and a serial one beside it. The pose in another basin is the other
+    section's, but its finer search scores every translation and lands back on the first: it was then reported as a
+    rival 0.0 MSI pixels away and polished for nothing. The search keeps one peak per pose, so the serial section is
+    not told from the acquired one here; a slide's other sections halve the search's score, which is warned as
+    unreliable (below 0.4)."""
+    optical, msi, fixed, truth = _synthetic_pair(seed=6)
+    serial, _, _, _ = _synthetic_pair(seed=6, noise=0.05)
+    slide = np.concatenate([optical, np.clip(serial + np.random.default_rng(1).normal(0, 0.03, serial.shape), 0, 1)],
+                           axis=1).astype(np.float32)
+    reg = register_auto(slide, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
+    assert "rival" not in reg.details and reg.score < 0.4
+    assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+
+
 def test_an_interleaved_raster_is_searched_without_a_fully_acquired_block() -> None:
     """Every other column acquired, on a grid the search reduces ×2: no search block is fully acquired, and the look
     for another basin measured distances over an empty mask (a ValueError from numpy)."""

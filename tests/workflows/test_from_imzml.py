@@ -711,14 +711,17 @@ PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 
            "optical (scores 0.60 and 0.55) but align up to {apart:.1f} MSI pixels apart")
 PC1_TWICE = ("principal component 1 of the spectra matches the optical in two alignments up to {apart:.1f} MSI pixels "
              "apart (scores 0.60, used, and 0.55); the other is ")
+MIRROR_HINT = (" (its outline is the same mirrored: tell the two apart by a feature known to lie on one side, a notch, "
+               "a bundle, the slide's label, in overlay.png and overlay_rival.png)")
 
 
 @pytest.mark.parametrize("apart, rival, what", [
     (3.2, {"channel": 2, "sign": -1}, PC1_PC2),
     (0.4, {"channel": 2, "sign": -1}, None),
-    (3.2, {"channel": 1, "sign": -1, "mirrored": False, "turned_deg": 2.0},
-     PC1_TWICE + "moved, matching the image's intensities inverted"),
-    (74.3, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": -150.0}, PC1_TWICE + "mirrored, turned by 150°")])
+    (3.2, {"channel": 1, "sign": -1, "mirrored": False, "turned_deg": 2.0}, PC1_TWICE + "moved"),
+    (74.3, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": -150.0},
+     PC1_TWICE + "mirrored, turned by 150°" + MIRROR_HINT),
+    (74.3, {"channel": 2, "sign": 1, "mirrored": True, "turned_deg": 0.0}, PC1_PC2 + ", the other mirrored" + MIRROR_HINT)])
 def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, rival, what):
     """Two tissue images that match the optical in alignments apart, or one that matches it in two (a section
     nearly mirror-symmetric, say), are warned about, with both alignments drawn and the other written as landmarks."""
@@ -761,6 +764,37 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
                                    atol=1)
 
 
+def test_a_mirror_symmetric_section_is_warned_through_its_imzmls_several_tissue_images(tmp_path):
+    """The command matches the optical against the TIC and principal components: the TIC agreed with the mirrored
+    pose used, and another tissue image's pose in the right basin scored low, so the right pose on the best tissue
+    image was not looked at and the run was silent, 329 optical pixels off. It is warned now, with the hint that
+    outlines cannot tell a mirror image."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "register"))
+    from test_automatic import _synthetic_pair
+
+    optical, msi, _, _ = _synthetic_pair(asymmetry=0.0)
+    opt = tmp_path / "section.png"
+    cv2.imwrite(str(opt), (optical[..., ::-1] * 255).round().astype(np.uint8))
+    imzml = tmp_path / "section.imzML"
+    axis = np.linspace(300.0, 900.0, 2000)
+    shapes = [np.exp(-0.5 * ((axis - mz) / 0.3) ** 2) for mz in (400.0, 550.0, 700.0)]
+    rng = np.random.default_rng(1)
+    with ImzMLWriter(str(imzml), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r, c in zip(*np.nonzero(msi)):  # two peaks follow the section, one its complement; noisy spectra
+            v = float(msi[r, c])
+            spectrum = 0.01 + (100 * v + 5) * shapes[0] + (100 * (1.2 - v) + 5) * shapes[1] + (50 * v + 5) * shapes[2]
+            w.addSpectrum(axis, (spectrum + rng.normal(0, 0.5, axis.shape).clip(0)).astype(np.float32),
+                          (int(c) + 1, int(r) + 1))
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--pixel-size", "10",
+                 "--out", str(out), "--quiet"]) == 0
+    rival = json.loads((out / "run.json").read_text())["registration"]["rival"]
+    assert rival["mirrored"] is True and rival["disagreement_px"] > 50
+    warned = [w for w in json.loads((out / "run.json").read_text())["warnings"] if "ambiguous" in w]
+    assert len(warned) == 1 and "its outline is the same mirrored" in warned[0]
+    assert (out / "landmarks_rival.csv").exists()
+
+
 def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told_where_the_grid_begins(tmp_path,
                                                                                                          files):
     import re
@@ -782,6 +816,10 @@ def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told
         assert len(said) == told
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "moved" / "optical_registered.tiff"),
                                   tifffile.imread(tmp_path / "sample" / "optical_registered.tiff"))
+    # the landmarks.csv that run wrote is on its own grid: fed back, it is not warned about
+    assert main(["register", "--optical", str(opt), "--ion", str(moved), "--scale", str(SCALE), "--landmarks",
+                 str(tmp_path / "moved" / "landmarks.csv"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["warnings"] == []
 
 
 def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):
@@ -984,7 +1022,7 @@ def test_a_landmarks_csv_fed_back_with_another_optical_pixel_size_is_converted_t
     assert main([*base, "--landmarks", str(lm), "--out", str(tmp_path / "first"), "--quiet"]) == 0
     first = tmp_path / "first" / "landmarks.csv"
     assert main([*base, "--landmarks", str(first), "--optical-pixel-size", "2", "--out", str(tmp_path / "again")]) == 0
-    assert ("warning: landmarks.csv was written by the msifusion run in its folder, which read optical.png in pixels; "
+    assert (f"warning: {first} was written by the msifusion run in that folder, which read optical.png in pixels; "
             "its optical points are converted to this run's reading, at 2 µm per pixel (--optical-pixel-size)"
             in capsys.readouterr().err)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "again" / "optical_registered.tiff"),
@@ -1018,9 +1056,9 @@ def test_a_landmarks_csv_fed_back_with_another_msi_pixel_size_is_converted_to_it
     capsys.readouterr()
     assert main([*base, "--landmarks", str(first / "landmarks.csv"), "--pixel-size", "20",
                  "--out", str(tmp_path / "at20")]) == 0
-    assert ("warning: landmarks.csv was written by the msifusion run in its folder, which placed its ion-image points "
-            "on sample.imzML at 1 unit per MSI pixel; they are moved to the same MSI pixels at this run's 20 units per "
-            "MSI pixel (--pixel-size, --fixed-pixel-size, --fixed-scale)" in capsys.readouterr().err)
+    assert (f"warning: {first / 'landmarks.csv'} was written by the msifusion run in that folder, which placed its "
+            "ion-image points on sample.imzML at 1 unit per MSI pixel; they are moved to the same MSI pixels at this "
+            "run's 20 units per MSI pixel (--pixel-size, --fixed-pixel-size, --fixed-scale)" in capsys.readouterr().err)
     at20 = tmp_path / "at20"
     guide = tifffile.imread(first / "optical_registered.tiff")
     np.testing.assert_array_equal(tifffile.imread(at20 / "optical_registered.tiff"), guide)

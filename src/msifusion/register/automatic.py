@@ -388,13 +388,21 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
         return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), msi.grid, area)
 
     # another basin of any tissue image's score surface: mirrored, turned or moved by over a quarter of the acquired
-    # area's diagonal from every pose refined so far, where neighbouring angles and scales of one basin stay under a
-    # fifth (a section nearly mirror-symmetric matches its mirror image almost as well)
+    # area's diagonal from the best refined pose and from those refined on its own tissue image, where neighbouring
+    # angles and scales of one basin stay under a fifth (a section nearly mirror-symmetric matches its mirror image
+    # almost as well; another tissue image's pose in that basin may score far less)
     rows, cols = np.nonzero(area)
     far = 0.25 * math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-    elsewhere = next((p for p in poses if all(p is not c and apart(p, r) > far for r, c in refined)), None)
+
+    def another_basin(pose: _Pose) -> bool:
+        return apart(pose, refined[0][0]) > far and all(r.channel != pose.channel or apart(pose, r) > far
+                                                         for r, _ in refined)
+
+    elsewhere = next((p for p in poses if all(p is not c for _, c in refined) and another_basin(p)), None)
     if elsewhere is not None and elsewhere.score >= options.search.rival_ratio * poses[0].score:
-        refined = sorted([*refined, (refine(elsewhere), elsewhere)], key=lambda pair: -pair[0].score)
+        found = refine(elsewhere)  # its finer search scores every translation: it may land back in a refined basin
+        if another_basin(found):
+            refined = sorted([*refined, (found, elsewhere)], key=lambda pair: -pair[0].score)
     best, used = refined[0]
     # the rival: the best of the others close enough to be one (register_auto's rival_ratio), preferring one that
     # disagrees with the used pose, so that a tissue image agreeing with it does not hide another that does not

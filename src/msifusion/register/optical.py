@@ -294,7 +294,7 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     outside = check_landmarks(landmarks, fiji_fixed, full_moving)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
     warnings += [*([fed_back.warning(optical.path, msi.source)] if fed_back else []), *outside]
-    if any(msi.skipped_xy):
+    if any(msi.skipped_xy) and record_of_the_run_that_wrote(settings.landmarks) is None:  # not on msifusion's grid
         warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
                         "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
                         "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
@@ -394,7 +394,7 @@ class _FedBack:
             then, now = self.ion_grids
             parts.append(f"placed its ion-image points on {msi.name} at {frame(then)}; they are moved to the same MSI "
                          f"pixels at this run's {frame(now)} (--pixel-size, --fixed-pixel-size, --fixed-scale)")
-        return f"{self.landmarks.name} was written by the msifusion run in its folder, which " + ", and ".join(parts)
+        return f"{self.landmarks} was written by the msifusion run in that folder, which " + ", and ".join(parts)
 
 
 def _same_file(described: object, path: Path | None) -> bool:
@@ -491,16 +491,19 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
                   "the other alignment misses the optical image; check overlay.png, and refine landmarks.csv "
                   "in BigWarp if needed")
         apart = f"up to {rival['disagreement_px']:.1f} MSI pixels apart"
+        turned = abs(rival.get("turned_deg", 0.0))
+        other = ", ".join([*(["mirrored"] if rival.get("mirrored") else []),
+                           *([f"turned by {turned:.0f}°"] if turned >= 5 else [])])
         if rival["channel"] == reg.channel:  # two poses of one image: a section nearly symmetric, say
-            turned = abs(rival.get("turned_deg", 0.0))
-            other = ", ".join([*(["mirrored"] if rival.get("mirrored") else []),
-                               *([f"turned by {turned:.0f}°"] if turned >= 5 else [])]) or "moved"
-            inverted = ", matching the image's intensities inverted" if rival.get("sign", reg.sign) != reg.sign else ""
             what = (f"{_tissue_name(reg.channel)} matches the optical in two alignments {apart} (scores "
-                    f"{reg.score:.2f}, used, and {rival['score']:.2f}); the other is {other}{inverted}")
+                    f"{reg.score:.2f}, used, and {rival['score']:.2f}); the other is {other or 'moved'}")
         else:
             what = (f"{_tissue_name(reg.channel)} (used) and {_tissue_name(rival['channel'])} both match the optical "
-                    f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align {apart}")
+                    f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align {apart}"
+                    f"{f', the other {other}' if other else ''}")
+        if rival.get("mirrored"):  # a mirror image has the same outline: the pictures of outlines cannot tell
+            what += (" (its outline is the same mirrored: tell the two apart by a feature known to lie on one side, a "
+                     "notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
         warnings.append(f"automatic registration is ambiguous: {what}; {remedy}")
     registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size,
                                      msi.source)
