@@ -721,7 +721,8 @@ MIRROR_HINT = (" (its outline is the same mirrored: tell the two apart by a feat
     (3.2, {"channel": 1, "sign": -1, "mirrored": False, "turned_deg": 2.0}, PC1_TWICE + "moved"),
     (74.3, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": -150.0},
      PC1_TWICE + "mirrored, turned by 150°" + MIRROR_HINT),
-    (74.3, {"channel": 2, "sign": 1, "mirrored": True, "turned_deg": 0.0}, PC1_PC2 + ", the other mirrored" + MIRROR_HINT)])
+    (74.3, {"channel": 2, "sign": 1, "mirrored": True, "turned_deg": 0.0},
+     PC1_PC2 + ", the other mirrored" + MIRROR_HINT)])
 def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, rival, what):
     """Two tissue images that match the optical in alignments apart, or one that matches it in two (a section
     nearly mirror-symmetric, say), are warned about, with both alignments drawn and the other written as landmarks."""
