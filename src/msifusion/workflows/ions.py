@@ -34,6 +34,8 @@ def check_ion_options(request: object, *paths: str) -> None:
 
 @dataclass(frozen=True)
 class IonsRequest:
+    """``msifusion ions``: the m/z (each within ``tol``) to export from an imzML file into the folder ``out``."""
+
     imzml: Path
     mzs: tuple[float, ...]
     tol: str
