@@ -711,8 +711,8 @@ PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 
            "optical (scores 0.60 and 0.55) but align up to {apart:.1f} MSI pixels apart")
 PC1_TWICE = ("principal component 1 of the spectra matches the optical in two alignments up to {apart:.1f} MSI pixels "
              "apart (scores 0.60, used, and 0.55); the other is ")
-MIRROR_HINT = (" (its outline is the same mirrored: tell the two apart by a feature known to lie on one side, a notch, "
-               "a bundle, the slide's label, in overlay.png and overlay_rival.png)")
+MIRROR_HINT = (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on one side, "
+               "a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
 
 
 @pytest.mark.parametrize("apart, rival, what", [
@@ -773,7 +773,7 @@ def test_a_mirror_symmetric_section_is_warned_through_its_imzmls_several_tissue_
     sys.path.insert(0, str(Path(__file__).parents[1] / "register"))
     from test_automatic import _synthetic_pair
 
-    optical, msi, _, _ = _synthetic_pair(asymmetry=0.0)
+    optical, msi, _, truth = _synthetic_pair(asymmetry=0.0)
     opt = tmp_path / "section.png"
     cv2.imwrite(str(opt), (optical[..., ::-1] * 255).round().astype(np.uint8))
     imzml = tmp_path / "section.imzML"
@@ -792,8 +792,14 @@ def test_a_mirror_symmetric_section_is_warned_through_its_imzmls_several_tissue_
     rival = json.loads((out / "run.json").read_text())["registration"]["rival"]
     assert rival["mirrored"] is True and rival["disagreement_px"] > 50
     warned = [w for w in json.loads((out / "run.json").read_text())["warnings"] if "ambiguous" in w]
-    assert len(warned) == 1 and "its outline is the same mirrored" in warned[0]
-    assert (out / "landmarks_rival.csv").exists()
+    assert len(warned) == 1 and "a mirror image has nearly the same outline" in warned[0]
+    # one of the two is the section's own alignment (to an optical pixel; the grid begins at the first spectrum)
+    errors = []
+    for name in ("landmarks.csv", "landmarks_rival.csv"):
+        placed = read_landmarks(out / name)
+        at = truth(placed.fixed + 10.0 * np.argwhere(msi)[:, ::-1].min(axis=0))
+        errors.append(np.hypot(*(at - placed.moving).T).max())
+    assert min(errors) < 1.0 < max(errors)
 
 
 def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told_where_the_grid_begins(tmp_path,
@@ -817,10 +823,31 @@ def test_landmarks_on_an_imzml_whose_spectra_start_away_from_the_origin_are_told
         assert len(said) == told
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "moved" / "optical_registered.tiff"),
                                   tifffile.imread(tmp_path / "sample" / "optical_registered.tiff"))
-    # the landmarks.csv that run wrote is on its own grid: fed back, it is not warned about
+    # the landmarks.csv that run wrote is on its own grid: fed back, it is not warned about; one that a run on an
+    # export of the ion image keeping the empty columns and rows wrote is on that export's grid, and is
     assert main(["register", "--optical", str(opt), "--ion", str(moved), "--scale", str(SCALE), "--landmarks",
                  str(tmp_path / "moved" / "landmarks.csv"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     assert json.loads((tmp_path / "again" / "run.json").read_text())["warnings"] == []
+    from msifusion.io.images import write_tiff
+
+    nudged = tmp_path / "nudged.imzML"  # 3 columns and 2 rows further out: landmarks 3 and 2 off stay on the image
+    shutil.copy(imzml.with_suffix(".ibd"), nudged.with_suffix(".ibd"))
+    text = imzml.read_text(encoding="iso-8859-1")
+    for accession, shift in (("IMS:1000050", 3), ("IMS:1000051", 2)):
+        text = re.sub(rf'(accession="{accession}"[^>]*value=")(\d+)"', lambda m: f'{m[1]}{int(m[2]) + shift}"', text)
+    nudged.write_text(text, encoding="iso-8859-1")
+    with ImzML(imzml) as f:
+        export = write_tiff(tmp_path / "export.tiff", np.pad(f.tic(), ((2, 0), (3, 0))).astype(np.float32), None)
+    landmarks = read_landmarks(lm)
+    on_export = write_bigwarp_csv(Landmarks(landmarks.moving, landmarks.fixed + (3, 2), landmarks.names),
+                                  tmp_path / "on_export.csv")
+    assert main(["register", "--optical", str(opt), "--ion", str(export), "--scale", str(SCALE), "--landmarks",
+                 str(on_export), "--out", str(tmp_path / "export_run"), "--quiet"]) == 0
+    assert main(["register", "--optical", str(opt), "--ion", str(nudged), "--scale", str(SCALE), "--landmarks",
+                 str(tmp_path / "export_run" / "landmarks.csv"), "--out", str(tmp_path / "from_export"),
+                 "--quiet"]) == 0
+    said = json.loads((tmp_path / "from_export" / "run.json").read_text())["warnings"]
+    assert any(w.startswith("nudged.imzML's spectra begin 3 columns and 2 rows in") for w in said)
 
 
 def test_an_optical_registered_already_is_named_when_registered_again(tmp_path, files, capsys, monkeypatch):

@@ -10,6 +10,7 @@ match almost equally well, both are polished and their disagreement is reported.
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from msifusion.register.resample import ResampleOptions, resample_optical
 from msifusion.register.transforms import AffineMap, DisplacementMap, Grid, PointMap
 
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
+BASIN_TRIES = 3  # poses in other basins refined at most, until one stays there
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
 
@@ -348,8 +350,9 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
     search around each tissue image's best pose (same channel and mirror) and around the best pose in another basin
-    (mirrored, turned or moved far): the best refined pose is the one used, the best other its rival (see
-    :class:`PoseSearch`'s ``rival_ratio``)."""
+    (mirrored, turned or moved far; the next, up to :data:`BASIN_TRIES`, where its finer search lands back in a basin
+    refined already): the best refined pose is the one used, the best other its rival (see :class:`PoseSearch`'s
+    ``rival_ratio``)."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -398,11 +401,14 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
         return apart(pose, refined[0][0]) > far and all(r.channel != pose.channel or apart(pose, r) > far
                                                          for r, _ in refined)
 
-    elsewhere = next((p for p in poses if all(p is not c for _, c in refined) and another_basin(p)), None)
-    if elsewhere is not None and elsewhere.score >= options.search.rival_ratio * poses[0].score:
-        found = refine(elsewhere)  # its finer search scores every translation: it may land back in a refined basin
+    # its finer search scores every translation, so a pose may land back in a refined basin: then the next is tried
+    candidates = (p for p in poses if p.score >= options.search.rival_ratio * poses[0].score
+                  and all(p is not c for _, c in refined) and another_basin(p))
+    for elsewhere in itertools.islice(candidates, BASIN_TRIES):
+        found = refine(elsewhere)
         if another_basin(found):
             refined = sorted([*refined, (found, elsewhere)], key=lambda pair: -pair[0].score)
+            break
     best, used = refined[0]
     # the rival: the best of the others close enough to be one (register_auto's rival_ratio), preferring one that
     # disagrees with the used pose, so that a tissue image agreeing with it does not hide another that does not

@@ -294,7 +294,8 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     outside = check_landmarks(landmarks, fiji_fixed, full_moving)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
     warnings += [*([fed_back.warning(optical.path, msi.source)] if fed_back else []), *outside]
-    if any(msi.skipped_xy) and record_of_the_run_that_wrote(settings.landmarks) is None:  # not on msifusion's grid
+    record = record_of_the_run_that_wrote(settings.landmarks)
+    if any(msi.skipped_xy) and "imzml" not in ((record or {}).get("input_files") or {}):  # not on an imzML's grid
         warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
                         "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
                         "ions` exports it: landmarks placed on an export that kept the empty columns and rows "
@@ -374,7 +375,7 @@ class _FedBack:
                        for name, mx, my, fx, fy in landmarks.inactive)  # switched off in BigWarp: written back too
         return replace(landmarks, moving=moving(landmarks.moving), fixed=fixed(landmarks.fixed), inactive=parked)
 
-    def warning(self, optical: Path, msi: Path) -> str:
+    def warning(self, optical: Path | None, msi: Path) -> str:
         """What was converted, and from what."""
         def reading(size: float) -> str:
             return "in pixels" if size == 1 else f"at {size:.4g} µm per pixel"
@@ -501,9 +502,9 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
             what = (f"{_tissue_name(reg.channel)} (used) and {_tissue_name(rival['channel'])} both match the optical "
                     f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align {apart}"
                     f"{f', the other {other}' if other else ''}")
-        if rival.get("mirrored"):  # a mirror image has the same outline: the pictures of outlines cannot tell
-            what += (" (its outline is the same mirrored: tell the two apart by a feature known to lie on one side, a "
-                     "notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
+        if rival.get("mirrored") and alternative is not None:  # pictures of outlines cannot tell a mirror image
+            what += (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on "
+                     "one side, a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
         warnings.append(f"automatic registration is ambiguous: {what}; {remedy}")
     registered = _registered_already(optical, msi.shape, reg.affine, ion_grid.pixel_size / moving.pixel_size,
                                      msi.source)
