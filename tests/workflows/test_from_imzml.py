@@ -711,8 +711,8 @@ PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 
            "optical (scores 0.60 and 0.55) but align up to {apart:.1f} MSI pixels apart")
 PC1_TWICE = ("principal component 1 of the spectra matches the optical in two alignments up to {apart:.1f} MSI pixels "
              "apart (scores 0.60, used, and 0.55); the other is ")
-MIRROR_HINT = (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on one side, "
-               "a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
+MIRROR_HINT = (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on one "
+               "side, a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
 
 
 @pytest.mark.parametrize("apart, rival, what", [
