@@ -104,7 +104,7 @@ def read_moving_optical(path: Path, settings: RegisterSettings, msi: MsiTissue,
     px = msi.pixel_size_um
     if settings.landmarks is not None:
         ion_grid = landmark_ion_grid(msi.shape, px, settings)
-        fed_back = _fed_back(settings, path, msi.source, ion_grid)
+        fed_back = _fed_back(record_of_the_run_that_wrote(settings.landmarks), settings, path, msi.source, ion_grid)
         try:
             points = settings.read_landmarks(landmarks)
             points = fed_back.convert(points) if fed_back else points
@@ -288,13 +288,13 @@ def _by_landmarks(optical: Image, msi: MsiTissue, settings: RegisterSettings, mo
     p_fixed = settings.fixed_pixel_units(px)
     fiji_fixed = Grid((msi.shape[0] * k, msi.shape[1] * k), p_fixed)
     ion_grid = landmark_ion_grid(msi.shape, px, settings)
-    fed_back = _fed_back(settings, optical.path, msi.source, ion_grid)
+    record = record_of_the_run_that_wrote(settings.landmarks)  # an msifusion run's landmarks.csv, unchanged since
+    fed_back = _fed_back(record, settings, optical.path, msi.source, ion_grid)
     landmarks = fed_back.convert(landmarks) if fed_back else landmarks
     full_moving = _full_resolution(moving, optical)
     outside = check_landmarks(landmarks, fiji_fixed, full_moving)
     kind, warnings = landmark_transform_kind(landmarks, settings.transform)
     warnings += [*([fed_back.warning(optical.path, msi.source)] if fed_back else []), *outside]
-    record = record_of_the_run_that_wrote(settings.landmarks)
     if any(msi.skipped_xy) and "imzml" not in ((record or {}).get("input_files") or {}):  # not on an imzML's grid
         warnings.append(f"{msi.source.name}'s spectra begin {msi.skipped_xy[0]} columns and {msi.skipped_xy[1]} "
                         "rows in from its coordinates' origin, and the ion grid begins with them, as `msifusion "
@@ -418,15 +418,15 @@ def _same_msi(read: dict, msi_path: Path) -> bool:
     return _same_file(read["imzml"], msi_path) and _same_file(read.get("ibd"), ibd)
 
 
-def _fed_back(settings: RegisterSettings, optical_path: Path | None, msi_path: Path | None,
+def _fed_back(record: dict | None, settings: RegisterSettings, optical_path: Path | None, msi_path: Path | None,
               ion_grid: Grid | None) -> _FedBack | None:
-    """How to read the settings' landmarks in this run's units where an msifusion run wrote them and read the same
-    optical file or MSI file (``msi_path``; ``ion_grid``: its grid in this run's fixed units,
-    :func:`landmark_ion_grid`) in other units than this run; None where they are read as they stand. The run record
+    """How to read the settings' landmarks in this run's units where an msifusion run wrote them (``record``, its
+    run record: :func:`msifusion.io.outdir.record_of_the_run_that_wrote`) and read the same optical file or MSI file
+    (``msi_path``; ``ion_grid``: its grid in this run's fixed units, :func:`landmark_ion_grid`) in other units than
+    this run; None where they are read as they stand. The run record
     is taken over the options that describe landmark units (``--fixed-pixel-size``, ``--fixed-scale``): it knows
     what the file holds. Fed back with the ``--optical-pixel-size`` or ``--pixel-size`` a first run's warning
     advised, the landmarks would otherwise be read in the wrong units and register the optical silently wrong."""
-    record = record_of_the_run_that_wrote(settings.landmarks) if settings.landmarks is not None else None
     if record is None:
         return None
     then = record.get("register_settings") or {}
