@@ -26,15 +26,24 @@ UPRIGHT = PoseSearch(max_rotation=20.0, allow_flip=False)  # the synthetic pairs
 
 
 def _synthetic_pair(flip: bool = False, angle: float = 6.0, noise: float = 0.03, seed: int = 5,
-                    asymmetry: float = 1.0, centre_x: float = 250.0):
+                    asymmetry: float = 1.0, centre_x: float = 250.0, serial: tuple[int, float] | None = None):
     """A stained section (moving, RGB) and the MSI tissue image it produces (fixed) under a known affine (turned by
     ``angle`` degrees; the MSI with Gaussian noise of deviation ``noise``). Below an ``asymmetry`` of 1 the section
     is that much its own texture and the rest that texture made mirror-symmetric about its body's centre column
-    (``centre_x``): 0 makes the section mirror-symmetric."""
+    (``centre_x``): 0 makes the section mirror-symmetric. ``serial`` = (seed, share): a serial section of it, that
+    share of its texture re-drawn from another seed."""
     rng = np.random.default_rng(seed)
     h, w = 360, 480
-    field = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 14)
-    field2 = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 6)
+
+    def texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), sigma)
+                     for sigma in (14, 6))
+
+    field, field2 = texture(rng)
+    if serial is not None:
+        redrawn, share = serial
+        field, field2 = ((1 - share) * f + share * g for f, g in zip((field, field2),
+                                                                      texture(np.random.default_rng(redrawn))))
     shift = int(round(2 * centre_x - (w - 1)))  # column x ↔ 2·centre_x − x
     field, field2 = (asymmetry * f + (1 - asymmetry) * (f + np.roll(f[:, ::-1], shift, axis=1)) / 2
                      for f in (field, field2))
@@ -186,19 +195,55 @@ def test_a_nearly_mirror_symmetric_section_reports_its_mirrored_match(seed: int,
     assert min(_max_error(t, truth, fixed, msi) for t in (reg.transform, reg.rival)) < 1.0  # one of the two is right
 
 
-def test_a_slide_of_two_serial_sections_is_not_given_a_copy_of_the_used_pose_as_its_rival() -> None:
-    """The optical holds the acquired section and a serial one beside it. The pose in another basin is the other
-    section's, but its finer search scores every translation and lands back on the first: it was then reported as a
-    rival 0.0 MSI pixels away and polished for nothing. The search keeps one peak per pose, so the serial section is
-    not told from the acquired one here; a slide's other sections halve the search's score, which is warned as
-    unreliable (below 0.4)."""
+def test_a_slide_of_serial_sections_is_registered_on_the_acquired_one() -> None:
+    """The optical is a slide of four serial sections (half of each one's texture re-drawn) and the MSI acquired the
+    bottom-right one. Searched as a whole, the other sections' tissue cut every pose's score to a quarter (its share
+    of the optical's tissue inside the acquired area) and the scale started from their four areas: the registration
+    landed 109–147 MSI pixels off, on another section. Each separate section is searched on its own now."""
     optical, msi, fixed, truth = _synthetic_pair(seed=6)
-    serial, _, _, _ = _synthetic_pair(seed=6, noise=0.05)
-    slide = np.concatenate([optical, np.clip(serial + np.random.default_rng(1).normal(0, 0.03, serial.shape), 0, 1)],
-                           axis=1).astype(np.float32)
+    others = [_synthetic_pair(seed=6, serial=(seed, 0.5))[0] for seed in (56, 66, 76)]
+    slide = np.concatenate([np.concatenate(others[:2], axis=1), np.concatenate([others[2], optical], axis=1)], axis=0)
+    h, w = optical.shape[:2]
     reg = register_auto(slide, msi, fixed, None, AutoRegisterOptions(UPRIGHT))
-    assert "rival" not in reg.details and reg.score < 0.4
-    assert _max_error(reg.transform, truth, fixed, msi) < 0.5
+    moved = AffineMap(truth.matrix + np.array([[0.0, 0.0, w], [0.0, 0.0, h]]))
+    assert _max_error(reg.transform, moved, fixed, msi) < 1.0  # optical pixels; 5 per MSI pixel
+    assert reg.details["optical_sections"] == 4 and reg.score > 0.5 and "rival" not in reg.details
+
+
+def test_a_serial_section_alike_is_reported_as_the_rival_on_another_section() -> None:
+    """The optical holds the acquired section and beside it a near copy (the same texture, more noise): the two
+    cannot be told apart. The search kept one translation per pose, so the copy was never a candidate: it was used
+    in two of three such slides without a rival (warned only as unreliable, its score halved by the other's tissue).
+    Each section searched on its own, the other is the rival now, on another section, and one of the two is right."""
+    optical, msi, fixed, truth = _synthetic_pair(seed=6)
+    copy = np.clip(optical + np.random.default_rng(1).normal(0, 0.03, optical.shape), 0, 1)
+    reg = register_auto(np.concatenate([optical, copy], axis=1).astype(np.float32), msi, fixed, None,
+                        AutoRegisterOptions(UPRIGHT))
+    rival = reg.details["rival"]
+    assert reg.details["optical_sections"] == 2 and rival["other_section"] is True
+    assert rival["channel"] == reg.channel and rival["score"] >= 0.95 * reg.score > 0.5
+    assert rival["disagreement_px"] > 90  # a section's width: 480 optical pixels, 5 per MSI pixel
+    assert min(_max_error(t, truth, fixed, msi) for t in (reg.transform, reg.rival)) < 1.0
+
+
+def test_separate_sections_are_whole_pieces_of_tissue_a_quarter_of_the_largest_or_more() -> None:
+    """Serial sections on a slide: each piece of tissue as large as a quarter of the largest, holes and cracks under
+    1 % of the image's side closed, specks ignored; one piece is no slide of sections."""
+    from msifusion.register.automatic import separate_sections
+
+    tissue = np.zeros((200, 400), bool)
+    tissue[20:180, 20:180] = True
+    tissue[60:80, 60:80] = False  # a hole: the same section
+    tissue[20:180, 99:102] = False  # a crack 3 pixels wide (the closing spans 4): the same section
+    tissue[5:10, 190:195] = True  # a speck
+    assert separate_sections(tissue) == []
+    tissue[50:150, 250:350] = True  # a second section, 0.39 of the first's area
+    sections = separate_sections(tissue)
+    assert len(sections) == 2 and sections[0][100, 100] and sections[0][70, 70] and sections[1][100, 300]
+    assert not sections[0][100, 300] and not any(s[7, 192] for s in sections)
+    tissue[150:190, 360:390] = True  # 1200 pixels: under a quarter of the largest, not a section
+    assert len(separate_sections(tissue)) == 2
+    assert len(separate_sections(tissue, max_sections=1)) == 0  # one piece searched alone is the whole search
 
 
 def test_an_interleaved_raster_is_searched_without_a_fully_acquired_block() -> None:

@@ -713,6 +713,8 @@ PC1_TWICE = ("principal component 1 of the spectra matches the optical in two al
              "apart (scores 0.60, used, and 0.55); the other is ")
 MIRROR_HINT = (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on one "
                "side, a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
+SERIAL_HINT = (" (serial sections look alike: tell the two apart by a tear, a fold or a missing part in overlay.png "
+               "and overlay_rival.png, or crop the optical image to the acquired section)")
 
 
 @pytest.mark.parametrize("apart, rival, what", [
@@ -722,10 +724,13 @@ MIRROR_HINT = (" (a mirror image has nearly the same outline: tell the two apart
     (74.3, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": -150.0},
      PC1_TWICE + "mirrored, turned by 150°" + MIRROR_HINT),
     (74.3, {"channel": 2, "sign": 1, "mirrored": True, "turned_deg": 0.0},
-     PC1_PC2 + ", the other mirrored" + MIRROR_HINT)])
+     PC1_PC2 + ", the other mirrored" + MIRROR_HINT),
+    (96.0, {"channel": 1, "sign": 1, "mirrored": True, "turned_deg": 0.0, "other_section": True},
+     PC1_TWICE + "mirrored, on another of the optical's 2 separate sections" + SERIAL_HINT)])
 def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsys, monkeypatch, apart, rival, what):
     """Two tissue images that match the optical in alignments apart, or one that matches it in two (a section
-    nearly mirror-symmetric, say), are warned about, with both alignments drawn and the other written as landmarks."""
+    nearly mirror-symmetric, or two serial sections alike on one slide), are warned about, with both alignments drawn
+    and the other written as landmarks."""
     from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
@@ -735,7 +740,8 @@ def test_an_ambiguous_automatic_registration_is_a_warning(tmp_path, files, capsy
     warned = what is not None
 
     def with_a_rival(optical, tissue, fixed, moving, options):
-        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1, {"rival": rival}, other)
+        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1,
+                            {"rival": rival, "optical_sections": 2}, other)
 
     monkeypatch.setattr(registration, "register_auto", with_a_rival)
     imzml, opt, _, _ = files

@@ -26,6 +26,8 @@ from msifusion.register.transforms import AffineMap, DisplacementMap, Grid, Poin
 
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 BASIN_TRIES = 3  # poses in other basins refined at most, until one stays there
+MAX_SECTIONS = 4  # separate pieces of tissue on the optical searched one by one at most (the largest)
+SECTIONS_BELOW_COVERAGE = 0.9  # ... where the best match over the whole optical leaves more of its tissue outside
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
 
@@ -48,7 +50,8 @@ class PoseSearch:
     the distance between the two alignments is reported (``details["rival"]``): two near-equal matches that disagree
     mean the alignment is uncertain. The other alignment is another MSI tissue image's best pose, or one of any
     tissue image mirrored, turned or moved by over a quarter of the acquired area's diagonal from the best (a
-    section nearly mirror-symmetric matches its mirror image almost as well); one that disagrees by more than
+    section nearly mirror-symmetric matches its mirror image almost as well), or the best on another of the optical's
+    separate sections (serial sections alike); one that disagrees by more than
     :data:`AMBIGUOUS_PX` is preferred. (All are refined poses, and the highest refined is used: a tissue image turned
     between the coarse search's angles scores low there, and so may the right one of two mirror images.)
     """
@@ -191,6 +194,7 @@ class _Pose:
     channel: int
     sign: int
     matrix: np.ndarray  # 2×3 affine fixed calibrated → moving calibrated
+    coverage: float = 1.0  # the share of the optical's tissue inside the acquired area
 
 
 def _pose_search(fixed_imgs: np.ndarray, fmask: np.ndarray, fgrid: Grid, feat: np.ndarray, fmask_opt: np.ndarray,
@@ -259,7 +263,7 @@ def _pose_search(fixed_imgs: np.ndarray, fmask: np.ndarray, fgrid: Grid, feat: n
                         dy, dx = np.unravel_index(i, score.shape)
                         matrix = _pose_matrix(fgrid, mgrid, (d - 1 - dx, d - 1 - dy), rot, flip, sw, kx, ky)
                         best_per_pose.append(_Pose(float(score.flat[i]), float(sign * ncc.flat[i]), float(s), float(ang),
-                                                   bool(flip), c, sign, matrix))
+                                                   bool(flip), c, sign, matrix, float(coverage.flat[i])))
     best_per_pose.sort(key=lambda p: -p.score)
     return best_per_pose
 
@@ -330,13 +334,30 @@ class _MsiSearch:
     area: float
     msi_pixels: float = 1.0  # MSI pixels per search pixel
 
+    @property
+    def acquired(self) -> np.ndarray:
+        """The acquired search pixels: where no block is fully acquired (an interleaved raster), the whole grid (the
+        acquired area's bounding box) stands for it."""
+        return self.mask if self.mask.any() else np.ones_like(self.mask)
+
+    @property
+    def far(self) -> float:
+        """A quarter of the acquired area's diagonal (search pixels): poses further apart lie in other basins."""
+        rows, cols = np.nonzero(self.acquired)
+        return 0.25 * math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+
+    def apart(self, a: _Pose, b: _Pose) -> float:
+        """How far apart two poses put the acquired area (search pixels; :func:`_disagreement`)."""
+        return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), self.grid, self.acquired)
+
 
 @dataclass(frozen=True)
 class _FeatureSearch:
     """The global pose search with one optical feature: the feature at full size, the best pose, the coarse
     search's poses (best first), the scale it started from, and the best other alignment (refined like the best;
     None where there is none): one that disagrees with the best by more than :data:`AMBIGUOUS_PX` where there is one,
-    on another MSI tissue image or on the same (a section nearly mirror-symmetric matches mirrored too)."""
+    on another MSI tissue image or on the same (a section nearly mirror-symmetric matches mirrored too), or on
+    another of the optical's separate sections."""
 
     kind: str
     feature: np.ndarray
@@ -344,20 +365,45 @@ class _FeatureSearch:
     poses: list[_Pose]
     scale_start: float
     rival: _Pose | None
+    sections: int = 0  # separate pieces of tissue on the optical searched one by one (0: none were)
+    rival_elsewhere: bool = False  # the rival puts the acquired area on another of those sections than the best
 
 
-def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
-                 options: AutoRegisterOptions) -> _FeatureSearch:
-    """Global search over scale × rotation × mirror × channel × sign for one optical feature, then a finer
-    search around each tissue image's best pose (same channel and mirror) and around the best pose in another basin
-    (mirrored, turned or moved far; the next, up to :data:`BASIN_TRIES`, where its finer search lands back in a basin
-    refined already): the best refined pose is the one used, the best other its rival (see :class:`PoseSearch`'s
-    ``rival_ratio``)."""
-    # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
-    red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
-    feat_full = optical_feature(optical_rgb, kind)
-    feat, fgrid_m = _block_reduce(feat_full, moving, red_m)
-    opt_tissue = _otsu_mask(feat)
+@dataclass(frozen=True)
+class _TissueSearch:
+    """One search of the optical feature (on its reduced grid) with one tissue mask: the scale it started from, the
+    coarse poses (best first) and the refined ones paired with the coarse pose each came from (best first)."""
+
+    scale_start: float
+    poses: list[_Pose]
+    refined: list[tuple[_Pose, _Pose]]
+
+
+def separate_sections(tissue: np.ndarray, max_sections: int = MAX_SECTIONS) -> list[np.ndarray]:
+    """The optical's separate pieces of tissue that could each be a section on their own (a slide of serial sections):
+    connected components of the tissue mask closed over 1 % of the image's long side, holes filled, each at least a
+    quarter of the largest's area; the ``max_sections`` largest, or [] where there are fewer than two."""
+    import cv2
+    from scipy import ndimage
+
+    radius = max(1, int(round(0.01 * max(tissue.shape))))
+    disk = (np.hypot(*np.mgrid[-radius:radius + 1, -radius:radius + 1]) <= radius).astype(np.uint8)
+    padded = np.pad(tissue, radius).astype(np.uint8)  # tissue at the image's edge is closed as inside it
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk)[radius:-radius, radius:-radius].astype(bool)
+    labels, n = ndimage.label(ndimage.binary_fill_holes(closed))
+    if n < 2:
+        return []
+    areas = np.bincount(labels.ravel())[1:]
+    large = [i + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= 0.25 * areas.max()][:max_sections]
+    return [labels == i for i in large] if len(large) >= 2 else []
+
+
+def _search_tissue(feat: np.ndarray, opt_tissue: np.ndarray, fgrid_m: Grid, msi: _MsiSearch,
+                   options: AutoRegisterOptions) -> _TissueSearch:
+    """Global search over scale × rotation × mirror × channel × sign of one optical feature with its tissue mask,
+    then a finer search around each tissue image's best pose (same channel and mirror) and around the best pose in
+    another basin (mirrored, turned or moved far; the next, up to :data:`BASIN_TRIES`, where its finer search lands
+    back in a basin refined already)."""
     # Scale start: footprint areas.
     scale0 = math.sqrt(max(opt_tissue.sum() * fgrid_m.pixel_size**2, 1e-12) / msi.area)
     lo, hi = options.search.scale_range
@@ -383,23 +429,13 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     # the finer search ranks them: a tissue image turned between the coarse angles scored low there
     refined = sorted(((refine(p), p) for p in firsts.values()), key=lambda pair: -pair[0].score)
 
-    # the search grid is the acquired area's bounding box: where no block of it is fully acquired (an interleaved
-    # raster), the whole box stands for it
-    area = msi.mask if msi.mask.any() else np.ones_like(msi.mask)
-
-    def apart(a: _Pose, b: _Pose) -> float:  # in search pixels
-        return _disagreement(AffineMap(a.matrix), AffineMap(b.matrix), msi.grid, area)
-
     # another basin of any tissue image's score surface: mirrored, turned or moved by over a quarter of the acquired
     # area's diagonal from the best refined pose and from those refined on its own tissue image, where neighbouring
     # angles and scales of one basin stay under a fifth (a section nearly mirror-symmetric matches its mirror image
     # almost as well; another tissue image's pose in that basin may score far less)
-    rows, cols = np.nonzero(area)
-    far = 0.25 * math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-
     def another_basin(pose: _Pose) -> bool:
-        return apart(pose, refined[0][0]) > far and all(r.channel != pose.channel or apart(pose, r) > far
-                                                         for r, _ in refined)
+        return msi.apart(pose, refined[0][0]) > msi.far and all(
+            r.channel != pose.channel or msi.apart(pose, r) > msi.far for r, _ in refined)
 
     # its finer search scores every translation, so a pose may land back in a refined basin: then the next is tried
     candidates = (p for p in poses if p.score >= options.search.rival_ratio * poses[0].score
@@ -409,15 +445,56 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
         if another_basin(found):
             refined = sorted([*refined, (found, elsewhere)], key=lambda pair: -pair[0].score)
             break
-    best, used = refined[0]
+    return _TissueSearch(scale0, poses, refined)
+
+
+def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
+                 options: AutoRegisterOptions) -> _FeatureSearch:
+    """The pose search (:func:`_search_tissue`) for one optical feature over all of the optical's tissue, and, where
+    the optical shows separate pieces of tissue (:func:`separate_sections`: serial sections on one slide), over each
+    with the others blanked, so that each is scored by the share of its own tissue in the acquired area: the best
+    refined pose is the one used, the best other its rival (see :class:`PoseSearch`'s ``rival_ratio``)."""
+    # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
+    red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
+    feat_full = optical_feature(optical_rgb, kind)
+    feat, fgrid_m = _block_reduce(feat_full, moving, red_m)
+    opt_tissue = _otsu_mask(feat)
+    searches = [_search_tissue(feat, opt_tissue, fgrid_m, msi, options)]
+    # where the best match leaves a tenth of the optical's tissue or more outside the acquired area (a section beside
+    # it, not acquired: a quarter of the largest's area at least), each section is searched on its own too
+    left_out = searches[0].refined[0][0].coverage < SECTIONS_BELOW_COVERAGE
+    sections = separate_sections(opt_tissue) if left_out else []
+    if sections:
+        glass = float(np.median(feat[~opt_tissue])) if (~opt_tissue).any() else 0.0
+        for section in sections:
+            searches.append(_search_tissue(np.where(section, feat, glass), opt_tissue & section, fgrid_m, msi,
+                                           options))
+    chosen = max(searches, key=lambda search: search.refined[0][0].score)
+    best, used = chosen.refined[0]
     # the rival: the best of the others close enough to be one (register_auto's rival_ratio), preferring one that
     # disagrees with the used pose, so that a tissue image agreeing with it does not hide another that does not
-    others = [r for r, _ in refined[1:]]
+    others = sorted([r for r, _ in chosen.refined[1:]] + [s.refined[0][0] for s in searches if s is not chosen],
+                    key=lambda pose: -pose.score)
     close = [r for r in others if r.score >= options.search.rival_ratio * best.score]
-    distinct = [r for r in close if apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
+    distinct = [r for r in close if msi.apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
     rival = (distinct or others or [None])[0]
-    poses = [used] + [p for p in poses if p is not used]  # the runner-ups: the coarse poses after the one used
-    return _FeatureSearch(kind, feat_full, best, poses, scale0, rival)
+    poses = [used] + [p for p in chosen.poses if p is not used]  # the runner-ups: the coarse poses after the one used
+    elsewhere = rival is not None and _section_of(rival, sections, fgrid_m, msi) != _section_of(best, sections,
+                                                                                                fgrid_m, msi)
+    return _FeatureSearch(kind, feat_full, best, poses, chosen.scale_start, rival, len(sections), elsewhere)
+
+
+def _section_of(pose: _Pose, sections: list[np.ndarray], fgrid_m: Grid, msi: _MsiSearch) -> int | None:
+    """Which of the optical's separate sections (their masks on ``fgrid_m``) a pose puts most of the acquired area
+    on (None: none of them, or no sections)."""
+    if not sections:
+        return None
+    rows, cols = np.nonzero(msi.acquired)
+    xy = AffineMap(pose.matrix)(msi.grid.to_coords(np.column_stack([cols, rows]).astype(np.float64)))
+    c, r = np.round(fgrid_m.to_index(xy)).astype(int).T
+    inside = (r >= 0) & (r < fgrid_m.shape[0]) & (c >= 0) & (c < fgrid_m.shape[1])
+    counts = [int(section[r[inside], c[inside]].sum()) for section in sections]
+    return int(np.argmax(counts)) if max(counts) > 0 else None
 
 
 def register_auto(
@@ -438,7 +515,8 @@ def register_auto(
     1. Start scale from the areas of the two footprints (acquired pixels; Otsu tissue mask of
        the optical feature).
     2. Global search (:func:`_pose_search`) over scale × rotation × mirror × channel × sign,
-       all translations at once; then a finer search around the best pose (:func:`_search_pose`).
+       all translations at once; then a finer search around the best pose (:func:`_search_pose`). Where the optical
+       shows separate sections (:func:`separate_sections`), each is also searched on its own.
     3. SimpleITK affine polish (Mattes MI) from the best pose; kept only if it does not lower
        the correlation with the MSI image. Optional B-spline refinement.
     4. Where another tissue image, or the same one in another pose (mirrored, turned or moved far: a nearly
@@ -508,13 +586,14 @@ def register_auto(
         info["rival"] = {"channel": rival.channel, "sign": rival.sign, "score": rival.score,
                          "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired),
                          "mirrored": rival.flip != best.flip,
-                         "turned_deg": (rival.angle - best.angle + 180) % 360 - 180}
+                         "turned_deg": (rival.angle - best.angle + 180) % 360 - 180,
+                         "other_section": found.rival_elsewhere}
     return Registration(
         transform=transform, fixed=full, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,
         details={**info, "optical_feature": found.kind,
                  "feature_scores": feature_scores,
-                 "scale_start": found.scale_start,
+                 "scale_start": found.scale_start, "optical_sections": found.sections,
                  "pose": {"scale": best.scale, "angle_deg": best.angle, "flip": best.flip, "ncc": best.ncc},
                  "runner_up": [(p.score, p.scale, p.angle, p.flip, p.channel, p.sign) for p in found.poses[1:4]],
                  "moving_block_factor": chosen.factor, "search_block_factor": red_f},

@@ -475,7 +475,8 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
     matched = reg.sign * msi.images[reg.channel]
     rival = reg.details.get("rival")
     info.update(tissue_channel=int(reg.channel), tissue_sign=int(reg.sign), rival=rival,
-                optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"))
+                optical_feature=reg.details.get("optical_feature"), feature_scores=reg.details.get("feature_scores"),
+                optical_sections=reg.details.get("optical_sections"))
     ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
     alternative = (_rival_alignment(reg.rival, optical, reg.fixed, area, moving, settings.scale)
                    if ambiguous else None)
@@ -494,7 +495,9 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
         apart = f"up to {rival['disagreement_px']:.1f} MSI pixels apart"
         turned = abs(rival.get("turned_deg", 0.0))
         other = ", ".join([*(["mirrored"] if rival.get("mirrored") else []),
-                           *([f"turned by {turned:.0f}°"] if turned >= 5 else [])])
+                           *([f"turned by {turned:.0f}°"] if turned >= 5 else []),
+                           *([f"on another of the optical's {reg.details['optical_sections']} separate sections"]
+                             if rival.get("other_section") else [])])
         if rival["channel"] == reg.channel:  # two poses of one image: a section nearly symmetric, say
             what = (f"{_tissue_name(reg.channel)} matches the optical in two alignments {apart} (scores "
                     f"{reg.score:.2f}, used, and {rival['score']:.2f}); the other is {other or 'moved'}")
@@ -502,7 +505,10 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
             what = (f"{_tissue_name(reg.channel)} (used) and {_tissue_name(rival['channel'])} both match the optical "
                     f"(scores {reg.score:.2f} and {rival['score']:.2f}) but align {apart}"
                     f"{f', the other {other}' if other else ''}")
-        if rival.get("mirrored") and alternative is not None:  # pictures of outlines cannot tell a mirror image
+        if rival.get("other_section") and alternative is not None:
+            what += (" (serial sections look alike: tell the two apart by a tear, a fold or a missing part in "
+                     "overlay.png and overlay_rival.png, or crop the optical image to the acquired section)")
+        elif rival.get("mirrored") and alternative is not None:  # pictures of outlines cannot tell a mirror image
             what += (" (a mirror image has nearly the same outline: tell the two apart by a feature known to lie on "
                      "one side, a notch, a bundle, the slide's label, in overlay.png and overlay_rival.png)")
         warnings.append(f"automatic registration is ambiguous: {what}; {remedy}")
