@@ -707,6 +707,31 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
     assert "landmark" not in err
 
 
+def test_a_failed_polish_is_a_warning(tmp_path, files, monkeypatch):
+    """SimpleITK's polish can fail (every sample mapped off the optical): the searched pose was then used silently,
+    the error only in run.json's details. It is warned now, with how coarse the searched pose is."""
+    from msifusion.register import optical as registration
+    from msifusion.register import AffineMap, Registration
+
+    known = AffineMap(np.array([[4.0, 0.0, 1.5 + OFFSET[0]], [0.0, 4.0, 1.5 + OFFSET[1]]]))
+    itk = ("ITK ERROR: MattesMutualInformationImageToImageMetricv4(0x55d9a0c67450): All samples map outside moving "
+           "image buffer. The images do not sufficiently overlap. They need to be initialized to have more overlap "
+           "before this metric will work.")
+
+    def unpolished(optical, tissue, fixed, moving, options):
+        return Registration(known, fixed, moving, known, 0.6, 0.5, 1.1, float("nan"), 1, 1,
+                            {"polish_error": [itk], "search_block_factor": 2})
+
+    monkeypatch.setattr(registration, "register_auto", unpolished)
+    imzml, opt, _, _ = files
+    out = tmp_path / "reg"
+    assert main(["register", "--optical", str(opt), "--ion", str(imzml), "--scale", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["warnings"] == [
+        "automatic registration's affine polish failed (All samples map outside moving image buffer): the searched "
+        "pose is used, good to about 2 MSI pixel(s); check overlay.png, and refine landmarks.csv in BigWarp if needed"]
+
+
 PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 2 of the spectra both match the "
            "optical (scores 0.60 and 0.55) but align up to {apart:.1f} MSI pixels apart")
 PC1_TWICE = ("principal component 1 of the spectra matches the optical in two alignments up to {apart:.1f} MSI pixels "

@@ -15,6 +15,7 @@ ion image is calibrated, else 1 = pixels).
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -480,6 +481,12 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
     ambiguous = rival is not None and rival["disagreement_px"] > AMBIGUOUS_PX  # then reg.rival is its alignment
     alternative = (_rival_alignment(reg.rival, optical, reg.fixed, area, moving, settings.scale)
                    if ambiguous else None)
+    failed = reg.details.get("polish_error")
+    if failed:
+        why = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", " ".join(failed)).split(". ")[0].rstrip(".")
+        warnings.append(f"automatic registration's affine polish failed ({why}): the searched pose is used, good to "
+                        f"about {reg.details.get('search_block_factor', 1)} MSI pixel(s); check overlay.png, and "
+                        "refine landmarks.csv in BigWarp if needed")
     if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
         why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
                f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")
