@@ -992,3 +992,27 @@ def test_an_array_without_its_parameter_group_is_named(continuous) -> None:
     with pytest.raises(InputError, match=r"spectrum 1 \(spectrum=1\)'s binary data array 1 refers to no "
                                          r"referenceableParamGroup"):
         ImzML(path)
+
+
+def test_acquisition_gaps_are_gaps_up_to_two_pixels_wide_filled_with_their_neighbours_mean() -> None:
+    """Spectra dropped here and there, or rows and columns a raster skipped, lie inside the acquisition: they are not
+    measured zeros. A wider gap, or an irregular region's outside, is no gap."""
+    acquired = np.zeros((9, 12), bool)
+    acquired[0:8, 1:11] = True
+    acquired[:, 3] = False  # a skipped column, reaching the acquisition's edge (row 0)
+    acquired[:, 6:8] = False  # two
+    acquired[4, 9] = False  # a dropped spectrum
+    expected = np.zeros_like(acquired)
+    expected[0:8, 3] = expected[0:8, 6:8] = expected[4, 9] = True
+    np.testing.assert_array_equal(imzml.acquisition_gaps(acquired), expected)
+    wider = acquired.copy()
+    wider[:, 5] = False  # with columns 6 and 7: three
+    assert not imzml.acquisition_gaps(wider)[:, 5:8].any() and imzml.acquisition_gaps(wider)[4, 9]
+    images = np.arange(2 * 9 * 12, dtype=np.float32).reshape(2, 9, 12) * acquired
+    filled, gaps = imzml.fill_gaps(images, acquired)
+    np.testing.assert_array_equal(gaps, expected)
+    assert filled[1, 4, 9] == pytest.approx(images[1, 3:6, 8:11].sum() / 8)  # the mean of its eight neighbours
+    assert filled[0, 2, 3] == pytest.approx(images[0, 1:4, [2, 4]].mean())  # of the six acquired around it
+    np.testing.assert_array_equal(filled[:, ~gaps], images[:, ~gaps])
+    alone, none = imzml.fill_gaps(images[0], np.ones((9, 12), bool))
+    assert not none.any() and alone.dtype == np.float32

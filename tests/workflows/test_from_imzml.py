@@ -159,6 +159,30 @@ def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tm
                                          "edges did not predict them: see run.json)")
 
 
+def test_a_spectrum_dropped_inside_the_acquisition_is_fused_from_its_neighbours_not_as_a_zero(tmp_path, files):
+    """A pixel of the grid without a spectrum holds 0 in the ion images; inside the acquisition (a dropped shot) it
+    was fused as a measured 0, an empty MSI pixel in the fused image, forced so by the measurement's consistency."""
+    imzml, opt, lm, truth = files
+    dropped = tmp_path / "dropped.imzML"
+    with ImzMLWriter(str(dropped), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(H):
+            for c in range(W):
+                if (r, c) != (6, 8):  # in the bright disc
+                    w.addSpectrum(AXIS, truth[:, r, c].astype(np.float32), (c + 1, r + 1))
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", str(dropped), "--mz", "100", "--tol", "0.01da", "--optical", str(opt),
+                 "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["gaps_filled"] == 1 and record["warnings"][0] == (
+        "dropped.imzML: 1 pixel without a spectrum inside the acquired area (spectra dropped, or rows or columns the "
+        "raster skipped; acquired.tiff marks them) was given the mean of its acquired neighbours before fusion, not "
+        "fused as measured zeros; ion.tiff keeps the zeros")
+    fused = tifffile.imread(out / "fused.tiff")
+    block = fused[6 * SCALE:7 * SCALE, 8 * SCALE:8 * SCALE + SCALE]
+    assert block.mean() == pytest.approx(100.0, rel=1e-4)  # its eight neighbours in the disc: all 100
+    assert tifffile.imread(out / "ion.tiff")[6, 8] == 0 and tifffile.imread(out / "acquired.tiff")[6, 8] == 0
+
+
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
     imzml, opt, lm, truth = files
     out = tmp_path / "out"

@@ -1106,6 +1106,32 @@ def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def acquisition_gaps(acquired: np.ndarray) -> np.ndarray:
+    """The pixels without a spectrum inside the acquisition: gaps up to two pixels wide among acquired pixels (spectra
+    dropped here and there, rows or columns a raster skipped), found by closing ``acquired`` with a 3×3 square (a
+    square, so that a gap reaching the acquisition's edge is closed too). An irregular region's outside is no gap."""
+    from scipy import ndimage
+
+    closed = ndimage.binary_closing(np.pad(acquired, 1), structure=np.ones((3, 3), bool))[1:-1, 1:-1]
+    return closed & ~acquired
+
+
+def fill_gaps(images: np.ndarray, acquired: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(images with their :func:`acquisition_gaps` given the mean of their acquired 3×3 neighbours, the gaps):
+    a spectrum that was not acquired is not a measured 0. ``images``: (h, w) or (k, h, w); returned as float32."""
+    from scipy import ndimage
+
+    images = np.asarray(images, dtype=np.float32)
+    gaps = acquisition_gaps(acquired)
+    if not gaps.any():
+        return images, gaps
+    weight = ndimage.uniform_filter(acquired.astype(np.float64), 3, mode="constant")
+    size = (1,) * (images.ndim - 2) + (3, 3)
+    total = ndimage.uniform_filter(np.where(acquired, images, 0).astype(np.float64), size, mode="constant")
+    mean = total / np.maximum(weight, 1e-12)  # every gap pixel has an acquired neighbour: the closing's 3×3 found it
+    return np.where(gaps, mean, images).astype(np.float32), gaps
+
+
 ACQUIRED_FILE = "acquired.tiff"
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from msifusion.errors import InputError, check_setting_types
 from msifusion.io.images import luminance
+from msifusion.io.imzml import fill_gaps
 from msifusion.measurement import block_mean
 from msifusion.register.resample import ResampleOptions, resample_optical
 from msifusion.register.transforms import AffineMap, DisplacementMap, Grid, PointMap
@@ -27,7 +28,7 @@ from msifusion.register.transforms import AffineMap, DisplacementMap, Grid, Poin
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 BASIN_TRIES = 3  # poses in other basins refined at most, until one stays there
 MAX_SECTIONS = 4  # separate pieces of tissue on the optical searched one by one at most (the largest)
-SECTIONS_BELOW_COVERAGE = 0.9  # ... where the best match over the whole optical leaves more of its tissue outside
+SECTIONS_BELOW_COVERAGE = 0.9  # sections are searched where the whole optical's best match has less inside
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
 
@@ -194,7 +195,7 @@ class _Pose:
     channel: int
     sign: int
     matrix: np.ndarray  # 2×3 affine fixed calibrated → moving calibrated
-    coverage: float = 1.0  # the share of the optical's tissue inside the acquired area
+    coverage: float  # the share of the optical's tissue inside the acquired area
 
 
 def _pose_search(fixed_imgs: np.ndarray, fmask: np.ndarray, fgrid: Grid, feat: np.ndarray, fmask_opt: np.ndarray,
@@ -379,40 +380,21 @@ class _TissueSearch:
     refined: list[tuple[_Pose, _Pose]]
 
 
-def _closed(mask: np.ndarray, radius: int, square: bool = False) -> np.ndarray:
-    """``mask`` closed by a disk (or a square) of ``radius`` pixels, gaps up to twice as wide filled, as if it went on
-    beyond the image's edge."""
+def _closed(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` closed by a disk of ``radius`` pixels (gaps up to twice as wide filled), as if it went on beyond the
+    image's edge."""
     import cv2
 
-    offsets = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    element = np.ones(offsets.shape[1:], np.uint8) if square else (np.hypot(*offsets) <= radius).astype(np.uint8)
+    disk = (np.hypot(*np.mgrid[-radius:radius + 1, -radius:radius + 1]) <= radius).astype(np.uint8)
     padded = np.pad(mask, radius, mode="edge").astype(np.uint8)
-    return cv2.morphologyEx(padded, cv2.MORPH_CLOSE, element)[radius:-radius, radius:-radius].astype(bool)
-
-
-def acquisition_region(acquired: np.ndarray) -> np.ndarray:
-    """The acquired area with its gaps up to two pixels wide closed: spectra dropped here and there, or rows or
-    columns a raster skipped, lie inside the acquisition. Counted out, they cut the search's mask (its blocks must be
-    fully acquired) and the share of the optical's tissue found inside it: 10 % of spectra dropped at random took a
-    right match's score from 0.56 to 0.22; an interleaved raster's fell to 0, and its polish failed (the mask
-    vanished at the polish's coarser level)."""
-    return _closed(acquired, 1, square=True) | acquired  # a square: a gap is closed at the acquisition's edge too
-
-
-def fill_gaps(stack: np.ndarray, acquired: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Each tissue image with the pixels of ``region`` not ``acquired`` given their nearest acquired pixel's value."""
-    from scipy import ndimage
-
-    if (acquired | ~region).all():
-        return stack
-    rows, cols = ndimage.distance_transform_edt(~acquired, return_distances=False, return_indices=True)
-    return np.where(region & ~acquired, stack[:, rows, cols], stack).astype(np.float32)
+    return cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk)[radius:-radius, radius:-radius].astype(bool)
 
 
 def separate_sections(tissue: np.ndarray, max_sections: int = MAX_SECTIONS) -> list[np.ndarray]:
     """The optical's separate pieces of tissue that could each be a section on their own (a slide of serial sections):
-    connected components of the tissue mask closed over 1 % of the image's long side, holes filled, each at least a
-    quarter of the largest's area; the ``max_sections`` largest, or [] where there are fewer than two."""
+    connected components of the tissue mask closed by a disk of 1 % of the image's long side (gaps up to 2 % wide
+    filled), holes filled, each at least a quarter of the largest's area; the ``max_sections`` largest, or [] where
+    there are fewer than two."""
     from scipy import ndimage
 
     closed = _closed(tissue, max(1, int(round(0.01 * max(tissue.shape)))))
@@ -477,9 +459,11 @@ def _search_tissue(feat: np.ndarray, opt_tissue: np.ndarray, fgrid_m: Grid, msi:
 def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSearch,
                  options: AutoRegisterOptions) -> _FeatureSearch:
     """The pose search (:func:`_search_tissue`) for one optical feature over all of the optical's tissue, and, where
-    the optical shows separate pieces of tissue (:func:`separate_sections`: serial sections on one slide), over each
-    with the others blanked, so that each is scored by the share of its own tissue in the acquired area: the best
-    refined pose is the one used, the best other its rival (see :class:`PoseSearch`'s ``rival_ratio``)."""
+    its best match leaves tissue outside the acquired area and the optical shows separate pieces of tissue
+    (:func:`separate_sections`: serial sections on one slide), over each with the others blanked, so that each is
+    scored by the share of its own tissue in the acquired area. The best refined pose is the one used (a section's
+    only where it also explains the MSI under the whole optical), the best other its rival (see :class:`PoseSearch`'s
+    ``rival_ratio``)."""
     # Optical feature on a reduced copy (≤ ~1000 px): the search never needs more.
     red_m = max(1, int(math.ceil(max(moving.shape) / 1000)))
     feat_full = optical_feature(optical_rgb, kind)
@@ -490,24 +474,41 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     # it, not acquired: a quarter of the largest's area at least), each section is searched on its own too
     left_out = searches[0].refined[0][0].coverage < SECTIONS_BELOW_COVERAGE
     sections = separate_sections(opt_tissue) if left_out else []
-    if sections:
+    if sections:  # the others blanked to the glass's level (its median: dust and pen marks do not move it)
         glass = float(np.median(feat[~opt_tissue])) if (~opt_tissue).any() else 0.0
         for section in sections:
             searches.append(_search_tissue(np.where(section, feat, glass), opt_tissue & section, fgrid_m, msi,
                                            options))
-    chosen = max(searches, key=lambda search: search.refined[0][0].score)
+    whole = searches[0].refined[0][0]
+
+    def explains(pose: _Pose, channel: int) -> float:
+        """How strongly the whole optical feature under ``pose`` correlates, either way (the signs of principal
+        components are arbitrary), with an MSI tissue image over the acquired area."""
+        pulled = _pull_back(feat, fgrid_m, AffineMap(pose.matrix), msi.grid)
+        return abs(similarity(msi.channels[channel], pulled, msi.acquired)[1])
+
+    # a section's best is used where it scores higher than the whole optical's and, under the whole optical (the other
+    # sections in view), explains the MSI nearly as well (by rival_ratio): a section's score counts only its own
+    # tissue, so one piece of a section in pieces, slid within an acquisition of part of it, could score higher too
+    better = [search for search in searches[1:] if search.refined[0][0].score > whole.score
+              and explains(search.refined[0][0], search.refined[0][0].channel)
+              >= options.search.rival_ratio * explains(whole, search.refined[0][0].channel)]
+    chosen = max(better, key=lambda search: search.refined[0][0].score) if better else searches[0]
     best, used = chosen.refined[0]
+
+    def apart(pose: _Pose) -> bool:  # from the best by more than AMBIGUOUS_PX
+        return msi.apart(pose, best) * msi.msi_pixels > AMBIGUOUS_PX
+
     # the rival: the best of the others close enough to be one (register_auto's rival_ratio), preferring one that
     # disagrees with the used pose, so that a tissue image agreeing with it does not hide another that does not
-    others = sorted([r for r, _ in chosen.refined[1:]] + [s.refined[0][0] for s in searches if s is not chosen],
-                    key=lambda pose: -pose.score)
-    close = [r for r in others if r.score >= options.search.rival_ratio * best.score]
-    distinct = [r for r in close if msi.apart(r, best) * msi.msi_pixels > AMBIGUOUS_PX]
+    elsewhere = [s.refined[0][0] for s in searches if s is not chosen and apart(s.refined[0][0])]
+    others = sorted([r for r, _ in chosen.refined[1:]] + elsewhere, key=lambda pose: -pose.score)
+    distinct = [r for r in others if r.score >= options.search.rival_ratio * best.score and apart(r)]
     rival = (distinct or others or [None])[0]
     poses = [used] + [p for p in chosen.poses if p is not used]  # the runner-ups: the coarse poses after the one used
-    elsewhere = rival is not None and _section_of(rival, sections, fgrid_m, msi) != _section_of(best, sections,
-                                                                                                fgrid_m, msi)
-    return _FeatureSearch(kind, feat_full, best, poses, chosen.scale_start, rival, len(sections), elsewhere)
+    on = [_section_of(pose, sections, fgrid_m, msi) for pose in (best, rival)] if rival is not None else [None]
+    other_section = None not in on and on[0] != on[1]
+    return _FeatureSearch(kind, feat_full, best, poses, chosen.scale_start, rival, len(sections), other_section)
 
 
 def _section_of(pose: _Pose, sections: list[np.ndarray], fgrid_m: Grid, msi: _MsiSearch) -> int | None:
@@ -574,9 +575,12 @@ def register_auto(
     full = fixed
     (rows, cols), fixed = acquired_window(acquired, fixed)  # the search and polish work on the acquired area
     stack, acquired = stack[:, rows, cols], acquired[rows, cols]
-    # the acquisition's gaps (spectra dropped, columns a raster skipped) filled for the search and polish alike
-    region = acquisition_region(acquired)
-    stack, acquired = fill_gaps(stack, acquired, region), region
+    # the acquisition's gaps (spectra dropped, columns a raster skipped) filled for the search and polish alike:
+    # counted out, they cut the search's mask (its blocks must be fully acquired) and the share of the optical's
+    # tissue found inside it (10 % of spectra dropped at random took a right match's score from 0.56 to 0.22; an
+    # interleaved raster's fell to 0, and its polish failed, the mask vanishing at the polish's coarser level)
+    stack, gaps = fill_gaps(stack, acquired)
+    acquired = acquired | gaps
     # Search grid: MSI block-averaged to ≤ search_pixels on the long side.
     red_f = max(1, int(math.ceil(max(fixed.shape) / options.search.search_pixels)))
     chans = []
