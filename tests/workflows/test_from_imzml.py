@@ -160,8 +160,9 @@ def test_a_panel_summary_gives_its_worst_consistency_and_the_ions_left_smooth(tm
 
 
 def test_a_spectrum_dropped_inside_the_acquisition_is_fused_from_its_neighbours_not_as_a_zero(tmp_path, files):
-    """A pixel of the grid without a spectrum holds 0 in the ion images; inside the acquisition (a dropped shot) it
-    was fused as a measured 0, an empty MSI pixel in the fused image, forced so by the measurement's consistency."""
+    """A pixel of the grid without a spectrum holds 0 in the ion images; between acquired ones (a dropped shot) it
+    was fused as a measured 0, an empty MSI pixel in the fused image, forced so by the measurement's consistency.
+    The same through `ions` and then `fuse --ion` on its TIFF, whose acquired.tiff lies beside it."""
     imzml, opt, lm, truth = files
     dropped = tmp_path / "dropped.imzML"
     with ImzMLWriter(str(dropped), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
@@ -169,18 +170,33 @@ def test_a_spectrum_dropped_inside_the_acquisition_is_fused_from_its_neighbours_
             for c in range(W):
                 if (r, c) != (6, 8):  # in the bright disc
                     w.addSpectrum(AXIS, truth[:, r, c].astype(np.float32), (c + 1, r + 1))
+    warning = ("dropped.imzML: 1 pixel without a spectrum between acquired ones (spectra dropped, rows or columns the "
+               "raster skipped, or a notch of the region's outline one or two pixels wide; 0 in acquired.tiff) was "
+               "given the mean of its acquired neighbours before fusion, not fused as measured zeros")
     out = tmp_path / "out"
     assert main(["fuse", "--imzml", str(dropped), "--mz", "100", "--tol", "0.01da", "--optical", str(opt),
                  "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "run.json").read_text())
-    assert record["gaps_filled"] == 1 and record["warnings"][0] == (
-        "dropped.imzML: 1 pixel without a spectrum inside the acquired area (spectra dropped, or rows or columns the "
-        "raster skipped; acquired.tiff marks them) was given the mean of its acquired neighbours before fusion, not "
-        "fused as measured zeros; ion.tiff keeps the zeros")
+    assert record["gaps_filled"] == 1 and record["warnings"][0] == warning
     fused = tifffile.imread(out / "fused.tiff")
-    block = fused[6 * SCALE:7 * SCALE, 8 * SCALE:8 * SCALE + SCALE]
+    block = fused[6 * SCALE:7 * SCALE, 8 * SCALE:9 * SCALE]
     assert block.mean() == pytest.approx(100.0, rel=1e-4)  # its eight neighbours in the disc: all 100
     assert tifffile.imread(out / "ion.tiff")[6, 8] == 0 and tifffile.imread(out / "acquired.tiff")[6, 8] == 0
+    # two steps: the ion TIFF of `ions`, fused with the registered optical
+    assert main(["ions", str(dropped), "--mz", "100", "--tol", "0.01da", "--out", str(tmp_path / "ions"),
+                 "--quiet"]) == 0
+    ion = tmp_path / "ions" / "mz_100.0000.tiff"
+    again = tmp_path / "again"
+    assert main(["fuse", "--ion", str(ion), "--optical", str(out / "optical_registered.tiff"), "--out", str(again),
+                 "--quiet"]) == 0
+    record = json.loads((again / "run.json").read_text())
+    assert record["gaps_filled"] == 1 and record["warnings"][0] == warning.replace("dropped.imzML", ion.name)
+    np.testing.assert_allclose(tifffile.imread(again / "fused.tiff"), fused, rtol=1e-5, atol=1e-4)
+    # an ion TIFF changed since that run wrote it is read as it stands
+    shutil.copy(ion, tmp_path / "copied.tiff")
+    assert main(["fuse", "--ion", str(tmp_path / "copied.tiff"), "--optical", str(out / "optical_registered.tiff"),
+                 "--out", str(tmp_path / "copied"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "copied" / "run.json").read_text())["gaps_filled"] == 0
 
 
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):
@@ -733,7 +749,7 @@ def test_automatic_registration_that_misses_the_optical_does_not_blame_landmarks
 
 def test_a_failed_polish_is_a_warning(tmp_path, files, monkeypatch):
     """SimpleITK's polish can fail (every sample mapped off the optical): the searched pose was then used silently,
-    the error only in run.json's details. It is warned now, with how coarse the searched pose is."""
+    the error only in run.json's details. It is warned now."""
     from msifusion.register import optical as registration
     from msifusion.register import AffineMap, Registration
 
@@ -753,7 +769,8 @@ def test_a_failed_polish_is_a_warning(tmp_path, files, monkeypatch):
                  "--quiet"]) == 0
     assert json.loads((out / "run.json").read_text())["warnings"] == [
         "automatic registration's affine polish failed (All samples map outside moving image buffer): the searched "
-        "pose is used, good to about 2 MSI pixel(s); check overlay.png, and refine landmarks.csv in BigWarp if needed"]
+        "pose is used, which can be a few MSI pixels off; check overlay.png, and refine landmarks.csv in BigWarp if "
+        "needed"]
 
 
 PC1_PC2 = ("principal component 1 of the spectra (used) and principal component 2 of the spectra both match the "

@@ -1107,29 +1107,50 @@ def write_ion_tiffs(stack: IonStack, out_dir: str | Path) -> list[Path]:
 
 
 def acquisition_gaps(acquired: np.ndarray) -> np.ndarray:
-    """The pixels without a spectrum inside the acquisition: gaps up to two pixels wide among acquired pixels (spectra
-    dropped here and there, rows or columns a raster skipped), found by closing ``acquired`` with a 3×3 square (a
-    square, so that a gap reaching the acquisition's edge is closed too). An irregular region's outside is no gap."""
+    """The pixels without a spectrum between acquired pixels: gaps one or two pixels wide along a row or a column
+    (spectra dropped here and there, rows or columns a raster skipped). A region's outline, its corners and a
+    corner of the grid are no gap; a notch or a strip one or two pixels wide between acquired pixels is one."""
     from scipy import ndimage
 
-    closed = ndimage.binary_closing(np.pad(acquired, 1), structure=np.ones((3, 3), bool))[1:-1, 1:-1]
-    return closed & ~acquired
+    padded = np.pad(np.asarray(acquired, bool), 1)
+    closed = np.zeros_like(padded)
+    for segment in (np.ones((1, 3), bool), np.ones((3, 1), bool)):  # along rows, then along columns
+        closed |= ndimage.binary_closing(padded, structure=segment)
+    return closed[1:-1, 1:-1] & ~acquired
 
 
-def fill_gaps(images: np.ndarray, acquired: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fill_gaps(images: np.ndarray, acquired: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(images with their :func:`acquisition_gaps` given the mean of their acquired 3×3 neighbours, the gaps):
-    a spectrum that was not acquired is not a measured 0. ``images``: (h, w) or (k, h, w); returned as float32."""
-    from scipy import ndimage
-
+    a spectrum that was not acquired is not a measured 0. ``images``: (h, w) or (k, h, w); returned as float32 (a
+    copy only where there are gaps). ``acquired`` None (:attr:`IonStack.acquired` unknown): no gaps."""
     images = np.asarray(images, dtype=np.float32)
-    gaps = acquisition_gaps(acquired)
+    gaps = acquisition_gaps(acquired) if acquired is not None else np.zeros(images.shape[-2:], bool)
     if not gaps.any():
         return images, gaps
-    weight = ndimage.uniform_filter(acquired.astype(np.float64), 3, mode="constant")
-    size = (1,) * (images.ndim - 2) + (3, 3)
-    total = ndimage.uniform_filter(np.where(acquired, images, 0).astype(np.float64), size, mode="constant")
-    mean = total / np.maximum(weight, 1e-12)  # every gap pixel has an acquired neighbour: the closing's 3×3 found it
-    return np.where(gaps, mean, images).astype(np.float32), gaps
+    rows, cols = np.nonzero(gaps)
+    h, w = gaps.shape
+    total = np.zeros(images.shape[:-2] + rows.shape, np.float64)
+    count = np.zeros(rows.shape, np.float64)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r, c = rows + dr, cols + dc
+            inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            r, c = np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)
+            use = inside & acquired[r, c]
+            total += np.where(use, images[..., r, c], 0)
+            count += use
+    filled = images.copy()
+    filled[..., rows, cols] = total / count  # a gap lies between acquired pixels: it has one among its eight
+    return filled, gaps
+
+
+def gaps_warning(source: str, gaps: np.ndarray) -> str:
+    """What filling ``gaps`` (:func:`fill_gaps`) before fusion did, for the ion images of ``source`` (a file name)."""
+    n = int(gaps.sum())
+    return (f"{source}: {n} pixel{'s' if n > 1 else ''} without a spectrum between acquired ones (spectra dropped, "
+            "rows or columns the raster skipped, or a notch of the region's outline one or two pixels wide; 0 in "
+            f"acquired.tiff) {'were' if n > 1 else 'was'} given the mean of {'their' if n > 1 else 'its'} acquired "
+            "neighbours before fusion, not fused as measured zeros")
 
 
 ACQUIRED_FILE = "acquired.tiff"

@@ -238,6 +238,13 @@ def record_of_the_run_that_wrote(path: Path) -> dict | None:
     return record if [len(content), _digest(content)] == kept else None
 
 
+def written_with(path: Path, name: str) -> Path | None:
+    """``name`` beside ``path`` where the msifusion run that wrote ``path`` wrote it too, both unchanged since (the
+    ``acquired.tiff`` of an ``msifusion ions`` run beside one of its ion TIFFs); else None."""
+    other = Path(path).parent / name
+    return other if record_of_the_run_that_wrote(path) and record_of_the_run_that_wrote(other) else None
+
+
 def _by_msifusion(record: dict | None) -> bool:
     """Whether a run record is msifusion's (see :func:`is_earlier_output`)."""
     if record is None:

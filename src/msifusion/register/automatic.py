@@ -29,6 +29,7 @@ CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.2
 BASIN_TRIES = 3  # poses in other basins refined at most, until one stays there
 MAX_SECTIONS = 4  # separate pieces of tissue on the optical searched one by one at most (the largest)
 SECTIONS_BELOW_COVERAGE = 0.9  # sections are searched where the whole optical's best match has less inside
+SECTION_CORRELATION_SHARE = 0.8  # a section's pose, under the whole optical, correlates at least this share as well
 AMBIGUOUS_PX = 1.0  # two near-equal matches further apart than this (MSI pixels) make an alignment uncertain
 
 
@@ -337,8 +338,8 @@ class _MsiSearch:
 
     @property
     def acquired(self) -> np.ndarray:
-        """The acquired search pixels: where no block is fully acquired (an interleaved raster), the whole grid (the
-        acquired area's bounding box) stands for it."""
+        """The acquired search pixels: where no block is fully acquired (spectra spread out with gaps wider than
+        :func:`msifusion.io.imzml.fill_gaps` fills), the whole grid (the acquired area's bounding box) stands for it."""
         return self.mask if self.mask.any() else np.ones_like(self.mask)
 
     @property
@@ -367,7 +368,7 @@ class _FeatureSearch:
     scale_start: float
     rival: _Pose | None
     sections: int = 0  # separate pieces of tissue on the optical searched one by one (0: none were)
-    rival_elsewhere: bool = False  # the rival puts the acquired area on another of those sections than the best
+    other_section: bool = False  # the rival puts the acquired area on another of those sections than the best
 
 
 @dataclass(frozen=True)
@@ -488,11 +489,12 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
         return abs(similarity(msi.channels[channel], pulled, msi.acquired)[1])
 
     # a section's best is used where it scores higher than the whole optical's and, under the whole optical (the other
-    # sections in view), explains the MSI nearly as well (by rival_ratio): a section's score counts only its own
-    # tissue, so one piece of a section in pieces, slid within an acquisition of part of it, could score higher too
+    # sections in view), explains the MSI nearly as well (its correlation with the section pose's tissue image at least
+    # SECTION_CORRELATION_SHARE of the whole best's with that image): a section's score counts only its own tissue, so
+    # one piece of a section in pieces, slid within an acquisition of part of it, could score higher too
     better = [search for search in searches[1:] if search.refined[0][0].score > whole.score
               and explains(search.refined[0][0], search.refined[0][0].channel)
-              >= options.search.rival_ratio * explains(whole, search.refined[0][0].channel)]
+              >= SECTION_CORRELATION_SHARE * explains(whole, search.refined[0][0].channel)]
     chosen = max(better, key=lambda search: search.refined[0][0].score) if better else searches[0]
     best, used = chosen.refined[0]
 
@@ -620,7 +622,7 @@ def register_auto(
                          "disagreement_px": _disagreement(chosen.affine, other, fixed, acquired),
                          "mirrored": rival.flip != best.flip,
                          "turned_deg": (rival.angle - best.angle + 180) % 360 - 180,
-                         "other_section": found.rival_elsewhere}
+                         "other_section": found.other_section}
     return Registration(
         transform=transform, fixed=full, moving=moving, affine=chosen.affine, score=best.score,
         correlation=corr, nmi=nmi, metric=float(metric), channel=best.channel, sign=best.sign,

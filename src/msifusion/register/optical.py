@@ -484,9 +484,8 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
     failed = reg.details.get("polish_error")
     if failed:
         why = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", " ".join(failed)).split(". ")[0].rstrip(".")
-        warnings.append(f"automatic registration's affine polish failed ({why}): the searched pose is used, good to "
-                        f"about {reg.details.get('search_block_factor', 1)} MSI pixel(s); check overlay.png, and "
-                        "refine landmarks.csv in BigWarp if needed")
+        warnings.append(f"automatic registration's affine polish failed ({why}): the searched pose is used, which "
+                        "can be a few MSI pixels off; check overlay.png, and refine landmarks.csv in BigWarp if needed")
     if reg.score < CONVINCING_SCORE or reg.correlation <= 0:
         why = (f"score {reg.score:.2f} < {CONVINCING_SCORE}" if reg.score < CONVINCING_SCORE else
                f"the registered optical does not correlate with the MSI tissue image: {reg.correlation:.2f}")

@@ -18,7 +18,7 @@ import numpy as np
 from msifusion.errors import InputError, fields_as_paths
 from msifusion.runtime import amount, elapsed_bar, panel_part_size, progress_bar
 from msifusion.io.images import check_optical, validate_ion, write_tiff
-from msifusion.io.imzml import ImzML, IonStack, fill_gaps, write_acquired, write_ion_stack
+from msifusion.io.imzml import ImzML, IonStack, fill_gaps, gaps_warning, write_acquired, write_ion_stack
 from msifusion.io.landmarks import Landmarks
 from msifusion.io.units import check_pixel_size, replaced_pixel_size_warning, uncalibrated_warning
 from msifusion.io.outdir import free_bytes
@@ -199,15 +199,6 @@ def _write_panel(stage: Path, stack: IonStack, fused: _FusedPanel, scale: int, m
     fused.remove()
 
 
-def _gaps_warning(imzml: Path, gaps: np.ndarray) -> str:
-    """What filling the acquisition's gaps (:func:`msifusion.io.imzml.fill_gaps`) did."""
-    n = int(gaps.sum())
-    return (f"{imzml.name}: {n} pixel{'s' if n > 1 else ''} without a spectrum inside the acquired area (spectra "
-            "dropped, or rows or columns the raster skipped; acquired.tiff marks them) "
-            f"{'were' if n > 1 else 'was'} given the mean of {'their' if n > 1 else 'its'} acquired neighbours before "
-            "fusion, not fused as measured zeros; ion.tiff keeps the zeros")
-
-
 def fuse_imzml(request: ImzmlFuseRequest) -> dict:
     """Ion images in one pass, registration (landmarks or automatic), one fusion per ion.
 
@@ -237,9 +228,9 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         _check_scratch_space(request.out, scratch)
     optical = read_moving_optical(request.optical, request.register, msi, landmarks)
     registered = register_optical(optical, msi, request.register, quiet, landmarks)
-    measured, gaps = (stack.images, None) if stack.acquired is None else fill_gaps(stack.images, stack.acquired)
+    to_fuse, gaps = fill_gaps(stack.images, stack.acquired)
     registered.warnings += [*stack.window_warnings(), *stack.negative_warnings(),
-                            *([_gaps_warning(request.imzml, gaps)] if gaps is not None and gaps.any() else []),
+                            *([gaps_warning(request.imzml.name, gaps)] if gaps.any() else []),
                             *_panel_warnings(request, stack, parts, per_part, scratch),
                             *([uncalibrated_warning(no_pixel_size_reason(request.imzml, pixel_note),
                                                     "give --pixel-size UM")] if stack.pixel_size_um is None else [])]
@@ -254,11 +245,10 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
         common = {"imzml": str(request.imzml), "file": file_summary, "optical": str(request.optical),
                   "input_files": run.input_files, "register_settings": asdict(request.register),
                   "tolerance": request.tol, "normalize": request.normalize, "normalize_scale": stack.normalize_scale,
-                  "units": stack.units, "registration": registered.info, "warnings": registered.warnings,
-                  "gaps_filled": 0 if gaps is None else int(gaps.sum())}
+                  "units": stack.units, "registration": registered.info, "warnings": registered.warnings}
         records = []
-        pairs = [RegisteredPair(registered.guide, image, scale, stack.pixel_size_um, label)
-                 for image, label in zip(measured, stack.labels)]
+        pairs = [RegisteredPair(registered.guide, image, scale, stack.pixel_size_um, label, gaps_filled=int(gaps.sum()))
+                 for image, label in zip(to_fuse, stack.labels)]
         folders = [stage if K == 1 else stage / f"mz_{name}" for name in stack.names]
         for folder in folders:
             folder.mkdir(exist_ok=True)
@@ -269,7 +259,7 @@ def fuse_imzml(request: ImzmlFuseRequest) -> dict:
             if request.settings.saves_checkpoints:  # a fit per ion anyway; each writes into its own folder
                 results = [fuse_pair(pairs[i], request.settings, folders[i] / "checkpoints") for i in part]
             else:  # shared work
-                results = fuse_many(registered.guide, measured[part.start:part.stop], request.settings.method,
+                results = fuse_many(registered.guide, to_fuse[part.start:part.stop], request.settings.method,
                                     request.settings.options)
             with progress_bar(len(part), "writing each ion's outputs", "ion", quiet) as writing:
                 for i, result in zip(part, results):

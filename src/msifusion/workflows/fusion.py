@@ -17,6 +17,8 @@ from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
+from msifusion.io.imzml import ACQUIRED_FILE, fill_gaps, gaps_warning
+from msifusion.io.outdir import written_with
 from msifusion.io.tiff import file_title
 from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
                                 uncalibrated_warning)
@@ -58,6 +60,7 @@ class RegisteredPair:
     ion_name: str = "ion"
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    gaps_filled: int = 0  # pixels without a spectrum given their neighbours' mean (msifusion.io.imzml.fill_gaps)
 
     @property
     def fused_pixel_size_um(self) -> float | None:
@@ -196,8 +199,10 @@ def write_fusion_outputs(folder: Path, pair: RegisteredPair, result: FusionResul
         fused_px = f", {px:.3g} µm" if px else ""
         detail = detail_window(pair.ion, result.scale)
         title = pair.ion_name + (", and below a window of it at full resolution (outlined above)" if detail else "")
-        save_panel(folder / "compare.png", [("optical, registered", pair.guide), (f"measured{ion_px}", pair.ion),
-                                            (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)],
+        filled = f", {pair.gaps_filled} gap{'s' if pair.gaps_filled > 1 else ''} filled" if pair.gaps_filled else ""
+        panels = [("optical, registered", pair.guide), (f"measured{ion_px}{filled}", pair.ion),
+                  (f"fused ×{result.scale} ({result.method}{fused_px})", result.image)]
+        save_panel(folder / "compare.png", panels,
                    px, title=title, reference=pair.ion, units=units, detail=detail,  # the measurement's scale
                    detail_titles=("optical, detail", "measured, detail", f"fused ×{result.scale}, detail"))
     if result.fit.history:
@@ -219,6 +224,7 @@ def run_record(pair: RegisteredPair, result: FusionResult, settings: FuseSetting
         "scale": result.scale,
         "ion_name": pair.ion_name,
         "ion_shape": list(pair.ion.shape),
+        "gaps_filled": pair.gaps_filled,
         "fused_shape": list(result.image.shape),
         "ion_pixel_size_um": pair.ion_pixel_size_um,
         "fused_pixel_size_um": pair.fused_pixel_size_um,
@@ -289,11 +295,26 @@ class FuseFilesRequest:
         check_pixel_size("--pixel-size", self.ion_pixel_size_um)
 
 
+def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray]:
+    """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`), where it is
+    an ion TIFF of an ``msifusion ions`` run (or a one-ion ``fuse --imzml`` run) whose ``acquired.tiff`` lies beside
+    it as that run wrote it; and those gaps."""
+    import tifffile
+
+    beside = written_with(ion.path, ACQUIRED_FILE) if ion.path is not None else None
+    acquired = tifffile.imread(beside) > 0 if beside is not None else None
+    if acquired is None or acquired.shape != ion.pixels.shape:
+        return ion, np.zeros(ion.pixels.shape, bool)
+    filled, gaps = fill_gaps(ion.pixels, acquired)
+    return replace(ion, pixels=filled), gaps
+
+
 def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
     run = OutputRun(request.out, request.overwrite, {"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
-    pair = pair_images(optical, ion, request.scale, request.ion_pixel_size_um)
+    ion, gaps = _gaps_filled(ion)
+    pair = replace(pair_images(optical, ion, request.scale, request.ion_pixel_size_um), gaps_filled=int(gaps.sum()))
     load_s = run.seconds()
     with run.staged() as stage:
         result = fuse_pair(pair, request.settings, stage / "checkpoints")
@@ -301,6 +322,8 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
                  "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
+        if gaps.any():
+            record["warnings"].insert(0, gaps_warning(Path(request.ion).name, gaps))
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]
