@@ -192,11 +192,28 @@ def test_a_spectrum_dropped_inside_the_acquisition_is_fused_from_its_neighbours_
     record = json.loads((again / "run.json").read_text())
     assert record["gaps_filled"] == 1 and record["warnings"][0] == warning.replace("dropped.imzML", ion.name)
     np.testing.assert_allclose(tifffile.imread(again / "fused.tiff"), fused, rtol=1e-5, atol=1e-4)
-    # an ion TIFF changed since that run wrote it is read as it stands
-    shutil.copy(ion, tmp_path / "copied.tiff")
-    assert main(["fuse", "--ion", str(tmp_path / "copied.tiff"), "--optical", str(out / "optical_registered.tiff"),
-                 "--out", str(tmp_path / "copied"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "copied" / "run.json").read_text())["gaps_filled"] == 0
+    # one ion of a panel, refitted: its acquired.tiff is the panel's, one folder up
+    panel = tmp_path / "panel"
+    assert main(["fuse", "--imzml", str(dropped), "--mz", "100", "--mz", "200", "--tol", "0.01da", "--optical",
+                 str(opt), "--landmarks", str(lm), "--scale", str(SCALE), "--out", str(panel), "--quiet"]) == 0
+    refit = tmp_path / "refit"
+    assert main(["fuse", "--ion", str(panel / "mz_100.0000" / "ion.tiff"), "--optical",
+                 str(panel / "optical_registered.tiff"), "--out", str(refit), "--quiet"]) == 0
+    assert json.loads((refit / "run.json").read_text())["gaps_filled"] == 1
+    # an acquired.tiff beside the ion TIFF that is not used is said so: edited, or of another shape
+    edited = tmp_path / "ions" / "acquired.tiff"
+    acquired = tifffile.imread(edited)
+    for changed, why in ((acquired[:-2], f"it is {H - 2}×{W}, the ion image {H}×{W}"),
+                         (np.ones_like(acquired), "it or the ion TIFF changed since the msifusion run that wrote them, "
+                                                  "or no run.json lists them")):
+        tifffile.imwrite(edited, changed)
+        told = tmp_path / f"told{len(changed)}"
+        assert main(["fuse", "--ion", str(ion), "--optical", str(out / "optical_registered.tiff"), "--out", str(told),
+                     "--quiet"]) == 0
+        record = json.loads((told / "run.json").read_text())
+        assert record["gaps_filled"] == 0 and record["warnings"][0] == (
+            f"{edited} was not used ({why}): pixels without a spectrum between acquired ones, if any, are fused as "
+            "measured zeros")
 
 
 def test_fuse_imzml_with_landmarks_several_ions(tmp_path, files):

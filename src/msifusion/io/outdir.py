@@ -238,11 +238,10 @@ def record_of_the_run_that_wrote(path: Path) -> dict | None:
     return record if [len(content), _digest(content)] == kept else None
 
 
-def written_with(path: Path, name: str) -> Path | None:
-    """``name`` beside ``path`` where the msifusion run that wrote ``path`` wrote it too, both unchanged since (the
-    ``acquired.tiff`` of an ``msifusion ions`` run beside one of its ion TIFFs); else None."""
-    other = Path(path).parent / name
-    return other if record_of_the_run_that_wrote(path) and record_of_the_run_that_wrote(other) else None
+def unchanged_outputs(*paths: Path) -> bool:
+    """Whether each of ``paths`` is listed by the msifusion run record in its folder, unchanged since (an ion TIFF and
+    the ``acquired.tiff`` that an ``msifusion ions`` run, or a panel's run, wrote)."""
+    return all(record_of_the_run_that_wrote(path) is not None for path in paths)
 
 
 def _by_msifusion(record: dict | None) -> bool:

@@ -472,9 +472,11 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
     opt_tissue = _otsu_mask(feat)
     searches = [_search_tissue(feat, opt_tissue, fgrid_m, msi, options)]
     # where the best match leaves a tenth of the optical's tissue or more outside the acquired area (a section beside
-    # it, not acquired: a quarter of the largest's area at least), each section is searched on its own too
-    left_out = searches[0].refined[0][0].coverage < SECTIONS_BELOW_COVERAGE
-    sections = separate_sections(opt_tissue) if left_out else []
+    # it, not acquired: a quarter of the largest's area at least), or is no convincing match (over a slide of four
+    # sections, a mirrored, turned pose that shrank them all into the acquired area), each section is searched too
+    first = searches[0].refined[0][0]
+    doubtful = first.coverage < SECTIONS_BELOW_COVERAGE or first.score < CONVINCING_SCORE
+    sections = separate_sections(opt_tissue) if doubtful else []
     if sections:  # the others blanked to the glass's level (its median: dust and pen marks do not move it)
         glass = float(np.median(feat[~opt_tissue])) if (~opt_tissue).any() else 0.0
         for section in sections:

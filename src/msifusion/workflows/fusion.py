@@ -18,7 +18,7 @@ from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
 from msifusion.io.imzml import ACQUIRED_FILE, fill_gaps, gaps_warning
-from msifusion.io.outdir import written_with
+from msifusion.io.outdir import unchanged_outputs
 from msifusion.io.tiff import file_title
 from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
                                 uncalibrated_warning)
@@ -295,25 +295,40 @@ class FuseFilesRequest:
         check_pixel_size("--pixel-size", self.ion_pixel_size_um)
 
 
-def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray]:
+def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
     """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`), where it is
-    an ion TIFF of an ``msifusion ions`` run (or a one-ion ``fuse --imzml`` run) whose ``acquired.tiff`` lies beside
-    it as that run wrote it; and those gaps."""
+    an ion TIFF of an msifusion run (``ions``; ``fuse --imzml``: in a panel, one folder down) with that run's
+    ``acquired.tiff``, both unchanged; those gaps; and why an ``acquired.tiff`` found was not used (else None)."""
     import tifffile
 
-    beside = written_with(ion.path, ACQUIRED_FILE) if ion.path is not None else None
-    acquired = tifffile.imread(beside) > 0 if beside is not None else None
-    if acquired is None or acquired.shape != ion.pixels.shape:
-        return ion, np.zeros(ion.pixels.shape, bool)
+    none = np.zeros(ion.pixels.shape, bool)
+    if ion.path is None:
+        return ion, none, None
+    folders = [ion.path.parent, *([ion.path.parent.parent] if ion.path.parent.name.startswith("mz_") else [])]
+    beside = next((folder / ACQUIRED_FILE for folder in folders if (folder / ACQUIRED_FILE).is_file()), None)
+    if beside is None:
+        return ion, none, None
+    try:
+        acquired = np.asarray(tifffile.imread(beside)) > 0
+    except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
+        why = f"it cannot be read: {exc}"
+    else:
+        why = (f"it is {'×'.join(map(str, acquired.shape))}, the ion image {'×'.join(map(str, ion.pixels.shape))}"
+               if acquired.shape != ion.pixels.shape else
+               None if unchanged_outputs(ion.path, beside) else
+               "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them")
+    if why is not None:
+        return ion, none, (f"{beside} was not used ({why}): pixels without a spectrum between acquired ones, if any, "
+                           "are fused as measured zeros")
     filled, gaps = fill_gaps(ion.pixels, acquired)
-    return replace(ion, pixels=filled), gaps
+    return replace(ion, pixels=filled), gaps, None
 
 
 def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
     run = OutputRun(request.out, request.overwrite, {"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
-    ion, gaps = _gaps_filled(ion)
+    ion, gaps, unused = _gaps_filled(ion)
     pair = replace(pair_images(optical, ion, request.scale, request.ion_pixel_size_um), gaps_filled=int(gaps.sum()))
     load_s = run.seconds()
     with run.staged() as stage:
@@ -322,8 +337,8 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
                  "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
-        if gaps.any():
-            record["warnings"].insert(0, gaps_warning(Path(request.ion).name, gaps))
+        if gaps.any() or unused:
+            record["warnings"].insert(0, unused or gaps_warning(Path(request.ion).name, gaps))
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]
