@@ -252,7 +252,7 @@ def test_separate_sections_are_whole_pieces_of_tissue_a_quarter_of_the_largest_o
     tissue = np.zeros((200, 400), bool)
     tissue[20:180, 20:180] = True
     tissue[60:80, 60:80] = False  # a hole: the same section
-    tissue[20:180, 99:102] = False  # a crack 3 pixels wide (the closing spans 4): the same section
+    tissue[20:180, 99:102] = False  # a crack 3 pixels wide (the closing disk's radius is 4): the same section
     tissue[5:10, 190:195] = True  # a speck
     assert separate_sections(tissue) == []
     tissue[50:150, 250:350] = True  # a second section, 0.39 of the first's area

@@ -141,18 +141,19 @@ def fingerprints(folder: Path) -> dict[str, list]:
     """Each file :func:`files_in` ``folder`` lists, as [bytes, content digest] (the digest None above
     :data:`FINGERPRINT_BYTES`): what a run wrote, so that a later edit (a ``landmarks.csv`` refined in BigWarp) can
     be told from the run's own file, whatever its modification time (a copy with ``cp -r`` changes that)."""
-    found = {}
-    for name in files_in(folder):
-        path = folder / name
-        size = path.stat().st_size
-        digest = None
-        if size <= FINGERPRINT_BYTES:
-            try:
-                digest = _digest(path.read_bytes())
-            except OSError:  # unreadable: known by its size alone
-                pass
-        found[name] = [size, digest]
-    return found
+    return {name: _fingerprint(folder / name) for name in files_in(folder)}
+
+
+def _fingerprint(path: Path) -> list:
+    """[bytes, content digest] of one file (the digest None above :data:`FINGERPRINT_BYTES`, or where unreadable)."""
+    size = path.stat().st_size
+    digest = None
+    if size <= FINGERPRINT_BYTES:
+        try:
+            digest = _digest(path.read_bytes())
+        except OSError:  # unreadable: known by its size alone
+            pass
+    return [size, digest]
 
 
 def _digest(content: bytes) -> str:
@@ -239,9 +240,18 @@ def record_of_the_run_that_wrote(path: Path) -> dict | None:
 
 
 def unchanged_outputs(*paths: Path) -> bool:
-    """Whether each of ``paths`` is listed by the msifusion run record in its folder, unchanged since (an ion TIFF and
-    the ``acquired.tiff`` that an ``msifusion ions`` run, or a panel's run, wrote)."""
-    return all(record_of_the_run_that_wrote(path) is not None for path in paths)
+    """Whether each of ``paths`` is listed by the msifusion run record in its folder, unchanged since as far as its
+    fingerprint tells (files over :data:`FINGERPRINT_BYTES` by their size): an ion TIFF and the ``acquired.tiff`` that
+    an ``msifusion ions`` run, or a panel's run, wrote."""
+    for path in map(Path, paths):
+        record = _record(path.parent)
+        kept = ((record or {}).get("file_fingerprints") or {}).get(path.name) if _by_msifusion(record) else None
+        now = _fingerprint(path) if path.is_file() else None
+        if not isinstance(kept, list) or len(kept) != 2 or now is None or now[0] != kept[0]:
+            return False
+        if kept[1] is not None and now[1] is not None and now[1] != kept[1]:
+            return False
+    return True
 
 
 def _by_msifusion(record: dict | None) -> bool:

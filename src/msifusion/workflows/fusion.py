@@ -17,8 +17,8 @@ from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
-from msifusion.io.imzml import ACQUIRED_FILE, fill_gaps, gaps_warning
-from msifusion.io.outdir import unchanged_outputs
+from msifusion.io.imzml import ACQUIRED_FILE, acquisition_gaps, fill_gaps, gaps_warning
+from msifusion.io.outdir import enclosing_run, unchanged_outputs
 from msifusion.io.tiff import file_title
 from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
                                 uncalibrated_warning)
@@ -297,15 +297,16 @@ class FuseFilesRequest:
 
 def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
     """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`), where it is
-    an ion TIFF of an msifusion run (``ions``; ``fuse --imzml``: in a panel, one folder down) with that run's
-    ``acquired.tiff``, both unchanged; those gaps; and why an ``acquired.tiff`` found was not used (else None)."""
+    an ion TIFF of an msifusion run (``ions``, ``fuse --imzml``) with that run's ``acquired.tiff`` beside it (a panel's
+    one folder up), both unchanged; those gaps; and why an ``acquired.tiff`` with gaps was not used (else None)."""
     import tifffile
 
     none = np.zeros(ion.pixels.shape, bool)
     if ion.path is None:
         return ion, none, None
-    folders = [ion.path.parent, *([ion.path.parent.parent] if ion.path.parent.name.startswith("mz_") else [])]
-    beside = next((folder / ACQUIRED_FILE for folder in folders if (folder / ACQUIRED_FILE).is_file()), None)
+    folder = Path(ion.path).resolve().parent
+    panel = enclosing_run(folder)  # a panel's mz_<m/z>/ folder: its acquired.tiff is the panel's
+    beside = next((f / ACQUIRED_FILE for f in (folder, panel) if f is not None and (f / ACQUIRED_FILE).is_file()), None)
     if beside is None:
         return ion, none, None
     try:
@@ -313,13 +314,15 @@ def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
     except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
         why = f"it cannot be read: {exc}"
     else:
+        if not acquisition_gaps(acquired).any():
+            return ion, none, None
         why = (f"it is {'×'.join(map(str, acquired.shape))}, the ion image {'×'.join(map(str, ion.pixels.shape))}"
                if acquired.shape != ion.pixels.shape else
                None if unchanged_outputs(ion.path, beside) else
                "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them")
     if why is not None:
-        return ion, none, (f"{beside} was not used ({why}): pixels without a spectrum between acquired ones, if any, "
-                           "are fused as measured zeros")
+        return ion, none, (f"{beside} was not used ({why}): the pixels without a spectrum between acquired ones "
+                           "that it marks are fused as measured zeros")
     filled, gaps = fill_gaps(ion.pixels, acquired)
     return replace(ion, pixels=filled), gaps, None
 
