@@ -314,7 +314,7 @@ def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
     except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
         why = f"it cannot be read: {exc}"
     else:
-        if not acquisition_gaps(acquired).any():
+        if acquired.shape == ion.pixels.shape and not acquisition_gaps(acquired).any():
             return ion, none, None
         why = (f"it is {'×'.join(map(str, acquired.shape))}, the ion image {'×'.join(map(str, ion.pixels.shape))}"
                if acquired.shape != ion.pixels.shape else
