@@ -209,11 +209,13 @@ def test_a_spectrum_dropped_inside_the_acquisition_is_fused_from_its_neighbours_
     acquired = tifffile.imread(edited)
     more = acquired.copy()
     more[2, 2] = 0
-    for changed, why in ((acquired[:-2], f"it is {H - 2}×{W}, the ion image {H}×{W}"),
-                         (more, "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json "
-                                "lists them"), (np.ones_like(acquired), None)):
-        tifffile.imwrite(edited, changed)
-        told = tmp_path / f"told{len(changed)}{changed.min()}"
+    for k, (changed, why) in enumerate((
+            (acquired[:-2], f"it is {H - 2}×{W}, the ion image {H}×{W}"),
+            (np.stack([acquired] * 3, axis=-1), f"it is {H}×{W}×3, the ion image {H}×{W}"),  # RGB: not a crash
+            (more, "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them"),
+            (np.ones_like(acquired), None))):
+        tifffile.imwrite(edited, changed, photometric="rgb" if changed.ndim == 3 else None)
+        told = tmp_path / f"told{k}"
         assert main(["fuse", "--ion", str(ion), "--optical", str(out / "optical_registered.tiff"), "--out", str(told),
                      "--quiet"]) == 0
         record = json.loads((told / "run.json").read_text())
