@@ -172,8 +172,7 @@ def changed_since_its_run(folder: Path) -> list[str]:
     for name, print_ in kept.items():
         if name not in now or not isinstance(print_, list) or len(print_) != 2:  # removed since, or not ours to read
             continue
-        size, digest = now[name]
-        if size != print_[0] or (print_[1] is not None and digest is not None and digest != print_[1]):
+        if _differs(print_, now[name]):
             changed.append(name)
     return sorted(changed)
 
@@ -227,10 +226,8 @@ def record_of_the_run_that_wrote(path: Path) -> dict | None:
     """The run record of the msifusion run whose output ``path`` is, as that run wrote it (a ``landmarks.csv`` fed
     back: which units its points are in); None where its folder holds no msifusion record listing it, or the file
     changed since (refined in BigWarp, whose units are then its own)."""
-    path = Path(path)
-    record = _record(path.parent)
-    kept = ((record or {}).get("file_fingerprints") or {}).get(path.name) if _by_msifusion(record) else None
-    if not isinstance(kept, list) or len(kept) != 2 or kept[1] is None:
+    record, kept = _kept(Path(path))
+    if kept is None or kept[1] is None:
         return None
     try:
         content = path.read_bytes()
@@ -244,14 +241,23 @@ def unchanged_outputs(*paths: Path) -> bool:
     fingerprint tells (files over :data:`FINGERPRINT_BYTES` by their size): an ion TIFF and the ``acquired.tiff`` that
     an ``msifusion ions`` run, or a panel's run, wrote."""
     for path in map(Path, paths):
-        record = _record(path.parent)
-        kept = ((record or {}).get("file_fingerprints") or {}).get(path.name) if _by_msifusion(record) else None
-        now = _fingerprint(path) if path.is_file() else None
-        if not isinstance(kept, list) or len(kept) != 2 or now is None or now[0] != kept[0]:
-            return False
-        if kept[1] is not None and now[1] is not None and now[1] != kept[1]:
+        kept = _kept(path)[1]
+        if kept is None or not path.is_file() or _differs(kept, _fingerprint(path)):
             return False
     return True
+
+
+def _kept(path: Path) -> tuple[dict | None, list | None]:
+    """The msifusion run record in ``path``'s folder and the [bytes, digest] it keeps for ``path`` (None where it
+    keeps none)."""
+    record = _record(path.parent)
+    kept = ((record or {}).get("file_fingerprints") or {}).get(path.name) if _by_msifusion(record) else None
+    return record, kept if isinstance(kept, list) and len(kept) == 2 else None
+
+
+def _differs(kept: list, now: list) -> bool:
+    """Whether a file's fingerprint now differs from the one its run kept (digests compared where both have one)."""
+    return now[0] != kept[0] or (kept[1] is not None and now[1] is not None and now[1] != kept[1])
 
 
 def _by_msifusion(record: dict | None) -> bool:

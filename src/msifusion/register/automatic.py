@@ -484,19 +484,23 @@ def _search_pose(optical_rgb: np.ndarray, kind: str, moving: Grid, msi: _MsiSear
                                            options))
     whole = searches[0].refined[0][0]
 
-    def explains(pose: _Pose, channel: int) -> float:
-        """How strongly the whole optical feature under ``pose`` correlates, either way (the signs of principal
-        components are arbitrary), with an MSI tissue image over the acquired area."""
-        pulled = _pull_back(feat, fgrid_m, AffineMap(pose.matrix), msi.grid)
-        return abs(similarity(msi.channels[channel], pulled, msi.acquired)[1])
+    def pulled(pose: _Pose) -> np.ndarray:  # the whole optical feature under the pose, on the search grid
+        return _pull_back(feat, fgrid_m, AffineMap(pose.matrix), msi.grid)
+
+    under_whole = pulled(whole) if sections else None
+
+    def explains(feature: np.ndarray, channel: int) -> float:
+        """How strongly the whole optical feature under a pose (``feature``, :func:`pulled`) correlates, either way
+        (the signs of principal components are arbitrary), with an MSI tissue image over the acquired area."""
+        return abs(similarity(msi.channels[channel], feature, msi.acquired)[1])
 
     # a section's best is used where it scores higher than the whole optical's and, under the whole optical (the other
     # sections in view), explains the MSI nearly as well (its correlation with the section pose's tissue image at least
     # SECTION_CORRELATION_SHARE of the whole best's with that image): a section's score counts only its own tissue, so
     # one piece of a section in pieces, slid within an acquisition of part of it, could score higher too
     better = [search for search in searches[1:] if search.refined[0][0].score > whole.score
-              and explains(search.refined[0][0], search.refined[0][0].channel)
-              >= SECTION_CORRELATION_SHARE * explains(whole, search.refined[0][0].channel)]
+              and explains(pulled(search.refined[0][0]), search.refined[0][0].channel)
+              >= SECTION_CORRELATION_SHARE * explains(under_whole, search.refined[0][0].channel)]
     chosen = max(better, key=lambda search: search.refined[0][0].score) if better else searches[0]
     best, used = chosen.refined[0]
 
