@@ -1016,3 +1016,26 @@ def test_acquisition_gaps_are_gaps_up_to_two_pixels_wide_filled_with_their_neigh
     np.testing.assert_array_equal(filled[:, ~gaps], images[:, ~gaps])
     alone, none = imzml.fill_gaps(images[0], np.ones((9, 12), bool))
     assert not none.any() and alone.dtype == np.float32
+
+
+def test_zero_lines_are_lines_of_zeros_between_non_zero_ones_not_an_outline_nor_a_weak_ions_zeros() -> None:
+    """An ion TIFF from elsewhere has no acquired.tiff: a raster's skipped lines show as whole lines of zeros inside
+    the tissue, which a measured ion seldom gives."""
+    rng = np.random.default_rng(0)
+    tissue = np.zeros((30, 40))
+    tissue[5:25, 5:35] = 1 + rng.random((20, 30))
+    none = (np.array([], int), np.array([], int))
+    np.testing.assert_array_equal(imzml.zero_lines(tissue), none)  # its outline is none
+    skipped = tissue.copy()
+    skipped[:, 10] = skipped[:, 20:22] = skipped[:, 24:27] = 0  # one, two, three (too wide) columns
+    skipped[12, :] = 0
+    rows, columns = imzml.zero_lines(skipped)
+    assert rows.tolist() == [12] and columns.tolist() == [10, 20, 21]
+    interleaved = tissue.copy()
+    interleaved[:, ::2] = 0  # every other column, as a skipped raster leaves it
+    assert imzml.zero_lines(interleaved)[1].tolist() == list(range(6, 33, 2))
+    for kept in (0.5, 0.2, 0.05):  # a weak ion's zeros are scattered, not whole lines
+        np.testing.assert_array_equal(imzml.zero_lines(tissue * (rng.random(tissue.shape) < kept)), none)
+    assert imzml.zero_lines_warning("ion.tiff", rows, np.arange(10, 15)).startswith(
+        "ion.tiff: 1 row (12) and 5 columns (10, 11, 12, …) hold only zeros between lines that do not: pixels without "
+        "a spectrum (a raster's skipped lines)? They are fused as measured zeros")

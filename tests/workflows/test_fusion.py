@@ -159,3 +159,23 @@ def test_an_ion_tiff_keeps_its_channel_name_through_a_fusion(tmp_path):
         assert record["ion_name"] == name
         with tifffile.TiffFile(tmp_path / name.replace("/", "") / "fused.tiff") as tif:
             assert f'Name="{name}"' in tif.ome_metadata
+
+
+def test_an_ion_tiff_with_lines_of_zeros_and_no_acquired_tiff_is_warned_about(tmp_path):
+    """Without acquired.tiff (a TIFF from another tool) a raster's skipped columns cannot be filled, but are said."""
+    import tifffile
+
+    from msifusion.workflows.fusion import FuseFilesRequest, FuseSettings, fuse_files
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "optical.tif", (rng.random((32, 48, 3)) * 255).astype(np.uint8), photometric="rgb")
+    ion = 1 + rng.random((8, 12)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "whole.tif", ion)
+    ion[:, 3] = ion[:, 7] = 0
+    tifffile.imwrite(tmp_path / "skipped.tif", ion)
+    settings = FuseSettings(method="bilinear")
+    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / "skipped.tif", tmp_path / "out", settings))
+    assert record["warnings"][0].startswith("skipped.tif: 2 columns (3, 7) hold only zeros between lines that do not")
+    assert record["gaps_filled"] == 0
+    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / "whole.tif", tmp_path / "whole", settings))
+    assert not any("only zeros" in warning for warning in record["warnings"])

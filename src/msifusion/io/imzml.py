@@ -1153,6 +1153,38 @@ def gaps_warning(source: str, gaps: np.ndarray) -> str:
             "neighbours before fusion, not fused as measured zeros")
 
 
+def zero_lines(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of an ion image (h, w) that hold only zeros between lines that do not: one or two lines wide,
+    flanked on both sides by lines non-zero along the same stretch (in at least 3 pixels and half the flanking lines'
+    non-zero ones, so a tissue's outline is none). What a raster's skipped lines look like in an ion image whose
+    acquired pixels are not known (a TIFF from elsewhere): a measured ion is seldom absent from a whole line inside
+    the tissue. Found, not filled: which pixels were acquired is a guess without the imzML."""
+    present = np.asarray(image) != 0
+
+    def lines(p: np.ndarray) -> np.ndarray:  # along axis 0: the rows of p
+        empty = ~p.any(axis=1)
+        found = np.zeros(len(p), bool)
+        for width in (1, 2):
+            for i in range(1, len(p) - width):
+                if empty[i:i + width].all() and not empty[i - 1] and not empty[i + width]:
+                    both = int((p[i - 1] & p[i + width]).sum())
+                    if both >= max(3, 0.5 * min(p[i - 1].sum(), p[i + width].sum())):
+                        found[i:i + width] = True
+        return np.flatnonzero(found)
+
+    return lines(present), lines(present.T)
+
+
+def zero_lines_warning(source: str, rows: np.ndarray, columns: np.ndarray) -> str:
+    """What :func:`zero_lines` found in the ion image of ``source`` (a file name), with what to do about it."""
+    found = [f"{len(v)} {name}{'s' if len(v) > 1 else ''} ({', '.join(map(str, v[:3]))}{', …' if len(v) > 3 else ''})"
+             for v, name in ((rows, "row"), (columns, "column")) if len(v)]
+    return (f"{source}: {' and '.join(found)} hold only zeros between lines that do not: pixels without a spectrum "
+            "(a raster's skipped lines)? They are fused as measured zeros, each a dark stripe in the fused image; "
+            "fuse from the imzML (fuse --imzml), or the ion TIFF of `msifusion ions` with its acquired.tiff beside it, "
+            "to have them filled from their neighbours")
+
+
 ACQUIRED_FILE = "acquired.tiff"
 
 

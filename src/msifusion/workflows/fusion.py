@@ -17,7 +17,8 @@ from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
-from msifusion.io.imzml import ACQUIRED_FILE, acquisition_gaps, fill_gaps, gaps_warning
+from msifusion.io.imzml import (ACQUIRED_FILE, acquisition_gaps, fill_gaps, gaps_warning, zero_lines,
+                                zero_lines_warning)
 from msifusion.io.outdir import enclosing_run, unchanged_outputs
 from msifusion.io.tiff import file_title
 from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
@@ -340,8 +341,11 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
                  "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
+        rows, columns = zero_lines(ion.pixels)
         if gaps.any() or unused:
             record["warnings"].insert(0, unused or gaps_warning(Path(request.ion).name, gaps))
+        elif len(rows) or len(columns):
+            record["warnings"].insert(0, zero_lines_warning(Path(request.ion).name, rows, columns))
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]
