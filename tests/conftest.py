@@ -257,12 +257,13 @@ def write_czi():
     channel 0); ``more``: further (plane, image, location) triples, a plane being a dict ({"C": 1}: another channel;
     {"Z": 1}: a focal plane) or a scene's index. The pixel size (µm; a pair: X, Y) goes into the metadata's scaling in
     metres, as the format states it (0: uncalibrated, as ZEN writes it); ``bits``: the camera's depth, stated as ZEN
-    states it (``ComponentBitCount``)."""
+    states it (``ComponentBitCount``); ``channel_names``: {C index: name}, in the metadata's channel list."""
     return _write_czi
 
 
 def _write_czi(path: Path, image: np.ndarray, pixel_size_um=None, location: tuple[int, int] = (0, 0), more=(),
-               plane: dict | None = None, tile_rows: int | None = None, bits: int | None = None) -> Path:
+               plane: dict | None = None, tile_rows: int | None = None, bits: int | None = None,
+               channel_names: dict[int, str] | None = None) -> Path:
     pyczi = pytest.importorskip("pylibCZIrw.czi", reason="the czi extra (pylibCZIrw) is not installed")
 
     with pyczi.create_czi(str(path), exist_ok=True) as czi:
@@ -274,7 +275,8 @@ def _write_czi(path: Path, image: np.ndarray, pixel_size_um=None, location: tupl
                 czi.write(np.ascontiguousarray(stored[top:top + step]), location=(x, y + top), plane=plane_of,
                           scene=scene)
         size_x, size_y = pixel_size_um if isinstance(pixel_size_um, tuple) else (pixel_size_um,) * 2
-        czi.write_metadata("section", scale_x=(size_x or 0.0) * 1e-6, scale_y=(size_y or 0.0) * 1e-6)
+        czi.write_metadata("section", channel_names=channel_names, scale_x=(size_x or 0.0) * 1e-6,
+                           scale_y=(size_y or 0.0) * 1e-6)
     if bits is not None:
         with pyczi.edit_czi(str(path)) as editor, editor.edit_session() as metadata:
             metadata.set_xml(metadata.get_xml().replace("<SizeX>", f"<ComponentBitCount>{bits}</ComponentBitCount>"

@@ -180,15 +180,41 @@ def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section)
     ([(2, np.zeros((10, 12, 3), np.uint8), (100, 0))], r"holds 2 scenes \(1: 37×50 px, 3: 10×12 px\), not one "
                                                        "image; choose the one that holds the section with "
                                                        "--optical-scene N, numbered from 1"),
-    ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50), np.uint16), (0, 0))],
-     "holds 3 channels, not one image; keep the one that shows the tissue and export it as an OME-TIFF"),
+    ([({"C": 1}, np.zeros((37, 50, 3), np.uint8), (0, 0))],  # a colour image's channels are not composed
+     "holds 2 channels, not one image; keep the one that shows the tissue and export it as an OME-TIFF"),
     ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image"),
 ])
 def test_a_czi_of_several_images_is_refused_with_what_it_holds(tmp_path, write_czi, more, held):
-    first = np.zeros((37, 50, 3), np.uint8) if isinstance(more[0][0], int) else np.zeros((37, 50), np.uint16)
+    first = (np.zeros((37, 50, 3), np.uint8) if isinstance(more[0][0], int) or more[0][1].ndim == 3 else
+             np.zeros((37, 50), np.uint16))
     path = write_czi(tmp_path / "many.czi", first, more=more)
     with pytest.raises(InputError, match=rf"many.czi: {held}"):
         read_optical(path)
+
+
+def test_a_grey_czis_channels_are_composed_into_one_colour_image(tmp_path, write_czi, monkeypatch):
+    """A fluorescence CZI (DAPI and an autofluorescence channel, 12-bit): each channel at its own scale, read at the
+    fused grid's pixel like any CZI, with a note naming the channels as ZEN does."""
+    from msifusion.io.channels import composite
+
+    rng = np.random.default_rng(0)
+    dapi, af = rng.integers(0, 4096, (2, 40, 60)).astype(np.uint16)
+    af //= 16
+    path = write_czi(tmp_path / "af.czi", dapi, 0.5, more=[({"C": 1}, af, (0, 0))],
+                     channel_names={0: "DAPI", 1: "AF488"})
+    image = read_optical(path)
+    np.testing.assert_array_equal(image.pixels, composite([dapi, af]))
+    assert image.pixel_size_um == 0.5 and image.warnings[0] == (
+        "af.czi: its 2 channels (DAPI, AF488) are read as one colour image, each stretched to its own 0.1–99.9 "
+        "percentile range, as red and green; to use one of them alone, keep that channel in an OME-TIFF")
+    coarse = read_optical(path, coarsest_um=1.0)  # each channel averaged down 2×2, then composed
+    halved = [cv2.resize(c, (30, 20), interpolation=cv2.INTER_AREA) for c in (dapi, af)]
+    np.testing.assert_array_equal(coarse.pixels, composite(halved))
+    refused = []
+    monkeypatch.setattr(czi_io, "refuse_beyond_memory",
+                        lambda path, rows, cols, nbytes, way=None: refused.append(nbytes))
+    read_optical(path)
+    assert refused[0] == 2 * 40 * 60 * 2  # both channels counted before the first is decoded
 
 
 def test_a_scene_of_a_slide_is_read_as_chosen(tmp_path, write_czi, section):

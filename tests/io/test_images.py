@@ -3,6 +3,7 @@ import pytest
 import tifffile
 
 from msifusion.errors import InputError
+from msifusion.io.channels import composite
 from msifusion.io.images import optical_to_rgb, read_ion, read_optical, torch_ready, write_tiff
 
 
@@ -369,7 +370,13 @@ def test_tiff_metadata_and_layouts_a_review_found_misread(tmp_path):
     assert read_optical(tmp_path / "dark_palette.tif").pixels.max() == pytest.approx(16320 / 65535, abs=1e-6)
     tifffile.imwrite(tmp_path / "four_bits.tif", np.tile(np.arange(16, dtype=np.uint8), (8, 1)), bitspersample=4)
     np.testing.assert_allclose(read_optical(tmp_path / "four_bits.tif").pixels[0, :, 0], np.arange(16) / 15, atol=1e-6)
-    tifffile.imwrite(tmp_path / "fluorescence.tif", rng.integers(0, 4096, (64, 80, 4), dtype=np.uint16),
-                     photometric="minisblack", planarconfig="contig", extrasamples=[0, 0, 0], metadata=None)
-    with pytest.raises(InputError, match="a greyscale image of 4 channels .*not one colour image"):
-        read_optical(tmp_path / "fluorescence.tif")
+    samples = rng.integers(0, 4096, (64, 80, 4), dtype=np.uint16)  # a fluorescence image's channels as samples
+    tifffile.imwrite(tmp_path / "fluorescence.tif", samples, photometric="minisblack", planarconfig="contig",
+                     extrasamples=[0, 0, 0], metadata=None)
+    image = read_optical(tmp_path / "fluorescence.tif")  # not its fourth dropped as alpha: composed
+    np.testing.assert_array_equal(image.pixels, composite(list(np.moveaxis(samples, -1, 0))))
+    assert image.warnings[0].startswith("fluorescence.tif: its 4 channels are read as one colour image")
+    tifffile.imwrite(tmp_path / "with_alpha.tif", samples, photometric="minisblack", planarconfig="contig",
+                     extrasamples=[0, 0, 2], metadata=None)  # three channels and an alpha
+    np.testing.assert_array_equal(read_optical(tmp_path / "with_alpha.tif").pixels,
+                                  composite(list(np.moveaxis(samples[..., :3], -1, 0))))

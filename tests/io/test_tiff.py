@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from msifusion.errors import InputError
+from msifusion.io.channels import composite
 from msifusion.io.images import file_pixel_size_um, read_ion, read_optical
 from msifusion.io.tiff import PYRAMID_ABOVE_PX, halved, pyramid_sizes, write_rgb_tiff, write_tiff
 
@@ -135,8 +136,15 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
                      metadata={"axes": "ZYXS"})  # a slide scanned at two focal planes
     with pytest.raises(InputError, match="a stack of 2 colour images of 20×30 px .axes ZYXS: focal planes"):
         read_optical(tmp_path / "rgb_z.ome.tif")
-    tifffile.imwrite(tmp_path / "c.tif", planes, imagej=True, metadata={"axes": "CYX"})
-    np.testing.assert_allclose(read_optical(tmp_path / "c.tif").pixels[0, 0], np.array([10, 130, 250]) / 255)
+    channels = np.random.default_rng(0).integers(0, 4096, (4, 20, 30)).astype(np.uint16)
+    for n in (2, 3, 4):  # a microscope's channels (fluorescence), as ImageJ and OME mark them: composed
+        for name, kwargs in (("ij.tif", {"imagej": True, "metadata": {"axes": "CYX"}}),
+                             ("c.ome.tif", {"metadata": {"axes": "CYX", "Channel": {"Name": list("ABCD"[:n])}}})):
+            tifffile.imwrite(tmp_path / name, channels[:n], **kwargs)
+            image = read_optical(tmp_path / name)
+            np.testing.assert_array_equal(image.pixels, composite(list(channels[:n])))
+            assert image.warnings[0].startswith(f"{name}: its {n} channels" + (f" ({', '.join('ABCD'[:n])})"
+                                                                               if "ome" in name else " are read"))
     rgba = np.zeros((4, 20, 30), np.uint8)
     rgba[0] = 255  # planar RGBA: red, alpha dropped
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])

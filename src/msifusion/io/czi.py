@@ -3,7 +3,8 @@ optional ``czi`` extra: ``pip install 'msifusion[czi]'``).
 
 A CZI holds subblocks (tiles) placed in a stage frame, with a pyramid of smaller copies beside them. The layout is
 taken from the full-resolution subblocks' headers alone: one scene (of a slide's several, the one asked for), one
-channel, one focal plane and time point, read from its top-left corner as Bio-Formats shows it. Its pixel size is
+focal plane and time point, one channel or a grey image's several (a fluorescence image's, composed into one colour
+image by :mod:`msifusion.io.channels`), read from its top-left corner as Bio-Formats shows it. Its pixel size is
 the metadata's ``Scaling/Items/Distance`` for X and Y, in metres as the format states it. A slide read for a coarser
 fused grid is averaged down by a whole factor, band by band, so that the full resolution is never held at once:
 libCZI's own zoom picks its pixels by nearest neighbour, which aliases the stain's texture the fusion follows.
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.io.channels import composite, composite_note
 from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, FileRead
 from msifusion.io.units import unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
@@ -50,6 +52,7 @@ class _Layout:
     plane: dict[str, int]
     pixel_type: str
     tile_rows: int
+    channels: tuple[int, ...] = ()  # a grey image's several channels (fluorescence): their C indices, composed
 
 
 def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | None = None,
@@ -57,8 +60,10 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
     """A CZI's one image: RGB (``Bgr24``/``Bgr48``) or grey. ``stated_um``: the full resolution's pixel size in place
     of the file's (``--optical-pixel-size``). With ``coarsest_um`` and a known pixel size, averaged down by the largest
     whole factor whose pixel is at most that size (as a pyramid level of a TIFF is read). ``scene``: which scene to
-    read, numbered from 1 as ZEN shows them (``--optical-scene``; needed where the file holds several). Several
-    channels, focal planes or time points are refused, with what the file holds."""
+    read, numbered from 1 as ZEN shows them (``--optical-scene``; needed where the file holds several). A grey image's
+    several channels (fluorescence) are read one by one and composed into one colour image
+    (:func:`msifusion.io.channels.composite`, with a note among the warnings); several focal planes or time points are
+    refused, with what the file holds."""
     with _opened(path) as czi:
         layout = _layout(path, czi, scene)
         metadata = czi.raw_metadata
@@ -69,21 +74,31 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
             factor = math.floor(coarsest_um / pixel_size * (1 + 1e-6))
             factor = max(1, min(factor, height // 2, width // 2))  # at least 2×2 pixels, as any optical
         whole = factor == 1 and (coarsest_um is None or pixel_size is None)
-        data = _averaged(path, czi, layout, factor, _empty_colour(layout.pixel_type, metadata), whole)
-    if data.shape[-1] == 3:
+        empty = _empty_colour(layout.pixel_type, metadata)
+        planes = [{**layout.plane, "C": c} for c in layout.channels] or [layout.plane]
+        layers = [_averaged(path, czi, layout, factor, empty, whole, plane, len(planes)) for plane in planes]
+    composed = ()
+    if len(layers) > 1:
+        data = composite([layer[..., 0] for layer in layers])
+        composed = (composite_note(path.name, len(layers), _czi_channel_names(metadata)),)
+    elif (data := layers[0]).shape[-1] == 3:
         cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data)  # libCZI gives colour in memory order B, G, R; in place
     else:
         data = data[..., 0]
     full_shape = (height, width) if factor > 1 else None
-    if pixel_size is None:
-        return FileRead(data, None, 0.0, note, 1, downsample=float(factor), full_shape=full_shape)
-    return FileRead(data, pixel_size * factor, pixel_size * (factor - 1) / 2, note, 1, downsample=float(factor),
-                    full_shape=full_shape)
+    size, shift = (pixel_size * factor, pixel_size * (factor - 1) / 2) if pixel_size is not None else (None, 0.0)
+    return FileRead(data, size, shift, note, 1, downsample=float(factor), full_shape=full_shape, warnings=composed)
+
+
+def _czi_channel_names(metadata: str) -> list[str]:
+    """The channels' names as ZEN's metadata lists them (``Information/Image/Dimensions/Channels``), in order."""
+    dimensions = re.search(r"<Dimensions>.*?<Channels>(.*?)</Channels>", metadata, re.S)
+    return re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', dimensions.group(1)) if dimensions else []
 
 
 def check_czi(path: Path, scene: int | None = None) -> None:
     """Refuse, from its headers alone (no pixels decoded), a CZI that :func:`read_czi` would refuse for what it holds
-    (several scenes and none chosen, a scene it lacks, several channels or planes; no image; a pixel type it cannot
+    (several scenes and none chosen, a scene it lacks, several planes; no image; a pixel type it cannot
     read), for no pylibCZIrw, or as damaged: a command checks this before minutes of other work."""
     with _opened(path) as czi:
         _layout(path, czi, scene)
@@ -174,16 +189,19 @@ def _layout(path: Path, czi, scene: int | None) -> _Layout:
                                "image; choose the one that holds the section with --optical-scene N, numbered from 1 "
                                "as ZEN and Fiji's Bio-Formats series list show them")
     axes = sorted({axis for c in coordinates for axis in c} - {"S"})
-    held = {axis: len({c.get(axis) for c in coordinates}) for axis in axes}
-    stacked = [f"{n} {_STACKS.get(axis, axis + ' indices')}" for axis, n in held.items() if n > 1]
+    held = {axis: sorted({c.get(axis) for c in coordinates}) for axis in axes}
+    pixel_type = full[0].pixelType.name
+    # a grey image's channels (fluorescence) are composed into one colour image; colour channels or planes are not
+    channels = tuple(held.get("C", ())) if len(held.get("C", ())) > 1 and not pixel_type.startswith("Bgr") else ()
+    stacked = [f"{len(v)} {_STACKS.get(axis, axis + ' indices')}" for axis, v in held.items()
+               if len(v) > 1 and not (axis == "C" and channels)]
     if stacked:
         raise InputError(path, f"holds {', '.join(stacked)}, not one image; {ONE_IMAGE_AS_OME_TIFF}")
-    pixel_type = full[0].pixelType.name
     if pixel_type not in PIXEL_TYPES:
         raise InputError(path, f"its pixel type {pixel_type} is not a grey or colour image msifusion reads "
                                f"({', '.join(PIXEL_TYPES)})")
     return _Layout(_union(full), {axis: coordinates[0][axis] for axis in axes}, pixel_type,
-                   max(b.logicalRect.h for b in full))
+                   max(b.logicalRect.h for b in full), channels)
 
 
 def _scene_sizes(blocks, coordinates, scenes: list[int]) -> str:
@@ -220,23 +238,24 @@ def _empty_colour(pixel_type: str, metadata: str) -> tuple[float, float, float]:
 
 
 def _averaged(path: Path, czi, layout: _Layout, factor: int, empty: tuple[float, float, float],
-              whole: bool) -> np.ndarray:
+              whole: bool, plane: dict[str, int], layers: int = 1) -> np.ndarray:
     """The image's pixels (rows, cols, channels), each ``factor``×``factor`` block averaged into one (OpenCV's area
     resampling, which at a whole factor is the block mean, rounded back to the file's type as a scanner's pyramid level
     is stored), read in bands of about :data:`BAND_BYTES` and at least a subblock tall (so that each tile is decoded at
     most twice); the last partial block's rows and columns are left out, as a pyramid level's size is the full one
     divided down. ``empty``: the colour between tiles. ``whole``: no coarser pixel was asked for (a refusal for memory
-    then names the commands that ask)."""
+    then names the commands that ask). ``plane``: the image's coordinates (one channel's of ``layers`` read alike,
+    which the memory check counts)."""
     x, y, width, height = layout.rect
     channels, dtype = (3 if layout.pixel_type.startswith("Bgr") else 1), np.dtype(PIXEL_TYPES[layout.pixel_type])
     rows, cols = height // factor, width // factor
     band = max(BAND_BYTES // (factor * factor * cols * channels * dtype.itemsize), -(-layout.tile_rows // factor), 1)
     band_bytes = min(band, rows) * factor * cols * factor * channels * dtype.itemsize if factor > 1 else 0
-    refuse_beyond_memory(path, rows, cols, rows * cols * channels * dtype.itemsize + band_bytes,  # a tall band of a
-                         AVERAGED_WAY_ROUND if whole else None)  # wide slide's tiles (0.5 GB at 80000 px) counts
+    refuse_beyond_memory(path, rows, cols, layers * rows * cols * channels * dtype.itemsize + band_bytes,  # a tall
+                         AVERAGED_WAY_ROUND if whole else None)  # band of a wide slide's tiles (0.5 GB at 80000 px)
 
     def read(top: int, n_rows: int, n_cols: int) -> np.ndarray:
-        pixels = czi.read(roi=(x, y + top, n_cols, n_rows), plane=layout.plane, pixel_type=layout.pixel_type,
+        pixels = czi.read(roi=(x, y + top, n_cols, n_rows), plane=plane, pixel_type=layout.pixel_type,
                           background_pixel=empty)
         return pixels.reshape(n_rows, n_cols, channels)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
+from msifusion.io.channels import composite, composite_note
 from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -225,7 +226,9 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                                        f"one image; {ONE_IMAGE_AS_OME_TIFF}")
             # one page (H, W, 1), as numpy pipelines write grey (axes YXQ), is one image
             grey_page = series.shape[-1] == 1 and series.axes[-1] != "X" and len(series.pages) == 1
-            if (colours and len(series.shape) == 3 and "S" not in series.axes and not grey_page
+            # a microscope's channels (fluorescence), as OME and ImageJ mark them: composed into one colour image
+            channels = colours and len(series.shape) == 3 and series.axes[0] == "C" and series.shape[0] >= 2
+            if (colours and len(series.shape) == 3 and "S" not in series.axes and not grey_page and not channels
                     and (series.shape[0] not in (1, 3) or planes)):
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
@@ -234,20 +237,25 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 rows, cols = _rows_cols(series)
                 refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize, PYRAMID_WAY_ROUND
                                      if len(levels) > 1 and coarsest_um is None else None)
-            if colours:
-                _refuse_channels(path, series.keyframe)
+            samples = _sample_channels(series.keyframe) if colours else None
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
+            names = _channel_names(tif.ome_metadata)
+            composed = ()
+            if channels or samples:
+                layers = list(data) if channels else [data[..., k] for k in samples]
+                data = composite(layers)
+                composed = (composite_note(path.name, len(layers), names),)
             bits = series.keyframe.bitspersample
             if colours and data.dtype == np.uint8 and 1 < bits < 8:  # 2–7 bits a sample, stored in bytes
                 data = data.astype(np.float32) / (2**bits - 1)
             orientation = series.keyframe.tags.valueof(274, 1)
             orientation = int(orientation) if isinstance(orientation, int) else 1  # an IntEnum; junk counts as none
-            names = _channel_names(tif.ome_metadata)
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                             names[0] if len(names) == 1 and names[0].strip() else None, downsample,
-                            None if series is levels[0] else _rows_cols(levels[0]), _faults_warning(path, faults))
+                            None if series is levels[0] else _rows_cols(levels[0]),
+                            (*composed, *_faults_warning(path, faults)))
     except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
@@ -301,17 +309,18 @@ def _channel_names(ome: str | None) -> list[str]:
 _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)  # old-style JPEG, JPEG, ALT_JPEG, lossy DNG: tifffile decodes YCbCr to RGB
 
 
-def _refuse_channels(path: Path, page) -> None:
-    """Refuse a greyscale page whose samples are several channels (a fluorescence image's, each an extra sample not
-    marked as alpha), not one grey or three that read as RGB: its fourth was dropped as if it were alpha."""
+def _sample_channels(page) -> list[int] | None:
+    """The samples of a greyscale page that are a microscope's channels (a fluorescence image's: beside the grey one,
+    extra samples not marked as alpha; read as RGB, three would be taken for colours and a fourth dropped as if it
+    were alpha); None for any other page."""
     import tifffile
 
     if page.photometric != tifffile.PHOTOMETRIC.MINISBLACK or not page.extrasamples:
-        return
-    colours = page.samplesperpixel - sum(1 for kind in page.extrasamples if kind in (1, 2))  # 1, 2: alpha
-    if colours not in (1, 3):
-        raise InputError(path, f"a greyscale image of {colours} channels (samples not marked as alpha), not one "
-                               f"colour image; {ONE_IMAGE_AS_OME_TIFF}")
+        return None
+    alpha = {1, 2}  # associated and unassociated alpha
+    kinds = [0] * (page.samplesperpixel - len(page.extrasamples)) + list(page.extrasamples)
+    colour = [k for k, kind in enumerate(kinds) if kind not in alpha]
+    return colour if len(colour) >= 2 else None
 
 
 def _tiff_colour_encoding(path: Path, page) -> str | None:
