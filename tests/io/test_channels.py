@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msifusion.io.channels import composite, composite_note, stretched
+from msifusion.io.channels import composite, composite_note, looks_bright_field, stretched
 
 
 def test_a_channel_is_stretched_between_its_own_percentiles_and_a_flat_one_is_zero() -> None:
@@ -49,8 +49,38 @@ def test_four_channels_keep_their_differences_in_three_principal_components() ->
 
 
 def test_the_note_names_the_channels_where_the_file_gives_them() -> None:
-    assert composite_note("af.ome.tif", 2, ["DAPI", "AF488"]) == (
+    two = list(np.random.default_rng(4).random((2, 8, 9)))
+    assert composite_note("af.ome.tif", two, ["DAPI", "AF488"]) == (
         "af.ome.tif: its 2 channels (DAPI, AF488) are read as one colour image, each stretched to its own 0.1–99.9 "
         "percentile range, as red and green; to use one of them alone, keep that channel in an OME-TIFF")
-    assert "its 5 channels are read" in composite_note("x.czi", 5, ["one"])  # names that do not match: none
-    assert "as their three principal components in green, red and blue" in composite_note("x.czi", 5)
+    assert "its 5 channels are read" in composite_note("x.czi", two * 2 + two[:1], ["one"])  # names that do not match
+    assert "as their three principal components in green, red and blue" in composite_note("x.czi", two * 2)
+
+
+def test_a_channel_that_is_no_real_image_is_refused_and_a_sparse_one_kept() -> None:
+    from msifusion.errors import InputError
+
+    rng = np.random.default_rng(2)
+    good = rng.random((20, 30)).astype(np.float32)
+    for bad, said in ((np.where(np.arange(600).reshape(20, 30) == 7, np.nan, good), "contains NaN or inf .channel 2"),
+                      (np.full((20, 30), np.inf, np.float32), "contains NaN or inf .channel 2"),
+                      (good.astype(np.complex64), "channel 2 has non-real type complex64")):
+        with pytest.raises(InputError, match=f"^af.tif: .*{said}"):
+            composite([good, bad], "af.tif")
+    np.testing.assert_array_equal(composite([good, good > 0.5])[..., 1], good > 0.5)  # bool: 0 and 1
+    sparse = np.zeros((40, 50), np.uint16)
+    sparse[3, 4] = 900  # lit in one pixel of 2000: its percentiles are equal, its extremes are not
+    assert composite([rng.random((40, 50)), sparse])[3, 4, 1] == 1.0
+
+
+def test_a_flat_channel_is_named_and_a_light_background_is_a_bright_field() -> None:
+    rng = np.random.default_rng(3)
+    glow = rng.random((30, 40)) * (rng.random((30, 40)) > 0.6)  # tissue glowing over a dark background
+    dead = np.zeros((30, 40))
+    assert composite_note("af.tif", [glow, dead], ["DAPI", "dead"]).endswith(
+        "as red and green; channel 2 (dead) is uniform and adds nothing; to use one of them alone, keep that channel "
+        "in an OME-TIFF")
+    assert "channels 1, 3 are uniform and add nothing" in composite_note("af.tif", [dead, glow, dead])
+    stained = 0.6 + 0.35 * rng.random((3, 30, 40))  # an H&E's three colours over white glass
+    assert looks_bright_field(list(stained)) and not looks_bright_field([glow, glow, glow])
+    assert not looks_bright_field(list(stained[:2])) and not looks_bright_field([glow, stained[0], stained[1]])

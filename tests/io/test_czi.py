@@ -182,6 +182,8 @@ def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section)
                                                        "--optical-scene N, numbered from 1"),
     ([({"C": 1}, np.zeros((37, 50, 3), np.uint8), (0, 0))],  # a colour image's channels are not composed
      "holds 2 channels, not one image; keep the one that shows the tissue and export it as an OME-TIFF"),
+    ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50, 3), np.uint8), (0, 0))],
+     "holds 3 channels, not one image"),  # fluorescence and a transmitted-light colour image: nor these
     ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image"),
 ])
 def test_a_czi_of_several_images_is_refused_with_what_it_holds(tmp_path, write_czi, more, held):
@@ -214,7 +216,7 @@ def test_a_grey_czis_channels_are_composed_into_one_colour_image(tmp_path, write
     monkeypatch.setattr(czi_io, "refuse_beyond_memory",
                         lambda path, rows, cols, nbytes, way=None: refused.append(nbytes))
     read_optical(path)
-    assert refused[0] == 2 * 40 * 60 * 2  # both channels counted before the first is decoded
+    assert refused[0] == 2 * 40 * 60 * 2 + 8 * 40 * 60  # both channels and the composing, before the first is read
 
 
 def test_a_scene_of_a_slide_is_read_as_chosen(tmp_path, write_czi, section):

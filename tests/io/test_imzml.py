@@ -1037,5 +1037,8 @@ def test_zero_lines_are_lines_of_zeros_between_non_zero_ones_not_an_outline_nor_
     for kept in (0.5, 0.2, 0.05):  # a weak ion's zeros are scattered, not whole lines
         np.testing.assert_array_equal(imzml.zero_lines(tissue * (rng.random(tissue.shape) < kept)), none)
     assert imzml.zero_lines_warning("ion.tiff", rows, np.arange(10, 15)).startswith(
-        "ion.tiff: 1 row (12) and 5 columns (10, 11, 12, …) hold only zeros between lines that do not: pixels without "
-        "a spectrum (a raster's skipped lines)? They are fused as measured zeros")
+        "ion.tiff: 1 row (12) and 5 columns (10, 11, 12, …), numbered from 0, hold only zeros between lines that do "
+        "not; where they are pixels without a spectrum (a raster's skipped lines), not a gap in the tissue, they are "
+        "fused as measured zeros")
+    assert imzml.zero_lines_warning("ion.tiff", rows, columns[:0]).startswith("ion.tiff: 1 row (12), numbered from 0, "
+                                                                             "holds only zeros")

@@ -136,7 +136,9 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
                      metadata={"axes": "ZYXS"})  # a slide scanned at two focal planes
     with pytest.raises(InputError, match="a stack of 2 colour images of 20×30 px .axes ZYXS: focal planes"):
         read_optical(tmp_path / "rgb_z.ome.tif")
-    channels = np.random.default_rng(0).integers(0, 4096, (4, 20, 30)).astype(np.uint16)
+    rng = np.random.default_rng(0)
+    glowing = rng.random((20, 30)) > 0.6  # tissue glowing over a dark background
+    channels = (100 + glowing * rng.integers(0, 4000, (4, 20, 30))).astype(np.uint16)
     for n in (2, 3, 4):  # a microscope's channels (fluorescence), as ImageJ and OME mark them: composed
         for name, kwargs in (("ij.tif", {"imagej": True, "metadata": {"axes": "CYX"}}),
                              ("c.ome.tif", {"metadata": {"axes": "CYX", "Channel": {"Name": list("ABCD"[:n])}}})):
@@ -145,6 +147,16 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
             np.testing.assert_array_equal(image.pixels, composite(list(channels[:n])))
             assert image.warnings[0].startswith(f"{name}: its {n} channels" + (f" ({', '.join('ABCD'[:n])})"
                                                                                if "ome" in name else " are read"))
+    stained = (150 + rng.integers(0, 100, (3, 20, 30))).astype(np.uint8)  # a bright field's RGB as three channels,
+    tifffile.imwrite(tmp_path / "he.ome.tif", stained, metadata={"axes": "CYX"})  # as raw2ometiff writes it: RGB
+    np.testing.assert_allclose(read_optical(tmp_path / "he.ome.tif").pixels, np.moveaxis(stained, 0, -1) / 255)
+    for axes in ("ZCYX", "CZYX", "TZCYX"):  # a hyperstack: channels in several planes
+        shape = {"T": 2, "Z": 3, "C": 2, "Y": 20, "X": 30}
+        tifffile.imwrite(tmp_path / "zc.ome.tif", np.zeros([shape[a] for a in axes], np.uint16), metadata={"axes": axes})
+        held = " of ".join(f"{shape[a]} {name}" for a, name in zip("TZC", ("time points", "focal planes", "channels"))
+                           if a in axes) if axes != "CZYX" else "2 channels of 3 focal planes"
+        with pytest.raises(InputError, match=f"zc.ome.tif: a stack of {held}, 20×30 px .axes {axes}., not one image"):
+            read_optical(tmp_path / "zc.ome.tif")
     rgba = np.zeros((4, 20, 30), np.uint8)
     rgba[0] = 255  # planar RGBA: red, alpha dropped
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])

@@ -107,3 +107,29 @@ def test_an_optical_registered_already_is_judged_and_named_by_its_full_size_wher
     assert _registered_already(level, (12, 16), turned, 1.0, imzml) is None
     assert _registered_already(Image(level.pixels, 2.0, level.path), (12, 16), found, 1.0, imzml).startswith(
         "optical_registered.tiff is 48×64, exactly the ion grid × 4")  # read whole: the file is that size
+
+
+def test_a_fluorescence_composite_is_searched_on_its_luminance_first():
+    """A composite of a microscope's channels (tissue glows in each, at unequal brightness) is no stain: its
+    colourfulness can score high at a wrong scale, so the search starts from its luminance."""
+    import sys
+
+    from msifusion.io.channels import composite
+    from msifusion.register.optical import MsiTissue, register_optical
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_automatic import _synthetic_pair
+
+    bright, msi, fixed, truth = _synthetic_pair(seed=7)
+    kind = np.argmin(((bright[..., None, :] - np.array([[0.92, 0.92, 0.94], [0.90, 0.45, 0.60], [0.55, 0.35, 0.70]]))
+                      ** 2).sum(-1), -1)  # glass and the two stains, back from the colours
+    rng = np.random.default_rng(0)
+    glow = [np.clip(gain * np.array(levels)[kind] * 4095 + rng.normal(0, 8, kind.shape), 0, 4095).astype(np.uint16)
+            for gain, levels in ((1.0, (0.03, 0.5, 0.9)), (0.06, (0.05, 0.8, 0.3)))]
+    optical = Image(composite(glow), 2.0, Path("af.ome.tif"), channels=2)
+    registered = register_optical(optical, MsiTissue(msi[None], 10.0, Path("msi.imzML")), RegisterSettings(scale=2),
+                                  quiet=True)
+    assert registered.info["options"]["search"]["optical_feature"] == "auto-fluorescence"
+    assert list(registered.info["feature_scores"]) == ["luminance"]  # convincing at once
+    lm = registered.landmarks  # fixed in µm of the ion grid, moving in µm of the optical (2 µm pixels)
+    assert np.max(np.hypot(*(lm.moving / 2.0 - truth(lm.fixed)).T)) < 0.5  # optical pixels: a tenth of an MSI pixel

@@ -17,6 +17,7 @@ hand-damaged file), before any check here can run.
 from __future__ import annotations
 
 import contextlib
+import html
 import math
 import re
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ import cv2
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.channels import composite, composite_note
-from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, FileRead
+from msifusion.io.channels import WORKING_BYTES_PER_PIXEL, composite, composite_note
+from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, STACK_AXES, FileRead
 from msifusion.io.units import unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -40,7 +41,6 @@ BAND_BYTES = 64 * 2**20  # full-resolution pixels decoded at once when averaging
 METRES_TO_UM = 1e6
 AVERAGED_WAY_ROUND = ("a CZI: `register` and `fuse --imzml` read it averaged down to the fused grid's pixel size, "
                       "where its pixel size is known or given with --optical-pixel-size, and so is the ion's")
-_STACKS = {"C": "channels", "Z": "focal planes", "T": "time points"}
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,25 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
         layers = [_averaged(path, czi, layout, factor, empty, whole, plane, len(planes)) for plane in planes]
     composed = ()
     if len(layers) > 1:
-        data = composite([layer[..., 0] for layer in layers])
-        composed = (composite_note(path.name, len(layers), _czi_channel_names(metadata)),)
+        greys = [layer[..., 0] for layer in layers]
+        data, composed = composite(greys, path), (composite_note(path.name, greys, _czi_channel_names(metadata)),)
     elif (data := layers[0]).shape[-1] == 3:
         cv2.cvtColor(data, cv2.COLOR_BGR2RGB, dst=data)  # libCZI gives colour in memory order B, G, R; in place
     else:
         data = data[..., 0]
     full_shape = (height, width) if factor > 1 else None
     size, shift = (pixel_size * factor, pixel_size * (factor - 1) / 2) if pixel_size is not None else (None, 0.0)
-    return FileRead(data, size, shift, note, 1, downsample=float(factor), full_shape=full_shape, warnings=composed)
+    return FileRead(data, size, shift, note, 1, downsample=float(factor), full_shape=full_shape, warnings=composed,
+                    channels=len(layers) if composed else 0)
 
 
 def _czi_channel_names(metadata: str) -> list[str]:
     """The channels' names as ZEN's metadata lists them (``Information/Image/Dimensions/Channels``), in order."""
-    dimensions = re.search(r"<Dimensions>.*?<Channels>(.*?)</Channels>", metadata, re.S)
-    return re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', dimensions.group(1)) if dimensions else []
+    image = re.search(r"<Information>.*?<Image>(.*?)</Image>", metadata, re.S)
+    dimensions = re.search(r"<Dimensions>.*?<Channels>(.*?)</Channels>.*?</Dimensions>", image.group(1) if image else "",
+                           re.S)
+    found = re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', dimensions.group(1)) if dimensions else []
+    return [html.unescape(name) for name in found]
 
 
 def check_czi(path: Path, scene: int | None = None) -> None:
@@ -191,9 +195,11 @@ def _layout(path: Path, czi, scene: int | None) -> _Layout:
     axes = sorted({axis for c in coordinates for axis in c} - {"S"})
     held = {axis: sorted({c.get(axis) for c in coordinates}) for axis in axes}
     pixel_type = full[0].pixelType.name
-    # a grey image's channels (fluorescence) are composed into one colour image; colour channels or planes are not
-    channels = tuple(held.get("C", ())) if len(held.get("C", ())) > 1 and not pixel_type.startswith("Bgr") else ()
-    stacked = [f"{len(v)} {_STACKS.get(axis, axis + ' indices')}" for axis, v in held.items()
+    # grey channels (fluorescence) are composed into one colour image (each read in the first's type: libCZI converts,
+    # and each is stretched to its own range); a colour image among them, or planes, are not
+    grey = not any(b.pixelType.name.startswith("Bgr") for b in full)
+    channels = tuple(held.get("C", ())) if len(held.get("C", ())) > 1 and grey else ()
+    stacked = [f"{len(v)} {STACK_AXES.get(axis, axis + ' indices')}" for axis, v in held.items()
                if len(v) > 1 and not (axis == "C" and channels)]
     if stacked:
         raise InputError(path, f"holds {', '.join(stacked)}, not one image; {ONE_IMAGE_AS_OME_TIFF}")
@@ -251,8 +257,9 @@ def _averaged(path: Path, czi, layout: _Layout, factor: int, empty: tuple[float,
     rows, cols = height // factor, width // factor
     band = max(BAND_BYTES // (factor * factor * cols * channels * dtype.itemsize), -(-layout.tile_rows // factor), 1)
     band_bytes = min(band, rows) * factor * cols * factor * channels * dtype.itemsize if factor > 1 else 0
-    refuse_beyond_memory(path, rows, cols, layers * rows * cols * channels * dtype.itemsize + band_bytes,  # a tall
-                         AVERAGED_WAY_ROUND if whole else None)  # band of a wide slide's tiles (0.5 GB at 80000 px)
+    composing = WORKING_BYTES_PER_PIXEL * rows * cols if layers > 1 else 0
+    refuse_beyond_memory(path, rows, cols, layers * rows * cols * channels * dtype.itemsize + band_bytes + composing,
+                         AVERAGED_WAY_ROUND if whole else None)  # a tall band of a wide slide's tiles counts too
 
     def read(top: int, n_rows: int, n_cols: int) -> np.ndarray:
         pixels = czi.read(roi=(x, y + top, n_cols, n_rows), plane=plane, pixel_type=layout.pixel_type,

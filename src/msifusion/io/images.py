@@ -83,6 +83,7 @@ class Image:
     name: str | None = None  # an ion TIFF's OME channel name where it names an m/z ("m/z 1217.5161"): _ion_name
     downsample: float = 1.0  # full-resolution pixels per pixel: a pyramid level's factor (:func:`read_optical`)
     full_shape: tuple[int, int] | None = None  # the full resolution's (rows, cols) where a pyramid level was read
+    channels: int = 0  # a microscope's channels composed into these colours (msifusion.io.channels); 0: none
 
     @property
     def shape2d(self) -> tuple[int, int]:
@@ -130,13 +131,13 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     """
     path = check_optical(path, scene, headers=False)
     suffix = path.suffix.lower()
-    downsample, full_shape, faults = 1.0, None, ()
+    downsample, full_shape, faults, channels = 1.0, None, (), 0
     if suffix in (*OPTICAL_TIFF_SUFFIXES, ".czi"):
         read = (read_czi(path, coarsest_um, pixel_size_um, scene) if suffix == ".czi" else
                 _read_tiff(path, colours=True, coarsest_um=coarsest_um, stated_um=pixel_size_um))
         data, pixel_size, shift, note, orientation = (read.data, read.pixel_size_um, read.shift_um,
                                                       read.calibration_note, read.orientation)
-        downsample, full_shape, faults = read.downsample, read.full_shape, read.warnings
+        downsample, full_shape, faults, channels = read.downsample, read.full_shape, read.warnings, read.channels
     else:
         orientation = _png_or_jpeg_header(path)  # not applied by the decoder: pixels as stored, as in Fiji
         data = _decode_png_or_jpeg(path)
@@ -147,7 +148,7 @@ def read_optical(path: str | Path, coarsest_um: float | None = None, pixel_size_
     rgb = optical_to_rgb(data, path)
     warnings = (*faults, _orientation_warning(path, orientation), _uniform_warning(path, rgb), transparent)
     return Image(rgb, pixel_size, path, (shift, shift), note, tuple(w for w in warnings if w), downsample=downsample,
-                 full_shape=full_shape)
+                 full_shape=full_shape, channels=channels)
 
 
 def check_optical(path: str | Path, scene: int | None = None, headers: bool = True) -> Path:

@@ -1179,10 +1179,12 @@ def zero_lines_warning(source: str, rows: np.ndarray, columns: np.ndarray) -> st
     """What :func:`zero_lines` found in the ion image of ``source`` (a file name), with what to do about it."""
     found = [f"{len(v)} {name}{'s' if len(v) > 1 else ''} ({', '.join(map(str, v[:3]))}{', …' if len(v) > 3 else ''})"
              for v, name in ((rows, "row"), (columns, "column")) if len(v)]
-    return (f"{source}: {' and '.join(found)} hold only zeros between lines that do not: pixels without a spectrum "
-            "(a raster's skipped lines)? They are fused as measured zeros, each a dark stripe in the fused image; "
-            "fuse from the imzML (fuse --imzml), or the ion TIFF of `msifusion ions` with its acquired.tiff beside it, "
-            "to have them filled from their neighbours")
+    one = len(rows) + len(columns) == 1
+    return (f"{source}: {' and '.join(found)}, numbered from 0, {'holds' if one else 'hold'} only zeros between lines "
+            "that do not; where they are pixels without a spectrum (a raster's skipped lines), not a gap in the "
+            "tissue, they are fused as measured zeros, each a dark stripe in the fused image: fuse from the imzML "
+            "(fuse --imzml), or the ion TIFF of `msifusion ions` with its acquired.tiff beside it, to have them filled "
+            "from their neighbours")
 
 
 ACQUIRED_FILE = "acquired.tiff"

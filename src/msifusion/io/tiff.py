@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.channels import composite, composite_note
+from msifusion.io.channels import WORKING_BYTES_PER_PIXEL, composite, composite_note, looks_bright_field
 from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -155,6 +155,7 @@ class FileRead:
     downsample: float = 1.0  # full-resolution pixels per pixel read (a pyramid level's factor; 1 at full resolution)
     full_shape: tuple[int, int] | None = None  # the full resolution's (rows, cols) where a pyramid level was read
     warnings: tuple[str, ...] = ()  # what the run should report about the file (one line each)
+    channels: int = 0  # a microscope's channels composed into ``data``'s colours (msifusion.io.channels); 0: none
 
 
 @contextlib.contextmanager
@@ -220,6 +221,12 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 _refuse_ion_stack(path, tif.ome_metadata)
             encoding = _tiff_colour_encoding(path, series.keyframe) if colours else None
             planes = series.axes[0] in "ZT"  # focal planes or time points: three of them are no RGB either
+            held = {axis: n for axis, n in zip(series.axes, series.shape) if axis in "CZT" and n > 1}
+            if colours and "C" in held and len(held) > 1:  # a hyperstack: channels in several planes (ZCYX, CZYX…)
+                rows, cols = _rows_cols(series)
+                what = " of ".join(f"{n} {STACK_AXES[axis]}" for axis, n in held.items())
+                raise InputError(path, f"a stack of {what}, {rows}×{cols} px (axes {series.axes}), not one image; "
+                                       f"{ONE_IMAGE_AS_OME_TIFF}")
             if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
                 raise InputError(path, f"a stack of {series.shape[0]} colour images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: focal planes or time points), not "
@@ -233,20 +240,21 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
                                        f"image; {ONE_IMAGE_AS_OME_TIFF}")
+            samples = _sample_channels(series.keyframe) if colours else None
             if colours:  # what it is refused for first, then whether it fits
                 rows, cols = _rows_cols(series)
-                refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize, PYRAMID_WAY_ROUND
+                working = WORKING_BYTES_PER_PIXEL * rows * cols if channels or samples else 0
+                refuse_beyond_memory(path, rows, cols, series.size * series.dtype.itemsize + working, PYRAMID_WAY_ROUND
                                      if len(levels) > 1 and coarsest_um is None else None)
-            samples = _sample_channels(series.keyframe) if colours else None
             data = series.asarray()
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
             names = _channel_names(tif.ome_metadata)
             composed = ()
-            if channels or samples:
-                layers = list(data) if channels else [data[..., k] for k in samples]
-                data = composite(layers)
-                composed = (composite_note(path.name, len(layers), names),)
+            layers = list(data) if channels else [data[..., k] for k in samples] if samples else []
+            if layers and not (channels and looks_bright_field(layers)):  # a bright field's RGB stays RGB
+                data = composite(layers, path)
+                composed = (composite_note(path.name, layers, names),)
             bits = series.keyframe.bitspersample
             if colours and data.dtype == np.uint8 and 1 < bits < 8:  # 2–7 bits a sample, stored in bytes
                 data = data.astype(np.float32) / (2**bits - 1)
@@ -255,7 +263,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                             names[0] if len(names) == 1 and names[0].strip() else None, downsample,
                             None if series is levels[0] else _rows_cols(levels[0]),
-                            (*composed, *_faults_warning(path, faults)))
+                            (*composed, *_faults_warning(path, faults)), len(layers) if composed else 0)
     except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
@@ -263,6 +271,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
         raise InputError(path, f"cannot read TIFF{': it is truncated' if cut else ''} ({exc})") from None
 
 
+STACK_AXES = {"C": "channels", "Z": "focal planes", "T": "time points"}  # a stack's axes, named
 EXPORT_AS_OME_TIFF = ("export it as an OME-TIFF, which keeps its pixel size (Fiji: open it with Bio-Formats, then "
                       "Plugins > Bio-Formats > Bio-Formats Exporter to a name ending .ome.tif; QuPath, for whole "
                       "slides: File > Export images > OME-TIFF)")

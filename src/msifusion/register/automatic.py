@@ -25,6 +25,8 @@ from msifusion.measurement import block_mean
 from msifusion.register.resample import ResampleOptions, resample_optical
 from msifusion.register.transforms import AffineMap, DisplacementMap, Grid, PointMap
 
+FEATURE_ORDERS = {"auto": ("saturation", "inverted_luminance", "luminance"),  # PoseSearch.optical_feature's orders
+                  "auto-fluorescence": ("luminance", "inverted_luminance", "saturation")}
 CONVINCING_SCORE = 0.4  # automatic registration's search score: 0.65 right, 0.27 wrong on the prostate example
 BASIN_TRIES = 3  # poses in other basins refined at most, until one stays there
 MAX_SECTIONS = 4  # separate pieces of tissue on the optical searched one by one at most (the largest)
@@ -47,7 +49,9 @@ class PoseSearch:
     ``optical_feature``: "saturation" (stain strength; bright-field H&E and other stains), "inverted_luminance" (dark
     tissue on a bright slide), "luminance" (fluorescence), or "auto": saturation, and where its search scores below
     ``feature_fallback_score`` (a grey image has no saturation at all) also the two luminance features, keeping the
-    best-scoring search (the search then takes up to three times as long).
+    best-scoring search (the search then takes up to three times as long); "auto-fluorescence" tries them the other
+    way round, luminance first (a fluorescence image's channels composed into colours, :mod:`msifusion.io.channels`:
+    their colourfulness is no stain's, and it can score high at a wrong scale).
     ``rival_ratio``: where another alignment scores at least this share of the chosen one's, it is polished too and
     the distance between the two alignments is reported (``details["rival"]``): two near-equal matches that disagree
     mean the alignment is uncertain. The other alignment is another MSI tissue image's best pose, or one of any
@@ -600,10 +604,9 @@ def register_auto(
     msi_search = _MsiSearch(np.stack([_normalise01(c, smask) for c in chans]), smask, sgrid,
                             float(acquired.sum() * fixed.pixel_size**2), sgrid.pixel_size / fixed.pixel_size)
 
-    kinds = ("saturation", "inverted_luminance", "luminance")
     found: _FeatureSearch | None = None
     feature_scores: dict[str, float] = {}
-    for kind in kinds if options.search.optical_feature == "auto" else (options.search.optical_feature,):
+    for kind in FEATURE_ORDERS.get(options.search.optical_feature, (options.search.optical_feature,)):
         search = _search_pose(optical_rgb, kind, moving, msi_search, options)
         feature_scores[kind] = search.best.score
         if found is None or search.best.score > found.best.score:

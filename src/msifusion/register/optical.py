@@ -31,7 +31,7 @@ from msifusion.io.outdir import record_of_the_run_that_wrote
 from msifusion.provenance import input_files
 from msifusion.io.units import check_pixel_size, coarse_optical_warning, is_square
 from msifusion.methods import check_scale, infer_scale
-from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish,
+from msifusion.register.automatic import (AMBIGUOUS_PX, CONVINCING_SCORE, AutoRegisterOptions, Polish, PoseSearch,
                                           optical_feature, otsu_level, register_auto)
 from msifusion.register.resample import outside_share, resample_optical
 from msifusion.register.transforms import (AFFINE_MISS, AffineMap, Grid, LandmarkErrors, PointMap, ThinPlateSpline,
@@ -457,7 +457,8 @@ def _automatically(optical: Image, msi: MsiTissue, settings: RegisterSettings, m
     alignment), or an optical that looks registered already."""
     px = msi.pixel_size_um
     ion_grid = Grid(msi.shape, px or 1.0)
-    options = AutoRegisterOptions(polish=Polish(deformable=settings.deformable))
+    features = "auto-fluorescence" if optical.channels else "auto"  # tissue glows in a composite of channels
+    options = AutoRegisterOptions(PoseSearch(optical_feature=features), Polish(deformable=settings.deformable))
     try:
         with elapsed_bar("registering (automatic)", quiet):
             reg = register_auto(optical.pixels, msi.images, ion_grid, moving, options)

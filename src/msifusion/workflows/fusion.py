@@ -299,17 +299,19 @@ class FuseFilesRequest:
 def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
     """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`), where it is
     an ion TIFF of an msifusion run (``ions``, ``fuse --imzml``) with that run's ``acquired.tiff`` beside it (a panel's
-    one folder up), both unchanged; those gaps; and why an ``acquired.tiff`` with gaps was not used (else None)."""
+    one folder up), both unchanged; those gaps; and what to tell the user: why an ``acquired.tiff`` with gaps was not
+    used, or, with no ``acquired.tiff`` at all, lines of zeros that look like a raster's skipped ones
+    (:func:`zero_lines`); else None."""
     import tifffile
 
     none = np.zeros(ion.pixels.shape, bool)
-    if ion.path is None:
-        return ion, none, None
-    folder = Path(ion.path).resolve().parent
-    panel = enclosing_run(folder)  # a panel's mz_<m/z>/ folder: its acquired.tiff is the panel's
+    folder = Path(ion.path).resolve().parent if ion.path is not None else None
+    panel = enclosing_run(folder) if folder is not None else None  # a panel's mz_<m/z>/ folder: the panel's file
     beside = next((f / ACQUIRED_FILE for f in (folder, panel) if f is not None and (f / ACQUIRED_FILE).is_file()), None)
     if beside is None:
-        return ion, none, None
+        rows, columns = zero_lines(ion.pixels)
+        name = Path(ion.path).name if ion.path is not None else "the ion image"
+        return ion, none, zero_lines_warning(name, rows, columns) if len(rows) or len(columns) else None
     try:
         acquired = np.asarray(tifffile.imread(beside)) > 0
     except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
@@ -332,7 +334,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
     run = OutputRun(request.out, request.overwrite, {"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
-    ion, gaps, unused = _gaps_filled(ion)
+    ion, gaps, told = _gaps_filled(ion)
     pair = replace(pair_images(optical, ion, request.scale, request.ion_pixel_size_um), gaps_filled=int(gaps.sum()))
     load_s = run.seconds()
     with run.staged() as stage:
@@ -341,11 +343,8 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
                  "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
-        rows, columns = zero_lines(ion.pixels)
-        if gaps.any() or unused:
-            record["warnings"].insert(0, unused or gaps_warning(Path(request.ion).name, gaps))
-        elif len(rows) or len(columns):
-            record["warnings"].insert(0, zero_lines_warning(Path(request.ion).name, rows, columns))
+        if gaps.any() or told:
+            record["warnings"].insert(0, told or gaps_warning(Path(request.ion).name, gaps))
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]
