@@ -250,11 +250,12 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
             names = _channel_names(tif.ome_metadata)
-            composed = ()
             layers = list(data) if channels else [data[..., k] for k in samples] if samples else []
+            composed, count = (), len(layers)
             if layers and not (channels and looks_bright_field(layers)):  # a bright field's RGB stays RGB
-                data = composite(layers, path)
                 composed = (composite_note(path.name, layers, names),)
+                data = composite(layers, path)
+            del layers  # views of the channels: the file's pixels are freed once composed
             bits = series.keyframe.bitspersample
             if colours and data.dtype == np.uint8 and 1 < bits < 8:  # 2–7 bits a sample, stored in bytes
                 data = data.astype(np.float32) / (2**bits - 1)
@@ -263,7 +264,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                             names[0] if len(names) == 1 and names[0].strip() else None, downsample,
                             None if series is levels[0] else _rows_cols(levels[0]),
-                            (*composed, *_faults_warning(path, faults)), len(layers) if composed else 0)
+                            (*composed, *_faults_warning(path, faults)), count if composed else 0)
     except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
