@@ -152,7 +152,8 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     np.testing.assert_allclose(read_optical(tmp_path / "he.ome.tif").pixels, np.moveaxis(stained, 0, -1) / 255)
     for axes in ("ZCYX", "CZYX", "TZCYX"):  # a hyperstack: channels in several planes
         shape = {"T": 2, "Z": 3, "C": 2, "Y": 20, "X": 30}
-        tifffile.imwrite(tmp_path / "zc.ome.tif", np.zeros([shape[a] for a in axes], np.uint16), metadata={"axes": axes})
+        tifffile.imwrite(tmp_path / "zc.ome.tif", np.zeros([shape[a] for a in axes], np.uint16),
+                         metadata={"axes": axes})
         held = " of ".join(f"{shape[a]} {name}" for a, name in zip("TZC", ("time points", "focal planes", "channels"))
                            if a in axes) if axes != "CZYX" else "2 channels of 3 focal planes"
         with pytest.raises(InputError, match=f"zc.ome.tif: a stack of {held}, 20×30 px .axes {axes}., not one image"):

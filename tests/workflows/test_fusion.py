@@ -174,15 +174,16 @@ def test_an_ion_tiff_with_lines_of_zeros_and_no_acquired_tiff_is_warned_about(tm
     ion[:, 3] = ion[:, 7] = 0
     tifffile.imwrite(tmp_path / "skipped.tif", ion)
     settings = FuseSettings(method="bilinear")
-    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / "skipped.tif", tmp_path / "out", settings))
+    optical = tmp_path / "optical.tif"
+    record = fuse_files(FuseFilesRequest(optical, tmp_path / "skipped.tif", tmp_path / "out", settings))
     assert record["warnings"][0].startswith("skipped.tif: 2 columns (3, 7), numbered from 0, hold only zeros between "
                                             "lines that do not")
     assert record["gaps_filled"] == 0
-    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", tmp_path / "whole.tif", tmp_path / "whole", settings))
+    record = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "whole", settings))
     assert not any("only zeros" in warning for warning in record["warnings"])
     beside = tmp_path / "beside"  # an acquired.tiff says every pixel has a spectrum: the zeros are measured
     beside.mkdir()
     tifffile.imwrite(beside / "skipped.tif", ion)
     tifffile.imwrite(beside / "acquired.tiff", np.ones(ion.shape, np.uint8))
-    record = fuse_files(FuseFilesRequest(tmp_path / "optical.tif", beside / "skipped.tif", tmp_path / "b", settings))
+    record = fuse_files(FuseFilesRequest(optical, beside / "skipped.tif", tmp_path / "b", settings))
     assert not any("only zeros" in warning for warning in record["warnings"])

@@ -1,4 +1,5 @@
-"""A microscope's separate channels (a fluorescence or autofluorescence image: DAPI, FITC, TRITC…) as one colour guide.
+"""A microscope's separate channels (a fluorescence or autofluorescence image: DAPI, FITC, TRITC…) as one colour
+guide.
 
 The method's conductances measure colour differences, so every channel's edges count; a fluorescence camera fills
 each channel to its own level (a bright nuclear stain beside a faint autofluorescence), so each channel is first

@@ -94,8 +94,8 @@ def read_czi(path: Path, coarsest_um: float | None = None, stated_um: float | No
 def _czi_channel_names(metadata: str) -> list[str]:
     """The channels' names as ZEN's metadata lists them (``Information/Image/Dimensions/Channels``), in order."""
     image = re.search(r"<Information>.*?<Image>(.*?)</Image>", metadata, re.S)
-    dimensions = re.search(r"<Dimensions>.*?<Channels>(.*?)</Channels>.*?</Dimensions>", image.group(1) if image else "",
-                           re.S)
+    dimensions = re.search(r"<Dimensions>.*?<Channels>(.*?)</Channels>.*?</Dimensions>",
+                           image.group(1) if image else "", re.S)
     found = re.findall(r'<Channel\b[^>]*\bName="([^"]*)"', dimensions.group(1)) if dimensions else []
     return [html.unescape(name) for name in found]
 
