@@ -353,6 +353,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     if args.imzml:
         if args.ion:
             raise InputError("fuse", "give either --ion or --imzml, not both")
+        if args.fill_zero_lines:
+            raise InputError("--fill-zero-lines", "only with --ion: an imzML says which pixels have a spectrum, and "
+                                                  "fuse --imzml fills those without one")
         return _fuse_imzml(args)
     if args.ion is None:
         raise InputError("fuse", "give --ion (a registered ion image) or --imzml with --mz")
@@ -361,7 +364,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise InputError(", ".join(misplaced), "only with --imzml (imzML extraction and registration); with --ion "
                                                "the optical must already be registered to the ion image")
     request = FuseFilesRequest(Path(args.optical), Path(args.ion), Path(args.out), _settings(args),
-                               args.scale, args.pixel_size, args.overwrite)
+                               args.scale, args.pixel_size, args.overwrite, args.fill_zero_lines)
     record = fuse_files(request)
     _warn(record)
     fitted = f"{record['epochs']} epochs ({record['stop_reason']})" if record["fit_settings"] else record["stop_reason"]
@@ -700,6 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="magnification of the fused grid: with --ion inferred from the shapes, or the optical resized "
                          "to ion × N; required with --imzml")
     _add_pixel_size(io)
+    io.add_argument("--fill-zero-lines", action="store_true",
+                    help="with --ion and no acquired.tiff beside it: take whole rows or columns of zeros between "
+                         "non-zero ones (a raster's skipped lines) for pixels without a spectrum, and fill them from "
+                         "their neighbours before fusion")
     io.add_argument("--out", type=_folder, required=True, metavar="DIR", help="output folder")
     inst = p.add_argument_group("from an imzML file (instead of --ion)",
                                 "registers the optical, then fuses each m/z")

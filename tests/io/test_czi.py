@@ -301,3 +301,12 @@ def test_the_scaling_is_read_from_the_metadata_text(items, expected):
     metadata = f"<ImageDocument><Metadata><Scaling><Items>{items}</Items></Scaling></Metadata></ImageDocument>"
     assert czi_io.czi_pixel_size_um(metadata) == expected
     assert czi_io.czi_pixel_size_um("<ImageDocument/>") == (None, None)
+
+
+def test_channel_names_come_from_the_images_dimensions_unescaped():
+    metadata = ('<ImageDocument><Metadata><DisplaySetting><Channels><Channel Name="shown first"/></Channels>'
+                '</DisplaySetting><Information><Image><Dimensions><Channels><Channel Id="Channel:0" Name="DAPI"/>'
+                '<Channel Id="Channel:1" Name="AF &amp; GFP"/></Channels></Dimensions></Image></Information>'
+                '</Metadata></ImageDocument>')
+    assert czi_io._czi_channel_names(metadata) == ["DAPI", "AF & GFP"]
+    assert czi_io._czi_channel_names("<ImageDocument/>") == []

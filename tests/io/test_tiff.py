@@ -147,9 +147,21 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
             np.testing.assert_array_equal(image.pixels, composite(list(channels[:n])))
             assert image.warnings[0].startswith(f"{name}: its {n} channels" + (f" ({', '.join('ABCD'[:n])})"
                                                                                if "ome" in name else " are read"))
-    stained = (150 + rng.integers(0, 100, (3, 20, 30))).astype(np.uint8)  # a bright field's RGB as three channels,
-    tifffile.imwrite(tmp_path / "he.ome.tif", stained, metadata={"axes": "CYX"})  # as raw2ometiff writes it: RGB
-    np.testing.assert_allclose(read_optical(tmp_path / "he.ome.tif").pixels, np.moveaxis(stained, 0, -1) / 255)
+    stained = rng.integers(0, 256, (3, 20, 30)).astype(np.uint8)  # a bright field's RGB as three channel planes, as
+    for metadata in ({}, {"Channel": {"Name": ["Red", "Green", "Blue"]}}):  # raw2ometiff writes it (unnamed): RGB
+        tifffile.imwrite(tmp_path / "he.ome.tif", stained, metadata={"axes": "CYX", **metadata})
+        image = read_optical(tmp_path / "he.ome.tif")
+        np.testing.assert_allclose(image.pixels, np.moveaxis(stained, 0, -1) / 255)
+        assert image.channels == 0 and image.warnings == ()
+    ome = tmp_path / "he.ome.tif"  # unnamed but described as fluorescence: channels
+    with tifffile.TiffFile(ome) as tif:
+        xml = tif.ome_metadata.replace('<Channel ID="Channel:0:0"', '<Channel EmissionWavelength="461" '
+                                                                    'ID="Channel:0:0"')
+    tifffile.imwrite(ome, stained, description=xml.encode(), metadata=None, photometric="minisblack")
+    assert read_optical(ome).channels == 3
+    planar = tmp_path / "planar.tif"  # a greyscale page's extra samples stored as planes (axes SYX)
+    tifffile.imwrite(planar, channels[:3], photometric="minisblack", planarconfig="separate", extrasamples=[0, 0])
+    np.testing.assert_array_equal(read_optical(planar).pixels, composite(list(channels[:3])))
     for axes in ("ZCYX", "CZYX", "TZCYX"):  # a hyperstack: channels in several planes
         shape = {"T": 2, "Z": 3, "C": 2, "Y": 20, "X": 30}
         tifffile.imwrite(tmp_path / "zc.ome.tif", np.zeros([shape[a] for a in axes], np.uint16),

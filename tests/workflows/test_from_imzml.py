@@ -1411,3 +1411,32 @@ def test_normalize_none_is_the_raw_sums_as_without_the_option(tmp_path, files):
                  "--out", str(tmp_path / "none")]) == 0
     assert json.loads((tmp_path / "none" / "run.json").read_text())["normalize"] is None
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "none" / "mz_100.0000.tiff"), truth[0].astype(np.float32))
+
+
+def test_lines_of_zeros_in_an_ion_tiff_of_ions_are_measured_where_its_acquired_tiff_says_so(tmp_path, files):
+    """An acquired.tiff written with the ion TIFF (an irregular region: a corner without spectra, no gap) says that
+    every other pixel has a spectrum, so a column of zeros is measured and not warned about; the TIFF copied away
+    from it is warned about."""
+    imzml, opt, lm, truth = files
+    corner = tmp_path / "corner.imzML"
+    with ImzMLWriter(str(corner), mode="continuous", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
+        for r in range(H):
+            for c in range(W):
+                if (r, c) != (0, 0):
+                    values = truth[:, r, c].copy()
+                    values[0] *= c != 5  # m/z 100 absent from column 5
+                    w.addSpectrum(AXIS, values.astype(np.float32), (c + 1, r + 1))
+    assert main(["ions", str(corner), "--mz", "100", "--tol", "0.01da", "--out", str(tmp_path / "ions"),
+                 "--quiet"]) == 0
+    ion = tmp_path / "ions" / "mz_100.0000.tiff"
+    assert (tmp_path / "ions" / "acquired.tiff").is_file()
+    optical = tmp_path / "optical.tif"
+    tifffile.imwrite(optical, np.random.default_rng(0).integers(0, 255, (H * SCALE, W * SCALE, 3), dtype=np.uint8))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(ion, alone / ion.name)
+    for given, warned in ((ion, False), (alone / ion.name, True)):
+        out = tmp_path / f"fused_{warned}"
+        assert main(["fuse", "--ion", str(given), "--optical", str(optical), "--out", str(out), "--quiet"]) == 0
+        warnings = json.loads((out / "run.json").read_text())["warnings"]
+        assert any("1 column (5), numbered from 0, holds only zeros" in w for w in warnings) == warned

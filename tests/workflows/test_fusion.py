@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 
 def _pair(optical_shape, optical_um, ion_um, scale=None, given_um=None):
@@ -181,9 +182,20 @@ def test_an_ion_tiff_with_lines_of_zeros_and_no_acquired_tiff_is_warned_about(tm
     assert record["gaps_filled"] == 0
     record = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "whole", settings))
     assert not any("only zeros" in warning for warning in record["warnings"])
-    beside = tmp_path / "beside"  # an acquired.tiff says every pixel has a spectrum: the zeros are measured
+    beside = tmp_path / "beside"  # an acquired.tiff that no msifusion run wrote with it tells nothing of this image
     beside.mkdir()
     tifffile.imwrite(beside / "skipped.tif", ion)
     tifffile.imwrite(beside / "acquired.tiff", np.ones(ion.shape, np.uint8))
     record = fuse_files(FuseFilesRequest(optical, beside / "skipped.tif", tmp_path / "b", settings))
-    assert not any("only zeros" in warning for warning in record["warnings"])
+    assert record["warnings"][0].startswith("skipped.tif: 2 columns (3, 7), numbered from 0, hold only zeros")
+    exact = FuseSettings(method="bilinear-bp")  # its block means are the (filled) measurement
+    filled = fuse_files(FuseFilesRequest(optical, tmp_path / "skipped.tif", tmp_path / "f", exact,
+                                         fill_zero_lines=True))
+    assert filled["gaps_filled"] == 16 and filled["warnings"][0] == (
+        "skipped.tif: 2 columns (3, 7), numbered from 0, hold only zeros between lines that do not: taken for pixels "
+        "without a spectrum (--fill-zero-lines), 16 of them, between non-zero ones, were given the mean of their "
+        "neighbours before fusion, not fused as measured zeros")
+    measured = tifffile.imread(tmp_path / "f" / "fused.tiff").reshape(8, 4, 12, 4).mean(axis=(1, 3))
+    assert measured[2, 3] == pytest.approx(ion[1:4, [2, 4]].mean(), rel=1e-5)  # its six non-zero neighbours
+    whole = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "w", settings, fill_zero_lines=True))
+    assert whole["gaps_filled"] == 0 and not any("zero" in warning for warning in whole["warnings"])

@@ -8,8 +8,8 @@ channels become red and green, three red, green and blue (each channel's differe
 their three principal components (the three colours that keep the most of their differences), on one common scale so
 that the components' relative weights stay, the first in green: it is mostly the channels' common brightness, where
 tissue glows, and green weighs most in the luminance the registration's search may take as the tissue image. Three
-channels over a light background (:func:`looks_bright_field`) are a bright field's colours stored as channels, and the
-readers take them as RGB. The TIFF and CZI readers compose their channel stacks here.
+channels can also be a bright field's red, green and blue stored as channels: the TIFF reader tells them apart by what
+the file says of them (:func:`msifusion.io.tiff._microscope_channels`). The TIFF and CZI readers compose their channel stacks here.
 """
 
 from __future__ import annotations
@@ -102,20 +102,6 @@ def composite(channels: Sequence[np.ndarray], source: str | Path | None = None) 
         out[..., colour] -= np.float32(mean @ axes[k] + lo3[k])
     out *= np.float32(1.0 / span)
     return np.clip(out, 0.0, 1.0, out=out)
-
-
-def looks_bright_field(channels: Sequence[np.ndarray]) -> bool:
-    """Whether three channels are a bright field's red, green and blue stored as channels (as bioformats2raw and
-    raw2ometiff store an RGB scan): each channel's median at least half its 99.9th percentile, a light background
-    under the tissue, where a fluorescence image's is dark."""
-    if len(channels) != 3:
-        return False
-    for channel in channels:
-        sample = _sampled(np.asarray(channel)).astype(np.float64)
-        median, top = np.percentile(sample, (50, STRETCH_PERCENTILES[1]))
-        if not (top > 0 and median >= 0.5 * top):
-            return False
-    return True
 
 
 def composite_note(source: str, channels: Sequence[np.ndarray], names: Sequence[str] = ()) -> str:

@@ -1175,16 +1175,25 @@ def zero_lines(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lines(present), lines(present.T)
 
 
-def zero_lines_warning(source: str, rows: np.ndarray, columns: np.ndarray) -> str:
-    """What :func:`zero_lines` found in the ion image of ``source`` (a file name), with what to do about it."""
+def _lines_said(rows: np.ndarray, columns: np.ndarray) -> str:
+    """"1 row (12) and 5 columns (10, 11, 12, …), numbered from 0, hold" for :func:`zero_lines`' finds."""
     found = [f"{len(v)} {name}{'s' if len(v) > 1 else ''} ({', '.join(map(str, v[:3]))}{', …' if len(v) > 3 else ''})"
              for v, name in ((rows, "row"), (columns, "column")) if len(v)]
-    one = len(rows) + len(columns) == 1
-    return (f"{source}: {' and '.join(found)}, numbered from 0, {'holds' if one else 'hold'} only zeros between lines "
-            "that do not; where they are pixels without a spectrum (a raster's skipped lines), not a gap in the "
-            "tissue, they are fused as measured zeros, each a dark stripe in the fused image: fuse from the imzML "
-            "(fuse --imzml), or the ion TIFF of `msifusion ions` with its acquired.tiff beside it, to have them filled "
-            "from their neighbours")
+    return f"{' and '.join(found)}, numbered from 0, {'holds' if len(rows) + len(columns) == 1 else 'hold'}"
+
+
+def zero_lines_warning(source: str, rows: np.ndarray, columns: np.ndarray, filled: int | None = None) -> str:
+    """What :func:`zero_lines` found in the ion image of ``source`` (a file name), with what to do about it; or, with
+    ``filled`` (``fuse --fill-zero-lines``), that that many of their pixels were filled."""
+    if filled is not None:
+        return (f"{source}: {_lines_said(rows, columns)} only zeros between lines that do not: taken for pixels "
+                f"without a spectrum (--fill-zero-lines), {filled} of them, between non-zero ones, were given the "
+                "mean of their neighbours before fusion, not fused as measured zeros")
+    return (f"{source}: {_lines_said(rows, columns)} only zeros between lines that do not; where they are pixels "
+            "without a spectrum (a raster's skipped lines), not a gap in the tissue, they are fused as measured "
+            "zeros, each a dark stripe in the fused image: give --fill-zero-lines to fill them from their "
+            "neighbours, or fuse from the imzML (fuse --imzml), or the ion TIFF of `msifusion ions` with its "
+            "acquired.tiff beside it")
 
 
 ACQUIRED_FILE = "acquired.tiff"

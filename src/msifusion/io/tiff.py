@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from msifusion.errors import InputError
-from msifusion.io.channels import WORKING_BYTES_PER_PIXEL, composite, composite_note, looks_bright_field
+from msifusion.io.channels import WORKING_BYTES_PER_PIXEL, composite, composite_note
 from msifusion.io.units import _UNITS_UM, _unit_to_um, check_pixel_size, unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -250,9 +250,11 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
             names = _channel_names(tif.ome_metadata)
+            if samples and "S" in series.axes:  # the samples as the last axis, however the file stores them
+                data = np.moveaxis(data, series.axes.index("S"), -1)
             layers = list(data) if channels else [data[..., k] for k in samples] if samples else []
             composed, count = (), len(layers)
-            if layers and not (channels and looks_bright_field(layers)):  # a bright field's RGB stays RGB
+            if layers and (count != 3 or samples or _microscope_channels(tif)):  # or three: a bright field's RGB
                 composed = (composite_note(path.name, layers, names),)
                 data = composite(layers, path)
             del layers  # views of the channels: the file's pixels are freed once composed
@@ -308,6 +310,24 @@ def _refuse_ion_stack(path: Path, ome: str | None) -> None:
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         raise InputError(path, f"its channels are ion images ({shown}), not a microscope image; give the optical image "
                                "here")
+
+
+_RGB_NAMES = {"", "r", "g", "b", "red", "green", "blue"}
+_FLUORESCENCE = re.compile(r'\b(?:ExcitationWavelength|EmissionWavelength|Fluor)="|ContrastMethod="Fluorescence"'
+                           r'|IlluminationType="Epifluorescence"')
+
+
+def _microscope_channels(tif) -> bool:
+    """Whether a TIFF's three channel planes are a microscope's channels (fluorescence), not a bright field's red,
+    green and blue stored as planes (bioformats2raw and raw2ometiff store an RGB scan so, unnamed): an ImageJ
+    hyperstack (ImageJ saves colour as RGB samples), or OME channels named otherwise than R, G, B, or described as
+    fluorescence (wavelengths, a fluor, the contrast method or illumination)."""
+    if tif.is_imagej:
+        return True
+    image = re.search(r"<Image\b.*?</Image>", tif.ome_metadata or "", re.S)
+    channels = re.findall(r"<Channel\b[^>]*>", image.group(0) if image else "")
+    named = [n.strip().lower() for n in _channel_names(tif.ome_metadata)]
+    return any(_FLUORESCENCE.search(c) for c in channels) or any(n not in _RGB_NAMES for n in named)
 
 
 def _channel_names(ome: str | None) -> list[str]:

@@ -290,51 +290,74 @@ class FuseFilesRequest:
     scale: int | None = None
     ion_pixel_size_um: float | None = None
     overwrite: bool = False
+    fill_zero_lines: bool = False  # lines of zeros between non-zero ones taken for pixels without a spectrum
 
     def __post_init__(self) -> None:
         check_scale(self.scale)
         check_pixel_size("--pixel-size", self.ion_pixel_size_um)
 
 
-def _gaps_filled(ion: Image) -> tuple[Image, np.ndarray, str | None]:
-    """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`), where it is
-    an ion TIFF of an msifusion run (``ions``, ``fuse --imzml``) with that run's ``acquired.tiff`` beside it (a panel's
-    one folder up), both unchanged; those gaps; and what to tell the user: why an ``acquired.tiff`` with gaps was not
-    used, or, with no ``acquired.tiff`` at all, lines of zeros that look like a raster's skipped ones
-    (:func:`zero_lines`); else None."""
+def _acquired_beside(ion: Image) -> tuple[Path | None, np.ndarray | None, str | None]:
+    """The ``acquired.tiff`` of the msifusion run (``ions``, ``fuse --imzml``) that wrote an ion TIFF, lying beside it
+    (a panel's one folder up): its path, its mask where it has gaps to fill and can be used (it and the ion TIFF
+    unchanged, of one shape), and why not where it has gaps but cannot be used. No path where there is none, or one
+    without gaps that is not the ion TIFF's (it tells nothing of this image)."""
     import tifffile
 
-    none = np.zeros(ion.pixels.shape, bool)
     folder = Path(ion.path).resolve().parent if ion.path is not None else None
     panel = enclosing_run(folder) if folder is not None else None  # a panel's mz_<m/z>/ folder: the panel's file
     beside = next((f / ACQUIRED_FILE for f in (folder, panel) if f is not None and (f / ACQUIRED_FILE).is_file()), None)
     if beside is None:
-        rows, columns = zero_lines(ion.pixels)
-        name = Path(ion.path).name if ion.path is not None else "the ion image"
-        return ion, none, zero_lines_warning(name, rows, columns) if len(rows) or len(columns) else None
+        return None, None, None
     try:
         acquired = np.asarray(tifffile.imread(beside)) > 0
     except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
-        why = f"it cannot be read: {exc}"
-    else:
-        if acquired.shape == ion.pixels.shape and not acquisition_gaps(acquired).any():
-            return ion, none, None
-        why = (f"it is {'×'.join(map(str, acquired.shape))}, the ion image {'×'.join(map(str, ion.pixels.shape))}"
-               if acquired.shape != ion.pixels.shape else
-               None if unchanged_outputs(ion.path, beside) else
-               "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them")
-    if why is not None:
-        return ion, none, (f"{beside} was not used ({why}): the pixels without a spectrum between acquired ones "
-                           "that it marks are fused as measured zeros")
+        return beside, None, f"it cannot be read: {exc}"
+    if acquired.shape != ion.pixels.shape:
+        shapes = ('×'.join(map(str, shape)) for shape in (acquired.shape, ion.pixels.shape))
+        return beside, None, "it is {}, the ion image {}".format(*shapes)
+    gaps = acquisition_gaps(acquired).any()
+    if not unchanged_outputs(ion.path, beside):
+        return (beside, None, "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json "
+                              "lists them") if gaps else (None, None, None)
+    return beside, acquired if gaps else None, None
+
+
+def _gaps_filled(ion: Image, fill_zero_lines: bool = False) -> tuple[Image, np.ndarray, list[str]]:
+    """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`) where they
+    are known: from the run's ``acquired.tiff`` beside it (:func:`_acquired_beside`), or, with ``fill_zero_lines`` and
+    none there, its lines of zeros between non-zero ones (:func:`zero_lines`: a raster's skipped lines); those gaps;
+    and what to tell the user (an ``acquired.tiff`` not used and why, lines of zeros found or filled)."""
+    none = np.zeros(ion.pixels.shape, bool)
+    name = Path(ion.path).name if ion.path is not None else "the ion image"
+    beside, acquired, why = _acquired_beside(ion)
+    if beside is not None:
+        unused = (["--fill-zero-lines was not used: the acquired.tiff beside the ion image tells which pixels have a "
+                   "spectrum"] if fill_zero_lines else [])
+        if why is not None:
+            return ion, none, [f"{beside} was not used ({why}): the pixels without a spectrum between acquired ones "
+                               "that it marks are fused as measured zeros", *unused]
+        if acquired is None:
+            return ion, none, unused
+        filled, gaps = fill_gaps(ion.pixels, acquired)
+        return replace(ion, pixels=filled), gaps, [gaps_warning(name, gaps), *unused]
+    rows, columns = zero_lines(ion.pixels)
+    if not (len(rows) or len(columns)):
+        return ion, none, []
+    if not fill_zero_lines:
+        return ion, none, [zero_lines_warning(name, rows, columns)]
+    acquired = np.ones(ion.pixels.shape, bool)
+    acquired[rows] = False
+    acquired[:, columns] = False
     filled, gaps = fill_gaps(ion.pixels, acquired)
-    return replace(ion, pixels=filled), gaps, None
+    return replace(ion, pixels=filled), gaps, [zero_lines_warning(name, rows, columns, int(gaps.sum()))]
 
 
 def fuse_files(request: FuseFilesRequest) -> dict:
     """Run one fusion from files to ``request.out``; returns the run record."""
     run = OutputRun(request.out, request.overwrite, {"optical": request.optical, "ion": request.ion})
     optical, ion = read_optical(request.optical), read_ion(request.ion)
-    ion, gaps, told = _gaps_filled(ion)
+    ion, gaps, told = _gaps_filled(ion, request.fill_zero_lines)
     pair = replace(pair_images(optical, ion, request.scale, request.ion_pixel_size_um), gaps_filled=int(gaps.sum()))
     load_s = run.seconds()
     with run.staged() as stage:
@@ -343,8 +366,7 @@ def fuse_files(request: FuseFilesRequest) -> dict:
                             "optical_pixel_size_um": optical.pixel_size_um, "ion": str(request.ion)},
                  "input_files": run.input_files}
         record = write_fusion_outputs(stage, pair, result, request.settings, given, compare=True)
-        if gaps.any() or told:
-            record["warnings"].insert(0, told or gaps_warning(Path(request.ion).name, gaps))
+        record["warnings"][:0] = told
         if pair.ion_pixel_size_um is None:
             ignored = [f"{im.path.name}'s was ignored: {im.calibration_note}" for im in (ion, optical)
                        if im.calibration_note]
