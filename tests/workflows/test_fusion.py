@@ -197,5 +197,6 @@ def test_an_ion_tiff_with_lines_of_zeros_and_no_acquired_tiff_is_warned_about(tm
         "neighbours before fusion, not fused as measured zeros")
     measured = tifffile.imread(tmp_path / "f" / "fused.tiff").reshape(8, 4, 12, 4).mean(axis=(1, 3))
     assert measured[2, 3] == pytest.approx(ion[1:4, [2, 4]].mean(), rel=1e-5)  # its six non-zero neighbours
-    whole = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "w", settings, fill_zero_lines=True))
+    whole = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "w", settings,
+                                        fill_zero_lines=True))
     assert whole["gaps_filled"] == 0 and not any("zero" in warning for warning in whole["warnings"])

@@ -9,7 +9,8 @@ their three principal components (the three colours that keep the most of their 
 that the components' relative weights stay, the first in green: it is mostly the channels' common brightness, where
 tissue glows, and green weighs most in the luminance the registration's search may take as the tissue image. Three
 channels can also be a bright field's red, green and blue stored as channels: the TIFF reader tells them apart by what
-the file says of them (:func:`msifusion.io.tiff._microscope_channels`). The TIFF and CZI readers compose their channel stacks here.
+the file says of them (:func:`msifusion.io.tiff._microscope_channels`). The TIFF and CZI readers compose their channel
+stacks here.
 """
 
 from __future__ import annotations
