@@ -383,6 +383,15 @@ def test_imzml_only_options_with_ion_are_errors(tmp_path, files, capsys, extra, 
     assert not out.exists()
 
 
+def test_fill_zero_lines_with_imzml_is_an_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fuse", "--imzml", "a.imzML", "--mz", "100", "--optical", "o.png", "--scale", "4", "--out", str(out),
+                 "--fill-zero-lines"]) == 2
+    _assert_one_line_error(capsys, "msifusion: error: --fill-zero-lines: only with --ion: an imzML says which pixels "
+                                   "have a spectrum, and fuse --imzml fills those without one")
+    assert not out.exists()
+
+
 def _register_method(monkeypatch, name: str, transform) -> None:
     """A stand-in method whose output is ``transform(bilinear upsampling)``."""
     from msifusion.fit import FitResult
