@@ -162,6 +162,10 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
     planar = tmp_path / "planar.tif"  # a greyscale page's extra samples stored as planes (axes SYX)
     tifffile.imwrite(planar, channels[:3], photometric="minisblack", planarconfig="separate", extrasamples=[0, 0])
     np.testing.assert_array_equal(read_optical(planar).pixels, composite(list(channels[:3])))
+    tifffile.imwrite(tmp_path / "pages.tif", np.moveaxis(channels[:3], 0, -1)[None].repeat(2, 0),
+                     photometric="minisblack", extrasamples=[0, 0])  # pages of such samples: no composite, refused
+    with pytest.raises(InputError, match=r"pages.tif: optical image has shape \(2, 20, 30, 3\)"):
+        read_optical(tmp_path / "pages.tif")
     for axes in ("ZCYX", "CZYX", "TZCYX"):  # a hyperstack: channels in several planes
         shape = {"T": 2, "Z": 3, "C": 2, "Y": 20, "X": 30}
         tifffile.imwrite(tmp_path / "zc.ome.tif", np.zeros([shape[a] for a in axes], np.uint16),

@@ -1440,3 +1440,9 @@ def test_lines_of_zeros_in_an_ion_tiff_of_ions_are_measured_where_its_acquired_t
         assert main(["fuse", "--ion", str(given), "--optical", str(optical), "--out", str(out), "--quiet"]) == 0
         warnings = json.loads((out / "run.json").read_text())["warnings"]
         assert any("1 column (5), numbered from 0, holds only zeros" in w for w in warnings) == warned
+    out = tmp_path / "asked"  # asked to fill them all the same: its acquired.tiff knows better
+    assert main(["fuse", "--ion", str(ion), "--optical", str(optical), "--out", str(out), "--quiet",
+                 "--fill-zero-lines"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["gaps_filled"] == 0 and record["warnings"][0] == (
+        "--fill-zero-lines was not used: the acquired.tiff beside the ion image tells which pixels have a spectrum")

@@ -197,6 +197,22 @@ def test_an_ion_tiff_with_lines_of_zeros_and_no_acquired_tiff_is_warned_about(tm
         "neighbours before fusion, not fused as measured zeros")
     measured = tifffile.imread(tmp_path / "f" / "fused.tiff").reshape(8, 4, 12, 4).mean(axis=(1, 3))
     assert measured[2, 3] == pytest.approx(ion[1:4, [2, 4]].mean(), rel=1e-5)  # its six non-zero neighbours
+    tifffile.imwrite(beside / "acquired.tiff", np.ones((5, 5), np.uint8) * np.arange(5) % 2)  # another image's, with
+    record = fuse_files(FuseFilesRequest(optical, beside / "skipped.tif", tmp_path / "g", exact,  # gaps: not used,
+                                         fill_zero_lines=True))  # and the lines filled all the same
+    assert record["gaps_filled"] == 16 and record["warnings"][:2] == [
+        f"{beside / 'acquired.tiff'} was not used (it is 5×5, the ion image 8×12)",
+        filled["warnings"][0]]
+    margin = np.zeros((10, 14), np.float32)  # tissue with an empty margin: the line's crossing of it is filled
+    margin[1:9, 1:13] = ion
+    tifffile.imwrite(tmp_path / "margin.tif", margin)
+    tifffile.imwrite(tmp_path / "optical_margin.tif", (rng.random((40, 56, 3)) * 255).astype(np.uint8),
+                     photometric="rgb")
+    record = fuse_files(FuseFilesRequest(tmp_path / "optical_margin.tif", tmp_path / "margin.tif", tmp_path / "m",
+                                         exact, fill_zero_lines=True))
+    assert record["gaps_filled"] == 16  # not the margin's 4 pixels on the two columns
+    fused = tifffile.imread(tmp_path / "m" / "fused.tiff").reshape(10, 4, 14, 4).mean(axis=(1, 3))
+    assert abs(fused[0, 4]) < 1e-6 and abs(fused[9, 8]) < 1e-6 and fused[5, 4] > 1  # the margin stays empty
     whole = fuse_files(FuseFilesRequest(optical, tmp_path / "whole.tif", tmp_path / "w", settings,
                                         fill_zero_lines=True))
     assert whole["gaps_filled"] == 0 and not any("zero" in warning for warning in whole["warnings"])

@@ -30,6 +30,7 @@ WORKING_BYTES_PER_PIXEL = 8  # beside the composite itself: one channel stretche
 
 
 def _sampled(channel: np.ndarray) -> np.ndarray:
+    """A regular grid of at most about :data:`SAMPLED_PIXELS` of a channel's pixels (a view)."""
     step = max(1, math.ceil(math.sqrt(channel.size / SAMPLED_PIXELS)))
     return channel[::step, ::step]
 

@@ -193,7 +193,7 @@ def _layout(path: Path, czi, scene: int | None) -> _Layout:
                                "image; choose the one that holds the section with --optical-scene N, numbered from 1 "
                                "as ZEN and Fiji's Bio-Formats series list show them")
     axes = sorted({axis for c in coordinates for axis in c} - {"S"})
-    held = {axis: sorted({c.get(axis) for c in coordinates}) for axis in axes}
+    held = {axis: sorted({c.get(axis) for c in coordinates} - {None}) for axis in axes}  # a block without it: index 0
     pixel_type = full[0].pixelType.name
     # grey channels (fluorescence) are composed into one colour image (each read in the first's type: libCZI converts,
     # and each is stretched to its own range); a colour image among them, or planes, are not

@@ -1175,6 +1175,24 @@ def zero_lines(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lines(present), lines(present.T)
 
 
+def zero_line_pixels(image: np.ndarray) -> np.ndarray:
+    """The pixels of :func:`zero_lines`' lines that lie between non-zero pixels on both sides of the line (h, w bool):
+    where a skipped line crossed the tissue, not where it ran on over an empty background."""
+    present = np.asarray(image) != 0
+    found = np.zeros(present.shape, bool)
+    for axis, lines in enumerate(zero_lines(image)):
+        p, f = (present, found) if axis == 0 else (present.T, found.T)  # f: a view, so rows of found.T are columns
+        taken = set(lines.tolist())
+        for line in lines:
+            first, last = line, line
+            while first - 1 in taken:
+                first -= 1
+            while last + 1 in taken:
+                last += 1
+            f[line] |= p[first - 1] & p[last + 1]
+    return found
+
+
 def _lines_said(rows: np.ndarray, columns: np.ndarray) -> str:
     """"1 row (12) and 5 columns (10, 11, 12, …), numbered from 0, hold" for :func:`zero_lines`' finds."""
     found = [f"{len(v)} {name}{'s' if len(v) > 1 else ''} ({', '.join(map(str, v[:3]))}{', …' if len(v) > 3 else ''})"

@@ -240,7 +240,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 raise InputError(path, f"a stack of {series.shape[0]} greyscale images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: channels or planes), not one colour "
                                        f"image; {ONE_IMAGE_AS_OME_TIFF}")
-            samples = _sample_channels(series.keyframe) if colours else None
+            samples = _sample_channels(series.keyframe) if colours and len(series.shape) == 3 else None
             if colours:  # what it is refused for first, then whether it fits
                 rows, cols = _rows_cols(series)
                 working = WORKING_BYTES_PER_PIXEL * rows * cols if channels or samples else 0
@@ -250,14 +250,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             if encoding is not None:
                 data = _tiff_colours(path, data, encoding, series)
             names = _channel_names(tif.ome_metadata)
-            if samples and "S" in series.axes:  # the samples as the last axis, however the file stores them
-                data = np.moveaxis(data, series.axes.index("S"), -1)
-            layers = list(data) if channels else [data[..., k] for k in samples] if samples else []
-            composed, count = (), len(layers)
-            if layers and (count != 3 or samples or _microscope_channels(tif)):  # or three: a bright field's RGB
-                composed = (composite_note(path.name, layers, names),)
-                data = composite(layers, path)
-            del layers  # views of the channels: the file's pixels are freed once composed
+            data, composed, count = _composed(path, tif, series, data, channels, samples, names)
             bits = series.keyframe.bitspersample
             if colours and data.dtype == np.uint8 and 1 < bits < 8:  # 2–7 bits a sample, stored in bytes
                 data = data.astype(np.float32) / (2**bits - 1)
@@ -266,7 +259,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
             return FileRead(data, pixel_size, (pixel_size - base) / 2 if base is not None else 0.0, note, orientation,
                             names[0] if len(names) == 1 and names[0].strip() else None, downsample,
                             None if series is levels[0] else _rows_cols(levels[0]),
-                            (*composed, *_faults_warning(path, faults)), count if composed else 0)
+                            (*composed, *_faults_warning(path, faults)), count)
     except TIFF_CUT_SHORT as exc:
         raise InputError(path, f"cannot read TIFF: it is truncated or damaged ({type(exc).__name__}: {exc})") from None
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
@@ -310,6 +303,20 @@ def _refuse_ion_stack(path: Path, ome: str | None) -> None:
         shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
         raise InputError(path, f"its channels are ion images ({shown}), not a microscope image; give the optical image "
                                "here")
+
+
+def _composed(path: Path, tif, series, data: np.ndarray, channels: bool, samples: list[int] | None,
+              names: list[str]) -> tuple[np.ndarray, tuple[str, ...], int]:
+    """A microscope's channels (``channels``: the series' planes; ``samples``: a greyscale page's extra samples)
+    composed into one colour image (:func:`msifusion.io.channels.composite`), with its note and how many they were;
+    three planes only where the file says they are channels (:func:`_microscope_channels`); else ``data`` as it is
+    (no note, 0)."""
+    if samples and "S" in series.axes:  # the samples as the last axis, however the file stores them
+        data = np.moveaxis(data, series.axes.index("S"), -1)
+    layers = list(data) if channels else [data[..., k] for k in samples] if samples else []
+    if not layers or (len(layers) == 3 and channels and not _microscope_channels(tif)):  # three: a bright field's RGB
+        return data, (), 0
+    return composite(layers, path), (composite_note(path.name, layers, names),), len(layers)
 
 
 _RGB_NAMES = {"", "r", "g", "b", "red", "green", "blue"}

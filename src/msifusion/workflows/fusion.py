@@ -17,8 +17,8 @@ from msifusion.errors import InputError, check_setting_types
 from msifusion.fit import CheckpointFn
 from msifusion.runtime import check_device, check_fused_size, resolve_device
 from msifusion.io.images import Image, read_ion, read_optical, write_tiff
-from msifusion.io.imzml import (ACQUIRED_FILE, acquisition_gaps, fill_gaps, gaps_warning, zero_lines,
-                                zero_lines_warning)
+from msifusion.io.imzml import (ACQUIRED_FILE, acquisition_gaps, fill_gaps, gaps_warning, zero_line_pixels,
+                                zero_lines, zero_lines_warning)
 from msifusion.io.outdir import enclosing_run, unchanged_outputs
 from msifusion.io.tiff import file_title
 from msifusion.io.units import (check_pixel_size, coarse_optical_warning, replaced_pixel_size_warning,
@@ -299,9 +299,9 @@ class FuseFilesRequest:
 
 def _acquired_beside(ion: Image) -> tuple[Path | None, np.ndarray | None, str | None]:
     """The ``acquired.tiff`` of the msifusion run (``ions``, ``fuse --imzml``) that wrote an ion TIFF, lying beside it
-    (a panel's one folder up): its path, its mask where it has gaps to fill and can be used (it and the ion TIFF
-    unchanged, of one shape), and why not where it has gaps but cannot be used. No path where there is none, or one
-    without gaps that is not the ion TIFF's (it tells nothing of this image)."""
+    (a panel's one folder up): its path, its mask where it can be used (it and the ion TIFF unchanged, of one shape;
+    None where it has no gaps: the ion's zeros are measured), and why not where it marks gaps but cannot be used (or
+    cannot be read). No path where there is none, or one without gaps that is not the ion TIFF's (it tells nothing)."""
     import tifffile
 
     folder = Path(ion.path).resolve().parent if ion.path is not None else None
@@ -313,44 +313,46 @@ def _acquired_beside(ion: Image) -> tuple[Path | None, np.ndarray | None, str | 
         acquired = np.asarray(tifffile.imread(beside)) > 0
     except Exception as exc:  # a damaged file: tifffile and its codecs raise many kinds
         return beside, None, f"it cannot be read: {exc}"
-    if acquired.shape != ion.pixels.shape:
-        shapes = ('×'.join(map(str, shape)) for shape in (acquired.shape, ion.pixels.shape))
-        return beside, None, "it is {}, the ion image {}".format(*shapes)
-    gaps = acquisition_gaps(acquired).any()
-    if not unchanged_outputs(ion.path, beside):
-        return (beside, None, "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json "
-                              "lists them") if gaps else (None, None, None)
-    return beside, acquired if gaps else None, None
+    gaps = acquired.ndim == 2 and bool(acquisition_gaps(acquired).any())
+    ours = acquired.shape == ion.pixels.shape and unchanged_outputs(ion.path, beside)
+    if ours:
+        return beside, acquired if gaps else None, None
+    if not gaps and acquired.ndim == 2:
+        return None, None, None
+    why = ("it is {}, the ion image {}".format(*('×'.join(map(str, shape)) for shape in (acquired.shape,
+                                                                                          ion.pixels.shape)))
+           if acquired.shape != ion.pixels.shape else
+           "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them")
+    return beside, None, why
 
 
 def _gaps_filled(ion: Image, fill_zero_lines: bool = False) -> tuple[Image, np.ndarray, list[str]]:
     """The ion image with its pixels without a spectrum between acquired ones filled (:func:`fill_gaps`) where they
-    are known: from the run's ``acquired.tiff`` beside it (:func:`_acquired_beside`), or, with ``fill_zero_lines`` and
-    none there, its lines of zeros between non-zero ones (:func:`zero_lines`: a raster's skipped lines); those gaps;
-    and what to tell the user (an ``acquired.tiff`` not used and why, lines of zeros found or filled)."""
+    are known: from its run's ``acquired.tiff`` beside it (:func:`_acquired_beside`), or, with ``fill_zero_lines`` and
+    no such file to use, its lines of zeros where they cross non-zero pixels (:func:`zero_line_pixels`: a raster's
+    skipped lines); those gaps; and what to tell the user (an ``acquired.tiff`` not used and why, lines of zeros
+    found or filled)."""
     none = np.zeros(ion.pixels.shape, bool)
     name = Path(ion.path).name if ion.path is not None else "the ion image"
     beside, acquired, why = _acquired_beside(ion)
-    if beside is not None:
-        unused = (["--fill-zero-lines was not used: the acquired.tiff beside the ion image tells which pixels have a "
-                   "spectrum"] if fill_zero_lines else [])
-        if why is not None:
-            return ion, none, [f"{beside} was not used ({why}): the pixels without a spectrum between acquired ones "
-                               "that it marks are fused as measured zeros", *unused]
+    if beside is not None and why is None:  # the run's own: it tells which pixels have a spectrum
+        told = (["--fill-zero-lines was not used: the acquired.tiff beside the ion image tells which pixels have a "
+                 "spectrum"] if fill_zero_lines else [])
         if acquired is None:
-            return ion, none, unused
+            return ion, none, told
         filled, gaps = fill_gaps(ion.pixels, acquired)
-        return replace(ion, pixels=filled), gaps, [gaps_warning(name, gaps), *unused]
+        return replace(ion, pixels=filled), gaps, [gaps_warning(name, gaps), *told]
     rows, columns = zero_lines(ion.pixels)
-    if not (len(rows) or len(columns)):
-        return ion, none, []
+    lines = bool(len(rows) or len(columns))
+    unused = ([f"{beside} was not used ({why})" + ("" if lines and fill_zero_lines else
+                                                    ": the pixels without a spectrum between acquired ones that it "
+                                                    "marks are fused as measured zeros")] if why is not None else [])
+    if not lines:
+        return ion, none, unused
     if not fill_zero_lines:
-        return ion, none, [zero_lines_warning(name, rows, columns)]
-    acquired = np.ones(ion.pixels.shape, bool)
-    acquired[rows] = False
-    acquired[:, columns] = False
-    filled, gaps = fill_gaps(ion.pixels, acquired)
-    return replace(ion, pixels=filled), gaps, [zero_lines_warning(name, rows, columns, int(gaps.sum()))]
+        return ion, none, [*unused, zero_lines_warning(name, rows, columns)]
+    filled, gaps = fill_gaps(ion.pixels, ~zero_line_pixels(ion.pixels))
+    return replace(ion, pixels=filled), gaps, [*unused, zero_lines_warning(name, rows, columns, int(gaps.sum()))]
 
 
 def fuse_files(request: FuseFilesRequest) -> dict:
