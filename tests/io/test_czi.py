@@ -184,7 +184,10 @@ def test_one_channel_numbered_other_than_0_is_read(tmp_path, write_czi, section)
      "holds 2 channels, not one image; keep the one that shows the tissue and export it as an OME-TIFF"),
     ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"C": 2}, np.zeros((37, 50, 3), np.uint8), (0, 0))],
      "holds 3 channels, not one image"),  # fluorescence and a transmitted-light colour image: nor these
-    ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image"),
+    ([({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))], "holds 2 focal planes, not one image; keep the one"),
+    ([({"C": 1}, np.zeros((37, 50), np.uint16), (0, 0)), ({"Z": 1}, np.zeros((37, 50), np.uint16), (0, 0)),
+      ({"C": 1, "Z": 1}, np.zeros((37, 50), np.uint16), (0, 0))],  # channels in two focal planes
+     "holds 2 focal planes, not one image; keep the focal plane that shows the tissue sharpest, with all its channels"),
 ])
 def test_a_czi_of_several_images_is_refused_with_what_it_holds(tmp_path, write_czi, more, held):
     first = (np.zeros((37, 50, 3), np.uint8) if isinstance(more[0][0], int) or more[0][1].ndim == 3 else

@@ -172,7 +172,9 @@ def test_a_stack_of_four_greyscale_pages_is_not_taken_for_rgba(tmp_path):
                          metadata={"axes": axes})
         held = " of ".join(f"{shape[a]} {name}" for a, name in zip("TZC", ("time points", "focal planes", "channels"))
                            if a in axes) if axes != "CZYX" else "2 channels of 3 focal planes"
-        with pytest.raises(InputError, match=f"zc.ome.tif: a stack of {held}, 20×30 px .axes {axes}., not one image"):
+        with pytest.raises(InputError, match=f"zc.ome.tif: a stack of {held}, 20×30 px .axes {axes}., not one image; "
+                                             "keep the focal plane that shows the tissue sharpest, with all its "
+                                             "channels"):
             read_optical(tmp_path / "zc.ome.tif")
     rgba = np.zeros((4, 20, 30), np.uint8)
     rgba[0] = 255  # planar RGBA: red, alpha dropped

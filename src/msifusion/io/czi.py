@@ -29,7 +29,7 @@ import numpy as np
 
 from msifusion.errors import InputError
 from msifusion.io.channels import WORKING_BYTES_PER_PIXEL, composite, composite_note
-from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, STACK_AXES, FileRead
+from msifusion.io.tiff import EXPORT_AS_OME_TIFF, ONE_IMAGE_AS_OME_TIFF, ONE_PLANE_AS_OME_TIFF, STACK_AXES, FileRead
 from msifusion.io.units import unusable_pixel_size
 from msifusion.runtime import refuse_beyond_memory
 
@@ -202,7 +202,8 @@ def _layout(path: Path, czi, scene: int | None) -> _Layout:
     stacked = [f"{len(v)} {STACK_AXES.get(axis, axis + ' indices')}" for axis, v in held.items()
                if len(v) > 1 and not (axis == "C" and channels)]
     if stacked:
-        raise InputError(path, f"holds {', '.join(stacked)}, not one image; {ONE_IMAGE_AS_OME_TIFF}")
+        hint = ONE_PLANE_AS_OME_TIFF if channels else ONE_IMAGE_AS_OME_TIFF  # a plane's channels are read together
+        raise InputError(path, f"holds {', '.join(stacked)}, not one image; {hint}")
     if pixel_type not in PIXEL_TYPES:
         raise InputError(path, f"its pixel type {pixel_type} is not a grey or colour image msifusion reads "
                                f"({', '.join(PIXEL_TYPES)})")

@@ -226,7 +226,7 @@ def _read_tiff(path: Path, colours: bool = False, coarsest_um: float | None = No
                 rows, cols = _rows_cols(series)
                 what = " of ".join(f"{n} {STACK_AXES[axis]}" for axis, n in held.items())
                 raise InputError(path, f"a stack of {what}, {rows}×{cols} px (axes {series.axes}), not one image; "
-                                       f"{ONE_IMAGE_AS_OME_TIFF}")
+                                       f"{ONE_PLANE_AS_OME_TIFF}")
             if colours and planes and len(series.shape) == 4 and series.shape[0] > 1:  # colour planes (a slide's Z)
                 raise InputError(path, f"a stack of {series.shape[0]} colour images of {series.shape[1]}×"
                                        f"{series.shape[2]} px (axes {series.axes}: focal planes or time points), not "
@@ -275,6 +275,10 @@ ONE_IMAGE_AS_OME_TIFF = ("keep the one that shows the tissue and export it as an
                          "pixel size (Fiji: open it with Bio-Formats, Image > Duplicate… that plane, or Image > "
                          "Color > Stack to RGB to make channels one colour image, then Plugins > Bio-Formats > "
                          "Bio-Formats Exporter to a name ending .ome.tif)")
+ONE_PLANE_AS_OME_TIFF = ("keep the focal plane that shows the tissue sharpest, with all its channels, and export it as "
+                         "an OME-TIFF, which keeps its pixel size (Fiji: open it with Bio-Formats, Image > Duplicate… "
+                         "that slice and every channel, then Plugins > Bio-Formats > Bio-Formats Exporter to a name "
+                         "ending .ome.tif): its channels are then read as one colour image")
 PYRAMID_WAY_ROUND = ("a pyramid: `register` and `fuse --imzml` read the level the fused grid needs, where its pixel "
                      "size is known or given with --optical-pixel-size, and so is the ion's")
 
