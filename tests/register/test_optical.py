@@ -112,13 +112,9 @@ def test_an_optical_registered_already_is_judged_and_named_by_its_full_size_wher
 def test_a_fluorescence_composite_is_searched_on_its_luminance_first():
     """A composite of a microscope's channels (tissue glows in each, at unequal brightness) is no stain: its
     colourfulness can score high at a wrong scale, so the search starts from its luminance."""
-    import sys
-
     from msifusion.io.channels import composite
     from msifusion.register.optical import MsiTissue, register_optical
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_automatic import _synthetic_pair
+    from test_automatic import _synthetic_pair  # this folder is on the path of its tests (pytest's prepend mode)
 
     bright, msi, fixed, truth = _synthetic_pair(seed=7)
     kind = np.argmin(((bright[..., None, :] - np.array([[0.92, 0.92, 0.94], [0.90, 0.45, 0.60], [0.55, 0.35, 0.70]]))
