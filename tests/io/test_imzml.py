@@ -1042,7 +1042,7 @@ def test_zero_lines_are_lines_of_zeros_between_non_zero_ones_not_an_outline_nor_
         "fused as measured zeros")
     assert imzml.zero_lines_warning("ion.tiff", rows, columns[:0]).startswith("ion.tiff: 1 row (12), numbered from 0, "
                                                                              "holds only zeros")
-    crossing = imzml.zero_line_pixels(skipped)  # where the lines cross the tissue, not the background around it
+    crossing = imzml.zero_line_pixels(skipped, rows, columns)  # where the lines cross the tissue, not around it
     expected = np.zeros_like(crossing)
     expected[12, 5:35] = True
     expected[5:25, [10, 20, 21]] = True

@@ -1175,12 +1175,13 @@ def zero_lines(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lines(present), lines(present.T)
 
 
-def zero_line_pixels(image: np.ndarray) -> np.ndarray:
-    """The pixels of :func:`zero_lines`' lines that lie between non-zero pixels on both sides of the line (h, w bool):
-    where a skipped line crossed the tissue, not where it ran on over an empty background."""
+def zero_line_pixels(image: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The pixels of an image's :func:`zero_lines` (``rows``, ``columns``, as it found them) that lie between non-zero
+    pixels on both sides of the line (h, w bool): where a skipped line crossed the tissue, not where it ran on over an
+    empty background."""
     present = np.asarray(image) != 0
     found = np.zeros(present.shape, bool)
-    for axis, lines in enumerate(zero_lines(image)):
+    for axis, lines in enumerate((rows, columns)):
         p, f = (present, found) if axis == 0 else (present.T, found.T)  # f: a view, so rows of found.T are columns
         taken = set(lines.tolist())
         for line in lines:

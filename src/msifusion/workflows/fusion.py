@@ -319,11 +319,10 @@ def _acquired_beside(ion: Image) -> tuple[Path | None, np.ndarray | None, str | 
         return beside, acquired if gaps else None, None
     if not gaps and acquired.ndim == 2:
         return None, None, None
-    why = ("it is {}, the ion image {}".format(*('×'.join(map(str, shape)) for shape in (acquired.shape,
-                                                                                          ion.pixels.shape)))
-           if acquired.shape != ion.pixels.shape else
-           "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them")
-    return beside, None, why
+    if acquired.shape != ion.pixels.shape:
+        return beside, None, (f"it is {'×'.join(map(str, acquired.shape))}, the ion image "
+                              f"{'×'.join(map(str, ion.pixels.shape))}")
+    return beside, None, "it or the ion TIFF changed since the msifusion run that wrote them, or no run.json lists them"
 
 
 def _gaps_filled(ion: Image, fill_zero_lines: bool = False) -> tuple[Image, np.ndarray, list[str]]:
@@ -344,14 +343,16 @@ def _gaps_filled(ion: Image, fill_zero_lines: bool = False) -> tuple[Image, np.n
         return replace(ion, pixels=filled), gaps, [gaps_warning(name, gaps), *told]
     rows, columns = zero_lines(ion.pixels)
     lines = bool(len(rows) or len(columns))
-    unused = ([f"{beside} was not used ({why})" + ("" if lines and fill_zero_lines else
-                                                    ": the pixels without a spectrum between acquired ones that it "
-                                                    "marks are fused as measured zeros")] if why is not None else [])
+    unused = []
+    if why is not None:  # said with what becomes of the gaps it marks, where no filled lines say it
+        then = "" if lines and fill_zero_lines else (": the pixels without a spectrum between acquired ones that it "
+                                                      "marks are fused as measured zeros")
+        unused = [f"{beside} was not used ({why}){then}"]
     if not lines:
         return ion, none, unused
     if not fill_zero_lines:
         return ion, none, [*unused, zero_lines_warning(name, rows, columns)]
-    filled, gaps = fill_gaps(ion.pixels, ~zero_line_pixels(ion.pixels))
+    filled, gaps = fill_gaps(ion.pixels, ~zero_line_pixels(ion.pixels, rows, columns))
     return replace(ion, pixels=filled), gaps, [*unused, zero_lines_warning(name, rows, columns, int(gaps.sum()))]
 
 
