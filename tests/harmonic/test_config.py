@@ -19,7 +19,8 @@ from msifusion.measurement import MeasurementModel
 @pytest.mark.parametrize("group, bad", [
     (LadderSettings, dict(rungs=())), (LadderSettings, dict(rungs=((0.0, 0),))),
     (LadderSettings, dict(significance=-1.0)), (SolverSettings, dict(iterations=0)),
-    (SolverSettings, dict(weight_floor=0.0)), (SolverSettings, dict(tile_pixels=100)),
+    (SolverSettings, dict(weight_floor=0.0)), (SolverSettings, dict(diagonal_weight=-0.5)),
+    (SolverSettings, dict(tile_pixels=100)),
     (HarmonicConfig, dict(edge_weight=-1.0)), (MeasurementModel, dict(spot_sigma_px=-1.0)),
     (MeasurementModel, dict(spot_sigma_px=float("nan"))),
     (PanelSettings, dict(ion_batch=0)), (PanelSettings, dict(min_ions=1)), (PanelSettings, dict(whiteness=1.0)),

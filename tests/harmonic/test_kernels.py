@@ -79,6 +79,60 @@ def test_jacobi_pcg_follows_the_torch_iteration(monkeypatch):
     assert energy(fused) == pytest.approx(energy(plain), rel=1e-3)
 
 
+def _diagonal_reference(x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """Σ_j w_ij (x_i − x_j) over the diagonal pairs: d1 joins (i, j) and (i+1, j+1), d2 (i, j+1) and (i+1, j)."""
+    out = torch.zeros_like(x)
+    rows, cols = x.shape[-2:]
+    for i in range(rows - 1):
+        for j in range(cols - 1):
+            a = d1[..., i, j] * (x[..., i, j] - x[..., i + 1, j + 1])
+            out[..., i, j] += a
+            out[..., i + 1, j + 1] -= a
+            b = d2[..., i, j] * (x[..., i, j + 1] - x[..., i + 1, j])
+            out[..., i, j + 1] += b
+            out[..., i + 1, j] -= b
+    return out
+
+
+def test_diagonal_neighbours_in_the_jacobi_solve(monkeypatch):
+    """The refinement's diagonal pairs: the fused kernel and the torch path follow one iteration, the iterate keeps
+    the measurement, and the energy they lower is the 4-neighbour one plus the diagonal pairs' (written out pair by
+    pair on a corner of the image, where both kernels' boundary cases are)."""
+    wh, wv = _conductances(5, (2,))
+    g = torch.Generator().manual_seed(6)
+    diagonal = tuple(torch.rand(2, H - 1, W - 1, generator=g).pow(4).add_(1e-3) for _ in range(2))
+    x0, op, y = _start(7, images=2)
+    fused, its = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False, diagonal=diagonal)
+    monkeypatch.setattr(kernels, "usable", lambda x: False)
+    plain, _ = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False, diagonal=diagonal)
+    four, _ = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False)
+    assert its == 20 and (fused - plain).abs().max() < 1e-4 * y.abs().max()
+    assert torch.allclose(op.A(fused), y, atol=1e-5)
+    assert (fused - four).abs().max() > 1e-2 * y.abs().max()  # the diagonals change the solution
+
+    def energy(x):
+        return float((x * (_laplacian_reference(x, wh, wv) + _diagonal_ref_fast(x, *diagonal))).sum())
+
+    assert energy(fused) < 0.5 * energy(x0) and energy(fused) < energy(four)
+    small = [d[:, :5, :6] for d in diagonal]
+    xs = torch.randn(2, 6, 7, generator=g)
+    assert torch.allclose(_diagonal_ref_fast(xs, *small), _diagonal_reference(xs, *small), atol=1e-6)
+    with pytest.raises(ValueError, match="Jacobi"):
+        solve_harmonic(x0, op, wh, wv, 5, 1e-6, diagonal=diagonal)
+
+
+def _diagonal_ref_fast(x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """:func:`_diagonal_reference` with slices (checked against it on a small image)."""
+    out = torch.zeros_like(x)
+    a = d1 * (x[..., :-1, :-1] - x[..., 1:, 1:])
+    out[..., :-1, :-1] += a
+    out[..., 1:, 1:] -= a
+    b = d2 * (x[..., :-1, 1:] - x[..., 1:, :-1])
+    out[..., :-1, 1:] += b
+    out[..., 1:, :-1] -= b
+    return out
+
+
 def test_jacobi_pcg_is_deterministic_and_stops_each_image_on_its_own():
     wh, wv = _conductances(4)
     x0, op, _ = _start(5)

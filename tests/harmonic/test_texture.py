@@ -119,7 +119,7 @@ def test_a_fixed_texture_strength_is_applied_and_stays_exact(cells):
     detail = optical_detail(torch.tensor(guide), 1.5, 1e-3).numpy()  # positive on the thin dark walls
     ratio = out / np.maximum(plain, 1e-6)
     walls, interiors = detail > np.percentile(detail, 90), detail < np.percentile(detail, 50)
-    assert ratio[walls].mean() < 0.6 and ratio[interiors].mean() > 1.05  # the walls darkened, the cells made up for it
+    assert ratio[walls].mean() < 0.65 and ratio[interiors].mean() > 1.05  # the walls darkened, the cells made up for it
 
 
 def test_texture_is_left_out_where_the_ion_is_even_across_the_walls(cells):

@@ -91,6 +91,25 @@ def _lap_row(x, wh, wv, out, i, H, W):  # pragma: no cover - compiled
 
 
 @njit(inline="always", fastmath=_FAST)
+def _add_diagonal_row(x, wd1, wd2, out, i, H, W):  # pragma: no cover - compiled
+    """Adds row i of the diagonal pairs' Laplacian: wd1 (H−1, W−1) joins (i, j) and (i+1, j+1), wd2 (H−1, W−1)
+    joins (i, j+1) and (i+1, j)."""
+    for j in range(W):
+        acc = np.float32(0)
+        if i < H - 1:
+            if j < W - 1:
+                acc += wd1[i, j] * (x[i, j] - x[i + 1, j + 1])
+            if j > 0:
+                acc += wd2[i, j - 1] * (x[i, j] - x[i + 1, j - 1])
+        if i > 0:
+            if j > 0:
+                acc += wd1[i - 1, j - 1] * (x[i, j] - x[i - 1, j - 1])
+            if j < W - 1:
+                acc += wd2[i - 1, j] * (x[i, j] - x[i - 1, j + 1])
+        out[i, j] += acc
+
+
+@njit(inline="always", fastmath=_FAST)
 def _band_means(v, band, f, column, means):  # pragma: no cover - compiled
     """means[j] = the mean of the f×f block that holds (band·f, j); column: scratch of length W."""
     W = v.shape[1]
@@ -143,13 +162,16 @@ def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
 
 
 @_compiled
-def _project_laplacian(p, wh, wv, f, Ap):  # pragma: no cover - compiled
-    """Ap = P L p (P: subtract block means); returns p·Ap."""
+def _project_laplacian(p, wh, wv, wd1, wd2, f, Ap):  # pragma: no cover - compiled
+    """Ap = P L p (P: subtract block means); returns p·Ap. Diagonal pairs where ``wd1`` is not empty."""
     H, W = p.shape
+    diagonal = wd1.shape[0] > 0
     totals = np.empty(H // f, dtype=np.float64)
     for band in prange(H // f):
         for i in range(band * f, band * f + f):
             _lap_row(p, wh, wv, Ap, i, H, W)
+            if diagonal:
+                _add_diagonal_row(p, wd1, wd2, Ap, i, H, W)
         totals[band] = _project_band_dot(Ap, p, band, f)
     return _ordered_sum(totals)
 
@@ -216,23 +238,27 @@ def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Te
 
 
 def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, f: int, iterations: int,
-               tolerance: float) -> tuple[torch.Tensor, int]:
+               tolerance: float, diagonal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """Projected Jacobi-PCG for L x = 0 on {x : block means of x = those of x0}, image by image.
 
     The same iteration as :func:`msifusion.harmonic.solver.solve_harmonic` without multigrid (box model, no
     edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
-    ``iterations``. Returns the solutions (shaped as ``x0``) and the most iterations any image used.
+    ``iterations``. ``diagonal``: the conductances of the diagonal pairs, (…, H−1, W−1) each (``deg`` counts
+    them). Returns the solutions (shaped as ``x0``) and the most iterations any image used.
     """
     H, W = x0.shape[-2:]
     x = x0.reshape(-1, H, W).clone(memory_format=torch.contiguous_format)
     whs, wvs = wh.reshape(-1, H, W - 1), wv.reshape(-1, H - 1, W)
+    none = torch.empty((1, 0, 0), dtype=torch.float32)
+    wd1s, wd2s = ((d.reshape(-1, H - 1, W - 1) for d in diagonal) if diagonal is not None else (none, none))
     dinvs = (1.0 / deg.clamp_min(1e-30)).reshape(-1, H, W)
     most = 0
     with _threads():
         for k in range(x.shape[0]):
             xk, whk, wvk, dinv = x[k].numpy(), _per_image(whs, k), _per_image(wvs, k), _per_image(dinvs, k)
+            wd1, wd2 = _per_image(wd1s, k), _per_image(wd2s, k)
             Ap, s = np.empty_like(xk), np.empty_like(xk)
-            _project_laplacian(xk, whk, wvk, f, Ap)
+            _project_laplacian(xk, whk, wvk, wd1, wd2, f, Ap)
             r = -Ap
             rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s)  # α = 0: only s = P(dinv r), r·s
             p = s.copy()
@@ -242,7 +268,7 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
                 if math.sqrt(abs(rs)) <= tolerance * r0:
                     used -= 1
                     break
-                alpha = rs / max(_project_laplacian(p, whk, wvk, f, Ap), 1e-30)
+                alpha = rs / max(_project_laplacian(p, whk, wvk, wd1, wd2, f, Ap), 1e-30)
                 rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s)
                 _scale_add(p, np.float32(rs_new / rs if rs != 0 else rs_new), s)
                 rs = rs_new

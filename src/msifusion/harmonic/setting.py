@@ -31,6 +31,14 @@ def colour_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return dh, dv
 
 
+def diagonal_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean colour differences of an (H, W, C) guide between diagonal neighbours, (H−1, W−1) each: (i, j) and
+    (i+1, j+1), then (i, j+1) and (i+1, j)."""
+    d1 = (guide[1:, 1:] - guide[:-1, :-1]).pow(2).sum(-1).sqrt()
+    d2 = (guide[1:, :-1] - guide[:-1, 1:]).pow(2).sum(-1).sqrt()
+    return d1, d2
+
+
 def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000) -> dict[float, float]:
     """κ for each quantile: that percentile of the guide's neighbour colour differences (≥ 1e-3).
 
@@ -137,12 +145,17 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     x = start if start is not None else pb.op.project(bilinear_up_t(pb.y, pb.f), pb.y)
     x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.solver.iterations, tolerance, pb.edge)
     first = x
+    c = cfg.solver.diagonal_weight
+    wd = ([_pm(d, kappa).add_(cfg.solver.weight_floor).mul_(c) for d in diagonal_differences(pb.guide)]
+          if passes and c > 0 else None)
     for _ in range(passes):
         # product of the optical's and the first solution's conductances, no second floor: edges that
         # both show are cut hard (measured: adding the floor after the product loses 0.15 dB on phantoms)
         sh = _pm((x[..., :, 1:] - x[..., :, :-1]).abs(), pb.taus).mul_(wh)
         sv = _pm((x[..., 1:, :] - x[..., :-1, :]).abs(), pb.taus).mul_(wv)
-        x, _ = solve_harmonic(x, pb.op, sh, sv, REFINE_ITERATIONS, tolerance, pb.edge, multigrid=False)
+        sd = None if wd is None else (_pm((x[..., 1:, 1:] - x[..., :-1, :-1]).abs(), pb.taus).mul_(wd[0]),
+                                      _pm((x[..., 1:, :-1] - x[..., :-1, 1:]).abs(), pb.taus).mul_(wd[1]))
+        x, _ = solve_harmonic(x, pb.op, sh, sv, REFINE_ITERATIONS, tolerance, pb.edge, multigrid=False, diagonal=sd)
     return pb.op.project(x, pb.y), first
 
 

@@ -33,14 +33,33 @@ def _laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.T
     return out
 
 
-def _degree(wh: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
-    shape = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2]) + (wv.shape[-2] + 1, wh.shape[-1] + 1)
-    d = torch.zeros(shape, dtype=wh.dtype, device=wh.device)
+def _degree(wh: torch.Tensor, wv: torch.Tensor, diagonal: tuple[torch.Tensor, torch.Tensor] | None = None
+            ) -> torch.Tensor:
+    batch = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2], *(d.shape[:-2] for d in diagonal or ()))
+    d = torch.zeros(batch + (wv.shape[-2] + 1, wh.shape[-1] + 1), dtype=wh.dtype, device=wh.device)
     d[..., :, :-1] += wh
     d[..., :, 1:] += wh
     d[..., :-1, :] += wv
     d[..., 1:, :] += wv
+    if diagonal is not None:
+        d1, d2 = diagonal
+        d[..., :-1, :-1] += d1
+        d[..., 1:, 1:] += d1
+        d[..., :-1, 1:] += d2
+        d[..., 1:, :-1] += d2
     return d
+
+
+def _add_diagonal(x: torch.Tensor, diagonal: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """Adds the diagonal pairs' Laplacian to ``out``: d1 joins (i, j) and (i+1, j+1), d2 (i, j+1) and (i+1, j)."""
+    d1, d2 = diagonal
+    step = d1 * (x[..., :-1, :-1] - x[..., 1:, 1:])
+    out[..., :-1, :-1] += step
+    out[..., 1:, 1:] -= step
+    step = d2 * (x[..., :-1, 1:] - x[..., 1:, :-1])
+    out[..., :-1, 1:] += step
+    out[..., 1:, :-1] -= step
+    return out
 
 
 class EdgeTerm:
@@ -185,7 +204,8 @@ class Multigrid:
 
 
 def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torch.Tensor, iterations: int,
-                   tolerance: float, edge: EdgeTerm | None = None, multigrid: bool = True) -> tuple[torch.Tensor, int]:
+                   tolerance: float, edge: EdgeTerm | None = None, multigrid: bool = True,
+                   diagonal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
 
     Preconditioner: the :class:`Multigrid` V-cycle without the edge term (under a laser spot, between
@@ -194,8 +214,11 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     kernels of :func:`msifusion.harmonic.kernels.jacobi_pcg`). ``x0`` must already satisfy the constraint (e.g.
     :meth:`Measurement.project` of any start); the iterate stays on it. Stops when every
     image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
-    left unchanged.
+    left unchanged. ``diagonal``: conductances of the diagonal neighbour pairs too, (…, H−1, W−1) each, the first
+    joining (i, j) and (i+1, j+1), the second (i, j+1) and (i+1, j) (Jacobi only: the refinement pass).
     """
+    if diagonal is not None and multigrid:
+        raise ValueError("diagonal neighbours are solved with the Jacobi preconditioner only (multigrid=False)")
     f = op.f
     if op.spot > 0:
         def P(v: torch.Tensor) -> torch.Tensor:
@@ -205,10 +228,10 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
         def P(v: torch.Tensor) -> torch.Tensor:
             return block_project(v, f)
 
-    deg = _degree(wh, wv)
+    deg = _degree(wh, wv, diagonal)
     x0 = x0.contiguous()
     if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
-        return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance)
+        return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance, diagonal)
     if multigrid and op.spot == 0 and edge is None:
         precondition = Multigrid(wh, wv, f)
     elif multigrid and edge is None:
@@ -223,10 +246,14 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return P(dinv * v)
+    if diagonal is not None:
+        deg = _degree(wh, wv)  # the 4-neighbour part's, which _laplacian forms; the diagonal pairs come after
     deg = deg.expand_as(x0) if deg.dim() < x0.dim() else deg
 
     def apply(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         _laplacian(v, wh, wv, deg, out)
+        if diagonal is not None:
+            _add_diagonal(v, diagonal, out)
         return out.add_(edge.normal(v)) if edge else out
 
     x = x0.clone()
