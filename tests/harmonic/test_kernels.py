@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msifusion.harmonic import kernels
-from msifusion.harmonic.solver import Multigrid, _aggregate, solve_harmonic
+from msifusion.harmonic.solver import Multigrid, _add_diagonal, _aggregate, solve_harmonic
 from msifusion.measurement import Measurement, bilinear_up_t, block_project
 
 H, W, F = 256, 320, 16  # 81 920 pixels: above kernels.MIN_PIXELS
@@ -111,26 +111,15 @@ def test_diagonal_neighbours_in_the_jacobi_solve(monkeypatch):
     assert (fused - four).abs().max() > 1e-2 * y.abs().max()  # the diagonals change the solution
 
     def energy(x):
-        return float((x * (_laplacian_reference(x, wh, wv) + _diagonal_ref_fast(x, *diagonal))).sum())
+        return float((x * _add_diagonal(x, diagonal, _laplacian_reference(x, wh, wv))).sum())
 
     assert energy(fused) < 0.5 * energy(x0) and energy(fused) < energy(four)
     small = [d[:, :5, :6] for d in diagonal]
     xs = torch.randn(2, 6, 7, generator=g)
-    assert torch.allclose(_diagonal_ref_fast(xs, *small), _diagonal_reference(xs, *small), atol=1e-6)
+    assert torch.allclose(_add_diagonal(xs, small, torch.zeros_like(xs)), _diagonal_reference(xs, *small), atol=1e-6)
     with pytest.raises(ValueError, match="Jacobi"):
         solve_harmonic(x0, op, wh, wv, 5, 1e-6, diagonal=diagonal)
 
-
-def _diagonal_ref_fast(x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
-    """:func:`_diagonal_reference` with slices (checked against it on a small image)."""
-    out = torch.zeros_like(x)
-    a = d1 * (x[..., :-1, :-1] - x[..., 1:, 1:])
-    out[..., :-1, :-1] += a
-    out[..., 1:, 1:] -= a
-    b = d2 * (x[..., :-1, 1:] - x[..., 1:, :-1])
-    out[..., :-1, 1:] += b
-    out[..., 1:, :-1] -= b
-    return out
 
 
 def test_jacobi_pcg_is_deterministic_and_stops_each_image_on_its_own():
