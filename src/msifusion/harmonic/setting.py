@@ -111,6 +111,7 @@ class _Problem:
     taus: torch.Tensor  # (K, 1, 1)
     shared: _Guide
     diffs: tuple[torch.Tensor, torch.Tensor] = field(init=False)
+    diagonal_diffs: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None)
     op: Measurement = field(init=False)
     edge: EdgeTerm | None = field(init=False, default=None)
 
@@ -124,6 +125,8 @@ class _Problem:
 
     def __post_init__(self) -> None:
         self.diffs = colour_differences(self.guide)
+        if self.config.solver.diagonal_weight > 0:  # the refinement pass's diagonal pairs
+            self.diagonal_diffs = diagonal_differences(self.guide)
         self.op = self.shared.measurement.operator(tuple(self.guide.shape[:2]), self.f, self.guide.device)
         if self.config.edge_weight > 0:
             self.edge = EdgeTerm(self.guide, self.config.edge_weight)
@@ -146,8 +149,8 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
     x, _ = solve_harmonic(x, pb.op, wh, wv, cfg.solver.iterations, tolerance, pb.edge)
     first = x
     c = cfg.solver.diagonal_weight
-    wd = ([_pm(d, kappa).add_(cfg.solver.weight_floor).mul_(c) for d in diagonal_differences(pb.guide)]
-          if passes and c > 0 else None)
+    wd = ([_pm(d, kappa).add_(cfg.solver.weight_floor).mul_(c) for d in pb.diagonal_diffs]
+          if passes and pb.diagonal_diffs is not None else None)
     for _ in range(passes):
         # product of the optical's and the first solution's conductances, no second floor: edges that
         # both show are cut hard (measured: adding the floor after the product loses 0.15 dB on phantoms)

@@ -33,21 +33,25 @@ def _laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.T
     return out
 
 
-def _degree(wh: torch.Tensor, wv: torch.Tensor, diagonal: tuple[torch.Tensor, torch.Tensor] | None = None
-            ) -> torch.Tensor:
-    batch = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2], *(d.shape[:-2] for d in diagonal or ()))
-    d = torch.zeros(batch + (wv.shape[-2] + 1, wh.shape[-1] + 1), dtype=wh.dtype, device=wh.device)
+def _degree(wh: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
+    shape = torch.broadcast_shapes(wh.shape[:-2], wv.shape[:-2]) + (wv.shape[-2] + 1, wh.shape[-1] + 1)
+    d = torch.zeros(shape, dtype=wh.dtype, device=wh.device)
     d[..., :, :-1] += wh
     d[..., :, 1:] += wh
     d[..., :-1, :] += wv
     d[..., 1:, :] += wv
-    if diagonal is not None:
-        d1, d2 = diagonal
-        d[..., :-1, :-1] += d1
-        d[..., 1:, 1:] += d1
-        d[..., :-1, 1:] += d2
-        d[..., 1:, :-1] += d2
     return d
+
+
+def _with_diagonal(deg: torch.Tensor, diagonal: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The 4-neighbour degree ``deg`` plus the diagonal pairs' conductances (a new tensor, batched as either)."""
+    d1, d2 = diagonal
+    full = deg.expand(torch.broadcast_shapes(deg.shape, d1.shape[:-2] + deg.shape[-2:])).clone()
+    full[..., :-1, :-1] += d1
+    full[..., 1:, 1:] += d1
+    full[..., :-1, 1:] += d2
+    full[..., 1:, :-1] += d2
+    return full
 
 
 def _add_diagonal(x: torch.Tensor, diagonal: tuple[torch.Tensor, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
@@ -228,10 +232,11 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
         def P(v: torch.Tensor) -> torch.Tensor:
             return block_project(v, f)
 
-    deg = _degree(wh, wv, diagonal)
+    deg = _degree(wh, wv)  # the 4-neighbour part's, which _laplacian forms; the diagonal pairs are added after it
+    full = deg if diagonal is None else _with_diagonal(deg, diagonal)  # the Jacobi preconditioner's
     x0 = x0.contiguous()
     if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
-        return kernels.jacobi_pcg(x0, wh, wv, deg, f, iterations, tolerance, diagonal)
+        return kernels.jacobi_pcg(x0, wh, wv, full, f, iterations, tolerance, diagonal)
     if multigrid and op.spot == 0 and edge is None:
         precondition = Multigrid(wh, wv, f)
     elif multigrid and edge is None:
@@ -242,12 +247,10 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return P(cycle(block_project(v.clone(), f)))
     else:
-        dinv = 1.0 / (deg + (20.0 * edge.weight if edge else 0.0))  # diag of L (+ KᵀK: 16 + 4)
+        dinv = 1.0 / (full + (20.0 * edge.weight if edge else 0.0))  # diag of L (+ KᵀK: 16 + 4)
 
         def precondition(v: torch.Tensor) -> torch.Tensor:
             return P(dinv * v)
-    if diagonal is not None:
-        deg = _degree(wh, wv)  # the 4-neighbour part's, which _laplacian forms; the diagonal pairs come after
     deg = deg.expand_as(x0) if deg.dim() < x0.dim() else deg
 
     def apply(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
