@@ -97,7 +97,8 @@ class DiffusionConfig:
     variance ≈ 2λ per axis, so 4·scale² steps at λ = 0.24 diffuse ≈ 1.4 MSI pixels, far
     enough for every block to exchange with its neighbours; capped at ``max_iterations``.
     ``kappa`` None → Perona & Malik's rule: the 90th percentile of the guide's neighbour
-    colour differences (at least 1e-3), so only the strongest 10 % of guide edges block.
+    colour differences (at least 1e-3; outside areas of exactly one colour, as the default method's κ), so only the
+    strongest 10 % of guide edges block.
     """
 
     iterations: int | None = None

@@ -16,9 +16,11 @@ from msifusion.harmonic import (
     TextureSettings,
     edge_scales,
     fuse_harmonic_many,
+    one_colour_area,
 )
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
 from msifusion.measurement import block_mean, consistency_error
+from msifusion.metrics import psnr
 
 
 def test_nonnegativity_is_decided_on_the_whole_ion(cells):
@@ -57,6 +59,51 @@ def test_edge_scales_are_exact_percentiles_on_small_guides(cells):
         assert kappa == pytest.approx(max(np.percentile(d, q), 1e-3), rel=1e-5)
     sampled = edge_scales(guide, (80.0,), max_samples=4000)  # sampled above max_samples pairs: close, not exact
     assert sampled[80.0] == pytest.approx(kappas[80.0], rel=0.1)
+
+
+def test_one_colour_area_is_what_lies_beyond_the_radius_of_every_colour_difference():
+    guide = np.ones((40, 60, 3), np.float32)  # white glass, with one grey pixel at (20, 30)
+    guide[20, 30] = 0.5
+    area = one_colour_area(guide, radius=3)
+    rows, cols = np.nonzero(~area)  # the grey pixel differs from its 4 neighbours: they and it touch a difference
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 24, 26, 34)  # each of them, dilated by 3 px
+    assert (~area).sum() == 9 * 9 - 4  # the square's corners lie 4 px from the nearest of them in x or in y
+    assert one_colour_area(guide[..., 0], radius=3).tolist() == area.tolist()  # a grey guide alike
+    assert not one_colour_area(np.random.default_rng(0).random((20, 20, 3), dtype=np.float32)).any()
+
+
+def test_edge_scales_leave_out_a_frame_of_one_colour_but_keep_a_few_flat_colours_apart(cells):
+    guide = cells[0].astype(np.float32)
+    m = 96  # white glass around it, as wide as the section: the zero differences of its inside do not count
+    framed = np.ones((guide.shape[0] + 2 * m, guide.shape[1] + 2 * m, 3), np.float32)
+    framed[m:-m, m:-m] = guide
+    alone, with_frame = edge_scales(guide, (50.0, 80.0)), edge_scales(framed, (50.0, 80.0))
+    for q in (50.0, 80.0):  # only the band of glass within ONE_COLOUR_RADIUS of the section counts (about a fifth)
+        assert with_frame[q] == pytest.approx(alone[q], rel=0.25)
+    all_pairs = np.concatenate([(framed[:, 1:] != framed[:, :-1]).any(-1).ravel(),
+                                (framed[1:] != framed[:-1]).any(-1).ravel()])
+    assert all_pairs.mean() < 0.2  # over every pair, both percentiles would fall to the floor
+    two = np.zeros((64, 256, 3), np.float32)  # two flat colours: every difference is the edge, which must block
+    two[:, 128:] = 1.0
+    kappas = edge_scales(two, (80.0, 90.0, 99.9))
+    assert kappas[80.0] == kappas[90.0] == 1e-3 and kappas[99.9] == pytest.approx(np.sqrt(3.0))
+    assert edge_scales(np.ones((16, 16, 3), np.float32), (50.0,))[50.0] == 1e-3  # all one colour: every pair, floor
+
+
+def test_a_frame_of_one_colour_leaves_the_fused_section_as_it_was(cells):
+    """A section framed by empty glass (exactly white; nothing measured there) fuses as it does alone: κ and τ are
+    taken outside areas of one colour (before, the frame pulled κ to its floor and cost this case 9.5 dB)."""
+    guide, truth, f = cells
+    y = (block_mean(truth, f) / truth.max()).astype(np.float32)
+    m = 12  # MSI pixels of glass on every side
+    framed = np.ones((guide.shape[0] + 2 * m * f, guide.shape[1] + 2 * m * f, 3), np.float32)
+    framed[m * f:-m * f, m * f:-m * f] = guide
+    y_framed = np.pad(y, m)
+    alone = fuse_harmonic_many(guide, y[None], f)[0]
+    inside = fuse_harmonic_many(framed, y_framed[None], f)[0][m * f:-m * f, m * f:-m * f]
+    truth = truth / truth.max()
+    assert psnr(inside, truth) > psnr(alone, truth) - 0.5
+    assert np.abs(inside - alone).mean() < 0.01
 
 
 def test_edge_perceptual_term_stays_available(cells):

@@ -49,7 +49,7 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   that measured 0.3 dB better at ×20 than the multigrid-converged one.
 - *Self-supervised choice of how far to trust the optical*: a ladder of settings from
   "ignore the optical" to "follow every edge" (κ at a low quantile of the guide's neighbour
-  differences, with refinement). Each is run on the same problem one level coarser (the
+  differences outside areas of exactly one colour, :func:`one_colour_area`, with refinement). Each is run on the same problem one level coarser (the
   measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
   the previous one only if it predicts the held-back measurement significantly better
   (paired per-block test, ``LadderSettings.significance`` standard errors of the differences winsorised so
@@ -108,12 +108,12 @@ from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSetting
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales
+from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales, one_colour_area
 from msifusion.harmonic.texture import guide_noise, optical_detail, texture_snr_db
 
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",
     "PanelSettings", "SharedBasis", "SolverSettings", "TextureSettings", "choose_settings", "colour_differences",
-    "edge_scales", "fuse_harmonic_many", "guide_noise", "optical_detail", "residual_whiteness",
+    "edge_scales", "fuse_harmonic_many", "guide_noise", "one_colour_area", "optical_detail", "residual_whiteness",
     "shared_basis", "texture_snr_db",
 ]

@@ -17,7 +17,8 @@ class LadderSettings:
     """How far to trust the optical: the settings tried, in order, and the walk that chooses among them.
 
     ``rungs``: the settings, each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's
-    neighbour colour differences, so a low q makes most optical edges block. A setting replaces the previous choice
+    neighbour colour differences (outside areas of exactly one colour, such as a frame of glass clipped at white:
+    :func:`msifusion.harmonic.setting.one_colour_area`), so a low q makes most optical edges block. A setting replaces the previous choice
     only if it predicts the held-back measurement better by ``significance`` standard errors of the paired per-block
     differences (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial
     standard deviations (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts

@@ -67,7 +67,7 @@ def _run(guide: np.ndarray, ions: np.ndarray, f: int, config: HarmonicConfig, me
     explained = np.setdiff1d(np.arange(K), shared.alone)
     images = torch.as_tensor(shared.basis, device=device)
     basis = _Basis(images, torch.as_tensor(shared.coefficients[explained], dtype=torch.float32, device=device),
-                   _refine_taus(images, config))
+                   _refine_taus(images, config, gd.pictured))
     out = np.empty((K, *np.shape(guide)[:2]), dtype=np.float32)
     report.settings, report.notes = [None] * K, [{} for _ in range(K)]
     for idx, part_basis in [(explained, basis), (shared.alone, None)]:
@@ -99,7 +99,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     if (h * f, w * f) != (H, W):
         raise ValueError(f"guide {H}×{W} is not ions {h}×{w} × {f}")
     y_all = torch.as_tensor(np.ascontiguousarray(ions, dtype=np.float32), device=device)
-    taus = _refine_taus(y_all, config)
+    taus = _refine_taus(y_all, config, gd.pictured)
     nonneg = (y_all >= 0).flatten(1).all(1)
     tiles = _tiles(h, w, f, config)
     batch_size = config.panel.batch_on(device)
