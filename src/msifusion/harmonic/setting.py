@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from msifusion.harmonic.config import HarmonicConfig
-from msifusion.harmonic.texture import _detail_eps, _texture_testable, optical_detail, texture_snr_db
+from msifusion.harmonic.texture import (_detail_eps, _texture_testable, one_colour_area, optical_detail,
+                                        texture_snr_db)
 from msifusion.io.images import torch_ready
 from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t
 from msifusion.harmonic.solver import EdgeTerm, solve_harmonic
@@ -37,40 +38,6 @@ def diagonal_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     d1 = (guide[1:, 1:] - guide[:-1, :-1]).pow(2).sum(-1).sqrt()
     d2 = (guide[1:, :-1] - guide[:-1, 1:]).pow(2).sum(-1).sqrt()
     return d1, d2
-
-
-# px: a pixel this far from every colour difference lies inside an area of one colour. Beside a straight edge between
-# two flat colours 2·8+1 pixels a row stay, about 30 zero pairs for each of the edge's: the 90th percentile (the
-# `diffusion` method's κ) stays at the floor; of a frame, only a band 8 px wide stays.
-ONE_COLOUR_RADIUS = 8
-
-
-def one_colour_area(guide: np.ndarray, radius: int = ONE_COLOUR_RADIUS) -> np.ndarray:
-    """(H, W) bool: the pixels of an (H, W, C) guide further than ``radius`` px (in x and in y) from every pair of
-    neighbours that differ in colour: the inside of an area of exactly one colour, such as glass clipped at white,
-    the fill where the optical does not reach, or a rendered frame.
-
-    Such an area holds no texture and nothing measured of the section, yet as many zero differences as it has pairs:
-    enough, in a frame as wide as the section, to pull every percentile of :func:`edge_scales` to its floor
-    (docs/benchmarks.md, "a frame of one colour"). Within ``radius`` of a difference the pairs stay, so a guide of a
-    few flat colours, whose every difference is an edge, keeps its zeros beside each edge and its low percentiles
-    at the floor (its edges block).
-    """
-    import cv2
-
-    g = np.asarray(guide)
-    g = g[..., None] if g.ndim == 2 else g
-    H, W, C = g.shape
-    dh, dv = np.zeros((H, W - 1), bool), np.zeros((H - 1, W), bool)
-    for c in range(C):  # channel by channel: 6× faster than any() over the last axis of a 57 M-pixel guide
-        dh |= g[:, 1:, c] != g[:, :-1, c]
-        dv |= g[1:, :, c] != g[:-1, :, c]
-    touches = np.zeros((H, W), np.uint8)
-    touches[:, 1:] |= dh
-    touches[:, :-1] |= dh
-    touches[1:] |= dv
-    touches[:-1] |= dv
-    return cv2.dilate(touches, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) == 0
 
 
 def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000,
@@ -138,7 +105,7 @@ class _Guide:
         pictured = ~flat[:H - H % f, :W - W % f].reshape(H // f, f, W // f, f).all(axis=(1, 3))
         eps = _detail_eps(guide)
         testable = _texture_testable(f, config)
-        snr = texture_snr_db(guide, config.texture.sigma_px, eps) if testable else None
+        snr = texture_snr_db(guide, config.texture.sigma_px, eps, one_colour=flat) if testable else None
         return cls(guide, f, config, measurement, kappas, torch.as_tensor(pictured, device=device), eps, snr, device)
 
     def detail(self, window: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""The optical's fine texture: :func:`optical_detail` (the optical density minus its blur), the guide's pixel
-noise (:func:`guide_noise`), how far the texture stands above that noise (:func:`texture_snr_db`), and whether
-its strength β can be chosen at all (:func:`_texture_testable`)."""
+"""The optical's fine texture: where it has none at all (:func:`one_colour_area`), :func:`optical_detail` (the
+optical density minus its blur), the guide's pixel noise (:func:`guide_noise`), how far the texture stands above that
+noise (:func:`texture_snr_db`), and whether its strength β can be chosen at all (:func:`_texture_testable`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,40 @@ import torch.nn.functional as F
 
 from msifusion.harmonic.config import HarmonicConfig, window_shrink
 from msifusion.measurement import gauss_taps
+
+
+# px: a pixel this far from every colour difference lies inside an area of one colour. Beside a straight edge between
+# two flat colours 2·8+1 pixels a row stay, about 30 zero pairs for each of the edge's: the 90th percentile (the
+# `diffusion` method's κ) stays at the floor; of a frame, only a band 8 px wide stays.
+ONE_COLOUR_RADIUS = 8
+
+
+def one_colour_area(guide: np.ndarray, radius: int = ONE_COLOUR_RADIUS) -> np.ndarray:
+    """(H, W) bool: the pixels of an (H, W, C) guide further than ``radius`` px (in x and in y) from every pair of
+    neighbours that differ in colour: the inside of an area of exactly one colour, such as glass clipped at white,
+    the fill where the optical does not reach, or a rendered frame.
+
+    Such an area holds no texture and nothing measured of the section, yet as many zero differences as it has pairs:
+    enough, in a frame as wide as the section, to pull every percentile of
+    :func:`msifusion.harmonic.setting.edge_scales` to its floor (docs/benchmarks.md, "a frame of one colour").
+    Within ``radius`` of a difference the pairs stay, so a guide of a few flat colours, whose every difference is an
+    edge, keeps its zeros beside each edge and its low percentiles at the floor (its edges block).
+    """
+    import cv2
+
+    g = np.asarray(guide)
+    g = g[..., None] if g.ndim == 2 else g
+    H, W, C = g.shape
+    dh, dv = np.zeros((H, W - 1), bool), np.zeros((H - 1, W), bool)
+    for c in range(C):  # channel by channel: 6× faster than any() over the last axis of a 57 M-pixel guide
+        dh |= g[:, 1:, c] != g[:, :-1, c]
+        dv |= g[1:, :, c] != g[:-1, :, c]
+    touches = np.zeros((H, W), np.uint8)
+    touches[:, 1:] |= dh
+    touches[:, :-1] |= dh
+    touches[1:] |= dv
+    touches[:-1] |= dv
+    return cv2.dilate(touches, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) == 0
 
 
 def _detail_eps(guide: np.ndarray) -> float:
@@ -37,19 +71,30 @@ def _channels(guide: np.ndarray) -> np.ndarray:
     return g if g.ndim == 3 else g[..., None]
 
 
-def _central(guide: np.ndarray, max_pixels: int) -> torch.Tensor:
-    """A central window of the guide (H, W, C) of at most ``max_pixels``, at least 3×3 where the guide is."""
+def _central(guide: np.ndarray, max_pixels: int) -> tuple[slice, slice]:
+    """A central window of an (H, W, …) guide of at most ``max_pixels``, at least 3×3 where the guide is."""
     H, W = guide.shape[:2]
     shrink = window_shrink(H, W, max_pixels)
     h, w = min(H, max(3, int(H * shrink))), min(W, max(3, int(W * shrink)))
-    return torch.as_tensor(np.ascontiguousarray(guide[(H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]))
+    return slice((H - h) // 2, (H - h) // 2 + h), slice((W - w) // 2, (W - w) // 2 + w)
+
+
+def _central_window(guide: np.ndarray, max_pixels: int) -> torch.Tensor:
+    """The guide's (H, W, C) central window (:func:`_central`) as a tensor."""
+    return torch.as_tensor(np.ascontiguousarray(guide[_central(guide, max_pixels)]))
 
 
 def _mask_noise(window: torch.Tensor) -> float:
-    """:func:`guide_noise` of a window (h, w, C) of at least 3×3."""
+    """:func:`guide_noise` of a window (h, w, C) of at least 3×3: the median over the responses of 3×3 windows not
+    all of one colour (a flat window's exact zero is no sample of the noise: over a frame of glass clipped at
+    white the median would be 0)."""
     mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
-    response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)
-    per_channel = response.abs().flatten(1).median(1).values / (0.6745 * 6)
+    planes = window.permute(2, 0, 1).contiguous()[:, None]
+    response = F.conv2d(planes, mask)[:, 0]
+    spread = (F.max_pool2d(planes, 3, stride=1) + F.max_pool2d(-planes, 3, stride=1))[:, 0]  # max − min per window
+    varied = (spread > 0).any(0)
+    response = response[:, varied] if bool(varied.any()) else response.flatten(1)
+    per_channel = response.abs().median(1).values / (0.6745 * 6)
     return float(per_channel.mean()) / math.sqrt(window.shape[-1])
 
 
@@ -57,8 +102,9 @@ def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
     """The guide's pixel noise, as the standard deviation of its mean colour: the response to Immerkær's
     3×3 mask [1 −2 1; −2 4 −2; 1 −2 1] (it cancels planes and straight ramps; white noise of std σ gives
     a response of std 6σ), whose median absolute value / (0.6745 · 6) estimates σ robustly, per channel
-    on a central window of at most ``max_pixels``; their mean divided by √channels (the channels'
-    noise taken as independent).
+    on a central window of at most ``max_pixels``, over the 3×3 windows not all of one colour (a frame of glass
+    clipped at white would make the median 0); their mean divided by √channels (the channels' noise taken as
+    independent).
 
     The median, not Immerkær's mean: edges respond too, and on a guide of dense sharp cell walls the
     mean overestimated the noise 6-fold (the median 1.5-fold). (Immerkær, "Fast noise variance
@@ -66,22 +112,27 @@ def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
     more dependency, for a 3×3 convolution.)
     """
     g = _channels(guide)
-    return _mask_noise(_central(g, max_pixels)) if min(g.shape[:2]) >= 3 else 0.0
+    return _mask_noise(_central_window(g, max_pixels)) if min(g.shape[:2]) >= 3 else 0.0
 
 
-def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int = 1_000_000) -> float:
+def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int = 1_000_000,
+                   one_colour: np.ndarray | None = None) -> float:
     """How far the optical's fine texture (:func:`optical_detail`) stands above what the guide's pixel noise
     alone would give it, in dB: 10·log10 of the detail's mean square over the noise's, the noise carried
     into the optical density (std ``guide_noise / (mean colour + eps)``, larger where the optical is dark).
     The noise is taken as at least an 8-bit camera's quantisation noise (max / 255 / √12), so a noise-free
     synthetic guide gets a finite value. On a central window of at most ``max_pixels`` (noise and detail
-    from the same one)."""
+    from the same one), the two means outside areas of exactly one colour (``one_colour``, :func:`one_colour_area`,
+    computed when None; a frame of glass would dilute the detail)."""
     g = _channels(guide)
-    window = _central(g, max_pixels)
+    window = _central_window(g, max_pixels)
+    flat = one_colour_area(g) if one_colour is None else one_colour
+    kept = torch.as_tensor(~flat[_central(g, max_pixels)])
+    kept = kept if bool(kept.any()) else ~kept
     measured = _mask_noise(window) if min(window.shape[:2]) >= 3 else 0.0
     noise = max(measured, float(g.max()) / (255 * math.sqrt(12)))
-    detail = optical_detail(window, sigma, eps)
-    from_noise = float(((noise / (window.mean(-1) + eps)) ** 2).mean())
+    detail = optical_detail(window, sigma, eps)[kept]
+    from_noise = float(((noise / (window.mean(-1)[kept] + eps)) ** 2).mean())
     if from_noise <= 0:  # an all-black guide: no texture at all
         return -math.inf
     return 10 * math.log10(max(float(detail.pow(2).mean()), 1e-30) / from_noise)
