@@ -111,7 +111,7 @@ def _conductances(guide: np.ndarray, kappa: float | None) -> tuple[np.ndarray, n
     g = np.asarray(guide, dtype=np.float32)
     g = g[..., None] if g.ndim == 2 else g
     dh, dv = (d.numpy() for d in colour_differences(torch.as_tensor(g)))
-    if kappa is None:  # over every pair, however large the guide, as the published method does
+    if kappa is None:  # every pair however large the guide (not sampled), outside areas of one colour
         kappa = edge_scales(g, (90.0,), max_samples=g.shape[0] * g.shape[1] * 2)[90.0]
     return np.exp(-((dh / kappa) ** 2)), np.exp(-((dv / kappa) ** 2))
 

@@ -80,6 +80,8 @@ def test_edge_scales_leave_out_a_frame_of_one_colour_but_keep_a_few_flat_colours
     alone, with_frame = edge_scales(guide, (50.0, 80.0)), edge_scales(framed, (50.0, 80.0))
     for q in (50.0, 80.0):  # only the band of glass within ONE_COLOUR_RADIUS of the section counts (about a fifth)
         assert with_frame[q] == pytest.approx(alone[q], rel=0.25)
+    sampled = edge_scales(framed, (50.0,), max_samples=50_000)  # 184 k pairs: sampled, the frame's left out alike
+    assert sampled[50.0] == pytest.approx(with_frame[50.0], rel=0.05)
     all_pairs = np.concatenate([(framed[:, 1:] != framed[:, :-1]).any(-1).ravel(),
                                 (framed[1:] != framed[:-1]).any(-1).ravel()])
     assert all_pairs.mean() < 0.2  # over every pair, both percentiles would fall to the floor
@@ -88,6 +90,7 @@ def test_edge_scales_leave_out_a_frame_of_one_colour_but_keep_a_few_flat_colours
     kappas = edge_scales(two, (80.0, 90.0, 99.9))
     assert kappas[80.0] == kappas[90.0] == 1e-3 and kappas[99.9] == pytest.approx(np.sqrt(3.0))
     assert edge_scales(np.ones((16, 16, 3), np.float32), (50.0,))[50.0] == 1e-3  # all one colour: every pair, floor
+    assert edge_scales(two[..., 0], (99.9,))[99.9] == pytest.approx(1.0)  # a grey guide: its one channel
 
 
 def test_a_frame_of_one_colour_leaves_the_fused_section_as_it_was(cells):

@@ -42,13 +42,14 @@ def diagonal_differences(guide: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: int = 2_000_000,
                 one_colour: np.ndarray | None = None) -> dict[float, float]:
-    """κ for each quantile: that percentile of the guide's neighbour colour differences (≥ 1e-3), leaving out the
-    pairs inside an area of one colour (``one_colour``: :func:`one_colour_area`, computed when None; all pairs where
-    that leaves none).
+    """κ for each quantile: that percentile of an (H, W, C) or grey (H, W) guide's neighbour colour differences
+    (≥ 1e-3), leaving out the pairs inside an area of one colour (``one_colour``: :func:`one_colour_area`, computed
+    when None; all pairs where that leaves none).
 
     Guides with more than ``max_samples`` neighbour pairs are sampled (fixed positions, deterministic).
     """
     g = np.asarray(guide)
+    g = g[..., None] if g.ndim == 2 else g
     H, W = g.shape[:2]
     flat = one_colour_area(g) if one_colour is None else one_colour
     if (H - 1) * W + H * (W - 1) <= max_samples:

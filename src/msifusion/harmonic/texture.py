@@ -79,32 +79,33 @@ def _central(guide: np.ndarray, max_pixels: int) -> tuple[slice, slice]:
     return slice((H - h) // 2, (H - h) // 2 + h), slice((W - w) // 2, (W - w) // 2 + w)
 
 
-def _central_window(guide: np.ndarray, max_pixels: int) -> torch.Tensor:
-    """The guide's (H, W, C) central window (:func:`_central`) as a tensor."""
-    return torch.as_tensor(np.ascontiguousarray(guide[_central(guide, max_pixels)]))
+def _central_window(guide: np.ndarray, max_pixels: int,
+                    one_colour: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guide's (H, W, C) central window (:func:`_central`) as a tensor, and where it lies outside the guide's
+    areas of one colour, (h, w) bool (``one_colour``: :func:`one_colour_area`, computed when None; everywhere where
+    that leaves nothing)."""
+    rows, cols = _central(guide, max_pixels)
+    flat = one_colour_area(guide) if one_colour is None else one_colour
+    kept = torch.as_tensor(~flat[rows, cols])
+    return torch.as_tensor(np.ascontiguousarray(guide[rows, cols])), kept if bool(kept.any()) else ~kept
 
 
-def _mask_noise(window: torch.Tensor) -> float:
-    """:func:`guide_noise` of a window (h, w, C) of at least 3×3: the median over the responses of 3×3 windows not
-    all of one colour (a flat window's exact zero is no sample of the noise: over a frame of glass clipped at
-    white the median would be 0)."""
+def _mask_noise(window: torch.Tensor, kept: torch.Tensor) -> float:
+    """:func:`guide_noise` of a window (h, w, C) of at least 3×3, over the responses centred on ``kept`` (h, w)."""
     mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
-    planes = window.permute(2, 0, 1).contiguous()[:, None]
-    response = F.conv2d(planes, mask)[:, 0]
-    spread = (F.max_pool2d(planes, 3, stride=1) + F.max_pool2d(-planes, 3, stride=1))[:, 0]  # max − min per window
-    varied = (spread > 0).any(0)
-    response = response[:, varied] if bool(varied.any()) else response.flatten(1)
+    response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)[:, 0]
+    response = response[:, kept[1:-1, 1:-1]] if bool(kept[1:-1, 1:-1].any()) else response.flatten(1)
     per_channel = response.abs().median(1).values / (0.6745 * 6)
     return float(per_channel.mean()) / math.sqrt(window.shape[-1])
 
 
-def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
+def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000, one_colour: np.ndarray | None = None) -> float:
     """The guide's pixel noise, as the standard deviation of its mean colour: the response to Immerkær's
     3×3 mask [1 −2 1; −2 4 −2; 1 −2 1] (it cancels planes and straight ramps; white noise of std σ gives
     a response of std 6σ), whose median absolute value / (0.6745 · 6) estimates σ robustly, per channel
-    on a central window of at most ``max_pixels``, over the 3×3 windows not all of one colour (a frame of glass
-    clipped at white would make the median 0); their mean divided by √channels (the channels' noise taken as
-    independent).
+    on a central window of at most ``max_pixels``, outside areas of exactly one colour (``one_colour``,
+    :func:`one_colour_area`, computed when None: a frame of glass clipped at white would make the median 0); their
+    mean divided by √channels (the channels' noise taken as independent).
 
     The median, not Immerkær's mean: edges respond too, and on a guide of dense sharp cell walls the
     mean overestimated the noise 6-fold (the median 1.5-fold). (Immerkær, "Fast noise variance
@@ -112,7 +113,7 @@ def guide_noise(guide: np.ndarray, max_pixels: int = 1_000_000) -> float:
     more dependency, for a 3×3 convolution.)
     """
     g = _channels(guide)
-    return _mask_noise(_central_window(g, max_pixels)) if min(g.shape[:2]) >= 3 else 0.0
+    return _mask_noise(*_central_window(g, max_pixels, one_colour)) if min(g.shape[:2]) >= 3 else 0.0
 
 
 def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int = 1_000_000,
@@ -122,14 +123,11 @@ def texture_snr_db(guide: np.ndarray, sigma: float, eps: float, max_pixels: int 
     into the optical density (std ``guide_noise / (mean colour + eps)``, larger where the optical is dark).
     The noise is taken as at least an 8-bit camera's quantisation noise (max / 255 / √12), so a noise-free
     synthetic guide gets a finite value. On a central window of at most ``max_pixels`` (noise and detail
-    from the same one), the two means outside areas of exactly one colour (``one_colour``, :func:`one_colour_area`,
-    computed when None; a frame of glass would dilute the detail)."""
+    from the same one), outside areas of exactly one colour (``one_colour``, as :func:`guide_noise`; a frame of
+    glass would also dilute the detail)."""
     g = _channels(guide)
-    window = _central_window(g, max_pixels)
-    flat = one_colour_area(g) if one_colour is None else one_colour
-    kept = torch.as_tensor(~flat[_central(g, max_pixels)])
-    kept = kept if bool(kept.any()) else ~kept
-    measured = _mask_noise(window) if min(window.shape[:2]) >= 3 else 0.0
+    window, kept = _central_window(g, max_pixels, one_colour)
+    measured = _mask_noise(window, kept) if min(window.shape[:2]) >= 3 else 0.0
     noise = max(measured, float(g.max()) / (255 * math.sqrt(12)))
     detail = optical_detail(window, sigma, eps)[kept]
     from_noise = float(((noise / (window.mean(-1)[kept] + eps)) ** 2).mean())
