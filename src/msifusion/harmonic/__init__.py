@@ -8,7 +8,8 @@ underscore are shared between them, not offered to users):
 - :mod:`msifusion.harmonic.solver`: the exact solver, projected conjugate gradients under ``A x = y`` with an
   aggregation multigrid whose levels nest in the MSI blocks;
 - :mod:`msifusion.harmonic.config`: :class:`HarmonicConfig` and its groups of settings, each checking its own values;
-- :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`) and how far it stands above
+- :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`), where it has none (areas of
+  one colour: :func:`one_colour_area`), and how far it stands above
   the guide's pixel noise (:func:`guide_noise`, :func:`texture_snr_db`);
 - :mod:`msifusion.harmonic.setting`: conductances (κ: :func:`edge_scales`), what every ion on one guide shares, and
   one ladder setting's exact solve with its refinement, non-negativity and texture steps;
@@ -49,8 +50,9 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   that measured 0.3 dB better at ×20 than the multigrid-converged one.
 - *Self-supervised choice of how far to trust the optical*: a ladder of settings from
   "ignore the optical" to "follow every edge" (κ at a low quantile of the guide's neighbour
-  differences outside areas of exactly one colour, :func:`one_colour_area`, with refinement). Each is run on the same problem one level coarser (the
-  measurement block-averaged 2×2, predicted back at the measured grid); a setting replaces
+  differences outside areas of exactly one colour, :func:`one_colour_area`, with refinement). Each is
+  run on the same problem one level coarser (the measurement block-averaged 2×2, predicted back at the
+  measured grid); a setting replaces
   the previous one only if it predicts the held-back measurement significantly better
   (paired per-block test, ``LadderSettings.significance`` standard errors of the differences winsorised so
   that a few hot pixels cannot hide a gain, and better on significantly more blocks than
@@ -108,8 +110,8 @@ from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSetting
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales, one_colour_area
-from msifusion.harmonic.texture import guide_noise, optical_detail, texture_snr_db
+from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales
+from msifusion.harmonic.texture import guide_noise, one_colour_area, optical_detail, texture_snr_db
 
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",

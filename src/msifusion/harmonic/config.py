@@ -18,16 +18,15 @@ class LadderSettings:
 
     ``rungs``: the settings, each (edge quantile q in %, refinement passes); κ = the q-th percentile of the guide's
     neighbour colour differences (outside areas of exactly one colour, such as a frame of glass clipped at white:
-    :func:`msifusion.harmonic.setting.one_colour_area`), so a low q makes most optical edges block. A setting replaces the previous choice
-    only if it predicts the held-back measurement better by ``significance`` standard errors of the paired per-block
-    differences (0: any gain in the mean) and on more blocks than it loses by ``sign_significance`` binomial
-    standard deviations (0: any majority). ``turn_back``: where a setting sharper than the walk's choice predicts
-    significantly worse (the coarse curve turns up past its minimum), take the setting one rung smoother. One scale
-    coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
+    :func:`msifusion.harmonic.texture.one_colour_area`), so a low q makes most optical edges block. A setting replaces
+    the previous choice only if it predicts the held-back measurement better by ``significance`` standard errors of the
+    paired per-block differences (0: any gain in the mean) and on more blocks than it loses by ``sign_significance``
+    binomial standard deviations (0: any majority). ``turn_back``: where a setting sharper than the walk's choice
+    predicts significantly worse (the coarse curve turns up past its minimum), take the setting one rung smoother. One
+    scale coarser the optical's edges carry more (a quarter of the constraints), so the test's minimum lies sharper than
     the measured scale's; where its curve is still falling (or flat) at the sharpest rung, as on the plant phantoms,
-    depth edges and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does
-    not follow (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see
-    docs/benchmarks.md.
+    depth edges and most shapes, the choice stands. Measured on cells whose interiors carry a texture the ion does not
+    follow (the ladder went to (50, 1) where (80, 1) or (65, 1) was right: −1.5 to −4.5 dB); see docs/benchmarks.md.
     """
 
     rungs: tuple[tuple[float, int], ...] = ((99.9, 0), (80.0, 0), (80.0, 1), (65.0, 1), (50.0, 1), (20.0, 1))

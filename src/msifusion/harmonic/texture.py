@@ -71,20 +71,15 @@ def _channels(guide: np.ndarray) -> np.ndarray:
     return g if g.ndim == 3 else g[..., None]
 
 
-def _central(guide: np.ndarray, max_pixels: int) -> tuple[slice, slice]:
-    """A central window of an (H, W, …) guide of at most ``max_pixels``, at least 3×3 where the guide is."""
+def _central_window(guide: np.ndarray, max_pixels: int,
+                    one_colour: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A central window (h, w, C) of an (H, W, C) guide, of at most ``max_pixels`` and at least 3×3 where the guide
+    is, and where it lies outside the guide's areas of one colour, (h, w) bool (``one_colour``:
+    :func:`one_colour_area`, computed when None; everywhere where that leaves nothing)."""
     H, W = guide.shape[:2]
     shrink = window_shrink(H, W, max_pixels)
     h, w = min(H, max(3, int(H * shrink))), min(W, max(3, int(W * shrink)))
-    return slice((H - h) // 2, (H - h) // 2 + h), slice((W - w) // 2, (W - w) // 2 + w)
-
-
-def _central_window(guide: np.ndarray, max_pixels: int,
-                    one_colour: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The guide's (H, W, C) central window (:func:`_central`) as a tensor, and where it lies outside the guide's
-    areas of one colour, (h, w) bool (``one_colour``: :func:`one_colour_area`, computed when None; everywhere where
-    that leaves nothing)."""
-    rows, cols = _central(guide, max_pixels)
+    rows, cols = slice((H - h) // 2, (H - h) // 2 + h), slice((W - w) // 2, (W - w) // 2 + w)
     flat = one_colour_area(guide) if one_colour is None else one_colour
     kept = torch.as_tensor(~flat[rows, cols])
     return torch.as_tensor(np.ascontiguousarray(guide[rows, cols])), kept if bool(kept.any()) else ~kept
