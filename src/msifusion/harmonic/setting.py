@@ -55,9 +55,6 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
     if (H - 1) * W + H * (W - 1) <= max_samples:
         dh, dv = (d.numpy() for d in colour_differences(torch.as_tensor(g, dtype=torch.float32)))
         keep_h, keep_v = ~(flat[:, 1:] & flat[:, :-1]), ~(flat[1:] & flat[:-1])
-        d = np.concatenate([dh[keep_h], dv[keep_v]])
-        if d.size == 0:
-            d = np.concatenate([dh.ravel(), dv.ravel()])
     else:
         rng = np.random.default_rng(0)
         n = min(max_samples // 2, (H - 1) * W)
@@ -66,9 +63,8 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
         p = g[r, c].astype(np.float32)
         dh, dv = np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))
         keep_h, keep_v = ~(flat[r, c] & flat[r, c + 1]), ~(flat[r, c] & flat[r + 1, c])
-        d = np.concatenate([dh[keep_h], dv[keep_v]])
-        if d.size == 0:
-            d = np.concatenate([dh, dv])
+    d, keep = np.concatenate([dh.ravel(), dv.ravel()]), np.concatenate([keep_h.ravel(), keep_v.ravel()])
+    d = d[keep] if keep.any() else d
     return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
 
 

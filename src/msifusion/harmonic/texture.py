@@ -89,7 +89,8 @@ def _mask_noise(window: torch.Tensor, kept: torch.Tensor) -> float:
     """:func:`guide_noise` of a window (h, w, C) of at least 3×3, over the responses centred on ``kept`` (h, w)."""
     mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
     response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)[:, 0]
-    response = response[:, kept[1:-1, 1:-1]] if bool(kept[1:-1, 1:-1].any()) else response.flatten(1)
+    inner = kept[1:-1, 1:-1]
+    response = response[:, inner] if bool(inner.any()) else response.flatten(1)
     per_channel = response.abs().median(1).values / (0.6745 * 6)
     return float(per_channel.mean()) / math.sqrt(window.shape[-1])
 
