@@ -61,6 +61,14 @@ def test_edge_scales_are_exact_percentiles_on_small_guides(cells):
     assert sampled[80.0] == pytest.approx(kappas[80.0], rel=0.1)
 
 
+
+def test_edge_scales_sample_the_last_row_and_column_pairs_too():
+    guide = np.zeros((4, 2000), np.float32)  # the last row alternates: its horizontal pairs all differ
+    guide[3, ::2] = 1.0
+    exact = edge_scales(guide, (90.0,))[90.0]  # 2999 of 13 996 pairs differ (21 %): the 90th percentile is 1
+    sampled = edge_scales(guide, (90.0,), max_samples=4000)[90.0]  # (the last row's pairs left out: 8 %, the floor)
+    assert exact == pytest.approx(1.0) and sampled == pytest.approx(1.0)
+
 def test_one_colour_area_is_what_lies_beyond_the_radius_of_every_colour_difference():
     guide = np.ones((40, 60, 3), np.float32)  # white glass, with one grey pixel at (20, 30)
     guide[20, 30] = 0.5

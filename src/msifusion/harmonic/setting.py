@@ -46,7 +46,8 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
     (≥ 1e-3), leaving out the pairs inside an area of one colour (``one_colour``: :func:`one_colour_area`, computed
     when None; all pairs where that leaves none).
 
-    Guides with more than ``max_samples`` neighbour pairs are sampled (fixed positions, deterministic).
+    Guides with more than ``max_samples`` neighbour pairs are sampled: ``max_samples``/2 horizontal and as many vertical
+    pairs, each drawn from all pairs of its kind (fixed positions, deterministic).
     """
     g = np.asarray(guide)
     g = g[..., None] if g.ndim == 2 else g
@@ -57,12 +58,12 @@ def edge_scales(guide: np.ndarray, quantiles: tuple[float, ...], max_samples: in
         keep_h, keep_v = ~(flat[:, 1:] & flat[:, :-1]), ~(flat[1:] & flat[:-1])
     else:
         rng = np.random.default_rng(0)
-        n = min(max_samples // 2, (H - 1) * W)
-        r = rng.integers(0, H - 1, n)
-        c = rng.integers(0, W - 1, n)
-        p = g[r, c].astype(np.float32)
-        dh, dv = np.sqrt(((g[r, c + 1] - p) ** 2).sum(-1)), np.sqrt(((g[r + 1, c] - p) ** 2).sum(-1))
-        keep_h, keep_v = ~(flat[r, c] & flat[r, c + 1]), ~(flat[r, c] & flat[r + 1, c])
+        n = max_samples // 2
+        rh, ch = rng.integers(0, H, n), rng.integers(0, W - 1, n)  # horizontal pairs: every row, all but the last col
+        rv, cv = rng.integers(0, H - 1, n), rng.integers(0, W, n)  # vertical pairs: all but the last row, every col
+        dh = np.sqrt(((g[rh, ch + 1] - g[rh, ch].astype(np.float32)) ** 2).sum(-1))
+        dv = np.sqrt(((g[rv + 1, cv] - g[rv, cv].astype(np.float32)) ** 2).sum(-1))
+        keep_h, keep_v = ~(flat[rh, ch] & flat[rh, ch + 1]), ~(flat[rv, cv] & flat[rv + 1, cv])
     d, keep = np.concatenate([dh.ravel(), dv.ravel()]), np.concatenate([keep_h.ravel(), keep_v.ravel()])
     d = d[keep] if keep.any() else d
     return {q: max(float(np.percentile(d, q)), 1e-3) for q in quantiles}
