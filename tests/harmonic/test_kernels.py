@@ -122,6 +122,46 @@ def test_diagonal_neighbours_in_the_jacobi_solve(monkeypatch):
 
 
 
+def test_the_soft_measurement_term_in_the_jacobi_solve(monkeypatch):
+    """An image with μ > 0 lowers xᵀLx + μ‖B(A x − y)‖² without the projection (its block means move), one with μ = 0
+    is solved as without the term; the fused kernel and the torch path follow one iteration."""
+    wh, wv = _conductances(8, (2,))
+    x0, op, y = _start(9, images=2)
+    mu = torch.tensor([0.05, 0.0])[:, None, None]
+    fused, its = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False, soft=mu)
+    exact, _ = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False)
+    monkeypatch.setattr(kernels, "usable", lambda x: False)
+    plain, _ = solve_harmonic(x0, op, wh, wv, 20, 1e-6, multigrid=False, soft=mu)
+    assert its == 20 and (fused - plain).abs().max() < 1e-4 * y.abs().max()
+    assert torch.equal(fused[1], exact[1])  # μ = 0: the exact pass, bit for bit
+    assert (op.A(fused[0]) - y[0]).abs().max() > 1e-3 * y.abs().max()  # the soft image's block means moved
+
+    def energy(x, k, m):
+        return float((x * _laplacian_reference(x, wh[k], wv[k])).sum() + m * F * F * (op.A(x) - y[k]).pow(2).sum())
+
+    assert energy(fused[0], 0, 0.05) < energy(exact[0], 0, 0.05) < energy(x0[0], 0, 0.05)
+    with pytest.raises(ValueError, match="Jacobi"):
+        solve_harmonic(x0, op, wh, wv, 5, 1e-6, soft=mu)
+
+
+def test_the_soft_solve_reaches_its_normal_equations():
+    """Converged, (L + μ B A) x = μ B y: the known minimiser of the soft energy (a small image, the torch path)."""
+    g = torch.Generator().manual_seed(10)
+    h, w, f, mu = 32, 48, 8, 0.2
+    wh, wv = torch.rand(h, w - 1, generator=g).add_(0.05), torch.rand(h - 1, w, generator=g).add_(0.05)
+    y = torch.rand(1, h // f, w // f, generator=g)
+    op = Measurement((h, w), f)
+    x0 = op.project(bilinear_up_t(y, f), y)
+    x, _ = solve_harmonic(x0, op, wh, wv, 3000, 1e-9, multigrid=False, soft=torch.tensor(mu)[None, None, None])
+    spread = torch.nn.functional.interpolate  # B: each block's value on its pixels
+
+    def B(v):
+        return spread(v[:, None], scale_factor=f, mode="nearest")[:, 0]
+
+    residual = _laplacian_reference(x, wh, wv) + mu * B(op.A(x)) - mu * B(y)
+    assert residual.abs().max() < 1e-4 * float(mu * y.abs().max())
+    assert (op.A(x) - y).abs().max() > 1e-3  # the minimiser is not exact
+
 def test_jacobi_pcg_is_deterministic_and_stops_each_image_on_its_own():
     wh, wv = _conductances(4)
     x0, op, _ = _start(5)

@@ -206,3 +206,26 @@ def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
                                       "predict this ion, so it follows only the optical's strongest edges)")
     tiny = fuse(guide[:48, :48], measured[:6, :6], "guided-harmonic", options).fit  # too small to test: not told so
     assert "too small to test" in tiny.details["selection"] and SMOOTHEST_LABEL not in tiny.stop_reason
+
+
+def test_a_textured_noisy_ion_fits_its_measurement_softly_and_ends_exact(cells_like):
+    """The output's refinement pass of an ion that took the texture fits its block means softly (μ = soft_scale/σ²,
+    in run.json's notes), and the projection makes it exact again. (An ion without the texture gets μ = 0, the exact
+    pass: test_setting.)"""
+    guide, truth, f = cells_like(1, (192, 256), 8)
+    measured = block_mean(truth, f)
+    measured = np.clip(measured + 0.03 * np.random.default_rng(1).standard_normal(measured.shape), 0, None)
+    measured = measured.astype(np.float32)
+    outputs = {}
+    for scale in (3e-6, 0.0):
+        config = HarmonicConfig(solver=SolverSettings(soft_scale=scale), texture=TextureSettings((1.0,)))
+        report = HarmonicReport()
+        out = fuse_harmonic_many(guide, measured[None], f, config, report=report)[0]
+        assert consistency_error(out, measured, f) < 1e-6
+        outputs[scale] = out, report.notes[0]
+    (soft, note), (exact, exact_note) = outputs[3e-6], outputs[0.0]
+    assert note["chosen"] == exact_note["chosen"] and note["chosen"][1] == 1  # a refined rung: where the term acts
+    assert note["soft_measurement_weight"] == pytest.approx(3e-6 / note["measurement_noise"] ** 2, rel=1e-5)
+    assert exact_note["soft_measurement_weight"] == 0.0
+    assert np.abs(soft - exact).max() > 1e-3 * measured.max()
+    assert psnr(soft, truth) > psnr(exact, truth)  # measured: +0.09 dB

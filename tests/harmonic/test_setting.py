@@ -16,6 +16,7 @@ from msifusion.harmonic import (
     TextureSettings,
     edge_scales,
     fuse_harmonic_many,
+    measurement_noise,
     one_colour_area,
 )
 from msifusion.losses import edge_map, edge_perceptual_loss, luminance_t
@@ -137,3 +138,30 @@ def test_negative_measurements_are_left_signed():
     out = fuse_harmonic_many(guide, y / np.abs(y).max(), 8)[0]
     assert consistency_error(out, y[0] / np.abs(y).max(), 8) < 1e-6
     assert out.min() < 0
+
+
+def test_measurement_noise_finds_white_noise_under_a_smooth_image_and_past_a_zero_fill():
+    yy, xx = np.mgrid[:60, :80].astype(np.float32)
+    smooth = 0.2 + 0.004 * yy + 0.003 * xx + 1e-4 * (xx - 40) ** 2  # a plane and a gentle curve
+    noisy = smooth + 0.05 * np.random.default_rng(0).standard_normal(smooth.shape).astype(np.float32)
+    filled = noisy.copy()
+    filled[:, :40] = 0.0  # half the image not acquired
+    sigma = measurement_noise(torch.as_tensor(np.stack([noisy, filled, smooth])))
+    assert sigma[0] == pytest.approx(0.05, rel=0.1) and sigma[1] == pytest.approx(0.05, rel=0.15)
+    assert sigma[2] < 2e-3  # planes are blind spots of the operator; the curve leaves a trace
+    assert measurement_noise(torch.ones(1, 20, 20)).tolist() == [0.0]  # no window of two values: none found
+    assert measurement_noise(torch.rand(2, 2, 30)).tolist() == [0.0, 0.0]  # no 3×3 window at all
+
+
+def test_soft_weights_only_for_textured_ions_with_noise():
+    from msifusion.harmonic.setting import _soft_weights
+
+    noise, betas = torch.tensor([0.02, 0.02, 0.0]), torch.tensor([1.0, 0.0, 1.0])[:, None, None]
+    mu = _soft_weights(noise, betas, HarmonicConfig())
+    assert mu.shape == (3, 1, 1)
+    assert mu.ravel().tolist() == pytest.approx([3e-6 / 0.02 ** 2, 0.0, 0.0])  # β = 0, σ = 0: the exact pass
+    assert _soft_weights(noise, betas, HarmonicConfig(solver=SolverSettings(soft_scale=0.0))) is None
+    assert _soft_weights(noise, betas, HarmonicConfig(edge_weight=0.1)) is None  # the edge term has no soft solve
+    assert _soft_weights(noise, torch.zeros(3, 1, 1), HarmonicConfig()) is None
+    with pytest.raises(ValueError, match="soft_scale"):
+        SolverSettings(soft_scale=-1.0)

@@ -110,12 +110,12 @@ from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSetting
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales
+from msifusion.harmonic.setting import REFINE_ITERATIONS, colour_differences, edge_scales, measurement_noise
 from msifusion.harmonic.texture import guide_noise, one_colour_area, optical_detail, texture_snr_db
 
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",
     "PanelSettings", "SharedBasis", "SolverSettings", "TextureSettings", "choose_settings", "colour_differences",
-    "edge_scales", "fuse_harmonic_many", "guide_noise", "one_colour_area", "optical_detail", "residual_whiteness",
-    "shared_basis", "texture_snr_db",
+    "edge_scales", "fuse_harmonic_many", "guide_noise", "measurement_noise", "one_colour_area", "optical_detail",
+    "residual_whiteness", "shared_basis", "texture_snr_db",
 ]

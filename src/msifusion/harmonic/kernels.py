@@ -143,6 +143,35 @@ def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
     return total
 
 
+@njit(inline="always", fastmath=_FAST)
+def _soft_band_dot(v, u, band, f, mu):  # pragma: no cover - compiled
+    """In the band: v += μ × the block means of u (the soft measurement term's μ·B A u); returns Σ u·v."""
+    column = np.empty(v.shape[1], dtype=np.float32)
+    means = np.empty(v.shape[1], dtype=np.float32)
+    _band_means(u, band, f, column, means)
+    total = 0.0
+    for i in range(band * f, band * f + f):
+        acc = np.float32(0)
+        for j in range(v.shape[1]):
+            value = v[i, j] + mu * means[j]
+            v[i, j] = value
+            acc += u[i, j] * value
+        total += acc
+    return total
+
+
+@njit(inline="always", fastmath=_FAST)
+def _band_dot(v, u, band, f):  # pragma: no cover - compiled
+    """Σ u·v over the band (float32 per row, float64 across rows), v unchanged."""
+    total = 0.0
+    for i in range(band * f, band * f + f):
+        acc = np.float32(0)
+        for j in range(v.shape[1]):
+            acc += u[i, j] * v[i, j]
+        total += acc
+    return total
+
+
 @njit(inline="always")
 def _ordered_sum(totals):  # pragma: no cover - compiled
     """The bands' partial sums added in band order: a reduction inside ``prange`` adds per-thread sums, whose
@@ -162,8 +191,9 @@ def _laplacian(x, wh, wv, out):  # pragma: no cover - compiled
 
 
 @_compiled
-def _project_laplacian(p, wh, wv, wd1, wd2, f, Ap):  # pragma: no cover - compiled
-    """Ap = P L p (P: subtract block means); returns p·Ap. Diagonal pairs where ``wd1`` is not empty."""
+def _project_laplacian(p, wh, wv, wd1, wd2, f, Ap, soft, mu):  # pragma: no cover - compiled
+    """Ap = P L p (P: subtract block means), or with ``soft`` L p + μ B A p (no projection); returns p·Ap. Diagonal
+    pairs where ``wd1`` is not empty."""
     H, W = p.shape
     diagonal = wd1.shape[0] > 0
     totals = np.empty(H // f, dtype=np.float64)
@@ -172,13 +202,13 @@ def _project_laplacian(p, wh, wv, wd1, wd2, f, Ap):  # pragma: no cover - compil
             _lap_row(p, wh, wv, Ap, i, H, W)
             if diagonal:
                 _add_diagonal_row(p, wd1, wd2, Ap, i, H, W)
-        totals[band] = _project_band_dot(Ap, p, band, f)
+        totals[band] = _soft_band_dot(Ap, p, band, f, mu) if soft else _project_band_dot(Ap, p, band, f)
     return _ordered_sum(totals)
 
 
 @_compiled
-def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
-    """x += α p; r −= α Ap; s = P(dinv · r); returns r·s."""
+def _cg_update(x, r, p, Ap, dinv, alpha, f, s, soft):  # pragma: no cover - compiled
+    """x += α p; r −= α Ap; s = P(dinv · r) (with ``soft``, s = dinv · r); returns r·s."""
     H, W = x.shape
     totals = np.empty(H // f, dtype=np.float64)
     for band in prange(H // f):
@@ -188,7 +218,7 @@ def _cg_update(x, r, p, Ap, dinv, alpha, f, s):  # pragma: no cover - compiled
                 residual = r[i, j] - alpha * Ap[i, j]
                 r[i, j] = residual
                 s[i, j] = dinv[i, j] * residual
-        totals[band] = _project_band_dot(s, r, band, f)
+        totals[band] = _band_dot(s, r, band, f) if soft else _project_band_dot(s, r, band, f)
     return _ordered_sum(totals)
 
 
@@ -238,13 +268,16 @@ def laplacian(x: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, out: torch.Te
 
 
 def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.Tensor, f: int, iterations: int,
-               tolerance: float, diagonal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+               tolerance: float, diagonal: tuple[torch.Tensor, torch.Tensor] | None = None,
+               soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Projected Jacobi-PCG for L x = 0 on {x : block means of x = those of x0}, image by image.
 
     The same iteration as :func:`msifusion.harmonic.solver.solve_harmonic` without multigrid (box model, no
     edge term): each image stops when its preconditioned residual fell by ``tolerance`` or after
     ``iterations``. ``diagonal``: the conductances of the diagonal pairs, (…, H−1, W−1) each (``deg`` counts
-    them). Returns the solutions (shaped as ``x0``) and the most iterations any image used.
+    them). ``soft``: per image μ ≥ 0, (K, 1, 1) or None: an image with μ > 0 instead minimises xᵀLx + μ‖B(A x − A x0)‖²
+    over all images (no projection; ``deg`` must then hold μ/f² more on that image, its preconditioner's diagonal).
+    Returns the solutions (shaped as ``x0``) and the most iterations any image used.
     """
     H, W = x0.shape[-2:]
     x = x0.reshape(-1, H, W).clone(memory_format=torch.contiguous_format)
@@ -252,15 +285,18 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
     none = torch.empty((1, 0, 0), dtype=torch.float32)
     wd1s, wd2s = ((d.reshape(-1, H - 1, W - 1) for d in diagonal) if diagonal is not None else (none, none))
     dinvs = (1.0 / deg.clamp_min(1e-30)).reshape(-1, H, W)
+    mus = np.zeros(x.shape[0], np.float32) if soft is None else soft.reshape(-1).float().numpy()
     most = 0
     with _threads():
         for k in range(x.shape[0]):
             xk, whk, wvk, dinv = x[k].numpy(), _per_image(whs, k), _per_image(wvs, k), _per_image(dinvs, k)
             wd1, wd2 = _per_image(wd1s, k), _per_image(wd2s, k)
+            mu = np.float32(mus[k if len(mus) > 1 else 0])
+            is_soft = bool(mu > 0)
             Ap, s = np.empty_like(xk), np.empty_like(xk)
-            _project_laplacian(xk, whk, wvk, wd1, wd2, f, Ap)
+            _project_laplacian(xk, whk, wvk, wd1, wd2, f, Ap, is_soft, np.float32(0))  # x0 meets its own means
             r = -Ap
-            rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s)  # α = 0: only s = P(dinv r), r·s
+            rs = _cg_update(np.zeros_like(xk), r, Ap, Ap, dinv, np.float32(0), f, s, is_soft)  # α = 0: only s, r·s
             p = s.copy()
             r0 = max(math.sqrt(abs(rs)), 1e-30)
             used = 0
@@ -268,8 +304,8 @@ def jacobi_pcg(x0: torch.Tensor, wh: torch.Tensor, wv: torch.Tensor, deg: torch.
                 if math.sqrt(abs(rs)) <= tolerance * r0:
                     used -= 1
                     break
-                alpha = rs / max(_project_laplacian(p, whk, wvk, wd1, wd2, f, Ap), 1e-30)
-                rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s)
+                alpha = rs / max(_project_laplacian(p, whk, wvk, wd1, wd2, f, Ap, is_soft, mu), 1e-30)
+                rs_new = _cg_update(xk, r, p, Ap, dinv, np.float32(alpha), f, s, is_soft)
                 _scale_add(p, np.float32(rs_new / rs if rs != 0 else rs_new), s)
                 rs = rs_new
             most = max(most, used)

@@ -13,7 +13,8 @@ from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, _decompose
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import _finish, _Guide, _Problem, _refine_taus, _solve_setting
+from msifusion.harmonic.setting import (_finish, _Guide, _Problem, _refine_taus, _soft_weights, _solve_setting,
+                                        measurement_noise)
 from msifusion.measurement import MeasurementModel
 
 
@@ -116,7 +117,11 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     report.settings = [config.ladder.rungs[i] for i, _ in chosen]
     betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
-    report.notes = notes
+    noise = measurement_noise(y_all)
+    soft = None if basis is not None else _soft_weights(noise, betas, config)
+    report.notes = [{**note, "measurement_noise": float(sigma),
+                     "soft_measurement_weight": float(soft[k]) if soft is not None else 0.0}
+                    for k, (note, sigma) in enumerate(zip(notes, noise))]
     settings = sorted({i for i, _ in chosen})
     # with a basis, a tile's step is shared out: each setting's solve of the basis, and all ions' mixtures, a part each
     share = 1 / (len(settings) + 1)
@@ -138,7 +143,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                 y = y_all[batch][:, orow, ocol]
                 if basis is None:
                     pb = _Problem(g, y, f, taus[batch], gd)
-                    x, _ = _solve_setting(pb, *config.ladder.rungs[setting])
+                    x, _ = _solve_setting(pb, *config.ladder.rungs[setting], soft=None if soft is None else soft[batch])
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)  # exact

@@ -209,7 +209,8 @@ class Multigrid:
 
 def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torch.Tensor, iterations: int,
                    tolerance: float, edge: EdgeTerm | None = None, multigrid: bool = True,
-                   diagonal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+                   diagonal: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   soft: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Minimise x^T L x (+ edge term) over {x : A x = A x0} by projected PCG; batched over leading axes.
 
     Preconditioner: the :class:`Multigrid` V-cycle without the edge term (under a laser spot, between
@@ -220,23 +221,37 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
     image's preconditioned residual fell by ``tolerance`` or after ``iterations``. ``x0`` is
     left unchanged. ``diagonal``: conductances of the diagonal neighbour pairs too, (…, H−1, W−1) each, the first
     joining (i, j) and (i+1, j+1), the second (i, j+1) and (i+1, j) (Jacobi only: the refinement pass).
+    ``soft``: per image μ ≥ 0, (K, 1, 1) (Jacobi, no edge term): an image with μ > 0 minimises
+    ``xᵀLx + μ‖B(A x − A x0)‖²`` over all images instead (A: the box average, also under a laser spot; B: each
+    block's value on its f×f pixels, so μ weighs a fine pixel), from ``x0``; its result is not exact, and the
+    caller projects it.
     """
     if diagonal is not None and multigrid:
         raise ValueError("diagonal neighbours are solved with the Jacobi preconditioner only (multigrid=False)")
+    if soft is not None and (multigrid or edge is not None):
+        raise ValueError("the soft measurement term is solved with the Jacobi preconditioner, without the edge term")
     f = op.f
     if op.spot > 0:
-        def P(v: torch.Tensor) -> torch.Tensor:
+        def project(v: torch.Tensor) -> torch.Tensor:
             v.copy_(op.null_project(v))
             return v
     else:
-        def P(v: torch.Tensor) -> torch.Tensor:
+        def project(v: torch.Tensor) -> torch.Tensor:
             return block_project(v, f)
+    hard = None if soft is None else soft <= 0  # (K, 1, 1): the images kept on their measurement
+    if hard is None:
+        P = project
+    else:
+        def P(v: torch.Tensor) -> torch.Tensor:
+            return v.copy_(torch.where(hard, project(v.clone()), v))
 
     deg = _degree(wh, wv)  # the 4-neighbour part's, which _laplacian forms; the diagonal pairs are added after it
     full = deg if diagonal is None else _with_diagonal(deg, diagonal)  # the Jacobi preconditioner's
+    if soft is not None:
+        full = full + soft / (f * f)  # μ B A's diagonal: each pixel weighs 1/f² in its block's mean
     x0 = x0.contiguous()
     if not multigrid and op.spot == 0 and edge is None and kernels.usable(x0):
-        return kernels.jacobi_pcg(x0, wh, wv, full, f, iterations, tolerance, diagonal)
+        return kernels.jacobi_pcg(x0, wh, wv, full, f, iterations, tolerance, diagonal, soft)
     if multigrid and op.spot == 0 and edge is None:
         precondition = Multigrid(wh, wv, f)
     elif multigrid and edge is None:
@@ -253,15 +268,17 @@ def solve_harmonic(x0: torch.Tensor, op: Measurement, wh: torch.Tensor, wv: torc
             return P(dinv * v)
     deg = deg.expand_as(x0) if deg.dim() < x0.dim() else deg
 
-    def apply(v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def apply(v: torch.Tensor, out: torch.Tensor, measured: bool = True) -> torch.Tensor:
         _laplacian(v, wh, wv, deg, out)
         if diagonal is not None:
             _add_diagonal(v, diagonal, out)
+        if soft is not None and measured:
+            out.add_(soft * (v - block_project(v.clone(), f)))  # μ B A v: each pixel's block mean
         return out.add_(edge.normal(v)) if edge else out
 
     x = x0.clone()
     r = torch.empty_like(x0)
-    apply(x0, r)
+    apply(x0, r, measured=False)  # x0 meets its own block means: the soft term's residual there is 0
     r.neg_()
     if edge:
         r.add_(edge.rhs(x0))
