@@ -12,7 +12,8 @@ underscore are shared between them, not offered to users):
   one colour: :func:`one_colour_area`), and how far it stands above
   the guide's pixel noise (:func:`guide_noise`, :func:`texture_snr_db`);
 - :mod:`msifusion.harmonic.setting`: conductances (κ: :func:`edge_scales`), what every ion on one guide shares, and
-  one ladder setting's exact solve with its refinement, non-negativity and texture steps;
+  one ladder setting's exact solve with its refinement, non-negativity and texture steps; the measurement's noise
+  (:func:`measurement_noise`) and the refinement's soft measurement term it weighs;
 - :mod:`msifusion.harmonic.panel`: many ions through a shared basis (:func:`shared_basis`);
 - :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting and texture strength
   (:func:`choose_settings`) and its paired per-block walk;
@@ -37,7 +38,7 @@ means (the projection is "subtract each block's mean"), preconditioned by an agg
 multigrid V-cycle whose levels nest in the MSI blocks (the solver is its own module,
 :mod:`msifusion.harmonic.solver`; the others are the method around it).
 
-Four additions, each measured on the benchmark (docs/benchmarks.md):
+Five additions, each measured on the benchmark (docs/benchmarks.md):
 
 - *Refinement*: one re-weighted pass (IRLS) multiplies the conductances by
   ``1 / (1 + (|x_i − x_j| / τ)²)`` of the first solution (τ = ``SolverSettings.refine_scale``·std(y)):
@@ -80,6 +81,11 @@ Four additions, each measured on the benchmark (docs/benchmarks.md):
   noise would give it (else β would copy the camera's noise into the ion), and not where the strongest
   β predicts the measurement significantly worse than none or than the chosen β (a gain at a weak strength
   that turns into a loss at a strong one is a partial fit of something else).
+- *Noise, for an ion that takes the texture*: its output's refinement pass fits the block means softly, with weight
+  μ = ``SolverSettings.soft_scale`` / σ² per fine pixel (σ: the measurement's white noise, estimated from the ion
+  image itself, :func:`measurement_noise`), and the exact projection then restores them: each MSI pixel's noise is
+  spread smoothly over it rather than gathered into the small regions that the optical's edges isolate, where with
+  the texture it costs most. μ grows as the noise falls; the coarse-level test keeps the exact pass.
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear

@@ -137,7 +137,7 @@ class SolverSettings:
     each MSI pixel's noise is spread smoothly over it rather than gathered into the small regions that the optical's
     edges isolate (where, with the texture, it costs most). μ grows as the noise falls, so noise-free data keep the
     exact pass. 0: off. Measured (docs/benchmarks.md): benchmark phantoms +0.09 dB, dev phantoms +0.07, the noisy
-    synthetic variants up to +0.35; the coarse test keeps the exact pass, so no choice changes."""
+    synthetic variants up to +0.36, noise-free ones −0.01 to −0.09; the coarse test keeps the exact pass, so no choice changes."""
 
     weight_floor: float = 1e-3
     refine_scale: float = 0.1
