@@ -137,7 +137,8 @@ class SolverSettings:
     each MSI pixel's noise is spread smoothly over it rather than gathered into the small regions that the optical's
     edges isolate (where, with the texture, it costs most). μ grows as the noise falls, so noise-free data keep the
     exact pass. 0: off. Measured (docs/benchmarks.md): benchmark phantoms +0.09 dB, dev phantoms +0.07, the noisy
-    synthetic variants up to +0.36, noise-free ones −0.01 to −0.09; the coarse test keeps the exact pass, so no choice changes."""
+    synthetic variants up to +0.36, noise-free ones −0.01 to −0.09; the coarse test keeps the exact pass, so no
+    choice changes."""
 
     weight_floor: float = 1e-3
     refine_scale: float = 0.1
@@ -149,7 +150,7 @@ class SolverSettings:
     halo_blocks: int = 6
 
     def __post_init__(self) -> None:
-        if self.weight_floor <= 0 or self.refine_scale <= 0 or not self.diagonal_weight >= 0 or not self.soft_scale >= 0:
+        if self.weight_floor <= 0 or self.refine_scale <= 0 or not (self.diagonal_weight >= 0 and self.soft_scale >= 0):
             raise ValueError("weight_floor and refine_scale must be positive, diagonal_weight and soft_scale ≥ 0")
         if self.iterations < 1 or self.tolerance <= 0:
             raise ValueError("iterations ≥ 1 and tolerance > 0 required")

@@ -127,33 +127,18 @@ def _band_means(v, band, f, column, means):  # pragma: no cover - compiled
 
 
 @njit(inline="always", fastmath=_FAST)
-def _project_band_dot(v, u, band, f):  # pragma: no cover - compiled
-    """In the band: v −= its block means; returns Σ u·v (float32 per row, float64 across rows)."""
+def _shift_band_dot(v, u, band, f, source, scale):  # pragma: no cover - compiled
+    """In the band: v += scale × the block means of ``source``; returns Σ u·v (float32 per row, float64 across rows).
+    With ``source`` v and scale −1, the projection onto zero block means; with ``source`` u and scale μ, the soft
+    measurement term's μ B A u."""
     column = np.empty(v.shape[1], dtype=np.float32)
     means = np.empty(v.shape[1], dtype=np.float32)
-    _band_means(v, band, f, column, means)
+    _band_means(source, band, f, column, means)
     total = 0.0
     for i in range(band * f, band * f + f):
         acc = np.float32(0)
         for j in range(v.shape[1]):
-            value = v[i, j] - means[j]
-            v[i, j] = value
-            acc += u[i, j] * value
-        total += acc
-    return total
-
-
-@njit(inline="always", fastmath=_FAST)
-def _soft_band_dot(v, u, band, f, mu):  # pragma: no cover - compiled
-    """In the band: v += μ × the block means of u (the soft measurement term's μ·B A u); returns Σ u·v."""
-    column = np.empty(v.shape[1], dtype=np.float32)
-    means = np.empty(v.shape[1], dtype=np.float32)
-    _band_means(u, band, f, column, means)
-    total = 0.0
-    for i in range(band * f, band * f + f):
-        acc = np.float32(0)
-        for j in range(v.shape[1]):
-            value = v[i, j] + mu * means[j]
+            value = v[i, j] + scale * means[j]
             v[i, j] = value
             acc += u[i, j] * value
         total += acc
@@ -202,7 +187,8 @@ def _project_laplacian(p, wh, wv, wd1, wd2, f, Ap, soft, mu):  # pragma: no cove
             _lap_row(p, wh, wv, Ap, i, H, W)
             if diagonal:
                 _add_diagonal_row(p, wd1, wd2, Ap, i, H, W)
-        totals[band] = _soft_band_dot(Ap, p, band, f, mu) if soft else _project_band_dot(Ap, p, band, f)
+        source, scale = (p, mu) if soft else (Ap, np.float32(-1))  # μ B A p, or the projection of L p
+        totals[band] = _shift_band_dot(Ap, p, band, f, source, scale)
     return _ordered_sum(totals)
 
 
@@ -218,7 +204,7 @@ def _cg_update(x, r, p, Ap, dinv, alpha, f, s, soft):  # pragma: no cover - comp
                 residual = r[i, j] - alpha * Ap[i, j]
                 r[i, j] = residual
                 s[i, j] = dinv[i, j] * residual
-        totals[band] = _band_dot(s, r, band, f) if soft else _project_band_dot(s, r, band, f)
+        totals[band] = _band_dot(s, r, band, f) if soft else _shift_band_dot(s, r, band, f, s, np.float32(-1))
     return _ordered_sum(totals)
 
 

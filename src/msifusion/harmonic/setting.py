@@ -147,7 +147,8 @@ class _Problem:
 
 
 def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | None = None,
-                   tolerance: float | None = None, soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   tolerance: float | None = None,
+                   soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact guided harmonic solution for one ladder setting, (K, H, W), and the solution before
     refinement (a warm start for the next setting).
 
