@@ -156,12 +156,41 @@ def test_measurement_noise_finds_white_noise_under_a_smooth_image_and_past_a_zer
 def test_soft_weights_only_for_textured_ions_with_noise():
     from msifusion.harmonic.setting import _soft_weights
 
-    noise, betas = torch.tensor([0.02, 0.02, 0.0]), torch.tensor([1.0, 0.0, 1.0])[:, None, None]
-    mu = _soft_weights(noise, betas, HarmonicConfig())
-    assert mu.shape == (3, 1, 1)
-    assert mu.ravel().tolist() == pytest.approx([3e-6 / 0.02 ** 2, 0.0, 0.0])  # β = 0, σ = 0: the exact pass
-    assert _soft_weights(noise, betas, HarmonicConfig(solver=SolverSettings(soft_scale=0.0))) is None
-    assert _soft_weights(noise, betas, HarmonicConfig(edge_weight=0.1)) is None  # the edge term has no soft solve
-    assert _soft_weights(noise, torch.zeros(3, 1, 1), HarmonicConfig()) is None
+    noise, betas = torch.tensor([0.02, 0.02, 0.0, 0.02]), torch.tensor([1.0, 0.0, 1.0, 1.0])[:, None, None]
+    refined = torch.tensor([True, True, True, False])
+    mu = _soft_weights(noise, betas, refined, HarmonicConfig())
+    assert mu.shape == (4, 1, 1)
+    assert mu.ravel().tolist() == pytest.approx([3e-6 / 0.02 ** 2, 0.0, 0.0, 0.0])  # β = 0, σ = 0, no pass: exact
+    assert _soft_weights(noise, betas, refined, HarmonicConfig(solver=SolverSettings(soft_scale=0.0))) is None
+    assert _soft_weights(noise, betas, refined, HarmonicConfig(edge_weight=0.1)) is None  # no soft solve with it
+    assert _soft_weights(noise, torch.zeros(4, 1, 1), refined, HarmonicConfig()) is None
     with pytest.raises(ValueError, match="soft_scale"):
         SolverSettings(soft_scale=-1.0)
+
+
+def test_a_second_soft_refinement_pass_aims_at_the_measurement(cells):
+    """With two passes, the second starts from the first's exact projection: it fits y, not the block means the
+    first soft pass moved to."""
+    from msifusion.harmonic import setting
+    from msifusion.harmonic.setting import _Guide, _Problem, _solve_setting
+    from msifusion.measurement import MeasurementModel
+
+    guide, truth, f = cells
+    y = torch.as_tensor(block_mean(truth, f)[None].astype(np.float32))
+    config = HarmonicConfig()
+    gd = _Guide.of(guide, f, config, MeasurementModel(), torch.device("cpu"))
+    pb = _Problem(torch.tensor(guide), y, f, torch.full((1, 1, 1), 0.1 * float(y.std())), gd)
+    starts = []
+    solve = setting.solve_harmonic
+
+    def spy(x0, op, *args, **kwargs):
+        starts.append(float((op.A(x0) - y).abs().max()))
+        return solve(x0, op, *args, **kwargs)
+
+    setting.solve_harmonic = spy
+    try:
+        out, _ = _solve_setting(pb, 80.0, 2, soft=torch.full((1, 1, 1), 1e-3))
+    finally:
+        setting.solve_harmonic = solve
+    assert len(starts) == 3 and max(starts) < 1e-5  # the first solve and both passes start on the measurement
+    assert float((pb.op.A(out) - y).abs().max()) < 1e-5

@@ -85,7 +85,8 @@ Five additions, each measured on the benchmark (docs/benchmarks.md):
   μ = ``SolverSettings.soft_scale`` / σ² per fine pixel (σ: the measurement's white noise, estimated from the ion
   image itself, :func:`measurement_noise`), and the exact projection then restores them: each MSI pixel's noise is
   spread smoothly over it rather than gathered into the small regions that the optical's edges isolate, where with
-  the texture it costs most. μ grows as the noise falls; the coarse-level test keeps the exact pass.
+  the texture it costs most. μ grows as the noise falls (the estimate also reads the ion's own detail at the MSI
+  pixel, so noise-free data get a weak soft pass too); the coarse-level test keeps the exact pass.
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear

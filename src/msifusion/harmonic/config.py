@@ -135,10 +135,11 @@ class SolverSettings:
     means softly, with weight μ = ``soft_scale`` / σ² per fine pixel (σ: the measurement's white noise in units of the
     ion's peak, :func:`msifusion.harmonic.setting.measurement_noise`), and the exact projection then restores them:
     each MSI pixel's noise is spread smoothly over it rather than gathered into the small regions that the optical's
-    edges isolate (where, with the texture, it costs most). μ grows as the noise falls, so noise-free data keep the
-    exact pass. 0: off. Measured (docs/benchmarks.md): benchmark phantoms +0.09 dB, dev phantoms +0.07, the noisy
-    synthetic variants up to +0.36, noise-free ones −0.01 to −0.09; the coarse test keeps the exact pass, so no
-    choice changes."""
+    edges isolate (where, with the texture, it costs most). μ grows as the noise falls; the estimate also reads the
+    ion's own detail at the MSI pixel, so noise-free data get a soft pass too, a weak one where that detail is fine.
+    0: off. Measured (docs/benchmarks.md): benchmark phantoms +0.09 dB, dev phantoms +0.07, the noisy synthetic
+    variants up to +0.36, the noise-free ones −0.01 to −0.09; the coarse test keeps the exact pass, so no choice
+    changes."""
 
     weight_floor: float = 1e-3
     refine_scale: float = 0.1

@@ -118,7 +118,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
     betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
     noise = measurement_noise(y_all)
-    soft = None if basis is not None else _soft_weights(noise, betas, config)
+    refined = torch.tensor([config.ladder.rungs[i][1] > 0 for i, _ in chosen], device=device)
+    soft = None if basis is not None else _soft_weights(noise, betas, refined, config)
     report.notes = [{**note, "measurement_noise": float(sigma),
                      "soft_measurement_weight": float(soft[k]) if soft is not None else 0.0}
                     for k, (note, sigma) in enumerate(zip(notes, noise))]
