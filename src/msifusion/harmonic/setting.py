@@ -187,8 +187,9 @@ def measurement_noise(images: torch.Tensor) -> torch.Tensor:
     """The standard deviation of white noise in each of (K, h, w) images, (K,): Immerkær's 3×3 operator (a difference
     of two Laplacians, blind to planes) through a robust scale, the median of its magnitude / (6 · 0.6745), over the
     3×3 windows not of one value (a zero fill, an area not acquired). The image's own detail at the pixel scale adds
-    to it (measured on noise-free phantoms and Voronoi cells: 0.001–0.06 of the peak), noise under it is found within 10–30 % (clipped
-    at zero: under). 0 where no window is left. (Immerkær, "Fast noise variance estimation", CVIU 1996.)"""
+    to it (measured on noise-free phantoms and Voronoi cells: 0.001–0.06 of the peak); noise under it is found within
+    10–30 % (clipped at zero: under). 0 where no window is left. (Immerkær, "Fast noise variance estimation", CVIU
+    1996.)"""
     K, h, w = images.shape
     if h < 3 or w < 3:
         return images.new_zeros(K)
