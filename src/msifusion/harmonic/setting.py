@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from msifusion.harmonic.config import HarmonicConfig
-from msifusion.harmonic.texture import (_detail_eps, _texture_testable, one_colour_area, optical_detail,
-                                        texture_snr_db)
+from msifusion.harmonic.texture import (IMMERKAER_SCALE, _detail_eps, _noise_responses, _texture_testable,
+                                        one_colour_area, optical_detail, texture_snr_db)
 from msifusion.io.images import torch_ready
 from msifusion.measurement import Measurement, MeasurementModel, bilinear_up_t
 from msifusion.harmonic.solver import EdgeTerm, solve_harmonic
@@ -185,20 +185,19 @@ def _solve_setting(pb: _Problem, q: float, passes: int, start: torch.Tensor | No
 
 def measurement_noise(images: torch.Tensor) -> torch.Tensor:
     """The standard deviation of white noise in each of (K, h, w) images, (K,): Immerkær's 3×3 operator (a difference
-    of two Laplacians, blind to planes) through a robust scale, the median of its magnitude / (6 · 0.6745), over the
-    3×3 windows not of one value (a zero fill, an area not acquired). The image's own detail at the pixel scale adds
+    of two Laplacians, blind to planes: :func:`msifusion.harmonic.texture._noise_responses`, as the guide's noise)
+    through a robust scale, the median of its magnitude / (6 · 0.6745), over the 3×3 windows not of one value (a zero
+    fill, an area not acquired). The image's own detail at the pixel scale adds
     to it (measured on noise-free phantoms and Voronoi cells: 0.001–0.06 of the peak); noise under it is found within
     10–30 % (clipped at zero: under). 0 where no window is left. (Immerkær, "Fast noise variance estimation", CVIU
     1996.)"""
     K, h, w = images.shape
     if h < 3 or w < 3:
         return images.new_zeros(K)
-    v = images[:, None].double()
-    kernel = torch.tensor([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=v.dtype, device=v.device)[None, None]
-    response = torch.nn.functional.conv2d(v, kernel)[:, 0].abs()
-    spread = torch.nn.functional.max_pool2d(v, 3, 1) + torch.nn.functional.max_pool2d(-v, 3, 1)
-    kept = spread[:, 0] > 0
-    return torch.stack([r[k].median() / (6 * 0.6745) if bool(k.any()) else r.new_zeros(())
+    v = images.double()
+    response = _noise_responses(v)
+    kept = (torch.nn.functional.max_pool2d(v, 3, 1) + torch.nn.functional.max_pool2d(-v, 3, 1)) > 0
+    return torch.stack([r[k].median() / IMMERKAER_SCALE if bool(k.any()) else r.new_zeros(())
                         for r, k in zip(response, kept)]).float()
 
 

@@ -85,13 +85,24 @@ def _central_window(guide: np.ndarray, max_pixels: int,
     return torch.as_tensor(np.ascontiguousarray(guide[rows, cols])), kept if bool(kept.any()) else ~kept
 
 
+IMMERKAER_SCALE = 0.6745 * 6  # white noise of std σ gives a response of std 6σ, whose median |·| is 0.6745 of that
+
+
+def _noise_responses(images: torch.Tensor) -> torch.Tensor:
+    """|Immerkær's 3×3 mask [1 −2 1; −2 4 −2; 1 −2 1]| over each of (N, h, w) images of at least 3×3, (N, h−2, w−2),
+    in their dtype: it cancels planes and straight ramps, so a median of it / :data:`IMMERKAER_SCALE` estimates the
+    images' white noise (:func:`guide_noise`, :func:`msifusion.harmonic.setting.measurement_noise`)."""
+    mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=images.dtype,
+                        device=images.device)
+    return F.conv2d(images[:, None], mask.view(1, 1, 3, 3))[:, 0].abs()
+
+
 def _mask_noise(window: torch.Tensor, kept: torch.Tensor) -> float:
     """:func:`guide_noise` of a window (h, w, C) of at least 3×3, over the responses centred on ``kept`` (h, w)."""
-    mask = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
-    response = F.conv2d(window.permute(2, 0, 1).contiguous()[:, None], mask)[:, 0]
+    response = _noise_responses(window.permute(2, 0, 1).contiguous())
     inner = kept[1:-1, 1:-1]
     response = response[:, inner] if bool(inner.any()) else response.flatten(1)
-    per_channel = response.abs().median(1).values / (0.6745 * 6)
+    per_channel = response.median(1).values / IMMERKAER_SCALE
     return float(per_channel.mean()) / math.sqrt(window.shape[-1])
 
 
