@@ -48,6 +48,15 @@ def test_spot_operator_is_scipy_gaussian_blur_then_block_mean():
     np.testing.assert_array_equal(MeasurementModel().apply(fine, 10), block_mean(fine, 10))
 
 
+def test_torch_gaussian_blur_is_scipys_with_replicated_borders():
+    from msifusion.measurement import gaussian_blur_t
+
+    fine = np.random.default_rng(2).random((2, 30, 50))
+    ours = gaussian_blur_t(torch.as_tensor(fine), 2.5).numpy()
+    for k in range(2):
+        np.testing.assert_allclose(ours[k], gaussian_filter(fine[k], 2.5, mode="nearest", truncate=3.0), atol=1e-12)
+
+
 def test_spot_operator_conserves_mass_and_its_adjoint_is_exact():
     op = Measurement((40, 30), 10, 2.5)
     rng = np.random.default_rng(1)

@@ -207,6 +207,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         m.add_argument("--no-texture", action="store_true",
                        help="never carry the optical's fine texture (cell walls) over into the fused image; by "
                             "default a self-supervised test decides per ion"),
+        m.add_argument("--no-spread", action="store_true",
+                       help="never blur the fused image to an ion that proves less sharp than the optical below the "
+                            "MSI pixel; by default a self-supervised test decides per ion"),
         m.add_argument("--edge-weight", type=_weight, default=0.0, metavar="W",
                        help="add the paper's edge perceptual loss to the energy with this weight (default 0; "
                             "measured: slower and no closer to the truth, docs/benchmarks.md)")]
@@ -321,10 +324,11 @@ def _settings(args: argparse.Namespace):
     given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
              "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
     fit = FitConfig(**{k: v for k, v in given.items() if v is not None})  # an InputError naming the option
-    from msifusion.harmonic import HarmonicConfig, TextureSettings
+    from msifusion.harmonic import HarmonicConfig, SpreadSettings, TextureSettings
     from msifusion.measurement import MeasurementModel
 
     harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings(),
+                              spread=SpreadSettings.off() if args.no_spread else SpreadSettings(),
                               edge_weight=args.edge_weight)
     options = MethodOptions(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
                             measurement=MeasurementModel(args.spot_sigma))

@@ -147,6 +147,16 @@ def gauss_taps(sigma: float, truncate: float) -> tuple[torch.Tensor, int]:
     return taps / taps.sum(), radius
 
 
+def gaussian_blur_t(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """(…, H, W) blurred by a separable Gaussian of ``sigma`` px out to ``truncate`` σ, replicated borders."""
+    taps, radius = gauss_taps(sigma, truncate)
+    taps = taps.to(x)
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+    return flat.reshape(x.shape)
+
+
 def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:
     """(n / f, n) matrix of a 1-D Gaussian blur (reflect, half-sample symmetric borders) then f-pixel box means.
 

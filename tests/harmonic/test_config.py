@@ -11,6 +11,7 @@ from msifusion.harmonic import (
     LadderSettings,
     PanelSettings,
     SolverSettings,
+    SpreadSettings,
     TextureSettings,
 )
 from msifusion.measurement import MeasurementModel
@@ -26,7 +27,9 @@ from msifusion.measurement import MeasurementModel
     (PanelSettings, dict(ion_batch=0)), (PanelSettings, dict(min_ions=1)), (PanelSettings, dict(whiteness=1.0)),
     (TextureSettings, dict(strengths=())), (TextureSettings, dict(strengths=(0.5, 0.0))),
     (TextureSettings, dict(strengths=(-1.0,))), (TextureSettings, dict(sigma_px=0.0)),
-    (TextureSettings, dict(significance=-1.0)),
+    (TextureSettings, dict(significance=-1.0)), (SpreadSettings, dict(widths=(0.0,))),
+    (SpreadSettings, dict(widths=(0.5, 0.25))), (SpreadSettings, dict(widths=(3.0,))),
+    (SpreadSettings, dict(significance=-1.0)), (SpreadSettings, dict(sign_significance=-1.0)),
     (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
 def test_config_rejects_nonsense(group, bad):
     (name,) = bad

@@ -10,6 +10,7 @@ from msifusion.harmonic import (
     HarmonicConfig,
     HarmonicReport,
     LadderSettings,
+    SpreadSettings,
     fuse_harmonic_many,
 )
 from msifusion.runtime import Runtime
@@ -209,3 +210,42 @@ def test_a_mixed_sign_ion_gets_no_texture_and_its_note_says_so(cells):
     note = report.notes[0]
     assert note["chosen"] != HarmonicConfig().ladder.rungs[0]  # the ladder climbed: the texture would be tested
     assert note["texture"] == 0.0 and note["texture_tested"] is False and note["texture_flat_prior"] is False
+
+
+def test_an_ion_blurred_below_the_msi_pixel_gets_its_spread_and_a_sharp_one_none(cells, cells_like):
+    """Cells whose chemistry is blurred by σ = 3 fine pixels (3/8 of an MSI pixel): the coarse test finds a spread,
+    and the output, exact all the same, is far closer to the truth than without one. The sharp cells get none."""
+    from scipy.ndimage import gaussian_filter
+
+    guide, sharp, f = cells
+    report = HarmonicReport()
+    fuse_harmonic_many(guide, (block_mean(sharp, f) / block_mean(sharp, f).max())[None], f, report=report)
+    assert report.notes[0]["spread_px"] == 0.0
+    guide, truth, f = cells_like(0)
+    truth = gaussian_filter(truth, 3.0)
+    measured = block_mean(truth, f)
+    y, unit = (measured / measured.max())[None], measured.max()
+    spread, sharp_report = HarmonicReport(), HarmonicReport()
+    out = fuse_harmonic_many(guide, y, f, report=spread)[0] * unit
+    without = fuse_harmonic_many(guide, y, f, HarmonicConfig(spread=SpreadSettings.off()), report=sharp_report)[0] * unit
+    assert spread.notes[0]["spread_px"] > 0 and sharp_report.notes[0]["spread_px"] == 0.0
+    assert len(spread.notes[0]["spread_coarse_mse"]) == 1 + len(SpreadSettings().widths)
+    assert spread.settings[0] == sharp_report.settings[0]  # the spread is chosen after the setting
+    assert consistency_error(out, measured, f) < 1e-6 and out.min() >= 0
+    assert psnr(out, truth) > psnr(without, truth) + 5.0
+
+
+def test_the_spread_needs_a_significant_gain_then_takes_the_least_error():
+    """A spread is taken only where some width beats none significantly on significantly most blocks; then the width
+    with the least mean error, even past one that is not significantly better than the last step."""
+    from msifusion.harmonic.selection import _choose_spread
+
+    rng = np.random.default_rng(1)
+    none = torch.tensor(1.0 + 0.1 * rng.random(400))
+    config = HarmonicConfig()
+    better = torch.stack([none - 0.05, none - 0.08, none - 0.085, none + 0.2])  # the least: the third width
+    assert _choose_spread(none, better, config) == 3
+    noise = torch.stack([none + 0.001 * torch.tensor(rng.standard_normal(400)) for _ in range(4)])
+    assert _choose_spread(none, noise, config) == 0
+    strict = HarmonicConfig(spread=SpreadSettings(sign_significance=1e6))
+    assert _choose_spread(none, better, strict) == 0

@@ -15,7 +15,7 @@ underscore are shared between them, not offered to users):
   one ladder setting's exact solve with its refinement, non-negativity and texture steps; the measurement's noise
   (:func:`measurement_noise`) and the refinement's soft measurement term it weighs;
 - :mod:`msifusion.harmonic.panel`: many ions through a shared basis (:func:`shared_basis`);
-- :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting and texture strength
+- :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting, texture strength and spread
   (:func:`choose_settings`) and its paired per-block walk;
 - :mod:`msifusion.harmonic.run`: the entry point (:func:`fuse_harmonic_many`, each ion's choices in a
   :class:`HarmonicReport`): shared basis or ion batches, tiles.
@@ -87,6 +87,10 @@ Five additions, each measured on the benchmark (docs/benchmarks.md):
   spread smoothly over it rather than gathered into the small regions that the optical's edges isolate, where with
   the texture it costs most. μ grows as the noise falls (the estimate also reads the ion's own detail at the MSI
   pixel, so noise-free data get a weak soft pass too); the coarse-level test keeps the exact pass.
+- *The ion's own spread*: an ion may follow the optical at the MSI pixel's scale and not below it (the analyte
+  spreads while the matrix is applied). At the chosen setting and β, the coarse-level test also tries Gaussian blurs
+  of σ = 1/8 to 1/2 MSI pixel (the same width in fine pixels at 2f as at f, :class:`SpreadSettings`); where one
+  predicts significantly better than none, the output is blurred by the best and made exact again.
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear
@@ -113,7 +117,7 @@ memory traffic there.
 """
 
 from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSettings, PanelSettings, SolverSettings,
-                                       TextureSettings)
+                                       SpreadSettings, TextureSettings)
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
@@ -122,7 +126,7 @@ from msifusion.harmonic.texture import guide_noise, one_colour_area, optical_det
 
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",
-    "PanelSettings", "SharedBasis", "SolverSettings", "TextureSettings", "choose_settings", "colour_differences",
-    "edge_scales", "fuse_harmonic_many", "guide_noise", "measurement_noise", "one_colour_area", "optical_detail",
-    "residual_whiteness", "shared_basis", "texture_snr_db",
+    "PanelSettings", "SharedBasis", "SolverSettings", "SpreadSettings", "TextureSettings", "choose_settings",
+    "colour_differences", "edge_scales", "fuse_harmonic_many", "guide_noise", "measurement_noise", "one_colour_area",
+    "optical_detail", "residual_whiteness", "shared_basis", "texture_snr_db",
 ]

@@ -15,7 +15,7 @@ from msifusion.harmonic.panel import _Basis, _cannot_share, _decompose
 from msifusion.harmonic.selection import choose_settings
 from msifusion.harmonic.setting import (_finish, _Guide, _Problem, _refine_taus, _soft_weights, _solve_setting,
                                         measurement_noise)
-from msifusion.measurement import MeasurementModel
+from msifusion.measurement import Measurement, MeasurementModel, gaussian_blur_t
 
 
 # ----------------------------------------------------------------------------- tiles
@@ -114,16 +114,17 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         chosen += c
         notes += n
         progress.update()
-    report.settings = [config.ladder.rungs[i] for i, _ in chosen]
-    betas = torch.tensor([config.texture.strengths[j] for _, j in chosen], dtype=torch.float32,
+    report.settings = [config.ladder.rungs[i] for i, _, _ in chosen]
+    betas = torch.tensor([config.texture.strengths[j] for _, j, _ in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
+    spreads = [config.spread.widths[w - 1] * f if w else 0.0 for _, _, w in chosen]  # σ in fine pixels
     noise = measurement_noise(y_all)
-    refined = torch.tensor([config.ladder.rungs[i][1] > 0 for i, _ in chosen], device=device)
+    refined = torch.tensor([config.ladder.rungs[i][1] > 0 for i, _, _ in chosen], device=device)
     soft = None if basis is not None else _soft_weights(noise, betas, refined, config)
     report.notes = [{**note, "measurement_noise": float(sigma),
                      "soft_measurement_weight": float(soft[k]) if soft is not None else 0.0}
                     for k, (note, sigma) in enumerate(zip(notes, noise))]
-    settings = sorted({i for i, _ in chosen})
+    settings = sorted({i for i, _, _ in chosen})
     # with a basis, a tile's step is shared out: each setting's solve of the basis, and all ions' mixtures, a part each
     share = 1 / (len(settings) + 1)
     out, rows = into if into is not None else (np.empty((K, H, W), dtype=np.float32), np.arange(K))
@@ -148,6 +149,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                 else:
                     x = pb.op.project(basis.mix(fused_basis, batch), y)
                 x = _finish(x, y, pb.op, config.positive, nonneg[batch], betas[batch], detail)  # exact
+                x = _spread(x, y, [spreads[k] for k in batch], pb.op, config.positive, nonneg[batch])
                 x = x[:, inner[0], inner[1]]
                 out[rows[batch], irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K * share if basis is not None else len(batch) / batch_size)
@@ -158,6 +160,18 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
             out[row] = op.project(torch.as_tensor(out[row], device=device), y_all[k]).float().cpu().numpy()
     progress.close()
     return out
+
+
+def _spread(x: torch.Tensor, y: torch.Tensor, sigmas: list[float], op: Measurement, positive: bool,
+            nonneg: torch.Tensor) -> torch.Tensor:
+    """Each exact image of ``x`` (K, H, W) with a spread σ > 0 (fine pixels) blurred by it and made exact again
+    (non-negative where its measurement is: :func:`_finish`). A tile's halo (``SolverSettings.halo_blocks``, 6) holds
+    the blur's reach, 3σ: 1.5 blocks at the widest default width, 6 at the widest allowed."""
+    for k, sigma in enumerate(sigmas):
+        if sigma > 0:
+            one = slice(k, k + 1)
+            x[one] = _finish(op.project(gaussian_blur_t(x[one], sigma), y[one]), y[one], op, positive, nonneg[one])
+    return x
 
 
 def fuse_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, config: HarmonicConfig = HarmonicConfig(),

@@ -1,6 +1,6 @@
-"""The self-supervised choice of how far to trust the optical: per ion, the ladder setting and the texture
-strength β, by predicting the measurement from its 2×2 block average (:func:`choose_settings`), and the paired
-per-block walk that decides each step (:func:`_walk`)."""
+"""The self-supervised choice of how far to trust the optical: per ion, the ladder setting, the texture
+strength β and the ion's spread, by predicting the measurement from its 2×2 block average (:func:`choose_settings`),
+and the paired per-block walk that decides each step (:func:`_walk`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig, window_shrink
 from msifusion.harmonic.panel import _Basis
 from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
-from msifusion.measurement import block_mean_t
+from msifusion.measurement import Measurement, block_mean_t
 
 
 # ----------------------------------------------------------------------------- choosing the setting
@@ -73,8 +73,9 @@ def _plan(gd: _Guide) -> _Plan | str:
 
 
 def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor,
-                    basis: _Basis | None = None) -> tuple[list[tuple[int, int]], list[dict]]:
-    """Per ion, the ladder setting and the texture strength to use, by self-supervised coarse-level prediction.
+                    basis: _Basis | None = None) -> tuple[list[tuple[int, int, int]], list[dict]]:
+    """Per ion, the ladder setting, the texture strength and the spread to use, by self-supervised coarse-level
+    prediction.
 
     The measurement (a central window, an even number of blocks) is block-averaged 2×2;
     each setting fuses that coarser image at scale 2f with the same optical, and the
@@ -95,36 +96,50 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     non-negativity step applies, to ions whose whole measurement is non-negative, ``nonneg`` (K,),
     and whose walk left the ladder's first setting (an ion that does not follow the optical's
     edges does not get its finer texture either; a one-setting ladder counts as trusted).
+    Last, at the chosen setting and β, the spread (:class:`~msifusion.harmonic.config.SpreadSettings`,
+    :func:`_spread_errors`, :func:`_choose_spread`).
     ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
-    Returns (setting index, texture index) per ion, and notes for ``run.json``.
+    Returns (setting index, texture index, spread index: 0 none, i the i-th width) per ion, and notes for
+    ``run.json``.
     """
     config = gd.config
     K = ions.shape[0]
     plan = _plan(gd)
     if isinstance(plan, str):
         first = list(config.ladder.rungs[0])
-        return [(0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
-                               "texture": config.texture.strengths[0], "selection": plan} for _ in range(K)]
+        return [(0, 0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
+                                  "texture": config.texture.strengths[0], "spread_px": 0.0, "selection": plan}
+                                 for _ in range(K)]
     batch = config.panel.batch_on(gd.device)
     # through a basis the ions are tested in groups (of whole batches, at least one) whose per-block errors stay under
     # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
-    # solved, in one group (the caller's batch), one phase at a time as it needs.
-    per_ion = len(config.ladder.rungs) * len(plan.betas) * plan.blocks * 4
+    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's test blurs each ion's
+    # chosen solution, so where it runs the solutions are kept too (≤ 6 × 1.2 M floats per ion of a CPU batch).
+    per_ion = (len(config.ladder.rungs) * len(plan.betas) + len(config.spread.widths)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    kept = _Kept() if group < K else None
+    kept = _Kept() if group < K or config.spread.widths else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
         errors = _coarse_errors(gd, ions, taus, nonneg, basis, plan, slice(start, stop), kept)
+        picked = []
         for k in range(stop - start):
             testable = len(plan.betas) > 1 and bool(nonneg[start + k])  # _finish applies β to non-negative ions only
             choice, note = _choose_one([e[:, k] for e in errors], config, gd.texture_snr_db, testable,
                                        len(plan.phases))
-            chosen.append(choice)
+            picked.append(choice)
             notes.append(note)
-        del errors  # before the next group's
+        spread = (_spread_errors(gd, nonneg, basis, plan, slice(start, stop), kept, picked)
+                  if config.spread.widths else None)
+        for k, (i, j) in enumerate(picked):
+            width = 0 if spread is None else _choose_spread(errors[i, j, k], spread[:, k], config)
+            chosen.append((i, j, width))
+            notes[start + k].update({"spread_px": float(config.spread.widths[width - 1] * gd.f) if width else 0.0,
+                                     "spread_coarse_mse": [] if spread is None else
+                                     [float(errors[i, j, k].mean()), *map(float, spread[:, k].mean(1))]})
+        del errors, spread  # before the next group's
     return chosen, notes
 
 
@@ -178,6 +193,46 @@ def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
                                  torch.tensor(beta, device=device), detail)
                     errors[i, j, here, blocks] = (measure_f.A(xt) - y[part]).pow(2).flatten(1)
     return errors
+
+
+def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan: _Plan, group: slice, kept: _Kept,
+                   picked: list[tuple[int, int]]) -> torch.Tensor:
+    """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β), blurred by
+    each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at scale f):
+    (width, ion, block of every phase). From the solutions ``kept`` by :func:`_coarse_errors`; the blurred coarse
+    image is not made exact again at 2f, so a width must predict the measurement through the mass it moves between
+    coarse blocks too (measured: made exact again, the test also took the widest blur on two prostate ions the
+    optical does not help, for −0.02 and +0.00 dB). A blur then the measurement is one Gaussian-then-box operator
+    (Gaussians compose: a spot's width and the blur's add in quadrature), applied as two small dense products
+    (measured on a ginkgo-sized window: 1 ms per width, against 70 ms to blur the window)."""
+    config, device = gd.config, gd.device
+    cells = plan.rows * plan.cols
+    errors = torch.empty((len(config.spread.widths), group.stop - group.start, plan.blocks), device=device)
+    for p in range(len(plan.phases)):
+        y, y2, pb, measure_f, detail = kept.setups[p]
+        measures = [Measurement(measure_f.shape, gd.f, math.hypot(gd.measurement.spot_sigma_px, width * gd.f), device)
+                    for width in config.spread.widths]
+        blocks = slice(p * cells, (p + 1) * cells)
+        for k, (i, j) in enumerate(picked):
+            one = slice(group.start + k, group.start + k + 1)
+            x = kept.solved[p, i]
+            xp = x[one] if basis is None else pb.op.project(basis.mix(x, one), y2[one])
+            xt = _finish(xp, y2[one], pb.op, config.positive, nonneg[one],
+                         torch.tensor(plan.betas[j], device=device), detail)
+            for w, measure in enumerate(measures):
+                errors[w, k, blocks] = (measure.A(xt) - y[one]).pow(2).flatten()
+    return errors
+
+
+def _choose_spread(unblurred: torch.Tensor, blurred: torch.Tensor, config: HarmonicConfig) -> int:
+    """One ion's spread from its per-block errors at its setting and β, unblurred (blocks,) and at each width
+    (width, blocks): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at
+    ``config.spread``'s significances); then the width whose errors have the least mean (1-based)."""
+    ladder = [unblurred, *blurred]
+    rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
+    if _walk(ladder, *rules) == 0:
+        return 0
+    return int(torch.stack([e.mean() for e in ladder]).argmin())
 
 
 def _phase_setup(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, basis: _Basis | None, row: int, col: int,

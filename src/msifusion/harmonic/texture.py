@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from msifusion.harmonic.config import HarmonicConfig, window_shrink
-from msifusion.measurement import gauss_taps
+from msifusion.measurement import gaussian_blur_t
 
 
 # px: a pixel this far from every colour difference lies inside an area of one colour. Beside a straight edge between
@@ -57,12 +57,7 @@ def optical_detail(guide: torch.Tensor, sigma: float, eps: float) -> torch.Tenso
     """The optical's fine texture as (H, W): its optical density −log(mean colour + eps) minus a Gaussian
     blur of it (``sigma`` px, replicated borders): positive on what is darker than its surroundings."""
     od = -torch.log(guide.float().mean(-1) + eps)
-    taps, radius = gauss_taps(sigma, 3.0)
-    taps = taps.to(od)
-    blurred = od[None, None]
-    blurred = F.conv2d(F.pad(blurred, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return od - blurred[0, 0]
+    return od - gaussian_blur_t(od, sigma)
 
 
 def _channels(guide: np.ndarray) -> np.ndarray:
