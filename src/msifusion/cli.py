@@ -396,14 +396,16 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
     record = fuse_imzml(request)
     _warn(record, told)
     _say(args, _registered(record["registration"]))
-    from msifusion.methods import SMOOTHEST_LABEL, SMOOTHEST_WHY
+    from msifusion.methods import SMOOTHEST_LABEL, SMOOTHEST_WHY, SPREAD_LABEL
 
     ions = list(record.get("ions", {"": record}).values())
     smooth = sum(bool((ion.get("method_details") or {}).get("kept_smoothest")) for ion in ions)
+    spread = sum(bool((ion.get("method_details") or {}).get("spread_px")) for ion in ions)
     _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s, consistency error "
                f"≤ {max(ion['consistency_error'] for ion in ions):.2e}"
                + (f"; {smooth} of {len(ions)} at {SMOOTHEST_LABEL} ({SMOOTHEST_WHY} them: see run.json)"
-                  if smooth else ""))
+                  if smooth else "")
+               + (f"; {spread} of {len(ions)} {SPREAD_LABEL} (spread_px in run.json)" if spread else ""))
     print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
 

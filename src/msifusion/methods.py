@@ -512,6 +512,7 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 
 SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
 SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
+SPREAD_LABEL = "blurred to their own spread"  # the ion proved less sharp than the optical below the MSI pixel
 
 
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
@@ -530,6 +531,9 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
             why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
         if report.notes[k].get("kept_smoothest"):
             why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
+        if report.notes[k].get("spread_px"):
+            why += (f"; blurred by σ {report.notes[k]['spread_px']:g} px: one scale coarser the ion proved less sharp "
+                    "than the optical")
         why += ")"
         # a solver, not a training run: no loss curve; the choice and its scores go to run.json
         results.append(FitResult(images[k], [], 0, why, details=report.notes[k]))

@@ -208,6 +208,20 @@ def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
     assert "too small to test" in tiny.details["selection"] and SMOOTHEST_LABEL not in tiny.stop_reason
 
 
+def test_an_ion_blurred_to_its_spread_is_told_so(cells, cells_like):
+    from scipy.ndimage import gaussian_filter
+
+    options = MethodOptions(runtime=Runtime(quiet=True))
+    guide, truth, f = cells
+    sharp = fuse(guide, block_mean(truth, f), "guided-harmonic", options).fit
+    assert sharp.details["spread_px"] == 0 and "blurred" not in sharp.stop_reason
+    guide, truth, f = cells_like(0)
+    blurred = fuse(guide, block_mean(gaussian_filter(truth, 3.0), f), "guided-harmonic", options).fit
+    assert blurred.stop_reason.endswith(f"; blurred by σ {blurred.details['spread_px']:g} px: one scale coarser the "
+                                        "ion proved less sharp than the optical)")
+    assert blurred.details["spread_px"] > 0
+
+
 def test_a_textured_noisy_ion_fits_its_measurement_softly_and_ends_exact(cells_like):
     """The output's refinement pass of an ion that took the texture fits its block means softly (μ = soft_scale/σ²,
     in run.json's notes), and the projection makes it exact again. (An ion without the texture gets μ = 0, the exact
