@@ -402,7 +402,8 @@ def main() -> None:
             if label == "guided-harmonic":
                 details = result.fit.details or {}
                 q, passes = details["chosen"]
-                setting = f"({q:g}, {passes}), β {details['texture']:g}"
+                setting = f"({q:g}, {passes}), β {details['texture']:g}" + (
+                    f", spread σ {details['spread_px']:g} px" if details.get("spread_px") else "")
         for label, score in scores.items():
             all_scores[label].append(score)
         first = [name for i, (name, digits) in enumerate((("PSNR", 2), ("SSIM", 3)))

@@ -57,6 +57,16 @@ def test_torch_gaussian_blur_is_scipys_with_replicated_borders():
         np.testing.assert_allclose(ours[k], gaussian_filter(fine[k], 2.5, mode="nearest", truncate=3.0), atol=1e-12)
 
 
+def test_gaussian_block_means_are_the_block_means_of_the_blurred_image():
+    from msifusion.measurement import block_mean_t, gaussian_block_mean_t, gaussian_blur_t
+
+    rng = np.random.default_rng(3)
+    for f, sigma in ((8, 3.0), (4, 0.5), (20, 10.0), (8, 17.0)):  # the last reaches past the image
+        x = torch.as_tensor(rng.random((2, 4 * f, 6 * f)))
+        np.testing.assert_allclose(gaussian_block_mean_t(x, f, sigma).numpy(),
+                                   block_mean_t(gaussian_blur_t(x, sigma), f).numpy(), atol=1e-12)
+
+
 def test_spot_operator_conserves_mass_and_its_adjoint_is_exact():
     op = Measurement((40, 30), 10, 2.5)
     rng = np.random.default_rng(1)

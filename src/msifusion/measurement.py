@@ -157,6 +157,20 @@ def gaussian_blur_t(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> tor
     return flat.reshape(x.shape)
 
 
+def gaussian_block_mean_t(x: torch.Tensor, f: int, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """The f×f block means of (…, H, W) blurred as by :func:`gaussian_blur_t`, as one strided separable convolution
+    with the Gaussian's taps convolved with the box's: the work of the box means alone, a few times over, and no
+    (H, W) intermediate (what a Gaussian spot then the box average measures, without the dense matrices of
+    :class:`Measurement`)."""
+    taps, radius = gauss_taps(sigma, truncate)
+    kernel = F.conv1d(taps.view(1, 1, -1), torch.full((1, 1, f), 1.0 / f, dtype=taps.dtype), padding=f - 1)
+    kernel = kernel.to(x).view(-1)  # 2·radius + f taps, centred on the block
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1), stride=(1, f))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1), stride=(f, 1))
+    return flat.reshape(*x.shape[:-2], x.shape[-2] // f, x.shape[-1] // f)
+
+
 def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:
     """(n / f, n) matrix of a 1-D Gaussian blur (reflect, half-sample symmetric borders) then f-pixel box means.
 

@@ -235,17 +235,23 @@ def test_an_ion_blurred_below_the_msi_pixel_gets_its_spread_and_a_sharp_one_none
     assert psnr(out, truth) > psnr(without, truth) + 5.0
 
 
-def test_the_spread_needs_a_significant_gain_then_takes_the_least_error():
-    """A spread is taken only where some width beats none significantly on significantly most blocks; then the width
-    with the least mean error, even past one that is not significantly better than the last step."""
+def test_the_spread_needs_a_significant_gain_then_takes_the_widest_width_within_a_standard_error_of_the_least():
+    """A spread is taken only where some width beats none significantly on significantly most blocks; then, from the
+    width of least mean error, the widest after it that is not worse by more than one standard error. An ion already
+    predicted to float32 rounding keeps none."""
     from msifusion.harmonic.selection import _choose_spread
 
     rng = np.random.default_rng(1)
     none = torch.tensor(1.0 + 0.1 * rng.random(400))
+    jitter = 0.01 * torch.tensor(rng.standard_normal(400))
     config = HarmonicConfig()
-    better = torch.stack([none - 0.05, none - 0.08, none - 0.085, none + 0.2])  # the least: the third width
-    assert _choose_spread(none, better, config) == 3
-    noise = torch.stack([none + 0.001 * torch.tensor(rng.standard_normal(400)) for _ in range(4)])
-    assert _choose_spread(none, noise, config) == 0
-    strict = HarmonicConfig(spread=SpreadSettings(sign_significance=1e6))
-    assert _choose_spread(none, better, strict) == 0
+    clear = torch.stack([none, none - 0.05, none - 0.08, none - 0.085, none + 0.2])
+    assert _choose_spread(clear, 1.0, config) == 3  # the least; the fourth is far worse
+    tied = torch.stack([none, none - 0.05, none - 0.08, none - 0.0795 + jitter, none + 0.2])
+    assert _choose_spread(tied, 1.0, config) == 3  # the third is least, the fourth within its standard error
+    worse = torch.stack([none, none - 0.05, none - 0.08, none - 0.06 + jitter, none + 0.2])
+    assert _choose_spread(worse, 1.0, config) == 2
+    noise = torch.stack([none, *(none + 0.001 * torch.tensor(rng.standard_normal(400)) for _ in range(4))])
+    assert _choose_spread(noise, 1.0, config) == 0
+    assert _choose_spread(clear, 1.0, HarmonicConfig(spread=SpreadSettings(sign_significance=1e6))) == 0
+    assert _choose_spread(clear * 1e-14, 0.09, config) == 0  # a constant ion: rounding, not a spread

@@ -90,7 +90,8 @@ Five additions, each measured on the benchmark (docs/benchmarks.md):
 - *The ion's own spread*: an ion may follow the optical at the MSI pixel's scale and not below it (the analyte
   spreads while the matrix is applied). At the chosen setting and β, the coarse-level test also tries Gaussian blurs
   of σ = 1/8 to 1/2 MSI pixel (the same width in fine pixels at 2f as at f, :class:`SpreadSettings`); where one
-  predicts significantly better than none, the output is blurred by the best and made exact again.
+  predicts significantly better than none, the output is blurred by the widest width within a standard error of the
+  best and made exact again.
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear

@@ -99,8 +99,9 @@ class SpreadSettings:
     average at 2f as for the ladder, blurs the result by the same σ in fine pixels (the same physical width) and
     compares its block means at f with the measurement. A width is taken only where some width predicts better than
     none by ``significance`` standard errors on significantly more blocks (``sign_significance``; the ladder's walk,
-    :func:`msifusion.harmonic.selection._walk`); then the width with the least coarse error. The blurred image is
-    made exact again. ``widths`` empty: no spread (:meth:`off`).
+    :func:`msifusion.harmonic.selection._walk`); then the widest width within one standard error of the one with the
+    least coarse error (:func:`msifusion.harmonic.selection._choose_spread`). The blurred image is made exact again.
+    ``widths`` empty: no spread (:meth:`off`).
     """
 
     widths: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5)

@@ -165,8 +165,8 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
 def _spread(x: torch.Tensor, y: torch.Tensor, sigmas: list[float], op: Measurement, positive: bool,
             nonneg: torch.Tensor) -> torch.Tensor:
     """Each exact image of ``x`` (K, H, W) with a spread σ > 0 (fine pixels) blurred by it and made exact again
-    (non-negative where its measurement is: :func:`_finish`). A tile's halo (``SolverSettings.halo_blocks``, 6) holds
-    the blur's reach, 3σ: 1.5 blocks at the widest default width, 6 at the widest allowed."""
+    (non-negative where its measurement is: :func:`_finish`). The blur reaches 3σ, 1.5 blocks at the widest default
+    width: within the default tile halo (``SolverSettings.halo_blocks``, 6); a narrower halo shows its seams."""
     for k, sigma in enumerate(sigmas):
         if sigma > 0:
             one = slice(k, k + 1)

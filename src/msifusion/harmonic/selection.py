@@ -13,7 +13,7 @@ import torch
 from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig, window_shrink
 from msifusion.harmonic.panel import _Basis
 from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
-from msifusion.measurement import Measurement, block_mean_t
+from msifusion.measurement import block_mean_t, gaussian_block_mean_t
 
 
 # ----------------------------------------------------------------------------- choosing the setting
@@ -55,11 +55,11 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 def _plan(gd: _Guide) -> _Plan | str:
     """The coarse test on the guide ``gd``, or why none is run (every ion keeps the first setting): one setting to
-    choose from, or fewer than 16 coarse pixels. Up to four phases, while the pixels tested stay within
-    ``config.test.pixels``; texture strengths beyond none only where the optical's texture stands above the camera's
-    noise."""
+    choose from and no spread to try, or fewer than 16 coarse pixels. Up to four phases, while the pixels tested stay
+    within ``config.test.pixels``; texture strengths beyond none only where the optical's texture stands above the
+    camera's noise."""
     f, config = gd.f, gd.config
-    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1:
+    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1 and not config.spread.widths:
         return "one setting"
     H, W = gd.image.shape[:2]
     r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, WINDOW_PIXELS))
@@ -108,18 +108,18 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     if isinstance(plan, str):
         first = list(config.ladder.rungs[0])
         return [(0, 0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
-                                  "texture": config.texture.strengths[0], "spread_px": 0.0, "selection": plan}
-                                 for _ in range(K)]
+                                  "texture": config.texture.strengths[0], "spread_px": 0.0, "spread_coarse_mse": [],
+                                  "selection": plan} for _ in range(K)]
     batch = config.panel.batch_on(gd.device)
     # through a basis the ions are tested in groups (of whole batches, at least one) whose per-block errors stay under
     # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
-    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's test blurs each ion's
-    # chosen solution, so where it runs the solutions are kept too (≤ 6 × 1.2 M floats per ion of a CPU batch).
-    per_ion = (len(config.ladder.rungs) * len(plan.betas) + len(config.spread.widths)) * plan.blocks * 4
+    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's test solves each ion's
+    # chosen setting again (or takes it from what is kept), so the phases' setups are kept for it.
+    per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + len(config.spread.widths)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    kept = _Kept() if group < K or config.spread.widths else None
+    kept = _Kept() if group < K else _Kept(solutions=False) if config.spread.widths else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
@@ -131,15 +131,16 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
                                        len(plan.phases))
             picked.append(choice)
             notes.append(note)
-        spread = (_spread_errors(gd, nonneg, basis, plan, slice(start, stop), kept, picked)
-                  if config.spread.widths else None)
+        del errors  # before the spread's and the next group's
+        spread, signal = (_spread_errors(gd, ions, taus, nonneg, basis, plan, slice(start, stop), kept, picked)
+                          if config.spread.widths else (None, None))
         for k, (i, j) in enumerate(picked):
-            width = 0 if spread is None else _choose_spread(errors[i, j, k], spread[:, k], config)
+            width = 0 if spread is None else _choose_spread(spread[:, k], float(signal[k]), config)
             chosen.append((i, j, width))
             notes[start + k].update({"spread_px": float(config.spread.widths[width - 1] * gd.f) if width else 0.0,
                                      "spread_coarse_mse": [] if spread is None else
-                                     [float(errors[i, j, k].mean()), *map(float, spread[:, k].mean(1))]})
-        del errors, spread  # before the next group's
+                                     list(map(float, spread[:, k].mean(1)))})
+        del spread
     return chosen, notes
 
 
@@ -148,9 +149,10 @@ COARSE_ERRORS_BYTES = 256 * 2**20  # the coarse test's per-block errors held at 
 
 @dataclass
 class _Kept:
-    """What the coarse test keeps between groups of ions through a basis: each phase's setup
-    (:func:`_phase_setup`), and each (phase, setting)'s solution of the basis images."""
+    """What the coarse test keeps between groups of ions through a basis, and for the spread's test: each phase's
+    setup (:func:`_phase_setup`), and with ``solutions`` each (phase, setting)'s solution of the basis images."""
 
+    solutions: bool = True
     setups: dict[int, tuple] = field(default_factory=dict)
     solved: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
@@ -183,7 +185,7 @@ def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
             x = kept.solved.get((p, i)) if kept is not None else None
             if x is None:
                 x, first = _solve_setting(pb, q, passes, first, config.test.tolerance)
-                if kept is not None:
+                if kept is not None and kept.solutions:
                     kept.solved[p, i] = x
             for part in parts:
                 here = slice(part.start - group.start, part.stop - group.start)
@@ -195,44 +197,72 @@ def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     return errors
 
 
-def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan: _Plan, group: slice, kept: _Kept,
-                   picked: list[tuple[int, int]]) -> torch.Tensor:
-    """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β), blurred by
-    each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at scale f):
-    (width, ion, block of every phase). From the solutions ``kept`` by :func:`_coarse_errors`; the blurred coarse
-    image is not made exact again at 2f, so a width must predict the measurement through the mass it moves between
-    coarse blocks too (measured: made exact again, the test also took the widest blur on two prostate ions the
-    optical does not help, for −0.02 and +0.00 dB). A blur then the measurement is one Gaussian-then-box operator
-    (Gaussians compose: a spot's width and the blur's add in quadrature), applied as two small dense products
-    (measured on a ginkgo-sized window: 1 ms per width, against 70 ms to blur the window)."""
-    config, device = gd.config, gd.device
+def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor, basis: _Basis | None,
+                   plan: _Plan, group: slice, kept: _Kept, picked: list[tuple[int, int]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β), unblurred
+    and blurred by each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at
+    scale f): (1 + widths, ion, block of every phase); and each ion's mean squared measurement over the windows.
+
+    Each chosen setting is solved again, once per phase for all the ions that chose it (or taken from the solutions
+    ``kept`` through a basis): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
+    blurred coarse image is not made exact again at 2f, so a width must predict the measurement through the mass it
+    moves between coarse blocks too (measured: made exact again, the test also took the widest blur on two prostate
+    ions the optical does not help, for −0.02 and +0.00 dB). A blur then the box average is one strided
+    convolution (:func:`msifusion.measurement.gaussian_block_mean_t`); a spot's width and the blur's add in
+    quadrature (Gaussians compose)."""
+    config, device, f = gd.config, gd.device, gd.f
+    sigmas = [math.hypot(gd.measurement.spot_sigma_px, width * f) for width in config.spread.widths]
     cells = plan.rows * plan.cols
-    errors = torch.empty((len(config.spread.widths), group.stop - group.start, plan.blocks), device=device)
-    for p in range(len(plan.phases)):
-        y, y2, pb, measure_f, detail = kept.setups[p]
-        measures = [Measurement(measure_f.shape, gd.f, math.hypot(gd.measurement.spot_sigma_px, width * gd.f), device)
-                    for width in config.spread.widths]
+    errors = torch.empty((1 + len(sigmas), group.stop - group.start, plan.blocks), device=device)
+    signal = torch.zeros(group.stop - group.start, device=device)
+    for p, (a, b) in enumerate(plan.phases):
+        setup = kept.setups.get(p)
+        if setup is None:
+            setup = kept.setups[p] = _phase_setup(gd, ions, taus, basis, plan.row + a, plan.col + b, plan.rows,
+                                                  plan.cols, any(plan.betas))
+        y, y2, pb, measure_f, detail = setup
         blocks = slice(p * cells, (p + 1) * cells)
+        solved: dict[int, torch.Tensor] = {}
         for k, (i, j) in enumerate(picked):
+            if i not in solved:
+                solved[i] = kept.solved.get((p, i))
+                if solved[i] is None:
+                    solved[i], _ = _solve_setting(pb, *config.ladder.rungs[i], None, config.test.tolerance)
             one = slice(group.start + k, group.start + k + 1)
-            x = kept.solved[p, i]
-            xp = x[one] if basis is None else pb.op.project(basis.mix(x, one), y2[one])
-            xt = _finish(xp, y2[one], pb.op, config.positive, nonneg[one],
-                         torch.tensor(plan.betas[j], device=device), detail)
-            for w, measure in enumerate(measures):
-                errors[w, k, blocks] = (measure.A(xt) - y[one]).pow(2).flatten()
-    return errors
+            x = solved[i][one] if basis is None else pb.op.project(basis.mix(solved[i], one), y2[one])
+            xt = _finish(x, y2[one], pb.op, config.positive, nonneg[one], torch.tensor(plan.betas[j], device=device),
+                         detail)
+            errors[0, k, blocks] = (measure_f.A(xt) - y[one]).pow(2).flatten()
+            for w, sigma in enumerate(sigmas, 1):
+                errors[w, k, blocks] = (gaussian_block_mean_t(xt, f, sigma) - y[one]).pow(2).flatten()
+            signal[k] += y[one].pow(2).mean() / len(plan.phases)
+    return errors, signal
 
 
-def _choose_spread(unblurred: torch.Tensor, blurred: torch.Tensor, config: HarmonicConfig) -> int:
-    """One ion's spread from its per-block errors at its setting and β, unblurred (blocks,) and at each width
-    (width, blocks): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at
-    ``config.spread``'s significances); then the width whose errors have the least mean (1-based)."""
-    ladder = [unblurred, *blurred]
-    rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
-    if _walk(ladder, *rules) == 0:
+SPREAD_ROUNDING = 1e-10  # a coarse error below this share of the measurement's mean square is float32 rounding
+
+
+def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) -> int:
+    """One ion's spread from its per-block errors at its setting and β, unblurred then at each width ((1 + widths,
+    blocks)): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at ``config.spread``'s
+    significances); then, from the width whose errors have the least mean, the widest after it whose errors are not
+    worse by more than one standard error of the paired differences (the one-standard-error rule: the most
+    regularised choice the data cannot tell from the best; measured, the test takes a width below the truth's: 2
+    fine pixels for cells blurred by 3, 3 for 4). 1-based. An ion its setting already predicts to float32 rounding
+    (a constant ion: ``signal`` is its mean squared measurement) keeps none."""
+    if float(errors[0].mean()) <= SPREAD_ROUNDING * signal:
         return 0
-    return int(torch.stack([e.mean() for e in ladder]).argmin())
+    rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
+    if _walk(list(errors), *rules) == 0:
+        return 0
+    best = chosen = int(errors.mean(1).argmin())
+    for wider in range(best + 1, len(errors)):
+        mean, se, _, _ = _paired(errors[best], errors[wider], 0.0)
+        if mean < -se:
+            break
+        chosen = wider
+    return chosen
 
 
 def _phase_setup(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, basis: _Basis | None, row: int, col: int,
