@@ -284,7 +284,8 @@ def test_demo_honours_checkpoint_every_and_says_how_lcrn_ran(tmp_path, capsys, m
     (["--method", "lcrn", "--spot-sigma", "2"], "--spot-sigma: applies only to the methods made exact under the "
      "measurement model (guided-harmonic, bilinear-bp, guided-bp, diffusion), not to --method lcrn"),
     (["--method", "bicubic", "--no-texture"], "--no-texture: applies only to guided-harmonic, not to --method bicubic"),
-    (["--method", "diffusion", "--no-spread"], "--no-spread: applies only to guided-harmonic, not to --method diffusion"),
+    (["--method", "diffusion", "--no-spread"],
+     "--no-spread: applies only to guided-harmonic, not to --method diffusion"),
     (["--method", "lcrn", "--edge-weight", "1"],
      "--edge-weight: applies only to guided-harmonic, not to --method lcrn"),
     (["--bf16"], "--bf16: applies only to fitted methods (lcrn, cnn3, unet), not to --method guided-harmonic"),

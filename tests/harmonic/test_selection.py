@@ -227,7 +227,8 @@ def test_an_ion_blurred_below_the_msi_pixel_gets_its_spread_and_a_sharp_one_none
     y, unit = (measured / measured.max())[None], measured.max()
     spread, sharp_report = HarmonicReport(), HarmonicReport()
     out = fuse_harmonic_many(guide, y, f, report=spread)[0] * unit
-    without = fuse_harmonic_many(guide, y, f, HarmonicConfig(spread=SpreadSettings.off()), report=sharp_report)[0] * unit
+    off = HarmonicConfig(spread=SpreadSettings.off())
+    without = fuse_harmonic_many(guide, y, f, off, report=sharp_report)[0] * unit
     assert spread.notes[0]["spread_px"] > 0 and sharp_report.notes[0]["spread_px"] == 0.0
     assert len(spread.notes[0]["spread_coarse_mse"]) == 1 + len(SpreadSettings().widths)
     assert spread.settings[0] == sharp_report.settings[0]  # the spread is chosen after the setting
