@@ -150,11 +150,14 @@ COARSE_ERRORS_BYTES = 256 * 2**20  # the coarse test's per-block errors held at 
 @dataclass
 class _Kept:
     """What the coarse test keeps between groups of ions through a basis, and for the spread's test: each phase's
-    setup (:func:`_phase_setup`), and with ``solutions`` each (phase, setting)'s solution of the basis images."""
+    setup (:func:`_phase_setup`), and with ``solutions`` each (phase, setting)'s solution of the basis images, in the
+    ladder's walk (``solved``, each warm-started from the setting before) and solved again alone for the spread
+    (``resolved``: the same for every group of ions, however they are grouped)."""
 
     solutions: bool = True
     setups: dict[int, tuple] = field(default_factory=dict)
     solved: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    resolved: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor, basis: _Basis | None,
@@ -204,8 +207,8 @@ def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     and blurred by each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at
     scale f): (1 + widths, ion, block of every phase); and each ion's mean squared measurement over the windows.
 
-    Each chosen setting is solved again, once per phase for all the ions that chose it (or taken from the solutions
-    ``kept`` through a basis): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
+    Each chosen setting is solved again, once per phase for all the ions that chose it (through a basis in groups,
+    once for every group: ``kept``): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
     blurred coarse image is not made exact again at 2f, so a width must predict the measurement through the mass it
     moves between coarse blocks too (measured: made exact again, the test also took the widest blur on two prostate
     ions the optical does not help, for −0.02 and +0.00 dB). A blur then the box average is one strided
@@ -226,9 +229,11 @@ def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
         solved: dict[int, torch.Tensor] = {}
         for k, (i, j) in enumerate(picked):
             if i not in solved:
-                solved[i] = kept.solved.get((p, i))
+                solved[i] = kept.resolved.get((p, i))
                 if solved[i] is None:
                     solved[i], _ = _solve_setting(pb, *config.ladder.rungs[i], None, config.test.tolerance)
+                    if kept.solutions:
+                        kept.resolved[p, i] = solved[i]
             one = slice(group.start + k, group.start + k + 1)
             x = solved[i][one] if basis is None else pb.op.project(basis.mix(solved[i], one), y2[one])
             xt = _finish(x, y2[one], pb.op, config.positive, nonneg[one], torch.tensor(plan.betas[j], device=device),
