@@ -252,10 +252,11 @@ def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) 
     """One ion's spread from its per-block errors at its setting and β, unblurred then at each width ((1 + widths,
     blocks)): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at ``config.spread``'s
     significances); then, from the width whose errors have the least mean, the widest after it whose errors are not
-    worse by more than one standard error of the paired differences (the one-standard-error rule: the most
-    regularised choice the data cannot tell from the best; measured, the test takes a width below the truth's: 2
-    fine pixels for cells blurred by 3, 3 for 4). 1-based. An ion its setting already predicts to float32 rounding
-    (a constant ion: ``signal`` is its mean squared measurement) keeps none."""
+    worse by more than one standard error of the paired differences, not winsorised, as the ordered walk reads a
+    turn-up (the one-standard-error rule: the most regularised choice the data cannot tell from the best; measured,
+    the test's least error lies below the truth's width: 2 fine pixels for cells blurred by 3, 3 for 4). Returns the
+    width's index, 1-based (0: none). An ion its setting already predicts to float32 rounding (a constant ion:
+    ``signal`` is its mean squared measurement) keeps none."""
     if float(errors[0].mean()) <= SPREAD_ROUNDING * signal:
         return 0
     rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
