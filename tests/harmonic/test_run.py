@@ -209,6 +209,17 @@ def test_an_ion_left_at_the_smoothest_setting_is_told_so(cells):
     assert "too small to test" in tiny.details["selection"] and SMOOTHEST_LABEL not in tiny.stop_reason
 
 
+def test_a_constant_ion_stays_constant_at_a_refined_setting(cells):
+    """Float32 rounding is all that varies in a constant ion's solution: the refinement must not read it as edges."""
+    guide, _, f = cells
+    y = np.full((1, guide.shape[0] // f, guide.shape[1] // f), 0.3, np.float32)
+    report = HarmonicReport()
+    for config in (HarmonicConfig(ladder=LadderSettings(((50.0, 1),))), HarmonicConfig()):
+        out = fuse_harmonic_many(guide, y, f, config, report=report)[0]
+        assert np.abs(out - 0.3).max() < 1e-5
+        assert np.isfinite(report.notes[0]["coarse_mse"]).all() and report.notes[0]["spread_px"] == 0
+
+
 def test_an_ion_blurred_to_its_spread_is_told_so(cells, cells_like):
     from scipy.ndimage import gaussian_filter
 

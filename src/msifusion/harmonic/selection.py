@@ -245,9 +245,6 @@ def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     return errors, signal
 
 
-SPREAD_ROUNDING = 1e-10  # a coarse error below this share of the measurement's mean square is float32 rounding
-
-
 def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) -> int:
     """One ion's spread from its per-block errors at its setting and β, unblurred then at each width ((1 + widths,
     blocks)): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at ``config.spread``'s
@@ -255,9 +252,10 @@ def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) 
     worse by more than one standard error of the paired differences, not winsorised, as the ordered walk reads a
     turn-up (the one-standard-error rule: the most regularised choice the data cannot tell from the best; measured,
     the test's least error lies below the truth's width: 2 fine pixels for cells blurred by 3, 3 for 4). Returns the
-    width's index, 1-based (0: none). An ion its setting already predicts to float32 rounding (a constant ion:
-    ``signal`` is its mean squared measurement) keeps none."""
-    if float(errors[0].mean()) <= SPREAD_ROUNDING * signal:
+    width's index, 1-based (0: none). An ion its setting already predicts within what the coarse solves resolve (a
+    mean error below ``config.test.tolerance``² of ``signal``, its mean squared measurement: a constant ion, whose
+    errors are the solver's) keeps none."""
+    if float(errors[0].mean()) <= config.test.tolerance ** 2 * signal:
         return 0
     rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
     if _walk(list(errors), *rules) == 0:

@@ -220,9 +220,14 @@ def _soft_weights(noise: torch.Tensor, betas: torch.Tensor, refined: torch.Tenso
 def _refine_taus(images: torch.Tensor, config: HarmonicConfig, pictured: torch.Tensor) -> torch.Tensor:
     """τ of the refinement pass per image of (K, h, w): ``refine_scale``·std over the ``pictured`` MSI pixels (those
     not wholly inside an area of one colour, :class:`_Guide`; all where none is), shaped (K, 1, 1): a frame of
-    empty glass would otherwise shrink it by its share of zeros."""
+    empty glass would otherwise shrink it by its share of zeros. The std is floored at :data:`FLAT_STD` of the ion's
+    peak (ions come in units of it): a constant ion's solution differs only by float32 rounding, which a τ near
+    zero would read as edges everywhere (measured: NaN from a refined setting)."""
     values = images[:, pictured] if bool(pictured.any()) else images.flatten(1)
-    return (config.solver.refine_scale * values.std(1).clamp_min(1e-12))[:, None, None]
+    return (config.solver.refine_scale * values.std(1).clamp_min(FLAT_STD))[:, None, None]
+
+
+FLAT_STD = 1e-6  # an ion whose std is below this share of its peak is flat: rounding is all that varies
 
 
 def _finish(x: torch.Tensor, y: torch.Tensor, op: Measurement, positive: bool, nonneg: torch.Tensor,
