@@ -147,14 +147,21 @@ def gauss_taps(sigma: float, truncate: float) -> tuple[torch.Tensor, int]:
     return taps / taps.sum(), radius
 
 
+def _separable_t(x: torch.Tensor, kernel: torch.Tensor, radius: int, stride: int) -> torch.Tensor:
+    """(…, H, W) filtered by the 1-D ``kernel`` along both axes, ``radius`` replicated pixels added on each side, every
+    ``stride``-th output kept."""
+    kernel = kernel.to(x)
+    flat = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (radius, radius, 0, 0), mode="replicate")
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1), stride=(1, stride))
+    flat = F.pad(flat, (0, 0, radius, radius), mode="replicate")
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1), stride=(stride, 1))
+    return flat.reshape(*x.shape[:-2], *flat.shape[-2:])
+
+
 def gaussian_blur_t(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
     """(…, H, W) blurred by a separable Gaussian of ``sigma`` px out to ``truncate`` σ, replicated borders."""
     taps, radius = gauss_taps(sigma, truncate)
-    taps = taps.to(x)
-    flat = x.reshape(-1, 1, *x.shape[-2:])
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-    return flat.reshape(x.shape)
+    return _separable_t(x, taps, radius, 1)
 
 
 def gaussian_block_mean_t(x: torch.Tensor, f: int, sigma: float, truncate: float = 3.0) -> torch.Tensor:
@@ -164,11 +171,7 @@ def gaussian_block_mean_t(x: torch.Tensor, f: int, sigma: float, truncate: float
     :class:`Measurement`)."""
     taps, radius = gauss_taps(sigma, truncate)
     kernel = F.conv1d(taps.view(1, 1, -1), torch.full((1, 1, f), 1.0 / f, dtype=taps.dtype), padding=f - 1)
-    kernel = kernel.to(x).view(-1)  # 2·radius + f taps, centred on the block
-    flat = x.reshape(-1, 1, *x.shape[-2:])
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1), stride=(1, f))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1), stride=(f, 1))
-    return flat.reshape(*x.shape[:-2], x.shape[-2] // f, x.shape[-1] // f)
+    return _separable_t(x, kernel.view(-1), radius, f)  # 2·radius + f taps, centred on the block
 
 
 def _spot_box_matrix(n: int, f: int, sigma: float) -> torch.Tensor:

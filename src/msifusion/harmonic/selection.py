@@ -116,7 +116,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
     # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's test solves each ion's
-    # chosen setting again (or takes it from what is kept), so the phases' setups are kept for it.
+    # chosen setting again on the phases' setups, so those are kept whenever it runs (and its solutions across groups).
     per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + len(config.spread.widths)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
     kept = _Kept() if group < K else _Kept(solutions=False) if config.spread.widths else None
@@ -132,7 +132,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
             picked.append(choice)
             notes.append(note)
         del errors  # before the spread's and the next group's
-        spread, signal = (_spread_errors(gd, ions, taus, nonneg, basis, plan, slice(start, stop), kept, picked)
+        spread, signal = (_spread_errors(gd, nonneg, basis, plan, slice(start, stop), kept, picked)
                           if config.spread.widths else (None, None))
         for k, (i, j) in enumerate(picked):
             width = 0 if spread is None else _choose_spread(spread[:, k], float(signal[k]), config)
@@ -200,12 +200,12 @@ def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     return errors
 
 
-def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: torch.Tensor, basis: _Basis | None,
-                   plan: _Plan, group: slice, kept: _Kept, picked: list[tuple[int, int]]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan: _Plan, group: slice, kept: _Kept,
+                   picked: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β), unblurred
     and blurred by each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at
-    scale f): (1 + widths, ion, block of every phase); and each ion's mean squared measurement over the windows.
+    scale f): (1 + widths, ion, block of every phase); and each ion's mean squared measurement over the windows. On
+    the phases' setups that :func:`_coarse_errors` put in ``kept``.
 
     Each chosen setting is solved again, once per phase for all the ions that chose it (through a basis in groups,
     once for every group: ``kept``): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
@@ -219,12 +219,8 @@ def _spread_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     cells = plan.rows * plan.cols
     errors = torch.empty((1 + len(sigmas), group.stop - group.start, plan.blocks), device=device)
     signal = torch.zeros(group.stop - group.start, device=device)
-    for p, (a, b) in enumerate(plan.phases):
-        setup = kept.setups.get(p)
-        if setup is None:
-            setup = kept.setups[p] = _phase_setup(gd, ions, taus, basis, plan.row + a, plan.col + b, plan.rows,
-                                                  plan.cols, any(plan.betas))
-        y, y2, pb, measure_f, detail = setup
+    for p in range(len(plan.phases)):
+        y, y2, pb, measure_f, detail = kept.setups[p]
         blocks = slice(p * cells, (p + 1) * cells)
         solved: dict[int, torch.Tensor] = {}
         for k, (i, j) in enumerate(picked):
