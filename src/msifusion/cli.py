@@ -210,6 +210,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         m.add_argument("--no-spread", action="store_true",
                        help="never blur the fused image to an ion that proves less sharp than the optical below the "
                             "MSI pixel; by default a self-supervised test decides per ion"),
+        m.add_argument("--no-plate", action="store_true",
+                       help="never replace the fused image by the thin plate (the smoothest image with the measured "
+                            "MSI pixels) for an ion that proves smoother than the optical's edges; by default a "
+                            "self-supervised test decides per ion"),
         m.add_argument("--edge-weight", type=_weight, default=0.0, metavar="W",
                        help="add the paper's edge perceptual loss to the energy with this weight (default 0; "
                             "measured: slower and no closer to the truth, docs/benchmarks.md)")]
@@ -324,11 +328,12 @@ def _settings(args: argparse.Namespace):
     given = {"max_epochs": args.epochs, "lr": args.lr, "w_mse": args.w_mse, "w_edge": args.w_edge,
              "patience": args.patience, "edge_kernel": args.edge_kernel, "checkpoint_every": args.checkpoint_every}
     fit = FitConfig(**{k: v for k, v in given.items() if v is not None})  # an InputError naming the option
-    from msifusion.harmonic import HarmonicConfig, SpreadSettings, TextureSettings
+    from msifusion.harmonic import HarmonicConfig, PlateSettings, SpreadSettings, TextureSettings
     from msifusion.measurement import MeasurementModel
 
     harmonic = HarmonicConfig(texture=TextureSettings.off() if args.no_texture else TextureSettings(),
                               spread=SpreadSettings.off() if args.no_spread else SpreadSettings(),
+                              plate=PlateSettings.off() if args.no_plate else PlateSettings(),
                               edge_weight=args.edge_weight)
     options = MethodOptions(fit=fit, runtime=Runtime(args.seed, args.device, args.quiet, args.bf16), harmonic=harmonic,
                             measurement=MeasurementModel(args.spot_sigma))
@@ -396,16 +401,19 @@ def _fuse_imzml(args: argparse.Namespace) -> int:
     record = fuse_imzml(request)
     _warn(record, told)
     _say(args, _registered(record["registration"]))
-    from msifusion.methods import SMOOTHEST_LABEL, SMOOTHEST_WHY, SPREAD_LABEL
+    from msifusion.methods import PLATE_LABEL, SMOOTHEST_LABEL, SMOOTHEST_WHY, SPREAD_LABEL
 
     ions = list(record.get("ions", {"": record}).values())
-    smooth = sum(bool((ion.get("method_details") or {}).get("kept_smoothest")) for ion in ions)
-    spread = sum(bool((ion.get("method_details") or {}).get("spread_px")) for ion in ions)
+    details = [ion.get("method_details") or {} for ion in ions]
+    plate = sum(bool(d.get("plate_px")) for d in details)
+    smooth = sum(bool(d.get("kept_smoothest")) and not d.get("plate_px") for d in details)
+    spread = sum(bool(d.get("spread_px")) for d in details)
     _say(args, f"{len(mzs)} ion(s) fused ×{args.scale} in {record['timings_s']['total']:.1f} s, consistency error "
                f"≤ {max(ion['consistency_error'] for ion in ions):.2e}"
                + (f"; {smooth} of {len(ions)} at {SMOOTHEST_LABEL} ({SMOOTHEST_WHY} them: see run.json)"
                   if smooth else "")
-               + (f"; {spread} of {len(ions)} {SPREAD_LABEL} (spread_px in run.json)" if spread else ""))
+               + (f"; {spread} of {len(ions)} {SPREAD_LABEL} (spread_px in run.json)" if spread else "")
+               + (f"; {plate} of {len(ions)} {PLATE_LABEL} (plate_px in run.json)" if plate else ""))
     print(Path(args.out) / ("fused.tiff" if len(mzs) == 1 else "fused.ome.tiff"))
     return 0
 

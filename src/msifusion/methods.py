@@ -513,6 +513,7 @@ def _unet(problem: FusionProblem, options: MethodOptions) -> FitResult:
 SMOOTHEST_LABEL = "the smoothest setting"  # the ladder's first rung, kept where the walk took no step
 SMOOTHEST_WHY = "one scale coarser, the optical's finer edges did not predict"
 SPREAD_LABEL = "blurred to their own spread"  # the ion proved less sharp than the optical below the MSI pixel
+PLATE_LABEL = "as a thin plate"  # the ion proved smoother than the membrane: the optical's edges left out
 
 
 def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, options: MethodOptions) -> list[FitResult]:
@@ -529,7 +530,10 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
             why += f", optical texture β {report.notes[k]['texture']:g}"
         if "shared_basis" in report.notes[k]:
             why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
-        if report.notes[k].get("kept_smoothest"):
+        if report.notes[k].get("plate_px"):
+            why += (f"; a thin plate of ℓ {report.notes[k]['plate_px']:g} px: one scale coarser the ion proved "
+                    "smoother than the optical's edges make it, so it follows none of them")
+        elif report.notes[k].get("kept_smoothest"):
             why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
         if report.notes[k].get("spread_px"):
             why += (f"; blurred by σ {report.notes[k]['spread_px']:g} px: one scale coarser the ion proved less sharp "

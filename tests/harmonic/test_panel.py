@@ -9,6 +9,7 @@ from msifusion.harmonic import (
     HarmonicConfig,
     HarmonicReport,
     LadderSettings,
+    PlateSettings,
     SpreadSettings,
     TextureSettings,
     fuse_harmonic_many,
@@ -116,7 +117,8 @@ def test_a_panel_through_the_basis_holds_its_fused_images_once(panel):
 
     guide, _, measured, f = panel
     config = HarmonicConfig(ladder=LadderSettings(((99.9, 0),)), texture=TextureSettings.off(),
-                            spread=SpreadSettings.off())  # one setting: no coarse test, whose windows would count
+                            spread=SpreadSettings.off(), plate=PlateSettings.off())  # no coarse test: its windows
+    # would count
     report = HarmonicReport()
     fuse_harmonic_many(guide, measured, f, config, report=report)  # compiles what it needs, outside the count
     assert sum("shared_basis" in n for n in report.notes) == len(measured) - 1

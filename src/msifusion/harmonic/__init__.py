@@ -1,6 +1,6 @@
 """Guided harmonic fusion: the smoothest image along the optical's edges whose MSI pixels equal the measurement.
 
-Eight modules, each readable on its own, each importing only those listed before it (names with a leading
+Nine modules, each readable on its own, each importing only those listed before it (names with a leading
 underscore are shared between them, not offered to users):
 
 - :mod:`msifusion.harmonic.kernels`: the solver's fused CPU kernels (numba), its torch path's answers to float32
@@ -11,11 +11,14 @@ underscore are shared between them, not offered to users):
 - :mod:`msifusion.harmonic.texture`: the optical's fine texture (:func:`optical_detail`), where it has none (areas of
   one colour: :func:`one_colour_area`), and how far it stands above
   the guide's pixel noise (:func:`guide_noise`, :func:`texture_snr_db`);
+- :mod:`msifusion.harmonic.plate`: the thin plate, the smoothest image with the measured block means in closed
+  form (:func:`~msifusion.harmonic.plate.plate_interpolate_t`), for ions the optical's edges do not predict;
 - :mod:`msifusion.harmonic.setting`: conductances (κ: :func:`edge_scales`), what every ion on one guide shares, and
-  one ladder setting's exact solve with its refinement, non-negativity and texture steps; the measurement's noise
+  one ladder setting's exact solve with its refinement, non-negativity and texture steps, the plate's image; the
+  measurement's noise
   (:func:`measurement_noise`) and the refinement's soft measurement term it weighs;
 - :mod:`msifusion.harmonic.panel`: many ions through a shared basis (:func:`shared_basis`);
-- :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting, texture strength and spread
+- :mod:`msifusion.harmonic.selection`: the self-supervised choice of setting, texture strength, spread and plate
   (:func:`choose_settings`) and its paired per-block walk;
 - :mod:`msifusion.harmonic.run`: the entry point (:func:`fuse_harmonic_many`, each ion's choices in a
   :class:`HarmonicReport`): shared basis or ion batches, tiles.
@@ -92,6 +95,11 @@ Five additions, each measured on the benchmark (docs/benchmarks.md):
   of σ = 1/8 to 1/2 MSI pixel (the same width in fine pixels at 2f as at f, :class:`SpreadSettings`); where one
   predicts significantly better than none, the output is blurred by the widest width within a standard error of the
   best and made exact again.
+- *The thin plate*: where no spread is taken, the test also tries, in place of the chosen setting's image, the
+  smoothest image with the measured MSI pixels, ``xᵀ(L + ℓ²L²)x`` least for a uniform L (ℓ = 1/4, 1/2, 1 MSI pixel,
+  :class:`PlateSettings`), and takes it where it predicts better (the ordered walk). The membrane keeps a kink at
+  every MSI pixel's border; an ion that follows none of the optical's edges is smoother than that. An ion whose
+  edges the optical predicts rejects it by far (its coarse errors 1.2 to 2.7 times the setting's).
 
 Exactness: block means equal the measurement to float32 rounding (consistency error
 ≈1e-7); :func:`msifusion.measurement.project_consistent` is the reusable exact projection (a smooth bilinear
@@ -117,8 +125,8 @@ Jacobi-CG steps run as fused kernels (:mod:`msifusion.harmonic.kernels`): the so
 memory traffic there.
 """
 
-from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSettings, PanelSettings, SolverSettings,
-                                       SpreadSettings, TextureSettings)
+from msifusion.harmonic.config import (CoarseTest, HarmonicConfig, LadderSettings, PanelSettings, PlateSettings,
+                                       SolverSettings, SpreadSettings, TextureSettings)
 from msifusion.harmonic.panel import SHARED_MIN_PIXELS, SharedBasis, residual_whiteness, shared_basis
 from msifusion.harmonic.run import HarmonicReport, fuse_harmonic_many
 from msifusion.harmonic.selection import choose_settings
@@ -127,7 +135,7 @@ from msifusion.harmonic.texture import guide_noise, one_colour_area, optical_det
 
 __all__ = [
     "REFINE_ITERATIONS", "SHARED_MIN_PIXELS", "CoarseTest", "HarmonicConfig", "HarmonicReport", "LadderSettings",
-    "PanelSettings", "SharedBasis", "SolverSettings", "SpreadSettings", "TextureSettings", "choose_settings",
-    "colour_differences", "edge_scales", "fuse_harmonic_many", "guide_noise", "measurement_noise", "one_colour_area",
-    "optical_detail", "residual_whiteness", "shared_basis", "texture_snr_db",
+    "PanelSettings", "PlateSettings", "SharedBasis", "SolverSettings", "SpreadSettings", "TextureSettings",
+    "choose_settings", "colour_differences", "edge_scales", "fuse_harmonic_many", "guide_noise", "measurement_noise",
+    "one_colour_area", "optical_detail", "residual_whiteness", "shared_basis", "texture_snr_db",
 ]

@@ -13,8 +13,8 @@ from msifusion.runtime import Runtime, progress_bar
 from msifusion.harmonic.config import HarmonicConfig
 from msifusion.harmonic.panel import _Basis, _cannot_share, _decompose
 from msifusion.harmonic.selection import choose_settings
-from msifusion.harmonic.setting import (_finish, _Guide, _Problem, _refine_taus, _soft_weights, _solve_setting,
-                                        measurement_noise)
+from msifusion.harmonic.setting import (_finish, _Guide, _plate_image, _Problem, _refine_taus, _soft_weights,
+                                        _solve_setting, measurement_noise)
 from msifusion.measurement import Measurement, MeasurementModel, gaussian_blur_t
 
 
@@ -114,17 +114,20 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         chosen += c
         notes += n
         progress.update()
-    report.settings = [config.ladder.rungs[i] for i, _, _ in chosen]
-    betas = torch.tensor([config.texture.strengths[j] for _, j, _ in chosen], dtype=torch.float32,
+    report.settings = [config.ladder.rungs[i] for i, *_ in chosen]
+    betas = torch.tensor([config.texture.strengths[j] for _, j, *_ in chosen], dtype=torch.float32,
                          device=device)[:, None, None]
-    spreads = [config.spread.widths[w - 1] * f if w else 0.0 for _, _, w in chosen]  # σ in fine pixels
+    spreads = [config.spread.widths[w - 1] * f if w else 0.0 for _, _, w, _ in chosen]  # σ in fine pixels
+    plates = [config.plate.lengths[p - 1] * f if p else 0.0 for *_, p in chosen]  # ℓ in fine pixels
     noise = measurement_noise(y_all)
-    refined = torch.tensor([config.ladder.rungs[i][1] > 0 for i, _, _ in chosen], device=device)
+    refined = torch.tensor([config.ladder.rungs[i][1] > 0 for i, *_ in chosen], device=device)
     soft = None if basis is not None else _soft_weights(noise, betas, refined, config)
     report.notes = [{**note, "measurement_noise": float(sigma),
                      "soft_measurement_weight": float(soft[k]) if soft is not None else 0.0}
                     for k, (note, sigma) in enumerate(zip(notes, noise))]
-    settings = sorted({i for i, _, _ in chosen})
+    # an ion that takes the thin plate needs no setting's solve: its image is its own measurement's plate
+    settings = sorted({i for i, _, _, p in chosen if not p})
+    plated = [k for k in range(K) if plates[k]]
     # with a basis, a tile's step is shared out: each setting's solve of the basis, and all ions' mixtures, a part each
     share = 1 / (len(settings) + 1)
     out, rows = into if into is not None else (np.empty((K, H, W), dtype=np.float32), np.arange(K))
@@ -135,7 +138,7 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
         inner = (slice(r0 * f, (r0 + irow.stop - irow.start) * f), slice(c0 * f, (c0 + icol.stop - icol.start) * f))
         detail = gd.detail(g) if bool((betas != 0).any()) else None
         for setting in settings:
-            idx = [k for k in range(K) if chosen[k][0] == setting]
+            idx = [k for k in range(K) if chosen[k][0] == setting and not plates[k]]
             if basis is not None:
                 pb = _Problem(g, basis.images[:, orow, ocol], f, basis.taus, gd)
                 fused_basis, _ = _solve_setting(pb, *config.ladder.rungs[setting])
@@ -153,6 +156,15 @@ def _run_each(gd: _Guide, ions: np.ndarray, report: HarmonicReport, quiet: bool 
                 x = x[:, inner[0], inner[1]]
                 out[rows[batch], irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = x.float().cpu().numpy()
                 progress.update(len(batch) / K * share if basis is not None else len(batch) / batch_size)
+        if plated:
+            op = gd.measurement.operator((g.shape[0], g.shape[1]), f, device)
+            for k in plated:
+                one = slice(k, k + 1)
+                y = y_all[one][:, orow, ocol]
+                x = _plate_image(y, op, plates[k], config.positive, nonneg[one], betas[one], detail)
+                out[rows[k], irow.start * f: irow.stop * f, icol.start * f: icol.stop * f] = \
+                    x[0, inner[0], inner[1]].float().cpu().numpy()
+            progress.update(len(plated) / K * share if basis is not None else len(plated) / batch_size)
     if not gd.measurement.box and len(tiles) > 1:
         # a spot's footprints reach into the neighbouring tile: the stitched image is made exact as a whole
         op = gd.measurement.operator((H, W), f, device)

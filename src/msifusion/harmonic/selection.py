@@ -1,6 +1,6 @@
 """The self-supervised choice of how far to trust the optical: per ion, the ladder setting, the texture
-strength β and the ion's spread, by predicting the measurement from its 2×2 block average (:func:`choose_settings`),
-and the paired per-block walk that decides each step (:func:`_walk`)."""
+strength β and the ion's spread or thin plate, by predicting the measurement from its 2×2 block average
+(:func:`choose_settings`), and the paired per-block walk that decides each step (:func:`_walk`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from msifusion.harmonic.config import WINDOW_PIXELS, HarmonicConfig, window_shrink
 from msifusion.harmonic.panel import _Basis
-from msifusion.harmonic.setting import _finish, _Guide, _Problem, _solve_setting
+from msifusion.harmonic.setting import _finish, _Guide, _plate_image, _Problem, _solve_setting
 from msifusion.measurement import block_mean_t, gaussian_block_mean_t
 
 
@@ -55,11 +55,11 @@ def _window(H: int, W: int, f: int, pixels: int) -> tuple[int, int, int, int]:
 
 def _plan(gd: _Guide) -> _Plan | str:
     """The coarse test on the guide ``gd``, or why none is run (every ion keeps the first setting): one setting to
-    choose from and no spread to try, or fewer than 16 coarse pixels. Up to four phases, while the pixels tested stay
-    within ``config.test.pixels``; texture strengths beyond none only where the optical's texture stands above the
-    camera's noise."""
+    choose from and no spread or plate to try, or fewer than 16 coarse pixels. Up to four phases, while the pixels
+    tested stay within ``config.test.pixels``; texture strengths beyond none only where the optical's texture stands
+    above the camera's noise."""
     f, config = gd.f, gd.config
-    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1 and not config.spread.widths:
+    if len(config.ladder.rungs) == 1 and len(config.texture.strengths) == 1 and not _smoothings(config):
         return "one setting"
     H, W = gd.image.shape[:2]
     r0, c0, hh, ww = _window(H, W, f, min(config.test.pixels, WINDOW_PIXELS))
@@ -97,29 +97,31 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     and whose walk left the ladder's first setting (an ion that does not follow the optical's
     edges does not get its finer texture either; a one-setting ladder counts as trusted).
     Last, at the chosen setting and β, the spread (:class:`~msifusion.harmonic.config.SpreadSettings`,
-    :func:`_spread_errors`, :func:`_choose_spread`).
+    :func:`_smoothing_errors`, :func:`_choose_spread`), and where none is taken the thin plate
+    (:class:`~msifusion.harmonic.config.PlateSettings`, :func:`_choose_plate`).
     ``gd``: the guide and what all its ions share; ``taus``: the ions' refinement scales.
-    Returns (setting index, texture index, spread index: 0 none, i the i-th width) per ion, and notes for
-    ``run.json``.
+    Returns (setting index, texture index, spread index, plate index; for the last two 0 is none and i the i-th
+    width or length) per ion, and notes for ``run.json``.
     """
     config = gd.config
     K = ions.shape[0]
     plan = _plan(gd)
     if isinstance(plan, str):
         first = list(config.ladder.rungs[0])
-        return [(0, 0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
-                                  "texture": config.texture.strengths[0], "spread_px": 0.0, "spread_coarse_mse": [],
-                                  "selection": plan} for _ in range(K)]
+        return [(0, 0, 0, 0)] * K, [{"ladder": [list(s) for s in config.ladder.rungs], "chosen": first,
+                                     "texture": config.texture.strengths[0], "spread_px": 0.0, "spread_coarse_mse": [],
+                                     "plate_px": 0.0, "plate_coarse_mse": [], "selection": plan} for _ in range(K)]
     batch = config.panel.batch_on(gd.device)
     # through a basis the ions are tested in groups (of whole batches, at least one) whose per-block errors stay under
     # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
-    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's test solves each ion's
-    # chosen setting again on the phases' setups, so those are kept whenever it runs (and its solutions across groups).
-    per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + len(config.spread.widths)) * plan.blocks * 4
+    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's and the plate's test
+    # solves each ion's chosen setting again on the phases' setups, so those are kept whenever it runs (and its
+    # solutions across groups).
+    per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + _smoothings(config)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    kept = _Kept() if group < K else _Kept(solutions=False) if config.spread.widths else None
+    kept = _Kept() if group < K else _Kept(solutions=False) if _smoothings(config) else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
@@ -132,15 +134,22 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
             picked.append(choice)
             notes.append(note)
         del errors  # before the spread's and the next group's
-        spread, signal = (_spread_errors(gd, nonneg, basis, plan, slice(start, stop), kept, picked)
-                          if config.spread.widths else (None, None))
+        smooth, signal = (_smoothing_errors(gd, nonneg, basis, plan, slice(start, stop), kept, picked)
+                          if _smoothings(config) else (None, None))
+        widths = len(config.spread.widths)
         for k, (i, j) in enumerate(picked):
-            width = 0 if spread is None else _choose_spread(spread[:, k], float(signal[k]), config)
-            chosen.append((i, j, width))
+            spread = None if smooth is None else smooth[:widths + 1, k]
+            plate = None if smooth is None else torch.cat([smooth[:1, k], smooth[widths + 1:, k]])
+            width = 0 if spread is None else _choose_spread(spread, float(signal[k]), config)
+            length = 0 if width or plate is None else _choose_plate(plate, float(signal[k]), config)
+            chosen.append((i, j, width, length))
             notes[start + k].update({"spread_px": float(config.spread.widths[width - 1] * gd.f) if width else 0.0,
-                                     "spread_coarse_mse": [] if spread is None else
-                                     list(map(float, spread[:, k].mean(1)))})
-        del spread
+                                     "spread_coarse_mse": [] if spread is None or not widths else
+                                     list(map(float, spread.mean(1))),
+                                     "plate_px": float(config.plate.lengths[length - 1] * gd.f) if length else 0.0,
+                                     "plate_coarse_mse": [] if plate is None or len(plate) == 1 else
+                                     list(map(float, plate.mean(1)))})
+        del smooth
     return chosen, notes
 
 
@@ -200,12 +209,18 @@ def _coarse_errors(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: t
     return errors
 
 
-def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan: _Plan, group: slice, kept: _Kept,
-                   picked: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β), unblurred
-    and blurred by each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at
-    scale f): (1 + widths, ion, block of every phase); and each ion's mean squared measurement over the windows. On
-    the phases' setups that :func:`_coarse_errors` put in ``kept``.
+def _smoothings(config: HarmonicConfig) -> int:
+    """How many smoothings the last test tries: the spread's widths and the plate's lengths."""
+    return len(config.spread.widths) + len(config.plate.lengths)
+
+
+def _smoothing_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan: _Plan, group: slice,
+                      kept: _Kept, picked: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse test's per-block squared errors of the ions in ``group`` at their ``picked`` (setting, β): as they
+    are, blurred by each of ``config.spread.widths`` (σ = width · f fine pixels, the width the output would get at
+    scale f), and replaced by the thin plate of each of ``config.plate.lengths`` (ℓ = length · f fine pixels, made
+    exact as the output is): (1 + widths + lengths, ion, block of every phase); and each ion's mean squared
+    measurement over the windows. On the phases' setups that :func:`_coarse_errors` put in ``kept``.
 
     Each chosen setting is solved again, once per phase for all the ions that chose it (through a basis in groups,
     once for every group: ``kept``): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
@@ -217,7 +232,7 @@ def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan:
     config, device, f = gd.config, gd.device, gd.f
     sigmas = [math.hypot(gd.measurement.spot_sigma_px, width * f) for width in config.spread.widths]
     cells = plan.rows * plan.cols
-    errors = torch.empty((1 + len(sigmas), group.stop - group.start, plan.blocks), device=device)
+    errors = torch.empty((1 + _smoothings(config), group.stop - group.start, plan.blocks), device=device)
     signal = torch.zeros(group.stop - group.start, device=device)
     for p in range(len(plan.phases)):
         y, y2, pb, measure_f, detail = kept.setups[p]
@@ -232,11 +247,14 @@ def _spread_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, plan:
                         kept.resolved[p, i] = solved[i]
             one = slice(group.start + k, group.start + k + 1)
             x = solved[i][one] if basis is None else pb.op.project(basis.mix(solved[i], one), y2[one])
-            xt = _finish(x, y2[one], pb.op, config.positive, nonneg[one], torch.tensor(plan.betas[j], device=device),
-                         detail)
+            beta = torch.tensor(plan.betas[j], device=device)
+            xt = _finish(x, y2[one], pb.op, config.positive, nonneg[one], beta, detail)
             errors[0, k, blocks] = (measure_f.A(xt) - y[one]).pow(2).flatten()
             for w, sigma in enumerate(sigmas, 1):
                 errors[w, k, blocks] = (gaussian_block_mean_t(xt, f, sigma) - y[one]).pow(2).flatten()
+            for w, length in enumerate(config.plate.lengths, 1 + len(sigmas)):
+                xp = _plate_image(y2[one], pb.op, length * f, config.positive, nonneg[one], beta, detail)
+                errors[w, k, blocks] = (measure_f.A(xp) - y[one]).pow(2).flatten()
             signal[k] += y[one].pow(2).mean() / len(plan.phases)
     return errors, signal
 
@@ -263,6 +281,16 @@ def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) 
             break
         chosen = wider
     return chosen
+
+
+def _choose_plate(errors: torch.Tensor, signal: float, config: HarmonicConfig) -> int:
+    """One ion's thin plate from its per-block errors at its setting and β, as they are then with each length's plate
+    ((1 + lengths, blocks)): the ordered walk (:func:`_walk`) at ``config.plate.significance``, no sign test. Returns
+    the length's index, 1-based (0: none); an ion predicted within the coarse solves' tolerance keeps none, as for the
+    spread (:func:`_choose_spread`)."""
+    if float(errors[0].mean()) <= config.test.tolerance ** 2 * signal:
+        return 0
+    return _walk(list(errors), config.plate.significance, winsor=config.test.winsor_percent, ordered=True)
 
 
 def _phase_setup(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, basis: _Basis | None, row: int, col: int,

@@ -1,8 +1,8 @@
 """One ladder setting's exact solve: the conductances from the guide's colour differences (κ per quantile,
 :func:`edge_scales`), what every ion fused with one guide shares (:class:`_Guide`), and for a window of the guide
 and its measurements (:class:`_Problem`) the harmonic solution with its refinement passes (:func:`_solve_setting`;
-the refinement is an early-stopped solve, see the package docstring) and the non-negativity and texture steps
-(:func:`_finish`)."""
+the refinement is an early-stopped solve, see the package docstring), the non-negativity and texture steps
+(:func:`_finish`), and the thin plate's image (:func:`_plate_image`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from msifusion.harmonic.config import HarmonicConfig
+from msifusion.harmonic.plate import plate_interpolate_t
 from msifusion.harmonic.texture import (IMMERKAER_SCALE, _detail_eps, _noise_responses, _texture_testable,
                                         one_colour_area, optical_detail, texture_snr_db)
 from msifusion.io.images import torch_ready
@@ -243,3 +244,11 @@ def _finish(x: torch.Tensor, y: torch.Tensor, op: Measurement, positive: bool, n
         textured = x.clamp_min(0) * torch.exp(-beta * detail) if beta is not None and bool((beta != 0).any()) else x
         x = torch.where(nonneg[:, None, None], op.project_positive(textured, y), x)
     return x
+
+
+def _plate_image(y: torch.Tensor, op: Measurement, length_px: float, positive: bool, nonneg: torch.Tensor,
+                 beta: torch.Tensor | None = None, detail: torch.Tensor | None = None) -> torch.Tensor:
+    """The ions ``y`` (K, h, w) as the thin plate of ``length_px`` fine pixels makes them, made exact under ``op``
+    and finished as every output is (:func:`_finish`: non-negative where the measurement is, β's texture)."""
+    x = op.project(plate_interpolate_t(y, op.f, length_px), y)  # a spot's model: the box's plate, made exact
+    return _finish(x, y, op, positive, nonneg, beta, detail)
