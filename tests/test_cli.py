@@ -87,11 +87,12 @@ def test_default_method_is_consistent_and_spot_model_reaches_the_solver(tmp_path
     fused = tifffile.imread(tmp_path / "box" / "fused.tiff")
     np.testing.assert_allclose(block_mean(fused, scale), ion, rtol=1e-4, atol=1e-4 * float(ion.max()))
 
-    assert _fuse(opt, ion_path, tmp_path / "plain", "--quiet", "--no-texture", "--no-spread", "--edge-weight",
-                 "0.01") == 0
+    assert _fuse(opt, ion_path, tmp_path / "plain", "--quiet", "--no-texture", "--no-spread", "--no-plate",
+                 "--edge-weight", "0.01") == 0
     run = json.loads((tmp_path / "plain" / "run.json").read_text())
     assert run["harmonic_settings"]["texture"]["strengths"] == [0.0] and run["method_details"]["texture"] == 0.0
     assert run["harmonic_settings"]["spread"]["widths"] == [] and run["method_details"]["spread_px"] == 0.0
+    assert run["harmonic_settings"]["plate"]["lengths"] == [] and run["method_details"]["plate_px"] == 0.0
     assert run["harmonic_settings"]["edge_weight"] == 0.01  # the paper's edge loss as a term, still exact:
     assert run["consistency_error"] < 1e-6
 

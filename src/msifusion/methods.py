@@ -525,15 +525,15 @@ def _guided_harmonic_many(guide: np.ndarray, ions: np.ndarray, scale: int, optio
                                 options.measurement)
     results = []
     for k, (q, passes) in enumerate(report.settings):
-        why = f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)"
+        plate = report.notes[k].get("plate_px")
+        why = (f"closed form (guided harmonic: a thin plate of ℓ {plate:g} px, the smoothest image with the measured "
+               "MSI pixels; one scale coarser the ion proved smoother than the optical's edges make it, so it follows "
+               "none of them" if plate else f"closed form (guided harmonic, κ at q{q:g}, {passes} refinement pass(es)")
         if report.notes[k].get("texture"):
             why += f", optical texture β {report.notes[k]['texture']:g}"
-        if "shared_basis" in report.notes[k]:
+        if "shared_basis" in report.notes[k] and not plate:
             why += f"; through the panel's basis of {report.notes[k]['shared_basis']['rank']} fused images"
-        if report.notes[k].get("plate_px"):
-            why += (f"; a thin plate of ℓ {report.notes[k]['plate_px']:g} px: one scale coarser the ion proved "
-                    "smoother than the optical's edges make it, so it follows none of them")
-        elif report.notes[k].get("kept_smoothest"):
+        if report.notes[k].get("kept_smoothest") and not plate:
             why += f"; {SMOOTHEST_LABEL}: {SMOOTHEST_WHY} this ion, so it follows only the optical's strongest edges"
         if report.notes[k].get("spread_px"):
             why += (f"; blurred by σ {report.notes[k]['spread_px']:g} px: one scale coarser the ion proved less sharp "

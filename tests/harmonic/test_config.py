@@ -10,6 +10,7 @@ from msifusion.harmonic import (
     HarmonicConfig,
     LadderSettings,
     PanelSettings,
+    PlateSettings,
     SolverSettings,
     SpreadSettings,
     TextureSettings,
@@ -30,6 +31,8 @@ from msifusion.measurement import MeasurementModel
     (TextureSettings, dict(significance=-1.0)), (SpreadSettings, dict(widths=(0.0,))),
     (SpreadSettings, dict(widths=(0.5, 0.25))), (SpreadSettings, dict(widths=(3.0,))),
     (SpreadSettings, dict(significance=-1.0)), (SpreadSettings, dict(sign_significance=-1.0)),
+    (PlateSettings, dict(lengths=(0.0,))), (PlateSettings, dict(lengths=(1.0, 0.5))),
+    (PlateSettings, dict(lengths=(9.0,))), (PlateSettings, dict(significance=-1.0)),
     (CoarseTest, dict(winsor_percent=50.0)), (CoarseTest, dict(winsor_percent=-1.0)), (CoarseTest, dict(pixels=0))])
 def test_config_rejects_nonsense(group, bad):
     (name,) = bad

@@ -274,7 +274,7 @@ def test_a_smooth_ion_the_optical_does_not_show_takes_the_thin_plate_and_cells_d
     plated, membrane = HarmonicReport(), HarmonicReport()
     out = fuse_harmonic_many(guide, y, f, report=plated)[0] * unit
     without = fuse_harmonic_many(guide, y, f, HarmonicConfig(plate=PlateSettings.off()), report=membrane)[0] * unit
-    assert plated.notes[0]["plate_px"] in [length * f for length in PlateSettings().lengths]
+    assert plated.notes[0]["plate_px"] == 8.0  # ℓ = 1 MSI pixel, the longest: the truth is smooth
     assert membrane.notes[0]["plate_px"] == 0.0 and membrane.notes[0]["plate_coarse_mse"] == []
     assert len(plated.notes[0]["plate_coarse_mse"]) == 1 + len(PlateSettings().lengths)
     assert consistency_error(out, measured, f) < 1e-6 and out.min() >= 0
@@ -300,4 +300,5 @@ def test_the_plate_walks_its_lengths_in_order_without_a_sign_test():
     assert _choose_plate(torch.stack([none, none - few, none + 0.2, none - 2 * few]), 1.0, config) == 1
     noise = torch.stack([none, *(none + 0.001 * torch.tensor(rng.standard_normal(400)) for _ in range(3))])
     assert _choose_plate(noise, 1.0, config) == 0
-    assert _choose_plate(torch.stack([none, none - few, none, none]) * 1e-14, 0.09, config) == 0
+    steady = torch.stack([none, none - few, none - 1.5 * few, none - 1.6 * few])
+    assert _choose_plate(steady * 1e-14, 0.09, config) == 0  # without the guard: 3

@@ -133,7 +133,8 @@ class PlateSettings:
     of the same length in fine pixels (the same physical length) and compares its block means at f with the
     measurement; the lengths are walked in order as the texture's strengths are (:func:`msifusion.harmonic.selection.
     _walk`, ``ordered``) at ``significance`` standard errors, without the sign test: the plate's gain sits in the
-    blocks where the ion curves, a minority. ``lengths`` empty: no plate (:meth:`off`).
+    blocks where the ion curves, a minority. ``lengths`` empty: no plate (:meth:`off`); a one-setting ladder runs the
+    coarse test for the plate (and the spread) unless both are off.
     """
 
     lengths: tuple[float, ...] = (0.25, 0.5, 1.0)

@@ -7,7 +7,10 @@ ladder's smoothest setting) keeps a kink at every block border. Both L and the b
 cosine basis up to aliasing (a fine mode k folds onto the coarse mode k' = |k mod 2h| with a sign), so the
 constrained minimum is one coarse cosine transform, one division per coarse mode and one fine inverse transform:
 exact, with no iterations, at any ℓ. Written with ``torch.fft`` (not SciPy's DCT) so that it runs where the
-ions are, CPU or CUDA.
+ions are, CPU or CUDA; float64 throughout, about 120 bytes per fine pixel (0.5 GB for a 4 M-pixel tile).
+
+The bending term ‖L x‖² is (Δx)², the thin-plate energy up to terms at the border; this is not the registration's
+thin-plate spline (:mod:`msifusion.register`), which interpolates landmarks.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def plate_interpolate_t(y: torch.Tensor, f: int, length_px: float) -> torch.Tens
     kc, ac, nc, lc = _axis(w * f, f, torch.float64, dev)
     lam = lr[:, None] + lc[None, :]
     q = lam + length_px ** 2 * lam ** 2
-    q[0, 0] = 1.0  # the constant: fixed by the mean alone (below)
+    q[0, 0] = 1.0  # the constant has no energy; it is set from the mean alone (below), this only avoids 0/0
     a = ar[:, None] * ac[None, :]
     share = a / (nr[:, None] * nc[None, :] * q)  # each mode's part of its coarse mode, up to that mode's total
     total = torch.zeros((h + 1, w + 1), dtype=torch.float64, device=dev)
@@ -79,9 +82,8 @@ def plate_interpolate_t(y: torch.Tensor, f: int, length_px: float) -> torch.Tens
     padded = torch.zeros((*coarse.shape[:-2], h + 1, w + 1), dtype=torch.float64, device=dev)
     padded[..., :h, :w] = coarse
     ratio = padded / torch.where(total > 0, total, torch.ones_like(total))
+    # the constant's aliases average to 0 over every block (a = 0: sin(πm) = 0), and the modes that fold onto the
+    # coarse Nyquist get ratio 0 (padded's last row and column), so they carry nothing
     fine = share * ratio[..., kr[:, None], kc[None, :]]
-    # the constant mode carries the mean alone (its energy is 0), so its aliases and the Nyquist folds carry nothing
-    idle = ((kr[:, None] == 0) & (kc[None, :] == 0)) | (kr[:, None] == h) | (kc[None, :] == w)
-    fine = torch.where(idle, torch.zeros_like(fine), fine)
     fine[..., 0, 0] = padded[..., 0, 0]
     return _synthesis(_synthesis(fine, -1), -2).to(y.dtype)
