@@ -67,3 +67,16 @@ def test_a_longer_plate_bends_less():
 
     short, long = energies(0.25), energies(4.0)
     assert long[0] < 0.9 * short[0] and long[1] > 1.05 * short[1]  # measured: 25.8 → 22.2, 38.8 → 41.1
+
+
+def test_the_plate_is_the_same_whether_its_modes_are_kept_or_not(monkeypatch):
+    """The coarse test's windows keep the y-independent part (cached by shape and ℓ); larger images compute it afresh:
+    the same numbers either way, and a cached entry is not changed by its use."""
+    import msifusion.harmonic.plate as plate
+
+    y = torch.tensor(np.random.default_rng(5).random((2, 5, 7)))
+    kept = plate.plate_interpolate_t(y, 4, 2.0)
+    again = plate.plate_interpolate_t(y, 4, 2.0)
+    monkeypatch.setattr(plate, "CACHED_PIXELS", 0)
+    fresh = plate.plate_interpolate_t(y, 4, 2.0)
+    assert torch.equal(kept, again) and torch.equal(kept, fresh)

@@ -15,6 +15,7 @@ thin-plate spline (:mod:`msifusion.register`), which interpolates landmarks.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,15 +32,15 @@ def _dct(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _synthesis(c: torch.Tensor, dim: int) -> torch.Tensor:
-    """The image of cosine coefficients along ``dim``: x_n = Σ_k c_k cos(πk(n + ½)/N) (DCT-III, unnormalised)."""
-    c = c.movedim(dim, -1)
-    n = c.shape[-1]
-    k = torch.arange(n, device=c.device, dtype=c.dtype)
-    z = torch.zeros((*c.shape[:-1], 2 * n), dtype=torch.complex128 if c.dtype == torch.float64 else torch.complex64,
-                    device=c.device)
-    z[..., :n] = c * torch.polar(torch.ones_like(k), math.pi * k / (2 * n))
-    x = (torch.fft.ifft(z, dim=-1)[..., :n].real * (2 * n))
-    return x.movedim(-1, dim)
+    """The image of cosine coefficients along ``dim``: x_n = Σ_k c_k cos(πk(n + ½)/N) (DCT-III, unnormalised), as
+    the real inverse FFT of length 2N of z_k = c_k·e^{iπk/2N} (z_N = 0): Re Σ_k z_k e^{iπkn/N} = N·irfft + z_0/2."""
+    n = c.shape[dim]
+    shape = [1] * c.dim()
+    shape[dim] = n
+    k = torch.arange(n, device=c.device, dtype=c.dtype).reshape(shape)
+    z = c * torch.polar(torch.ones_like(k), math.pi * k / (2 * n))
+    x = torch.fft.irfft(z, n=2 * n, dim=dim).narrow(dim, 0, n) * n
+    return x + 0.5 * c.narrow(dim, 0, 1)
 
 
 def _axis(n: int, f: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -59,29 +60,41 @@ def _axis(n: int, f: int, dtype: torch.dtype, device: torch.device) -> tuple[tor
     return folded, sign * box, norm, 2 - 2 * torch.cos(theta)
 
 
-def plate_interpolate_t(y: torch.Tensor, f: int, length_px: float) -> torch.Tensor:
-    """The image (…, h·f, w·f) whose f×f block means are ``y`` (…, h, w) and whose energy ``xᵀ (L + ℓ² L²) x`` is
-    least, ℓ = ``length_px`` fine pixels (see the module). Computed in float64, returned in ``y``'s dtype."""
-    h, w = y.shape[-2:]
-    dev = y.device
-    yd = y.to(torch.float64)
-    kr, ar, nr, lr = _axis(h * f, f, torch.float64, dev)
-    kc, ac, nc, lc = _axis(w * f, f, torch.float64, dev)
+def _modes(h: int, w: int, f: int, length_px: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """What the plate of an h×w measurement at ×f does not take from the measurement: each fine mode's share of its
+    coarse mode (h·f, w·f), the shares' totals per coarse mode ((h + 1, w + 1), the last row and column for the
+    coarse Nyquist, where nothing folds that a block sees) and the coarse mode each fine row and column folds onto."""
+    kr, ar, nr, lr = _axis(h * f, f, torch.float64, device)
+    kc, ac, nc, lc = _axis(w * f, f, torch.float64, device)
     lam = lr[:, None] + lc[None, :]
     q = lam + length_px ** 2 * lam ** 2
     q[0, 0] = 1.0  # the constant has no energy; it is set from the mean alone (below), this only avoids 0/0
     a = ar[:, None] * ac[None, :]
     share = a / (nr[:, None] * nc[None, :] * q)  # each mode's part of its coarse mode, up to that mode's total
-    total = torch.zeros((h + 1, w + 1), dtype=torch.float64, device=dev)
+    total = torch.zeros((h + 1, w + 1), dtype=torch.float64, device=device)
     total.index_put_((kr[:, None].expand_as(a), kc[None, :].expand_as(a)), a * share, accumulate=True)
-    coarse = _dct(_dct(yd, -1), -2)  # synthesis coefficients: × 1/h (k' = 0) or 2/h, likewise along columns
+    return share, torch.where(total > 0, total, torch.ones_like(total)), kr, kc
+
+
+_cached_modes = functools.lru_cache(maxsize=6)(_modes)  # the coarse test's windows: every ion and phase the same
+CACHED_PIXELS = 2_000_000  # larger images (the output's tiles) are not kept: 8 bytes per fine pixel each
+
+
+def plate_interpolate_t(y: torch.Tensor, f: int, length_px: float) -> torch.Tensor:
+    """The image (…, h·f, w·f) whose f×f block means are ``y`` (…, h, w) and whose energy ``xᵀ (L + ℓ² L²) x`` is
+    least, ℓ = ``length_px`` fine pixels (see the module). Computed in float64, returned in ``y``'s dtype."""
+    h, w = y.shape[-2:]
+    dev = y.device
+    modes = _cached_modes if h * w * f * f <= CACHED_PIXELS else _modes
+    share, total, kr, kc = modes(h, w, f, float(length_px), dev)
+    coarse = _dct(_dct(y.to(torch.float64), -1), -2)  # synthesis coefficients: × 1/h (k' = 0) or 2/h, likewise
     for n, dim in ((h, -2), (w, -1)):
         scale = torch.full((n,), 2.0 / n, dtype=torch.float64, device=dev)
         scale[0] = 1.0 / n
         coarse = coarse * (scale[:, None] if dim == -2 else scale)
     padded = torch.zeros((*coarse.shape[:-2], h + 1, w + 1), dtype=torch.float64, device=dev)
     padded[..., :h, :w] = coarse
-    ratio = padded / torch.where(total > 0, total, torch.ones_like(total))
+    ratio = padded / total
     # the constant's aliases average to 0 over every block (a = 0: sin(πm) = 0), and the modes that fold onto the
     # coarse Nyquist get ratio 0 (padded's last row and column), so they carry nothing
     fine = share * ratio[..., kr[:, None], kc[None, :]]
