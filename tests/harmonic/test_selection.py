@@ -19,14 +19,18 @@ from msifusion.measurement import block_mean, consistency_error, upsample
 from msifusion.metrics import psnr
 
 
-def test_unrelated_optical_falls_back_to_smooth_interpolation():
-    """A guide full of texture the ion does not follow: the coarse-level test keeps the bottom of the ladder."""
+def _smooth_under_random_texture() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A smooth chemistry (96×128) under a guide of random texture it does not follow: guide, truth, measured ×8."""
     rng = np.random.default_rng(7)
     H, W, f = 96, 128, 8
     yy, xx = np.mgrid[:H, :W] / 40.0
     truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
-    guide = rng.random((H, W, 3)).astype(np.float32)
-    measured = block_mean(truth, f)
+    return rng.random((H, W, 3)).astype(np.float32), truth, block_mean(truth, f), f
+
+
+def test_unrelated_optical_falls_back_to_smooth_interpolation():
+    """A guide full of texture the ion does not follow: the coarse-level test keeps the bottom of the ladder."""
+    guide, truth, measured, f = _smooth_under_random_texture()
     report = HarmonicReport()
     out = fuse_harmonic_many(guide, (measured / measured.max())[None], f, report=report)[0] * measured.max()
     assert report.settings[0] == HarmonicConfig().ladder.rungs[0]
@@ -264,12 +268,7 @@ def test_a_smooth_ion_the_optical_does_not_show_takes_the_thin_plate_and_cells_d
     that follow the optical's walls predict far worse as a plate and keep their setting."""
     from msifusion.harmonic import PlateSettings
 
-    rng = np.random.default_rng(7)
-    H, W, f = 96, 128, 8
-    yy, xx = np.mgrid[:H, :W] / 40.0
-    truth = (1.5 + np.sin(yy) * np.cos(1.3 * xx)).astype(np.float32)
-    guide = rng.random((H, W, 3)).astype(np.float32)
-    measured = block_mean(truth, f)
+    guide, truth, measured, f = _smooth_under_random_texture()
     y, unit = (measured / measured.max())[None], measured.max()
     plated, membrane = HarmonicReport(), HarmonicReport()
     out = fuse_harmonic_many(guide, y, f, report=plated)[0] * unit
