@@ -131,9 +131,9 @@ class PlateSettings:
     every block border that no smooth ion has (measured: on the prostate's ions that keep the smoothest setting the
     plate gains up to +0.1 dB and +0.005 SSIM). The test fuses the measurement's 2×2 block average at 2f by the plate
     of the same length in fine pixels (the same physical length) and compares its block means at f with the
-    measurement; the lengths are walked in order as the texture's strengths are (:func:`msifusion.harmonic.selection.
-    _walk`, ``ordered``) at ``significance`` standard errors, without the sign test: the plate's gain sits in the
-    blocks where the ion curves, a minority. ``lengths`` empty: no plate (:meth:`off`); a one-setting ladder runs the
+    measurement; the lengths are walked in order as the texture's strengths are
+    (:func:`msifusion.harmonic.selection._walk`, ``ordered``) at ``significance`` standard errors, without the sign
+    test: the plate's gain sits in the blocks where the ion curves, a minority. ``lengths`` empty: no plate (:meth:`off`); a one-setting ladder runs the
     coarse test for the plate (and the spread) unless both are off.
     """
 

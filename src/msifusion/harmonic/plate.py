@@ -61,8 +61,8 @@ def _axis(n: int, f: int, dtype: torch.dtype, device: torch.device) -> tuple[tor
 
 
 def _modes(h: int, w: int, f: int, length_px: float, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """What the plate of an h×w measurement at ×f does not take from the measurement: each fine mode's share of its
-    coarse mode (h·f, w·f), the shares' totals per coarse mode ((h + 1, w + 1), the last row and column for the
+    """The part of an h×w measurement's plate at ×f that does not depend on the measurement: each fine mode's share
+    of its coarse mode (h·f, w·f), the shares' totals per coarse mode ((h + 1, w + 1), the last row and column for the
     coarse Nyquist, where nothing folds that a block sees) and the coarse mode each fine row and column folds onto."""
     kr, ar, nr, lr = _axis(h * f, f, torch.float64, device)
     kc, ac, nc, lc = _axis(w * f, f, torch.float64, device)
