@@ -301,3 +301,19 @@ def test_the_plate_walks_its_lengths_in_order_without_a_sign_test():
     assert _choose_plate(noise, 1.0, config) == 0
     steady = torch.stack([none, none - few, none - 1.5 * few, none - 1.6 * few])
     assert _choose_plate(steady * 1e-14, 0.09, config) == 0  # without the guard: 3
+
+
+def test_without_a_basis_the_spread_and_plate_test_reuses_the_ladders_solutions(cells, monkeypatch):
+    """Ions fused without a basis keep each phase's ladder solutions for the spread's and the plate's test: the coarse
+    test solves each setting once per phase and nothing more (a solve saved per phase and ion of a panel)."""
+    import msifusion.harmonic.selection as selection
+
+    calls = []
+    solve = selection._solve_setting
+    monkeypatch.setattr(selection, "_solve_setting", lambda *a, **k: calls.append(a[1:3]) or solve(*a, **k))
+    guide, truth, f = cells
+    report = HarmonicReport()
+    fuse_harmonic_many(guide, (block_mean(truth, f) / truth.max())[None], f, report=report)
+    rungs = HarmonicConfig().ladder.rungs
+    assert report.notes[0]["spread_coarse_mse"] and report.notes[0]["plate_coarse_mse"]  # both tests ran
+    assert sorted(calls) == sorted(list(rungs) * report.notes[0]["phases"])

@@ -116,12 +116,14 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # COARSE_ERRORS_BYTES (at ×4 an ion's outweigh its fused image); the ladder's solutions are then the basis
     # images' and serve every group, so with more than one group they are kept (phases × settings × the basis's
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
-    # solved, in one group (the caller's batch), one phase at a time as it needs. The spread's and the plate's test
-    # solves each ion's chosen setting again on the phases' setups, so those are kept whenever it runs (and its
-    # solutions across groups).
+    # solved, in one group (the caller's batch), one phase at a time as it needs, and the ladder's solutions are kept
+    # for the spread's and the plate's test (settings × phases × the batch × the window: 6 × 4 × 0.6 M floats per ion;
+    # a solve per phase and ion saved, 8 % of a panel's time). Through a basis that test solves each ion's chosen
+    # setting again on the phases' setups (in every group the same: ``resolved``), so those are kept whenever it runs.
     per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + _smoothings(config)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    kept = _Kept() if group < K else _Kept(solutions=False) if _smoothings(config) else None
+    kept = _Kept() if group < K or (basis is None and _smoothings(config)) else \
+        _Kept(solutions=False) if _smoothings(config) else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
@@ -158,10 +160,11 @@ COARSE_ERRORS_BYTES = 256 * 2**20  # the coarse test's per-block errors held at 
 
 @dataclass
 class _Kept:
-    """What the coarse test keeps between groups of ions through a basis, and for the spread's test: each phase's
-    setup (:func:`_phase_setup`), and with ``solutions`` each (phase, setting)'s solution of the basis images, in the
-    ladder's walk (``solved``, each warm-started from the setting before) and solved again alone for the spread
-    (``resolved``: the same for every group of ions, however they are grouped)."""
+    """What the coarse test keeps between groups of ions through a basis, and for the spread's and the plate's test:
+    each phase's setup (:func:`_phase_setup`), and with ``solutions`` each (phase, setting)'s solution (of the basis
+    images, or without a basis of the batch's ions), in the ladder's walk (``solved``, each warm-started from the
+    setting before) and, through a basis, solved again alone for that test (``resolved``: the same for every group of
+    ions, however they are grouped)."""
 
     solutions: bool = True
     setups: dict[int, tuple] = field(default_factory=dict)
@@ -222,8 +225,9 @@ def _smoothing_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, pl
     exact as the output is): (1 + widths + lengths, ion, block of every phase); and each ion's mean squared
     measurement over the windows. On the phases' setups that :func:`_coarse_errors` put in ``kept``.
 
-    Each chosen setting is solved again, once per phase for all the ions that chose it (through a basis in groups,
-    once for every group: ``kept``): keeping every setting's solution for this would hold 6 × 1.2 M floats per ion. The
+    Without a basis the ladder's own solutions serve (``kept.solved``); through one, each chosen setting is solved
+    again, once per phase for all the ions that chose it (in groups, once for every group: ``kept.resolved``): keeping
+    every setting's solution of a basis of 32 images would hold 6 × 32 × 1.2 M floats. The
     blurred coarse image is not made exact again at 2f, so a width must predict the measurement through the mass it
     moves between coarse blocks too (measured: made exact again, the test also took the widest blur on two prostate
     ions the optical does not help, for −0.02 and +0.00 dB). A blur then the box average is one strided
@@ -240,7 +244,7 @@ def _smoothing_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, pl
         solved: dict[int, torch.Tensor] = {}
         for k, (i, j) in enumerate(picked):
             if i not in solved:
-                solved[i] = kept.resolved.get((p, i))
+                solved[i] = kept.resolved.get((p, i)) if basis is not None else kept.solved.get((p, i))
                 if solved[i] is None:
                     solved[i], _ = _solve_setting(pb, *config.ladder.rungs[i], None, config.test.tolerance)
                     if kept.solutions:
