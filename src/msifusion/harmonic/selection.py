@@ -118,7 +118,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # images × the window: at most 6 × 32 × 1.2 M floats), as are the phases' setups. Without a basis every ion is
     # solved, in one group (the caller's batch), one phase at a time as it needs, and the ladder's solutions are kept
     # for the spread's and the plate's test (settings × phases × the batch × the window: 6 × 4 × 0.6 M floats per ion;
-    # a solve per phase and ion saved, 8 % of a panel's time). Through a basis that test solves each ion's chosen
+    # a solve per phase and ion saved, a tenth of a panel's time). Through a basis that test solves each ion's chosen
     # setting again on the phases' setups (in every group the same: ``resolved``), so those are kept whenever it runs.
     per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + _smoothings(config)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
