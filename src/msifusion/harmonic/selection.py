@@ -122,8 +122,10 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
     # setting again on the phases' setups (in every group the same: ``resolved``), so those are kept whenever it runs.
     per_ion = (len(config.ladder.rungs) * len(plan.betas) + 1 + _smoothings(config)) * plan.blocks * 4
     group = max(K, 1) if basis is None else max(1, COARSE_ERRORS_BYTES // per_ion // batch) * batch
-    kept = _Kept() if group < K or (basis is None and _smoothings(config)) else \
-        _Kept(solutions=False) if _smoothings(config) else None
+    if basis is None:
+        kept = _Kept() if _smoothings(config) else None
+    else:
+        kept = _Kept() if group < K else _Kept(solutions=False) if _smoothings(config) else None
     chosen, notes = [], []
     for start in range(0, K, group):
         stop = min(K, start + group)
@@ -146,7 +148,7 @@ def choose_settings(gd: _Guide, ions: torch.Tensor, taus: torch.Tensor, nonneg: 
             length = 0 if width or plate is None else _choose_plate(plate, float(signal[k]), config)
             chosen.append((i, j, width, length))
             notes[start + k].update({"spread_px": float(config.spread.widths[width - 1] * gd.f) if width else 0.0,
-                                     "spread_coarse_mse": [] if spread is None or not widths else
+                                     "spread_coarse_mse": [] if spread is None or len(spread) == 1 else
                                      list(map(float, spread.mean(1))),
                                      "plate_px": float(config.plate.lengths[length - 1] * gd.f) if length else 0.0,
                                      "plate_coarse_mse": [] if plate is None or len(plate) == 1 else
@@ -263,6 +265,13 @@ def _smoothing_errors(gd: _Guide, nonneg: torch.Tensor, basis: _Basis | None, pl
     return errors, signal
 
 
+def _solver_noise_only(errors: torch.Tensor, signal: float, config: HarmonicConfig) -> bool:
+    """Whether an ion's setting predicts it within what the coarse solves resolve: a mean per-block error below
+    ``config.test.tolerance``² of ``signal``, its mean squared measurement (a constant ion, whose errors are the
+    solver's): nothing is left for a spread or a plate to explain."""
+    return float(errors.mean()) <= config.test.tolerance ** 2 * signal
+
+
 def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) -> int:
     """One ion's spread from its per-block errors at its setting and β, unblurred then at each width ((1 + widths,
     blocks)): 0 (none) unless some width beats none by the ladder's walk (:func:`_walk`, at ``config.spread``'s
@@ -272,8 +281,8 @@ def _choose_spread(errors: torch.Tensor, signal: float, config: HarmonicConfig) 
     the test's least error lies below the truth's width: 2 fine pixels for cells blurred by 3, 3 for 4). Returns the
     width's index, 1-based (0: none). An ion its setting already predicts within what the coarse solves resolve (a
     mean error below ``config.test.tolerance``² of ``signal``, its mean squared measurement: a constant ion, whose
-    errors are the solver's) keeps none."""
-    if float(errors[0].mean()) <= config.test.tolerance ** 2 * signal:
+    errors are the solver's) keeps none (:func:`_solver_noise_only`)."""
+    if _solver_noise_only(errors[0], signal, config):
         return 0
     rules = config.spread.significance, config.spread.sign_significance, config.test.winsor_percent
     if _walk(list(errors), *rules) == 0:
@@ -291,8 +300,8 @@ def _choose_plate(errors: torch.Tensor, signal: float, config: HarmonicConfig) -
     """One ion's thin plate from its per-block errors at its setting and β, as they are then with each length's plate
     ((1 + lengths, blocks)): the ordered walk (:func:`_walk`) at ``config.plate.significance``, no sign test. Returns
     the length's index, 1-based (0: none); an ion predicted within the coarse solves' tolerance keeps none, as for the
-    spread (:func:`_choose_spread`)."""
-    if float(errors[0].mean()) <= config.test.tolerance ** 2 * signal:
+    spread (:func:`_solver_noise_only`)."""
+    if _solver_noise_only(errors[0], signal, config):
         return 0
     return _walk(list(errors), config.plate.significance, winsor=config.test.winsor_percent, ordered=True)
 
